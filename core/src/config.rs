@@ -1,0 +1,576 @@
+//! Configuration: one TOML file plus `CORVUS_` environment overrides, loaded with figment
+//! into one struct tree that rejects unknown keys.
+//!
+//! Which settings reload on SIGHUP: none yet; every setting is read at start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Name used in greetings, `Received` headers and the self-signed certificate.
+    pub hostname: String,
+    /// Directory holding the sled store, generated TLS files and the control socket.
+    pub data_dir: PathBuf,
+    /// Local mail domains (more can be added at run time with `corvus domain add`).
+    pub domains: Vec<String>,
+    /// Listening addresses; a missing key means that listener is off.
+    pub listen: Listen,
+    /// TLS certificate and key.
+    pub tls: Tls,
+    /// DNS resolver settings.
+    pub dns: Dns,
+    /// Outbound delivery settings.
+    pub delivery: Delivery,
+    /// SMTP server behaviour and limits.
+    pub smtp: Smtp,
+    /// Logging.
+    pub log: Log,
+    /// How long running sessions get to finish after SIGTERM/SIGINT.
+    #[serde(with = "dur")]
+    pub shutdown_timeout: Duration,
+}
+
+/// Listener addresses: each an address or a list of addresses.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// SMTP for inbound mail (port 25 in production).
+    pub smtp: Option<Addrs>,
+    /// Message submission with STARTTLS (port 587).
+    pub submission: Option<Addrs>,
+    /// Message submission over implicit TLS (port 465, RFC 8314).
+    pub submissions: Option<Addrs>,
+    /// IMAP with STARTTLS (port 143).
+    pub imap: Option<Addrs>,
+    /// IMAP over implicit TLS (port 993).
+    pub imaps: Option<Addrs>,
+    /// POP3 with STLS (port 110).
+    pub pop3: Option<Addrs>,
+    /// POP3 over implicit TLS (port 995).
+    pub pop3s: Option<Addrs>,
+}
+
+/// One address or a list of them, as written in the file (validated by [`Config::check`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Addrs {
+    /// `smtp = "0.0.0.0:25"`
+    One(String),
+    /// `smtp = ["0.0.0.0:25", "[::]:25"]`
+    Many(Vec<String>),
+}
+
+impl Addrs {
+    fn strings(&self) -> Vec<&str> {
+        match self {
+            Addrs::One(s) => vec![s.as_str()],
+            Addrs::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// TLS files.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain. Without `cert` and `key`, a self-signed certificate is generated
+    /// into `data_dir/tls/` on first start and reused.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+/// DNS resolver settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns {
+    /// Name servers as `ip:port`; empty means the system resolver (/etc/resolv.conf).
+    pub nameservers: Vec<String>,
+}
+
+/// Outbound delivery settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// Remote SMTP port for outbound delivery.
+    pub port: u16,
+    /// Retry intervals after a temporary failure; the last one repeats.
+    #[serde(with = "dur_list")]
+    pub retry: Vec<Duration>,
+    /// Give up (and bounce) after this long in the queue.
+    #[serde(with = "dur")]
+    pub expire: Duration,
+}
+
+/// SMTP server behaviour and limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    /// Largest message accepted, in bytes (advertised with SIZE).
+    pub max_message_size: u64,
+    /// Most recipients in one transaction (advertised as LIMITS RCPTMAX).
+    pub max_recipients: usize,
+    /// Most transactions in one session (advertised as LIMITS MAILMAX).
+    pub max_messages_per_session: usize,
+    /// Longest command line in bytes, CRLF included.
+    pub max_command_line: usize,
+    /// Longest line inside a message, in bytes, CRLF included.
+    pub max_data_line: usize,
+    /// Time to wait for a command (RFC 5321 §4.5.3.2 suggests 5 minutes).
+    #[serde(with = "dur")]
+    pub command_timeout: Duration,
+    /// Time to wait for each block of message data.
+    #[serde(with = "dur")]
+    pub data_timeout: Duration,
+    /// Longest whole session.
+    #[serde(with = "dur")]
+    pub session_timeout: Duration,
+    /// Connections open at once, all clients together.
+    pub max_connections: usize,
+    /// Connections open at once from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Bad commands in one session before it is closed.
+    pub max_errors: usize,
+    /// Failed AUTH attempts from one IP within `auth_fail_window` before it is refused.
+    pub max_auth_failures: u32,
+    /// Window (and back-off) for `max_auth_failures`.
+    #[serde(with = "dur")]
+    pub auth_fail_window: Duration,
+    /// Offer AUTH on connections without TLS (off: AUTH needs STARTTLS or implicit TLS).
+    pub allow_plaintext_auth: bool,
+    /// Answer VRFY with 250/550 for local users; off answers 252 to everything.
+    pub vrfy: bool,
+    /// Let an authenticated user send with any MAIL FROM, not only its own addresses.
+    pub allow_any_sender: bool,
+    /// What to do when the client's PTR name does not resolve back to its IP (FCrDNS):
+    /// "record" (only note it) or "reject".
+    pub fcrdns: FcrdnsPolicy,
+    /// Bare LF or bare CR inside DATA: "reject" (550 5.6.0, RFC 5321 §2.3.8) or "normalize"
+    /// (store as CRLF).
+    pub bare_lf: BareLfPolicy,
+}
+
+/// FCrDNS mismatch policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FcrdnsPolicy {
+    /// Note the result in the Received header and hook context only.
+    Record,
+    /// Refuse the connection with 550 5.7.25.
+    Reject,
+}
+
+/// What to do with bare LF / bare CR in message data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareLfPolicy {
+    /// Reject the message after end of data.
+    Reject,
+    /// Store the line with CRLF.
+    Normalize,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// Filter directive such as "info" or "corvus=debug"; `RUST_LOG` wins when set.
+    pub level: String,
+    /// "plain" or "json".
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    /// The defaults used under a config file: every listener off unless the file names it.
+    fn default() -> Self {
+        Config {
+            hostname: "localhost".into(),
+            data_dir: PathBuf::from("./corvus-data"),
+            domains: vec!["localhost".into()],
+            listen: Listen::default(),
+            tls: Tls::default(),
+            dns: Dns::default(),
+            delivery: Delivery::default(),
+            smtp: Smtp::default(),
+            log: Log::default(),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            port: 25,
+            retry: ["1m", "5m", "30m", "2h", "6h"]
+                .iter()
+                .map(|s| humantime::parse_duration(s).expect("static"))
+                .collect(),
+            expire: Duration::from_secs(5 * 86400),
+        }
+    }
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Smtp {
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 100,
+            max_messages_per_session: 100,
+            max_command_line: 4096,
+            max_data_line: 64 * 1024,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            session_timeout: Duration::from_secs(1800),
+            max_connections: 10_000,
+            max_connections_per_ip: 50,
+            max_errors: 10,
+            max_auth_failures: 5,
+            auth_fail_window: Duration::from_secs(300),
+            allow_plaintext_auth: false,
+            vrfy: false,
+            allow_any_sender: false,
+            fcrdns: FcrdnsPolicy::Record,
+            bare_lf: BareLfPolicy::Reject,
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+            format: LogFormat::Plain,
+        }
+    }
+}
+
+impl Config {
+    /// The embedded default: every listener on loopback, used when no file is given.
+    pub fn embedded() -> Self {
+        let one = |p: u16| Some(Addrs::One(format!("127.0.0.1:{p}")));
+        Config {
+            listen: Listen {
+                smtp: one(2525),
+                submission: one(2587),
+                submissions: one(2465),
+                imap: one(2143),
+                imaps: one(2993),
+                pop3: one(2110),
+                pop3s: one(2995),
+            },
+            ..Config::default()
+        }
+    }
+
+    /// Load from `file` (or the embedded default when `None`), then apply `CORVUS_`
+    /// environment overrides (`__` separates nesting levels: `CORVUS_LISTEN__SMTP`).
+    /// Returns every problem found, one line each.
+    pub fn load(file: Option<&Path>) -> Result<Config, Vec<String>> {
+        let figment = Self::figment(file)?;
+        let config: Config = figment.extract().map_err(|e| {
+            e.into_iter()
+                .map(|e| describe_figment_error(&e, file))
+                .collect::<Vec<_>>()
+        })?;
+        let problems = config.check();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn figment(file: Option<&Path>) -> Result<Figment, Vec<String>> {
+        let base = match file {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(vec![format!(
+                        "{}: no such config file (run without -c for the embedded default, or copy examples/corvus.toml)",
+                        path.display()
+                    )]);
+                }
+                Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(path))
+            }
+            None => Figment::from(Serialized::defaults(Config::embedded())),
+        };
+        Ok(base.merge(Env::prefixed("CORVUS_").split("__")))
+    }
+
+    /// Validate what the types cannot: addresses, referenced files, domain names.
+    pub fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (key, addrs) in self.listen.entries() {
+            for s in addrs.strings() {
+                if s.parse::<SocketAddr>().is_err() {
+                    problems.push(format!(
+                        "listen.{key}: {s:?} is not an address; write ip:port, e.g. \"0.0.0.0:25\" or \"[::]:25\""
+                    ));
+                }
+            }
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) | (None, Some(_)) => problems.push(
+                "tls: set both cert and key, or neither (a self-signed certificate is then generated)".into(),
+            ),
+            (Some(c), Some(k)) => {
+                for (key, p) in [("tls.cert", c), ("tls.key", k)] {
+                    if !p.is_file() {
+                        problems.push(format!(
+                            "{key}: file {} does not exist; fix the path or remove the key to use a self-signed certificate",
+                            p.display()
+                        ));
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+        for ns in &self.dns.nameservers {
+            if ns.parse::<SocketAddr>().is_err() {
+                problems.push(format!(
+                    "dns.nameservers: {ns:?} is not ip:port, e.g. \"127.0.0.1:53\""
+                ));
+            }
+        }
+        if self.hostname.trim().is_empty() {
+            problems.push("hostname: must not be empty".into());
+        }
+        for d in &self.domains {
+            if d.is_empty() || d.contains(['@', ' ', '/']) {
+                problems.push(format!("domains: {d:?} is not a domain name"));
+            }
+        }
+        if self.delivery.retry.is_empty() {
+            problems
+                .push("delivery.retry: give at least one interval, e.g. [\"1m\", \"5m\"]".into());
+        }
+        problems
+    }
+
+    /// Parsed listener addresses by protocol key (only the ones that are on).
+    pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let mut out = Vec::new();
+        for (key, addrs) in self.listen.entries() {
+            for s in addrs.strings() {
+                if let Ok(a) = s.parse() {
+                    out.push((key, a));
+                }
+            }
+        }
+        out
+    }
+
+    /// Parsed DNS servers.
+    pub fn nameservers(&self) -> Vec<SocketAddr> {
+        self.dns
+            .nameservers
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect()
+    }
+
+    /// Path of the control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.data_dir.join("control.sock")
+    }
+
+    /// Path of the sled database.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("store")
+    }
+}
+
+impl Listen {
+    fn entries(&self) -> Vec<(&'static str, &Addrs)> {
+        [
+            ("smtp", &self.smtp),
+            ("submission", &self.submission),
+            ("submissions", &self.submissions),
+            ("imap", &self.imap),
+            ("imaps", &self.imaps),
+            ("pop3", &self.pop3),
+            ("pop3s", &self.pop3s),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+        .collect()
+    }
+}
+
+/// Turn a figment error into one line naming the source, the key and the fix.
+fn describe_figment_error(e: &figment::Error, file: Option<&Path>) -> String {
+    let source = match e.metadata.as_ref() {
+        Some(m) if m.name.contains("environment") => "environment".to_string(),
+        Some(m) => m
+            .source
+            .as_ref()
+            .map(|s| s.to_string())
+            .or_else(|| file.map(|f| f.display().to_string()))
+            .unwrap_or_else(|| m.name.to_string()),
+        None => file
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| "config".into()),
+    };
+    let key = if e.path.is_empty() {
+        String::new()
+    } else {
+        format!("{}: ", e.path.join("."))
+    };
+    let hint = match &e.kind {
+        figment::error::Kind::UnknownField(..) => {
+            " (remove it or fix its spelling; examples/corvus.toml lists every key)"
+        }
+        _ => "",
+    };
+    format!("{source}: {key}{}{hint}", e.kind)
+}
+
+/// Serde helpers for durations written like "30s", "5m", "5d".
+mod dur {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration like \"30s\", \"5m\", \"2h\", \"5d\" ({e})"
+            ))
+        })
+    }
+}
+
+mod dur_list {
+    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for d in v {
+            seq.serialize_element(&humantime::format_duration(*d).to_string())?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let v = Vec::<String>::deserialize(d)?;
+        v.iter()
+            .map(|s| {
+                humantime::parse_duration(s).map_err(|e| {
+                    serde::de::Error::custom(format!("{s:?} is not a duration like \"1m\" ({e})"))
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("corvus.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_file_and_key() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "hostname = \"mx\"\n[listen]\nsmpt = \"127.0.0.1:25\"\n",
+        );
+        let errs = Config::load(Some(&p)).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("corvus.toml"), "{errs:?}");
+        assert!(errs[0].contains("smpt"), "{errs:?}");
+    }
+
+    #[test]
+    fn bad_address_and_missing_cert() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "[listen]\nsmtp = \"nonsense\"\n[tls]\ncert = \"/nope/c.pem\"\nkey = \"/nope/k.pem\"\n",
+        );
+        let errs = Config::load(Some(&p)).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("listen.smtp: \"nonsense\"")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("tls.cert: file /nope/c.pem")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn missing_listener_is_off_under_a_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "[listen]\nimap = [\"127.0.0.1:143\", \"[::1]:143\"]\n",
+        );
+        let c = Config::load(Some(&p)).unwrap();
+        let l = c.listeners();
+        assert_eq!(l.len(), 2);
+        assert!(l.iter().all(|(k, _)| *k == "imap"));
+    }
+
+    #[test]
+    fn durations_parse() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "[delivery]\nretry = [\"1m\", \"5m\"]\nexpire = \"2d\"\n",
+        );
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(
+            c.delivery.retry,
+            vec![Duration::from_secs(60), Duration::from_secs(300)]
+        );
+        assert_eq!(c.delivery.expire, Duration::from_secs(172800));
+        let p = write(d.path(), "[delivery]\nexpire = \"soon\"\n");
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e[0].contains("delivery.expire"), "{e:?}");
+    }
+
+    #[test]
+    fn every_example_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                Config::load(Some(&p)).unwrap_or_else(|e| panic!("{}: {e:?}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 1);
+    }
+}

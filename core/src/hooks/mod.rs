@@ -1,0 +1,295 @@
+//! Hook dispatch: one [`HookPoint`] enum, one [`Verdict`], one [`HookEngine`] trait that the
+//! built-in policy, Rhai scripts and WASM plugins implement, and one [`HookChain`] that runs
+//! them in order.
+//!
+//! Order at every point: the built-in policy runs first and can only refuse (so no script or
+//! plugin can turn Corvus into an open relay); then the configured `[[hooks]]` entries in file
+//! order. The first verdict other than `Continue` ends the chain. Actions (add header, change
+//! recipient, file into a folder) accumulate along the chain.
+
+pub mod builtin;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Where in a session a hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HookPoint {
+    /// A client connected.
+    Connect,
+    /// HELO/EHLO.
+    Helo,
+    /// AUTH/LOGIN credentials.
+    Auth,
+    /// MAIL FROM.
+    Mail,
+    /// RCPT TO (once per recipient).
+    Rcpt,
+    /// End of message data.
+    Data,
+    /// Before a message is filed into a local mailbox or sent to a remote host.
+    Delivery,
+    /// Before message content is served over IMAP or POP3.
+    Fetch,
+}
+
+impl HookPoint {
+    /// Rhai function name (`on_rcpt`); the WIT export is the same with `-`.
+    pub fn function_name(self) -> &'static str {
+        match self {
+            HookPoint::Connect => "on_connect",
+            HookPoint::Helo => "on_helo",
+            HookPoint::Auth => "on_auth",
+            HookPoint::Mail => "on_mail",
+            HookPoint::Rcpt => "on_rcpt",
+            HookPoint::Data => "on_data",
+            HookPoint::Delivery => "on_delivery",
+            HookPoint::Fetch => "on_fetch",
+        }
+    }
+}
+
+/// A hook's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// No opinion; the next entry decides.
+    Continue,
+    /// Accept; later entries are skipped.
+    Accept,
+    /// Permanent refusal with a 5xx code.
+    Reject {
+        /// SMTP code.
+        code: u16,
+        /// Text.
+        text: String,
+    },
+    /// Temporary refusal with a 4xx code.
+    Tempfail {
+        /// SMTP code.
+        code: u16,
+        /// Text.
+        text: String,
+    },
+    /// Accept and silently drop.
+    Discard,
+    /// Accept and deliver into Junk.
+    Quarantine(String),
+}
+
+impl Verdict {
+    /// Whether this verdict ends the chain.
+    pub fn ends_chain(&self) -> bool {
+        !matches!(self, Verdict::Continue)
+    }
+
+    /// Short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Continue => "continue",
+            Verdict::Accept => "accept",
+            Verdict::Reject { .. } => "reject",
+            Verdict::Tempfail { .. } => "tempfail",
+            Verdict::Discard => "discard",
+            Verdict::Quarantine(_) => "quarantine",
+        }
+    }
+}
+
+/// Side effects a hook asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actions {
+    /// Headers to prepend.
+    pub add_headers: Vec<(String, String)>,
+    /// New recipient (on rcpt).
+    pub set_rcpt: Option<String>,
+    /// Folder to file into (on delivery).
+    pub file_into: Option<String>,
+}
+
+/// How a recipient resolved, as facts for the built-in policy and hooks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Local account(s) (after alias expansion).
+    Local(Vec<String>),
+    /// A local domain without such a user.
+    UnknownLocal,
+    /// Another domain.
+    Remote,
+}
+
+/// What is known at a hook point. Fields not yet known are empty.
+#[derive(Debug, Clone)]
+pub struct HookCtx {
+    /// Which point.
+    pub point: HookPoint,
+    /// Listener name: "smtp", "submission", "submissions", "imap", …
+    pub listener: &'static str,
+    /// Client address.
+    pub client_ip: IpAddr,
+    /// Verified (FCrDNS) PTR name or "".
+    pub client_ptr: String,
+    /// HELO/EHLO argument.
+    pub helo: String,
+    /// Whether the connection is encrypted.
+    pub tls: bool,
+    /// Authenticated user or "".
+    pub user: String,
+    /// Envelope sender.
+    pub mail_from: String,
+    /// Current recipient (rcpt, delivery).
+    pub rcpt: String,
+    /// Route of the current recipient (rcpt).
+    pub route: Option<Route>,
+    /// Accepted recipients so far.
+    pub rcpts: Vec<String>,
+    /// The message (data, delivery).
+    pub message: Option<Arc<Vec<u8>>>,
+    /// SPF/DKIM/DMARC result strings (data), "" when not checked.
+    pub auth_results: [String; 3],
+    /// AUTH username, password and mechanism (auth only).
+    pub credentials: Option<(String, String, String)>,
+    /// Whether the account store accepted the credentials (auth only).
+    pub credentials_valid: bool,
+    /// Mailbox, UID and protocol (fetch only).
+    pub fetch: Option<(String, u32, &'static str)>,
+    /// Delivery to a remote host: the MX about to be tried.
+    pub remote_mx: Option<String>,
+}
+
+impl HookCtx {
+    /// A context with only the connection facts filled in.
+    pub fn new(point: HookPoint, listener: &'static str, client_ip: IpAddr) -> Self {
+        HookCtx {
+            point,
+            listener,
+            client_ip,
+            client_ptr: String::new(),
+            helo: String::new(),
+            tls: false,
+            user: String::new(),
+            mail_from: String::new(),
+            rcpt: String::new(),
+            route: None,
+            rcpts: Vec::new(),
+            message: None,
+            auth_results: Default::default(),
+            credentials: None,
+            credentials_valid: false,
+            fetch: None,
+            remote_mx: None,
+        }
+    }
+}
+
+/// A failure inside one hook call (script error, plugin trap, limit exceeded).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct HookError(pub String);
+
+/// What to do when a hook call fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Answer 451 (default): the client retries later.
+    #[default]
+    Tempfail,
+    /// Skip the failing hook.
+    Continue,
+    /// Answer 550.
+    Reject,
+}
+
+/// Something that decides at hook points.
+pub trait HookEngine: Send + Sync {
+    /// Name for logs (script path, plugin name, "builtin").
+    fn name(&self) -> &str;
+    /// Whether this engine has a handler for `point` (others are skipped at no cost).
+    fn handles(&self, point: HookPoint) -> bool;
+    /// Run the handler.
+    fn call(&self, ctx: &HookCtx, actions: &mut Actions) -> Result<Verdict, HookError>;
+    /// Policy when `call` fails.
+    fn on_error(&self) -> OnError {
+        OnError::Tempfail
+    }
+}
+
+/// Result of running a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The deciding verdict (or Continue).
+    pub verdict: Verdict,
+    /// Accumulated actions.
+    pub actions: Actions,
+    /// One line per decision other than Continue, for `corvus queue show`.
+    pub decisions: Vec<String>,
+}
+
+/// The ordered list of engines.
+#[derive(Clone, Default)]
+pub struct HookChain {
+    entries: Vec<Arc<dyn HookEngine>>,
+}
+
+impl HookChain {
+    /// A chain of `entries` in order (the built-in policy should be first).
+    pub fn new(entries: Vec<Arc<dyn HookEngine>>) -> Self {
+        HookChain { entries }
+    }
+
+    /// Run every entry that handles `ctx.point` until one decides.
+    pub fn run(&self, ctx: &HookCtx) -> Outcome {
+        let mut actions = Actions::default();
+        let mut decisions = Vec::new();
+        for engine in &self.entries {
+            if !engine.handles(ctx.point) {
+                continue;
+            }
+            let started = Instant::now();
+            let result = engine.call(ctx, &mut actions);
+            let micros = started.elapsed().as_micros();
+            let verdict = match result {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(hook = ctx.point.function_name(), engine = engine.name(), error = %e, micros, "hook failed");
+                    match engine.on_error() {
+                        OnError::Continue => continue,
+                        OnError::Tempfail => Verdict::Tempfail {
+                            code: 451,
+                            text: "Temporary local problem, try again later".into(),
+                        },
+                        OnError::Reject => Verdict::Reject {
+                            code: 550,
+                            text: "Rejected by local policy".into(),
+                        },
+                    }
+                }
+            };
+            if verdict.ends_chain() {
+                tracing::info!(
+                    hook = ctx.point.function_name(),
+                    engine = engine.name(),
+                    verdict = verdict.name(),
+                    micros,
+                    "hook verdict"
+                );
+                decisions.push(format!(
+                    "{} {}: {:?}",
+                    ctx.point.function_name(),
+                    engine.name(),
+                    verdict
+                ));
+                return Outcome {
+                    verdict,
+                    actions,
+                    decisions,
+                };
+            }
+        }
+        Outcome {
+            verdict: Verdict::Continue,
+            actions,
+            decisions,
+        }
+    }
+}

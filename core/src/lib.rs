@@ -1,0 +1,20 @@
+//! Corvus: a mail server framework. SMTP in, durable store, IMAP/POP3 out, hooks everywhere.
+//!
+//! Code map: [`config`] (figment settings), [`store`] (storage interface and sled backend),
+//! [`accounts`] and [`admin`] (users, domains, aliases), [`control`] (CLI ↔ server socket),
+//! [`tls`], [`dns`], [`net`] (streams and limits), [`hooks`] (dispatch), [`routing`]
+//! (recipients), [`smtp`] (protocol), [`server`] (listeners and lifecycle).
+
+pub mod accounts;
+pub mod admin;
+pub mod config;
+pub mod control;
+pub mod dns;
+pub mod hooks;
+pub mod message;
+pub mod net;
+pub mod routing;
+pub mod server;
+pub mod smtp;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,253 @@
+//! The `corvus` command line.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use corvus::admin::{AdminCommand, execute};
+use corvus::config::{Config, LogFormat};
+
+/// Corvus: a mail server (SMTP, submission, IMAP, POP3) you extend with Rhai scripts and
+/// WASM plugins.
+///
+/// Start with `corvus serve` (no config file: loopback listeners on ports 2525/2587/2465/…,
+/// data in ./corvus-data), then `corvus user add alice@localhost --password secret`.
+/// Administrative commands work whether or not the server is running: they go through the
+/// server's control socket when it runs, and open the store directly when it does not.
+#[derive(Parser)]
+#[command(name = "corvus", version, about, long_about)]
+struct Cli {
+    /// Config file (TOML). Without it, the embedded loopback defaults are used.
+    /// Environment variables CORVUS_<KEY> (CORVUS_LISTEN__SMTP=…) override both.
+    #[arg(short, long, global = true, env = "CORVUS_CONFIG")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server until SIGTERM or SIGINT (then finish sessions and flush the store).
+    Serve,
+    /// Validate the configuration and everything it references; print one line per problem.
+    Check,
+    /// Manage accounts.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage local domains.
+    #[command(subcommand)]
+    Domain(DomainCmd),
+    /// Manage aliases (an address that delivers to one or more other addresses).
+    #[command(subcommand)]
+    Alias(AliasCmd),
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create an account with the default mailboxes (INBOX, Sent, Drafts, Trash, Junk, Archive).
+    Add {
+        /// The account's address, e.g. alice@example.org.
+        address: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+    /// Delete an account and all its mail.
+    Del {
+        /// The account's address.
+        address: String,
+    },
+    /// List accounts.
+    List,
+    /// Change an account's password.
+    Passwd {
+        /// The account's address.
+        address: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+}
+
+#[derive(Args)]
+struct PasswordArgs {
+    /// The password (visible in the process list; prefer --password-stdin).
+    #[arg(long, conflicts_with = "password_stdin")]
+    password: Option<String>,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Subcommand)]
+enum DomainCmd {
+    /// Add a local domain (mail for it is delivered here).
+    Add {
+        /// Domain name.
+        domain: String,
+    },
+    /// Remove a local domain.
+    Del {
+        /// Domain name.
+        domain: String,
+    },
+    /// List local domains (from the config and added ones).
+    List,
+}
+
+#[derive(Subcommand)]
+enum AliasCmd {
+    /// Make ALIAS deliver to one or more TARGET addresses.
+    Add {
+        /// The alias address.
+        alias: String,
+        /// Target addresses.
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Remove an alias.
+    Del {
+        /// The alias address.
+        alias: String,
+    },
+    /// List aliases.
+    List,
+}
+
+fn read_password(p: PasswordArgs) -> Result<String, String> {
+    if let Some(pw) = p.password {
+        return Ok(pw);
+    }
+    if !p.password_stdin {
+        eprint!("Password: ");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the password: {e}"))?;
+    let pw = line.trim_end_matches(['\r', '\n']).to_string();
+    if pw.is_empty() {
+        Err("the password must not be empty".into())
+    } else {
+        Ok(pw)
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Plain => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("error: {p}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let admin = match cli.command {
+        Command::Serve => {
+            init_logging(&config);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            return match rt.block_on(corvus::server::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Check => {
+            // Config::load already validated keys, addresses and files; also prove TLS loads.
+            if let Err(e) = corvus::tls::acceptor(&config) {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+            println!("configuration OK ({} listeners)", config.listeners().len());
+            return ExitCode::SUCCESS;
+        }
+        Command::User(UserCmd::Add { address, password }) => match read_password(password) {
+            Ok(password) => AdminCommand::UserAdd { address, password },
+            Err(e) => return fail(&e),
+        },
+        Command::User(UserCmd::Del { address }) => AdminCommand::UserDel { address },
+        Command::User(UserCmd::List) => AdminCommand::UserList,
+        Command::User(UserCmd::Passwd { address, password }) => match read_password(password) {
+            Ok(password) => AdminCommand::UserPasswd { address, password },
+            Err(e) => return fail(&e),
+        },
+        Command::Domain(DomainCmd::Add { domain }) => AdminCommand::DomainAdd { domain },
+        Command::Domain(DomainCmd::Del { domain }) => AdminCommand::DomainDel { domain },
+        Command::Domain(DomainCmd::List) => AdminCommand::DomainList,
+        Command::Alias(AliasCmd::Add { alias, targets }) => {
+            AdminCommand::AliasAdd { alias, targets }
+        }
+        Command::Alias(AliasCmd::Del { alias }) => AdminCommand::AliasDel { alias },
+        Command::Alias(AliasCmd::List) => AdminCommand::AliasList,
+    };
+    run_admin(&config, admin)
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::FAILURE
+}
+
+fn run_admin(config: &Config, cmd: AdminCommand) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    // A running server owns the store: go through its control socket.
+    match rt.block_on(corvus::control::send(&config.control_socket(), &cmd)) {
+        Ok(Some(reply)) => {
+            return if reply.ok {
+                if !reply.text.is_empty() {
+                    println!("{}", reply.text);
+                }
+                ExitCode::SUCCESS
+            } else {
+                fail(&reply.text)
+            };
+        }
+        Ok(None) => {}
+        Err(e) => {
+            return fail(&format!(
+                "control socket {}: {e}",
+                config.control_socket().display()
+            ));
+        }
+    }
+    let store = match corvus::server::open_store(config) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("{e:#}")),
+    };
+    let result = execute(&store, &config.domains, cmd);
+    let flushed = rt.block_on(store.commit());
+    match (result, flushed) {
+        (Ok(text), Ok(())) => {
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        (Err(e), _) => fail(&e.to_string()),
+        (_, Err(e)) => fail(&e.to_string()),
+    }
+}

@@ -1,0 +1,260 @@
+//! Transport plumbing shared by every protocol: a stream that is plain TCP or TLS (so STARTTLS
+//! can upgrade in place), connection limits per client IP and in total, and an auth-failure
+//! rate limiter.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// A client connection, before or after TLS.
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Placeholder while upgrading.
+    Upgrading,
+}
+
+impl Stream {
+    /// Whether the stream is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
+    /// Negotiated TLS version and cipher, for Received headers.
+    pub fn tls_info(&self) -> Option<String> {
+        match self {
+            Stream::Tls(s) => {
+                let (_, conn) = s.get_ref();
+                let v = conn
+                    .protocol_version()
+                    .map(|v| format!("{v:?}"))
+                    .unwrap_or_default();
+                let c = conn
+                    .negotiated_cipher_suite()
+                    .map(|c| format!("{:?}", c.suite()))
+                    .unwrap_or_default();
+                Some(format!("{} {}", v.replace("TLSv1_", "TLS1."), c))
+            }
+            _ => None,
+        }
+    }
+
+    /// Upgrade a plain stream to TLS.
+    pub async fn upgrade(&mut self, acceptor: &tokio_rustls::TlsAcceptor) -> io::Result<()> {
+        match std::mem::replace(self, Stream::Upgrading) {
+            Stream::Plain(tcp) => {
+                let tls = acceptor.accept(tcp).await?;
+                *self = Stream::Tls(Box::new(tls));
+                Ok(())
+            }
+            other => {
+                *self = other;
+                Err(io::Error::other("already TLS"))
+            }
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Stream::Plain($s) => {
+                let $s = Pin::new($s);
+                $e
+            }
+            Stream::Tls($s) => {
+                let $s = Pin::new($s.as_mut());
+                $e
+            }
+            Stream::Upgrading => Poll::Ready(Err(io::Error::other("stream is being upgraded"))),
+        }
+    };
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write(cx, buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+/// Counts open connections in total and per IP.
+pub struct ConnLimits {
+    max_total: usize,
+    max_per_ip: usize,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Held while a connection is open; releases its slot on drop.
+pub struct ConnSlot {
+    limits: Arc<ConnLimits>,
+    ip: IpAddr,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConnRefused {
+    /// Too many connections overall.
+    Total,
+    /// Too many from this IP.
+    PerIp,
+}
+
+impl ConnLimits {
+    /// Limits with the given maxima.
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(ConnLimits {
+            max_total,
+            max_per_ip,
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// Take a slot for `ip`.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, ConnRefused> {
+        let mut g = self.open.lock().expect("conn limits");
+        if g.0 >= self.max_total {
+            return Err(ConnRefused::Total);
+        }
+        let n = g.1.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err(ConnRefused::PerIp);
+        }
+        *n += 1;
+        g.0 += 1;
+        Ok(ConnSlot {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    /// Open connections right now.
+    pub fn open(&self) -> usize {
+        self.open.lock().expect("conn limits").0
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut g = self.limits.open.lock().expect("conn limits");
+        g.0 -= 1;
+        if let Some(n) = g.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                g.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Failed authentication attempts per IP within a window (shared by SMTP, IMAP, POP3).
+pub struct AuthThrottle {
+    max: u32,
+    window: Duration,
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl AuthThrottle {
+    /// At most `max` failures per `window`.
+    pub fn new(max: u32, window: Duration) -> Arc<Self> {
+        Arc::new(AuthThrottle {
+            max,
+            window,
+            failures: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether `ip` is currently blocked.
+    pub fn blocked(&self, ip: IpAddr) -> bool {
+        let mut g = self.failures.lock().expect("throttle");
+        match g.get(&ip) {
+            Some((n, since)) if since.elapsed() < self.window => *n >= self.max,
+            Some(_) => {
+                g.remove(&ip);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Record a failure; returns whether the IP is now blocked.
+    pub fn fail(&self, ip: IpAddr) -> bool {
+        let mut g = self.failures.lock().expect("throttle");
+        if g.len() > 100_000 {
+            let window = self.window;
+            g.retain(|_, (_, t)| t.elapsed() < window);
+        }
+        let e = g.entry(ip).or_insert((0, Instant::now()));
+        if e.1.elapsed() >= self.window {
+            *e = (0, Instant::now());
+        }
+        e.0 += 1;
+        e.1 = Instant::now();
+        e.0 >= self.max
+    }
+
+    /// Forget failures after a success.
+    pub fn succeed(&self, ip: IpAddr) {
+        self.failures.lock().expect("throttle").remove(&ip);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits() {
+        let l = ConnLimits::new(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = l.acquire(a).unwrap();
+        let _s2 = l.acquire(a).unwrap();
+        assert_eq!(l.acquire(a).err(), Some(ConnRefused::PerIp));
+        let _s3 = l.acquire(b).unwrap();
+        assert_eq!(l.acquire(b).err(), Some(ConnRefused::Total));
+        drop(s1);
+        assert!(l.acquire(a).is_ok());
+    }
+
+    #[test]
+    fn throttle() {
+        let t = AuthThrottle::new(2, Duration::from_secs(60));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(!t.fail(a));
+        assert!(!t.blocked(a));
+        assert!(t.fail(a));
+        assert!(t.blocked(a));
+        t.succeed(a);
+        assert!(!t.blocked(a));
+    }
+}

@@ -1,0 +1,98 @@
+//! Recipient resolution: local domain? which account(s) after aliases and plus-addressing?
+
+use crate::hooks::Route;
+use crate::store::{Store, StoreError};
+
+/// Local domains: the config's plus those added at run time.
+pub fn is_local_domain(
+    store: &Store,
+    config_domains: &[String],
+    domain: &str,
+) -> Result<bool, StoreError> {
+    let d = domain.to_lowercase();
+    Ok(config_domains.iter().any(|c| c.eq_ignore_ascii_case(&d))
+        || store.domains()?.iter().any(|s| *s == d))
+}
+
+/// Resolve `address` (already `local@domain`): a local route lists the final addresses,
+/// local accounts or forward targets in other domains.
+pub fn resolve(
+    store: &Store,
+    config_domains: &[String],
+    address: &str,
+) -> Result<Route, StoreError> {
+    let address = address.to_lowercase();
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return Ok(Route::UnknownLocal);
+    };
+    if !is_local_domain(store, config_domains, domain)? {
+        return Ok(Route::Remote);
+    }
+    let mut out = Vec::new();
+    expand(store, config_domains, &address, 0, &mut out)?;
+    if out.is_empty() {
+        // Plus-addressing: alice+tag@ → alice@.
+        if let Some((base, _tag)) = local.split_once('+')
+            && !base.is_empty()
+        {
+            expand(
+                store,
+                config_domains,
+                &format!("{base}@{domain}"),
+                0,
+                &mut out,
+            )?;
+        }
+    }
+    Ok(if out.is_empty() {
+        Route::UnknownLocal
+    } else {
+        Route::Local(out)
+    })
+}
+
+fn expand(
+    store: &Store,
+    config_domains: &[String],
+    address: &str,
+    depth: u32,
+    out: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    if depth > 8 {
+        return Ok(());
+    }
+    if store.account(address)?.is_some() {
+        if !out.iter().any(|a| a == address) {
+            out.push(address.to_string());
+        }
+        return Ok(());
+    }
+    if let Some(targets) = store.alias(address)? {
+        for t in targets {
+            let domain = t.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+            if is_local_domain(store, config_domains, domain)? {
+                expand(store, config_domains, &t, depth + 1, out)?;
+            } else if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `user` may send as `from`: its own address or an alias that points at it.
+pub fn owns_address(store: &Store, user: &str, from: &str) -> Result<bool, StoreError> {
+    let from = from.to_lowercase();
+    if from == user {
+        return Ok(true);
+    }
+    if let Some((local, domain)) = from.rsplit_once('@')
+        && let Some((base, _)) = local.split_once('+')
+        && format!("{base}@{domain}") == user
+    {
+        return Ok(true);
+    }
+    Ok(store
+        .alias(&from)?
+        .is_some_and(|t| t.iter().any(|t| t == user)))
+}

@@ -1,0 +1,206 @@
+//! Server lifecycle: open the store, bind listeners, accept connections into protocol
+//! sessions, and shut down cleanly on SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hickory_resolver::TokioResolver;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::hooks::HookChain;
+use crate::hooks::builtin::BuiltinPolicy;
+use crate::net::{AuthThrottle, ConnLimits, ConnRefused};
+use crate::store::{SledStore, Store};
+
+/// Everything sessions share.
+pub struct Shared {
+    /// Settings.
+    pub config: Arc<Config>,
+    /// The store.
+    pub store: Store,
+    /// TLS for STARTTLS and implicit TLS.
+    pub tls: TlsAcceptor,
+    /// Hook chain (built-in policy first).
+    pub hooks: HookChain,
+    /// DNS resolver.
+    pub resolver: TokioResolver,
+    /// Failed-auth limiter shared by all protocols.
+    pub auth_throttle: Arc<AuthThrottle>,
+    /// Fires on shutdown.
+    pub shutdown: CancellationToken,
+    /// Wakes the outbound queue when mail for remote domains was accepted.
+    pub queue_wakeup: Arc<Notify>,
+    /// Connection counters.
+    pub conn_limits: Arc<ConnLimits>,
+}
+
+/// Open the store at the configured place, with the error an admin can act on.
+pub fn open_store(config: &Config) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("data_dir {}: cannot create", config.data_dir.display()))?;
+    let store = SledStore::open(&config.store_path())?;
+    Ok(Arc::new(store))
+}
+
+/// Run the server until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let store = open_store(&config)?;
+    let tls = crate::tls::acceptor(&config)?;
+    let resolver = crate::dns::resolver(&config).map_err(anyhow::Error::msg)?;
+    let shutdown = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        hooks: HookChain::new(vec![Arc::new(BuiltinPolicy)]),
+        auth_throttle: AuthThrottle::new(
+            config.smtp.max_auth_failures,
+            config.smtp.auth_fail_window,
+        ),
+        conn_limits: ConnLimits::new(
+            config.smtp.max_connections,
+            config.smtp.max_connections_per_ip,
+        ),
+        queue_wakeup: Arc::new(Notify::new()),
+        config: config.clone(),
+        store: store.clone(),
+        tls,
+        resolver,
+        shutdown: shutdown.clone(),
+    });
+
+    let mut bound = Vec::new();
+    for (proto, addr) in config.listeners() {
+        if !matches!(proto, "smtp" | "submission" | "submissions") {
+            tracing::warn!(listener = proto, %addr, "this protocol is not implemented yet; listener skipped");
+            continue;
+        }
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen.{proto}: cannot bind {addr}"))?;
+        bound.push((proto, addr, l));
+    }
+    crate::control::serve(
+        &config.control_socket(),
+        store.clone(),
+        config.domains.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .with_context(|| format!("control socket {}", config.control_socket().display()))?;
+
+    println!(
+        "corvus {} running as {}; data in {}",
+        env!("CARGO_PKG_VERSION"),
+        config.hostname,
+        config.data_dir.display()
+    );
+    for (proto, addr, _) in &bound {
+        println!("  {proto:<12} listening on {addr}");
+    }
+    if store.accounts()?.is_empty() {
+        println!(
+            "No accounts yet. Add one with:  corvus user add alice@{} --password 'secret'",
+            config
+                .domains
+                .first()
+                .map(String::as_str)
+                .unwrap_or("localhost")
+        );
+    }
+
+    let tracker = TaskTracker::new();
+    for (proto, _addr, listener) in bound {
+        let shared = shared.clone();
+        let tracker2 = tracker.clone();
+        tracker.spawn(accept_loop(shared, listener, proto, tracker2));
+    }
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections; waiting for sessions to finish");
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?config.shutdown_timeout, "sessions still running after the shutdown timeout; closing them");
+    }
+    store.commit().await?;
+    tracing::info!("store flushed; bye");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    proto: &'static str,
+    tracker: TaskTracker,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let slot = match shared.conn_limits.acquire(peer.ip()) {
+            Ok(s) => s,
+            Err(why) => {
+                tracing::info!(%peer, ?why, "connection refused by limits");
+                tracker.spawn(refuse(tcp, proto, why));
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tracker.spawn(async move {
+            let _slot = slot;
+            session(shared, tcp, peer, proto).await;
+        });
+    }
+}
+
+async fn session(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, proto: &'static str) {
+    match proto {
+        "smtp" | "submission" => crate::smtp::session::serve(shared, tcp, peer, proto, false).await,
+        "submissions" => crate::smtp::session::serve(shared, tcp, peer, proto, true).await,
+        _ => {}
+    }
+}
+
+async fn refuse(mut tcp: TcpStream, proto: &'static str, why: ConnRefused) {
+    let text = match why {
+        ConnRefused::Total => "too many connections",
+        ConnRefused::PerIp => "too many connections from your address",
+    };
+    let line = match proto {
+        "smtp" | "submission" => format!("421 4.7.0 {text}, try again later\r\n"),
+        _ => String::new(),
+    };
+    if !line.is_empty() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(line.as_bytes())).await;
+    }
+}

@@ -1,0 +1,1261 @@
+//! The SMTP session loop: moves bytes between the socket and the codec, keeps the session
+//! state, applies limits and timeouts, and hands accepted messages to the store.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::Instrument;
+
+use super::codec::{
+    Address, Body, Command, MailParams, RcptParams, SyntaxError, next_line, parse_command,
+};
+use super::data::{DataProblem, DataReceiver, Feed};
+use super::reply::Reply;
+use crate::config::{BareLfPolicy, FcrdnsPolicy};
+use crate::dns::Fcrdns;
+use crate::hooks::builtin::is_submission;
+use crate::hooks::{HookCtx, HookPoint, Route, Verdict};
+use crate::message::{format_field, has_header, rfc5322_now, valid_field_name};
+use crate::net::Stream;
+use crate::server::Shared;
+use crate::store::{Placement, QueueEntry, QueueRcpt};
+use crate::{accounts, routing};
+
+/// One accepted recipient of the open transaction.
+#[derive(Debug, Clone)]
+struct Rcpt {
+    address: String,
+    route: Route,
+    params: RcptParams,
+    file_into: Option<String>,
+}
+
+/// The open mail transaction (between MAIL and the end of data).
+#[derive(Debug, Clone)]
+struct Transaction {
+    from: Address,
+    params: MailParams,
+    rcpts: Vec<Rcpt>,
+}
+
+/// What the session is waiting for.
+enum State {
+    /// A command line.
+    Command,
+    /// Message data after DATA.
+    Data(Box<DataReceiver>),
+    /// A BDAT chunk of `remaining` bytes; `last` marks the final chunk; `discard` when the
+    /// chunk is read only to be thrown away.
+    Bdat {
+        remaining: u64,
+        last: bool,
+        discard: bool,
+    },
+    /// The next AUTH line.
+    Auth(AuthStep),
+}
+
+enum AuthStep {
+    Plain,
+    LoginUser,
+    LoginPass(String),
+}
+
+enum Flow {
+    Continue,
+    Close,
+    StartTls,
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    stream: Stream,
+    listener: &'static str,
+    peer: SocketAddr,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    state: State,
+    helo: Option<String>,
+    esmtp: bool,
+    user: Option<String>,
+    tx: Option<Transaction>,
+    bdat: Option<Vec<u8>>,
+    bdat_too_big: bool,
+    errors: usize,
+    messages: usize,
+    discard_line: bool,
+    fcrdns: Option<Fcrdns>,
+    fcrdns_task: Option<tokio::task::JoinHandle<Fcrdns>>,
+    deadline: Instant,
+}
+
+/// Serve one SMTP connection. `implicit_tls` for the `submissions` listener.
+pub async fn serve(
+    shared: Arc<Shared>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    listener: &'static str,
+    implicit_tls: bool,
+) {
+    let id = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+    let span = tracing::info_span!("smtp", session = %id, peer = %peer, listener);
+    async move {
+        let mut stream = Stream::Plain(tcp);
+        if implicit_tls {
+            match tokio::time::timeout(Duration::from_secs(30), stream.upgrade(&shared.tls)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+        let resolver = shared.resolver.clone();
+        let ip = peer.ip();
+        let fcrdns_task = Some(tokio::spawn(async move {
+            crate::dns::fcrdns(&resolver, ip).await
+        }));
+        let deadline = Instant::now() + shared.config.smtp.session_timeout;
+        let mut s = Session {
+            shared,
+            stream,
+            listener,
+            peer,
+            inbuf: Vec::with_capacity(4096),
+            out: Vec::with_capacity(1024),
+            state: State::Command,
+            helo: None,
+            esmtp: false,
+            user: None,
+            tx: None,
+            bdat: None,
+            bdat_too_big: false,
+            errors: 0,
+            messages: 0,
+            discard_line: false,
+            fcrdns: None,
+            fcrdns_task,
+            deadline,
+        };
+        tracing::debug!("connected");
+        if let Err(e) = s.run().await {
+            tracing::debug!(error = %e, "session ended with I/O error");
+        }
+        tracing::debug!("closed");
+    }
+    .instrument(span)
+    .await
+}
+
+impl Session {
+    fn host(&self) -> &str {
+        &self.shared.config.hostname
+    }
+
+    fn reply(&mut self, r: Reply) {
+        if r.code >= 400 {
+            tracing::debug!(reply = %r, "refused");
+        }
+        r.write_to(&mut self.out);
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    fn ctx(&self, point: HookPoint) -> HookCtx {
+        let mut c = HookCtx::new(point, self.listener, self.peer.ip());
+        c.client_ptr = self
+            .fcrdns
+            .as_ref()
+            .map(|f| f.verified_name().to_string())
+            .unwrap_or_default();
+        c.helo = self.helo.clone().unwrap_or_default();
+        c.tls = self.stream.is_tls();
+        c.user = self.user.clone().unwrap_or_default();
+        if let Some(tx) = &self.tx {
+            c.mail_from = tx.from.to_string();
+            c.rcpts = tx.rcpts.iter().map(|r| r.address.clone()).collect();
+        }
+        c
+    }
+
+    async fn fcrdns(&mut self) -> Fcrdns {
+        if let Some(f) = &self.fcrdns {
+            return f.clone();
+        }
+        let f = match self.fcrdns_task.take() {
+            Some(t) => match tokio::time::timeout(Duration::from_secs(10), t).await {
+                Ok(Ok(f)) => f,
+                _ => Fcrdns::TempError,
+            },
+            None => Fcrdns::TempError,
+        };
+        self.fcrdns = Some(f.clone());
+        f
+    }
+
+    async fn run(&mut self) -> std::io::Result<()> {
+        // Connect: FCrDNS policy, then the connect hooks.
+        let f = self.fcrdns().await;
+        if self.shared.config.smtp.fcrdns == FcrdnsPolicy::Reject && !matches!(f, Fcrdns::Pass(_)) {
+            self.reply(Reply::new(
+                550,
+                "5.7.25",
+                "Reverse DNS of your address does not resolve back to it",
+            ));
+            return self.flush().await;
+        }
+        let outcome = self.shared.hooks.run(&self.ctx(HookPoint::Connect));
+        match outcome.verdict {
+            Verdict::Reject { code, text } => {
+                self.reply(verdict_reply(code, &text, "5.7.1"));
+                return self.flush().await;
+            }
+            Verdict::Tempfail { code, text } => {
+                self.reply(verdict_reply(code, &text, "4.7.1"));
+                return self.flush().await;
+            }
+            _ => {}
+        }
+        let greeting = format!("{} ESMTP Corvus ready", self.host());
+        self.reply(Reply::new(220, "", greeting));
+        loop {
+            match self.process_input().await? {
+                Flow::Continue => {}
+                Flow::Close => return self.flush().await,
+                Flow::StartTls => {
+                    self.flush().await?;
+                    // RFC 3207 §4.2: discard anything pipelined behind STARTTLS.
+                    self.inbuf.clear();
+                    match tokio::time::timeout(
+                        Duration::from_secs(30),
+                        self.stream.upgrade(&self.shared.tls),
+                    )
+                    .await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "STARTTLS handshake failed");
+                            return Ok(());
+                        }
+                        Err(_) => return Ok(()),
+                    }
+                    // RFC 3207 §4.2: forget everything learnt before TLS.
+                    self.helo = None;
+                    self.esmtp = false;
+                    self.user = None;
+                    self.tx = None;
+                    continue;
+                }
+            }
+            // Need more input.
+            self.flush().await?;
+            let waiting_for_command =
+                matches!(self.state, State::Command | State::Auth(_)) && self.inbuf.is_empty();
+            let timeout = match self.state {
+                State::Data(_) | State::Bdat { .. } => self.shared.config.smtp.data_timeout,
+                _ => self.shared.config.smtp.command_timeout,
+            };
+            let until = (Instant::now() + timeout).min(self.deadline);
+            let mut chunk = [0u8; 16 * 1024];
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(until.into(), self.stream.read(&mut chunk)) => r,
+                _ = self.shared.shutdown.cancelled(), if waiting_for_command => {
+                    let r = Reply::shutting_down(self.host());
+                    self.reply(r);
+                    return self.flush().await;
+                }
+            };
+            match read {
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(n)) => self.inbuf.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    tracing::info!("timeout");
+                    let r = Reply::timeout(self.host());
+                    self.reply(r);
+                    return self.flush().await;
+                }
+            }
+        }
+    }
+
+    /// Consume as much buffered input as possible. Returns when more input is needed.
+    async fn process_input(&mut self) -> std::io::Result<Flow> {
+        loop {
+            match &mut self.state {
+                State::Data(rx) => match rx.feed(&self.inbuf) {
+                    Feed::More(n) => {
+                        self.inbuf.drain(..n);
+                        return Ok(Flow::Continue);
+                    }
+                    Feed::Done(n) => {
+                        self.inbuf.drain(..n);
+                        let State::Data(rx) = std::mem::replace(&mut self.state, State::Command)
+                        else {
+                            unreachable!()
+                        };
+                        let allow_bare = self.shared.config.smtp.bare_lf == BareLfPolicy::Normalize;
+                        let result = rx.finish_with(allow_bare);
+                        let reply = self.end_of_data(result).await;
+                        self.reply(reply);
+                        if self.shared.shutdown.is_cancelled() {
+                            let r = Reply::shutting_down(self.host());
+                            self.reply(r);
+                            return Ok(Flow::Close);
+                        }
+                    }
+                },
+                State::Bdat {
+                    remaining,
+                    last,
+                    discard,
+                } => {
+                    let take = (*remaining).min(self.inbuf.len() as u64) as usize;
+                    let (last, discard) = (*last, *discard);
+                    *remaining -= take as u64;
+                    let done = *remaining == 0;
+                    if !discard {
+                        let max = self.shared.config.smtp.max_message_size as usize;
+                        let buf = self.bdat.get_or_insert_with(Vec::new);
+                        if buf.len() + take > max {
+                            self.bdat_too_big = true;
+                        } else {
+                            buf.extend_from_slice(&self.inbuf[..take]);
+                        }
+                    }
+                    self.inbuf.drain(..take);
+                    if !done {
+                        return Ok(Flow::Continue);
+                    }
+                    self.state = State::Command;
+                    let reply = if discard {
+                        Reply::bad_sequence("BDAT chunk discarded: no valid transaction")
+                    } else if last {
+                        let msg = self.bdat.take().unwrap_or_default();
+                        let result = if std::mem::take(&mut self.bdat_too_big) {
+                            Err(DataProblem::TooBig)
+                        } else {
+                            Ok(msg)
+                        };
+                        self.end_of_data(result).await
+                    } else {
+                        let n = self.bdat.as_ref().map(|b| b.len()).unwrap_or(0);
+                        Reply::new(250, "2.0.0", format!("{n} octets received"))
+                    };
+                    self.reply(reply);
+                }
+                State::Command | State::Auth(_) => {
+                    let max = self.shared.config.smtp.max_command_line;
+                    let Some((line, used)) = next_line(&self.inbuf) else {
+                        if self.inbuf.len() > max {
+                            // Drop the partial over-long line and skip the rest of it.
+                            self.inbuf.clear();
+                            if !self.discard_line {
+                                self.discard_line = true;
+                                self.reply(Reply::line_too_long());
+                                if self.count_error() {
+                                    return Ok(Flow::Close);
+                                }
+                            }
+                        }
+                        return Ok(Flow::Continue);
+                    };
+                    let line = line.to_vec();
+                    self.inbuf.drain(..used);
+                    if std::mem::take(&mut self.discard_line) {
+                        continue;
+                    }
+                    if line.len() + 2 > max {
+                        self.reply(Reply::line_too_long());
+                        if self.count_error() {
+                            return Ok(Flow::Close);
+                        }
+                        continue;
+                    }
+                    let flow = if matches!(self.state, State::Auth(_)) {
+                        self.auth_line(&line).await
+                    } else {
+                        self.command(&line).await
+                    };
+                    match flow {
+                        Flow::Continue => {}
+                        other => return Ok(other),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Count a bad command; true when the session must close.
+    fn count_error(&mut self) -> bool {
+        self.errors += 1;
+        if self.errors >= self.shared.config.smtp.max_errors {
+            self.reply(Reply::new(
+                421,
+                "4.7.0",
+                "Too many errors, closing connection",
+            ));
+            true
+        } else {
+            false
+        }
+    }
+
+    async fn command(&mut self, line: &[u8]) -> Flow {
+        let cmd = match parse_command(line) {
+            Ok(c) => c,
+            Err(e) => {
+                let r = match e {
+                    SyntaxError::Unknown => Reply::unrecognized(),
+                    SyntaxError::Binary => {
+                        Reply::new(500, "5.5.2", "Invalid characters in command")
+                    }
+                    SyntaxError::Args(t) => Reply::new(501, "5.5.4", t),
+                    SyntaxError::Param(p) => {
+                        Reply::new(555, "5.5.4", format!("Unsupported parameter {p}"))
+                    }
+                };
+                self.reply(r);
+                return if self.count_error() {
+                    Flow::Close
+                } else {
+                    Flow::Continue
+                };
+            }
+        };
+        match cmd {
+            Command::Ehlo(d) => self.hello(d, true),
+            Command::Helo(d) => self.hello(d, false),
+            Command::Mail(from, params) => self.mail(from, params).await,
+            Command::Rcpt(to, params) => self.rcpt(to, params).await,
+            Command::Data => {
+                let r = self.check_ready_for_data();
+                match r {
+                    Some(r) => self.reply(r),
+                    None if self.bdat.is_some() => self.reply(Reply::bad_sequence(
+                        "DATA cannot follow BDAT in one transaction",
+                    )),
+                    None if self
+                        .tx
+                        .as_ref()
+                        .is_some_and(|t| t.params.body == Some(Body::BinaryMime)) =>
+                    {
+                        self.reply(Reply::bad_sequence("BODY=BINARYMIME requires BDAT"))
+                    }
+                    None => {
+                        self.reply(Reply::new(
+                            354,
+                            "",
+                            "Start mail input; end with <CRLF>.<CRLF>",
+                        ));
+                        let c = &self.shared.config.smtp;
+                        // Keep a little more than the limit so "too big" is detected, not truncated silently.
+                        self.state = State::Data(Box::new(DataReceiver::new(
+                            c.max_message_size as usize + 1,
+                            c.max_data_line,
+                        )));
+                    }
+                }
+                Flow::Continue
+            }
+            Command::Bdat(size, last) => {
+                let problem = self.check_ready_for_data();
+                let discard = problem.is_some();
+                if discard {
+                    self.bdat = None;
+                } else if self.bdat.is_none() {
+                    self.bdat = Some(Vec::new());
+                }
+                if size > self.shared.config.smtp.max_message_size {
+                    self.bdat_too_big = true;
+                }
+                if size == 0 {
+                    self.state = State::Bdat {
+                        remaining: 0,
+                        last,
+                        discard,
+                    };
+                } else {
+                    self.state = State::Bdat {
+                        remaining: size,
+                        last,
+                        discard,
+                    };
+                }
+                Flow::Continue
+            }
+            Command::Rset => {
+                self.tx = None;
+                self.bdat = None;
+                self.bdat_too_big = false;
+                self.reply(Reply::ok());
+                Flow::Continue
+            }
+            Command::Noop => {
+                self.reply(Reply::ok());
+                Flow::Continue
+            }
+            Command::Quit => {
+                self.reply(Reply::bye());
+                Flow::Close
+            }
+            Command::Vrfy(arg) => {
+                let r = self.vrfy(&arg);
+                self.reply(r);
+                Flow::Continue
+            }
+            Command::Expn(_) => {
+                self.reply(Reply::new(502, "5.5.1", "EXPN not available"));
+                Flow::Continue
+            }
+            Command::Help => {
+                self.reply(Reply::new(
+                    214,
+                    "2.0.0",
+                    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH",
+                ));
+                Flow::Continue
+            }
+            Command::StartTls => {
+                if self.stream.is_tls() {
+                    self.reply(Reply::bad_sequence("TLS already active"));
+                    Flow::Continue
+                } else if self.tx.is_some() {
+                    self.reply(Reply::bad_sequence(
+                        "STARTTLS not allowed during a mail transaction",
+                    ));
+                    Flow::Continue
+                } else {
+                    self.reply(Reply::new(220, "2.0.0", "Ready to start TLS"));
+                    Flow::StartTls
+                }
+            }
+            Command::Auth(mech, initial) => self.auth(mech, initial).await,
+        }
+    }
+
+    fn auth_allowed(&self) -> bool {
+        self.stream.is_tls() || self.shared.config.smtp.allow_plaintext_auth
+    }
+
+    fn hello(&mut self, domain: String, esmtp: bool) -> Flow {
+        self.tx = None;
+        self.bdat = None;
+        let outcome = {
+            let mut c = self.ctx(HookPoint::Helo);
+            c.helo = domain.clone();
+            self.shared.hooks.run(&c)
+        };
+        if let Some(r) = refusal(&outcome.verdict) {
+            self.reply(r);
+            return Flow::Continue;
+        }
+        self.helo = Some(domain.clone());
+        self.esmtp = esmtp;
+        let greeting = format!("{} Hello {} [{}]", self.host(), domain, self.peer.ip());
+        if !esmtp {
+            self.reply(Reply::new(250, "", greeting));
+            return Flow::Continue;
+        }
+        let c = &self.shared.config.smtp;
+        let mut lines = vec![
+            greeting,
+            "PIPELINING".into(),
+            format!("SIZE {}", c.max_message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "CHUNKING".into(),
+            "BINARYMIME".into(),
+            "DSN".into(),
+            format!(
+                "LIMITS RCPTMAX={} MAILMAX={}",
+                c.max_recipients, c.max_messages_per_session
+            ),
+        ];
+        if !self.stream.is_tls() {
+            lines.push("STARTTLS".into());
+        }
+        if self.auth_allowed() && self.user.is_none() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        if c.vrfy {
+            lines.push("VRFY".into());
+        }
+        lines.push("HELP".into());
+        self.reply(Reply {
+            code: 250,
+            enhanced: String::new(),
+            lines,
+        });
+        Flow::Continue
+    }
+
+    async fn mail(&mut self, from: Address, params: MailParams) -> Flow {
+        if self.helo.is_none() {
+            self.reply(Reply::bad_sequence("Send HELO/EHLO first"));
+            return Flow::Continue;
+        }
+        if self.tx.is_some() {
+            self.reply(Reply::bad_sequence("Nested MAIL command"));
+            return Flow::Continue;
+        }
+        if !self.esmtp && params != MailParams::default() {
+            self.reply(Reply::new(555, "5.5.4", "Parameters need EHLO"));
+            return Flow::Continue;
+        }
+        if self.messages >= self.shared.config.smtp.max_messages_per_session {
+            self.reply(Reply::new(
+                421,
+                "4.5.3",
+                "Too many messages in this session, reconnect",
+            ));
+            return Flow::Close;
+        }
+        let max = self.shared.config.smtp.max_message_size;
+        if params.size.is_some_and(|s| s > max) {
+            self.reply(Reply::too_big(max));
+            return Flow::Continue;
+        }
+        if from.is_utf8() && !params.smtputf8 {
+            self.reply(Reply::new(
+                553,
+                "5.6.7",
+                "Non-ASCII address needs the SMTPUTF8 parameter",
+            ));
+            return Flow::Continue;
+        }
+        let mut ctx = self.ctx(HookPoint::Mail);
+        ctx.mail_from = from.to_string();
+        let outcome = self.shared.hooks.run(&ctx);
+        if let Some(r) = refusal(&outcome.verdict) {
+            self.reply(r);
+            return Flow::Continue;
+        }
+        // Submission: the sender must be the authenticated user's own address.
+        if let Some(user) = &self.user
+            && is_submission(self.listener)
+            && !self.shared.config.smtp.allow_any_sender
+        {
+            let owned = !from.is_null()
+                && routing::owns_address(&self.shared.store, user, &from.to_string())
+                    .unwrap_or(false);
+            if !owned {
+                self.reply(Reply::new(
+                    553,
+                    "5.7.1",
+                    format!("Sender address not owned by user {user}"),
+                ));
+                return Flow::Continue;
+            }
+        }
+        tracing::debug!(from = %from, "MAIL");
+        self.tx = Some(Transaction {
+            from,
+            params,
+            rcpts: Vec::new(),
+        });
+        self.reply(Reply::new(250, "2.1.0", "Sender OK"));
+        Flow::Continue
+    }
+
+    async fn rcpt(&mut self, to: Address, params: RcptParams) -> Flow {
+        let Some(tx) = &self.tx else {
+            self.reply(Reply::bad_sequence("Need MAIL before RCPT"));
+            return Flow::Continue;
+        };
+        if tx.rcpts.len() >= self.shared.config.smtp.max_recipients {
+            self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
+            return Flow::Continue;
+        }
+        if to.is_utf8() && !tx.params.smtputf8 {
+            self.reply(Reply::new(
+                553,
+                "5.6.7",
+                "Non-ASCII address needs SMTPUTF8 on MAIL FROM",
+            ));
+            return Flow::Continue;
+        }
+        let mut address = if to.domain.is_empty() {
+            // <Postmaster> (RFC 5321 §4.1.1.3): the postmaster of our first domain.
+            format!(
+                "postmaster@{}",
+                self.shared
+                    .config
+                    .domains
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or("localhost")
+            )
+        } else {
+            to.to_string()
+        };
+        let mut route = match self.resolve(&address) {
+            Ok(r) => r,
+            Err(r) => {
+                self.reply(r);
+                return Flow::Continue;
+            }
+        };
+        let mut ctx = self.ctx(HookPoint::Rcpt);
+        ctx.rcpt = address.clone();
+        ctx.route = Some(route.clone());
+        let outcome = self.shared.hooks.run(&ctx);
+        if let Some(r) = refusal(&outcome.verdict) {
+            self.reply(r);
+            if r_is_permanent(&outcome.verdict) && self.count_error() {
+                return Flow::Close;
+            }
+            return Flow::Continue;
+        }
+        if let Some(new) = outcome.actions.set_rcpt {
+            // A rewritten recipient passes the built-in policy again.
+            let Some(parsed) = super::codec::parse_mailbox(&new) else {
+                self.reply(Reply::new(
+                    451,
+                    "4.3.0",
+                    "Recipient rewrite produced an invalid address",
+                ));
+                return Flow::Continue;
+            };
+            address = parsed.to_string();
+            route = match self.resolve(&address) {
+                Ok(r) => r,
+                Err(r) => {
+                    self.reply(r);
+                    return Flow::Continue;
+                }
+            };
+            let mut c2 = ctx.clone();
+            c2.rcpt = address.clone();
+            c2.route = Some(route.clone());
+            let mut ignored = crate::hooks::Actions::default();
+            if let Ok(v) = crate::hooks::HookEngine::call(
+                &crate::hooks::builtin::BuiltinPolicy,
+                &c2,
+                &mut ignored,
+            ) && let Some(r) = refusal(&v)
+            {
+                self.reply(r);
+                return Flow::Continue;
+            }
+        }
+        tracing::debug!(rcpt = %address, "RCPT");
+        if let Some(tx) = &mut self.tx {
+            tx.rcpts.push(Rcpt {
+                address,
+                route,
+                params,
+                file_into: None,
+            });
+        }
+        self.reply(Reply::new(250, "2.1.5", "Recipient OK"));
+        Flow::Continue
+    }
+
+    fn resolve(&self, address: &str) -> Result<Route, Reply> {
+        routing::resolve(&self.shared.store, &self.shared.config.domains, address).map_err(|e| {
+            tracing::error!(error = %e, "recipient lookup failed");
+            Reply::local_error()
+        })
+    }
+
+    fn vrfy(&self, arg: &str) -> Reply {
+        if !self.shared.config.smtp.vrfy {
+            return Reply::new(
+                252,
+                "2.5.0",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            );
+        }
+        let arg = arg.trim().trim_start_matches('<').trim_end_matches('>');
+        let address = if arg.contains('@') {
+            arg.to_string()
+        } else {
+            format!(
+                "{arg}@{}",
+                self.shared
+                    .config
+                    .domains
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or("localhost")
+            )
+        };
+        match self.resolve(&address) {
+            Ok(Route::Local(_)) => {
+                Reply::new(250, "2.1.5", format!("<{}>", address.to_lowercase()))
+            }
+            Ok(Route::Remote) => Reply::new(551, "5.1.6", "User not local"),
+            Ok(Route::UnknownLocal) => Reply::mailbox_unavailable(),
+            Err(r) => r,
+        }
+    }
+
+    fn check_ready_for_data(&self) -> Option<Reply> {
+        match &self.tx {
+            None => Some(Reply::bad_sequence("Need MAIL command")),
+            Some(tx) if tx.rcpts.is_empty() => {
+                Some(Reply::new(554, "5.5.1", "No valid recipients"))
+            }
+            Some(_) => None,
+        }
+    }
+
+    async fn auth(&mut self, mech: String, initial: Option<String>) -> Flow {
+        if !self.auth_allowed() {
+            self.reply(Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required: use STARTTLS first",
+            ));
+            return Flow::Continue;
+        }
+        if self.user.is_some() {
+            self.reply(Reply::bad_sequence("Already authenticated"));
+            return Flow::Continue;
+        }
+        if self.tx.is_some() {
+            self.reply(Reply::bad_sequence(
+                "AUTH not allowed during a mail transaction",
+            ));
+            return Flow::Continue;
+        }
+        if self.shared.auth_throttle.blocked(self.peer.ip()) {
+            self.reply(Reply::new(
+                421,
+                "4.7.0",
+                "Too many failed authentications, try again later",
+            ));
+            return Flow::Close;
+        }
+        match (mech.as_str(), initial) {
+            ("PLAIN", Some(ir)) => self.auth_plain(&ir).await,
+            ("PLAIN", None) => {
+                self.reply(Reply::new(334, "", ""));
+                self.state = State::Auth(AuthStep::Plain);
+                Flow::Continue
+            }
+            ("LOGIN", Some(ir)) => match decode_b64(&ir) {
+                Some(u) => {
+                    self.reply(Reply::new(334, "", "UGFzc3dvcmQ6"));
+                    self.state = State::Auth(AuthStep::LoginPass(u));
+                    Flow::Continue
+                }
+                None => {
+                    self.reply(Reply::new(501, "5.5.2", "Invalid base64"));
+                    Flow::Continue
+                }
+            },
+            ("LOGIN", None) => {
+                self.reply(Reply::new(334, "", "VXNlcm5hbWU6"));
+                self.state = State::Auth(AuthStep::LoginUser);
+                Flow::Continue
+            }
+            _ => {
+                self.reply(Reply::new(
+                    504,
+                    "5.5.4",
+                    "Unrecognized authentication mechanism",
+                ));
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn auth_line(&mut self, line: &[u8]) -> Flow {
+        let State::Auth(step) = std::mem::replace(&mut self.state, State::Command) else {
+            return Flow::Continue;
+        };
+        let text = String::from_utf8_lossy(line).trim().to_string();
+        if text == "*" {
+            self.reply(Reply::new(501, "5.0.0", "Authentication cancelled"));
+            return Flow::Continue;
+        }
+        match step {
+            AuthStep::Plain => self.auth_plain(&text).await,
+            AuthStep::LoginUser => match decode_b64(&text) {
+                Some(u) => {
+                    self.reply(Reply::new(334, "", "UGFzc3dvcmQ6"));
+                    self.state = State::Auth(AuthStep::LoginPass(u));
+                    Flow::Continue
+                }
+                None => {
+                    self.reply(Reply::new(501, "5.5.2", "Invalid base64"));
+                    Flow::Continue
+                }
+            },
+            AuthStep::LoginPass(user) => match decode_b64(&text) {
+                Some(p) => self.check_credentials(user, p, "LOGIN").await,
+                None => {
+                    self.reply(Reply::new(501, "5.5.2", "Invalid base64"));
+                    Flow::Continue
+                }
+            },
+        }
+    }
+
+    async fn auth_plain(&mut self, b64: &str) -> Flow {
+        let Some(raw) = (if b64 == "=" {
+            Some(Vec::new())
+        } else {
+            B64.decode(b64).ok()
+        }) else {
+            self.reply(Reply::new(501, "5.5.2", "Invalid base64"));
+            return Flow::Continue;
+        };
+        // RFC 4616: authzid NUL authcid NUL passwd
+        let parts: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
+        if parts.len() != 3 {
+            self.reply(Reply::new(501, "5.5.2", "Malformed PLAIN response"));
+            return Flow::Continue;
+        }
+        let authz = String::from_utf8_lossy(parts[0]).to_string();
+        let user = String::from_utf8_lossy(parts[1]).to_string();
+        let pass = String::from_utf8_lossy(parts[2]).to_string();
+        if !authz.is_empty() && !authz.eq_ignore_ascii_case(&user) {
+            self.auth_failure();
+            return if self.shared.auth_throttle.blocked(self.peer.ip()) {
+                Flow::Close
+            } else {
+                Flow::Continue
+            };
+        }
+        self.check_credentials(user, pass, "PLAIN").await
+    }
+
+    async fn check_credentials(&mut self, user: String, pass: String, mech: &str) -> Flow {
+        let store = self.shared.store.clone();
+        let (u, p) = (user.clone(), pass.clone());
+        let valid = tokio::task::spawn_blocking(move || accounts::authenticate(&store, &u, &p))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten();
+        let mut ctx = self.ctx(HookPoint::Auth);
+        ctx.credentials = Some((user.clone(), pass, mech.to_string()));
+        ctx.credentials_valid = valid.is_some();
+        let outcome = self.shared.hooks.run(&ctx);
+        let accepted = match outcome.verdict {
+            Verdict::Accept => Some(valid.unwrap_or_else(|| user.to_lowercase())),
+            Verdict::Continue => valid,
+            _ => None,
+        };
+        match accepted {
+            Some(account) => {
+                tracing::info!(user = %account, mech, "authenticated");
+                self.shared.auth_throttle.succeed(self.peer.ip());
+                self.user = Some(account);
+                self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
+                Flow::Continue
+            }
+            None => {
+                tracing::info!(user = %user, mech, "authentication failed");
+                self.auth_failure();
+                if self.shared.auth_throttle.blocked(self.peer.ip()) {
+                    self.reply(Reply::new(
+                        421,
+                        "4.7.0",
+                        "Too many failed authentications, try again later",
+                    ));
+                    Flow::Close
+                } else {
+                    Flow::Continue
+                }
+            }
+        }
+    }
+
+    fn auth_failure(&mut self) {
+        self.shared.auth_throttle.fail(self.peer.ip());
+        self.reply(Reply::auth_failed());
+    }
+
+    /// Everything after the last byte of message data: checks, hooks, storage, the reply.
+    async fn end_of_data(&mut self, data: Result<Vec<u8>, DataProblem>) -> Reply {
+        let Some(tx) = self.tx.take() else {
+            return Reply::bad_sequence("Need MAIL command");
+        };
+        self.bdat = None;
+        let max = self.shared.config.smtp.max_message_size;
+        let body = match data {
+            Ok(b) if b.len() as u64 > max => return Reply::too_big(max),
+            Ok(b) => b,
+            Err(DataProblem::TooBig) => return Reply::too_big(max),
+            Err(DataProblem::LineTooLong) => {
+                return Reply::new(
+                    554,
+                    "5.6.0",
+                    format!(
+                        "Message has a line longer than {} bytes",
+                        self.shared.config.smtp.max_data_line
+                    ),
+                );
+            }
+            Err(DataProblem::BareNewline) => {
+                return Reply::new(
+                    550,
+                    "5.6.0",
+                    "Bare LF or CR in message; lines must end with CRLF (RFC 5321 2.3.8)",
+                );
+            }
+        };
+        self.messages += 1;
+        let queue_id = format!("{:016X}", rand::random::<u64>());
+        let fcrdns = self.fcrdns().await;
+        let mut msg = Vec::with_capacity(body.len() + 512);
+        msg.extend_from_slice(self.received_header(&tx, &queue_id, &fcrdns).as_bytes());
+        if is_submission(self.listener) || self.user.is_some() {
+            // RFC 6409 §8: a submission server may add missing Date and Message-ID.
+            if !has_header(&body, "Date") {
+                msg.extend_from_slice(format_field("Date", &rfc5322_now()).as_bytes());
+            }
+            if !has_header(&body, "Message-ID") {
+                let mid = format!(
+                    "<{}.{}@{}>",
+                    queue_id.to_lowercase(),
+                    chrono::Utc::now().timestamp(),
+                    self.host()
+                );
+                msg.extend_from_slice(format_field("Message-ID", &mid).as_bytes());
+            }
+        }
+        msg.extend_from_slice(&body);
+        drop(body);
+
+        let mut ctx = self.ctx(HookPoint::Data);
+        ctx.mail_from = tx.from.to_string();
+        ctx.rcpts = tx.rcpts.iter().map(|r| r.address.clone()).collect();
+        let msg = Arc::new(msg);
+        ctx.message = Some(msg.clone());
+        let outcome = self.shared.hooks.run(&ctx);
+        let mut decisions = outcome.decisions.clone();
+        let quarantine = match &outcome.verdict {
+            Verdict::Reject { code, text } => return verdict_reply(*code, text, "5.7.1"),
+            Verdict::Tempfail { code, text } => return verdict_reply(*code, text, "4.7.1"),
+            Verdict::Discard => {
+                tracing::info!(queue_id, "message discarded by hook");
+                return Reply::new(250, "2.0.0", format!("Ok: queued as {queue_id}"));
+            }
+            Verdict::Quarantine(reason) => Some(reason.clone()),
+            _ => None,
+        };
+        let msg = if outcome.actions.add_headers.is_empty() {
+            msg
+        } else {
+            let mut with = Vec::with_capacity(msg.len() + 256);
+            for (name, value) in &outcome.actions.add_headers {
+                if valid_field_name(name) {
+                    with.extend_from_slice(format_field(name, value).as_bytes());
+                }
+            }
+            with.extend_from_slice(&msg);
+            Arc::new(with)
+        };
+
+        // Split recipients into local placements and remote (queued) recipients.
+        let mut placements = Vec::new();
+        let mut remote = Vec::new();
+        for rcpt in &tx.rcpts {
+            let targets = match &rcpt.route {
+                Route::Local(t) => t.clone(),
+                Route::Remote => {
+                    remote.push(QueueRcpt {
+                        address: rcpt.address.clone(),
+                        notify: rcpt.params.notify.clone(),
+                        orcpt: rcpt.params.orcpt.clone(),
+                    });
+                    continue;
+                }
+                Route::UnknownLocal => continue,
+            };
+            for target in targets {
+                let is_account = self.shared.store.account(&target).ok().flatten().is_some();
+                if !is_account {
+                    remote.push(QueueRcpt {
+                        address: target,
+                        notify: rcpt.params.notify.clone(),
+                        orcpt: rcpt.params.orcpt.clone(),
+                    });
+                    continue;
+                }
+                let mut dctx = ctx.clone();
+                dctx.point = HookPoint::Delivery;
+                dctx.rcpt = target.clone();
+                dctx.message = Some(msg.clone());
+                let d = self.shared.hooks.run(&dctx);
+                decisions.extend(d.decisions);
+                let folder = match d.verdict {
+                    Verdict::Reject { .. } | Verdict::Discard => continue,
+                    Verdict::Tempfail { code, text } if tx.rcpts.len() == 1 => {
+                        return verdict_reply(code, &text, "4.7.1");
+                    }
+                    Verdict::Quarantine(_) => "Junk".to_string(),
+                    _ if quarantine.is_some() => "Junk".to_string(),
+                    _ => d
+                        .actions
+                        .file_into
+                        .or_else(|| rcpt.file_into.clone())
+                        .unwrap_or_else(|| "INBOX".into()),
+                };
+                if !placements.iter().any(|p: &Placement| p.user == target) {
+                    placements.push(Placement {
+                        user: target,
+                        mailbox: folder,
+                        flags: Vec::new(),
+                    });
+                }
+            }
+        }
+        let store = self.shared.store.clone();
+        let now = chrono::Utc::now().timestamp();
+        let entry = (!remote.is_empty()).then(|| QueueEntry {
+            id: queue_id.clone(),
+            mail_from: tx.from.to_string(),
+            rcpts: remote.clone(),
+            ret: tx.params.ret.clone(),
+            envid: tx.params.envid.clone(),
+            created: now,
+            next_attempt: now,
+            attempts: 0,
+            last_error: None,
+            blob: 0,
+            smtputf8: tx.params.smtputf8,
+            decisions: decisions.clone(),
+        });
+        let m2 = msg.clone();
+        let stored =
+            tokio::task::spawn_blocking(move || -> Result<(), crate::store::StoreError> {
+                store.deliver(&m2, now, &placements)?;
+                if let Some(e) = entry {
+                    store.enqueue(e, &m2)?;
+                }
+                Ok(())
+            })
+            .await;
+        match stored {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "storing message failed");
+                return Reply::local_error();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storing task failed");
+                return Reply::local_error();
+            }
+        }
+        // Architecture invariant: 250 after DATA only once the message is on disk.
+        if let Err(e) = self.shared.store.commit().await {
+            tracing::error!(error = %e, "flush failed");
+            return Reply::local_error();
+        }
+        if !remote.is_empty() {
+            self.shared.queue_wakeup.notify_one();
+        }
+        tracing::info!(queue_id, size = msg.len(), rcpts = tx.rcpts.len(), from = %tx.from, "message accepted");
+        Reply::new(250, "2.0.0", format!("Ok: queued as {queue_id}"))
+    }
+
+    fn received_header(&self, tx: &Transaction, queue_id: &str, fcrdns: &Fcrdns) -> String {
+        let helo = self.helo.clone().unwrap_or_default();
+        let ptr = match fcrdns {
+            Fcrdns::Pass(n) => n.clone(),
+            Fcrdns::Mismatch(n) => format!("{n} (forward lookup mismatch)"),
+            _ => "unknown".into(),
+        };
+        let mut proto = String::from(if tx.params.smtputf8 {
+            "UTF8SMTP"
+        } else if self.esmtp {
+            "ESMTP"
+        } else {
+            "SMTP"
+        });
+        if self.stream.is_tls() {
+            proto.push('S');
+        }
+        if self.user.is_some() {
+            proto.push('A');
+        }
+        let mut h = format!(
+            "Received: from {helo} ({ptr} [{}])\r\n\tby {} (Corvus) with {proto} id {queue_id}",
+            self.peer.ip(),
+            self.host()
+        );
+        if let Some(tls) = self.stream.tls_info() {
+            h.push_str(&format!("\r\n\t(using {tls})"));
+        }
+        if let Some(u) = &self.user {
+            h.push_str(&format!("\r\n\t(authenticated as {u})"));
+        }
+        if tx.rcpts.len() == 1 {
+            h.push_str(&format!("\r\n\tfor <{}>", tx.rcpts[0].address));
+        }
+        h.push_str(&format!("; {}\r\n", rfc5322_now()));
+        h.chars()
+            .map(|c| {
+                if c == '\n' || c == '\r' || c == '\t' || !c.is_control() {
+                    c
+                } else {
+                    ' '
+                }
+            })
+            .collect()
+    }
+}
+
+fn decode_b64(s: &str) -> Option<String> {
+    B64.decode(s.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+}
+
+fn r_is_permanent(v: &Verdict) -> bool {
+    matches!(v, Verdict::Reject { .. })
+}
+
+/// Turn a refusing verdict into a reply; `None` for verdicts that let the command proceed.
+fn refusal(v: &Verdict) -> Option<Reply> {
+    match v {
+        Verdict::Reject { code, text } => Some(verdict_reply(*code, text, "5.7.1")),
+        Verdict::Tempfail { code, text } => Some(verdict_reply(*code, text, "4.7.1")),
+        _ => None,
+    }
+}
+
+/// A reply from a hook's code and text; text may start with its own enhanced code.
+pub fn verdict_reply(code: u16, text: &str, default_enhanced: &str) -> Reply {
+    let mut it = text.splitn(2, ' ');
+    let first = it.next().unwrap_or("");
+    let is_enhanced = first.split('.').count() == 3
+        && first
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let code = if default_enhanced.starts_with('5') {
+        if (500..600).contains(&code) {
+            code
+        } else {
+            550
+        }
+    } else if (400..500).contains(&code) {
+        code
+    } else {
+        451
+    };
+    if is_enhanced {
+        Reply::new(code, first, it.next().unwrap_or("").to_string())
+    } else {
+        Reply::new(code, default_enhanced, text.to_string())
+    }
+}

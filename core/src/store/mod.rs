@@ -1,0 +1,259 @@
+//! Storage interface: accounts, domains, aliases, mailboxes, messages, the outbound queue and
+//! a namespaced key-value area, behind one trait so another backend can replace sled.
+//!
+//! Architecture invariant: a protocol success reply that promises durability is sent only
+//! after [`MailStore::commit`] has resolved for the writes it covers.
+
+mod commit;
+mod sled_store;
+
+pub use commit::Commit;
+pub use sled_store::SledStore;
+
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Format version written into every store; a newer one is refused.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The mailboxes every new account gets, with their RFC 6154 special-use attribute.
+pub const DEFAULT_MAILBOXES: &[(&str, Option<&str>)] = &[
+    ("INBOX", None),
+    ("Sent", Some("\\Sent")),
+    ("Drafts", Some("\\Drafts")),
+    ("Trash", Some("\\Trash")),
+    ("Junk", Some("\\Junk")),
+    ("Archive", Some("\\Archive")),
+];
+
+/// Errors at the storage boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process has the database open.
+    #[error(
+        "the store at {0} is in use by another process (a running `corvus serve`?); stop it, or let CLI commands reach it through its control socket"
+    )]
+    Locked(String),
+    /// The database was written by a newer Corvus.
+    #[error(
+        "the store at {path} has format version {found}, newer than this Corvus understands ({FORMAT_VERSION}); upgrade corvus"
+    )]
+    TooNew {
+        /// Path of the store.
+        path: String,
+        /// Version found.
+        found: u32,
+    },
+    /// The directory holds a sled database that is not a Corvus store.
+    #[error("{0} holds a database that is not a Corvus store; point data_dir elsewhere")]
+    Foreign(String),
+    /// The named thing does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The named thing exists already.
+    #[error("{0} already exists")]
+    Exists(String),
+    /// The request is not allowed (e.g. deleting INBOX).
+    #[error("{0}")]
+    Invalid(String),
+    /// The backend failed.
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError::Backend(format!("corrupt record: {e}"))
+    }
+}
+
+/// Result alias for storage calls.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A stored account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Account {
+    /// Full address, lower case (`alice@example.org`).
+    pub address: String,
+    /// argon2 PHC string; empty for externally authenticated accounts.
+    pub password_hash: String,
+    /// Unix seconds.
+    pub created: i64,
+}
+
+/// A mailbox (folder) of one account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Mailbox {
+    /// Store-wide id, also the key prefix of its messages.
+    pub id: u64,
+    /// Mailbox name, `/`-separated hierarchy.
+    pub name: String,
+    /// IMAP UIDVALIDITY.
+    pub uidvalidity: u32,
+    /// Next UID to assign.
+    pub uidnext: u32,
+    /// IMAP SUBSCRIBE state.
+    pub subscribed: bool,
+    /// RFC 6154 attribute such as `\Sent`.
+    pub special_use: Option<String>,
+    /// RFC 7162 HIGHESTMODSEQ.
+    pub highest_modseq: u64,
+}
+
+/// Per-message metadata in a mailbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageMeta {
+    /// UID within the mailbox.
+    pub uid: u32,
+    /// Key of the message bytes.
+    pub blob: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// System flags and keywords (`\Seen`, `$Junk`, …).
+    pub flags: Vec<String>,
+    /// Unix seconds.
+    pub internal_date: i64,
+    /// RFC 7162 MODSEQ.
+    pub modseq: u64,
+}
+
+/// Where one copy of a message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Account address.
+    pub user: String,
+    /// Mailbox name; created if missing.
+    pub mailbox: String,
+    /// Initial flags.
+    pub flags: Vec<String>,
+}
+
+/// A message waiting in the outbound queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueEntry {
+    /// Queue id.
+    pub id: String,
+    /// Envelope sender (empty for `<>`).
+    pub mail_from: String,
+    /// Recipients still to be delivered, with their DSN state.
+    pub rcpts: Vec<QueueRcpt>,
+    /// DSN RET parameter (`FULL`/`HDRS`).
+    pub ret: Option<String>,
+    /// DSN ENVID.
+    pub envid: Option<String>,
+    /// Unix seconds of acceptance.
+    pub created: i64,
+    /// Unix seconds of the next attempt.
+    pub next_attempt: i64,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Last error text.
+    pub last_error: Option<String>,
+    /// Blob key of the message.
+    pub blob: u64,
+    /// Whether the message needs SMTPUTF8.
+    pub smtputf8: bool,
+    /// Hook decisions recorded for `corvus queue show`.
+    pub decisions: Vec<String>,
+}
+
+/// One queued recipient.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueRcpt {
+    /// Address.
+    pub address: String,
+    /// DSN NOTIFY values.
+    pub notify: Vec<String>,
+    /// DSN ORCPT.
+    pub orcpt: Option<String>,
+}
+
+/// What changed in a mailbox, for sessions watching it (IMAP IDLE, POP3).
+#[derive(Debug, Clone)]
+pub enum MailboxEvent {
+    /// New messages were appended.
+    Appended,
+    /// Flags changed.
+    FlagsChanged,
+    /// Messages were expunged.
+    Expunged,
+}
+
+/// The storage interface the protocols use.
+pub trait MailStore: Send + Sync + 'static {
+    /// A future that resolves once every write made before this call is on disk.
+    /// Concurrent callers share one flush (group commit).
+    fn commit(&self) -> Commit;
+
+    // Accounts
+    /// Create an account and its default mailboxes.
+    fn create_account(&self, address: &str, password_hash: &str) -> Result<()>;
+    /// Delete an account, its mailboxes and messages.
+    fn delete_account(&self, address: &str) -> Result<()>;
+    /// Look an account up.
+    fn account(&self, address: &str) -> Result<Option<Account>>;
+    /// All accounts.
+    fn accounts(&self) -> Result<Vec<Account>>;
+    /// Replace an account's password hash.
+    fn set_password(&self, address: &str, password_hash: &str) -> Result<()>;
+
+    // Domains and aliases
+    /// Add a local domain.
+    fn add_domain(&self, domain: &str) -> Result<()>;
+    /// Remove a local domain.
+    fn delete_domain(&self, domain: &str) -> Result<()>;
+    /// Domains added at run time (the config's domains are not stored).
+    fn domains(&self) -> Result<Vec<String>>;
+    /// Set an alias to its targets (replacing any previous ones).
+    fn set_alias(&self, alias: &str, targets: &[String]) -> Result<()>;
+    /// Remove an alias.
+    fn delete_alias(&self, alias: &str) -> Result<()>;
+    /// Targets of an alias.
+    fn alias(&self, alias: &str) -> Result<Option<Vec<String>>>;
+    /// All aliases.
+    fn aliases(&self) -> Result<Vec<(String, Vec<String>)>>;
+
+    // Mailboxes and messages
+    /// Mailboxes of an account.
+    fn mailboxes(&self, user: &str) -> Result<Vec<Mailbox>>;
+    /// One mailbox.
+    fn mailbox(&self, user: &str, name: &str) -> Result<Option<Mailbox>>;
+    /// Create a mailbox.
+    fn create_mailbox(&self, user: &str, name: &str, special_use: Option<&str>) -> Result<Mailbox>;
+    /// Store one message into several mailboxes atomically; returns the assigned UIDs.
+    fn deliver(&self, message: &[u8], internal_date: i64, to: &[Placement]) -> Result<Vec<u32>>;
+    /// Message metadata of a mailbox in UID order.
+    fn messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>>;
+    /// The bytes of a message.
+    fn blob(&self, blob: u64) -> Result<Vec<u8>>;
+
+    // Queue
+    /// Put a message into the outbound queue (the store assigns `entry.blob`).
+    fn enqueue(&self, entry: QueueEntry, message: &[u8]) -> Result<()>;
+    /// Every queued entry.
+    fn queue(&self) -> Result<Vec<QueueEntry>>;
+
+    // Key-value
+    /// Read a key in a namespace (expired keys read as missing).
+    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Write a key with an optional time-to-live in seconds.
+    fn kv_set(&self, ns: &str, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()>;
+
+    /// Subscribe to changes in an account's mailboxes.
+    fn watch(&self, user: &str) -> tokio::sync::broadcast::Receiver<(u64, MailboxEvent)>;
+}
+
+/// Shared handle to the store.
+pub type Store = Arc<dyn MailStore>;
+
+/// Normalise an address for lookups: the domain is case-insensitive, and we treat the local
+/// part case-insensitively too, as most servers do.
+pub fn normalize_address(address: &str) -> String {
+    address.trim().to_lowercase()
+}

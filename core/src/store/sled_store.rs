@@ -1,0 +1,590 @@
+//! The sled implementation of [`MailStore`].
+//!
+//! Trees: `meta` (format version, counters), `accounts`, `domains`, `aliases`,
+//! `mailboxes` (`user\0name`), `messages` (mailbox id ‖ uid, big-endian), `blobs` and
+//! `blobrefs` (message bytes and their reference counts), `queue`, `kv` (`ns\0key`).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use tokio::sync::broadcast;
+
+use super::commit::GroupCommitter;
+use super::*;
+
+/// sled-backed store.
+pub struct SledStore {
+    db: sled::Db,
+    meta: sled::Tree,
+    accounts: sled::Tree,
+    domains: sled::Tree,
+    aliases: sled::Tree,
+    mailboxes: sled::Tree,
+    messages: sled::Tree,
+    blobs: sled::Tree,
+    blobrefs: sled::Tree,
+    queue: sled::Tree,
+    kv: sled::Tree,
+    committer: GroupCommitter,
+    watchers: Mutex<HashMap<String, broadcast::Sender<(u64, MailboxEvent)>>>,
+}
+
+const TREES: &[&str] = &[
+    "meta",
+    "accounts",
+    "domains",
+    "aliases",
+    "mailboxes",
+    "messages",
+    "blobs",
+    "blobrefs",
+    "queue",
+    "kv",
+];
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn mbox_key(user: &str, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user.len() + name.len() + 1);
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn msg_key(mailbox: u64, uid: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&mailbox.to_be_bytes());
+    k[8..].copy_from_slice(&uid.to_be_bytes());
+    k
+}
+
+fn is_inbox(name: &str) -> bool {
+    name.eq_ignore_ascii_case("INBOX")
+}
+
+/// Canonical spelling of a mailbox name: INBOX is case-insensitive (RFC 9051 §5.1).
+pub(crate) fn canonical_mailbox(name: &str) -> String {
+    if is_inbox(name) {
+        "INBOX".into()
+    } else {
+        name.to_string()
+    }
+}
+
+impl SledStore {
+    /// Open (or create) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let display = path.display().to_string();
+        std::fs::create_dir_all(path)
+            .map_err(|e| StoreError::Backend(format!("{display}: {e}")))?;
+        let db = sled::Config::new().path(path).open().map_err(|e| match e {
+            sled::Error::Io(ref io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("could not acquire lock") =>
+            {
+                StoreError::Locked(display.clone())
+            }
+            other => StoreError::Backend(format!("{display}: {other}")),
+        })?;
+        let meta = db.open_tree("meta")?;
+        match meta.get("format")? {
+            Some(v) => {
+                let found = u32::from_be_bytes(
+                    v.as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::Foreign(display.clone()))?,
+                );
+                if found > FORMAT_VERSION {
+                    return Err(StoreError::TooNew {
+                        path: display,
+                        found,
+                    });
+                }
+            }
+            None => {
+                let foreign = db.tree_names().iter().any(|n| {
+                    let n = String::from_utf8_lossy(n);
+                    n != "__sled__default" && !TREES.contains(&n.as_ref())
+                }) || !db.is_empty();
+                if foreign {
+                    return Err(StoreError::Foreign(display));
+                }
+                meta.insert("format", &FORMAT_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+        }
+        let committer = GroupCommitter::start(db.clone());
+        Ok(SledStore {
+            meta,
+            accounts: db.open_tree("accounts")?,
+            domains: db.open_tree("domains")?,
+            aliases: db.open_tree("aliases")?,
+            mailboxes: db.open_tree("mailboxes")?,
+            messages: db.open_tree("messages")?,
+            blobs: db.open_tree("blobs")?,
+            blobrefs: db.open_tree("blobrefs")?,
+            queue: db.open_tree("queue")?,
+            kv: db.open_tree("kv")?,
+            db,
+            committer,
+            watchers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn next_uidvalidity(&self) -> Result<u32> {
+        let v = self.meta.update_and_fetch("uidvalidity", |old| {
+            let cur = old
+                .map(|b| u32::from_be_bytes(b.try_into().unwrap_or([0; 4])))
+                .unwrap_or(0);
+            let next = cur.max(now() as u32).wrapping_add(1).max(1);
+            Some(next.to_be_bytes().to_vec())
+        })?;
+        Ok(
+            v.map(|b| u32::from_be_bytes(b.as_ref().try_into().unwrap_or([0; 4])))
+                .unwrap_or(1),
+        )
+    }
+
+    fn new_mailbox(&self, name: &str, special_use: Option<&str>) -> Result<Mailbox> {
+        Ok(Mailbox {
+            id: self.db.generate_id()?,
+            name: canonical_mailbox(name),
+            uidvalidity: self.next_uidvalidity()?,
+            uidnext: 1,
+            subscribed: true,
+            special_use: special_use.map(str::to_string),
+            highest_modseq: 1,
+        })
+    }
+
+    fn notify(&self, user: &str, mailbox: u64, event: MailboxEvent) {
+        if let Some(tx) = self.watchers.lock().expect("watchers").get(user) {
+            let _ = tx.send((mailbox, event));
+        }
+    }
+}
+
+fn abort<T>(e: StoreError) -> std::result::Result<T, ConflictableTransactionError<StoreError>> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn tx_err(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => e.into(),
+    }
+}
+
+impl MailStore for SledStore {
+    fn commit(&self) -> Commit {
+        self.committer.commit()
+    }
+
+    fn create_account(&self, address: &str, password_hash: &str) -> Result<()> {
+        let address = normalize_address(address);
+        let account = Account {
+            address: address.clone(),
+            password_hash: password_hash.into(),
+            created: now(),
+        };
+        let mut boxes = Vec::new();
+        for (name, special) in DEFAULT_MAILBOXES {
+            boxes.push(self.new_mailbox(name, *special)?);
+        }
+        (&self.accounts, &self.mailboxes)
+            .transaction(|(acc, mbx)| {
+                if acc.get(address.as_bytes())?.is_some() {
+                    return abort(StoreError::Exists(format!("account {address}")));
+                }
+                acc.insert(
+                    address.as_bytes(),
+                    serde_json::to_vec(&account).expect("json"),
+                )?;
+                for b in &boxes {
+                    mbx.insert(
+                        mbox_key(&address, &b.name),
+                        serde_json::to_vec(b).expect("json"),
+                    )?;
+                }
+                Ok(())
+            })
+            .map_err(tx_err)
+    }
+
+    fn delete_account(&self, address: &str) -> Result<()> {
+        let address = normalize_address(address);
+        if self.accounts.remove(address.as_bytes())?.is_none() {
+            return Err(StoreError::NotFound(format!("account {address}")));
+        }
+        let mut prefix = address.as_bytes().to_vec();
+        prefix.push(0);
+        for item in self.mailboxes.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let mb: Mailbox = serde_json::from_slice(&v)?;
+            for m in self.messages(mb.id)? {
+                self.messages.remove(msg_key(mb.id, m.uid))?;
+                release_blob(&self.blobrefs, &self.blobs, m.blob)?;
+            }
+            self.mailboxes.remove(k)?;
+        }
+        Ok(())
+    }
+
+    fn account(&self, address: &str) -> Result<Option<Account>> {
+        match self.accounts.get(normalize_address(address).as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn accounts(&self) -> Result<Vec<Account>> {
+        self.accounts
+            .iter()
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
+    }
+
+    fn set_password(&self, address: &str, password_hash: &str) -> Result<()> {
+        let mut acc = self.account(address)?.ok_or_else(|| {
+            StoreError::NotFound(format!("account {}", normalize_address(address)))
+        })?;
+        acc.password_hash = password_hash.into();
+        self.accounts
+            .insert(acc.address.as_bytes(), serde_json::to_vec(&acc)?)?;
+        Ok(())
+    }
+
+    fn add_domain(&self, domain: &str) -> Result<()> {
+        let d = domain.trim().to_lowercase();
+        if self.domains.insert(d.as_bytes(), &[])?.is_some() {
+            return Err(StoreError::Exists(format!("domain {d}")));
+        }
+        Ok(())
+    }
+
+    fn delete_domain(&self, domain: &str) -> Result<()> {
+        let d = domain.trim().to_lowercase();
+        match self.domains.remove(d.as_bytes())? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NotFound(format!("domain {d}"))),
+        }
+    }
+
+    fn domains(&self) -> Result<Vec<String>> {
+        self.domains
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
+    }
+
+    fn set_alias(&self, alias: &str, targets: &[String]) -> Result<()> {
+        let targets: Vec<String> = targets.iter().map(|t| normalize_address(t)).collect();
+        self.aliases.insert(
+            normalize_address(alias).as_bytes(),
+            serde_json::to_vec(&targets)?,
+        )?;
+        Ok(())
+    }
+
+    fn delete_alias(&self, alias: &str) -> Result<()> {
+        let a = normalize_address(alias);
+        match self.aliases.remove(a.as_bytes())? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NotFound(format!("alias {a}"))),
+        }
+    }
+
+    fn alias(&self, alias: &str) -> Result<Option<Vec<String>>> {
+        match self.aliases.get(normalize_address(alias).as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn aliases(&self) -> Result<Vec<(String, Vec<String>)>> {
+        self.aliases
+            .iter()
+            .map(|r| {
+                let (k, v) = r?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    serde_json::from_slice(&v)?,
+                ))
+            })
+            .collect()
+    }
+
+    fn mailboxes(&self, user: &str) -> Result<Vec<Mailbox>> {
+        let mut prefix = normalize_address(user).into_bytes();
+        prefix.push(0);
+        self.mailboxes
+            .scan_prefix(&prefix)
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
+    }
+
+    fn mailbox(&self, user: &str, name: &str) -> Result<Option<Mailbox>> {
+        match self
+            .mailboxes
+            .get(mbox_key(&normalize_address(user), &canonical_mailbox(name)))?
+        {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn create_mailbox(&self, user: &str, name: &str, special_use: Option<&str>) -> Result<Mailbox> {
+        let user = normalize_address(user);
+        let mb = self.new_mailbox(name, special_use)?;
+        let key = mbox_key(&user, &mb.name);
+        match self.mailboxes.compare_and_swap(
+            key,
+            None as Option<&[u8]>,
+            Some(serde_json::to_vec(&mb)?),
+        )? {
+            Ok(()) => Ok(mb),
+            Err(_) => Err(StoreError::Exists(format!("mailbox {}", mb.name))),
+        }
+    }
+
+    fn deliver(&self, message: &[u8], internal_date: i64, to: &[Placement]) -> Result<Vec<u32>> {
+        if to.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Missing folders (file_into) are created first; a race with another creator is fine.
+        let mut fresh = HashMap::new();
+        for p in to {
+            let key = mbox_key(&normalize_address(&p.user), &canonical_mailbox(&p.mailbox));
+            if self.mailboxes.get(&key)?.is_none() && !fresh.contains_key(&key) {
+                fresh.insert(key, self.new_mailbox(&p.mailbox, None)?);
+            }
+        }
+        let blob = self.db.generate_id()?;
+        self.blobs.insert(blob.to_be_bytes(), message)?;
+        let size = message.len() as u64;
+        let result = (&self.mailboxes, &self.messages, &self.blobrefs)
+            .transaction(|(mbx, msgs, refs)| {
+                let mut uids = Vec::with_capacity(to.len());
+                for p in to {
+                    let key = mbox_key(&normalize_address(&p.user), &canonical_mailbox(&p.mailbox));
+                    let mut mb: Mailbox = match mbx.get(&key)? {
+                        Some(v) => serde_json::from_slice(&v)
+                            .map_err(|e| ConflictableTransactionError::Abort(e.into()))?,
+                        None => match fresh.get(&key) {
+                            Some(m) => m.clone(),
+                            None => {
+                                return abort(StoreError::NotFound(format!(
+                                    "mailbox {}",
+                                    p.mailbox
+                                )));
+                            }
+                        },
+                    };
+                    let uid = mb.uidnext;
+                    mb.uidnext += 1;
+                    mb.highest_modseq += 1;
+                    let meta = MessageMeta {
+                        uid,
+                        blob,
+                        size,
+                        flags: p.flags.clone(),
+                        internal_date,
+                        modseq: mb.highest_modseq,
+                    };
+                    msgs.insert(
+                        &msg_key(mb.id, uid),
+                        serde_json::to_vec(&meta).expect("json"),
+                    )?;
+                    mbx.insert(key, serde_json::to_vec(&mb).expect("json"))?;
+                    uids.push((p.user.clone(), mb.id, uid));
+                }
+                refs.insert(&blob.to_be_bytes(), &(to.len() as u32).to_be_bytes())?;
+                Ok(uids)
+            })
+            .map_err(tx_err);
+        match result {
+            Ok(uids) => {
+                for (user, mbid, _) in &uids {
+                    self.notify(&normalize_address(user), *mbid, MailboxEvent::Appended);
+                }
+                Ok(uids.into_iter().map(|(_, _, uid)| uid).collect())
+            }
+            Err(e) => {
+                let _ = self.blobs.remove(blob.to_be_bytes());
+                Err(e)
+            }
+        }
+    }
+
+    fn messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>> {
+        self.messages
+            .scan_prefix(mailbox_id.to_be_bytes())
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
+    }
+
+    fn blob(&self, blob: u64) -> Result<Vec<u8>> {
+        match self.blobs.get(blob.to_be_bytes())? {
+            Some(v) => Ok(v.to_vec()),
+            None => Err(StoreError::NotFound(format!("message blob {blob}"))),
+        }
+    }
+
+    fn enqueue(&self, mut entry: QueueEntry, message: &[u8]) -> Result<()> {
+        entry.blob = self.db.generate_id()?;
+        self.blobs.insert(entry.blob.to_be_bytes(), message)?;
+        self.blobrefs
+            .insert(entry.blob.to_be_bytes(), &1u32.to_be_bytes())?;
+        self.queue
+            .insert(entry.id.as_bytes(), serde_json::to_vec(&entry)?)?;
+        Ok(())
+    }
+
+    fn queue(&self) -> Result<Vec<QueueEntry>> {
+        self.queue
+            .iter()
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
+    }
+
+    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let k = mbox_key(ns, key);
+        match self.kv.get(&k)? {
+            Some(v) if v.len() >= 8 => {
+                let exp = i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+                if exp != 0 && exp <= now() {
+                    self.kv.remove(&k)?;
+                    Ok(None)
+                } else {
+                    Ok(Some(v[8..].to_vec()))
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn kv_set(&self, ns: &str, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()> {
+        let exp = ttl.map(|t| now() + t as i64).unwrap_or(0);
+        let mut v = exp.to_be_bytes().to_vec();
+        v.extend_from_slice(value);
+        self.kv.insert(mbox_key(ns, key), v)?;
+        Ok(())
+    }
+
+    fn watch(&self, user: &str) -> broadcast::Receiver<(u64, MailboxEvent)> {
+        self.watchers
+            .lock()
+            .expect("watchers")
+            .entry(normalize_address(user))
+            .or_insert_with(|| broadcast::channel(256).0)
+            .subscribe()
+    }
+}
+
+/// Drop one reference to a blob, deleting it with the last one.
+fn release_blob(refs: &sled::Tree, blobs: &sled::Tree, blob: u64) -> Result<()> {
+    let key = blob.to_be_bytes();
+    let left = refs.update_and_fetch(key, |old| {
+        let n = old
+            .map(|b| u32::from_be_bytes(b.try_into().unwrap_or([0; 4])))
+            .unwrap_or(0);
+        if n <= 1 {
+            None
+        } else {
+            Some((n - 1).to_be_bytes().to_vec())
+        }
+    })?;
+    if left.is_none() {
+        blobs.remove(key)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliver_assigns_ascending_uids_and_survives_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(d.path()).unwrap();
+            s.create_account("Alice@Example.org", "x").unwrap();
+            assert!(matches!(
+                s.create_account("alice@example.org", "x"),
+                Err(StoreError::Exists(_))
+            ));
+            let p = Placement {
+                user: "alice@example.org".into(),
+                mailbox: "INBOX".into(),
+                flags: vec![],
+            };
+            assert_eq!(
+                s.deliver(b"one", 1, std::slice::from_ref(&p)).unwrap(),
+                vec![1]
+            );
+            assert_eq!(s.deliver(b"two", 2, &[p]).unwrap(), vec![2]);
+            s.db.flush().unwrap();
+        }
+        let s = SledStore::open(d.path()).unwrap();
+        let inbox = s.mailbox("alice@example.org", "inbox").unwrap().unwrap();
+        let msgs = s.messages(inbox.id).unwrap();
+        assert_eq!(msgs.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(s.blob(msgs[1].blob).unwrap(), b"two");
+        assert_eq!(
+            s.mailboxes("alice@example.org").unwrap().len(),
+            DEFAULT_MAILBOXES.len()
+        );
+    }
+
+    #[test]
+    fn second_open_is_locked_not_hung() {
+        let d = tempfile::tempdir().unwrap();
+        let _a = SledStore::open(d.path()).unwrap();
+        // sled locks per process with flock; a second open in the same process also fails.
+        match SledStore::open(d.path()) {
+            Err(StoreError::Locked(_)) => {}
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("opened twice"),
+        }
+    }
+
+    #[test]
+    fn newer_format_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(d.path()).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert("format", &99u32.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        assert!(matches!(
+            SledStore::open(d.path()),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn kv_expires() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SledStore::open(d.path()).unwrap();
+        s.kv_set("grey", "k", b"v", None).unwrap();
+        assert_eq!(s.kv_get("grey", "k").unwrap().unwrap(), b"v");
+        assert!(s.kv_get("other", "k").unwrap().is_none());
+        s.kv_set("grey", "gone", b"v", Some(0)).unwrap();
+        assert!(s.kv_get("grey", "gone").unwrap().is_none());
+    }
+}
