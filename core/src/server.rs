@@ -77,10 +77,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut bound = Vec::new();
     for (proto, addr) in config.listeners() {
-        if !matches!(proto, "smtp" | "submission" | "submissions") {
-            tracing::warn!(listener = proto, %addr, "this protocol is not implemented yet; listener skipped");
-            continue;
-        }
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("listen.{proto}: cannot bind {addr}"))?;
@@ -187,6 +183,10 @@ async fn session(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, proto: &
     match proto {
         "smtp" | "submission" => crate::smtp::session::serve(shared, tcp, peer, proto, false).await,
         "submissions" => crate::smtp::session::serve(shared, tcp, peer, proto, true).await,
+        "imap" => crate::imap::session::serve(shared, tcp, peer, proto, false).await,
+        "imaps" => crate::imap::session::serve(shared, tcp, peer, proto, true).await,
+        "pop3" => crate::pop3::session::serve(shared, tcp, peer, proto, false).await,
+        "pop3s" => crate::pop3::session::serve(shared, tcp, peer, proto, true).await,
         _ => {}
     }
 }
@@ -198,6 +198,8 @@ async fn refuse(mut tcp: TcpStream, proto: &'static str, why: ConnRefused) {
     };
     let line = match proto {
         "smtp" | "submission" => format!("421 4.7.0 {text}, try again later\r\n"),
+        "imap" => format!("* BYE [UNAVAILABLE] {text}\r\n"),
+        "pop3" => format!("-ERR [SYS/TEMP] {text}\r\n"),
         _ => String::new(),
     };
     if !line.is_empty() {

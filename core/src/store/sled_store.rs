@@ -163,6 +163,20 @@ impl SledStore {
         })
     }
 
+    /// Key of the mailbox record with `id` (scans the user's few mailboxes).
+    fn mailbox_key_by_id(&self, user: &str, id: u64) -> Result<Vec<u8>> {
+        let mut prefix = user.as_bytes().to_vec();
+        prefix.push(0);
+        for item in self.mailboxes.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let mb: Mailbox = serde_json::from_slice(&v)?;
+            if mb.id == id {
+                return Ok(k.to_vec());
+            }
+        }
+        Err(StoreError::NotFound(format!("mailbox {id}")))
+    }
+
     fn notify(&self, user: &str, mailbox: u64, event: MailboxEvent) {
         if let Some(tx) = self.watchers.lock().expect("watchers").get(user) {
             let _ = tx.send((mailbox, event));
@@ -400,10 +414,7 @@ impl MailStore for SledStore {
                         internal_date,
                         modseq: mb.highest_modseq,
                     };
-                    msgs.insert(
-                        &msg_key(mb.id, uid),
-                        serde_json::to_vec(&meta).expect("json"),
-                    )?;
+                    msgs.insert(&msg_key(mb.id, uid), meta.encode())?;
                     mbx.insert(key, serde_json::to_vec(&mb).expect("json"))?;
                     uids.push((p.user.clone(), mb.id, uid));
                 }
@@ -429,7 +440,7 @@ impl MailStore for SledStore {
         self.messages
             .scan_prefix(mailbox_id.to_be_bytes())
             .values()
-            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .map(|v| MessageMeta::decode(&v?))
             .collect()
     }
 
@@ -438,6 +449,187 @@ impl MailStore for SledStore {
             Some(v) => Ok(v.to_vec()),
             None => Err(StoreError::NotFound(format!("message blob {blob}"))),
         }
+    }
+
+    fn set_flags(
+        &self,
+        user: &str,
+        mailbox_id: u64,
+        changes: &[(u32, Vec<String>)],
+    ) -> Result<u64> {
+        let user = normalize_address(user);
+        let mbkey = self.mailbox_key_by_id(&user, mailbox_id)?;
+        let modseq = (&self.mailboxes, &self.messages)
+            .transaction(|(mbx, msgs)| {
+                let Some(v) = mbx.get(&mbkey)? else {
+                    return abort(StoreError::NotFound("mailbox".into()));
+                };
+                let mut mb: Mailbox = serde_json::from_slice(&v)
+                    .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
+                for (uid, flags) in changes {
+                    let key = msg_key(mailbox_id, *uid);
+                    let Some(v) = msgs.get(key)? else { continue };
+                    let mut meta =
+                        MessageMeta::decode(&v).map_err(ConflictableTransactionError::Abort)?;
+                    mb.highest_modseq += 1;
+                    meta.flags = flags.clone();
+                    meta.modseq = mb.highest_modseq;
+                    msgs.insert(&key, meta.encode())?;
+                }
+                mbx.insert(mbkey.clone(), serde_json::to_vec(&mb).expect("json"))?;
+                Ok(mb.highest_modseq)
+            })
+            .map_err(tx_err)?;
+        self.notify(&user, mailbox_id, MailboxEvent::FlagsChanged);
+        Ok(modseq)
+    }
+
+    fn expunge(&self, user: &str, mailbox_id: u64, uids: &[u32]) -> Result<Vec<u32>> {
+        let user = normalize_address(user);
+        let mbkey = self.mailbox_key_by_id(&user, mailbox_id)?;
+        let removed = (&self.mailboxes, &self.messages)
+            .transaction(|(mbx, msgs)| {
+                let mut removed = Vec::new();
+                for uid in uids {
+                    if let Some(v) = msgs.remove(&msg_key(mailbox_id, *uid))? {
+                        let meta =
+                            MessageMeta::decode(&v).map_err(ConflictableTransactionError::Abort)?;
+                        removed.push((meta.uid, meta.blob));
+                    }
+                }
+                if let Some(v) = mbx.get(&mbkey)? {
+                    let mut mb: Mailbox = serde_json::from_slice(&v)
+                        .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
+                    mb.highest_modseq += 1;
+                    mbx.insert(mbkey.clone(), serde_json::to_vec(&mb).expect("json"))?;
+                }
+                Ok(removed)
+            })
+            .map_err(tx_err)?;
+        for (_, blob) in &removed {
+            release_blob(&self.blobrefs, &self.blobs, *blob)?;
+        }
+        if !removed.is_empty() {
+            self.notify(&user, mailbox_id, MailboxEvent::Expunged);
+        }
+        Ok(removed.into_iter().map(|(u, _)| u).collect())
+    }
+
+    fn copy(
+        &self,
+        user: &str,
+        from_id: u64,
+        uids: &[u32],
+        to: &str,
+    ) -> Result<(u32, Vec<(u32, u32)>)> {
+        let user = normalize_address(user);
+        let tokey = mbox_key(&user, &canonical_mailbox(to));
+        let result = (&self.mailboxes, &self.messages, &self.blobrefs)
+            .transaction(|(mbx, msgs, refs)| {
+                let Some(v) = mbx.get(&tokey)? else {
+                    return abort(StoreError::NotFound(format!("mailbox {to}")));
+                };
+                let mut mb: Mailbox = serde_json::from_slice(&v)
+                    .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
+                let mut pairs = Vec::new();
+                for uid in uids {
+                    let Some(v) = msgs.get(msg_key(from_id, *uid))? else {
+                        continue;
+                    };
+                    let mut meta =
+                        MessageMeta::decode(&v).map_err(ConflictableTransactionError::Abort)?;
+                    let new_uid = mb.uidnext;
+                    mb.uidnext += 1;
+                    mb.highest_modseq += 1;
+                    meta.uid = new_uid;
+                    meta.modseq = mb.highest_modseq;
+                    msgs.insert(&msg_key(mb.id, new_uid), meta.encode())?;
+                    let key = meta.blob.to_be_bytes();
+                    let n = refs
+                        .get(key)?
+                        .map(|b| u32::from_be_bytes(b.as_ref().try_into().unwrap_or([0; 4])))
+                        .unwrap_or(0);
+                    refs.insert(&key, &(n + 1).to_be_bytes())?;
+                    pairs.push((*uid, new_uid));
+                }
+                mbx.insert(tokey.clone(), serde_json::to_vec(&mb).expect("json"))?;
+                Ok((mb.uidvalidity, mb.id, pairs))
+            })
+            .map_err(tx_err)?;
+        if !result.2.is_empty() {
+            self.notify(&user, result.1, MailboxEvent::Appended);
+        }
+        Ok((result.0, result.2))
+    }
+
+    fn delete_mailbox(&self, user: &str, name: &str) -> Result<()> {
+        let user = normalize_address(user);
+        let name = canonical_mailbox(name);
+        if is_inbox(&name) {
+            return Err(StoreError::Invalid("INBOX cannot be deleted".into()));
+        }
+        let Some(v) = self.mailboxes.remove(mbox_key(&user, &name))? else {
+            return Err(StoreError::NotFound(format!("mailbox {name}")));
+        };
+        let mb: Mailbox = serde_json::from_slice(&v)?;
+        let uids: Vec<u32> = self.messages(mb.id)?.iter().map(|m| m.uid).collect();
+        for uid in uids {
+            if let Some(v) = self.messages.remove(msg_key(mb.id, uid))? {
+                release_blob(&self.blobrefs, &self.blobs, MessageMeta::decode(&v)?.blob)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn rename_mailbox(&self, user: &str, from: &str, to: &str) -> Result<()> {
+        let user = normalize_address(user);
+        let (from, to) = (canonical_mailbox(from), canonical_mailbox(to));
+        if is_inbox(&to) {
+            return Err(StoreError::Exists("mailbox INBOX".into()));
+        }
+        if self.mailbox(&user, &to)?.is_some() {
+            return Err(StoreError::Exists(format!("mailbox {to}")));
+        }
+        let Some(mut mb) = self.mailbox(&user, &from)? else {
+            return Err(StoreError::NotFound(format!("mailbox {from}")));
+        };
+        if is_inbox(&from) {
+            // RFC 9051 §6.3.6: move INBOX's messages to the new name; INBOX stays, empty.
+            self.create_mailbox(&user, &to, None)?;
+            let uids: Vec<u32> = self.messages(mb.id)?.iter().map(|m| m.uid).collect();
+            self.copy(&user, mb.id, &uids, &to)?;
+            self.expunge(&user, mb.id, &uids)?;
+            return Ok(());
+        }
+        // Children move with their parent.
+        let prefix = format!("{from}/");
+        let mut moves = vec![(from.clone(), to.clone())];
+        for m in self.mailboxes(&user)? {
+            if let Some(rest) = m.name.strip_prefix(&prefix) {
+                moves.push((m.name.clone(), format!("{to}/{rest}")));
+            }
+        }
+        for (old, new) in moves {
+            if let Some(v) = self.mailboxes.remove(mbox_key(&user, &old))? {
+                mb = serde_json::from_slice(&v)?;
+                mb.name = new.clone();
+                self.mailboxes
+                    .insert(mbox_key(&user, &new), serde_json::to_vec(&mb)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_subscribed(&self, user: &str, name: &str, subscribed: bool) -> Result<()> {
+        let user = normalize_address(user);
+        let key = mbox_key(&user, &canonical_mailbox(name));
+        let Some(v) = self.mailboxes.get(&key)? else {
+            return Err(StoreError::NotFound(format!("mailbox {name}")));
+        };
+        let mut mb: Mailbox = serde_json::from_slice(&v)?;
+        mb.subscribed = subscribed;
+        self.mailboxes.insert(key, serde_json::to_vec(&mb)?)?;
+        Ok(())
     }
 
     fn enqueue(&self, mut entry: QueueEntry, message: &[u8]) -> Result<()> {

@@ -1,0 +1,3 @@
+//! IMAP server (in progress).
+
+pub mod session;

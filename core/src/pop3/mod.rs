@@ -1,0 +1,3 @@
+//! POP3 server (in progress).
+
+pub mod session;
