@@ -31,6 +31,8 @@ pub struct Config {
     pub delivery: Delivery,
     /// SMTP server behaviour and limits.
     pub smtp: Smtp,
+    /// IMAP server behaviour and limits.
+    pub imap: Imap,
     /// Logging.
     pub log: Log,
     /// How long running sessions get to finish after SIGTERM/SIGINT.
@@ -158,6 +160,40 @@ pub struct Smtp {
     pub bare_lf: BareLfPolicy,
 }
 
+/// IMAP server behaviour and limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Imap {
+    /// Allow LOGIN/AUTHENTICATE without TLS.
+    pub allow_plaintext_auth: bool,
+    /// Largest literal (APPEND message or string) in bytes.
+    pub max_literal: u64,
+    /// Longest command line in bytes (literals not counted).
+    pub max_line: usize,
+    /// Inactivity before an unauthenticated or idle session is closed (RFC 9051 §5.4: ≥ 30m
+    /// once authenticated).
+    #[serde(with = "dur")]
+    pub idle_timeout: Duration,
+    /// Time allowed to log in after connecting.
+    #[serde(with = "dur")]
+    pub login_timeout: Duration,
+    /// Bad commands in one session before it is closed.
+    pub max_errors: usize,
+}
+
+impl Default for Imap {
+    fn default() -> Self {
+        Imap {
+            allow_plaintext_auth: false,
+            max_literal: 64 * 1024 * 1024,
+            max_line: 64 * 1024,
+            idle_timeout: Duration::from_secs(30 * 60),
+            login_timeout: Duration::from_secs(60),
+            max_errors: 20,
+        }
+    }
+}
+
 /// FCrDNS mismatch policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -210,6 +246,7 @@ impl Default for Config {
             dns: Dns::default(),
             delivery: Delivery::default(),
             smtp: Smtp::default(),
+            imap: Imap::default(),
             log: Log::default(),
             shutdown_timeout: Duration::from_secs(30),
         }

@@ -1,11 +1,95 @@
-//! IMAP session loop.
+//! The IMAP session loop and command handlers.
+//!
+//! State per RFC 9051 §3: not authenticated → authenticated → selected → logout. Untagged
+//! updates from other sessions (new mail, flag changes, expunges) are merged into the
+//! session's view by [`Session::sync`]; EXPUNGE responses are held back during FETCH, STORE
+//! and SEARCH (RFC 9051 §7.5.1).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::broadcast;
+use tracing::Instrument;
+
+use super::codec::{Frame, frame, parse};
+use super::mime::{self, BinaryError};
+use super::response::{date_time, flag_list, literal, mailbox_name, string};
+use super::search::{self, Candidate};
+use super::types::*;
+use crate::accounts;
+use crate::hooks::{HookCtx, HookPoint, Verdict};
+use crate::net::Stream;
 use crate::server::Shared;
+use crate::store::{Mailbox, MailboxEvent, MessageMeta, Placement, StoreError};
 
-/// Serve one connection. `implicit_tls` for the TLS-only listener.
+const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
+
+struct Selected {
+    mailbox: Mailbox,
+    read_only: bool,
+    /// Messages in sequence order.
+    msgs: Vec<MessageMeta>,
+}
+
+enum Pending {
+    None,
+    /// AUTHENTICATE PLAIN waiting for the client's response line.
+    AuthPlain(String),
+    /// IDLE with this tag, until DONE.
+    Idle(String),
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    stream: Stream,
+    peer: SocketAddr,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    acked: usize,
+    user: Option<String>,
+    selected: Option<Selected>,
+    rev2: bool,
+    condstore: bool,
+    qresync: bool,
+    errors: usize,
+    saved: Vec<u32>,
+    watch: Option<broadcast::Receiver<(u64, MailboxEvent)>>,
+    pending: Pending,
+    dirty: bool,
+    logout: bool,
+    starttls: bool,
+}
+
+type CmdResult = Result<String, Resp>;
+
+/// A tagged NO/BAD.
+enum Resp {
+    No(String),
+    Bad(String),
+}
+
+fn no(s: impl Into<String>) -> Resp {
+    Resp::No(s.into())
+}
+
+fn store_err(e: StoreError) -> Resp {
+    match e {
+        StoreError::NotFound(_) => no("[NONEXISTENT] No such mailbox"),
+        StoreError::Exists(_) => no("[ALREADYEXISTS] Mailbox already exists"),
+        StoreError::Invalid(t) => no(format!("[CANNOT] {t}")),
+        other => {
+            tracing::error!(error = %other, "store error");
+            no("[SERVERBUG] Internal error, try again later")
+        }
+    }
+}
+
+/// Serve one IMAP connection.
 pub async fn serve(
     shared: Arc<Shared>,
     tcp: tokio::net::TcpStream,
@@ -13,5 +97,1600 @@ pub async fn serve(
     listener: &'static str,
     implicit_tls: bool,
 ) {
-    let _ = (shared, tcp, peer, listener, implicit_tls);
+    let id = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+    let span = tracing::info_span!("imap", session = %id, peer = %peer, listener);
+    async move {
+        let mut stream = Stream::Plain(tcp);
+        if implicit_tls {
+            match tokio::time::timeout(Duration::from_secs(30), stream.upgrade(&shared.tls)).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+        let mut s = Session {
+            shared,
+            stream,
+            peer,
+            inbuf: Vec::with_capacity(4096),
+            out: Vec::with_capacity(4096),
+            acked: 0,
+            user: None,
+            selected: None,
+            rev2: false,
+            condstore: false,
+            qresync: false,
+            errors: 0,
+            saved: Vec::new(),
+            watch: None,
+            pending: Pending::None,
+            dirty: false,
+            logout: false,
+            starttls: false,
+        };
+        if let Err(e) = s.run().await {
+            tracing::debug!(error = %e, "session ended with I/O error");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+impl Session {
+    fn capabilities(&self) -> String {
+        let mut c = String::from("IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ENABLE ID");
+        if self.user.is_none() {
+            if !self.stream.is_tls() {
+                c.push_str(" STARTTLS");
+            }
+            if self.auth_allowed() {
+                c.push_str(" AUTH=PLAIN");
+            } else {
+                c.push_str(" LOGINDISABLED");
+            }
+        } else {
+            c.push_str(
+                " IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN LIST-EXTENDED LIST-STATUS SPECIAL-USE CREATE-SPECIAL-USE CONDSTORE QRESYNC ESEARCH SEARCHRES STATUS=SIZE BINARY",
+            );
+        }
+        c
+    }
+
+    fn auth_allowed(&self) -> bool {
+        self.stream.is_tls() || self.shared.config.imap.allow_plaintext_auth
+    }
+
+    fn untagged(&mut self, s: &str) {
+        self.out.extend_from_slice(b"* ");
+        self.out.extend_from_slice(s.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self) -> std::io::Result<()> {
+        let greet = format!(
+            "OK [CAPABILITY {}] {} Corvus IMAP ready",
+            self.capabilities(),
+            self.shared.config.hostname
+        );
+        self.untagged(&greet);
+        let started = Instant::now();
+        loop {
+            self.process().await?;
+            if self.logout {
+                return self.flush().await;
+            }
+            if self.starttls {
+                self.starttls = false;
+                self.flush().await?;
+                self.inbuf.clear();
+                match tokio::time::timeout(
+                    Duration::from_secs(30),
+                    self.stream.upgrade(&self.shared.tls),
+                )
+                .await
+                {
+                    Ok(Ok(())) => continue,
+                    _ => return Ok(()),
+                }
+            }
+            self.flush().await?;
+            let cfg = &self.shared.config.imap;
+            let timeout = if self.user.is_none() {
+                cfg.login_timeout
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_millis(1))
+            } else {
+                cfg.idle_timeout
+            };
+            let idle = matches!(self.pending, Pending::Idle(_));
+            let mut chunk = [0u8; 16 * 1024];
+            tokio::select! {
+                r = tokio::time::timeout(timeout, self.stream.read(&mut chunk)) => match r {
+                    Ok(Ok(0)) => return Ok(()),
+                    Ok(Ok(n)) => self.inbuf.extend_from_slice(&chunk[..n]),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        self.untagged("BYE Autologout; idle for too long");
+                        return self.flush().await;
+                    }
+                },
+                ev = recv_event(&mut self.watch), if idle => {
+                    if ev {
+                        self.sync(true).await;
+                    }
+                }
+                _ = self.shared.shutdown.cancelled(), if self.inbuf.is_empty() => {
+                    self.untagged("BYE [UNAVAILABLE] Server shutting down");
+                    return self.flush().await;
+                }
+            }
+        }
+    }
+
+    /// Handle every complete command in the buffer.
+    async fn process(&mut self) -> std::io::Result<()> {
+        loop {
+            if self.logout || self.starttls {
+                return Ok(());
+            }
+            // Continuation lines (AUTHENTICATE response, IDLE's DONE).
+            if !matches!(self.pending, Pending::None) {
+                let Some(nl) = memchr::memchr(b'\n', &self.inbuf) else {
+                    if self.inbuf.len() > 64 * 1024 {
+                        self.untagged("BYE Line too long");
+                        self.logout = true;
+                    }
+                    return Ok(());
+                };
+                let line: Vec<u8> = self.inbuf.drain(..nl + 1).collect();
+                let text = String::from_utf8_lossy(&line).trim().to_string();
+                match std::mem::replace(&mut self.pending, Pending::None) {
+                    Pending::Idle(tag) => {
+                        if text.eq_ignore_ascii_case("DONE") {
+                            self.sync(true).await;
+                            self.out.extend_from_slice(
+                                format!("{tag} OK IDLE terminated\r\n").as_bytes(),
+                            );
+                        } else {
+                            self.out.extend_from_slice(
+                                format!("{tag} BAD Expected DONE\r\n").as_bytes(),
+                            );
+                        }
+                    }
+                    Pending::AuthPlain(tag) => {
+                        let r = if text == "*" {
+                            Err(Resp::Bad("Authentication cancelled".into()))
+                        } else {
+                            self.auth_plain(&text).await
+                        };
+                        self.finish(&tag, r);
+                    }
+                    Pending::None => {}
+                }
+                continue;
+            }
+            let cfg = &self.shared.config.imap;
+            match frame(&self.inbuf, self.acked, cfg.max_line, cfg.max_literal) {
+                Frame::NeedMore { continuation } => {
+                    if continuation {
+                        self.out.extend_from_slice(b"+ Ready for literal data\r\n");
+                        self.acked += 1;
+                    }
+                    return Ok(());
+                }
+                Frame::LineTooLong => {
+                    self.untagged("BYE Command line too long");
+                    self.logout = true;
+                    return Ok(());
+                }
+                Frame::LiteralTooBig { tag, nonsync } => {
+                    if nonsync {
+                        self.untagged("BYE [TOOBIG] Literal too large");
+                        self.logout = true;
+                    } else {
+                        // Drop the command line; the client will not send the literal.
+                        let nl = memchr::memchr(b'\n', &self.inbuf).unwrap_or(self.inbuf.len() - 1);
+                        self.inbuf.drain(..nl + 1);
+                        self.out.extend_from_slice(
+                            format!("{tag} NO [TOOBIG] Literal too large\r\n").as_bytes(),
+                        );
+                    }
+                    return Ok(());
+                }
+                Frame::Complete(n) => {
+                    let bytes: Vec<u8> = self.inbuf.drain(..n).collect();
+                    self.acked = 0;
+                    match parse(&bytes) {
+                        Ok(t) => self.command(t).await,
+                        Err(e) => {
+                            self.errors += 1;
+                            self.out.extend_from_slice(
+                                format!("{} BAD {}\r\n", e.tag, e.text).as_bytes(),
+                            );
+                            if self.errors >= self.shared.config.imap.max_errors {
+                                self.untagged("BYE Too many errors");
+                                self.logout = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, tag: &str, r: CmdResult) {
+        let line = match r {
+            Ok(t) => format!("{tag} OK {t}\r\n"),
+            Err(Resp::No(t)) => format!("{tag} NO {t}\r\n"),
+            Err(Resp::Bad(t)) => {
+                self.errors += 1;
+                format!("{tag} BAD {t}\r\n")
+            }
+        };
+        self.out.extend_from_slice(line.as_bytes());
+    }
+
+    async fn command(&mut self, t: Tagged) {
+        let Tagged { tag, command } = t;
+        let authed = self.user.is_some();
+        let selected = self.selected.is_some();
+        let r: CmdResult = match command {
+            Command::Capability => {
+                let c = format!("CAPABILITY {}", self.capabilities());
+                self.untagged(&c);
+                Ok("CAPABILITY completed".into())
+            }
+            Command::Noop => {
+                self.sync(true).await;
+                Ok("NOOP completed".into())
+            }
+            Command::Logout => {
+                self.untagged("BYE Logging out");
+                self.logout = true;
+                Ok("LOGOUT completed".into())
+            }
+            Command::Id(_) => {
+                self.untagged(&format!(
+                    "ID (\"name\" \"Corvus\" \"version\" \"{}\")",
+                    env!("CARGO_PKG_VERSION")
+                ));
+                Ok("ID completed".into())
+            }
+            Command::StartTls if self.stream.is_tls() => {
+                Err(Resp::Bad("TLS already active".into()))
+            }
+            Command::StartTls if authed => Err(Resp::Bad("STARTTLS only before login".into())),
+            Command::StartTls => {
+                self.finish(&tag, Ok("Begin TLS negotiation now".into()));
+                self.starttls = true;
+                return;
+            }
+            Command::Login(..) | Command::Authenticate(..) if authed => {
+                Err(Resp::Bad("Already authenticated".into()))
+            }
+            Command::Login(_, _) | Command::Authenticate(..) if !self.auth_allowed() => Err(no(
+                "[PRIVACYREQUIRED] Use STARTTLS or the TLS port before logging in",
+            )),
+            Command::Login(u, p) => self.login(u, p, "LOGIN").await,
+            Command::Authenticate(mech, initial) => {
+                if mech != "PLAIN" {
+                    Err(no("[CANNOT] Unsupported mechanism"))
+                } else if let Some(ir) = initial {
+                    self.auth_plain(&ir).await
+                } else {
+                    self.out.extend_from_slice(b"+ \r\n");
+                    self.pending = Pending::AuthPlain(tag);
+                    return;
+                }
+            }
+            Command::Enable(caps) if authed => {
+                let mut on = Vec::new();
+                for c in caps {
+                    match c.as_str() {
+                        "IMAP4REV2" => {
+                            self.rev2 = true;
+                            on.push("IMAP4rev2");
+                        }
+                        "CONDSTORE" => {
+                            self.condstore = true;
+                            on.push("CONDSTORE");
+                        }
+                        "QRESYNC" => {
+                            self.qresync = true;
+                            self.condstore = true;
+                            on.push("QRESYNC");
+                        }
+                        _ => {}
+                    }
+                }
+                self.untagged(&format!("ENABLED {}", on.join(" ")).trim_end().to_string());
+                Ok("ENABLE completed".into())
+            }
+            Command::Enable(_) => Err(Resp::Bad("Log in first".into())),
+            _ if !authed => Err(Resp::Bad("Log in first".into())),
+            Command::Select {
+                mailbox,
+                read_only,
+                condstore,
+                qresync,
+            } => self.select(mailbox, read_only, condstore, qresync).await,
+            Command::Create(name, special) => self.create(&name, special.as_deref()),
+            Command::Delete(name) => self.delete(&name),
+            Command::Rename(a, b) => self.rename(&a, &b),
+            Command::Subscribe(n) => self
+                .user_store(|s, u| s.set_subscribed(u, &n, true))
+                .map(|_| "SUBSCRIBE completed".into()),
+            Command::Unsubscribe(n) => self
+                .user_store(|s, u| s.set_subscribed(u, &n, false))
+                .map(|_| "UNSUBSCRIBE completed".into()),
+            Command::List {
+                lsub,
+                reference,
+                patterns,
+                select,
+                ret,
+                status,
+            } => self.list(
+                lsub,
+                &reference,
+                &patterns,
+                &select,
+                &ret,
+                status.as_deref(),
+            ),
+            Command::Namespace => {
+                self.untagged("NAMESPACE ((\"\" \"/\")) NIL NIL");
+                Ok("NAMESPACE completed".into())
+            }
+            Command::Status(name, items) => self
+                .status(&name, &items)
+                .map(|_| "STATUS completed".into()),
+            Command::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => self.append(&mailbox, flags, date, message).await,
+            Command::Idle => {
+                self.sync(true).await;
+                self.out.extend_from_slice(b"+ idling\r\n");
+                self.pending = Pending::Idle(tag);
+                return;
+            }
+            _ if !selected => Err(Resp::Bad("No mailbox selected".into())),
+            Command::Close => {
+                let sel = self.selected.take().expect("selected");
+                if !sel.read_only {
+                    let uids: Vec<u32> = sel
+                        .msgs
+                        .iter()
+                        .filter(|m| has_flag(m, "\\Deleted"))
+                        .map(|m| m.uid)
+                        .collect();
+                    let user = self.user.clone().unwrap_or_default();
+                    if let Err(e) = self.shared.store.expunge(&user, sel.mailbox.id, &uids) {
+                        tracing::error!(error = %e, "expunge on CLOSE failed");
+                    }
+                    let _ = self.shared.store.commit().await;
+                }
+                Ok("CLOSE completed".into())
+            }
+            Command::Unselect => {
+                self.selected = None;
+                Ok("UNSELECT completed".into())
+            }
+            Command::Expunge(set) => self.expunge(set).await,
+            Command::Search { uid, ret, key } => self.search(uid, ret, key).await,
+            Command::Fetch {
+                uid,
+                set,
+                items,
+                changed_since,
+                vanished,
+            } => self.fetch(uid, &set, &items, changed_since, vanished).await,
+            Command::Store {
+                uid,
+                set,
+                mode,
+                silent,
+                flags,
+                unchanged_since,
+            } => {
+                self.store(uid, &set, mode, silent, flags, unchanged_since)
+                    .await
+            }
+            Command::Copy {
+                uid,
+                set,
+                mailbox,
+                is_move,
+            } => self.copy(uid, &set, &mailbox, is_move).await,
+        };
+        self.finish(&tag, r);
+    }
+
+    fn user_store<T>(
+        &self,
+        f: impl FnOnce(&crate::store::Store, &str) -> Result<T, StoreError>,
+    ) -> Result<T, Resp> {
+        let user = self.user.as_deref().unwrap_or_default();
+        f(&self.shared.store, user).map_err(store_err)
+    }
+
+    async fn login(&mut self, user: String, pass: String, mech: &str) -> CmdResult {
+        let ip = self.peer.ip();
+        if self.shared.auth_throttle.blocked(ip) {
+            return Err(no("[UNAVAILABLE] Too many failed logins, try again later"));
+        }
+        let store = self.shared.store.clone();
+        let (u, p) = (user.clone(), pass.clone());
+        let valid = tokio::task::spawn_blocking(move || accounts::authenticate(&store, &u, &p))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten();
+        let mut ctx = HookCtx::new(HookPoint::Auth, "imap", ip);
+        ctx.tls = self.stream.is_tls();
+        ctx.credentials = Some((user.clone(), pass, mech.to_string()));
+        ctx.credentials_valid = valid.is_some();
+        let outcome = self.shared.hooks.run(&ctx);
+        let account = match outcome.verdict {
+            Verdict::Accept => valid.or_else(|| Some(user.to_lowercase())),
+            Verdict::Continue => valid,
+            _ => None,
+        };
+        match account {
+            Some(a) => {
+                self.shared.auth_throttle.succeed(ip);
+                tracing::info!(user = %a, "logged in");
+                self.watch = Some(self.shared.store.watch(&a));
+                self.user = Some(a);
+                Ok(format!("[CAPABILITY {}] Logged in", self.capabilities()))
+            }
+            None => {
+                self.shared.auth_throttle.fail(ip);
+                tracing::info!(user = %user, "login failed");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Err(no("[AUTHENTICATIONFAILED] Invalid credentials"))
+            }
+        }
+    }
+
+    async fn auth_plain(&mut self, b64: &str) -> CmdResult {
+        let raw = B64
+            .decode(b64.trim())
+            .map_err(|_| Resp::Bad("Invalid base64".into()))?;
+        let parts: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
+        if parts.len() != 3 {
+            return Err(Resp::Bad("Malformed PLAIN response".into()));
+        }
+        let authz = String::from_utf8_lossy(parts[0]).into_owned();
+        let user = String::from_utf8_lossy(parts[1]).into_owned();
+        let pass = String::from_utf8_lossy(parts[2]).into_owned();
+        if !authz.is_empty() && !authz.eq_ignore_ascii_case(&user) {
+            return Err(no("[AUTHORIZATIONFAILED] Proxy authentication not allowed"));
+        }
+        self.login(user, pass, "PLAIN").await
+    }
+
+    fn check_name(name: &str) -> Result<(), Resp> {
+        let bad = name.is_empty()
+            || name.len() > 255
+            || name.starts_with('/')
+            || name.ends_with('/')
+            || name.contains("//")
+            || name.split('/').any(|c| c == "." || c == "..")
+            || name.contains(['%', '*', '\0', '\r', '\n'])
+            || name.chars().any(char::is_control);
+        if bad {
+            Err(no("[CANNOT] Invalid mailbox name"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn create(&mut self, name: &str, special: Option<&str>) -> CmdResult {
+        let name = name.trim_end_matches('/');
+        Self::check_name(name)?;
+        if name.eq_ignore_ascii_case("INBOX") {
+            return Err(no("[ALREADYEXISTS] INBOX exists"));
+        }
+        if let Some(s) = special
+            && ![
+                "\\Sent",
+                "\\Drafts",
+                "\\Trash",
+                "\\Junk",
+                "\\Archive",
+                "\\All",
+                "\\Flagged",
+            ]
+            .iter()
+            .any(|x| x.eq_ignore_ascii_case(s))
+        {
+            return Err(no("[USEATTR] Unsupported special-use attribute"));
+        }
+        // Create missing parents too (RFC 9051 §6.3.4).
+        let user = self.user.clone().unwrap_or_default();
+        let parts: Vec<&str> = name.split('/').collect();
+        for i in 1..parts.len() {
+            let parent = parts[..i].join("/");
+            if self
+                .shared
+                .store
+                .mailbox(&user, &parent)
+                .map_err(store_err)?
+                .is_none()
+            {
+                self.shared
+                    .store
+                    .create_mailbox(&user, &parent, None)
+                    .map_err(store_err)?;
+            }
+        }
+        self.shared
+            .store
+            .create_mailbox(&user, name, special)
+            .map_err(store_err)?;
+        Ok("CREATE completed".into())
+    }
+
+    fn delete(&mut self, name: &str) -> CmdResult {
+        if name.eq_ignore_ascii_case("INBOX") {
+            return Err(no("[CANNOT] INBOX cannot be deleted"));
+        }
+        if self
+            .selected
+            .as_ref()
+            .is_some_and(|s| s.mailbox.name == name)
+        {
+            self.selected = None;
+        }
+        self.user_store(|s, u| s.delete_mailbox(u, name))?;
+        Ok("DELETE completed".into())
+    }
+
+    fn rename(&mut self, a: &str, b: &str) -> CmdResult {
+        Self::check_name(b)?;
+        self.user_store(|s, u| s.rename_mailbox(u, a, b))?;
+        Ok("RENAME completed".into())
+    }
+
+    fn list(
+        &mut self,
+        lsub: bool,
+        reference: &str,
+        patterns: &[String],
+        select: &[String],
+        ret: &[String],
+        status: Option<&[StatusItem]>,
+    ) -> CmdResult {
+        let user = self.user.clone().unwrap_or_default();
+        if patterns.len() == 1 && patterns[0].is_empty() && !lsub {
+            self.untagged("LIST (\\Noselect) \"/\" \"\"");
+            return Ok("LIST completed".into());
+        }
+        let mut boxes = self.shared.store.mailboxes(&user).map_err(store_err)?;
+        boxes.sort_by(|a, b| (a.name != "INBOX", &a.name).cmp(&(b.name != "INBOX", &b.name)));
+        let names: HashSet<String> = boxes.iter().map(|m| m.name.clone()).collect();
+        let subscribed_only = lsub || select.iter().any(|s| s == "SUBSCRIBED");
+        let special_only = select.iter().any(|s| s == "SPECIAL-USE");
+        let want_special = ret.iter().any(|r| r == "SPECIAL-USE") || special_only || !lsub;
+        let want_subscribed =
+            ret.iter().any(|r| r == "SUBSCRIBED") || select.iter().any(|s| s == "SUBSCRIBED");
+        for mb in &boxes {
+            let full_patterns: Vec<String> =
+                patterns.iter().map(|p| format!("{reference}{p}")).collect();
+            if !full_patterns.iter().any(|p| wildmatch(p, &mb.name)) {
+                continue;
+            }
+            if subscribed_only && !mb.subscribed {
+                continue;
+            }
+            if special_only && mb.special_use.is_none() {
+                continue;
+            }
+            let has_children = names
+                .iter()
+                .any(|n| n.starts_with(&format!("{}/", mb.name)));
+            let mut attrs = vec![
+                if has_children {
+                    "\\HasChildren"
+                } else {
+                    "\\HasNoChildren"
+                }
+                .to_string(),
+            ];
+            if want_subscribed && mb.subscribed {
+                attrs.push("\\Subscribed".into());
+            }
+            if want_special && let Some(s) = &mb.special_use {
+                attrs.push(s.clone());
+            }
+            let mut line = Vec::new();
+            line.extend_from_slice(
+                format!(
+                    "* {} ({}) \"/\" ",
+                    if lsub { "LSUB" } else { "LIST" },
+                    attrs.join(" ")
+                )
+                .as_bytes(),
+            );
+            mailbox_name(&mut line, &mb.name);
+            line.extend_from_slice(b"\r\n");
+            self.out.extend_from_slice(&line);
+            if let Some(items) = status {
+                self.status_of(mb, items)?;
+            }
+        }
+        Ok(format!("{} completed", if lsub { "LSUB" } else { "LIST" }))
+    }
+
+    fn status(&mut self, name: &str, items: &[StatusItem]) -> Result<(), Resp> {
+        let user = self.user.clone().unwrap_or_default();
+        let mb = self
+            .shared
+            .store
+            .mailbox(&user, name)
+            .map_err(store_err)?
+            .ok_or_else(|| no("[NONEXISTENT] No such mailbox"))?;
+        self.status_of(&mb, items)
+    }
+
+    fn status_of(&mut self, mb: &Mailbox, items: &[StatusItem]) -> Result<(), Resp> {
+        let msgs = self.shared.store.messages(mb.id).map_err(store_err)?;
+        let mut parts = Vec::new();
+        for i in items {
+            parts.push(match i {
+                StatusItem::Messages => format!("MESSAGES {}", msgs.len()),
+                StatusItem::Recent => "RECENT 0".into(),
+                StatusItem::UidNext => format!("UIDNEXT {}", mb.uidnext),
+                StatusItem::UidValidity => format!("UIDVALIDITY {}", mb.uidvalidity),
+                StatusItem::Unseen => format!(
+                    "UNSEEN {}",
+                    msgs.iter().filter(|m| !has_flag(m, "\\Seen")).count()
+                ),
+                StatusItem::Deleted => format!(
+                    "DELETED {}",
+                    msgs.iter().filter(|m| has_flag(m, "\\Deleted")).count()
+                ),
+                StatusItem::Size => format!("SIZE {}", msgs.iter().map(|m| m.size).sum::<u64>()),
+                StatusItem::HighestModseq => format!("HIGHESTMODSEQ {}", mb.highest_modseq),
+            });
+        }
+        let mut line = b"* STATUS ".to_vec();
+        mailbox_name(&mut line, &mb.name);
+        line.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
+        self.out.extend_from_slice(&line);
+        Ok(())
+    }
+
+    async fn select(
+        &mut self,
+        name: String,
+        read_only: bool,
+        condstore: bool,
+        qresync: Option<(u32, u64, Option<SeqSet>)>,
+    ) -> CmdResult {
+        self.selected = None;
+        if condstore {
+            self.condstore = true;
+        }
+        if qresync.is_some() && !self.qresync {
+            return Err(Resp::Bad("Enable QRESYNC first".into()));
+        }
+        let user = self.user.clone().unwrap_or_default();
+        let mb = self
+            .shared
+            .store
+            .mailbox(&user, &name)
+            .map_err(store_err)?
+            .ok_or_else(|| no("[NONEXISTENT] No such mailbox"))?;
+        let msgs = self.shared.store.messages(mb.id).map_err(store_err)?;
+        let mut keywords: Vec<String> = Vec::new();
+        for m in &msgs {
+            for f in &m.flags {
+                if !f.starts_with('\\') && !keywords.contains(f) {
+                    keywords.push(f.clone());
+                }
+            }
+        }
+        keywords.sort();
+        let kw = if keywords.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", keywords.join(" "))
+        };
+        self.untagged(&format!("{} EXISTS", msgs.len()));
+        if !self.rev2 {
+            self.untagged("0 RECENT");
+        }
+        self.untagged(&format!("FLAGS ({SYSTEM_FLAGS}{kw})"));
+        self.untagged(&format!(
+            "OK [PERMANENTFLAGS ({SYSTEM_FLAGS}{kw} \\*)] Flags permitted"
+        ));
+        if !self.rev2
+            && let Some(i) = msgs.iter().position(|m| !has_flag(m, "\\Seen"))
+        {
+            self.untagged(&format!("OK [UNSEEN {}] First unseen", i + 1));
+        }
+        self.untagged(&format!("OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity));
+        self.untagged(&format!("OK [UIDNEXT {}] Predicted next UID", mb.uidnext));
+        self.untagged(&format!("OK [HIGHESTMODSEQ {}] Highest", mb.highest_modseq));
+        if let Some((uv, modseq, known)) = qresync
+            && uv == mb.uidvalidity
+        {
+            // UIDs the client may know that are gone (RFC 7162 §3.2.5.1 allows a superset).
+            let present: HashSet<u32> = msgs.iter().map(|m| m.uid).collect();
+            let vanished: Vec<u32> = match &known {
+                Some(set) => (1..mb.uidnext)
+                    .filter(|u| set.contains(*u, mb.uidnext, &[]) && !present.contains(u))
+                    .collect(),
+                None => (1..mb.uidnext).filter(|u| !present.contains(u)).collect(),
+            };
+            if !vanished.is_empty() {
+                self.untagged(&format!("VANISHED (EARLIER) {}", compress(&vanished)));
+            }
+            for (i, m) in msgs.iter().enumerate() {
+                if m.modseq > modseq {
+                    self.untagged(&format!(
+                        "{} FETCH (UID {} FLAGS ({}) MODSEQ ({}))",
+                        i + 1,
+                        m.uid,
+                        m.flags.join(" "),
+                        m.modseq
+                    ));
+                }
+            }
+        }
+        let read_only = read_only || false;
+        self.selected = Some(Selected {
+            mailbox: mb,
+            read_only,
+            msgs,
+        });
+        Ok(format!(
+            "[{}] {} completed",
+            if read_only { "READ-ONLY" } else { "READ-WRITE" },
+            if read_only { "EXAMINE" } else { "SELECT" }
+        ))
+    }
+
+    async fn append(
+        &mut self,
+        name: &str,
+        flags: Vec<String>,
+        date: Option<i64>,
+        message: Vec<u8>,
+    ) -> CmdResult {
+        let user = self.user.clone().unwrap_or_default();
+        let mb = self
+            .shared
+            .store
+            .mailbox(&user, name)
+            .map_err(store_err)?
+            .ok_or_else(|| no("[TRYCREATE] No such mailbox"))?;
+        if message.is_empty() {
+            return Err(no("Empty message"));
+        }
+        let message = normalize_crlf(&message);
+        let flags: Vec<String> = flags.into_iter().filter(|f| f != "\\Recent").collect();
+        let date = date.unwrap_or_else(|| chrono::Utc::now().timestamp());
+        let store = self.shared.store.clone();
+        let placement = Placement {
+            user: user.clone(),
+            mailbox: mb.name.clone(),
+            flags,
+        };
+        let uids = tokio::task::spawn_blocking(move || store.deliver(&message, date, &[placement]))
+            .await
+            .map_err(|_| no("[SERVERBUG] Internal error"))?
+            .map_err(store_err)?;
+        self.shared.store.commit().await.map_err(store_err)?;
+        if self
+            .selected
+            .as_ref()
+            .is_some_and(|s| s.mailbox.id == mb.id)
+        {
+            self.sync(false).await;
+        }
+        Ok(format!(
+            "[APPENDUID {} {}] APPEND completed",
+            mb.uidvalidity,
+            uids.first().copied().unwrap_or(0)
+        ))
+    }
+
+    /// Merge changes made elsewhere into the selected view and report them.
+    async fn sync(&mut self, allow_expunge: bool) {
+        if let Some(w) = &mut self.watch {
+            loop {
+                match w.try_recv() {
+                    Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => self.dirty = true,
+                    Err(_) => break,
+                }
+            }
+        }
+        let Some(sel) = &self.selected else { return };
+        let fresh = match self.shared.store.messages(sel.mailbox.id) {
+            Ok(m) => m,
+            Err(_) => return,
+        };
+        let condstore = self.condstore;
+        let qresync = self.qresync;
+        let sel = self.selected.as_mut().expect("selected");
+        let mut out = Vec::new();
+        let fresh_uids: HashSet<u32> = fresh.iter().map(|m| m.uid).collect();
+        if allow_expunge {
+            let mut vanished = Vec::new();
+            for i in (0..sel.msgs.len()).rev() {
+                if !fresh_uids.contains(&sel.msgs[i].uid) {
+                    if qresync {
+                        vanished.push(sel.msgs[i].uid);
+                    } else {
+                        out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+                    }
+                    sel.msgs.remove(i);
+                }
+            }
+            if !vanished.is_empty() {
+                vanished.sort();
+                out.extend_from_slice(format!("* VANISHED {}\r\n", compress(&vanished)).as_bytes());
+            }
+        }
+        // Flag changes for messages both sides know.
+        let mut idx = std::collections::HashMap::with_capacity(fresh.len());
+        for (i, m) in fresh.iter().enumerate() {
+            idx.insert(m.uid, i);
+        }
+        for (i, m) in sel.msgs.iter_mut().enumerate() {
+            if let Some(&j) = idx.get(&m.uid) {
+                let f = &fresh[j];
+                if f.modseq != m.modseq {
+                    if f.flags != m.flags {
+                        let ms = if condstore {
+                            format!(" MODSEQ ({})", f.modseq)
+                        } else {
+                            String::new()
+                        };
+                        out.extend_from_slice(
+                            format!(
+                                "* {} FETCH (UID {} FLAGS ({}){ms})\r\n",
+                                i + 1,
+                                f.uid,
+                                f.flags.join(" ")
+                            )
+                            .as_bytes(),
+                        );
+                    }
+                    *m = f.clone();
+                }
+            }
+        }
+        let last = sel.msgs.last().map(|m| m.uid).unwrap_or(0);
+        let before = sel.msgs.len();
+        sel.msgs
+            .extend(fresh.iter().filter(|m| m.uid > last).cloned());
+        if sel.msgs.len() != before {
+            out.extend_from_slice(format!("* {} EXISTS\r\n", sel.msgs.len()).as_bytes());
+            if !self.rev2 {
+                out.extend_from_slice(b"* 0 RECENT\r\n");
+            }
+        }
+        if let Ok(Some(mb)) = self
+            .shared
+            .store
+            .mailbox(self.user.as_deref().unwrap_or_default(), &sel.mailbox.name)
+        {
+            sel.mailbox = mb;
+        }
+        self.dirty = false;
+        self.out.extend_from_slice(&out);
+    }
+
+    /// Indices (0-based) of the selected messages in `set`.
+    fn resolve(&self, uid: bool, set: &SeqSet) -> Vec<usize> {
+        let sel = self.selected.as_ref().expect("selected");
+        let n = sel.msgs.len() as u32;
+        let max_uid = sel.msgs.last().map(|m| m.uid).unwrap_or(0);
+        let saved = &self.saved;
+        sel.msgs
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| {
+                if uid {
+                    set.contains(m.uid, max_uid.max(1), saved)
+                } else if let SeqSet::Saved = set {
+                    saved.contains(&m.uid)
+                } else {
+                    set.contains(*i as u32 + 1, n, &[])
+                }
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    async fn expunge(&mut self, set: Option<SeqSet>) -> CmdResult {
+        let sel = self.selected.as_ref().expect("selected");
+        if sel.read_only {
+            return Err(no("[READ-ONLY] Mailbox is read-only"));
+        }
+        let filter: Option<Vec<usize>> = set.as_ref().map(|s| self.resolve(true, s));
+        let sel = self.selected.as_ref().expect("selected");
+        let uids: Vec<u32> = sel
+            .msgs
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| {
+                has_flag(m, "\\Deleted") && filter.as_ref().is_none_or(|f| f.contains(i))
+            })
+            .map(|(_, m)| m.uid)
+            .collect();
+        let user = self.user.clone().unwrap_or_default();
+        self.shared
+            .store
+            .expunge(&user, sel.mailbox.id, &uids)
+            .map_err(store_err)?;
+        self.shared.store.commit().await.map_err(store_err)?;
+        self.sync(true).await;
+        Ok("EXPUNGE completed".into())
+    }
+
+    async fn search(&mut self, uid: bool, ret: Option<Vec<String>>, key: SearchKey) -> CmdResult {
+        self.sync(false).await;
+        let sel = self.selected.as_ref().expect("selected");
+        let needs = search::needs_content(&key);
+        let max_seq = sel.msgs.len() as u32;
+        let max_uid = sel.msgs.last().map(|m| m.uid).unwrap_or(0);
+        let mut hits: Vec<(u32, u32, u64)> = Vec::new();
+        for (i, m) in sel.msgs.iter().enumerate() {
+            let c = Candidate {
+                seq: i as u32 + 1,
+                meta: m,
+                max_seq,
+                max_uid,
+                saved: &self.saved,
+            };
+            let store = &self.shared.store;
+            let blob = m.blob;
+            let mut load = || if needs { store.blob(blob).ok() } else { None };
+            let mut cache = None;
+            if search::matches(&key, &c, &mut load, &mut cache) {
+                hits.push((i as u32 + 1, m.uid, m.modseq));
+            }
+        }
+        let nums: Vec<u32> = hits.iter().map(|h| if uid { h.1 } else { h.0 }).collect();
+        let modseq = has_modseq_key(&key).then(|| hits.iter().map(|h| h.2).max().unwrap_or(0));
+        match ret {
+            None if !self.rev2 => {
+                let mut line = String::from("SEARCH");
+                for n in &nums {
+                    line.push_str(&format!(" {n}"));
+                }
+                if let Some(ms) = modseq
+                    && !nums.is_empty()
+                {
+                    line.push_str(&format!(" (MODSEQ {ms})"));
+                }
+                self.untagged(&line);
+            }
+            ret => {
+                let mut opts = ret.unwrap_or_default();
+                if opts.is_empty() {
+                    opts.push("ALL".into());
+                }
+                if opts.iter().any(|o| o == "SAVE") {
+                    self.saved = hits.iter().map(|h| h.1).collect();
+                    if opts.len() == 1 {
+                        return Ok("SEARCH completed, result saved".into());
+                    }
+                }
+                let mut line = String::from("ESEARCH");
+                line.push_str(" (TAG \"*\")");
+                if uid {
+                    line.push_str(" UID");
+                }
+                for o in &opts {
+                    match o.as_str() {
+                        "MIN" if !nums.is_empty() => {
+                            line.push_str(&format!(" MIN {}", nums.iter().min().unwrap_or(&0)))
+                        }
+                        "MAX" if !nums.is_empty() => {
+                            line.push_str(&format!(" MAX {}", nums.iter().max().unwrap_or(&0)))
+                        }
+                        "COUNT" => line.push_str(&format!(" COUNT {}", nums.len())),
+                        "ALL" if !nums.is_empty() => {
+                            let mut s = nums.clone();
+                            s.sort();
+                            line.push_str(&format!(" ALL {}", compress(&s)));
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(ms) = modseq
+                    && !nums.is_empty()
+                {
+                    line.push_str(&format!(" MODSEQ {ms}"));
+                }
+                self.untagged(&line.replacen("(TAG \"*\")", "", 0));
+            }
+        }
+        Ok("SEARCH completed".into())
+    }
+
+    async fn fetch(
+        &mut self,
+        uid: bool,
+        set: &SeqSet,
+        items: &[FetchItem],
+        changed_since: Option<u64>,
+        vanished: bool,
+    ) -> CmdResult {
+        if vanished && (!uid || !self.qresync || changed_since.is_none()) {
+            return Err(Resp::Bad(
+                "VANISHED needs UID FETCH, QRESYNC and CHANGEDSINCE".into(),
+            ));
+        }
+        self.sync(false).await;
+        let indices = self.resolve(uid, set);
+        if changed_since.is_some() {
+            self.condstore = true;
+        }
+        if vanished && let (Some(sel), SeqSet::Ranges(_)) = (&self.selected, set) {
+            let present: HashSet<u32> = sel.msgs.iter().map(|m| m.uid).collect();
+            let gone: Vec<u32> = (1..sel.mailbox.uidnext)
+                .filter(|u| set.contains(*u, sel.mailbox.uidnext, &[]) && !present.contains(u))
+                .collect();
+            if !gone.is_empty() {
+                self.untagged(&format!("VANISHED (EARLIER) {}", compress(&gone)));
+            }
+        }
+        let sets_seen = items.iter().any(|i| {
+            matches!(
+                i,
+                FetchItem::Section { peek: false, .. } | FetchItem::Binary { peek: false, .. }
+            )
+        });
+        let wants_content = items.iter().any(|i| {
+            matches!(
+                i,
+                FetchItem::Section { .. }
+                    | FetchItem::Binary { .. }
+                    | FetchItem::BinarySize(_)
+                    | FetchItem::Envelope
+                    | FetchItem::Body
+                    | FetchItem::BodyStructure
+            )
+        });
+        let serves_body = items
+            .iter()
+            .any(|i| matches!(i, FetchItem::Section { .. } | FetchItem::Binary { .. }));
+        let user = self.user.clone().unwrap_or_default();
+        let read_only = self.selected.as_ref().is_some_and(|s| s.read_only);
+        let mut denied = false;
+        let mut failed = false;
+        for idx in indices {
+            let sel = self.selected.as_ref().expect("selected");
+            let Some(meta) = sel.msgs.get(idx).cloned() else {
+                continue;
+            };
+            if changed_since.is_some_and(|c| meta.modseq <= c) {
+                continue;
+            }
+            if serves_body {
+                let mut ctx = HookCtx::new(HookPoint::Fetch, "imap", self.peer.ip());
+                ctx.user = user.clone();
+                ctx.tls = self.stream.is_tls();
+                ctx.fetch = Some((sel.mailbox.name.clone(), meta.uid, "imap"));
+                if matches!(
+                    self.shared.hooks.run(&ctx).verdict,
+                    Verdict::Reject { .. } | Verdict::Tempfail { .. }
+                ) {
+                    denied = true;
+                    continue;
+                }
+            }
+            let body = if wants_content {
+                match self.shared.store.blob(meta.blob) {
+                    Ok(b) => Some(b),
+                    Err(_) => continue, // expunged meanwhile
+                }
+            } else {
+                None
+            };
+            let mut meta = meta;
+            let mut flags_changed = false;
+            if sets_seen && !read_only && !has_flag(&meta, "\\Seen") {
+                let mut flags = meta.flags.clone();
+                flags.push("\\Seen".into());
+                if let Ok(done) = self.shared.store.set_flags(
+                    &user,
+                    self.selected.as_ref().expect("sel").mailbox.id,
+                    &[(meta.uid, flags.clone())],
+                ) {
+                    meta.flags = flags;
+                    if let Some((_, ms)) = done.first() {
+                        meta.modseq = *ms;
+                    }
+                    flags_changed = true;
+                    if let Some(s) = self.selected.as_mut() {
+                        s.msgs[idx] = meta.clone();
+                    }
+                }
+            }
+            let root = body.as_ref().map(|b| mime::parse_message(b));
+            let mut line = format!("* {} FETCH (", idx + 1).into_bytes();
+            let mut first = true;
+            let mut sep = |line: &mut Vec<u8>| {
+                if !first {
+                    line.push(b' ');
+                }
+                first = false;
+            };
+            let mut did_uid = false;
+            let mut did_flags = false;
+            for item in items {
+                match item {
+                    FetchItem::Uid => {
+                        sep(&mut line);
+                        line.extend_from_slice(format!("UID {}", meta.uid).as_bytes());
+                        did_uid = true;
+                    }
+                    FetchItem::Flags => {
+                        sep(&mut line);
+                        line.extend_from_slice(b"FLAGS ");
+                        flag_list(&mut line, &meta.flags);
+                        did_flags = true;
+                    }
+                    FetchItem::InternalDate => {
+                        sep(&mut line);
+                        line.extend_from_slice(
+                            format!("INTERNALDATE {}", date_time(meta.internal_date)).as_bytes(),
+                        );
+                    }
+                    FetchItem::Rfc822Size => {
+                        sep(&mut line);
+                        line.extend_from_slice(format!("RFC822.SIZE {}", meta.size).as_bytes());
+                    }
+                    FetchItem::Modseq => {
+                        sep(&mut line);
+                        line.extend_from_slice(format!("MODSEQ ({})", meta.modseq).as_bytes());
+                    }
+                    FetchItem::Envelope => {
+                        sep(&mut line);
+                        line.extend_from_slice(b"ENVELOPE ");
+                        if let (Some(b), Some(r)) = (&body, &root) {
+                            mime::envelope(b, r, &mut line);
+                        }
+                    }
+                    FetchItem::Body | FetchItem::BodyStructure => {
+                        sep(&mut line);
+                        let ext = matches!(item, FetchItem::BodyStructure);
+                        line.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
+                        if let (Some(b), Some(r)) = (&body, &root) {
+                            mime::body_structure(b, r, ext, &mut line);
+                        }
+                    }
+                    FetchItem::Section {
+                        section,
+                        partial,
+                        legacy,
+                        ..
+                    } => {
+                        let (Some(b), Some(r)) = (&body, &root) else {
+                            continue;
+                        };
+                        let data = mime::section_bytes(b, r, &section.part, &section.kind);
+                        sep(&mut line);
+                        match legacy {
+                            Some(name) => line.extend_from_slice(name.as_bytes()),
+                            None => {
+                                line.extend_from_slice(b"BODY[");
+                                line.extend_from_slice(section_name(section).as_bytes());
+                                line.push(b']');
+                            }
+                        }
+                        write_partial(
+                            &mut line,
+                            data.as_deref().unwrap_or(b""),
+                            *partial,
+                            data.is_none(),
+                        );
+                    }
+                    FetchItem::Binary { part, partial, .. } => {
+                        let (Some(b), Some(r)) = (&body, &root) else {
+                            continue;
+                        };
+                        match mime::binary(b, r, part) {
+                            Ok(data) => {
+                                sep(&mut line);
+                                line.extend_from_slice(
+                                    format!("BINARY[{}]", join_part(part)).as_bytes(),
+                                );
+                                write_partial(&mut line, &data, *partial, false);
+                            }
+                            Err(BinaryError::UnknownCte) => failed = true,
+                            Err(BinaryError::NoPart) => {
+                                sep(&mut line);
+                                line.extend_from_slice(
+                                    format!("BINARY[{}] NIL", join_part(part)).as_bytes(),
+                                );
+                            }
+                        }
+                    }
+                    FetchItem::BinarySize(part) => {
+                        let (Some(b), Some(r)) = (&body, &root) else {
+                            continue;
+                        };
+                        match mime::binary(b, r, part) {
+                            Ok(data) => {
+                                sep(&mut line);
+                                line.extend_from_slice(
+                                    format!("BINARY.SIZE[{}] {}", join_part(part), data.len())
+                                        .as_bytes(),
+                                );
+                            }
+                            Err(BinaryError::UnknownCte) => failed = true,
+                            Err(BinaryError::NoPart) => {
+                                sep(&mut line);
+                                line.extend_from_slice(
+                                    format!("BINARY.SIZE[{}] 0", join_part(part)).as_bytes(),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            if uid && !did_uid {
+                sep(&mut line);
+                line.extend_from_slice(format!("UID {}", meta.uid).as_bytes());
+            }
+            if flags_changed && !did_flags {
+                sep(&mut line);
+                line.extend_from_slice(b"FLAGS ");
+                flag_list(&mut line, &meta.flags);
+            }
+            if self.condstore && !items.contains(&FetchItem::Modseq) {
+                sep(&mut line);
+                line.extend_from_slice(format!("MODSEQ ({})", meta.modseq).as_bytes());
+            }
+            line.extend_from_slice(b")\r\n");
+            self.out.extend_from_slice(&line);
+            if self.out.len() > 256 * 1024 {
+                let _ = self.flush().await;
+            }
+        }
+        if denied {
+            return Err(no("[NOPERM] Some messages were withheld by policy"));
+        }
+        if failed {
+            return Err(no(
+                "[UNKNOWN-CTE] Cannot decode the content transfer encoding",
+            ));
+        }
+        Ok("FETCH completed".into())
+    }
+
+    async fn store(
+        &mut self,
+        uid: bool,
+        set: &SeqSet,
+        mode: StoreMode,
+        silent: bool,
+        flags: Vec<String>,
+        unchanged_since: Option<u64>,
+    ) -> CmdResult {
+        if self.selected.as_ref().is_some_and(|s| s.read_only) {
+            return Err(no("[READ-ONLY] Mailbox is read-only"));
+        }
+        if unchanged_since.is_some() {
+            self.condstore = true;
+        }
+        self.sync(false).await;
+        let indices = self.resolve(uid, set);
+        let flags: Vec<String> = flags.into_iter().filter(|f| f != "\\Recent").collect();
+        let sel = self.selected.as_ref().expect("selected");
+        let mut changes = Vec::new();
+        let mut modified = Vec::new();
+        for &i in &indices {
+            let m = &sel.msgs[i];
+            if unchanged_since.is_some_and(|u| m.modseq > u) {
+                modified.push(if uid { m.uid } else { i as u32 + 1 });
+                continue;
+            }
+            let mut new: Vec<String> = match mode {
+                StoreMode::Replace => flags.clone(),
+                StoreMode::Add => {
+                    let mut v = m.flags.clone();
+                    for f in &flags {
+                        if !v.iter().any(|x| x.eq_ignore_ascii_case(f)) {
+                            v.push(f.clone());
+                        }
+                    }
+                    v
+                }
+                StoreMode::Remove => m
+                    .flags
+                    .iter()
+                    .filter(|x| !flags.iter().any(|f| f.eq_ignore_ascii_case(x)))
+                    .cloned()
+                    .collect(),
+            };
+            new.dedup();
+            if new != m.flags {
+                changes.push((m.uid, new));
+            } else if !silent {
+                changes.push((m.uid, new));
+            }
+        }
+        let user = self.user.clone().unwrap_or_default();
+        let mbid = sel.mailbox.id;
+        let real: Vec<(u32, Vec<String>)> = changes
+            .iter()
+            .filter(|(u, f)| {
+                sel.msgs
+                    .iter()
+                    .find(|m| m.uid == *u)
+                    .is_some_and(|m| &m.flags != f)
+            })
+            .cloned()
+            .collect();
+        let done = if real.is_empty() {
+            Vec::new()
+        } else {
+            self.shared
+                .store
+                .set_flags(&user, mbid, &real)
+                .map_err(store_err)?
+        };
+        self.shared.store.commit().await.map_err(store_err)?;
+        let condstore = self.condstore;
+        let sel = self.selected.as_mut().expect("selected");
+        for (u, f) in &changes {
+            let Some(i) = sel.msgs.iter().position(|m| m.uid == *u) else {
+                continue;
+            };
+            if let Some((_, ms)) = done.iter().find(|(x, _)| x == u) {
+                sel.msgs[i].flags = f.clone();
+                sel.msgs[i].modseq = *ms;
+            }
+            if !silent || (condstore && unchanged_since.is_some()) {
+                let m = &sel.msgs[i];
+                let mut line = format!("* {} FETCH (", i + 1);
+                if uid {
+                    line.push_str(&format!("UID {} ", m.uid));
+                }
+                line.push_str(&format!("FLAGS ({})", m.flags.join(" ")));
+                if condstore {
+                    line.push_str(&format!(" MODSEQ ({})", m.modseq));
+                }
+                line.push_str(")\r\n");
+                self.out.extend_from_slice(line.as_bytes());
+            }
+        }
+        if !modified.is_empty() {
+            return Ok(format!(
+                "[MODIFIED {}] Conditional STORE failed for some messages",
+                compress(&modified)
+            ));
+        }
+        Ok("STORE completed".into())
+    }
+
+    async fn copy(&mut self, uid: bool, set: &SeqSet, target: &str, is_move: bool) -> CmdResult {
+        if is_move && self.selected.as_ref().is_some_and(|s| s.read_only) {
+            return Err(no("[READ-ONLY] Mailbox is read-only"));
+        }
+        self.sync(false).await;
+        let user = self.user.clone().unwrap_or_default();
+        let indices = self.resolve(uid, set);
+        let sel = self.selected.as_ref().expect("selected");
+        let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs[i].uid).collect();
+        if self
+            .shared
+            .store
+            .mailbox(&user, target)
+            .map_err(store_err)?
+            .is_none()
+        {
+            return Err(no("[TRYCREATE] No such mailbox"));
+        }
+        let (uv, pairs) = self
+            .shared
+            .store
+            .copy(&user, sel.mailbox.id, &uids, target)
+            .map_err(store_err)?;
+        let code = if pairs.is_empty() {
+            String::new()
+        } else {
+            let src: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+            let dst: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+            format!("[COPYUID {uv} {} {}] ", list_plain(&src), list_plain(&dst))
+        };
+        if is_move {
+            let mbid = sel.mailbox.id;
+            self.shared
+                .store
+                .expunge(&user, mbid, &uids)
+                .map_err(store_err)?;
+            self.shared.store.commit().await.map_err(store_err)?;
+            if !code.is_empty() {
+                self.untagged(&format!("OK {}Moved", code));
+            }
+            self.sync(true).await;
+            return Ok("MOVE completed".into());
+        }
+        self.shared.store.commit().await.map_err(store_err)?;
+        if self
+            .selected
+            .as_ref()
+            .is_some_and(|s| s.mailbox.name == target)
+        {
+            self.sync(false).await;
+        }
+        Ok(format!("{code}COPY completed"))
+    }
+}
+
+async fn recv_event(w: &mut Option<broadcast::Receiver<(u64, MailboxEvent)>>) -> bool {
+    match w {
+        Some(r) => matches!(
+            r.recv().await,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_))
+        ),
+        None => std::future::pending().await,
+    }
+}
+
+fn has_flag(m: &MessageMeta, f: &str) -> bool {
+    m.flags.iter().any(|x| x.eq_ignore_ascii_case(f))
+}
+
+fn has_modseq_key(k: &SearchKey) -> bool {
+    match k {
+        SearchKey::Modseq(_) => true,
+        SearchKey::And(v) => v.iter().any(has_modseq_key),
+        SearchKey::Or(a, b) => has_modseq_key(a) || has_modseq_key(b),
+        SearchKey::Not(a) => has_modseq_key(a),
+        _ => false,
+    }
+}
+
+/// Sorted numbers as a compact IMAP set: `1:3,7,9:10`.
+pub fn compress(nums: &[u32]) -> String {
+    let mut v = nums.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let start = v[i];
+        let mut end = start;
+        while i + 1 < v.len() && v[i + 1] == end + 1 {
+            i += 1;
+            end = v[i];
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}:{end}")
+        });
+        i += 1;
+    }
+    out.join(",")
+}
+
+/// Numbers in the given order (COPYUID pairs must correspond).
+fn list_plain(nums: &[u32]) -> String {
+    nums.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn join_part(p: &[u32]) -> String {
+    p.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn section_name(s: &Section) -> String {
+    let mut out = join_part(&s.part);
+    let kind = match &s.kind {
+        SectionKind::Full => String::new(),
+        SectionKind::Header => "HEADER".into(),
+        SectionKind::Text => "TEXT".into(),
+        SectionKind::Mime => "MIME".into(),
+        SectionKind::HeaderFields(f) => format!("HEADER.FIELDS ({})", f.join(" ").to_uppercase()),
+        SectionKind::HeaderFieldsNot(f) => {
+            format!("HEADER.FIELDS.NOT ({})", f.join(" ").to_uppercase())
+        }
+    };
+    if !kind.is_empty() {
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(&kind);
+    }
+    out
+}
+
+fn write_partial(line: &mut Vec<u8>, data: &[u8], partial: Option<(u64, u64)>, nil: bool) {
+    match partial {
+        Some((off, len)) => {
+            line.extend_from_slice(format!("<{off}> ").as_bytes());
+            let s = (off as usize).min(data.len());
+            let e = (off.saturating_add(len) as usize).min(data.len());
+            literal(line, &data[s..e]);
+        }
+        None if nil => line.extend_from_slice(b" NIL"),
+        None => {
+            line.push(b' ');
+            literal(line, data);
+        }
+    }
+}
+
+/// Bare LF → CRLF (a lone CR is kept), as stored messages are CRLF.
+pub fn normalize_crlf(m: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(m.len() + m.len() / 50);
+    for (i, &b) in m.iter().enumerate() {
+        if b == b'\n' && (i == 0 || m[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// IMAP LIST wildcard match: `*` matches anything, `%` anything but `/`.
+pub fn wildmatch(pattern: &str, name: &str) -> bool {
+    fn m(p: &[u8], n: &[u8]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some(b'*') => (0..=n.len()).any(|i| m(&p[1..], &n[i..])),
+            Some(b'%') => (0..=n.len())
+                .take_while(|&i| i == 0 || n[i - 1] != b'/')
+                .any(|i| m(&p[1..], &n[i..])),
+            Some(&c) => n.first().is_some_and(|&x| x == c) && m(&p[1..], &n[1..]),
+        }
+    }
+    let (p, n) =
+        if pattern.len() >= 5 && pattern[..5].eq_ignore_ascii_case("INBOX") && name == "INBOX" {
+            (format!("INBOX{}", &pattern[5..]), name.to_string())
+        } else {
+            (pattern.to_string(), name.to_string())
+        };
+    m(p.as_bytes(), n.as_bytes())
+}
+
+/// Helper for tests and tools: write a string as IMAP would.
+pub fn imap_string(s: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    string(&mut v, s);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_and_wildcards() {
+        assert_eq!(compress(&[5, 1, 2, 3, 9]), "1:3,5,9");
+        assert!(wildmatch("*", "a/b"));
+        assert!(!wildmatch("%", "a/b"));
+        assert!(wildmatch("a/%", "a/b"));
+        assert!(wildmatch("inbox", "INBOX"));
+        assert_eq!(normalize_crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\rd");
+    }
 }

@@ -269,9 +269,14 @@ pub trait MailStore: Send + Sync + 'static {
     fn messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>>;
     /// The bytes of a message.
     fn blob(&self, blob: u64) -> Result<Vec<u8>>;
-    /// Replace the flags of messages (`uid`, new flags); returns the new HIGHESTMODSEQ.
-    fn set_flags(&self, user: &str, mailbox_id: u64, changes: &[(u32, Vec<String>)])
-    -> Result<u64>;
+    /// Replace the flags of messages (`uid`, new flags); returns each changed message's
+    /// (uid, new MODSEQ).
+    fn set_flags(
+        &self,
+        user: &str,
+        mailbox_id: u64,
+        changes: &[(u32, Vec<String>)],
+    ) -> Result<Vec<(u32, u64)>>;
     /// Remove messages; returns the UIDs that existed and were removed.
     fn expunge(&self, user: &str, mailbox_id: u64, uids: &[u32]) -> Result<Vec<u32>>;
     /// Copy messages into another mailbox of the same user; returns the target's

@@ -456,7 +456,7 @@ impl MailStore for SledStore {
         user: &str,
         mailbox_id: u64,
         changes: &[(u32, Vec<String>)],
-    ) -> Result<u64> {
+    ) -> Result<Vec<(u32, u64)>> {
         let user = normalize_address(user);
         let mbkey = self.mailbox_key_by_id(&user, mailbox_id)?;
         let modseq = (&self.mailboxes, &self.messages)
@@ -466,6 +466,7 @@ impl MailStore for SledStore {
                 };
                 let mut mb: Mailbox = serde_json::from_slice(&v)
                     .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
+                let mut done = Vec::with_capacity(changes.len());
                 for (uid, flags) in changes {
                     let key = msg_key(mailbox_id, *uid);
                     let Some(v) = msgs.get(key)? else { continue };
@@ -475,9 +476,10 @@ impl MailStore for SledStore {
                     meta.flags = flags.clone();
                     meta.modseq = mb.highest_modseq;
                     msgs.insert(&key, meta.encode())?;
+                    done.push((*uid, meta.modseq));
                 }
                 mbx.insert(mbkey.clone(), serde_json::to_vec(&mb).expect("json"))?;
-                Ok(mb.highest_modseq)
+                Ok(done)
             })
             .map_err(tx_err)?;
         self.notify(&user, mailbox_id, MailboxEvent::FlagsChanged);

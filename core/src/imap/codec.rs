@@ -1,0 +1,1170 @@
+//! IMAP command framing and parsing (RFC 9051 §9, RFC 3501 §9), sans I/O.
+//!
+//! [`frame`] finds where a command ends (literals included) and tells the session when a
+//! synchronising literal needs a `+` continuation; [`parse`] turns the complete bytes into a
+//! tagged [`Command`].
+
+use super::types::*;
+
+/// Result of looking for a complete command in the buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A complete command occupies this many bytes.
+    Complete(usize),
+    /// More bytes are needed; `continuation` when the client waits for `+` before sending
+    /// the literal announced last.
+    NeedMore {
+        /// Send a continuation request now.
+        continuation: bool,
+    },
+    /// A line without CRLF grew past the limit.
+    LineTooLong,
+    /// A literal larger than the limit was announced; `tag` for the reply, and whether it
+    /// was non-synchronising (then its bytes are on the way and the connection must close).
+    LiteralTooBig {
+        /// Command tag, if one could be read.
+        tag: String,
+        /// `{n+}` literal.
+        nonsync: bool,
+    },
+}
+
+/// Scan `buf` for a whole command. `acked` counts literals already answered with `+`.
+pub fn frame(buf: &[u8], acked: usize, max_line: usize, max_literal: u64) -> Frame {
+    let mut pos = 0;
+    let mut literals = 0;
+    loop {
+        let Some(nl) = memchr::memchr(b'\n', &buf[pos..]).map(|i| pos + i) else {
+            return if buf.len() - pos > max_line {
+                Frame::LineTooLong
+            } else {
+                Frame::NeedMore {
+                    continuation: false,
+                }
+            };
+        };
+        if nl - pos > max_line {
+            return Frame::LineTooLong;
+        }
+        let line = &buf[pos..nl];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some((size, nonsync)) = literal_suffix(line) else {
+            return Frame::Complete(nl + 1);
+        };
+        if size > max_literal {
+            let tag = buf
+                .split(|&b| b == b' ')
+                .next()
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+                .unwrap_or_default();
+            return Frame::LiteralTooBig { tag, nonsync };
+        }
+        let start = nl + 1;
+        if (buf.len() as u64) < start as u64 + size {
+            return Frame::NeedMore {
+                continuation: !nonsync && literals >= acked,
+            };
+        }
+        literals += 1;
+        pos = start + size as usize;
+    }
+}
+
+/// `{123}`, `{123+}` or `~{123}` at the end of a line.
+fn literal_suffix(line: &[u8]) -> Option<(u64, bool)> {
+    let body = line.strip_suffix(b"}")?;
+    let open = body.iter().rposition(|&b| b == b'{')?;
+    let mut digits = &body[open + 1..];
+    let nonsync = if let Some(d) = digits
+        .strip_suffix(b"+")
+        .or_else(|| digits.strip_suffix(b"-"))
+    {
+        digits = d;
+        true
+    } else {
+        false
+    };
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits)
+        .ok()?
+        .parse()
+        .ok()
+        .map(|n| (n, nonsync))
+}
+
+/// A parse failure: the tag (if readable) and the text for `BAD`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// The command's tag, or `*` when none could be read.
+    pub tag: String,
+    /// What was wrong.
+    pub text: String,
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    p: usize,
+}
+
+type R<T> = Result<T, String>;
+
+fn is_atom_char(c: u8) -> bool {
+    c > 0x20 && c < 0x7f && !b"(){ %*\"\\]".contains(&c)
+}
+
+impl<'a> Cursor<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.p).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        if self.peek() == Some(c) {
+            self.p += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, c: u8) -> R<()> {
+        if self.eat(c) {
+            Ok(())
+        } else {
+            Err(format!("expected '{}'", c as char))
+        }
+    }
+
+    fn sp(&mut self) -> R<()> {
+        self.expect(b' ')
+    }
+
+    fn at_end(&self) -> bool {
+        matches!(&self.b[self.p..], b"" | b"\r\n" | b"\n")
+    }
+
+    fn end(&self) -> R<()> {
+        if self.at_end() {
+            Ok(())
+        } else {
+            Err("unexpected extra arguments".into())
+        }
+    }
+
+    /// An atom, allowing `]` only where the caller asks.
+    fn atom_with(&mut self, extra: &[u8]) -> R<&'a str> {
+        let start = self.p;
+        while let Some(c) = self.peek() {
+            if is_atom_char(c) || extra.contains(&c) {
+                self.p += 1;
+            } else {
+                break;
+            }
+        }
+        if start == self.p {
+            return Err("expected an atom".into());
+        }
+        std::str::from_utf8(&self.b[start..self.p]).map_err(|_| "invalid atom".into())
+    }
+
+    fn atom(&mut self) -> R<&'a str> {
+        self.atom_with(&[])
+    }
+
+    fn quoted(&mut self) -> R<Vec<u8>> {
+        self.expect(b'"')?;
+        let mut out = Vec::new();
+        loop {
+            match self.peek() {
+                None | Some(b'\r') | Some(b'\n') => return Err("unterminated quoted string".into()),
+                Some(b'"') => {
+                    self.p += 1;
+                    return Ok(out);
+                }
+                Some(b'\\') => {
+                    self.p += 1;
+                    match self.peek() {
+                        Some(c @ (b'"' | b'\\')) => {
+                            out.push(c);
+                            self.p += 1;
+                        }
+                        _ => return Err("bad escape in quoted string".into()),
+                    }
+                }
+                Some(c) => {
+                    out.push(c);
+                    self.p += 1;
+                }
+            }
+        }
+    }
+
+    fn literal(&mut self) -> R<Vec<u8>> {
+        self.eat(b'~');
+        self.expect(b'{')?;
+        let start = self.p;
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.p += 1;
+        }
+        let n: usize = std::str::from_utf8(&self.b[start..self.p])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or("bad literal size")?;
+        if !self.eat(b'+') {
+            self.eat(b'-');
+        }
+        self.expect(b'}')?;
+        self.eat(b'\r');
+        self.expect(b'\n')?;
+        if self.b.len() < self.p + n {
+            return Err("literal shorter than announced".into());
+        }
+        let v = self.b[self.p..self.p + n].to_vec();
+        self.p += n;
+        Ok(v)
+    }
+
+    fn string(&mut self) -> R<Vec<u8>> {
+        match self.peek() {
+            Some(b'"') => self.quoted(),
+            Some(b'{') | Some(b'~') => self.literal(),
+            _ => Err("expected a string".into()),
+        }
+    }
+
+    fn astring(&mut self) -> R<Vec<u8>> {
+        match self.peek() {
+            Some(b'"') | Some(b'{') | Some(b'~') => self.string(),
+            _ => Ok(self.atom_with(b"]")?.as_bytes().to_vec()),
+        }
+    }
+
+    fn astring_utf8(&mut self) -> R<String> {
+        String::from_utf8(self.astring()?).map_err(|_| "string is not UTF-8".into())
+    }
+
+    /// A mailbox name (astring; `INBOX` case-insensitive). Also accepts list-wildcards
+    /// where `wild` is set (LIST patterns).
+    fn mailbox(&mut self) -> R<String> {
+        let s = self.astring_utf8()?;
+        Ok(if s.eq_ignore_ascii_case("INBOX") {
+            "INBOX".into()
+        } else {
+            s
+        })
+    }
+
+    fn list_mailbox(&mut self) -> R<String> {
+        match self.peek() {
+            Some(b'"') | Some(b'{') | Some(b'~') => {
+                String::from_utf8(self.string()?).map_err(|_| "not UTF-8".into())
+            }
+            _ => Ok(self.atom_with(b"%*]")?.to_string()),
+        }
+    }
+
+    fn number(&mut self) -> R<u64> {
+        let start = self.p;
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.p += 1;
+        }
+        std::str::from_utf8(&self.b[start..self.p])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| "expected a number".into())
+    }
+
+    fn nz_number(&mut self) -> R<u32> {
+        let n = self.number()?;
+        if n == 0 || n > u32::MAX as u64 {
+            Err("number out of range".into())
+        } else {
+            Ok(n as u32)
+        }
+    }
+
+    fn seq_set(&mut self) -> R<SeqSet> {
+        if self.eat(b'$') {
+            return Ok(SeqSet::Saved);
+        }
+        let mut ranges = Vec::new();
+        loop {
+            let a = self.seq_number()?;
+            let b = if self.eat(b':') {
+                self.seq_number()?
+            } else {
+                a
+            };
+            ranges.push((a, b));
+            if !self.eat(b',') {
+                break;
+            }
+        }
+        Ok(SeqSet::Ranges(ranges))
+    }
+
+    fn seq_number(&mut self) -> R<u32> {
+        if self.eat(b'*') {
+            Ok(u32::MAX)
+        } else {
+            self.nz_number()
+        }
+    }
+
+    fn flag(&mut self) -> R<String> {
+        if self.eat(b'\\') {
+            if self.eat(b'*') {
+                return Ok("\\*".into());
+            }
+            let a = self.atom()?;
+            let canonical = ["Seen", "Answered", "Flagged", "Deleted", "Draft", "Recent"]
+                .iter()
+                .find(|f| f.eq_ignore_ascii_case(a))
+                .ok_or_else(|| format!("unknown system flag \\{a}"))?;
+            Ok(format!("\\{canonical}"))
+        } else {
+            Ok(self.atom()?.to_string())
+        }
+    }
+
+    fn flag_list(&mut self) -> R<Vec<String>> {
+        let mut v = Vec::new();
+        if self.eat(b'(') {
+            if self.eat(b')') {
+                return Ok(v);
+            }
+            loop {
+                v.push(self.flag()?);
+                if self.eat(b')') {
+                    break;
+                }
+                self.sp()?;
+            }
+        } else {
+            // RFC 3501 allows a single flag without parentheses in STORE.
+            loop {
+                v.push(self.flag()?);
+                if !self.eat(b' ') {
+                    break;
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    fn paren_atoms(&mut self) -> R<Vec<String>> {
+        self.expect(b'(')?;
+        let mut v = Vec::new();
+        if self.eat(b')') {
+            return Ok(v);
+        }
+        loop {
+            v.push(self.astring_utf8()?);
+            if self.eat(b')') {
+                return Ok(v);
+            }
+            self.sp()?;
+        }
+    }
+
+    fn keyword(&mut self, kw: &str) -> bool {
+        let end = self.p + kw.len();
+        if end <= self.b.len() && self.b[self.p..end].eq_ignore_ascii_case(kw.as_bytes()) {
+            let next = self.b.get(end).copied();
+            if next.is_none_or(|c| !is_atom_char(c) || c == b'[' || c == b'.' && kw.ends_with('.'))
+            {
+                self.p = end;
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Parse one complete command (as delimited by [`frame`]).
+pub fn parse(bytes: &[u8]) -> Result<Tagged, ParseError> {
+    let mut c = Cursor { b: bytes, p: 0 };
+    let tag = match c.atom_with(b"") {
+        Ok(t) if !t.contains('+') => t.to_string(),
+        _ => {
+            return Err(ParseError {
+                tag: "*".into(),
+                text: "missing or invalid tag".into(),
+            });
+        }
+    };
+    let err = |text: String| ParseError {
+        tag: tag.clone(),
+        text,
+    };
+    c.sp().map_err(err)?;
+    let mut verb = c.atom().map_err(err)?.to_ascii_uppercase();
+    let mut uid = false;
+    if verb == "UID" {
+        c.sp().map_err(err)?;
+        verb = c.atom().map_err(err)?.to_ascii_uppercase();
+        uid = true;
+        if !matches!(
+            verb.as_str(),
+            "FETCH" | "STORE" | "SEARCH" | "COPY" | "MOVE" | "EXPUNGE"
+        ) {
+            return Err(err(format!("UID {verb} is not a command")));
+        }
+    }
+    let command = parse_args(&mut c, &verb, uid).map_err(err)?;
+    c.end().map_err(err)?;
+    Ok(Tagged { tag, command })
+}
+
+fn parse_args(c: &mut Cursor<'_>, verb: &str, uid: bool) -> R<Command> {
+    Ok(match verb {
+        "CAPABILITY" => Command::Capability,
+        "NOOP" => Command::Noop,
+        "CHECK" => Command::Noop,
+        "LOGOUT" => Command::Logout,
+        "STARTTLS" => Command::StartTls,
+        "IDLE" => Command::Idle,
+        "CLOSE" => Command::Close,
+        "UNSELECT" => Command::Unselect,
+        "NAMESPACE" => Command::Namespace,
+        "EXPUNGE" if uid => {
+            c.sp()?;
+            Command::Expunge(Some(c.seq_set()?))
+        }
+        "EXPUNGE" => Command::Expunge(None),
+        "LOGIN" => {
+            c.sp()?;
+            let u = c.astring_utf8()?;
+            c.sp()?;
+            let p = c.astring_utf8()?;
+            Command::Login(u, p)
+        }
+        "AUTHENTICATE" => {
+            c.sp()?;
+            let mech = c.atom()?.to_ascii_uppercase();
+            let initial = if c.eat(b' ') {
+                Some(c.atom_with(b"=")?.to_string())
+            } else {
+                None
+            };
+            Command::Authenticate(mech, initial)
+        }
+        "ENABLE" => {
+            let mut caps = Vec::new();
+            while c.eat(b' ') {
+                caps.push(c.atom()?.to_ascii_uppercase());
+            }
+            if caps.is_empty() {
+                return Err("ENABLE needs capability names".into());
+            }
+            Command::Enable(caps)
+        }
+        "SELECT" | "EXAMINE" => {
+            c.sp()?;
+            let mailbox = c.mailbox()?;
+            let mut condstore = false;
+            let mut qresync = None;
+            if c.eat(b' ') {
+                c.expect(b'(')?;
+                loop {
+                    let p = c.atom()?.to_ascii_uppercase();
+                    match p.as_str() {
+                        "CONDSTORE" => condstore = true,
+                        "QRESYNC" => {
+                            c.sp()?;
+                            c.expect(b'(')?;
+                            let uv = c.number()? as u32;
+                            c.sp()?;
+                            let ms = c.number()?;
+                            let mut known = None;
+                            if c.eat(b' ') && c.peek() != Some(b'(') {
+                                known = Some(c.seq_set()?);
+                                c.eat(b' ');
+                            }
+                            if c.peek() == Some(b'(') {
+                                // seq-match-data: ignored (we answer from UIDs).
+                                let mut depth = 0;
+                                while let Some(ch) = c.peek() {
+                                    c.p += 1;
+                                    if ch == b'(' {
+                                        depth += 1;
+                                    } else if ch == b')' {
+                                        depth -= 1;
+                                        if depth == 0 {
+                                            break;
+                                        }
+                                    }
+                                }
+                            }
+                            c.expect(b')')?;
+                            qresync = Some((uv, ms, known));
+                        }
+                        _ => return Err(format!("unknown SELECT parameter {p}")),
+                    }
+                    if c.eat(b')') {
+                        break;
+                    }
+                    c.sp()?;
+                }
+            }
+            Command::Select {
+                mailbox,
+                read_only: verb == "EXAMINE",
+                condstore,
+                qresync,
+            }
+        }
+        "CREATE" => {
+            c.sp()?;
+            let m = c.mailbox()?;
+            let mut special = None;
+            if c.eat(b' ') {
+                // RFC 6154 CREATE-SPECIAL-USE: (USE (\Sent))
+                c.expect(b'(')?;
+                if !c.keyword("USE") {
+                    return Err("unknown CREATE parameter".into());
+                }
+                c.sp()?;
+                special = c.flag_list()?.into_iter().next();
+                c.expect(b')')?;
+            }
+            Command::Create(m, special)
+        }
+        "DELETE" => {
+            c.sp()?;
+            Command::Delete(c.mailbox()?)
+        }
+        "RENAME" => {
+            c.sp()?;
+            let a = c.mailbox()?;
+            c.sp()?;
+            let b = c.mailbox()?;
+            Command::Rename(a, b)
+        }
+        "SUBSCRIBE" => {
+            c.sp()?;
+            Command::Subscribe(c.mailbox()?)
+        }
+        "UNSUBSCRIBE" => {
+            c.sp()?;
+            Command::Unsubscribe(c.mailbox()?)
+        }
+        "LIST" | "LSUB" => {
+            c.sp()?;
+            let mut sel = Vec::new();
+            if verb == "LIST" && c.peek() == Some(b'(') {
+                sel = c
+                    .paren_atoms()?
+                    .into_iter()
+                    .map(|s| s.to_ascii_uppercase())
+                    .collect();
+                c.sp()?;
+            }
+            let reference = c.mailbox_ref()?;
+            c.sp()?;
+            let mut patterns = Vec::new();
+            if c.peek() == Some(b'(') {
+                c.p += 1;
+                loop {
+                    patterns.push(c.list_mailbox()?);
+                    if c.eat(b')') {
+                        break;
+                    }
+                    c.sp()?;
+                }
+            } else {
+                patterns.push(c.list_mailbox()?);
+            }
+            let mut ret = Vec::new();
+            let mut status = None;
+            if c.eat(b' ') {
+                if !c.keyword("RETURN") {
+                    return Err("expected RETURN".into());
+                }
+                c.sp()?;
+                c.expect(b'(')?;
+                if !c.eat(b')') {
+                    loop {
+                        let opt = c.atom()?.to_ascii_uppercase();
+                        if opt == "STATUS" {
+                            c.sp()?;
+                            status = Some(c.status_items()?);
+                        } else {
+                            ret.push(opt);
+                        }
+                        if c.eat(b')') {
+                            break;
+                        }
+                        c.sp()?;
+                    }
+                }
+            }
+            Command::List {
+                lsub: verb == "LSUB",
+                reference,
+                patterns,
+                select: sel,
+                ret,
+                status,
+            }
+        }
+        "STATUS" => {
+            c.sp()?;
+            let m = c.mailbox()?;
+            c.sp()?;
+            Command::Status(m, c.status_items()?)
+        }
+        "APPEND" => {
+            c.sp()?;
+            let m = c.mailbox()?;
+            c.sp()?;
+            let mut flags = Vec::new();
+            if c.peek() == Some(b'(') {
+                flags = c.flag_list()?;
+                c.sp()?;
+            }
+            let mut date = None;
+            if c.peek() == Some(b'"') {
+                let d = String::from_utf8(c.quoted()?).map_err(|_| "bad date")?;
+                date = Some(parse_date_time(&d).ok_or("invalid date-time")?);
+                c.sp()?;
+            }
+            let msg = c.literal()?;
+            Command::Append {
+                mailbox: m,
+                flags,
+                date,
+                message: msg,
+            }
+        }
+        "SEARCH" => {
+            let mut ret = None;
+            c.sp()?;
+            if c.keyword("RETURN") {
+                c.sp()?;
+                let opts = c
+                    .paren_atoms()?
+                    .into_iter()
+                    .map(|s| s.to_ascii_uppercase())
+                    .collect();
+                ret = Some(opts);
+                c.sp()?;
+            }
+            if c.keyword("CHARSET") {
+                c.sp()?;
+                let cs = c.astring_utf8()?;
+                if !cs.eq_ignore_ascii_case("UTF-8") && !cs.eq_ignore_ascii_case("US-ASCII") {
+                    return Err("[BADCHARSET (UTF-8 US-ASCII)] unsupported charset".into());
+                }
+                c.sp()?;
+            }
+            let mut keys = vec![c.search_key(0)?];
+            while c.eat(b' ') {
+                keys.push(c.search_key(0)?);
+            }
+            Command::Search {
+                uid,
+                ret,
+                key: SearchKey::And(keys),
+            }
+        }
+        "FETCH" => {
+            c.sp()?;
+            let set = c.seq_set()?;
+            c.sp()?;
+            let items = c.fetch_items()?;
+            let mut changed_since = None;
+            let mut vanished = false;
+            if c.eat(b' ') {
+                c.expect(b'(')?;
+                loop {
+                    if c.keyword("CHANGEDSINCE") {
+                        c.sp()?;
+                        changed_since = Some(c.number()?);
+                    } else if c.keyword("VANISHED") {
+                        vanished = true;
+                    } else {
+                        return Err("unknown FETCH modifier".into());
+                    }
+                    if c.eat(b')') {
+                        break;
+                    }
+                    c.sp()?;
+                }
+            }
+            Command::Fetch {
+                uid,
+                set,
+                items,
+                changed_since,
+                vanished,
+            }
+        }
+        "STORE" => {
+            c.sp()?;
+            let set = c.seq_set()?;
+            c.sp()?;
+            let mut unchanged_since = None;
+            if c.eat(b'(') {
+                if !c.keyword("UNCHANGEDSINCE") {
+                    return Err("unknown STORE modifier".into());
+                }
+                c.sp()?;
+                unchanged_since = Some(c.number()?);
+                c.expect(b')')?;
+                c.sp()?;
+            }
+            let item = c.atom()?.to_ascii_uppercase();
+            let (mode, rest) = match item.as_bytes().first() {
+                Some(b'+') => (StoreMode::Add, &item[1..]),
+                Some(b'-') => (StoreMode::Remove, &item[1..]),
+                _ => (StoreMode::Replace, &item[..]),
+            };
+            let silent = match rest {
+                "FLAGS" => false,
+                "FLAGS.SILENT" => true,
+                _ => return Err("expected FLAGS, +FLAGS or -FLAGS".into()),
+            };
+            c.sp()?;
+            let flags = c.flag_list()?;
+            Command::Store {
+                uid,
+                set,
+                mode,
+                silent,
+                flags,
+                unchanged_since,
+            }
+        }
+        "COPY" | "MOVE" => {
+            c.sp()?;
+            let set = c.seq_set()?;
+            c.sp()?;
+            let m = c.mailbox()?;
+            Command::Copy {
+                uid,
+                set,
+                mailbox: m,
+                is_move: verb == "MOVE",
+            }
+        }
+        "ID" => {
+            c.sp()?;
+            if c.keyword("NIL") {
+                Command::Id(Vec::new())
+            } else {
+                c.expect(b'(')?;
+                let mut v = Vec::new();
+                if !c.eat(b')') {
+                    loop {
+                        let k = String::from_utf8_lossy(&c.string()?).into_owned();
+                        c.sp()?;
+                        let val = if c.keyword("NIL") {
+                            None
+                        } else {
+                            Some(String::from_utf8_lossy(&c.string()?).into_owned())
+                        };
+                        v.push((k, val));
+                        if c.eat(b')') {
+                            break;
+                        }
+                        c.sp()?;
+                    }
+                }
+                Command::Id(v)
+            }
+        }
+        _ => return Err(format!("unknown command {verb}")),
+    })
+}
+
+impl Cursor<'_> {
+    fn mailbox_ref(&mut self) -> R<String> {
+        String::from_utf8(self.astring()?).map_err(|_| "not UTF-8".into())
+    }
+
+    fn status_items(&mut self) -> R<Vec<StatusItem>> {
+        self.expect(b'(')?;
+        let mut v = Vec::new();
+        loop {
+            let a = self.atom()?.to_ascii_uppercase();
+            v.push(match a.as_str() {
+                "MESSAGES" => StatusItem::Messages,
+                "RECENT" => StatusItem::Recent,
+                "UIDNEXT" => StatusItem::UidNext,
+                "UIDVALIDITY" => StatusItem::UidValidity,
+                "UNSEEN" => StatusItem::Unseen,
+                "DELETED" => StatusItem::Deleted,
+                "SIZE" => StatusItem::Size,
+                "HIGHESTMODSEQ" => StatusItem::HighestModseq,
+                _ => return Err(format!("unknown STATUS item {a}")),
+            });
+            if self.eat(b')') {
+                return Ok(v);
+            }
+            self.sp()?;
+        }
+    }
+
+    fn fetch_items(&mut self) -> R<Vec<FetchItem>> {
+        if self.keyword("ALL") {
+            return Ok(vec![
+                FetchItem::Flags,
+                FetchItem::InternalDate,
+                FetchItem::Rfc822Size,
+                FetchItem::Envelope,
+            ]);
+        }
+        if self.keyword("FAST") {
+            return Ok(vec![
+                FetchItem::Flags,
+                FetchItem::InternalDate,
+                FetchItem::Rfc822Size,
+            ]);
+        }
+        if self.keyword("FULL") {
+            return Ok(vec![
+                FetchItem::Flags,
+                FetchItem::InternalDate,
+                FetchItem::Rfc822Size,
+                FetchItem::Envelope,
+                FetchItem::Body,
+            ]);
+        }
+        if self.eat(b'(') {
+            let mut v = Vec::new();
+            loop {
+                v.push(self.fetch_item()?);
+                if self.eat(b')') {
+                    return Ok(v);
+                }
+                self.sp()?;
+            }
+        }
+        Ok(vec![self.fetch_item()?])
+    }
+
+    fn fetch_item(&mut self) -> R<FetchItem> {
+        let start = self.p;
+        let mut name = self.atom()?.to_ascii_uppercase();
+        if let Some(i) = name.find('[') {
+            self.p = start + i;
+            name.truncate(i);
+        }
+        Ok(match name.as_str() {
+            "FLAGS" => FetchItem::Flags,
+            "INTERNALDATE" => FetchItem::InternalDate,
+            "RFC822.SIZE" => FetchItem::Rfc822Size,
+            "ENVELOPE" => FetchItem::Envelope,
+            "BODYSTRUCTURE" => FetchItem::BodyStructure,
+            "UID" => FetchItem::Uid,
+            "MODSEQ" => FetchItem::Modseq,
+            "RFC822" => FetchItem::Section {
+                section: Section::default(),
+                peek: false,
+                partial: None,
+                legacy: Some("RFC822"),
+            },
+            "RFC822.HEADER" => FetchItem::Section {
+                section: Section {
+                    kind: SectionKind::Header,
+                    ..Default::default()
+                },
+                peek: true,
+                partial: None,
+                legacy: Some("RFC822.HEADER"),
+            },
+            "RFC822.TEXT" => FetchItem::Section {
+                section: Section {
+                    kind: SectionKind::Text,
+                    ..Default::default()
+                },
+                peek: false,
+                partial: None,
+                legacy: Some("RFC822.TEXT"),
+            },
+            "BODY" | "BODY.PEEK" | "BINARY" | "BINARY.PEEK" | "BINARY.SIZE" => {
+                if self.peek() != Some(b'[') {
+                    if name == "BODY" {
+                        return Ok(FetchItem::Body);
+                    }
+                    return Err(format!("{name} needs a section"));
+                }
+                self.p += 1;
+                let binary = name.starts_with("BINARY");
+                let section = self.section(binary)?;
+                self.expect(b']')?;
+                let mut partial = None;
+                if name != "BINARY.SIZE" && self.eat(b'<') {
+                    let a = self.number()?;
+                    self.expect(b'.')?;
+                    let n = self.number()?;
+                    if n == 0 {
+                        return Err("partial length must be positive".into());
+                    }
+                    self.expect(b'>')?;
+                    partial = Some((a, n));
+                }
+                match name.as_str() {
+                    "BINARY.SIZE" => FetchItem::BinarySize(section.part),
+                    "BINARY" | "BINARY.PEEK" => FetchItem::Binary {
+                        part: section.part,
+                        peek: name == "BINARY.PEEK",
+                        partial,
+                    },
+                    _ => FetchItem::Section {
+                        section,
+                        peek: name == "BODY.PEEK",
+                        partial,
+                        legacy: None,
+                    },
+                }
+            }
+            _ => return Err(format!("unknown FETCH item {name}")),
+        })
+    }
+
+    fn section(&mut self, binary: bool) -> R<Section> {
+        let mut s = Section::default();
+        loop {
+            match self.peek() {
+                Some(c) if c.is_ascii_digit() => {
+                    s.part.push(self.nz_number()?);
+                    if !self.eat(b'.') {
+                        return Ok(s);
+                    }
+                }
+                _ => break,
+            }
+        }
+        if binary || self.peek() == Some(b']') {
+            if !s.part.is_empty() && self.b.get(self.p.wrapping_sub(1)) == Some(&b'.') {
+                return Err("bad section".into());
+            }
+            return Ok(s);
+        }
+        let word = self.atom()?.to_ascii_uppercase();
+        s.kind = match word.as_str() {
+            "HEADER" => SectionKind::Header,
+            "TEXT" => SectionKind::Text,
+            "MIME" if !s.part.is_empty() => SectionKind::Mime,
+            "HEADER.FIELDS" | "HEADER.FIELDS.NOT" => {
+                self.sp()?;
+                let fields = self.paren_atoms()?;
+                if fields.is_empty() {
+                    return Err("empty header list".into());
+                }
+                if word == "HEADER.FIELDS" {
+                    SectionKind::HeaderFields(fields)
+                } else {
+                    SectionKind::HeaderFieldsNot(fields)
+                }
+            }
+            _ => return Err(format!("bad section {word}")),
+        };
+        Ok(s)
+    }
+
+    fn search_key(&mut self, depth: usize) -> R<SearchKey> {
+        if depth > 32 {
+            return Err("search nesting too deep".into());
+        }
+        if self.eat(b'(') {
+            let mut v = vec![self.search_key(depth + 1)?];
+            while self.eat(b' ') {
+                v.push(self.search_key(depth + 1)?);
+            }
+            self.expect(b')')?;
+            return Ok(SearchKey::And(v));
+        }
+        if matches!(self.peek(), Some(b'0'..=b'9' | b'*' | b'$')) {
+            return Ok(SearchKey::Seq(self.seq_set()?));
+        }
+        let word = self.atom()?.to_ascii_uppercase();
+        let arg = |c: &mut Self| -> R<String> {
+            c.sp()?;
+            String::from_utf8(c.astring()?).map_err(|_| "search string is not UTF-8".into())
+        };
+        Ok(match word.as_str() {
+            "ALL" => SearchKey::All,
+            "ANSWERED" => SearchKey::Flag("\\Answered".into(), true),
+            "UNANSWERED" => SearchKey::Flag("\\Answered".into(), false),
+            "DELETED" => SearchKey::Flag("\\Deleted".into(), true),
+            "UNDELETED" => SearchKey::Flag("\\Deleted".into(), false),
+            "DRAFT" => SearchKey::Flag("\\Draft".into(), true),
+            "UNDRAFT" => SearchKey::Flag("\\Draft".into(), false),
+            "FLAGGED" => SearchKey::Flag("\\Flagged".into(), true),
+            "UNFLAGGED" => SearchKey::Flag("\\Flagged".into(), false),
+            "SEEN" => SearchKey::Flag("\\Seen".into(), true),
+            "UNSEEN" => SearchKey::Flag("\\Seen".into(), false),
+            "NEW" => SearchKey::Flag("\\Seen".into(), false),
+            "OLD" | "RECENT" if word == "OLD" => SearchKey::All,
+            "RECENT" => SearchKey::Not(Box::new(SearchKey::All)),
+            "KEYWORD" => {
+                self.sp()?;
+                SearchKey::Flag(self.atom()?.to_string(), true)
+            }
+            "UNKEYWORD" => {
+                self.sp()?;
+                SearchKey::Flag(self.atom()?.to_string(), false)
+            }
+            "BCC" | "CC" | "FROM" | "TO" | "SUBJECT" => SearchKey::Header(word.clone(), arg(self)?),
+            "HEADER" => {
+                let name = arg(self)?;
+                let value = arg(self)?;
+                SearchKey::Header(name, value)
+            }
+            "BODY" => SearchKey::Body(arg(self)?),
+            "TEXT" => SearchKey::Text(arg(self)?),
+            "BEFORE" | "ON" | "SINCE" | "SENTBEFORE" | "SENTON" | "SENTSINCE" => {
+                let d = arg(self)?;
+                let day = parse_date(&d).ok_or("invalid date")?;
+                SearchKey::Date(word.clone(), day)
+            }
+            "LARGER" => {
+                self.sp()?;
+                SearchKey::Larger(self.number()?)
+            }
+            "SMALLER" => {
+                self.sp()?;
+                SearchKey::Smaller(self.number()?)
+            }
+            "UID" => {
+                self.sp()?;
+                SearchKey::Uid(self.seq_set()?)
+            }
+            "NOT" => {
+                self.sp()?;
+                SearchKey::Not(Box::new(self.search_key(depth + 1)?))
+            }
+            "OR" => {
+                self.sp()?;
+                let a = self.search_key(depth + 1)?;
+                self.sp()?;
+                let b = self.search_key(depth + 1)?;
+                SearchKey::Or(Box::new(a), Box::new(b))
+            }
+            "MODSEQ" => {
+                self.sp()?;
+                if self.peek() == Some(b'"') {
+                    self.quoted()?;
+                    self.sp()?;
+                    self.atom()?;
+                    self.sp()?;
+                }
+                SearchKey::Modseq(self.number()?)
+            }
+            _ => return Err(format!("unknown search key {word}")),
+        })
+    }
+}
+
+/// Parse `1-Feb-2024` into days since the Unix epoch.
+pub fn parse_date(s: &str) -> Option<i64> {
+    chrono::NaiveDate::parse_from_str(s.trim(), "%d-%b-%Y")
+        .ok()
+        .map(|d| {
+            d.and_hms_opt(0, 0, 0)
+                .expect("midnight")
+                .and_utc()
+                .timestamp()
+                / 86400
+        })
+}
+
+/// Parse an IMAP date-time `"01-Feb-2024 10:00:00 +0100"` into Unix seconds.
+pub fn parse_date_time(s: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_str(s.trim(), "%d-%b-%Y %H:%M:%S %z")
+        .ok()
+        .map(|d| d.timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_with_literals() {
+        assert_eq!(frame(b"a NOOP\r\n", 0, 100, 100), Frame::Complete(8));
+        assert_eq!(
+            frame(b"a LOGIN {5}\r\n", 0, 100, 100),
+            Frame::NeedMore { continuation: true }
+        );
+        assert_eq!(
+            frame(b"a LOGIN {5}\r\n", 1, 100, 100),
+            Frame::NeedMore {
+                continuation: false
+            }
+        );
+        assert_eq!(
+            frame(b"a LOGIN {5+}\r\n", 0, 100, 100),
+            Frame::NeedMore {
+                continuation: false
+            }
+        );
+        assert_eq!(
+            frame(b"a LOGIN {5}\r\nalice {3}\r\npwd\r\n", 2, 100, 100),
+            Frame::Complete(29)
+        );
+        assert!(matches!(
+            frame(b"a APPEND x {999}\r\n", 0, 100, 100),
+            Frame::LiteralTooBig { .. }
+        ));
+        assert_eq!(frame(&[b'x'; 200], 0, 100, 100), Frame::LineTooLong);
+    }
+
+    #[test]
+    fn commands() {
+        let t = parse(b"a1 LOGIN {5}\r\nalice \"p w\\\"d\"\r\n").unwrap();
+        assert_eq!(t.command, Command::Login("alice".into(), "p w\"d".into()));
+        let t =
+            parse(b"A UID FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (From Subject)]<0.100>)\r\n")
+                .unwrap();
+        match t.command {
+            Command::Fetch {
+                uid: true, items, ..
+            } => {
+                assert_eq!(items.len(), 2);
+                assert!(matches!(
+                    &items[1],
+                    FetchItem::Section {
+                        peek: true,
+                        partial: Some((0, 100)),
+                        ..
+                    }
+                ));
+            }
+            other => panic!("{other:?}"),
+        }
+        let t = parse(b"b SEARCH OR FROM alice NOT SEEN 1:5,7\r\n").unwrap();
+        assert!(matches!(t.command, Command::Search { .. }));
+        assert!(parse(b"c FETCH 1 (BOGUS)\r\n").is_err());
+        assert_eq!(parse(b"\r\n").unwrap_err().tag, "*");
+        let t = parse(b"d STORE 2:4 +FLAGS.SILENT (\\seen $Junk)\r\n").unwrap();
+        assert_eq!(
+            t.command,
+            Command::Store {
+                uid: false,
+                set: SeqSet::Ranges(vec![(2, 4)]),
+                mode: StoreMode::Add,
+                silent: true,
+                flags: vec!["\\Seen".into(), "$Junk".into()],
+                unchanged_since: None
+            }
+        );
+        let t = parse(b"e LIST \"\" \"*\" RETURN (SPECIAL-USE STATUS (MESSAGES))\r\n").unwrap();
+        assert!(matches!(
+            t.command,
+            Command::List {
+                status: Some(_),
+                ..
+            }
+        ));
+        let t = parse(b"f APPEND Drafts (\\Draft) \"05-Jan-2024 10:00:00 +0000\" {3+}\r\nabc\r\n")
+            .unwrap();
+        assert!(matches!(t.command, Command::Append { ref message, .. } if message == b"abc"));
+        let t = parse(b"g FETCH 1 BODY[1.2.MIME]\r\n").unwrap();
+        assert!(matches!(t.command, Command::Fetch { .. }));
+    }
+}

@@ -1,0 +1,297 @@
+//! IMAP command types, shared by the codec and the session.
+
+/// A command with its tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tagged {
+    /// Client tag.
+    pub tag: String,
+    /// The command.
+    pub command: Command,
+}
+
+/// A message set: ranges (`u32::MAX` stands for `*`) or `$` (RFC 5182 saved result).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeqSet {
+    /// Inclusive ranges, in either order.
+    Ranges(Vec<(u32, u32)>),
+    /// `$`
+    Saved,
+}
+
+impl SeqSet {
+    /// Whether `n` is in the set, with `*` meaning `max`.
+    pub fn contains(&self, n: u32, max: u32, saved: &[u32]) -> bool {
+        match self {
+            SeqSet::Saved => saved.contains(&n),
+            SeqSet::Ranges(r) => r.iter().any(|&(a, b)| {
+                let a = if a == u32::MAX { max } else { a };
+                let b = if b == u32::MAX { max } else { b };
+                let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+                n >= lo && n <= hi
+            }),
+        }
+    }
+}
+
+/// STORE mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMode {
+    /// FLAGS
+    Replace,
+    /// +FLAGS
+    Add,
+    /// -FLAGS
+    Remove,
+}
+
+/// STATUS items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusItem {
+    /// MESSAGES
+    Messages,
+    /// RECENT (rev1)
+    Recent,
+    /// UIDNEXT
+    UidNext,
+    /// UIDVALIDITY
+    UidValidity,
+    /// UNSEEN
+    Unseen,
+    /// DELETED (rev2)
+    Deleted,
+    /// SIZE (rev2)
+    Size,
+    /// HIGHESTMODSEQ (CONDSTORE)
+    HighestModseq,
+}
+
+/// Which part of a section.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SectionKind {
+    /// The whole part (or message).
+    #[default]
+    Full,
+    /// HEADER
+    Header,
+    /// HEADER.FIELDS (...)
+    HeaderFields(Vec<String>),
+    /// HEADER.FIELDS.NOT (...)
+    HeaderFieldsNot(Vec<String>),
+    /// TEXT
+    Text,
+    /// MIME
+    Mime,
+}
+
+/// `[1.2.HEADER]` and friends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Section {
+    /// Part numbers.
+    pub part: Vec<u32>,
+    /// What of that part.
+    pub kind: SectionKind,
+}
+
+/// One FETCH data item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchItem {
+    /// FLAGS
+    Flags,
+    /// INTERNALDATE
+    InternalDate,
+    /// RFC822.SIZE
+    Rfc822Size,
+    /// ENVELOPE
+    Envelope,
+    /// BODY (no section)
+    Body,
+    /// BODYSTRUCTURE
+    BodyStructure,
+    /// UID
+    Uid,
+    /// MODSEQ
+    Modseq,
+    /// BODY[...] / BODY.PEEK[...] / RFC822(.HEADER/.TEXT)
+    Section {
+        /// The section.
+        section: Section,
+        /// Don't set \Seen.
+        peek: bool,
+        /// <offset.length>
+        partial: Option<(u64, u64)>,
+        /// Answer under this RFC822 name.
+        legacy: Option<&'static str>,
+    },
+    /// BINARY[...] / BINARY.PEEK[...]
+    Binary {
+        /// Part numbers.
+        part: Vec<u32>,
+        /// Don't set \Seen.
+        peek: bool,
+        /// <offset.length>
+        partial: Option<(u64, u64)>,
+    },
+    /// BINARY.SIZE[...]
+    BinarySize(Vec<u32>),
+}
+
+/// SEARCH criteria.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchKey {
+    /// Every key must match.
+    And(Vec<SearchKey>),
+    /// Either.
+    Or(Box<SearchKey>, Box<SearchKey>),
+    /// Negation.
+    Not(Box<SearchKey>),
+    /// ALL
+    All,
+    /// Sequence set.
+    Seq(SeqSet),
+    /// UID set.
+    Uid(SeqSet),
+    /// Flag set (true) or unset (false).
+    Flag(String, bool),
+    /// Header contains (name upper-cased for FROM/TO/…).
+    Header(String, String),
+    /// Body contains.
+    Body(String),
+    /// Header or body contains.
+    Text(String),
+    /// BEFORE/ON/SINCE/SENT*: key word and day number.
+    Date(String, i64),
+    /// LARGER n
+    Larger(u64),
+    /// SMALLER n
+    Smaller(u64),
+    /// MODSEQ n
+    Modseq(u64),
+}
+
+/// Every command Corvus understands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// CAPABILITY
+    Capability,
+    /// NOOP / CHECK
+    Noop,
+    /// LOGOUT
+    Logout,
+    /// STARTTLS
+    StartTls,
+    /// AUTHENTICATE mech [initial]
+    Authenticate(String, Option<String>),
+    /// LOGIN user pass
+    Login(String, String),
+    /// ENABLE caps
+    Enable(Vec<String>),
+    /// SELECT / EXAMINE
+    Select {
+        /// Mailbox.
+        mailbox: String,
+        /// EXAMINE.
+        read_only: bool,
+        /// (CONDSTORE)
+        condstore: bool,
+        /// (QRESYNC (uidvalidity modseq [known-uids]))
+        qresync: Option<(u32, u64, Option<SeqSet>)>,
+    },
+    /// CREATE name [(USE (\Special))]
+    Create(String, Option<String>),
+    /// DELETE
+    Delete(String),
+    /// RENAME
+    Rename(String, String),
+    /// SUBSCRIBE
+    Subscribe(String),
+    /// UNSUBSCRIBE
+    Unsubscribe(String),
+    /// LIST / LSUB
+    List {
+        /// LSUB
+        lsub: bool,
+        /// Reference name.
+        reference: String,
+        /// Patterns.
+        patterns: Vec<String>,
+        /// Selection options (SUBSCRIBED, SPECIAL-USE, …).
+        select: Vec<String>,
+        /// Return options.
+        ret: Vec<String>,
+        /// RETURN (STATUS (...)).
+        status: Option<Vec<StatusItem>>,
+    },
+    /// NAMESPACE
+    Namespace,
+    /// STATUS
+    Status(String, Vec<StatusItem>),
+    /// APPEND
+    Append {
+        /// Target.
+        mailbox: String,
+        /// Flags.
+        flags: Vec<String>,
+        /// Internal date (Unix seconds).
+        date: Option<i64>,
+        /// The message.
+        message: Vec<u8>,
+    },
+    /// IDLE
+    Idle,
+    /// CLOSE
+    Close,
+    /// UNSELECT
+    Unselect,
+    /// EXPUNGE / UID EXPUNGE set
+    Expunge(Option<SeqSet>),
+    /// SEARCH
+    Search {
+        /// UID SEARCH.
+        uid: bool,
+        /// ESEARCH RETURN options.
+        ret: Option<Vec<String>>,
+        /// Criteria.
+        key: SearchKey,
+    },
+    /// FETCH
+    Fetch {
+        /// UID FETCH.
+        uid: bool,
+        /// Messages.
+        set: SeqSet,
+        /// Items.
+        items: Vec<FetchItem>,
+        /// CHANGEDSINCE.
+        changed_since: Option<u64>,
+        /// VANISHED (QRESYNC).
+        vanished: bool,
+    },
+    /// STORE
+    Store {
+        /// UID STORE.
+        uid: bool,
+        /// Messages.
+        set: SeqSet,
+        /// Replace/add/remove.
+        mode: StoreMode,
+        /// .SILENT
+        silent: bool,
+        /// Flags.
+        flags: Vec<String>,
+        /// UNCHANGEDSINCE.
+        unchanged_since: Option<u64>,
+    },
+    /// COPY / MOVE
+    Copy {
+        /// UID variant.
+        uid: bool,
+        /// Messages.
+        set: SeqSet,
+        /// Target.
+        mailbox: String,
+        /// MOVE.
+        is_move: bool,
+    },
+    /// ID
+    Id(Vec<(String, Option<String>)>),
+}
