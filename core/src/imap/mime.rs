@@ -354,10 +354,82 @@ pub enum Kind {
     Message(Box<Part>),
 }
 
-/// Parse the part starting at `start` and ending at `end`. `digest` when the parent is
-/// multipart/digest (default type message/rfc822).
-pub fn parse_part(msg: &[u8], start: usize, end: usize, digest: bool, depth: usize) -> Part {
-    let (fields, body) = parse_header(msg, start, end);
+/// A boundary line found while scanning: which level of the boundary stack it closes or
+/// separates, and where it is.
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    level: usize,
+    close: bool,
+    line_start: usize,
+    next: usize,
+}
+
+/// Boundaries longer than RFC 2046's 70 characters are compared on their first 70, as
+/// Dovecot does; a delimiter line matches by prefix, innermost boundary first.
+const MAX_BOUNDARY: usize = 70;
+
+fn match_boundary(line: &[u8], stack: &[Vec<u8>]) -> Option<(usize, bool)> {
+    let rest = line.strip_prefix(b"--")?;
+    for (i, b) in stack.iter().enumerate().rev() {
+        if let Some(after) = rest.strip_prefix(b.as_slice()) {
+            return Some((i, after.starts_with(b"--")));
+        }
+    }
+    None
+}
+
+/// Find the next boundary line of any level at or after `pos`.
+fn scan(msg: &[u8], mut pos: usize, end: usize, stack: &[Vec<u8>]) -> Option<Hit> {
+    if stack.is_empty() {
+        return None;
+    }
+    while pos < end {
+        let nl = memchr::memchr(b'\n', &msg[pos..end])
+            .map(|i| pos + i + 1)
+            .unwrap_or(end);
+        if msg[pos] == b'-'
+            && let Some((level, close)) = match_boundary(&msg[pos..nl], stack)
+        {
+            return Some(Hit {
+                level,
+                close,
+                line_start: pos,
+                next: nl,
+            });
+        }
+        pos = nl;
+    }
+    None
+}
+
+/// Where a part ends: before the line ending that precedes the boundary line (RFC 2046
+/// §5.1.1), when that line ending lies inside the region scanned since `region_start`.
+fn part_end(msg: &[u8], region_start: usize, hit: Option<Hit>, end: usize) -> usize {
+    let Some(h) = hit else { return end };
+    let mut e = h.line_start;
+    if e > region_start && msg[e - 1] == b'\n' {
+        e -= 1;
+        if e > region_start && msg[e - 1] == b'\r' {
+            e -= 1;
+        }
+    }
+    e
+}
+
+/// Parse the part starting at `start`; `stack` holds the boundaries of the enclosing
+/// multiparts. Returns the part and the boundary line that ended it, if any.
+fn parse_part_in(
+    msg: &[u8],
+    start: usize,
+    end: usize,
+    stack: &mut Vec<Vec<u8>>,
+    digest: bool,
+    depth: usize,
+) -> (Part, Option<Hit>) {
+    // The header cannot extend past the next boundary line (nor the line ending before it).
+    let first = scan(msg, start, end, stack);
+    let limit = part_end(msg, start, first, end);
+    let (fields, body) = parse_header(msg, start, first.map(|h| h.line_start).unwrap_or(end));
     let (ctype, defaulted) = match field(&fields, "Content-Type") {
         Some(v) => (parse_content_type(v), false),
         None if digest => (
@@ -377,76 +449,150 @@ pub fn parse_part(msg: &[u8], start: usize, end: usize, digest: bool, depth: usi
             true,
         ),
     };
-    let kind = if depth > 50 {
-        Kind::Leaf
-    } else if ctype.ty.eq_ignore_ascii_case("multipart") {
-        let boundary = ctype.param("boundary").map(|b| b.as_bytes().to_vec());
-        let is_digest = ctype.sub.eq_ignore_ascii_case("digest");
-        let children = match boundary {
-            Some(b) if !b.is_empty() => split_multipart(msg, body, end, &b)
-                .into_iter()
-                .map(|(s, e)| parse_part(msg, s, e, is_digest, depth + 1))
-                .collect(),
-            _ => Vec::new(),
+    let leaf = |ctype: ContentType, kind: Kind| {
+        let kind = match kind {
+            Kind::Multipart(c) if c.is_empty() => {
+                Kind::Multipart(vec![empty_child(limit.max(body))])
+            }
+            k => k,
         };
-        Kind::Multipart(children)
-    } else if ctype.is("message", "rfc822") {
-        Kind::Message(Box::new(parse_part(msg, body, end, false, depth + 1)))
-    } else {
-        Kind::Leaf
+        (
+            Part {
+                start,
+                body: body.min(limit),
+                end: limit,
+                ctype,
+                defaulted,
+                kind,
+            },
+            first,
+        )
     };
-    Part {
-        start,
-        body,
-        end,
-        ctype,
-        defaulted,
-        kind,
+    let multipart = ctype.ty.eq_ignore_ascii_case("multipart")
+        && ctype.param("boundary").is_some_and(|b| !b.is_empty());
+    if body >= limit && first.is_some() && !multipart {
+        // Nothing but (part of) a header before the next boundary: an empty body.
+        let kind = if ctype.ty.eq_ignore_ascii_case("multipart") {
+            Kind::Multipart(Vec::new())
+        } else {
+            Kind::Leaf
+        };
+        let kind = match kind {
+            Kind::Multipart(_) => Kind::Multipart(vec![empty_child(limit)]),
+            k => k,
+        };
+        return (
+            Part {
+                start,
+                body: limit,
+                end: limit,
+                ctype,
+                defaulted,
+                kind,
+            },
+            first,
+        );
     }
-}
-
-/// Ranges of the body parts between boundary lines (RFC 2046 §5.1.1): the CRLF before a
-/// delimiter belongs to the delimiter.
-fn split_multipart(msg: &[u8], start: usize, end: usize, boundary: &[u8]) -> Vec<(usize, usize)> {
-    let mut parts = Vec::new();
-    let mut p = start;
-    let mut cur: Option<usize> = None;
-    while p < end {
-        let nl = memchr::memchr(b'\n', &msg[p..end])
-            .map(|i| p + i + 1)
-            .unwrap_or(end);
-        let line = &msg[p..nl];
-        if line.len() >= 2 + boundary.len()
-            && line.starts_with(b"--")
-            && line[2..].starts_with(boundary)
-        {
-            let rest = &line[2 + boundary.len()..];
-            let closing = rest.starts_with(b"--");
-            let rest = if closing { &rest[2..] } else { rest };
-            if rest.iter().all(|c| c.is_ascii_whitespace()) {
-                if let Some(s) = cur.take() {
-                    // Exclude the line ending before the delimiter.
-                    let mut e = p;
-                    if e > s && msg[e - 1] == b'\n' {
-                        e -= 1;
-                        if e > s && msg[e - 1] == b'\r' {
-                            e -= 1;
-                        }
+    if depth > 50 {
+        return leaf(ctype, Kind::Leaf);
+    }
+    if ctype.ty.eq_ignore_ascii_case("multipart") {
+        let boundary = ctype
+            .param("boundary")
+            .map(|b| b.as_bytes()[..b.len().min(MAX_BOUNDARY)].to_vec());
+        let Some(boundary) = boundary.filter(|b| !b.is_empty()) else {
+            return leaf(ctype, Kind::Multipart(Vec::new()));
+        };
+        let is_digest = ctype.sub.eq_ignore_ascii_case("digest");
+        stack.push(boundary);
+        let level = stack.len() - 1;
+        let mut children = Vec::new();
+        let mut hit = scan(msg, body, end, stack);
+        loop {
+            match hit {
+                Some(h) if h.level == level && !h.close => {
+                    let (child, next) =
+                        parse_part_in(msg, h.next, end, stack, is_digest, depth + 1);
+                    children.push(child);
+                    hit = next;
+                }
+                Some(h) if h.level == level => {
+                    // Closed: the epilogue runs to the next outer boundary.
+                    stack.pop();
+                    let outer = scan(msg, h.next, end, stack);
+                    let e = part_end(msg, h.next, outer, end);
+                    if children.is_empty() {
+                        children.push(empty_child(e));
                     }
-                    parts.push((s, e.max(s)));
+                    return (
+                        Part {
+                            start,
+                            body,
+                            end: e,
+                            ctype,
+                            defaulted,
+                            kind: Kind::Multipart(children),
+                        },
+                        outer,
+                    );
                 }
-                if closing {
-                    return parts;
+                other => {
+                    // An outer boundary (or the end) before our close delimiter.
+                    stack.pop();
+                    let e = children
+                        .last()
+                        .map(|c| c.end)
+                        .unwrap_or_else(|| part_end(msg, body, other, end));
+                    if children.is_empty() {
+                        children.push(empty_child(e));
+                    }
+                    return (
+                        Part {
+                            start,
+                            body,
+                            end: e,
+                            ctype,
+                            defaulted,
+                            kind: Kind::Multipart(children),
+                        },
+                        other,
+                    );
                 }
-                cur = Some(nl);
             }
         }
-        p = nl;
     }
-    if let Some(s) = cur {
-        parts.push((s, end));
+    if ctype.is("message", "rfc822") {
+        let (inner, hit) = parse_part_in(msg, body, end, stack, false, depth + 1);
+        let e = inner.end;
+        return (
+            Part {
+                start,
+                body,
+                end: e,
+                ctype,
+                defaulted,
+                kind: Kind::Message(Box::new(inner)),
+            },
+            hit,
+        );
     }
-    parts
+    leaf(ctype, Kind::Leaf)
+}
+
+/// The empty text/plain child given to a multipart without parts (the grammar needs one).
+fn empty_child(at: usize) -> Part {
+    Part {
+        start: at,
+        body: at,
+        end: at,
+        ctype: ContentType {
+            ty: "text".into(),
+            sub: "plain".into(),
+            params: Some(vec![]),
+        },
+        defaulted: true,
+        kind: Kind::Leaf,
+    }
 }
 
 impl Part {
@@ -480,7 +626,7 @@ impl Part {
 
 /// Parse a whole message.
 pub fn parse_message(msg: &[u8]) -> Part {
-    parse_part(msg, 0, msg.len(), false, 0)
+    parse_part_in(msg, 0, msg.len(), &mut Vec::new(), false, 0).0
 }
 
 fn lines(b: &[u8]) -> usize {

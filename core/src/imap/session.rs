@@ -1226,143 +1226,16 @@ impl Session {
                     }
                 }
             }
-            let root = body.as_ref().map(|b| mime::parse_message(b));
-            let mut line = format!("* {} FETCH (", idx + 1).into_bytes();
-            let mut first = true;
-            let mut sep = |line: &mut Vec<u8>| {
-                if !first {
-                    line.push(b' ');
-                }
-                first = false;
-            };
-            let mut did_uid = false;
-            let mut did_flags = false;
-            for item in items {
-                match item {
-                    FetchItem::Uid => {
-                        sep(&mut line);
-                        line.extend_from_slice(format!("UID {}", meta.uid).as_bytes());
-                        did_uid = true;
-                    }
-                    FetchItem::Flags => {
-                        sep(&mut line);
-                        line.extend_from_slice(b"FLAGS ");
-                        flag_list(&mut line, &meta.flags);
-                        did_flags = true;
-                    }
-                    FetchItem::InternalDate => {
-                        sep(&mut line);
-                        line.extend_from_slice(
-                            format!("INTERNALDATE {}", date_time(meta.internal_date)).as_bytes(),
-                        );
-                    }
-                    FetchItem::Rfc822Size => {
-                        sep(&mut line);
-                        line.extend_from_slice(format!("RFC822.SIZE {}", meta.size).as_bytes());
-                    }
-                    FetchItem::Modseq => {
-                        sep(&mut line);
-                        line.extend_from_slice(format!("MODSEQ ({})", meta.modseq).as_bytes());
-                    }
-                    FetchItem::Envelope => {
-                        sep(&mut line);
-                        line.extend_from_slice(b"ENVELOPE ");
-                        if let (Some(b), Some(r)) = (&body, &root) {
-                            mime::envelope(b, r, &mut line);
-                        }
-                    }
-                    FetchItem::Body | FetchItem::BodyStructure => {
-                        sep(&mut line);
-                        let ext = matches!(item, FetchItem::BodyStructure);
-                        line.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
-                        if let (Some(b), Some(r)) = (&body, &root) {
-                            mime::body_structure(b, r, ext, &mut line);
-                        }
-                    }
-                    FetchItem::Section {
-                        section,
-                        partial,
-                        legacy,
-                        ..
-                    } => {
-                        let (Some(b), Some(r)) = (&body, &root) else {
-                            continue;
-                        };
-                        let data = mime::section_bytes(b, r, &section.part, &section.kind);
-                        sep(&mut line);
-                        match legacy {
-                            Some(name) => line.extend_from_slice(name.as_bytes()),
-                            None => {
-                                line.extend_from_slice(b"BODY[");
-                                line.extend_from_slice(section_name(section).as_bytes());
-                                line.push(b']');
-                            }
-                        }
-                        write_partial(
-                            &mut line,
-                            data.as_deref().unwrap_or(b""),
-                            *partial,
-                            data.is_none(),
-                        );
-                    }
-                    FetchItem::Binary { part, partial, .. } => {
-                        let (Some(b), Some(r)) = (&body, &root) else {
-                            continue;
-                        };
-                        match mime::binary(b, r, part) {
-                            Ok(data) => {
-                                sep(&mut line);
-                                line.extend_from_slice(
-                                    format!("BINARY[{}]", join_part(part)).as_bytes(),
-                                );
-                                write_partial(&mut line, &data, *partial, false);
-                            }
-                            Err(BinaryError::UnknownCte) => failed = true,
-                            Err(BinaryError::NoPart) => {
-                                sep(&mut line);
-                                line.extend_from_slice(
-                                    format!("BINARY[{}] NIL", join_part(part)).as_bytes(),
-                                );
-                            }
-                        }
-                    }
-                    FetchItem::BinarySize(part) => {
-                        let (Some(b), Some(r)) = (&body, &root) else {
-                            continue;
-                        };
-                        match mime::binary(b, r, part) {
-                            Ok(data) => {
-                                sep(&mut line);
-                                line.extend_from_slice(
-                                    format!("BINARY.SIZE[{}] {}", join_part(part), data.len())
-                                        .as_bytes(),
-                                );
-                            }
-                            Err(BinaryError::UnknownCte) => failed = true,
-                            Err(BinaryError::NoPart) => {
-                                sep(&mut line);
-                                line.extend_from_slice(
-                                    format!("BINARY.SIZE[{}] 0", join_part(part)).as_bytes(),
-                                );
-                            }
-                        }
-                    }
-                }
-            }
-            if uid && !did_uid {
-                sep(&mut line);
-                line.extend_from_slice(format!("UID {}", meta.uid).as_bytes());
-            }
-            if flags_changed && !did_flags {
-                sep(&mut line);
-                line.extend_from_slice(b"FLAGS ");
-                flag_list(&mut line, &meta.flags);
-            }
-            if self.condstore && !items.contains(&FetchItem::Modseq) {
-                sep(&mut line);
-                line.extend_from_slice(format!("MODSEQ ({})", meta.modseq).as_bytes());
-            }
-            line.extend_from_slice(b")\r\n");
+            let (line, cte_failed) = render(
+                idx + 1,
+                &meta,
+                body.as_deref(),
+                items,
+                uid,
+                flags_changed,
+                self.condstore,
+            );
+            failed |= cte_failed;
             self.out.extend_from_slice(&line);
             if self.out.len() > 256 * 1024 {
                 let _ = self.flush().await;
@@ -1538,6 +1411,156 @@ impl Session {
         }
         Ok(format!("{code}COPY completed"))
     }
+}
+
+/// Render one `* n FETCH (...)` line. Returns the line and whether a BINARY item failed
+/// to decode (RFC 3516 [UNKNOWN-CTE]).
+pub fn render(
+    seq: usize,
+    meta: &MessageMeta,
+    body: Option<&[u8]>,
+    items: &[FetchItem],
+    uid: bool,
+    flags_changed: bool,
+    condstore: bool,
+) -> (Vec<u8>, bool) {
+    let mut failed = false;
+    let idx = seq - 1;
+    let root = body.as_ref().map(|b| mime::parse_message(b));
+    let mut line = format!("* {} FETCH (", idx + 1).into_bytes();
+    let mut first = true;
+    let mut sep = |line: &mut Vec<u8>| {
+        if !first {
+            line.push(b' ');
+        }
+        first = false;
+    };
+    let mut did_uid = false;
+    let mut did_flags = false;
+    for item in items {
+        match item {
+            FetchItem::Uid => {
+                sep(&mut line);
+                line.extend_from_slice(format!("UID {}", meta.uid).as_bytes());
+                did_uid = true;
+            }
+            FetchItem::Flags => {
+                sep(&mut line);
+                line.extend_from_slice(b"FLAGS ");
+                flag_list(&mut line, &meta.flags);
+                did_flags = true;
+            }
+            FetchItem::InternalDate => {
+                sep(&mut line);
+                line.extend_from_slice(
+                    format!("INTERNALDATE {}", date_time(meta.internal_date)).as_bytes(),
+                );
+            }
+            FetchItem::Rfc822Size => {
+                sep(&mut line);
+                line.extend_from_slice(format!("RFC822.SIZE {}", meta.size).as_bytes());
+            }
+            FetchItem::Modseq => {
+                sep(&mut line);
+                line.extend_from_slice(format!("MODSEQ ({})", meta.modseq).as_bytes());
+            }
+            FetchItem::Envelope => {
+                sep(&mut line);
+                line.extend_from_slice(b"ENVELOPE ");
+                if let (Some(b), Some(r)) = (&body, &root) {
+                    mime::envelope(b, r, &mut line);
+                }
+            }
+            FetchItem::Body | FetchItem::BodyStructure => {
+                sep(&mut line);
+                let ext = matches!(item, FetchItem::BodyStructure);
+                line.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
+                if let (Some(b), Some(r)) = (&body, &root) {
+                    mime::body_structure(b, r, ext, &mut line);
+                }
+            }
+            FetchItem::Section {
+                section,
+                partial,
+                legacy,
+                ..
+            } => {
+                let (Some(b), Some(r)) = (&body, &root) else {
+                    continue;
+                };
+                let data = mime::section_bytes(b, r, &section.part, &section.kind);
+                sep(&mut line);
+                match legacy {
+                    Some(name) => line.extend_from_slice(name.as_bytes()),
+                    None => {
+                        line.extend_from_slice(b"BODY[");
+                        line.extend_from_slice(section_name(section).as_bytes());
+                        line.push(b']');
+                    }
+                }
+                write_partial(
+                    &mut line,
+                    data.as_deref().unwrap_or(b""),
+                    *partial,
+                    data.is_none(),
+                );
+            }
+            FetchItem::Binary { part, partial, .. } => {
+                let (Some(b), Some(r)) = (&body, &root) else {
+                    continue;
+                };
+                match mime::binary(b, r, part) {
+                    Ok(data) => {
+                        sep(&mut line);
+                        line.extend_from_slice(format!("BINARY[{}]", join_part(part)).as_bytes());
+                        write_partial(&mut line, &data, *partial, false);
+                    }
+                    Err(BinaryError::UnknownCte) => failed = true,
+                    Err(BinaryError::NoPart) => {
+                        sep(&mut line);
+                        line.extend_from_slice(
+                            format!("BINARY[{}] NIL", join_part(part)).as_bytes(),
+                        );
+                    }
+                }
+            }
+            FetchItem::BinarySize(part) => {
+                let (Some(b), Some(r)) = (&body, &root) else {
+                    continue;
+                };
+                match mime::binary(b, r, part) {
+                    Ok(data) => {
+                        sep(&mut line);
+                        line.extend_from_slice(
+                            format!("BINARY.SIZE[{}] {}", join_part(part), data.len()).as_bytes(),
+                        );
+                    }
+                    Err(BinaryError::UnknownCte) => failed = true,
+                    Err(BinaryError::NoPart) => {
+                        sep(&mut line);
+                        line.extend_from_slice(
+                            format!("BINARY.SIZE[{}] 0", join_part(part)).as_bytes(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if uid && !did_uid {
+        sep(&mut line);
+        line.extend_from_slice(format!("UID {}", meta.uid).as_bytes());
+    }
+    if flags_changed && !did_flags {
+        sep(&mut line);
+        line.extend_from_slice(b"FLAGS ");
+        flag_list(&mut line, &meta.flags);
+    }
+    if condstore && !items.contains(&FetchItem::Modseq) {
+        sep(&mut line);
+        line.extend_from_slice(format!("MODSEQ ({})", meta.modseq).as_bytes());
+    }
+    line.extend_from_slice(b")\r\n");
+    (line, failed)
 }
 
 async fn recv_event(w: &mut Option<broadcast::Receiver<(u64, MailboxEvent)>>) -> bool {
