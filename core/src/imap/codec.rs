@@ -630,12 +630,14 @@ fn parse_args(c: &mut Cursor<'_>, verb: &str, uid: bool) -> R<Command> {
                 date = Some(parse_date_time(&d).ok_or("invalid date-time")?);
                 c.sp()?;
             }
+            let binary = c.peek() == Some(b'~');
             let msg = c.literal()?;
             Command::Append {
                 mailbox: m,
                 flags,
                 date,
                 message: msg,
+                binary,
             }
         }
         "SEARCH" => {

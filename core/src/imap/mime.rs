@@ -203,26 +203,36 @@ fn read_quoted(v: &[u8], mut i: usize) -> (String, usize) {
 /// Parse `type/subtype; a=b; c="d"` (RFC 2045 §5.1), keeping values raw and joining
 /// RFC 2231 continuations without decoding them.
 pub fn parse_content_type(value: &[u8]) -> ContentType {
+    let unparsable = ContentType {
+        ty: String::new(),
+        sub: String::new(),
+        params: None,
+    };
     let v = unfold(value);
     let mut i = skip_cfws(&v, 0);
     let (ty, j) = read_token(&v, i);
     i = skip_cfws(&v, j);
-    if ty.is_empty() || v.get(i) != Some(&b'/') {
+    if ty.is_empty() {
+        return unparsable;
+    }
+    if v.get(i) != Some(&b'/') {
+        // A bare type without a subtype keeps the type (`text` → "text" ""); with anything
+        // after it, it is unparsable.
+        if i < v.len() {
+            return unparsable;
+        }
         return ContentType {
-            ty: String::new(),
+            ty,
             sub: String::new(),
-            params: None,
+            params: Some(parse_params(&v, i)),
         };
     }
     i = skip_cfws(&v, i + 1);
     let (sub, j) = read_token(&v, i);
     i = skip_cfws(&v, j);
-    if sub.is_empty() {
-        return ContentType {
-            ty: String::new(),
-            sub: String::new(),
-            params: None,
-        };
+    // An empty subtype, or text after the subtype without a `;`, is unparsable.
+    if sub.is_empty() || (i < v.len() && v[i] != b';') {
+        return unparsable;
     }
     let params = parse_params(&v, i);
     ContentType {
@@ -563,7 +573,12 @@ fn parse_part_in(
     }
     if ctype.is("message", "rfc822") {
         let (inner, hit) = parse_part_in(msg, body, end, stack, false, depth + 1);
-        let e = inner.end;
+        let e = match hit {
+            // An encapsulated message that is all header keeps the line ending before the
+            // boundary (as Dovecot does).
+            Some(h) if inner.body >= inner.end => h.line_start,
+            _ => inner.end.max(part_end(msg, body, hit, end)),
+        };
         return (
             Part {
                 start,
@@ -776,11 +791,22 @@ fn extension(out: &mut Vec<u8>, fields: &[Field<'_>]) {
 /// Write the ENVELOPE of the message rooted at `part`.
 pub fn envelope(msg: &[u8], part: &Part, out: &mut Vec<u8>) {
     let (fields, _) = parse_header(msg, part.start, part.body);
-    let raw = |name: &str| last_field(&fields, name).map(|v| v.trim_ascii_start());
+    // Raw values with the line breaks of folding removed (the folding whitespace stays).
+    let raw = |name: &str| {
+        last_field(&fields, name).map(|v| {
+            let mut u = unfold(v.trim_ascii_start());
+            for c in u.iter_mut() {
+                if *c == b'\t' {
+                    *c = b' ';
+                }
+            }
+            u
+        })
+    };
     out.push(b'(');
-    nstring(out, raw("Date"));
+    nstring(out, raw("Date").as_deref());
     out.push(b' ');
-    nstring(out, raw("Subject"));
+    nstring(out, raw("Subject").as_deref());
     let from = addresses(&fields, "From");
     let sender = addresses(&fields, "Sender");
     let reply_to = addresses(&fields, "Reply-To");
@@ -808,9 +834,9 @@ pub fn envelope(msg: &[u8], part: &Part, out: &mut Vec<u8>) {
         address_list(out, list);
     }
     out.push(b' ');
-    nstring(out, raw("In-Reply-To"));
+    nstring(out, raw("In-Reply-To").as_deref());
     out.push(b' ');
-    nstring(out, raw("Message-ID"));
+    nstring(out, raw("Message-ID").as_deref());
     out.push(b')');
 }
 

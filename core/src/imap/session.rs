@@ -458,7 +458,8 @@ impl Session {
                 flags,
                 date,
                 message,
-            } => self.append(&mailbox, flags, date, message).await,
+                binary,
+            } => self.append(&mailbox, flags, date, message, binary).await,
             Command::Idle => {
                 self.sync(true).await;
                 self.out.extend_from_slice(b"+ idling\r\n");
@@ -870,6 +871,7 @@ impl Session {
         flags: Vec<String>,
         date: Option<i64>,
         message: Vec<u8>,
+        binary: bool,
     ) -> CmdResult {
         let user = self.user.clone().unwrap_or_default();
         let mb = self
@@ -881,7 +883,11 @@ impl Session {
         if message.is_empty() {
             return Err(no("Empty message"));
         }
-        let message = normalize_crlf(&message);
+        let message = if binary {
+            message
+        } else {
+            normalize_crlf(&message)
+        };
         let flags: Vec<String> = flags.into_iter().filter(|f| f != "\\Recent").collect();
         let date = date.unwrap_or_else(|| chrono::Utc::now().timestamp());
         let store = self.shared.store.clone();

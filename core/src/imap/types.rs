@@ -235,6 +235,8 @@ pub enum Command {
         date: Option<i64>,
         /// The message.
         message: Vec<u8>,
+        /// Sent as literal8 (RFC 3516): stored exactly, no line-ending normalisation.
+        binary: bool,
     },
     /// IDLE
     Idle,
