@@ -57,6 +57,32 @@ pub enum AdminCommand {
     },
     /// List aliases.
     AliasList,
+    /// List the outbound queue.
+    QueueList,
+    /// Show one queued message.
+    QueueShow {
+        /// Queue id.
+        id: String,
+    },
+    /// Retry now (one message, or all).
+    QueueFlush {
+        /// Queue id; all when absent.
+        id: Option<String>,
+    },
+    /// Remove a message from the queue without bouncing it.
+    QueueDelete {
+        /// Queue id.
+        id: String,
+    },
+    /// Create a DKIM key for a domain and print the DNS record.
+    DkimGenerate {
+        /// Domain.
+        domain: String,
+        /// Selector.
+        selector: String,
+        /// "ed25519" or "rsa".
+        algorithm: String,
+    },
 }
 
 /// Errors from administrative commands.
@@ -154,6 +180,97 @@ pub fn execute(
         AdminCommand::AliasDel { alias } => {
             store.delete_alias(&alias)?;
             format!("removed alias {}", alias.to_lowercase())
+        }
+        AdminCommand::QueueList => {
+            let mut q = store.queue()?;
+            q.sort_by_key(|e| e.created);
+            if q.is_empty() {
+                return Ok("queue is empty".into());
+            }
+            let mut out = format!(
+                "{:<17} {:<30} {:>8} {:<20} {}",
+                "ID", "SENDER", "ATTEMPTS", "NEXT ATTEMPT", "RECIPIENTS / LAST ERROR"
+            );
+            for e in q {
+                let next = chrono::DateTime::from_timestamp(e.next_attempt, 0)
+                    .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_default();
+                let rcpts: Vec<&str> = e.rcpts.iter().map(|r| r.address.as_str()).collect();
+                out.push_str(&format!(
+                    "\n{:<17} {:<30} {:>8} {:<20} {}{}",
+                    e.id,
+                    if e.mail_from.is_empty() {
+                        "<>"
+                    } else {
+                        &e.mail_from
+                    },
+                    e.attempts,
+                    next,
+                    rcpts.join(","),
+                    e.last_error.map(|x| format!(" ({x})")).unwrap_or_default()
+                ));
+            }
+            out
+        }
+        AdminCommand::QueueShow { id } => {
+            let e = store
+                .queue_entry(&id)?
+                .ok_or_else(|| StoreError::NotFound(format!("queue entry {id}")))?;
+            let msg = store.blob(e.blob).unwrap_or_default();
+            let head = &msg[..crate::message::header_end(&msg)];
+            format!(
+                "id: {}\nfrom: <{}>\nrecipients: {}\ncreated: {}\nattempts: {}\nnext attempt: {}\nlast error: {}\nsize: {}\ndecisions:\n{}\n\n{}",
+                e.id,
+                e.mail_from,
+                e.rcpts
+                    .iter()
+                    .map(|r| r.address.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                chrono::DateTime::from_timestamp(e.created, 0).unwrap_or_default(),
+                e.attempts,
+                chrono::DateTime::from_timestamp(e.next_attempt, 0).unwrap_or_default(),
+                e.last_error.unwrap_or_else(|| "-".into()),
+                msg.len(),
+                e.decisions
+                    .iter()
+                    .map(|d| format!("  {d}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                String::from_utf8_lossy(head).trim_end()
+            )
+        }
+        AdminCommand::QueueFlush { id } => {
+            let mut n = 0;
+            for mut e in store.queue()? {
+                if id.as_ref().is_none_or(|i| *i == e.id) {
+                    e.next_attempt = 0;
+                    store.queue_update(&e)?;
+                    n += 1;
+                }
+            }
+            if n == 0
+                && let Some(i) = id
+            {
+                return Err(StoreError::NotFound(format!("queue entry {i}")).into());
+            }
+            format!("{n} message(s) scheduled for immediate delivery")
+        }
+        AdminCommand::QueueDelete { id } => {
+            store.queue_remove(&id)?;
+            format!("removed {id} from the queue")
+        }
+        AdminCommand::DkimGenerate {
+            domain,
+            selector,
+            algorithm,
+        } => {
+            let key = crate::dkim::generate(store, &domain, &selector, &algorithm)
+                .map_err(|e| AdminError::Usage(e.to_string()))?;
+            format!(
+                "DKIM key for {domain} created. Publish this DNS record:\n{}",
+                key.txt_record(&domain)
+            )
         }
         AdminCommand::AliasList => store
             .aliases()?

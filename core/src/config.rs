@@ -110,6 +110,18 @@ pub struct Delivery {
     /// Give up (and bounce) after this long in the queue.
     #[serde(with = "dur")]
     pub expire: Duration,
+    /// Send everything through this smart host (`host:port`) instead of looking up MX records.
+    pub relay: Option<String>,
+    /// User name for AUTH PLAIN at the smart host.
+    pub relay_user: Option<String>,
+    /// Password for AUTH PLAIN at the smart host.
+    pub relay_password: Option<String>,
+    /// Refuse to send to the smart host without STARTTLS.
+    pub relay_require_tls: bool,
+    /// Outbound deliveries in progress at once.
+    pub max_concurrency: usize,
+    /// Outbound deliveries in progress at once to one destination domain.
+    pub max_per_domain: usize,
 }
 
 /// SMTP server behaviour and limits.
@@ -262,6 +274,12 @@ impl Default for Delivery {
                 .map(|s| humantime::parse_duration(s).expect("static"))
                 .collect(),
             expire: Duration::from_secs(5 * 86400),
+            relay: None,
+            relay_user: None,
+            relay_password: None,
+            relay_require_tls: true,
+            max_concurrency: 50,
+            max_per_domain: 10,
         }
     }
 }
@@ -394,6 +412,15 @@ impl Config {
             if d.is_empty() || d.contains(['@', ' ', '/']) {
                 problems.push(format!("domains: {d:?} is not a domain name"));
             }
+        }
+        if let Some(r) = &self.delivery.relay
+            && r.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+        {
+            problems.push(format!(
+                "delivery.relay: {r:?} is not host:port, e.g. \"smtp.provider.example:587\""
+            ));
         }
         if self.delivery.retry.is_empty() {
             problems

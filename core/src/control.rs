@@ -26,6 +26,7 @@ pub async fn serve(
     store: Store,
     domains: Vec<String>,
     stop: CancellationToken,
+    queue_wakeup: std::sync::Arc<tokio::sync::Notify>,
 ) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
@@ -42,7 +43,12 @@ pub async fn serve(
                     let Ok((stream, _)) = conn else { continue };
                     let store = store.clone();
                     let domains = domains.clone();
-                    tokio::spawn(async move { let _ = handle(stream, store, domains).await; });
+                    let wake = queue_wakeup.clone();
+                    tokio::spawn(async move {
+                        let _ = handle(stream, store, domains).await;
+                        // Queue commands may have made messages due now.
+                        wake.notify_one();
+                    });
                 }
             }
         }

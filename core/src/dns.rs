@@ -20,7 +20,8 @@ pub fn resolver(config: &Config) -> Result<TokioResolver, String> {
     opts.attempts = 2;
     opts.cache_size = 4096;
     let builder = if servers.is_empty() {
-        let mut b = TokioResolver::builder_tokio().map_err(|e| format!("system DNS configuration: {e}"))?;
+        let mut b =
+            TokioResolver::builder_tokio().map_err(|e| format!("system DNS configuration: {e}"))?;
         let o = b.options_mut();
         o.timeout = opts.timeout;
         o.attempts = opts.attempts;
@@ -68,22 +69,27 @@ impl Fcrdns {
 
 /// PTR lookup of `ip`, then forward lookup of each name (RFC 8601 `iprev`).
 pub async fn fcrdns(resolver: &TokioResolver, ip: IpAddr) -> Fcrdns {
-    let names = match tokio::time::timeout(Duration::from_secs(10), resolver.reverse_lookup(ip)).await {
-        Ok(Ok(r)) => r
-            .answers()
-            .iter()
-            .filter_map(|rec| match &rec.data {
-                RData::PTR(p) => Some(p.to_ascii()),
-                _ => None,
-            })
-            .collect::<Vec<_>>(),
-        Ok(Err(e)) if e.is_no_records_found() || e.is_nx_domain() => return Fcrdns::None,
-        _ => return Fcrdns::TempError,
-    };
+    let names =
+        match tokio::time::timeout(Duration::from_secs(10), resolver.reverse_lookup(ip)).await {
+            Ok(Ok(r)) => r
+                .answers()
+                .iter()
+                .filter_map(|rec| match &rec.data {
+                    RData::PTR(p) => Some(p.to_ascii()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+            Ok(Err(e)) if e.is_no_records_found() || e.is_nx_domain() => return Fcrdns::None,
+            _ => return Fcrdns::TempError,
+        };
     let mut first = None;
     for name in names.into_iter().take(10) {
         let name = name.trim_end_matches('.').to_string();
-        if let Ok(Ok(ips)) = tokio::time::timeout(Duration::from_secs(10), resolver.lookup_ip(format!("{name}."))).await
+        if let Ok(Ok(ips)) = tokio::time::timeout(
+            Duration::from_secs(10),
+            resolver.lookup_ip(format!("{name}.")),
+        )
+        .await
             && ips.iter().any(|a| a == ip)
         {
             return Fcrdns::Pass(name);
@@ -116,7 +122,10 @@ pub async fn mx_hosts(resolver: &TokioResolver, domain: &str) -> MxRoute {
                 .answers()
                 .iter()
                 .filter_map(|r| match &r.data {
-                    RData::MX(m) => Some((m.preference, m.exchange.to_ascii().trim_end_matches('.').to_lowercase())),
+                    RData::MX(m) => Some((
+                        m.preference,
+                        m.exchange.to_ascii().trim_end_matches('.').to_lowercase(),
+                    )),
                     _ => None,
                 })
                 .collect();
@@ -150,10 +159,19 @@ async fn implicit_mx(resolver: &TokioResolver, domain: &str) -> MxRoute {
 
 /// A and AAAA addresses of a host (an IP literal is returned as is).
 pub async fn host_addresses(resolver: &TokioResolver, host: &str) -> Result<Vec<IpAddr>, String> {
-    if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+    if let Ok(ip) = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
         return Ok(vec![ip]);
     }
-    match tokio::time::timeout(Duration::from_secs(30), resolver.lookup_ip(format!("{}.", host.trim_end_matches('.')))).await {
+    match tokio::time::timeout(
+        Duration::from_secs(30),
+        resolver.lookup_ip(format!("{}.", host.trim_end_matches('.'))),
+    )
+    .await
+    {
         Ok(Ok(ips)) => Ok(ips.iter().collect()),
         Ok(Err(e)) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
         Ok(Err(e)) => Err(e.to_string()),

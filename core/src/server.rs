@@ -87,6 +87,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store.clone(),
         config.domains.clone(),
         shutdown.clone(),
+        shared.queue_wakeup.clone(),
     )
     .await
     .with_context(|| format!("control socket {}", config.control_socket().display()))?;
@@ -112,6 +113,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let tracker = TaskTracker::new();
+    tracker.spawn(crate::queue::run(shared.clone()));
     for (proto, _addr, listener) in bound {
         let shared = shared.clone();
         let tracker2 = tracker.clone();
