@@ -183,7 +183,9 @@ pub fn execute(
             .join("\n"),
         AdminCommand::MailboxList { address, folder } => {
             if store.account(&address)?.is_none() {
-                return Err(StoreError::NotFound(format!("account {}", address.to_lowercase())).into());
+                return Err(
+                    StoreError::NotFound(format!("account {}", address.to_lowercase())).into(),
+                );
             }
             match folder {
                 None => store
@@ -221,11 +223,9 @@ pub fn execute(
 fn find_mailbox(store: &Store, user: &str, name: &str) -> Result<u64, AdminError> {
     match store.mailbox(user, name)? {
         Some(mb) => Ok(mb.id),
-        None => Err(StoreError::NotFound(format!(
-            "mailbox {name} of {}",
-            user.to_lowercase()
-        ))
-        .into()),
+        None => {
+            Err(StoreError::NotFound(format!("mailbox {name} of {}", user.to_lowercase())).into())
+        }
     }
 }
 
