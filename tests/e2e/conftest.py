@@ -24,15 +24,15 @@ import time
 
 import dns.message
 import dns.rcode
-import dns.rdatatype
-import dns.rrset
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CORVUS_BIN = os.environ.get("CORVUS_BIN") or str(ROOT / "target" / "debug" / "corvus")
 
-# The PTR name our loopback DNS gives 127.0.0.1; it resolves back, so FCrDNS passes.
-CLIENT_PTR = "client.corvus.test"
+# FCrDNS of loopback clients: the resolver answers loopback itself (/etc/hosts, RFC 6761),
+# so 127.0.0.1 passes under whatever name the hosts file gives it, and another 127/8 source
+# address gets a name ("localhost") that does not resolve back to it: a mismatch.
+FCRDNS_FAIL_IP = "127.0.0.3"
 PASSWORD = "correct horse"
 
 
@@ -85,16 +85,14 @@ def headers_of(raw: bytes) -> bytes:
 
 
 class LoopbackDNS:
-    """A tiny UDP DNS server on 127.0.0.1 answering PTR for 127.0.0.1 and A for its name."""
+    """A UDP DNS server on 127.0.0.1 answering NXDOMAIN to everything: the servers under test
+    use it as their only name server, so no lookup ever leaves the machine."""
 
     def __init__(self):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
-        self.records = {
-            "1.0.0.127.in-addr.arpa.": ("PTR", CLIENT_PTR + "."),
-            CLIENT_PTR + ".": ("A", "127.0.0.1"),
-        }
+        self.queries: list[str] = []
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
 
@@ -106,17 +104,9 @@ class LoopbackDNS:
                 return
             try:
                 q = dns.message.from_wire(data)
+                self.queries += [x.name.to_text() for x in q.question]
                 r = dns.message.make_response(q)
-                for question in q.question:
-                    name = question.name.to_text().lower()
-                    rtype = dns.rdatatype.to_text(question.rdtype)
-                    rec = self.records.get(name)
-                    if rec is None:
-                        r.set_rcode(dns.rcode.NXDOMAIN)
-                    elif rec[0] == rtype:
-                        r.answer.append(
-                            dns.rrset.from_text(question.name, 60, "IN", rtype, rec[1])
-                        )
+                r.set_rcode(dns.rcode.NXDOMAIN)
                 self.sock.sendto(r.to_wire(), peer)
             except Exception:  # a broken query must not kill the responder
                 continue
@@ -296,7 +286,8 @@ class Corvus:
 
     # --- clients -----------------------------------------------------------------------------
 
-    def smtp(self, listener: str = "smtp", timeout: float = 15) -> smtplib.SMTP:
+    def smtp(self, listener: str = "smtp", timeout: float = 15, source: str | None = None) -> smtplib.SMTP:
+        src = (source, 0) if source else None
         if listener == "submissions":
             return smtplib.SMTP_SSL(
                 "127.0.0.1",
@@ -304,13 +295,19 @@ class Corvus:
                 local_hostname="client.test",
                 timeout=timeout,
                 context=tls_context(),
+                source_address=src,
             )
         return smtplib.SMTP(
-            "127.0.0.1", self.ports[listener], local_hostname="client.test", timeout=timeout
+            "127.0.0.1",
+            self.ports[listener],
+            local_hostname="client.test",
+            timeout=timeout,
+            source_address=src,
         )
 
-    def raw(self, listener: str = "smtp", tls: bool = False, timeout: float = 15) -> "RawClient":
-        return RawClient(self.ports[listener], tls=tls, timeout=timeout)
+    def raw(self, listener: str = "smtp", tls: bool = False, timeout: float = 15,
+            source: str | None = None) -> "RawClient":
+        return RawClient(self.ports[listener], tls=tls, timeout=timeout, source=source)
 
     def submit_session(self, user: str, pw: str = PASSWORD, listener: str = "submission"):
         """An authenticated smtplib session on a submission listener."""
@@ -326,8 +323,10 @@ class Corvus:
 class RawClient:
     """A raw SMTP client for transcripts: exact bytes out, replies parsed as they come."""
 
-    def __init__(self, port: int, tls: bool = False, timeout: float = 15):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, tls: bool = False, timeout: float = 15, source: str | None = None):
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         if tls:
             self.sock = tls_context().wrap_socket(self.sock)
         self.buf = b""
