@@ -616,3 +616,76 @@ def test_25mb_message(server_with):
     _, rest = split_received(srv.cat(ALICE, "INBOX", uids[0]))
     assert len(rest) == len(msg)
     assert rest == msg
+
+
+# --- addresses and edge cases -------------------------------------------------------------
+
+
+def test_null_sender_accepted_inbound(server):
+    """Bounces come with MAIL FROM:<>; an MX must take them."""
+    s = server.smtp()
+    s.ehlo()
+    code, msg = s.docmd("MAIL", "FROM:<>")
+    assert code == 250, msg
+    assert s.rcpt(ALICE)[0] == 250
+    assert s.data(message("bounce"))[0] == 250
+    s.quit()
+    assert server.mailboxes(ALICE)["INBOX"] == 1
+
+
+def test_recipient_spellings(server):
+    server.run_cli("alias", "add", "postmaster@example.org", ALICE)
+    s = server.smtp()
+    s.ehlo()
+    s.mail(SENDER)
+    for rcpt in ["<ALICE@Example.ORG>", '<"alice"@example.org>', "<@relay.test:alice@example.org>",
+                 "<Postmaster>", "<postmaster@example.org>"]:
+        code, msg = s.docmd("RCPT", f"TO:{rcpt}")
+        assert code == 250, (rcpt, code, msg)
+    for bad in ["<>", "<alice@>", "<@example.org>", "<a..b@example.org>", "<alice@exa mple.org>"]:
+        code, msg = s.docmd("RCPT", f"TO:{bad}")
+        assert code == 501, (bad, code, msg)
+    assert s.data(message("spellings"))[0] == 250
+    s.quit()
+    # One copy, though alice was named five ways.
+    assert server.mailboxes(ALICE)["INBOX"] == 1
+
+
+def test_size_limit_boundary(server_with):
+    srv = server_with(smtp={"max_message_size": 2000})
+    exact = message("exact")
+    exact += b"x" * (2000 - len(exact) - 2) + b"\r\n"
+    assert len(exact) == 2000
+    s = srv.smtp()
+    s.ehlo()
+    deliver(s, [ALICE], exact, mail_opts=["SIZE=2000"])
+    s.mail(SENDER)
+    s.rcpt(ALICE)
+    code, msg = s.data(exact[:-2] + b"x\r\n")
+    assert code == 552, msg
+    s.quit()
+    assert [split_received(m)[1] for m in srv.stored_messages(ALICE)] == [exact]
+
+
+def test_authzid_mismatch_counts_as_failure_and_ends_with_421(server_with):
+    srv = server_with(smtp={"max_auth_failures": 2})
+    s = tls_session(srv)
+    ir = base64.b64encode(f"{BOB}\0{ALICE}\0{PASSWORD}".encode()).decode()
+    code, msg = s.docmd("AUTH", "PLAIN " + ir)
+    assert code == 535, "alice may not act as bob"
+    code, msg = s.docmd("AUTH", "PLAIN " + ir)
+    assert code == 535
+    code, msg = s.getreply()
+    assert code == 421, msg
+    s.close()
+
+
+def test_authenticated_sender_checked_on_mx_port_too(server):
+    """AUTH after STARTTLS on the smtp listener lets a user relay; it must not let them forge
+    someone else's MAIL FROM (the submission rule applies to every authenticated session)."""
+    s = tls_session(server, "smtp")
+    assert auth_plain(s, ALICE, PASSWORD)[0] == 235
+    code, msg = s.mail(BOB)
+    assert code == 553, msg
+    assert s.mail(ALICE)[0] == 250
+    s.quit()

@@ -55,7 +55,7 @@ def test_kill_9_under_load_loses_nothing_and_duplicates_nothing(server):
     for t in threads:
         t.start()
     deadline = time.monotonic() + 30
-    while len(accepted) < 60 and time.monotonic() < deadline:
+    while len(accepted) < 300 and time.monotonic() < deadline:
         time.sleep(0.02)
     server.kill()  # SIGKILL mid-run: sessions are in every state right now
     with lock:
@@ -63,7 +63,7 @@ def test_kill_9_under_load_loses_nothing_and_duplicates_nothing(server):
     stop.set()
     for t in threads:
         t.join(timeout=30)
-    assert len(got_250) >= 60, f"only {len(got_250)} messages accepted before the kill"
+    assert len(got_250) >= 300, f"only {len(got_250)} messages accepted before the kill"
 
     server.start()  # restart on the same data_dir
     for user in (ALICE, BOB):
