@@ -305,3 +305,80 @@ def test_sigterm_during_activity_loses_nothing(server):
     # Restart on the same data: everything is still there.
     server.start()
     assert server.mailboxes(ALICE)["INBOX"] == len(ids)
+
+
+# --- TLS files ----------------------------------------------------------------------------
+
+
+def peer_cert(c, listener="submissions"):
+    s = c.smtp(listener)
+    der = s.sock.getpeercert(binary_form=True)
+    s.quit()
+    return der
+
+
+def test_self_signed_certificate_generated_once_and_reused(corvus_factory):
+    c = corvus_factory()
+    c.start()
+    first = peer_cert(c)
+    assert (c.data_dir / "tls" / "cert.pem").is_file()
+    assert (c.data_dir / "tls" / "key.pem").stat().st_mode & 0o077 == 0, "key readable by others"
+    c.stop()
+    c.start()
+    assert peer_cert(c) == first
+
+
+def test_configured_certificate_is_used(corvus_factory):
+    a = corvus_factory("a")
+    a.start()
+    a_cert = peer_cert(a)
+    a.stop()
+    tls_dir = a.data_dir / "tls"
+    b = corvus_factory(
+        "b",
+        extra=f'[tls]\ncert = "{tls_dir / "cert.pem"}"\nkey = "{tls_dir / "key.pem"}"\n',
+    )
+    assert "configuration OK" in b.run_cli("check").stdout
+    b.start()
+    assert peer_cert(b) == a_cert
+    assert not (b.data_dir / "tls").exists(), "generated a certificate despite [tls]"
+
+
+def test_check_rejects_unusable_certificate(corvus_factory, tmp_path):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("this is not PEM\n")
+    c = corvus_factory(extra=f'[tls]\ncert = "{junk}"\nkey = "{junk}"\n')
+    p = c.run_cli("check", check=False)
+    assert p.returncode != 0
+    lines = error_lines(p)
+    assert len(lines) == 1 and str(junk) in lines[0], p.stderr
+
+
+# --- shutdown -----------------------------------------------------------------------------
+
+
+def test_shutdown_timeout_bounds_a_stuck_session(corvus_factory):
+    """A client stalled in DATA cannot keep the server from exiting after SIGTERM."""
+    c = corvus_factory(shutdown_timeout="2s", smtp={"data_timeout": "60s"})
+    c.add_user(ALICE)
+    c.start()
+    r = c.raw()
+    r.expect(220)
+    r.cmd("EHLO client.test")
+    r.cmd("MAIL FROM:<x@remote.test>")
+    r.cmd(f"RCPT TO:<{ALICE}>")
+    assert r.cmd("DATA")[0] == 354
+    r.send(b"Subject: stuck\r\n\r\nhalf a message")
+    t0 = time.monotonic()
+    c.stop(expect=0, timeout=20)
+    assert time.monotonic() - t0 < 8
+    r.close()
+    assert c.mailboxes(ALICE)["INBOX"] == 0
+
+
+def test_sigint_is_a_clean_shutdown_too(corvus_factory):
+    c = corvus_factory()
+    c.start()
+    c.proc.send_signal(signal.SIGINT)
+    assert c.proc.wait(timeout=20) == 0
+    assert not (c.data_dir / "control.sock").exists(), "control socket left behind"
