@@ -36,6 +36,15 @@ FCRDNS_FAIL_IP = "127.0.0.3"
 PASSWORD = "correct horse"
 
 
+def child_env(extra: dict | None = None) -> dict:
+    """Environment for corvus processes. Every CORVUS_* variable is configuration to corvus
+    (unknown ones are errors), so the harness's own CORVUS_BIN must not reach it, nor a
+    CORVUS_CONFIG from the caller's shell."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CORVUS_BIN", "CORVUS_CONFIG")}
+    env.update(extra or {})
+    return env
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
@@ -171,9 +180,7 @@ class Corvus:
 
     def start(self, env: dict | None = None, wait: bool = True):
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        full_env = dict(os.environ)
-        full_env.pop("CORVUS_CONFIG", None)
-        full_env.update(env or {})
+        full_env = child_env(env)
         self.stdout = open(self.stdout_path, "ab")
         self.stderr = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
@@ -247,9 +254,7 @@ class Corvus:
     # --- CLI ---------------------------------------------------------------------------------
 
     def run_cli(self, *args, input=None, check=True, text=True, env=None, timeout=60):
-        full_env = dict(os.environ)
-        full_env.pop("CORVUS_CONFIG", None)
-        full_env.update(env or {})
+        full_env = child_env(env)
         p = subprocess.run(
             [CORVUS_BIN, "-c", str(self.config_path), *args],
             input=input,

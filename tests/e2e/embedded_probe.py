@@ -14,7 +14,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import CORVUS_BIN, LoopbackDNS, port_open  # noqa: E402
+from conftest import CORVUS_BIN, LoopbackDNS, child_env, port_open  # noqa: E402
 
 EMBEDDED_PORTS = {"smtp": 2525, "submission": 2587, "submissions": 2465}
 
@@ -24,8 +24,7 @@ def probe(workdir: str) -> dict:
     if result["busy"]:
         return result
     dns = LoopbackDNS()
-    env = dict(os.environ)
-    env.pop("CORVUS_CONFIG", None)
+    env = child_env()
     # Keep FCrDNS lookups on loopback; everything else is the embedded default.
     env["CORVUS_DNS__NAMESERVERS"] = f'["{dns.addr}"]'
     out_path = os.path.join(workdir, "out.log")

@@ -15,14 +15,15 @@ import uuid
 
 import pytest
 
-from conftest import ALICE, CORVUS_BIN, free_port, port_open
+from conftest import ALICE, CORVUS_BIN, child_env, free_port, port_open
 
 
 def run_check(tmp_path, text):
     cfg = tmp_path / "bad.toml"
     cfg.write_text(text)
     p = subprocess.run(
-        [CORVUS_BIN, "-c", str(cfg), "check"], capture_output=True, text=True, timeout=30
+        [CORVUS_BIN, "-c", str(cfg), "check"], capture_output=True, text=True, timeout=30,
+        env=child_env(),
     )
     return cfg, p
 
@@ -89,7 +90,8 @@ def test_serve_refuses_bad_config(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text('[listen]\nsmtp = "nonsense"\n')
     p = subprocess.run(
-        [CORVUS_BIN, "-c", str(cfg), "serve"], capture_output=True, text=True, timeout=30
+        [CORVUS_BIN, "-c", str(cfg), "serve"], capture_output=True, text=True, timeout=30,
+        env=child_env(),
     )
     assert p.returncode != 0
     assert "listen.smtp" in p.stderr
@@ -120,6 +122,27 @@ def test_env_override_of_a_nested_scalar(corvus_factory):
     code, _ = r.cmd(f"VRFY <{ALICE}>")
     assert code == 250
     r.close()
+
+
+def test_corvus_config_env_names_the_file(corvus_factory):
+    """CORVUS_CONFIG is the CLI's -c, not a setting: it must not be refused as an unknown key."""
+    c = corvus_factory(listeners=("smtp",))
+    env = child_env({"CORVUS_CONFIG": str(c.config_path)})
+    p = subprocess.run([CORVUS_BIN, "check"], capture_output=True, text=True, env=env, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert "configuration OK (1 listeners)" in p.stdout
+    p = subprocess.run([CORVUS_BIN, "user", "add", ALICE, "--password", "pw"],
+                       capture_output=True, text=True, env=env, timeout=30, cwd=c.base)
+    assert p.returncode == 0, p.stderr
+    assert ALICE in c.run_cli("user", "list").stdout
+
+
+def test_unknown_environment_setting_is_an_error(corvus_factory):
+    c = corvus_factory()
+    p = c.run_cli("check", env={"CORVUS_SMTP__VRFYY": "true"}, check=False)
+    assert p.returncode != 0
+    lines = error_lines(p)
+    assert len(lines) == 1 and "environment" in lines[0] and "vrfyy" in lines[0], p.stderr
 
 
 def test_embedded_default(tmp_path):
