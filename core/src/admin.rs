@@ -1,6 +1,8 @@
 //! Administration commands (users, domains, aliases), run either directly on an open store or
 //! inside a running server on behalf of the CLI through the control socket.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 
 use crate::accounts::{hash_password, valid_address};
@@ -82,6 +84,24 @@ pub enum AdminCommand {
         selector: String,
         /// "ed25519" or "rsa".
         algorithm: String,
+    },
+    /// List an account's mailboxes with message counts, or with `folder` the messages of
+    /// one mailbox (UID and size).
+    MailboxList {
+        /// Account address.
+        address: String,
+        /// Mailbox to list the messages of.
+        folder: Option<String>,
+    },
+    /// One stored message; the reply text is its bytes in base64 (control replies are JSON
+    /// text), which the CLI decodes before writing them out.
+    MailboxCat {
+        /// Account address.
+        address: String,
+        /// Mailbox name.
+        folder: String,
+        /// Message UID.
+        uid: u32,
     },
 }
 
@@ -278,8 +298,52 @@ pub fn execute(
             .map(|(a, t)| format!("{a} -> {}", t.join(", ")))
             .collect::<Vec<_>>()
             .join("\n"),
+        AdminCommand::MailboxList { address, folder } => {
+            if store.account(&address)?.is_none() {
+                return Err(
+                    StoreError::NotFound(format!("account {}", address.to_lowercase())).into(),
+                );
+            }
+            match folder {
+                None => store
+                    .mailboxes(&address)?
+                    .into_iter()
+                    .map(|mb| Ok(format!("{}\t{}", mb.name, store.messages(mb.id)?.len())))
+                    .collect::<Result<Vec<_>, StoreError>>()?
+                    .join("\n"),
+                Some(folder) => store
+                    .messages(find_mailbox(store, &address, &folder)?)?
+                    .into_iter()
+                    .map(|m| format!("{}\t{}", m.uid, m.size))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            }
+        }
+        AdminCommand::MailboxCat {
+            address,
+            folder,
+            uid,
+        } => {
+            let id = find_mailbox(store, &address, &folder)?;
+            let meta = store
+                .messages(id)?
+                .into_iter()
+                .find(|m| m.uid == uid)
+                .ok_or_else(|| StoreError::NotFound(format!("message {uid} in {folder}")))?;
+            B64.encode(store.blob(meta.blob)?)
+        }
     };
     Ok(out)
+}
+
+/// The id of `user`'s mailbox `name`, or a not-found error naming both.
+fn find_mailbox(store: &Store, user: &str, name: &str) -> Result<u64, AdminError> {
+    match store.mailbox(user, name)? {
+        Some(mb) => Ok(mb.id),
+        None => {
+            Err(StoreError::NotFound(format!("mailbox {name} of {}", user.to_lowercase())).into())
+        }
+    }
 }
 
 fn check_address(a: &str) -> Result<(), AdminError> {
@@ -289,5 +353,65 @@ fn check_address(a: &str) -> Result<(), AdminError> {
         Err(AdminError::Usage(format!(
             "{a:?} is not an address like user@example.org"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Placement, SledStore};
+    use std::sync::Arc;
+
+    #[test]
+    fn mailbox_list_and_cat() {
+        let d = tempfile::tempdir().unwrap();
+        let store: Store = Arc::new(SledStore::open(&d.path().join("store")).unwrap());
+        store.create_account("alice@example.org", "x").unwrap();
+        let raw = b"Subject: hi\r\n\r\n\x00\xff bytes\r\n".to_vec();
+        let to = [Placement {
+            user: "alice@example.org".into(),
+            mailbox: "INBOX".into(),
+            flags: Vec::new(),
+        }];
+        let uids = store.deliver(&raw, 0, &to).unwrap();
+        let run = |cmd| execute(&store, &[], cmd);
+        let list = run(AdminCommand::MailboxList {
+            address: "Alice@example.org".into(),
+            folder: None,
+        })
+        .unwrap();
+        assert!(list.lines().any(|l| l == "INBOX\t1"), "{list}");
+        assert!(list.lines().any(|l| l == "Sent\t0"), "{list}");
+        let msgs = run(AdminCommand::MailboxList {
+            address: "alice@example.org".into(),
+            folder: Some("inbox".into()),
+        })
+        .unwrap();
+        assert_eq!(msgs, format!("{}\t{}", uids[0], raw.len()));
+        let cat = run(AdminCommand::MailboxCat {
+            address: "alice@example.org".into(),
+            folder: "INBOX".into(),
+            uid: uids[0],
+        })
+        .unwrap();
+        assert_eq!(B64.decode(cat).unwrap(), raw);
+        for bad in [
+            AdminCommand::MailboxCat {
+                address: "alice@example.org".into(),
+                folder: "INBOX".into(),
+                uid: 99,
+            },
+            AdminCommand::MailboxCat {
+                address: "alice@example.org".into(),
+                folder: "Nope".into(),
+                uid: 1,
+            },
+            AdminCommand::MailboxList {
+                address: "bob@example.org".into(),
+                folder: None,
+            },
+        ] {
+            assert!(run(bad).is_err());
+        }
     }
 }

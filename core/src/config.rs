@@ -367,7 +367,8 @@ impl Config {
             }
             None => Figment::from(Serialized::defaults(Config::embedded())),
         };
-        Ok(base.merge(Env::prefixed("CORVUS_").split("__")))
+        // CORVUS_CONFIG names the file (the CLI's -c); it is not a setting.
+        Ok(base.merge(Env::prefixed("CORVUS_").ignore(&["config"]).split("__")))
     }
 
     /// Validate what the types cannot: addresses, referenced files, domain names.

@@ -42,6 +42,9 @@ enum Command {
     /// Manage aliases (an address that delivers to one or more other addresses).
     #[command(subcommand)]
     Alias(AliasCmd),
+    /// Look into an account's mailboxes (until IMAP and POP3 exist, the way to read mail).
+    #[command(subcommand)]
+    Mailbox(MailboxCmd),
 }
 
 #[derive(Subcommand)]
@@ -112,6 +115,27 @@ enum AliasCmd {
     },
     /// List aliases.
     List,
+}
+
+#[derive(Subcommand)]
+enum MailboxCmd {
+    /// List the account's mailboxes with message counts, or the messages (UID and size) of
+    /// FOLDER.
+    List {
+        /// The account's address.
+        address: String,
+        /// A mailbox whose messages to list.
+        folder: Option<String>,
+    },
+    /// Write one message's raw bytes to standard output.
+    Cat {
+        /// The account's address.
+        address: String,
+        /// Mailbox name, e.g. INBOX.
+        folder: String,
+        /// The message's UID (see `corvus mailbox list ADDRESS FOLDER`).
+        uid: u32,
+    },
 }
 
 fn read_password(p: PasswordArgs) -> Result<String, String> {
@@ -200,6 +224,18 @@ fn main() -> ExitCode {
         }
         Command::Alias(AliasCmd::Del { alias }) => AdminCommand::AliasDel { alias },
         Command::Alias(AliasCmd::List) => AdminCommand::AliasList,
+        Command::Mailbox(MailboxCmd::List { address, folder }) => {
+            AdminCommand::MailboxList { address, folder }
+        }
+        Command::Mailbox(MailboxCmd::Cat {
+            address,
+            folder,
+            uid,
+        }) => AdminCommand::MailboxCat {
+            address,
+            folder,
+            uid,
+        },
     };
     run_admin(&config, admin)
 }
@@ -209,7 +245,30 @@ fn fail(msg: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Print a command's output: text with a newline, or for `mailbox cat` the raw message
+/// bytes decoded from the base64 reply.
+fn print_output(text: &str, raw: bool) -> ExitCode {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    if !raw {
+        if !text.is_empty() {
+            println!("{text}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let bytes = match base64::engine::general_purpose::STANDARD.decode(text.trim()) {
+        Ok(b) => b,
+        Err(e) => return fail(&format!("undecodable message from the server: {e}")),
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!("writing the message: {e}")),
+    }
+}
+
 fn run_admin(config: &Config, cmd: AdminCommand) -> ExitCode {
+    let raw = matches!(cmd, AdminCommand::MailboxCat { .. });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -218,10 +277,7 @@ fn run_admin(config: &Config, cmd: AdminCommand) -> ExitCode {
     match rt.block_on(corvus::control::send(&config.control_socket(), &cmd)) {
         Ok(Some(reply)) => {
             return if reply.ok {
-                if !reply.text.is_empty() {
-                    println!("{}", reply.text);
-                }
-                ExitCode::SUCCESS
+                print_output(&reply.text, raw)
             } else {
                 fail(&reply.text)
             };
@@ -241,12 +297,7 @@ fn run_admin(config: &Config, cmd: AdminCommand) -> ExitCode {
     let result = execute(&store, &config.domains, cmd);
     let flushed = rt.block_on(store.commit());
     match (result, flushed) {
-        (Ok(text), Ok(())) => {
-            if !text.is_empty() {
-                println!("{text}");
-            }
-            ExitCode::SUCCESS
-        }
+        (Ok(text), Ok(())) => print_output(&text, raw),
         (Err(e), _) => fail(&e.to_string()),
         (_, Err(e)) => fail(&e.to_string()),
     }
