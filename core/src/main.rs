@@ -45,6 +45,12 @@ enum Command {
     /// Look into an account's mailboxes (until IMAP and POP3 exist, the way to read mail).
     #[command(subcommand)]
     Mailbox(MailboxCmd),
+    /// Inspect and manage the outbound queue (works while the server runs).
+    #[command(subcommand)]
+    Queue(QueueCmd),
+    /// DKIM signing keys for outbound mail.
+    #[command(subcommand)]
+    Dkim(DkimCmd),
 }
 
 #[derive(Subcommand)]
@@ -115,6 +121,42 @@ enum AliasCmd {
     },
     /// List aliases.
     List,
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// List queued messages: id, sender, attempts, next attempt, recipients and last error.
+    List,
+    /// Show one queued message: envelope, attempts, hook decisions and headers.
+    Show {
+        /// Queue id (from `corvus queue list`).
+        id: String,
+    },
+    /// Retry now: one message, or every queued message without an id.
+    Flush {
+        /// Queue id.
+        id: Option<String>,
+    },
+    /// Remove a message from the queue without delivering or bouncing it.
+    Delete {
+        /// Queue id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCmd {
+    /// Create a signing key for DOMAIN, store it, and print the DNS TXT record to publish.
+    Generate {
+        /// The sending domain, e.g. example.org.
+        domain: String,
+        /// Selector (the DNS label before `._domainkey`).
+        #[arg(long, default_value = "corvus")]
+        selector: String,
+        /// Key type.
+        #[arg(long, default_value = "ed25519", value_parser = ["ed25519", "rsa"])]
+        algorithm: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -224,6 +266,19 @@ fn main() -> ExitCode {
         }
         Command::Alias(AliasCmd::Del { alias }) => AdminCommand::AliasDel { alias },
         Command::Alias(AliasCmd::List) => AdminCommand::AliasList,
+        Command::Queue(QueueCmd::List) => AdminCommand::QueueList,
+        Command::Queue(QueueCmd::Show { id }) => AdminCommand::QueueShow { id },
+        Command::Queue(QueueCmd::Flush { id }) => AdminCommand::QueueFlush { id },
+        Command::Queue(QueueCmd::Delete { id }) => AdminCommand::QueueDelete { id },
+        Command::Dkim(DkimCmd::Generate {
+            domain,
+            selector,
+            algorithm,
+        }) => AdminCommand::DkimGenerate {
+            domain,
+            selector,
+            algorithm,
+        },
         Command::Mailbox(MailboxCmd::List { address, folder }) => {
             AdminCommand::MailboxList { address, folder }
         }

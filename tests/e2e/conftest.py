@@ -145,6 +145,8 @@ class Corvus:
         data_dir: pathlib.Path | None = None,
         shutdown_timeout: str = "10s",
         extra: str = "",
+        host: str = "127.0.0.1",
+        ports: dict | None = None,
     ):
         base.mkdir(parents=True, exist_ok=True)
         self.base = base
@@ -152,7 +154,8 @@ class Corvus:
         self.hostname = hostname
         self.domains = list(domains)
         self.dns_addr = dns_addr
-        self.ports = {name: free_port() for name in listeners}
+        self.host = host
+        self.ports = ports or {name: free_port() for name in listeners}
         self.smtp_cfg = dict(self.DEFAULT_SMTP, **(smtp or {}))
         self.shutdown_timeout = shutdown_timeout
         self.extra = extra
@@ -172,7 +175,7 @@ class Corvus:
             f"shutdown_timeout = {toml_value(self.shutdown_timeout)}",
             "[listen]",
         ]
-        lines += [f"{k} = {toml_value('127.0.0.1:%d' % p)}" for k, p in self.ports.items()]
+        lines += [f"{k} = {toml_value('%s:%d' % (self.host, p))}" for k, p in self.ports.items()]
         lines += ["[dns]", f"nameservers = {toml_value([self.dns_addr])}"]
         lines += ["[smtp]"] + [f"{k} = {toml_value(v)}" for k, v in self.smtp_cfg.items()]
         lines += ["[log]", 'level = "info"']
@@ -204,7 +207,7 @@ class Corvus:
                 )
             if time.monotonic() > deadline:
                 raise AssertionError(f"corvus not listening on {pending}:\n{self.logs()}")
-            if port_open(pending[0]):
+            if port_open(pending[0], self.host):
                 pending.pop(0)
             else:
                 time.sleep(0.05)
@@ -295,7 +298,7 @@ class Corvus:
         src = (source, 0) if source else None
         if listener == "submissions":
             return smtplib.SMTP_SSL(
-                "127.0.0.1",
+                self.host,
                 self.ports[listener],
                 local_hostname="client.test",
                 timeout=timeout,
@@ -303,7 +306,7 @@ class Corvus:
                 source_address=src,
             )
         return smtplib.SMTP(
-            "127.0.0.1",
+            self.host,
             self.ports[listener],
             local_hostname="client.test",
             timeout=timeout,
