@@ -118,6 +118,9 @@ pub struct Delivery {
     pub relay_password: Option<String>,
     /// Refuse to send to the smart host without STARTTLS.
     pub relay_require_tls: bool,
+    /// Send the sender a "delayed" notice once a message has waited this long (off when unset).
+    #[serde(with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    pub delay_warning: Option<Duration>,
     /// Outbound deliveries in progress at once.
     pub max_concurrency: usize,
     /// Outbound deliveries in progress at once to one destination domain.
@@ -278,6 +281,7 @@ impl Default for Delivery {
             relay_user: None,
             relay_password: None,
             relay_require_tls: true,
+            delay_warning: None,
             max_concurrency: 50,
             max_per_domain: 10,
         }
@@ -524,6 +528,22 @@ mod dur {
                 "{s:?} is not a duration like \"30s\", \"5m\", \"2h\", \"5d\" ({e})"
             ))
         })
+    }
+}
+
+mod opt_dur {
+    use serde::{Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::dur::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::dur::deserialize(d).map(Some)
     }
 }
 

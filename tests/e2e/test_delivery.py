@@ -343,3 +343,72 @@ def test_interop_with_aiosmtpd(net):
         assert b".leading dot" in content and b"to aiosmtpd" in content
     finally:
         ctl.stop()
+
+
+def aiosmtpd_sink(host, port, **kw):
+    from aiosmtpd.controller import Controller
+
+    got = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            got.append((session.peer, envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+            return "250 OK"
+
+    ctl = Controller(Handler(), hostname=host, port=port, **kw)
+    ctl.start()
+    return ctl, got
+
+
+def test_connection_reused_for_consecutive_messages(net):
+    zone, make = net
+    port = free_port()
+    ctl, got = aiosmtpd_sink("127.0.0.5", port)
+    try:
+        a = make("a", ["a.test"], delivery=f"port = {port}")
+        a.add_user("alice@a.test", PW)
+        zone.add("other.test", "MX", "5 mx.other.test.")
+        zone.add("mx.other.test", "A", "127.0.0.5")
+        a.start()
+        for i in range(3):
+            submit(a, "alice@a.test", ["carol@other.test"], b"reuse %d\r\n" % i)
+            wait_for(lambda: len(got) > i, what=f"message {i}")
+        peers = {g[0] for g in got}
+        assert len(peers) == 1, f"expected one connection, saw {peers}"
+    finally:
+        ctl.stop()
+
+
+def test_smtputf8_to_server_without_it_bounces(net):
+    zone, make = net
+    port = free_port()
+    ctl, got = aiosmtpd_sink("127.0.0.5", port, enable_SMTPUTF8=False)
+    try:
+        a = make("a", ["a.test"], delivery=f"port = {port}")
+        a.add_user("alice@a.test", PW)
+        zone.add("other.test", "MX", "5 mx.other.test.")
+        zone.add("mx.other.test", "A", "127.0.0.5")
+        a.start()
+        s = a.smtp("submission")
+        s.ehlo()
+        s.login("alice@a.test", PW)
+        s.sendmail("alice@a.test", ["δοκιμή@other.test"], "Subject: utf8\r\n\r\nγειά\r\n".encode(), mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+        s.quit()
+        dsn = wait_for(lambda: dsn_in(a, "alice@a.test"), what="SMTPUTF8 DSN")
+        assert b"Status: 5.6.7" in dsn
+        assert not got
+    finally:
+        ctl.stop()
+
+
+def test_delay_warning_sent_once(net):
+    zone, make = net
+    a, _, _ = two_sites(zone, make, delivery='delay_warning = "1s"\nretry = ["1s"]')
+    a.start()  # B stays down
+    submit(a, "alice@a.test", ["bob@b.test"], b"slow\r\n")
+    dsn = wait_for(lambda: dsn_in(a, "alice@a.test"), what="delay warning")
+    assert b"Action: delayed" in dsn
+    time.sleep(3)
+    warnings = [m for m in a.stored_messages("alice@a.test") if b"Action: delayed" in m]
+    assert len(warnings) == 1
+    assert "bob@b.test" in a.run_cli("queue", "list").stdout  # still queued
