@@ -40,6 +40,21 @@ pub struct Config {
     pub shutdown_timeout: Duration,
 }
 
+/// Top-level keys of [`Config`], for picking settings out of the environment.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "hostname",
+    "data_dir",
+    "domains",
+    "listen",
+    "tls",
+    "dns",
+    "delivery",
+    "smtp",
+    "imap",
+    "log",
+    "shutdown_timeout",
+];
+
 /// Listener addresses: each an address or a list of addresses.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -371,8 +386,19 @@ impl Config {
             }
             None => Figment::from(Serialized::defaults(Config::embedded())),
         };
-        // CORVUS_CONFIG names the file (the CLI's -c); it is not a setting.
-        Ok(base.merge(Env::prefixed("CORVUS_").ignore(&["config"]).split("__")))
+        // Only variables whose first segment is a top-level key are settings: CORVUS_CONFIG
+        // (the CLI's -c) or a tool's CORVUS_BIN are not. Inside a table, unknown keys are
+        // still rejected (CORVUS_SMTP__VRYF is an error).
+        let known = |k: &figment::value::UncasedStr| {
+            let top = k
+                .as_str()
+                .split("__")
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            TOP_LEVEL_KEYS.contains(&top.as_str())
+        };
+        Ok(base.merge(Env::prefixed("CORVUS_").filter(known).split("__")))
     }
 
     /// Validate what the types cannot: addresses, referenced files, domain names.

@@ -412,3 +412,28 @@ def test_delay_warning_sent_once(net):
     warnings = [m for m in a.stored_messages("alice@a.test") if b"Action: delayed" in m]
     assert len(warnings) == 1
     assert "bob@b.test" in a.run_cli("queue", "list").stdout  # still queued
+
+
+def test_smart_host_with_auth_and_tls(net):
+    """[delivery] relay: everything goes to one host, over STARTTLS, with AUTH PLAIN."""
+    zone, make = net
+    b_port = free_port()
+    b = make("b", ["b.test"], host="127.0.0.2", ports={"submission": b_port})
+    b.add_user("relayacct@b.test", PW)
+    b.add_user("bob@b.test", PW)
+    a = make(
+        "a",
+        ["a.test"],
+        delivery=f'relay = "127.0.0.2:{b_port}"\nrelay_user = "relayacct@b.test"\nrelay_password = "{PW}"\nrelay_require_tls = true',
+    )
+    a.add_user("alice@a.test", PW)
+    # The smart host lets its relay account send for other domains.
+    b.smtp_cfg["allow_any_sender"] = True
+    b.write_config()
+    b.start()
+    a.start()
+    submit(a, "alice@a.test", ["bob@b.test"], b"via smart host\r\n")
+    raw = wait_for(lambda: b.stored_messages("bob@b.test"), what="relayed delivery")[0]
+    assert b"via smart host" in raw
+    assert b"authenticated as relayacct@b.test" in raw
+    assert b"TLS" in raw.split(b"\r\n\r\n")[0]
