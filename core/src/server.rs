@@ -40,6 +40,10 @@ pub struct Shared {
     pub queue_wakeup: Arc<Notify>,
     /// Connection counters.
     pub conn_limits: Arc<ConnLimits>,
+    /// Users whose maildrop is open in a POP3 session.
+    pub maildrop_locks: Arc<crate::pop3::MaildropLocks>,
+    /// Recent successful password checks (saves argon2 on repeated logins).
+    pub credential_cache: Arc<crate::accounts::CredentialCache>,
 }
 
 /// Open the store at the configured place, with the error an admin can act on.
@@ -68,6 +72,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.smtp.max_connections_per_ip,
         ),
         queue_wakeup: Arc::new(Notify::new()),
+        maildrop_locks: Arc::default(),
+        credential_cache: Arc::new(crate::accounts::CredentialCache::new(Duration::from_secs(
+            600,
+        ))),
         config: config.clone(),
         store: store.clone(),
         tls,
