@@ -677,6 +677,25 @@ mod tests {
     }
 
     #[test]
+    fn pop3_section() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "[pop3]\nallow_plaintext_auth = true\nidle_timeout = \"15m\"\nmax_errors = 3\n",
+        );
+        let c = Config::load(Some(&p)).unwrap();
+        assert!(c.pop3.allow_plaintext_auth);
+        assert_eq!(c.pop3.idle_timeout, Duration::from_secs(900));
+        assert_eq!(c.pop3.max_errors, 3);
+        let p = write(d.path(), "[pop3]\nidle = \"1m\"\n");
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e[0].contains("idle"), "{e:?}");
+        let p = write(d.path(), "[pop3]\nidle_timeout = \"0s\"\n");
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e[0].starts_with("pop3.idle_timeout"), "{e:?}");
+    }
+
+    #[test]
     fn every_example_config_parses() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         let mut n = 0;
