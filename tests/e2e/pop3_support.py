@@ -121,6 +121,7 @@ class Server:
 
     def __init__(self, tmp: pathlib.Path, **sections):
         self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
         self.dns = NxdomainDNS()
         self.ports = {name: free_port() for name in self.LISTENERS}
         self.data_dir = tmp / "data"

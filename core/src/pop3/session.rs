@@ -2,6 +2,7 @@
 //! state (AUTHORIZATION, TRANSACTION, UPDATE), authenticates, locks and snapshots the
 //! maildrop, serves messages through the fetch hook, and applies deletions on QUIT.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +46,7 @@ struct Open {
     user: String,
     maildrop: Maildrop,
     /// UIDs sent with RETR that were not `\Seen` yet; flagged `\Seen` on QUIT.
-    retrieved: Vec<u32>,
+    retrieved: HashSet<u32>,
     /// Released when the session ends, however it ends.
     _lock: MaildropLock,
 }
@@ -510,10 +511,7 @@ impl Session {
             None => {
                 self.reply(Response::ok(format!("{} octets", entry.size)));
                 if !entry.seen {
-                    let open = self.open_mut();
-                    if !open.retrieved.contains(&entry.uid) {
-                        open.retrieved.push(entry.uid);
-                    }
+                    self.open_mut().retrieved.insert(entry.uid);
                 }
             }
             Some(_) => self.reply(Response::ok("Top of message follows")),
@@ -674,7 +672,7 @@ impl Session {
         self.state = State::Transaction(Box::new(Open {
             user: account,
             maildrop,
-            retrieved: Vec::new(),
+            retrieved: HashSet::new(),
             _lock: lock,
         }));
         Flow::Continue
@@ -765,7 +763,7 @@ fn mark_seen(
     mailbox_id: u64,
     uids: &[u32],
 ) -> crate::store::Result<()> {
-    let wanted: std::collections::HashSet<u32> = uids.iter().copied().collect();
+    let wanted: HashSet<u32> = uids.iter().copied().collect();
     let changes: Vec<(u32, Vec<String>)> = store
         .messages(mailbox_id)?
         .into_iter()
