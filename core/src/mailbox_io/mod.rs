@@ -517,8 +517,11 @@ mod tests {
         (d, store)
     }
 
-    /// Every folder of `user` as (name, [(bytes, sorted flags, date)]) in UID order.
-    fn contents(store: &Store, user: &str) -> Vec<(String, Vec<(Vec<u8>, Vec<String>, i64)>)> {
+    /// A folder's name and its messages as (bytes, sorted flags, internal date).
+    type Folder = (String, Vec<(Vec<u8>, Vec<String>, i64)>);
+
+    /// Every folder of `user` in name order, messages in UID order.
+    fn contents(store: &Store, user: &str) -> Vec<Folder> {
         let mut boxes = store.mailboxes(user).unwrap();
         boxes.sort_by(|a, b| a.name.cmp(&b.name));
         boxes
