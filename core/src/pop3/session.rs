@@ -788,3 +788,203 @@ fn plaintext_refusal() -> Response {
         "Plaintext authentication disallowed on non-secure connections; use STLS first",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    //! Transcripts over a real loopback socket, with hook engines that only tests can
+    //! install (the e2e suite cannot configure a fetch hook yet).
+
+    use super::*;
+    use crate::config::Config;
+    use crate::hooks::{Actions, HookChain, HookEngine, HookError};
+    use crate::net::{AuthThrottle, ConnLimits};
+    use crate::store::{Placement, SledStore, Store};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    /// Refuses fetches of UID 2 permanently and of UID 3 temporarily.
+    struct FetchPolicy;
+
+    impl HookEngine for FetchPolicy {
+        fn name(&self) -> &str {
+            "test-fetch"
+        }
+        fn handles(&self, point: HookPoint) -> bool {
+            point == HookPoint::Fetch
+        }
+        fn call(&self, ctx: &HookCtx, _: &mut Actions) -> Result<Verdict, HookError> {
+            assert_eq!(ctx.user, "alice@example.org");
+            assert!(ctx.message.is_some());
+            Ok(match ctx.fetch {
+                Some((ref mb, 2, "pop3")) if mb == "INBOX" => Verdict::Reject {
+                    code: 550,
+                    text: "Quarantined by policy".into(),
+                },
+                Some((_, 3, _)) => Verdict::Tempfail {
+                    code: 451,
+                    text: "Scanner busy".into(),
+                },
+                _ => Verdict::Continue,
+            })
+        }
+    }
+
+    async fn start(dir: &std::path::Path) -> (Arc<Shared>, SocketAddr) {
+        let mut config = Config::default();
+        config.data_dir = dir.to_path_buf();
+        config.pop3.allow_plaintext_auth = true;
+        let store: Store = Arc::new(SledStore::open(&dir.join("store")).unwrap());
+        store
+            .create_account("alice@example.org", &accounts::hash_password("pw"))
+            .unwrap();
+        for body in ["one", "two", "three"] {
+            let msg = format!("Subject: {body}\r\n\r\n{body}\r\n");
+            let to = [Placement {
+                user: "alice@example.org".into(),
+                mailbox: "INBOX".into(),
+                flags: Vec::new(),
+            }];
+            store.deliver(msg.as_bytes(), 0, &to).unwrap();
+        }
+        let shared = Arc::new(Shared {
+            tls: crate::tls::acceptor(&config).unwrap(),
+            resolver: crate::dns::resolver(&config).unwrap(),
+            hooks: HookChain::new(vec![Arc::new(FetchPolicy)]),
+            auth_throttle: AuthThrottle::new(5, Duration::from_secs(60)),
+            conn_limits: ConnLimits::new(10, 10),
+            queue_wakeup: Arc::default(),
+            maildrop_locks: Arc::default(),
+            credential_cache: Arc::new(accounts::CredentialCache::new(Duration::from_secs(60))),
+            shutdown: Default::default(),
+            config: Arc::new(config),
+            store,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let s2 = shared.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, peer)) = listener.accept().await {
+                tokio::spawn(serve(s2.clone(), tcp, peer, "pop3", false));
+            }
+        });
+        (shared, addr)
+    }
+
+    /// Run `C:` lines against the server and check each `S:` line (a prefix of the reply).
+    async fn transcript(addr: SocketAddr, trace: &str) {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (r, mut w) = tcp.into_split();
+        let mut r = BufReader::new(r);
+        for step in trace.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            // "S:" alone (its trailing space trimmed away) is an empty line.
+            let step = if step == "S:" { "S: " } else { step };
+            if let Some(c) = step.strip_prefix("C: ") {
+                w.write_all(format!("{c}\r\n").as_bytes()).await.unwrap();
+            } else if let Some(want) = step.strip_prefix("S: ") {
+                let mut line = String::new();
+                r.read_line(&mut line).await.unwrap();
+                let ok = if want.is_empty() {
+                    line == "\r\n"
+                } else {
+                    line.starts_with(want) && line.ends_with("\r\n")
+                };
+                assert!(ok, "expected {want:?}, got {line:?}");
+            } else {
+                panic!("bad transcript step {step:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn fetch_hook_can_refuse_retr_and_top() {
+        let d = tempfile::tempdir().unwrap();
+        let (shared, addr) = start(d.path()).await;
+        transcript(
+            addr,
+            "S: +OK Corvus POP3 server ready
+             C: USER alice@example.org
+             S: +OK
+             C: PASS pw
+             S: +OK Logged in, 3 messages
+             C: RETR 1
+             S: +OK 21 octets
+             S: Subject: one
+             S: 
+             S: one
+             S: .
+             C: RETR 2
+             S: -ERR Quarantined by policy
+             C: TOP 2 0
+             S: -ERR Quarantined by policy
+             C: RETR 3
+             S: -ERR [SYS/TEMP] Scanner busy
+             C: DELE 2
+             S: +OK
+             C: QUIT
+             S: +OK Corvus POP3 server signing off (1 messages deleted)",
+        )
+        .await;
+        // RETR 1 marked the message \Seen; DELE 2 removed it; 3 is untouched.
+        let inbox = shared
+            .store
+            .mailbox("alice@example.org", "INBOX")
+            .unwrap()
+            .unwrap();
+        let msgs = shared.store.messages(inbox.id).unwrap();
+        assert_eq!(msgs.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(msgs[0].flags, vec!["\\Seen".to_string()]);
+        assert!(msgs[1].flags.is_empty());
+    }
+
+    #[tokio::test]
+    async fn rfc1939_states_and_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let (_shared, addr) = start(d.path()).await;
+        transcript(
+            addr,
+            "S: +OK
+             C: STAT
+             S: -ERR STAT is only valid after login
+             C: PASS pw
+             S: -ERR Give USER first
+             C: USER alice@example.org
+             S: +OK
+             C: PASS wrong
+             S: -ERR [AUTH] Authentication failed
+             C: PASS pw
+             S: -ERR Give USER first
+             C: APOP alice@example.org c4c9334bac560ecc979e58001b3e22fb
+             S: -ERR APOP is not supported
+             C: AUTH
+             S: +OK
+             S: PLAIN
+             S: .
+             C: USER alice@example.org
+             S: +OK
+             C: PASS pw
+             S: +OK Logged in, 3 messages (67 octets)
+             C: USER alice@example.org
+             S: -ERR USER is not valid after login
+             C: LIST
+             S: +OK 3 messages (67 octets)
+             S: 1 21
+             S: 2 21
+             S: 3 25
+             S: .
+             C: UIDL 0
+             S: -ERR No such message: 0
+             C: DELE 1
+             S: +OK Message 1 deleted
+             C: LIST 1
+             S: -ERR Message 1 already deleted
+             C: STAT
+             S: +OK 2 46
+             C: RSET
+             S: +OK Maildrop has 3 messages (67 octets)
+             C: NOOP
+             S: +OK
+             C: QUIT
+             S: +OK Corvus POP3 server signing off (0 messages deleted)",
+        )
+        .await;
+    }
+}
