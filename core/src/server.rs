@@ -56,6 +56,9 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
 
 /// Run the server until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM that arrives while we start up (say, right after a listener
+    // opens) must still end in a clean shutdown, not in the default action.
+    let signals = wait_for_signal().context("installing SIGTERM/SIGINT handlers")?;
     let config = Arc::new(config);
     let store = open_store(&config)?;
     let tls = crate::tls::acceptor(&config)?;
@@ -128,7 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracker.spawn(accept_loop(shared, listener, proto, tracker2));
     }
 
-    wait_for_signal().await;
+    signals.await;
     tracing::info!("shutting down: no new connections; waiting for sessions to finish");
     shutdown.cancel();
     tracker.close();
@@ -143,14 +146,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Install the SIGTERM and SIGINT handlers now; the returned future resolves on either.
+fn wait_for_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    })
 }
 
 async fn accept_loop(
