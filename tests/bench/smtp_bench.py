@@ -247,6 +247,8 @@ level = "{self.log_level}"
         n = self.pop3_stat()
         if n is not None:
             return n, "POP3 STAT"
+        if not any(l in self.log_level for l in ("info", "debug", "trace")):
+            return None, "none (no POP3 and --log-level hides the 'message accepted' lines)"
         with open(self.logfile, "rb") as f:
             n = sum(1 for line in f if b"message accepted" in line)
         return n, "server log ('message accepted', written after the store flush)"
