@@ -526,7 +526,17 @@ fn parse_args(c: &mut Cursor<'_>, verb: &str, uid: bool) -> R<Command> {
                     return Err("unknown CREATE parameter".into());
                 }
                 c.sp()?;
-                special = c.flag_list()?.into_iter().next();
+                // Special-use attributes are `\` atoms, not flags (`\All`, `\Archive`, …).
+                c.expect(b'(')?;
+                let mut attrs = Vec::new();
+                while !c.eat(b')') {
+                    if !attrs.is_empty() {
+                        c.sp()?;
+                    }
+                    c.expect(b'\\')?;
+                    attrs.push(format!("\\{}", c.atom()?));
+                }
+                special = attrs.into_iter().next();
                 c.expect(b')')?;
             }
             Command::Create(m, special)
@@ -1166,6 +1176,18 @@ mod tests {
         let t = parse(b"f APPEND Drafts (\\Draft) \"05-Jan-2024 10:00:00 +0000\" {3+}\r\nabc\r\n")
             .unwrap();
         assert!(matches!(t.command, Command::Append { ref message, .. } if message == b"abc"));
+        // CREATE-SPECIAL-USE takes attributes, which are not system flags.
+        let t = parse(b"h CREATE \"Everything\" (USE (\\All))\r\n").unwrap();
+        assert_eq!(
+            t.command,
+            Command::Create("Everything".into(), Some("\\All".into()))
+        );
+        let t = parse(b"h CREATE Arch (USE (\\Archive))\r\n").unwrap();
+        assert_eq!(
+            t.command,
+            Command::Create("Arch".into(), Some("\\Archive".into()))
+        );
+        assert!(parse(b"h CREATE x (USE (All))\r\n").is_err());
         let t = parse(b"g FETCH 1 BODY[1.2.MIME]\r\n").unwrap();
         assert!(matches!(t.command, Command::Fetch { .. }));
     }

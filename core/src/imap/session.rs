@@ -489,7 +489,7 @@ impl Session {
                 Ok("UNSELECT completed".into())
             }
             Command::Expunge(set) => self.expunge(set).await,
-            Command::Search { uid, ret, key } => self.search(uid, ret, key).await,
+            Command::Search { uid, ret, key } => self.search(&tag, uid, ret, key).await,
             Command::Fetch {
                 uid,
                 set,
@@ -604,42 +604,34 @@ impl Session {
         if name.eq_ignore_ascii_case("INBOX") {
             return Err(no("[ALREADYEXISTS] INBOX exists"));
         }
-        if let Some(s) = special
-            && ![
-                "\\Sent",
-                "\\Drafts",
-                "\\Trash",
-                "\\Junk",
-                "\\Archive",
-                "\\All",
-                "\\Flagged",
-            ]
-            .iter()
-            .any(|x| x.eq_ignore_ascii_case(s))
-        {
-            return Err(no("[USEATTR] Unsupported special-use attribute"));
-        }
+        // RFC 6154 attributes, stored in their canonical spelling.
+        let special = match special {
+            None => None,
+            Some(s) => Some(
+                [
+                    "\\Sent",
+                    "\\Drafts",
+                    "\\Trash",
+                    "\\Junk",
+                    "\\Archive",
+                    "\\All",
+                    "\\Flagged",
+                ]
+                .iter()
+                .find(|x| x.eq_ignore_ascii_case(s))
+                .map(|x| x.to_string())
+                .ok_or_else(|| no("[USEATTR] Unsupported special-use attribute"))?,
+            ),
+        };
         // Create missing parents too (RFC 9051 §6.3.4).
         let user = self.user.clone().unwrap_or_default();
-        let parts: Vec<&str> = name.split('/').collect();
-        for i in 1..parts.len() {
-            let parent = parts[..i].join("/");
-            if self
-                .shared
-                .store
-                .mailbox(&user, &parent)
-                .map_err(store_err)?
-                .is_none()
-            {
-                self.shared
-                    .store
-                    .create_mailbox(&user, &parent, None)
-                    .map_err(store_err)?;
-            }
+        if self.shared.store.mailbox(&user, name).map_err(store_err)?.is_some() {
+            return Err(no("[ALREADYEXISTS] Mailbox already exists"));
         }
+        self.create_parents(&user, name)?;
         self.shared
             .store
-            .create_mailbox(&user, name, special)
+            .create_mailbox(&user, name, special.as_deref())
             .map_err(store_err)?;
         Ok("CREATE completed".into())
     }
@@ -660,9 +652,46 @@ impl Session {
     }
 
     fn rename(&mut self, a: &str, b: &str) -> CmdResult {
+        let b = b.trim_end_matches('/');
         Self::check_name(b)?;
+        let user = self.user.clone().unwrap_or_default();
+        if self.shared.store.mailbox(&user, a).map_err(store_err)?.is_none() {
+            return Err(no("[NONEXISTENT] No such mailbox"));
+        }
+        if self.shared.store.mailbox(&user, b).map_err(store_err)?.is_some()
+            || b.eq_ignore_ascii_case("INBOX")
+        {
+            return Err(no("[ALREADYEXISTS] Mailbox already exists"));
+        }
+        let a_prefix = format!("{a}/");
+        if b.starts_with(&a_prefix) {
+            return Err(no("[CANNOT] Cannot move a mailbox into itself"));
+        }
+        // Create the superior names the new name needs (RFC 9051 §6.3.6).
+        self.create_parents(&user, b)?;
         self.user_store(|s, u| s.rename_mailbox(u, a, b))?;
         Ok("RENAME completed".into())
+    }
+
+    /// Create the missing superior hierarchy levels of `name` as mailboxes.
+    fn create_parents(&self, user: &str, name: &str) -> Result<(), Resp> {
+        let parts: Vec<&str> = name.split('/').collect();
+        for i in 1..parts.len() {
+            let parent = parts[..i].join("/");
+            if self
+                .shared
+                .store
+                .mailbox(user, &parent)
+                .map_err(store_err)?
+                .is_none()
+            {
+                match self.shared.store.create_mailbox(user, &parent, None) {
+                    Ok(_) | Err(StoreError::Exists(_)) => {}
+                    Err(e) => return Err(store_err(e)),
+                }
+            }
+        }
+        Ok(())
     }
 
     fn list(
@@ -687,10 +716,44 @@ impl Session {
         let want_special = ret.iter().any(|r| r == "SPECIAL-USE") || special_only || !lsub;
         let want_subscribed =
             ret.iter().any(|r| r == "SUBSCRIBED") || select.iter().any(|s| s == "SUBSCRIBED");
+        let full_patterns: Vec<String> =
+            patterns.iter().map(|p| format!("{reference}{p}")).collect();
+        let matches = |name: &str| full_patterns.iter().any(|p| wildmatch(p, name));
+        // Levels of hierarchy without a mailbox of their own (a parent that was deleted)
+        // are listed as \Noselect when the pattern stops at them, so that a client
+        // browsing level by level with "%" still finds the children (RFC 9051 §6.3.9).
+        let mut missing: Vec<String> = Vec::new();
+        if !special_only && (lsub || select.is_empty()) {
+            for mb in &boxes {
+                if (lsub && !mb.subscribed) || matches(&mb.name) {
+                    continue;
+                }
+                let mut end = 0;
+                while let Some(i) = mb.name[end..].find('/') {
+                    let parent = &mb.name[..end + i];
+                    end += i + 1;
+                    if !names.contains(parent)
+                        && !missing.iter().any(|m| m == parent)
+                        && matches(parent)
+                    {
+                        missing.push(parent.to_string());
+                    }
+                }
+            }
+        }
+        missing.sort();
+        for name in &missing {
+            let mut line = format!(
+                "* {} (\\Noselect \\HasChildren) \"/\" ",
+                if lsub { "LSUB" } else { "LIST" }
+            )
+            .into_bytes();
+            mailbox_name(&mut line, name);
+            line.extend_from_slice(b"\r\n");
+            self.out.extend_from_slice(&line);
+        }
         for mb in &boxes {
-            let full_patterns: Vec<String> =
-                patterns.iter().map(|p| format!("{reference}{p}")).collect();
-            if !full_patterns.iter().any(|p| wildmatch(p, &mb.name)) {
+            if !matches(&mb.name) {
                 continue;
             }
             if subscribed_only && !mb.subscribed {
@@ -1050,7 +1113,13 @@ impl Session {
         Ok("EXPUNGE completed".into())
     }
 
-    async fn search(&mut self, uid: bool, ret: Option<Vec<String>>, key: SearchKey) -> CmdResult {
+    async fn search(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        ret: Option<Vec<String>>,
+        key: SearchKey,
+    ) -> CmdResult {
         self.sync(false).await;
         let sel = self.selected.as_ref().expect("selected");
         let needs = search::needs_content(&key);
@@ -1099,8 +1168,10 @@ impl Session {
                         return Ok("SEARCH completed, result saved".into());
                     }
                 }
-                let mut line = String::from("ESEARCH");
-                line.push_str(" (TAG \"*\")");
+                // RFC 4731 §3.1 / RFC 9051 §7.3.4: the correlator is the command's tag.
+                let mut line = String::from("ESEARCH (TAG ");
+                line.push_str(&String::from_utf8_lossy(&imap_string(tag.as_bytes())));
+                line.push(')');
                 if uid {
                     line.push_str(" UID");
                 }
@@ -1126,7 +1197,7 @@ impl Session {
                 {
                     line.push_str(&format!(" MODSEQ {ms}"));
                 }
-                self.untagged(&line.replacen("(TAG \"*\")", "", 0));
+                self.untagged(&line);
             }
         }
         Ok("SEARCH completed".into())
