@@ -103,6 +103,14 @@ pub struct ParseError {
     pub text: String,
 }
 
+impl ParseError {
+    /// Whether the command was well-formed but asks for something unsupported, which is
+    /// answered with NO rather than BAD (SEARCH CHARSET → `NO [BADCHARSET]`, RFC 9051 §6.4.4).
+    pub fn is_no(&self) -> bool {
+        self.text.starts_with("[BADCHARSET")
+    }
+}
+
 struct Cursor<'a> {
     b: &'a [u8],
     p: usize,
@@ -655,11 +663,17 @@ fn parse_args(c: &mut Cursor<'_>, verb: &str, uid: bool) -> R<Command> {
             c.sp()?;
             if c.keyword("RETURN") {
                 c.sp()?;
-                let opts = c
+                let opts: Vec<String> = c
                     .paren_atoms()?
                     .into_iter()
                     .map(|s| s.to_ascii_uppercase())
                     .collect();
+                if let Some(o) = opts
+                    .iter()
+                    .find(|o| !matches!(o.as_str(), "MIN" | "MAX" | "ALL" | "COUNT" | "SAVE"))
+                {
+                    return Err(format!("unknown SEARCH return option {o}"));
+                }
                 ret = Some(opts);
                 c.sp()?;
             }
@@ -1010,7 +1024,8 @@ impl Cursor<'_> {
             "UNFLAGGED" => SearchKey::Flag("\\Flagged".into(), false),
             "SEEN" => SearchKey::Flag("\\Seen".into(), true),
             "UNSEEN" => SearchKey::Flag("\\Seen".into(), false),
-            "NEW" => SearchKey::Flag("\\Seen".into(), false),
+            // NEW is RECENT UNSEEN; Corvus never sets \Recent, so nothing is NEW.
+            "NEW" => SearchKey::Not(Box::new(SearchKey::All)),
             "OLD" | "RECENT" if word == "OLD" => SearchKey::All,
             "RECENT" => SearchKey::Not(Box::new(SearchKey::All)),
             "KEYWORD" => {
@@ -1188,6 +1203,15 @@ mod tests {
             Command::Create("Arch".into(), Some("\\Archive".into()))
         );
         assert!(parse(b"h CREATE x (USE (All))\r\n").is_err());
+        // An unsupported charset is NO [BADCHARSET], not BAD; unknown RETURN options are BAD.
+        let e = parse(b"s SEARCH CHARSET KOI8-R SUBJECT x\r\n").unwrap_err();
+        assert!(e.is_no() && e.text.starts_with("[BADCHARSET"));
+        let e = parse(b"s SEARCH RETURN (BOGUS) ALL\r\n").unwrap_err();
+        assert!(!e.is_no());
+        assert!(parse(b"s SEARCH RETURN (SAVE MIN) ALL\r\n").is_ok());
+        let t = parse(b"s SEARCH NEW\r\n").unwrap();
+        assert!(matches!(t.command, Command::Search { ref key, .. }
+            if *key == SearchKey::And(vec![SearchKey::Not(Box::new(SearchKey::All))])));
         let t = parse(b"g FETCH 1 BODY[1.2.MIME]\r\n").unwrap();
         assert!(matches!(t.command, Command::Fetch { .. }));
     }

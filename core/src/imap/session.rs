@@ -310,6 +310,11 @@ impl Session {
                     self.acked = 0;
                     match parse(&bytes) {
                         Ok(t) => self.command(t).await,
+                        Err(e) if e.is_no() => {
+                            self.out.extend_from_slice(
+                                format!("{} NO {}\r\n", e.tag, e.text).as_bytes(),
+                            );
+                        }
                         Err(e) => {
                             self.errors += 1;
                             self.out.extend_from_slice(
@@ -469,6 +474,7 @@ impl Session {
             _ if !selected => Err(Resp::Bad("No mailbox selected".into())),
             Command::Close => {
                 let sel = self.selected.take().expect("selected");
+                self.saved.clear();
                 if !sel.read_only {
                     let uids: Vec<u32> = sel
                         .msgs
@@ -486,6 +492,7 @@ impl Session {
             }
             Command::Unselect => {
                 self.selected = None;
+                self.saved.clear();
                 Ok("UNSELECT completed".into())
             }
             Command::Expunge(set) => self.expunge(set).await,
@@ -845,6 +852,7 @@ impl Session {
         qresync: Option<(u32, u64, Option<SeqSet>)>,
     ) -> CmdResult {
         self.selected = None;
+        self.saved.clear(); // `$` does not survive a mailbox change (RFC 5182 §2.1)
         if condstore {
             self.condstore = true;
         }
@@ -1163,7 +1171,23 @@ impl Session {
                     opts.push("ALL".into());
                 }
                 if opts.iter().any(|o| o == "SAVE") {
-                    self.saved = hits.iter().map(|h| h.1).collect();
+                    // With MIN and/or MAX, only those are saved (RFC 5182 §2.4).
+                    let (want_min, want_max) = (
+                        opts.iter().any(|o| o == "MIN"),
+                        opts.iter().any(|o| o == "MAX"),
+                    );
+                    self.saved = if (want_min || want_max) && !hits.is_empty() {
+                        let mut v = Vec::new();
+                        if want_min {
+                            v.push(hits[0].1);
+                        }
+                        if want_max && hits.len() > 1 {
+                            v.push(hits[hits.len() - 1].1);
+                        }
+                        v
+                    } else {
+                        hits.iter().map(|h| h.1).collect()
+                    };
                     if opts.len() == 1 {
                         return Ok("SEARCH completed, result saved".into());
                     }
