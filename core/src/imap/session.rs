@@ -851,7 +851,12 @@ impl Session {
         condstore: bool,
         qresync: Option<(u32, u64, Option<SeqSet>)>,
     ) -> CmdResult {
-        self.selected = None;
+        // Closing the previous mailbox is announced to rev2 and QRESYNC clients, which need
+        // it to tell the old mailbox's responses from the new one's (RFC 9051 §6.3.2,
+        // RFC 7162 §3.2.11).
+        if self.selected.take().is_some() && (self.rev2 || self.qresync) {
+            self.untagged("OK [CLOSED] Previous mailbox closed");
+        }
         self.saved.clear(); // `$` does not survive a mailbox change (RFC 5182 §2.1)
         if condstore {
             self.condstore = true;
