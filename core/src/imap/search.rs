@@ -196,10 +196,25 @@ mod tests {
         };
         let mut load = || None;
         let mut cache = None;
-        assert!(matches(&SearchKey::Seq(SeqSet::Saved), &c, &mut load, &mut cache));
-        assert!(matches(&SearchKey::Uid(SeqSet::Saved), &c, &mut load, &mut cache));
+        assert!(matches(
+            &SearchKey::Seq(SeqSet::Saved),
+            &c,
+            &mut load,
+            &mut cache
+        ));
+        assert!(matches(
+            &SearchKey::Uid(SeqSet::Saved),
+            &c,
+            &mut load,
+            &mut cache
+        ));
         let other = meta(2);
         let c2 = Candidate { meta: &other, ..c };
-        assert!(!matches(&SearchKey::Seq(SeqSet::Saved), &c2, &mut load, &mut cache));
+        assert!(!matches(
+            &SearchKey::Seq(SeqSet::Saved),
+            &c2,
+            &mut load,
+            &mut cache
+        ));
     }
 }

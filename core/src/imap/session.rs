@@ -25,7 +25,7 @@ use crate::accounts;
 use crate::hooks::{HookCtx, HookPoint, Verdict};
 use crate::net::Stream;
 use crate::server::Shared;
-use crate::store::{Mailbox, MailboxEvent, MessageMeta, Placement, StoreError};
+use crate::store::{FlagOp, Mailbox, MailboxEvent, MessageMeta, Placement, StoreError};
 
 const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
 
@@ -632,7 +632,13 @@ impl Session {
         };
         // Create missing parents too (RFC 9051 §6.3.4).
         let user = self.user.clone().unwrap_or_default();
-        if self.shared.store.mailbox(&user, name).map_err(store_err)?.is_some() {
+        if self
+            .shared
+            .store
+            .mailbox(&user, name)
+            .map_err(store_err)?
+            .is_some()
+        {
             return Err(no("[ALREADYEXISTS] Mailbox already exists"));
         }
         self.create_parents(&user, name)?;
@@ -662,10 +668,21 @@ impl Session {
         let b = b.trim_end_matches('/');
         Self::check_name(b)?;
         let user = self.user.clone().unwrap_or_default();
-        if self.shared.store.mailbox(&user, a).map_err(store_err)?.is_none() {
+        if self
+            .shared
+            .store
+            .mailbox(&user, a)
+            .map_err(store_err)?
+            .is_none()
+        {
             return Err(no("[NONEXISTENT] No such mailbox"));
         }
-        if self.shared.store.mailbox(&user, b).map_err(store_err)?.is_some()
+        if self
+            .shared
+            .store
+            .mailbox(&user, b)
+            .map_err(store_err)?
+            .is_some()
             || b.eq_ignore_ascii_case("INBOX")
         {
             return Err(no("[ALREADYEXISTS] Mailbox already exists"));
@@ -1315,17 +1332,19 @@ impl Session {
             let mut meta = meta;
             let mut flags_changed = false;
             if sets_seen && !read_only && !has_flag(&meta, "\\Seen") {
-                let mut flags = meta.flags.clone();
-                flags.push("\\Seen".into());
-                if let Ok(done) = self.shared.store.set_flags(
+                // Added in the store's transaction, not written from this session's copy,
+                // so that a concurrent flag change by another session is kept.
+                if let Ok((done, _)) = self.shared.store.update_flags(
                     &user,
                     self.selected.as_ref().expect("sel").mailbox.id,
-                    &[(meta.uid, flags.clone())],
-                ) {
-                    meta.flags = flags;
-                    if let Some((_, ms)) = done.first() {
-                        meta.modseq = *ms;
-                    }
+                    &[meta.uid],
+                    FlagOp::Add,
+                    &["\\Seen".to_string()],
+                    None,
+                ) && let Some(u) = done.first()
+                {
+                    meta.flags = u.flags.clone();
+                    meta.modseq = u.modseq;
                     flags_changed = true;
                     if let Some(s) = self.selected.as_mut() {
                         s.msgs[idx] = meta.clone();
@@ -1377,70 +1396,40 @@ impl Session {
         let indices = self.resolve(uid, set);
         let flags: Vec<String> = flags.into_iter().filter(|f| f != "\\Recent").collect();
         let sel = self.selected.as_ref().expect("selected");
-        let mut changes = Vec::new();
-        let mut modified = Vec::new();
-        for &i in &indices {
-            let m = &sel.msgs[i];
-            if unchanged_since.is_some_and(|u| m.modseq > u) {
-                modified.push(if uid { m.uid } else { i as u32 + 1 });
-                continue;
-            }
-            let mut new: Vec<String> = match mode {
-                StoreMode::Replace => flags.clone(),
-                StoreMode::Add => {
-                    let mut v = m.flags.clone();
-                    for f in &flags {
-                        if !v.iter().any(|x| x.eq_ignore_ascii_case(f)) {
-                            v.push(f.clone());
-                        }
-                    }
-                    v
-                }
-                StoreMode::Remove => m
-                    .flags
-                    .iter()
-                    .filter(|x| !flags.iter().any(|f| f.eq_ignore_ascii_case(x)))
-                    .cloned()
-                    .collect(),
-            };
-            new.dedup();
-            if new != m.flags {
-                changes.push((m.uid, new));
-            } else if !silent {
-                changes.push((m.uid, new));
-            }
-        }
+        let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs[i].uid).collect();
+        let op = match mode {
+            StoreMode::Replace => FlagOp::Replace,
+            StoreMode::Add => FlagOp::Add,
+            StoreMode::Remove => FlagOp::Remove,
+        };
         let user = self.user.clone().unwrap_or_default();
         let mbid = sel.mailbox.id;
-        let real: Vec<(u32, Vec<String>)> = changes
-            .iter()
-            .filter(|(u, f)| {
-                sel.msgs
-                    .iter()
-                    .find(|m| m.uid == *u)
-                    .is_some_and(|m| &m.flags != f)
-            })
-            .cloned()
-            .collect();
-        let done = if real.is_empty() {
-            Vec::new()
-        } else {
-            self.shared
-                .store
-                .set_flags(&user, mbid, &real)
-                .map_err(store_err)?
-        };
-        self.shared.store.commit().await.map_err(store_err)?;
+        // The new flags are computed from the stored ones inside the store's transaction, so
+        // concurrent STOREs from other sessions are not overwritten.
+        let store = self.shared.store.clone();
+        let (updates, modified_uids) = tokio::task::spawn_blocking(move || {
+            store.update_flags(&user, mbid, &uids, op, &flags, unchanged_since)
+        })
+        .await
+        .map_err(|_| no("[SERVERBUG] Internal error"))?
+        .map_err(store_err)?;
+        if updates.iter().any(|u| u.changed) {
+            self.shared.store.commit().await.map_err(store_err)?;
+        }
         let condstore = self.condstore;
         let sel = self.selected.as_mut().expect("selected");
-        for (u, f) in &changes {
-            let Some(i) = sel.msgs.iter().position(|m| m.uid == *u) else {
+        let mut modified = Vec::new();
+        for u in &modified_uids {
+            if let Some(i) = sel.msgs.iter().position(|m| m.uid == *u) {
+                modified.push(if uid { *u } else { i as u32 + 1 });
+            }
+        }
+        for u in &updates {
+            let Some(i) = sel.msgs.iter().position(|m| m.uid == u.uid) else {
                 continue;
             };
-            if let Some((_, ms)) = done.iter().find(|(x, _)| x == u) {
-                sel.msgs[i].flags = f.clone();
-                sel.msgs[i].modseq = *ms;
-            }
+            sel.msgs[i].flags = u.flags.clone();
+            sel.msgs[i].modseq = u.modseq;
             if !silent || (condstore && unchanged_since.is_some()) {
                 let m = &sel.msgs[i];
                 let mut line = format!("* {} FETCH (", i + 1);

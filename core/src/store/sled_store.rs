@@ -684,6 +684,64 @@ impl MailStore for SledStore {
             .or_insert_with(|| broadcast::channel(256).0)
             .subscribe()
     }
+
+    fn update_flags(
+        &self,
+        user: &str,
+        mailbox_id: u64,
+        uids: &[u32],
+        op: FlagOp,
+        flags: &[String],
+        unchanged_since: Option<u64>,
+    ) -> Result<(Vec<FlagUpdate>, Vec<u32>)> {
+        let user = normalize_address(user);
+        let mbkey = self.mailbox_key_by_id(&user, mailbox_id)?;
+        // Read-modify-write in one transaction: sled retries it on conflict, so two
+        // sessions adding different flags to one message both see their flag stored.
+        let result = (&self.mailboxes, &self.messages)
+            .transaction(|(mbx, msgs)| {
+                let Some(v) = mbx.get(&mbkey)? else {
+                    return abort(StoreError::NotFound("mailbox".into()));
+                };
+                let mut mb: Mailbox = serde_json::from_slice(&v)
+                    .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
+                let mut out = Vec::with_capacity(uids.len());
+                let mut modified = Vec::new();
+                for uid in uids {
+                    let key = msg_key(mailbox_id, *uid);
+                    let Some(v) = msgs.get(key)? else { continue };
+                    let mut meta =
+                        MessageMeta::decode(&v).map_err(ConflictableTransactionError::Abort)?;
+                    if unchanged_since.is_some_and(|u| meta.modseq > u) {
+                        modified.push(*uid);
+                        continue;
+                    }
+                    let new = op.apply(&meta.flags, flags);
+                    let changed = new != meta.flags;
+                    if changed {
+                        mb.highest_modseq += 1;
+                        meta.flags = new;
+                        meta.modseq = mb.highest_modseq;
+                        msgs.insert(&key, meta.encode())?;
+                    }
+                    out.push(FlagUpdate {
+                        uid: *uid,
+                        flags: meta.flags,
+                        modseq: meta.modseq,
+                        changed,
+                    });
+                }
+                if out.iter().any(|u| u.changed) {
+                    mbx.insert(mbkey.clone(), serde_json::to_vec(&mb).expect("json"))?;
+                }
+                Ok((out, modified))
+            })
+            .map_err(tx_err)?;
+        if result.0.iter().any(|u| u.changed) {
+            self.notify(&user, mailbox_id, MailboxEvent::FlagsChanged);
+        }
+        Ok(result)
+    }
 }
 
 /// Drop one reference to a blob, deleting it with the last one.
@@ -769,6 +827,86 @@ mod tests {
             SledStore::open(d.path()),
             Err(StoreError::TooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn update_flags_is_atomic_and_honours_unchangedsince() {
+        let d = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(SledStore::open(d.path()).unwrap());
+        s.create_account("a@x.org", "x").unwrap();
+        let p = Placement {
+            user: "a@x.org".into(),
+            mailbox: "INBOX".into(),
+            flags: vec!["\\Seen".into()],
+        };
+        s.deliver(b"m", 1, &[p]).unwrap();
+        let mb = s.mailbox("a@x.org", "INBOX").unwrap().unwrap();
+        // Several threads add distinct keywords at once: none may be lost.
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        s.update_flags(
+                            "a@x.org",
+                            mb.id,
+                            &[1],
+                            FlagOp::Add,
+                            &[format!("k{t}_{i}")],
+                            None,
+                        )
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let m = &s.messages(mb.id).unwrap()[0];
+        assert_eq!(m.flags.len(), 101, "{:?}", m.flags);
+        // An update that changes nothing keeps MODSEQ; a stale UNCHANGEDSINCE is refused.
+        let (u, modified) = s
+            .update_flags(
+                "a@x.org",
+                mb.id,
+                &[1, 9],
+                FlagOp::Add,
+                &["\\seen".into()],
+                None,
+            )
+            .unwrap();
+        assert!(modified.is_empty());
+        assert_eq!(u.len(), 1);
+        assert!(!u[0].changed && u[0].modseq == m.modseq);
+        let (u, modified) = s
+            .update_flags(
+                "a@x.org",
+                mb.id,
+                &[1],
+                FlagOp::Replace,
+                &[],
+                Some(m.modseq - 1),
+            )
+            .unwrap();
+        assert!(u.is_empty() && modified == vec![1]);
+        let (u, _) = s
+            .update_flags(
+                "a@x.org",
+                mb.id,
+                &[1],
+                FlagOp::Remove,
+                &["k0_0".into()],
+                Some(m.modseq),
+            )
+            .unwrap();
+        assert!(u[0].changed && u[0].modseq > m.modseq && u[0].flags.len() == 100);
+        let hm = s
+            .mailbox("a@x.org", "INBOX")
+            .unwrap()
+            .unwrap()
+            .highest_modseq;
+        assert_eq!(hm, u[0].modseq);
     }
 
     #[test]
