@@ -26,6 +26,9 @@ pub enum Frame {
         tag: String,
         /// `{n+}` literal.
         nonsync: bool,
+        /// Bytes up to the end of the line that announced the literal: the refused command
+        /// (earlier lines and literals included) to drop before reading on.
+        end: usize,
     },
 }
 
@@ -57,7 +60,11 @@ pub fn frame(buf: &[u8], acked: usize, max_line: usize, max_literal: u64) -> Fra
                 .next()
                 .map(|t| String::from_utf8_lossy(t).into_owned())
                 .unwrap_or_default();
-            return Frame::LiteralTooBig { tag, nonsync };
+            return Frame::LiteralTooBig {
+                tag,
+                nonsync,
+                end: nl + 1,
+            };
         }
         let start = nl + 1;
         if (buf.len() as u64) < start as u64 + size {
@@ -1136,8 +1143,17 @@ mod tests {
         );
         assert!(matches!(
             frame(b"a APPEND x {999}\r\n", 0, 100, 100),
-            Frame::LiteralTooBig { .. }
+            Frame::LiteralTooBig { end: 18, nonsync: false, .. }
         ));
+        // Too large in a later line: the whole command so far is to be dropped.
+        assert_eq!(
+            frame(b"b LOGIN {3}\r\nabc {999}\r\nc NOOP\r\n", 1, 100, 100),
+            Frame::LiteralTooBig {
+                tag: "b".into(),
+                nonsync: false,
+                end: 26
+            }
+        );
         assert_eq!(frame(&[b'x'; 200], 0, 100, 100), Frame::LineTooLong);
     }
 

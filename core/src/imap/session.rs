@@ -291,19 +291,19 @@ impl Session {
                     self.logout = true;
                     return Ok(());
                 }
-                Frame::LiteralTooBig { tag, nonsync } => {
+                Frame::LiteralTooBig { tag, nonsync, end } => {
                     if nonsync {
                         self.untagged("BYE [TOOBIG] Literal too large");
                         self.logout = true;
-                    } else {
-                        // Drop the command line; the client will not send the literal.
-                        let nl = memchr::memchr(b'\n', &self.inbuf).unwrap_or(self.inbuf.len() - 1);
-                        self.inbuf.drain(..nl + 1);
-                        self.out.extend_from_slice(
-                            format!("{tag} NO [TOOBIG] Literal too large\r\n").as_bytes(),
-                        );
+                        return Ok(());
                     }
-                    return Ok(());
+                    // Drop the command up to the refused announcement (the client will not
+                    // send that literal) and go on with whatever follows it.
+                    self.inbuf.drain(..end);
+                    self.acked = 0;
+                    self.out.extend_from_slice(
+                        format!("{tag} NO [TOOBIG] Literal too large\r\n").as_bytes(),
+                    );
                 }
                 Frame::Complete(n) => {
                     let bytes: Vec<u8> = self.inbuf.drain(..n).collect();
