@@ -186,3 +186,30 @@ def test_other_mailbox_activity_does_not_disturb(imap_server, user):
     assert a.ok("NOOP") == []
     a.close()
     b.close()
+
+
+def test_expunge_and_close_see_deleted_flags_set_elsewhere(imap_server, user):
+    """EXPUNGE removes every message that has \\Deleted now, also when another session set
+    the flag and this one has not been told yet (no NOOP in between); CLOSE likewise."""
+    for i in range(4):
+        imap_server.deliver(user, subject=f"m{i}")
+    a, b = imap_server.raw(user), imap_server.raw(user)
+    a.ok("SELECT INBOX")
+    b.ok("SELECT INBOX")
+    b.ok("STORE 2 +FLAGS.SILENT (\\Deleted)")
+    untagged = a.ok("EXPUNGE")
+    assert b"* 2 EXPUNGE" in untagged, untagged
+    assert uid_list(a) == [1, 3, 4]
+    b.ok("NOOP")
+    b.ok("STORE 3 +FLAGS.SILENT (\\Deleted)")  # seq 3 of B = UID 4... B saw the expunge
+    a.ok("CLOSE")
+    a.ok("SELECT INBOX")
+    assert uid_list(a) == [1, 3]
+    # And the reverse: \Deleted removed elsewhere is not expunged.
+    a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    b.ok("NOOP")
+    b.ok("STORE 1 -FLAGS.SILENT (\\Deleted)")
+    assert not any(l.endswith(b"EXPUNGE") for l in a.ok("EXPUNGE"))
+    assert uid_list(a) == [1, 3]
+    a.close()
+    b.close()

@@ -1143,7 +1143,11 @@ mod tests {
         );
         assert!(matches!(
             frame(b"a APPEND x {999}\r\n", 0, 100, 100),
-            Frame::LiteralTooBig { end: 18, nonsync: false, .. }
+            Frame::LiteralTooBig {
+                end: 18,
+                nonsync: false,
+                ..
+            }
         ));
         // Too large in a later line: the whole command so far is to be dropped.
         assert_eq!(

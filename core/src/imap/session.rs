@@ -223,7 +223,13 @@ impl Session {
                     }
                 },
                 ev = recv_event(&mut self.watch), if idle => {
-                    if ev {
+                    let selected = self.selected.as_ref().map(|s| s.mailbox.id);
+                    match ev {
+                        Some(Some(id)) if Some(id) == selected => self.dirty = true,
+                        Some(None) => self.dirty = true, // events lost: re-read
+                        _ => {}
+                    }
+                    if ev.is_some() {
                         self.sync(true).await;
                     }
                 }
@@ -476,8 +482,13 @@ impl Session {
                 let sel = self.selected.take().expect("selected");
                 self.saved.clear();
                 if !sel.read_only {
-                    let uids: Vec<u32> = sel
-                        .msgs
+                    // The stored flags, not this session's view: another session may have
+                    // set or cleared \Deleted since this one last synchronised.
+                    let uids: Vec<u32> = self
+                        .shared
+                        .store
+                        .messages(sel.mailbox.id)
+                        .unwrap_or_default()
                         .iter()
                         .filter(|m| has_flag(m, "\\Deleted"))
                         .map(|m| m.uid)
@@ -875,6 +886,9 @@ impl Session {
             self.untagged("OK [CLOSED] Previous mailbox closed");
         }
         self.saved.clear(); // `$` does not survive a mailbox change (RFC 5182 §2.1)
+        // Events so far concern the previous view; later ones will mark this one dirty.
+        self.drain_events();
+        self.dirty = false;
         if condstore {
             self.condstore = true;
         }
@@ -1010,15 +1024,14 @@ impl Session {
 
     /// Merge changes made elsewhere into the selected view and report them.
     async fn sync(&mut self, allow_expunge: bool) {
-        if let Some(w) = &mut self.watch {
-            loop {
-                match w.try_recv() {
-                    Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => self.dirty = true,
-                    Err(_) => break,
-                }
-            }
-        }
+        self.drain_events();
         let Some(sel) = &self.selected else { return };
+        // Every change to a mailbox's messages is announced by the store (see
+        // `MailStore::watch`), so without an event there is nothing to re-read: this keeps
+        // FETCH/STORE/NOOP on a big mailbox from rescanning it each time.
+        if !self.dirty {
+            return;
+        }
         let fresh = match self.shared.store.messages(sel.mailbox.id) {
             Ok(m) => m,
             Err(_) => return,
@@ -1028,6 +1041,8 @@ impl Session {
         let sel = self.selected.as_mut().expect("selected");
         let mut out = Vec::new();
         let fresh_uids: HashSet<u32> = fresh.iter().map(|m| m.uid).collect();
+        // Expunges held back now must be reported by a later sync: stay dirty until then.
+        let held_back = !allow_expunge && sel.msgs.iter().any(|m| !fresh_uids.contains(&m.uid));
         if allow_expunge {
             let mut vanished = Vec::new();
             for i in (0..sel.msgs.len()).rev() {
@@ -1091,30 +1106,34 @@ impl Session {
         {
             sel.mailbox = mb;
         }
-        self.dirty = false;
+        self.dirty = held_back;
         self.out.extend_from_slice(&out);
     }
 
-    /// Indices (0-based) of the selected messages in `set`.
+    /// Take the store's change events: those for the selected mailbox (or a lost count of
+    /// them) mark the view as needing a re-read.
+    fn drain_events(&mut self) {
+        let selected = self.selected.as_ref().map(|s| s.mailbox.id);
+        if let Some(w) = &mut self.watch {
+            loop {
+                match w.try_recv() {
+                    Ok((id, _)) => {
+                        if Some(id) == selected {
+                            self.dirty = true;
+                        }
+                    }
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => self.dirty = true,
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Indices (0-based) of the selected messages in `set`, ascending and without
+    /// duplicates.
     fn resolve(&self, uid: bool, set: &SeqSet) -> Vec<usize> {
         let sel = self.selected.as_ref().expect("selected");
-        let n = sel.msgs.len() as u32;
-        let max_uid = sel.msgs.last().map(|m| m.uid).unwrap_or(0);
-        let saved = &self.saved;
-        sel.msgs
-            .iter()
-            .enumerate()
-            .filter(|(i, m)| {
-                if uid {
-                    set.contains(m.uid, max_uid.max(1), saved)
-                } else if let SeqSet::Saved = set {
-                    saved.contains(&m.uid)
-                } else {
-                    set.contains(*i as u32 + 1, n, &[])
-                }
-            })
-            .map(|(i, _)| i)
-            .collect()
+        resolve_set(&sel.msgs, uid, set, &self.saved)
     }
 
     async fn expunge(&mut self, set: Option<SeqSet>) -> CmdResult {
@@ -1122,7 +1141,12 @@ impl Session {
         if sel.read_only {
             return Err(no("[READ-ONLY] Mailbox is read-only"));
         }
-        let filter: Option<Vec<usize>> = set.as_ref().map(|s| self.resolve(true, s));
+        // Flags set by other sessions count too: learn them first (their FETCH responses
+        // are sent; expunges stay held back until after ours).
+        self.sync(false).await;
+        let filter: Option<HashSet<usize>> = set
+            .as_ref()
+            .map(|s| self.resolve(true, s).into_iter().collect());
         let sel = self.selected.as_ref().expect("selected");
         let uids: Vec<u32> = sel
             .msgs
@@ -1521,7 +1545,9 @@ pub fn render(
 ) -> (Vec<u8>, bool) {
     let mut failed = false;
     let idx = seq - 1;
-    let root = body.as_ref().map(|b| mime::parse_message(b));
+    // The MIME structure is computed only for items that need it (not for BODY[]).
+    let parsed = std::cell::OnceCell::new();
+    let root = || body.map(|b| parsed.get_or_init(|| mime::parse_message(b)));
     let mut line = format!("* {} FETCH (", idx + 1).into_bytes();
     let mut first = true;
     let mut sep = |line: &mut Vec<u8>| {
@@ -1562,7 +1588,7 @@ pub fn render(
             FetchItem::Envelope => {
                 sep(&mut line);
                 line.extend_from_slice(b"ENVELOPE ");
-                if let (Some(b), Some(r)) = (&body, &root) {
+                if let (Some(b), Some(r)) = (body, root()) {
                     mime::envelope(b, r, &mut line);
                 }
             }
@@ -1570,7 +1596,7 @@ pub fn render(
                 sep(&mut line);
                 let ext = matches!(item, FetchItem::BodyStructure);
                 line.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
-                if let (Some(b), Some(r)) = (&body, &root) {
+                if let (Some(b), Some(r)) = (body, root()) {
                     mime::body_structure(b, r, ext, &mut line);
                 }
             }
@@ -1580,10 +1606,17 @@ pub fn render(
                 legacy,
                 ..
             } => {
-                let (Some(b), Some(r)) = (&body, &root) else {
+                let Some(b) = body else {
                     continue;
                 };
-                let data = mime::section_bytes(b, r, &section.part, &section.kind);
+                let data: Option<std::borrow::Cow<'_, [u8]>> =
+                    if section.part.is_empty() && section.kind == SectionKind::Full {
+                        Some(std::borrow::Cow::Borrowed(b))
+                    } else {
+                        let r = root().expect("body present");
+                        mime::section_bytes(b, r, &section.part, &section.kind)
+                            .map(std::borrow::Cow::Owned)
+                    };
                 sep(&mut line);
                 match legacy {
                     Some(name) => line.extend_from_slice(name.as_bytes()),
@@ -1601,7 +1634,7 @@ pub fn render(
                 );
             }
             FetchItem::Binary { part, partial, .. } => {
-                let (Some(b), Some(r)) = (&body, &root) else {
+                let (Some(b), Some(r)) = (body, root()) else {
                     continue;
                 };
                 match mime::binary(b, r, part) {
@@ -1620,7 +1653,7 @@ pub fn render(
                 }
             }
             FetchItem::BinarySize(part) => {
-                let (Some(b), Some(r)) = (&body, &root) else {
+                let (Some(b), Some(r)) = (body, root()) else {
                     continue;
                 };
                 match mime::binary(b, r, part) {
@@ -1658,12 +1691,59 @@ pub fn render(
     (line, failed)
 }
 
-async fn recv_event(w: &mut Option<broadcast::Receiver<(u64, MailboxEvent)>>) -> bool {
+/// Indices (0-based, ascending, no duplicates) of the messages of `msgs` (in UID order) that
+/// `set` names: UIDs when `uid`, else sequence numbers; `$` is the saved UIDs. Ranges are
+/// mapped directly (sequence numbers) or by binary search (UIDs), never by scanning every
+/// message per range.
+pub fn resolve_set(msgs: &[MessageMeta], uid: bool, set: &SeqSet, saved: &[u32]) -> Vec<usize> {
+    let n = msgs.len();
+    let mut out: Vec<usize> = match set {
+        SeqSet::Saved => {
+            let saved: HashSet<u32> = saved.iter().copied().collect();
+            return (0..n).filter(|&i| saved.contains(&msgs[i].uid)).collect();
+        }
+        SeqSet::Ranges(ranges) => {
+            let mut v = Vec::new();
+            let star = if uid {
+                msgs.last().map(|m| m.uid).unwrap_or(0).max(1)
+            } else {
+                n as u32
+            };
+            for &(a, b) in ranges {
+                let a = if a == u32::MAX { star } else { a };
+                let b = if b == u32::MAX { star } else { b };
+                let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+                if uid {
+                    let start = msgs.partition_point(|m| m.uid < lo);
+                    let end = msgs.partition_point(|m| m.uid <= hi);
+                    v.extend(start..end);
+                } else if lo >= 1 && (lo as usize) <= n {
+                    v.extend(lo as usize - 1..(hi as usize).min(n));
+                }
+            }
+            v
+        }
+    };
+    if let SeqSet::Ranges(r) = set
+        && r.len() > 1
+    {
+        out.sort_unstable();
+        out.dedup();
+    }
+    out
+}
+
+/// The next store event: `Some(Some(mailbox id))`, `Some(None)` when events were lost
+/// (lagged), `None` when the channel closed.
+async fn recv_event(
+    w: &mut Option<broadcast::Receiver<(u64, MailboxEvent)>>,
+) -> Option<Option<u64>> {
     match w {
-        Some(r) => matches!(
-            r.recv().await,
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_))
-        ),
+        Some(r) => match r.recv().await {
+            Ok((id, _)) => Some(Some(id)),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some(None),
+            Err(broadcast::error::RecvError::Closed) => None,
+        },
         None => std::future::pending().await,
     }
 }
@@ -1801,6 +1881,45 @@ pub fn imap_string(s: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn metas(uids: &[u32]) -> Vec<MessageMeta> {
+        uids.iter()
+            .map(|&uid| MessageMeta {
+                uid,
+                blob: 0,
+                size: 0,
+                flags: vec![],
+                internal_date: 0,
+                modseq: 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resolve_sets() {
+        let m = metas(&[2, 5, 6, 9, 20]);
+        let r = |uid, s: SeqSet| resolve_set(&m, uid, &s, &[6, 20]);
+        let ranges = |v: &[(u32, u32)]| SeqSet::Ranges(v.to_vec());
+        // Sequence numbers, `*`, reversed ranges, overlaps, beyond the end.
+        assert_eq!(r(false, ranges(&[(1, 2)])), vec![0, 1]);
+        assert_eq!(r(false, ranges(&[(u32::MAX, 4)])), vec![3, 4]);
+        assert_eq!(
+            r(false, ranges(&[(4, 9), (2, 3), (3, 3)])),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(r(false, ranges(&[(6, 9)])), Vec::<usize>::new());
+        // UIDs: ranges between existing UIDs, `*` is the highest UID, even if below.
+        assert_eq!(r(true, ranges(&[(3, 6)])), vec![1, 2]);
+        assert_eq!(r(true, ranges(&[(21, u32::MAX)])), vec![4]);
+        assert_eq!(r(true, ranges(&[(1, 1), (7, 8)])), Vec::<usize>::new());
+        assert_eq!(r(true, ranges(&[(9, 9), (2, 2)])), vec![0, 3]);
+        // `$` holds UIDs.
+        assert_eq!(r(true, SeqSet::Saved), vec![2, 4]);
+        assert_eq!(r(false, SeqSet::Saved), vec![2, 4]);
+        // Empty mailbox.
+        assert!(resolve_set(&[], false, &ranges(&[(1, u32::MAX)]), &[]).is_empty());
+        assert!(resolve_set(&[], true, &ranges(&[(1, u32::MAX)]), &[]).is_empty());
+    }
 
     #[test]
     fn sets_and_wildcards() {

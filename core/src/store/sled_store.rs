@@ -575,10 +575,14 @@ impl MailStore for SledStore {
         };
         let mb: Mailbox = serde_json::from_slice(&v)?;
         let uids: Vec<u32> = self.messages(mb.id)?.iter().map(|m| m.uid).collect();
-        for uid in uids {
-            if let Some(v) = self.messages.remove(msg_key(mb.id, uid))? {
+        for uid in &uids {
+            if let Some(v) = self.messages.remove(msg_key(mb.id, *uid))? {
                 release_blob(&self.blobrefs, &self.blobs, MessageMeta::decode(&v)?.blob)?;
             }
+        }
+        // Sessions that have it selected see its messages go.
+        if !uids.is_empty() {
+            self.notify(&user, mb.id, MailboxEvent::Expunged);
         }
         Ok(())
     }
