@@ -1155,7 +1155,7 @@ mod tests {
             Frame::LiteralTooBig {
                 tag: "b".into(),
                 nonsync: false,
-                end: 26
+                end: 24
             }
         );
         assert_eq!(frame(&[b'x'; 200], 0, 100, 100), Frame::LineTooLong);
