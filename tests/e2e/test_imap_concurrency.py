@@ -213,3 +213,36 @@ def test_expunge_and_close_see_deleted_flags_set_elsewhere(imap_server, user):
     assert uid_list(a) == [1, 3]
     a.close()
     b.close()
+
+
+def test_big_mailbox_views_stay_consistent(imap_server, user):
+    """Above a few hundred messages the store serves metadata from its cache: every change
+    made by one session must still be seen by the others and by later SELECTs."""
+    a = imap_server.raw(user)
+    msg = b"Subject: bulk\r\n\r\nbody\r\n"
+    a.send(b"".join(b"p%d APPEND INBOX {%d+}\r\n%s\r\n" % (i, len(msg), msg)
+                    for i in range(400)))
+    for i in range(400):
+        _, tagged = a.read_until("p%d" % i)
+        assert b" OK " in tagged
+    a.ok("SELECT INBOX")
+    b = imap_server.raw(user)
+    b.ok("SELECT INBOX")
+    b.ok("STORE 10:20 +FLAGS.SILENT (\\Flagged $Big)")
+    b.ok("STORE 5,300:310 +FLAGS.SILENT (\\Deleted)")
+    b.ok("EXPUNGE")
+    b.send(b"x APPEND INBOX {%d+}\r\n%s\r\n" % (len(msg), msg))
+    b.read_until("x")
+    view = list(range(1, 401))
+    untagged = a.ok("NOOP")
+    view = apply_expunges(view, untagged)
+    view += [401] if b"* 389 EXISTS" in untagged else []
+    assert b"* 389 EXISTS" in untagged, untagged[-3:]
+    assert view == uid_list(a) == uid_list(b)
+    for r in (a, b, imap_server.raw(user)):
+        r.ok("EXAMINE INBOX")
+        flagged = r.ok("SEARCH FLAGGED")[0].split()[2:]
+        assert [int(x) for x in flagged] == list(range(9, 20)), flagged
+        assert r.ok("SEARCH DELETED") == [b"* SEARCH"]
+        assert b"MESSAGES 389" in r.ok("STATUS INBOX (MESSAGES)")[0]
+        r.close()

@@ -5,6 +5,7 @@
 //! after [`MailStore::commit`] has resolved for the writes it covers.
 
 mod commit;
+mod meta_cache;
 mod sled_store;
 
 pub use commit::Commit;
