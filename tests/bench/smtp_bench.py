@@ -778,7 +778,8 @@ def main():
     ap.add_argument("--servers", default=os.environ.get("BENCH_SERVERS", "corvus,postfix"),
                     help="comma-separated: corvus,postfix")
     ap.add_argument("--concurrency", default="1,10,100")
-    ap.add_argument("--seconds", type=float, default=12.0, help="target duration of each run (sets N)")
+    ap.add_argument("--seconds", type=float, default=15.0,
+                    help="target duration of each run; N = calibrated rate × this (at least --min-messages)")
     ap.add_argument("--messages", type=int, default=0, help="fixed N per run (skips calibration)")
     ap.add_argument("--min-messages", type=int, default=2000)
     ap.add_argument("--max-messages", type=int, default=100000)
