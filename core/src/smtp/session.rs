@@ -190,12 +190,19 @@ impl Session {
         c
     }
 
+    /// Take the reverse-lookup result if it has arrived, without waiting.
+    async fn refresh_fcrdns(&mut self) {
+        if self.fcrdns.is_none() && self.fcrdns_task.as_ref().is_some_and(|t| t.is_finished()) {
+            self.fcrdns().await;
+        }
+    }
+
     async fn fcrdns(&mut self) -> Fcrdns {
         if let Some(f) = &self.fcrdns {
             return f.clone();
         }
         let f = match self.fcrdns_task.take() {
-            Some(t) => match tokio::time::timeout(Duration::from_secs(10), t).await {
+            Some(t) => match tokio::time::timeout(Duration::from_secs(6), t).await {
                 Ok(Ok(f)) => f,
                 _ => Fcrdns::TempError,
             },
@@ -207,8 +214,16 @@ impl Session {
 
     async fn run(&mut self) -> std::io::Result<()> {
         // Connect: FCrDNS policy, then the connect hooks.
-        let f = self.fcrdns().await;
-        if self.shared.config.smtp.fcrdns == FcrdnsPolicy::Reject && !matches!(f, Fcrdns::Pass(_)) {
+        // The reverse lookup runs in the background; the greeting waits for it only when the
+        // policy rejects on failure (a slow resolver must not stall every connection). Later
+        // steps (hooks after connect, the Received header) use the result once it is there.
+        let reject_policy = self.shared.config.smtp.fcrdns == FcrdnsPolicy::Reject;
+        let f = if reject_policy {
+            self.fcrdns().await
+        } else {
+            Fcrdns::TempError
+        };
+        if reject_policy && !matches!(f, Fcrdns::Pass(_)) {
             self.reply(Reply::new(
                 550,
                 "5.7.25",
@@ -414,6 +429,7 @@ impl Session {
     }
 
     async fn command(&mut self, line: &[u8]) -> Flow {
+        self.refresh_fcrdns().await;
         let cmd = match parse_command(line) {
             Ok(c) => c,
             Err(e) => {
