@@ -57,6 +57,8 @@ pub enum AdminCommand {
     },
     /// List aliases.
     AliasList,
+    /// Reload hook scripts in the running server (handled by the control socket itself).
+    Reload,
 }
 
 /// Errors from administrative commands.
@@ -154,6 +156,12 @@ pub fn execute(
         AdminCommand::AliasDel { alias } => {
             store.delete_alias(&alias)?;
             format!("removed alias {}", alias.to_lowercase())
+        }
+        AdminCommand::Reload => {
+            return Err(AdminError::Usage(
+                "no running server to reload (scripts are loaded when `corvus serve` starts)"
+                    .into(),
+            ));
         }
         AdminCommand::AliasList => store
             .aliases()?

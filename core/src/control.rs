@@ -2,6 +2,7 @@
 //! server (sled lets one process open the store). One JSON request line, one JSON reply line.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -20,12 +21,16 @@ pub struct ControlReply {
     pub text: String,
 }
 
+/// Reloads what a running server can reload (hook scripts); `Ok` text or `Err` problems.
+pub type Reloader = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
 /// Serve the control socket until `stop` fires.
 pub async fn serve(
     path: &Path,
     store: Store,
     domains: Vec<String>,
     stop: CancellationToken,
+    reload: Reloader,
 ) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
@@ -42,7 +47,8 @@ pub async fn serve(
                     let Ok((stream, _)) = conn else { continue };
                     let store = store.clone();
                     let domains = domains.clone();
-                    tokio::spawn(async move { let _ = handle(stream, store, domains).await; });
+                    let reload = reload.clone();
+                    tokio::spawn(async move { let _ = handle(stream, store, domains, reload).await; });
                 }
             }
         }
@@ -51,11 +57,27 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle(stream: UnixStream, store: Store, domains: Vec<String>) -> std::io::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    store: Store,
+    domains: Vec<String>,
+    reload: Reloader,
+) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r).take(1 << 20).read_line(&mut line).await?;
     let reply = match serde_json::from_str::<AdminCommand>(&line) {
+        Ok(AdminCommand::Reload) => {
+            tracing::info!(cmd = "reload", "control command");
+            match tokio::task::spawn_blocking(move || reload()).await {
+                Ok(Ok(text)) => ControlReply { ok: true, text },
+                Ok(Err(text)) => ControlReply { ok: false, text },
+                Err(e) => ControlReply {
+                    ok: false,
+                    text: format!("internal error: {e}"),
+                },
+            }
+        }
         Ok(cmd) => {
             tracing::info!(cmd = %command_name(&cmd), "control command");
             match tokio::task::spawn_blocking(move || execute(&store, &domains, cmd)).await {

@@ -16,7 +16,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::hooks::HookChain;
-use crate::hooks::builtin::BuiltinPolicy;
 use crate::net::{AuthThrottle, ConnLimits, ConnRefused};
 use crate::store::{SledStore, Store};
 
@@ -28,7 +27,7 @@ pub struct Shared {
     pub store: Store,
     /// TLS for STARTTLS and implicit TLS.
     pub tls: TlsAcceptor,
-    /// Hook chain (built-in policy first).
+    /// Hook chain (built-in policy first, then `[[hooks]]`); swapped by [`reload_hooks`].
     pub hooks: HookChain,
     /// DNS resolver.
     pub resolver: TokioResolver,
@@ -57,8 +56,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let tls = crate::tls::acceptor(&config)?;
     let resolver = crate::dns::resolver(&config).map_err(anyhow::Error::msg)?;
     let shutdown = CancellationToken::new();
+    let hooks = crate::hooks::build_entries(&config, &store)
+        .map_err(|problems| anyhow::anyhow!("hooks: {}", problems.join("\n")))?;
     let shared = Arc::new(Shared {
-        hooks: HookChain::new(vec![Arc::new(BuiltinPolicy)]),
+        hooks: HookChain::new(hooks),
         auth_throttle: AuthThrottle::new(
             config.smtp.max_auth_failures,
             config.smtp.auth_fail_window,
@@ -82,11 +83,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("listen.{proto}: cannot bind {addr}"))?;
         bound.push((proto, addr, l));
     }
+    let for_reload = shared.clone();
     crate::control::serve(
         &config.control_socket(),
         store.clone(),
         config.domains.clone(),
         shutdown.clone(),
+        Arc::new(move || reload_hooks(&for_reload)),
     )
     .await
     .with_context(|| format!("control socket {}", config.control_socket().display()))?;
@@ -111,6 +114,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
+    tokio::spawn(reload_on_sighup(shared.clone()));
+
     let tracker = TaskTracker::new();
     for (proto, _addr, listener) in bound {
         let shared = shared.clone();
@@ -131,6 +136,41 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     store.commit().await?;
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// Re-read the config file and put its `[[hooks]]` in place. Nothing changes unless every
+/// script compiles (and its `init` succeeds); sessions keep running throughout.
+pub fn reload_hooks(shared: &Shared) -> Result<String, String> {
+    let config = match &shared.config.source {
+        Some(path) => Config::load(Some(path)).map_err(|p| p.join("\n"))?,
+        None => {
+            return Err(
+                "no config file to reload (the server runs on the embedded default)".into(),
+            );
+        }
+    };
+    let entries = crate::hooks::build_entries(&config, &shared.store).map_err(|p| p.join("\n"))?;
+    let n = entries.len() - 1;
+    shared.hooks.replace(entries);
+    tracing::info!(scripts = n, "hooks reloaded");
+    Ok(format!("reloaded {n} hook script(s)"))
+}
+
+async fn reload_on_sighup(shared: Arc<Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let s = shared.clone();
+        match tokio::task::spawn_blocking(move || reload_hooks(&s)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(problems = %e, "SIGHUP: reload failed; keeping the running hooks")
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
+        }
+    }
 }
 
 async fn wait_for_signal() {
