@@ -363,6 +363,87 @@ def test_scripts_chain_in_order_first_verdict_wins(corvus):
         assert code == 554
 
 
+EVERY_POINT = """
+fn on_connect(ctx) {
+    if ctx.listener == "submission" { return reject(554, "5.7.1 submission closed today"); }
+}
+fn on_helo(ctx) {
+    if ctx.helo == "bad.example" { return reject(550, "5.7.1 not you"); }
+}
+fn on_auth(ctx) {
+    // External authentication: an address with no stored password.
+    if ctx.username == "ext@example.test" && ctx.password == "external-secret" && !ctx.password_valid {
+        return accept();
+    }
+}
+fn on_mail(ctx) {
+    if ctx.mail_from.starts_with("later@") { return tempfail(451, "4.7.1 come back later"); }
+}
+fn on_rcpt(ctx) {
+    log("info", `rcpt ${ctx.rcpt} after ${ctx.rcpts.len()} from ${ctx.mail_from} helo ${ctx.helo} tls ${ctx.tls}`);
+}
+fn on_data(ctx) {
+    switch ctx.subject {
+        "discard me" => discard(),
+        "quarantine me" => quarantine("looks odd"),
+        "reject me" => reject(554, "5.7.1 not this one"),
+        _ => ctx.add_header("X-Size-Seen", `${ctx.size}`),
+    }
+}
+fn on_delivery(ctx) {
+    ctx.add_header("X-For", ctx.rcpt);          // one copy per recipient
+}
+fn on_fetch(ctx) {
+    if ctx.user.starts_with("carol") && ctx.protocol == "imap" { return reject("withheld"); }
+}
+"""
+
+
+def test_every_hook_point_and_verdict_through_sessions(corvus, tmp_path):
+    script = tmp_path / "every.rhai"
+    script.write_text(EVERY_POINT)
+    srv = corvus([{"script": script}])
+    for u in ("alice", "bob", "carol"):
+        srv.add_user(f"{u}@{DOMAIN}")
+    with pytest.raises(smtplib.SMTPConnectError) as e:
+        srv.smtp(srv.sub_port)
+    assert e.value.smtp_code == 554
+    with srv.smtp() as s:
+        assert s.ehlo("bad.example")[0] == 550
+        assert s.ehlo("good.example")[0] == 250
+        s.login("ext@example.test", "external-secret")  # accepted by the script alone
+    with srv.smtp() as s:
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            s.login("ext@example.test", "wrong")
+    with srv.smtp() as s:
+        assert s.mail("later@remote.example")[0] == 451
+        s.rset()
+        to = [f"alice@{DOMAIN}", f"bob@{DOMAIN}"]
+        s.sendmail("a@remote.example", to, message("discard me"))
+        s.sendmail("a@remote.example", to, message("quarantine me"))
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            s.sendmail("a@remote.example", to, message("reject me"))
+        assert e.value.smtp_code == 554
+        s.sendmail("a@remote.example", to, message("normal"))
+        s.sendmail("a@remote.example", [f"carol@{DOMAIN}"], message("for carol"))
+    for u in ("alice", "bob"):
+        inbox = srv.messages(f"{u}@{DOMAIN}")
+        assert len(inbox) == 1 and b"normal" in inbox[0], inbox
+        head = inbox[0].split(b"\r\n\r\n")[0]
+        assert f"X-For: {u}@{DOMAIN}".encode() in head and b"X-Size-Seen: " in head, head
+        assert head.count(b"X-For:") == 1, head
+        junk = srv.messages(f"{u}@{DOMAIN}", "Junk")
+        assert len(junk) == 1 and b"quarantine me" in junk[0]
+    m = srv.imap(f"carol@{DOMAIN}")
+    m.select("INBOX")
+    typ, data = m.fetch("1", "(BODY.PEEK[])")
+    assert typ == "NO" and b"NOPERM" in data[0], (typ, data)
+    typ, _ = m.fetch("1", "(FLAGS)")  # metadata is not content: served
+    assert typ == "OK"
+    m.logout()
+    assert f"rcpt bob@{DOMAIN} after 1 from a@remote.example helo client.example tls false" in srv.logs()
+
+
 # ---------------------------------------------------------------------------------------------
 # Failure policy, reload, tooling
 
