@@ -30,6 +30,7 @@ pub async fn serve(
     store: Store,
     domains: Vec<String>,
     stop: CancellationToken,
+    queue_wakeup: std::sync::Arc<tokio::sync::Notify>,
     reload: Reloader,
 ) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
@@ -48,7 +49,12 @@ pub async fn serve(
                     let store = store.clone();
                     let domains = domains.clone();
                     let reload = reload.clone();
-                    tokio::spawn(async move { let _ = handle(stream, store, domains, reload).await; });
+                    let wake = queue_wakeup.clone();
+                    tokio::spawn(async move {
+                        let _ = handle(stream, store, domains, reload).await;
+                        // Queue commands may have made messages due now.
+                        wake.notify_one();
+                    });
                 }
             }
         }

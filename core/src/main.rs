@@ -44,6 +44,15 @@ enum Command {
     /// Manage aliases (an address that delivers to one or more other addresses).
     #[command(subcommand)]
     Alias(AliasCmd),
+    /// Look into an account's mailboxes (until IMAP and POP3 exist, the way to read mail).
+    #[command(subcommand)]
+    Mailbox(MailboxCmd),
+    /// Inspect and manage the outbound queue (works while the server runs).
+    #[command(subcommand)]
+    Queue(QueueCmd),
+    /// DKIM signing keys for outbound mail.
+    #[command(subcommand)]
+    Dkim(DkimCmd),
     /// Reload the hook scripts of the running server, like SIGHUP; if any new script fails to
     /// compile, the running ones stay.
     Reload,
@@ -199,6 +208,63 @@ enum AliasCmd {
     List,
 }
 
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// List queued messages: id, sender, attempts, next attempt, recipients and last error.
+    List,
+    /// Show one queued message: envelope, attempts, hook decisions and headers.
+    Show {
+        /// Queue id (from `corvus queue list`).
+        id: String,
+    },
+    /// Retry now: one message, or every queued message without an id.
+    Flush {
+        /// Queue id.
+        id: Option<String>,
+    },
+    /// Remove a message from the queue without delivering or bouncing it.
+    Delete {
+        /// Queue id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCmd {
+    /// Create a signing key for DOMAIN, store it, and print the DNS TXT record to publish.
+    Generate {
+        /// The sending domain, e.g. example.org.
+        domain: String,
+        /// Selector (the DNS label before `._domainkey`).
+        #[arg(long, default_value = "corvus")]
+        selector: String,
+        /// Key type.
+        #[arg(long, default_value = "ed25519", value_parser = ["ed25519", "rsa"])]
+        algorithm: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MailboxCmd {
+    /// List the account's mailboxes with message counts, or the messages (UID and size) of
+    /// FOLDER.
+    List {
+        /// The account's address.
+        address: String,
+        /// A mailbox whose messages to list.
+        folder: Option<String>,
+    },
+    /// Write one message's raw bytes to standard output.
+    Cat {
+        /// The account's address.
+        address: String,
+        /// Mailbox name, e.g. INBOX.
+        folder: String,
+        /// The message's UID (see `corvus mailbox list ADDRESS FOLDER`).
+        uid: u32,
+    },
+}
+
 fn read_password(p: PasswordArgs) -> Result<String, String> {
     if let Some(pw) = p.password {
         return Ok(pw);
@@ -305,6 +371,31 @@ fn main() -> ExitCode {
         }
         Command::Alias(AliasCmd::Del { alias }) => AdminCommand::AliasDel { alias },
         Command::Alias(AliasCmd::List) => AdminCommand::AliasList,
+        Command::Queue(QueueCmd::List) => AdminCommand::QueueList,
+        Command::Queue(QueueCmd::Show { id }) => AdminCommand::QueueShow { id },
+        Command::Queue(QueueCmd::Flush { id }) => AdminCommand::QueueFlush { id },
+        Command::Queue(QueueCmd::Delete { id }) => AdminCommand::QueueDelete { id },
+        Command::Dkim(DkimCmd::Generate {
+            domain,
+            selector,
+            algorithm,
+        }) => AdminCommand::DkimGenerate {
+            domain,
+            selector,
+            algorithm,
+        },
+        Command::Mailbox(MailboxCmd::List { address, folder }) => {
+            AdminCommand::MailboxList { address, folder }
+        }
+        Command::Mailbox(MailboxCmd::Cat {
+            address,
+            folder,
+            uid,
+        }) => AdminCommand::MailboxCat {
+            address,
+            folder,
+            uid,
+        },
     };
     run_admin(&config, admin)
 }
@@ -403,7 +494,30 @@ fn fail(msg: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Print a command's output: text with a newline, or for `mailbox cat` the raw message
+/// bytes decoded from the base64 reply.
+fn print_output(text: &str, raw: bool) -> ExitCode {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    if !raw {
+        if !text.is_empty() {
+            println!("{text}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let bytes = match base64::engine::general_purpose::STANDARD.decode(text.trim()) {
+        Ok(b) => b,
+        Err(e) => return fail(&format!("undecodable message from the server: {e}")),
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!("writing the message: {e}")),
+    }
+}
+
 fn run_admin(config: &Config, cmd: AdminCommand) -> ExitCode {
+    let raw = matches!(cmd, AdminCommand::MailboxCat { .. });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -412,10 +526,7 @@ fn run_admin(config: &Config, cmd: AdminCommand) -> ExitCode {
     match rt.block_on(corvus::control::send(&config.control_socket(), &cmd)) {
         Ok(Some(reply)) => {
             return if reply.ok {
-                if !reply.text.is_empty() {
-                    println!("{}", reply.text);
-                }
-                ExitCode::SUCCESS
+                print_output(&reply.text, raw)
             } else {
                 fail(&reply.text)
             };
@@ -435,12 +546,7 @@ fn run_admin(config: &Config, cmd: AdminCommand) -> ExitCode {
     let result = execute(&store, &config.domains, cmd);
     let flushed = rt.block_on(store.commit());
     match (result, flushed) {
-        (Ok(text), Ok(())) => {
-            if !text.is_empty() {
-                println!("{text}");
-            }
-            ExitCode::SUCCESS
-        }
+        (Ok(text), Ok(())) => print_output(&text, raw),
         (Err(e), _) => fail(&e.to_string()),
         (_, Err(e)) => fail(&e.to_string()),
     }

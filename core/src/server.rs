@@ -89,6 +89,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store.clone(),
         config.domains.clone(),
         shutdown.clone(),
+        shared.queue_wakeup.clone(),
         Arc::new(move || reload_hooks(&for_reload)),
     )
     .await
@@ -117,6 +118,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(reload_on_sighup(shared.clone()));
 
     let tracker = TaskTracker::new();
+    tracker.spawn(crate::queue::run(shared.clone()));
     for (proto, _addr, listener) in bound {
         let shared = shared.clone();
         let tracker2 = tracker.clone();

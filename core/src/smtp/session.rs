@@ -644,9 +644,9 @@ impl Session {
             self.reply(r);
             return Flow::Continue;
         }
-        // Submission: the sender must be the authenticated user's own address.
+        // An authenticated sender must use its own address, on submission and on the smtp
+        // listener alike (AUTH there allows relaying, so it must not allow forging either).
         if let Some(user) = &self.user
-            && is_submission(self.listener)
             && !self.shared.config.smtp.allow_any_sender
         {
             let owned = !from.is_null()
@@ -926,12 +926,8 @@ impl Session {
         let user = String::from_utf8_lossy(parts[1]).to_string();
         let pass = String::from_utf8_lossy(parts[2]).to_string();
         if !authz.is_empty() && !authz.eq_ignore_ascii_case(&user) {
-            self.auth_failure();
-            return if self.shared.auth_throttle.blocked(self.peer.ip()) {
-                Flow::Close
-            } else {
-                Flow::Continue
-            };
+            tracing::info!(user = %user, authz = %authz, "authentication failed: authzid differs");
+            return self.auth_failed();
         }
         self.check_credentials(user, pass, "PLAIN").await
     }
@@ -963,24 +959,26 @@ impl Session {
             }
             None => {
                 tracing::info!(user = %user, mech, "authentication failed");
-                self.auth_failure();
-                if self.shared.auth_throttle.blocked(self.peer.ip()) {
-                    self.reply(Reply::new(
-                        421,
-                        "4.7.0",
-                        "Too many failed authentications, try again later",
-                    ));
-                    Flow::Close
-                } else {
-                    Flow::Continue
-                }
+                self.auth_failed()
             }
         }
     }
 
-    fn auth_failure(&mut self) {
+    /// Answer a failed AUTH with 535 and count it; once the client's IP reaches the limit,
+    /// add 421 and close (every failure path, so the client always learns why).
+    fn auth_failed(&mut self) -> Flow {
         self.shared.auth_throttle.fail(self.peer.ip());
         self.reply(Reply::auth_failed());
+        if self.shared.auth_throttle.blocked(self.peer.ip()) {
+            self.reply(Reply::new(
+                421,
+                "4.7.0",
+                "Too many failed authentications, try again later",
+            ));
+            Flow::Close
+        } else {
+            Flow::Continue
+        }
     }
 
     /// Everything after the last byte of message data: checks, hooks, storage, the reply.
@@ -1133,6 +1131,7 @@ impl Session {
             blob: 0,
             smtputf8: tx.params.smtputf8,
             decisions: decisions.clone(),
+            warned: false,
         });
         let m2 = msg.clone();
         let stored =

@@ -198,6 +198,9 @@ pub struct QueueEntry {
     pub smtputf8: bool,
     /// Hook decisions recorded for `corvus queue show`.
     pub decisions: Vec<String>,
+    /// Whether a delay warning was sent already.
+    #[serde(default)]
+    pub warned: bool,
 }
 
 /// One queued recipient.
@@ -300,6 +303,12 @@ pub trait MailStore: Send + Sync + 'static {
     fn enqueue(&self, entry: QueueEntry, message: &[u8]) -> Result<()>;
     /// Every queued entry.
     fn queue(&self) -> Result<Vec<QueueEntry>>;
+    /// One queued entry.
+    fn queue_entry(&self, id: &str) -> Result<Option<QueueEntry>>;
+    /// Replace a queued entry's state (recipients left, attempts, next attempt, errors).
+    fn queue_update(&self, entry: &QueueEntry) -> Result<()>;
+    /// Remove an entry and its message bytes.
+    fn queue_remove(&self, id: &str) -> Result<()>;
 
     // Key-value
     /// Read a key in a namespace (expired keys read as missing).

@@ -652,6 +652,28 @@ impl MailStore for SledStore {
             .collect()
     }
 
+    fn queue_entry(&self, id: &str) -> Result<Option<QueueEntry>> {
+        match self.queue.get(id.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn queue_update(&self, entry: &QueueEntry) -> Result<()> {
+        self.queue
+            .insert(entry.id.as_bytes(), serde_json::to_vec(entry)?)?;
+        Ok(())
+    }
+
+    fn queue_remove(&self, id: &str) -> Result<()> {
+        let Some(v) = self.queue.remove(id.as_bytes())? else {
+            return Err(StoreError::NotFound(format!("queue entry {id}")));
+        };
+        let entry: QueueEntry = serde_json::from_slice(&v)?;
+        release_blob(&self.blobrefs, &self.blobs, entry.blob)?;
+        Ok(())
+    }
+
     fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
         let k = mbox_key(ns, key);
         match self.kv.get(&k)? {
