@@ -39,7 +39,10 @@ fn ctx(point: HookPoint) -> HookCtx {
                 c.rcpts = vec!["bob@example.test".into(), "carol@example.test".into()];
                 let mut m = MESSAGE.as_bytes().to_vec();
                 for i in 0..30 {
-                    m.extend_from_slice(format!("Line {i} of a short letter about nothing much at all.\r\n").as_bytes());
+                    m.extend_from_slice(
+                        format!("Line {i} of a short letter about nothing much at all.\r\n")
+                            .as_bytes(),
+                    );
                 }
                 c.message = Some(Arc::new(m));
             }
@@ -120,8 +123,16 @@ fn main() {
     println!("| example script | hook | µs per call (built-in + script) |");
     println!("|---|---|---:|");
     let examples: [(&str, HookPoint, serde_json::Value); 6] = [
-        ("rcpt_greylist.rhai", HookPoint::Rcpt, serde_json::json!({"delay": "0s"})),
-        ("mail_rate_limit.rhai", HookPoint::Mail, serde_json::json!({"max": 1_000_000_000, "window": "1h"})),
+        (
+            "rcpt_greylist.rhai",
+            HookPoint::Rcpt,
+            serde_json::json!({"delay": "0s"}),
+        ),
+        (
+            "mail_rate_limit.rhai",
+            HookPoint::Mail,
+            serde_json::json!({"max": 1_000_000_000, "window": "1h"}),
+        ),
         (
             "rcpt_blocklist.rhai",
             HookPoint::Rcpt,
@@ -144,12 +155,19 @@ fn main() {
         ),
     ];
     for (file, point, config) in examples {
-        let chain = HookChain::new(vec![builtin.clone(), load(&scripts.join(file), config, &store)]);
+        let chain = HookChain::new(vec![
+            builtin.clone(),
+            load(&scripts.join(file), config, &store),
+        ]);
         let c = ctx(point);
         // The greylist passes from the second call on (delay 0s): measure that path.
         chain.run(&c);
         chain.run(&c);
-        println!("| {file} | {} | {:.2} |", point.function_name(), measure(&chain, &c));
+        println!(
+            "| {file} | {} | {:.2} |",
+            point.function_name(),
+            measure(&chain, &c)
+        );
     }
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);

@@ -344,10 +344,13 @@ fn main() -> ExitCode {
             if bad {
                 return ExitCode::from(2);
             }
+            let scripts = match config.hooks.len() {
+                0 => String::new(),
+                n => format!(", {n} hook scripts"),
+            };
             println!(
-                "configuration OK ({} listeners, {} hook scripts)",
-                config.listeners().len(),
-                config.hooks.len()
+                "configuration OK ({} listeners{scripts})",
+                config.listeners().len()
             );
             return ExitCode::SUCCESS;
         }

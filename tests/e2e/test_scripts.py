@@ -94,8 +94,9 @@ class NxDns:
 class Server:
     """One `corvus serve` with SMTP, submission and IMAP listeners and the given hooks."""
 
-    def __init__(self, tmp: pathlib.Path, hooks: list[dict]):
+    def __init__(self, tmp: pathlib.Path, hooks: list[dict], delivery: str = ""):
         self.tmp = tmp
+        self.delivery = delivery
         self.dns = NxDns()
         self.smtp_port, self.sub_port, self.imap_port = free_port(), free_port(), free_port()
         self.config = tmp / "corvus.toml"
@@ -122,6 +123,8 @@ class Server:
             "allow_plaintext_auth = true",
             "[log]",
             'level = "info"',
+            "[delivery]",
+            self.delivery,
         ]
         for h in hooks:
             lines.append("[[hooks]]")
@@ -201,8 +204,8 @@ def corvus(tmp_path):
     """Factory: corvus(hooks=[{script=…, config={…}}, …]) starts a server and returns it."""
     servers = []
 
-    def start(hooks: list[dict]) -> Server:
-        s = Server(tmp_path, hooks)
+    def start(hooks: list[dict], delivery: str = "") -> Server:
+        s = Server(tmp_path, hooks, delivery)
         servers.append(s)
         return s.start()
 
@@ -442,6 +445,58 @@ def test_every_hook_point_and_verdict_through_sessions(corvus, tmp_path):
     assert typ == "OK"
     m.logout()
     assert f"rcpt bob@{DOMAIN} after 1 from a@remote.example helo client.example tls false" in srv.logs()
+
+
+OUTBOUND = """
+fn on_data(ctx) {
+    if ctx.subject == "trace me" { return accept(); }
+}
+fn on_delivery(ctx) {
+    if !ctx.remote { return; }
+    log("info", `outbound to ${ctx.rcpt} via ${ctx.mx} listener ${ctx.listener}`);
+    if ctx.header("X-Classification") == "confidential" {
+        return reject(550, "5.7.1 DLP: confidential mail stays inside");
+    }
+}
+"""
+
+
+def wait_for(fn, what, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_outbound_delivery_hook_and_queue_show_decisions(corvus, tmp_path):
+    script = tmp_path / "outbound.rhai"
+    script.write_text(OUTBOUND)
+    # Every outbound attempt goes to a closed local port: mail stays queued unless a hook decides.
+    srv = corvus([{"script": script}], delivery=f'relay = "127.0.0.1:{free_port()}"')
+    srv.add_user(f"alice@{DOMAIN}")
+    with srv.smtp(srv.sub_port) as s:
+        s.login(f"alice@{DOMAIN}", PASSWORD)
+        s.mail(f"alice@{DOMAIN}")
+        assert s.rcpt("bob@remote.example")[0] == 250
+        code, text = s.data(message("trace me", to="bob@remote.example"))
+        assert code == 250, text
+        qid = text.decode().rsplit(" ", 1)[1]
+        s.sendmail(f"alice@{DOMAIN}", ["carol@remote.example"],
+                   message("plans", extra_headers="X-Classification: confidential\r\n", to="carol@remote.example"))
+    # The data-stage decision is recorded with the queued message.
+    shown = srv.cli("queue", "show", qid).stdout
+    assert "on_data" in shown and "outbound.rhai" in shown and "Accept" in shown, shown
+    # The confidential message is bounced by on_delivery before any connection is tried.
+    bounce = wait_for(lambda: [m for m in srv.messages(f"alice@{DOMAIN}") if b"DLP: confidential" in m],
+                      what="bounce to alice")
+    assert b"carol@remote.example" in bounce[0]
+    logs = wait_for(lambda: "outbound to bob@remote.example via 127.0.0.1 listener queue" in srv.logs() and srv.logs(),
+                    what="outbound hook log")
+    assert "outbound to carol@remote.example" in logs
+    assert "bob@remote.example" in srv.cli("queue", "list").stdout  # still queued, retrying
 
 
 # ---------------------------------------------------------------------------------------------
