@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use corvus::admin::{AdminCommand, execute};
+use corvus::admin::{AdminCommand, execute_with_progress};
 use corvus::config::{Config, LogFormat};
+use corvus::mailbox_io::Format;
 
 /// Corvus: a mail server (SMTP, submission, IMAP, POP3) you extend with Rhai scripts and
 /// WASM plugins.
@@ -44,7 +45,8 @@ enum Command {
     /// Manage aliases (an address that delivers to one or more other addresses).
     #[command(subcommand)]
     Alias(AliasCmd),
-    /// Look into an account's mailboxes (until IMAP and POP3 exist, the way to read mail).
+    /// Look into an account's mailboxes, and copy its mail to or from Maildir and mbox
+    /// (works while the server runs).
     #[command(subcommand)]
     Mailbox(MailboxCmd),
     /// Inspect and manage the outbound queue (works while the server runs).
@@ -53,6 +55,9 @@ enum Command {
     /// DKIM signing keys for outbound mail.
     #[command(subcommand)]
     Dkim(DkimCmd),
+    /// Load-test a running Corvus with mixed SMTP, IMAP and POP3 traffic and report throughput,
+    /// latency percentiles and errors. Point it only at servers you run.
+    Bench(BenchArgs),
     /// Reload the hook scripts of the running server, like SIGHUP; if any new script fails to
     /// compile, the running ones stay.
     Reload,
@@ -208,6 +213,37 @@ enum AliasCmd {
     List,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    /// SMTP listener (plain) to send to, e.g. 127.0.0.1:2525.
+    #[arg(long)]
+    smtp: Option<std::net::SocketAddr>,
+    /// IMAP listener (plain; the server needs imap.allow_plaintext_auth).
+    #[arg(long)]
+    imap: Option<std::net::SocketAddr>,
+    /// POP3 listener (plain; plaintext login must be allowed).
+    #[arg(long)]
+    pop3: Option<std::net::SocketAddr>,
+    /// Account that receives the SMTP traffic and is read over IMAP/POP3.
+    #[arg(long, default_value = "bench@localhost")]
+    user: String,
+    /// Its password.
+    #[arg(long, default_value = "bench")]
+    password: String,
+    /// Concurrent clients per protocol.
+    #[arg(long, default_value_t = 10)]
+    clients: usize,
+    /// How long to run, e.g. 60s or 10m.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: std::time::Duration,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 5120)]
+    size: usize,
+    /// PID of the server, to report its memory over time.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
 #[derive(Subcommand)]
 enum QueueCmd {
     /// List queued messages: id, sender, attempts, next attempt, recipients and last error.
@@ -263,6 +299,37 @@ enum MailboxCmd {
         /// The message's UID (see `corvus mailbox list ADDRESS FOLDER`).
         uid: u32,
     },
+    /// Write every folder of ADDRESS into DEST, keeping flags and internal dates.
+    ///
+    /// maildir: a Maildir++ tree (INBOX in DEST/cur, folder Work/2024 in DEST/.Work.2024/).
+    /// mbox: one mboxrd file per folder (DEST/INBOX, DEST/Work.2024), flags in Status and
+    /// X-Status. DEST is created, or must be empty.
+    Export {
+        /// The account's address.
+        address: String,
+        /// Output format.
+        #[arg(long, value_enum)]
+        format: Format,
+        /// Destination directory.
+        dest: PathBuf,
+    },
+    /// Read a Maildir++ tree, an mbox file or a directory of mbox files into ADDRESS.
+    ///
+    /// The top level (a Maildir's cur/ and new/, a single mbox file, or the INBOX file of a
+    /// directory) goes into --folder; the other folders keep their names, below --folder when
+    /// it is given.
+    Import {
+        /// The account's address.
+        address: String,
+        /// Input format.
+        #[arg(long, value_enum)]
+        format: Format,
+        /// Maildir directory, mbox file, or directory of mbox files.
+        src: PathBuf,
+        /// Folder for the top level of SRC.
+        #[arg(long, default_value = "INBOX")]
+        folder: String,
+    },
 }
 
 fn read_password(p: PasswordArgs) -> Result<String, String> {
@@ -312,7 +379,30 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Bench(b) = cli.command {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let errors = rt.block_on(corvus::bench::run(corvus::bench::BenchOptions {
+            smtp: b.smtp,
+            imap: b.imap,
+            pop3: b.pop3,
+            user: b.user,
+            password: b.password,
+            clients: b.clients,
+            duration: b.duration,
+            size: b.size,
+            server_pid: b.server_pid,
+        }));
+        return if errors == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     let admin = match cli.command {
+        Command::Bench(_) => unreachable!("handled above"),
         Command::Serve => {
             init_logging(&config);
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -398,6 +488,32 @@ fn main() -> ExitCode {
             address,
             folder,
             uid,
+        },
+        Command::Mailbox(MailboxCmd::Export {
+            address,
+            format,
+            dest,
+        }) => match std::path::absolute(&dest) {
+            Ok(dest) => AdminCommand::MailboxExport {
+                address,
+                format,
+                dest,
+            },
+            Err(e) => return fail(&format!("{}: {e}", dest.display())),
+        },
+        Command::Mailbox(MailboxCmd::Import {
+            address,
+            format,
+            src,
+            folder,
+        }) => match std::path::absolute(&src) {
+            Ok(src) => AdminCommand::MailboxImport {
+                address,
+                format,
+                src,
+                folder: (!folder.eq_ignore_ascii_case("INBOX")).then_some(folder),
+            },
+            Err(e) => return fail(&format!("{}: {e}", src.display())),
         },
     };
     run_admin(&config, admin)
@@ -526,7 +642,12 @@ fn run_admin(config: &Config, cmd: AdminCommand) -> ExitCode {
         .build()
         .expect("tokio runtime");
     // A running server owns the store: go through its control socket.
-    match rt.block_on(corvus::control::send(&config.control_socket(), &cmd)) {
+    let mut progress = |line: &str| eprintln!("{line}");
+    match rt.block_on(corvus::control::send_with_progress(
+        &config.control_socket(),
+        &cmd,
+        &mut progress,
+    )) {
         Ok(Some(reply)) => {
             return if reply.ok {
                 print_output(&reply.text, raw)
@@ -546,7 +667,7 @@ fn run_admin(config: &Config, cmd: AdminCommand) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&format!("{e:#}")),
     };
-    let result = execute(&store, &config.domains, cmd);
+    let result = execute_with_progress(&store, &config.domains, cmd, &mut progress);
     let flushed = rt.block_on(store.commit());
     match (result, flushed) {
         (Ok(text), Ok(())) => print_output(&text, raw),

@@ -39,6 +39,10 @@ pub struct Shared {
     pub queue_wakeup: Arc<Notify>,
     /// Connection counters.
     pub conn_limits: Arc<ConnLimits>,
+    /// Users whose maildrop is open in a POP3 session.
+    pub maildrop_locks: Arc<crate::pop3::MaildropLocks>,
+    /// Recent successful password checks (saves argon2 on repeated logins).
+    pub credential_cache: Arc<crate::accounts::CredentialCache>,
 }
 
 /// Open the store at the configured place, with the error an admin can act on.
@@ -49,8 +53,29 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(Arc::new(store))
 }
 
+/// Raise the open-file limit to the hard limit: every connection is a file descriptor, and
+/// the common default soft limit (1024) is far below `max_connections`.
+fn raise_fd_limit(want: u64) {
+    match rlimit::increase_nofile_limit(want.saturating_add(256)) {
+        Ok(n) if n < want => tracing::warn!(
+            limit = n,
+            max_connections = want,
+            "open-file limit is below max_connections; raise it (ulimit -n / LimitNOFILE=)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+}
+
 /// Run the server until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit(config.smtp.max_connections as u64);
+    // Handlers first: a SIGTERM that arrives while we start up (say, right after a listener
+    // opens) must still end in a clean shutdown, not in the default action.
+    let signals = wait_for_signal().context("installing SIGTERM/SIGINT handlers")?;
+    // SIGHUP reloads the hook scripts; installed now so an early one cannot kill the process.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let config = Arc::new(config);
     let store = open_store(&config)?;
     let tls = crate::tls::acceptor(&config)?;
@@ -69,6 +94,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.smtp.max_connections_per_ip,
         ),
         queue_wakeup: Arc::new(Notify::new()),
+        maildrop_locks: Arc::default(),
+        credential_cache: Arc::new(crate::accounts::CredentialCache::new(Duration::from_secs(
+            600,
+        ))),
         config: config.clone(),
         store: store.clone(),
         tls,
@@ -115,7 +144,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
-    tokio::spawn(reload_on_sighup(shared.clone()));
+    tokio::spawn(reload_on_sighup(shared.clone(), hangups));
 
     let tracker = TaskTracker::new();
     tracker.spawn(crate::queue::run(shared.clone()));
@@ -125,7 +154,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracker.spawn(accept_loop(shared, listener, proto, tracker2));
     }
 
-    wait_for_signal().await;
+    signals.await;
     tracing::info!("shutting down: no new connections; waiting for sessions to finish");
     shutdown.cancel();
     tracker.close();
@@ -158,12 +187,8 @@ pub fn reload_hooks(shared: &Shared) -> Result<String, String> {
     Ok(format!("reloaded {n} hook script(s)"))
 }
 
-async fn reload_on_sighup(shared: Arc<Shared>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
-    while hup.recv().await.is_some() {
+async fn reload_on_sighup(shared: Arc<Shared>, mut hangups: tokio::signal::unix::Signal) {
+    while hangups.recv().await.is_some() {
         let s = shared.clone();
         match tokio::task::spawn_blocking(move || reload_hooks(&s)).await {
             Ok(Ok(_)) => {}
@@ -175,14 +200,17 @@ async fn reload_on_sighup(shared: Arc<Shared>) {
     }
 }
 
-async fn wait_for_signal() {
+/// Install the SIGTERM and SIGINT handlers now; the returned future resolves on either.
+fn wait_for_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    })
 }
 
 async fn accept_loop(
