@@ -1066,21 +1066,12 @@ impl Session {
             Verdict::Quarantine(reason) => Some(reason.clone()),
             _ => None,
         };
-        let msg = if outcome.actions.add_headers.is_empty() {
-            msg
-        } else {
-            let mut with = Vec::with_capacity(msg.len() + 256);
-            for (name, value) in &outcome.actions.add_headers {
-                if valid_field_name(name) {
-                    with.extend_from_slice(format_field(name, value).as_bytes());
-                }
-            }
-            with.extend_from_slice(&msg);
-            Arc::new(with)
-        };
+        let msg = prepend_headers(msg, &outcome.actions.add_headers);
 
         // Split recipients into local placements and remote (queued) recipients.
         let mut placements = Vec::new();
+        // Recipients whose on_delivery added headers get their own copy.
+        let mut own_copies: Vec<(Placement, Arc<Vec<u8>>)> = Vec::new();
         let mut remote = Vec::new();
         for rcpt in &tx.rcpts {
             let targets = match &rcpt.route {
@@ -1109,8 +1100,9 @@ impl Session {
                 dctx.point = HookPoint::Delivery;
                 dctx.rcpt = target.clone();
                 dctx.message = Some(msg.clone());
-                let d = self.shared.hooks.run(&dctx);
-                decisions.extend(d.decisions);
+                let mut d = self.shared.hooks.run(&dctx);
+                decisions.append(&mut d.decisions);
+                let extra_headers = std::mem::take(&mut d.actions.add_headers);
                 let folder = match d.verdict {
                     Verdict::Reject { .. } | Verdict::Discard => continue,
                     Verdict::Tempfail { code, text } if tx.rcpts.len() == 1 => {
@@ -1124,12 +1116,19 @@ impl Session {
                         .or_else(|| rcpt.file_into.clone())
                         .unwrap_or_else(|| "INBOX".into()),
                 };
-                if !placements.iter().any(|p: &Placement| p.user == target) {
-                    placements.push(Placement {
+                if !placements.iter().any(|p: &Placement| p.user == target)
+                    && !own_copies.iter().any(|(p, _)| p.user == target)
+                {
+                    let placement = Placement {
                         user: target,
                         mailbox: folder,
                         flags: Vec::new(),
-                    });
+                    };
+                    if extra_headers.is_empty() {
+                        placements.push(placement);
+                    } else {
+                        own_copies.push((placement, prepend_headers(msg.clone(), &extra_headers)));
+                    }
                 }
             }
         }
@@ -1154,6 +1153,9 @@ impl Session {
         let stored =
             tokio::task::spawn_blocking(move || -> Result<(), crate::store::StoreError> {
                 store.deliver(&m2, now, &placements)?;
+                for (p, m) in &own_copies {
+                    store.deliver(m, now, std::slice::from_ref(p))?;
+                }
                 if let Some(e) = entry {
                     store.enqueue(e, &m2)?;
                 }
@@ -1228,6 +1230,21 @@ impl Session {
             })
             .collect()
     }
+}
+
+/// The message with hook-added header fields in front (invalid names are skipped).
+fn prepend_headers(msg: Arc<Vec<u8>>, headers: &[(String, String)]) -> Arc<Vec<u8>> {
+    if headers.is_empty() {
+        return msg;
+    }
+    let mut with = Vec::with_capacity(msg.len() + 256);
+    for (name, value) in headers {
+        if valid_field_name(name) {
+            with.extend_from_slice(format_field(name, value).as_bytes());
+        }
+    }
+    with.extend_from_slice(&msg);
+    Arc::new(with)
 }
 
 fn decode_b64(s: &str) -> Option<String> {
