@@ -3,7 +3,7 @@
 //! Code map: [`config`] (figment settings), [`store`] (storage interface and sled backend),
 //! [`accounts`] and [`admin`] (users, domains, aliases), [`control`] (CLI ↔ server socket),
 //! [`tls`], [`dns`], [`net`] (streams and limits), [`hooks`] (dispatch), [`routing`]
-//! (recipients), [`smtp`] (protocol), [`server`] (listeners and lifecycle).
+//! (recipients), [`sender_auth`] (SPF/DKIM/DMARC/ARC of inbound mail), [`smtp`] (protocol), [`server`] (listeners and lifecycle).
 
 pub mod accounts;
 pub mod admin;
@@ -18,6 +18,7 @@ pub mod net;
 pub mod pop3;
 pub mod queue;
 pub mod routing;
+pub mod sender_auth;
 pub mod server;
 pub mod smtp;
 pub mod store;

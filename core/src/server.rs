@@ -40,6 +40,8 @@ pub struct Shared {
     pub queue_wakeup: Arc<Notify>,
     /// Connection counters.
     pub conn_limits: Arc<ConnLimits>,
+    /// SPF/DKIM/DMARC/ARC checks of inbound mail.
+    pub sender_auth: crate::sender_auth::SenderAuth,
 }
 
 /// Open the store at the configured place, with the error an admin can act on.
@@ -71,6 +73,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         store: store.clone(),
         tls,
+        sender_auth: crate::sender_auth::SenderAuth::new(&config, resolver.clone()),
         resolver,
         shutdown: shutdown.clone(),
     });
