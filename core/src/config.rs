@@ -243,6 +243,41 @@ pub struct SenderAuth {
     /// domain for `dmarc`); a key matches the domain and its subdomains, the longest wins:
     /// `[sender_auth.domains."partner.example"]` with `dmarc = "monitor"`.
     pub domains: std::collections::BTreeMap<String, SenderAuthDomain>,
+    /// DMARC aggregate reports to the domains that ask for them (`rua`).
+    pub dmarc_reports: DmarcReports,
+}
+
+/// DMARC aggregate reporting (RFC 7489 §7.2).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DmarcReports {
+    /// Collect DMARC results per period and send aggregate reports to the `rua` addresses
+    /// of the domains evaluated (only addresses the domain has authorized, RFC 7489 §7.1).
+    pub enabled: bool,
+    /// Length of a reporting period (periods start at multiples of it, UTC).
+    #[serde(with = "dur")]
+    pub interval: Duration,
+    /// Sender and contact address of the reports; default `postmaster@` the first domain.
+    pub from: Option<String>,
+    /// Organization named in the reports; default the hostname.
+    pub org_name: Option<String>,
+    /// Most policy domains collected per period.
+    pub max_domains: usize,
+    /// Most distinct result rows per report (more are counted as dropped).
+    pub max_rows: usize,
+}
+
+impl Default for DmarcReports {
+    fn default() -> Self {
+        DmarcReports {
+            enabled: false,
+            interval: Duration::from_secs(86400),
+            from: None,
+            org_name: None,
+            max_domains: 1000,
+            max_rows: 1000,
+        }
+    }
 }
 
 /// Per-domain overrides of [`SenderAuth`].
@@ -279,6 +314,7 @@ impl Default for SenderAuth {
             cache_entries: 10_000,
             max_dkim_signatures: 10,
             domains: Default::default(),
+            dmarc_reports: DmarcReports::default(),
         }
     }
 }

@@ -73,7 +73,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         store: store.clone(),
         tls,
-        sender_auth: crate::sender_auth::SenderAuth::new(&config, resolver.clone()),
+        sender_auth: crate::sender_auth::SenderAuth::new(&config, resolver.clone(), store.clone()),
         resolver,
         shutdown: shutdown.clone(),
     });
@@ -117,6 +117,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let tracker = TaskTracker::new();
     tracker.spawn(crate::queue::run(shared.clone()));
+    if config.sender_auth.dmarc_reports.enabled {
+        tracker.spawn(crate::sender_auth::report::run(shared.clone()));
+    }
     for (proto, _addr, listener) in bound {
         let shared = shared.clone();
         let tracker2 = tracker.clone();

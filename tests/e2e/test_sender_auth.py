@@ -665,3 +665,69 @@ def test_alias_forward_is_arc_sealed_and_trusted_downstream(sites, zone):
     # An independent ARC verifier accepts Corvus's seal.
     cv, _, why = dkim.arc_verify(raw, dnsfunc=zone.resolve_txt)
     assert cv == dkim.CV_Pass, why
+
+
+# --- DMARC aggregate reports ------------------------------------------------------------------
+
+def test_dmarc_aggregate_report_sent_to_authorized_rua(tmp_path, zone, world):
+    import email
+    import email.policy
+    import gzip
+    import xml.etree.ElementTree as ET
+
+    # rp.test asks for reports at bob@b.test (outside rp.test: b.test authorizes it) and at
+    # spy@c.test (not authorized: gets nothing).
+    zone.add("_dmarc.rp.test", "TXT", "v=DMARC1; p=quarantine; rua=mailto:bob@b.test,mailto:spy@c.test")
+    zone.add("rp.test._report._dmarc.b.test", "TXT", "v=DMARC1")
+    zone.add("rp.test", "TXT", "v=spf1 ip4:127.0.0.5 -all")
+    c = make_receiver(tmp_path, zone, extra=(
+        "[sender_auth.dmarc_reports]\nenabled = true\ninterval = \"4s\"\norg_name = \"B Test Mail\"\n"
+    ))
+    c.add_user(BOB, PW)
+    c.start()
+    # Two that pass (SPF aligned) from .5, one that fails from .6 (quarantined).
+    for i in range(2):
+        assert send(c, "a@rp.test", message("a@rp.test", f"rp pass {i}"), source="127.0.0.5")[0] == 250
+    assert send(c, "a@rp.test", message("a@rp.test", "rp fail"), source="127.0.0.6")[0] == 250
+    assert b"rp fail" in latest(c, "Junk")
+
+    def reports():
+        """Every report for rp.test so far, parsed (the three messages may straddle two
+        periods); None until they account for all three messages."""
+        found = []
+        for raw in c.stored_messages(BOB):
+            msg = email.message_from_bytes(raw, policy=email.policy.default)
+            if not str(msg["Subject"]).startswith("Report Domain: rp.test "):
+                continue
+            parts = [p for p in msg.walk() if p.get_content_type() == "application/gzip"]
+            assert len(parts) == 1
+            found.append((msg, parts[0], ET.fromstring(gzip.decompress(parts[0].get_payload(decode=True)))))
+        total = sum(int(r.findtext("row/count")) for _, _, x in found for r in x.findall("record"))
+        return found if total >= 3 else None
+
+    found = wait_for(reports, timeout=40, what="the aggregate report")
+    rows: dict[str, list] = {}
+    for msg, part, xml in found:
+        assert "Submitter: B Test Mail Report-ID: <" in msg["Subject"]
+        assert msg["To"].addresses[0].addr_spec == BOB and len(msg["To"].addresses) == 1  # spy@c.test did not authorize
+        assert part.get_filename().startswith("B Test Mail!rp.test!")
+        assert xml.findtext("policy_published/domain") == "rp.test"
+        assert xml.findtext("policy_published/p") == "quarantine"
+        assert xml.findtext("report_metadata/org_name") == "B Test Mail"
+        for r in xml.findall("record"):
+            rows.setdefault(r.findtext("row/source_ip"), []).append(r)
+    assert set(rows) == {"127.0.0.5", "127.0.0.6"}
+    assert sum(int(r.findtext("row/count")) for r in rows["127.0.0.5"]) == 2
+    for ok in rows["127.0.0.5"]:
+        assert ok.findtext("row/policy_evaluated/disposition") == "none"
+        assert ok.findtext("row/policy_evaluated/spf") == "pass"
+        assert ok.findtext("auth_results/spf/result") == "pass"
+        assert ok.findtext("auth_results/spf/scope") == "mfrom"
+    [bad] = rows["127.0.0.6"]
+    assert bad.findtext("row/count") == "1"
+    assert bad.findtext("row/policy_evaluated/disposition") == "quarantine"
+    assert bad.findtext("row/policy_evaluated/spf") == "fail"
+    assert bad.findtext("auth_results/spf/result") == "fail"
+    assert bad.findtext("identifiers/header_from") == "rp.test"
+    assert bad.findtext("identifiers/envelope_from") == "rp.test"
+    c.stop()

@@ -17,6 +17,7 @@
 pub mod cache;
 pub mod headers;
 pub mod psl;
+pub mod report;
 pub mod seal;
 
 use std::fmt::Write as _;
@@ -115,6 +116,7 @@ pub struct SenderAuth {
     caches: Caches,
     config: crate::config::SenderAuth,
     hostname: &'static str,
+    reports: Option<report::Reports>,
 }
 
 /// Everything about the envelope the message checks need.
@@ -213,9 +215,13 @@ fn timeout_error() -> Error {
 impl SenderAuth {
     /// The checker for `config`, sharing `resolver` (and so its cache and name servers)
     /// with the rest of the server.
-    pub fn new(config: &Config, resolver: TokioResolver) -> Self {
+    pub fn new(config: &Config, resolver: TokioResolver, store: crate::store::Store) -> Self {
         let c = &config.sender_auth;
         SenderAuth {
+            reports: c
+                .dmarc_reports
+                .enabled
+                .then(|| report::Reports::new(store, c.dmarc_reports.clone())),
             auth: MessageAuthenticator(resolver),
             caches: Caches::new(c.cache_entries, Duration::from_secs(24 * 3600)),
             config: c.clone(),
@@ -232,6 +238,24 @@ impl SenderAuth {
     /// Our authserv-id.
     pub fn authserv_id(&self) -> &str {
         self.hostname
+    }
+
+    /// DMARC aggregate report collection, when on.
+    pub fn reports(&self) -> Option<&report::Reports> {
+        self.reports.as_ref()
+    }
+
+    /// The `rua` addresses of `domain` that may receive its reports (RFC 7489 §7.1);
+    /// `None` on a temporary DNS failure.
+    pub async fn authorized_rua(&self, domain: &str, rua: &[String]) -> Option<Vec<String>> {
+        let ok = tokio::time::timeout(
+            self.config.timeout,
+            self.auth
+                .verify_dmarc_report_address(domain, rua, Some(&self.caches.txt)),
+        )
+        .await
+        .ok()??;
+        Some(ok.into_iter().cloned().collect())
     }
 
     /// The record caches (for statistics and benchmarks).
@@ -487,6 +511,63 @@ impl SenderAuth {
         if action != Action::Accept && arc_trusted {
             overridden = Some(format!("trusted ARC sealer {arc_sealer}"));
             action = Action::Accept;
+        }
+
+        // Aggregate reports.
+        if let (Some(reports), Some(record)) = (&self.reports, dmarc.dmarc_record())
+            && !record.rua.is_empty()
+        {
+            use mail_auth::dmarc::Alignment;
+            let al = |a: Alignment| if a == Alignment::Strict { "s" } else { "r" };
+            reports.record(report::Evaluation {
+                domain: from_domain.clone(),
+                policy: report::Published {
+                    adkim: al(record.adkim).into(),
+                    aspf: al(record.aspf).into(),
+                    p: policy_word(record.p).into(),
+                    sp: policy_word(record.sp).into(),
+                    np: policy_word(record.np).into(),
+                    testing: record.t,
+                },
+                rua: record.rua.iter().map(|u| u.uri().to_string()).collect(),
+                row: report::Row {
+                    source_ip: env.ip.to_string(),
+                    count: 1,
+                    disposition: match &action {
+                        Action::Reject(_) => "reject",
+                        Action::Quarantine(_) => "quarantine",
+                        Action::Accept => "none",
+                    }
+                    .into(),
+                    dkim: if dkim_aligned { "pass" } else { "fail" }.into(),
+                    spf: if spf_aligned { "pass" } else { "fail" }.into(),
+                    reason: if overridden.is_some() {
+                        Some("trusted_forwarder".into())
+                    } else if dmarc_word == "fail"
+                        && policy != Policy::None
+                        && action == Action::Accept
+                    {
+                        Some("local_policy".into())
+                    } else {
+                        None
+                    },
+                    header_from: from_domain.clone(),
+                    envelope_from: mf_domain.clone(),
+                    dkim_results: dkim
+                        .iter()
+                        .filter_map(|o| {
+                            o.signature().map(|s| {
+                                (s.d.clone(), s.s.clone(), dkim_word(o.result()).to_string())
+                            })
+                        })
+                        .collect(),
+                    spf_result: (
+                        spf_out.domain().to_string(),
+                        if spf.mail_from.is_some() { "mfrom" } else { "helo" }.into(),
+                        spf_word(spf_out.result()).into(),
+                    ),
+                },
+            });
         }
 
         // The header.

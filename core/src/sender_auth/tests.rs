@@ -153,7 +153,7 @@ impl Fixture {
 
     fn checker(&self) -> SenderAuth {
         let resolver = crate::dns::resolver(&self.config).unwrap();
-        SenderAuth::new(&self.config, resolver)
+        SenderAuth::new(&self.config, resolver, self.store.clone())
     }
 
     fn signed(&self, from: &str, subject: &str) -> Vec<u8> {
