@@ -85,6 +85,17 @@ impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for TtlCache<K, V> {
     }
 }
 
+/// mail-auth's parameter bundle with our five caches.
+pub type Params<'a, P> = mail_auth::Parameters<
+    'a,
+    P,
+    TtlCache<Box<str>, Txt>,
+    TtlCache<Box<str>, RecordSet<MX>>,
+    TtlCache<Box<str>, RecordSet<Ipv4Addr>>,
+    TtlCache<Box<str>, RecordSet<Ipv6Addr>>,
+    TtlCache<IpAddr, RecordSet<Box<str>>>,
+>;
+
 /// The five caches mail-auth takes.
 pub struct Caches {
     /// TXT records (SPF, DKIM keys, DMARC policies), parsed.
@@ -112,18 +123,7 @@ impl Caches {
     }
 
     /// mail-auth parameters using these caches.
-    pub fn params<P>(
-        &self,
-        params: P,
-    ) -> mail_auth::Parameters<
-        '_,
-        P,
-        TtlCache<Box<str>, Txt>,
-        TtlCache<Box<str>, RecordSet<MX>>,
-        TtlCache<Box<str>, RecordSet<Ipv4Addr>>,
-        TtlCache<Box<str>, RecordSet<Ipv6Addr>>,
-        TtlCache<IpAddr, RecordSet<Box<str>>>,
-    > {
+    pub fn params<P>(&self, params: P) -> Params<'_, P> {
         mail_auth::Parameters {
             params,
             cache_txt: Some(&self.txt),

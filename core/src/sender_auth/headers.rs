@@ -87,11 +87,10 @@ pub fn strip_forged<'a>(raw: &'a [u8], ours: &str) -> (Cow<'a, [u8]>, usize) {
         .into_iter()
         .filter(|r| {
             let f = &raw[r.clone()];
-            field_name(f).is_some_and(|n| n.eq_ignore_ascii_case(b"Authentication-Results"))
-                && {
-                    let colon = memchr::memchr(b':', f).unwrap_or(0);
-                    authserv_id(&f[colon + 1..]) == ours
-                }
+            field_name(f).is_some_and(|n| n.eq_ignore_ascii_case(b"Authentication-Results")) && {
+                let colon = memchr::memchr(b':', f).unwrap_or(0);
+                authserv_id(&f[colon + 1..]) == ours
+            }
         })
         .collect();
     if forged.is_empty() {

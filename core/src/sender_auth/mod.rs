@@ -198,7 +198,11 @@ fn domain_of(address: &str) -> &str {
 }
 
 /// Run `fut`, or give `fallback` when it takes longer than `limit`.
-async fn bounded<T>(limit: Duration, fut: impl Future<Output = T>, fallback: impl FnOnce() -> T) -> T {
+async fn bounded<T>(
+    limit: Duration,
+    fut: impl Future<Output = T>,
+    fallback: impl FnOnce() -> T,
+) -> T {
     match tokio::time::timeout(limit, fut).await {
         Ok(v) => v,
         Err(_) => {
@@ -263,7 +267,11 @@ impl SenderAuth {
         &self.caches
     }
 
-    fn override_for<T>(&self, domain: &str, pick: impl Fn(&crate::config::SenderAuthDomain) -> Option<T>) -> Option<T> {
+    fn override_for<T>(
+        &self,
+        domain: &str,
+        pick: impl Fn(&crate::config::SenderAuthDomain) -> Option<T>,
+    ) -> Option<T> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         self.config
             .domains
@@ -287,10 +295,12 @@ impl SenderAuth {
         let limit = self.config.timeout;
         let helo_out = bounded(
             limit,
-            self.auth.verify_spf(
-                self.caches
-                    .params(SpfParameters::verify_ehlo(ip, helo, self.hostname)),
-            ),
+            self.auth
+                .verify_spf(self.caches.params(SpfParameters::verify_ehlo(
+                    ip,
+                    helo,
+                    self.hostname,
+                ))),
             || SpfOutput::new(helo.to_string()).with_result(SpfResult::TempError),
         )
         .await;
@@ -300,12 +310,13 @@ impl SenderAuth {
             Some(
                 bounded(
                     limit,
-                    self.auth.verify_spf(self.caches.params(SpfParameters::verify_mail_from(
-                        ip,
-                        helo,
-                        self.hostname,
-                        mail_from,
-                    ))),
+                    self.auth
+                        .verify_spf(self.caches.params(SpfParameters::verify_mail_from(
+                            ip,
+                            helo,
+                            self.hostname,
+                            mail_from,
+                        ))),
                     || {
                         SpfOutput::new(domain_of(mail_from).to_string())
                             .with_result(SpfResult::TempError)
@@ -329,14 +340,12 @@ impl SenderAuth {
         let on = self
             .override_for(domain, |d| d.spf_reject_fail)
             .unwrap_or(self.config.spf_reject_fail);
-        (on && out.result() == SpfResult::Fail).then(|| {
-            match out.explanation() {
-                Some(e) if !e.is_empty() => format!(
-                    "SPF of {domain} does not allow this host to send its mail: {}",
-                    comment_text(e)
-                ),
-                _ => format!("SPF of {domain} does not allow this host to send its mail"),
-            }
+        (on && out.result() == SpfResult::Fail).then(|| match out.explanation() {
+            Some(e) if !e.is_empty() => format!(
+                "SPF of {domain} does not allow this host to send its mail: {}",
+                comment_text(e)
+            ),
+            _ => format!("SPF of {domain} does not allow this host to send its mail"),
         })
     }
 
@@ -403,11 +412,10 @@ impl SenderAuth {
                     e @ Error::Dkim(DkimError::FailedBodyHashMatch | DkimError::SignatureExpired),
                 ) => {
                     let failed = DkimOutput::fail(e.clone());
-                    match o.signature().and_then(|s| {
-                        msg.dkim_headers
-                            .iter()
-                            .find(|h| std::ptr::eq(&h.header, s))
-                    }) {
+                    match o
+                        .signature()
+                        .and_then(|s| msg.dkim_headers.iter().find(|h| std::ptr::eq(&h.header, s)))
+                    {
                         Some(h) => failed.with_signature(&h.header),
                         None => failed,
                     }
@@ -435,9 +443,10 @@ impl SenderAuth {
         let from_domain_hint = domain_of(msg.from()).to_string();
         let dmarc = bounded(
             limit,
-            self.auth.verify_dmarc(self.caches.params(DmarcParameters::new(
-                &msg, &dkim, &mf_domain, spf_out,
-            ))),
+            self.auth.verify_dmarc(
+                self.caches
+                    .params(DmarcParameters::new(&msg, &dkim, &mf_domain, spf_out)),
+            ),
             || {
                 DmarcOutput::default()
                     .with_domain(&from_domain_hint)
@@ -563,7 +572,12 @@ impl SenderAuth {
                         .collect(),
                     spf_result: (
                         spf_out.domain().to_string(),
-                        if spf.mail_from.is_some() { "mfrom" } else { "helo" }.into(),
+                        if spf.mail_from.is_some() {
+                            "mfrom"
+                        } else {
+                            "helo"
+                        }
+                        .into(),
                         spf_word(spf_out.result()).into(),
                     ),
                 },
@@ -589,14 +603,19 @@ impl SenderAuth {
                 let _ = write!(header, " header.s={}", pvalue(&s.s));
                 if !s.b.is_empty() {
                     use base64::Engine as _;
-                    let b = base64::engine::general_purpose::STANDARD.encode(&s.b[..s.b.len().min(6)]);
+                    let b =
+                        base64::engine::general_purpose::STANDARD.encode(&s.b[..s.b.len().min(6)]);
                     let _ = write!(header, " header.b={}", pvalue(&b));
                 }
-                let _ = write!(header, " header.a={}", match s.a {
-                    mail_auth::common::crypto::Algorithm::RsaSha256 => "rsa-sha256",
-                    mail_auth::common::crypto::Algorithm::RsaSha1 => "rsa-sha1",
-                    mail_auth::common::crypto::Algorithm::Ed25519Sha256 => "ed25519-sha256",
-                });
+                let _ = write!(
+                    header,
+                    " header.a={}",
+                    match s.a {
+                        mail_auth::common::crypto::Algorithm::RsaSha256 => "rsa-sha256",
+                        mail_auth::common::crypto::Algorithm::RsaSha1 => "rsa-sha1",
+                        mail_auth::common::crypto::Algorithm::Ed25519Sha256 => "ed25519-sha256",
+                    }
+                );
             }
         }
         let _ = write!(header, ";\r\n\tarc={arc_word}");
@@ -691,12 +710,22 @@ impl SenderAuth {
         let describe = |out: &SpfOutput, who: &str| -> String {
             let who = comment_text(who);
             match out.result() {
-                SpfResult::Pass => format!("{host}: domain of {who} designates {ip_text} as permitted sender"),
-                SpfResult::Fail => format!("{host}: domain of {who} does not designate {ip_text} as permitted sender"),
-                SpfResult::SoftFail => format!("{host}: domain of transitioning {who} does not designate {ip_text} as permitted sender"),
-                SpfResult::Neutral => format!("{host}: {ip_text} is neither permitted nor denied by domain of {who}"),
+                SpfResult::Pass => {
+                    format!("{host}: domain of {who} designates {ip_text} as permitted sender")
+                }
+                SpfResult::Fail => format!(
+                    "{host}: domain of {who} does not designate {ip_text} as permitted sender"
+                ),
+                SpfResult::SoftFail => format!(
+                    "{host}: domain of transitioning {who} does not designate {ip_text} as permitted sender"
+                ),
+                SpfResult::Neutral => {
+                    format!("{host}: {ip_text} is neither permitted nor denied by domain of {who}")
+                }
                 SpfResult::None => format!("{host}: domain of {who} does not publish SPF"),
-                SpfResult::TempError => format!("{host}: temporary DNS error checking SPF of {who}"),
+                SpfResult::TempError => {
+                    format!("{host}: temporary DNS error checking SPF of {who}")
+                }
                 SpfResult::PermError => format!("{host}: SPF record of {who} is invalid"),
             }
         };

@@ -246,7 +246,9 @@ fn xml_escape(s: &str) -> String {
 pub fn to_xml(r: &Report, org_name: &str, email: &str, report_id: &str) -> String {
     let e = xml_escape;
     let mut x = String::with_capacity(1024 + r.rows.len() * 600);
-    x.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<feedback>\n  <version>1.0</version>\n");
+    x.push_str(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<feedback>\n  <version>1.0</version>\n",
+    );
     x.push_str(&format!(
         "  <report_metadata>\n    <org_name>{}</org_name>\n    <email>{}</email>\n    <report_id>{}</report_id>\n    <date_range>\n      <begin>{}</begin>\n      <end>{}</end>\n    </date_range>\n",
         e(org_name), e(email), e(report_id), r.begin, r.end
@@ -296,8 +298,10 @@ pub fn to_xml(r: &Report, org_name: &str, email: &str, report_id: &str) -> Strin
 }
 
 fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut enc =
-        mail_auth::flate2::write::GzEncoder::new(Vec::new(), mail_auth::flate2::Compression::default());
+    let mut enc = mail_auth::flate2::write::GzEncoder::new(
+        Vec::new(),
+        mail_auth::flate2::Compression::default(),
+    );
     enc.write_all(data)?;
     enc.finish()
 }
@@ -336,12 +340,18 @@ pub async fn send_due(shared: &Arc<Shared>) -> usize {
             reports.forget(&key);
             continue;
         }
-        let report_id = format!("{}.{}@{}", report.begin, report.domain, shared.config.hostname);
+        let report_id = format!(
+            "{}.{}@{}",
+            report.begin, report.domain, shared.config.hostname
+        );
         let xml = to_xml(&report, &org, &from, &report_id);
         let Ok(gz) = gzip(xml.as_bytes()) else {
             continue;
         };
-        let file = format!("{org}!{}!{}!{}.xml.gz", report.domain, report.begin, report.end);
+        let file = format!(
+            "{org}!{}!{}!{}.xml.gz",
+            report.domain, report.begin, report.end
+        );
         let subject = format!(
             "Report Domain: {} Submitter: {org} Report-ID: <{report_id}>",
             report.domain
@@ -432,14 +442,17 @@ mod tests {
     #[test]
     fn rows_aggregate_and_xml_is_escaped() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Store =
-            Arc::new(crate::store::SledStore::open(&dir.path().join("s")).unwrap());
+        let store: Store = Arc::new(crate::store::SledStore::open(&dir.path().join("s")).unwrap());
         let cfg = crate::config::DmarcReports {
             enabled: true,
             ..Default::default()
         };
         let reports = Reports::new(store, cfg);
-        for (ip, d) in [("192.0.2.1", "none"), ("192.0.2.1", "none"), ("192.0.2.2", "reject")] {
+        for (ip, d) in [
+            ("192.0.2.1", "none"),
+            ("192.0.2.1", "none"),
+            ("192.0.2.2", "reject"),
+        ] {
             reports.record(Evaluation {
                 domain: "a.test".into(),
                 policy: Published {

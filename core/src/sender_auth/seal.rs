@@ -66,7 +66,10 @@ impl SenderAuth {
         let key = match crate::dkim::key(store, &domain) {
             Ok(Some(k)) => k,
             _ => {
-                tracing::info!(domain, "not ARC-sealing the forwarded message: no DKIM key for the domain (corvus dkim generate)");
+                tracing::info!(
+                    domain,
+                    "not ARC-sealing the forwarded message: no DKIM key for the domain (corvus dkim generate)"
+                );
                 return None;
             }
         };

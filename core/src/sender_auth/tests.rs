@@ -139,7 +139,11 @@ impl Fixture {
     /// A domain with a DKIM key (published), SPF for `ip` and a DMARC record.
     fn domain(&self, domain: &str, algorithm: &str, ip: &str, dmarc: &str) {
         let key = crate::dkim::generate(&self.store, domain, "sel", algorithm).unwrap();
-        let k = if algorithm == "ed25519" { "ed25519" } else { "rsa" };
+        let k = if algorithm == "ed25519" {
+            "ed25519"
+        } else {
+            "rsa"
+        };
         self.dns.txt(
             &format!("sel._domainkey.{domain}"),
             &format!("v=DKIM1; k={k}; p={}", key.public_key),
@@ -199,14 +203,32 @@ async fn aligned_ed25519_and_spf_pass() {
     f.domain("ok.test", "ed25519", SENDER_IP, "v=DMARC1; p=reject");
     let auth = f.checker();
     let c = check(&auth, &f.signed("a@ok.test", "hello"), "a@ok.test").await;
-    assert!(c.header.starts_with("Authentication-Results: mx.rcpt.test;\r\n\t"), "{}", c.header);
+    assert!(
+        c.header
+            .starts_with("Authentication-Results: mx.rcpt.test;\r\n\t"),
+        "{}",
+        c.header
+    );
     assert!(c.header.ends_with("\r\n") && !c.header[..c.header.len() - 2].contains("\r\n\r\n"));
-    assert!(resinfo(&c.header, "spf")[0].starts_with("spf=pass"), "{}", c.header);
+    assert!(
+        resinfo(&c.header, "spf")[0].starts_with("spf=pass"),
+        "{}",
+        c.header
+    );
     let dkim = resinfo(&c.header, "dkim");
     assert_eq!(dkim.len(), 1);
-    assert!(dkim[0].starts_with("dkim=pass header.d=ok.test"), "{}", c.header);
+    assert!(
+        dkim[0].starts_with("dkim=pass header.d=ok.test"),
+        "{}",
+        c.header
+    );
     assert!(dkim[0].contains("header.a=ed25519-sha256"), "{}", c.header);
-    assert!(resinfo(&c.header, "dmarc")[0].starts_with("dmarc=pass (p=reject dis=none) header.from=ok.test"), "{}", c.header);
+    assert!(
+        resinfo(&c.header, "dmarc")[0]
+            .starts_with("dmarc=pass (p=reject dis=none) header.from=ok.test"),
+        "{}",
+        c.header
+    );
     assert_eq!(c.action, Action::Accept);
     assert_eq!(c.facts.spf, "pass");
     assert_eq!(c.facts.dkim, "pass");
@@ -231,7 +253,11 @@ async fn tampered_rsa_fails_and_reject_policy_rejects() {
         "{}",
         c.header
     );
-    assert!(resinfo(&c.header, "spf")[0].starts_with("spf=fail"), "{}", c.header);
+    assert!(
+        resinfo(&c.header, "spf")[0].starts_with("spf=fail"),
+        "{}",
+        c.header
+    );
     assert!(resinfo(&c.header, "dmarc")[0].starts_with("dmarc=fail (p=reject dis=reject)"));
     assert!(matches!(&c.action, Action::Reject(t) if t.contains("bank.test")));
     assert_eq!(c.facts.action, "reject");
@@ -240,7 +266,12 @@ async fn tampered_rsa_fails_and_reject_policy_rejects() {
 #[tokio::test]
 async fn quarantine_and_per_domain_overrides() {
     let mut f = Fixture::new();
-    f.domain("q.test", "ed25519", "198.51.100.1", "v=DMARC1; p=quarantine");
+    f.domain(
+        "q.test",
+        "ed25519",
+        "198.51.100.1",
+        "v=DMARC1; p=quarantine",
+    );
     f.domain("r.test", "ed25519", "198.51.100.1", "v=DMARC1; p=reject");
     f.domain("m.test", "ed25519", "198.51.100.1", "v=DMARC1; p=reject");
     f.config.sender_auth.domains.insert(
@@ -259,9 +290,8 @@ async fn quarantine_and_per_domain_overrides() {
     );
     let auth = f.checker();
     // Unsigned, from an address SPF does not allow: DMARC fails for all three.
-    let unsigned = |from: &str| {
-        format!("From: <{from}>\r\nSubject: x\r\n\r\nbody\r\n").into_bytes()
-    };
+    let unsigned =
+        |from: &str| format!("From: <{from}>\r\nSubject: x\r\n\r\nbody\r\n").into_bytes();
     let c = check(&auth, &unsigned("a@q.test"), "a@q.test").await;
     assert!(matches!(c.action, Action::Quarantine(_)), "{:?}", c.action);
     assert!(c.header.contains("dkim=none"), "{}", c.header);
@@ -269,7 +299,11 @@ async fn quarantine_and_per_domain_overrides() {
     assert!(matches!(c.action, Action::Quarantine(_)), "{:?}", c.action);
     let c = check(&auth, &unsigned("a@m.test"), "a@m.test").await;
     assert_eq!(c.action, Action::Accept);
-    assert!(c.header.contains("dmarc=fail (p=reject dis=none)"), "{}", c.header);
+    assert!(
+        c.header.contains("dmarc=fail (p=reject dis=none)"),
+        "{}",
+        c.header
+    );
 }
 
 #[tokio::test]
@@ -332,7 +366,10 @@ async fn arc_seal_then_validate_and_trust() {
         .arc_seal(&forwarded, &c, &f.store, "fwd.test")
         .await
         .expect("sealed");
-    assert!(set.starts_with("ARC-Seal: i=1; a=rsa-sha256; s=sel; d=fwd.test; cv=none;"), "{set}");
+    assert!(
+        set.starts_with("ARC-Seal: i=1; a=rsa-sha256; s=sel; d=fwd.test; cv=none;"),
+        "{set}"
+    );
     assert!(set.contains("ARC-Message-Signature: i=1;"));
     assert!(set.contains("ARC-Authentication-Results: i=1; mx.rcpt.test;"));
     let mut sealed = set.into_bytes();
@@ -356,7 +393,11 @@ async fn arc_seal_then_validate_and_trust() {
     let trusting = f.checker();
     let c3 = trusting.check_message(&sealed, &env).await;
     assert_eq!(c3.action, Action::Accept);
-    assert!(c3.header.contains("override=trusted ARC sealer fwd.test"), "{}", c3.header);
+    assert!(
+        c3.header.contains("override=trusted ARC sealer fwd.test"),
+        "{}",
+        c3.header
+    );
     // A second seal continues the chain with cv=pass.
     let mut again = c3.header.clone().into_bytes();
     again.extend_from_slice(&sealed);
@@ -364,7 +405,10 @@ async fn arc_seal_then_validate_and_trust() {
         .arc_seal(&again, &c3, &f.store, "fwd.test")
         .await
         .expect("sealed again");
-    assert!(set2.starts_with("ARC-Seal: i=2;") && set2.contains("cv=pass"), "{set2}");
+    assert!(
+        set2.starts_with("ARC-Seal: i=2;") && set2.contains("cv=pass"),
+        "{set2}"
+    );
     // Tampering after the seal breaks the chain.
     let mut broken = sealed.clone();
     let at = broken.len() - 3;
@@ -423,7 +467,11 @@ async fn bench_check_message_warm_cache() {
     arc.extend_from_slice(&fwd);
     let n = 300;
     for (name, raw, from) in [
-        ("unsigned (SPF + DMARC only)", b"From: <a@ed.test>\r\nSubject: x\r\n\r\nbody\r\n".to_vec(), "a@ed.test"),
+        (
+            "unsigned (SPF + DMARC only)",
+            b"From: <a@ed.test>\r\nSubject: x\r\n\r\nbody\r\n".to_vec(),
+            "a@ed.test",
+        ),
         ("ed25519 DKIM", ed, "a@ed.test"),
         ("RSA-2048 DKIM", rsa, "a@rsa.test"),
         ("RSA-2048 DKIM + 1 ARC set", arc, "a@rsa.test"),
@@ -431,14 +479,24 @@ async fn bench_check_message_warm_cache() {
         // Warm up.
         for _ in 0..5 {
             let spf = auth.check_spf(ip(), "mail.example", from).await;
-            let env = Envelope { ip: ip(), helo: "mail.example", mail_from: from, spf: Some(&spf) };
+            let env = Envelope {
+                ip: ip(),
+                helo: "mail.example",
+                mail_from: from,
+                spf: Some(&spf),
+            };
             auth.check_message(&raw, &env).await;
         }
         let q = f.dns.queries();
         let started = Instant::now();
         for _ in 0..n {
             let spf = auth.check_spf(ip(), "mail.example", from).await;
-            let env = Envelope { ip: ip(), helo: "mail.example", mail_from: from, spf: Some(&spf) };
+            let env = Envelope {
+                ip: ip(),
+                helo: "mail.example",
+                mail_from: from,
+                spf: Some(&spf),
+            };
             let c = auth.check_message(&raw, &env).await;
             assert_eq!(c.action, Action::Accept);
         }

@@ -653,7 +653,11 @@ impl Session {
         ctx.mail_from = from.to_string();
         let spf = if self.sender_checks() {
             let helo = self.helo.clone().unwrap_or_default();
-            let sender = if from.is_null() { String::new() } else { from.to_string() };
+            let sender = if from.is_null() {
+                String::new()
+            } else {
+                from.to_string()
+            };
             let spf = self
                 .shared
                 .sender_auth
@@ -1048,7 +1052,11 @@ impl Session {
         // Sender authentication (inbound smtp): results for the header, hooks and policy.
         let checked = if self.sender_checks() {
             let helo = self.helo.clone().unwrap_or_default();
-            let sender = if tx.from.is_null() { String::new() } else { tx.from.to_string() };
+            let sender = if tx.from.is_null() {
+                String::new()
+            } else {
+                tx.from.to_string()
+            };
             let env = crate::sender_auth::Envelope {
                 ip: self.peer.ip(),
                 helo: &helo,
@@ -1071,9 +1079,8 @@ impl Session {
             }
             match (&checked, &self.user) {
                 (Some(c), _) => msg.extend_from_slice(c.header.as_bytes()),
-                (None, Some(u)) if self.shared.sender_auth.enabled() => msg.extend_from_slice(
-                    self.shared.sender_auth.authenticated_header(u).as_bytes(),
-                ),
+                (None, Some(u)) if self.shared.sender_auth.enabled() => msg
+                    .extend_from_slice(self.shared.sender_auth.authenticated_header(u).as_bytes()),
                 _ => {}
             }
         }
@@ -1101,7 +1108,11 @@ impl Session {
         ctx.rcpts = tx.rcpts.iter().map(|r| r.address.clone()).collect();
         if let Some(c) = &checked {
             ctx.auth = c.facts.clone();
-            ctx.auth_results = [c.facts.spf.clone(), c.facts.dkim.clone(), c.facts.dmarc.clone()];
+            ctx.auth_results = [
+                c.facts.spf.clone(),
+                c.facts.dkim.clone(),
+                c.facts.dmarc.clone(),
+            ];
         }
         let msg = Arc::new(msg);
         ctx.message = Some(msg.clone());
@@ -1317,7 +1328,10 @@ fn forwarding_domain(rcpts: &[Rcpt]) -> Option<String> {
     });
     let mut first = None;
     for (d, targets) in local {
-        if targets.iter().any(|t| domain(t).as_deref() != Some(d.as_str())) {
+        if targets
+            .iter()
+            .any(|t| domain(t).as_deref() != Some(d.as_str()))
+        {
             return Some(d);
         }
         first.get_or_insert(d);
