@@ -42,6 +42,21 @@ pub struct Config {
     pub shutdown_timeout: Duration,
 }
 
+/// Top-level keys of [`Config`], for picking settings out of the environment.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "hostname",
+    "data_dir",
+    "domains",
+    "listen",
+    "tls",
+    "dns",
+    "delivery",
+    "smtp",
+    "imap",
+    "log",
+    "shutdown_timeout",
+];
+
 /// Listener addresses: each an address or a list of addresses.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -120,6 +135,9 @@ pub struct Delivery {
     pub relay_password: Option<String>,
     /// Refuse to send to the smart host without STARTTLS.
     pub relay_require_tls: bool,
+    /// Send the sender a "delayed" notice once a message has waited this long (off when unset).
+    #[serde(with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    pub delay_warning: Option<Duration>,
     /// Outbound deliveries in progress at once.
     pub max_concurrency: usize,
     /// Outbound deliveries in progress at once to one destination domain.
@@ -392,6 +410,7 @@ impl Default for Delivery {
             relay_user: None,
             relay_password: None,
             relay_require_tls: true,
+            delay_warning: None,
             max_concurrency: 50,
             max_per_domain: 10,
         }
@@ -481,8 +500,19 @@ impl Config {
             }
             None => Figment::from(Serialized::defaults(Config::embedded())),
         };
-        // CORVUS_CONFIG names the file (the CLI's -c); it is not a setting.
-        Ok(base.merge(Env::prefixed("CORVUS_").ignore(&["config"]).split("__")))
+        // Only variables whose first segment is a top-level key are settings: CORVUS_CONFIG
+        // (the CLI's -c) or a tool's CORVUS_BIN are not. Inside a table, unknown keys are
+        // still rejected (CORVUS_SMTP__VRYF is an error).
+        let known = |k: &figment::value::UncasedStr| {
+            let top = k
+                .as_str()
+                .split("__")
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            TOP_LEVEL_KEYS.contains(&top.as_str())
+        };
+        Ok(base.merge(Env::prefixed("CORVUS_").filter(known).split("__")))
     }
 
     /// Validate what the types cannot: addresses, referenced files, domain names.
@@ -638,6 +668,22 @@ mod dur {
                 "{s:?} is not a duration like \"30s\", \"5m\", \"2h\", \"5d\" ({e})"
             ))
         })
+    }
+}
+
+mod opt_dur {
+    use serde::{Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::dur::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::dur::deserialize(d).map(Some)
     }
 }
 

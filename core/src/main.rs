@@ -51,6 +51,9 @@ enum Command {
     /// DKIM signing keys for outbound mail.
     #[command(subcommand)]
     Dkim(DkimCmd),
+    /// Load-test a running Corvus with mixed SMTP, IMAP and POP3 traffic and report throughput,
+    /// latency percentiles and errors. Point it only at servers you run.
+    Bench(BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -121,6 +124,37 @@ enum AliasCmd {
     },
     /// List aliases.
     List,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// SMTP listener (plain) to send to, e.g. 127.0.0.1:2525.
+    #[arg(long)]
+    smtp: Option<std::net::SocketAddr>,
+    /// IMAP listener (plain; the server needs imap.allow_plaintext_auth).
+    #[arg(long)]
+    imap: Option<std::net::SocketAddr>,
+    /// POP3 listener (plain; plaintext login must be allowed).
+    #[arg(long)]
+    pop3: Option<std::net::SocketAddr>,
+    /// Account that receives the SMTP traffic and is read over IMAP/POP3.
+    #[arg(long, default_value = "bench@localhost")]
+    user: String,
+    /// Its password.
+    #[arg(long, default_value = "bench")]
+    password: String,
+    /// Concurrent clients per protocol.
+    #[arg(long, default_value_t = 10)]
+    clients: usize,
+    /// How long to run, e.g. 60s or 10m.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: std::time::Duration,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 5120)]
+    size: usize,
+    /// PID of the server, to report its memory over time.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -224,7 +258,30 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Bench(b) = cli.command {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let errors = rt.block_on(corvus::bench::run(corvus::bench::BenchOptions {
+            smtp: b.smtp,
+            imap: b.imap,
+            pop3: b.pop3,
+            user: b.user,
+            password: b.password,
+            clients: b.clients,
+            duration: b.duration,
+            size: b.size,
+            server_pid: b.server_pid,
+        }));
+        return if errors == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     let admin = match cli.command {
+        Command::Bench(_) => unreachable!("handled above"),
         Command::Serve => {
             init_logging(&config);
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -52,8 +52,23 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(Arc::new(store))
 }
 
+/// Raise the open-file limit to the hard limit: every connection is a file descriptor, and
+/// the common default soft limit (1024) is far below `max_connections`.
+fn raise_fd_limit(want: u64) {
+    match rlimit::increase_nofile_limit(want.saturating_add(256)) {
+        Ok(n) if n < want => tracing::warn!(
+            limit = n,
+            max_connections = want,
+            "open-file limit is below max_connections; raise it (ulimit -n / LimitNOFILE=)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+}
+
 /// Run the server until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit(config.smtp.max_connections as u64);
     let config = Arc::new(config);
     let store = open_store(&config)?;
     let tls = crate::tls::acceptor(&config)?;

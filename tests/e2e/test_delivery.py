@@ -343,3 +343,197 @@ def test_interop_with_aiosmtpd(net):
         assert b".leading dot" in content and b"to aiosmtpd" in content
     finally:
         ctl.stop()
+
+
+def aiosmtpd_sink(host, port, **kw):
+    from aiosmtpd.controller import Controller
+
+    got = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            got.append((session.peer, envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+            return "250 OK"
+
+    ctl = Controller(Handler(), hostname=host, port=port, **kw)
+    ctl.start()
+    return ctl, got
+
+
+def test_connection_reused_for_consecutive_messages(net):
+    zone, make = net
+    port = free_port()
+    ctl, got = aiosmtpd_sink("127.0.0.5", port)
+    try:
+        a = make("a", ["a.test"], delivery=f"port = {port}")
+        a.add_user("alice@a.test", PW)
+        zone.add("other.test", "MX", "5 mx.other.test.")
+        zone.add("mx.other.test", "A", "127.0.0.5")
+        a.start()
+        for i in range(3):
+            submit(a, "alice@a.test", ["carol@other.test"], b"reuse %d\r\n" % i)
+            wait_for(lambda: len(got) > i, what=f"message {i}")
+        peers = {g[0] for g in got}
+        assert len(peers) == 1, f"expected one connection, saw {peers}"
+    finally:
+        ctl.stop()
+
+
+def test_smtputf8_to_server_without_it_bounces(net):
+    zone, make = net
+    port = free_port()
+    ctl, got = aiosmtpd_sink("127.0.0.5", port, enable_SMTPUTF8=False)
+    try:
+        a = make("a", ["a.test"], delivery=f"port = {port}")
+        a.add_user("alice@a.test", PW)
+        zone.add("other.test", "MX", "5 mx.other.test.")
+        zone.add("mx.other.test", "A", "127.0.0.5")
+        a.start()
+        s = a.smtp("submission")
+        s.ehlo()
+        s.login("alice@a.test", PW)
+        s.sendmail("alice@a.test", ["δοκιμή@other.test"], "Subject: utf8\r\n\r\nγειά\r\n".encode(), mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+        s.quit()
+        dsn = wait_for(lambda: dsn_in(a, "alice@a.test"), what="SMTPUTF8 DSN")
+        assert b"Status: 5.6.7" in dsn
+        assert not got
+    finally:
+        ctl.stop()
+
+
+def test_delay_warning_sent_once(net):
+    zone, make = net
+    a, _, _ = two_sites(zone, make, delivery='delay_warning = "1s"\nretry = ["1s"]')
+    a.start()  # B stays down
+    submit(a, "alice@a.test", ["bob@b.test"], b"slow\r\n")
+    dsn = wait_for(lambda: dsn_in(a, "alice@a.test"), what="delay warning")
+    assert b"Action: delayed" in dsn
+    time.sleep(3)
+    warnings = [m for m in a.stored_messages("alice@a.test") if b"Action: delayed" in m]
+    assert len(warnings) == 1
+    assert "bob@b.test" in a.run_cli("queue", "list").stdout  # still queued
+
+
+def test_smart_host_with_auth_and_tls(net):
+    """[delivery] relay: everything goes to one host, over STARTTLS, with AUTH PLAIN."""
+    zone, make = net
+    b_port = free_port()
+    b = make("b", ["b.test"], host="127.0.0.2", ports={"submission": b_port})
+    b.add_user("relayacct@b.test", PW)
+    b.add_user("bob@b.test", PW)
+    a = make(
+        "a",
+        ["a.test"],
+        delivery=f'relay = "127.0.0.2:{b_port}"\nrelay_user = "relayacct@b.test"\nrelay_password = "{PW}"\nrelay_require_tls = true',
+    )
+    a.add_user("alice@a.test", PW)
+    # The smart host lets its relay account send for other domains.
+    b.smtp_cfg["allow_any_sender"] = True
+    b.write_config()
+    b.start()
+    a.start()
+    submit(a, "alice@a.test", ["bob@b.test"], b"via smart host\r\n")
+    raw = wait_for(lambda: b.stored_messages("bob@b.test"), what="relayed delivery")[0]
+    assert b"via smart host" in raw
+    assert b"authenticated as relayacct@b.test" in raw
+    assert b"TLS" in raw.split(b"\r\n\r\n")[0]
+
+
+def test_per_recipient_results_and_dsn_parameters(net):
+    """One transaction, three recipients: accepted, deferred (4xx → stays queued), refused (5xx →
+    DSN that carries ENVID, ORCPT and, with RET=HDRS, only the headers)."""
+    from aiosmtpd.controller import Controller
+
+    got = []
+
+    class Handler:
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+            if address.startswith("later@"):
+                return "450 4.2.1 try later"
+            if address.startswith("never@"):
+                return "550 5.1.1 no such user"
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+        async def handle_DATA(self, server, session, envelope):
+            got.append(list(envelope.rcpt_tos))
+            return "250 OK"
+
+    zone, make = net
+    port = free_port()
+    ctl = Controller(Handler(), hostname="127.0.0.5", port=port)
+    ctl.start()
+    try:
+        a = make("a", ["a.test"], delivery=f'port = {port}\nretry = ["1h"]')
+        a.add_user("alice@a.test", PW)
+        zone.add("other.test", "MX", "5 mx.other.test.")
+        zone.add("mx.other.test", "A", "127.0.0.5")
+        a.start()
+        s = a.smtp("submission")
+        s.ehlo()
+        s.login("alice@a.test", PW)
+        msg = b"Subject: mixed\r\nX-Marker: header-only\r\n\r\nBODY-SHOULD-NOT-COME-BACK\r\n"
+        s.sendmail(
+            "alice@a.test",
+            ["ok@other.test", "later@other.test", "never@other.test"],
+            msg,
+            mail_options=["RET=HDRS", "ENVID=env-42"],
+            rcpt_options=["NOTIFY=FAILURE", "ORCPT=rfc822;orig+2Bx@other.test"],
+        )
+        s.quit()
+        wait_for(lambda: got, what="accepted recipient delivered")
+        assert got[0] == ["ok@other.test"]
+        dsn = wait_for(lambda: dsn_in(a, "alice@a.test"), what="DSN for the refused recipient")
+        assert b"Final-Recipient: rfc822; never@other.test" in dsn
+        assert b"later@other.test" not in dsn
+        assert b"Original-Envelope-Id: env-42" in dsn
+        assert b"Original-Recipient: rfc822;orig+x@other.test" in dsn
+        assert b"text/rfc822-headers" in dsn and b"X-Marker: header-only" in dsn
+        assert b"BODY-SHOULD-NOT-COME-BACK" not in dsn
+        listing = a.run_cli("queue", "list").stdout
+        assert "later@other.test" in listing and "450" in listing
+        assert "never@other.test" not in listing and "ok@other.test" not in listing
+    finally:
+        ctl.stop()
+
+
+def test_helo_fallback_and_size_limit(net):
+    """A remote that refuses EHLO gets HELO; a remote whose SIZE is smaller than the message
+    makes a clean 5.3.4 bounce without sending it."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP as AioSMTP
+
+    got = []
+
+    class Handler:
+        async def handle_EHLO(self, server, session, envelope, hostname, responses):
+            return ["502 5.5.1 EHLO not implemented"]
+
+        async def handle_DATA(self, server, session, envelope):
+            got.append(envelope.content)
+            return "250 OK"
+
+    zone, make = net
+    port, port2 = free_port(), free_port()
+    ctl = Controller(Handler(), hostname="127.0.0.5", port=port)
+    ctl.start()
+    small = Controller(type("H", (), {"handle_DATA": Handler.handle_DATA})(), hostname="127.0.0.6", port=port, data_size_limit=100)
+    small.start()
+    try:
+        a = make("a", ["a.test"], delivery=f'port = {port}\nretry = ["1h"]')
+        a.add_user("alice@a.test", PW)
+        zone.add("old.test", "MX", "5 mx.old.test.")
+        zone.add("mx.old.test", "A", "127.0.0.5")
+        zone.add("tiny.test", "MX", "5 mx.tiny.test.")
+        zone.add("mx.tiny.test", "A", "127.0.0.6")
+        a.start()
+        submit(a, "alice@a.test", ["x@old.test"], b"via HELO\r\n")
+        wait_for(lambda: got, what="delivery after HELO fallback")
+        assert b"via HELO" in got[0]
+        submit(a, "alice@a.test", ["y@tiny.test"], b"z" * 500 + b"\r\n")
+        dsn = wait_for(lambda: dsn_in(a, "alice@a.test"), what="SIZE bounce")
+        assert b"Status: 5.3.4" in dsn
+        assert len(got) == 1
+    finally:
+        ctl.stop()
+        small.stop()

@@ -36,8 +36,57 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// Idle connections kept for reuse, per remote address (RFC 5321 allows several
+/// transactions per session; reuse saves the TCP and TLS handshakes).
+type Pool = Arc<Mutex<HashMap<SocketAddr, Vec<(Client, std::time::Instant)>>>>;
+
+/// How long an idle outbound connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(10);
+/// Idle connections kept per remote address.
+const POOL_PER_HOST: usize = 4;
+
+fn pool_take(pool: &Pool, addr: SocketAddr) -> Option<Client> {
+    let mut g = pool.lock().expect("pool");
+    let v = g.get_mut(&addr)?;
+    while let Some((c, since)) = v.pop() {
+        if since.elapsed() < POOL_IDLE {
+            return Some(c);
+        }
+    }
+    None
+}
+
+fn pool_put(pool: &Pool, addr: SocketAddr, c: Client) -> Option<Client> {
+    let mut g = pool.lock().expect("pool");
+    let v = g.entry(addr).or_default();
+    if v.len() >= POOL_PER_HOST {
+        return Some(c);
+    }
+    v.push((c, std::time::Instant::now()));
+    None
+}
+
+/// Close connections idle for too long.
+fn pool_reap(pool: &Pool) {
+    let mut stale = Vec::new();
+    {
+        let mut g = pool.lock().expect("pool");
+        for v in g.values_mut() {
+            let (keep, old): (Vec<_>, Vec<_>) =
+                v.drain(..).partition(|(_, t)| t.elapsed() < POOL_IDLE);
+            *v = keep;
+            stale.extend(old.into_iter().map(|(c, _)| c));
+        }
+        g.retain(|_, v| !v.is_empty());
+    }
+    for c in stale {
+        tokio::spawn(c.quit());
+    }
+}
+
 /// Run the queue until shutdown.
 pub async fn run(shared: Arc<Shared>) {
+    let pool: Pool = Arc::new(Mutex::new(HashMap::new()));
     let inflight: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
     let global = Arc::new(Semaphore::new(
         shared.config.delivery.max_concurrency.max(1),
@@ -45,6 +94,7 @@ pub async fn run(shared: Arc<Shared>) {
     let per_domain: Arc<Mutex<HashMap<String, Arc<Semaphore>>>> =
         Arc::new(Mutex::new(HashMap::new()));
     loop {
+        pool_reap(&pool);
         let mut next = now() + 60;
         match shared.store.queue() {
             Ok(entries) => {
@@ -56,16 +106,17 @@ pub async fn run(shared: Arc<Shared>) {
                     if !inflight.lock().expect("inflight").insert(e.id.clone()) {
                         continue;
                     }
-                    let (shared, inflight, global, per_domain) = (
+                    let (shared, inflight, global, per_domain, pool) = (
                         shared.clone(),
                         inflight.clone(),
                         global.clone(),
                         per_domain.clone(),
+                        pool.clone(),
                     );
                     tokio::spawn(async move {
                         let id = e.id.clone();
                         if let Ok(_permit) = global.acquire().await {
-                            attempt(&shared, e, &per_domain).await;
+                            attempt(&shared, e, &per_domain, &pool).await;
                         }
                         inflight.lock().expect("inflight").remove(&id);
                         shared.queue_wakeup.notify_one();
@@ -74,7 +125,7 @@ pub async fn run(shared: Arc<Shared>) {
             }
             Err(e) => tracing::error!(error = %e, "reading the queue failed"),
         }
-        let wait = Duration::from_secs((next - now()).clamp(1, 60) as u64);
+        let wait = Duration::from_secs((next - now()).clamp(1, POOL_IDLE.as_secs() as i64) as u64);
         tokio::select! {
             _ = shared.queue_wakeup.notified() => {}
             _ = tokio::time::sleep(wait) => {}
@@ -86,11 +137,23 @@ pub async fn run(shared: Arc<Shared>) {
 /// One delivery attempt for every recipient of `entry`.
 async fn attempt(
     shared: &Arc<Shared>,
+    entry: QueueEntry,
+    per_domain: &Mutex<HashMap<String, Arc<Semaphore>>>,
+    pool: &Pool,
+) {
+    use tracing::Instrument;
+    let span = tracing::info_span!("delivery", queue_id = %entry.id);
+    attempt_in_span(shared, entry, per_domain, pool)
+        .instrument(span)
+        .await
+}
+
+async fn attempt_in_span(
+    shared: &Arc<Shared>,
     mut entry: QueueEntry,
     per_domain: &Mutex<HashMap<String, Arc<Semaphore>>>,
+    pool: &Pool,
 ) {
-    let span = tracing::info_span!("delivery", queue_id = %entry.id);
-    let _g = span.enter();
     let message = match shared.store.blob(entry.blob) {
         Ok(m) => m,
         Err(e) => {
@@ -135,6 +198,7 @@ async fn attempt(
             &domain,
             &rcpts,
             signed.as_deref().unwrap_or(&message),
+            pool,
         )
         .await;
         outcomes.extend(rcpts.into_iter().zip(results));
@@ -149,6 +213,7 @@ async fn deliver_domain(
     domain: &str,
     rcpts: &[QueueRcpt],
     message: &[u8],
+    pool: &Pool,
 ) -> Vec<Outcome> {
     // Mail for a local domain never leaves over the network.
     if crate::routing::is_local_domain(&shared.store, &shared.config.domains, domain)
@@ -232,14 +297,27 @@ async fn deliver_domain(
                 break 'hosts;
             }
             let addr = SocketAddr::new(ip, port);
-            let mut client = match Client::connect(
-                addr,
-                &shared.config.hostname,
-                host,
-                relay && cfg.relay_require_tls,
-            )
-            .await
-            {
+            let reused = match pool_take(pool, addr) {
+                Some(mut c) => match c.command("RSET", Duration::from_secs(30)).await {
+                    Ok(r) if r.ok() => Some(c),
+                    _ => None,
+                },
+                None => None,
+            };
+            let fresh = reused.is_none();
+            let connected = match reused {
+                Some(c) => Ok(c),
+                None => {
+                    Client::connect(
+                        addr,
+                        &shared.config.hostname,
+                        host,
+                        relay && cfg.relay_require_tls,
+                    )
+                    .await
+                }
+            };
+            let mut client = match connected {
                 Ok(c) => c,
                 Err(ClientError::Reply(r)) if r.permanent() && relay => {
                     return fill(results, perm_reply(&r, host));
@@ -250,8 +328,11 @@ async fn deliver_domain(
                     continue;
                 }
             };
-            tracing::debug!(host, %ip, tls = %client.tls, "connected");
-            if relay && let (Some(u), Some(p)) = (&cfg.relay_user, &cfg.relay_password) {
+            tracing::debug!(host, %ip, tls = %client.tls, reused = !fresh, "connected");
+            if fresh
+                && relay
+                && let (Some(u), Some(p)) = (&cfg.relay_user, &cfg.relay_password)
+            {
                 if let Err(e) = client.auth(u, p).await {
                     last_error = format!("{host}: authentication failed: {e}");
                     client.quit().await;
@@ -335,7 +416,9 @@ async fn deliver_domain(
                             last_error = format!("{host} [{ip}]: {reply}");
                         }
                     }
-                    client.quit().await;
+                    if let Some(extra) = pool_put(pool, addr, client) {
+                        extra.quit().await;
+                    }
                 }
                 Err(e) => {
                     last_error = format!("{host} [{ip}]: {e}");
@@ -465,6 +548,32 @@ async fn finish(
             tracing::error!(error = %e, "could not queue the bounce");
         }
     }
+    // Optional delay warning, once, to senders who did not opt out (RFC 3461 NOTIFY=DELAY).
+    if let Some(after) = cfg.delay_warning
+        && !entry.warned
+        && !entry.mail_from.is_empty()
+        && !remaining.is_empty()
+        && now() - entry.created >= after.as_secs() as i64
+    {
+        let delayed: Vec<RcptStatus> = remaining
+            .iter()
+            .filter(|r| r.notify.is_empty() || dsn::wants(r, "delayed"))
+            .map(|r| RcptStatus {
+                rcpt: r.clone(),
+                action: "delayed",
+                status: "4.4.7".into(),
+                remote_mta: None,
+                diagnostic: entry.last_error.clone().unwrap_or_default(),
+            })
+            .collect();
+        if !delayed.is_empty() {
+            let notice = dsn::build(&shared.config.hostname, entry, &delayed, message);
+            if let Err(e) = send_bounce(shared, &entry.mail_from, &notice) {
+                tracing::error!(error = %e, "could not queue the delay warning");
+            }
+        }
+        entry.warned = true;
+    }
     entry.rcpts = remaining;
     let result = if entry.rcpts.is_empty() {
         shared.store.queue_remove(&entry.id)
@@ -524,6 +633,7 @@ fn send_bounce(
         blob: 0,
         smtputf8: !to.is_ascii(),
         decisions: vec!["bounce".into()],
+        warned: true,
     };
     shared.store.enqueue(entry, bounce)?;
     shared.queue_wakeup.notify_one();

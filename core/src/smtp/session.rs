@@ -1237,6 +1237,7 @@ impl Session {
             blob: 0,
             smtputf8: tx.params.smtputf8,
             decisions: decisions.clone(),
+            warned: false,
         });
         let m2 = msg.clone();
         let stored =

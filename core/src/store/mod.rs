@@ -198,6 +198,9 @@ pub struct QueueEntry {
     pub smtputf8: bool,
     /// Hook decisions recorded for `corvus queue show`.
     pub decisions: Vec<String>,
+    /// Whether a delay warning was sent already.
+    #[serde(default)]
+    pub warned: bool,
 }
 
 /// One queued recipient.
