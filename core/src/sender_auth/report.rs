@@ -390,6 +390,7 @@ pub async fn send_due(shared: &Arc<Shared>) -> usize {
             blob: 0,
             smtputf8: false,
             decisions: vec!["dmarc aggregate report".into()],
+            warned: true,
         };
         match shared.store.enqueue(entry, &message) {
             Ok(()) => {
