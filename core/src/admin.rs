@@ -1,5 +1,8 @@
-//! Administration commands (users, domains, aliases), run either directly on an open store or
-//! inside a running server on behalf of the CLI through the control socket.
+//! Administration commands (users, domains, aliases, mailbox import/export), run either
+//! directly on an open store or inside a running server on behalf of the CLI through the
+//! control socket.
+
+use std::path::PathBuf;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -103,6 +106,27 @@ pub enum AdminCommand {
         /// Message UID.
         uid: u32,
     },
+    /// Write every folder of an account to `dest` (Maildir++ tree or one mbox per folder).
+    MailboxExport {
+        /// Account address.
+        address: String,
+        /// Output format.
+        format: crate::mailbox_io::Format,
+        /// Destination directory, absolute (the server's working directory is not the CLI's);
+        /// created, or must be empty.
+        dest: PathBuf,
+    },
+    /// Read a Maildir++ tree or mbox file(s) into an account.
+    MailboxImport {
+        /// Account address.
+        address: String,
+        /// Input format.
+        format: crate::mailbox_io::Format,
+        /// Source path, absolute.
+        src: PathBuf,
+        /// Folder for the top level (default INBOX); other folders go below it.
+        folder: Option<String>,
+    },
 }
 
 /// Errors from administrative commands.
@@ -114,6 +138,9 @@ pub enum AdminError {
     /// The store refused.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Import or export failed.
+    #[error(transparent)]
+    MailboxIo(#[from] crate::mailbox_io::MailboxIoError),
 }
 
 /// Run a command against the store, with `config_domains` (from the config file) counted as
@@ -122,6 +149,16 @@ pub fn execute(
     store: &Store,
     config_domains: &[String],
     cmd: AdminCommand,
+) -> Result<String, AdminError> {
+    execute_with_progress(store, config_domains, cmd, &mut |_| {})
+}
+
+/// [`execute`], reporting progress of long commands (import, export) line by line.
+pub fn execute_with_progress(
+    store: &Store,
+    config_domains: &[String],
+    cmd: AdminCommand,
+    progress: &mut dyn FnMut(&str),
 ) -> Result<String, AdminError> {
     let out = match cmd {
         AdminCommand::UserAdd { address, password } => {
@@ -332,6 +369,50 @@ pub fn execute(
                 .ok_or_else(|| StoreError::NotFound(format!("message {uid} in {folder}")))?;
             B64.encode(store.blob(meta.blob)?)
         }
+        AdminCommand::MailboxExport {
+            address,
+            format,
+            dest,
+        } => {
+            let dest = absolute(dest)?;
+            let started = std::time::Instant::now();
+            let s = crate::mailbox_io::export(store, &address, format, &dest, progress)?;
+            format!(
+                "exported {} messages in {} folders of {} to {} ({format}) in {:.1}s: {}",
+                s.messages(),
+                s.folders.len(),
+                address.to_lowercase(),
+                dest.display(),
+                started.elapsed().as_secs_f64(),
+                s.details()
+            )
+        }
+        AdminCommand::MailboxImport {
+            address,
+            format,
+            src,
+            folder,
+        } => {
+            let src = absolute(src)?;
+            let started = std::time::Instant::now();
+            let s = crate::mailbox_io::import(
+                store,
+                &address,
+                format,
+                &src,
+                folder.as_deref(),
+                progress,
+            )?;
+            format!(
+                "imported {} messages into {} folders of {} from {} ({format}) in {:.1}s: {}",
+                s.messages(),
+                s.folders.len(),
+                address.to_lowercase(),
+                src.display(),
+                started.elapsed().as_secs_f64(),
+                s.details()
+            )
+        }
     };
     Ok(out)
 }
@@ -343,6 +424,18 @@ fn find_mailbox(store: &Store, user: &str, name: &str) -> Result<u64, AdminError
         None => {
             Err(StoreError::NotFound(format!("mailbox {name} of {}", user.to_lowercase())).into())
         }
+    }
+}
+
+/// Import and export paths must not depend on the working directory of whoever runs them.
+fn absolute(p: PathBuf) -> Result<PathBuf, AdminError> {
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err(AdminError::Usage(format!(
+            "{}: give an absolute path (the server resolves paths, not the shell)",
+            p.display()
+        )))
     }
 }
 

@@ -33,6 +33,8 @@ pub struct Config {
     pub smtp: Smtp,
     /// IMAP server behaviour and limits.
     pub imap: Imap,
+    /// POP3 server behaviour and limits.
+    pub pop3: Pop3,
     /// Inbound sender authentication (SPF, DKIM, DMARC, ARC) on the `smtp` listener.
     pub sender_auth: SenderAuth,
     /// Logging.
@@ -226,6 +228,31 @@ impl Default for Imap {
     }
 }
 
+/// POP3 server behaviour and limits (the `pop3` and `pop3s` listeners).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pop3 {
+    /// Accept USER/PASS and AUTH on the plain `pop3` listener before STLS (off: they are
+    /// refused with `-ERR [AUTH]` until the connection is encrypted, RFC 2595 §2.2).
+    pub allow_plaintext_auth: bool,
+    /// Close a session that sends nothing for this long, without entering the UPDATE state
+    /// (RFC 1939 §3 asks for at least 10 minutes).
+    #[serde(with = "dur")]
+    pub idle_timeout: Duration,
+    /// Bad commands in one session before it is closed.
+    pub max_errors: usize,
+}
+
+impl Default for Pop3 {
+    fn default() -> Self {
+        Pop3 {
+            allow_plaintext_auth: false,
+            idle_timeout: Duration::from_secs(600),
+            max_errors: 10,
+        }
+    }
+}
+
 /// Inbound sender authentication on the `smtp` listener (submission is never checked: its
 /// senders have logged in).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -390,6 +417,7 @@ impl Default for Config {
             delivery: Delivery::default(),
             smtp: Smtp::default(),
             imap: Imap::default(),
+            pop3: Pop3::default(),
             sender_auth: SenderAuth::default(),
             log: Log::default(),
             shutdown_timeout: Duration::from_secs(30),
@@ -566,6 +594,9 @@ impl Config {
             problems.push(format!(
                 "delivery.relay: {r:?} is not host:port, e.g. \"smtp.provider.example:587\""
             ));
+        }
+        if self.pop3.idle_timeout.is_zero() {
+            problems.push("pop3.idle_timeout: must be longer than zero, e.g. \"10m\"".into());
         }
         if self.delivery.retry.is_empty() {
             problems
@@ -804,6 +835,25 @@ mod tests {
         let p = write(d.path(), "[delivery]\nexpire = \"soon\"\n");
         let e = Config::load(Some(&p)).unwrap_err();
         assert!(e[0].contains("delivery.expire"), "{e:?}");
+    }
+
+    #[test]
+    fn pop3_section() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "[pop3]\nallow_plaintext_auth = true\nidle_timeout = \"15m\"\nmax_errors = 3\n",
+        );
+        let c = Config::load(Some(&p)).unwrap();
+        assert!(c.pop3.allow_plaintext_auth);
+        assert_eq!(c.pop3.idle_timeout, Duration::from_secs(900));
+        assert_eq!(c.pop3.max_errors, 3);
+        let p = write(d.path(), "[pop3]\nidle = \"1m\"\n");
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e[0].contains("idle"), "{e:?}");
+        let p = write(d.path(), "[pop3]\nidle_timeout = \"0s\"\n");
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e[0].starts_with("pop3.idle_timeout"), "{e:?}");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! Code map: [`config`] (figment settings), [`store`] (storage interface and sled backend),
 //! [`accounts`] and [`admin`] (users, domains, aliases), [`control`] (CLI ↔ server socket),
 //! [`tls`], [`dns`], [`net`] (streams and limits), [`hooks`] (dispatch), [`routing`]
-//! (recipients), [`sender_auth`] (SPF/DKIM/DMARC/ARC of inbound mail), [`smtp`] (protocol), [`server`] (listeners and lifecycle).
+//! (recipients), [`sender_auth`] (SPF/DKIM/DMARC/ARC of inbound mail), [`smtp`] and [`pop3`]
+//! (protocols), [`mailbox_io`] (Maildir and mbox import
+//! and export), [`server`] (listeners and lifecycle).
 
 pub mod accounts;
 pub mod admin;
@@ -14,6 +16,7 @@ pub mod dkim;
 pub mod dns;
 pub mod hooks;
 pub mod imap;
+pub mod mailbox_io;
 pub mod message;
 pub mod net;
 pub mod pop3;

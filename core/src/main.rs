@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use corvus::admin::{AdminCommand, execute};
+use corvus::admin::{AdminCommand, execute_with_progress};
 use corvus::config::{Config, LogFormat};
+use corvus::mailbox_io::Format;
 
 /// Corvus: a mail server (SMTP, submission, IMAP, POP3) you extend with Rhai scripts and
 /// WASM plugins.
@@ -42,7 +43,8 @@ enum Command {
     /// Manage aliases (an address that delivers to one or more other addresses).
     #[command(subcommand)]
     Alias(AliasCmd),
-    /// Look into an account's mailboxes (until IMAP and POP3 exist, the way to read mail).
+    /// Look into an account's mailboxes, and copy its mail to or from Maildir and mbox
+    /// (works while the server runs).
     #[command(subcommand)]
     Mailbox(MailboxCmd),
     /// Inspect and manage the outbound queue (works while the server runs).
@@ -212,6 +214,37 @@ enum MailboxCmd {
         /// The message's UID (see `corvus mailbox list ADDRESS FOLDER`).
         uid: u32,
     },
+    /// Write every folder of ADDRESS into DEST, keeping flags and internal dates.
+    ///
+    /// maildir: a Maildir++ tree (INBOX in DEST/cur, folder Work/2024 in DEST/.Work.2024/).
+    /// mbox: one mboxrd file per folder (DEST/INBOX, DEST/Work.2024), flags in Status and
+    /// X-Status. DEST is created, or must be empty.
+    Export {
+        /// The account's address.
+        address: String,
+        /// Output format.
+        #[arg(long, value_enum)]
+        format: Format,
+        /// Destination directory.
+        dest: PathBuf,
+    },
+    /// Read a Maildir++ tree, an mbox file or a directory of mbox files into ADDRESS.
+    ///
+    /// The top level (a Maildir's cur/ and new/, a single mbox file, or the INBOX file of a
+    /// directory) goes into --folder; the other folders keep their names, below --folder when
+    /// it is given.
+    Import {
+        /// The account's address.
+        address: String,
+        /// Input format.
+        #[arg(long, value_enum)]
+        format: Format,
+        /// Maildir directory, mbox file, or directory of mbox files.
+        src: PathBuf,
+        /// Folder for the top level of SRC.
+        #[arg(long, default_value = "INBOX")]
+        folder: String,
+    },
 }
 
 fn read_password(p: PasswordArgs) -> Result<String, String> {
@@ -348,6 +381,32 @@ fn main() -> ExitCode {
             folder,
             uid,
         },
+        Command::Mailbox(MailboxCmd::Export {
+            address,
+            format,
+            dest,
+        }) => match std::path::absolute(&dest) {
+            Ok(dest) => AdminCommand::MailboxExport {
+                address,
+                format,
+                dest,
+            },
+            Err(e) => return fail(&format!("{}: {e}", dest.display())),
+        },
+        Command::Mailbox(MailboxCmd::Import {
+            address,
+            format,
+            src,
+            folder,
+        }) => match std::path::absolute(&src) {
+            Ok(src) => AdminCommand::MailboxImport {
+                address,
+                format,
+                src,
+                folder: (!folder.eq_ignore_ascii_case("INBOX")).then_some(folder),
+            },
+            Err(e) => return fail(&format!("{}: {e}", src.display())),
+        },
     };
     run_admin(&config, admin)
 }
@@ -386,7 +445,12 @@ fn run_admin(config: &Config, cmd: AdminCommand) -> ExitCode {
         .build()
         .expect("tokio runtime");
     // A running server owns the store: go through its control socket.
-    match rt.block_on(corvus::control::send(&config.control_socket(), &cmd)) {
+    let mut progress = |line: &str| eprintln!("{line}");
+    match rt.block_on(corvus::control::send_with_progress(
+        &config.control_socket(),
+        &cmd,
+        &mut progress,
+    )) {
         Ok(Some(reply)) => {
             return if reply.ok {
                 print_output(&reply.text, raw)
@@ -406,7 +470,7 @@ fn run_admin(config: &Config, cmd: AdminCommand) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&format!("{e:#}")),
     };
-    let result = execute(&store, &config.domains, cmd);
+    let result = execute_with_progress(&store, &config.domains, cmd, &mut progress);
     let flushed = rt.block_on(store.commit());
     match (result, flushed) {
         (Ok(text), Ok(())) => print_output(&text, raw),

@@ -40,6 +40,10 @@ pub struct Shared {
     pub queue_wakeup: Arc<Notify>,
     /// Connection counters.
     pub conn_limits: Arc<ConnLimits>,
+    /// Users whose maildrop is open in a POP3 session.
+    pub maildrop_locks: Arc<crate::pop3::MaildropLocks>,
+    /// Recent successful password checks (saves argon2 on repeated logins).
+    pub credential_cache: Arc<crate::accounts::CredentialCache>,
     /// SPF/DKIM/DMARC/ARC checks of inbound mail.
     pub sender_auth: crate::sender_auth::SenderAuth,
 }
@@ -69,6 +73,9 @@ fn raise_fd_limit(want: u64) {
 /// Run the server until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     raise_fd_limit(config.smtp.max_connections as u64);
+    // Handlers first: a SIGTERM that arrives while we start up (say, right after a listener
+    // opens) must still end in a clean shutdown, not in the default action.
+    let signals = wait_for_signal().context("installing SIGTERM/SIGINT handlers")?;
     let config = Arc::new(config);
     let store = open_store(&config)?;
     let tls = crate::tls::acceptor(&config)?;
@@ -85,6 +92,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.smtp.max_connections_per_ip,
         ),
         queue_wakeup: Arc::new(Notify::new()),
+        maildrop_locks: Arc::default(),
+        credential_cache: Arc::new(crate::accounts::CredentialCache::new(Duration::from_secs(
+            600,
+        ))),
         config: config.clone(),
         store: store.clone(),
         tls,
@@ -141,7 +152,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracker.spawn(accept_loop(shared, listener, proto, tracker2));
     }
 
-    wait_for_signal().await;
+    signals.await;
     tracing::info!("shutting down: no new connections; waiting for sessions to finish");
     shutdown.cancel();
     tracker.close();
@@ -156,14 +167,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Install the SIGTERM and SIGINT handlers now; the returned future resolves on either.
+fn wait_for_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    })
 }
 
 async fn accept_loop(

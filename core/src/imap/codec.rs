@@ -26,6 +26,9 @@ pub enum Frame {
         tag: String,
         /// `{n+}` literal.
         nonsync: bool,
+        /// Bytes up to the end of the line that announced the literal: the refused command
+        /// (earlier lines and literals included) to drop before reading on.
+        end: usize,
     },
 }
 
@@ -57,7 +60,11 @@ pub fn frame(buf: &[u8], acked: usize, max_line: usize, max_literal: u64) -> Fra
                 .next()
                 .map(|t| String::from_utf8_lossy(t).into_owned())
                 .unwrap_or_default();
-            return Frame::LiteralTooBig { tag, nonsync };
+            return Frame::LiteralTooBig {
+                tag,
+                nonsync,
+                end: nl + 1,
+            };
         }
         let start = nl + 1;
         if (buf.len() as u64) < start as u64 + size {
@@ -101,6 +108,14 @@ pub struct ParseError {
     pub tag: String,
     /// What was wrong.
     pub text: String,
+}
+
+impl ParseError {
+    /// Whether the command was well-formed but asks for something unsupported, which is
+    /// answered with NO rather than BAD (SEARCH CHARSET → `NO [BADCHARSET]`, RFC 9051 §6.4.4).
+    pub fn is_no(&self) -> bool {
+        self.text.starts_with("[BADCHARSET")
+    }
 }
 
 struct Cursor<'a> {
@@ -526,7 +541,17 @@ fn parse_args(c: &mut Cursor<'_>, verb: &str, uid: bool) -> R<Command> {
                     return Err("unknown CREATE parameter".into());
                 }
                 c.sp()?;
-                special = c.flag_list()?.into_iter().next();
+                // Special-use attributes are `\` atoms, not flags (`\All`, `\Archive`, …).
+                c.expect(b'(')?;
+                let mut attrs = Vec::new();
+                while !c.eat(b')') {
+                    if !attrs.is_empty() {
+                        c.sp()?;
+                    }
+                    c.expect(b'\\')?;
+                    attrs.push(format!("\\{}", c.atom()?));
+                }
+                special = attrs.into_iter().next();
                 c.expect(b')')?;
             }
             Command::Create(m, special)
@@ -645,11 +670,17 @@ fn parse_args(c: &mut Cursor<'_>, verb: &str, uid: bool) -> R<Command> {
             c.sp()?;
             if c.keyword("RETURN") {
                 c.sp()?;
-                let opts = c
+                let opts: Vec<String> = c
                     .paren_atoms()?
                     .into_iter()
                     .map(|s| s.to_ascii_uppercase())
                     .collect();
+                if let Some(o) = opts
+                    .iter()
+                    .find(|o| !matches!(o.as_str(), "MIN" | "MAX" | "ALL" | "COUNT" | "SAVE"))
+                {
+                    return Err(format!("unknown SEARCH return option {o}"));
+                }
                 ret = Some(opts);
                 c.sp()?;
             }
@@ -1000,7 +1031,8 @@ impl Cursor<'_> {
             "UNFLAGGED" => SearchKey::Flag("\\Flagged".into(), false),
             "SEEN" => SearchKey::Flag("\\Seen".into(), true),
             "UNSEEN" => SearchKey::Flag("\\Seen".into(), false),
-            "NEW" => SearchKey::Flag("\\Seen".into(), false),
+            // NEW is RECENT UNSEEN; Corvus never sets \Recent, so nothing is NEW.
+            "NEW" => SearchKey::Not(Box::new(SearchKey::All)),
             "OLD" | "RECENT" if word == "OLD" => SearchKey::All,
             "RECENT" => SearchKey::Not(Box::new(SearchKey::All)),
             "KEYWORD" => {
@@ -1111,8 +1143,21 @@ mod tests {
         );
         assert!(matches!(
             frame(b"a APPEND x {999}\r\n", 0, 100, 100),
-            Frame::LiteralTooBig { .. }
+            Frame::LiteralTooBig {
+                end: 18,
+                nonsync: false,
+                ..
+            }
         ));
+        // Too large in a later line: the whole command so far is to be dropped.
+        assert_eq!(
+            frame(b"b LOGIN {3}\r\nabc {999}\r\nc NOOP\r\n", 1, 100, 100),
+            Frame::LiteralTooBig {
+                tag: "b".into(),
+                nonsync: false,
+                end: 24
+            }
+        );
         assert_eq!(frame(&[b'x'; 200], 0, 100, 100), Frame::LineTooLong);
     }
 
@@ -1166,6 +1211,27 @@ mod tests {
         let t = parse(b"f APPEND Drafts (\\Draft) \"05-Jan-2024 10:00:00 +0000\" {3+}\r\nabc\r\n")
             .unwrap();
         assert!(matches!(t.command, Command::Append { ref message, .. } if message == b"abc"));
+        // CREATE-SPECIAL-USE takes attributes, which are not system flags.
+        let t = parse(b"h CREATE \"Everything\" (USE (\\All))\r\n").unwrap();
+        assert_eq!(
+            t.command,
+            Command::Create("Everything".into(), Some("\\All".into()))
+        );
+        let t = parse(b"h CREATE Arch (USE (\\Archive))\r\n").unwrap();
+        assert_eq!(
+            t.command,
+            Command::Create("Arch".into(), Some("\\Archive".into()))
+        );
+        assert!(parse(b"h CREATE x (USE (All))\r\n").is_err());
+        // An unsupported charset is NO [BADCHARSET], not BAD; unknown RETURN options are BAD.
+        let e = parse(b"s SEARCH CHARSET KOI8-R SUBJECT x\r\n").unwrap_err();
+        assert!(e.is_no() && e.text.starts_with("[BADCHARSET"));
+        let e = parse(b"s SEARCH RETURN (BOGUS) ALL\r\n").unwrap_err();
+        assert!(!e.is_no());
+        assert!(parse(b"s SEARCH RETURN (SAVE MIN) ALL\r\n").is_ok());
+        let t = parse(b"s SEARCH NEW\r\n").unwrap();
+        assert!(matches!(t.command, Command::Search { ref key, .. }
+            if *key == SearchKey::And(vec![SearchKey::Not(Box::new(SearchKey::All))])));
         let t = parse(b"g FETCH 1 BODY[1.2.MIME]\r\n").unwrap();
         assert!(matches!(t.command, Command::Fetch { .. }));
     }

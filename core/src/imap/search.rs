@@ -3,7 +3,7 @@
 
 use mail_parser::{HeaderValue, MessageParser};
 
-use super::types::SearchKey;
+use super::types::{SearchKey, SeqSet};
 use crate::store::MessageMeta;
 
 /// One message as seen by the evaluator.
@@ -44,6 +44,8 @@ pub fn matches(
         SearchKey::Or(a, b) => matches(a, c, load, cache) || matches(b, c, load, cache),
         SearchKey::Not(a) => !matches(a, c, load, cache),
         SearchKey::All => true,
+        // `$` holds UIDs (RFC 5182), whether used as a sequence set or after UID.
+        SearchKey::Seq(SeqSet::Saved) => c.saved.contains(&c.meta.uid),
         SearchKey::Seq(set) => set.contains(c.seq, c.max_seq, &[]),
         SearchKey::Uid(set) => {
             // `$` holds UIDs.
@@ -163,4 +165,56 @@ fn body_contains(msg: &[u8], text: &str) -> bool {
     String::from_utf8_lossy(&msg[end..])
         .to_lowercase()
         .contains(&needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(uid: u32) -> MessageMeta {
+        MessageMeta {
+            uid,
+            blob: 0,
+            size: 10,
+            flags: vec![],
+            internal_date: 0,
+            modseq: 1,
+        }
+    }
+
+    #[test]
+    fn saved_result_as_sequence_set_matches_uids() {
+        // Message 2 has UID 7; `$` saved UID 7, so `SEARCH $` must match sequence number 2.
+        let m = meta(7);
+        let saved = [7u32];
+        let c = Candidate {
+            seq: 2,
+            meta: &m,
+            max_seq: 3,
+            max_uid: 9,
+            saved: &saved,
+        };
+        let mut load = || None;
+        let mut cache = None;
+        assert!(matches(
+            &SearchKey::Seq(SeqSet::Saved),
+            &c,
+            &mut load,
+            &mut cache
+        ));
+        assert!(matches(
+            &SearchKey::Uid(SeqSet::Saved),
+            &c,
+            &mut load,
+            &mut cache
+        ));
+        let other = meta(2);
+        let c2 = Candidate { meta: &other, ..c };
+        assert!(!matches(
+            &SearchKey::Seq(SeqSet::Saved),
+            &c2,
+            &mut load,
+            &mut cache
+        ));
+    }
 }

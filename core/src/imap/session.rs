@@ -25,7 +25,7 @@ use crate::accounts;
 use crate::hooks::{HookCtx, HookPoint, Verdict};
 use crate::net::Stream;
 use crate::server::Shared;
-use crate::store::{Mailbox, MailboxEvent, MessageMeta, Placement, StoreError};
+use crate::store::{FlagOp, Mailbox, MailboxEvent, MessageMeta, Placement, StoreError};
 
 const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
 
@@ -223,7 +223,13 @@ impl Session {
                     }
                 },
                 ev = recv_event(&mut self.watch), if idle => {
-                    if ev {
+                    let selected = self.selected.as_ref().map(|s| s.mailbox.id);
+                    match ev {
+                        Some(Some(id)) if Some(id) == selected => self.dirty = true,
+                        Some(None) => self.dirty = true, // events lost: re-read
+                        _ => {}
+                    }
+                    if ev.is_some() {
                         self.sync(true).await;
                     }
                 }
@@ -291,25 +297,30 @@ impl Session {
                     self.logout = true;
                     return Ok(());
                 }
-                Frame::LiteralTooBig { tag, nonsync } => {
+                Frame::LiteralTooBig { tag, nonsync, end } => {
                     if nonsync {
                         self.untagged("BYE [TOOBIG] Literal too large");
                         self.logout = true;
-                    } else {
-                        // Drop the command line; the client will not send the literal.
-                        let nl = memchr::memchr(b'\n', &self.inbuf).unwrap_or(self.inbuf.len() - 1);
-                        self.inbuf.drain(..nl + 1);
-                        self.out.extend_from_slice(
-                            format!("{tag} NO [TOOBIG] Literal too large\r\n").as_bytes(),
-                        );
+                        return Ok(());
                     }
-                    return Ok(());
+                    // Drop the command up to the refused announcement (the client will not
+                    // send that literal) and go on with whatever follows it.
+                    self.inbuf.drain(..end);
+                    self.acked = 0;
+                    self.out.extend_from_slice(
+                        format!("{tag} NO [TOOBIG] Literal too large\r\n").as_bytes(),
+                    );
                 }
                 Frame::Complete(n) => {
                     let bytes: Vec<u8> = self.inbuf.drain(..n).collect();
                     self.acked = 0;
                     match parse(&bytes) {
                         Ok(t) => self.command(t).await,
+                        Err(e) if e.is_no() => {
+                            self.out.extend_from_slice(
+                                format!("{} NO {}\r\n", e.tag, e.text).as_bytes(),
+                            );
+                        }
                         Err(e) => {
                             self.errors += 1;
                             self.out.extend_from_slice(
@@ -469,9 +480,15 @@ impl Session {
             _ if !selected => Err(Resp::Bad("No mailbox selected".into())),
             Command::Close => {
                 let sel = self.selected.take().expect("selected");
+                self.saved.clear();
                 if !sel.read_only {
-                    let uids: Vec<u32> = sel
-                        .msgs
+                    // The stored flags, not this session's view: another session may have
+                    // set or cleared \Deleted since this one last synchronised.
+                    let uids: Vec<u32> = self
+                        .shared
+                        .store
+                        .messages(sel.mailbox.id)
+                        .unwrap_or_default()
                         .iter()
                         .filter(|m| has_flag(m, "\\Deleted"))
                         .map(|m| m.uid)
@@ -486,10 +503,11 @@ impl Session {
             }
             Command::Unselect => {
                 self.selected = None;
+                self.saved.clear();
                 Ok("UNSELECT completed".into())
             }
             Command::Expunge(set) => self.expunge(set).await,
-            Command::Search { uid, ret, key } => self.search(uid, ret, key).await,
+            Command::Search { uid, ret, key } => self.search(&tag, uid, ret, key).await,
             Command::Fetch {
                 uid,
                 set,
@@ -604,42 +622,40 @@ impl Session {
         if name.eq_ignore_ascii_case("INBOX") {
             return Err(no("[ALREADYEXISTS] INBOX exists"));
         }
-        if let Some(s) = special
-            && ![
-                "\\Sent",
-                "\\Drafts",
-                "\\Trash",
-                "\\Junk",
-                "\\Archive",
-                "\\All",
-                "\\Flagged",
-            ]
-            .iter()
-            .any(|x| x.eq_ignore_ascii_case(s))
-        {
-            return Err(no("[USEATTR] Unsupported special-use attribute"));
-        }
+        // RFC 6154 attributes, stored in their canonical spelling.
+        let special = match special {
+            None => None,
+            Some(s) => Some(
+                [
+                    "\\Sent",
+                    "\\Drafts",
+                    "\\Trash",
+                    "\\Junk",
+                    "\\Archive",
+                    "\\All",
+                    "\\Flagged",
+                ]
+                .iter()
+                .find(|x| x.eq_ignore_ascii_case(s))
+                .map(|x| x.to_string())
+                .ok_or_else(|| no("[USEATTR] Unsupported special-use attribute"))?,
+            ),
+        };
         // Create missing parents too (RFC 9051 §6.3.4).
         let user = self.user.clone().unwrap_or_default();
-        let parts: Vec<&str> = name.split('/').collect();
-        for i in 1..parts.len() {
-            let parent = parts[..i].join("/");
-            if self
-                .shared
-                .store
-                .mailbox(&user, &parent)
-                .map_err(store_err)?
-                .is_none()
-            {
-                self.shared
-                    .store
-                    .create_mailbox(&user, &parent, None)
-                    .map_err(store_err)?;
-            }
+        if self
+            .shared
+            .store
+            .mailbox(&user, name)
+            .map_err(store_err)?
+            .is_some()
+        {
+            return Err(no("[ALREADYEXISTS] Mailbox already exists"));
         }
+        self.create_parents(&user, name)?;
         self.shared
             .store
-            .create_mailbox(&user, name, special)
+            .create_mailbox(&user, name, special.as_deref())
             .map_err(store_err)?;
         Ok("CREATE completed".into())
     }
@@ -660,9 +676,57 @@ impl Session {
     }
 
     fn rename(&mut self, a: &str, b: &str) -> CmdResult {
+        let b = b.trim_end_matches('/');
         Self::check_name(b)?;
+        let user = self.user.clone().unwrap_or_default();
+        if self
+            .shared
+            .store
+            .mailbox(&user, a)
+            .map_err(store_err)?
+            .is_none()
+        {
+            return Err(no("[NONEXISTENT] No such mailbox"));
+        }
+        if self
+            .shared
+            .store
+            .mailbox(&user, b)
+            .map_err(store_err)?
+            .is_some()
+            || b.eq_ignore_ascii_case("INBOX")
+        {
+            return Err(no("[ALREADYEXISTS] Mailbox already exists"));
+        }
+        let a_prefix = format!("{a}/");
+        if b.starts_with(&a_prefix) {
+            return Err(no("[CANNOT] Cannot move a mailbox into itself"));
+        }
+        // Create the superior names the new name needs (RFC 9051 §6.3.6).
+        self.create_parents(&user, b)?;
         self.user_store(|s, u| s.rename_mailbox(u, a, b))?;
         Ok("RENAME completed".into())
+    }
+
+    /// Create the missing superior hierarchy levels of `name` as mailboxes.
+    fn create_parents(&self, user: &str, name: &str) -> Result<(), Resp> {
+        let parts: Vec<&str> = name.split('/').collect();
+        for i in 1..parts.len() {
+            let parent = parts[..i].join("/");
+            if self
+                .shared
+                .store
+                .mailbox(user, &parent)
+                .map_err(store_err)?
+                .is_none()
+            {
+                match self.shared.store.create_mailbox(user, &parent, None) {
+                    Ok(_) | Err(StoreError::Exists(_)) => {}
+                    Err(e) => return Err(store_err(e)),
+                }
+            }
+        }
+        Ok(())
     }
 
     fn list(
@@ -687,10 +751,44 @@ impl Session {
         let want_special = ret.iter().any(|r| r == "SPECIAL-USE") || special_only || !lsub;
         let want_subscribed =
             ret.iter().any(|r| r == "SUBSCRIBED") || select.iter().any(|s| s == "SUBSCRIBED");
+        let full_patterns: Vec<String> =
+            patterns.iter().map(|p| format!("{reference}{p}")).collect();
+        let matches = |name: &str| full_patterns.iter().any(|p| wildmatch(p, name));
+        // Levels of hierarchy without a mailbox of their own (a parent that was deleted)
+        // are listed as \Noselect when the pattern stops at them, so that a client
+        // browsing level by level with "%" still finds the children (RFC 9051 §6.3.9).
+        let mut missing: Vec<String> = Vec::new();
+        if !special_only && (lsub || select.is_empty()) {
+            for mb in &boxes {
+                if (lsub && !mb.subscribed) || matches(&mb.name) {
+                    continue;
+                }
+                let mut end = 0;
+                while let Some(i) = mb.name[end..].find('/') {
+                    let parent = &mb.name[..end + i];
+                    end += i + 1;
+                    if !names.contains(parent)
+                        && !missing.iter().any(|m| m == parent)
+                        && matches(parent)
+                    {
+                        missing.push(parent.to_string());
+                    }
+                }
+            }
+        }
+        missing.sort();
+        for name in &missing {
+            let mut line = format!(
+                "* {} (\\Noselect \\HasChildren) \"/\" ",
+                if lsub { "LSUB" } else { "LIST" }
+            )
+            .into_bytes();
+            mailbox_name(&mut line, name);
+            line.extend_from_slice(b"\r\n");
+            self.out.extend_from_slice(&line);
+        }
         for mb in &boxes {
-            let full_patterns: Vec<String> =
-                patterns.iter().map(|p| format!("{reference}{p}")).collect();
-            if !full_patterns.iter().any(|p| wildmatch(p, &mb.name)) {
+            if !matches(&mb.name) {
                 continue;
             }
             if subscribed_only && !mb.subscribed {
@@ -781,7 +879,16 @@ impl Session {
         condstore: bool,
         qresync: Option<(u32, u64, Option<SeqSet>)>,
     ) -> CmdResult {
-        self.selected = None;
+        // Closing the previous mailbox is announced to rev2 and QRESYNC clients, which need
+        // it to tell the old mailbox's responses from the new one's (RFC 9051 §6.3.2,
+        // RFC 7162 §3.2.11).
+        if self.selected.take().is_some() && (self.rev2 || self.qresync) {
+            self.untagged("OK [CLOSED] Previous mailbox closed");
+        }
+        self.saved.clear(); // `$` does not survive a mailbox change (RFC 5182 §2.1)
+        // Events so far concern the previous view; later ones will mark this one dirty.
+        self.drain_events();
+        self.dirty = false;
         if condstore {
             self.condstore = true;
         }
@@ -917,15 +1024,14 @@ impl Session {
 
     /// Merge changes made elsewhere into the selected view and report them.
     async fn sync(&mut self, allow_expunge: bool) {
-        if let Some(w) = &mut self.watch {
-            loop {
-                match w.try_recv() {
-                    Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => self.dirty = true,
-                    Err(_) => break,
-                }
-            }
-        }
+        self.drain_events();
         let Some(sel) = &self.selected else { return };
+        // Every change to a mailbox's messages is announced by the store (see
+        // `MailStore::watch`), so without an event there is nothing to re-read: this keeps
+        // FETCH/STORE/NOOP on a big mailbox from rescanning it each time.
+        if !self.dirty {
+            return;
+        }
         let fresh = match self.shared.store.messages(sel.mailbox.id) {
             Ok(m) => m,
             Err(_) => return,
@@ -935,6 +1041,8 @@ impl Session {
         let sel = self.selected.as_mut().expect("selected");
         let mut out = Vec::new();
         let fresh_uids: HashSet<u32> = fresh.iter().map(|m| m.uid).collect();
+        // Expunges held back now must be reported by a later sync: stay dirty until then.
+        let held_back = !allow_expunge && sel.msgs.iter().any(|m| !fresh_uids.contains(&m.uid));
         if allow_expunge {
             let mut vanished = Vec::new();
             for i in (0..sel.msgs.len()).rev() {
@@ -998,30 +1106,34 @@ impl Session {
         {
             sel.mailbox = mb;
         }
-        self.dirty = false;
+        self.dirty = held_back;
         self.out.extend_from_slice(&out);
     }
 
-    /// Indices (0-based) of the selected messages in `set`.
+    /// Take the store's change events: those for the selected mailbox (or a lost count of
+    /// them) mark the view as needing a re-read.
+    fn drain_events(&mut self) {
+        let selected = self.selected.as_ref().map(|s| s.mailbox.id);
+        if let Some(w) = &mut self.watch {
+            loop {
+                match w.try_recv() {
+                    Ok((id, _)) => {
+                        if Some(id) == selected {
+                            self.dirty = true;
+                        }
+                    }
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => self.dirty = true,
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Indices (0-based) of the selected messages in `set`, ascending and without
+    /// duplicates.
     fn resolve(&self, uid: bool, set: &SeqSet) -> Vec<usize> {
         let sel = self.selected.as_ref().expect("selected");
-        let n = sel.msgs.len() as u32;
-        let max_uid = sel.msgs.last().map(|m| m.uid).unwrap_or(0);
-        let saved = &self.saved;
-        sel.msgs
-            .iter()
-            .enumerate()
-            .filter(|(i, m)| {
-                if uid {
-                    set.contains(m.uid, max_uid.max(1), saved)
-                } else if let SeqSet::Saved = set {
-                    saved.contains(&m.uid)
-                } else {
-                    set.contains(*i as u32 + 1, n, &[])
-                }
-            })
-            .map(|(i, _)| i)
-            .collect()
+        resolve_set(&sel.msgs, uid, set, &self.saved)
     }
 
     async fn expunge(&mut self, set: Option<SeqSet>) -> CmdResult {
@@ -1029,7 +1141,12 @@ impl Session {
         if sel.read_only {
             return Err(no("[READ-ONLY] Mailbox is read-only"));
         }
-        let filter: Option<Vec<usize>> = set.as_ref().map(|s| self.resolve(true, s));
+        // Flags set by other sessions count too: learn them first (their FETCH responses
+        // are sent; expunges stay held back until after ours).
+        self.sync(false).await;
+        let filter: Option<HashSet<usize>> = set
+            .as_ref()
+            .map(|s| self.resolve(true, s).into_iter().collect());
         let sel = self.selected.as_ref().expect("selected");
         let uids: Vec<u32> = sel
             .msgs
@@ -1050,7 +1167,13 @@ impl Session {
         Ok("EXPUNGE completed".into())
     }
 
-    async fn search(&mut self, uid: bool, ret: Option<Vec<String>>, key: SearchKey) -> CmdResult {
+    async fn search(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        ret: Option<Vec<String>>,
+        key: SearchKey,
+    ) -> CmdResult {
         self.sync(false).await;
         let sel = self.selected.as_ref().expect("selected");
         let needs = search::needs_content(&key);
@@ -1094,13 +1217,31 @@ impl Session {
                     opts.push("ALL".into());
                 }
                 if opts.iter().any(|o| o == "SAVE") {
-                    self.saved = hits.iter().map(|h| h.1).collect();
+                    // With MIN and/or MAX, only those are saved (RFC 5182 §2.4).
+                    let (want_min, want_max) = (
+                        opts.iter().any(|o| o == "MIN"),
+                        opts.iter().any(|o| o == "MAX"),
+                    );
+                    self.saved = if (want_min || want_max) && !hits.is_empty() {
+                        let mut v = Vec::new();
+                        if want_min {
+                            v.push(hits[0].1);
+                        }
+                        if want_max && hits.len() > 1 {
+                            v.push(hits[hits.len() - 1].1);
+                        }
+                        v
+                    } else {
+                        hits.iter().map(|h| h.1).collect()
+                    };
                     if opts.len() == 1 {
                         return Ok("SEARCH completed, result saved".into());
                     }
                 }
-                let mut line = String::from("ESEARCH");
-                line.push_str(" (TAG \"*\")");
+                // RFC 4731 §3.1 / RFC 9051 §7.3.4: the correlator is the command's tag.
+                let mut line = String::from("ESEARCH (TAG ");
+                line.push_str(&String::from_utf8_lossy(&imap_string(tag.as_bytes())));
+                line.push(')');
                 if uid {
                     line.push_str(" UID");
                 }
@@ -1126,7 +1267,7 @@ impl Session {
                 {
                     line.push_str(&format!(" MODSEQ {ms}"));
                 }
-                self.untagged(&line.replacen("(TAG \"*\")", "", 0));
+                self.untagged(&line);
             }
         }
         Ok("SEARCH completed".into())
@@ -1215,17 +1356,19 @@ impl Session {
             let mut meta = meta;
             let mut flags_changed = false;
             if sets_seen && !read_only && !has_flag(&meta, "\\Seen") {
-                let mut flags = meta.flags.clone();
-                flags.push("\\Seen".into());
-                if let Ok(done) = self.shared.store.set_flags(
+                // Added in the store's transaction, not written from this session's copy,
+                // so that a concurrent flag change by another session is kept.
+                if let Ok((done, _)) = self.shared.store.update_flags(
                     &user,
                     self.selected.as_ref().expect("sel").mailbox.id,
-                    &[(meta.uid, flags.clone())],
-                ) {
-                    meta.flags = flags;
-                    if let Some((_, ms)) = done.first() {
-                        meta.modseq = *ms;
-                    }
+                    &[meta.uid],
+                    FlagOp::Add,
+                    &["\\Seen".to_string()],
+                    None,
+                ) && let Some(u) = done.first()
+                {
+                    meta.flags = u.flags.clone();
+                    meta.modseq = u.modseq;
                     flags_changed = true;
                     if let Some(s) = self.selected.as_mut() {
                         s.msgs[idx] = meta.clone();
@@ -1277,70 +1420,40 @@ impl Session {
         let indices = self.resolve(uid, set);
         let flags: Vec<String> = flags.into_iter().filter(|f| f != "\\Recent").collect();
         let sel = self.selected.as_ref().expect("selected");
-        let mut changes = Vec::new();
-        let mut modified = Vec::new();
-        for &i in &indices {
-            let m = &sel.msgs[i];
-            if unchanged_since.is_some_and(|u| m.modseq > u) {
-                modified.push(if uid { m.uid } else { i as u32 + 1 });
-                continue;
-            }
-            let mut new: Vec<String> = match mode {
-                StoreMode::Replace => flags.clone(),
-                StoreMode::Add => {
-                    let mut v = m.flags.clone();
-                    for f in &flags {
-                        if !v.iter().any(|x| x.eq_ignore_ascii_case(f)) {
-                            v.push(f.clone());
-                        }
-                    }
-                    v
-                }
-                StoreMode::Remove => m
-                    .flags
-                    .iter()
-                    .filter(|x| !flags.iter().any(|f| f.eq_ignore_ascii_case(x)))
-                    .cloned()
-                    .collect(),
-            };
-            new.dedup();
-            if new != m.flags {
-                changes.push((m.uid, new));
-            } else if !silent {
-                changes.push((m.uid, new));
-            }
-        }
+        let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs[i].uid).collect();
+        let op = match mode {
+            StoreMode::Replace => FlagOp::Replace,
+            StoreMode::Add => FlagOp::Add,
+            StoreMode::Remove => FlagOp::Remove,
+        };
         let user = self.user.clone().unwrap_or_default();
         let mbid = sel.mailbox.id;
-        let real: Vec<(u32, Vec<String>)> = changes
-            .iter()
-            .filter(|(u, f)| {
-                sel.msgs
-                    .iter()
-                    .find(|m| m.uid == *u)
-                    .is_some_and(|m| &m.flags != f)
-            })
-            .cloned()
-            .collect();
-        let done = if real.is_empty() {
-            Vec::new()
-        } else {
-            self.shared
-                .store
-                .set_flags(&user, mbid, &real)
-                .map_err(store_err)?
-        };
-        self.shared.store.commit().await.map_err(store_err)?;
+        // The new flags are computed from the stored ones inside the store's transaction, so
+        // concurrent STOREs from other sessions are not overwritten.
+        let store = self.shared.store.clone();
+        let (updates, modified_uids) = tokio::task::spawn_blocking(move || {
+            store.update_flags(&user, mbid, &uids, op, &flags, unchanged_since)
+        })
+        .await
+        .map_err(|_| no("[SERVERBUG] Internal error"))?
+        .map_err(store_err)?;
+        if updates.iter().any(|u| u.changed) {
+            self.shared.store.commit().await.map_err(store_err)?;
+        }
         let condstore = self.condstore;
         let sel = self.selected.as_mut().expect("selected");
-        for (u, f) in &changes {
-            let Some(i) = sel.msgs.iter().position(|m| m.uid == *u) else {
+        let mut modified = Vec::new();
+        for u in &modified_uids {
+            if let Some(i) = sel.msgs.iter().position(|m| m.uid == *u) {
+                modified.push(if uid { *u } else { i as u32 + 1 });
+            }
+        }
+        for u in &updates {
+            let Some(i) = sel.msgs.iter().position(|m| m.uid == u.uid) else {
                 continue;
             };
-            if let Some((_, ms)) = done.iter().find(|(x, _)| x == u) {
-                sel.msgs[i].flags = f.clone();
-                sel.msgs[i].modseq = *ms;
-            }
+            sel.msgs[i].flags = u.flags.clone();
+            sel.msgs[i].modseq = u.modseq;
             if !silent || (condstore && unchanged_since.is_some()) {
                 let m = &sel.msgs[i];
                 let mut line = format!("* {} FETCH (", i + 1);
@@ -1432,7 +1545,9 @@ pub fn render(
 ) -> (Vec<u8>, bool) {
     let mut failed = false;
     let idx = seq - 1;
-    let root = body.as_ref().map(|b| mime::parse_message(b));
+    // The MIME structure is computed only for items that need it (not for BODY[]).
+    let parsed = std::cell::OnceCell::new();
+    let root = || body.map(|b| parsed.get_or_init(|| mime::parse_message(b)));
     let mut line = format!("* {} FETCH (", idx + 1).into_bytes();
     let mut first = true;
     let mut sep = |line: &mut Vec<u8>| {
@@ -1473,7 +1588,7 @@ pub fn render(
             FetchItem::Envelope => {
                 sep(&mut line);
                 line.extend_from_slice(b"ENVELOPE ");
-                if let (Some(b), Some(r)) = (&body, &root) {
+                if let (Some(b), Some(r)) = (body, root()) {
                     mime::envelope(b, r, &mut line);
                 }
             }
@@ -1481,7 +1596,7 @@ pub fn render(
                 sep(&mut line);
                 let ext = matches!(item, FetchItem::BodyStructure);
                 line.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
-                if let (Some(b), Some(r)) = (&body, &root) {
+                if let (Some(b), Some(r)) = (body, root()) {
                     mime::body_structure(b, r, ext, &mut line);
                 }
             }
@@ -1491,10 +1606,17 @@ pub fn render(
                 legacy,
                 ..
             } => {
-                let (Some(b), Some(r)) = (&body, &root) else {
+                let Some(b) = body else {
                     continue;
                 };
-                let data = mime::section_bytes(b, r, &section.part, &section.kind);
+                let data: Option<std::borrow::Cow<'_, [u8]>> =
+                    if section.part.is_empty() && section.kind == SectionKind::Full {
+                        Some(std::borrow::Cow::Borrowed(b))
+                    } else {
+                        let r = root().expect("body present");
+                        mime::section_bytes(b, r, &section.part, &section.kind)
+                            .map(std::borrow::Cow::Owned)
+                    };
                 sep(&mut line);
                 match legacy {
                     Some(name) => line.extend_from_slice(name.as_bytes()),
@@ -1512,7 +1634,7 @@ pub fn render(
                 );
             }
             FetchItem::Binary { part, partial, .. } => {
-                let (Some(b), Some(r)) = (&body, &root) else {
+                let (Some(b), Some(r)) = (body, root()) else {
                     continue;
                 };
                 match mime::binary(b, r, part) {
@@ -1531,7 +1653,7 @@ pub fn render(
                 }
             }
             FetchItem::BinarySize(part) => {
-                let (Some(b), Some(r)) = (&body, &root) else {
+                let (Some(b), Some(r)) = (body, root()) else {
                     continue;
                 };
                 match mime::binary(b, r, part) {
@@ -1569,12 +1691,59 @@ pub fn render(
     (line, failed)
 }
 
-async fn recv_event(w: &mut Option<broadcast::Receiver<(u64, MailboxEvent)>>) -> bool {
+/// Indices (0-based, ascending, no duplicates) of the messages of `msgs` (in UID order) that
+/// `set` names: UIDs when `uid`, else sequence numbers; `$` is the saved UIDs. Ranges are
+/// mapped directly (sequence numbers) or by binary search (UIDs), never by scanning every
+/// message per range.
+pub fn resolve_set(msgs: &[MessageMeta], uid: bool, set: &SeqSet, saved: &[u32]) -> Vec<usize> {
+    let n = msgs.len();
+    let mut out: Vec<usize> = match set {
+        SeqSet::Saved => {
+            let saved: HashSet<u32> = saved.iter().copied().collect();
+            return (0..n).filter(|&i| saved.contains(&msgs[i].uid)).collect();
+        }
+        SeqSet::Ranges(ranges) => {
+            let mut v = Vec::new();
+            let star = if uid {
+                msgs.last().map(|m| m.uid).unwrap_or(0).max(1)
+            } else {
+                n as u32
+            };
+            for &(a, b) in ranges {
+                let a = if a == u32::MAX { star } else { a };
+                let b = if b == u32::MAX { star } else { b };
+                let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+                if uid {
+                    let start = msgs.partition_point(|m| m.uid < lo);
+                    let end = msgs.partition_point(|m| m.uid <= hi);
+                    v.extend(start..end);
+                } else if lo >= 1 && (lo as usize) <= n {
+                    v.extend(lo as usize - 1..(hi as usize).min(n));
+                }
+            }
+            v
+        }
+    };
+    if let SeqSet::Ranges(r) = set
+        && r.len() > 1
+    {
+        out.sort_unstable();
+        out.dedup();
+    }
+    out
+}
+
+/// The next store event: `Some(Some(mailbox id))`, `Some(None)` when events were lost
+/// (lagged), `None` when the channel closed.
+async fn recv_event(
+    w: &mut Option<broadcast::Receiver<(u64, MailboxEvent)>>,
+) -> Option<Option<u64>> {
     match w {
-        Some(r) => matches!(
-            r.recv().await,
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_))
-        ),
+        Some(r) => match r.recv().await {
+            Ok((id, _)) => Some(Some(id)),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some(None),
+            Err(broadcast::error::RecvError::Closed) => None,
+        },
         None => std::future::pending().await,
     }
 }
@@ -1712,6 +1881,45 @@ pub fn imap_string(s: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn metas(uids: &[u32]) -> Vec<MessageMeta> {
+        uids.iter()
+            .map(|&uid| MessageMeta {
+                uid,
+                blob: 0,
+                size: 0,
+                flags: vec![],
+                internal_date: 0,
+                modseq: 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resolve_sets() {
+        let m = metas(&[2, 5, 6, 9, 20]);
+        let r = |uid, s: SeqSet| resolve_set(&m, uid, &s, &[6, 20]);
+        let ranges = |v: &[(u32, u32)]| SeqSet::Ranges(v.to_vec());
+        // Sequence numbers, `*`, reversed ranges, overlaps, beyond the end.
+        assert_eq!(r(false, ranges(&[(1, 2)])), vec![0, 1]);
+        assert_eq!(r(false, ranges(&[(u32::MAX, 4)])), vec![3, 4]);
+        assert_eq!(
+            r(false, ranges(&[(4, 9), (2, 3), (3, 3)])),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(r(false, ranges(&[(6, 9)])), Vec::<usize>::new());
+        // UIDs: ranges between existing UIDs, `*` is the highest UID, even if below.
+        assert_eq!(r(true, ranges(&[(3, 6)])), vec![1, 2]);
+        assert_eq!(r(true, ranges(&[(21, u32::MAX)])), vec![4]);
+        assert_eq!(r(true, ranges(&[(1, 1), (7, 8)])), Vec::<usize>::new());
+        assert_eq!(r(true, ranges(&[(9, 9), (2, 2)])), vec![0, 3]);
+        // `$` holds UIDs.
+        assert_eq!(r(true, SeqSet::Saved), vec![2, 4]);
+        assert_eq!(r(false, SeqSet::Saved), vec![2, 4]);
+        // Empty mailbox.
+        assert!(resolve_set(&[], false, &ranges(&[(1, u32::MAX)]), &[]).is_empty());
+        assert!(resolve_set(&[], true, &ranges(&[(1, u32::MAX)]), &[]).is_empty());
+    }
 
     #[test]
     fn sets_and_wildcards() {

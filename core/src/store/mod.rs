@@ -5,6 +5,7 @@
 //! after [`MailStore::commit`] has resolved for the writes it covers.
 
 mod commit;
+mod meta_cache;
 mod sled_store;
 
 pub use commit::Commit;
@@ -158,6 +159,55 @@ impl MessageMeta {
                 .collect(),
         })
     }
+}
+
+/// How [`MailStore::update_flags`] combines the given flags with a message's current ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagOp {
+    /// Set exactly these flags (IMAP `FLAGS`).
+    Replace,
+    /// Add these flags (`+FLAGS`).
+    Add,
+    /// Remove these flags (`-FLAGS`).
+    Remove,
+}
+
+impl FlagOp {
+    /// The flags that result from applying `flags` to `current`. Flag names compare
+    /// case-insensitively; the result has no duplicates and keeps `current`'s order.
+    pub fn apply(self, current: &[String], flags: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(current.len() + flags.len());
+        let push = |out: &mut Vec<String>, f: &String| {
+            if !out.iter().any(|x| x.eq_ignore_ascii_case(f)) {
+                out.push(f.clone());
+            }
+        };
+        match self {
+            FlagOp::Replace => flags.iter().for_each(|f| push(&mut out, f)),
+            FlagOp::Add => current
+                .iter()
+                .chain(flags.iter())
+                .for_each(|f| push(&mut out, f)),
+            FlagOp::Remove => current
+                .iter()
+                .filter(|x| !flags.iter().any(|f| f.eq_ignore_ascii_case(x)))
+                .for_each(|f| push(&mut out, f)),
+        }
+        out
+    }
+}
+
+/// One message's outcome of [`MailStore::update_flags`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagUpdate {
+    /// The message.
+    pub uid: u32,
+    /// Its flags afterwards.
+    pub flags: Vec<String>,
+    /// Its MODSEQ afterwards (unchanged when the flags did not change).
+    pub modseq: u64,
+    /// Whether the flags changed.
+    pub changed: bool,
 }
 
 /// Where one copy of a message goes.
@@ -318,6 +368,53 @@ pub trait MailStore: Send + Sync + 'static {
 
     /// Subscribe to changes in an account's mailboxes.
     fn watch(&self, user: &str) -> tokio::sync::broadcast::Receiver<(u64, MailboxEvent)>;
+
+    /// Add, remove or replace flags of messages, computing the new flags from the stored
+    /// ones so that concurrent updates from several sessions do not overwrite each other.
+    /// Messages whose MODSEQ is above `unchanged_since` are left alone and returned in the
+    /// second list (RFC 7162 UNCHANGEDSINCE); UIDs that do not exist are skipped.
+    ///
+    /// The default reads then writes and is not atomic; backends should override it.
+    fn update_flags(
+        &self,
+        user: &str,
+        mailbox_id: u64,
+        uids: &[u32],
+        op: FlagOp,
+        flags: &[String],
+        unchanged_since: Option<u64>,
+    ) -> Result<(Vec<FlagUpdate>, Vec<u32>)> {
+        let wanted: std::collections::HashSet<u32> = uids.iter().copied().collect();
+        let mut out = Vec::new();
+        let mut modified = Vec::new();
+        let mut changes = Vec::new();
+        for m in self.messages(mailbox_id)? {
+            if !wanted.contains(&m.uid) {
+                continue;
+            }
+            if unchanged_since.is_some_and(|u| m.modseq > u) {
+                modified.push(m.uid);
+                continue;
+            }
+            let new = op.apply(&m.flags, flags);
+            let changed = new != m.flags;
+            if changed {
+                changes.push((m.uid, new.clone()));
+            }
+            out.push(FlagUpdate {
+                uid: m.uid,
+                flags: new,
+                modseq: m.modseq,
+                changed,
+            });
+        }
+        for (uid, ms) in self.set_flags(user, mailbox_id, &changes)? {
+            if let Some(u) = out.iter_mut().find(|u| u.uid == uid) {
+                u.modseq = ms;
+            }
+        }
+        Ok((out, modified))
+    }
 }
 
 /// Shared handle to the store.
@@ -327,4 +424,28 @@ pub type Store = Arc<dyn MailStore>;
 /// part case-insensitively too, as most servers do.
 pub fn normalize_address(address: &str) -> String {
     address.trim().to_lowercase()
+}
+
+#[cfg(test)]
+mod flag_op_tests {
+    use super::FlagOp;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn apply_is_case_insensitive_and_deduplicates() {
+        let cur = v(&["\\Seen", "$Work"]);
+        assert_eq!(
+            FlagOp::Add.apply(&cur, &v(&["$work", "\\Flagged", "\\Flagged"])),
+            v(&["\\Seen", "$Work", "\\Flagged"])
+        );
+        assert_eq!(FlagOp::Remove.apply(&cur, &v(&["$WORK"])), v(&["\\Seen"]));
+        assert_eq!(
+            FlagOp::Replace.apply(&cur, &v(&["a", "A", "b"])),
+            v(&["a", "b"])
+        );
+        assert_eq!(FlagOp::Replace.apply(&cur, &[]), Vec::<String>::new());
+    }
 }

@@ -13,6 +13,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use tokio::sync::broadcast;
 
 use super::commit::GroupCommitter;
+use super::meta_cache::{Lookup, MetaCache};
 use super::*;
 
 /// sled-backed store.
@@ -30,6 +31,9 @@ pub struct SledStore {
     kv: sled::Tree,
     committer: GroupCommitter,
     watchers: Mutex<HashMap<String, broadcast::Sender<(u64, MailboxEvent)>>>,
+    /// Decoded metadata of big mailboxes; every write to `messages` must update it (after
+    /// its transaction, before notifying watchers).
+    meta_cache: MetaCache,
 }
 
 const TREES: &[&str] = &[
@@ -119,7 +123,16 @@ impl SledStore {
                 db.flush()?;
             }
         }
-        let committer = GroupCommitter::start(db.clone());
+        // sled 0.34 keeps everything in one log file named `db`; the group committer fdatasyncs
+        // it after each flush (see store/commit.rs for why sled's flush alone is not durable).
+        let log_path = path.join("db");
+        let log_file = std::fs::File::open(&log_path).map_err(|e| {
+            StoreError::Backend(format!(
+                "{}: cannot open sled log file: {e}",
+                log_path.display()
+            ))
+        })?;
+        let committer = GroupCommitter::start(db.clone(), log_file);
         Ok(SledStore {
             meta,
             accounts: db.open_tree("accounts")?,
@@ -134,6 +147,7 @@ impl SledStore {
             db,
             committer,
             watchers: Mutex::new(HashMap::new()),
+            meta_cache: MetaCache::default(),
         })
     }
 
@@ -245,6 +259,7 @@ impl MailStore for SledStore {
                 self.messages.remove(msg_key(mb.id, m.uid))?;
                 release_blob(&self.blobrefs, &self.blobs, m.blob)?;
             }
+            self.meta_cache.dropped(mb.id);
             self.mailboxes.remove(k)?;
         }
         Ok(())
@@ -416,7 +431,7 @@ impl MailStore for SledStore {
                     };
                     msgs.insert(&msg_key(mb.id, uid), meta.encode())?;
                     mbx.insert(key, serde_json::to_vec(&mb).expect("json"))?;
-                    uids.push((p.user.clone(), mb.id, uid));
+                    uids.push((p.user.clone(), mb.id, meta));
                 }
                 refs.insert(&blob.to_be_bytes(), &(to.len() as u32).to_be_bytes())?;
                 Ok(uids)
@@ -424,10 +439,13 @@ impl MailStore for SledStore {
             .map_err(tx_err);
         match result {
             Ok(uids) => {
+                for (_, mbid, meta) in &uids {
+                    self.meta_cache.inserted(*mbid, std::slice::from_ref(meta));
+                }
                 for (user, mbid, _) in &uids {
                     self.notify(&normalize_address(user), *mbid, MailboxEvent::Appended);
                 }
-                Ok(uids.into_iter().map(|(_, _, uid)| uid).collect())
+                Ok(uids.into_iter().map(|(_, _, meta)| meta.uid).collect())
             }
             Err(e) => {
                 let _ = self.blobs.remove(blob.to_be_bytes());
@@ -437,11 +455,18 @@ impl MailStore for SledStore {
     }
 
     fn messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>> {
-        self.messages
+        let generation = match self.meta_cache.lookup(mailbox_id) {
+            Lookup::Hit(v) => return Ok(v),
+            Lookup::Miss(g) => g,
+        };
+        let v: Vec<MessageMeta> = self
+            .messages
             .scan_prefix(mailbox_id.to_be_bytes())
             .values()
             .map(|v| MessageMeta::decode(&v?))
-            .collect()
+            .collect::<Result<_>>()?;
+        self.meta_cache.fill(mailbox_id, generation, &v);
+        Ok(v)
     }
 
     fn blob(&self, blob: u64) -> Result<Vec<u8>> {
@@ -482,6 +507,14 @@ impl MailStore for SledStore {
                 Ok(done)
             })
             .map_err(tx_err)?;
+        let cached: Vec<(u32, Vec<String>, u64)> = modseq
+            .iter()
+            .filter_map(|(uid, ms)| {
+                let flags = changes.iter().find(|(u, _)| u == uid)?.1.clone();
+                Some((*uid, flags, *ms))
+            })
+            .collect();
+        self.meta_cache.flags_changed(mailbox_id, &cached);
         self.notify(&user, mailbox_id, MailboxEvent::FlagsChanged);
         Ok(modseq)
     }
@@ -508,6 +541,8 @@ impl MailStore for SledStore {
                 Ok(removed)
             })
             .map_err(tx_err)?;
+        let uids_gone: Vec<u32> = removed.iter().map(|(u, _)| *u).collect();
+        self.meta_cache.removed(mailbox_id, &uids_gone);
         for (_, blob) in &removed {
             release_blob(&self.blobrefs, &self.blobs, *blob)?;
         }
@@ -534,6 +569,7 @@ impl MailStore for SledStore {
                 let mut mb: Mailbox = serde_json::from_slice(&v)
                     .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
                 let mut pairs = Vec::new();
+                let mut metas = Vec::new();
                 for uid in uids {
                     let Some(v) = msgs.get(msg_key(from_id, *uid))? else {
                         continue;
@@ -553,11 +589,13 @@ impl MailStore for SledStore {
                         .unwrap_or(0);
                     refs.insert(&key, &(n + 1).to_be_bytes())?;
                     pairs.push((*uid, new_uid));
+                    metas.push(meta);
                 }
                 mbx.insert(tokey.clone(), serde_json::to_vec(&mb).expect("json"))?;
-                Ok((mb.uidvalidity, mb.id, pairs))
+                Ok((mb.uidvalidity, mb.id, pairs, metas))
             })
             .map_err(tx_err)?;
+        self.meta_cache.inserted(result.1, &result.3);
         if !result.2.is_empty() {
             self.notify(&user, result.1, MailboxEvent::Appended);
         }
@@ -575,10 +613,15 @@ impl MailStore for SledStore {
         };
         let mb: Mailbox = serde_json::from_slice(&v)?;
         let uids: Vec<u32> = self.messages(mb.id)?.iter().map(|m| m.uid).collect();
-        for uid in uids {
-            if let Some(v) = self.messages.remove(msg_key(mb.id, uid))? {
+        for uid in &uids {
+            if let Some(v) = self.messages.remove(msg_key(mb.id, *uid))? {
                 release_blob(&self.blobrefs, &self.blobs, MessageMeta::decode(&v)?.blob)?;
             }
+        }
+        self.meta_cache.dropped(mb.id);
+        // Sessions that have it selected see its messages go.
+        if !uids.is_empty() {
+            self.notify(&user, mb.id, MailboxEvent::Expunged);
         }
         Ok(())
     }
@@ -706,6 +749,71 @@ impl MailStore for SledStore {
             .or_insert_with(|| broadcast::channel(256).0)
             .subscribe()
     }
+
+    fn update_flags(
+        &self,
+        user: &str,
+        mailbox_id: u64,
+        uids: &[u32],
+        op: FlagOp,
+        flags: &[String],
+        unchanged_since: Option<u64>,
+    ) -> Result<(Vec<FlagUpdate>, Vec<u32>)> {
+        let user = normalize_address(user);
+        let mbkey = self.mailbox_key_by_id(&user, mailbox_id)?;
+        // Read-modify-write in one transaction: sled retries it on conflict, so two
+        // sessions adding different flags to one message both see their flag stored.
+        let result = (&self.mailboxes, &self.messages)
+            .transaction(|(mbx, msgs)| {
+                let Some(v) = mbx.get(&mbkey)? else {
+                    return abort(StoreError::NotFound("mailbox".into()));
+                };
+                let mut mb: Mailbox = serde_json::from_slice(&v)
+                    .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
+                let mut out = Vec::with_capacity(uids.len());
+                let mut modified = Vec::new();
+                for uid in uids {
+                    let key = msg_key(mailbox_id, *uid);
+                    let Some(v) = msgs.get(key)? else { continue };
+                    let mut meta =
+                        MessageMeta::decode(&v).map_err(ConflictableTransactionError::Abort)?;
+                    if unchanged_since.is_some_and(|u| meta.modseq > u) {
+                        modified.push(*uid);
+                        continue;
+                    }
+                    let new = op.apply(&meta.flags, flags);
+                    let changed = new != meta.flags;
+                    if changed {
+                        mb.highest_modseq += 1;
+                        meta.flags = new;
+                        meta.modseq = mb.highest_modseq;
+                        msgs.insert(&key, meta.encode())?;
+                    }
+                    out.push(FlagUpdate {
+                        uid: *uid,
+                        flags: meta.flags,
+                        modseq: meta.modseq,
+                        changed,
+                    });
+                }
+                if out.iter().any(|u| u.changed) {
+                    mbx.insert(mbkey.clone(), serde_json::to_vec(&mb).expect("json"))?;
+                }
+                Ok((out, modified))
+            })
+            .map_err(tx_err)?;
+        if result.0.iter().any(|u| u.changed) {
+            let cached: Vec<(u32, Vec<String>, u64)> = result
+                .0
+                .iter()
+                .filter(|u| u.changed)
+                .map(|u| (u.uid, u.flags.clone(), u.modseq))
+                .collect();
+            self.meta_cache.flags_changed(mailbox_id, &cached);
+            self.notify(&user, mailbox_id, MailboxEvent::FlagsChanged);
+        }
+        Ok(result)
+    }
 }
 
 /// Drop one reference to a blob, deleting it with the last one.
@@ -791,6 +899,148 @@ mod tests {
             SledStore::open(d.path()),
             Err(StoreError::TooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn update_flags_is_atomic_and_honours_unchangedsince() {
+        let d = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(SledStore::open(d.path()).unwrap());
+        s.create_account("a@x.org", "x").unwrap();
+        let p = Placement {
+            user: "a@x.org".into(),
+            mailbox: "INBOX".into(),
+            flags: vec!["\\Seen".into()],
+        };
+        s.deliver(b"m", 1, &[p]).unwrap();
+        let mb = s.mailbox("a@x.org", "INBOX").unwrap().unwrap();
+        // Several threads add distinct keywords at once: none may be lost.
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        s.update_flags(
+                            "a@x.org",
+                            mb.id,
+                            &[1],
+                            FlagOp::Add,
+                            &[format!("k{t}_{i}")],
+                            None,
+                        )
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let m = &s.messages(mb.id).unwrap()[0];
+        assert_eq!(m.flags.len(), 101, "{:?}", m.flags);
+        // An update that changes nothing keeps MODSEQ; a stale UNCHANGEDSINCE is refused.
+        let (u, modified) = s
+            .update_flags(
+                "a@x.org",
+                mb.id,
+                &[1, 9],
+                FlagOp::Add,
+                &["\\seen".into()],
+                None,
+            )
+            .unwrap();
+        assert!(modified.is_empty());
+        assert_eq!(u.len(), 1);
+        assert!(!u[0].changed && u[0].modseq == m.modseq);
+        let (u, modified) = s
+            .update_flags(
+                "a@x.org",
+                mb.id,
+                &[1],
+                FlagOp::Replace,
+                &[],
+                Some(m.modseq - 1),
+            )
+            .unwrap();
+        assert!(u.is_empty() && modified == vec![1]);
+        let (u, _) = s
+            .update_flags(
+                "a@x.org",
+                mb.id,
+                &[1],
+                FlagOp::Remove,
+                &["k0_0".into()],
+                Some(m.modseq),
+            )
+            .unwrap();
+        assert!(u[0].changed && u[0].modseq > m.modseq && u[0].flags.len() == 100);
+        let hm = s
+            .mailbox("a@x.org", "INBOX")
+            .unwrap()
+            .unwrap()
+            .highest_modseq;
+        assert_eq!(hm, u[0].modseq);
+    }
+
+    #[test]
+    fn cached_metadata_follows_every_write() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SledStore::open(d.path()).unwrap();
+        s.create_account("a@x.org", "x").unwrap();
+        let p = Placement {
+            user: "a@x.org".into(),
+            mailbox: "INBOX".into(),
+            flags: vec![],
+        };
+        let n = super::super::meta_cache::MIN_CACHED as u32 + 10;
+        for i in 0..n {
+            s.deliver(
+                format!("m{i}").as_bytes(),
+                i as i64,
+                std::slice::from_ref(&p),
+            )
+            .unwrap();
+        }
+        let inbox = s.mailbox("a@x.org", "INBOX").unwrap().unwrap();
+        let scan = |s: &SledStore| -> Vec<(u32, Vec<String>, u64)> {
+            s.messages
+                .scan_prefix(inbox.id.to_be_bytes())
+                .values()
+                .map(|v| {
+                    let m = MessageMeta::decode(&v.unwrap()).unwrap();
+                    (m.uid, m.flags, m.modseq)
+                })
+                .collect()
+        };
+        let view = |s: &SledStore| -> Vec<(u32, Vec<String>, u64)> {
+            s.messages(inbox.id)
+                .unwrap()
+                .into_iter()
+                .map(|m| (m.uid, m.flags, m.modseq))
+                .collect()
+        };
+        assert_eq!(view(&s), scan(&s)); // fills the cache
+        assert!(matches!(s.meta_cache.lookup(inbox.id), Lookup::Hit(_)));
+        s.deliver(b"late", 0, std::slice::from_ref(&p)).unwrap();
+        s.set_flags("a@x.org", inbox.id, &[(3, vec!["\\Seen".into()])])
+            .unwrap();
+        s.update_flags(
+            "a@x.org",
+            inbox.id,
+            &[4, 5],
+            FlagOp::Add,
+            &["$k".into()],
+            None,
+        )
+        .unwrap();
+        s.expunge("a@x.org", inbox.id, &[1, 7]).unwrap();
+        s.copy("a@x.org", inbox.id, &[2, 3], "INBOX").unwrap();
+        assert_eq!(view(&s), scan(&s));
+        assert_eq!(view(&s).len(), n as usize + 1 - 2 + 2);
+        s.delete_mailbox("a@x.org", "Archive").unwrap();
+        s.rename_mailbox("a@x.org", "INBOX", "Old").unwrap();
+        assert!(view(&s).is_empty() && scan(&s).is_empty());
+        let old = s.mailbox("a@x.org", "Old").unwrap().unwrap();
+        assert_eq!(s.messages(old.id).unwrap().len(), n as usize + 1);
     }
 
     #[test]

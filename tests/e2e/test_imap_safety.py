@@ -1,0 +1,274 @@
+"""Hostile input over real sockets: one user cannot reach another's mailboxes through names
+or path tricks; malformed commands get BAD and the session goes on; limits on literals and
+line length; a client that never finishes a literal is timed out; failed logins are
+rate-limited per IP."""
+
+import re
+import socket
+import time
+
+import pytest
+
+from imap_support import *  # noqa: F401,F403
+from imap_support import DOMAIN, PASSWORD, Raw
+
+TRICKS = ["../b", "%", "*", "a//b", "/x", "x/", "..", ".", "../INBOX", "INBOX/..",
+          "a/../b", "a/%", "a*b", "/", "//"]
+
+
+def test_users_cannot_reach_each_other(imap_server):
+    a = imap_server.add_user()
+    b = imap_server.add_user()
+    imap_server.deliver(b, subject="secret of b")
+    rb = imap_server.raw(b)
+    rb.ok('CREATE "Secret"')
+    rb.ok("SELECT INBOX")
+    rb.ok("COPY 1 Secret")
+    rb.close()
+
+    ra = imap_server.raw(a)
+    b_local = b.split("@")[0]
+    names = ["Secret", f"../{b}/INBOX", f"../{b_local}/INBOX", f"{b}/INBOX", f"{b}\x00INBOX",
+             f"../{b}/Secret", "../Secret", "~" + b_local + "/INBOX", f"#users/{b}/INBOX",
+             f"/{b}/INBOX"]
+    for name in names + TRICKS:
+        lit = name.encode()
+        for cmd in (b"SELECT", b"EXAMINE", b"DELETE"):
+            _, tagged = ra.cmd(cmd + b" {%d+}\r\n" % len(lit) + lit)
+            assert b" OK " not in tagged, (cmd, name, tagged)
+        _, tagged = ra.cmd(b"STATUS {%d+}\r\n%s (MESSAGES)" % (len(lit), lit))
+        assert b" OK " not in tagged, (name, tagged)
+        _, tagged = ra.cmd(b"APPEND {%d+}\r\n%s {3+}\r\nx\r\n" % (len(lit), lit))
+        assert b" OK " not in tagged, (name, tagged)
+    # Listing shows only A's own mailboxes, whatever the reference or pattern.
+    for ref, pat in (('""', '"*"'), ('"../"', '"*"'), ('""', '"../*"'), ('"/"', '"*"'),
+                     ('""', f'"{b}*"'), ('""', '"*Secret*"'), ('"~"', '"*"')):
+        lines = ra.ok(f"LIST {ref} {pat}")
+        text = b"\n".join(lines)
+        assert b"Secret" not in text and b_local.encode() not in text, (ref, pat, lines)
+    # Nothing of B leaks through SEARCH/FETCH in A's own INBOX either.
+    ra.ok("SELECT INBOX")
+    assert ra.ok("SEARCH TEXT secret") == [b"* SEARCH"]
+    # COPY/MOVE/RENAME into B's space fail too.
+    imap_server.deliver(a)
+    ra.ok("NOOP")
+    for name in ("../Secret", f"../{b}/INBOX", f"{b}/INBOX"):
+        _, tagged = ra.cmd(f'COPY 1 "{name}"')
+        assert b" OK " not in tagged
+        _, tagged = ra.cmd(f'MOVE 1 "{name}"')
+        assert b" OK " not in tagged
+    rb = imap_server.raw(b)
+    rb.ok("SELECT Secret")
+    assert rb.ok("SEARCH ALL") == [b"* SEARCH 1"]  # B's mailbox untouched
+    assert b"MESSAGES 1" in rb.ok("STATUS INBOX (MESSAGES)")[0]
+    rb.close()
+    ra.close()
+
+
+@pytest.mark.parametrize("name", TRICKS)
+def test_path_trick_names_cannot_be_created(imap_server, user, name):
+    r = imap_server.raw(user)
+    _, tagged = r.cmd(f'CREATE "{name}"')
+    if name in ("x/",):  # a trailing delimiter names "x" itself (RFC 9051 6.3.4)
+        assert b" OK " in tagged
+        names = r.ok('LIST "" "*"')
+        assert any(l.endswith(b'"x"') for l in names)
+        r.close()
+        return
+    assert b" NO " in tagged or b" BAD " in tagged, (name, tagged)
+    _, tagged = r.cmd(f'RENAME "Archive" "{name}"')
+    assert b" NO " in tagged or b" BAD " in tagged, (name, tagged)
+    lines = r.ok('LIST "" "*"')
+    assert len(lines) == 6, lines  # only the default mailboxes
+    r.close()
+
+
+MALFORMED = [
+    b"",
+    b"tagonly",
+    b"t1 FOO",
+    b"t2 SELECT",
+    b't3 SELECT "unterminated',
+    b"t4 FETCH 1:* (FLAGS",
+    b"t5 LOGIN a",
+    b"t6 STORE 1 +FLAGS (\\Seen",
+    b"t7 UID BOGUS 1",
+    b"t8 SEARCH OR",
+    b"* NOOP",
+    b"+ NOOP",
+    b"t9 NOOP extra",
+    b"t10 FETCH 1:* (BODY[1.2.3.4.HEADER.FIELDS (\"x\"])",
+    b"t11 \x00\x01\x02\xff\xfe",
+    b"t12 LIST",
+    b"t13 STATUS INBOX",
+    b"t14 APPEND",
+    b"t15 FETCH 99999999999999 FLAGS",
+    b"t16 SEARCH " + b"(" * 200 + b"ALL" + b")" * 200,
+    b"t17 SEARCH " + b"NOT " * 500 + b"ALL",
+    b"t18 ID (\"a\")",
+    b"t19 ENABLE",
+    b"t20 FETCH 1 BODY[HEADER.FIELDS (SUBJECT)",
+    b"t21 COPY 1",
+    b"\xff\xfe BOGUS",
+]
+
+
+def test_malformed_commands_get_bad_and_session_goes_on(make_server):
+    srv = make_server(imap={"allow_plaintext_auth": True, "max_errors": 1000})
+    u = srv.add_user()
+    srv.deliver(u)
+    r = srv.raw(u)
+    r.ok("SELECT INBOX")
+    for i, line in enumerate(MALFORMED):
+        r.send(line + b"\r\n")
+        resp = r.line()
+        assert re.match(rb"\S+ BAD ", resp), (line, resp)
+        # The session still works after each.
+        untagged, tagged = r.cmd("NOOP", tag=f"ok{i}")
+        assert tagged.startswith(f"ok{i} OK".encode()), (line, tagged)
+    # Pipelined commands in one write are all answered, in order.
+    r.send(b"".join(b"p%d NOOP\r\n" % i for i in range(50)))
+    for i in range(50):
+        _, tagged = r.read_until("p%d" % i)
+        assert tagged.startswith(b"p%d OK" % i)
+    assert b"FLAGS" in r.ok("FETCH 1 FLAGS")[0]
+    # IDLE answered with something else than DONE ends the IDLE with BAD; the session lives.
+    r.send("i IDLE\r\n")
+    assert r.line().startswith(b"+")
+    r.send("NOT DONE\r\n")
+    _, tagged = r.read_until("i")
+    assert tagged.startswith(b"i BAD")
+    r.ok("NOOP")
+    r.close()
+
+
+def test_too_many_errors_closes_session(make_server):
+    srv = make_server(imap={"allow_plaintext_auth": True, "max_errors": 3})
+    r = srv.raw()
+    for i in range(2):
+        _, tagged = r.cmd("BOGUS")
+        assert b" BAD " in tagged
+    r.send("x BOGUS\r\n")
+    lines = [r.line(), r.line()]
+    assert any(l.startswith(b"x BAD") for l in lines)
+    assert any(l.startswith(b"* BYE") for l in lines)
+    assert r.closed()
+
+
+def test_literal_limits(make_server):
+    srv = make_server(imap={"allow_plaintext_auth": True, "max_literal": 1000})
+    u = srv.add_user()
+    r = srv.raw(u)
+    # Synchronising literal too large: NO [TOOBIG], no continuation, the session goes on.
+    r.send("a1 APPEND INBOX {5000}\r\n")
+    resp = r.line()
+    assert resp.startswith(b"a1 NO [TOOBIG]"), resp
+    r.ok("NOOP")
+    # Within the limit it works.
+    msg = b"Subject: ok\r\n\r\n" + b"x" * 900
+    _, tagged = r.cmd(b"APPEND INBOX {%d+}\r\n%s" % (len(msg), msg))
+    assert b"OK [APPENDUID" in tagged
+    # A too-large literal in a later argument (LOGIN's password here) is refused as well.
+    r2 = srv.raw()
+    r2.send("b1 LOGIN {3}\r\n")
+    assert r2.line().startswith(b"+")
+    r2.send("abc {99999}\r\n")
+    resp = r2.line()
+    assert resp.startswith(b"b1 NO [TOOBIG]") or resp.startswith(b"b1 BAD"), resp
+    r2.ok("NOOP")
+    r2.close()
+    # Non-synchronising literal too large: the bytes are already coming, so BYE and close.
+    r.send(b"a2 APPEND INBOX {5000+}\r\n" + b"y" * 5000 + b"\r\n")
+    try:
+        resp = r.line()
+        assert resp.startswith(b"* BYE"), resp
+    except (EOFError, ConnectionResetError):
+        pass
+    assert r.closed()
+    # The server is fine.
+    r = srv.raw(u)
+    r.ok("SELECT INBOX")
+    r.close()
+
+
+def test_line_too_long(make_server):
+    srv = make_server(imap={"allow_plaintext_auth": True, "max_line": 2000})
+    r = srv.raw()
+    r.send(b"a NOOP " + b"x" * 5000 + b"\r\n")
+    try:
+        assert r.line().startswith(b"* BYE")
+    except (EOFError, ConnectionResetError):
+        pass
+    assert r.closed()
+    # Without a newline at all.
+    r = srv.raw()
+    try:
+        r.send(b"a " + b"y" * 5000)
+        assert r.line().startswith(b"* BYE")
+    except (EOFError, ConnectionResetError, BrokenPipeError):
+        pass
+    assert r.closed()
+
+
+def test_unfinished_literal_is_timed_out(make_server):
+    srv = make_server(imap={"allow_plaintext_auth": True, "login_timeout": "2s",
+                            "idle_timeout": "3s"})
+    u = srv.add_user()
+    # Before login: the login timeout applies.
+    r = srv.raw()
+    r.send("a LOGIN {10}\r\n")
+    assert r.line().startswith(b"+")
+    t0 = time.monotonic()
+    r.send("abc")  # and never the rest
+    assert r.closed(timeout=10)
+    assert time.monotonic() - t0 < 6
+    # Sending bytes slowly does not extend the login deadline.
+    r = srv.raw()
+    r.send("a LOGIN {100}\r\n")
+    r.line()
+    t0 = time.monotonic()
+    closed = False
+    for _ in range(12):
+        try:
+            r.send("x")
+        except OSError:
+            closed = True
+            break
+        time.sleep(0.5)
+    assert closed or r.closed(timeout=3)
+    assert time.monotonic() - t0 < 7
+    # After login: the idle timeout applies to an APPEND that never delivers its literal.
+    r = srv.raw(u)
+    r.send("b APPEND INBOX {1000}\r\n")
+    assert r.line().startswith(b"+")
+    r.send("Subject: partial\r\n")
+    t0 = time.monotonic()
+    assert r.closed(timeout=10)
+    assert time.monotonic() - t0 < 8
+    r = srv.raw(u)
+    r.ok("SELECT INBOX")
+    assert b"* 0 EXISTS" in r.ok("SELECT INBOX")  # nothing half-stored
+    r.close()
+
+
+def test_failed_logins_are_rate_limited(make_server):
+    srv = make_server(imap={"allow_plaintext_auth": True},
+                      smtp={"max_auth_failures": 3, "auth_fail_window": "1m"})
+    u = srv.add_user()
+    r = srv.raw()
+    for i in range(3):
+        _, tagged = r.cmd(f'LOGIN "{u}" "wrong{i}"')
+        assert b"NO [AUTHENTICATIONFAILED]" in tagged
+    # Now even the right password is refused from this IP, on this and new connections,
+    # and through AUTHENTICATE as well.
+    _, tagged = r.cmd(f'LOGIN "{u}" "{PASSWORD}"')
+    assert b"NO [UNAVAILABLE]" in tagged, tagged
+    r2 = srv.raw()
+    _, tagged = r2.cmd(f'LOGIN "{u}" "{PASSWORD}"')
+    assert b"NO [UNAVAILABLE]" in tagged, tagged
+    import base64
+    ir = base64.b64encode(f"\0{u}\0{PASSWORD}".encode()).decode()
+    _, tagged = r2.cmd(f"AUTHENTICATE PLAIN {ir}")
+    assert b"NO [UNAVAILABLE]" in tagged, tagged
+    r.close()
+    r2.close()
