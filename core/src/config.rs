@@ -36,6 +36,8 @@ pub struct Config {
     pub imap: Imap,
     /// POP3 server behaviour and limits.
     pub pop3: Pop3,
+    /// Inbound sender authentication (SPF, DKIM, DMARC, ARC) on the `smtp` listener.
+    pub sender_auth: SenderAuth,
     /// Logging.
     pub log: Log,
     /// How long running sessions get to finish after SIGTERM/SIGINT.
@@ -272,6 +274,117 @@ impl Default for Pop3 {
     }
 }
 
+/// Inbound sender authentication on the `smtp` listener (submission is never checked: its
+/// senders have logged in).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SenderAuth {
+    /// Check SPF, DKIM, DMARC and ARC and add an `Authentication-Results` header to every
+    /// message received on `smtp`. Off: no checks and no header (forged
+    /// `Authentication-Results` claiming our hostname are removed either way).
+    pub enabled: bool,
+    /// Refuse MAIL FROM with 550 5.7.23 when SPF for the sender's domain (for `<>`, the HELO
+    /// name) is a hard `fail`. Off by default: forwarded mail fails SPF too.
+    pub spf_reject_fail: bool,
+    /// What a DMARC failure does: "enforce" (p=reject: 550 5.7.1 at end of data;
+    /// p=quarantine: filed into the recipient's Junk), "quarantine" (both into Junk) or
+    /// "monitor" (only recorded in the header and for hooks).
+    pub dmarc: DmarcMode,
+    /// Domains whose ARC seals are trusted: when the ARC chain validates and its newest seal
+    /// is from one of them, a DMARC failure is not acted on (mail they forwarded).
+    pub trusted_arc_sealers: Vec<String>,
+    /// ARC-seal messages that an alias forwards to another domain, with the DKIM key of the
+    /// alias's domain (`corvus dkim generate`), so the next hop can trust our results.
+    pub arc_seal: bool,
+    /// Longest time the DNS work of one check may take (SPF at MAIL FROM; DKIM, ARC and
+    /// DMARC at end of data each); a check cut short reports `temperror`.
+    #[serde(with = "dur")]
+    pub timeout: Duration,
+    /// Entries in each cache of parsed DNS records (TXT, MX, A, AAAA, PTR); an entry lives no
+    /// longer than its record's TTL.
+    pub cache_entries: usize,
+    /// DKIM signatures verified per message; further ones are ignored.
+    pub max_dkim_signatures: usize,
+    /// Overrides for sender domains (the MAIL FROM domain for `spf_reject_fail`, the From
+    /// domain for `dmarc`); a key matches the domain and its subdomains, the longest wins:
+    /// `[sender_auth.domains."partner.example"]` with `dmarc = "monitor"`.
+    pub domains: std::collections::BTreeMap<String, SenderAuthDomain>,
+    /// DMARC aggregate reports to the domains that ask for them (`rua`).
+    pub dmarc_reports: DmarcReports,
+}
+
+/// DMARC aggregate reporting (RFC 7489 §7.2).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DmarcReports {
+    /// Collect DMARC results per period and send aggregate reports to the `rua` addresses
+    /// of the domains evaluated (only addresses the domain has authorized, RFC 7489 §7.1).
+    pub enabled: bool,
+    /// Length of a reporting period (periods start at multiples of it, UTC).
+    #[serde(with = "dur")]
+    pub interval: Duration,
+    /// Sender and contact address of the reports; default `postmaster@` the first domain.
+    pub from: Option<String>,
+    /// Organization named in the reports; default the hostname.
+    pub org_name: Option<String>,
+    /// Most policy domains collected per period.
+    pub max_domains: usize,
+    /// Most distinct result rows per report (more are counted as dropped).
+    pub max_rows: usize,
+}
+
+impl Default for DmarcReports {
+    fn default() -> Self {
+        DmarcReports {
+            enabled: false,
+            interval: Duration::from_secs(86400),
+            from: None,
+            org_name: None,
+            max_domains: 1000,
+            max_rows: 1000,
+        }
+    }
+}
+
+/// Per-domain overrides of [`SenderAuth`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SenderAuthDomain {
+    /// Replaces `spf_reject_fail` for MAIL FROM domains under this one.
+    pub spf_reject_fail: Option<bool>,
+    /// Replaces `dmarc` for From domains under this one.
+    pub dmarc: Option<DmarcMode>,
+}
+
+/// What a DMARC failure does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DmarcMode {
+    /// Honour the published policy: reject or quarantine.
+    Enforce,
+    /// Quarantine (Junk) instead of rejecting.
+    Quarantine,
+    /// Record only.
+    Monitor,
+}
+
+impl Default for SenderAuth {
+    fn default() -> Self {
+        SenderAuth {
+            enabled: true,
+            spf_reject_fail: false,
+            dmarc: DmarcMode::Enforce,
+            trusted_arc_sealers: Vec::new(),
+            arc_seal: true,
+            timeout: Duration::from_secs(20),
+            cache_entries: 10_000,
+            max_dkim_signatures: 10,
+            domains: Default::default(),
+            dmarc_reports: DmarcReports::default(),
+        }
+    }
+}
+
 /// FCrDNS mismatch policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -326,6 +439,7 @@ impl Default for Config {
             smtp: Smtp::default(),
             imap: Imap::default(),
             pop3: Pop3::default(),
+            sender_auth: SenderAuth::default(),
             log: Log::default(),
             shutdown_timeout: Duration::from_secs(30),
             hooks: Vec::new(),
@@ -722,6 +836,27 @@ mod tests {
         let l = c.listeners();
         assert_eq!(l.len(), 2);
         assert!(l.iter().all(|(k, _)| *k == "imap"));
+    }
+
+    #[test]
+    fn sender_auth_section_with_domain_overrides() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Config::load(Some(&write(d.path(), "hostname = \"mx\"\n"))).unwrap();
+        assert!(c.sender_auth.enabled && !c.sender_auth.spf_reject_fail);
+        assert_eq!(c.sender_auth.dmarc, DmarcMode::Enforce);
+        let p = write(
+            d.path(),
+            "[sender_auth]\nspf_reject_fail = true\ntimeout = \"5s\"\ntrusted_arc_sealers = [\"fwd.example\"]\n[sender_auth.domains.\"partner.example\"]\ndmarc = \"monitor\"\nspf_reject_fail = false\n",
+        );
+        let c = Config::load(Some(&p)).unwrap();
+        assert!(c.sender_auth.spf_reject_fail);
+        assert_eq!(c.sender_auth.timeout, Duration::from_secs(5));
+        let o = &c.sender_auth.domains["partner.example"];
+        assert_eq!(o.dmarc, Some(DmarcMode::Monitor));
+        assert_eq!(o.spf_reject_fail, Some(false));
+        let p = write(d.path(), "[sender_auth]\ndmarc = \"maybe\"\n");
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e[0].contains("sender_auth.dmarc"), "{e:?}");
     }
 
     #[test]

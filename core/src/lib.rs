@@ -3,7 +3,8 @@
 //! Code map: [`config`] (figment settings), [`store`] (storage interface and sled backend),
 //! [`accounts`] and [`admin`] (users, domains, aliases), [`control`] (CLI ↔ server socket),
 //! [`tls`], [`dns`], [`net`] (streams and limits), [`hooks`] (dispatch), [`routing`]
-//! (recipients), [`smtp`] and [`pop3`] (protocols), [`mailbox_io`] (Maildir and mbox import
+//! (recipients), [`sender_auth`] (SPF/DKIM/DMARC/ARC of inbound mail), [`smtp`] and [`pop3`]
+//! (protocols), [`mailbox_io`] (Maildir and mbox import
 //! and export), [`server`] (listeners and lifecycle).
 
 pub mod accounts;
@@ -21,6 +22,7 @@ pub mod net;
 pub mod pop3;
 pub mod queue;
 pub mod routing;
+pub mod sender_auth;
 pub mod server;
 pub mod smtp;
 pub mod store;

@@ -43,6 +43,8 @@ pub struct Shared {
     pub maildrop_locks: Arc<crate::pop3::MaildropLocks>,
     /// Recent successful password checks (saves argon2 on repeated logins).
     pub credential_cache: Arc<crate::accounts::CredentialCache>,
+    /// SPF/DKIM/DMARC/ARC checks of inbound mail.
+    pub sender_auth: crate::sender_auth::SenderAuth,
 }
 
 /// Open the store at the configured place, with the error an admin can act on.
@@ -101,6 +103,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         store: store.clone(),
         tls,
+        sender_auth: crate::sender_auth::SenderAuth::new(&config, resolver.clone(), store.clone()),
         resolver,
         shutdown: shutdown.clone(),
     });
@@ -148,6 +151,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let tracker = TaskTracker::new();
     tracker.spawn(crate::queue::run(shared.clone()));
+    if config.sender_auth.dmarc_reports.enabled {
+        tracker.spawn(crate::sender_auth::report::run(shared.clone()));
+    }
     for (proto, _addr, listener) in bound {
         let shared = shared.clone();
         let tracker2 = tracker.clone();

@@ -152,6 +152,9 @@ pub struct HookCtx {
     pub message: Option<Arc<Vec<u8>>>,
     /// SPF/DKIM/DMARC result strings (data), "" when not checked.
     pub auth_results: [String; 3],
+    /// Sender authentication results with their domains, and ARC (SPF from mail on, the
+    /// rest at data and delivery); empty strings when not checked.
+    pub auth: crate::sender_auth::AuthFacts,
     /// AUTH username, password and mechanism (auth only).
     pub credentials: Option<(String, String, String)>,
     /// Whether the account store accepted the credentials (auth only).
@@ -179,6 +182,7 @@ impl HookCtx {
             rcpts: Vec::new(),
             message: None,
             auth_results: Default::default(),
+            auth: Default::default(),
             credentials: None,
             credentials_valid: false,
             fetch: None,

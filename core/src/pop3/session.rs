@@ -855,6 +855,11 @@ mod tests {
             maildrop_locks: Arc::default(),
             credential_cache: Arc::new(accounts::CredentialCache::new(Duration::from_secs(60))),
             shutdown: Default::default(),
+            sender_auth: crate::sender_auth::SenderAuth::new(
+                &config,
+                crate::dns::resolver(&config).unwrap(),
+                store.clone(),
+            ),
             config: Arc::new(config),
             store,
         });

@@ -40,6 +40,8 @@ struct Transaction {
     from: Address,
     params: MailParams,
     rcpts: Vec<Rcpt>,
+    /// SPF results from MAIL FROM (inbound `smtp` only).
+    spf: Option<crate::sender_auth::SpfCheck>,
 }
 
 /// What the session is waiting for.
@@ -186,6 +188,10 @@ impl Session {
         if let Some(tx) = &self.tx {
             c.mail_from = tx.from.to_string();
             c.rcpts = tx.rcpts.iter().map(|r| r.address.clone()).collect();
+            if let Some(spf) = &tx.spf {
+                c.auth = crate::sender_auth::SenderAuth::spf_facts(spf);
+                c.auth_results[0] = c.auth.spf.clone();
+            }
         }
         c
     }
@@ -195,6 +201,12 @@ impl Session {
         if self.fcrdns.is_none() && self.fcrdns_task.as_ref().is_some_and(|t| t.is_finished()) {
             self.fcrdns().await;
         }
+    }
+
+    /// Whether SPF/DKIM/DMARC/ARC checks apply: inbound mail on `smtp` from a client that
+    /// has not logged in.
+    fn sender_checks(&self) -> bool {
+        self.listener == "smtp" && self.user.is_none() && self.shared.sender_auth.enabled()
     }
 
     async fn fcrdns(&mut self) -> Fcrdns {
@@ -655,6 +667,29 @@ impl Session {
         }
         let mut ctx = self.ctx(HookPoint::Mail);
         ctx.mail_from = from.to_string();
+        let spf = if self.sender_checks() {
+            let helo = self.helo.clone().unwrap_or_default();
+            let sender = if from.is_null() {
+                String::new()
+            } else {
+                from.to_string()
+            };
+            let spf = self
+                .shared
+                .sender_auth
+                .check_spf(self.peer.ip(), &helo, &sender)
+                .await;
+            if let Some(text) = self.shared.sender_auth.spf_refusal(&spf) {
+                tracing::info!(from = %from, "MAIL refused: SPF fail");
+                self.reply(Reply::new(550, "5.7.23", text));
+                return Flow::Continue;
+            }
+            ctx.auth = crate::sender_auth::SenderAuth::spf_facts(&spf);
+            ctx.auth_results[0] = ctx.auth.spf.clone();
+            Some(spf)
+        } else {
+            None
+        };
         let outcome = self.shared.hooks.run(&ctx);
         if let Some(r) = refusal(&outcome.verdict) {
             self.reply(r);
@@ -682,6 +717,7 @@ impl Session {
             from,
             params,
             rcpts: Vec::new(),
+            spf,
         });
         self.reply(Reply::new(250, "2.1.0", "Sender OK"));
         Flow::Continue
@@ -1004,7 +1040,7 @@ impl Session {
         };
         self.bdat = None;
         let max = self.shared.config.smtp.max_message_size;
-        let body = match data {
+        let mut body = match data {
             Ok(b) if b.len() as u64 > max => return Reply::too_big(max),
             Ok(b) => b,
             Err(DataProblem::TooBig) => return Reply::too_big(max),
@@ -1029,7 +1065,41 @@ impl Session {
         self.messages += 1;
         let queue_id = format!("{:016X}", rand::random::<u64>());
         let fcrdns = self.fcrdns().await;
-        let mut msg = Vec::with_capacity(body.len() + 512);
+        // Sender authentication (inbound smtp): results for the header, hooks and policy.
+        let checked = if self.sender_checks() {
+            let helo = self.helo.clone().unwrap_or_default();
+            let sender = if tx.from.is_null() {
+                String::new()
+            } else {
+                tx.from.to_string()
+            };
+            let env = crate::sender_auth::Envelope {
+                ip: self.peer.ip(),
+                helo: &helo,
+                mail_from: &sender,
+                spf: tx.spf.as_ref(),
+            };
+            Some(self.shared.sender_auth.check_message(&body, &env).await)
+        } else {
+            None
+        };
+        let mut msg = Vec::with_capacity(body.len() + 1024);
+        if self.listener == "smtp" {
+            // RFC 8601 §5: no Authentication-Results claiming to be ours may pass through.
+            let host = self.host().to_string();
+            if let (std::borrow::Cow::Owned(stripped), n) =
+                crate::sender_auth::headers::strip_forged(&body, &host)
+            {
+                tracing::info!(removed = n, "removed forged Authentication-Results");
+                body = stripped;
+            }
+            match (&checked, &self.user) {
+                (Some(c), _) => msg.extend_from_slice(c.header.as_bytes()),
+                (None, Some(u)) if self.shared.sender_auth.enabled() => msg
+                    .extend_from_slice(self.shared.sender_auth.authenticated_header(u).as_bytes()),
+                _ => {}
+            }
+        }
         msg.extend_from_slice(self.received_header(&tx, &queue_id, &fcrdns).as_bytes());
         if is_submission(self.listener) || self.user.is_some() {
             // RFC 6409 §8: a submission server may add missing Date and Message-ID.
@@ -1052,6 +1122,14 @@ impl Session {
         let mut ctx = self.ctx(HookPoint::Data);
         ctx.mail_from = tx.from.to_string();
         ctx.rcpts = tx.rcpts.iter().map(|r| r.address.clone()).collect();
+        if let Some(c) = &checked {
+            ctx.auth = c.facts.clone();
+            ctx.auth_results = [
+                c.facts.spf.clone(),
+                c.facts.dkim.clone(),
+                c.facts.dmarc.clone(),
+            ];
+        }
         let msg = Arc::new(msg);
         ctx.message = Some(msg.clone());
         let outcome = self.shared.hooks.run(&ctx);
@@ -1065,6 +1143,18 @@ impl Session {
             }
             Verdict::Quarantine(reason) => Some(reason.clone()),
             _ => None,
+        };
+        // DMARC policy, unless a hook accepted the message explicitly.
+        let quarantine = match checked.as_ref().map(|c| &c.action) {
+            _ if outcome.verdict == Verdict::Accept => quarantine,
+            Some(crate::sender_auth::Action::Reject(text)) => {
+                tracing::info!(queue_id, from = %tx.from, "message rejected by DMARC policy");
+                return Reply::new(550, "5.7.1", text.clone());
+            }
+            Some(crate::sender_auth::Action::Quarantine(why)) => {
+                quarantine.or_else(|| Some(why.clone()))
+            }
+            _ => quarantine,
         };
         let msg = prepend_headers(msg, &outcome.actions.add_headers);
 
@@ -1132,6 +1222,21 @@ impl Session {
                 }
             }
         }
+        // Mail an alias forwards to another domain leaves ARC-sealed (RFC 8617).
+        let mut queued = msg.clone();
+        if let Some(c) = &checked
+            && !remote.is_empty()
+            && let Some(domain) = forwarding_domain(&tx.rcpts)
+            && let Some(set) = self
+                .shared
+                .sender_auth
+                .arc_seal(&msg, c, &self.shared.store, &domain)
+                .await
+        {
+            let mut sealed = set.into_bytes();
+            sealed.extend_from_slice(&msg);
+            queued = Arc::new(sealed);
+        }
         let store = self.shared.store.clone();
         let now = chrono::Utc::now().timestamp();
         let entry = (!remote.is_empty()).then(|| QueueEntry {
@@ -1157,7 +1262,7 @@ impl Session {
                     store.deliver(m, now, std::slice::from_ref(p))?;
                 }
                 if let Some(e) = entry {
-                    store.enqueue(e, &m2)?;
+                    store.enqueue(e, &queued)?;
                 }
                 Ok(())
             })
@@ -1245,6 +1350,27 @@ fn prepend_headers(msg: Arc<Vec<u8>>, headers: &[(String, String)]) -> Arc<Vec<u
     }
     with.extend_from_slice(&msg);
     Arc::new(with)
+}
+
+/// The domain of the alias that forwards this message elsewhere (the ARC sealing domain):
+/// a local recipient whose targets include an address in another domain; else any local one.
+fn forwarding_domain(rcpts: &[Rcpt]) -> Option<String> {
+    let domain = |a: &str| a.rsplit_once('@').map(|(_, d)| d.to_lowercase());
+    let local = rcpts.iter().filter_map(|r| match &r.route {
+        Route::Local(t) => Some((domain(&r.address)?, t)),
+        _ => None,
+    });
+    let mut first = None;
+    for (d, targets) in local {
+        if targets
+            .iter()
+            .any(|t| domain(t).as_deref() != Some(d.as_str()))
+        {
+            return Some(d);
+        }
+        first.get_or_insert(d);
+    }
+    first
 }
 
 fn decode_b64(s: &str) -> Option<String> {

@@ -1,0 +1,165 @@
+//! A bounded DNS record cache for mail-auth's [`ResolverCache`] hook: entries live until the
+//! record's TTL (as computed by the resolver) runs out, and the number of entries is capped,
+//! so a flood of distinct names cannot grow memory without bound.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use mail_auth::{MX, RecordSet, ResolverCache, Txt};
+
+/// One cache: key → (value, valid until).
+pub struct TtlCache<K, V> {
+    map: Mutex<HashMap<K, (V, Instant)>>,
+    capacity: usize,
+    max_ttl: Duration,
+}
+
+impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
+    /// A cache of at most `capacity` entries, none kept longer than `max_ttl`.
+    pub fn new(capacity: usize, max_ttl: Duration) -> Self {
+        TtlCache {
+            map: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            max_ttl,
+        }
+    }
+
+    /// Entries currently held (expired ones included until they are swept).
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether the cache holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for TtlCache<K, V> {
+    fn get<Q>(&self, name: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut map = self.map.lock().ok()?;
+        match map.get(name) {
+            Some((v, until)) if *until > Instant::now() => Some(v.clone()),
+            Some(_) => {
+                map.remove(name);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remove<Q>(&self, name: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.lock().ok()?.remove(name).map(|(v, _)| v)
+    }
+
+    fn insert(&self, key: K, value: V, valid_until: Instant) {
+        let now = Instant::now();
+        let until = valid_until.min(now + self.max_ttl);
+        if until <= now {
+            return;
+        }
+        let Ok(mut map) = self.map.lock() else {
+            return;
+        };
+        if map.len() >= self.capacity && !map.contains_key(&key) {
+            map.retain(|_, (_, u)| *u > now);
+            if map.len() >= self.capacity {
+                // Still full of live entries: drop everything rather than scan for the oldest;
+                // the cache refills from the resolver (which has its own cache) on demand.
+                map.clear();
+            }
+        }
+        map.insert(key, (value, until));
+    }
+}
+
+/// mail-auth's parameter bundle with our five caches.
+pub type Params<'a, P> = mail_auth::Parameters<
+    'a,
+    P,
+    TtlCache<Box<str>, Txt>,
+    TtlCache<Box<str>, RecordSet<MX>>,
+    TtlCache<Box<str>, RecordSet<Ipv4Addr>>,
+    TtlCache<Box<str>, RecordSet<Ipv6Addr>>,
+    TtlCache<IpAddr, RecordSet<Box<str>>>,
+>;
+
+/// The five caches mail-auth takes.
+pub struct Caches {
+    /// TXT records (SPF, DKIM keys, DMARC policies), parsed.
+    pub txt: TtlCache<Box<str>, Txt>,
+    /// MX records.
+    pub mx: TtlCache<Box<str>, RecordSet<MX>>,
+    /// A records.
+    pub ipv4: TtlCache<Box<str>, RecordSet<Ipv4Addr>>,
+    /// AAAA records.
+    pub ipv6: TtlCache<Box<str>, RecordSet<Ipv6Addr>>,
+    /// PTR records.
+    pub ptr: TtlCache<IpAddr, RecordSet<Box<str>>>,
+}
+
+impl Caches {
+    /// Caches of `capacity` entries each.
+    pub fn new(capacity: usize, max_ttl: Duration) -> Self {
+        Caches {
+            txt: TtlCache::new(capacity, max_ttl),
+            mx: TtlCache::new(capacity, max_ttl),
+            ipv4: TtlCache::new(capacity, max_ttl),
+            ipv6: TtlCache::new(capacity, max_ttl),
+            ptr: TtlCache::new(capacity, max_ttl),
+        }
+    }
+
+    /// mail-auth parameters using these caches.
+    pub fn params<P>(&self, params: P) -> Params<'_, P> {
+        mail_auth::Parameters {
+            params,
+            cache_txt: Some(&self.txt),
+            cache_mx: Some(&self.mx),
+            cache_ptr: Some(&self.ptr),
+            cache_ipv4: Some(&self.ipv4),
+            cache_ipv6: Some(&self.ipv6),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_and_is_bounded() {
+        let c: TtlCache<Box<str>, u32> = TtlCache::new(3, Duration::from_secs(60));
+        let later = Instant::now() + Duration::from_secs(30);
+        c.insert("a".into(), 1, later);
+        assert_eq!(c.get("a"), Some(1));
+        // Already expired: never stored.
+        c.insert("old".into(), 2, Instant::now() - Duration::from_secs(1));
+        assert_eq!(c.get("old"), None);
+        for (i, k) in ["b", "c", "d", "e"].iter().enumerate() {
+            c.insert((*k).into(), i as u32, later);
+        }
+        assert!(c.len() <= 3, "{}", c.len());
+        assert_eq!(c.get("e"), Some(3));
+    }
+
+    #[test]
+    fn ttl_is_capped() {
+        let c: TtlCache<Box<str>, u32> = TtlCache::new(3, Duration::from_millis(1));
+        c.insert("a".into(), 1, Instant::now() + Duration::from_secs(3600));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(c.get("a"), None);
+    }
+}

@@ -1,0 +1,771 @@
+//! Inbound sender authentication on the `smtp` listener: SPF (RFC 7208) for the MAIL FROM
+//! domain and the HELO name, DKIM (RFC 6376, RFC 8463) for every signature, DMARC (RFC 7489,
+//! with the organizational domain of RFC 9989's tree walk guarded by [`psl`]), ARC (RFC 8617)
+//! chain validation and sealing of forwarded mail, and the `Authentication-Results` header
+//! (RFC 8601) that records it all.
+//!
+//! The checks run through mail-auth on the server's hickory resolver, with parsed records
+//! cached within their TTL ([`cache`]) and every check bounded in time
+//! (`sender_auth.timeout`). mail-auth itself bounds SPF to 10 DNS-querying mechanisms (and 10
+//! MX names per `mx`), and ARC chains to 50 sets; Corvus bounds DKIM signatures per message
+//! (`sender_auth.max_dkim_signatures`).
+//!
+//! Policy (what the session does with the results) is in [`Checked::action`]: DMARC
+//! `p=reject` → 550 5.7.1, `p=quarantine` → Junk, per `[sender_auth]` and its per-domain
+//! overrides; a hook that returns `accept` at the data point overrides it.
+
+pub mod cache;
+pub mod headers;
+pub mod psl;
+pub mod report;
+pub mod seal;
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use mail_auth::dkim::DkimError;
+use mail_auth::dmarc::Policy;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{
+    ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput,
+    DmarcResult, Error, MessageAuthenticator, SpfOutput, SpfResult,
+};
+
+use crate::config::{Config, DmarcMode};
+use cache::Caches;
+use headers::{comment_text, pvalue};
+
+/// Results for hooks and scripts: each result as its RFC 8601 keyword ("pass", "fail",
+/// "softfail", "neutral", "none", "temperror", "permerror", "policy"), "" when not checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthFacts {
+    /// SPF result of the MAIL FROM identity (of the HELO identity for `<>`).
+    pub spf: String,
+    /// Domain SPF was checked for.
+    pub spf_domain: String,
+    /// SPF result of the HELO identity.
+    pub spf_helo: String,
+    /// Best DKIM result: "pass" when any signature passed.
+    pub dkim: String,
+    /// `d=` of the signatures that passed.
+    pub dkim_domains: Vec<String>,
+    /// DMARC result.
+    pub dmarc: String,
+    /// The RFC5322.From domain DMARC evaluated.
+    pub dmarc_domain: String,
+    /// The policy that applied: "none", "quarantine", "reject" ("" without a record).
+    pub dmarc_policy: String,
+    /// ARC chain result.
+    pub arc: String,
+    /// `d=` of the newest ARC seal, when there is a chain.
+    pub arc_sealer: String,
+    /// What Corvus will do: "accept", "quarantine" or "reject".
+    pub action: String,
+}
+
+/// What the checks ask the session to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Deliver normally.
+    Accept,
+    /// Deliver into Junk; the text says why.
+    Quarantine(String),
+    /// Refuse with 550 5.7.1 and this text.
+    Reject(String),
+}
+
+/// SPF results for one transaction (computed at MAIL FROM).
+#[derive(Debug, Clone)]
+pub struct SpfCheck {
+    /// HELO identity.
+    pub helo: SpfOutput,
+    /// MAIL FROM identity; `None` for the null sender (the HELO result stands for it).
+    pub mail_from: Option<SpfOutput>,
+    /// The HELO name checked.
+    pub helo_name: String,
+    /// The MAIL FROM address ("" for `<>`).
+    pub sender: String,
+}
+
+impl SpfCheck {
+    /// The result that counts for the sender (RFC 7208 §2.4: HELO stands in for `<>`).
+    pub fn effective(&self) -> &SpfOutput {
+        self.mail_from.as_ref().unwrap_or(&self.helo)
+    }
+}
+
+/// Everything the end-of-data check found.
+pub struct Checked {
+    /// The `Authentication-Results:` field, CRLF-terminated.
+    pub header: String,
+    /// Results for hooks.
+    pub facts: AuthFacts,
+    /// Policy decision.
+    pub action: Action,
+    /// Results in mail-auth's form, for the ARC-Authentication-Results of a seal.
+    aar: AuthenticationResults<'static>,
+}
+
+/// The checker: mail-auth on the server's resolver, record caches and the settings.
+pub struct SenderAuth {
+    auth: MessageAuthenticator,
+    caches: Caches,
+    config: crate::config::SenderAuth,
+    hostname: &'static str,
+    reports: Option<report::Reports>,
+}
+
+/// Everything about the envelope the message checks need.
+pub struct Envelope<'a> {
+    /// Client address.
+    pub ip: IpAddr,
+    /// HELO/EHLO name.
+    pub helo: &'a str,
+    /// MAIL FROM address, "" for `<>`.
+    pub mail_from: &'a str,
+    /// SPF results from MAIL FROM, when they were computed there.
+    pub spf: Option<&'a SpfCheck>,
+}
+
+fn spf_word(r: SpfResult) -> &'static str {
+    match r {
+        SpfResult::Pass => "pass",
+        SpfResult::Fail => "fail",
+        SpfResult::SoftFail => "softfail",
+        SpfResult::Neutral => "neutral",
+        SpfResult::TempError => "temperror",
+        SpfResult::PermError => "permerror",
+        SpfResult::None => "none",
+    }
+}
+
+fn dkim_word(r: &DkimResult) -> &'static str {
+    match r {
+        DkimResult::Pass => "pass",
+        DkimResult::Neutral(_) => "neutral",
+        DkimResult::Fail(_) => "fail",
+        DkimResult::PermError(_) => "permerror",
+        DkimResult::TempError(_) => "temperror",
+        DkimResult::None => "none",
+    }
+}
+
+fn dkim_reason(r: &DkimResult) -> Option<String> {
+    let e = match r {
+        DkimResult::Neutral(e)
+        | DkimResult::Fail(e)
+        | DkimResult::PermError(e)
+        | DkimResult::TempError(e) => e,
+        _ => return None,
+    };
+    Some(match e {
+        Error::Dkim(DkimError::FailedBodyHashMatch) => "body hash did not verify".into(),
+        Error::Dkim(DkimError::SignatureExpired) => "signature expired".into(),
+        Error::Crypto(_) => "signature did not verify".into(),
+        Error::Dns(mail_auth::DnsError::RecordNotFound(_)) => "no key for signature".into(),
+        Error::Dns(mail_auth::DnsError::InvalidRecordType) | Error::ParseError => {
+            "key record unusable".into()
+        }
+        Error::Dns(mail_auth::DnsError::Resolver(_)) => "key lookup failed".into(),
+        other => other.to_string(),
+    })
+}
+
+/// ARC results are reported as none, pass, fail or temperror (RFC 8617 §4.4).
+fn arc_word(r: &DkimResult) -> &'static str {
+    match r {
+        DkimResult::Pass => "pass",
+        DkimResult::None => "none",
+        DkimResult::TempError(_) => "temperror",
+        _ => "fail",
+    }
+}
+
+fn policy_word(p: Policy) -> &'static str {
+    match p {
+        Policy::Reject => "reject",
+        Policy::Quarantine => "quarantine",
+        Policy::None | Policy::Unspecified => "none",
+    }
+}
+
+fn domain_of(address: &str) -> &str {
+    address.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
+}
+
+/// Run `fut`, or give `fallback` when it takes longer than `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    fut: impl Future<Output = T>,
+    fallback: impl FnOnce() -> T,
+) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => {
+            tracing::info!(?limit, "sender authentication check timed out");
+            fallback()
+        }
+    }
+}
+
+fn timeout_error() -> Error {
+    Error::Dns(mail_auth::DnsError::Resolver("timed out".into()))
+}
+
+impl SenderAuth {
+    /// The checker for `config`, sharing `resolver` (and so its cache and name servers)
+    /// with the rest of the server.
+    pub fn new(config: &Config, resolver: TokioResolver, store: crate::store::Store) -> Self {
+        let c = &config.sender_auth;
+        SenderAuth {
+            reports: c
+                .dmarc_reports
+                .enabled
+                .then(|| report::Reports::new(store, c.dmarc_reports.clone())),
+            auth: MessageAuthenticator(resolver),
+            caches: Caches::new(c.cache_entries, Duration::from_secs(24 * 3600)),
+            config: c.clone(),
+            // One string per server for mail-auth's borrowed authserv-id.
+            hostname: Box::leak(config.hostname.clone().into_boxed_str()),
+        }
+    }
+
+    /// Whether checks run at all.
+    pub fn enabled(&self) -> bool {
+        self.config.enabled
+    }
+
+    /// Our authserv-id.
+    pub fn authserv_id(&self) -> &str {
+        self.hostname
+    }
+
+    /// DMARC aggregate report collection, when on.
+    pub fn reports(&self) -> Option<&report::Reports> {
+        self.reports.as_ref()
+    }
+
+    /// The `rua` addresses of `domain` that may receive its reports (RFC 7489 §7.1);
+    /// `None` on a temporary DNS failure.
+    pub async fn authorized_rua(&self, domain: &str, rua: &[String]) -> Option<Vec<String>> {
+        let ok = tokio::time::timeout(
+            self.config.timeout,
+            self.auth
+                .verify_dmarc_report_address(domain, rua, Some(&self.caches.txt)),
+        )
+        .await
+        .ok()??;
+        Some(ok.into_iter().cloned().collect())
+    }
+
+    /// The record caches (for statistics and benchmarks).
+    pub fn caches(&self) -> &Caches {
+        &self.caches
+    }
+
+    fn override_for<T>(
+        &self,
+        domain: &str,
+        pick: impl Fn(&crate::config::SenderAuthDomain) -> Option<T>,
+    ) -> Option<T> {
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        self.config
+            .domains
+            .iter()
+            .filter(|(k, _)| {
+                let k = k.trim_end_matches('.').to_ascii_lowercase();
+                domain == k || domain.ends_with(&format!(".{k}"))
+            })
+            .filter_map(|(k, v)| pick(v).map(|p| (k.len(), p)))
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, p)| p)
+    }
+
+    fn dmarc_mode(&self, from_domain: &str) -> DmarcMode {
+        self.override_for(from_domain, |d| d.dmarc)
+            .unwrap_or(self.config.dmarc)
+    }
+
+    /// SPF for the HELO name and the MAIL FROM address of a client at `ip`.
+    pub async fn check_spf(&self, ip: IpAddr, helo: &str, mail_from: &str) -> SpfCheck {
+        let limit = self.config.timeout;
+        // Both identities at once: the client waits for the slower one only.
+        let helo_check = bounded(
+            limit,
+            self.auth
+                .verify_spf(self.caches.params(SpfParameters::verify_ehlo(
+                    ip,
+                    helo,
+                    self.hostname,
+                ))),
+            || SpfOutput::new(helo.to_string()).with_result(SpfResult::TempError),
+        );
+        let mail_from_check = async {
+            if mail_from.is_empty() {
+                return None;
+            }
+            Some(
+                bounded(
+                    limit,
+                    self.auth
+                        .verify_spf(self.caches.params(SpfParameters::verify_mail_from(
+                            ip,
+                            helo,
+                            self.hostname,
+                            mail_from,
+                        ))),
+                    || {
+                        SpfOutput::new(domain_of(mail_from).to_string())
+                            .with_result(SpfResult::TempError)
+                    },
+                )
+                .await,
+            )
+        };
+        let (helo_out, mail_from_out) = tokio::join!(helo_check, mail_from_check);
+        SpfCheck {
+            helo: helo_out,
+            mail_from: mail_from_out,
+            helo_name: helo.to_string(),
+            sender: mail_from.to_string(),
+        }
+    }
+
+    /// The refusal text when MAIL FROM must be refused for an SPF hard fail.
+    pub fn spf_refusal(&self, spf: &SpfCheck) -> Option<String> {
+        let out = spf.effective();
+        let domain = out.domain();
+        let on = self
+            .override_for(domain, |d| d.spf_reject_fail)
+            .unwrap_or(self.config.spf_reject_fail);
+        (on && out.result() == SpfResult::Fail).then(|| match out.explanation() {
+            Some(e) if !e.is_empty() => format!(
+                "SPF of {domain} does not allow this host to send its mail: {}",
+                comment_text(e)
+            ),
+            _ => format!("SPF of {domain} does not allow this host to send its mail"),
+        })
+    }
+
+    /// Hook facts for SPF alone (the MAIL point).
+    pub fn spf_facts(spf: &SpfCheck) -> AuthFacts {
+        AuthFacts {
+            spf: spf_word(spf.effective().result()).into(),
+            spf_domain: spf.effective().domain().to_string(),
+            spf_helo: spf_word(spf.helo.result()).into(),
+            ..Default::default()
+        }
+    }
+
+    /// Verify a received message (`raw`: the bytes as the client sent them) and decide.
+    pub async fn check_message(&self, raw: &[u8], env: &Envelope<'_>) -> Checked {
+        let computed;
+        let spf = match env.spf {
+            Some(s) => s,
+            None => {
+                computed = self.check_spf(env.ip, env.helo, env.mail_from).await;
+                &computed
+            }
+        };
+        let limit = self.config.timeout;
+        let Some(mut msg) = AuthenticatedMessage::parse(raw) else {
+            // No header block at all: nothing to verify beyond SPF.
+            let facts = AuthFacts {
+                dkim: "none".into(),
+                dmarc: "none".into(),
+                arc: "none".into(),
+                action: "accept".into(),
+                ..Self::spf_facts(spf)
+            };
+            let mut header = self.header_start();
+            self.push_spf(&mut header, spf, env.ip);
+            header.push_str(";\r\n\tdkim=none;\r\n\tarc=none;\r\n\tdmarc=none\r\n");
+            return Checked {
+                header,
+                facts,
+                action: Action::Accept,
+                aar: AuthenticationResults::new(self.hostname),
+            };
+        };
+        msg.dkim_headers.truncate(self.config.max_dkim_signatures);
+
+        // DKIM: every signature (up to the limit).
+        let dkim_check = bounded(
+            limit,
+            self.auth.verify_dkim(self.caches.params(&msg)),
+            || {
+                msg.dkim_headers
+                    .iter()
+                    .map(|h| DkimOutput::temp_err(timeout_error()).with_signature(&h.header))
+                    .collect()
+            },
+        );
+        // ARC.
+        let arc_check = bounded(
+            limit,
+            self.auth.verify_arc(self.caches.params(&msg)),
+            || ArcOutput::default().with_result(DkimResult::TempError(timeout_error())),
+        );
+        let (dkim_raw, arc) = tokio::join!(dkim_check, arc_check);
+        // RFC 6376 §6.1: a body hash mismatch and an expired signature are PERMFAILs of
+        // that signature, which RFC 8601 reports as "fail" (mail-auth says "neutral").
+        let dkim: Vec<DkimOutput> = dkim_raw
+            .into_iter()
+            .map(|o| match o.result() {
+                DkimResult::Neutral(
+                    e @ Error::Dkim(DkimError::FailedBodyHashMatch | DkimError::SignatureExpired),
+                ) => {
+                    let failed = DkimOutput::fail(e.clone());
+                    match o
+                        .signature()
+                        .and_then(|s| msg.dkim_headers.iter().find(|h| std::ptr::eq(&h.header, s)))
+                    {
+                        Some(h) => failed.with_signature(&h.header),
+                        None => failed,
+                    }
+                }
+                _ => o,
+            })
+            .collect();
+
+        // DMARC, against the MAIL FROM identity (HELO for <>).
+        let spf_out = spf.effective();
+        let mf_domain = if env.mail_from.is_empty() {
+            env.helo
+        } else {
+            domain_of(env.mail_from)
+        }
+        .to_ascii_lowercase();
+        let from_domain_hint = domain_of(msg.from()).to_string();
+        let dmarc = bounded(
+            limit,
+            self.auth.verify_dmarc(
+                self.caches
+                    .params(DmarcParameters::new(&msg, &dkim, &mf_domain, spf_out)),
+            ),
+            || {
+                DmarcOutput::default()
+                    .with_domain(&from_domain_hint)
+                    .with_spf_result(DmarcResult::TempError(timeout_error()))
+                    .with_dkim_result(DmarcResult::TempError(timeout_error()))
+            },
+        )
+        .await;
+        let from_domain = dmarc.domain().to_string();
+        let passing: Vec<String> = dkim
+            .iter()
+            .filter(|o| *o.result() == DkimResult::Pass)
+            .filter_map(|o| o.signature().map(|s| s.d.to_ascii_lowercase()))
+            .collect();
+        // mail-auth's relaxed alignment uses the DNS tree walk; also require the same
+        // organizational domain by the embedded public suffix list (see psl).
+        let spf_aligned = *dmarc.spf_result() == DmarcResult::Pass
+            && psl::same_organization(&mf_domain, &from_domain);
+        let dkim_aligned = *dmarc.dkim_result() == DmarcResult::Pass
+            && passing
+                .iter()
+                .any(|d| psl::same_organization(d, &from_domain));
+        let has_record = dmarc.dmarc_record().is_some();
+        let dmarc_word = if spf_aligned || dkim_aligned {
+            "pass"
+        } else if matches!(dmarc.spf_result(), DmarcResult::TempError(_))
+            || matches!(dmarc.dkim_result(), DmarcResult::TempError(_))
+        {
+            "temperror"
+        } else if !has_record {
+            if matches!(dmarc.spf_result(), DmarcResult::PermError(_))
+                || matches!(dmarc.dkim_result(), DmarcResult::PermError(_))
+            {
+                "permerror"
+            } else {
+                "none"
+            }
+        } else {
+            "fail"
+        };
+        let policy = dmarc.policy();
+
+        // ARC: who sealed last, and may they vouch for mail that fails DMARC here?
+        let arc_word = arc_word(arc.result());
+        let arc_sealer = arc
+            .sets()
+            .last()
+            .map(|s| s.seal.header.d.to_ascii_lowercase())
+            .unwrap_or_default();
+        let arc_trusted = arc_word == "pass"
+            && self
+                .config
+                .trusted_arc_sealers
+                .iter()
+                .any(|t| t.trim_end_matches('.').eq_ignore_ascii_case(&arc_sealer));
+
+        // Policy.
+        let mode = self.dmarc_mode(&from_domain);
+        let mut overridden = None;
+        let mut action = if dmarc_word != "fail" {
+            Action::Accept
+        } else {
+            match (policy, mode) {
+                (_, DmarcMode::Monitor) | (Policy::None | Policy::Unspecified, _) => Action::Accept,
+                (Policy::Reject, DmarcMode::Enforce) => Action::Reject(format!(
+                    "Message rejected: the DMARC policy of {from_domain} rejects mail that fails authentication"
+                )),
+                _ => Action::Quarantine(format!("DMARC policy of {from_domain}")),
+            }
+        };
+        if action != Action::Accept && arc_trusted {
+            overridden = Some(format!("trusted ARC sealer {arc_sealer}"));
+            action = Action::Accept;
+        }
+
+        // Aggregate reports.
+        if let (Some(reports), Some(record)) = (&self.reports, dmarc.dmarc_record())
+            && !record.rua.is_empty()
+        {
+            use mail_auth::dmarc::Alignment;
+            let al = |a: Alignment| if a == Alignment::Strict { "s" } else { "r" };
+            reports.record(report::Evaluation {
+                domain: from_domain.clone(),
+                policy: report::Published {
+                    adkim: al(record.adkim).into(),
+                    aspf: al(record.aspf).into(),
+                    p: policy_word(record.p).into(),
+                    sp: policy_word(record.sp).into(),
+                    np: policy_word(record.np).into(),
+                    testing: record.t,
+                },
+                rua: record.rua.iter().map(|u| u.uri().to_string()).collect(),
+                row: report::Row {
+                    source_ip: env.ip.to_string(),
+                    count: 1,
+                    disposition: match &action {
+                        Action::Reject(_) => "reject",
+                        Action::Quarantine(_) => "quarantine",
+                        Action::Accept => "none",
+                    }
+                    .into(),
+                    dkim: if dkim_aligned { "pass" } else { "fail" }.into(),
+                    spf: if spf_aligned { "pass" } else { "fail" }.into(),
+                    reason: if overridden.is_some() {
+                        Some("trusted_forwarder".into())
+                    } else if dmarc_word == "fail"
+                        && policy != Policy::None
+                        && action == Action::Accept
+                    {
+                        Some("local_policy".into())
+                    } else {
+                        None
+                    },
+                    header_from: from_domain.clone(),
+                    envelope_from: mf_domain.clone(),
+                    dkim_results: dkim
+                        .iter()
+                        .filter_map(|o| {
+                            o.signature().map(|s| {
+                                (s.d.clone(), s.s.clone(), dkim_word(o.result()).to_string())
+                            })
+                        })
+                        .collect(),
+                    spf_result: (
+                        spf_out.domain().to_string(),
+                        if spf.mail_from.is_some() {
+                            "mfrom"
+                        } else {
+                            "helo"
+                        }
+                        .into(),
+                        spf_word(spf_out.result()).into(),
+                    ),
+                },
+            });
+        }
+
+        // The header.
+        let mut header = self.header_start();
+        self.push_spf(&mut header, spf, env.ip);
+        if dkim.is_empty() {
+            header.push_str(";\r\n\tdkim=none");
+        }
+        for o in &dkim {
+            let _ = write!(header, ";\r\n\tdkim={}", dkim_word(o.result()));
+            if let Some(r) = dkim_reason(o.result()) {
+                let _ = write!(header, " reason={}", pvalue(&r));
+            }
+            if let Some(s) = o.signature() {
+                let _ = write!(header, " header.d={}", pvalue(&s.d));
+                if !s.i.is_empty() {
+                    let _ = write!(header, " header.i={}", pvalue(&s.i));
+                }
+                let _ = write!(header, " header.s={}", pvalue(&s.s));
+                if !s.b.is_empty() {
+                    use base64::Engine as _;
+                    let b =
+                        base64::engine::general_purpose::STANDARD.encode(&s.b[..s.b.len().min(6)]);
+                    let _ = write!(header, " header.b={}", pvalue(&b));
+                }
+                let _ = write!(
+                    header,
+                    " header.a={}",
+                    match s.a {
+                        mail_auth::common::crypto::Algorithm::RsaSha256 => "rsa-sha256",
+                        mail_auth::common::crypto::Algorithm::RsaSha1 => "rsa-sha1",
+                        mail_auth::common::crypto::Algorithm::Ed25519Sha256 => "ed25519-sha256",
+                    }
+                );
+            }
+        }
+        let _ = write!(header, ";\r\n\tarc={arc_word}");
+        if !arc.sets().is_empty() {
+            let _ = write!(
+                header,
+                " (i={} sealer={})",
+                arc.sets().len(),
+                comment_text(&arc_sealer)
+            );
+        }
+        let _ = write!(header, " smtp.remote-ip={}", pvalue(&env.ip.to_string()));
+        let _ = write!(header, ";\r\n\tdmarc={dmarc_word}");
+        if has_record {
+            let dis = match &action {
+                Action::Reject(_) => "reject",
+                Action::Quarantine(_) => "quarantine",
+                Action::Accept => "none",
+            };
+            let _ = write!(header, " (p={} dis={dis}", policy_word(policy));
+            if let Some(o) = &overridden {
+                let _ = write!(header, " override={}", comment_text(o));
+            }
+            header.push(')');
+        }
+        if !from_domain.is_empty() {
+            let _ = write!(header, " header.from={}", pvalue(&from_domain));
+        }
+        header.push_str("\r\n");
+
+        let facts = AuthFacts {
+            dkim: if passing.is_empty() {
+                dkim.first()
+                    .map(|o| dkim_word(o.result()))
+                    .unwrap_or("none")
+                    .into()
+            } else {
+                "pass".into()
+            },
+            dkim_domains: passing,
+            dmarc: dmarc_word.into(),
+            dmarc_domain: from_domain.clone(),
+            dmarc_policy: if has_record {
+                policy_word(policy).into()
+            } else {
+                String::new()
+            },
+            arc: arc_word.into(),
+            arc_sealer,
+            action: match &action {
+                Action::Accept => "accept",
+                Action::Quarantine(_) => "quarantine",
+                Action::Reject(_) => "reject",
+            }
+            .into(),
+            ..Self::spf_facts(spf)
+        };
+        tracing::info!(
+            spf = %facts.spf, dkim = %facts.dkim, dmarc = %facts.dmarc, arc = %facts.arc,
+            from_domain = %facts.dmarc_domain, action = %facts.action,
+            "sender authentication"
+        );
+
+        let mut aar = AuthenticationResults::new(self.hostname);
+        if let Some(mf) = &spf.mail_from {
+            aar = aar.with_spf_mailfrom_result(mf, env.ip, env.mail_from, env.helo);
+        } else {
+            aar = aar.with_spf_ehlo_result(&spf.helo, env.ip, env.helo);
+        }
+        let aar = aar
+            .with_dkim_results(&dkim, msg.from())
+            .with_arc_result(&arc, env.ip)
+            .with_dmarc_result(&if dmarc_word == "fail" {
+                // Our verdict (record present, nothing aligned, or the suffix guard refused
+                // the alignment) in the form mail-auth's builder prints as "fail".
+                dmarc
+                    .clone()
+                    .with_spf_result(DmarcResult::Fail(Error::NotAligned))
+                    .with_dkim_result(DmarcResult::Fail(Error::NotAligned))
+            } else {
+                dmarc.clone()
+            });
+        Checked {
+            header,
+            facts,
+            action,
+            aar,
+        }
+    }
+
+    fn header_start(&self) -> String {
+        let mut h = String::with_capacity(512);
+        h.push_str("Authentication-Results: ");
+        h.push_str(&pvalue(self.hostname));
+        h
+    }
+
+    fn push_spf(&self, h: &mut String, spf: &SpfCheck, ip: IpAddr) {
+        let host = comment_text(self.hostname);
+        let ip_text = ip.to_string();
+        let describe = |out: &SpfOutput, who: &str| -> String {
+            let who = comment_text(who);
+            match out.result() {
+                SpfResult::Pass => {
+                    format!("{host}: domain of {who} designates {ip_text} as permitted sender")
+                }
+                SpfResult::Fail => format!(
+                    "{host}: domain of {who} does not designate {ip_text} as permitted sender"
+                ),
+                SpfResult::SoftFail => format!(
+                    "{host}: domain of transitioning {who} does not designate {ip_text} as permitted sender"
+                ),
+                SpfResult::Neutral => {
+                    format!("{host}: {ip_text} is neither permitted nor denied by domain of {who}")
+                }
+                SpfResult::None => format!("{host}: domain of {who} does not publish SPF"),
+                SpfResult::TempError => {
+                    format!("{host}: temporary DNS error checking SPF of {who}")
+                }
+                SpfResult::PermError => format!("{host}: SPF record of {who} is invalid"),
+            }
+        };
+        if let Some(mf) = &spf.mail_from {
+            let _ = write!(
+                h,
+                ";\r\n\tspf={} ({}) smtp.mailfrom={}",
+                spf_word(mf.result()),
+                describe(mf, &spf.sender),
+                pvalue(&spf.sender)
+            );
+        }
+        let _ = write!(
+            h,
+            ";\r\n\tspf={} ({}) smtp.helo={}",
+            spf_word(spf.helo.result()),
+            describe(&spf.helo, &spf.helo_name),
+            pvalue(&spf.helo_name)
+        );
+    }
+
+    /// The header for mail from a client that logged in on the `smtp` listener: its senders
+    /// are ours, so no SPF/DKIM/DMARC verdict applies (RFC 8601 `auth` method).
+    pub fn authenticated_header(&self, user: &str) -> String {
+        format!(
+            "{};\r\n\tauth=pass smtp.auth={}\r\n",
+            self.header_start(),
+            pvalue(user)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,485 @@
+//! DMARC aggregate reports (RFC 7489 §7.2), optional and off by default
+//! (`[sender_auth.dmarc_reports]`).
+//!
+//! Collection: every DMARC evaluation of a domain that publishes `rua` adds to that domain's
+//! report for the current period (periods are aligned to multiples of `interval` in UTC),
+//! kept in the store's key-value area (`corvus.dmarc`), so results survive restarts. Identical
+//! rows are counted, not repeated; domains per period and rows per report are capped.
+//!
+//! Sending: a background task finds periods that have ended, checks that each `rua` address
+//! outside the policy domain has authorized reports (RFC 7489 §7.1, the
+//! `<domain>._report._dmarc.<rua domain>` record), and queues one message per report with the
+//! gzip-compressed XML attached; the outbound queue delivers (and DKIM-signs) it.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mail_builder::MessageBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::server::Shared;
+use crate::store::{QueueEntry, QueueRcpt, Store};
+
+const NS: &str = "corvus.dmarc";
+const PENDING: &str = "pending";
+
+/// One aggregated row: everything but the count identifies it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Row {
+    /// Client address.
+    pub source_ip: String,
+    /// Messages with exactly these results.
+    pub count: u32,
+    /// "none", "quarantine" or "reject": what we did.
+    pub disposition: String,
+    /// DMARC-aligned DKIM result ("pass"/"fail").
+    pub dkim: String,
+    /// DMARC-aligned SPF result ("pass"/"fail").
+    pub spf: String,
+    /// Why the published policy was not applied ("trusted_forwarder", "local_policy").
+    pub reason: Option<String>,
+    /// RFC5322.From domain.
+    pub header_from: String,
+    /// RFC5321.MailFrom domain.
+    pub envelope_from: String,
+    /// Each DKIM signature: (d=, s=, result).
+    pub dkim_results: Vec<(String, String, String)>,
+    /// SPF: (domain, scope "mfrom"/"helo", result).
+    pub spf_result: (String, String, String),
+}
+
+impl Row {
+    fn same(&self, o: &Row) -> bool {
+        let mut a = self.clone();
+        a.count = o.count;
+        a == *o
+    }
+}
+
+/// The published policy, as reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// "r" or "s".
+    pub adkim: String,
+    /// "r" or "s".
+    pub aspf: String,
+    /// p=
+    pub p: String,
+    /// sp=
+    pub sp: String,
+    /// np=
+    pub np: String,
+    /// t=y (testing)
+    pub testing: bool,
+}
+
+/// One domain's report for one period.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    /// Policy domain.
+    pub domain: String,
+    /// Period start (Unix seconds).
+    pub begin: i64,
+    /// Period end.
+    pub end: i64,
+    /// Policy as last seen.
+    pub policy: Published,
+    /// `rua` addresses (without `mailto:`).
+    pub rua: Vec<String>,
+    /// Aggregated rows.
+    pub rows: Vec<Row>,
+    /// Rows dropped for the cap.
+    pub dropped: u64,
+}
+
+/// One evaluation to add.
+pub struct Evaluation {
+    /// Policy domain (the From domain evaluated).
+    pub domain: String,
+    /// Published policy.
+    pub policy: Published,
+    /// Where reports go.
+    pub rua: Vec<String>,
+    /// The row (count 1).
+    pub row: Row,
+}
+
+/// Collection and sending, bound to the store.
+pub struct Reports {
+    store: Store,
+    config: crate::config::DmarcReports,
+    lock: std::sync::Mutex<()>,
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+impl Reports {
+    /// Reports kept in `store`.
+    pub fn new(store: Store, config: crate::config::DmarcReports) -> Self {
+        Reports {
+            store,
+            config,
+            lock: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Whether collection is on.
+    pub fn enabled(&self) -> bool {
+        self.config.enabled
+    }
+
+    fn period(&self, t: i64) -> (i64, i64) {
+        let len = self.config.interval.as_secs().max(1) as i64;
+        let begin = t - t.rem_euclid(len);
+        (begin, begin + len)
+    }
+
+    fn pending(&self) -> Vec<String> {
+        self.store
+            .kv_get(NS, PENDING)
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default()
+    }
+
+    fn set_pending(&self, keys: &[String]) -> crate::store::Result<()> {
+        self.store
+            .kv_set(NS, PENDING, &serde_json::to_vec(keys)?, None)
+    }
+
+    /// Add one evaluation to its period's report.
+    pub fn record(&self, e: Evaluation) {
+        if !self.config.enabled || e.rua.is_empty() || e.domain.is_empty() {
+            return;
+        }
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (begin, end) = self.period(now());
+        let key = format!("{begin}/{}", e.domain);
+        let mut report: Report = match self.store.kv_get(NS, &key) {
+            Ok(Some(v)) => serde_json::from_slice(&v).unwrap_or_default(),
+            _ => {
+                let mut pending = self.pending();
+                let this_period = pending
+                    .iter()
+                    .filter(|k| k.starts_with(&format!("{begin}/")))
+                    .count();
+                if this_period >= self.config.max_domains {
+                    tracing::info!(domain = %e.domain, "DMARC report not collected: max_domains reached for this period");
+                    return;
+                }
+                pending.push(key.clone());
+                if let Err(err) = self.set_pending(&pending) {
+                    tracing::warn!(error = %err, "DMARC report index not saved");
+                    return;
+                }
+                Report {
+                    domain: e.domain.clone(),
+                    begin,
+                    end,
+                    ..Default::default()
+                }
+            }
+        };
+        report.policy = e.policy;
+        report.rua = e.rua;
+        if let Some(r) = report.rows.iter_mut().find(|r| r.same(&e.row)) {
+            r.count = r.count.saturating_add(1);
+        } else if report.rows.len() < self.config.max_rows {
+            report.rows.push(e.row);
+        } else {
+            report.dropped += 1;
+        }
+        match serde_json::to_vec(&report) {
+            Ok(v) => {
+                if let Err(err) = self.store.kv_set(NS, &key, &v, None) {
+                    tracing::warn!(error = %err, "DMARC report not saved");
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "DMARC report not encoded"),
+        }
+    }
+
+    /// Reports whose period has ended (removed from the store by [`Self::forget`]).
+    fn due(&self) -> Vec<(String, Report)> {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let t = now();
+        self.pending()
+            .into_iter()
+            .filter_map(|k| {
+                let r: Report = serde_json::from_slice(&self.store.kv_get(NS, &k).ok()??).ok()?;
+                (r.end <= t).then_some((k, r))
+            })
+            .collect()
+    }
+
+    fn forget(&self, key: &str) {
+        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.pending();
+        pending.retain(|k| k != key);
+        let _ = self.set_pending(&pending);
+        // TTL 0: gone at the next read.
+        let _ = self.store.kv_set(NS, key, b"", Some(0));
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&apos;"),
+            c if c.is_control() => {}
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// The aggregate report XML (RFC 7489 Appendix C).
+pub fn to_xml(r: &Report, org_name: &str, email: &str, report_id: &str) -> String {
+    let e = xml_escape;
+    let mut x = String::with_capacity(1024 + r.rows.len() * 600);
+    x.push_str(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<feedback>\n  <version>1.0</version>\n",
+    );
+    x.push_str(&format!(
+        "  <report_metadata>\n    <org_name>{}</org_name>\n    <email>{}</email>\n    <report_id>{}</report_id>\n    <date_range>\n      <begin>{}</begin>\n      <end>{}</end>\n    </date_range>\n",
+        e(org_name), e(email), e(report_id), r.begin, r.end
+    ));
+    if r.dropped > 0 {
+        x.push_str(&format!(
+            "    <error>{} results not included (row limit)</error>\n",
+            r.dropped
+        ));
+    }
+    x.push_str("  </report_metadata>\n");
+    let p = &r.policy;
+    x.push_str(&format!(
+        "  <policy_published>\n    <domain>{}</domain>\n    <adkim>{}</adkim>\n    <aspf>{}</aspf>\n    <p>{}</p>\n    <sp>{}</sp>\n    <np>{}</np>\n    <pct>100</pct>\n    <testing>{}</testing>\n  </policy_published>\n",
+        e(&r.domain), e(&p.adkim), e(&p.aspf), e(&p.p), e(&p.sp), e(&p.np),
+        if p.testing { "y" } else { "n" }
+    ));
+    for row in &r.rows {
+        x.push_str(&format!(
+            "  <record>\n    <row>\n      <source_ip>{}</source_ip>\n      <count>{}</count>\n      <policy_evaluated>\n        <disposition>{}</disposition>\n        <dkim>{}</dkim>\n        <spf>{}</spf>\n",
+            e(&row.source_ip), row.count, e(&row.disposition), e(&row.dkim), e(&row.spf)
+        ));
+        if let Some(reason) = &row.reason {
+            x.push_str(&format!(
+                "        <reason>\n          <type>{}</type>\n        </reason>\n",
+                e(reason)
+            ));
+        }
+        x.push_str(&format!(
+            "      </policy_evaluated>\n    </row>\n    <identifiers>\n      <envelope_from>{}</envelope_from>\n      <header_from>{}</header_from>\n    </identifiers>\n    <auth_results>\n",
+            e(&row.envelope_from), e(&row.header_from)
+        ));
+        for (d, s, res) in &row.dkim_results {
+            x.push_str(&format!(
+                "      <dkim>\n        <domain>{}</domain>\n        <selector>{}</selector>\n        <result>{}</result>\n      </dkim>\n",
+                e(d), e(s), e(res)
+            ));
+        }
+        let (d, scope, res) = &row.spf_result;
+        x.push_str(&format!(
+            "      <spf>\n        <domain>{}</domain>\n        <scope>{}</scope>\n        <result>{}</result>\n      </spf>\n    </auth_results>\n  </record>\n",
+            e(d), e(scope), e(res)
+        ));
+    }
+    x.push_str("</feedback>\n");
+    x
+}
+
+fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut enc = mail_auth::flate2::write::GzEncoder::new(
+        Vec::new(),
+        mail_auth::flate2::Compression::default(),
+    );
+    enc.write_all(data)?;
+    enc.finish()
+}
+
+/// Send every report whose period has ended. Returns how many were queued.
+pub async fn send_due(shared: &Arc<Shared>) -> usize {
+    let auth = &shared.sender_auth;
+    let Some(reports) = auth.reports() else {
+        return 0;
+    };
+    let cfg = &shared.config.sender_auth.dmarc_reports;
+    let from = cfg.from.clone().unwrap_or_else(|| {
+        format!(
+            "postmaster@{}",
+            shared
+                .config
+                .domains
+                .first()
+                .map(String::as_str)
+                .unwrap_or(&shared.config.hostname)
+        )
+    });
+    let org = cfg
+        .org_name
+        .clone()
+        .unwrap_or_else(|| shared.config.hostname.clone());
+    let mut sent = 0;
+    for (key, report) in reports.due() {
+        // RFC 7489 §7.1: a destination outside the policy domain must have agreed.
+        let Some(allowed) = auth.authorized_rua(&report.domain, &report.rua).await else {
+            tracing::info!(domain = %report.domain, "DMARC report postponed: DNS failure checking rua authorization");
+            continue;
+        };
+        if allowed.is_empty() || report.rows.is_empty() {
+            tracing::info!(domain = %report.domain, "DMARC report dropped: no authorized rua address");
+            reports.forget(&key);
+            continue;
+        }
+        let report_id = format!(
+            "{}.{}@{}",
+            report.begin, report.domain, shared.config.hostname
+        );
+        let xml = to_xml(&report, &org, &from, &report_id);
+        let Ok(gz) = gzip(xml.as_bytes()) else {
+            continue;
+        };
+        let file = format!(
+            "{org}!{}!{}!{}.xml.gz",
+            report.domain, report.begin, report.end
+        );
+        let subject = format!(
+            "Report Domain: {} Submitter: {org} Report-ID: <{report_id}>",
+            report.domain
+        );
+        let text = format!(
+            "DMARC aggregate report for {} from {org}, {} to {} (Unix time).\r\n",
+            report.domain, report.begin, report.end
+        );
+        let built = MessageBuilder::new()
+            .from(from.as_str())
+            .to(allowed.iter().map(String::as_str).collect::<Vec<_>>())
+            .header("Subject", mail_builder::headers::raw::Raw::new(subject))
+            .text_body(text)
+            .attachment("application/gzip", file, gz)
+            .write_to_vec();
+        let Ok(message) = built else {
+            continue;
+        };
+        let entry = QueueEntry {
+            id: format!("{:016X}", rand::random::<u64>()),
+            mail_from: from.clone(),
+            rcpts: allowed
+                .iter()
+                .map(|a| QueueRcpt {
+                    address: a.clone(),
+                    notify: vec!["NEVER".into()],
+                    orcpt: None,
+                })
+                .collect(),
+            ret: Some("HDRS".into()),
+            envid: None,
+            created: now(),
+            next_attempt: now(),
+            attempts: 0,
+            last_error: None,
+            blob: 0,
+            smtputf8: false,
+            decisions: vec!["dmarc aggregate report".into()],
+            warned: true,
+        };
+        match shared.store.enqueue(entry, &message) {
+            Ok(()) => {
+                tracing::info!(domain = %report.domain, rua = ?allowed, rows = report.rows.len(), "DMARC aggregate report queued");
+                reports.forget(&key);
+                sent += 1;
+            }
+            Err(e) => tracing::warn!(error = %e, "DMARC report not queued"),
+        }
+    }
+    if sent > 0 {
+        let _ = shared.store.commit().await;
+        shared.queue_wakeup.notify_one();
+    }
+    sent
+}
+
+/// The sending task: checks for finished periods until shutdown.
+pub async fn run(shared: Arc<Shared>) {
+    let interval = shared.config.sender_auth.dmarc_reports.interval;
+    let tick = (interval / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        send_due(&shared).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(ip: &str, disposition: &str) -> Row {
+        Row {
+            source_ip: ip.into(),
+            count: 1,
+            disposition: disposition.into(),
+            dkim: "fail".into(),
+            spf: "pass".into(),
+            reason: None,
+            header_from: "a.test".into(),
+            envelope_from: "a.test".into(),
+            dkim_results: vec![("a.test".into(), "s1".into(), "fail".into())],
+            spf_result: ("a.test".into(), "mfrom".into(), "pass".into()),
+        }
+    }
+
+    #[test]
+    fn rows_aggregate_and_xml_is_escaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Store = Arc::new(crate::store::SledStore::open(&dir.path().join("s")).unwrap());
+        let cfg = crate::config::DmarcReports {
+            enabled: true,
+            ..Default::default()
+        };
+        let reports = Reports::new(store, cfg);
+        for (ip, d) in [
+            ("192.0.2.1", "none"),
+            ("192.0.2.1", "none"),
+            ("192.0.2.2", "reject"),
+        ] {
+            reports.record(Evaluation {
+                domain: "a.test".into(),
+                policy: Published {
+                    p: "reject".into(),
+                    ..Default::default()
+                },
+                rua: vec!["agg@a.test".into()],
+                row: row(ip, d),
+            });
+        }
+        let pending = reports.pending();
+        assert_eq!(pending.len(), 1);
+        let r: Report =
+            serde_json::from_slice(&reports.store.kv_get(NS, &pending[0]).unwrap().unwrap())
+                .unwrap();
+        assert_eq!(r.rows.len(), 2);
+        assert_eq!(r.rows[0].count, 2);
+        assert_eq!(r.end - r.begin, 86400);
+        assert!(reports.due().is_empty(), "the period has not ended");
+        let x = to_xml(&r, "Org <&>", "p@a.test", "id1");
+        assert!(x.contains("<org_name>Org &lt;&amp;&gt;</org_name>"));
+        assert!(x.contains("<count>2</count>"));
+        assert!(x.contains("<disposition>reject</disposition>"));
+        assert!(x.contains("<scope>mfrom</scope>"));
+        reports.forget(&pending[0]);
+        assert!(reports.pending().is_empty());
+        assert!(reports.store.kv_get(NS, &pending[0]).unwrap().is_none());
+    }
+}

@@ -1,0 +1,521 @@
+//! Checks end to end inside one process: a tiny DNS server on loopback answers from a table,
+//! messages are signed with Corvus's own DKIM code, and [`SenderAuth`] verifies them.
+//! (Independent signers and verifiers are exercised by tests/e2e/test_sender_auth.py.)
+//! Also the warm-cache benchmark (`bench_check_message_warm_cache`, ignored by default).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use hickory_resolver::proto::op::{Message, ResponseCode};
+use hickory_resolver::proto::rr::rdata::{A, SOA, TXT};
+use hickory_resolver::proto::rr::{Name, RData, Record};
+
+use super::*;
+use crate::config::{Config, SenderAuthDomain};
+use crate::store::{SledStore, Store};
+
+/// name (lower case, trailing dot) → records.
+type Zone = Arc<Mutex<HashMap<String, Vec<RData>>>>;
+
+struct TestDns {
+    addr: SocketAddr,
+    zone: Zone,
+    queries: Arc<Mutex<usize>>,
+}
+
+impl TestDns {
+    fn start() -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        let zone: Zone = Default::default();
+        let queries = Arc::new(Mutex::new(0usize));
+        let (z, q) = (zone.clone(), queries.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                let Ok(req) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                *q.lock().unwrap() += 1;
+                let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
+                resp.metadata.recursion_desired = req.metadata.recursion_desired;
+                resp.metadata.recursion_available = true;
+                for query in &req.queries {
+                    resp.add_query(query.clone());
+                    let name = query.name().to_ascii().to_lowercase();
+                    let zone = z.lock().unwrap();
+                    match zone.get(&name) {
+                        None => resp.metadata.response_code = ResponseCode::NXDomain,
+                        Some(records) => {
+                            for r in records {
+                                if r.record_type() == query.query_type() {
+                                    resp.add_answer(Record::from_rdata(
+                                        query.name().clone(),
+                                        300,
+                                        r.clone(),
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    if resp.answers.is_empty() {
+                        // As a real server does: the SOA makes the negative answer cacheable.
+                        let root = Name::root();
+                        let soa = SOA::new(root.clone(), root.clone(), 1, 3600, 600, 86400, 300);
+                        resp.add_authority(Record::from_rdata(root, 300, RData::SOA(soa)));
+                    }
+                }
+                if let Ok(v) = resp.to_vec() {
+                    let _ = sock.send_to(&v, peer);
+                }
+            }
+        });
+        TestDns {
+            addr,
+            zone,
+            queries,
+        }
+    }
+
+    fn key(name: &str) -> String {
+        format!("{}.", name.trim_end_matches('.').to_lowercase())
+    }
+
+    fn txt(&self, name: &str, text: &str) {
+        let chunks = text
+            .as_bytes()
+            .chunks(255)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect();
+        self.zone
+            .lock()
+            .unwrap()
+            .entry(Self::key(name))
+            .or_default()
+            .push(RData::TXT(TXT::new(chunks)));
+    }
+
+    fn a(&self, name: &str, ip: &str) {
+        self.zone
+            .lock()
+            .unwrap()
+            .entry(Self::key(name))
+            .or_default()
+            .push(RData::A(A(ip.parse().unwrap())));
+    }
+
+    fn queries(&self) -> usize {
+        *self.queries.lock().unwrap()
+    }
+}
+
+struct Fixture {
+    dns: TestDns,
+    store: Store,
+    _dir: tempfile::TempDir,
+    config: Config,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dns = TestDns::start();
+        let dir = tempfile::tempdir().unwrap();
+        let store: Store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
+        let mut config = Config {
+            hostname: "mx.rcpt.test".into(),
+            ..Config::default()
+        };
+        config.dns.nameservers = vec![dns.addr.to_string()];
+        Fixture {
+            dns,
+            store,
+            _dir: dir,
+            config,
+        }
+    }
+
+    /// A domain with a DKIM key (published), SPF for `ip` and a DMARC record.
+    fn domain(&self, domain: &str, algorithm: &str, ip: &str, dmarc: &str) {
+        let key = crate::dkim::generate(&self.store, domain, "sel", algorithm).unwrap();
+        let k = if algorithm == "ed25519" {
+            "ed25519"
+        } else {
+            "rsa"
+        };
+        self.dns.txt(
+            &format!("sel._domainkey.{domain}"),
+            &format!("v=DKIM1; k={k}; p={}", key.public_key),
+        );
+        self.dns.txt(domain, &format!("v=spf1 ip4:{ip} -all"));
+        self.dns.a(domain, ip);
+        if !dmarc.is_empty() {
+            self.dns.txt(&format!("_dmarc.{domain}"), dmarc);
+        }
+    }
+
+    fn checker(&self) -> SenderAuth {
+        let resolver = crate::dns::resolver(&self.config).unwrap();
+        SenderAuth::new(&self.config, resolver, self.store.clone())
+    }
+
+    fn signed(&self, from: &str, subject: &str) -> Vec<u8> {
+        let domain = from.rsplit_once('@').unwrap().1;
+        let msg = format!(
+            "From: <{from}>\r\nTo: <bob@rcpt.test>\r\nSubject: {subject}\r\nDate: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <{subject}@x>\r\n\r\nBody line.\r\n"
+        )
+        .into_bytes();
+        let sig = crate::dkim::sign(&self.store, domain, &msg).expect("signed");
+        let mut out = sig.into_bytes();
+        out.extend_from_slice(&msg);
+        out
+    }
+}
+
+const SENDER_IP: &str = "192.0.2.10";
+
+fn ip() -> IpAddr {
+    SENDER_IP.parse().unwrap()
+}
+
+async fn check(auth: &SenderAuth, raw: &[u8], mail_from: &str) -> Checked {
+    let env = Envelope {
+        ip: ip(),
+        helo: "mail.example",
+        mail_from,
+        spf: None,
+    };
+    auth.check_message(raw, &env).await
+}
+
+fn resinfo<'a>(header: &'a str, method: &str) -> Vec<&'a str> {
+    header
+        .split(';')
+        .map(str::trim)
+        .filter(|p| p.starts_with(&format!("{method}=")))
+        .collect()
+}
+
+#[tokio::test]
+async fn aligned_ed25519_and_spf_pass() {
+    let f = Fixture::new();
+    f.domain("ok.test", "ed25519", SENDER_IP, "v=DMARC1; p=reject");
+    let auth = f.checker();
+    let c = check(&auth, &f.signed("a@ok.test", "hello"), "a@ok.test").await;
+    assert!(
+        c.header
+            .starts_with("Authentication-Results: mx.rcpt.test;\r\n\t"),
+        "{}",
+        c.header
+    );
+    assert!(c.header.ends_with("\r\n") && !c.header[..c.header.len() - 2].contains("\r\n\r\n"));
+    assert!(
+        resinfo(&c.header, "spf")[0].starts_with("spf=pass"),
+        "{}",
+        c.header
+    );
+    let dkim = resinfo(&c.header, "dkim");
+    assert_eq!(dkim.len(), 1);
+    assert!(
+        dkim[0].starts_with("dkim=pass header.d=ok.test"),
+        "{}",
+        c.header
+    );
+    assert!(dkim[0].contains("header.a=ed25519-sha256"), "{}", c.header);
+    assert!(
+        resinfo(&c.header, "dmarc")[0]
+            .starts_with("dmarc=pass (p=reject dis=none) header.from=ok.test"),
+        "{}",
+        c.header
+    );
+    assert_eq!(c.action, Action::Accept);
+    assert_eq!(c.facts.spf, "pass");
+    assert_eq!(c.facts.dkim, "pass");
+    assert_eq!(c.facts.dkim_domains, vec!["ok.test".to_string()]);
+    assert_eq!(c.facts.dmarc, "pass");
+    assert_eq!(c.facts.dmarc_policy, "reject");
+    assert_eq!(c.facts.arc, "none");
+}
+
+#[tokio::test]
+async fn tampered_rsa_fails_and_reject_policy_rejects() {
+    let f = Fixture::new();
+    f.domain("bank.test", "rsa", "198.51.100.1", "v=DMARC1; p=reject");
+    let auth = f.checker();
+    let mut raw = f.signed("ceo@bank.test", "pay");
+    let at = raw.len() - 4;
+    raw[at] = b'X'; // body changed after signing
+    let c = check(&auth, &raw, "ceo@bank.test").await;
+    let dkim = resinfo(&c.header, "dkim");
+    assert!(
+        dkim[0].starts_with("dkim=fail reason=\"body hash did not verify\" header.d=bank.test"),
+        "{}",
+        c.header
+    );
+    assert!(
+        resinfo(&c.header, "spf")[0].starts_with("spf=fail"),
+        "{}",
+        c.header
+    );
+    assert!(resinfo(&c.header, "dmarc")[0].starts_with("dmarc=fail (p=reject dis=reject)"));
+    assert!(matches!(&c.action, Action::Reject(t) if t.contains("bank.test")));
+    assert_eq!(c.facts.action, "reject");
+}
+
+#[tokio::test]
+async fn quarantine_and_per_domain_overrides() {
+    let mut f = Fixture::new();
+    f.domain(
+        "q.test",
+        "ed25519",
+        "198.51.100.1",
+        "v=DMARC1; p=quarantine",
+    );
+    f.domain("r.test", "ed25519", "198.51.100.1", "v=DMARC1; p=reject");
+    f.domain("m.test", "ed25519", "198.51.100.1", "v=DMARC1; p=reject");
+    f.config.sender_auth.domains.insert(
+        "r.test".into(),
+        SenderAuthDomain {
+            dmarc: Some(DmarcMode::Quarantine),
+            ..Default::default()
+        },
+    );
+    f.config.sender_auth.domains.insert(
+        "m.test".into(),
+        SenderAuthDomain {
+            dmarc: Some(DmarcMode::Monitor),
+            ..Default::default()
+        },
+    );
+    let auth = f.checker();
+    // Unsigned, from an address SPF does not allow: DMARC fails for all three.
+    let unsigned =
+        |from: &str| format!("From: <{from}>\r\nSubject: x\r\n\r\nbody\r\n").into_bytes();
+    let c = check(&auth, &unsigned("a@q.test"), "a@q.test").await;
+    assert!(matches!(c.action, Action::Quarantine(_)), "{:?}", c.action);
+    assert!(c.header.contains("dkim=none"), "{}", c.header);
+    let c = check(&auth, &unsigned("a@r.test"), "a@r.test").await;
+    assert!(matches!(c.action, Action::Quarantine(_)), "{:?}", c.action);
+    let c = check(&auth, &unsigned("a@m.test"), "a@m.test").await;
+    assert_eq!(c.action, Action::Accept);
+    assert!(
+        c.header.contains("dmarc=fail (p=reject dis=none)"),
+        "{}",
+        c.header
+    );
+}
+
+#[tokio::test]
+async fn spf_hard_fail_refusal_follows_config() {
+    let mut f = Fixture::new();
+    f.domain("s.test", "ed25519", "198.51.100.1", "");
+    f.domain("ok.test", "ed25519", SENDER_IP, "");
+    f.config.sender_auth.spf_reject_fail = true;
+    f.config.sender_auth.domains.insert(
+        "s.test".into(),
+        SenderAuthDomain {
+            spf_reject_fail: Some(false),
+            ..Default::default()
+        },
+    );
+    f.dns.txt("strict.test", "v=spf1 -all");
+    let auth = f.checker();
+    let spf = auth.check_spf(ip(), "mail.example", "x@strict.test").await;
+    assert_eq!(spf.effective().result(), SpfResult::Fail);
+    assert!(auth.spf_refusal(&spf).is_some());
+    // The override for s.test turns rejection off.
+    let spf = auth.check_spf(ip(), "mail.example", "x@s.test").await;
+    assert_eq!(spf.effective().result(), SpfResult::Fail);
+    assert!(auth.spf_refusal(&spf).is_none());
+    let spf = auth.check_spf(ip(), "mail.example", "x@ok.test").await;
+    assert_eq!(SenderAuth::spf_facts(&spf).spf, "pass");
+    assert!(auth.spf_refusal(&spf).is_none());
+}
+
+#[tokio::test]
+async fn psl_guard_refuses_alignment_across_a_public_suffix() {
+    // A DMARC record at co.uk without psd=y makes the tree walk treat co.uk as the
+    // organizational domain of every name under it; the embedded list refuses that.
+    let f = Fixture::new();
+    f.dns.txt("_dmarc.co.uk", "v=DMARC1; p=none");
+    f.dns.txt("_dmarc.victim.co.uk", "v=DMARC1; p=reject");
+    f.domain("evil.co.uk", "ed25519", SENDER_IP, "");
+    let auth = f.checker();
+    // SPF passes for evil.co.uk, From is victim.co.uk.
+    let raw = b"From: <boss@victim.co.uk>\r\nSubject: x\r\n\r\nbody\r\n";
+    let c = check(&auth, raw, "a@evil.co.uk").await;
+    assert_eq!(c.facts.spf, "pass");
+    assert_eq!(c.facts.dmarc, "fail", "{}", c.header);
+    assert!(matches!(c.action, Action::Reject(_)));
+}
+
+#[tokio::test]
+async fn arc_seal_then_validate_and_trust() {
+    let mut f = Fixture::new();
+    f.domain("orig.test", "ed25519", SENDER_IP, "v=DMARC1; p=reject");
+    f.domain("fwd.test", "rsa", "203.0.113.1", "");
+    let auth = f.checker();
+    // At the forwarder: the original passes.
+    let raw = b"From: <a@orig.test>\r\nTo: <list@fwd.test>\r\nSubject: s\r\n\r\nbody\r\n".to_vec();
+    let c = check(&auth, &raw, "a@orig.test").await;
+    assert_eq!(c.facts.dmarc, "pass");
+    let mut forwarded = c.header.clone().into_bytes();
+    forwarded.extend_from_slice(&raw);
+    let set = auth
+        .arc_seal(&forwarded, &c, &f.store, "fwd.test")
+        .await
+        .expect("sealed");
+    assert!(
+        set.starts_with("ARC-Seal: i=1; a=rsa-sha256; s=sel; d=fwd.test; cv=none;"),
+        "{set}"
+    );
+    assert!(set.contains("ARC-Message-Signature: i=1;"));
+    assert!(set.contains("ARC-Authentication-Results: i=1; mx.rcpt.test;"));
+    let mut sealed = set.into_bytes();
+    sealed.extend_from_slice(&forwarded);
+
+    // At the next hop (another IP: SPF fails, so DMARC fails), untrusted then trusted.
+    f.config.hostname = "mx.next.test".into();
+    let next = f.checker();
+    let env = Envelope {
+        ip: "203.0.113.1".parse().unwrap(),
+        helo: "mx.fwd.test",
+        mail_from: "a@orig.test",
+        spf: None,
+    };
+    let c2 = next.check_message(&sealed, &env).await;
+    assert_eq!(c2.facts.arc, "pass", "{}", c2.header);
+    assert_eq!(c2.facts.arc_sealer, "fwd.test");
+    assert_eq!(c2.facts.dmarc, "fail");
+    assert!(matches!(c2.action, Action::Reject(_)));
+    f.config.sender_auth.trusted_arc_sealers = vec!["fwd.test".into()];
+    let trusting = f.checker();
+    let c3 = trusting.check_message(&sealed, &env).await;
+    assert_eq!(c3.action, Action::Accept);
+    assert!(
+        c3.header.contains("override=trusted ARC sealer fwd.test"),
+        "{}",
+        c3.header
+    );
+    // A second seal continues the chain with cv=pass.
+    let mut again = c3.header.clone().into_bytes();
+    again.extend_from_slice(&sealed);
+    let set2 = trusting
+        .arc_seal(&again, &c3, &f.store, "fwd.test")
+        .await
+        .expect("sealed again");
+    assert!(
+        set2.starts_with("ARC-Seal: i=2;") && set2.contains("cv=pass"),
+        "{set2}"
+    );
+    // Tampering after the seal breaks the chain.
+    let mut broken = sealed.clone();
+    let at = broken.len() - 3;
+    broken[at] = b'Z';
+    let c4 = trusting.check_message(&broken, &env).await;
+    assert_eq!(c4.facts.arc, "fail", "{}", c4.header);
+    assert!(matches!(c4.action, Action::Reject(_)));
+}
+
+#[tokio::test]
+async fn records_are_cached_within_ttl() {
+    let f = Fixture::new();
+    f.domain("c.test", "ed25519", SENDER_IP, "v=DMARC1; p=reject");
+    let auth = f.checker();
+    let raw = f.signed("a@c.test", "cache");
+    let spf = auth.check_spf(ip(), "mail.example", "a@c.test").await;
+    let env = Envelope {
+        ip: ip(),
+        helo: "mail.example",
+        mail_from: "a@c.test",
+        spf: Some(&spf),
+    };
+    auth.check_message(&raw, &env).await;
+    let cold = f.dns.queries();
+    assert!(cold > 0);
+    assert!(!auth.caches().txt.is_empty());
+    let spf = auth.check_spf(ip(), "mail.example", "a@c.test").await;
+    let env = Envelope {
+        spf: Some(&spf),
+        ..env
+    };
+    let c = auth.check_message(&raw, &env).await;
+    assert_eq!(c.facts.dkim, "pass");
+    // Everything came from the caches (the resolver's own cache keeps the negative answers).
+    assert_eq!(f.dns.queries(), cold, "warm checks queried the DNS again");
+}
+
+/// On-CPU time of this thread (Linux), so the figure does not depend on how busy the
+/// machine is; wall time is printed too.
+fn thread_cpu() -> std::time::Duration {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let ns = s
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    std::time::Duration::from_nanos(ns)
+}
+
+/// Cost of the checks per message with a warm DNS cache. Not a test:
+/// `cargo test -p corvus --lib bench_check_message_warm_cache -- --ignored --nocapture`
+/// (a current-thread runtime: with the cache warm nothing leaves this thread).
+#[tokio::test(flavor = "current_thread")]
+#[ignore]
+async fn bench_check_message_warm_cache() {
+    let f = Fixture::new();
+    f.domain("ed.test", "ed25519", SENDER_IP, "v=DMARC1; p=reject");
+    f.domain("rsa.test", "rsa", SENDER_IP, "v=DMARC1; p=reject");
+    f.domain("fwd.test", "rsa", "203.0.113.1", "");
+    let auth = f.checker();
+    let ed = f.signed("a@ed.test", "bench");
+    let rsa = f.signed("a@rsa.test", "bench");
+    // An RSA-signed message with one ARC set on top.
+    let c = check(&auth, &rsa, "a@rsa.test").await;
+    let mut fwd = c.header.clone().into_bytes();
+    fwd.extend_from_slice(&rsa);
+    let set = auth.arc_seal(&fwd, &c, &f.store, "fwd.test").await.unwrap();
+    let mut arc = set.into_bytes();
+    arc.extend_from_slice(&fwd);
+    let unsigned = b"From: <a@ed.test>\r\nSubject: x\r\n\r\nbody\r\n".to_vec();
+    let n: u32 = 500;
+    for (name, raw, from) in [
+        ("unsigned (SPF + DMARC only)", unsigned, "a@ed.test"),
+        ("ed25519 DKIM", ed, "a@ed.test"),
+        ("RSA-2048 DKIM", rsa, "a@rsa.test"),
+        ("RSA-2048 DKIM + 1 ARC set", arc, "a@rsa.test"),
+    ] {
+        // Warm up.
+        for _ in 0..5 {
+            let spf = auth.check_spf(ip(), "mail.example", from).await;
+            let env = Envelope {
+                ip: ip(),
+                helo: "mail.example",
+                mail_from: from,
+                spf: Some(&spf),
+            };
+            auth.check_message(&raw, &env).await;
+        }
+        let q = f.dns.queries();
+        let (wall, cpu) = (Instant::now(), thread_cpu());
+        for _ in 0..n {
+            let spf = auth.check_spf(ip(), "mail.example", from).await;
+            let env = Envelope {
+                ip: ip(),
+                helo: "mail.example",
+                mail_from: from,
+                spf: Some(&spf),
+            };
+            let c = auth.check_message(&raw, &env).await;
+            assert_eq!(c.action, Action::Accept);
+        }
+        let (wall, cpu) = (wall.elapsed() / n, (thread_cpu() - cpu) / n);
+        println!(
+            "BENCH {name:<28} {:>8.1} µs CPU/message {:>8.1} µs wall  ({} DNS queries in {n} messages)",
+            cpu.as_secs_f64() * 1e6,
+            wall.as_secs_f64() * 1e6,
+            f.dns.queries() - q
+        );
+    }
+}

@@ -1,0 +1,733 @@
+"""Inbound sender authentication (issue 7): SPF, DKIM, DMARC, ARC and Authentication-Results.
+
+A DNS server on loopback serves SPF, DKIM and DMARC records for a set of test domains (and
+answers SERVFAIL for chosen names). Mail comes from chosen loopback source addresses
+(127.0.0.X), so records like "v=spf1 ip4:127.0.0.5 -all" decide. Signatures and ARC seals
+come from an independent implementation (dkimpy) and from Corvus's own outbound signer;
+dkimpy also verifies, and Corvus's header results are checked against it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import smtplib
+import socket
+import subprocess
+import threading
+import time
+
+import dkim
+import dns.message
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import nacl.encoding
+import nacl.signing
+import pytest
+
+from conftest import Corvus, free_port
+
+PW = "secret-pw"
+BOB = "bob@b.test"
+HOST = "mx.b.test"
+
+
+class ZoneDNS:
+    """A UDP DNS server on 127.0.0.1 answering from {name: [(type, text)]} (as in
+    test_delivery.py), plus: names in `servfail` get SERVFAIL, long TXT strings are split
+    into 255-byte character-strings, and every query is counted."""
+
+    def __init__(self):
+        self.zone: dict[str, list[tuple[str, str]]] = {}
+        self.servfail: set[str] = set()
+        self.queries: list[tuple[str, str]] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    @staticmethod
+    def key(name: str) -> str:
+        return name.lower().rstrip(".") + "."
+
+    def add(self, name: str, rtype: str, text: str):
+        if rtype == "TXT" and not text.startswith('"'):
+            text = " ".join('"%s"' % text[i:i + 250] for i in range(0, len(text), 250))
+        self.zone.setdefault(self.key(name), []).append((rtype, text))
+
+    def fail(self, name: str):
+        self.servfail.add(self.key(name))
+
+    def serve(self):
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            try:
+                q = dns.message.from_wire(data)
+                r = dns.message.make_response(q)
+                for question in q.question:
+                    name = question.name.to_text().lower()
+                    rtype = dns.rdatatype.to_text(question.rdtype)
+                    self.queries.append((name, rtype))
+                    if name in self.servfail:
+                        r.set_rcode(dns.rcode.SERVFAIL)
+                        continue
+                    if name not in self.zone:
+                        r.set_rcode(dns.rcode.NXDOMAIN)
+                        continue
+                    texts = [t for (ty, t) in self.zone[name] if ty == rtype]
+                    if texts:
+                        r.answer.append(dns.rrset.from_text_list(question.name, 300, dns.rdataclass.IN, rtype, texts))
+                self.sock.sendto(r.to_wire(), peer)
+            except Exception:
+                continue
+
+    def resolve_txt(self, name: bytes, timeout=5):
+        """dkimpy's dnsfunc: TXT lookups answered from the zone."""
+        for ty, text in self.zone.get(self.key(name.decode()), []):
+            if ty == "TXT":
+                return "".join(re.findall(r'"([^"]*)"', text)).encode()
+        return None
+
+    def close(self):
+        self.sock.close()
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+def rsa_key() -> tuple[bytes, str]:
+    """(PEM private key, base64 DER public key) from openssl, not from Corvus."""
+    pem = subprocess.run(["openssl", "genrsa", "2048"], capture_output=True, check=True).stdout
+    der = subprocess.run(["openssl", "rsa", "-pubout", "-outform", "DER"], input=pem,
+                         capture_output=True, check=True).stdout
+    return pem, base64.b64encode(der).decode()
+
+
+def ed25519_key() -> tuple[bytes, str]:
+    """(base64 seed as dkimpy wants it, base64 public key) from pynacl."""
+    sk = nacl.signing.SigningKey.generate()
+    return sk.encode(nacl.encoding.Base64Encoder), sk.verify_key.encode(nacl.encoding.Base64Encoder).decode()
+
+
+def expired_signature(message: bytes, selector: bytes, domain: bytes, pem: bytes) -> bytes:
+    """A DKIM-Signature made with dkimpy's own header code, with t= three days and x= two days
+    ago (dkimpy's sign() has no x=)."""
+    d = dkim.DKIM(message)
+    pk = dkim.crypto.parse_pem_private_key(pem)
+    canon = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/simple")
+    include = tuple(x.lower() for x in d.default_sign_headers())
+    d.signature_algorithm = b"rsa-sha256"
+    d.hasher = hashlib.sha256
+    bh = base64.b64encode(hashlib.sha256(canon.canonicalize_body(d.body)).digest())
+    now = int(time.time())
+    fields = [
+        (b"v", b"1"), (b"a", b"rsa-sha256"), (b"c", b"relaxed/simple"), (b"d", domain),
+        (b"s", selector), (b"t", str(now - 3 * 86400).encode()), (b"x", str(now - 2 * 86400).encode()),
+        (b"h", b" : ".join(include)), (b"bh", bh), (b"b", b"0" * 60),
+    ]
+    return b"DKIM-Signature: " + d.gen_header(fields, include, canon, b"DKIM-Signature", pk)
+
+
+# --- messages and the Authentication-Results header ----------------------------------------
+
+def message(frm: str, subject: str = "hello", body: str = "Hello there.\r\n", extra: str = "") -> bytes:
+    return (
+        f"From: <{frm}>\r\nTo: <{BOB}>\r\nSubject: {subject}\r\n"
+        f"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <{time.time_ns()}@test>\r\n"
+        f"{extra}\r\n{body}"
+    ).encode()
+
+
+def dkim_sign(msg: bytes, selector: str, domain: str, key: bytes, algo: bytes = b"rsa-sha256") -> bytes:
+    return dkim.sign(msg, selector.encode(), domain.encode(), key, signature_algorithm=algo) + msg
+
+
+def send(c: Corvus, mail_from: str, msg: bytes, source: str = "127.0.0.5", helo: str = "client.test",
+         rcpt: str = BOB, port: int | None = None, host: str | None = None):
+    """Send over the smtp listener from `source`; returns (code, text) of the end of data."""
+    s = smtplib.SMTP(host or c.host, port or c.ports["smtp"], local_hostname=helo, timeout=30,
+                     source_address=(source, 0))
+    try:
+        s.ehlo()
+        code, text = s.mail(mail_from)
+        if code != 250:
+            return code, text.decode()
+        code, text = s.rcpt(rcpt)
+        assert code == 250, (code, text)
+        code, text = s.data(msg)
+        return code, text.decode()
+    finally:
+        try:
+            s.quit()
+        except smtplib.SMTPException:
+            pass
+
+
+def unfold(raw: bytes) -> str:
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+    return re.sub(r"\r\n[ \t]+", " ", head)
+
+
+def our_results(raw: bytes, authserv: str = HOST) -> dict[str, list[str]]:
+    """Parse our Authentication-Results: {method: [resinfo text, ...]} (comments removed)."""
+    found = [l for l in unfold(raw).split("\r\n")
+             if re.match(r"(?i)authentication-results:\s*%s\s*;" % re.escape(authserv), l)]
+    assert len(found) == 1, f"expected one A-R from {authserv}:\n{unfold(raw)}"
+    value = re.sub(r"\([^()]*\)", "", found[0].split(":", 1)[1])
+    out: dict[str, list[str]] = {}
+    for part in value.split(";")[1:]:
+        part = re.sub(r"\s+", " ", part).strip()
+        m = re.match(r"([a-z0-9-]+)=([a-z]+)(.*)", part)
+        assert m, part
+        out.setdefault(m.group(1), []).append(m.group(2) + m.group(3))
+    return out
+
+
+def result(raw: bytes, method: str, prop: str | None = None) -> str:
+    """The result word of `method` (the resinfo with `prop` in it when several)."""
+    for r in our_results(raw).get(method, []):
+        if prop is None or prop in r:
+            return r.split()[0]
+    raise AssertionError(f"no {method} {prop or ''} in {our_results(raw)}")
+
+
+def wait_for(pred, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def latest(c: Corvus, folder: str = "INBOX", user: str = BOB) -> bytes:
+    uids = c.uids(user, folder)
+    assert uids, f"nothing in {user} {folder}"
+    return c.cat(user, folder, uids[-1])
+
+
+# --- the world ------------------------------------------------------------------------------
+
+class World:
+    def __init__(self, zone: ZoneDNS):
+        self.zone = zone
+        self.rsa_pem, rsa_pub = rsa_key()
+        self.ed_priv, ed_pub = ed25519_key()
+        self.arc_pem, arc_pub = rsa_key()
+        z = zone.add
+        # SPF
+        z("spf-pass.test", "TXT", "v=spf1 ip4:127.0.0.5 -all")
+        z("mail.spf-pass.test", "TXT", "v=spf1 ip4:127.0.0.5 -all")
+        z("softfail.test", "TXT", "v=spf1 ip4:127.0.0.9 ~all")
+        z("neutral.test", "TXT", "v=spf1 ?all")
+        z("none.test", "A", "127.0.0.5")
+        zone.fail("temperror.test")
+        z("permerror.test", "TXT", "v=spf1 include -all")  # include needs a domain
+        z("loop.test", "TXT", "v=spf1 include:loop.test -all")
+        # DKIM signers: no SPF, DMARC p=none so the message is delivered and inspected.
+        for d in ("dk.test", "mail.dk-align.test"):
+            z(f"rsa._domainkey.{d}", "TXT", f"v=DKIM1; k=rsa; p={rsa_pub}")
+            z(f"ed._domainkey.{d}", "TXT", f"v=DKIM1; k=ed25519; p={ed_pub}")
+        z("_dmarc.dk.test", "TXT", "v=DMARC1; p=none")
+        # DMARC
+        z("_dmarc.dm-reject.test", "TXT", "v=DMARC1; p=reject")
+        z("mail.dm-reject.test", "TXT", "v=spf1 ip4:127.0.0.5 -all")
+        z("dm-reject.test", "TXT", "v=spf1 ip4:127.0.0.5 -all")
+        z("_dmarc.dm-quar.test", "TXT", "v=DMARC1; p=quarantine")
+        z("_dmarc.dm-none.test", "TXT", "v=DMARC1; p=none")
+        z("_dmarc.dm-strict.test", "TXT", "v=DMARC1; p=reject; aspf=s; adkim=s")
+        z("sub.dm-strict.test", "TXT", "v=spf1 ip4:127.0.0.5 -all")
+        z("_dmarc.dm-sp.test", "TXT", "v=DMARC1; p=none; sp=reject")
+        z("_dmarc.dm-monitor.test", "TXT", "v=DMARC1; p=reject")
+        z("_dmarc.dk-align.test", "TXT", "v=DMARC1; p=reject")
+        # Independent ARC sealers (forwarders).
+        for d in ("fwd.test", "fwd2.test"):
+            z(f"arc._domainkey.{d}", "TXT", f"v=DKIM1; k=rsa; p={arc_pub}")
+            z(d, "TXT", "v=spf1 ip4:127.0.0.7 -all")
+
+
+@pytest.fixture(scope="module")
+def zone():
+    z = ZoneDNS()
+    yield z
+    z.close()
+
+
+@pytest.fixture(scope="module")
+def world(zone):
+    return World(zone)
+
+
+def make_receiver(base, zone, name="b", extra="", host="127.0.0.1", ports=None, domains=("b.test",),
+                  hostname=HOST) -> Corvus:
+    c = Corvus(base / name, zone.addr, domains=list(domains), hostname=hostname, host=host, ports=ports,
+               smtp={"allow_plaintext_auth": True}, extra=extra)
+    return c
+
+
+@pytest.fixture(scope="module")
+def mx(tmp_path_factory, zone, world):
+    """The receiving server mx.b.test with bob@b.test, trusting fwd.test as an ARC sealer and
+    only monitoring DMARC for dm-monitor.test."""
+    extra = (
+        "[sender_auth]\n"
+        'trusted_arc_sealers = ["fwd.test"]\n'
+        '[sender_auth.domains."dm-monitor.test"]\n'
+        'dmarc = "monitor"\n'
+    )
+    c = make_receiver(tmp_path_factory.mktemp("mx"), zone, extra=extra)
+    c.add_user(BOB, PW)
+    c.start()
+    yield c
+    if c.running:
+        c.stop(expect=0)
+
+
+# --- SPF --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sender,source,expected", [
+    ("a@spf-pass.test", "127.0.0.5", "pass"),
+    ("a@spf-pass.test", "127.0.0.6", "fail"),
+    ("a@softfail.test", "127.0.0.5", "softfail"),
+    ("a@neutral.test", "127.0.0.5", "neutral"),
+    ("a@none.test", "127.0.0.5", "none"),
+    ("a@temperror.test", "127.0.0.5", "temperror"),
+    ("a@permerror.test", "127.0.0.5", "permerror"),
+    ("a@loop.test", "127.0.0.5", "permerror"),  # include loop: stopped by the 10-lookup limit
+])
+def test_spf_results(mx, sender, source, expected):
+    subject = f"spf {sender} {source}"
+    code, text = send(mx, sender, message(sender, subject), source=source)
+    assert code == 250, text
+    raw = wait_for(lambda: next((m for m in mx.stored_messages(BOB) if subject.encode() in m), None),
+                   what="delivery")
+    assert result(raw, "spf", "smtp.mailfrom") == expected, our_results(raw)
+    assert f"smtp.mailfrom={sender}" in our_results(raw)["spf"][0]
+
+
+def test_spf_helo_identity_and_null_sender(mx):
+    code, _ = send(mx, "<>", message("x@none.test", "null sender"), helo="mail.spf-pass.test")
+    assert code == 250
+    raw = latest(mx)
+    assert b"null sender" in raw
+    res = our_results(raw)
+    # No MAIL FROM identity: the HELO result is the SPF result.
+    assert not any("smtp.mailfrom" in r for r in res["spf"]), res
+    assert result(raw, "spf", "smtp.helo=mail.spf-pass.test") == "pass"
+    code, _ = send(mx, "<>", message("x@none.test", "null sender bad helo"), helo="mail.spf-pass.test",
+                   source="127.0.0.6")
+    assert result(latest(mx), "spf", "smtp.helo") == "fail"
+
+
+def test_spf_fail_is_accepted_by_default_and_refused_when_configured(tmp_path, zone, world):
+    c = make_receiver(tmp_path, zone, extra="[sender_auth]\nspf_reject_fail = true\n")
+    c.add_user(BOB, PW)
+    c.start()
+    s = smtplib.SMTP(c.host, c.ports["smtp"], local_hostname="client.test", source_address=("127.0.0.6", 0))
+    s.ehlo()
+    code, text = s.mail("a@spf-pass.test")
+    assert code == 550 and text.startswith(b"5.7.23"), (code, text)
+    # softfail and neutral are not hard fails
+    code, _ = s.mail("a@softfail.test")
+    assert code == 250
+    s.rset()
+    s.quit()
+    code, _ = send(c, "a@spf-pass.test", message("a@spf-pass.test", "allowed"), source="127.0.0.5")
+    assert code == 250
+    c.stop()
+
+
+# --- DKIM -------------------------------------------------------------------------------------
+
+def dkim_case(world: World, case: str) -> bytes:
+    msg = message("sender@dk.test", f"dkim {case}", body="Signed body.\r\nSecond line.\r\n")
+    if case == "rsa":
+        return dkim_sign(msg, "rsa", "dk.test", world.rsa_pem)
+    if case == "ed25519":
+        return dkim_sign(msg, "ed", "dk.test", world.ed_priv, b"ed25519-sha256")
+    if case == "tampered-body":
+        return dkim_sign(msg, "rsa", "dk.test", world.rsa_pem).replace(b"Second line.", b"Second line!")
+    if case == "tampered-header":
+        return dkim_sign(msg, "rsa", "dk.test", world.rsa_pem).replace(b"Subject: dkim tampered-header",
+                                                                      b"Subject: dkim tampered-header!")
+    if case == "expired":
+        return expired_signature(msg, b"rsa", b"dk.test", world.rsa_pem) + msg
+    if case == "missing-key":
+        return dkim_sign(msg, "nokey", "dk.test", world.rsa_pem)
+    raise ValueError(case)
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("rsa", "pass"),
+    ("ed25519", "pass"),
+    ("tampered-body", "fail"),
+    ("tampered-header", "fail"),
+    ("expired", "fail"),
+    ("missing-key", "permerror"),
+])
+def test_dkim_results_agree_with_dkimpy(mx, world, zone, case, expected):
+    sent = dkim_case(world, case)
+    code, text = send(mx, "sender@dk.test", sent)
+    assert code == 250, text
+    raw = wait_for(lambda: next((m for m in mx.stored_messages(BOB) if f"dkim {case}".encode() in m), None),
+                   what="delivery")
+    got = result(raw, "dkim")
+    assert got == expected, our_results(raw)
+    # The independent verifier agrees on pass / not pass, on what we received and on what
+    # we stored (our added headers are not signed).
+    assert dkim.verify(sent, dnsfunc=zone.resolve_txt) == (expected == "pass")
+    assert dkim.verify(raw, dnsfunc=zone.resolve_txt) == (expected == "pass")
+    dk = our_results(raw)["dkim"][0]
+    assert "header.d=dk.test" in dk
+    assert ("header.s=ed" if case == "ed25519" else "header.s=") in dk
+    if case == "tampered-body":
+        assert 'reason="body hash did not verify"' in dk
+    if case == "expired":
+        assert 'reason="signature expired"' in dk
+    if case == "missing-key":
+        assert 'reason="no key for signature"' in dk
+
+
+def test_every_signature_is_verified(mx, world, zone):
+    msg = message("sender@dk.test", "two signatures")
+    once = dkim_sign(msg, "rsa", "dk.test", world.rsa_pem)
+    twice = dkim.sign(once, b"ed", b"dk.test", world.ed_priv, signature_algorithm=b"ed25519-sha256") + once
+    twice = dkim.sign(twice, b"nokey", b"dk.test", world.rsa_pem) + twice
+    assert send(mx, "sender@dk.test", twice)[0] == 250
+    raw = latest(mx)
+    words = sorted(r.split()[0] for r in our_results(raw)["dkim"])
+    assert words == ["pass", "pass", "permerror"], our_results(raw)
+
+
+def test_no_signature_is_dkim_none(mx):
+    assert send(mx, "a@none.test", message("a@none.test", "unsigned"))[0] == 250
+    raw = latest(mx)
+    assert result(raw, "dkim") == "none"
+    assert result(raw, "dmarc") == "none"
+    assert result(raw, "arc") == "none"
+
+
+# --- DMARC ------------------------------------------------------------------------------------
+
+def test_dmarc_reject_is_550_at_end_of_data(mx):
+    before = len(mx.uids(BOB))
+    # SPF passes for the envelope domain, but it is not aligned with From; no DKIM.
+    code, text = send(mx, "a@spf-pass.test", message("boss@dm-reject.test", "phish"))
+    assert code == 550 and text.startswith("5.7.1"), (code, text)
+    assert "dm-reject.test" in text
+    assert len(mx.uids(BOB)) == before
+    assert all(b"Subject: phish" not in m for m in mx.stored_messages(BOB, "Junk"))
+
+
+def test_dmarc_quarantine_files_into_junk(mx):
+    code, text = send(mx, "a@spf-pass.test", message("boss@dm-quar.test", "quarantined"))
+    assert code == 250, text
+    raw = latest(mx, "Junk")
+    assert b"Subject: quarantined" in raw
+    assert result(raw, "dmarc") == "fail"
+    assert "p=quarantine dis=quarantine" in unfold(raw)
+    assert all(b"Subject: quarantined" not in m for m in mx.stored_messages(BOB))
+
+
+def test_dmarc_none_policy_delivers_with_fail(mx):
+    assert send(mx, "a@spf-pass.test", message("boss@dm-none.test", "p none"))[0] == 250
+    raw = latest(mx)
+    assert b"Subject: p none" in raw
+    assert result(raw, "dmarc") == "fail"
+
+
+@pytest.mark.parametrize("mail_from,frm,expected", [
+    # Relaxed SPF alignment: envelope in a subdomain of the From domain.
+    ("bounce@mail.dm-reject.test", "boss@dm-reject.test", "pass"),
+    # Exact alignment.
+    ("boss@dm-reject.test", "boss@dm-reject.test", "pass"),
+])
+def test_dmarc_spf_alignment_passes(mx, mail_from, frm, expected):
+    subject = f"aligned {mail_from}"
+    assert send(mx, mail_from, message(frm, subject))[0] == 250
+    raw = latest(mx)
+    assert subject.encode() in raw
+    assert result(raw, "dmarc") == expected
+    assert "header.from=dm-reject.test" in our_results(raw)["dmarc"][0]
+
+
+def test_dmarc_strict_alignment_rejects_subdomain(mx):
+    code, text = send(mx, "bounce@sub.dm-strict.test", message("boss@dm-strict.test", "strict"))
+    assert code == 550, (code, text)
+
+
+def test_dmarc_relaxed_dkim_alignment(mx, world):
+    # d=mail.dk-align.test aligns (relaxed) with From: dk-align.test, which says p=reject.
+    msg = dkim_sign(message("ceo@dk-align.test", "dkim aligned"), "rsa", "mail.dk-align.test", world.rsa_pem)
+    code, text = send(mx, "a@none.test", msg)
+    assert code == 250, text
+    raw = latest(mx)
+    assert result(raw, "dmarc") == "pass"
+    assert result(raw, "dkim") == "pass"
+    # Tampered: DKIM fails, SPF is not aligned → rejected.
+    code, _ = send(mx, "a@none.test", msg.replace(b"Hello there.", b"Hello there!"))
+    assert code == 550
+
+
+def test_dmarc_subdomain_policy(mx):
+    # No record at sub.dm-sp.test: the organizational domain's sp=reject applies.
+    code, text = send(mx, "a@spf-pass.test", message("x@sub.dm-sp.test", "sp"))
+    assert code == 550, (code, text)
+    # The organizational domain itself has p=none.
+    assert send(mx, "a@spf-pass.test", message("x@dm-sp.test", "p"))[0] == 250
+
+
+def test_dmarc_per_domain_override_monitors(mx):
+    code, text = send(mx, "a@spf-pass.test", message("boss@dm-monitor.test", "monitored"))
+    assert code == 250, text
+    raw = latest(mx)
+    assert b"Subject: monitored" in raw
+    assert result(raw, "dmarc") == "fail"
+    assert "p=reject dis=none" in unfold(raw)
+
+
+# --- Authentication-Results -------------------------------------------------------------------
+
+def test_forged_results_removed_others_kept(mx):
+    extra = (
+        f"Authentication-Results: {HOST}; dkim=pass header.d=bank.test; dmarc=pass\r\n"
+        f"Authentication-Results: {HOST.upper()}.;\r\n\tspf=pass\r\n"
+        "Authentication-Results: elsewhere.test; spf=pass\r\n"
+    )
+    assert send(mx, "a@none.test", message("a@none.test", "forged", extra=extra))[0] == 250
+    raw = latest(mx)
+    head = unfold(raw)
+    assert "header.d=bank.test" not in head
+    assert len(re.findall(r"(?im)^authentication-results:\s*mx\.b\.test\.?\s*;", head)) == 1
+    assert "Authentication-Results: elsewhere.test; spf=pass" in head
+    # Ours is on top, before our Received.
+    assert raw.startswith(b"Authentication-Results: mx.b.test;")
+    assert raw.index(b"Received: ") > 0
+
+
+def test_no_results_on_submission(mx):
+    s = mx.smtp("submission")
+    s.ehlo()
+    s.login(BOB, PW)
+    s.sendmail(BOB, [BOB], message(BOB, "from submission", extra=f"Authentication-Results: {HOST}; dkim=pass\r\n"))
+    s.quit()
+    raw = latest(mx)
+    assert b"from submission" in raw
+    assert raw.startswith(b"Received: ")
+    # Submission keeps the user's headers as they are.
+    assert raw.count(b"Authentication-Results:") == 1
+
+
+def test_logged_in_client_on_smtp_gets_auth_result(mx):
+    s = mx.smtp("smtp")
+    s.ehlo()
+    s.login(BOB, PW)
+    s.sendmail(BOB, [BOB], message(BOB, "smtp auth"))
+    s.quit()
+    raw = latest(mx)
+    assert result(raw, "auth") == "pass"
+    assert "smtp.auth=bob@b.test" in our_results(raw)["auth"][0]
+    assert "spf" not in our_results(raw)
+
+
+# --- ARC --------------------------------------------------------------------------------------
+
+def arc_forward(world: World, original: bytes, sealer: str, results: str) -> bytes:
+    """What a forwarder (mailing list) at `sealer` sends on: its Authentication-Results and
+    an ARC set made by dkimpy."""
+    pytest.importorskip("authres", reason="dkimpy's arc_sign needs the authres package")
+    with_ar = f"Authentication-Results: {sealer}; {results}\r\n".encode() + original
+    arc_set = dkim.arc_sign(with_ar, b"arc", sealer.encode(), world.arc_pem, sealer.encode())
+    assert arc_set, "dkimpy made no ARC set"
+    return b"".join(arc_set) + with_ar
+
+
+def test_arc_chain_from_trusted_sealer_overrides_dmarc(mx, world, zone):
+    # Forwarded by fwd.test (SPF passes for fwd.test, not aligned with From; no DKIM):
+    # DMARC fails, but the ARC chain validates and fwd.test is trusted.
+    original = message("boss@dm-reject.test", "via trusted list")
+    fwd = arc_forward(world, original, "fwd.test", "spf=pass smtp.mailfrom=boss@dm-reject.test; dmarc=pass header.from=dm-reject.test")
+    cv, _, why = dkim.arc_verify(fwd, dnsfunc=zone.resolve_txt)
+    assert cv == dkim.CV_Pass, why
+    code, text = send(mx, "list@fwd.test", fwd, source="127.0.0.7")
+    assert code == 250, text
+    raw = latest(mx)
+    assert b"via trusted list" in raw
+    assert result(raw, "arc") == "pass"
+    assert result(raw, "dmarc") == "fail"
+    assert "override=trusted ARC sealer fwd.test" in unfold(raw)
+    assert "sealer=fwd.test" in unfold(raw)
+
+
+def test_arc_chain_from_untrusted_sealer_does_not_override(mx, world):
+    original = message("boss@dm-reject.test", "via untrusted list")
+    fwd = arc_forward(world, original, "fwd2.test", "dmarc=pass header.from=dm-reject.test")
+    code, text = send(mx, "list@fwd2.test", fwd, source="127.0.0.7")
+    assert code == 550, (code, text)
+
+
+def test_broken_arc_chain_fails_like_dkimpy(mx, world, zone):
+    original = message("x@dm-none.test", "broken chain", body="Original body.\r\n")
+    fwd = arc_forward(world, original, "fwd.test", "dmarc=pass header.from=dm-none.test")
+    broken = fwd.replace(b"Original body.", b"Altered body.")
+    cv, _, _ = dkim.arc_verify(broken, dnsfunc=zone.resolve_txt)
+    assert cv == dkim.CV_Fail
+    assert send(mx, "list@fwd.test", broken, source="127.0.0.7")[0] == 250
+    raw = latest(mx)
+    assert result(raw, "arc") == "fail"
+    # Intact chain for comparison.
+    assert send(mx, "list@fwd.test", fwd, source="127.0.0.7")[0] == 250
+    assert result(latest(mx), "arc") == "pass"
+
+
+# --- Two Corvus instances: outbound DKIM verified inbound; ARC sealing on forward -------------
+
+@pytest.fixture
+def sites(tmp_path, zone):
+    """Site A (a.test, 127.0.0.1) delivering to site B (b.test on 127.0.0.2), both on the
+    module's zone; B trusts a.test as an ARC sealer."""
+    port = free_port()
+    made = []
+    a = Corvus(tmp_path / "a", zone.addr, domains=["a.test"], hostname="mx.a.test",
+               smtp={"allow_plaintext_auth": True},
+               extra=f'[delivery]\nport = {port}\nretry = ["1s"]\n')
+    b = Corvus(tmp_path / "b2", zone.addr, domains=["b.test"], hostname=HOST, host="127.0.0.2",
+               ports={"smtp": port}, smtp={"allow_plaintext_auth": True},
+               extra='[sender_auth]\ntrusted_arc_sealers = ["a.test"]\n')
+    made += [a, b]
+    a.add_user("alice@a.test", PW)
+    b.add_user(BOB, PW)
+    if not zone.zone.get("b.test."):
+        zone.add("b.test", "MX", "10 mx.b.test.")
+        zone.add("mx.b.test", "A", "127.0.0.2")
+        zone.add("a.test", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+        zone.add("_dmarc.a.test", "TXT", "v=DMARC1; p=reject")
+        zone.add("spf-only.test", "TXT", "v=spf1 ip4:127.0.0.5 -all")
+        zone.add("_dmarc.spf-only.test", "TXT", "v=DMARC1; p=reject")
+    yield a, b
+    for c in made:
+        if c.running:
+            c.stop(expect=0)
+
+
+@pytest.mark.parametrize("algorithm", ["ed25519", "rsa"])
+def test_corvus_signed_mail_passes_at_corvus(sites, zone, algorithm):
+    a, b = sites
+    selector = f"c{algorithm[:3]}"
+    out = a.run_cli("dkim", "generate", "a.test", "--selector", selector, "--algorithm", algorithm).stdout
+    zone.add(f"{selector}._domainkey.a.test", "TXT", re.search(r'IN TXT "(.*)"', out).group(1))
+    a.start()
+    b.start()
+    s = a.smtp("submission")
+    s.ehlo()
+    s.login("alice@a.test", PW)
+    s.sendmail("alice@a.test", [BOB], message("alice@a.test", f"from corvus {algorithm}"))
+    s.quit()
+    raw = wait_for(lambda: next(iter(b.stored_messages(BOB)), None), what="delivery to B")
+    assert result(raw, "spf", "smtp.mailfrom") == "pass"
+    assert result(raw, "dkim") == "pass"
+    assert f"header.s={selector}" in our_results(raw)["dkim"][0]
+    assert result(raw, "dmarc") == "pass"
+    assert dkim.verify(raw, dnsfunc=zone.resolve_txt)
+
+
+def test_alias_forward_is_arc_sealed_and_trusted_downstream(sites, zone):
+    a, b = sites
+    out = a.run_cli("dkim", "generate", "a.test", "--selector", "arcs", "--algorithm", "rsa").stdout
+    zone.add("arcs._domainkey.a.test", "TXT", re.search(r'IN TXT "(.*)"', out).group(1))
+    a.run_cli("alias", "add", "fwd@a.test", BOB)
+    a.start()
+    b.start()
+    # spf-only.test: SPF passes at A (from 127.0.0.5), no DKIM, DMARC p=reject. At B the
+    # forward comes from A's address, SPF fails and DMARC fails: only ARC tells B the truth.
+    code, text = send(a, "news@spf-only.test", message("news@spf-only.test", "forward me").replace(
+        f"To: <{BOB}>".encode(), b"To: <fwd@a.test>"), rcpt="fwd@a.test")
+    assert code == 250, text
+    raw = wait_for(lambda: next(iter(b.stored_messages(BOB)), None), timeout=30, what="forwarded to B")
+    assert b"forward me" in raw
+    # B saw A's seal, validated it, and trusted it over the failed DMARC.
+    assert result(raw, "arc") == "pass", our_results(raw)
+    assert result(raw, "spf", "smtp.mailfrom") == "fail"
+    assert result(raw, "dmarc") == "fail"
+    assert "override=trusted ARC sealer a.test" in unfold(raw)
+    # A's own results travel in the ARC set and in its Authentication-Results.
+    head = unfold(raw)
+    assert re.search(r"ARC-Authentication-Results: i=1; mx\.a\.test;", head), head
+    at_a = our_results(raw, "mx.a.test")
+    assert at_a["spf"][0] == "pass smtp.mailfrom=news@spf-only.test", at_a
+    assert at_a["dmarc"][0].startswith("pass"), at_a
+    # An independent ARC verifier accepts Corvus's seal.
+    cv, _, why = dkim.arc_verify(raw, dnsfunc=zone.resolve_txt)
+    assert cv == dkim.CV_Pass, why
+
+
+# --- DMARC aggregate reports ------------------------------------------------------------------
+
+def test_dmarc_aggregate_report_sent_to_authorized_rua(tmp_path, zone, world):
+    import email
+    import email.policy
+    import gzip
+    import xml.etree.ElementTree as ET
+
+    # rp.test asks for reports at bob@b.test (outside rp.test: b.test authorizes it) and at
+    # spy@c.test (not authorized: gets nothing).
+    zone.add("_dmarc.rp.test", "TXT", "v=DMARC1; p=quarantine; rua=mailto:bob@b.test,mailto:spy@c.test")
+    zone.add("rp.test._report._dmarc.b.test", "TXT", "v=DMARC1")
+    zone.add("rp.test", "TXT", "v=spf1 ip4:127.0.0.5 -all")
+    c = make_receiver(tmp_path, zone, extra=(
+        "[sender_auth.dmarc_reports]\nenabled = true\ninterval = \"4s\"\norg_name = \"B Test Mail\"\n"
+    ))
+    c.add_user(BOB, PW)
+    c.start()
+    # Two that pass (SPF aligned) from .5, one that fails from .6 (quarantined).
+    for i in range(2):
+        assert send(c, "a@rp.test", message("a@rp.test", f"rp pass {i}"), source="127.0.0.5")[0] == 250
+    assert send(c, "a@rp.test", message("a@rp.test", "rp fail"), source="127.0.0.6")[0] == 250
+    assert b"rp fail" in latest(c, "Junk")
+
+    def reports():
+        """Every report for rp.test so far, parsed (the three messages may straddle two
+        periods); None until they account for all three messages."""
+        found = []
+        for raw in c.stored_messages(BOB):
+            msg = email.message_from_bytes(raw, policy=email.policy.default)
+            if not str(msg["Subject"]).startswith("Report Domain: rp.test "):
+                continue
+            parts = [p for p in msg.walk() if p.get_content_type() == "application/gzip"]
+            assert len(parts) == 1
+            found.append((msg, parts[0], ET.fromstring(gzip.decompress(parts[0].get_payload(decode=True)))))
+        total = sum(int(r.findtext("row/count")) for _, _, x in found for r in x.findall("record"))
+        return found if total >= 3 else None
+
+    found = wait_for(reports, timeout=40, what="the aggregate report")
+    rows: dict[str, list] = {}
+    for msg, part, xml in found:
+        assert "Submitter: B Test Mail Report-ID: <" in msg["Subject"]
+        assert msg["To"].addresses[0].addr_spec == BOB and len(msg["To"].addresses) == 1  # spy@c.test did not authorize
+        assert part.get_filename().startswith("B Test Mail!rp.test!")
+        assert xml.findtext("policy_published/domain") == "rp.test"
+        assert xml.findtext("policy_published/p") == "quarantine"
+        assert xml.findtext("report_metadata/org_name") == "B Test Mail"
+        for r in xml.findall("record"):
+            rows.setdefault(r.findtext("row/source_ip"), []).append(r)
+    assert set(rows) == {"127.0.0.5", "127.0.0.6"}
+    assert sum(int(r.findtext("row/count")) for r in rows["127.0.0.5"]) == 2
+    for ok in rows["127.0.0.5"]:
+        assert ok.findtext("row/policy_evaluated/disposition") == "none"
+        assert ok.findtext("row/policy_evaluated/spf") == "pass"
+        assert ok.findtext("auth_results/spf/result") == "pass"
+        assert ok.findtext("auth_results/spf/scope") == "mfrom"
+    [bad] = rows["127.0.0.6"]
+    assert bad.findtext("row/count") == "1"
+    assert bad.findtext("row/policy_evaluated/disposition") == "quarantine"
+    assert bad.findtext("row/policy_evaluated/spf") == "fail"
+    assert bad.findtext("auth_results/spf/result") == "fail"
+    assert bad.findtext("identifiers/header_from") == "rp.test"
+    assert bad.findtext("identifiers/envelope_from") == "rp.test"
+    c.stop()
