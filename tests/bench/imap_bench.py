@@ -35,6 +35,11 @@ WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo li
          "zulu").split()
 
 
+def corvus_env() -> dict:
+    """Environment without CORVUS_* variables (Corvus reads them as configuration)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CORVUS_")}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -222,13 +227,14 @@ level = "warn"
         self.log = open(self.base / "server.log", "ab")
         self.proc = subprocess.Popen([self.binary, "-c", str(self.config), "serve"],
                                      stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, **self.env))
+                                     env=dict(corvus_env(), **self.env))
         wait_port(self.port, self.proc)
 
     def add_user(self, name: str) -> str:
         user = f"{name}@example.org"
         subprocess.run([self.binary, "-c", str(self.config), "user", "add", user,
-                        "--password", PASSWORD], check=True, capture_output=True)
+                        "--password", PASSWORD], check=True, capture_output=True,
+                       env=corvus_env())
         return user
 
     def create(self, user: str, mailbox: str):
