@@ -1,4 +1,9 @@
-//! Accounts: password hashing (argon2) and credential checks.
+//! Accounts: password hashing (argon2), credential checks, and a cache of recent successful
+//! checks so that clients polling with the same password do not pay for argon2 every time.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
@@ -47,6 +52,104 @@ pub fn authenticate(
     }
 }
 
+/// Recent successful password checks, kept as keyed BLAKE2b MACs of the password under a
+/// random per-process key (never the password itself), and tied to the account's stored
+/// hash, so a password change or account deletion invalidates the entry at once.
+pub struct CredentialCache {
+    key: [u8; 32],
+    ttl: Duration,
+    entries: Mutex<HashMap<String, CachedCheck>>,
+}
+
+struct CachedCheck {
+    /// The PHC string the password was verified against.
+    phc: String,
+    mac: [u8; 32],
+    at: Instant,
+}
+
+/// Most entries kept; expired ones are pruned when this is reached.
+const CACHE_MAX: usize = 100_000;
+
+impl CredentialCache {
+    /// A cache whose entries are trusted for `ttl` after the argon2 check.
+    pub fn new(ttl: Duration) -> Self {
+        CredentialCache {
+            key: rand::random(),
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn mac(&self, address: &str, password: &str) -> [u8; 32] {
+        use blake2::digest::Mac as _;
+        use blake2::digest::consts::U32;
+        let mut m = blake2::Blake2bMac::<U32>::new_from_slice(&self.key)
+            .expect("a 32-byte key is valid for BLAKE2b");
+        m.update(address.as_bytes());
+        m.update(&[0]);
+        m.update(password.as_bytes());
+        m.finalize().into_bytes().into()
+    }
+
+    /// Whether `password` was verified for `address` against `phc` within the TTL.
+    fn hit(&self, address: &str, phc: &str, password: &str) -> bool {
+        let mac = self.mac(address, password);
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        match entries.get(address) {
+            Some(c) => {
+                c.phc == phc
+                    && c.at.elapsed() < self.ttl
+                    // Constant-time comparison of the MACs.
+                    && c.mac.iter().zip(mac).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+            }
+            None => false,
+        }
+    }
+
+    fn remember(&self, address: &str, phc: &str, password: &str) {
+        let mac = self.mac(address, password);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= CACHE_MAX {
+            let ttl = self.ttl;
+            entries.retain(|_, c| c.at.elapsed() < ttl);
+        }
+        if entries.len() < CACHE_MAX {
+            entries.insert(
+                address.to_string(),
+                CachedCheck {
+                    phc: phc.to_string(),
+                    mac,
+                    at: Instant::now(),
+                },
+            );
+        }
+    }
+}
+
+/// [`authenticate`], answered from `cache` when the same password was verified for the same
+/// stored hash recently. Failures are never cached: every wrong password costs argon2.
+pub fn authenticate_cached(
+    store: &Store,
+    cache: &CredentialCache,
+    username: &str,
+    password: &str,
+) -> Result<Option<String>, StoreError> {
+    if let Some(a) = store.account(username)?
+        && !a.password_hash.is_empty()
+        && cache.hit(&a.address, &a.password_hash, password)
+    {
+        return Ok(Some(a.address));
+    }
+    let valid = authenticate(store, username, password)?;
+    if let Some(address) = &valid
+        && let Some(a) = store.account(address)?
+    {
+        cache.remember(&a.address, &a.password_hash, password);
+    }
+    Ok(valid)
+}
+
 /// Whether `address` looks like `local@domain` with a plausible domain.
 pub fn valid_address(address: &str) -> bool {
     match address.rsplit_once('@') {
@@ -71,5 +174,40 @@ mod tests {
         assert!(verify_password("s3cret", &h));
         assert!(!verify_password("wrong", &h));
         assert!(!verify_password("s3cret", "garbage"));
+    }
+
+    #[test]
+    fn cache_hits_only_for_the_same_password_and_hash() {
+        let d = tempfile::tempdir().unwrap();
+        let store: Store = std::sync::Arc::new(crate::store::SledStore::open(d.path()).unwrap());
+        store
+            .create_account("a@example.org", &hash_password("pw"))
+            .unwrap();
+        let cache = CredentialCache::new(Duration::from_secs(60));
+        let ok = |p: &str| authenticate_cached(&store, &cache, "A@example.org", p).unwrap();
+        assert_eq!(ok("pw").as_deref(), Some("a@example.org"));
+        let phc = store
+            .account("a@example.org")
+            .unwrap()
+            .unwrap()
+            .password_hash;
+        assert!(cache.hit("a@example.org", &phc, "pw"));
+        assert!(!cache.hit("a@example.org", &phc, "wrong"));
+        assert_eq!(ok("wrong"), None);
+        // A password change invalidates the cached check.
+        store
+            .set_password("a@example.org", &hash_password("new"))
+            .unwrap();
+        assert_eq!(ok("pw"), None);
+        assert_eq!(ok("new").as_deref(), Some("a@example.org"));
+        // Expired entries are not trusted.
+        let short = CredentialCache::new(Duration::ZERO);
+        let phc = store
+            .account("a@example.org")
+            .unwrap()
+            .unwrap()
+            .password_hash;
+        short.remember("a@example.org", &phc, "new");
+        assert!(!short.hit("a@example.org", &phc, "new"));
     }
 }

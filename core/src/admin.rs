@@ -1,6 +1,11 @@
-//! Administration commands (users, domains, aliases), run either directly on an open store or
-//! inside a running server on behalf of the CLI through the control socket.
+//! Administration commands (users, domains, aliases, mailbox import/export), run either
+//! directly on an open store or inside a running server on behalf of the CLI through the
+//! control socket.
 
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 
 use crate::accounts::{hash_password, valid_address};
@@ -57,6 +62,73 @@ pub enum AdminCommand {
     },
     /// List aliases.
     AliasList,
+    /// Reload hook scripts in the running server (handled by the control socket itself).
+    Reload,
+    /// List the outbound queue.
+    QueueList,
+    /// Show one queued message.
+    QueueShow {
+        /// Queue id.
+        id: String,
+    },
+    /// Retry now (one message, or all).
+    QueueFlush {
+        /// Queue id; all when absent.
+        id: Option<String>,
+    },
+    /// Remove a message from the queue without bouncing it.
+    QueueDelete {
+        /// Queue id.
+        id: String,
+    },
+    /// Create a DKIM key for a domain and print the DNS record.
+    DkimGenerate {
+        /// Domain.
+        domain: String,
+        /// Selector.
+        selector: String,
+        /// "ed25519" or "rsa".
+        algorithm: String,
+    },
+    /// List an account's mailboxes with message counts, or with `folder` the messages of
+    /// one mailbox (UID and size).
+    MailboxList {
+        /// Account address.
+        address: String,
+        /// Mailbox to list the messages of.
+        folder: Option<String>,
+    },
+    /// One stored message; the reply text is its bytes in base64 (control replies are JSON
+    /// text), which the CLI decodes before writing them out.
+    MailboxCat {
+        /// Account address.
+        address: String,
+        /// Mailbox name.
+        folder: String,
+        /// Message UID.
+        uid: u32,
+    },
+    /// Write every folder of an account to `dest` (Maildir++ tree or one mbox per folder).
+    MailboxExport {
+        /// Account address.
+        address: String,
+        /// Output format.
+        format: crate::mailbox_io::Format,
+        /// Destination directory, absolute (the server's working directory is not the CLI's);
+        /// created, or must be empty.
+        dest: PathBuf,
+    },
+    /// Read a Maildir++ tree or mbox file(s) into an account.
+    MailboxImport {
+        /// Account address.
+        address: String,
+        /// Input format.
+        format: crate::mailbox_io::Format,
+        /// Source path, absolute.
+        src: PathBuf,
+        /// Folder for the top level (default INBOX); other folders go below it.
+        folder: Option<String>,
+    },
 }
 
 /// Errors from administrative commands.
@@ -68,6 +140,9 @@ pub enum AdminError {
     /// The store refused.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Import or export failed.
+    #[error(transparent)]
+    MailboxIo(#[from] crate::mailbox_io::MailboxIoError),
 }
 
 /// Run a command against the store, with `config_domains` (from the config file) counted as
@@ -76,6 +151,16 @@ pub fn execute(
     store: &Store,
     config_domains: &[String],
     cmd: AdminCommand,
+) -> Result<String, AdminError> {
+    execute_with_progress(store, config_domains, cmd, &mut |_| {})
+}
+
+/// [`execute`], reporting progress of long commands (import, export) line by line.
+pub fn execute_with_progress(
+    store: &Store,
+    config_domains: &[String],
+    cmd: AdminCommand,
+    progress: &mut dyn FnMut(&str),
 ) -> Result<String, AdminError> {
     let out = match cmd {
         AdminCommand::UserAdd { address, password } => {
@@ -155,14 +240,211 @@ pub fn execute(
             store.delete_alias(&alias)?;
             format!("removed alias {}", alias.to_lowercase())
         }
+        AdminCommand::Reload => {
+            return Err(AdminError::Usage(
+                "no running server to reload (scripts are loaded when `corvus serve` starts)"
+                    .into(),
+            ));
+        }
+        AdminCommand::QueueList => {
+            let mut q = store.queue()?;
+            q.sort_by_key(|e| e.created);
+            if q.is_empty() {
+                return Ok("queue is empty".into());
+            }
+            let mut out = format!(
+                "{:<17} {:<30} {:>8} {:<20} {}",
+                "ID", "SENDER", "ATTEMPTS", "NEXT ATTEMPT", "RECIPIENTS / LAST ERROR"
+            );
+            for e in q {
+                let next = chrono::DateTime::from_timestamp(e.next_attempt, 0)
+                    .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_default();
+                let rcpts: Vec<&str> = e.rcpts.iter().map(|r| r.address.as_str()).collect();
+                out.push_str(&format!(
+                    "\n{:<17} {:<30} {:>8} {:<20} {}{}",
+                    e.id,
+                    if e.mail_from.is_empty() {
+                        "<>"
+                    } else {
+                        &e.mail_from
+                    },
+                    e.attempts,
+                    next,
+                    rcpts.join(","),
+                    e.last_error.map(|x| format!(" ({x})")).unwrap_or_default()
+                ));
+            }
+            out
+        }
+        AdminCommand::QueueShow { id } => {
+            let e = store
+                .queue_entry(&id)?
+                .ok_or_else(|| StoreError::NotFound(format!("queue entry {id}")))?;
+            let msg = store.blob(e.blob).unwrap_or_default();
+            let head = &msg[..crate::message::header_end(&msg)];
+            format!(
+                "id: {}\nfrom: <{}>\nrecipients: {}\ncreated: {}\nattempts: {}\nnext attempt: {}\nlast error: {}\nsize: {}\ndecisions:\n{}\n\n{}",
+                e.id,
+                e.mail_from,
+                e.rcpts
+                    .iter()
+                    .map(|r| r.address.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                chrono::DateTime::from_timestamp(e.created, 0).unwrap_or_default(),
+                e.attempts,
+                chrono::DateTime::from_timestamp(e.next_attempt, 0).unwrap_or_default(),
+                e.last_error.unwrap_or_else(|| "-".into()),
+                msg.len(),
+                e.decisions
+                    .iter()
+                    .map(|d| format!("  {d}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                String::from_utf8_lossy(head).trim_end()
+            )
+        }
+        AdminCommand::QueueFlush { id } => {
+            let mut n = 0;
+            for mut e in store.queue()? {
+                if id.as_ref().is_none_or(|i| *i == e.id) {
+                    e.next_attempt = 0;
+                    store.queue_update(&e)?;
+                    n += 1;
+                }
+            }
+            if n == 0
+                && let Some(i) = id
+            {
+                return Err(StoreError::NotFound(format!("queue entry {i}")).into());
+            }
+            format!("{n} message(s) scheduled for immediate delivery")
+        }
+        AdminCommand::QueueDelete { id } => {
+            store.queue_remove(&id)?;
+            format!("removed {id} from the queue")
+        }
+        AdminCommand::DkimGenerate {
+            domain,
+            selector,
+            algorithm,
+        } => {
+            let key = crate::dkim::generate(store, &domain, &selector, &algorithm)
+                .map_err(|e| AdminError::Usage(e.to_string()))?;
+            format!(
+                "DKIM key for {domain} created. Publish this DNS record:\n{}",
+                key.txt_record(&domain)
+            )
+        }
         AdminCommand::AliasList => store
             .aliases()?
             .into_iter()
             .map(|(a, t)| format!("{a} -> {}", t.join(", ")))
             .collect::<Vec<_>>()
             .join("\n"),
+        AdminCommand::MailboxList { address, folder } => {
+            if store.account(&address)?.is_none() {
+                return Err(
+                    StoreError::NotFound(format!("account {}", address.to_lowercase())).into(),
+                );
+            }
+            match folder {
+                None => store
+                    .mailboxes(&address)?
+                    .into_iter()
+                    .map(|mb| Ok(format!("{}\t{}", mb.name, store.messages(mb.id)?.len())))
+                    .collect::<Result<Vec<_>, StoreError>>()?
+                    .join("\n"),
+                Some(folder) => store
+                    .messages(find_mailbox(store, &address, &folder)?)?
+                    .into_iter()
+                    .map(|m| format!("{}\t{}", m.uid, m.size))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            }
+        }
+        AdminCommand::MailboxCat {
+            address,
+            folder,
+            uid,
+        } => {
+            let id = find_mailbox(store, &address, &folder)?;
+            let meta = store
+                .messages(id)?
+                .into_iter()
+                .find(|m| m.uid == uid)
+                .ok_or_else(|| StoreError::NotFound(format!("message {uid} in {folder}")))?;
+            B64.encode(store.blob(meta.blob)?)
+        }
+        AdminCommand::MailboxExport {
+            address,
+            format,
+            dest,
+        } => {
+            let dest = absolute(dest)?;
+            let started = std::time::Instant::now();
+            let s = crate::mailbox_io::export(store, &address, format, &dest, progress)?;
+            format!(
+                "exported {} messages in {} folders of {} to {} ({format}) in {:.1}s: {}",
+                s.messages(),
+                s.folders.len(),
+                address.to_lowercase(),
+                dest.display(),
+                started.elapsed().as_secs_f64(),
+                s.details()
+            )
+        }
+        AdminCommand::MailboxImport {
+            address,
+            format,
+            src,
+            folder,
+        } => {
+            let src = absolute(src)?;
+            let started = std::time::Instant::now();
+            let s = crate::mailbox_io::import(
+                store,
+                &address,
+                format,
+                &src,
+                folder.as_deref(),
+                progress,
+            )?;
+            format!(
+                "imported {} messages into {} folders of {} from {} ({format}) in {:.1}s: {}",
+                s.messages(),
+                s.folders.len(),
+                address.to_lowercase(),
+                src.display(),
+                started.elapsed().as_secs_f64(),
+                s.details()
+            )
+        }
     };
     Ok(out)
+}
+
+/// The id of `user`'s mailbox `name`, or a not-found error naming both.
+fn find_mailbox(store: &Store, user: &str, name: &str) -> Result<u64, AdminError> {
+    match store.mailbox(user, name)? {
+        Some(mb) => Ok(mb.id),
+        None => {
+            Err(StoreError::NotFound(format!("mailbox {name} of {}", user.to_lowercase())).into())
+        }
+    }
+}
+
+/// Import and export paths must not depend on the working directory of whoever runs them.
+fn absolute(p: PathBuf) -> Result<PathBuf, AdminError> {
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err(AdminError::Usage(format!(
+            "{}: give an absolute path (the server resolves paths, not the shell)",
+            p.display()
+        )))
+    }
 }
 
 fn check_address(a: &str) -> Result<(), AdminError> {
@@ -172,5 +454,65 @@ fn check_address(a: &str) -> Result<(), AdminError> {
         Err(AdminError::Usage(format!(
             "{a:?} is not an address like user@example.org"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Placement, SledStore};
+    use std::sync::Arc;
+
+    #[test]
+    fn mailbox_list_and_cat() {
+        let d = tempfile::tempdir().unwrap();
+        let store: Store = Arc::new(SledStore::open(&d.path().join("store")).unwrap());
+        store.create_account("alice@example.org", "x").unwrap();
+        let raw = b"Subject: hi\r\n\r\n\x00\xff bytes\r\n".to_vec();
+        let to = [Placement {
+            user: "alice@example.org".into(),
+            mailbox: "INBOX".into(),
+            flags: Vec::new(),
+        }];
+        let uids = store.deliver(&raw, 0, &to).unwrap();
+        let run = |cmd| execute(&store, &[], cmd);
+        let list = run(AdminCommand::MailboxList {
+            address: "Alice@example.org".into(),
+            folder: None,
+        })
+        .unwrap();
+        assert!(list.lines().any(|l| l == "INBOX\t1"), "{list}");
+        assert!(list.lines().any(|l| l == "Sent\t0"), "{list}");
+        let msgs = run(AdminCommand::MailboxList {
+            address: "alice@example.org".into(),
+            folder: Some("inbox".into()),
+        })
+        .unwrap();
+        assert_eq!(msgs, format!("{}\t{}", uids[0], raw.len()));
+        let cat = run(AdminCommand::MailboxCat {
+            address: "alice@example.org".into(),
+            folder: "INBOX".into(),
+            uid: uids[0],
+        })
+        .unwrap();
+        assert_eq!(B64.decode(cat).unwrap(), raw);
+        for bad in [
+            AdminCommand::MailboxCat {
+                address: "alice@example.org".into(),
+                folder: "INBOX".into(),
+                uid: 99,
+            },
+            AdminCommand::MailboxCat {
+                address: "alice@example.org".into(),
+                folder: "Nope".into(),
+                uid: 1,
+            },
+            AdminCommand::MailboxList {
+                address: "bob@example.org".into(),
+                folder: None,
+            },
+        ] {
+            assert!(run(bad).is_err());
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Configuration: one TOML file plus `CORVUS_` environment overrides, loaded with figment
 //! into one struct tree that rejects unknown keys.
 //!
-//! Which settings reload on SIGHUP: none yet; every setting is read at start.
+//! Which settings reload on SIGHUP (and `corvus reload`): the `[[hooks]]` list, whose scripts
+//! are recompiled; every other setting is read at start only.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,12 +34,49 @@ pub struct Config {
     pub smtp: Smtp,
     /// IMAP server behaviour and limits.
     pub imap: Imap,
+    /// POP3 server behaviour and limits.
+    pub pop3: Pop3,
     /// Logging.
     pub log: Log,
     /// How long running sessions get to finish after SIGTERM/SIGINT.
     #[serde(with = "dur")]
     pub shutdown_timeout: Duration,
+    /// Ordered hook entries (`[[hooks]]`), run after the built-in policy at every hook point.
+    pub hooks: Vec<HookEntry>,
+    /// The file this was loaded from (not a key; set by [`Config::load`], used for reloads).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
+
+/// One `[[hooks]]` entry: a Rhai script and the table handed to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookEntry {
+    /// Path of the Rhai script; a relative path is resolved against the config file's directory.
+    pub script: PathBuf,
+    /// Table given to the script as `ctx.config` and to its optional `init(config)`.
+    #[serde(default)]
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// When a call fails (error, limit exceeded): "tempfail" (451, the default), "continue"
+    /// (skip this entry) or "reject" (550).
+    #[serde(default)]
+    pub on_error: crate::hooks::OnError,
+}
+
+/// Top-level keys of [`Config`], for picking settings out of the environment.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "hostname",
+    "data_dir",
+    "domains",
+    "listen",
+    "tls",
+    "dns",
+    "delivery",
+    "smtp",
+    "imap",
+    "log",
+    "shutdown_timeout",
+];
 
 /// Listener addresses: each an address or a list of addresses.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -110,6 +148,21 @@ pub struct Delivery {
     /// Give up (and bounce) after this long in the queue.
     #[serde(with = "dur")]
     pub expire: Duration,
+    /// Send everything through this smart host (`host:port`) instead of looking up MX records.
+    pub relay: Option<String>,
+    /// User name for AUTH PLAIN at the smart host.
+    pub relay_user: Option<String>,
+    /// Password for AUTH PLAIN at the smart host.
+    pub relay_password: Option<String>,
+    /// Refuse to send to the smart host without STARTTLS.
+    pub relay_require_tls: bool,
+    /// Send the sender a "delayed" notice once a message has waited this long (off when unset).
+    #[serde(with = "opt_dur", skip_serializing_if = "Option::is_none")]
+    pub delay_warning: Option<Duration>,
+    /// Outbound deliveries in progress at once.
+    pub max_concurrency: usize,
+    /// Outbound deliveries in progress at once to one destination domain.
+    pub max_per_domain: usize,
 }
 
 /// SMTP server behaviour and limits.
@@ -194,6 +247,31 @@ impl Default for Imap {
     }
 }
 
+/// POP3 server behaviour and limits (the `pop3` and `pop3s` listeners).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pop3 {
+    /// Accept USER/PASS and AUTH on the plain `pop3` listener before STLS (off: they are
+    /// refused with `-ERR [AUTH]` until the connection is encrypted, RFC 2595 §2.2).
+    pub allow_plaintext_auth: bool,
+    /// Close a session that sends nothing for this long, without entering the UPDATE state
+    /// (RFC 1939 §3 asks for at least 10 minutes).
+    #[serde(with = "dur")]
+    pub idle_timeout: Duration,
+    /// Bad commands in one session before it is closed.
+    pub max_errors: usize,
+}
+
+impl Default for Pop3 {
+    fn default() -> Self {
+        Pop3 {
+            allow_plaintext_auth: false,
+            idle_timeout: Duration::from_secs(600),
+            max_errors: 10,
+        }
+    }
+}
+
 /// FCrDNS mismatch policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -247,8 +325,11 @@ impl Default for Config {
             delivery: Delivery::default(),
             smtp: Smtp::default(),
             imap: Imap::default(),
+            pop3: Pop3::default(),
             log: Log::default(),
             shutdown_timeout: Duration::from_secs(30),
+            hooks: Vec::new(),
+            source: None,
         }
     }
 }
@@ -262,6 +343,13 @@ impl Default for Delivery {
                 .map(|s| humantime::parse_duration(s).expect("static"))
                 .collect(),
             expire: Duration::from_secs(5 * 86400),
+            relay: None,
+            relay_user: None,
+            relay_password: None,
+            relay_require_tls: true,
+            delay_warning: None,
+            max_concurrency: 50,
+            max_per_domain: 10,
         }
     }
 }
@@ -323,11 +411,20 @@ impl Config {
     /// Returns every problem found, one line each.
     pub fn load(file: Option<&Path>) -> Result<Config, Vec<String>> {
         let figment = Self::figment(file)?;
-        let config: Config = figment.extract().map_err(|e| {
+        let mut config: Config = figment.extract().map_err(|e| {
             e.into_iter()
                 .map(|e| describe_figment_error(&e, file))
                 .collect::<Vec<_>>()
         })?;
+        if let Some(file) = file {
+            let dir = file.parent().unwrap_or(Path::new(""));
+            for h in &mut config.hooks {
+                if h.script.is_relative() {
+                    h.script = dir.join(&h.script);
+                }
+            }
+            config.source = Some(file.to_path_buf());
+        }
         let problems = config.check();
         if problems.is_empty() {
             Ok(config)
@@ -349,7 +446,19 @@ impl Config {
             }
             None => Figment::from(Serialized::defaults(Config::embedded())),
         };
-        Ok(base.merge(Env::prefixed("CORVUS_").split("__")))
+        // Only variables whose first segment is a top-level key are settings: CORVUS_CONFIG
+        // (the CLI's -c) or a tool's CORVUS_BIN are not. Inside a table, unknown keys are
+        // still rejected (CORVUS_SMTP__VRYF is an error).
+        let known = |k: &figment::value::UncasedStr| {
+            let top = k
+                .as_str()
+                .split("__")
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            TOP_LEVEL_KEYS.contains(&top.as_str())
+        };
+        Ok(base.merge(Env::prefixed("CORVUS_").filter(known).split("__")))
     }
 
     /// Validate what the types cannot: addresses, referenced files, domain names.
@@ -394,6 +503,26 @@ impl Config {
             if d.is_empty() || d.contains(['@', ' ', '/']) {
                 problems.push(format!("domains: {d:?} is not a domain name"));
             }
+        }
+        for (i, h) in self.hooks.iter().enumerate() {
+            if !h.script.is_file() {
+                problems.push(format!(
+                    "hooks[{i}].script: file {} does not exist (relative paths start at the config file's directory)",
+                    h.script.display()
+                ));
+            }
+        }
+        if let Some(r) = &self.delivery.relay
+            && r.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+        {
+            problems.push(format!(
+                "delivery.relay: {r:?} is not host:port, e.g. \"smtp.provider.example:587\""
+            ));
+        }
+        if self.pop3.idle_timeout.is_zero() {
+            problems.push("pop3.idle_timeout: must be longer than zero, e.g. \"10m\"".into());
         }
         if self.delivery.retry.is_empty() {
             problems
@@ -499,6 +628,22 @@ mod dur {
     }
 }
 
+mod opt_dur {
+    use serde::{Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::dur::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::dur::deserialize(d).map(Some)
+    }
+}
+
 mod dur_list {
     use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
     use std::time::Duration;
@@ -595,6 +740,57 @@ mod tests {
         let p = write(d.path(), "[delivery]\nexpire = \"soon\"\n");
         let e = Config::load(Some(&p)).unwrap_err();
         assert!(e[0].contains("delivery.expire"), "{e:?}");
+    }
+
+    #[test]
+    fn hooks_entries_resolve_and_reject_unknown_keys() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("scripts")).unwrap();
+        std::fs::write(d.path().join("scripts/a.rhai"), "fn on_rcpt(ctx) {}").unwrap();
+        let p = write(
+            d.path(),
+            "[[hooks]]\nscript = \"scripts/a.rhai\"\nconfig = { delay = \"5m\", n = 3 }\non_error = \"continue\"\n",
+        );
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.hooks.len(), 1);
+        assert_eq!(c.hooks[0].script, d.path().join("scripts/a.rhai"));
+        assert_eq!(c.hooks[0].config["n"], serde_json::json!(3));
+        assert_eq!(c.hooks[0].on_error, crate::hooks::OnError::Continue);
+        assert_eq!(c.source.as_deref(), Some(p.as_path()));
+
+        let p = write(
+            d.path(),
+            "[[hooks]]\nscript = \"scripts/a.rhai\"\nonerror = \"x\"\n",
+        );
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e[0].contains("onerror"), "{e:?}");
+        let p = write(d.path(), "[[hooks]]\nscript = \"scripts/missing.rhai\"\n");
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e[0].starts_with("hooks[0].script: file"), "{e:?}");
+        let p = write(
+            d.path(),
+            "[[hooks]]\nscript = \"scripts/a.rhai\"\non_error = \"maybe\"\n",
+        );
+        assert!(Config::load(Some(&p)).is_err());
+    }
+
+    #[test]
+    fn pop3_section() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "[pop3]\nallow_plaintext_auth = true\nidle_timeout = \"15m\"\nmax_errors = 3\n",
+        );
+        let c = Config::load(Some(&p)).unwrap();
+        assert!(c.pop3.allow_plaintext_auth);
+        assert_eq!(c.pop3.idle_timeout, Duration::from_secs(900));
+        assert_eq!(c.pop3.max_errors, 3);
+        let p = write(d.path(), "[pop3]\nidle = \"1m\"\n");
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e[0].contains("idle"), "{e:?}");
+        let p = write(d.path(), "[pop3]\nidle_timeout = \"0s\"\n");
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e[0].starts_with("pop3.idle_timeout"), "{e:?}");
     }
 
     #[test]

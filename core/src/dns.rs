@@ -1,13 +1,14 @@
-//! DNS: one hickory resolver built from `[dns]`, and the FCrDNS check of a connecting host
-//! (PTR lookup, then forward lookup of that name must give the address back).
+//! DNS: one hickory resolver built from `[dns]`, the FCrDNS check of a connecting host (PTR
+//! lookup, then forward lookup of that name must give the address back), and MX routing for
+//! outbound delivery (RFC 5321 §5.1, RFC 7505).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
-use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::proto::xfer::Protocol;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
 
 use crate::config::Config;
 
@@ -21,19 +22,26 @@ pub fn resolver(config: &Config) -> Result<TokioResolver, String> {
     let builder = if servers.is_empty() {
         let mut b =
             TokioResolver::builder_tokio().map_err(|e| format!("system DNS configuration: {e}"))?;
-        *b.options_mut() = opts;
+        let o = b.options_mut();
+        o.timeout = opts.timeout;
+        o.attempts = opts.attempts;
+        o.cache_size = opts.cache_size;
         b
     } else {
-        let mut rc = ResolverConfig::new();
-        for s in servers {
-            rc.add_name_server(NameServerConfig::new(s, Protocol::Udp));
-            rc.add_name_server(NameServerConfig::new(s, Protocol::Tcp));
-        }
         opts.ndots = 0;
-        TokioResolver::builder_with_config(rc, TokioConnectionProvider::default())
-            .with_options(opts)
+        let name_servers = servers.iter().map(name_server).collect();
+        let rc = ResolverConfig::from_parts(None, vec![], name_servers);
+        TokioResolver::builder_with_config(rc, TokioRuntimeProvider::default()).with_options(opts)
     };
-    Ok(builder.build())
+    builder.build().map_err(|e| format!("DNS resolver: {e}"))
+}
+
+fn name_server(s: &SocketAddr) -> NameServerConfig {
+    let mut udp = ConnectionConfig::udp();
+    udp.port = s.port();
+    let mut tcp = ConnectionConfig::tcp();
+    tcp.port = s.port();
+    NameServerConfig::new(s.ip(), true, vec![udp, tcp])
 }
 
 /// Result of the forward-confirmed reverse DNS check.
@@ -63,8 +71,15 @@ impl Fcrdns {
 pub async fn fcrdns(resolver: &TokioResolver, ip: IpAddr) -> Fcrdns {
     let names =
         match tokio::time::timeout(Duration::from_secs(10), resolver.reverse_lookup(ip)).await {
-            Ok(Ok(r)) => r.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-            Ok(Err(e)) if e.is_no_records_found() => return Fcrdns::None,
+            Ok(Ok(r)) => r
+                .answers()
+                .iter()
+                .filter_map(|rec| match &rec.data {
+                    RData::PTR(p) => Some(p.to_ascii()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+            Ok(Err(e)) if e.is_no_records_found() || e.is_nx_domain() => return Fcrdns::None,
             _ => return Fcrdns::TempError,
         };
     let mut first = None;
@@ -82,4 +97,84 @@ pub async fn fcrdns(resolver: &TokioResolver, ip: IpAddr) -> Fcrdns {
         first.get_or_insert(name);
     }
     first.map(Fcrdns::Mismatch).unwrap_or(Fcrdns::None)
+}
+
+/// Where to deliver mail for a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MxRoute {
+    /// Hosts in the order to try them (preference order, equal preferences shuffled).
+    Hosts(Vec<String>),
+    /// RFC 7505 null MX: the domain accepts no mail.
+    NullMx,
+    /// The domain does not exist.
+    NoSuchDomain,
+    /// DNS failed temporarily.
+    TempFail(String),
+}
+
+/// Resolve the mail exchangers of `domain` (RFC 5321 §5.1): MX records by preference; with
+/// none, the domain itself as the implicit MX when it has an address.
+pub async fn mx_hosts(resolver: &TokioResolver, domain: &str) -> MxRoute {
+    let fqdn = format!("{}.", domain.trim_end_matches('.'));
+    match tokio::time::timeout(Duration::from_secs(30), resolver.mx_lookup(fqdn.as_str())).await {
+        Ok(Ok(lookup)) => {
+            let mut mx: Vec<(u16, String)> = lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::MX(m) => Some((
+                        m.preference,
+                        m.exchange.to_ascii().trim_end_matches('.').to_lowercase(),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            if mx.is_empty() {
+                return implicit_mx(resolver, domain).await;
+            }
+            if mx.len() == 1 && mx[0].1.is_empty() {
+                return MxRoute::NullMx;
+            }
+            mx.retain(|(_, h)| !h.is_empty());
+            // Equal preferences in random order (RFC 5321 §5.1).
+            use rand::seq::SliceRandom;
+            mx.shuffle(&mut rand::rng());
+            mx.sort_by_key(|(p, _)| *p);
+            MxRoute::Hosts(mx.into_iter().map(|(_, h)| h).collect())
+        }
+        Ok(Err(e)) if e.is_nx_domain() => MxRoute::NoSuchDomain,
+        Ok(Err(e)) if e.is_no_records_found() => implicit_mx(resolver, domain).await,
+        Ok(Err(e)) => MxRoute::TempFail(e.to_string()),
+        Err(_) => MxRoute::TempFail("DNS timeout".into()),
+    }
+}
+
+async fn implicit_mx(resolver: &TokioResolver, domain: &str) -> MxRoute {
+    match host_addresses(resolver, domain).await {
+        Ok(a) if !a.is_empty() => MxRoute::Hosts(vec![domain.to_string()]),
+        Ok(_) => MxRoute::NoSuchDomain,
+        Err(e) => MxRoute::TempFail(e),
+    }
+}
+
+/// A and AAAA addresses of a host (an IP literal is returned as is).
+pub async fn host_addresses(resolver: &TokioResolver, host: &str) -> Result<Vec<IpAddr>, String> {
+    if let Ok(ip) = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return Ok(vec![ip]);
+    }
+    match tokio::time::timeout(
+        Duration::from_secs(30),
+        resolver.lookup_ip(format!("{}.", host.trim_end_matches('.'))),
+    )
+    .await
+    {
+        Ok(Ok(ips)) => Ok(ips.iter().collect()),
+        Ok(Err(e)) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("DNS timeout".into()),
+    }
 }

@@ -3,18 +3,23 @@
 //! Code map: [`config`] (figment settings), [`store`] (storage interface and sled backend),
 //! [`accounts`] and [`admin`] (users, domains, aliases), [`control`] (CLI ↔ server socket),
 //! [`tls`], [`dns`], [`net`] (streams and limits), [`hooks`] (dispatch), [`routing`]
-//! (recipients), [`smtp`] (protocol), [`server`] (listeners and lifecycle).
+//! (recipients), [`smtp`] and [`pop3`] (protocols), [`mailbox_io`] (Maildir and mbox import
+//! and export), [`server`] (listeners and lifecycle).
 
 pub mod accounts;
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod control;
+pub mod dkim;
 pub mod dns;
 pub mod hooks;
 pub mod imap;
+pub mod mailbox_io;
 pub mod message;
 pub mod net;
 pub mod pop3;
+pub mod queue;
 pub mod routing;
 pub mod server;
 pub mod smtp;

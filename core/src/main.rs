@@ -1,12 +1,14 @@
 //! The `corvus` command line.
 
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use corvus::admin::{AdminCommand, execute};
+use corvus::admin::{AdminCommand, execute_with_progress};
 use corvus::config::{Config, LogFormat};
+use corvus::mailbox_io::Format;
 
 /// Corvus: a mail server (SMTP, submission, IMAP, POP3) you extend with Rhai scripts and
 /// WASM plugins.
@@ -20,6 +22,7 @@ use corvus::config::{Config, LogFormat};
 struct Cli {
     /// Config file (TOML). Without it, the embedded loopback defaults are used.
     /// Environment variables CORVUS_<KEY> (CORVUS_LISTEN__SMTP=…) override both.
+    /// For `script test` it may instead be the script's config table as JSON ('{"delay":"1s"}').
     #[arg(short, long, global = true, env = "CORVUS_CONFIG")]
     config: Option<PathBuf>,
 
@@ -42,6 +45,102 @@ enum Command {
     /// Manage aliases (an address that delivers to one or more other addresses).
     #[command(subcommand)]
     Alias(AliasCmd),
+    /// Look into an account's mailboxes, and copy its mail to or from Maildir and mbox
+    /// (works while the server runs).
+    #[command(subcommand)]
+    Mailbox(MailboxCmd),
+    /// Inspect and manage the outbound queue (works while the server runs).
+    #[command(subcommand)]
+    Queue(QueueCmd),
+    /// DKIM signing keys for outbound mail.
+    #[command(subcommand)]
+    Dkim(DkimCmd),
+    /// Load-test a running Corvus with mixed SMTP, IMAP and POP3 traffic and report throughput,
+    /// latency percentiles and errors. Point it only at servers you run.
+    Bench(BenchArgs),
+    /// Reload the hook scripts of the running server, like SIGHUP; if any new script fails to
+    /// compile, the running ones stay.
+    Reload,
+    /// Work with hook scripts.
+    #[command(subcommand)]
+    Script(ScriptCmd),
+}
+
+#[derive(Subcommand)]
+enum ScriptCmd {
+    /// Run a script against a synthetic event; print the verdict, actions and log lines.
+    ///
+    /// The script's config table comes from `--config '{"json":…}'`, or from the [[hooks]]
+    /// entry for the same file in the config file given with -c; kv state lives in a throwaway
+    /// store (use --repeat to run the event several times against it).
+    Test(ScriptTestArgs),
+}
+
+#[derive(Args)]
+struct ScriptTestArgs {
+    /// The script file.
+    file: PathBuf,
+    /// Hook point: connect, helo, auth, mail, rcpt, data, delivery or fetch.
+    #[arg(long)]
+    hook: String,
+    /// Envelope sender (MAIL FROM).
+    #[arg(long, default_value = "")]
+    from: String,
+    /// Recipient; repeat for several (on rcpt the last is the current one).
+    #[arg(long)]
+    to: Vec<String>,
+    /// Message file for data and delivery (LF line ends are fine); a small one is made up
+    /// otherwise.
+    #[arg(long)]
+    message: Option<PathBuf>,
+    /// Client IP address.
+    #[arg(long, default_value = "127.0.0.1")]
+    ip: IpAddr,
+    /// Verified PTR name of the client.
+    #[arg(long, default_value = "")]
+    ptr: String,
+    /// HELO/EHLO name.
+    #[arg(long, default_value = "client.example")]
+    helo: String,
+    /// Listener: smtp, submission, submissions, imap, imaps, pop3, pop3s.
+    #[arg(long, default_value = "smtp")]
+    listener: String,
+    /// The connection uses TLS.
+    #[arg(long)]
+    tls: bool,
+    /// Authenticated user.
+    #[arg(long, default_value = "")]
+    user: String,
+    /// on_auth: username given (default: --user).
+    #[arg(long)]
+    username: Option<String>,
+    /// on_auth: password given.
+    #[arg(long, default_value = "")]
+    password: String,
+    /// on_auth: SASL mechanism.
+    #[arg(long, default_value = "PLAIN")]
+    mechanism: String,
+    /// on_auth: the account store accepted the password.
+    #[arg(long)]
+    password_valid: bool,
+    /// on_fetch: mailbox.
+    #[arg(long, default_value = "INBOX")]
+    mailbox: String,
+    /// on_fetch: message UID.
+    #[arg(long, default_value_t = 1)]
+    uid: u32,
+    /// on_fetch: "imap" or "pop3".
+    #[arg(long, default_value = "imap")]
+    protocol: String,
+    /// on_delivery: deliver to this remote MX (ctx.remote is then true).
+    #[arg(long)]
+    mx: Option<String>,
+    /// on_error policy to show for a failing call: tempfail, continue or reject.
+    #[arg(long)]
+    on_error: Option<String>,
+    /// Run the event this many times against the same kv state.
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
 }
 
 #[derive(Subcommand)]
@@ -114,6 +213,125 @@ enum AliasCmd {
     List,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    /// SMTP listener (plain) to send to, e.g. 127.0.0.1:2525.
+    #[arg(long)]
+    smtp: Option<std::net::SocketAddr>,
+    /// IMAP listener (plain; the server needs imap.allow_plaintext_auth).
+    #[arg(long)]
+    imap: Option<std::net::SocketAddr>,
+    /// POP3 listener (plain; plaintext login must be allowed).
+    #[arg(long)]
+    pop3: Option<std::net::SocketAddr>,
+    /// Account that receives the SMTP traffic and is read over IMAP/POP3.
+    #[arg(long, default_value = "bench@localhost")]
+    user: String,
+    /// Its password.
+    #[arg(long, default_value = "bench")]
+    password: String,
+    /// Concurrent clients per protocol.
+    #[arg(long, default_value_t = 10)]
+    clients: usize,
+    /// How long to run, e.g. 60s or 10m.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: std::time::Duration,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 5120)]
+    size: usize,
+    /// PID of the server, to report its memory over time.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// List queued messages: id, sender, attempts, next attempt, recipients and last error.
+    List,
+    /// Show one queued message: envelope, attempts, hook decisions and headers.
+    Show {
+        /// Queue id (from `corvus queue list`).
+        id: String,
+    },
+    /// Retry now: one message, or every queued message without an id.
+    Flush {
+        /// Queue id.
+        id: Option<String>,
+    },
+    /// Remove a message from the queue without delivering or bouncing it.
+    Delete {
+        /// Queue id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCmd {
+    /// Create a signing key for DOMAIN, store it, and print the DNS TXT record to publish.
+    Generate {
+        /// The sending domain, e.g. example.org.
+        domain: String,
+        /// Selector (the DNS label before `._domainkey`).
+        #[arg(long, default_value = "corvus")]
+        selector: String,
+        /// Key type.
+        #[arg(long, default_value = "ed25519", value_parser = ["ed25519", "rsa"])]
+        algorithm: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MailboxCmd {
+    /// List the account's mailboxes with message counts, or the messages (UID and size) of
+    /// FOLDER.
+    List {
+        /// The account's address.
+        address: String,
+        /// A mailbox whose messages to list.
+        folder: Option<String>,
+    },
+    /// Write one message's raw bytes to standard output.
+    Cat {
+        /// The account's address.
+        address: String,
+        /// Mailbox name, e.g. INBOX.
+        folder: String,
+        /// The message's UID (see `corvus mailbox list ADDRESS FOLDER`).
+        uid: u32,
+    },
+    /// Write every folder of ADDRESS into DEST, keeping flags and internal dates.
+    ///
+    /// maildir: a Maildir++ tree (INBOX in DEST/cur, folder Work/2024 in DEST/.Work.2024/).
+    /// mbox: one mboxrd file per folder (DEST/INBOX, DEST/Work.2024), flags in Status and
+    /// X-Status. DEST is created, or must be empty.
+    Export {
+        /// The account's address.
+        address: String,
+        /// Output format.
+        #[arg(long, value_enum)]
+        format: Format,
+        /// Destination directory.
+        dest: PathBuf,
+    },
+    /// Read a Maildir++ tree, an mbox file or a directory of mbox files into ADDRESS.
+    ///
+    /// The top level (a Maildir's cur/ and new/, a single mbox file, or the INBOX file of a
+    /// directory) goes into --folder; the other folders keep their names, below --folder when
+    /// it is given.
+    Import {
+        /// The account's address.
+        address: String,
+        /// Input format.
+        #[arg(long, value_enum)]
+        format: Format,
+        /// Maildir directory, mbox file, or directory of mbox files.
+        src: PathBuf,
+        /// Folder for the top level of SRC.
+        #[arg(long, default_value = "INBOX")]
+        folder: String,
+    },
+}
+
 fn read_password(p: PasswordArgs) -> Result<String, String> {
     if let Some(pw) = p.password {
         return Ok(pw);
@@ -149,6 +367,9 @@ fn init_logging(config: &Config) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Script(ScriptCmd::Test(args)) = cli.command {
+        return script_test(cli.config.as_deref(), args);
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(problems) => {
@@ -158,7 +379,30 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Bench(b) = cli.command {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let errors = rt.block_on(corvus::bench::run(corvus::bench::BenchOptions {
+            smtp: b.smtp,
+            imap: b.imap,
+            pop3: b.pop3,
+            user: b.user,
+            password: b.password,
+            clients: b.clients,
+            duration: b.duration,
+            size: b.size,
+            server_pid: b.server_pid,
+        }));
+        return if errors == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     let admin = match cli.command {
+        Command::Bench(_) => unreachable!("handled above"),
         Command::Serve => {
             init_logging(&config);
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -174,14 +418,34 @@ fn main() -> ExitCode {
             };
         }
         Command::Check => {
-            // Config::load already validated keys, addresses and files; also prove TLS loads.
+            // Config::load already validated keys, addresses and files; also prove TLS loads
+            // and every hook script compiles (one `file:line:column: message` line each).
+            let mut bad = false;
             if let Err(e) = corvus::tls::acceptor(&config) {
                 eprintln!("error: {e}");
+                bad = true;
+            }
+            for h in &config.hooks {
+                if let Err(e) = corvus::hooks::rhai::check_script(&h.script) {
+                    eprintln!("{e}");
+                    bad = true;
+                }
+            }
+            if bad {
                 return ExitCode::from(2);
             }
-            println!("configuration OK ({} listeners)", config.listeners().len());
+            let scripts = match config.hooks.len() {
+                0 => String::new(),
+                n => format!(", {n} hook scripts"),
+            };
+            println!(
+                "configuration OK ({} listeners{scripts})",
+                config.listeners().len()
+            );
             return ExitCode::SUCCESS;
         }
+        Command::Script(_) => unreachable!("handled before the config is loaded"),
+        Command::Reload => AdminCommand::Reload,
         Command::User(UserCmd::Add { address, password }) => match read_password(password) {
             Ok(password) => AdminCommand::UserAdd { address, password },
             Err(e) => return fail(&e),
@@ -200,8 +464,148 @@ fn main() -> ExitCode {
         }
         Command::Alias(AliasCmd::Del { alias }) => AdminCommand::AliasDel { alias },
         Command::Alias(AliasCmd::List) => AdminCommand::AliasList,
+        Command::Queue(QueueCmd::List) => AdminCommand::QueueList,
+        Command::Queue(QueueCmd::Show { id }) => AdminCommand::QueueShow { id },
+        Command::Queue(QueueCmd::Flush { id }) => AdminCommand::QueueFlush { id },
+        Command::Queue(QueueCmd::Delete { id }) => AdminCommand::QueueDelete { id },
+        Command::Dkim(DkimCmd::Generate {
+            domain,
+            selector,
+            algorithm,
+        }) => AdminCommand::DkimGenerate {
+            domain,
+            selector,
+            algorithm,
+        },
+        Command::Mailbox(MailboxCmd::List { address, folder }) => {
+            AdminCommand::MailboxList { address, folder }
+        }
+        Command::Mailbox(MailboxCmd::Cat {
+            address,
+            folder,
+            uid,
+        }) => AdminCommand::MailboxCat {
+            address,
+            folder,
+            uid,
+        },
+        Command::Mailbox(MailboxCmd::Export {
+            address,
+            format,
+            dest,
+        }) => match std::path::absolute(&dest) {
+            Ok(dest) => AdminCommand::MailboxExport {
+                address,
+                format,
+                dest,
+            },
+            Err(e) => return fail(&format!("{}: {e}", dest.display())),
+        },
+        Command::Mailbox(MailboxCmd::Import {
+            address,
+            format,
+            src,
+            folder,
+        }) => match std::path::absolute(&src) {
+            Ok(src) => AdminCommand::MailboxImport {
+                address,
+                format,
+                src,
+                folder: (!folder.eq_ignore_ascii_case("INBOX")).then_some(folder),
+            },
+            Err(e) => return fail(&format!("{}: {e}", src.display())),
+        },
     };
     run_admin(&config, admin)
+}
+
+fn script_test(config: Option<&Path>, a: ScriptTestArgs) -> ExitCode {
+    use corvus::hooks::OnError;
+    use corvus::hooks::script_test::{TestEvent, parse_listener, parse_point, run, to_crlf};
+    let point = match parse_point(&a.hook) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    let listener = match parse_listener(&a.listener) {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
+    // -c is either inline JSON for the script or a config file whose entry for this script
+    // gives the table and the on_error policy.
+    let mut table = serde_json::Map::new();
+    let mut on_error = OnError::Tempfail;
+    match config.map(|p| p.to_string_lossy().into_owned()) {
+        Some(text) if text.trim_start().starts_with('{') => {
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(serde_json::Value::Object(m)) => table = m,
+                Ok(_) | Err(_) => {
+                    return fail(&format!("--config {text:?} is not a JSON object"));
+                }
+            }
+        }
+        Some(_) => {
+            let cfg = match Config::load(config) {
+                Ok(c) => c,
+                Err(problems) => return fail(&problems.join("\n")),
+            };
+            let want = std::fs::canonicalize(&a.file).ok();
+            if let Some(h) = cfg
+                .hooks
+                .iter()
+                .find(|h| std::fs::canonicalize(&h.script).ok() == want)
+            {
+                table = h.config.clone();
+                on_error = h.on_error;
+            }
+        }
+        None => {}
+    }
+    if let Some(p) = &a.on_error {
+        on_error = match p.as_str() {
+            "tempfail" => OnError::Tempfail,
+            "continue" => OnError::Continue,
+            "reject" => OnError::Reject,
+            _ => return fail("--on-error: use tempfail, continue or reject"),
+        };
+    }
+    let message = match &a.message {
+        Some(p) => match std::fs::read(p) {
+            Ok(b) => Some(to_crlf(&b)),
+            Err(e) => return fail(&format!("--message {}: {e}", p.display())),
+        },
+        None => None,
+    };
+    let fetch_protocol = if a.protocol == "pop3" { "pop3" } else { "imap" };
+    let event = TestEvent {
+        point,
+        listener,
+        ip: a.ip,
+        ptr: a.ptr,
+        helo: a.helo,
+        tls: a.tls,
+        user: a.user.clone(),
+        from: a.from,
+        to: a.to,
+        message,
+        credentials: Some((a.username.unwrap_or(a.user), a.password, a.mechanism)),
+        credentials_valid: a.password_valid,
+        fetch: Some((a.mailbox, a.uid, fetch_protocol)),
+        mx: a.mx,
+    };
+    match run(&a.file, table, on_error, &event, a.repeat) {
+        Ok(report) => {
+            print!("{}", report.text);
+            if report.failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn fail(msg: &str) -> ExitCode {
@@ -209,19 +613,44 @@ fn fail(msg: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Print a command's output: text with a newline, or for `mailbox cat` the raw message
+/// bytes decoded from the base64 reply.
+fn print_output(text: &str, raw: bool) -> ExitCode {
+    use base64::Engine as _;
+    use std::io::Write as _;
+    if !raw {
+        if !text.is_empty() {
+            println!("{text}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let bytes = match base64::engine::general_purpose::STANDARD.decode(text.trim()) {
+        Ok(b) => b,
+        Err(e) => return fail(&format!("undecodable message from the server: {e}")),
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!("writing the message: {e}")),
+    }
+}
+
 fn run_admin(config: &Config, cmd: AdminCommand) -> ExitCode {
+    let raw = matches!(cmd, AdminCommand::MailboxCat { .. });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     // A running server owns the store: go through its control socket.
-    match rt.block_on(corvus::control::send(&config.control_socket(), &cmd)) {
+    let mut progress = |line: &str| eprintln!("{line}");
+    match rt.block_on(corvus::control::send_with_progress(
+        &config.control_socket(),
+        &cmd,
+        &mut progress,
+    )) {
         Ok(Some(reply)) => {
             return if reply.ok {
-                if !reply.text.is_empty() {
-                    println!("{}", reply.text);
-                }
-                ExitCode::SUCCESS
+                print_output(&reply.text, raw)
             } else {
                 fail(&reply.text)
             };
@@ -238,15 +667,10 @@ fn run_admin(config: &Config, cmd: AdminCommand) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&format!("{e:#}")),
     };
-    let result = execute(&store, &config.domains, cmd);
+    let result = execute_with_progress(&store, &config.domains, cmd, &mut progress);
     let flushed = rt.block_on(store.commit());
     match (result, flushed) {
-        (Ok(text), Ok(())) => {
-            if !text.is_empty() {
-                println!("{text}");
-            }
-            ExitCode::SUCCESS
-        }
+        (Ok(text), Ok(())) => print_output(&text, raw),
         (Err(e), _) => fail(&e.to_string()),
         (_, Err(e)) => fail(&e.to_string()),
     }

@@ -16,7 +16,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::hooks::HookChain;
-use crate::hooks::builtin::BuiltinPolicy;
 use crate::net::{AuthThrottle, ConnLimits, ConnRefused};
 use crate::store::{SledStore, Store};
 
@@ -28,7 +27,7 @@ pub struct Shared {
     pub store: Store,
     /// TLS for STARTTLS and implicit TLS.
     pub tls: TlsAcceptor,
-    /// Hook chain (built-in policy first).
+    /// Hook chain (built-in policy first, then `[[hooks]]`); swapped by [`reload_hooks`].
     pub hooks: HookChain,
     /// DNS resolver.
     pub resolver: TokioResolver,
@@ -40,6 +39,10 @@ pub struct Shared {
     pub queue_wakeup: Arc<Notify>,
     /// Connection counters.
     pub conn_limits: Arc<ConnLimits>,
+    /// Users whose maildrop is open in a POP3 session.
+    pub maildrop_locks: Arc<crate::pop3::MaildropLocks>,
+    /// Recent successful password checks (saves argon2 on repeated logins).
+    pub credential_cache: Arc<crate::accounts::CredentialCache>,
 }
 
 /// Open the store at the configured place, with the error an admin can act on.
@@ -50,15 +53,38 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(Arc::new(store))
 }
 
+/// Raise the open-file limit to the hard limit: every connection is a file descriptor, and
+/// the common default soft limit (1024) is far below `max_connections`.
+fn raise_fd_limit(want: u64) {
+    match rlimit::increase_nofile_limit(want.saturating_add(256)) {
+        Ok(n) if n < want => tracing::warn!(
+            limit = n,
+            max_connections = want,
+            "open-file limit is below max_connections; raise it (ulimit -n / LimitNOFILE=)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+}
+
 /// Run the server until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit(config.smtp.max_connections as u64);
+    // Handlers first: a SIGTERM that arrives while we start up (say, right after a listener
+    // opens) must still end in a clean shutdown, not in the default action.
+    let signals = wait_for_signal().context("installing SIGTERM/SIGINT handlers")?;
+    // SIGHUP reloads the hook scripts; installed now so an early one cannot kill the process.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let config = Arc::new(config);
     let store = open_store(&config)?;
     let tls = crate::tls::acceptor(&config)?;
     let resolver = crate::dns::resolver(&config).map_err(anyhow::Error::msg)?;
     let shutdown = CancellationToken::new();
+    let hooks = crate::hooks::build_entries(&config, &store)
+        .map_err(|problems| anyhow::anyhow!("hooks: {}", problems.join("\n")))?;
     let shared = Arc::new(Shared {
-        hooks: HookChain::new(vec![Arc::new(BuiltinPolicy)]),
+        hooks: HookChain::new(hooks),
         auth_throttle: AuthThrottle::new(
             config.smtp.max_auth_failures,
             config.smtp.auth_fail_window,
@@ -68,6 +94,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.smtp.max_connections_per_ip,
         ),
         queue_wakeup: Arc::new(Notify::new()),
+        maildrop_locks: Arc::default(),
+        credential_cache: Arc::new(crate::accounts::CredentialCache::new(Duration::from_secs(
+            600,
+        ))),
         config: config.clone(),
         store: store.clone(),
         tls,
@@ -82,11 +112,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("listen.{proto}: cannot bind {addr}"))?;
         bound.push((proto, addr, l));
     }
+    let for_reload = shared.clone();
     crate::control::serve(
         &config.control_socket(),
         store.clone(),
         config.domains.clone(),
         shutdown.clone(),
+        shared.queue_wakeup.clone(),
+        Arc::new(move || reload_hooks(&for_reload)),
     )
     .await
     .with_context(|| format!("control socket {}", config.control_socket().display()))?;
@@ -111,14 +144,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
+    tokio::spawn(reload_on_sighup(shared.clone(), hangups));
+
     let tracker = TaskTracker::new();
+    tracker.spawn(crate::queue::run(shared.clone()));
     for (proto, _addr, listener) in bound {
         let shared = shared.clone();
         let tracker2 = tracker.clone();
         tracker.spawn(accept_loop(shared, listener, proto, tracker2));
     }
 
-    wait_for_signal().await;
+    signals.await;
     tracing::info!("shutting down: no new connections; waiting for sessions to finish");
     shutdown.cancel();
     tracker.close();
@@ -133,14 +169,48 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+/// Re-read the config file and put its `[[hooks]]` in place. Nothing changes unless every
+/// script compiles (and its `init` succeeds); sessions keep running throughout.
+pub fn reload_hooks(shared: &Shared) -> Result<String, String> {
+    let config = match &shared.config.source {
+        Some(path) => Config::load(Some(path)).map_err(|p| p.join("\n"))?,
+        None => {
+            return Err(
+                "no config file to reload (the server runs on the embedded default)".into(),
+            );
+        }
+    };
+    let entries = crate::hooks::build_entries(&config, &shared.store).map_err(|p| p.join("\n"))?;
+    let n = entries.len() - 1;
+    shared.hooks.replace(entries);
+    tracing::info!(scripts = n, "hooks reloaded");
+    Ok(format!("reloaded {n} hook script(s)"))
+}
+
+async fn reload_on_sighup(shared: Arc<Shared>, mut hangups: tokio::signal::unix::Signal) {
+    while hangups.recv().await.is_some() {
+        let s = shared.clone();
+        match tokio::task::spawn_blocking(move || reload_hooks(&s)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(problems = %e, "SIGHUP: reload failed; keeping the running hooks")
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
+        }
     }
+}
+
+/// Install the SIGTERM and SIGINT handlers now; the returned future resolves on either.
+fn wait_for_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    })
 }
 
 async fn accept_loop(

@@ -190,12 +190,19 @@ impl Session {
         c
     }
 
+    /// Take the reverse-lookup result if it has arrived, without waiting.
+    async fn refresh_fcrdns(&mut self) {
+        if self.fcrdns.is_none() && self.fcrdns_task.as_ref().is_some_and(|t| t.is_finished()) {
+            self.fcrdns().await;
+        }
+    }
+
     async fn fcrdns(&mut self) -> Fcrdns {
         if let Some(f) = &self.fcrdns {
             return f.clone();
         }
         let f = match self.fcrdns_task.take() {
-            Some(t) => match tokio::time::timeout(Duration::from_secs(10), t).await {
+            Some(t) => match tokio::time::timeout(Duration::from_secs(6), t).await {
                 Ok(Ok(f)) => f,
                 _ => Fcrdns::TempError,
             },
@@ -207,8 +214,16 @@ impl Session {
 
     async fn run(&mut self) -> std::io::Result<()> {
         // Connect: FCrDNS policy, then the connect hooks.
-        let f = self.fcrdns().await;
-        if self.shared.config.smtp.fcrdns == FcrdnsPolicy::Reject && !matches!(f, Fcrdns::Pass(_)) {
+        // The reverse lookup runs in the background; the greeting waits for it only when the
+        // policy rejects on failure (a slow resolver must not stall every connection). Later
+        // steps (hooks after connect, the Received header) use the result once it is there.
+        let reject_policy = self.shared.config.smtp.fcrdns == FcrdnsPolicy::Reject;
+        let f = if reject_policy {
+            self.fcrdns().await
+        } else {
+            Fcrdns::TempError
+        };
+        if reject_policy && !matches!(f, Fcrdns::Pass(_)) {
             self.reply(Reply::new(
                 550,
                 "5.7.25",
@@ -414,6 +429,7 @@ impl Session {
     }
 
     async fn command(&mut self, line: &[u8]) -> Flow {
+        self.refresh_fcrdns().await;
         let cmd = match parse_command(line) {
             Ok(c) => c,
             Err(e) => {
@@ -644,9 +660,9 @@ impl Session {
             self.reply(r);
             return Flow::Continue;
         }
-        // Submission: the sender must be the authenticated user's own address.
+        // An authenticated sender must use its own address, on submission and on the smtp
+        // listener alike (AUTH there allows relaying, so it must not allow forging either).
         if let Some(user) = &self.user
-            && is_submission(self.listener)
             && !self.shared.config.smtp.allow_any_sender
         {
             let owned = !from.is_null()
@@ -926,12 +942,8 @@ impl Session {
         let user = String::from_utf8_lossy(parts[1]).to_string();
         let pass = String::from_utf8_lossy(parts[2]).to_string();
         if !authz.is_empty() && !authz.eq_ignore_ascii_case(&user) {
-            self.auth_failure();
-            return if self.shared.auth_throttle.blocked(self.peer.ip()) {
-                Flow::Close
-            } else {
-                Flow::Continue
-            };
+            tracing::info!(user = %user, authz = %authz, "authentication failed: authzid differs");
+            return self.auth_failed();
         }
         self.check_credentials(user, pass, "PLAIN").await
     }
@@ -963,24 +975,26 @@ impl Session {
             }
             None => {
                 tracing::info!(user = %user, mech, "authentication failed");
-                self.auth_failure();
-                if self.shared.auth_throttle.blocked(self.peer.ip()) {
-                    self.reply(Reply::new(
-                        421,
-                        "4.7.0",
-                        "Too many failed authentications, try again later",
-                    ));
-                    Flow::Close
-                } else {
-                    Flow::Continue
-                }
+                self.auth_failed()
             }
         }
     }
 
-    fn auth_failure(&mut self) {
+    /// Answer a failed AUTH with 535 and count it; once the client's IP reaches the limit,
+    /// add 421 and close (every failure path, so the client always learns why).
+    fn auth_failed(&mut self) -> Flow {
         self.shared.auth_throttle.fail(self.peer.ip());
         self.reply(Reply::auth_failed());
+        if self.shared.auth_throttle.blocked(self.peer.ip()) {
+            self.reply(Reply::new(
+                421,
+                "4.7.0",
+                "Too many failed authentications, try again later",
+            ));
+            Flow::Close
+        } else {
+            Flow::Continue
+        }
     }
 
     /// Everything after the last byte of message data: checks, hooks, storage, the reply.
@@ -1052,21 +1066,12 @@ impl Session {
             Verdict::Quarantine(reason) => Some(reason.clone()),
             _ => None,
         };
-        let msg = if outcome.actions.add_headers.is_empty() {
-            msg
-        } else {
-            let mut with = Vec::with_capacity(msg.len() + 256);
-            for (name, value) in &outcome.actions.add_headers {
-                if valid_field_name(name) {
-                    with.extend_from_slice(format_field(name, value).as_bytes());
-                }
-            }
-            with.extend_from_slice(&msg);
-            Arc::new(with)
-        };
+        let msg = prepend_headers(msg, &outcome.actions.add_headers);
 
         // Split recipients into local placements and remote (queued) recipients.
         let mut placements = Vec::new();
+        // Recipients whose on_delivery added headers get their own copy.
+        let mut own_copies: Vec<(Placement, Arc<Vec<u8>>)> = Vec::new();
         let mut remote = Vec::new();
         for rcpt in &tx.rcpts {
             let targets = match &rcpt.route {
@@ -1095,8 +1100,9 @@ impl Session {
                 dctx.point = HookPoint::Delivery;
                 dctx.rcpt = target.clone();
                 dctx.message = Some(msg.clone());
-                let d = self.shared.hooks.run(&dctx);
-                decisions.extend(d.decisions);
+                let mut d = self.shared.hooks.run(&dctx);
+                decisions.append(&mut d.decisions);
+                let extra_headers = std::mem::take(&mut d.actions.add_headers);
                 let folder = match d.verdict {
                     Verdict::Reject { .. } | Verdict::Discard => continue,
                     Verdict::Tempfail { code, text } if tx.rcpts.len() == 1 => {
@@ -1110,12 +1116,19 @@ impl Session {
                         .or_else(|| rcpt.file_into.clone())
                         .unwrap_or_else(|| "INBOX".into()),
                 };
-                if !placements.iter().any(|p: &Placement| p.user == target) {
-                    placements.push(Placement {
+                if !placements.iter().any(|p: &Placement| p.user == target)
+                    && !own_copies.iter().any(|(p, _)| p.user == target)
+                {
+                    let placement = Placement {
                         user: target,
                         mailbox: folder,
                         flags: Vec::new(),
-                    });
+                    };
+                    if extra_headers.is_empty() {
+                        placements.push(placement);
+                    } else {
+                        own_copies.push((placement, prepend_headers(msg.clone(), &extra_headers)));
+                    }
                 }
             }
         }
@@ -1134,11 +1147,15 @@ impl Session {
             blob: 0,
             smtputf8: tx.params.smtputf8,
             decisions: decisions.clone(),
+            warned: false,
         });
         let m2 = msg.clone();
         let stored =
             tokio::task::spawn_blocking(move || -> Result<(), crate::store::StoreError> {
                 store.deliver(&m2, now, &placements)?;
+                for (p, m) in &own_copies {
+                    store.deliver(m, now, std::slice::from_ref(p))?;
+                }
                 if let Some(e) = entry {
                     store.enqueue(e, &m2)?;
                 }
@@ -1213,6 +1230,21 @@ impl Session {
             })
             .collect()
     }
+}
+
+/// The message with hook-added header fields in front (invalid names are skipped).
+fn prepend_headers(msg: Arc<Vec<u8>>, headers: &[(String, String)]) -> Arc<Vec<u8>> {
+    if headers.is_empty() {
+        return msg;
+    }
+    let mut with = Vec::with_capacity(msg.len() + 256);
+    for (name, value) in headers {
+        if valid_field_name(name) {
+            with.extend_from_slice(format_field(name, value).as_bytes());
+        }
+    }
+    with.extend_from_slice(&msg);
+    Arc::new(with)
 }
 
 fn decode_b64(s: &str) -> Option<String> {

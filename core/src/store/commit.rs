@@ -1,8 +1,14 @@
 //! Group commit: many sessions wait for durability, one thread flushes for all of them.
 //!
 //! A caller writes to sled (in memory), then asks for a [`Commit`]. The flusher thread takes
-//! every request queued so far, runs one `flush()` (which fsyncs), and wakes them all. A flush
-//! that starts after a request was queued covers every write made before the request.
+//! every request queued so far, runs one `flush()` followed by one `fdatasync` of sled's log
+//! file, and wakes them all. A flush that starts after a request was queued covers every write
+//! made before the request.
+//!
+//! Why the extra `fdatasync`: sled 0.34's `flush()` only calls `sync_file_range` on the log
+//! file, which neither flushes the device's write cache nor commits the file's metadata (the
+//! log grows, so its new size is lost on a power failure); sled fsyncs only from its 500 ms
+//! background flusher. `sync_file_range` survives a kill -9 but not a crash of the machine.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -53,8 +59,9 @@ impl Drop for GroupCommitter {
 }
 
 impl GroupCommitter {
-    /// Start the flusher thread for `db`.
-    pub(crate) fn start(db: sled::Db) -> Self {
+    /// Start the flusher thread for `db`; `log_file` is sled's log file, fdatasync'ed after
+    /// every flush.
+    pub(crate) fn start(db: sled::Db, log_file: std::fs::File) -> Self {
         let (tx, rx) = mpsc::channel::<oneshot::Sender<Result<(), String>>>();
         let thread = std::thread::Builder::new()
             .name("corvus-flush".into())
@@ -64,7 +71,10 @@ impl GroupCommitter {
                     while let Ok(w) = rx.try_recv() {
                         waiters.push(w);
                     }
-                    let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    let result = db
+                        .flush()
+                        .map_err(|e| e.to_string())
+                        .and_then(|_| log_file.sync_data().map_err(|e| e.to_string()));
                     for w in waiters {
                         let _ = w.send(result.clone());
                     }

@@ -248,6 +248,9 @@ pub struct QueueEntry {
     pub smtputf8: bool,
     /// Hook decisions recorded for `corvus queue show`.
     pub decisions: Vec<String>,
+    /// Whether a delay warning was sent already.
+    #[serde(default)]
+    pub warned: bool,
 }
 
 /// One queued recipient.
@@ -350,12 +353,22 @@ pub trait MailStore: Send + Sync + 'static {
     fn enqueue(&self, entry: QueueEntry, message: &[u8]) -> Result<()>;
     /// Every queued entry.
     fn queue(&self) -> Result<Vec<QueueEntry>>;
+    /// One queued entry.
+    fn queue_entry(&self, id: &str) -> Result<Option<QueueEntry>>;
+    /// Replace a queued entry's state (recipients left, attempts, next attempt, errors).
+    fn queue_update(&self, entry: &QueueEntry) -> Result<()>;
+    /// Remove an entry and its message bytes.
+    fn queue_remove(&self, id: &str) -> Result<()>;
 
     // Key-value
     /// Read a key in a namespace (expired keys read as missing).
     fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>>;
     /// Write a key with an optional time-to-live in seconds.
     fn kv_set(&self, ns: &str, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()>;
+    /// Add `delta` to the decimal counter at a key, atomically, and return the new value. A
+    /// missing, expired or non-numeric value counts from 0; `ttl` (seconds) is set only when
+    /// the counter starts, so a window does not slide with every increment.
+    fn kv_incr(&self, ns: &str, key: &str, delta: i64, ttl: Option<u64>) -> Result<i64>;
 
     /// Subscribe to changes in an account's mailboxes.
     fn watch(&self, user: &str) -> tokio::sync::broadcast::Receiver<(u64, MailboxEvent)>;

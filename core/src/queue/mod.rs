@@ -1,0 +1,657 @@
+//! The outbound queue: picks due messages from the store, routes each recipient domain (smart
+//! host or MX records), delivers over SMTP, and records the outcome — delivered, retry later
+//! (with the configured back-off), or bounced with a DSN. Nothing is dropped silently: an
+//! entry leaves the store only once every recipient is delivered or bounced.
+
+pub mod client;
+pub mod dsn;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::dns::{MxRoute, host_addresses, mx_hosts};
+use crate::hooks::{HookCtx, HookPoint, Verdict};
+use crate::server::Shared;
+use crate::store::{Placement, QueueEntry, QueueRcpt};
+use client::{Client, ClientError, RemoteReply};
+use dsn::RcptStatus;
+
+/// Outcome for one recipient of one attempt.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Delivered(String),
+    Temp(String),
+    Perm {
+        status: String,
+        text: String,
+        remote: Option<String>,
+    },
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Idle connections kept for reuse, per remote address (RFC 5321 allows several
+/// transactions per session; reuse saves the TCP and TLS handshakes).
+type Pool = Arc<Mutex<HashMap<SocketAddr, Vec<(Client, std::time::Instant)>>>>;
+
+/// How long an idle outbound connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(10);
+/// Idle connections kept per remote address.
+const POOL_PER_HOST: usize = 4;
+
+fn pool_take(pool: &Pool, addr: SocketAddr) -> Option<Client> {
+    let mut g = pool.lock().expect("pool");
+    let v = g.get_mut(&addr)?;
+    while let Some((c, since)) = v.pop() {
+        if since.elapsed() < POOL_IDLE {
+            return Some(c);
+        }
+    }
+    None
+}
+
+fn pool_put(pool: &Pool, addr: SocketAddr, c: Client) -> Option<Client> {
+    let mut g = pool.lock().expect("pool");
+    let v = g.entry(addr).or_default();
+    if v.len() >= POOL_PER_HOST {
+        return Some(c);
+    }
+    v.push((c, std::time::Instant::now()));
+    None
+}
+
+/// Close connections idle for too long.
+fn pool_reap(pool: &Pool) {
+    let mut stale = Vec::new();
+    {
+        let mut g = pool.lock().expect("pool");
+        for v in g.values_mut() {
+            let (keep, old): (Vec<_>, Vec<_>) =
+                v.drain(..).partition(|(_, t)| t.elapsed() < POOL_IDLE);
+            *v = keep;
+            stale.extend(old.into_iter().map(|(c, _)| c));
+        }
+        g.retain(|_, v| !v.is_empty());
+    }
+    for c in stale {
+        tokio::spawn(c.quit());
+    }
+}
+
+/// Run the queue until shutdown.
+pub async fn run(shared: Arc<Shared>) {
+    let pool: Pool = Arc::new(Mutex::new(HashMap::new()));
+    let inflight: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
+    let global = Arc::new(Semaphore::new(
+        shared.config.delivery.max_concurrency.max(1),
+    ));
+    let per_domain: Arc<Mutex<HashMap<String, Arc<Semaphore>>>> =
+        Arc::new(Mutex::new(HashMap::new()));
+    loop {
+        pool_reap(&pool);
+        let mut next = now() + 60;
+        match shared.store.queue() {
+            Ok(entries) => {
+                for e in entries {
+                    if e.next_attempt > now() {
+                        next = next.min(e.next_attempt);
+                        continue;
+                    }
+                    if !inflight.lock().expect("inflight").insert(e.id.clone()) {
+                        continue;
+                    }
+                    let (shared, inflight, global, per_domain, pool) = (
+                        shared.clone(),
+                        inflight.clone(),
+                        global.clone(),
+                        per_domain.clone(),
+                        pool.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let id = e.id.clone();
+                        if let Ok(_permit) = global.acquire().await {
+                            attempt(&shared, e, &per_domain, &pool).await;
+                        }
+                        inflight.lock().expect("inflight").remove(&id);
+                        shared.queue_wakeup.notify_one();
+                    });
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reading the queue failed"),
+        }
+        let wait = Duration::from_secs((next - now()).clamp(1, POOL_IDLE.as_secs() as i64) as u64);
+        tokio::select! {
+            _ = shared.queue_wakeup.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One delivery attempt for every recipient of `entry`.
+async fn attempt(
+    shared: &Arc<Shared>,
+    entry: QueueEntry,
+    per_domain: &Mutex<HashMap<String, Arc<Semaphore>>>,
+    pool: &Pool,
+) {
+    use tracing::Instrument;
+    let span = tracing::info_span!("delivery", queue_id = %entry.id);
+    attempt_in_span(shared, entry, per_domain, pool)
+        .instrument(span)
+        .await
+}
+
+async fn attempt_in_span(
+    shared: &Arc<Shared>,
+    mut entry: QueueEntry,
+    per_domain: &Mutex<HashMap<String, Arc<Semaphore>>>,
+    pool: &Pool,
+) {
+    let message = match shared.store.blob(entry.blob) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "queued message bytes missing");
+            return;
+        }
+    };
+    // DKIM-sign mail from a domain that has a key.
+    let sender_domain = entry
+        .mail_from
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_lowercase())
+        .unwrap_or_default();
+    let signed = crate::dkim::sign(&shared.store, &sender_domain, &message).map(|h| {
+        let mut m = h.into_bytes();
+        m.extend_from_slice(&message);
+        m
+    });
+    let mut by_domain: BTreeMap<String, Vec<QueueRcpt>> = BTreeMap::new();
+    for r in &entry.rcpts {
+        let d = r
+            .address
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_lowercase())
+            .unwrap_or_default();
+        by_domain.entry(d).or_default().push(r.clone());
+    }
+    let mut outcomes: Vec<(QueueRcpt, Outcome)> = Vec::new();
+    for (domain, rcpts) in by_domain {
+        let sem = per_domain
+            .lock()
+            .expect("per-domain")
+            .entry(domain.clone())
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(shared.config.delivery.max_per_domain.max(1)))
+            })
+            .clone();
+        let _permit = sem.acquire().await;
+        let results = deliver_domain(
+            shared,
+            &entry,
+            &domain,
+            &rcpts,
+            signed.as_deref().unwrap_or(&message),
+            pool,
+        )
+        .await;
+        outcomes.extend(rcpts.into_iter().zip(results));
+    }
+    finish(shared, &mut entry, outcomes, &message).await;
+}
+
+/// Deliver to every recipient in one domain.
+async fn deliver_domain(
+    shared: &Arc<Shared>,
+    entry: &QueueEntry,
+    domain: &str,
+    rcpts: &[QueueRcpt],
+    message: &[u8],
+    pool: &Pool,
+) -> Vec<Outcome> {
+    // Mail for a local domain never leaves over the network.
+    if crate::routing::is_local_domain(&shared.store, &shared.config.domains, domain)
+        .unwrap_or(false)
+    {
+        return deliver_local(shared, rcpts, message);
+    }
+    let cfg = &shared.config.delivery;
+    let (hosts, port, relay) = match &cfg.relay {
+        Some(r) => {
+            let (h, p) = r.rsplit_once(':').unwrap_or((r, "25"));
+            (vec![h.to_string()], p.parse().unwrap_or(25), true)
+        }
+        None => match mx_hosts(&shared.resolver, domain).await {
+            MxRoute::Hosts(h) => (h, cfg.port, false),
+            MxRoute::NullMx => {
+                return perm_all(
+                    rcpts,
+                    "5.1.10",
+                    &format!("Domain {domain} accepts no mail (null MX, RFC 7505)"),
+                );
+            }
+            MxRoute::NoSuchDomain => {
+                return perm_all(rcpts, "5.1.2", &format!("Domain {domain} does not exist"));
+            }
+            MxRoute::TempFail(e) => {
+                return vec![
+                    Outcome::Temp(format!("DNS lookup for {domain} failed: {e}"));
+                    rcpts.len()
+                ];
+            }
+        },
+    };
+    let mut results: Vec<Option<Outcome>> = vec![None; rcpts.len()];
+    let mut last_error = String::from("no mail exchanger could be reached");
+    // What on_delivery scripts see of the message (DLP, per-destination rules).
+    let hook_message = Arc::new(message.to_vec());
+    'hosts: for host in &hosts {
+        // Delivery hook per recipient, now that the host is known.
+        for (i, r) in rcpts.iter().enumerate() {
+            if results[i].is_some() {
+                continue;
+            }
+            let mut ctx = HookCtx::new(
+                HookPoint::Delivery,
+                "queue",
+                std::net::Ipv4Addr::LOCALHOST.into(),
+            );
+            ctx.mail_from = entry.mail_from.clone();
+            ctx.rcpt = r.address.clone();
+            ctx.remote_mx = Some(host.clone());
+            ctx.message = Some(hook_message.clone());
+            match shared.hooks.run(&ctx).verdict {
+                Verdict::Reject { code, text } => {
+                    results[i] = Some(Outcome::Perm {
+                        status: dsn::status_of(code, &text),
+                        text: format!("{code} {text}"),
+                        remote: None,
+                    })
+                }
+                Verdict::Tempfail { code, text } => {
+                    results[i] = Some(Outcome::Temp(format!("{code} {text}")))
+                }
+                Verdict::Discard => {
+                    results[i] = Some(Outcome::Delivered("discarded by policy".into()))
+                }
+                _ => {}
+            }
+        }
+        let addrs = match host_addresses(&shared.resolver, host).await {
+            Ok(a) if !a.is_empty() => a,
+            Ok(_) => {
+                last_error = format!("{host}: no address records");
+                continue;
+            }
+            Err(e) => {
+                last_error = format!("{host}: {e}");
+                continue;
+            }
+        };
+        for ip in addrs {
+            let pending: Vec<usize> = (0..rcpts.len()).filter(|&i| results[i].is_none()).collect();
+            if pending.is_empty() {
+                break 'hosts;
+            }
+            let addr = SocketAddr::new(ip, port);
+            let reused = match pool_take(pool, addr) {
+                Some(mut c) => match c.command("RSET", Duration::from_secs(30)).await {
+                    Ok(r) if r.ok() => Some(c),
+                    _ => None,
+                },
+                None => None,
+            };
+            let fresh = reused.is_none();
+            let connected = match reused {
+                Some(c) => Ok(c),
+                None => {
+                    Client::connect(
+                        addr,
+                        &shared.config.hostname,
+                        host,
+                        relay && cfg.relay_require_tls,
+                    )
+                    .await
+                }
+            };
+            let mut client = match connected {
+                Ok(c) => c,
+                Err(ClientError::Reply(r)) if r.permanent() && relay => {
+                    return fill(results, perm_reply(&r, host));
+                }
+                Err(e) => {
+                    last_error = format!("{host} [{ip}]: {e}");
+                    tracing::info!(host, %ip, error = %e, "connection failed; trying the next address");
+                    continue;
+                }
+            };
+            tracing::debug!(host, %ip, tls = %client.tls, reused = !fresh, "connected");
+            if fresh
+                && relay
+                && let (Some(u), Some(p)) = (&cfg.relay_user, &cfg.relay_password)
+            {
+                if let Err(e) = client.auth(u, p).await {
+                    last_error = format!("{host}: authentication failed: {e}");
+                    client.quit().await;
+                    continue;
+                }
+            }
+            if client
+                .size_limit()
+                .is_some_and(|l| (message.len() as u64) > l)
+            {
+                client.quit().await;
+                return fill(
+                    results,
+                    Outcome::Perm {
+                        status: "5.3.4".into(),
+                        text: format!("Message too big for {host}"),
+                        remote: Some(host.clone()),
+                    },
+                );
+            }
+            let eight_bit = message.iter().any(|&b| b >= 0x80);
+            if entry.smtputf8 && !client.has("SMTPUTF8") {
+                client.quit().await;
+                return fill(
+                    results,
+                    Outcome::Perm {
+                        status: "5.6.7".into(),
+                        text: format!("{host} does not support SMTPUTF8, which this message needs"),
+                        remote: Some(host.clone()),
+                    },
+                );
+            }
+            let mut params = String::new();
+            if client.has("SIZE") {
+                params.push_str(&format!(" SIZE={}", message.len()));
+            }
+            if eight_bit && client.has("8BITMIME") {
+                params.push_str(" BODY=8BITMIME");
+            }
+            if entry.smtputf8 {
+                params.push_str(" SMTPUTF8");
+            }
+            let dsn = client.has("DSN");
+            if dsn {
+                if let Some(r) = &entry.ret {
+                    params.push_str(&format!(" RET={r}"));
+                }
+                if let Some(e) = &entry.envid {
+                    params.push_str(&format!(" ENVID={}", xtext(e)));
+                }
+            }
+            let rcpt_args: Vec<(String, String)> = pending
+                .iter()
+                .map(|&i| {
+                    let r = &rcpts[i];
+                    let mut p = String::new();
+                    if dsn {
+                        if !r.notify.is_empty() {
+                            p.push_str(&format!(" NOTIFY={}", r.notify.join(",")));
+                        }
+                        if let Some(o) = &r.orcpt {
+                            let (t, a) = o.split_once(';').unwrap_or(("rfc822", o));
+                            p.push_str(&format!(" ORCPT={t};{}", xtext(a)));
+                        }
+                    }
+                    (r.address.clone(), p)
+                })
+                .collect();
+            match client
+                .send(&entry.mail_from, &params, &rcpt_args, message)
+                .await
+            {
+                Ok(replies) => {
+                    for (&i, reply) in pending.iter().zip(replies) {
+                        if reply.ok() {
+                            results[i] =
+                                Some(Outcome::Delivered(format!("{host} [{ip}]: {reply}")));
+                        } else if reply.permanent() {
+                            results[i] = Some(perm_reply(&reply, host));
+                        } else {
+                            last_error = format!("{host} [{ip}]: {reply}");
+                        }
+                    }
+                    if let Some(extra) = pool_put(pool, addr, client) {
+                        extra.quit().await;
+                    }
+                }
+                Err(e) => {
+                    last_error = format!("{host} [{ip}]: {e}");
+                    continue;
+                }
+            }
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Outcome::Temp(last_error.clone())))
+        .collect()
+}
+
+fn fill(results: Vec<Option<Outcome>>, o: Outcome) -> Vec<Outcome> {
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| o.clone()))
+        .collect()
+}
+
+fn perm_all(rcpts: &[QueueRcpt], status: &str, text: &str) -> Vec<Outcome> {
+    vec![
+        Outcome::Perm {
+            status: status.into(),
+            text: text.into(),
+            remote: None
+        };
+        rcpts.len()
+    ]
+}
+
+fn perm_reply(r: &RemoteReply, host: &str) -> Outcome {
+    Outcome::Perm {
+        status: dsn::status_of(r.code, &r.text),
+        text: r.to_string(),
+        remote: Some(host.to_string()),
+    }
+}
+
+fn deliver_local(shared: &Arc<Shared>, rcpts: &[QueueRcpt], message: &[u8]) -> Vec<Outcome> {
+    rcpts
+        .iter()
+        .map(
+            |r| match crate::routing::resolve(&shared.store, &shared.config.domains, &r.address) {
+                Ok(crate::hooks::Route::Local(targets)) => {
+                    let placements: Vec<Placement> = targets
+                        .iter()
+                        .filter(|t| shared.store.account(t).ok().flatten().is_some())
+                        .map(|t| Placement {
+                            user: t.clone(),
+                            mailbox: "INBOX".into(),
+                            flags: vec![],
+                        })
+                        .collect();
+                    match shared.store.deliver(message, now(), &placements) {
+                        Ok(_) => Outcome::Delivered("local".into()),
+                        Err(e) => Outcome::Temp(format!("local delivery failed: {e}")),
+                    }
+                }
+                Ok(_) => Outcome::Perm {
+                    status: "5.1.1".into(),
+                    text: "550 5.1.1 No such user here".into(),
+                    remote: None,
+                },
+                Err(e) => Outcome::Temp(e.to_string()),
+            },
+        )
+        .collect()
+}
+
+/// Record the attempt: drop finished recipients, bounce failures, schedule a retry.
+async fn finish(
+    shared: &Arc<Shared>,
+    entry: &mut QueueEntry,
+    outcomes: Vec<(QueueRcpt, Outcome)>,
+    message: &[u8],
+) {
+    let cfg = &shared.config.delivery;
+    entry.attempts += 1;
+    let expired = now() - entry.created >= cfg.expire.as_secs() as i64;
+    let mut bounces = Vec::new();
+    let mut remaining = Vec::new();
+    for (rcpt, o) in outcomes {
+        match o {
+            Outcome::Delivered(how) => tracing::info!(rcpt = %rcpt.address, %how, "delivered"),
+            Outcome::Perm {
+                status,
+                text,
+                remote,
+            } => {
+                tracing::info!(rcpt = %rcpt.address, %text, "permanent failure");
+                bounces.push(RcptStatus {
+                    rcpt,
+                    action: "failed",
+                    status,
+                    remote_mta: remote,
+                    diagnostic: text,
+                });
+            }
+            Outcome::Temp(text) if expired => {
+                tracing::info!(rcpt = %rcpt.address, %text, "expired in the queue");
+                let diag = format!("Delivery gave up after {} attempts: {text}", entry.attempts);
+                bounces.push(RcptStatus {
+                    rcpt,
+                    action: "failed",
+                    status: "4.4.7".into(),
+                    remote_mta: None,
+                    diagnostic: diag,
+                });
+            }
+            Outcome::Temp(text) => {
+                tracing::info!(rcpt = %rcpt.address, %text, "temporary failure; will retry");
+                entry.last_error = Some(text);
+                remaining.push(rcpt);
+            }
+        }
+    }
+    // A bounce for every failed recipient that asked for one, never for the null sender.
+    let wanted: Vec<RcptStatus> = bounces
+        .into_iter()
+        .filter(|b| dsn::wants(&b.rcpt, b.action))
+        .collect();
+    if !wanted.is_empty() && !entry.mail_from.is_empty() {
+        let bounce = dsn::build(&shared.config.hostname, entry, &wanted, message);
+        if let Err(e) = send_bounce(shared, &entry.mail_from, &bounce) {
+            tracing::error!(error = %e, "could not queue the bounce");
+        }
+    }
+    // Optional delay warning, once, to senders who did not opt out (RFC 3461 NOTIFY=DELAY).
+    if let Some(after) = cfg.delay_warning
+        && !entry.warned
+        && !entry.mail_from.is_empty()
+        && !remaining.is_empty()
+        && now() - entry.created >= after.as_secs() as i64
+    {
+        let delayed: Vec<RcptStatus> = remaining
+            .iter()
+            .filter(|r| r.notify.is_empty() || dsn::wants(r, "delayed"))
+            .map(|r| RcptStatus {
+                rcpt: r.clone(),
+                action: "delayed",
+                status: "4.4.7".into(),
+                remote_mta: None,
+                diagnostic: entry.last_error.clone().unwrap_or_default(),
+            })
+            .collect();
+        if !delayed.is_empty() {
+            let notice = dsn::build(&shared.config.hostname, entry, &delayed, message);
+            if let Err(e) = send_bounce(shared, &entry.mail_from, &notice) {
+                tracing::error!(error = %e, "could not queue the delay warning");
+            }
+        }
+        entry.warned = true;
+    }
+    entry.rcpts = remaining;
+    let result = if entry.rcpts.is_empty() {
+        shared.store.queue_remove(&entry.id)
+    } else {
+        let idx = (entry.attempts as usize - 1).min(cfg.retry.len().saturating_sub(1));
+        let delay = cfg
+            .retry
+            .get(idx)
+            .copied()
+            .unwrap_or(Duration::from_secs(300));
+        entry.next_attempt = now() + delay.as_secs() as i64;
+        shared.store.queue_update(entry)
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "updating the queue failed");
+    }
+    let _ = shared.store.commit().await;
+}
+
+/// Deliver a bounce: into the sender's INBOX when local, else into the queue with `<>`.
+fn send_bounce(
+    shared: &Arc<Shared>,
+    to: &str,
+    bounce: &[u8],
+) -> Result<(), crate::store::StoreError> {
+    if let Ok(crate::hooks::Route::Local(targets)) =
+        crate::routing::resolve(&shared.store, &shared.config.domains, to)
+    {
+        let placements: Vec<Placement> = targets
+            .iter()
+            .filter(|t| shared.store.account(t).ok().flatten().is_some())
+            .map(|t| Placement {
+                user: t.clone(),
+                mailbox: "INBOX".into(),
+                flags: vec![],
+            })
+            .collect();
+        if !placements.is_empty() {
+            shared.store.deliver(bounce, now(), &placements)?;
+            return Ok(());
+        }
+    }
+    let entry = QueueEntry {
+        id: format!("{:016X}", rand::random::<u64>()),
+        mail_from: String::new(),
+        rcpts: vec![QueueRcpt {
+            address: to.to_string(),
+            notify: vec![],
+            orcpt: None,
+        }],
+        ret: None,
+        envid: None,
+        created: now(),
+        next_attempt: now(),
+        attempts: 0,
+        last_error: None,
+        blob: 0,
+        smtputf8: !to.is_ascii(),
+        decisions: vec!["bounce".into()],
+        warned: true,
+    };
+    shared.store.enqueue(entry, bounce)?;
+    shared.queue_wakeup.notify_one();
+    Ok(())
+}
+
+/// RFC 3461 xtext encoding.
+fn xtext(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+                (b as char).to_string()
+            } else {
+                format!("+{b:02X}")
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,946 @@
+#!/usr/bin/env python3
+"""SMTP inbound benchmark: Corvus against Postfix on the same machine, in one run.
+
+This is a benchmark, not a test: it prints numbers and never fails on them.
+
+What it measures, for each server and each concurrency (default 1, 10, 100):
+  * end-to-end rate: N messages of 5 KB sent with Postfix's `smtp-source`, messages per
+    second from the start of the run until all N are in the recipient's mailbox. Corvus
+    files the message in the store (durably, group commit) before its 250 reply, so the
+    time at which smtp-source exits is end-to-end; the count is verified afterwards.
+    Postfix queues durably before its 250, then delivers with local(8) into a Maildir;
+    the run ends when N files are in Maildir/new.
+  * server CPU per message: utime+stime of the server process(es) from /proc before and
+    after the run, divided by N (Postfix: master plus every child, including children that
+    exited during the run, which show up in master's cutime/cstime).
+  * memory per idle connection: RSS of the Corvus process before and after opening
+    1000 idle connections that have read the 220 greeting; for Postfix (one smtpd process
+    per connection, 100 processes by default) RSS and PSS of the smtpd processes.
+
+Requirements: root (installs the postfix package when smtp-source is missing, creates a
+Postfix instance `postfix-bench` with postmulti, and a local user `smtpbench` whose
+~/Maildir receives Postfix's deliveries), python3, a release build of Corvus.
+
+Usage:
+  cargo build --release -p corvus
+  sudo tests/bench/smtp_bench.py                     # everything, default settings
+  sudo tests/bench/smtp_bench.py --servers corvus    # only Corvus
+  CORVUS_BIN=/path/to/corvus tests/bench/smtp_bench.py --concurrency 10 --seconds 20
+
+Everything it writes goes to a temporary directory (removed at the end unless --keep),
+/etc/postfix-bench, /var/spool/postfix-bench, /var/lib/postfix-bench,
+/var/log/postfix-bench.log and ~smtpbench/Maildir (emptied at the end). Postfix is left
+stopped.
+"""
+
+import argparse
+import json
+import math
+import os
+import poplib
+import pwd
+import re
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+DOMAIN = "bench.test"
+SENDER = "sender@client.example"
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def sh(cmd, check=True, **kw):
+    """Run a command (list), return CompletedProcess with text output."""
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+    return r
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc helpers
+
+
+def proc_stat(pid):
+    """(comm, ppid, utime, stime, cutime, cstime) in clock ticks, or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            s = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    comm = s[s.index("(") + 1 : s.rindex(")")]
+    rest = s[s.rindex(")") + 2 :].split()
+    # rest[0] is field 3 (state); utime is field 14.
+    return comm, int(rest[1]), int(rest[11]), int(rest[12]), int(rest[13]), int(rest[14])
+
+
+def status_kb(pid, key):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except FileNotFoundError:
+        pass
+    return 0
+
+
+def pss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, PermissionError):
+        pass
+    return 0
+
+
+def children_of(ppid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            st = proc_stat(int(d))
+            if st and st[1] == ppid:
+                out.append((int(d), st))
+    return out
+
+
+def machine_cpu():
+    """(busy, total) jiffies of the whole machine."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    total = sum(v[:8])
+    return total - idle, total
+
+
+def disk_probe(directory, writers, seconds=2.0):
+    """fdatasync'ed 5 KB appends per second with `writers` threads in `directory` (context for
+    the disk-bound runs: one writer is what c=1 can get at best without group commit)."""
+    import threading
+
+    counts = []
+
+    def work(i):
+        path = os.path.join(directory, f"probe-{i}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        n, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            os.write(fd, b"x" * 5120)
+            os.fdatasync(fd)
+            n += 1
+        os.close(fd)
+        os.unlink(path)
+        counts.append(n)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / seconds
+
+
+def port_free(port):
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def wait_greeting(port, timeout=30.0):
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                data = s.recv(512)
+                if data.startswith(b"220"):
+                    s.sendall(b"QUIT\r\n")
+                    return
+                last = data
+        except OSError as e:
+            last = e
+        time.sleep(0.2)
+    raise RuntimeError(f"no SMTP greeting on 127.0.0.1:{port}: {last!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loopback DNS
+
+
+class LoopbackDns:
+    """A tiny authoritative-style DNS responder on 127.0.0.1 (UDP and TCP) for Corvus' FCrDNS
+    check of the benchmark's client address, so that no run depends on the machine's resolver.
+    It answers what /etc/hosts gives Postfix: PTR 1.0.0.127.in-addr.arpa -> localhost and
+    A localhost -> 127.0.0.1 (TTL 300), and NXDOMAIN with an SOA (negatively cacheable) for
+    everything else."""
+
+    PTR_NAME = "1.0.0.127.in-addr.arpa"
+
+    def __init__(self):
+        import threading
+
+        self.queries = 0
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
+        self.port = self.udp.getsockname()[1]
+        self.tcp = socket.socket()
+        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.tcp.bind(("127.0.0.1", self.port))
+        self.tcp.listen(64)
+        for target in (self._serve_udp, self._serve_tcp):
+            threading.Thread(target=target, daemon=True).start()
+
+    def answer(self, q):
+        self.queries += 1
+        if len(q) < 17:
+            return None
+        i, labels = 12, []
+        while i < len(q) and q[i] != 0:
+            n = q[i]
+            labels.append(q[i + 1 : i + 1 + n].decode("ascii", "replace").lower())
+            i += 1 + n
+        qend = i + 5
+        if qend > len(q):
+            return None
+        qtype = int.from_bytes(q[i + 1 : i + 3], "big")
+        name = ".".join(labels)
+        question = q[12:qend]
+        ttl = (300).to_bytes(4, "big")
+        rcode, answers, authority = 0, b"", b""
+        if name == self.PTR_NAME and qtype == 12:
+            rdata = b"\x09localhost\x00"
+            answers = b"\xc0\x0c" + (12).to_bytes(2, "big") + b"\x00\x01" + ttl + len(rdata).to_bytes(2, "big") + rdata
+        elif name == "localhost" and qtype == 1:
+            answers = b"\xc0\x0c\x00\x01\x00\x01" + ttl + b"\x00\x04" + bytes([127, 0, 0, 1])
+        else:
+            if name not in ("localhost", self.PTR_NAME):
+                rcode = 3
+            soa = b"\x00\x00" + (1).to_bytes(4, "big") + (3600).to_bytes(4, "big") * 3 + (300).to_bytes(4, "big")
+            authority = b"\x00\x00\x06\x00\x01" + ttl + len(soa).to_bytes(2, "big") + soa
+        flags = 0x8400 | (q[2] & 0x01) << 8 | 0x80 | rcode  # QR AA (RD copied) RA
+        header = (q[:2] + flags.to_bytes(2, "big") + b"\x00\x01"
+                  + (1 if answers else 0).to_bytes(2, "big")
+                  + (1 if authority else 0).to_bytes(2, "big") + b"\x00\x00")
+        return header + question + answers + authority
+
+    def _serve_udp(self):
+        while True:
+            try:
+                q, addr = self.udp.recvfrom(4096)
+            except OSError:
+                return
+            r = self.answer(q)
+            if r:
+                self.udp.sendto(r, addr)
+
+    def _serve_tcp(self):
+        import threading
+
+        def conn(c):
+            with c:
+                while True:
+                    h = c.recv(2)
+                    if len(h) < 2:
+                        return
+                    n = int.from_bytes(h, "big")
+                    q = b""
+                    while len(q) < n:
+                        chunk = c.recv(n - len(q))
+                        if not chunk:
+                            return
+                        q += chunk
+                    r = self.answer(q)
+                    if r:
+                        c.sendall(len(r).to_bytes(2, "big") + r)
+
+        while True:
+            try:
+                c, _ = self.tcp.accept()
+            except OSError:
+                return
+            threading.Thread(target=conn, args=(c,), daemon=True).start()
+
+
+# ---------------------------------------------------------------------------------------------
+# Corvus
+
+
+class Corvus:
+    name = "Corvus"
+
+    def __init__(self, binary, tmp, port, pop3_port, log_level, dns_port=None, user="user"):
+        self.binary = binary
+        self.dns_port = dns_port
+        self.dir = os.path.join(tmp, "corvus")
+        self.port = port
+        self.pop3_port = pop3_port
+        self.log_level = log_level
+        self.user = user
+        self.address = f"{user}@{DOMAIN}"
+        self.password = "bench-password"
+        self.proc = None
+        self.cfg = os.path.join(self.dir, "corvus.toml")
+        self.logfile = os.path.join(self.dir, "corvus.log")
+        self.delivered_expected = 0
+        self.verify_method = None
+
+    def setup(self):
+        os.makedirs(self.dir, exist_ok=True)
+        with open(self.cfg, "w") as f:
+            f.write(
+                f"""hostname = "corvus-bench.test"
+data_dir = "{self.dir}/data"
+domains = ["{DOMAIN}"]
+shutdown_timeout = "5s"
+
+[listen]
+smtp = "127.0.0.1:{self.port}"
+pop3 = "127.0.0.1:{self.pop3_port}"
+
+[smtp]
+max_messages_per_session = 1000000
+max_recipients = 100
+max_connections = 20000
+max_connections_per_ip = 5000
+
+[log]
+level = "{self.log_level}"
+"""
+            )
+            if self.dns_port:
+                f.write(f"""
+[dns]
+nameservers = ["127.0.0.1:{self.dns_port}"]
+""")
+        sh([self.binary, "-c", self.cfg, "user", "add", self.address, "--password", self.password])
+
+    def start(self):
+        for p in (self.port, self.pop3_port):
+            if not port_free(p):
+                raise RuntimeError(f"port {p} is in use; pick others with --corvus-port/--pop3-port")
+        self.logf = open(self.logfile, "ab")
+        self.proc = subprocess.Popen(
+            [self.binary, "-c", self.cfg, "serve"],
+            stdout=self.logf,
+            stderr=self.logf,
+            stdin=subprocess.DEVNULL,
+            env={k: v for k, v in os.environ.items() if k != "RUST_LOG" and not k.startswith("CORVUS_")},
+        )
+        wait_greeting(self.port)
+        log(f"Corvus running, pid {self.proc.pid}, smtp 127.0.0.1:{self.port}, data {self.dir}")
+
+    def pid(self):
+        return self.proc.pid
+
+    def cpu_ticks(self):
+        st = proc_stat(self.proc.pid)
+        return st[2] + st[3] + st[4] + st[5]
+
+    def cpu_breakdown(self):
+        return {}
+
+    def before_run(self):
+        pass
+
+    def count(self):
+        return 0
+
+    def wait_delivered(self, n, base, t_accept, stall_timeout):
+        # 250 is sent only after the store flush, so acceptance is end-to-end.
+        return t_accept
+
+    def after_run(self, n):
+        self.delivered_expected += n
+
+    def verify(self):
+        """Number of messages in the user's INBOX and how it was counted."""
+        n = self.mailbox_list()
+        if n is not None:
+            return n, "corvus mailbox list (INBOX count)"
+        n = self.pop3_stat()
+        if n is not None:
+            return n, "POP3 STAT"
+        if not any(l in self.log_level for l in ("info", "debug", "trace")):
+            return None, "none (no POP3 and --log-level hides the 'message accepted' lines)"
+        with open(self.logfile, "rb") as f:
+            n = sum(1 for line in f if b"message accepted" in line)
+        return n, "server log ('message accepted', written after the store flush)"
+
+    def mailbox_list(self):
+        """INBOX count from `corvus mailbox list ADDRESS` (through the control socket); None if
+        this Corvus has no such command."""
+        r = sh([self.binary, "-c", self.cfg, "mailbox", "list", self.address], check=False)
+        if r.returncode != 0:
+            return None
+        for line in r.stdout.splitlines():
+            name, _, count = line.partition("\t")
+            if name == "INBOX" and count.strip().isdigit():
+                return int(count)
+        return None
+
+    def pop3_stat(self):
+        """INBOX size via POP3 if Corvus already serves POP3; None otherwise."""
+        try:
+            try:
+                p = poplib.POP3("127.0.0.1", self.pop3_port, timeout=5)
+            except (OSError, poplib.error_proto):
+                return None
+            try:
+                try:
+                    p.user(self.address)
+                    p.pass_(self.password)
+                except poplib.error_proto:
+                    p.close()
+                    p = poplib.POP3("127.0.0.1", self.pop3_port, timeout=5)
+                    ctx = ssl.create_default_context()
+                    ctx.check_hostname = False
+                    ctx.verify_mode = ssl.CERT_NONE
+                    p.stls(ctx)
+                    p.user(self.address)
+                    p.pass_(self.password)
+                count, _size = p.stat()
+                return count
+            finally:
+                try:
+                    p.quit()
+                except Exception:
+                    pass
+        except Exception:
+            return None
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "logf", None):
+            self.logf.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Postfix
+
+
+class Postfix:
+    name = "Postfix"
+    instance = "postfix-bench"
+    conf = "/etc/postfix-bench"
+    spool = "/var/spool/postfix-bench"
+    user = "smtpbench"
+
+    def __init__(self, port):
+        self.port = port
+        self.address = f"{self.user}@{DOMAIN}"
+
+    @staticmethod
+    def ensure_installed():
+        if os.path.exists(SMTP_SOURCE) and shutil.which("postmulti"):
+            return
+        if os.geteuid() != 0:
+            raise RuntimeError("postfix is not installed and we are not root")
+        log("installing postfix (Debian package) ...")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        sel = "postfix postfix/main_mailer_type select Local only\npostfix postfix/mailname string bench.invalid\n"
+        subprocess.run(["debconf-set-selections"], input=sel, text=True, check=True)
+        cand = sh(["apt-cache", "policy", "postfix"], check=False).stdout
+        if "Candidate: (none)" in cand or "Candidate:" not in cand:
+            sh(["apt-get", "update", "-q"], env=env)
+        sh(["apt-get", "install", "-y", "-q", "postfix"], env=env)
+
+    def pf(self, *args, check=True):
+        return sh(["postfix", "-c", self.conf, *args], check=check)
+
+    def setup(self):
+        self.ensure_installed()
+        # Multi-instance support (idempotent), then our own instance.
+        if sh(["postconf", "-h", "multi_instance_enable"], check=False).stdout.strip() != "yes":
+            sh(["postmulti", "-e", "init"])
+        if not os.path.exists(os.path.join(self.conf, "main.cf")):
+            sh(["postmulti", "-I", self.instance, "-e", "create"])
+        self.stop()
+        sh(["postsuper", "-c", self.conf, "-d", "ALL"], check=False)  # leftovers of an aborted run
+        # Local account receiving the mail in ~/Maildir.
+        try:
+            pw = pwd.getpwnam(self.user)
+        except KeyError:
+            sh(["useradd", "-m", "-s", "/usr/sbin/nologin", self.user])
+            pw = pwd.getpwnam(self.user)
+        self.maildir = os.path.join(pw.pw_dir, "Maildir")
+        for sub in ("", "new", "cur", "tmp"):
+            d = os.path.join(self.maildir, sub)
+            os.makedirs(d, exist_ok=True)
+            os.chown(d, pw.pw_uid, pw.pw_gid)
+            os.chmod(d, 0o700)
+        self.clear_maildir()
+        params = {
+            "myhostname": "postfix-bench.test",
+            "mydomain": DOMAIN,
+            "myorigin": DOMAIN,
+            "mydestination": DOMAIN,
+            "inet_interfaces": "loopback-only",
+            "inet_protocols": "ipv4",
+            "mynetworks": "127.0.0.0/8",
+            "master_service_disable": "",
+            "relayhost": "",
+            "home_mailbox": "Maildir/",
+            "alias_maps": "hash:/etc/aliases",
+            "alias_database": "hash:/etc/aliases",
+            "biff": "no",
+            "append_dot_mydomain": "no",
+            "maillog_file": "/var/log/postfix-bench.log",
+            "message_size_limit": "10240000",  # the Postfix default (below mailbox_size_limit)
+        }
+        sh(["postconf", "-c", self.conf, "-e"] + [f"{k}={v}" for k, v in params.items()])
+        # master.cf: smtpd on our loopback port instead of :25, nothing chrooted (a chroot
+        # would need copies of /etc files that a fresh instance does not have).
+        path = os.path.join(self.conf, "master.cf")
+        with open(path) as f:
+            lines = f.read().splitlines()
+        out = []
+        for line in lines:
+            fields = line.split()
+            if line and not line[0].isspace() and not line.startswith("#") and len(fields) >= 8:
+                if fields[1] == "inet" and fields[7] == "smtpd":
+                    fields[0] = f"127.0.0.1:{self.port}"
+                fields[4] = "n"
+                line = "  ".join(fields[:7]) + "  " + " ".join(fields[7:])
+            out.append(line)
+        with open(path, "w") as f:
+            f.write("\n".join(out) + "\n")
+        if not os.path.exists("/etc/aliases.db"):
+            sh(["newaliases"], check=False)
+        self.pf("check", check=False)
+        sh(["postmulti", "-i", self.instance, "-e", "enable"], check=False)
+
+    def running(self):
+        return self.pf("status", check=False).returncode == 0
+
+    def start(self):
+        if not port_free(self.port):
+            raise RuntimeError(f"port {self.port} is in use; pick another with --postfix-port")
+        self.pf("start")
+        wait_greeting(self.port)
+        log(f"Postfix instance {self.instance} running, master pid {self.pid()}, smtpd 127.0.0.1:{self.port}")
+
+    def stop(self):
+        if self.running():
+            self.pf("stop", check=False)
+            for _ in range(100):
+                if not self.running():
+                    break
+                time.sleep(0.1)
+
+    def pid(self):
+        with open(os.path.join(self.spool, "pid", "master.pid")) as f:
+            return int(f.read().strip())
+
+    def cpu_ticks(self):
+        master = self.pid()
+        st = proc_stat(master)
+        total = st[2] + st[3] + st[4] + st[5]  # cutime/cstime: children that exited
+        for _pid, c in children_of(master):
+            total += c[2] + c[3] + c[4] + c[5]
+        return total
+
+    def cpu_breakdown(self):
+        """Live children's CPU by program name (exited ones are in master's cutime)."""
+        out = {}
+        for _pid, c in children_of(self.pid()):
+            out[c[0]] = out.get(c[0], 0) + c[2] + c[3]
+        return out
+
+    def clear_maildir(self):
+        for sub in ("new", "cur", "tmp"):
+            d = os.path.join(self.maildir, sub)
+            with os.scandir(d) as it:
+                for e in it:
+                    os.unlink(e.path)
+
+    def queue_files(self):
+        n = 0
+        for q in ("maildrop", "incoming", "active", "deferred", "hold"):
+            for _root, _dirs, files in os.walk(os.path.join(self.spool, q)):
+                n += len(files)
+        return n
+
+    def before_run(self):
+        left = self.queue_files()
+        if left:
+            log(f"warning: {left} files still in the Postfix queue before the run")
+        self.clear_maildir()
+
+    def count(self):
+        n = 0
+        with os.scandir(os.path.join(self.maildir, "new")) as it:
+            for _ in it:
+                n += 1
+        return n
+
+    def wait_delivered(self, n, base, t_accept, stall_timeout):
+        last, last_change = -1, time.monotonic()
+        while True:
+            c = self.count() - base
+            now = time.monotonic()
+            if c >= n:
+                return now
+            if c != last:
+                last, last_change = c, now
+            elif now - last_change > stall_timeout:
+                log(f"Postfix: only {c}/{n} in the Maildir after {stall_timeout}s without progress")
+                return None
+            time.sleep(0.05)
+
+    def after_run(self, n):
+        # Let qmgr finish its bookkeeping (queue file removal) so its CPU is counted.
+        end = time.monotonic() + 30
+        while self.queue_files() and time.monotonic() < end:
+            time.sleep(0.1)
+
+    def verify(self):
+        return self.count(), "files in Maildir/new"
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+
+def send(server, conc, n, size, extra_opts, stall_timeout):
+    """One smtp-source run; returns a dict of results."""
+    server.before_run()
+    base = server.count()
+    cpu0 = server.cpu_ticks()
+    m0 = machine_cpu()
+    load0 = os.getloadavg()[0]
+    cmd = [SMTP_SOURCE, "-s", str(conc), "-m", str(n), "-l", str(size), "-f", SENDER,
+           "-t", server.address, *extra_opts, f"127.0.0.1:{server.port}"]
+    errf = tempfile.TemporaryFile()
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, stdin=subprocess.DEVNULL)
+    _, status, ru = os.wait4(p.pid, 0)
+    t_accept = time.monotonic()
+    t_end = server.wait_delivered(n, base, t_accept, stall_timeout)
+    server.after_run(n)
+    cpu1 = server.cpu_ticks()
+    m1 = machine_cpu()
+    errf.seek(0)
+    err = errf.read().decode(errors="replace")
+    client_cpu = ru.ru_utime + ru.ru_stime
+    bad = [l for l in err.splitlines() if l.strip()]
+    res = {
+        "server": server.name,
+        "concurrency": conc,
+        "messages": n,
+        "accept_s": t_accept - t0,
+        "e2e_s": (t_end - t0) if t_end else None,
+        "accept_rate": n / (t_accept - t0),
+        "e2e_rate": n / (t_end - t0) if t_end else None,
+        "server_cpu_ms_per_msg": (cpu1 - cpu0) / CLK_TCK * 1000 / n,
+        "client_cpu_ms_per_msg": client_cpu * 1000 / n,
+        "machine_busy": (m1[0] - m0[0]) / max(1, m1[1] - m0[1]),
+        "load1_before": load0,
+        "load1_after": os.getloadavg()[0],
+        "smtp_source_status": os.waitstatus_to_exitcode(status),
+        "smtp_source_messages": len(bad),
+        "smtp_source_stderr_head": bad[:5],
+    }
+    return res
+
+
+def idle_connections(port, count, timeout=120.0):
+    """Open `count` connections and read each one's 220 greeting; returns the sockets."""
+    socks = []
+    sel = selectors.DefaultSelector()
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.setblocking(False)
+        socks.append(s)
+        sel.register(s, selectors.EVENT_READ, bytearray())
+    pending = count
+    end = time.monotonic() + timeout
+    while pending and time.monotonic() < end:
+        for key, _ in sel.select(timeout=1):
+            buf = key.data
+            try:
+                chunk = key.fileobj.recv(1024)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise RuntimeError(f"server closed an idle connection before greeting: {bytes(buf)!r}")
+            buf += chunk
+            if b"\n" in buf:
+                if not buf.startswith(b"220"):
+                    raise RuntimeError(f"unexpected greeting {bytes(buf)!r}")
+                sel.unregister(key.fileobj)
+                pending -= 1
+    sel.close()
+    if pending:
+        raise RuntimeError(f"{pending} of {count} connections got no greeting in {timeout}s")
+    return socks
+
+
+def corvus_idle_memory(corvus, count):
+    pid = corvus.pid()
+    # Warm up: worker threads, resolver cache, allocator arenas.
+    for s in idle_connections(corvus.port, 50):
+        s.close()
+    time.sleep(1.0)
+    before = status_kb(pid, "VmRSS")
+    socks = idle_connections(corvus.port, count)
+    time.sleep(1.0)
+    after = status_kb(pid, "VmRSS")
+    for s in socks:
+        s.close()
+    return {"connections": count, "rss_before_kb": before, "rss_after_kb": after,
+            "kb_per_conn": (after - before) / count}
+
+
+def postfix_idle_memory(postfix, count):
+    master = postfix.pid()
+
+    def snapshot():
+        procs = children_of(master)
+        smtpd = [p for p, st in procs if st[0] == "smtpd"]
+        allp = [master] + [p for p, _ in procs]
+        return {
+            "smtpd": len(smtpd),
+            "smtpd_rss": sum(status_kb(p, "VmRSS") for p in smtpd),
+            "smtpd_pss": sum(pss_kb(p) for p in smtpd),
+            "all_rss": sum(status_kb(p, "VmRSS") for p in allp),
+            "all_pss": sum(pss_kb(p) for p in allp),
+        }
+
+    before = snapshot()
+    socks = idle_connections(postfix.port, count)
+    time.sleep(1.0)
+    after = snapshot()
+    for s in socks:
+        s.close()
+    n = max(1, after["smtpd"])
+    return {
+        "connections": count,
+        "smtpd_processes": after["smtpd"],
+        "rss_kb_per_smtpd": after["smtpd_rss"] / n,
+        "pss_kb_per_smtpd": after["smtpd_pss"] / n,
+        "instance_rss_delta_kb_per_conn": (after["all_rss"] - before["all_rss"]) / count,
+        "instance_pss_delta_kb_per_conn": (after["all_pss"] - before["all_pss"]) / count,
+    }
+
+
+def pick_n(server, conc, args):
+    if args.messages:
+        return args.messages
+    cal = max(300, conc * 5)
+    r = send(server, conc, cal, args.size, args.smtp_source_opts, args.stall_timeout)
+    rate = r["e2e_rate"] or r["accept_rate"]
+    n = int(math.ceil(rate * args.seconds / 100.0) * 100)
+    n = max(args.min_messages, min(args.max_messages, n))
+    log(f"  calibration {server.name} c={conc}: {cal} msgs at {rate:.0f}/s -> N={n}")
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _interrupted(_signum, _frame):
+    raise KeyboardInterrupt
+
+
+def fmt(v, spec):
+    return "—" if v is None else format(v, spec)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--servers", default=os.environ.get("BENCH_SERVERS", "corvus,postfix"),
+                    help="comma-separated: corvus,postfix")
+    ap.add_argument("--concurrency", default="1,10,100")
+    ap.add_argument("--seconds", type=float, default=15.0,
+                    help="target duration of each run; N = calibrated rate × this (at least --min-messages)")
+    ap.add_argument("--messages", type=int, default=0, help="fixed N per run (skips calibration)")
+    ap.add_argument("--min-messages", type=int, default=2000)
+    ap.add_argument("--max-messages", type=int, default=100000)
+    ap.add_argument("--size", type=int, default=5120, help="message size for smtp-source -l")
+    ap.add_argument("--idle", type=int, default=1000, help="idle connections for the Corvus memory test")
+    ap.add_argument("--postfix-idle", type=int, default=100,
+                    help="idle connections for Postfix (its default smtpd process limit is 100)")
+    ap.add_argument("--corvus-bin", default=os.environ.get("CORVUS_BIN", os.path.join(REPO, "target/release/corvus")))
+    ap.add_argument("--corvus-port", type=int, default=25250)
+    ap.add_argument("--pop3-port", type=int, default=25251)
+    ap.add_argument("--postfix-port", type=int, default=25260)
+    ap.add_argument("--log-level", default="info", help="Corvus log level (info logs one line per message)")
+    ap.add_argument("--smtp-source-opts", default=os.environ.get("SMTP_SOURCE_OPTS", ""),
+                    help="extra smtp-source options, e.g. '-d' to reuse connections")
+    ap.add_argument("--system-dns", action="store_true",
+                    help="let Corvus use the system resolver for its FCrDNS lookups instead of the "
+                         "script's loopback DNS responder")
+    ap.add_argument("--stall-timeout", type=float, default=120.0)
+    ap.add_argument("--json", help="also write the results as JSON to this file")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args()
+    # SIGTERM (e.g. from timeout(1)) cleans up like Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupted)
+    args.smtp_source_opts = args.smtp_source_opts.split()
+    servers = [s.strip().lower() for s in args.servers.split(",") if s.strip()]
+    concs = [int(c) for c in args.concurrency.split(",")]
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, 65536)) if hard != resource.RLIM_INFINITY else 65536
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+    Postfix.ensure_installed()  # smtp-source drives both servers
+    machine = {
+        "nproc": os.cpu_count(),
+        "uptime_start": sh(["uptime"]).stdout.strip(),
+        "kernel": os.uname().release,
+        "postfix": sh(["postconf", "-h", "mail_version"], check=False).stdout.strip(),
+    }
+    log(f"machine: {machine}")
+
+    tmp = tempfile.mkdtemp(prefix="corvus-smtp-bench-")
+    machine["fdatasync_per_s_start"] = {w: round(disk_probe(tmp, w)) for w in (1, 20)}
+    log(f"disk: fdatasync/s with 1 and 20 writers: {machine['fdatasync_per_s_start']}")
+    corvus = postfix = None
+    results, memory = [], {}
+    try:
+        if "corvus" in servers:
+            if not os.access(args.corvus_bin, os.X_OK):
+                raise RuntimeError(f"{args.corvus_bin}: no Corvus binary; run `cargo build --release -p corvus` or set CORVUS_BIN")
+            dns = None if args.system_dns else LoopbackDns()
+            machine["corvus_dns"] = "system resolver" if dns is None else f"loopback responder 127.0.0.1:{dns.port}"
+            corvus = Corvus(args.corvus_bin, tmp, args.corvus_port, args.pop3_port, args.log_level,
+                            dns_port=dns.port if dns else None)
+            corvus.setup()
+            corvus.start()
+        if "postfix" in servers:
+            postfix = Postfix(args.postfix_port)
+            postfix.setup()
+            postfix.start()
+        active = [s for s in (corvus, postfix) if s]
+
+        if corvus:
+            memory["corvus"] = corvus_idle_memory(corvus, args.idle)
+            log(f"Corvus idle memory: {memory['corvus']}")
+        if postfix:
+            memory["postfix"] = postfix_idle_memory(postfix, args.postfix_idle)
+            log(f"Postfix idle memory: {memory['postfix']}")
+
+        for conc in concs:
+            for server in active:
+                n = pick_n(server, conc, args)
+                r = send(server, conc, n, args.size, args.smtp_source_opts, args.stall_timeout)
+                if server is postfix:
+                    r["cpu_by_process_live"] = postfix.cpu_breakdown()
+                results.append(r)
+                log(f"  {server.name:8} c={conc:<4} N={n:<6} e2e {fmt(r['e2e_rate'], '.0f')}/s "
+                    f"(accept {r['accept_rate']:.0f}/s), {r['server_cpu_ms_per_msg']:.3f} ms CPU/msg, "
+                    f"machine busy {r['machine_busy']*100:.0f}%"
+                    + (f", smtp-source said: {r['smtp_source_stderr_head']}" if r["smtp_source_messages"] else ""))
+
+        # Verify the mailbox counts.
+        verification = {}
+        if corvus:
+            # Calibration runs deliver too: expected counts every message sent to Corvus.
+            got, how = corvus.verify()
+            verification["corvus"] = {"in_store": got, "sent": corvus.delivered_expected, "method": how}
+        if postfix:
+            last = [r for r in results if r["server"] == "Postfix"]
+            got, how = postfix.verify()
+            verification["postfix"] = {"last_run_in_maildir": got, "last_run_sent": last[-1]["messages"] if last else 0,
+                                       "method": how}
+        machine["uptime_end"] = sh(["uptime"]).stdout.strip()
+        machine["fdatasync_per_s_end"] = {w: round(disk_probe(tmp, w)) for w in (1, 20)}
+    finally:
+        if corvus:
+            corvus.stop()
+        if postfix:
+            postfix.stop()
+            try:
+                postfix.clear_maildir()
+            except Exception:
+                pass
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    report(machine, results, memory, verification, args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "results": results, "memory": memory,
+                       "verification": verification, "args": vars(args)}, f, indent=2)
+
+
+def report(machine, results, memory, verification, args):
+    print()
+    print(f"nproc {machine['nproc']}, kernel {machine['kernel']}, Postfix {machine['postfix']}")
+    print(f"uptime at start: {machine['uptime_start']}")
+    print(f"uptime at end:   {machine['uptime_end']}")
+    if "corvus_dns" in machine:
+        print(f"Corvus FCrDNS lookups: {machine['corvus_dns']}")
+    print(f"disk fdatasync/s (1 writer, 20 writers) at start: {machine['fdatasync_per_s_start']}, "
+          f"at end: {machine['fdatasync_per_s_end']}")
+    print(f"messages: {args.size} bytes (smtp-source -l), one connection per message unless -d given"
+          f" (extra smtp-source options: {' '.join(args.smtp_source_opts) or 'none'})")
+    print()
+    print("| server | conc | N | accepted msg/s | end-to-end msg/s | server CPU ms/msg | client CPU ms/msg | machine busy | smtp-source errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['server']} | {r['concurrency']} | {r['messages']} | {r['accept_rate']:.0f} | "
+              f"{fmt(r['e2e_rate'], '.0f')} | {r['server_cpu_ms_per_msg']:.3f} | {r['client_cpu_ms_per_msg']:.3f} | "
+              f"{r['machine_busy']*100:.0f}% | {r['smtp_source_messages']} |")
+    by = {(r["server"], r["concurrency"]): r for r in results}
+    concs = sorted({r["concurrency"] for r in results})
+    if any(s == "Postfix" for s, _ in by) and any(s == "Corvus" for s, _ in by):
+        print()
+        print("| conc | Corvus msg/s | Postfix msg/s | ratio | Corvus CPU ms/msg | Postfix CPU ms/msg |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for c in concs:
+            a, b = by.get(("Corvus", c)), by.get(("Postfix", c))
+            if not (a and b):
+                continue
+            ratio = a["e2e_rate"] / b["e2e_rate"] if a["e2e_rate"] and b["e2e_rate"] else None
+            print(f"| {c} | {fmt(a['e2e_rate'], '.0f')} | {fmt(b['e2e_rate'], '.0f')} | {fmt(ratio, '.1f')}× | "
+                  f"{a['server_cpu_ms_per_msg']:.3f} | {b['server_cpu_ms_per_msg']:.3f} |")
+    print()
+    if "corvus" in memory:
+        m = memory["corvus"]
+        print(f"Corvus idle memory: {m['connections']} connections, RSS {m['rss_before_kb']} -> "
+              f"{m['rss_after_kb']} KB = {m['kb_per_conn']:.1f} KB per connection")
+    if "postfix" in memory:
+        m = memory["postfix"]
+        print(f"Postfix idle memory: {m['connections']} connections, {m['smtpd_processes']} smtpd processes, "
+              f"RSS {m['rss_kb_per_smtpd']:.0f} KB / PSS {m['pss_kb_per_smtpd']:.0f} KB per smtpd; instance "
+              f"delta RSS {m['instance_rss_delta_kb_per_conn']:.0f} KB / PSS {m['instance_pss_delta_kb_per_conn']:.0f} KB per connection")
+    for k, v in verification.items():
+        got = v.get("in_store", v.get("last_run_in_maildir"))
+        want = v.get("sent", v.get("last_run_sent"))
+        verdict = "" if got is None else ("OK" if got == want else "MISMATCH")
+        print(f"verification {k}: {verdict} {v}")
+
+
+if __name__ == "__main__":
+    main()
