@@ -37,6 +37,12 @@ for _cmd in ("ENABLE", "ID", "MOVE", "UNSELECT", "NAMESPACE", "IDLE"):
     imaplib.Commands.setdefault(_cmd, ("AUTH", "SELECTED", "NONAUTH"))
 
 
+def server_env() -> dict:
+    """The environment for corvus processes: without CORVUS_* variables, which Corvus reads
+    as configuration (CORVUS_BIN, set by tests/run, would be an unknown key `bin`)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CORVUS_")}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -151,9 +157,8 @@ class Server:
 
     def start(self):
         assert self.proc is None or self.proc.poll() is not None
-        env = dict(os.environ)
-        env.pop("CORVUS_CONFIG", None)
         self.log = open(self.log_path, "ab")
+        env = server_env()
         self.proc = subprocess.Popen([CORVUS_BIN, "-c", str(self.config), "serve"],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      cwd=self.base)
@@ -200,7 +205,7 @@ class Server:
 
     def cli(self, *args, check=True) -> subprocess.CompletedProcess:
         r = subprocess.run([CORVUS_BIN, "-c", str(self.config), *args], capture_output=True,
-                           text=True, timeout=60)
+                           text=True, timeout=60, env=server_env())
         if check:
             assert r.returncode == 0, f"corvus {args}: {r.stdout}\n{r.stderr}"
         return r

@@ -218,8 +218,14 @@ def test_examine_is_read_only(imap_server, user):
     assert b" NO " in tagged
     _, tagged = r.cmd("EXPUNGE")
     assert b" NO " in tagged
+    # Neither CLOSE nor UNSELECT of a read-only mailbox expunges.
+    r.ok("SELECT INBOX")
+    r.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    r.ok("EXAMINE INBOX")
+    r.ok("CLOSE")
     _, tagged = r.cmd("SELECT INBOX")
     assert b"[READ-WRITE]" in tagged
+    assert fetch_uids(r) == [1]
     r.close()
 
 

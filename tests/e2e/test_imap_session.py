@@ -73,6 +73,26 @@ def test_starttls_twice_and_after_login_refused(make_server):
     r.close()
 
 
+def test_starttls_discards_pipelined_plaintext(make_server):
+    """Commands sent in the same packet after STARTTLS are not executed (no plaintext
+    command injection into the TLS session, as in CVE-2011-0411)."""
+    srv = make_server(imap={"allow_plaintext_auth": False})
+    u = srv.add_user()
+    r = srv.raw()
+    r.send(f'a STARTTLS\r\nb LOGIN "{u}" "{PASSWORD}"\r\n')
+    assert r.line().startswith(b"a OK")
+    try:
+        r.starttls()
+    except OSError:
+        return  # the leftover bytes broke the handshake: also no injection
+    untagged, tagged = r.cmd("CAPABILITY", tag="c")
+    assert not any(l.startswith(b"b ") for l in untagged)
+    assert "AUTH=PLAIN" in caps_of(untagged[0])  # still not logged in
+    _, tagged = r.cmd("SELECT INBOX")
+    assert b" BAD " in tagged
+    r.close()
+
+
 def test_imaps_login_and_capabilities(make_server):
     srv = make_server(imap={"allow_plaintext_auth": False})
     u = srv.add_user()

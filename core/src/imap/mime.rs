@@ -54,7 +54,7 @@ pub fn parse_header<'a>(msg: &'a [u8], start: usize, end: usize) -> (Vec<Field<'
         flush(&mut fields, cur.take(), p);
         if let Some(colon) = memchr::memchr(b':', line) {
             let name = &line[..colon];
-            if !name.is_empty() && !name.iter().any(|&b| b == b' ' && false) {
+            if !name.is_empty() {
                 cur = Some((p, p + colon));
             }
         }
@@ -782,7 +782,7 @@ fn extension(out: &mut Vec<u8>, fields: &[Field<'_>]) {
     nstring(
         out,
         field(fields, "Content-Location")
-            .map(|v| unfold(v))
+            .map(unfold)
             .as_deref()
             .map(trim),
     );

@@ -422,7 +422,7 @@ impl Session {
                         _ => {}
                     }
                 }
-                self.untagged(&format!("ENABLED {}", on.join(" ")).trim_end().to_string());
+                self.untagged(format!("ENABLED {}", on.join(" ")).trim_end());
                 Ok("ENABLE completed".into())
             }
             Command::Enable(_) => Err(Resp::Bad("Log in first".into())),
@@ -959,7 +959,6 @@ impl Session {
                 }
             }
         }
-        let read_only = read_only || false;
         self.selected = Some(Selected {
             mailbox: mb,
             read_only,
