@@ -169,6 +169,52 @@ fn main() {
             measure(&chain, &c)
         );
     }
+
+    println!();
+    println!("| where the time goes (on_data, one script) | µs per call |");
+    println!("|---|---:|");
+    let parts: [(&str, &str); 8] = [
+        ("empty function", "fn on_data(ctx) { }"),
+        (
+            "read 5 envelope properties",
+            "fn on_data(ctx) { let x = [ctx.client_ip, ctx.helo, ctx.mail_from, ctx.rcpt, ctx.user]; }",
+        ),
+        (
+            "read ctx.config twice",
+            "fn on_data(ctx) { let a = ctx.config; let b = ctx.config; }",
+        ),
+        ("ctx.subject", "fn on_data(ctx) { let s = ctx.subject; }"),
+        (
+            "ctx.header(\"List-Id\")",
+            "fn on_data(ctx) { let s = ctx.header(\"List-Id\"); }",
+        ),
+        ("ctx.body", "fn on_data(ctx) { let s = ctx.body; }"),
+        (
+            "add_header",
+            "fn on_data(ctx) { ctx.add_header(\"X-A\", \"b\"); }",
+        ),
+        (
+            "loop over 3 words, contains",
+            "fn on_data(ctx) { let s = \"your invoice for november\"; for w in [\"invoice\", \"webinar\", \"lottery\"] { if s.contains(w) { } } }",
+        ),
+    ];
+    let config = serde_json::json!({"rules": [{"words": ["invoice", "payment"], "tag": "finance"}, {"words": ["webinar"], "tag": "bulk"}]});
+    for (what, src) in parts {
+        let h: Arc<dyn HookEngine> = Arc::new(
+            RhaiHook::from_source(
+                "part.rhai",
+                src,
+                LoadOptions {
+                    config: config.as_object().cloned().unwrap_or_default(),
+                    ..LoadOptions::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let chain = HookChain::new(vec![h]);
+        println!("| {what} | {:.2} |", measure(&chain, &ctx(HookPoint::Data)));
+    }
+
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -259,42 +259,65 @@ impl ScriptEnv {
     }
 }
 
-/// Facts from the message, parsed on first use within one call.
+/// The header fields of the message, scanned on first use within one call: (lower-case name,
+/// unfolded value with RFC 2047 encoded words decoded) in message order.
+fn scan_headers(raw: &[u8]) -> Vec<(String, String)> {
+    let head = &raw[..crate::message::header_end(raw)];
+    let mut fields: Vec<(String, Vec<u8>)> = Vec::new();
+    for line in head.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            // Folded continuation: unfolding removes the line break, keeps the white space.
+            if let Some((_, v)) = fields.last_mut() {
+                v.extend_from_slice(line);
+            }
+            continue;
+        }
+        if let Some(colon) = line.iter().position(|&b| b == b':') {
+            let name = String::from_utf8_lossy(line[..colon].trim_ascii()).to_ascii_lowercase();
+            fields.push((name, line[colon + 1..].to_vec()));
+        }
+    }
+    fields
+        .into_iter()
+        .map(|(name, v)| {
+            let value = String::from_utf8_lossy(v.trim_ascii()).into_owned();
+            let value = if value.contains("=?") {
+                decode_words(&value).unwrap_or(value)
+            } else {
+                value
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+/// A header value with RFC 2047 encoded words decoded (mail-parser's unstructured reading,
+/// the one it gives Subject).
+fn decode_words(value: &str) -> Option<String> {
+    let field = format!("Subject: {value}\r\n\r\n");
+    mail_parser::MessageParser::new()
+        .parse_headers(field.as_bytes())?
+        .subject()
+        .map(str::to_string)
+}
+
+/// Body text and attachments, from a full MIME parse on first use within one call.
 #[derive(Debug, Default)]
-struct MessageFacts {
-    subject: String,
+struct BodyFacts {
     body: String,
-    /// (lower-case name, value) in message order.
-    headers: Vec<(String, String)>,
     /// (name, content type, decoded size).
     attachments: Vec<(String, String, i64)>,
 }
 
-fn parse_message(raw: &[u8], max_text: usize) -> MessageFacts {
-    use mail_parser::{HeaderValue, MimeHeaders};
+fn parse_body(raw: &[u8], max_text: usize) -> BodyFacts {
+    use mail_parser::MimeHeaders;
     let Some(msg) = mail_parser::MessageParser::default().parse(raw) else {
-        return MessageFacts::default();
+        return BodyFacts::default();
     };
-    let headers = msg
-        .headers()
-        .iter()
-        .map(|h| {
-            let value = match h.value() {
-                HeaderValue::Text(t) => t.to_string(),
-                HeaderValue::TextList(l) => l.join(", "),
-                _ => {
-                    let (s, e) = (h.offset_start() as usize, h.offset_end() as usize);
-                    let rawv = raw.get(s..e).unwrap_or_default();
-                    String::from_utf8_lossy(rawv)
-                        .replace("\r\n", "")
-                        .replace('\n', "")
-                        .trim()
-                        .to_string()
-                }
-            };
-            (h.name().to_ascii_lowercase(), value)
-        })
-        .collect();
     let attachments = msg
         .attachments()
         .map(|p| {
@@ -313,10 +336,8 @@ fn parse_message(raw: &[u8], max_text: usize) -> MessageFacts {
             )
         })
         .collect();
-    MessageFacts {
-        subject: msg.subject().unwrap_or_default().to_string(),
+    BodyFacts {
         body: cut(msg.body_text(0).unwrap_or_default().into_owned(), max_text),
-        headers,
         attachments,
     }
 }
@@ -337,7 +358,8 @@ struct CtxInner {
     hook: HookCtx,
     config: Dynamic,
     max_text: usize,
-    message: OnceLock<MessageFacts>,
+    headers: OnceLock<Vec<(String, String)>>,
+    body: OnceLock<BodyFacts>,
     actions: Mutex<Actions>,
 }
 
@@ -352,7 +374,8 @@ impl ScriptCtx {
             hook,
             config,
             max_text,
-            message: OnceLock::new(),
+            headers: OnceLock::new(),
+            body: OnceLock::new(),
             actions: Mutex::new(Actions::default()),
         }))
     }
@@ -361,10 +384,25 @@ impl ScriptCtx {
         &self.0.hook
     }
 
-    fn message(&self) -> &MessageFacts {
-        self.0.message.get_or_init(|| match &self.0.hook.message {
-            Some(m) => parse_message(m, self.0.max_text),
-            None => MessageFacts::default(),
+    fn headers(&self) -> &[(String, String)] {
+        self.0.headers.get_or_init(|| match &self.0.hook.message {
+            Some(m) => scan_headers(m),
+            None => Vec::new(),
+        })
+    }
+
+    fn header(&self, name: &str) -> String {
+        self.headers()
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+
+    fn body(&self) -> &BodyFacts {
+        self.0.body.get_or_init(|| match &self.0.hook.message {
+            Some(m) => parse_body(m, self.0.max_text),
+            None => BodyFacts::default(),
         })
     }
 
@@ -524,7 +562,7 @@ fn register_api(e: &mut Engine, env: Arc<ScriptEnv>) {
         c.hook().listener.to_string()
     });
     e.register_get("config", |c: &mut ScriptCtx| c.0.config.clone());
-    e.register_get("subject", |c: &mut ScriptCtx| c.message().subject.clone());
+    e.register_get("subject", |c: &mut ScriptCtx| c.header("subject"));
     e.register_get("size", |c: &mut ScriptCtx| {
         c.hook()
             .message
@@ -532,9 +570,9 @@ fn register_api(e: &mut Engine, env: Arc<ScriptEnv>) {
             .map(|m| m.len() as i64)
             .unwrap_or(0)
     });
-    e.register_get("body", |c: &mut ScriptCtx| c.message().body.clone());
+    e.register_get("body", |c: &mut ScriptCtx| c.body().body.clone());
     e.register_get("attachments", |c: &mut ScriptCtx| -> Array {
-        c.message()
+        c.body()
             .attachments
             .iter()
             .map(|(name, ctype, size)| {
@@ -598,21 +636,11 @@ fn register_api(e: &mut Engine, env: Arc<ScriptEnv>) {
     });
 
     // Header lookups (case-insensitive names).
-    e.register_fn("header", |c: &mut ScriptCtx, name: &str| -> String {
-        let name = name.to_ascii_lowercase();
-        c.message()
-            .headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    });
+    e.register_fn("header", |c: &mut ScriptCtx, name: &str| c.header(name));
     e.register_fn("headers", |c: &mut ScriptCtx, name: &str| -> Array {
-        let name = name.to_ascii_lowercase();
-        c.message()
-            .headers
+        c.headers()
             .iter()
-            .filter(|(n, _)| *n == name)
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.clone().into())
             .collect()
     });
@@ -1347,6 +1375,19 @@ mod tests {
         assert_eq!(call(&h, &c).0.unwrap(), Verdict::Continue);
         c.remote_mx = Some("mx.y.example".into());
         assert!(matches!(call(&h, &c).0.unwrap(), Verdict::Tempfail { .. }));
+    }
+
+    #[test]
+    fn headers_are_unfolded_and_decoded() {
+        let raw = b"Subject: =?utf-8?B?w6l0w6k=?= and\r\n\tmore\r\nX-A:  v \r\nbad line\r\n\r\nNot: a header\r\n";
+        assert_eq!(
+            scan_headers(raw),
+            vec![
+                ("subject".to_string(), "été and\tmore".to_string()),
+                ("x-a".into(), "v".into())
+            ]
+        );
+        assert!(scan_headers(b"\r\nbody only").is_empty());
     }
 
     #[test]
