@@ -62,6 +62,8 @@ pub enum AdminCommand {
     },
     /// List aliases.
     AliasList,
+    /// Reload hook scripts in the running server (handled by the control socket itself).
+    Reload,
     /// List the outbound queue.
     QueueList,
     /// Show one queued message.
@@ -237,6 +239,12 @@ pub fn execute_with_progress(
         AdminCommand::AliasDel { alias } => {
             store.delete_alias(&alias)?;
             format!("removed alias {}", alias.to_lowercase())
+        }
+        AdminCommand::Reload => {
+            return Err(AdminError::Usage(
+                "no running server to reload (scripts are loaded when `corvus serve` starts)"
+                    .into(),
+            ));
         }
         AdminCommand::QueueList => {
             let mut q = store.queue()?;

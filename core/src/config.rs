@@ -1,7 +1,8 @@
 //! Configuration: one TOML file plus `CORVUS_` environment overrides, loaded with figment
 //! into one struct tree that rejects unknown keys.
 //!
-//! Which settings reload on SIGHUP: none yet; every setting is read at start.
+//! Which settings reload on SIGHUP (and `corvus reload`): the `[[hooks]]` list, whose scripts
+//! are recompiled; every other setting is read at start only.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,26 @@ pub struct Config {
     /// How long running sessions get to finish after SIGTERM/SIGINT.
     #[serde(with = "dur")]
     pub shutdown_timeout: Duration,
+    /// Ordered hook entries (`[[hooks]]`), run after the built-in policy at every hook point.
+    pub hooks: Vec<HookEntry>,
+    /// The file this was loaded from (not a key; set by [`Config::load`], used for reloads).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// One `[[hooks]]` entry: a Rhai script and the table handed to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookEntry {
+    /// Path of the Rhai script; a relative path is resolved against the config file's directory.
+    pub script: PathBuf,
+    /// Table given to the script as `ctx.config` and to its optional `init(config)`.
+    #[serde(default)]
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// When a call fails (error, limit exceeded): "tempfail" (451, the default), "continue"
+    /// (skip this entry) or "reject" (550).
+    #[serde(default)]
+    pub on_error: crate::hooks::OnError,
 }
 
 /// Top-level keys of [`Config`], for picking settings out of the environment.
@@ -421,6 +442,8 @@ impl Default for Config {
             sender_auth: SenderAuth::default(),
             log: Log::default(),
             shutdown_timeout: Duration::from_secs(30),
+            hooks: Vec::new(),
+            source: None,
         }
     }
 }
@@ -502,11 +525,20 @@ impl Config {
     /// Returns every problem found, one line each.
     pub fn load(file: Option<&Path>) -> Result<Config, Vec<String>> {
         let figment = Self::figment(file)?;
-        let config: Config = figment.extract().map_err(|e| {
+        let mut config: Config = figment.extract().map_err(|e| {
             e.into_iter()
                 .map(|e| describe_figment_error(&e, file))
                 .collect::<Vec<_>>()
         })?;
+        if let Some(file) = file {
+            let dir = file.parent().unwrap_or(Path::new(""));
+            for h in &mut config.hooks {
+                if h.script.is_relative() {
+                    h.script = dir.join(&h.script);
+                }
+            }
+            config.source = Some(file.to_path_buf());
+        }
         let problems = config.check();
         if problems.is_empty() {
             Ok(config)
@@ -584,6 +616,14 @@ impl Config {
         for d in &self.domains {
             if d.is_empty() || d.contains(['@', ' ', '/']) {
                 problems.push(format!("domains: {d:?} is not a domain name"));
+            }
+        }
+        for (i, h) in self.hooks.iter().enumerate() {
+            if !h.script.is_file() {
+                problems.push(format!(
+                    "hooks[{i}].script: file {} does not exist (relative paths start at the config file's directory)",
+                    h.script.display()
+                ));
             }
         }
         if let Some(r) = &self.delivery.relay
@@ -835,6 +875,38 @@ mod tests {
         let p = write(d.path(), "[delivery]\nexpire = \"soon\"\n");
         let e = Config::load(Some(&p)).unwrap_err();
         assert!(e[0].contains("delivery.expire"), "{e:?}");
+    }
+
+    #[test]
+    fn hooks_entries_resolve_and_reject_unknown_keys() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("scripts")).unwrap();
+        std::fs::write(d.path().join("scripts/a.rhai"), "fn on_rcpt(ctx) {}").unwrap();
+        let p = write(
+            d.path(),
+            "[[hooks]]\nscript = \"scripts/a.rhai\"\nconfig = { delay = \"5m\", n = 3 }\non_error = \"continue\"\n",
+        );
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(c.hooks.len(), 1);
+        assert_eq!(c.hooks[0].script, d.path().join("scripts/a.rhai"));
+        assert_eq!(c.hooks[0].config["n"], serde_json::json!(3));
+        assert_eq!(c.hooks[0].on_error, crate::hooks::OnError::Continue);
+        assert_eq!(c.source.as_deref(), Some(p.as_path()));
+
+        let p = write(
+            d.path(),
+            "[[hooks]]\nscript = \"scripts/a.rhai\"\nonerror = \"x\"\n",
+        );
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e[0].contains("onerror"), "{e:?}");
+        let p = write(d.path(), "[[hooks]]\nscript = \"scripts/missing.rhai\"\n");
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e[0].starts_with("hooks[0].script: file"), "{e:?}");
+        let p = write(
+            d.path(),
+            "[[hooks]]\nscript = \"scripts/a.rhai\"\non_error = \"maybe\"\n",
+        );
+        assert!(Config::load(Some(&p)).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! progress lines (`"progress": true`) from long commands; one JSON reply line.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -34,6 +35,9 @@ impl ControlReply {
     }
 }
 
+/// Reloads what a running server can reload (hook scripts); `Ok` text or `Err` problems.
+pub type Reloader = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
 /// Serve the control socket until `stop` fires.
 pub async fn serve(
     path: &Path,
@@ -41,6 +45,7 @@ pub async fn serve(
     domains: Vec<String>,
     stop: CancellationToken,
     queue_wakeup: std::sync::Arc<tokio::sync::Notify>,
+    reload: Reloader,
 ) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
@@ -57,9 +62,10 @@ pub async fn serve(
                     let Ok((stream, _)) = conn else { continue };
                     let store = store.clone();
                     let domains = domains.clone();
+                    let reload = reload.clone();
                     let wake = queue_wakeup.clone();
                     tokio::spawn(async move {
-                        let _ = handle(stream, store, domains).await;
+                        let _ = handle(stream, store, domains, reload).await;
                         // Queue commands may have made messages due now.
                         wake.notify_one();
                     });
@@ -71,11 +77,24 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle(stream: UnixStream, store: Store, domains: Vec<String>) -> std::io::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    store: Store,
+    domains: Vec<String>,
+    reload: Reloader,
+) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r).take(1 << 20).read_line(&mut line).await?;
     let reply = match serde_json::from_str::<AdminCommand>(&line) {
+        Ok(AdminCommand::Reload) => {
+            tracing::info!(cmd = "reload", "control command");
+            match tokio::task::spawn_blocking(move || reload()).await {
+                Ok(Ok(text)) => ControlReply::done(true, text),
+                Ok(Err(text)) => ControlReply::done(false, text),
+                Err(e) => ControlReply::done(false, format!("internal error: {e}")),
+            }
+        }
         Ok(cmd) => {
             tracing::info!(cmd = %command_name(&cmd), "control command");
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();

@@ -1,7 +1,8 @@
 //! The `corvus` command line.
 
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -21,6 +22,7 @@ use corvus::mailbox_io::Format;
 struct Cli {
     /// Config file (TOML). Without it, the embedded loopback defaults are used.
     /// Environment variables CORVUS_<KEY> (CORVUS_LISTEN__SMTP=…) override both.
+    /// For `script test` it may instead be the script's config table as JSON ('{"delay":"1s"}').
     #[arg(short, long, global = true, env = "CORVUS_CONFIG")]
     config: Option<PathBuf>,
 
@@ -56,6 +58,89 @@ enum Command {
     /// Load-test a running Corvus with mixed SMTP, IMAP and POP3 traffic and report throughput,
     /// latency percentiles and errors. Point it only at servers you run.
     Bench(BenchArgs),
+    /// Reload the hook scripts of the running server, like SIGHUP; if any new script fails to
+    /// compile, the running ones stay.
+    Reload,
+    /// Work with hook scripts.
+    #[command(subcommand)]
+    Script(ScriptCmd),
+}
+
+#[derive(Subcommand)]
+enum ScriptCmd {
+    /// Run a script against a synthetic event; print the verdict, actions and log lines.
+    ///
+    /// The script's config table comes from `--config '{"json":…}'`, or from the [[hooks]]
+    /// entry for the same file in the config file given with -c; kv state lives in a throwaway
+    /// store (use --repeat to run the event several times against it).
+    Test(ScriptTestArgs),
+}
+
+#[derive(Args)]
+struct ScriptTestArgs {
+    /// The script file.
+    file: PathBuf,
+    /// Hook point: connect, helo, auth, mail, rcpt, data, delivery or fetch.
+    #[arg(long)]
+    hook: String,
+    /// Envelope sender (MAIL FROM).
+    #[arg(long, default_value = "")]
+    from: String,
+    /// Recipient; repeat for several (on rcpt the last is the current one).
+    #[arg(long)]
+    to: Vec<String>,
+    /// Message file for data and delivery (LF line ends are fine); a small one is made up
+    /// otherwise.
+    #[arg(long)]
+    message: Option<PathBuf>,
+    /// Client IP address.
+    #[arg(long, default_value = "127.0.0.1")]
+    ip: IpAddr,
+    /// Verified PTR name of the client.
+    #[arg(long, default_value = "")]
+    ptr: String,
+    /// HELO/EHLO name.
+    #[arg(long, default_value = "client.example")]
+    helo: String,
+    /// Listener: smtp, submission, submissions, imap, imaps, pop3, pop3s.
+    #[arg(long, default_value = "smtp")]
+    listener: String,
+    /// The connection uses TLS.
+    #[arg(long)]
+    tls: bool,
+    /// Authenticated user.
+    #[arg(long, default_value = "")]
+    user: String,
+    /// on_auth: username given (default: --user).
+    #[arg(long)]
+    username: Option<String>,
+    /// on_auth: password given.
+    #[arg(long, default_value = "")]
+    password: String,
+    /// on_auth: SASL mechanism.
+    #[arg(long, default_value = "PLAIN")]
+    mechanism: String,
+    /// on_auth: the account store accepted the password.
+    #[arg(long)]
+    password_valid: bool,
+    /// on_fetch: mailbox.
+    #[arg(long, default_value = "INBOX")]
+    mailbox: String,
+    /// on_fetch: message UID.
+    #[arg(long, default_value_t = 1)]
+    uid: u32,
+    /// on_fetch: "imap" or "pop3".
+    #[arg(long, default_value = "imap")]
+    protocol: String,
+    /// on_delivery: deliver to this remote MX (ctx.remote is then true).
+    #[arg(long)]
+    mx: Option<String>,
+    /// on_error policy to show for a failing call: tempfail, continue or reject.
+    #[arg(long)]
+    on_error: Option<String>,
+    /// Run the event this many times against the same kv state.
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
 }
 
 #[derive(Subcommand)]
@@ -282,6 +367,9 @@ fn init_logging(config: &Config) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Script(ScriptCmd::Test(args)) = cli.command {
+        return script_test(cli.config.as_deref(), args);
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(problems) => {
@@ -330,14 +418,34 @@ fn main() -> ExitCode {
             };
         }
         Command::Check => {
-            // Config::load already validated keys, addresses and files; also prove TLS loads.
+            // Config::load already validated keys, addresses and files; also prove TLS loads
+            // and every hook script compiles (one `file:line:column: message` line each).
+            let mut bad = false;
             if let Err(e) = corvus::tls::acceptor(&config) {
                 eprintln!("error: {e}");
+                bad = true;
+            }
+            for h in &config.hooks {
+                if let Err(e) = corvus::hooks::rhai::check_script(&h.script) {
+                    eprintln!("{e}");
+                    bad = true;
+                }
+            }
+            if bad {
                 return ExitCode::from(2);
             }
-            println!("configuration OK ({} listeners)", config.listeners().len());
+            let scripts = match config.hooks.len() {
+                0 => String::new(),
+                n => format!(", {n} hook scripts"),
+            };
+            println!(
+                "configuration OK ({} listeners{scripts})",
+                config.listeners().len()
+            );
             return ExitCode::SUCCESS;
         }
+        Command::Script(_) => unreachable!("handled before the config is loaded"),
+        Command::Reload => AdminCommand::Reload,
         Command::User(UserCmd::Add { address, password }) => match read_password(password) {
             Ok(password) => AdminCommand::UserAdd { address, password },
             Err(e) => return fail(&e),
@@ -409,6 +517,95 @@ fn main() -> ExitCode {
         },
     };
     run_admin(&config, admin)
+}
+
+fn script_test(config: Option<&Path>, a: ScriptTestArgs) -> ExitCode {
+    use corvus::hooks::OnError;
+    use corvus::hooks::script_test::{TestEvent, parse_listener, parse_point, run, to_crlf};
+    let point = match parse_point(&a.hook) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    let listener = match parse_listener(&a.listener) {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
+    // -c is either inline JSON for the script or a config file whose entry for this script
+    // gives the table and the on_error policy.
+    let mut table = serde_json::Map::new();
+    let mut on_error = OnError::Tempfail;
+    match config.map(|p| p.to_string_lossy().into_owned()) {
+        Some(text) if text.trim_start().starts_with('{') => {
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(serde_json::Value::Object(m)) => table = m,
+                Ok(_) | Err(_) => {
+                    return fail(&format!("--config {text:?} is not a JSON object"));
+                }
+            }
+        }
+        Some(_) => {
+            let cfg = match Config::load(config) {
+                Ok(c) => c,
+                Err(problems) => return fail(&problems.join("\n")),
+            };
+            let want = std::fs::canonicalize(&a.file).ok();
+            if let Some(h) = cfg
+                .hooks
+                .iter()
+                .find(|h| std::fs::canonicalize(&h.script).ok() == want)
+            {
+                table = h.config.clone();
+                on_error = h.on_error;
+            }
+        }
+        None => {}
+    }
+    if let Some(p) = &a.on_error {
+        on_error = match p.as_str() {
+            "tempfail" => OnError::Tempfail,
+            "continue" => OnError::Continue,
+            "reject" => OnError::Reject,
+            _ => return fail("--on-error: use tempfail, continue or reject"),
+        };
+    }
+    let message = match &a.message {
+        Some(p) => match std::fs::read(p) {
+            Ok(b) => Some(to_crlf(&b)),
+            Err(e) => return fail(&format!("--message {}: {e}", p.display())),
+        },
+        None => None,
+    };
+    let fetch_protocol = if a.protocol == "pop3" { "pop3" } else { "imap" };
+    let event = TestEvent {
+        point,
+        listener,
+        ip: a.ip,
+        ptr: a.ptr,
+        helo: a.helo,
+        tls: a.tls,
+        user: a.user.clone(),
+        from: a.from,
+        to: a.to,
+        message,
+        credentials: Some((a.username.unwrap_or(a.user), a.password, a.mechanism)),
+        credentials_valid: a.password_valid,
+        fetch: Some((a.mailbox, a.uid, fetch_protocol)),
+        mx: a.mx,
+    };
+    match run(&a.file, table, on_error, &event, a.repeat) {
+        Ok(report) => {
+            print!("{}", report.text);
+            if report.failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn fail(msg: &str) -> ExitCode {

@@ -16,7 +16,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::hooks::HookChain;
-use crate::hooks::builtin::BuiltinPolicy;
 use crate::net::{AuthThrottle, ConnLimits, ConnRefused};
 use crate::store::{SledStore, Store};
 
@@ -28,7 +27,7 @@ pub struct Shared {
     pub store: Store,
     /// TLS for STARTTLS and implicit TLS.
     pub tls: TlsAcceptor,
-    /// Hook chain (built-in policy first).
+    /// Hook chain (built-in policy first, then `[[hooks]]`); swapped by [`reload_hooks`].
     pub hooks: HookChain,
     /// DNS resolver.
     pub resolver: TokioResolver,
@@ -76,13 +75,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM that arrives while we start up (say, right after a listener
     // opens) must still end in a clean shutdown, not in the default action.
     let signals = wait_for_signal().context("installing SIGTERM/SIGINT handlers")?;
+    // SIGHUP reloads the hook scripts; installed now so an early one cannot kill the process.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let config = Arc::new(config);
     let store = open_store(&config)?;
     let tls = crate::tls::acceptor(&config)?;
     let resolver = crate::dns::resolver(&config).map_err(anyhow::Error::msg)?;
     let shutdown = CancellationToken::new();
+    let hooks = crate::hooks::build_entries(&config, &store)
+        .map_err(|problems| anyhow::anyhow!("hooks: {}", problems.join("\n")))?;
     let shared = Arc::new(Shared {
-        hooks: HookChain::new(vec![Arc::new(BuiltinPolicy)]),
+        hooks: HookChain::new(hooks),
         auth_throttle: AuthThrottle::new(
             config.smtp.max_auth_failures,
             config.smtp.auth_fail_window,
@@ -111,12 +115,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("listen.{proto}: cannot bind {addr}"))?;
         bound.push((proto, addr, l));
     }
+    let for_reload = shared.clone();
     crate::control::serve(
         &config.control_socket(),
         store.clone(),
         config.domains.clone(),
         shutdown.clone(),
         shared.queue_wakeup.clone(),
+        Arc::new(move || reload_hooks(&for_reload)),
     )
     .await
     .with_context(|| format!("control socket {}", config.control_socket().display()))?;
@@ -140,6 +146,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .unwrap_or("localhost")
         );
     }
+
+    tokio::spawn(reload_on_sighup(shared.clone(), hangups));
 
     let tracker = TaskTracker::new();
     tracker.spawn(crate::queue::run(shared.clone()));
@@ -165,6 +173,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     store.commit().await?;
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// Re-read the config file and put its `[[hooks]]` in place. Nothing changes unless every
+/// script compiles (and its `init` succeeds); sessions keep running throughout.
+pub fn reload_hooks(shared: &Shared) -> Result<String, String> {
+    let config = match &shared.config.source {
+        Some(path) => Config::load(Some(path)).map_err(|p| p.join("\n"))?,
+        None => {
+            return Err(
+                "no config file to reload (the server runs on the embedded default)".into(),
+            );
+        }
+    };
+    let entries = crate::hooks::build_entries(&config, &shared.store).map_err(|p| p.join("\n"))?;
+    let n = entries.len() - 1;
+    shared.hooks.replace(entries);
+    tracing::info!(scripts = n, "hooks reloaded");
+    Ok(format!("reloaded {n} hook script(s)"))
+}
+
+async fn reload_on_sighup(shared: Arc<Shared>, mut hangups: tokio::signal::unix::Signal) {
+    while hangups.recv().await.is_some() {
+        let s = shared.clone();
+        match tokio::task::spawn_blocking(move || reload_hooks(&s)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(problems = %e, "SIGHUP: reload failed; keeping the running hooks")
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
+        }
+    }
 }
 
 /// Install the SIGTERM and SIGINT handlers now; the returned future resolves on either.

@@ -128,6 +128,33 @@ def machine_cpu():
     return total - idle, total
 
 
+def disk_probe(directory, writers, seconds=2.0):
+    """fdatasync'ed 5 KB appends per second with `writers` threads in `directory` (context for
+    the disk-bound runs: one writer is what c=1 can get at best without group commit)."""
+    import threading
+
+    counts = []
+
+    def work(i):
+        path = os.path.join(directory, f"probe-{i}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        n, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            os.write(fd, b"x" * 5120)
+            os.fdatasync(fd)
+            n += 1
+        os.close(fd)
+        os.unlink(path)
+        counts.append(n)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / seconds
+
+
 def port_free(port):
     s = socket.socket()
     try:
@@ -158,14 +185,113 @@ def wait_greeting(port, timeout=30.0):
 
 
 # ---------------------------------------------------------------------------------------------
+# Loopback DNS
+
+
+class LoopbackDns:
+    """A tiny authoritative-style DNS responder on 127.0.0.1 (UDP and TCP) for Corvus' FCrDNS
+    check of the benchmark's client address, so that no run depends on the machine's resolver.
+    It answers what /etc/hosts gives Postfix: PTR 1.0.0.127.in-addr.arpa -> localhost and
+    A localhost -> 127.0.0.1 (TTL 300), and NXDOMAIN with an SOA (negatively cacheable) for
+    everything else."""
+
+    PTR_NAME = "1.0.0.127.in-addr.arpa"
+
+    def __init__(self):
+        import threading
+
+        self.queries = 0
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
+        self.port = self.udp.getsockname()[1]
+        self.tcp = socket.socket()
+        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.tcp.bind(("127.0.0.1", self.port))
+        self.tcp.listen(64)
+        for target in (self._serve_udp, self._serve_tcp):
+            threading.Thread(target=target, daemon=True).start()
+
+    def answer(self, q):
+        self.queries += 1
+        if len(q) < 17:
+            return None
+        i, labels = 12, []
+        while i < len(q) and q[i] != 0:
+            n = q[i]
+            labels.append(q[i + 1 : i + 1 + n].decode("ascii", "replace").lower())
+            i += 1 + n
+        qend = i + 5
+        if qend > len(q):
+            return None
+        qtype = int.from_bytes(q[i + 1 : i + 3], "big")
+        name = ".".join(labels)
+        question = q[12:qend]
+        ttl = (300).to_bytes(4, "big")
+        rcode, answers, authority = 0, b"", b""
+        if name == self.PTR_NAME and qtype == 12:
+            rdata = b"\x09localhost\x00"
+            answers = b"\xc0\x0c" + (12).to_bytes(2, "big") + b"\x00\x01" + ttl + len(rdata).to_bytes(2, "big") + rdata
+        elif name == "localhost" and qtype == 1:
+            answers = b"\xc0\x0c\x00\x01\x00\x01" + ttl + b"\x00\x04" + bytes([127, 0, 0, 1])
+        else:
+            if name not in ("localhost", self.PTR_NAME):
+                rcode = 3
+            soa = b"\x00\x00" + (1).to_bytes(4, "big") + (3600).to_bytes(4, "big") * 3 + (300).to_bytes(4, "big")
+            authority = b"\x00\x00\x06\x00\x01" + ttl + len(soa).to_bytes(2, "big") + soa
+        flags = 0x8400 | (q[2] & 0x01) << 8 | 0x80 | rcode  # QR AA (RD copied) RA
+        header = (q[:2] + flags.to_bytes(2, "big") + b"\x00\x01"
+                  + (1 if answers else 0).to_bytes(2, "big")
+                  + (1 if authority else 0).to_bytes(2, "big") + b"\x00\x00")
+        return header + question + answers + authority
+
+    def _serve_udp(self):
+        while True:
+            try:
+                q, addr = self.udp.recvfrom(4096)
+            except OSError:
+                return
+            r = self.answer(q)
+            if r:
+                self.udp.sendto(r, addr)
+
+    def _serve_tcp(self):
+        import threading
+
+        def conn(c):
+            with c:
+                while True:
+                    h = c.recv(2)
+                    if len(h) < 2:
+                        return
+                    n = int.from_bytes(h, "big")
+                    q = b""
+                    while len(q) < n:
+                        chunk = c.recv(n - len(q))
+                        if not chunk:
+                            return
+                        q += chunk
+                    r = self.answer(q)
+                    if r:
+                        c.sendall(len(r).to_bytes(2, "big") + r)
+
+        while True:
+            try:
+                c, _ = self.tcp.accept()
+            except OSError:
+                return
+            threading.Thread(target=conn, args=(c,), daemon=True).start()
+
+
+# ---------------------------------------------------------------------------------------------
 # Corvus
 
 
 class Corvus:
     name = "Corvus"
 
-    def __init__(self, binary, tmp, port, pop3_port, log_level, user="user"):
+    def __init__(self, binary, tmp, port, pop3_port, log_level, dns_port=None, user="user"):
         self.binary = binary
+        self.dns_port = dns_port
         self.dir = os.path.join(tmp, "corvus")
         self.port = port
         self.pop3_port = pop3_port
@@ -202,6 +328,11 @@ max_connections_per_ip = 5000
 level = "{self.log_level}"
 """
             )
+            if self.dns_port:
+                f.write(f"""
+[dns]
+nameservers = ["127.0.0.1:{self.dns_port}"]
+""")
         sh([self.binary, "-c", self.cfg, "user", "add", self.address, "--password", self.password])
 
     def start(self):
@@ -244,6 +375,9 @@ level = "{self.log_level}"
 
     def verify(self):
         """Number of messages in the user's INBOX and how it was counted."""
+        n = self.mailbox_list()
+        if n is not None:
+            return n, "corvus mailbox list (INBOX count)"
         n = self.pop3_stat()
         if n is not None:
             return n, "POP3 STAT"
@@ -252,6 +386,18 @@ level = "{self.log_level}"
         with open(self.logfile, "rb") as f:
             n = sum(1 for line in f if b"message accepted" in line)
         return n, "server log ('message accepted', written after the store flush)"
+
+    def mailbox_list(self):
+        """INBOX count from `corvus mailbox list ADDRESS` (through the control socket); None if
+        this Corvus has no such command."""
+        r = sh([self.binary, "-c", self.cfg, "mailbox", "list", self.address], check=False)
+        if r.returncode != 0:
+            return None
+        for line in r.stdout.splitlines():
+            name, _, count = line.partition("\t")
+            if name == "INBOX" and count.strip().isdigit():
+                return int(count)
+        return None
 
     def pop3_stat(self):
         """INBOX size via POP3 if Corvus already serves POP3; None otherwise."""
@@ -632,7 +778,8 @@ def main():
     ap.add_argument("--servers", default=os.environ.get("BENCH_SERVERS", "corvus,postfix"),
                     help="comma-separated: corvus,postfix")
     ap.add_argument("--concurrency", default="1,10,100")
-    ap.add_argument("--seconds", type=float, default=12.0, help="target duration of each run (sets N)")
+    ap.add_argument("--seconds", type=float, default=15.0,
+                    help="target duration of each run; N = calibrated rate × this (at least --min-messages)")
     ap.add_argument("--messages", type=int, default=0, help="fixed N per run (skips calibration)")
     ap.add_argument("--min-messages", type=int, default=2000)
     ap.add_argument("--max-messages", type=int, default=100000)
@@ -647,6 +794,9 @@ def main():
     ap.add_argument("--log-level", default="info", help="Corvus log level (info logs one line per message)")
     ap.add_argument("--smtp-source-opts", default=os.environ.get("SMTP_SOURCE_OPTS", ""),
                     help="extra smtp-source options, e.g. '-d' to reuse connections")
+    ap.add_argument("--system-dns", action="store_true",
+                    help="let Corvus use the system resolver for its FCrDNS lookups instead of the "
+                         "script's loopback DNS responder")
     ap.add_argument("--stall-timeout", type=float, default=120.0)
     ap.add_argument("--json", help="also write the results as JSON to this file")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -671,13 +821,18 @@ def main():
     log(f"machine: {machine}")
 
     tmp = tempfile.mkdtemp(prefix="corvus-smtp-bench-")
+    machine["fdatasync_per_s_start"] = {w: round(disk_probe(tmp, w)) for w in (1, 20)}
+    log(f"disk: fdatasync/s with 1 and 20 writers: {machine['fdatasync_per_s_start']}")
     corvus = postfix = None
     results, memory = [], {}
     try:
         if "corvus" in servers:
             if not os.access(args.corvus_bin, os.X_OK):
                 raise RuntimeError(f"{args.corvus_bin}: no Corvus binary; run `cargo build --release -p corvus` or set CORVUS_BIN")
-            corvus = Corvus(args.corvus_bin, tmp, args.corvus_port, args.pop3_port, args.log_level)
+            dns = None if args.system_dns else LoopbackDns()
+            machine["corvus_dns"] = "system resolver" if dns is None else f"loopback responder 127.0.0.1:{dns.port}"
+            corvus = Corvus(args.corvus_bin, tmp, args.corvus_port, args.pop3_port, args.log_level,
+                            dns_port=dns.port if dns else None)
             corvus.setup()
             corvus.start()
         if "postfix" in servers:
@@ -717,6 +872,7 @@ def main():
             verification["postfix"] = {"last_run_in_maildir": got, "last_run_sent": last[-1]["messages"] if last else 0,
                                        "method": how}
         machine["uptime_end"] = sh(["uptime"]).stdout.strip()
+        machine["fdatasync_per_s_end"] = {w: round(disk_probe(tmp, w)) for w in (1, 20)}
     finally:
         if corvus:
             corvus.stop()
@@ -743,6 +899,10 @@ def report(machine, results, memory, verification, args):
     print(f"nproc {machine['nproc']}, kernel {machine['kernel']}, Postfix {machine['postfix']}")
     print(f"uptime at start: {machine['uptime_start']}")
     print(f"uptime at end:   {machine['uptime_end']}")
+    if "corvus_dns" in machine:
+        print(f"Corvus FCrDNS lookups: {machine['corvus_dns']}")
+    print(f"disk fdatasync/s (1 writer, 20 writers) at start: {machine['fdatasync_per_s_start']}, "
+          f"at end: {machine['fdatasync_per_s_end']}")
     print(f"messages: {args.size} bytes (smtp-source -l), one connection per message unless -d given"
           f" (extra smtp-source options: {' '.join(args.smtp_source_opts) or 'none'})")
     print()
@@ -776,7 +936,10 @@ def report(machine, results, memory, verification, args):
               f"RSS {m['rss_kb_per_smtpd']:.0f} KB / PSS {m['pss_kb_per_smtpd']:.0f} KB per smtpd; instance "
               f"delta RSS {m['instance_rss_delta_kb_per_conn']:.0f} KB / PSS {m['instance_pss_delta_kb_per_conn']:.0f} KB per connection")
     for k, v in verification.items():
-        print(f"verification {k}: {v}")
+        got = v.get("in_store", v.get("last_run_in_maildir"))
+        want = v.get("sent", v.get("last_run_sent"))
+        verdict = "" if got is None else ("OK" if got == want else "MISMATCH")
+        print(f"verification {k}: {verdict} {v}")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,15 @@
 //! recipient, file into a folder) accumulate along the chain.
 
 pub mod builtin;
+pub mod rhai;
+pub mod script_test;
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
+
+use crate::config::Config;
+use crate::store::Store;
 
 /// Where in a session a hook runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -229,23 +234,40 @@ pub struct Outcome {
     pub decisions: Vec<String>,
 }
 
-/// The ordered list of engines.
-#[derive(Clone, Default)]
+/// The ordered list of engines. The list can be swapped while sessions run ([`Self::replace`],
+/// used by SIGHUP and `corvus reload`): a call in progress finishes on the list it started with.
+#[derive(Default)]
 pub struct HookChain {
-    entries: Vec<Arc<dyn HookEngine>>,
+    entries: RwLock<Arc<Vec<Arc<dyn HookEngine>>>>,
 }
 
 impl HookChain {
     /// A chain of `entries` in order (the built-in policy should be first).
     pub fn new(entries: Vec<Arc<dyn HookEngine>>) -> Self {
-        HookChain { entries }
+        HookChain {
+            entries: RwLock::new(Arc::new(entries)),
+        }
+    }
+
+    /// Put a new list of entries in place for every later call.
+    pub fn replace(&self, entries: Vec<Arc<dyn HookEngine>>) {
+        *self.entries.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(entries);
+    }
+
+    /// The entries in force now.
+    pub fn entries(&self) -> Arc<Vec<Arc<dyn HookEngine>>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Run every entry that handles `ctx.point` until one decides.
     pub fn run(&self, ctx: &HookCtx) -> Outcome {
+        let entries = self.entries();
         let mut actions = Actions::default();
         let mut decisions = Vec::new();
-        for engine in &self.entries {
+        for engine in entries.iter() {
             if !engine.handles(ctx.point) {
                 continue;
             }
@@ -295,5 +317,27 @@ impl HookChain {
             actions,
             decisions,
         }
+    }
+}
+
+/// The entries for `config`: the built-in policy, then each `[[hooks]]` entry in file order.
+/// Every script is compiled (and its `init` run) here; any failure returns one line per
+/// problem and no chain, so a reload can keep the old one.
+pub fn build_entries(
+    config: &Config,
+    store: &Store,
+) -> Result<Vec<Arc<dyn HookEngine>>, Vec<String>> {
+    let mut entries: Vec<Arc<dyn HookEngine>> = vec![Arc::new(builtin::BuiltinPolicy)];
+    let mut problems = Vec::new();
+    for entry in &config.hooks {
+        match rhai::RhaiHook::load(entry, store.clone()) {
+            Ok(h) => entries.push(Arc::new(h)),
+            Err(e) => problems.push(e),
+        }
+    }
+    if problems.is_empty() {
+        Ok(entries)
+    } else {
+        Err(problems)
     }
 }

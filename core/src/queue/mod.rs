@@ -249,6 +249,8 @@ async fn deliver_domain(
     };
     let mut results: Vec<Option<Outcome>> = vec![None; rcpts.len()];
     let mut last_error = String::from("no mail exchanger could be reached");
+    // What on_delivery scripts see of the message (DLP, per-destination rules).
+    let hook_message = Arc::new(message.to_vec());
     'hosts: for host in &hosts {
         // Delivery hook per recipient, now that the host is known.
         for (i, r) in rcpts.iter().enumerate() {
@@ -263,6 +265,7 @@ async fn deliver_domain(
             ctx.mail_from = entry.mail_from.clone();
             ctx.rcpt = r.address.clone();
             ctx.remote_mx = Some(host.clone());
+            ctx.message = Some(hook_message.clone());
             match shared.hooks.run(&ctx).verdict {
                 Verdict::Reject { code, text } => {
                     results[i] = Some(Outcome::Perm {

@@ -202,12 +202,19 @@ impl Session {
         self.listener == "smtp" && self.user.is_none() && self.shared.sender_auth.enabled()
     }
 
+    /// Take the reverse-lookup result if it has arrived, without waiting.
+    async fn refresh_fcrdns(&mut self) {
+        if self.fcrdns.is_none() && self.fcrdns_task.as_ref().is_some_and(|t| t.is_finished()) {
+            self.fcrdns().await;
+        }
+    }
+
     async fn fcrdns(&mut self) -> Fcrdns {
         if let Some(f) = &self.fcrdns {
             return f.clone();
         }
         let f = match self.fcrdns_task.take() {
-            Some(t) => match tokio::time::timeout(Duration::from_secs(10), t).await {
+            Some(t) => match tokio::time::timeout(Duration::from_secs(6), t).await {
                 Ok(Ok(f)) => f,
                 _ => Fcrdns::TempError,
             },
@@ -219,8 +226,16 @@ impl Session {
 
     async fn run(&mut self) -> std::io::Result<()> {
         // Connect: FCrDNS policy, then the connect hooks.
-        let f = self.fcrdns().await;
-        if self.shared.config.smtp.fcrdns == FcrdnsPolicy::Reject && !matches!(f, Fcrdns::Pass(_)) {
+        // The reverse lookup runs in the background; the greeting waits for it only when the
+        // policy rejects on failure (a slow resolver must not stall every connection). Later
+        // steps (hooks after connect, the Received header) use the result once it is there.
+        let reject_policy = self.shared.config.smtp.fcrdns == FcrdnsPolicy::Reject;
+        let f = if reject_policy {
+            self.fcrdns().await
+        } else {
+            Fcrdns::TempError
+        };
+        if reject_policy && !matches!(f, Fcrdns::Pass(_)) {
             self.reply(Reply::new(
                 550,
                 "5.7.25",
@@ -426,6 +441,7 @@ impl Session {
     }
 
     async fn command(&mut self, line: &[u8]) -> Flow {
+        self.refresh_fcrdns().await;
         let cmd = match parse_command(line) {
             Ok(c) => c,
             Err(e) => {
@@ -1140,21 +1156,12 @@ impl Session {
             }
             _ => quarantine,
         };
-        let msg = if outcome.actions.add_headers.is_empty() {
-            msg
-        } else {
-            let mut with = Vec::with_capacity(msg.len() + 256);
-            for (name, value) in &outcome.actions.add_headers {
-                if valid_field_name(name) {
-                    with.extend_from_slice(format_field(name, value).as_bytes());
-                }
-            }
-            with.extend_from_slice(&msg);
-            Arc::new(with)
-        };
+        let msg = prepend_headers(msg, &outcome.actions.add_headers);
 
         // Split recipients into local placements and remote (queued) recipients.
         let mut placements = Vec::new();
+        // Recipients whose on_delivery added headers get their own copy.
+        let mut own_copies: Vec<(Placement, Arc<Vec<u8>>)> = Vec::new();
         let mut remote = Vec::new();
         for rcpt in &tx.rcpts {
             let targets = match &rcpt.route {
@@ -1183,8 +1190,9 @@ impl Session {
                 dctx.point = HookPoint::Delivery;
                 dctx.rcpt = target.clone();
                 dctx.message = Some(msg.clone());
-                let d = self.shared.hooks.run(&dctx);
-                decisions.extend(d.decisions);
+                let mut d = self.shared.hooks.run(&dctx);
+                decisions.append(&mut d.decisions);
+                let extra_headers = std::mem::take(&mut d.actions.add_headers);
                 let folder = match d.verdict {
                     Verdict::Reject { .. } | Verdict::Discard => continue,
                     Verdict::Tempfail { code, text } if tx.rcpts.len() == 1 => {
@@ -1198,12 +1206,19 @@ impl Session {
                         .or_else(|| rcpt.file_into.clone())
                         .unwrap_or_else(|| "INBOX".into()),
                 };
-                if !placements.iter().any(|p: &Placement| p.user == target) {
-                    placements.push(Placement {
+                if !placements.iter().any(|p: &Placement| p.user == target)
+                    && !own_copies.iter().any(|(p, _)| p.user == target)
+                {
+                    let placement = Placement {
                         user: target,
                         mailbox: folder,
                         flags: Vec::new(),
-                    });
+                    };
+                    if extra_headers.is_empty() {
+                        placements.push(placement);
+                    } else {
+                        own_copies.push((placement, prepend_headers(msg.clone(), &extra_headers)));
+                    }
                 }
             }
         }
@@ -1243,6 +1258,9 @@ impl Session {
         let stored =
             tokio::task::spawn_blocking(move || -> Result<(), crate::store::StoreError> {
                 store.deliver(&m2, now, &placements)?;
+                for (p, m) in &own_copies {
+                    store.deliver(m, now, std::slice::from_ref(p))?;
+                }
                 if let Some(e) = entry {
                     store.enqueue(e, &queued)?;
                 }
@@ -1338,6 +1356,21 @@ fn forwarding_domain(rcpts: &[Rcpt]) -> Option<String> {
         first.get_or_insert(d);
     }
     first
+}
+
+/// The message with hook-added header fields in front (invalid names are skipped).
+fn prepend_headers(msg: Arc<Vec<u8>>, headers: &[(String, String)]) -> Arc<Vec<u8>> {
+    if headers.is_empty() {
+        return msg;
+    }
+    let mut with = Vec::with_capacity(msg.len() + 256);
+    for (name, value) in headers {
+        if valid_field_name(name) {
+            with.extend_from_slice(format_field(name, value).as_bytes());
+        }
+    }
+    with.extend_from_slice(&msg);
+    Arc::new(with)
 }
 
 fn decode_b64(s: &str) -> Option<String> {

@@ -365,6 +365,10 @@ pub trait MailStore: Send + Sync + 'static {
     fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>>;
     /// Write a key with an optional time-to-live in seconds.
     fn kv_set(&self, ns: &str, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()>;
+    /// Add `delta` to the decimal counter at a key, atomically, and return the new value. A
+    /// missing, expired or non-numeric value counts from 0; `ttl` (seconds) is set only when
+    /// the counter starts, so a window does not slide with every increment.
+    fn kv_incr(&self, ns: &str, key: &str, delta: i64, ttl: Option<u64>) -> Result<i64>;
 
     /// Subscribe to changes in an account's mailboxes.
     fn watch(&self, user: &str) -> tokio::sync::broadcast::Receiver<(u64, MailboxEvent)>;

@@ -741,6 +741,36 @@ impl MailStore for SledStore {
         Ok(())
     }
 
+    fn kv_incr(&self, ns: &str, key: &str, delta: i64, ttl: Option<u64>) -> Result<i64> {
+        let now = now();
+        let fresh_exp = ttl.map(|t| now + t as i64).unwrap_or(0);
+        let new = self.kv.update_and_fetch(mbox_key(ns, key), |old| {
+            let (exp, n) = match old {
+                Some(v) if v.len() >= 8 => {
+                    let exp = i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+                    if exp != 0 && exp <= now {
+                        (fresh_exp, 0)
+                    } else {
+                        let n = std::str::from_utf8(&v[8..])
+                            .ok()
+                            .and_then(|s| s.parse::<i64>().ok())
+                            .unwrap_or(0);
+                        (exp, n)
+                    }
+                }
+                _ => (fresh_exp, 0),
+            };
+            let mut v = exp.to_be_bytes().to_vec();
+            v.extend_from_slice(n.saturating_add(delta).to_string().as_bytes());
+            Some(v)
+        })?;
+        let v = new.expect("update_and_fetch always stores a value");
+        Ok(std::str::from_utf8(&v[8..])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0))
+    }
+
     fn watch(&self, user: &str) -> broadcast::Receiver<(u64, MailboxEvent)> {
         self.watchers
             .lock()
@@ -1052,5 +1082,37 @@ mod tests {
         assert!(s.kv_get("other", "k").unwrap().is_none());
         s.kv_set("grey", "gone", b"v", Some(0)).unwrap();
         assert!(s.kv_get("grey", "gone").unwrap().is_none());
+    }
+
+    #[test]
+    fn kv_incr_counts_and_expires() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SledStore::open(d.path()).unwrap();
+        assert_eq!(s.kv_incr("rate", "a", 1, Some(60)).unwrap(), 1);
+        assert_eq!(s.kv_incr("rate", "a", 2, Some(60)).unwrap(), 3);
+        assert_eq!(s.kv_get("rate", "a").unwrap().unwrap(), b"3");
+        assert_eq!(s.kv_incr("other", "a", 1, None).unwrap(), 1);
+        // An expired counter starts again.
+        s.kv_set("rate", "old", b"41", Some(0)).unwrap();
+        assert_eq!(s.kv_incr("rate", "old", 1, None).unwrap(), 1);
+        // A non-numeric value counts from 0.
+        s.kv_set("rate", "text", b"abc", None).unwrap();
+        assert_eq!(s.kv_incr("rate", "text", 5, None).unwrap(), 5);
+        // Concurrent increments are not lost.
+        let s = std::sync::Arc::new(s);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..250 {
+                        s.kv_incr("rate", "c", 1, Some(60)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(s.kv_incr("rate", "c", 0, None).unwrap(), 1000);
     }
 }

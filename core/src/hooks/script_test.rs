@@ -1,0 +1,302 @@
+//! `corvus script test`: run one script against a synthetic event and report its verdict,
+//! actions and log lines, so script authors can try a script without sending mail.
+//!
+//! The script's `kv_*` state lives in a throwaway store for the duration of the command;
+//! `repeat` runs the same event several times against that state (to watch a greylist or a
+//! rate limit change its mind).
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::rhai::{LoadOptions, RhaiHook, describe_verdict, handled_points};
+use super::{Actions, HookCtx, HookEngine, HookPoint, OnError, Verdict};
+use crate::store::{SledStore, Store};
+
+/// The synthetic event.
+#[derive(Debug, Clone)]
+pub struct TestEvent {
+    /// Hook point to call.
+    pub point: HookPoint,
+    /// Listener name.
+    pub listener: &'static str,
+    /// Client address.
+    pub ip: IpAddr,
+    /// Verified PTR name.
+    pub ptr: String,
+    /// HELO name.
+    pub helo: String,
+    /// Whether TLS is on.
+    pub tls: bool,
+    /// Authenticated user.
+    pub user: String,
+    /// Envelope sender.
+    pub from: String,
+    /// Recipients; on rcpt the last one is the current recipient and the others were
+    /// accepted before it; on delivery the first is the current one.
+    pub to: Vec<String>,
+    /// Raw message for data and delivery (a small one is made up when missing).
+    pub message: Option<Vec<u8>>,
+    /// AUTH username, password and mechanism.
+    pub credentials: Option<(String, String, String)>,
+    /// Whether the account store accepted the credentials.
+    pub credentials_valid: bool,
+    /// Fetch: mailbox, UID, protocol.
+    pub fetch: Option<(String, u32, &'static str)>,
+    /// Delivery to a remote host: the MX.
+    pub mx: Option<String>,
+}
+
+/// Hook point from its short name ("rcpt") or function name ("on_rcpt").
+pub fn parse_point(s: &str) -> Result<HookPoint, String> {
+    let short = s.trim().trim_start_matches("on_").to_ascii_lowercase();
+    super::rhai::POINTS
+        .iter()
+        .copied()
+        .find(|p| p.function_name()[3..] == short)
+        .ok_or_else(|| {
+            format!("--hook {s:?}: use connect, helo, auth, mail, rcpt, data, delivery or fetch")
+        })
+}
+
+/// Listener name as the static string the hook context wants.
+pub fn parse_listener(s: &str) -> Result<&'static str, String> {
+    [
+        "smtp",
+        "submission",
+        "submissions",
+        "imap",
+        "imaps",
+        "pop3",
+        "pop3s",
+    ]
+    .into_iter()
+    .find(|l| *l == s)
+    .ok_or_else(|| {
+        format!("--listener {s:?}: use smtp, submission, submissions, imap, imaps, pop3 or pop3s")
+    })
+}
+
+impl TestEvent {
+    /// The hook context for this event.
+    pub fn ctx(&self) -> HookCtx {
+        let mut c = HookCtx::new(self.point, self.listener, self.ip);
+        c.client_ptr = self.ptr.clone();
+        c.helo = self.helo.clone();
+        c.tls = self.tls;
+        c.user = self.user.clone();
+        if !matches!(
+            self.point,
+            HookPoint::Connect | HookPoint::Helo | HookPoint::Auth
+        ) {
+            c.mail_from = self.from.clone();
+        }
+        match self.point {
+            HookPoint::Rcpt => {
+                if let Some((last, before)) = self.to.split_last() {
+                    c.rcpt = last.clone();
+                    c.rcpts = before.to_vec();
+                }
+            }
+            HookPoint::Data | HookPoint::Delivery => {
+                c.rcpts = self.to.clone();
+                if self.point == HookPoint::Delivery {
+                    c.rcpt = self.to.first().cloned().unwrap_or_default();
+                    c.remote_mx = self.mx.clone();
+                }
+                let msg = self
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| self.sample_message());
+                c.message = Some(Arc::new(msg));
+            }
+            HookPoint::Auth => {
+                c.credentials = Some(
+                    self.credentials
+                        .clone()
+                        .unwrap_or_else(|| (self.user.clone(), String::new(), "PLAIN".into())),
+                );
+                c.credentials_valid = self.credentials_valid;
+            }
+            HookPoint::Fetch => {
+                c.fetch = Some(
+                    self.fetch
+                        .clone()
+                        .unwrap_or_else(|| ("INBOX".into(), 1, "imap")),
+                );
+            }
+            _ => {}
+        }
+        c
+    }
+
+    fn sample_message(&self) -> Vec<u8> {
+        format!(
+            "From: <{}>\r\nTo: {}\r\nSubject: Test message\r\nDate: {}\r\nMessage-ID: <script-test@corvus>\r\n\r\nThis is a test message made up by corvus script test.\r\n",
+            self.from,
+            self.to
+                .iter()
+                .map(|t| format!("<{t}>"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            crate::message::rfc5322_now()
+        )
+        .into_bytes()
+    }
+}
+
+/// Make CRLF line ends out of a file that may use bare LF.
+pub fn to_crlf(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
+    let mut prev = 0u8;
+    for &b in raw {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    out
+}
+
+/// A throwaway store in the temp directory, removed on drop.
+struct TempStore {
+    dir: std::path::PathBuf,
+    store: Option<Store>,
+}
+
+impl TempStore {
+    fn new() -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "corvus-script-test-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let store = SledStore::open(&dir).map_err(|e| format!("temporary store: {e}"))?;
+        Ok(TempStore {
+            dir,
+            store: Some(Arc::new(store)),
+        })
+    }
+}
+
+impl Drop for TempStore {
+    fn drop(&mut self) {
+        self.store = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What a test run found.
+pub struct Report {
+    /// Text to print.
+    pub text: String,
+    /// Whether a call failed.
+    pub failed: bool,
+}
+
+/// Load `path` with `config` and run `event` `repeat` times. A script that does not load is
+/// an `Err` with the one-line problem.
+pub fn run(
+    path: &Path,
+    config: serde_json::Map<String, serde_json::Value>,
+    on_error: OnError,
+    event: &TestEvent,
+    repeat: u32,
+) -> Result<Report, String> {
+    let temp = TempStore::new()?;
+    let sink = Arc::new(Mutex::new(Vec::new()));
+    let hook = RhaiHook::load_file(
+        path,
+        LoadOptions {
+            config,
+            on_error,
+            store: temp.store.clone(),
+            sink: Some(sink.clone()),
+            ..LoadOptions::default()
+        },
+    )?;
+    let mut text = String::new();
+    let mut failed = false;
+    let init_logs = std::mem::take(&mut *sink.lock().unwrap_or_else(|e| e.into_inner()));
+    for l in init_logs {
+        let _ = writeln!(text, "init log: {l}");
+    }
+    let func = event.point.function_name();
+    if !hook.handles(event.point) {
+        let points = handled_points(&hook);
+        let _ = writeln!(
+            text,
+            "hook:     {func} (not defined in this script; it defines {})",
+            if points.is_empty() {
+                "no hook functions".to_string()
+            } else {
+                points.join(", ")
+            }
+        );
+        let _ = writeln!(text, "verdict:  continue");
+        return Ok(Report { text, failed });
+    }
+    let ctx = event.ctx();
+    for run in 1..=repeat.max(1) {
+        if repeat > 1 {
+            let _ = writeln!(text, "-- run {run} of {repeat}");
+        }
+        let _ = writeln!(text, "hook:     {func}");
+        let mut actions = Actions::default();
+        let started = Instant::now();
+        let result = hook.call(&ctx, &mut actions);
+        let micros = started.elapsed().as_micros();
+        match result {
+            Ok(v) => {
+                let _ = writeln!(text, "verdict:  {}", describe_verdict(&v));
+            }
+            Err(e) => {
+                failed = true;
+                let _ = writeln!(text, "error:    {e}");
+                let v = match on_error {
+                    OnError::Continue => Verdict::Continue,
+                    OnError::Tempfail => Verdict::Tempfail {
+                        code: 451,
+                        text: "Temporary local problem, try again later".into(),
+                    },
+                    OnError::Reject => Verdict::Reject {
+                        code: 550,
+                        text: "Rejected by local policy".into(),
+                    },
+                };
+                let _ = writeln!(
+                    text,
+                    "verdict:  {} (on_error = {})",
+                    describe_verdict(&v),
+                    format!("{on_error:?}").to_lowercase()
+                );
+            }
+        }
+        let mut acts = Vec::new();
+        for (n, v) in &actions.add_headers {
+            acts.push(format!("add_header {n}: {v}"));
+        }
+        if let Some(r) = &actions.set_rcpt {
+            acts.push(format!("set_rcpt {r}"));
+        }
+        if let Some(f) = &actions.file_into {
+            acts.push(format!("file_into {f}"));
+        }
+        if acts.is_empty() {
+            let _ = writeln!(text, "actions:  none");
+        } else {
+            for a in acts {
+                let _ = writeln!(text, "action:   {a}");
+            }
+        }
+        let logs = std::mem::take(&mut *sink.lock().unwrap_or_else(|e| e.into_inner()));
+        for l in logs {
+            let _ = writeln!(text, "log:      {l}");
+        }
+        let _ = writeln!(text, "time:     {micros} µs");
+    }
+    Ok(Report { text, failed })
+}

@@ -1,0 +1,684 @@
+"""End-to-end tests of Rhai hook scripts: every example in scripts/ through real SMTP and IMAP
+sessions, the failure policy for a script that loops forever, reload (`corvus reload` and
+SIGHUP) while sessions are open, `corvus check` and `corvus script test`.
+
+Self-contained: the fixture below starts its own `corvus serve` per test with a temp config
+(ports picked by binding port 0, its own data_dir, a loopback DNS responder answering NXDOMAIN
+so no lookup leaves the machine). Mail is sent with smtplib and read back with imaplib.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import os
+import pathlib
+import signal
+import smtplib
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CORVUS_BIN = os.environ.get("CORVUS_BIN") or str(ROOT / "target" / "debug" / "corvus")
+SCRIPTS = ROOT / "scripts"
+DOMAIN = "example.test"
+PASSWORD = "correct horse"
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixture
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, (str, pathlib.Path)):
+        return json.dumps(str(v))  # JSON string escapes are valid TOML basic strings
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(v)
+
+
+def child_env() -> dict:
+    # Every CORVUS_* variable is configuration to corvus; keep the harness's own out.
+    return {k: v for k, v in os.environ.items() if not k.startswith("CORVUS_")}
+
+
+class NxDns:
+    """UDP DNS responder on 127.0.0.1 answering NXDOMAIN to every query."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                q, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            if len(q) < 12:
+                continue
+            # Header: same id, QR=1, opcode and RD copied, RA=1, RCODE=3; question echoed.
+            flags = 0x8000 | (q[2] << 8 & 0x7900) | 0x0080 | 3
+            self.sock.sendto(q[:2] + flags.to_bytes(2, "big") + q[4:6] + b"\0\0\0\0\0\0" + q[12:], peer)
+
+    def close(self):
+        self.sock.close()
+
+
+class Server:
+    """One `corvus serve` with SMTP, submission and IMAP listeners and the given hooks."""
+
+    def __init__(self, tmp: pathlib.Path, hooks: list[dict], delivery: str = ""):
+        self.tmp = tmp
+        self.delivery = delivery
+        self.dns = NxDns()
+        self.smtp_port, self.sub_port, self.imap_port = free_port(), free_port(), free_port()
+        self.config = tmp / "corvus.toml"
+        self.log_path = tmp / "server.log"
+        self.write_config(hooks)
+        self.proc = None
+
+    def write_config(self, hooks: list[dict]):
+        lines = [
+            'hostname = "mx.example.test"',
+            f"data_dir = {toml_value(self.tmp / 'data')}",
+            f"domains = [{toml_value(DOMAIN)}]",
+            'shutdown_timeout = "5s"',
+            "[listen]",
+            f'smtp = "127.0.0.1:{self.smtp_port}"',
+            f'submission = "127.0.0.1:{self.sub_port}"',
+            f'imap = "127.0.0.1:{self.imap_port}"',
+            "[dns]",
+            f"nameservers = [{toml_value(self.dns.addr)}]",
+            "[smtp]",
+            "allow_plaintext_auth = true",
+            "max_errors = 100",
+            "[imap]",
+            "allow_plaintext_auth = true",
+            "[log]",
+            'level = "info"',
+            "[delivery]",
+            self.delivery,
+        ]
+        for h in hooks:
+            lines.append("[[hooks]]")
+            for k, v in h.items():
+                lines.append(f"{k} = {toml_value(v)}")
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [CORVUS_BIN, "-c", str(self.config), "serve"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=child_env(),
+        )
+        deadline = time.time() + 30
+        sock = self.tmp / "data" / "control.sock"
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"corvus serve exited {self.proc.returncode}:\n{self.logs()}")
+            if all(port_open(p) for p in (self.smtp_port, self.sub_port, self.imap_port)) and sock.exists():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"corvus serve did not come up:\n{self.logs()}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.log.close()
+        self.dns.close()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self, *args, check=True) -> subprocess.CompletedProcess:
+        r = subprocess.run([CORVUS_BIN, "-c", str(self.config), *args],
+                           capture_output=True, text=True, env=child_env(), timeout=60)
+        if check and r.returncode != 0:
+            raise AssertionError(f"corvus {' '.join(args)} failed ({r.returncode}): {r.stdout}{r.stderr}")
+        return r
+
+    def add_user(self, address: str):
+        self.cli("user", "add", address, "--password", PASSWORD)
+
+    def smtp(self, port=None) -> smtplib.SMTP:
+        s = smtplib.SMTP("127.0.0.1", port or self.smtp_port, timeout=30)
+        s.ehlo("client.example")
+        return s
+
+    def imap(self, user: str) -> imaplib.IMAP4:
+        m = imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=30)
+        m.login(user, PASSWORD)
+        return m
+
+    def messages(self, user: str, folder: str = "INBOX") -> list[bytes]:
+        m = self.imap(user)
+        try:
+            typ, _ = m.select(f'"{folder}"', readonly=True)
+            if typ != "OK":
+                return []
+            typ, data = m.uid("SEARCH", None, "ALL")
+            out = []
+            for uid in data[0].split():
+                typ, parts = m.uid("FETCH", uid, "(BODY.PEEK[])")
+                out.append(parts[0][1])
+            return out
+        finally:
+            m.logout()
+
+
+@pytest.fixture
+def corvus(tmp_path):
+    """Factory: corvus(hooks=[{script=…, config={…}}, …]) starts a server and returns it."""
+    servers = []
+
+    def start(hooks: list[dict], delivery: str = "") -> Server:
+        s = Server(tmp_path, hooks, delivery)
+        servers.append(s)
+        return s.start()
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def message(subject="Hello", extra_headers="", body="Just a test.\r\n", to=f"alice@{DOMAIN}") -> str:
+    return (f"From: <sender@remote.example>\r\nTo: <{to}>\r\nSubject: {subject}\r\n"
+            f"{extra_headers}Message-ID: <{time.time_ns()}@remote.example>\r\n\r\n{body}")
+
+
+def rcpt_reply(s: smtplib.SMTP, sender: str, rcpt: str) -> tuple[int, bytes]:
+    code, text = s.mail(sender)
+    assert code == 250, (code, text)
+    return s.rcpt(rcpt)
+
+
+# ---------------------------------------------------------------------------------------------
+# Example scripts
+
+
+def test_greylist_tempfails_then_accepts_after_the_delay(corvus):
+    srv = corvus([{"script": SCRIPTS / "rcpt_greylist.rhai", "config": {"delay": "1s"}}])
+    srv.add_user(f"alice@{DOMAIN}")
+    with srv.smtp() as s:
+        code, text = rcpt_reply(s, "a@remote.example", f"alice@{DOMAIN}")
+        assert code == 451 and b"Greylisted" in text, (code, text)
+        s.rset()
+        code, _ = rcpt_reply(s, "a@remote.example", f"alice@{DOMAIN}")
+        assert code == 451  # retried too early
+        s.rset()
+        # A different triplet is greylisted on its own.
+        code, _ = rcpt_reply(s, "b@remote.example", f"alice@{DOMAIN}")
+        assert code == 451
+    time.sleep(2.2)
+    with srv.smtp() as s:
+        s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message("after greylisting"))
+    assert any(b"after greylisting" in m for m in srv.messages(f"alice@{DOMAIN}"))
+    # Traceability: the verdict's log line names the hook point, the script and the verdict.
+    verdicts = [l for l in srv.logs().splitlines() if "hook verdict" in l]
+    assert any("on_rcpt" in l and "rcpt_greylist.rhai" in l and "tempfail" in l for l in verdicts), verdicts
+    assert "greylisted" in srv.logs()
+
+
+def test_rate_limit_per_sender(corvus):
+    srv = corvus([{"script": SCRIPTS / "mail_rate_limit.rhai", "config": {"max": 3, "window": "1h"}}])
+    srv.add_user(f"alice@{DOMAIN}")
+    with srv.smtp() as s:
+        for i in range(3):
+            s.sendmail("busy@remote.example", [f"alice@{DOMAIN}"], message(f"n{i}"))
+        with pytest.raises(smtplib.SMTPSenderRefused) as e:
+            s.sendmail("busy@remote.example", [f"alice@{DOMAIN}"], message("n3"))
+        assert e.value.smtp_code == 450
+        s.rset()
+        # Another sender is counted on its own.
+        s.sendmail("calm@remote.example", [f"alice@{DOMAIN}"], message("calm"))
+    assert len(srv.messages(f"alice@{DOMAIN}")) == 4
+
+
+def test_blocklist_rejects_sender_and_recipient(corvus):
+    srv = corvus([{
+        "script": SCRIPTS / "rcpt_blocklist.rhai",
+        "config": {"senders": ["@bad.example"], "recipients": [f"gone@{DOMAIN}"]},
+    }])
+    srv.add_user(f"alice@{DOMAIN}")
+    srv.add_user(f"gone@{DOMAIN}")
+    with srv.smtp() as s:
+        code, text = s.mail("Spammer@BAD.example")
+        assert code == 550 and b"5.7.1" in text, (code, text)
+        code, _ = s.mail("friend@good.example")
+        assert code == 250
+        code, _ = s.rcpt(f"gone@{DOMAIN}")
+        assert code == 550
+        code, _ = s.rcpt(f"alice@{DOMAIN}")
+        assert code == 250
+
+
+def test_subject_tag_header_is_in_the_stored_message(corvus):
+    srv = corvus([{
+        "script": SCRIPTS / "data_subject_tag.rhai",
+        "config": {"header": "X-Corvus-Tag", "rules": [{"words": ["invoice"], "tag": "finance"}]},
+    }])
+    srv.add_user(f"alice@{DOMAIN}")
+    with srv.smtp() as s:
+        s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message("Your Invoice 42"))
+        s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message("Lunch?"))
+    msgs = srv.messages(f"alice@{DOMAIN}")
+    tagged = [m for m in msgs if b"Invoice 42" in m]
+    plain = [m for m in msgs if b"Lunch?" in m]
+    assert len(tagged) == 1 and len(plain) == 1
+    head = tagged[0].split(b"\r\n\r\n")[0]
+    assert b"\r\nX-Corvus-Tag: finance\r\n" in b"\r\n" + head + b"\r\n", head
+    assert b"X-Corvus-Tag" not in plain[0]
+
+
+def test_fileinto_lands_in_a_new_folder(corvus):
+    srv = corvus([{
+        "script": SCRIPTS / "delivery_fileinto.rhai",
+        "config": {"rules": [{"header": "List-Id", "contains": "rust-users", "folder": "Lists/Rust"}]},
+    }])
+    srv.add_user(f"alice@{DOMAIN}")
+    srv.add_user(f"bob@{DOMAIN}")
+    with srv.smtp() as s:
+        s.sendmail("list@lists.example", [f"alice@{DOMAIN}", f"bob@{DOMAIN}"],
+                   message("weekly digest", extra_headers="List-Id: Rust users <rust-users.lists.example>\r\n"))
+        s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message("personal"))
+    for user in ("alice", "bob"):
+        sorted_ = srv.messages(f"{user}@{DOMAIN}", "Lists/Rust")
+        assert len(sorted_) == 1 and b"weekly digest" in sorted_[0], user
+    inbox = srv.messages(f"alice@{DOMAIN}")
+    assert len(inbox) == 1 and b"personal" in inbox[0]
+
+
+def test_auth_allowlist_refuses_a_correct_password_from_elsewhere(corvus):
+    srv = corvus([{
+        "script": SCRIPTS / "auth_ip_allowlist.rhai",
+        "config": {"allow": ["192.0.2.0/24"], "listeners": ["submission"]},
+    }])
+    srv.add_user(f"alice@{DOMAIN}")
+    with srv.smtp(srv.sub_port) as s:
+        with pytest.raises(smtplib.SMTPAuthenticationError) as e:
+            s.login(f"alice@{DOMAIN}", PASSWORD)
+        assert e.value.smtp_code == 535
+    # The script covers only submission: the smtp listener and IMAP still let alice in.
+    with srv.smtp() as s:
+        s.login(f"alice@{DOMAIN}", PASSWORD)
+    srv.imap(f"alice@{DOMAIN}").logout()
+    assert "refused authentication of alice@example.test from 127.0.0.1 on submission" in srv.logs()
+
+
+def test_auth_allowlist_allows_listed_networks(corvus):
+    srv = corvus([{
+        "script": SCRIPTS / "auth_ip_allowlist.rhai",
+        "config": {"allow": ["192.0.2.0/24", "127.0.0.0/8"]},
+    }])
+    srv.add_user(f"alice@{DOMAIN}")
+    with srv.smtp(srv.sub_port) as s:
+        s.login(f"alice@{DOMAIN}", PASSWORD)
+        s.sendmail(f"alice@{DOMAIN}", [f"alice@{DOMAIN}"], message("from the office"))
+
+
+def test_scripts_chain_in_order_first_verdict_wins(corvus):
+    srv = corvus([
+        {"script": SCRIPTS / "rcpt_blocklist.rhai", "config": {"recipients": [f"gone@{DOMAIN}"]}},
+        {"script": SCRIPTS / "rcpt_greylist.rhai", "config": {"delay": "1h"}},
+    ])
+    srv.add_user(f"alice@{DOMAIN}")
+    srv.add_user(f"gone@{DOMAIN}")
+    with srv.smtp() as s:
+        code, _ = rcpt_reply(s, "a@remote.example", f"gone@{DOMAIN}")
+        assert code == 550  # the block list decides before the greylist sees it
+        code, _ = s.rcpt(f"alice@{DOMAIN}")
+        assert code == 451
+        # The built-in policy runs first: no relaying whatever the scripts say.
+        code, _ = s.rcpt("someone@elsewhere.example")
+        assert code == 554
+
+
+EVERY_POINT = """
+fn on_connect(ctx) {
+    if ctx.listener == "submission" { return reject(554, "5.7.1 submission closed today"); }
+}
+fn on_helo(ctx) {
+    if ctx.helo == "bad.example" { return reject(550, "5.7.1 not you"); }
+}
+fn on_auth(ctx) {
+    // External authentication: an address with no stored password.
+    if ctx.username == "ext@example.test" && ctx.password == "external-secret" && !ctx.password_valid {
+        return accept();
+    }
+}
+fn on_mail(ctx) {
+    if ctx.mail_from.starts_with("later@") { return tempfail(451, "4.7.1 come back later"); }
+}
+fn on_rcpt(ctx) {
+    log("info", `rcpt ${ctx.rcpt} after ${ctx.rcpts.len()} from ${ctx.mail_from} helo ${ctx.helo} tls ${ctx.tls}`);
+}
+fn on_data(ctx) {
+    switch ctx.subject {
+        "discard me" => discard(),
+        "quarantine me" => quarantine("looks odd"),
+        "reject me" => reject(554, "5.7.1 not this one"),
+        _ => ctx.add_header("X-Size-Seen", `${ctx.size}`),
+    }
+}
+fn on_delivery(ctx) {
+    ctx.add_header("X-For", ctx.rcpt);          // one copy per recipient
+}
+fn on_fetch(ctx) {
+    if ctx.user.starts_with("carol") && ctx.protocol == "imap" { return reject("withheld"); }
+}
+"""
+
+
+def test_every_hook_point_and_verdict_through_sessions(corvus, tmp_path):
+    script = tmp_path / "every.rhai"
+    script.write_text(EVERY_POINT)
+    srv = corvus([{"script": script}])
+    for u in ("alice", "bob", "carol"):
+        srv.add_user(f"{u}@{DOMAIN}")
+    with pytest.raises(smtplib.SMTPConnectError) as e:
+        srv.smtp(srv.sub_port)
+    assert e.value.smtp_code == 554
+    with srv.smtp() as s:
+        assert s.ehlo("bad.example")[0] == 550
+        assert s.ehlo("good.example")[0] == 250
+        s.login("ext@example.test", "external-secret")  # accepted by the script alone
+    with srv.smtp() as s:
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            s.login("ext@example.test", "wrong")
+    with srv.smtp() as s:
+        assert s.mail("later@remote.example")[0] == 451
+        s.rset()
+        to = [f"alice@{DOMAIN}", f"bob@{DOMAIN}"]
+        s.sendmail("a@remote.example", to, message("discard me"))
+        s.sendmail("a@remote.example", to, message("quarantine me"))
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            s.sendmail("a@remote.example", to, message("reject me"))
+        assert e.value.smtp_code == 554
+        s.sendmail("a@remote.example", to, message("normal"))
+        s.sendmail("a@remote.example", [f"carol@{DOMAIN}"], message("for carol"))
+    for u in ("alice", "bob"):
+        inbox = srv.messages(f"{u}@{DOMAIN}")
+        assert len(inbox) == 1 and b"normal" in inbox[0], inbox
+        head = inbox[0].split(b"\r\n\r\n")[0]
+        assert f"X-For: {u}@{DOMAIN}".encode() in head and b"X-Size-Seen: " in head, head
+        assert head.count(b"X-For:") == 1, head
+        junk = srv.messages(f"{u}@{DOMAIN}", "Junk")
+        assert len(junk) == 1 and b"quarantine me" in junk[0]
+    m = srv.imap(f"carol@{DOMAIN}")
+    m.select("INBOX")
+    typ, data = m.fetch("1", "(BODY.PEEK[])")
+    assert typ == "NO" and b"NOPERM" in data[0], (typ, data)
+    typ, _ = m.fetch("1", "(FLAGS)")  # metadata is not content: served
+    assert typ == "OK"
+    m.logout()
+    assert f"rcpt bob@{DOMAIN} after 1 from a@remote.example helo client.example tls false" in srv.logs()
+
+
+OUTBOUND = """
+fn on_data(ctx) {
+    if ctx.subject == "trace me" { return accept(); }
+}
+fn on_delivery(ctx) {
+    if !ctx.remote { return; }
+    log("info", `outbound to ${ctx.rcpt} via ${ctx.mx} listener ${ctx.listener}`);
+    if ctx.header("X-Classification") == "confidential" {
+        return reject(550, "5.7.1 DLP: confidential mail stays inside");
+    }
+}
+"""
+
+
+def wait_for(fn, what, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_outbound_delivery_hook_and_queue_show_decisions(corvus, tmp_path):
+    script = tmp_path / "outbound.rhai"
+    script.write_text(OUTBOUND)
+    # Every outbound attempt goes to a closed local port: mail stays queued unless a hook decides.
+    srv = corvus([{"script": script}], delivery=f'relay = "127.0.0.1:{free_port()}"')
+    srv.add_user(f"alice@{DOMAIN}")
+    with srv.smtp(srv.sub_port) as s:
+        s.login(f"alice@{DOMAIN}", PASSWORD)
+        s.mail(f"alice@{DOMAIN}")
+        assert s.rcpt("bob@remote.example")[0] == 250
+        code, text = s.data(message("trace me", to="bob@remote.example"))
+        assert code == 250, text
+        qid = text.decode().rsplit(" ", 1)[1]
+        s.sendmail(f"alice@{DOMAIN}", ["carol@remote.example"],
+                   message("plans", extra_headers="X-Classification: confidential\r\n", to="carol@remote.example"))
+    # The data-stage decision is recorded with the queued message.
+    shown = srv.cli("queue", "show", qid).stdout
+    assert "on_data" in shown and "outbound.rhai" in shown and "Accept" in shown, shown
+    # The confidential message is bounced by on_delivery before any connection is tried.
+    bounce = wait_for(lambda: [m for m in srv.messages(f"alice@{DOMAIN}") if b"DLP: confidential" in m],
+                      what="bounce to alice")
+    assert b"carol@remote.example" in bounce[0]
+    logs = wait_for(lambda: "outbound to bob@remote.example via 127.0.0.1 listener queue" in srv.logs() and srv.logs(),
+                    what="outbound hook log")
+    assert "outbound to carol@remote.example" in logs
+    assert "bob@remote.example" in srv.cli("queue", "list").stdout  # still queued, retrying
+
+
+# ---------------------------------------------------------------------------------------------
+# Failure policy, reload, tooling
+
+LOOPING = """
+// Loops forever for recipients starting with "loop", else lets the chain continue.
+fn on_rcpt(ctx) {
+    if ctx.rcpt.starts_with("loop") {
+        let i = 0;
+        loop { i += 1; }
+    }
+}
+"""
+
+
+def test_looping_script_tempfails_and_others_keep_being_served(corvus, tmp_path):
+    script = tmp_path / "loop.rhai"
+    script.write_text(LOOPING)
+    srv = corvus([{"script": script}])
+    srv.add_user(f"alice@{DOMAIN}")
+    srv.add_user(f"loop@{DOMAIN}")
+    results = {}
+
+    def looper(n):
+        with srv.smtp() as s:
+            codes = []
+            for _ in range(5):
+                codes.append(rcpt_reply(s, "a@remote.example", f"loop@{DOMAIN}")[0])
+                s.rset()
+            results[n] = codes
+
+    threads = [threading.Thread(target=looper, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    # Meanwhile other sessions are served, and promptly.
+    started = time.monotonic()
+    with srv.smtp() as s:
+        for i in range(5):
+            s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message(f"ok {i}"))
+    took = time.monotonic() - started
+    for t in threads:
+        t.join(60)
+    assert all(codes == [451] * 5 for codes in results.values()) and len(results) == 3, results
+    assert len(srv.messages(f"alice@{DOMAIN}")) == 5
+    assert took < 20, took
+    logs = srv.logs()
+    assert "hook failed" in logs and "loop.rhai:3:1: on_rcpt: too many operations" in logs, logs[-2000:]
+
+
+def test_on_error_continue_and_reject(corvus, tmp_path):
+    script = tmp_path / "loop.rhai"
+    script.write_text(LOOPING)
+    srv = corvus([
+        {"script": script, "on_error": "continue"},
+        {"script": SCRIPTS / "rcpt_blocklist.rhai", "config": {"recipients": [f"loop-blocked@{DOMAIN}"]}},
+    ])
+    srv.add_user(f"loop@{DOMAIN}")
+    srv.add_user(f"loop-blocked@{DOMAIN}")
+    with srv.smtp() as s:
+        assert rcpt_reply(s, "a@remote.example", f"loop@{DOMAIN}")[0] == 250
+        assert s.rcpt(f"loop-blocked@{DOMAIN}")[0] == 550  # next entry still decides
+    srv.stop()
+    srv2 = corvus([{"script": script, "on_error": "reject"}])
+    with srv2.smtp() as s:
+        assert rcpt_reply(s, "a@remote.example", f"loop@{DOMAIN}")[0] == 550
+
+
+def test_reload_swaps_scripts_without_dropping_sessions(corvus, tmp_path):
+    script = tmp_path / "policy.rhai"
+    script.write_text('fn on_rcpt(ctx) { if ctx.rcpt.starts_with("bob") { return reject(550, "5.7.1 v1 says no"); } }\n')
+    srv = corvus([{"script": script}])
+    srv.add_user(f"alice@{DOMAIN}")
+    srv.add_user(f"bob@{DOMAIN}")
+    old = srv.smtp()  # a session open across the reloads
+    code, text = rcpt_reply(old, "a@remote.example", f"bob@{DOMAIN}")
+    assert code == 550 and b"v1" in text
+    old.rset()
+
+    # v2 refuses alice instead of bob.
+    script.write_text('fn on_rcpt(ctx) { if ctx.rcpt.starts_with("alice") { return reject(550, "5.7.1 v2 says no"); } }\n')
+    r = srv.cli("reload")
+    assert "reloaded 1 hook script" in r.stdout
+    code, text = rcpt_reply(old, "a@remote.example", f"alice@{DOMAIN}")
+    assert code == 550 and b"v2" in text
+    assert old.rcpt(f"bob@{DOMAIN}")[0] == 250
+    old.rset()
+
+    # A broken script is refused and v2 stays.
+    script.write_text('fn on_rcpt(ctx) {\n    reject(550, "v3" \n}\n')
+    r = srv.cli("reload", check=False)
+    assert r.returncode != 0
+    assert f"{script}:3:1:" in r.stderr, r.stderr
+    code, text = rcpt_reply(old, "a@remote.example", f"alice@{DOMAIN}")
+    assert code == 550 and b"v2" in text
+    old.rset()
+
+    # SIGHUP does the same as `corvus reload`; adding an entry to the config takes effect too.
+    script.write_text("fn on_rcpt(ctx) { }\n")
+    srv.write_config([{"script": script},
+                      {"script": SCRIPTS / "rcpt_blocklist.rhai", "config": {"recipients": [f"bob@{DOMAIN}"]}}])
+    before = srv.logs().count("hooks reloaded")
+    srv.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 10
+    while srv.logs().count("hooks reloaded") == before and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.logs().count("hooks reloaded") == before + 1
+    code, _ = rcpt_reply(old, "a@remote.example", f"alice@{DOMAIN}")
+    assert code == 250
+    assert old.rcpt(f"bob@{DOMAIN}")[0] == 550
+    old.data(message("survived three reloads"))
+    old.quit()
+    assert any(b"survived three reloads" in m for m in srv.messages(f"alice@{DOMAIN}"))
+
+
+def test_reload_under_load(corvus, tmp_path):
+    script = tmp_path / "policy.rhai"
+    script.write_text("fn on_rcpt(ctx) { }\n")
+    srv = corvus([{"script": script}])
+    srv.add_user(f"alice@{DOMAIN}")
+    stop = threading.Event()
+    errors, sent = [], [0]
+
+    def sender():
+        try:
+            while not stop.is_set():
+                with srv.smtp() as s:  # sessions of 20 messages (max_messages_per_session is 100)
+                    for _ in range(20):
+                        s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message("load"))
+                        sent[0] += 1
+                        if stop.is_set():
+                            break
+        except Exception as e:  # noqa: BLE001 - any failure is a test failure
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=sender) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(5):
+        script.write_text(f"fn on_rcpt(ctx) {{ let generation = {i}; }}\n")
+        srv.cli("reload")
+        time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert sent[0] > 0
+
+
+def test_check_reports_syntax_errors_as_file_line_column(tmp_path):
+    bad = tmp_path / "bad.rhai"
+    bad.write_text("fn on_rcpt(ctx) {\n    let x = ;\n}\n")
+    cfg = tmp_path / "corvus.toml"
+    cfg.write_text(f'data_dir = {toml_value(tmp_path / "data")}\n[[hooks]]\nscript = "bad.rhai"\n')
+    r = subprocess.run([CORVUS_BIN, "-c", str(cfg), "check"], capture_output=True, text=True, env=child_env())
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"{bad}:2:13: Unexpected ';'", r.stderr
+    bad.write_text("fn on_rcpt(ctx) { }\n")
+    r = subprocess.run([CORVUS_BIN, "-c", str(cfg), "check"], capture_output=True, text=True, env=child_env())
+    assert r.returncode == 0 and "1 hook scripts" in r.stdout, r.stdout + r.stderr
+    # An unknown key in a [[hooks]] entry is refused.
+    cfg.write_text('[[hooks]]\nscript = "bad.rhai"\nconfg = {}\n')
+    r = subprocess.run([CORVUS_BIN, "-c", str(cfg), "check"], capture_output=True, text=True, env=child_env())
+    assert r.returncode == 2 and "confg" in r.stderr
+
+
+def test_script_test_prints_verdict_actions_and_logs(tmp_path):
+    run = lambda *a: subprocess.run([CORVUS_BIN, "script", "test", *map(str, a)],  # noqa: E731
+                                    capture_output=True, text=True, env=child_env())
+    r = run(SCRIPTS / "rcpt_greylist.rhai", "--hook", "rcpt", "--from", "a@x.example", "--to", "b@y.example",
+            "--ip", "1.2.3.4", "--config", '{"delay": "1h"}', "--repeat", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("verdict:  tempfail 451 4.7.1 Greylisted") == 2, r.stdout
+    assert "log:      [info] greylisted 1.2.3.0/24 a@x.example b@y.example" in r.stdout
+    msg = tmp_path / "m.eml"
+    msg.write_text("From: a@x.example\nSubject: Invoice due\n\nPay.\n")
+    r = run(SCRIPTS / "data_subject_tag.rhai", "--hook", "data", "--from", "a@x.example", "--to", "b@y.example",
+            "--message", msg, "--config", '{"rules": [{"words": ["invoice"], "tag": "finance"}]}')
+    assert "action:   add_header X-Corvus-Tag: finance" in r.stdout, r.stdout + r.stderr
+    loop = tmp_path / "loop.rhai"
+    loop.write_text(LOOPING)
+    r = run(loop, "--hook", "rcpt", "--to", "loop@y.example")
+    assert r.returncode == 1
+    assert "error:    " in r.stdout and "too many operations" in r.stdout
+    assert "verdict:  tempfail 451" in r.stdout and "(on_error = tempfail)" in r.stdout
