@@ -731,3 +731,27 @@ def test_dmarc_aggregate_report_sent_to_authorized_rua(tmp_path, zone, world):
     assert bad.findtext("identifiers/header_from") == "rp.test"
     assert bad.findtext("identifiers/envelope_from") == "rp.test"
     c.stop()
+
+
+# --- Hooks see the results and may decide ---------------------------------------------------
+
+def test_script_sees_results_and_accept_overrides_dmarc(tmp_path, zone, world):
+    script = tmp_path / "auth.rhai"
+    script.write_text(
+        "fn on_data(ctx) {\n"
+        "    ctx.add_header(\"X-Script-Saw\", `spf=${ctx.spf} dkim=${ctx.dkim} dmarc=${ctx.dmarc}`);\n"
+        "    if ctx.header(\"Subject\") == \"let me in\" { return accept(); }\n"
+        "}\n"
+    )
+    c = make_receiver(tmp_path, zone, extra=f"[[hooks]]\nscript = {str(script)!r}\n".replace("'", '"'))
+    c.add_user(BOB, PW)
+    c.start()
+    # p=reject and nothing aligned: refused, unless the script accepts it.
+    code, _ = send(c, "a@spf-pass.test", message("boss@dm-reject.test", "keep out"))
+    assert code == 550
+    code, text = send(c, "a@spf-pass.test", message("boss@dm-reject.test", "let me in"))
+    assert code == 250, text
+    raw = latest(c)
+    assert b"X-Script-Saw: spf=pass dkim=none dmarc=fail\r\n" in raw
+    assert result(raw, "dmarc") == "fail"
+    c.stop()
