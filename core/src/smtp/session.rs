@@ -196,29 +196,17 @@ impl Session {
         c
     }
 
-<<<<<<< HEAD
-=======
-    /// Whether SPF/DKIM/DMARC/ARC checks apply: inbound mail on `smtp` from a client that
-    /// has not logged in.
-    fn sender_checks(&self) -> bool {
-        self.listener == "smtp" && self.user.is_none() && self.shared.sender_auth.enabled()
-    }
-
->>>>>>> sender-auth
     /// Take the reverse-lookup result if it has arrived, without waiting.
     async fn refresh_fcrdns(&mut self) {
         if self.fcrdns.is_none() && self.fcrdns_task.as_ref().is_some_and(|t| t.is_finished()) {
             self.fcrdns().await;
         }
-<<<<<<< HEAD
     }
 
     /// Whether SPF/DKIM/DMARC/ARC checks apply: inbound mail on `smtp` from a client that
     /// has not logged in.
     fn sender_checks(&self) -> bool {
         self.listener == "smtp" && self.user.is_none() && self.shared.sender_auth.enabled()
-=======
->>>>>>> sender-auth
     }
 
     async fn fcrdns(&mut self) -> Fcrdns {
@@ -1349,7 +1337,6 @@ impl Session {
     }
 }
 
-<<<<<<< HEAD
 /// The message with hook-added header fields in front (invalid names are skipped).
 fn prepend_headers(msg: Arc<Vec<u8>>, headers: &[(String, String)]) -> Arc<Vec<u8>> {
     if headers.is_empty() {
@@ -1365,8 +1352,6 @@ fn prepend_headers(msg: Arc<Vec<u8>>, headers: &[(String, String)]) -> Arc<Vec<u
     Arc::new(with)
 }
 
-=======
->>>>>>> sender-auth
 /// The domain of the alias that forwards this message elsewhere (the ARC sealing domain):
 /// a local recipient whose targets include an address in another domain; else any local one.
 fn forwarding_domain(rcpts: &[Rcpt]) -> Option<String> {
@@ -1386,24 +1371,6 @@ fn forwarding_domain(rcpts: &[Rcpt]) -> Option<String> {
         first.get_or_insert(d);
     }
     first
-<<<<<<< HEAD
-=======
-}
-
-/// The message with hook-added header fields in front (invalid names are skipped).
-fn prepend_headers(msg: Arc<Vec<u8>>, headers: &[(String, String)]) -> Arc<Vec<u8>> {
-    if headers.is_empty() {
-        return msg;
-    }
-    let mut with = Vec::with_capacity(msg.len() + 256);
-    for (name, value) in headers {
-        if valid_field_name(name) {
-            with.extend_from_slice(format_field(name, value).as_bytes());
-        }
-    }
-    with.extend_from_slice(&msg);
-    Arc::new(with)
->>>>>>> sender-auth
 }
 
 fn decode_b64(s: &str) -> Option<String> {
