@@ -316,19 +316,9 @@ def test_kill_9_with_queued_mail_loses_nothing(net):
 
 
 def test_interop_with_aiosmtpd(net):
-    from aiosmtpd.controller import Controller
-
-    got = []
-
-    class Handler:
-        async def handle_DATA(self, server, session, envelope):
-            got.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-            return "250 OK"
-
     zone, make = net
     port = free_port()
-    ctl = Controller(Handler(), hostname="127.0.0.5", port=port)
-    ctl.start()
+    ctl, got = aiosmtpd_sink("127.0.0.5", port)
     try:
         a = make("a", ["a.test"], delivery=f"port = {port}")
         a.add_user("alice@a.test", PW)
@@ -337,7 +327,7 @@ def test_interop_with_aiosmtpd(net):
         a.start()
         submit(a, "alice@a.test", ["carol@other.test", "dave@other.test"], b"to aiosmtpd\r\n.leading dot\r\n")
         wait_for(lambda: got, what="aiosmtpd received")
-        mail_from, rcpts, content = got[0]
+        _peer, mail_from, rcpts, content = got[0]
         assert mail_from == "alice@a.test"
         assert sorted(rcpts) == ["carol@other.test", "dave@other.test"]
         assert b".leading dot" in content and b"to aiosmtpd" in content
