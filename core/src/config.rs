@@ -50,12 +50,19 @@ pub struct Config {
     pub source: Option<PathBuf>,
 }
 
-/// One `[[hooks]]` entry: a Rhai script and the table handed to it.
+/// One `[[hooks]]` entry: a Rhai script (`script`) or a WASM plugin (`plugin`), and the table
+/// handed to it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HookEntry {
     /// Path of the Rhai script; a relative path is resolved against the config file's directory.
+    /// Empty for a plugin entry.
+    #[serde(default)]
     pub script: PathBuf,
+    /// Path of a WASM plugin (a `wasm32-wasip2` component built with the SDK); relative like
+    /// `script`. Give either `script` or `plugin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PathBuf>,
     /// Table given to the script as `ctx.config` and to its optional `init(config)`.
     #[serde(default)]
     pub config: serde_json::Map<String, serde_json::Value>,
@@ -533,8 +540,13 @@ impl Config {
         if let Some(file) = file {
             let dir = file.parent().unwrap_or(Path::new(""));
             for h in &mut config.hooks {
-                if h.script.is_relative() {
+                if h.script.is_relative() && !h.script.as_os_str().is_empty() {
                     h.script = dir.join(&h.script);
+                }
+                if let Some(p) = &mut h.plugin
+                    && p.is_relative()
+                {
+                    *p = dir.join(&*p);
                 }
             }
             config.source = Some(file.to_path_buf());
@@ -619,7 +631,25 @@ impl Config {
             }
         }
         for (i, h) in self.hooks.iter().enumerate() {
-            if !h.script.is_file() {
+            let has_script = !h.script.as_os_str().is_empty();
+            if let Some(p) = &h.plugin {
+                if has_script {
+                    problems.push(format!(
+                        "hooks[{i}]: give either script or plugin, not both"
+                    ));
+                } else if !p.is_file() {
+                    problems.push(format!(
+                        "hooks[{i}].plugin: file {} does not exist (relative paths start at the config file's directory)",
+                        p.display()
+                    ));
+                }
+                continue;
+            }
+            if !has_script {
+                problems.push(format!(
+                    "hooks[{i}]: give script = \"file.rhai\" or plugin = \"file.wasm\""
+                ));
+            } else if !h.script.is_file() {
                 problems.push(format!(
                     "hooks[{i}].script: file {} does not exist (relative paths start at the config file's directory)",
                     h.script.display()

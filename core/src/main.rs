@@ -64,6 +64,16 @@ enum Command {
     /// Work with hook scripts.
     #[command(subcommand)]
     Script(ScriptCmd),
+    /// Work with WASM plugins.
+    #[command(subcommand)]
+    Plugin(PluginCmd),
+}
+
+#[derive(Subcommand)]
+enum PluginCmd {
+    /// Run a plugin (.wasm) against a synthetic event; print the verdict, actions and log
+    /// lines. Same options as `script test`.
+    Test(ScriptTestArgs),
 }
 
 #[derive(Subcommand)]
@@ -367,8 +377,11 @@ fn init_logging(config: &Config) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Script(ScriptCmd::Test(args)) = cli.command {
-        return script_test(cli.config.as_deref(), args);
+    match cli.command {
+        Command::Script(ScriptCmd::Test(args)) | Command::Plugin(PluginCmd::Test(args)) => {
+            return script_test(cli.config.as_deref(), args);
+        }
+        _ => {}
     }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
@@ -426,7 +439,16 @@ fn main() -> ExitCode {
                 bad = true;
             }
             for h in &config.hooks {
-                if let Err(e) = corvus::hooks::rhai::check_script(&h.script) {
+                let checked = match &h.plugin {
+                    Some(p) => corvus::hooks::wasm::check_plugin(
+                        p,
+                        &h.config,
+                        Some(config.data_dir.join("plugin-cache")),
+                    )
+                    .map(|_| ()),
+                    None => corvus::hooks::rhai::check_script(&h.script),
+                };
+                if let Err(e) = checked {
                     eprintln!("{e}");
                     bad = true;
                 }
@@ -444,7 +466,9 @@ fn main() -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
-        Command::Script(_) => unreachable!("handled before the config is loaded"),
+        Command::Script(_) | Command::Plugin(_) => {
+            unreachable!("handled before the config is loaded")
+        }
         Command::Reload => AdminCommand::Reload,
         Command::User(UserCmd::Add { address, password }) => match read_password(password) {
             Ok(password) => AdminCommand::UserAdd { address, password },
@@ -552,7 +576,9 @@ fn script_test(config: Option<&Path>, a: ScriptTestArgs) -> ExitCode {
             if let Some(h) = cfg
                 .hooks
                 .iter()
-                .find(|h| std::fs::canonicalize(&h.script).ok() == want)
+                .find(|h| {
+                    std::fs::canonicalize(h.plugin.as_ref().unwrap_or(&h.script)).ok() == want
+                })
             {
                 table = h.config.clone();
                 on_error = h.on_error;

@@ -10,8 +10,13 @@
 pub mod builtin;
 pub mod rhai;
 pub mod script_test;
+pub mod wasm;
 
+pub use wasm::HookSession;
+
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -163,6 +168,8 @@ pub struct HookCtx {
     pub fetch: Option<(String, u32, &'static str)>,
     /// Delivery to a remote host: the MX about to be tried.
     pub remote_mx: Option<String>,
+    /// The session's per-hook state (warm plugin instances); None outside a session.
+    pub session: Option<Arc<HookSession>>,
 }
 
 impl HookCtx {
@@ -187,6 +194,7 @@ impl HookCtx {
             credentials_valid: false,
             fetch: None,
             remote_mx: None,
+            session: None,
         }
     }
 }
@@ -209,6 +217,9 @@ pub enum OnError {
     Reject,
 }
 
+/// The future of [`HookEngine::call_async`].
+pub type HookFuture<'a> = Pin<Box<dyn Future<Output = Result<Verdict, HookError>> + Send + 'a>>;
+
 /// Something that decides at hook points.
 pub trait HookEngine: Send + Sync {
     /// Name for logs (script path, plugin name, "builtin").
@@ -217,6 +228,11 @@ pub trait HookEngine: Send + Sync {
     fn handles(&self, point: HookPoint) -> bool;
     /// Run the handler.
     fn call(&self, ctx: &HookCtx, actions: &mut Actions) -> Result<Verdict, HookError>;
+    /// Run the handler without blocking the async runtime (WASM plugins); by default the
+    /// same as [`Self::call`], run inline.
+    fn call_async<'a>(&'a self, ctx: &'a HookCtx, actions: &'a mut Actions) -> HookFuture<'a> {
+        Box::pin(std::future::ready(self.call(ctx, actions)))
+    }
     /// Policy when `call` fails.
     fn on_error(&self) -> OnError {
         OnError::Tempfail
@@ -262,7 +278,8 @@ impl HookChain {
             .clone()
     }
 
-    /// Run every entry that handles `ctx.point` until one decides.
+    /// Run every entry that handles `ctx.point` until one decides (blocking; plugins run
+    /// through [`HookEngine::call`]).
     pub fn run(&self, ctx: &HookCtx) -> Outcome {
         let entries = self.entries();
         let mut actions = Actions::default();
@@ -273,38 +290,33 @@ impl HookChain {
             }
             let started = Instant::now();
             let result = engine.call(ctx, &mut actions);
-            let micros = started.elapsed().as_micros();
-            let verdict = match result {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(hook = ctx.point.function_name(), engine = engine.name(), error = %e, micros, "hook failed");
-                    match engine.on_error() {
-                        OnError::Continue => continue,
-                        OnError::Tempfail => Verdict::Tempfail {
-                            code: 451,
-                            text: "Temporary local problem, try again later".into(),
-                        },
-                        OnError::Reject => Verdict::Reject {
-                            code: 550,
-                            text: "Rejected by local policy".into(),
-                        },
-                    }
-                }
-            };
-            if verdict.ends_chain() {
-                tracing::info!(
-                    hook = ctx.point.function_name(),
-                    engine = engine.name(),
-                    verdict = verdict.name(),
-                    micros,
-                    "hook verdict"
-                );
-                decisions.push(format!(
-                    "{} {}: {:?}",
-                    ctx.point.function_name(),
-                    engine.name(),
-                    verdict
-                ));
+            if let Some(verdict) = settle(engine.as_ref(), ctx, result, started, &mut decisions) {
+                return Outcome {
+                    verdict,
+                    actions,
+                    decisions,
+                };
+            }
+        }
+        Outcome {
+            verdict: Verdict::Continue,
+            actions,
+            decisions,
+        }
+    }
+
+    /// [`Self::run`] for async callers: plugins yield to the runtime while they run.
+    pub async fn run_async(&self, ctx: &HookCtx) -> Outcome {
+        let entries = self.entries();
+        let mut actions = Actions::default();
+        let mut decisions = Vec::new();
+        for engine in entries.iter() {
+            if !engine.handles(ctx.point) {
+                continue;
+            }
+            let started = Instant::now();
+            let result = engine.call_async(ctx, &mut actions).await;
+            if let Some(verdict) = settle(engine.as_ref(), ctx, result, started, &mut decisions) {
                 return Outcome {
                     verdict,
                     actions,
@@ -320,6 +332,52 @@ impl HookChain {
     }
 }
 
+/// The verdict of one entry's call (its `on_error` policy applied to a failure), if it ends
+/// the chain.
+fn settle(
+    engine: &dyn HookEngine,
+    ctx: &HookCtx,
+    result: Result<Verdict, HookError>,
+    started: Instant,
+    decisions: &mut Vec<String>,
+) -> Option<Verdict> {
+    let micros = started.elapsed().as_micros();
+    let verdict = match result {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(hook = ctx.point.function_name(), engine = engine.name(), error = %e, micros, "hook failed");
+            match engine.on_error() {
+                OnError::Continue => return None,
+                OnError::Tempfail => Verdict::Tempfail {
+                    code: 451,
+                    text: "Temporary local problem, try again later".into(),
+                },
+                OnError::Reject => Verdict::Reject {
+                    code: 550,
+                    text: "Rejected by local policy".into(),
+                },
+            }
+        }
+    };
+    if !verdict.ends_chain() {
+        return None;
+    }
+    tracing::info!(
+        hook = ctx.point.function_name(),
+        engine = engine.name(),
+        verdict = verdict.name(),
+        micros,
+        "hook verdict"
+    );
+    decisions.push(format!(
+        "{} {}: {:?}",
+        ctx.point.function_name(),
+        engine.name(),
+        verdict
+    ));
+    Some(verdict)
+}
+
 /// The entries for `config`: the built-in policy, then each `[[hooks]]` entry in file order.
 /// Every script is compiled (and its `init` run) here; any failure returns one line per
 /// problem and no chain, so a reload can keep the old one.
@@ -329,9 +387,26 @@ pub fn build_entries(
 ) -> Result<Vec<Arc<dyn HookEngine>>, Vec<String>> {
     let mut entries: Vec<Arc<dyn HookEngine>> = vec![Arc::new(builtin::BuiltinPolicy)];
     let mut problems = Vec::new();
+    let mut resolver = None;
     for entry in &config.hooks {
-        match rhai::RhaiHook::load(entry, store.clone()) {
-            Ok(h) => entries.push(Arc::new(h)),
+        let loaded: Result<Arc<dyn HookEngine>, String> = match &entry.plugin {
+            Some(path) => {
+                if resolver.is_none() {
+                    resolver = crate::dns::resolver(config).ok().map(Arc::new);
+                }
+                wasm::WasmHook::load(
+                    entry,
+                    path,
+                    store.clone(),
+                    resolver.clone(),
+                    Some(config.data_dir.join("plugin-cache")),
+                )
+                .map(|h| Arc::new(h) as Arc<dyn HookEngine>)
+            }
+            None => rhai::RhaiHook::load(entry, store.clone()).map(|h| Arc::new(h) as _),
+        };
+        match loaded {
+            Ok(h) => entries.push(h),
             Err(e) => problems.push(e),
         }
     }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::rhai::{LoadOptions, RhaiHook, describe_verdict, handled_points};
+use super::rhai::{LoadOptions, RhaiHook, describe_verdict};
 use super::{Actions, HookCtx, HookEngine, HookPoint, OnError, Verdict};
 use crate::store::{SledStore, Store};
 
@@ -208,16 +208,30 @@ pub fn run(
 ) -> Result<Report, String> {
     let temp = TempStore::new()?;
     let sink = Arc::new(Mutex::new(Vec::new()));
-    let hook = RhaiHook::load_file(
-        path,
-        LoadOptions {
-            config,
-            on_error,
-            store: temp.store.clone(),
-            sink: Some(sink.clone()),
-            ..LoadOptions::default()
-        },
-    )?;
+    // A `.wasm` file is a plugin: the same event, verdict and report.
+    let hook: Box<dyn HookEngine> = if path.extension().is_some_and(|e| e == "wasm") {
+        Box::new(super::wasm::WasmHook::load_file(
+            path,
+            super::wasm::LoadOptions {
+                config,
+                on_error,
+                store: temp.store.clone(),
+                sink: Some(sink.clone()),
+                ..Default::default()
+            },
+        )?)
+    } else {
+        Box::new(RhaiHook::load_file(
+            path,
+            LoadOptions {
+                config,
+                on_error,
+                store: temp.store.clone(),
+                sink: Some(sink.clone()),
+                ..LoadOptions::default()
+            },
+        )?)
+    };
     let mut text = String::new();
     let mut failed = false;
     let init_logs = std::mem::take(&mut *sink.lock().unwrap_or_else(|e| e.into_inner()));
@@ -226,10 +240,14 @@ pub fn run(
     }
     let func = event.point.function_name();
     if !hook.handles(event.point) {
-        let points = handled_points(&hook);
+        let points: Vec<&str> = super::rhai::POINTS
+            .iter()
+            .filter(|p| hook.handles(**p))
+            .map(|p| p.function_name())
+            .collect();
         let _ = writeln!(
             text,
-            "hook:     {func} (not defined in this script; it defines {})",
+            "hook:     {func} (not handled by this script or plugin; it handles {})",
             if points.is_empty() {
                 "no hook functions".to_string()
             } else {

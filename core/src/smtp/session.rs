@@ -93,6 +93,8 @@ struct Session {
     fcrdns: Option<Fcrdns>,
     fcrdns_task: Option<tokio::task::JoinHandle<Fcrdns>>,
     deadline: Instant,
+    /// Per-session hook state (warm plugin instances), dropped with the session.
+    hooks: Arc<crate::hooks::HookSession>,
 }
 
 /// Serve one SMTP connection. `implicit_tls` for the `submissions` listener.
@@ -143,6 +145,7 @@ pub async fn serve(
             fcrdns: None,
             fcrdns_task,
             deadline,
+            hooks: Arc::default(),
         };
         tracing::debug!("connected");
         if let Err(e) = s.run().await {
@@ -185,6 +188,7 @@ impl Session {
         c.helo = self.helo.clone().unwrap_or_default();
         c.tls = self.stream.is_tls();
         c.user = self.user.clone().unwrap_or_default();
+        c.session = Some(self.hooks.clone());
         if let Some(tx) = &self.tx {
             c.mail_from = tx.from.to_string();
             c.rcpts = tx.rcpts.iter().map(|r| r.address.clone()).collect();
@@ -243,7 +247,7 @@ impl Session {
             ));
             return self.flush().await;
         }
-        let outcome = self.shared.hooks.run(&self.ctx(HookPoint::Connect));
+        let outcome = self.shared.hooks.run_async(&self.ctx(HookPoint::Connect)).await;
         match outcome.verdict {
             Verdict::Reject { code, text } => {
                 self.reply(verdict_reply(code, &text, "5.7.1"));
@@ -464,8 +468,8 @@ impl Session {
             }
         };
         match cmd {
-            Command::Ehlo(d) => self.hello(d, true),
-            Command::Helo(d) => self.hello(d, false),
+            Command::Ehlo(d) => self.hello(d, true).await,
+            Command::Helo(d) => self.hello(d, false).await,
             Command::Mail(from, params) => self.mail(from, params).await,
             Command::Rcpt(to, params) => self.rcpt(to, params).await,
             Command::Data => {
@@ -578,13 +582,13 @@ impl Session {
         self.stream.is_tls() || self.shared.config.smtp.allow_plaintext_auth
     }
 
-    fn hello(&mut self, domain: String, esmtp: bool) -> Flow {
+    async fn hello(&mut self, domain: String, esmtp: bool) -> Flow {
         self.tx = None;
         self.bdat = None;
         let outcome = {
             let mut c = self.ctx(HookPoint::Helo);
             c.helo = domain.clone();
-            self.shared.hooks.run(&c)
+            self.shared.hooks.run_async(&c).await
         };
         if let Some(r) = refusal(&outcome.verdict) {
             self.reply(r);
@@ -690,7 +694,7 @@ impl Session {
         } else {
             None
         };
-        let outcome = self.shared.hooks.run(&ctx);
+        let outcome = self.shared.hooks.run_async(&ctx).await;
         if let Some(r) = refusal(&outcome.verdict) {
             self.reply(r);
             return Flow::Continue;
@@ -764,7 +768,7 @@ impl Session {
         let mut ctx = self.ctx(HookPoint::Rcpt);
         ctx.rcpt = address.clone();
         ctx.route = Some(route.clone());
-        let outcome = self.shared.hooks.run(&ctx);
+        let outcome = self.shared.hooks.run_async(&ctx).await;
         if let Some(r) = refusal(&outcome.verdict) {
             self.reply(r);
             if r_is_permanent(&outcome.verdict) && self.count_error() {
@@ -995,7 +999,7 @@ impl Session {
         let mut ctx = self.ctx(HookPoint::Auth);
         ctx.credentials = Some((user.clone(), pass, mech.to_string()));
         ctx.credentials_valid = valid.is_some();
-        let outcome = self.shared.hooks.run(&ctx);
+        let outcome = self.shared.hooks.run_async(&ctx).await;
         let accepted = match outcome.verdict {
             Verdict::Accept => Some(valid.unwrap_or_else(|| user.to_lowercase())),
             Verdict::Continue => valid,
@@ -1132,7 +1136,7 @@ impl Session {
         }
         let msg = Arc::new(msg);
         ctx.message = Some(msg.clone());
-        let outcome = self.shared.hooks.run(&ctx);
+        let outcome = self.shared.hooks.run_async(&ctx).await;
         let mut decisions = outcome.decisions.clone();
         let quarantine = match &outcome.verdict {
             Verdict::Reject { code, text } => return verdict_reply(*code, text, "5.7.1"),
@@ -1190,7 +1194,7 @@ impl Session {
                 dctx.point = HookPoint::Delivery;
                 dctx.rcpt = target.clone();
                 dctx.message = Some(msg.clone());
-                let mut d = self.shared.hooks.run(&dctx);
+                let mut d = self.shared.hooks.run_async(&dctx).await;
                 decisions.append(&mut d.decisions);
                 let extra_headers = std::mem::take(&mut d.actions.add_headers);
                 let folder = match d.verdict {

@@ -1,0 +1,1285 @@
+//! WASM plugins as hook engines (wasmtime, component model, WIT `corvus:plugin@0.1.0` in
+//! `sdk/wit/plugin.wit`).
+//!
+//! One process-wide [`Engine`] (pooling allocator, epoch interruption, a 10 ms ticker thread).
+//! Per `[[hooks]] plugin = "x.wasm"` entry, once at load: the compiled component (from a cache
+//! in `data_dir/plugin-cache`, keyed by the wasm's SHA-256 and the engine's compatibility hash;
+//! compiled and stored on a miss), a [`Linker`] with the host imports plus a locked-down WASI,
+//! and the `InstancePre`. Loading also checks the WIT version and runs `describe` and `init`
+//! once, so a broken plugin or config is refused at load (and by `corvus check`).
+//!
+//! Instances: one per plugin per session, kept in the session's [`HookSession`] and reused
+//! for that session's hooks (about 1–2 µs per call warm; a new instance costs tens of µs).
+//! Without a session (queue deliveries, tests), or when the pool runs low, each call gets a
+//! fresh instance. Guest state therefore never crosses sessions.
+//!
+//! Per call: an epoch deadline (CPU budget, counted in 10 ms ticks of guest execution; the
+//! guest yields to tokio at every tick), a wall-clock timeout around the whole call (DNS
+//! included), a memory cap with `trap_on_grow_failure`, caps on log lines, DNS lookups and
+//! captured stdout/stderr. A trap, timeout or OOM fails that call only: the instance is
+//! dropped (a trapped instance is poisoned) and the chain applies the entry's `on_error`.
+//!
+//! Calls are async ([`HookEngine::call_async`], used by SMTP sessions). The synchronous
+//! [`HookEngine::call`] (IMAP/POP3 fetch hooks, CLI) runs the same future with
+//! `block_in_place` on a multi-threaded runtime, or on a small runtime of its own.
+
+use std::any::Any;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::rhai::{LogSink, POINTS};
+use super::{Actions, HookCtx, HookEngine, HookError, HookFuture, HookPoint, OnError, Route, Verdict};
+use crate::config::HookEntry;
+use crate::store::Store;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../sdk/wit",
+        world: "plugin",
+        imports: {
+            "corvus:plugin/dns": async | trappable,
+            default: trappable,
+        },
+        exports: { default: async },
+    });
+}
+
+use bindings::corvus::plugin as wit;
+use bindings::corvus::plugin::types as wt;
+
+/// The WIT package version this host implements.
+pub const WIT_PACKAGE: &str = "corvus:plugin";
+/// See [`WIT_PACKAGE`].
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// Limits on plugins. One set for the process (the pooling allocator is sized from it).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Guest CPU time per call (counted in ticks of [`TICK`]).
+    pub cpu: Duration,
+    /// Wall-clock time per call, DNS lookups included.
+    pub wall: Duration,
+    /// Linear memory per instance.
+    pub memory: usize,
+    /// Largest message handed to on-data/on-delivery (longer ones are cut, flagged in the
+    /// context).
+    pub max_message: usize,
+    /// DNS lookups per call.
+    pub dns_lookups: u32,
+    /// Time per DNS lookup.
+    pub dns_timeout: Duration,
+    /// Log lines per call; each line is cut to 4 KiB.
+    pub log_lines: u32,
+    /// Captured stdout and stderr per instance, each.
+    pub output: usize,
+    /// Instances alive at once (pool slots).
+    pub instances: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            cpu: Duration::from_millis(100),
+            wall: Duration::from_secs(5),
+            memory: 128 << 20,
+            max_message: 32 << 20,
+            dns_lookups: 10,
+            dns_timeout: Duration::from_secs(2),
+            log_lines: 100,
+            output: 64 << 10,
+            instances: 256,
+        }
+    }
+}
+
+/// Epoch tick: the granularity of the CPU budget.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// Sessions stop keeping warm instances when this share of the pool is in use.
+const KEEP_BELOW: f64 = 0.75;
+
+struct Runtime {
+    engine: Engine,
+    limits: Limits,
+    live: AtomicUsize,
+}
+
+static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+
+fn runtime() -> Result<&'static Runtime, HookError> {
+    RUNTIME
+        .get_or_init(|| build_runtime(Limits::default()))
+        .as_ref()
+        .map_err(|e| HookError(e.clone()))
+}
+
+fn build_runtime(limits: Limits) -> Result<Runtime, String> {
+    let mut pool = PoolingAllocationConfig::default();
+    let n = limits.instances;
+    pool.total_component_instances(n)
+        .total_core_instances(n * 8)
+        .total_memories(n * 2)
+        .total_tables(n * 4)
+        .total_stacks(n)
+        .max_memory_size(limits.memory)
+        .max_core_instances_per_component(16)
+        .max_memories_per_component(4)
+        // Reset small memories and the fiber stacks with memset instead of madvise: a new
+        // instance then costs fewer page faults.
+        .linear_memory_keep_resident(2 << 20)
+        .table_keep_resident(64 << 10)
+        .async_stack_keep_resident(128 << 10);
+    let mut c = wasmtime::Config::new();
+    c.wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        // Reserve only the memory cap per slot (not the 4 GiB default plus guards): the pool
+        // then reserves about instances × 2 × memory of address space, and bounds checks
+        // are explicit.
+        .memory_reservation(limits.memory as u64)
+        .memory_guard_size(0)
+        .memory_reservation_for_growth(0)
+        .async_stack_size(1 << 20)
+        .max_wasm_stack(512 << 10);
+    let engine = Engine::new(&c).map_err(|e| format!("wasm engine: {e}"))?;
+    let ticker = engine.weak();
+    std::thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(TICK);
+                match ticker.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => return,
+                }
+            }
+        })
+        .map_err(|e| format!("wasm epoch ticker: {e}"))?;
+    Ok(Runtime {
+        engine,
+        limits,
+        live: AtomicUsize::new(0),
+    })
+}
+
+/// What a plugin's host functions need (shared by all its instances).
+struct PluginEnv {
+    /// Path for logs and errors.
+    name: String,
+    kv_namespace: String,
+    config: serde_json::Map<String, serde_json::Value>,
+    config_json: String,
+    store: Option<Store>,
+    resolver: Option<Arc<hickory_resolver::TokioResolver>>,
+    sink: Option<LogSink>,
+}
+
+impl PluginEnv {
+    fn log(&self, level: &str, text: &str) {
+        let plugin = self.name.as_str();
+        match level {
+            "error" => tracing::error!(plugin, "{text}"),
+            "warn" => tracing::warn!(plugin, "{text}"),
+            "info" => tracing::info!(plugin, "{text}"),
+            "debug" => tracing::debug!(plugin, "{text}"),
+            _ => tracing::trace!(plugin, "{text}"),
+        }
+        if let Some(sink) = &self.sink {
+            let mut lines = sink.lock().unwrap_or_else(|e| e.into_inner());
+            if lines.len() < 10_000 {
+                lines.push(format!("[{level}] {text}"));
+            }
+        }
+    }
+}
+
+/// The data of one Store (one instance).
+struct HostState {
+    env: Arc<PluginEnv>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+    /// Bytes of stdout/stderr already forwarded to the log.
+    forwarded: (usize, usize),
+    /// Epoch ticks seen in the current call, and the budget.
+    ticks: u64,
+    tick_budget: u64,
+    cpu_exceeded: bool,
+    dns_left: u32,
+    dns_timeout: Duration,
+    log_left: u32,
+    log_dropped: u32,
+}
+
+impl Drop for HostState {
+    fn drop(&mut self) {
+        if let Ok(rt) = runtime() {
+            rt.live.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl wit::log::Host for HostState {
+    fn log(&mut self, level: wit::log::Level, message: String) -> wasmtime::Result<()> {
+        if self.log_left == 0 {
+            self.log_dropped += 1;
+            return Ok(());
+        }
+        self.log_left -= 1;
+        let level = match level {
+            wit::log::Level::Trace => "trace",
+            wit::log::Level::Debug => "debug",
+            wit::log::Level::Info => "info",
+            wit::log::Level::Warn => "warn",
+            wit::log::Level::Error => "error",
+        };
+        self.env.log(level, cut(&message, 4096));
+        Ok(())
+    }
+}
+
+fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > 1024 {
+        Err("kv: keys are 1 to 1024 bytes long".into())
+    } else {
+        Ok(())
+    }
+}
+
+impl HostState {
+    fn kv_store(&self) -> Result<&Store, String> {
+        self.env
+            .store
+            .as_ref()
+            .ok_or_else(|| "kv: no store here".to_string())
+    }
+}
+
+impl wit::kv::Host for HostState {
+    fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
+        Ok((|| {
+            check_key(&key)?;
+            self.kv_store()?
+                .kv_get(&self.env.kv_namespace, &key)
+                .map_err(|e| format!("kv: {e}"))
+        })())
+    }
+
+    fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_secs: Option<u32>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok((|| {
+            check_key(&key)?;
+            if value.len() > 65536 {
+                return Err(format!(
+                    "kv: values are at most 65536 bytes long (got {})",
+                    value.len()
+                ));
+            }
+            self.kv_store()?
+                .kv_set(
+                    &self.env.kv_namespace,
+                    &key,
+                    &value,
+                    ttl_secs.filter(|t| *t > 0).map(u64::from),
+                )
+                .map_err(|e| format!("kv: {e}"))
+        })())
+    }
+
+    fn incr(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_secs: Option<u32>,
+    ) -> wasmtime::Result<Result<i64, String>> {
+        Ok((|| {
+            check_key(&key)?;
+            self.kv_store()?
+                .kv_incr(
+                    &self.env.kv_namespace,
+                    &key,
+                    delta,
+                    ttl_secs.filter(|t| *t > 0).map(u64::from),
+                )
+                .map_err(|e| format!("kv: {e}"))
+        })())
+    }
+}
+
+fn json_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl wit::config::Host for HostState {
+    fn json(&mut self) -> wasmtime::Result<String> {
+        Ok(self.env.config_json.clone())
+    }
+    fn keys(&mut self) -> wasmtime::Result<Vec<String>> {
+        Ok(self.env.config.keys().cloned().collect())
+    }
+    fn get_string(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self
+            .env
+            .config
+            .get(&key)
+            .filter(|v| !v.is_null())
+            .map(json_text))
+    }
+    fn get_int(&mut self, key: String) -> wasmtime::Result<Option<i64>> {
+        Ok(self.env.config.get(&key).and_then(|v| {
+            v.as_i64()
+                .or_else(|| v.as_f64().map(|f| f as i64))
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        }))
+    }
+    fn get_float(&mut self, key: String) -> wasmtime::Result<Option<f64>> {
+        Ok(self.env.config.get(&key).and_then(|v| {
+            v.as_f64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        }))
+    }
+    fn get_bool(&mut self, key: String) -> wasmtime::Result<Option<bool>> {
+        Ok(self.env.config.get(&key).and_then(|v| v.as_bool()))
+    }
+    fn get_list(&mut self, key: String) -> wasmtime::Result<Option<Vec<String>>> {
+        Ok(self
+            .env
+            .config
+            .get(&key)
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().map(json_text).collect()))
+    }
+    fn get_table(&mut self, key: String) -> wasmtime::Result<Option<Vec<(String, String)>>> {
+        Ok(self
+            .env
+            .config
+            .get(&key)
+            .and_then(|v| v.as_object())
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), json_text(v))).collect()))
+    }
+}
+
+impl wit::clock::Host for HostState {
+    fn now(&mut self) -> wasmtime::Result<i64> {
+        Ok(chrono::Utc::now().timestamp())
+    }
+    fn monotonic_ms(&mut self) -> wasmtime::Result<u64> {
+        static START: OnceLock<Instant> = OnceLock::new();
+        Ok(START.get_or_init(Instant::now).elapsed().as_millis() as u64)
+    }
+}
+
+use wit::dns::DnsError;
+
+#[derive(Clone, Copy)]
+enum DnsKind {
+    A,
+    Aaaa,
+    Txt,
+    Ptr,
+}
+
+impl HostState {
+    async fn lookup(&mut self, kind: DnsKind, name: String) -> Result<Vec<String>, DnsError> {
+        if self.dns_left == 0 {
+            return Err(DnsError::LimitExceeded);
+        }
+        self.dns_left -= 1;
+        let Some(resolver) = self.env.resolver.clone() else {
+            return Err(DnsError::Temporary("no resolver".into()));
+        };
+        let name = name.trim().to_string();
+        if name.is_empty() || name.len() > 253 || name.contains(char::is_whitespace) {
+            return Err(DnsError::Invalid(format!("{:?} is not a DNS name", cut(&name, 300))));
+        }
+        let timeout = self.dns_timeout;
+        use hickory_resolver::proto::rr::RData;
+        let texts = |lookup: hickory_resolver::lookup::Lookup| -> Vec<String> {
+            lookup
+                .answers()
+                .iter()
+                .filter_map(|rec| match &rec.data {
+                    RData::A(a) => Some(a.to_string()),
+                    RData::AAAA(a) => Some(a.to_string()),
+                    RData::TXT(t) => Some(
+                        t.txt_data
+                            .iter()
+                            .map(|d| String::from_utf8_lossy(d).into_owned())
+                            .collect::<String>(),
+                    ),
+                    RData::PTR(p) => Some(p.to_ascii().trim_end_matches('.').to_string()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let result = match kind {
+            DnsKind::A => tokio::time::timeout(timeout, resolver.ipv4_lookup(name.as_str()))
+                .await
+                .map(|r| r.map(texts)),
+            DnsKind::Aaaa => tokio::time::timeout(timeout, resolver.ipv6_lookup(name.as_str()))
+                .await
+                .map(|r| r.map(texts)),
+            DnsKind::Txt => tokio::time::timeout(timeout, resolver.txt_lookup(name.as_str()))
+                .await
+                .map(|r| r.map(texts)),
+            DnsKind::Ptr => {
+                let ip: std::net::IpAddr = name
+                    .parse()
+                    .map_err(|_| DnsError::Invalid(format!("{name:?} is not an IP address")))?;
+                tokio::time::timeout(timeout, resolver.reverse_lookup(ip))
+                    .await
+                    .map(|r| r.map(texts))
+            }
+        };
+        match result {
+            Err(_) => Err(DnsError::Temporary("timeout".into())),
+            Ok(Ok(v)) => {
+                if v.is_empty() {
+                    Err(DnsError::NotFound)
+                } else {
+                    Ok(v.into_iter().take(64).collect())
+                }
+            }
+            Ok(Err(e)) => {
+                if e.is_no_records_found() || e.is_nx_domain() {
+                    Err(DnsError::NotFound)
+                } else {
+                    Err(DnsError::Temporary(e.to_string()))
+                }
+            }
+        }
+    }
+}
+
+impl wit::dns::Host for HostState {
+    async fn a(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, DnsError>> {
+        Ok(self.lookup(DnsKind::A, name).await)
+    }
+    async fn aaaa(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, DnsError>> {
+        Ok(self.lookup(DnsKind::Aaaa, name).await)
+    }
+    async fn txt(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, DnsError>> {
+        Ok(self.lookup(DnsKind::Txt, name).await)
+    }
+    async fn ptr(&mut self, ip: String) -> wasmtime::Result<Result<Vec<String>, DnsError>> {
+        Ok(self.lookup(DnsKind::Ptr, ip).await)
+    }
+}
+
+impl wt::Host for HostState {}
+
+/// One instance of a plugin and its store.
+struct Instance {
+    store: wasmtime::Store<HostState>,
+    plugin: bindings::Plugin,
+}
+
+/// Where a session keeps its warm instances (one per plugin), dropped with the session.
+#[derive(Default)]
+pub struct HookSession {
+    slots: Mutex<Vec<(u64, Box<dyn Any + Send>)>>,
+}
+
+impl std::fmt::Debug for HookSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HookSession")
+    }
+}
+
+impl HookSession {
+    fn take(&self, id: u64) -> Option<Box<dyn Any + Send>> {
+        let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let i = s.iter().position(|(k, _)| *k == id)?;
+        Some(s.swap_remove(i).1)
+    }
+
+    fn put(&self, id: u64, v: Box<dyn Any + Send>) {
+        let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        // Entries of plugins replaced by a reload linger until the session ends; keep a few.
+        if s.len() >= 16 {
+            s.remove(0);
+        }
+        s.push((id, v));
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A WASM plugin in the hook chain.
+pub struct WasmHook {
+    id: u64,
+    env: Arc<PluginEnv>,
+    pre: bindings::PluginPre<HostState>,
+    points: u8,
+    info: (String, String),
+    on_error: OnError,
+    /// Calls made and instances created (for tests and benchmarks).
+    pub stats: Arc<Stats>,
+}
+
+/// Counters of one plugin.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Hook calls.
+    pub calls: AtomicU64,
+    /// Instances created.
+    pub instances: AtomicU64,
+    /// Failed calls.
+    pub failures: AtomicU64,
+}
+
+/// How to load a plugin.
+#[derive(Clone, Default)]
+pub struct LoadOptions {
+    /// The entry's config table.
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// Failure policy.
+    pub on_error: OnError,
+    /// Store for the kv import (None: kv calls fail).
+    pub store: Option<Store>,
+    /// Resolver for the dns import (None: lookups fail as temporary).
+    pub resolver: Option<Arc<hickory_resolver::TokioResolver>>,
+    /// Where to cache compiled plugins (None: compile every time).
+    pub cache_dir: Option<PathBuf>,
+    /// Also collect log lines here.
+    pub sink: Option<LogSink>,
+}
+
+/// Compile (or load from the cache) the component in `wasm`.
+fn compile(engine: &Engine, name: &str, wasm: &[u8], cache_dir: Option<&Path>) -> Result<Component, String> {
+    let Some(dir) = cache_dir else {
+        return Component::new(engine, wasm).map_err(|e| format!("{name}: not a valid plugin: {e}"));
+    };
+    let mut h = DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    let digest = ring::digest::digest(&ring::digest::SHA256, wasm);
+    let hex: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let path = dir.join(format!("{hex}-{:016x}.cwasm", h.finish()));
+    if let Some(c) = corvus_wasm_cache::load(engine, &path) {
+        return Ok(c);
+    }
+    let started = Instant::now();
+    let component =
+        Component::new(engine, wasm).map_err(|e| format!("{name}: not a valid plugin: {e}"))?;
+    tracing::info!(plugin = name, ms = started.elapsed().as_millis() as u64, "plugin compiled");
+    match component.serialize() {
+        Ok(bytes) => {
+            if let Err(e) = corvus_wasm_cache::store(&path, &bytes) {
+                tracing::warn!(plugin = name, error = %e, "cannot cache the compiled plugin");
+            }
+        }
+        Err(e) => tracing::warn!(plugin = name, error = %e, "cannot serialize the compiled plugin"),
+    }
+    Ok(component)
+}
+
+/// The WIT package versions the component imports or exports, as "corvus:plugin@x.y.z"
+/// strings (for the version check).
+fn wit_versions(engine: &Engine, component: &Component) -> Vec<String> {
+    let ty = component.component_type();
+    let mut found: Vec<String> = ty
+        .imports(engine)
+        .map(|(n, _)| n.to_string())
+        .chain(ty.exports(engine).map(|(n, _)| n.to_string()))
+        .filter(|n| n.starts_with("corvus:"))
+        .filter_map(|n| {
+            let (pkg, rest) = n.split_once('/')?;
+            let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("(unversioned)");
+            Some(format!("{pkg}@{version}"))
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// Whether `v` is compatible with [`WIT_VERSION`] (same major, or same minor for 0.x).
+fn compatible(v: &str) -> bool {
+    let parse = |s: &str| -> Option<(u64, u64)> {
+        let mut it = s.split('.');
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    };
+    match (parse(v), parse(WIT_VERSION)) {
+        (Some((0, a)), Some((0, b))) => a == b,
+        (Some((a, _)), Some((b, _))) => a == b,
+        _ => false,
+    }
+}
+
+fn point_of(h: wt::Hook) -> HookPoint {
+    match h {
+        wt::Hook::Connect => HookPoint::Connect,
+        wt::Hook::Helo => HookPoint::Helo,
+        wt::Hook::Auth => HookPoint::Auth,
+        wt::Hook::Mail => HookPoint::Mail,
+        wt::Hook::Rcpt => HookPoint::Rcpt,
+        wt::Hook::Data => HookPoint::Data,
+        wt::Hook::Delivery => HookPoint::Delivery,
+        wt::Hook::Fetch => HookPoint::Fetch,
+    }
+}
+
+fn hook_of(p: HookPoint) -> wt::Hook {
+    match p {
+        HookPoint::Connect => wt::Hook::Connect,
+        HookPoint::Helo => wt::Hook::Helo,
+        HookPoint::Auth => wt::Hook::Auth,
+        HookPoint::Mail => wt::Hook::Mail,
+        HookPoint::Rcpt => wt::Hook::Rcpt,
+        HookPoint::Data => wt::Hook::Data,
+        HookPoint::Delivery => wt::Hook::Delivery,
+        HookPoint::Fetch => wt::Hook::Fetch,
+    }
+}
+
+/// Run a future to completion from synchronous code (see the module docs).
+fn block_on<F: std::future::Future + Send>(fut: F) -> F::Output
+where
+    F::Output: Send,
+{
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    static OWN: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    let own = || {
+        OWN.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("wasm-sync")
+                .enable_all()
+                .build()
+                .expect("tokio runtime for plugins")
+        })
+    };
+    match Handle::try_current() {
+        Err(_) => own().block_on(fut),
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| h.block_on(fut))
+        }
+        Ok(_) => std::thread::scope(|s| {
+            s.spawn(|| own().block_on(fut))
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        }),
+    }
+}
+
+impl WasmHook {
+    /// Load the plugin of a `[[hooks]]` entry.
+    pub fn load(
+        entry: &HookEntry,
+        path: &Path,
+        store: Store,
+        resolver: Option<Arc<hickory_resolver::TokioResolver>>,
+        cache_dir: Option<PathBuf>,
+    ) -> Result<Self, String> {
+        Self::load_file(
+            path,
+            LoadOptions {
+                config: entry.config.clone(),
+                on_error: entry.on_error,
+                store: Some(store),
+                resolver,
+                cache_dir,
+                sink: None,
+            },
+        )
+    }
+
+    /// Load a plugin file: compile (or take from the cache), check the WIT version, link,
+    /// run `describe` and `init` once. The error is one line naming the file.
+    pub fn load_file(path: &Path, opts: LoadOptions) -> Result<Self, String> {
+        let name = path.display().to_string();
+        let wasm = std::fs::read(path).map_err(|e| format!("{name}: cannot read: {e}"))?;
+        Self::from_bytes(&name, &wasm, opts)
+    }
+
+    /// Load a plugin from its bytes; `name` names it in logs and errors, and (its file stem)
+    /// its kv namespace.
+    pub fn from_bytes(name: &str, wasm: &[u8], opts: LoadOptions) -> Result<Self, String> {
+        let rt = runtime().map_err(|e| e.0)?;
+        if !wasm.starts_with(b"\0asm") {
+            return Err(format!("{name}: not a WebAssembly file"));
+        }
+        // A core module (not a component) has version 1 in bytes 4..8.
+        if wasm.get(4..8) == Some(&[1, 0, 0, 0]) {
+            return Err(format!(
+                "{name}: this is a core WebAssembly module, not a component; build the plugin for the wasm32-wasip2 target (see sdk/README.md)"
+            ));
+        }
+        let component = compile(&rt.engine, name, wasm, opts.cache_dir.as_deref())?;
+        let versions = wit_versions(&rt.engine, &component);
+        let wanted = format!("{WIT_PACKAGE}@{WIT_VERSION}");
+        if let Some(bad) = versions.iter().find(|v| {
+            v.split_once('@')
+                .is_none_or(|(pkg, ver)| pkg != WIT_PACKAGE || !compatible(ver))
+        }) {
+            return Err(format!(
+                "{name}: plugin was built for {bad}, but this server provides {wanted}; rebuild it against a matching corvus-sdk / sdk/wit"
+            ));
+        }
+        if versions.is_empty() {
+            return Err(format!(
+                "{name}: plugin does not export {wanted} hooks (is it a Corvus plugin?)"
+            ));
+        }
+        let mut linker: Linker<HostState> = Linker::new(&rt.engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| format!("{name}: linking WASI: {e}"))?;
+        bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| format!("{name}: linking: {e}"))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| format!("{name}: cannot link: {e}"))?;
+        let pre = bindings::PluginPre::new(pre).map_err(|e| format!("{name}: {e}"))?;
+        let stem = Path::new(name)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| name.to_string());
+        let config_json = serde_json::Value::Object(opts.config.clone()).to_string();
+        let env = Arc::new(PluginEnv {
+            name: name.to_string(),
+            kv_namespace: format!("wasm:{stem}"),
+            config: opts.config,
+            config_json,
+            store: opts.store,
+            resolver: opts.resolver,
+            sink: opts.sink,
+        });
+        let mut hook = WasmHook {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            env,
+            pre,
+            points: 0,
+            info: (stem, String::new()),
+            on_error: opts.on_error,
+            stats: Arc::default(),
+        };
+        // describe + init once now, so a bad plugin or config is refused at load.
+        let (points, info) = block_on(hook.probe()).map_err(|e| e.0)?;
+        hook.points = points;
+        hook.info = info;
+        Ok(hook)
+    }
+
+    async fn probe(&self) -> Result<(u8, (String, String)), HookError> {
+        let mut inst = self.instantiate().await?;
+        self.arm(&mut inst);
+        let r = tokio::time::timeout(
+            runtime()?.limits.wall,
+            inst.plugin
+                .corvus_plugin_hooks()
+                .call_describe(&mut inst.store),
+        )
+        .await;
+        let info = match r {
+            Ok(Ok(i)) => i,
+            Ok(Err(e)) => return Err(self.trap_error("describe", &mut inst, e)),
+            Err(_) => return Err(HookError(format!("{}: describe: timed out", self.env.name))),
+        };
+        let mut mask = 0u8;
+        for h in &info.hooks {
+            let p = point_of(*h);
+            if let Some(i) = POINTS.iter().position(|x| *x == p) {
+                mask |= 1 << i;
+            }
+        }
+        Ok((mask, (info.name, info.version)))
+    }
+
+    /// Plugin name and version from `describe`.
+    pub fn info(&self) -> (&str, &str) {
+        (&self.info.0, &self.info.1)
+    }
+
+    /// Names of the hooks the plugin handles.
+    pub fn handled_points(&self) -> Vec<&'static str> {
+        POINTS
+            .iter()
+            .filter(|p| self.handles(**p))
+            .map(|p| p.function_name())
+            .collect()
+    }
+
+    /// A new instance with `init` run.
+    async fn instantiate(&self) -> Result<Instance, HookError> {
+        let rt = runtime()?;
+        let limits = &rt.limits;
+        let stdout = MemoryOutputPipe::new(limits.output);
+        let stderr = MemoryOutputPipe::new(limits.output);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        rt.live.fetch_add(1, Ordering::Relaxed);
+        let state = HostState {
+            env: self.env.clone(),
+            wasi,
+            table: ResourceTable::new(),
+            limits: wasmtime::StoreLimitsBuilder::new()
+                .memory_size(limits.memory)
+                .instances(32)
+                .tables(64)
+                .memories(8)
+                .table_elements(100_000)
+                .trap_on_grow_failure(true)
+                .build(),
+            stdout,
+            stderr,
+            forwarded: (0, 0),
+            ticks: 0,
+            tick_budget: 1,
+            cpu_exceeded: false,
+            dns_left: 0,
+            dns_timeout: limits.dns_timeout,
+            log_left: limits.log_lines,
+            log_dropped: 0,
+        };
+        let mut store = wasmtime::Store::new(&rt.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_callback(|mut cx| {
+            let s = cx.data_mut();
+            s.ticks += 1;
+            if s.ticks > s.tick_budget {
+                s.cpu_exceeded = true;
+                return Err(wasmtime::Trap::Interrupt.into());
+            }
+            Ok(wasmtime::UpdateDeadline::Yield(1))
+        });
+        self.stats.instances.fetch_add(1, Ordering::Relaxed);
+        let mut inst_store = store;
+        self.arm_store(&mut inst_store);
+        let plugin = match tokio::time::timeout(
+            limits.wall,
+            self.pre.instantiate_async(&mut inst_store),
+        )
+        .await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                return Err(HookError(format!(
+                    "{}: cannot instantiate: {}",
+                    self.env.name,
+                    describe_error(&e, inst_store.data(), limits)
+                )));
+            }
+            Err(_) => return Err(HookError(format!("{}: instantiation timed out", self.env.name))),
+        };
+        let mut inst = Instance {
+            store: inst_store,
+            plugin,
+        };
+        self.arm(&mut inst);
+        let json = self.env.config_json.clone();
+        let r = tokio::time::timeout(
+            limits.wall,
+            inst.plugin
+                .corvus_plugin_hooks()
+                .call_init(&mut inst.store, &json),
+        )
+        .await;
+        match r {
+            Ok(Ok(Ok(()))) => {
+                self.forward_output(&mut inst);
+                Ok(inst)
+            }
+            Ok(Ok(Err(msg))) => {
+                self.forward_output(&mut inst);
+                Err(HookError(format!(
+                    "{}: init: {}",
+                    self.env.name,
+                    cut(&msg, 1000)
+                )))
+            }
+            Ok(Err(e)) => Err(self.trap_error("init", &mut inst, e)),
+            Err(_) => Err(HookError(format!("{}: init: timed out", self.env.name))),
+        }
+    }
+
+    /// Reset the per-call budgets of a store.
+    fn arm_store(&self, store: &mut wasmtime::Store<HostState>) {
+        let limits = match runtime() {
+            Ok(rt) => rt.limits.clone(),
+            Err(_) => Limits::default(),
+        };
+        let s = store.data_mut();
+        s.ticks = 0;
+        s.tick_budget = (limits.cpu.as_millis() / TICK.as_millis()).max(2) as u64;
+        s.cpu_exceeded = false;
+        s.dns_left = limits.dns_lookups;
+        s.log_left = limits.log_lines;
+        s.log_dropped = 0;
+        // Armed after instantiation (the deadline would otherwise count it), one tick ahead:
+        // the callback then counts ticks and yields to tokio at each.
+        store.set_epoch_deadline(1);
+    }
+
+    fn arm(&self, inst: &mut Instance) {
+        self.arm_store(&mut inst.store);
+    }
+
+    /// Send new stdout/stderr output and dropped-log notes to the log.
+    fn forward_output(&self, inst: &mut Instance) {
+        let s = inst.store.data_mut();
+        if s.log_dropped > 0 {
+            let n = s.log_dropped;
+            s.log_dropped = 0;
+            s.env
+                .log("warn", &format!("{n} log line(s) dropped (at most {} per call)", s.log_left.max(1)));
+        }
+        for (i, pipe) in [s.stdout.clone(), s.stderr.clone()].into_iter().enumerate() {
+            let all = pipe.contents();
+            let seen = if i == 0 { s.forwarded.0 } else { s.forwarded.1 };
+            if all.len() > seen {
+                let text = String::from_utf8_lossy(&all[seen..]);
+                let stream = if i == 0 { "stdout" } else { "stderr" };
+                for line in text.lines().take(50) {
+                    s.env.log("info", &format!("{stream}: {}", cut(line, 1000)));
+                }
+                if i == 0 {
+                    s.forwarded.0 = all.len();
+                } else {
+                    s.forwarded.1 = all.len();
+                }
+            }
+        }
+    }
+
+    fn trap_error(&self, func: &str, inst: &mut Instance, e: wasmtime::Error) -> HookError {
+        let limits = runtime().map(|r| r.limits.clone()).unwrap_or_default();
+        let reason = describe_error(&e, inst.store.data(), &limits);
+        self.forward_output(inst);
+        HookError(format!("{}: {func}: {reason}", self.env.name))
+    }
+
+    async fn run(
+        &self,
+        inst: &mut Instance,
+        ctx: &HookCtx,
+    ) -> Result<Result<Result<wt::Outcome, String>, wasmtime::Error>, tokio::time::error::Elapsed> {
+        let limits = runtime().map(|r| r.limits.clone()).unwrap_or_default();
+        let wctx = to_wit(ctx, limits.max_message);
+        let hooks = inst.plugin.corvus_plugin_hooks();
+        let store = &mut inst.store;
+        let empty = Vec::new();
+        let message: &[u8] = match &ctx.message {
+            Some(m) => &m[..m.len().min(limits.max_message)],
+            None => &empty,
+        };
+        let fut = async {
+            match ctx.point {
+                HookPoint::Connect => hooks.call_on_connect(store, &wctx).await,
+                HookPoint::Helo => hooks.call_on_helo(store, &wctx).await,
+                HookPoint::Auth => hooks.call_on_auth(store, &wctx).await,
+                HookPoint::Mail => hooks.call_on_mail(store, &wctx).await,
+                HookPoint::Rcpt => hooks.call_on_rcpt(store, &wctx).await,
+                HookPoint::Data => hooks.call_on_data(store, &wctx, message).await,
+                HookPoint::Delivery => hooks.call_on_delivery(store, &wctx, message).await,
+                HookPoint::Fetch => hooks.call_on_fetch(store, &wctx).await,
+            }
+        };
+        tokio::time::timeout(limits.wall, fut).await
+    }
+
+    async fn call_inner(&self, ctx: &HookCtx, actions: &mut Actions) -> Result<Verdict, HookError> {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let rt = runtime()?;
+        let func = ctx.point.function_name();
+        let warm = ctx
+            .session
+            .as_ref()
+            .and_then(|s| s.take(self.id))
+            .and_then(|b| b.downcast::<Instance>().ok());
+        let mut inst = match warm {
+            Some(i) => *i,
+            None => self.instantiate().await?,
+        };
+        self.arm(&mut inst);
+        let r = self.run(&mut inst, ctx).await;
+        let result = match r {
+            Err(_) => {
+                // The call was cancelled mid-way: the instance is unusable.
+                self.forward_output(&mut inst);
+                return Err(HookError(format!(
+                    "{}: {func}: timed out after {} ms",
+                    self.env.name,
+                    rt.limits.wall.as_millis()
+                )));
+            }
+            Ok(Err(e)) => return Err(self.trap_error(func, &mut inst, e)),
+            Ok(Ok(r)) => r,
+        };
+        self.forward_output(&mut inst);
+        let keep = (rt.live.load(Ordering::Relaxed) as f64) < rt.limits.instances as f64 * KEEP_BELOW;
+        if let Some(s) = &ctx.session
+            && keep
+        {
+            s.put(self.id, Box::new(inst));
+        }
+        let outcome = result.map_err(|m| HookError(format!("{}: {func}: {}", self.env.name, cut(&m, 1000))))?;
+        let verdict = from_wit_verdict(&self.env.name, func, outcome.verdict)?;
+        apply_actions(&self.env.name, ctx.point, outcome.actions, actions)?;
+        Ok(verdict)
+    }
+}
+
+/// A one-line reason for a failed call.
+fn describe_error(e: &wasmtime::Error, s: &HostState, limits: &Limits) -> String {
+    if s.cpu_exceeded {
+        return format!("CPU time limit exceeded ({} ms)", limits.cpu.as_millis());
+    }
+    let text = format!("{e:#}");
+    if text.contains("forcing trap when growing memory") {
+        return format!("memory limit exceeded ({} MiB)", limits.memory >> 20);
+    }
+    let trap = e.downcast_ref::<wasmtime::Trap>();
+    let mut reason = match trap {
+        Some(t) => format!("trap: {t}"),
+        None => text.lines().next().unwrap_or("error").to_string(),
+    };
+    // A panic or allocation failure prints a message on stderr before the trap (Rust: the
+    // "panicked at file:line:col:" line, the message, then a "note:" line).
+    let err = s.stderr.contents();
+    let new = String::from_utf8_lossy(&err[s.forwarded.1.min(err.len())..]).into_owned();
+    let lines: Vec<&str> = new
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("note:"))
+        .collect();
+    if !lines.is_empty() {
+        let tail = lines[lines.len().saturating_sub(2)..].join(" ");
+        reason.push_str(&format!(" ({})", cut(&tail, 400)));
+    }
+    reason
+}
+
+fn to_wit(c: &HookCtx, max_message: usize) -> wt::Context {
+    let size = c.message.as_ref().map(|m| m.len()).unwrap_or(0);
+    wt::Context {
+        hook: hook_of(c.point),
+        listener: c.listener.to_string(),
+        client_ip: c.client_ip.to_string(),
+        client_ptr: c.client_ptr.clone(),
+        helo: c.helo.clone(),
+        tls: c.tls,
+        user: c.user.clone(),
+        mail_from: c.mail_from.clone(),
+        rcpt: c.rcpt.clone(),
+        route: match &c.route {
+            None => wt::Route::Unknown,
+            Some(Route::Local(v)) => wt::Route::Local(v.clone()),
+            Some(Route::UnknownLocal) => wt::Route::UnknownLocal,
+            Some(Route::Remote) => wt::Route::Remote,
+        },
+        rcpts: c.rcpts.clone(),
+        spf: c.auth_results[0].clone(),
+        dkim: c.auth_results[1].clone(),
+        dmarc: c.auth_results[2].clone(),
+        credentials: c.credentials.as_ref().map(|(u, p, m)| wt::Credentials {
+            username: u.clone(),
+            password: p.clone(),
+            mechanism: m.clone(),
+            valid: c.credentials_valid,
+        }),
+        fetch: c.fetch.as_ref().map(|(m, uid, p)| wt::FetchInfo {
+            mailbox: m.clone(),
+            uid: *uid,
+            protocol: p.to_string(),
+        }),
+        remote_mx: c.remote_mx.clone(),
+        message_size: size as u64,
+        message_truncated: size > max_message,
+    }
+}
+
+fn reply_text(text: &str) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    cut(&clean, 400).to_string()
+}
+
+fn from_wit_verdict(name: &str, func: &str, v: wt::Verdict) -> Result<Verdict, HookError> {
+    Ok(match v {
+        wt::Verdict::Next => Verdict::Continue,
+        wt::Verdict::Accept => Verdict::Accept,
+        wt::Verdict::Discard => Verdict::Discard,
+        wt::Verdict::Quarantine(r) => Verdict::Quarantine(reply_text(&r)),
+        wt::Verdict::Reject(r) => {
+            if !(500..=599).contains(&r.code) {
+                return Err(HookError(format!(
+                    "{name}: {func}: reject code {} is not in 500..599",
+                    r.code
+                )));
+            }
+            Verdict::Reject {
+                code: r.code,
+                text: reply_text(&r.text),
+            }
+        }
+        wt::Verdict::Tempfail(r) => {
+            if !(400..=499).contains(&r.code) {
+                return Err(HookError(format!(
+                    "{name}: {func}: tempfail code {} is not in 400..499",
+                    r.code
+                )));
+            }
+            Verdict::Tempfail {
+                code: r.code,
+                text: reply_text(&r.text),
+            }
+        }
+    })
+}
+
+fn apply_actions(name: &str, point: HookPoint, a: wt::Actions, out: &mut Actions) -> Result<(), HookError> {
+    let err = |m: String| HookError(format!("{name}: {}: {m}", point.function_name()));
+    if !a.add_headers.is_empty() {
+        if !matches!(point, HookPoint::Data | HookPoint::Delivery) {
+            return Err(err("add-headers is only available in on-data and on-delivery".into()));
+        }
+        if a.add_headers.len() > 32 {
+            return Err(err("at most 32 headers per call".into()));
+        }
+        for h in &a.add_headers {
+            if !crate::message::valid_field_name(&h.name) {
+                return Err(err(format!("{:?} is not a header field name", h.name)));
+            }
+        }
+    }
+    if a.set_rcpt.is_some() && point != HookPoint::Rcpt {
+        return Err(err("set-rcpt is only available in on-rcpt".into()));
+    }
+    if a.file_into.is_some() && point != HookPoint::Delivery {
+        return Err(err("file-into is only available in on-delivery".into()));
+    }
+    for h in a.add_headers {
+        let value: String = h
+            .value
+            .chars()
+            .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+            .collect();
+        out.add_headers.push((h.name, cut(&value, 8192).to_string()));
+    }
+    if let Some(r) = a.set_rcpt {
+        let r = r.trim().trim_start_matches('<').trim_end_matches('>').to_string();
+        if r.is_empty() || r.len() > 320 || !r.contains('@') {
+            return Err(err(format!("set-rcpt: {r:?} is not an address")));
+        }
+        out.set_rcpt = Some(r);
+    }
+    if let Some(f) = a.file_into {
+        let f = f.trim_matches('/').to_string();
+        if f.is_empty() || f.len() > 200 || f.chars().any(char::is_control) {
+            return Err(err(format!("file-into: {f:?} is not a folder name")));
+        }
+        out.file_into = Some(f);
+    }
+    Ok(())
+}
+
+impl HookEngine for WasmHook {
+    fn name(&self) -> &str {
+        &self.env.name
+    }
+
+    fn handles(&self, point: HookPoint) -> bool {
+        POINTS
+            .iter()
+            .position(|p| *p == point)
+            .is_some_and(|i| self.points & (1 << i) != 0)
+    }
+
+    fn call(&self, ctx: &HookCtx, actions: &mut Actions) -> Result<Verdict, HookError> {
+        block_on(self.call_async(ctx, actions))
+    }
+
+    fn call_async<'a>(&'a self, ctx: &'a HookCtx, actions: &'a mut Actions) -> HookFuture<'a> {
+        Box::pin(async move {
+            // Actions count only from a call that succeeded.
+            let mut mine = Actions::default();
+            let r = self.call_inner(ctx, &mut mine).await;
+            if r.is_err() {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            } else {
+                actions.add_headers.extend(mine.add_headers);
+                if mine.set_rcpt.is_some() {
+                    actions.set_rcpt = mine.set_rcpt;
+                }
+                if mine.file_into.is_some() {
+                    actions.file_into = mine.file_into;
+                }
+            }
+            r
+        })
+    }
+
+    fn on_error(&self) -> OnError {
+        self.on_error
+    }
+}
+
+/// Load and validate a plugin file for `corvus check`: compile, version check, link,
+/// `describe` and `init` with `config`. Returns "name version: hooks".
+pub fn check_plugin(
+    path: &Path,
+    config: &serde_json::Map<String, serde_json::Value>,
+    cache_dir: Option<PathBuf>,
+) -> Result<String, String> {
+    let h = WasmHook::load_file(
+        path,
+        LoadOptions {
+            config: config.clone(),
+            cache_dir,
+            ..LoadOptions::default()
+        },
+    )?;
+    let (n, v) = h.info();
+    Ok(format!("{n} {v}: {}", h.handled_points().join(", ")))
+}
+
+#[cfg(test)]
+mod tests;

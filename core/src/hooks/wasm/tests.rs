@@ -1,0 +1,377 @@
+//! Host tests with small plugins from `plugins/test-plugins` (built by `tests/build-plugins`
+//! into `target/plugins/wasm32-wasip2/release/`; set CORVUS_PLUGIN_DIR to look elsewhere).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::hooks::{HookChain, Outcome};
+use crate::store::SledStore;
+
+fn plugin_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("CORVUS_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/plugins/wasm32-wasip2/release")
+        });
+    let p = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        p.is_file(),
+        "{} is missing: build the plugins first with tests/build-plugins",
+        p.display()
+    );
+    p
+}
+
+/// A cache directory shared by the tests of this process (compiling in a debug host is slow;
+/// the cache makes each plugin compile once).
+fn cache_dir() -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap())
+        .path()
+        .to_path_buf()
+}
+
+fn store() -> (tempfile::TempDir, Store) {
+    let d = tempfile::tempdir().unwrap();
+    let s: Store = Arc::new(SledStore::open(d.path()).unwrap());
+    (d, s)
+}
+
+fn load(name: &str, config: serde_json::Value, sink: Option<LogSink>) -> Result<WasmHook, String> {
+    let serde_json::Value::Object(config) = config else {
+        panic!("config must be an object")
+    };
+    WasmHook::load_file(
+        &plugin_path(name),
+        LoadOptions {
+            config,
+            cache_dir: Some(cache_dir()),
+            sink,
+            ..LoadOptions::default()
+        },
+    )
+}
+
+fn misbehave(mode: &str) -> WasmHook {
+    load(
+        "misbehave",
+        serde_json::json!({"mode": mode, "when_rcpt": "bad@y.example"}),
+        None,
+    )
+    .unwrap()
+}
+
+fn rcpt(to: &str, session: Option<Arc<HookSession>>) -> HookCtx {
+    let mut c = HookCtx::new(HookPoint::Rcpt, "smtp", "192.0.2.7".parse().unwrap());
+    c.mail_from = "a@x.example".into();
+    c.rcpt = to.into();
+    c.session = session;
+    c
+}
+
+fn call(h: &WasmHook, c: &HookCtx) -> Result<Verdict, HookError> {
+    let mut a = Actions::default();
+    h.call(c, &mut a)
+}
+
+#[test]
+fn loads_describes_and_answers() {
+    let h = load("noop", serde_json::json!({}), None).unwrap();
+    assert_eq!(h.info().0, "noop");
+    assert_eq!(h.handled_points().len(), 8);
+    assert_eq!(call(&h, &rcpt("b@y.example", None)).unwrap(), Verdict::Continue);
+    let r = load("misbehave", serde_json::json!({"mode": "reject"}), None).unwrap();
+    assert_eq!(
+        call(&r, &rcpt("b@y.example", None)).unwrap(),
+        Verdict::Reject {
+            code: 550,
+            text: "5.7.1 misbehave says no".into()
+        }
+    );
+}
+
+#[test]
+fn one_warm_instance_per_session() {
+    let h = load("noop", serde_json::json!({"tag": "t"}), None).unwrap();
+    let session = Arc::new(HookSession::default());
+    let mut data = rcpt("b@y.example", Some(session.clone()));
+    data.point = HookPoint::Data;
+    data.message = Some(Arc::new(b"Subject: x\r\n\r\nhi\r\n".to_vec()));
+    for _ in 0..3 {
+        call(&h, &rcpt("b@y.example", Some(session.clone()))).unwrap();
+    }
+    let mut a = Actions::default();
+    h.call(&data, &mut a).unwrap();
+    // The fourth call of the same instance.
+    assert_eq!(a.add_headers, vec![("X-Noop".to_string(), "t calls=4".to_string())]);
+    assert_eq!(h.stats.instances.load(Ordering::Relaxed), 2, "probe + one per session");
+    // Another session gets its own instance; no session means a fresh one per call.
+    let mut a = Actions::default();
+    data.session = Some(Arc::new(HookSession::default()));
+    h.call(&data, &mut a).unwrap();
+    assert_eq!(a.add_headers[0].1, "t calls=1");
+    data.session = None;
+    let mut a = Actions::default();
+    h.call(&data, &mut a).unwrap();
+    assert_eq!(a.add_headers[0].1, "t calls=1");
+}
+
+#[test]
+fn infinite_loop_hits_the_cpu_limit_and_the_next_call_works() {
+    let h = misbehave("loop");
+    let session = Arc::new(HookSession::default());
+    let started = Instant::now();
+    let e = call(&h, &rcpt("bad@y.example", Some(session.clone()))).unwrap_err();
+    let took = started.elapsed();
+    assert!(e.0.contains("CPU time limit exceeded"), "{e}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // The poisoned instance was dropped; the session gets a fresh one.
+    assert_eq!(
+        call(&h, &rcpt("good@y.example", Some(session))).unwrap(),
+        Verdict::Continue
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_plugin_does_not_block_other_calls() {
+    let h = Arc::new(misbehave("loop"));
+    let h2 = h.clone();
+    let bad = tokio::spawn(async move {
+        let c = rcpt("bad@y.example", None);
+        let mut a = Actions::default();
+        h2.call_async(&c, &mut a).await
+    });
+    // While the loop runs (100 ms budget), 20 normal calls complete.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let started = Instant::now();
+    for _ in 0..20 {
+        let c = rcpt("good@y.example", None);
+        let mut a = Actions::default();
+        assert_eq!(h.call_async(&c, &mut a).await.unwrap(), Verdict::Continue);
+    }
+    let good_time = started.elapsed();
+    let r = bad.await.unwrap();
+    assert!(r.unwrap_err().0.contains("CPU time limit"));
+    assert!(!bad_is_blocking(good_time), "normal calls took {good_time:?}");
+}
+
+fn bad_is_blocking(t: Duration) -> bool {
+    t > Duration::from_secs(2)
+}
+
+#[test]
+fn memory_bomb_fails_cleanly() {
+    let h = misbehave("oom");
+    let e = call(&h, &rcpt("bad@y.example", None)).unwrap_err();
+    assert!(e.0.contains("memory limit exceeded"), "{e}");
+    assert_eq!(call(&h, &rcpt("good@y.example", None)).unwrap(), Verdict::Continue);
+}
+
+#[test]
+fn panic_trap_and_recursion_fail_cleanly() {
+    for (mode, want) in [
+        ("panic", "panic on purpose"),
+        ("trap", "trap"),
+        ("recurse", "trap"),
+        ("error", "error on purpose"),
+    ] {
+        let h = misbehave(mode);
+        let session = Arc::new(HookSession::default());
+        let e = call(&h, &rcpt("bad@y.example", Some(session.clone()))).unwrap_err();
+        assert!(e.0.contains(want), "{mode}: {e}");
+        assert_eq!(
+            call(&h, &rcpt("good@y.example", Some(session))).unwrap(),
+            Verdict::Continue,
+            "{mode}"
+        );
+    }
+}
+
+#[test]
+fn huge_value_in_a_host_call_is_refused() {
+    let (_d, s) = store();
+    let h = WasmHook::load_file(
+        &plugin_path("misbehave"),
+        LoadOptions {
+            config: serde_json::json!({"mode": "big-kv"}).as_object().unwrap().clone(),
+            store: Some(s.clone()),
+            cache_dir: Some(cache_dir()),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let e = call(&h, &rcpt("x@y.example", None)).unwrap_err();
+    assert!(e.0.contains("at most 65536 bytes"), "{e}");
+    assert_eq!(s.kv_get("wasm:misbehave", "big").unwrap(), None);
+}
+
+#[test]
+fn log_and_output_floods_are_capped() {
+    let sink: LogSink = Arc::new(Mutex::new(Vec::new()));
+    let h = load(
+        "misbehave",
+        serde_json::json!({"mode": "big-log"}),
+        Some(sink.clone()),
+    )
+    .unwrap();
+    let _ = call(&h, &rcpt("x@y.example", None));
+    let lines = sink.lock().unwrap().clone();
+    let kept = lines.iter().filter(|l| l.starts_with("[info] yyy")).count();
+    assert!(kept <= 100, "{kept} lines kept");
+    assert!(lines.iter().all(|l| l.len() < 5000));
+
+    let sink: LogSink = Arc::new(Mutex::new(Vec::new()));
+    let h = load("misbehave", serde_json::json!({"mode": "stdout"}), Some(sink.clone())).unwrap();
+    // Output beyond the cap fails the write; Rust's println! then panics: the call fails.
+    let e = call(&h, &rcpt("x@y.example", None)).unwrap_err();
+    let lines = sink.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|l| l.contains("stdout: stdout line 0 from a chatty plugin")),
+        "{e}: {:?}",
+        &lines[..lines.len().min(5)]
+    );
+    assert!(lines.len() <= 200, "{} lines", lines.len());
+}
+
+#[test]
+fn wrong_wit_version_is_refused_with_a_clear_message() {
+    let e = load("wrong-version", serde_json::json!({}), None)
+        .err()
+        .expect("must be refused");
+    assert!(
+        e.contains("built for corvus:plugin@0.2.0") && e.contains("provides corvus:plugin@0.1.0"),
+        "{e}"
+    );
+}
+
+#[test]
+fn garbage_and_core_modules_are_refused() {
+    let e = WasmHook::from_bytes("x.wasm", b"hello", LoadOptions::default())
+        .err()
+        .unwrap();
+    assert!(e.contains("not a WebAssembly file"), "{e}");
+    let e = WasmHook::from_bytes("x.wasm", b"\0asm\x01\0\0\0", LoadOptions::default())
+        .err()
+        .unwrap();
+    assert!(e.contains("core WebAssembly module"), "{e}");
+}
+
+#[test]
+fn init_errors_refuse_the_plugin_at_load() {
+    let e = load("misbehave", serde_json::json!({"mode": "init-fail"}), None)
+        .err()
+        .unwrap();
+    assert!(e.contains("init: misbehave: init fails on purpose"), "{e}");
+}
+
+#[test]
+fn compiled_plugins_are_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LoadOptions {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..LoadOptions::default()
+    };
+    let t0 = Instant::now();
+    WasmHook::load_file(&plugin_path("noop"), opts.clone()).unwrap();
+    let cold = t0.elapsed();
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(files.len(), 2, "artifact and checksum");
+    let t1 = Instant::now();
+    WasmHook::load_file(&plugin_path("noop"), opts.clone()).unwrap();
+    let warm = t1.elapsed();
+    assert!(warm < cold, "cached load {warm:?} vs compile {cold:?}");
+    // A corrupted artifact is recompiled, not loaded.
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_some_and(|e| e == "cwasm") {
+            std::fs::write(&p, b"garbage").unwrap();
+        }
+    }
+    WasmHook::load_file(&plugin_path("noop"), opts).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_applies_on_error_to_plugin_failures() {
+    let mk = |on_error| {
+        WasmHook::load_file(
+            &plugin_path("misbehave"),
+            LoadOptions {
+                config: serde_json::json!({"mode": "panic"}).as_object().unwrap().clone(),
+                on_error,
+                cache_dir: Some(cache_dir()),
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let cont = tokio::task::spawn_blocking(move || mk(OnError::Continue)).await.unwrap();
+    let temp = tokio::task::spawn_blocking(move || mk(OnError::Tempfail)).await.unwrap();
+    let chain = HookChain::new(vec![Arc::new(cont)]);
+    let o: Outcome = chain.run_async(&rcpt("x@y.example", None)).await;
+    assert_eq!(o.verdict, Verdict::Continue);
+    chain.replace(vec![Arc::new(temp)]);
+    let o = chain.run_async(&rcpt("x@y.example", None)).await;
+    assert!(matches!(o.verdict, Verdict::Tempfail { code: 451, .. }));
+    // The blocking entry point gives the same.
+    let o = tokio::task::spawn_blocking(move || chain.run(&rcpt("x@y.example", None)))
+        .await
+        .unwrap();
+    assert!(matches!(o.verdict, Verdict::Tempfail { code: 451, .. }));
+}
+
+/// Per-call overhead with a warm instance (run with `--ignored --nocapture`; a benchmark,
+/// not a test).
+#[test]
+#[ignore]
+fn bench_per_call_overhead() {
+    let h = load("noop", serde_json::json!({}), None).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let session = Arc::new(HookSession::default());
+        let msg = Arc::new(vec![b'x'; 50 * 1024]);
+        for point in [HookPoint::Connect, HookPoint::Rcpt, HookPoint::Data] {
+            let mut c = rcpt("b@y.example", Some(session.clone()));
+            c.point = point;
+            if point == HookPoint::Data {
+                c.message = Some(msg.clone());
+            }
+            let mut a = Actions::default();
+            h.call_async(&c, &mut a).await.unwrap();
+            let mut samples = Vec::new();
+            for _ in 0..5 {
+                let n = 2000;
+                let t = Instant::now();
+                for _ in 0..n {
+                    let mut a = Actions::default();
+                    h.call_async(&c, &mut a).await.unwrap();
+                }
+                samples.push(t.elapsed().as_nanos() as f64 / n as f64 / 1000.0);
+            }
+            samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            println!(
+                "warm {:<11} median {:.2} µs/call (runs: {:?})",
+                point.function_name(),
+                samples[2],
+                samples.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>()
+            );
+        }
+        let mut samples = Vec::new();
+        for _ in 0..5 {
+            let n = 300;
+            let t = Instant::now();
+            for _ in 0..n {
+                let c = rcpt("b@y.example", None);
+                let mut a = Actions::default();
+                h.call_async(&c, &mut a).await.unwrap();
+            }
+            samples.push(t.elapsed().as_nanos() as f64 / n as f64 / 1000.0);
+        }
+        samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!("fresh instance + on_rcpt + init: median {:.1} µs/call", samples[2]);
+    });
+}

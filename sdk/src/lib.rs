@@ -1,0 +1,581 @@
+//! # corvus-sdk: write Corvus mail server plugins in Rust
+//!
+//! A plugin is a WebAssembly component (`wasm32-wasip2`) implementing the WIT world
+//! `corvus:plugin/plugin@0.1.0` (`sdk/wit/plugin.wit`). This crate holds the generated
+//! bindings plus what makes them pleasant to use:
+//!
+//! - the [`Plugin`] trait: declare the hooks you handle, build your state in
+//!   [`Plugin::init`] from the `config = { … }` table, override the `on_*` methods;
+//! - [`export!`]: turns a [`Plugin`] type into the component's exports;
+//! - verdict and outcome helpers ([`Outcome::reject`], [`Outcome::with_header`], …);
+//! - the host imports as plain functions: [`log`], [`kv`], [`dns`], [`clock`], and [`Config`];
+//! - [`testing`]: run a plugin's hooks natively (plain `cargo test`, no server, no WebAssembly)
+//!   against synthetic events, with an in-memory kv store, canned DNS answers, a settable clock
+//!   and captured log lines.
+//!
+//! ```ignore
+//! use corvus_sdk::{Config, Context, Hook, HookResult, Outcome, Plugin};
+//!
+//! struct NoBob;
+//!
+//! impl Plugin for NoBob {
+//!     const NAME: &'static str = "no-bob";
+//!     const HOOKS: &'static [Hook] = &[Hook::Rcpt];
+//!     fn init(_config: &Config) -> Result<Self, String> { Ok(NoBob) }
+//!     fn on_rcpt(&mut self, ctx: &Context) -> HookResult {
+//!         if ctx.rcpt.starts_with("bob@") { Ok(Outcome::reject(550, "5.1.1 no Bob here")) }
+//!         else { Ok(Outcome::next()) }
+//!     }
+//! }
+//!
+//! corvus_sdk::export!(NoBob);
+//! ```
+//!
+//! The author's guide is `sdk/README.md`.
+
+// The generated bindings and the export macro name this crate by its public name.
+extern crate self as corvus_sdk;
+
+/// Bindings generated from `sdk/wit/plugin.wit` by wit-bindgen.
+#[allow(missing_docs, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin_raw",
+        default_bindings_module: "corvus_sdk::bindings",
+        additional_derives: [PartialEq],
+        runtime_path: "corvus_sdk::__private::wit_bindgen::rt",
+    });
+}
+
+pub use bindings::corvus::plugin::dns::DnsError;
+pub use bindings::corvus::plugin::log::Level;
+pub use bindings::corvus::plugin::types::{
+    Actions, Context, Credentials, FetchInfo, Header, Hook, Outcome, PluginInfo, Reply, Route,
+    Verdict,
+};
+
+/// The version of the WIT package this SDK implements.
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// What a hook returns: an outcome, or an error (a failed call; the server applies the entry's
+/// `on_error` policy).
+pub type HookResult = Result<Outcome, String>;
+
+/// Every hook, in session order.
+pub const ALL_HOOKS: [Hook; 8] = [
+    Hook::Connect,
+    Hook::Helo,
+    Hook::Auth,
+    Hook::Mail,
+    Hook::Rcpt,
+    Hook::Data,
+    Hook::Delivery,
+    Hook::Fetch,
+];
+
+/// A plugin. One value is built per instance by [`Plugin::init`]; the server makes one
+/// instance per session (SMTP connection), so `&mut self` state lasts for that session only.
+/// State shared between sessions belongs in [`kv`].
+pub trait Plugin: Sized + 'static {
+    /// Name in logs.
+    const NAME: &'static str;
+    /// Version in logs.
+    const VERSION: &'static str = "0.1.0";
+    /// The hooks this plugin implements; the server calls only these.
+    const HOOKS: &'static [Hook];
+
+    /// Build the plugin from its config table. An error refuses the plugin when the server
+    /// loads it (and `corvus check` reports it).
+    fn init(config: &Config) -> Result<Self, String>;
+
+    /// A client connected.
+    fn on_connect(&mut self, _ctx: &Context) -> HookResult {
+        Ok(Outcome::next())
+    }
+    /// HELO/EHLO.
+    fn on_helo(&mut self, _ctx: &Context) -> HookResult {
+        Ok(Outcome::next())
+    }
+    /// AUTH credentials (`ctx.credentials`). [`Outcome::accept`] lets the user in even when the
+    /// account store refused the password; a reject refuses the login.
+    fn on_auth(&mut self, _ctx: &Context) -> HookResult {
+        Ok(Outcome::next())
+    }
+    /// MAIL FROM.
+    fn on_mail(&mut self, _ctx: &Context) -> HookResult {
+        Ok(Outcome::next())
+    }
+    /// RCPT TO.
+    fn on_rcpt(&mut self, _ctx: &Context) -> HookResult {
+        Ok(Outcome::next())
+    }
+    /// End of DATA; `message` is the raw message with CRLF line ends.
+    fn on_data(&mut self, _ctx: &Context, _message: &[u8]) -> HookResult {
+        Ok(Outcome::next())
+    }
+    /// Before delivery of the message to `ctx.rcpt`.
+    fn on_delivery(&mut self, _ctx: &Context, _message: &[u8]) -> HookResult {
+        Ok(Outcome::next())
+    }
+    /// Before IMAP/POP3 serve a message.
+    fn on_fetch(&mut self, _ctx: &Context) -> HookResult {
+        Ok(Outcome::next())
+    }
+}
+
+/// Describe a plugin type (what `describe` exports).
+pub fn describe<P: Plugin>() -> PluginInfo {
+    PluginInfo {
+        name: P::NAME.to_string(),
+        version: P::VERSION.to_string(),
+        hooks: P::HOOKS.to_vec(),
+    }
+}
+
+/// Call the hook of `plugin` that `ctx.hook` names; `message` is used by data and delivery.
+pub fn dispatch<P: Plugin>(plugin: &mut P, ctx: &Context, message: &[u8]) -> HookResult {
+    match ctx.hook {
+        Hook::Connect => plugin.on_connect(ctx),
+        Hook::Helo => plugin.on_helo(ctx),
+        Hook::Auth => plugin.on_auth(ctx),
+        Hook::Mail => plugin.on_mail(ctx),
+        Hook::Rcpt => plugin.on_rcpt(ctx),
+        Hook::Data => plugin.on_data(ctx, message),
+        Hook::Delivery => plugin.on_delivery(ctx, message),
+        Hook::Fetch => plugin.on_fetch(ctx),
+    }
+}
+
+impl Hook {
+    /// "connect", "helo", …
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Connect => "connect",
+            Hook::Helo => "helo",
+            Hook::Auth => "auth",
+            Hook::Mail => "mail",
+            Hook::Rcpt => "rcpt",
+            Hook::Data => "data",
+            Hook::Delivery => "delivery",
+            Hook::Fetch => "fetch",
+        }
+    }
+}
+
+impl Verdict {
+    /// Short name: "next", "accept", "reject", …
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Next => "next",
+            Verdict::Accept => "accept",
+            Verdict::Reject(_) => "reject",
+            Verdict::Tempfail(_) => "tempfail",
+            Verdict::Discard => "discard",
+            Verdict::Quarantine(_) => "quarantine",
+        }
+    }
+}
+
+impl Default for Actions {
+    fn default() -> Self {
+        Actions {
+            add_headers: Vec::new(),
+            set_rcpt: None,
+            file_into: None,
+        }
+    }
+}
+
+impl Outcome {
+    /// No opinion: the next hook decides.
+    pub fn next() -> Self {
+        Self::verdict(Verdict::Next)
+    }
+    /// Accept; later hooks are skipped.
+    pub fn accept() -> Self {
+        Self::verdict(Verdict::Accept)
+    }
+    /// Permanent refusal (code 500..599; the text may start with an enhanced code).
+    pub fn reject(code: u16, text: impl Into<String>) -> Self {
+        Self::verdict(Verdict::Reject(Reply {
+            code,
+            text: text.into(),
+        }))
+    }
+    /// Temporary refusal (code 400..499).
+    pub fn tempfail(code: u16, text: impl Into<String>) -> Self {
+        Self::verdict(Verdict::Tempfail(Reply {
+            code,
+            text: text.into(),
+        }))
+    }
+    /// Accept and drop silently.
+    pub fn discard() -> Self {
+        Self::verdict(Verdict::Discard)
+    }
+    /// Accept and file into Junk.
+    pub fn quarantine(reason: impl Into<String>) -> Self {
+        Self::verdict(Verdict::Quarantine(reason.into()))
+    }
+    /// An outcome with this verdict and no actions.
+    pub fn verdict(verdict: Verdict) -> Self {
+        Outcome {
+            verdict,
+            actions: Actions::default(),
+        }
+    }
+    /// Also prepend a header field (data, delivery).
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.actions.add_headers.push(Header {
+            name: name.into(),
+            value: value.into(),
+        });
+        self
+    }
+    /// Also change the recipient (rcpt).
+    pub fn with_rcpt(mut self, address: impl Into<String>) -> Self {
+        self.actions.set_rcpt = Some(address.into());
+        self
+    }
+    /// Also file into a folder (delivery).
+    pub fn with_folder(mut self, folder: impl Into<String>) -> Self {
+        self.actions.file_into = Some(folder.into());
+        self
+    }
+}
+
+impl Context {
+    /// A context for `hook` with every fact empty (for tests; see [`testing::events`]).
+    pub fn empty(hook: Hook) -> Self {
+        Context {
+            hook,
+            listener: "smtp".into(),
+            client_ip: "127.0.0.1".into(),
+            client_ptr: String::new(),
+            helo: String::new(),
+            tls: false,
+            user: String::new(),
+            mail_from: String::new(),
+            rcpt: String::new(),
+            route: Route::Unknown,
+            rcpts: Vec::new(),
+            spf: String::new(),
+            dkim: String::new(),
+            dmarc: String::new(),
+            credentials: None,
+            fetch: None,
+            remote_mx: None,
+            message_size: 0,
+            message_truncated: false,
+        }
+    }
+}
+
+/// The domain of an address, lower-cased ("" if none).
+pub fn domain_of(address: &str) -> String {
+    address
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// The local part of an address.
+pub fn local_part(address: &str) -> String {
+    let a = address.trim().trim_start_matches('<').trim_end_matches('>');
+    a.rsplit_once('@')
+        .map(|(l, _)| l.to_string())
+        .unwrap_or_else(|| a.to_string())
+}
+
+/// The plugin's `config = { … }` table.
+#[derive(Debug, Clone)]
+pub struct Config {
+    json: String,
+}
+
+impl Config {
+    /// The config as the host handed it to `init`.
+    pub fn from_json(json: String) -> Self {
+        Config { json }
+    }
+    /// The whole table as JSON text.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+    /// Top-level keys.
+    pub fn keys(&self) -> Vec<String> {
+        host::config_keys(&self.json)
+    }
+    /// A string (numbers and booleans in text form).
+    pub fn string(&self, key: &str) -> Option<String> {
+        host::config_string(&self.json, key)
+    }
+    /// A string or `default`.
+    pub fn string_or(&self, key: &str, default: &str) -> String {
+        self.string(key).unwrap_or_else(|| default.to_string())
+    }
+    /// An integer.
+    pub fn int(&self, key: &str) -> Option<i64> {
+        host::config_int(&self.json, key)
+    }
+    /// An integer or `default`.
+    pub fn int_or(&self, key: &str, default: i64) -> i64 {
+        self.int(key).unwrap_or(default)
+    }
+    /// A number.
+    pub fn float(&self, key: &str) -> Option<f64> {
+        host::config_float(&self.json, key)
+    }
+    /// A number or `default`.
+    pub fn float_or(&self, key: &str, default: f64) -> f64 {
+        self.float(key).unwrap_or(default)
+    }
+    /// A boolean.
+    pub fn bool(&self, key: &str) -> Option<bool> {
+        host::config_bool(&self.json, key)
+    }
+    /// A list of strings (other elements in text form).
+    pub fn list(&self, key: &str) -> Option<Vec<String>> {
+        host::config_list(&self.json, key)
+    }
+    /// A table of strings (other values in text form).
+    pub fn table(&self, key: &str) -> Option<Vec<(String, String)>> {
+        host::config_table(&self.json, key)
+    }
+}
+
+/// Log into the server's log.
+pub mod log {
+    pub use super::Level;
+
+    /// Log at `level`.
+    pub fn log(level: Level, message: &str) {
+        super::host::log(level, message)
+    }
+    /// Log at error level.
+    pub fn error(message: &str) {
+        log(Level::Error, message)
+    }
+    /// Log at warn level.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message)
+    }
+    /// Log at info level.
+    pub fn info(message: &str) {
+        log(Level::Info, message)
+    }
+    /// Log at debug level.
+    pub fn debug(message: &str) {
+        log(Level::Debug, message)
+    }
+}
+
+/// The plugin's persistent key-value store (shared by all its instances).
+pub mod kv {
+    /// Read a key (None when missing or expired).
+    pub fn get(key: &str) -> Result<Option<Vec<u8>>, String> {
+        super::host::kv_get(key)
+    }
+    /// Read a key as text.
+    pub fn get_string(key: &str) -> Result<Option<String>, String> {
+        Ok(get(key)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+    /// Write a key; with `ttl_secs` it expires.
+    pub fn set(key: &str, value: &[u8], ttl_secs: Option<u32>) -> Result<(), String> {
+        super::host::kv_set(key, value, ttl_secs)
+    }
+    /// Add `delta` to a counter and return the new value; `ttl_secs` is set when it starts.
+    pub fn incr(key: &str, delta: i64, ttl_secs: Option<u32>) -> Result<i64, String> {
+        super::host::kv_incr(key, delta, ttl_secs)
+    }
+}
+
+/// DNS lookups through the server's resolver (limited per call).
+pub mod dns {
+    pub use super::DnsError;
+
+    /// IPv4 addresses of `name`.
+    pub fn a(name: &str) -> Result<Vec<String>, DnsError> {
+        super::host::dns("a", name)
+    }
+    /// IPv6 addresses of `name`.
+    pub fn aaaa(name: &str) -> Result<Vec<String>, DnsError> {
+        super::host::dns("aaaa", name)
+    }
+    /// TXT records of `name`.
+    pub fn txt(name: &str) -> Result<Vec<String>, DnsError> {
+        super::host::dns("txt", name)
+    }
+    /// PTR names of an IP address.
+    pub fn ptr(ip: &str) -> Result<Vec<String>, DnsError> {
+        super::host::dns("ptr", ip)
+    }
+    /// The reversed-label form of an IP address for DNS block lists: "192.0.2.7" →
+    /// "7.2.0.192", IPv6 as 32 reversed nibbles. None if `ip` is not an address.
+    pub fn reverse_ip(ip: &str) -> Option<String> {
+        let ip: std::net::IpAddr = ip.trim().parse().ok()?;
+        Some(match ip {
+            std::net::IpAddr::V4(v4) => {
+                let o = v4.octets();
+                format!("{}.{}.{}.{}", o[3], o[2], o[1], o[0])
+            }
+            std::net::IpAddr::V6(v6) => {
+                let mut parts = Vec::with_capacity(32);
+                for b in v6.octets().iter().rev() {
+                    parts.push(format!("{:x}", b & 0xf));
+                    parts.push(format!("{:x}", b >> 4));
+                }
+                parts.join(".")
+            }
+        })
+    }
+}
+
+/// Time.
+pub mod clock {
+    /// Seconds since the Unix epoch.
+    pub fn now() -> i64 {
+        super::host::now()
+    }
+    /// Milliseconds since an arbitrary start.
+    pub fn monotonic_ms() -> u64 {
+        super::host::monotonic_ms()
+    }
+}
+
+/// The host imports: the real ones in WebAssembly, the [`testing`] mock natively.
+#[cfg(target_arch = "wasm32")]
+mod host {
+    use super::bindings::corvus::plugin as b;
+    use super::{DnsError, Level};
+
+    pub fn log(level: Level, message: &str) {
+        b::log::log(level, message)
+    }
+    pub fn kv_get(key: &str) -> Result<Option<Vec<u8>>, String> {
+        b::kv::get(key)
+    }
+    pub fn kv_set(key: &str, value: &[u8], ttl: Option<u32>) -> Result<(), String> {
+        b::kv::set(key, value, ttl)
+    }
+    pub fn kv_incr(key: &str, delta: i64, ttl: Option<u32>) -> Result<i64, String> {
+        b::kv::incr(key, delta, ttl)
+    }
+    pub fn dns(kind: &str, name: &str) -> Result<Vec<String>, DnsError> {
+        match kind {
+            "a" => b::dns::a(name),
+            "aaaa" => b::dns::aaaa(name),
+            "txt" => b::dns::txt(name),
+            _ => b::dns::ptr(name),
+        }
+    }
+    pub fn now() -> i64 {
+        b::clock::now()
+    }
+    pub fn monotonic_ms() -> u64 {
+        b::clock::monotonic_ms()
+    }
+    pub fn config_keys(_json: &str) -> Vec<String> {
+        b::config::keys()
+    }
+    pub fn config_string(_json: &str, key: &str) -> Option<String> {
+        b::config::get_string(key)
+    }
+    pub fn config_int(_json: &str, key: &str) -> Option<i64> {
+        b::config::get_int(key)
+    }
+    pub fn config_float(_json: &str, key: &str) -> Option<f64> {
+        b::config::get_float(key)
+    }
+    pub fn config_bool(_json: &str, key: &str) -> Option<bool> {
+        b::config::get_bool(key)
+    }
+    pub fn config_list(_json: &str, key: &str) -> Option<Vec<String>> {
+        b::config::get_list(key)
+    }
+    pub fn config_table(_json: &str, key: &str) -> Option<Vec<(String, String)>> {
+        b::config::get_table(key)
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod host {
+    pub use super::testing::mock::*;
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+
+/// Turn a [`Plugin`] type into the component's exports. Use once, at the crate root:
+/// `corvus_sdk::export!(MyPlugin);`. Natively (tests) it expands to nothing.
+#[macro_export]
+macro_rules! export {
+    ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            use $crate::__private::{Guest, HookResult};
+            use $crate::{Context, Outcome, PluginInfo};
+            ::std::thread_local! {
+                static __CORVUS_PLUGIN: ::std::cell::RefCell<::std::option::Option<$plugin>> =
+                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
+            }
+            fn __with(f: impl FnOnce(&mut $plugin) -> HookResult) -> HookResult {
+                __CORVUS_PLUGIN.with(|p| match p.borrow_mut().as_mut() {
+                    ::std::option::Option::Some(p) => f(p),
+                    ::std::option::Option::None => {
+                        ::std::result::Result::Err("the host called a hook before init".into())
+                    }
+                })
+            }
+            pub struct __CorvusExport;
+            impl Guest for __CorvusExport {
+                fn describe() -> PluginInfo {
+                    $crate::describe::<$plugin>()
+                }
+                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                    let p = <$plugin as $crate::Plugin>::init(&$crate::Config::from_json(config))?;
+                    __CORVUS_PLUGIN.with(|s| *s.borrow_mut() = ::std::option::Option::Some(p));
+                    ::std::result::Result::Ok(())
+                }
+                fn on_connect(ctx: Context) -> HookResult {
+                    __with(|p| $crate::Plugin::on_connect(p, &ctx))
+                }
+                fn on_helo(ctx: Context) -> HookResult {
+                    __with(|p| $crate::Plugin::on_helo(p, &ctx))
+                }
+                fn on_auth(ctx: Context) -> HookResult {
+                    __with(|p| $crate::Plugin::on_auth(p, &ctx))
+                }
+                fn on_mail(ctx: Context) -> HookResult {
+                    __with(|p| $crate::Plugin::on_mail(p, &ctx))
+                }
+                fn on_rcpt(ctx: Context) -> HookResult {
+                    __with(|p| $crate::Plugin::on_rcpt(p, &ctx))
+                }
+                fn on_data(ctx: Context, message: ::std::vec::Vec<u8>) -> HookResult {
+                    __with(|p| $crate::Plugin::on_data(p, &ctx, &message))
+                }
+                fn on_delivery(ctx: Context, message: ::std::vec::Vec<u8>) -> HookResult {
+                    __with(|p| $crate::Plugin::on_delivery(p, &ctx, &message))
+                }
+                fn on_fetch(ctx: Context) -> HookResult {
+                    __with(|p| $crate::Plugin::on_fetch(p, &ctx))
+                }
+            }
+            $crate::bindings::__export_plugin_raw!(__CorvusExport with_types_in $crate::bindings);
+        };
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use super::HookResult;
+    pub use super::bindings::exports::corvus::plugin::hooks::Guest;
+    pub use wit_bindgen;
+}

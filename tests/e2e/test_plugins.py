@@ -1,0 +1,562 @@
+"""End-to-end tests of WASM plugins: every example plugin in plugins/ through real SMTP (and
+IMAP) sessions, misbehaving plugins (infinite loop, memory bomb, panic, trap, huge host-call
+argument) failing only their own calls while other sessions continue, reload under load,
+`corvus check` and `corvus plugin test`.
+
+Self-contained: the fixture starts its own `corvus serve` per test with a temp config (ports
+picked by binding port 0, its own data_dir, a loopback DNS responder that answers NXDOMAIN
+except for the block-list names a test lists). Mail is sent with smtplib and read back with
+imaplib. The plugins are built by tests/build-plugins into target/plugins (CORVUS_PLUGIN_DIR
+overrides where they are looked for).
+"""
+
+from __future__ import annotations
+
+import base64
+import imaplib
+import json
+import os
+import pathlib
+import signal
+import smtplib
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CORVUS_BIN = os.environ.get("CORVUS_BIN") or str(ROOT / "target" / "debug" / "corvus")
+PLUGIN_DIR = pathlib.Path(
+    os.environ.get("CORVUS_PLUGIN_DIR") or ROOT / "target" / "plugins" / "wasm32-wasip2" / "release"
+)
+DOMAIN = "example.test"
+PASSWORD = "correct horse"
+
+
+def plugin(name: str) -> pathlib.Path:
+    p = PLUGIN_DIR / (name.replace("-", "_") + ".wasm")
+    if not p.is_file():
+        pytest.fail(f"{p} is missing: run tests/build-plugins first")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixture
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, (str, pathlib.Path)):
+        return json.dumps(str(v))
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(v)
+
+
+def child_env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CORVUS_")}
+
+
+class Dns:
+    """UDP DNS responder on 127.0.0.1: A records for the names in `a`, NXDOMAIN otherwise."""
+
+    def __init__(self):
+        self.a: dict[str, str] = {}
+        self.queries: list[str] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    @staticmethod
+    def qname(q: bytes) -> tuple[str, int, int]:
+        labels, i = [], 12
+        while i < len(q) and q[i]:
+            n = q[i]
+            labels.append(q[i + 1:i + 1 + n].decode("ascii", "replace"))
+            i += 1 + n
+        i += 1
+        qtype = int.from_bytes(q[i:i + 2], "big") if i + 2 <= len(q) else 0
+        return ".".join(labels).lower(), qtype, i + 4
+
+    def serve(self):
+        while True:
+            try:
+                q, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            if len(q) < 12:
+                continue
+            try:
+                name, qtype, end = self.qname(q)
+            except Exception:  # noqa: BLE001
+                continue
+            self.queries.append(name)
+            question = q[12:end]
+            ip = self.a.get(name)
+            if ip and qtype == 1:
+                flags = 0x8000 | (q[2] << 8 & 0x7900) | 0x0080 | 0x0400
+                answer = b"\xc0\x0c" + b"\x00\x01\x00\x01" + (60).to_bytes(4, "big") + b"\x00\x04" + socket.inet_aton(ip)
+                self.sock.sendto(q[:2] + flags.to_bytes(2, "big") + b"\x00\x01\x00\x01\x00\x00\x00\x00" + question + answer, peer)
+            else:
+                rcode = 0 if ip else 3  # an existing name without that type: NOERROR, no data
+                flags = 0x8000 | (q[2] << 8 & 0x7900) | 0x0080 | rcode
+                self.sock.sendto(q[:2] + flags.to_bytes(2, "big") + b"\x00\x01\x00\x00\x00\x00\x00\x00" + question, peer)
+
+    def close(self):
+        self.sock.close()
+
+
+class Server:
+    """One `corvus serve` with SMTP, submission and IMAP listeners and the given hooks."""
+
+    def __init__(self, tmp: pathlib.Path, hooks: list[dict], dns: Dns):
+        self.tmp = tmp
+        self.dns = dns
+        self.smtp_port, self.sub_port, self.imap_port = free_port(), free_port(), free_port()
+        self.config = tmp / "corvus.toml"
+        self.log_path = tmp / "server.log"
+        self.write_config(hooks)
+        self.proc = None
+
+    def write_config(self, hooks: list[dict]):
+        lines = [
+            'hostname = "mx.example.test"',
+            f"data_dir = {toml_value(self.tmp / 'data')}",
+            f"domains = [{toml_value(DOMAIN)}]",
+            'shutdown_timeout = "5s"',
+            "[listen]",
+            f'smtp = "127.0.0.1:{self.smtp_port}"',
+            f'submission = "127.0.0.1:{self.sub_port}"',
+            f'imap = "127.0.0.1:{self.imap_port}"',
+            "[dns]",
+            f"nameservers = [{toml_value(self.dns.addr)}]",
+            "[smtp]",
+            "allow_plaintext_auth = true",
+            "max_errors = 100",
+            "[imap]",
+            "allow_plaintext_auth = true",
+            "[log]",
+            'level = "info"',
+        ]
+        for h in hooks:
+            lines.append("[[hooks]]")
+            for k, v in h.items():
+                lines.append(f"{k} = {toml_value(v)}")
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [CORVUS_BIN, "-c", str(self.config), "serve"],
+            stdout=self.log, stderr=subprocess.STDOUT, env=child_env(),
+        )
+        deadline = time.time() + 60
+        sock = self.tmp / "data" / "control.sock"
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"corvus serve exited {self.proc.returncode}:\n{self.logs()}")
+            if all(port_open(p) for p in (self.smtp_port, self.sub_port, self.imap_port)) and sock.exists():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"corvus serve did not come up:\n{self.logs()}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.log.close()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self, *args, check=True) -> subprocess.CompletedProcess:
+        r = subprocess.run([CORVUS_BIN, "-c", str(self.config), *args],
+                           capture_output=True, text=True, env=child_env(), timeout=120)
+        if check and r.returncode != 0:
+            raise AssertionError(f"corvus {' '.join(args)} failed ({r.returncode}): {r.stdout}{r.stderr}")
+        return r
+
+    def add_user(self, address: str):
+        self.cli("user", "add", address, "--password", PASSWORD)
+
+    def smtp(self, port=None) -> smtplib.SMTP:
+        s = smtplib.SMTP("127.0.0.1", port or self.smtp_port, timeout=30)
+        s.ehlo("client.example")
+        return s
+
+    def messages(self, user: str, folder: str = "INBOX") -> list[bytes]:
+        m = imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=30)
+        m.login(user, PASSWORD)
+        try:
+            typ, _ = m.select(f'"{folder}"', readonly=True)
+            if typ != "OK":
+                return []
+            typ, data = m.uid("SEARCH", None, "ALL")
+            out = []
+            for uid in data[0].split():
+                typ, parts = m.uid("FETCH", uid, "(BODY.PEEK[])")
+                out.append(parts[0][1])
+            return out
+        finally:
+            m.logout()
+
+
+@pytest.fixture
+def dns():
+    d = Dns()
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def corvus(tmp_path, dns):
+    """Factory: corvus([{plugin=…, config={…}}, …]) starts a server and returns it."""
+    servers = []
+
+    def start(hooks: list[dict], sub: str = "srv") -> Server:
+        d = tmp_path / sub
+        d.mkdir(exist_ok=True)
+        s = Server(d, hooks, dns)
+        servers.append(s)
+        return s.start()
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def message(subject="Hello", extra_headers="", body="Just a test.\r\n", to=f"alice@{DOMAIN}") -> str:
+    return (f"From: <sender@remote.example>\r\nTo: <{to}>\r\nSubject: {subject}\r\n"
+            f"Date: Mon, 1 Jan 2024 10:00:00 +0000\r\n"
+            f"{extra_headers}Message-ID: <{time.time_ns()}@remote.example>\r\n\r\n{body}")
+
+
+def rcpt_reply(s: smtplib.SMTP, sender: str, rcpt: str) -> tuple[int, bytes]:
+    code, text = s.mail(sender)
+    assert code == 250, (code, text)
+    return s.rcpt(rcpt)
+
+
+def header(raw: bytes, name: str) -> str | None:
+    head = raw.split(b"\r\n\r\n", 1)[0].decode(errors="replace")
+    for line in head.split("\r\n"):
+        if line.lower().startswith(name.lower() + ":"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Example plugins
+
+
+def test_spam_score_header_and_quarantine(corvus):
+    srv = corvus([{"plugin": plugin("data-spam-score"), "config": {"threshold": 5.0}}])
+    srv.add_user(f"alice@{DOMAIN}")
+    with srv.smtp() as s:
+        s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message("Lunch tomorrow", body="Noon?\r\n"))
+        s.sendmail("a@remote.example", [f"alice@{DOMAIN}"],
+                   message("YOU HAVE WON THE LOTTERY!!!",
+                           body="Dear friend, click here for free money. Viagra! Act now.\r\n"))
+    inbox = srv.messages(f"alice@{DOMAIN}")
+    assert len(inbox) == 1 and b"Lunch tomorrow" in inbox[0]
+    assert header(inbox[0], "X-Spam-Score") == "0.0 / 5.0", inbox[0][:600]
+    junk = srv.messages(f"alice@{DOMAIN}", "Junk")
+    assert len(junk) == 1 and b"LOTTERY" in junk[0]
+    score = float(header(junk[0], "X-Spam-Score").split()[0])
+    assert score >= 5.0
+    assert "WORD(viagra)" in header(junk[0], "X-Spam-Tests")
+    assert "data_spam_score.wasm" in srv.logs() and "quarantine" in srv.logs()
+
+
+def test_spam_score_reject_threshold(corvus):
+    srv = corvus([{"plugin": plugin("data-spam-score"), "config": {"threshold": 3.0, "reject_threshold": 6.0}}])
+    srv.add_user(f"alice@{DOMAIN}")
+    with srv.smtp() as s:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            s.sendmail("a@remote.example", [f"alice@{DOMAIN}"],
+                       message("FREE MONEY WINNER!!!", body="viagra cialis lottery you have won\r\n"))
+        assert e.value.smtp_code == 550 and b"looks like spam" in e.value.smtp_error
+
+
+def test_dnsbl_refuses_listed_clients_at_connect(corvus, dns):
+    # The client is 127.0.0.1; bl.test lists it, clean.test does not.
+    dns.a["1.0.0.127.bl.test"] = "127.0.0.2"
+    listed = corvus([{"plugin": plugin("connect-dnsbl"), "config": {"zones": ["clean.test", "bl.test"]}}], "a")
+    with pytest.raises(smtplib.SMTPConnectError) as e:
+        smtplib.SMTP("127.0.0.1", listed.smtp_port, timeout=30)
+    assert e.value.smtp_code == 554 and b"blocked using bl.test" in e.value.smtp_error
+    assert "1.0.0.127.clean.test" in dns.queries and "1.0.0.127.bl.test" in dns.queries
+    assert "is listed in bl.test" in listed.logs()
+
+    clean = corvus([{"plugin": plugin("connect-dnsbl"), "config": {"zones": ["clean.test"]}}], "b")
+    clean.add_user(f"alice@{DOMAIN}")
+    with clean.smtp() as s:
+        s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message("not listed"))
+    assert len(clean.messages(f"alice@{DOMAIN}")) == 1
+
+
+def attachment_message(filename: str, content: bytes, ctype="application/octet-stream") -> str:
+    b64 = base64.encodebytes(content).decode().replace("\n", "\r\n")
+    return (
+        f"From: <a@remote.example>\r\nTo: <alice@{DOMAIN}>\r\nSubject: files\r\nMIME-Version: 1.0\r\n"
+        f"Content-Type: multipart/mixed; boundary=\"XYZ\"\r\n\r\n"
+        f"--XYZ\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+        f"--XYZ\r\nContent-Type: {ctype}\r\nContent-Disposition: attachment; filename=\"{filename}\"\r\n"
+        f"Content-Transfer-Encoding: base64\r\n\r\n{b64}--XYZ--\r\n"
+    )
+
+
+def test_attachment_filter_by_name_and_magic(corvus):
+    srv = corvus([{"plugin": plugin("data-attachment-filter")}])
+    srv.add_user(f"alice@{DOMAIN}")
+    pe = b"MZ\x90\x00\x03\x00\x00\x00" + b"\x00" * 120
+    with srv.smtp() as s:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], attachment_message("invoice.pdf.exe", b"%PDF-1.4 hello"))
+        assert e.value.smtp_code == 552 and b"invoice.pdf.exe" in e.value.smtp_error
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], attachment_message("invoice.pdf", pe, "application/pdf"))
+        assert e.value.smtp_code == 552 and b"Windows executable" in e.value.smtp_error
+        s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], attachment_message("report.pdf", b"%PDF-1.4 fine"))
+    inbox = srv.messages(f"alice@{DOMAIN}")
+    assert len(inbox) == 1 and b"report.pdf" in inbox[0]
+
+
+def test_rate_limit_counts_in_kv_across_sessions_and_restarts(corvus):
+    hooks = [{"plugin": plugin("mail-rate-limit"), "config": {"limit": 3, "window": "1h"}}]
+    srv = corvus(hooks)
+    srv.add_user(f"alice@{DOMAIN}")
+    for i in range(3):  # one session per message: the counter lives in kv, not the instance
+        with srv.smtp() as s:
+            s.sendmail("busy@remote.example", [f"alice@{DOMAIN}"], message(f"n{i}"))
+    with srv.smtp() as s:
+        with pytest.raises(smtplib.SMTPSenderRefused) as e:
+            s.sendmail("busy@remote.example", [f"alice@{DOMAIN}"], message("n3"))
+        assert e.value.smtp_code == 451 and b"Too many messages" in e.value.smtp_error
+        s.sendmail("calm@remote.example", [f"alice@{DOMAIN}"], message("other sender"))
+    # The kv store persists: still limited after a restart.
+    srv.stop()
+    srv.start()
+    with srv.smtp() as s:
+        code, _ = s.mail("busy@remote.example")
+        assert code == 451
+    assert len(srv.messages(f"alice@{DOMAIN}")) == 4
+
+
+def test_auth_table_logs_in_from_config(corvus):
+    srv = corvus([{"plugin": plugin("auth-table"),
+                   "config": {"mode": "required", "users": {f"table@{DOMAIN}": "from the table",
+                                                            f"alice@{DOMAIN}": "table password"}}}])
+    srv.add_user(f"alice@{DOMAIN}")
+    srv.add_user(f"bob@{DOMAIN}")
+    # A user only in the table logs in with the table's password.
+    with srv.smtp(srv.sub_port) as s:
+        assert s.login(f"table@{DOMAIN}", "from the table")[0] == 235
+    # For a user in the table, the table's password is required, not the store's.
+    with srv.smtp(srv.sub_port) as s:
+        with pytest.raises(smtplib.SMTPAuthenticationError) as e:
+            s.login(f"alice@{DOMAIN}", PASSWORD)
+        assert e.value.smtp_code == 535
+    with srv.smtp(srv.sub_port) as s:
+        assert s.login(f"alice@{DOMAIN}", "table password")[0] == 235
+    # Users not in the table are left to the account store.
+    with srv.smtp(srv.sub_port) as s:
+        assert s.login(f"bob@{DOMAIN}", PASSWORD)[0] == 235
+    with srv.smtp(srv.sub_port) as s:
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            s.login(f"nobody@{DOMAIN}", "x")
+
+
+def test_plugins_and_scripts_chain_in_order(corvus, tmp_path):
+    script = tmp_path / "tag.rhai"
+    script.write_text('fn on_data(ctx) { ctx.add_header("X-Script", "seen"); }\n')
+    srv = corvus([
+        {"plugin": plugin("data-attachment-filter")},
+        {"script": script},
+        {"plugin": plugin("data-spam-score")},
+    ])
+    srv.add_user(f"alice@{DOMAIN}")
+    with srv.smtp() as s:
+        s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message("chained"))
+    m = srv.messages(f"alice@{DOMAIN}")[0]
+    assert header(m, "X-Script") == "seen" and header(m, "X-Spam-Score") is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Misbehaving plugins
+
+
+@pytest.mark.parametrize("mode,reason", [
+    ("loop", "CPU time limit exceeded"),
+    ("oom", "memory limit exceeded"),
+    ("panic", "panic on purpose"),
+    ("trap", "trap"),
+    ("big-kv", "at most 65536 bytes"),
+])
+def test_misbehaving_plugin_fails_its_call_and_others_continue(corvus, mode, reason):
+    srv = corvus([{"plugin": plugin("misbehave"), "config": {"mode": mode, "when_rcpt": f"bad@{DOMAIN}"}}])
+    srv.add_user(f"alice@{DOMAIN}")
+    srv.add_user(f"bad@{DOMAIN}")
+    results = {}
+
+    def bad_session(n):
+        with srv.smtp() as s:
+            codes = []
+            for _ in range(3):
+                codes.append(rcpt_reply(s, "a@remote.example", f"bad@{DOMAIN}")[0])
+                s.rset()
+            # The same session still works for a good recipient after its plugin failed.
+            codes.append(rcpt_reply(s, "a@remote.example", f"alice@{DOMAIN}")[0])
+            results[n] = codes
+
+    threads = [threading.Thread(target=bad_session, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    started = time.monotonic()
+    with srv.smtp() as s:
+        for i in range(5):
+            s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message(f"ok {i}"))
+    took = time.monotonic() - started
+    for t in threads:
+        t.join(120)
+    assert len(results) == 2 and all(c == [451, 451, 451, 250] for c in results.values()), results
+    assert len(srv.messages(f"alice@{DOMAIN}")) == 5
+    assert took < 30, took
+    logs = srv.logs()
+    assert "hook failed" in logs and reason in logs, logs[-3000:]
+    assert srv.proc.poll() is None
+
+
+def test_on_error_continue_skips_a_failing_plugin(corvus):
+    srv = corvus([
+        {"plugin": plugin("misbehave"), "config": {"mode": "panic"}, "on_error": "continue"},
+        {"plugin": plugin("misbehave"), "config": {"mode": "reject", "when_rcpt": f"no@{DOMAIN}"}},
+    ])
+    srv.add_user(f"alice@{DOMAIN}")
+    srv.add_user(f"no@{DOMAIN}")
+    with srv.smtp() as s:
+        assert rcpt_reply(s, "a@remote.example", f"alice@{DOMAIN}")[0] == 250
+        code, text = s.rcpt(f"no@{DOMAIN}")
+        assert code == 550 and b"misbehave says no" in text
+
+
+def test_wrong_wit_version_is_refused_at_start_and_by_check(corvus, tmp_path):
+    d = tmp_path / "wrong"
+    d.mkdir()
+    dns = Dns()
+    srv = Server(d, [{"plugin": plugin("wrong-version")}], dns)
+    with pytest.raises(RuntimeError) as e:
+        srv.start()
+    dns.close()
+    assert "built for corvus:plugin@0.2.0" in str(e.value) and "provides corvus:plugin@0.1.0" in str(e.value)
+    r = srv.cli("check", check=False)
+    assert r.returncode == 2 and "built for corvus:plugin@0.2.0" in r.stderr, r.stderr
+
+
+def test_check_validates_plugins_and_their_config(tmp_path):
+    cfg = tmp_path / "corvus.toml"
+    good = plugin("mail-rate-limit")
+    cfg.write_text(f'data_dir = {toml_value(tmp_path / "data")}\n[[hooks]]\nplugin = {toml_value(good)}\n'
+                   f'config = {{ window = "soon" }}\n')
+    r = subprocess.run([CORVUS_BIN, "-c", str(cfg), "check"], capture_output=True, text=True, env=child_env())
+    assert r.returncode == 2 and 'init: window: "soon" is not a duration' in r.stderr, r.stderr
+    cfg.write_text(f'data_dir = {toml_value(tmp_path / "data")}\n[[hooks]]\nplugin = {toml_value(good)}\n')
+    r = subprocess.run([CORVUS_BIN, "-c", str(cfg), "check"], capture_output=True, text=True, env=child_env())
+    assert r.returncode == 0, r.stderr
+    # The compiled plugin is cached in data_dir for the server.
+    assert list((tmp_path / "data" / "plugin-cache").glob("*.cwasm"))
+
+
+def test_plugin_test_command(tmp_path):
+    r = subprocess.run(
+        [CORVUS_BIN, "plugin", "test", str(plugin("auth-table")), "--hook", "auth",
+         "--username", "alice@example.com", "--password", "w",
+         "--config", '{"users": {"alice@example.com": "w"}}'],
+        capture_output=True, text=True, env=child_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "verdict:  accept" in r.stdout and "logged in from the table" in r.stdout, r.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Reload
+
+
+def test_reload_under_load(corvus, tmp_path):
+    srv = corvus([{"plugin": plugin("noop")}])
+    srv.add_user(f"alice@{DOMAIN}")
+    srv.add_user(f"no@{DOMAIN}")
+    stop = threading.Event()
+    errors, sent = [], [0]
+
+    def sender():
+        try:
+            while not stop.is_set():
+                with srv.smtp() as s:
+                    for _ in range(10):
+                        s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message("load"))
+                        sent[0] += 1
+                        if stop.is_set():
+                            break
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=sender) for _ in range(3)]
+    for t in threads:
+        t.start()
+    generations = [
+        [{"plugin": plugin("noop"), "config": {"tag": "g1"}}],
+        [{"plugin": plugin("data-spam-score")}, {"plugin": plugin("noop")}],
+        [{"plugin": plugin("misbehave"), "config": {"mode": "reject", "when_rcpt": f"no@{DOMAIN}"}}],
+    ]
+    for hooks in generations:
+        srv.write_config(hooks)
+        r = srv.cli("reload")
+        assert "reloaded" in r.stdout
+        time.sleep(0.3)
+    # A broken generation is refused; the running one stays.
+    srv.write_config([{"plugin": plugin("wrong-version")}])
+    r = srv.cli("reload", check=False)
+    assert r.returncode != 0 and "corvus:plugin@0.2.0" in r.stderr
+    stop.set()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert sent[0] > 0
+    with srv.smtp() as s:
+        assert rcpt_reply(s, "a@remote.example", f"no@{DOMAIN}")[0] == 550
+    # SIGHUP reloads too.
+    srv.write_config([{"plugin": plugin("noop")}])
+    before = srv.logs().count("hooks reloaded")
+    srv.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 20
+    while srv.logs().count("hooks reloaded") == before and time.time() < deadline:
+        time.sleep(0.05)
+    with srv.smtp() as s:
+        assert rcpt_reply(s, "a@remote.example", f"no@{DOMAIN}")[0] == 250
