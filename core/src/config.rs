@@ -38,6 +38,8 @@ pub struct Config {
     pub pop3: Pop3,
     /// Inbound sender authentication (SPF, DKIM, DMARC, ARC) on the `smtp` listener.
     pub sender_auth: SenderAuth,
+    /// Limits on WASM plugins (`[[hooks]] plugin = ...`), one set for the process.
+    pub plugins: Plugins,
     /// Logging.
     pub log: Log,
     /// How long running sessions get to finish after SIGTERM/SIGINT.
@@ -83,6 +85,9 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "delivery",
     "smtp",
     "imap",
+    "pop3",
+    "sender_auth",
+    "plugins",
     "log",
     "shutdown_timeout",
 ];
@@ -281,6 +286,50 @@ impl Default for Pop3 {
     }
 }
 
+/// Limits on WASM plugins. Every call of every plugin runs under them; a call that exceeds
+/// one fails alone (its hook's `on_error` applies). They size the instance pool, so a change
+/// takes effect at the next start, not on reload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Plugins {
+    /// Guest CPU time per call (measured in 10 ms ticks).
+    #[serde(with = "dur")]
+    pub cpu_time: Duration,
+    /// Wall-clock time per call, host calls such as DNS lookups included.
+    #[serde(with = "dur")]
+    pub wall_time: Duration,
+    /// Linear memory per plugin instance, in MiB.
+    pub memory_mib: u32,
+    /// Largest message handed to on-data / on-delivery, in bytes; a longer one is cut and
+    /// flagged as truncated in the context.
+    pub max_message: usize,
+    /// DNS lookups per call.
+    pub dns_lookups: u32,
+    /// Time per DNS lookup.
+    #[serde(with = "dur")]
+    pub dns_timeout: Duration,
+    /// Log lines per call (each cut to 4 KiB).
+    pub log_lines: u32,
+    /// Plugin instances alive at once across all sessions. The pool reserves (but does not
+    /// commit) about `instances × 2 × memory_mib` of address space.
+    pub instances: u32,
+}
+
+impl Default for Plugins {
+    fn default() -> Self {
+        Plugins {
+            cpu_time: Duration::from_millis(100),
+            wall_time: Duration::from_secs(5),
+            memory_mib: 128,
+            max_message: 32 << 20,
+            dns_lookups: 10,
+            dns_timeout: Duration::from_secs(2),
+            log_lines: 100,
+            instances: 256,
+        }
+    }
+}
+
 /// Inbound sender authentication on the `smtp` listener (submission is never checked: its
 /// senders have logged in).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -446,6 +495,7 @@ impl Default for Config {
             smtp: Smtp::default(),
             imap: Imap::default(),
             pop3: Pop3::default(),
+            plugins: Plugins::default(),
             sender_auth: SenderAuth::default(),
             log: Log::default(),
             shutdown_timeout: Duration::from_secs(30),
@@ -663,6 +713,25 @@ impl Config {
         {
             problems.push(format!(
                 "delivery.relay: {r:?} is not host:port, e.g. \"smtp.provider.example:587\""
+            ));
+        }
+        let pl = &self.plugins;
+        if pl.cpu_time < Duration::from_millis(10) || pl.wall_time < pl.cpu_time {
+            problems.push(
+                "plugins.cpu_time: must be at least \"10ms\" and not above plugins.wall_time"
+                    .into(),
+            );
+        }
+        if !(1..=4096).contains(&pl.memory_mib) {
+            problems.push("plugins.memory_mib: must be between 1 and 4096, e.g. 128".into());
+        }
+        if !(1..=100_000).contains(&pl.instances) {
+            problems.push("plugins.instances: must be between 1 and 100000, e.g. 256".into());
+        }
+        if pl.max_message as u64 >= u64::from(pl.memory_mib) << 20 {
+            problems.push(format!(
+                "plugins.max_message: {} bytes does not fit in plugins.memory_mib = {}; raise memory_mib or lower max_message",
+                pl.max_message, pl.memory_mib
             ));
         }
         if self.pop3.idle_timeout.is_zero() {

@@ -438,6 +438,12 @@ fn main() -> ExitCode {
                 eprintln!("error: {e}");
                 bad = true;
             }
+            if config.hooks.iter().any(|h| h.plugin.is_some())
+                && let Err(e) = corvus::hooks::wasm::configure((&config.plugins).into())
+            {
+                eprintln!("error: {e}");
+                bad = true;
+            }
             for h in &config.hooks {
                 let checked = match &h.plugin {
                     Some(p) => corvus::hooks::wasm::check_plugin(

@@ -131,8 +131,9 @@ class Dns:
 class Server:
     """One `corvus serve` with SMTP, submission and IMAP listeners and the given hooks."""
 
-    def __init__(self, tmp: pathlib.Path, hooks: list[dict], dns: Dns):
+    def __init__(self, tmp: pathlib.Path, hooks: list[dict], dns: Dns, extra: list[str] = ()):
         self.tmp = tmp
+        self.extra = list(extra)
         self.dns = dns
         self.smtp_port, self.sub_port, self.imap_port = free_port(), free_port(), free_port()
         self.config = tmp / "corvus.toml"
@@ -159,6 +160,7 @@ class Server:
             "allow_plaintext_auth = true",
             "[log]",
             'level = "info"',
+            *self.extra,
         ]
         for h in hooks:
             lines.append("[[hooks]]")
@@ -240,10 +242,10 @@ def corvus(tmp_path, dns):
     """Factory: corvus([{plugin=…, config={…}}, …]) starts a server and returns it."""
     servers = []
 
-    def start(hooks: list[dict], sub: str = "srv") -> Server:
+    def start(hooks: list[dict], sub: str = "srv", extra: list[str] = ()) -> Server:
         d = tmp_path / sub
         d.mkdir(exist_ok=True)
-        s = Server(d, hooks, dns)
+        s = Server(d, hooks, dns, extra)
         servers.append(s)
         return s.start()
 
@@ -452,6 +454,34 @@ def test_misbehaving_plugin_fails_its_call_and_others_continue(corvus, mode, rea
     logs = srv.logs()
     assert "hook failed" in logs and reason in logs, logs[-3000:]
     assert srv.proc.poll() is None
+
+
+def test_plugin_limits_come_from_the_config(corvus):
+    """[plugins] sets the per-call CPU and memory limits: a memory bomb fails at 16 MiB and a
+    loop at 20 ms of CPU, each failing only its own call."""
+    limits = ["[plugins]", 'cpu_time = "20ms"', "memory_mib = 16", "max_message = 1048576"]
+    for mode, reason in [("oom", "memory limit exceeded (16 MiB)"), ("loop", "CPU time limit exceeded (20 ms)")]:
+        srv = corvus([{"plugin": plugin("misbehave"), "config": {"mode": mode, "when_rcpt": f"bad@{DOMAIN}"}}],
+                     sub=mode, extra=limits)
+        srv.add_user(f"alice@{DOMAIN}")
+        srv.add_user(f"bad@{DOMAIN}")
+        with srv.smtp() as s:
+            assert rcpt_reply(s, "a@remote.example", f"bad@{DOMAIN}")[0] == 451
+            s.rset()
+            assert rcpt_reply(s, "a@remote.example", f"alice@{DOMAIN}")[0] == 250
+        assert reason in srv.logs(), srv.logs()[-3000:]
+        srv.stop()
+
+
+def test_check_reports_bad_plugin_limits(tmp_path):
+    cfg = tmp_path / "corvus.toml"
+    cfg.write_text(f"data_dir = {toml_value(tmp_path / 'data')}\n[plugins]\nmemory_mib = 8\nmax_message = 16777216\n")
+    r = subprocess.run([CORVUS_BIN, "-c", str(cfg), "check"], capture_output=True, text=True, env=child_env())
+    assert r.returncode != 0
+    assert "plugins.max_message" in r.stderr and "memory_mib" in r.stderr, r.stderr
+    cfg.write_text(f"data_dir = {toml_value(tmp_path / 'data')}\n[plugins]\nmemory = 8\n")
+    r = subprocess.run([CORVUS_BIN, "-c", str(cfg), "check"], capture_output=True, text=True, env=child_env())
+    assert r.returncode != 0 and "memory" in r.stderr, r.stderr
 
 
 def test_on_error_continue_skips_a_failing_plugin(corvus):

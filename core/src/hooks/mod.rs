@@ -393,6 +393,9 @@ pub fn build_entries(
             Some(path) => {
                 if resolver.is_none() {
                     resolver = crate::dns::resolver(config).ok().map(Arc::new);
+                    if let Err(e) = wasm::configure(wasm::Limits::from(&config.plugins)) {
+                        tracing::warn!("{e}");
+                    }
                 }
                 wasm::WasmHook::load(
                     entry,

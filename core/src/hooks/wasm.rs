@@ -62,7 +62,7 @@ pub const WIT_PACKAGE: &str = "corvus:plugin";
 pub const WIT_VERSION: &str = "0.1.0";
 
 /// Limits on plugins. One set for the process (the pooling allocator is sized from it).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Guest CPU time per call (counted in ticks of [`TICK`]).
     pub cpu: Duration,
@@ -120,6 +120,38 @@ fn runtime() -> Result<&'static Runtime, HookError> {
         .get_or_init(|| build_runtime(Limits::default()))
         .as_ref()
         .map_err(|e| HookError(e.clone()))
+}
+
+impl From<&crate::config::Plugins> for Limits {
+    fn from(p: &crate::config::Plugins) -> Self {
+        Limits {
+            cpu: p.cpu_time,
+            wall: p.wall_time,
+            memory: (p.memory_mib as usize) << 20,
+            max_message: p.max_message,
+            dns_lookups: p.dns_lookups,
+            dns_timeout: p.dns_timeout,
+            log_lines: p.log_lines,
+            instances: p.instances,
+            ..Limits::default()
+        }
+    }
+}
+
+/// Set the process's plugin limits (`[plugins]`) before the first plugin loads. The pool is
+/// sized from them once: when the runtime already runs with other limits (a reload after
+/// the config changed), the old ones stay and the returned message says a restart applies
+/// the new ones.
+pub fn configure(limits: Limits) -> Result<(), String> {
+    let mut wanted = Some(limits);
+    let rt = RUNTIME.get_or_init(|| build_runtime(wanted.take().expect("first init")));
+    match (rt, wanted) {
+        (Err(e), _) => Err(e.clone()),
+        (Ok(rt), Some(w)) if rt.limits != w => Err(
+            "plugins: the [plugins] limits changed; they size the instance pool and take effect at the next restart (the old limits stay)".into(),
+        ),
+        _ => Ok(()),
+    }
 }
 
 fn build_runtime(limits: Limits) -> Result<Runtime, String> {
