@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
         assert!(used <= rest.len() && line.len() < used);
         match parse_command(line) {
             Ok(cmd) => one_line(&Response::ok(format!("{cmd:?}"))),
-            Err(e) => one_line(&Response::err(format!("{e} {}", String::from_utf8_lossy(line)))),
+            Err(e) => one_line(&Response::err(format!(
+                "{e} {}",
+                String::from_utf8_lossy(line)
+            ))),
         }
         rest = &rest[used..];
     }
@@ -40,6 +43,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(*last, b".\r");
     for l in body {
         let l = l.strip_suffix(b"\r").unwrap_or(l);
-        assert_ne!(l, b".", "a line of the message ends the response early: {out:?}");
+        assert_ne!(
+            l, b".",
+            "a line of the message ends the response early: {out:?}"
+        );
     }
 });
