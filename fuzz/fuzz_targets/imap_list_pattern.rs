@@ -23,7 +23,8 @@ fuzz_target!(|data: &[u8]| {
     };
     let (p, n) = (String::from_utf8_lossy(p), String::from_utf8_lossy(n));
     let got = wildmatch(&p, &n);
-    if p.len() <= 12 && n.len() <= 24 && n != "INBOX" {
+    // The reference backtracks (exponential in the wildcards), so only on small inputs.
+    if p.len() <= 8 && n.len() <= 16 && n != "INBOX" {
         assert_eq!(got, reference(p.as_bytes(), n.as_bytes()), "{p:?} vs {n:?}");
     }
 });
