@@ -472,3 +472,50 @@ def test_helo_fallback_and_size_limit(net):
     finally:
         ctl.stop()
         small.stop()
+
+
+def test_remote_reply_with_multibyte_code_is_a_temporary_error(net):
+    """A remote MX whose greeting has a multi-byte character inside the reply code: the attempt
+    fails as a malformed reply and is retried. (This panicked the delivery task, which left
+    the entry marked in flight: never retried, never bounced.)"""
+    import socket
+    import threading
+
+    zone, make = net
+    port = free_port()
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.6", port))
+    srv.listen(16)
+    conns = []
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            conns.append(c)
+            c.sendall("22\u00e9 mx.bad.test ESMTP\r\n".encode())  # byte 3 is inside the "é"
+            c.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        a = make("a", ["a.test"], delivery=f'port = {port}\nretry = ["1s"]')
+        a.add_user("alice@a.test", PW)
+        zone.add("bad.test", "MX", "10 mx.bad.test.")
+        zone.add("mx.bad.test", "A", "127.0.0.6")
+        a.start()
+        submit(a, "alice@a.test", ["carol@bad.test"], b"to a broken MX\r\n")
+        qid = wait_for(lambda: (a.run_cli("queue", "list").stdout.splitlines()[1:] or [None])[0], what="queued").split()[0]
+
+        def retried():
+            shown = a.run_cli("queue", "show", qid).stdout
+            n = int(re.search(r"attempts: (\d+)", shown).group(1))
+            return shown if n >= 2 else None
+
+        shown = wait_for(retried, timeout=30, what="a second attempt after the malformed reply")
+        assert "malformed reply" in shown, shown
+        assert "panicked" not in a.logs()
+    finally:
+        srv.close()
