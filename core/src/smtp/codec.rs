@@ -590,7 +590,12 @@ mod tests {
         let crash = b"MAIL fDA`\xc3\x993%Vw[\nNwwNP \xc3";
         let (line, _) = next_line(crash).unwrap();
         assert!(matches!(parse_command(line), Err(SyntaxError::Args(_))));
-        for line in ["MAIL FRO\u{e9}:<a@b>", "RCPT T\u{e9}:<a@b>", "MAIL \u{e9}", "RCPT \u{1f600}"] {
+        for line in [
+            "MAIL FRO\u{e9}:<a@b>",
+            "RCPT T\u{e9}:<a@b>",
+            "MAIL \u{e9}",
+            "RCPT \u{1f600}",
+        ] {
             assert!(
                 matches!(parse_command(line.as_bytes()), Err(SyntaxError::Args(_))),
                 "{line}"
