@@ -32,6 +32,18 @@ pub struct BenchOptions {
     pub size: usize,
     /// Server PID, to sample its resident memory.
     pub server_pid: Option<u32>,
+    /// Steady state for long runs: every IMAP and POP3 client has its own account
+    /// ([`account`]), SMTP sends to those accounts in turn, and each session deletes the
+    /// messages it read, so mailboxes stay small instead of growing for the whole run.
+    pub per_client_accounts: bool,
+}
+
+/// The `i`th derived account of `user`: `bench@example.org` → `bench3@example.org`.
+pub fn account(user: &str, i: usize) -> String {
+    match user.split_once('@') {
+        Some((local, domain)) => format!("{local}{i}@{domain}"),
+        None => format!("{user}{i}"),
+    }
 }
 
 #[derive(Default)]
@@ -90,7 +102,7 @@ async fn smtp_reply(s: &mut BufReader<TcpStream>, want: char) -> R<()> {
 
 async fn smtp_session(
     addr: SocketAddr,
-    to: &str,
+    to: &(dyn Fn() -> String + Sync),
     body: &[u8],
     stats: &Stats,
     stop: &AtomicBool,
@@ -108,7 +120,10 @@ async fn smtp_session(
             break;
         }
         let t = Instant::now();
-        let cmd = format!("MAIL FROM:<bench@bench.test>\r\nRCPT TO:<{to}>\r\nDATA\r\n");
+        let cmd = format!(
+            "MAIL FROM:<bench@bench.test>\r\nRCPT TO:<{}>\r\nDATA\r\n",
+            to()
+        );
         s.get_mut()
             .write_all(cmd.as_bytes())
             .await
@@ -127,10 +142,19 @@ async fn smtp_session(
     Ok(())
 }
 
-/// Read IMAP lines until the tagged reply; literals are skipped.
-async fn imap_until(s: &mut BufReader<TcpStream>, tag: &str) -> R<()> {
+/// Read IMAP lines until the tagged reply; literals are skipped. Returns the last
+/// `* n EXISTS` seen.
+async fn imap_until(s: &mut BufReader<TcpStream>, tag: &str) -> R<Option<usize>> {
+    let mut exists = None;
     loop {
         let l = line(s).await?;
+        if let Some(n) = l
+            .strip_prefix("* ")
+            .and_then(|r| r.trim_end().strip_suffix(" EXISTS"))
+            .and_then(|n| n.parse().ok())
+        {
+            exists = Some(n);
+        }
         if let Some(n) = l
             .trim_end()
             .strip_suffix('}')
@@ -143,7 +167,7 @@ async fn imap_until(s: &mut BufReader<TcpStream>, tag: &str) -> R<()> {
         }
         if l.starts_with(&format!("{tag} ")) {
             return if l[tag.len() + 1..].starts_with("OK") {
-                Ok(())
+                Ok(exists)
             } else {
                 Err(format!("IMAP: {}", l.trim_end()))
             };
@@ -151,33 +175,53 @@ async fn imap_until(s: &mut BufReader<TcpStream>, tag: &str) -> R<()> {
     }
 }
 
-async fn imap_session(addr: SocketAddr, user: &str, pass: &str, stats: &Stats) -> R<()> {
+async fn imap_session(
+    addr: SocketAddr,
+    user: &str,
+    pass: &str,
+    delete: bool,
+    stats: &Stats,
+) -> R<()> {
     let t = Instant::now();
     let mut s = connect(addr).await?;
     line(&mut s).await?;
-    let script = [
+    let mut script = vec![
         format!("a LOGIN \"{user}\" \"{pass}\"\r\n"),
         "b SELECT INBOX\r\n".into(),
-        "c FETCH 1:* (FLAGS)\r\n".into(),
-        "d FETCH 1:5 (BODY.PEEK[])\r\n".into(),
-        "e SEARCH SUBJECT bench\r\n".into(),
-        "f LOGOUT\r\n".into(),
     ];
-    for cmd in &script {
+    let mut i = 0;
+    while i < script.len() {
+        let cmd = script[i].clone();
         s.get_mut()
             .write_all(cmd.as_bytes())
             .await
             .map_err(|e| e.to_string())?;
-        imap_until(&mut s, &cmd[..1]).await?;
+        let seen = imap_until(&mut s, &cmd[..1]).await?;
+        if cmd.starts_with("b ") {
+            // What follows depends on the mailbox: no sequence set on an empty one.
+            let exists = seen.unwrap_or(0);
+            let k = exists.min(5);
+            if exists > 0 {
+                script.push("c FETCH 1:* (FLAGS)\r\n".into());
+                script.push(format!("d FETCH 1:{k} (BODY.PEEK[])\r\n"));
+            }
+            script.push("e SEARCH SUBJECT bench\r\n".into());
+            if delete && exists > 0 {
+                script.push(format!("g STORE 1:{k} +FLAGS.SILENT (\\Deleted)\r\n"));
+                script.push("h EXPUNGE\r\n".into());
+            }
+            script.push("f LOGOUT\r\n".into());
+        }
+        i += 1;
     }
     stats.ok(t.elapsed()).await;
     Ok(())
 }
 
-async fn pop3_ok(s: &mut BufReader<TcpStream>) -> R<()> {
+async fn pop3_ok(s: &mut BufReader<TcpStream>) -> R<String> {
     let l = line(s).await?;
     if l.starts_with("+OK") {
-        Ok(())
+        Ok(l)
     } else {
         Err(format!("POP3: {}", l.trim_end()))
     }
@@ -192,10 +236,17 @@ async fn pop3_multiline(s: &mut BufReader<TcpStream>) -> R<()> {
     }
 }
 
-async fn pop3_session(addr: SocketAddr, user: &str, pass: &str, stats: &Stats) -> R<()> {
+async fn pop3_session(
+    addr: SocketAddr,
+    user: &str,
+    pass: &str,
+    delete: bool,
+    stats: &Stats,
+) -> R<()> {
     let t = Instant::now();
     let mut s = connect(addr).await?;
     pop3_ok(&mut s).await?;
+    let mut count = 0;
     for cmd in [
         format!("USER {user}\r\n"),
         format!("PASS {pass}\r\n"),
@@ -205,15 +256,27 @@ async fn pop3_session(addr: SocketAddr, user: &str, pass: &str, stats: &Stats) -
             .write_all(cmd.as_bytes())
             .await
             .map_err(|e| e.to_string())?;
-        pop3_ok(&mut s).await?;
+        let reply = pop3_ok(&mut s).await?;
+        if cmd.starts_with("STAT") {
+            count = reply
+                .split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0);
+        }
     }
-    for i in 1..=3 {
+    for i in 1..=count.min(3) {
         s.get_mut()
             .write_all(format!("TOP {i} 5\r\n").as_bytes())
             .await
             .map_err(|e| e.to_string())?;
-        if pop3_multiline(&mut s).await.is_err() {
-            break;
+        pop3_multiline(&mut s).await?;
+        if delete {
+            s.get_mut()
+                .write_all(format!("DELE {i}\r\n").as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            pop3_ok(&mut s).await?;
         }
     }
     s.get_mut()
@@ -261,24 +324,40 @@ pub async fn run(o: BenchOptions) -> u64 {
         vec![("smtp", o.smtp), ("imap", o.imap), ("pop3", o.pop3)];
     let mut stats = Vec::new();
     let mut tasks = Vec::new();
+    let next_rcpt = Arc::new(AtomicU64::new(0));
     for (name, addr) in kinds {
         let Some(addr) = addr else { continue };
         let st = Arc::new(Stats::default());
         stats.push((name, st.clone()));
-        for _ in 0..o.clients {
-            let (st, stop, body, user, pass) = (
+        for c in 0..o.clients {
+            let (st, stop, body, pass, next) = (
                 st.clone(),
                 stop.clone(),
                 body.clone(),
-                o.user.clone(),
                 o.password.clone(),
+                next_rcpt.clone(),
             );
+            let (per_client, clients, base) = (o.per_client_accounts, o.clients, o.user.clone());
+            // IMAP client c reads account c+1, POP3 client c account clients+c+1.
+            let user = match (per_client, name) {
+                (true, "imap") => account(&base, c + 1),
+                (true, "pop3") => account(&base, clients + c + 1),
+                _ => base.clone(),
+            };
             tasks.push(tokio::spawn(async move {
+                let to = move || {
+                    if per_client {
+                        let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        account(&base, n % (2 * clients) + 1)
+                    } else {
+                        base.clone()
+                    }
+                };
                 while !stop.load(Ordering::Relaxed) {
                     let r = match name {
-                        "smtp" => smtp_session(addr, &user, &body, &st, &stop).await,
-                        "imap" => imap_session(addr, &user, &pass, &st).await,
-                        _ => pop3_session(addr, &user, &pass, &st).await,
+                        "smtp" => smtp_session(addr, &to, &body, &st, &stop).await,
+                        "imap" => imap_session(addr, &user, &pass, per_client, &st).await,
+                        _ => pop3_session(addr, &user, &pass, per_client, &st).await,
                     };
                     if let Err(e) = r {
                         st.err(e).await;

@@ -252,6 +252,11 @@ struct BenchArgs {
     /// PID of the server, to report its memory over time.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Steady state for long runs: IMAP client i reads USER's derived account <local>i@<domain>
+    /// and POP3 client i <local>(clients+i)@<domain> (create the 2×clients accounts first,
+    /// same password); SMTP sends to them in turn, and sessions delete what they read.
+    #[arg(long)]
+    per_client_accounts: bool,
 }
 
 #[derive(Subcommand)]
@@ -407,6 +412,7 @@ fn main() -> ExitCode {
             duration: b.duration,
             size: b.size,
             server_pid: b.server_pid,
+            per_client_accounts: b.per_client_accounts,
         }));
         return if errors == 0 {
             ExitCode::SUCCESS

@@ -27,14 +27,51 @@ pub fn valid_field_name(name: &str) -> bool {
         && name.bytes().all(|b| (33..=126).contains(&b) && b != b':')
 }
 
-/// Format one header field, folding nothing and stripping CR/LF so values cannot inject
-/// further fields.
+/// Longest header line we write, without its CRLF (RFC 5322 §2.1.1: at most 998 octets).
+pub const MAX_HEADER_LINE: usize = 998;
+
+/// Format one header field. CR and LF in the value become spaces, so a value cannot inject
+/// further fields. A field that would not fit on one line of [`MAX_HEADER_LINE`] octets is
+/// folded (RFC 5322 §2.2.3) before a space, or inside a run without spaces (which adds one
+/// space to the unfolded value): an over-long line would otherwise be refused by the next
+/// hop, or hard-wrapped by it so that the rest of the value starts a new field.
 pub fn format_field(name: &str, value: &str) -> String {
     let clean: String = value
         .chars()
         .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
         .collect();
-    format!("{name}: {clean}\r\n")
+    if name.len() + 2 + clean.len() <= MAX_HEADER_LINE {
+        return format!("{name}: {clean}\r\n");
+    }
+    // Fold at spaces when a line passes 78 octets (the recommended length), and inside a run
+    // without spaces when it would pass the hard limit.
+    const SOFT: usize = 78;
+    let mut out = format!("{name}:");
+    let mut line = out.len();
+    for (i, word) in clean.split(' ').enumerate() {
+        // A fold goes before the space that separated this word from the last one.
+        if i > 0 && line + 1 + word.len() > SOFT {
+            out.push_str("\r\n");
+            line = 0;
+        }
+        out.push(' ');
+        line += 1;
+        let mut rest = word;
+        while line + rest.len() > MAX_HEADER_LINE {
+            let mut cut = MAX_HEADER_LINE - line;
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.push_str(&rest[..cut]);
+            out.push_str("\r\n ");
+            line = 1;
+            rest = &rest[cut..];
+        }
+        out.push_str(rest);
+        line += rest.len();
+    }
+    out.push_str("\r\n");
+    out
 }
 
 /// RFC 5322 date for now.
@@ -57,5 +94,56 @@ mod tests {
         assert!(valid_field_name("X-Spam-Score"));
         assert!(!valid_field_name("X: y"));
         assert_eq!(format_field("X", "a\r\nBcc: evil"), "X: a  Bcc: evil\r\n");
+    }
+
+    /// Unfold (RFC 5322 §2.2.3: remove every CRLF followed by white space).
+    fn unfold(field: &str) -> String {
+        field.trim_end_matches("\r\n").replace("\r\n ", " ")
+    }
+
+    #[test]
+    fn long_values_are_folded_never_injected() {
+        // Long, with spaces: folded before spaces only, so unfolding gives the value back.
+        let value = format!(
+            "{} Bcc: evil@example.net {}",
+            "word ".repeat(300),
+            "x".repeat(50)
+        );
+        let f = format_field("X-Long", &value);
+        assert_eq!(unfold(&f), format!("X-Long: {value}"));
+        // One run of 5000 octets with a fake field where a naive 998-octet wrap would put it.
+        let value = format!(
+            "{}Bcc: evil@example.net{}",
+            "a".repeat(990 - 8),
+            "b".repeat(4000)
+        );
+        let f = format_field("X-Run", &value);
+        assert_eq!(
+            unfold(&f).replace(' ', ""),
+            format!("X-Run:{}", value.replace(' ', ""))
+        );
+        for f in [f, format_field("X-Multi", &"é".repeat(3000))] {
+            assert!(f.ends_with("\r\n"));
+            let lines: Vec<&str> = f.trim_end_matches("\r\n").split("\r\n").collect();
+            assert!(lines.len() > 1);
+            for (i, l) in lines.iter().enumerate() {
+                assert!(
+                    l.len() <= MAX_HEADER_LINE,
+                    "line {i} has {} octets",
+                    l.len()
+                );
+                assert!(!l.contains('\r') && !l.contains('\n'));
+                // Every line after the first is a continuation, never a field of its own.
+                assert!(
+                    i == 0 || l.starts_with(' '),
+                    "line {i} starts a field: {l:.40}"
+                );
+            }
+        }
+        // Short values are unchanged.
+        assert_eq!(
+            format_field("X-Tag", &"t".repeat(900)),
+            format!("X-Tag: {}\r\n", "t".repeat(900))
+        );
     }
 }

@@ -24,6 +24,9 @@ import time
 
 import dns.message
 import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -119,6 +122,54 @@ class LoopbackDNS:
                 self.sock.sendto(r.to_wire(), peer)
             except Exception:  # a broken query must not kill the responder
                 continue
+
+    def close(self):
+        self.sock.close()
+
+
+class ZoneDNS:
+    """A UDP DNS server on 127.0.0.1 answering from a dict {name: [(type, text)]}; unknown
+    names get NXDOMAIN, known names without the type an empty NOERROR answer."""
+
+    def __init__(self):
+        self.zone: dict[str, list[tuple[str, str]]] = {}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def add(self, name: str, rtype: str, text: str):
+        self.zone.setdefault(name.lower().rstrip(".") + ".", []).append((rtype, text))
+
+    def serve(self):
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            try:
+                q = dns.message.from_wire(data)
+                r = dns.message.make_response(q)
+                for question in q.question:
+                    name = question.name.to_text().lower()
+                    rtype = dns.rdatatype.to_text(question.rdtype)
+                    if name not in self.zone:
+                        r.set_rcode(dns.rcode.NXDOMAIN)
+                        continue
+                    texts = [t for (ty, t) in self.zone[name] if ty == rtype]
+                    if texts:
+                        r.answer.append(dns.rrset.from_text_list(question.name, 60, dns.rdataclass.IN, rtype, texts))
+                self.sock.sendto(r.to_wire(), peer)
+            except Exception:
+                continue
+
+    def resolve_txt(self, name: bytes, timeout=5):
+        """dkimpy's dnsfunc: TXT lookups answered from the zone."""
+        key = name.decode().lower().rstrip(".") + "."
+        for ty, text in self.zone.get(key, []):
+            if ty == "TXT":
+                return "".join(re.findall(r'"([^"]*)"', text)).encode()
+        return None
 
     def close(self):
         self.sock.close()

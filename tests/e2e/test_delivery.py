@@ -3,69 +3,14 @@ server on loopback serving MX, A and TXT records (issue: durable queue, MX deliv
 bounces). Also delivery to an MTA we did not write (aiosmtpd)."""
 
 import re
-import socket
-import threading
 import time
 
 import dkim
-import dns.message
-import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
-import dns.rrset
 import pytest
 
-from conftest import Corvus, free_port
+from conftest import Corvus, ZoneDNS, free_port
 
 PW = "secret-pw"
-
-
-class ZoneDNS:
-    """A UDP DNS server on 127.0.0.1 answering from a dict {name: [(type, text)]}; unknown
-    names get NXDOMAIN, known names without the type an empty NOERROR answer."""
-
-    def __init__(self):
-        self.zone: dict[str, list[tuple[str, str]]] = {}
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def add(self, name: str, rtype: str, text: str):
-        self.zone.setdefault(name.lower().rstrip(".") + ".", []).append((rtype, text))
-
-    def serve(self):
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except OSError:
-                return
-            try:
-                q = dns.message.from_wire(data)
-                r = dns.message.make_response(q)
-                for question in q.question:
-                    name = question.name.to_text().lower()
-                    rtype = dns.rdatatype.to_text(question.rdtype)
-                    if name not in self.zone:
-                        r.set_rcode(dns.rcode.NXDOMAIN)
-                        continue
-                    texts = [t for (ty, t) in self.zone[name] if ty == rtype]
-                    if texts:
-                        r.answer.append(dns.rrset.from_text_list(question.name, 60, dns.rdataclass.IN, rtype, texts))
-                self.sock.sendto(r.to_wire(), peer)
-            except Exception:
-                continue
-
-    def resolve_txt(self, name: bytes, timeout=5):
-        """dkimpy's dnsfunc: TXT lookups answered from the zone."""
-        key = name.decode().lower().rstrip(".") + "."
-        for ty, text in self.zone.get(key, []):
-            if ty == "TXT":
-                return "".join(re.findall(r'"([^"]*)"', text)).encode()
-        return None
-
-    def close(self):
-        self.sock.close()
 
 
 @pytest.fixture
@@ -527,3 +472,50 @@ def test_helo_fallback_and_size_limit(net):
     finally:
         ctl.stop()
         small.stop()
+
+
+def test_remote_reply_with_multibyte_code_is_a_temporary_error(net):
+    """A remote MX whose greeting has a multi-byte character inside the reply code: the attempt
+    fails as a malformed reply and is retried. (This panicked the delivery task, which left
+    the entry marked in flight: never retried, never bounced.)"""
+    import socket
+    import threading
+
+    zone, make = net
+    port = free_port()
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.6", port))
+    srv.listen(16)
+    conns = []
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            conns.append(c)
+            c.sendall("22\u00e9 mx.bad.test ESMTP\r\n".encode())  # byte 3 is inside the "é"
+            c.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        a = make("a", ["a.test"], delivery=f'port = {port}\nretry = ["1s"]')
+        a.add_user("alice@a.test", PW)
+        zone.add("bad.test", "MX", "10 mx.bad.test.")
+        zone.add("mx.bad.test", "A", "127.0.0.6")
+        a.start()
+        submit(a, "alice@a.test", ["carol@bad.test"], b"to a broken MX\r\n")
+        qid = wait_for(lambda: (a.run_cli("queue", "list").stdout.splitlines()[1:] or [None])[0], what="queued").split()[0]
+
+        def retried():
+            shown = a.run_cli("queue", "show", qid).stdout
+            n = int(re.search(r"attempts: (\d+)", shown).group(1))
+            return shown if n >= 2 else None
+
+        shown = wait_for(retried, timeout=30, what="a second attempt after the malformed reply")
+        assert "malformed reply" in shown, shown
+        assert "panicked" not in a.logs()
+    finally:
+        srv.close()

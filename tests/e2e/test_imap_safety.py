@@ -3,6 +3,7 @@ or path tricks; malformed commands get BAD and the session goes on; limits on li
 line length; a client that never finishes a literal is timed out; failed logins are
 rate-limited per IP."""
 
+import base64
 import re
 import socket
 import time
@@ -63,6 +64,104 @@ def test_users_cannot_reach_each_other(imap_server):
     assert b"MESSAGES 1" in rb.ok("STATUS INBOX (MESSAGES)")[0]
     rb.close()
     ra.close()
+
+
+def more_tricks(b: str) -> list[bytes]:
+    """Names that other servers use for other users' or shared mailboxes, parent escapes from
+    inside INBOX, NUL and control bytes, wildcards, modified UTF-7 spellings of "..", "/" and
+    NUL, and Unicode look-alikes of "." and "/"."""
+    b_local = b.split("@")[0]
+    names = [
+        f"#shared/{b}", f"#shared/{b}/INBOX", f"#shared/{b_local}/INBOX", f"#public/{b}/INBOX",
+        f"#user/{b_local}/INBOX", f"Other Users/{b}/INBOX", f"Other Users/{b_local}/INBOX",
+        f"Shared Folders/{b}/INBOX", f"user/{b_local}", f"user.{b_local}", f"~{b}/INBOX",
+        f"INBOX/../../{b}", f"INBOX/../../{b}/INBOX", f"INBOX/../{b}/Secret", f"./../{b}/INBOX",
+        f"{b}/Secret", f"{b.upper()}/INBOX", f"{b}%", f"{b_local}*", f"%/{b}/%",
+        f"{b}\x00/INBOX", f"INBOX\x00../{b}", f"{b}\r\nINBOX", f"{b}\x7f/INBOX",
+        # modified UTF-7 (RFC 3501 5.1.3): "..", "/" and NUL written as &-sequences
+        f"&AC4ALg-/{b}/INBOX", f"..&AC8-{b}&AC8-INBOX", f"{b}&AAA-INBOX",
+        # Unicode look-alikes: one dot leader, fullwidth full stop, division slash, fullwidth
+        # solidus, fraction slash
+        f"\u2024\u2024/{b}/INBOX", f"\uff0e\uff0e/{b}/INBOX", f"..\u2215{b}\u2215INBOX",
+        f"\uff0f{b}\uff0fINBOX", f"..\u2044{b}\u2044Secret",
+    ]
+    return [n.encode() for n in names]
+
+
+def test_other_users_mailboxes_unreachable_by_any_name_trick(imap_server):
+    """SELECT, EXAMINE, STATUS, APPEND, COPY, MOVE, RENAME, DELETE, SUBSCRIBE and LIST with
+    shared-namespace names, parent escapes, NUL, wildcards, modified UTF-7 and Unicode
+    look-alikes: none of them reaches B's mailboxes (A owns no mailbox of these names, so any
+    OK to a read would be B's), and B's mailboxes are untouched afterwards."""
+    a = imap_server.add_user()
+    b = imap_server.add_user()
+    imap_server.deliver(b, subject="secret of b")
+    rb = imap_server.raw(b)
+    rb.ok('CREATE "Secret"')
+    rb.ok("SELECT INBOX")
+    rb.ok("COPY 1 Secret")
+    rb.close()
+    imap_server.deliver(a, subject="a's own")
+
+    ra = imap_server.raw(a)
+    ra.ok("SELECT INBOX")
+    b_local = b.split("@")[0].encode()
+
+    def lit(n: bytes) -> bytes:
+        return b"{%d+}\r\n%s" % (len(n), n)
+
+    for name in more_tricks(b):
+        for cmd in (b"EXAMINE", b"SELECT", b"DELETE", b"SUBSCRIBE"):
+            _, tagged = ra.cmd(cmd + b" " + lit(name))
+            if cmd == b"SUBSCRIBE" and b" OK " in tagged:
+                # RFC 9051 6.3.7 lets a server subscribe names that do not exist; then it
+                # must stay a name only: no content behind it.
+                ra.ok(b"UNSUBSCRIBE " + lit(name))
+                continue
+            assert b" OK " not in tagged, (cmd, name, tagged)
+        ra.ok("SELECT INBOX")  # a failed SELECT leaves no mailbox selected
+        _, tagged = ra.cmd(b"STATUS " + lit(name) + b" (MESSAGES)")
+        assert b" OK " not in tagged, (name, tagged)
+        _, tagged = ra.cmd(b"APPEND " + lit(name) + b" {3+}\r\nx\r\n")
+        assert b" OK " not in tagged, (name, tagged)
+        for cmd in (b"COPY 1 ", b"MOVE 1 ", b"UID COPY 1:* "):
+            _, tagged = ra.cmd(cmd + lit(name))
+            assert b" OK " not in tagged, (cmd, name, tagged)
+        _, tagged = ra.cmd(b"RENAME " + lit(name) + b" Stolen")
+        assert b" OK " not in tagged, (name, tagged)
+        untagged, tagged = ra.cmd(b'LIST "" ' + lit(name))
+        assert b" OK " in tagged or b" BAD " in tagged or b" NO " in tagged
+        text = b"\n".join(untagged)
+        assert b"Secret" not in text and b_local not in text.lower(), (name, untagged)
+        untagged, tagged = ra.cmd(lit(name).join([b"LIST ", b' "*"']))
+        text = b"\n".join(untagged)
+        assert b"Secret" not in text and b_local not in text.lower(), (name, untagged)
+    # Still only A's own mailboxes, and A's message did not move anywhere.
+    names = b"\n".join(ra.ok('LIST "" "*"'))
+    assert b"Stolen" not in names and b_local not in names.lower(), names
+    assert ra.ok("SEARCH ALL") == [b"* SEARCH 1"]
+    ra.close()
+    rb = imap_server.raw(b)
+    for box in ("INBOX", "Secret"):
+        rb.ok(f"SELECT {box}")
+        found = rb.ok("SEARCH ALL")
+        assert found == [b"* SEARCH 1"], (box, found)  # nothing appended, copied or moved in
+        [fetched] = [l for l in rb.ok("FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)])") if b"Subject" in l]
+        assert b"secret of b" in fetched, fetched
+    rb.close()
+
+
+def test_authenticate_plain_with_another_users_authzid_is_refused(imap_server):
+    a = imap_server.add_user()
+    b = imap_server.add_user()
+    r = imap_server.raw()
+    for authz in (b, b.upper(), b + "\x00"):
+        resp = base64.b64encode(authz.encode() + b"\0" + a.encode() + b"\0" + PASSWORD.encode())
+        _, tagged = r.cmd(b"AUTHENTICATE PLAIN " + resp)
+        assert b" OK " not in tagged, (authz, tagged)
+    _, tagged = r.cmd("SELECT INBOX")
+    assert b" OK " not in tagged  # still not authenticated
+    r.close()
 
 
 @pytest.mark.parametrize("name", TRICKS)

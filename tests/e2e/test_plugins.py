@@ -590,3 +590,35 @@ def test_reload_under_load(corvus, tmp_path):
         time.sleep(0.05)
     with srv.smtp() as s:
         assert rcpt_reply(s, "a@remote.example", f"no@{DOMAIN}")[0] == 250
+
+
+def test_plugin_headers_cannot_inject_fields_or_lines(corvus):
+    """A plugin's add-headers with CR/LF in the value, or over-long, adds exactly one field and
+    no line over 998 octets; an invalid field name fails the call (on_error decides) and adds
+    nothing."""
+    long_value = "a" * 990 + "Bcc: evil@example.net " + "b" * 3000
+    hdr = lambda name, value, **kw: dict(  # noqa: E731
+        {"plugin": plugin("misbehave"), "config": {"mode": "header", "hook": "data", "name": name, "value": value}},
+        **kw)
+    srv = corvus([
+        hdr("X-Crlf", "x\r\nBcc: evil@example.net\r\n\r\nfake body"),
+        hdr("X-Lf", "y\nX-Injected: lf"),
+        hdr("X-Long", long_value),
+        hdr("Bcc: evil@example.net\r\nX-A", "v", on_error="continue"),
+        hdr("X Space", "v", on_error="continue"),
+    ])
+    srv.add_user(f"alice@{DOMAIN}")
+    with srv.smtp() as s:
+        s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message("inject", body="the real body\r\n"))
+    [raw] = srv.messages(f"alice@{DOMAIN}")
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert body == b"the real body\r\n", body[:200]
+    lines = head.split(b"\r\n")
+    assert all(len(line) <= 998 for line in lines), [len(line) for line in lines]
+    fields = [line.split(b":", 1)[0].lower() for line in lines if line[:1] not in (b" ", b"\t")]
+    for bad in (b"bcc", b"x-injected", b"fake body", b"x-a", b"x space"):
+        assert bad not in fields, (bad, head.decode(errors="replace"))
+    for name in (b"x-crlf", b"x-lf", b"x-long"):
+        assert fields.count(name) == 1, (name, fields)
+    assert header(raw, "X-Crlf") == "x  Bcc: evil@example.net    fake body"
+    assert srv.logs().count("is not a header field name") == 2, srv.logs()[-3000:]

@@ -451,3 +451,48 @@ def test_fetchmail_downloads_and_deletes(tmp_path, mode):
 )
 def test_fetch_hook_refuses_retr():
     pass
+
+
+def test_no_name_trick_reaches_another_users_maildrop(tmp_path):
+    """USER names with path tricks, wildcards, NUL, other spellings of bob, or alice's
+    password with bob's name, and AUTH PLAIN for bob with alice's password: none logs in. And
+    alice's session sees only alice's maildrop: bob's message numbers do not exist for her."""
+    server = Server(tmp_path, smtp={"max_auth_failures": 1000})  # no throttling in the way
+    try:
+        alice = server.add_user("alice")
+        bob = server.add_user("bob", password="bob's own password")
+        server.deliver(alice, message("for alice"))
+        for i in range(3):
+            server.deliver(bob, message(f"secret of bob {i}"))
+        tricks = [bob, bob.upper(), "bob", "../" + bob, f"{alice}/../{bob}", f"{alice}/{bob}",
+                  "~bob", f"{bob}%", "*", "%", f"bob\x00{alice}", f"{alice}\x00{bob}",
+                  "b\u043eb@example.org", "bob@example.org.", "bob@EXAMPLE.org\u200b"]
+        for name in tricks:
+            r = Raw(server.ports["pop3s"], tls=True)
+            user_reply = r.cmd(("USER " + name).encode())
+            if user_reply.startswith(b"+OK"):
+                reply = r.cmd("PASS " + PASSWORD)  # alice's password
+                assert not reply.startswith(b"+OK"), (name, reply)
+            assert not r.cmd("STAT").startswith(b"+OK"), name
+            r.close()
+            plain = base64.b64encode(b"\0" + name.encode() + b"\0" + PASSWORD.encode())
+            r = Raw(server.ports["pop3s"], tls=True)
+            assert not r.cmd(b"AUTH PLAIN " + plain).startswith(b"+OK"), name
+            r.close()
+
+        r = Raw(server.ports["pop3s"], tls=True)
+        r.login(alice)
+        assert r.cmd("STAT").startswith(b"+OK 1 "), "alice sees only her one message"
+        for cmd in ("RETR 2", "RETR 4", "TOP 3 0", "LIST 2", "UIDL 3", "DELE 2", "RETR 0",
+                    "RETR 4294967295", "RETR -1", "RETR 1/../2"):
+            assert r.cmd(cmd).startswith(b"-ERR"), cmd
+        assert r.cmd("RETR 1").startswith(b"+OK")
+        body = b"\n".join(r.multiline())
+        assert b"for alice" in body and b"secret of bob" not in body
+        assert r.cmd("QUIT").startswith(b"+OK")
+        r.close()
+        p = pop_ssl(server, bob, "bob's own password")
+        assert p.stat()[0] == 3, "bob's maildrop untouched"
+        p.quit()
+    finally:
+        server.close()

@@ -682,3 +682,45 @@ def test_script_test_prints_verdict_actions_and_logs(tmp_path):
     assert r.returncode == 1
     assert "error:    " in r.stdout and "too many operations" in r.stdout
     assert "verdict:  tempfail 451" in r.stdout and "(on_error = tempfail)" in r.stdout
+
+
+INJECT = r"""
+fn on_data(ctx) {
+    // The subject comes from the sender; as an encoded word it decodes to CR LF.
+    ctx.add_header("X-Echo-Subject", ctx.subject);
+    ctx.add_header("X-Crlf", "x\r\nBcc: evil@example.net\r\n\r\nfake body");
+    ctx.add_header("X-Lf", "y\nX-Injected: lf");
+    ctx.add_header("X-Cr", "z\rX-Injected: cr");
+    // Past the 998-octet line limit, with a field where a hard wrap would put it.
+    ctx.add_header("X-Long", "LONG");
+    for name in ["Bcc: evil@example.net\r\nX-A", "X Space", "X:Colon", "", "X-\u00e9", "X-A\nBcc"] {
+        try { ctx.add_header(name, "v"); } catch (e) { log("info", `refused ${e}`); }
+    }
+}
+"""
+
+
+def test_script_headers_cannot_inject_fields_or_lines(corvus, tmp_path):
+    """add_header with CR/LF in the value (literal, or a decoded encoded-word from the sender),
+    with invalid field names, or with an over-long value: no extra field appears, the body is
+    untouched, and no header line exceeds 998 octets."""
+    script = tmp_path / "inject.rhai"
+    script.write_text(INJECT.replace("LONG", "a" * 990 + "Bcc: evil@example.net " + "b" * 3000))
+    srv = corvus([{"script": script}])
+    srv.add_user(f"alice@{DOMAIN}")
+    subject = "=?utf-8?q?hi=0D=0ABcc:_evil@example.net=0D=0A=0D=0Abody?="
+    with srv.smtp() as s:
+        s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message(subject, body="the real body\r\n"))
+    [raw] = srv.messages(f"alice@{DOMAIN}")
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert body == b"the real body\r\n", body[:200]
+    lines = head.split(b"\r\n")
+    assert all(len(line) <= 998 for line in lines), [len(line) for line in lines]
+    fields = [line.split(b":", 1)[0].lower() for line in lines if line[:1] not in (b" ", b"\t")]
+    for bad in (b"bcc", b"x-injected", b"fake body", b"x-a", b"x space", b"x", b""):
+        assert bad not in fields, (bad, head.decode(errors="replace"))
+    assert b"\r" not in head.replace(b"\r\n", b"") and b"\n" not in head.replace(b"\r\n", b"")
+    for name in (b"x-echo-subject", b"x-crlf", b"x-lf", b"x-cr", b"x-long"):
+        assert fields.count(name) == 1, (name, fields)
+    assert b"X-Crlf: x  Bcc: evil@example.net    fake body" in head
+    assert srv.logs().count("is not a header field name") == 6, srv.logs()[-3000:]

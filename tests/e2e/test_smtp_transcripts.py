@@ -297,6 +297,19 @@ def test_garbage_bytes_get_500_and_server_keeps_serving(server):
     assert r.cmd("QUIT")[0] == 221
 
 
+def test_multibyte_char_at_the_keyword_end_gets_501_and_session_goes_on(server):
+    """A UTF-8 character across the end of "FROM:"/"TO:" (found by fuzzing smtp_command:
+    it panicked the session, before any authentication)."""
+    r = server.raw()
+    hello(r)
+    for line in ("MAIL fDA`\u00d93%Vw[", "MAIL FRO\u00e9:<a@b.test>", "RCPT T\u00e9:<a@b.test>"):
+        code, text = r.cmd(line.encode())
+        assert 500 <= code < 600 and code != 500, (line, code, text)
+    assert r.cmd(f"MAIL FROM:<{SENDER}>")[0] == 250
+    assert r.cmd("QUIT")[0] == 221
+    assert "panicked" not in server.logs()
+
+
 def test_tls_handshake_garbage_on_implicit_tls_port(server):
     sock = socket.create_connection(("127.0.0.1", server.ports["submissions"]), timeout=10)
     sock.sendall(os.urandom(2000))

@@ -10,6 +10,10 @@
 pub mod builtin;
 pub mod rhai;
 pub mod script_test;
+#[cfg(feature = "wasm")]
+pub mod wasm;
+#[cfg(not(feature = "wasm"))]
+#[path = "wasm_disabled.rs"]
 pub mod wasm;
 
 pub use wasm::HookSession;

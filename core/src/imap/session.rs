@@ -550,12 +550,17 @@ impl Session {
             return Err(no("[UNAVAILABLE] Too many failed logins, try again later"));
         }
         let store = self.shared.store.clone();
+        let cache = self.shared.credential_cache.clone();
         let (u, p) = (user.clone(), pass.clone());
-        let valid = tokio::task::spawn_blocking(move || accounts::authenticate(&store, &u, &p))
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .flatten();
+        // Cached like POP3: clients log in again and again, and every argon2 check costs
+        // tens of milliseconds of CPU and a 19 MiB buffer (which the allocator keeps).
+        let valid = tokio::task::spawn_blocking(move || {
+            accounts::authenticate_cached(&store, &cache, &u, &p)
+        })
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .flatten();
         let mut ctx = HookCtx::new(HookPoint::Auth, "imap", ip);
         ctx.tls = self.stream.is_tls();
         ctx.credentials = Some((user.clone(), pass, mech.to_string()));
@@ -1850,24 +1855,58 @@ pub fn normalize_crlf(m: &[u8]) -> Vec<u8> {
 }
 
 /// IMAP LIST wildcard match: `*` matches anything, `%` anything but `/`.
+///
+/// Dynamic programming over (pattern position, name position), so the time is bounded by
+/// their product whatever the pattern: a backtracking matcher takes exponential time on a
+/// pattern like `*a*a*a*a*a*b` (a client-chosen LIST pattern could stall a worker thread).
 pub fn wildmatch(pattern: &str, name: &str) -> bool {
     fn m(p: &[u8], n: &[u8]) -> bool {
-        match p.first() {
-            None => n.is_empty(),
-            Some(b'*') => (0..=n.len()).any(|i| m(&p[1..], &n[i..])),
-            Some(b'%') => (0..=n.len())
-                .take_while(|&i| i == 0 || n[i - 1] != b'/')
-                .any(|i| m(&p[1..], &n[i..])),
-            Some(&c) => n.first().is_some_and(|&x| x == c) && m(&p[1..], &n[1..]),
+        // at[j]: the pattern so far matches n[..j].
+        let mut at = vec![false; n.len() + 1];
+        at[0] = true;
+        let mut next = vec![false; n.len() + 1];
+        for &c in p {
+            match c {
+                b'*' => {
+                    let mut any = false;
+                    for j in 0..=n.len() {
+                        any |= at[j];
+                        next[j] = any;
+                    }
+                }
+                b'%' => {
+                    let mut any = false;
+                    for j in 0..=n.len() {
+                        if j > 0 && n[j - 1] == b'/' {
+                            any = false;
+                        }
+                        any |= at[j];
+                        next[j] = any;
+                    }
+                }
+                _ => {
+                    next[0] = false;
+                    for j in 1..=n.len() {
+                        next[j] = at[j - 1] && n[j - 1] == c;
+                    }
+                }
+            }
+            std::mem::swap(&mut at, &mut next);
+            if !at.contains(&true) {
+                return false;
+            }
         }
+        at[n.len()]
     }
-    let (p, n) =
-        if pattern.len() >= 5 && pattern[..5].eq_ignore_ascii_case("INBOX") && name == "INBOX" {
-            (format!("INBOX{}", &pattern[5..]), name.to_string())
-        } else {
-            (pattern.to_string(), name.to_string())
-        };
-    m(p.as_bytes(), n.as_bytes())
+    // "INBOX" is case-insensitive, also as the start of a pattern. Compared as bytes: the
+    // pattern may start with a multi-byte character (slicing the str there would panic).
+    let p = pattern.as_bytes();
+    if name == "INBOX" && p.len() >= 5 && p[..5].eq_ignore_ascii_case(b"INBOX") {
+        let mut q = b"INBOX".to_vec();
+        q.extend_from_slice(&p[5..]);
+        return m(&q, name.as_bytes());
+    }
+    m(p, name.as_bytes())
 }
 
 /// Helper for tests and tools: write a string as IMAP would.
@@ -1927,6 +1966,24 @@ mod tests {
         assert!(!wildmatch("%", "a/b"));
         assert!(wildmatch("a/%", "a/b"));
         assert!(wildmatch("inbox", "INBOX"));
+        assert!(wildmatch("inbox/%", "INBOX") == wildmatch("INBOX/%", "INBOX"));
+        assert!(wildmatch("%/%", "a/b") && !wildmatch("%/%", "a/b/c") && wildmatch("%/*", "a/b/c"));
+        assert!(wildmatch("a*%b", "axxb") && !wildmatch("a%b", "a/b") && wildmatch("a*b", "a/b"));
+        assert!(
+            wildmatch("", "") && !wildmatch("", "a") && wildmatch("**", "") && !wildmatch("x", "")
+        );
+        // A pattern starting with a multi-byte character (this panicked: the INBOX check
+        // sliced the str at byte 5).
+        assert!(!wildmatch(
+            "\u{2024}\u{2024}/bob@example.org/INBOX",
+            "INBOX"
+        ));
+        assert!(!wildmatch("INB\u{e9}", "INBOX"));
+        // Many stars against a long name that almost matches: polynomial, not exponential
+        // (this did not finish with the old backtracking matcher).
+        let name = "a".repeat(250);
+        assert!(!wildmatch(&format!("{}b", "*a".repeat(40)), &name));
+        assert!(wildmatch(&format!("{}%", "%a".repeat(40)), &name));
         assert_eq!(normalize_crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\rd");
     }
 }

@@ -304,7 +304,8 @@ impl Client {
                         self.peer
                     )));
                 }
-                let code: u16 = line[..3].parse().map_err(|_| {
+                // `get`, not `[..3]`: the remote may send a multi-byte character there.
+                let code: u16 = line.get(..3).and_then(|c| c.parse().ok()).ok_or_else(|| {
                     ClientError::Io(format!("{}: malformed reply {line:?}", self.peer))
                 })?;
                 let more = line.as_bytes().get(3) == Some(&b'-');

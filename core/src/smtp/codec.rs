@@ -237,7 +237,9 @@ pub fn parse_command(line: &[u8]) -> Result<Command, SyntaxError> {
 }
 
 fn strip_keyword<'a>(s: &'a str, kw: &str) -> Option<&'a str> {
-    if s.len() >= kw.len() && s[..kw.len()].eq_ignore_ascii_case(kw) {
+    // Compared as bytes: `kw` is ASCII, but `s` may have a multi-byte character across
+    // `kw.len()` (slicing the str there panicked: `MAIL fDA\u{d9}…`, found by fuzzing).
+    if s.len() >= kw.len() && s.as_bytes()[..kw.len()].eq_ignore_ascii_case(kw.as_bytes()) {
         // Lenient: allow spaces after the colon (`MAIL FROM: <a@b>`), as common clients send.
         Some(s[kw.len()..].trim_start())
     } else {
@@ -579,6 +581,26 @@ mod tests {
             assert_eq!(&parse_command(line.as_bytes()), want, "{line}");
         }
         assert_eq!(parse_command(b"\xff\xfe"), Err(SyntaxError::Binary));
+    }
+
+    /// Fuzzer find (smtp_command): a multi-byte character across the keyword length panicked
+    /// `strip_keyword` (str sliced inside the character) before any authentication.
+    #[test]
+    fn multibyte_char_where_the_keyword_ends_is_a_syntax_error() {
+        let crash = b"MAIL fDA`\xc3\x993%Vw[\nNwwNP \xc3";
+        let (line, _) = next_line(crash).unwrap();
+        assert!(matches!(parse_command(line), Err(SyntaxError::Args(_))));
+        for line in [
+            "MAIL FRO\u{e9}:<a@b>",
+            "RCPT T\u{e9}:<a@b>",
+            "MAIL \u{e9}",
+            "RCPT \u{1f600}",
+        ] {
+            assert!(
+                matches!(parse_command(line.as_bytes()), Err(SyntaxError::Args(_))),
+                "{line}"
+            );
+        }
     }
 
     #[test]

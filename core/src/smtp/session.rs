@@ -990,12 +990,17 @@ impl Session {
 
     async fn check_credentials(&mut self, user: String, pass: String, mech: &str) -> Flow {
         let store = self.shared.store.clone();
+        let cache = self.shared.credential_cache.clone();
         let (u, p) = (user.clone(), pass.clone());
-        let valid = tokio::task::spawn_blocking(move || accounts::authenticate(&store, &u, &p))
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .flatten();
+        // Cached like POP3: clients log in again and again, and every argon2 check costs
+        // tens of milliseconds of CPU and a 19 MiB buffer (which the allocator keeps).
+        let valid = tokio::task::spawn_blocking(move || {
+            accounts::authenticate_cached(&store, &cache, &u, &p)
+        })
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .flatten();
         let mut ctx = self.ctx(HookPoint::Auth);
         ctx.credentials = Some((user.clone(), pass, mech.to_string()));
         ctx.credentials_valid = valid.is_some();

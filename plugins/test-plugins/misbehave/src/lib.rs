@@ -6,7 +6,8 @@
 //! Modes: "loop" (runs forever), "oom" (allocates 16 MiB blocks until memory runs out), "panic", "trap"
 //! (executes `unreachable`), "recurse" (unbounded recursion), "big-kv" (asks the host to store
 //! a 100 MB value), "big-log" (floods the log), "stdout" (prints to stdout/stderr), "error"
-//! (returns an error), "reject" (a normal 550 reject), "slow" (busy-waits `ms` milliseconds).
+//! (returns an error), "reject" (a normal 550 reject), "slow" (busy-waits `ms` milliseconds),
+//! "header" (adds the header `config.name` with `config.value`, whatever they contain).
 
 use corvus_sdk::{ALL_HOOKS, Config, Context, Hook, HookResult, Outcome, Plugin, clock, kv, log};
 
@@ -15,6 +16,7 @@ pub struct Misbehave {
     hook: String,
     when_rcpt: Option<String>,
     ms: u64,
+    header: (String, String),
 }
 
 #[inline(never)]
@@ -90,6 +92,7 @@ impl Misbehave {
                 while clock::monotonic_ms() < start + self.ms {}
                 Ok(Outcome::next())
             }
+            "header" => Ok(Outcome::next().with_header(&self.header.0, &self.header.1)),
             other => Err(format!("misbehave: unknown mode {other:?}")),
         }
     }
@@ -109,6 +112,10 @@ impl Plugin for Misbehave {
             hook: config.string_or("hook", "rcpt"),
             when_rcpt: config.string("when_rcpt"),
             ms: config.int_or("ms", 100) as u64,
+            header: (
+                config.string_or("name", "X-Misbehave"),
+                config.string_or("value", ""),
+            ),
         })
     }
     fn on_connect(&mut self, ctx: &Context) -> HookResult {
@@ -146,8 +153,7 @@ mod tests {
 
     #[test]
     fn only_the_configured_hook_and_recipient() {
-        let mut h =
-            TestHost::<Misbehave>::new(r#"{"mode":"reject","when_rcpt":"bad@x"}"#).unwrap();
+        let mut h = TestHost::<Misbehave>::new(r#"{"mode":"reject","when_rcpt":"bad@x"}"#).unwrap();
         assert_eq!(h.rcpt("a@x", "good@x").unwrap().verdict.name(), "next");
         assert_eq!(h.rcpt("a@x", "bad@x").unwrap().verdict.name(), "reject");
         assert_eq!(h.mail("a@x").unwrap().verdict.name(), "next");
