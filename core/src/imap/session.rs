@@ -63,6 +63,9 @@ struct Session {
     dirty: bool,
     logout: bool,
     starttls: bool,
+    /// This session's slot among its user's `imap.max_connections_per_user`; released when
+    /// the session is dropped, however it ends.
+    _user_slot: Option<crate::net::UserSlot>,
 }
 
 type CmdResult = Result<String, Resp>;
@@ -126,6 +129,7 @@ pub async fn serve(
             dirty: false,
             logout: false,
             starttls: false,
+            _user_slot: None,
         };
         if let Err(e) = s.run().await {
             tracing::debug!(error = %e, "session ended with I/O error");
@@ -569,6 +573,16 @@ impl Session {
         match account {
             Some(a) => {
                 self.shared.auth_throttle.succeed(ip);
+                let max = self.shared.config.imap.max_connections_per_user;
+                match self.shared.imap_users.acquire(&a, max) {
+                    Ok(slot) => self._user_slot = Some(slot),
+                    Err(open) => {
+                        tracing::warn!(user = %a, open, max, "login refused: too many sessions for this user");
+                        return Err(no(format!(
+                            "[UNAVAILABLE] Too many connections for this user ({open} of {max} in use); close one and retry"
+                        )));
+                    }
+                }
                 tracing::info!(user = %a, "logged in");
                 self.watch = Some(self.shared.store.watch(&a));
                 self.user = Some(a);
@@ -1129,10 +1143,14 @@ impl Session {
     }
 
     /// Indices (0-based) of the selected messages in `set`, ascending and without
-    /// duplicates.
-    fn resolve(&self, uid: bool, set: &SeqSet) -> Vec<usize> {
+    /// duplicates. A sequence number beyond the session's view of the mailbox (or `*` in
+    /// an empty one) is a BAD (RFC 9051 §9, `seq-number`); UIDs that do not exist are not.
+    fn resolve(&self, uid: bool, set: &SeqSet) -> Result<Vec<usize>, Resp> {
         let sel = self.selected.as_ref().expect("selected");
-        resolve_set(&sel.msgs, uid, set, &self.saved)
+        if !uid {
+            check_seq_set(set, sel.msgs.len())?;
+        }
+        Ok(resolve_set(&sel.msgs, uid, set, &self.saved))
     }
 
     async fn expunge(&mut self, set: Option<SeqSet>) -> CmdResult {
@@ -1145,7 +1163,8 @@ impl Session {
         self.sync(false).await;
         let filter: Option<HashSet<usize>> = set
             .as_ref()
-            .map(|s| self.resolve(true, s).into_iter().collect());
+            .map(|s| self.resolve(true, s).map(|v| v.into_iter().collect()))
+            .transpose()?;
         let sel = self.selected.as_ref().expect("selected");
         let uids: Vec<u32> = sel
             .msgs
@@ -1175,6 +1194,7 @@ impl Session {
     ) -> CmdResult {
         self.sync(false).await;
         let sel = self.selected.as_ref().expect("selected");
+        check_search_seqs(&key, sel.msgs.len())?;
         let needs = search::needs_content(&key);
         let max_seq = sel.msgs.len() as u32;
         let max_uid = sel.msgs.last().map(|m| m.uid).unwrap_or(0);
@@ -1286,7 +1306,7 @@ impl Session {
             ));
         }
         self.sync(false).await;
-        let indices = self.resolve(uid, set);
+        let indices = self.resolve(uid, set)?;
         if changed_since.is_some() {
             self.condstore = true;
         }
@@ -1416,7 +1436,7 @@ impl Session {
             self.condstore = true;
         }
         self.sync(false).await;
-        let indices = self.resolve(uid, set);
+        let indices = self.resolve(uid, set)?;
         let flags: Vec<String> = flags.into_iter().filter(|f| f != "\\Recent").collect();
         let sel = self.selected.as_ref().expect("selected");
         let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs[i].uid).collect();
@@ -1482,7 +1502,7 @@ impl Session {
         }
         self.sync(false).await;
         let user = self.user.clone().unwrap_or_default();
-        let indices = self.resolve(uid, set);
+        let indices = self.resolve(uid, set)?;
         let sel = self.selected.as_ref().expect("selected");
         let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs[i].uid).collect();
         if self
@@ -1732,6 +1752,47 @@ pub fn resolve_set(msgs: &[MessageMeta], uid: bool, set: &SeqSet, saved: &[u32])
     out
 }
 
+/// A BAD when a sequence set names a message beyond `n` (the session's message count), or
+/// `*` while the mailbox is empty (RFC 9051 §9: "The server should respond with a tagged BAD
+/// response to a command that uses a message sequence number greater than the number of
+/// messages in the selected mailbox. This includes "*" if the selected mailbox is empty.").
+/// `$` holds UIDs and is never out of range.
+fn check_seq_set(set: &SeqSet, n: usize) -> Result<(), Resp> {
+    let SeqSet::Ranges(ranges) = set else {
+        return Ok(());
+    };
+    for &(a, b) in ranges {
+        for x in [a, b] {
+            if x == u32::MAX && n == 0 {
+                return Err(Resp::Bad(
+                    "Invalid sequence set: the mailbox is empty, so * names no message".into(),
+                ));
+            }
+            if x != u32::MAX && x as usize > n {
+                return Err(Resp::Bad(format!(
+                    "Invalid sequence number {x}: the mailbox has {n} message{}",
+                    if n == 1 { "" } else { "s" }
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`check_seq_set`] for every sequence-set key of a SEARCH (UID keys are exempt).
+fn check_search_seqs(key: &SearchKey, n: usize) -> Result<(), Resp> {
+    match key {
+        SearchKey::Seq(set) => check_seq_set(set, n),
+        SearchKey::And(v) => v.iter().try_for_each(|k| check_search_seqs(k, n)),
+        SearchKey::Or(a, b) => {
+            check_search_seqs(a, n)?;
+            check_search_seqs(b, n)
+        }
+        SearchKey::Not(a) => check_search_seqs(a, n),
+        _ => Ok(()),
+    }
+}
+
 /// The next store event: `Some(Some(mailbox id))`, `Some(None)` when events were lost
 /// (lagged), `None` when the channel closed.
 async fn recv_event(
@@ -1918,6 +1979,25 @@ mod tests {
         // Empty mailbox.
         assert!(resolve_set(&[], false, &ranges(&[(1, u32::MAX)]), &[]).is_empty());
         assert!(resolve_set(&[], true, &ranges(&[(1, u32::MAX)]), &[]).is_empty());
+    }
+
+    #[test]
+    fn sequence_numbers_beyond_the_mailbox_are_bad() {
+        let r = |v: &[(u32, u32)]| SeqSet::Ranges(v.to_vec());
+        let bad = |set: SeqSet, n| matches!(check_seq_set(&set, n), Err(Resp::Bad(_)));
+        assert!(!bad(r(&[(1, 3)]), 3));
+        assert!(!bad(r(&[(u32::MAX, 1)]), 3));
+        assert!(bad(r(&[(1, 4)]), 3));
+        assert!(bad(r(&[(2, 2), (4, 4)]), 3));
+        assert!(bad(r(&[(1, 1)]), 0));
+        assert!(bad(r(&[(u32::MAX, u32::MAX)]), 0)); // `*` in an empty mailbox
+        assert!(!bad(SeqSet::Saved, 0));
+        let key = SearchKey::And(vec![
+            SearchKey::Uid(r(&[(100, 200)])), // UIDs are exempt
+            SearchKey::Not(Box::new(SearchKey::Seq(r(&[(5, 5)])))),
+        ]);
+        assert!(matches!(check_search_seqs(&key, 4), Err(Resp::Bad(_))));
+        assert!(check_search_seqs(&key, 5).is_ok());
     }
 
     #[test]
