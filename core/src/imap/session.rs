@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use super::codec::{Frame, frame, parse};
 use super::mime::{self, BinaryError};
+use super::mutf7;
 use super::response::{date_time, flag_list, literal, mailbox_name, string};
 use super::search::{self, Candidate};
 use super::types::*;
@@ -54,6 +55,8 @@ struct Session {
     user: Option<String>,
     selected: Option<Selected>,
     rev2: bool,
+    /// `ENABLE UTF8=ACCEPT` (RFC 6855): mailbox names are UTF-8 on the wire.
+    utf8: bool,
     condstore: bool,
     qresync: bool,
     errors: usize,
@@ -120,6 +123,7 @@ pub async fn serve(
             user: None,
             selected: None,
             rev2: false,
+            utf8: false,
             condstore: false,
             qresync: false,
             errors: 0,
@@ -153,10 +157,63 @@ impl Session {
             }
         } else {
             c.push_str(
-                " IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN LIST-EXTENDED LIST-STATUS SPECIAL-USE CREATE-SPECIAL-USE CONDSTORE QRESYNC ESEARCH SEARCHRES STATUS=SIZE BINARY",
+                " IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN LIST-EXTENDED LIST-STATUS SPECIAL-USE CREATE-SPECIAL-USE CONDSTORE QRESYNC ESEARCH SEARCHRES STATUS=SIZE BINARY UTF8=ACCEPT",
             );
         }
         c
+    }
+
+    /// Whether mailbox names are UTF-8 on the wire (`UTF8=ACCEPT` or `IMAP4rev2` enabled)
+    /// rather than modified UTF-7 (an IMAP4rev1 client).
+    fn utf8_names(&self) -> bool {
+        self.utf8 || self.rev2
+    }
+
+    /// Write a stored (UTF-8) mailbox name as this client reads names.
+    fn put_name(&self, out: &mut Vec<u8>, name: &str) {
+        if self.utf8_names() {
+            mailbox_name(out, name);
+        } else {
+            string(out, mutf7::encode(name).as_bytes());
+        }
+    }
+
+    /// Decode the modified UTF-7 mailbox names (and LIST reference and patterns) of a
+    /// command from an IMAP4rev1 client into the store's UTF-8.
+    fn decode_names(&self, mut command: Command) -> Result<Command, Resp> {
+        fn d(name: &mut String) -> Result<(), Resp> {
+            *name = mutf7::decode(name).map_err(|_| {
+                no(
+                    "[CANNOT] Mailbox name is not valid modified UTF-7 (RFC 3501 5.1.3); \
+                     ENABLE UTF8=ACCEPT to use UTF-8 names",
+                )
+            })?;
+            Ok(())
+        }
+        match &mut command {
+            Command::Select { mailbox, .. }
+            | Command::Append { mailbox, .. }
+            | Command::Copy { mailbox, .. }
+            | Command::Create(mailbox, _)
+            | Command::Delete(mailbox)
+            | Command::Subscribe(mailbox)
+            | Command::Unsubscribe(mailbox)
+            | Command::Status(mailbox, _) => d(mailbox)?,
+            Command::Rename(a, b) => {
+                d(a)?;
+                d(b)?;
+            }
+            Command::List {
+                reference,
+                patterns,
+                ..
+            } => {
+                d(reference)?;
+                patterns.iter_mut().try_for_each(d)?;
+            }
+            _ => {}
+        }
+        Ok(command)
     }
 
     fn auth_allowed(&self) -> bool {
@@ -356,7 +413,6 @@ impl Session {
     async fn command(&mut self, t: Tagged) {
         let Tagged { tag, command } = t;
         let authed = self.user.is_some();
-        let selected = self.selected.is_some();
         let r: CmdResult = match command {
             Command::Capability => {
                 let c = format!("CAPABILITY {}", self.capabilities());
@@ -418,6 +474,10 @@ impl Session {
                             self.condstore = true;
                             on.push("CONDSTORE");
                         }
+                        "UTF8=ACCEPT" => {
+                            self.utf8 = true;
+                            on.push("UTF8=ACCEPT");
+                        }
                         "QRESYNC" => {
                             self.qresync = true;
                             self.condstore = true;
@@ -431,6 +491,21 @@ impl Session {
             }
             Command::Enable(_) => Err(Resp::Bad("Log in first".into())),
             _ if !authed => Err(Resp::Bad("Log in first".into())),
+            command if !self.utf8_names() && has_names(&command) => {
+                match self.decode_names(command) {
+                    Ok(command) => return self.named(tag, command).await,
+                    Err(e) => Err(e),
+                }
+            }
+            command => return self.named(tag, command).await,
+        };
+        self.finish(&tag, r);
+    }
+
+    /// The commands of the authenticated and selected states, mailbox names in UTF-8.
+    async fn named(&mut self, tag: String, command: Command) {
+        let selected = self.selected.is_some();
+        let r: CmdResult = match command {
             Command::Select {
                 mailbox,
                 read_only,
@@ -474,7 +549,16 @@ impl Session {
                 date,
                 message,
                 binary,
-            } => self.append(&mailbox, flags, date, message, binary).await,
+                utf8,
+            } => {
+                if utf8 && !self.utf8_names() {
+                    Err(Resp::Bad(
+                        "APPEND with UTF8 data needs ENABLE UTF8=ACCEPT first (RFC 6855)".into(),
+                    ))
+                } else {
+                    self.append(&mailbox, flags, date, message, binary).await
+                }
+            }
             Command::Idle => {
                 self.sync(true).await;
                 self.out.extend_from_slice(b"+ idling\r\n");
@@ -536,6 +620,15 @@ impl Session {
                 mailbox,
                 is_move,
             } => self.copy(uid, &set, &mailbox, is_move).await,
+            // Handled by `command` before it gets here.
+            Command::Capability
+            | Command::Noop
+            | Command::Logout
+            | Command::StartTls
+            | Command::Authenticate(..)
+            | Command::Login(..)
+            | Command::Enable(_)
+            | Command::Id(_) => Err(Resp::Bad("Unexpected command".into())),
         };
         self.finish(&tag, r);
     }
@@ -797,7 +890,7 @@ impl Session {
                 if lsub { "LSUB" } else { "LIST" }
             )
             .into_bytes();
-            mailbox_name(&mut line, name);
+            self.put_name(&mut line, name);
             line.extend_from_slice(b"\r\n");
             self.out.extend_from_slice(&line);
         }
@@ -837,7 +930,7 @@ impl Session {
                 )
                 .as_bytes(),
             );
-            mailbox_name(&mut line, &mb.name);
+            self.put_name(&mut line, &mb.name);
             line.extend_from_slice(b"\r\n");
             self.out.extend_from_slice(&line);
             if let Some(items) = status {
@@ -880,7 +973,7 @@ impl Session {
             });
         }
         let mut line = b"* STATUS ".to_vec();
-        mailbox_name(&mut line, &mb.name);
+        self.put_name(&mut line, &mb.name);
         line.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
         self.out.extend_from_slice(&line);
         Ok(())
@@ -1752,6 +1845,23 @@ pub fn resolve_set(msgs: &[MessageMeta], uid: bool, set: &SeqSet, saved: &[u32])
     out
 }
 
+/// Whether a command carries mailbox names (see [`Session::decode_names`]).
+fn has_names(c: &Command) -> bool {
+    matches!(
+        c,
+        Command::Select { .. }
+            | Command::Append { .. }
+            | Command::Copy { .. }
+            | Command::Create(..)
+            | Command::Delete(_)
+            | Command::Subscribe(_)
+            | Command::Unsubscribe(_)
+            | Command::Status(..)
+            | Command::Rename(..)
+            | Command::List { .. }
+    )
+}
+
 /// A BAD when a sequence set names a message beyond `n` (the session's message count), or
 /// `*` while the mailbox is empty (RFC 9051 §9: "The server should respond with a tagged BAD
 /// response to a command that uses a message sequence number greater than the number of
@@ -1922,12 +2032,15 @@ pub fn wildmatch(pattern: &str, name: &str) -> bool {
             Some(&c) => n.first().is_some_and(|&x| x == c) && m(&p[1..], &n[1..]),
         }
     }
-    let (p, n) =
-        if pattern.len() >= 5 && pattern[..5].eq_ignore_ascii_case("INBOX") && name == "INBOX" {
-            (format!("INBOX{}", &pattern[5..]), name.to_string())
-        } else {
-            (pattern.to_string(), name.to_string())
-        };
+    let (p, n) = if name == "INBOX"
+        && pattern
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("INBOX"))
+    {
+        (format!("INBOX{}", &pattern[5..]), name.to_string())
+    } else {
+        (pattern.to_string(), name.to_string())
+    };
     m(p.as_bytes(), n.as_bytes())
 }
 
@@ -2007,6 +2120,11 @@ mod tests {
         assert!(!wildmatch("%", "a/b"));
         assert!(wildmatch("a/%", "a/b"));
         assert!(wildmatch("inbox", "INBOX"));
+        // UTF-8 names and patterns (a multi-byte character across byte 5 once panicked).
+        assert!(wildmatch("Bücher*", "Bücher/2024"));
+        assert!(wildmatch("日本語/%", "日本語/台北"));
+        assert!(!wildmatch("日本語/%", "日本語/台北/x"));
+        assert!(!wildmatch("Bücher", "INBOX"));
         assert_eq!(normalize_crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\rd");
     }
 }
