@@ -1435,6 +1435,7 @@ impl Session {
         let user = self.user.clone().unwrap_or_default();
         let read_only = self.selected.as_ref().is_some_and(|s| s.read_only);
         let mut denied = false;
+        let mut deferred = false;
         let mut failed = false;
         for idx in indices {
             let sel = self.selected.as_ref().expect("selected");
@@ -1444,27 +1445,36 @@ impl Session {
             if changed_since.is_some_and(|c| meta.modseq <= c) {
                 continue;
             }
-            if serves_body {
-                let mut ctx = HookCtx::new(HookPoint::Fetch, "imap", self.peer.ip());
-                ctx.user = user.clone();
-                ctx.tls = self.stream.is_tls();
-                ctx.fetch = Some((sel.mailbox.name.clone(), meta.uid, "imap"));
-                if matches!(
-                    self.shared.hooks.run(&ctx).verdict,
-                    Verdict::Reject { .. } | Verdict::Tempfail { .. }
-                ) {
-                    denied = true;
-                    continue;
-                }
-            }
             let body = if wants_content {
                 match self.shared.store.blob(meta.blob) {
-                    Ok(b) => Some(b),
+                    Ok(b) => Some(Arc::new(b)),
                     Err(_) => continue, // expunged meanwhile
                 }
             } else {
                 None
             };
+            if serves_body {
+                let mut ctx = HookCtx::new(HookPoint::Fetch, "imap", self.peer.ip());
+                ctx.message = body.clone();
+                ctx.user = user.clone();
+                ctx.tls = self.stream.is_tls();
+                ctx.fetch = Some((sel.mailbox.name.clone(), meta.uid, "imap"));
+                // The reason goes to the log, not to the client (which learns only that
+                // the message was withheld, for good or for now).
+                match self.shared.hooks.run(&ctx).verdict {
+                    Verdict::Reject { text, .. } => {
+                        tracing::info!(mailbox = %sel.mailbox.name, uid = meta.uid, reason = %text, "fetch refused by hook");
+                        denied = true;
+                        continue;
+                    }
+                    Verdict::Tempfail { text, .. } => {
+                        tracing::info!(mailbox = %sel.mailbox.name, uid = meta.uid, reason = %text, "fetch deferred by hook");
+                        deferred = true;
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
             let mut meta = meta;
             let mut flags_changed = false;
             if sets_seen && !read_only && !has_flag(&meta, "\\Seen") {
@@ -1490,7 +1500,7 @@ impl Session {
             let (line, cte_failed) = render(
                 idx + 1,
                 &meta,
-                body.as_deref(),
+                body.as_deref().map(Vec::as_slice),
                 items,
                 uid,
                 flags_changed,
@@ -1502,8 +1512,14 @@ impl Session {
                 let _ = self.flush().await;
             }
         }
+        // The other messages were served; NO says some were not (RFC 9051 §6.4.5).
         if denied {
             return Err(no("[NOPERM] Some messages were withheld by policy"));
+        }
+        if deferred {
+            return Err(no(
+                "[UNAVAILABLE] Some messages are temporarily unavailable, try again later",
+            ));
         }
         if failed {
             return Err(no(
