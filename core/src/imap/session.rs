@@ -22,6 +22,7 @@ use super::mutf7;
 use super::response::{date_time, flag_list, literal, mailbox_name, string};
 use super::search::{self, Candidate};
 use super::types::*;
+use super::view::View;
 use crate::accounts;
 use crate::hooks::{HookCtx, HookPoint, Verdict};
 use crate::net::Stream;
@@ -33,8 +34,8 @@ const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
 struct Selected {
     mailbox: Mailbox,
     read_only: bool,
-    /// Messages in sequence order.
-    msgs: Vec<MessageMeta>,
+    /// Messages in sequence order (UID, flags, MODSEQ).
+    msgs: View,
 }
 
 enum Pending {
@@ -1069,7 +1070,7 @@ impl Session {
         self.selected = Some(Selected {
             mailbox: mb,
             read_only,
-            msgs,
+            msgs: View::new(&msgs),
         });
         Ok(format!(
             "[{}] {} completed",
@@ -1146,59 +1147,59 @@ impl Session {
         let qresync = self.qresync;
         let sel = self.selected.as_mut().expect("selected");
         let mut out = Vec::new();
-        let fresh_uids: HashSet<u32> = fresh.iter().map(|m| m.uid).collect();
+        // `fresh` and the view are both in UID order.
+        let in_fresh = |uid: u32| fresh.binary_search_by_key(&uid, |m| m.uid).is_ok();
         // Expunges held back now must be reported by a later sync: stay dirty until then.
-        let held_back = !allow_expunge && sel.msgs.iter().any(|m| !fresh_uids.contains(&m.uid));
+        let held_back = !allow_expunge && sel.msgs.uids().any(|u| !in_fresh(u));
         if allow_expunge {
-            let mut vanished = Vec::new();
-            for i in (0..sel.msgs.len()).rev() {
-                if !fresh_uids.contains(&sel.msgs[i].uid) {
-                    if qresync {
-                        vanished.push(sel.msgs[i].uid);
-                    } else {
-                        out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
-                    }
-                    sel.msgs.remove(i);
+            let gone = sel.msgs.retain_uids(in_fresh);
+            if qresync {
+                if !gone.is_empty() {
+                    let mut vanished: Vec<u32> = gone.iter().map(|g| g.1).collect();
+                    vanished.sort_unstable();
+                    out.extend_from_slice(
+                        format!("* VANISHED {}\r\n", compress(&vanished)).as_bytes(),
+                    );
                 }
-            }
-            if !vanished.is_empty() {
-                vanished.sort();
-                out.extend_from_slice(format!("* VANISHED {}\r\n", compress(&vanished)).as_bytes());
+            } else {
+                // Descending, so each number is valid when the client applies it.
+                for (i, _) in &gone {
+                    out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+                }
             }
         }
         // Flag changes for messages both sides know.
-        let mut idx = std::collections::HashMap::with_capacity(fresh.len());
-        for (i, m) in fresh.iter().enumerate() {
-            idx.insert(m.uid, i);
-        }
-        for (i, m) in sel.msgs.iter_mut().enumerate() {
-            if let Some(&j) = idx.get(&m.uid) {
-                let f = &fresh[j];
-                if f.modseq != m.modseq {
-                    if f.flags != m.flags {
-                        let ms = if condstore {
-                            format!(" MODSEQ ({})", f.modseq)
-                        } else {
-                            String::new()
-                        };
-                        out.extend_from_slice(
-                            format!(
-                                "* {} FETCH (UID {} FLAGS ({}){ms})\r\n",
-                                i + 1,
-                                f.uid,
-                                f.flags.join(" ")
-                            )
-                            .as_bytes(),
-                        );
-                    }
-                    *m = f.clone();
+        for i in 0..sel.msgs.len() {
+            let uid = sel.msgs.uid(i);
+            let Ok(j) = fresh.binary_search_by_key(&uid, |m| m.uid) else {
+                continue;
+            };
+            let f = &fresh[j];
+            if f.modseq != sel.msgs.modseq(i) {
+                if f.flags != sel.msgs.flags(i) {
+                    let ms = if condstore {
+                        format!(" MODSEQ ({})", f.modseq)
+                    } else {
+                        String::new()
+                    };
+                    out.extend_from_slice(
+                        format!(
+                            "* {} FETCH (UID {} FLAGS ({}){ms})\r\n",
+                            i + 1,
+                            f.uid,
+                            f.flags.join(" ")
+                        )
+                        .as_bytes(),
+                    );
                 }
+                sel.msgs.set(i, &f.flags, f.modseq);
             }
         }
-        let last = sel.msgs.last().map(|m| m.uid).unwrap_or(0);
+        let last = sel.msgs.last_uid();
         let before = sel.msgs.len();
-        sel.msgs
-            .extend(fresh.iter().filter(|m| m.uid > last).cloned());
+        for m in &fresh[fresh.partition_point(|m| m.uid <= last)..] {
+            sel.msgs.push(m);
+        }
         if sel.msgs.len() != before {
             out.extend_from_slice(format!("* {} EXISTS\r\n", sel.msgs.len()).as_bytes());
             if !self.rev2 {
@@ -1259,14 +1260,12 @@ impl Session {
             .map(|s| self.resolve(true, s).map(|v| v.into_iter().collect()))
             .transpose()?;
         let sel = self.selected.as_ref().expect("selected");
-        let uids: Vec<u32> = sel
-            .msgs
-            .iter()
-            .enumerate()
-            .filter(|(i, m)| {
-                has_flag(m, "\\Deleted") && filter.as_ref().is_none_or(|f| f.contains(i))
+        let uids: Vec<u32> = (0..sel.msgs.len())
+            .filter(|i| {
+                has(sel.msgs.flags(*i), "\\Deleted")
+                    && filter.as_ref().is_none_or(|f| f.contains(i))
             })
-            .map(|(_, m)| m.uid)
+            .map(|i| sel.msgs.uid(i))
             .collect();
         let user = self.user.clone().unwrap_or_default();
         self.shared
@@ -1289,23 +1288,47 @@ impl Session {
         let sel = self.selected.as_ref().expect("selected");
         check_search_seqs(&key, sel.msgs.len())?;
         let needs = search::needs_content(&key);
+        // Size, date and blob are not in the view: one snapshot of the mailbox's metadata
+        // when a key needs them, walked alongside (both are in UID order).
+        let metas = if search::needs_meta(&key) {
+            self.shared
+                .store
+                .messages(sel.mailbox.id)
+                .map_err(store_err)?
+        } else {
+            Vec::new()
+        };
+        let mut next_meta = 0;
         let max_seq = sel.msgs.len() as u32;
-        let max_uid = sel.msgs.last().map(|m| m.uid).unwrap_or(0);
+        let max_uid = sel.msgs.last_uid();
         let mut hits: Vec<(u32, u32, u64)> = Vec::new();
-        for (i, m) in sel.msgs.iter().enumerate() {
+        for i in 0..sel.msgs.len() {
+            let uid = sel.msgs.uid(i);
+            while next_meta < metas.len() && metas[next_meta].uid < uid {
+                next_meta += 1;
+            }
+            // Missing when another session expunged it (this session was not told yet).
+            let meta = metas.get(next_meta).filter(|m| m.uid == uid);
             let c = Candidate {
                 seq: i as u32 + 1,
-                meta: m,
+                uid,
+                flags: sel.msgs.flags(i),
+                modseq: sel.msgs.modseq(i),
+                size: meta.map_or(0, |m| m.size),
+                internal_date: meta.map_or(0, |m| m.internal_date),
                 max_seq,
                 max_uid,
                 saved: &self.saved,
             };
             let store = &self.shared.store;
-            let blob = m.blob;
-            let mut load = || if needs { store.blob(blob).ok() } else { None };
+            let blob = meta.map(|m| m.blob);
+            let mut load = || match blob {
+                Some(b) if needs => store.blob(b).ok(),
+                _ => None,
+            };
             let mut cache = None;
             if search::matches(&key, &c, &mut load, &mut cache) {
-                hits.push((i as u32 + 1, m.uid, m.modseq));
+                hits.push((i as u32 + 1, uid, c.modseq));
             }
         }
         let nums: Vec<u32> = hits.iter().map(|h| if uid { h.1 } else { h.0 }).collect();
@@ -1404,9 +1427,10 @@ impl Session {
             self.condstore = true;
         }
         if vanished && let (Some(sel), SeqSet::Ranges(_)) = (&self.selected, set) {
-            let present: HashSet<u32> = sel.msgs.iter().map(|m| m.uid).collect();
             let gone: Vec<u32> = (1..sel.mailbox.uidnext)
-                .filter(|u| set.contains(*u, sel.mailbox.uidnext, &[]) && !present.contains(u))
+                .filter(|u| {
+                    set.contains(*u, sel.mailbox.uidnext, &[]) && sel.msgs.position(*u).is_none()
+                })
                 .collect();
             if !gone.is_empty() {
                 self.untagged(&format!("VANISHED (EARLIER) {}", compress(&gone)));
@@ -1437,14 +1461,36 @@ impl Session {
         let mut denied = false;
         let mut deferred = false;
         let mut failed = false;
+        // Size, date and blob are not in the session's view; look them up when needed.
+        let needs_meta = wants_content
+            || items
+                .iter()
+                .any(|i| matches!(i, FetchItem::Rfc822Size | FetchItem::InternalDate));
         for idx in indices {
             let sel = self.selected.as_ref().expect("selected");
-            let Some(meta) = sel.msgs.get(idx).cloned() else {
-                continue;
-            };
-            if changed_since.is_some_and(|c| meta.modseq <= c) {
+            if idx >= sel.msgs.len() {
                 continue;
             }
+            let (msg_uid, modseq) = (sel.msgs.uid(idx), sel.msgs.modseq(idx));
+            if changed_since.is_some_and(|c| modseq <= c) {
+                continue;
+            }
+            let stored = if needs_meta {
+                match self.shared.store.message(sel.mailbox.id, msg_uid) {
+                    Ok(Some(m)) => Some(m),
+                    _ => continue, // expunged meanwhile
+                }
+            } else {
+                None
+            };
+            let meta = MessageMeta {
+                uid: msg_uid,
+                blob: stored.as_ref().map_or(0, |m| m.blob),
+                size: stored.as_ref().map_or(0, |m| m.size),
+                flags: sel.msgs.flags(idx).to_vec(),
+                internal_date: stored.as_ref().map_or(0, |m| m.internal_date),
+                modseq,
+            };
             let body = if wants_content {
                 match self.shared.store.blob(meta.blob) {
                     Ok(b) => Some(Arc::new(b)),
@@ -1493,7 +1539,7 @@ impl Session {
                     meta.modseq = u.modseq;
                     flags_changed = true;
                     if let Some(s) = self.selected.as_mut() {
-                        s.msgs[idx] = meta.clone();
+                        s.msgs.set(idx, &meta.flags, meta.modseq);
                     }
                 }
             }
@@ -1548,7 +1594,7 @@ impl Session {
         let indices = self.resolve(uid, set)?;
         let flags: Vec<String> = flags.into_iter().filter(|f| f != "\\Recent").collect();
         let sel = self.selected.as_ref().expect("selected");
-        let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs[i].uid).collect();
+        let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs.uid(i)).collect();
         let op = match mode {
             StoreMode::Replace => FlagOp::Replace,
             StoreMode::Add => FlagOp::Add,
@@ -1572,25 +1618,23 @@ impl Session {
         let sel = self.selected.as_mut().expect("selected");
         let mut modified = Vec::new();
         for u in &modified_uids {
-            if let Some(i) = sel.msgs.iter().position(|m| m.uid == *u) {
+            if let Some(i) = sel.msgs.position(*u) {
                 modified.push(if uid { *u } else { i as u32 + 1 });
             }
         }
         for u in &updates {
-            let Some(i) = sel.msgs.iter().position(|m| m.uid == u.uid) else {
+            let Some(i) = sel.msgs.position(u.uid) else {
                 continue;
             };
-            sel.msgs[i].flags = u.flags.clone();
-            sel.msgs[i].modseq = u.modseq;
+            sel.msgs.set(i, &u.flags, u.modseq);
             if !silent || (condstore && unchanged_since.is_some()) {
-                let m = &sel.msgs[i];
                 let mut line = format!("* {} FETCH (", i + 1);
                 if uid {
-                    line.push_str(&format!("UID {} ", m.uid));
+                    line.push_str(&format!("UID {} ", u.uid));
                 }
-                line.push_str(&format!("FLAGS ({})", m.flags.join(" ")));
+                line.push_str(&format!("FLAGS ({})", u.flags.join(" ")));
                 if condstore {
-                    line.push_str(&format!(" MODSEQ ({})", m.modseq));
+                    line.push_str(&format!(" MODSEQ ({})", u.modseq));
                 }
                 line.push_str(")\r\n");
                 self.out.extend_from_slice(line.as_bytes());
@@ -1613,7 +1657,7 @@ impl Session {
         let user = self.user.clone().unwrap_or_default();
         let indices = self.resolve(uid, set)?;
         let sel = self.selected.as_ref().expect("selected");
-        let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs[i].uid).collect();
+        let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs.uid(i)).collect();
         if self
             .shared
             .store
@@ -1823,17 +1867,17 @@ pub fn render(
 /// `set` names: UIDs when `uid`, else sequence numbers; `$` is the saved UIDs. Ranges are
 /// mapped directly (sequence numbers) or by binary search (UIDs), never by scanning every
 /// message per range.
-pub fn resolve_set(msgs: &[MessageMeta], uid: bool, set: &SeqSet, saved: &[u32]) -> Vec<usize> {
+pub fn resolve_set(msgs: &View, uid: bool, set: &SeqSet, saved: &[u32]) -> Vec<usize> {
     let n = msgs.len();
     let mut out: Vec<usize> = match set {
         SeqSet::Saved => {
             let saved: HashSet<u32> = saved.iter().copied().collect();
-            return (0..n).filter(|&i| saved.contains(&msgs[i].uid)).collect();
+            return (0..n).filter(|&i| saved.contains(&msgs.uid(i))).collect();
         }
         SeqSet::Ranges(ranges) => {
             let mut v = Vec::new();
             let star = if uid {
-                msgs.last().map(|m| m.uid).unwrap_or(0).max(1)
+                msgs.last_uid().max(1)
             } else {
                 n as u32
             };
@@ -1842,8 +1886,8 @@ pub fn resolve_set(msgs: &[MessageMeta], uid: bool, set: &SeqSet, saved: &[u32])
                 let b = if b == u32::MAX { star } else { b };
                 let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
                 if uid {
-                    let start = msgs.partition_point(|m| m.uid < lo);
-                    let end = msgs.partition_point(|m| m.uid <= hi);
+                    let start = msgs.partition_uid(lo);
+                    let end = msgs.partition_uid(hi.saturating_add(1)).max(start);
                     v.extend(start..end);
                 } else if lo >= 1 && (lo as usize) <= n {
                     v.extend(lo as usize - 1..(hi as usize).min(n));
@@ -1935,7 +1979,11 @@ async fn recv_event(
 }
 
 fn has_flag(m: &MessageMeta, f: &str) -> bool {
-    m.flags.iter().any(|x| x.eq_ignore_ascii_case(f))
+    has(&m.flags, f)
+}
+
+fn has(flags: &[String], f: &str) -> bool {
+    flags.iter().any(|x| x.eq_ignore_ascii_case(f))
 }
 
 fn has_modseq_key(k: &SearchKey) -> bool {
@@ -2086,7 +2134,7 @@ mod tests {
 
     #[test]
     fn resolve_sets() {
-        let m = metas(&[2, 5, 6, 9, 20]);
+        let m = View::new(&metas(&[2, 5, 6, 9, 20]));
         let r = |uid, s: SeqSet| resolve_set(&m, uid, &s, &[6, 20]);
         let ranges = |v: &[(u32, u32)]| SeqSet::Ranges(v.to_vec());
         // Sequence numbers, `*`, reversed ranges, overlaps, beyond the end.
@@ -2106,8 +2154,9 @@ mod tests {
         assert_eq!(r(true, SeqSet::Saved), vec![2, 4]);
         assert_eq!(r(false, SeqSet::Saved), vec![2, 4]);
         // Empty mailbox.
-        assert!(resolve_set(&[], false, &ranges(&[(1, u32::MAX)]), &[]).is_empty());
-        assert!(resolve_set(&[], true, &ranges(&[(1, u32::MAX)]), &[]).is_empty());
+        let empty = View::default();
+        assert!(resolve_set(&empty, false, &ranges(&[(1, u32::MAX)]), &[]).is_empty());
+        assert!(resolve_set(&empty, true, &ranges(&[(1, u32::MAX)]), &[]).is_empty());
     }
 
     #[test]

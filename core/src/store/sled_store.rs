@@ -469,6 +469,16 @@ impl MailStore for SledStore {
         Ok(v)
     }
 
+    fn message(&self, mailbox_id: u64, uid: u32) -> Result<Option<MessageMeta>> {
+        if let Some(hit) = self.meta_cache.get(mailbox_id, uid) {
+            return Ok(hit);
+        }
+        match self.messages.get(msg_key(mailbox_id, uid))? {
+            Some(v) => Ok(Some(MessageMeta::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
     fn blob(&self, blob: u64) -> Result<Vec<u8>> {
         match self.blobs.get(blob.to_be_bytes())? {
             Some(v) => Ok(v.to_vec()),
