@@ -43,6 +43,12 @@ impl View {
     }
 
     fn intern(&mut self, flags: &[String]) -> u32 {
+        // Neighbours mostly share their flags: try the last row's list before hashing.
+        if let Some(r) = self.rows.last()
+            && self.sets[r.flags as usize] == flags
+        {
+            return r.flags;
+        }
         if let Some(&i) = self.index.get(flags) {
             return i;
         }

@@ -108,7 +108,7 @@ pub struct Mailbox {
 }
 
 /// Per-message metadata in a mailbox.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageMeta {
     /// UID within the mailbox.
     pub uid: u32,
