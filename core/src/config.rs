@@ -246,6 +246,11 @@ pub struct Imap {
     pub login_timeout: Duration,
     /// Bad commands in one session before it is closed.
     pub max_errors: usize,
+    /// Logged-in sessions one user may hold at once, from all addresses together; one more
+    /// LOGIN/AUTHENTICATE gets `NO [UNAVAILABLE]`. (Dovecot's `mail_max_userip_connections`
+    /// is 10 per user and IP; 20 per user fits a phone, a laptop and a tablet with a few
+    /// connections each.)
+    pub max_connections_per_user: usize,
 }
 
 impl Default for Imap {
@@ -257,6 +262,7 @@ impl Default for Imap {
             idle_timeout: Duration::from_secs(30 * 60),
             login_timeout: Duration::from_secs(60),
             max_errors: 20,
+            max_connections_per_user: 20,
         }
     }
 }
@@ -734,6 +740,12 @@ impl Config {
                 pl.max_message, pl.memory_mib
             ));
         }
+        if self.imap.max_connections_per_user == 0 {
+            problems.push(
+                "imap.max_connections_per_user: must be at least 1 (0 would refuse every login)"
+                    .into(),
+            );
+        }
         if self.pop3.idle_timeout.is_zero() {
             problems.push("pop3.idle_timeout: must be longer than zero, e.g. \"10m\"".into());
         }
@@ -1006,6 +1018,27 @@ mod tests {
             "[[hooks]]\nscript = \"scripts/a.rhai\"\non_error = \"maybe\"\n",
         );
         assert!(Config::load(Some(&p)).is_err());
+    }
+
+    #[test]
+    fn imap_section() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Config::load(Some(&write(d.path(), "hostname = \"mx\"\n"))).unwrap();
+        assert_eq!(c.imap.max_connections_per_user, 20);
+        let p = write(d.path(), "[imap]\nmax_connections_per_user = 3\n");
+        assert_eq!(
+            Config::load(Some(&p))
+                .unwrap()
+                .imap
+                .max_connections_per_user,
+            3
+        );
+        let p = write(d.path(), "[imap]\nmax_connections_per_users = 3\n");
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e[0].contains("max_connections_per_users"), "{e:?}");
+        let p = write(d.path(), "[imap]\nmax_connections_per_user = 0\n");
+        let e = Config::load(Some(&p)).unwrap_err();
+        assert!(e[0].starts_with("imap.max_connections_per_user"), "{e:?}");
     }
 
     #[test]

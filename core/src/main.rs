@@ -585,13 +585,9 @@ fn script_test(config: Option<&Path>, a: ScriptTestArgs) -> ExitCode {
                 Err(problems) => return fail(&problems.join("\n")),
             };
             let want = std::fs::canonicalize(&a.file).ok();
-            if let Some(h) = cfg
-                .hooks
-                .iter()
-                .find(|h| {
-                    std::fs::canonicalize(h.plugin.as_ref().unwrap_or(&h.script)).ok() == want
-                })
-            {
+            if let Some(h) = cfg.hooks.iter().find(|h| {
+                std::fs::canonicalize(h.plugin.as_ref().unwrap_or(&h.script)).ok() == want
+            }) {
                 table = h.config.clone();
                 on_error = h.on_error;
             }

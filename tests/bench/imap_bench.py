@@ -219,6 +219,7 @@ smtp = "127.0.0.1:{self.smtp}"
 max_connections_per_ip = 10000
 [imap]
 allow_plaintext_auth = true
+max_connections_per_user = 1000
 [log]
 level = "warn"
 """)

@@ -1,7 +1,7 @@
 """Hostile input over real sockets: one user cannot reach another's mailboxes through names
 or path tricks; malformed commands get BAD and the session goes on; limits on literals and
 line length; a client that never finishes a literal is timed out; failed logins are
-rate-limited per IP."""
+rate-limited per IP; logged-in sessions are limited per user."""
 
 import base64
 import re
@@ -371,3 +371,64 @@ def test_failed_logins_are_rate_limited(make_server):
     assert b"NO [UNAVAILABLE]" in tagged, tagged
     r.close()
     r2.close()
+
+
+def test_connections_per_user_are_limited(make_server):
+    """`imap.max_connections_per_user`: one login too many gets NO [UNAVAILABLE] (LOGIN and
+    AUTHENTICATE alike) and is logged; other users are not affected; a slot comes back when
+    a session logs out and when a client just drops the connection."""
+    import base64
+    import imaplib
+
+    srv = make_server(imap={"allow_plaintext_auth": True, "max_connections_per_user": 2})
+    u = srv.add_user()
+    other = srv.add_user()
+    first = srv.imap(u)
+    second = srv.imap(u)
+    third = srv.imap()
+    with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\] Too many connections"):
+        third.login(u, PASSWORD)
+    assert third.state == "NONAUTH"
+    r = srv.raw()
+    ir = base64.b64encode(f"\0{u}\0{PASSWORD}".encode()).decode()
+    _, tagged = r.cmd(f"AUTHENTICATE PLAIN {ir}")
+    assert b"NO [UNAVAILABLE] Too many connections for this user (2 of 2" in tagged, tagged
+    # The refused connections are still usable, and nothing was counted as a failed login.
+    r.ok("NOOP")
+    o = srv.imap(other)  # another user has slots of their own
+    o.select("INBOX")
+    o.logout()
+    # The two sessions still work.
+    assert first.select("INBOX")[0] == "OK" and second.noop()[0] == "OK"
+    assert "too many sessions for this user" in srv.logs()
+
+    def logs_in(client) -> bool:
+        try:
+            client.login(u, PASSWORD)
+            return True
+        except imaplib.IMAP4.error as e:
+            assert "UNAVAILABLE" in str(e), e
+            return False
+
+    # LOGOUT frees a slot (the session ends right after its tagged OK, so allow for that).
+    first.logout()
+    assert wait_for(lambda: logs_in(third), timeout=20)
+    assert not logs_in_new(srv, u)
+    # A client that vanishes without LOGOUT frees its slot too.
+    second.shutdown()
+    assert wait_for(lambda: logs_in_new(srv, u), timeout=20)
+    third.logout()
+    r.close()
+
+
+def logs_in_new(srv, user) -> bool:
+    import imaplib
+
+    c = srv.imap()
+    try:
+        c.login(user, PASSWORD)
+        return True  # left open on purpose: it holds the slot it took
+    except imaplib.IMAP4.error as e:
+        assert "UNAVAILABLE" in str(e), e
+        c.logout()
+        return False

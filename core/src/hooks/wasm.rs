@@ -37,7 +37,9 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::rhai::{LogSink, POINTS};
-use super::{Actions, HookCtx, HookEngine, HookError, HookFuture, HookPoint, OnError, Route, Verdict};
+use super::{
+    Actions, HookCtx, HookEngine, HookError, HookFuture, HookPoint, OnError, Route, Verdict,
+};
 use crate::config::HookEntry;
 use crate::store::Store;
 
@@ -460,7 +462,10 @@ impl HostState {
         };
         let name = name.trim().to_string();
         if name.is_empty() || name.len() > 253 || name.contains(char::is_whitespace) {
-            return Err(DnsError::Invalid(format!("{:?} is not a DNS name", cut(&name, 300))));
+            return Err(DnsError::Invalid(format!(
+                "{:?} is not a DNS name",
+                cut(&name, 300)
+            )));
         }
         let timeout = self.dns_timeout;
         use hickory_resolver::proto::rr::RData;
@@ -616,9 +621,15 @@ pub struct LoadOptions {
 }
 
 /// Compile (or load from the cache) the component in `wasm`.
-fn compile(engine: &Engine, name: &str, wasm: &[u8], cache_dir: Option<&Path>) -> Result<Component, String> {
+fn compile(
+    engine: &Engine,
+    name: &str,
+    wasm: &[u8],
+    cache_dir: Option<&Path>,
+) -> Result<Component, String> {
     let Some(dir) = cache_dir else {
-        return Component::new(engine, wasm).map_err(|e| format!("{name}: not a valid plugin: {e}"));
+        return Component::new(engine, wasm)
+            .map_err(|e| format!("{name}: not a valid plugin: {e}"));
     };
     let mut h = DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
@@ -634,7 +645,11 @@ fn compile(engine: &Engine, name: &str, wasm: &[u8], cache_dir: Option<&Path>) -
     let started = Instant::now();
     let component =
         Component::new(engine, wasm).map_err(|e| format!("{name}: not a valid plugin: {e}"))?;
-    tracing::info!(plugin = name, ms = started.elapsed().as_millis() as u64, "plugin compiled");
+    tracing::info!(
+        plugin = name,
+        ms = started.elapsed().as_millis() as u64,
+        "plugin compiled"
+    );
     match component.serialize() {
         Ok(bytes) => {
             if let Err(e) = corvus_wasm_cache::store(&path, &bytes) {
@@ -657,7 +672,10 @@ fn wit_versions(engine: &Engine, component: &Component) -> Vec<String> {
         .filter(|n| n.starts_with("corvus:"))
         .filter_map(|n| {
             let (pkg, rest) = n.split_once('/')?;
-            let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("(unversioned)");
+            let version = rest
+                .split_once('@')
+                .map(|(_, v)| v)
+                .unwrap_or("(unversioned)");
             Some(format!("{pkg}@{version}"))
         })
         .collect();
@@ -923,22 +941,25 @@ impl WasmHook {
         self.stats.instances.fetch_add(1, Ordering::Relaxed);
         let mut inst_store = store;
         self.arm_store(&mut inst_store);
-        let plugin = match tokio::time::timeout(
-            limits.wall,
-            self.pre.instantiate_async(&mut inst_store),
-        )
-        .await
-        {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                return Err(HookError(format!(
-                    "{}: cannot instantiate: {}",
-                    self.env.name,
-                    describe_error(&e, inst_store.data(), limits)
-                )));
-            }
-            Err(_) => return Err(HookError(format!("{}: instantiation timed out", self.env.name))),
-        };
+        let plugin =
+            match tokio::time::timeout(limits.wall, self.pre.instantiate_async(&mut inst_store))
+                .await
+            {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    return Err(HookError(format!(
+                        "{}: cannot instantiate: {}",
+                        self.env.name,
+                        describe_error(&e, inst_store.data(), limits)
+                    )));
+                }
+                Err(_) => {
+                    return Err(HookError(format!(
+                        "{}: instantiation timed out",
+                        self.env.name
+                    )));
+                }
+            };
         let mut inst = Instance {
             store: inst_store,
             plugin,
@@ -998,8 +1019,13 @@ impl WasmHook {
         if s.log_dropped > 0 {
             let n = s.log_dropped;
             s.log_dropped = 0;
-            s.env
-                .log("warn", &format!("{n} log line(s) dropped (at most {} per call)", s.log_left.max(1)));
+            s.env.log(
+                "warn",
+                &format!(
+                    "{n} log line(s) dropped (at most {} per call)",
+                    s.log_left.max(1)
+                ),
+            );
         }
         for (i, pipe) in [s.stdout.clone(), s.stderr.clone()].into_iter().enumerate() {
             let all = pipe.contents();
@@ -1030,7 +1056,8 @@ impl WasmHook {
         &self,
         inst: &mut Instance,
         ctx: &HookCtx,
-    ) -> Result<Result<Result<wt::Outcome, String>, wasmtime::Error>, tokio::time::error::Elapsed> {
+    ) -> Result<Result<Result<wt::Outcome, String>, wasmtime::Error>, tokio::time::error::Elapsed>
+    {
         let limits = runtime().map(|r| r.limits.clone()).unwrap_or_default();
         let wctx = to_wit(ctx, limits.max_message);
         let hooks = inst.plugin.corvus_plugin_hooks();
@@ -1084,13 +1111,15 @@ impl WasmHook {
             Ok(Ok(r)) => r,
         };
         self.forward_output(&mut inst);
-        let keep = (rt.live.load(Ordering::Relaxed) as f64) < rt.limits.instances as f64 * KEEP_BELOW;
+        let keep =
+            (rt.live.load(Ordering::Relaxed) as f64) < rt.limits.instances as f64 * KEEP_BELOW;
         if let Some(s) = &ctx.session
             && keep
         {
             s.put(self.id, Box::new(inst));
         }
-        let outcome = result.map_err(|m| HookError(format!("{}: {func}: {}", self.env.name, cut(&m, 1000))))?;
+        let outcome = result
+            .map_err(|m| HookError(format!("{}: {func}: {}", self.env.name, cut(&m, 1000))))?;
         let verdict = from_wit_verdict(&self.env.name, func, outcome.verdict)?;
         apply_actions(&self.env.name, ctx.point, outcome.actions, actions)?;
         Ok(verdict)
@@ -1207,11 +1236,18 @@ fn from_wit_verdict(name: &str, func: &str, v: wt::Verdict) -> Result<Verdict, H
     })
 }
 
-fn apply_actions(name: &str, point: HookPoint, a: wt::Actions, out: &mut Actions) -> Result<(), HookError> {
+fn apply_actions(
+    name: &str,
+    point: HookPoint,
+    a: wt::Actions,
+    out: &mut Actions,
+) -> Result<(), HookError> {
     let err = |m: String| HookError(format!("{name}: {}: {m}", point.function_name()));
     if !a.add_headers.is_empty() {
         if !matches!(point, HookPoint::Data | HookPoint::Delivery) {
-            return Err(err("add-headers is only available in on-data and on-delivery".into()));
+            return Err(err(
+                "add-headers is only available in on-data and on-delivery".into(),
+            ));
         }
         if a.add_headers.len() > 32 {
             return Err(err("at most 32 headers per call".into()));
@@ -1234,10 +1270,15 @@ fn apply_actions(name: &str, point: HookPoint, a: wt::Actions, out: &mut Actions
             .chars()
             .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
             .collect();
-        out.add_headers.push((h.name, cut(&value, 8192).to_string()));
+        out.add_headers
+            .push((h.name, cut(&value, 8192).to_string()));
     }
     if let Some(r) = a.set_rcpt {
-        let r = r.trim().trim_start_matches('<').trim_end_matches('>').to_string();
+        let r = r
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .to_string();
         if r.is_empty() || r.len() > 320 || !r.contains('@') {
             return Err(err(format!("set-rcpt: {r:?} is not an address")));
         }

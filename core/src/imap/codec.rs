@@ -655,14 +655,27 @@ fn parse_args(c: &mut Cursor<'_>, verb: &str, uid: bool) -> R<Command> {
                 date = Some(parse_date_time(&d).ok_or("invalid date-time")?);
                 c.sp()?;
             }
-            let binary = c.peek() == Some(b'~');
+            // RFC 6855 §4: `UTF8 (~{n}...)` carries a message with UTF-8 headers.
+            let utf8 = c.keyword("UTF8");
+            if utf8 {
+                c.sp()?;
+                c.expect(b'(')?;
+                if c.peek() != Some(b'~') {
+                    return Err("UTF8 APPEND data must be a literal8 (~{n})".into());
+                }
+            }
+            let binary = c.peek() == Some(b'~') && !utf8;
             let msg = c.literal()?;
+            if utf8 {
+                c.expect(b')')?;
+            }
             Command::Append {
                 mailbox: m,
                 flags,
                 date,
                 message: msg,
                 binary,
+                utf8,
             }
         }
         "SEARCH" => {
@@ -1211,6 +1224,11 @@ mod tests {
         let t = parse(b"f APPEND Drafts (\\Draft) \"05-Jan-2024 10:00:00 +0000\" {3+}\r\nabc\r\n")
             .unwrap();
         assert!(matches!(t.command, Command::Append { ref message, .. } if message == b"abc"));
+        let t = parse(b"a APPEND INBOX (\\Seen) UTF8 (~{3}\r\nabc)\r\n").unwrap();
+        assert!(matches!(t.command,
+            Command::Append { ref message, utf8: true, binary: false, .. } if message == b"abc"));
+        assert!(parse(b"a APPEND INBOX UTF8 ({3}\r\nabc)\r\n").is_err());
+        assert!(parse(b"a APPEND INBOX UTF8 (~{3}\r\nabc\r\n").is_err());
         // CREATE-SPECIAL-USE takes attributes, which are not system flags.
         let t = parse(b"h CREATE \"Everything\" (USE (\\All))\r\n").unwrap();
         assert_eq!(

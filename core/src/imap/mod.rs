@@ -1,10 +1,14 @@
 //! IMAP server (IMAP4rev2, RFC 9051, and IMAP4rev1, RFC 3501, with the extensions clients
 //! use): `codec` frames and parses commands without I/O, `mime` computes structure and
-//! sections, `search` evaluates SEARCH, `session` is the tokio loop and command handlers.
+//! sections, `search` evaluates SEARCH, `mutf7` converts modified UTF-7 mailbox names,
+//! `view` is a session's compact view of its selected mailbox, `session` is the tokio loop
+//! and command handlers.
 
 pub mod codec;
 pub mod mime;
+pub mod mutf7;
 pub mod response;
 pub mod search;
 pub mod session;
 pub mod types;
+pub mod view;

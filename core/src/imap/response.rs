@@ -45,7 +45,17 @@ pub fn date_time(secs: i64) -> String {
     d.format("\"%d-%b-%Y %H:%M:%S +0000\"").to_string()
 }
 
-/// Quote a mailbox name for LIST/STATUS responses.
+/// A UTF-8 mailbox name for LIST/STATUS responses: quoted (UTF-8 inside quotes is valid in
+/// IMAP4rev2 and after `ENABLE UTF8=ACCEPT`, RFC 9051 §4.3, RFC 6855 §3) unless it holds a
+/// quote, backslash or control character, then a literal.
 pub fn mailbox_name(out: &mut Vec<u8>, name: &str) {
-    string(out, name.as_bytes());
+    let quotable =
+        name.len() < 1024 && !name.contains(['"', '\\']) && !name.chars().any(char::is_control);
+    if quotable {
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'"');
+    } else {
+        literal(out, name.as_bytes());
+    }
 }

@@ -4,14 +4,21 @@
 use mail_parser::{HeaderValue, MessageParser};
 
 use super::types::{SearchKey, SeqSet};
-use crate::store::MessageMeta;
 
 /// One message as seen by the evaluator.
 pub struct Candidate<'a> {
     /// Sequence number.
     pub seq: u32,
-    /// Metadata.
-    pub meta: &'a MessageMeta,
+    /// UID.
+    pub uid: u32,
+    /// Flags.
+    pub flags: &'a [String],
+    /// MODSEQ.
+    pub modseq: u64,
+    /// Size and internal date: only read by keys for which [`needs_meta`] holds.
+    pub size: u64,
+    /// Unix seconds.
+    pub internal_date: i64,
     /// Highest sequence number and UID in the mailbox (for `*`).
     pub max_seq: u32,
     /// Highest UID.
@@ -32,6 +39,18 @@ pub fn needs_content(key: &SearchKey) -> bool {
     }
 }
 
+/// Whether evaluating `key` needs more than UID, flags and MODSEQ: size, internal date or
+/// content.
+pub fn needs_meta(key: &SearchKey) -> bool {
+    match key {
+        SearchKey::And(v) => v.iter().any(needs_meta),
+        SearchKey::Or(a, b) => needs_meta(a) || needs_meta(b),
+        SearchKey::Not(a) => needs_meta(a),
+        SearchKey::Larger(_) | SearchKey::Smaller(_) | SearchKey::Date(..) => true,
+        k => needs_content(k),
+    }
+}
+
 /// Evaluate `key` for one message; `content` is loaded lazily through `load`.
 pub fn matches(
     key: &SearchKey,
@@ -45,16 +64,16 @@ pub fn matches(
         SearchKey::Not(a) => !matches(a, c, load, cache),
         SearchKey::All => true,
         // `$` holds UIDs (RFC 5182), whether used as a sequence set or after UID.
-        SearchKey::Seq(SeqSet::Saved) => c.saved.contains(&c.meta.uid),
+        SearchKey::Seq(SeqSet::Saved) => c.saved.contains(&c.uid),
         SearchKey::Seq(set) => set.contains(c.seq, c.max_seq, &[]),
         SearchKey::Uid(set) => {
             // `$` holds UIDs.
-            set.contains(c.meta.uid, c.max_uid, c.saved)
+            set.contains(c.uid, c.max_uid, c.saved)
         }
-        SearchKey::Flag(f, want) => c.meta.flags.iter().any(|x| x.eq_ignore_ascii_case(f)) == *want,
-        SearchKey::Larger(n) => c.meta.size > *n,
-        SearchKey::Smaller(n) => c.meta.size < *n,
-        SearchKey::Modseq(n) => c.meta.modseq >= *n,
+        SearchKey::Flag(f, want) => c.flags.iter().any(|x| x.eq_ignore_ascii_case(f)) == *want,
+        SearchKey::Larger(n) => c.size > *n,
+        SearchKey::Smaller(n) => c.size < *n,
+        SearchKey::Modseq(n) => c.modseq >= *n,
         SearchKey::Date(kind, day) => {
             let d = if kind.starts_with("SENT") {
                 let Some(msg) = content(load, cache) else {
@@ -68,7 +87,7 @@ pub fn matches(
                     None => return false,
                 }
             } else {
-                c.meta.internal_date.div_euclid(86400)
+                c.internal_date.div_euclid(86400)
             };
             match kind.trim_start_matches("SENT") {
                 "BEFORE" => d < *day,
@@ -113,6 +132,80 @@ fn contains_ci(hay: &str, needle: &str) -> bool {
 }
 
 fn header_contains(msg: &[u8], name: &str, value: &str) -> bool {
+    match raw_header_search(msg, name, value) {
+        Some(answer) => answer,
+        None => header_contains_parsed(msg, name, value),
+    }
+}
+
+/// Address fields: mail-parser's reading (`name <address>`) differs from the raw text.
+const ADDRESS_FIELDS: [&str; 6] = ["from", "to", "cc", "bcc", "sender", "reply-to"];
+
+/// [`header_contains`] from the raw header block, without parsing it: `Some` when the raw
+/// field values decide the answer exactly as [`header_contains_parsed`] would (a raw match,
+/// or no match in values that decoding cannot change: one line of plain ASCII without
+/// encoded words or runs of white space), `None` when decoding might change it. This is the
+/// common case of `SEARCH SUBJECT`, and it saves parsing every header of every message.
+fn raw_header_search(msg: &[u8], name: &str, value: &str) -> Option<bool> {
+    let end = memchr::memmem::find(msg, b"\r\n\r\n")? + 2;
+    let head = &msg[..end];
+    let needle = value.to_lowercase();
+    let mut undecided = ADDRESS_FIELDS.iter().any(|a| a.eq_ignore_ascii_case(name));
+    let mut found = false;
+    let mut i = 0;
+    while i < head.len() {
+        // One field: up to a CRLF not followed by white space (folding).
+        let mut j = i;
+        let field_end = loop {
+            match memchr::memmem::find(&head[j..], b"\r\n") {
+                Some(k) => {
+                    let e = j + k;
+                    if matches!(head.get(e + 2), Some(b' ') | Some(b'\t')) {
+                        j = e + 2;
+                    } else {
+                        break e;
+                    }
+                }
+                None => break head.len(),
+            }
+        };
+        let field = &head[i..field_end];
+        i = field_end + 2;
+        let Some(colon) = memchr::memchr(b':', field) else {
+            return None; // not a header field: leave it to the parser
+        };
+        if !field[..colon]
+            .trim_ascii_end()
+            .eq_ignore_ascii_case(name.as_bytes())
+        {
+            continue;
+        }
+        found = true;
+        if value.is_empty() {
+            return Some(true);
+        }
+        let raw = &field[colon + 1..];
+        if String::from_utf8_lossy(raw)
+            .to_lowercase()
+            .contains(&needle)
+        {
+            return Some(true);
+        }
+        if raw
+            .windows(2)
+            .any(|w| w == b"=?" || w == b"  " || w == b"\r\n")
+            || raw.iter().any(|&c| c >= 0x80 || c == b'\t')
+        {
+            undecided = true;
+        }
+    }
+    if undecided && found {
+        return None;
+    }
+    Some(false)
+}
+
+fn header_contains_parsed(msg: &[u8], name: &str, value: &str) -> bool {
     let Some(m) = MessageParser::default().parse_headers(msg) else {
         return false;
     };
@@ -171,29 +264,69 @@ fn body_contains(msg: &[u8], text: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn meta(uid: u32) -> MessageMeta {
-        MessageMeta {
+    #[test]
+    fn raw_header_search_agrees_with_the_parser() {
+        let msgs: [&[u8]; 6] = [
+            b"Subject: Message number 99 alpha\r\nFrom: A <a@x>\r\n\r\nbody number 99\r\n",
+            b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= number\r\n\r\nx\r\n",
+            b"Subject: folded\r\n number  99\r\n\r\nx\r\n",
+            b"From: \"Doe, John\" <j@x.test>\r\nTo: b@y\r\n\r\nx\r\n",
+            b"X-Other: number 99\r\n\r\nx\r\n",
+            b"Subject: no blank line after the header",
+        ];
+        let keys = [
+            ("SUBJECT", "number 99"),
+            ("SUBJECT", "grüße"),
+            ("SUBJECT", "NUMBER"),
+            ("SUBJECT", ""),
+            ("FROM", "john <j@"),
+            ("FROM", "doe"),
+            ("TO", "b@y"),
+            ("X-OTHER", "99"),
+            ("CC", ""),
+        ];
+        for m in msgs {
+            for (name, value) in keys {
+                assert_eq!(
+                    header_contains(m, name, value),
+                    header_contains_parsed(m, name, value),
+                    "{name} {value:?} in {:?}",
+                    String::from_utf8_lossy(m)
+                );
+            }
+        }
+        // Decided without the parser in the plain case, deferred to it otherwise.
+        assert_eq!(
+            raw_header_search(msgs[0], "SUBJECT", "number 99"),
+            Some(true)
+        );
+        assert_eq!(
+            raw_header_search(msgs[0], "SUBJECT", "number 98"),
+            Some(false)
+        );
+        assert_eq!(raw_header_search(msgs[1], "SUBJECT", "grüße"), None);
+        assert_eq!(raw_header_search(msgs[3], "FROM", "john <j@"), None);
+    }
+
+    fn cand(seq: u32, uid: u32, saved: &[u32]) -> Candidate<'_> {
+        Candidate {
+            seq,
             uid,
-            blob: 0,
-            size: 10,
-            flags: vec![],
-            internal_date: 0,
+            flags: &[],
             modseq: 1,
+            size: 10,
+            internal_date: 0,
+            max_seq: 3,
+            max_uid: 9,
+            saved,
         }
     }
 
     #[test]
     fn saved_result_as_sequence_set_matches_uids() {
         // Message 2 has UID 7; `$` saved UID 7, so `SEARCH $` must match sequence number 2.
-        let m = meta(7);
         let saved = [7u32];
-        let c = Candidate {
-            seq: 2,
-            meta: &m,
-            max_seq: 3,
-            max_uid: 9,
-            saved: &saved,
-        };
+        let c = cand(2, 7, &saved);
         let mut load = || None;
         let mut cache = None;
         assert!(matches(
@@ -208,8 +341,7 @@ mod tests {
             &mut load,
             &mut cache
         ));
-        let other = meta(2);
-        let c2 = Candidate { meta: &other, ..c };
+        let c2 = cand(2, 2, &saved);
         assert!(!matches(
             &SearchKey::Seq(SeqSet::Saved),
             &c2,

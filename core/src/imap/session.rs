@@ -18,9 +18,11 @@ use tracing::Instrument;
 
 use super::codec::{Frame, frame, parse};
 use super::mime::{self, BinaryError};
+use super::mutf7;
 use super::response::{date_time, flag_list, literal, mailbox_name, string};
 use super::search::{self, Candidate};
 use super::types::*;
+use super::view::View;
 use crate::accounts;
 use crate::hooks::{HookCtx, HookPoint, Verdict};
 use crate::net::Stream;
@@ -32,8 +34,8 @@ const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
 struct Selected {
     mailbox: Mailbox,
     read_only: bool,
-    /// Messages in sequence order.
-    msgs: Vec<MessageMeta>,
+    /// Messages in sequence order (UID, flags, MODSEQ).
+    msgs: View,
 }
 
 enum Pending {
@@ -54,6 +56,8 @@ struct Session {
     user: Option<String>,
     selected: Option<Selected>,
     rev2: bool,
+    /// `ENABLE UTF8=ACCEPT` (RFC 6855): mailbox names are UTF-8 on the wire.
+    utf8: bool,
     condstore: bool,
     qresync: bool,
     errors: usize,
@@ -63,6 +67,9 @@ struct Session {
     dirty: bool,
     logout: bool,
     starttls: bool,
+    /// This session's slot among its user's `imap.max_connections_per_user`; released when
+    /// the session is dropped, however it ends.
+    _user_slot: Option<crate::net::UserSlot>,
 }
 
 type CmdResult = Result<String, Resp>;
@@ -117,6 +124,7 @@ pub async fn serve(
             user: None,
             selected: None,
             rev2: false,
+            utf8: false,
             condstore: false,
             qresync: false,
             errors: 0,
@@ -126,6 +134,7 @@ pub async fn serve(
             dirty: false,
             logout: false,
             starttls: false,
+            _user_slot: None,
         };
         if let Err(e) = s.run().await {
             tracing::debug!(error = %e, "session ended with I/O error");
@@ -149,10 +158,63 @@ impl Session {
             }
         } else {
             c.push_str(
-                " IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN LIST-EXTENDED LIST-STATUS SPECIAL-USE CREATE-SPECIAL-USE CONDSTORE QRESYNC ESEARCH SEARCHRES STATUS=SIZE BINARY",
+                " IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN LIST-EXTENDED LIST-STATUS SPECIAL-USE CREATE-SPECIAL-USE CONDSTORE QRESYNC ESEARCH SEARCHRES STATUS=SIZE BINARY UTF8=ACCEPT",
             );
         }
         c
+    }
+
+    /// Whether mailbox names are UTF-8 on the wire (`UTF8=ACCEPT` or `IMAP4rev2` enabled)
+    /// rather than modified UTF-7 (an IMAP4rev1 client).
+    fn utf8_names(&self) -> bool {
+        self.utf8 || self.rev2
+    }
+
+    /// Write a stored (UTF-8) mailbox name as this client reads names.
+    fn put_name(&self, out: &mut Vec<u8>, name: &str) {
+        if self.utf8_names() {
+            mailbox_name(out, name);
+        } else {
+            string(out, mutf7::encode(name).as_bytes());
+        }
+    }
+
+    /// Decode the modified UTF-7 mailbox names (and LIST reference and patterns) of a
+    /// command from an IMAP4rev1 client into the store's UTF-8.
+    fn decode_names(&self, mut command: Command) -> Result<Command, Resp> {
+        fn d(name: &mut String) -> Result<(), Resp> {
+            *name = mutf7::decode(name).map_err(|_| {
+                no(
+                    "[CANNOT] Mailbox name is not valid modified UTF-7 (RFC 3501 5.1.3); \
+                     ENABLE UTF8=ACCEPT to use UTF-8 names",
+                )
+            })?;
+            Ok(())
+        }
+        match &mut command {
+            Command::Select { mailbox, .. }
+            | Command::Append { mailbox, .. }
+            | Command::Copy { mailbox, .. }
+            | Command::Create(mailbox, _)
+            | Command::Delete(mailbox)
+            | Command::Subscribe(mailbox)
+            | Command::Unsubscribe(mailbox)
+            | Command::Status(mailbox, _) => d(mailbox)?,
+            Command::Rename(a, b) => {
+                d(a)?;
+                d(b)?;
+            }
+            Command::List {
+                reference,
+                patterns,
+                ..
+            } => {
+                d(reference)?;
+                patterns.iter_mut().try_for_each(d)?;
+            }
+            _ => {}
+        }
+        Ok(command)
     }
 
     fn auth_allowed(&self) -> bool {
@@ -352,7 +414,6 @@ impl Session {
     async fn command(&mut self, t: Tagged) {
         let Tagged { tag, command } = t;
         let authed = self.user.is_some();
-        let selected = self.selected.is_some();
         let r: CmdResult = match command {
             Command::Capability => {
                 let c = format!("CAPABILITY {}", self.capabilities());
@@ -414,6 +475,10 @@ impl Session {
                             self.condstore = true;
                             on.push("CONDSTORE");
                         }
+                        "UTF8=ACCEPT" => {
+                            self.utf8 = true;
+                            on.push("UTF8=ACCEPT");
+                        }
                         "QRESYNC" => {
                             self.qresync = true;
                             self.condstore = true;
@@ -427,6 +492,21 @@ impl Session {
             }
             Command::Enable(_) => Err(Resp::Bad("Log in first".into())),
             _ if !authed => Err(Resp::Bad("Log in first".into())),
+            command if !self.utf8_names() && has_names(&command) => {
+                match self.decode_names(command) {
+                    Ok(command) => return self.named(tag, command).await,
+                    Err(e) => Err(e),
+                }
+            }
+            command => return self.named(tag, command).await,
+        };
+        self.finish(&tag, r);
+    }
+
+    /// The commands of the authenticated and selected states, mailbox names in UTF-8.
+    async fn named(&mut self, tag: String, command: Command) {
+        let selected = self.selected.is_some();
+        let r: CmdResult = match command {
             Command::Select {
                 mailbox,
                 read_only,
@@ -470,7 +550,16 @@ impl Session {
                 date,
                 message,
                 binary,
-            } => self.append(&mailbox, flags, date, message, binary).await,
+                utf8,
+            } => {
+                if utf8 && !self.utf8_names() {
+                    Err(Resp::Bad(
+                        "APPEND with UTF8 data needs ENABLE UTF8=ACCEPT first (RFC 6855)".into(),
+                    ))
+                } else {
+                    self.append(&mailbox, flags, date, message, binary).await
+                }
+            }
             Command::Idle => {
                 self.sync(true).await;
                 self.out.extend_from_slice(b"+ idling\r\n");
@@ -532,6 +621,15 @@ impl Session {
                 mailbox,
                 is_move,
             } => self.copy(uid, &set, &mailbox, is_move).await,
+            // Handled by `command` before it gets here.
+            Command::Capability
+            | Command::Noop
+            | Command::Logout
+            | Command::StartTls
+            | Command::Authenticate(..)
+            | Command::Login(..)
+            | Command::Enable(_)
+            | Command::Id(_) => Err(Resp::Bad("Unexpected command".into())),
         };
         self.finish(&tag, r);
     }
@@ -574,6 +672,16 @@ impl Session {
         match account {
             Some(a) => {
                 self.shared.auth_throttle.succeed(ip);
+                let max = self.shared.config.imap.max_connections_per_user;
+                match self.shared.imap_users.acquire(&a, max) {
+                    Ok(slot) => self._user_slot = Some(slot),
+                    Err(open) => {
+                        tracing::warn!(user = %a, open, max, "login refused: too many sessions for this user");
+                        return Err(no(format!(
+                            "[UNAVAILABLE] Too many connections for this user ({open} of {max} in use); close one and retry"
+                        )));
+                    }
+                }
                 tracing::info!(user = %a, "logged in");
                 self.watch = Some(self.shared.store.watch(&a));
                 self.user = Some(a);
@@ -788,7 +896,7 @@ impl Session {
                 if lsub { "LSUB" } else { "LIST" }
             )
             .into_bytes();
-            mailbox_name(&mut line, name);
+            self.put_name(&mut line, name);
             line.extend_from_slice(b"\r\n");
             self.out.extend_from_slice(&line);
         }
@@ -828,7 +936,7 @@ impl Session {
                 )
                 .as_bytes(),
             );
-            mailbox_name(&mut line, &mb.name);
+            self.put_name(&mut line, &mb.name);
             line.extend_from_slice(b"\r\n");
             self.out.extend_from_slice(&line);
             if let Some(items) = status {
@@ -871,7 +979,7 @@ impl Session {
             });
         }
         let mut line = b"* STATUS ".to_vec();
-        mailbox_name(&mut line, &mb.name);
+        self.put_name(&mut line, &mb.name);
         line.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
         self.out.extend_from_slice(&line);
         Ok(())
@@ -967,7 +1075,7 @@ impl Session {
         self.selected = Some(Selected {
             mailbox: mb,
             read_only,
-            msgs,
+            msgs: View::new(&msgs),
         });
         Ok(format!(
             "[{}] {} completed",
@@ -1044,59 +1152,59 @@ impl Session {
         let qresync = self.qresync;
         let sel = self.selected.as_mut().expect("selected");
         let mut out = Vec::new();
-        let fresh_uids: HashSet<u32> = fresh.iter().map(|m| m.uid).collect();
+        // `fresh` and the view are both in UID order.
+        let in_fresh = |uid: u32| fresh.binary_search_by_key(&uid, |m| m.uid).is_ok();
         // Expunges held back now must be reported by a later sync: stay dirty until then.
-        let held_back = !allow_expunge && sel.msgs.iter().any(|m| !fresh_uids.contains(&m.uid));
+        let held_back = !allow_expunge && sel.msgs.uids().any(|u| !in_fresh(u));
         if allow_expunge {
-            let mut vanished = Vec::new();
-            for i in (0..sel.msgs.len()).rev() {
-                if !fresh_uids.contains(&sel.msgs[i].uid) {
-                    if qresync {
-                        vanished.push(sel.msgs[i].uid);
-                    } else {
-                        out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
-                    }
-                    sel.msgs.remove(i);
+            let gone = sel.msgs.retain_uids(in_fresh);
+            if qresync {
+                if !gone.is_empty() {
+                    let mut vanished: Vec<u32> = gone.iter().map(|g| g.1).collect();
+                    vanished.sort_unstable();
+                    out.extend_from_slice(
+                        format!("* VANISHED {}\r\n", compress(&vanished)).as_bytes(),
+                    );
                 }
-            }
-            if !vanished.is_empty() {
-                vanished.sort();
-                out.extend_from_slice(format!("* VANISHED {}\r\n", compress(&vanished)).as_bytes());
+            } else {
+                // Descending, so each number is valid when the client applies it.
+                for (i, _) in &gone {
+                    out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+                }
             }
         }
         // Flag changes for messages both sides know.
-        let mut idx = std::collections::HashMap::with_capacity(fresh.len());
-        for (i, m) in fresh.iter().enumerate() {
-            idx.insert(m.uid, i);
-        }
-        for (i, m) in sel.msgs.iter_mut().enumerate() {
-            if let Some(&j) = idx.get(&m.uid) {
-                let f = &fresh[j];
-                if f.modseq != m.modseq {
-                    if f.flags != m.flags {
-                        let ms = if condstore {
-                            format!(" MODSEQ ({})", f.modseq)
-                        } else {
-                            String::new()
-                        };
-                        out.extend_from_slice(
-                            format!(
-                                "* {} FETCH (UID {} FLAGS ({}){ms})\r\n",
-                                i + 1,
-                                f.uid,
-                                f.flags.join(" ")
-                            )
-                            .as_bytes(),
-                        );
-                    }
-                    *m = f.clone();
+        for i in 0..sel.msgs.len() {
+            let uid = sel.msgs.uid(i);
+            let Ok(j) = fresh.binary_search_by_key(&uid, |m| m.uid) else {
+                continue;
+            };
+            let f = &fresh[j];
+            if f.modseq != sel.msgs.modseq(i) {
+                if f.flags != sel.msgs.flags(i) {
+                    let ms = if condstore {
+                        format!(" MODSEQ ({})", f.modseq)
+                    } else {
+                        String::new()
+                    };
+                    out.extend_from_slice(
+                        format!(
+                            "* {} FETCH (UID {} FLAGS ({}){ms})\r\n",
+                            i + 1,
+                            f.uid,
+                            f.flags.join(" ")
+                        )
+                        .as_bytes(),
+                    );
                 }
+                sel.msgs.set(i, &f.flags, f.modseq);
             }
         }
-        let last = sel.msgs.last().map(|m| m.uid).unwrap_or(0);
+        let last = sel.msgs.last_uid();
         let before = sel.msgs.len();
-        sel.msgs
-            .extend(fresh.iter().filter(|m| m.uid > last).cloned());
+        for m in &fresh[fresh.partition_point(|m| m.uid <= last)..] {
+            sel.msgs.push(m);
+        }
         if sel.msgs.len() != before {
             out.extend_from_slice(format!("* {} EXISTS\r\n", sel.msgs.len()).as_bytes());
             if !self.rev2 {
@@ -1134,10 +1242,14 @@ impl Session {
     }
 
     /// Indices (0-based) of the selected messages in `set`, ascending and without
-    /// duplicates.
-    fn resolve(&self, uid: bool, set: &SeqSet) -> Vec<usize> {
+    /// duplicates. A sequence number beyond the session's view of the mailbox (or `*` in
+    /// an empty one) is a BAD (RFC 9051 §9, `seq-number`); UIDs that do not exist are not.
+    fn resolve(&self, uid: bool, set: &SeqSet) -> Result<Vec<usize>, Resp> {
         let sel = self.selected.as_ref().expect("selected");
-        resolve_set(&sel.msgs, uid, set, &self.saved)
+        if !uid {
+            check_seq_set(set, sel.msgs.len())?;
+        }
+        Ok(resolve_set(&sel.msgs, uid, set, &self.saved))
     }
 
     async fn expunge(&mut self, set: Option<SeqSet>) -> CmdResult {
@@ -1150,16 +1262,15 @@ impl Session {
         self.sync(false).await;
         let filter: Option<HashSet<usize>> = set
             .as_ref()
-            .map(|s| self.resolve(true, s).into_iter().collect());
+            .map(|s| self.resolve(true, s).map(|v| v.into_iter().collect()))
+            .transpose()?;
         let sel = self.selected.as_ref().expect("selected");
-        let uids: Vec<u32> = sel
-            .msgs
-            .iter()
-            .enumerate()
-            .filter(|(i, m)| {
-                has_flag(m, "\\Deleted") && filter.as_ref().is_none_or(|f| f.contains(i))
+        let uids: Vec<u32> = (0..sel.msgs.len())
+            .filter(|i| {
+                has(sel.msgs.flags(*i), "\\Deleted")
+                    && filter.as_ref().is_none_or(|f| f.contains(i))
             })
-            .map(|(_, m)| m.uid)
+            .map(|i| sel.msgs.uid(i))
             .collect();
         let user = self.user.clone().unwrap_or_default();
         self.shared
@@ -1180,24 +1291,49 @@ impl Session {
     ) -> CmdResult {
         self.sync(false).await;
         let sel = self.selected.as_ref().expect("selected");
+        check_search_seqs(&key, sel.msgs.len())?;
         let needs = search::needs_content(&key);
+        // Size, date and blob are not in the view: one snapshot of the mailbox's metadata
+        // when a key needs them, walked alongside (both are in UID order).
+        let metas = if search::needs_meta(&key) {
+            self.shared
+                .store
+                .messages(sel.mailbox.id)
+                .map_err(store_err)?
+        } else {
+            Vec::new()
+        };
+        let mut next_meta = 0;
         let max_seq = sel.msgs.len() as u32;
-        let max_uid = sel.msgs.last().map(|m| m.uid).unwrap_or(0);
+        let max_uid = sel.msgs.last_uid();
         let mut hits: Vec<(u32, u32, u64)> = Vec::new();
-        for (i, m) in sel.msgs.iter().enumerate() {
+        for i in 0..sel.msgs.len() {
+            let uid = sel.msgs.uid(i);
+            while next_meta < metas.len() && metas[next_meta].uid < uid {
+                next_meta += 1;
+            }
+            // Missing when another session expunged it (this session was not told yet).
+            let meta = metas.get(next_meta).filter(|m| m.uid == uid);
             let c = Candidate {
                 seq: i as u32 + 1,
-                meta: m,
+                uid,
+                flags: sel.msgs.flags(i),
+                modseq: sel.msgs.modseq(i),
+                size: meta.map_or(0, |m| m.size),
+                internal_date: meta.map_or(0, |m| m.internal_date),
                 max_seq,
                 max_uid,
                 saved: &self.saved,
             };
             let store = &self.shared.store;
-            let blob = m.blob;
-            let mut load = || if needs { store.blob(blob).ok() } else { None };
+            let blob = meta.map(|m| m.blob);
+            let mut load = || match blob {
+                Some(b) if needs => store.blob(b).ok(),
+                _ => None,
+            };
             let mut cache = None;
             if search::matches(&key, &c, &mut load, &mut cache) {
-                hits.push((i as u32 + 1, m.uid, m.modseq));
+                hits.push((i as u32 + 1, uid, c.modseq));
             }
         }
         let nums: Vec<u32> = hits.iter().map(|h| if uid { h.1 } else { h.0 }).collect();
@@ -1291,14 +1427,15 @@ impl Session {
             ));
         }
         self.sync(false).await;
-        let indices = self.resolve(uid, set);
+        let indices = self.resolve(uid, set)?;
         if changed_since.is_some() {
             self.condstore = true;
         }
         if vanished && let (Some(sel), SeqSet::Ranges(_)) = (&self.selected, set) {
-            let present: HashSet<u32> = sel.msgs.iter().map(|m| m.uid).collect();
             let gone: Vec<u32> = (1..sel.mailbox.uidnext)
-                .filter(|u| set.contains(*u, sel.mailbox.uidnext, &[]) && !present.contains(u))
+                .filter(|u| {
+                    set.contains(*u, sel.mailbox.uidnext, &[]) && sel.msgs.position(*u).is_none()
+                })
                 .collect();
             if !gone.is_empty() {
                 self.untagged(&format!("VANISHED (EARLIER) {}", compress(&gone)));
@@ -1327,36 +1464,68 @@ impl Session {
         let user = self.user.clone().unwrap_or_default();
         let read_only = self.selected.as_ref().is_some_and(|s| s.read_only);
         let mut denied = false;
+        let mut deferred = false;
         let mut failed = false;
+        // Size, date and blob are not in the session's view; look them up when needed.
+        let needs_meta = wants_content
+            || items
+                .iter()
+                .any(|i| matches!(i, FetchItem::Rfc822Size | FetchItem::InternalDate));
         for idx in indices {
             let sel = self.selected.as_ref().expect("selected");
-            let Some(meta) = sel.msgs.get(idx).cloned() else {
-                continue;
-            };
-            if changed_since.is_some_and(|c| meta.modseq <= c) {
+            if idx >= sel.msgs.len() {
                 continue;
             }
-            if serves_body {
-                let mut ctx = HookCtx::new(HookPoint::Fetch, "imap", self.peer.ip());
-                ctx.user = user.clone();
-                ctx.tls = self.stream.is_tls();
-                ctx.fetch = Some((sel.mailbox.name.clone(), meta.uid, "imap"));
-                if matches!(
-                    self.shared.hooks.run(&ctx).verdict,
-                    Verdict::Reject { .. } | Verdict::Tempfail { .. }
-                ) {
-                    denied = true;
-                    continue;
+            let (msg_uid, modseq) = (sel.msgs.uid(idx), sel.msgs.modseq(idx));
+            if changed_since.is_some_and(|c| modseq <= c) {
+                continue;
+            }
+            let stored = if needs_meta {
+                match self.shared.store.message(sel.mailbox.id, msg_uid) {
+                    Ok(Some(m)) => Some(m),
+                    _ => continue, // expunged meanwhile
                 }
-            }
+            } else {
+                None
+            };
+            let meta = MessageMeta {
+                uid: msg_uid,
+                blob: stored.as_ref().map_or(0, |m| m.blob),
+                size: stored.as_ref().map_or(0, |m| m.size),
+                flags: sel.msgs.flags(idx).to_vec(),
+                internal_date: stored.as_ref().map_or(0, |m| m.internal_date),
+                modseq,
+            };
             let body = if wants_content {
                 match self.shared.store.blob(meta.blob) {
-                    Ok(b) => Some(b),
+                    Ok(b) => Some(Arc::new(b)),
                     Err(_) => continue, // expunged meanwhile
                 }
             } else {
                 None
             };
+            if serves_body {
+                let mut ctx = HookCtx::new(HookPoint::Fetch, "imap", self.peer.ip());
+                ctx.message = body.clone();
+                ctx.user = user.clone();
+                ctx.tls = self.stream.is_tls();
+                ctx.fetch = Some((sel.mailbox.name.clone(), meta.uid, "imap"));
+                // The reason goes to the log, not to the client (which learns only that
+                // the message was withheld, for good or for now).
+                match self.shared.hooks.run(&ctx).verdict {
+                    Verdict::Reject { text, .. } => {
+                        tracing::info!(mailbox = %sel.mailbox.name, uid = meta.uid, reason = %text, "fetch refused by hook");
+                        denied = true;
+                        continue;
+                    }
+                    Verdict::Tempfail { text, .. } => {
+                        tracing::info!(mailbox = %sel.mailbox.name, uid = meta.uid, reason = %text, "fetch deferred by hook");
+                        deferred = true;
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
             let mut meta = meta;
             let mut flags_changed = false;
             if sets_seen && !read_only && !has_flag(&meta, "\\Seen") {
@@ -1375,14 +1544,14 @@ impl Session {
                     meta.modseq = u.modseq;
                     flags_changed = true;
                     if let Some(s) = self.selected.as_mut() {
-                        s.msgs[idx] = meta.clone();
+                        s.msgs.set(idx, &meta.flags, meta.modseq);
                     }
                 }
             }
             let (line, cte_failed) = render(
                 idx + 1,
                 &meta,
-                body.as_deref(),
+                body.as_deref().map(Vec::as_slice),
                 items,
                 uid,
                 flags_changed,
@@ -1394,8 +1563,14 @@ impl Session {
                 let _ = self.flush().await;
             }
         }
+        // The other messages were served; NO says some were not (RFC 9051 §6.4.5).
         if denied {
             return Err(no("[NOPERM] Some messages were withheld by policy"));
+        }
+        if deferred {
+            return Err(no(
+                "[UNAVAILABLE] Some messages are temporarily unavailable, try again later",
+            ));
         }
         if failed {
             return Err(no(
@@ -1421,10 +1596,10 @@ impl Session {
             self.condstore = true;
         }
         self.sync(false).await;
-        let indices = self.resolve(uid, set);
+        let indices = self.resolve(uid, set)?;
         let flags: Vec<String> = flags.into_iter().filter(|f| f != "\\Recent").collect();
         let sel = self.selected.as_ref().expect("selected");
-        let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs[i].uid).collect();
+        let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs.uid(i)).collect();
         let op = match mode {
             StoreMode::Replace => FlagOp::Replace,
             StoreMode::Add => FlagOp::Add,
@@ -1448,25 +1623,23 @@ impl Session {
         let sel = self.selected.as_mut().expect("selected");
         let mut modified = Vec::new();
         for u in &modified_uids {
-            if let Some(i) = sel.msgs.iter().position(|m| m.uid == *u) {
+            if let Some(i) = sel.msgs.position(*u) {
                 modified.push(if uid { *u } else { i as u32 + 1 });
             }
         }
         for u in &updates {
-            let Some(i) = sel.msgs.iter().position(|m| m.uid == u.uid) else {
+            let Some(i) = sel.msgs.position(u.uid) else {
                 continue;
             };
-            sel.msgs[i].flags = u.flags.clone();
-            sel.msgs[i].modseq = u.modseq;
+            sel.msgs.set(i, &u.flags, u.modseq);
             if !silent || (condstore && unchanged_since.is_some()) {
-                let m = &sel.msgs[i];
                 let mut line = format!("* {} FETCH (", i + 1);
                 if uid {
-                    line.push_str(&format!("UID {} ", m.uid));
+                    line.push_str(&format!("UID {} ", u.uid));
                 }
-                line.push_str(&format!("FLAGS ({})", m.flags.join(" ")));
+                line.push_str(&format!("FLAGS ({})", u.flags.join(" ")));
                 if condstore {
-                    line.push_str(&format!(" MODSEQ ({})", m.modseq));
+                    line.push_str(&format!(" MODSEQ ({})", u.modseq));
                 }
                 line.push_str(")\r\n");
                 self.out.extend_from_slice(line.as_bytes());
@@ -1487,9 +1660,9 @@ impl Session {
         }
         self.sync(false).await;
         let user = self.user.clone().unwrap_or_default();
-        let indices = self.resolve(uid, set);
+        let indices = self.resolve(uid, set)?;
         let sel = self.selected.as_ref().expect("selected");
-        let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs[i].uid).collect();
+        let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs.uid(i)).collect();
         if self
             .shared
             .store
@@ -1699,17 +1872,17 @@ pub fn render(
 /// `set` names: UIDs when `uid`, else sequence numbers; `$` is the saved UIDs. Ranges are
 /// mapped directly (sequence numbers) or by binary search (UIDs), never by scanning every
 /// message per range.
-pub fn resolve_set(msgs: &[MessageMeta], uid: bool, set: &SeqSet, saved: &[u32]) -> Vec<usize> {
+pub fn resolve_set(msgs: &View, uid: bool, set: &SeqSet, saved: &[u32]) -> Vec<usize> {
     let n = msgs.len();
     let mut out: Vec<usize> = match set {
         SeqSet::Saved => {
             let saved: HashSet<u32> = saved.iter().copied().collect();
-            return (0..n).filter(|&i| saved.contains(&msgs[i].uid)).collect();
+            return (0..n).filter(|&i| saved.contains(&msgs.uid(i))).collect();
         }
         SeqSet::Ranges(ranges) => {
             let mut v = Vec::new();
             let star = if uid {
-                msgs.last().map(|m| m.uid).unwrap_or(0).max(1)
+                msgs.last_uid().max(1)
             } else {
                 n as u32
             };
@@ -1718,8 +1891,8 @@ pub fn resolve_set(msgs: &[MessageMeta], uid: bool, set: &SeqSet, saved: &[u32])
                 let b = if b == u32::MAX { star } else { b };
                 let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
                 if uid {
-                    let start = msgs.partition_point(|m| m.uid < lo);
-                    let end = msgs.partition_point(|m| m.uid <= hi);
+                    let start = msgs.partition_uid(lo);
+                    let end = msgs.partition_uid(hi.saturating_add(1)).max(start);
                     v.extend(start..end);
                 } else if lo >= 1 && (lo as usize) <= n {
                     v.extend(lo as usize - 1..(hi as usize).min(n));
@@ -1735,6 +1908,64 @@ pub fn resolve_set(msgs: &[MessageMeta], uid: bool, set: &SeqSet, saved: &[u32])
         out.dedup();
     }
     out
+}
+
+/// Whether a command carries mailbox names (see [`Session::decode_names`]).
+fn has_names(c: &Command) -> bool {
+    matches!(
+        c,
+        Command::Select { .. }
+            | Command::Append { .. }
+            | Command::Copy { .. }
+            | Command::Create(..)
+            | Command::Delete(_)
+            | Command::Subscribe(_)
+            | Command::Unsubscribe(_)
+            | Command::Status(..)
+            | Command::Rename(..)
+            | Command::List { .. }
+    )
+}
+
+/// A BAD when a sequence set names a message beyond `n` (the session's message count), or
+/// `*` while the mailbox is empty (RFC 9051 §9: "The server should respond with a tagged BAD
+/// response to a command that uses a message sequence number greater than the number of
+/// messages in the selected mailbox. This includes "*" if the selected mailbox is empty.").
+/// `$` holds UIDs and is never out of range.
+fn check_seq_set(set: &SeqSet, n: usize) -> Result<(), Resp> {
+    let SeqSet::Ranges(ranges) = set else {
+        return Ok(());
+    };
+    for &(a, b) in ranges {
+        for x in [a, b] {
+            if x == u32::MAX && n == 0 {
+                return Err(Resp::Bad(
+                    "Invalid sequence set: the mailbox is empty, so * names no message".into(),
+                ));
+            }
+            if x != u32::MAX && x as usize > n {
+                return Err(Resp::Bad(format!(
+                    "Invalid sequence number {x}: the mailbox has {n} message{}",
+                    if n == 1 { "" } else { "s" }
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`check_seq_set`] for every sequence-set key of a SEARCH (UID keys are exempt).
+fn check_search_seqs(key: &SearchKey, n: usize) -> Result<(), Resp> {
+    match key {
+        SearchKey::Seq(set) => check_seq_set(set, n),
+        SearchKey::And(v) => v.iter().try_for_each(|k| check_search_seqs(k, n)),
+        SearchKey::Or(a, b) => {
+            check_search_seqs(a, n)?;
+            check_search_seqs(b, n)
+        }
+        SearchKey::Not(a) => check_search_seqs(a, n),
+        _ => Ok(()),
+    }
 }
 
 /// The next store event: `Some(Some(mailbox id))`, `Some(None)` when events were lost
@@ -1753,7 +1984,11 @@ async fn recv_event(
 }
 
 fn has_flag(m: &MessageMeta, f: &str) -> bool {
-    m.flags.iter().any(|x| x.eq_ignore_ascii_case(f))
+    has(&m.flags, f)
+}
+
+fn has(flags: &[String], f: &str) -> bool {
+    flags.iter().any(|x| x.eq_ignore_ascii_case(f))
 }
 
 fn has_modseq_key(k: &SearchKey) -> bool {
@@ -1935,7 +2170,7 @@ mod tests {
 
     #[test]
     fn resolve_sets() {
-        let m = metas(&[2, 5, 6, 9, 20]);
+        let m = View::new(&metas(&[2, 5, 6, 9, 20]));
         let r = |uid, s: SeqSet| resolve_set(&m, uid, &s, &[6, 20]);
         let ranges = |v: &[(u32, u32)]| SeqSet::Ranges(v.to_vec());
         // Sequence numbers, `*`, reversed ranges, overlaps, beyond the end.
@@ -1955,8 +2190,28 @@ mod tests {
         assert_eq!(r(true, SeqSet::Saved), vec![2, 4]);
         assert_eq!(r(false, SeqSet::Saved), vec![2, 4]);
         // Empty mailbox.
-        assert!(resolve_set(&[], false, &ranges(&[(1, u32::MAX)]), &[]).is_empty());
-        assert!(resolve_set(&[], true, &ranges(&[(1, u32::MAX)]), &[]).is_empty());
+        let empty = View::default();
+        assert!(resolve_set(&empty, false, &ranges(&[(1, u32::MAX)]), &[]).is_empty());
+        assert!(resolve_set(&empty, true, &ranges(&[(1, u32::MAX)]), &[]).is_empty());
+    }
+
+    #[test]
+    fn sequence_numbers_beyond_the_mailbox_are_bad() {
+        let r = |v: &[(u32, u32)]| SeqSet::Ranges(v.to_vec());
+        let bad = |set: SeqSet, n| matches!(check_seq_set(&set, n), Err(Resp::Bad(_)));
+        assert!(!bad(r(&[(1, 3)]), 3));
+        assert!(!bad(r(&[(u32::MAX, 1)]), 3));
+        assert!(bad(r(&[(1, 4)]), 3));
+        assert!(bad(r(&[(2, 2), (4, 4)]), 3));
+        assert!(bad(r(&[(1, 1)]), 0));
+        assert!(bad(r(&[(u32::MAX, u32::MAX)]), 0)); // `*` in an empty mailbox
+        assert!(!bad(SeqSet::Saved, 0));
+        let key = SearchKey::And(vec![
+            SearchKey::Uid(r(&[(100, 200)])), // UIDs are exempt
+            SearchKey::Not(Box::new(SearchKey::Seq(r(&[(5, 5)])))),
+        ]);
+        assert!(matches!(check_search_seqs(&key, 4), Err(Resp::Bad(_))));
+        assert!(check_search_seqs(&key, 5).is_ok());
     }
 
     #[test]
@@ -1984,6 +2239,11 @@ mod tests {
         let name = "a".repeat(250);
         assert!(!wildmatch(&format!("{}b", "*a".repeat(40)), &name));
         assert!(wildmatch(&format!("{}%", "%a".repeat(40)), &name));
+        // UTF-8 names and patterns (a multi-byte character across byte 5 once panicked).
+        assert!(wildmatch("Bücher*", "Bücher/2024"));
+        assert!(wildmatch("日本語/%", "日本語/台北"));
+        assert!(!wildmatch("日本語/%", "日本語/台北/x"));
+        assert!(!wildmatch("Bücher", "INBOX"));
         assert_eq!(normalize_crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\rd");
     }
 }

@@ -237,6 +237,8 @@ pub enum Command {
         message: Vec<u8>,
         /// Sent as literal8 (RFC 3516): stored exactly, no line-ending normalisation.
         binary: bool,
+        /// Sent as `UTF8 (literal8)` (RFC 6855 §4; needs `ENABLE UTF8=ACCEPT`).
+        utf8: bool,
     },
     /// IDLE
     Idle,

@@ -852,6 +852,7 @@ mod tests {
             auth_throttle: AuthThrottle::new(5, Duration::from_secs(60)),
             conn_limits: ConnLimits::new(10, 10),
             queue_wakeup: Arc::default(),
+            imap_users: Arc::default(),
             maildrop_locks: Arc::default(),
             credential_cache: Arc::new(accounts::CredentialCache::new(Duration::from_secs(60))),
             shutdown: Default::default(),

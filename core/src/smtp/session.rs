@@ -247,7 +247,11 @@ impl Session {
             ));
             return self.flush().await;
         }
-        let outcome = self.shared.hooks.run_async(&self.ctx(HookPoint::Connect)).await;
+        let outcome = self
+            .shared
+            .hooks
+            .run_async(&self.ctx(HookPoint::Connect))
+            .await;
         match outcome.verdict {
             Verdict::Reject { code, text } => {
                 self.reply(verdict_reply(code, &text, "5.7.1"));

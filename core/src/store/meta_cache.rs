@@ -61,6 +61,18 @@ impl MetaCache {
         }
     }
 
+    /// One message of a cached mailbox: `None` when the mailbox is not cached (ask sled),
+    /// `Some(None)` when it is and has no such UID.
+    pub fn get(&self, mailbox: u64, uid: u32) -> Option<Option<MessageMeta>> {
+        let g = self.inner.lock().expect("meta cache");
+        let (msgs, _) = g.boxes.get(&mailbox)?;
+        Some(
+            msgs.binary_search_by_key(&uid, |m| m.uid)
+                .ok()
+                .map(|i| msgs[i].clone()),
+        )
+    }
+
     /// Keep `msgs` (read from sled after [`Self::lookup`] returned `Miss(gen)`) if no write
     /// happened since.
     pub fn fill(&self, mailbox: u64, gen_seen: u64, msgs: &[MessageMeta]) {

@@ -108,7 +108,7 @@ pub struct Mailbox {
 }
 
 /// Per-message metadata in a mailbox.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageMeta {
     /// UID within the mailbox.
     pub uid: u32,
@@ -320,6 +320,8 @@ pub trait MailStore: Send + Sync + 'static {
     fn deliver(&self, message: &[u8], internal_date: i64, to: &[Placement]) -> Result<Vec<u32>>;
     /// Message metadata of a mailbox in UID order.
     fn messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>>;
+    /// One message's metadata, `None` when the mailbox has no message with that UID.
+    fn message(&self, mailbox_id: u64, uid: u32) -> Result<Option<MessageMeta>>;
     /// The bytes of a message.
     fn blob(&self, blob: u64) -> Result<Vec<u8>>;
     /// Replace the flags of messages (`uid`, new flags); returns each changed message's

@@ -469,6 +469,16 @@ impl MailStore for SledStore {
         Ok(v)
     }
 
+    fn message(&self, mailbox_id: u64, uid: u32) -> Result<Option<MessageMeta>> {
+        if let Some(hit) = self.meta_cache.get(mailbox_id, uid) {
+            return Ok(hit);
+        }
+        match self.messages.get(msg_key(mailbox_id, uid))? {
+            Some(v) => Ok(Some(MessageMeta::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
     fn blob(&self, blob: u64) -> Result<Vec<u8>> {
         match self.blobs.get(blob.to_be_bytes())? {
             Some(v) => Ok(v.to_vec()),
@@ -1066,6 +1076,23 @@ mod tests {
         s.copy("a@x.org", inbox.id, &[2, 3], "INBOX").unwrap();
         assert_eq!(view(&s), scan(&s));
         assert_eq!(view(&s).len(), n as usize + 1 - 2 + 2);
+        // Point lookups agree with the scan, from the cache and from sled.
+        let all = s.messages(inbox.id).unwrap();
+        for uid in [1, 2, 3, 4, 7, n + 1, n + 3, n + 9] {
+            let cached = s.message(inbox.id, uid).unwrap();
+            assert_eq!(
+                cached.as_ref(),
+                all.iter().find(|m| m.uid == uid),
+                "uid {uid}"
+            );
+            s.meta_cache.dropped(inbox.id);
+            assert_eq!(
+                s.message(inbox.id, uid).unwrap(),
+                cached,
+                "uid {uid} from sled"
+            );
+            assert_eq!(view(&s), scan(&s)); // refills the cache
+        }
         s.delete_mailbox("a@x.org", "Archive").unwrap();
         s.rename_mailbox("a@x.org", "INBOX", "Old").unwrap();
         assert!(view(&s).is_empty() && scan(&s).is_empty());

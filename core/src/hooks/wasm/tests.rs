@@ -12,8 +12,7 @@ fn plugin_path(name: &str) -> PathBuf {
     let dir = std::env::var_os("CORVUS_PLUGIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/plugins/wasm32-wasip2/release")
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/wasm32-wasip2/release")
         });
     let p = dir.join(format!("{}.wasm", name.replace('-', "_")));
     assert!(
@@ -81,7 +80,10 @@ fn loads_describes_and_answers() {
     let h = load("noop", serde_json::json!({}), None).unwrap();
     assert_eq!(h.info().0, "noop");
     assert_eq!(h.handled_points().len(), 8);
-    assert_eq!(call(&h, &rcpt("b@y.example", None)).unwrap(), Verdict::Continue);
+    assert_eq!(
+        call(&h, &rcpt("b@y.example", None)).unwrap(),
+        Verdict::Continue
+    );
     let r = load("misbehave", serde_json::json!({"mode": "reject"}), None).unwrap();
     assert_eq!(
         call(&r, &rcpt("b@y.example", None)).unwrap(),
@@ -105,8 +107,15 @@ fn one_warm_instance_per_session() {
     let mut a = Actions::default();
     h.call(&data, &mut a).unwrap();
     // The fourth call of the same instance.
-    assert_eq!(a.add_headers, vec![("X-Noop".to_string(), "t calls=4".to_string())]);
-    assert_eq!(h.stats.instances.load(Ordering::Relaxed), 2, "probe + one per session");
+    assert_eq!(
+        a.add_headers,
+        vec![("X-Noop".to_string(), "t calls=4".to_string())]
+    );
+    assert_eq!(
+        h.stats.instances.load(Ordering::Relaxed),
+        2,
+        "probe + one per session"
+    );
     // Another session gets its own instance; no session means a fresh one per call.
     let mut a = Actions::default();
     data.session = Some(Arc::new(HookSession::default()));
@@ -154,7 +163,10 @@ async fn a_runaway_plugin_does_not_block_other_calls() {
     let good_time = started.elapsed();
     let r = bad.await.unwrap();
     assert!(r.unwrap_err().0.contains("CPU time limit"));
-    assert!(!bad_is_blocking(good_time), "normal calls took {good_time:?}");
+    assert!(
+        !bad_is_blocking(good_time),
+        "normal calls took {good_time:?}"
+    );
 }
 
 fn bad_is_blocking(t: Duration) -> bool {
@@ -166,7 +178,10 @@ fn memory_bomb_fails_cleanly() {
     let h = misbehave("oom");
     let e = call(&h, &rcpt("bad@y.example", None)).unwrap_err();
     assert!(e.0.contains("memory limit exceeded"), "{e}");
-    assert_eq!(call(&h, &rcpt("good@y.example", None)).unwrap(), Verdict::Continue);
+    assert_eq!(
+        call(&h, &rcpt("good@y.example", None)).unwrap(),
+        Verdict::Continue
+    );
 }
 
 #[test]
@@ -195,7 +210,10 @@ fn huge_value_in_a_host_call_is_refused() {
     let h = WasmHook::load_file(
         &plugin_path("misbehave"),
         LoadOptions {
-            config: serde_json::json!({"mode": "big-kv"}).as_object().unwrap().clone(),
+            config: serde_json::json!({"mode": "big-kv"})
+                .as_object()
+                .unwrap()
+                .clone(),
             store: Some(s.clone()),
             cache_dir: Some(cache_dir()),
             ..LoadOptions::default()
@@ -223,12 +241,19 @@ fn log_and_output_floods_are_capped() {
     assert!(lines.iter().all(|l| l.len() < 5000));
 
     let sink: LogSink = Arc::new(Mutex::new(Vec::new()));
-    let h = load("misbehave", serde_json::json!({"mode": "stdout"}), Some(sink.clone())).unwrap();
+    let h = load(
+        "misbehave",
+        serde_json::json!({"mode": "stdout"}),
+        Some(sink.clone()),
+    )
+    .unwrap();
     // Output beyond the cap fails the write; Rust's println! then panics: the call fails.
     let e = call(&h, &rcpt("x@y.example", None)).unwrap_err();
     let lines = sink.lock().unwrap().clone();
     assert!(
-        lines.iter().any(|l| l.contains("stdout: stdout line 0 from a chatty plugin")),
+        lines
+            .iter()
+            .any(|l| l.contains("stdout: stdout line 0 from a chatty plugin")),
         "{e}: {:?}",
         &lines[..lines.len().min(5)]
     );
@@ -298,7 +323,10 @@ async fn chain_applies_on_error_to_plugin_failures() {
         WasmHook::load_file(
             &plugin_path("misbehave"),
             LoadOptions {
-                config: serde_json::json!({"mode": "panic"}).as_object().unwrap().clone(),
+                config: serde_json::json!({"mode": "panic"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
                 on_error,
                 cache_dir: Some(cache_dir()),
                 ..LoadOptions::default()
@@ -306,8 +334,12 @@ async fn chain_applies_on_error_to_plugin_failures() {
         )
         .unwrap()
     };
-    let cont = tokio::task::spawn_blocking(move || mk(OnError::Continue)).await.unwrap();
-    let temp = tokio::task::spawn_blocking(move || mk(OnError::Tempfail)).await.unwrap();
+    let cont = tokio::task::spawn_blocking(move || mk(OnError::Continue))
+        .await
+        .unwrap();
+    let temp = tokio::task::spawn_blocking(move || mk(OnError::Tempfail))
+        .await
+        .unwrap();
     let chain = HookChain::new(vec![Arc::new(cont)]);
     let o: Outcome = chain.run_async(&rcpt("x@y.example", None)).await;
     assert_eq!(o.verdict, Verdict::Continue);
