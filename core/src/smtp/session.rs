@@ -247,7 +247,11 @@ impl Session {
             ));
             return self.flush().await;
         }
-        let outcome = self.shared.hooks.run_async(&self.ctx(HookPoint::Connect)).await;
+        let outcome = self
+            .shared
+            .hooks
+            .run_async(&self.ctx(HookPoint::Connect))
+            .await;
         match outcome.verdict {
             Verdict::Reject { code, text } => {
                 self.reply(verdict_reply(code, &text, "5.7.1"));
@@ -1001,7 +1005,15 @@ impl Session {
         ctx.credentials_valid = valid.is_some();
         let outcome = self.shared.hooks.run_async(&ctx).await;
         let accepted = match outcome.verdict {
-            Verdict::Accept => Some(valid.unwrap_or_else(|| user.to_lowercase())),
+            Verdict::Accept => {
+                accounts::hook_accepted(
+                    &self.shared.store,
+                    &self.shared.config.domains,
+                    &user,
+                    valid,
+                )
+                .await
+            }
             Verdict::Continue => valid,
             _ => None,
         };
