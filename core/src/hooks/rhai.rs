@@ -1245,8 +1245,8 @@ impl HookEngine for RhaiHook {
         let r = self.call_fn(func, (sctx.clone(),)).map_err(HookError)?;
         let verdict = if r.is_unit() {
             Verdict::Continue
-        } else if let Some(v) = r.clone().try_cast::<ScriptVerdict>() {
-            v.0
+        } else if r.is::<ScriptVerdict>() {
+            r.cast::<ScriptVerdict>().0
         } else {
             return Err(HookError(format!(
                 "{}: {func}: returned a {}; return accept(), reject(…), tempfail(…), discard(), quarantine(…), next() or nothing",
