@@ -3,7 +3,8 @@
 //! (`benches/scripts/typical_*.rhai`) that act at every point.
 //!
 //! Run with `cargo bench --bench hooks` (release profile); prints a Markdown table of the
-//! median over 15 batches of the mean time per `HookChain::run`, in microseconds.
+//! median over 15 batches of the mean time per `HookChain::run`, in microseconds of this
+//! thread's CPU time (so the figures hold on a loaded machine).
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -51,19 +52,37 @@ fn ctx(point: HookPoint) -> HookCtx {
     c
 }
 
-/// Median over batches of the mean µs per run.
+/// Microseconds this thread has spent on a CPU (`/proc/thread-self/schedstat`, updated at
+/// scheduler ticks: batches are long enough for that to matter little), so that other work on a
+/// loaded machine does not count. Wall-clock time where schedstat is not available.
+fn cpu_now() -> f64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    match std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+    {
+        Some(ns) => ns / 1e3,
+        None => START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1e6,
+    }
+}
+
+/// Median over batches of the mean µs (of CPU time) per run.
 fn measure(chain: &HookChain, c: &HookCtx) -> f64 {
-    let per_batch = 2000;
+    // Warm up, and size batches to at most about 50 ms each (by the wall clock, which is
+    // at least the CPU time).
+    let t = Instant::now();
     for _ in 0..500 {
         black_box(chain.run(c));
     }
+    let per_call = (t.elapsed().as_secs_f64() * 1e6 / 500.0).max(0.01);
+    let per_batch = ((50_000.0 / per_call) as usize).clamp(2000, 200_000);
     let mut means: Vec<f64> = (0..15)
         .map(|_| {
-            let t = Instant::now();
+            let t = cpu_now();
             for _ in 0..per_batch {
                 black_box(chain.run(black_box(c)));
             }
-            t.elapsed().as_secs_f64() * 1e6 / per_batch as f64
+            (cpu_now() - t) / per_batch as f64
         })
         .collect();
     means.sort_by(|a, b| a.total_cmp(b));

@@ -150,6 +150,79 @@ pub fn authenticate_cached(
     Ok(valid)
 }
 
+/// An address an `on_auth` hook accepted although the store has no password for it (external
+/// authentication). An existing account is simply used. Otherwise, an address of a local
+/// domain becomes an account on this first login: no password (so only the hook can let it
+/// in) and the default mailboxes, so IMAP and POP3 work at once and mail to it is delivered
+/// from then on, like to any account. `None` (the login fails) for an address that is not
+/// `local@domain` in a local domain, or that is an alias.
+pub fn external_account(
+    store: &Store,
+    local_domains: &[String],
+    username: &str,
+) -> Result<Option<String>, StoreError> {
+    let address = crate::store::normalize_address(username);
+    if !valid_address(&address) {
+        tracing::info!(user = %username, "hook accepted a login that is not an address; refused");
+        return Ok(None);
+    }
+    if let Some(a) = store.account(&address)? {
+        return Ok(Some(a.address));
+    }
+    let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+    if !crate::routing::is_local_domain(store, local_domains, domain)? {
+        tracing::info!(user = %address, "hook accepted an address outside the local domains; refused");
+        return Ok(None);
+    }
+    if store.alias(&address)?.is_some() {
+        tracing::info!(user = %address, "hook accepted an alias address; refused (aliases have no mailboxes)");
+        return Ok(None);
+    }
+    match store.create_account(&address, "") {
+        Ok(()) => {
+            tracing::info!(user = %address, "account created on first login (external authentication)");
+            Ok(Some(address))
+        }
+        // A concurrent first login created it.
+        Err(StoreError::Exists(_)) => Ok(Some(address)),
+        Err(e) => Err(e),
+    }
+}
+
+/// The account of a login that the `on_auth` chain accepted: the account the store checked
+/// (`valid`), else [`external_account`] (off the async workers, and committed before the
+/// login succeeds). `None` refuses the login; a store failure is logged and refuses it too.
+pub async fn hook_accepted(
+    store: &Store,
+    local_domains: &[String],
+    username: &str,
+    valid: Option<String>,
+) -> Option<String> {
+    if valid.is_some() {
+        return valid;
+    }
+    let (s, d, u) = (store.clone(), local_domains.to_vec(), username.to_string());
+    let created = tokio::task::spawn_blocking(move || external_account(&s, &d, &u)).await;
+    match created {
+        Ok(Ok(Some(account))) => match store.commit().await {
+            Ok(()) => Some(account),
+            Err(e) => {
+                tracing::error!(user = %account, error = %e, "could not commit a new account");
+                None
+            }
+        },
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => {
+            tracing::error!(user = %username, error = %e, "could not provision an account");
+            None
+        }
+        Err(e) => {
+            tracing::error!(user = %username, error = %e, "account provisioning task failed");
+            None
+        }
+    }
+}
+
 /// Whether `address` looks like `local@domain` with a plausible domain.
 pub fn valid_address(address: &str) -> bool {
     match address.rsplit_once('@') {
@@ -166,6 +239,41 @@ pub fn valid_address(address: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn external_accounts_are_created_in_local_domains_only() {
+        let d = tempfile::tempdir().unwrap();
+        let store: Store = std::sync::Arc::new(crate::store::SledStore::open(d.path()).unwrap());
+        store.add_domain("runtime.example").unwrap();
+        store
+            .set_alias("list@example.org", &["x@else.example".into()])
+            .unwrap();
+        let domains = vec!["example.org".to_string()];
+        let ext = |u: &str| external_account(&store, &domains, u).unwrap();
+        assert_eq!(ext(" New@Example.ORG ").as_deref(), Some("new@example.org"));
+        let acc = store.account("new@example.org").unwrap().unwrap();
+        assert!(acc.password_hash.is_empty());
+        let names: Vec<String> = store
+            .mailboxes("new@example.org")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        for (name, _) in crate::store::DEFAULT_MAILBOXES {
+            assert!(names.iter().any(|n| n == name), "{name} missing: {names:?}");
+        }
+        // A second login finds it; no password works for it.
+        assert_eq!(ext("new@example.org").as_deref(), Some("new@example.org"));
+        assert_eq!(authenticate(&store, "new@example.org", "").unwrap(), None);
+        assert_eq!(
+            ext("a@runtime.example").as_deref(),
+            Some("a@runtime.example")
+        );
+        assert_eq!(ext("a@remote.example"), None);
+        assert_eq!(ext("list@example.org"), None);
+        assert_eq!(ext("no-at-sign"), None);
+        assert!(store.account("a@remote.example").unwrap().is_none());
+    }
 
     #[test]
     fn hash_and_verify() {

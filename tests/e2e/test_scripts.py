@@ -13,6 +13,7 @@ import imaplib
 import json
 import os
 import pathlib
+import poplib
 import signal
 import smtplib
 import socket
@@ -92,13 +93,14 @@ class NxDns:
 
 
 class Server:
-    """One `corvus serve` with SMTP, submission and IMAP listeners and the given hooks."""
+    """One `corvus serve` with SMTP, submission, IMAP and POP3 listeners and the given hooks."""
 
     def __init__(self, tmp: pathlib.Path, hooks: list[dict], delivery: str = ""):
         self.tmp = tmp
         self.delivery = delivery
         self.dns = NxDns()
         self.smtp_port, self.sub_port, self.imap_port = free_port(), free_port(), free_port()
+        self.pop3_port = free_port()
         self.config = tmp / "corvus.toml"
         self.log_path = tmp / "server.log"
         self.write_config(hooks)
@@ -114,12 +116,15 @@ class Server:
             f'smtp = "127.0.0.1:{self.smtp_port}"',
             f'submission = "127.0.0.1:{self.sub_port}"',
             f'imap = "127.0.0.1:{self.imap_port}"',
+            f'pop3 = "127.0.0.1:{self.pop3_port}"',
             "[dns]",
             f"nameservers = [{toml_value(self.dns.addr)}]",
             "[smtp]",
             "allow_plaintext_auth = true",
             "max_errors = 100",
             "[imap]",
+            "allow_plaintext_auth = true",
+            "[pop3]",
             "allow_plaintext_auth = true",
             "[log]",
             'level = "info"',
@@ -143,7 +148,8 @@ class Server:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"corvus serve exited {self.proc.returncode}:\n{self.logs()}")
-            if all(port_open(p) for p in (self.smtp_port, self.sub_port, self.imap_port)) and sock.exists():
+            ports = (self.smtp_port, self.sub_port, self.imap_port, self.pop3_port)
+            if all(port_open(p) for p in ports) and sock.exists():
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"corvus serve did not come up:\n{self.logs()}")
@@ -178,10 +184,16 @@ class Server:
         s.ehlo("client.example")
         return s
 
-    def imap(self, user: str) -> imaplib.IMAP4:
+    def imap(self, user: str, password: str = PASSWORD) -> imaplib.IMAP4:
         m = imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=30)
-        m.login(user, PASSWORD)
+        m.login(user, password)
         return m
+
+    def pop3(self, user: str, password: str = PASSWORD) -> poplib.POP3:
+        p = poplib.POP3("127.0.0.1", self.pop3_port, timeout=30)
+        p.user(user)
+        p.pass_(password)
+        return p
 
     def messages(self, user: str, folder: str = "INBOX") -> list[bytes]:
         m = self.imap(user)
@@ -445,6 +457,84 @@ def test_every_hook_point_and_verdict_through_sessions(corvus, tmp_path):
     assert typ == "OK"
     m.logout()
     assert f"rcpt bob@{DOMAIN} after 1 from a@remote.example helo client.example tls false" in srv.logs()
+
+
+EXTERNAL_AUTH = """
+// Stands in for an external identity provider: the "password" is a token per user.
+fn on_auth(ctx) {
+    if !ctx.password_valid && ctx.password == "token-" + local_part(ctx.username) { return accept(); }
+}
+"""
+
+
+def mailbox_names(m: imaplib.IMAP4) -> set[str]:
+    typ, data = m.list()
+    assert typ == "OK", data
+    return {line.decode().rsplit(" ", 1)[-1].strip('"') for line in data}
+
+
+def test_external_auth_provisions_the_account_on_first_login(corvus, tmp_path):
+    """An address of a local domain that on_auth accepts without a stored password becomes an
+    account on its first login: the six default mailboxes, IMAP and POP3 work, and from then
+    on mail to it is delivered (before the first login RCPT refuses it like any unknown user)."""
+    script = tmp_path / "external.rhai"
+    script.write_text(EXTERNAL_AUTH)
+    srv = corvus([{"script": script}])
+    dave = f"dave@{DOMAIN}"
+    with srv.smtp() as s:
+        code, _ = rcpt_reply(s, "a@remote.example", dave)
+        assert code == 550  # not an account yet
+    assert dave not in srv.cli("user", "list").stdout.split()
+
+    # First login over IMAP (imaplib): the mailboxes exist, APPEND and SELECT work.
+    m = srv.imap(dave, "token-dave")
+    assert mailbox_names(m) == {"INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive"}
+    typ, _ = m.append("Drafts", None, None, message("my draft", to=dave).encode())
+    assert typ == "OK"
+    typ, _ = m.append("INBOX", None, None, message("appended", to=dave).encode())
+    assert typ == "OK"
+    typ, data = m.select("INBOX")
+    assert typ == "OK" and data[0] == b"1", data
+    m.logout()
+    assert dave in srv.cli("user", "list").stdout.split()
+    # Only the hook lets it in: the account has no password, and a wrong token fails.
+    with pytest.raises(imaplib.IMAP4.error):
+        srv.imap(dave, "token-someone-else")
+    with pytest.raises(imaplib.IMAP4.error):
+        srv.imap(dave, "")
+
+    # Mail to it is delivered now.
+    with srv.smtp() as s:
+        s.sendmail("a@remote.example", [dave], message("delivered after login", to=dave))
+    # POP3 sees both INBOX messages.
+    p = srv.pop3(dave, "token-dave")
+    count, _ = p.stat()
+    assert count == 2
+    bodies = [b"\r\n".join(p.retr(i)[1]) for i in (1, 2)]
+    assert any(b"Subject: appended" in b for b in bodies) and any(b"delivered after login" in b for b in bodies)
+    p.quit()
+
+    # A first login over POP3 provisions too.
+    erin = f"erin@{DOMAIN}"
+    p = srv.pop3(erin, "token-erin")
+    assert p.stat() == (0, 0)
+    p.quit()
+    m = srv.imap(erin, "token-erin")
+    assert "Junk" in mailbox_names(m)
+    m.logout()
+
+    # Outside the local domains the script's accept is not enough: no account, no login.
+    with pytest.raises(imaplib.IMAP4.error):
+        srv.imap("mallory@elsewhere.example", "token-mallory")
+    with pytest.raises(poplib.error_proto):
+        srv.pop3("mallory@elsewhere.example", "token-mallory")
+    with srv.smtp() as s:
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            s.login("mallory@elsewhere.example", "token-mallory")
+        s.login(f"frank@{DOMAIN}", "token-frank")  # SMTP AUTH provisions as well
+    assert "mallory@elsewhere.example" not in srv.cli("user", "list").stdout.split()
+    assert f"frank@{DOMAIN}" in srv.cli("user", "list").stdout.split()
+    assert "account created on first login" in srv.logs()
 
 
 OUTBOUND = """

@@ -230,6 +230,19 @@ class World:
         zone.fail("temperror.test")
         z("permerror.test", "TXT", "v=spf1 include -all")  # include needs a domain
         z("loop.test", "TXT", "v=spf1 include:loop.test -all")
+        # Void lookups (RFC 7208 §4.6.4): names under void.test do not exist (NXDOMAIN). An
+        # include of a name without SPF is a permerror by itself (§5.2), so the void terms
+        # here are a, mx and exists.
+        z("void3.test", "TXT", "v=spf1 a:nx1.void.test mx:nx2.void.test a:nx3.void.test ip4:127.0.0.5 -all")
+        z("void3e.test", "TXT", "v=spf1 exists:nx1.void.test a:nx2.void.test exists:nx3.void.test ip4:127.0.0.5 -all")
+        z("void2.test", "TXT", "v=spf1 a:nx1.void.test mx:nx2.void.test ip4:127.0.0.5 -all")
+        # Two voids, then an exists that finds an address (not void): pass.
+        z("void2e.test", "TXT", "v=spf1 exists:nx1.void.test a:nx2.void.test exists:none.test -all")
+        # Three voids, but the match comes first: evaluation stops before the third.
+        z("void-late.test", "TXT", "v=spf1 a:nx1.void.test mx:nx2.void.test ip4:127.0.0.5 a:nx3.void.test -all")
+        # Voids reached through an include count too.
+        z("void-inc.test", "TXT", "v=spf1 a:nx1.void.test include:void-inner.test -all")
+        z("void-inner.test", "TXT", "v=spf1 a:nx2.void.test a:nx3.void.test ip4:127.0.0.5 -all")
         # DKIM signers: no SPF, DMARC p=none so the message is delivered and inspected.
         for d in ("dk.test", "mail.dk-align.test"):
             z(f"rsa._domainkey.{d}", "TXT", f"v=DKIM1; k=rsa; p={rsa_pub}")
@@ -240,6 +253,10 @@ class World:
         z("mail.dm-reject.test", "TXT", "v=spf1 ip4:127.0.0.5 -all")
         z("dm-reject.test", "TXT", "v=spf1 ip4:127.0.0.5 -all")
         z("_dmarc.dm-quar.test", "TXT", "v=DMARC1; p=quarantine")
+        # pct= sampling (RFC 7489 §6.6.4): 0 and 100 decide every message the same way.
+        z("_dmarc.dm-pct0.test", "TXT", "v=DMARC1; p=reject; pct=0")
+        z("_dmarc.dm-qpct0.test", "TXT", "v=DMARC1; p=quarantine; pct=0")
+        z("_dmarc.dm-pct100.test", "TXT", "v=DMARC1; p=reject; pct=100")
         z("_dmarc.dm-none.test", "TXT", "v=DMARC1; p=none")
         z("_dmarc.dm-strict.test", "TXT", "v=DMARC1; p=reject; aspf=s; adkim=s")
         z("sub.dm-strict.test", "TXT", "v=spf1 ip4:127.0.0.5 -all")
@@ -300,6 +317,12 @@ def mx(tmp_path_factory, zone, world):
     ("a@temperror.test", "127.0.0.5", "temperror"),
     ("a@permerror.test", "127.0.0.5", "permerror"),
     ("a@loop.test", "127.0.0.5", "permerror"),  # include loop: stopped by the 10-lookup limit
+    ("a@void3.test", "127.0.0.5", "permerror"),  # three void lookups (a, mx, a)
+    ("a@void3e.test", "127.0.0.5", "permerror"),  # three void lookups (exists, a, exists)
+    ("a@void-inc.test", "127.0.0.5", "permerror"),  # one void + two in the included record
+    ("a@void2.test", "127.0.0.5", "pass"),  # two void lookups are allowed
+    ("a@void2e.test", "127.0.0.5", "pass"),  # an exists that finds an address is not void
+    ("a@void-late.test", "127.0.0.5", "pass"),  # matched before the third void lookup
 ])
 def test_spf_results(mx, sender, source, expected):
     subject = f"spf {sender} {source}"
@@ -309,6 +332,16 @@ def test_spf_results(mx, sender, source, expected):
                    what="delivery")
     assert result(raw, "spf", "smtp.mailfrom") == expected, our_results(raw)
     assert f"smtp.mailfrom={sender}" in our_results(raw)["spf"][0]
+
+
+def test_spf_void_lookup_limit_is_explained(mx):
+    sender = "x@void3.test"
+    code, _ = send(mx, sender, message(sender, "void explained"))
+    assert code == 250
+    raw = latest(mx)
+    assert b"void explained" in raw
+    spf = [l for l in unfold(raw).split("\r\n") if l.startswith("Authentication-Results:")][0]
+    assert "spf=permerror (mx.b.test: SPF record of x@void3.test is invalid: 3 void DNS lookups, more than 2" in spf, spf
 
 
 def test_spf_helo_identity_and_null_sender(mx):
@@ -440,6 +473,30 @@ def test_dmarc_none_policy_delivers_with_fail(mx):
     raw = latest(mx)
     assert b"Subject: p none" in raw
     assert result(raw, "dmarc") == "fail"
+
+
+def test_dmarc_pct_zero_applies_the_next_less_strict_policy(mx):
+    # p=reject; pct=0: no message gets the policy, each one gets quarantine instead.
+    code, text = send(mx, "a@spf-pass.test", message("boss@dm-pct0.test", "pct zero reject"))
+    assert code == 250, (code, text)
+    raw = latest(mx, "Junk")
+    assert b"Subject: pct zero reject" in raw
+    assert result(raw, "dmarc") == "fail"
+    assert "(p=reject dis=quarantine pct=0 sampled-out)" in unfold(raw)
+    # p=quarantine; pct=0: delivered to INBOX (policy none).
+    code, text = send(mx, "a@spf-pass.test", message("boss@dm-qpct0.test", "pct zero quarantine"))
+    assert code == 250, (code, text)
+    raw = latest(mx)
+    assert b"Subject: pct zero quarantine" in raw
+    assert "(p=quarantine dis=none pct=0 sampled-out)" in unfold(raw)
+
+
+def test_dmarc_pct_hundred_applies_the_policy(mx):
+    before = len(mx.uids(BOB)), len(mx.uids(BOB, "Junk"))
+    for i in range(3):
+        code, text = send(mx, "a@spf-pass.test", message("boss@dm-pct100.test", f"pct hundred {i}"))
+        assert code == 550 and text.startswith("5.7.1"), (code, text)
+    assert (len(mx.uids(BOB)), len(mx.uids(BOB, "Junk"))) == before
 
 
 @pytest.mark.parametrize("mail_from,frm,expected", [
@@ -755,3 +812,51 @@ def test_script_sees_results_and_accept_overrides_dmarc(tmp_path, zone, world):
     assert b"X-Script-Saw: spf=pass dkim=none dmarc=fail\r\n" in raw
     assert result(raw, "dmarc") == "fail"
     c.stop()
+
+
+def test_script_decides_on_arc_and_dkim_domains(tmp_path, zone, world):
+    """ctx.auth gives scripts the ARC result and sealer and the DKIM domains: this script trusts
+    fwd2.test's ARC chain (the server does not) and files mail signed by dk.test (dkimpy)."""
+    script = tmp_path / "auth.rhai"
+    script.write_text(
+        "fn on_data(ctx) {\n"
+        "    let a = ctx.auth;\n"
+        "    ctx.add_header(\"X-Script-Auth\", `${a.spf}/${a.spf_domain} ${a.dkim}/${a.dkim_domains} `\n"
+        "        + `${a.dmarc}/${a.dmarc_domain}/${a.dmarc_policy} ${a.arc}/${a.arc_sealer} ${a.action}`);\n"
+        "    if a.dmarc == \"fail\" && a.arc == \"pass\" && a.arc_sealer == \"fwd2.test\" { return accept(); }\n"
+        "}\n"
+        "fn on_delivery(ctx) {\n"
+        "    if \"dk.test\" in ctx.auth.dkim_domains { ctx.file_into(\"Signed\"); }\n"
+        "}\n"
+    )
+    c = make_receiver(tmp_path, zone, extra=f"[[hooks]]\nscript = {str(script)!r}\n".replace("'", '"'))
+    c.add_user(BOB, PW)
+    c.start()
+    try:
+        # An intact chain sealed by fwd2.test: DMARC p=reject fails, the script accepts.
+        original = message("boss@dm-reject.test", "via fwd2 list", body="Original body.\r\n")
+        fwd = arc_forward(world, original, "fwd2.test", "dmarc=pass header.from=dm-reject.test")
+        assert dkim.arc_verify(fwd, dnsfunc=zone.resolve_txt)[0] == dkim.CV_Pass
+        code, text = send(c, "list@fwd2.test", fwd, source="127.0.0.7")
+        assert code == 250, (code, text)
+        raw = latest(c)
+        assert b"via fwd2 list" in raw
+        assert (b"X-Script-Auth: pass/fwd2.test none/[] fail/dm-reject.test/reject pass/fwd2.test reject\r\n"
+                in raw), unfold(raw)
+        # The same chain broken: ARC fails, the script does not accept, DMARC rejects.
+        broken = fwd.replace(b"Original body.", b"Altered body.")
+        assert dkim.arc_verify(broken, dnsfunc=zone.resolve_txt)[0] == dkim.CV_Fail
+        code, text = send(c, "list@fwd2.test", broken, source="127.0.0.7")
+        assert code == 550, (code, text)
+        # Signed by dk.test (dkimpy, ed25519): filed into Signed; unsigned stays in INBOX.
+        signed = dkim_sign(message("sender@dk.test", "signed by dk"), "ed", "dk.test", world.ed_priv,
+                           b"ed25519-sha256")
+        assert send(c, "sender@dk.test", signed)[0] == 250
+        raw = latest(c, "Signed")
+        assert b"signed by dk" in raw
+        assert b"X-Script-Auth: none/dk.test pass/[\"dk.test\"] pass/dk.test/none none/ accept\r\n" in raw, unfold(raw)
+        assert send(c, "sender@dk.test", message("sender@dk.test", "not signed"))[0] == 250
+        assert b"not signed" in latest(c)
+        assert all(b"not signed" not in m for m in c.stored_messages(BOB, "Signed"))
+    finally:
+        c.stop()

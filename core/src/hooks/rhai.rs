@@ -57,6 +57,7 @@ pub const API_FUNCTIONS: &[&str] = &[
     "rcpts",
     "listener",
     "config",
+    "to_map",
     "subject",
     "size",
     "body",
@@ -73,6 +74,16 @@ pub const API_FUNCTIONS: &[&str] = &[
     "protocol",
     "remote",
     "mx",
+    "auth",
+    // ctx.auth properties (sender authentication)
+    "spf_domain",
+    "spf_helo",
+    "dkim_domains",
+    "dmarc_domain",
+    "dmarc_policy",
+    "arc",
+    "arc_sealer",
+    "action",
     // ctx methods
     "header",
     "headers",
@@ -259,11 +270,16 @@ impl ScriptEnv {
     }
 }
 
-/// The header fields of the message, scanned on first use within one call: (lower-case name,
-/// unfolded value with RFC 2047 encoded words decoded) in message order.
-fn scan_headers(raw: &[u8]) -> Vec<(String, String)> {
+/// The values of the header field `name` (case-insensitive) in message order, unfolded, with
+/// RFC 2047 encoded words decoded; only the first when `first_only`. A direct scan of the
+/// header block that copies nothing but the matching values: cheaper than parsing every field
+/// for the one or two a script asks for.
+fn header_values(raw: &[u8], name: &str, first_only: bool) -> Vec<String> {
     let head = &raw[..crate::message::header_end(raw)];
-    let mut fields: Vec<(String, Vec<u8>)> = Vec::new();
+    let want = name.trim().as_bytes();
+    let mut out = Vec::new();
+    // The value being collected (of a matching field), continuation lines included.
+    let mut current: Option<Vec<u8>> = None;
     for line in head.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
@@ -271,28 +287,36 @@ fn scan_headers(raw: &[u8]) -> Vec<(String, String)> {
         }
         if line[0] == b' ' || line[0] == b'\t' {
             // Folded continuation: unfolding removes the line break, keeps the white space.
-            if let Some((_, v)) = fields.last_mut() {
+            if let Some(v) = current.as_mut() {
                 v.extend_from_slice(line);
             }
             continue;
         }
-        if let Some(colon) = line.iter().position(|&b| b == b':') {
-            let name = String::from_utf8_lossy(line[..colon].trim_ascii()).to_ascii_lowercase();
-            fields.push((name, line[colon + 1..].to_vec()));
+        if let Some(v) = current.take() {
+            out.push(finish_value(&v));
+            if first_only {
+                return out;
+            }
+        }
+        if let Some(colon) = line.iter().position(|&b| b == b':')
+            && line[..colon].trim_ascii().eq_ignore_ascii_case(want)
+        {
+            current = Some(line[colon + 1..].to_vec());
         }
     }
-    fields
-        .into_iter()
-        .map(|(name, v)| {
-            let value = String::from_utf8_lossy(v.trim_ascii()).into_owned();
-            let value = if value.contains("=?") {
-                decode_words(&value).unwrap_or(value)
-            } else {
-                value
-            };
-            (name, value)
-        })
-        .collect()
+    if let Some(v) = current {
+        out.push(finish_value(&v));
+    }
+    out
+}
+
+fn finish_value(v: &[u8]) -> String {
+    let value = String::from_utf8_lossy(v.trim_ascii()).into_owned();
+    if value.contains("=?") {
+        decode_words(&value).unwrap_or(value)
+    } else {
+        value
+    }
 }
 
 /// A header value with RFC 2047 encoded words decoded (mail-parser's unstructured reading,
@@ -356,9 +380,8 @@ fn cut(mut s: String, max: usize) -> String {
 
 struct CtxInner {
     hook: HookCtx,
-    config: Dynamic,
+    config: ConfigView,
     max_text: usize,
-    headers: OnceLock<Vec<(String, String)>>,
     body: OnceLock<BodyFacts>,
     actions: Mutex<Actions>,
 }
@@ -369,12 +392,11 @@ struct CtxInner {
 pub struct ScriptCtx(Arc<CtxInner>);
 
 impl ScriptCtx {
-    fn new(hook: HookCtx, config: Dynamic, max_text: usize) -> Self {
+    fn new(hook: HookCtx, config: ConfigView, max_text: usize) -> Self {
         ScriptCtx(Arc::new(CtxInner {
             hook,
             config,
             max_text,
-            headers: OnceLock::new(),
             body: OnceLock::new(),
             actions: Mutex::new(Actions::default()),
         }))
@@ -384,19 +406,18 @@ impl ScriptCtx {
         &self.0.hook
     }
 
-    fn headers(&self) -> &[(String, String)] {
-        self.0.headers.get_or_init(|| match &self.0.hook.message {
-            Some(m) => scan_headers(m),
+    fn headers(&self, name: &str) -> Vec<String> {
+        match &self.0.hook.message {
+            Some(m) => header_values(m, name, false),
             None => Vec::new(),
-        })
+        }
     }
 
     fn header(&self, name: &str) -> String {
-        self.headers()
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
+        match &self.0.hook.message {
+            Some(m) => header_values(m, name, true).pop().unwrap_or_default(),
+            None => String::new(),
+        }
     }
 
     fn body(&self) -> &BodyFacts {
@@ -427,6 +448,41 @@ impl ScriptCtx {
     fn take_actions(&self) -> Actions {
         std::mem::take(&mut *self.actions())
     }
+}
+
+/// `ctx.config` (Rhai type `Config`): the entry's config map, read-only and shared.
+#[derive(Clone)]
+pub struct ConfigView(Arc<Map>);
+
+impl ConfigView {
+    fn of(config: &Dynamic) -> Self {
+        ConfigView(Arc::new(
+            config
+                .read_lock::<Map>()
+                .map(|m| m.clone())
+                .unwrap_or_default(),
+        ))
+    }
+}
+
+/// `ctx.auth` (Rhai type `Auth`): read-only view of the sender authentication facts.
+#[derive(Clone)]
+pub struct AuthView(ScriptCtx);
+
+fn describe_auth(a: &crate::sender_auth::AuthFacts) -> String {
+    format!(
+        "spf={} ({}) dkim={} ({}) dmarc={} ({}, policy {}) arc={} ({}) action={}",
+        a.spf,
+        a.spf_domain,
+        a.dkim,
+        a.dkim_domains.join(" "),
+        a.dmarc,
+        a.dmarc_domain,
+        a.dmarc_policy,
+        a.arc,
+        a.arc_sealer,
+        a.action
+    )
 }
 
 /// A verdict as a Rhai value (type `Verdict`), returned by `accept()`, `reject(…)`, ….
@@ -562,6 +618,34 @@ fn register_api(e: &mut Engine, env: Arc<ScriptEnv>) {
         c.hook().listener.to_string()
     });
     e.register_get("config", |c: &mut ScriptCtx| c.0.config.clone());
+    // `ctx.config` is a read-only view of the map (type `Config`), shared by every call
+    // instead of copied into each: `cfg.key` and `cfg[key]` read an entry (() when absent),
+    // `key in cfg`, and `to_map()` gives a copy to change.
+    e.register_type_with_name::<ConfigView>("Config");
+    e.register_indexer_get(|c: &mut ConfigView, key: &str| -> Dynamic {
+        c.0.get(key).cloned().unwrap_or(Dynamic::UNIT)
+    });
+    e.register_fn("contains", |c: &mut ConfigView, key: &str| {
+        c.0.contains_key(key)
+    });
+    e.register_fn("get", |c: &mut ConfigView, key: &str| -> Dynamic {
+        c.0.get(key).cloned().unwrap_or(Dynamic::UNIT)
+    });
+    e.register_fn("len", |c: &mut ConfigView| c.0.len() as i64);
+    e.register_fn("is_empty", |c: &mut ConfigView| c.0.is_empty());
+    e.register_fn("keys", |c: &mut ConfigView| -> Array {
+        c.0.keys().map(|k| k.as_str().into()).collect()
+    });
+    e.register_fn("values", |c: &mut ConfigView| -> Array {
+        c.0.values().cloned().collect()
+    });
+    e.register_fn("to_map", |c: &mut ConfigView| -> Map { (*c.0).clone() });
+    e.register_fn("to_string", |c: &mut ConfigView| {
+        Dynamic::from_map((*c.0).clone()).to_string()
+    });
+    e.register_fn("to_debug", |c: &mut ConfigView| {
+        format!("{:?}", Dynamic::from_map((*c.0).clone()))
+    });
     e.register_get("subject", |c: &mut ScriptCtx| c.header("subject"));
     e.register_get("size", |c: &mut ScriptCtx| {
         c.hook()
@@ -635,14 +719,46 @@ fn register_api(e: &mut Engine, env: Arc<ScriptEnv>) {
         c.hook().remote_mx.clone().unwrap_or_default()
     });
 
+    // Sender authentication results with their domains (`ctx.auth.*`): SPF from on_mail on,
+    // the rest in on_data and on_delivery; "" / [] when not checked.
+    e.register_type_with_name::<AuthView>("Auth");
+    e.register_get("auth", |c: &mut ScriptCtx| AuthView(c.clone()));
+    macro_rules! auth_str {
+        ($($name:ident),*) => {$(
+            e.register_get(stringify!($name), |a: &mut AuthView| a.0.hook().auth.$name.clone());
+        )*};
+    }
+    auth_str!(
+        spf,
+        spf_domain,
+        spf_helo,
+        dkim,
+        dmarc,
+        dmarc_domain,
+        dmarc_policy,
+        arc,
+        arc_sealer,
+        action
+    );
+    e.register_get("dkim_domains", |a: &mut AuthView| -> Array {
+        a.0.hook()
+            .auth
+            .dkim_domains
+            .iter()
+            .map(|d| d.clone().into())
+            .collect()
+    });
+    e.register_fn("to_string", |a: &mut AuthView| {
+        describe_auth(&a.0.hook().auth)
+    });
+    e.register_fn("to_debug", |a: &mut AuthView| {
+        describe_auth(&a.0.hook().auth)
+    });
+
     // Header lookups (case-insensitive names).
     e.register_fn("header", |c: &mut ScriptCtx, name: &str| c.header(name));
     e.register_fn("headers", |c: &mut ScriptCtx, name: &str| -> Array {
-        c.headers()
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone().into())
-            .collect()
+        c.headers(name).into_iter().map(Into::into).collect()
     });
 
     // Actions.
@@ -956,6 +1072,8 @@ pub struct RhaiHook {
     ast: AST,
     points: u8,
     config: Dynamic,
+    /// `config` as scripts see it in `ctx.config`.
+    view: ConfigView,
     on_error: OnError,
     limits: Limits,
 }
@@ -1035,6 +1153,7 @@ impl RhaiHook {
             ast,
             points,
             config: json_to_dynamic(&serde_json::Value::Object(opts.config)),
+            view: ConfigView(Arc::default()),
             on_error: opts.on_error,
             limits: opts.limits,
         };
@@ -1050,6 +1169,7 @@ impl RhaiHook {
                 ));
             }
         }
+        hook.view = ConfigView::of(&hook.config);
         Ok(hook)
     }
 
@@ -1120,17 +1240,13 @@ impl HookEngine for RhaiHook {
     }
 
     fn call(&self, ctx: &HookCtx, actions: &mut Actions) -> Result<Verdict, HookError> {
-        let sctx = ScriptCtx::new(
-            ctx.clone(),
-            self.config.clone(),
-            self.limits.max_string_size,
-        );
+        let sctx = ScriptCtx::new(ctx.clone(), self.view.clone(), self.limits.max_string_size);
         let func = ctx.point.function_name();
         let r = self.call_fn(func, (sctx.clone(),)).map_err(HookError)?;
         let verdict = if r.is_unit() {
             Verdict::Continue
-        } else if let Some(v) = r.clone().try_cast::<ScriptVerdict>() {
-            v.0
+        } else if r.is::<ScriptVerdict>() {
+            r.cast::<ScriptVerdict>().0
         } else {
             return Err(HookError(format!(
                 "{}: {func}: returned a {}; return accept(), reject(…), tempfail(…), discard(), quarantine(…), next() or nothing",
@@ -1340,8 +1456,10 @@ mod tests {
             fn on_delivery(ctx) { if ctx.remote && ctx.mx == "mx.y.example" { tempfail("later") } }
             "#,
         );
+        let config = json_to_dynamic(&serde_json::json!({"k": "v"}));
         let h = RhaiHook {
-            config: json_to_dynamic(&serde_json::json!({"k": "v"})),
+            view: ConfigView::of(&config),
+            config,
             ..h
         };
         let mut c = ctx(HookPoint::Data);
@@ -1378,16 +1496,99 @@ mod tests {
     }
 
     #[test]
-    fn headers_are_unfolded_and_decoded() {
-        let raw = b"Subject: =?utf-8?B?w6l0w6k=?= and\r\n\tmore\r\nX-A:  v \r\nbad line\r\n\r\nNot: a header\r\n";
-        assert_eq!(
-            scan_headers(raw),
-            vec![
-                ("subject".to_string(), "été and\tmore".to_string()),
-                ("x-a".into(), "v".into())
-            ]
+    fn sender_auth_facts() {
+        let h = load(
+            r#"
+            fn on_data(ctx) {
+                let a = ctx.auth;
+                ctx.add_header("X-A", [a.spf, a.spf_domain, a.spf_helo, a.dkim, `${a.dkim_domains}`,
+                    a.dmarc, a.dmarc_domain, a.dmarc_policy, a.arc, a.arc_sealer, a.action].reduce(|s, x| s + "|" + x, ""));
+                ctx.add_header("X-B", `${ctx.auth}`);
+                if ctx.auth.arc == "pass" && "sign.example" in ctx.auth.dkim_domains { return accept(); }
+            }
+            fn on_mail(ctx) { if ctx.auth.spf == "fail" && ctx.auth.dkim == "" { reject("spf") } }
+            "#,
         );
-        assert!(scan_headers(b"\r\nbody only").is_empty());
+        let mut c = ctx(HookPoint::Data);
+        c.auth = crate::sender_auth::AuthFacts {
+            spf: "pass".into(),
+            spf_domain: "x.example".into(),
+            spf_helo: "none".into(),
+            dkim: "pass".into(),
+            dkim_domains: vec!["x.example".into(), "sign.example".into()],
+            dmarc: "fail".into(),
+            dmarc_domain: "from.example".into(),
+            dmarc_policy: "reject".into(),
+            arc: "pass".into(),
+            arc_sealer: "list.example".into(),
+            action: "reject".into(),
+        };
+        let (r, a) = call(&h, &c);
+        assert_eq!(r.unwrap(), Verdict::Accept);
+        assert_eq!(
+            a.add_headers[0].1,
+            "|pass|x.example|none|pass|[\"x.example\", \"sign.example\"]|fail|from.example|reject|pass|list.example|reject"
+        );
+        assert_eq!(
+            a.add_headers[1].1,
+            "spf=pass (x.example) dkim=pass (x.example sign.example) dmarc=fail (from.example, policy reject) arc=pass (list.example) action=reject"
+        );
+        c.auth.arc = "fail".into();
+        assert_eq!(call(&h, &c).0.unwrap(), Verdict::Continue);
+        // Not checked: empty values.
+        let (r, a) = call(&h, &ctx(HookPoint::Data));
+        assert_eq!(r.unwrap(), Verdict::Continue);
+        assert_eq!(a.add_headers[0].1, "|||||[]||||||");
+        let mut c = ctx(HookPoint::Mail);
+        c.auth.spf = "fail".into();
+        assert!(matches!(call(&h, &c).0.unwrap(), Verdict::Reject { .. }));
+    }
+
+    #[test]
+    fn config_is_a_shared_read_only_view() {
+        let h = RhaiHook::from_source(
+            "t.rhai",
+            r#"
+            fn on_rcpt(ctx) {
+                let c = ctx.config;
+                let m = c.to_map();
+                m.extra = 1;
+                reject(`${c.delay} ${c["list"]} ${"delay" in c} ${"nope" in c} ${c.nope == ()} ${c.len()} ${c.keys()} ${m.extra} ${c.get("delay")} ${ctx.config.list.len()}`)
+            }
+            fn on_mail(ctx) { let c = ctx.config; c.delay = "changed"; }
+            fn on_helo(ctx) { ctx.config.list.push(3); }
+            "#,
+            LoadOptions {
+                config: serde_json::json!({"delay": "5m", "list": [1, 2]})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap();
+        let text = || match call(&h, &ctx(HookPoint::Rcpt)).0.unwrap() {
+            Verdict::Reject { text, .. } => text,
+            v => panic!("{v:?}"),
+        };
+        let want = "5m [1, 2] true false true 2 [\"delay\", \"list\"] 1 5m 2";
+        assert_eq!(text(), want);
+        // Changing it fails the call and changes nothing for the next one.
+        assert!(call(&h, &ctx(HookPoint::Mail)).0.is_err());
+        let _ = call(&h, &ctx(HookPoint::Helo)).0;
+        assert_eq!(text(), want);
+    }
+
+    #[test]
+    fn headers_are_unfolded_and_decoded() {
+        let raw = b"Subject: =?utf-8?B?w6l0w6k=?= and\r\n\tmore\r\nX-A:  v \r\nbad line\r\n x-a : second\r\nX-A: third\r\n\r\nX-A: body\r\n";
+        assert_eq!(header_values(raw, "subject", true), vec!["été and\tmore"]);
+        assert_eq!(header_values(raw, "x-a", false), vec!["v", "third"]);
+        assert_eq!(header_values(raw, "X-A", true), vec!["v"]);
+        assert!(header_values(raw, "missing", false).is_empty());
+        assert!(header_values(b"\r\nX-A: body only", "x-a", false).is_empty());
+        // Unterminated header block: the last field still counts.
+        assert_eq!(header_values(b"X-A: 1\r\n\t2", "x-a", true), vec!["1\t2"]);
     }
 
     #[test]
@@ -1727,7 +1928,9 @@ mod example_scripts {
         let defs = std::fs::read_to_string(script("corvus.d.rhai")).unwrap();
         for name in API_FUNCTIONS {
             assert!(
-                guide.contains(&format!("`{name}")) || guide.contains(&format!("`ctx.{name}")),
+                guide.contains(&format!("`{name}"))
+                    || guide.contains(&format!("`ctx.{name}"))
+                    || guide.contains(&format!("`ctx.auth.{name}")),
                 "README.md lacks {name}"
             );
             assert!(

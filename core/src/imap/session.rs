@@ -665,7 +665,15 @@ impl Session {
         ctx.credentials_valid = valid.is_some();
         let outcome = self.shared.hooks.run(&ctx);
         let account = match outcome.verdict {
-            Verdict::Accept => valid.or_else(|| Some(user.to_lowercase())),
+            Verdict::Accept => {
+                accounts::hook_accepted(
+                    &self.shared.store,
+                    &self.shared.config.domains,
+                    &user,
+                    valid,
+                )
+                .await
+            }
             Verdict::Continue => valid,
             _ => None,
         };

@@ -601,7 +601,17 @@ impl Session {
         ctx.credentials = Some((user.clone(), pass, mech.to_string()));
         ctx.credentials_valid = valid.is_some();
         let account = match self.shared.hooks.run(&ctx).verdict {
-            Verdict::Accept => valid.unwrap_or_else(|| crate::store::normalize_address(&user)),
+            Verdict::Accept => match crate::accounts::hook_accepted(
+                &self.shared.store,
+                &self.shared.config.domains,
+                &user,
+                valid,
+            )
+            .await
+            {
+                Some(a) => a,
+                None => return self.auth_failed(&user),
+            },
             Verdict::Continue => match valid {
                 Some(a) => a,
                 None => return self.auth_failed(&user),

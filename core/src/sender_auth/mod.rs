@@ -7,8 +7,10 @@
 //! The checks run through mail-auth on the server's hickory resolver, with parsed records
 //! cached within their TTL ([`cache`]) and every check bounded in time
 //! (`sender_auth.timeout`). mail-auth itself bounds SPF to 10 DNS-querying mechanisms (and 10
-//! MX names per `mx`), and ARC chains to 50 sets; Corvus bounds DKIM signatures per message
-//! (`sender_auth.max_dkim_signatures`).
+//! MX names per `mx`), and ARC chains to 50 sets; Corvus adds SPF's limit of two void lookups
+//! (RFC 7208 §4.6.4, [`cache::void_lookups`]) and bounds DKIM signatures per message
+//! (`sender_auth.max_dkim_signatures`). DMARC `pct=` (RFC 7489 §6.6.4), which mail-auth's
+//! DMARCbis parser drops, is applied here too ([`sample_policy`]).
 //!
 //! Policy (what the session does with the results) is in [`Checked::action`]: DMARC
 //! `p=reject` → 550 5.7.1, `p=quarantine` → Junk, per `[sender_auth]` and its per-domain
@@ -38,6 +40,9 @@ use mail_auth::{
 use crate::config::{Config, DmarcMode};
 use cache::Caches;
 use headers::{comment_text, pvalue};
+
+/// Most DNS lookups in one SPF evaluation that may return no answer (RFC 7208 §4.6.4).
+pub const MAX_VOID_LOOKUPS: usize = 2;
 
 /// Results for hooks and scripts: each result as its RFC 8601 keyword ("pass", "fail",
 /// "softfail", "neutral", "none", "temperror", "permerror", "policy"), "" when not checked.
@@ -117,6 +122,8 @@ pub struct SenderAuth {
     config: crate::config::SenderAuth,
     hostname: &'static str,
     reports: Option<report::Reports>,
+    /// Uniform in 0..100 for DMARC `pct=` sampling; replaceable for tests.
+    pct_roll: Box<dyn Fn() -> u8 + Send + Sync>,
 }
 
 /// Everything about the envelope the message checks need.
@@ -193,6 +200,33 @@ fn policy_word(p: Policy) -> &'static str {
     }
 }
 
+/// The `pct=` tag of a DMARC record (RFC 7489 §6.3): 100 when absent or not an integer in
+/// 0..=100 (an invalid tag is ignored, §6.3).
+pub fn pct_tag(record: &str) -> u8 {
+    record
+        .split(';')
+        .filter_map(|tag| tag.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("pct"))
+        .and_then(|(_, v)| v.trim().parse::<u8>().ok())
+        .filter(|p| *p <= 100)
+        .unwrap_or(100)
+}
+
+/// RFC 7489 §6.6.4 sampling: the policy applies to `pct` percent of failing messages (those
+/// with `roll` < `pct`, `roll` uniform in 0..100); the others get the next less strict
+/// policy (reject → quarantine, quarantine → none). Returns the policy to apply and whether
+/// the message was sampled out.
+pub fn sample_policy(policy: Policy, pct: u8, roll: u8) -> (Policy, bool) {
+    if pct >= 100 || roll < pct {
+        return (policy, false);
+    }
+    match policy {
+        Policy::Reject => (Policy::Quarantine, true),
+        Policy::Quarantine => (Policy::None, true),
+        other => (other, false),
+    }
+}
+
 fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
 }
@@ -231,7 +265,54 @@ impl SenderAuth {
             config: c.clone(),
             // One string per server for mail-auth's borrowed authserv-id.
             hostname: Box::leak(config.hostname.clone().into_boxed_str()),
+            pct_roll: Box::new(|| rand::random_range(0..100u8)),
         }
+    }
+
+    /// Use `roll` (uniform in 0..100) instead of the random source for DMARC `pct=`
+    /// sampling, so tests can decide which side of the sample a message falls on.
+    pub fn with_pct_roll(mut self, roll: impl Fn() -> u8 + Send + Sync + 'static) -> Self {
+        self.pct_roll = Box::new(roll);
+        self
+    }
+
+    /// The `pct=` of the DMARC record mail-auth applied (`applied`, found at `from_domain` or
+    /// one of its parents): mail-auth 0.13 parses DMARCbis records and drops the tag, so the
+    /// TXT records are read again (from the resolver's cache) and the one that parses to the
+    /// applied record is taken. 100 when absent, invalid or not found in time.
+    async fn published_pct(&self, from_domain: &str, applied: &mail_auth::dmarc::Dmarc) -> u8 {
+        use mail_auth::common::parse::TxtRecordParser;
+        let walk = async {
+            let mut domain = from_domain.trim_end_matches('.').to_ascii_lowercase();
+            // The same bound as the DMARCbis tree walk (RFC 9989 §4.10.1: at most 8 queries).
+            for _ in 0..8 {
+                if domain.is_empty() {
+                    break;
+                }
+                let name = format!("_dmarc.{domain}.");
+                if let Ok(lookup) = self.auth.resolver().txt_lookup(name.as_str()).await {
+                    for record in lookup.answers() {
+                        let hickory_resolver::proto::rr::RData::TXT(txt) = &record.data else {
+                            continue;
+                        };
+                        let text: Vec<u8> = txt
+                            .txt_data
+                            .iter()
+                            .flat_map(|c| c.iter().copied())
+                            .collect();
+                        if mail_auth::dmarc::Dmarc::parse(&text).is_ok_and(|d| d == *applied) {
+                            return pct_tag(&String::from_utf8_lossy(&text));
+                        }
+                    }
+                }
+                domain = domain
+                    .split_once('.')
+                    .map(|(_, p)| p.to_string())
+                    .unwrap_or_default();
+            }
+            100
+        };
+        bounded(self.config.timeout, walk, || 100).await
     }
 
     /// Whether checks run at all.
@@ -292,36 +373,17 @@ impl SenderAuth {
 
     /// SPF for the HELO name and the MAIL FROM address of a client at `ip`.
     pub async fn check_spf(&self, ip: IpAddr, helo: &str, mail_from: &str) -> SpfCheck {
-        let limit = self.config.timeout;
         // Both identities at once: the client waits for the slower one only.
-        let helo_check = bounded(
-            limit,
-            self.auth
-                .verify_spf(self.caches.params(SpfParameters::verify_ehlo(
-                    ip,
-                    helo,
-                    self.hostname,
-                ))),
-            || SpfOutput::new(helo.to_string()).with_result(SpfResult::TempError),
-        );
+        let helo_check =
+            self.spf_identity(SpfParameters::verify_ehlo(ip, helo, self.hostname), helo);
         let mail_from_check = async {
             if mail_from.is_empty() {
                 return None;
             }
             Some(
-                bounded(
-                    limit,
-                    self.auth
-                        .verify_spf(self.caches.params(SpfParameters::verify_mail_from(
-                            ip,
-                            helo,
-                            self.hostname,
-                            mail_from,
-                        ))),
-                    || {
-                        SpfOutput::new(domain_of(mail_from).to_string())
-                            .with_result(SpfResult::TempError)
-                    },
+                self.spf_identity(
+                    SpfParameters::verify_mail_from(ip, helo, self.hostname, mail_from),
+                    domain_of(mail_from),
                 )
                 .await,
             )
@@ -333,6 +395,62 @@ impl SenderAuth {
             helo_name: helo.to_string(),
             sender: mail_from.to_string(),
         }
+    }
+
+    /// One SPF evaluation (`domain`: the identity's domain, for a timeout's result), with
+    /// RFC 7208 §4.6.4's void lookup limit on top of mail-auth (which does not enforce it):
+    /// more than [`MAX_VOID_LOOKUPS`] terms whose DNS answer was empty or NXDOMAIN make the
+    /// result `permerror`. The lookups are seen through recording wrappers around the shared
+    /// caches (see [`cache::void_lookups`]).
+    async fn spf_identity(&self, params: SpfParameters<'_>, domain: &str) -> SpfOutput {
+        let log = std::sync::Mutex::new(Vec::new());
+        let caches = self.caches.recording(&log);
+        let out = bounded(
+            self.config.timeout,
+            self.auth.verify_spf(caches.params(params)),
+            || SpfOutput::new(domain.to_string()).with_result(SpfResult::TempError),
+        )
+        .await;
+        if matches!(
+            out.result(),
+            SpfResult::TempError | SpfResult::PermError | SpfResult::None
+        ) {
+            return out;
+        }
+        let log = log.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut voids = 0;
+        for v in cache::void_lookups(&log) {
+            voids += match v {
+                cache::Void::Certain(_) => 1,
+                cache::Void::Exists(name) => {
+                    // mail-auth resolved it without storing; the resolver has the answer cached.
+                    let r = tokio::time::timeout(
+                        self.config.timeout,
+                        self.auth.resolver().lookup_ip(name.as_str()),
+                    )
+                    .await;
+                    match r {
+                        Ok(Ok(found)) if found.iter().next().is_some() => 0,
+                        Ok(Ok(_)) => 1,
+                        Ok(Err(e)) if e.is_no_records_found() => 1,
+                        _ => 0,
+                    }
+                }
+            };
+        }
+        if voids > MAX_VOID_LOOKUPS {
+            tracing::info!(
+                domain = out.domain(),
+                voids,
+                "SPF permerror: too many void DNS lookups"
+            );
+            return SpfOutput::new(out.domain().to_string())
+                .with_result(SpfResult::PermError)
+                .with_explanation(format!(
+                    "{voids} void DNS lookups, more than {MAX_VOID_LOOKUPS} (RFC 7208 section 4.6.4)"
+                ));
+        }
+        out
     }
 
     /// The refusal text when MAIL FROM must be refused for an SPF hard fail.
@@ -503,13 +621,25 @@ impl SenderAuth {
                 .iter()
                 .any(|t| t.trim_end_matches('.').eq_ignore_ascii_case(&arc_sealer));
 
+        // pct= sampling (RFC 7489 §6.6.4), only where it can change something.
+        let mut pct = 100;
+        let mut sampled_out = false;
+        let mut applied = policy;
+        if dmarc_word == "fail"
+            && matches!(policy, Policy::Reject | Policy::Quarantine)
+            && let Some(record) = dmarc.dmarc_record()
+        {
+            pct = self.published_pct(&from_domain, record).await;
+            (applied, sampled_out) = sample_policy(policy, pct, (self.pct_roll)());
+        }
+
         // Policy.
         let mode = self.dmarc_mode(&from_domain);
         let mut overridden = None;
         let mut action = if dmarc_word != "fail" {
             Action::Accept
         } else {
-            match (policy, mode) {
+            match (applied, mode) {
                 (_, DmarcMode::Monitor) | (Policy::None | Policy::Unspecified, _) => Action::Accept,
                 (Policy::Reject, DmarcMode::Enforce) => Action::Reject(format!(
                     "Message rejected: the DMARC policy of {from_domain} rejects mail that fails authentication"
@@ -552,6 +682,8 @@ impl SenderAuth {
                     spf: if spf_aligned { "pass" } else { "fail" }.into(),
                     reason: if overridden.is_some() {
                         Some("trusted_forwarder".into())
+                    } else if sampled_out {
+                        Some("sampled_out".into())
                     } else if dmarc_word == "fail"
                         && policy != Policy::None
                         && action == Action::Accept
@@ -636,6 +768,12 @@ impl SenderAuth {
                 Action::Accept => "none",
             };
             let _ = write!(header, " (p={} dis={dis}", policy_word(policy));
+            if pct < 100 {
+                let _ = write!(header, " pct={pct}");
+            }
+            if sampled_out {
+                header.push_str(" sampled-out");
+            }
             if let Some(o) = &overridden {
                 let _ = write!(header, " override={}", comment_text(o));
             }
@@ -675,7 +813,8 @@ impl SenderAuth {
         };
         tracing::info!(
             spf = %facts.spf, dkim = %facts.dkim, dmarc = %facts.dmarc, arc = %facts.arc,
-            from_domain = %facts.dmarc_domain, action = %facts.action,
+            from_domain = %facts.dmarc_domain, action = %facts.action, dmarc_pct = pct,
+            dmarc_sampled_out = sampled_out,
             "sender authentication"
         );
 
@@ -735,7 +874,13 @@ impl SenderAuth {
                 SpfResult::TempError => {
                     format!("{host}: temporary DNS error checking SPF of {who}")
                 }
-                SpfResult::PermError => format!("{host}: SPF record of {who} is invalid"),
+                SpfResult::PermError => match out.explanation() {
+                    Some(why) => format!(
+                        "{host}: SPF record of {who} is invalid: {}",
+                        comment_text(why)
+                    ),
+                    None => format!("{host}: SPF record of {who} is invalid"),
+                },
             }
         };
         if let Some(mf) = &spf.mail_from {

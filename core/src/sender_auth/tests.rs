@@ -106,6 +106,18 @@ impl TestDns {
             .push(RData::A(A(ip.parse().unwrap())));
     }
 
+    fn mx(&self, name: &str, exchange: &str) {
+        self.zone
+            .lock()
+            .unwrap()
+            .entry(Self::key(name))
+            .or_default()
+            .push(RData::MX(hickory_resolver::proto::rr::rdata::MX::new(
+                10,
+                Name::from_ascii(exchange).unwrap(),
+            )));
+    }
+
     fn queries(&self) -> usize {
         *self.queries.lock().unwrap()
     }
@@ -304,6 +316,134 @@ async fn quarantine_and_per_domain_overrides() {
         "{}",
         c.header
     );
+}
+
+#[test]
+fn pct_sampling_rule() {
+    use mail_auth::dmarc::Policy::{None as PNone, Quarantine, Reject};
+    assert_eq!(pct_tag("v=DMARC1; p=reject; pct=25"), 25);
+    assert_eq!(pct_tag("v=DMARC1; PCT = 0 ;p=reject"), 0);
+    assert_eq!(pct_tag("v=DMARC1; p=reject"), 100);
+    assert_eq!(pct_tag("v=DMARC1; p=reject; pct=101"), 100);
+    assert_eq!(pct_tag("v=DMARC1; p=reject; pct=x"), 100);
+    // pct=100 (or absent): always the policy.
+    for roll in 0..100 {
+        assert_eq!(sample_policy(Reject, 100, roll), (Reject, false));
+    }
+    // pct=0: never the policy; one step less strict.
+    for roll in 0..100 {
+        assert_eq!(sample_policy(Reject, 0, roll), (Quarantine, true));
+        assert_eq!(sample_policy(Quarantine, 0, roll), (PNone, true));
+    }
+    // pct=30: rolls 0..30 get the policy, 30 of the 100 possible rolls.
+    let applied = (0..100)
+        .filter(|r| sample_policy(Reject, 30, *r) == (Reject, false))
+        .count();
+    assert_eq!(applied, 30);
+    assert_eq!(sample_policy(Reject, 30, 29), (Reject, false));
+    assert_eq!(sample_policy(Reject, 30, 30), (Quarantine, true));
+    assert_eq!(sample_policy(PNone, 0, 50), (PNone, false));
+}
+
+#[tokio::test]
+async fn pct_sampling_with_an_injected_roll() {
+    let f = Fixture::new();
+    f.domain(
+        "half.test",
+        "ed25519",
+        "198.51.100.1",
+        "v=DMARC1; p=reject; pct=50",
+    );
+    // Subdomain mail under an organizational record: the record that applied is found.
+    f.domain(
+        "org.test",
+        "ed25519",
+        "198.51.100.1",
+        "v=DMARC1; p=none; sp=quarantine; pct=10",
+    );
+    f.dns.a("sub.org.test", "198.51.100.1");
+    let unsigned =
+        |from: &str| format!("From: <{from}>\r\nSubject: x\r\n\r\nbody\r\n").into_bytes();
+    let roll = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let r = roll.clone();
+    let auth = f
+        .checker()
+        .with_pct_roll(move || r.load(std::sync::atomic::Ordering::SeqCst));
+    let set = |v: u8| roll.store(v, std::sync::atomic::Ordering::SeqCst);
+
+    set(49);
+    let c = check(&auth, &unsigned("a@half.test"), "a@half.test").await;
+    assert!(matches!(c.action, Action::Reject(_)), "{:?}", c.action);
+    assert!(
+        c.header.contains("dmarc=fail (p=reject dis=reject pct=50)"),
+        "{}",
+        c.header
+    );
+    set(50);
+    let c = check(&auth, &unsigned("a@half.test"), "a@half.test").await;
+    assert!(matches!(c.action, Action::Quarantine(_)), "{:?}", c.action);
+    assert!(
+        c.header
+            .contains("dmarc=fail (p=reject dis=quarantine pct=50 sampled-out)"),
+        "{}",
+        c.header
+    );
+    assert_eq!(c.facts.action, "quarantine");
+    assert_eq!(c.facts.dmarc_policy, "reject");
+
+    set(9);
+    let c = check(&auth, &unsigned("a@sub.org.test"), "a@sub.org.test").await;
+    assert!(matches!(c.action, Action::Quarantine(_)), "{:?}", c.action);
+    set(10);
+    let c = check(&auth, &unsigned("a@sub.org.test"), "a@sub.org.test").await;
+    assert_eq!(c.action, Action::Accept);
+    assert!(
+        c.header
+            .contains("dmarc=fail (p=quarantine dis=none pct=10 sampled-out)"),
+        "{}",
+        c.header
+    );
+    // Passing mail is not sampled at all.
+    let c = check(&auth, &f.signed("a@half.test", "ok"), "a@half.test").await;
+    assert_eq!(c.action, Action::Accept);
+    assert!(!c.header.contains("pct="), "{}", c.header);
+}
+
+#[tokio::test]
+async fn spf_void_lookup_limit() {
+    let f = Fixture::new();
+    f.dns.txt(
+        "v3.test",
+        &format!("v=spf1 a:nx1.v.test mx:nx2.v.test exists:nx3.v.test ip4:{SENDER_IP} -all"),
+    );
+    f.dns.txt(
+        "v2.test",
+        &format!("v=spf1 a:nx1.v.test exists:nx3.v.test exists:yes.test ip4:{SENDER_IP} -all"),
+    );
+    f.dns.a("yes.test", "203.0.113.1");
+    // An MX whose host has no address is not a void lookup of its own.
+    f.dns.txt(
+        "mx.test",
+        &format!("v=spf1 mx:mx.test a:nx1.v.test a:nx2.v.test ip4:{SENDER_IP} -all"),
+    );
+    f.dns.mx("mx.test", "nohost.mx.test.");
+    let auth = f.checker();
+    // Twice each: with cold and with warm caches.
+    for _ in 0..2 {
+        let spf = auth.check_spf(ip(), "helo.test", "a@v3.test").await;
+        assert_eq!(spf.effective().result(), SpfResult::PermError);
+        assert!(
+            spf.effective()
+                .explanation()
+                .is_some_and(|e| e.starts_with("3 void DNS lookups")),
+            "{:?}",
+            spf.effective()
+        );
+        let spf = auth.check_spf(ip(), "helo.test", "a@v2.test").await;
+        assert_eq!(spf.effective().result(), SpfResult::Pass);
+        let spf = auth.check_spf(ip(), "helo.test", "a@mx.test").await;
+        assert_eq!(spf.effective().result(), SpfResult::Pass);
+    }
 }
 
 #[tokio::test]

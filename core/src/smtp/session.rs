@@ -1010,7 +1010,15 @@ impl Session {
         ctx.credentials_valid = valid.is_some();
         let outcome = self.shared.hooks.run_async(&ctx).await;
         let accepted = match outcome.verdict {
-            Verdict::Accept => Some(valid.unwrap_or_else(|| user.to_lowercase())),
+            Verdict::Accept => {
+                accounts::hook_accepted(
+                    &self.shared.store,
+                    &self.shared.config.domains,
+                    &user,
+                    valid,
+                )
+                .await
+            }
             Verdict::Continue => valid,
             _ => None,
         };
