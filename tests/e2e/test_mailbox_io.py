@@ -52,8 +52,12 @@ def dump(server: Server, user: str) -> dict[str, list[tuple[frozenset, int, byte
         assert mm, line
         names.append((mm.group(3) or mm.group(4)).decode())
     for name in names:
-        typ, _ = m.select('"%s"' % name, readonly=True)
+        typ, count = m.select('"%s"' % name, readonly=True)
         assert typ == "OK", name
+        if int(count[0]) == 0:
+            # "1:*" in an empty mailbox is a BAD (RFC 9051 seq-number; Dovecot does the same).
+            out[name] = []
+            continue
         typ, data = m.fetch("1:*", "(FLAGS INTERNALDATE BODY.PEEK[])")
         msgs = []
         for item in data:
