@@ -944,6 +944,62 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_deliveries_flag_changes_and_copies_keep_uids_and_modseqs() {
+        let d = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(SledStore::open(d.path()).unwrap());
+        s.create_account("a@x.org", "x").unwrap();
+        let p = Placement {
+            user: "a@x.org".into(),
+            mailbox: "INBOX".into(),
+            flags: vec![],
+        };
+        s.deliver(b"first", 1, std::slice::from_ref(&p)).unwrap();
+        let inbox = s.mailbox("a@x.org", "INBOX").unwrap().unwrap();
+        let mut threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (s, p) = (s.clone(), p.clone());
+                std::thread::spawn(move || {
+                    let mut last = 0;
+                    for i in 0..50 {
+                        let body = format!("t{t} m{i}");
+                        let uid = s.deliver(body.as_bytes(), 1, std::slice::from_ref(&p)).unwrap()[0];
+                        assert!(uid > last, "UIDs ascend per deliverer");
+                        last = uid;
+                    }
+                })
+            })
+            .collect();
+        // Flag changes (transactions bumping MODSEQ on the same record) and copies (another
+        // UID allocator) run at the same time.
+        threads.push({
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    s.set_flags("a@x.org", inbox.id, &[(1, vec![format!("k{i}")])])
+                        .unwrap();
+                    s.copy("a@x.org", inbox.id, &[1], "INBOX").unwrap();
+                }
+            })
+        });
+        for t in threads {
+            t.join().unwrap();
+        }
+        let msgs = s.messages(inbox.id).unwrap();
+        let uids: Vec<u32> = msgs.iter().map(|m| m.uid).collect();
+        assert_eq!(uids, (1..=251).collect::<Vec<u32>>());
+        let mb = s.mailbox("a@x.org", "INBOX").unwrap().unwrap();
+        assert_eq!(mb.uidnext, 252);
+        let mut modseqs: Vec<u64> = msgs.iter().map(|m| m.modseq).collect();
+        assert!(modseqs.iter().all(|&m| m <= mb.highest_modseq));
+        modseqs.sort();
+        modseqs.dedup();
+        assert_eq!(modseqs.len(), msgs.len(), "every MODSEQ is distinct");
+        // The cache and the tree agree.
+        let cached = s.messages(inbox.id).unwrap();
+        assert_eq!(cached.len(), msgs.len());
+    }
+
+    #[test]
     fn second_open_is_locked_not_hung() {
         let d = tempfile::tempdir().unwrap();
         let _a = SledStore::open(d.path()).unwrap();
