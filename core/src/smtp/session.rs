@@ -1258,8 +1258,10 @@ impl Session {
             decisions: decisions.clone(),
             warned: false,
         });
-        // sled's writes only touch memory (its log buffers; the I/O happens in its own
-        // threads and in the group committer below), so they run inline: a spawn_blocking
+        // The store calls run inline: a delivery uses no sled transaction and its writes only
+        // touch memory (sled's log buffers; the I/O happens in sled's threads and in the
+        // group committer below). The one possible wait is sled's shared lock while another
+        // thread commits a transaction (IMAP flag changes), which is short. A spawn_blocking
         // hand-off per message cost more CPU than the writes themselves.
         let stored = (|| -> Result<(), crate::store::StoreError> {
             store.deliver(&msg, now, &placements)?;
