@@ -1261,8 +1261,9 @@ impl Session {
         // The store calls run inline: a delivery uses no sled transaction and its writes only
         // touch memory (sled's log buffers; the I/O happens in sled's threads and in the
         // group committer below). The one possible wait is sled's shared lock while another
-        // thread commits a transaction (IMAP flag changes), which is short. A spawn_blocking
-        // hand-off per message cost more CPU than the writes themselves.
+        // thread's transaction (IMAP flag changes, COPY) is queued for it: that transaction
+        // waits for any flush in progress, so the worst case is one disk flush. A
+        // spawn_blocking hand-off per message cost more CPU than the writes themselves.
         let stored = (|| -> Result<(), crate::store::StoreError> {
             store.deliver(&msg, now, &placements)?;
             for (p, m) in &own_copies {
