@@ -61,7 +61,7 @@ fn expand(
     if depth > 8 {
         return Ok(());
     }
-    if store.account(address)?.is_some() {
+    if store.account_exists(address)? {
         if !out.iter().any(|a| a == address) {
             out.push(address.to_string());
         }

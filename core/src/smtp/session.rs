@@ -1198,7 +1198,7 @@ impl Session {
                 Route::UnknownLocal => continue,
             };
             for target in targets {
-                let is_account = self.shared.store.account(&target).ok().flatten().is_some();
+                let is_account = self.shared.store.account_exists(&target).unwrap_or(false);
                 if !is_account {
                     remote.push(QueueRcpt {
                         address: target,
@@ -1275,29 +1275,25 @@ impl Session {
             decisions: decisions.clone(),
             warned: false,
         });
-        let m2 = msg.clone();
-        let stored =
-            tokio::task::spawn_blocking(move || -> Result<(), crate::store::StoreError> {
-                store.deliver(&m2, now, &placements)?;
-                for (p, m) in &own_copies {
-                    store.deliver(m, now, std::slice::from_ref(p))?;
-                }
-                if let Some(e) = entry {
-                    store.enqueue(e, &queued)?;
-                }
-                Ok(())
-            })
-            .await;
-        match stored {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "storing message failed");
-                return Reply::local_error();
+        // The store calls run inline: a delivery uses no sled transaction and its writes only
+        // touch memory (sled's log buffers; the I/O happens in sled's threads and in the
+        // group committer below). The one possible wait is sled's shared lock while another
+        // thread's transaction (IMAP flag changes, COPY) is queued for it: that transaction
+        // waits for any flush in progress, so the worst case is one disk flush. A
+        // spawn_blocking hand-off per message cost more CPU than the writes themselves.
+        let stored = (|| -> Result<(), crate::store::StoreError> {
+            store.deliver(&msg, now, &placements)?;
+            for (p, m) in &own_copies {
+                store.deliver(m, now, std::slice::from_ref(p))?;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "storing task failed");
-                return Reply::local_error();
+            if let Some(e) = entry {
+                store.enqueue(e, &queued)?;
             }
+            Ok(())
+        })();
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "storing message failed");
+            return Reply::local_error();
         }
         // Architecture invariant: 250 after DATA only once the message is on disk.
         if let Err(e) = self.shared.store.commit().await {

@@ -288,6 +288,10 @@ pub trait MailStore: Send + Sync + 'static {
     fn delete_account(&self, address: &str) -> Result<()>;
     /// Look an account up.
     fn account(&self, address: &str) -> Result<Option<Account>>;
+    /// Whether an account exists (cheaper than [`MailStore::account`]: nothing decoded).
+    fn account_exists(&self, address: &str) -> Result<bool> {
+        Ok(self.account(address)?.is_some())
+    }
     /// All accounts.
     fn accounts(&self) -> Result<Vec<Account>>;
     /// Replace an account's password hash.
