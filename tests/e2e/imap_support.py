@@ -43,10 +43,7 @@ def server_env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("CORVUS_")}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import free_port  # noqa: E402  (one port registry for the whole run)
 
 
 def port_open(port: int) -> bool:

@@ -27,11 +27,7 @@ PASSWORD = "pop secret"
 DOMAIN = "example.org"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import free_port  # noqa: E402  (one port registry for the whole run)
 
 
 def port_open(port: int) -> bool:
