@@ -17,9 +17,24 @@ SESSIONS=${2:-8}
 ROUNDS=${3:-3}
 command -v smtp-source >/dev/null || { echo "smtp-source not found (apt-get install postfix)" >&2; exit 1; }
 WORK=$(mktemp -d /tmp/corvus-plugin-bench.XXXXXX)
-trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kill $PID $DNS_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mkdir -p "$WORK/cache"
+# A DNS responder that answers NXDOMAIN at once: without one, each session's reverse lookup
+# (FCrDNS) waits for its timeout before the DATA reply, and the bench measures that timeout.
+DNS_PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+python3 - "$DNS_PORT" <<'PY' &
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+while True:
+    q, addr = s.recvfrom(512)
+    if len(q) < 12:
+        continue
+    # Same id and question; QR, RD, RA, RCODE 3 (NXDOMAIN); no answers.
+    s.sendto(q[:2] + bytes([0x81 | (q[2] & 0x01), 0x83]) + q[4:6] + b"\0\0\0\0\0\0" + q[12:], addr)
+PY
+DNS_PID=$!
 
 run() { # $1 = label, $2 = hooks toml
     rm -rf "$WORK/data"
@@ -33,8 +48,8 @@ domains = ["example.test"]
 [listen]
 smtp = "127.0.0.1:$PORT"
 [dns]
-nameservers = ["127.0.0.1:9"]
-# No DNS here (port 9 discards): SPF/DMARC lookups would only wait for their timeout.
+nameservers = ["127.0.0.1:$DNS_PORT"]
+# Sender authentication off: the bench measures plugin overhead, not SPF/DMARC.
 [sender_auth]
 enabled = false
 [log]

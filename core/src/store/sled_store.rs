@@ -462,7 +462,8 @@ impl MailStore for SledStore {
                     internal_date,
                     modseq: mb.highest_modseq,
                 };
-                self.messages.insert(msg_key(mb.id, meta.uid), meta.encode())?;
+                self.messages
+                    .insert(msg_key(mb.id, meta.uid), meta.encode())?;
                 self.meta_cache.inserted(mb.id, std::slice::from_ref(&meta));
                 done.push((user, mb.id, meta));
             }
@@ -972,7 +973,9 @@ mod tests {
                     let mut last = 0;
                     for i in 0..50 {
                         let body = format!("t{t} m{i}");
-                        let uid = s.deliver(body.as_bytes(), 1, std::slice::from_ref(&p)).unwrap()[0];
+                        let uid = s
+                            .deliver(body.as_bytes(), 1, std::slice::from_ref(&p))
+                            .unwrap()[0];
                         assert!(uid > last, "UIDs ascend per deliverer");
                         last = uid;
                     }
