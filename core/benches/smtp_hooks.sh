@@ -13,8 +13,12 @@ SESSIONS=${2:-8}
 ROUNDS=${3:-3}
 command -v smtp-source >/dev/null || { echo "smtp-source not found (apt-get install postfix)" >&2; exit 1; }
 WORK=$(mktemp -d /tmp/corvus-smtp-bench.XXXXXX)
-trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kill $PID $DNS_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# Answer DNS at once (NXDOMAIN): otherwise every DATA waits for the FCrDNS lookup's timeout.
+DNS_PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+python3 core/benches/nxdomain_dns.py "$DNS_PORT" &
+DNS_PID=$!
 
 run() { # $1 = label, $2 = hooks toml
     rm -rf "$WORK/data"
@@ -25,7 +29,10 @@ domains = ["example.test"]
 [listen]
 smtp = "127.0.0.1:$PORT"
 [dns]
-nameservers = ["127.0.0.1:9"]
+nameservers = ["127.0.0.1:$DNS_PORT"]
+# The bench measures scripts, not SPF/DMARC.
+[sender_auth]
+enabled = false
 [log]
 level = "warn"
 $2

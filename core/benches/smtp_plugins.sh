@@ -23,17 +23,7 @@ mkdir -p "$WORK/cache"
 # A DNS responder that answers NXDOMAIN at once: without one, each session's reverse lookup
 # (FCrDNS) waits for its timeout before the DATA reply, and the bench measures that timeout.
 DNS_PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 - "$DNS_PORT" <<'PY' &
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.1", int(sys.argv[1])))
-while True:
-    q, addr = s.recvfrom(512)
-    if len(q) < 12:
-        continue
-    # Same id and question; QR, RD, RA, RCODE 3 (NXDOMAIN); no answers.
-    s.sendto(q[:2] + bytes([0x81 | (q[2] & 0x01), 0x83]) + q[4:6] + b"\0\0\0\0\0\0" + q[12:], addr)
-PY
+python3 core/benches/nxdomain_dns.py "$DNS_PORT" &
 DNS_PID=$!
 
 run() { # $1 = label, $2 = hooks toml
