@@ -1035,10 +1035,21 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        assert!(matches!(
-            SledStore::open(d.path()),
-            Err(StoreError::TooNew { found: 99, .. })
-        ));
+        // sled's background threads may hold the file lock for a moment after the drop.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let r = loop {
+            match SledStore::open(d.path()) {
+                Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                r => break r,
+            }
+        };
+        assert!(
+            matches!(r, Err(StoreError::TooNew { found: 99, .. })),
+            "{:?}",
+            r.err()
+        );
     }
 
     #[test]
