@@ -1023,22 +1023,61 @@ impl Session {
             .mailbox(&user, &name)
             .map_err(store_err)?
             .ok_or_else(|| no("[NONEXISTENT] No such mailbox"))?;
-        let msgs = self.shared.store.messages(mb.id).map_err(store_err)?;
+        // One pass over the mailbox's metadata, straight from the store's cache where it is
+        // there (no copy of a 100,000-message list): the view, keywords, first unseen, and
+        // what QRESYNC must report.
+        let mut view = View::default();
         let mut keywords: Vec<String> = Vec::new();
-        for m in &msgs {
-            for f in &m.flags {
-                if !f.starts_with('\\') && !keywords.contains(f) {
-                    keywords.push(f.clone());
+        let mut first_unseen = None;
+        let mut resync: Vec<String> = Vec::new();
+        self.shared
+            .store
+            .with_messages(mb.id, &mut |msgs| {
+                view = View::new(msgs);
+                for m in msgs {
+                    for f in &m.flags {
+                        if !f.starts_with('\\') && !keywords.contains(f) {
+                            keywords.push(f.clone());
+                        }
+                    }
                 }
-            }
-        }
+                first_unseen = msgs.iter().position(|m| !has_flag(m, "\\Seen"));
+                if let Some((uv, modseq, known)) = &qresync
+                    && *uv == mb.uidvalidity
+                {
+                    // UIDs the client may know that are gone (RFC 7162 §3.2.5.1 allows a
+                    // superset).
+                    let present: HashSet<u32> = msgs.iter().map(|m| m.uid).collect();
+                    let vanished: Vec<u32> = match known {
+                        Some(set) => (1..mb.uidnext)
+                            .filter(|u| set.contains(*u, mb.uidnext, &[]) && !present.contains(u))
+                            .collect(),
+                        None => (1..mb.uidnext).filter(|u| !present.contains(u)).collect(),
+                    };
+                    if !vanished.is_empty() {
+                        resync.push(format!("VANISHED (EARLIER) {}", compress(&vanished)));
+                    }
+                    for (i, m) in msgs.iter().enumerate() {
+                        if m.modseq > *modseq {
+                            resync.push(format!(
+                                "{} FETCH (UID {} FLAGS ({}) MODSEQ ({}))",
+                                i + 1,
+                                m.uid,
+                                m.flags.join(" "),
+                                m.modseq
+                            ));
+                        }
+                    }
+                }
+            })
+            .map_err(store_err)?;
         keywords.sort();
         let kw = if keywords.is_empty() {
             String::new()
         } else {
             format!(" {}", keywords.join(" "))
         };
-        self.untagged(&format!("{} EXISTS", msgs.len()));
+        self.untagged(&format!("{} EXISTS", view.len()));
         if !self.rev2 {
             self.untagged("0 RECENT");
         }
@@ -1047,43 +1086,20 @@ impl Session {
             "OK [PERMANENTFLAGS ({SYSTEM_FLAGS}{kw} \\*)] Flags permitted"
         ));
         if !self.rev2
-            && let Some(i) = msgs.iter().position(|m| !has_flag(m, "\\Seen"))
+            && let Some(i) = first_unseen
         {
             self.untagged(&format!("OK [UNSEEN {}] First unseen", i + 1));
         }
         self.untagged(&format!("OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity));
         self.untagged(&format!("OK [UIDNEXT {}] Predicted next UID", mb.uidnext));
         self.untagged(&format!("OK [HIGHESTMODSEQ {}] Highest", mb.highest_modseq));
-        if let Some((uv, modseq, known)) = qresync
-            && uv == mb.uidvalidity
-        {
-            // UIDs the client may know that are gone (RFC 7162 §3.2.5.1 allows a superset).
-            let present: HashSet<u32> = msgs.iter().map(|m| m.uid).collect();
-            let vanished: Vec<u32> = match &known {
-                Some(set) => (1..mb.uidnext)
-                    .filter(|u| set.contains(*u, mb.uidnext, &[]) && !present.contains(u))
-                    .collect(),
-                None => (1..mb.uidnext).filter(|u| !present.contains(u)).collect(),
-            };
-            if !vanished.is_empty() {
-                self.untagged(&format!("VANISHED (EARLIER) {}", compress(&vanished)));
-            }
-            for (i, m) in msgs.iter().enumerate() {
-                if m.modseq > modseq {
-                    self.untagged(&format!(
-                        "{} FETCH (UID {} FLAGS ({}) MODSEQ ({}))",
-                        i + 1,
-                        m.uid,
-                        m.flags.join(" "),
-                        m.modseq
-                    ));
-                }
-            }
+        for line in &resync {
+            self.untagged(line);
         }
         self.selected = Some(Selected {
             mailbox: mb,
             read_only,
-            msgs: View::new(&msgs),
+            msgs: view,
         });
         Ok(format!(
             "[{}] {} completed",

@@ -61,6 +61,17 @@ impl MetaCache {
         }
     }
 
+    /// Run `f` on the cached metadata of `mailbox` without copying it (under the cache's
+    /// lock: keep `f` short); `None` when the mailbox is not cached.
+    pub fn with_cached<R>(&self, mailbox: u64, f: impl FnOnce(&[MessageMeta]) -> R) -> Option<R> {
+        let mut g = self.inner.lock().expect("meta cache");
+        g.tick += 1;
+        let tick = g.tick;
+        let entry = g.boxes.get_mut(&mailbox)?;
+        entry.1 = tick;
+        Some(f(&entry.0))
+    }
+
     /// One message of a cached mailbox: `None` when the mailbox is not cached (ask sled),
     /// `Some(None)` when it is and has no such UID.
     pub fn get(&self, mailbox: u64, uid: u32) -> Option<Option<MessageMeta>> {

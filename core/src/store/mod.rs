@@ -324,6 +324,12 @@ pub trait MailStore: Send + Sync + 'static {
     fn deliver(&self, message: &[u8], internal_date: i64, to: &[Placement]) -> Result<Vec<u32>>;
     /// Message metadata of a mailbox in UID order.
     fn messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>>;
+    /// Call `f` once with the message metadata of a mailbox in UID order, without copying it
+    /// where the backend can (SELECT of a big mailbox builds its view from this).
+    fn with_messages(&self, mailbox_id: u64, f: &mut dyn FnMut(&[MessageMeta])) -> Result<()> {
+        f(&self.messages(mailbox_id)?);
+        Ok(())
+    }
     /// One message's metadata, `None` when the mailbox has no message with that UID.
     fn message(&self, mailbox_id: u64, uid: u32) -> Result<Option<MessageMeta>>;
     /// The bytes of a message.

@@ -506,6 +506,13 @@ impl MailStore for SledStore {
         Ok(v)
     }
 
+    fn with_messages(&self, mailbox_id: u64, f: &mut dyn FnMut(&[MessageMeta])) -> Result<()> {
+        if self.meta_cache.with_cached(mailbox_id, |m| f(m)).is_none() {
+            f(&self.messages(mailbox_id)?);
+        }
+        Ok(())
+    }
+
     fn message(&self, mailbox_id: u64, uid: u32) -> Result<Option<MessageMeta>> {
         if let Some(hit) = self.meta_cache.get(mailbox_id, uid) {
             return Ok(hit);
