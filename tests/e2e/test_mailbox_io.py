@@ -303,3 +303,39 @@ def test_progress_and_errors(server):
     (server.tmp / "junk.txt").write_text("hello\n")
     r = server.cli("mailbox", "import", user, "--format", "mbox", str(server.tmp / "junk.txt"), check=False)
     assert r.returncode != 0 and "not an mbox" in r.stderr
+
+
+def test_maildir_folder_names_are_modified_utf7_like_dovecot(server):
+    """Dovecot's Maildir++ layout spells folder names in modified UTF-7 on disk: export writes
+    `.Entw&APw-rfe`, import of such a directory gives the folder `Entwürfe` (which a rev1
+    IMAP client sees in modified UTF-7 again; a literal name would come back as `&-`)."""
+    user = server.add_user("alice")
+    m = imap(server, user)
+    assert m.create('"Entw&APw-rfe/Priv&AOk-"')[0] == "OK"  # Entwürfe/Privé
+    assert m.create('"R&-D"')[0] == "OK"  # R&D
+    assert m.append('"Entw&APw-rfe/Priv&AOk-"', "(\\Seen)", imap_date(1_500_000_000), message("umlaut"))[0] == "OK"
+    m.logout()
+    dest = server.tmp / "export-utf7"
+    server.cli("mailbox", "export", user, "--format", "maildir", str(dest))
+    names = {p.name for p in dest.iterdir() if p.name.startswith(".")}
+    assert {".Entw&APw-rfe", ".Entw&APw-rfe.Priv&AOk-", ".R&-D"} <= names, names
+    box = mailbox.Maildir(str(dest), factory=None, create=False).get_folder("Entw&APw-rfe.Priv&AOk-")
+    assert len(box) == 1
+
+    # A Maildir written by another tool, Dovecot-style names plus one that is not mUTF-7.
+    src = mailbox.Maildir(str(server.tmp / "py-utf7"), create=True)
+    for folder in ["Envoy&AOk-s", "Caf&AOk-.Men&APw-", "A&B"]:
+        msg = mailbox.MaildirMessage(lf(message(folder)))
+        src.add_folder(folder).add(msg)
+    bob = server.add_user("bob")
+    r = server.cli("mailbox", "import", bob, "--format", "maildir", str(server.tmp / "py-utf7"))
+    assert "imported 3 messages" in r.stdout, r.stdout
+    m = imap(server, bob)
+    typ, listing = m.list()
+    assert typ == "OK"
+    listed = {re.search(rb'"([^"]*)"$|(\S+)$', l).group(0).strip(b'"').decode() for l in listing}
+    # Envoyés, Café/Menü, and "A&B" taken literally (so `&-` on the wire).
+    assert {"Envoy&AOk-s", "Caf&AOk-/Men&APw-", "A&-B"} <= listed, listed
+    typ, count = m.select('"Caf&AOk-/Men&APw-"', readonly=True)
+    assert typ == "OK" and count == [b"1"]
+    m.logout()

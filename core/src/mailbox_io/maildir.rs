@@ -1,7 +1,9 @@
 //! Maildir++ export and import.
 //!
 //! Layout: INBOX in `DIR/{cur,new,tmp}`, folder `A/B` in `DIR/.A.B/` (with a `maildirfolder`
-//! marker). A message is one file named `TIME.CvalidityUuid.HOST,S=size,W=crlfsize:2,FLAGS`
+//! marker). Folder names on disk are in modified UTF-7, as Dovecot's Maildir++ layout writes
+//! them (`Entwürfe` is `.Entw&APw-rfe`); on import a name that is not valid modified UTF-7
+//! (a tool that wrote UTF-8, or a bare `&`) is taken as it is. A message is one file named `TIME.CvalidityUuid.HOST,S=size,W=crlfsize:2,FLAGS`
 //! whose modification time, like `TIME`, is the internal date. Flags are the info letters
 //! D F P R S T; other keywords get the letters a–z listed in `dovecot-keywords`, and
 //! `dovecot-uidlist` records the UIDs so that order survives an import (Dovecot reads both).
@@ -18,6 +20,7 @@ use super::{
     MAILDIR_FLAGS, MailboxIoError, Progress, Sink, Summary, decode_folder, encode_folder, io_err,
     is_system_flag, natural_cmp, to_crlf, to_lf,
 };
+use crate::imap::mutf7;
 use crate::store::{Mailbox, MessageMeta, Store};
 
 /// Dovecot's keyword file: line `N name` gives keyword `name` the letter `a + N`.
@@ -30,8 +33,14 @@ pub fn folder_dir(root: &Path, folder: &str) -> PathBuf {
     if folder == "INBOX" {
         root.to_path_buf()
     } else {
-        root.join(format!(".{}", encode_folder(folder)))
+        root.join(format!(".{}", encode_folder(&mutf7::encode(folder))))
     }
+}
+
+/// The folder name of the directory `.{component}` (inverse of [`folder_dir`]).
+pub fn folder_name(component: &str) -> String {
+    let name = decode_folder(component);
+    mutf7::decode(&name).unwrap_or(name)
 }
 
 /// The info part (`:2,` letters) for `flags`, using `keywords` (letter index → keyword) for
@@ -221,7 +230,7 @@ pub(crate) fn import(
             && path.is_dir()
             && is_maildir(&path)
         {
-            subs.push((path, Some(decode_folder(folder))));
+            subs.push((path, Some(folder_name(folder))));
         }
     }
     subs.sort_by(|a, b| a.1.cmp(&b.1));
@@ -393,5 +402,17 @@ mod tests {
         let r = Path::new("/m");
         assert_eq!(folder_dir(r, "INBOX"), Path::new("/m"));
         assert_eq!(folder_dir(r, "Archive/2024"), Path::new("/m/.Archive.2024"));
+        // Dovecot's spelling: modified UTF-7, `&` as `&-`.
+        assert_eq!(
+            folder_dir(r, "Entwürfe/Privé"),
+            Path::new("/m/.Entw&APw-rfe.Priv&AOk-")
+        );
+        assert_eq!(folder_dir(r, "R&D"), Path::new("/m/.R&-D"));
+        assert_eq!(folder_name("Entw&APw-rfe.Priv&AOk-"), "Entwürfe/Privé");
+        assert_eq!(folder_name("R&-D"), "R&D");
+        assert_eq!(folder_name("v1%2E2"), "v1.2");
+        // Not modified UTF-7: taken as written.
+        assert_eq!(folder_name("R&D"), "R&D");
+        assert_eq!(folder_name("Entwürfe"), "Entwürfe");
     }
 }
