@@ -79,5 +79,28 @@ def test_big_mailbox_fetch_search_store_and_sync(imap_server, user):
     assert a.ok("SEARCH UID 20:21") == [b"* SEARCH 10 11"]
     lines = a.ok("FETCH 10 (RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
     assert b"Number 20" in lines[0] and sizes[20] in lines[0], lines
-    a.close()
-    b.close()
+
+    # Sessions that SELECT the unchanged mailbox share one snapshot of it (the store keeps
+    # it until the next write): a change made through one is reported to the others, does
+    # not leak into their views before that, and the next SELECT sees it.
+    c = imap_server.raw(user)
+    d = imap_server.raw(user)
+    for s in (c, d):
+        sel = s.ok("SELECT INBOX")
+        assert b"* %d EXISTS" % (N - 10) in sel and b"* OK [UNSEEN 1] First unseen" in sel, sel
+        assert not any(b"$Urgent" in l for l in sel), sel
+    c.ok("STORE 1:5 +FLAGS.SILENT (\\Seen $Urgent)")
+    assert b"$Urgent" in c.ok("FETCH 5 (FLAGS)")[0]
+    d_lines = [l for l in d.ok("NOOP") if b"FETCH" in l]
+    assert len(d_lines) == 5 and all(b"$Urgent" in l and b"\\Seen" in l for l in d_lines), d_lines
+    assert all(b"$Urgent" in l for l in d.ok("FETCH 1:5 (FLAGS)"))
+    assert not any(b"$Urgent" in l for l in d.ok("FETCH 6:10 (FLAGS)"))
+    e = imap_server.raw(user)
+    sel = e.ok("SELECT INBOX")
+    assert b"* OK [UNSEEN 6] First unseen" in sel, sel
+    assert any(l.startswith(b"* FLAGS (") and b"$Urgent" in l for l in sel), sel
+    d.ok("STORE 1 -FLAGS.SILENT (\\Seen)")
+    assert any(b"* 1 FETCH" in l and b"\\Seen" not in l for l in c.ok("NOOP"))
+    assert b"* OK [UNSEEN 1] First unseen" in imap_server.raw(user).ok("EXAMINE INBOX")
+    for s in (a, b, c, d, e):
+        s.close()

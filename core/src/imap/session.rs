@@ -22,7 +22,7 @@ use super::mutf7;
 use super::response::{date_time, flag_list, literal, mailbox_name, string};
 use super::search::{self, Candidate};
 use super::types::*;
-use super::view::View;
+use super::view::{Snapshot, View};
 use crate::accounts;
 use crate::hooks::{HookCtx, HookPoint, Verdict};
 use crate::net::Stream;
@@ -1023,55 +1023,76 @@ impl Session {
             .mailbox(&user, &name)
             .map_err(store_err)?
             .ok_or_else(|| no("[NONEXISTENT] No such mailbox"))?;
-        // One pass over the mailbox's metadata, straight from the store's cache where it is
-        // there (no copy of a 100,000-message list): the view, keywords, first unseen, and
-        // what QRESYNC must report.
-        let mut view = View::default();
-        let mut keywords: Vec<String> = Vec::new();
-        let mut first_unseen = None;
+        // The view, keywords and first unseen: a snapshot the store keeps with its cache of
+        // big mailboxes while the mailbox is unchanged (no pass over 100,000 records when
+        // it is there). QRESYNC also needs what changed since the client's MODSEQ, so it
+        // builds both from one read of the metadata, where they cannot disagree.
         let mut resync: Vec<String> = Vec::new();
-        self.shared
-            .store
-            .with_messages(mb.id, &mut |msgs| {
-                view = View::new(msgs);
-                for m in msgs {
-                    for f in &m.flags {
-                        if !f.starts_with('\\') && !keywords.contains(f) {
-                            keywords.push(f.clone());
-                        }
+        let snap: Snapshot = match &qresync {
+            None => {
+                let d = self
+                    .shared
+                    .store
+                    .derived(mb.id, &|msgs| Arc::new(Snapshot::build(msgs)))
+                    .map_err(store_err)?;
+                match d.downcast::<Snapshot>() {
+                    Ok(s) => (*s).clone(),
+                    Err(_) => {
+                        let mut built = None;
+                        self.shared
+                            .store
+                            .with_messages(mb.id, &mut |msgs| {
+                                built = Some(Snapshot::build(msgs));
+                            })
+                            .map_err(store_err)?;
+                        built.unwrap_or_else(|| Snapshot::build(&[]))
                     }
                 }
-                first_unseen = msgs.iter().position(|m| !has_flag(m, "\\Seen"));
-                if let Some((uv, modseq, known)) = &qresync
-                    && *uv == mb.uidvalidity
-                {
-                    // UIDs the client may know that are gone (RFC 7162 §3.2.5.1 allows a
-                    // superset).
-                    let present: HashSet<u32> = msgs.iter().map(|m| m.uid).collect();
-                    let vanished: Vec<u32> = match known {
-                        Some(set) => (1..mb.uidnext)
-                            .filter(|u| set.contains(*u, mb.uidnext, &[]) && !present.contains(u))
-                            .collect(),
-                        None => (1..mb.uidnext).filter(|u| !present.contains(u)).collect(),
-                    };
-                    if !vanished.is_empty() {
-                        resync.push(format!("VANISHED (EARLIER) {}", compress(&vanished)));
-                    }
-                    for (i, m) in msgs.iter().enumerate() {
-                        if m.modseq > *modseq {
-                            resync.push(format!(
-                                "{} FETCH (UID {} FLAGS ({}) MODSEQ ({}))",
-                                i + 1,
-                                m.uid,
-                                m.flags.join(" "),
-                                m.modseq
-                            ));
+            }
+            Some((uv, modseq, known)) => {
+                let mut built = None;
+                self.shared
+                    .store
+                    .with_messages(mb.id, &mut |msgs| {
+                        built = Some(Snapshot::build(msgs));
+                        if *uv != mb.uidvalidity {
+                            return;
                         }
-                    }
-                }
-            })
-            .map_err(store_err)?;
-        keywords.sort();
+                        // UIDs the client may know that are gone (RFC 7162 §3.2.5.1 allows a
+                        // superset).
+                        let present: HashSet<u32> = msgs.iter().map(|m| m.uid).collect();
+                        let vanished: Vec<u32> = match known {
+                            Some(set) => (1..mb.uidnext)
+                                .filter(|u| {
+                                    set.contains(*u, mb.uidnext, &[]) && !present.contains(u)
+                                })
+                                .collect(),
+                            None => (1..mb.uidnext).filter(|u| !present.contains(u)).collect(),
+                        };
+                        if !vanished.is_empty() {
+                            resync.push(format!("VANISHED (EARLIER) {}", compress(&vanished)));
+                        }
+                        for (i, m) in msgs.iter().enumerate() {
+                            if m.modseq > *modseq {
+                                resync.push(format!(
+                                    "{} FETCH (UID {} FLAGS ({}) MODSEQ ({}))",
+                                    i + 1,
+                                    m.uid,
+                                    m.flags.join(" "),
+                                    m.modseq
+                                ));
+                            }
+                        }
+                    })
+                    .map_err(store_err)?;
+                built.unwrap_or_else(|| Snapshot::build(&[]))
+            }
+        };
+        let Snapshot {
+            view,
+            keywords,
+            first_unseen,
+        } = snap;
         let kw = if keywords.is_empty() {
             String::new()
         } else {

@@ -12,11 +12,15 @@
 //! writer that finished during the scan might not be in it). Writer changes are applied so
 //! that their order does not matter: inserts and removals by UID, flag changes only when
 //! their MODSEQ is newer than the cached one.
+//!
+//! A cached mailbox can also hold one value derived from its list (IMAP's SELECT view,
+//! [`MetaCache::derived`]); every write drops it. It is not counted in [`MAX_TOTAL`]: it
+//! is a fraction of the list's size (16 bytes per message for the view).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::MessageMeta;
+use super::{Derived, MessageMeta};
 
 /// Mailboxes smaller than this are read from sled each time (cheap enough).
 pub const MIN_CACHED: usize = 256;
@@ -31,10 +35,17 @@ pub enum Lookup {
     Miss(u64),
 }
 
+/// A cached mailbox: its list, when it was last used, and the derived value.
+struct Entry {
+    msgs: Vec<MessageMeta>,
+    used: u64,
+    derived: Option<Derived>,
+}
+
 #[derive(Default)]
 struct Inner {
     gens: HashMap<u64, u64>,
-    boxes: HashMap<u64, (Vec<MessageMeta>, u64)>,
+    boxes: HashMap<u64, Entry>,
     total: usize,
     tick: u64,
 }
@@ -53,9 +64,9 @@ impl MetaCache {
         let tick = g.tick;
         let gen_now = g.gens.get(&mailbox).copied().unwrap_or(0);
         match g.boxes.get_mut(&mailbox) {
-            Some((msgs, used)) => {
-                *used = tick;
-                Lookup::Hit(msgs.clone())
+            Some(e) => {
+                e.used = tick;
+                Lookup::Hit(e.msgs.clone())
             }
             None => Lookup::Miss(gen_now),
         }
@@ -68,15 +79,35 @@ impl MetaCache {
         g.tick += 1;
         let tick = g.tick;
         let entry = g.boxes.get_mut(&mailbox)?;
-        entry.1 = tick;
-        Some(f(&entry.0))
+        entry.used = tick;
+        Some(f(&entry.msgs))
+    }
+
+    /// The value derived from the cached list of `mailbox` by `build` (built now if there is
+    /// none since the last write); `None` when the mailbox is not cached.
+    pub fn derived(
+        &self,
+        mailbox: u64,
+        build: &dyn Fn(&[MessageMeta]) -> Derived,
+    ) -> Option<Derived> {
+        let mut g = self.inner.lock().expect("meta cache");
+        g.tick += 1;
+        let tick = g.tick;
+        let entry = g.boxes.get_mut(&mailbox)?;
+        entry.used = tick;
+        Some(
+            entry
+                .derived
+                .get_or_insert_with(|| build(&entry.msgs))
+                .clone(),
+        )
     }
 
     /// One message of a cached mailbox: `None` when the mailbox is not cached (ask sled),
     /// `Some(None)` when it is and has no such UID.
     pub fn get(&self, mailbox: u64, uid: u32) -> Option<Option<MessageMeta>> {
         let g = self.inner.lock().expect("meta cache");
-        let (msgs, _) = g.boxes.get(&mailbox)?;
+        let msgs = &g.boxes.get(&mailbox)?.msgs;
         Some(
             msgs.binary_search_by_key(&uid, |m| m.uid)
                 .ok()
@@ -96,28 +127,36 @@ impl MetaCache {
             return;
         }
         while g.total + msgs.len() > MAX_TOTAL {
-            let Some((&victim, _)) = g.boxes.iter().min_by_key(|(_, (_, used))| *used) else {
+            let Some((&victim, _)) = g.boxes.iter().min_by_key(|(_, e)| e.used) else {
                 break;
             };
-            if let Some((v, _)) = g.boxes.remove(&victim) {
-                g.total -= v.len();
+            if let Some(e) = g.boxes.remove(&victim) {
+                g.total -= e.msgs.len();
             }
         }
         g.tick += 1;
         let tick = g.tick;
         g.total += msgs.len();
-        g.boxes.insert(mailbox, (msgs.to_vec(), tick));
+        g.boxes.insert(
+            mailbox,
+            Entry {
+                msgs: msgs.to_vec(),
+                used: tick,
+                derived: None,
+            },
+        );
     }
 
     fn write(&self, mailbox: u64, f: impl FnOnce(&mut Vec<MessageMeta>)) {
         let mut g = self.inner.lock().expect("meta cache");
         *g.gens.entry(mailbox).or_insert(0) += 1;
-        let Some((msgs, _)) = g.boxes.get_mut(&mailbox) else {
+        let Some(e) = g.boxes.get_mut(&mailbox) else {
             return;
         };
-        let before = msgs.len();
-        f(msgs);
-        let after = msgs.len();
+        e.derived = None;
+        let before = e.msgs.len();
+        f(&mut e.msgs);
+        let after = e.msgs.len();
         g.total = g.total + after - before;
     }
 
@@ -160,8 +199,8 @@ impl MetaCache {
     pub fn dropped(&self, mailbox: u64) {
         let mut g = self.inner.lock().expect("meta cache");
         *g.gens.entry(mailbox).or_insert(0) += 1;
-        if let Some((v, _)) = g.boxes.remove(&mailbox) {
-            g.total -= v.len();
+        if let Some(e) = g.boxes.remove(&mailbox) {
+            g.total -= e.msgs.len();
         }
     }
 }
@@ -242,5 +281,34 @@ mod tests {
         assert!(v.windows(2).all(|w| w[0].uid < w[1].uid));
         c.dropped(7);
         assert!(matches!(c.lookup(7), Lookup::Miss(_)));
+    }
+
+    #[test]
+    fn derived_values_live_until_the_next_write() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let c = MetaCache::default();
+        let builds = AtomicUsize::new(0);
+        let build = |m: &[MessageMeta]| -> Derived {
+            builds.fetch_add(1, Ordering::SeqCst);
+            Arc::new(m.len())
+        };
+        assert!(
+            c.derived(3, &build).is_none(),
+            "not cached: the caller builds"
+        );
+        let Lookup::Miss(g) = c.lookup(3) else {
+            panic!()
+        };
+        c.fill(3, g, &many(300));
+        let len = |d: Derived| *d.downcast::<usize>().unwrap();
+        assert_eq!(len(c.derived(3, &build).unwrap()), 300);
+        assert_eq!(len(c.derived(3, &build).unwrap()), 300);
+        assert_eq!(builds.load(Ordering::SeqCst), 1, "built once");
+        c.inserted(3, &[meta(301, 2)]);
+        assert_eq!(len(c.derived(3, &build).unwrap()), 301);
+        c.flags_changed(3, &[(1, vec!["\\Seen".into()], 3)]);
+        c.derived(3, &build).unwrap();
+        assert_eq!(builds.load(Ordering::SeqCst), 3, "every write drops it");
     }
 }

@@ -275,6 +275,9 @@ pub enum MailboxEvent {
     Expunged,
 }
 
+/// A value computed from a mailbox's metadata; see [`MailStore::derived`].
+pub type Derived = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
 /// The storage interface the protocols use.
 pub trait MailStore: Send + Sync + 'static {
     /// A future that resolves once every write made before this call is on disk.
@@ -329,6 +332,16 @@ pub trait MailStore: Send + Sync + 'static {
     fn with_messages(&self, mailbox_id: u64, f: &mut dyn FnMut(&[MessageMeta])) -> Result<()> {
         f(&self.messages(mailbox_id)?);
         Ok(())
+    }
+    /// `build(metadata of the mailbox)`, kept with the store's cache of big mailboxes until
+    /// the next write to the mailbox, so that repeated calls cost nothing (IMAP SELECT's
+    /// view). One value per mailbox: a caller downcasts it and rebuilds on a mismatch.
+    fn derived(
+        &self,
+        mailbox_id: u64,
+        build: &dyn Fn(&[MessageMeta]) -> Derived,
+    ) -> Result<Derived> {
+        Ok(build(&self.messages(mailbox_id)?))
     }
     /// One message's metadata, `None` when the mailbox has no message with that UID.
     fn message(&self, mailbox_id: u64, uid: u32) -> Result<Option<MessageMeta>>;

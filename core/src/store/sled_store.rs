@@ -513,6 +513,17 @@ impl MailStore for SledStore {
         Ok(())
     }
 
+    fn derived(
+        &self,
+        mailbox_id: u64,
+        build: &dyn Fn(&[MessageMeta]) -> Derived,
+    ) -> Result<Derived> {
+        if let Some(d) = self.meta_cache.derived(mailbox_id, build) {
+            return Ok(d);
+        }
+        Ok(build(&self.messages(mailbox_id)?))
+    }
+
     fn message(&self, mailbox_id: u64, uid: u32) -> Result<Option<MessageMeta>> {
         if let Some(hit) = self.meta_cache.get(mailbox_id, uid) {
             return Ok(hit);
