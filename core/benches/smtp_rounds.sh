@@ -38,7 +38,7 @@ TOML
     PID=$!
     for _ in $(seq 300); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
     "$BIN" -c "$WORK/corvus.toml" user add alice@example.test --password x >/dev/null
-    local t0 t1 ticks0 ticks
+    local t0 t1 ticks0 ticks switches
     # Server CPU (utime + stime, all threads): robust to other load on the machine.
     ticks0=$(awk '{print $14 + $15}' "/proc/$PID/stat")
     t0=$(date +%s.%N)
@@ -46,6 +46,8 @@ TOML
         -f sender@remote.example -t alice@example.test "127.0.0.1:$PORT" >/dev/null
     t1=$(date +%s.%N)
     ticks=$(awk '{print $14 + $15}' "/proc/$PID/stat")
+    # Context switches of all the server's threads (live ones; a thread that exited is lost).
+    switches=$(cat /proc/$PID/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n + 0}')
     kill "$PID"; wait "$PID" || true
-    python3 -c "import os; d=$t1-$t0; cpu=($ticks-$ticks0)/os.sysconf('SC_CLK_TCK'); print(f'$1: {$MESSAGES} messages in {d:.2f} s = {$MESSAGES/d:.0f} msg/s, server CPU {cpu*1e6/$MESSAGES:.0f} µs/msg')"
+    python3 -c "import os; d=$t1-$t0; cpu=($ticks-$ticks0)/os.sysconf('SC_CLK_TCK'); print(f'$1: {$MESSAGES} messages in {d:.2f} s = {$MESSAGES/d:.0f} msg/s, server CPU {cpu*1e6/$MESSAGES:.0f} µs/msg, {$switches/$MESSAGES:.1f} context switches/msg')"
 }

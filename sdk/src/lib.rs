@@ -76,9 +76,10 @@ pub const ALL_HOOKS: [Hook; 8] = [
     Hook::Fetch,
 ];
 
-/// A plugin. One value is built per instance by [`Plugin::init`]; the server makes one
-/// instance per session (SMTP connection), so `&mut self` state lasts for that session only.
-/// State shared between sessions belongs in [`kv`].
+/// A plugin. [`Plugin::init`] builds a new value at the start of every session (SMTP
+/// connection) an instance serves, so `&mut self` state lasts for that session only (the
+/// server reuses instances between sessions; statics of your own would survive). State
+/// shared between sessions belongs in [`kv`].
 pub trait Plugin: Sized + 'static {
     /// Name in logs.
     const NAME: &'static str;

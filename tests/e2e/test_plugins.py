@@ -619,3 +619,25 @@ def test_plugin_headers_cannot_inject_fields_or_lines(corvus):
         assert fields.count(name) == 1, (name, fields)
     assert header(raw, "X-Crlf") == "x  Bcc: evil@example.net    fake body"
     assert srv.logs().count("is not a header field name") == 2, srv.logs()[-3000:]
+
+
+def test_plugin_state_lasts_one_session_though_instances_are_reused(corvus):
+    """The server keeps instances between sessions and runs `init` again for each new one:
+    every session starts with fresh `&mut self` state (noop counts its calls), while two
+    messages in one session share the session's instance."""
+    srv = corvus([{"plugin": plugin("noop"), "config": {"tag": "e2e"}}])
+    srv.add_user(f"alice@{DOMAIN}")
+    for i in range(4):
+        with srv.smtp() as s:
+            s.sendmail("x@remote.example", [f"alice@{DOMAIN}"], message(f"single {i}"))
+    with srv.smtp() as s:
+        s.sendmail("x@remote.example", [f"alice@{DOMAIN}"], message("first of two"))
+        s.sendmail("x@remote.example", [f"alice@{DOMAIN}"], message("second of two"))
+    got = {}
+    for raw in srv.messages(f"alice@{DOMAIN}"):
+        got[header(raw, "Subject")] = header(raw, "X-Noop")
+    singles = {got[f"single {i}"] for i in range(4)}
+    assert len(singles) == 1, got  # the same count in every session: state starts afresh
+    first = int(got["first of two"].split("calls=")[1])
+    second = int(got["second of two"].split("calls=")[1])
+    assert got["first of two"] in singles and second > first, got

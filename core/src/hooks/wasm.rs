@@ -9,9 +9,14 @@
 //! once, so a broken plugin or config is refused at load (and by `corvus check`).
 //!
 //! Instances: one per plugin per session, kept in the session's [`HookSession`] and reused
-//! for that session's hooks (about 1–2 µs per call warm; a new instance costs tens of µs).
-//! Without a session (queue deliveries, tests), or when the pool runs low, each call gets a
-//! fresh instance. Guest state therefore never crosses sessions.
+//! for that session's hooks (about 1–2 µs per call warm). When the session ends the instance
+//! goes to its plugin's idle pool (at most [`IDLE_MAX`], only if its memory stayed under
+//! [`IDLE_MEMORY_MAX`] and it has capture room left); the next session takes it and `init`
+//! runs again, which makes the SDK build a new plugin value, so `&mut self` state starts
+//! afresh per session. A new instance costs tens of µs plus the reset of its memory when it
+//! goes (with one message per SMTP connection that was most of the plugins' cost). A call
+//! without a session (queue deliveries) is a session of its own. When the instance pool
+//! runs low, instances are not kept.
 //!
 //! Per call: an epoch deadline (CPU budget, counted in 10 ms ticks of guest execution; the
 //! guest yields to tokio at every tick), a wall-clock timeout around the whole call (DNS
@@ -168,7 +173,11 @@ fn build_runtime(limits: Limits) -> Result<Runtime, String> {
         .max_core_instances_per_component(16)
         .max_memories_per_component(4)
         // Reset small memories and the fiber stacks with memset instead of madvise: a new
-        // instance then costs fewer page faults.
+        // instance then costs fewer page faults. With PAGEMAP_SCAN (Linux 6.7+) only the
+        // pages the instance dirtied are reset; without it every instance's end cleared the
+        // whole 2 MiB, about an eighth of the server's CPU with one SMTP message per
+        // session and two plugins (BENCHMARKS.md, "WASM plugins").
+        .pagemap_scan(wasmtime::Enabled::Auto)
         .linear_memory_keep_resident(2 << 20)
         .table_keep_resident(64 << 10)
         .async_stack_keep_resident(128 << 10);
@@ -236,12 +245,62 @@ impl PluginEnv {
     }
 }
 
+/// The store's resource limits, remembering how large its linear memory grew.
+struct Limiter {
+    inner: StoreLimits,
+    memory_peak: usize,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let ok = self.inner.memory_growing(current, desired, maximum)?;
+        if ok {
+            self.memory_peak = self.memory_peak.max(desired);
+        }
+        Ok(ok)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
 /// The data of one Store (one instance).
 struct HostState {
     env: Arc<PluginEnv>,
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limiter,
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
     /// Bytes of stdout/stderr already forwarded to the log.
@@ -549,6 +608,44 @@ struct Instance {
     plugin: bindings::Plugin,
 }
 
+/// Instances a plugin keeps between sessions, ready for `init` and the next session.
+type IdlePool = Mutex<Vec<Instance>>;
+
+/// Most idle instances a plugin keeps.
+const IDLE_MAX: usize = 32;
+/// Instances whose linear memory grew beyond this are not kept idle (a plugin that read a
+/// 25 MB message would otherwise hold that memory while it waits).
+const IDLE_MEMORY_MAX: usize = 16 << 20;
+
+/// Put an instance that finished a session (or a session-less call) back into its plugin's
+/// idle pool, unless the pool is full, the instance pool as a whole is getting scarce, or the
+/// instance has used half its stdout/stderr capture (which never empties).
+fn give_back(pool: &IdlePool, inst: Instance) {
+    let Ok(rt) = runtime() else { return };
+    let s = inst.store.data();
+    let output_left = s.forwarded.0.max(s.forwarded.1) < rt.limits.output / 2;
+    let small = s.limits.memory_peak <= IDLE_MEMORY_MAX;
+    let scarce = rt.live.load(Ordering::Relaxed) as f64 >= rt.limits.instances as f64 * KEEP_BELOW;
+    let mut idle = pool.lock().unwrap_or_else(|e| e.into_inner());
+    if output_left && small && !scarce && idle.len() < IDLE_MAX {
+        idle.push(inst);
+    }
+}
+
+/// A session's instance; goes back to its plugin's idle pool when the session ends.
+struct Pooled {
+    inst: Option<Instance>,
+    home: std::sync::Weak<IdlePool>,
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let (Some(inst), Some(pool)) = (self.inst.take(), self.home.upgrade()) {
+            give_back(&pool, inst);
+        }
+    }
+}
+
 /// Where a session keeps its warm instances (one per plugin), dropped with the session.
 #[derive(Default)]
 pub struct HookSession {
@@ -588,6 +685,8 @@ pub struct WasmHook {
     points: u8,
     info: (String, String),
     on_error: OnError,
+    /// Instances between sessions (see [`WasmHook::checkout`]).
+    idle: Arc<IdlePool>,
     /// Calls made and instances created (for tests and benchmarks).
     pub stats: Arc<Stats>,
 }
@@ -599,6 +698,8 @@ pub struct Stats {
     pub calls: AtomicU64,
     /// Instances created.
     pub instances: AtomicU64,
+    /// Instances taken from the idle pool for a new session (`init` run again).
+    pub reused: AtomicU64,
     /// Failed calls.
     pub failures: AtomicU64,
 }
@@ -842,6 +943,7 @@ impl WasmHook {
             points: 0,
             info: (stem, String::new()),
             on_error: opts.on_error,
+            idle: Arc::default(),
             stats: Arc::default(),
         };
         // describe + init once now, so a bad plugin or config is refused at load.
@@ -908,14 +1010,17 @@ impl WasmHook {
             env: self.env.clone(),
             wasi,
             table: ResourceTable::new(),
-            limits: wasmtime::StoreLimitsBuilder::new()
-                .memory_size(limits.memory)
-                .instances(32)
-                .tables(64)
-                .memories(8)
-                .table_elements(100_000)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: Limiter {
+                inner: wasmtime::StoreLimitsBuilder::new()
+                    .memory_size(limits.memory)
+                    .instances(32)
+                    .tables(64)
+                    .memories(8)
+                    .table_elements(100_000)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                memory_peak: 0,
+            },
             stdout,
             stderr,
             forwarded: (0, 0),
@@ -964,7 +1069,16 @@ impl WasmHook {
             store: inst_store,
             plugin,
         };
-        self.arm(&mut inst);
+        self.init(&mut inst).await?;
+        Ok(inst)
+    }
+
+    /// Run `init` with the entry's config: on a new instance, and on an idle one before it
+    /// serves a new session (the SDK then builds a new plugin value, so `&mut self` state
+    /// starts afresh with each session).
+    async fn init(&self, inst: &mut Instance) -> Result<(), HookError> {
+        let limits = runtime()?.limits.clone();
+        self.arm(inst);
         let json = self.env.config_json.clone();
         let r = tokio::time::timeout(
             limits.wall,
@@ -975,20 +1089,34 @@ impl WasmHook {
         .await;
         match r {
             Ok(Ok(Ok(()))) => {
-                self.forward_output(&mut inst);
-                Ok(inst)
+                self.forward_output(inst);
+                Ok(())
             }
             Ok(Ok(Err(msg))) => {
-                self.forward_output(&mut inst);
+                self.forward_output(inst);
                 Err(HookError(format!(
                     "{}: init: {}",
                     self.env.name,
                     cut(&msg, 1000)
                 )))
             }
-            Ok(Err(e)) => Err(self.trap_error("init", &mut inst, e)),
+            Ok(Err(e)) => Err(self.trap_error("init", inst, e)),
             Err(_) => Err(HookError(format!("{}: init: timed out", self.env.name))),
         }
+    }
+
+    /// An instance for a new session: an idle one with `init` run again (about the cost of
+    /// one call), or a new one (instantiation, `init`, and later the reset of its memory: an
+    /// order of magnitude more). An idle instance whose `init` fails is dropped.
+    async fn checkout(&self) -> Result<Instance, HookError> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        if let Some(mut inst) = idle
+            && self.init(&mut inst).await.is_ok()
+        {
+            self.stats.reused.fetch_add(1, Ordering::Relaxed);
+            return Ok(inst);
+        }
+        self.instantiate().await
     }
 
     /// Reset the per-call budgets of a store.
@@ -1090,10 +1218,11 @@ impl WasmHook {
             .session
             .as_ref()
             .and_then(|s| s.take(self.id))
-            .and_then(|b| b.downcast::<Instance>().ok());
+            .and_then(|b| b.downcast::<Pooled>().ok())
+            .and_then(|mut p| p.inst.take());
         let mut inst = match warm {
-            Some(i) => *i,
-            None => self.instantiate().await?,
+            Some(i) => i,
+            None => self.checkout().await?,
         };
         self.arm(&mut inst);
         let r = self.run(&mut inst, ctx).await;
@@ -1113,10 +1242,17 @@ impl WasmHook {
         self.forward_output(&mut inst);
         let keep =
             (rt.live.load(Ordering::Relaxed) as f64) < rt.limits.instances as f64 * KEEP_BELOW;
-        if let Some(s) = &ctx.session
-            && keep
-        {
-            s.put(self.id, Box::new(inst));
+        match &ctx.session {
+            Some(s) if keep => s.put(
+                self.id,
+                Box::new(Pooled {
+                    inst: Some(inst),
+                    home: Arc::downgrade(&self.idle),
+                }),
+            ),
+            Some(_) => {}
+            // A call outside any session (a queued delivery) is a session of its own.
+            None => give_back(&self.idle, inst),
         }
         let outcome = result
             .map_err(|m| HookError(format!("{}: {func}: {}", self.env.name, cut(&m, 1000))))?;

@@ -116,15 +116,55 @@ fn one_warm_instance_per_session() {
         2,
         "probe + one per session"
     );
-    // Another session gets its own instance; no session means a fresh one per call.
+    // Another session gets its own instance, with its own state.
     let mut a = Actions::default();
     data.session = Some(Arc::new(HookSession::default()));
     h.call(&data, &mut a).unwrap();
     assert_eq!(a.add_headers[0].1, "t calls=1");
+    assert_eq!(h.stats.instances.load(Ordering::Relaxed), 3);
+    // When a session ends its instance waits in the plugin's idle pool; the next session
+    // (here a call without one, as for a queued delivery) gets it after `init` ran again:
+    // state starts afresh, and no instance is created.
+    drop(session);
     data.session = None;
+    for _ in 0..2 {
+        let mut a = Actions::default();
+        h.call(&data, &mut a).unwrap();
+        assert_eq!(a.add_headers[0].1, "t calls=1");
+    }
+    assert_eq!(h.stats.instances.load(Ordering::Relaxed), 3);
+    assert!(h.stats.reused.load(Ordering::Relaxed) >= 2);
+    // A new session after that is also served from the pool.
     let mut a = Actions::default();
+    data.session = Some(Arc::new(HookSession::default()));
     h.call(&data, &mut a).unwrap();
-    assert_eq!(a.add_headers[0].1, "t calls=1");
+    h.call(&data, &mut a).unwrap();
+    assert_eq!(a.add_headers[1].1, "t calls=2");
+    assert_eq!(h.stats.instances.load(Ordering::Relaxed), 3);
+}
+
+#[test]
+fn instances_that_grew_big_are_not_kept_idle() {
+    let h = load("noop", serde_json::json!({}), None).unwrap();
+    let mut data = rcpt("b@y.example", Some(Arc::new(HookSession::default())));
+    data.point = HookPoint::Data;
+    // A 20 MB message is copied into the instance's memory, which grows past 16 MiB.
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    big.resize(20 << 20, b'x');
+    data.message = Some(Arc::new(big));
+    h.call(&data, &mut Actions::default()).unwrap();
+    data.session = None; // the session ends: its instance is dropped, not pooled
+    data.message = Some(Arc::new(b"Subject: small\r\n\r\nhi\r\n".to_vec()));
+    h.call(&data, &mut Actions::default()).unwrap();
+    assert_eq!(h.stats.reused.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        h.stats.instances.load(Ordering::Relaxed),
+        3,
+        "probe + big + a new one"
+    );
+    // The small one was kept.
+    h.call(&data, &mut Actions::default()).unwrap();
+    assert_eq!(h.stats.reused.load(Ordering::Relaxed), 1);
 }
 
 #[test]
