@@ -10,8 +10,7 @@ pub fn is_local_domain(
     domain: &str,
 ) -> Result<bool, StoreError> {
     let d = domain.to_lowercase();
-    Ok(config_domains.iter().any(|c| c.eq_ignore_ascii_case(&d))
-        || store.domains()?.iter().any(|s| *s == d))
+    Ok(config_domains.iter().any(|c| c.eq_ignore_ascii_case(&d)) || store.domains()?.contains(&d))
 }
 
 /// Resolve `address` (already `local@domain`): a local route lists the final addresses,

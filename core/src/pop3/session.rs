@@ -839,8 +839,10 @@ mod tests {
     }
 
     async fn start(dir: &std::path::Path) -> (Arc<Shared>, SocketAddr) {
-        let mut config = Config::default();
-        config.data_dir = dir.to_path_buf();
+        let mut config = Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        };
         config.pop3.allow_plaintext_auth = true;
         let store: Store = Arc::new(SledStore::open(&dir.join("store")).unwrap());
         store

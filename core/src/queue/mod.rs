@@ -335,12 +335,11 @@ async fn deliver_domain(
             if fresh
                 && relay
                 && let (Some(u), Some(p)) = (&cfg.relay_user, &cfg.relay_password)
+                && let Err(e) = client.auth(u, p).await
             {
-                if let Err(e) = client.auth(u, p).await {
-                    last_error = format!("{host}: authentication failed: {e}");
-                    client.quit().await;
-                    continue;
-                }
+                last_error = format!("{host}: authentication failed: {e}");
+                client.quit().await;
+                continue;
             }
             if client
                 .size_limit()
