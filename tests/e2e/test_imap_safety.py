@@ -432,3 +432,34 @@ def logs_in_new(srv, user) -> bool:
         assert "UNAVAILABLE" in str(e), e
         c.logout()
         return False
+
+
+def test_connections_per_ip_are_limited(make_server):
+    """The per-IP connection limit (`smtp.max_connections_per_ip`, shared by every listener)
+    refuses one IMAP connection too many with `* BYE [UNAVAILABLE]` before any greeting; a
+    slot comes back when a client disconnects."""
+    import socket
+
+    srv = make_server(smtp={"max_connections_per_ip": 4})
+    held = []
+    for _ in range(4):
+        c = socket.create_connection(("127.0.0.1", srv.ports["imap"]), timeout=10)
+        assert c.recv(1024).startswith(b"* OK"), "greeting"
+        held.append(c)
+    extra = socket.create_connection(("127.0.0.1", srv.ports["imap"]), timeout=10)
+    line = extra.recv(1024)
+    assert line.startswith(b"* BYE [UNAVAILABLE]") and b"too many connections" in line, line
+    assert extra.recv(1024) == b"", "the refused connection is closed"
+    extra.close()
+    held.pop().close()
+    deadline = time.time() + 5
+    while True:
+        c = socket.create_connection(("127.0.0.1", srv.ports["imap"]), timeout=10)
+        first = c.recv(1024)
+        c.close()
+        if first.startswith(b"* OK") or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert first.startswith(b"* OK"), first
+    for c in held:
+        c.close()
