@@ -1,14 +1,17 @@
 //! Group commit: many sessions wait for durability, one thread flushes for all of them.
 //!
 //! A caller writes to sled (in memory), then asks for a [`Commit`]. The flusher thread takes
-//! every request queued so far, runs one `flush()` followed by one `fdatasync` of sled's log
-//! file, and wakes them all. A flush that starts after a request was queued covers every write
-//! made before the request.
+//! every request queued so far, runs one `flush()`, and wakes them all. A flush that starts
+//! after a request was queued covers every write made before the request.
 //!
-//! Why the extra `fdatasync`: sled 0.34's `flush()` only calls `sync_file_range` on the log
-//! file, which neither flushes the device's write cache nor commits the file's metadata (the
-//! log grows, so its new size is lost on a power failure); sled fsyncs only from its 500 ms
-//! background flusher. `sync_file_range` survives a kill -9 but not a crash of the machine.
+//! Why `flush()` is enough: published sled 0.34 ends each log write with `sync_file_range`,
+//! which neither flushes the device's write cache nor commits the file's metadata (the log
+//! grows, so its new size would be lost on a power failure); Corvus used to `fdatasync` the
+//! log after every flush for that. The vendored sled (`vendor/sled.patch`) `fdatasync`s after
+//! every log write instead, and `flush()` returns only once every write up to the last
+//! reservation has completed, so a returned flush is durable against a machine crash too, with
+//! one wait on the device instead of two. It also writes the buffer it seals on this thread
+//! rather than handing it to sled's IO pool.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -59,9 +62,8 @@ impl Drop for GroupCommitter {
 }
 
 impl GroupCommitter {
-    /// Start the flusher thread for `db`; `log_file` is sled's log file, fdatasync'ed after
-    /// every flush.
-    pub(crate) fn start(db: sled::Db, log_file: std::fs::File) -> Self {
+    /// Start the flusher thread for `db`.
+    pub(crate) fn start(db: sled::Db) -> Self {
         let (tx, rx) = mpsc::channel::<oneshot::Sender<Result<(), String>>>();
         let thread = std::thread::Builder::new()
             .name("corvus-flush".into())
@@ -71,10 +73,7 @@ impl GroupCommitter {
                     while let Ok(w) = rx.try_recv() {
                         waiters.push(w);
                     }
-                    let result = db
-                        .flush()
-                        .map_err(|e| e.to_string())
-                        .and_then(|_| log_file.sync_data().map_err(|e| e.to_string()));
+                    let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
                     for w in waiters {
                         let _ = w.send(result.clone());
                     }

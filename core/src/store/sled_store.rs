@@ -127,16 +127,7 @@ impl SledStore {
                 db.flush()?;
             }
         }
-        // sled 0.34 keeps everything in one log file named `db`; the group committer fdatasyncs
-        // it after each flush (see store/commit.rs for why sled's flush alone is not durable).
-        let log_path = path.join("db");
-        let log_file = std::fs::File::open(&log_path).map_err(|e| {
-            StoreError::Backend(format!(
-                "{}: cannot open sled log file: {e}",
-                log_path.display()
-            ))
-        })?;
-        let committer = GroupCommitter::start(db.clone(), log_file);
+        let committer = GroupCommitter::start(db.clone());
         Ok(SledStore {
             meta,
             accounts: db.open_tree("accounts")?,
