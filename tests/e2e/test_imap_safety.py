@@ -441,11 +441,24 @@ def test_connections_per_ip_are_limited(make_server):
     import socket
 
     srv = make_server(smtp={"max_connections_per_ip": 4})
-    held = []
-    for _ in range(4):
+
+    def greeted() -> socket.socket | None:
         c = socket.create_connection(("127.0.0.1", srv.ports["imap"]), timeout=10)
-        assert c.recv(1024).startswith(b"* OK"), "greeting"
-        held.append(c)
+        if c.recv(1024).startswith(b"* OK"):
+            return c
+        c.close()
+        return None
+
+    held = []
+    deadline = time.time() + 10
+    # The harness's start-up probes may hold a slot for a moment after they closed.
+    while len(held) < 4 and time.time() < deadline:
+        c = greeted()
+        if c is None:
+            time.sleep(0.1)
+        else:
+            held.append(c)
+    assert len(held) == 4, "four connections within the limit are greeted"
     extra = socket.create_connection(("127.0.0.1", srv.ports["imap"]), timeout=10)
     line = extra.recv(1024)
     assert line.startswith(b"* BYE [UNAVAILABLE]") and b"too many connections" in line, line
@@ -453,13 +466,11 @@ def test_connections_per_ip_are_limited(make_server):
     extra.close()
     held.pop().close()
     deadline = time.time() + 5
-    while True:
-        c = socket.create_connection(("127.0.0.1", srv.ports["imap"]), timeout=10)
-        first = c.recv(1024)
-        c.close()
-        if first.startswith(b"* OK") or time.time() > deadline:
-            break
+    again = greeted()
+    while again is None and time.time() < deadline:
         time.sleep(0.1)
-    assert first.startswith(b"* OK"), first
+        again = greeted()
+    assert again is not None, "a slot comes back when a client disconnects"
+    held.append(again)
     for c in held:
         c.close()
