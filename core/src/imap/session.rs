@@ -1037,15 +1037,9 @@ impl Session {
                     .map_err(store_err)?;
                 match d.downcast::<Snapshot>() {
                     Ok(s) => (*s).clone(),
+                    // Another kind of derived value (none exists today): build it here.
                     Err(_) => {
-                        let mut built = None;
-                        self.shared
-                            .store
-                            .with_messages(mb.id, &mut |msgs| {
-                                built = Some(Snapshot::build(msgs));
-                            })
-                            .map_err(store_err)?;
-                        built.unwrap_or_else(|| Snapshot::build(&[]))
+                        Snapshot::build(&self.shared.store.messages(mb.id).map_err(store_err)?)
                     }
                 }
             }
