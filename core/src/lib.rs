@@ -26,4 +26,6 @@ pub mod sender_auth;
 pub mod server;
 pub mod smtp;
 pub mod store;
+#[cfg(test)]
+mod test_dns;
 pub mod tls;

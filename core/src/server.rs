@@ -31,6 +31,8 @@ pub struct Shared {
     pub hooks: HookChain,
     /// DNS resolver.
     pub resolver: TokioResolver,
+    /// FCrDNS results of recent clients.
+    pub fcrdns_cache: crate::dns::FcrdnsCache,
     /// Failed-auth limiter shared by all protocols.
     pub auth_throttle: Arc<AuthThrottle>,
     /// Fires on shutdown.
@@ -108,6 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tls,
         sender_auth: crate::sender_auth::SenderAuth::new(&config, resolver.clone(), store.clone()),
         resolver,
+        fcrdns_cache: Default::default(),
         shutdown: shutdown.clone(),
     });
 

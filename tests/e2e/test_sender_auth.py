@@ -446,6 +446,19 @@ def test_no_signature_is_dkim_none(mx):
     assert result(raw, "arc") == "none"
 
 
+def test_one_plain_log_line_per_message_carries_the_results(mx):
+    code, text = send(mx, "a@spf-pass.test", message("a@spf-pass.test", "log line"))
+    assert code == 250
+    queue_id = text.rsplit(" ", 1)[-1]
+    logs = mx.logs()
+    assert "\x1b[" not in logs, "ANSI colours in a log that is not a terminal"
+    lines = [l for l in logs.splitlines() if queue_id in l]
+    assert len(lines) == 1, lines
+    for part in ("message accepted", "spf=pass", "dkim=none", "dmarc=", "arc=none",
+                 "from=a@spf-pass.test"):
+        assert part in lines[0], lines[0]
+
+
 # --- DMARC ------------------------------------------------------------------------------------
 
 def test_dmarc_reject_is_550_at_end_of_data(mx):

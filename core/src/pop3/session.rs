@@ -860,6 +860,7 @@ mod tests {
         let shared = Arc::new(Shared {
             tls: crate::tls::acceptor(&config).unwrap(),
             resolver: crate::dns::resolver(&config).unwrap(),
+            fcrdns_cache: Default::default(),
             hooks: HookChain::new(vec![Arc::new(FetchPolicy)]),
             auth_throttle: AuthThrottle::new(5, Duration::from_secs(60)),
             conn_limits: ConnLimits::new(10, 10),

@@ -811,7 +811,8 @@ impl SenderAuth {
             .into(),
             ..Self::spf_facts(spf)
         };
-        tracing::info!(
+        // debug: the session's "message accepted" line repeats the four results at info.
+        tracing::debug!(
             spf = %facts.spf, dkim = %facts.dkim, dmarc = %facts.dmarc, arc = %facts.arc,
             from_domain = %facts.dmarc_domain, action = %facts.action, dmarc_pct = pct,
             dmarc_sampled_out = sampled_out,

@@ -3,125 +3,14 @@
 //! (Independent signers and verifiers are exercised by tests/e2e/test_sender_auth.py.)
 //! Also the warm-cache benchmark (`bench_check_message_warm_cache`, ignored by default).
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
-
-use hickory_resolver::proto::op::{Message, ResponseCode};
-use hickory_resolver::proto::rr::rdata::{A, SOA, TXT};
-use hickory_resolver::proto::rr::{Name, RData, Record};
 
 use super::*;
 use crate::config::{Config, SenderAuthDomain};
 use crate::store::{SledStore, Store};
-
-/// name (lower case, trailing dot) → records.
-type Zone = Arc<Mutex<HashMap<String, Vec<RData>>>>;
-
-struct TestDns {
-    addr: SocketAddr,
-    zone: Zone,
-    queries: Arc<Mutex<usize>>,
-}
-
-impl TestDns {
-    fn start() -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = sock.local_addr().unwrap();
-        let zone: Zone = Default::default();
-        let queries = Arc::new(Mutex::new(0usize));
-        let (z, q) = (zone.clone(), queries.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                let Ok(req) = Message::from_vec(&buf[..n]) else {
-                    continue;
-                };
-                *q.lock().unwrap() += 1;
-                let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
-                resp.metadata.recursion_desired = req.metadata.recursion_desired;
-                resp.metadata.recursion_available = true;
-                for query in &req.queries {
-                    resp.add_query(query.clone());
-                    let name = query.name().to_ascii().to_lowercase();
-                    let zone = z.lock().unwrap();
-                    match zone.get(&name) {
-                        None => resp.metadata.response_code = ResponseCode::NXDomain,
-                        Some(records) => {
-                            for r in records {
-                                if r.record_type() == query.query_type() {
-                                    resp.add_answer(Record::from_rdata(
-                                        query.name().clone(),
-                                        300,
-                                        r.clone(),
-                                    ));
-                                }
-                            }
-                        }
-                    }
-                    if resp.answers.is_empty() {
-                        // As a real server does: the SOA makes the negative answer cacheable.
-                        let root = Name::root();
-                        let soa = SOA::new(root.clone(), root.clone(), 1, 3600, 600, 86400, 300);
-                        resp.add_authority(Record::from_rdata(root, 300, RData::SOA(soa)));
-                    }
-                }
-                if let Ok(v) = resp.to_vec() {
-                    let _ = sock.send_to(&v, peer);
-                }
-            }
-        });
-        TestDns {
-            addr,
-            zone,
-            queries,
-        }
-    }
-
-    fn key(name: &str) -> String {
-        format!("{}.", name.trim_end_matches('.').to_lowercase())
-    }
-
-    fn txt(&self, name: &str, text: &str) {
-        let chunks = text
-            .as_bytes()
-            .chunks(255)
-            .map(|c| String::from_utf8(c.to_vec()).unwrap())
-            .collect();
-        self.zone
-            .lock()
-            .unwrap()
-            .entry(Self::key(name))
-            .or_default()
-            .push(RData::TXT(TXT::new(chunks)));
-    }
-
-    fn a(&self, name: &str, ip: &str) {
-        self.zone
-            .lock()
-            .unwrap()
-            .entry(Self::key(name))
-            .or_default()
-            .push(RData::A(A(ip.parse().unwrap())));
-    }
-
-    fn mx(&self, name: &str, exchange: &str) {
-        self.zone
-            .lock()
-            .unwrap()
-            .entry(Self::key(name))
-            .or_default()
-            .push(RData::MX(hickory_resolver::proto::rr::rdata::MX::new(
-                10,
-                Name::from_ascii(exchange).unwrap(),
-            )));
-    }
-
-    fn queries(&self) -> usize {
-        *self.queries.lock().unwrap()
-    }
-}
+use crate::test_dns::TestDns;
 
 struct Fixture {
     dns: TestDns,

@@ -119,11 +119,14 @@ pub async fn serve(
                 Err(_) => return,
             }
         }
-        let resolver = shared.resolver.clone();
+        // A recent client's FCrDNS result is at hand; otherwise the lookups start now and run
+        // in the background.
         let ip = peer.ip();
-        let fcrdns_task = Some(tokio::spawn(async move {
-            crate::dns::fcrdns(&resolver, ip).await
-        }));
+        let fcrdns = shared.fcrdns_cache.get(ip);
+        let fcrdns_task = fcrdns.is_none().then(|| {
+            let shared = shared.clone();
+            tokio::spawn(async move { shared.fcrdns_cache.check(&shared.resolver, ip).await })
+        });
         let deadline = Instant::now() + shared.config.smtp.session_timeout;
         let mut s = Session {
             shared,
@@ -142,7 +145,7 @@ pub async fn serve(
             errors: 0,
             messages: 0,
             discard_line: false,
-            fcrdns: None,
+            fcrdns,
             fcrdns_task,
             deadline,
             hooks: Arc::default(),
@@ -1303,7 +1306,18 @@ impl Session {
         if !remote.is_empty() {
             self.shared.queue_wakeup.notify_one();
         }
-        tracing::info!(queue_id, size = msg.len(), rcpts = tx.rcpts.len(), from = %tx.from, "message accepted");
+        // One line per message: the sender-authentication results ride on it.
+        match &checked {
+            Some(c) => tracing::info!(
+                queue_id, size = msg.len(), rcpts = tx.rcpts.len(), from = %tx.from,
+                spf = %c.facts.spf, dkim = %c.facts.dkim, dmarc = %c.facts.dmarc,
+                arc = %c.facts.arc, "message accepted"
+            ),
+            None => tracing::info!(
+                queue_id, size = msg.len(), rcpts = tx.rcpts.len(), from = %tx.from,
+                "message accepted"
+            ),
+        }
         Reply::new(250, "2.0.0", format!("Ok: queued as {queue_id}"))
     }
 

@@ -35,8 +35,21 @@ unsafe impl Send for AlignedBuf {}
 #[allow(unsafe_code)]
 unsafe impl Sync for AlignedBuf {}
 
+/// Segment buffers whose writes finished, kept for the next segment (Corvus patch): a fresh
+/// segment-sized allocation is page-faulted in anew every time (with transparent huge pages, a
+/// 2 MiB clear), once per segment written. A handful of spare buffers covers the buffers in
+/// flight; the rest are freed as before.
+static SPARE_BUFS: Mutex<Vec<AlignedBuf>> = parking_lot::const_mutex(Vec::new());
+const SPARE_BUFS_MAX: usize = 4;
+
 impl AlignedBuf {
     fn new(len: usize) -> AlignedBuf {
+        {
+            let mut spare = SPARE_BUFS.lock();
+            if let Some(i) = spare.iter().position(|b| b.1 == len) {
+                return spare.swap_remove(i);
+            }
+        }
         let layout = Layout::from_size_align(len, 8192).unwrap();
         let ptr = unsafe { alloc(layout) };
 
@@ -44,13 +57,27 @@ impl AlignedBuf {
 
         AlignedBuf(ptr, len)
     }
+
+    fn free(&mut self) {
+        let layout = Layout::from_size_align(self.1, 8192).unwrap();
+        unsafe {
+            dealloc(self.0, layout);
+        }
+    }
 }
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        let layout = Layout::from_size_align(self.1, 8192).unwrap();
-        unsafe {
-            dealloc(self.0, layout);
+        if self.0.is_null() {
+            return;
+        }
+        let mut spare = SPARE_BUFS.lock();
+        if spare.len() < SPARE_BUFS_MAX {
+            spare.push(AlignedBuf(self.0, self.1));
+            self.0 = std::ptr::null_mut();
+        } else {
+            drop(spare);
+            self.free();
         }
     }
 }
