@@ -1,14 +1,15 @@
 //! # corvus-sdk: write Corvus mail server plugins in Rust
 //!
 //! A plugin is a WebAssembly component (`wasm32-wasip2`) implementing the WIT world
-//! `corvus:plugin/plugin@0.1.0` (`sdk/wit/plugin.wit`). This crate holds the generated
+//! `corvus:plugin/plugin@0.1.1` (`sdk/wit/plugin.wit`). This crate holds the generated
 //! bindings plus what makes them pleasant to use:
 //!
 //! - the [`Plugin`] trait: declare the hooks you handle, build your state in
 //!   [`Plugin::init`] from the `config = { … }` table, override the `on_*` methods;
 //! - [`export!`]: turns a [`Plugin`] type into the component's exports;
 //! - verdict and outcome helpers ([`Outcome::reject`], [`Outcome::with_header`], …);
-//! - the host imports as plain functions: [`log`], [`kv`], [`dns`], [`clock`], and [`Config`];
+//! - the host imports as plain functions: [`log`], [`kv`], [`dns`], [`clock`], [`auth`], and
+//!   [`Config`];
 //! - [`testing`]: run a plugin's hooks natively (plain `cargo test`, no server, no WebAssembly)
 //!   against synthetic events, with an in-memory kv store, canned DNS answers, a settable clock
 //!   and captured log lines.
@@ -50,6 +51,7 @@ pub mod bindings {
     });
 }
 
+pub use bindings::corvus::plugin::auth::AuthFacts;
 pub use bindings::corvus::plugin::dns::DnsError;
 pub use bindings::corvus::plugin::log::Level;
 pub use bindings::corvus::plugin::types::{
@@ -58,7 +60,7 @@ pub use bindings::corvus::plugin::types::{
 };
 
 /// The version of the WIT package this SDK implements.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.1.1";
 
 /// What a hook returns: an outcome, or an error (a failed call; the server applies the entry's
 /// `on_error` policy).
@@ -450,6 +452,23 @@ pub mod clock {
     }
 }
 
+/// Sender authentication of the current message: the facts Rhai scripts read as `ctx.auth`
+/// (SPF from `on_mail` on; DKIM, DMARC and ARC from `on_data` on, for inbound mail on the
+/// smtp listener; empty strings where a check did not run).
+///
+/// ```ignore
+/// let a = corvus_sdk::auth::facts();
+/// if a.dmarc == "fail" && a.arc != "pass" { return Ok(Outcome::quarantine("DMARC failed")); }
+/// ```
+pub mod auth {
+    pub use super::AuthFacts;
+
+    /// The facts for the message of the current hook call (asked from the host on each call).
+    pub fn facts() -> AuthFacts {
+        super::host::auth_facts()
+    }
+}
+
 /// The host imports: the real ones in WebAssembly, the [`testing`] mock natively.
 #[cfg(target_arch = "wasm32")]
 mod host {
@@ -481,6 +500,9 @@ mod host {
     }
     pub fn monotonic_ms() -> u64 {
         b::clock::monotonic_ms()
+    }
+    pub fn auth_facts() -> super::AuthFacts {
+        b::auth::facts()
     }
     pub fn config_keys(_json: &str) -> Vec<String> {
         b::config::keys()
@@ -539,7 +561,9 @@ macro_rules! export {
                 fn describe() -> PluginInfo {
                     $crate::describe::<$plugin>()
                 }
-                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                fn init(
+                    config: ::std::string::String,
+                ) -> ::std::result::Result<(), ::std::string::String> {
                     let p = <$plugin as $crate::Plugin>::init(&$crate::Config::from_json(config))?;
                     __CORVUS_PLUGIN.with(|s| *s.borrow_mut() = ::std::option::Option::Some(p));
                     ::std::result::Result::Ok(())
@@ -567,7 +591,7 @@ macro_rules! export {
                 }
                 fn on_fetch(ctx: Context) -> HookResult {
                     __with(|p| $crate::Plugin::on_fetch(p, &ctx))
-                }
+        }
             }
             $crate::bindings::__export_plugin_raw!(__CorvusExport with_types_in $crate::bindings);
         };

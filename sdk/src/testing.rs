@@ -13,7 +13,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use super::{Context, DnsError, Hook, HookResult, Level, Plugin};
+use super::{AuthFacts, Context, DnsError, Hook, HookResult, Level, Plugin};
 
 #[derive(Default)]
 struct Mock {
@@ -24,6 +24,7 @@ struct Mock {
     logs: Vec<String>,
     now: i64,
     monotonic_ms: u64,
+    auth: Option<AuthFacts>,
 }
 
 thread_local! {
@@ -96,17 +97,22 @@ pub mod mock {
                 _ => (0, ttl.map(|t| now + t as i64).unwrap_or(0)),
             };
             let new = old.saturating_add(delta);
-            m.kv
-                .insert(key.to_string(), (new.to_string().into_bytes(), exp));
+            m.kv.insert(key.to_string(), (new.to_string().into_bytes(), exp));
             new
         }))
     }
     pub fn dns(kind: &str, name: &str) -> Result<Vec<String>, DnsError> {
-        let key = (kind.to_string(), name.trim_end_matches('.').to_ascii_lowercase());
+        let key = (
+            kind.to_string(),
+            name.trim_end_matches('.').to_ascii_lowercase(),
+        );
         with(|m| m.dns.get(&key).cloned().unwrap_or(Err(DnsError::NotFound)))
     }
     pub fn now() -> i64 {
         with(|m| m.now)
+    }
+    pub fn auth_facts() -> AuthFacts {
+        with(|m| m.auth.clone()).unwrap_or_else(super::no_auth_facts)
     }
     pub fn monotonic_ms() -> u64 {
         with(|m| {
@@ -131,9 +137,10 @@ pub mod mock {
     }
     pub fn config_float(_json: &str, key: &str) -> Option<f64> {
         with(|m| {
-            m.config
-                .get(key)
-                .and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())))
+            m.config.get(key).and_then(|v| {
+                v.as_f64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            })
         })
     }
     pub fn config_bool(_json: &str, key: &str) -> Option<bool> {
@@ -314,10 +321,18 @@ impl<P: Plugin> TestHost<P> {
     pub fn set_dns(&self, kind: &str, name: &str, answer: Result<Vec<String>, DnsError>) {
         with(|m| {
             m.dns.insert(
-                (kind.to_string(), name.trim_end_matches('.').to_ascii_lowercase()),
+                (
+                    kind.to_string(),
+                    name.trim_end_matches('.').to_ascii_lowercase(),
+                ),
                 answer,
             )
         });
+    }
+    /// What [`crate::auth::facts`] answers from now on (until then: every field empty, as
+    /// for a message no check ran on).
+    pub fn set_auth(&self, facts: AuthFacts) {
+        with(|m| m.auth = Some(facts));
     }
     /// Move the mock clock forward (kv expiry follows it).
     pub fn advance_clock(&self, secs: i64) {
@@ -326,6 +341,24 @@ impl<P: Plugin> TestHost<P> {
     /// Read the kv store directly.
     pub fn kv(&self, key: &str) -> Option<Vec<u8>> {
         mock::kv_get(key).ok().flatten()
+    }
+}
+
+/// Sender authentication facts with every field empty (no check ran); a base for
+/// [`TestHost::set_auth`]: `AuthFacts { dmarc: "fail".into(), ..no_auth_facts() }`.
+pub fn no_auth_facts() -> AuthFacts {
+    AuthFacts {
+        spf: String::new(),
+        spf_domain: String::new(),
+        spf_helo: String::new(),
+        dkim: String::new(),
+        dkim_domains: Vec::new(),
+        dmarc: String::new(),
+        dmarc_domain: String::new(),
+        dmarc_policy: String::new(),
+        arc: String::new(),
+        arc_sealer: String::new(),
+        action: String::new(),
     }
 }
 

@@ -17,6 +17,7 @@ import imaplib
 import json
 import os
 import pathlib
+import re
 import signal
 import smtplib
 import socket
@@ -502,7 +503,7 @@ def test_wrong_wit_version_is_refused_at_start_and_by_check(corvus, tmp_path):
     with pytest.raises(RuntimeError) as e:
         srv.start()
     dns.close()
-    assert "built for corvus:plugin@0.2.0" in str(e.value) and "provides corvus:plugin@0.1.0" in str(e.value)
+    assert "built for corvus:plugin@0.2.0" in str(e.value) and "provides corvus:plugin@0.1.1" in str(e.value)
     r = srv.cli("check", check=False)
     assert r.returncode == 2 and "built for corvus:plugin@0.2.0" in r.stderr, r.stderr
 
@@ -641,3 +642,22 @@ def test_plugin_state_lasts_one_session_though_instances_are_reused(corvus):
     first = int(got["first of two"].split("calls=")[1])
     second = int(got["second of two"].split("calls=")[1])
     assert got["first of two"] in singles and second > first, got
+
+
+def test_plugins_see_the_sender_authentication_facts(corvus):
+    """The `auth` import (WIT 0.1.1) answers what the server's checks found for the message:
+    the same results it writes into Authentication-Results, plus the domains."""
+    srv = corvus([{"plugin": plugin("noop"), "config": {"auth": True}}])
+    srv.add_user(f"alice@{DOMAIN}")
+    with srv.smtp() as s:
+        s.sendmail("x@remote.example", [f"alice@{DOMAIN}"], message("facts"))
+    raw = srv.messages(f"alice@{DOMAIN}")[-1]
+    head = re.sub(r"\r\n[ \t]+", " ", raw.split(b"\r\n\r\n", 1)[0].decode())
+    facts = re.search(r"^X-Noop-Auth: (.*?)\r?$", head, re.M | re.I).group(1)
+    results = re.search(r"^Authentication-Results: (.*?)\r?$", head, re.M | re.I).group(1)
+    spf = re.search(r"spf=(\w+)", results).group(1)
+    dmarc = re.search(r"dmarc=(\w+)", results).group(1)
+    assert facts.startswith(f"spf={spf} (remote.example) "), (facts, results)
+    assert f" dmarc={dmarc} (remote.example, " in facts, (facts, results)
+    assert " dkim=none [] " in facts and " arc=none () " in facts, facts
+    assert facts.endswith(" action=accept"), facts

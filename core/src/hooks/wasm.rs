@@ -1,4 +1,4 @@
-//! WASM plugins as hook engines (wasmtime, component model, WIT `corvus:plugin@0.1.0` in
+//! WASM plugins as hook engines (wasmtime, component model, WIT `corvus:plugin@0.1.1` in
 //! `sdk/wit/plugin.wit`).
 //!
 //! One process-wide [`Engine`] (pooling allocator, epoch interruption, a 10 ms ticker thread).
@@ -66,7 +66,7 @@ use bindings::corvus::plugin::types as wt;
 /// The WIT package version this host implements.
 pub const WIT_PACKAGE: &str = "corvus:plugin";
 /// See [`WIT_PACKAGE`].
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.1.1";
 
 /// Limits on plugins. One set for the process (the pooling allocator is sized from it).
 #[derive(Debug, Clone, PartialEq)]
@@ -313,6 +313,8 @@ struct HostState {
     dns_timeout: Duration,
     log_left: u32,
     log_dropped: u32,
+    /// Sender authentication facts of the current call (the `auth` import).
+    auth: crate::sender_auth::AuthFacts,
 }
 
 impl Drop for HostState {
@@ -602,6 +604,25 @@ impl wit::dns::Host for HostState {
 
 impl wt::Host for HostState {}
 
+impl wit::auth::Host for HostState {
+    fn facts(&mut self) -> wasmtime::Result<wit::auth::AuthFacts> {
+        let a = &self.auth;
+        Ok(wit::auth::AuthFacts {
+            spf: a.spf.clone(),
+            spf_domain: a.spf_domain.clone(),
+            spf_helo: a.spf_helo.clone(),
+            dkim: a.dkim.clone(),
+            dkim_domains: a.dkim_domains.clone(),
+            dmarc: a.dmarc.clone(),
+            dmarc_domain: a.dmarc_domain.clone(),
+            dmarc_policy: a.dmarc_policy.clone(),
+            arc: a.arc.clone(),
+            arc_sealer: a.arc_sealer.clone(),
+            action: a.action.clone(),
+        })
+    }
+}
+
 /// One instance of a plugin and its store.
 struct Instance {
     store: wasmtime::Store<HostState>,
@@ -785,15 +806,21 @@ fn wit_versions(engine: &Engine, component: &Component) -> Vec<String> {
     found
 }
 
-/// Whether `v` is compatible with [`WIT_VERSION`] (same major, or same minor for 0.x).
+/// Whether a plugin built against WIT version `v` runs on this host ([`WIT_VERSION`]): the
+/// same major version (for 0.x the same minor), and not newer than the host's, whose
+/// additions (imports) the host would lack.
 fn compatible(v: &str) -> bool {
-    let parse = |s: &str| -> Option<(u64, u64)> {
+    let parse = |s: &str| -> Option<(u64, u64, u64)> {
         let mut it = s.split('.');
-        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        Some((
+            it.next()?.parse().ok()?,
+            it.next()?.parse().ok()?,
+            it.next().unwrap_or("0").parse().ok()?,
+        ))
     };
     match (parse(v), parse(WIT_VERSION)) {
-        (Some((0, a)), Some((0, b))) => a == b,
-        (Some((a, _)), Some((b, _))) => a == b,
+        (Some(p), Some(h)) if p.0 == 0 || h.0 == 0 => p.0 == h.0 && p.1 == h.1 && p.2 <= h.2,
+        (Some(p), Some(h)) => p.0 == h.0 && (p.1, p.2) <= (h.1, h.2),
         _ => false,
     }
 }
@@ -1031,6 +1058,7 @@ impl WasmHook {
             dns_timeout: limits.dns_timeout,
             log_left: limits.log_lines,
             log_dropped: 0,
+            auth: Default::default(),
         };
         let mut store = wasmtime::Store::new(&rt.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -1190,6 +1218,8 @@ impl WasmHook {
         let wctx = to_wit(ctx, limits.max_message);
         let hooks = inst.plugin.corvus_plugin_hooks();
         let store = &mut inst.store;
+        // What the `auth` import answers during this call (empty strings cost no allocation).
+        store.data_mut().auth.clone_from(&ctx.auth);
         let empty = Vec::new();
         let message: &[u8] = match &ctx.message {
             Some(m) => &m[..m.len().min(limits.max_message)],

@@ -266,13 +266,13 @@ fn walk(raw: &[u8], depth: usize, out: &mut Vec<Part>) {
         .trim()
         .to_ascii_lowercase();
     let ctype = if ctype.is_empty() { "text/plain".to_string() } else { ctype };
-    if ctype.starts_with("multipart/") {
-        if let Some(boundary) = param(ctype_full, "boundary") {
-            for sub in split_multipart(body, boundary.as_bytes()) {
-                walk(sub, depth + 1, out);
-            }
-            return;
+    if ctype.starts_with("multipart/")
+        && let Some(boundary) = param(ctype_full, "boundary")
+    {
+        for sub in split_multipart(body, boundary.as_bytes()) {
+            walk(sub, depth + 1, out);
         }
+        return;
     }
     if ctype == "message/rfc822" {
         walk(body, depth + 1, out);

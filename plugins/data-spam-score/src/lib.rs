@@ -101,8 +101,25 @@ impl SpamScore {
         if ctx.dkim == "fail" {
             hits.push(("DKIM_FAIL".into(), 1.0));
         }
+        // The detailed facts (corvus_sdk::auth): a DMARC failure through a forwarder whose
+        // ARC chain validates weighs less, and a DKIM signature of the From domain (or a
+        // parent of it) counts in the message's favour.
+        let auth = corvus_sdk::auth::facts();
         if ctx.dmarc == "fail" {
-            hits.push(("DMARC_FAIL".into(), 2.0));
+            if auth.arc == "pass" {
+                hits.push(("DMARC_FAIL_ARC_PASS".into(), 0.5));
+            } else {
+                hits.push(("DMARC_FAIL".into(), 2.0));
+            }
+        }
+        let from_domain = auth.dmarc_domain.to_ascii_lowercase();
+        if !from_domain.is_empty()
+            && auth.dkim_domains.iter().any(|d| {
+                let d = d.to_ascii_lowercase();
+                from_domain == d || from_domain.ends_with(&format!(".{d}"))
+            })
+        {
+            hits.push(("DKIM_VALID_AU".into(), -1.0));
         }
         let ctype = header(&fields, "content-type")
             .unwrap_or("")
@@ -122,8 +139,8 @@ impl SpamScore {
                 hits.push((format!("WORD({word})"), p));
             }
         }
-        let upper = text.len() >= 200
-            && text.chars().filter(|c| c.is_uppercase()).count() * 3 > text.len();
+        let upper =
+            text.len() >= 200 && text.chars().filter(|c| c.is_uppercase()).count() * 3 > text.len();
         if upper {
             hits.push(("SHOUTING".into(), 1.0));
         }
@@ -229,7 +246,10 @@ mod tests {
         let out = h.data("a@x.example", &["b@y.example"], SPAM).unwrap();
         assert_eq!(out.verdict.name(), "quarantine", "{out:?}");
         let tests = header(&out, "X-Spam-Tests").unwrap();
-        assert!(tests.contains("SUBJ_ALL_CAPS") && tests.contains("WORD(viagra)"), "{tests}");
+        assert!(
+            tests.contains("SUBJ_ALL_CAPS") && tests.contains("WORD(viagra)"),
+            "{tests}"
+        );
     }
 
     #[test]
@@ -250,9 +270,53 @@ mod tests {
         let mut ctx = corvus_sdk::testing::events::data("a@x", &["b@y"], 0);
         ctx.spf = "fail".into();
         ctx.dmarc = "fail".into();
-        let out = h
-            .call(&ctx, &corvus_sdk::testing::crlf(HAM))
-            .unwrap();
+        let out = h.call(&ctx, &corvus_sdk::testing::crlf(HAM)).unwrap();
         assert_eq!(out.verdict.name(), "quarantine");
+    }
+
+    #[test]
+    fn arc_and_aligned_dkim_from_the_auth_facts() {
+        use corvus_sdk::testing::{crlf, events, no_auth_facts};
+        let mut h = TestHost::<SpamScore>::new(r#"{"threshold": 4}"#).unwrap();
+        let mut ctx = events::data("a@x", &["b@y"], 0);
+        ctx.dmarc = "fail".into();
+        // A forwarded message whose ARC chain validates: the DMARC failure weighs 0.5.
+        h.set_auth(corvus_sdk::AuthFacts {
+            dmarc: "fail".into(),
+            arc: "pass".into(),
+            arc_sealer: "lists.example".into(),
+            ..no_auth_facts()
+        });
+        let out = h.call(&ctx, &crlf(HAM)).unwrap();
+        let tests = header(&out, "X-Spam-Tests").unwrap_or("");
+        assert!(tests.contains("DMARC_FAIL_ARC_PASS"), "{tests}");
+        assert!(!tests.contains("DMARC_FAIL="), "{tests}");
+        // Signed by a parent of the From domain: aligned, one point off.
+        ctx.dmarc = "pass".into();
+        h.set_auth(corvus_sdk::AuthFacts {
+            dmarc: "pass".into(),
+            dmarc_domain: "mail.example.org".into(),
+            dkim: "pass".into(),
+            dkim_domains: vec!["Example.org".into()],
+            ..no_auth_facts()
+        });
+        let out = h.call(&ctx, &crlf(HAM)).unwrap();
+        assert!(
+            header(&out, "X-Spam-Tests")
+                .unwrap_or("")
+                .contains("DKIM_VALID_AU")
+        );
+        // Signed by an unrelated domain: nothing.
+        h.set_auth(corvus_sdk::AuthFacts {
+            dmarc_domain: "example.org".into(),
+            dkim_domains: vec!["notexample.org".into()],
+            ..no_auth_facts()
+        });
+        let out = h.call(&ctx, &crlf(HAM)).unwrap();
+        assert!(
+            !header(&out, "X-Spam-Tests")
+                .unwrap_or("")
+                .contains("DKIM_VALID_AU")
+        );
     }
 }

@@ -95,6 +95,46 @@ fn loads_describes_and_answers() {
 }
 
 #[test]
+fn plugins_read_the_sender_authentication_facts() {
+    let h = load("noop", serde_json::json!({"auth": true}), None).unwrap();
+    let mut data = rcpt("b@y.example", None);
+    data.point = HookPoint::Data;
+    data.message = Some(Arc::new(b"Subject: x\r\n\r\nhi\r\n".to_vec()));
+    data.auth = crate::sender_auth::AuthFacts {
+        spf: "pass".into(),
+        spf_domain: "x.example".into(),
+        spf_helo: "none".into(),
+        dkim: "pass".into(),
+        dkim_domains: vec!["x.example".into(), "esp.example".into()],
+        dmarc: "pass".into(),
+        dmarc_domain: "x.example".into(),
+        dmarc_policy: "reject".into(),
+        arc: "pass".into(),
+        arc_sealer: "lists.example".into(),
+        action: "accept".into(),
+    };
+    let mut a = Actions::default();
+    h.call(&data, &mut a).unwrap();
+    assert_eq!(
+        a.add_headers,
+        vec![(
+            "X-Noop-Auth".to_string(),
+            "spf=pass (x.example) helo=none dkim=pass [x.example esp.example] \
+             dmarc=pass (x.example, reject) arc=pass (lists.example) action=accept"
+                .to_string()
+        )]
+    );
+    // The next call's facts, not the previous call's: before DATA there are none.
+    data.auth = Default::default();
+    let mut a = Actions::default();
+    h.call(&data, &mut a).unwrap();
+    assert_eq!(
+        a.add_headers[0].1,
+        "spf= () helo= dkim= [] dmarc= (, ) arc= () action="
+    );
+}
+
+#[test]
 fn one_warm_instance_per_session() {
     let h = load("noop", serde_json::json!({"tag": "t"}), None).unwrap();
     let session = Arc::new(HookSession::default());
@@ -306,9 +346,25 @@ fn wrong_wit_version_is_refused_with_a_clear_message() {
         .err()
         .expect("must be refused");
     assert!(
-        e.contains("built for corvus:plugin@0.2.0") && e.contains("provides corvus:plugin@0.1.0"),
+        e.contains("built for corvus:plugin@0.2.0") && e.contains("provides corvus:plugin@0.1.1"),
         "{e}"
     );
+}
+
+#[test]
+fn older_patch_versions_are_compatible_newer_ones_not() {
+    assert_eq!(WIT_VERSION, "0.1.1");
+    for (v, ok) in [
+        ("0.1.0", true),
+        ("0.1.1", true),
+        ("0.1.2", false),
+        ("0.2.0", false),
+        ("0.0.9", false),
+        ("1.0.0", false),
+        ("x", false),
+    ] {
+        assert_eq!(compatible(v), ok, "{v}");
+    }
 }
 
 #[test]
@@ -456,4 +512,19 @@ fn bench_per_call_overhead() {
         }
         report("fresh instance + init + on_rcpt", wall, cpu);
     });
+}
+
+#[test]
+fn plugins_built_for_the_previous_compatible_version_still_run() {
+    // corvus:plugin@0.1.0: without the auth import that 0.1.1 added.
+    let h = load("previous-version", serde_json::json!({}), None).unwrap();
+    let mut data = rcpt("b@y.example", None);
+    data.point = HookPoint::Data;
+    data.message = Some(Arc::new(b"Subject: x\r\n\r\nhi\r\n".to_vec()));
+    let mut a = Actions::default();
+    assert_eq!(h.call(&data, &mut a).unwrap(), Verdict::Continue);
+    assert_eq!(
+        a.add_headers,
+        vec![("X-Previous".to_string(), "0.1.0".to_string())]
+    );
 }
