@@ -10,202 +10,23 @@ so no lookup leaves the machine). Mail is sent with smtplib and read back with i
 from __future__ import annotations
 
 import imaplib
-import json
-import os
-import pathlib
 import poplib
 import signal
 import smtplib
-import socket
 import subprocess
 import threading
 import time
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-CORVUS_BIN = os.environ.get("CORVUS_BIN") or str(ROOT / "target" / "debug" / "corvus")
+from conftest import free_port
+from hook_server import CORVUS_BIN, DOMAIN, PASSWORD, ROOT, HookServer, child_env, rcpt_reply, toml_value
+
 SCRIPTS = ROOT / "scripts"
-DOMAIN = "example.test"
-PASSWORD = "correct horse"
 
 
 # ---------------------------------------------------------------------------------------------
 # Fixture
-
-
-from conftest import free_port  # noqa: E402  (one port registry for the whole run)
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return str(v)
-    if isinstance(v, (str, pathlib.Path)):
-        return json.dumps(str(v))  # JSON string escapes are valid TOML basic strings
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(v)
-
-
-def child_env() -> dict:
-    # Every CORVUS_* variable is configuration to corvus; keep the harness's own out.
-    return {k: v for k, v in os.environ.items() if not k.startswith("CORVUS_")}
-
-
-class NxDns:
-    """UDP DNS responder on 127.0.0.1 answering NXDOMAIN to every query."""
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                q, peer = self.sock.recvfrom(4096)
-            except OSError:
-                return
-            if len(q) < 12:
-                continue
-            # Header: same id, QR=1, opcode and RD copied, RA=1, RCODE=3; question echoed.
-            flags = 0x8000 | (q[2] << 8 & 0x7900) | 0x0080 | 3
-            self.sock.sendto(q[:2] + flags.to_bytes(2, "big") + q[4:6] + b"\0\0\0\0\0\0" + q[12:], peer)
-
-    def close(self):
-        self.sock.close()
-
-
-class Server:
-    """One `corvus serve` with SMTP, submission, IMAP and POP3 listeners and the given hooks."""
-
-    def __init__(self, tmp: pathlib.Path, hooks: list[dict], delivery: str = ""):
-        self.tmp = tmp
-        self.delivery = delivery
-        self.dns = NxDns()
-        self.smtp_port, self.sub_port, self.imap_port = free_port(), free_port(), free_port()
-        self.pop3_port = free_port()
-        self.config = tmp / "corvus.toml"
-        self.log_path = tmp / "server.log"
-        self.write_config(hooks)
-        self.proc = None
-
-    def write_config(self, hooks: list[dict]):
-        lines = [
-            'hostname = "mx.example.test"',
-            f"data_dir = {toml_value(self.tmp / 'data')}",
-            f"domains = [{toml_value(DOMAIN)}]",
-            'shutdown_timeout = "5s"',
-            "[listen]",
-            f'smtp = "127.0.0.1:{self.smtp_port}"',
-            f'submission = "127.0.0.1:{self.sub_port}"',
-            f'imap = "127.0.0.1:{self.imap_port}"',
-            f'pop3 = "127.0.0.1:{self.pop3_port}"',
-            "[dns]",
-            f"nameservers = [{toml_value(self.dns.addr)}]",
-            "[smtp]",
-            "allow_plaintext_auth = true",
-            "max_errors = 100",
-            "[imap]",
-            "allow_plaintext_auth = true",
-            "[pop3]",
-            "allow_plaintext_auth = true",
-            "[log]",
-            'level = "info"',
-            "[delivery]",
-            self.delivery,
-        ]
-        for h in hooks:
-            lines.append("[[hooks]]")
-            for k, v in h.items():
-                lines.append(f"{k} = {toml_value(v)}")
-        self.config.write_text("\n".join(lines) + "\n")
-
-    def start(self):
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [CORVUS_BIN, "-c", str(self.config), "serve"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=child_env(),
-        )
-        deadline = time.time() + 30
-        sock = self.tmp / "data" / "control.sock"
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"corvus serve exited {self.proc.returncode}:\n{self.logs()}")
-            ports = (self.smtp_port, self.sub_port, self.imap_port, self.pop3_port)
-            if all(port_open(p) for p in ports) and sock.exists():
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"corvus serve did not come up:\n{self.logs()}")
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc:
-            self.log.close()
-        self.dns.close()
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def cli(self, *args, check=True) -> subprocess.CompletedProcess:
-        r = subprocess.run([CORVUS_BIN, "-c", str(self.config), *args],
-                           capture_output=True, text=True, env=child_env(), timeout=60)
-        if check and r.returncode != 0:
-            raise AssertionError(f"corvus {' '.join(args)} failed ({r.returncode}): {r.stdout}{r.stderr}")
-        return r
-
-    def add_user(self, address: str):
-        self.cli("user", "add", address, "--password", PASSWORD)
-
-    def smtp(self, port=None) -> smtplib.SMTP:
-        s = smtplib.SMTP("127.0.0.1", port or self.smtp_port, timeout=30)
-        s.ehlo("client.example")
-        return s
-
-    def imap(self, user: str, password: str = PASSWORD) -> imaplib.IMAP4:
-        m = imaplib.IMAP4("127.0.0.1", self.imap_port, timeout=30)
-        m.login(user, password)
-        return m
-
-    def pop3(self, user: str, password: str = PASSWORD) -> poplib.POP3:
-        p = poplib.POP3("127.0.0.1", self.pop3_port, timeout=30)
-        p.user(user)
-        p.pass_(password)
-        return p
-
-    def messages(self, user: str, folder: str = "INBOX") -> list[bytes]:
-        m = self.imap(user)
-        try:
-            typ, _ = m.select(f'"{folder}"', readonly=True)
-            if typ != "OK":
-                return []
-            typ, data = m.uid("SEARCH", None, "ALL")
-            out = []
-            for uid in data[0].split():
-                typ, parts = m.uid("FETCH", uid, "(BODY.PEEK[])")
-                out.append(parts[0][1])
-            return out
-        finally:
-            m.logout()
 
 
 @pytest.fixture
@@ -213,8 +34,8 @@ def corvus(tmp_path):
     """Factory: corvus(hooks=[{script=…, config={…}}, …]) starts a server and returns it."""
     servers = []
 
-    def start(hooks: list[dict], delivery: str = "") -> Server:
-        s = Server(tmp_path, hooks, delivery)
+    def start(hooks: list[dict], delivery: str = "") -> HookServer:
+        s = HookServer(tmp_path, hooks, extra=["[delivery]", delivery], pop3=True)
         servers.append(s)
         return s.start()
 
@@ -226,12 +47,6 @@ def corvus(tmp_path):
 def message(subject="Hello", extra_headers="", body="Just a test.\r\n", to=f"alice@{DOMAIN}") -> str:
     return (f"From: <sender@remote.example>\r\nTo: <{to}>\r\nSubject: {subject}\r\n"
             f"{extra_headers}Message-ID: <{time.time_ns()}@remote.example>\r\n\r\n{body}")
-
-
-def rcpt_reply(s: smtplib.SMTP, sender: str, rcpt: str) -> tuple[int, bytes]:
-    code, text = s.mail(sender)
-    assert code == 250, (code, text)
-    return s.rcpt(rcpt)
 
 
 # ---------------------------------------------------------------------------------------------
