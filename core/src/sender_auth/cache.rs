@@ -201,9 +201,53 @@ pub trait Targets {
     fn targets(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Whether the value is a kept negative answer (see [`not_found`]).
+    fn negative(&self) -> bool {
+        false
+    }
 }
 
-impl Targets for Txt {}
+impl Targets for Txt {
+    fn negative(&self) -> bool {
+        matches!(
+            self,
+            Txt::Error(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(
+                _
+            )))
+        )
+    }
+}
+
+/// The TXT cache's value for a name the DNS answered without records (NXDOMAIN, or no TXT):
+/// mail-auth reads it back as the same error its resolver call gives, so a kept negative answer
+/// and a fresh one evaluate alike (mail-auth keeps only positive answers on its own).
+pub fn not_found(code: hickory_resolver::proto::op::ResponseCode) -> Txt {
+    Txt::Error(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(
+        code,
+    )))
+}
+
+/// TXT names an evaluation asked the cache for, missed, and did not store afterwards: looked
+/// up without a usable answer (no records, or an error).
+pub fn txt_misses(log: &[Access]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, a) in log.iter().enumerate() {
+        if let Access::Get {
+            kind: Kind::Txt,
+            name,
+            hit: false,
+        } = a
+        {
+            let stored = log[i + 1..]
+                .iter()
+                .any(|b| matches!(b, Access::Insert { kind: Kind::Txt, name: n } if n == name));
+            if !stored && !out.contains(name) {
+                out.push(name.clone());
+            }
+        }
+    }
+    out
+}
 impl Targets for RecordSet<Ipv4Addr> {}
 impl Targets for RecordSet<Ipv6Addr> {}
 impl Targets for RecordSet<MX> {
@@ -251,7 +295,9 @@ impl<K: Hash + Eq, V: Clone + Targets, C: ResolverCache<K, V>> ResolverCache<K, 
         self.push(Access::Get {
             kind: self.kind,
             name: name_of(name),
-            hit: v.is_some(),
+            // A kept negative answer is a lookup without records, as RFC 7208's void lookup
+            // count needs it, and it is not stored again.
+            hit: v.as_ref().is_some_and(|v| !v.negative()),
         });
         if let Some(v) = &v {
             let t = v.targets();

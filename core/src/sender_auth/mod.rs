@@ -25,7 +25,7 @@ pub mod seal;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
 use mail_auth::dkim::DkimError;
@@ -411,13 +411,14 @@ impl SenderAuth {
             || SpfOutput::new(domain.to_string()).with_result(SpfResult::TempError),
         )
         .await;
+        let log = log.into_inner().unwrap_or_else(|e| e.into_inner());
+        self.keep_missing_txt(&log).await;
         if matches!(
             out.result(),
             SpfResult::TempError | SpfResult::PermError | SpfResult::None
         ) {
             return out;
         }
-        let log = log.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut voids = 0;
         for v in cache::void_lookups(&log) {
             voids += match v {
@@ -451,6 +452,36 @@ impl SenderAuth {
                 ));
         }
         out
+    }
+
+    /// Keep the negative answers among an evaluation's TXT lookups (see [`cache::not_found`]):
+    /// domains without SPF or DMARC records are common, and mail-auth keeps only positive
+    /// answers, so each message from such a domain went through the resolver again. The
+    /// resolver still has the answer cached; it is kept for its SOA's negative TTL (RFC 2308;
+    /// none without an SOA), and errors other than "no records" are never kept.
+    async fn keep_missing_txt(&self, log: &[cache::Access]) {
+        use hickory_resolver::net::{DnsError, NetError};
+        use mail_auth::ResolverCache;
+        for name in cache::txt_misses(log) {
+            if self.caches.txt.get(name.as_str()).is_some() {
+                continue; // kept already (a kept negative answer reads as a miss)
+            }
+            let r = tokio::time::timeout(
+                self.config.timeout,
+                self.auth.resolver().txt_lookup(name.as_str()),
+            )
+            .await;
+            if let Ok(Err(NetError::Dns(DnsError::NoRecordsFound(n)))) = r
+                && let Some(ttl) = n.negative_ttl
+            {
+                let until = Instant::now() + Duration::from_secs(u64::from(ttl));
+                self.caches.txt.insert(
+                    name.into_boxed_str(),
+                    cache::not_found(n.response_code),
+                    until,
+                );
+            }
+        }
     }
 
     /// The refusal text when MAIL FROM must be refused for an SPF hard fail.
@@ -559,11 +590,12 @@ impl SenderAuth {
         }
         .to_ascii_lowercase();
         let from_domain_hint = domain_of(msg.from()).to_string();
+        let dmarc_log = std::sync::Mutex::new(Vec::new());
+        let dmarc_caches = self.caches.recording(&dmarc_log);
         let dmarc = bounded(
             limit,
             self.auth.verify_dmarc(
-                self.caches
-                    .params(DmarcParameters::new(&msg, &dkim, &mf_domain, spf_out)),
+                dmarc_caches.params(DmarcParameters::new(&msg, &dkim, &mf_domain, spf_out)),
             ),
             || {
                 DmarcOutput::default()
@@ -573,6 +605,8 @@ impl SenderAuth {
             },
         )
         .await;
+        let dmarc_log = dmarc_log.into_inner().unwrap_or_else(|e| e.into_inner());
+        self.keep_missing_txt(&dmarc_log).await;
         let from_domain = dmarc.domain().to_string();
         let passing: Vec<String> = dkim
             .iter()

@@ -475,6 +475,47 @@ async fn records_are_cached_within_ttl() {
     assert_eq!(f.dns.queries(), cold, "warm checks queried the DNS again");
 }
 
+#[tokio::test]
+async fn negative_txt_answers_are_kept() {
+    use mail_auth::ResolverCache;
+    let f = Fixture::new();
+    // A domain with an address but neither SPF nor DMARC records (NOERROR without TXT), and
+    // one that does not exist at all (NXDOMAIN).
+    f.dns.a("plain.test", "203.0.113.9");
+    let auth = f.checker();
+    for from in ["a@plain.test", "a@nowhere.test"] {
+        let domain = from.split('@').nth(1).unwrap();
+        let raw = format!("From: {from}\r\nSubject: x\r\n\r\nhello\r\n").into_bytes();
+        let mut facts = Vec::new();
+        for round in 0..2 {
+            let spf = auth.check_spf(ip(), "mail.example", from).await;
+            let env = Envelope {
+                ip: ip(),
+                helo: "mail.example",
+                mail_from: from,
+                spf: Some(&spf),
+            };
+            let c = auth.check_message(&raw, &env).await;
+            facts.push((c.facts.spf.clone(), c.facts.dmarc.clone(), c.header.clone()));
+            // Both names are kept as "not found", and read back as the same result.
+            for name in [format!("{domain}."), format!("_dmarc.{domain}.")] {
+                let kept = auth.caches().txt.get(name.as_str());
+                assert!(
+                    kept.as_ref().is_some_and(cache::Targets::negative),
+                    "round {round}: {name} not kept as not found (kept: {})",
+                    kept.is_some()
+                );
+            }
+        }
+        assert_eq!(facts[0].0, "none", "{from}");
+        assert_eq!(facts[0].1, "none", "{from}");
+        assert_eq!(
+            facts[0], facts[1],
+            "{from}: a kept negative answer evaluates differently"
+        );
+    }
+}
+
 /// On-CPU time of this thread (Linux), so the figure does not depend on how busy the
 /// machine is; wall time is printed too.
 fn thread_cpu() -> std::time::Duration {
