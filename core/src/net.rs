@@ -49,6 +49,22 @@ impl Stream {
         }
     }
 
+    /// Upgrade to TLS within [`HANDSHAKE_TIMEOUT`] (implicit TLS, STARTTLS, STLS); false
+    /// (logged at debug) when the handshake failed or timed out: the session ends then.
+    pub async fn start_tls(&mut self, acceptor: &tokio_rustls::TlsAcceptor) -> bool {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.upgrade(acceptor)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                false
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                false
+            }
+        }
+    }
+
     /// Upgrade a plain stream to TLS.
     pub async fn upgrade(&mut self, acceptor: &tokio_rustls::TlsAcceptor) -> io::Result<()> {
         match std::mem::replace(self, Stream::Upgrading) {
@@ -63,6 +79,28 @@ impl Stream {
             }
         }
     }
+}
+
+/// How long a client may take over a TLS handshake (implicit TLS or STARTTLS).
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A session's id in the logs: 12 hex digits.
+pub fn session_id() -> String {
+    format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+/// The stream of a new connection: plain, or for the implicit-TLS listeners after the
+/// handshake (`None` when it failed or took longer than [`HANDSHAKE_TIMEOUT`]).
+pub async fn accept_stream(
+    tcp: tokio::net::TcpStream,
+    implicit_tls: bool,
+    acceptor: &tokio_rustls::TlsAcceptor,
+) -> Option<Stream> {
+    let mut stream = Stream::Plain(tcp);
+    if implicit_tls && !stream.start_tls(acceptor).await {
+        return None;
+    }
+    Some(stream)
 }
 
 macro_rules! delegate {

@@ -104,16 +104,12 @@ pub async fn serve(
     listener: &'static str,
     implicit_tls: bool,
 ) {
-    let id = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-    let span = tracing::info_span!("imap", session = %id, peer = %peer, listener);
+    let span =
+        tracing::info_span!("imap", session = %crate::net::session_id(), peer = %peer, listener);
     async move {
-        let mut stream = Stream::Plain(tcp);
-        if implicit_tls {
-            match tokio::time::timeout(Duration::from_secs(30), stream.upgrade(&shared.tls)).await {
-                Ok(Ok(())) => {}
-                _ => return,
-            }
-        }
+        let Some(stream) = crate::net::accept_stream(tcp, implicit_tls, &shared.tls).await else {
+            return;
+        };
         let mut s = Session {
             shared,
             stream,
@@ -253,15 +249,10 @@ impl Session {
                 self.starttls = false;
                 self.flush().await?;
                 self.inbuf.clear();
-                match tokio::time::timeout(
-                    Duration::from_secs(30),
-                    self.stream.upgrade(&self.shared.tls),
-                )
-                .await
-                {
-                    Ok(Ok(())) => continue,
-                    _ => return Ok(()),
+                if !self.stream.start_tls(&self.shared.tls).await {
+                    return Ok(());
                 }
+                continue;
             }
             self.flush().await?;
             let cfg = &self.shared.config.imap;

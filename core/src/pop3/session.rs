@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -21,9 +20,6 @@ use crate::accounts;
 use crate::hooks::{HookCtx, HookPoint, Verdict};
 use crate::net::Stream;
 use crate::server::Shared;
-
-/// How long a TLS handshake (implicit or after STLS) may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Output is written to the socket once this much is buffered, even mid-pipeline.
 const FLUSH_AT: usize = 256 * 1024;
@@ -77,20 +73,12 @@ pub async fn serve(
     listener: &'static str,
     implicit_tls: bool,
 ) {
-    let id = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-    let span = tracing::info_span!("pop3", session = %id, peer = %peer, listener);
+    let span =
+        tracing::info_span!("pop3", session = %crate::net::session_id(), peer = %peer, listener);
     async move {
-        let mut stream = Stream::Plain(tcp);
-        if implicit_tls {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.upgrade(&shared.tls)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            }
-        }
+        let Some(stream) = crate::net::accept_stream(tcp, implicit_tls, &shared.tls).await else {
+            return;
+        };
         let mut s = Session {
             shared,
             stream,
@@ -154,18 +142,8 @@ impl Session {
                     // RFC 2595 §4 / RFC 3207 §4.2 by analogy: nothing pipelined behind STLS
                     // may be acted on once TLS is up.
                     self.inbuf.clear();
-                    match tokio::time::timeout(
-                        HANDSHAKE_TIMEOUT,
-                        self.stream.upgrade(&self.shared.tls),
-                    )
-                    .await
-                    {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "STLS handshake failed");
-                            return Ok(());
-                        }
-                        Err(_) => return Ok(()),
+                    if !self.stream.start_tls(&self.shared.tls).await {
+                        return Ok(());
                     }
                     self.state = State::Authorization { user: None };
                     continue;
@@ -809,6 +787,7 @@ mod tests {
     use crate::hooks::{Actions, HookChain, HookEngine, HookError};
     use crate::net::{AuthThrottle, ConnLimits};
     use crate::store::{Placement, SledStore, Store};
+    use std::time::Duration;
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     /// Refuses fetches of UID 2 permanently and of UID 3 temporarily.

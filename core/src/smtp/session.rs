@@ -105,20 +105,12 @@ pub async fn serve(
     listener: &'static str,
     implicit_tls: bool,
 ) {
-    let id = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-    let span = tracing::info_span!("smtp", session = %id, peer = %peer, listener);
+    let span =
+        tracing::info_span!("smtp", session = %crate::net::session_id(), peer = %peer, listener);
     async move {
-        let mut stream = Stream::Plain(tcp);
-        if implicit_tls {
-            match tokio::time::timeout(Duration::from_secs(30), stream.upgrade(&shared.tls)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            }
-        }
+        let Some(stream) = crate::net::accept_stream(tcp, implicit_tls, &shared.tls).await else {
+            return;
+        };
         // A recent client's FCrDNS result is at hand; otherwise the lookups start now and run
         // in the background.
         let ip = peer.ip();
@@ -276,18 +268,8 @@ impl Session {
                     self.flush().await?;
                     // RFC 3207 §4.2: discard anything pipelined behind STARTTLS.
                     self.inbuf.clear();
-                    match tokio::time::timeout(
-                        Duration::from_secs(30),
-                        self.stream.upgrade(&self.shared.tls),
-                    )
-                    .await
-                    {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "STARTTLS handshake failed");
-                            return Ok(());
-                        }
-                        Err(_) => return Ok(()),
+                    if !self.stream.start_tls(&self.shared.tls).await {
+                        return Ok(());
                     }
                     // RFC 3207 §4.2: forget everything learnt before TLS.
                     self.helo = None;
