@@ -492,7 +492,8 @@ def main():
     ap.add_argument("--only-dovecot", action="store_true")
     ap.add_argument("--malloc-fixed", action="store_true",
                     help="run Corvus with MALLOC_MMAP_THRESHOLD_=131072: glibc then returns "
-                         "argon2's 19 MB login buffers to the OS, so RSS shows session state")
+                         "argon2's 19 MB login buffers to the OS, so RSS shows session state "
+                         "(builds before 018590a; Corvus now allocates with mimalloc)")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
