@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import imaplib
 import itertools
-import json
 import os
 import pathlib
 import re
@@ -22,7 +21,6 @@ import socket
 import ssl
 import struct
 import subprocess
-import threading
 import time
 import email.policy
 from email.message import EmailMessage
@@ -43,73 +41,8 @@ def server_env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("CORVUS_")}
 
 
-from conftest import free_port  # noqa: E402  (one port registry for the whole run)
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def tls_context() -> ssl.SSLContext:
-    """Accepts Corvus's generated self-signed certificate."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return str(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    raise TypeError(v)
-
-
-class NxDomainDNS:
-    """UDP DNS on 127.0.0.1 answering NXDOMAIN to every query, so that the server under test
-    never sends a lookup off the machine (raw wire format, no dnspython needed)."""
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except OSError:
-                return
-            if len(data) < 12:
-                continue
-            qid, flags, qd = struct.unpack("!HHH", data[:6])
-            # Find the end of the first question: QNAME labels, then QTYPE and QCLASS.
-            i = 12
-            try:
-                while data[i] != 0:
-                    i += 1 + data[i]
-                question = data[12 : i + 5] if qd else b""
-            except IndexError:
-                continue
-            rflags = 0x8000 | (flags & 0x7900) | 0x0080 | 3  # QR, opcode+RD, RA, NXDOMAIN
-            hdr = struct.pack("!HHHHHH", qid, rflags, 1 if question else 0, 0, 0, 0)
-            try:
-                self.sock.sendto(hdr + question, peer)
-            except OSError:
-                return
-
-    def close(self):
-        self.sock.close()
+from conftest import free_port, tls_context  # noqa: E402,F401  (one port registry for the whole run)
+from hook_server import Dns, port_open, toml_value  # noqa: E402,F401
 
 
 _users = itertools.count(1)
@@ -123,7 +56,7 @@ class Server:
         base.mkdir(parents=True, exist_ok=True)
         self.base = base
         self.data_dir = base / "data"
-        self.dns = NxDomainDNS()
+        self.dns = Dns()  # NXDOMAIN for every name
         self.ports = {"smtp": free_port(), "imap": free_port(), "imaps": free_port()}
         self.imap_cfg = {"allow_plaintext_auth": True}
         self.imap_cfg.update(imap or {})

@@ -10,7 +10,6 @@ CORVUS_BIN names the binary (default: target/debug/corvus under the repository r
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import signal
@@ -18,7 +17,6 @@ import smtplib
 import socket
 import ssl
 import subprocess
-import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -27,63 +25,8 @@ PASSWORD = "pop secret"
 DOMAIN = "example.org"
 
 
-from conftest import free_port  # noqa: E402  (one port registry for the whole run)
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def tls_context() -> ssl.SSLContext:
-    """Client TLS context that accepts Corvus's self-signed certificate."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-class NxdomainDNS:
-    """UDP DNS responder on 127.0.0.1 answering every query with NXDOMAIN (built from the
-    query's own bytes: same ID and question, QR/RA set, RCODE 3, no records)."""
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                q, peer = self.sock.recvfrom(4096)
-            except OSError:
-                return
-            if len(q) < 12:
-                continue
-            # Header: ID, flags (QR=1, opcode copied, RD copied, RA=1, RCODE=3), counts.
-            flags = 0x8000 | (q[2] & 0x79) << 8 | 0x80 | 3
-            qdcount = q[4:6]
-            # Keep only the question section (drop EDNS OPT and anything else).
-            end = 12
-            try:
-                for _ in range(int.from_bytes(qdcount, "big")):
-                    while q[end] != 0:
-                        end += 1 + q[end]
-                    end += 5
-            except IndexError:
-                continue
-            r = q[:2] + flags.to_bytes(2, "big") + qdcount + b"\0\0\0\0\0\0" + q[12:end]
-            try:
-                self.sock.sendto(r, peer)
-            except OSError:
-                return
-
-    def close(self):
-        self.sock.close()
+from conftest import free_port, tls_context  # noqa: E402,F401  (one port registry for the whole run)
+from hook_server import Dns, port_open, toml_value  # noqa: E402,F401
 
 
 def child_env(**extra: str) -> dict:
@@ -93,18 +36,6 @@ def child_env(**extra: str) -> dict:
     env["NO_COLOR"] = "1"
     env.update(extra)
     return env
-
-
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return str(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # JSON string escapes are valid TOML basic strings
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    raise TypeError(v)
 
 
 class Server:
@@ -118,7 +49,7 @@ class Server:
     def __init__(self, tmp: pathlib.Path, **sections):
         self.tmp = tmp
         tmp.mkdir(parents=True, exist_ok=True)
-        self.dns = NxdomainDNS()
+        self.dns = Dns()  # NXDOMAIN for every name
         self.ports = {name: free_port() for name in self.LISTENERS}
         self.data_dir = tmp / "data"
         self.config = tmp / "corvus.toml"
