@@ -71,8 +71,9 @@ impl Fcrdns {
 }
 
 /// The FCrDNS check (RFC 8601 `iprev`): PTR lookup of `ip`, then forward lookup of each
-/// name. Also until when its answer holds: the earliest expiry of the DNS answers it rests on (a negative answer's from its SOA), `None` when it must not be kept (temporary
-/// failure, a forward lookup that failed, a negative answer without an SOA, RFC 2308 §5).
+/// name. Also until when its answer holds: the earliest expiry of the DNS answers it rests
+/// on (a negative answer's from its SOA), `None` when it must not be kept (temporary failure,
+/// a forward lookup that failed, a negative answer without an SOA, RFC 2308 §5).
 async fn fcrdns(resolver: &TokioResolver, ip: IpAddr) -> (Fcrdns, Option<Instant>) {
     let negative = |e: &NetError| match e {
         NetError::Dns(DnsError::NoRecordsFound(n)) => n

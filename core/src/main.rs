@@ -10,7 +10,7 @@ use corvus::admin::{AdminCommand, execute_with_progress};
 use corvus::config::{Config, LogFormat};
 use corvus::mailbox_io::Format;
 
-/// mimalloc instead of glibc's malloc: about a quarter less CPU per SMTP message and a faster
+/// mimalloc instead of glibc's malloc: a sixth to a third less CPU per SMTP message and a faster
 /// plugin path (BENCHMARKS.md, "The allocator"). Built without transparent huge pages
 /// (`no_thp`): with them, every fresh arena page fault cleared 2 MiB, and the base RSS tripled.
 #[global_allocator]
