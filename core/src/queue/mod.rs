@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use crate::dns::{MxRoute, host_addresses, mx_hosts};
 use crate::hooks::{HookCtx, HookPoint, Verdict};
 use crate::server::Shared;
-use crate::store::{Placement, QueueEntry, QueueRcpt};
+use crate::store::{Placement, QueueEntry, QueueRcpt, StoreError};
 use client::{Client, ClientError, RemoteReply};
 use dsn::RcptStatus;
 
@@ -589,18 +589,18 @@ async fn finish(
         entry.next_attempt = now() + delay.as_secs() as i64;
         shared.store.queue_update(entry)
     };
-    if let Err(e) = result {
-        tracing::error!(error = %e, "updating the queue failed");
+    match result {
+        Ok(()) => {}
+        Err(StoreError::NotFound(_)) => {
+            tracing::info!("the entry was deleted from the queue during the delivery attempt");
+        }
+        Err(e) => tracing::error!(error = %e, "updating the queue failed"),
     }
     let _ = shared.store.commit().await;
 }
 
 /// Deliver a bounce: into the sender's INBOX when local, else into the queue with `<>`.
-fn send_bounce(
-    shared: &Arc<Shared>,
-    to: &str,
-    bounce: &[u8],
-) -> Result<(), crate::store::StoreError> {
+fn send_bounce(shared: &Arc<Shared>, to: &str, bounce: &[u8]) -> Result<(), StoreError> {
     if let Ok(crate::hooks::Route::Local(targets)) =
         crate::routing::resolve(&shared.store, &shared.config.domains, to)
     {

@@ -381,6 +381,8 @@ pub trait MailStore: Send + Sync + 'static {
     /// One queued entry.
     fn queue_entry(&self, id: &str) -> Result<Option<QueueEntry>>;
     /// Replace a queued entry's state (recipients left, attempts, next attempt, errors).
+    /// `NotFound` when the entry is no longer queued (deleted meanwhile, e.g. by `corvus queue
+    /// delete` during a delivery attempt): a stale update must not bring it back.
     fn queue_update(&self, entry: &QueueEntry) -> Result<()>;
     /// Remove an entry and its message bytes.
     fn queue_remove(&self, id: &str) -> Result<()>;

@@ -764,9 +764,16 @@ impl MailStore for SledStore {
     }
 
     fn queue_update(&self, entry: &QueueEntry) -> Result<()> {
-        self.queue
-            .insert(entry.id.as_bytes(), serde_json::to_vec(entry)?)?;
-        Ok(())
+        let new = serde_json::to_vec(entry)?;
+        // Replace only an entry that is still there (atomically: a delete between a read and
+        // an insert would otherwise be undone, and the entry's blob is already released).
+        let prev = self
+            .queue
+            .fetch_and_update(entry.id.as_bytes(), |old| old.map(|_| new.clone()))?;
+        match prev {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NotFound(format!("queue entry {}", entry.id))),
+        }
     }
 
     fn queue_remove(&self, id: &str) -> Result<()> {
@@ -929,6 +936,47 @@ fn release_blob(refs: &sled::Tree, blobs: &sled::Tree, blob: u64) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deleted_queue_entry_is_not_brought_back_by_a_stale_update() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SledStore::open(d.path()).unwrap();
+        let entry = QueueEntry {
+            id: "Q1".into(),
+            mail_from: "a@x.example".into(),
+            rcpts: Vec::new(),
+            ret: None,
+            envid: None,
+            created: 1,
+            next_attempt: 1,
+            attempts: 0,
+            last_error: None,
+            blob: 0,
+            smtputf8: false,
+            decisions: Vec::new(),
+            warned: false,
+        };
+        s.enqueue(entry, b"message").unwrap();
+        // A delivery attempt read the entry; meanwhile the admin deletes it.
+        let mut seen = s.queue_entry("Q1").unwrap().unwrap();
+        s.queue_remove("Q1").unwrap();
+        seen.attempts = 1;
+        seen.last_error = Some("connection refused".into());
+        assert!(matches!(
+            s.queue_update(&seen),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(s.queue().unwrap().is_empty());
+        assert!(s.queue_entry("Q1").unwrap().is_none());
+        // An entry that is still there is updated.
+        let mut e = seen.clone();
+        e.id = "Q2".into();
+        s.enqueue(e, b"other").unwrap();
+        let mut e = s.queue_entry("Q2").unwrap().unwrap();
+        e.attempts = 3;
+        s.queue_update(&e).unwrap();
+        assert_eq!(s.queue_entry("Q2").unwrap().unwrap().attempts, 3);
+    }
 
     #[test]
     fn deliver_assigns_ascending_uids_and_survives_reopen() {
