@@ -307,11 +307,14 @@ pub fn execute_with_progress(
         }
         AdminCommand::QueueFlush { id } => {
             let mut n = 0;
-            for mut e in store.queue()? {
+            for e in store.queue()? {
                 if id.as_ref().is_none_or(|i| *i == e.id) {
-                    e.next_attempt = 0;
-                    store.queue_update(&e)?;
-                    n += 1;
+                    match store.queue_due_now(&e.id) {
+                        Ok(()) => n += 1,
+                        // Delivered or deleted since the listing.
+                        Err(StoreError::NotFound(_)) => {}
+                        Err(err) => return Err(err.into()),
+                    }
                 }
             }
             if n == 0

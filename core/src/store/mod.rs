@@ -384,6 +384,10 @@ pub trait MailStore: Send + Sync + 'static {
     /// `NotFound` when the entry is no longer queued (deleted meanwhile, e.g. by `corvus queue
     /// delete` during a delivery attempt): a stale update must not bring it back.
     fn queue_update(&self, entry: &QueueEntry) -> Result<()>;
+    /// Make an entry due now (`corvus queue flush`), changing nothing else: the stored
+    /// entry is modified in place, so a delivery attempt's concurrent update (recipients
+    /// delivered meanwhile) is not overwritten by an older copy. `NotFound` when it is gone.
+    fn queue_due_now(&self, id: &str) -> Result<()>;
     /// Remove an entry and its message bytes.
     fn queue_remove(&self, id: &str) -> Result<()>;
 

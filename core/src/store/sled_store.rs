@@ -776,6 +776,32 @@ impl MailStore for SledStore {
         }
     }
 
+    fn queue_due_now(&self, id: &str) -> Result<()> {
+        let mut bad = None;
+        let prev = self.queue.fetch_and_update(id.as_bytes(), |old| {
+            let old = old?;
+            match serde_json::from_slice::<QueueEntry>(old) {
+                Ok(mut e) => {
+                    e.next_attempt = 0;
+                    serde_json::to_vec(&e).ok()
+                }
+                Err(err) => {
+                    bad = Some(err.to_string());
+                    Some(old.to_vec())
+                }
+            }
+        })?;
+        if let Some(err) = bad {
+            return Err(StoreError::Backend(format!(
+                "corrupt record: queue entry {id}: {err}"
+            )));
+        }
+        match prev {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NotFound(format!("queue entry {id}"))),
+        }
+    }
+
     fn queue_remove(&self, id: &str) -> Result<()> {
         let Some(v) = self.queue.remove(id.as_bytes())? else {
             return Err(StoreError::NotFound(format!("queue entry {id}")));
@@ -976,6 +1002,55 @@ mod tests {
         e.attempts = 3;
         s.queue_update(&e).unwrap();
         assert_eq!(s.queue_entry("Q2").unwrap().unwrap().attempts, 3);
+    }
+
+    #[test]
+    fn flush_changes_only_the_due_time_of_the_stored_entry() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SledStore::open(d.path()).unwrap();
+        let rcpt = |a: &str| QueueRcpt {
+            address: a.into(),
+            notify: Vec::new(),
+            orcpt: None,
+        };
+        let entry = QueueEntry {
+            id: "Q1".into(),
+            mail_from: "a@x.example".into(),
+            rcpts: vec![rcpt("b@y.example"), rcpt("c@z.example")],
+            ret: None,
+            envid: None,
+            created: 1,
+            next_attempt: 9_999_999_999,
+            attempts: 0,
+            last_error: None,
+            blob: 0,
+            smtputf8: false,
+            decisions: Vec::new(),
+            warned: false,
+        };
+        s.enqueue(entry, b"message").unwrap();
+        // An attempt delivered to b@ and recorded that; a flush after it keeps that.
+        let mut e = s.queue_entry("Q1").unwrap().unwrap();
+        e.rcpts.remove(0);
+        e.attempts = 1;
+        s.queue_update(&e).unwrap();
+        s.queue_due_now("Q1").unwrap();
+        let now = s.queue_entry("Q1").unwrap().unwrap();
+        assert_eq!(now.next_attempt, 0);
+        assert_eq!(now.attempts, 1);
+        assert_eq!(
+            now.rcpts
+                .iter()
+                .map(|r| r.address.as_str())
+                .collect::<Vec<_>>(),
+            vec!["c@z.example"]
+        );
+        s.queue_remove("Q1").unwrap();
+        assert!(matches!(
+            s.queue_due_now("Q1"),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(s.queue().unwrap().is_empty());
     }
 
     #[test]
