@@ -963,25 +963,30 @@ fn release_blob(refs: &sled::Tree, blobs: &sled::Tree, blob: u64) -> Result<()> 
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_deleted_queue_entry_is_not_brought_back_by_a_stale_update() {
-        let d = tempfile::tempdir().unwrap();
-        let s = SledStore::open(d.path()).unwrap();
-        let entry = QueueEntry {
-            id: "Q1".into(),
+    /// A queue entry from a@x.example, not due for a long time.
+    fn queued(id: &str, rcpts: Vec<QueueRcpt>) -> QueueEntry {
+        QueueEntry {
+            id: id.into(),
             mail_from: "a@x.example".into(),
-            rcpts: Vec::new(),
+            rcpts,
             ret: None,
             envid: None,
             created: 1,
-            next_attempt: 1,
+            next_attempt: 9_999_999_999,
             attempts: 0,
             last_error: None,
             blob: 0,
             smtputf8: false,
             decisions: Vec::new(),
             warned: false,
-        };
+        }
+    }
+
+    #[test]
+    fn a_deleted_queue_entry_is_not_brought_back_by_a_stale_update() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SledStore::open(d.path()).unwrap();
+        let entry = queued("Q1", Vec::new());
         s.enqueue(entry, b"message").unwrap();
         // A delivery attempt read the entry; meanwhile the admin deletes it.
         let mut seen = s.queue_entry("Q1").unwrap().unwrap();
@@ -1013,21 +1018,7 @@ mod tests {
             notify: Vec::new(),
             orcpt: None,
         };
-        let entry = QueueEntry {
-            id: "Q1".into(),
-            mail_from: "a@x.example".into(),
-            rcpts: vec![rcpt("b@y.example"), rcpt("c@z.example")],
-            ret: None,
-            envid: None,
-            created: 1,
-            next_attempt: 9_999_999_999,
-            attempts: 0,
-            last_error: None,
-            blob: 0,
-            smtputf8: false,
-            decisions: Vec::new(),
-            warned: false,
-        };
+        let entry = queued("Q1", vec![rcpt("b@y.example"), rcpt("c@z.example")]);
         s.enqueue(entry, b"message").unwrap();
         // An attempt delivered to b@ and recorded that; a flush after it keeps that.
         let mut e = s.queue_entry("Q1").unwrap().unwrap();
