@@ -488,14 +488,7 @@ async fn negative_txt_answers_are_kept() {
         let raw = format!("From: {from}\r\nSubject: x\r\n\r\nhello\r\n").into_bytes();
         let mut facts = Vec::new();
         for round in 0..2 {
-            let spf = auth.check_spf(ip(), "mail.example", from).await;
-            let env = Envelope {
-                ip: ip(),
-                helo: "mail.example",
-                mail_from: from,
-                spf: Some(&spf),
-            };
-            let c = auth.check_message(&raw, &env).await;
+            let c = check(&auth, &raw, from).await;
             facts.push((c.facts.spf.clone(), c.facts.dmarc.clone(), c.header.clone()));
             // Both names are kept as "not found", and read back as the same result.
             for name in [format!("{domain}."), format!("_dmarc.{domain}.")] {
@@ -558,26 +551,12 @@ async fn bench_check_message_warm_cache() {
     ] {
         // Warm up.
         for _ in 0..5 {
-            let spf = auth.check_spf(ip(), "mail.example", from).await;
-            let env = Envelope {
-                ip: ip(),
-                helo: "mail.example",
-                mail_from: from,
-                spf: Some(&spf),
-            };
-            auth.check_message(&raw, &env).await;
+            check(&auth, &raw, from).await;
         }
         let q = f.dns.queries();
         let (wall, cpu) = (Instant::now(), thread_cpu());
         for _ in 0..n {
-            let spf = auth.check_spf(ip(), "mail.example", from).await;
-            let env = Envelope {
-                ip: ip(),
-                helo: "mail.example",
-                mail_from: from,
-                spf: Some(&spf),
-            };
-            let c = auth.check_message(&raw, &env).await;
+            let c = check(&auth, &raw, from).await;
             assert_eq!(c.action, Action::Accept);
         }
         let (wall, cpu) = (wall.elapsed() / n, (thread_cpu() - cpu) / n);
