@@ -284,13 +284,13 @@ impl MailStore for SledStore {
     }
 
     fn set_password(&self, address: &str, password_hash: &str) -> Result<()> {
-        let mut acc = self.account(address)?.ok_or_else(|| {
-            StoreError::NotFound(format!("account {}", normalize_address(address)))
-        })?;
-        acc.password_hash = password_hash.into();
-        self.accounts
-            .insert(acc.address.as_bytes(), serde_json::to_vec(&acc)?)?;
-        Ok(())
+        let key = normalize_address(address);
+        update_json(
+            &self.accounts,
+            key.as_bytes(),
+            || format!("account {key}"),
+            |a: &mut Account| a.password_hash = password_hash.into(),
+        )
     }
 
     fn add_domain(&self, domain: &str) -> Result<()> {
@@ -777,29 +777,12 @@ impl MailStore for SledStore {
     }
 
     fn queue_due_now(&self, id: &str) -> Result<()> {
-        let mut bad = None;
-        let prev = self.queue.fetch_and_update(id.as_bytes(), |old| {
-            let old = old?;
-            match serde_json::from_slice::<QueueEntry>(old) {
-                Ok(mut e) => {
-                    e.next_attempt = 0;
-                    serde_json::to_vec(&e).ok()
-                }
-                Err(err) => {
-                    bad = Some(err.to_string());
-                    Some(old.to_vec())
-                }
-            }
-        })?;
-        if let Some(err) = bad {
-            return Err(StoreError::Backend(format!(
-                "corrupt record: queue entry {id}: {err}"
-            )));
-        }
-        match prev {
-            Some(_) => Ok(()),
-            None => Err(StoreError::NotFound(format!("queue entry {id}"))),
-        }
+        update_json(
+            &self.queue,
+            id.as_bytes(),
+            || format!("queue entry {id}"),
+            |e: &mut QueueEntry| e.next_attempt = 0,
+        )
     }
 
     fn queue_remove(&self, id: &str) -> Result<()> {
@@ -941,6 +924,36 @@ impl MailStore for SledStore {
 }
 
 /// Drop one reference to a blob, deleting it with the last one.
+/// Change the JSON record at `key` in place, atomically (sled `fetch_and_update`): `NotFound`
+/// (naming `what`) when it is not there, so that a concurrent delete is never undone by a
+/// stale copy written back.
+fn update_json<T: Serialize + serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    key: &[u8],
+    what: impl FnOnce() -> String,
+    change: impl Fn(&mut T),
+) -> Result<()> {
+    let mut bad = None;
+    let prev = tree.fetch_and_update(key, |old| {
+        let old = old?;
+        match serde_json::from_slice::<T>(old) {
+            Ok(mut v) => {
+                change(&mut v);
+                serde_json::to_vec(&v).ok().or_else(|| Some(old.to_vec()))
+            }
+            Err(e) => {
+                bad = Some(e);
+                Some(old.to_vec())
+            }
+        }
+    })?;
+    match (bad, prev) {
+        (Some(e), _) => Err(e.into()),
+        (None, Some(_)) => Ok(()),
+        (None, None) => Err(StoreError::NotFound(what())),
+    }
+}
+
 fn release_blob(refs: &sled::Tree, blobs: &sled::Tree, blob: u64) -> Result<()> {
     let key = blob.to_be_bytes();
     let left = refs.update_and_fetch(key, |old| {
@@ -1007,6 +1020,24 @@ mod tests {
         e.attempts = 3;
         s.queue_update(&e).unwrap();
         assert_eq!(s.queue_entry("Q2").unwrap().unwrap().attempts, 3);
+    }
+
+    #[test]
+    fn a_password_change_does_not_recreate_a_deleted_account() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SledStore::open(d.path()).unwrap();
+        s.create_account("bob@example.org", "old-hash").unwrap();
+        s.set_password("Bob@Example.org", "new-hash").unwrap();
+        assert_eq!(
+            s.account("bob@example.org").unwrap().unwrap().password_hash,
+            "new-hash"
+        );
+        s.delete_account("bob@example.org").unwrap();
+        assert!(matches!(
+            s.set_password("bob@example.org", "newer"),
+            Err(StoreError::NotFound(m)) if m == "account bob@example.org"
+        ));
+        assert!(s.account("bob@example.org").unwrap().is_none());
     }
 
     #[test]
