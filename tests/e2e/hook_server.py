@@ -5,7 +5,6 @@ a small DNS responder of its own, plus the client helpers those tests use."""
 from __future__ import annotations
 
 import imaplib
-import json
 import os
 import pathlib
 import poplib
@@ -16,34 +15,12 @@ import subprocess
 import threading
 import time
 
-from conftest import free_port  # one port registry for the whole run
+from conftest import free_port, port_open, toml_value
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CORVUS_BIN = os.environ.get("CORVUS_BIN") or str(ROOT / "target" / "debug" / "corvus")
 DOMAIN = "example.test"
 PASSWORD = "correct horse"
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return str(v)
-    if isinstance(v, (str, pathlib.Path)):
-        return json.dumps(str(v))  # JSON string escapes are valid TOML basic strings
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{json.dumps(str(k))} = {toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(v)
 
 
 def child_env() -> dict:

@@ -41,8 +41,8 @@ def server_env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("CORVUS_")}
 
 
-from conftest import free_port, tls_context  # noqa: E402,F401  (one port registry for the whole run)
-from hook_server import Dns, port_open, toml_value  # noqa: E402,F401
+from conftest import free_port, port_open, tls_context, toml_value  # noqa: E402,F401
+from hook_server import Dns  # noqa: E402
 
 
 _users = itertools.count(1)

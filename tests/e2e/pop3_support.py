@@ -25,8 +25,8 @@ PASSWORD = "pop secret"
 DOMAIN = "example.org"
 
 
-from conftest import free_port, tls_context  # noqa: E402,F401  (one port registry for the whole run)
-from hook_server import Dns, port_open, toml_value  # noqa: E402,F401
+from conftest import free_port, port_open, tls_context, toml_value  # noqa: E402,F401
+from hook_server import Dns  # noqa: E402
 
 
 def child_env(**extra: str) -> dict:
