@@ -12,8 +12,7 @@ use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::rr::RData;
 
 use crate::config::Config;
-use crate::sender_auth::cache::TtlCache;
-use mail_auth::ResolverCache;
+use crate::ttl_cache::TtlCache;
 
 /// Build the resolver: the configured name servers, or the system's.
 pub fn resolver(config: &Config) -> Result<TokioResolver, String> {

@@ -29,3 +29,4 @@ pub mod store;
 #[cfg(test)]
 mod test_dns;
 pub mod tls;
+pub mod ttl_cache;

@@ -461,7 +461,6 @@ impl SenderAuth {
     /// none without an SOA), and errors other than "no records" are never kept.
     async fn keep_missing_txt(&self, log: &[cache::Access]) {
         use hickory_resolver::net::{DnsError, NetError};
-        use mail_auth::ResolverCache;
         for name in cache::txt_misses(log) {
             if self.caches.txt.get(name.as_str()).is_some() {
                 continue; // kept already (a kept negative answer reads as a miss)

@@ -477,7 +477,6 @@ async fn records_are_cached_within_ttl() {
 
 #[tokio::test]
 async fn negative_txt_answers_are_kept() {
-    use mail_auth::ResolverCache;
     let f = Fixture::new();
     // A domain with an address but neither SPF nor DMARC records (NOERROR without TXT), and
     // one that does not exist at all (NXDOMAIN).
