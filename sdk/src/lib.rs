@@ -1,11 +1,12 @@
 //! # corvus-sdk: write Corvus mail server plugins in Rust
 //!
 //! A plugin is a WebAssembly component (`wasm32-wasip2`) implementing the WIT world
-//! `corvus:plugin/plugin@0.1.1` (`sdk/wit/plugin.wit`). This crate holds the generated
+//! `corvus:plugin/plugin@0.2.0` (`sdk/wit/plugin.wit`). This crate holds the generated
 //! bindings plus what makes them pleasant to use:
 //!
 //! - the [`Plugin`] trait: declare the hooks you handle, build your state in
-//!   [`Plugin::init`] from the `config = { … }` table, override the `on_*` methods;
+//!   [`Plugin::init`] from the `config = { … }` table, override the `on_*` methods, which
+//!   read the facts of the call from a [`Context`] (each fact is copied in only when asked);
 //! - [`export!`]: turns a [`Plugin`] type into the component's exports;
 //! - verdict and outcome helpers ([`Outcome::reject`], [`Outcome::with_header`], …);
 //! - the host imports as plain functions: [`log`], [`kv`], [`dns`], [`clock`], [`auth`], and
@@ -24,7 +25,7 @@
 //!     const HOOKS: &'static [Hook] = &[Hook::Rcpt];
 //!     fn init(_config: &Config) -> Result<Self, String> { Ok(NoBob) }
 //!     fn on_rcpt(&mut self, ctx: &Context) -> HookResult {
-//!         if ctx.rcpt.starts_with("bob@") { Ok(Outcome::reject(550, "5.1.1 no Bob here")) }
+//!         if ctx.rcpt().starts_with("bob@") { Ok(Outcome::reject(550, "5.1.1 no Bob here")) }
 //!         else { Ok(Outcome::next()) }
 //!     }
 //! }
@@ -55,12 +56,92 @@ pub use bindings::corvus::plugin::auth::AuthFacts;
 pub use bindings::corvus::plugin::dns::DnsError;
 pub use bindings::corvus::plugin::log::Level;
 pub use bindings::corvus::plugin::types::{
-    Actions, Context, Credentials, FetchInfo, Header, Hook, Outcome, PluginInfo, Reply, Route,
-    Verdict,
+    Actions, Credentials, FetchInfo, Header, Hook, Outcome, PluginInfo, Reply, Route, Verdict,
 };
 
 /// The version of the WIT package this SDK implements.
-pub const WIT_VERSION: &str = "0.1.1";
+pub const WIT_VERSION: &str = "0.2.0";
+
+/// The facts of the hook call being handled. Each method asks the server for one fact (the
+/// server copies only what a hook reads into the plugin), so read a fact once into a local
+/// when a hook uses it many times. Strings not known at this hook are "".
+pub struct Context<'a> {
+    hook: Hook,
+    #[cfg(target_arch = "wasm32")]
+    src: &'a bindings::corvus::plugin::types::Context,
+    #[cfg(not(target_arch = "wasm32"))]
+    src: &'a testing::Event,
+}
+
+/// One fact per method, read from the host (in WebAssembly) or from a [`testing::Event`].
+macro_rules! facts {
+    ($($(#[$doc:meta])* $name:ident -> $ty:ty;)*) => {
+        impl Context<'_> {
+            $(
+                $(#[$doc])*
+                pub fn $name(&self) -> $ty {
+                    #[cfg(target_arch = "wasm32")]
+                    return self.src.$name();
+                    #[cfg(not(target_arch = "wasm32"))]
+                    return self.src.$name.clone();
+                }
+            )*
+        }
+    };
+}
+
+facts! {
+    /// The session (SMTP, IMAP or POP3 connection) of this call; a queued delivery is a
+    /// session of its own.
+    session -> u64;
+    /// Listener: "smtp", "submission", "submissions", "imap", …
+    listener -> String;
+    /// Client IP address in text form.
+    client_ip -> String;
+    /// Forward-confirmed PTR name of the client, or "".
+    client_ptr -> String;
+    /// HELO/EHLO name.
+    helo -> String;
+    /// Whether the connection is encrypted.
+    tls -> bool;
+    /// Authenticated user, or "".
+    user -> String;
+    /// Envelope sender ("" for the null sender).
+    mail_from -> String;
+    /// Current recipient (rcpt, delivery).
+    rcpt -> String;
+    /// How the current recipient resolved (rcpt).
+    route -> Route;
+    /// Recipients accepted so far.
+    rcpts -> Vec<String>;
+    /// SPF result (from mail on), "" when not checked.
+    spf -> String;
+    /// DKIM result (data), "" when not checked.
+    dkim -> String;
+    /// DMARC result (data), "" when not checked.
+    dmarc -> String;
+    /// AUTH credentials (auth only).
+    credentials -> Option<Credentials>;
+    /// What is being fetched (fetch only).
+    fetch -> Option<FetchInfo>;
+    /// Delivery to a remote host: the MX about to be tried.
+    remote_mx -> Option<String>;
+    /// Size of the whole message in bytes (data, delivery), 0 otherwise.
+    message_size -> u64;
+    /// Whether [`Context::message`] is cut short (the message is larger than the plugin's
+    /// memory allows); [`Context::message_size`] is the real size.
+    message_truncated -> bool;
+    /// The raw message with CRLF line ends (data, delivery; empty at other hooks). Copied
+    /// into the plugin on each call: keep it in a local.
+    message -> Vec<u8>;
+}
+
+impl Context<'_> {
+    /// The hook being called.
+    pub fn hook(&self) -> Hook {
+        self.hook
+    }
+}
 
 /// What a hook returns: an outcome, or an error (a failed call; the server applies the entry's
 /// `on_error` policy).
@@ -78,10 +159,10 @@ pub const ALL_HOOKS: [Hook; 8] = [
     Hook::Fetch,
 ];
 
-/// A plugin. [`Plugin::init`] builds a new value at the start of every session (SMTP
-/// connection) an instance serves, so `&mut self` state lasts for that session only (the
-/// server reuses instances between sessions; statics of your own would survive). State
-/// shared between sessions belongs in [`kv`].
+/// A plugin. [`Plugin::init`] builds a new value for every session (SMTP connection) an
+/// instance serves, so `&mut self` state lasts for that session only (the server reuses
+/// instances between sessions; statics of your own would survive). State shared between
+/// sessions belongs in [`kv`].
 pub trait Plugin: Sized + 'static {
     /// Name in logs.
     const NAME: &'static str;
@@ -102,7 +183,7 @@ pub trait Plugin: Sized + 'static {
     fn on_helo(&mut self, _ctx: &Context) -> HookResult {
         Ok(Outcome::next())
     }
-    /// AUTH credentials (`ctx.credentials`). [`Outcome::accept`] lets the user in even when the
+    /// AUTH credentials (`ctx.credentials()`). [`Outcome::accept`] lets the user in even when the
     /// account store refused the password; a reject refuses the login.
     fn on_auth(&mut self, _ctx: &Context) -> HookResult {
         Ok(Outcome::next())
@@ -115,12 +196,12 @@ pub trait Plugin: Sized + 'static {
     fn on_rcpt(&mut self, _ctx: &Context) -> HookResult {
         Ok(Outcome::next())
     }
-    /// End of DATA; `message` is the raw message with CRLF line ends.
-    fn on_data(&mut self, _ctx: &Context, _message: &[u8]) -> HookResult {
+    /// End of DATA; [`Context::message`] gives the message.
+    fn on_data(&mut self, _ctx: &Context) -> HookResult {
         Ok(Outcome::next())
     }
-    /// Before delivery of the message to `ctx.rcpt`.
-    fn on_delivery(&mut self, _ctx: &Context, _message: &[u8]) -> HookResult {
+    /// Before delivery of the message to `ctx.rcpt()`.
+    fn on_delivery(&mut self, _ctx: &Context) -> HookResult {
         Ok(Outcome::next())
     }
     /// Before IMAP/POP3 serve a message.
@@ -138,16 +219,16 @@ pub fn describe<P: Plugin>() -> PluginInfo {
     }
 }
 
-/// Call the hook of `plugin` that `ctx.hook` names; `message` is used by data and delivery.
-pub fn dispatch<P: Plugin>(plugin: &mut P, ctx: &Context, message: &[u8]) -> HookResult {
+/// Call the hook of `plugin` that `ctx.hook()` names.
+pub fn dispatch<P: Plugin>(plugin: &mut P, ctx: &Context) -> HookResult {
     match ctx.hook {
         Hook::Connect => plugin.on_connect(ctx),
         Hook::Helo => plugin.on_helo(ctx),
         Hook::Auth => plugin.on_auth(ctx),
         Hook::Mail => plugin.on_mail(ctx),
         Hook::Rcpt => plugin.on_rcpt(ctx),
-        Hook::Data => plugin.on_data(ctx, message),
-        Hook::Delivery => plugin.on_delivery(ctx, message),
+        Hook::Data => plugin.on_data(ctx),
+        Hook::Delivery => plugin.on_delivery(ctx),
         Hook::Fetch => plugin.on_fetch(ctx),
     }
 }
@@ -250,33 +331,6 @@ impl Outcome {
     }
 }
 
-impl Context {
-    /// A context for `hook` with every fact empty (for tests; see [`testing::events`]).
-    pub fn empty(hook: Hook) -> Self {
-        Context {
-            hook,
-            listener: "smtp".into(),
-            client_ip: "127.0.0.1".into(),
-            client_ptr: String::new(),
-            helo: String::new(),
-            tls: false,
-            user: String::new(),
-            mail_from: String::new(),
-            rcpt: String::new(),
-            route: Route::Unknown,
-            rcpts: Vec::new(),
-            spf: String::new(),
-            dkim: String::new(),
-            dmarc: String::new(),
-            credentials: None,
-            fetch: None,
-            remote_mx: None,
-            message_size: 0,
-            message_truncated: false,
-        }
-    }
-}
-
 /// The domain of an address, lower-cased ("" if none).
 pub fn domain_of(address: &str) -> String {
     address
@@ -296,16 +350,56 @@ pub fn local_part(address: &str) -> String {
         .unwrap_or_else(|| a.to_string())
 }
 
-/// The plugin's `config = { … }` table.
+/// The plugin's `config = { … }` table. Values are asked from the server once and kept:
+/// the table does not change while an instance lives, and [`Plugin::init`] runs again for
+/// every session.
 #[derive(Debug, Clone)]
 pub struct Config {
     json: String,
+    seen: std::cell::RefCell<Vec<(&'static str, String, Seen)>>,
+}
+
+/// A value [`Config`] already asked for.
+#[derive(Debug, Clone)]
+enum Seen {
+    Keys(Vec<String>),
+    String(Option<String>),
+    Int(Option<i64>),
+    Float(Option<f64>),
+    Bool(Option<bool>),
+    List(Option<Vec<String>>),
+    Table(Option<Vec<(String, String)>>),
+}
+
+/// Ask the host for `key` as `$kind` once, then answer from [`Config::seen`].
+macro_rules! config_value {
+    ($self:ident, $key:expr, $kind:ident, $host:expr) => {{
+        let kind = stringify!($kind);
+        let hit = $self.seen.borrow().iter().find_map(|(k, name, v)| match v {
+            Seen::$kind(v) if *k == kind && name == $key => Some(v.clone()),
+            _ => None,
+        });
+        match hit {
+            Some(v) => v,
+            None => {
+                let v = $host;
+                $self
+                    .seen
+                    .borrow_mut()
+                    .push((kind, $key.to_string(), Seen::$kind(v.clone())));
+                v
+            }
+        }
+    }};
 }
 
 impl Config {
     /// The config as the host handed it to `init`.
     pub fn from_json(json: String) -> Self {
-        Config { json }
+        Config {
+            json,
+            seen: Default::default(),
+        }
     }
     /// The whole table as JSON text.
     pub fn json(&self) -> &str {
@@ -313,11 +407,11 @@ impl Config {
     }
     /// Top-level keys.
     pub fn keys(&self) -> Vec<String> {
-        host::config_keys(&self.json)
+        config_value!(self, "", Keys, host::config_keys(&self.json))
     }
     /// A string (numbers and booleans in text form).
     pub fn string(&self, key: &str) -> Option<String> {
-        host::config_string(&self.json, key)
+        config_value!(self, key, String, host::config_string(&self.json, key))
     }
     /// A string or `default`.
     pub fn string_or(&self, key: &str, default: &str) -> String {
@@ -325,7 +419,7 @@ impl Config {
     }
     /// An integer.
     pub fn int(&self, key: &str) -> Option<i64> {
-        host::config_int(&self.json, key)
+        config_value!(self, key, Int, host::config_int(&self.json, key))
     }
     /// An integer or `default`.
     pub fn int_or(&self, key: &str, default: i64) -> i64 {
@@ -333,7 +427,7 @@ impl Config {
     }
     /// A number.
     pub fn float(&self, key: &str) -> Option<f64> {
-        host::config_float(&self.json, key)
+        config_value!(self, key, Float, host::config_float(&self.json, key))
     }
     /// A number or `default`.
     pub fn float_or(&self, key: &str, default: f64) -> f64 {
@@ -341,15 +435,15 @@ impl Config {
     }
     /// A boolean.
     pub fn bool(&self, key: &str) -> Option<bool> {
-        host::config_bool(&self.json, key)
+        config_value!(self, key, Bool, host::config_bool(&self.json, key))
     }
     /// A list of strings (other elements in text form).
     pub fn list(&self, key: &str) -> Option<Vec<String>> {
-        host::config_list(&self.json, key)
+        config_value!(self, key, List, host::config_list(&self.json, key))
     }
     /// A table of strings (other values in text form).
     pub fn table(&self, key: &str) -> Option<Vec<(String, String)>> {
-        host::config_table(&self.json, key)
+        config_value!(self, key, Table, host::config_table(&self.json, key))
     }
 }
 
@@ -542,19 +636,14 @@ macro_rules! export {
     ($plugin:ty) => {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
-            use $crate::__private::{Guest, HookResult};
-            use $crate::{Context, Outcome, PluginInfo};
+            use $crate::__private::{Guest, HookResult, Instance, WitContext};
+            use $crate::{Hook, PluginInfo};
             ::std::thread_local! {
-                static __CORVUS_PLUGIN: ::std::cell::RefCell<::std::option::Option<$plugin>> =
-                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
+                static __CORVUS_PLUGIN: ::std::cell::RefCell<Instance<$plugin>> =
+                    const { ::std::cell::RefCell::new(Instance::new()) };
             }
-            fn __with(f: impl FnOnce(&mut $plugin) -> HookResult) -> HookResult {
-                __CORVUS_PLUGIN.with(|p| match p.borrow_mut().as_mut() {
-                    ::std::option::Option::Some(p) => f(p),
-                    ::std::option::Option::None => {
-                        ::std::result::Result::Err("the host called a hook before init".into())
-                    }
-                })
+            fn __call(hook: Hook, ctx: &WitContext) -> HookResult {
+                __CORVUS_PLUGIN.with(|p| p.borrow_mut().call(hook, ctx))
             }
             pub struct __CorvusExport;
             impl Guest for __CorvusExport {
@@ -564,43 +653,105 @@ macro_rules! export {
                 fn init(
                     config: ::std::string::String,
                 ) -> ::std::result::Result<(), ::std::string::String> {
-                    let p = <$plugin as $crate::Plugin>::init(&$crate::Config::from_json(config))?;
-                    __CORVUS_PLUGIN.with(|s| *s.borrow_mut() = ::std::option::Option::Some(p));
-                    ::std::result::Result::Ok(())
+                    __CORVUS_PLUGIN.with(|p| p.borrow_mut().init(config))
                 }
-                fn on_connect(ctx: Context) -> HookResult {
-                    __with(|p| $crate::Plugin::on_connect(p, &ctx))
+                fn on_connect(ctx: &WitContext) -> HookResult {
+                    __call(Hook::Connect, ctx)
                 }
-                fn on_helo(ctx: Context) -> HookResult {
-                    __with(|p| $crate::Plugin::on_helo(p, &ctx))
+                fn on_helo(ctx: &WitContext) -> HookResult {
+                    __call(Hook::Helo, ctx)
                 }
-                fn on_auth(ctx: Context) -> HookResult {
-                    __with(|p| $crate::Plugin::on_auth(p, &ctx))
+                fn on_auth(ctx: &WitContext) -> HookResult {
+                    __call(Hook::Auth, ctx)
                 }
-                fn on_mail(ctx: Context) -> HookResult {
-                    __with(|p| $crate::Plugin::on_mail(p, &ctx))
+                fn on_mail(ctx: &WitContext) -> HookResult {
+                    __call(Hook::Mail, ctx)
                 }
-                fn on_rcpt(ctx: Context) -> HookResult {
-                    __with(|p| $crate::Plugin::on_rcpt(p, &ctx))
+                fn on_rcpt(ctx: &WitContext) -> HookResult {
+                    __call(Hook::Rcpt, ctx)
                 }
-                fn on_data(ctx: Context, message: ::std::vec::Vec<u8>) -> HookResult {
-                    __with(|p| $crate::Plugin::on_data(p, &ctx, &message))
+                fn on_data(ctx: &WitContext) -> HookResult {
+                    __call(Hook::Data, ctx)
                 }
-                fn on_delivery(ctx: Context, message: ::std::vec::Vec<u8>) -> HookResult {
-                    __with(|p| $crate::Plugin::on_delivery(p, &ctx, &message))
+                fn on_delivery(ctx: &WitContext) -> HookResult {
+                    __call(Hook::Delivery, ctx)
                 }
-                fn on_fetch(ctx: Context) -> HookResult {
-                    __with(|p| $crate::Plugin::on_fetch(p, &ctx))
-        }
+                fn on_fetch(ctx: &WitContext) -> HookResult {
+                    __call(Hook::Fetch, ctx)
+                }
             }
-            $crate::bindings::__export_plugin_raw!(__CorvusExport with_types_in $crate::bindings);
+    $crate::bindings::__export_plugin_raw!(__CorvusExport with_types_in $crate::bindings);
         };
     };
+}
+
+/// What [`export!`] keeps per instance: the config, and the plugin value of the session being
+/// served.
+#[doc(hidden)]
+pub struct Instance<P> {
+    config: Option<Config>,
+    plugin: Option<P>,
+    /// The session `plugin` belongs to; None for a value `init` built that no session used yet.
+    session: Option<u64>,
+}
+
+impl<P: Plugin> Instance<P> {
+    pub const fn new() -> Self {
+        Instance {
+            config: None,
+            plugin: None,
+            session: None,
+        }
+    }
+
+    /// `init`: build a plugin value now, so a bad config refuses the plugin at load.
+    pub fn init(&mut self, config: String) -> Result<(), String> {
+        let config = Config::from_json(config);
+        self.plugin = Some(P::init(&config)?);
+        self.config = Some(config);
+        self.session = None;
+        Ok(())
+    }
+
+    /// A hook call in `session`: a new session gets a new plugin value.
+    pub fn call_in(&mut self, session: u64, ctx: &Context) -> HookResult {
+        let Some(config) = &self.config else {
+            return Err("the host called a hook before init".into());
+        };
+        if self.session != Some(session) {
+            if self.session.is_some() || self.plugin.is_none() {
+                self.plugin = None;
+                self.plugin = Some(P::init(config)?);
+            }
+            self.session = Some(session);
+        }
+        match &mut self.plugin {
+            Some(p) => dispatch(p, ctx),
+            None => Err("the host called a hook before init".into()),
+        }
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    pub fn call(
+        &mut self,
+        hook: Hook,
+        ctx: &bindings::corvus::plugin::types::Context,
+    ) -> HookResult {
+        self.call_in(ctx.session(), &Context { hook, src: ctx })
+    }
+}
+
+impl<P: Plugin> Default for Instance<P> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 #[doc(hidden)]
 pub mod __private {
     pub use super::HookResult;
+    pub use super::Instance;
+    pub use super::bindings::corvus::plugin::types::Context as WitContext;
     pub use super::bindings::exports::corvus::plugin::hooks::Guest;
     pub use wit_bindgen;
 }

@@ -13,7 +13,65 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use super::{AuthFacts, Context, DnsError, Hook, HookResult, Level, Plugin};
+use super::{AuthFacts, Context, Credentials, DnsError, FetchInfo, Hook, HookResult, Level};
+use super::{Instance, Plugin, Route};
+
+/// The facts of a synthetic hook call: what [`Context`]'s methods answer in a test. Build one
+/// with [`events`] and change fields as needed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub hook: Hook,
+    /// Set by [`TestHost`] (its session).
+    pub session: u64,
+    pub listener: String,
+    pub client_ip: String,
+    pub client_ptr: String,
+    pub helo: String,
+    pub tls: bool,
+    pub user: String,
+    pub mail_from: String,
+    pub rcpt: String,
+    pub route: Route,
+    pub rcpts: Vec<String>,
+    pub spf: String,
+    pub dkim: String,
+    pub dmarc: String,
+    pub credentials: Option<Credentials>,
+    pub fetch: Option<FetchInfo>,
+    pub remote_mx: Option<String>,
+    pub message_size: u64,
+    pub message_truncated: bool,
+    pub message: Vec<u8>,
+}
+
+impl Event {
+    /// An event for `hook` from 127.0.0.1 on the smtp listener, every other fact empty.
+    pub fn empty(hook: Hook) -> Self {
+        Event {
+            hook,
+            session: 0,
+            listener: "smtp".into(),
+            client_ip: "127.0.0.1".into(),
+            client_ptr: String::new(),
+            helo: String::new(),
+            tls: false,
+            user: String::new(),
+            mail_from: String::new(),
+            rcpt: String::new(),
+            route: Route::Unknown,
+            rcpts: Vec::new(),
+            spf: String::new(),
+            dkim: String::new(),
+            dmarc: String::new(),
+            credentials: None,
+            fetch: None,
+            remote_mx: None,
+            message_size: 0,
+            message_truncated: false,
+            message: Vec::new(),
+        }
+    }
+}
 
 #[derive(Default)]
 struct Mock {
@@ -166,23 +224,24 @@ pub mod mock {
 
 /// Synthetic events: contexts as the server would build them at each hook.
 pub mod events {
-    use super::super::{Context, Credentials, FetchInfo, Hook, Route};
+    use super::super::{Credentials, FetchInfo, Hook, Route};
+    use super::Event;
 
     /// A client at `ip` connected.
-    pub fn connect(ip: &str) -> Context {
-        let mut c = Context::empty(Hook::Connect);
+    pub fn connect(ip: &str) -> Event {
+        let mut c = Event::empty(Hook::Connect);
         c.client_ip = ip.to_string();
         c
     }
     /// EHLO `name`.
-    pub fn helo(ip: &str, name: &str) -> Context {
+    pub fn helo(ip: &str, name: &str) -> Event {
         let mut c = connect(ip);
         c.hook = Hook::Helo;
         c.helo = name.to_string();
         c
     }
     /// AUTH with a username and password; `valid` is what the account store said.
-    pub fn auth(username: &str, password: &str, valid: bool) -> Context {
+    pub fn auth(username: &str, password: &str, valid: bool) -> Event {
         let mut c = helo("127.0.0.1", "client.example");
         c.hook = Hook::Auth;
         c.listener = "submission".into();
@@ -195,14 +254,14 @@ pub mod events {
         c
     }
     /// MAIL FROM.
-    pub fn mail(from: &str) -> Context {
+    pub fn mail(from: &str) -> Event {
         let mut c = helo("127.0.0.1", "client.example");
         c.hook = Hook::Mail;
         c.mail_from = from.to_string();
         c
     }
     /// RCPT TO (`to`), after MAIL FROM `from`.
-    pub fn rcpt(from: &str, to: &str) -> Context {
+    pub fn rcpt(from: &str, to: &str) -> Event {
         let mut c = mail(from);
         c.hook = Hook::Rcpt;
         c.rcpt = to.to_string();
@@ -210,7 +269,7 @@ pub mod events {
         c
     }
     /// End of DATA of a message of `size` bytes.
-    pub fn data(from: &str, rcpts: &[&str], size: usize) -> Context {
+    pub fn data(from: &str, rcpts: &[&str], size: usize) -> Event {
         let mut c = mail(from);
         c.hook = Hook::Data;
         c.rcpts = rcpts.iter().map(|r| r.to_string()).collect();
@@ -218,15 +277,15 @@ pub mod events {
         c
     }
     /// Before delivery to `rcpt`.
-    pub fn delivery(from: &str, rcpt: &str, size: usize) -> Context {
+    pub fn delivery(from: &str, rcpt: &str, size: usize) -> Event {
         let mut c = data(from, &[rcpt], size);
         c.hook = Hook::Delivery;
         c.rcpt = rcpt.to_string();
         c
     }
     /// Before serving a message over IMAP.
-    pub fn fetch(user: &str, mailbox: &str, uid: u32) -> Context {
-        let mut c = Context::empty(Hook::Fetch);
+    pub fn fetch(user: &str, mailbox: &str, uid: u32) -> Event {
+        let mut c = Event::empty(Hook::Fetch);
         c.listener = "imap".into();
         c.user = user.to_string();
         c.fetch = Some(FetchInfo {
@@ -238,11 +297,11 @@ pub mod events {
     }
 }
 
-/// A plugin under test with the mock host. The mock is per thread and is reset by
-/// [`TestHost::new`].
+/// A plugin under test with the mock host, as one instance serving one session. The mock is
+/// per thread and is reset by [`TestHost::new`].
 pub struct TestHost<P: Plugin> {
-    /// The plugin (after `init`).
-    pub plugin: P,
+    instance: Instance<P>,
+    session: u64,
 }
 
 impl<P: Plugin> TestHost<P> {
@@ -262,29 +321,51 @@ impl<P: Plugin> TestHost<P> {
                 ..Mock::default()
             }
         });
-        let plugin = P::init(&super::Config::from_json(json.to_string()))?;
-        Ok(TestHost { plugin })
+        let mut instance = Instance::new();
+        instance.init(json.to_string())?;
+        Ok(TestHost {
+            instance,
+            session: 1,
+        })
     }
 
-    /// Another instance of the same plugin (as for a new session), sharing the kv store, DNS
-    /// answers, clock and log.
+    /// Another instance of the same plugin, sharing the kv store, DNS answers, clock and log.
     pub fn new_instance(&self) -> Result<Self, String> {
         let json = with(|m| serde_json::Value::Object(m.config.clone()).to_string());
-        let plugin = P::init(&super::Config::from_json(json))?;
-        Ok(TestHost { plugin })
+        let mut instance = Instance::new();
+        instance.init(json)?;
+        Ok(TestHost {
+            instance,
+            session: self.session + 1000,
+        })
     }
 
-    /// Call the hook `ctx.hook` as the server would: hooks the plugin does not declare in
-    /// [`Plugin::HOOKS`] are not called (the outcome is `next`).
-    pub fn call(&mut self, ctx: &Context, message: &[u8]) -> HookResult {
-        if !P::HOOKS.contains(&ctx.hook) {
+    /// Let this instance serve the next session, as the server does with idle instances:
+    /// the plugin value is built again, so per-session state starts afresh.
+    pub fn next_session(&mut self) {
+        self.session += 1;
+    }
+
+    /// Call the hook `event.hook` as the server would, in this host's session: hooks the
+    /// plugin does not declare in [`Plugin::HOOKS`] are not called (the outcome is `next`).
+    /// `message` (data, delivery) is what [`Context::message`] answers.
+    pub fn call(&mut self, event: &Event, message: &[u8]) -> HookResult {
+        if !P::HOOKS.contains(&event.hook) {
             return Ok(super::Outcome::next());
         }
-        let mut ctx = ctx.clone();
-        if matches!(ctx.hook, Hook::Data | Hook::Delivery) && ctx.message_size == 0 {
-            ctx.message_size = message.len() as u64;
+        let mut event = event.clone();
+        event.session = self.session;
+        if matches!(event.hook, Hook::Data | Hook::Delivery) {
+            event.message = message.to_vec();
+            if event.message_size == 0 {
+                event.message_size = message.len() as u64;
+            }
         }
-        super::dispatch(&mut self.plugin, &ctx, message)
+        let ctx = Context {
+            hook: event.hook,
+            src: &event,
+        };
+        self.instance.call_in(self.session, &ctx)
     }
 
     /// on-connect from `ip`.

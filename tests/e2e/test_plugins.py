@@ -311,9 +311,14 @@ def test_wrong_wit_version_is_refused_at_start_and_by_check(corvus, tmp_path):
     with pytest.raises(RuntimeError) as e:
         srv.start()
     dns.close()
-    assert "built for corvus:plugin@0.2.0" in str(e.value) and "provides corvus:plugin@0.1.1" in str(e.value)
+    assert "built for corvus:plugin@0.9.0" in str(e.value) and "provides corvus:plugin@0.2.0" in str(e.value)
     r = srv.cli("check", check=False)
-    assert r.returncode == 2 and "built for corvus:plugin@0.2.0" in r.stderr, r.stderr
+    assert r.returncode == 2 and "built for corvus:plugin@0.9.0" in r.stderr, r.stderr
+    # A plugin built for the older 0.1 interface is refused the same way, with the fix.
+    srv.write_config([{"plugin": plugin("previous-version")}])
+    r = srv.cli("check", check=False)
+    assert r.returncode == 2 and "built for corvus:plugin@0.1.0" in r.stderr, r.stderr
+    assert "provides corvus:plugin@0.2.0; rebuild it" in r.stderr, r.stderr
 
 
 def test_check_validates_plugins_and_their_config(tmp_path):
@@ -379,7 +384,7 @@ def test_reload_under_load(corvus, tmp_path):
     # A broken generation is refused; the running one stays.
     srv.write_config([{"plugin": plugin("wrong-version")}])
     r = srv.cli("reload", check=False)
-    assert r.returncode != 0 and "corvus:plugin@0.2.0" in r.stderr
+    assert r.returncode != 0 and "corvus:plugin@0.9.0" in r.stderr
     stop.set()
     for t in threads:
         t.join(120)
@@ -431,9 +436,10 @@ def test_plugin_headers_cannot_inject_fields_or_lines(corvus):
 
 
 def test_plugin_state_lasts_one_session_though_instances_are_reused(corvus):
-    """The server keeps instances between sessions and runs `init` again for each new one:
-    every session starts with fresh `&mut self` state (noop counts its calls), while two
-    messages in one session share the session's instance."""
+    """The server keeps instances between sessions; the SDK sees a new `context.session`
+    and builds its plugin value again: every session starts with fresh `&mut self` state
+    (noop counts its calls), while two messages in one session share the session's
+    instance."""
     srv = corvus([{"plugin": plugin("noop"), "config": {"tag": "e2e"}}])
     srv.add_user(f"alice@{DOMAIN}")
     for i in range(4):
@@ -453,7 +459,7 @@ def test_plugin_state_lasts_one_session_though_instances_are_reused(corvus):
 
 
 def test_plugins_see_the_sender_authentication_facts(corvus):
-    """The `auth` import (WIT 0.1.1) answers what the server's checks found for the message:
+    """The `auth` import answers what the server's checks found for the message:
     the same results it writes into Authentication-Results, plus the domains."""
     srv = corvus([{"plugin": plugin("noop"), "config": {"auth": True}}])
     srv.add_user(f"alice@{DOMAIN}")
@@ -469,3 +475,24 @@ def test_plugins_see_the_sender_authentication_facts(corvus):
     assert f" dmarc={dmarc} (remote.example, " in facts, (facts, results)
     assert " dkim=none [] " in facts and " arc=none () " in facts, facts
     assert facts.endswith(" action=accept"), facts
+
+
+def test_plugins_read_the_session_facts_and_the_message_from_the_context(corvus):
+    """Hooks get a `context` resource and ask it for what they need: noop writes every fact
+    it read, and the length of the message it fetched, into headers."""
+    srv = corvus([{"plugin": plugin("noop"), "config": {"facts": True, "read_message": True}}])
+    srv.add_user(f"alice@{DOMAIN}")
+    srv.add_user(f"bob@{DOMAIN}")
+    body = message("context facts")
+    with srv.smtp() as s:
+        s.ehlo("client.example")
+        s.sendmail("x@remote.example", [f"alice@{DOMAIN}", f"bob@{DOMAIN}"], body)
+    raw = srv.messages(f"alice@{DOMAIN}")[-1]
+    facts = header(raw, "X-Noop-Facts")
+    assert facts.startswith("hook=data listener=smtp ip=127.0.0.1 "), facts
+    assert " helo=client.example tls=false user= from=x@remote.example " in facts, facts
+    assert f" rcpts=alice@{DOMAIN},bob@{DOMAIN} " in facts, facts
+    size = int(header(raw, "X-Noop-Size"))
+    assert facts.endswith(f" size={size} truncated=false message={size}"), facts
+    # The message the plugin read is the one that arrived (before the server's headers).
+    assert size >= len(body.encode()), (size, len(body))

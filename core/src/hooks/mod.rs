@@ -177,6 +177,30 @@ pub struct HookCtx {
 }
 
 impl HookCtx {
+    /// Become a copy of `other` without its session, reusing this one's allocations (the
+    /// facts a plugin instance answers for during a call).
+    pub fn refresh_from(&mut self, other: &HookCtx) {
+        self.point = other.point;
+        self.listener = other.listener;
+        self.client_ip = other.client_ip;
+        self.client_ptr.clone_from(&other.client_ptr);
+        self.helo.clone_from(&other.helo);
+        self.tls = other.tls;
+        self.user.clone_from(&other.user);
+        self.mail_from.clone_from(&other.mail_from);
+        self.rcpt.clone_from(&other.rcpt);
+        self.route.clone_from(&other.route);
+        self.rcpts.clone_from(&other.rcpts);
+        self.message.clone_from(&other.message);
+        self.auth_results.clone_from(&other.auth_results);
+        self.auth.clone_from(&other.auth);
+        self.credentials.clone_from(&other.credentials);
+        self.credentials_valid = other.credentials_valid;
+        self.fetch.clone_from(&other.fetch);
+        self.remote_mx.clone_from(&other.remote_mx);
+        self.session = None;
+    }
+
     /// A context with only the connection facts filled in.
     pub fn new(point: HookPoint, listener: &'static str, client_ip: IpAddr) -> Self {
         HookCtx {

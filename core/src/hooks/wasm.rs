@@ -36,8 +36,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits};
+use wasmtime_wasi::p2::OutputStream;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -57,8 +58,14 @@ mod bindings {
             default: trappable,
         },
         exports: { default: async },
+        with: { "corvus:plugin/types.context": super::CallFacts },
     });
 }
+
+/// The host side of the WIT `context` resource: a token lent to the guest for one call.
+/// The facts it answers for are the store's current call ([`HostState::call`]); only one
+/// call runs in a store at a time.
+pub struct CallFacts;
 
 use bindings::corvus::plugin as wit;
 use bindings::corvus::plugin::types as wt;
@@ -66,7 +73,7 @@ use bindings::corvus::plugin::types as wt;
 /// The WIT package version this host implements.
 pub const WIT_PACKAGE: &str = "corvus:plugin";
 /// See [`WIT_PACKAGE`].
-pub const WIT_VERSION: &str = "0.1.1";
+pub const WIT_VERSION: &str = "0.2.0";
 
 /// Limits on plugins. One set for the process (the pooling allocator is sized from it).
 #[derive(Debug, Clone, PartialEq)]
@@ -313,8 +320,13 @@ struct HostState {
     dns_timeout: Duration,
     log_left: u32,
     log_dropped: u32,
-    /// Sender authentication facts of the current call (the `auth` import).
-    auth: crate::sender_auth::AuthFacts,
+    /// The facts of the current call (the `context` resource and the `auth` import); the
+    /// message is dropped when the call ends.
+    call: Option<HookCtx>,
+    /// The session of the current call (`context.session`).
+    session: u64,
+    /// Longest message the `context.message` method hands over.
+    max_message: usize,
 }
 
 impl Drop for HostState {
@@ -604,9 +616,119 @@ impl wit::dns::Host for HostState {
 
 impl wt::Host for HostState {}
 
+impl HostState {
+    /// The facts of the current call. The guest holds a `context` only during a call (a
+    /// borrow), so outside one it has none to ask with.
+    fn facts(&self) -> wasmtime::Result<&HookCtx> {
+        self.call
+            .as_ref()
+            .ok_or_else(|| wasmtime::Error::msg("context used outside its hook call"))
+    }
+}
+
+impl wt::HostContext for HostState {
+    fn hook(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<wt::Hook> {
+        Ok(hook_of(self.facts()?.point))
+    }
+    fn session(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<u64> {
+        Ok(self.session)
+    }
+    fn listener(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+        Ok(self.facts()?.listener.to_string())
+    }
+    fn client_ip(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+        Ok(self.facts()?.client_ip.to_string())
+    }
+    fn client_ptr(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+        Ok(self.facts()?.client_ptr.clone())
+    }
+    fn helo(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+        Ok(self.facts()?.helo.clone())
+    }
+    fn tls(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<bool> {
+        Ok(self.facts()?.tls)
+    }
+    fn user(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+        Ok(self.facts()?.user.clone())
+    }
+    fn mail_from(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+        Ok(self.facts()?.mail_from.clone())
+    }
+    fn rcpt(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+        Ok(self.facts()?.rcpt.clone())
+    }
+    fn route(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<wt::Route> {
+        Ok(match &self.facts()?.route {
+            None => wt::Route::Unknown,
+            Some(Route::Local(v)) => wt::Route::Local(v.clone()),
+            Some(Route::UnknownLocal) => wt::Route::UnknownLocal,
+            Some(Route::Remote) => wt::Route::Remote,
+        })
+    }
+    fn rcpts(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<Vec<String>> {
+        Ok(self.facts()?.rcpts.clone())
+    }
+    fn spf(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+        Ok(self.facts()?.auth_results[0].clone())
+    }
+    fn dkim(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+        Ok(self.facts()?.auth_results[1].clone())
+    }
+    fn dmarc(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+        Ok(self.facts()?.auth_results[2].clone())
+    }
+    fn credentials(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<Option<wt::Credentials>> {
+        let c = self.facts()?;
+        Ok(c.credentials.as_ref().map(|(u, p, m)| wt::Credentials {
+            username: u.clone(),
+            password: p.clone(),
+            mechanism: m.clone(),
+            valid: c.credentials_valid,
+        }))
+    }
+    fn fetch(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<Option<wt::FetchInfo>> {
+        Ok(self
+            .facts()?
+            .fetch
+            .as_ref()
+            .map(|(m, uid, p)| wt::FetchInfo {
+                mailbox: m.clone(),
+                uid: *uid,
+                protocol: p.to_string(),
+            }))
+    }
+    fn remote_mx(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<Option<String>> {
+        Ok(self.facts()?.remote_mx.clone())
+    }
+    fn message_size(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<u64> {
+        Ok(self.facts()?.message.as_ref().map_or(0, |m| m.len() as u64))
+    }
+    fn message_truncated(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<bool> {
+        let max = self.max_message;
+        Ok(self
+            .facts()?
+            .message
+            .as_ref()
+            .is_some_and(|m| m.len() > max))
+    }
+    fn message(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<Vec<u8>> {
+        let max = self.max_message;
+        Ok(match &self.facts()?.message {
+            Some(m) => m[..m.len().min(max)].to_vec(),
+            None => Vec::new(),
+        })
+    }
+    fn drop(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<()> {
+        // Contexts are only ever lent (borrow), never owned by the guest.
+        Ok(())
+    }
+}
+
 impl wit::auth::Host for HostState {
     fn facts(&mut self) -> wasmtime::Result<wit::auth::AuthFacts> {
-        let a = &self.auth;
+        // Outside a hook call (`init`) every fact is empty.
+        let none = crate::sender_auth::AuthFacts::default();
+        let a = self.call.as_ref().map_or(&none, |c| &c.auth);
         Ok(wit::auth::AuthFacts {
             spf: a.spf.clone(),
             spf_domain: a.spf_domain.clone(),
@@ -668,9 +790,25 @@ impl Drop for Pooled {
 }
 
 /// Where a session keeps its warm instances (one per plugin), dropped with the session.
-#[derive(Default)]
 pub struct HookSession {
+    /// What plugins see as `context.session`.
+    id: u64,
     slots: Mutex<Vec<(u64, Box<dyn Any + Send>)>>,
+}
+
+impl Default for HookSession {
+    fn default() -> Self {
+        HookSession {
+            id: next_session_id(),
+            slots: Mutex::default(),
+        }
+    }
+}
+
+/// A new session id (sessions, and calls outside any session).
+fn next_session_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl std::fmt::Debug for HookSession {
@@ -719,8 +857,10 @@ pub struct Stats {
     pub calls: AtomicU64,
     /// Instances created.
     pub instances: AtomicU64,
-    /// Instances taken from the idle pool for a new session (`init` run again).
+    /// Instances taken from the idle pool for a new session.
     pub reused: AtomicU64,
+    /// `init` calls (one per instance).
+    pub inits: AtomicU64,
     /// Failed calls.
     pub failures: AtomicU64,
 }
@@ -1058,7 +1198,9 @@ impl WasmHook {
             dns_timeout: limits.dns_timeout,
             log_left: limits.log_lines,
             log_dropped: 0,
-            auth: Default::default(),
+            call: None,
+            session: 0,
+            max_message: limits.max_message,
         };
         let mut store = wasmtime::Store::new(&rt.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -1101,11 +1243,11 @@ impl WasmHook {
         Ok(inst)
     }
 
-    /// Run `init` with the entry's config: on a new instance, and on an idle one before it
-    /// serves a new session (the SDK then builds a new plugin value, so `&mut self` state
-    /// starts afresh with each session).
+    /// Run `init` with the entry's config, once per instance (the SDK rebuilds its plugin
+    /// value when `context.session` changes, so `&mut self` state lasts one session).
     async fn init(&self, inst: &mut Instance) -> Result<(), HookError> {
         let limits = runtime()?.limits.clone();
+        self.stats.inits.fetch_add(1, Ordering::Relaxed);
         self.arm(inst);
         let json = self.env.config_json.clone();
         let r = tokio::time::timeout(
@@ -1133,14 +1275,11 @@ impl WasmHook {
         }
     }
 
-    /// An instance for a new session: an idle one with `init` run again (about the cost of
-    /// one call), or a new one (instantiation, `init`, and later the reset of its memory: an
-    /// order of magnitude more). An idle instance whose `init` fails is dropped.
+    /// An instance for a new session: an idle one (no call at all), or a new one
+    /// (instantiation, `init`, and later the reset of its memory: tens of µs).
     async fn checkout(&self) -> Result<Instance, HookError> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        if let Some(mut inst) = idle
-            && self.init(&mut inst).await.is_ok()
-        {
+        if let Some(inst) = idle {
             self.stats.reused.fetch_add(1, Ordering::Relaxed);
             return Ok(inst);
         }
@@ -1183,9 +1322,15 @@ impl WasmHook {
                 ),
             );
         }
-        for (i, pipe) in [s.stdout.clone(), s.stderr.clone()].into_iter().enumerate() {
-            let all = pipe.contents();
+        let capacity = runtime().map_or(0, |rt| rt.limits.output);
+        for (i, mut pipe) in [s.stdout.clone(), s.stderr.clone()].into_iter().enumerate() {
             let seen = if i == 0 { s.forwarded.0 } else { s.forwarded.1 };
+            // How much the pipe holds, without copying it (almost every call wrote nothing).
+            let held = capacity - pipe.check_write().unwrap_or(0);
+            if held <= seen {
+                continue;
+            }
+            let all = pipe.contents();
             if all.len() > seen {
                 let text = String::from_utf8_lossy(&all[seen..]);
                 let stream = if i == 0 { "stdout" } else { "stderr" };
@@ -1212,50 +1357,67 @@ impl WasmHook {
         &self,
         inst: &mut Instance,
         ctx: &HookCtx,
+        session: u64,
     ) -> Result<Result<Result<wt::Outcome, String>, wasmtime::Error>, tokio::time::error::Elapsed>
     {
         let limits = runtime().map(|r| r.limits.clone()).unwrap_or_default();
-        let wctx = to_wit(ctx, limits.max_message);
         let hooks = inst.plugin.corvus_plugin_hooks();
         let store = &mut inst.store;
-        // What the `auth` import answers during this call (empty strings cost no allocation).
-        store.data_mut().auth.clone_from(&ctx.auth);
-        let empty = Vec::new();
-        let message: &[u8] = match &ctx.message {
-            Some(m) => &m[..m.len().min(limits.max_message)],
-            None => &empty,
-        };
+        // What the `context` resource and the `auth` import answer during this call.
+        let data = store.data_mut();
+        match &mut data.call {
+            Some(c) => c.refresh_from(ctx),
+            None => {
+                // Without the session: the session owns this instance.
+                let mut c = ctx.clone();
+                c.session = None;
+                data.call = Some(c);
+            }
+        }
+        data.session = session;
         let fut = async {
+            let c = || Resource::<CallFacts>::new_borrow(0);
             match ctx.point {
-                HookPoint::Connect => hooks.call_on_connect(store, &wctx).await,
-                HookPoint::Helo => hooks.call_on_helo(store, &wctx).await,
-                HookPoint::Auth => hooks.call_on_auth(store, &wctx).await,
-                HookPoint::Mail => hooks.call_on_mail(store, &wctx).await,
-                HookPoint::Rcpt => hooks.call_on_rcpt(store, &wctx).await,
-                HookPoint::Data => hooks.call_on_data(store, &wctx, message).await,
-                HookPoint::Delivery => hooks.call_on_delivery(store, &wctx, message).await,
-                HookPoint::Fetch => hooks.call_on_fetch(store, &wctx).await,
+                HookPoint::Connect => hooks.call_on_connect(&mut *store, c()).await,
+                HookPoint::Helo => hooks.call_on_helo(&mut *store, c()).await,
+                HookPoint::Auth => hooks.call_on_auth(&mut *store, c()).await,
+                HookPoint::Mail => hooks.call_on_mail(&mut *store, c()).await,
+                HookPoint::Rcpt => hooks.call_on_rcpt(&mut *store, c()).await,
+                HookPoint::Data => hooks.call_on_data(&mut *store, c()).await,
+                HookPoint::Delivery => hooks.call_on_delivery(&mut *store, c()).await,
+                HookPoint::Fetch => hooks.call_on_fetch(&mut *store, c()).await,
             }
         };
-        tokio::time::timeout(limits.wall, fut).await
+        let r = tokio::time::timeout(limits.wall, fut).await;
+        // An idle instance must not keep the message (or the password) alive.
+        if let Some(c) = &mut store.data_mut().call {
+            c.message = None;
+            c.credentials = None;
+        }
+        r
     }
 
     async fn call_inner(&self, ctx: &HookCtx, actions: &mut Actions) -> Result<Verdict, HookError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let rt = runtime()?;
         let func = ctx.point.function_name();
-        let warm = ctx
+        // The session's slot for this plugin, reused for the next call.
+        let mut slot = ctx
             .session
             .as_ref()
             .and_then(|s| s.take(self.id))
-            .and_then(|b| b.downcast::<Pooled>().ok())
-            .and_then(|mut p| p.inst.take());
+            .and_then(|b| b.downcast::<Pooled>().ok());
+        let warm = slot.as_mut().and_then(|p| p.inst.take());
         let mut inst = match warm {
             Some(i) => i,
             None => self.checkout().await?,
         };
         self.arm(&mut inst);
-        let r = self.run(&mut inst, ctx).await;
+        let session = match &ctx.session {
+            Some(s) => s.id,
+            None => next_session_id(),
+        };
+        let r = self.run(&mut inst, ctx, session).await;
         let result = match r {
             Err(_) => {
                 // The call was cancelled mid-way: the instance is unusable.
@@ -1273,13 +1435,19 @@ impl WasmHook {
         let keep =
             (rt.live.load(Ordering::Relaxed) as f64) < rt.limits.instances as f64 * KEEP_BELOW;
         match &ctx.session {
-            Some(s) if keep => s.put(
-                self.id,
-                Box::new(Pooled {
-                    inst: Some(inst),
-                    home: Arc::downgrade(&self.idle),
-                }),
-            ),
+            Some(s) if keep => {
+                let slot = match slot {
+                    Some(mut p) => {
+                        p.inst = Some(inst);
+                        p
+                    }
+                    None => Box::new(Pooled {
+                        inst: Some(inst),
+                        home: Arc::downgrade(&self.idle),
+                    }),
+                };
+                s.put(self.id, slot)
+            }
             Some(_) => {}
             // A call outside any session (a queued delivery) is a session of its own.
             None => give_back(&self.idle, inst),
@@ -1320,45 +1488,6 @@ fn describe_error(e: &wasmtime::Error, s: &HostState, limits: &Limits) -> String
         reason.push_str(&format!(" ({})", cut(&tail, 400)));
     }
     reason
-}
-
-fn to_wit(c: &HookCtx, max_message: usize) -> wt::Context {
-    let size = c.message.as_ref().map(|m| m.len()).unwrap_or(0);
-    wt::Context {
-        hook: hook_of(c.point),
-        listener: c.listener.to_string(),
-        client_ip: c.client_ip.to_string(),
-        client_ptr: c.client_ptr.clone(),
-        helo: c.helo.clone(),
-        tls: c.tls,
-        user: c.user.clone(),
-        mail_from: c.mail_from.clone(),
-        rcpt: c.rcpt.clone(),
-        route: match &c.route {
-            None => wt::Route::Unknown,
-            Some(Route::Local(v)) => wt::Route::Local(v.clone()),
-            Some(Route::UnknownLocal) => wt::Route::UnknownLocal,
-            Some(Route::Remote) => wt::Route::Remote,
-        },
-        rcpts: c.rcpts.clone(),
-        spf: c.auth_results[0].clone(),
-        dkim: c.auth_results[1].clone(),
-        dmarc: c.auth_results[2].clone(),
-        credentials: c.credentials.as_ref().map(|(u, p, m)| wt::Credentials {
-            username: u.clone(),
-            password: p.clone(),
-            mechanism: m.clone(),
-            valid: c.credentials_valid,
-        }),
-        fetch: c.fetch.as_ref().map(|(m, uid, p)| wt::FetchInfo {
-            mailbox: m.clone(),
-            uid: *uid,
-            protocol: p.to_string(),
-        }),
-        remote_mx: c.remote_mx.clone(),
-        message_size: size as u64,
-        message_truncated: size > max_message,
-    }
 }
 
 fn reply_text(text: &str) -> String {

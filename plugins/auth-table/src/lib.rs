@@ -41,7 +41,7 @@ impl Plugin for AuthTable {
     }
 
     fn on_auth(&mut self, ctx: &Context) -> HookResult {
-        let Some(c) = &ctx.credentials else {
+        let Some(c) = ctx.credentials() else {
             return Ok(Outcome::next());
         };
         let user = c.username.to_ascii_lowercase();
@@ -74,23 +74,44 @@ mod tests {
     #[test]
     fn table_decides_for_its_users() {
         let mut h = TestHost::<AuthTable>::new(CFG).unwrap();
-        assert_eq!(h.auth("Alice@example.com", "wonderland", false).unwrap().verdict.name(), "accept");
-        assert_eq!(h.auth("alice@example.com", "nope", true).unwrap().verdict.name(), "reject");
-        assert_eq!(h.auth("bob@example.com", "x", true).unwrap().verdict.name(), "next");
+        assert_eq!(
+            h.auth("Alice@example.com", "wonderland", false)
+                .unwrap()
+                .verdict
+                .name(),
+            "accept"
+        );
+        assert_eq!(
+            h.auth("alice@example.com", "nope", true)
+                .unwrap()
+                .verdict
+                .name(),
+            "reject"
+        );
+        assert_eq!(
+            h.auth("bob@example.com", "x", true).unwrap().verdict.name(),
+            "next"
+        );
     }
 
     #[test]
     fn modes() {
-        let mut s = TestHost::<AuthTable>::new(
-            r#"{"users": {"alice@example.com": "w"}}"#,
-        )
-        .unwrap();
-        assert_eq!(s.auth("alice@example.com", "bad", true).unwrap().verdict.name(), "next");
+        let mut s = TestHost::<AuthTable>::new(r#"{"users": {"alice@example.com": "w"}}"#).unwrap();
+        assert_eq!(
+            s.auth("alice@example.com", "bad", true)
+                .unwrap()
+                .verdict
+                .name(),
+            "next"
+        );
         let mut x = TestHost::<AuthTable>::new(
             r#"{"users": {"alice@example.com": "w"}, "mode": "exclusive"}"#,
         )
         .unwrap();
-        assert_eq!(x.auth("bob@example.com", "x", true).unwrap().verdict.name(), "reject");
+        assert_eq!(
+            x.auth("bob@example.com", "x", true).unwrap().verdict.name(),
+            "reject"
+        );
         assert!(TestHost::<AuthTable>::new("{}").is_err());
         assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "abcd"));
     }

@@ -33,7 +33,11 @@ pub fn ip_in(ip: &str, net: &str) -> bool {
         }
         (IpAddr::V6(a), IpAddr::V6(b)) => {
             let len = len.unwrap_or(128).min(128);
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             u128::from(a) & mask == u128::from(b) & mask
         }
         _ => false,
@@ -47,11 +51,15 @@ impl Plugin for Dnsbl {
     fn init(config: &Config) -> Result<Self, String> {
         let zones = config.list("zones").unwrap_or_default();
         if zones.is_empty() {
-            return Err("zones: give at least one block list zone, e.g. [\"zen.spamhaus.org\"]".into());
+            return Err(
+                "zones: give at least one block list zone, e.g. [\"zen.spamhaus.org\"]".into(),
+            );
         }
         let action = config.string_or("action", "reject");
         if action != "reject" && action != "tempfail" {
-            return Err(format!("action: {action:?} is not \"reject\" or \"tempfail\""));
+            return Err(format!(
+                "action: {action:?} is not \"reject\" or \"tempfail\""
+            ));
         }
         let on_dns_error = config.string_or("on_dns_error", "continue");
         if on_dns_error != "continue" && on_dns_error != "tempfail" {
@@ -72,10 +80,11 @@ impl Plugin for Dnsbl {
     }
 
     fn on_connect(&mut self, ctx: &Context) -> HookResult {
-        if self.skip.iter().any(|n| ip_in(&ctx.client_ip, n)) {
+        let client_ip = ctx.client_ip();
+        if self.skip.iter().any(|n| ip_in(&client_ip, n)) {
             return Ok(Outcome::next());
         }
-        let Some(rev) = dns::reverse_ip(&ctx.client_ip) else {
+        let Some(rev) = dns::reverse_ip(&client_ip) else {
             return Ok(Outcome::next());
         };
         for zone in &self.zones {
@@ -92,12 +101,12 @@ impl Plugin for Dnsbl {
                     if listed {
                         log::info(&format!(
                             "{} is listed in {zone} ({})",
-                            ctx.client_ip,
+                            client_ip,
                             answers.join(", ")
                         ));
                         let text = format!(
                             "5.7.1 Service unavailable; client host [{}] blocked using {zone}",
-                            ctx.client_ip
+                            client_ip
                         );
                         return Ok(if self.action == "reject" {
                             Outcome::reject(554, text)
@@ -147,8 +156,15 @@ mod tests {
         h.set_dns("a", "1.0.0.10.bl.example", Ok(vec!["127.0.0.2".into()]));
         assert_eq!(h.connect("10.0.0.1").unwrap().verdict.name(), "next");
         let rev = corvus_sdk::dns::reverse_ip("2001:db8::1").unwrap();
-        assert!(rev.starts_with("1.0.0.0.") && rev.ends_with(".8.b.d.0.1.0.0.2"), "{rev}");
-        h.set_dns("a", &format!("{rev}.bl.example"), Ok(vec!["127.0.0.4".into()]));
+        assert!(
+            rev.starts_with("1.0.0.0.") && rev.ends_with(".8.b.d.0.1.0.0.2"),
+            "{rev}"
+        );
+        h.set_dns(
+            "a",
+            &format!("{rev}.bl.example"),
+            Ok(vec!["127.0.0.4".into()]),
+        );
         assert_eq!(h.connect("2001:db8::1").unwrap().verdict.name(), "reject");
     }
 
@@ -158,7 +174,11 @@ mod tests {
             r#"{"zones": ["bl.example"], "on_dns_error": "tempfail", "action": "tempfail"}"#,
         )
         .unwrap();
-        h.set_dns("a", "7.2.0.192.bl.example", Err(DnsError::Temporary("timeout".into())));
+        h.set_dns(
+            "a",
+            "7.2.0.192.bl.example",
+            Err(DnsError::Temporary("timeout".into())),
+        );
         assert_eq!(h.connect("192.0.2.7").unwrap().verdict.name(), "tempfail");
         assert!(TestHost::<Dnsbl>::new("{}").is_err());
     }

@@ -67,7 +67,9 @@ pub fn param(value: &str, name: &str) -> Option<String> {
     let mut ext = None;
     let mut pieces: Vec<(u32, String)> = Vec::new();
     for p in split_params(value).into_iter().skip(1) {
-        let Some((k, v)) = p.split_once('=') else { continue };
+        let Some((k, v)) = p.split_once('=') else {
+            continue;
+        };
         let k = k.trim().to_ascii_lowercase();
         let v = v.trim().trim_matches('"').to_string();
         if k == name {
@@ -265,7 +267,11 @@ fn walk(raw: &[u8], depth: usize, out: &mut Vec<Part>) {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let ctype = if ctype.is_empty() { "text/plain".to_string() } else { ctype };
+    let ctype = if ctype.is_empty() {
+        "text/plain".to_string()
+    } else {
+        ctype
+    };
     if ctype.starts_with("multipart/")
         && let Some(boundary) = param(ctype_full, "boundary")
     {
@@ -409,10 +415,10 @@ impl Plugin for AttachmentFilter {
         })
     }
 
-    fn on_data(&mut self, ctx: &Context, message: &[u8]) -> HookResult {
-        match self.verdict(message) {
+    fn on_data(&mut self, ctx: &Context) -> HookResult {
+        match self.verdict(&ctx.message()) {
             Some(why) => {
-                log::info(&format!("refused message from {}: {why}", ctx.mail_from));
+                log::info(&format!("refused message from {}: {why}", ctx.mail_from()));
                 Ok(Outcome::reject(
                     self.code,
                     format!("5.7.1 Message refused: {why}; executables are not accepted"),
@@ -452,10 +458,7 @@ mod tests {
             PDF,
         );
         assert_eq!(verdict(&m), "reject");
-        let m = multipart(
-            "Content-Type: application/pdf; name=\"invoice.pdf\"",
-            PDF,
-        );
+        let m = multipart("Content-Type: application/pdf; name=\"invoice.pdf\"", PDF);
         assert_eq!(verdict(&m), "next");
     }
 
@@ -490,15 +493,32 @@ mod tests {
             "From: a@x\nContent-Type: multipart/mixed; boundary=OUT\n\n--OUT\nContent-Type: message/rfc822\n\n{inner}\n--OUT--\n"
         );
         assert_eq!(verdict(&outer), "reject");
-        assert_eq!(verdict("From: a@x\nSubject: hi\n\nMZ is fine in text\n"), "next");
+        assert_eq!(
+            verdict("From: a@x\nSubject: hi\n\nMZ is fine in text\n"),
+            "next"
+        );
     }
 
     #[test]
     fn parser_details() {
-        assert_eq!(base64(b"TVqQ\r\nAAMA"), vec![0x4d, 0x5a, 0x90, 0x00, 0x03, 0x00]);
-        assert_eq!(param("attachment; filename*0=\"a\"; filename*1=\"b.exe\"", "filename").as_deref(), Some("ab.exe"));
-        assert_eq!(param("text/plain; name=\"x;y.txt\"", "name").as_deref(), Some("x;y.txt"));
-        let ps = parts(crate::tests::multipart("Content-Type: image/png; name=a.png", PDF).as_bytes());
+        assert_eq!(
+            base64(b"TVqQ\r\nAAMA"),
+            vec![0x4d, 0x5a, 0x90, 0x00, 0x03, 0x00]
+        );
+        assert_eq!(
+            param(
+                "attachment; filename*0=\"a\"; filename*1=\"b.exe\"",
+                "filename"
+            )
+            .as_deref(),
+            Some("ab.exe")
+        );
+        assert_eq!(
+            param("text/plain; name=\"x;y.txt\"", "name").as_deref(),
+            Some("x;y.txt")
+        );
+        let ps =
+            parts(crate::tests::multipart("Content-Type: image/png; name=a.png", PDF).as_bytes());
         assert_eq!(ps.len(), 2);
         assert_eq!(ps[1].filename.as_deref(), Some("a.png"));
         assert!(ps[1].head.starts_with(b"%PDF"));

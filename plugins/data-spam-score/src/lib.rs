@@ -93,19 +93,19 @@ impl SpamScore {
         if header(&fields, "to").is_none() && header(&fields, "cc").is_none() {
             hits.push(("NO_TO".into(), 1.0));
         }
-        match ctx.spf.as_str() {
+        match ctx.spf().as_str() {
             "fail" => hits.push(("SPF_FAIL".into(), 2.0)),
             "softfail" => hits.push(("SPF_SOFTFAIL".into(), 1.0)),
             _ => {}
         }
-        if ctx.dkim == "fail" {
+        if ctx.dkim() == "fail" {
             hits.push(("DKIM_FAIL".into(), 1.0));
         }
         // The detailed facts (corvus_sdk::auth): a DMARC failure through a forwarder whose
         // ARC chain validates weighs less, and a DKIM signature of the From domain (or a
         // parent of it) counts in the message's favour.
         let auth = corvus_sdk::auth::facts();
-        if ctx.dmarc == "fail" {
+        if ctx.dmarc() == "fail" {
             if auth.arc == "pass" {
                 hits.push(("DMARC_FAIL_ARC_PASS".into(), 0.5));
             } else {
@@ -189,8 +189,8 @@ impl Plugin for SpamScore {
         })
     }
 
-    fn on_data(&mut self, ctx: &Context, message: &[u8]) -> HookResult {
-        let (total, hits) = self.score(ctx, message);
+    fn on_data(&mut self, ctx: &Context) -> HookResult {
+        let (total, hits) = self.score(ctx, &ctx.message());
         let tests: Vec<String> = hits.iter().map(|(n, p)| format!("{n}={p:.1}")).collect();
         corvus_sdk::log::debug(&format!("score {total:.1}: {}", tests.join(" ")));
         let verdict = if self.reject_threshold.is_some_and(|r| total >= r) {

@@ -35,12 +35,13 @@ pub fn parse_window(s: &str) -> Option<u32> {
 
 impl RateLimit {
     fn key(&self, ctx: &Context) -> String {
-        let sender = ctx.mail_from.to_ascii_lowercase();
+        let sender = ctx.mail_from().to_ascii_lowercase();
+        let user = ctx.user();
         match self.by {
-            By::User if !ctx.user.is_empty() => format!("user:{}", ctx.user.to_ascii_lowercase()),
-            By::Ip => format!("ip:{}", ctx.client_ip),
+            By::User if !user.is_empty() => format!("user:{}", user.to_ascii_lowercase()),
+            By::Ip => format!("ip:{}", ctx.client_ip()),
             By::Domain if !sender.is_empty() => format!("domain:{}", domain_of(&sender)),
-            _ if sender.is_empty() => format!("ip:{}", ctx.client_ip),
+            _ if sender.is_empty() => format!("ip:{}", ctx.client_ip()),
             _ => format!("from:{sender}"),
         }
     }
@@ -85,11 +86,12 @@ impl Plugin for RateLimit {
     }
 
     fn on_mail(&mut self, ctx: &Context) -> HookResult {
-        let from = ctx.mail_from.to_ascii_lowercase();
+        let from = ctx.mail_from().to_ascii_lowercase();
+        let client_ip = ctx.client_ip();
         if self
             .exempt
             .iter()
-            .any(|e| *e == from || *e == domain_of(&from) || *e == ctx.client_ip)
+            .any(|e| *e == from || *e == domain_of(&from) || *e == client_ip)
         {
             return Ok(Outcome::next());
         }
@@ -97,7 +99,10 @@ impl Plugin for RateLimit {
         let n = kv::incr(&key, 1, Some(self.window))?;
         if n > self.limit {
             if n == self.limit + 1 {
-                log::warn(&format!("{key}: over {} messages in {} s", self.limit, self.window));
+                log::warn(&format!(
+                    "{key}: over {} messages in {} s",
+                    self.limit, self.window
+                ));
             }
             return Ok(Outcome::tempfail(
                 451,

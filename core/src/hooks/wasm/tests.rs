@@ -95,6 +95,48 @@ fn loads_describes_and_answers() {
 }
 
 #[test]
+fn the_context_answers_every_fact_and_lends_the_message() {
+    let h = load("noop", serde_json::json!({"facts": true}), None).unwrap();
+    let mut c = rcpt("b@y.example", None);
+    c.point = HookPoint::Data;
+    c.client_ptr = "mx.x.example".into();
+    c.helo = "mx.x.example".into();
+    c.tls = true;
+    c.user = "carol@example.test".into();
+    c.route = Some(Route::Local(vec!["bob".into(), "eve".into()]));
+    c.rcpts = vec!["b@y.example".into(), "c@y.example".into()];
+    c.auth_results = ["pass".into(), "fail".into(), "none".into()];
+    c.credentials = Some(("u".into(), "p".into(), "PLAIN".into()));
+    c.credentials_valid = true;
+    c.fetch = Some(("INBOX".into(), 7, "imap"));
+    c.remote_mx = Some("mx.y.example".into());
+    c.message = Some(Arc::new(b"Subject: x\r\n\r\nhi\r\n".to_vec()));
+    let mut a = Actions::default();
+    h.call(&c, &mut a).unwrap();
+    assert_eq!(
+        a.add_headers[0].1,
+        "hook=data listener=smtp ip=192.0.2.7 ptr=mx.x.example helo=mx.x.example tls=true \
+         user=carol@example.test from=a@x.example rcpt=b@y.example route=local:bob,eve \
+         rcpts=b@y.example,c@y.example spf=pass dkim=fail dmarc=none credentials=u/p/PLAIN/true \
+         fetch=INBOX/7/imap mx=mx.y.example size=18 truncated=false message=18"
+    );
+    // A message larger than the plugins' message limit is cut, and says so.
+    let max = runtime().unwrap().limits.max_message;
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    big.resize(max + 10, b'x');
+    c.message = Some(Arc::new(big));
+    let mut a = Actions::default();
+    h.call(&c, &mut a).unwrap();
+    assert!(
+        a.add_headers[0]
+            .1
+            .ends_with(&format!(" size={} truncated=true message={max}", max + 10)),
+        "{}",
+        a.add_headers[0].1
+    );
+}
+
+#[test]
 fn plugins_read_the_sender_authentication_facts() {
     let h = load("noop", serde_json::json!({"auth": true}), None).unwrap();
     let mut data = rcpt("b@y.example", None);
@@ -163,8 +205,8 @@ fn one_warm_instance_per_session() {
     assert_eq!(a.add_headers[0].1, "t calls=1");
     assert_eq!(h.stats.instances.load(Ordering::Relaxed), 3);
     // When a session ends its instance waits in the plugin's idle pool; the next session
-    // (here a call without one, as for a queued delivery) gets it after `init` ran again:
-    // state starts afresh, and no instance is created.
+    // (here a call without one, as for a queued delivery) gets it, with no `init` call: the
+    // SDK sees the new `context.session` and starts afresh, and no instance is created.
     drop(session);
     data.session = None;
     for _ in 0..2 {
@@ -181,14 +223,16 @@ fn one_warm_instance_per_session() {
     h.call(&data, &mut a).unwrap();
     assert_eq!(a.add_headers[1].1, "t calls=2");
     assert_eq!(h.stats.instances.load(Ordering::Relaxed), 3);
+    // `init` ran once per instance, not once per session.
+    assert_eq!(h.stats.inits.load(Ordering::Relaxed), 3);
 }
 
 #[test]
 fn instances_that_grew_big_are_not_kept_idle() {
-    let h = load("noop", serde_json::json!({}), None).unwrap();
+    let h = load("noop", serde_json::json!({"read_message": true}), None).unwrap();
     let mut data = rcpt("b@y.example", Some(Arc::new(HookSession::default())));
     data.point = HookPoint::Data;
-    // A 20 MB message is copied into the instance's memory, which grows past 16 MiB.
+    // The plugin reads a 20 MB message into its memory, which grows past 16 MiB.
     let mut big = b"Subject: big\r\n\r\n".to_vec();
     big.resize(20 << 20, b'x');
     data.message = Some(Arc::new(big));
@@ -346,19 +390,20 @@ fn wrong_wit_version_is_refused_with_a_clear_message() {
         .err()
         .expect("must be refused");
     assert!(
-        e.contains("built for corvus:plugin@0.2.0") && e.contains("provides corvus:plugin@0.1.1"),
+        e.contains("built for corvus:plugin@0.9.0") && e.contains("provides corvus:plugin@0.2.0"),
         "{e}"
     );
 }
 
 #[test]
 fn older_patch_versions_are_compatible_newer_ones_not() {
-    assert_eq!(WIT_VERSION, "0.1.1");
+    assert_eq!(WIT_VERSION, "0.2.0");
     for (v, ok) in [
-        ("0.1.0", true),
-        ("0.1.1", true),
-        ("0.1.2", false),
-        ("0.2.0", false),
+        ("0.1.0", false),
+        ("0.1.1", false),
+        ("0.2.0", true),
+        ("0.2.1", false),
+        ("0.3.0", false),
         ("0.0.9", false),
         ("1.0.0", false),
         ("x", false),
@@ -515,16 +560,15 @@ fn bench_per_call_overhead() {
 }
 
 #[test]
-fn plugins_built_for_the_previous_compatible_version_still_run() {
-    // corvus:plugin@0.1.0: without the auth import that 0.1.1 added.
-    let h = load("previous-version", serde_json::json!({}), None).unwrap();
-    let mut data = rcpt("b@y.example", None);
-    data.point = HookPoint::Data;
-    data.message = Some(Arc::new(b"Subject: x\r\n\r\nhi\r\n".to_vec()));
-    let mut a = Actions::default();
-    assert_eq!(h.call(&data, &mut a).unwrap(), Verdict::Continue);
-    assert_eq!(
-        a.add_headers,
-        vec![("X-Previous".to_string(), "0.1.0".to_string())]
+fn plugins_built_for_an_older_minor_version_are_refused() {
+    // corvus:plugin@0.1.0, where hooks got the context as a record.
+    let e = load("previous-version", serde_json::json!({}), None)
+        .err()
+        .expect("must be refused");
+    assert!(
+        e.contains("built for corvus:plugin@0.1.0")
+            && e.contains("provides corvus:plugin@0.2.0")
+            && e.contains("rebuild it"),
+        "{e}"
     );
 }

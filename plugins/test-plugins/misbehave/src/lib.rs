@@ -30,12 +30,12 @@ fn recurse(n: u64, buf: &mut [u8; 256]) -> u64 {
 
 impl Misbehave {
     fn act(&self, ctx: &Context) -> HookResult {
-        if ctx.hook.name() != self.hook {
+        if ctx.hook().name() != self.hook {
             return Ok(Outcome::next());
         }
         if let Some(r) = &self.when_rcpt {
-            let hit = ctx.rcpt.eq_ignore_ascii_case(r)
-                || ctx.rcpts.iter().any(|x| x.eq_ignore_ascii_case(r));
+            let hit = ctx.rcpt().eq_ignore_ascii_case(r)
+                || ctx.rcpts().iter().any(|x| x.eq_ignore_ascii_case(r));
             if !hit {
                 return Ok(Outcome::next());
             }
@@ -133,10 +133,10 @@ impl Plugin for Misbehave {
     fn on_rcpt(&mut self, ctx: &Context) -> HookResult {
         self.act(ctx)
     }
-    fn on_data(&mut self, ctx: &Context, _m: &[u8]) -> HookResult {
+    fn on_data(&mut self, ctx: &Context) -> HookResult {
         self.act(ctx)
     }
-    fn on_delivery(&mut self, ctx: &Context, _m: &[u8]) -> HookResult {
+    fn on_delivery(&mut self, ctx: &Context) -> HookResult {
         self.act(ctx)
     }
     fn on_fetch(&mut self, ctx: &Context) -> HookResult {

@@ -1,5 +1,6 @@
-//! Test plugin built against the previous compatible WIT version (corvus:plugin@0.1.0, before
-//! the `auth` import): the host must still load it, and it adds `X-Previous: 0.1.0` on data.
+//! Test plugin built against an older, incompatible WIT version (corvus:plugin@0.1.0, where
+//! the context was a record): the host refuses it and says to rebuild it against the SDK.
+//! (Under 0.1 it added `X-Previous: 0.1.0` on data.)
 
 wit_bindgen::generate!({ path: "wit", world: "plugin" });
 

@@ -1,41 +1,45 @@
-//! Test plugin built against a future WIT version (corvus:plugin@0.2.0): the host refuses it.
+//! Test plugin built against a future WIT version (corvus:plugin@0.9.0): the host refuses it.
 
 wit_bindgen::generate!({ path: "wit", world: "plugin" });
 
-use exports::corvus::plugin::hooks::Guest;
 use corvus::plugin::types::{Context, Outcome, PluginInfo};
+use exports::corvus::plugin::hooks::Guest;
 
 struct Wrong;
 
 impl Guest for Wrong {
     fn describe() -> PluginInfo {
-        PluginInfo { name: "wrong-version".into(), version: "0.2.0".into(), hooks: vec![] }
+        PluginInfo {
+            name: "wrong-version".into(),
+            version: "0.9.0".into(),
+            hooks: vec![],
+        }
     }
     fn init(_config: String) -> Result<(), String> {
         Ok(())
     }
-    fn on_connect(_ctx: Context) -> Result<Outcome, String> {
+    fn on_connect(_ctx: &Context) -> Result<Outcome, String> {
         Err("unused".into())
     }
-    fn on_helo(_ctx: Context) -> Result<Outcome, String> {
+    fn on_helo(_ctx: &Context) -> Result<Outcome, String> {
         Err("unused".into())
     }
-    fn on_auth(_ctx: Context) -> Result<Outcome, String> {
+    fn on_auth(_ctx: &Context) -> Result<Outcome, String> {
         Err("unused".into())
     }
-    fn on_mail(_ctx: Context) -> Result<Outcome, String> {
+    fn on_mail(_ctx: &Context) -> Result<Outcome, String> {
         Err("unused".into())
     }
-    fn on_rcpt(_ctx: Context) -> Result<Outcome, String> {
+    fn on_rcpt(_ctx: &Context) -> Result<Outcome, String> {
         Err("unused".into())
     }
-    fn on_data(_ctx: Context, _m: Vec<u8>) -> Result<Outcome, String> {
+    fn on_data(_ctx: &Context) -> Result<Outcome, String> {
         Err("unused".into())
     }
-    fn on_delivery(_ctx: Context, _m: Vec<u8>) -> Result<Outcome, String> {
+    fn on_delivery(_ctx: &Context) -> Result<Outcome, String> {
         Err("unused".into())
     }
-    fn on_fetch(_ctx: Context) -> Result<Outcome, String> {
+    fn on_fetch(_ctx: &Context) -> Result<Outcome, String> {
         Err("unused".into())
     }
 }
