@@ -1,4 +1,4 @@
-//! WASM plugins as hook engines (wasmtime, component model, WIT `corvus:plugin@0.1.1` in
+//! WASM plugins as hook engines (wasmtime, component model, WIT `corvus:plugin@0.2.0` in
 //! `sdk/wit/plugin.wit`).
 //!
 //! One process-wide [`Engine`] (pooling allocator, epoch interruption, a 10 ms ticker thread).
@@ -9,14 +9,17 @@
 //! once, so a broken plugin or config is refused at load (and by `corvus check`).
 //!
 //! Instances: one per plugin per session, kept in the session's [`HookSession`] and reused
-//! for that session's hooks (about 1–2 µs per call warm). When the session ends the instance
-//! goes to its plugin's idle pool (at most [`IDLE_MAX`], only if its memory stayed under
-//! [`IDLE_MEMORY_MAX`] and it has capture room left); the next session takes it and `init`
-//! runs again, which makes the SDK build a new plugin value, so `&mut self` state starts
-//! afresh per session. A new instance costs tens of µs plus the reset of its memory when it
-//! goes (with one message per SMTP connection that was most of the plugins' cost). A call
-//! without a session (queue deliveries) is a session of its own. When the instance pool
-//! runs low, instances are not kept.
+//! for that session's hooks. When the session ends the instance goes to its plugin's idle
+//! pool (at most [`IDLE_MAX`], only if its memory stayed under [`IDLE_MEMORY_MAX`] and it has
+//! capture room left) and serves a later session. `init` runs once per instance; a hook tells
+//! sessions apart by `context.session` (the SDK builds a new plugin value when it changes, so
+//! `&mut self` state lasts one session). A new instance costs tens of µs plus the reset of its
+//! memory when it goes. A call without a session (queue deliveries) is a session of its own.
+//! When the instance pool runs low, instances are not kept.
+//!
+//! The facts of a call are the WIT `context` resource, lent to the hook: [`CallFacts`] is the
+//! host's token, and the methods answer from the store's copy of the call's [`HookCtx`], so a
+//! hook pays only for what it reads (the message included).
 //!
 //! Per call: an epoch deadline (CPU budget, counted in 10 ms ticks of guest execution; the
 //! guest yields to tokio at every tick), a wall-clock timeout around the whole call (DNS
