@@ -67,6 +67,7 @@ pub const WIT_VERSION: &str = "0.2.0";
 /// when a hook uses it many times. Strings not known at this hook are "".
 pub struct Context<'a> {
     hook: Hook,
+    session: u64,
     #[cfg(target_arch = "wasm32")]
     src: &'a bindings::corvus::plugin::types::Context,
     #[cfg(not(target_arch = "wasm32"))]
@@ -91,9 +92,6 @@ macro_rules! facts {
 }
 
 facts! {
-    /// The session (SMTP, IMAP or POP3 connection) of this call; a queued delivery is a
-    /// session of its own.
-    session -> u64;
     /// Listener: "smtp", "submission", "submissions", "imap", …
     listener -> String;
     /// Client IP address in text form.
@@ -140,6 +138,11 @@ impl Context<'_> {
     /// The hook being called.
     pub fn hook(&self) -> Hook {
         self.hook
+    }
+    /// The session (SMTP, IMAP or POP3 connection) of this call, unique while the server
+    /// runs; a queued delivery is a session of its own.
+    pub fn session(&self) -> u64 {
+        self.session
     }
 }
 
@@ -642,8 +645,8 @@ macro_rules! export {
                 static __CORVUS_PLUGIN: ::std::cell::RefCell<Instance<$plugin>> =
                     const { ::std::cell::RefCell::new(Instance::new()) };
             }
-            fn __call(hook: Hook, ctx: &WitContext) -> HookResult {
-                __CORVUS_PLUGIN.with(|p| p.borrow_mut().call(hook, ctx))
+            fn __call(hook: Hook, session: u64, ctx: &WitContext) -> HookResult {
+                __CORVUS_PLUGIN.with(|p| p.borrow_mut().call(hook, session, ctx))
             }
             pub struct __CorvusExport;
             impl Guest for __CorvusExport {
@@ -655,29 +658,29 @@ macro_rules! export {
                 ) -> ::std::result::Result<(), ::std::string::String> {
                     __CORVUS_PLUGIN.with(|p| p.borrow_mut().init(config))
                 }
-                fn on_connect(ctx: &WitContext) -> HookResult {
-                    __call(Hook::Connect, ctx)
+                fn on_connect(session: u64, ctx: &WitContext) -> HookResult {
+                    __call(Hook::Connect, session, ctx)
                 }
-                fn on_helo(ctx: &WitContext) -> HookResult {
-                    __call(Hook::Helo, ctx)
+                fn on_helo(session: u64, ctx: &WitContext) -> HookResult {
+                    __call(Hook::Helo, session, ctx)
                 }
-                fn on_auth(ctx: &WitContext) -> HookResult {
-                    __call(Hook::Auth, ctx)
+                fn on_auth(session: u64, ctx: &WitContext) -> HookResult {
+                    __call(Hook::Auth, session, ctx)
                 }
-                fn on_mail(ctx: &WitContext) -> HookResult {
-                    __call(Hook::Mail, ctx)
+                fn on_mail(session: u64, ctx: &WitContext) -> HookResult {
+                    __call(Hook::Mail, session, ctx)
                 }
-                fn on_rcpt(ctx: &WitContext) -> HookResult {
-                    __call(Hook::Rcpt, ctx)
+                fn on_rcpt(session: u64, ctx: &WitContext) -> HookResult {
+                    __call(Hook::Rcpt, session, ctx)
                 }
-                fn on_data(ctx: &WitContext) -> HookResult {
-                    __call(Hook::Data, ctx)
+                fn on_data(session: u64, ctx: &WitContext) -> HookResult {
+                    __call(Hook::Data, session, ctx)
                 }
-                fn on_delivery(ctx: &WitContext) -> HookResult {
-                    __call(Hook::Delivery, ctx)
+                fn on_delivery(session: u64, ctx: &WitContext) -> HookResult {
+                    __call(Hook::Delivery, session, ctx)
                 }
-                fn on_fetch(ctx: &WitContext) -> HookResult {
-                    __call(Hook::Fetch, ctx)
+                fn on_fetch(session: u64, ctx: &WitContext) -> HookResult {
+                    __call(Hook::Fetch, session, ctx)
                 }
             }
     $crate::bindings::__export_plugin_raw!(__CorvusExport with_types_in $crate::bindings);
@@ -713,8 +716,9 @@ impl<P: Plugin> Instance<P> {
         Ok(())
     }
 
-    /// A hook call in `session`: a new session gets a new plugin value.
-    pub fn call_in(&mut self, session: u64, ctx: &Context) -> HookResult {
+    /// A hook call (in `ctx.session`): a new session gets a new plugin value.
+    pub fn call_in(&mut self, ctx: &Context) -> HookResult {
+        let session = ctx.session;
         let Some(config) = &self.config else {
             return Err("the host called a hook before init".into());
         };
@@ -735,9 +739,14 @@ impl<P: Plugin> Instance<P> {
     pub fn call(
         &mut self,
         hook: Hook,
+        session: u64,
         ctx: &bindings::corvus::plugin::types::Context,
     ) -> HookResult {
-        self.call_in(ctx.session(), &Context { hook, src: ctx })
+        self.call_in(&Context {
+            hook,
+            session,
+            src: ctx,
+        })
     }
 }
 

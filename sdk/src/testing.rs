@@ -21,8 +21,6 @@ use super::{Instance, Plugin, Route};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub hook: Hook,
-    /// Set by [`TestHost`] (its session).
-    pub session: u64,
     pub listener: String,
     pub client_ip: String,
     pub client_ptr: String,
@@ -49,7 +47,6 @@ impl Event {
     pub fn empty(hook: Hook) -> Self {
         Event {
             hook,
-            session: 0,
             listener: "smtp".into(),
             client_ip: "127.0.0.1".into(),
             client_ptr: String::new(),
@@ -354,7 +351,6 @@ impl<P: Plugin> TestHost<P> {
             return Ok(super::Outcome::next());
         }
         let mut event = event.clone();
-        event.session = self.session;
         if matches!(event.hook, Hook::Data | Hook::Delivery) {
             event.message = message.to_vec();
             if event.message_size == 0 {
@@ -363,9 +359,10 @@ impl<P: Plugin> TestHost<P> {
         }
         let ctx = Context {
             hook: event.hook,
+            session: self.session,
             src: &event,
         };
-        self.instance.call_in(self.session, &ctx)
+        self.instance.call_in(&ctx)
     }
 
     /// on-connect from `ip`.

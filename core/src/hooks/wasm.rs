@@ -11,8 +11,8 @@
 //! Instances: one per plugin per session, kept in the session's [`HookSession`] and reused
 //! for that session's hooks. When the session ends the instance goes to its plugin's idle
 //! pool (at most [`IDLE_MAX`], only if its memory stayed under [`IDLE_MEMORY_MAX`] and it has
-//! capture room left) and serves a later session. `init` runs once per instance; a hook tells
-//! sessions apart by `context.session` (the SDK builds a new plugin value when it changes, so
+//! capture room left) and serves a later session. `init` runs once per instance; each hook
+//! call is given its session's id (the SDK builds a new plugin value when it changes, so
 //! `&mut self` state lasts one session). A new instance costs tens of µs plus the reset of its
 //! memory when it goes. A call without a session (queue deliveries) is a session of its own.
 //! When the instance pool runs low, instances are not kept.
@@ -326,8 +326,6 @@ struct HostState {
     /// The facts of the current call (the `context` resource and the `auth` import); the
     /// message is dropped when the call ends.
     call: Option<HookCtx>,
-    /// The session of the current call (`context.session`).
-    session: u64,
     /// Longest message the `context.message` method hands over.
     max_message: usize,
 }
@@ -633,9 +631,6 @@ impl wt::HostContext for HostState {
     fn hook(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<wt::Hook> {
         Ok(hook_of(self.facts()?.point))
     }
-    fn session(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<u64> {
-        Ok(self.session)
-    }
     fn listener(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
         Ok(self.facts()?.listener.to_string())
     }
@@ -794,7 +789,7 @@ impl Drop for Pooled {
 
 /// Where a session keeps its warm instances (one per plugin), dropped with the session.
 pub struct HookSession {
-    /// What plugins see as `context.session`.
+    /// What plugin hooks get as `session`.
     id: u64,
     slots: Mutex<Vec<(u64, Box<dyn Any + Send>)>>,
 }
@@ -808,7 +803,7 @@ impl Default for HookSession {
     }
 }
 
-/// A new session id (sessions, and calls outside any session).
+/// A new session id (sessions, and calls outside any session): what hooks get as `session`.
 fn next_session_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
@@ -1202,7 +1197,6 @@ impl WasmHook {
             log_left: limits.log_lines,
             log_dropped: 0,
             call: None,
-            session: 0,
             max_message: limits.max_message,
         };
         let mut store = wasmtime::Store::new(&rt.engine, state);
@@ -1247,7 +1241,7 @@ impl WasmHook {
     }
 
     /// Run `init` with the entry's config, once per instance (the SDK rebuilds its plugin
-    /// value when `context.session` changes, so `&mut self` state lasts one session).
+    /// value when a hook's session changes, so `&mut self` state lasts one session).
     async fn init(&self, inst: &mut Instance) -> Result<(), HookError> {
         let limits = runtime()?.limits.clone();
         self.stats.inits.fetch_add(1, Ordering::Relaxed);
@@ -1377,18 +1371,17 @@ impl WasmHook {
                 data.call = Some(c);
             }
         }
-        data.session = session;
         let fut = async {
             let c = || Resource::<CallFacts>::new_borrow(0);
             match ctx.point {
-                HookPoint::Connect => hooks.call_on_connect(&mut *store, c()).await,
-                HookPoint::Helo => hooks.call_on_helo(&mut *store, c()).await,
-                HookPoint::Auth => hooks.call_on_auth(&mut *store, c()).await,
-                HookPoint::Mail => hooks.call_on_mail(&mut *store, c()).await,
-                HookPoint::Rcpt => hooks.call_on_rcpt(&mut *store, c()).await,
-                HookPoint::Data => hooks.call_on_data(&mut *store, c()).await,
-                HookPoint::Delivery => hooks.call_on_delivery(&mut *store, c()).await,
-                HookPoint::Fetch => hooks.call_on_fetch(&mut *store, c()).await,
+                HookPoint::Connect => hooks.call_on_connect(&mut *store, session, c()).await,
+                HookPoint::Helo => hooks.call_on_helo(&mut *store, session, c()).await,
+                HookPoint::Auth => hooks.call_on_auth(&mut *store, session, c()).await,
+                HookPoint::Mail => hooks.call_on_mail(&mut *store, session, c()).await,
+                HookPoint::Rcpt => hooks.call_on_rcpt(&mut *store, session, c()).await,
+                HookPoint::Data => hooks.call_on_data(&mut *store, session, c()).await,
+                HookPoint::Delivery => hooks.call_on_delivery(&mut *store, session, c()).await,
+                HookPoint::Fetch => hooks.call_on_fetch(&mut *store, session, c()).await,
             }
         };
         let r = tokio::time::timeout(limits.wall, fut).await;

@@ -18,28 +18,28 @@ impl Guest for Wrong {
     fn init(_config: String) -> Result<(), String> {
         Ok(())
     }
-    fn on_connect(_ctx: &Context) -> Result<Outcome, String> {
+    fn on_connect(_session: u64, _ctx: &Context) -> Result<Outcome, String> {
         Err("unused".into())
     }
-    fn on_helo(_ctx: &Context) -> Result<Outcome, String> {
+    fn on_helo(_session: u64, _ctx: &Context) -> Result<Outcome, String> {
         Err("unused".into())
     }
-    fn on_auth(_ctx: &Context) -> Result<Outcome, String> {
+    fn on_auth(_session: u64, _ctx: &Context) -> Result<Outcome, String> {
         Err("unused".into())
     }
-    fn on_mail(_ctx: &Context) -> Result<Outcome, String> {
+    fn on_mail(_session: u64, _ctx: &Context) -> Result<Outcome, String> {
         Err("unused".into())
     }
-    fn on_rcpt(_ctx: &Context) -> Result<Outcome, String> {
+    fn on_rcpt(_session: u64, _ctx: &Context) -> Result<Outcome, String> {
         Err("unused".into())
     }
-    fn on_data(_ctx: &Context) -> Result<Outcome, String> {
+    fn on_data(_session: u64, _ctx: &Context) -> Result<Outcome, String> {
         Err("unused".into())
     }
-    fn on_delivery(_ctx: &Context) -> Result<Outcome, String> {
+    fn on_delivery(_session: u64, _ctx: &Context) -> Result<Outcome, String> {
         Err("unused".into())
     }
-    fn on_fetch(_ctx: &Context) -> Result<Outcome, String> {
+    fn on_fetch(_session: u64, _ctx: &Context) -> Result<Outcome, String> {
         Err("unused".into())
     }
 }
