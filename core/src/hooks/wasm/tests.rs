@@ -543,9 +543,29 @@ fn bench_per_call_overhead() {
             }
             report(&format!("warm {}", point.function_name()), wall, cpu);
         }
+        // Many sessions in turn, as on a busy server: each call finds its instance's memory
+        // and the store's state gone cold, as the others ran in between.
+        for sessions in [16, 64] {
+            let ctxs: Vec<HookCtx> = (0..sessions)
+                .map(|_| rcpt("b@y.example", Some(Arc::new(HookSession::default()))))
+                .collect();
+            let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+            for _ in 0..5 {
+                let n = 2000;
+                let (t, c0) = (Instant::now(), cpu_now());
+                for i in 0..n {
+                    let mut a = Actions::default();
+                    h.call_async(&ctxs[i % sessions], &mut a).await.unwrap();
+                }
+                cpu.push((cpu_now() - c0).as_nanos() as f64 / n as f64 / 1000.0);
+                wall.push(t.elapsed().as_nanos() as f64 / n as f64 / 1000.0);
+            }
+            report(&format!("on_rcpt, {sessions} sessions in turn"), wall, cpu);
+        }
+        // A call outside any session takes an idle instance (a new session for the plugin).
         let (mut wall, mut cpu) = (Vec::new(), Vec::new());
         for _ in 0..5 {
-            let n = 300;
+            let n = 2000;
             let (t, c0) = (Instant::now(), cpu_now());
             for _ in 0..n {
                 let c = rcpt("b@y.example", None);
@@ -555,7 +575,19 @@ fn bench_per_call_overhead() {
             cpu.push((cpu_now() - c0).as_nanos() as f64 / n as f64 / 1000.0);
             wall.push(t.elapsed().as_nanos() as f64 / n as f64 / 1000.0);
         }
-        report("fresh instance + init + on_rcpt", wall, cpu);
+        report("idle instance, new session, on_rcpt", wall, cpu);
+        // A new instance: instantiation and `init` (and its memory reset when it goes).
+        let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            let n = 300;
+            let (t, c0) = (Instant::now(), cpu_now());
+            for _ in 0..n {
+                drop(h.instantiate().await.unwrap());
+            }
+            cpu.push((cpu_now() - c0).as_nanos() as f64 / n as f64 / 1000.0);
+            wall.push(t.elapsed().as_nanos() as f64 / n as f64 / 1000.0);
+        }
+        report("new instance + init", wall, cpu);
     });
 }
 
