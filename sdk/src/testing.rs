@@ -345,13 +345,14 @@ impl<P: Plugin> TestHost<P> {
 
     /// Call the hook `event.hook` as the server would, in this host's session: hooks the
     /// plugin does not declare in [`Plugin::HOOKS`] are not called (the outcome is `next`).
-    /// `message` (data, delivery) is what [`Context::message`] answers.
+    /// `message` (data, delivery), when not empty, is what [`Context::message`] answers
+    /// (otherwise `event.message`).
     pub fn call(&mut self, event: &Event, message: &[u8]) -> HookResult {
         if !P::HOOKS.contains(&event.hook) {
             return Ok(super::Outcome::next());
         }
         let mut event = event.clone();
-        if matches!(event.hook, Hook::Data | Hook::Delivery) {
+        if matches!(event.hook, Hook::Data | Hook::Delivery) && !message.is_empty() {
             event.message = message.to_vec();
             if event.message_size == 0 {
                 event.message_size = message.len() as u64;
