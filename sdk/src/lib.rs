@@ -658,33 +658,32 @@ macro_rules! export {
                 ) -> ::std::result::Result<(), ::std::string::String> {
                     __CORVUS_PLUGIN.with(|p| p.borrow_mut().init(config))
                 }
-                fn on_connect(session: u64, ctx: &WitContext) -> HookResult {
-                    __call(Hook::Connect, session, ctx)
-                }
-                fn on_helo(session: u64, ctx: &WitContext) -> HookResult {
-                    __call(Hook::Helo, session, ctx)
-                }
-                fn on_auth(session: u64, ctx: &WitContext) -> HookResult {
-                    __call(Hook::Auth, session, ctx)
-                }
-                fn on_mail(session: u64, ctx: &WitContext) -> HookResult {
-                    __call(Hook::Mail, session, ctx)
-                }
-                fn on_rcpt(session: u64, ctx: &WitContext) -> HookResult {
-                    __call(Hook::Rcpt, session, ctx)
-                }
-                fn on_data(session: u64, ctx: &WitContext) -> HookResult {
-                    __call(Hook::Data, session, ctx)
-                }
-                fn on_delivery(session: u64, ctx: &WitContext) -> HookResult {
-                    __call(Hook::Delivery, session, ctx)
-                }
-                fn on_fetch(session: u64, ctx: &WitContext) -> HookResult {
-                    __call(Hook::Fetch, session, ctx)
-                }
+                $crate::__hook_exports!(
+                    on_connect => Connect,
+                    on_helo => Helo,
+                    on_auth => Auth,
+                    on_mail => Mail,
+                    on_rcpt => Rcpt,
+                    on_data => Data,
+                    on_delivery => Delivery,
+                    on_fetch => Fetch
+                );
             }
     $crate::bindings::__export_plugin_raw!(__CorvusExport with_types_in $crate::bindings);
         };
+    };
+}
+
+/// The `on-*` exports [`export!`] writes: each hands its call to the instance's `__call`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __hook_exports {
+    ($($name:ident => $hook:ident),*) => {
+        $(
+            fn $name(session: u64, ctx: &WitContext) -> HookResult {
+                __call($crate::Hook::$hook, session, ctx)
+            }
+        )*
     };
 }
 
