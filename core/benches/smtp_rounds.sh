@@ -1,6 +1,8 @@
 # Shared by smtp_hooks.sh and smtp_plugins.sh (sourced, not run): one Corvus per round on a
 # fresh data dir, smtp-source against it, rate and server CPU per message printed.
 # The caller sets BIN, MESSAGES and SESSIONS, and calls `bench_round LABEL HOOKS_TOML`.
+# BENCH_SOURCE_FLAGS adds smtp-source options, e.g. "-d" (all of a session's messages over one
+# connection instead of one connection per message).
 
 command -v smtp-source >/dev/null || { echo "smtp-source not found (apt-get install postfix)" >&2; exit 1; }
 WORK=$(mktemp -d /tmp/corvus-smtp-bench.XXXXXX)
@@ -30,6 +32,9 @@ nameservers = ["127.0.0.1:$DNS_PORT"]
 # Sender authentication off: the benches measure hooks, not SPF/DMARC.
 [sender_auth]
 enabled = false
+# With BENCH_SOURCE_FLAGS=-d a connection carries MESSAGES / SESSIONS messages.
+[smtp]
+max_messages_per_session = 1000000
 [log]
 level = "warn"
 $2
@@ -42,7 +47,8 @@ TOML
     # Server CPU (utime + stime, all threads): robust to other load on the machine.
     ticks0=$(awk '{print $14 + $15}' "/proc/$PID/stat")
     t0=$(date +%s.%N)
-    smtp-source -c -s "$SESSIONS" -m "$MESSAGES" -l 2048 -S "Your invoice for November" \
+    # shellcheck disable=SC2086 # BENCH_SOURCE_FLAGS holds extra smtp-source options
+    smtp-source -c -s "$SESSIONS" -m "$MESSAGES" -l 2048 -S "Your invoice for November" ${BENCH_SOURCE_FLAGS:-} \
         -f sender@remote.example -t alice@example.test "127.0.0.1:$PORT" >/dev/null
     t1=$(date +%s.%N)
     ticks=$(awk '{print $14 + $15}' "/proc/$PID/stat")
