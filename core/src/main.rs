@@ -476,13 +476,18 @@ fn main() -> ExitCode {
             if bad {
                 return ExitCode::from(2);
             }
-            let scripts = match config.hooks.len() {
+            let plugins = config.hooks.iter().filter(|h| h.plugin.is_some()).count();
+            let scripts = config.hooks.len() - plugins;
+            let count = |n: usize, what: &str| match n {
                 0 => String::new(),
-                n => format!(", {n} hook scripts"),
+                1 => format!(", 1 {what}"),
+                n => format!(", {n} {what}s"),
             };
             println!(
-                "configuration OK ({} listeners{scripts})",
-                config.listeners().len()
+                "configuration OK ({} listeners{}{})",
+                config.listeners().len(),
+                count(scripts, "hook script"),
+                count(plugins, "plugin"),
             );
             return ExitCode::SUCCESS;
         }
