@@ -483,9 +483,12 @@ fn main() -> ExitCode {
                 1 => format!(", 1 {what}"),
                 n => format!(", {n} {what}s"),
             };
+            let listeners = match config.listeners().len() {
+                1 => "1 listener".to_string(),
+                n => format!("{n} listeners"),
+            };
             println!(
-                "configuration OK ({} listeners{}{})",
-                config.listeners().len(),
+                "configuration OK ({listeners}{}{})",
                 count(scripts, "hook script"),
                 count(plugins, "plugin"),
             );
