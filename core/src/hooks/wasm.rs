@@ -1364,11 +1364,12 @@ impl WasmHook {
         let data = store.data_mut();
         match &mut data.call {
             Some(c) => c.refresh_from(ctx),
+            // Without the session: the session owns this instance.
             None => {
-                // Without the session: the session owns this instance.
-                let mut c = ctx.clone();
-                c.session = None;
-                data.call = Some(c);
+                data.call = Some(HookCtx {
+                    session: None,
+                    ..ctx.clone()
+                })
             }
         }
         let fut = async {

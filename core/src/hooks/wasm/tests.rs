@@ -504,7 +504,17 @@ fn bench_per_call_overhead() {
         let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
         Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
     }
-    fn report(what: &str, mut wall: Vec<f64>, mut cpu: Vec<f64>) {
+    /// Five runs of `n` calls of `call(i)`; prints the median CPU and wall time per call.
+    async fn measure(what: &str, n: usize, mut call: impl AsyncFnMut(usize)) {
+        let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            let (t, c0) = (Instant::now(), cpu_now());
+            for i in 0..n {
+                call(i).await;
+            }
+            cpu.push((cpu_now() - c0).as_nanos() as f64 / n as f64 / 1000.0);
+            wall.push(t.elapsed().as_nanos() as f64 / n as f64 / 1000.0);
+        }
         wall.sort_by(|a, b| a.partial_cmp(b).unwrap());
         cpu.sort_by(|a, b| a.partial_cmp(b).unwrap());
         println!(
@@ -530,18 +540,12 @@ fn bench_per_call_overhead() {
             }
             let mut a = Actions::default();
             h.call_async(&c, &mut a).await.unwrap();
-            let (mut wall, mut cpu) = (Vec::new(), Vec::new());
-            for _ in 0..5 {
-                let n = 2000;
-                let (t, c0) = (Instant::now(), cpu_now());
-                for _ in 0..n {
-                    let mut a = Actions::default();
-                    h.call_async(&c, &mut a).await.unwrap();
-                }
-                cpu.push((cpu_now() - c0).as_nanos() as f64 / n as f64 / 1000.0);
-                wall.push(t.elapsed().as_nanos() as f64 / n as f64 / 1000.0);
-            }
-            report(&format!("warm {}", point.function_name()), wall, cpu);
+            let what = format!("warm {}", point.function_name());
+            measure(&what, 2000, async |_| {
+                let mut a = Actions::default();
+                h.call_async(&c, &mut a).await.unwrap();
+            })
+            .await;
         }
         // Many sessions in turn, as on a busy server: each call finds its instance's memory
         // and the store's state gone cold, as the others ran in between.
@@ -549,45 +553,25 @@ fn bench_per_call_overhead() {
             let ctxs: Vec<HookCtx> = (0..sessions)
                 .map(|_| rcpt("b@y.example", Some(Arc::new(HookSession::default()))))
                 .collect();
-            let (mut wall, mut cpu) = (Vec::new(), Vec::new());
-            for _ in 0..5 {
-                let n = 2000;
-                let (t, c0) = (Instant::now(), cpu_now());
-                for i in 0..n {
-                    let mut a = Actions::default();
-                    h.call_async(&ctxs[i % sessions], &mut a).await.unwrap();
-                }
-                cpu.push((cpu_now() - c0).as_nanos() as f64 / n as f64 / 1000.0);
-                wall.push(t.elapsed().as_nanos() as f64 / n as f64 / 1000.0);
-            }
-            report(&format!("on_rcpt, {sessions} sessions in turn"), wall, cpu);
+            let what = format!("on_rcpt, {sessions} sessions in turn");
+            measure(&what, 2000, async |i| {
+                let mut a = Actions::default();
+                h.call_async(&ctxs[i % sessions], &mut a).await.unwrap();
+            })
+            .await;
         }
         // A call outside any session takes an idle instance (a new session for the plugin).
-        let (mut wall, mut cpu) = (Vec::new(), Vec::new());
-        for _ in 0..5 {
-            let n = 2000;
-            let (t, c0) = (Instant::now(), cpu_now());
-            for _ in 0..n {
-                let c = rcpt("b@y.example", None);
-                let mut a = Actions::default();
-                h.call_async(&c, &mut a).await.unwrap();
-            }
-            cpu.push((cpu_now() - c0).as_nanos() as f64 / n as f64 / 1000.0);
-            wall.push(t.elapsed().as_nanos() as f64 / n as f64 / 1000.0);
-        }
-        report("idle instance, new session, on_rcpt", wall, cpu);
+        measure("idle instance, new session, on_rcpt", 2000, async |_| {
+            let c = rcpt("b@y.example", None);
+            let mut a = Actions::default();
+            h.call_async(&c, &mut a).await.unwrap();
+        })
+        .await;
         // A new instance: instantiation and `init` (and its memory reset when it goes).
-        let (mut wall, mut cpu) = (Vec::new(), Vec::new());
-        for _ in 0..5 {
-            let n = 300;
-            let (t, c0) = (Instant::now(), cpu_now());
-            for _ in 0..n {
-                drop(h.instantiate().await.unwrap());
-            }
-            cpu.push((cpu_now() - c0).as_nanos() as f64 / n as f64 / 1000.0);
-            wall.push(t.elapsed().as_nanos() as f64 / n as f64 / 1000.0);
-        }
-        report("new instance + init", wall, cpu);
+        measure("new instance + init", 300, async |_| {
+            drop(h.instantiate().await.unwrap());
+        })
+        .await;
     });
 }
 
