@@ -35,11 +35,12 @@ def rcpt_reply(s: smtplib.SMTP, sender: str, rcpt: str) -> tuple[int, bytes]:
 
 
 class Dns:
-    """UDP DNS responder on 127.0.0.1: A records for the names in `a`, NXDOMAIN otherwise
-    (every query's name is kept in `queries`)."""
+    """UDP DNS responder on 127.0.0.1: A records for the names in `a`, no answer at all for
+    the names in `silent`, NXDOMAIN otherwise (every query's name is kept in `queries`)."""
 
     def __init__(self):
         self.a: dict[str, str] = {}
+        self.silent: set[str] = set()
         self.queries: list[str] = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
@@ -71,6 +72,8 @@ class Dns:
                 continue
             self.queries.append(name)
             question = q[12:end]
+            if name in self.silent:
+                continue
             ip = self.a.get(name)
             if ip and qtype == 1:
                 flags = 0x8000 | (q[2] << 8 & 0x7900) | 0x0080 | 0x0400

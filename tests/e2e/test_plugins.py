@@ -279,6 +279,28 @@ def test_plugin_limits_come_from_the_config(corvus):
         srv.stop()
 
 
+def test_plugin_wall_time_bounds_a_call_that_waits_on_dns(corvus):
+    """A call waiting on DNS answers that never come is cut at `wall_time`, though each
+    lookup alone is within `dns_timeout`: that call fails (451), the next one works."""
+    limits = ["[plugins]", 'cpu_time = "20ms"', 'wall_time = "400ms"', 'dns_timeout = "300ms"']
+    srv = corvus([{"plugin": plugin("misbehave"),
+                   "config": {"mode": "dns-wait", "name": "never.example", "lookups": 10,
+                              "when_rcpt": f"bad@{DOMAIN}"}}], extra=limits)
+    srv.dns.silent.add("never.example")
+    srv.add_user(f"alice@{DOMAIN}")
+    srv.add_user(f"bad@{DOMAIN}")
+    with srv.smtp() as s:
+        t = time.monotonic()
+        assert rcpt_reply(s, "a@remote.example", f"bad@{DOMAIN}")[0] == 451
+        waited = time.monotonic() - t
+        s.rset()
+        assert rcpt_reply(s, "a@remote.example", f"alice@{DOMAIN}")[0] == 250
+    # Ten lookups of 300 ms would take 3 s; the call ends at 400 ms (plus a tick).
+    assert 0.35 < waited < 1.5, waited
+    assert "timed out after 400 ms" in srv.logs(), srv.logs()[-3000:]
+    assert srv.dns.queries.count("never.example") >= 2
+
+
 def test_check_reports_bad_plugin_limits(tmp_path):
     cfg = tmp_path / "corvus.toml"
     cfg.write_text(f"data_dir = {toml_value(tmp_path / 'data')}\n[plugins]\nmemory_mib = 8\nmax_message = 16777216\n")

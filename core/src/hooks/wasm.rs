@@ -22,8 +22,8 @@
 //! hook pays only for what it reads (the message included).
 //!
 //! Per call: an epoch deadline (CPU budget, counted in 10 ms ticks of guest execution; the
-//! guest yields to tokio at every tick), a wall-clock timeout around the whole call (DNS
-//! included), a memory cap with `trap_on_grow_failure`, caps on log lines, DNS lookups and
+//! guest yields to tokio at every tick), a wall-clock deadline (checked at every tick, and
+//! each DNS wait is cut to what is left of it: no timer per call), a memory cap with `trap_on_grow_failure`, caps on log lines, DNS lookups and
 //! captured stdout/stderr. A trap, timeout or OOM fails that call only: the instance is
 //! dropped (a trapped instance is poisoned) and the chain applies the entry's `on_error`.
 //!
@@ -319,6 +319,9 @@ struct HostState {
     ticks: u64,
     tick_budget: u64,
     cpu_exceeded: bool,
+    /// When the current call must end (its wall-clock limit), and whether it was cut there.
+    deadline: Instant,
+    wall_exceeded: bool,
     dns_left: u32,
     dns_timeout: Duration,
     log_left: u32,
@@ -526,7 +529,35 @@ enum DnsKind {
 }
 
 impl HostState {
-    async fn lookup(&mut self, kind: DnsKind, name: String) -> Result<Vec<String>, DnsError> {
+    /// A lookup, bounded by the DNS timeout and by what is left of the call's wall-clock
+    /// time: when the call's time runs out, the call traps.
+    async fn lookup(
+        &mut self,
+        kind: DnsKind,
+        name: String,
+    ) -> wasmtime::Result<Result<Vec<String>, DnsError>> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            self.wall_exceeded = true;
+            return Err(wasmtime::Trap::Interrupt.into());
+        }
+        let cut_by_wall = left < self.dns_timeout;
+        let r = self
+            .lookup_within(kind, name, self.dns_timeout.min(left))
+            .await;
+        if cut_by_wall && matches!(&r, Err(DnsError::Temporary(t)) if t == "timeout") {
+            self.wall_exceeded = true;
+            return Err(wasmtime::Trap::Interrupt.into());
+        }
+        Ok(r)
+    }
+
+    async fn lookup_within(
+        &mut self,
+        kind: DnsKind,
+        name: String,
+        timeout: Duration,
+    ) -> Result<Vec<String>, DnsError> {
         if self.dns_left == 0 {
             return Err(DnsError::LimitExceeded);
         }
@@ -541,7 +572,6 @@ impl HostState {
                 cut(&name, 300)
             )));
         }
-        let timeout = self.dns_timeout;
         use hickory_resolver::proto::rr::RData;
         let texts = |lookup: hickory_resolver::lookup::Lookup| -> Vec<String> {
             lookup
@@ -602,16 +632,16 @@ impl HostState {
 
 impl wit::dns::Host for HostState {
     async fn a(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, DnsError>> {
-        Ok(self.lookup(DnsKind::A, name).await)
+        self.lookup(DnsKind::A, name).await
     }
     async fn aaaa(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, DnsError>> {
-        Ok(self.lookup(DnsKind::Aaaa, name).await)
+        self.lookup(DnsKind::Aaaa, name).await
     }
     async fn txt(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, DnsError>> {
-        Ok(self.lookup(DnsKind::Txt, name).await)
+        self.lookup(DnsKind::Txt, name).await
     }
     async fn ptr(&mut self, ip: String) -> wasmtime::Result<Result<Vec<String>, DnsError>> {
-        Ok(self.lookup(DnsKind::Ptr, ip).await)
+        self.lookup(DnsKind::Ptr, ip).await
     }
 }
 
@@ -1192,6 +1222,8 @@ impl WasmHook {
             ticks: 0,
             tick_budget: 1,
             cpu_exceeded: false,
+            deadline: Instant::now() + limits.wall,
+            wall_exceeded: false,
             dns_left: 0,
             dns_timeout: limits.dns_timeout,
             log_left: limits.log_lines,
@@ -1206,6 +1238,10 @@ impl WasmHook {
             s.ticks += 1;
             if s.ticks > s.tick_budget {
                 s.cpu_exceeded = true;
+                return Err(wasmtime::Trap::Interrupt.into());
+            }
+            if Instant::now() >= s.deadline {
+                s.wall_exceeded = true;
                 return Err(wasmtime::Trap::Interrupt.into());
             }
             Ok(wasmtime::UpdateDeadline::Yield(1))
@@ -1293,6 +1329,10 @@ impl WasmHook {
         s.ticks = 0;
         s.tick_budget = (limits.cpu.as_millis() / TICK.as_millis()).max(2) as u64;
         s.cpu_exceeded = false;
+        // The wall-clock limit is checked at every tick and bounds each DNS wait: no timer
+        // per call.
+        s.deadline = Instant::now() + limits.wall;
+        s.wall_exceeded = false;
         s.dns_left = limits.dns_lookups;
         s.log_left = limits.log_lines;
         s.log_dropped = 0;
@@ -1320,8 +1360,12 @@ impl WasmHook {
             );
         }
         let capacity = runtime().map_or(0, |rt| rt.limits.output);
-        for (i, mut pipe) in [s.stdout.clone(), s.stderr.clone()].into_iter().enumerate() {
-            let seen = if i == 0 { s.forwarded.0 } else { s.forwarded.1 };
+        for i in 0..2 {
+            let (pipe, seen) = if i == 0 {
+                (&mut s.stdout, s.forwarded.0)
+            } else {
+                (&mut s.stderr, s.forwarded.1)
+            };
             // How much the pipe holds, without copying it (almost every call wrote nothing).
             let held = capacity - pipe.check_write().unwrap_or(0);
             if held <= seen {
@@ -1355,9 +1399,7 @@ impl WasmHook {
         inst: &mut Instance,
         ctx: &HookCtx,
         session: u64,
-    ) -> Result<Result<Result<wt::Outcome, String>, wasmtime::Error>, tokio::time::error::Elapsed>
-    {
-        let limits = runtime().map(|r| r.limits.clone()).unwrap_or_default();
+    ) -> Result<Result<wt::Outcome, String>, wasmtime::Error> {
         let hooks = inst.plugin.corvus_plugin_hooks();
         let store = &mut inst.store;
         // What the `context` resource and the `auth` import answer during this call.
@@ -1372,20 +1414,17 @@ impl WasmHook {
                 })
             }
         }
-        let fut = async {
-            let c = || Resource::<CallFacts>::new_borrow(0);
-            match ctx.point {
-                HookPoint::Connect => hooks.call_on_connect(&mut *store, session, c()).await,
-                HookPoint::Helo => hooks.call_on_helo(&mut *store, session, c()).await,
-                HookPoint::Auth => hooks.call_on_auth(&mut *store, session, c()).await,
-                HookPoint::Mail => hooks.call_on_mail(&mut *store, session, c()).await,
-                HookPoint::Rcpt => hooks.call_on_rcpt(&mut *store, session, c()).await,
-                HookPoint::Data => hooks.call_on_data(&mut *store, session, c()).await,
-                HookPoint::Delivery => hooks.call_on_delivery(&mut *store, session, c()).await,
-                HookPoint::Fetch => hooks.call_on_fetch(&mut *store, session, c()).await,
-            }
+        let c = || Resource::<CallFacts>::new_borrow(0);
+        let r = match ctx.point {
+            HookPoint::Connect => hooks.call_on_connect(&mut *store, session, c()).await,
+            HookPoint::Helo => hooks.call_on_helo(&mut *store, session, c()).await,
+            HookPoint::Auth => hooks.call_on_auth(&mut *store, session, c()).await,
+            HookPoint::Mail => hooks.call_on_mail(&mut *store, session, c()).await,
+            HookPoint::Rcpt => hooks.call_on_rcpt(&mut *store, session, c()).await,
+            HookPoint::Data => hooks.call_on_data(&mut *store, session, c()).await,
+            HookPoint::Delivery => hooks.call_on_delivery(&mut *store, session, c()).await,
+            HookPoint::Fetch => hooks.call_on_fetch(&mut *store, session, c()).await,
         };
-        let r = tokio::time::timeout(limits.wall, fut).await;
         // An idle instance must not keep the message (or the password) alive.
         if let Some(c) = &mut store.data_mut().call {
             c.message = None;
@@ -1416,17 +1455,8 @@ impl WasmHook {
         };
         let r = self.run(&mut inst, ctx, session).await;
         let result = match r {
-            Err(_) => {
-                // The call was cancelled mid-way: the instance is unusable.
-                self.forward_output(&mut inst);
-                return Err(HookError(format!(
-                    "{}: {func}: timed out after {} ms",
-                    self.env.name,
-                    rt.limits.wall.as_millis()
-                )));
-            }
-            Ok(Err(e)) => return Err(self.trap_error(func, &mut inst, e)),
-            Ok(Ok(r)) => r,
+            Err(e) => return Err(self.trap_error(func, &mut inst, e)),
+            Ok(r) => r,
         };
         self.forward_output(&mut inst);
         let keep =
@@ -1461,6 +1491,9 @@ impl WasmHook {
 fn describe_error(e: &wasmtime::Error, s: &HostState, limits: &Limits) -> String {
     if s.cpu_exceeded {
         return format!("CPU time limit exceeded ({} ms)", limits.cpu.as_millis());
+    }
+    if s.wall_exceeded {
+        return format!("timed out after {} ms", limits.wall.as_millis());
     }
     let text = format!("{e:#}");
     if text.contains("forcing trap when growing memory") {

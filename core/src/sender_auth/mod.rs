@@ -46,7 +46,7 @@ pub const MAX_VOID_LOOKUPS: usize = 2;
 
 /// Results for hooks and scripts: each result as its RFC 8601 keyword ("pass", "fail",
 /// "softfail", "neutral", "none", "temperror", "permerror", "policy"), "" when not checked.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct AuthFacts {
     /// SPF result of the MAIL FROM identity (of the HELO identity for `<>`).
     pub spf: String,
@@ -71,6 +71,34 @@ pub struct AuthFacts {
     /// What Corvus will do: "accept", "quarantine" or "reject".
     pub action: String,
 }
+
+/// Field by field, so that `clone_from` reuses the strings' buffers (plugin calls refresh a
+/// copy of the hook context for every call).
+macro_rules! auth_facts_clone {
+    ($($f:ident),*) => {
+        impl Clone for AuthFacts {
+            fn clone(&self) -> Self {
+                AuthFacts { $($f: self.$f.clone()),* }
+            }
+            fn clone_from(&mut self, other: &Self) {
+                $(self.$f.clone_from(&other.$f);)*
+            }
+        }
+    };
+}
+auth_facts_clone!(
+    spf,
+    spf_domain,
+    spf_helo,
+    dkim,
+    dkim_domains,
+    dmarc,
+    dmarc_domain,
+    dmarc_policy,
+    arc,
+    arc_sealer,
+    action
+);
 
 /// What the checks ask the session to do.
 #[derive(Debug, Clone, PartialEq, Eq)]

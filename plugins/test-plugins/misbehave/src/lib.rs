@@ -7,15 +7,20 @@
 //! (executes `unreachable`), "recurse" (unbounded recursion), "big-kv" (asks the host to store
 //! a 100 MB value), "big-log" (floods the log), "stdout" (prints to stdout/stderr), "error"
 //! (returns an error), "reject" (a normal 550 reject), "slow" (busy-waits `ms` milliseconds),
-//! "header" (adds the header `config.name` with `config.value`, whatever they contain).
+//! "header" (adds the header `config.name` with `config.value`, whatever they contain),
+//! "dns-wait" (looks up the A record of `config.name` up to `config.lookups` times, waiting
+//! for each answer).
 
-use corvus_sdk::{ALL_HOOKS, Config, Context, Hook, HookResult, Outcome, Plugin, clock, kv, log};
+use corvus_sdk::{
+    ALL_HOOKS, Config, Context, Hook, HookResult, Outcome, Plugin, clock, dns, kv, log,
+};
 
 pub struct Misbehave {
     mode: String,
     hook: String,
     when_rcpt: Option<String>,
     ms: u64,
+    lookups: u64,
     header: (String, String),
 }
 
@@ -93,6 +98,12 @@ impl Misbehave {
                 Ok(Outcome::next())
             }
             "header" => Ok(Outcome::next().with_header(&self.header.0, &self.header.1)),
+            "dns-wait" => {
+                for _ in 0..self.lookups {
+                    let _ = dns::a(&self.header.0);
+                }
+                Ok(Outcome::next())
+            }
             other => Err(format!("misbehave: unknown mode {other:?}")),
         }
     }
@@ -112,6 +123,7 @@ impl Plugin for Misbehave {
             hook: config.string_or("hook", "rcpt"),
             when_rcpt: config.string("when_rcpt"),
             ms: config.int_or("ms", 100) as u64,
+            lookups: config.int_or("lookups", 1) as u64,
             header: (
                 config.string_or("name", "X-Misbehave"),
                 config.string_or("value", ""),
