@@ -369,10 +369,10 @@ fn settle(
     started: Instant,
     decisions: &mut Vec<String>,
 ) -> Option<Verdict> {
-    let micros = started.elapsed().as_micros();
     let verdict = match result {
         Ok(v) => v,
         Err(e) => {
+            let micros = started.elapsed().as_micros();
             tracing::warn!(hook = ctx.point.function_name(), engine = engine.name(), error = %e, micros, "hook failed");
             match engine.on_error() {
                 OnError::Continue => return None,
@@ -390,6 +390,7 @@ fn settle(
     if !verdict.ends_chain() {
         return None;
     }
+    let micros = started.elapsed().as_micros();
     tracing::info!(
         hook = ctx.point.function_name(),
         engine = engine.name(),

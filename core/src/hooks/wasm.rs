@@ -881,8 +881,6 @@ pub struct WasmHook {
 /// Counters of one plugin.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Hook calls.
-    pub calls: AtomicU64,
     /// Instances created.
     pub instances: AtomicU64,
     /// Instances taken from the idle pool for a new session.
@@ -1434,7 +1432,6 @@ impl WasmHook {
     }
 
     async fn call_inner(&self, ctx: &HookCtx, actions: &mut Actions) -> Result<Verdict, HookError> {
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let rt = runtime()?;
         let func = ctx.point.function_name();
         // The session's slot for this plugin, reused for the next call.
@@ -1446,7 +1443,9 @@ impl WasmHook {
         let warm = slot.as_mut().and_then(|p| p.inst.take());
         let mut inst = match warm {
             Some(i) => i,
-            None => self.checkout().await?,
+            // Boxed: instantiation's future is large, and a call's future that held it would
+            // be copied to the heap at every call.
+            None => Box::pin(self.checkout()).await?,
         };
         self.arm(&mut inst);
         let session = match &ctx.session {
