@@ -504,8 +504,9 @@ fn bench_per_call_overhead() {
         let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
         Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
     }
-    /// Five runs of `n` calls of `call(i)`; prints the median CPU and wall time per call.
-    async fn measure(what: &str, n: usize, mut call: impl AsyncFnMut(usize)) {
+    /// Five runs of `n` calls of `call(i)`; prints the median CPU and wall time per call and
+    /// returns the median CPU time (µs).
+    async fn measure(what: &str, n: usize, mut call: impl AsyncFnMut(usize)) -> f64 {
         let (mut wall, mut cpu) = (Vec::new(), Vec::new());
         for _ in 0..5 {
             let (t, c0) = (Instant::now(), cpu_now());
@@ -523,6 +524,7 @@ fn bench_per_call_overhead() {
             wall[2],
             cpu.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>()
         );
+        cpu[2]
     }
     let h = load("noop", serde_json::json!({}), None).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -547,6 +549,28 @@ fn bench_per_call_overhead() {
             })
             .await;
         }
+        // Caches gone cold, as in a server between two hooks: 4 MiB (twice the L2 cache here)
+        // written between calls; that work measured alone and subtracted.
+        let mut junk = vec![0u64; 512 * 1024];
+        let mut thrash = move |k: usize| {
+            for j in (0..junk.len()).step_by(8) {
+                junk[j] = junk[j].wrapping_add(k as u64);
+            }
+            std::hint::black_box(&junk);
+        };
+        let alone = measure("(4 MiB written)", 500, async |i| thrash(i)).await;
+        let c = rcpt("b@y.example", Some(session.clone()));
+        let both = measure("(4 MiB written) + on_rcpt", 500, async |i| {
+            thrash(i);
+            let mut a = Actions::default();
+            h.call_async(&c, &mut a).await.unwrap();
+        })
+        .await;
+        println!(
+            "{:<34} {:.2} µs/call (difference of the two medians above)",
+            "on_rcpt, cold caches",
+            both - alone
+        );
         // Many sessions in turn, as on a busy server: each call finds its instance's memory
         // and the store's state gone cold, as the others ran in between.
         for sessions in [16, 64] {
