@@ -728,18 +728,7 @@ fn register_api(e: &mut Engine, env: Arc<ScriptEnv>) {
             e.register_get(stringify!($name), |a: &mut AuthView| a.0.hook().auth.$name.clone());
         )*};
     }
-    auth_str!(
-        spf,
-        spf_domain,
-        spf_helo,
-        dkim,
-        dmarc,
-        dmarc_domain,
-        dmarc_policy,
-        arc,
-        arc_sealer,
-        action
-    );
+    crate::sender_auth::auth_string_fields!(auth_str);
     e.register_get("dkim_domains", |a: &mut AuthView| -> Array {
         a.0.hook()
             .auth

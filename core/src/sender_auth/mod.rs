@@ -72,33 +72,42 @@ pub struct AuthFacts {
     pub action: String,
 }
 
+/// Calls `$m!` with the names of [`AuthFacts`]' string fields, that is every field but
+/// `dkim_domains` (the struct's clone and the Rhai `ctx.auth` getters are written from it).
+macro_rules! auth_string_fields {
+    ($m:ident) => {
+        $m! {
+            spf,
+            spf_domain,
+            spf_helo,
+            dkim,
+            dmarc,
+            dmarc_domain,
+            dmarc_policy,
+            arc,
+            arc_sealer,
+            action
+        }
+    };
+}
+pub(crate) use auth_string_fields;
+
 /// Field by field, so that `clone_from` reuses the strings' buffers (plugin calls refresh a
 /// copy of the hook context for every call).
 macro_rules! auth_facts_clone {
     ($($f:ident),*) => {
         impl Clone for AuthFacts {
             fn clone(&self) -> Self {
-                AuthFacts { $($f: self.$f.clone()),* }
+                AuthFacts { dkim_domains: self.dkim_domains.clone(), $($f: self.$f.clone()),* }
             }
             fn clone_from(&mut self, other: &Self) {
+                self.dkim_domains.clone_from(&other.dkim_domains);
                 $(self.$f.clone_from(&other.$f);)*
             }
         }
     };
 }
-auth_facts_clone!(
-    spf,
-    spf_domain,
-    spf_helo,
-    dkim,
-    dkim_domains,
-    dmarc,
-    dmarc_domain,
-    dmarc_policy,
-    arc,
-    arc_sealer,
-    action
-);
+auth_string_fields!(auth_facts_clone);
 
 /// What the checks ask the session to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
