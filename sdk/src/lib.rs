@@ -1,7 +1,7 @@
 //! # corvus-sdk: write Corvus mail server plugins in Rust
 //!
 //! A plugin is a WebAssembly component (`wasm32-wasip2`) implementing the WIT world
-//! `corvus:plugin/plugin@0.2.0` (`sdk/wit/plugin.wit`). This crate holds the generated
+//! `corvus:plugin/plugin@0.3.0` (`sdk/wit/plugin.wit`). This crate holds the generated
 //! bindings plus what makes them pleasant to use:
 //!
 //! - the [`Plugin`] trait: declare the hooks you handle, build your state in
@@ -60,7 +60,7 @@ pub use bindings::corvus::plugin::types::{
 };
 
 /// The version of the WIT package this SDK implements.
-pub const WIT_VERSION: &str = "0.2.0";
+pub const WIT_VERSION: &str = "0.3.0";
 
 /// The facts of the hook call being handled. Each method asks the server for one fact (the
 /// server copies only what a hook reads into the plugin), so read a fact once into a local
@@ -68,8 +68,9 @@ pub const WIT_VERSION: &str = "0.2.0";
 pub struct Context<'a> {
     hook: Hook,
     session: u64,
+    /// In WebAssembly the facts come from the host's `context` import.
     #[cfg(target_arch = "wasm32")]
-    src: &'a bindings::corvus::plugin::types::Context,
+    src: std::marker::PhantomData<&'a ()>,
     #[cfg(not(target_arch = "wasm32"))]
     src: &'a testing::Event,
 }
@@ -82,7 +83,7 @@ macro_rules! facts {
                 $(#[$doc])*
                 pub fn $name(&self) -> $ty {
                     #[cfg(target_arch = "wasm32")]
-                    return self.src.$name();
+                    return bindings::corvus::plugin::context::$name();
                     #[cfg(not(target_arch = "wasm32"))]
                     return self.src.$name.clone();
                 }
@@ -266,6 +267,8 @@ impl Verdict {
     }
 }
 
+// A generated type: no derive attribute can be added to it.
+#[allow(clippy::derivable_impls)]
 impl Default for Actions {
     fn default() -> Self {
         Actions {
@@ -639,14 +642,14 @@ macro_rules! export {
     ($plugin:ty) => {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
-            use $crate::__private::{Guest, HookResult, Instance, WitContext};
+            use $crate::__private::{Guest, HookResult, Instance, Status, answer};
             use $crate::{Hook, PluginInfo};
             ::std::thread_local! {
                 static __CORVUS_PLUGIN: ::std::cell::RefCell<Instance<$plugin>> =
                     const { ::std::cell::RefCell::new(Instance::new()) };
             }
-            fn __call(hook: Hook, session: u64, ctx: &WitContext) -> HookResult {
-                __CORVUS_PLUGIN.with(|p| p.borrow_mut().call(hook, session, ctx))
+            fn __call(hook: Hook, session: u64) -> Status {
+                answer(__CORVUS_PLUGIN.with(|p| p.borrow_mut().call(hook, session)))
             }
             pub struct __CorvusExport;
             impl Guest for __CorvusExport {
@@ -680,8 +683,8 @@ macro_rules! export {
 macro_rules! __hook_exports {
     ($($name:ident => $hook:ident),*) => {
         $(
-            fn $name(session: u64, ctx: &WitContext) -> HookResult {
-                __call($crate::Hook::$hook, session, ctx)
+            fn $name(session: u64) -> Status {
+                __call($crate::Hook::$hook, session)
             }
         )*
     };
@@ -735,16 +738,11 @@ impl<P: Plugin> Instance<P> {
     }
 
     #[cfg(target_arch = "wasm32")]
-    pub fn call(
-        &mut self,
-        hook: Hook,
-        session: u64,
-        ctx: &bindings::corvus::plugin::types::Context,
-    ) -> HookResult {
+    pub fn call(&mut self, hook: Hook, session: u64) -> HookResult {
         self.call_in(&Context {
             hook,
             session,
-            src: ctx,
+            src: std::marker::PhantomData,
         })
     }
 }
@@ -755,11 +753,33 @@ impl<P: Plugin> Default for Instance<P> {
     }
 }
 
+/// Hand a hook's result to the host: a plain `next` is the return value alone; anything
+/// else goes through the `answer` import first.
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub fn answer(result: HookResult) -> bindings::corvus::plugin::types::Status {
+    use bindings::corvus::plugin::answer as host;
+    use bindings::corvus::plugin::types::Status;
+    match result {
+        Ok(o) if o.verdict == Verdict::Next && o.actions == Actions::default() => Status::Next,
+        Ok(o) => {
+            host::set_outcome(&o);
+            Status::Done
+        }
+        Err(message) => {
+            host::fail(&message);
+            Status::Failed
+        }
+    }
+}
+
 #[doc(hidden)]
 pub mod __private {
     pub use super::HookResult;
     pub use super::Instance;
-    pub use super::bindings::corvus::plugin::types::Context as WitContext;
+    #[cfg(target_arch = "wasm32")]
+    pub use super::answer;
+    pub use super::bindings::corvus::plugin::types::Status;
     pub use super::bindings::exports::corvus::plugin::hooks::Guest;
     pub use wit_bindgen;
 }

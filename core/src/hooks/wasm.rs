@@ -17,9 +17,10 @@
 //! memory when it goes. A call without a session (queue deliveries) is a session of its own.
 //! When the instance pool runs low, instances are not kept.
 //!
-//! The facts of a call are the WIT `context` resource, lent to the hook: [`CallFacts`] is the
-//! host's token, and the methods answer from the store's copy of the call's [`HookCtx`], so a
-//! hook pays only for what it reads (the message included).
+//! Hooks have flat signatures (`func(session: u64) -> status`, WIT 0.3): the facts of a call
+//! come from the `context` import, whose functions answer from the store's copy of the call's
+//! [`HookCtx`], so a hook pays only for what it reads (the message included); a hook that does
+//! more than `next` hands its outcome over through the `answer` import before it returns.
 //!
 //! Per call: an epoch deadline (CPU budget, counted in 10 ms ticks of guest execution; the
 //! guest yields to tokio at every tick), a wall-clock deadline (checked at every tick, and
@@ -39,7 +40,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits};
 use wasmtime_wasi::p2::OutputStream;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -61,14 +62,8 @@ mod bindings {
             default: trappable,
         },
         exports: { default: async },
-        with: { "corvus:plugin/types.context": super::CallFacts },
     });
 }
-
-/// The host side of the WIT `context` resource: a token lent to the guest for one call.
-/// The facts it answers for are the store's current call ([`HostState::call`]); only one
-/// call runs in a store at a time.
-pub struct CallFacts;
 
 use bindings::corvus::plugin as wit;
 use bindings::corvus::plugin::types as wt;
@@ -76,7 +71,7 @@ use bindings::corvus::plugin::types as wt;
 /// The WIT package version this host implements.
 pub const WIT_PACKAGE: &str = "corvus:plugin";
 /// See [`WIT_PACKAGE`].
-pub const WIT_VERSION: &str = "0.2.0";
+pub const WIT_VERSION: &str = "0.3.0";
 
 /// Limits on plugins. One set for the process (the pooling allocator is sized from it).
 #[derive(Debug, Clone, PartialEq)]
@@ -326,9 +321,13 @@ struct HostState {
     dns_timeout: Duration,
     log_left: u32,
     log_dropped: u32,
-    /// The facts of the current call (the `context` resource and the `auth` import); the
-    /// message is dropped when the call ends.
+    /// The facts of the current call (the `context` and `auth` imports); the message is
+    /// dropped when the call ends.
     call: Option<HookCtx>,
+    /// Whether a hook call is running (the `context` and `answer` imports work only then).
+    in_call: bool,
+    /// What the hook handed over through the `answer` import.
+    answer: Option<Result<wt::Outcome, String>>,
     /// Longest message the `context.message` method hands over.
     max_message: usize,
 }
@@ -648,44 +647,44 @@ impl wit::dns::Host for HostState {
 impl wt::Host for HostState {}
 
 impl HostState {
-    /// The facts of the current call. The guest holds a `context` only during a call (a
-    /// borrow), so outside one it has none to ask with.
+    /// The facts of the current call; asking outside a hook call (in `init`) traps.
     fn facts(&self) -> wasmtime::Result<&HookCtx> {
-        self.call
-            .as_ref()
-            .ok_or_else(|| wasmtime::Error::msg("context used outside its hook call"))
+        match &self.call {
+            Some(c) if self.in_call => Ok(c),
+            _ => Err(wasmtime::Error::msg("context used outside a hook call")),
+        }
     }
 }
 
-impl wt::HostContext for HostState {
-    fn hook(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<wt::Hook> {
+impl wit::context::Host for HostState {
+    fn hook(&mut self) -> wasmtime::Result<wt::Hook> {
         Ok(hook_of(self.facts()?.point))
     }
-    fn listener(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+    fn listener(&mut self) -> wasmtime::Result<String> {
         Ok(self.facts()?.listener.to_string())
     }
-    fn client_ip(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+    fn client_ip(&mut self) -> wasmtime::Result<String> {
         Ok(self.facts()?.client_ip.to_string())
     }
-    fn client_ptr(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+    fn client_ptr(&mut self) -> wasmtime::Result<String> {
         Ok(self.facts()?.client_ptr.clone())
     }
-    fn helo(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+    fn helo(&mut self) -> wasmtime::Result<String> {
         Ok(self.facts()?.helo.clone())
     }
-    fn tls(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<bool> {
+    fn tls(&mut self) -> wasmtime::Result<bool> {
         Ok(self.facts()?.tls)
     }
-    fn user(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+    fn user(&mut self) -> wasmtime::Result<String> {
         Ok(self.facts()?.user.clone())
     }
-    fn mail_from(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+    fn mail_from(&mut self) -> wasmtime::Result<String> {
         Ok(self.facts()?.mail_from.clone())
     }
-    fn rcpt(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+    fn rcpt(&mut self) -> wasmtime::Result<String> {
         Ok(self.facts()?.rcpt.clone())
     }
-    fn route(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<wt::Route> {
+    fn route(&mut self) -> wasmtime::Result<wt::Route> {
         Ok(match &self.facts()?.route {
             None => wt::Route::Unknown,
             Some(Route::Local(v)) => wt::Route::Local(v.clone()),
@@ -693,19 +692,19 @@ impl wt::HostContext for HostState {
             Some(Route::Remote) => wt::Route::Remote,
         })
     }
-    fn rcpts(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<Vec<String>> {
+    fn rcpts(&mut self) -> wasmtime::Result<Vec<String>> {
         Ok(self.facts()?.rcpts.clone())
     }
-    fn spf(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+    fn spf(&mut self) -> wasmtime::Result<String> {
         Ok(self.facts()?.auth_results[0].clone())
     }
-    fn dkim(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+    fn dkim(&mut self) -> wasmtime::Result<String> {
         Ok(self.facts()?.auth_results[1].clone())
     }
-    fn dmarc(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<String> {
+    fn dmarc(&mut self) -> wasmtime::Result<String> {
         Ok(self.facts()?.auth_results[2].clone())
     }
-    fn credentials(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<Option<wt::Credentials>> {
+    fn credentials(&mut self) -> wasmtime::Result<Option<wt::Credentials>> {
         let c = self.facts()?;
         Ok(c.credentials.as_ref().map(|(u, p, m)| wt::Credentials {
             username: u.clone(),
@@ -714,7 +713,7 @@ impl wt::HostContext for HostState {
             valid: c.credentials_valid,
         }))
     }
-    fn fetch(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<Option<wt::FetchInfo>> {
+    fn fetch(&mut self) -> wasmtime::Result<Option<wt::FetchInfo>> {
         Ok(self
             .facts()?
             .fetch
@@ -725,13 +724,13 @@ impl wt::HostContext for HostState {
                 protocol: p.to_string(),
             }))
     }
-    fn remote_mx(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<Option<String>> {
+    fn remote_mx(&mut self) -> wasmtime::Result<Option<String>> {
         Ok(self.facts()?.remote_mx.clone())
     }
-    fn message_size(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<u64> {
+    fn message_size(&mut self) -> wasmtime::Result<u64> {
         Ok(self.facts()?.message.as_ref().map_or(0, |m| m.len() as u64))
     }
-    fn message_truncated(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<bool> {
+    fn message_truncated(&mut self) -> wasmtime::Result<bool> {
         let max = self.max_message;
         Ok(self
             .facts()?
@@ -739,15 +738,28 @@ impl wt::HostContext for HostState {
             .as_ref()
             .is_some_and(|m| m.len() > max))
     }
-    fn message(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<Vec<u8>> {
+    fn message(&mut self) -> wasmtime::Result<Vec<u8>> {
         let max = self.max_message;
         Ok(match &self.facts()?.message {
             Some(m) => m[..m.len().min(max)].to_vec(),
             None => Vec::new(),
         })
     }
-    fn drop(&mut self, _: Resource<CallFacts>) -> wasmtime::Result<()> {
-        // Contexts are only ever lent (borrow), never owned by the guest.
+}
+
+impl wit::answer::Host for HostState {
+    fn set_outcome(&mut self, outcome: wt::Outcome) -> wasmtime::Result<()> {
+        if !self.in_call {
+            return Err(wasmtime::Error::msg("answer given outside a hook call"));
+        }
+        self.answer = Some(Ok(outcome));
+        Ok(())
+    }
+    fn fail(&mut self, message: String) -> wasmtime::Result<()> {
+        if !self.in_call {
+            return Err(wasmtime::Error::msg("answer given outside a hook call"));
+        }
+        self.answer = Some(Err(message));
         Ok(())
     }
 }
@@ -756,7 +768,10 @@ impl wit::auth::Host for HostState {
     fn facts(&mut self) -> wasmtime::Result<wit::auth::AuthFacts> {
         // Outside a hook call (`init`) every fact is empty.
         let none = crate::sender_auth::AuthFacts::default();
-        let a = self.call.as_ref().map_or(&none, |c| &c.auth);
+        let a = match &self.call {
+            Some(c) if self.in_call => &c.auth,
+            _ => &none,
+        };
         Ok(wit::auth::AuthFacts {
             spf: a.spf.clone(),
             spf_domain: a.spf_domain.clone(),
@@ -1227,6 +1242,8 @@ impl WasmHook {
             log_left: limits.log_lines,
             log_dropped: 0,
             call: None,
+            in_call: false,
+            answer: None,
             max_message: limits.max_message,
         };
         let mut store = wasmtime::Store::new(&rt.engine, state);
@@ -1400,8 +1417,10 @@ impl WasmHook {
     ) -> Result<Result<wt::Outcome, String>, wasmtime::Error> {
         let hooks = inst.plugin.corvus_plugin_hooks();
         let store = &mut inst.store;
-        // What the `context` resource and the `auth` import answer during this call.
+        // What the `context` and `auth` imports answer during this call.
         let data = store.data_mut();
+        data.in_call = true;
+        data.answer = None;
         match &mut data.call {
             Some(c) => c.refresh_from(ctx),
             // Without the session: the session owns this instance.
@@ -1412,23 +1431,38 @@ impl WasmHook {
                 })
             }
         }
-        let c = || Resource::<CallFacts>::new_borrow(0);
         let r = match ctx.point {
-            HookPoint::Connect => hooks.call_on_connect(&mut *store, session, c()).await,
-            HookPoint::Helo => hooks.call_on_helo(&mut *store, session, c()).await,
-            HookPoint::Auth => hooks.call_on_auth(&mut *store, session, c()).await,
-            HookPoint::Mail => hooks.call_on_mail(&mut *store, session, c()).await,
-            HookPoint::Rcpt => hooks.call_on_rcpt(&mut *store, session, c()).await,
-            HookPoint::Data => hooks.call_on_data(&mut *store, session, c()).await,
-            HookPoint::Delivery => hooks.call_on_delivery(&mut *store, session, c()).await,
-            HookPoint::Fetch => hooks.call_on_fetch(&mut *store, session, c()).await,
+            HookPoint::Connect => hooks.call_on_connect(&mut *store, session).await,
+            HookPoint::Helo => hooks.call_on_helo(&mut *store, session).await,
+            HookPoint::Auth => hooks.call_on_auth(&mut *store, session).await,
+            HookPoint::Mail => hooks.call_on_mail(&mut *store, session).await,
+            HookPoint::Rcpt => hooks.call_on_rcpt(&mut *store, session).await,
+            HookPoint::Data => hooks.call_on_data(&mut *store, session).await,
+            HookPoint::Delivery => hooks.call_on_delivery(&mut *store, session).await,
+            HookPoint::Fetch => hooks.call_on_fetch(&mut *store, session).await,
         };
+        let data = store.data_mut();
+        data.in_call = false;
         // An idle instance must not keep the message (or the password) alive.
-        if let Some(c) = &mut store.data_mut().call {
+        if let Some(c) = &mut data.call {
             c.message = None;
             c.credentials = None;
         }
-        r
+        let answer = data.answer.take();
+        Ok(match (r?, answer) {
+            (wt::Status::Next, _) => Ok(wt::Outcome {
+                verdict: wt::Verdict::Next,
+                actions: wt::Actions {
+                    add_headers: Vec::new(),
+                    set_rcpt: None,
+                    file_into: None,
+                },
+            }),
+            (wt::Status::Done, Some(Ok(outcome))) => Ok(outcome),
+            (wt::Status::Done, _) => Err("returned done without answer.set-outcome".into()),
+            (wt::Status::Failed, Some(Err(message))) => Err(message),
+            (wt::Status::Failed, _) => Err("failed (no reason given with answer.fail)".into()),
+        })
     }
 
     async fn call_inner(&self, ctx: &HookCtx, actions: &mut Actions) -> Result<Verdict, HookError> {

@@ -1,6 +1,7 @@
-//! Test plugin built against an older, incompatible WIT version (corvus:plugin@0.1.0, where
-//! the context was a record): the host refuses it and says to rebuild it against the SDK.
-//! (Under 0.1 it added `X-Previous: 0.1.0` on data.)
+//! Test plugin built against an older, incompatible WIT version (corvus:plugin@0.2.0, where
+//! hooks got a borrowed `context` resource and returned `result<outcome, string>`): the host
+//! refuses it and says to rebuild it against the SDK. (Under 0.2 it added `X-Previous: 0.2.0`
+//! on data.)
 
 wit_bindgen::generate!({ path: "wit", world: "plugin" });
 
@@ -22,9 +23,8 @@ fn next(headers: Vec<Header>) -> Result<Outcome, String> {
 
 /// Hooks it does not declare: the host never calls them.
 macro_rules! not_called {
-    ($($name:ident($($arg:ident: $ty:ty),*);)*) => {
-        $(fn $name($($arg: $ty),*) -> Result<Outcome, String> {
-            $(let _ = $arg;)*
+    ($($name:ident;)*) => {
+        $(fn $name(_session: u64, _ctx: &Context) -> Result<Outcome, String> {
             Err("not declared".into())
         })*
     };
@@ -34,27 +34,27 @@ impl Guest for Previous {
     fn describe() -> PluginInfo {
         PluginInfo {
             name: "previous-version".into(),
-            version: "0.1.0".into(),
+            version: "0.2.0".into(),
             hooks: vec![Hook::Data],
         }
     }
     fn init(_config: String) -> Result<(), String> {
         Ok(())
     }
-    fn on_data(_ctx: Context, _message: Vec<u8>) -> Result<Outcome, String> {
+    fn on_data(_session: u64, _ctx: &Context) -> Result<Outcome, String> {
         next(vec![Header {
             name: "X-Previous".into(),
-            value: "0.1.0".into(),
+            value: "0.2.0".into(),
         }])
     }
     not_called! {
-        on_connect(ctx: Context);
-        on_helo(ctx: Context);
-        on_auth(ctx: Context);
-        on_mail(ctx: Context);
-        on_rcpt(ctx: Context);
-        on_delivery(ctx: Context, message: Vec<u8>);
-        on_fetch(ctx: Context);
+        on_connect;
+        on_helo;
+        on_auth;
+        on_mail;
+        on_rcpt;
+        on_delivery;
+        on_fetch;
     }
 }
 
