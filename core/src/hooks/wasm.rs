@@ -1535,7 +1535,15 @@ fn describe_error(e: &wasmtime::Error, s: &HostState, limits: &Limits) -> String
     let trap = e.downcast_ref::<wasmtime::Trap>();
     let mut reason = match trap {
         Some(t) => format!("trap: {t}"),
-        None => text.lines().next().unwrap_or("error").to_string(),
+        // A host function's error: its own message, not the "error while executing at wasm
+        // backtrace:" wrapper wasmtime puts around it.
+        None => e
+            .root_cause()
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("error")
+            .to_string(),
     };
     // A panic or allocation failure prints a message on stderr before the trap (Rust: the
     // "panicked at file:line:col:" line, the message, then a "note:" line).

@@ -434,6 +434,50 @@ fn init_errors_refuse_the_plugin_at_load() {
 }
 
 #[test]
+fn hooks_that_break_the_answer_protocol_fail_their_call_only() {
+    // A plugin written without the SDK returns `done` or `failed` without handing anything
+    // over: that call fails with a reason; the instance keeps serving.
+    for (mode, want) in [
+        (
+            "done-without-outcome",
+            "raw_answer.wasm: on_rcpt: returned done without answer.set-outcome",
+        ),
+        (
+            "failed-without-reason",
+            "on_rcpt: failed (no reason given with answer.fail)",
+        ),
+    ] {
+        let h = load("raw-answer", serde_json::json!({ "mode": mode }), None).unwrap();
+        let session = Arc::new(HookSession::default());
+        for _ in 0..2 {
+            let e = call(&h, &rcpt("b@y.example", Some(session.clone()))).unwrap_err();
+            assert!(e.0.contains(want), "{mode}: {e}");
+        }
+    }
+    // The status decides: an outcome handed over before returning `next` is not used.
+    let h = load(
+        "raw-answer",
+        serde_json::json!({"mode": "outcome-then-next"}),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        call(&h, &rcpt("b@y.example", None)).unwrap(),
+        Verdict::Continue
+    );
+    // The facts exist only during a hook call: asking in `init` fails it (the plugin is
+    // refused at load).
+    let e = load(
+        "raw-answer",
+        serde_json::json!({"mode": "context-in-init"}),
+        None,
+    )
+    .err()
+    .expect("must be refused");
+    assert!(e.contains("context used outside a hook call"), "{e}");
+}
+
+#[test]
 fn compiled_plugins_are_cached() {
     let dir = tempfile::tempdir().unwrap();
     let opts = LoadOptions {

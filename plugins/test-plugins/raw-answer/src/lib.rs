@@ -1,0 +1,78 @@
+//! Test plugin written against `sdk/wit` without the SDK, to break the hook protocol on
+//! purpose (the SDK never does). `config.mode` at on-rcpt:
+//! "done-without-outcome" returns `done` without calling `answer.set-outcome`;
+//! "failed-without-reason" returns `failed` without `answer.fail`;
+//! "outcome-then-next" hands over a reject, then returns `next` (the status decides: next);
+//! "context-in-init" reads `context.rcpt` in `init` (outside a hook call: init fails).
+
+wit_bindgen::generate!({ path: "../../../sdk/wit", world: "plugin" });
+
+use corvus::plugin::types::{Actions, Hook, Outcome, PluginInfo, Reply, Status, Verdict};
+use corvus::plugin::{answer, config, context};
+use exports::corvus::plugin::hooks::Guest;
+
+struct Raw;
+
+fn mode() -> String {
+    config::get_string("mode").unwrap_or_default()
+}
+
+impl Guest for Raw {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: "raw-answer".into(),
+            version: "0.1.0".into(),
+            hooks: vec![Hook::Rcpt],
+        }
+    }
+    fn init(_config: String) -> Result<(), String> {
+        if mode() == "context-in-init" {
+            let _ = context::rcpt();
+        }
+        Ok(())
+    }
+    fn on_rcpt(_session: u64) -> Status {
+        match mode().as_str() {
+            "done-without-outcome" => Status::Done,
+            "failed-without-reason" => Status::Failed,
+            "outcome-then-next" => {
+                answer::set_outcome(&Outcome {
+                    verdict: Verdict::Reject(Reply {
+                        code: 550,
+                        text: "not used".into(),
+                    }),
+                    actions: Actions {
+                        add_headers: Vec::new(),
+                        set_rcpt: None,
+                        file_into: None,
+                    },
+                });
+                Status::Next
+            }
+            _ => Status::Next,
+        }
+    }
+    fn on_connect(_session: u64) -> Status {
+        Status::Next
+    }
+    fn on_helo(_session: u64) -> Status {
+        Status::Next
+    }
+    fn on_auth(_session: u64) -> Status {
+        Status::Next
+    }
+    fn on_mail(_session: u64) -> Status {
+        Status::Next
+    }
+    fn on_data(_session: u64) -> Status {
+        Status::Next
+    }
+    fn on_delivery(_session: u64) -> Status {
+        Status::Next
+    }
+    fn on_fetch(_session: u64) -> Status {
+        Status::Next
+    }
+}
+
+export!(Raw);
