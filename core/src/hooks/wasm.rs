@@ -747,20 +747,23 @@ impl wit::context::Host for HostState {
     }
 }
 
-impl wit::answer::Host for HostState {
-    fn set_outcome(&mut self, outcome: wt::Outcome) -> wasmtime::Result<()> {
+impl HostState {
+    /// Keep what a hook hands over (the last answer of a call wins).
+    fn give_answer(&mut self, answer: Result<wt::Outcome, String>) -> wasmtime::Result<()> {
         if !self.in_call {
             return Err(wasmtime::Error::msg("answer given outside a hook call"));
         }
-        self.answer = Some(Ok(outcome));
+        self.answer = Some(answer);
         Ok(())
     }
+}
+
+impl wit::answer::Host for HostState {
+    fn set_outcome(&mut self, outcome: wt::Outcome) -> wasmtime::Result<()> {
+        self.give_answer(Ok(outcome))
+    }
     fn fail(&mut self, message: String) -> wasmtime::Result<()> {
-        if !self.in_call {
-            return Err(wasmtime::Error::msg("answer given outside a hook call"));
-        }
-        self.answer = Some(Err(message));
-        Ok(())
+        self.give_answer(Err(message))
     }
 }
 

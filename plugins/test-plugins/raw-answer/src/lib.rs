@@ -13,6 +13,15 @@ use exports::corvus::plugin::hooks::Guest;
 
 struct Raw;
 
+/// Hooks it does not declare: the host never calls them.
+macro_rules! next_only {
+    ($($name:ident;)*) => {
+        $(fn $name(_session: u64) -> Status {
+            Status::Next
+        })*
+    };
+}
+
 fn mode() -> String {
     config::get_string("mode").unwrap_or_default()
 }
@@ -52,26 +61,14 @@ impl Guest for Raw {
             _ => Status::Next,
         }
     }
-    fn on_connect(_session: u64) -> Status {
-        Status::Next
-    }
-    fn on_helo(_session: u64) -> Status {
-        Status::Next
-    }
-    fn on_auth(_session: u64) -> Status {
-        Status::Next
-    }
-    fn on_mail(_session: u64) -> Status {
-        Status::Next
-    }
-    fn on_data(_session: u64) -> Status {
-        Status::Next
-    }
-    fn on_delivery(_session: u64) -> Status {
-        Status::Next
-    }
-    fn on_fetch(_session: u64) -> Status {
-        Status::Next
+    next_only! {
+        on_connect;
+        on_helo;
+        on_auth;
+        on_mail;
+        on_data;
+        on_delivery;
+        on_fetch;
     }
 }
 
