@@ -642,7 +642,7 @@ macro_rules! export {
     ($plugin:ty) => {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
-            use $crate::__private::{Guest, HookResult, Instance, Status, answer};
+            use $crate::__private::{Guest, Instance, Status, answer};
             use $crate::{Hook, PluginInfo};
             ::std::thread_local! {
                 static __CORVUS_PLUGIN: ::std::cell::RefCell<Instance<$plugin>> =

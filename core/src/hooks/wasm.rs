@@ -24,8 +24,8 @@
 //!
 //! Per call: an epoch deadline (CPU budget, counted in 10 ms ticks of guest execution; the
 //! guest yields to tokio at every tick), a wall-clock deadline (checked at every tick, and
-//! each DNS wait is cut to what is left of it: no timer per call), a memory cap with `trap_on_grow_failure`, caps on log lines, DNS lookups and
-//! captured stdout/stderr. A trap, timeout or OOM fails that call only: the instance is
+//! each DNS wait is cut to what is left of it: no timer per call), a memory cap with
+//! `trap_on_grow_failure`, caps on log lines, DNS lookups and captured stdout/stderr. A trap, timeout or OOM fails that call only: the instance is
 //! dropped (a trapped instance is poisoned) and the chain applies the entry's `on_error`.
 //!
 //! Calls are async ([`HookEngine::call_async`], used by SMTP sessions). The synchronous
