@@ -519,6 +519,9 @@ impl wit::clock::Host for HostState {
 
 use wit::dns::DnsError;
 
+/// What a lookup that ran out of time answers (`dns-error.temporary`).
+const DNS_TIMED_OUT: &str = "timeout";
+
 #[derive(Clone, Copy)]
 enum DnsKind {
     A,
@@ -544,7 +547,7 @@ impl HostState {
         let r = self
             .lookup_within(kind, name, self.dns_timeout.min(left))
             .await;
-        if cut_by_wall && matches!(&r, Err(DnsError::Temporary(t)) if t == "timeout") {
+        if cut_by_wall && matches!(&r, Err(DnsError::Temporary(t)) if t == DNS_TIMED_OUT) {
             self.wall_exceeded = true;
             return Err(wasmtime::Trap::Interrupt.into());
         }
@@ -610,7 +613,7 @@ impl HostState {
             }
         };
         match result {
-            Err(_) => Err(DnsError::Temporary("timeout".into())),
+            Err(_) => Err(DnsError::Temporary(DNS_TIMED_OUT.into())),
             Ok(Ok(v)) => {
                 if v.is_empty() {
                     Err(DnsError::NotFound)
@@ -1417,7 +1420,7 @@ impl WasmHook {
         inst: &mut Instance,
         ctx: &HookCtx,
         session: u64,
-    ) -> Result<Result<wt::Outcome, String>, wasmtime::Error> {
+    ) -> Result<Result<Option<wt::Outcome>, String>, wasmtime::Error> {
         let hooks = inst.plugin.corvus_plugin_hooks();
         let store = &mut inst.store;
         // What the `context` and `auth` imports answer during this call.
@@ -1453,15 +1456,9 @@ impl WasmHook {
         }
         let answer = data.answer.take();
         Ok(match (r?, answer) {
-            (wt::Status::Next, _) => Ok(wt::Outcome {
-                verdict: wt::Verdict::Next,
-                actions: wt::Actions {
-                    add_headers: Vec::new(),
-                    set_rcpt: None,
-                    file_into: None,
-                },
-            }),
-            (wt::Status::Done, Some(Ok(outcome))) => Ok(outcome),
+            // A plain `next`: no verdict to convert, no actions to apply.
+            (wt::Status::Next, _) => Ok(None),
+            (wt::Status::Done, Some(Ok(outcome))) => Ok(Some(outcome)),
             (wt::Status::Done, _) => Err("returned done without answer.set-outcome".into()),
             (wt::Status::Failed, Some(Err(message))) => Err(message),
             (wt::Status::Failed, _) => Err("failed (no reason given with answer.fail)".into()),
@@ -1517,6 +1514,9 @@ impl WasmHook {
         }
         let outcome = result
             .map_err(|m| HookError(format!("{}: {func}: {}", self.env.name, cut(&m, 1000))))?;
+        let Some(outcome) = outcome else {
+            return Ok(Verdict::Continue);
+        };
         let verdict = from_wit_verdict(&self.env.name, func, outcome.verdict)?;
         apply_actions(&self.env.name, ctx.point, outcome.actions, actions)?;
         Ok(verdict)
