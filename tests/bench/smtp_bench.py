@@ -17,6 +17,13 @@ What it measures, for each server and each concurrency (default 1, 10, 100):
     1000 idle connections that have read the 220 greeting; for Postfix (one smtpd process
     per connection, 100 processes by default) RSS and PSS of the smtpd processes.
 
+With `--servers corvus,postfix,floor` (or `floor-threads`) it also runs smtp-floor
+(tests/bench/smtp-floor, built here with cargo): an SMTP responder that does nothing per
+message but find the lines, reply, and append the message to a file with the same group-commit
+fdatasync before its 250 — Corvus' I/O model (`floor`) or a thread per connection with blocking
+I/O (`floor-threads`, Postfix smtpd's model). Its CPU per message is what loopback TCP, the
+wake-ups and the disk flush cost on this machine: no real server can go below it.
+
 Requirements: root (installs the postfix package when smtp-source is missing, creates a
 Postfix instance `postfix-bench` with postmulti, and a local user `smtpbench` whose
 ~/Maildir receives Postfix's deliveries), python3, a release build of Corvus.
@@ -442,6 +449,66 @@ nameservers = ["127.0.0.1:{self.dns_port}"]
 
 
 # ---------------------------------------------------------------------------------------------
+# smtp-floor
+
+
+class Floor:
+    """tests/bench/smtp-floor: the least an SMTP receiver does per message (see its source)."""
+
+    def __init__(self, tmp, port, threads):
+        self.name = "floor-threads" if threads else "floor"
+        self.threads = threads
+        self.port = port
+        self.address = f"user@{DOMAIN}"
+        self.file = os.path.join(tmp, f"{self.name}.mbox")
+        self.proc = None
+        self.sent = 0
+        crate = os.path.join(REPO, "tests", "bench", "smtp-floor")
+        self.binary = os.path.join(crate, "target", "release", "smtp-floor")
+        self.manifest = os.path.join(crate, "Cargo.toml")
+
+    def setup(self):
+        r = sh(["cargo", "build", "--release", "--quiet", "--manifest-path", self.manifest], check=False)
+        if r.returncode != 0 or not os.access(self.binary, os.X_OK):
+            raise RuntimeError(f"building smtp-floor failed: {r.stderr.strip()[-500:]}")
+
+    def start(self):
+        if not port_free(self.port):
+            raise RuntimeError(f"port {self.port} is in use; pick another with --floor-port")
+        cmd = [self.binary] + (["--threads"] if self.threads else []) + [f"127.0.0.1:{self.port}", self.file]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        wait_greeting(self.port)
+        log(f"{self.name} running, pid {self.proc.pid}, smtp 127.0.0.1:{self.port}")
+
+    def cpu_ticks(self):
+        st = proc_stat(self.proc.pid)
+        return st[2] + st[3]
+
+    def before_run(self):
+        pass
+
+    def count(self):
+        return 0
+
+    def wait_delivered(self, n, base, t_accept, stall_timeout):
+        # Its 250 follows the fdatasync: acceptance is end-to-end.
+        return t_accept
+
+    def after_run(self, n):
+        self.sent += n
+
+    def verify(self):
+        """Messages in its file (each ends with the end-of-data line it kept)."""
+        with open(self.file, "rb") as f:
+            return f.read().count(b"\r\n.\r\n"), "end-of-data lines in its file"
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------
 # Postfix
 
 
@@ -776,7 +843,7 @@ def fmt(v, spec):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--servers", default=os.environ.get("BENCH_SERVERS", "corvus,postfix"),
-                    help="comma-separated: corvus,postfix")
+                    help="comma-separated: corvus, postfix, floor, floor-threads")
     ap.add_argument("--concurrency", default="1,10,100")
     ap.add_argument("--seconds", type=float, default=15.0,
                     help="target duration of each run; N = calibrated rate × this (at least --min-messages)")
@@ -791,6 +858,8 @@ def main():
     ap.add_argument("--corvus-port", type=int, default=25250)
     ap.add_argument("--pop3-port", type=int, default=25251)
     ap.add_argument("--postfix-port", type=int, default=25260)
+    ap.add_argument("--floor-port", type=int, default=25270,
+                    help="first port for smtp-floor (floor-threads gets the next one)")
     ap.add_argument("--log-level", default="info", help="Corvus log level (info logs one line per message)")
     ap.add_argument("--smtp-source-opts", default=os.environ.get("SMTP_SOURCE_OPTS", ""),
                     help="extra smtp-source options, e.g. '-d' to reuse connections")
@@ -824,6 +893,7 @@ def main():
     machine["fdatasync_per_s_start"] = {w: round(disk_probe(tmp, w)) for w in (1, 20)}
     log(f"disk: fdatasync/s with 1 and 20 writers: {machine['fdatasync_per_s_start']}")
     corvus = postfix = None
+    floors = []
     results, memory = [], {}
     try:
         if "corvus" in servers:
@@ -839,7 +909,13 @@ def main():
             postfix = Postfix(args.postfix_port)
             postfix.setup()
             postfix.start()
-        active = [s for s in (corvus, postfix) if s]
+        for i, name in enumerate(("floor", "floor-threads")):
+            if name in servers:
+                f = Floor(tmp, args.floor_port + i, threads=(name == "floor-threads"))
+                f.setup()
+                f.start()
+                floors.append(f)
+        active = [s for s in (corvus, postfix) if s] + floors
 
         if corvus:
             memory["corvus"] = corvus_idle_memory(corvus, args.idle)
@@ -871,11 +947,16 @@ def main():
             got, how = postfix.verify()
             verification["postfix"] = {"last_run_in_maildir": got, "last_run_sent": last[-1]["messages"] if last else 0,
                                        "method": how}
+        for f in floors:
+            got, how = f.verify()
+            verification[f.name] = {"in_store": got, "sent": f.sent, "method": how}
         machine["uptime_end"] = sh(["uptime"]).stdout.strip()
         machine["fdatasync_per_s_end"] = {w: round(disk_probe(tmp, w)) for w in (1, 20)}
     finally:
         if corvus:
             corvus.stop()
+        for f in floors:
+            f.stop()
         if postfix:
             postfix.stop()
             try:
@@ -925,6 +1006,23 @@ def report(machine, results, memory, verification, args):
             ratio = a["e2e_rate"] / b["e2e_rate"] if a["e2e_rate"] and b["e2e_rate"] else None
             print(f"| {c} | {fmt(a['e2e_rate'], '.0f')} | {fmt(b['e2e_rate'], '.0f')} | {fmt(ratio, '.1f')}× | "
                   f"{a['server_cpu_ms_per_msg']:.3f} | {b['server_cpu_ms_per_msg']:.3f} |")
+    floor_names = sorted({s for s, _ in by if s.startswith("floor")})
+    if floor_names and any(s == "Corvus" for s, _ in by):
+        print()
+        print("Corvus against the floor (the floor does nothing but reply and flush); rates "
+              "as multiples of Postfix's end-to-end rate when Postfix ran:")
+        print()
+        names = ["Corvus"] + floor_names
+        print("| conc | " + " | ".join(f"{n} CPU ms/msg" for n in names) + " | "
+              + " | ".join(f"{n} ÷ Postfix" for n in names) + " |")
+        print("|---:|" + "---:|" * (2 * len(names)))
+        for c in concs:
+            cpu = [fmt(by[(n, c)]["server_cpu_ms_per_msg"], ".3f") if (n, c) in by else "—" for n in names]
+            p = by.get(("Postfix", c))
+            ratios = [fmt(by[(n, c)]["e2e_rate"] / p["e2e_rate"], ".1f") + "×"
+                      if p and p["e2e_rate"] and (n, c) in by and by[(n, c)]["e2e_rate"] else "—"
+                      for n in names]
+            print(f"| {c} | " + " | ".join(cpu) + " | " + " | ".join(ratios) + " |")
     print()
     if "corvus" in memory:
         m = memory["corvus"]
