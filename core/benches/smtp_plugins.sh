@@ -7,6 +7,9 @@
 #   cargo build && tests/build-plugins --no-test && core/benches/smtp_plugins.sh [MESSAGES] [SESSIONS] [ROUNDS]
 #
 # BENCH_CORVUS picks the binary (default target/debug/corvus; target/release/corvus if built).
+# BENCH_BARE=1 adds a third configuration each round: two test-plugins/raw-answer entries in
+# "bare" mode (every hook, `next` at once, no SDK, no import call), the least two plugins on
+# every hook can cost.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 unset CORVUS_CONFIG CORVUS_BIN
@@ -24,7 +27,17 @@ config = { tag = \"bench\" }
 plugin = \"$PLUGINS/misbehave.wasm\"
 config = { mode = \"reject\", hook = \"rcpt\", when_rcpt = \"bad@example.test\" }
 "
+BARE="[[hooks]]
+plugin = \"$PLUGINS/raw_answer.wasm\"
+config = { mode = \"bare\" }
+[[hooks]]
+plugin = \"$PLUGINS/raw_answer.wasm\"
+config = { mode = \"bare\" }
+"
 for r in $(seq "$ROUNDS"); do
     bench_round "round $r, no plugins  " ""
     bench_round "round $r, two plugins " "$HOOKS"
+    if [ "${BENCH_BARE:-}" = 1 ]; then
+        bench_round "round $r, two bare    " "$BARE"
+    fi
 done

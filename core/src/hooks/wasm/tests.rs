@@ -478,6 +478,27 @@ fn hooks_that_break_the_answer_protocol_fail_their_call_only() {
 }
 
 #[test]
+fn the_bare_benchmark_plugin_handles_every_hook_and_answers_next() {
+    // raw-answer in "bare" mode: what the throughput bench uses as the least a plugin costs.
+    let h = load("raw-answer", serde_json::json!({"mode": "bare"}), None).unwrap();
+    assert_eq!(h.handled_points().len(), 8, "{:?}", h.handled_points());
+    let session = Arc::new(HookSession::default());
+    for point in [
+        HookPoint::Connect,
+        HookPoint::Helo,
+        HookPoint::Mail,
+        HookPoint::Rcpt,
+        HookPoint::Data,
+        HookPoint::Delivery,
+    ] {
+        let mut c = rcpt("b@y.example", Some(session.clone()));
+        c.point = point;
+        assert_eq!(call(&h, &c).unwrap(), Verdict::Continue, "{point:?}");
+    }
+    assert_eq!(h.stats.failures.load(Ordering::Relaxed), 0);
+}
+
+#[test]
 fn compiled_plugins_are_cached() {
     let dir = tempfile::tempdir().unwrap();
     let opts = LoadOptions {

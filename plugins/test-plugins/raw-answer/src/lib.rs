@@ -3,7 +3,9 @@
 //! "done-without-outcome" returns `done` without calling `answer.set-outcome`;
 //! "failed-without-reason" returns `failed` without `answer.fail`;
 //! "outcome-then-next" hands over a reject, then returns `next` (the status decides: next);
-//! "context-in-init" reads `context.rcpt` in `init` (outside a hook call: init fails).
+//! "context-in-init" reads `context.rcpt` in `init` (outside a hook call: init fails);
+//! "bare" declares every hook and answers each with `next` at once, touching nothing: the
+//! least a plugin can cost the host (benchmarks).
 
 wit_bindgen::generate!({ path: "../../../sdk/wit", world: "plugin" });
 
@@ -13,7 +15,10 @@ use exports::corvus::plugin::hooks::Guest;
 
 struct Raw;
 
-/// Hooks it does not declare: the host never calls them.
+/// `config.mode`, read once in `init` (a hook call reads no config).
+static MODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Hooks it declares only in "bare" mode (which answers `next` to everything).
 macro_rules! next_only {
     ($($name:ident;)*) => {
         $(fn $name(_session: u64) -> Status {
@@ -22,8 +27,8 @@ macro_rules! next_only {
     };
 }
 
-fn mode() -> String {
-    config::get_string("mode").unwrap_or_default()
+fn mode() -> &'static str {
+    MODE.get_or_init(|| config::get_string("mode").unwrap_or_default())
 }
 
 impl Guest for Raw {
@@ -31,7 +36,20 @@ impl Guest for Raw {
         PluginInfo {
             name: "raw-answer".into(),
             version: "0.1.0".into(),
-            hooks: vec![Hook::Rcpt],
+            hooks: if mode() == "bare" {
+                vec![
+                    Hook::Connect,
+                    Hook::Helo,
+                    Hook::Auth,
+                    Hook::Mail,
+                    Hook::Rcpt,
+                    Hook::Data,
+                    Hook::Delivery,
+                    Hook::Fetch,
+                ]
+            } else {
+                vec![Hook::Rcpt]
+            },
         }
     }
     fn init(_config: String) -> Result<(), String> {
@@ -41,7 +59,7 @@ impl Guest for Raw {
         Ok(())
     }
     fn on_rcpt(_session: u64) -> Status {
-        match mode().as_str() {
+        match mode() {
             "done-without-outcome" => Status::Done,
             "failed-without-reason" => Status::Failed,
             "outcome-then-next" => {
