@@ -293,7 +293,24 @@ class LoopbackDns:
 # Corvus
 
 
-class Corvus:
+class DurableAtAccept:
+    """A server that sends its 250 only once the message is durably stored: the moment the
+    load generator is done is the end-to-end time, and there is no queue to wait for."""
+
+    def cpu_breakdown(self):
+        return {}
+
+    def before_run(self):
+        pass
+
+    def count(self):
+        return 0
+
+    def wait_delivered(self, n, base, t_accept, stall_timeout):
+        return t_accept
+
+
+class Corvus(DurableAtAccept):
     name = "Corvus"
 
     def __init__(self, binary, tmp, port, pop3_port, log_level, dns_port=None, user="user"):
@@ -363,19 +380,6 @@ nameservers = ["127.0.0.1:{self.dns_port}"]
     def cpu_ticks(self):
         st = proc_stat(self.proc.pid)
         return st[2] + st[3] + st[4] + st[5]
-
-    def cpu_breakdown(self):
-        return {}
-
-    def before_run(self):
-        pass
-
-    def count(self):
-        return 0
-
-    def wait_delivered(self, n, base, t_accept, stall_timeout):
-        # 250 is sent only after the store flush, so acceptance is end-to-end.
-        return t_accept
 
     def after_run(self, n):
         self.delivered_expected += n
@@ -452,7 +456,7 @@ nameservers = ["127.0.0.1:{self.dns_port}"]
 # smtp-floor
 
 
-class Floor:
+class Floor(DurableAtAccept):
     """tests/bench/smtp-floor: the least an SMTP receiver does per message (see its source)."""
 
     def __init__(self, tmp, port, threads):
@@ -483,16 +487,6 @@ class Floor:
     def cpu_ticks(self):
         st = proc_stat(self.proc.pid)
         return st[2] + st[3]
-
-    def before_run(self):
-        pass
-
-    def count(self):
-        return 0
-
-    def wait_delivered(self, n, base, t_accept, stall_timeout):
-        # Its 250 follows the fdatasync: acceptance is end-to-end.
-        return t_accept
 
     def after_run(self, n):
         self.sent += n
