@@ -180,23 +180,17 @@ impl Dialog {
             return Some(Step::Store(self.input.drain(..end).collect()));
         }
         let end = find(&self.input, b"\r\n")? + 2;
-        let verb: [u8; 4] = self.input[..end.min(4)]
-            .iter()
-            .map(u8::to_ascii_uppercase)
-            .chain([0; 4])
-            .take(4)
-            .collect::<Vec<u8>>()
-            .try_into()
-            .unwrap_or_default();
+        let verb = &self.input[..end.min(4)];
+        let step = if verb.eq_ignore_ascii_case(b"DATA") {
+            self.in_data = true;
+            Step::Reply(GO_AHEAD)
+        } else if verb.eq_ignore_ascii_case(b"QUIT") {
+            Step::Quit
+        } else {
+            Step::Reply(OK)
+        };
         self.input.drain(..end);
-        Some(match &verb {
-            b"DATA" => {
-                self.in_data = true;
-                Step::Reply(GO_AHEAD)
-            }
-            b"QUIT" => Step::Quit,
-            _ => Step::Reply(OK),
-        })
+        Some(step)
     }
 }
 
