@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
@@ -264,11 +264,10 @@ impl Session {
                 cfg.idle_timeout
             };
             let idle = matches!(self.pending, Pending::Idle(_));
-            let mut chunk = [0u8; 16 * 1024];
             tokio::select! {
-                r = tokio::time::timeout(timeout, self.stream.read(&mut chunk)) => match r {
+                r = tokio::time::timeout(timeout, self.stream.read_more(&mut self.inbuf)) => match r {
                     Ok(Ok(0)) => return Ok(()),
-                    Ok(Ok(n)) => self.inbuf.extend_from_slice(&chunk[..n]),
+                    Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Err(e),
                     Err(_) => {
                         self.untagged("BYE Autologout; idle for too long");

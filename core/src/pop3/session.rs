@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
 
 use super::codec::{
@@ -151,9 +151,8 @@ impl Session {
             }
             self.flush().await?;
             let waiting_for_command = self.inbuf.is_empty();
-            let mut chunk = [0u8; 8 * 1024];
             let read = tokio::select! {
-                r = tokio::time::timeout(idle, self.stream.read(&mut chunk)) => r,
+                r = tokio::time::timeout(idle, self.stream.read_more(&mut self.inbuf)) => r,
                 _ = self.shared.shutdown.cancelled(), if waiting_for_command => {
                     // No UPDATE state: marks are dropped, nothing is deleted.
                     self.reply(Response::err_code(RespCode::SysTemp, "Server shutting down, try again later"));
@@ -163,7 +162,7 @@ impl Session {
             match read {
                 // A dropped connection never enters UPDATE (RFC 1939 §6): nothing deleted.
                 Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(n)) => self.inbuf.extend_from_slice(&chunk[..n]),
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
                     // RFC 1939 §3: on the autologout timer, close without UPDATE and without

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
 
 use super::codec::{
@@ -288,9 +288,8 @@ impl Session {
                 _ => self.shared.config.smtp.command_timeout,
             };
             let until = (Instant::now() + timeout).min(self.deadline);
-            let mut chunk = [0u8; 16 * 1024];
             let read = tokio::select! {
-                r = tokio::time::timeout_at(until.into(), self.stream.read(&mut chunk)) => r,
+                r = tokio::time::timeout_at(until.into(), self.stream.read_more(&mut self.inbuf)) => r,
                 _ = self.shared.shutdown.cancelled(), if waiting_for_command => {
                     let r = Reply::shutting_down(self.host());
                     self.reply(r);
@@ -299,7 +298,7 @@ impl Session {
             };
             match read {
                 Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(n)) => self.inbuf.extend_from_slice(&chunk[..n]),
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
                     tracing::info!("timeout");
@@ -667,11 +666,15 @@ impl Session {
             } else {
                 from.to_string()
             };
-            let spf = self
-                .shared
-                .sender_auth
-                .check_spf(self.peer.ip(), &helo, &sender)
-                .await;
+            // Boxed here and below: the sender-authentication futures (the resolver's lookups
+            // inside) are 12–13 KB each, and inline they made every session's future, hence
+            // every connection, that much bigger.
+            let spf = Box::pin(
+                self.shared
+                    .sender_auth
+                    .check_spf(self.peer.ip(), &helo, &sender),
+            )
+            .await;
             if let Some(text) = self.shared.sender_auth.spf_refusal(&spf) {
                 tracing::info!(from = %from, "MAIL refused: SPF fail");
                 self.reply(Reply::new(550, "5.7.23", text));
@@ -1085,7 +1088,7 @@ impl Session {
                 mail_from: &sender,
                 spf: tx.spf.as_ref(),
             };
-            Some(self.shared.sender_auth.check_message(&body, &env).await)
+            Some(Box::pin(self.shared.sender_auth.check_message(&body, &env)).await)
         } else {
             None
         };
