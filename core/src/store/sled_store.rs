@@ -414,37 +414,47 @@ impl MailStore for SledStore {
             for p in to {
                 let user = normalize_address(&p.user);
                 let key = mbox_key(&user, &canonical_mailbox(&p.mailbox));
-                // Missing folders (file_into) are created first.
-                if self.mailboxes.get(&key)?.is_none() {
-                    let fresh = self.new_mailbox(&p.mailbox, None)?;
-                    let _ = self.mailboxes.compare_and_swap(
-                        &key,
-                        None as Option<&[u8]>,
-                        Some(serde_json::to_vec(&fresh)?),
-                    )?;
-                }
-                let mut bad = None;
-                let updated = self.mailboxes.update_and_fetch(&key, |old| {
-                    let old = old?;
-                    match serde_json::from_slice::<Mailbox>(old) {
-                        Ok(mut mb) => {
-                            mb.uidnext += 1;
-                            mb.highest_modseq += 1;
-                            Some(serde_json::to_vec(&mb).expect("json"))
+                // Take the next UID and modseq: one read-modify-write of the mailbox record,
+                // whose new value is kept rather than read back.
+                let bump = || -> Result<Option<Mailbox>> {
+                    let (mut bad, mut newest) = (None, None);
+                    self.mailboxes.update_and_fetch(&key, |old| {
+                        // Called again when another writer got in first: only the last counts.
+                        (bad, newest) = (None, None);
+                        let old = old?;
+                        match serde_json::from_slice::<Mailbox>(old) {
+                            Ok(mut mb) => {
+                                mb.uidnext += 1;
+                                mb.highest_modseq += 1;
+                                let v = serde_json::to_vec(&mb).expect("json");
+                                newest = Some(mb);
+                                Some(v)
+                            }
+                            Err(e) => {
+                                bad = Some(e);
+                                Some(old.to_vec())
+                            }
                         }
-                        Err(e) => {
-                            bad = Some(e);
-                            Some(old.to_vec())
-                        }
+                    })?;
+                    match bad {
+                        Some(e) => Err(e.into()),
+                        None => Ok(newest),
                     }
-                })?;
-                if let Some(e) = bad {
-                    return Err(e.into());
-                }
-                let Some(v) = updated else {
-                    return Err(StoreError::NotFound(format!("mailbox {}", p.mailbox)));
                 };
-                let mb: Mailbox = serde_json::from_slice(&v)?;
+                let mb = match bump()? {
+                    Some(mb) => mb,
+                    // A missing folder (file_into) is created first.
+                    None => {
+                        let fresh = self.new_mailbox(&p.mailbox, None)?;
+                        let _ = self.mailboxes.compare_and_swap(
+                            &key,
+                            None as Option<&[u8]>,
+                            Some(serde_json::to_vec(&fresh)?),
+                        )?;
+                        bump()?
+                            .ok_or_else(|| StoreError::NotFound(format!("mailbox {}", p.mailbox)))?
+                    }
+                };
                 let meta = MessageMeta {
                     uid: mb.uidnext - 1,
                     blob,
