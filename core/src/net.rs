@@ -28,13 +28,12 @@ impl Stream {
     /// Whether the stream is encrypted.
     /// Read what the peer sent onto the end of `buf`, straight into its spare capacity: a
     /// session waiting here holds no read buffer of its own in its future (a 16 KiB array
-    /// there was most of every connection's task). `buf` keeps at least [`READ_ROOM`] bytes of
-    /// room, grown by [`READ_GROW`] when less is left. Ok(0) is the end of the stream.
+    /// there was most of every connection's task). `buf` is given [`READ_ROOM`] bytes of room
+    /// first: capacity, whose pages stay untouched until data arrives. Ok(0) is the end of
+    /// the stream.
     pub async fn read_more(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
         use tokio::io::AsyncReadExt;
-        if buf.capacity() - buf.len() < READ_ROOM {
-            buf.reserve(READ_GROW);
-        }
+        buf.reserve(READ_ROOM);
         self.read_buf(buf).await
     }
 
@@ -94,10 +93,8 @@ impl Stream {
 }
 
 /// How long a client may take over a TLS handshake (implicit TLS or STARTTLS).
-/// Least spare room [`Stream::read_more`] reads into, and how much it adds below that.
-pub const READ_ROOM: usize = 1024;
-/// See [`READ_ROOM`].
-pub const READ_GROW: usize = 16 * 1024;
+/// Spare room [`Stream::read_more`] reads into: with less, a 5 KB message took one more read.
+pub const READ_ROOM: usize = 16 * 1024;
 
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 

@@ -114,7 +114,7 @@ pub async fn serve(
             shared,
             stream,
             peer,
-            inbuf: Vec::with_capacity(4096),
+            inbuf: Vec::new(),
             out: Vec::with_capacity(4096),
             acked: 0,
             user: None,

@@ -84,7 +84,7 @@ pub async fn serve(
             stream,
             listener,
             peer,
-            inbuf: Vec::with_capacity(1024),
+            inbuf: Vec::new(),
             out: Vec::with_capacity(16 * 1024),
             state: State::Authorization { user: None },
             errors: 0,

@@ -125,7 +125,7 @@ pub async fn serve(
             stream,
             listener,
             peer,
-            inbuf: Vec::with_capacity(4096),
+            inbuf: Vec::new(),
             out: Vec::with_capacity(1024),
             state: State::Command,
             helo: None,
