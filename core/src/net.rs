@@ -25,7 +25,6 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// Whether the stream is encrypted.
     /// Read what the peer sent onto the end of `buf`, straight into its spare capacity: a
     /// session waiting here holds no read buffer of its own in its future (a 16 KiB array
     /// there was most of every connection's task). `buf` is given [`READ_ROOM`] bytes of room
@@ -37,6 +36,7 @@ impl Stream {
         self.read_buf(buf).await
     }
 
+    /// Whether the stream is encrypted.
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }
@@ -92,10 +92,10 @@ impl Stream {
     }
 }
 
-/// How long a client may take over a TLS handshake (implicit TLS or STARTTLS).
 /// Spare room [`Stream::read_more`] reads into: with less, a 5 KB message took one more read.
 pub const READ_ROOM: usize = 16 * 1024;
 
+/// How long a client may take over a TLS handshake (implicit TLS or STARTTLS).
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A session's id in the logs: 12 hex digits.

@@ -15,7 +15,8 @@ use exports::corvus::plugin::hooks::Guest;
 
 struct Raw;
 
-/// `config.mode`, read once in `init` (a hook call reads no config).
+/// `config.mode`, read from the host once (at `describe` or `init`, whichever comes first);
+/// hook calls make no import call for it.
 static MODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Hooks it declares only in "bare" mode (which answers `next` to everything).
