@@ -6,6 +6,8 @@
 #
 #   cargo build && tests/build-plugins --no-test && core/benches/smtp_plugins.sh [MESSAGES] [SESSIONS] [ROUNDS]
 #
+# Single runs swing by several percent with the machine's state; pool many with
+#   core/benches/pool_rounds.py run1.txt run2.txt …   (rate ratio with a 95 % interval)
 # BENCH_CORVUS picks the binary (default target/debug/corvus; target/release/corvus if built).
 # BENCH_BARE=1 adds a third configuration each round: two test-plugins/raw-answer entries in
 # "bare" mode (every hook, `next` at once, no SDK, no import call), the least two plugins on
