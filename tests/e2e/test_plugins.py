@@ -1,6 +1,7 @@
 """End-to-end tests of WASM plugins: every example plugin in plugins/ through real SMTP (and
 IMAP) sessions, misbehaving plugins (infinite loop, memory bomb, panic, trap, huge host-call
-argument) failing only their own calls while other sessions continue, reload under load,
+argument) failing only their own calls while other sessions continue, a plugin trying to leave
+its sandbox (files, sockets, environment), reload under load,
 `corvus check` and `corvus plugin test`.
 
 Self-contained: the fixture starts its own `corvus serve` per test with a temp config (ports
@@ -260,6 +261,39 @@ def test_misbehaving_plugin_fails_its_call_and_others_continue(corvus, mode, rea
     logs = srv.logs()
     assert "hook failed" in logs and reason in logs, logs[-3000:]
     assert srv.proc.poll() is None
+
+
+def test_plugins_cannot_reach_files_network_or_environment(corvus, tmp_path):
+    """No file system, network or environment for a plugin beyond its imports: misbehave's
+    "escape" mode tries each through the standard library (WASI underneath) and reports how
+    it ended; every attempt must be denied, and nothing must reach the TCP listener or the
+    file system."""
+    import socket
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the server's secret\n")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(1.0)
+    address = "127.0.0.1:%d" % listener.getsockname()[1]
+    srv = corvus([{"plugin": plugin("misbehave"),
+                   "config": {"mode": "escape", "hook": "data", "name": address, "value": str(secret)}}])
+    srv.add_user(f"alice@{DOMAIN}")
+    with srv.smtp() as s:
+        s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message("escape"))
+    [raw] = srv.messages(f"alice@{DOMAIN}")
+    report = header(raw, "X-Escape")
+    assert report, raw[:1000]
+    attempts = dict(item.split("=", 1) for item in report.split("; "))
+    assert set(attempts) == {"read", "list", "create", "tcp", "udp", "lookup", "env"}, report
+    for what in ("read", "list", "create", "tcp", "udp", "lookup"):
+        assert attempts[what].startswith("denied"), (what, report)
+    assert attempts["env"] == "empty", report
+    with pytest.raises(socket.timeout):
+        listener.accept()
+    listener.close()
+    assert not (tmp_path / "secret.txt.escaped").exists()
 
 
 def test_plugin_limits_come_from_the_config(corvus):

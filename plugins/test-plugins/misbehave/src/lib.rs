@@ -9,7 +9,9 @@
 //! (returns an error), "reject" (a normal 550 reject), "slow" (busy-waits `ms` milliseconds),
 //! "header" (adds the header `config.name` with `config.value`, whatever they contain),
 //! "dns-wait" (looks up the A record of `config.name` up to `config.lookups` times, waiting
-//! for each answer).
+//! for each answer), "escape" (tries to leave the sandbox: read the file `config.value`, list
+//! `/`, create a file next to it, connect over TCP to `config.name`, bind a UDP socket, resolve
+//! `localhost`, read the environment; adds `X-Escape` saying how each attempt ended).
 
 use corvus_sdk::{
     ALL_HOOKS, Config, Context, Hook, HookResult, Outcome, Plugin, clock, dns, kv, log,
@@ -31,6 +33,41 @@ fn recurse(n: u64, buf: &mut [u8; 256]) -> u64 {
     let mut local = [0u8; 256];
     local.copy_from_slice(buf);
     recurse(n + 1, &mut local) + local[0] as u64
+}
+
+/// Every way out of the sandbox a plugin could try with the standard library, each as
+/// `what=ok` or `what=denied (the error)`: "address" is a TCP address to connect to, "path" a
+/// file to read (a file is created at "path.escaped").
+fn escape((address, path): &(String, String)) -> String {
+    fn tried<T, E: std::fmt::Display>(r: Result<T, E>) -> String {
+        match r {
+            Ok(_) => "ok".into(),
+            Err(e) => format!("denied ({e})"),
+        }
+    }
+    let env = match std::env::vars().count() {
+        0 => "empty".to_string(),
+        n => format!("ok ({n} variables)"),
+    };
+    [
+        ("read", tried(std::fs::read(path))),
+        ("list", tried(std::fs::read_dir("/"))),
+        (
+            "create",
+            tried(std::fs::File::create(format!("{path}.escaped"))),
+        ),
+        ("tcp", tried(std::net::TcpStream::connect(address.as_str()))),
+        ("udp", tried(std::net::UdpSocket::bind("127.0.0.1:0"))),
+        (
+            "lookup",
+            tried(std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 25))),
+        ),
+        ("env", env),
+    ]
+    .iter()
+    .map(|(what, how)| format!("{what}={how}"))
+    .collect::<Vec<_>>()
+    .join("; ")
 }
 
 impl Misbehave {
@@ -104,6 +141,7 @@ impl Misbehave {
                 }
                 Ok(Outcome::next())
             }
+            "escape" => Ok(Outcome::next().with_header("X-Escape", escape(&self.header))),
             other => Err(format!("misbehave: unknown mode {other:?}")),
         }
     }
