@@ -95,6 +95,41 @@ fn loads_describes_and_answers() {
 }
 
 #[test]
+fn plugins_are_called_only_at_the_hooks_they_declare() {
+    let dnsbl = load(
+        "connect_dnsbl",
+        serde_json::json!({"zones": ["bl.example"]}),
+        None,
+    )
+    .unwrap();
+    assert_eq!(dnsbl.handled_points(), ["on_connect"]);
+    let auth = load(
+        "auth_table",
+        serde_json::json!({"users": {"a@y.example": "secret"}}),
+        None,
+    )
+    .unwrap();
+    assert_eq!(auth.handled_points(), ["on_auth"]);
+    // A chain skips an entry at the hooks it does not handle: no instance is made or taken
+    // from the idle pool for it. At its own hook it is called.
+    let dnsbl = Arc::new(dnsbl);
+    let used = || {
+        dnsbl.stats.instances.load(Ordering::Relaxed) + dnsbl.stats.reused.load(Ordering::Relaxed)
+    };
+    let before = used();
+    let chain = HookChain::new(vec![dnsbl.clone()]);
+    assert_eq!(
+        chain.run(&rcpt("b@y.example", None)).verdict,
+        Verdict::Continue
+    );
+    assert_eq!(used(), before);
+    let mut connect = rcpt("", None);
+    connect.point = HookPoint::Connect;
+    chain.run(&connect);
+    assert_eq!(used(), before + 1);
+}
+
+#[test]
 fn the_context_answers_every_fact_and_lends_the_message() {
     let h = load("noop", serde_json::json!({"facts": true}), None).unwrap();
     let mut c = rcpt("b@y.example", None);
