@@ -2,7 +2,7 @@
 //! checks so that clients polling with the same password do not pay for argon2 every time.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
@@ -59,6 +59,9 @@ pub struct CredentialCache {
     key: [u8; 32],
     ttl: Duration,
     entries: Mutex<HashMap<String, CachedCheck>>,
+    /// Password checks running at once: each argon2 check takes tens of milliseconds of CPU
+    /// and a 19 MiB buffer, so a burst of logins waits here instead of allocating gigabytes.
+    checks: tokio::sync::Semaphore,
 }
 
 struct CachedCheck {
@@ -78,7 +81,25 @@ impl CredentialCache {
             key: rand::random(),
             ttl,
             entries: Mutex::new(HashMap::new()),
+            checks: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         }
+    }
+
+    /// [`authenticate_cached`] on the blocking pool, at most one check per CPU at a time.
+    pub async fn verify(
+        self: &Arc<Self>,
+        store: &Store,
+        username: &str,
+        password: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let _permit = self.checks.acquire().await.expect("never closed");
+        let (store, cache) = (store.clone(), self.clone());
+        let (u, p) = (username.to_string(), password.to_string());
+        tokio::task::spawn_blocking(move || authenticate_cached(&store, &cache, &u, &p))
+            .await
+            .map_err(|e| StoreError::Backend(format!("credential check task: {e}")))?
     }
 
     fn mac(&self, address: &str, password: &str) -> [u8; 32] {

@@ -22,6 +22,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Local mail domains (more can be added at run time with `corvus domain add`).
     pub domains: Vec<String>,
+    /// Where mail to `postmaster@` any local domain (and to `<Postmaster>`) goes when no
+    /// account or alias of that name exists (RFC 5321 §4.5.1); unset: the first account of
+    /// the first local domain that has one.
+    pub postmaster: Option<String>,
     /// Listening addresses; a missing key means that listener is off.
     pub listen: Listen,
     /// TLS certificate and key.
@@ -140,6 +144,9 @@ pub struct Tls {
     pub cert: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
+    /// PEM file of extra CA certificates trusted for outbound TLS (the smart host, MX
+    /// delivery's verification record), besides the system's roots. Read at start.
+    pub trust_roots: Option<PathBuf>,
 }
 
 /// DNS resolver settings.
@@ -185,6 +192,9 @@ pub struct Delivery {
 pub struct Smtp {
     /// Largest message accepted, in bytes (advertised with SIZE).
     pub max_message_size: u64,
+    /// Message bytes all SMTP sessions together may hold in memory while receiving; a
+    /// message that finds no room is answered `452 4.3.1` (try again later).
+    pub max_message_memory: u64,
     /// Most recipients in one transaction (advertised as LIMITS RCPTMAX).
     pub max_recipients: usize,
     /// Most transactions in one session (advertised as LIMITS MAILMAX).
@@ -206,10 +216,18 @@ pub struct Smtp {
     pub max_connections: usize,
     /// Connections open at once from one client IP.
     pub max_connections_per_ip: usize,
+    /// SMTP connections (smtp, submission, submissions together) open at once, so SMTP
+    /// cannot take every one of `max_connections`.
+    pub max_smtp_connections: usize,
     /// Bad commands in one session before it is closed.
     pub max_errors: usize,
-    /// Failed AUTH attempts from one IP within `auth_fail_window` before it is refused.
+    /// Failed logins at one account from one IP within `auth_fail_window` before that IP is
+    /// refused for that account (SMTP, IMAP and POP3 together; a success resets only its own
+    /// account's count).
     pub max_auth_failures: u32,
+    /// Failed logins from one IP, at any accounts, within `auth_fail_window` before that IP
+    /// is refused for every account (successes do not reset it).
+    pub max_auth_failures_per_ip: u32,
     /// Window (and back-off) for `max_auth_failures`.
     #[serde(with = "dur")]
     pub auth_fail_window: Duration,
@@ -246,6 +264,9 @@ pub struct Imap {
     pub login_timeout: Duration,
     /// Bad commands in one session before it is closed.
     pub max_errors: usize,
+    /// IMAP connections (imap and imaps together) open at once, so IMAP cannot take every
+    /// one of `smtp.max_connections`.
+    pub max_connections: usize,
     /// Logged-in sessions one user may hold at once, from all addresses together; one more
     /// LOGIN/AUTHENTICATE gets `NO [UNAVAILABLE]`. (Dovecot's `mail_max_userip_connections`
     /// is 10 per user and IP; 20 per user fits a phone, a laptop and a tablet with a few
@@ -262,6 +283,7 @@ impl Default for Imap {
             idle_timeout: Duration::from_secs(30 * 60),
             login_timeout: Duration::from_secs(60),
             max_errors: 20,
+            max_connections: 6_000,
             max_connections_per_user: 20,
         }
     }
@@ -278,8 +300,14 @@ pub struct Pop3 {
     /// (RFC 1939 §3 asks for at least 10 minutes).
     #[serde(with = "dur")]
     pub idle_timeout: Duration,
+    /// Time allowed to log in after connecting, however busy the client is meanwhile.
+    #[serde(with = "dur")]
+    pub login_timeout: Duration,
     /// Bad commands in one session before it is closed.
     pub max_errors: usize,
+    /// POP3 connections (pop3 and pop3s together) open at once, so POP3 cannot take every
+    /// one of `smtp.max_connections`.
+    pub max_connections: usize,
 }
 
 impl Default for Pop3 {
@@ -287,7 +315,9 @@ impl Default for Pop3 {
         Pop3 {
             allow_plaintext_auth: false,
             idle_timeout: Duration::from_secs(600),
+            login_timeout: Duration::from_secs(60),
             max_errors: 10,
+            max_connections: 2_000,
         }
     }
 }
@@ -494,6 +524,7 @@ impl Default for Config {
             hostname: "localhost".into(),
             data_dir: PathBuf::from("./corvus-data"),
             domains: vec!["localhost".into()],
+            postmaster: None,
             listen: Listen::default(),
             tls: Tls::default(),
             dns: Dns::default(),
@@ -535,6 +566,7 @@ impl Default for Smtp {
     fn default() -> Self {
         Smtp {
             max_message_size: 50 * 1024 * 1024,
+            max_message_memory: 512 * 1024 * 1024,
             max_recipients: 100,
             max_messages_per_session: 100,
             max_command_line: 4096,
@@ -544,8 +576,10 @@ impl Default for Smtp {
             session_timeout: Duration::from_secs(1800),
             max_connections: 10_000,
             max_connections_per_ip: 50,
+            max_smtp_connections: 5_000,
             max_errors: 10,
             max_auth_failures: 5,
+            max_auth_failures_per_ip: 10,
             auth_fail_window: Duration::from_secs(300),
             allow_plaintext_auth: false,
             vrfy: false,
@@ -670,6 +704,14 @@ impl Config {
                 }
             }
             (None, None) => {}
+        }
+        if let Some(p) = &self.tls.trust_roots
+            && !p.is_file()
+        {
+            problems.push(format!(
+                "tls.trust_roots: file {} does not exist; fix the path (a PEM file of CA certificates) or remove the key",
+                p.display()
+            ));
         }
         for ns in &self.dns.nameservers {
             if ns.parse::<SocketAddr>().is_err() {

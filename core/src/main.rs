@@ -384,11 +384,12 @@ fn init_logging(config: &Config) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match config.log.format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Plain => builder.init(),
+        LogFormat::Plain => builder.fmt_fields(corvus::logging::SafeFields).init(),
     }
 }
 
 fn main() -> ExitCode {
+    corvus::server::private_umask();
     let cli = Cli::parse();
     match cli.command {
         Command::Script(ScriptCmd::Test(args)) | Command::Plugin(PluginCmd::Test(args)) => {
@@ -448,7 +449,7 @@ fn main() -> ExitCode {
             // Config::load already validated keys, addresses and files; also prove TLS loads
             // and every hook script compiles (one `file:line:column: message` line each).
             let mut bad = false;
-            if let Err(e) = corvus::tls::acceptor(&config) {
+            if let Err(e) = corvus::tls::acceptors(&config) {
                 eprintln!("error: {e}");
                 bad = true;
             }

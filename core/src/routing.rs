@@ -14,10 +14,14 @@ pub fn is_local_domain(
 }
 
 /// Resolve `address` (already `local@domain`): a local route lists the final addresses,
-/// local accounts or forward targets in other domains.
+/// local accounts or forward targets in other domains. `postmaster@` every local domain
+/// exists (RFC 5321 §4.5.1): without an account or alias of that name it goes to
+/// `postmaster` (the config's), else to the first account of the first local domain that has
+/// one.
 pub fn resolve(
     store: &Store,
     config_domains: &[String],
+    postmaster: Option<&str>,
     address: &str,
 ) -> Result<Route, StoreError> {
     let address = address.to_lowercase();
@@ -43,11 +47,41 @@ pub fn resolve(
             )?;
         }
     }
+    if out.is_empty() && local == "postmaster" {
+        match postmaster {
+            Some(p) => expand(store, config_domains, &p.to_lowercase(), 0, &mut out)?,
+            None => {
+                if let Some(first) = first_account(store, config_domains)? {
+                    out.push(first);
+                }
+            }
+        }
+        if out.is_empty()
+            && let Some(p) = postmaster
+        {
+            // A postmaster address elsewhere: forwarded like an alias target.
+            out.push(p.to_lowercase());
+        }
+    }
     Ok(if out.is_empty() {
         Route::UnknownLocal
     } else {
         Route::Local(out)
     })
+}
+
+/// The first account (by address) of the first local domain that has one.
+fn first_account(store: &Store, config_domains: &[String]) -> Result<Option<String>, StoreError> {
+    let mut accounts: Vec<String> = store.accounts()?.into_iter().map(|a| a.address).collect();
+    accounts.sort();
+    let mut domains: Vec<String> = config_domains.iter().map(|d| d.to_lowercase()).collect();
+    domains.extend(store.domains()?);
+    Ok(domains.iter().find_map(|d| {
+        accounts
+            .iter()
+            .find(|a| a.rsplit_once('@').is_some_and(|(_, ad)| ad == d))
+            .cloned()
+    }))
 }
 
 fn expand(

@@ -12,7 +12,6 @@ use hickory_resolver::TokioResolver;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,8 +26,8 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// The store.
     pub store: Store,
-    /// TLS for STARTTLS and implicit TLS.
-    pub tls: TlsAcceptor,
+    /// TLS for STARTTLS and implicit TLS, per protocol (ALPN).
+    pub tls: crate::tls::Acceptors,
     /// Hook chain (built-in policy first, then `[[hooks]]`); swapped by [`reload_hooks`].
     pub hooks: HookChain,
     /// DNS resolver.
@@ -51,14 +50,65 @@ pub struct Shared {
     pub credential_cache: Arc<crate::accounts::CredentialCache>,
     /// SPF/DKIM/DMARC/ARC checks of inbound mail.
     pub sender_auth: crate::sender_auth::SenderAuth,
+    /// Message bytes SMTP sessions may hold in memory at once (`smtp.max_message_memory`).
+    pub message_memory: Arc<crate::memory::MemoryBudget>,
 }
 
 /// Open the store at the configured place, with the error an admin can act on.
 pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("data_dir {}: cannot create", config.data_dir.display()))?;
+    make_private(&config.data_dir)?;
     let store = SledStore::open(&config.store_path())?;
     Ok(Arc::new(store))
+}
+
+/// Files are created readable by their owner only: the store holds every password hash,
+/// the DKIM private keys and all mail. Set once, at the start of every command.
+pub fn private_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
+/// Take group and other permissions off everything under `dir` (and `dir` itself): a
+/// data_dir made by an older Corvus, or copied with a looser umask, had its store
+/// world-readable. Logged when anything changed.
+pub fn make_private(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut fixed = 0usize;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&path)
+            .with_context(|| format!("data_dir: cannot read {}", path.display()))?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o700))
+                .with_context(|| {
+                    format!(
+                        "data_dir: {} is readable by others and cannot be made private; run corvus as its owner or chmod -R go-rwx it",
+                        path.display()
+                    )
+                })?;
+            fixed += 1;
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)
+                .with_context(|| format!("data_dir: cannot list {}", path.display()))?
+            {
+                todo.push(entry?.path());
+            }
+        }
+    }
+    if fixed > 0 {
+        tracing::warn!(
+            data_dir = %dir.display(),
+            fixed,
+            "data_dir: took group and other permissions off files and directories that others could read"
+        );
+    }
+    Ok(())
 }
 
 /// Raise the open-file limit to the hard limit: every connection is a file descriptor, and
@@ -86,7 +136,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("installing the SIGHUP handler")?;
     let config = Arc::new(config);
     let store = open_store(&config)?;
-    let tls = crate::tls::acceptor(&config)?;
+    let tls = crate::tls::acceptors(&config)?;
     let resolver = crate::dns::resolver(&config).map_err(anyhow::Error::msg)?;
     let shutdown = CancellationToken::new();
     let hooks = crate::hooks::build_entries(&config, &store)
@@ -95,11 +145,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         hooks: HookChain::new(hooks),
         auth_throttle: AuthThrottle::new(
             config.smtp.max_auth_failures,
+            config.smtp.max_auth_failures_per_ip,
             config.smtp.auth_fail_window,
         ),
-        conn_limits: ConnLimits::new(
+        conn_limits: ConnLimits::with_protocols(
             config.smtp.max_connections,
             config.smtp.max_connections_per_ip,
+            &[
+                ("smtp", config.smtp.max_smtp_connections),
+                ("imap", config.imap.max_connections),
+                ("pop3", config.pop3.max_connections),
+            ],
         ),
         queue_wakeup: Arc::new(Notify::new()),
         imap_users: Arc::default(),
@@ -114,6 +170,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         resolver,
         fcrdns_cache: Default::default(),
         shutdown: shutdown.clone(),
+        message_memory: crate::memory::MemoryBudget::new(config.smtp.max_message_memory as usize),
     });
 
     let mut bound = Vec::new();
@@ -247,7 +304,7 @@ async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let slot = match shared.conn_limits.acquire(peer.ip()) {
+        let slot = match shared.conn_limits.acquire(peer.ip(), protocol_of(proto)) {
             Ok(s) => s,
             Err(why) => {
                 tracing::info!(%peer, ?why, "connection refused by limits");
@@ -285,10 +342,20 @@ fn session(
     }
 }
 
+/// The protocol a listener serves, as counted by [`ConnLimits`].
+fn protocol_of(listener: &'static str) -> &'static str {
+    match listener {
+        "imap" | "imaps" => "imap",
+        "pop3" | "pop3s" => "pop3",
+        _ => "smtp",
+    }
+}
+
 async fn refuse(mut tcp: TcpStream, proto: &'static str, why: ConnRefused) {
     let text = match why {
         ConnRefused::Total => "too many connections",
         ConnRefused::PerIp => "too many connections from your address",
+        ConnRefused::Protocol => "too many connections to this service",
     };
     let line = match proto {
         "smtp" | "submission" => format!("421 4.7.0 {text}, try again later\r\n"),

@@ -1,5 +1,11 @@
 //! TLS for every listener: load the configured PEM files or generate a self-signed certificate
-//! (rcgen) into `data_dir/tls/` on first start and reuse it afterwards.
+//! (rcgen) into `data_dir/tls/` on first start and reuse it afterwards (a year's validity,
+//! made anew at a start when less than a month is left).
+//!
+//! Each protocol has its own acceptor that announces its ALPN identifier (`smtp`, `imap`,
+//! `pop3`): a client that offers ALPN without that identifier (a browser offering `http/1.1`,
+//! the ALPACA cross-protocol attack) fails the handshake (RFC 7301 §3.2,
+//! `no_application_protocol`); a client that offers no ALPN is served as before.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,8 +45,19 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
     }
 }
 
-/// Build the acceptor shared by every listener.
-pub fn acceptor(config: &Config) -> Result<TlsAcceptor, TlsError> {
+/// The TLS acceptors of the listeners, one per protocol (they differ in ALPN only).
+#[derive(Clone)]
+pub struct Acceptors {
+    /// smtp (STARTTLS), submission (STARTTLS), submissions (implicit TLS).
+    pub smtp: TlsAcceptor,
+    /// imap (STARTTLS), imaps.
+    pub imap: TlsAcceptor,
+    /// pop3 (STLS), pop3s.
+    pub pop3: TlsAcceptor,
+}
+
+/// Build the acceptors from the configured or generated certificate.
+pub fn acceptors(config: &Config) -> Result<Acceptors, TlsError> {
     let (cert, key) = match (&config.tls.cert, &config.tls.key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         _ => self_signed(config)?,
@@ -63,25 +80,74 @@ pub fn acceptor(config: &Config) -> Result<TlsAcceptor, TlsError> {
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key_der)?;
-    Ok(TlsAcceptor::from(Arc::new(server)))
+    let with_alpn = |id: &[u8]| {
+        let mut c = server.clone();
+        c.alpn_protocols = vec![id.to_vec()];
+        TlsAcceptor::from(Arc::new(c))
+    };
+    Ok(Acceptors {
+        smtp: with_alpn(b"smtp"),
+        imap: with_alpn(b"imap"),
+        pop3: with_alpn(b"pop3"),
+    })
 }
 
-/// Paths of the generated certificate, creating it when missing.
+/// Validity of a generated certificate.
+const SELF_SIGNED_DAYS: i64 = 365;
+/// A generated certificate with less than this left is made anew at start.
+const RENEW_DAYS: i64 = 30;
+
+/// Paths of the generated certificate, creating it when missing, when it expires within
+/// [`RENEW_DAYS`], or when it was made by a Corvus that did not record its expiry (those
+/// were valid from 1975 to 4096 and named "rcgen self signed cert").
 fn self_signed(config: &Config) -> Result<(PathBuf, PathBuf), TlsError> {
     let dir = config.data_dir.join("tls");
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
-    if cert.is_file() && key.is_file() {
+    let expires_file = dir.join("cert.expires");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let expires = std::fs::read_to_string(&expires_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok());
+    let fresh = expires.is_some_and(|e| e - now > RENEW_DAYS * 86_400);
+    if cert.is_file() && key.is_file() && fresh {
         return Ok((cert, key));
     }
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let existed = cert.is_file();
     let mut names = vec![config.hostname.clone()];
     names.extend(config.domains.iter().cloned());
     names.dedup();
-    let generated = rcgen::generate_simple_self_signed(names)?;
-    std::fs::write(&cert, generated.cert.pem()).map_err(io(&cert))?;
-    write_private(&key, generated.signing_key.serialize_pem().as_bytes())?;
-    tracing::info!(cert = %cert.display(), "generated a self-signed TLS certificate");
+    let mut params = rcgen::CertificateParams::new(names)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, config.hostname.clone());
+    let not_after = now + SELF_SIGNED_DAYS * 86_400;
+    let at = |secs: i64| {
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    };
+    // A day back, for clients whose clocks run a little behind.
+    params.not_before = at(now - 86_400);
+    params.not_after = at(not_after);
+    let signing_key = rcgen::KeyPair::generate()?;
+    let generated = params.self_signed(&signing_key)?;
+    write_private(&key, signing_key.serialize_pem().as_bytes())?;
+    std::fs::write(&cert, generated.pem()).map_err(io(&cert))?;
+    std::fs::write(&expires_file, format!("{not_after}\n")).map_err(io(&expires_file))?;
+    match expires {
+        None if existed => {
+            tracing::info!(cert = %cert.display(), days = SELF_SIGNED_DAYS, "replaced the old self-signed TLS certificate")
+        }
+        Some(_) => {
+            tracing::info!(cert = %cert.display(), days = SELF_SIGNED_DAYS, "renewed the self-signed TLS certificate")
+        }
+        None => {
+            tracing::info!(cert = %cert.display(), days = SELF_SIGNED_DAYS, "generated a self-signed TLS certificate")
+        }
+    }
     Ok((cert, key))
 }
 
@@ -96,4 +162,43 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
         .open(path)
         .map_err(io(path))?;
     f.write_all(data).map_err(io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificate_is_valid_for_a_year_and_renewed_near_expiry() {
+        let d = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: d.path().to_path_buf(),
+            hostname: "mx.example.org".into(),
+            ..Default::default()
+        };
+        let (cert, _) = self_signed(&config).unwrap();
+        let pem = std::fs::read_to_string(&cert).unwrap();
+        let expires: i64 = std::fs::read_to_string(d.path().join("tls/cert.expires"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!((expires - now - 365 * 86_400).abs() < 60, "{expires} {now}");
+        // Reused while fresh.
+        self_signed(&config).unwrap();
+        assert_eq!(std::fs::read_to_string(&cert).unwrap(), pem);
+        // Made anew when it expires within a month.
+        std::fs::write(
+            d.path().join("tls/cert.expires"),
+            format!("{}", now + 86_400),
+        )
+        .unwrap();
+        self_signed(&config).unwrap();
+        assert_ne!(std::fs::read_to_string(&cert).unwrap(), pem);
+        assert!(acceptors(&config).is_ok());
+    }
 }

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     loop {
-        match frame(rest, usize::MAX, 8192, 65536) {
+        match frame(rest, usize::MAX, 8192, 65536, 1 << 20) {
             Frame::Complete(n) => {
                 assert!(n <= rest.len());
                 let _ = parse(&rest[..n]);

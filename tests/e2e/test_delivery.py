@@ -349,17 +349,77 @@ def test_delay_warning_sent_once(net):
     assert "bob@b.test" in a.run_cli("queue", "list").stdout  # still queued
 
 
-def test_smart_host_with_auth_and_tls(net):
-    """[delivery] relay: everything goes to one host, over STARTTLS, with AUTH PLAIN."""
-    zone, make = net
+def issue_cert(dir, names, ca=None):
+    """A certificate for `names` (PEM files in `dir`): signed by `ca` (the result of an
+    earlier call) or self-signed; returns (cert_path, key_path, (cert, key))."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    dir.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    issuer_cert, issuer_key = ca[2] if ca else (None, key)
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_cert.subject if issuer_cert else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+    )
+    if names[0].startswith("Test CA"):
+        b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        b = b.add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+        )
+    else:
+        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        b = b.add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        b = b.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    cert = b.sign(issuer_key, hashes.SHA256())
+    cert_path, key_path = dir / "cert.pem", dir / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path, (cert, key)
+
+
+def smart_host_sites(zone, make, tmp_path, b_names, trusted):
+    """Site B as a smart host on 127.0.0.2 (name mx.b.test) presenting a certificate for
+    `b_names`, signed by a test CA that A trusts (`trusted`) or self-signed; A relays
+    everything to mx.b.test with AUTH and relay_require_tls."""
+    ca = issue_cert(tmp_path / "ca", ["Test CA"])
+    cert, key, _ = issue_cert(tmp_path / "b-cert", b_names, ca if trusted else None)
     b_port = free_port()
-    b = make("b", ["b.test"], host="127.0.0.2", ports={"submission": b_port})
+    zone.add("mx.b.test", "A", "127.0.0.2")
+    b = make(
+        "b",
+        ["b.test"],
+        host="127.0.0.2",
+        ports={"submission": b_port},
+        extra=f'[tls]\ncert = "{cert}"\nkey = "{key}"\n',
+    )
     b.add_user("relayacct@b.test", PW)
     b.add_user("bob@b.test", PW)
     a = make(
         "a",
         ["a.test"],
-        delivery=f'relay = "127.0.0.2:{b_port}"\nrelay_user = "relayacct@b.test"\nrelay_password = "{PW}"\nrelay_require_tls = true',
+        delivery=f'relay = "mx.b.test:{b_port}"\nrelay_user = "relayacct@b.test"\n'
+        f'relay_password = "{PW}"\nrelay_require_tls = true\nretry = ["1s"]',
+        extra=f'[tls]\ntrust_roots = "{tmp_path / "ca" / "cert.pem"}"\n',
     )
     a.add_user("alice@a.test", PW)
     # The smart host lets its relay account send for other domains.
@@ -367,11 +427,39 @@ def test_smart_host_with_auth_and_tls(net):
     b.write_config()
     b.start()
     a.start()
+    return a, b
+
+
+def test_smart_host_with_auth_and_tls(net, tmp_path):
+    """[delivery] relay: everything goes to one host, over STARTTLS whose certificate is
+    verified (a CA from [tls] trust_roots, the host's name), with AUTH PLAIN."""
+    zone, make = net
+    a, b = smart_host_sites(zone, make, tmp_path, ["mx.b.test"], trusted=True)
     submit(a, "alice@a.test", ["bob@b.test"], b"via smart host\r\n")
     raw = wait_for(lambda: b.stored_messages("bob@b.test"), what="relayed delivery")[0]
     assert b"via smart host" in raw
     assert b"authenticated as relayacct@b.test" in raw
     assert b"TLS" in raw.split(b"\r\n\r\n")[0]
+
+
+@pytest.mark.parametrize("case", ["self-signed", "other-name"])
+def test_smart_host_certificate_is_verified_before_credentials(net, tmp_path, case):
+    """Issue 19 (5): with relay_require_tls, a smart host whose certificate is self-signed,
+    or signed by a trusted CA for another name, gets neither the credentials nor the mail:
+    the message stays queued and the log says why."""
+    zone, make = net
+    names = ["mx.b.test"] if case == "self-signed" else ["other.example"]
+    a, b = smart_host_sites(zone, make, tmp_path, names, trusted=case == "other-name")
+    submit(a, "alice@a.test", ["bob@b.test"], b"must not leave\r\n")
+    wait_for(
+        lambda: "certificate not verified" in a.logs(),
+        what="the verification failure in A's log",
+    )
+    time.sleep(2)  # a retry or two
+    assert b.mailboxes("bob@b.test")["INBOX"] == 0
+    # B saw TLS handshakes fail, never an AUTH (its log records every authentication).
+    assert "authenticated" not in b.logs() and "authentication failed" not in b.logs()
+    assert "bob@b.test" in a.run_cli("queue", "list").stdout
 
 
 def test_per_recipient_results_and_dsn_parameters(net):

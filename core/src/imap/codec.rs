@@ -33,7 +33,15 @@ pub enum Frame {
 }
 
 /// Scan `buf` for a whole command. `acked` counts literals already answered with `+`.
-pub fn frame(buf: &[u8], acked: usize, max_line: usize, max_literal: u64) -> Frame {
+/// `max_literal` bounds each literal and `max_command` the whole command (lines and literals
+/// together), so chained literals cannot add up past it.
+pub fn frame(
+    buf: &[u8],
+    acked: usize,
+    max_line: usize,
+    max_literal: u64,
+    max_command: u64,
+) -> Frame {
     let mut pos = 0;
     let mut literals = 0;
     loop {
@@ -54,7 +62,8 @@ pub fn frame(buf: &[u8], acked: usize, max_line: usize, max_literal: u64) -> Fra
         let Some((size, nonsync)) = literal_suffix(line) else {
             return Frame::Complete(nl + 1);
         };
-        if size > max_literal {
+        let start = nl + 1;
+        if size > max_literal || (start as u64).saturating_add(size) > max_command {
             let tag = buf
                 .split(|&b| b == b' ')
                 .next()
@@ -66,7 +75,6 @@ pub fn frame(buf: &[u8], acked: usize, max_line: usize, max_literal: u64) -> Fra
                 end: nl + 1,
             };
         }
-        let start = nl + 1;
         if (buf.len() as u64) < start as u64 + size {
             return Frame::NeedMore {
                 continuation: !nonsync && literals >= acked,
@@ -91,14 +99,15 @@ fn literal_suffix(line: &[u8]) -> Option<(u64, bool)> {
     } else {
         false
     };
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(digits)
+    // A size past u64 is still a literal announcement: a too big one.
+    let n = std::str::from_utf8(digits)
         .ok()?
         .parse()
-        .ok()
-        .map(|n| (n, nonsync))
+        .unwrap_or(u64::MAX);
+    Some((n, nonsync))
 }
 
 /// A parse failure: the tag (if readable) and the text for `BAD`.
@@ -232,7 +241,7 @@ impl<'a> Cursor<'a> {
         self.expect(b'}')?;
         self.eat(b'\r');
         self.expect(b'\n')?;
-        if self.b.len() < self.p + n {
+        if self.p.checked_add(n).is_none_or(|end| self.b.len() < end) {
             return Err("literal shorter than announced".into());
         }
         let v = self.b[self.p..self.p + n].to_vec();
@@ -1133,29 +1142,29 @@ mod tests {
 
     #[test]
     fn framing_with_literals() {
-        assert_eq!(frame(b"a NOOP\r\n", 0, 100, 100), Frame::Complete(8));
+        assert_eq!(frame(b"a NOOP\r\n", 0, 100, 100, 1000), Frame::Complete(8));
         assert_eq!(
-            frame(b"a LOGIN {5}\r\n", 0, 100, 100),
+            frame(b"a LOGIN {5}\r\n", 0, 100, 100, 1000),
             Frame::NeedMore { continuation: true }
         );
         assert_eq!(
-            frame(b"a LOGIN {5}\r\n", 1, 100, 100),
+            frame(b"a LOGIN {5}\r\n", 1, 100, 100, 1000),
             Frame::NeedMore {
                 continuation: false
             }
         );
         assert_eq!(
-            frame(b"a LOGIN {5+}\r\n", 0, 100, 100),
+            frame(b"a LOGIN {5+}\r\n", 0, 100, 100, 1000),
             Frame::NeedMore {
                 continuation: false
             }
         );
         assert_eq!(
-            frame(b"a LOGIN {5}\r\nalice {3}\r\npwd\r\n", 2, 100, 100),
+            frame(b"a LOGIN {5}\r\nalice {3}\r\npwd\r\n", 2, 100, 100, 1000),
             Frame::Complete(29)
         );
         assert!(matches!(
-            frame(b"a APPEND x {999}\r\n", 0, 100, 100),
+            frame(b"a APPEND x {999}\r\n", 0, 100, 100, 1000),
             Frame::LiteralTooBig {
                 end: 18,
                 nonsync: false,
@@ -1164,14 +1173,47 @@ mod tests {
         ));
         // Too large in a later line: the whole command so far is to be dropped.
         assert_eq!(
-            frame(b"b LOGIN {3}\r\nabc {999}\r\nc NOOP\r\n", 1, 100, 100),
+            frame(b"b LOGIN {3}\r\nabc {999}\r\nc NOOP\r\n", 1, 100, 100, 1000),
             Frame::LiteralTooBig {
                 tag: "b".into(),
                 nonsync: false,
                 end: 24
             }
         );
-        assert_eq!(frame(&[b'x'; 200], 0, 100, 100), Frame::LineTooLong);
+        assert_eq!(frame(&[b'x'; 200], 0, 100, 100, 1000), Frame::LineTooLong);
+    }
+
+    #[test]
+    fn huge_literal_sizes_are_refused() {
+        // Past u64 (it used to be no literal at all, and the parser's `p + n` overflowed).
+        for line in [
+            &b"c LOGIN {18446744073709551615}\r\n"[..],
+            b"c LOGIN {99999999999999999999}\r\n",
+            b"c LOGIN {99999999999999999999+}\r\n",
+        ] {
+            assert!(
+                matches!(frame(line, 0, 100, 100, 1000), Frame::LiteralTooBig { .. }),
+                "{line:?}"
+            );
+        }
+        assert!(parse(b"c LOGIN {18446744073709551615}\r\nab\r\n").is_err());
+        // The whole command is capped, chained literals included.
+        let chained = b"a LOGIN {60}\r\n";
+        assert!(matches!(
+            frame(chained, 0, 100, 100, 50),
+            Frame::LiteralTooBig { .. }
+        ));
+        let mut two = b"a LOGIN {40+}\r\n".to_vec();
+        two.extend_from_slice(&[b'x'; 40]);
+        two.extend_from_slice(b" {40+}\r\n");
+        assert!(matches!(
+            frame(&two, 0, 100, 100, 80),
+            Frame::LiteralTooBig { nonsync: true, .. }
+        ));
+        assert!(matches!(
+            frame(&two, 0, 100, 100, 200),
+            Frame::NeedMore { .. }
+        ));
     }
 
     #[test]

@@ -29,6 +29,13 @@ use crate::net::Stream;
 use crate::server::Shared;
 use crate::store::{FlagOp, Mailbox, MailboxEvent, MessageMeta, Placement, StoreError};
 
+/// Output buffered before the session waits for the client to read it: FETCH responses
+/// and pipelined commands are rendered at most this far ahead of the socket.
+const OUT_HIGH: usize = 256 * 1024;
+
+/// Largest literal before login (a user name or a password in a literal).
+const LOGIN_LITERAL_MAX: u64 = 8 * 1024;
+
 const SYSTEM_FLAGS: &str = "\\Answered \\Flagged \\Deleted \\Seen \\Draft";
 
 struct Selected {
@@ -66,6 +73,8 @@ struct Session {
     pending: Pending,
     dirty: bool,
     logout: bool,
+    /// A write failed or timed out: the client is gone, nothing more is rendered for it.
+    broken: bool,
     starttls: bool,
     /// This session's slot among its user's `imap.max_connections_per_user`; released when
     /// the session is dropped, however it ends.
@@ -107,7 +116,8 @@ pub async fn serve(
     let span =
         tracing::info_span!("imap", session = %crate::net::session_id(), peer = %peer, listener);
     async move {
-        let Some(stream) = crate::net::accept_stream(tcp, implicit_tls, &shared.tls).await else {
+        let Some(stream) = crate::net::accept_stream(tcp, implicit_tls, &shared.tls.imap).await
+        else {
             return;
         };
         let mut s = Session {
@@ -129,6 +139,7 @@ pub async fn serve(
             pending: Pending::None,
             dirty: false,
             logout: false,
+            broken: false,
             starttls: false,
             _user_slot: None,
         };
@@ -223,13 +234,38 @@ impl Session {
         self.out.extend_from_slice(b"\r\n");
     }
 
+    /// Write what is buffered, waiting for the client to take it (back-pressure). A write
+    /// that fails, or makes no progress for `imap.idle_timeout`, ends the session: the output
+    /// is dropped and [`Self::broken`] set, so no command renders more for a vanished client.
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
-            self.stream.flush().await?;
+        if self.broken {
             self.out.clear();
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        if !self.out.is_empty() {
+            let timeout = self.shared.config.imap.idle_timeout;
+            let written = tokio::time::timeout(timeout, async {
+                self.stream.write_all(&self.out).await?;
+                self.stream.flush().await
+            })
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+            self.out.clear();
+            if self.out.capacity() > OUT_HIGH * 2 {
+                // One big FETCH must not leave its buffer with an idle session.
+                self.out = Vec::with_capacity(4096);
+            }
+            if let Err(e) = written {
+                self.broken = true;
+                return Err(e);
+            }
         }
         Ok(())
+    }
+
+    /// Write out the buffer once it holds [`OUT_HIGH`] bytes; false when the client is gone.
+    async fn drain_output(&mut self) -> bool {
+        !self.broken && (self.out.len() < OUT_HIGH || self.flush().await.is_ok())
     }
 
     async fn run(&mut self) -> std::io::Result<()> {
@@ -249,7 +285,7 @@ impl Session {
                 self.starttls = false;
                 self.flush().await?;
                 self.inbuf.clear();
-                if !self.stream.start_tls(&self.shared.tls).await {
+                if !self.stream.start_tls(&self.shared.tls.imap).await {
                     return Ok(());
                 }
                 continue;
@@ -336,7 +372,20 @@ impl Session {
                 continue;
             }
             let cfg = &self.shared.config.imap;
-            match frame(&self.inbuf, self.acked, cfg.max_line, cfg.max_literal) {
+            // Before login a command needs no more than a user name and a password: small
+            // literals, and one command no longer than a line (chained literals included).
+            let (max_literal, max_command) = if self.user.is_none() {
+                (LOGIN_LITERAL_MAX, cfg.max_line as u64)
+            } else {
+                (cfg.max_literal, cfg.max_literal + cfg.max_line as u64)
+            };
+            match frame(
+                &self.inbuf,
+                self.acked,
+                cfg.max_line,
+                max_literal,
+                max_command,
+            ) {
                 Frame::NeedMore { continuation } => {
                     if continuation {
                         self.out.extend_from_slice(b"+ Ready for literal data\r\n");
@@ -367,7 +416,14 @@ impl Session {
                     let bytes: Vec<u8> = self.inbuf.drain(..n).collect();
                     self.acked = 0;
                     match parse(&bytes) {
-                        Ok(t) => self.command(t).await,
+                        Ok(t) => {
+                            drop(bytes);
+                            self.command(t).await;
+                            // Pipelined commands wait for the client to read earlier answers.
+                            if !self.drain_output().await {
+                                return Err(std::io::ErrorKind::BrokenPipe.into());
+                            }
+                        }
                         Err(e) if e.is_no() => {
                             self.out.extend_from_slice(
                                 format!("{} NO {}\r\n", e.tag, e.text).as_bytes(),
@@ -634,21 +690,19 @@ impl Session {
 
     async fn login(&mut self, user: String, pass: String, mech: &str) -> CmdResult {
         let ip = self.peer.ip();
-        if self.shared.auth_throttle.blocked(ip) {
+        let Ok(attempt) = self.shared.auth_throttle.begin(ip, &user).await else {
+            tracing::info!(user = %user, "login refused: too many failures");
             return Err(no("[UNAVAILABLE] Too many failed logins, try again later"));
-        }
-        let store = self.shared.store.clone();
-        let cache = self.shared.credential_cache.clone();
-        let (u, p) = (user.clone(), pass.clone());
-        // Cached like POP3: clients log in again and again, and every argon2 check costs
-        // tens of milliseconds of CPU and a 19 MiB buffer (which the allocator keeps).
-        let valid = tokio::task::spawn_blocking(move || {
-            accounts::authenticate_cached(&store, &cache, &u, &p)
-        })
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .flatten();
+        };
+        // Cached: clients log in again and again, and every argon2 check costs tens of
+        // milliseconds of CPU and a 19 MiB buffer (which the allocator keeps).
+        let valid = self
+            .shared
+            .credential_cache
+            .verify(&self.shared.store, &user, &pass)
+            .await
+            .ok()
+            .flatten();
         let mut ctx = HookCtx::new(HookPoint::Auth, "imap", ip);
         ctx.tls = self.stream.is_tls();
         ctx.credentials = Some((user.clone(), pass, mech.to_string()));
@@ -669,7 +723,7 @@ impl Session {
         };
         match account {
             Some(a) => {
-                self.shared.auth_throttle.succeed(ip);
+                attempt.succeed();
                 let max = self.shared.config.imap.max_connections_per_user;
                 match self.shared.imap_users.acquire(&a, max) {
                     Ok(slot) => self._user_slot = Some(slot),
@@ -686,7 +740,7 @@ impl Session {
                 Ok(format!("[CAPABILITY {}] Logged in", self.capabilities()))
             }
             None => {
-                self.shared.auth_throttle.fail(ip);
+                attempt.fail();
                 tracing::info!(user = %user, "login failed");
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 Err(no("[AUTHENTICATIONFAILED] Invalid credentials"))
@@ -706,6 +760,9 @@ impl Session {
         let user = String::from_utf8_lossy(parts[1]).into_owned();
         let pass = String::from_utf8_lossy(parts[2]).into_owned();
         if !authz.is_empty() && !authz.eq_ignore_ascii_case(&user) {
+            if let Ok(attempt) = self.shared.auth_throttle.begin(self.peer.ip(), &user).await {
+                attempt.fail();
+            }
             return Err(no("[AUTHORIZATIONFAILED] Proxy authentication not allowed"));
         }
         self.login(user, pass, "PLAIN").await
@@ -1588,8 +1645,8 @@ impl Session {
             );
             failed |= cte_failed;
             self.out.extend_from_slice(&line);
-            if self.out.len() > 256 * 1024 {
-                let _ = self.flush().await;
+            if !self.drain_output().await {
+                return Err(no("[UNAVAILABLE] The client stopped reading"));
             }
         }
         // The other messages were served; NO says some were not (RFC 9051 §6.4.5).

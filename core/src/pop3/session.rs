@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -16,7 +17,7 @@ use super::codec::{
     parse_command, write_message,
 };
 use super::maildrop::{Maildrop, MaildropLock};
-use crate::accounts;
+
 use crate::hooks::{HookCtx, HookPoint, Verdict};
 use crate::net::Stream;
 use crate::server::Shared;
@@ -76,7 +77,8 @@ pub async fn serve(
     let span =
         tracing::info_span!("pop3", session = %crate::net::session_id(), peer = %peer, listener);
     async move {
-        let Some(stream) = crate::net::accept_stream(tcp, implicit_tls, &shared.tls).await else {
+        let Some(stream) = crate::net::accept_stream(tcp, implicit_tls, &shared.tls.pop3).await
+        else {
             return;
         };
         let mut s = Session {
@@ -133,6 +135,9 @@ impl Session {
         // No APOP timestamp: APOP is not offered (RFC 1939 §7 makes it optional).
         self.reply(Response::ok("Corvus POP3 server ready"));
         let idle = self.shared.config.pop3.idle_timeout;
+        // Until a login succeeds the whole session has this long (a client trickling a
+        // byte at a time is not idle, but it is not logging in either).
+        let login_by = Instant::now() + self.shared.config.pop3.login_timeout;
         loop {
             match self.process_input().await? {
                 Flow::Continue => {}
@@ -142,7 +147,7 @@ impl Session {
                     // RFC 2595 §4 / RFC 3207 §4.2 by analogy: nothing pipelined behind STLS
                     // may be acted on once TLS is up.
                     self.inbuf.clear();
-                    if !self.stream.start_tls(&self.shared.tls).await {
+                    if !self.stream.start_tls(&self.shared.tls.pop3).await {
                         return Ok(());
                     }
                     self.state = State::Authorization { user: None };
@@ -151,8 +156,13 @@ impl Session {
             }
             self.flush().await?;
             let waiting_for_command = self.inbuf.is_empty();
+            let until = if matches!(self.state, State::Transaction(_)) {
+                Instant::now() + idle
+            } else {
+                (Instant::now() + idle).min(login_by)
+            };
             let read = tokio::select! {
-                r = tokio::time::timeout(idle, self.stream.read_more(&mut self.inbuf)) => r,
+                r = tokio::time::timeout_at(until.into(), self.stream.read_more(&mut self.inbuf)) => r,
                 _ = self.shared.shutdown.cancelled(), if waiting_for_command => {
                     // No UPDATE state: marks are dropped, nothing is deleted.
                     self.reply(Response::err_code(RespCode::SysTemp, "Server shutting down, try again later"));
@@ -164,6 +174,17 @@ impl Session {
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e),
+                Err(_)
+                    if !matches!(self.state, State::Transaction(_))
+                        && Instant::now() >= login_by =>
+                {
+                    tracing::info!("login timeout");
+                    self.reply(Response::err_code(
+                        RespCode::SysTemp,
+                        "Login timeout, closing",
+                    ));
+                    return self.flush().await;
+                }
                 Err(_) => {
                     // RFC 1939 §3: on the autologout timer, close without UPDATE and without
                     // a response.
@@ -530,7 +551,14 @@ impl Session {
         };
         if !authz.is_empty() && !authz.eq_ignore_ascii_case(user) {
             // No proxy logins: acting as another user is not offered.
-            return self.auth_failed(user);
+            let Ok(attempt) = self.shared.auth_throttle.begin(self.peer.ip(), user).await else {
+                self.reply(Response::err_code(
+                    RespCode::SysTemp,
+                    "Too many failed logins from your address, try again later",
+                ));
+                return Flow::Close;
+            };
+            return self.auth_failed(attempt, user);
         }
         self.login(user.to_string(), pass.to_string(), "PLAIN")
             .await
@@ -539,33 +567,26 @@ impl Session {
     /// Check credentials, lock and snapshot the maildrop, and enter TRANSACTION.
     async fn login(&mut self, user: String, pass: String, mech: &'static str) -> Flow {
         let ip = self.peer.ip();
-        if self.shared.auth_throttle.blocked(ip) {
+        let Ok(attempt) = self.shared.auth_throttle.begin(ip, &user).await else {
             // Not [AUTH]: the credentials may be right; the address is cooling down.
+            tracing::info!(user = %user, "login refused: too many failures");
             self.reply(Response::err_code(
                 RespCode::SysTemp,
                 "Too many failed logins from your address, try again later",
             ));
             return Flow::Close;
-        }
-        let store = self.shared.store.clone();
-        let cache = self.shared.credential_cache.clone();
-        let (u, p) = (user.clone(), pass.clone());
-        let checked = tokio::task::spawn_blocking(move || {
-            accounts::authenticate_cached(&store, &cache, &u, &p)
-        })
-        .await;
-        let valid = match checked {
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "credential check failed");
-                self.reply(Response::err_code(
-                    RespCode::SysTemp,
-                    "Cannot check credentials now, try again later",
-                ));
-                return Flow::Continue;
-            }
+        };
+        let valid = match self
+            .shared
+            .credential_cache
+            .verify(&self.shared.store, &user, &pass)
+            .await
+        {
+            Ok(v) => v,
             Err(e) => {
-                tracing::error!(error = %e, "credential check task failed");
+                // Not the client's failure: the attempt is settled without counting.
+                attempt.succeed();
+                tracing::error!(error = %e, "credential check failed");
                 self.reply(Response::err_code(
                     RespCode::SysTemp,
                     "Cannot check credentials now, try again later",
@@ -587,19 +608,20 @@ impl Session {
             .await
             {
                 Some(a) => a,
-                None => return self.auth_failed(&user),
+                None => return self.auth_failed(attempt, &user),
             },
             Verdict::Continue => match valid {
                 Some(a) => a,
-                None => return self.auth_failed(&user),
+                None => return self.auth_failed(attempt, &user),
             },
             Verdict::Tempfail { text, .. } => {
+                attempt.succeed();
                 self.reply(Response::err_code(RespCode::SysTemp, text));
                 return Flow::Continue;
             }
-            _ => return self.auth_failed(&user),
+            _ => return self.auth_failed(attempt, &user),
         };
-        self.shared.auth_throttle.succeed(ip);
+        attempt.succeed();
 
         // RFC 1939 §4: the maildrop is locked for the whole TRANSACTION state.
         let Some(lock) = self.shared.maildrop_locks.try_lock(&account) else {
@@ -666,9 +688,9 @@ impl Session {
     }
 
     /// A refused login: count it against the client's address, close once it is throttled.
-    fn auth_failed(&mut self, user: &str) -> Flow {
+    fn auth_failed(&mut self, attempt: crate::net::AuthAttempt, user: &str) -> Flow {
         tracing::info!(user = %user, "authentication failed");
-        if self.shared.auth_throttle.fail(self.peer.ip()) {
+        if attempt.fail() {
             self.reply(Response::err_code(
                 RespCode::Auth,
                 "Authentication failed; too many failures from your address, closing",
@@ -782,6 +804,7 @@ mod tests {
     //! install (the e2e suite cannot configure a fetch hook yet).
 
     use super::*;
+    use crate::accounts;
     use crate::config::Config;
     use crate::hooks::{Actions, HookChain, HookEngine, HookError};
     use crate::net::{AuthThrottle, ConnLimits};
@@ -836,17 +859,18 @@ mod tests {
             store.deliver(msg.as_bytes(), 0, &to).unwrap();
         }
         let shared = Arc::new(Shared {
-            tls: crate::tls::acceptor(&config).unwrap(),
+            tls: crate::tls::acceptors(&config).unwrap(),
             resolver: crate::dns::resolver(&config).unwrap(),
             fcrdns_cache: Default::default(),
             hooks: HookChain::new(vec![Arc::new(FetchPolicy)]),
-            auth_throttle: AuthThrottle::new(5, Duration::from_secs(60)),
+            auth_throttle: AuthThrottle::new(5, 10, Duration::from_secs(60)),
             conn_limits: ConnLimits::new(10, 10),
             queue_wakeup: Arc::default(),
             imap_users: Arc::default(),
             maildrop_locks: Arc::default(),
             credential_cache: Arc::new(accounts::CredentialCache::new(Duration::from_secs(60))),
             shutdown: Default::default(),
+            message_memory: crate::memory::MemoryBudget::new(1 << 30),
             sender_auth: crate::sender_auth::SenderAuth::new(
                 &config,
                 crate::dns::resolver(&config).unwrap(),

@@ -72,6 +72,8 @@ pub struct Client {
     pub extensions: Vec<String>,
     /// What happened with TLS, for logs and Received-style notes.
     pub tls: String,
+    /// TLS is up and the server's certificate was verified for its name.
+    pub verified: bool,
     peer: SocketAddr,
 }
 
@@ -120,23 +122,79 @@ impl ServerCertVerifier for Opportunistic {
     }
 }
 
-fn tls_connector(verified: Arc<AtomicBool>) -> Result<TlsConnector, ClientError> {
+/// The roots outbound TLS is verified against: the compiled-in Mozilla set, the system's
+/// bundle (`/etc/ssl/certs/ca-certificates.crt`, or `SSL_CERT_FILE`) and `[tls] trust_roots`.
+/// Read once, at the first outbound connection.
+fn roots(trust_roots: Option<&std::path::Path>) -> Arc<rustls::RootCertStore> {
+    static ROOTS: std::sync::OnceLock<Arc<rustls::RootCertStore>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            let system = std::env::var_os("SSL_CERT_FILE")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+            for path in std::iter::once(system.as_path()).chain(trust_roots) {
+                let Ok(pem) = std::fs::read(path) else {
+                    if Some(path) == trust_roots {
+                        tracing::error!(path = %path.display(), "tls.trust_roots: cannot read the file; its roots are not trusted");
+                    }
+                    continue;
+                };
+                let mut reader = pem.as_slice();
+                let certs = rustls_pemfile::certs(&mut reader).filter_map(Result::ok);
+                let (added, ignored) = roots.add_parsable_certificates(certs);
+                tracing::debug!(path = %path.display(), added, ignored, "outbound TLS roots");
+            }
+            Arc::new(roots)
+        })
+        .clone()
+}
+
+fn tls_connector(
+    verified: Arc<AtomicBool>,
+    trust_roots: Option<&std::path::Path>,
+    strict: bool,
+) -> Result<TlsConnector, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        Arc::new(roots),
+        roots(trust_roots),
         provider.clone(),
     )
     .build()
     .map_err(|e| ClientError::Io(e.to_string()))?;
-    let config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Io(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Opportunistic { inner, verified }))
-        .with_no_client_auth();
+        .map_err(|e| ClientError::Io(e.to_string()))?;
+    let config = if strict {
+        // The handshake fails unless the chain leads to a trusted root and names the host.
+        verified.store(true, Ordering::Relaxed);
+        builder.with_webpki_verifier(inner).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Opportunistic { inner, verified }))
+            .with_no_client_auth()
+    };
     Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// How an outbound connection uses TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy<'a> {
+    /// STARTTLS when offered; the certificate is checked and the result only recorded
+    /// (RFC 7435), as for MX delivery.
+    Opportunistic {
+        /// `[tls] trust_roots`.
+        trust_roots: Option<&'a std::path::Path>,
+    },
+    /// STARTTLS required and the certificate verified against the trusted roots and the
+    /// host name, or no mail (and no credentials) is sent: the smart host with
+    /// `relay_require_tls`.
+    Verified {
+        /// `[tls] trust_roots`.
+        trust_roots: Option<&'a std::path::Path>,
+    },
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -149,13 +207,18 @@ const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Client {
     /// Connect, read the greeting, EHLO (or HELO), and upgrade with STARTTLS when offered.
-    /// `require_tls` refuses to go on without TLS (smart host setting).
+    /// [`TlsPolicy::Verified`] refuses to go on without TLS and a verified certificate for
+    /// `server_name` (smart host setting).
     pub async fn connect(
         addr: SocketAddr,
         helo: &str,
         server_name: &str,
-        require_tls: bool,
+        policy: TlsPolicy<'_>,
     ) -> Result<Client, ClientError> {
+        let (require_tls, trust_roots) = match policy {
+            TlsPolicy::Opportunistic { trust_roots } => (false, trust_roots),
+            TlsPolicy::Verified { trust_roots } => (true, trust_roots),
+        };
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| ClientError::Io(format!("connect to {addr} timed out")))?
@@ -166,6 +229,7 @@ impl Client {
             buf: Vec::new(),
             extensions: Vec::new(),
             tls: "none".into(),
+            verified: false,
             peer: addr,
         };
         let greet = c.read_reply(GREETING_TIMEOUT).await?;
@@ -177,7 +241,7 @@ impl Client {
             let r = c.command("STARTTLS", COMMAND_TIMEOUT).await?;
             if r.ok() {
                 let verified = Arc::new(AtomicBool::new(false));
-                let connector = tls_connector(verified.clone())?;
+                let connector = tls_connector(verified.clone(), trust_roots, require_tls)?;
                 let name = ServerName::try_from(server_name.to_string())
                     .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
                 let Some(Conn::Plain(tcp)) = c.conn.take() else {
@@ -186,16 +250,26 @@ impl Client {
                 let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
                     .await
                     .map_err(|_| ClientError::Io("TLS handshake timed out".into()))?
-                    .map_err(|e| ClientError::Io(format!("TLS handshake: {e}")))?;
+                    .map_err(|e| {
+                        if require_tls {
+                            ClientError::Io(format!(
+                                "TLS handshake with {server_name} failed, certificate not verified \
+                                 (trusted: system roots and tls.trust_roots): {e}"
+                            ))
+                        } else {
+                            ClientError::Io(format!("TLS handshake: {e}"))
+                        }
+                    })?;
                 let version = tls
                     .get_ref()
                     .1
                     .protocol_version()
                     .map(|v| format!("{v:?}"))
                     .unwrap_or_default();
+                c.verified = verified.load(Ordering::Relaxed);
                 c.tls = format!(
                     "{version} ({})",
-                    if verified.load(Ordering::Relaxed) {
+                    if c.verified {
                         "verified"
                     } else {
                         "certificate not verified"

@@ -80,14 +80,17 @@ pub fn build(
         .unwrap_or_default()
         .to_rfc2822();
     let mut status = format!("Reporting-MTA: dns; {hostname}\r\n");
+    // Checked at MAIL/RCPT (RFC 3461: printable US-ASCII); entries queued before that check
+    // still cannot break a field: control characters become spaces.
+    let field = |v: &str| v.replace(|c: char| c.is_control(), " ");
     if let Some(envid) = &entry.envid {
-        status.push_str(&format!("Original-Envelope-Id: {envid}\r\n"));
+        status.push_str(&format!("Original-Envelope-Id: {}\r\n", field(envid)));
     }
     status.push_str(&format!("Arrival-Date: {arrival}\r\n"));
     for s in statuses {
         status.push_str("\r\n");
         if let Some(o) = &s.rcpt.orcpt {
-            status.push_str(&format!("Original-Recipient: {o}\r\n"));
+            status.push_str(&format!("Original-Recipient: {}\r\n", field(o)));
         }
         status.push_str(&format!(
             "Final-Recipient: rfc822; {}\r\nAction: {}\r\nStatus: {}\r\n",

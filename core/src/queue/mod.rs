@@ -17,7 +17,7 @@ use crate::dns::{MxRoute, host_addresses, mx_hosts};
 use crate::hooks::{HookCtx, HookPoint, Verdict};
 use crate::server::Shared;
 use crate::store::{Placement, QueueEntry, QueueRcpt, StoreError};
-use client::{Client, ClientError, RemoteReply};
+use client::{Client, ClientError, RemoteReply, TlsPolicy};
 use dsn::RcptStatus;
 
 /// Outcome for one recipient of one attempt.
@@ -311,13 +311,13 @@ async fn deliver_domain(
             let connected = match reused {
                 Some(c) => Ok(c),
                 None => {
-                    Client::connect(
-                        addr,
-                        &shared.config.hostname,
-                        host,
-                        relay && cfg.relay_require_tls,
-                    )
-                    .await
+                    let trust_roots = shared.config.tls.trust_roots.as_deref();
+                    let policy = if relay && cfg.relay_require_tls {
+                        TlsPolicy::Verified { trust_roots }
+                    } else {
+                        TlsPolicy::Opportunistic { trust_roots }
+                    };
+                    Client::connect(addr, &shared.config.hostname, host, policy).await
                 }
             };
             let mut client = match connected {
@@ -332,6 +332,18 @@ async fn deliver_domain(
                 }
             };
             tracing::debug!(host, %ip, tls = %client.tls, reused = !fresh, "connected");
+            if fresh && relay && cfg.relay_user.is_some() && !client.verified {
+                // Credentials go only over TLS whose certificate names the smart host.
+                last_error = format!(
+                    "{host}: not sending the relay credentials: the connection is not TLS with a \
+                     verified certificate ({}); set relay_require_tls, fix the certificate, or \
+                     add its CA to tls.trust_roots",
+                    client.tls
+                );
+                tracing::error!(host, %ip, tls = %client.tls, "smart host: credentials not sent over an unverified connection");
+                client.quit().await;
+                continue;
+            }
             if fresh
                 && relay
                 && let (Some(u), Some(p)) = (&cfg.relay_user, &cfg.relay_password)
@@ -464,8 +476,13 @@ fn perm_reply(r: &RemoteReply, host: &str) -> Outcome {
 fn deliver_local(shared: &Arc<Shared>, rcpts: &[QueueRcpt], message: &[u8]) -> Vec<Outcome> {
     rcpts
         .iter()
-        .map(
-            |r| match crate::routing::resolve(&shared.store, &shared.config.domains, &r.address) {
+        .map(|r| {
+            match crate::routing::resolve(
+                &shared.store,
+                &shared.config.domains,
+                shared.config.postmaster.as_deref(),
+                &r.address,
+            ) {
                 Ok(crate::hooks::Route::Local(targets)) => {
                     let placements: Vec<Placement> = targets
                         .iter()
@@ -487,8 +504,8 @@ fn deliver_local(shared: &Arc<Shared>, rcpts: &[QueueRcpt], message: &[u8]) -> V
                     remote: None,
                 },
                 Err(e) => Outcome::Temp(e.to_string()),
-            },
-        )
+            }
+        })
         .collect()
 }
 
@@ -601,9 +618,12 @@ async fn finish(
 
 /// Deliver a bounce: into the sender's INBOX when local, else into the queue with `<>`.
 fn send_bounce(shared: &Arc<Shared>, to: &str, bounce: &[u8]) -> Result<(), StoreError> {
-    if let Ok(crate::hooks::Route::Local(targets)) =
-        crate::routing::resolve(&shared.store, &shared.config.domains, to)
-    {
+    if let Ok(crate::hooks::Route::Local(targets)) = crate::routing::resolve(
+        &shared.store,
+        &shared.config.domains,
+        shared.config.postmaster.as_deref(),
+        to,
+    ) {
         let placements: Vec<Placement> = targets
             .iter()
             .filter(|t| shared.store.account(t).ok().flatten().is_some())

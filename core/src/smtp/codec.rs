@@ -405,8 +405,13 @@ fn parse_mail_params(s: &str) -> Result<MailParams, SyntaxError> {
                 p.ret = Some(v.to_ascii_uppercase());
             }
             ("ENVID", Some(v)) => {
-                p.envid =
-                    Some(xtext_decode(v).ok_or(SyntaxError::Args("ENVID is not valid xtext"))?)
+                // RFC 3461 §4.4: printable (graphic) US-ASCII, at most 100 characters.
+                let envid = xtext_decode(v)
+                    .filter(|e| e.len() <= 100 && e.bytes().all(|b| b.is_ascii_graphic()))
+                    .ok_or(SyntaxError::Args(
+                        "ENVID must be xtext of printable US-ASCII (RFC 3461 4.4)",
+                    ))?;
+                p.envid = Some(envid)
             }
             ("AUTH", Some(v)) => p.auth = Some(v.to_string()),
             _ => return Err(SyntaxError::Param(param.into())),
@@ -436,8 +441,23 @@ fn parse_rcpt_params(s: &str) -> Result<RcptParams, SyntaxError> {
                 let (kind, addr) = v
                     .split_once(';')
                     .ok_or(SyntaxError::Args("ORCPT must be type;address"))?;
-                let addr =
-                    xtext_decode(addr).ok_or(SyntaxError::Args("ORCPT is not valid xtext"))?;
+                // RFC 3461 §4.2: an atom for the type, and an address of printable US-ASCII
+                // (a quoted local part may hold spaces; nothing else below 0x21).
+                let addr = xtext_decode(addr)
+                    .filter(|a| !a.is_empty() && a.bytes().all(|b| (0x20..0x7f).contains(&b)))
+                    .ok_or(SyntaxError::Args(
+                        "ORCPT must be xtext of printable US-ASCII (RFC 3461 4.2)",
+                    ))?;
+                let atom = |k: &str| {
+                    !k.is_empty()
+                        && k.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+                };
+                if !atom(kind) {
+                    return Err(SyntaxError::Args(
+                        "ORCPT type must be an atom such as rfc822",
+                    ));
+                }
                 p.orcpt = Some(format!("{kind};{addr}"));
             }
             _ => return Err(SyntaxError::Param(param.into())),
@@ -446,7 +466,8 @@ fn parse_rcpt_params(s: &str) -> Result<RcptParams, SyntaxError> {
     Ok(p)
 }
 
-/// Decode RFC 3461 xtext (`+XX` hex escapes).
+/// Decode RFC 3461 xtext (`+XX` hex escapes; every other character `!` to `~` but `+` and
+/// `=`). What the escapes decode to is for the caller to check.
 pub fn xtext_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -454,8 +475,13 @@ pub fn xtext_decode(s: &str) -> Option<String> {
     while i < b.len() {
         if b[i] == b'+' {
             let hex = s.get(i + 1..i + 3)?;
+            if !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
+                return None;
+            }
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
+        } else if !b[i].is_ascii_graphic() || b[i] == b'=' {
+            return None;
         } else {
             out.push(b[i]);
             i += 1;
@@ -467,6 +493,32 @@ pub fn xtext_decode(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dsn_xtext_cannot_carry_control_characters() {
+        for bad in [
+            "MAIL FROM:<a@b.test> ENVID=x+0D+0AReporting-MTA:+20dns;evil",
+            "MAIL FROM:<a@b.test> ENVID=x+00",
+            "MAIL FROM:<a@b.test> ENVID=a+20b",
+            "MAIL FROM:<a@b.test> ENVID=a=b",
+        ] {
+            assert!(parse_command(bad.as_bytes()).is_err(), "{bad}");
+        }
+        for bad in [
+            "RCPT TO:<a@b.test> ORCPT=rfc822;a+0D+0AAction:+20delivered@b.test",
+            "RCPT TO:<a@b.test> ORCPT=rfc822;a+7F@b.test",
+            "RCPT TO:<a@b.test> ORCPT=rfc+0A822;a@b.test",
+            "RCPT TO:<a@b.test> ORCPT=rfc822;a+zz@b.test",
+        ] {
+            assert!(parse_command(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let ok = parse_command(b"MAIL FROM:<a@b.test> ENVID=QQ+2B314").unwrap();
+        assert!(matches!(ok, Command::Mail(_, p) if p.envid.as_deref() == Some("QQ+314")));
+        let ok = parse_command(b"RCPT TO:<a@b.test> ORCPT=rfc822;\"a+20b\"@b.test").unwrap();
+        assert!(
+            matches!(ok, Command::Rcpt(_, p) if p.orcpt.as_deref() == Some("rfc822;\"a b\"@b.test"))
+        );
+    }
 
     fn addr(l: &str, d: &str) -> Address {
         Address {

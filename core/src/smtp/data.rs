@@ -1,9 +1,14 @@
 //! The DATA receiver (RFC 5321 §4.1.1.4, §4.5.2), sans I/O: feed bytes, get the message with
 //! dot-stuffing undone once `CRLF.CRLF` is seen.
 //!
-//! Only `<CRLF>.<CRLF>` ends the data (RFC 5321 §4.1.1.4); a `.` line ended by a bare LF does
-//! not, so `\n.\n` cannot split one message into two ("SMTP smuggling"). Bare LF / bare CR
-//! are recorded so the session can refuse the message (RFC 5321 §2.3.8) or store it with CRLF.
+//! Only `<CRLF>.<CRLF>` ends the data (RFC 5321 §4.1.1.4), and both CRLFs must be real: a `.`
+//! line ended by a bare LF or CR, or one that follows a line ended by a bare LF
+//! (`<LF>.<CRLF>`, the receiver side of CVE-2023-51766), is message content. So no mix of
+//! bare LF, bare CR and NUL can split one message into two ("SMTP smuggling") here or at a
+//! next hop that reads line ends more loosely: bare LF / bare CR are recorded so the session
+//! refuses the message (RFC 5321 §2.3.8) or stores it with every line ending in CRLF, and NUL
+//! bytes are recorded so the message is refused (a NUL-stripping next hop could see an end
+//! of data that we did not).
 
 /// What went wrong with the data, reported after the end of data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +19,10 @@ pub enum DataProblem {
     LineTooLong,
     /// A bare LF or bare CR was seen.
     BareNewline,
+    /// A NUL byte was seen.
+    Nul,
+    /// The server-wide budget of message memory had no room ([`DataReceiver::stop_keeping`]).
+    NoMemory,
 }
 
 /// Incremental DATA decoder.
@@ -27,6 +36,10 @@ pub struct DataReceiver {
     too_big: bool,
     too_long: bool,
     bare: bool,
+    nul: bool,
+    no_memory: bool,
+    /// The previous line ended with a real CRLF (the DATA command's line counts as one).
+    after_crlf: bool,
     /// Total bytes received (for SIZE accounting even after storage stops).
     received: u64,
 }
@@ -51,6 +64,9 @@ impl DataReceiver {
             too_big: false,
             too_long: false,
             bare: false,
+            nul: false,
+            no_memory: false,
+            after_crlf: true,
             received: 0,
         }
     }
@@ -75,29 +91,41 @@ impl DataReceiver {
             self.received += nl as u64 + 1;
             if self.skipping {
                 self.skipping = false;
+                self.after_crlf = raw.ends_with(b"\r");
                 continue;
             }
             let (line, crlf) = match raw.strip_suffix(b"\r") {
                 Some(l) => (l, true),
                 None => (raw, false),
             };
-            if crlf && line == b"." {
+            let after_crlf = std::mem::replace(&mut self.after_crlf, crlf);
+            if crlf && after_crlf && line == b"." {
                 return Feed::Done(pos);
             }
             if !crlf || memchr::memchr(b'\r', line).is_some() {
                 self.flag(DataProblem::BareNewline);
+            }
+            if memchr::memchr(0, line).is_some() {
+                self.flag(DataProblem::Nul);
             }
             if line.len() + 2 > self.max_line {
                 self.flag(DataProblem::LineTooLong);
             }
             // RFC 5321 §4.5.2: remove one leading dot.
             let line = line.strip_prefix(b".").unwrap_or(line);
+            if self.no_memory {
+                continue;
+            }
             if self.message.len() + line.len() + 2 > self.max_size {
                 self.flag(DataProblem::TooBig);
                 continue;
             }
-            self.message.extend_from_slice(line);
-            self.message.extend_from_slice(b"\r\n");
+            // A bare CR inside the line ends a line of its own in the stored form: every
+            // stored line ends in CRLF (the next hop sees the same lines we did).
+            for piece in line.split(|&b| b == b'\r') {
+                self.message.extend_from_slice(piece);
+                self.message.extend_from_slice(b"\r\n");
+            }
         }
         Feed::More(pos)
     }
@@ -107,6 +135,8 @@ impl DataReceiver {
             DataProblem::TooBig => self.too_big = true,
             DataProblem::LineTooLong => self.too_long = true,
             DataProblem::BareNewline => self.bare = true,
+            DataProblem::Nul => self.nul = true,
+            DataProblem::NoMemory => self.no_memory = true,
         }
     }
 
@@ -117,6 +147,10 @@ impl DataReceiver {
             Err(DataProblem::TooBig)
         } else if self.too_long {
             Err(DataProblem::LineTooLong)
+        } else if self.no_memory {
+            Err(DataProblem::NoMemory)
+        } else if self.nul {
+            Err(DataProblem::Nul)
         } else if self.bare && !allow_bare {
             Err(DataProblem::BareNewline)
         } else {
@@ -129,10 +163,66 @@ impl DataReceiver {
         self.finish_with(false)
     }
 
+    /// Bytes of memory the message holds (its buffer's capacity).
+    pub fn kept(&self) -> usize {
+        self.message.capacity()
+    }
+
+    /// Keep no more of the message, and free what was kept: the data is still read to its
+    /// end, and [`Self::finish_with`] reports [`DataProblem::NoMemory`].
+    pub fn stop_keeping(&mut self) {
+        self.flag(DataProblem::NoMemory);
+        self.message = Vec::new();
+    }
+
     /// Bytes received so far.
     pub fn received(&self) -> u64 {
         self.received
     }
+}
+
+/// A BDAT message (RFC 3030: counted chunks, no end-of-data line) under the same rules as
+/// DATA: NUL refused; bare LF / bare CR refused, or with `allow_bare` every line end made CRLF,
+/// so what we store or relay has the lines we saw.
+pub fn check_chunked(message: Vec<u8>, allow_bare: bool) -> Result<Vec<u8>, DataProblem> {
+    if memchr::memchr(0, &message).is_some() {
+        return Err(DataProblem::Nul);
+    }
+    let bare = {
+        let mut bare = false;
+        for i in memchr::memchr2_iter(b'\r', b'\n', &message) {
+            let ok = match message[i] {
+                b'\r' => message.get(i + 1) == Some(&b'\n'),
+                _ => i > 0 && message[i - 1] == b'\r',
+            };
+            if !ok {
+                bare = true;
+                break;
+            }
+        }
+        bare
+    };
+    if !bare {
+        return Ok(message);
+    }
+    if !allow_bare {
+        return Err(DataProblem::BareNewline);
+    }
+    let mut out = Vec::with_capacity(message.len() + message.len() / 32);
+    let mut i = 0;
+    while i < message.len() {
+        match message[i] {
+            b'\r' if message.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 2;
+                continue;
+            }
+            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -172,6 +262,90 @@ mod tests {
     fn bare_lf_dot_does_not_end_data() {
         let (m, _) = run(b"a\r\n\n.\nMAIL FROM:<x@y>\r\n.\r\n", 5);
         assert_eq!(m, Err(DataProblem::BareNewline));
+    }
+
+    /// Every variant of an end-of-data line that a loose reader might accept: none ends the
+    /// data, so what follows is message content, not commands; only the real `CRLF.CRLF` at
+    /// the end does. Refused by default, and with `allow_bare` stored with CRLF line ends only.
+    #[test]
+    fn no_smuggling_variant_ends_data() {
+        const VARIANTS: &[&[u8]] = &[
+            b"\n.\n",
+            b"\n.\r",
+            b"\r.\n",
+            b"\r.\r",
+            b"\n.\r\n",
+            b"\r.\r\n",
+            b"\r\n.\n",
+            b"\r\n.\r",
+            b"\r\n.\r\r\n",
+            b"\r\r\n.\r\r\n",
+            b"\r\n\0.\r\n",
+            b"\r\n.\0\r\n",
+        ];
+        let tail: &[u8] = b"MAIL FROM:<ceo@evil.test>\r\nRCPT TO:<b@x>\r\nDATA\r\n\
+            Subject: smuggled\r\n\r\nx\r\n.\r\n";
+        for v in VARIANTS {
+            let mut input = b"Subject: a\r\n\r\nhi".to_vec();
+            input.extend_from_slice(v);
+            input.extend_from_slice(tail);
+            for chunk in [1, 3, 1000] {
+                let (m, n) = run(&input, chunk);
+                assert_eq!(n, input.len(), "{v:?}: ended early");
+                let nul = v.contains(&0);
+                let want = if nul {
+                    DataProblem::Nul
+                } else {
+                    DataProblem::BareNewline
+                };
+                assert_eq!(m, Err(want), "{v:?}");
+            }
+            if v.contains(&0) {
+                continue;
+            }
+            // Normalized: every line ends in CRLF, so no next hop sees another end.
+            let mut r = DataReceiver::new(1 << 20, 1000);
+            assert_eq!(r.feed(&input), Feed::Done(input.len()));
+            let m = r.finish_with(true).unwrap();
+            for (i, &b) in m.iter().enumerate() {
+                match b {
+                    b'\r' => assert_eq!(m.get(i + 1), Some(&b'\n'), "{v:?}: {m:?}"),
+                    b'\n' => assert_eq!(m[i - 1], b'\r', "{v:?}: {m:?}"),
+                    _ => {}
+                }
+            }
+            assert!(m.ends_with(b"x\r\n"), "{v:?}: {m:?}");
+        }
+    }
+
+    #[test]
+    fn a_real_crlf_before_the_dot_ends_data() {
+        // A bare CR earlier on the line does not make the CRLF after it any less real.
+        let (m, n) = run(b"a\r\r\n.\r\nQUIT\r\n", 2);
+        assert_eq!(n, 7);
+        assert_eq!(m, Err(DataProblem::BareNewline));
+        let (m, n) = run(b".\r\n", 1);
+        assert_eq!((m.unwrap(), n), (Vec::new(), 3));
+    }
+
+    #[test]
+    fn chunked_messages_follow_the_same_rules() {
+        assert_eq!(
+            check_chunked(b"a\r\nb\r\n".to_vec(), false).unwrap(),
+            b"a\r\nb\r\n"
+        );
+        assert_eq!(
+            check_chunked(b"a\n.\r\nb".to_vec(), false),
+            Err(DataProblem::BareNewline)
+        );
+        assert_eq!(
+            check_chunked(b"a\r\n\0.\r\n".to_vec(), true),
+            Err(DataProblem::Nul)
+        );
+        assert_eq!(
+            check_chunked(b"a\n.\rb\r\n".to_vec(), true).unwrap(),
+            b"a\r\n.\r\nb\r\n"
+        );
     }
 
     #[test]

@@ -86,7 +86,10 @@ struct Session {
     user: Option<String>,
     tx: Option<Transaction>,
     bdat: Option<Vec<u8>>,
-    bdat_too_big: bool,
+    /// What already makes the BDAT message unacceptable (too big, no memory).
+    bdat_problem: Option<DataProblem>,
+    /// This session's share of the server-wide message memory (`smtp.max_message_memory`).
+    memory: crate::memory::Reservation,
     errors: usize,
     messages: usize,
     discard_line: bool,
@@ -108,7 +111,8 @@ pub async fn serve(
     let span =
         tracing::info_span!("smtp", session = %crate::net::session_id(), peer = %peer, listener);
     async move {
-        let Some(stream) = crate::net::accept_stream(tcp, implicit_tls, &shared.tls).await else {
+        let Some(stream) = crate::net::accept_stream(tcp, implicit_tls, &shared.tls.smtp).await
+        else {
             return;
         };
         // A recent client's FCrDNS result is at hand; otherwise the lookups start now and run
@@ -120,6 +124,7 @@ pub async fn serve(
             tokio::spawn(async move { shared.fcrdns_cache.check(&shared.resolver, ip).await })
         });
         let deadline = Instant::now() + shared.config.smtp.session_timeout;
+        let memory = crate::memory::Reservation::new(&shared.message_memory);
         let mut s = Session {
             shared,
             stream,
@@ -133,7 +138,8 @@ pub async fn serve(
             user: None,
             tx: None,
             bdat: None,
-            bdat_too_big: false,
+            bdat_problem: None,
+            memory,
             errors: 0,
             messages: 0,
             discard_line: false,
@@ -268,7 +274,7 @@ impl Session {
                     self.flush().await?;
                     // RFC 3207 §4.2: discard anything pipelined behind STARTTLS.
                     self.inbuf.clear();
-                    if !self.stream.start_tls(&self.shared.tls).await {
+                    if !self.stream.start_tls(&self.shared.tls.smtp).await {
                         return Ok(());
                     }
                     // RFC 3207 §4.2: forget everything learnt before TLS.
@@ -317,6 +323,14 @@ impl Session {
                 State::Data(rx) => match rx.feed(&self.inbuf) {
                     Feed::More(n) => {
                         self.inbuf.drain(..n);
+                        if !self.memory.cover(rx.kept()) {
+                            tracing::warn!(
+                                held = self.shared.message_memory.used(),
+                                "smtp.max_message_memory reached: message refused with 452"
+                            );
+                            rx.stop_keeping();
+                            self.memory.release();
+                        }
                         return Ok(Flow::Continue);
                     }
                     Feed::Done(n) => {
@@ -328,6 +342,7 @@ impl Session {
                         let allow_bare = self.shared.config.smtp.bare_lf == BareLfPolicy::Normalize;
                         let result = rx.finish_with(allow_bare);
                         let reply = self.end_of_data(result).await;
+                        self.memory.release();
                         self.reply(reply);
                         if self.shared.shutdown.is_cancelled() {
                             let r = Reply::shutting_down(self.host());
@@ -345,11 +360,20 @@ impl Session {
                     let (last, discard) = (*last, *discard);
                     *remaining -= take as u64;
                     let done = *remaining == 0;
-                    if !discard {
+                    if !discard && self.bdat_problem.is_none() {
                         let max = self.shared.config.smtp.max_message_size as usize;
                         let buf = self.bdat.get_or_insert_with(Vec::new);
                         if buf.len() + take > max {
-                            self.bdat_too_big = true;
+                            self.bdat_problem = Some(DataProblem::TooBig);
+                            *buf = Vec::new();
+                        } else if !self.memory.cover(buf.len() + take) {
+                            tracing::warn!(
+                                held = self.shared.message_memory.used(),
+                                "smtp.max_message_memory reached: message refused with 452"
+                            );
+                            self.bdat_problem = Some(DataProblem::NoMemory);
+                            *buf = Vec::new();
+                            self.memory.release();
                         } else {
                             buf.extend_from_slice(&self.inbuf[..take]);
                         }
@@ -363,12 +387,16 @@ impl Session {
                         Reply::bad_sequence("BDAT chunk discarded: no valid transaction")
                     } else if last {
                         let msg = self.bdat.take().unwrap_or_default();
-                        let result = if std::mem::take(&mut self.bdat_too_big) {
-                            Err(DataProblem::TooBig)
+                        let result = if let Some(p) = self.bdat_problem.take() {
+                            Err(p)
                         } else {
-                            Ok(msg)
+                            let allow_bare =
+                                self.shared.config.smtp.bare_lf == BareLfPolicy::Normalize;
+                            super::data::check_chunked(msg, allow_bare)
                         };
-                        self.end_of_data(result).await
+                        let r = self.end_of_data(result).await;
+                        self.memory.release();
+                        r
                     } else {
                         let n = self.bdat.as_ref().map(|b| b.len()).unwrap_or(0);
                         Reply::new(250, "2.0.0", format!("{n} octets received"))
@@ -499,7 +527,8 @@ impl Session {
                     self.bdat = Some(Vec::new());
                 }
                 if size > self.shared.config.smtp.max_message_size {
-                    self.bdat_too_big = true;
+                    self.bdat_problem = Some(DataProblem::TooBig);
+                    self.bdat = None;
                 }
                 if size == 0 {
                     self.state = State::Bdat {
@@ -519,7 +548,8 @@ impl Session {
             Command::Rset => {
                 self.tx = None;
                 self.bdat = None;
-                self.bdat_too_big = false;
+                self.bdat_problem = None;
+                self.memory.release();
                 self.reply(Reply::ok());
                 Flow::Continue
             }
@@ -598,7 +628,6 @@ impl Session {
             "SMTPUTF8".into(),
             "ENHANCEDSTATUSCODES".into(),
             "CHUNKING".into(),
-            "BINARYMIME".into(),
             "DSN".into(),
             format!(
                 "LIMITS RCPTMAX={} MAILMAX={}",
@@ -647,6 +676,23 @@ impl Session {
         let max = self.shared.config.smtp.max_message_size;
         if params.size.is_some_and(|s| s > max) {
             self.reply(Reply::too_big(max));
+            return Flow::Continue;
+        }
+        if params
+            .size
+            .is_some_and(|s| !self.shared.message_memory.has_room(s as usize))
+        {
+            self.reply(Reply::new(
+                452,
+                "4.3.1",
+                "Insufficient system storage for a message of that size now, try again later",
+            ));
+            return Flow::Continue;
+        }
+        if params.body == Some(Body::BinaryMime) {
+            // Not offered: a binary body could not be kept NUL-free and CRLF-only for IMAP
+            // and for a next hop (RFC 3030 §3 needs BINARYMIME at every hop).
+            self.reply(Reply::new(555, "5.5.4", "BODY=BINARYMIME is not supported"));
             return Flow::Continue;
         }
         if from.is_utf8() && !params.smtputf8 {
@@ -814,7 +860,13 @@ impl Session {
     }
 
     fn resolve(&self, address: &str) -> Result<Route, Reply> {
-        routing::resolve(&self.shared.store, &self.shared.config.domains, address).map_err(|e| {
+        routing::resolve(
+            &self.shared.store,
+            &self.shared.config.domains,
+            self.shared.config.postmaster.as_deref(),
+            address,
+        )
+        .map_err(|e| {
             tracing::error!(error = %e, "recipient lookup failed");
             Reply::local_error()
         })
@@ -946,7 +998,10 @@ impl Session {
                 }
             },
             AuthStep::LoginPass(user) => match decode_b64(&text) {
-                Some(p) => self.check_credentials(user, p, "LOGIN").await,
+                Some(p) => match self.admit(&user).await {
+                    Some(attempt) => self.check_credentials(attempt, user, p, "LOGIN").await,
+                    None => Flow::Close,
+                },
                 None => {
                     self.reply(Reply::new(501, "5.5.2", "Invalid base64"));
                     Flow::Continue
@@ -973,26 +1028,46 @@ impl Session {
         let authz = String::from_utf8_lossy(parts[0]).to_string();
         let user = String::from_utf8_lossy(parts[1]).to_string();
         let pass = String::from_utf8_lossy(parts[2]).to_string();
+        let Some(attempt) = self.admit(&user).await else {
+            return Flow::Close;
+        };
         if !authz.is_empty() && !authz.eq_ignore_ascii_case(&user) {
             tracing::info!(user = %user, authz = %authz, "authentication failed: authzid differs");
-            return self.auth_failed();
+            return self.auth_failed(attempt);
         }
-        self.check_credentials(user, pass, "PLAIN").await
+        self.check_credentials(attempt, user, pass, "PLAIN").await
     }
 
-    async fn check_credentials(&mut self, user: String, pass: String, mech: &str) -> Flow {
-        let store = self.shared.store.clone();
-        let cache = self.shared.credential_cache.clone();
-        let (u, p) = (user.clone(), pass.clone());
-        // Cached like POP3: clients log in again and again, and every argon2 check costs
-        // tens of milliseconds of CPU and a 19 MiB buffer (which the allocator keeps).
-        let valid = tokio::task::spawn_blocking(move || {
-            accounts::authenticate_cached(&store, &cache, &u, &p)
-        })
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .flatten();
+    /// Admit an authentication attempt at `user` (net::AuthThrottle), or answer 421 and close.
+    async fn admit(&mut self, user: &str) -> Option<crate::net::AuthAttempt> {
+        match self.shared.auth_throttle.begin(self.peer.ip(), user).await {
+            Ok(a) => Some(a),
+            Err(_) => {
+                tracing::info!(user = %user, "authentication refused: too many failures");
+                self.reply(Reply::new(
+                    421,
+                    "4.7.0",
+                    "Too many failed authentications, try again later",
+                ));
+                None
+            }
+        }
+    }
+
+    async fn check_credentials(
+        &mut self,
+        attempt: crate::net::AuthAttempt,
+        user: String,
+        pass: String,
+        mech: &str,
+    ) -> Flow {
+        let valid = self
+            .shared
+            .credential_cache
+            .verify(&self.shared.store, &user, &pass)
+            .await
+            .ok()
+            .flatten();
         let mut ctx = self.ctx(HookPoint::Auth);
         ctx.credentials = Some((user.clone(), pass, mech.to_string()));
         ctx.credentials_valid = valid.is_some();
@@ -1013,24 +1088,25 @@ impl Session {
         match accepted {
             Some(account) => {
                 tracing::info!(user = %account, mech, "authenticated");
-                self.shared.auth_throttle.succeed(self.peer.ip());
+                attempt.succeed();
                 self.user = Some(account);
                 self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
                 Flow::Continue
             }
             None => {
                 tracing::info!(user = %user, mech, "authentication failed");
-                self.auth_failed()
+                self.auth_failed(attempt)
             }
         }
     }
 
-    /// Answer a failed AUTH with 535 and count it; once the client's IP reaches the limit,
-    /// add 421 and close (every failure path, so the client always learns why).
-    fn auth_failed(&mut self) -> Flow {
-        self.shared.auth_throttle.fail(self.peer.ip());
+    /// Answer a failed AUTH with 535 and count it; once the client's IP (or this account from
+    /// it) reaches the limit, add 421 and close (every failure path, so the client always
+    /// learns why).
+    fn auth_failed(&mut self, attempt: crate::net::AuthAttempt) -> Flow {
+        let blocked = attempt.fail();
         self.reply(Reply::auth_failed());
-        if self.shared.auth_throttle.blocked(self.peer.ip()) {
+        if blocked {
             self.reply(Reply::new(
                 421,
                 "4.7.0",
@@ -1068,6 +1144,16 @@ impl Session {
                     550,
                     "5.6.0",
                     "Bare LF or CR in message; lines must end with CRLF (RFC 5321 2.3.8)",
+                );
+            }
+            Err(DataProblem::Nul) => {
+                return Reply::new(550, "5.6.0", "NUL bytes are not allowed in a message");
+            }
+            Err(DataProblem::NoMemory) => {
+                return Reply::new(
+                    452,
+                    "4.3.1",
+                    "Insufficient system storage: too many messages in transit, try again later",
                 );
             }
         };
@@ -1307,7 +1393,7 @@ impl Session {
     }
 
     fn received_header(&self, tx: &Transaction, queue_id: &str, fcrdns: &Fcrdns) -> String {
-        let helo = self.helo.clone().unwrap_or_default();
+        let helo = received_from(self.helo.as_deref().unwrap_or_default());
         let ptr = match fcrdns {
             Fcrdns::Pass(n) => n.clone(),
             Fcrdns::Mismatch(n) => format!("{n} (forward lookup mismatch)"),
@@ -1351,6 +1437,44 @@ impl Session {
             })
             .collect()
     }
+}
+
+/// The `from` part of a Received header for a HELO/EHLO argument: a domain or an address
+/// literal as it is; anything else as `unknown (helo=…)` with `(`, `)` and `\` escaped
+/// (RFC 5322 §3.2.2 quoted-pairs), so the client cannot close our comment and forge its own
+/// "(name [address])".
+fn received_from(helo: &str) -> String {
+    let domain = |d: &str| {
+        !d.is_empty()
+            && d.len() <= 255
+            && d.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    };
+    let literal = |d: &str| {
+        d.strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .is_some_and(|ip| {
+                ip.parse::<std::net::Ipv4Addr>().is_ok()
+                    || ip.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("IPv6:"))
+                        && ip[5..].parse::<std::net::Ipv6Addr>().is_ok()
+            })
+    };
+    let helo = helo.trim_end_matches('.');
+    if domain(helo) || literal(helo) {
+        return helo.to_string();
+    }
+    let mut escaped = String::with_capacity(helo.len() + 8);
+    for c in helo.chars() {
+        if matches!(c, '(' | ')' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    format!("unknown (helo={escaped})")
 }
 
 /// The message with hook-added header fields in front (invalid names are skipped).
@@ -1431,5 +1555,23 @@ pub fn verdict_reply(code: u16, text: &str, default_enhanced: &str) -> Reply {
         Reply::new(code, first, it.next().unwrap_or("").to_string())
     } else {
         Reply::new(code, default_enhanced, text.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::received_from;
+
+    #[test]
+    fn received_from_cannot_forge_a_comment() {
+        assert_eq!(received_from("mail.example.org"), "mail.example.org");
+        assert_eq!(received_from("[192.0.2.1]"), "[192.0.2.1]");
+        assert_eq!(received_from("[IPv6:2001:db8::1]"), "[IPv6:2001:db8::1]");
+        assert_eq!(
+            received_from("x (trusted.example [10.0.0.1])"),
+            "unknown (helo=x \\(trusted.example [10.0.0.1]\\))"
+        );
+        assert_eq!(received_from("a\\)b"), "unknown (helo=a\\\\\\)b)");
+        assert_eq!(received_from(""), "unknown (helo=)");
     }
 }
