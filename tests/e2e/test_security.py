@@ -98,6 +98,57 @@ def test_simultaneous_guesses_are_checked_against_the_limit(server_with):
     assert results.count("throttled") == 40, results
 
 
+def vm_rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_a_burst_of_logins_does_not_allocate_a_hash_buffer_each(corvus_factory):
+    """48 simultaneous first logins (no cached check) over four accounts: argon2 checks run
+    one per CPU at a time (each needs a 19 MiB buffer; the audit saw ~630 MiB kept after 48),
+    and every login succeeds."""
+    srv = corvus_factory(listeners=("smtp", "imaps"))
+    users = [f"u{i}@example.org" for i in range(4)]
+    for u in users:
+        srv.add_user(u)
+    srv.start()
+    base = vm_rss_kb(srv.proc.pid)
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], vm_rss_kb(srv.proc.pid))
+            time.sleep(0.02)
+
+    results = []
+    lock = threading.Lock()
+
+    def login(user):
+        m = imaplib.IMAP4_SSL("127.0.0.1", srv.ports["imaps"], ssl_context=tls_context())
+        try:
+            typ, _ = m.login(user, PASSWORD)
+        except imaplib.IMAP4.error as e:
+            typ = str(e)
+        m.logout()
+        with lock:
+            results.append(typ)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    threads = [threading.Thread(target=login, args=(users[i % 4],)) for i in range(48)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    done.set()
+    sampler.join()
+    assert results.count("OK") == 48, results
+    growth_mib = (peak[0] - base) / 1024
+    print(f"48 simultaneous logins: VmRSS {base / 1024:.0f} MiB, peak growth {growth_mib:.0f} MiB")
+    assert growth_mib < 200, growth_mib
+
+
 # --- 6. private data files -------------------------------------------------------------------
 
 
