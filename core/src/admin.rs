@@ -21,6 +21,10 @@ pub enum AdminCommand {
         address: String,
         /// Plain password (hashed by the receiving side).
         password: String,
+        /// Make the address's domain local when it is not (otherwise refused: a typo would
+        /// capture that domain's outbound mail).
+        #[serde(default)]
+        create_domain: bool,
     },
     /// Delete an account and its mail.
     UserDel {
@@ -163,7 +167,11 @@ pub fn execute_with_progress(
     progress: &mut dyn FnMut(&str),
 ) -> Result<String, AdminError> {
     let out = match cmd {
-        AdminCommand::UserAdd { address, password } => {
+        AdminCommand::UserAdd {
+            address,
+            password,
+            create_domain,
+        } => {
             check_address(&address)?;
             if password.is_empty() {
                 return Err(AdminError::Usage("the password must not be empty".into()));
@@ -178,6 +186,13 @@ pub fn execute_with_progress(
                 .any(|d| d.eq_ignore_ascii_case(&domain))
                 && !store.domains()?.contains(&domain)
             {
+                if !create_domain {
+                    return Err(AdminError::Usage(format!(
+                        "{domain} is not a local domain, and an account there would make it one: \
+                         mail to every {domain} address would then stay here instead of leaving. \
+                         Check the address, or add --create-domain (or `corvus domain add {domain}` first)"
+                    )));
+                }
                 store.add_domain(&domain)?;
                 note = format!(" (domain {domain} added as local)");
             }

@@ -233,6 +233,14 @@ pub struct Smtp {
     pub auth_fail_window: Duration,
     /// Offer AUTH on connections without TLS (off: AUTH needs STARTTLS or implicit TLS).
     pub allow_plaintext_auth: bool,
+    /// Client networks that may relay without AUTH, as Postfix's `mynetworks`: printers and
+    /// applications on a LAN (`["10.0.0.0/8", "192.0.2.7"]`). Empty by default: localhost
+    /// gets nothing either. Every other client still needs AUTH to send elsewhere.
+    pub relay_networks: Vec<String>,
+    /// Offer AUTH on the `smtp` (port 25) listener too. Off: AUTH belongs on submission; an
+    /// MX that takes AUTH is a password-guessing target, and a session authenticated there
+    /// relays.
+    pub auth_on_smtp: bool,
     /// Answer VRFY with 250/550 for local users; off answers 252 to everything.
     pub vrfy: bool,
     /// Let an authenticated user send with any MAIL FROM, not only its own addresses.
@@ -243,6 +251,30 @@ pub struct Smtp {
     /// Bare LF or bare CR inside DATA: "reject" (550 5.6.0, RFC 5321 §2.3.8) or "normalize"
     /// (store as CRLF).
     pub bare_lf: BareLfPolicy,
+}
+
+/// A network of `smtp.relay_networks`: `10.0.0.0/8`, `2001:db8::/32` or one address.
+fn parse_network(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+impl Smtp {
+    /// Whether `ip` is in `relay_networks` (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn in_relay_networks(&self, ip: std::net::IpAddr) -> bool {
+        if self.relay_networks.is_empty() {
+            return false;
+        }
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.relay_networks
+            .iter()
+            .filter_map(|n| parse_network(n))
+            .any(|n| n.contains(&ip))
+    }
 }
 
 /// IMAP server behaviour and limits.
@@ -580,6 +612,8 @@ impl Default for Smtp {
             max_errors: 10,
             max_auth_failures: 5,
             max_auth_failures_per_ip: 10,
+            auth_on_smtp: false,
+            relay_networks: Vec::new(),
             auth_fail_window: Duration::from_secs(300),
             allow_plaintext_auth: false,
             vrfy: false,
@@ -645,7 +679,14 @@ impl Config {
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(problems)
+            // "file: key: what is wrong", like the parse errors above.
+            Err(match file {
+                Some(f) => problems
+                    .into_iter()
+                    .map(|p| format!("{}: {p}", f.display()))
+                    .collect(),
+                None => problems,
+            })
         }
     }
 
@@ -704,6 +745,13 @@ impl Config {
                 }
             }
             (None, None) => {}
+        }
+        for n in &self.smtp.relay_networks {
+            if parse_network(n).is_none() {
+                problems.push(format!(
+                    "smtp.relay_networks: {n:?} is not a network; write an address with a prefix length such as \"10.0.0.0/8\", or one address"
+                ));
+            }
         }
         if let Some(p) = &self.tls.trust_roots
             && !p.is_file()
@@ -968,12 +1016,12 @@ mod tests {
         let errs = Config::load(Some(&p)).unwrap_err();
         assert!(
             errs.iter()
-                .any(|e| e.starts_with("listen.smtp: \"nonsense\"")),
+                .any(|e| e.contains(".toml: listen.smtp: \"nonsense\"")),
             "{errs:?}"
         );
         assert!(
             errs.iter()
-                .any(|e| e.starts_with("tls.cert: file /nope/c.pem")),
+                .any(|e| e.contains(".toml: tls.cert: file /nope/c.pem")),
             "{errs:?}"
         );
     }
@@ -1054,7 +1102,7 @@ mod tests {
         assert!(e[0].contains("onerror"), "{e:?}");
         let p = write(d.path(), "[[hooks]]\nscript = \"scripts/missing.rhai\"\n");
         let e = Config::load(Some(&p)).unwrap_err();
-        assert!(e[0].starts_with("hooks[0].script: file"), "{e:?}");
+        assert!(e[0].contains(".toml: hooks[0].script: file"), "{e:?}");
         let p = write(
             d.path(),
             "[[hooks]]\nscript = \"scripts/a.rhai\"\non_error = \"maybe\"\n",
@@ -1080,7 +1128,10 @@ mod tests {
         assert!(e[0].contains("max_connections_per_users"), "{e:?}");
         let p = write(d.path(), "[imap]\nmax_connections_per_user = 0\n");
         let e = Config::load(Some(&p)).unwrap_err();
-        assert!(e[0].starts_with("imap.max_connections_per_user"), "{e:?}");
+        assert!(
+            e[0].contains(".toml: imap.max_connections_per_user"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -1099,7 +1150,79 @@ mod tests {
         assert!(e[0].contains("idle"), "{e:?}");
         let p = write(d.path(), "[pop3]\nidle_timeout = \"0s\"\n");
         let e = Config::load(Some(&p)).unwrap_err();
-        assert!(e[0].starts_with("pop3.idle_timeout"), "{e:?}");
+        assert!(e[0].contains(".toml: pop3.idle_timeout"), "{e:?}");
+    }
+
+    /// examples/corvus.toml promises every key: each key of the config tree (from the
+    /// serialized defaults) appears there, set or commented out, under its table.
+    #[test]
+    fn the_example_config_shows_every_key() {
+        fn keys(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+            let serde_json::Value::Object(map) = v else {
+                return;
+            };
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    // Maps keyed by domain (empty by default) are shown by example.
+                    serde_json::Value::Object(m) if m.is_empty() => {}
+                    serde_json::Value::Object(_) => keys(&path, v, out),
+                    _ => out.push(path),
+                }
+            }
+        }
+        let mut all = Vec::new();
+        // Keys left out of the serialized form while unset are set here.
+        let mut config = Config::default();
+        config.delivery.delay_warning = Some(Duration::from_secs(3600));
+        keys("", &serde_json::to_value(config).unwrap(), &mut all);
+        keys(
+            "",
+            &serde_json::to_value(Config::default()).unwrap(),
+            &mut all,
+        );
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/corvus.toml"),
+        )
+        .unwrap();
+        let mut shown = std::collections::HashSet::new();
+        let mut table = String::new();
+        for line in text.lines() {
+            let t = line.trim();
+            if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+                if !name.starts_with('[') {
+                    table = name.to_string();
+                }
+                continue;
+            }
+            let body = t.trim_start_matches('#').trim_start();
+            if let Some((key, _)) = body.split_once('=') {
+                let key = key.trim();
+                if !key.is_empty()
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
+                {
+                    shown.insert(if table.is_empty() {
+                        key.to_string()
+                    } else {
+                        format!("{table}.{key}")
+                    });
+                }
+            }
+        }
+        let missing: Vec<&String> = all
+            .iter()
+            .filter(|k| !shown.contains(*k) && *k != "source" && *k != "hooks")
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "keys missing from examples/corvus.toml: {missing:?}"
+        );
     }
 
     #[test]

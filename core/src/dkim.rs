@@ -42,16 +42,25 @@ pub struct DkimKey {
 }
 
 impl DkimKey {
-    /// The TXT record to publish at `selector._domainkey.domain`.
+    /// The TXT record to publish at `selector._domainkey.domain`, as a zone-file line. A TXT
+    /// string holds at most 255 octets (RFC 1035 §3.3), so a longer value (an RSA key's) is
+    /// written as several strings on one line, which resolvers join (RFC 6376 §3.6.2.2).
     pub fn txt_record(&self, domain: &str) -> String {
         let k = if self.algorithm == "ed25519" {
             "ed25519"
         } else {
             "rsa"
         };
+        let value = format!("v=DKIM1; k={k}; p={}", self.public_key);
+        let strings: Vec<String> = value
+            .as_bytes()
+            .chunks(255)
+            .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+            .collect();
         format!(
-            "{}._domainkey.{domain}. IN TXT \"v=DKIM1; k={k}; p={}\"",
-            self.selector, self.public_key
+            "{}._domainkey.{domain}. IN TXT {}",
+            self.selector,
+            strings.join(" ")
         )
     }
 }
@@ -160,5 +169,36 @@ pub fn sign(store: &Store, domain: &str, message: &[u8]) -> Option<String> {
             tracing::warn!(domain, error = %e, "DKIM signing failed");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_txt_values_are_split_into_strings_of_at_most_255_octets() {
+        let key = DkimKey {
+            selector: "s1".into(),
+            algorithm: "rsa".into(),
+            private_key: String::new(),
+            public_key: "A".repeat(392),
+        };
+        let line = key.txt_record("example.org");
+        let rdata = line
+            .strip_prefix("s1._domainkey.example.org. IN TXT ")
+            .unwrap();
+        let strings: Vec<&str> = rdata
+            .split('"')
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 1)
+            .map(|(_, s)| s)
+            .collect();
+        assert!(strings.len() >= 2, "{line}");
+        assert!(strings.iter().all(|s| s.len() <= 255), "{line}");
+        assert_eq!(
+            strings.concat(),
+            format!("v=DKIM1; k=rsa; p={}", "A".repeat(392))
+        );
     }
 }

@@ -167,6 +167,11 @@ enum UserCmd {
         address: String,
         #[command(flatten)]
         password: PasswordArgs,
+        /// Make the address's domain a local domain if it is not one yet (without this flag an
+        /// address outside the local domains is refused: all mail to that domain would stay
+        /// here).
+        #[arg(long)]
+        create_domain: bool,
     },
     /// Delete an account and all its mail.
     Del {
@@ -375,8 +380,14 @@ fn read_password(p: PasswordArgs) -> Result<String, String> {
 
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    // rustls warns about every client that sends an IP address as its TLS server name (mail
+    // clients do, connecting by address); that is the client's business, not the admin's.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{},rustls::msgs::handshake=error",
+            config.log.level
+        ))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -499,8 +510,16 @@ fn main() -> ExitCode {
             unreachable!("handled before the config is loaded")
         }
         Command::Reload => AdminCommand::Reload,
-        Command::User(UserCmd::Add { address, password }) => match read_password(password) {
-            Ok(password) => AdminCommand::UserAdd { address, password },
+        Command::User(UserCmd::Add {
+            address,
+            password,
+            create_domain,
+        }) => match read_password(password) {
+            Ok(password) => AdminCommand::UserAdd {
+                address,
+                password,
+                create_domain,
+            },
             Err(e) => return fail(&e),
         },
         Command::User(UserCmd::Del { address }) => AdminCommand::UserDel { address },
@@ -713,6 +732,16 @@ fn run_admin(config: &Config, cmd: AdminCommand) -> ExitCode {
                 config.control_socket().display()
             ));
         }
+    }
+    // On the embedded defaults, a store that does not exist yet is someone's mistake (another
+    // directory, a forgotten -c): creating an empty one would "succeed" where no server looks.
+    if config.source.is_none() && !config.store_path().exists() {
+        return fail(&format!(
+            "no Corvus store at {} (the default data_dir, relative to this directory) and no \
+             server running here; run this where `corvus serve` runs, or pass the server's \
+             config with -c FILE",
+            config.store_path().display()
+        ));
     }
     let store = match corvus::server::open_store(config) {
         Ok(s) => s,

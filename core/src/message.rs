@@ -81,9 +81,60 @@ pub fn rfc5322_now() -> String {
         .to_string()
 }
 
+/// The message as filed at final delivery (RFC 5321 §4.4): a `Return-Path: <reverse-path>`
+/// field on top, carrying the envelope sender (`<>` for bounces), and every `Return-Path`
+/// the message arrived with removed (with its folded lines), so the field tells the truth.
+pub fn with_return_path(msg: &[u8], reverse_path: &str) -> Vec<u8> {
+    let clean: String = reverse_path
+        .chars()
+        .filter(|c| !c.is_control() && !matches!(c, '<' | '>'))
+        .collect();
+    let head_end = header_end(msg);
+    let mut out = Vec::with_capacity(msg.len() + clean.len() + 18);
+    out.extend_from_slice(b"Return-Path: <");
+    out.extend_from_slice(clean.as_bytes());
+    out.extend_from_slice(b">\r\n");
+    let head = &msg[..head_end];
+    let mut pos = 0;
+    let mut dropping = false;
+    while pos < head.len() {
+        let end = memchr::memchr(b'\n', &head[pos..]).map_or(head.len(), |i| pos + i + 1);
+        let line = &head[pos..end];
+        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        if !continuation {
+            dropping = line.len() > 11
+                && line[..11].eq_ignore_ascii_case(b"Return-Path")
+                && line[11..].trim_ascii_start().starts_with(b":");
+        }
+        if !dropping {
+            out.extend_from_slice(line);
+        }
+        pos = end;
+    }
+    out.extend_from_slice(&msg[head_end..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn return_path_is_added_and_arrived_ones_removed() {
+        let m = b"Return-Path: <forged@evil.test>\r\nFrom: a\r\nreturn-path :\r\n <x@y>\r\nSubject: s\r\n\r\nReturn-Path: body stays\r\n";
+        assert_eq!(
+            with_return_path(m, "s@o.test"),
+            b"Return-Path: <s@o.test>\r\nFrom: a\r\nSubject: s\r\n\r\nReturn-Path: body stays\r\n"
+        );
+        assert_eq!(
+            with_return_path(b"\r\nbody", ""),
+            b"Return-Path: <>\r\n\r\nbody"
+        );
+        assert_eq!(
+            with_return_path(b"A: b\r\n\r\n", "x\r\n<y>"),
+            b"Return-Path: <xy>\r\nA: b\r\n\r\n"
+        );
+    }
 
     #[test]
     fn headers() {

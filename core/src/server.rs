@@ -202,8 +202,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         println!("  {proto:<12} listening on {addr}");
     }
     if store.accounts()?.is_empty() {
+        // The exact command: with the config file the server runs from (the CLI then finds
+        // the same data_dir and control socket from any directory).
+        let config_arg = match &config.source {
+            Some(path) => {
+                let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+                format!("-c '{}' ", path.display())
+            }
+            None => String::new(),
+        };
         println!(
-            "No accounts yet. Add one with:  corvus user add alice@{} --password 'secret'",
+            "No accounts yet. Add one with:  corvus {config_arg}user add alice@{} --password 'secret'",
             config
                 .domains
                 .first()

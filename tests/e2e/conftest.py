@@ -94,8 +94,16 @@ def toml_value(v) -> str:
     raise TypeError(v)
 
 
+def without_return_path(raw: bytes) -> bytes:
+    """A stored message without the Return-Path line final delivery put on top, if any."""
+    m = re.match(rb"Return-Path: <[^\r\n]*>\r\n", raw)
+    return raw[m.end():] if m else raw
+
+
 def split_received(raw: bytes) -> tuple[bytes, bytes]:
-    """Split a stored message into the Received header Corvus prepended and the rest."""
+    """Split a stored message into the Received header Corvus prepended and the rest (after
+    the Return-Path of final delivery)."""
+    raw = without_return_path(raw)
     assert raw.startswith(b"Received: "), raw[:200]
     m = re.search(rb"\r\n(?![ \t])", raw)
     assert m, raw[:500]
@@ -351,8 +359,11 @@ class Corvus:
     def cat(self, user: str, folder: str, uid: int) -> bytes:
         return self.run_cli("mailbox", "cat", user, folder, str(uid), text=False).stdout
 
-    def stored_messages(self, user: str, folder: str = "INBOX") -> list[bytes]:
-        return [self.cat(user, folder, uid) for uid in self.uids(user, folder)]
+    def stored_messages(self, user: str, folder: str = "INBOX", return_path: bool = False) -> list[bytes]:
+        """The stored messages of a folder, in UID order; without the `Return-Path` field
+        that final delivery puts on top (RFC 5321 §4.4) unless `return_path`."""
+        raw = [self.cat(user, folder, uid) for uid in self.uids(user, folder)]
+        return raw if return_path else [without_return_path(m) for m in raw]
 
     # --- clients -----------------------------------------------------------------------------
 

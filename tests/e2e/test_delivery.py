@@ -93,6 +93,11 @@ def test_delivery_a_to_b_with_dkim(net):
     # An independent verifier (dkimpy) accepts the signature; the Received header B added on
     # top is not signed and does not matter.
     assert dkim.verify(raw, dnsfunc=zone.resolve_txt), "dkimpy rejected the signature"
+    # B's final delivery records the envelope sender; the Return-Path on top does not break
+    # the signature either.
+    filed = b.stored_messages("bob@b.test", return_path=True)[0]
+    assert filed.startswith(b"Return-Path: <alice@a.test>\r\n"), filed[:100]
+    assert dkim.verify(filed, dnsfunc=zone.resolve_txt)
     # Delivered messages leave the queue.
     wait_for(lambda: "queue is empty" in a.run_cli("queue", "list").stdout, what="empty queue")
 
@@ -161,6 +166,9 @@ def test_unknown_user_at_remote_bounces_to_sender(net):
     assert b"Final-Recipient: rfc822; nobody@b.test" in dsn
     assert b"Remote-MTA: dns; mx.b.test" in dsn
     assert b"to nobody" in dsn  # RET default: the full message comes back
+    # Filed with the bounce's null reverse-path (RFC 5321 §4.4).
+    raw = next(m for m in a.stored_messages("alice@a.test", return_path=True) if b"multipart/report" in m)
+    assert raw.startswith(b"Return-Path: <>\r\n"), raw[:100]
 
 
 def test_null_mx_bounces_immediately(net):

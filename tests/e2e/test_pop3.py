@@ -180,7 +180,7 @@ def test_poplib_stat_list_uidl_retr_top_dele_rset_quit(server):
         # LIST sizes are the octets of the message as stored (CRLF).
         assert len(raw) == sizes[n], (n, raw)
         # Our trace fields on top: Authentication-Results (smtp listener, issue 7), Received.
-        assert re.match(rb"(Authentication-Results: [^\r]*\r\n([ \t][^\r]*\r\n)*)?Received: ", raw), raw[:300]
+        assert re.match(rb"Return-Path: <[^\r]*>\r\n(Authentication-Results: [^\r]*\r\n([ \t][^\r]*\r\n)*)?Received: ", raw), raw[:300]
         assert b"Subject: message %d\r\n" % (n - 1) in raw
         assert raw.endswith(b"\r\nbody %d\r\nline two\r\n" % (n - 1))
 

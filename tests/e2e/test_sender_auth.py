@@ -28,7 +28,7 @@ import nacl.encoding
 import nacl.signing
 import pytest
 
-from conftest import Corvus, free_port
+from conftest import Corvus, free_port, without_return_path
 
 PW = "secret-pw"
 BOB = "bob@b.test"
@@ -209,7 +209,7 @@ def wait_for(pred, timeout=20.0, what="condition"):
 def latest(c: Corvus, folder: str = "INBOX", user: str = BOB) -> bytes:
     uids = c.uids(user, folder)
     assert uids, f"nothing in {user} {folder}"
-    return c.cat(user, folder, uids[-1])
+    return without_return_path(c.cat(user, folder, uids[-1]))
 
 
 # --- the world ------------------------------------------------------------------------------
@@ -356,6 +356,16 @@ def test_spf_helo_identity_and_null_sender(mx):
     code, _ = send(mx, "<>", message("x@none.test", "null sender bad helo"), helo="mail.spf-pass.test",
                    source="127.0.0.6")
     assert result(latest(mx), "spf", "smtp.helo") == "fail"
+
+
+def test_spf_helo_address_literal_is_none_not_temperror(mx):
+    """RFC 7208 §2.3: a HELO that is not a domain (an address literal) gets no HELO check:
+    `none`, never `temperror` (issue 20, item 14)."""
+    code, _ = send(mx, "<>", message("x@none.test", "literal helo"), helo="[127.0.0.5]")
+    assert code == 250
+    raw = latest(mx)
+    assert b"literal helo" in raw
+    assert result(raw, "spf", "smtp.helo") == "none", our_results(raw)
 
 
 def test_spf_fail_is_accepted_by_default_and_refused_when_configured(tmp_path, zone, world):
@@ -594,7 +604,13 @@ def test_no_results_on_submission(mx):
     assert raw.count(b"Authentication-Results:") == 1
 
 
-def test_logged_in_client_on_smtp_gets_auth_result(mx):
+def test_logged_in_client_on_smtp_gets_auth_result(tmp_path, zone, world):
+    # AUTH on port 25 only when configured (smtp.auth_on_smtp).
+    mx = make_receiver(tmp_path, zone)
+    mx.smtp_cfg["auth_on_smtp"] = True
+    mx.write_config()
+    mx.add_user(BOB, PW)
+    mx.start()
     s = mx.smtp("smtp")
     s.ehlo()
     s.login(BOB, PW)
@@ -691,7 +707,7 @@ def test_corvus_signed_mail_passes_at_corvus(sites, zone, algorithm):
     a, b = sites
     selector = f"c{algorithm[:3]}"
     out = a.run_cli("dkim", "generate", "a.test", "--selector", selector, "--algorithm", algorithm).stdout
-    zone.add(f"{selector}._domainkey.a.test", "TXT", re.search(r'IN TXT "(.*)"', out).group(1))
+    zone.add(f"{selector}._domainkey.a.test", "TXT", re.search(r'IN TXT (".*")', out).group(1))
     a.start()
     b.start()
     s = a.smtp("submission")
@@ -710,7 +726,7 @@ def test_corvus_signed_mail_passes_at_corvus(sites, zone, algorithm):
 def test_alias_forward_is_arc_sealed_and_trusted_downstream(sites, zone):
     a, b = sites
     out = a.run_cli("dkim", "generate", "a.test", "--selector", "arcs", "--algorithm", "rsa").stdout
-    zone.add("arcs._domainkey.a.test", "TXT", re.search(r'IN TXT "(.*)"', out).group(1))
+    zone.add("arcs._domainkey.a.test", "TXT", re.search(r'IN TXT (".*")', out).group(1))
     a.run_cli("alias", "add", "fwd@a.test", BOB)
     a.start()
     b.start()

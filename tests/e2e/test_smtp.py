@@ -11,11 +11,13 @@ from conftest import (
     ALICE, BOB, FCRDNS_FAIL_IP, PASSWORD, tls_context,
 )
 from conftest import split_received as _split_received
+from conftest import without_return_path
 
 
 def split_received(raw: bytes) -> tuple[bytes, bytes]:
     """conftest's split_received after the Authentication-Results header that the smtp
     listener puts on top of every message (sender authentication, issue 7)."""
+    raw = without_return_path(raw)
     if raw.startswith(b"Authentication-Results: "):
         m = re.search(rb"\r\n(?![ \t])", raw)
         raw = raw[m.end():]

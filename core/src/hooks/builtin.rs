@@ -39,8 +39,9 @@ impl HookEngine for BuiltinPolicy {
                 Some(Route::UnknownLocal) => {
                     reject(550, "5.1.1", "Mailbox unavailable: no such user here")
                 }
-                // RFC 5321 §3.6: relaying only for authenticated users, on any listener.
-                Some(Route::Remote) if ctx.user.is_empty() => {
+                // RFC 5321 §3.6: relaying only for authenticated users (and clients in
+                // `smtp.relay_networks`), on any listener.
+                Some(Route::Remote) if ctx.user.is_empty() && !ctx.relay_network => {
                     reject(554, "5.7.1", "Relay access denied")
                 }
                 Some(Route::Local(t)) if t.is_empty() => {
@@ -63,6 +64,19 @@ mod tests {
         ctx.route = Some(route);
         ctx.user = user.into();
         BuiltinPolicy.call(&ctx, &mut Actions::default()).unwrap()
+    }
+
+    #[test]
+    fn relay_networks_relay_without_auth() {
+        let mut ctx = HookCtx::new(HookPoint::Rcpt, "smtp", "10.1.2.3".parse().unwrap());
+        ctx.route = Some(Route::Remote);
+        let mut a = Actions::default();
+        assert!(matches!(
+            BuiltinPolicy.call(&ctx, &mut a).unwrap(),
+            Verdict::Reject { code: 554, .. }
+        ));
+        ctx.relay_network = true;
+        assert_eq!(BuiltinPolicy.call(&ctx, &mut a).unwrap(), Verdict::Continue);
     }
 
     #[test]

@@ -174,6 +174,9 @@ pub struct HookCtx {
     pub remote_mx: Option<String>,
     /// The session's per-hook state (warm plugin instances); None outside a session.
     pub session: Option<Arc<HookSession>>,
+    /// The client is in `smtp.relay_networks` (Postfix's `mynetworks`): it may relay without
+    /// AUTH.
+    pub relay_network: bool,
 }
 
 impl HookCtx {
@@ -223,6 +226,7 @@ impl HookCtx {
             fetch: None,
             remote_mx: None,
             session: None,
+            relay_network: false,
         }
     }
 }

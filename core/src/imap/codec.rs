@@ -249,6 +249,16 @@ impl<'a> Cursor<'a> {
         Ok(v)
     }
 
+    /// Whether a quoted string or a literal (`{`, or `~{` for literal8) starts here; a `~`
+    /// not followed by `{` is an atom character (RFC 9051 §9: `~foo` is an astring).
+    fn at_string(&self) -> bool {
+        match self.peek() {
+            Some(b'"') | Some(b'{') => true,
+            Some(b'~') => self.b.get(self.p + 1) == Some(&b'{'),
+            _ => false,
+        }
+    }
+
     fn string(&mut self) -> R<Vec<u8>> {
         match self.peek() {
             Some(b'"') => self.quoted(),
@@ -258,9 +268,10 @@ impl<'a> Cursor<'a> {
     }
 
     fn astring(&mut self) -> R<Vec<u8>> {
-        match self.peek() {
-            Some(b'"') | Some(b'{') | Some(b'~') => self.string(),
-            _ => Ok(self.atom_with(b"]")?.as_bytes().to_vec()),
+        if self.at_string() {
+            self.string()
+        } else {
+            Ok(self.atom_with(b"]")?.as_bytes().to_vec())
         }
     }
 
@@ -280,11 +291,10 @@ impl<'a> Cursor<'a> {
     }
 
     fn list_mailbox(&mut self) -> R<String> {
-        match self.peek() {
-            Some(b'"') | Some(b'{') | Some(b'~') => {
-                String::from_utf8(self.string()?).map_err(|_| "not UTF-8".into())
-            }
-            _ => Ok(self.atom_with(b"%*]")?.to_string()),
+        if self.at_string() {
+            String::from_utf8(self.string()?).map_err(|_| "not UTF-8".into())
+        } else {
+            Ok(self.atom_with(b"%*]")?.to_string())
         }
     }
 
@@ -330,7 +340,7 @@ impl<'a> Cursor<'a> {
 
     fn seq_number(&mut self) -> R<u32> {
         if self.eat(b'*') {
-            Ok(u32::MAX)
+            Ok(STAR)
         } else {
             self.nz_number()
         }
@@ -633,6 +643,21 @@ fn parse_args(c: &mut Cursor<'_>, verb: &str, uid: bool) -> R<Command> {
                         c.sp()?;
                     }
                 }
+            }
+            // RFC 5258 §3: an option the server does not know, or RECURSIVEMATCH without a
+            // selection option it modifies, is a BAD (RFC 6154 adds SPECIAL-USE to both).
+            const SELECTION: [&str; 4] = ["SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"];
+            const RETURN: [&str; 3] = ["SUBSCRIBED", "CHILDREN", "SPECIAL-USE"];
+            if let Some(o) = sel.iter().find(|o| !SELECTION.contains(&o.as_str())) {
+                return Err(format!("unknown LIST selection option {o}"));
+            }
+            if sel.iter().any(|o| o == "RECURSIVEMATCH")
+                && !sel.iter().any(|o| o == "SUBSCRIBED" || o == "SPECIAL-USE")
+            {
+                return Err("RECURSIVEMATCH needs another selection option (RFC 5258 3)".into());
+            }
+            if let Some(o) = ret.iter().find(|o| !RETURN.contains(&o.as_str())) {
+                return Err(format!("unknown LIST return option {o}"));
             }
             Command::List {
                 lsub: verb == "LSUB",
@@ -1181,6 +1206,35 @@ mod tests {
             }
         );
         assert_eq!(frame(&[b'x'; 200], 0, 100, 100, 1000), Frame::LineTooLong);
+    }
+
+    #[test]
+    fn unknown_list_options_are_bad() {
+        for bad in [
+            &b"a LIST (BOGUS) \"\" *\r\n"[..],
+            b"a LIST (RECURSIVEMATCH) \"\" *\r\n",
+            b"a LIST \"\" * RETURN (BOGUS)\r\n",
+            b"a LIST (REMOTE RECURSIVEMATCH) \"\" *\r\n",
+        ] {
+            assert!(parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        for good in [
+            &b"a LIST (SUBSCRIBED RECURSIVEMATCH) \"\" *\r\n"[..],
+            b"a LIST (REMOTE) \"\" * RETURN (CHILDREN SUBSCRIBED)\r\n",
+            b"a LIST (SPECIAL-USE) \"\" * RETURN (SPECIAL-USE STATUS (MESSAGES))\r\n",
+        ] {
+            assert!(parse(good).is_ok(), "{:?}", String::from_utf8_lossy(good));
+        }
+    }
+
+    #[test]
+    fn tilde_starts_an_atom_unless_a_literal8_follows() {
+        let t = parse(b"a CREATE ~foo\r\n").unwrap();
+        assert_eq!(t.command, Command::Create("~foo".into(), None));
+        let t = parse(b"a SELECT ~\r\n").unwrap();
+        assert!(matches!(t.command, Command::Select { ref mailbox, .. } if mailbox == "~"));
+        let t = parse(b"a CREATE ~{3}\r\nabc\r\n").unwrap();
+        assert_eq!(t.command, Command::Create("abc".into(), None));
     }
 
     #[test]

@@ -79,11 +79,17 @@ pub fn matches(
                 let Some(msg) = content(load, cache) else {
                     return false;
                 };
-                match MessageParser::default()
-                    .parse_headers(msg)
-                    .and_then(|m| m.date().map(|d| d.to_timestamp()))
-                {
-                    Some(t) => t.div_euclid(86400),
+                // The date as written in the Date field, in its own time zone (RFC 9051
+                // §6.4.4: "disregarding time and timezone"), not converted to UTC.
+                let written = MessageParser::default().parse_headers(msg).and_then(|m| {
+                    m.date().and_then(|d| {
+                        chrono::NaiveDate::from_ymd_opt(d.year as i32, d.month as u32, d.day as u32)
+                    })
+                });
+                match written {
+                    Some(date) => date
+                        .signed_duration_since(chrono::NaiveDate::default())
+                        .num_days(),
                     None => return false,
                 }
             } else {
@@ -263,6 +269,40 @@ fn body_contains(msg: &[u8], text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sent_dates_are_the_dates_as_written() {
+        // 23:30 at -0500 on the 1st is the 2nd in UTC; the key compares the 1st.
+        let msg = b"Date: Mon, 1 Jan 2024 23:30:00 -0500\r\nSubject: x\r\n\r\nbody\r\n".to_vec();
+        let flags = Vec::new();
+        let c = Candidate {
+            seq: 1,
+            uid: 1,
+            flags: &flags,
+            modseq: 1,
+            size: msg.len() as u64,
+            internal_date: 0,
+            max_seq: 1,
+            max_uid: 1,
+            saved: &[],
+        };
+        let day = |s: &str| crate::imap::codec::parse_date(s).unwrap();
+        let run = |kind: &str, d: &str| {
+            let mut cache = None;
+            let m = msg.clone();
+            matches(
+                &SearchKey::Date(kind.into(), day(d)),
+                &c,
+                &mut || Some(m.clone()),
+                &mut cache,
+            )
+        };
+        assert!(run("SENTON", "1-Jan-2024"));
+        assert!(!run("SENTON", "2-Jan-2024"));
+        assert!(run("SENTBEFORE", "2-Jan-2024"));
+        assert!(!run("SENTSINCE", "2-Jan-2024"));
+        assert!(run("SENTSINCE", "1-Jan-2024"));
+    }
 
     #[test]
     fn raw_header_search_agrees_with_the_parser() {

@@ -43,6 +43,31 @@ struct Selected {
     read_only: bool,
     /// Messages in sequence order (UID, flags, MODSEQ).
     msgs: View,
+    /// Keywords announced to the client in FLAGS; a flag response never shows another
+    /// before it is announced (RFC 9051 §7.3.5).
+    keywords: Vec<String>,
+}
+
+impl Selected {
+    /// The untagged FLAGS and PERMANENTFLAGS lines announcing the keywords among `flags` that
+    /// the client has not been told of yet (they join the announced set), or nothing.
+    fn announce<'a>(&mut self, flags: impl IntoIterator<Item = &'a String>) -> Option<String> {
+        let before = self.keywords.len();
+        for f in flags {
+            if !f.starts_with('\\') && !self.keywords.iter().any(|k| k.eq_ignore_ascii_case(f)) {
+                self.keywords.push(f.clone());
+            }
+        }
+        (self.keywords.len() > before).then(|| flags_lines(&self.keywords))
+    }
+}
+
+/// `* FLAGS (…)` and `* OK [PERMANENTFLAGS (… \*)]` for the system flags and `keywords`.
+fn flags_lines(keywords: &[String]) -> String {
+    let kw: String = keywords.iter().map(|k| format!(" {k}")).collect();
+    format!(
+        "* FLAGS ({SYSTEM_FLAGS}{kw})\r\n* OK [PERMANENTFLAGS ({SYSTEM_FLAGS}{kw} \\*)] Flags permitted\r\n"
+    )
 }
 
 enum Pending {
@@ -1162,6 +1187,7 @@ impl Session {
             mailbox: mb,
             read_only,
             msgs: view,
+            keywords,
         });
         Ok(format!(
             "[{}] {} completed",
@@ -1238,6 +1264,11 @@ impl Session {
         let qresync = self.qresync;
         let sel = self.selected.as_mut().expect("selected");
         let mut out = Vec::new();
+        // Keywords new to the client (set by another session, or on a new message) are
+        // announced before any response that could show them.
+        if let Some(lines) = sel.announce(fresh.iter().flat_map(|m| m.flags.iter())) {
+            out.extend_from_slice(lines.as_bytes());
+        }
         // `fresh` and the view are both in UID order.
         let in_fresh = |uid: u32| fresh.binary_search_by_key(&uid, |m| m.uid).is_ok();
         // Expunges held back now must be reported by a later sync: stay dirty until then.
@@ -1377,7 +1408,8 @@ impl Session {
     ) -> CmdResult {
         self.sync(false).await;
         let sel = self.selected.as_ref().expect("selected");
-        check_search_seqs(&key, sel.msgs.len())?;
+        // No BAD for sequence numbers beyond the mailbox here: in SEARCH a sequence set is a
+        // key that matches no message (RFC 9051 errata 6505; Dovecot answers so too).
         let needs = search::needs_content(&key);
         // Size, date and blob are not in the view: one snapshot of the mailbox's metadata
         // when a key needs them, walked alongside (both are in UID order).
@@ -1707,6 +1739,9 @@ impl Session {
         }
         let condstore = self.condstore;
         let sel = self.selected.as_mut().expect("selected");
+        if let Some(lines) = sel.announce(updates.iter().flat_map(|u| u.flags.iter())) {
+            self.out.extend_from_slice(lines.as_bytes());
+        }
         let mut modified = Vec::new();
         for u in &modified_uids {
             if let Some(i) = sel.msgs.position(*u) {
@@ -1973,12 +2008,17 @@ pub fn resolve_set(msgs: &View, uid: bool, set: &SeqSet, saved: &[u32]) -> Vec<u
                 n as u32
             };
             for &(a, b) in ranges {
-                let a = if a == u32::MAX { star } else { a };
-                let b = if b == u32::MAX { star } else { b };
+                let a = if a == STAR { star } else { a };
+                let b = if b == STAR { star } else { b };
                 let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
                 if uid {
                     let start = msgs.partition_uid(lo);
-                    let end = msgs.partition_uid(hi.saturating_add(1)).max(start);
+                    let end = if hi == u32::MAX {
+                        msgs.len()
+                    } else {
+                        msgs.partition_uid(hi + 1)
+                    }
+                    .max(start);
                     v.extend(start..end);
                 } else if lo >= 1 && (lo as usize) <= n {
                     v.extend(lo as usize - 1..(hi as usize).min(n));
@@ -2024,12 +2064,12 @@ fn check_seq_set(set: &SeqSet, n: usize) -> Result<(), Resp> {
     };
     for &(a, b) in ranges {
         for x in [a, b] {
-            if x == u32::MAX && n == 0 {
+            if x == STAR && n == 0 {
                 return Err(Resp::Bad(
                     "Invalid sequence set: the mailbox is empty, so * names no message".into(),
                 ));
             }
-            if x != u32::MAX && x as usize > n {
+            if x != STAR && x as usize > n {
                 return Err(Resp::Bad(format!(
                     "Invalid sequence number {x}: the mailbox has {n} message{}",
                     if n == 1 { "" } else { "s" }
@@ -2038,20 +2078,6 @@ fn check_seq_set(set: &SeqSet, n: usize) -> Result<(), Resp> {
         }
     }
     Ok(())
-}
-
-/// [`check_seq_set`] for every sequence-set key of a SEARCH (UID keys are exempt).
-fn check_search_seqs(key: &SearchKey, n: usize) -> Result<(), Resp> {
-    match key {
-        SearchKey::Seq(set) => check_seq_set(set, n),
-        SearchKey::And(v) => v.iter().try_for_each(|k| check_search_seqs(k, n)),
-        SearchKey::Or(a, b) => {
-            check_search_seqs(a, n)?;
-            check_search_seqs(b, n)
-        }
-        SearchKey::Not(a) => check_search_seqs(a, n),
-        _ => Ok(()),
-    }
 }
 
 /// The next store event: `Some(Some(mailbox id))`, `Some(None)` when events were lost
@@ -2261,7 +2287,7 @@ mod tests {
         let ranges = |v: &[(u32, u32)]| SeqSet::Ranges(v.to_vec());
         // Sequence numbers, `*`, reversed ranges, overlaps, beyond the end.
         assert_eq!(r(false, ranges(&[(1, 2)])), vec![0, 1]);
-        assert_eq!(r(false, ranges(&[(u32::MAX, 4)])), vec![3, 4]);
+        assert_eq!(r(false, ranges(&[(STAR, 4)])), vec![3, 4]);
         assert_eq!(
             r(false, ranges(&[(4, 9), (2, 3), (3, 3)])),
             vec![1, 2, 3, 4]
@@ -2269,7 +2295,9 @@ mod tests {
         assert_eq!(r(false, ranges(&[(6, 9)])), Vec::<usize>::new());
         // UIDs: ranges between existing UIDs, `*` is the highest UID, even if below.
         assert_eq!(r(true, ranges(&[(3, 6)])), vec![1, 2]);
-        assert_eq!(r(true, ranges(&[(21, u32::MAX)])), vec![4]);
+        assert_eq!(r(true, ranges(&[(21, STAR)])), vec![4]);
+        // 4294967295 is a number, not `*` (RFC 9051 §9).
+        assert_eq!(r(true, ranges(&[(21, u32::MAX)])), Vec::<usize>::new());
         assert_eq!(r(true, ranges(&[(1, 1), (7, 8)])), Vec::<usize>::new());
         assert_eq!(r(true, ranges(&[(9, 9), (2, 2)])), vec![0, 3]);
         // `$` holds UIDs.
@@ -2277,7 +2305,8 @@ mod tests {
         assert_eq!(r(false, SeqSet::Saved), vec![2, 4]);
         // Empty mailbox.
         let empty = View::default();
-        assert!(resolve_set(&empty, false, &ranges(&[(1, u32::MAX)]), &[]).is_empty());
+        assert!(resolve_set(&empty, false, &ranges(&[(1, STAR)]), &[]).is_empty());
+        assert!(resolve_set(&empty, true, &ranges(&[(1, STAR)]), &[]).is_empty());
         assert!(resolve_set(&empty, true, &ranges(&[(1, u32::MAX)]), &[]).is_empty());
     }
 
@@ -2286,18 +2315,13 @@ mod tests {
         let r = |v: &[(u32, u32)]| SeqSet::Ranges(v.to_vec());
         let bad = |set: SeqSet, n| matches!(check_seq_set(&set, n), Err(Resp::Bad(_)));
         assert!(!bad(r(&[(1, 3)]), 3));
-        assert!(!bad(r(&[(u32::MAX, 1)]), 3));
+        assert!(!bad(r(&[(STAR, 1)]), 3));
+        assert!(bad(r(&[(u32::MAX, 1)]), 3)); // a number, not `*`
         assert!(bad(r(&[(1, 4)]), 3));
         assert!(bad(r(&[(2, 2), (4, 4)]), 3));
         assert!(bad(r(&[(1, 1)]), 0));
-        assert!(bad(r(&[(u32::MAX, u32::MAX)]), 0)); // `*` in an empty mailbox
+        assert!(bad(r(&[(STAR, STAR)]), 0)); // `*` in an empty mailbox
         assert!(!bad(SeqSet::Saved, 0));
-        let key = SearchKey::And(vec![
-            SearchKey::Uid(r(&[(100, 200)])), // UIDs are exempt
-            SearchKey::Not(Box::new(SearchKey::Seq(r(&[(5, 5)])))),
-        ]);
-        assert!(matches!(check_search_seqs(&key, 4), Err(Resp::Bad(_))));
-        assert!(check_search_seqs(&key, 5).is_ok());
     }
 
     #[test]

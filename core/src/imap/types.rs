@@ -9,14 +9,19 @@ pub struct Tagged {
     pub command: Command,
 }
 
-/// A message set: ranges (`u32::MAX` stands for `*`) or `$` (RFC 5182 saved result).
+/// A message set: ranges ([`STAR`] stands for `*`) or `$` (RFC 5182 saved result).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SeqSet {
-    /// Inclusive ranges, in either order.
+    /// Inclusive ranges, in either order; [`STAR`] stands for `*`.
     Ranges(Vec<(u32, u32)>),
     /// `$`
     Saved,
 }
+
+/// `*` in a sequence set: the largest number in use (RFC 9051 §9, `seq-number`). Zero, which
+/// no message number or UID can be, so that 4294967295 stays a number of its own: with the
+/// highest UID 2, `3:4294967295` names nothing while `3:*` names UID 2.
+pub const STAR: u32 = 0;
 
 impl SeqSet {
     /// Whether `n` is in the set, with `*` meaning `max`.
@@ -24,8 +29,8 @@ impl SeqSet {
         match self {
             SeqSet::Saved => saved.contains(&n),
             SeqSet::Ranges(r) => r.iter().any(|&(a, b)| {
-                let a = if a == u32::MAX { max } else { a };
-                let b = if b == u32::MAX { max } else { b };
+                let a = if a == STAR { max } else { a };
+                let b = if b == STAR { max } else { b };
                 let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
                 n >= lo && n <= hi
             }),

@@ -219,7 +219,7 @@ async fn deliver_domain(
     if crate::routing::is_local_domain(&shared.store, &shared.config.domains, domain)
         .unwrap_or(false)
     {
-        return deliver_local(shared, rcpts, message);
+        return deliver_local(shared, &entry.mail_from, rcpts, message);
     }
     let cfg = &shared.config.delivery;
     let (hosts, port, relay) = match &cfg.relay {
@@ -473,7 +473,14 @@ fn perm_reply(r: &RemoteReply, host: &str) -> Outcome {
     }
 }
 
-fn deliver_local(shared: &Arc<Shared>, rcpts: &[QueueRcpt], message: &[u8]) -> Vec<Outcome> {
+fn deliver_local(
+    shared: &Arc<Shared>,
+    mail_from: &str,
+    rcpts: &[QueueRcpt],
+    message: &[u8],
+) -> Vec<Outcome> {
+    let message = crate::message::with_return_path(message, mail_from);
+    let message = message.as_slice();
     rcpts
         .iter()
         .map(|r| {
@@ -634,7 +641,8 @@ fn send_bounce(shared: &Arc<Shared>, to: &str, bounce: &[u8]) -> Result<(), Stor
             })
             .collect();
         if !placements.is_empty() {
-            shared.store.deliver(bounce, now(), &placements)?;
+            let filed = crate::message::with_return_path(bounce, "");
+            shared.store.deliver(&filed, now(), &placements)?;
             return Ok(());
         }
     }

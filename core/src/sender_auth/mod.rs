@@ -410,9 +410,17 @@ impl SenderAuth {
 
     /// SPF for the HELO name and the MAIL FROM address of a client at `ip`.
     pub async fn check_spf(&self, ip: IpAddr, helo: &str, mail_from: &str) -> SpfCheck {
-        // Both identities at once: the client waits for the slower one only.
-        let helo_check =
-            self.spf_identity(SpfParameters::verify_ehlo(ip, helo, self.hostname), helo);
+        // Both identities at once: the client waits for the slower one only. A HELO that is
+        // not a domain name (an address literal, a bare word) has no HELO check: `none`, not
+        // an error (RFC 7208 §2.3).
+        let helo_check = async {
+            if helo_is_a_domain(helo) {
+                self.spf_identity(SpfParameters::verify_ehlo(ip, helo, self.hostname), helo)
+                    .await
+            } else {
+                SpfOutput::new(helo.to_string()).with_result(SpfResult::None)
+            }
+        };
         let mail_from_check = async {
             if mail_from.is_empty() {
                 return None;
@@ -981,6 +989,20 @@ impl SenderAuth {
             pvalue(user)
         )
     }
+}
+
+/// Whether a HELO/EHLO argument is a fully qualified domain name that SPF can check: not an
+/// address literal, not an IP address, with a dot and only letters, digits, `-` and `_`.
+fn helo_is_a_domain(helo: &str) -> bool {
+    let h = helo.trim_end_matches('.');
+    !h.starts_with('[')
+        && h.parse::<IpAddr>().is_err()
+        && h.contains('.')
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 #[cfg(test)]

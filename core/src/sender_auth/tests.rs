@@ -567,3 +567,21 @@ async fn bench_check_message_warm_cache() {
         );
     }
 }
+
+#[test]
+fn helo_address_literals_and_bare_words_get_no_spf_check() {
+    // RFC 7208 §2.3: only a fully qualified domain name is checked.
+    for h in [
+        "[127.0.0.1]",
+        "[IPv6:::1]",
+        "127.0.0.1",
+        "localhost",
+        "x(y)",
+        "",
+    ] {
+        assert!(!super::helo_is_a_domain(h), "{h}");
+    }
+    for h in ["mx.example.org", "mail.example.org.", "a-b_c.test"] {
+        assert!(super::helo_is_a_domain(h), "{h}");
+    }
+}

@@ -190,6 +190,7 @@ impl Session {
         c.tls = self.stream.is_tls();
         c.user = self.user.clone().unwrap_or_default();
         c.session = Some(self.hooks.clone());
+        c.relay_network = self.shared.config.smtp.in_relay_networks(self.peer.ip());
         if let Some(tx) = &self.tx {
             c.mail_from = tx.from.to_string();
             c.rcpts = tx.rcpts.iter().map(|r| r.address.clone()).collect();
@@ -597,7 +598,14 @@ impl Session {
     }
 
     fn auth_allowed(&self) -> bool {
-        self.stream.is_tls() || self.shared.config.smtp.allow_plaintext_auth
+        self.auth_offered_here()
+            && (self.stream.is_tls() || self.shared.config.smtp.allow_plaintext_auth)
+    }
+
+    /// AUTH on the port-25 listener only with `smtp.auth_on_smtp`: an MX that takes AUTH is a
+    /// password-guessing target, and a session authenticated there relays.
+    fn auth_offered_here(&self) -> bool {
+        self.listener != "smtp" || self.shared.config.smtp.auth_on_smtp
     }
 
     async fn hello(&mut self, domain: String, esmtp: bool) -> Flow {
@@ -915,6 +923,14 @@ impl Session {
     }
 
     async fn auth(&mut self, mech: String, initial: Option<String>) -> Flow {
+        if !self.auth_offered_here() {
+            self.reply(Reply::new(
+                503,
+                "5.5.1",
+                "AUTH is not offered on this port; submit on the submission port (587 or 465)",
+            ));
+            return Flow::Continue;
+        }
         if !self.auth_allowed() {
             self.reply(Reply::new(
                 538,
@@ -1355,10 +1371,20 @@ impl Session {
         // thread's transaction (IMAP flag changes, COPY) is queued for it: that transaction
         // waits for any flush in progress, so the worst case is one disk flush. A
         // spawn_blocking hand-off per message cost more CPU than the writes themselves.
+        // RFC 5321 §4.4: final delivery records the envelope sender in Return-Path.
+        let reverse_path = if tx.from.is_null() {
+            String::new()
+        } else {
+            tx.from.to_string()
+        };
         let stored = (|| -> Result<(), crate::store::StoreError> {
-            store.deliver(&msg, now, &placements)?;
+            if !placements.is_empty() {
+                let filed = crate::message::with_return_path(&msg, &reverse_path);
+                store.deliver(&filed, now, &placements)?;
+            }
             for (p, m) in &own_copies {
-                store.deliver(m, now, std::slice::from_ref(p))?;
+                let filed = crate::message::with_return_path(m, &reverse_path);
+                store.deliver(&filed, now, std::slice::from_ref(p))?;
             }
             if let Some(e) = entry {
                 store.enqueue(e, &queued)?;

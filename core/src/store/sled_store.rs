@@ -598,7 +598,11 @@ impl MailStore for SledStore {
                         removed.push((meta.uid, meta.blob));
                     }
                 }
-                if let Some(v) = mbx.get(&mbkey)? {
+                // Nothing removed, nothing changed: HIGHESTMODSEQ stays (RFC 7162 §3.1.2), or
+                // every client's resync after an empty CLOSE/EXPUNGE would start over.
+                if !removed.is_empty()
+                    && let Some(v) = mbx.get(&mbkey)?
+                {
                     let mut mb: Mailbox = serde_json::from_slice(&v)
                         .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
                     mb.highest_modseq += 1;
@@ -1384,6 +1388,27 @@ mod tests {
         assert!(s.kv_get("other", "k").unwrap().is_none());
         s.kv_set("grey", "gone", b"v", Some(0)).unwrap();
         assert!(s.kv_get("grey", "gone").unwrap().is_none());
+    }
+
+    #[test]
+    fn an_empty_expunge_leaves_highestmodseq_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SledStore::open(d.path()).unwrap();
+        s.create_account("a@x.org", "x").unwrap();
+        let p = Placement {
+            user: "a@x.org".into(),
+            mailbox: "INBOX".into(),
+            flags: vec![],
+        };
+        s.deliver(b"m", 1, &[p]).unwrap();
+        let before = s.mailbox("a@x.org", "INBOX").unwrap().unwrap();
+        assert!(s.expunge("a@x.org", before.id, &[]).unwrap().is_empty());
+        assert!(s.expunge("a@x.org", before.id, &[7]).unwrap().is_empty());
+        let after = s.mailbox("a@x.org", "INBOX").unwrap().unwrap();
+        assert_eq!(after.highest_modseq, before.highest_modseq);
+        assert_eq!(s.expunge("a@x.org", before.id, &[1]).unwrap(), vec![1]);
+        let gone = s.mailbox("a@x.org", "INBOX").unwrap().unwrap();
+        assert!(gone.highest_modseq > before.highest_modseq);
     }
 
     #[test]
