@@ -217,12 +217,15 @@ def test_store_variants(box):
     assert flags_in(box.ok("FETCH 1 FLAGS")[0]) == {b"\\Flagged", b"\\Seen"}
     line = box.ok("STORE 1 -FLAGS (\\Flagged)")
     assert flags_in(line[0]) == {b"\\Seen"}
-    line = box.ok("STORE 1 FLAGS ($Custom \\Answered)")
+    untagged = box.ok("STORE 1 FLAGS ($Custom \\Answered)")
+    # A new keyword is announced first (FLAGS, PERMANENTFLAGS), then the FETCH.
+    assert untagged[0].startswith(b"* FLAGS (") and b"$Custom" in untagged[0], untagged
+    line = [l for l in untagged if b" FETCH " in l]
     assert flags_in(line[0]) == {b"$Custom", b"\\Answered"}
     assert box.ok("STORE 1 -FLAGS.SILENT ($Custom)") == []
     line = box.ok("STORE 1:3 +FLAGS \\Draft")  # single flag without parentheses
     assert len(line) == 3
-    line = box.ok("UID STORE 2 +FLAGS ($Other)")
+    line = [l for l in box.ok("UID STORE 2 +FLAGS ($Other)") if b" FETCH " in l]
     assert b"UID 2" in line[0] and flags_in(line[0]) == {b"\\Draft", b"$Other"}
     # Adding a flag with different case does not duplicate it; \Recent cannot be stored.
     line = box.ok("STORE 2 +FLAGS ($other \\draft \\Recent)")

@@ -53,3 +53,38 @@ def test_new_keywords_are_announced_to_every_session_before_fetches(imap_server,
     assert flags_announced(untagged) == (None, None), untagged
     a.close()
     b.close()
+
+
+def test_condstore_is_enabled_by_modseq_commands_and_esearch_min_max_modseq(imap_server, user):
+    """RFC 7162 §3.1: FETCH … MODSEQ enables CONDSTORE (the client is told HIGHESTMODSEQ once,
+    later untagged FETCHes carry MODSEQ); §3.1.5: ESEARCH MIN/MAX with a MODSEQ key answer the
+    MODSEQ of the messages returned, not the highest of all matches."""
+    a = imap_server.raw(user)
+    b = imap_server.raw(user)
+    for i in range(3):
+        msg = simple_message(subject=f"m{i}")
+        a.ok(b"APPEND INBOX {%d+}\r\n" % len(msg) + msg)
+    a.ok("SELECT INBOX")
+    b.ok("SELECT INBOX")
+    # Give message 3 the highest MODSEQ, then message 1 a lower one than that... in order.
+    b.ok("STORE 1 +FLAGS (\\Flagged)")
+    b.ok("STORE 3 +FLAGS (\\Flagged)")
+    untagged = a.ok("FETCH 1 (MODSEQ)")
+    assert any(l.startswith(b"* OK [HIGHESTMODSEQ ") for l in untagged), untagged
+    assert not any(l.startswith(b"* OK [HIGHESTMODSEQ ") for l in a.ok("FETCH 1 (MODSEQ)"))
+    # Another session's change now arrives with MODSEQ.
+    b.ok("STORE 2 +FLAGS (\\Seen)")
+    untagged = a.ok("NOOP")
+    assert any(b" FETCH " in l and b"MODSEQ" in l for l in untagged), untagged
+    modseqs = {}
+    for line in a.ok("FETCH 1:3 (MODSEQ)"):
+        m = re.match(rb"\* (\d+) FETCH \(.*MODSEQ \((\d+)\)", line)
+        modseqs[int(m.group(1))] = int(m.group(2))
+    lines = a.ok("SEARCH RETURN (MIN) FLAGGED MODSEQ 1")
+    assert lines[0].endswith(b"MIN 1 MODSEQ %d" % modseqs[1]), (lines, modseqs)
+    lines = a.ok("SEARCH RETURN (MAX) FLAGGED MODSEQ 1")
+    assert lines[0].endswith(b"MAX 3 MODSEQ %d" % modseqs[3]), (lines, modseqs)
+    lines = a.ok("SEARCH RETURN (ALL) MODSEQ 1")
+    assert lines[0].endswith(b"MODSEQ %d" % max(modseqs.values())), (lines, modseqs)
+    a.close()
+    b.close()

@@ -288,6 +288,21 @@ impl Session {
         Ok(())
     }
 
+    /// A CONDSTORE-enabling command (RFC 7162 §3.1: FETCH or SEARCH with MODSEQ, STORE with
+    /// UNCHANGEDSINCE, STATUS with HIGHESTMODSEQ): from now on untagged FETCH responses carry
+    /// MODSEQ, and the first time, with a mailbox selected, the client is told its
+    /// HIGHESTMODSEQ (it did not ask for it at SELECT).
+    fn enable_condstore(&mut self) {
+        if self.condstore {
+            return;
+        }
+        self.condstore = true;
+        if let Some(sel) = &self.selected {
+            let line = format!("OK [HIGHESTMODSEQ {}] Highest", sel.mailbox.highest_modseq);
+            self.untagged(&line);
+        }
+    }
+
     /// Write out the buffer once it holds [`OUT_HIGH`] bytes; false when the client is gone.
     async fn drain_output(&mut self) -> bool {
         !self.broken && (self.out.len() < OUT_HIGH || self.flush().await.is_ok())
@@ -1062,6 +1077,9 @@ impl Session {
         self.put_name(&mut line, &mb.name);
         line.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
         self.out.extend_from_slice(&line);
+        if items.contains(&StatusItem::HighestModseq) {
+            self.enable_condstore();
+        }
         Ok(())
     }
 
@@ -1407,6 +1425,9 @@ impl Session {
         key: SearchKey,
     ) -> CmdResult {
         self.sync(false).await;
+        if has_modseq_key(&key) {
+            self.enable_condstore();
+        }
         let sel = self.selected.as_ref().expect("selected");
         // No BAD for sequence numbers beyond the mailbox here: in SEARCH a sequence set is a
         // key that matches no message (RFC 9051 errata 6505; Dovecot answers so too).
@@ -1520,6 +1541,25 @@ impl Session {
                         _ => {}
                     }
                 }
+                // RFC 7162 §3.1.5: with MIN and/or MAX alone, MODSEQ is that of the message(s)
+                // returned, not of every match.
+                let only_min_max = opts
+                    .iter()
+                    .all(|o| matches!(o.as_str(), "MIN" | "MAX" | "SAVE"))
+                    && opts.iter().any(|o| o == "MIN" || o == "MAX");
+                let modseq = match (modseq, hits.first(), hits.last()) {
+                    (Some(_), Some(first), Some(last)) if only_min_max => {
+                        let mut ms = 0;
+                        if opts.iter().any(|o| o == "MIN") {
+                            ms = ms.max(first.2);
+                        }
+                        if opts.iter().any(|o| o == "MAX") {
+                            ms = ms.max(last.2);
+                        }
+                        Some(ms)
+                    }
+                    (m, ..) => m,
+                };
                 if let Some(ms) = modseq
                     && !nums.is_empty()
                 {
@@ -1546,8 +1586,8 @@ impl Session {
         }
         self.sync(false).await;
         let indices = self.resolve(uid, set)?;
-        if changed_since.is_some() {
-            self.condstore = true;
+        if changed_since.is_some() || items.contains(&FetchItem::Modseq) {
+            self.enable_condstore();
         }
         if vanished && let (Some(sel), SeqSet::Ranges(_)) = (&self.selected, set) {
             let gone: Vec<u32> = (1..sel.mailbox.uidnext)
@@ -1710,10 +1750,10 @@ impl Session {
         if self.selected.as_ref().is_some_and(|s| s.read_only) {
             return Err(no("[READ-ONLY] Mailbox is read-only"));
         }
-        if unchanged_since.is_some() {
-            self.condstore = true;
-        }
         self.sync(false).await;
+        if unchanged_since.is_some() {
+            self.enable_condstore();
+        }
         let indices = self.resolve(uid, set)?;
         let flags: Vec<String> = flags.into_iter().filter(|f| f != "\\Recent").collect();
         let sel = self.selected.as_ref().expect("selected");
