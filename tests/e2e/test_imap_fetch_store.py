@@ -227,9 +227,13 @@ def test_store_variants(box):
     assert len(line) == 3
     line = [l for l in box.ok("UID STORE 2 +FLAGS ($Other)") if b" FETCH " in l]
     assert b"UID 2" in line[0] and flags_in(line[0]) == {b"\\Draft", b"$Other"}
-    # Adding a flag with different case does not duplicate it; \Recent cannot be stored.
-    line = box.ok("STORE 2 +FLAGS ($other \\draft \\Recent)")
+    # Adding a flag with different case does not duplicate it.
+    line = box.ok("STORE 2 +FLAGS ($other \\draft)")
     assert flags_in(line[0]) == {b"\\Draft", b"$Other"}
+    # \Recent cannot be stored (RFC 3501 §2.3.2): BAD, as Dovecot answers, and nothing changes.
+    _, tagged = box.cmd("STORE 2 +FLAGS ($New \\Recent)")
+    assert b" BAD " in tagged, tagged
+    assert flags_in(box.ok("FETCH 2 FLAGS")[0]) == {b"\\Draft", b"$Other"}
     assert box.ok("STORE 1:3 FLAGS.SILENT ()") == []
     assert all(flags_in(l) == set() for l in box.ok("FETCH 1:3 FLAGS"))
     for bad in ("STORE 1 FLAGS (\\Bogus)", "STORE 1 XFLAGS (\\Seen)", "STORE 1 +FLAGS ((x)"):

@@ -808,6 +808,11 @@ fn parse_args(c: &mut Cursor<'_>, verb: &str, uid: bool) -> R<Command> {
             };
             c.sp()?;
             let flags = c.flag_list()?;
+            // \Recent is a fetch-only flag (RFC 3501 §2.3.2, `flag` in §9 does not include
+            // it): a client cannot set or clear it.
+            if flags.iter().any(|f| f == "\\Recent") {
+                return Err("\\Recent cannot be stored (RFC 3501 2.3.2)".into());
+            }
             Command::Store {
                 uid,
                 set,

@@ -58,13 +58,16 @@ impl Selected {
                 self.keywords.push(f.clone());
             }
         }
-        (self.keywords.len() > before).then(|| flags_lines(&self.keywords))
+        (self.keywords.len() > before).then(|| flags_lines(&self.keywords, self.read_only))
     }
 }
 
 /// `* FLAGS (…)` and `* OK [PERMANENTFLAGS (… \*)]` for the system flags and `keywords`.
-fn flags_lines(keywords: &[String]) -> String {
+fn flags_lines(keywords: &[String], read_only: bool) -> String {
     let kw: String = keywords.iter().map(|k| format!(" {k}")).collect();
+    if read_only {
+        return format!("* FLAGS ({SYSTEM_FLAGS}{kw})\r\n");
+    }
     format!(
         "* FLAGS ({SYSTEM_FLAGS}{kw})\r\n* OK [PERMANENTFLAGS ({SYSTEM_FLAGS}{kw} \\*)] Flags permitted\r\n"
     )
@@ -962,13 +965,52 @@ impl Session {
         let full_patterns: Vec<String> =
             patterns.iter().map(|p| format!("{reference}{p}")).collect();
         let matches = |name: &str| full_patterns.iter().any(|p| wildmatch(p, name));
+        let subscriptions: HashSet<String> = if want_subscribed || subscribed_only {
+            self.user_store(|s, u| s.subscriptions(u))?
+                .into_iter()
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        if subscribed_only {
+            let recursive = select.iter().any(|s| s == "RECURSIVEMATCH");
+            let lines = subscribed_lines(
+                lsub,
+                recursive,
+                &subscriptions,
+                &boxes,
+                &names,
+                &matches,
+                want_special,
+            );
+            for (name, attrs, childinfo) in lines {
+                let mut line = format!(
+                    "* {} ({}) \"/\" ",
+                    if lsub { "LSUB" } else { "LIST" },
+                    attrs.join(" ")
+                )
+                .into_bytes();
+                self.put_name(&mut line, &name);
+                if childinfo {
+                    line.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))");
+                }
+                line.extend_from_slice(b"\r\n");
+                self.out.extend_from_slice(&line);
+                if let Some(items) = status
+                    && let Some(mb) = boxes.iter().find(|m| m.name == name)
+                {
+                    self.status_of(mb, items)?;
+                }
+            }
+            return Ok(format!("{} completed", if lsub { "LSUB" } else { "LIST" }));
+        }
         // Levels of hierarchy without a mailbox of their own (a parent that was deleted)
         // are listed as \Noselect when the pattern stops at them, so that a client
         // browsing level by level with "%" still finds the children (RFC 9051 §6.3.9).
         let mut missing: Vec<String> = Vec::new();
         if !special_only && (lsub || select.is_empty()) {
             for mb in &boxes {
-                if (lsub && !mb.subscribed) || matches(&mb.name) {
+                if matches(&mb.name) {
                     continue;
                 }
                 let mut end = 0;
@@ -999,9 +1041,6 @@ impl Session {
             if !matches(&mb.name) {
                 continue;
             }
-            if subscribed_only && !mb.subscribed {
-                continue;
-            }
             if special_only && mb.special_use.is_none() {
                 continue;
             }
@@ -1016,7 +1055,7 @@ impl Session {
                 }
                 .to_string(),
             ];
-            if want_subscribed && mb.subscribed {
+            if want_subscribed && subscriptions.contains(&mb.name) {
                 attrs.push("\\Subscribed".into());
             }
             if want_special && let Some(s) = &mb.special_use {
@@ -1187,9 +1226,14 @@ impl Session {
             self.untagged("0 RECENT");
         }
         self.untagged(&format!("FLAGS ({SYSTEM_FLAGS}{kw})"));
-        self.untagged(&format!(
-            "OK [PERMANENTFLAGS ({SYSTEM_FLAGS}{kw} \\*)] Flags permitted"
-        ));
+        if read_only {
+            // Nothing can be changed permanently in a read-only mailbox (RFC 9051 §7.1).
+            self.untagged("OK [PERMANENTFLAGS ()] No permanent flags permitted");
+        } else {
+            self.untagged(&format!(
+                "OK [PERMANENTFLAGS ({SYSTEM_FLAGS}{kw} \\*)] Flags permitted"
+            ));
+        }
         if !self.rev2
             && let Some(i) = first_unseen
         {
@@ -2072,6 +2116,67 @@ pub fn resolve_set(msgs: &View, uid: bool, set: &SeqSet, saved: &[u32]) -> Vec<u
     {
         out.sort_unstable();
         out.dedup();
+    }
+    out
+}
+
+/// The answer of LSUB and of LIST (SUBSCRIBED …): (name, attributes, CHILDINFO) for every
+/// subscribed name the patterns match, whether its mailbox exists or not (RFC 9051 §6.3.9),
+/// and for a level the patterns stop at above a subscribed name they do not match: LSUB lists
+/// it `\Noselect` (RFC 3501 §6.3.9), LIST with RECURSIVEMATCH with CHILDINFO ("SUBSCRIBED")
+/// (RFC 5258 §3.5).
+fn subscribed_lines(
+    lsub: bool,
+    recursive: bool,
+    subscriptions: &HashSet<String>,
+    boxes: &[Mailbox],
+    names: &HashSet<String>,
+    matches: &dyn Fn(&str) -> bool,
+    want_special: bool,
+) -> Vec<(String, Vec<String>, bool)> {
+    let mut listed: std::collections::BTreeMap<String, (bool, bool)> = Default::default();
+    for name in subscriptions {
+        if matches(name) {
+            listed.entry(name.clone()).or_default().0 = true;
+            continue;
+        }
+        let mut end = 0;
+        while let Some(i) = name[end..].find('/') {
+            let parent = &name[..end + i];
+            end += i + 1;
+            if matches(parent) {
+                listed.entry(parent.to_string()).or_default().1 = true;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (name, (subscribed, has_subscribed_child)) in listed {
+        let exists = names.contains(&name);
+        let mut attrs = Vec::new();
+        if lsub {
+            if !subscribed {
+                attrs.push("\\Noselect".to_string());
+            }
+            out.push((name, attrs, false));
+            continue;
+        }
+        if !subscribed && !recursive {
+            continue;
+        }
+        if subscribed {
+            attrs.push("\\Subscribed".to_string());
+        }
+        if !exists {
+            attrs.push("\\NonExistent".to_string());
+        } else if want_special
+            && let Some(s) = boxes
+                .iter()
+                .find(|m| m.name == name)
+                .and_then(|m| m.special_use.clone())
+        {
+            attrs.push(s);
+        }
+        out.push((name, attrs, recursive && has_subscribed_child));
     }
     out
 }

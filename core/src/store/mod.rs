@@ -370,8 +370,11 @@ pub trait MailStore: Send + Sync + 'static {
     fn delete_mailbox(&self, user: &str, name: &str) -> Result<()>;
     /// Rename a mailbox (renaming INBOX moves its messages into a new mailbox, RFC 9051 §6.3.6).
     fn rename_mailbox(&self, user: &str, from: &str, to: &str) -> Result<()>;
-    /// Set the subscription flag.
+    /// Subscribe to or unsubscribe from a name, whether a mailbox of that name exists or not
+    /// (RFC 9051 §6.3.9); deleting a mailbox leaves its subscription.
     fn set_subscribed(&self, user: &str, name: &str, subscribed: bool) -> Result<()>;
+    /// The names `user` is subscribed to.
+    fn subscriptions(&self, user: &str) -> Result<Vec<String>>;
 
     // Queue
     /// Put a message into the outbound queue (the store assigns `entry.blob`).

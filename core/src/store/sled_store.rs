@@ -29,6 +29,8 @@ pub struct SledStore {
     blobrefs: sled::Tree,
     queue: sled::Tree,
     kv: sled::Tree,
+    /// `user NUL name` for every subscribed name (RFC 9051 §6.3.9).
+    subscriptions: sled::Tree,
     committer: GroupCommitter,
     watchers: Mutex<HashMap<String, broadcast::Sender<(u64, MailboxEvent)>>>,
     /// Decoded metadata of big mailboxes; every write to `messages` must update it (after
@@ -51,6 +53,7 @@ const TREES: &[&str] = &[
     "blobrefs",
     "queue",
     "kv",
+    "subscriptions",
 ];
 
 fn now() -> i64 {
@@ -128,7 +131,7 @@ impl SledStore {
             }
         }
         let committer = GroupCommitter::start(db.clone());
-        Ok(SledStore {
+        let store = SledStore {
             meta,
             accounts: db.open_tree("accounts")?,
             domains: db.open_tree("domains")?,
@@ -139,12 +142,34 @@ impl SledStore {
             blobrefs: db.open_tree("blobrefs")?,
             queue: db.open_tree("queue")?,
             kv: db.open_tree("kv")?,
+            subscriptions: db.open_tree("subscriptions")?,
             db,
             committer,
             watchers: Mutex::new(HashMap::new()),
             meta_cache: MetaCache::default(),
             uid_lock: Mutex::new(()),
-        })
+        };
+        store.migrate_subscriptions()?;
+        Ok(store)
+    }
+
+    /// Subscriptions live apart from mailboxes (RFC 9051 §6.3.9: a name stays subscribed
+    /// when its mailbox is deleted, and one can subscribe to a name that does not exist).
+    /// Stores made before kept a flag in each mailbox record: copied once into the
+    /// subscriptions tree.
+    fn migrate_subscriptions(&self) -> Result<()> {
+        if self.meta.get("subscriptions")?.is_some() {
+            return Ok(());
+        }
+        for item in self.mailboxes.iter() {
+            let (k, v) = item?;
+            let mb: Mailbox = serde_json::from_slice(&v)?;
+            if mb.subscribed {
+                self.subscriptions.insert(k, &[])?;
+            }
+        }
+        self.meta.insert("subscriptions", &[1u8])?;
+        Ok(())
     }
 
     fn next_uidvalidity(&self) -> Result<u32> {
@@ -238,7 +263,14 @@ impl MailStore for SledStore {
                 }
                 Ok(())
             })
-            .map_err(tx_err)
+            .map_err(tx_err)?;
+        // A new account's mailboxes are subscribed, so clients that show only subscribed
+        // folders show them (Dovecot's `auto = subscribe`).
+        for b in &boxes {
+            self.subscriptions
+                .insert(mbox_key(&address, &b.name), &[])?;
+        }
+        Ok(())
     }
 
     fn delete_account(&self, address: &str) -> Result<()> {
@@ -258,6 +290,10 @@ impl MailStore for SledStore {
             }
             self.meta_cache.dropped(mb.id);
             self.mailboxes.remove(k)?;
+        }
+        for item in self.subscriptions.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            self.subscriptions.remove(k)?;
         }
         Ok(())
     }
@@ -735,6 +771,10 @@ impl MailStore for SledStore {
                 self.mailboxes
                     .insert(mbox_key(&user, &new), serde_json::to_vec(&mb)?)?;
             }
+            // A subscription follows its mailbox's new name (as Dovecot does).
+            if self.subscriptions.remove(mbox_key(&user, &old))?.is_some() {
+                self.subscriptions.insert(mbox_key(&user, &new), &[])?;
+            }
         }
         Ok(())
     }
@@ -742,14 +782,23 @@ impl MailStore for SledStore {
     fn set_subscribed(&self, user: &str, name: &str, subscribed: bool) -> Result<()> {
         let user = normalize_address(user);
         let key = mbox_key(&user, &canonical_mailbox(name));
-        let _uids = self.uid_lock.lock().expect("uid lock");
-        let Some(v) = self.mailboxes.get(&key)? else {
-            return Err(StoreError::NotFound(format!("mailbox {name}")));
-        };
-        let mut mb: Mailbox = serde_json::from_slice(&v)?;
-        mb.subscribed = subscribed;
-        self.mailboxes.insert(key, serde_json::to_vec(&mb)?)?;
+        if subscribed {
+            self.subscriptions.insert(key, &[])?;
+        } else {
+            self.subscriptions.remove(key)?;
+        }
         Ok(())
+    }
+
+    fn subscriptions(&self, user: &str) -> Result<Vec<String>> {
+        let mut prefix = normalize_address(user).into_bytes();
+        prefix.push(0);
+        let mut out = Vec::new();
+        for item in self.subscriptions.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        Ok(out)
     }
 
     fn enqueue(&self, mut entry: QueueEntry, message: &[u8]) -> Result<()> {
@@ -1388,6 +1437,48 @@ mod tests {
         assert!(s.kv_get("other", "k").unwrap().is_none());
         s.kv_set("grey", "gone", b"v", Some(0)).unwrap();
         assert!(s.kv_get("grey", "gone").unwrap().is_none());
+    }
+
+    #[test]
+    fn subscriptions_are_independent_of_mailboxes() {
+        let d = tempfile::tempdir().unwrap();
+        let s = SledStore::open(d.path()).unwrap();
+        s.create_account("a@x.org", "x").unwrap();
+        let mut subs = s.subscriptions("a@x.org").unwrap();
+        subs.sort();
+        assert_eq!(
+            subs,
+            ["Archive", "Drafts", "INBOX", "Junk", "Sent", "Trash"]
+        );
+        // CREATE does not subscribe; DELETE does not unsubscribe; a name needs no mailbox.
+        s.create_mailbox("a@x.org", "Lists", None).unwrap();
+        s.create_mailbox("a@x.org", "Lists/Rust", None).unwrap();
+        assert!(
+            !s.subscriptions("a@x.org")
+                .unwrap()
+                .contains(&"Lists".to_string())
+        );
+        s.set_subscribed("a@x.org", "Lists/Rust", true).unwrap();
+        s.set_subscribed("a@x.org", "Never/Created", true).unwrap();
+        s.delete_mailbox("a@x.org", "Lists/Rust").unwrap();
+        let subs = s.subscriptions("a@x.org").unwrap();
+        assert!(
+            subs.contains(&"Lists/Rust".to_string()) && subs.contains(&"Never/Created".to_string())
+        );
+        // RENAME takes the subscription of a mailbox with it.
+        s.set_subscribed("a@x.org", "Lists", true).unwrap();
+        s.rename_mailbox("a@x.org", "Lists", "Groups").unwrap();
+        let subs = s.subscriptions("a@x.org").unwrap();
+        assert!(subs.contains(&"Groups".to_string()) && !subs.contains(&"Lists".to_string()));
+        s.set_subscribed("a@x.org", "Never/Created", false).unwrap();
+        assert!(
+            !s.subscriptions("a@x.org")
+                .unwrap()
+                .contains(&"Never/Created".to_string())
+        );
+        // Deleting the account takes its subscriptions.
+        s.delete_account("a@x.org").unwrap();
+        assert!(s.subscriptions("a@x.org").unwrap().is_empty());
     }
 
     #[test]

@@ -1,0 +1,116 @@
+"""Dovecot from Debian's packages as a reference IMAP and POP3 server for differential tests:
+started by the test with a private config (passwd-file users with plain passwords, Maildir in
+a temp dir with `/` as separator, the same special-use mailboxes Corvus creates, plain IMAP
+and POP3 on free loopback ports), stopped at the end. `available()` says whether the binary
+is installed (tests/run installs dovecot-imapd and dovecot-pop3d)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+import time
+
+from conftest import free_port, port_open
+
+DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+
+# The mailboxes every Corvus account starts with, and their special uses (RFC 6154).
+MAILBOXES = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk",
+             "Archive": "\\Archive"}
+
+
+def available() -> bool:
+    return os.path.exists(DOVECOT)
+
+
+class Dovecot:
+    def __init__(self):
+        # Outside pytest's 0700 temp dirs: Dovecot's auth process (user dovecot) reads the
+        # passwd file and its mail processes (user nobody) write the Maildirs.
+        base = pathlib.Path(tempfile.mkdtemp(prefix="corvus-dovecot-"))
+        self.base = base
+        os.chmod(base, 0o755)
+        self.home = base / "home"
+        self.home.mkdir(exist_ok=True)
+        # Mail processes must not run as root: the users' mail belongs to nobody.
+        os.chown(self.home, 65534, 65534)
+        self.passwd = base / "passwd"
+        self.passwd.write_text("")
+        self.ports = {"imap": free_port(), "pop3": free_port()}
+        self.config = base / "dovecot.conf"
+        self.log = base / "dovecot.log"
+        # Corvus subscribes a new account's mailboxes: `auto = subscribe` does the same here.
+        boxes = "  mailbox INBOX {\n    auto = subscribe\n  }\n" + "".join(
+            f"  mailbox {name} {{\n    special_use = {use}\n    auto = subscribe\n  }}\n"
+            for name, use in MAILBOXES.items()
+        )
+        self.config.write_text(f"""
+base_dir = {base}/run
+state_dir = {base}/state
+log_path = {self.log}
+protocols = imap pop3
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+first_valid_uid = 65534
+mail_location = maildir:{self.home}/%u/Maildir:LAYOUT=fs
+imap_capability = +CONDSTORE QRESYNC
+namespace inbox {{
+  inbox = yes
+  separator = /
+{boxes}}}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {self.passwd}
+}}
+userdb {{
+  driver = static
+  args = uid=65534 gid=65534 home={self.home}/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {self.ports['imap']}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {self.ports['pop3']}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+""")
+        self.proc: subprocess.Popen | None = None
+
+    def add_user(self, user: str, password: str):
+        with open(self.passwd, "a") as f:
+            f.write(f"{user}:{{PLAIN}}{password}\n")
+
+    def start(self):
+        self.proc = subprocess.Popen([DOVECOT, "-c", str(self.config), "-F"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        for port in self.ports.values():
+            while not port_open(port):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    log = self.log.read_text() if self.log.exists() else ""
+                    raise AssertionError(f"dovecot did not start:\n{log}")
+                time.sleep(0.05)
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.base, ignore_errors=True)

@@ -1,0 +1,395 @@
+"""Differential IMAP tests: the same scripted sessions against Dovecot (Debian's package, a
+private instance started here) and against Corvus, responses compared after normalizing what
+may legitimately differ (issue 20, "An oracle").
+
+Each transcript runs as a fresh user on both servers. For every command the comparison covers
+the tagged status (OK/NO/BAD), the response code's name, and the untagged responses as a
+multiset: FETCH items as a map (their order is free), mailbox lists as sets, and the values
+that differ by design dropped (CAPABILITY lists, greeting and status texts, UIDVALIDITY,
+MODSEQ numbers, ID, ENABLED). Every remaining difference is either a Corvus bug, fixed, or
+listed in `differential_allow.txt` with its reason (an RFC section, or a choice both readings
+of the RFC allow)."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import pytest
+
+import dovecot_support
+from imap_support import PASSWORD, Raw, Server
+
+ALLOW_FILE = pathlib.Path(__file__).with_name("differential_allow.txt")
+
+pytestmark = pytest.mark.skipif(not dovecot_support.available(), reason="dovecot is not installed")
+
+
+# --- the transcripts --------------------------------------------------------------------------
+
+M1 = b"From: Ann <ann@example.net>\r\nTo: bob@example.org\r\nSubject: first message\r\nDate: Mon, 1 Jan 2024 23:30:00 -0500\r\nMessage-ID: <m1@example.net>\r\n\r\nHello world, first body.\r\n"
+M2 = b"From: Carl <carl@example.com>\r\nTo: ann@example.net\r\nCc: dora@example.org\r\nSubject: Re: first message\r\nDate: Tue, 2 Jan 2024 10:00:00 +0000\r\nMessage-ID: <m2@example.com>\r\n\r\nA reply with more words in the body.\r\n"
+M3 = b"From: ann@example.net\r\nSubject: third\r\nDate: Wed, 3 Jan 2024 08:00:00 +0200\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=xx\r\n\r\n--xx\r\nContent-Type: text/plain\r\n\r\npart one\r\n--xx\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\npart two=0D=0A\r\n--xx--\r\n"
+
+
+def append(box: str, msg: bytes, flags: str = "", date: str = '"05-Jan-2024 12:00:00 +0000"') -> bytes:
+    f = f"({flags}) " if flags else ""
+    return f"APPEND {box} {f}{date} {{{len(msg)}+}}\r\n".encode() + msg
+
+
+SETUP = [append("INBOX", M1, "\\Seen"), append("INBOX", M2, "\\Flagged $Work"), append("INBOX", M3)]
+
+TRANSCRIPTS: dict[str, list] = {
+    "select_and_status": SETUP + [
+        "SELECT INBOX",
+        "STATUS INBOX (MESSAGES UIDNEXT UNSEEN)",
+        "STATUS Sent (MESSAGES)",
+        "STATUS Nonexistent (MESSAGES)",
+        "EXAMINE INBOX",
+        "CLOSE",
+        "CLOSE",
+    ],
+    "uid_ranges_at_the_edges": SETUP + [
+        "SELECT INBOX",
+        "UID FETCH 1:* (FLAGS)",
+        "UID FETCH 3:4294967295 (FLAGS)",
+        "UID FETCH 4:4294967295 (FLAGS)",
+        "UID FETCH 4:* (FLAGS)",
+        "UID FETCH *:2 (FLAGS)",
+        "UID SEARCH UID 2:4294967295",
+        "UID SEARCH UID 4:*",
+        "UID STORE 5:4294967295 +FLAGS (\\Deleted)",
+        "UID COPY 4:4294967295 Archive",
+        "UID MOVE 4:4294967295 Archive",
+        "FETCH 1:* (UID)",
+        "STATUS Archive (MESSAGES)",
+        "FETCH 4 (FLAGS)",
+        "FETCH 0 (FLAGS)",
+        "FETCH *:1 (UID)",
+    ],
+    "flags_and_keywords": SETUP + [
+        "SELECT INBOX",
+        "STORE 1 +FLAGS (\\Answered)",
+        "STORE 1 -FLAGS (\\Seen)",
+        "STORE 2 FLAGS ($Later \\Seen)",
+        "STORE 3 +FLAGS.SILENT (\\Draft)",
+        "FETCH 1:3 (FLAGS)",
+        "STORE 1:3 +FLAGS ($Work)",
+        "UID STORE 1:* -FLAGS ($Work)",
+        "FETCH 1:* (FLAGS)",
+        "STORE 1 +FLAGS (\\Bogus)",
+        "STORE 1 +FLAGS (\\Recent)",
+    ],
+    "search_keys": SETUP + [
+        "SELECT INBOX",
+        "SEARCH ALL",
+        "SEARCH SEEN",
+        "SEARCH UNSEEN",
+        "SEARCH FLAGGED",
+        "SEARCH KEYWORD $Work",
+        "SEARCH UNKEYWORD $Work",
+        "SEARCH FROM ann",
+        "SEARCH TO ann@example.net",
+        "SEARCH CC dora",
+        "SEARCH SUBJECT \"first message\"",
+        "SEARCH BODY words",
+        "SEARCH TEXT carl",
+        "SEARCH HEADER Message-ID m2",
+        "SEARCH LARGER 200",
+        "SEARCH SMALLER 200",
+        "SEARCH SENTON 1-Jan-2024",
+        "SEARCH SENTBEFORE 2-Jan-2024",
+        "SEARCH SENTSINCE 3-Jan-2024",
+        "SEARCH ON 5-Jan-2024",
+        "SEARCH BEFORE 5-Jan-2024",
+        "SEARCH OR SEEN FLAGGED",
+        "SEARCH NOT SEEN",
+        "SEARCH 2:3",
+        "SEARCH 1000",
+        "SEARCH UID 2",
+        "UID SEARCH 1:2",
+        "SEARCH BOGUS",
+        "SEARCH CHARSET UTF-8 SUBJECT third",
+        "SEARCH RETURN (MIN MAX COUNT) ALL",
+        "SEARCH RETURN (ALL) FLAGGED",
+    ],
+    "fetch_items": SETUP + [
+        "SELECT INBOX",
+        "FETCH 1 (RFC822.SIZE INTERNALDATE)",
+        "FETCH 1 BODY.PEEK[HEADER.FIELDS (Subject From)]",
+        "FETCH 1 BODY.PEEK[TEXT]",
+        "FETCH 1 BODY.PEEK[]<0.10>",
+        "FETCH 3 BODY.PEEK[2]",
+        "FETCH 3 BODY.PEEK[2.MIME]",
+        "FETCH 3 (BODYSTRUCTURE)",
+        "FETCH 1 (ENVELOPE)",
+        "FETCH 2 (FLAGS BODY[HEADER.FIELDS (SUBJECT)])",
+        "FETCH 2 (FLAGS)",
+        "FETCH 1 (BOGUS)",
+    ],
+    "mailboxes": [
+        "CREATE Projects",
+        "CREATE Projects/Alpha",
+        "CREATE Projects",
+        "CREATE INBOX",
+        "LIST \"\" *",
+        "LIST \"\" %",
+        "LIST \"\" Projects/%",
+        "RENAME Projects/Alpha Projects/Beta",
+        "LIST \"\" Projects/*",
+        "RENAME Nope Other",
+        "DELETE Projects/Beta",
+        "DELETE Projects/Beta",
+        "LIST \"\" Projects*",
+        "CREATE ~foo",
+        "LIST \"\" ~*",
+        "DELETE INBOX",
+        "LIST (SPECIAL-USE) \"\" *",
+        "LIST (BOGUS) \"\" *",
+        "LIST \"\" * RETURN (BOGUS)",
+        "LIST (RECURSIVEMATCH) \"\" *",
+    ],
+    "subscriptions": [
+        "CREATE Lists",
+        "CREATE Lists/Rust",
+        "LSUB \"\" *",
+        "SUBSCRIBE Lists/Rust",
+        "LSUB \"\" *",
+        "LSUB \"\" %",
+        "LIST (SUBSCRIBED) \"\" *",
+        "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" %",
+        "DELETE Lists/Rust",
+        "LSUB \"\" *",
+        "RENAME Lists Groups",
+        "LSUB \"\" *",
+        "UNSUBSCRIBE Never/Subscribed",
+        "UNSUBSCRIBE Lists/Rust",
+        "LSUB \"\" *",
+    ],
+    "subscribe_to_a_name_that_does_not_exist": [
+        "SUBSCRIBE Never/Created",
+        "LSUB \"\" *",
+    ],
+    "expunge_and_close": SETUP + [
+        "SELECT INBOX",
+        "STORE 2 +FLAGS.SILENT (\\Deleted)",
+        "EXPUNGE",
+        "EXPUNGE",
+        "FETCH 1:* (UID)",
+        "STORE 1 +FLAGS.SILENT (\\Deleted)",
+        "CLOSE",
+        "SELECT INBOX",
+        "FETCH 1:* (UID)",
+    ],
+    "condstore": SETUP + [
+        "ENABLE CONDSTORE",
+        "SELECT INBOX",
+        "STORE 1 (UNCHANGEDSINCE 1) +FLAGS (\\Answered)",
+        "FETCH 1:* (FLAGS) (CHANGEDSINCE 1)",
+        "SEARCH MODSEQ 1",
+        "STATUS INBOX (HIGHESTMODSEQ)",
+    ],
+    "state_errors": [
+        "SELECT Nonexistent",
+        "FETCH 1 (FLAGS)",
+        "STORE 1 +FLAGS (\\Seen)",
+        "EXPUNGE",
+        "CLOSE",
+        "NOOP",
+        "BOGUS",
+        "APPEND Nonexistent {3+}\r\nabc",
+    ],
+}
+
+
+# --- reading and normalizing ------------------------------------------------------------------
+
+
+def tokens(data: bytes):
+    """An IMAP response as nested lists of atoms/strings (literals included)."""
+    pos = 0
+    stack: list[list] = [[]]
+    while pos < len(data):
+        c = data[pos:pos + 1]
+        if c in b" \r\n":
+            pos += 1
+        elif c == b"(" or c == b"[":
+            stack.append([])
+            pos += 1
+        elif c == b")" or c == b"]":
+            done = stack.pop() if len(stack) > 1 else []
+            stack[-1].append(done)
+            pos += 1
+        elif c == b'"':
+            end = pos + 1
+            out = b""
+            while end < len(data) and data[end:end + 1] != b'"':
+                if data[end:end + 1] == b"\\":
+                    end += 1
+                out += data[end:end + 1]
+                end += 1
+            stack[-1].append(out)
+            pos = end + 1
+        elif (m := re.match(rb"~?\{(\d+)\+?\}\r\n", data[pos:])):
+            n = int(m.group(1))
+            start = pos + m.end()
+            stack[-1].append(data[start:start + n])
+            pos = start + n
+        else:
+            m = re.match(rb"[^ ()\[\]\r\n\"]+", data[pos:])
+            stack[-1].append(m.group(0))
+            pos += m.end()
+    return stack[0]
+
+
+def canon(tok):
+    """Tokens in a comparable, hashable form: atoms upper-cased where IMAP says case does not
+    matter (keywords and flags too), lists as tuples."""
+    if isinstance(tok, list):
+        return tuple(canon(t) for t in tok)
+    return tok.decode("utf-8", "replace")
+
+
+SPECIAL_USE = {"\\all", "\\archive", "\\drafts", "\\flagged", "\\junk", "\\sent", "\\trash"}
+
+
+def normalize_untagged(line: bytes, command: str = ""):
+    t = tokens(line)
+    if len(t) < 2:
+        return None
+    kind = t[1].upper() if isinstance(t[1], bytes) else b""
+    if kind in (b"CAPABILITY", b"ID", b"ENABLED", b"BYE"):
+        return None
+    if kind in (b"OK", b"NO", b"BAD"):
+        code = t[2] if len(t) > 2 and isinstance(t[2], list) else None
+        if not code:
+            return None  # informational text only
+        name = code[0].upper()
+        if name in (b"HIGHESTMODSEQ", b"CLOSED"):
+            # HIGHESTMODSEQ: Corvus announces it at every SELECT (RFC 7162 §3.1.2.1 allows it
+            # without CONDSTORE enabled), Dovecot once CONDSTORE is on. CLOSED: Dovecot
+            # sends it whenever a SELECT replaces a selected mailbox; RFC 7162 §3.2.11 and
+            # RFC 9051 §7.1 require it only once QRESYNC or IMAP4rev2 is enabled.
+            return None
+        if name in (b"UIDVALIDITY", b"CAPABILITY", b"URLMECH", b"NOMODSEQ"):
+            return ("code", name.decode())
+        if name == b"PERMANENTFLAGS":
+            return ("code", "PERMANENTFLAGS", tuple(sorted(canon(f).lower() for f in code[1])))
+        return ("code", name.decode(), tuple(canon(x) for x in code[1:]))
+    if kind in (b"FLAGS",):
+        return ("FLAGS", tuple(sorted(canon(f).lower() for f in t[2])))
+    if kind in (b"LIST", b"LSUB"):
+        drop = {"\\hasnochildren", "\\haschildren"}
+        # Special-use attributes are required only where asked for (RFC 6154 §2: RETURN
+        # (SPECIAL-USE)); elsewhere a server may add them. Dovecot adds them to LSUB and to
+        # a plain LIST, Corvus to a plain LIST and LIST (SUBSCRIBED): compared where both
+        # must, or both do.
+        if kind == b"LSUB" or ("(SUBSCRIBED" in command.upper() and "SPECIAL-USE" not in command.upper()):
+            drop |= SPECIAL_USE
+        attrs = tuple(sorted(canon(a).lower() for a in t[2] if canon(a).lower() not in drop))
+        return (kind.decode(), attrs, canon(t[3]), canon(t[4]))
+    if kind == b"STATUS":
+        items = t[3]
+        pairs = dict(zip([canon(k).upper() for k in items[0::2]], [canon(v) for v in items[1::2]]))
+        pairs.pop("UIDVALIDITY", None)
+        pairs.pop("HIGHESTMODSEQ", None)
+        return ("STATUS", canon(t[2]), tuple(sorted(pairs.items())))
+    if kind in (b"SEARCH", b"SORT"):
+        nums = [canon(x) for x in t[2:] if isinstance(x, bytes)]
+        return (kind.decode(), tuple(sorted(nums, key=int)))
+    if kind == b"ESEARCH":
+        rest = [canon(x) for x in t[2:] if not isinstance(x, list)]
+        pairs = [(rest[i].upper(), rest[i + 1]) for i in range(0, len(rest) - 1, 2)]
+        return ("ESEARCH", tuple(p for p in pairs if p[0] != "MODSEQ"))
+    if len(t) > 2 and isinstance(t[2], bytes) and t[2].upper() == b"FETCH":
+        items = t[3]
+        d = {}
+        for k, v in zip(items[0::2], items[1::2]):
+            key = canon(k).upper() if isinstance(k, bytes) else canon(k)
+            if key == "MODSEQ":
+                continue
+            if key == "FLAGS":
+                v = tuple(sorted(canon(f).lower() for f in v if canon(f).lower() != "\\recent"))
+            else:
+                v = canon(v)
+            d[str(key)] = v
+        return ("FETCH", canon(t[1]), tuple(sorted(d.items(), key=lambda kv: str(kv[0]))))
+    if isinstance(t[1], bytes) and len(t) > 2 and isinstance(t[2], bytes):
+        word = t[2].upper()
+        if word in (b"EXISTS", b"EXPUNGE"):
+            return (word.decode(), canon(t[1]))
+        if word == b"RECENT":
+            return None  # \Recent is per session; compared elsewhere
+    return ("other", canon(t))
+
+
+def normalize_tagged(line: bytes):
+    t = tokens(line)
+    status = t[1].upper().decode() if len(t) > 1 else "?"
+    code = None
+    if len(t) > 2 and isinstance(t[2], list) and t[2] and t[2][0].upper() != b"CLIENTBUG":
+        # (CLIENTBUG is Dovecot's hint that a command was needless, RFC 9051 §7.1.)
+        name = t[2][0].upper().decode()
+        # The values of these depend on UIDVALIDITY/MODSEQ numbering; the name is compared.
+        code = name
+        if name in ("APPENDUID", "COPYUID"):
+            code = (name, tuple(canon(x) for x in t[2][2:]))
+    return (status, code)
+
+
+def run(port: int, user: str, script: list) -> list:
+    r = Raw(port)
+    untagged, tagged = r.cmd(f'LOGIN "{user}" "{PASSWORD}"')
+    assert b" OK" in tagged, tagged
+    out = []
+    for step in script:
+        untagged, tagged = r.cmd(step)
+        text = step if isinstance(step, str) else step.split(b"\r\n")[0].decode()
+        norm = sorted((u for u in (normalize_untagged(l, text) for l in untagged) if u is not None),
+                      key=repr)
+        out.append((step if isinstance(step, str) else step.split(b"\r\n")[0].decode(),
+                    normalize_tagged(tagged), norm))
+    r.cmd("LOGOUT")
+    r.close()
+    return out
+
+
+def allowed() -> set[tuple[str, str]]:
+    """(transcript, command) pairs whose difference is accepted, from differential_allow.txt."""
+    out = set()
+    for line in ALLOW_FILE.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, command, _reason = line.split(" | ", 2)
+        out.add((name.strip(), command.strip()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """Corvus and Dovecot, each with one user per transcript (made before Dovecot starts: its
+    passwd-file is re-read only when its mtime changes, which can miss quick additions)."""
+    corvus = Server(tmp_path_factory.mktemp("corvus")).start()
+    dovecot = dovecot_support.Dovecot()
+    users = {}
+    for name in TRANSCRIPTS:
+        users[name] = corvus.add_user(name.replace("_", "-"))
+        dovecot.add_user(users[name], PASSWORD)
+    dovecot.start()
+    yield corvus, dovecot, users
+    corvus.close()
+    dovecot.stop()
+
+
+@pytest.mark.parametrize("name", sorted(TRANSCRIPTS))
+def test_corvus_answers_like_dovecot(servers, name):
+    corvus, dovecot, users = servers
+    user = users[name]
+    ours = run(corvus.ports["imap"], user, TRANSCRIPTS[name])
+    theirs = run(dovecot.ports["imap"], user, TRANSCRIPTS[name])
+    ok = allowed()
+    differences = []
+    for (cmd, our_tag, our_un), (_, their_tag, their_un) in zip(ours, theirs):
+        if (our_tag, our_un) != (their_tag, their_un) and (name, cmd) not in ok:
+            differences.append(f"{cmd}\n  corvus:  {our_tag} {our_un}\n  dovecot: {their_tag} {their_un}")
+    assert not differences, f"{name}: {len(differences)} difference(s)\n" + "\n".join(differences)
