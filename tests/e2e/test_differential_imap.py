@@ -39,7 +39,27 @@ def append(box: str, msg: bytes, flags: str = "", date: str = '"05-Jan-2024 12:0
 
 SETUP = [append("INBOX", M1, "\\Seen"), append("INBOX", M2, "\\Flagged $Work"), append("INBOX", M3)]
 
+M4 = (b"From: a@example.net\r\nSubject: qp and rfc822\r\nMIME-Version: 1.0\r\n"
+      b"Content-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\n"
+      b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+      b"soft line=\r\n break, caf=C3=A9=\r\n\r\nand a hard one=0D=0A\r\npadded   \r\nsoft padded=  \r\nend\r\n--b1\r\n"
+      b"Content-Type: message/rfc822\r\n\r\nFrom: inner@example.org\r\nSubject: inner\r\n\r\ninner body\r\n"
+      b"--b1\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+      b"AAECAwQF\r\n--b1--\r\n")
+
 TRANSCRIPTS: dict[str, list] = {
+    "binary_and_decoding": [
+        append("INBOX", M4),
+        "SELECT INBOX",
+        "FETCH 1 (BINARY.PEEK[1])",
+        "FETCH 1 (BINARY.SIZE[1])",
+        "FETCH 1 (BINARY.PEEK[2])",
+        "FETCH 1 (BINARY.PEEK[3])",
+        "FETCH 1 (BODY.PEEK[2])",
+        "FETCH 1 (BODY.PEEK[2.HEADER])",
+        "FETCH 1 (BODY.PEEK[2.TEXT])",
+        "FETCH 1 (BODYSTRUCTURE)",
+    ],
     "select_and_status": SETUP + [
         "SELECT INBOX",
         "STATUS INBOX (MESSAGES UIDNEXT UNSEEN)",
@@ -205,6 +225,10 @@ TRANSCRIPTS: dict[str, list] = {
 # --- reading and normalizing ------------------------------------------------------------------
 
 
+class Bracket(list):
+    """A `[…]` group (response code, section spec), told apart from a `(…)` list."""
+
+
 def tokens(data: bytes):
     """An IMAP response as nested lists of atoms/strings (literals included)."""
     pos = 0
@@ -213,8 +237,11 @@ def tokens(data: bytes):
         c = data[pos:pos + 1]
         if c in b" \r\n":
             pos += 1
-        elif c == b"(" or c == b"[":
+        elif c == b"(":
             stack.append([])
+            pos += 1
+        elif c == b"[":
+            stack.append(Bracket())
             pos += 1
         elif c == b")" or c == b"]":
             done = stack.pop() if len(stack) > 1 else []
@@ -302,10 +329,21 @@ def normalize_untagged(line: bytes, command: str = ""):
         pairs = [(rest[i].upper(), rest[i + 1]) for i in range(0, len(rest) - 1, 2)]
         return ("ESEARCH", tuple(p for p in pairs if p[0] != "MODSEQ"))
     if len(t) > 2 and isinstance(t[2], bytes) and t[2].upper() == b"FETCH":
-        items = t[3]
+        # Item names with their section and origin joined: BODY[1.MIME]<0>.
+        items, pairs, i = t[3], [], 0
+        while i < len(items):
+            key = canon(items[i]).upper() if isinstance(items[i], bytes) else str(canon(items[i]))
+            i += 1
+            if i < len(items) and isinstance(items[i], Bracket):
+                key += "[" + " ".join(str(canon(x)) for x in items[i]) + "]"
+                i += 1
+            if i < len(items) and isinstance(items[i], bytes) and items[i].startswith(b"<"):
+                key += items[i].decode()
+                i += 1
+            pairs.append((key, items[i] if i < len(items) else None))
+            i += 1
         d = {}
-        for k, v in zip(items[0::2], items[1::2]):
-            key = canon(k).upper() if isinstance(k, bytes) else canon(k)
+        for key, v in pairs:
             if key == "MODSEQ":
                 continue
             if key == "FLAGS":

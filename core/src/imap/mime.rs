@@ -1219,7 +1219,10 @@ pub fn binary(msg: &[u8], root: &Part, part: &[u32]) -> Result<Vec<u8>, BinaryEr
     if part.is_empty() && !matches!(node.kind, Kind::Leaf) {
         return Ok(msg.to_vec());
     }
-    if !matches!(node.kind, Kind::Leaf) {
+    // A message/rfc822 part is content like a leaf: the encapsulated message, decoded by the
+    // part's transfer encoding (RFC 3516 §4.2; Dovecot answers the same). Only a multipart
+    // has no content of its own.
+    if matches!(node.kind, Kind::Multipart(_)) {
         return Err(BinaryError::NoPart);
     }
     let (fields, _) = parse_header(msg, node.start, node.end);
@@ -1249,19 +1252,38 @@ fn decode_base64(b: &[u8]) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// Quoted-printable decoding (RFC 2045 §6.7), lenient with bad escapes.
+/// Quoted-printable decoding (RFC 2045 §6.7), lenient with bad escapes. A `=` followed by
+/// nothing but spaces or tabs up to the line end is a soft line break, and spaces and tabs at
+/// the end of an encoded line are transport padding, removed (rule 3).
 pub fn decode_qp(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'=' {
-            if b.get(i + 1) == Some(&b'\r') && b.get(i + 2) == Some(&b'\n') {
-                i += 3;
+        if matches!(b[i], b' ' | b'\t') {
+            let mut j = i;
+            while j < b.len() && matches!(b[j], b' ' | b'\t') {
+                j += 1;
+            }
+            if j == b.len() || b[j] == b'\n' || (b[j] == b'\r' && b.get(j + 1) == Some(&b'\n')) {
+                i = j; // trailing whitespace: dropped
                 continue;
             }
-            if b.get(i + 1) == Some(&b'\n') {
-                i += 2;
+        }
+        if b[i] == b'=' {
+            let mut j = i + 1;
+            while j < b.len() && matches!(b[j], b' ' | b'\t') {
+                j += 1;
+            }
+            if b.get(j) == Some(&b'\r') && b.get(j + 1) == Some(&b'\n') {
+                i = j + 2;
                 continue;
+            }
+            if b.get(j) == Some(&b'\n') {
+                i = j + 1;
+                continue;
+            }
+            if j == b.len() {
+                break; // a soft break at the very end
             }
             if let (Some(h), Some(l)) = (b.get(i + 1), b.get(i + 2))
                 && let Ok(v) =
@@ -1281,6 +1303,16 @@ pub fn decode_qp(b: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_printable_soft_breaks_and_padding() {
+        assert_eq!(decode_qp(b"soft=\r\nbreak"), b"softbreak");
+        assert_eq!(decode_qp(b"soft=  \r\nbreak"), b"softbreak");
+        assert_eq!(decode_qp(b"pad   \r\nnext\t\r\n"), b"pad\r\nnext\r\n");
+        assert_eq!(decode_qp(b"caf=C3=A9=\r\n"), "café".as_bytes());
+        assert_eq!(decode_qp(b"hard=0D=0A\r\nend="), b"hard\r\n\r\nend");
+        assert_eq!(decode_qp(b"a = b"), b"a = b");
+    }
 
     #[test]
     fn addresses_and_groups() {
