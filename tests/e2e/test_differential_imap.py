@@ -209,6 +209,78 @@ TRANSCRIPTS: dict[str, list] = {
         "SEARCH MODSEQ 1",
         "STATUS INBOX (HIGHESTMODSEQ)",
     ],
+    "append_copy_move": SETUP + [
+        append("Nonexistent", M1),
+        append("Archive", M2, "\\Seen $Later"),
+        "STATUS Archive (MESSAGES UNSEEN)",
+        "SELECT INBOX",
+        "COPY 1:2 Archive",
+        "COPY 1 Nonexistent",
+        "UID COPY 3 Trash",
+        "MOVE 1 Trash",
+        "FETCH 1:* (UID FLAGS)",
+        "STATUS Trash (MESSAGES)",
+        "STORE 1 +FLAGS.SILENT (\\Deleted)",
+        "UID EXPUNGE 1:2",
+        "FETCH 1:* (UID)",
+        "UID EXPUNGE 3",
+        "FETCH 1:* (UID)",
+        "SELECT Archive",
+        "FETCH 1:* (FLAGS)",
+    ],
+    "fetch_macros_and_sections": SETUP + [
+        "SELECT INBOX",
+        "FETCH 1 FAST",
+        "FETCH 1 ALL",
+        "FETCH 1 (BODY)",
+        "FETCH 1 RFC822.HEADER",
+        "FETCH 2 RFC822.TEXT",
+        "FETCH 2 (FLAGS)",
+        "FETCH 1 BODY.PEEK[HEADER.FIELDS.NOT (Subject Date Message-ID)]",
+        "FETCH 1 BODY.PEEK[TEXT]<6.5>",
+        "FETCH 1 BODY.PEEK[TEXT]<100.5>",
+        "FETCH 1,3 (UID RFC822.SIZE)",
+        "FETCH 2:* (UID)",
+        "FETCH 3 BODY.PEEK[1]",
+        "FETCH 3 BODY.PEEK[3]",
+        "FETCH 3 BODY.PEEK[HEADER]",
+        "FETCH 1 BODY.PEEK[1]",
+        "UID FETCH 2 (BODY.PEEK[HEADER.FIELDS (FROM)])",
+    ],
+    "search_more": SETUP + [
+        "SELECT INBOX",
+        "STORE 3 +FLAGS (\\Deleted \\Answered \\Draft)",
+        "SEARCH DELETED",
+        "SEARCH UNDELETED",
+        "SEARCH ANSWERED UNANSWERED",
+        "SEARCH DRAFT",
+        "SEARCH UNDRAFT",
+        "SEARCH UNFLAGGED",
+        "SEARCH OR FROM carl SUBJECT third",
+        "SEARCH NOT FROM ann",
+        "SEARCH (FROM ann SEEN)",
+        "SEARCH SUBJECT \"\"",
+        "SEARCH HEADER X-Missing \"\"",
+        "SEARCH SINCE 1-Jan-2030",
+        "SEARCH LARGER 10000",
+        "SEARCH UID 1:2 FLAGGED",
+        "UID SEARCH NOT UID 2",
+        "SEARCH $",
+        "SEARCH RETURN (SAVE) FLAGGED",
+        "FETCH $ (UID)",
+        "SEARCH RETURN (COUNT) UNDELETED",
+    ],
+    "namespace_and_literals": [
+        "NAMESPACE",
+        b"CREATE {4+}\r\nLit1",
+        b"LIST \"\" {4+}\r\nLit*",
+        "CREATE \"Quoted \\\"name\\\"\"",
+        "LIST \"\" Quoted*",
+        "SELECT \"Quoted \\\"name\\\"\"",
+        "UNSELECT",
+        "CREATE Sub/",
+        "LIST \"\" Sub*",
+    ],
     "state_errors": [
         "SELECT Nonexistent",
         "FETCH 1 (FLAGS)",
@@ -300,6 +372,8 @@ def normalize_untagged(line: bytes, command: str = ""):
             return None
         if name in (b"UIDVALIDITY", b"CAPABILITY", b"URLMECH", b"NOMODSEQ"):
             return ("code", name.decode())
+        if name in (b"APPENDUID", b"COPYUID"):
+            return ("code",) + uid_code(code)
         if name == b"PERMANENTFLAGS":
             return ("code", "PERMANENTFLAGS", tuple(sorted(canon(f).lower() for f in code[1])))
         return ("code", name.decode(), tuple(canon(x) for x in code[1:]))
@@ -361,6 +435,22 @@ def normalize_untagged(line: bytes, command: str = ""):
     return ("other", canon(t))
 
 
+def uid_set(text: str) -> tuple:
+    """A uid-set (`1:3,5`) as the UIDs it names: `1,2` and `1:2` are the same set."""
+    out = []
+    for part in text.split(","):
+        a, _, b = part.partition(":")
+        lo, hi = int(a), int(b or a)
+        out.extend(range(min(lo, hi), max(lo, hi) + 1))
+    return tuple(out)
+
+
+def uid_code(code) -> tuple:
+    """APPENDUID/COPYUID without the UIDVALIDITY (numbered differently by each server)."""
+    name = code[0].upper().decode()
+    return (name, tuple(uid_set(canon(x)) for x in code[2:]))
+
+
 def normalize_tagged(line: bytes):
     t = tokens(line)
     status = t[1].upper().decode() if len(t) > 1 else "?"
@@ -371,7 +461,7 @@ def normalize_tagged(line: bytes):
         # The values of these depend on UIDVALIDITY/MODSEQ numbering; the name is compared.
         code = name
         if name in ("APPENDUID", "COPYUID"):
-            code = (name, tuple(canon(x) for x in t[2][2:]))
+            code = uid_code(t[2])
     return (status, code)
 
 

@@ -1,0 +1,121 @@
+"""Differential POP3 tests: the same sessions against Dovecot's POP3 server and Corvus
+(issue 20, "An oracle"). Both maildrops get the same three messages (APPENDed over IMAP, so
+the bytes and sizes are equal); each command's status (+OK/-ERR) and, for multi-line answers,
+the lines are compared. What may differ by design is normalized: greeting and status texts,
+UIDL values (each server makes its own unique ids: only their count and uniqueness are
+compared), and the RFC 2449 response codes' presence."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+import dovecot_support
+from imap_support import PASSWORD, Raw, Server
+from test_differential_imap import M1, M2, M3, append
+
+pytestmark = pytest.mark.skipif(not dovecot_support.available(), reason="dovecot is not installed")
+
+MULTILINE = ("LIST", "UIDL", "RETR", "TOP", "CAPA")
+
+SESSIONS = {
+    "read_and_delete": [
+        "STAT", "LIST", "LIST 2", "LIST 9", "UIDL", "RETR 1", "TOP 2 0", "TOP 3 1",
+        "DELE 2", "STAT", "LIST", "RETR 2", "DELE 2", "RSET", "STAT", "NOOP", "DELE 1",
+    ],
+    "errors": [
+        "RETR", "RETR 0", "RETR x", "TOP 1", "DELE 99", "BOGUS", "LIST 1 2", "STAT",
+    ],
+}
+
+
+class Pop:
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+        self.buf = b""
+        self.greeting = self.line()
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(self.buf)
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def cmd(self, text: str) -> tuple[bytes, list[bytes]]:
+        self.sock.sendall(text.encode() + b"\r\n")
+        status = self.line()
+        body = []
+        verb = text.split()[0].upper()
+        one_arg_list = verb in ("LIST", "UIDL") and len(text.split()) > 1
+        if status.startswith(b"+OK") and verb in MULTILINE and not one_arg_list:
+            while (l := self.line()) != b".":
+                body.append(l)
+        return status, body
+
+
+def normalize(cmd: str, status: bytes, body: list[bytes]):
+    ok = status.startswith(b"+OK")
+    verb = cmd.split()[0].upper()
+    if verb == "UIDL":
+        if len(cmd.split()) > 1:
+            return ok, len(status.split()) if ok else None
+        ids = [l.split()[1] for l in body]
+        return ok, (len(ids), len(set(ids)))
+    if verb in ("STAT",) or (verb == "LIST" and len(cmd.split()) > 1):
+        return ok, status.split()[1:3] if ok else None
+    return ok, body
+
+
+def fill(port: int, user: str):
+    r = Raw(port)
+    r.cmd(f'LOGIN "{user}" "{PASSWORD}"')
+    for step in (append("INBOX", M1), append("INBOX", M2), append("INBOX", M3)):
+        _, tagged = r.cmd(step)
+        assert b" OK" in tagged, tagged
+    r.cmd("LOGOUT")
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    corvus = Server(tmp_path_factory.mktemp("corvus"),
+                    extra="[pop3]\nallow_plaintext_auth = true\n")
+    corvus.ports["pop3"] = __import__("conftest").free_port()
+    corvus.config.write_text(corvus.config.read_text().replace(
+        "[listen]\n", f'[listen]\npop3 = "127.0.0.1:{corvus.ports["pop3"]}"\n'))
+    corvus.start()
+    dovecot = dovecot_support.Dovecot()
+    users = {}
+    for name in SESSIONS:
+        users[name] = corvus.add_user("pop-" + name.replace("_", "-"))
+        dovecot.add_user(users[name], PASSWORD)
+    dovecot.start()
+    for user in users.values():
+        fill(corvus.ports["imap"], user)
+        fill(dovecot.ports["imap"], user)
+    yield corvus, dovecot, users
+    corvus.close()
+    dovecot.stop()
+
+
+@pytest.mark.parametrize("name", sorted(SESSIONS))
+def test_corvus_pop3_answers_like_dovecot(servers, name):
+    corvus, dovecot, users = servers
+    results = []
+    for port in (corvus.ports["pop3"], dovecot.ports["pop3"]):
+        p = Pop(port)
+        assert p.greeting.startswith(b"+OK")
+        assert p.cmd(f"USER {users[name]}")[0].startswith(b"+OK")
+        assert p.cmd(f"PASS {PASSWORD}")[0].startswith(b"+OK")
+        results.append([(c, normalize(c, *p.cmd(c))) for c in SESSIONS[name]])
+        p.cmd("RSET")  # nothing is deleted: the next test run sees the same maildrop
+        p.cmd("QUIT")
+    differences = [
+        f"{c}\n  corvus:  {ours}\n  dovecot: {theirs}"
+        for (c, ours), (_, theirs) in zip(*results)
+        if ours != theirs
+    ]
+    assert not differences, "\n".join(differences)
