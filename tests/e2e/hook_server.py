@@ -124,6 +124,8 @@ class HookServer:
             f"nameservers = [{toml_value(self.dns.addr)}]",
             "[smtp]",
             "allow_plaintext_auth = true",
+            # The hook tests authenticate on the smtp listener too (off by default).
+            "auth_on_smtp = true",
             "max_errors = 100",
             "[imap]",
             "allow_plaintext_auth = true",

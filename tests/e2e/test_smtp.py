@@ -52,7 +52,7 @@ def enhanced(text: bytes) -> str:
 
 
 def test_ehlo_advertises_extensions_and_auth_only_after_starttls(server):
-    s = server.smtp()
+    s = server.smtp("submission")  # AUTH is offered on submission
     code, msg = s.ehlo()
     assert code == 250
     assert msg.startswith(b"mx.example.org ")
@@ -87,6 +87,11 @@ def test_plaintext_auth_refused_with_538(server, listener):
     s.ehlo()
     ir = base64.b64encode(f"\0{ALICE}\0{PASSWORD}".encode()).decode()
     code, msg = s.docmd("AUTH", "PLAIN " + ir)
+    if listener == "smtp":
+        # Port 25 does not offer AUTH at all unless smtp.auth_on_smtp is set.
+        assert code == 503 and enhanced(msg) == "5.5.1", (code, msg)
+        s.quit()
+        return
     assert code == 538, (code, msg)
     assert enhanced(msg) == "5.7.11"
     # Nothing was authenticated: MAIL on submission still needs AUTH.
@@ -692,9 +697,11 @@ def test_authzid_mismatch_counts_as_failure_and_ends_with_421(server_with):
     s.close()
 
 
-def test_authenticated_sender_checked_on_mx_port_too(server):
-    """AUTH after STARTTLS on the smtp listener lets a user relay; it must not let them forge
-    someone else's MAIL FROM (the submission rule applies to every authenticated session)."""
+def test_authenticated_sender_checked_on_mx_port_too(server_with):
+    """AUTH after STARTTLS on the smtp listener (with smtp.auth_on_smtp) lets a user relay; it
+    must not let them forge someone else's MAIL FROM (the submission rule applies to every
+    authenticated session)."""
+    server = server_with(smtp={"auth_on_smtp": True})
     s = tls_session(server, "smtp")
     assert auth_plain(s, ALICE, PASSWORD)[0] == 235
     code, msg = s.mail(BOB)
