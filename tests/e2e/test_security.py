@@ -168,11 +168,14 @@ def test_data_files_are_private_and_loose_ones_are_fixed(corvus_factory):
     assert not loose, loose
     assert stat.S_IMODE(os.stat(srv.data_dir).st_mode) == 0o700
     # A store made readable by others (an old Corvus, a careless copy) is fixed at start.
-    victim = next(p for p in srv.data_dir.rglob("*") if p.is_file())
-    os.chmod(victim, 0o644)
+    # (Files that stay across a restart: the TLS key and sled's database file.)
+    victims = [srv.data_dir / "tls" / "key.pem", srv.data_dir / "store" / "db"]
+    for v in victims:
+        os.chmod(v, 0o644)
     os.chmod(srv.data_dir, 0o755)
     srv.start()
-    assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600
+    for v in victims:
+        assert stat.S_IMODE(os.stat(v).st_mode) == 0o600, v
     assert stat.S_IMODE(os.stat(srv.data_dir).st_mode) == 0o700
     assert "took group and other permissions off" in srv.logs()
 
