@@ -180,6 +180,11 @@ pub struct Delivery {
     /// Send the sender a "delayed" notice once a message has waited this long (off when unset).
     #[serde(with = "opt_dur", skip_serializing_if = "Option::is_none")]
     pub delay_warning: Option<Duration>,
+    /// Source address of outbound connections (the address your SPF record and PTR name
+    /// cover, on a host with several); unset: the system chooses.
+    pub source_ip: Option<std::net::IpAddr>,
+    /// Name given in EHLO to remote servers; unset: `hostname`.
+    pub helo_name: Option<String>,
     /// Outbound deliveries in progress at once.
     pub max_concurrency: usize,
     /// Outbound deliveries in progress at once to one destination domain.
@@ -587,6 +592,8 @@ impl Default for Delivery {
             relay_user: None,
             relay_password: None,
             relay_require_tls: true,
+            source_ip: None,
+            helo_name: None,
             delay_warning: None,
             max_concurrency: 50,
             max_per_domain: 10,

@@ -615,3 +615,33 @@ def test_remote_reply_with_multibyte_code_is_a_temporary_error(net):
         assert "panicked" not in a.logs()
     finally:
         srv.close()
+
+
+def test_outbound_source_address_and_helo_name(net):
+    """[delivery] source_ip and helo_name (issue 20, item 19): the remote MTA (aiosmtpd) sees
+    the connection come from the configured address and the configured EHLO name."""
+    from aiosmtpd.controller import Controller
+
+    seen = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            seen.append((session.peer[0], session.host_name))
+            return "250 OK"
+
+    zone, make = net
+    port = free_port()
+    ctl = Controller(Handler(), hostname="127.0.0.5", port=port)
+    ctl.start()
+    try:
+        a = make("a", ["a.test"],
+                 delivery=f'port = {port}\nretry = ["1h"]\nsource_ip = "127.0.0.9"\nhelo_name = "out.a.test"')
+        a.add_user("alice@a.test", PW)
+        zone.add("other.test", "MX", "5 mx.other.test.")
+        zone.add("mx.other.test", "A", "127.0.0.5")
+        a.start()
+        submit(a, "alice@a.test", ["someone@other.test"], b"from a chosen address\r\n")
+        wait_for(lambda: seen, what="delivery to aiosmtpd")
+        assert seen[0] == ("127.0.0.9", "out.a.test"), seen
+    finally:
+        ctl.stop()

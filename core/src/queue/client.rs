@@ -197,6 +197,19 @@ pub enum TlsPolicy<'a> {
     },
 }
 
+/// A TCP connection to `addr`, from `source` when given (`[delivery] source_ip`; an address
+/// of the other family than `addr` is not used for it).
+async fn open(addr: SocketAddr, source: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if let Some(ip) = source.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(addr).await
+}
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// RFC 5321 §4.5.3.2: initial 220 5 min, MAIL 5 min, RCPT 5 min, DATA 2 min, data block
 /// 3 min, final dot 10 min.
@@ -211,6 +224,7 @@ impl Client {
     /// `server_name` (smart host setting).
     pub async fn connect(
         addr: SocketAddr,
+        source: Option<std::net::IpAddr>,
         helo: &str,
         server_name: &str,
         policy: TlsPolicy<'_>,
@@ -219,7 +233,7 @@ impl Client {
             TlsPolicy::Opportunistic { trust_roots } => (false, trust_roots),
             TlsPolicy::Verified { trust_roots } => (true, trust_roots),
         };
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, open(addr, source))
             .await
             .map_err(|_| ClientError::Io(format!("connect to {addr} timed out")))?
             .map_err(|e| ClientError::Io(format!("connect to {addr}: {e}")))?;

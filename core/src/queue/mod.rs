@@ -317,7 +317,8 @@ async fn deliver_domain(
                     } else {
                         TlsPolicy::Opportunistic { trust_roots }
                     };
-                    Client::connect(addr, &shared.config.hostname, host, policy).await
+                    let helo = cfg.helo_name.as_deref().unwrap_or(&shared.config.hostname);
+                    Client::connect(addr, cfg.source_ip, helo, host, policy).await
                 }
             };
             let mut client = match connected {
