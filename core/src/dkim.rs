@@ -118,31 +118,63 @@ pub fn generate(
             )));
         }
     };
+    if selector.is_empty()
+        || !selector
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(DkimError::Usage(format!(
+            "selector {selector:?}: use letters, digits, '-' and '.'"
+        )));
+    }
     let key = DkimKey {
         selector: selector.to_string(),
         algorithm: algorithm.to_string(),
         private_key: B64.encode(private),
         public_key: B64.encode(public),
     };
+    // One key per selector: a domain may sign with several at once (RSA and ed25519 side by
+    // side, RFC 8463 §1); a new key for an existing selector replaces that one.
+    let mut all = keys(store, &domain)?;
+    all.retain(|k| !k.selector.eq_ignore_ascii_case(selector));
+    all.push(key.clone());
     store.kv_set(
         NS,
         &domain,
-        &serde_json::to_vec(&key).map_err(|e| DkimError::Crypto(e.to_string()))?,
+        &serde_json::to_vec(&all).map_err(|e| DkimError::Crypto(e.to_string()))?,
         None,
     )?;
     Ok(key)
 }
 
-/// The stored key of `domain`.
-pub fn key(store: &Store, domain: &str) -> Result<Option<DkimKey>, StoreError> {
-    Ok(store
-        .kv_get(NS, &domain.to_lowercase())?
-        .and_then(|v| serde_json::from_slice(&v).ok()))
+/// Every key of `domain`, in the order they were made (a store written before several keys
+/// per domain holds one key object: read as a list of one).
+pub fn keys(store: &Store, domain: &str) -> Result<Vec<DkimKey>, StoreError> {
+    let Some(v) = store.kv_get(NS, &domain.to_lowercase())? else {
+        return Ok(Vec::new());
+    };
+    Ok(serde_json::from_slice::<Vec<DkimKey>>(&v)
+        .or_else(|_| serde_json::from_slice::<DkimKey>(&v).map(|k| vec![k]))
+        .unwrap_or_default())
 }
 
-/// A `DKIM-Signature:` header line (with CRLF) for `message`, when `domain` has a key.
+/// The first key of `domain` (ARC sealing signs with one key).
+pub fn key(store: &Store, domain: &str) -> Result<Option<DkimKey>, StoreError> {
+    Ok(keys(store, domain)?.into_iter().next())
+}
+
+/// `DKIM-Signature:` header lines (each with CRLF) for `message`, one for every key of
+/// `domain`; `None` when it has none (or every signing failed).
 pub fn sign(store: &Store, domain: &str, message: &[u8]) -> Option<String> {
-    let k = key(store, domain).ok()??;
+    let all = keys(store, domain).ok()?;
+    let headers: String = all
+        .iter()
+        .filter_map(|k| sign_with(k, domain, message))
+        .collect();
+    (!headers.is_empty()).then_some(headers)
+}
+
+fn sign_with(k: &DkimKey, domain: &str, message: &[u8]) -> Option<String> {
     let der = B64.decode(&k.private_key).ok()?;
     let sig = match k.algorithm.as_str() {
         "ed25519" => {

@@ -645,3 +645,26 @@ def test_outbound_source_address_and_helo_name(net):
         assert seen[0] == ("127.0.0.9", "out.a.test"), seen
     finally:
         ctl.stop()
+
+
+def test_rsa_and_ed25519_keys_sign_side_by_side(net):
+    """Several DKIM keys per domain, one per selector (issue 20 item 15, RFC 8463 §1 dual
+    signing): every outbound message carries a signature from each, and dkimpy verifies both.
+    The RSA key's TXT record comes split into strings of at most 255 octets."""
+    zone, make = net
+    a, b, _ = two_sites(zone, make)
+    for selector, algorithm in (("r1", "rsa"), ("e1", "ed25519")):
+        out = a.run_cli("dkim", "generate", "a.test", "--selector", selector,
+                        "--algorithm", algorithm).stdout
+        rdata = re.search(r'IN TXT (".*")', out).group(1)
+        assert all(len(s) <= 255 for s in re.findall(r'"([^"]*)"', rdata)), rdata
+        zone.add(f"{selector}._domainkey.a.test", "TXT", rdata)
+    a.start()
+    b.start()
+    submit(a, "alice@a.test", ["bob@b.test"], b"dual\r\n", subject="dual signed")
+    raw = wait_for(lambda: b.stored_messages("bob@b.test"), what="delivery to B")[0]
+    assert raw.count(b"DKIM-Signature:") == 2, raw[:2000]
+    d = dkim.DKIM(raw)
+    assert d.verify(idx=0, dnsfunc=zone.resolve_txt) and d.verify(idx=1, dnsfunc=zone.resolve_txt)
+    selectors = sorted(re.findall(rb"DKIM-Signature:.*?s=(\w+);", raw, re.S))
+    assert selectors == [b"e1", b"r1"], selectors
