@@ -134,6 +134,19 @@ pub enum SyntaxError {
     /// The line held bytes that are not text (500 5.5.2).
     #[error("invalid characters in command")]
     Binary,
+    /// A path that is not an address (501 with RFC 3463's X.1.7 for the sender, X.1.3 for a
+    /// recipient).
+    #[error("{0}")]
+    Address(&'static str, Side),
+}
+
+/// Whose address a [`SyntaxError::Address`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// MAIL FROM (X.1.7, bad sender's address syntax).
+    Sender,
+    /// RCPT TO (X.1.3, bad destination address syntax).
+    Recipient,
 }
 
 /// Find the next CRLF-terminated line in `buf`, returning the line without its terminator and
@@ -253,9 +266,18 @@ fn is_atext(c: char) -> bool {
 
 /// Parse `<path> params…`. Returns the address and the remaining parameter text.
 fn parse_path(s: &str, allow_null: bool) -> Result<(Address, &str), SyntaxError> {
-    const BAD: SyntaxError = SyntaxError::Args("bad address syntax");
+    let side = if allow_null {
+        Side::Sender
+    } else {
+        Side::Recipient
+    };
+    let bad = SyntaxError::Address("bad address syntax", side);
+    // Only `<>` is the null path: an empty argument is no path at all.
+    if s.trim().is_empty() {
+        return Err(SyntaxError::Args("an address is required, <> for none"));
+    }
     let (inner, rest) = if let Some(body) = s.strip_prefix('<') {
-        let end = find_path_end(body).ok_or(BAD)?;
+        let end = find_path_end(body).ok_or(bad.clone())?;
         (&body[..end], &body[end + 1..])
     } else {
         // Lenient: an address without brackets, up to the first space.
@@ -263,7 +285,7 @@ fn parse_path(s: &str, allow_null: bool) -> Result<(Address, &str), SyntaxError>
         (&s[..end], &s[end..])
     };
     if !rest.is_empty() && !rest.starts_with(' ') {
-        return Err(BAD);
+        return Err(bad);
     }
     if inner.is_empty() {
         return if allow_null {
@@ -280,7 +302,7 @@ fn parse_path(s: &str, allow_null: bool) -> Result<(Address, &str), SyntaxError>
     }
     // RFC 5321 §4.1.2 / §3.3: a source route (`@a,@b:`) is accepted and ignored.
     let mailbox = if inner.starts_with('@') {
-        let colon = inner.find(':').ok_or(BAD)?;
+        let colon = inner.find(':').ok_or(bad.clone())?;
         &inner[colon + 1..]
     } else {
         inner
@@ -294,7 +316,7 @@ fn parse_path(s: &str, allow_null: bool) -> Result<(Address, &str), SyntaxError>
             rest.trim(),
         ));
     }
-    Ok((parse_mailbox(mailbox).ok_or(BAD)?, rest.trim()))
+    Ok((parse_mailbox(mailbox).ok_or(bad)?, rest.trim()))
 }
 
 /// Index of the `>` closing a path, skipping quoted strings.
@@ -583,7 +605,7 @@ mod tests {
             ),
             (
                 "RCPT TO:<user@other@local.test>",
-                Err(SyntaxError::Args("bad address syntax")),
+                Err(SyntaxError::Address("bad address syntax", Side::Recipient)),
             ),
             (
                 "RCPT TO:<Postmaster>",
@@ -622,6 +644,14 @@ mod tests {
                 Err(SyntaxError::Args("syntax: BDAT size [LAST]")),
             ),
             ("DATA x", Err(SyntaxError::Args("no parameters allowed"))),
+            (
+                "MAIL FROM:",
+                Err(SyntaxError::Args("an address is required, <> for none")),
+            ),
+            (
+                "MAIL FROM:<a b>",
+                Err(SyntaxError::Address("bad address syntax", Side::Sender)),
+            ),
             (
                 "AUTH plain dGVzdA==",
                 Ok(Command::Auth("PLAIN".into(), Some("dGVzdA==".into()))),

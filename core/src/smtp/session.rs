@@ -472,6 +472,14 @@ impl Session {
                         Reply::new(500, "5.5.2", "Invalid characters in command")
                     }
                     SyntaxError::Args(t) => Reply::new(501, "5.5.4", t),
+                    SyntaxError::Address(t, side) => Reply::new(
+                        501,
+                        match side {
+                            super::codec::Side::Sender => "5.1.7",
+                            super::codec::Side::Recipient => "5.1.3",
+                        },
+                        t,
+                    ),
                     SyntaxError::Param(p) => {
                         Reply::new(555, "5.5.4", format!("Unsupported parameter {p}"))
                     }
