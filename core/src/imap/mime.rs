@@ -1004,11 +1004,14 @@ pub fn parse_address_list(v: &[u8]) -> Vec<EnvAddr> {
                 mailbox: Some(name.unwrap_or_default()),
                 host: None,
             });
-            let inner_end = item
+            // The group's members: after its colon, up to its last ';' (a ';' before the
+            // colon, as in "a;b:c", is not the group's end).
+            let inner = &item[colon + 1..];
+            let inner_end = inner
                 .iter()
                 .rposition(|t| *t == Tok::Special(b';'))
-                .unwrap_or(item.len());
-            for sub in item[colon + 1..inner_end].split(|t| *t == Tok::Special(b',')) {
+                .unwrap_or(inner.len());
+            for sub in inner[..inner_end].split(|t| *t == Tok::Special(b',')) {
                 if let Some(a) = mailbox(sub) {
                     out.push(a);
                 }
@@ -1303,6 +1306,17 @@ pub fn decode_qp(b: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the CI fuzz run (imap_mime): a ';' before a group's ':' panicked ENVELOPE.
+    #[test]
+    fn a_semicolon_before_the_group_colon_does_not_panic() {
+        let a = parse_address_list(b"a;b:c");
+        assert_eq!(a.first().and_then(|x| x.mailbox.clone()), Some(b"a b".to_vec()));
+        let crash = b"k:\x02\nCC:J\xf1;k:\nCC:J\xf1\x01\x00k:\x02\nC\xb9:J\x00\x00\xf1k";
+        let root = parse_message(crash);
+        let mut out = Vec::new();
+        envelope(crash, &root, &mut out);
+    }
 
     #[test]
     fn quoted_printable_soft_breaks_and_padding() {
