@@ -1311,7 +1311,10 @@ mod tests {
     #[test]
     fn a_semicolon_before_the_group_colon_does_not_panic() {
         let a = parse_address_list(b"a;b:c");
-        assert_eq!(a.first().and_then(|x| x.mailbox.clone()), Some(b"a b".to_vec()));
+        assert_eq!(
+            a.first().and_then(|x| x.mailbox.clone()),
+            Some(b"a b".to_vec())
+        );
         let crash = b"k:\x02\nCC:J\xf1;k:\nCC:J\xf1\x01\x00k:\x02\nC\xb9:J\x00\x00\xf1k";
         let root = parse_message(crash);
         let mut out = Vec::new();
