@@ -47,7 +47,77 @@ M4 = (b"From: a@example.net\r\nSubject: qp and rfc822\r\nMIME-Version: 1.0\r\n"
       b"--b1\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
       b"AAECAwQF\r\n--b1--\r\n")
 
+def threaded(n: int, subject: str, frm: str, date: str, refs: str = "", size: int = 0) -> bytes:
+    """A message for the SORT/THREAD transcripts: Message-ID <tN@x>, optional References."""
+    head = (f"From: {frm}\r\nTo: list{n % 3}@example.org\r\nSubject: {subject}\r\n"
+            f"Date: {date}\r\nMessage-ID: <t{n}@x>\r\n")
+    if refs:
+        head += f"References: {refs}\r\n"
+    return (head + "\r\n" + "body " + "x" * size + "\r\n").encode()
+
+
+THREADED = [
+    threaded(1, "Plans", "Zed <zed@example.net>", "Mon, 1 Jan 2024 10:00:00 +0000", size=50),
+    threaded(2, "Re: Plans", "amy@example.net", "Mon, 1 Jan 2024 11:00:00 +0000", "<t1@x>"),
+    threaded(3, "Other topic", "Bob <bob@example.net>", "Sun, 31 Dec 2023 09:00:00 +0000", size=5),
+    threaded(4, "RE: [list] re: Plans (fwd)", "carl@example.net", "Tue, 2 Jan 2024 08:00:00 -0500",
+             "<t1@x> <t2@x>"),
+    threaded(5, "Fwd: Other topic", "dora@example.net", "Tue, 2 Jan 2024 12:00:00 +0100", size=20),
+    threaded(6, "lost parent", "eve@example.net", "Wed, 3 Jan 2024 10:00:00 +0000", "<missing@x>"),
+    threaded(7, "Re: lost parent", "fay@example.net", "Wed, 3 Jan 2024 09:00:00 +0000",
+             "<missing@x>"),
+    threaded(8, "=?UTF-8?Q?=C3=A9t=C3=A9?=", "gil@example.net", "Thu, 4 Jan 2024 10:00:00 +0000"),
+]
+
 TRANSCRIPTS: dict[str, list] = {
+    "sort_and_thread": [append("INBOX", m) for m in THREADED] + [
+        "SELECT INBOX",
+        "SORT (SUBJECT) UTF-8 ALL",
+        "SORT (REVERSE DATE) UTF-8 ALL",
+        "SORT (ARRIVAL) US-ASCII ALL",
+        "SORT (FROM) UTF-8 ALL",
+        "SORT (TO REVERSE SIZE) UTF-8 ALL",
+        "SORT (CC DATE) UTF-8 ALL",
+        "SORT (SIZE) UTF-8 SUBJECT plans",
+        "SORT (DISPLAYFROM) UTF-8 ALL",
+        "UID SORT (SUBJECT REVERSE ARRIVAL) UTF-8 2:*",
+        "SORT RETURN (MIN MAX COUNT) (DATE) UTF-8 ALL",
+        "SORT RETURN (ALL) (REVERSE SIZE) UTF-8 ALL",
+        "SORT RETURN () (SUBJECT) UTF-8 NOT ALL",
+        "SORT (BOGUS) UTF-8 ALL",
+        "SORT (REVERSE) UTF-8 ALL",
+        "SORT (DATE) KOI8-R ALL",
+        "SORT (DATE) ALL",
+        "THREAD ORDEREDSUBJECT UTF-8 ALL",
+        "THREAD REFERENCES UTF-8 ALL",
+        "UID THREAD REFERENCES UTF-8 3:*",
+        "THREAD REFERENCES UTF-8 SUBJECT nothing-matches",
+        "THREAD BOGUS UTF-8 ALL",
+    ],
+    "recent": [
+        append("INBOX", M1),
+        append("INBOX", M2, "\\Seen"),
+        "STATUS INBOX (RECENT MESSAGES)",
+        "EXAMINE INBOX",
+        "FETCH 1:* (FLAGS)",
+        "SEARCH RECENT",
+        "SEARCH NEW",
+        "SEARCH OLD",
+        "SELECT INBOX",
+        "FETCH 1:* (FLAGS)",
+        "STORE 1 +FLAGS (\\Flagged)",
+        "SEARCH NEW",
+        "STATUS INBOX (RECENT)",
+        append("INBOX", M3),
+        "NOOP",
+        "FETCH 3 (FLAGS)",
+        "SEARCH RECENT",
+        "UID STORE 2 +FLAGS (\\Deleted)",
+        "EXPUNGE",
+        "SELECT INBOX",
+        "SEARCH OLD",
+        "STORE 1 +FLAGS (\\Recent)",
+    ],
     "binary_and_decoding": [
         append("INBOX", M4),
         "SELECT INBOX",
@@ -421,17 +491,15 @@ def normalize_untagged(line: bytes, command: str = ""):
             if key == "MODSEQ":
                 continue
             if key == "FLAGS":
-                v = tuple(sorted(canon(f).lower() for f in v if canon(f).lower() != "\\recent"))
+                v = tuple(sorted(canon(f).lower() for f in v))
             else:
                 v = canon(v)
             d[str(key)] = v
         return ("FETCH", canon(t[1]), tuple(sorted(d.items(), key=lambda kv: str(kv[0]))))
     if isinstance(t[1], bytes) and len(t) > 2 and isinstance(t[2], bytes):
         word = t[2].upper()
-        if word in (b"EXISTS", b"EXPUNGE"):
+        if word in (b"EXISTS", b"EXPUNGE", b"RECENT"):
             return (word.decode(), canon(t[1]))
-        if word == b"RECENT":
-            return None  # \Recent is per session; compared elsewhere
     return ("other", canon(t))
 
 

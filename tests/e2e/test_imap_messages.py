@@ -44,7 +44,8 @@ def test_append_flags_date_and_literal_plus(imap_server, user):
     lines = r.ok("FETCH 1 (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])")
     line = lines[0]
     flags = re.search(rb"FLAGS \(([^)]*)\)", line).group(1).split()
-    assert sorted(flags) == sorted([b"\\Draft", b"\\Seen", b"$Label1"])
+    # \Recent: this session is the first to select the mailbox (RFC 3501 §2.3.2).
+    assert sorted(flags) == sorted([b"\\Draft", b"\\Seen", b"$Label1", b"\\Recent"])
     d = re.search(rb'INTERNALDATE "([^"]+)"', line).group(1).decode()
     when = datetime.datetime.strptime(d, "%d-%b-%Y %H:%M:%S %z")
     assert when == datetime.datetime(2024, 1, 5, 9, 0, tzinfo=datetime.timezone.utc)
@@ -96,8 +97,11 @@ def test_append_via_imaplib_and_errors(imap_server, user):
     assert body == b"Subject: lf\r\n\r\nline one\r\nline two\r\n"
     # \Recent cannot be set by a client; an empty message is refused.
     uv, uid = append(r, "INBOX", simple_message("r"), flags="\\Recent")
-    lines = r.ok(f"UID FETCH {uid} FLAGS")
-    assert b"\\Recent" not in lines[0]
+    # This session shows it \Recent (it saw it first); another one shows what was stored.
+    other = imap_server.raw(user)
+    other.ok("EXAMINE INBOX")
+    assert b"\\Recent" not in other.ok(f"UID FETCH {uid} FLAGS")[0]
+    other.close()
     _, tagged = r.cmd("APPEND INBOX {0+}\r\n")
     assert b" NO " in tagged or b" BAD " in tagged
     _, tagged = r.cmd('APPEND INBOX "not a date" {1+}\r\nx')
@@ -184,14 +188,16 @@ def test_expunge_and_uid_expunge(imap_server, user):
     untagged, tagged = r.cmd("UID EXPUNGE 4:6")
     assert b" OK " in tagged
     seqs = [1, 2, 3, 4, 5, 6]
-    for l in untagged:
+    # The expunged messages were \Recent here: the new count follows (RFC 3501 §7.3.2).
+    assert untagged[-1] == b"* 4 RECENT", untagged
+    for l in untagged[:-1]:
         m = re.match(rb"\* (\d+) EXPUNGE$", l)
         assert m, untagged
         del seqs[int(m.group(1)) - 1]
     assert seqs == [1, 2, 3, 6]
     assert fetch_uids(r) == [1, 2, 3, 6]
     untagged = r.ok("EXPUNGE")
-    assert untagged == [b"* 2 EXPUNGE"]
+    assert untagged == [b"* 2 EXPUNGE", b"* 3 RECENT"]
     assert fetch_uids(r) == [1, 3, 6]
     assert r.ok("EXPUNGE") == []  # nothing left to remove
     # CLOSE expunges silently; UNSELECT does not expunge.

@@ -16,7 +16,9 @@ def snapshot(r, mailbox):
     info["flags"] = {}
     for l in r.ok("FETCH 1:* (UID FLAGS)"):
         uid = int(re.search(rb"UID (\d+)", l).group(1))
-        info["flags"][uid] = sorted(re.search(rb"FLAGS \(([^)]*)\)", l).group(1).split())
+        # \Recent is per session (the first SELECT after a COPY takes it), not stored state.
+        flags = re.search(rb"FLAGS \(([^)]*)\)", l).group(1).split()
+        info["flags"][uid] = sorted(f for f in flags if f != b"\\Recent")
     return info
 
 

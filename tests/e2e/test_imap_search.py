@@ -95,9 +95,9 @@ def search(r, criteria, uid=False):
     ("UNDRAFT", [1, 2, 4]),
     ("KEYWORD $Work", [2]),
     ("UNKEYWORD $Work", [1, 3, 4]),
-    ("RECENT", []),  # Corvus never sets \Recent (SELECT says 0 RECENT)...
-    ("NEW", []),  # ...so NEW (RECENT UNSEEN) is empty as well,
-    ("OLD", [1, 2, 3, 4]),  # and every message is OLD.
+    ("RECENT", [1, 2, 3, 4]),  # EXAMINE only: no session has taken them (RFC 3501 §2.3.2)
+    ("NEW", [2, 3, 4]),  # RECENT UNSEEN
+    ("OLD", []),  # NOT RECENT
     ("BEFORE 1-Feb-2024", [1]),
     ("ON 20-Feb-2024", [2]),
     ("ON 1-Mar-2024", [3, 4]),

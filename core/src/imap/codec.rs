@@ -441,7 +441,7 @@ pub fn parse(bytes: &[u8]) -> Result<Tagged, ParseError> {
         uid = true;
         if !matches!(
             verb.as_str(),
-            "FETCH" | "STORE" | "SEARCH" | "COPY" | "MOVE" | "EXPUNGE"
+            "FETCH" | "STORE" | "SEARCH" | "COPY" | "MOVE" | "EXPUNGE" | "SORT" | "THREAD"
         ) {
             return Err(err(format!("UID {verb} is not a command")));
         }
@@ -713,24 +713,8 @@ fn parse_args(c: &mut Cursor<'_>, verb: &str, uid: bool) -> R<Command> {
             }
         }
         "SEARCH" => {
-            let mut ret = None;
             c.sp()?;
-            if c.keyword("RETURN") {
-                c.sp()?;
-                let opts: Vec<String> = c
-                    .paren_atoms()?
-                    .into_iter()
-                    .map(|s| s.to_ascii_uppercase())
-                    .collect();
-                if let Some(o) = opts
-                    .iter()
-                    .find(|o| !matches!(o.as_str(), "MIN" | "MAX" | "ALL" | "COUNT" | "SAVE"))
-                {
-                    return Err(format!("unknown SEARCH return option {o}"));
-                }
-                ret = Some(opts);
-                c.sp()?;
-            }
+            let ret = c.return_options("SEARCH", &["MIN", "MAX", "ALL", "COUNT", "SAVE"])?;
             if c.keyword("CHARSET") {
                 c.sp()?;
                 let cs = c.astring_utf8()?;
@@ -747,6 +731,61 @@ fn parse_args(c: &mut Cursor<'_>, verb: &str, uid: bool) -> R<Command> {
                 uid,
                 ret,
                 key: SearchKey::And(keys),
+            }
+        }
+        "SORT" => {
+            use super::sort::{Criterion, SortKey};
+            c.sp()?;
+            let ret = c.return_options("SORT", &["MIN", "MAX", "ALL", "COUNT"])?;
+            let words = c.paren_atoms()?;
+            let mut criteria = Vec::new();
+            let mut reverse = false;
+            for w in &words {
+                let key = match w.to_ascii_uppercase().as_str() {
+                    "REVERSE" if !reverse => {
+                        reverse = true;
+                        continue;
+                    }
+                    "ARRIVAL" => SortKey::Arrival,
+                    "CC" => SortKey::Cc,
+                    "DATE" => SortKey::Date,
+                    "FROM" => SortKey::From,
+                    "SIZE" => SortKey::Size,
+                    "SUBJECT" => SortKey::Subject,
+                    "TO" => SortKey::To,
+                    "DISPLAYFROM" => SortKey::DisplayFrom,
+                    "DISPLAYTO" => SortKey::DisplayTo,
+                    _ => return Err(format!("unknown sort criterion {w}")),
+                };
+                criteria.push(Criterion { key, reverse });
+                reverse = false;
+            }
+            if criteria.is_empty() || reverse {
+                return Err("a sort criterion is missing".into());
+            }
+            c.sp()?;
+            let key = c.charset_and_keys()?;
+            Command::Sort {
+                uid,
+                ret,
+                criteria,
+                key,
+            }
+        }
+        "THREAD" => {
+            c.sp()?;
+            let algorithm = c.atom()?.to_ascii_uppercase();
+            let references = match algorithm.as_str() {
+                "REFERENCES" => true,
+                "ORDEREDSUBJECT" => false,
+                _ => return Err(format!("unknown threading algorithm {algorithm}")),
+            };
+            c.sp()?;
+            let key = c.charset_and_keys()?;
+            Command::Thread {
+                uid,
+                references,
+                key,
             }
         }
         "FETCH" => {
@@ -1051,6 +1090,41 @@ impl Cursor<'_> {
         Ok(s)
     }
 
+    /// An optional `RETURN (opts) SP` of SEARCH (RFC 4731) or SORT (RFC 5267), options
+    /// upper-cased; one outside `allowed` is BAD.
+    fn return_options(&mut self, verb: &str, allowed: &[&str]) -> R<Option<Vec<String>>> {
+        if !self.keyword("RETURN") {
+            return Ok(None);
+        }
+        self.sp()?;
+        let opts: Vec<String> = self
+            .paren_atoms()?
+            .into_iter()
+            .map(|s| s.to_ascii_uppercase())
+            .collect();
+        if let Some(o) = opts.iter().find(|o| !allowed.contains(&o.as_str())) {
+            return Err(format!("unknown {verb} return option {o}"));
+        }
+        self.sp()?;
+        Ok(Some(opts))
+    }
+
+    /// SORT's and THREAD's `charset SP search-key *(SP search-key)` (RFC 5256 §5): the
+    /// charset is required there.
+    fn charset_and_keys(&mut self) -> R<SearchKey> {
+        let cs = self.astring_utf8()?;
+        // A missing search key is a syntax error (BAD) before it is a charset question.
+        self.sp()?;
+        if !cs.eq_ignore_ascii_case("UTF-8") && !cs.eq_ignore_ascii_case("US-ASCII") {
+            return Err("[BADCHARSET (UTF-8 US-ASCII)] unsupported charset".into());
+        }
+        let mut keys = vec![self.search_key(0)?];
+        while self.eat(b' ') {
+            keys.push(self.search_key(0)?);
+        }
+        Ok(SearchKey::And(keys))
+    }
+
     fn search_key(&mut self, depth: usize) -> R<SearchKey> {
         if depth > 32 {
             return Err("search nesting too deep".into());
@@ -1083,10 +1157,13 @@ impl Cursor<'_> {
             "UNFLAGGED" => SearchKey::Flag("\\Flagged".into(), false),
             "SEEN" => SearchKey::Flag("\\Seen".into(), true),
             "UNSEEN" => SearchKey::Flag("\\Seen".into(), false),
-            // NEW is RECENT UNSEEN; Corvus never sets \Recent, so nothing is NEW.
-            "NEW" => SearchKey::Not(Box::new(SearchKey::All)),
-            "OLD" | "RECENT" if word == "OLD" => SearchKey::All,
-            "RECENT" => SearchKey::Not(Box::new(SearchKey::All)),
+            // RFC 3501 §6.4.4: NEW is RECENT UNSEEN, OLD is NOT RECENT.
+            "RECENT" => SearchKey::Flag("\\Recent".into(), true),
+            "OLD" => SearchKey::Flag("\\Recent".into(), false),
+            "NEW" => SearchKey::And(vec![
+                SearchKey::Flag("\\Recent".into(), true),
+                SearchKey::Flag("\\Seen".into(), false),
+            ]),
             "KEYWORD" => {
                 self.sp()?;
                 SearchKey::Flag(self.atom()?.to_string(), true)
@@ -1350,7 +1427,10 @@ mod tests {
         assert!(parse(b"s SEARCH RETURN (SAVE MIN) ALL\r\n").is_ok());
         let t = parse(b"s SEARCH NEW\r\n").unwrap();
         assert!(matches!(t.command, Command::Search { ref key, .. }
-            if *key == SearchKey::And(vec![SearchKey::Not(Box::new(SearchKey::All))])));
+        if *key == SearchKey::And(vec![SearchKey::And(vec![
+            SearchKey::Flag("\\Recent".into(), true),
+            SearchKey::Flag("\\Seen".into(), false),
+        ])])));
         let t = parse(b"g FETCH 1 BODY[1.2.MIME]\r\n").unwrap();
         assert!(matches!(t.command, Command::Fetch { .. }));
     }

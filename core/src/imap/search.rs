@@ -25,6 +25,8 @@ pub struct Candidate<'a> {
     pub max_uid: u32,
     /// Saved search result (`$`) as UIDs.
     pub saved: &'a [u32],
+    /// Whether the message is `\Recent` in this session (RFC 3501 §2.3.2).
+    pub recent: bool,
 }
 
 /// Whether evaluating `key` needs the message content.
@@ -70,6 +72,7 @@ pub fn matches(
             // `$` holds UIDs.
             set.contains(c.uid, c.max_uid, c.saved)
         }
+        SearchKey::Flag(f, want) if f.eq_ignore_ascii_case("\\Recent") => c.recent == *want,
         SearchKey::Flag(f, want) => c.flags.iter().any(|x| x.eq_ignore_ascii_case(f)) == *want,
         SearchKey::Larger(n) => c.size > *n,
         SearchKey::Smaller(n) => c.size < *n,
@@ -285,6 +288,7 @@ mod tests {
             max_seq: 1,
             max_uid: 1,
             saved: &[],
+            recent: false,
         };
         let day = |s: &str| crate::imap::codec::parse_date(s).unwrap();
         let run = |kind: &str, d: &str| {
@@ -359,6 +363,7 @@ mod tests {
             max_seq: 3,
             max_uid: 9,
             saved,
+            recent: false,
         }
     }
 

@@ -21,12 +21,14 @@ use super::mime::{self, BinaryError};
 use super::mutf7;
 use super::response::{date_time, flag_list, literal, mailbox_name, string};
 use super::search::{self, Candidate};
+use super::sort;
 use super::types::*;
 use super::view::{Snapshot, View};
 use crate::accounts;
 use crate::hooks::{HookCtx, HookPoint, Verdict};
 use crate::net::Stream;
 use crate::server::Shared;
+use crate::store::MailStore;
 use crate::store::{FlagOp, Mailbox, MailboxEvent, MessageMeta, Placement, StoreError};
 
 /// Output buffered before the session waits for the client to read it: FETCH responses
@@ -46,9 +48,54 @@ struct Selected {
     /// Keywords announced to the client in FLAGS; a flag response never shows another
     /// before it is announced (RFC 9051 §7.3.5).
     keywords: Vec<String>,
+    /// UID ranges (inclusive, ascending) that are `\Recent` in this session: the messages
+    /// it was the first to see (SELECT claims them in the store), or, read-only, the ones
+    /// no session has claimed yet (RFC 3501 §2.3.2). Empty in an IMAP4rev2 session.
+    recent: Vec<(u32, u32)>,
 }
 
 impl Selected {
+    /// Whether `uid` is `\Recent` in this session.
+    fn is_recent(&self, uid: u32) -> bool {
+        let i = self.recent.partition_point(|r| r.1 < uid);
+        self.recent.get(i).is_some_and(|r| r.0 <= uid)
+    }
+
+    /// How many messages of the view are `\Recent` (the RECENT response).
+    fn recent_count(&self) -> usize {
+        self.recent
+            .iter()
+            .map(|&(lo, hi)| {
+                self.msgs.partition_uid(hi.saturating_add(1)) - self.msgs.partition_uid(lo)
+            })
+            .sum()
+    }
+
+    /// Take the messages above the store's `\Recent` mark up to `last` (the view's highest
+    /// UID): claimed for this session when it is read-write, only looked at when read-only.
+    fn take_recent(&mut self, store: &dyn MailStore, last: u32) {
+        let Ok(mark) = store.claim_recent(self.mailbox.id, last, !self.read_only) else {
+            return;
+        };
+        let from = self.recent.last().map_or(mark, |r| r.1.max(mark)) + 1;
+        if from > last {
+            return;
+        }
+        match self.recent.last_mut() {
+            Some(r) if r.1 + 1 == from => r.1 = last,
+            _ => self.recent.push((from, last)),
+        }
+    }
+
+    /// `flags`, with `\Recent` added when `uid` is recent in this session.
+    fn shown_flags(&self, uid: u32, flags: &[String]) -> Vec<String> {
+        let mut v = flags.to_vec();
+        if self.is_recent(uid) {
+            v.push("\\Recent".into());
+        }
+        v
+    }
+
     /// The untagged FLAGS and PERMANENTFLAGS lines announcing the keywords among `flags` that
     /// the client has not been told of yet (they join the announced set), or nothing.
     fn announce<'a>(&mut self, flags: impl IntoIterator<Item = &'a String>) -> Option<String> {
@@ -193,7 +240,7 @@ impl Session {
             }
         } else {
             c.push_str(
-                " IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN LIST-EXTENDED LIST-STATUS SPECIAL-USE CREATE-SPECIAL-USE CONDSTORE QRESYNC ESEARCH SEARCHRES STATUS=SIZE BINARY UTF8=ACCEPT",
+                " IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN LIST-EXTENDED LIST-STATUS SPECIAL-USE CREATE-SPECIAL-USE CONDSTORE QRESYNC ESEARCH SEARCHRES SORT SORT=DISPLAY ESORT THREAD=ORDEREDSUBJECT THREAD=REFERENCES STATUS=SIZE BINARY UTF8=ACCEPT",
             );
         }
         c
@@ -686,6 +733,17 @@ impl Session {
             }
             Command::Expunge(set) => self.expunge(set).await,
             Command::Search { uid, ret, key } => self.search(&tag, uid, ret, key).await,
+            Command::Sort {
+                uid,
+                ret,
+                criteria,
+                key,
+            } => self.sort(&tag, uid, ret, &criteria, key).await,
+            Command::Thread {
+                uid,
+                references,
+                key,
+            } => self.thread(uid, references, key).await,
             Command::Fetch {
                 uid,
                 set,
@@ -1097,7 +1155,21 @@ impl Session {
         for i in items {
             parts.push(match i {
                 StatusItem::Messages => format!("MESSAGES {}", msgs.len()),
-                StatusItem::Recent => "RECENT 0".into(),
+                StatusItem::Recent => {
+                    // The selected mailbox: this session's own \Recent messages (as Dovecot).
+                    if let Some(sel) = self.selected.as_ref().filter(|s| s.mailbox.id == mb.id) {
+                        parts.push(format!("RECENT {}", sel.recent_count()));
+                        continue;
+                    }
+                    // Not claimed: STATUS changes nothing (RFC 3501 §6.3.10).
+                    let mark = self
+                        .shared
+                        .store
+                        .claim_recent(mb.id, 0, false)
+                        .map_err(store_err)?;
+                    let first = msgs.partition_point(|m| m.uid <= mark);
+                    format!("RECENT {}", msgs.len() - first)
+                }
                 StatusItem::UidNext => format!("UIDNEXT {}", mb.uidnext),
                 StatusItem::UidValidity => format!("UIDVALIDITY {}", mb.uidvalidity),
                 StatusItem::Unseen => format!(
@@ -1221,9 +1293,19 @@ impl Session {
         } else {
             format!(" {}", keywords.join(" "))
         };
-        self.untagged(&format!("{} EXISTS", view.len()));
+        let mut sel = Selected {
+            mailbox: mb.clone(),
+            read_only,
+            msgs: view,
+            keywords,
+            recent: Vec::new(),
+        };
         if !self.rev2 {
-            self.untagged("0 RECENT");
+            sel.take_recent(self.shared.store.as_ref(), sel.msgs.last_uid());
+        }
+        self.untagged(&format!("{} EXISTS", sel.msgs.len()));
+        if !self.rev2 {
+            self.untagged(&format!("{} RECENT", sel.recent_count()));
         }
         self.untagged(&format!("FLAGS ({SYSTEM_FLAGS}{kw})"));
         if read_only {
@@ -1245,12 +1327,7 @@ impl Session {
         for line in &resync {
             self.untagged(line);
         }
-        self.selected = Some(Selected {
-            mailbox: mb,
-            read_only,
-            msgs: view,
-            keywords,
-        });
+        self.selected = Some(sel);
         Ok(format!(
             "[{}] {} completed",
             if read_only { "READ-ONLY" } else { "READ-WRITE" },
@@ -1325,6 +1402,7 @@ impl Session {
         let condstore = self.condstore;
         let qresync = self.qresync;
         let sel = self.selected.as_mut().expect("selected");
+        let recent_before = sel.recent_count();
         let mut out = Vec::new();
         // Keywords new to the client (set by another session, or on a new message) are
         // announced before any response that could show them.
@@ -1371,7 +1449,7 @@ impl Session {
                             "* {} FETCH (UID {} FLAGS ({}){ms})\r\n",
                             i + 1,
                             f.uid,
-                            f.flags.join(" ")
+                            sel.shown_flags(f.uid, &f.flags).join(" ")
                         )
                         .as_bytes(),
                     );
@@ -1384,11 +1462,16 @@ impl Session {
         for m in &fresh[fresh.partition_point(|m| m.uid <= last)..] {
             sel.msgs.push(m);
         }
-        if sel.msgs.len() != before {
+        let grew = sel.msgs.len() != before;
+        if grew {
             out.extend_from_slice(format!("* {} EXISTS\r\n", sel.msgs.len()).as_bytes());
             if !self.rev2 {
-                out.extend_from_slice(b"* 0 RECENT\r\n");
+                sel.take_recent(self.shared.store.as_ref(), sel.msgs.last_uid());
             }
+        }
+        // RECENT follows EXISTS, and any change of the count by expunges (RFC 3501 §7.3.2).
+        if !self.rev2 && (grew || sel.recent_count() != recent_before) {
+            out.extend_from_slice(format!("* {} RECENT\r\n", sel.recent_count()).as_bytes());
         }
         if let Ok(Some(mb)) = self
             .shared
@@ -1461,24 +1544,16 @@ impl Session {
         Ok("EXPUNGE completed".into())
     }
 
-    async fn search(
-        &mut self,
-        tag: &str,
-        uid: bool,
-        ret: Option<Vec<String>>,
-        key: SearchKey,
-    ) -> CmdResult {
-        self.sync(false).await;
-        if has_modseq_key(&key) {
-            self.enable_condstore();
-        }
+    /// The messages of the selected mailbox that `key` matches, in sequence order:
+    /// (sequence number, UID, MODSEQ). SEARCH, SORT and THREAD share it.
+    fn search_hits(&self, key: &SearchKey) -> Result<Vec<(u32, u32, u64)>, Resp> {
         let sel = self.selected.as_ref().expect("selected");
         // No BAD for sequence numbers beyond the mailbox here: in SEARCH a sequence set is a
         // key that matches no message (RFC 9051 errata 6505; Dovecot answers so too).
-        let needs = search::needs_content(&key);
+        let needs = search::needs_content(key);
         // Size, date and blob are not in the view: one snapshot of the mailbox's metadata
         // when a key needs them, walked alongside (both are in UID order).
-        let metas = if search::needs_meta(&key) {
+        let metas = if search::needs_meta(key) {
             self.shared
                 .store
                 .messages(sel.mailbox.id)
@@ -1507,6 +1582,7 @@ impl Session {
                 max_seq,
                 max_uid,
                 saved: &self.saved,
+                recent: sel.is_recent(uid),
             };
             let store = &self.shared.store;
             let blob = meta.map(|m| m.blob);
@@ -1515,10 +1591,162 @@ impl Session {
                 _ => None,
             };
             let mut cache = None;
-            if search::matches(&key, &c, &mut load, &mut cache) {
+            if search::matches(key, &c, &mut load, &mut cache) {
                 hits.push((i as u32 + 1, uid, c.modseq));
             }
         }
+        Ok(hits)
+    }
+
+    /// What SORT and THREAD read of the messages `hits` names: size and internal date from
+    /// the metadata, the rest from each message's header (not loaded when `content` is
+    /// false: ARRIVAL and SIZE need none).
+    fn sort_inputs(
+        &self,
+        hits: &[(u32, u32, u64)],
+        uid: bool,
+        content: bool,
+    ) -> Result<Vec<(sort::SortFields, Option<HeaderIds>)>, Resp> {
+        let sel = self.selected.as_ref().expect("selected");
+        let metas = self
+            .shared
+            .store
+            .messages(sel.mailbox.id)
+            .map_err(store_err)?;
+        let mut out = Vec::with_capacity(hits.len());
+        let mut next = 0;
+        for &(seq, u, _) in hits {
+            while next < metas.len() && metas[next].uid < u {
+                next += 1;
+            }
+            let meta = metas.get(next).filter(|m| m.uid == u);
+            let mut f = sort::SortFields {
+                seq,
+                id: if uid { u } else { seq },
+                arrival: meta.map_or(0, |m| m.internal_date),
+                size: meta.map_or(0, |m| m.size),
+                ..Default::default()
+            };
+            f.date = f.arrival;
+            let mut ids = None;
+            if content && let Some(m) = meta {
+                let raw = self.shared.store.blob(m.blob).unwrap_or_default();
+                ids = Some(sort_header(&raw, &mut f));
+            }
+            out.push((f, ids));
+        }
+        Ok(out)
+    }
+
+    /// SORT (RFC 5256 §3) and ESORT's RETURN options (RFC 5267 §3.1).
+    async fn sort(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        ret: Option<Vec<String>>,
+        criteria: &[sort::Criterion],
+        key: SearchKey,
+    ) -> CmdResult {
+        self.sync(false).await;
+        let hits = self.search_hits(&key)?;
+        let content = criteria
+            .iter()
+            .any(|c| !matches!(c.key, sort::SortKey::Arrival | sort::SortKey::Size));
+        let mut fields: Vec<sort::SortFields> = self
+            .sort_inputs(&hits, uid, content)?
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        sort::sort(&mut fields, criteria);
+        let ids: Vec<u32> = fields.iter().map(|f| f.id).collect();
+        match ret {
+            None => {
+                let mut line = String::from("SORT");
+                for n in &ids {
+                    line.push_str(&format!(" {n}"));
+                }
+                self.untagged(&line);
+            }
+            Some(mut opts) => {
+                if opts.is_empty() {
+                    opts.push("ALL".into());
+                }
+                let mut line = esearch_head(tag, uid);
+                // MIN and MAX are the first and last in sort order; ALL keeps that order
+                // (RFC 5267 §3.1), with ranges only where the order ascends by one.
+                for o in &opts {
+                    match (o.as_str(), ids.first(), ids.last()) {
+                        ("MIN", Some(first), _) => line.push_str(&format!(" MIN {first}")),
+                        ("MAX", _, Some(last)) => line.push_str(&format!(" MAX {last}")),
+                        ("COUNT", ..) => line.push_str(&format!(" COUNT {}", ids.len())),
+                        ("ALL", Some(_), _) => {
+                            line.push_str(&format!(" ALL {}", ordered_set(&ids)))
+                        }
+                        _ => {}
+                    }
+                }
+                self.untagged(&line);
+            }
+        }
+        Ok(if uid {
+            "UID SORT completed"
+        } else {
+            "SORT completed"
+        }
+        .into())
+    }
+
+    /// THREAD (RFC 5256 §3): ORDEREDSUBJECT or REFERENCES.
+    async fn thread(&mut self, uid: bool, references: bool, key: SearchKey) -> CmdResult {
+        self.sync(false).await;
+        let hits = self.search_hits(&key)?;
+        let msgs: Vec<sort::ThreadMsg> = self
+            .sort_inputs(&hits, uid, true)?
+            .into_iter()
+            .map(|(f, ids)| {
+                let ids = ids.unwrap_or_default();
+                sort::ThreadMsg {
+                    id: f.id,
+                    seq: f.seq,
+                    message_id: ids.message_id,
+                    references: ids.references,
+                    subject: f.subject,
+                    is_reply: ids.is_reply,
+                    date: f.date,
+                }
+            })
+            .collect();
+        let threads = if references {
+            sort::thread_references(&msgs)
+        } else {
+            sort::thread_orderedsubject(&msgs)
+        };
+        let body = sort::render(&threads);
+        self.untagged(&if body.is_empty() {
+            "THREAD".to_string()
+        } else {
+            format!("THREAD {body}")
+        });
+        Ok(if uid {
+            "UID THREAD completed"
+        } else {
+            "THREAD completed"
+        }
+        .into())
+    }
+
+    async fn search(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        ret: Option<Vec<String>>,
+        key: SearchKey,
+    ) -> CmdResult {
+        self.sync(false).await;
+        if has_modseq_key(&key) {
+            self.enable_condstore();
+        }
+        let hits = self.search_hits(&key)?;
         let nums: Vec<u32> = hits.iter().map(|h| if uid { h.1 } else { h.0 }).collect();
         let modseq = has_modseq_key(&key).then(|| hits.iter().map(|h| h.2).max().unwrap_or(0));
         match ret {
@@ -1561,13 +1789,7 @@ impl Session {
                         return Ok("SEARCH completed, result saved".into());
                     }
                 }
-                // RFC 4731 §3.1 / RFC 9051 §7.3.4: the correlator is the command's tag.
-                let mut line = String::from("ESEARCH (TAG ");
-                line.push_str(&String::from_utf8_lossy(&imap_string(tag.as_bytes())));
-                line.push(')');
-                if uid {
-                    line.push_str(" UID");
-                }
+                let mut line = esearch_head(tag, uid);
                 for o in &opts {
                     match o.as_str() {
                         "MIN" if !nums.is_empty() => {
@@ -1750,6 +1972,11 @@ impl Session {
                     }
                 }
             }
+            if let Some(s) = self.selected.as_ref()
+                && s.is_recent(meta.uid)
+            {
+                meta.flags.push("\\Recent".into());
+            }
             let (line, cte_failed) = render(
                 idx + 1,
                 &meta,
@@ -1842,7 +2069,10 @@ impl Session {
                 if uid {
                     line.push_str(&format!("UID {} ", u.uid));
                 }
-                line.push_str(&format!("FLAGS ({})", u.flags.join(" ")));
+                line.push_str(&format!(
+                    "FLAGS ({})",
+                    sel.shown_flags(u.uid, &u.flags).join(" ")
+                ));
                 if condstore {
                     line.push_str(&format!(" MODSEQ ({})", u.modseq));
                 }
@@ -1912,6 +2142,94 @@ impl Session {
         }
         Ok(format!("{code}COPY completed"))
     }
+}
+
+/// What THREAD needs of a header besides the sort fields.
+#[derive(Default)]
+struct HeaderIds {
+    message_id: Option<String>,
+    references: Vec<String>,
+    is_reply: bool,
+}
+
+/// Fill the header-derived sort fields of `f` from message `raw` (RFC 5256 §3: the base
+/// subject, the sent date in UTC or the internal date when there is none, the first
+/// address's mailbox, RFC 5957's display names), and return its message identifiers.
+fn sort_header(raw: &[u8], f: &mut sort::SortFields) -> HeaderIds {
+    use mail_parser::{Address, MessageParser};
+    let end = crate::message::header_end(raw).min(raw.len());
+    let mut ids = HeaderIds::default();
+    let Some(m) = MessageParser::new().parse_headers(&raw[..end]) else {
+        return ids;
+    };
+    let (subject, is_reply) = sort::base_subject_ext(m.subject().unwrap_or(""));
+    f.subject = subject;
+    ids.is_reply = is_reply;
+    if let Some(d) = m.date() {
+        f.date = d.to_timestamp();
+    }
+    let first = |a: Option<&Address>| -> (String, String) {
+        let Some(a) = a.and_then(|a| a.first()) else {
+            return (String::new(), String::new());
+        };
+        let addr = a.address().unwrap_or("");
+        let local = addr.rsplit_once('@').map_or(addr, |(l, _)| l);
+        let display = a.name().filter(|n| !n.trim().is_empty()).unwrap_or(addr);
+        (local.to_string(), display.to_string())
+    };
+    (f.from, f.display_from) = first(m.from());
+    (f.to, f.display_to) = first(m.to());
+    (f.cc, _) = first(m.cc());
+    let (fields, _) = mime::parse_header(raw, 0, end);
+    let text =
+        |name: &str| mime::field(&fields, name).map(|v| String::from_utf8_lossy(v).into_owned());
+    ids.message_id = text("Message-ID").and_then(|v| sort::parse_msg_ids(&v).into_iter().next());
+    ids.references = text("References")
+        .map(|v| sort::parse_msg_ids(&v))
+        .unwrap_or_default();
+    if ids.references.is_empty() {
+        // RFC 5256 §2.2 step 1.A: without References, the first msg-id of In-Reply-To.
+        ids.references = text("In-Reply-To")
+            .and_then(|v| sort::parse_msg_ids(&v).into_iter().next())
+            .into_iter()
+            .collect();
+    }
+    ids
+}
+
+/// `ESEARCH (TAG "tag")` and ` UID` for a UID command: the start of every ESEARCH
+/// response (RFC 4731 §3.1 / RFC 9051 §7.3.4: the correlator is the command's tag).
+fn esearch_head(tag: &str, uid: bool) -> String {
+    let mut line = String::from("ESEARCH (TAG ");
+    line.push_str(&String::from_utf8_lossy(&imap_string(tag.as_bytes())));
+    line.push(')');
+    if uid {
+        line.push_str(" UID");
+    }
+    line
+}
+
+/// A list of numbers in the given order as a sequence set, joining only runs that ascend
+/// by one (ESORT's ALL keeps the sort order, RFC 5267 §3.1).
+fn ordered_set(ids: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let mut j = i;
+        while j + 1 < ids.len() && ids[j + 1] == ids[j].wrapping_add(1) {
+            j += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if j > i {
+            out.push_str(&format!("{}:{}", ids[i], ids[j]));
+        } else {
+            out.push_str(&ids[i].to_string());
+        }
+        i = j + 1;
+    }
+    out
 }
 
 /// Render one `* n FETCH (...)` line. Returns the line and whether a BINARY item failed

@@ -262,6 +262,26 @@ pub enum Command {
         /// Criteria.
         key: SearchKey,
     },
+    /// SORT (RFC 5256 §3), with ESORT's RETURN options (RFC 5267 §3).
+    Sort {
+        /// UID SORT.
+        uid: bool,
+        /// RETURN options (MIN MAX ALL COUNT), `None` for the plain SORT response.
+        ret: Option<Vec<String>>,
+        /// Sort criteria, most significant first.
+        criteria: Vec<super::sort::Criterion>,
+        /// Which messages.
+        key: SearchKey,
+    },
+    /// THREAD (RFC 5256 §3).
+    Thread {
+        /// UID THREAD.
+        uid: bool,
+        /// REFERENCES (else ORDEREDSUBJECT).
+        references: bool,
+        /// Which messages.
+        key: SearchKey,
+    },
     /// FETCH
     Fetch {
         /// UID FETCH.

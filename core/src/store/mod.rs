@@ -375,6 +375,11 @@ pub trait MailStore: Send + Sync + 'static {
     fn set_subscribed(&self, user: &str, name: &str, subscribed: bool) -> Result<()>;
     /// The names `user` is subscribed to.
     fn subscriptions(&self, user: &str) -> Result<Vec<String>>;
+    /// The `\Recent` mark of a mailbox (RFC 3501 §2.3.2): every message with a UID above
+    /// the returned value is recent, not yet seen by any session. With `claim`, the mark
+    /// moves up to `up_to` atomically, so the calling session is the one session that
+    /// shows those messages as `\Recent`; without it, nothing changes (EXAMINE, STATUS).
+    fn claim_recent(&self, mailbox_id: u64, up_to: u32, claim: bool) -> Result<u32>;
 
     // Queue
     /// Put a message into the outbound queue (the store assigns `entry.blob`).

@@ -635,11 +635,21 @@ impl SegmentAccountant {
         for segment_base in to_free {
             self.free_segment(segment_base)?;
             io_fail!(self.config, "zero garbage segment SA");
-            pwrite_all(
-                &self.config.file,
-                &*vec![MessageKind::Corrupted.into(); self.config.segment_size],
-                segment_base,
-            )?;
+            // Corvus patch: `MessageKind::Corrupted` is 0, so a punched hole (which reads as
+            // zeros) is the same content without allocating the segment again.
+            if segment_base >= self.tip
+                || !punch_hole(
+                    &self.config,
+                    segment_base,
+                    self.config.segment_size as LogOffset,
+                )
+            {
+                pwrite_all(
+                    &self.config.file,
+                    &*vec![MessageKind::Corrupted.into(); self.config.segment_size],
+                    segment_base,
+                )?;
+            }
         }
 
         // we want to complete all truncations because
@@ -715,6 +725,14 @@ impl SegmentAccountant {
             } else {
                 break;
             }
+        }
+
+        // Corvus patch: give a free segment inside the file back to the file system. A free
+        // segment may be overwritten at any time (property A above), so its bytes are dead;
+        // zeros read as a segment with no valid header, which recovery skips. Without this
+        // the file keeps the size of its busiest moment and expunged mail never frees disk.
+        if lid < self.tip && self.free.contains(&lid) {
+            let _ = punch_hole(&self.config, lid, self.config.segment_size as LogOffset);
         }
 
         Ok(())
@@ -1127,4 +1145,31 @@ impl SegmentAccountant {
 
         idx
     }
+}
+
+/// Deallocate `len` bytes at `at` without changing the file's size (Corvus patch; see
+/// `free_segment`). Best effort: a file system without hole punching keeps the bytes.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn punch_hole(config: &RunningConfig, at: LogOffset, len: LogOffset) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let fd = config.file.as_raw_fd();
+    // SAFETY: fallocate on an open file descriptor owned by `config`; no memory is shared.
+    let rc = unsafe {
+        libc::fallocate(
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            at as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc != 0 {
+        debug!("punching a hole at {} failed: {}", at, std::io::Error::last_os_error());
+    }
+    rc == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn punch_hole(_config: &RunningConfig, _at: LogOffset, _len: LogOffset) -> bool {
+    false
 }
