@@ -69,7 +69,62 @@ THREADED = [
     threaded(8, "=?UTF-8?Q?=C3=A9t=C3=A9?=", "gil@example.net", "Thu, 4 Jan 2024 10:00:00 +0000"),
 ]
 
+def catenate(box: str, *pieces) -> bytes:
+    """APPEND box CATENATE (…): str pieces are URLs, bytes pieces TEXT literals."""
+    out = f"APPEND {box} CATENATE (".encode()
+    for i, p in enumerate(pieces):
+        if i:
+            out += b" "
+        if isinstance(p, str):
+            out += f'URL "{p}"'.encode()
+        else:
+            out += b"TEXT {%d+}\r\n" % len(p) + p
+    return out + b")"
+
+
 TRANSCRIPTS: dict[str, list] = {
+    "context_search": SETUP + [append("INBOX", M1)] + [
+        "SELECT INBOX",
+        "SEARCH RETURN (PARTIAL 1:2) ALL",
+        "SEARCH RETURN (PARTIAL 2:10 COUNT) ALL",
+        "UID SEARCH RETURN (PARTIAL 3:3) ALL",
+        "SEARCH RETURN (PARTIAL 9:10) ALL",
+        "SEARCH RETURN (PARTIAL 0:1) ALL",
+        "SEARCH RETURN (PARTIAL) ALL",
+        "SEARCH RETURN (CONTEXT MIN) ALL",
+        "UID SEARCH RETURN (UPDATE COUNT) UNSEEN",
+        "SEARCH RETURN (UPDATE) UNFLAGGED",
+        "STORE 3 +FLAGS (\\Seen)",
+        "STORE 1 +FLAGS.SILENT (\\Flagged)",
+        append("INBOX", M2),
+        "NOOP",
+        "STORE 2 +FLAGS (\\Deleted)",
+        "EXPUNGE",
+        "CANCELUPDATE \"t14\"",
+        "STORE 4 -FLAGS (\\Seen)",
+        "CANCELUPDATE \"nope\"",
+        "STORE 1 -FLAGS (\\Flagged)",
+    ],
+    "multiappend_and_catenate": SETUP + [
+        # MULTIAPPEND (RFC 3502): several messages, one APPENDUID with a UID set.
+        append("INBOX", M1, "\\Seen") + b" (\\Flagged) " + b"{%d+}\r\n" % len(M2) + M2,
+        # All or none: the second message's mailbox date is bad, so neither is stored.
+        append("INBOX", M1) + b' "31-Foo-2024 00:00:00 +0000" {3+}\r\nabc',
+        "SELECT INBOX",
+        "FETCH 1:* (FLAGS RFC822.SIZE)",
+        # CATENATE (RFC 4469): a header from one message, a new body, a part of another.
+        catenate("Drafts", "/INBOX/;UID=2/;SECTION=HEADER", b"New body text\r\n"),
+        catenate("Drafts", "/INBOX/;UID=3/;SECTION=1", b"\r\n-- \r\nsig\r\n"),
+        catenate("Drafts", b"Subject: pieces\r\n\r\n", "/INBOX/;UID=1/;SECTION=TEXT/;PARTIAL=0.11"),
+        catenate("Drafts", b"Subject: pieces\r\n\r\n", "/INBOX/;UID=1/;SECTION=TEXT;PARTIAL=0.11"),
+        catenate("Drafts", ";UID=2/;SECTION=HEADER.FIELDS%20(SUBJECT)", b"\r\nrelative\r\n"),
+        catenate("Drafts", "/INBOX/;UID=99"),
+        catenate("Drafts", "/Nonexistent/;UID=1"),
+        catenate("Drafts", "http://example.org/"),
+        catenate("Nonexistent", b"Subject: x\r\n\r\ny\r\n"),
+        "EXAMINE Drafts",
+        "FETCH 1:* (BODY.PEEK[] RFC822.SIZE)",
+    ],
     "sort_and_thread": [append("INBOX", m) for m in THREADED] + [
         "SELECT INBOX",
         "SORT (SUBJECT) UTF-8 ALL",

@@ -461,6 +461,16 @@ fn parse_args(c: &mut Cursor<'_>, verb: &str, uid: bool) -> R<Command> {
         "IDLE" => Command::Idle,
         "CLOSE" => Command::Close,
         "UNSELECT" => Command::Unselect,
+        "CANCELUPDATE" => {
+            let mut tags = Vec::new();
+            while c.eat(b' ') {
+                tags.push(String::from_utf8(c.quoted()?).map_err(|_| "bad tag")?);
+            }
+            if tags.is_empty() {
+                return Err("CANCELUPDATE needs a tag".into());
+            }
+            Command::CancelUpdate(tags)
+        }
         "NAMESPACE" => Command::Namespace,
         "EXPUNGE" if uid => {
             c.sp()?;
@@ -676,45 +686,25 @@ fn parse_args(c: &mut Cursor<'_>, verb: &str, uid: bool) -> R<Command> {
         }
         "APPEND" => {
             c.sp()?;
-            let m = c.mailbox()?;
-            c.sp()?;
-            let mut flags = Vec::new();
-            if c.peek() == Some(b'(') {
-                flags = c.flag_list()?;
-                c.sp()?;
+            let mailbox = c.mailbox()?;
+            let mut messages = Vec::new();
+            // MULTIAPPEND (RFC 3502): more messages follow while a space does.
+            while c.eat(b' ') {
+                messages.push(c.append_message()?);
             }
-            let mut date = None;
-            if c.peek() == Some(b'"') {
-                let d = String::from_utf8(c.quoted()?).map_err(|_| "bad date")?;
-                date = Some(parse_date_time(&d).ok_or("invalid date-time")?);
-                c.sp()?;
+            if messages.is_empty() {
+                return Err("APPEND needs a message".into());
             }
-            // RFC 6855 §4: `UTF8 (~{n}...)` carries a message with UTF-8 headers.
-            let utf8 = c.keyword("UTF8");
-            if utf8 {
-                c.sp()?;
-                c.expect(b'(')?;
-                if c.peek() != Some(b'~') {
-                    return Err("UTF8 APPEND data must be a literal8 (~{n})".into());
-                }
-            }
-            let binary = c.peek() == Some(b'~') && !utf8;
-            let msg = c.literal()?;
-            if utf8 {
-                c.expect(b')')?;
-            }
-            Command::Append {
-                mailbox: m,
-                flags,
-                date,
-                message: msg,
-                binary,
-                utf8,
-            }
+            Command::Append { mailbox, messages }
         }
         "SEARCH" => {
             c.sp()?;
-            let ret = c.return_options("SEARCH", &["MIN", "MAX", "ALL", "COUNT", "SAVE"])?;
+            let ret = c.return_options(
+                "SEARCH",
+                &[
+                    "MIN", "MAX", "ALL", "COUNT", "SAVE", "PARTIAL", "UPDATE", "CONTEXT",
+                ],
+            )?;
             if c.keyword("CHARSET") {
                 c.sp()?;
                 let cs = c.astring_utf8()?;
@@ -1090,6 +1080,71 @@ impl Cursor<'_> {
         Ok(s)
     }
 
+    /// One message of APPEND: `[flag-list SP] [date-time SP]` then a literal, `UTF8
+    /// (literal8)` (RFC 6855 §4) or `CATENATE (…)` (RFC 4469 §5).
+    fn append_message(&mut self) -> R<AppendMessage> {
+        let mut flags = Vec::new();
+        if self.peek() == Some(b'(') {
+            flags = self.flag_list()?;
+            self.sp()?;
+        }
+        let mut date = None;
+        if self.peek() == Some(b'"') {
+            let d = String::from_utf8(self.quoted()?).map_err(|_| "bad date")?;
+            date = Some(parse_date_time(&d).ok_or("invalid date-time")?);
+            self.sp()?;
+        }
+        let text = |c: &mut Self| -> R<AppendPart> {
+            let binary = c.peek() == Some(b'~');
+            Ok(AppendPart::Text {
+                data: c.literal()?,
+                binary,
+            })
+        };
+        let utf8 = self.keyword("UTF8");
+        let parts = if utf8 {
+            self.sp()?;
+            self.expect(b'(')?;
+            if self.peek() != Some(b'~') {
+                return Err("UTF8 APPEND data must be a literal8 (~{n})".into());
+            }
+            let data = self.literal()?;
+            self.expect(b')')?;
+            vec![AppendPart::Text {
+                data,
+                binary: false,
+            }]
+        } else if self.keyword("CATENATE") {
+            self.sp()?;
+            self.expect(b'(')?;
+            let mut parts = Vec::new();
+            loop {
+                if self.keyword("TEXT") {
+                    self.sp()?;
+                    parts.push(text(self)?);
+                } else if self.keyword("URL") {
+                    self.sp()?;
+                    parts.push(AppendPart::Url(self.astring_utf8()?));
+                } else {
+                    return Err("CATENATE expects TEXT or URL".into());
+                }
+                if self.eat(b')') {
+                    break;
+                }
+                self.sp()?;
+            }
+            parts
+        } else {
+            vec![text(self)?]
+        };
+        Ok(AppendMessage {
+            flags,
+            date,
+            parts,
+            utf8,
+        })
+    }
+
     /// An optional `RETURN (opts) SP` of SEARCH (RFC 4731) or SORT (RFC 5267), options
     /// upper-cased; one outside `allowed` is BAD.
     fn return_options(&mut self, verb: &str, allowed: &[&str]) -> R<Option<Vec<String>>> {
@@ -1102,11 +1157,27 @@ impl Cursor<'_> {
             .into_iter()
             .map(|s| s.to_ascii_uppercase())
             .collect();
-        if let Some(o) = opts.iter().find(|o| !allowed.contains(&o.as_str())) {
-            return Err(format!("unknown {verb} return option {o}"));
+        // PARTIAL takes a range (RFC 5267 §4.4): kept as one option, `PARTIAL lo:hi`.
+        let mut out: Vec<String> = Vec::with_capacity(opts.len());
+        let mut it = opts.into_iter();
+        while let Some(o) = it.next() {
+            if !allowed.contains(&o.as_str()) {
+                return Err(format!("unknown {verb} return option {o}"));
+            }
+            if o == "PARTIAL" {
+                let range = it.next().ok_or("PARTIAL needs a range")?;
+                let (lo, hi) = range.split_once(':').ok_or("PARTIAL range broken")?;
+                let (lo, hi): (u32, u32) = match (lo.parse::<u32>(), hi.parse::<u32>()) {
+                    (Ok(a), Ok(b)) if a > 0 && b > 0 => (a.min(b), a.max(b)),
+                    _ => return Err("PARTIAL range broken".into()),
+                };
+                out.push(format!("PARTIAL {lo}:{hi}"));
+            } else {
+                out.push(o);
+            }
         }
         self.sp()?;
-        Ok(Some(opts))
+        Ok(Some(out))
     }
 
     /// SORT's and THREAD's `charset SP search-key *(SP search-key)` (RFC 5256 §5): the
@@ -1221,6 +1292,17 @@ impl Cursor<'_> {
             _ => return Err(format!("unknown search key {word}")),
         })
     }
+}
+
+/// A section spec as written in an IMAP URL's `;SECTION=` (RFC 5092 §3: `1.2.HEADER`, the
+/// same grammar as inside FETCH's brackets).
+pub fn parse_url_section(s: &str) -> Option<Section> {
+    let mut c = Cursor {
+        b: s.as_bytes(),
+        p: 0,
+    };
+    let sec = c.section(false).ok()?;
+    (c.p == s.len()).then_some(sec)
 }
 
 /// Parse `1-Feb-2024` into days since the Unix epoch.
@@ -1401,10 +1483,46 @@ mod tests {
         ));
         let t = parse(b"f APPEND Drafts (\\Draft) \"05-Jan-2024 10:00:00 +0000\" {3+}\r\nabc\r\n")
             .unwrap();
-        assert!(matches!(t.command, Command::Append { ref message, .. } if message == b"abc"));
+        let text = |data: &[u8], binary: bool| AppendPart::Text {
+            data: data.to_vec(),
+            binary,
+        };
+        assert!(matches!(t.command, Command::Append { ref messages, .. }
+            if messages.len() == 1 && messages[0].parts == [text(b"abc", false)]));
         let t = parse(b"a APPEND INBOX (\\Seen) UTF8 (~{3}\r\nabc)\r\n").unwrap();
-        assert!(matches!(t.command,
-            Command::Append { ref message, utf8: true, binary: false, .. } if message == b"abc"));
+        assert!(matches!(t.command, Command::Append { ref messages, .. }
+            if messages[0].utf8 && messages[0].parts == [text(b"abc", false)]));
+        // MULTIAPPEND (RFC 3502 §6.3.11's example shape) and CATENATE (RFC 4469 §5).
+        let t = parse(
+            b"m APPEND saved-messages (\\Seen) {3+}\r\none (\\Seen) \"05-Jan-2024 10:00:00 +0000\" ~{3+}\r\ntwo {5+}\r\nthree\r\n",
+        )
+        .unwrap();
+        let Command::Append { messages, .. } = t.command else {
+            panic!("not an APPEND")
+        };
+        assert_eq!(messages.len(), 3);
+        assert_eq!(messages[1].parts, [text(b"two", true)]);
+        assert!(messages[1].date.is_some() && messages[2].flags.is_empty());
+        let t = parse(
+            b"c APPEND Drafts CATENATE (URL \"/Drafts;UIDVALIDITY=385759045/;UID=20/;SECTION=HEADER\" TEXT {4+}\r\n\r\nhi URL \"/Drafts;UIDVALIDITY=385759045/;UID=20/;SECTION=1.MIME\")\r\n",
+        )
+        .unwrap();
+        let Command::Append { messages, .. } = t.command else {
+            panic!("not an APPEND")
+        };
+        assert_eq!(messages[0].parts.len(), 3);
+        assert_eq!(messages[0].parts[1], text(b"\r\nhi", false));
+        assert!(parse(b"c APPEND Drafts CATENATE ()\r\n").is_err());
+        assert!(parse(b"c APPEND Drafts CATENATE (BOGUS {1+}\r\nx)\r\n").is_err());
+        assert!(parse(b"c APPEND Drafts\r\n").is_err());
+        assert_eq!(
+            parse_url_section("1.2.HEADER"),
+            Some(Section {
+                part: vec![1, 2],
+                kind: SectionKind::Header
+            })
+        );
+        assert_eq!(parse_url_section("1.BOGUS"), None);
         assert!(parse(b"a APPEND INBOX UTF8 ({3}\r\nabc)\r\n").is_err());
         assert!(parse(b"a APPEND INBOX UTF8 (~{3}\r\nabc\r\n").is_err());
         // CREATE-SPECIAL-USE takes attributes, which are not system flags.

@@ -1303,9 +1303,93 @@ pub fn decode_qp(b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `msg` with every leaf part whose body holds a NUL re-encoded as base64 (RFC 3516 §4.2:
+/// a message APPENDed as binary must still be NUL-free in BODY[]; BINARY[] decodes it back
+/// to the same bytes). `None` when a NUL lies outside every leaf body (in a header or a
+/// boundary), which no transfer encoding can carry.
+pub fn without_nul(msg: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    fn leaves<'p>(p: &'p Part, out: &mut Vec<&'p Part>) {
+        match &p.kind {
+            Kind::Leaf => out.push(p),
+            Kind::Multipart(children) => children.iter().for_each(|c| leaves(c, out)),
+            Kind::Message(inner) => leaves(inner, out),
+        }
+    }
+    let root = parse_message(msg);
+    let mut parts = Vec::new();
+    leaves(&root, &mut parts);
+    let mut out = Vec::with_capacity(msg.len() + msg.len() / 2 + 64);
+    let mut pos = 0;
+    for leaf in parts {
+        if leaf.start < pos || !msg[leaf.body..leaf.end].contains(&0) {
+            continue;
+        }
+        out.extend_from_slice(&msg[pos..leaf.start]);
+        // The part's header without its Content-Transfer-Encoding, then base64's.
+        let mut skipping = false;
+        let mut ended = false;
+        for line in msg[leaf.start..leaf.body].split_inclusive(|&b| b == b'\n') {
+            if line == b"\r\n" || line == b"\n" {
+                out.extend_from_slice(b"Content-Transfer-Encoding: base64\r\n");
+                out.extend_from_slice(line);
+                ended = true;
+                break;
+            }
+            if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+                if !skipping {
+                    out.extend_from_slice(line);
+                }
+                continue;
+            }
+            let name = line.split(|&b| b == b':').next().unwrap_or_default();
+            skipping = trim(name).eq_ignore_ascii_case(b"Content-Transfer-Encoding");
+            if !skipping {
+                out.extend_from_slice(line);
+            }
+        }
+        if !ended {
+            out.extend_from_slice(b"Content-Transfer-Encoding: base64\r\n\r\n");
+        }
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&msg[leaf.body..leaf.end]);
+        for (i, chunk) in encoded.as_bytes().chunks(76).enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(chunk);
+        }
+        if !msg[leaf.end..].starts_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        pos = leaf.end;
+    }
+    out.extend_from_slice(&msg[pos..]);
+    (!out.contains(&0)).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_parts_with_nul_become_base64_and_decode_to_the_same_bytes() {
+        let payload: Vec<u8> = (0u8..=255).collect();
+        let mut msg = b"Subject: b\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\r\nContent-Type: text/plain\r\n\r\nplain\r\n--zz\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding:\r\n binary\r\n\r\n".to_vec();
+        msg.extend_from_slice(&payload);
+        msg.extend_from_slice(b"\r\n--zz--\r\n");
+        let out = without_nul(&msg).unwrap();
+        assert!(!out.contains(&0));
+        let root = parse_message(&out);
+        assert!(matches!(binary(&out, &root, &[2]), Ok(ref b) if *b == payload));
+        assert!(matches!(binary(&out, &root, &[1]), Ok(ref b) if b == b"plain"));
+        assert!(!String::from_utf8_lossy(&out).contains("binary"));
+        // A single-part message, and a NUL in a header, which nothing can carry.
+        let mut single = b"Content-Transfer-Encoding: binary\r\n\r\n".to_vec();
+        single.extend_from_slice(&payload);
+        let out = without_nul(&single).unwrap();
+        assert!(matches!(binary(&out, &parse_message(&out), &[]), Ok(ref b) if *b == payload));
+        assert_eq!(without_nul(b"Subject: a\0b\r\n\r\nbody\r\n"), None);
+    }
 
     /// Found by the CI fuzz run (imap_mime): a ';' before a group's ':' panicked ENVELOPE.
     #[test]

@@ -1,7 +1,8 @@
 //! IMAP server (IMAP4rev2, RFC 9051, and IMAP4rev1, RFC 3501, with the extensions clients
 //! use): `codec` frames and parses commands without I/O, `mime` computes structure and
 //! sections, `search` evaluates SEARCH, `sort` orders and threads
-//! messages (SORT, THREAD), `mutf7` converts modified UTF-7 mailbox names,
+//! messages (SORT, THREAD), `mutf7` converts modified UTF-7 mailbox names, `url` parses
+//! the IMAP URLs CATENATE uses,
 //! `view` is a session's compact view of its selected mailbox, `session` is the tokio loop
 //! and command handlers.
 
@@ -13,4 +14,5 @@ pub mod search;
 pub mod session;
 pub mod sort;
 pub mod types;
+pub mod url;
 pub mod view;

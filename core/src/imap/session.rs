@@ -52,6 +52,17 @@ struct Selected {
     /// it was the first to see (SELECT claims them in the store), or, read-only, the ones
     /// no session has claimed yet (RFC 3501 §2.3.2). Empty in an IMAP4rev2 session.
     recent: Vec<(u32, u32)>,
+    /// Searches whose result the client keeps up to date (RFC 5267 CONTEXT=SEARCH).
+    live: Vec<LiveSearch>,
+}
+
+/// A `SEARCH RETURN (UPDATE)` result kept current with ADDTO/REMOVEFROM (RFC 5267 §4.3).
+struct LiveSearch {
+    tag: String,
+    uid: bool,
+    key: SearchKey,
+    /// The result as the client knows it, as UIDs in ascending order.
+    uids: Vec<u32>,
 }
 
 impl Selected {
@@ -240,7 +251,7 @@ impl Session {
             }
         } else {
             c.push_str(
-                " IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN LIST-EXTENDED LIST-STATUS SPECIAL-USE CREATE-SPECIAL-USE CONDSTORE QRESYNC ESEARCH SEARCHRES SORT SORT=DISPLAY ESORT THREAD=ORDEREDSUBJECT THREAD=REFERENCES STATUS=SIZE BINARY UTF8=ACCEPT",
+                " IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN LIST-EXTENDED LIST-STATUS SPECIAL-USE CREATE-SPECIAL-USE CONDSTORE QRESYNC ESEARCH SEARCHRES CONTEXT=SEARCH MULTIAPPEND CATENATE SORT SORT=DISPLAY ESORT THREAD=ORDEREDSUBJECT THREAD=REFERENCES STATUS=SIZE BINARY UTF8=ACCEPT",
             );
         }
         c
@@ -680,20 +691,13 @@ impl Session {
             Command::Status(name, items) => self
                 .status(&name, &items)
                 .map(|_| "STATUS completed".into()),
-            Command::Append {
-                mailbox,
-                flags,
-                date,
-                message,
-                binary,
-                utf8,
-            } => {
-                if utf8 && !self.utf8_names() {
+            Command::Append { mailbox, messages } => {
+                if messages.iter().any(|m| m.utf8) && !self.utf8_names() {
                     Err(Resp::Bad(
                         "APPEND with UTF8 data needs ENABLE UTF8=ACCEPT first (RFC 6855)".into(),
                     ))
                 } else {
-                    self.append(&mailbox, flags, date, message, binary).await
+                    self.append(&mailbox, messages).await
                 }
             }
             Command::Idle => {
@@ -733,6 +737,17 @@ impl Session {
             }
             Command::Expunge(set) => self.expunge(set).await,
             Command::Search { uid, ret, key } => self.search(&tag, uid, ret, key).await,
+            Command::CancelUpdate(tags) => {
+                let sel = self.selected.as_mut().expect("selected");
+                let before = sel.live.len();
+                sel.live.retain(|l| !tags.contains(&l.tag));
+                if sel.live.len() + tags.len() > before {
+                    // RFC 5267 §4.4: a tag with no update in progress.
+                    Err(no("Unknown tag"))
+                } else {
+                    Ok("Updates cancelled".into())
+                }
+            }
             Command::Sort {
                 uid,
                 ret,
@@ -1299,6 +1314,7 @@ impl Session {
             msgs: view,
             keywords,
             recent: Vec::new(),
+            live: Vec::new(),
         };
         if !self.rev2 {
             sel.take_recent(self.shared.store.as_ref(), sel.msgs.last_uid());
@@ -1335,14 +1351,10 @@ impl Session {
         ))
     }
 
-    async fn append(
-        &mut self,
-        name: &str,
-        flags: Vec<String>,
-        date: Option<i64>,
-        message: Vec<u8>,
-        binary: bool,
-    ) -> CmdResult {
+    /// APPEND, with MULTIAPPEND (RFC 3502) and CATENATE (RFC 4469): every message is built
+    /// and checked first, so an error stores none of them; then they are stored in order,
+    /// and a store failure takes back the ones already written.
+    async fn append(&mut self, name: &str, messages: Vec<AppendMessage>) -> CmdResult {
         let user = self.user.clone().unwrap_or_default();
         let mb = self
             .shared
@@ -1350,26 +1362,65 @@ impl Session {
             .mailbox(&user, name)
             .map_err(store_err)?
             .ok_or_else(|| no("[TRYCREATE] No such mailbox"))?;
-        if message.is_empty() {
-            return Err(no("Empty message"));
+        let limit = self.shared.config.imap.max_literal;
+        let mut built = Vec::with_capacity(messages.len());
+        for m in messages {
+            let mut bytes = Vec::new();
+            let mut binary = false;
+            for part in m.parts {
+                match part {
+                    AppendPart::Text { data, binary: b } => {
+                        binary |= b;
+                        if b {
+                            bytes.extend_from_slice(&data);
+                        } else {
+                            bytes.extend_from_slice(&normalize_crlf(&data));
+                        }
+                    }
+                    AppendPart::Url(url) => bytes.extend_from_slice(&self.catenate_url(&url)?),
+                }
+                if bytes.len() as u64 > limit {
+                    return Err(no("[TOOBIG] The message would be too big"));
+                }
+            }
+            if bytes.is_empty() {
+                return Err(no("Empty message"));
+            }
+            // BODY[] must never carry NUL (RFC 3516 §4.2): binary parts are stored base64.
+            if binary && bytes.contains(&0) {
+                bytes = mime::without_nul(&bytes).ok_or_else(|| {
+                    no("[UNKNOWN-CTE] A NUL outside a body part cannot be stored")
+                })?;
+            }
+            let flags: Vec<String> = m.flags.into_iter().filter(|f| f != "\\Recent").collect();
+            let date = m.date.unwrap_or_else(|| chrono::Utc::now().timestamp());
+            built.push((bytes, flags, date));
         }
-        let message = if binary {
-            message
-        } else {
-            normalize_crlf(&message)
-        };
-        let flags: Vec<String> = flags.into_iter().filter(|f| f != "\\Recent").collect();
-        let date = date.unwrap_or_else(|| chrono::Utc::now().timestamp());
         let store = self.shared.store.clone();
-        let placement = Placement {
-            user: user.clone(),
-            mailbox: mb.name.clone(),
-            flags,
-        };
-        let uids = tokio::task::spawn_blocking(move || store.deliver(&message, date, &[placement]))
-            .await
-            .map_err(|_| no("[SERVERBUG] Internal error"))?
-            .map_err(store_err)?;
+        let (mbid, mbname) = (mb.id, mb.name.clone());
+        let owner = user.clone();
+        let uids = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, StoreError> {
+            let mut uids = Vec::new();
+            for (bytes, flags, date) in built {
+                let placement = Placement {
+                    user: owner.clone(),
+                    mailbox: mbname.clone(),
+                    flags,
+                };
+                match store.deliver(&bytes, date, &[placement]) {
+                    Ok(u) => uids.extend(u),
+                    Err(e) => {
+                        // All or none (RFC 3502 §6.3.11).
+                        let _ = store.expunge(&owner, mbid, &uids);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(uids)
+        })
+        .await
+        .map_err(|_| no("[SERVERBUG] Internal error"))?
+        .map_err(store_err)?;
         self.shared.store.commit().await.map_err(store_err)?;
         if self
             .selected
@@ -1381,8 +1432,69 @@ impl Session {
         Ok(format!(
             "[APPENDUID {} {}] APPEND completed",
             mb.uidvalidity,
-            uids.first().copied().unwrap_or(0)
+            compress(&uids)
         ))
+    }
+
+    /// The bytes a CATENATE `URL` names (RFC 4469 §5, IMAP URLs of RFC 5092): absolute
+    /// (`imap://user@host/…`, the user must be this one), absolute path (`/mailbox…`) or
+    /// relative to the selected mailbox (`;UID=…`), with `;UIDVALIDITY=` checked when
+    /// given, `;SECTION=` and `;PARTIAL=`. Anything else, or a message that is not there,
+    /// is `NO [BADURL "url"]`.
+    fn catenate_url(&self, url: &str) -> Result<Vec<u8>, Resp> {
+        let bad = |why: &str| {
+            no(format!(
+                "[BADURL {}] {why}",
+                String::from_utf8_lossy(&imap_string(url.as_bytes()))
+            ))
+        };
+        let user = self.user.clone().unwrap_or_default();
+        let parsed = super::url::parse(url).map_err(bad)?;
+        if parsed
+            .user
+            .as_deref()
+            .is_some_and(|u| !u.eq_ignore_ascii_case(&user))
+        {
+            return Err(bad("Another user's message"));
+        }
+        let mb = match &parsed.mailbox {
+            Some(name) => self
+                .shared
+                .store
+                .mailbox(&user, name)
+                .map_err(store_err)?
+                .ok_or_else(|| bad("No such mailbox"))?,
+            None => match &self.selected {
+                Some(sel) => sel.mailbox.clone(),
+                None => return Err(bad("A relative URL needs a selected mailbox")),
+            },
+        };
+        if parsed.uidvalidity.is_some_and(|v| v != mb.uidvalidity) {
+            return Err(bad("UIDVALIDITY does not match"));
+        }
+        let meta = self
+            .shared
+            .store
+            .message(mb.id, parsed.uid)
+            .map_err(store_err)?
+            .ok_or_else(|| bad("No such message"))?;
+        let raw = self.shared.store.blob(meta.blob).map_err(store_err)?;
+        let mut bytes = match &parsed.section {
+            None => raw,
+            Some(sec) => {
+                let root = mime::parse_message(&raw);
+                mime::section_bytes(&raw, &root, &sec.part, &sec.kind)
+                    .ok_or_else(|| bad("No such section"))?
+            }
+        };
+        if let Some((offset, len)) = parsed.partial {
+            let start = (offset as usize).min(bytes.len());
+            let end = len.map_or(bytes.len(), |l| {
+                start.saturating_add(l as usize).min(bytes.len())
+            });
+            bytes = bytes[start..end].to_vec();
+        }
+        Ok(bytes)
     }
 
     /// Merge changes made elsewhere into the selected view and report them.
@@ -1415,6 +1527,20 @@ impl Session {
         let held_back = !allow_expunge && sel.msgs.uids().any(|u| !in_fresh(u));
         if allow_expunge {
             let gone = sel.msgs.retain_uids(in_fresh);
+            // Live searches lose the expunged messages first, numbered as the client still
+            // numbers them (RFC 5267 §4.3).
+            for live in &mut sel.live {
+                let ids: Vec<u32> = gone
+                    .iter()
+                    .rev()
+                    .filter(|(_, u)| live.uids.binary_search(u).is_ok())
+                    .map(|&(i, u)| if live.uid { u } else { i as u32 + 1 })
+                    .collect();
+                if !ids.is_empty() {
+                    live.uids.retain(|u| !gone.iter().any(|g| g.1 == *u));
+                    out.extend_from_slice(live_line(live, "REMOVEFROM", &ids).as_bytes());
+                }
+            }
             if qresync {
                 if !gone.is_empty() {
                     let mut vanished: Vec<u32> = gone.iter().map(|g| g.1).collect();
@@ -1482,6 +1608,56 @@ impl Session {
         }
         self.dirty = held_back;
         self.out.extend_from_slice(&out);
+        self.live_updates();
+    }
+
+    /// Re-run the live searches (RFC 5267 §4.3) on the current view and tell the client how
+    /// each result changed: ADDTO and REMOVEFROM with position 0 (an unordered SEARCH).
+    fn live_updates(&mut self) {
+        let Some(sel) = self.selected.as_ref() else {
+            return;
+        };
+        if sel.live.is_empty() {
+            return;
+        }
+        let mut lines = String::new();
+        let mut fresh: Vec<Vec<u32>> = Vec::with_capacity(sel.live.len());
+        for live in &sel.live {
+            let now: Vec<u32> = match self.search_hits(&live.key) {
+                Ok(h) => h.iter().map(|h| h.1).collect(),
+                Err(_) => live.uids.clone(),
+            };
+            let number = |u: u32| {
+                if live.uid {
+                    u
+                } else {
+                    sel.msgs.position(u).map_or(0, |i| i as u32 + 1)
+                }
+            };
+            let gone: Vec<u32> = live
+                .uids
+                .iter()
+                .filter(|u| now.binary_search(u).is_err())
+                .map(|&u| number(u))
+                .collect();
+            let added: Vec<u32> = now
+                .iter()
+                .filter(|u| live.uids.binary_search(u).is_err())
+                .map(|&u| number(u))
+                .collect();
+            if !gone.is_empty() {
+                lines.push_str(&live_line(live, "REMOVEFROM", &gone));
+            }
+            if !added.is_empty() {
+                lines.push_str(&live_line(live, "ADDTO", &added));
+            }
+            fresh.push(now);
+        }
+        let sel = self.selected.as_mut().expect("selected");
+        for (live, now) in sel.live.iter_mut().zip(fresh) {
+            live.uids = now;
+        }
+        self.out.extend_from_slice(lines.as_bytes());
     }
 
     /// Take the store's change events: those for the selected mailbox (or a lost count of
@@ -1764,8 +1940,22 @@ impl Session {
             }
             ret => {
                 let mut opts = ret.unwrap_or_default();
-                if opts.is_empty() {
+                // CONTEXT is a hint (RFC 5267 §4.2); UPDATE alone asks for no result now.
+                opts.retain(|o| o != "CONTEXT");
+                let update = opts.iter().any(|o| o == "UPDATE");
+                opts.retain(|o| o != "UPDATE");
+                if opts.is_empty() && !update {
                     opts.push("ALL".into());
+                }
+                if update {
+                    // Later changes to the result reach the client as ADDTO/REMOVEFROM.
+                    let sel = self.selected.as_mut().expect("selected");
+                    sel.live.push(LiveSearch {
+                        tag: tag.to_string(),
+                        uid,
+                        key: key.clone(),
+                        uids: hits.iter().map(|h| h.1).collect(),
+                    });
                 }
                 if opts.iter().any(|o| o == "SAVE") {
                     // With MIN and/or MAX, only those are saved (RFC 5182 §2.4).
@@ -1785,7 +1975,7 @@ impl Session {
                     } else {
                         hits.iter().map(|h| h.1).collect()
                     };
-                    if opts.len() == 1 {
+                    if opts.len() == 1 && !update {
                         return Ok("SEARCH completed, result saved".into());
                     }
                 }
@@ -1803,6 +1993,20 @@ impl Session {
                             let mut s = nums.clone();
                             s.sort();
                             line.push_str(&format!(" ALL {}", compress(&s)));
+                        }
+                        // RFC 5267 §4.4: the results at positions lo..=hi (1-based).
+                        o if o.starts_with("PARTIAL ") => {
+                            let range = &o["PARTIAL ".len()..];
+                            let (lo, hi) = range.split_once(':').unwrap_or((range, range));
+                            let lo = lo.parse::<usize>().unwrap_or(1).max(1);
+                            let hi = hi.parse::<usize>().unwrap_or(lo).min(nums.len());
+                            let picked = if lo <= hi { &nums[lo - 1..hi] } else { &[][..] };
+                            let set = if picked.is_empty() {
+                                "NIL".to_string()
+                            } else {
+                                compress(picked)
+                            };
+                            line.push_str(&format!(" PARTIAL ({range} {set})"));
                         }
                         _ => {}
                     }
@@ -2080,6 +2284,7 @@ impl Session {
                 self.out.extend_from_slice(line.as_bytes());
             }
         }
+        self.live_updates();
         if !modified.is_empty() {
             return Ok(format!(
                 "[MODIFIED {}] Conditional STORE failed for some messages",
@@ -2195,6 +2400,16 @@ fn sort_header(raw: &[u8], f: &mut sort::SortFields) -> HeaderIds {
             .collect();
     }
     ids
+}
+
+/// `* ESEARCH (TAG "t") [UID] ADDTO|REMOVEFROM (0 n…)` for a live search (RFC 5267 §4.3).
+fn live_line(live: &LiveSearch, what: &str, ids: &[u32]) -> String {
+    let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+    format!(
+        "* {} {what} (0 {})\r\n",
+        esearch_head(&live.tag, live.uid),
+        list.join(" ")
+    )
 }
 
 /// `ESEARCH (TAG "tag")` and ` UID` for a UID command: the start of every ESEARCH

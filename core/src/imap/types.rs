@@ -173,6 +173,34 @@ pub enum SearchKey {
     Modseq(u64),
 }
 
+/// One message of an APPEND.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendMessage {
+    /// Flags.
+    pub flags: Vec<String>,
+    /// Internal date (Unix seconds).
+    pub date: Option<i64>,
+    /// The message's pieces, in order: one literal, or CATENATE's list (RFC 4469).
+    pub parts: Vec<AppendPart>,
+    /// Sent as `UTF8 (literal8)` (RFC 6855 §4; needs `ENABLE UTF8=ACCEPT`).
+    pub utf8: bool,
+}
+
+/// A piece of an APPEND message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendPart {
+    /// A literal; `binary` when sent as literal8 (RFC 3516): stored without line-ending
+    /// normalisation.
+    Text {
+        /// The bytes.
+        data: Vec<u8>,
+        /// literal8.
+        binary: bool,
+    },
+    /// CATENATE's `URL` (RFC 4469 §5): a message, or a section of one, of this user.
+    Url(String),
+}
+
 /// Every command Corvus understands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -234,16 +262,8 @@ pub enum Command {
     Append {
         /// Target.
         mailbox: String,
-        /// Flags.
-        flags: Vec<String>,
-        /// Internal date (Unix seconds).
-        date: Option<i64>,
-        /// The message.
-        message: Vec<u8>,
-        /// Sent as literal8 (RFC 3516): stored exactly, no line-ending normalisation.
-        binary: bool,
-        /// Sent as `UTF8 (literal8)` (RFC 6855 §4; needs `ENABLE UTF8=ACCEPT`).
-        utf8: bool,
+        /// The messages, one or more (MULTIAPPEND, RFC 3502), appended all or none.
+        messages: Vec<AppendMessage>,
     },
     /// IDLE
     Idle,
@@ -251,6 +271,8 @@ pub enum Command {
     Close,
     /// UNSELECT
     Unselect,
+    /// CANCELUPDATE "tag" … (RFC 5267 §4.4): stop the updates of those searches.
+    CancelUpdate(Vec<String>),
     /// EXPUNGE / UID EXPUNGE set
     Expunge(Option<SeqSet>),
     /// SEARCH
