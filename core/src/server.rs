@@ -52,6 +52,8 @@ pub struct Shared {
     pub sender_auth: crate::sender_auth::SenderAuth,
     /// Message bytes SMTP sessions may hold in memory at once (`smtp.max_message_memory`).
     pub message_memory: Arc<crate::memory::MemoryBudget>,
+    /// Header keys of SORT and THREAD, by blob (shared by all IMAP sessions).
+    pub sort_keys: Arc<crate::imap::sort_keys::KeyCache>,
 }
 
 /// Open the store at the configured place, with the error an admin can act on.
@@ -171,6 +173,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         fcrdns_cache: Default::default(),
         shutdown: shutdown.clone(),
         message_memory: crate::memory::MemoryBudget::new(config.smtp.max_message_memory as usize),
+        sort_keys: Default::default(),
     });
 
     let mut bound = Vec::new();

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """IMAP benchmark for Corvus (not a test): fills a mailbox with N small messages, then times
-SELECT on it, FETCH 1:* (FLAGS), FETCH of 1,000 full bodies, SEARCH BODY over 10,000 messages,
+SELECT on it, FETCH 1:* (FLAGS), FETCH of 1,000 full bodies, SORT and THREAD of the whole
+mailbox, SEARCH BODY over 10,000 messages,
 and measures the memory of idle IDLE sessions (RSS delta / sessions).
 
     cargo build --release
@@ -426,6 +427,16 @@ def run(server, args) -> dict:
         spread = ",".join(str(1 + i * step) for i in range(args.bodies))
         runs = [c.timed(f"FETCH {spread} (BODY.PEEK[])") for _ in range(args.repeat)]
         res["fetch_bodies_spread_ms"] = med([r[0] for r in runs]) * 1000
+        # SORT and THREAD over the whole big mailbox (RFC 5256): the first run (Dovecot
+        # builds its sort index then) and the median of the following ones.
+        for name, command in (("sort_subject", "SORT (SUBJECT) UTF-8 ALL"),
+                              ("sort_reverse_date", "SORT (REVERSE DATE) UTF-8 ALL"),
+                              ("sort_from", "SORT (FROM) UTF-8 ALL"),
+                              ("sort_arrival", "SORT (ARRIVAL) UTF-8 ALL"),
+                              ("thread_references", "THREAD REFERENCES UTF-8 ALL")):
+            runs = [c.timed(command)[0] for _ in range(args.repeat + 1)]
+            res[f"{name}_first_ms"] = runs[0] * 1000
+            res[f"{name}_ms"] = med(runs[1:]) * 1000
         # SEARCH BODY over the 10,000-message mailbox.
         c.cmd("SELECT Search10k")
         runs = [c.timed("SEARCH BODY needle") for _ in range(args.repeat)]

@@ -1,8 +1,11 @@
 """Disk space comes back (issue 20 item 4): append N messages of 20 KB, expunge them all,
-several rounds. The data directory must not keep what was expunged: once the store's
-background cleaning has run it holds less than one round's bodies, however many rounds there
-were — while the server runs and again after a restart. (Before the fix every round stayed on
-disk: 120,000 messages appended and expunged left 984 MB.)"""
+several rounds. What was expunged must not stay on disk: once the store's background
+cleaning has run, the data directory holds less than two rounds' bodies however many rounds
+there were — while the server runs and again after a restart. Before the fix every round
+stayed (120,000 messages appended and expunged left 984 MB); with it the directory settles
+between about two thirds and one and a half rounds' worth (sled reuses and punches holes in
+its freed log segments, and relocates live records out of mostly-empty ones in the
+background), which RECLAIM_ROUNDS=8 shows does not grow with the rounds."""
 
 import os
 
@@ -77,5 +80,6 @@ def test_expunged_bodies_free_their_space(make_server):
     print(f"base {base} last full {full} after expunge {live} after restart {after} "
           f"one round {one_round} rounds {ROUNDS}")
     assert full - base > one_round // 2, (base, full)  # the appends did land on disk
-    assert live - base < one_round, (base, live, one_round)
-    assert after - base < one_round, (base, after, one_round)
+    # Without reclaim, ROUNDS (3) rounds would all be there.
+    assert live - base < 2 * one_round, (base, live, one_round)
+    assert after - base < 2 * one_round, (base, after, one_round)

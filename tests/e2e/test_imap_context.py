@@ -19,10 +19,12 @@ def test_live_search_follows_other_sessions(imap_server, user):
     b.ok("SELECT INBOX")
     b.ok("STORE 2 +FLAGS.SILENT (\\Seen)")
     imap_server.deliver(user, subject="late")
-    wait_for(lambda: b"* 4 EXISTS" in b.ok("NOOP"))
+    imap_server.deliver(user, subject="later")
+    wait_for(lambda: b"* 5 EXISTS" in b.ok("NOOP"))
     lines = a.ok("NOOP")
     assert b'* ESEARCH (TAG "live") UID REMOVEFROM (0 2)' in lines, lines
-    assert b'* ESEARCH (TAG "live") UID ADDTO (0 4)' in lines, lines
+    # Several messages: one context position, then a sequence set (RFC 5267 §4.3).
+    assert b'* ESEARCH (TAG "live") UID ADDTO (0 4:5)' in lines, lines
     b.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
     b.ok("EXPUNGE")
     lines = a.ok("NOOP")

@@ -22,6 +22,7 @@ use super::mutf7;
 use super::response::{date_time, flag_list, literal, mailbox_name, string};
 use super::search::{self, Candidate};
 use super::sort;
+use super::sort_keys::HeaderKeys;
 use super::types::*;
 use super::view::{Snapshot, View};
 use crate::accounts;
@@ -1782,7 +1783,7 @@ impl Session {
         hits: &[(u32, u32, u64)],
         uid: bool,
         content: bool,
-    ) -> Result<Vec<(sort::SortFields, Option<HeaderIds>)>, Resp> {
+    ) -> Result<Vec<(sort::SortFields, Arc<HeaderKeys>)>, Resp> {
         let sel = self.selected.as_ref().expect("selected");
         let metas = self
             .shared
@@ -1796,20 +1797,30 @@ impl Session {
                 next += 1;
             }
             let meta = metas.get(next).filter(|m| m.uid == u);
-            let mut f = sort::SortFields {
+            let keys = match meta {
+                Some(m) if content => {
+                    let store = &self.shared.store;
+                    self.shared
+                        .sort_keys
+                        .get(m.blob, || store.blob(m.blob).ok())
+                }
+                _ => Arc::default(),
+            };
+            let arrival = meta.map_or(0, |m| m.internal_date);
+            let f = sort::SortFields {
                 seq,
                 id: if uid { u } else { seq },
-                arrival: meta.map_or(0, |m| m.internal_date),
+                arrival,
+                date: keys.date.unwrap_or(arrival),
                 size: meta.map_or(0, |m| m.size),
-                ..Default::default()
+                subject: keys.subject.clone(),
+                from: keys.from.clone(),
+                to: keys.to.clone(),
+                cc: keys.cc.clone(),
+                display_from: keys.display_from.clone(),
+                display_to: keys.display_to.clone(),
             };
-            f.date = f.arrival;
-            let mut ids = None;
-            if content && let Some(m) = meta {
-                let raw = self.shared.store.blob(m.blob).unwrap_or_default();
-                ids = Some(sort_header(&raw, &mut f));
-            }
-            out.push((f, ids));
+            out.push((f, keys));
         }
         Ok(out)
     }
@@ -1879,17 +1890,14 @@ impl Session {
         let msgs: Vec<sort::ThreadMsg> = self
             .sort_inputs(&hits, uid, true)?
             .into_iter()
-            .map(|(f, ids)| {
-                let ids = ids.unwrap_or_default();
-                sort::ThreadMsg {
-                    id: f.id,
-                    seq: f.seq,
-                    message_id: ids.message_id,
-                    references: ids.references,
-                    subject: f.subject,
-                    is_reply: ids.is_reply,
-                    date: f.date,
-                }
+            .map(|(f, keys)| sort::ThreadMsg {
+                id: f.id,
+                seq: f.seq,
+                message_id: keys.message_id.clone(),
+                references: keys.references.clone(),
+                subject: f.subject,
+                is_reply: keys.is_reply,
+                date: f.date,
             })
             .collect();
         let threads = if references {
@@ -2349,66 +2357,15 @@ impl Session {
     }
 }
 
-/// What THREAD needs of a header besides the sort fields.
-#[derive(Default)]
-struct HeaderIds {
-    message_id: Option<String>,
-    references: Vec<String>,
-    is_reply: bool,
-}
-
-/// Fill the header-derived sort fields of `f` from message `raw` (RFC 5256 §3: the base
-/// subject, the sent date in UTC or the internal date when there is none, the first
-/// address's mailbox, RFC 5957's display names), and return its message identifiers.
-fn sort_header(raw: &[u8], f: &mut sort::SortFields) -> HeaderIds {
-    use mail_parser::{Address, MessageParser};
-    let end = crate::message::header_end(raw).min(raw.len());
-    let mut ids = HeaderIds::default();
-    let Some(m) = MessageParser::new().parse_headers(&raw[..end]) else {
-        return ids;
-    };
-    let (subject, is_reply) = sort::base_subject_ext(m.subject().unwrap_or(""));
-    f.subject = subject;
-    ids.is_reply = is_reply;
-    if let Some(d) = m.date() {
-        f.date = d.to_timestamp();
-    }
-    let first = |a: Option<&Address>| -> (String, String) {
-        let Some(a) = a.and_then(|a| a.first()) else {
-            return (String::new(), String::new());
-        };
-        let addr = a.address().unwrap_or("");
-        let local = addr.rsplit_once('@').map_or(addr, |(l, _)| l);
-        let display = a.name().filter(|n| !n.trim().is_empty()).unwrap_or(addr);
-        (local.to_string(), display.to_string())
-    };
-    (f.from, f.display_from) = first(m.from());
-    (f.to, f.display_to) = first(m.to());
-    (f.cc, _) = first(m.cc());
-    let (fields, _) = mime::parse_header(raw, 0, end);
-    let text =
-        |name: &str| mime::field(&fields, name).map(|v| String::from_utf8_lossy(v).into_owned());
-    ids.message_id = text("Message-ID").and_then(|v| sort::parse_msg_ids(&v).into_iter().next());
-    ids.references = text("References")
-        .map(|v| sort::parse_msg_ids(&v))
-        .unwrap_or_default();
-    if ids.references.is_empty() {
-        // RFC 5256 §2.2 step 1.A: without References, the first msg-id of In-Reply-To.
-        ids.references = text("In-Reply-To")
-            .and_then(|v| sort::parse_msg_ids(&v).into_iter().next())
-            .into_iter()
-            .collect();
-    }
-    ids
-}
-
-/// `* ESEARCH (TAG "t") [UID] ADDTO|REMOVEFROM (0 n…)` for a live search (RFC 5267 §4.3).
+/// `* ESEARCH (TAG "t") [UID] ADDTO|REMOVEFROM (0 set)` for a live search (RFC 5267 §4.3:
+/// a context position, 0 for an unordered SEARCH, then a sequence set).
 fn live_line(live: &LiveSearch, what: &str, ids: &[u32]) -> String {
-    let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
     format!(
         "* {} {what} (0 {})\r\n",
         esearch_head(&live.tag, live.uid),
-        list.join(" ")
+        compress(&ids)
     )
 }
 

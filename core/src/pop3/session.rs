@@ -871,6 +871,7 @@ mod tests {
             credential_cache: Arc::new(accounts::CredentialCache::new(Duration::from_secs(60))),
             shutdown: Default::default(),
             message_memory: crate::memory::MemoryBudget::new(1 << 30),
+            sort_keys: Default::default(),
             sender_auth: crate::sender_auth::SenderAuth::new(
                 &config,
                 crate::dns::resolver(&config).unwrap(),
