@@ -726,7 +726,10 @@ fn parse_args(c: &mut Cursor<'_>, verb: &str, uid: bool) -> R<Command> {
         "SORT" => {
             use super::sort::{Criterion, SortKey};
             c.sp()?;
-            let ret = c.return_options("SORT", &["MIN", "MAX", "ALL", "COUNT"])?;
+            let ret = c.return_options(
+                "SORT",
+                &["MIN", "MAX", "ALL", "COUNT", "PARTIAL", "UPDATE", "CONTEXT"],
+            )?;
             let words = c.paren_atoms()?;
             let mut criteria = Vec::new();
             let mut reverse = false;
@@ -1175,6 +1178,15 @@ impl Cursor<'_> {
             } else {
                 out.push(o);
             }
+        }
+        // RFC 5267 §4.4: one PARTIAL, one ALL, or neither.
+        if out
+            .iter()
+            .filter(|o| *o == "ALL" || o.starts_with("PARTIAL"))
+            .count()
+            > 1
+        {
+            return Err("only one of ALL and PARTIAL".into());
         }
         self.sp()?;
         Ok(Some(out))

@@ -5,7 +5,7 @@
 //! session's view by [`Session::sync`]; EXPUNGE responses are held back during FETCH, STORE
 //! and SEARCH (RFC 9051 §7.5.1).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,13 +57,95 @@ struct Selected {
     live: Vec<LiveSearch>,
 }
 
-/// A `SEARCH RETURN (UPDATE)` result kept current with ADDTO/REMOVEFROM (RFC 5267 §4.3).
+/// A `SEARCH`/`SORT RETURN (UPDATE)` result kept current with ADDTO/REMOVEFROM
+/// (RFC 5267 §4.3).
 struct LiveSearch {
     tag: String,
     uid: bool,
     key: SearchKey,
-    /// The result as the client knows it, as UIDs in ascending order.
+    /// The SORT criteria; `None` for SEARCH (mailbox order, context position 0).
+    sort: Option<Vec<sort::Criterion>>,
+    /// The result as the client knows it, as UIDs in the requested order.
     uids: Vec<u32>,
+}
+
+/// Most live searches one session keeps (RFC 5267 §4.3.1 asks for at least one); past
+/// it a request gets `NO [NOUPDATE "tag"]` and its other return options.
+const MAX_LIVE_SEARCHES: usize = 16;
+
+impl LiveSearch {
+    /// The ESEARCH lines that turn the client's result (`self.uids`) into `now`. `number`
+    /// gives what the client calls a message (its UID, or its sequence number). SEARCH
+    /// contexts use position 0 and sets in mailbox order; SORT contexts remove runs at their
+    /// positions, then insert each new run where it belongs (RFC 5267 §4.3.3-4): the order
+    /// of messages that stay never changes, since no sort key depends on flags.
+    fn changes(&self, now: &[u32], number: &dyn Fn(u32) -> u32) -> String {
+        let mut out = String::new();
+        let kept: HashSet<u32> = now.iter().copied().collect();
+        let had: HashSet<u32> = self.uids.iter().copied().collect();
+        let line = |what: &str, pairs: &[(usize, Vec<u32>)]| {
+            let body: Vec<String> = pairs
+                .iter()
+                .map(|(pos, ids)| {
+                    let set = if self.sort.is_some() {
+                        ordered_set(ids)
+                    } else {
+                        let mut sorted = ids.clone();
+                        sorted.sort_unstable();
+                        compress(&sorted)
+                    };
+                    format!("{pos} {set}")
+                })
+                .collect();
+            format!(
+                "* {} {what} ({})\r\n",
+                esearch_head(&self.tag, self.uid),
+                body.join(" ")
+            )
+        };
+        let sorted = self.sort.is_some();
+        // Removals: runs of the old list, at their position once earlier runs are gone.
+        let mut removals: Vec<(usize, Vec<u32>)> = Vec::new();
+        let mut removed = 0;
+        let mut i = 0;
+        while i < self.uids.len() {
+            if kept.contains(&self.uids[i]) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            let mut run = Vec::new();
+            while i < self.uids.len() && !kept.contains(&self.uids[i]) {
+                run.push(number(self.uids[i]));
+                i += 1;
+            }
+            let pos = if sorted { start + 1 - removed } else { 0 };
+            removed += run.len();
+            match removals.last_mut() {
+                Some(last) if !sorted => last.1.extend(run),
+                _ => removals.push((pos, run)),
+            }
+        }
+        if !removals.is_empty() {
+            out.push_str(&line("REMOVEFROM", &removals));
+        }
+        // Additions: each new run at the position it has in `now`.
+        let mut adds: Vec<(usize, Vec<u32>)> = Vec::new();
+        for (idx, u) in now.iter().enumerate() {
+            if had.contains(u) {
+                continue;
+            }
+            let pos = if sorted { idx + 1 } else { 0 };
+            match adds.last_mut() {
+                Some(last) if !sorted || last.0 + last.1.len() == pos => last.1.push(number(*u)),
+                _ => adds.push((pos, vec![number(*u)])),
+            }
+        }
+        if !adds.is_empty() {
+            out.push_str(&line("ADDTO", &adds));
+        }
+        out
+    }
 }
 
 impl Selected {
@@ -252,7 +334,7 @@ impl Session {
             }
         } else {
             c.push_str(
-                " IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN LIST-EXTENDED LIST-STATUS SPECIAL-USE CREATE-SPECIAL-USE CONDSTORE QRESYNC ESEARCH SEARCHRES CONTEXT=SEARCH MULTIAPPEND CATENATE SORT SORT=DISPLAY ESORT THREAD=ORDEREDSUBJECT THREAD=REFERENCES STATUS=SIZE BINARY UTF8=ACCEPT",
+                " IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN LIST-EXTENDED LIST-STATUS SPECIAL-USE CREATE-SPECIAL-USE CONDSTORE QRESYNC ESEARCH SEARCHRES CONTEXT=SEARCH CONTEXT=SORT MULTIAPPEND CATENATE SORT SORT=DISPLAY ESORT THREAD=ORDEREDSUBJECT THREAD=REFERENCES STATUS=SIZE BINARY UTF8=ACCEPT",
             );
         }
         c
@@ -1530,16 +1612,20 @@ impl Session {
             let gone = sel.msgs.retain_uids(in_fresh);
             // Live searches lose the expunged messages first, numbered as the client still
             // numbers them (RFC 5267 §4.3).
-            for live in &mut sel.live {
-                let ids: Vec<u32> = gone
-                    .iter()
-                    .rev()
-                    .filter(|(_, u)| live.uids.binary_search(u).is_ok())
-                    .map(|&(i, u)| if live.uid { u } else { i as u32 + 1 })
-                    .collect();
-                if !ids.is_empty() {
-                    live.uids.retain(|u| !gone.iter().any(|g| g.1 == *u));
-                    out.extend_from_slice(live_line(live, "REMOVEFROM", &ids).as_bytes());
+            if !gone.is_empty() {
+                let old_seq: HashMap<u32, u32> =
+                    gone.iter().map(|&(i, u)| (u, i as u32 + 1)).collect();
+                for live in &mut sel.live {
+                    let now: Vec<u32> = live
+                        .uids
+                        .iter()
+                        .copied()
+                        .filter(|u| !old_seq.contains_key(u))
+                        .collect();
+                    let uid = live.uid;
+                    let number = |u: u32| if uid { u } else { old_seq[&u] };
+                    out.extend_from_slice(live.changes(&now, &number).as_bytes());
+                    live.uids = now;
                 }
             }
             if qresync {
@@ -1624,10 +1710,9 @@ impl Session {
         let mut lines = String::new();
         let mut fresh: Vec<Vec<u32>> = Vec::with_capacity(sel.live.len());
         for live in &sel.live {
-            let now: Vec<u32> = match self.search_hits(&live.key) {
-                Ok(h) => h.iter().map(|h| h.1).collect(),
-                Err(_) => live.uids.clone(),
-            };
+            let now = self
+                .live_result(&live.key, live.sort.as_deref())
+                .unwrap_or_else(|_| live.uids.clone());
             let number = |u: u32| {
                 if live.uid {
                     u
@@ -1635,23 +1720,7 @@ impl Session {
                     sel.msgs.position(u).map_or(0, |i| i as u32 + 1)
                 }
             };
-            let gone: Vec<u32> = live
-                .uids
-                .iter()
-                .filter(|u| now.binary_search(u).is_err())
-                .map(|&u| number(u))
-                .collect();
-            let added: Vec<u32> = now
-                .iter()
-                .filter(|u| live.uids.binary_search(u).is_err())
-                .map(|&u| number(u))
-                .collect();
-            if !gone.is_empty() {
-                lines.push_str(&live_line(live, "REMOVEFROM", &gone));
-            }
-            if !added.is_empty() {
-                lines.push_str(&live_line(live, "ADDTO", &added));
-            }
+            lines.push_str(&live.changes(&now, &number));
             fresh.push(now);
         }
         let sel = self.selected.as_mut().expect("selected");
@@ -1659,6 +1728,45 @@ impl Session {
             live.uids = now;
         }
         self.out.extend_from_slice(lines.as_bytes());
+    }
+
+    /// The UIDs `key` matches now, in mailbox order or sorted by `sort`.
+    fn live_result(
+        &self,
+        key: &SearchKey,
+        sort_by: Option<&[sort::Criterion]>,
+    ) -> Result<Vec<u32>, Resp> {
+        let hits = self.search_hits(key)?;
+        let Some(criteria) = sort_by else {
+            return Ok(hits.iter().map(|h| h.1).collect());
+        };
+        let content = criteria
+            .iter()
+            .any(|c| !matches!(c.key, sort::SortKey::Arrival | sort::SortKey::Size));
+        let mut fields: Vec<sort::SortFields> = self
+            .sort_inputs(&hits, true, content)?
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        sort::sort(&mut fields, criteria);
+        Ok(fields.iter().map(|f| f.id).collect())
+    }
+
+    /// Start keeping a search's result current (RFC 5267 §4.3): BAD when the tag already
+    /// names a live search, `NO [NOUPDATE]` (and the other return options still answered)
+    /// past [`MAX_LIVE_SEARCHES`].
+    /// Returns the `NO [NOUPDATE]` line to send after the command's ESEARCH, if refused.
+    fn start_live(&mut self, live: LiveSearch) -> Result<Option<String>, Resp> {
+        let sel = self.selected.as_mut().expect("selected");
+        if sel.live.iter().any(|l| l.tag == live.tag) {
+            return Err(Resp::Bad("Tag reuse".into()));
+        }
+        if sel.live.len() >= MAX_LIVE_SEARCHES {
+            let tag = String::from_utf8_lossy(&imap_string(live.tag.as_bytes())).into_owned();
+            return Ok(Some(format!("NO [NOUPDATE {tag}] Too many contexts")));
+        }
+        sel.live.push(live);
+        Ok(None)
     }
 
     /// Take the store's change events: those for the selected mailbox (or a lost count of
@@ -1855,12 +1963,27 @@ impl Session {
                 self.untagged(&line);
             }
             Some(mut opts) => {
-                if opts.is_empty() {
+                opts.retain(|o| o != "CONTEXT");
+                let update = opts.iter().any(|o| o == "UPDATE");
+                opts.retain(|o| o != "UPDATE");
+                if opts.is_empty() && !update {
                     opts.push("ALL".into());
+                }
+                let mut refused = None;
+                if update {
+                    let uids = self.live_result(&key, Some(criteria))?;
+                    refused = self.start_live(LiveSearch {
+                        tag: tag.to_string(),
+                        uid,
+                        key: key.clone(),
+                        sort: Some(criteria.to_vec()),
+                        uids,
+                    })?;
                 }
                 let mut line = esearch_head(tag, uid);
                 // MIN and MAX are the first and last in sort order; ALL keeps that order
-                // (RFC 5267 §3.1), with ranges only where the order ascends by one.
+                // (RFC 5267 §3.1), with ranges only where the order ascends by one; so does
+                // PARTIAL (§4.4), over positions in sort order.
                 for o in &opts {
                     match (o.as_str(), ids.first(), ids.last()) {
                         ("MIN", Some(first), _) => line.push_str(&format!(" MIN {first}")),
@@ -1869,10 +1992,22 @@ impl Session {
                         ("ALL", Some(_), _) => {
                             line.push_str(&format!(" ALL {}", ordered_set(&ids)))
                         }
+                        (o, ..) if o.starts_with("PARTIAL ") => {
+                            let (range, picked) = partial(o, &ids);
+                            let set = if picked.is_empty() {
+                                "NIL".to_string()
+                            } else {
+                                ordered_set(picked)
+                            };
+                            line.push_str(&format!(" PARTIAL ({range} {set})"));
+                        }
                         _ => {}
                     }
                 }
                 self.untagged(&line);
+                if let Some(no) = refused {
+                    self.untagged(&no);
+                }
             }
         }
         Ok(if uid {
@@ -1955,15 +2090,16 @@ impl Session {
                 if opts.is_empty() && !update {
                     opts.push("ALL".into());
                 }
+                let mut refused = None;
                 if update {
                     // Later changes to the result reach the client as ADDTO/REMOVEFROM.
-                    let sel = self.selected.as_mut().expect("selected");
-                    sel.live.push(LiveSearch {
+                    refused = self.start_live(LiveSearch {
                         tag: tag.to_string(),
                         uid,
                         key: key.clone(),
+                        sort: None,
                         uids: hits.iter().map(|h| h.1).collect(),
-                    });
+                    })?;
                 }
                 if opts.iter().any(|o| o == "SAVE") {
                     // With MIN and/or MAX, only those are saved (RFC 5182 §2.4).
@@ -2004,11 +2140,7 @@ impl Session {
                         }
                         // RFC 5267 §4.4: the results at positions lo..=hi (1-based).
                         o if o.starts_with("PARTIAL ") => {
-                            let range = &o["PARTIAL ".len()..];
-                            let (lo, hi) = range.split_once(':').unwrap_or((range, range));
-                            let lo = lo.parse::<usize>().unwrap_or(1).max(1);
-                            let hi = hi.parse::<usize>().unwrap_or(lo).min(nums.len());
-                            let picked = if lo <= hi { &nums[lo - 1..hi] } else { &[][..] };
+                            let (range, picked) = partial(o, &nums);
                             let set = if picked.is_empty() {
                                 "NIL".to_string()
                             } else {
@@ -2044,6 +2176,9 @@ impl Session {
                     line.push_str(&format!(" MODSEQ {ms}"));
                 }
                 self.untagged(&line);
+                if let Some(no) = refused {
+                    self.untagged(&no);
+                }
             }
         }
         Ok("SEARCH completed".into())
@@ -2357,16 +2492,14 @@ impl Session {
     }
 }
 
-/// `* ESEARCH (TAG "t") [UID] ADDTO|REMOVEFROM (0 set)` for a live search (RFC 5267 §4.3:
-/// a context position, 0 for an unordered SEARCH, then a sequence set).
-fn live_line(live: &LiveSearch, what: &str, ids: &[u32]) -> String {
-    let mut ids = ids.to_vec();
-    ids.sort_unstable();
-    format!(
-        "* {} {what} (0 {})\r\n",
-        esearch_head(&live.tag, live.uid),
-        compress(&ids)
-    )
+/// The range of a `PARTIAL lo:hi` return option and the results at those positions
+/// (1-based; a range past the end gives what there is, RFC 5267 §4.4).
+fn partial<'a>(option: &'a str, results: &'a [u32]) -> (&'a str, &'a [u32]) {
+    let range = option.strip_prefix("PARTIAL ").unwrap_or(option);
+    let (lo, hi) = range.split_once(':').unwrap_or((range, range));
+    let lo = lo.parse::<usize>().unwrap_or(1).max(1);
+    let hi = hi.parse::<usize>().unwrap_or(lo).min(results.len());
+    (range, if lo <= hi { &results[lo - 1..hi] } else { &[] })
 }
 
 /// `ESEARCH (TAG "tag")` and ` UID` for a UID command: the start of every ESEARCH
@@ -2990,5 +3123,58 @@ mod tests {
         assert!(!wildmatch("日本語/%", "日本語/台北/x"));
         assert!(!wildmatch("Bücher", "INBOX"));
         assert_eq!(normalize_crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\rd");
+    }
+
+    fn live(sort: bool, uids: &[u32]) -> LiveSearch {
+        LiveSearch {
+            tag: "C01".into(),
+            uid: true,
+            key: SearchKey::All,
+            sort: sort.then(|| {
+                vec![sort::Criterion {
+                    key: sort::SortKey::Arrival,
+                    reverse: false,
+                }]
+            }),
+            uids: uids.to_vec(),
+        }
+    }
+
+    #[test]
+    fn context_updates_follow_rfc_5267() {
+        let same = |u: u32| u;
+        // §4.3.3: a result of 2734:2735 that becomes 2731:2735; the preferred form.
+        let l = live(true, &[2734, 2735]);
+        assert_eq!(
+            l.changes(&[2731, 2732, 2733, 2734, 2735], &same),
+            "* ESEARCH (TAG \"C01\") UID ADDTO (1 2731:2733)\r\n"
+        );
+        // §4.3.4: removals at positions, each counted once the runs before are gone; the
+        // order of a sorted result is kept in its sets.
+        let l = live(true, &[9, 3, 7, 5, 1]);
+        assert_eq!(
+            l.changes(&[3, 1], &same),
+            "* ESEARCH (TAG \"C01\") UID REMOVEFROM (1 9 2 7,5)\r\n"
+        );
+        let l = live(true, &[9, 3]);
+        assert_eq!(
+            l.changes(&[4, 9, 8, 3, 2], &same),
+            "* ESEARCH (TAG \"C01\") UID ADDTO (1 4 3 8 5 2)\r\n"
+        );
+        // A SEARCH context: position 0, sets in mailbox order.
+        let l = live(false, &[1, 2, 3, 4]);
+        assert_eq!(
+            l.changes(&[1, 4, 6, 7], &same),
+            "* ESEARCH (TAG \"C01\") UID REMOVEFROM (0 2:3)\r\n* ESEARCH (TAG \"C01\") UID ADDTO (0 6:7)\r\n"
+        );
+        assert_eq!(l.changes(&[1, 2, 3, 4], &same), "");
+    }
+
+    #[test]
+    fn partial_ranges() {
+        let r = [5, 7, 9, 11];
+        assert_eq!(partial("PARTIAL 2:3", &r), ("2:3", &r[1..3]));
+        assert_eq!(partial("PARTIAL 3:10", &r), ("3:10", &r[2..]));
+        assert_eq!(partial("PARTIAL 9:10", &r).1, &[] as &[u32]);
     }
 }
