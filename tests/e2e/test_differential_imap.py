@@ -148,6 +148,12 @@ TRANSCRIPTS: dict[str, list] = {
         "UID THREAD REFERENCES UTF-8 3:*",
         "THREAD REFERENCES UTF-8 SUBJECT nothing-matches",
         "THREAD BOGUS UTF-8 ALL",
+        # RFC 5256 §3's example commands.
+        "SORT (SUBJECT) UTF-8 SINCE 1-Feb-1994",
+        "SORT (SUBJECT REVERSE DATE) UTF-8 ALL",
+        'SORT (SUBJECT) US-ASCII TEXT "not in mailbox"',
+        "THREAD ORDEREDSUBJECT UTF-8 SINCE 5-MAR-2000",
+        "THREAD REFERENCES US-ASCII SINCE 1-Jan-2024",
     ],
     "recent": [
         append("INBOX", M1),
