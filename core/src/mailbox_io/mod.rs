@@ -246,6 +246,24 @@ impl Sink<'_> {
         flags: Vec<String>,
         internal_date: i64,
     ) -> Result<(), MailboxIoError> {
+        // BODY[] never carries NUL (RFC 3516 §4.2), whatever the source held: body parts
+        // with NUL are stored base64, as an IMAP APPEND of binary content is; a NUL in a
+        // header (no encoding can carry it) becomes a space, and the summary says so.
+        let converted;
+        let message = if message.contains(&0) {
+            converted = crate::imap::mime::without_nul(message).unwrap_or_else(|| {
+                self.summary.notes.push(format!(
+                    "{folder}: a message had NUL bytes in its header; they were stored as spaces"
+                ));
+                message
+                    .iter()
+                    .map(|&b| if b == 0 { b' ' } else { b })
+                    .collect()
+            });
+            &converted[..]
+        } else {
+            message
+        };
         self.store.deliver(
             message,
             internal_date,
@@ -432,6 +450,39 @@ fn trim_zeros(d: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn imported_messages_never_carry_nul() {
+        let d = tempfile::tempdir().unwrap();
+        let store: Store = std::sync::Arc::new(crate::store::SledStore::open(d.path()).unwrap());
+        store.create_account("alice@example.org", "x").unwrap();
+        let mut sink = Sink {
+            store: &store,
+            user: "alice@example.org",
+            base: None,
+            summary: Summary::default(),
+        };
+        sink.add("INBOX", b"Subject: a\r\n\r\nbin\0ary\r\n", vec![], 0)
+            .unwrap();
+        sink.add("INBOX", b"Subject: a\0b\r\n\r\nbody\r\n", vec![], 0)
+            .unwrap();
+        let inbox = store
+            .mailbox("alice@example.org", "INBOX")
+            .unwrap()
+            .unwrap();
+        let msgs = store.messages(inbox.id).unwrap();
+        let first = store.blob(msgs[0].blob).unwrap();
+        assert!(!first.contains(&0));
+        let root = crate::imap::mime::parse_message(&first);
+        assert!(
+            matches!(crate::imap::mime::binary(&first, &root, &[]), Ok(ref b) if b == b"bin\0ary\r\n")
+        );
+        assert_eq!(
+            store.blob(msgs[1].blob).unwrap(),
+            b"Subject: a b\r\n\r\nbody\r\n"
+        );
+        assert_eq!(sink.summary.notes.len(), 1);
+    }
 
     #[test]
     fn line_endings() {
