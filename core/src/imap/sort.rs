@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
+use std::sync::Arc;
 
 /// At most this many msg-ids of one message's references are used for threading (the
 /// last ones, nearest the parent). Longer References fields are truncated by MUAs anyway
@@ -203,7 +204,8 @@ pub struct Criterion {
     pub reverse: bool,
 }
 
-/// What SORT compares for one message; the caller fills it from the message.
+/// What SORT compares for one message; the caller fills it from the message. The strings
+/// are shared (`Arc<str>`): a sort of 100,000 messages copies no text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SortFields {
     /// Sequence number: the final tie-breaker, ascending and never reversed (§3).
@@ -218,17 +220,17 @@ pub struct SortFields {
     /// RFC822.SIZE.
     pub size: u64,
     /// [`base_subject`] of the Subject.
-    pub subject: String,
+    pub subject: Arc<str>,
     /// `addr-mailbox` of the first From address, `""` if none.
-    pub from: String,
+    pub from: Arc<str>,
     /// `addr-mailbox` of the first To address, `""` if none.
-    pub to: String,
+    pub to: Arc<str>,
     /// `addr-mailbox` of the first Cc address, `""` if none.
-    pub cc: String,
+    pub cc: Arc<str>,
     /// Display name of the first From address or, without one, its addr-spec (RFC 5957).
-    pub display_from: String,
+    pub display_from: Arc<str>,
     /// Display name of the first To address or, without one, its addr-spec (RFC 5957).
-    pub display_to: String,
+    pub display_to: Arc<str>,
 }
 
 /// Sort `msgs` by `criteria` (RFC 5256 §3): each key in turn, REVERSE flipping only its
@@ -326,7 +328,7 @@ pub struct ThreadMsg {
     /// In-Reply-To; oldest first. Only the last [`MAX_REFERENCES`] are used.
     pub references: Vec<String>,
     /// [`base_subject`] of the Subject.
-    pub subject: String,
+    pub subject: Arc<str>,
     /// Whether the subject marks a reply or forward ([`base_subject_ext`]).
     pub is_reply: bool,
     /// Sent date, as in [`SortFields::date`].
@@ -691,7 +693,7 @@ fn merge_by_subject<'a>(
                     .filter_map(|&k| forest.msg[k])
                     .min_by_key(|&m| date_key(&msgs[m])),
             };
-            first.map_or("", |m| msgs[m].subject.as_str())
+            first.map_or("", |m| &*msgs[m].subject)
         })
         .collect();
 
@@ -1162,7 +1164,7 @@ mod tests {
         };
         let mut msgs: Vec<SortFields> = (1..=100_000u32)
             .map(|seq| SortFields {
-                from: format!("user{}", next() % 1000),
+                from: format!("user{}", next() % 1000).into(),
                 date: (next() % 10_000) as i64,
                 size: next() % 100,
                 ..f(seq)
@@ -1247,7 +1249,7 @@ mod tests {
             seq: id,
             message_id: Some(format!("<{id}@x>")),
             references: refs.iter().map(|r| format!("<{r}@x>")).collect(),
-            subject,
+            subject: subject.into(),
             is_reply,
             date,
         }

@@ -24,19 +24,19 @@ pub struct HeaderKeys {
     /// the internal date, RFC 5256 §3 "DATE").
     pub date: Option<i64>,
     /// Base subject (RFC 5256 §2.1), upper-cased.
-    pub subject: String,
+    pub subject: Arc<str>,
     /// The subject was a reply or forward.
     pub is_reply: bool,
     /// addr-mailbox of the first From, To and Cc address.
-    pub from: String,
+    pub from: Arc<str>,
     /// See `from`.
-    pub to: String,
+    pub to: Arc<str>,
     /// See `from`.
-    pub cc: String,
+    pub cc: Arc<str>,
     /// RFC 5957 display name of the first From and To address (the address without one).
-    pub display_from: String,
+    pub display_from: Arc<str>,
     /// See `display_from`.
-    pub display_to: String,
+    pub display_to: Arc<str>,
     /// Message-ID as `<…>`.
     pub message_id: Option<String>,
     /// References, or the first msg-id of In-Reply-To without them (RFC 5256 §2.2 1.A).
@@ -51,16 +51,17 @@ pub fn extract(raw: &[u8]) -> HeaderKeys {
     let Some(m) = MessageParser::new().parse_headers(&raw[..end]) else {
         return k;
     };
-    (k.subject, k.is_reply) = sort::base_subject_ext(m.subject().unwrap_or(""));
+    let (subject, is_reply) = sort::base_subject_ext(m.subject().unwrap_or(""));
+    (k.subject, k.is_reply) = (subject.into(), is_reply);
     k.date = m.date().map(|d| d.to_timestamp());
-    let first = |a: Option<&Address>| -> (String, String) {
+    let first = |a: Option<&Address>| -> (Arc<str>, Arc<str>) {
         let Some(a) = a.and_then(|a| a.first()) else {
-            return (String::new(), String::new());
+            return (Arc::default(), Arc::default());
         };
         let addr = a.address().unwrap_or("");
         let local = addr.rsplit_once('@').map_or(addr, |(l, _)| l);
         let display = a.name().filter(|n| !n.trim().is_empty()).unwrap_or(addr);
-        (local.to_string(), display.to_string())
+        (local.into(), display.into())
     };
     (k.from, k.display_from) = first(m.from());
     (k.to, k.display_to) = first(m.to());
@@ -144,20 +145,14 @@ mod tests {
         let k = extract(
             b"From: \"Ann Lee\" <ann@example.net>\r\nTo: bob@example.org\r\nSubject: =?UTF-8?Q?Re:_caf=C3=A9?=\r\nDate: Tue, 2 Jan 2024 10:00:00 +0100\r\nMessage-ID: <m2@x>\r\nIn-Reply-To: <m1@x> (comment)\r\n\r\nbody",
         );
-        assert_eq!(k.subject, "CAFÉ");
+        assert_eq!(&*k.subject, "CAFÉ");
         assert!(k.is_reply);
-        assert_eq!(
-            (k.from.as_str(), k.display_from.as_str()),
-            ("ann", "Ann Lee")
-        );
-        assert_eq!(
-            (k.to.as_str(), k.display_to.as_str()),
-            ("bob", "bob@example.org")
-        );
+        assert_eq!((&*k.from, &*k.display_from), ("ann", "Ann Lee"));
+        assert_eq!((&*k.to, &*k.display_to), ("bob", "bob@example.org"));
         assert_eq!(k.date, Some(1_704_186_000));
         assert_eq!(k.message_id.as_deref(), Some("<m2@x>"));
         assert_eq!(k.references, ["<m1@x>"]);
-        assert_eq!(extract(b"").subject, "");
+        assert_eq!(&*extract(b"").subject, "");
     }
 
     #[test]
