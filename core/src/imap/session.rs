@@ -1893,34 +1893,40 @@ impl Session {
         content: bool,
     ) -> Result<Vec<(sort::SortFields, Arc<HeaderKeys>)>, Resp> {
         let sel = self.selected.as_ref().expect("selected");
-        let metas = self
-            .shared
+        // (uid, internal date, size, blob) of every message, read from the store's cache
+        // without copying each record's flags (a 100,000-message SORT spent most of its
+        // time cloning the metadata list).
+        let mut metas: Vec<(u32, i64, u64, u64)> = Vec::new();
+        self.shared
             .store
-            .messages(sel.mailbox.id)
+            .with_messages(sel.mailbox.id, &mut |msgs| {
+                metas = msgs
+                    .iter()
+                    .map(|m| (m.uid, m.internal_date, m.size, m.blob))
+                    .collect();
+            })
             .map_err(store_err)?;
         let mut out = Vec::with_capacity(hits.len());
         let mut next = 0;
         for &(seq, u, _) in hits {
-            while next < metas.len() && metas[next].uid < u {
+            while next < metas.len() && metas[next].0 < u {
                 next += 1;
             }
-            let meta = metas.get(next).filter(|m| m.uid == u);
+            let meta = metas.get(next).filter(|m| m.0 == u);
             let keys = match meta {
-                Some(m) if content => {
+                Some(&(_, _, _, blob)) if content => {
                     let store = &self.shared.store;
-                    self.shared
-                        .sort_keys
-                        .get(m.blob, || store.blob(m.blob).ok())
+                    self.shared.sort_keys.get(blob, || store.blob(blob).ok())
                 }
                 _ => Arc::default(),
             };
-            let arrival = meta.map_or(0, |m| m.internal_date);
+            let arrival = meta.map_or(0, |m| m.1);
             let f = sort::SortFields {
                 seq,
                 id: if uid { u } else { seq },
                 arrival,
                 date: keys.date.unwrap_or(arrival),
-                size: meta.map_or(0, |m| m.size),
+                size: meta.map_or(0, |m| m.2),
                 subject: keys.subject.clone(),
                 from: keys.from.clone(),
                 to: keys.to.clone(),
