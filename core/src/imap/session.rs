@@ -1737,14 +1737,24 @@ impl Session {
         sort_by: Option<&[sort::Criterion]>,
     ) -> Result<Vec<u32>, Resp> {
         let hits = self.search_hits(key)?;
-        let Some(criteria) = sort_by else {
-            return Ok(hits.iter().map(|h| h.1).collect());
-        };
+        match sort_by {
+            None => Ok(hits.iter().map(|h| h.1).collect()),
+            Some(criteria) => self.sorted(&hits, true, criteria),
+        }
+    }
+
+    /// The messages of `hits` in `criteria`'s order, as UIDs or sequence numbers.
+    fn sorted(
+        &self,
+        hits: &[(u32, u32, u64)],
+        uid: bool,
+        criteria: &[sort::Criterion],
+    ) -> Result<Vec<u32>, Resp> {
         let content = criteria
             .iter()
             .any(|c| !matches!(c.key, sort::SortKey::Arrival | sort::SortKey::Size));
         let mut fields: Vec<sort::SortFields> = self
-            .sort_inputs(&hits, true, content)?
+            .sort_inputs(hits, uid, content)?
             .into_iter()
             .map(|(f, _)| f)
             .collect();
@@ -1950,16 +1960,7 @@ impl Session {
     ) -> CmdResult {
         self.sync(false).await;
         let hits = self.search_hits(&key)?;
-        let content = criteria
-            .iter()
-            .any(|c| !matches!(c.key, sort::SortKey::Arrival | sort::SortKey::Size));
-        let mut fields: Vec<sort::SortFields> = self
-            .sort_inputs(&hits, uid, content)?
-            .into_iter()
-            .map(|(f, _)| f)
-            .collect();
-        sort::sort(&mut fields, criteria);
-        let ids: Vec<u32> = fields.iter().map(|f| f.id).collect();
+        let ids = self.sorted(&hits, uid, criteria)?;
         match ret {
             None => {
                 let mut line = String::from("SORT");
