@@ -1969,13 +1969,8 @@ impl Session {
                 }
                 self.untagged(&line);
             }
-            Some(mut opts) => {
-                opts.retain(|o| o != "CONTEXT");
-                let update = opts.iter().any(|o| o == "UPDATE");
-                opts.retain(|o| o != "UPDATE");
-                if opts.is_empty() && !update {
-                    opts.push("ALL".into());
-                }
+            Some(opts) => {
+                let (opts, update) = result_options(opts);
                 let mut refused = None;
                 if update {
                     let uids = self.live_result(&key, Some(criteria))?;
@@ -2000,13 +1995,7 @@ impl Session {
                             line.push_str(&format!(" ALL {}", ordered_set(&ids)))
                         }
                         (o, ..) if o.starts_with("PARTIAL ") => {
-                            let (range, picked) = partial(o, &ids);
-                            let set = if picked.is_empty() {
-                                "NIL".to_string()
-                            } else {
-                                ordered_set(picked)
-                            };
-                            line.push_str(&format!(" PARTIAL ({range} {set})"));
+                            line.push_str(&partial_item(o, &ids, ordered_set))
                         }
                         _ => {}
                     }
@@ -2089,14 +2078,7 @@ impl Session {
                 self.untagged(&line);
             }
             ret => {
-                let mut opts = ret.unwrap_or_default();
-                // CONTEXT is a hint (RFC 5267 §4.2); UPDATE alone asks for no result now.
-                opts.retain(|o| o != "CONTEXT");
-                let update = opts.iter().any(|o| o == "UPDATE");
-                opts.retain(|o| o != "UPDATE");
-                if opts.is_empty() && !update {
-                    opts.push("ALL".into());
-                }
+                let (opts, update) = result_options(ret.unwrap_or_default());
                 let mut refused = None;
                 if update {
                     // Later changes to the result reach the client as ADDTO/REMOVEFROM.
@@ -2147,13 +2129,7 @@ impl Session {
                         }
                         // RFC 5267 §4.4: the results at positions lo..=hi (1-based).
                         o if o.starts_with("PARTIAL ") => {
-                            let (range, picked) = partial(o, &nums);
-                            let set = if picked.is_empty() {
-                                "NIL".to_string()
-                            } else {
-                                compress(picked)
-                            };
-                            line.push_str(&format!(" PARTIAL ({range} {set})"));
+                            line.push_str(&partial_item(o, &nums, compress))
                         }
                         _ => {}
                     }
@@ -2497,6 +2473,31 @@ impl Session {
         }
         Ok(format!("{code}COPY completed"))
     }
+}
+
+/// The RETURN options that ask for result data, and whether UPDATE was asked for. CONTEXT
+/// is a hint (RFC 5267 §4.2) and goes; no option means ALL (RFC 4731 §3.1), but UPDATE
+/// alone asks for no result now.
+fn result_options(mut opts: Vec<String>) -> (Vec<String>, bool) {
+    opts.retain(|o| o != "CONTEXT");
+    let update = opts.iter().any(|o| o == "UPDATE");
+    opts.retain(|o| o != "UPDATE");
+    if opts.is_empty() && !update {
+        opts.push("ALL".into());
+    }
+    (opts, update)
+}
+
+/// ` PARTIAL (lo:hi set)` for a `PARTIAL lo:hi` return option: the results at those
+/// positions written by `set` (sort order or mailbox order), `NIL` when there are none.
+fn partial_item(option: &str, results: &[u32], set: fn(&[u32]) -> String) -> String {
+    let (range, picked) = partial(option, results);
+    let set = if picked.is_empty() {
+        "NIL".to_string()
+    } else {
+        set(picked)
+    };
+    format!(" PARTIAL ({range} {set})")
 }
 
 /// The range of a `PARTIAL lo:hi` return option and the results at those positions
