@@ -60,6 +60,8 @@ import time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
+from postfix_master import listen_on  # noqa: E402  (shared with the differential tests)
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 DOMAIN = "bench.test"
 SENDER = "sender@client.example"
@@ -576,22 +578,7 @@ class Postfix:
             "message_size_limit": "10240000",  # the Postfix default (below mailbox_size_limit)
         }
         sh(["postconf", "-c", self.conf, "-e"] + [f"{k}={v}" for k, v in params.items()])
-        # master.cf: smtpd on our loopback port instead of :25, nothing chrooted (a chroot
-        # would need copies of /etc files that a fresh instance does not have).
-        path = os.path.join(self.conf, "master.cf")
-        with open(path) as f:
-            lines = f.read().splitlines()
-        out = []
-        for line in lines:
-            fields = line.split()
-            if line and not line[0].isspace() and not line.startswith("#") and len(fields) >= 8:
-                if fields[1] == "inet" and fields[7] == "smtpd":
-                    fields[0] = f"127.0.0.1:{self.port}"
-                fields[4] = "n"
-                line = "  ".join(fields[:7]) + "  " + " ".join(fields[7:])
-            out.append(line)
-        with open(path, "w") as f:
-            f.write("\n".join(out) + "\n")
+        listen_on(self.conf, self.port)
         if not os.path.exists("/etc/aliases.db"):
             sh(["newaliases"], check=False)
         self.pf("check", check=False)

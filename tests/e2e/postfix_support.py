@@ -13,6 +13,7 @@ import subprocess
 import time
 
 from conftest import free_port, port_open
+from postfix_master import listen_on
 
 INSTANCE = "postfix-corvustest"
 CONF = f"/etc/{INSTANCE}"
@@ -87,18 +88,7 @@ class Postfix:
         os.makedirs(params["virtual_mailbox_base"], exist_ok=True)
         os.chown(params["virtual_mailbox_base"], 65534, 65534)
         sh("postconf", "-c", CONF, "-e", *[f"{k}={v}" for k, v in params.items()])
-        # smtpd on our port instead of :25, nothing chrooted (a fresh instance has no chroot).
-        path = os.path.join(CONF, "master.cf")
-        out = []
-        for line in open(path).read().splitlines():
-            fields = line.split()
-            if line and not line[0].isspace() and not line.startswith("#") and len(fields) >= 8:
-                if fields[1] == "inet" and fields[7] == "smtpd":
-                    fields[0] = f"127.0.0.1:{self.port}"
-                fields[4] = "n"
-                line = "  ".join(fields[:7]) + "  " + " ".join(fields[7:])
-            out.append(line)
-        open(path, "w").write("\n".join(out) + "\n")
+        listen_on(CONF, self.port)
         sh("postfix", "-c", CONF, "check", check=False)
 
     def start(self):
