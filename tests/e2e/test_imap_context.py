@@ -114,3 +114,27 @@ def test_rfc_5267_examples_as_transcripts(imap_server, user):
     assert tagged.startswith(b"B02 OK"), tagged
     r.close()
     other.close()
+
+
+def test_sort_and_thread_with_imaplib(imap_server, user):
+    """Python's imaplib (a client we did not write) issues SORT, UID SORT and THREAD and
+    parses the answers."""
+    for subject, day, refs in (("Plans", 3, ""), ("Re: Plans", 4, "<Plans@t>"),
+                               ("Another", 1, ""), ("Re: Plans", 5, "<Re: Plans@t>")):
+        m = dated(subject, day)
+        if refs:
+            m = m.replace(b"\r\n\r\n", f"\r\nReferences: {refs}\r\n\r\n".encode(), 1)
+        c = imap_server.imap(user)
+        typ, _ = c.append("INBOX", None, None, m)
+        assert typ == "OK"
+        c.logout()
+    c = imap_server.imap(user)
+    c.select("INBOX")
+    assert c.sort("(SUBJECT)", "UTF-8", "ALL") == ("OK", [b"3 1 2 4"])
+    assert c.sort("(REVERSE DATE)", "UTF-8", "ALL") == ("OK", [b"4 2 1 3"])
+    typ, data = c.uid("SORT", "(DATE)", "UTF-8", "ALL")
+    assert (typ, data) == ("OK", [b"3 1 2 4"])
+    assert c.thread("ORDEREDSUBJECT", "UTF-8", "ALL") == ("OK", [b"(3)(1 (2)(4))"])
+    # 4 refers to 2, which refers to 1: one chain.
+    assert c.thread("REFERENCES", "UTF-8", "ALL") == ("OK", [b"(3)(1 2 4)"])
+    c.logout()
