@@ -97,15 +97,19 @@ impl SledStore {
         let display = path.display().to_string();
         std::fs::create_dir_all(path)
             .map_err(|e| StoreError::Backend(format!("{display}: {e}")))?;
-        let db = sled::Config::new().path(path).open().map_err(|e| match e {
-            sled::Error::Io(ref io)
-                if io.kind() == std::io::ErrorKind::WouldBlock
-                    || io.to_string().contains("could not acquire lock") =>
-            {
-                StoreError::Locked(display.clone())
-            }
-            other => StoreError::Backend(format!("{display}: {other}")),
-        })?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_CAPACITY)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    StoreError::Locked(display.clone())
+                }
+                other => StoreError::Backend(format!("{display}: {other}")),
+            })?;
         let meta = db.open_tree("meta")?;
         match meta.get("format")? {
             Some(v) => {
@@ -1074,6 +1078,12 @@ struct Bodies {
     whole: sled::Tree,
     chunks: sled::Tree,
 }
+
+/// sled's page cache (its default is 1 GiB). Bodies pass through it as chunks, and what it
+/// holds stays in the process after the messages are handled; the metadata of big
+/// mailboxes has its own cache (`meta_cache`), so 256 MiB keeps sled's small trees and
+/// recent bodies warm without holding a gigabyte of old mail.
+const CACHE_CAPACITY: u64 = 256 << 20;
 
 /// Size of one body chunk: the largest that keeps a full leaf (17 entries) under sled's
 /// blob threshold of a quarter segment (128 KiB), with room for keys and node overhead.
