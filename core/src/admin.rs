@@ -478,13 +478,12 @@ fn check_address(a: &str) -> Result<(), AdminError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Placement, SledStore};
+    use crate::store::Placement;
     use std::sync::Arc;
 
     #[test]
     fn mailbox_list_and_cat() {
-        let d = tempfile::tempdir().unwrap();
-        let store: Store = Arc::new(SledStore::open(&d.path().join("store")).unwrap());
+        let store: Store = Arc::new(crate::store::MemoryStore::new());
         store.create_account("alice@example.org", "x").unwrap();
         let raw = b"Subject: hi\r\n\r\n\x00\xff bytes\r\n".to_vec();
         let to = [Placement {

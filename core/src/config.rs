@@ -32,6 +32,8 @@ pub struct Config {
     pub tls: Tls,
     /// DNS resolver settings.
     pub dns: Dns,
+    /// Where mail, accounts and the queue are kept.
+    pub store: StoreConfig,
     /// Outbound delivery settings.
     pub delivery: Delivery,
     /// SMTP server behaviour and limits.
@@ -86,6 +88,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
     "tls",
     "dns",
+    "store",
     "delivery",
     "smtp",
     "imap",
@@ -155,6 +158,23 @@ pub struct Tls {
 pub struct Dns {
     /// Name servers as `ip:port`; empty means the system resolver (/etc/resolv.conf).
     pub nameservers: Vec<String>,
+}
+
+/// `[store]`: the storage backend.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Which backend keeps the data.
+    pub backend: StoreBackend,
+}
+
+/// Storage backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// sled, embedded, in `data_dir/store` (one process).
+    #[default]
+    Sled,
 }
 
 /// Outbound delivery settings.
@@ -565,6 +585,7 @@ impl Default for Config {
             listen: Listen::default(),
             tls: Tls::default(),
             dns: Dns::default(),
+            store: StoreConfig::default(),
             delivery: Delivery::default(),
             smtp: Smtp::default(),
             imap: Imap::default(),

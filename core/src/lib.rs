@@ -12,6 +12,7 @@ pub mod admin;
 pub mod bench;
 pub mod config;
 pub mod control;
+pub mod delivery;
 pub mod dkim;
 pub mod dns;
 pub mod hooks;

@@ -115,6 +115,24 @@ pub fn with_return_path(msg: &[u8], reverse_path: &str) -> Vec<u8> {
     out
 }
 
+/// The message with hook-added header fields in front (invalid names are skipped).
+pub fn prepend_headers(
+    msg: &std::sync::Arc<Vec<u8>>,
+    headers: &[(String, String)],
+) -> std::sync::Arc<Vec<u8>> {
+    if headers.is_empty() {
+        return msg.clone();
+    }
+    let mut with = Vec::with_capacity(msg.len() + 256);
+    for (name, value) in headers {
+        if valid_field_name(name) {
+            with.extend_from_slice(format_field(name, value).as_bytes());
+        }
+    }
+    with.extend_from_slice(msg);
+    std::sync::Arc::new(with)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,8 +61,10 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("data_dir {}: cannot create", config.data_dir.display()))?;
     make_private(&config.data_dir)?;
-    let store = SledStore::open(&config.store_path())?;
-    Ok(Arc::new(store))
+    // The one place that names a backend type (besides `store/` itself).
+    match config.store.backend {
+        crate::config::StoreBackend::Sled => Ok(Arc::new(SledStore::open(&config.store_path())?)),
+    }
 }
 
 /// Files are created readable by their owner only: the store holds every password hash,

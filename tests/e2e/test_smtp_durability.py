@@ -77,3 +77,35 @@ def test_kill_9_under_load_loses_nothing_and_duplicates_nothing(server):
     s.ehlo()
     s.sendmail(SENDER, [ALICE], b"Subject: after restart\r\n\r\nok\r\n")
     s.quit()
+
+
+def test_a_failure_after_the_first_copy_writes_nothing_and_the_retry_delivers_once(corvus_factory):
+    """Issue 21: the store fails (injected, `CORVUS_FAILPOINTS`) after writing the first of
+    a two-recipient message's copies. The client gets 451 and nothing of the message is
+    visible; its retry of the same transaction delivers exactly one copy to each recipient
+    (before the one ingest call, the first copy stayed and the retry duplicated it)."""
+    srv = corvus_factory()
+    srv.add_user(ALICE)
+    srv.add_user(BOB)
+    srv.start(env={"CORVUS_FAILPOINTS": "ingest-after-placement:1"})
+    mid = "<retry.%s@remote.test>" % uuid.uuid4().hex
+    msg = f"From: <{SENDER}>\r\nMessage-ID: {mid}\r\nSubject: retried\r\n\r\nbody\r\n".encode()
+    s = srv.smtp()
+    s.ehlo()
+    replies = []
+    for attempt in range(2):
+        assert s.mail(SENDER)[0] == 250
+        assert s.rcpt(ALICE)[0] == 250
+        assert s.rcpt(BOB)[0] == 250
+        code, text = s.data(msg)
+        replies.append(code)
+        if attempt == 0:
+            assert code == 451, text
+            # Nothing is visible after the failure.
+            assert ids_in(srv, ALICE) == [] and ids_in(srv, BOB) == []
+    assert replies == [451, 250]
+    assert s.noop()[0] == 250
+    s.quit()
+    assert ids_in(srv, ALICE) == [mid]
+    assert ids_in(srv, BOB) == [mid]
+    assert "failpoint ingest-after-placement" in srv.logs()

@@ -1273,11 +1273,10 @@ pub fn handled_points(hook: &RhaiHook) -> Vec<&'static str> {
 mod tests {
     use super::*;
     use crate::hooks::HookChain;
-    use crate::store::SledStore;
 
     fn store() -> (tempfile::TempDir, Store) {
         let d = tempfile::tempdir().unwrap();
-        let s: Store = Arc::new(SledStore::open(d.path()).unwrap());
+        let s: Store = Arc::new(crate::store::MemoryStore::new());
         (d, s)
     }
 
@@ -1863,7 +1862,6 @@ mod tests {
 #[cfg(test)]
 mod example_scripts {
     use super::*;
-    use crate::store::SledStore;
 
     fn script(name: &str) -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1931,8 +1929,7 @@ mod example_scripts {
 
     #[test]
     fn greylist() {
-        let d = tempfile::tempdir().unwrap();
-        let s: Store = Arc::new(SledStore::open(d.path()).unwrap());
+        let s: Store = Arc::new(crate::store::MemoryStore::new());
         let h = load("rcpt_greylist.rhai", serde_json::json!({"delay": "1s"}), &s);
         let c = ctx(HookPoint::Rcpt, "a@x.example", "b@y.example");
         assert!(matches!(run(&h, &c).0, Verdict::Tempfail { code: 451, .. }));
@@ -1950,8 +1947,7 @@ mod example_scripts {
 
     #[test]
     fn rate_limit() {
-        let d = tempfile::tempdir().unwrap();
-        let s: Store = Arc::new(SledStore::open(d.path()).unwrap());
+        let s: Store = Arc::new(crate::store::MemoryStore::new());
         let h = load(
             "mail_rate_limit.rhai",
             serde_json::json!({"max": 2, "window": "1h"}),
@@ -1972,8 +1968,7 @@ mod example_scripts {
 
     #[test]
     fn blocklist() {
-        let d = tempfile::tempdir().unwrap();
-        let s: Store = Arc::new(SledStore::open(d.path()).unwrap());
+        let s: Store = Arc::new(crate::store::MemoryStore::new());
         let h = load(
             "rcpt_blocklist.rhai",
             serde_json::json!({"senders": ["@Bad.example", "one@ok.example"], "recipients": ["gone@y.example"]}),
@@ -2017,8 +2012,7 @@ mod example_scripts {
 
     #[test]
     fn subject_tag() {
-        let d = tempfile::tempdir().unwrap();
-        let s: Store = Arc::new(SledStore::open(d.path()).unwrap());
+        let s: Store = Arc::new(crate::store::MemoryStore::new());
         let h = load(
             "data_subject_tag.rhai",
             serde_json::json!({"rules": [{"words": ["invoice"], "tag": "finance"}, {"words": ["news"], "tag": "bulk"}]}),
@@ -2043,8 +2037,7 @@ mod example_scripts {
 
     #[test]
     fn fileinto() {
-        let d = tempfile::tempdir().unwrap();
-        let s: Store = Arc::new(SledStore::open(d.path()).unwrap());
+        let s: Store = Arc::new(crate::store::MemoryStore::new());
         let h = load(
             "delivery_fileinto.rhai",
             serde_json::json!({"rules": [
@@ -2071,8 +2064,7 @@ mod example_scripts {
 
     #[test]
     fn auth_allowlist() {
-        let d = tempfile::tempdir().unwrap();
-        let s: Store = Arc::new(SledStore::open(d.path()).unwrap());
+        let s: Store = Arc::new(crate::store::MemoryStore::new());
         let h = load(
             "auth_ip_allowlist.rhai",
             serde_json::json!({"allow": ["192.0.2.0/24"], "listeners": ["submission"]}),

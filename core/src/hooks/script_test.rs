@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use super::rhai::{LoadOptions, RhaiHook, describe_verdict};
 use super::{Actions, HookCtx, HookEngine, HookPoint, OnError, Verdict};
-use crate::store::{SledStore, Store};
+use crate::store::{MemoryStore, Store};
 
 /// The synthetic event.
 #[derive(Debug, Clone)]
@@ -161,34 +161,6 @@ pub fn to_crlf(raw: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A throwaway store in the temp directory, removed on drop.
-struct TempStore {
-    dir: std::path::PathBuf,
-    store: Option<Store>,
-}
-
-impl TempStore {
-    fn new() -> Result<Self, String> {
-        let dir = std::env::temp_dir().join(format!(
-            "corvus-script-test-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let store = SledStore::open(&dir).map_err(|e| format!("temporary store: {e}"))?;
-        Ok(TempStore {
-            dir,
-            store: Some(Arc::new(store)),
-        })
-    }
-}
-
-impl Drop for TempStore {
-    fn drop(&mut self) {
-        self.store = None;
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// What a test run found.
 pub struct Report {
     /// Text to print.
@@ -206,7 +178,8 @@ pub fn run(
     event: &TestEvent,
     repeat: u32,
 ) -> Result<Report, String> {
-    let temp = TempStore::new()?;
+    // A throwaway store: the script's kv calls work and nothing touches the disk.
+    let store: Option<Store> = Some(Arc::new(MemoryStore::new()));
     let sink = Arc::new(Mutex::new(Vec::new()));
     // A `.wasm` file is a plugin: the same event, verdict and report.
     let hook: Box<dyn HookEngine> = if path.extension().is_some_and(|e| e == "wasm") {
@@ -215,7 +188,7 @@ pub fn run(
             super::wasm::LoadOptions {
                 config,
                 on_error,
-                store: temp.store.clone(),
+                store: store.clone(),
                 sink: Some(sink.clone()),
                 ..Default::default()
             },
@@ -226,7 +199,7 @@ pub fn run(
             LoadOptions {
                 config,
                 on_error,
-                store: temp.store.clone(),
+                store: store.clone(),
                 sink: Some(sink.clone()),
                 ..LoadOptions::default()
             },

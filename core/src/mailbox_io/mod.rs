@@ -453,8 +453,7 @@ mod tests {
 
     #[test]
     fn imported_messages_never_carry_nul() {
-        let d = tempfile::tempdir().unwrap();
-        let store: Store = std::sync::Arc::new(crate::store::SledStore::open(d.path()).unwrap());
+        let store: Store = std::sync::Arc::new(crate::store::MemoryStore::new());
         store.create_account("alice@example.org", "x").unwrap();
         let mut sink = Sink {
             store: &store,
@@ -521,7 +520,7 @@ mod tests {
     /// Two accounts in one store; alice has mail in several folders with flags and dates.
     fn store_with_mail() -> (tempfile::TempDir, Store) {
         let d = tempfile::tempdir().unwrap();
-        let store: Store = std::sync::Arc::new(crate::store::SledStore::open(d.path()).unwrap());
+        let store: Store = std::sync::Arc::new(crate::store::MemoryStore::new());
         store.create_account("alice@example.org", "x").unwrap();
         store.create_account("bob@example.org", "x").unwrap();
         let put = |mailbox: &str, msg: &[u8], flags: &[&str], date: i64| {

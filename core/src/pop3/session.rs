@@ -808,7 +808,7 @@ mod tests {
     use crate::config::Config;
     use crate::hooks::{Actions, HookChain, HookEngine, HookError};
     use crate::net::{AuthThrottle, ConnLimits};
-    use crate::store::{Placement, SledStore, Store};
+    use crate::store::{Placement, Store};
     use std::time::Duration;
     use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -845,7 +845,7 @@ mod tests {
             ..Config::default()
         };
         config.pop3.allow_plaintext_auth = true;
-        let store: Store = Arc::new(SledStore::open(&dir.join("store")).unwrap());
+        let store: Store = Arc::new(crate::store::MemoryStore::new());
         store
             .create_account("alice@example.org", &accounts::hash_password("pw"))
             .unwrap();

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 use crate::dns::{MxRoute, host_addresses, mx_hosts};
 use crate::hooks::{HookCtx, HookPoint, Verdict};
 use crate::server::Shared;
-use crate::store::{Placement, QueueEntry, QueueRcpt, StoreError};
+use crate::store::{QueueEntry, QueueRcpt, StoreError};
 use client::{Client, ClientError, RemoteReply, TlsPolicy};
 use dsn::RcptStatus;
 
@@ -84,39 +84,54 @@ fn pool_reap(pool: &Pool) {
     }
 }
 
+/// How long a claim on a queue entry lasts without renewal. The runner renews it every
+/// third of that while it delivers, so only a runner that died (or hangs) loses it.
+const LEASE: Duration = Duration::from_secs(300);
+
 /// Run the queue until shutdown.
+///
+/// The runner claims due entries from the store with a lease ([`crate::store::MailStore::queue_claim`])
+/// instead of reading the whole queue, so several runners over one store never deliver an
+/// entry twice at once, and an entry whose runner died is taken over when its lease runs out.
 pub async fn run(shared: Arc<Shared>) {
     let pool: Pool = Arc::new(Mutex::new(HashMap::new()));
     let inflight: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
-    let global = Arc::new(Semaphore::new(
-        shared.config.delivery.max_concurrency.max(1),
-    ));
+    let slots = shared.config.delivery.max_concurrency.max(1);
     let per_domain: Arc<Mutex<HashMap<String, Arc<Semaphore>>>> =
         Arc::new(Mutex::new(HashMap::new()));
+    let owner: Arc<str> = format!(
+        "{}/{}/{:08x}",
+        shared.config.hostname,
+        std::process::id(),
+        rand::random::<u32>()
+    )
+    .into();
     loop {
         pool_reap(&pool);
         let mut next = now() + 60;
-        match shared.store.queue() {
-            Ok(entries) => {
-                for e in entries {
-                    if e.next_attempt > now() {
-                        next = next.min(e.next_attempt);
-                        continue;
-                    }
-                    if !inflight.lock().expect("inflight").insert(e.id.clone()) {
-                        continue;
-                    }
-                    let (shared, inflight, global, per_domain, pool) = (
+        let free = slots.saturating_sub(inflight.lock().expect("inflight").len());
+        match shared
+            .store
+            .queue_claim(&owner, now(), LEASE.as_secs() as i64, free)
+        {
+            Ok(claimed) => {
+                if let Some(t) = claimed.next {
+                    next = next.min(t);
+                }
+                for e in claimed.entries {
+                    inflight.lock().expect("inflight").insert(e.id.clone());
+                    let (shared, inflight, per_domain, pool, owner) = (
                         shared.clone(),
                         inflight.clone(),
-                        global.clone(),
                         per_domain.clone(),
                         pool.clone(),
+                        owner.clone(),
                     );
                     tokio::spawn(async move {
                         let id = e.id.clone();
-                        if let Ok(_permit) = global.acquire().await {
-                            attempt(&shared, e, &per_domain, &pool).await;
+                        tokio::select! {
+                            _ = attempt(&shared, e, &owner, &per_domain, &pool) => {}
+                            _ = renew(&shared, &id, &owner) => {}
                         }
                         inflight.lock().expect("inflight").remove(&id);
                         shared.queue_wakeup.notify_one();
@@ -134,16 +149,30 @@ pub async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// Keep the lease on entry `id` while its delivery runs (never returns).
+async fn renew(shared: &Shared, id: &str, owner: &str) {
+    let mut every = tokio::time::interval(LEASE / 3);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let until = now() + LEASE.as_secs() as i64;
+        if let Err(e) = shared.store.queue_renew(id, owner, until) {
+            tracing::warn!(queue_id = id, error = %e, "could not renew the queue lease");
+        }
+    }
+}
+
 /// One delivery attempt for every recipient of `entry`.
 async fn attempt(
     shared: &Arc<Shared>,
     entry: QueueEntry,
+    owner: &str,
     per_domain: &Mutex<HashMap<String, Arc<Semaphore>>>,
     pool: &Pool,
 ) {
     use tracing::Instrument;
     let span = tracing::info_span!("delivery", queue_id = %entry.id);
-    attempt_in_span(shared, entry, per_domain, pool)
+    attempt_in_span(shared, entry, owner, per_domain, pool)
         .instrument(span)
         .await
 }
@@ -151,6 +180,7 @@ async fn attempt(
 async fn attempt_in_span(
     shared: &Arc<Shared>,
     mut entry: QueueEntry,
+    owner: &str,
     per_domain: &Mutex<HashMap<String, Arc<Semaphore>>>,
     pool: &Pool,
 ) {
@@ -202,8 +232,24 @@ async fn attempt_in_span(
         )
         .await;
         outcomes.extend(rcpts.into_iter().zip(results));
+        // Record the recipients delivered so far at once: a crash before the end of the
+        // attempt then re-sends only to the others.
+        if outcomes
+            .iter()
+            .any(|(_, o)| matches!(o, Outcome::Delivered(_)))
+        {
+            let mut progress = entry.clone();
+            progress.rcpts.retain(|r| {
+                !outcomes
+                    .iter()
+                    .any(|(d, o)| d.address == r.address && matches!(o, Outcome::Delivered(_)))
+            });
+            if let Err(e) = shared.store.queue_save(&progress, owner, false) {
+                tracing::warn!(error = %e, "could not record the delivered recipients");
+            }
+        }
     }
-    finish(shared, &mut entry, outcomes, &message).await;
+    finish(shared, &mut entry, owner, outcomes, &message).await;
 }
 
 /// Deliver to every recipient in one domain.
@@ -219,7 +265,7 @@ async fn deliver_domain(
     if crate::routing::is_local_domain(&shared.store, &shared.config.domains, domain)
         .unwrap_or(false)
     {
-        return deliver_local(shared, &entry.mail_from, rcpts, message);
+        return deliver_local(shared, entry, rcpts, message).await;
     }
     let cfg = &shared.config.delivery;
     let (hosts, port, relay) = match &cfg.relay {
@@ -474,46 +520,92 @@ fn perm_reply(r: &RemoteReply, host: &str) -> Outcome {
     }
 }
 
-fn deliver_local(
+/// Local recipients of a queued message go through the one delivery path (`on_delivery`,
+/// folders, Junk) in one write; an alias target in another domain becomes a new queue
+/// entry inside that same write.
+async fn deliver_local(
     shared: &Arc<Shared>,
-    mail_from: &str,
+    entry: &QueueEntry,
     rcpts: &[QueueRcpt],
     message: &[u8],
 ) -> Vec<Outcome> {
-    let message = crate::message::with_return_path(message, mail_from);
-    let message = message.as_slice();
-    rcpts
-        .iter()
-        .map(|r| {
-            match crate::routing::resolve(
-                &shared.store,
-                &shared.config.domains,
-                shared.config.postmaster.as_deref(),
-                &r.address,
-            ) {
-                Ok(crate::hooks::Route::Local(targets)) => {
-                    let placements: Vec<Placement> = targets
-                        .iter()
-                        .filter(|t| shared.store.account(t).ok().flatten().is_some())
-                        .map(|t| Placement {
-                            user: t.clone(),
-                            mailbox: "INBOX".into(),
-                            flags: vec![],
-                        })
-                        .collect();
-                    match shared.store.deliver(message, now(), &placements) {
-                        Ok(_) => Outcome::Delivered("local".into()),
-                        Err(e) => Outcome::Temp(format!("local delivery failed: {e}")),
-                    }
-                }
-                Ok(_) => Outcome::Perm {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; rcpts.len()];
+    let mut local = Vec::new();
+    for (i, r) in rcpts.iter().enumerate() {
+        match crate::routing::resolve(
+            &shared.store,
+            &shared.config.domains,
+            shared.config.postmaster.as_deref(),
+            &r.address,
+        ) {
+            Ok(route @ crate::hooks::Route::Local(_)) => local.push((
+                i,
+                crate::delivery::Recipient {
+                    address: r.address.clone(),
+                    route,
+                    notify: r.notify.clone(),
+                    orcpt: r.orcpt.clone(),
+                    file_into: None,
+                },
+            )),
+            Ok(_) => {
+                outcomes[i] = Some(Outcome::Perm {
                     status: "5.1.1".into(),
                     text: "550 5.1.1 No such user here".into(),
                     remote: None,
-                },
-                Err(e) => Outcome::Temp(e.to_string()),
+                })
             }
-        })
+            Err(e) => outcomes[i] = Some(Outcome::Temp(e.to_string())),
+        }
+    }
+    if !local.is_empty() {
+        let recipients: Vec<_> = local.iter().map(|(_, r)| r.clone()).collect();
+        let message = Arc::new(message.to_vec());
+        let mut ctx = HookCtx::new(
+            HookPoint::Delivery,
+            "queue",
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        );
+        ctx.mail_from = entry.mail_from.clone();
+        ctx.rcpts = recipients.iter().map(|r| r.address.clone()).collect();
+        let result = match crate::delivery::plan(shared, &ctx, &message, &recipients, false, true)
+            .await
+        {
+            Err(t) => Err(format!("{} {}", t.code, t.text)),
+            Ok(plan) => {
+                let queued = !plan.remote.is_empty();
+                let mut forward = crate::delivery::queue_entry(
+                    &crate::delivery::new_queue_id(),
+                    &entry.mail_from,
+                    Vec::new(),
+                    now(),
+                );
+                forward.ret = entry.ret.clone();
+                forward.envid = entry.envid.clone();
+                forward.smtputf8 = entry.smtputf8;
+                forward.decisions = vec![format!("forwarded from queue entry {}", entry.id)];
+                let ingest = plan.into_ingest(&entry.mail_from, now(), Some((forward, message)));
+                match shared.store.ingest(ingest).await {
+                    Ok(_) => {
+                        if queued {
+                            shared.queue_wakeup.notify_one();
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(format!("local delivery failed: {e}")),
+                }
+            }
+        };
+        for (i, _) in &local {
+            outcomes[*i] = Some(match &result {
+                Ok(()) => Outcome::Delivered("local".into()),
+                Err(e) => Outcome::Temp(e.clone()),
+            });
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Outcome::Temp("not attempted".into())))
         .collect()
 }
 
@@ -521,6 +613,7 @@ fn deliver_local(
 async fn finish(
     shared: &Arc<Shared>,
     entry: &mut QueueEntry,
+    owner: &str,
     outcomes: Vec<(QueueRcpt, Outcome)>,
     message: &[u8],
 ) {
@@ -571,7 +664,7 @@ async fn finish(
         .collect();
     if !wanted.is_empty() && !entry.mail_from.is_empty() {
         let bounce = dsn::build(&shared.config.hostname, entry, &wanted, message);
-        if let Err(e) = send_bounce(shared, &entry.mail_from, &bounce) {
+        if let Err(e) = send_bounce(shared, &entry.mail_from, bounce).await {
             tracing::error!(error = %e, "could not queue the bounce");
         }
     }
@@ -595,7 +688,7 @@ async fn finish(
             .collect();
         if !delayed.is_empty() {
             let notice = dsn::build(&shared.config.hostname, entry, &delayed, message);
-            if let Err(e) = send_bounce(shared, &entry.mail_from, &notice) {
+            if let Err(e) = send_bounce(shared, &entry.mail_from, notice).await {
                 tracing::error!(error = %e, "could not queue the delay warning");
             }
         }
@@ -603,7 +696,7 @@ async fn finish(
     }
     entry.rcpts = remaining;
     let result = if entry.rcpts.is_empty() {
-        shared.store.queue_remove(&entry.id)
+        shared.store.queue_complete(&entry.id, owner)
     } else {
         let idx = (entry.attempts as usize - 1).min(cfg.retry.len().saturating_sub(1));
         let delay = cfg
@@ -612,63 +705,35 @@ async fn finish(
             .copied()
             .unwrap_or(Duration::from_secs(300));
         entry.next_attempt = now() + delay.as_secs() as i64;
-        shared.store.queue_update(entry)
+        shared.store.queue_save(entry, owner, true)
     };
     match result {
         Ok(()) => {}
         Err(StoreError::NotFound(_)) => {
             tracing::info!("the entry was deleted from the queue during the delivery attempt");
         }
+        Err(StoreError::Invalid(e)) => tracing::warn!(error = %e, "lease lost during the attempt"),
         Err(e) => tracing::error!(error = %e, "updating the queue failed"),
     }
     let _ = shared.store.commit().await;
 }
 
-/// Deliver a bounce: into the sender's INBOX when local, else into the queue with `<>`.
-fn send_bounce(shared: &Arc<Shared>, to: &str, bounce: &[u8]) -> Result<(), StoreError> {
-    if let Ok(crate::hooks::Route::Local(targets)) = crate::routing::resolve(
-        &shared.store,
-        &shared.config.domains,
-        shared.config.postmaster.as_deref(),
-        to,
-    ) {
-        let placements: Vec<Placement> = targets
-            .iter()
-            .filter(|t| shared.store.account(t).ok().flatten().is_some())
-            .map(|t| Placement {
-                user: t.clone(),
-                mailbox: "INBOX".into(),
-                flags: vec![],
-            })
-            .collect();
-        if !placements.is_empty() {
-            let filed = crate::message::with_return_path(bounce, "");
-            shared.store.deliver(&filed, now(), &placements)?;
-            return Ok(());
-        }
-    }
-    let entry = QueueEntry {
-        id: format!("{:016X}", rand::random::<u64>()),
-        mail_from: String::new(),
-        rcpts: vec![QueueRcpt {
-            address: to.to_string(),
-            notify: vec![],
-            orcpt: None,
-        }],
-        ret: None,
-        envid: None,
-        created: now(),
-        next_attempt: now(),
-        attempts: 0,
-        last_error: None,
-        blob: 0,
-        smtputf8: !to.is_ascii(),
-        decisions: vec!["bounce".into()],
-        warned: true,
+/// Deliver a bounce or delay notice from `<>`: through the one delivery path (the sender's
+/// mailbox when local, else the queue).
+async fn send_bounce(shared: &Arc<Shared>, to: &str, bounce: Vec<u8>) -> Result<(), StoreError> {
+    let rcpt = QueueRcpt {
+        address: to.to_string(),
+        notify: vec![],
+        orcpt: None,
     };
-    shared.store.enqueue(entry, bounce)?;
-    shared.queue_wakeup.notify_one();
-    Ok(())
+    let mut entry =
+        crate::delivery::queue_entry(&crate::delivery::new_queue_id(), "", vec![rcpt], now());
+    entry.smtputf8 = !to.is_ascii();
+    entry.decisions = vec!["bounce".into()];
+    entry.warned = true;
+    crate::delivery::deliver_generated(shared, entry, bounce)
+        .await
+        .map(|_| ())
 }
 
 /// RFC 3461 xtext encoding.

@@ -19,7 +19,7 @@ use mail_builder::MessageBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::server::Shared;
-use crate::store::{QueueEntry, QueueRcpt, Store};
+use crate::store::{QueueRcpt, Store};
 
 const NS: &str = "corvus.dmarc";
 const PENDING: &str = "pending";
@@ -370,40 +370,27 @@ pub async fn send_due(shared: &Arc<Shared>) -> usize {
         let Ok(message) = built else {
             continue;
         };
-        let entry = QueueEntry {
-            id: format!("{:016X}", rand::random::<u64>()),
-            mail_from: from.clone(),
-            rcpts: allowed
-                .iter()
-                .map(|a| QueueRcpt {
-                    address: a.clone(),
-                    notify: vec!["NEVER".into()],
-                    orcpt: None,
-                })
-                .collect(),
-            ret: Some("HDRS".into()),
-            envid: None,
-            created: now(),
-            next_attempt: now(),
-            attempts: 0,
-            last_error: None,
-            blob: 0,
-            smtputf8: false,
-            decisions: vec!["dmarc aggregate report".into()],
-            warned: true,
-        };
-        match shared.store.enqueue(entry, &message) {
-            Ok(()) => {
+        let rcpts = allowed
+            .iter()
+            .map(|a| QueueRcpt {
+                address: a.clone(),
+                notify: vec!["NEVER".into()],
+                orcpt: None,
+            })
+            .collect();
+        let mut entry =
+            crate::delivery::queue_entry(&crate::delivery::new_queue_id(), &from, rcpts, now());
+        entry.ret = Some("HDRS".into());
+        entry.decisions = vec!["dmarc aggregate report".into()];
+        entry.warned = true;
+        match crate::delivery::deliver_generated(shared, entry, message).await {
+            Ok(_) => {
                 tracing::info!(domain = %report.domain, rua = ?allowed, rows = report.rows.len(), "DMARC aggregate report queued");
                 reports.forget(&key);
                 sent += 1;
             }
             Err(e) => tracing::warn!(error = %e, "DMARC report not queued"),
         }
-    }
-    if sent > 0 {
-        let _ = shared.store.commit().await;
-        shared.queue_wakeup.notify_one();
     }
     sent
 }
@@ -442,8 +429,7 @@ mod tests {
 
     #[test]
     fn rows_aggregate_and_xml_is_escaped() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Store = Arc::new(crate::store::SledStore::open(&dir.path().join("s")).unwrap());
+        let store: Store = Arc::new(crate::store::MemoryStore::new());
         let cfg = crate::config::DmarcReports {
             enabled: true,
             ..Default::default()

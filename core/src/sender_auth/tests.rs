@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::*;
 use crate::config::{Config, SenderAuthDomain};
-use crate::store::{SledStore, Store};
+use crate::store::Store;
 use crate::test_dns::TestDns;
 
 struct Fixture {
@@ -23,7 +23,7 @@ impl Fixture {
     fn new() -> Self {
         let dns = TestDns::start();
         let dir = tempfile::tempdir().unwrap();
-        let store: Store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
+        let store: Store = Arc::new(crate::store::MemoryStore::new());
         let mut config = Config {
             hostname: "mx.rcpt.test".into(),
             ..Config::default()

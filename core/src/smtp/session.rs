@@ -19,10 +19,9 @@ use crate::config::{BareLfPolicy, FcrdnsPolicy};
 use crate::dns::Fcrdns;
 use crate::hooks::builtin::is_submission;
 use crate::hooks::{HookCtx, HookPoint, Route, Verdict};
-use crate::message::{format_field, has_header, rfc5322_now, valid_field_name};
+use crate::message::{format_field, has_header, rfc5322_now};
 use crate::net::Stream;
 use crate::server::Shared;
-use crate::store::{Placement, QueueEntry, QueueRcpt};
 use crate::{accounts, routing};
 
 /// One accepted recipient of the open transaction.
@@ -1252,7 +1251,7 @@ impl Session {
         let msg = Arc::new(msg);
         ctx.message = Some(msg.clone());
         let outcome = self.shared.hooks.run_async(&ctx).await;
-        let mut decisions = outcome.decisions.clone();
+        let decisions = outcome.decisions.clone();
         let quarantine = match &outcome.verdict {
             Verdict::Reject { code, text } => return verdict_reply(*code, text, "5.7.1"),
             Verdict::Tempfail { code, text } => return verdict_reply(*code, text, "4.7.1"),
@@ -1275,76 +1274,38 @@ impl Session {
             }
             _ => quarantine,
         };
-        let msg = prepend_headers(msg, &outcome.actions.add_headers);
+        let msg = crate::message::prepend_headers(&msg, &outcome.actions.add_headers);
 
-        // Split recipients into local placements and remote (queued) recipients.
-        let mut placements = Vec::new();
-        // Recipients whose on_delivery added headers get their own copy.
-        let mut own_copies: Vec<(Placement, Arc<Vec<u8>>)> = Vec::new();
-        let mut remote = Vec::new();
-        for rcpt in &tx.rcpts {
-            let targets = match &rcpt.route {
-                Route::Local(t) => t.clone(),
-                Route::Remote => {
-                    remote.push(QueueRcpt {
-                        address: rcpt.address.clone(),
-                        notify: rcpt.params.notify.clone(),
-                        orcpt: rcpt.params.orcpt.clone(),
-                    });
-                    continue;
-                }
-                Route::UnknownLocal => continue,
-            };
-            for target in targets {
-                let is_account = self.shared.store.account_exists(&target).unwrap_or(false);
-                if !is_account {
-                    remote.push(QueueRcpt {
-                        address: target,
-                        notify: rcpt.params.notify.clone(),
-                        orcpt: rcpt.params.orcpt.clone(),
-                    });
-                    continue;
-                }
-                let mut dctx = ctx.clone();
-                dctx.point = HookPoint::Delivery;
-                dctx.rcpt = target.clone();
-                dctx.message = Some(msg.clone());
-                let mut d = self.shared.hooks.run_async(&dctx).await;
-                decisions.append(&mut d.decisions);
-                let extra_headers = std::mem::take(&mut d.actions.add_headers);
-                let folder = match d.verdict {
-                    Verdict::Reject { .. } | Verdict::Discard => continue,
-                    Verdict::Tempfail { code, text } if tx.rcpts.len() == 1 => {
-                        return verdict_reply(code, &text, "4.7.1");
-                    }
-                    Verdict::Quarantine(_) => "Junk".to_string(),
-                    _ if quarantine.is_some() => "Junk".to_string(),
-                    _ => d
-                        .actions
-                        .file_into
-                        .or_else(|| rcpt.file_into.clone())
-                        .unwrap_or_else(|| "INBOX".into()),
-                };
-                if !placements.iter().any(|p: &Placement| p.user == target)
-                    && !own_copies.iter().any(|(p, _)| p.user == target)
-                {
-                    let placement = Placement {
-                        user: target,
-                        mailbox: folder,
-                        flags: Vec::new(),
-                    };
-                    if extra_headers.is_empty() {
-                        placements.push(placement);
-                    } else {
-                        own_copies.push((placement, prepend_headers(msg.clone(), &extra_headers)));
-                    }
-                }
-            }
-        }
+        // Where every copy goes (on_delivery per local account), then one write.
+        let rcpts: Vec<crate::delivery::Recipient> = tx
+            .rcpts
+            .iter()
+            .map(|r| crate::delivery::Recipient {
+                address: r.address.clone(),
+                route: r.route.clone(),
+                notify: r.params.notify.clone(),
+                orcpt: r.params.orcpt.clone(),
+                file_into: r.file_into.clone(),
+            })
+            .collect();
+        let plan = match crate::delivery::plan(
+            &self.shared,
+            &ctx,
+            &msg,
+            &rcpts,
+            quarantine.is_some(),
+            true,
+        )
+        .await
+        {
+            Ok(plan) => plan,
+            Err(t) => return verdict_reply(t.code, &t.text, "4.7.1"),
+        };
+        let remote = !plan.remote.is_empty();
         // Mail an alias forwards to another domain leaves ARC-sealed (RFC 8617).
         let mut queued = msg.clone();
         if let Some(c) = &checked
-            && !remote.is_empty()
+            && remote
             && let Some(domain) = forwarding_domain(&tx.rcpts)
             && let Some(set) = self
                 .shared
@@ -1356,59 +1317,27 @@ impl Session {
             sealed.extend_from_slice(&msg);
             queued = Arc::new(sealed);
         }
-        let store = self.shared.store.clone();
         let now = chrono::Utc::now().timestamp();
-        let entry = (!remote.is_empty()).then(|| QueueEntry {
-            id: queue_id.clone(),
-            mail_from: tx.from.to_string(),
-            rcpts: remote.clone(),
-            ret: tx.params.ret.clone(),
-            envid: tx.params.envid.clone(),
-            created: now,
-            next_attempt: now,
-            attempts: 0,
-            last_error: None,
-            blob: 0,
-            smtputf8: tx.params.smtputf8,
-            decisions: decisions.clone(),
-            warned: false,
-        });
-        // The store calls run inline: a delivery uses no sled transaction and its writes only
-        // touch memory (sled's log buffers; the I/O happens in sled's threads and in the
-        // group committer below). The one possible wait is sled's shared lock while another
-        // thread's transaction (IMAP flag changes, COPY) is queued for it: that transaction
-        // waits for any flush in progress, so the worst case is one disk flush. A
-        // spawn_blocking hand-off per message cost more CPU than the writes themselves.
+        let mut entry = crate::delivery::queue_entry(&queue_id, &tx.from.to_string(), vec![], now);
+        entry.ret = tx.params.ret.clone();
+        entry.envid = tx.params.envid.clone();
+        entry.smtputf8 = tx.params.smtputf8;
+        entry.decisions = decisions;
         // RFC 5321 §4.4: final delivery records the envelope sender in Return-Path.
         let reverse_path = if tx.from.is_null() {
             String::new()
         } else {
             tx.from.to_string()
         };
-        let stored = (|| -> Result<(), crate::store::StoreError> {
-            if !placements.is_empty() {
-                let filed = crate::message::with_return_path(&msg, &reverse_path);
-                store.deliver(&filed, now, &placements)?;
-            }
-            for (p, m) in &own_copies {
-                let filed = crate::message::with_return_path(m, &reverse_path);
-                store.deliver(&filed, now, std::slice::from_ref(p))?;
-            }
-            if let Some(e) = entry {
-                store.enqueue(e, &queued)?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = stored {
+        let ingest = plan.into_ingest(&reverse_path, now, Some((entry, queued)));
+        // Architecture invariant: 250 after DATA only once the one write for the message
+        // (every local copy and the queue entry) is durable; on an error nothing of it is
+        // visible, so the client's retry cannot duplicate a copy.
+        if let Err(e) = self.shared.store.ingest(ingest).await {
             tracing::error!(error = %e, "storing message failed");
             return Reply::local_error();
         }
-        // Architecture invariant: 250 after DATA only once the message is on disk.
-        if let Err(e) = self.shared.store.commit().await {
-            tracing::error!(error = %e, "flush failed");
-            return Reply::local_error();
-        }
-        if !remote.is_empty() {
+        if remote {
             self.shared.queue_wakeup.notify_one();
         }
         // One line per message: the sender-authentication results ride on it.
@@ -1509,21 +1438,6 @@ fn received_from(helo: &str) -> String {
         escaped.push(c);
     }
     format!("unknown (helo={escaped})")
-}
-
-/// The message with hook-added header fields in front (invalid names are skipped).
-fn prepend_headers(msg: Arc<Vec<u8>>, headers: &[(String, String)]) -> Arc<Vec<u8>> {
-    if headers.is_empty() {
-        return msg;
-    }
-    let mut with = Vec::with_capacity(msg.len() + 256);
-    for (name, value) in headers {
-        if valid_field_name(name) {
-            with.extend_from_slice(format_field(name, value).as_bytes());
-        }
-    }
-    with.extend_from_slice(&msg);
-    Arc::new(with)
 }
 
 /// The domain of the alias that forwards this message elsewhere (the ARC sealing domain):

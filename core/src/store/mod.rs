@@ -5,10 +5,17 @@
 //! after [`MailStore::commit`] has resolved for the writes it covers.
 
 mod commit;
+#[cfg(test)]
+mod conformance;
+mod failpoint;
+mod feed;
+mod memory;
 mod meta_cache;
 mod sled_store;
 
 pub use commit::Commit;
+pub use failpoint::Failpoints;
+pub use memory::MemoryStore;
 pub use sled_store::SledStore;
 
 use serde::{Deserialize, Serialize};
@@ -221,6 +228,59 @@ pub struct Placement {
     pub flags: Vec<String>,
 }
 
+/// One body of an accepted message and the mailboxes it is filed into. A message whose
+/// recipients get different bytes (an `on_delivery` hook added headers for one of them) has
+/// one `Filed` per distinct body.
+#[derive(Debug, Clone)]
+pub struct Filed {
+    /// The bytes stored (with Return-Path and trace headers).
+    pub message: Arc<Vec<u8>>,
+    /// Where copies go; a missing mailbox is created.
+    pub placements: Vec<Placement>,
+}
+
+/// Everything an accepted message turns into, written by [`MailStore::ingest`] at once.
+#[derive(Debug, Clone, Default)]
+pub struct Ingest {
+    /// INTERNALDATE of every placement (Unix seconds).
+    pub internal_date: i64,
+    /// Local copies.
+    pub filed: Vec<Filed>,
+    /// The queue entry for remote recipients and the bytes it sends (the store assigns
+    /// `entry.blob`).
+    pub queue: Option<(QueueEntry, Arc<Vec<u8>>)>,
+}
+
+impl Ingest {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_none() && self.filed.iter().all(|f| f.placements.is_empty())
+    }
+}
+
+/// Where one placement of an [`Ingest`] landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// Account address (normalised).
+    pub user: String,
+    /// Mailbox id.
+    pub mailbox: u64,
+    /// The UID assigned.
+    pub uid: u32,
+    /// The MODSEQ assigned.
+    pub modseq: u64,
+}
+
+/// What [`MailStore::ingest`] wrote, in the order of the request's placements.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receipt {
+    /// One entry per placement, `filed` by `filed`.
+    pub placed: Vec<Placed>,
+}
+
+/// A boxed future, for the store's asynchronous methods (object-safe).
+pub type StoreFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// A message waiting in the outbound queue.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QueueEntry {
@@ -251,6 +311,41 @@ pub struct QueueEntry {
     /// Whether a delay warning was sent already.
     #[serde(default)]
     pub warned: bool,
+    /// The queue runner delivering it now, if any ([`MailStore::queue_claim`]).
+    #[serde(default)]
+    pub lease: Option<Lease>,
+}
+
+/// A queue runner's claim on an entry: no other runner takes the entry before `until`
+/// (Unix seconds) unless the owner releases it. The owner renews it while it delivers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The runner (unique per process).
+    pub owner: String,
+    /// Expiry, Unix seconds.
+    pub until: i64,
+}
+
+impl QueueEntry {
+    /// Whether `owner` holds a live or expired lease on this entry (an expired lease still
+    /// lets its owner record what it did, until another runner claims the entry).
+    pub fn leased_by(&self, owner: &str) -> bool {
+        self.lease.as_ref().is_some_and(|l| l.owner == owner)
+    }
+
+    /// Whether a runner may claim it at `now`: due, and not leased or its lease expired.
+    pub fn claimable(&self, now: i64) -> bool {
+        self.next_attempt <= now && self.lease.as_ref().is_none_or(|l| l.until <= now)
+    }
+}
+
+/// What [`MailStore::queue_claim`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Claimed {
+    /// Entries now leased to the caller.
+    pub entries: Vec<QueueEntry>,
+    /// The earliest time another entry becomes claimable (due, or its lease expires).
+    pub next: Option<i64>,
 }
 
 /// One queued recipient.
@@ -323,7 +418,17 @@ pub trait MailStore: Send + Sync + 'static {
     fn mailbox(&self, user: &str, name: &str) -> Result<Option<Mailbox>>;
     /// Create a mailbox.
     fn create_mailbox(&self, user: &str, name: &str, special_use: Option<&str>) -> Result<Mailbox>;
-    /// Store one message into several mailboxes atomically; returns the assigned UIDs.
+    /// Write an accepted message: its bodies, every local placement and the queue entry for
+    /// its remote recipients, all or nothing, and resolve once it is durable. UIDs and
+    /// MODSEQs are assigned inside the same write, ascending per mailbox in the order
+    /// messages become visible. On an error nothing is visible: no placement, no queue
+    /// entry, no UID a client could observe. Watchers hear of the placements after the
+    /// write.
+    ///
+    /// Architecture invariant: "250 after DATA" is sent only after this call succeeds.
+    fn ingest(&self, ingest: Ingest) -> StoreFuture<'_, Result<Receipt>>;
+    /// Store one message into several mailboxes (IMAP APPEND, mailbox import): [`Self::ingest`]
+    /// without a queue entry and without waiting for durability; returns the assigned UIDs.
     fn deliver(&self, message: &[u8], internal_date: i64, to: &[Placement]) -> Result<Vec<u32>>;
     /// Message metadata of a mailbox in UID order.
     fn messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>>;
@@ -398,6 +503,20 @@ pub trait MailStore: Send + Sync + 'static {
     fn queue_due_now(&self, id: &str) -> Result<()>;
     /// Remove an entry and its message bytes.
     fn queue_remove(&self, id: &str) -> Result<()>;
+    /// Lease up to `limit` claimable entries to `owner` until `now + lease` seconds. Two
+    /// runners over one store never hold the same entry: each entry is claimed by one
+    /// atomic write that fails when another runner changed it first.
+    fn queue_claim(&self, owner: &str, now: i64, lease: i64, limit: usize) -> Result<Claimed>;
+    /// Extend `owner`'s lease on entry `id` to `until`. `NotFound` when the entry is gone,
+    /// `Invalid` when another runner holds it now (the lease expired and was taken).
+    fn queue_renew(&self, id: &str, owner: &str, until: i64) -> Result<()>;
+    /// Record `owner`'s progress on an entry (recipients left, attempts, next attempt,
+    /// errors), keeping the lease, or dropping it with `release`. Errors as
+    /// [`Self::queue_renew`]; nothing is written then.
+    fn queue_save(&self, entry: &QueueEntry, owner: &str, release: bool) -> Result<()>;
+    /// Remove an entry `owner` has finished, and its message bytes. Errors as
+    /// [`Self::queue_renew`].
+    fn queue_complete(&self, id: &str, owner: &str) -> Result<()>;
 
     // Key-value
     /// Read a key in a namespace (expired keys read as missing).
@@ -458,6 +577,32 @@ pub trait MailStore: Send + Sync + 'static {
         }
         Ok((out, modified))
     }
+}
+
+/// Whether `name` is INBOX, which is case-insensitive (RFC 9051 §5.1).
+pub fn is_inbox(name: &str) -> bool {
+    name.eq_ignore_ascii_case("INBOX")
+}
+
+/// Canonical spelling of a mailbox name: INBOX is case-insensitive (RFC 9051 §5.1).
+pub fn canonical_mailbox(name: &str) -> String {
+    if is_inbox(name) {
+        "INBOX".into()
+    } else {
+        name.to_string()
+    }
+}
+
+/// The error of a queue call whose lease another runner holds now.
+pub(crate) fn lease_lost(id: &str) -> StoreError {
+    StoreError::Invalid(format!(
+        "queue entry {id} is being delivered by another runner"
+    ))
+}
+
+/// Lower `next` to `t`.
+pub(crate) fn claimed_next(next: &mut Option<i64>, t: i64) {
+    *next = Some(next.map_or(t, |n| n.min(t)));
 }
 
 /// Shared handle to the store.

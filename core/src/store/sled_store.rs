@@ -32,8 +32,12 @@ pub struct SledStore {
     /// `user NUL name` for every subscribed name (RFC 9051 §6.3.9).
     subscriptions: sled::Tree,
     recent: sled::Tree,
+    /// Bodies written by an ingest whose transaction has not committed yet (blob id keys).
+    pending: sled::Tree,
+    /// Failure injection for tests.
+    failpoints: Arc<Failpoints>,
     committer: GroupCommitter,
-    watchers: Mutex<HashMap<String, broadcast::Sender<(u64, MailboxEvent)>>>,
+    watchers: super::feed::Watchers,
     /// Decoded metadata of big mailboxes; every write to `messages` must update it (after
     /// its transaction, before notifying watchers).
     meta_cache: MetaCache,
@@ -57,6 +61,7 @@ const TREES: &[&str] = &[
     "kv",
     "subscriptions",
     "recent",
+    "pending",
 ];
 
 fn now() -> i64 {
@@ -76,19 +81,6 @@ fn msg_key(mailbox: u64, uid: u32) -> [u8; 12] {
     k[..8].copy_from_slice(&mailbox.to_be_bytes());
     k[8..].copy_from_slice(&uid.to_be_bytes());
     k
-}
-
-fn is_inbox(name: &str) -> bool {
-    name.eq_ignore_ascii_case("INBOX")
-}
-
-/// Canonical spelling of a mailbox name: INBOX is case-insensitive (RFC 9051 §5.1).
-pub(crate) fn canonical_mailbox(name: &str) -> String {
-    if is_inbox(name) {
-        "INBOX".into()
-    } else {
-        name.to_string()
-    }
 }
 
 impl SledStore {
@@ -154,13 +146,17 @@ impl SledStore {
             kv: db.open_tree("kv")?,
             subscriptions: db.open_tree("subscriptions")?,
             recent: db.open_tree("recent")?,
+            pending: db.open_tree("pending")?,
+            failpoints: Arc::new(Failpoints::from_env()),
             db,
             committer,
-            watchers: Mutex::new(HashMap::new()),
+            watchers: Default::default(),
             meta_cache: MetaCache::default(),
             uid_lock: Mutex::new(()),
         };
         store.migrate_subscriptions()?;
+        store.forget_pending()?;
+        store.drop_leases()?;
         Ok(store)
     }
 
@@ -181,6 +177,11 @@ impl SledStore {
         }
         self.meta.insert("subscriptions", &[1u8])?;
         Ok(())
+    }
+
+    /// This store's failure points (tests arm them).
+    pub fn failpoints(&self) -> Arc<Failpoints> {
+        self.failpoints.clone()
     }
 
     fn next_uidvalidity(&self) -> Result<u32> {
@@ -224,10 +225,326 @@ impl SledStore {
     }
 
     fn notify(&self, user: &str, mailbox: u64, event: MailboxEvent) {
-        if let Some(tx) = self.watchers.lock().expect("watchers").get(user) {
-            let _ = tx.send((mailbox, event));
+        self.watchers.notify(user, mailbox, event);
+    }
+}
+
+impl SledStore {
+    /// The writes of [`MailStore::ingest`], without the wait for durability.
+    ///
+    /// The bodies are written first, each under a `pending` mark, and are invisible until
+    /// referenced. Then one sled transaction over the mailbox records, message records,
+    /// reference counts, queue and pending marks takes each placement's UID and MODSEQ from
+    /// its mailbox record, writes the message records, the reference counts and the queue
+    /// entry, and clears the marks: sled applies and recovers a transaction whole, so a
+    /// failure or a crash leaves either all of it or none. Bodies of a failed or interrupted
+    /// ingest are removed now, or at the next open through their marks. `uid_lock` is held
+    /// from UID assignment until the cache knows the new records, so UIDs become visible
+    /// in ascending order per mailbox.
+    fn write_ingest(
+        &self,
+        internal_date: i64,
+        filed: &[(&[u8], &[Placement])],
+        queue: Option<(&QueueEntry, &[u8])>,
+    ) -> Result<Receipt> {
+        let filed: Vec<(&[u8], &[Placement])> =
+            filed.iter().filter(|f| !f.1.is_empty()).copied().collect();
+        let mut blobs: Vec<u64> = Vec::with_capacity(filed.len() + 1);
+        let written = (|| -> Result<()> {
+            for body in filed.iter().map(|f| f.0).chain(queue.map(|(_, m)| m)) {
+                let blob = self.db.generate_id()?;
+                self.pending.insert(blob.to_be_bytes(), &[])?;
+                blobs.push(blob);
+                self.blobs.insert(blob, body)?;
+            }
+            Ok(())
+        })();
+        let forget = |blobs: &[u64]| {
+            for b in blobs {
+                let _ = self.blobrefs.remove(b.to_be_bytes());
+                let _ = self.blobs.remove(*b);
+                let _ = self.pending.remove(b.to_be_bytes());
+            }
+        };
+        if let Err(e) = written {
+            forget(&blobs);
+            return Err(e);
+        }
+        let queue = queue.map(|(entry, _)| {
+            let mut entry = entry.clone();
+            entry.blob = *blobs.last().expect("queue blob");
+            entry
+        });
+        let queue_json = queue.as_ref().map(serde_json::to_vec).transpose()?;
+        let records = filed.iter().map(|f| f.1.len()).sum::<usize>() + queue.is_some() as usize;
+        if records == 1 {
+            let one = match (&queue, &queue_json) {
+                (Some(entry), Some(json)) => self.write_queued(entry, json).map(|()| None),
+                _ => self
+                    .write_placed(internal_date, filed[0], blobs[0])
+                    .map(Some),
+            };
+            return match one {
+                Ok(placed) => {
+                    let _ = self.pending.remove(blobs[0].to_be_bytes());
+                    Ok(Receipt {
+                        placed: placed.into_iter().collect(),
+                    })
+                }
+                Err(e) => {
+                    forget(&blobs);
+                    Err(e)
+                }
+            };
+        }
+        // Records of mailboxes that do not exist yet (file_into): made up front, since ids
+        // come from outside the transaction; inserted only where still missing.
+        let mut fresh: HashMap<Vec<u8>, Mailbox> = HashMap::new();
+        for p in filed.iter().flat_map(|f| f.1) {
+            let key = mbox_key(&normalize_address(&p.user), &canonical_mailbox(&p.mailbox));
+            if !fresh.contains_key(&key) && self.mailboxes.get(&key)?.is_none() {
+                fresh.insert(key, self.new_mailbox(&p.mailbox, None)?);
+            }
+        }
+        let uids = self.uid_lock.lock().expect("uid lock");
+        let result = (
+            &self.mailboxes,
+            &self.messages,
+            &self.blobrefs,
+            &self.queue,
+            &self.pending,
+        )
+            .transaction(|(mbx, msgs, refs, queued, pending)| {
+                let mut placed = Vec::new();
+                let mut blob_ids = blobs.iter();
+                for (message, placements) in &filed {
+                    let blob = *blob_ids.next().expect("one blob per body");
+                    refs.insert(
+                        &blob.to_be_bytes(),
+                        &(placements.len() as u32).to_be_bytes(),
+                    )?;
+                    for p in placements.iter() {
+                        if !placed.is_empty() && self.failpoints.fire("ingest-after-placement") {
+                            return abort(StoreError::Backend(
+                                "failpoint ingest-after-placement".into(),
+                            ));
+                        }
+                        let user = normalize_address(&p.user);
+                        let key = mbox_key(&user, &canonical_mailbox(&p.mailbox));
+                        let mut mb: Mailbox = match mbx.get(&key)? {
+                            Some(v) => serde_json::from_slice(&v)
+                                .map_err(|e| ConflictableTransactionError::Abort(e.into()))?,
+                            None => match fresh.get(&key) {
+                                Some(mb) => mb.clone(),
+                                None => {
+                                    return abort(StoreError::NotFound(format!(
+                                        "mailbox {}",
+                                        p.mailbox
+                                    )));
+                                }
+                            },
+                        };
+                        let meta = MessageMeta {
+                            uid: mb.uidnext,
+                            blob,
+                            size: message.len() as u64,
+                            flags: p.flags.clone(),
+                            internal_date,
+                            modseq: mb.highest_modseq + 1,
+                        };
+                        mb.uidnext += 1;
+                        mb.highest_modseq += 1;
+                        mbx.insert(key, serde_json::to_vec(&mb).expect("json"))?;
+                        msgs.insert(&msg_key(mb.id, meta.uid), meta.encode())?;
+                        placed.push((user, mb.id, meta));
+                    }
+                }
+                if let (Some(entry), Some(json)) = (&queue, &queue_json) {
+                    refs.insert(&entry.blob.to_be_bytes(), &1u32.to_be_bytes())?;
+                    queued.insert(entry.id.as_bytes(), json.as_slice())?;
+                }
+                for b in &blobs {
+                    pending.remove(&b.to_be_bytes())?;
+                }
+                Ok(placed)
+            })
+            .map_err(tx_err);
+        let placed = match result {
+            Ok(placed) => placed,
+            Err(e) => {
+                drop(uids);
+                forget(&blobs);
+                return Err(e);
+            }
+        };
+        for (_, mbid, meta) in &placed {
+            self.meta_cache.inserted(*mbid, std::slice::from_ref(meta));
+        }
+        drop(uids);
+        let mut told: Vec<(&str, u64)> = Vec::new();
+        for (user, mbid, _) in &placed {
+            if !told.contains(&(user.as_str(), *mbid)) {
+                told.push((user, *mbid));
+                self.notify(user, *mbid, MailboxEvent::Appended);
+            }
+        }
+        Ok(Receipt {
+            placed: placed
+                .into_iter()
+                .map(|(user, mailbox, meta)| Placed {
+                    user,
+                    mailbox,
+                    uid: meta.uid,
+                    modseq: meta.modseq,
+                })
+                .collect(),
+        })
+    }
+
+    /// An ingest of one record needs no transaction: the record is written last, after its
+    /// body and reference count, and it alone makes the message visible. sled recovers a
+    /// prefix of its log, so a crash leaves the record with everything it needs or no
+    /// record (and at most a UID gap, which no client can tell from an expunge). This is
+    /// the hot path of inbound mail: a sled transaction seals the log buffer twice, which
+    /// cost a third of the SMTP rate (BENCHMARKS.md, issue 21).
+    fn write_placed(
+        &self,
+        internal_date: i64,
+        (message, placements): (&[u8], &[Placement]),
+        blob: u64,
+    ) -> Result<Placed> {
+        let p = &placements[0];
+        let user = normalize_address(&p.user);
+        let key = mbox_key(&user, &canonical_mailbox(&p.mailbox));
+        self.blobrefs
+            .insert(blob.to_be_bytes(), &1u32.to_be_bytes())?;
+        let uids = self.uid_lock.lock().expect("uid lock");
+        // The next UID and MODSEQ: one read-modify-write of the mailbox record (atomic
+        // against the transactions of set_flags and expunge, which bump MODSEQ).
+        let bump = || -> Result<Option<Mailbox>> {
+            let (mut bad, mut newest) = (None, None);
+            self.mailboxes.update_and_fetch(&key, |old| {
+                // Called again when another writer got in first: only the last counts.
+                (bad, newest) = (None, None);
+                let old = old?;
+                match serde_json::from_slice::<Mailbox>(old) {
+                    Ok(mut mb) => {
+                        mb.uidnext += 1;
+                        mb.highest_modseq += 1;
+                        let v = serde_json::to_vec(&mb).expect("json");
+                        newest = Some(mb);
+                        Some(v)
+                    }
+                    Err(e) => {
+                        bad = Some(e);
+                        Some(old.to_vec())
+                    }
+                }
+            })?;
+            match bad {
+                Some(e) => Err(e.into()),
+                None => Ok(newest),
+            }
+        };
+        let mb = match bump()? {
+            Some(mb) => mb,
+            // A missing folder (file_into) is created first.
+            None => {
+                let fresh = self.new_mailbox(&p.mailbox, None)?;
+                let _ = self.mailboxes.compare_and_swap(
+                    &key,
+                    None as Option<&[u8]>,
+                    Some(serde_json::to_vec(&fresh)?),
+                )?;
+                bump()?.ok_or_else(|| StoreError::NotFound(format!("mailbox {}", p.mailbox)))?
+            }
+        };
+        let meta = MessageMeta {
+            uid: mb.uidnext - 1,
+            blob,
+            size: message.len() as u64,
+            flags: p.flags.clone(),
+            internal_date,
+            modseq: mb.highest_modseq,
+        };
+        self.messages
+            .insert(msg_key(mb.id, meta.uid), meta.encode())?;
+        self.meta_cache.inserted(mb.id, std::slice::from_ref(&meta));
+        drop(uids);
+        self.notify(&user, mb.id, MailboxEvent::Appended);
+        Ok(Placed {
+            user,
+            mailbox: mb.id,
+            uid: meta.uid,
+            modseq: meta.modseq,
+        })
+    }
+
+    /// A queue entry alone: written last, after its body and reference count.
+    fn write_queued(&self, entry: &QueueEntry, json: &[u8]) -> Result<()> {
+        self.blobrefs
+            .insert(entry.blob.to_be_bytes(), &1u32.to_be_bytes())?;
+        self.queue.insert(entry.id.as_bytes(), json)?;
+        Ok(())
+    }
+
+    /// Change queue entry `id` in place, atomically, if `owner` holds its lease.
+    fn change_owned(&self, id: &str, owner: &str, change: &dyn Fn(&mut QueueEntry)) -> Result<()> {
+        let mut outcome = Ok(());
+        let prev = self.queue.fetch_and_update(id.as_bytes(), |old| {
+            let old = old?;
+            // Called again when another writer got in first: only the last call counts.
+            outcome = Ok(());
+            match serde_json::from_slice::<QueueEntry>(old) {
+                Ok(mut e) if e.leased_by(owner) => {
+                    change(&mut e);
+                    Some(serde_json::to_vec(&e).expect("json"))
+                }
+                Ok(_) => {
+                    outcome = Err(lease_lost(id));
+                    Some(old.to_vec())
+                }
+                Err(err) => {
+                    outcome = Err(err.into());
+                    Some(old.to_vec())
+                }
+            }
+        })?;
+        match prev {
+            Some(_) => outcome,
+            None => Err(StoreError::NotFound(format!("queue entry {id}"))),
         }
     }
+
+    /// sled allows one process, so a lease found at open belongs to a process that is gone:
+    /// its entries are claimable again at once rather than when the lease runs out.
+    fn drop_leases(&self) -> Result<()> {
+        for item in self.queue.iter() {
+            let (key, v) = item?;
+            let mut e: QueueEntry = serde_json::from_slice(&v)?;
+            if e.lease.take().is_some() {
+                self.queue.insert(key, serde_json::to_vec(&e)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove the bodies of ingests that a crash interrupted before their transaction.
+    fn forget_pending(&self) -> Result<()> {
+        for key in self.pending.iter().keys() {
+            let key = key?;
+            let blob = u64::from_be_bytes(key.as_ref().try_into().unwrap_or([0; 8]));
+            if self.blobrefs.get(blob.to_be_bytes())?.is_none() {
+                self.blobs.remove(blob)?;
+            }
+            self.pending.remove(key)?;
+        }
+        Ok(())
+    }
+}
+
+fn id_of(e: &QueueEntry) -> &str {
+    &e.id
 }
 
 fn abort<T>(e: StoreError) -> std::result::Result<T, ConflictableTransactionError<StoreError>> {
@@ -435,108 +752,33 @@ impl MailStore for SledStore {
         }
     }
 
-    /// Deliveries are the hot path of inbound mail, so they use no sled transaction: in sled
-    /// 0.34 every transaction seals the log buffer twice (two log writes handed to sled's
-    /// I/O threads) and takes a store-wide write lock that waits for any flush in progress.
-    /// Instead, under `uid_lock` (which every UID allocator and mailbox-record rewriter
-    /// holds), each placement's UID and MODSEQ come from one atomic compare-and-swap of its
-    /// mailbox record (atomic against the transactions of `set_flags`/`expunge`, which bump
-    /// MODSEQ), and then the message record is written. The writes go into sled's log in this
-    /// order (blob, reference count, counter, message record) and sled recovers a prefix of
-    /// its log, so after a crash a message record never lacks its blob or its UID
-    /// reservation; a crash in between leaves at most an unreferenced blob and a UID gap. The
-    /// caller's commit makes it all durable before the 250.
+    fn ingest(&self, ingest: Ingest) -> StoreFuture<'_, Result<Receipt>> {
+        Box::pin(async move {
+            if ingest.is_empty() {
+                return Ok(Receipt::default());
+            }
+            let filed: Vec<(&[u8], &[Placement])> = ingest
+                .filed
+                .iter()
+                .map(|f| (f.message.as_slice(), f.placements.as_slice()))
+                .collect();
+            let queue = ingest.queue.as_ref().map(|(e, m)| (e, m.as_slice()));
+            let receipt = self.write_ingest(ingest.internal_date, &filed, queue)?;
+            self.commit().await?;
+            Ok(receipt)
+        })
+    }
+
     fn deliver(&self, message: &[u8], internal_date: i64, to: &[Placement]) -> Result<Vec<u32>> {
         if to.is_empty() {
             return Ok(Vec::new());
         }
-        let blob = self.db.generate_id()?;
-        self.blobs.insert(blob, message)?;
-        self.blobrefs
-            .insert(blob.to_be_bytes(), &(to.len() as u32).to_be_bytes())?;
-        let size = message.len() as u64;
-        let mut done: Vec<(String, u64, MessageMeta)> = Vec::with_capacity(to.len());
-        let result = (|| -> Result<()> {
-            let _uids = self.uid_lock.lock().expect("uid lock");
-            for p in to {
-                let user = normalize_address(&p.user);
-                let key = mbox_key(&user, &canonical_mailbox(&p.mailbox));
-                // Take the next UID and modseq: one read-modify-write of the mailbox record,
-                // whose new value is kept rather than read back.
-                let bump = || -> Result<Option<Mailbox>> {
-                    let (mut bad, mut newest) = (None, None);
-                    self.mailboxes.update_and_fetch(&key, |old| {
-                        // Called again when another writer got in first: only the last counts.
-                        (bad, newest) = (None, None);
-                        let old = old?;
-                        match serde_json::from_slice::<Mailbox>(old) {
-                            Ok(mut mb) => {
-                                mb.uidnext += 1;
-                                mb.highest_modseq += 1;
-                                let v = serde_json::to_vec(&mb).expect("json");
-                                newest = Some(mb);
-                                Some(v)
-                            }
-                            Err(e) => {
-                                bad = Some(e);
-                                Some(old.to_vec())
-                            }
-                        }
-                    })?;
-                    match bad {
-                        Some(e) => Err(e.into()),
-                        None => Ok(newest),
-                    }
-                };
-                let mb = match bump()? {
-                    Some(mb) => mb,
-                    // A missing folder (file_into) is created first.
-                    None => {
-                        let fresh = self.new_mailbox(&p.mailbox, None)?;
-                        let _ = self.mailboxes.compare_and_swap(
-                            &key,
-                            None as Option<&[u8]>,
-                            Some(serde_json::to_vec(&fresh)?),
-                        )?;
-                        bump()?
-                            .ok_or_else(|| StoreError::NotFound(format!("mailbox {}", p.mailbox)))?
-                    }
-                };
-                let meta = MessageMeta {
-                    uid: mb.uidnext - 1,
-                    blob,
-                    size,
-                    flags: p.flags.clone(),
-                    internal_date,
-                    modseq: mb.highest_modseq,
-                };
-                self.messages
-                    .insert(msg_key(mb.id, meta.uid), meta.encode())?;
-                self.meta_cache.inserted(mb.id, std::slice::from_ref(&meta));
-                done.push((user, mb.id, meta));
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            // Placements already written stay (their mailboxes see the message); the blob
-            // keeps one reference per written placement.
-            if done.is_empty() {
-                let _ = self.blobs.remove(blob);
-                let _ = self.blobrefs.remove(blob.to_be_bytes());
-            } else {
-                let _ = self
-                    .blobrefs
-                    .insert(blob.to_be_bytes(), &(done.len() as u32).to_be_bytes());
-                for (user, mbid, _) in &done {
-                    self.notify(user, *mbid, MailboxEvent::Appended);
-                }
-            }
-            return Err(e);
-        }
-        for (user, mbid, _) in &done {
-            self.notify(user, *mbid, MailboxEvent::Appended);
-        }
-        Ok(done.into_iter().map(|(_, _, meta)| meta.uid).collect())
+        Ok(self
+            .write_ingest(internal_date, &[(message, to)], None)?
+            .placed
+            .into_iter()
+            .map(|p| p.uid)
+            .collect())
     }
 
     fn messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>> {
@@ -830,14 +1072,9 @@ impl MailStore for SledStore {
         Ok(read(prev.as_deref()))
     }
 
-    fn enqueue(&self, mut entry: QueueEntry, message: &[u8]) -> Result<()> {
-        entry.blob = self.db.generate_id()?;
-        self.blobs.insert(entry.blob, message)?;
-        self.blobrefs
-            .insert(entry.blob.to_be_bytes(), &1u32.to_be_bytes())?;
-        self.queue
-            .insert(entry.id.as_bytes(), serde_json::to_vec(&entry)?)?;
-        Ok(())
+    fn enqueue(&self, entry: QueueEntry, message: &[u8]) -> Result<()> {
+        self.write_ingest(0, &[], Some((&entry, message)))
+            .map(|_| ())
     }
 
     fn queue(&self) -> Result<Vec<QueueEntry>> {
@@ -884,6 +1121,76 @@ impl MailStore for SledStore {
         let entry: QueueEntry = serde_json::from_slice(&v)?;
         release_blob(&self.blobrefs, &self.blobs, entry.blob)?;
         Ok(())
+    }
+
+    fn queue_claim(&self, owner: &str, now: i64, lease: i64, limit: usize) -> Result<Claimed> {
+        let mut claimed = Claimed::default();
+        let mut sooner = |t: i64| claimed_next(&mut claimed.next, t);
+        let mut entries = Vec::new();
+        for item in self.queue.iter() {
+            let (key, old) = item?;
+            let mut e: QueueEntry = serde_json::from_slice(&old)?;
+            if !e.claimable(now) {
+                match &e.lease {
+                    Some(l) if e.next_attempt <= now => sooner(l.until),
+                    _ => sooner(e.next_attempt),
+                }
+                continue;
+            }
+            if entries.len() >= limit {
+                sooner(now);
+                continue;
+            }
+            e.lease = Some(Lease {
+                owner: owner.to_string(),
+                until: now + lease,
+            });
+            // Only if nobody changed it since it was read (another runner's claim).
+            if self
+                .queue
+                .compare_and_swap(&key, Some(old), Some(serde_json::to_vec(&e)?))?
+                .is_ok()
+            {
+                entries.push(e);
+            }
+        }
+        claimed.entries = entries;
+        Ok(claimed)
+    }
+
+    fn queue_renew(&self, id: &str, owner: &str, until: i64) -> Result<()> {
+        self.change_owned(id, owner, &|e| {
+            if let Some(l) = e.lease.as_mut() {
+                l.until = until;
+            }
+        })
+    }
+
+    fn queue_save(&self, entry: &QueueEntry, owner: &str, release: bool) -> Result<()> {
+        self.change_owned(id_of(entry), owner, &|e| {
+            let lease = e.lease.take();
+            *e = entry.clone();
+            e.lease = if release { None } else { lease };
+        })
+    }
+
+    fn queue_complete(&self, id: &str, owner: &str) -> Result<()> {
+        loop {
+            let Some(old) = self.queue.get(id.as_bytes())? else {
+                return Err(StoreError::NotFound(format!("queue entry {id}")));
+            };
+            let e: QueueEntry = serde_json::from_slice(&old)?;
+            if !e.leased_by(owner) {
+                return Err(lease_lost(id));
+            }
+            if self
+                .queue
+                .compare_and_swap(id.as_bytes(), Some(old), None as Option<&[u8]>)?
+                .is_ok()
+            {
+                return release_blob(&self.blobrefs, &self.blobs, e.blob);
+            }
+        }
     }
 
     fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
@@ -941,12 +1248,7 @@ impl MailStore for SledStore {
     }
 
     fn watch(&self, user: &str) -> broadcast::Receiver<(u64, MailboxEvent)> {
-        self.watchers
-            .lock()
-            .expect("watchers")
-            .entry(normalize_address(user))
-            .or_insert_with(|| broadcast::channel(256).0)
-            .subscribe()
+        self.watchers.watch(user)
     }
 
     fn update_flags(
@@ -1166,6 +1468,7 @@ mod tests {
             smtputf8: false,
             decisions: Vec::new(),
             warned: false,
+            lease: None,
         }
     }
 

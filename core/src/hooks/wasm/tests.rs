@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::hooks::{HookChain, Outcome};
-use crate::store::SledStore;
 
 fn plugin_path(name: &str) -> PathBuf {
     let dir = std::env::var_os("CORVUS_PLUGIN_DIR")
@@ -34,7 +33,7 @@ fn cache_dir() -> PathBuf {
 
 fn store() -> (tempfile::TempDir, Store) {
     let d = tempfile::tempdir().unwrap();
-    let s: Store = Arc::new(SledStore::open(d.path()).unwrap());
+    let s: Store = Arc::new(crate::store::MemoryStore::new());
     (d, s)
 }
 

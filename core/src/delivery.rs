@@ -1,0 +1,269 @@
+//! The one delivery path. Every way a message reaches mailboxes or the queue goes through
+//! here: SMTP end of data, the queue's local deliveries, bounces and delay notices (DSNs),
+//! and DMARC aggregate reports.
+//!
+//! [`plan`] resolves each recipient's local targets to accounts (targets that are not
+//! accounts, such as an alias's forward to another domain, join the remote recipients),
+//! runs `on_delivery` once per account (reject or discard drop that copy; quarantine, or a
+//! quarantined message, files into Junk; `file_into` picks the folder; added headers give
+//! that account its own copy) and returns a [`Plan`]. [`Plan::into_ingest`] turns the plan
+//! into one [`Ingest`]: every local placement and the queue entry for the remote recipients,
+//! which the store writes all or nothing and makes durable before it returns.
+
+use std::sync::Arc;
+
+use crate::hooks::{HookCtx, HookPoint, Route, Verdict};
+use crate::server::Shared;
+use crate::store::{Filed, Ingest, Placement, QueueEntry, QueueRcpt, Receipt, StoreError};
+
+/// One recipient of a message, as routed.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    /// The address as given (RCPT TO, the queued recipient, the bounce's recipient).
+    pub address: String,
+    /// Where it goes.
+    pub route: Route,
+    /// DSN NOTIFY values.
+    pub notify: Vec<String>,
+    /// DSN ORCPT.
+    pub orcpt: Option<String>,
+    /// Folder chosen at RCPT time (a `file_into` of `on_rcpt`).
+    pub file_into: Option<String>,
+}
+
+impl Recipient {
+    /// A recipient with no DSN parameters.
+    pub fn new(address: &str, route: Route) -> Self {
+        Recipient {
+            address: address.to_string(),
+            route,
+            notify: Vec::new(),
+            orcpt: None,
+            file_into: None,
+        }
+    }
+
+    fn queued(&self, address: String) -> QueueRcpt {
+        QueueRcpt {
+            address,
+            notify: self.notify.clone(),
+            orcpt: self.orcpt.clone(),
+        }
+    }
+}
+
+/// Where the copies of one message go.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Local copies: bodies (without Return-Path yet) and their placements.
+    pub local: Vec<(Arc<Vec<u8>>, Vec<Placement>)>,
+    /// Recipients for the queue.
+    pub remote: Vec<QueueRcpt>,
+    /// One line per hook decision, for `corvus queue show`.
+    pub decisions: Vec<String>,
+}
+
+/// `on_delivery` asked to try again later (honoured only with `may_tempfail` and one
+/// recipient: with several, the others must not wait for one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tempfail {
+    /// Reply code.
+    pub code: u16,
+    /// Reply text.
+    pub text: String,
+}
+
+/// Decide where every copy of `message` goes. `ctx` carries the facts of the session (or of
+/// the queue) for `on_delivery`; `quarantine` files every local copy into Junk.
+pub async fn plan(
+    shared: &Shared,
+    ctx: &HookCtx,
+    message: &Arc<Vec<u8>>,
+    rcpts: &[Recipient],
+    quarantine: bool,
+    may_tempfail: bool,
+) -> Result<Plan, Tempfail> {
+    let mut plan = Plan::default();
+    let mut bodies: Vec<Placement> = Vec::new();
+    for rcpt in rcpts {
+        let targets = match &rcpt.route {
+            Route::Local(t) => t,
+            Route::Remote => {
+                plan.remote.push(rcpt.queued(rcpt.address.clone()));
+                continue;
+            }
+            Route::UnknownLocal => continue,
+        };
+        for target in targets {
+            // A target that is no account (an alias forwarding elsewhere) is relayed.
+            if !shared.store.account_exists(target).unwrap_or(false) {
+                if !plan.remote.iter().any(|r| r.address == *target) {
+                    plan.remote.push(rcpt.queued(target.clone()));
+                }
+                continue;
+            }
+            let already = bodies.iter().any(|p| p.user == *target)
+                || plan
+                    .local
+                    .iter()
+                    .any(|(_, ps)| ps.iter().any(|p| p.user == *target));
+            if already {
+                continue;
+            }
+            let mut dctx = ctx.clone();
+            dctx.point = HookPoint::Delivery;
+            dctx.rcpt = target.clone();
+            dctx.message = Some(message.clone());
+            let mut d = shared.hooks.run_async(&dctx).await;
+            plan.decisions.append(&mut d.decisions);
+            let folder = match d.verdict {
+                Verdict::Reject { .. } | Verdict::Discard => {
+                    tracing::info!(rcpt = %target, "copy dropped by on_delivery");
+                    continue;
+                }
+                Verdict::Tempfail { code, text } if may_tempfail && rcpts.len() == 1 => {
+                    return Err(Tempfail { code, text });
+                }
+                Verdict::Quarantine(_) => "Junk".to_string(),
+                _ if quarantine => "Junk".to_string(),
+                _ => d
+                    .actions
+                    .file_into
+                    .or_else(|| rcpt.file_into.clone())
+                    .unwrap_or_else(|| "INBOX".into()),
+            };
+            let placement = Placement {
+                user: target.clone(),
+                mailbox: folder,
+                flags: Vec::new(),
+            };
+            if d.actions.add_headers.is_empty() {
+                bodies.push(placement);
+            } else {
+                let own = crate::message::prepend_headers(message, &d.actions.add_headers);
+                plan.local.push((own, vec![placement]));
+            }
+        }
+    }
+    if !bodies.is_empty() {
+        plan.local.insert(0, (message.clone(), bodies));
+    }
+    Ok(plan)
+}
+
+impl Plan {
+    /// Whether nothing is to be stored.
+    pub fn is_empty(&self) -> bool {
+        self.local.is_empty() && self.remote.is_empty()
+    }
+
+    /// The one write for this plan: local copies with `Return-Path: <reverse_path>` (RFC 5321
+    /// §4.4), and `queue` (its recipients replaced by the plan's remote ones) carrying
+    /// `queued` when there are remote recipients.
+    pub fn into_ingest(
+        self,
+        reverse_path: &str,
+        now: i64,
+        queue: Option<(QueueEntry, Arc<Vec<u8>>)>,
+    ) -> Ingest {
+        let filed = self
+            .local
+            .into_iter()
+            .map(|(body, placements)| Filed {
+                message: Arc::new(crate::message::with_return_path(&body, reverse_path)),
+                placements,
+            })
+            .collect();
+        let queue = match queue {
+            Some((mut entry, bytes)) if !self.remote.is_empty() => {
+                entry.rcpts = self.remote;
+                entry.decisions.extend(self.decisions);
+                Some((entry, bytes))
+            }
+            _ => None,
+        };
+        Ingest {
+            internal_date: now,
+            filed,
+            queue,
+        }
+    }
+}
+
+/// A new queue entry, due now.
+pub fn queue_entry(id: &str, mail_from: &str, rcpts: Vec<QueueRcpt>, now: i64) -> QueueEntry {
+    QueueEntry {
+        id: id.to_string(),
+        mail_from: mail_from.to_string(),
+        rcpts,
+        ret: None,
+        envid: None,
+        created: now,
+        next_attempt: now,
+        attempts: 0,
+        last_error: None,
+        blob: 0,
+        smtputf8: false,
+        decisions: Vec::new(),
+        warned: false,
+        lease: None,
+    }
+}
+
+/// A fresh queue id.
+pub fn new_queue_id() -> String {
+    format!("{:016X}", rand::random::<u64>())
+}
+
+/// Deliver a message the server writes itself (a DSN, a delay notice, a DMARC report):
+/// `entry` names the sender and recipients; local recipients get it in their mailboxes
+/// (through `on_delivery`), the others through the queue with `entry`'s settings. Returns
+/// once it is durable; wakes the queue when something was queued.
+pub async fn deliver_generated(
+    shared: &Shared,
+    entry: QueueEntry,
+    message: Vec<u8>,
+) -> Result<Receipt, StoreError> {
+    let mut rcpts = Vec::with_capacity(entry.rcpts.len());
+    for r in &entry.rcpts {
+        let route = match crate::routing::resolve(
+            &shared.store,
+            &shared.config.domains,
+            shared.config.postmaster.as_deref(),
+            &r.address,
+        )? {
+            Route::UnknownLocal => Route::Remote,
+            route => route,
+        };
+        rcpts.push(Recipient {
+            address: r.address.clone(),
+            route,
+            notify: r.notify.clone(),
+            orcpt: r.orcpt.clone(),
+            file_into: None,
+        });
+    }
+    let message = Arc::new(message);
+    let mut ctx = HookCtx::new(
+        HookPoint::Delivery,
+        "queue",
+        std::net::Ipv4Addr::LOCALHOST.into(),
+    );
+    ctx.mail_from = entry.mail_from.clone();
+    ctx.rcpts = rcpts.iter().map(|r| r.address.clone()).collect();
+    // A generated message is never held back: a tempfail files it as usual.
+    let plan = plan(shared, &ctx, &message, &rcpts, false, false)
+        .await
+        .unwrap_or_default();
+    let queued = !plan.remote.is_empty();
+    let mail_from = entry.mail_from.clone();
+    let now = chrono::Utc::now().timestamp();
+    let receipt = shared
+        .store
+        .ingest(plan.into_ingest(&mail_from, now, Some((entry, message))))
+        .await?;
+    if queued {
+        shared.queue_wakeup.notify_one();
+    }
+    Ok(receipt)
+}

@@ -1,0 +1,746 @@
+//! The contract every storage backend keeps, as tests written against [`MailStore`] only and
+//! run against each backend (`sled_backend::*`, `memory_backend::*`). A new backend adds one
+//! line to the macro at the bottom and must pass all of them.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::*;
+
+struct Harness {
+    store: Store,
+    failpoints: Arc<Failpoints>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn sled() -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(&dir.path().join("data")).expect("open");
+    Harness {
+        failpoints: store.failpoints(),
+        store: Arc::new(store),
+        _dir: Some(dir),
+    }
+}
+
+fn memory() -> Harness {
+    let store = MemoryStore::new();
+    Harness {
+        failpoints: store.failpoints(),
+        store: Arc::new(store),
+        _dir: None,
+    }
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+fn placement(user: &str, mailbox: &str) -> Placement {
+    Placement {
+        user: user.into(),
+        mailbox: mailbox.into(),
+        flags: vec![],
+    }
+}
+
+fn queued(id: &str, rcpt: &str) -> QueueEntry {
+    QueueEntry {
+        id: id.into(),
+        mail_from: "sender@example.net".into(),
+        rcpts: vec![QueueRcpt {
+            address: rcpt.into(),
+            notify: vec![],
+            orcpt: None,
+        }],
+        ret: None,
+        envid: None,
+        created: 0,
+        next_attempt: 0,
+        attempts: 0,
+        last_error: None,
+        blob: 0,
+        smtputf8: false,
+        decisions: vec![],
+        warned: false,
+        lease: None,
+    }
+}
+
+fn body(text: &str) -> Arc<Vec<u8>> {
+    Arc::new(format!("Subject: {text}\r\n\r\n{text}\r\n").into_bytes())
+}
+
+fn uids(store: &Store, user: &str, mailbox: &str) -> Vec<u32> {
+    let mb = store.mailbox(user, mailbox).unwrap().expect("mailbox");
+    store
+        .messages(mb.id)
+        .unwrap()
+        .iter()
+        .map(|m| m.uid)
+        .collect()
+}
+
+/// Two local recipients and a remote one; a failure after the first placement leaves
+/// nothing: no copy, no queue entry, no UID used; the retry writes each once.
+fn ingest_is_all_or_nothing(h: Harness) {
+    let s = &h.store;
+    s.create_account("a@example.org", "").unwrap();
+    s.create_account("b@example.org", "").unwrap();
+    let next_before: Vec<u32> = ["a@example.org", "b@example.org"]
+        .iter()
+        .map(|u| s.mailbox(u, "INBOX").unwrap().unwrap().uidnext)
+        .collect();
+    let ingest = Ingest {
+        internal_date: 1,
+        filed: vec![
+            Filed {
+                message: body("shared"),
+                placements: vec![
+                    placement("a@example.org", "INBOX"),
+                    placement("b@example.org", "INBOX"),
+                ],
+            },
+            Filed {
+                message: body("own copy"),
+                placements: vec![placement("b@example.org", "Lists")],
+            },
+        ],
+        queue: Some((queued("Q1", "far@example.net"), body("queued"))),
+    };
+    h.failpoints.arm("ingest-after-placement", 1);
+    assert!(block_on(s.ingest(ingest.clone())).is_err());
+    assert!(uids(s, "a@example.org", "INBOX").is_empty());
+    assert!(uids(s, "b@example.org", "INBOX").is_empty());
+    assert!(s.mailbox("b@example.org", "Lists").unwrap().is_none());
+    assert!(s.queue().unwrap().is_empty());
+    let next_after: Vec<u32> = ["a@example.org", "b@example.org"]
+        .iter()
+        .map(|u| s.mailbox(u, "INBOX").unwrap().unwrap().uidnext)
+        .collect();
+    assert_eq!(
+        next_before, next_after,
+        "no UID may be used by a failed ingest"
+    );
+
+    let receipt = block_on(s.ingest(ingest)).unwrap();
+    assert_eq!(receipt.placed.len(), 3);
+    assert_eq!(uids(s, "a@example.org", "INBOX"), vec![1]);
+    assert_eq!(uids(s, "b@example.org", "INBOX"), vec![1]);
+    assert_eq!(uids(s, "b@example.org", "Lists"), vec![1]);
+    let lists = s.mailbox("b@example.org", "Lists").unwrap().unwrap();
+    let own = s.message(lists.id, 1).unwrap().unwrap();
+    assert_eq!(s.blob(own.blob).unwrap(), *body("own copy"));
+    let q = s.queue().unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(s.blob(q[0].blob).unwrap(), *body("queued"));
+    assert_eq!(receipt.placed[0].user, "a@example.org");
+    assert_eq!(receipt.placed[2].mailbox, lists.id);
+}
+
+/// A message with one placement (the fast path of backends that have one) is atomic too:
+/// a failed ingest of one record leaves nothing, an empty ingest writes nothing.
+fn single_and_empty_ingests(h: Harness) {
+    let s = &h.store;
+    s.create_account("a@example.org", "").unwrap();
+    let one = Ingest {
+        internal_date: 7,
+        filed: vec![Filed {
+            message: body("one"),
+            placements: vec![placement("A@Example.org", "inbox")],
+        }],
+        queue: None,
+    };
+    let r = block_on(s.ingest(one)).unwrap();
+    assert_eq!(r.placed.len(), 1);
+    assert_eq!(r.placed[0].uid, 1);
+    let inbox = s.mailbox("a@example.org", "INBOX").unwrap().unwrap();
+    let m = s.message(inbox.id, 1).unwrap().unwrap();
+    assert_eq!(m.internal_date, 7);
+    assert_eq!(m.modseq, r.placed[0].modseq);
+    assert_eq!(inbox.highest_modseq, m.modseq);
+    // A placement for an account that has no such folder creates it (file_into).
+    let r = block_on(s.ingest(Ingest {
+        internal_date: 8,
+        filed: vec![Filed {
+            message: body("filed"),
+            placements: vec![placement("a@example.org", "Projects/Corvus")],
+        }],
+        queue: None,
+    }))
+    .unwrap();
+    assert_eq!(r.placed[0].uid, 1);
+    assert!(
+        s.mailbox("a@example.org", "Projects/Corvus")
+            .unwrap()
+            .is_some()
+    );
+    let only_queue = Ingest {
+        queue: Some((queued("Q9", "x@example.net"), body("q"))),
+        ..Ingest::default()
+    };
+    assert!(block_on(s.ingest(only_queue)).unwrap().placed.is_empty());
+    assert_eq!(s.queue().unwrap().len(), 1);
+    assert_eq!(
+        block_on(s.ingest(Ingest::default())).unwrap(),
+        Receipt::default()
+    );
+}
+
+/// Many writers into one mailbox at once: every UID and MODSEQ is unique, and a reader
+/// never sees a new message with a UID at or below one it has already seen (RFC 9051
+/// §2.3.1.1), nor MODSEQs out of UID order.
+fn concurrent_ingest_keeps_uids_ascending_in_visibility_order(h: Harness) {
+    let s = h.store.clone();
+    s.create_account("a@example.org", "").unwrap();
+    s.create_account("b@example.org", "").unwrap();
+    let inbox = s.mailbox("a@example.org", "INBOX").unwrap().unwrap().id;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (s, done) = (s.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut seen: BTreeSet<u32> = BTreeSet::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let now = s.messages(inbox).unwrap();
+                let max_seen = seen.iter().next_back().copied().unwrap_or(0);
+                for m in &now {
+                    if !seen.contains(&m.uid) {
+                        assert!(m.uid > max_seen, "UID {} appeared after {max_seen}", m.uid);
+                    }
+                }
+                let modseqs: Vec<u64> = now.iter().map(|m| m.modseq).collect();
+                assert!(modseqs.windows(2).all(|w| w[0] < w[1]), "{modseqs:?}");
+                seen.extend(now.iter().map(|m| m.uid));
+            }
+        })
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    let mut placements = vec![placement("a@example.org", "INBOX")];
+                    if i % 2 == 0 {
+                        placements.push(placement("b@example.org", "INBOX"));
+                    }
+                    let ingest = Ingest {
+                        internal_date: 0,
+                        filed: vec![Filed {
+                            message: body(&format!("{t}-{i}")),
+                            placements,
+                        }],
+                        queue: None,
+                    };
+                    s.ingest(ingest).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    reader.join().unwrap();
+    let all = s.messages(inbox).unwrap();
+    assert_eq!(all.len(), 200);
+    assert_eq!(
+        all.iter().map(|m| m.uid).collect::<Vec<_>>(),
+        (1..=200).collect::<Vec<_>>()
+    );
+    let mb = s.mailbox("a@example.org", "INBOX").unwrap().unwrap();
+    assert_eq!(mb.uidnext, 201);
+    assert_eq!(mb.highest_modseq, all.last().unwrap().modseq);
+    assert_eq!(uids(&s, "b@example.org", "INBOX").len(), 8 * 13);
+}
+
+/// Two sessions changing flags of the same messages at once both keep their change;
+/// UNCHANGEDSINCE refuses what changed after it (RFC 7162 §3.1.3).
+fn flag_updates_are_atomic_and_honour_unchangedsince(h: Harness) {
+    let s = h.store.clone();
+    s.create_account("a@example.org", "").unwrap();
+    for i in 0..20 {
+        s.deliver(
+            &body(&i.to_string()),
+            0,
+            &[placement("a@example.org", "INBOX")],
+        )
+        .unwrap();
+    }
+    let inbox = s.mailbox("a@example.org", "INBOX").unwrap().unwrap().id;
+    let all: Vec<u32> = (1..=20).collect();
+    let threads: Vec<_> = ["$A", "$B", "$C", "$D"]
+        .into_iter()
+        .map(|flag| {
+            let (s, all) = (s.clone(), all.clone());
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    s.update_flags(
+                        "a@example.org",
+                        inbox,
+                        &all,
+                        FlagOp::Add,
+                        &[flag.to_string()],
+                        None,
+                    )
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let msgs = s.messages(inbox).unwrap();
+    for m in &msgs {
+        for f in ["$A", "$B", "$C", "$D"] {
+            assert!(m.flags.iter().any(|x| x == f), "{} lacks {f}", m.uid);
+        }
+    }
+    let modseqs: BTreeSet<u64> = msgs.iter().map(|m| m.modseq).collect();
+    assert_eq!(modseqs.len(), msgs.len(), "MODSEQs are unique");
+    let highest = s
+        .mailbox("a@example.org", "INBOX")
+        .unwrap()
+        .unwrap()
+        .highest_modseq;
+    assert_eq!(highest, *modseqs.iter().next_back().unwrap());
+
+    // Message 1 changes after `since`; UNCHANGEDSINCE since leaves it alone.
+    let since = highest;
+    let (up, _) = s
+        .update_flags(
+            "a@example.org",
+            inbox,
+            &[1],
+            FlagOp::Add,
+            &["\\Seen".into()],
+            None,
+        )
+        .unwrap();
+    assert!(up[0].changed && up[0].modseq > since);
+    let (done, modified) = s
+        .update_flags(
+            "a@example.org",
+            inbox,
+            &[1, 2],
+            FlagOp::Add,
+            &["\\Flagged".into()],
+            Some(since),
+        )
+        .unwrap();
+    assert_eq!(modified, vec![1]);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].uid, 2);
+    // A no-op change keeps the MODSEQ.
+    let (same, _) = s
+        .update_flags(
+            "a@example.org",
+            inbox,
+            &[2],
+            FlagOp::Add,
+            &["\\Flagged".into()],
+            None,
+        )
+        .unwrap();
+    assert!(!same[0].changed);
+    assert_eq!(same[0].modseq, done[0].modseq);
+}
+
+/// COPY gives new ascending UIDs and shares the body; EXPUNGE of the last reference frees
+/// it; a move is a copy and an expunge.
+fn copy_expunge_and_move(h: Harness) {
+    let s = &h.store;
+    s.create_account("a@example.org", "").unwrap();
+    for i in 0..3 {
+        s.deliver(
+            &body(&i.to_string()),
+            0,
+            &[placement("a@example.org", "INBOX")],
+        )
+        .unwrap();
+    }
+    let inbox = s.mailbox("a@example.org", "INBOX").unwrap().unwrap();
+    let (validity, pairs) = s
+        .copy("a@example.org", inbox.id, &[1, 3, 99], "Archive")
+        .unwrap();
+    let archive = s.mailbox("a@example.org", "Archive").unwrap().unwrap();
+    assert_eq!(validity, archive.uidvalidity);
+    assert_eq!(pairs, vec![(1, 1), (3, 2)]);
+    assert!(
+        s.copy("a@example.org", inbox.id, &[1], "Nowhere")
+            .is_err_and(|e| matches!(e, StoreError::NotFound(_)))
+    );
+    let blob1 = s.message(inbox.id, 1).unwrap().unwrap().blob;
+    assert_eq!(
+        s.expunge("a@example.org", inbox.id, &[1, 42]).unwrap(),
+        vec![1]
+    );
+    // Still referenced by the copy.
+    assert_eq!(s.blob(blob1).unwrap(), *body("0"));
+    assert_eq!(
+        s.expunge("a@example.org", archive.id, &[1]).unwrap(),
+        vec![1]
+    );
+    assert!(s.blob(blob1).is_err(), "the last reference frees the body");
+    // An expunge of nothing leaves HIGHESTMODSEQ alone.
+    let before = s.mailbox("a@example.org", "INBOX").unwrap().unwrap();
+    assert!(
+        s.expunge("a@example.org", inbox.id, &[1])
+            .unwrap()
+            .is_empty()
+    );
+    let after = s.mailbox("a@example.org", "INBOX").unwrap().unwrap();
+    assert_eq!(before.highest_modseq, after.highest_modseq);
+    // Move: copy, then expunge the source.
+    let (_, moved) = s.copy("a@example.org", inbox.id, &[2], "Trash").unwrap();
+    s.expunge("a@example.org", inbox.id, &[2]).unwrap();
+    assert_eq!(uids(s, "a@example.org", "INBOX"), vec![3]);
+    assert_eq!(uids(s, "a@example.org", "Trash"), vec![moved[0].1]);
+}
+
+/// Accounts, domains, aliases and mailbox naming rules.
+fn directory_and_mailbox_rules(h: Harness) {
+    let s = &h.store;
+    s.create_account("Alice@Example.org", "hash").unwrap();
+    assert!(matches!(
+        s.create_account("alice@example.org", "x"),
+        Err(StoreError::Exists(_))
+    ));
+    assert!(s.account_exists("ALICE@example.org").unwrap());
+    assert_eq!(
+        s.account("alice@example.org")
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        "hash"
+    );
+    s.set_password("alice@example.org", "new").unwrap();
+    assert_eq!(
+        s.account("alice@example.org")
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        "new"
+    );
+    assert!(matches!(
+        s.set_password("nobody@example.org", "x"),
+        Err(StoreError::NotFound(_))
+    ));
+    let names: Vec<String> = s
+        .mailboxes("alice@example.org")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    for (name, _) in DEFAULT_MAILBOXES {
+        assert!(names.iter().any(|n| n == name), "{name} missing");
+    }
+    assert_eq!(
+        s.subscriptions("alice@example.org").unwrap().len(),
+        DEFAULT_MAILBOXES.len()
+    );
+    assert!(s.mailbox("alice@example.org", "inbox").unwrap().is_some());
+    assert!(matches!(
+        s.create_mailbox("alice@example.org", "Sent", None),
+        Err(StoreError::Exists(_))
+    ));
+    assert!(matches!(
+        s.delete_mailbox("alice@example.org", "Inbox"),
+        Err(StoreError::Invalid(_))
+    ));
+    // Renaming moves children and subscriptions; renaming INBOX moves its messages.
+    s.create_mailbox("alice@example.org", "Work", None).unwrap();
+    s.create_mailbox("alice@example.org", "Work/2026", None)
+        .unwrap();
+    s.set_subscribed("alice@example.org", "Work/2026", true)
+        .unwrap();
+    s.rename_mailbox("alice@example.org", "Work", "Job")
+        .unwrap();
+    assert!(
+        s.mailbox("alice@example.org", "Job/2026")
+            .unwrap()
+            .is_some()
+    );
+    assert!(s.mailbox("alice@example.org", "Work").unwrap().is_none());
+    assert!(
+        s.subscriptions("alice@example.org")
+            .unwrap()
+            .contains(&"Job/2026".to_string())
+    );
+    s.deliver(&body("x"), 0, &[placement("alice@example.org", "INBOX")])
+        .unwrap();
+    s.rename_mailbox("alice@example.org", "INBOX", "Old")
+        .unwrap();
+    assert!(uids(s, "alice@example.org", "INBOX").is_empty());
+    assert_eq!(uids(s, "alice@example.org", "Old"), vec![1]);
+    // Subscriptions are independent of mailboxes (RFC 9051 §6.3.9).
+    s.set_subscribed("alice@example.org", "Ghost", true)
+        .unwrap();
+    assert!(
+        s.subscriptions("alice@example.org")
+            .unwrap()
+            .contains(&"Ghost".to_string())
+    );
+
+    s.add_domain("Example.COM").unwrap();
+    assert!(matches!(
+        s.add_domain("example.com"),
+        Err(StoreError::Exists(_))
+    ));
+    assert_eq!(s.domains().unwrap(), vec!["example.com".to_string()]);
+    s.delete_domain("example.com").unwrap();
+    assert!(matches!(
+        s.delete_domain("example.com"),
+        Err(StoreError::NotFound(_))
+    ));
+
+    s.set_alias("Sales@Example.org", &["Alice@Example.org".into()])
+        .unwrap();
+    assert_eq!(
+        s.alias("sales@example.org").unwrap(),
+        Some(vec!["alice@example.org".to_string()])
+    );
+    assert_eq!(s.aliases().unwrap().len(), 1);
+    s.delete_alias("sales@example.org").unwrap();
+    assert!(matches!(
+        s.delete_alias("sales@example.org"),
+        Err(StoreError::NotFound(_))
+    ));
+
+    s.delete_account("alice@example.org").unwrap();
+    assert!(!s.account_exists("alice@example.org").unwrap());
+    assert!(s.mailboxes("alice@example.org").unwrap().is_empty());
+    assert!(matches!(
+        s.delete_account("alice@example.org"),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// The key-value area: TTLs, atomic counters whose window does not slide.
+fn kv_ttl_and_atomic_increment(h: Harness) {
+    let s = h.store.clone();
+    s.kv_set("ns", "k", b"v", None).unwrap();
+    assert_eq!(s.kv_get("ns", "k").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(s.kv_get("other", "k").unwrap(), None);
+    s.kv_set("ns", "gone", b"v", Some(0)).unwrap();
+    assert_eq!(s.kv_get("ns", "gone").unwrap(), None);
+    assert_eq!(s.kv_incr("ns", "n", 2, Some(3600)).unwrap(), 2);
+    assert_eq!(s.kv_incr("ns", "n", -5, None).unwrap(), -3);
+    s.kv_set("ns", "text", b"abc", None).unwrap();
+    assert_eq!(s.kv_incr("ns", "text", 1, None).unwrap(), 1);
+    // An expired counter starts again.
+    s.kv_set("ns", "old", b"40", Some(0)).unwrap();
+    assert_eq!(s.kv_incr("ns", "old", 1, None).unwrap(), 1);
+    // Concurrent increments are not lost.
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for _ in 0..250 {
+                    s.kv_incr("ns", "c", 1, None).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(s.kv_incr("ns", "c", 0, None).unwrap(), 1000);
+}
+
+/// Queue entries: a stale update does not bring back a deleted entry; flush changes only
+/// the due time; removal frees the body.
+fn queue_updates_and_removal(h: Harness) {
+    let s = &h.store;
+    s.enqueue(queued("Q1", "x@example.net"), b"body").unwrap();
+    let mut e = s.queue_entry("Q1").unwrap().unwrap();
+    assert_eq!(s.blob(e.blob).unwrap(), b"body");
+    e.attempts = 3;
+    e.next_attempt = 999;
+    s.queue_update(&e).unwrap();
+    s.queue_due_now("Q1").unwrap();
+    let now = s.queue_entry("Q1").unwrap().unwrap();
+    assert_eq!((now.attempts, now.next_attempt), (3, 0));
+    s.queue_remove("Q1").unwrap();
+    assert!(s.blob(e.blob).is_err());
+    assert!(matches!(s.queue_update(&e), Err(StoreError::NotFound(_))));
+    assert!(s.queue_entry("Q1").unwrap().is_none());
+    assert!(matches!(
+        s.queue_due_now("Q1"),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// Two runners claiming at once never get the same entry; a live lease keeps others off,
+/// an expired one lets another runner take over, and the old owner can then no longer
+/// record anything.
+fn queue_claims_are_exclusive_and_leases_expire(h: Harness) {
+    let s = h.store.clone();
+    for i in 0..20 {
+        s.enqueue(queued(&format!("Q{i:02}"), "x@example.net"), b"m")
+            .unwrap();
+    }
+    let mut later = queued("LATER", "x@example.net");
+    later.next_attempt = 1_000;
+    s.enqueue(later, b"m").unwrap();
+    let runners: Vec<_> = ["A", "B"]
+        .into_iter()
+        .map(|owner| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                loop {
+                    let c = s.queue_claim(owner, 10, 300, 3).unwrap();
+                    if c.entries.is_empty() {
+                        return (got, c.next);
+                    }
+                    assert!(c.entries.iter().all(|e| e.leased_by(owner)));
+                    got.extend(c.entries.into_iter().map(|e| e.id));
+                }
+            })
+        })
+        .collect();
+    let results: Vec<(Vec<String>, Option<i64>)> =
+        runners.into_iter().map(|t| t.join().unwrap()).collect();
+    let (a, b) = (&results[0].0, &results[1].0);
+    assert!(
+        a.iter().all(|id| !b.contains(id)),
+        "claimed twice: {a:?} {b:?}"
+    );
+    assert_eq!(a.len() + b.len(), 20);
+    // What becomes claimable next: the leases (at 310) before the entry due at 1000.
+    assert_eq!(results[0].1, Some(310));
+
+    // Lease expiry and takeover.
+    let id = "Q00";
+    let holder = if a.iter().any(|x| x == id) { "A" } else { "B" };
+    assert!(matches!(
+        s.queue_renew(id, "C", 400),
+        Err(StoreError::Invalid(_))
+    ));
+    s.queue_renew(id, holder, 320).unwrap();
+    assert!(s.queue_claim("C", 309, 60, 100).unwrap().entries.is_empty());
+    // At 315 every lease but the renewed one has run out.
+    let taken = s.queue_claim("C", 315, 60, 100).unwrap();
+    assert_eq!(taken.entries.len(), 19);
+    assert!(taken.entries.iter().all(|e| e.id != id));
+    assert_eq!(taken.next, Some(320));
+    let taken = s.queue_claim("C", 320, 60, 100).unwrap();
+    assert_eq!(taken.entries.len(), 1, "the renewed lease ran out at 320");
+    let mut entry = s.queue_entry(id).unwrap().unwrap();
+    assert!(entry.leased_by("C"));
+    entry.attempts = 1;
+    assert!(matches!(
+        s.queue_save(&entry, holder, true),
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        s.queue_complete(id, holder),
+        Err(StoreError::Invalid(_))
+    ));
+    // The new owner records progress (lease kept), then releases.
+    entry.rcpts.clear();
+    s.queue_save(&entry, "C", false).unwrap();
+    assert!(s.queue_entry(id).unwrap().unwrap().leased_by("C"));
+    s.queue_save(&entry, "C", true).unwrap();
+    let saved = s.queue_entry(id).unwrap().unwrap();
+    assert_eq!((saved.attempts, saved.lease.clone()), (1, None));
+    assert!(matches!(
+        s.queue_complete(id, "C"),
+        Err(StoreError::Invalid(_))
+    ));
+    // Complete removes the entry and its body.
+    let other = "Q01";
+    let blob = s.queue_entry(other).unwrap().unwrap().blob;
+    s.queue_complete(other, "C").unwrap();
+    assert!(s.queue_entry(other).unwrap().is_none());
+    assert!(s.blob(blob).is_err());
+    assert!(matches!(
+        s.queue_complete(other, "C"),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.queue_renew(other, "C", 1),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// The `\Recent` mark moves up only, and only when claimed.
+fn recent_mark_is_claimed_once(h: Harness) {
+    let s = &h.store;
+    assert_eq!(s.claim_recent(5, 10, false).unwrap(), 0);
+    assert_eq!(s.claim_recent(5, 10, true).unwrap(), 0);
+    assert_eq!(s.claim_recent(5, 12, true).unwrap(), 10);
+    assert_eq!(s.claim_recent(5, 3, true).unwrap(), 12);
+    assert_eq!(s.claim_recent(5, 0, false).unwrap(), 12);
+}
+
+/// Watchers hear of appends (once per mailbox and ingest), flag changes and expunges.
+fn watchers_hear_every_kind_of_change(h: Harness) {
+    let s = &h.store;
+    s.create_account("a@example.org", "").unwrap();
+    let mut rx = s.watch("A@example.org");
+    let inbox = s.mailbox("a@example.org", "INBOX").unwrap().unwrap().id;
+    block_on(s.ingest(Ingest {
+        internal_date: 0,
+        filed: vec![Filed {
+            message: body("x"),
+            placements: vec![placement("a@example.org", "INBOX")],
+        }],
+        queue: None,
+    }))
+    .unwrap();
+    assert!(matches!(rx.try_recv().unwrap(), (id, MailboxEvent::Appended) if id == inbox));
+    s.update_flags(
+        "a@example.org",
+        inbox,
+        &[1],
+        FlagOp::Add,
+        &["\\Seen".into()],
+        None,
+    )
+    .unwrap();
+    assert!(matches!(
+        rx.try_recv().unwrap(),
+        (_, MailboxEvent::FlagsChanged)
+    ));
+    s.expunge("a@example.org", inbox, &[1]).unwrap();
+    assert!(matches!(
+        rx.try_recv().unwrap(),
+        (_, MailboxEvent::Expunged)
+    ));
+    assert!(rx.try_recv().is_err());
+}
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod sled_backend {
+            $( #[test] fn $test() { super::$test(super::sled()) } )*
+        }
+        mod memory_backend {
+            $( #[test] fn $test() { super::$test(super::memory()) } )*
+        }
+    };
+}
+
+conformance!(
+    ingest_is_all_or_nothing,
+    single_and_empty_ingests,
+    concurrent_ingest_keeps_uids_ascending_in_visibility_order,
+    flag_updates_are_atomic_and_honour_unchangedsince,
+    copy_expunge_and_move,
+    directory_and_mailbox_rules,
+    kv_ttl_and_atomic_increment,
+    queue_updates_and_removal,
+    queue_claims_are_exclusive_and_leases_expire,
+    recent_mark_is_claimed_once,
+    watchers_hear_every_kind_of_change,
+);

@@ -1,0 +1,777 @@
+//! An in-memory implementation of [`MailStore`]: everything in one mutex-guarded state,
+//! nothing on disk. For unit tests and `corvus script test`, which need *a* store, and as
+//! the second backend of the conformance suite (`store::conformance`), which pins down the
+//! contract every backend keeps.
+//!
+//! Every write takes the one lock, checks everything it needs first, and only then changes
+//! the state, so a write that fails (including one a [`Failpoints`] entry makes fail)
+//! changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use tokio::sync::broadcast;
+
+use super::*;
+
+#[derive(Default)]
+struct State {
+    accounts: BTreeMap<String, Account>,
+    domains: BTreeSet<String>,
+    aliases: BTreeMap<String, Vec<String>>,
+    /// (user, name) → mailbox.
+    mailboxes: BTreeMap<(String, String), Mailbox>,
+    /// mailbox id → UID → metadata.
+    messages: HashMap<u64, BTreeMap<u32, MessageMeta>>,
+    /// blob id → (bytes, references).
+    blobs: HashMap<u64, (Arc<Vec<u8>>, u32)>,
+    queue: BTreeMap<String, QueueEntry>,
+    /// (namespace, key) → (expiry, 0 for none; value).
+    kv: HashMap<(String, String), (i64, Vec<u8>)>,
+    subscriptions: BTreeSet<(String, String)>,
+    recent: HashMap<u64, u32>,
+    next_id: u64,
+    uidvalidity: u32,
+}
+
+impl State {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn new_mailbox(&mut self, name: &str, special_use: Option<&str>) -> Mailbox {
+        self.uidvalidity = self.uidvalidity.max(now() as u32).wrapping_add(1).max(1);
+        Mailbox {
+            id: self.id(),
+            name: canonical_mailbox(name),
+            uidvalidity: self.uidvalidity,
+            uidnext: 1,
+            subscribed: true,
+            special_use: special_use.map(str::to_string),
+            highest_modseq: 1,
+        }
+    }
+
+    fn release(&mut self, blob: u64) {
+        if let Some((_, refs)) = self.blobs.get_mut(&blob) {
+            *refs -= 1;
+            if *refs == 0 {
+                self.blobs.remove(&blob);
+            }
+        }
+    }
+
+    fn mailbox_by_id(&mut self, user: &str, id: u64) -> Result<&mut Mailbox> {
+        self.mailboxes
+            .iter_mut()
+            .find(|((u, _), mb)| u == user && mb.id == id)
+            .map(|(_, mb)| mb)
+            .ok_or_else(|| StoreError::NotFound(format!("mailbox {id}")))
+    }
+
+    fn drop_mailbox(&mut self, id: u64) -> usize {
+        let gone = self.messages.remove(&id).unwrap_or_default();
+        for m in gone.values() {
+            self.release(m.blob);
+        }
+        self.recent.remove(&id);
+        gone.len()
+    }
+}
+
+/// Entry `id`, if `owner` holds its lease.
+fn owned<'a>(st: &'a mut State, id: &str, owner: &str) -> Result<&'a mut QueueEntry> {
+    match st.queue.get_mut(id) {
+        None => Err(StoreError::NotFound(format!("queue entry {id}"))),
+        Some(e) if !e.leased_by(owner) => Err(lease_lost(id)),
+        Some(e) => Ok(e),
+    }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The in-memory store.
+pub struct MemoryStore {
+    state: Mutex<State>,
+    watchers: super::feed::Watchers,
+    failpoints: Arc<Failpoints>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore {
+            state: Mutex::new(State::default()),
+            watchers: Default::default(),
+            failpoints: Arc::new(Failpoints::default()),
+        }
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// This store's failure points (tests arm them).
+    pub fn failpoints(&self) -> Arc<Failpoints> {
+        self.failpoints.clone()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("memory store")
+    }
+
+    fn notify(&self, user: &str, mailbox: u64, event: MailboxEvent) {
+        self.watchers.notify(user, mailbox, event);
+    }
+
+    /// The writes of an ingest, all or nothing, under the lock.
+    fn write_ingest(
+        &self,
+        internal_date: i64,
+        filed: &[(&[u8], &[Placement])],
+        queue: Option<(&QueueEntry, &[u8])>,
+    ) -> Result<Receipt> {
+        let mut st = self.state();
+        // Check and stage everything first; the state changes only after.
+        let mut staged: BTreeMap<(String, String), Mailbox> = BTreeMap::new();
+        let mut records: Vec<(usize, u64, MessageMeta)> = Vec::new();
+        let mut placed = Vec::new();
+        for (n, (message, placements)) in filed.iter().enumerate() {
+            for p in placements.iter() {
+                if !placed.is_empty() && self.failpoints.fire("ingest-after-placement") {
+                    return Err(StoreError::Backend(
+                        "failpoint ingest-after-placement".into(),
+                    ));
+                }
+                let key = (normalize_address(&p.user), canonical_mailbox(&p.mailbox));
+                let mb = match staged.get(&key).or_else(|| st.mailboxes.get(&key)) {
+                    Some(mb) => mb.clone(),
+                    None => st.new_mailbox(&p.mailbox, None),
+                };
+                let mut mb = mb;
+                let meta = MessageMeta {
+                    uid: mb.uidnext,
+                    blob: 0,
+                    size: message.len() as u64,
+                    flags: p.flags.clone(),
+                    internal_date,
+                    modseq: mb.highest_modseq + 1,
+                };
+                mb.uidnext += 1;
+                mb.highest_modseq += 1;
+                placed.push(Placed {
+                    user: key.0.clone(),
+                    mailbox: mb.id,
+                    uid: meta.uid,
+                    modseq: meta.modseq,
+                });
+                records.push((n, mb.id, meta));
+                staged.insert(key, mb);
+            }
+        }
+        let mut blob_of = Vec::with_capacity(filed.len());
+        for (message, placements) in filed {
+            let id = st.id();
+            if !placements.is_empty() {
+                st.blobs
+                    .insert(id, (Arc::new(message.to_vec()), placements.len() as u32));
+            }
+            blob_of.push(id);
+        }
+        for (key, mb) in staged {
+            st.mailboxes.insert(key, mb);
+        }
+        for (n, mailbox, mut meta) in records {
+            meta.blob = blob_of[n];
+            st.messages
+                .entry(mailbox)
+                .or_default()
+                .insert(meta.uid, meta);
+        }
+        if let Some((entry, message)) = queue {
+            let mut entry = entry.clone();
+            entry.blob = st.id();
+            st.blobs.insert(entry.blob, (Arc::new(message.to_vec()), 1));
+            st.queue.insert(entry.id.clone(), entry);
+        }
+        drop(st);
+        let mut told: Vec<(&str, u64)> = Vec::new();
+        for p in &placed {
+            if !told.contains(&(p.user.as_str(), p.mailbox)) {
+                told.push((&p.user, p.mailbox));
+                self.notify(&p.user, p.mailbox, MailboxEvent::Appended);
+            }
+        }
+        Ok(Receipt { placed })
+    }
+}
+
+impl MailStore for MemoryStore {
+    fn commit(&self) -> Commit {
+        Commit::done()
+    }
+
+    fn create_account(&self, address: &str, password_hash: &str) -> Result<()> {
+        let address = normalize_address(address);
+        let mut st = self.state();
+        if st.accounts.contains_key(&address) {
+            return Err(StoreError::Exists(format!("account {address}")));
+        }
+        st.accounts.insert(
+            address.clone(),
+            Account {
+                address: address.clone(),
+                password_hash: password_hash.into(),
+                created: now(),
+            },
+        );
+        for (name, special) in DEFAULT_MAILBOXES {
+            let mb = st.new_mailbox(name, *special);
+            st.subscriptions.insert((address.clone(), mb.name.clone()));
+            st.mailboxes.insert((address.clone(), mb.name.clone()), mb);
+        }
+        Ok(())
+    }
+
+    fn delete_account(&self, address: &str) -> Result<()> {
+        let address = normalize_address(address);
+        let mut st = self.state();
+        if st.accounts.remove(&address).is_none() {
+            return Err(StoreError::NotFound(format!("account {address}")));
+        }
+        let keys: Vec<(String, String)> = st
+            .mailboxes
+            .keys()
+            .filter(|(u, _)| *u == address)
+            .cloned()
+            .collect();
+        for k in keys {
+            if let Some(mb) = st.mailboxes.remove(&k) {
+                st.drop_mailbox(mb.id);
+            }
+        }
+        st.subscriptions.retain(|(u, _)| *u != address);
+        Ok(())
+    }
+
+    fn account(&self, address: &str) -> Result<Option<Account>> {
+        Ok(self
+            .state()
+            .accounts
+            .get(&normalize_address(address))
+            .cloned())
+    }
+
+    fn accounts(&self) -> Result<Vec<Account>> {
+        Ok(self.state().accounts.values().cloned().collect())
+    }
+
+    fn set_password(&self, address: &str, password_hash: &str) -> Result<()> {
+        let address = normalize_address(address);
+        match self.state().accounts.get_mut(&address) {
+            Some(a) => {
+                a.password_hash = password_hash.into();
+                Ok(())
+            }
+            None => Err(StoreError::NotFound(format!("account {address}"))),
+        }
+    }
+
+    fn add_domain(&self, domain: &str) -> Result<()> {
+        let d = domain.trim().to_lowercase();
+        if !self.state().domains.insert(d.clone()) {
+            return Err(StoreError::Exists(format!("domain {d}")));
+        }
+        Ok(())
+    }
+
+    fn delete_domain(&self, domain: &str) -> Result<()> {
+        let d = domain.trim().to_lowercase();
+        if !self.state().domains.remove(&d) {
+            return Err(StoreError::NotFound(format!("domain {d}")));
+        }
+        Ok(())
+    }
+
+    fn domains(&self) -> Result<Vec<String>> {
+        Ok(self.state().domains.iter().cloned().collect())
+    }
+
+    fn set_alias(&self, alias: &str, targets: &[String]) -> Result<()> {
+        let targets = targets.iter().map(|t| normalize_address(t)).collect();
+        self.state()
+            .aliases
+            .insert(normalize_address(alias), targets);
+        Ok(())
+    }
+
+    fn delete_alias(&self, alias: &str) -> Result<()> {
+        let a = normalize_address(alias);
+        match self.state().aliases.remove(&a) {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NotFound(format!("alias {a}"))),
+        }
+    }
+
+    fn alias(&self, alias: &str) -> Result<Option<Vec<String>>> {
+        Ok(self.state().aliases.get(&normalize_address(alias)).cloned())
+    }
+
+    fn aliases(&self) -> Result<Vec<(String, Vec<String>)>> {
+        Ok(self
+            .state()
+            .aliases
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn mailboxes(&self, user: &str) -> Result<Vec<Mailbox>> {
+        let user = normalize_address(user);
+        Ok(self
+            .state()
+            .mailboxes
+            .iter()
+            .filter(|((u, _), _)| *u == user)
+            .map(|(_, mb)| mb.clone())
+            .collect())
+    }
+
+    fn mailbox(&self, user: &str, name: &str) -> Result<Option<Mailbox>> {
+        let key = (normalize_address(user), canonical_mailbox(name));
+        Ok(self.state().mailboxes.get(&key).cloned())
+    }
+
+    fn create_mailbox(&self, user: &str, name: &str, special_use: Option<&str>) -> Result<Mailbox> {
+        let mut st = self.state();
+        let key = (normalize_address(user), canonical_mailbox(name));
+        if st.mailboxes.contains_key(&key) {
+            return Err(StoreError::Exists(format!("mailbox {}", key.1)));
+        }
+        let mb = st.new_mailbox(name, special_use);
+        st.mailboxes.insert(key, mb.clone());
+        Ok(mb)
+    }
+
+    fn ingest(&self, ingest: Ingest) -> StoreFuture<'_, Result<Receipt>> {
+        Box::pin(async move {
+            let filed: Vec<(&[u8], &[Placement])> = ingest
+                .filed
+                .iter()
+                .map(|f| (f.message.as_slice(), f.placements.as_slice()))
+                .collect();
+            let queue = ingest.queue.as_ref().map(|(e, m)| (e, m.as_slice()));
+            self.write_ingest(ingest.internal_date, &filed, queue)
+        })
+    }
+
+    fn deliver(&self, message: &[u8], internal_date: i64, to: &[Placement]) -> Result<Vec<u32>> {
+        Ok(self
+            .write_ingest(internal_date, &[(message, to)], None)?
+            .placed
+            .into_iter()
+            .map(|p| p.uid)
+            .collect())
+    }
+
+    fn messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>> {
+        Ok(self
+            .state()
+            .messages
+            .get(&mailbox_id)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    fn message(&self, mailbox_id: u64, uid: u32) -> Result<Option<MessageMeta>> {
+        Ok(self
+            .state()
+            .messages
+            .get(&mailbox_id)
+            .and_then(|m| m.get(&uid))
+            .cloned())
+    }
+
+    fn blob(&self, blob: u64) -> Result<Vec<u8>> {
+        self.state()
+            .blobs
+            .get(&blob)
+            .map(|(b, _)| b.to_vec())
+            .ok_or_else(|| StoreError::NotFound(format!("message blob {blob}")))
+    }
+
+    fn set_flags(
+        &self,
+        user: &str,
+        mailbox_id: u64,
+        changes: &[(u32, Vec<String>)],
+    ) -> Result<Vec<(u32, u64)>> {
+        let user = normalize_address(user);
+        let mut st = self.state();
+        let mut modseq = st.mailbox_by_id(&user, mailbox_id)?.highest_modseq;
+        let mut done = Vec::new();
+        if let Some(msgs) = st.messages.get_mut(&mailbox_id) {
+            for (uid, flags) in changes {
+                if let Some(m) = msgs.get_mut(uid) {
+                    modseq += 1;
+                    m.flags = flags.clone();
+                    m.modseq = modseq;
+                    done.push((*uid, modseq));
+                }
+            }
+        }
+        st.mailbox_by_id(&user, mailbox_id)?.highest_modseq = modseq;
+        drop(st);
+        self.notify(&user, mailbox_id, MailboxEvent::FlagsChanged);
+        Ok(done)
+    }
+
+    fn update_flags(
+        &self,
+        user: &str,
+        mailbox_id: u64,
+        uids: &[u32],
+        op: FlagOp,
+        flags: &[String],
+        unchanged_since: Option<u64>,
+    ) -> Result<(Vec<FlagUpdate>, Vec<u32>)> {
+        let user = normalize_address(user);
+        let mut st = self.state();
+        let mut modseq = st.mailbox_by_id(&user, mailbox_id)?.highest_modseq;
+        let (mut out, mut modified) = (Vec::new(), Vec::new());
+        if let Some(msgs) = st.messages.get_mut(&mailbox_id) {
+            for uid in uids {
+                let Some(m) = msgs.get_mut(uid) else { continue };
+                if unchanged_since.is_some_and(|u| m.modseq > u) {
+                    modified.push(*uid);
+                    continue;
+                }
+                let new = op.apply(&m.flags, flags);
+                let changed = new != m.flags;
+                if changed {
+                    modseq += 1;
+                    m.flags = new;
+                    m.modseq = modseq;
+                }
+                out.push(FlagUpdate {
+                    uid: *uid,
+                    flags: m.flags.clone(),
+                    modseq: m.modseq,
+                    changed,
+                });
+            }
+        }
+        st.mailbox_by_id(&user, mailbox_id)?.highest_modseq = modseq;
+        drop(st);
+        if out.iter().any(|u| u.changed) {
+            self.notify(&user, mailbox_id, MailboxEvent::FlagsChanged);
+        }
+        Ok((out, modified))
+    }
+
+    fn expunge(&self, user: &str, mailbox_id: u64, uids: &[u32]) -> Result<Vec<u32>> {
+        let user = normalize_address(user);
+        let mut st = self.state();
+        st.mailbox_by_id(&user, mailbox_id)?;
+        let mut removed = Vec::new();
+        if let Some(msgs) = st.messages.get_mut(&mailbox_id) {
+            for uid in uids {
+                if let Some(m) = msgs.remove(uid) {
+                    removed.push((m.uid, m.blob));
+                }
+            }
+        }
+        for (_, blob) in &removed {
+            st.release(*blob);
+        }
+        // Nothing removed, nothing changed: HIGHESTMODSEQ stays (RFC 7162 §3.1.2).
+        if !removed.is_empty() {
+            st.mailbox_by_id(&user, mailbox_id)?.highest_modseq += 1;
+        }
+        drop(st);
+        if !removed.is_empty() {
+            self.notify(&user, mailbox_id, MailboxEvent::Expunged);
+        }
+        Ok(removed.into_iter().map(|(u, _)| u).collect())
+    }
+
+    fn copy(
+        &self,
+        user: &str,
+        from_id: u64,
+        uids: &[u32],
+        to: &str,
+    ) -> Result<(u32, Vec<(u32, u32)>)> {
+        let user = normalize_address(user);
+        let mut st = self.state();
+        let key = (user.clone(), canonical_mailbox(to));
+        let Some(mut mb) = st.mailboxes.get(&key).cloned() else {
+            return Err(StoreError::NotFound(format!("mailbox {to}")));
+        };
+        let sources: Vec<MessageMeta> = st
+            .messages
+            .get(&from_id)
+            .map(|m| uids.iter().filter_map(|u| m.get(u).cloned()).collect())
+            .unwrap_or_default();
+        let mut pairs = Vec::new();
+        for mut meta in sources {
+            let old = meta.uid;
+            meta.uid = mb.uidnext;
+            mb.uidnext += 1;
+            mb.highest_modseq += 1;
+            meta.modseq = mb.highest_modseq;
+            if let Some((_, refs)) = st.blobs.get_mut(&meta.blob) {
+                *refs += 1;
+            }
+            pairs.push((old, meta.uid));
+            st.messages.entry(mb.id).or_default().insert(meta.uid, meta);
+        }
+        let (uidvalidity, id) = (mb.uidvalidity, mb.id);
+        st.mailboxes.insert(key, mb);
+        drop(st);
+        if !pairs.is_empty() {
+            self.notify(&user, id, MailboxEvent::Appended);
+        }
+        Ok((uidvalidity, pairs))
+    }
+
+    fn delete_mailbox(&self, user: &str, name: &str) -> Result<()> {
+        let user = normalize_address(user);
+        let name = canonical_mailbox(name);
+        if is_inbox(&name) {
+            return Err(StoreError::Invalid("INBOX cannot be deleted".into()));
+        }
+        let mut st = self.state();
+        let Some(mb) = st.mailboxes.remove(&(user.clone(), name.clone())) else {
+            return Err(StoreError::NotFound(format!("mailbox {name}")));
+        };
+        let gone = st.drop_mailbox(mb.id);
+        drop(st);
+        if gone > 0 {
+            self.notify(&user, mb.id, MailboxEvent::Expunged);
+        }
+        Ok(())
+    }
+
+    fn rename_mailbox(&self, user: &str, from: &str, to: &str) -> Result<()> {
+        let user = normalize_address(user);
+        let (from, to) = (canonical_mailbox(from), canonical_mailbox(to));
+        if is_inbox(&to) {
+            return Err(StoreError::Exists("mailbox INBOX".into()));
+        }
+        if self.mailbox(&user, &to)?.is_some() {
+            return Err(StoreError::Exists(format!("mailbox {to}")));
+        }
+        let Some(mb) = self.mailbox(&user, &from)? else {
+            return Err(StoreError::NotFound(format!("mailbox {from}")));
+        };
+        if is_inbox(&from) {
+            // RFC 9051 §6.3.6: move INBOX's messages to the new name; INBOX stays, empty.
+            self.create_mailbox(&user, &to, None)?;
+            let uids: Vec<u32> = self.messages(mb.id)?.iter().map(|m| m.uid).collect();
+            self.copy(&user, mb.id, &uids, &to)?;
+            self.expunge(&user, mb.id, &uids)?;
+            return Ok(());
+        }
+        let mut st = self.state();
+        let prefix = format!("{from}/");
+        let moves: Vec<(String, String)> = st
+            .mailboxes
+            .keys()
+            .filter(|(u, n)| *u == user && (*n == from || n.starts_with(&prefix)))
+            .map(|(_, n)| {
+                let new = match n.strip_prefix(&prefix) {
+                    Some(rest) => format!("{to}/{rest}"),
+                    None => to.clone(),
+                };
+                (n.clone(), new)
+            })
+            .collect();
+        for (old, new) in moves {
+            if let Some(mut mb) = st.mailboxes.remove(&(user.clone(), old.clone())) {
+                mb.name = new.clone();
+                st.mailboxes.insert((user.clone(), new.clone()), mb);
+            }
+            // A subscription follows its mailbox's new name (as Dovecot does).
+            if st.subscriptions.remove(&(user.clone(), old)) {
+                st.subscriptions.insert((user.clone(), new));
+            }
+        }
+        Ok(())
+    }
+
+    fn set_subscribed(&self, user: &str, name: &str, subscribed: bool) -> Result<()> {
+        let key = (normalize_address(user), canonical_mailbox(name));
+        let mut st = self.state();
+        if subscribed {
+            st.subscriptions.insert(key);
+        } else {
+            st.subscriptions.remove(&key);
+        }
+        Ok(())
+    }
+
+    fn subscriptions(&self, user: &str) -> Result<Vec<String>> {
+        let user = normalize_address(user);
+        Ok(self
+            .state()
+            .subscriptions
+            .iter()
+            .filter(|(u, _)| *u == user)
+            .map(|(_, n)| n.clone())
+            .collect())
+    }
+
+    fn claim_recent(&self, mailbox_id: u64, up_to: u32, claim: bool) -> Result<u32> {
+        let mut st = self.state();
+        let mark = st.recent.entry(mailbox_id).or_insert(0);
+        let before = *mark;
+        if claim {
+            *mark = before.max(up_to);
+        }
+        Ok(before)
+    }
+
+    fn enqueue(&self, entry: QueueEntry, message: &[u8]) -> Result<()> {
+        self.write_ingest(0, &[], Some((&entry, message)))
+            .map(|_| ())
+    }
+
+    fn queue(&self) -> Result<Vec<QueueEntry>> {
+        Ok(self.state().queue.values().cloned().collect())
+    }
+
+    fn queue_entry(&self, id: &str) -> Result<Option<QueueEntry>> {
+        Ok(self.state().queue.get(id).cloned())
+    }
+
+    fn queue_update(&self, entry: &QueueEntry) -> Result<()> {
+        match self.state().queue.get_mut(&entry.id) {
+            Some(e) => {
+                *e = entry.clone();
+                Ok(())
+            }
+            None => Err(StoreError::NotFound(format!("queue entry {}", entry.id))),
+        }
+    }
+
+    fn queue_due_now(&self, id: &str) -> Result<()> {
+        match self.state().queue.get_mut(id) {
+            Some(e) => {
+                e.next_attempt = 0;
+                Ok(())
+            }
+            None => Err(StoreError::NotFound(format!("queue entry {id}"))),
+        }
+    }
+
+    fn queue_remove(&self, id: &str) -> Result<()> {
+        let mut st = self.state();
+        let Some(entry) = st.queue.remove(id) else {
+            return Err(StoreError::NotFound(format!("queue entry {id}")));
+        };
+        st.release(entry.blob);
+        Ok(())
+    }
+
+    fn queue_claim(&self, owner: &str, now: i64, lease: i64, limit: usize) -> Result<Claimed> {
+        let mut st = self.state();
+        let mut claimed = Claimed::default();
+        for e in st.queue.values_mut() {
+            if !e.claimable(now) {
+                let t = match &e.lease {
+                    Some(l) if e.next_attempt <= now => l.until,
+                    _ => e.next_attempt,
+                };
+                claimed_next(&mut claimed.next, t);
+            } else if claimed.entries.len() >= limit {
+                claimed_next(&mut claimed.next, now);
+            } else {
+                e.lease = Some(Lease {
+                    owner: owner.to_string(),
+                    until: now + lease,
+                });
+                claimed.entries.push(e.clone());
+            }
+        }
+        Ok(claimed)
+    }
+
+    fn queue_renew(&self, id: &str, owner: &str, until: i64) -> Result<()> {
+        let mut st = self.state();
+        let e = owned(&mut st, id, owner)?;
+        if let Some(l) = e.lease.as_mut() {
+            l.until = until;
+        }
+        Ok(())
+    }
+
+    fn queue_save(&self, entry: &QueueEntry, owner: &str, release: bool) -> Result<()> {
+        let mut st = self.state();
+        let e = owned(&mut st, &entry.id, owner)?;
+        let lease = e.lease.take();
+        *e = entry.clone();
+        e.lease = if release { None } else { lease };
+        Ok(())
+    }
+
+    fn queue_complete(&self, id: &str, owner: &str) -> Result<()> {
+        let mut st = self.state();
+        owned(&mut st, id, owner)?;
+        let e = st.queue.remove(id).expect("checked");
+        st.release(e.blob);
+        Ok(())
+    }
+
+    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let k = (ns.to_string(), key.to_string());
+        let mut st = self.state();
+        match st.kv.get(&k) {
+            Some((exp, _)) if *exp != 0 && *exp <= now() => {
+                st.kv.remove(&k);
+                Ok(None)
+            }
+            Some((_, v)) => Ok(Some(v.clone())),
+            None => Ok(None),
+        }
+    }
+
+    fn kv_set(&self, ns: &str, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()> {
+        let exp = ttl.map(|t| now() + t as i64).unwrap_or(0);
+        self.state()
+            .kv
+            .insert((ns.to_string(), key.to_string()), (exp, value.to_vec()));
+        Ok(())
+    }
+
+    fn kv_incr(&self, ns: &str, key: &str, delta: i64, ttl: Option<u64>) -> Result<i64> {
+        let now = now();
+        let fresh_exp = ttl.map(|t| now + t as i64).unwrap_or(0);
+        let mut st = self.state();
+        let slot = st
+            .kv
+            .entry((ns.to_string(), key.to_string()))
+            .or_insert((fresh_exp, b"0".to_vec()));
+        let (exp, n) = if slot.0 != 0 && slot.0 <= now {
+            (fresh_exp, 0)
+        } else {
+            let n = std::str::from_utf8(&slot.1)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+                .unwrap_or(0);
+            (slot.0, n)
+        };
+        let n = n.saturating_add(delta);
+        *slot = (exp, n.to_string().into_bytes());
+        Ok(n)
+    }
+
+    fn watch(&self, user: &str) -> broadcast::Receiver<(u64, MailboxEvent)> {
+        self.watchers.watch(user)
+    }
+}
