@@ -267,60 +267,6 @@ impl Drop for ConnSlot {
     }
 }
 
-/// Authenticated sessions per user (IMAP): several devices with a few connections each are
-/// normal, one account holding hundreds of sessions (a looping client, a leaked password)
-/// is not. The maximum is passed to [`UserLimits::acquire`], so it follows the current
-/// configuration.
-#[derive(Default)]
-pub struct UserLimits {
-    open: Mutex<HashMap<String, usize>>,
-}
-
-/// Held by a logged-in session; releases the user's slot on drop, so a session that ends
-/// any way at all (LOGOUT, disconnect, timeout, a panicking task) gives it back.
-pub struct UserSlot {
-    limits: Arc<UserLimits>,
-    user: String,
-}
-
-impl UserLimits {
-    /// Take one of `user`'s `max` slots; `Err(open)` when all are in use.
-    pub fn acquire(self: &Arc<Self>, user: &str, max: usize) -> Result<UserSlot, usize> {
-        let mut g = self.open.lock().expect("user limits");
-        let n = g.entry(user.to_string()).or_insert(0);
-        if *n >= max {
-            let open = *n;
-            if open == 0 {
-                g.remove(user);
-            }
-            return Err(open);
-        }
-        *n += 1;
-        Ok(UserSlot {
-            limits: self.clone(),
-            user: user.to_string(),
-        })
-    }
-
-    /// Sessions `user` holds right now.
-    pub fn open(&self, user: &str) -> usize {
-        let g = self.open.lock().expect("user limits");
-        g.get(user).copied().unwrap_or(0)
-    }
-}
-
-impl Drop for UserSlot {
-    fn drop(&mut self) {
-        let mut g = self.limits.open.lock().expect("user limits");
-        if let Some(n) = g.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                g.remove(&self.user);
-            }
-        }
-    }
-}
-
 /// Failed authentication attempts within a window, shared by SMTP, IMAP and POP3, counted
 /// twice: per client IP (all accounts together: `max_per_ip`) and per client IP and target
 /// account (`max`). A success resets only that account's count for that IP, so an attacker
@@ -530,23 +476,6 @@ impl Drop for AuthAttempt {
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn user_slots_are_counted_per_user_and_released_on_drop() {
-        let l = Arc::new(UserLimits::default());
-        let a1 = l.acquire("a@x", 2).unwrap();
-        let _a2 = l.acquire("a@x", 2).unwrap();
-        assert_eq!(l.acquire("a@x", 2).err(), Some(2));
-        let b = l.acquire("b@x", 2).unwrap(); // another user is not affected
-        drop(a1);
-        assert_eq!(l.open("a@x"), 1);
-        let _a3 = l.acquire("a@x", 2).unwrap();
-        drop(b);
-        assert_eq!(l.open("b@x"), 0);
-        assert!(l.open.lock().unwrap().get("b@x").is_none()); // no entry left behind
-        assert_eq!(l.acquire("c@x", 0).err(), Some(0));
-        assert!(l.open.lock().unwrap().get("c@x").is_none());
-    }
 
     use super::*;
 

@@ -42,10 +42,6 @@ pub struct Shared {
     pub queue_wakeup: Arc<Notify>,
     /// Connection counters.
     pub conn_limits: Arc<ConnLimits>,
-    /// Logged-in IMAP sessions per user (`imap.max_connections_per_user`).
-    pub imap_users: Arc<crate::net::UserLimits>,
-    /// Users whose maildrop is open in a POP3 session.
-    pub maildrop_locks: Arc<crate::pop3::MaildropLocks>,
     /// Recent successful password checks (saves argon2 on repeated logins).
     pub credential_cache: Arc<crate::accounts::CredentialCache>,
     /// SPF/DKIM/DMARC/ARC checks of inbound mail.
@@ -162,8 +158,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ],
         ),
         queue_wakeup: Arc::new(Notify::new()),
-        imap_users: Arc::default(),
-        maildrop_locks: Arc::default(),
         credential_cache: Arc::new(crate::accounts::CredentialCache::new(Duration::from_secs(
             600,
         ))),

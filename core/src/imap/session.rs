@@ -30,7 +30,7 @@ use crate::hooks::{HookCtx, HookPoint, Verdict};
 use crate::net::Stream;
 use crate::server::Shared;
 use crate::store::MailStore;
-use crate::store::{FlagOp, Mailbox, MailboxEvent, MessageMeta, Placement, StoreError};
+use crate::store::{Change, Changes, FlagOp, Mailbox, MessageMeta, Placement, StoreError};
 
 /// Output buffered before the session waits for the client to read it: FETCH responses
 /// and pipelined commands are rendered at most this far ahead of the socket.
@@ -238,16 +238,19 @@ struct Session {
     qresync: bool,
     errors: usize,
     saved: Vec<u32>,
-    watch: Option<broadcast::Receiver<(u64, MailboxEvent)>>,
+    watch: Option<Changes>,
     pending: Pending,
-    dirty: bool,
+    /// Changes of the selected mailbox not yet applied to its view, in feed order.
+    changes: Vec<Arc<Change>>,
+    /// Changes were lost (the feed lagged): the next sync re-reads the mailbox.
+    reread: bool,
     logout: bool,
     /// A write failed or timed out: the client is gone, nothing more is rendered for it.
     broken: bool,
     starttls: bool,
     /// This session's slot among its user's `imap.max_connections_per_user`; released when
     /// the session is dropped, however it ends.
-    _user_slot: Option<crate::net::UserSlot>,
+    _user_slot: Option<crate::store::lease::Held>,
 }
 
 type CmdResult = Result<String, Resp>;
@@ -306,7 +309,8 @@ pub async fn serve(
             saved: Vec::new(),
             watch: None,
             pending: Pending::None,
-            dirty: false,
+            changes: Vec::new(),
+            reread: false,
             logout: false,
             broken: false,
             starttls: false,
@@ -495,13 +499,13 @@ impl Session {
                     }
                 },
                 ev = recv_event(&mut self.watch), if idle => {
-                    let selected = self.selected.as_ref().map(|s| s.mailbox.id);
+                    let open = ev.is_some();
                     match ev {
-                        Some(Some(id)) if Some(id) == selected => self.dirty = true,
-                        Some(None) => self.dirty = true, // events lost: re-read
-                        _ => {}
+                        Some(Some(change)) => self.take_change(change),
+                        Some(None) => self.reread = true, // changes lost: re-read
+                        None => {}
                     }
-                    if ev.is_some() {
+                    if open {
                         self.sync(true).await;
                     }
                 }
@@ -924,14 +928,17 @@ impl Session {
             Some(a) => {
                 attempt.succeed();
                 let max = self.shared.config.imap.max_connections_per_user;
-                match self.shared.imap_users.acquire(&a, max) {
-                    Ok(slot) => self._user_slot = Some(slot),
-                    Err(open) => {
-                        tracing::warn!(user = %a, open, max, "login refused: too many sessions for this user");
+                // Slots are leases in the store: the limit holds across every node.
+                match crate::store::lease::take_slot(&self.shared.store, &format!("imap:{a}"), max)
+                {
+                    Ok(Some(slot)) => self._user_slot = Some(slot),
+                    Ok(None) => {
+                        tracing::warn!(user = %a, max, "login refused: too many sessions for this user");
                         return Err(no(format!(
-                            "[UNAVAILABLE] Too many connections for this user ({open} of {max} in use); close one and retry"
+                            "[UNAVAILABLE] Too many connections for this user ({max} of {max} in use); close one and retry"
                         )));
                     }
+                    Err(e) => return Err(store_err(e)),
                 }
                 tracing::info!(user = %a, "logged in");
                 self.watch = Some(self.shared.store.watch(&a));
@@ -1306,9 +1313,10 @@ impl Session {
             self.untagged("OK [CLOSED] Previous mailbox closed");
         }
         self.saved.clear(); // `$` does not survive a mailbox change (RFC 5182 §2.1)
-        // Events so far concern the previous view; later ones will mark this one dirty.
+        // Changes so far concern the previous view; the new one is read whole below.
         self.drain_events();
-        self.dirty = false;
+        self.changes.clear();
+        self.reread = false;
         if condstore {
             self.condstore = true;
         }
@@ -1324,63 +1332,67 @@ impl Session {
             .ok_or_else(|| no("[NONEXISTENT] No such mailbox"))?;
         // The view, keywords and first unseen: a snapshot the store keeps with its cache of
         // big mailboxes while the mailbox is unchanged (no pass over 100,000 records when
-        // it is there). QRESYNC also needs what changed since the client's MODSEQ, so it
-        // builds both from one read of the metadata, where they cannot disagree.
-        let mut resync: Vec<String> = Vec::new();
-        let snap: Snapshot = match &qresync {
-            None => {
-                let d = self
-                    .shared
-                    .store
-                    .derived(mb.id, &|msgs| Arc::new(Snapshot::build(msgs)))
-                    .map_err(store_err)?;
-                match d.downcast::<Snapshot>() {
-                    Ok(s) => (*s).clone(),
-                    // Another kind of derived value (none exists today): build it here.
-                    Err(_) => {
-                        Snapshot::build(&self.shared.store.messages(mb.id).map_err(store_err)?)
-                    }
-                }
-            }
-            Some((uv, modseq, known)) => {
-                let mut built = None;
-                self.shared
-                    .store
-                    .with_messages(mb.id, &mut |msgs| {
-                        built = Some(Snapshot::build(msgs));
-                        if *uv != mb.uidvalidity {
-                            return;
-                        }
-                        // UIDs the client may know that are gone (RFC 7162 §3.2.5.1 allows a
-                        // superset).
-                        let present: HashSet<u32> = msgs.iter().map(|m| m.uid).collect();
-                        let vanished: Vec<u32> = match known {
-                            Some(set) => (1..mb.uidnext)
-                                .filter(|u| {
-                                    set.contains(*u, mb.uidnext, &[]) && !present.contains(u)
-                                })
-                                .collect(),
-                            None => (1..mb.uidnext).filter(|u| !present.contains(u)).collect(),
-                        };
-                        if !vanished.is_empty() {
-                            resync.push(format!("VANISHED (EARLIER) {}", compress(&vanished)));
-                        }
-                        for (i, m) in msgs.iter().enumerate() {
-                            if m.modseq > *modseq {
-                                resync.push(format!(
-                                    "{} FETCH (UID {} FLAGS ({}) MODSEQ ({}))",
-                                    i + 1,
-                                    m.uid,
-                                    m.flags.join(" "),
-                                    m.modseq
-                                ));
-                            }
-                        }
-                    })
-                    .map_err(store_err)?;
-                built.unwrap_or_else(|| Snapshot::build(&[]))
+        // it is there).
+        let snap: Snapshot = {
+            let d = self
+                .shared
+                .store
+                .derived(mb.id, &|msgs| Arc::new(Snapshot::build(msgs)))
+                .map_err(store_err)?;
+            match d.downcast::<Snapshot>() {
+                Ok(s) => (*s).clone(),
+                // Another kind of derived value (none exists today): build it here.
+                Err(_) => Snapshot::build(&self.shared.store.messages(mb.id).map_err(store_err)?),
             }
         };
+        // QRESYNC: what changed since the client's MODSEQ, asked of the store after the
+        // snapshot. Only what the snapshot agrees with is reported now: an expunge after the
+        // snapshot reaches this session through the change feed, as any later change.
+        let mut resync: Vec<String> = Vec::new();
+        if let Some((uv, modseq, known)) = &qresync
+            && *uv == mb.uidvalidity
+        {
+            let since = self
+                .shared
+                .store
+                .changes_since(&user, mb.id, *modseq)
+                .map_err(store_err)?;
+            let view = &snap.view;
+            let known = |u: u32| {
+                known
+                    .as_ref()
+                    .is_none_or(|set| set.contains(u, mb.uidnext, &[]))
+            };
+            let vanished: Vec<u32> = if since.complete {
+                since
+                    .expunged
+                    .into_iter()
+                    .filter(|u| known(*u) && view.position(*u).is_none())
+                    .collect()
+            } else {
+                // Expunges from before the store kept them: every UID the client may know
+                // that is gone (RFC 7162 §3.2.5.1 allows a superset).
+                (1..mb.uidnext)
+                    .filter(|u| known(*u) && view.position(*u).is_none())
+                    .collect()
+            };
+            if !vanished.is_empty() {
+                resync.push(format!("VANISHED (EARLIER) {}", compress(&vanished)));
+            }
+            for m in &since.changed {
+                if let Some(i) = view.position(m.uid)
+                    && view.modseq(i) > *modseq
+                {
+                    resync.push(format!(
+                        "{} FETCH (UID {} FLAGS ({}) MODSEQ ({}))",
+                        i + 1,
+                        m.uid,
+                        view.flags(i).join(" "),
+                        view.modseq(i)
+                    ));
+                }
+            }
+        }
         let Snapshot {
             view,
             keywords,
@@ -1580,20 +1592,25 @@ impl Session {
         Ok(bytes)
     }
 
-    /// Merge changes made elsewhere into the selected view and report them.
+    /// Merge changes made elsewhere into the selected view and report them. The changes
+    /// come from the store's feed with their content, so nothing is read again, except
+    /// after the feed lagged (changes lost), when the mailbox is re-read and compared.
     async fn sync(&mut self, allow_expunge: bool) {
         self.drain_events();
         let Some(sel) = &self.selected else { return };
-        // Every change to a mailbox's messages is announced by the store (see
-        // `MailStore::watch`), so without an event there is nothing to re-read: this keeps
-        // FETCH/STORE/NOOP on a big mailbox from rescanning it each time.
-        if !self.dirty {
+        if !self.reread && self.changes.is_empty() {
             return;
         }
-        let fresh = match self.shared.store.messages(sel.mailbox.id) {
-            Ok(m) => m,
-            Err(_) => return,
+        let delta = if self.reread {
+            match self.shared.store.messages(sel.mailbox.id) {
+                Ok(fresh) => Delta::between(&sel.msgs, &fresh),
+                Err(_) => return,
+            }
+        } else {
+            Delta::from_changes(&sel.msgs, &self.changes)
         };
+        self.reread = false;
+        self.changes.clear();
         let condstore = self.condstore;
         let qresync = self.qresync;
         let sel = self.selected.as_mut().expect("selected");
@@ -1601,15 +1618,18 @@ impl Session {
         let mut out = Vec::new();
         // Keywords new to the client (set by another session, or on a new message) are
         // announced before any response that could show them.
-        if let Some(lines) = sel.announce(fresh.iter().flat_map(|m| m.flags.iter())) {
+        let new_flags = delta
+            .flags
+            .iter()
+            .flat_map(|(_, f, _)| f.iter())
+            .chain(delta.appended.iter().flat_map(|m| m.flags.iter()));
+        if let Some(lines) = sel.announce(new_flags) {
             out.extend_from_slice(lines.as_bytes());
         }
-        // `fresh` and the view are both in UID order.
-        let in_fresh = |uid: u32| fresh.binary_search_by_key(&uid, |m| m.uid).is_ok();
-        // Expunges held back now must be reported by a later sync: stay dirty until then.
-        let held_back = !allow_expunge && sel.msgs.uids().any(|u| !in_fresh(u));
-        if allow_expunge {
-            let gone = sel.msgs.retain_uids(in_fresh);
+        if allow_expunge && !delta.gone.is_empty() {
+            let gone = sel
+                .msgs
+                .retain_uids(|u| delta.gone.binary_search(&u).is_err());
             // Live searches lose the expunged messages first, numbered as the client still
             // numbers them (RFC 5267 §4.3).
             if !gone.is_empty() {
@@ -1644,36 +1664,35 @@ impl Session {
             }
         }
         // Flag changes for messages both sides know.
-        for i in 0..sel.msgs.len() {
-            let uid = sel.msgs.uid(i);
-            let Ok(j) = fresh.binary_search_by_key(&uid, |m| m.uid) else {
+        for (uid, flags, modseq) in &delta.flags {
+            let Some(i) = sel.msgs.position(*uid) else {
                 continue;
             };
-            let f = &fresh[j];
-            if f.modseq != sel.msgs.modseq(i) {
-                if f.flags != sel.msgs.flags(i) {
-                    let ms = if condstore {
-                        format!(" MODSEQ ({})", f.modseq)
-                    } else {
-                        String::new()
-                    };
-                    out.extend_from_slice(
-                        format!(
-                            "* {} FETCH (UID {} FLAGS ({}){ms})\r\n",
-                            i + 1,
-                            f.uid,
-                            sel.shown_flags(f.uid, &f.flags).join(" ")
-                        )
-                        .as_bytes(),
-                    );
-                }
-                sel.msgs.set(i, &f.flags, f.modseq);
+            if *modseq == sel.msgs.modseq(i) {
+                continue;
             }
+            if flags.as_slice() != sel.msgs.flags(i) {
+                let ms = if condstore {
+                    format!(" MODSEQ ({modseq})")
+                } else {
+                    String::new()
+                };
+                out.extend_from_slice(
+                    format!(
+                        "* {} FETCH (UID {uid} FLAGS ({}){ms})\r\n",
+                        i + 1,
+                        sel.shown_flags(*uid, flags).join(" ")
+                    )
+                    .as_bytes(),
+                );
+            }
+            sel.msgs.set(i, flags, *modseq);
         }
-        let last = sel.msgs.last_uid();
         let before = sel.msgs.len();
-        for m in &fresh[fresh.partition_point(|m| m.uid <= last)..] {
-            sel.msgs.push(m);
+        for m in &delta.appended {
+            if m.uid > sel.msgs.last_uid() {
+                sel.msgs.push(m);
+            }
         }
         let grew = sel.msgs.len() != before;
         if grew {
@@ -1693,7 +1712,14 @@ impl Session {
         {
             sel.mailbox = mb;
         }
-        self.dirty = held_back;
+        // Expunges held back now must be reported by a later sync.
+        if !allow_expunge && !delta.gone.is_empty() {
+            self.changes.push(Arc::new(Change::Expunged {
+                mailbox: sel.mailbox.id,
+                uids: delta.gone,
+                modseq: 0,
+            }));
+        }
         self.out.extend_from_slice(&out);
         self.live_updates();
     }
@@ -1782,19 +1808,20 @@ impl Session {
     /// Take the store's change events: those for the selected mailbox (or a lost count of
     /// them) mark the view as needing a re-read.
     fn drain_events(&mut self) {
-        let selected = self.selected.as_ref().map(|s| s.mailbox.id);
-        if let Some(w) = &mut self.watch {
-            loop {
-                match w.try_recv() {
-                    Ok((id, _)) => {
-                        if Some(id) == selected {
-                            self.dirty = true;
-                        }
-                    }
-                    Err(broadcast::error::TryRecvError::Lagged(_)) => self.dirty = true,
-                    Err(_) => break,
-                }
+        while let Some(w) = &mut self.watch {
+            match w.try_recv() {
+                Ok(change) => self.take_change(change),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => self.reread = true,
+                Err(_) => break,
             }
+        }
+    }
+
+    /// Keep a change of the selected mailbox's messages for the next sync.
+    fn take_change(&mut self, change: Arc<Change>) {
+        let selected = self.selected.as_ref().map(|s| s.mailbox.id);
+        if change.messages_of().is_some() && change.messages_of() == selected && !self.reread {
+            self.changes.push(change);
         }
     }
 
@@ -2185,12 +2212,30 @@ impl Session {
         if changed_since.is_some() || items.contains(&FetchItem::Modseq) {
             self.enable_condstore();
         }
-        if vanished && let (Some(sel), SeqSet::Ranges(_)) = (&self.selected, set) {
-            let gone: Vec<u32> = (1..sel.mailbox.uidnext)
-                .filter(|u| {
-                    set.contains(*u, sel.mailbox.uidnext, &[]) && sel.msgs.position(*u).is_none()
-                })
-                .collect();
+        if vanished
+            && let (Some(sel), SeqSet::Ranges(_), Some(since)) =
+                (&self.selected, set, changed_since)
+        {
+            // Exactly the UIDs expunged after CHANGEDSINCE when the store kept them, else
+            // every UID of the set that is gone (RFC 7162 §3.2.6 allows a superset).
+            let user = self.user.as_deref().unwrap_or_default();
+            let logged = self
+                .shared
+                .store
+                .changes_since(user, sel.mailbox.id, since)
+                .ok()
+                .filter(|c| c.complete)
+                .map(|c| c.expunged);
+            let in_set = |u: &u32| set.contains(*u, sel.mailbox.uidnext, &[]);
+            let gone: Vec<u32> = match logged {
+                Some(expunged) => expunged
+                    .into_iter()
+                    .filter(|u| in_set(u) && sel.msgs.position(*u).is_none())
+                    .collect(),
+                None => (1..sel.mailbox.uidnext)
+                    .filter(|u| in_set(u) && sel.msgs.position(*u).is_none())
+                    .collect(),
+            };
             if !gone.is_empty() {
                 self.untagged(&format!("VANISHED (EARLIER) {}", compress(&gone)));
             }
@@ -2856,18 +2901,102 @@ fn check_seq_set(set: &SeqSet, n: usize) -> Result<(), Resp> {
     Ok(())
 }
 
-/// The next store event: `Some(Some(mailbox id))`, `Some(None)` when events were lost
-/// (lagged), `None` when the channel closed.
-async fn recv_event(
-    w: &mut Option<broadcast::Receiver<(u64, MailboxEvent)>>,
-) -> Option<Option<u64>> {
+/// The next change from the store: `Some(None)` when changes were lost (lagged), `None`
+/// when the feed closed.
+async fn recv_event(w: &mut Option<Changes>) -> Option<Option<Arc<Change>>> {
     match w {
         Some(r) => match r.recv().await {
-            Ok((id, _)) => Some(Some(id)),
+            Ok(change) => Some(Some(change)),
             Err(broadcast::error::RecvError::Lagged(_)) => Some(None),
             Err(broadcast::error::RecvError::Closed) => None,
         },
         None => std::future::pending().await,
+    }
+}
+
+/// What a sync applies to a session's view: expunged UIDs (ascending, all in the view),
+/// flag changes newer than the view's, and new messages (ascending UIDs above the view's).
+#[derive(Debug, Default, PartialEq)]
+struct Delta {
+    gone: Vec<u32>,
+    flags: Vec<(u32, Vec<String>, u64)>,
+    appended: Vec<MessageMeta>,
+}
+
+impl Delta {
+    /// Compare the view with the mailbox as read from the store (both in UID order).
+    fn between(view: &View, fresh: &[MessageMeta]) -> Delta {
+        let in_fresh = |uid: u32| fresh.binary_search_by_key(&uid, |m| m.uid);
+        let mut d = Delta::default();
+        for (i, uid) in view.uids().enumerate() {
+            match in_fresh(uid) {
+                Err(_) => d.gone.push(uid),
+                Ok(j) if fresh[j].modseq != view.modseq(i) => {
+                    d.flags.push((uid, fresh[j].flags.clone(), fresh[j].modseq))
+                }
+                Ok(_) => {}
+            }
+        }
+        let last = view.last_uid();
+        d.appended = fresh[fresh.partition_point(|m| m.uid <= last)..].to_vec();
+        d
+    }
+
+    /// Fold the feed's changes (in order) into one delta against the view. A flag change
+    /// older than what the view (or an earlier change) has is dropped; a message added
+    /// and expunged in the same batch is never shown.
+    fn from_changes(view: &View, changes: &[Arc<Change>]) -> Delta {
+        let mut d = Delta::default();
+        let mut flags: HashMap<u32, (Vec<String>, u64)> = HashMap::new();
+        let mut gone: Vec<u32> = Vec::new();
+        for change in changes {
+            match change.as_ref() {
+                Change::Appended { messages, .. } => {
+                    for m in messages {
+                        let last = d.appended.last().map_or(view.last_uid(), |a| a.uid);
+                        if m.uid > last {
+                            d.appended.push(m.clone());
+                        }
+                    }
+                }
+                Change::Flags { changes, .. } => {
+                    for (uid, f, modseq) in changes {
+                        let newer = flags.get(uid).is_none_or(|(_, ms)| modseq > ms);
+                        if newer {
+                            flags.insert(*uid, (f.clone(), *modseq));
+                        }
+                    }
+                }
+                Change::Expunged { uids, .. } => gone.extend_from_slice(uids),
+                _ => {}
+            }
+        }
+        gone.sort_unstable();
+        gone.dedup();
+        d.appended.retain(|m| gone.binary_search(&m.uid).is_err());
+        for m in &mut d.appended {
+            if let Some((f, ms)) = flags.remove(&m.uid)
+                && ms > m.modseq
+            {
+                m.flags = f;
+                m.modseq = ms;
+            }
+        }
+        d.gone = gone
+            .into_iter()
+            .filter(|u| view.position(*u).is_some())
+            .collect();
+        let mut flags: Vec<(u32, Vec<String>, u64)> = flags
+            .into_iter()
+            .filter(|(uid, (_, ms))| {
+                d.gone.binary_search(uid).is_err()
+                    && view.position(*uid).is_some_and(|i| *ms > view.modseq(i))
+            })
+            .map(|(uid, (f, ms))| (uid, f, ms))
+            .collect();
+        flags.sort_unstable_by_key(|f| f.0);
+        d.flags = flags;
+        d
     }
 }
 
@@ -3054,6 +3183,66 @@ mod tests {
                 modseq: 1,
             })
             .collect()
+    }
+
+    /// The feed's changes fold into what a re-read would find, without reading.
+    #[test]
+    fn changes_fold_into_the_same_delta_a_reread_finds() {
+        let view = View::new(&metas(&[1, 2, 3]));
+        let meta = |uid: u32, flags: &[&str], modseq: u64| MessageMeta {
+            uid,
+            blob: 0,
+            size: 0,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
+            internal_date: 0,
+            modseq,
+        };
+        let changes = [
+            Change::Appended {
+                mailbox: 1,
+                messages: vec![meta(4, &[], 5), meta(5, &[], 6)],
+            },
+            // A newer flag change of 2 arrives before an older one: the older is dropped.
+            Change::Flags {
+                mailbox: 1,
+                changes: vec![(2, vec!["\\Seen".into(), "$B".into()], 9)],
+            },
+            Change::Flags {
+                mailbox: 1,
+                changes: vec![(2, vec!["\\Seen".into()], 8), (4, vec!["$A".into()], 7)],
+            },
+            // Expunged: one the view has, one appended in this batch, one unknown.
+            Change::Expunged {
+                mailbox: 1,
+                uids: vec![5, 3, 77],
+                modseq: 10,
+            },
+            // The session's own STORE, already in its view (same MODSEQ): nothing to do.
+            Change::Flags {
+                mailbox: 1,
+                changes: vec![(1, vec![], 1)],
+            },
+            // An append the view already has (read at SELECT): skipped.
+            Change::Appended {
+                mailbox: 1,
+                messages: vec![meta(2, &[], 1)],
+            },
+        ]
+        .map(Arc::new);
+        let d = Delta::from_changes(&view, &changes);
+        assert_eq!(d.gone, vec![3]);
+        assert_eq!(
+            d.flags,
+            vec![(2, vec!["\\Seen".to_string(), "$B".to_string()], 9)]
+        );
+        assert_eq!(d.appended, vec![meta(4, &["$A"], 7)]);
+        // The same end state read from the store gives the same delta.
+        let fresh = [
+            meta(1, &[], 1),
+            meta(2, &["\\Seen", "$B"], 9),
+            meta(4, &["$A"], 7),
+        ];
+        assert_eq!(Delta::between(&view, &fresh), d);
     }
 
     #[test]

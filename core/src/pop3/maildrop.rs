@@ -1,9 +1,7 @@
 //! The maildrop of one POP3 session, sans I/O: the INBOX snapshot taken at login with its
-//! message numbers and deletion marks (RFC 1939 §§5–6), and the per-user lock that keeps a
-//! second POP3 session out ([`MaildropLocks`], RFC 1939 §4 "exclusive-access lock").
-
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+//! message numbers and deletion marks (RFC 1939 §§5–6). The per-user lock that keeps a
+//! second POP3 session out (RFC 1939 §4 "exclusive-access lock") is a lease in the store
+//! (`store::lease`), so it holds across nodes.
 
 use crate::store::MessageMeta;
 
@@ -128,47 +126,6 @@ impl Maildrop {
     }
 }
 
-/// Users whose maildrop is open in a POP3 session, process-wide.
-#[derive(Debug, Default)]
-pub struct MaildropLocks {
-    held: Mutex<HashSet<String>>,
-}
-
-/// Holds a user's maildrop lock; dropping it (session end, however it ends) releases it.
-#[derive(Debug)]
-pub struct MaildropLock {
-    locks: Arc<MaildropLocks>,
-    user: String,
-}
-
-impl MaildropLocks {
-    /// Lock `user`'s maildrop, or `None` when another session holds it.
-    pub fn try_lock(self: &Arc<Self>, user: &str) -> Option<MaildropLock> {
-        let user = crate::store::normalize_address(user);
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if !held.insert(user.clone()) {
-            return None;
-        }
-        Some(MaildropLock {
-            locks: self.clone(),
-            user,
-        })
-    }
-
-    /// Whether `user`'s maildrop is locked now.
-    pub fn is_locked(&self, user: &str) -> bool {
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        held.contains(&crate::store::normalize_address(user))
-    }
-}
-
-impl Drop for MaildropLock {
-    fn drop(&mut self) {
-        let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
-        held.remove(&self.user);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,17 +166,5 @@ mod tests {
         m.reset();
         assert_eq!(m.stat(), (3, 60));
         assert!(m.deleted_uids().is_empty());
-    }
-
-    #[test]
-    fn lock_is_exclusive_and_released_on_drop() {
-        let locks = Arc::new(MaildropLocks::default());
-        let a = locks.try_lock("Alice@Example.org").unwrap();
-        assert!(locks.try_lock("alice@example.org").is_none());
-        assert!(locks.try_lock("bob@example.org").is_some());
-        assert!(locks.is_locked("alice@example.org"));
-        drop(a);
-        assert!(!locks.is_locked("alice@example.org"));
-        assert!(locks.try_lock("alice@example.org").is_some());
     }
 }

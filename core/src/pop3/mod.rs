@@ -1,7 +1,7 @@
 //! POP3 server (RFC 1939 with CAPA, RFC 2449; STLS, RFC 2595; AUTH PLAIN, RFC 5034).
 //!
 //! Layout: [`codec`] parses command lines and writes responses without I/O; [`maildrop`]
-//! is the per-session INBOX snapshot with its deletion marks and the per-user lock;
+//! is the per-session INBOX snapshot with its deletion marks;
 //! [`session`] is the tokio loop that moves bytes, TLS included.
 //!
 //! Architecture invariant: messages marked with DELE are removed only in the UPDATE state
@@ -10,5 +10,3 @@
 pub mod codec;
 pub mod maildrop;
 pub mod session;
-
-pub use maildrop::MaildropLocks;

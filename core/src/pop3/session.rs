@@ -16,7 +16,7 @@ use super::codec::{
     Command, MAX_COMMAND_LINE, MAX_SASL_LINE, Phase, RespCode, Response, SyntaxError, next_line,
     parse_command, write_message,
 };
-use super::maildrop::{Maildrop, MaildropLock};
+use super::maildrop::Maildrop;
 
 use crate::hooks::{HookCtx, HookPoint, Verdict};
 use crate::net::Stream;
@@ -45,7 +45,7 @@ struct Open {
     /// UIDs sent with RETR that were not `\Seen` yet; flagged `\Seen` on QUIT.
     retrieved: HashSet<u32>,
     /// Released when the session ends, however it ends.
-    _lock: MaildropLock,
+    _lock: crate::store::lease::Held,
 }
 
 enum Flow {
@@ -624,7 +624,19 @@ impl Session {
         attempt.succeed();
 
         // RFC 1939 §4: the maildrop is locked for the whole TRANSACTION state.
-        let Some(lock) = self.shared.maildrop_locks.try_lock(&account) else {
+        // A lease in the store, so the lock holds across every node sharing it.
+        let lock = match crate::store::lease::take(
+            &self.shared.store,
+            &format!("pop3:{}", crate::store::normalize_address(&account)),
+        ) {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::error!(error = %e, "taking the maildrop lock failed");
+                self.reply(Response::err_code(RespCode::SysTemp, "Try again later"));
+                return Flow::Continue;
+            }
+        };
+        let Some(lock) = lock else {
             tracing::info!(user = %account, "maildrop in use by another POP3 session");
             self.reply(Response::err_code(
                 RespCode::InUse,
@@ -866,8 +878,7 @@ mod tests {
             auth_throttle: AuthThrottle::new(5, 10, Duration::from_secs(60)),
             conn_limits: ConnLimits::new(10, 10),
             queue_wakeup: Arc::default(),
-            imap_users: Arc::default(),
-            maildrop_locks: Arc::default(),
+
             credential_cache: Arc::new(accounts::CredentialCache::new(Duration::from_secs(60))),
             shutdown: Default::default(),
             message_memory: crate::memory::MemoryBudget::new(1 << 30),

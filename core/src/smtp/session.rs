@@ -19,7 +19,7 @@ use crate::config::{BareLfPolicy, FcrdnsPolicy};
 use crate::dns::Fcrdns;
 use crate::hooks::builtin::is_submission;
 use crate::hooks::{HookCtx, HookPoint, Route, Verdict};
-use crate::message::{format_field, has_header, rfc5322_now};
+use crate::message::rfc5322_now;
 use crate::net::Stream;
 use crate::server::Shared;
 use crate::{accounts, routing};
@@ -1220,19 +1220,14 @@ impl Session {
         }
         msg.extend_from_slice(self.received_header(&tx, &queue_id, &fcrdns).as_bytes());
         if is_submission(self.listener) || self.user.is_some() {
-            // RFC 6409 §8: a submission server may add missing Date and Message-ID.
-            if !has_header(&body, "Date") {
-                msg.extend_from_slice(format_field("Date", &rfc5322_now()).as_bytes());
-            }
-            if !has_header(&body, "Message-ID") {
-                let mid = format!(
-                    "<{}.{}@{}>",
-                    queue_id.to_lowercase(),
-                    chrono::Utc::now().timestamp(),
-                    self.host()
-                );
-                msg.extend_from_slice(format_field("Message-ID", &mid).as_bytes());
-            }
+            let added = super::trace_headers::submission_fields(
+                &body,
+                &queue_id,
+                chrono::Utc::now().timestamp(),
+                self.host(),
+                &rfc5322_now(),
+            );
+            msg.extend_from_slice(added.as_bytes());
         }
         msg.extend_from_slice(&body);
         drop(body);
@@ -1356,88 +1351,21 @@ impl Session {
     }
 
     fn received_header(&self, tx: &Transaction, queue_id: &str, fcrdns: &Fcrdns) -> String {
-        let helo = received_from(self.helo.as_deref().unwrap_or_default());
-        let ptr = match fcrdns {
-            Fcrdns::Pass(n) => n.clone(),
-            Fcrdns::Mismatch(n) => format!("{n} (forward lookup mismatch)"),
-            _ => "unknown".into(),
-        };
-        let mut proto = String::from(if tx.params.smtputf8 {
-            "UTF8SMTP"
-        } else if self.esmtp {
-            "ESMTP"
-        } else {
-            "SMTP"
-        });
-        if self.stream.is_tls() {
-            proto.push('S');
-        }
-        if self.user.is_some() {
-            proto.push('A');
-        }
-        let mut h = format!(
-            "Received: from {helo} ({ptr} [{}])\r\n\tby {} (Corvus) with {proto} id {queue_id}",
-            self.peer.ip(),
-            self.host()
-        );
-        if let Some(tls) = self.stream.tls_info() {
-            h.push_str(&format!("\r\n\t(using {tls})"));
-        }
-        if let Some(u) = &self.user {
-            h.push_str(&format!("\r\n\t(authenticated as {u})"));
-        }
-        if tx.rcpts.len() == 1 {
-            h.push_str(&format!("\r\n\tfor <{}>", tx.rcpts[0].address));
-        }
-        h.push_str(&format!("; {}\r\n", rfc5322_now()));
-        h.chars()
-            .map(|c| {
-                if c == '\n' || c == '\r' || c == '\t' || !c.is_control() {
-                    c
-                } else {
-                    ' '
-                }
-            })
-            .collect()
+        let tls = self.stream.tls_info();
+        super::trace_headers::received(&super::trace_headers::Trace {
+            helo: self.helo.as_deref().unwrap_or_default(),
+            fcrdns,
+            ip: self.peer.ip(),
+            host: self.host(),
+            smtputf8: tx.params.smtputf8,
+            esmtp: self.esmtp,
+            tls: tls.as_deref(),
+            user: self.user.as_deref(),
+            queue_id,
+            rcpt: (tx.rcpts.len() == 1).then(|| tx.rcpts[0].address.as_str()),
+            date: &rfc5322_now(),
+        })
     }
-}
-
-/// The `from` part of a Received header for a HELO/EHLO argument: a domain or an address
-/// literal as it is; anything else as `unknown (helo=…)` with `(`, `)` and `\` escaped
-/// (RFC 5322 §3.2.2 quoted-pairs), so the client cannot close our comment and forge its own
-/// "(name [address])".
-fn received_from(helo: &str) -> String {
-    let domain = |d: &str| {
-        !d.is_empty()
-            && d.len() <= 255
-            && d.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            })
-    };
-    let literal = |d: &str| {
-        d.strip_prefix('[')
-            .and_then(|r| r.strip_suffix(']'))
-            .is_some_and(|ip| {
-                ip.parse::<std::net::Ipv4Addr>().is_ok()
-                    || ip.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("IPv6:"))
-                        && ip[5..].parse::<std::net::Ipv6Addr>().is_ok()
-            })
-    };
-    let helo = helo.trim_end_matches('.');
-    if domain(helo) || literal(helo) {
-        return helo.to_string();
-    }
-    let mut escaped = String::with_capacity(helo.len() + 8);
-    for c in helo.chars() {
-        if matches!(c, '(' | ')' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    format!("unknown (helo={escaped})")
 }
 
 /// The domain of the alias that forwards this message elsewhere (the ARC sealing domain):
@@ -1503,23 +1431,5 @@ pub fn verdict_reply(code: u16, text: &str, default_enhanced: &str) -> Reply {
         Reply::new(code, first, it.next().unwrap_or("").to_string())
     } else {
         Reply::new(code, default_enhanced, text.to_string())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::received_from;
-
-    #[test]
-    fn received_from_cannot_forge_a_comment() {
-        assert_eq!(received_from("mail.example.org"), "mail.example.org");
-        assert_eq!(received_from("[192.0.2.1]"), "[192.0.2.1]");
-        assert_eq!(received_from("[IPv6:2001:db8::1]"), "[IPv6:2001:db8::1]");
-        assert_eq!(
-            received_from("x (trusted.example [10.0.0.1])"),
-            "unknown (helo=x \\(trusted.example [10.0.0.1]\\))"
-        );
-        assert_eq!(received_from("a\\)b"), "unknown (helo=a\\\\\\)b)");
-        assert_eq!(received_from(""), "unknown (helo=)");
     }
 }

@@ -673,6 +673,94 @@ fn queue_claims_are_exclusive_and_leases_expire(h: Harness) {
     ));
 }
 
+/// "What changed since MODSEQ m" comes from the store: messages added or changed after m,
+/// and exactly the UIDs expunged after m (QRESYNC).
+fn changes_since_lists_changes_and_expunges(h: Harness) {
+    let s = &h.store;
+    s.create_account("a@example.org", "").unwrap();
+    for i in 0..4 {
+        s.deliver(
+            &body(&i.to_string()),
+            0,
+            &[placement("a@example.org", "INBOX")],
+        )
+        .unwrap();
+    }
+    let inbox = s.mailbox("a@example.org", "INBOX").unwrap().unwrap();
+    let m0 = inbox.highest_modseq;
+    s.expunge("a@example.org", inbox.id, &[1]).unwrap();
+    s.update_flags(
+        "a@example.org",
+        inbox.id,
+        &[3],
+        FlagOp::Add,
+        &["\\Seen".into()],
+        None,
+    )
+    .unwrap();
+    s.deliver(&body("late"), 0, &[placement("a@example.org", "INBOX")])
+        .unwrap();
+    let c = s.changes_since("a@example.org", inbox.id, m0).unwrap();
+    assert!(c.complete);
+    assert_eq!(c.expunged, vec![1]);
+    assert_eq!(
+        c.changed.iter().map(|m| m.uid).collect::<Vec<_>>(),
+        vec![3, 5]
+    );
+    let m1 = s
+        .mailbox("a@example.org", "INBOX")
+        .unwrap()
+        .unwrap()
+        .highest_modseq;
+    s.expunge("a@example.org", inbox.id, &[2]).unwrap();
+    let c = s.changes_since("a@example.org", inbox.id, m1).unwrap();
+    assert_eq!((c.expunged, c.changed), (vec![2], vec![]));
+    let now = s
+        .mailbox("a@example.org", "INBOX")
+        .unwrap()
+        .unwrap()
+        .highest_modseq;
+    assert_eq!(
+        s.changes_since("a@example.org", inbox.id, now).unwrap(),
+        ChangesSince {
+            complete: true,
+            ..ChangesSince::default()
+        }
+    );
+    assert!(matches!(
+        s.changes_since("b@example.org", inbox.id, 0),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+/// Leases: one holder at a time (also under concurrency), renewable by their holder, free
+/// again when dropped or expired.
+fn leases_are_exclusive_and_expire(h: Harness) {
+    let s = h.store.clone();
+    let winners: usize = (0..4)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || s.lease_take("pop3:a", &format!("h{t}"), 100, 200).unwrap())
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap() as usize)
+        .sum();
+    assert_eq!(winners, 1);
+    s.lease_take("x", "A", 100, 200).unwrap();
+    assert!(!s.lease_take("x", "B", 150, 300).unwrap());
+    assert!(
+        s.lease_take("x", "A", 150, 300).unwrap(),
+        "the holder renews"
+    );
+    assert!(!s.lease_take("x", "B", 250, 400).unwrap(), "renewed to 300");
+    s.lease_drop("x", "B").unwrap(); // not B's: nothing happens
+    assert!(!s.lease_take("x", "B", 250, 400).unwrap());
+    assert!(s.lease_take("x", "B", 300, 400).unwrap(), "expired at 300");
+    s.lease_drop("x", "B").unwrap();
+    assert!(s.lease_take("x", "C", 301, 400).unwrap(), "dropped");
+}
+
 /// The `\Recent` mark moves up only, and only when claimed.
 fn recent_mark_is_claimed_once(h: Harness) {
     let s = &h.store;
@@ -683,41 +771,130 @@ fn recent_mark_is_claimed_once(h: Harness) {
     assert_eq!(s.claim_recent(5, 0, false).unwrap(), 12);
 }
 
-/// Watchers hear of appends (once per mailbox and ingest), flag changes and expunges.
-fn watchers_hear_every_kind_of_change(h: Harness) {
+/// Watchers get typed changes with their content: what a session needs to apply them
+/// without reading the mailbox (appends with metadata, once per mailbox and write; flag
+/// changes with flags and MODSEQ; expunges with UIDs and HIGHESTMODSEQ; mailbox and
+/// subscription changes).
+fn watchers_get_typed_changes(h: Harness) {
     let s = &h.store;
     s.create_account("a@example.org", "").unwrap();
     let mut rx = s.watch("A@example.org");
+    let mut next = || rx.try_recv().map(|c| (*c).clone()).ok();
     let inbox = s.mailbox("a@example.org", "INBOX").unwrap().unwrap().id;
-    block_on(s.ingest(Ingest {
+    let r = block_on(s.ingest(Ingest {
         internal_date: 0,
         filed: vec![Filed {
             message: body("x"),
-            placements: vec![placement("a@example.org", "INBOX")],
+            placements: vec![
+                placement("a@example.org", "INBOX"),
+                placement("a@example.org", "New"),
+            ],
         }],
         queue: None,
     }))
     .unwrap();
-    assert!(matches!(rx.try_recv().unwrap(), (id, MailboxEvent::Appended) if id == inbox));
-    s.update_flags(
-        "a@example.org",
-        inbox,
-        &[1],
-        FlagOp::Add,
-        &["\\Seen".into()],
-        None,
-    )
-    .unwrap();
-    assert!(matches!(
-        rx.try_recv().unwrap(),
-        (_, MailboxEvent::FlagsChanged)
-    ));
+    let new_id = r.placed[1].mailbox;
+    assert_eq!(next(), Some(Change::Created { name: "New".into() }));
+    let inbox_meta = s.message(inbox, 1).unwrap().unwrap();
+    assert_eq!(
+        next(),
+        Some(Change::Appended {
+            mailbox: inbox,
+            messages: vec![inbox_meta]
+        })
+    );
+    assert!(
+        matches!(next(), Some(Change::Appended { mailbox, messages }) if mailbox == new_id && messages.len() == 1)
+    );
+    let (up, _) = s
+        .update_flags(
+            "a@example.org",
+            inbox,
+            &[1],
+            FlagOp::Add,
+            &["\\Seen".into()],
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        next(),
+        Some(Change::Flags {
+            mailbox: inbox,
+            changes: vec![(1, vec!["\\Seen".to_string()], up[0].modseq)]
+        })
+    );
     s.expunge("a@example.org", inbox, &[1]).unwrap();
-    assert!(matches!(
-        rx.try_recv().unwrap(),
-        (_, MailboxEvent::Expunged)
-    ));
-    assert!(rx.try_recv().is_err());
+    let highest = s
+        .mailbox("a@example.org", "INBOX")
+        .unwrap()
+        .unwrap()
+        .highest_modseq;
+    assert_eq!(
+        next(),
+        Some(Change::Expunged {
+            mailbox: inbox,
+            uids: vec![1],
+            modseq: highest
+        })
+    );
+    s.create_mailbox("a@example.org", "Box", None).unwrap();
+    assert_eq!(next(), Some(Change::Created { name: "Box".into() }));
+    s.rename_mailbox("a@example.org", "Box", "Crate").unwrap();
+    assert!(
+        matches!(next(), Some(Change::Renamed { from, to, .. }) if from == "Box" && to == "Crate")
+    );
+    s.set_subscribed("a@example.org", "Crate", true).unwrap();
+    assert_eq!(
+        next(),
+        Some(Change::Subscription {
+            name: "Crate".into(),
+            subscribed: true
+        })
+    );
+    // Subscribing again changes nothing and says nothing.
+    s.set_subscribed("a@example.org", "Crate", true).unwrap();
+    s.delete_mailbox("a@example.org", "New").unwrap();
+    assert!(
+        matches!(next(), Some(Change::Expunged { mailbox, uids, .. }) if mailbox == new_id && uids == vec![1])
+    );
+    assert!(
+        matches!(next(), Some(Change::Deleted { mailbox, name }) if mailbox == new_id && name == "New")
+    );
+    assert_eq!(next(), None);
+}
+
+/// Under concurrent writers, each mailbox's appends reach a watcher in UID order, so a
+/// session that applies them in order never misses one.
+fn appends_reach_watchers_in_uid_order(h: Harness) {
+    let s = h.store.clone();
+    s.create_account("a@example.org", "").unwrap();
+    let mut rx = s.watch("a@example.org");
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let to = [placement("a@example.org", "INBOX")];
+                    s.deliver(&body(&format!("{t}-{i}")), 0, &to).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut last = 0;
+    let mut seen = 0;
+    while let Ok(c) = rx.try_recv() {
+        if let Change::Appended { messages, .. } = c.as_ref() {
+            for m in messages {
+                assert!(m.uid > last, "UID {} after {last}", m.uid);
+                last = m.uid;
+                seen += 1;
+            }
+        }
+    }
+    assert_eq!(seen, 100);
 }
 
 macro_rules! conformance {
@@ -742,5 +919,8 @@ conformance!(
     queue_updates_and_removal,
     queue_claims_are_exclusive_and_leases_expire,
     recent_mark_is_claimed_once,
-    watchers_hear_every_kind_of_change,
+    leases_are_exclusive_and_expire,
+    changes_since_lists_changes_and_expunges,
+    watchers_get_typed_changes,
+    appends_reach_watchers_in_uid_order,
 );

@@ -10,8 +10,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use tokio::sync::broadcast;
-
 use super::*;
 
 #[derive(Default)]
@@ -30,6 +28,10 @@ struct State {
     kv: HashMap<(String, String), (i64, Vec<u8>)>,
     subscriptions: BTreeSet<(String, String)>,
     recent: HashMap<u64, u32>,
+    /// mailbox id → expunged UID → MODSEQ of the expunge.
+    vanished: HashMap<u64, BTreeMap<u32, u64>>,
+    /// name → (holder, until).
+    leases: HashMap<String, (String, i64)>,
     next_id: u64,
     uidvalidity: u32,
 }
@@ -50,6 +52,7 @@ impl State {
             subscribed: true,
             special_use: special_use.map(str::to_string),
             highest_modseq: 1,
+            logs_expunges: true,
         }
     }
 
@@ -70,13 +73,15 @@ impl State {
             .ok_or_else(|| StoreError::NotFound(format!("mailbox {id}")))
     }
 
-    fn drop_mailbox(&mut self, id: u64) -> usize {
+    /// Remove a mailbox's messages; their UIDs, ascending.
+    fn drop_mailbox(&mut self, id: u64) -> Vec<u32> {
         let gone = self.messages.remove(&id).unwrap_or_default();
         for m in gone.values() {
             self.release(m.blob);
         }
         self.recent.remove(&id);
-        gone.len()
+        self.vanished.remove(&id);
+        gone.into_keys().collect()
     }
 }
 
@@ -125,8 +130,8 @@ impl MemoryStore {
         self.state.lock().expect("memory store")
     }
 
-    fn notify(&self, user: &str, mailbox: u64, event: MailboxEvent) {
-        self.watchers.notify(user, mailbox, event);
+    fn notify(&self, user: &str, change: Change) {
+        self.watchers.notify(user, change);
     }
 
     /// The writes of an ingest, all or nothing, under the lock.
@@ -141,6 +146,7 @@ impl MemoryStore {
         let mut staged: BTreeMap<(String, String), Mailbox> = BTreeMap::new();
         let mut records: Vec<(usize, u64, MessageMeta)> = Vec::new();
         let mut placed = Vec::new();
+        let mut created: Vec<(String, String)> = Vec::new();
         for (n, (message, placements)) in filed.iter().enumerate() {
             for p in placements.iter() {
                 if !placed.is_empty() && self.failpoints.fire("ingest-after-placement") {
@@ -151,7 +157,11 @@ impl MemoryStore {
                 let key = (normalize_address(&p.user), canonical_mailbox(&p.mailbox));
                 let mb = match staged.get(&key).or_else(|| st.mailboxes.get(&key)) {
                     Some(mb) => mb.clone(),
-                    None => st.new_mailbox(&p.mailbox, None),
+                    None => {
+                        let mb = st.new_mailbox(&p.mailbox, None);
+                        created.push((key.0.clone(), mb.name.clone()));
+                        mb
+                    }
                 };
                 let mut mb = mb;
                 let meta = MessageMeta {
@@ -186,8 +196,10 @@ impl MemoryStore {
         for (key, mb) in staged {
             st.mailboxes.insert(key, mb);
         }
-        for (n, mailbox, mut meta) in records {
+        let mut full: Vec<(String, u64, MessageMeta)> = Vec::with_capacity(records.len());
+        for ((n, mailbox, mut meta), p) in records.into_iter().zip(&placed) {
             meta.blob = blob_of[n];
+            full.push((p.user.clone(), mailbox, meta.clone()));
             st.messages
                 .entry(mailbox)
                 .or_default()
@@ -199,14 +211,14 @@ impl MemoryStore {
             st.blobs.insert(entry.blob, (Arc::new(message.to_vec()), 1));
             st.queue.insert(entry.id.clone(), entry);
         }
-        drop(st);
-        let mut told: Vec<(&str, u64)> = Vec::new();
-        for p in &placed {
-            if !told.contains(&(p.user.as_str(), p.mailbox)) {
-                told.push((&p.user, p.mailbox));
-                self.notify(&p.user, p.mailbox, MailboxEvent::Appended);
-            }
+        // Still under the lock: a mailbox's changes reach its watchers in UID order.
+        for (user, name) in created {
+            self.notify(&user, Change::Created { name });
         }
+        for (user, change) in appended(&full) {
+            self.notify(user, change);
+        }
+        drop(st);
         Ok(Receipt { placed })
     }
 }
@@ -354,7 +366,13 @@ impl MailStore for MemoryStore {
             return Err(StoreError::Exists(format!("mailbox {}", key.1)));
         }
         let mb = st.new_mailbox(name, special_use);
-        st.mailboxes.insert(key, mb.clone());
+        st.mailboxes.insert(key.clone(), mb.clone());
+        self.notify(
+            &key.0,
+            Change::Created {
+                name: mb.name.clone(),
+            },
+        );
         Ok(mb)
     }
 
@@ -426,8 +444,21 @@ impl MailStore for MemoryStore {
             }
         }
         st.mailbox_by_id(&user, mailbox_id)?.highest_modseq = modseq;
+        let changes = done
+            .iter()
+            .filter_map(|(uid, ms)| {
+                let flags = changes.iter().find(|(u, _)| u == uid)?.1.clone();
+                Some((*uid, flags, *ms))
+            })
+            .collect();
+        self.notify(
+            &user,
+            Change::Flags {
+                mailbox: mailbox_id,
+                changes,
+            },
+        );
         drop(st);
-        self.notify(&user, mailbox_id, MailboxEvent::FlagsChanged);
         Ok(done)
     }
 
@@ -467,10 +498,21 @@ impl MailStore for MemoryStore {
             }
         }
         st.mailbox_by_id(&user, mailbox_id)?.highest_modseq = modseq;
-        drop(st);
         if out.iter().any(|u| u.changed) {
-            self.notify(&user, mailbox_id, MailboxEvent::FlagsChanged);
+            let changes = out
+                .iter()
+                .filter(|u| u.changed)
+                .map(|u| (u.uid, u.flags.clone(), u.modseq))
+                .collect();
+            self.notify(
+                &user,
+                Change::Flags {
+                    mailbox: mailbox_id,
+                    changes,
+                },
+            );
         }
+        drop(st);
         Ok((out, modified))
     }
 
@@ -491,12 +533,23 @@ impl MailStore for MemoryStore {
         }
         // Nothing removed, nothing changed: HIGHESTMODSEQ stays (RFC 7162 §3.1.2).
         if !removed.is_empty() {
-            st.mailbox_by_id(&user, mailbox_id)?.highest_modseq += 1;
+            let mb = st.mailbox_by_id(&user, mailbox_id)?;
+            mb.highest_modseq += 1;
+            let modseq = mb.highest_modseq;
+            let mut uids: Vec<u32> = removed.iter().map(|(u, _)| *u).collect();
+            uids.sort_unstable();
+            let log = st.vanished.entry(mailbox_id).or_default();
+            log.extend(uids.iter().map(|u| (*u, modseq)));
+            self.notify(
+                &user,
+                Change::Expunged {
+                    mailbox: mailbox_id,
+                    uids,
+                    modseq,
+                },
+            );
         }
         drop(st);
-        if !removed.is_empty() {
-            self.notify(&user, mailbox_id, MailboxEvent::Expunged);
-        }
         Ok(removed.into_iter().map(|(u, _)| u).collect())
     }
 
@@ -518,7 +571,7 @@ impl MailStore for MemoryStore {
             .get(&from_id)
             .map(|m| uids.iter().filter_map(|u| m.get(u).cloned()).collect())
             .unwrap_or_default();
-        let mut pairs = Vec::new();
+        let (mut pairs, mut copies) = (Vec::new(), Vec::new());
         for mut meta in sources {
             let old = meta.uid;
             meta.uid = mb.uidnext;
@@ -529,15 +582,48 @@ impl MailStore for MemoryStore {
                 *refs += 1;
             }
             pairs.push((old, meta.uid));
+            copies.push(meta.clone());
             st.messages.entry(mb.id).or_default().insert(meta.uid, meta);
         }
         let (uidvalidity, id) = (mb.uidvalidity, mb.id);
         st.mailboxes.insert(key, mb);
-        drop(st);
         if !pairs.is_empty() {
-            self.notify(&user, id, MailboxEvent::Appended);
+            self.notify(
+                &user,
+                Change::Appended {
+                    mailbox: id,
+                    messages: copies,
+                },
+            );
         }
+        drop(st);
         Ok((uidvalidity, pairs))
+    }
+
+    fn changes_since(&self, user: &str, mailbox_id: u64, modseq: u64) -> Result<ChangesSince> {
+        let user = normalize_address(user);
+        let mut st = self.state();
+        let complete = st.mailbox_by_id(&user, mailbox_id)?.logs_expunges;
+        let changed = st
+            .messages
+            .get(&mailbox_id)
+            .map(|m| m.values().filter(|m| m.modseq > modseq).cloned().collect())
+            .unwrap_or_default();
+        let expunged = st
+            .vanished
+            .get(&mailbox_id)
+            .map(|v| {
+                v.iter()
+                    .filter(|(_, m)| **m > modseq)
+                    .map(|(u, _)| *u)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(ChangesSince {
+            changed,
+            expunged,
+            complete,
+        })
     }
 
     fn delete_mailbox(&self, user: &str, name: &str) -> Result<()> {
@@ -550,11 +636,10 @@ impl MailStore for MemoryStore {
         let Some(mb) = st.mailboxes.remove(&(user.clone(), name.clone())) else {
             return Err(StoreError::NotFound(format!("mailbox {name}")));
         };
-        let gone = st.drop_mailbox(mb.id);
+        let uids = st.drop_mailbox(mb.id);
+        // Sessions that have it selected see its messages go, then the mailbox.
+        self.watchers.mailbox_deleted(&user, &mb, uids);
         drop(st);
-        if gone > 0 {
-            self.notify(&user, mb.id, MailboxEvent::Expunged);
-        }
         Ok(())
     }
 
@@ -595,6 +680,14 @@ impl MailStore for MemoryStore {
         for (old, new) in moves {
             if let Some(mut mb) = st.mailboxes.remove(&(user.clone(), old.clone())) {
                 mb.name = new.clone();
+                self.notify(
+                    &user,
+                    Change::Renamed {
+                        mailbox: mb.id,
+                        from: old.clone(),
+                        to: new.clone(),
+                    },
+                );
                 st.mailboxes.insert((user.clone(), new.clone()), mb);
             }
             // A subscription follows its mailbox's new name (as Dovecot does).
@@ -608,10 +701,19 @@ impl MailStore for MemoryStore {
     fn set_subscribed(&self, user: &str, name: &str, subscribed: bool) -> Result<()> {
         let key = (normalize_address(user), canonical_mailbox(name));
         let mut st = self.state();
-        if subscribed {
-            st.subscriptions.insert(key);
+        let changed = if subscribed {
+            st.subscriptions.insert(key.clone())
         } else {
-            st.subscriptions.remove(&key);
+            st.subscriptions.remove(&key)
+        };
+        if changed {
+            self.notify(
+                &key.0,
+                Change::Subscription {
+                    name: key.1,
+                    subscribed,
+                },
+            );
         }
         Ok(())
     }
@@ -728,6 +830,26 @@ impl MailStore for MemoryStore {
         Ok(())
     }
 
+    fn lease_take(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
+        let mut st = self.state();
+        match st.leases.get(name) {
+            Some((h, u)) if *u > now && h != holder => Ok(false),
+            _ => {
+                st.leases
+                    .insert(name.to_string(), (holder.to_string(), until));
+                Ok(true)
+            }
+        }
+    }
+
+    fn lease_drop(&self, name: &str, holder: &str) -> Result<()> {
+        let mut st = self.state();
+        if st.leases.get(name).is_some_and(|(h, _)| h == holder) {
+            st.leases.remove(name);
+        }
+        Ok(())
+    }
+
     fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
         let k = (ns.to_string(), key.to_string());
         let mut st = self.state();
@@ -771,7 +893,7 @@ impl MailStore for MemoryStore {
         Ok(n)
     }
 
-    fn watch(&self, user: &str) -> broadcast::Receiver<(u64, MailboxEvent)> {
+    fn watch(&self, user: &str) -> Changes {
         self.watchers.watch(user)
     }
 }

@@ -9,6 +9,7 @@ mod commit;
 mod conformance;
 mod failpoint;
 mod feed;
+pub mod lease;
 mod memory;
 mod meta_cache;
 mod sled_store;
@@ -112,6 +113,23 @@ pub struct Mailbox {
     pub special_use: Option<String>,
     /// RFC 7162 HIGHESTMODSEQ.
     pub highest_modseq: u64,
+    /// Whether every expunge since the mailbox was made is remembered (UID and MODSEQ),
+    /// so [`MailStore::changes_since`] can list them exactly; false for mailboxes made by
+    /// versions that did not keep them.
+    #[serde(default)]
+    pub logs_expunges: bool,
+}
+
+/// What changed in a mailbox after a MODSEQ ([`MailStore::changes_since`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangesSince {
+    /// Messages whose MODSEQ is above it (added or flags changed), in UID order.
+    pub changed: Vec<MessageMeta>,
+    /// UIDs expunged after it, ascending.
+    pub expunged: Vec<u32>,
+    /// Whether `expunged` is exact; when false, expunges before the store kept them are
+    /// unknown and a caller answers with a superset (RFC 7162 §3.2.5.1 allows that).
+    pub complete: bool,
 }
 
 /// Per-message metadata in a mailbox.
@@ -359,16 +377,77 @@ pub struct QueueRcpt {
     pub orcpt: Option<String>,
 }
 
-/// What changed in a mailbox, for sessions watching it (IMAP IDLE, POP3).
-#[derive(Debug, Clone)]
-pub enum MailboxEvent {
-    /// New messages were appended.
-    Appended,
-    /// Flags changed.
-    FlagsChanged,
-    /// Messages were expunged.
-    Expunged,
+/// What changed in an account's mailboxes, as the change feed carries it ([`MailStore::watch`]):
+/// enough for a session to apply the change to its view without reading the mailbox again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Messages became visible in a mailbox, in ascending UID order.
+    Appended {
+        /// Mailbox id.
+        mailbox: u64,
+        /// The new messages' metadata.
+        messages: Vec<MessageMeta>,
+    },
+    /// Flags of messages changed.
+    Flags {
+        /// Mailbox id.
+        mailbox: u64,
+        /// (UID, flags afterwards, MODSEQ afterwards) per changed message.
+        changes: Vec<(u32, Vec<String>, u64)>,
+    },
+    /// Messages were expunged (also every message of a deleted mailbox).
+    Expunged {
+        /// Mailbox id.
+        mailbox: u64,
+        /// The UIDs removed, ascending.
+        uids: Vec<u32>,
+        /// The mailbox's HIGHESTMODSEQ afterwards.
+        modseq: u64,
+    },
+    /// A mailbox was created.
+    Created {
+        /// Its name.
+        name: String,
+    },
+    /// A mailbox was renamed (its children too, each with its own change).
+    Renamed {
+        /// Mailbox id.
+        mailbox: u64,
+        /// Old name.
+        from: String,
+        /// New name.
+        to: String,
+    },
+    /// A mailbox was deleted.
+    Deleted {
+        /// Mailbox id.
+        mailbox: u64,
+        /// Its name.
+        name: String,
+    },
+    /// A name was subscribed or unsubscribed.
+    Subscription {
+        /// The name.
+        name: String,
+        /// Subscribed afterwards.
+        subscribed: bool,
+    },
 }
+
+impl Change {
+    /// The mailbox whose messages changed, for the message-level changes.
+    pub fn messages_of(&self) -> Option<u64> {
+        match self {
+            Change::Appended { mailbox, .. }
+            | Change::Flags { mailbox, .. }
+            | Change::Expunged { mailbox, .. } => Some(*mailbox),
+            _ => None,
+        }
+    }
+}
+
+/// A subscription to an account's changes.
+pub type Changes = tokio::sync::broadcast::Receiver<std::sync::Arc<Change>>;
 
 /// A value computed from a mailbox's metadata; see [`MailStore::derived`].
 pub type Derived = std::sync::Arc<dyn std::any::Any + Send + Sync>;
@@ -471,6 +550,10 @@ pub trait MailStore: Send + Sync + 'static {
         uids: &[u32],
         to: &str,
     ) -> Result<(u32, Vec<(u32, u32)>)>;
+    /// What changed in a mailbox after `modseq` (CONDSTORE/QRESYNC resynchronisation):
+    /// messages changed or added since, and UIDs expunged since.
+    /// `NotFound` when `user` has no such mailbox.
+    fn changes_since(&self, user: &str, mailbox_id: u64, modseq: u64) -> Result<ChangesSince>;
     /// Delete a mailbox and its messages (INBOX cannot be deleted).
     fn delete_mailbox(&self, user: &str, name: &str) -> Result<()>;
     /// Rename a mailbox (renaming INBOX moves its messages into a new mailbox, RFC 9051 §6.3.6).
@@ -518,6 +601,15 @@ pub trait MailStore: Send + Sync + 'static {
     /// [`Self::queue_renew`].
     fn queue_complete(&self, id: &str, owner: &str) -> Result<()>;
 
+    // Leases: locks that must hold across every process sharing the store (the POP3
+    // maildrop lock, IMAP sessions per user); see `store::lease` for the holder's side.
+    /// Take the lease `name` for `holder` until `until` (Unix seconds): `true` when it was
+    /// free, expired or already `holder`'s (then it is extended), `false` when another
+    /// holder has it. Atomic: two takers never both get it.
+    fn lease_take(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool>;
+    /// Give a lease back; nothing happens when `holder` does not hold it.
+    fn lease_drop(&self, name: &str, holder: &str) -> Result<()>;
+
     // Key-value
     /// Read a key in a namespace (expired keys read as missing).
     fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>>;
@@ -528,8 +620,10 @@ pub trait MailStore: Send + Sync + 'static {
     /// the counter starts, so a window does not slide with every increment.
     fn kv_incr(&self, ns: &str, key: &str, delta: i64, ttl: Option<u64>) -> Result<i64>;
 
-    /// Subscribe to changes in an account's mailboxes.
-    fn watch(&self, user: &str) -> tokio::sync::broadcast::Receiver<(u64, MailboxEvent)>;
+    /// Subscribe to changes in an account's mailboxes. Changes of one mailbox arrive in
+    /// the order they became visible; a receiver that falls behind is told it lagged
+    /// and must re-read.
+    fn watch(&self, user: &str) -> Changes;
 
     /// Add, remove or replace flags of messages, computing the new flags from the stored
     /// ones so that concurrent updates from several sessions do not overwrite each other.
@@ -591,6 +685,44 @@ pub fn canonical_mailbox(name: &str) -> String {
     } else {
         name.to_string()
     }
+}
+
+/// The `Appended` changes of an ingest's placements: one per (account, mailbox), messages
+/// in UID order.
+pub(crate) fn appended(placed: &[(String, u64, MessageMeta)]) -> Vec<(&str, Change)> {
+    let mut out: Vec<(&str, Change)> = Vec::new();
+    for (user, id, meta) in placed {
+        let same = out.iter_mut().find(|(u, c)| {
+            *u == user.as_str() && matches!(c, Change::Appended { mailbox, .. } if mailbox == id)
+        });
+        match same {
+            Some((_, Change::Appended { messages, .. })) => messages.push(meta.clone()),
+            _ => out.push((
+                user,
+                Change::Appended {
+                    mailbox: *id,
+                    messages: vec![meta.clone()],
+                },
+            )),
+        }
+    }
+    out
+}
+
+/// The mailboxes an ingest created (file_into a new folder): (account, name).
+pub(crate) fn fresh_created<'a>(
+    fresh: &'a std::collections::HashMap<Vec<u8>, Mailbox>,
+    placed: &'a [(String, u64, MessageMeta)],
+) -> Vec<(&'a str, String)> {
+    let mut out: Vec<(&str, String)> = Vec::new();
+    for mb in fresh.values() {
+        if let Some((user, _, _)) = placed.iter().find(|(_, id, _)| *id == mb.id)
+            && !out.iter().any(|(u, n)| u == user && *n == mb.name)
+        {
+            out.push((user, mb.name.clone()));
+        }
+    }
+    out
 }
 
 /// The error of a queue call whose lease another runner holds now.

@@ -10,7 +10,6 @@ use std::sync::Mutex;
 
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
-use tokio::sync::broadcast;
 
 use super::commit::GroupCommitter;
 use super::meta_cache::{Lookup, MetaCache};
@@ -34,6 +33,10 @@ pub struct SledStore {
     recent: sled::Tree,
     /// Bodies written by an ingest whose transaction has not committed yet (blob id keys).
     pending: sled::Tree,
+    /// Expunged messages: mailbox id ‖ UID → the MODSEQ of the expunge.
+    vanished: sled::Tree,
+    /// Leases: name → until (8 bytes, big-endian) ‖ holder.
+    leases: sled::Tree,
     /// Failure injection for tests.
     failpoints: Arc<Failpoints>,
     committer: GroupCommitter,
@@ -62,6 +65,8 @@ const TREES: &[&str] = &[
     "subscriptions",
     "recent",
     "pending",
+    "vanished",
+    "leases",
 ];
 
 fn now() -> i64 {
@@ -147,6 +152,8 @@ impl SledStore {
             subscriptions: db.open_tree("subscriptions")?,
             recent: db.open_tree("recent")?,
             pending: db.open_tree("pending")?,
+            vanished: db.open_tree("vanished")?,
+            leases: db.open_tree("leases")?,
             failpoints: Arc::new(Failpoints::from_env()),
             db,
             committer,
@@ -207,6 +214,7 @@ impl SledStore {
             subscribed: true,
             special_use: special_use.map(str::to_string),
             highest_modseq: 1,
+            logs_expunges: true,
         })
     }
 
@@ -224,8 +232,8 @@ impl SledStore {
         Err(StoreError::NotFound(format!("mailbox {id}")))
     }
 
-    fn notify(&self, user: &str, mailbox: u64, event: MailboxEvent) {
-        self.watchers.notify(user, mailbox, event);
+    fn notify(&self, user: &str, change: Change) {
+        self.watchers.notify(user, change);
     }
 }
 
@@ -380,14 +388,14 @@ impl SledStore {
         for (_, mbid, meta) in &placed {
             self.meta_cache.inserted(*mbid, std::slice::from_ref(meta));
         }
-        drop(uids);
-        let mut told: Vec<(&str, u64)> = Vec::new();
-        for (user, mbid, _) in &placed {
-            if !told.contains(&(user.as_str(), *mbid)) {
-                told.push((user, *mbid));
-                self.notify(user, *mbid, MailboxEvent::Appended);
-            }
+        for (user, id) in fresh_created(&fresh, &placed) {
+            self.notify(user, Change::Created { name: id });
         }
+        // Under `uid_lock`: a mailbox's changes reach its watchers in UID order.
+        for (user, change) in appended(&placed) {
+            self.notify(user, change);
+        }
+        drop(uids);
         Ok(Receipt {
             placed: placed
                 .into_iter()
@@ -451,11 +459,14 @@ impl SledStore {
             // A missing folder (file_into) is created first.
             None => {
                 let fresh = self.new_mailbox(&p.mailbox, None)?;
-                let _ = self.mailboxes.compare_and_swap(
+                let made = self.mailboxes.compare_and_swap(
                     &key,
                     None as Option<&[u8]>,
                     Some(serde_json::to_vec(&fresh)?),
                 )?;
+                if made.is_ok() {
+                    self.notify(&user, Change::Created { name: fresh.name });
+                }
                 bump()?.ok_or_else(|| StoreError::NotFound(format!("mailbox {}", p.mailbox)))?
             }
         };
@@ -470,8 +481,14 @@ impl SledStore {
         self.messages
             .insert(msg_key(mb.id, meta.uid), meta.encode())?;
         self.meta_cache.inserted(mb.id, std::slice::from_ref(&meta));
+        self.notify(
+            &user,
+            Change::Appended {
+                mailbox: mb.id,
+                messages: vec![meta.clone()],
+            },
+        );
         drop(uids);
-        self.notify(&user, mb.id, MailboxEvent::Appended);
         Ok(Placed {
             user,
             mailbox: mb.id,
@@ -516,9 +533,11 @@ impl SledStore {
         }
     }
 
-    /// sled allows one process, so a lease found at open belongs to a process that is gone:
-    /// its entries are claimable again at once rather than when the lease runs out.
+    /// sled allows one process, so a lease found at open (of a queue entry, a maildrop, a
+    /// session slot) belongs to a process that is gone: free again at once rather than when
+    /// it runs out.
     fn drop_leases(&self) -> Result<()> {
+        self.leases.clear()?;
         for item in self.queue.iter() {
             let (key, v) = item?;
             let mut e: QueueEntry = serde_json::from_slice(&v)?;
@@ -747,7 +766,15 @@ impl MailStore for SledStore {
             None as Option<&[u8]>,
             Some(serde_json::to_vec(&mb)?),
         )? {
-            Ok(()) => Ok(mb),
+            Ok(()) => {
+                self.notify(
+                    &user,
+                    Change::Created {
+                        name: mb.name.clone(),
+                    },
+                );
+                Ok(mb)
+            }
             Err(_) => Err(StoreError::Exists(format!("mailbox {}", mb.name))),
         }
     }
@@ -869,15 +896,21 @@ impl MailStore for SledStore {
             })
             .collect();
         self.meta_cache.flags_changed(mailbox_id, &cached);
-        self.notify(&user, mailbox_id, MailboxEvent::FlagsChanged);
+        self.notify(
+            &user,
+            Change::Flags {
+                mailbox: mailbox_id,
+                changes: cached,
+            },
+        );
         Ok(modseq)
     }
 
     fn expunge(&self, user: &str, mailbox_id: u64, uids: &[u32]) -> Result<Vec<u32>> {
         let user = normalize_address(user);
         let mbkey = self.mailbox_key_by_id(&user, mailbox_id)?;
-        let removed = (&self.mailboxes, &self.messages)
-            .transaction(|(mbx, msgs)| {
+        let removed = (&self.mailboxes, &self.messages, &self.vanished)
+            .transaction(|(mbx, msgs, gone)| {
                 let mut removed = Vec::new();
                 for uid in uids {
                     if let Some(v) = msgs.remove(&msg_key(mailbox_id, *uid))? {
@@ -888,24 +921,37 @@ impl MailStore for SledStore {
                 }
                 // Nothing removed, nothing changed: HIGHESTMODSEQ stays (RFC 7162 §3.1.2), or
                 // every client's resync after an empty CLOSE/EXPUNGE would start over.
+                let mut modseq = 0;
                 if !removed.is_empty()
                     && let Some(v) = mbx.get(&mbkey)?
                 {
                     let mut mb: Mailbox = serde_json::from_slice(&v)
                         .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
                     mb.highest_modseq += 1;
+                    modseq = mb.highest_modseq;
                     mbx.insert(mbkey.clone(), serde_json::to_vec(&mb).expect("json"))?;
+                    for (uid, _) in &removed {
+                        gone.insert(&msg_key(mailbox_id, *uid), &modseq.to_be_bytes())?;
+                    }
                 }
-                Ok(removed)
+                Ok((removed, modseq))
             })
             .map_err(tx_err)?;
+        let (removed, modseq) = removed;
         let uids_gone: Vec<u32> = removed.iter().map(|(u, _)| *u).collect();
         self.meta_cache.removed(mailbox_id, &uids_gone);
         for (_, blob) in &removed {
             release_blob(&self.blobrefs, &self.blobs, *blob)?;
         }
         if !removed.is_empty() {
-            self.notify(&user, mailbox_id, MailboxEvent::Expunged);
+            self.notify(
+                &user,
+                Change::Expunged {
+                    mailbox: mailbox_id,
+                    uids: uids_gone,
+                    modseq,
+                },
+            );
         }
         Ok(removed.into_iter().map(|(u, _)| u).collect())
     }
@@ -955,11 +1001,38 @@ impl MailStore for SledStore {
             })
             .map_err(tx_err)?;
         self.meta_cache.inserted(result.1, &result.3);
-        drop(uids_guard);
         if !result.2.is_empty() {
-            self.notify(&user, result.1, MailboxEvent::Appended);
+            self.notify(
+                &user,
+                Change::Appended {
+                    mailbox: result.1,
+                    messages: result.3,
+                },
+            );
         }
+        drop(uids_guard);
         Ok((result.0, result.2))
+    }
+
+    fn changes_since(&self, user: &str, mailbox_id: u64, modseq: u64) -> Result<ChangesSince> {
+        let key = self.mailbox_key_by_id(&normalize_address(user), mailbox_id)?;
+        let mut out = ChangesSince::default();
+        self.with_messages(mailbox_id, &mut |msgs| {
+            out.changed = msgs.iter().filter(|m| m.modseq > modseq).cloned().collect();
+        })?;
+        for item in self.vanished.scan_prefix(mailbox_id.to_be_bytes()) {
+            let (k, v) = item?;
+            let at = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
+            if at > modseq {
+                out.expunged
+                    .push(u32::from_be_bytes(k[8..12].try_into().unwrap_or([0; 4])));
+            }
+        }
+        out.complete = match self.mailboxes.get(key)? {
+            Some(v) => serde_json::from_slice::<Mailbox>(&v)?.logs_expunges,
+            None => false,
+        };
+        Ok(out)
     }
 
     fn delete_mailbox(&self, user: &str, name: &str) -> Result<()> {
@@ -981,10 +1054,11 @@ impl MailStore for SledStore {
         }
         self.meta_cache.dropped(mb.id);
         self.recent.remove(mb.id.to_be_bytes())?;
-        // Sessions that have it selected see its messages go.
-        if !uids.is_empty() {
-            self.notify(&user, mb.id, MailboxEvent::Expunged);
+        for key in self.vanished.scan_prefix(mb.id.to_be_bytes()).keys() {
+            self.vanished.remove(key?)?;
         }
+        // Sessions that have it selected see its messages go, then the mailbox.
+        self.watchers.mailbox_deleted(&user, &mb, uids);
         Ok(())
     }
 
@@ -1023,6 +1097,14 @@ impl MailStore for SledStore {
                 mb.name = new.clone();
                 self.mailboxes
                     .insert(mbox_key(&user, &new), serde_json::to_vec(&mb)?)?;
+                self.notify(
+                    &user,
+                    Change::Renamed {
+                        mailbox: mb.id,
+                        from: old.clone(),
+                        to: new.clone(),
+                    },
+                );
             }
             // A subscription follows its mailbox's new name (as Dovecot does).
             if self.subscriptions.remove(mbox_key(&user, &old))?.is_some() {
@@ -1035,10 +1117,19 @@ impl MailStore for SledStore {
     fn set_subscribed(&self, user: &str, name: &str, subscribed: bool) -> Result<()> {
         let user = normalize_address(user);
         let key = mbox_key(&user, &canonical_mailbox(name));
-        if subscribed {
-            self.subscriptions.insert(key, &[])?;
+        let changed = if subscribed {
+            self.subscriptions.insert(key, &[])?.is_none()
         } else {
-            self.subscriptions.remove(key)?;
+            self.subscriptions.remove(key)?.is_some()
+        };
+        if changed {
+            self.notify(
+                &user,
+                Change::Subscription {
+                    name: canonical_mailbox(name),
+                    subscribed,
+                },
+            );
         }
         Ok(())
     }
@@ -1193,6 +1284,45 @@ impl MailStore for SledStore {
         }
     }
 
+    fn lease_take(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
+        let mut mine = until.to_be_bytes().to_vec();
+        mine.extend_from_slice(holder.as_bytes());
+        loop {
+            let old = self.leases.get(name.as_bytes())?;
+            if let Some(v) = &old {
+                let held_until = i64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
+                if held_until > now && &v[8..] != holder.as_bytes() {
+                    return Ok(false);
+                }
+            }
+            if self
+                .leases
+                .compare_and_swap(name.as_bytes(), old, Some(mine.as_slice()))?
+                .is_ok()
+            {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn lease_drop(&self, name: &str, holder: &str) -> Result<()> {
+        loop {
+            let Some(old) = self.leases.get(name.as_bytes())? else {
+                return Ok(());
+            };
+            if &old[8..] != holder.as_bytes() {
+                return Ok(());
+            }
+            if self
+                .leases
+                .compare_and_swap(name.as_bytes(), Some(old), None as Option<&[u8]>)?
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+    }
+
     fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
         let k = mbox_key(ns, key);
         match self.kv.get(&k)? {
@@ -1247,7 +1377,7 @@ impl MailStore for SledStore {
             .unwrap_or(0))
     }
 
-    fn watch(&self, user: &str) -> broadcast::Receiver<(u64, MailboxEvent)> {
+    fn watch(&self, user: &str) -> Changes {
         self.watchers.watch(user)
     }
 
@@ -1311,7 +1441,13 @@ impl MailStore for SledStore {
                 .map(|u| (u.uid, u.flags.clone(), u.modseq))
                 .collect();
             self.meta_cache.flags_changed(mailbox_id, &cached);
-            self.notify(&user, mailbox_id, MailboxEvent::FlagsChanged);
+            self.notify(
+                &user,
+                Change::Flags {
+                    mailbox: mailbox_id,
+                    changes: cached,
+                },
+            );
         }
         Ok(result)
     }

@@ -1,0 +1,123 @@
+//! The holder's side of the store's leases ([`super::MailStore::lease_take`]): a [`Held`]
+//! lease is renewed in the background while it lives and given back when dropped, so a
+//! session that ends any way at all (LOGOUT, disconnect, timeout, a panicking task) frees
+//! it, and one whose process dies frees it when the lease runs out.
+
+use std::time::Duration;
+
+use super::{Result, Store};
+
+/// How long a lease lasts without renewal; it is renewed every third of that.
+pub const LEASE: Duration = Duration::from_secs(120);
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A lease this process holds.
+pub struct Held {
+    store: Store,
+    name: String,
+    holder: String,
+    renew: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Held({})", self.name)
+    }
+}
+
+impl Held {
+    /// The lease's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Take the lease `name`, or `None` when another holder has it. Needs a tokio runtime
+/// (for the renewal).
+pub fn take(store: &Store, name: &str) -> Result<Option<Held>> {
+    let holder = format!("{}/{:016x}", std::process::id(), rand::random::<u64>());
+    if !store.lease_take(name, &holder, now(), now() + LEASE.as_secs() as i64)? {
+        return Ok(None);
+    }
+    let renew = {
+        let (store, name, holder) = (store.clone(), name.to_string(), holder.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(LEASE / 3);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                match store.lease_take(&name, &holder, now(), now() + LEASE.as_secs() as i64) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(lease = %name, "lease taken over by another holder")
+                    }
+                    Err(e) => tracing::warn!(lease = %name, error = %e, "could not renew a lease"),
+                }
+            }
+        })
+    };
+    Ok(Some(Held {
+        store: store.clone(),
+        name: name.to_string(),
+        holder,
+        renew: Some(renew),
+    }))
+}
+
+/// Take one of `max` slots named `prefix#0` … `prefix#max-1`, or `None` when all are held.
+pub fn take_slot(store: &Store, prefix: &str, max: usize) -> Result<Option<Held>> {
+    for k in 0..max {
+        if let Some(held) = take(store, &format!("{prefix}#{k}"))? {
+            return Ok(Some(held));
+        }
+    }
+    Ok(None)
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(t) = self.renew.take() {
+            t.abort();
+        }
+        if let Err(e) = self.store.lease_drop(&self.name, &self.holder) {
+            tracing::warn!(lease = %self.name, error = %e, "could not give a lease back");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_lease_is_exclusive_and_given_back_on_drop() {
+        let store: Store = Arc::new(MemoryStore::new());
+        let a = take(&store, "pop3:alice").unwrap().expect("free");
+        assert!(take(&store, "pop3:alice").unwrap().is_none());
+        assert!(take(&store, "pop3:bob").unwrap().is_some());
+        drop(a);
+        assert!(take(&store, "pop3:alice").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn slots_count_up_to_the_maximum() {
+        let store: Store = Arc::new(MemoryStore::new());
+        let mut held: Vec<Held> = (0..3)
+            .map(|_| take_slot(&store, "imap:alice", 3).unwrap().expect("a slot"))
+            .collect();
+        assert!(take_slot(&store, "imap:alice", 3).unwrap().is_none());
+        // Freeing one slot admits one more, not two.
+        held.remove(1);
+        held.push(
+            take_slot(&store, "imap:alice", 3)
+                .unwrap()
+                .expect("the freed slot"),
+        );
+        assert!(take_slot(&store, "imap:alice", 3).unwrap().is_none());
+    }
+}
