@@ -1,8 +1,11 @@
 //! The holder's side of the store's leases ([`super::MailStore::lease_take`]): a [`Held`]
-//! lease is renewed in the background while it lives and given back when dropped, so a
+//! lease is renewed in the background (one task for all of them) while it lives and given
+//! back when dropped, so a
 //! session that ends any way at all (LOGOUT, disconnect, timeout, a panicking task) frees
 //! it, and one whose process dies frees it when the lease runs out.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use super::{Result, Store};
@@ -19,7 +22,7 @@ pub struct Held {
     store: Store,
     name: String,
     holder: String,
-    renew: Option<tokio::task::JoinHandle<()>>,
+    id: u64,
 }
 
 impl std::fmt::Debug for Held {
@@ -35,6 +38,44 @@ impl Held {
     }
 }
 
+/// Every lease this process holds, renewed together by one task (a task per lease cost a
+/// spawn and a timer per IMAP login).
+#[derive(Default)]
+struct Registry {
+    held: HashMap<u64, (Store, String, String)>,
+    next: u64,
+    renewing: bool,
+}
+
+fn registry() -> &'static Mutex<Registry> {
+    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// Renew every held lease each third of [`LEASE`]; runs while the process does.
+async fn renew_all() {
+    let mut every = tokio::time::interval(LEASE / 3);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let held: Vec<(Store, String, String)> = registry()
+            .lock()
+            .expect("leases")
+            .held
+            .values()
+            .cloned()
+            .collect();
+        let until = now() + LEASE.as_secs() as i64;
+        for (store, name, holder) in held {
+            match store.lease_take(&name, &holder, now(), until) {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(lease = %name, "lease taken over by another holder"),
+                Err(e) => tracing::warn!(lease = %name, error = %e, "could not renew a lease"),
+            }
+        }
+    }
+}
+
 /// Take the lease `name`, or `None` when another holder has it. Needs a tokio runtime
 /// (for the renewal).
 pub fn take(store: &Store, name: &str) -> Result<Option<Held>> {
@@ -42,28 +83,20 @@ pub fn take(store: &Store, name: &str) -> Result<Option<Held>> {
     if !store.lease_take(name, &holder, now(), now() + LEASE.as_secs() as i64)? {
         return Ok(None);
     }
-    let renew = {
-        let (store, name, holder) = (store.clone(), name.to_string(), holder.clone());
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(LEASE / 3);
-            every.tick().await;
-            loop {
-                every.tick().await;
-                match store.lease_take(&name, &holder, now(), now() + LEASE.as_secs() as i64) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(lease = %name, "lease taken over by another holder")
-                    }
-                    Err(e) => tracing::warn!(lease = %name, error = %e, "could not renew a lease"),
-                }
-            }
-        })
-    };
+    let mut reg = registry().lock().expect("leases");
+    reg.next += 1;
+    let id = reg.next;
+    reg.held
+        .insert(id, (store.clone(), name.to_string(), holder.clone()));
+    if !reg.renewing {
+        reg.renewing = true;
+        tokio::spawn(renew_all());
+    }
     Ok(Some(Held {
         store: store.clone(),
         name: name.to_string(),
         holder,
-        renew: Some(renew),
+        id,
     }))
 }
 
@@ -79,9 +112,7 @@ pub fn take_slot(store: &Store, prefix: &str, max: usize) -> Result<Option<Held>
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if let Some(t) = self.renew.take() {
-            t.abort();
-        }
+        registry().lock().expect("leases").held.remove(&self.id);
         if let Err(e) = self.store.lease_drop(&self.name, &self.holder) {
             tracing::warn!(lease = %self.name, error = %e, "could not give a lease back");
         }
