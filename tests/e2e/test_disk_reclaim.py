@@ -34,12 +34,16 @@ def settle(path: pathlib.Path, limit: float = 20.0) -> int:
     flusher (every 500 ms), so the space comes back within seconds, not at once."""
     deadline = time.monotonic() + limit
     last = du(path)
+    still = 0
+    # Three readings without a decrease in a row: on a loaded machine the cleaner can pause
+    # for one interval and still have segments to free.
     while time.monotonic() < deadline:
         time.sleep(1.5)
         now = du(path)
-        if now >= last:
+        still = still + 1 if now >= last else 0
+        if still == 3:
             return now
-        last = now
+        last = min(last, now)
     return last
 
 

@@ -90,7 +90,7 @@ const LEASE: Duration = Duration::from_secs(300);
 
 /// Run the queue until shutdown.
 ///
-/// The runner claims due entries from the store with a lease ([`crate::store::MailStore::queue_claim`])
+/// The runner claims due entries from the store with a lease ([`crate::store::Queue::queue_claim`])
 /// instead of reading the whole queue, so several runners over one store never deliver an
 /// entry twice at once, and an entry whose runner died is taken over when its lease runs out.
 pub async fn run(shared: Arc<Shared>) {

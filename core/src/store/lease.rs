@@ -1,4 +1,4 @@
-//! The holder's side of the store's leases ([`super::MailStore::lease_take`]): a [`Held`]
+//! The holder's side of the store's leases ([`super::Leases::lease_take`]): a [`Held`]
 //! lease is renewed in the background (one task for all of them) while it lives and given
 //! back when dropped, so a
 //! session that ends any way at all (LOGOUT, disconnect, timeout, a panicking task) frees

@@ -227,7 +227,9 @@ impl MailStore for MemoryStore {
     fn commit(&self) -> Commit {
         Commit::done()
     }
+}
 
+impl Directory for MemoryStore {
     fn create_account(&self, address: &str, password_hash: &str) -> Result<()> {
         let address = normalize_address(address);
         let mut st = self.state();
@@ -342,7 +344,9 @@ impl MailStore for MemoryStore {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }
+}
 
+impl Mailboxes for MemoryStore {
     fn mailboxes(&self, user: &str) -> Result<Vec<Mailbox>> {
         let user = normalize_address(user);
         Ok(self
@@ -413,14 +417,6 @@ impl MailStore for MemoryStore {
             .get(&mailbox_id)
             .and_then(|m| m.get(&uid))
             .cloned())
-    }
-
-    fn blob(&self, blob: u64) -> Result<Vec<u8>> {
-        self.state()
-            .blobs
-            .get(&blob)
-            .map(|(b, _)| b.to_vec())
-            .ok_or_else(|| StoreError::NotFound(format!("message blob {blob}")))
     }
 
     fn set_flags(
@@ -738,7 +734,19 @@ impl MailStore for MemoryStore {
         }
         Ok(before)
     }
+}
 
+impl Blobs for MemoryStore {
+    fn blob(&self, blob: u64) -> Result<Vec<u8>> {
+        self.state()
+            .blobs
+            .get(&blob)
+            .map(|(b, _)| b.to_vec())
+            .ok_or_else(|| StoreError::NotFound(format!("message blob {blob}")))
+    }
+}
+
+impl Queue for MemoryStore {
     fn enqueue(&self, entry: QueueEntry, message: &[u8]) -> Result<()> {
         self.write_ingest(0, &[], Some((&entry, message)))
             .map(|_| ())
@@ -829,7 +837,9 @@ impl MailStore for MemoryStore {
         st.release(e.blob);
         Ok(())
     }
+}
 
+impl Leases for MemoryStore {
     fn lease_take(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
         let mut st = self.state();
         match st.leases.get(name) {
@@ -849,7 +859,9 @@ impl MailStore for MemoryStore {
         }
         Ok(())
     }
+}
 
+impl Kv for MemoryStore {
     fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
         let k = (ns.to_string(), key.to_string());
         let mut st = self.state();
@@ -892,7 +904,9 @@ impl MailStore for MemoryStore {
         *slot = (exp, n.to_string().into_bytes());
         Ok(n)
     }
+}
 
+impl Feed for MemoryStore {
     fn watch(&self, user: &str) -> Changes {
         self.watchers.watch(user)
     }

@@ -1,8 +1,11 @@
-//! Storage interface: accounts, domains, aliases, mailboxes, messages, the outbound queue and
-//! a namespaced key-value area, behind one trait so another backend can replace sled.
+//! The storage boundary: small traits by concern ([`Directory`], [`Mailboxes`], [`Blobs`],
+//! [`Queue`], [`Leases`], [`Kv`], [`Feed`]) that [`MailStore`] sums up, so another backend
+//! can replace sled without the protocols noticing. `sled_store` and `memory` implement
+//! them; `conformance` is the contract both pass.
 //!
 //! Architecture invariant: a protocol success reply that promises durability is sent only
-//! after [`MailStore::commit`] has resolved for the writes it covers.
+//! after the write it covers is durable: [`Mailboxes::ingest`] resolves then; other writes
+//! are followed by [`MailStore::commit`].
 
 mod commit;
 #[cfg(test)]
@@ -114,13 +117,13 @@ pub struct Mailbox {
     /// RFC 7162 HIGHESTMODSEQ.
     pub highest_modseq: u64,
     /// Whether every expunge since the mailbox was made is remembered (UID and MODSEQ),
-    /// so [`MailStore::changes_since`] can list them exactly; false for mailboxes made by
+    /// so [`Mailboxes::changes_since`] can list them exactly; false for mailboxes made by
     /// versions that did not keep them.
     #[serde(default)]
     pub logs_expunges: bool,
 }
 
-/// What changed in a mailbox after a MODSEQ ([`MailStore::changes_since`]).
+/// What changed in a mailbox after a MODSEQ ([`Mailboxes::changes_since`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChangesSince {
     /// Messages whose MODSEQ is above it (added or flags changed), in UID order.
@@ -186,7 +189,7 @@ impl MessageMeta {
     }
 }
 
-/// How [`MailStore::update_flags`] combines the given flags with a message's current ones.
+/// How [`Mailboxes::update_flags`] combines the given flags with a message's current ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlagOp {
     /// Set exactly these flags (IMAP `FLAGS`).
@@ -222,7 +225,7 @@ impl FlagOp {
     }
 }
 
-/// One message's outcome of [`MailStore::update_flags`].
+/// One message's outcome of [`Mailboxes::update_flags`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlagUpdate {
     /// The message.
@@ -257,7 +260,7 @@ pub struct Filed {
     pub placements: Vec<Placement>,
 }
 
-/// Everything an accepted message turns into, written by [`MailStore::ingest`] at once.
+/// Everything an accepted message turns into, written by [`Mailboxes::ingest`] at once.
 #[derive(Debug, Clone, Default)]
 pub struct Ingest {
     /// INTERNALDATE of every placement (Unix seconds).
@@ -289,7 +292,7 @@ pub struct Placed {
     pub modseq: u64,
 }
 
-/// What [`MailStore::ingest`] wrote, in the order of the request's placements.
+/// What [`Mailboxes::ingest`] wrote, in the order of the request's placements.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Receipt {
     /// One entry per placement, `filed` by `filed`.
@@ -329,7 +332,7 @@ pub struct QueueEntry {
     /// Whether a delay warning was sent already.
     #[serde(default)]
     pub warned: bool,
-    /// The queue runner delivering it now, if any ([`MailStore::queue_claim`]).
+    /// The queue runner delivering it now, if any ([`Queue::queue_claim`]).
     #[serde(default)]
     pub lease: Option<Lease>,
 }
@@ -357,7 +360,7 @@ impl QueueEntry {
     }
 }
 
-/// What [`MailStore::queue_claim`] found.
+/// What [`Queue::queue_claim`] found.
 #[derive(Debug, Clone, Default)]
 pub struct Claimed {
     /// Entries now leased to the caller.
@@ -377,7 +380,7 @@ pub struct QueueRcpt {
     pub orcpt: Option<String>,
 }
 
-/// What changed in an account's mailboxes, as the change feed carries it ([`MailStore::watch`]):
+/// What changed in an account's mailboxes, as the change feed carries it ([`Feed::watch`]):
 /// enough for a session to apply the change to its view without reading the mailbox again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -449,54 +452,73 @@ impl Change {
 /// A subscription to an account's changes.
 pub type Changes = tokio::sync::broadcast::Receiver<std::sync::Arc<Change>>;
 
-/// A value computed from a mailbox's metadata; see [`MailStore::derived`].
+/// A value computed from a mailbox's metadata; see [`Mailboxes::derived`].
 pub type Derived = std::sync::Arc<dyn std::any::Any + Send + Sync>;
 
-/// The storage interface the protocols use.
-pub trait MailStore: Send + Sync + 'static {
+/// The storage interface the protocols use: every concern below, plus durability.
+/// `Store` (an `Arc<dyn MailStore>`) calls any of their methods.
+pub trait MailStore: Directory + Mailboxes + Blobs + Queue + Leases + Kv + Feed + 'static {
     /// A future that resolves once every write made before this call is on disk.
     /// Concurrent callers share one flush (group commit).
     fn commit(&self) -> Commit;
+}
 
-    // Accounts
+/// Accounts, local domains and aliases.
+pub trait Directory: Send + Sync {
     /// Create an account and its default mailboxes.
     fn create_account(&self, address: &str, password_hash: &str) -> Result<()>;
+
     /// Delete an account, its mailboxes and messages.
     fn delete_account(&self, address: &str) -> Result<()>;
+
     /// Look an account up.
     fn account(&self, address: &str) -> Result<Option<Account>>;
-    /// Whether an account exists (cheaper than [`MailStore::account`]: nothing decoded).
+
+    /// Whether an account exists (cheaper than [`Directory::account`]: nothing decoded).
     fn account_exists(&self, address: &str) -> Result<bool> {
         Ok(self.account(address)?.is_some())
     }
+
     /// All accounts.
     fn accounts(&self) -> Result<Vec<Account>>;
+
     /// Replace an account's password hash.
     fn set_password(&self, address: &str, password_hash: &str) -> Result<()>;
 
-    // Domains and aliases
     /// Add a local domain.
     fn add_domain(&self, domain: &str) -> Result<()>;
+
     /// Remove a local domain.
     fn delete_domain(&self, domain: &str) -> Result<()>;
+
     /// Domains added at run time (the config's domains are not stored).
     fn domains(&self) -> Result<Vec<String>>;
+
     /// Set an alias to its targets (replacing any previous ones).
     fn set_alias(&self, alias: &str, targets: &[String]) -> Result<()>;
+
     /// Remove an alias.
     fn delete_alias(&self, alias: &str) -> Result<()>;
+
     /// Targets of an alias.
     fn alias(&self, alias: &str) -> Result<Option<Vec<String>>>;
+
     /// All aliases.
     fn aliases(&self) -> Result<Vec<(String, Vec<String>)>>;
+}
 
-    // Mailboxes and messages
+/// Mailboxes and the messages in them: the one ingest write, reads, flags, expunge,
+/// copy, changes since a MODSEQ, subscriptions, the `\\Recent` mark.
+pub trait Mailboxes: Send + Sync {
     /// Mailboxes of an account.
     fn mailboxes(&self, user: &str) -> Result<Vec<Mailbox>>;
+
     /// One mailbox.
     fn mailbox(&self, user: &str, name: &str) -> Result<Option<Mailbox>>;
+
     /// Create a mailbox.
     fn create_mailbox(&self, user: &str, name: &str, special_use: Option<&str>) -> Result<Mailbox>;
+
     /// Write an accepted message: its bodies, every local placement and the queue entry for
     /// its remote recipients, all or nothing, and resolve once it is durable. UIDs and
     /// MODSEQs are assigned inside the same write, ascending per mailbox in the order
@@ -506,17 +528,21 @@ pub trait MailStore: Send + Sync + 'static {
     ///
     /// Architecture invariant: "250 after DATA" is sent only after this call succeeds.
     fn ingest(&self, ingest: Ingest) -> StoreFuture<'_, Result<Receipt>>;
+
     /// Store one message into several mailboxes (IMAP APPEND, mailbox import): [`Self::ingest`]
     /// without a queue entry and without waiting for durability; returns the assigned UIDs.
     fn deliver(&self, message: &[u8], internal_date: i64, to: &[Placement]) -> Result<Vec<u32>>;
+
     /// Message metadata of a mailbox in UID order.
     fn messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>>;
+
     /// Call `f` once with the message metadata of a mailbox in UID order, without copying it
     /// where the backend can (SELECT of a big mailbox builds its view from this).
     fn with_messages(&self, mailbox_id: u64, f: &mut dyn FnMut(&[MessageMeta])) -> Result<()> {
         f(&self.messages(mailbox_id)?);
         Ok(())
     }
+
     /// `build(metadata of the mailbox)`, kept with the store's cache of big mailboxes until
     /// the next write to the mailbox, so that repeated calls cost nothing (IMAP SELECT's
     /// view). One value per mailbox: a caller downcasts it and rebuilds on a mismatch.
@@ -527,10 +553,10 @@ pub trait MailStore: Send + Sync + 'static {
     ) -> Result<Derived> {
         Ok(build(&self.messages(mailbox_id)?))
     }
+
     /// One message's metadata, `None` when the mailbox has no message with that UID.
     fn message(&self, mailbox_id: u64, uid: u32) -> Result<Option<MessageMeta>>;
-    /// The bytes of a message.
-    fn blob(&self, blob: u64) -> Result<Vec<u8>>;
+
     /// Replace the flags of messages (`uid`, new flags); returns each changed message's
     /// (uid, new MODSEQ).
     fn set_flags(
@@ -539,8 +565,10 @@ pub trait MailStore: Send + Sync + 'static {
         mailbox_id: u64,
         changes: &[(u32, Vec<String>)],
     ) -> Result<Vec<(u32, u64)>>;
+
     /// Remove messages; returns the UIDs that existed and were removed.
     fn expunge(&self, user: &str, mailbox_id: u64, uids: &[u32]) -> Result<Vec<u32>>;
+
     /// Copy messages into another mailbox of the same user; returns the target's
     /// UIDVALIDITY and (source uid, new uid) pairs.
     fn copy(
@@ -550,87 +578,37 @@ pub trait MailStore: Send + Sync + 'static {
         uids: &[u32],
         to: &str,
     ) -> Result<(u32, Vec<(u32, u32)>)>;
+
     /// What changed in a mailbox after `modseq` (CONDSTORE/QRESYNC resynchronisation):
     /// messages changed or added since, and UIDs expunged since.
     /// `NotFound` when `user` has no such mailbox.
     fn changes_since(&self, user: &str, mailbox_id: u64, modseq: u64) -> Result<ChangesSince>;
+
     /// Delete a mailbox and its messages (INBOX cannot be deleted).
     fn delete_mailbox(&self, user: &str, name: &str) -> Result<()>;
+
     /// Rename a mailbox (renaming INBOX moves its messages into a new mailbox, RFC 9051 §6.3.6).
     fn rename_mailbox(&self, user: &str, from: &str, to: &str) -> Result<()>;
+
     /// Subscribe to or unsubscribe from a name, whether a mailbox of that name exists or not
     /// (RFC 9051 §6.3.9); deleting a mailbox leaves its subscription.
     fn set_subscribed(&self, user: &str, name: &str, subscribed: bool) -> Result<()>;
+
     /// The names `user` is subscribed to.
     fn subscriptions(&self, user: &str) -> Result<Vec<String>>;
+
     /// The `\Recent` mark of a mailbox (RFC 3501 §2.3.2): every message with a UID above
     /// the returned value is recent, not yet seen by any session. With `claim`, the mark
     /// moves up to `up_to` atomically, so the calling session is the one session that
     /// shows those messages as `\Recent`; without it, nothing changes (EXAMINE, STATUS).
     fn claim_recent(&self, mailbox_id: u64, up_to: u32, claim: bool) -> Result<u32>;
 
-    // Queue
-    /// Put a message into the outbound queue (the store assigns `entry.blob`).
-    fn enqueue(&self, entry: QueueEntry, message: &[u8]) -> Result<()>;
-    /// Every queued entry.
-    fn queue(&self) -> Result<Vec<QueueEntry>>;
-    /// One queued entry.
-    fn queue_entry(&self, id: &str) -> Result<Option<QueueEntry>>;
-    /// Replace a queued entry's state (recipients left, attempts, next attempt, errors).
-    /// `NotFound` when the entry is no longer queued (deleted meanwhile, e.g. by `corvus queue
-    /// delete` during a delivery attempt): a stale update must not bring it back.
-    fn queue_update(&self, entry: &QueueEntry) -> Result<()>;
-    /// Make an entry due now (`corvus queue flush`), changing nothing else: the stored
-    /// entry is modified in place, so a delivery attempt's concurrent update (recipients
-    /// delivered meanwhile) is not overwritten by an older copy. `NotFound` when it is gone.
-    fn queue_due_now(&self, id: &str) -> Result<()>;
-    /// Remove an entry and its message bytes.
-    fn queue_remove(&self, id: &str) -> Result<()>;
-    /// Lease up to `limit` claimable entries to `owner` until `now + lease` seconds. Two
-    /// runners over one store never hold the same entry: each entry is claimed by one
-    /// atomic write that fails when another runner changed it first.
-    fn queue_claim(&self, owner: &str, now: i64, lease: i64, limit: usize) -> Result<Claimed>;
-    /// Extend `owner`'s lease on entry `id` to `until`. `NotFound` when the entry is gone,
-    /// `Invalid` when another runner holds it now (the lease expired and was taken).
-    fn queue_renew(&self, id: &str, owner: &str, until: i64) -> Result<()>;
-    /// Record `owner`'s progress on an entry (recipients left, attempts, next attempt,
-    /// errors), keeping the lease, or dropping it with `release`. Errors as
-    /// [`Self::queue_renew`]; nothing is written then.
-    fn queue_save(&self, entry: &QueueEntry, owner: &str, release: bool) -> Result<()>;
-    /// Remove an entry `owner` has finished, and its message bytes. Errors as
-    /// [`Self::queue_renew`].
-    fn queue_complete(&self, id: &str, owner: &str) -> Result<()>;
-
-    // Leases: locks that must hold across every process sharing the store (the POP3
-    // maildrop lock, IMAP sessions per user); see `store::lease` for the holder's side.
-    /// Take the lease `name` for `holder` until `until` (Unix seconds): `true` when it was
-    /// free, expired or already `holder`'s (then it is extended), `false` when another
-    /// holder has it. Atomic: two takers never both get it.
-    fn lease_take(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool>;
-    /// Give a lease back; nothing happens when `holder` does not hold it.
-    fn lease_drop(&self, name: &str, holder: &str) -> Result<()>;
-
-    // Key-value
-    /// Read a key in a namespace (expired keys read as missing).
-    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>>;
-    /// Write a key with an optional time-to-live in seconds.
-    fn kv_set(&self, ns: &str, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()>;
-    /// Add `delta` to the decimal counter at a key, atomically, and return the new value. A
-    /// missing, expired or non-numeric value counts from 0; `ttl` (seconds) is set only when
-    /// the counter starts, so a window does not slide with every increment.
-    fn kv_incr(&self, ns: &str, key: &str, delta: i64, ttl: Option<u64>) -> Result<i64>;
-
-    /// Subscribe to changes in an account's mailboxes. Changes of one mailbox arrive in
-    /// the order they became visible; a receiver that falls behind is told it lagged
-    /// and must re-read.
-    fn watch(&self, user: &str) -> Changes;
-
     /// Add, remove or replace flags of messages, computing the new flags from the stored
     /// ones so that concurrent updates from several sessions do not overwrite each other.
     /// Messages whose MODSEQ is above `unchanged_since` are left alone and returned in the
     /// second list (RFC 7162 UNCHANGEDSINCE); UIDs that do not exist are skipped.
     ///
-    /// The default reads then writes and is not atomic; backends should override it.
+    /// Atomic per message: no concurrent update is lost.
     fn update_flags(
         &self,
         user: &str,
@@ -639,38 +617,90 @@ pub trait MailStore: Send + Sync + 'static {
         op: FlagOp,
         flags: &[String],
         unchanged_since: Option<u64>,
-    ) -> Result<(Vec<FlagUpdate>, Vec<u32>)> {
-        let wanted: std::collections::HashSet<u32> = uids.iter().copied().collect();
-        let mut out = Vec::new();
-        let mut modified = Vec::new();
-        let mut changes = Vec::new();
-        for m in self.messages(mailbox_id)? {
-            if !wanted.contains(&m.uid) {
-                continue;
-            }
-            if unchanged_since.is_some_and(|u| m.modseq > u) {
-                modified.push(m.uid);
-                continue;
-            }
-            let new = op.apply(&m.flags, flags);
-            let changed = new != m.flags;
-            if changed {
-                changes.push((m.uid, new.clone()));
-            }
-            out.push(FlagUpdate {
-                uid: m.uid,
-                flags: new,
-                modseq: m.modseq,
-                changed,
-            });
-        }
-        for (uid, ms) in self.set_flags(user, mailbox_id, &changes)? {
-            if let Some(u) = out.iter_mut().find(|u| u.uid == uid) {
-                u.modseq = ms;
-            }
-        }
-        Ok((out, modified))
-    }
+    ) -> Result<(Vec<FlagUpdate>, Vec<u32>)>;
+}
+
+/// Message bytes, behind an opaque id.
+pub trait Blobs: Send + Sync {
+    /// The bytes of a message.
+    fn blob(&self, blob: u64) -> Result<Vec<u8>>;
+}
+
+/// The outbound queue, with claims and leases for the runners.
+pub trait Queue: Send + Sync {
+    /// Put a message into the outbound queue (the store assigns `entry.blob`).
+    fn enqueue(&self, entry: QueueEntry, message: &[u8]) -> Result<()>;
+
+    /// Every queued entry.
+    fn queue(&self) -> Result<Vec<QueueEntry>>;
+
+    /// One queued entry.
+    fn queue_entry(&self, id: &str) -> Result<Option<QueueEntry>>;
+
+    /// Replace a queued entry's state (recipients left, attempts, next attempt, errors).
+    /// `NotFound` when the entry is no longer queued (deleted meanwhile, e.g. by `corvus queue
+    /// delete` during a delivery attempt): a stale update must not bring it back.
+    fn queue_update(&self, entry: &QueueEntry) -> Result<()>;
+
+    /// Make an entry due now (`corvus queue flush`), changing nothing else: the stored
+    /// entry is modified in place, so a delivery attempt's concurrent update (recipients
+    /// delivered meanwhile) is not overwritten by an older copy. `NotFound` when it is gone.
+    fn queue_due_now(&self, id: &str) -> Result<()>;
+
+    /// Remove an entry and its message bytes.
+    fn queue_remove(&self, id: &str) -> Result<()>;
+
+    /// Lease up to `limit` claimable entries to `owner` until `now + lease` seconds. Two
+    /// runners over one store never hold the same entry: each entry is claimed by one
+    /// atomic write that fails when another runner changed it first.
+    fn queue_claim(&self, owner: &str, now: i64, lease: i64, limit: usize) -> Result<Claimed>;
+
+    /// Extend `owner`'s lease on entry `id` to `until`. `NotFound` when the entry is gone,
+    /// `Invalid` when another runner holds it now (the lease expired and was taken).
+    fn queue_renew(&self, id: &str, owner: &str, until: i64) -> Result<()>;
+
+    /// Record `owner`'s progress on an entry (recipients left, attempts, next attempt,
+    /// errors), keeping the lease, or dropping it with `release`. Errors as
+    /// [`Self::queue_renew`]; nothing is written then.
+    fn queue_save(&self, entry: &QueueEntry, owner: &str, release: bool) -> Result<()>;
+
+    /// Remove an entry `owner` has finished, and its message bytes. Errors as
+    /// [`Self::queue_renew`].
+    fn queue_complete(&self, id: &str, owner: &str) -> Result<()>;
+}
+
+/// Leases: locks that must hold across every process sharing the store (the POP3
+/// maildrop lock, IMAP sessions per user); see `store::lease` for the holder's side.
+pub trait Leases: Send + Sync {
+    /// Take the lease `name` for `holder` until `until` (Unix seconds): `true` when it was
+    /// free, expired or already `holder`'s (then it is extended), `false` when another
+    /// holder has it. Atomic: two takers never both get it.
+    fn lease_take(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool>;
+
+    /// Give a lease back; nothing happens when `holder` does not hold it.
+    fn lease_drop(&self, name: &str, holder: &str) -> Result<()>;
+}
+
+/// The namespaced key-value area of scripts and plugins, with TTLs and counters.
+pub trait Kv: Send + Sync {
+    /// Read a key in a namespace (expired keys read as missing).
+    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Write a key with an optional time-to-live in seconds.
+    fn kv_set(&self, ns: &str, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()>;
+
+    /// Add `delta` to the decimal counter at a key, atomically, and return the new value. A
+    /// missing, expired or non-numeric value counts from 0; `ttl` (seconds) is set only when
+    /// the counter starts, so a window does not slide with every increment.
+    fn kv_incr(&self, ns: &str, key: &str, delta: i64, ttl: Option<u64>) -> Result<i64>;
+}
+
+/// The change feed.
+pub trait Feed: Send + Sync {
+    /// Subscribe to changes in an account's mailboxes. Changes of one mailbox arrive in
+    /// the order they became visible; a receiver that falls behind is told it lagged
+    /// and must re-read.
+    fn watch(&self, user: &str) -> Changes;
 }
 
 /// Whether `name` is INBOX, which is case-insensitive (RFC 9051 §5.1).

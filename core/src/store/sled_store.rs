@@ -237,7 +237,7 @@ impl SledStore {
 }
 
 impl SledStore {
-    /// The writes of [`MailStore::ingest`], without the wait for durability.
+    /// The writes of [`Mailboxes::ingest`], without the wait for durability.
     ///
     /// The bodies are written first and are invisible until referenced. With one record to
     /// write (one placement, or a queue entry alone: most mail) that record comes last and
@@ -582,7 +582,9 @@ impl MailStore for SledStore {
     fn commit(&self) -> Commit {
         self.committer.commit()
     }
+}
 
+impl Directory for SledStore {
     fn create_account(&self, address: &str, password_hash: &str) -> Result<()> {
         let address = normalize_address(address);
         let account = Account {
@@ -737,7 +739,9 @@ impl MailStore for SledStore {
             })
             .collect()
     }
+}
 
+impl Mailboxes for SledStore {
     fn mailboxes(&self, user: &str) -> Result<Vec<Mailbox>> {
         let mut prefix = normalize_address(user).into_bytes();
         prefix.push(0);
@@ -850,12 +854,6 @@ impl MailStore for SledStore {
             Some(v) => Ok(Some(MessageMeta::decode(&v)?)),
             None => Ok(None),
         }
-    }
-
-    fn blob(&self, blob: u64) -> Result<Vec<u8>> {
-        self.blobs
-            .get(blob)?
-            .ok_or_else(|| StoreError::NotFound(format!("message blob {blob}")))
     }
 
     fn set_flags(
@@ -1164,6 +1162,87 @@ impl MailStore for SledStore {
         Ok(read(prev.as_deref()))
     }
 
+    fn update_flags(
+        &self,
+        user: &str,
+        mailbox_id: u64,
+        uids: &[u32],
+        op: FlagOp,
+        flags: &[String],
+        unchanged_since: Option<u64>,
+    ) -> Result<(Vec<FlagUpdate>, Vec<u32>)> {
+        let user = normalize_address(user);
+        let mbkey = self.mailbox_key_by_id(&user, mailbox_id)?;
+        // Read-modify-write in one transaction: sled retries it on conflict, so two
+        // sessions adding different flags to one message both see their flag stored.
+        let result = (&self.mailboxes, &self.messages)
+            .transaction(|(mbx, msgs)| {
+                let Some(v) = mbx.get(&mbkey)? else {
+                    return abort(StoreError::NotFound("mailbox".into()));
+                };
+                let mut mb: Mailbox = serde_json::from_slice(&v)
+                    .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
+                let mut out = Vec::with_capacity(uids.len());
+                let mut modified = Vec::new();
+                for uid in uids {
+                    let key = msg_key(mailbox_id, *uid);
+                    let Some(v) = msgs.get(key)? else { continue };
+                    let mut meta =
+                        MessageMeta::decode(&v).map_err(ConflictableTransactionError::Abort)?;
+                    if unchanged_since.is_some_and(|u| meta.modseq > u) {
+                        modified.push(*uid);
+                        continue;
+                    }
+                    let new = op.apply(&meta.flags, flags);
+                    let changed = new != meta.flags;
+                    if changed {
+                        mb.highest_modseq += 1;
+                        meta.flags = new;
+                        meta.modseq = mb.highest_modseq;
+                        msgs.insert(&key, meta.encode())?;
+                    }
+                    out.push(FlagUpdate {
+                        uid: *uid,
+                        flags: meta.flags,
+                        modseq: meta.modseq,
+                        changed,
+                    });
+                }
+                if out.iter().any(|u| u.changed) {
+                    mbx.insert(mbkey.clone(), serde_json::to_vec(&mb).expect("json"))?;
+                }
+                Ok((out, modified))
+            })
+            .map_err(tx_err)?;
+        if result.0.iter().any(|u| u.changed) {
+            let cached: Vec<(u32, Vec<String>, u64)> = result
+                .0
+                .iter()
+                .filter(|u| u.changed)
+                .map(|u| (u.uid, u.flags.clone(), u.modseq))
+                .collect();
+            self.meta_cache.flags_changed(mailbox_id, &cached);
+            self.notify(
+                &user,
+                Change::Flags {
+                    mailbox: mailbox_id,
+                    changes: cached,
+                },
+            );
+        }
+        Ok(result)
+    }
+}
+
+impl Blobs for SledStore {
+    fn blob(&self, blob: u64) -> Result<Vec<u8>> {
+        self.blobs
+            .get(blob)?
+            .ok_or_else(|| StoreError::NotFound(format!("message blob {blob}")))
+    }
+}
+
+impl Queue for SledStore {
     fn enqueue(&self, entry: QueueEntry, message: &[u8]) -> Result<()> {
         self.write_ingest(0, &[], Some((&entry, message)))
             .map(|_| ())
@@ -1284,7 +1363,9 @@ impl MailStore for SledStore {
             }
         }
     }
+}
 
+impl Leases for SledStore {
     /// In memory: sled allows one process, and a lease is about processes, so nothing is
     /// gained by writing it (and it cost two log writes per IMAP login, 15 % of the IMAP
     /// benchmark). A backend shared by several processes keeps them in the database.
@@ -1306,7 +1387,9 @@ impl MailStore for SledStore {
         }
         Ok(())
     }
+}
 
+impl Kv for SledStore {
     fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
         let k = mbox_key(ns, key);
         match self.kv.get(&k)? {
@@ -1360,80 +1443,11 @@ impl MailStore for SledStore {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0))
     }
+}
 
+impl Feed for SledStore {
     fn watch(&self, user: &str) -> Changes {
         self.watchers.watch(user)
-    }
-
-    fn update_flags(
-        &self,
-        user: &str,
-        mailbox_id: u64,
-        uids: &[u32],
-        op: FlagOp,
-        flags: &[String],
-        unchanged_since: Option<u64>,
-    ) -> Result<(Vec<FlagUpdate>, Vec<u32>)> {
-        let user = normalize_address(user);
-        let mbkey = self.mailbox_key_by_id(&user, mailbox_id)?;
-        // Read-modify-write in one transaction: sled retries it on conflict, so two
-        // sessions adding different flags to one message both see their flag stored.
-        let result = (&self.mailboxes, &self.messages)
-            .transaction(|(mbx, msgs)| {
-                let Some(v) = mbx.get(&mbkey)? else {
-                    return abort(StoreError::NotFound("mailbox".into()));
-                };
-                let mut mb: Mailbox = serde_json::from_slice(&v)
-                    .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
-                let mut out = Vec::with_capacity(uids.len());
-                let mut modified = Vec::new();
-                for uid in uids {
-                    let key = msg_key(mailbox_id, *uid);
-                    let Some(v) = msgs.get(key)? else { continue };
-                    let mut meta =
-                        MessageMeta::decode(&v).map_err(ConflictableTransactionError::Abort)?;
-                    if unchanged_since.is_some_and(|u| meta.modseq > u) {
-                        modified.push(*uid);
-                        continue;
-                    }
-                    let new = op.apply(&meta.flags, flags);
-                    let changed = new != meta.flags;
-                    if changed {
-                        mb.highest_modseq += 1;
-                        meta.flags = new;
-                        meta.modseq = mb.highest_modseq;
-                        msgs.insert(&key, meta.encode())?;
-                    }
-                    out.push(FlagUpdate {
-                        uid: *uid,
-                        flags: meta.flags,
-                        modseq: meta.modseq,
-                        changed,
-                    });
-                }
-                if out.iter().any(|u| u.changed) {
-                    mbx.insert(mbkey.clone(), serde_json::to_vec(&mb).expect("json"))?;
-                }
-                Ok((out, modified))
-            })
-            .map_err(tx_err)?;
-        if result.0.iter().any(|u| u.changed) {
-            let cached: Vec<(u32, Vec<String>, u64)> = result
-                .0
-                .iter()
-                .filter(|u| u.changed)
-                .map(|u| (u.uid, u.flags.clone(), u.modseq))
-                .collect();
-            self.meta_cache.flags_changed(mailbox_id, &cached);
-            self.notify(
-                &user,
-                Change::Flags {
-                    mailbox: mailbox_id,
-                    changes: cached,
-                },
-            );
-        }
-        Ok(result)
     }
 }
 
