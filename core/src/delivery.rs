@@ -210,6 +210,19 @@ pub fn queue_entry(id: &str, mail_from: &str, rcpts: Vec<QueueRcpt>, now: i64) -
     }
 }
 
+/// The facts of a delivery the queue makes (no client: listener `queue`, loopback
+/// address), for `on_delivery`.
+pub fn queue_ctx(mail_from: &str, rcpts: &[Recipient]) -> HookCtx {
+    let mut ctx = HookCtx::new(
+        HookPoint::Delivery,
+        "queue",
+        std::net::Ipv4Addr::LOCALHOST.into(),
+    );
+    ctx.mail_from = mail_from.to_string();
+    ctx.rcpts = rcpts.iter().map(|r| r.address.clone()).collect();
+    ctx
+}
+
 /// A fresh queue id.
 pub fn new_queue_id() -> String {
     format!("{:016X}", rand::random::<u64>())
@@ -244,13 +257,7 @@ pub async fn deliver_generated(
         });
     }
     let message = Arc::new(message);
-    let mut ctx = HookCtx::new(
-        HookPoint::Delivery,
-        "queue",
-        std::net::Ipv4Addr::LOCALHOST.into(),
-    );
-    ctx.mail_from = entry.mail_from.clone();
-    ctx.rcpts = rcpts.iter().map(|r| r.address.clone()).collect();
+    let ctx = queue_ctx(&entry.mail_from, &rcpts);
     // A generated message is never held back: a tempfail files it as usual.
     let plan = plan(shared, &ctx, &message, &rcpts, false, false)
         .await

@@ -561,13 +561,7 @@ async fn deliver_local(
     if !local.is_empty() {
         let recipients: Vec<_> = local.iter().map(|(_, r)| r.clone()).collect();
         let message = Arc::new(message.to_vec());
-        let mut ctx = HookCtx::new(
-            HookPoint::Delivery,
-            "queue",
-            std::net::Ipv4Addr::LOCALHOST.into(),
-        );
-        ctx.mail_from = entry.mail_from.clone();
-        ctx.rcpts = recipients.iter().map(|r| r.address.clone()).collect();
+        let ctx = crate::delivery::queue_ctx(&entry.mail_from, &recipients);
         let result = match crate::delivery::plan(shared, &ctx, &message, &recipients, false, true)
             .await
         {

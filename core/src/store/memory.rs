@@ -382,12 +382,7 @@ impl Mailboxes for MemoryStore {
 
     fn ingest(&self, ingest: Ingest) -> StoreFuture<'_, Result<Receipt>> {
         Box::pin(async move {
-            let filed: Vec<(&[u8], &[Placement])> = ingest
-                .filed
-                .iter()
-                .map(|f| (f.message.as_slice(), f.placements.as_slice()))
-                .collect();
-            let queue = ingest.queue.as_ref().map(|(e, m)| (e, m.as_slice()));
+            let (filed, queue) = ingest.parts();
             self.write_ingest(ingest.internal_date, &filed, queue)
         })
     }
@@ -652,12 +647,7 @@ impl Mailboxes for MemoryStore {
             return Err(StoreError::NotFound(format!("mailbox {from}")));
         };
         if is_inbox(&from) {
-            // RFC 9051 §6.3.6: move INBOX's messages to the new name; INBOX stays, empty.
-            self.create_mailbox(&user, &to, None)?;
-            let uids: Vec<u32> = self.messages(mb.id)?.iter().map(|m| m.uid).collect();
-            self.copy(&user, mb.id, &uids, &to)?;
-            self.expunge(&user, mb.id, &uids)?;
-            return Ok(());
+            return rename_inbox(self, &user, mb.id, &to);
         }
         let mut st = self.state();
         let prefix = format!("{from}/");

@@ -273,6 +273,18 @@ pub struct Ingest {
 }
 
 impl Ingest {
+    /// Its parts as borrowed slices: (body, placements) per body, and the queue entry with
+    /// its bytes (what a backend's write works on).
+    #[allow(clippy::type_complexity)]
+    pub fn parts(&self) -> (Vec<(&[u8], &[Placement])>, Option<(&QueueEntry, &[u8])>) {
+        let filed = self
+            .filed
+            .iter()
+            .map(|f| (f.message.as_slice(), f.placements.as_slice()))
+            .collect();
+        (filed, self.queue.as_ref().map(|(e, m)| (e, m.as_slice())))
+    }
+
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.queue.is_none() && self.filed.iter().all(|f| f.placements.is_empty())
@@ -739,20 +751,14 @@ pub(crate) fn appended(placed: &[(String, u64, MessageMeta)]) -> Vec<(&str, Chan
     out
 }
 
-/// The mailboxes an ingest created (file_into a new folder): (account, name).
-pub(crate) fn fresh_created<'a>(
-    fresh: &'a std::collections::HashMap<Vec<u8>, Mailbox>,
-    placed: &'a [(String, u64, MessageMeta)],
-) -> Vec<(&'a str, String)> {
-    let mut out: Vec<(&str, String)> = Vec::new();
-    for mb in fresh.values() {
-        if let Some((user, _, _)) = placed.iter().find(|(_, id, _)| *id == mb.id)
-            && !out.iter().any(|(u, n)| u == user && *n == mb.name)
-        {
-            out.push((user, mb.name.clone()));
-        }
-    }
-    out
+/// Renaming INBOX moves its messages into a new mailbox of that name; INBOX stays, empty
+/// (RFC 9051 §6.3.6). The same rule for every backend, in terms of the trait.
+pub(crate) fn rename_inbox(store: &dyn Mailboxes, user: &str, inbox: u64, to: &str) -> Result<()> {
+    store.create_mailbox(user, to, None)?;
+    let uids: Vec<u32> = store.messages(inbox)?.iter().map(|m| m.uid).collect();
+    store.copy(user, inbox, &uids, to)?;
+    store.expunge(user, inbox, &uids)?;
+    Ok(())
 }
 
 /// The error of a queue call whose lease another runner holds now.

@@ -563,6 +563,22 @@ impl SledStore {
     }
 }
 
+/// The mailboxes an ingest created (file_into a new folder): (account, name).
+fn fresh_created<'a>(
+    fresh: &'a std::collections::HashMap<Vec<u8>, Mailbox>,
+    placed: &'a [(String, u64, MessageMeta)],
+) -> Vec<(&'a str, String)> {
+    let mut out: Vec<(&str, String)> = Vec::new();
+    for mb in fresh.values() {
+        if let Some((user, _, _)) = placed.iter().find(|(_, id, _)| *id == mb.id)
+            && !out.iter().any(|(u, n)| u == user && *n == mb.name)
+        {
+            out.push((user, mb.name.clone()));
+        }
+    }
+    out
+}
+
 fn id_of(e: &QueueEntry) -> &str {
     &e.id
 }
@@ -789,12 +805,7 @@ impl Mailboxes for SledStore {
             if ingest.is_empty() {
                 return Ok(Receipt::default());
             }
-            let filed: Vec<(&[u8], &[Placement])> = ingest
-                .filed
-                .iter()
-                .map(|f| (f.message.as_slice(), f.placements.as_slice()))
-                .collect();
-            let queue = ingest.queue.as_ref().map(|(e, m)| (e, m.as_slice()));
+            let (filed, queue) = ingest.parts();
             let receipt = self.write_ingest(ingest.internal_date, &filed, queue)?;
             self.commit().await?;
             Ok(receipt)
@@ -1074,12 +1085,7 @@ impl Mailboxes for SledStore {
             return Err(StoreError::NotFound(format!("mailbox {from}")));
         };
         if is_inbox(&from) {
-            // RFC 9051 §6.3.6: move INBOX's messages to the new name; INBOX stays, empty.
-            self.create_mailbox(&user, &to, None)?;
-            let uids: Vec<u32> = self.messages(mb.id)?.iter().map(|m| m.uid).collect();
-            self.copy(&user, mb.id, &uids, &to)?;
-            self.expunge(&user, mb.id, &uids)?;
-            return Ok(());
+            return rename_inbox(self, &user, mb.id, &to);
         }
         // Children move with their parent.
         let prefix = format!("{from}/");
