@@ -30,26 +30,37 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
     }
 }
 
-/// Check credentials against the store. Runs argon2, so call it off the async workers.
+/// Check credentials against the store; argon2 runs on the blocking pool.
 /// Returns the canonical account address on success.
-pub fn authenticate(
+pub async fn authenticate(
     store: &Store,
     username: &str,
     password: &str,
 ) -> Result<Option<String>, StoreError> {
-    let account = store.account(username)?;
-    // Verify against a dummy hash when the user is unknown so timing does not reveal it.
+    let account = store.account(username).await?;
+    check_password(account, password).await
+}
+
+/// Verify `password` against `account`'s hash (against a dummy hash when there is no
+/// account or no password, so that timing does not reveal which), on the blocking pool.
+async fn check_password(
+    account: Option<crate::store::Account>,
+    password: &str,
+) -> Result<Option<String>, StoreError> {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let dummy = DUMMY.get_or_init(|| hash_password("not a real password"));
-    match account {
+    let password = password.to_string();
+    tokio::task::spawn_blocking(move || match account {
         Some(a) if !a.password_hash.is_empty() => {
-            Ok(verify_password(password, &a.password_hash).then_some(a.address))
+            verify_password(&password, &a.password_hash).then_some(a.address)
         }
         _ => {
-            verify_password(password, dummy);
-            Ok(None)
+            let dummy = DUMMY.get_or_init(|| hash_password("not a real password"));
+            verify_password(&password, dummy);
+            None
         }
-    }
+    })
+    .await
+    .map_err(|e| StoreError::Backend(format!("credential check task: {e}")))
 }
 
 /// Recent successful password checks, kept as keyed BLAKE2b MACs of the password under a
@@ -87,7 +98,7 @@ impl CredentialCache {
         }
     }
 
-    /// [`authenticate_cached`] on the blocking pool, at most one check per CPU at a time.
+    /// [`authenticate_cached`], at most one argon2 check per CPU at a time.
     pub async fn verify(
         self: &Arc<Self>,
         store: &Store,
@@ -95,11 +106,7 @@ impl CredentialCache {
         password: &str,
     ) -> Result<Option<String>, StoreError> {
         let _permit = self.checks.acquire().await.expect("never closed");
-        let (store, cache) = (store.clone(), self.clone());
-        let (u, p) = (username.to_string(), password.to_string());
-        tokio::task::spawn_blocking(move || authenticate_cached(&store, &cache, &u, &p))
-            .await
-            .map_err(|e| StoreError::Backend(format!("credential check task: {e}")))?
+        authenticate_cached(store, self, username, password).await
     }
 
     fn mac(&self, address: &str, password: &str) -> [u8; 32] {
@@ -150,23 +157,23 @@ impl CredentialCache {
 
 /// [`authenticate`], answered from `cache` when the same password was verified for the same
 /// stored hash recently. Failures are never cached: every wrong password costs argon2.
-pub fn authenticate_cached(
+pub async fn authenticate_cached(
     store: &Store,
     cache: &CredentialCache,
     username: &str,
     password: &str,
 ) -> Result<Option<String>, StoreError> {
-    if let Some(a) = store.account(username)?
+    let account = store.account(username).await?;
+    if let Some(a) = &account
         && !a.password_hash.is_empty()
         && cache.hit(&a.address, &a.password_hash, password)
     {
-        return Ok(Some(a.address));
+        return Ok(Some(a.address.clone()));
     }
-    let valid = authenticate(store, username, password)?;
-    if let Some(address) = &valid
-        && let Some(a) = store.account(address)?
-    {
-        cache.remember(&a.address, &a.password_hash, password);
+    let hash = account.as_ref().map(|a| a.password_hash.clone());
+    let valid = check_password(account, password).await?;
+    if let (Some(address), Some(hash)) = (&valid, hash) {
+        cache.remember(address, &hash, password);
     }
     Ok(valid)
 }
@@ -177,7 +184,7 @@ pub fn authenticate_cached(
 /// in) and the default mailboxes, so IMAP and POP3 work at once and mail to it is delivered
 /// from then on, like to any account. `None` (the login fails) for an address that is not
 /// `local@domain` in a local domain, or that is an alias.
-pub fn external_account(
+pub async fn external_account(
     store: &Store,
     local_domains: &[String],
     username: &str,
@@ -187,19 +194,19 @@ pub fn external_account(
         tracing::info!(user = %username, "hook accepted a login that is not an address; refused");
         return Ok(None);
     }
-    if let Some(a) = store.account(&address)? {
+    if let Some(a) = store.account(&address).await? {
         return Ok(Some(a.address));
     }
     let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
-    if !crate::routing::is_local_domain(store, local_domains, domain)? {
+    if !crate::routing::is_local_domain(store, local_domains, domain).await? {
         tracing::info!(user = %address, "hook accepted an address outside the local domains; refused");
         return Ok(None);
     }
-    if store.alias(&address)?.is_some() {
+    if store.alias(&address).await?.is_some() {
         tracing::info!(user = %address, "hook accepted an alias address; refused (aliases have no mailboxes)");
         return Ok(None);
     }
-    match store.create_account(&address, "") {
+    match store.create_account(&address, "").await {
         Ok(()) => {
             tracing::info!(user = %address, "account created on first login (external authentication)");
             Ok(Some(address))
@@ -222,23 +229,17 @@ pub async fn hook_accepted(
     if valid.is_some() {
         return valid;
     }
-    let (s, d, u) = (store.clone(), local_domains.to_vec(), username.to_string());
-    let created = tokio::task::spawn_blocking(move || external_account(&s, &d, &u)).await;
-    match created {
-        Ok(Ok(Some(account))) => match store.commit().await {
+    match external_account(store, local_domains, username).await {
+        Ok(Some(account)) => match store.commit().await {
             Ok(()) => Some(account),
             Err(e) => {
                 tracing::error!(user = %account, error = %e, "could not commit a new account");
                 None
             }
         },
-        Ok(Ok(None)) => None,
-        Ok(Err(e)) => {
-            tracing::error!(user = %username, error = %e, "could not provision an account");
-            None
-        }
+        Ok(None) => None,
         Err(e) => {
-            tracing::error!(user = %username, error = %e, "account provisioning task failed");
+            tracing::error!(user = %username, error = %e, "could not provision an account");
             None
         }
     }
@@ -260,21 +261,24 @@ pub fn valid_address(address: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blocking::Wait;
 
-    #[test]
-    fn external_accounts_are_created_in_local_domains_only() {
+    #[tokio::test]
+    async fn external_accounts_are_created_in_local_domains_only() {
         let store: Store = Arc::new(crate::store::MemoryStore::new());
-        store.add_domain("runtime.example").unwrap();
+        store.add_domain("runtime.example").await.unwrap();
         store
             .set_alias("list@example.org", &["x@else.example".into()])
+            .await
             .unwrap();
         let domains = vec!["example.org".to_string()];
-        let ext = |u: &str| external_account(&store, &domains, u).unwrap();
+        let ext = |u: &str| external_account(&store, &domains, u).wait().unwrap();
         assert_eq!(ext(" New@Example.ORG ").as_deref(), Some("new@example.org"));
-        let acc = store.account("new@example.org").unwrap().unwrap();
+        let acc = store.account("new@example.org").await.unwrap().unwrap();
         assert!(acc.password_hash.is_empty());
         let names: Vec<String> = store
             .mailboxes("new@example.org")
+            .await
             .unwrap()
             .into_iter()
             .map(|m| m.name)
@@ -284,7 +288,10 @@ mod tests {
         }
         // A second login finds it; no password works for it.
         assert_eq!(ext("new@example.org").as_deref(), Some("new@example.org"));
-        assert_eq!(authenticate(&store, "new@example.org", "").unwrap(), None);
+        assert_eq!(
+            authenticate(&store, "new@example.org", "").await.unwrap(),
+            None
+        );
         assert_eq!(
             ext("a@runtime.example").as_deref(),
             Some("a@runtime.example")
@@ -292,7 +299,7 @@ mod tests {
         assert_eq!(ext("a@remote.example"), None);
         assert_eq!(ext("list@example.org"), None);
         assert_eq!(ext("no-at-sign"), None);
-        assert!(store.account("a@remote.example").unwrap().is_none());
+        assert!(store.account("a@remote.example").await.unwrap().is_none());
     }
 
     #[test]
@@ -304,17 +311,23 @@ mod tests {
         assert!(!verify_password("s3cret", "garbage"));
     }
 
-    #[test]
-    fn cache_hits_only_for_the_same_password_and_hash() {
+    #[tokio::test]
+    async fn cache_hits_only_for_the_same_password_and_hash() {
         let store: Store = Arc::new(crate::store::MemoryStore::new());
         store
             .create_account("a@example.org", &hash_password("pw"))
+            .await
             .unwrap();
         let cache = CredentialCache::new(Duration::from_secs(60));
-        let ok = |p: &str| authenticate_cached(&store, &cache, "A@example.org", p).unwrap();
+        let ok = |p: &str| {
+            authenticate_cached(&store, &cache, "A@example.org", p)
+                .wait()
+                .unwrap()
+        };
         assert_eq!(ok("pw").as_deref(), Some("a@example.org"));
         let phc = store
             .account("a@example.org")
+            .await
             .unwrap()
             .unwrap()
             .password_hash;
@@ -324,6 +337,7 @@ mod tests {
         // A password change invalidates the cached check.
         store
             .set_password("a@example.org", &hash_password("new"))
+            .await
             .unwrap();
         assert_eq!(ok("pw"), None);
         assert_eq!(ok("new").as_deref(), Some("a@example.org"));
@@ -331,6 +345,7 @@ mod tests {
         let short = CredentialCache::new(Duration::ZERO);
         let phc = store
             .account("a@example.org")
+            .await
             .unwrap()
             .unwrap()
             .password_hash;

@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 
 use crate::accounts::{hash_password, valid_address};
+use crate::blocking::Wait;
 use crate::store::{Store, StoreError};
 
 /// One administrative request; the CLI sends these over the control socket as JSON.
@@ -184,7 +185,7 @@ pub fn execute_with_progress(
             if !config_domains
                 .iter()
                 .any(|d| d.eq_ignore_ascii_case(&domain))
-                && !store.domains()?.contains(&domain)
+                && !store.domains().wait()?.contains(&domain)
             {
                 if !create_domain {
                     return Err(AdminError::Usage(format!(
@@ -193,18 +194,25 @@ pub fn execute_with_progress(
                          Check the address, or add --create-domain (or `corvus domain add {domain}` first)"
                     )));
                 }
-                store.add_domain(&domain)?;
+                store.add_domain(&domain).wait()?;
                 note = format!(" (domain {domain} added as local)");
             }
-            store.create_account(&address, &hash_password(&password))?;
+            store
+                .create_account(&address, &hash_password(&password))
+                .wait()?;
             format!("added user {}{note}", address.to_lowercase())
         }
         AdminCommand::UserDel { address } => {
-            store.delete_account(&address)?;
+            store.delete_account(&address).wait()?;
             format!("deleted user {} and its mail", address.to_lowercase())
         }
         AdminCommand::UserList => {
-            let mut v: Vec<String> = store.accounts()?.into_iter().map(|a| a.address).collect();
+            let mut v: Vec<String> = store
+                .accounts()
+                .wait()?
+                .into_iter()
+                .map(|a| a.address)
+                .collect();
             v.sort();
             v.join("\n")
         }
@@ -212,7 +220,9 @@ pub fn execute_with_progress(
             if password.is_empty() {
                 return Err(AdminError::Usage("the password must not be empty".into()));
             }
-            store.set_password(&address, &hash_password(&password))?;
+            store
+                .set_password(&address, &hash_password(&password))
+                .wait()?;
             format!("password changed for {}", address.to_lowercase())
         }
         AdminCommand::DomainAdd { domain } => {
@@ -221,11 +231,11 @@ pub fn execute_with_progress(
                     "{domain:?} is not a domain name"
                 )));
             }
-            store.add_domain(&domain)?;
+            store.add_domain(&domain).wait()?;
             format!("added domain {}", domain.to_lowercase())
         }
         AdminCommand::DomainDel { domain } => {
-            store.delete_domain(&domain)?;
+            store.delete_domain(&domain).wait()?;
             format!("removed domain {}", domain.to_lowercase())
         }
         AdminCommand::DomainList => {
@@ -233,7 +243,7 @@ pub fn execute_with_progress(
                 .iter()
                 .map(|d| format!("{} (config)", d.to_lowercase()))
                 .collect();
-            v.extend(store.domains()?);
+            v.extend(store.domains().wait()?);
             v.join("\n")
         }
         AdminCommand::AliasAdd { alias, targets } => {
@@ -244,7 +254,7 @@ pub fn execute_with_progress(
             for t in &targets {
                 check_address(t)?;
             }
-            store.set_alias(&alias, &targets)?;
+            store.set_alias(&alias, &targets).wait()?;
             format!(
                 "alias {} -> {}",
                 alias.to_lowercase(),
@@ -252,7 +262,7 @@ pub fn execute_with_progress(
             )
         }
         AdminCommand::AliasDel { alias } => {
-            store.delete_alias(&alias)?;
+            store.delete_alias(&alias).wait()?;
             format!("removed alias {}", alias.to_lowercase())
         }
         AdminCommand::Reload => {
@@ -262,7 +272,7 @@ pub fn execute_with_progress(
             ));
         }
         AdminCommand::QueueList => {
-            let mut q = store.queue()?;
+            let mut q = store.queue().wait()?;
             q.sort_by_key(|e| e.created);
             if q.is_empty() {
                 return Ok("queue is empty".into());
@@ -294,9 +304,10 @@ pub fn execute_with_progress(
         }
         AdminCommand::QueueShow { id } => {
             let e = store
-                .queue_entry(&id)?
+                .queue_entry(&id)
+                .wait()?
                 .ok_or_else(|| StoreError::NotFound(format!("queue entry {id}")))?;
-            let msg = store.blob(e.blob).unwrap_or_default();
+            let msg = store.blob(e.blob).wait().unwrap_or_default();
             let head = &msg[..crate::message::header_end(&msg)];
             format!(
                 "id: {}\nfrom: <{}>\nrecipients: {}\ncreated: {}\nattempts: {}\nnext attempt: {}\nlast error: {}\nsize: {}\ndecisions:\n{}\n\n{}",
@@ -322,9 +333,9 @@ pub fn execute_with_progress(
         }
         AdminCommand::QueueFlush { id } => {
             let mut n = 0;
-            for e in store.queue()? {
+            for e in store.queue().wait()? {
                 if id.as_ref().is_none_or(|i| *i == e.id) {
-                    match store.queue_due_now(&e.id) {
+                    match store.queue_due_now(&e.id).wait() {
                         Ok(()) => n += 1,
                         // Delivered or deleted since the listing.
                         Err(StoreError::NotFound(_)) => {}
@@ -340,7 +351,7 @@ pub fn execute_with_progress(
             format!("{n} message(s) scheduled for immediate delivery")
         }
         AdminCommand::QueueDelete { id } => {
-            store.queue_remove(&id)?;
+            store.queue_remove(&id).wait()?;
             format!("removed {id} from the queue")
         }
         AdminCommand::DkimGenerate {
@@ -349,6 +360,7 @@ pub fn execute_with_progress(
             algorithm,
         } => {
             let key = crate::dkim::generate(store, &domain, &selector, &algorithm)
+                .wait()
                 .map_err(|e| AdminError::Usage(e.to_string()))?;
             format!(
                 "DKIM key for {domain} created. Publish this DNS record:\n{}",
@@ -356,26 +368,35 @@ pub fn execute_with_progress(
             )
         }
         AdminCommand::AliasList => store
-            .aliases()?
+            .aliases()
+            .wait()?
             .into_iter()
             .map(|(a, t)| format!("{a} -> {}", t.join(", ")))
             .collect::<Vec<_>>()
             .join("\n"),
         AdminCommand::MailboxList { address, folder } => {
-            if store.account(&address)?.is_none() {
+            if store.account(&address).wait()?.is_none() {
                 return Err(
                     StoreError::NotFound(format!("account {}", address.to_lowercase())).into(),
                 );
             }
             match folder {
                 None => store
-                    .mailboxes(&address)?
+                    .mailboxes(&address)
+                    .wait()?
                     .into_iter()
-                    .map(|mb| Ok(format!("{}\t{}", mb.name, store.messages(mb.id)?.len())))
+                    .map(|mb| {
+                        Ok(format!(
+                            "{}\t{}",
+                            mb.name,
+                            store.messages(mb.id).wait()?.len()
+                        ))
+                    })
                     .collect::<Result<Vec<_>, StoreError>>()?
                     .join("\n"),
                 Some(folder) => store
-                    .messages(find_mailbox(store, &address, &folder)?)?
+                    .messages(find_mailbox(store, &address, &folder)?)
+                    .wait()?
                     .into_iter()
                     .map(|m| format!("{}\t{}", m.uid, m.size))
                     .collect::<Vec<_>>()
@@ -389,11 +410,12 @@ pub fn execute_with_progress(
         } => {
             let id = find_mailbox(store, &address, &folder)?;
             let meta = store
-                .messages(id)?
+                .messages(id)
+                .wait()?
                 .into_iter()
                 .find(|m| m.uid == uid)
                 .ok_or_else(|| StoreError::NotFound(format!("message {uid} in {folder}")))?;
-            B64.encode(store.blob(meta.blob)?)
+            B64.encode(store.blob(meta.blob).wait()?)
         }
         AdminCommand::MailboxExport {
             address,
@@ -445,7 +467,7 @@ pub fn execute_with_progress(
 
 /// The id of `user`'s mailbox `name`, or a not-found error naming both.
 fn find_mailbox(store: &Store, user: &str, name: &str) -> Result<u64, AdminError> {
-    match store.mailbox(user, name)? {
+    match store.mailbox(user, name).wait()? {
         Some(mb) => Ok(mb.id),
         None => {
             Err(StoreError::NotFound(format!("mailbox {name} of {}", user.to_lowercase())).into())
@@ -481,17 +503,20 @@ mod tests {
     use crate::store::Placement;
     use std::sync::Arc;
 
-    #[test]
-    fn mailbox_list_and_cat() {
+    #[tokio::test]
+    async fn mailbox_list_and_cat() {
         let store: Store = Arc::new(crate::store::MemoryStore::new());
-        store.create_account("alice@example.org", "x").unwrap();
+        store
+            .create_account("alice@example.org", "x")
+            .await
+            .unwrap();
         let raw = b"Subject: hi\r\n\r\n\x00\xff bytes\r\n".to_vec();
         let to = [Placement {
             user: "alice@example.org".into(),
             mailbox: "INBOX".into(),
             flags: Vec::new(),
         }];
-        let uids = store.deliver(&raw, 0, &to).unwrap();
+        let uids = store.deliver(&raw, 0, &to).await.unwrap();
         let run = |cmd| execute(&store, &[], cmd);
         let list = run(AdminCommand::MailboxList {
             address: "Alice@example.org".into(),

@@ -96,7 +96,7 @@ pub async fn plan(
         };
         for target in targets {
             // A target that is no account (an alias forwarding elsewhere) is relayed.
-            if !shared.store.account_exists(target).unwrap_or(false) {
+            if !shared.store.account_exists(target).await.unwrap_or(false) {
                 if !plan.remote.iter().any(|r| r.address == *target) {
                     plan.remote.push(rcpt.queued(target.clone()));
                 }
@@ -244,7 +244,9 @@ pub async fn deliver_generated(
             &shared.config.domains,
             shared.config.postmaster.as_deref(),
             &r.address,
-        )? {
+        )
+        .await?
+        {
             Route::UnknownLocal => Route::Remote,
             route => route,
         };

@@ -80,7 +80,7 @@ pub enum DkimError {
 }
 
 /// Create and store a key for `domain`.
-pub fn generate(
+pub async fn generate(
     store: &Store,
     domain: &str,
     selector: &str,
@@ -135,22 +135,24 @@ pub fn generate(
     };
     // One key per selector: a domain may sign with several at once (RSA and ed25519 side by
     // side, RFC 8463 §1); a new key for an existing selector replaces that one.
-    let mut all = keys(store, &domain)?;
+    let mut all = keys(store, &domain).await?;
     all.retain(|k| !k.selector.eq_ignore_ascii_case(selector));
     all.push(key.clone());
-    store.kv_set(
-        NS,
-        &domain,
-        &serde_json::to_vec(&all).map_err(|e| DkimError::Crypto(e.to_string()))?,
-        None,
-    )?;
+    store
+        .kv_set(
+            NS,
+            &domain,
+            &serde_json::to_vec(&all).map_err(|e| DkimError::Crypto(e.to_string()))?,
+            None,
+        )
+        .await?;
     Ok(key)
 }
 
 /// Every key of `domain`, in the order they were made (a store written before several keys
 /// per domain holds one key object: read as a list of one).
-pub fn keys(store: &Store, domain: &str) -> Result<Vec<DkimKey>, StoreError> {
-    let Some(v) = store.kv_get(NS, &domain.to_lowercase())? else {
+pub async fn keys(store: &Store, domain: &str) -> Result<Vec<DkimKey>, StoreError> {
+    let Some(v) = store.kv_get(NS, &domain.to_lowercase()).await? else {
         return Ok(Vec::new());
     };
     Ok(serde_json::from_slice::<Vec<DkimKey>>(&v)
@@ -159,14 +161,14 @@ pub fn keys(store: &Store, domain: &str) -> Result<Vec<DkimKey>, StoreError> {
 }
 
 /// The first key of `domain` (ARC sealing signs with one key).
-pub fn key(store: &Store, domain: &str) -> Result<Option<DkimKey>, StoreError> {
-    Ok(keys(store, domain)?.into_iter().next())
+pub async fn key(store: &Store, domain: &str) -> Result<Option<DkimKey>, StoreError> {
+    Ok(keys(store, domain).await?.into_iter().next())
 }
 
 /// `DKIM-Signature:` header lines (each with CRLF) for `message`, one for every key of
 /// `domain`; `None` when it has none (or every signing failed).
-pub fn sign(store: &Store, domain: &str, message: &[u8]) -> Option<String> {
-    let all = keys(store, domain).ok()?;
+pub async fn sign(store: &Store, domain: &str, message: &[u8]) -> Option<String> {
+    let all = keys(store, domain).await.ok()?;
     let headers: String = all
         .iter()
         .filter_map(|k| sign_with(k, domain, message))

@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod bench;
+pub mod blocking;
 pub mod config;
 pub mod control;
 pub mod delivery;

@@ -4,13 +4,14 @@ use crate::hooks::Route;
 use crate::store::{Store, StoreError};
 
 /// Local domains: the config's plus those added at run time.
-pub fn is_local_domain(
+pub async fn is_local_domain(
     store: &Store,
     config_domains: &[String],
     domain: &str,
 ) -> Result<bool, StoreError> {
     let d = domain.to_lowercase();
-    Ok(config_domains.iter().any(|c| c.eq_ignore_ascii_case(&d)) || store.domains()?.contains(&d))
+    Ok(config_domains.iter().any(|c| c.eq_ignore_ascii_case(&d))
+        || store.domains().await?.contains(&d))
 }
 
 /// Resolve `address` (already `local@domain`): a local route lists the final addresses,
@@ -18,7 +19,7 @@ pub fn is_local_domain(
 /// exists (RFC 5321 §4.5.1): without an account or alias of that name it goes to
 /// `postmaster` (the config's), else to the first account of the first local domain that has
 /// one.
-pub fn resolve(
+pub async fn resolve(
     store: &Store,
     config_domains: &[String],
     postmaster: Option<&str>,
@@ -28,11 +29,11 @@ pub fn resolve(
     let Some((local, domain)) = address.rsplit_once('@') else {
         return Ok(Route::UnknownLocal);
     };
-    if !is_local_domain(store, config_domains, domain)? {
+    if !is_local_domain(store, config_domains, domain).await? {
         return Ok(Route::Remote);
     }
     let mut out = Vec::new();
-    expand(store, config_domains, &address, 0, &mut out)?;
+    expand(store, config_domains, &address, 0, &mut out).await?;
     if out.is_empty() {
         // Plus-addressing: alice+tag@ → alice@.
         if let Some((base, _tag)) = local.split_once('+')
@@ -44,14 +45,15 @@ pub fn resolve(
                 &format!("{base}@{domain}"),
                 0,
                 &mut out,
-            )?;
+            )
+            .await?;
         }
     }
     if out.is_empty() && local == "postmaster" {
         match postmaster {
-            Some(p) => expand(store, config_domains, &p.to_lowercase(), 0, &mut out)?,
+            Some(p) => expand(store, config_domains, &p.to_lowercase(), 0, &mut out).await?,
             None => {
-                if let Some(first) = first_account(store, config_domains)? {
+                if let Some(first) = first_account(store, config_domains).await? {
                     out.push(first);
                 }
             }
@@ -71,11 +73,19 @@ pub fn resolve(
 }
 
 /// The first account (by address) of the first local domain that has one.
-fn first_account(store: &Store, config_domains: &[String]) -> Result<Option<String>, StoreError> {
-    let mut accounts: Vec<String> = store.accounts()?.into_iter().map(|a| a.address).collect();
+async fn first_account(
+    store: &Store,
+    config_domains: &[String],
+) -> Result<Option<String>, StoreError> {
+    let mut accounts: Vec<String> = store
+        .accounts()
+        .await?
+        .into_iter()
+        .map(|a| a.address)
+        .collect();
     accounts.sort();
     let mut domains: Vec<String> = config_domains.iter().map(|d| d.to_lowercase()).collect();
-    domains.extend(store.domains()?);
+    domains.extend(store.domains().await?);
     Ok(domains.iter().find_map(|d| {
         accounts
             .iter()
@@ -84,7 +94,18 @@ fn first_account(store: &Store, config_domains: &[String]) -> Result<Option<Stri
     }))
 }
 
-fn expand(
+/// Resolves aliases recursively (boxed: an async function cannot call itself directly).
+fn expand<'a>(
+    store: &'a Store,
+    config_domains: &'a [String],
+    address: &'a str,
+    depth: u32,
+    out: &'a mut Vec<String>,
+) -> crate::store::StoreFuture<'a, Result<(), StoreError>> {
+    Box::pin(expand_one(store, config_domains, address, depth, out))
+}
+
+async fn expand_one(
     store: &Store,
     config_domains: &[String],
     address: &str,
@@ -94,17 +115,17 @@ fn expand(
     if depth > 8 {
         return Ok(());
     }
-    if store.account_exists(address)? {
+    if store.account_exists(address).await? {
         if !out.iter().any(|a| a == address) {
             out.push(address.to_string());
         }
         return Ok(());
     }
-    if let Some(targets) = store.alias(address)? {
+    if let Some(targets) = store.alias(address).await? {
         for t in targets {
             let domain = t.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-            if is_local_domain(store, config_domains, domain)? {
-                expand(store, config_domains, &t, depth + 1, out)?;
+            if is_local_domain(store, config_domains, domain).await? {
+                expand(store, config_domains, &t, depth + 1, out).await?;
             } else if !out.contains(&t) {
                 out.push(t);
             }
@@ -114,7 +135,7 @@ fn expand(
 }
 
 /// Whether `user` may send as `from`: its own address or an alias that points at it.
-pub fn owns_address(store: &Store, user: &str, from: &str) -> Result<bool, StoreError> {
+pub async fn owns_address(store: &Store, user: &str, from: &str) -> Result<bool, StoreError> {
     let from = from.to_lowercase();
     if from == user {
         return Ok(true);
@@ -126,6 +147,7 @@ pub fn owns_address(store: &Store, user: &str, from: &str) -> Result<bool, Store
         return Ok(true);
     }
     Ok(store
-        .alias(&from)?
+        .alias(&from)
+        .await?
         .is_some_and(|t| t.iter().any(|t| t == user)))
 }

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::hooks::HookChain;
 use crate::net::{AuthThrottle, ConnLimits, ConnRefused};
-use crate::store::{SledStore, Store};
+use crate::store::{Cached, SledStore, Store};
 
 /// Everything sessions share.
 pub struct Shared {
@@ -57,9 +57,12 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("data_dir {}: cannot create", config.data_dir.display()))?;
     make_private(&config.data_dir)?;
-    // The one place that names a backend type (besides `store/` itself).
+    // The one place that names a backend type (besides `store/` itself). The metadata
+    // cache is a layer over whichever backend is configured.
     match config.store.backend {
-        crate::config::StoreBackend::Sled => Ok(Arc::new(SledStore::open(&config.store_path())?)),
+        crate::config::StoreBackend::Sled => Ok(Arc::new(Cached::new(SledStore::open(
+            &config.store_path(),
+        )?))),
     }
 }
 
@@ -200,7 +203,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for (proto, addr, _) in &bound {
         println!("  {proto:<12} listening on {addr}");
     }
-    if store.accounts()?.is_empty() {
+    if store.accounts().await?.is_empty() {
         // The exact command: with the config file the server runs from (the CLI then finds
         // the same data_dir and control socket from any directory).
         let config_arg = match &config.source {

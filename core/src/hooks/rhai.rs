@@ -26,6 +26,7 @@ use ::rhai::{
 };
 
 use super::{Actions, HookCtx, HookEngine, HookError, HookPoint, OnError, Verdict};
+use crate::blocking::Wait;
 use crate::config::HookEntry;
 use crate::message::valid_field_name;
 use crate::store::Store;
@@ -840,7 +841,7 @@ fn register_api(e: &mut Engine, env: Arc<ScriptEnv>) {
         move |key: &str| -> Result<Dynamic, Box<EvalAltResult>> {
             check_key("kv_get", key)?;
             let store = env2.store("kv_get")?;
-            match store.kv_get(&env2.kv_namespace, key) {
+            match store.kv_get(&env2.kv_namespace, key).wait() {
                 Ok(Some(v)) => Ok(String::from_utf8_lossy(&v).into_owned().into()),
                 Ok(None) => Ok(Dynamic::UNIT),
                 Err(e) => Err(format!("kv_get: {e}").into()),
@@ -859,6 +860,7 @@ fn register_api(e: &mut Engine, env: Arc<ScriptEnv>) {
             let store = env2.store("kv_set")?;
             store
                 .kv_set(&env2.kv_namespace, key, value.as_bytes(), ttl(ttl_seconds))
+                .wait()
                 .map_err(|e| format!("kv_set: {e}").into())
         },
     );
@@ -868,6 +870,7 @@ fn register_api(e: &mut Engine, env: Arc<ScriptEnv>) {
         let store = env2.store("kv_incr")?;
         store
             .kv_incr(&env2.kv_namespace, key, delta, ttl(ttl_seconds))
+            .wait()
             .map_err(|e| format!("kv_incr: {e}").into())
     };
     let incr2 = incr.clone();
@@ -1730,7 +1733,7 @@ mod tests {
         assert_eq!(text(&a, HookPoint::Rcpt), "12 yes v 42 22");
         // Another script has its own namespace.
         assert_eq!(text(&b, HookPoint::Rcpt), "1  v 42 11");
-        assert_eq!(s.kv_get("rhai:a", "seen").unwrap().unwrap(), b"yes");
+        assert_eq!(s.kv_get("rhai:a", "seen").wait().unwrap().unwrap(), b"yes");
         std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(text(&a, HookPoint::Mail), " 42");
         // Without a store the kv functions fail the call.

@@ -50,6 +50,7 @@ use super::rhai::{LogSink, POINTS};
 use super::{
     Actions, HookCtx, HookEngine, HookError, HookFuture, HookPoint, OnError, Route, Verdict,
 };
+use crate::blocking::Wait;
 use crate::config::HookEntry;
 use crate::store::Store;
 
@@ -402,6 +403,7 @@ impl wit::kv::Host for HostState {
             check_key(&key)?;
             self.kv_store()?
                 .kv_get(&self.env.kv_namespace, &key)
+                .wait()
                 .map_err(|e| format!("kv: {e}"))
         })())
     }
@@ -427,6 +429,7 @@ impl wit::kv::Host for HostState {
                     &value,
                     ttl_secs.filter(|t| *t > 0).map(u64::from),
                 )
+                .wait()
                 .map_err(|e| format!("kv: {e}"))
         })())
     }
@@ -446,6 +449,7 @@ impl wit::kv::Host for HostState {
                     delta,
                     ttl_secs.filter(|t| *t > 0).map(u64::from),
                 )
+                .wait()
                 .map_err(|e| format!("kv: {e}"))
         })())
     }
@@ -1038,36 +1042,6 @@ fn hook_of(p: HookPoint) -> wt::Hook {
     }
 }
 
-/// Run a future to completion from synchronous code (see the module docs).
-fn block_on<F: std::future::Future + Send>(fut: F) -> F::Output
-where
-    F::Output: Send,
-{
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    static OWN: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    let own = || {
-        OWN.get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("wasm-sync")
-                .enable_all()
-                .build()
-                .expect("tokio runtime for plugins")
-        })
-    };
-    match Handle::try_current() {
-        Err(_) => own().block_on(fut),
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(|| h.block_on(fut))
-        }
-        Ok(_) => std::thread::scope(|s| {
-            s.spawn(|| own().block_on(fut))
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        }),
-    }
-}
-
 impl WasmHook {
     /// Load the plugin of a `[[hooks]]` entry.
     pub fn load(
@@ -1161,7 +1135,7 @@ impl WasmHook {
             stats: Arc::default(),
         };
         // describe + init once now, so a bad plugin or config is refused at load.
-        let (points, info) = block_on(hook.probe()).map_err(|e| e.0)?;
+        let (points, info) = crate::blocking::run(hook.probe()).map_err(|e| e.0)?;
         hook.points = points;
         hook.info = info;
         Ok(hook)
@@ -1676,7 +1650,7 @@ impl HookEngine for WasmHook {
     }
 
     fn call(&self, ctx: &HookCtx, actions: &mut Actions) -> Result<Verdict, HookError> {
-        block_on(self.call_async(ctx, actions))
+        crate::blocking::run(self.call_async(ctx, actions))
     }
 
     fn call_async<'a>(&'a self, ctx: &'a HookCtx, actions: &'a mut Actions) -> HookFuture<'a> {

@@ -26,6 +26,7 @@ use super::sort_keys::HeaderKeys;
 use super::types::*;
 use super::view::{Snapshot, View};
 use crate::accounts;
+use crate::blocking::Wait;
 use crate::hooks::{HookCtx, HookPoint, Verdict};
 use crate::net::Stream;
 use crate::server::Shared;
@@ -167,8 +168,11 @@ impl Selected {
 
     /// Take the messages above the store's `\Recent` mark up to `last` (the view's highest
     /// UID): claimed for this session when it is read-write, only looked at when read-only.
-    fn take_recent(&mut self, store: &dyn MailStore, last: u32) {
-        let Ok(mark) = store.claim_recent(self.mailbox.id, last, !self.read_only) else {
+    async fn take_recent(&mut self, store: &dyn MailStore, last: u32) {
+        let Ok(mark) = store
+            .claim_recent(self.mailbox.id, last, !self.read_only)
+            .await
+        else {
             return;
         };
         let from = self.recent.last().map_or(mark, |r| r.1.max(mark)) + 1;
@@ -747,14 +751,22 @@ impl Session {
                 condstore,
                 qresync,
             } => self.select(mailbox, read_only, condstore, qresync).await,
-            Command::Create(name, special) => self.create(&name, special.as_deref()),
-            Command::Delete(name) => self.delete(&name),
-            Command::Rename(a, b) => self.rename(&a, &b),
+            Command::Create(name, special) => self.create(&name, special.as_deref()).await,
+            Command::Delete(name) => self.delete(&name).await,
+            Command::Rename(a, b) => self.rename(&a, &b).await,
             Command::Subscribe(n) => self
-                .user_store(|s, u| s.set_subscribed(u, &n, true))
+                .shared
+                .store
+                .set_subscribed(self.me(), &n, true)
+                .await
+                .map_err(store_err)
                 .map(|_| "SUBSCRIBE completed".into()),
             Command::Unsubscribe(n) => self
-                .user_store(|s, u| s.set_subscribed(u, &n, false))
+                .shared
+                .store
+                .set_subscribed(self.me(), &n, false)
+                .await
+                .map_err(store_err)
                 .map(|_| "UNSUBSCRIBE completed".into()),
             Command::List {
                 lsub,
@@ -763,20 +775,24 @@ impl Session {
                 select,
                 ret,
                 status,
-            } => self.list(
-                lsub,
-                &reference,
-                &patterns,
-                &select,
-                &ret,
-                status.as_deref(),
-            ),
+            } => {
+                self.list(
+                    lsub,
+                    &reference,
+                    &patterns,
+                    &select,
+                    &ret,
+                    status.as_deref(),
+                )
+                .await
+            }
             Command::Namespace => {
                 self.untagged("NAMESPACE ((\"\" \"/\")) NIL NIL");
                 Ok("NAMESPACE completed".into())
             }
             Command::Status(name, items) => self
                 .status(&name, &items)
+                .await
                 .map(|_| "STATUS completed".into()),
             Command::Append { mailbox, messages } => {
                 if messages.iter().any(|m| m.utf8) && !self.utf8_names() {
@@ -804,13 +820,19 @@ impl Session {
                         .shared
                         .store
                         .messages(sel.mailbox.id)
+                        .await
                         .unwrap_or_default()
                         .iter()
                         .filter(|m| has_flag(m, "\\Deleted"))
                         .map(|m| m.uid)
                         .collect();
                     let user = self.user.clone().unwrap_or_default();
-                    if let Err(e) = self.shared.store.expunge(&user, sel.mailbox.id, &uids) {
+                    if let Err(e) = self
+                        .shared
+                        .store
+                        .expunge(&user, sel.mailbox.id, &uids)
+                        .await
+                    {
                         tracing::error!(error = %e, "expunge on CLOSE failed");
                     }
                     let _ = self.shared.store.commit().await;
@@ -883,12 +905,9 @@ impl Session {
         self.finish(&tag, r);
     }
 
-    fn user_store<T>(
-        &self,
-        f: impl FnOnce(&crate::store::Store, &str) -> Result<T, StoreError>,
-    ) -> Result<T, Resp> {
-        let user = self.user.as_deref().unwrap_or_default();
-        f(&self.shared.store, user).map_err(store_err)
+    /// The logged-in user ("" before login).
+    fn me(&self) -> &str {
+        self.user.as_deref().unwrap_or_default()
     }
 
     async fn login(&mut self, user: String, pass: String, mech: &str) -> CmdResult {
@@ -930,6 +949,7 @@ impl Session {
                 let max = self.shared.config.imap.max_connections_per_user;
                 // Slots are leases in the store: the limit holds across every node.
                 match crate::store::lease::take_slot(&self.shared.store, &format!("imap:{a}"), max)
+                    .await
                 {
                     Ok(Some(slot)) => self._user_slot = Some(slot),
                     Ok(None) => {
@@ -990,7 +1010,7 @@ impl Session {
         }
     }
 
-    fn create(&mut self, name: &str, special: Option<&str>) -> CmdResult {
+    async fn create(&mut self, name: &str, special: Option<&str>) -> CmdResult {
         let name = name.trim_end_matches('/');
         Self::check_name(name)?;
         if name.eq_ignore_ascii_case("INBOX") {
@@ -1021,20 +1041,22 @@ impl Session {
             .shared
             .store
             .mailbox(&user, name)
+            .await
             .map_err(store_err)?
             .is_some()
         {
             return Err(no("[ALREADYEXISTS] Mailbox already exists"));
         }
-        self.create_parents(&user, name)?;
+        self.create_parents(&user, name).await?;
         self.shared
             .store
             .create_mailbox(&user, name, special.as_deref())
+            .await
             .map_err(store_err)?;
         Ok("CREATE completed".into())
     }
 
-    fn delete(&mut self, name: &str) -> CmdResult {
+    async fn delete(&mut self, name: &str) -> CmdResult {
         if name.eq_ignore_ascii_case("INBOX") {
             return Err(no("[CANNOT] INBOX cannot be deleted"));
         }
@@ -1045,11 +1067,15 @@ impl Session {
         {
             self.selected = None;
         }
-        self.user_store(|s, u| s.delete_mailbox(u, name))?;
+        self.shared
+            .store
+            .delete_mailbox(self.me(), name)
+            .await
+            .map_err(store_err)?;
         Ok("DELETE completed".into())
     }
 
-    fn rename(&mut self, a: &str, b: &str) -> CmdResult {
+    async fn rename(&mut self, a: &str, b: &str) -> CmdResult {
         let b = b.trim_end_matches('/');
         Self::check_name(b)?;
         let user = self.user.clone().unwrap_or_default();
@@ -1057,6 +1083,7 @@ impl Session {
             .shared
             .store
             .mailbox(&user, a)
+            .await
             .map_err(store_err)?
             .is_none()
         {
@@ -1066,6 +1093,7 @@ impl Session {
             .shared
             .store
             .mailbox(&user, b)
+            .await
             .map_err(store_err)?
             .is_some()
             || b.eq_ignore_ascii_case("INBOX")
@@ -1077,13 +1105,17 @@ impl Session {
             return Err(no("[CANNOT] Cannot move a mailbox into itself"));
         }
         // Create the superior names the new name needs (RFC 9051 §6.3.6).
-        self.create_parents(&user, b)?;
-        self.user_store(|s, u| s.rename_mailbox(u, a, b))?;
+        self.create_parents(&user, b).await?;
+        self.shared
+            .store
+            .rename_mailbox(self.me(), a, b)
+            .await
+            .map_err(store_err)?;
         Ok("RENAME completed".into())
     }
 
     /// Create the missing superior hierarchy levels of `name` as mailboxes.
-    fn create_parents(&self, user: &str, name: &str) -> Result<(), Resp> {
+    async fn create_parents(&self, user: &str, name: &str) -> Result<(), Resp> {
         let parts: Vec<&str> = name.split('/').collect();
         for i in 1..parts.len() {
             let parent = parts[..i].join("/");
@@ -1091,10 +1123,11 @@ impl Session {
                 .shared
                 .store
                 .mailbox(user, &parent)
+                .await
                 .map_err(store_err)?
                 .is_none()
             {
-                match self.shared.store.create_mailbox(user, &parent, None) {
+                match self.shared.store.create_mailbox(user, &parent, None).await {
                     Ok(_) | Err(StoreError::Exists(_)) => {}
                     Err(e) => return Err(store_err(e)),
                 }
@@ -1103,7 +1136,7 @@ impl Session {
         Ok(())
     }
 
-    fn list(
+    async fn list(
         &mut self,
         lsub: bool,
         reference: &str,
@@ -1117,7 +1150,12 @@ impl Session {
             self.untagged("LIST (\\Noselect) \"/\" \"\"");
             return Ok("LIST completed".into());
         }
-        let mut boxes = self.shared.store.mailboxes(&user).map_err(store_err)?;
+        let mut boxes = self
+            .shared
+            .store
+            .mailboxes(&user)
+            .await
+            .map_err(store_err)?;
         boxes.sort_by(|a, b| (a.name != "INBOX", &a.name).cmp(&(b.name != "INBOX", &b.name)));
         let names: HashSet<String> = boxes.iter().map(|m| m.name.clone()).collect();
         let subscribed_only = lsub || select.iter().any(|s| s == "SUBSCRIBED");
@@ -1129,7 +1167,11 @@ impl Session {
             patterns.iter().map(|p| format!("{reference}{p}")).collect();
         let matches = |name: &str| full_patterns.iter().any(|p| wildmatch(p, name));
         let subscriptions: HashSet<String> = if want_subscribed || subscribed_only {
-            self.user_store(|s, u| s.subscriptions(u))?
+            self.shared
+                .store
+                .subscriptions(self.me())
+                .await
+                .map_err(store_err)?
                 .into_iter()
                 .collect()
         } else {
@@ -1162,7 +1204,7 @@ impl Session {
                 if let Some(items) = status
                     && let Some(mb) = boxes.iter().find(|m| m.name == name)
                 {
-                    self.status_of(mb, items)?;
+                    self.status_of(mb, items).await?;
                 }
             }
             return Ok(format!("{} completed", if lsub { "LSUB" } else { "LIST" }));
@@ -1237,25 +1279,26 @@ impl Session {
             line.extend_from_slice(b"\r\n");
             self.out.extend_from_slice(&line);
             if let Some(items) = status {
-                self.status_of(mb, items)?;
+                self.status_of(mb, items).await?;
             }
         }
         Ok(format!("{} completed", if lsub { "LSUB" } else { "LIST" }))
     }
 
-    fn status(&mut self, name: &str, items: &[StatusItem]) -> Result<(), Resp> {
+    async fn status(&mut self, name: &str, items: &[StatusItem]) -> Result<(), Resp> {
         let user = self.user.clone().unwrap_or_default();
         let mb = self
             .shared
             .store
             .mailbox(&user, name)
+            .await
             .map_err(store_err)?
             .ok_or_else(|| no("[NONEXISTENT] No such mailbox"))?;
-        self.status_of(&mb, items)
+        self.status_of(&mb, items).await
     }
 
-    fn status_of(&mut self, mb: &Mailbox, items: &[StatusItem]) -> Result<(), Resp> {
-        let msgs = self.shared.store.messages(mb.id).map_err(store_err)?;
+    async fn status_of(&mut self, mb: &Mailbox, items: &[StatusItem]) -> Result<(), Resp> {
+        let msgs = self.shared.store.messages(mb.id).await.map_err(store_err)?;
         let mut parts = Vec::new();
         for i in items {
             parts.push(match i {
@@ -1271,6 +1314,7 @@ impl Session {
                         .shared
                         .store
                         .claim_recent(mb.id, 0, false)
+                        .await
                         .map_err(store_err)?;
                     let first = msgs.partition_point(|m| m.uid <= mark);
                     format!("RECENT {}", msgs.len() - first)
@@ -1328,6 +1372,7 @@ impl Session {
             .shared
             .store
             .mailbox(&user, &name)
+            .await
             .map_err(store_err)?
             .ok_or_else(|| no("[NONEXISTENT] No such mailbox"))?;
         // The view, keywords and first unseen: a snapshot the store keeps with its cache of
@@ -1338,11 +1383,14 @@ impl Session {
                 .shared
                 .store
                 .derived(mb.id, &|msgs| Arc::new(Snapshot::build(msgs)))
+                .await
                 .map_err(store_err)?;
             match d.downcast::<Snapshot>() {
                 Ok(s) => (*s).clone(),
                 // Another kind of derived value (none exists today): build it here.
-                Err(_) => Snapshot::build(&self.shared.store.messages(mb.id).map_err(store_err)?),
+                Err(_) => {
+                    Snapshot::build(&self.shared.store.messages(mb.id).await.map_err(store_err)?)
+                }
             }
         };
         // QRESYNC: what changed since the client's MODSEQ, asked of the store after the
@@ -1356,6 +1404,7 @@ impl Session {
                 .shared
                 .store
                 .changes_since(&user, mb.id, *modseq)
+                .await
                 .map_err(store_err)?;
             let view = &snap.view;
             let known = |u: u32| {
@@ -1412,7 +1461,8 @@ impl Session {
             live: Vec::new(),
         };
         if !self.rev2 {
-            sel.take_recent(self.shared.store.as_ref(), sel.msgs.last_uid());
+            sel.take_recent(self.shared.store.as_ref(), sel.msgs.last_uid())
+                .await;
         }
         self.untagged(&format!("{} EXISTS", sel.msgs.len()));
         if !self.rev2 {
@@ -1455,6 +1505,7 @@ impl Session {
             .shared
             .store
             .mailbox(&user, name)
+            .await
             .map_err(store_err)?
             .ok_or_else(|| no("[TRYCREATE] No such mailbox"))?;
         let limit = self.shared.config.imap.max_literal;
@@ -1472,7 +1523,9 @@ impl Session {
                             bytes.extend_from_slice(&normalize_crlf(&data));
                         }
                     }
-                    AppendPart::Url(url) => bytes.extend_from_slice(&self.catenate_url(&url)?),
+                    AppendPart::Url(url) => {
+                        bytes.extend_from_slice(&self.catenate_url(&url).await?)
+                    }
                 }
                 if bytes.len() as u64 > limit {
                     return Err(no("[TOOBIG] The message would be too big"));
@@ -1491,31 +1544,23 @@ impl Session {
             let date = m.date.unwrap_or_else(|| chrono::Utc::now().timestamp());
             built.push((bytes, flags, date));
         }
-        let store = self.shared.store.clone();
-        let (mbid, mbname) = (mb.id, mb.name.clone());
-        let owner = user.clone();
-        let uids = tokio::task::spawn_blocking(move || -> Result<Vec<u32>, StoreError> {
-            let mut uids = Vec::new();
-            for (bytes, flags, date) in built {
-                let placement = Placement {
-                    user: owner.clone(),
-                    mailbox: mbname.clone(),
-                    flags,
-                };
-                match store.deliver(&bytes, date, &[placement]) {
-                    Ok(u) => uids.extend(u),
-                    Err(e) => {
-                        // All or none (RFC 3502 §6.3.11).
-                        let _ = store.expunge(&owner, mbid, &uids);
-                        return Err(e);
-                    }
+        let store = &self.shared.store;
+        let mut uids = Vec::new();
+        for (bytes, flags, date) in built {
+            let placement = Placement {
+                user: user.clone(),
+                mailbox: mb.name.clone(),
+                flags,
+            };
+            match store.deliver(&bytes, date, &[placement]).await {
+                Ok(u) => uids.extend(u),
+                Err(e) => {
+                    // All or none (RFC 3502 §6.3.11).
+                    let _ = store.expunge(&user, mb.id, &uids).await;
+                    return Err(store_err(e));
                 }
             }
-            Ok(uids)
-        })
-        .await
-        .map_err(|_| no("[SERVERBUG] Internal error"))?
-        .map_err(store_err)?;
+        }
         self.shared.store.commit().await.map_err(store_err)?;
         if self
             .selected
@@ -1536,7 +1581,7 @@ impl Session {
     /// relative to the selected mailbox (`;UID=…`), with `;UIDVALIDITY=` checked when
     /// given, `;SECTION=` and `;PARTIAL=`. Anything else, or a message that is not there,
     /// is `NO [BADURL "url"]`.
-    fn catenate_url(&self, url: &str) -> Result<Vec<u8>, Resp> {
+    async fn catenate_url(&self, url: &str) -> Result<Vec<u8>, Resp> {
         let bad = |why: &str| {
             no(format!(
                 "[BADURL {}] {why}",
@@ -1557,6 +1602,7 @@ impl Session {
                 .shared
                 .store
                 .mailbox(&user, name)
+                .await
                 .map_err(store_err)?
                 .ok_or_else(|| bad("No such mailbox"))?,
             None => match &self.selected {
@@ -1571,9 +1617,10 @@ impl Session {
             .shared
             .store
             .message(mb.id, parsed.uid)
+            .await
             .map_err(store_err)?
             .ok_or_else(|| bad("No such message"))?;
-        let raw = self.shared.store.blob(meta.blob).map_err(store_err)?;
+        let raw = self.shared.store.blob(meta.blob).await.map_err(store_err)?;
         let mut bytes = match &parsed.section {
             None => raw,
             Some(sec) => {
@@ -1602,7 +1649,7 @@ impl Session {
             return;
         }
         let delta = if self.reread {
-            match self.shared.store.messages(sel.mailbox.id) {
+            match self.shared.store.messages(sel.mailbox.id).await {
                 Ok(fresh) => Delta::between(&sel.msgs, &fresh),
                 Err(_) => return,
             }
@@ -1698,7 +1745,8 @@ impl Session {
         if grew {
             out.extend_from_slice(format!("* {} EXISTS\r\n", sel.msgs.len()).as_bytes());
             if !self.rev2 {
-                sel.take_recent(self.shared.store.as_ref(), sel.msgs.last_uid());
+                sel.take_recent(self.shared.store.as_ref(), sel.msgs.last_uid())
+                    .await;
             }
         }
         // RECENT follows EXISTS, and any change of the count by expunges (RFC 3501 §7.3.2).
@@ -1709,6 +1757,7 @@ impl Session {
             .shared
             .store
             .mailbox(self.user.as_deref().unwrap_or_default(), &sel.mailbox.name)
+            .await
         {
             sel.mailbox = mb;
         }
@@ -1721,12 +1770,12 @@ impl Session {
             }));
         }
         self.out.extend_from_slice(&out);
-        self.live_updates();
+        self.live_updates().await;
     }
 
     /// Re-run the live searches (RFC 5267 §4.3) on the current view and tell the client how
     /// each result changed: ADDTO and REMOVEFROM with position 0 (an unordered SEARCH).
-    fn live_updates(&mut self) {
+    async fn live_updates(&mut self) {
         let Some(sel) = self.selected.as_ref() else {
             return;
         };
@@ -1738,6 +1787,7 @@ impl Session {
         for live in &sel.live {
             let now = self
                 .live_result(&live.key, live.sort.as_deref())
+                .await
                 .unwrap_or_else(|_| live.uids.clone());
             let number = |u: u32| {
                 if live.uid {
@@ -1757,20 +1807,20 @@ impl Session {
     }
 
     /// The UIDs `key` matches now, in mailbox order or sorted by `sort`.
-    fn live_result(
+    async fn live_result(
         &self,
         key: &SearchKey,
         sort_by: Option<&[sort::Criterion]>,
     ) -> Result<Vec<u32>, Resp> {
-        let hits = self.search_hits(key)?;
+        let hits = self.search_hits(key).await?;
         match sort_by {
             None => Ok(hits.iter().map(|h| h.1).collect()),
-            Some(criteria) => self.sorted(&hits, true, criteria),
+            Some(criteria) => self.sorted(&hits, true, criteria).await,
         }
     }
 
     /// The messages of `hits` in `criteria`'s order, as UIDs or sequence numbers.
-    fn sorted(
+    async fn sorted(
         &self,
         hits: &[(u32, u32, u64)],
         uid: bool,
@@ -1780,7 +1830,8 @@ impl Session {
             .iter()
             .any(|c| !matches!(c.key, sort::SortKey::Arrival | sort::SortKey::Size));
         let mut fields: Vec<sort::SortFields> = self
-            .sort_inputs(hits, uid, content)?
+            .sort_inputs(hits, uid, content)
+            .await?
             .into_iter()
             .map(|(f, _)| f)
             .collect();
@@ -1860,6 +1911,7 @@ impl Session {
         self.shared
             .store
             .expunge(&user, sel.mailbox.id, &uids)
+            .await
             .map_err(store_err)?;
         self.shared.store.commit().await.map_err(store_err)?;
         self.sync(true).await;
@@ -1868,7 +1920,7 @@ impl Session {
 
     /// The messages of the selected mailbox that `key` matches, in sequence order:
     /// (sequence number, UID, MODSEQ). SEARCH, SORT and THREAD share it.
-    fn search_hits(&self, key: &SearchKey) -> Result<Vec<(u32, u32, u64)>, Resp> {
+    async fn search_hits(&self, key: &SearchKey) -> Result<Vec<(u32, u32, u64)>, Resp> {
         let sel = self.selected.as_ref().expect("selected");
         // No BAD for sequence numbers beyond the mailbox here: in SEARCH a sequence set is a
         // key that matches no message (RFC 9051 errata 6505; Dovecot answers so too).
@@ -1879,6 +1931,7 @@ impl Session {
             self.shared
                 .store
                 .messages(sel.mailbox.id)
+                .await
                 .map_err(store_err)?
         } else {
             Vec::new()
@@ -1909,7 +1962,8 @@ impl Session {
             let store = &self.shared.store;
             let blob = meta.map(|m| m.blob);
             let mut load = || match blob {
-                Some(b) if needs => store.blob(b).ok(),
+                // Synchronous for the matcher; the embedded backends answer at once.
+                Some(b) if needs => store.blob(b).wait().ok(),
                 _ => None,
             };
             let mut cache = None;
@@ -1923,7 +1977,7 @@ impl Session {
     /// What SORT and THREAD read of the messages `hits` names: size and internal date from
     /// the metadata, the rest from each message's header (not loaded when `content` is
     /// false: ARRIVAL and SIZE need none).
-    fn sort_inputs(
+    async fn sort_inputs(
         &self,
         hits: &[(u32, u32, u64)],
         uid: bool,
@@ -1942,6 +1996,7 @@ impl Session {
                     .map(|m| (m.uid, m.internal_date, m.size, m.blob))
                     .collect();
             })
+            .await
             .map_err(store_err)?;
         let mut out = Vec::with_capacity(hits.len());
         let mut next = 0;
@@ -1953,7 +2008,9 @@ impl Session {
             let keys = match meta {
                 Some(&(_, _, _, blob)) if content => {
                     let store = &self.shared.store;
-                    self.shared.sort_keys.get(blob, || store.blob(blob).ok())
+                    self.shared
+                        .sort_keys
+                        .get(blob, || store.blob(blob).wait().ok())
                 }
                 _ => Arc::default(),
             };
@@ -1986,8 +2043,8 @@ impl Session {
         key: SearchKey,
     ) -> CmdResult {
         self.sync(false).await;
-        let hits = self.search_hits(&key)?;
-        let ids = self.sorted(&hits, uid, criteria)?;
+        let hits = self.search_hits(&key).await?;
+        let ids = self.sorted(&hits, uid, criteria).await?;
         match ret {
             None => {
                 let mut line = String::from("SORT");
@@ -2000,7 +2057,7 @@ impl Session {
                 let (opts, update) = result_options(opts);
                 let mut refused = None;
                 if update {
-                    let uids = self.live_result(&key, Some(criteria))?;
+                    let uids = self.live_result(&key, Some(criteria)).await?;
                     refused = self.start_live(LiveSearch {
                         tag: tag.to_string(),
                         uid,
@@ -2044,9 +2101,10 @@ impl Session {
     /// THREAD (RFC 5256 §3): ORDEREDSUBJECT or REFERENCES.
     async fn thread(&mut self, uid: bool, references: bool, key: SearchKey) -> CmdResult {
         self.sync(false).await;
-        let hits = self.search_hits(&key)?;
+        let hits = self.search_hits(&key).await?;
         let msgs: Vec<sort::ThreadMsg> = self
-            .sort_inputs(&hits, uid, true)?
+            .sort_inputs(&hits, uid, true)
+            .await?
             .into_iter()
             .map(|(f, keys)| sort::ThreadMsg {
                 id: f.id,
@@ -2088,7 +2146,7 @@ impl Session {
         if has_modseq_key(&key) {
             self.enable_condstore();
         }
-        let hits = self.search_hits(&key)?;
+        let hits = self.search_hits(&key).await?;
         let nums: Vec<u32> = hits.iter().map(|h| if uid { h.1 } else { h.0 }).collect();
         let modseq = has_modseq_key(&key).then(|| hits.iter().map(|h| h.2).max().unwrap_or(0));
         match ret {
@@ -2223,6 +2281,7 @@ impl Session {
                 .shared
                 .store
                 .changes_since(user, sel.mailbox.id, since)
+                .await
                 .ok()
                 .filter(|c| c.complete)
                 .map(|c| c.expunged);
@@ -2280,7 +2339,7 @@ impl Session {
                 continue;
             }
             let stored = if needs_meta {
-                match self.shared.store.message(sel.mailbox.id, msg_uid) {
+                match self.shared.store.message(sel.mailbox.id, msg_uid).await {
                     Ok(Some(m)) => Some(m),
                     _ => continue, // expunged meanwhile
                 }
@@ -2296,7 +2355,7 @@ impl Session {
                 modseq,
             };
             let body = if wants_content {
-                match self.shared.store.blob(meta.blob) {
+                match self.shared.store.blob(meta.blob).await {
                     Ok(b) => Some(Arc::new(b)),
                     Err(_) => continue, // expunged meanwhile
                 }
@@ -2330,14 +2389,19 @@ impl Session {
             if sets_seen && !read_only && !has_flag(&meta, "\\Seen") {
                 // Added in the store's transaction, not written from this session's copy,
                 // so that a concurrent flag change by another session is kept.
-                if let Ok((done, _)) = self.shared.store.update_flags(
-                    &user,
-                    self.selected.as_ref().expect("sel").mailbox.id,
-                    &[meta.uid],
-                    FlagOp::Add,
-                    &["\\Seen".to_string()],
-                    None,
-                ) && let Some(u) = done.first()
+                if let Ok((done, _)) = self
+                    .shared
+                    .store
+                    .update_flags(
+                        &user,
+                        self.selected.as_ref().expect("sel").mailbox.id,
+                        &[meta.uid],
+                        FlagOp::Add,
+                        &["\\Seen".to_string()],
+                        None,
+                    )
+                    .await
+                    && let Some(u) = done.first()
                 {
                     meta.flags = u.flags.clone();
                     meta.modseq = u.modseq;
@@ -2413,13 +2477,12 @@ impl Session {
         let mbid = sel.mailbox.id;
         // The new flags are computed from the stored ones inside the store's transaction, so
         // concurrent STOREs from other sessions are not overwritten.
-        let store = self.shared.store.clone();
-        let (updates, modified_uids) = tokio::task::spawn_blocking(move || {
-            store.update_flags(&user, mbid, &uids, op, &flags, unchanged_since)
-        })
-        .await
-        .map_err(|_| no("[SERVERBUG] Internal error"))?
-        .map_err(store_err)?;
+        let (updates, modified_uids) = self
+            .shared
+            .store
+            .update_flags(&user, mbid, &uids, op, &flags, unchanged_since)
+            .await
+            .map_err(store_err)?;
         if updates.iter().any(|u| u.changed) {
             self.shared.store.commit().await.map_err(store_err)?;
         }
@@ -2455,7 +2518,7 @@ impl Session {
                 self.out.extend_from_slice(line.as_bytes());
             }
         }
-        self.live_updates();
+        self.live_updates().await;
         if !modified.is_empty() {
             return Ok(format!(
                 "[MODIFIED {}] Conditional STORE failed for some messages",
@@ -2478,6 +2541,7 @@ impl Session {
             .shared
             .store
             .mailbox(&user, target)
+            .await
             .map_err(store_err)?
             .is_none()
         {
@@ -2487,6 +2551,7 @@ impl Session {
             .shared
             .store
             .copy(&user, sel.mailbox.id, &uids, target)
+            .await
             .map_err(store_err)?;
         let code = if pairs.is_empty() {
             String::new()
@@ -2500,6 +2565,7 @@ impl Session {
             self.shared
                 .store
                 .expunge(&user, mbid, &uids)
+                .await
                 .map_err(store_err)?;
             self.shared.store.commit().await.map_err(store_err)?;
             if !code.is_empty() {

@@ -20,6 +20,7 @@ use super::{
     MAILDIR_FLAGS, MailboxIoError, Progress, Sink, Summary, decode_folder, encode_folder, io_err,
     is_system_flag, natural_cmp, to_crlf, to_lf,
 };
+use crate::blocking::Wait;
 use crate::imap::mutf7;
 use crate::store::{Mailbox, MessageMeta, Store};
 
@@ -162,7 +163,7 @@ pub(crate) fn export_folder(
     let mut uidlist = format!("3 V{} N{}\n", mb.uidvalidity, mb.uidnext);
     summary.folders.push((mb.name.clone(), 0));
     for m in messages {
-        let data = to_lf(&store.blob(m.blob)?);
+        let data = to_lf(&store.blob(m.blob).wait()?);
         let base = format!(
             "{}.C{}U{}.{host},S={},W={}",
             m.internal_date.max(0),

@@ -15,6 +15,7 @@ use super::{
     MailboxIoError, Progress, Sink, Summary, decode_folder, encode_folder, io_err, is_system_flag,
     to_crlf, to_lf,
 };
+use crate::blocking::Wait;
 use crate::store::{Mailbox, MessageMeta, Store};
 
 /// `X-Status:` letters and the flags they stand for.
@@ -330,7 +331,7 @@ pub(crate) fn export_folder(
     let mut w = BufWriter::new(file);
     summary.folders.push((mb.name.clone(), 0));
     for m in messages {
-        let data = store.blob(m.blob)?;
+        let data = store.blob(m.blob).wait()?;
         write_message(&mut w, &data, &m.flags, m.internal_date).map_err(io_err(&path))?;
         if let Some((_, n)) = summary.folders.last_mut() {
             *n += 1;

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::blocking::Wait;
 use crate::store::{Placement, Store, StoreError};
 
 /// Messages between two progress lines.
@@ -158,7 +159,7 @@ pub fn export(
 ) -> Result<Summary, MailboxIoError> {
     let user = existing_account(store, user)?;
     prepare_destination(dest)?;
-    let mut boxes = store.mailboxes(&user)?;
+    let mut boxes = store.mailboxes(&user).wait()?;
     // INBOX first, then by name, so parents come before their children.
     boxes.sort_by(|a, b| {
         (a.name != "INBOX")
@@ -168,7 +169,7 @@ pub fn export(
     let mut folders = Vec::with_capacity(boxes.len());
     let mut total = 0;
     for mb in boxes {
-        let messages = store.messages(mb.id)?;
+        let messages = store.messages(mb.id).wait()?;
         total += messages.len();
         folders.push((mb, messages));
     }
@@ -264,23 +265,25 @@ impl Sink<'_> {
         } else {
             message
         };
-        self.store.deliver(
-            message,
-            internal_date,
-            &[Placement {
-                user: self.user.to_string(),
-                mailbox: folder.to_string(),
-                flags,
-            }],
-        )?;
+        self.store
+            .deliver(
+                message,
+                internal_date,
+                &[Placement {
+                    user: self.user.to_string(),
+                    mailbox: folder.to_string(),
+                    flags,
+                }],
+            )
+            .wait()?;
         self.summary.count(folder);
         Ok(())
     }
 
     /// Make sure an (empty) folder exists, so empty folders survive a round trip.
     pub(crate) fn ensure_folder(&mut self, folder: &str) -> Result<(), MailboxIoError> {
-        if self.store.mailbox(self.user, folder)?.is_none() {
-            match self.store.create_mailbox(self.user, folder, None) {
+        if self.store.mailbox(self.user, folder).wait()?.is_none() {
+            match self.store.create_mailbox(self.user, folder, None).wait() {
                 Ok(_) | Err(StoreError::Exists(_)) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -295,7 +298,7 @@ impl Sink<'_> {
 }
 
 fn existing_account(store: &Store, user: &str) -> Result<String, MailboxIoError> {
-    match store.account(user)? {
+    match store.account(user).wait()? {
         Some(a) => Ok(a.address),
         None => Err(MailboxIoError::Usage(format!(
             "no account {}; create it first with `corvus user add`",
@@ -451,10 +454,13 @@ fn trim_zeros(d: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
-    #[test]
-    fn imported_messages_never_carry_nul() {
+    #[tokio::test]
+    async fn imported_messages_never_carry_nul() {
         let store: Store = std::sync::Arc::new(crate::store::MemoryStore::new());
-        store.create_account("alice@example.org", "x").unwrap();
+        store
+            .create_account("alice@example.org", "x")
+            .await
+            .unwrap();
         let mut sink = Sink {
             store: &store,
             user: "alice@example.org",
@@ -467,17 +473,18 @@ mod tests {
             .unwrap();
         let inbox = store
             .mailbox("alice@example.org", "INBOX")
+            .await
             .unwrap()
             .unwrap();
-        let msgs = store.messages(inbox.id).unwrap();
-        let first = store.blob(msgs[0].blob).unwrap();
+        let msgs = store.messages(inbox.id).await.unwrap();
+        let first = store.blob(msgs[0].blob).await.unwrap();
         assert!(!first.contains(&0));
         let root = crate::imap::mime::parse_message(&first);
         assert!(
             matches!(crate::imap::mime::binary(&first, &root, &[]), Ok(ref b) if b == b"bin\0ary\r\n")
         );
         assert_eq!(
-            store.blob(msgs[1].blob).unwrap(),
+            store.blob(msgs[1].blob).await.unwrap(),
             b"Subject: a b\r\n\r\nbody\r\n"
         );
         assert_eq!(sink.summary.notes.len(), 1);
@@ -518,11 +525,14 @@ mod tests {
     }
 
     /// Two accounts in one store; alice has mail in several folders with flags and dates.
-    fn store_with_mail() -> (tempfile::TempDir, Store) {
+    async fn store_with_mail() -> (tempfile::TempDir, Store) {
         let d = tempfile::tempdir().unwrap();
         let store: Store = std::sync::Arc::new(crate::store::MemoryStore::new());
-        store.create_account("alice@example.org", "x").unwrap();
-        store.create_account("bob@example.org", "x").unwrap();
+        store
+            .create_account("alice@example.org", "x")
+            .await
+            .unwrap();
+        store.create_account("bob@example.org", "x").await.unwrap();
         let put = |mailbox: &str, msg: &[u8], flags: &[&str], date: i64| {
             store
                 .deliver(
@@ -534,6 +544,7 @@ mod tests {
                         flags: flags.iter().map(|f| f.to_string()).collect(),
                     }],
                 )
+                .wait()
                 .unwrap();
         };
         put(
@@ -571,20 +582,21 @@ mod tests {
     type Folder = (String, Vec<(Vec<u8>, Vec<String>, i64)>);
 
     /// Every folder of `user` in name order, messages in UID order.
-    fn contents(store: &Store, user: &str) -> Vec<Folder> {
-        let mut boxes = store.mailboxes(user).unwrap();
+    async fn contents(store: &Store, user: &str) -> Vec<Folder> {
+        let mut boxes = store.mailboxes(user).await.unwrap();
         boxes.sort_by(|a, b| a.name.cmp(&b.name));
         boxes
             .into_iter()
             .map(|mb| {
                 let msgs = store
                     .messages(mb.id)
+                    .wait()
                     .unwrap()
                     .into_iter()
                     .map(|m| {
                         let mut f = m.flags.clone();
                         f.sort();
-                        (store.blob(m.blob).unwrap(), f, m.internal_date)
+                        (store.blob(m.blob).wait().unwrap(), f, m.internal_date)
                     })
                     .collect();
                 (mb.name, msgs)
@@ -592,10 +604,10 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn store_round_trip_both_formats() {
+    #[tokio::test]
+    async fn store_round_trip_both_formats() {
         for format in [Format::Maildir, Format::Mbox] {
-            let (d, store) = store_with_mail();
+            let (d, store) = store_with_mail().await;
             let dest = d.path().join("export");
             let mut lines = Vec::new();
             let s = export(&store, "alice@example.org", format, &dest, &mut |l| {
@@ -605,8 +617,8 @@ mod tests {
             assert_eq!(s.messages(), 5);
             let s = import(&store, "bob@example.org", format, &dest, None, &mut |_| {}).unwrap();
             assert_eq!(s.messages(), 5, "{format}");
-            let mut a = contents(&store, "alice@example.org");
-            let b = contents(&store, "bob@example.org");
+            let mut a = contents(&store, "alice@example.org").await;
+            let b = contents(&store, "bob@example.org").await;
             if format == Format::Mbox {
                 // mbox cannot keep "no final newline": the message gains a CRLF.
                 for (_, msgs) in &mut a {
@@ -624,9 +636,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn import_into_a_folder_and_missing_account() {
-        let (d, store) = store_with_mail();
+    #[tokio::test]
+    async fn import_into_a_folder_and_missing_account() {
+        let (d, store) = store_with_mail().await;
         let dest = d.path().join("m");
         export(
             &store,
@@ -646,6 +658,7 @@ mod tests {
         )
         .unwrap();
         let names: Vec<String> = contents(&store, "bob@example.org")
+            .await
             .into_iter()
             .filter(|(_, m)| !m.is_empty())
             .map(|(n, _)| n)

@@ -396,11 +396,11 @@ impl Session {
                 Flow::Continue
             }
             Command::Retr(n) => {
-                self.send_message(n, None);
+                self.send_message(n, None).await;
                 Flow::Continue
             }
             Command::Top(n, lines) => {
-                self.send_message(n, Some(lines));
+                self.send_message(n, Some(lines)).await;
                 Flow::Continue
             }
             Command::Dele(n) => {
@@ -463,7 +463,7 @@ impl Session {
     }
 
     /// RETR (`body_lines` None) or TOP: fetch hook, then the dot-stuffed message.
-    fn send_message(&mut self, n: u32, body_lines: Option<u32>) {
+    async fn send_message(&mut self, n: u32, body_lines: Option<u32>) {
         let open = self.open();
         let entry = match open.maildrop.get(n) {
             Ok(e) => e.clone(),
@@ -472,8 +472,7 @@ impl Session {
                 return;
             }
         };
-        // A small point read from the store's cache; not worth a trip to the blocking pool.
-        let message = match self.shared.store.blob(entry.blob) {
+        let message = match self.shared.store.blob(entry.blob).await {
             Ok(m) => Arc::new(m),
             Err(crate::store::StoreError::NotFound(_)) => {
                 // Expunged by another session (IMAP) after our snapshot.
@@ -628,7 +627,9 @@ impl Session {
         let lock = match crate::store::lease::take(
             &self.shared.store,
             &format!("pop3:{}", crate::store::normalize_address(&account)),
-        ) {
+        )
+        .await
+        {
             Ok(lock) => lock,
             Err(e) => {
                 tracing::error!(error = %e, "taking the maildrop lock failed");
@@ -644,35 +645,26 @@ impl Session {
             ));
             return Flow::Continue;
         };
-        let store = self.shared.store.clone();
-        let a2 = account.clone();
-        let snapshot = tokio::task::spawn_blocking(move || -> Result<Option<Maildrop>, _> {
-            let Some(inbox) = store.mailbox(&a2, "INBOX")? else {
+        let store = &self.shared.store;
+        let snapshot = async {
+            let Some(inbox) = store.mailbox(&account, "INBOX").await? else {
                 return Ok(None);
             };
-            let messages = store.messages(inbox.id)?;
+            let messages = store.messages(inbox.id).await?;
             Ok::<_, crate::store::StoreError>(Some(Maildrop::new(
                 inbox.id,
                 inbox.uidvalidity,
                 &messages,
             )))
-        })
+        }
         .await;
         let maildrop = match snapshot {
-            Ok(Ok(Some(m))) => m,
-            Ok(Ok(None)) => {
+            Ok(Some(m)) => m,
+            Ok(None) => {
                 tracing::warn!(user = %account, "account has no INBOX");
                 self.reply(Response::err_code(
                     RespCode::SysPerm,
                     "There is no mailbox for this account",
-                ));
-                return Flow::Continue;
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "opening the maildrop failed");
-                self.reply(Response::err_code(
-                    RespCode::SysTemp,
-                    "Cannot open the maildrop now, try again later",
                 ));
                 return Flow::Continue;
             }
@@ -730,30 +722,28 @@ impl Session {
             .copied()
             .filter(|u| !deleted.contains(u))
             .collect();
-        let store = self.shared.store.clone();
+        let store = &self.shared.store;
         let (user, mailbox_id) = (open.user.clone(), open.maildrop.mailbox_id);
-        let d2 = deleted.clone();
-        let updated = tokio::task::spawn_blocking(move || {
+        let updated = async {
             if !seen.is_empty() {
                 // Best effort: a message read over POP3 shows as read over IMAP.
-                if let Err(e) = mark_seen(&store, &user, mailbox_id, &seen) {
+                if let Err(e) = mark_seen(store, &user, mailbox_id, &seen).await {
                     tracing::warn!(error = %e, "marking retrieved messages \\Seen failed");
                 }
             }
-            if d2.is_empty() {
+            if deleted.is_empty() {
                 Ok(Vec::new())
             } else {
-                store.expunge(&user, mailbox_id, &d2)
+                store.expunge(&user, mailbox_id, &deleted).await
             }
-        })
+        }
         .await;
         let result = match updated {
-            Ok(Ok(removed)) if deleted.is_empty() => Ok(removed.len()),
-            Ok(Ok(removed)) => match self.shared.store.commit().await {
+            Ok(removed) if deleted.is_empty() => Ok(removed.len()),
+            Ok(removed) => match self.shared.store.commit().await {
                 Ok(()) => Ok(removed.len()),
                 Err(e) => Err(e.to_string()),
             },
-            Ok(Err(e)) => Err(e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         // The lock is released only now, after the deletions are in place.
@@ -778,7 +768,7 @@ impl Session {
 }
 
 /// Add `\Seen` to `uids`, keeping their other flags as they are now.
-fn mark_seen(
+async fn mark_seen(
     store: &crate::store::Store,
     user: &str,
     mailbox_id: u64,
@@ -786,7 +776,8 @@ fn mark_seen(
 ) -> crate::store::Result<()> {
     let wanted: HashSet<u32> = uids.iter().copied().collect();
     let changes: Vec<(u32, Vec<String>)> = store
-        .messages(mailbox_id)?
+        .messages(mailbox_id)
+        .await?
         .into_iter()
         .filter(|m| wanted.contains(&m.uid))
         .filter(|m| !m.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Seen")))
@@ -797,7 +788,7 @@ fn mark_seen(
         })
         .collect();
     if !changes.is_empty() {
-        store.set_flags(user, mailbox_id, &changes)?;
+        store.set_flags(user, mailbox_id, &changes).await?;
     }
     Ok(())
 }
@@ -860,6 +851,7 @@ mod tests {
         let store: Store = Arc::new(crate::store::MemoryStore::new());
         store
             .create_account("alice@example.org", &accounts::hash_password("pw"))
+            .await
             .unwrap();
         for body in ["one", "two", "three"] {
             let msg = format!("Subject: {body}\r\n\r\n{body}\r\n");
@@ -868,7 +860,7 @@ mod tests {
                 mailbox: "INBOX".into(),
                 flags: Vec::new(),
             }];
-            store.deliver(msg.as_bytes(), 0, &to).unwrap();
+            store.deliver(msg.as_bytes(), 0, &to).await.unwrap();
         }
         let shared = Arc::new(Shared {
             tls: crate::tls::acceptors(&config).unwrap(),
@@ -960,9 +952,10 @@ mod tests {
         let inbox = shared
             .store
             .mailbox("alice@example.org", "INBOX")
+            .await
             .unwrap()
             .unwrap();
-        let msgs = shared.store.messages(inbox.id).unwrap();
+        let msgs = shared.store.messages(inbox.id).await.unwrap();
         assert_eq!(msgs.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![1, 3]);
         assert_eq!(msgs[0].flags, vec!["\\Seen".to_string()]);
         assert!(msgs[1].flags.is_empty());

@@ -113,6 +113,7 @@ pub async fn run(shared: Arc<Shared>) {
         match shared
             .store
             .queue_claim(&owner, now(), LEASE.as_secs() as i64, free)
+            .await
         {
             Ok(claimed) => {
                 if let Some(t) = claimed.next {
@@ -156,7 +157,7 @@ async fn renew(shared: &Shared, id: &str, owner: &str) {
     loop {
         every.tick().await;
         let until = now() + LEASE.as_secs() as i64;
-        if let Err(e) = shared.store.queue_renew(id, owner, until) {
+        if let Err(e) = shared.store.queue_renew(id, owner, until).await {
             tracing::warn!(queue_id = id, error = %e, "could not renew the queue lease");
         }
     }
@@ -184,7 +185,7 @@ async fn attempt_in_span(
     per_domain: &Mutex<HashMap<String, Arc<Semaphore>>>,
     pool: &Pool,
 ) {
-    let message = match shared.store.blob(entry.blob) {
+    let message = match shared.store.blob(entry.blob).await {
         Ok(m) => m,
         Err(e) => {
             tracing::error!(error = %e, "queued message bytes missing");
@@ -197,11 +198,13 @@ async fn attempt_in_span(
         .rsplit_once('@')
         .map(|(_, d)| d.to_lowercase())
         .unwrap_or_default();
-    let signed = crate::dkim::sign(&shared.store, &sender_domain, &message).map(|h| {
-        let mut m = h.into_bytes();
-        m.extend_from_slice(&message);
-        m
-    });
+    let signed = crate::dkim::sign(&shared.store, &sender_domain, &message)
+        .await
+        .map(|h| {
+            let mut m = h.into_bytes();
+            m.extend_from_slice(&message);
+            m
+        });
     let mut by_domain: BTreeMap<String, Vec<QueueRcpt>> = BTreeMap::new();
     for r in &entry.rcpts {
         let d = r
@@ -244,7 +247,7 @@ async fn attempt_in_span(
                     .iter()
                     .any(|(d, o)| d.address == r.address && matches!(o, Outcome::Delivered(_)))
             });
-            if let Err(e) = shared.store.queue_save(&progress, owner, false) {
+            if let Err(e) = shared.store.queue_save(&progress, owner, false).await {
                 tracing::warn!(error = %e, "could not record the delivered recipients");
             }
         }
@@ -263,6 +266,7 @@ async fn deliver_domain(
 ) -> Vec<Outcome> {
     // Mail for a local domain never leaves over the network.
     if crate::routing::is_local_domain(&shared.store, &shared.config.domains, domain)
+        .await
         .unwrap_or(false)
     {
         return deliver_local(shared, entry, rcpts, message).await;
@@ -537,7 +541,9 @@ async fn deliver_local(
             &shared.config.domains,
             shared.config.postmaster.as_deref(),
             &r.address,
-        ) {
+        )
+        .await
+        {
             Ok(route @ crate::hooks::Route::Local(_)) => local.push((
                 i,
                 crate::delivery::Recipient {
@@ -701,7 +707,7 @@ async fn finish(
         entry.next_attempt = now() + delay.as_secs() as i64;
         shared.store.queue_save(entry, owner, true)
     };
-    match result {
+    match result.await {
         Ok(()) => {}
         Err(StoreError::NotFound(_)) => {
             tracing::info!("the entry was deleted from the queue during the delivery attempt");

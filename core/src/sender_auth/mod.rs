@@ -736,62 +736,64 @@ impl SenderAuth {
         {
             use mail_auth::dmarc::Alignment;
             let al = |a: Alignment| if a == Alignment::Strict { "s" } else { "r" };
-            reports.record(report::Evaluation {
-                domain: from_domain.clone(),
-                policy: report::Published {
-                    adkim: al(record.adkim).into(),
-                    aspf: al(record.aspf).into(),
-                    p: policy_word(record.p).into(),
-                    sp: policy_word(record.sp).into(),
-                    np: policy_word(record.np).into(),
-                    testing: record.t,
-                },
-                rua: record.rua.iter().map(|u| u.uri().to_string()).collect(),
-                row: report::Row {
-                    source_ip: env.ip.to_string(),
-                    count: 1,
-                    disposition: match &action {
-                        Action::Reject(_) => "reject",
-                        Action::Quarantine(_) => "quarantine",
-                        Action::Accept => "none",
-                    }
-                    .into(),
-                    dkim: if dkim_aligned { "pass" } else { "fail" }.into(),
-                    spf: if spf_aligned { "pass" } else { "fail" }.into(),
-                    reason: if overridden.is_some() {
-                        Some("trusted_forwarder".into())
-                    } else if sampled_out {
-                        Some("sampled_out".into())
-                    } else if dmarc_word == "fail"
-                        && policy != Policy::None
-                        && action == Action::Accept
-                    {
-                        Some("local_policy".into())
-                    } else {
-                        None
+            reports
+                .record(report::Evaluation {
+                    domain: from_domain.clone(),
+                    policy: report::Published {
+                        adkim: al(record.adkim).into(),
+                        aspf: al(record.aspf).into(),
+                        p: policy_word(record.p).into(),
+                        sp: policy_word(record.sp).into(),
+                        np: policy_word(record.np).into(),
+                        testing: record.t,
                     },
-                    header_from: from_domain.clone(),
-                    envelope_from: mf_domain.clone(),
-                    dkim_results: dkim
-                        .iter()
-                        .filter_map(|o| {
-                            o.signature().map(|s| {
-                                (s.d.clone(), s.s.clone(), dkim_word(o.result()).to_string())
-                            })
-                        })
-                        .collect(),
-                    spf_result: (
-                        spf_out.domain().to_string(),
-                        if spf.mail_from.is_some() {
-                            "mfrom"
-                        } else {
-                            "helo"
+                    rua: record.rua.iter().map(|u| u.uri().to_string()).collect(),
+                    row: report::Row {
+                        source_ip: env.ip.to_string(),
+                        count: 1,
+                        disposition: match &action {
+                            Action::Reject(_) => "reject",
+                            Action::Quarantine(_) => "quarantine",
+                            Action::Accept => "none",
                         }
                         .into(),
-                        spf_word(spf_out.result()).into(),
-                    ),
-                },
-            });
+                        dkim: if dkim_aligned { "pass" } else { "fail" }.into(),
+                        spf: if spf_aligned { "pass" } else { "fail" }.into(),
+                        reason: if overridden.is_some() {
+                            Some("trusted_forwarder".into())
+                        } else if sampled_out {
+                            Some("sampled_out".into())
+                        } else if dmarc_word == "fail"
+                            && policy != Policy::None
+                            && action == Action::Accept
+                        {
+                            Some("local_policy".into())
+                        } else {
+                            None
+                        },
+                        header_from: from_domain.clone(),
+                        envelope_from: mf_domain.clone(),
+                        dkim_results: dkim
+                            .iter()
+                            .filter_map(|o| {
+                                o.signature().map(|s| {
+                                    (s.d.clone(), s.s.clone(), dkim_word(o.result()).to_string())
+                                })
+                            })
+                            .collect(),
+                        spf_result: (
+                            spf_out.domain().to_string(),
+                            if spf.mail_from.is_some() {
+                                "mfrom"
+                            } else {
+                                "helo"
+                            }
+                            .into(),
+                            spf_word(spf_out.result()).into(),
+                        ),
+                    },
+                })
+                .await;
         }
 
         // The header.

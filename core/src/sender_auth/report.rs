@@ -109,7 +109,7 @@ pub struct Evaluation {
 pub struct Reports {
     store: Store,
     config: crate::config::DmarcReports,
-    lock: std::sync::Mutex<()>,
+    lock: tokio::sync::Mutex<()>,
 }
 
 fn now() -> i64 {
@@ -122,7 +122,7 @@ impl Reports {
         Reports {
             store,
             config,
-            lock: std::sync::Mutex::new(()),
+            lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -137,32 +137,34 @@ impl Reports {
         (begin, begin + len)
     }
 
-    fn pending(&self) -> Vec<String> {
+    async fn pending(&self) -> Vec<String> {
         self.store
             .kv_get(NS, PENDING)
+            .await
             .ok()
             .flatten()
             .and_then(|v| serde_json::from_slice(&v).ok())
             .unwrap_or_default()
     }
 
-    fn set_pending(&self, keys: &[String]) -> crate::store::Result<()> {
+    async fn set_pending(&self, keys: &[String]) -> crate::store::Result<()> {
         self.store
             .kv_set(NS, PENDING, &serde_json::to_vec(keys)?, None)
+            .await
     }
 
     /// Add one evaluation to its period's report.
-    pub fn record(&self, e: Evaluation) {
+    pub async fn record(&self, e: Evaluation) {
         if !self.config.enabled || e.rua.is_empty() || e.domain.is_empty() {
             return;
         }
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.lock.lock().await;
         let (begin, end) = self.period(now());
         let key = format!("{begin}/{}", e.domain);
-        let mut report: Report = match self.store.kv_get(NS, &key) {
+        let mut report: Report = match self.store.kv_get(NS, &key).await {
             Ok(Some(v)) => serde_json::from_slice(&v).unwrap_or_default(),
             _ => {
-                let mut pending = self.pending();
+                let mut pending = self.pending().await;
                 let this_period = pending
                     .iter()
                     .filter(|k| k.starts_with(&format!("{begin}/")))
@@ -172,7 +174,7 @@ impl Reports {
                     return;
                 }
                 pending.push(key.clone());
-                if let Err(err) = self.set_pending(&pending) {
+                if let Err(err) = self.set_pending(&pending).await {
                     tracing::warn!(error = %err, "DMARC report index not saved");
                     return;
                 }
@@ -195,7 +197,7 @@ impl Reports {
         }
         match serde_json::to_vec(&report) {
             Ok(v) => {
-                if let Err(err) = self.store.kv_set(NS, &key, &v, None) {
+                if let Err(err) = self.store.kv_set(NS, &key, &v, None).await {
                     tracing::warn!(error = %err, "DMARC report not saved");
                 }
             }
@@ -204,25 +206,30 @@ impl Reports {
     }
 
     /// Reports whose period has ended (removed from the store by [`Self::forget`]).
-    fn due(&self) -> Vec<(String, Report)> {
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+    async fn due(&self) -> Vec<(String, Report)> {
+        let _g = self.lock.lock().await;
         let t = now();
-        self.pending()
-            .into_iter()
-            .filter_map(|k| {
-                let r: Report = serde_json::from_slice(&self.store.kv_get(NS, &k).ok()??).ok()?;
-                (r.end <= t).then_some((k, r))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for k in self.pending().await {
+            let Ok(Some(v)) = self.store.kv_get(NS, &k).await else {
+                continue;
+            };
+            if let Ok(r) = serde_json::from_slice::<Report>(&v)
+                && r.end <= t
+            {
+                out.push((k, r));
+            }
+        }
+        out
     }
 
-    fn forget(&self, key: &str) {
-        let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut pending = self.pending();
+    async fn forget(&self, key: &str) {
+        let _g = self.lock.lock().await;
+        let mut pending = self.pending().await;
         pending.retain(|k| k != key);
-        let _ = self.set_pending(&pending);
+        let _ = self.set_pending(&pending).await;
         // TTL 0: gone at the next read.
-        let _ = self.store.kv_set(NS, key, b"", Some(0));
+        let _ = self.store.kv_set(NS, key, b"", Some(0)).await;
     }
 }
 
@@ -329,7 +336,7 @@ pub async fn send_due(shared: &Arc<Shared>) -> usize {
         .clone()
         .unwrap_or_else(|| shared.config.hostname.clone());
     let mut sent = 0;
-    for (key, report) in reports.due() {
+    for (key, report) in reports.due().await {
         // RFC 7489 §7.1: a destination outside the policy domain must have agreed.
         let Some(allowed) = auth.authorized_rua(&report.domain, &report.rua).await else {
             tracing::info!(domain = %report.domain, "DMARC report postponed: DNS failure checking rua authorization");
@@ -337,7 +344,7 @@ pub async fn send_due(shared: &Arc<Shared>) -> usize {
         };
         if allowed.is_empty() || report.rows.is_empty() {
             tracing::info!(domain = %report.domain, "DMARC report dropped: no authorized rua address");
-            reports.forget(&key);
+            reports.forget(&key).await;
             continue;
         }
         let report_id = format!(
@@ -386,7 +393,7 @@ pub async fn send_due(shared: &Arc<Shared>) -> usize {
         match crate::delivery::deliver_generated(shared, entry, message).await {
             Ok(_) => {
                 tracing::info!(domain = %report.domain, rua = ?allowed, rows = report.rows.len(), "DMARC aggregate report queued");
-                reports.forget(&key);
+                reports.forget(&key).await;
                 sent += 1;
             }
             Err(e) => tracing::warn!(error = %e, "DMARC report not queued"),
@@ -427,8 +434,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn rows_aggregate_and_xml_is_escaped() {
+    #[tokio::test]
+    async fn rows_aggregate_and_xml_is_escaped() {
         let store: Store = Arc::new(crate::store::MemoryStore::new());
         let cfg = crate::config::DmarcReports {
             enabled: true,
@@ -440,32 +447,47 @@ mod tests {
             ("192.0.2.1", "none"),
             ("192.0.2.2", "reject"),
         ] {
-            reports.record(Evaluation {
-                domain: "a.test".into(),
-                policy: Published {
-                    p: "reject".into(),
-                    ..Default::default()
-                },
-                rua: vec!["agg@a.test".into()],
-                row: row(ip, d),
-            });
+            reports
+                .record(Evaluation {
+                    domain: "a.test".into(),
+                    policy: Published {
+                        p: "reject".into(),
+                        ..Default::default()
+                    },
+                    rua: vec!["agg@a.test".into()],
+                    row: row(ip, d),
+                })
+                .await;
         }
-        let pending = reports.pending();
+        let pending = reports.pending().await;
         assert_eq!(pending.len(), 1);
-        let r: Report =
-            serde_json::from_slice(&reports.store.kv_get(NS, &pending[0]).unwrap().unwrap())
-                .unwrap();
+        let r: Report = serde_json::from_slice(
+            &reports
+                .store
+                .kv_get(NS, &pending[0])
+                .await
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(r.rows.len(), 2);
         assert_eq!(r.rows[0].count, 2);
         assert_eq!(r.end - r.begin, 86400);
-        assert!(reports.due().is_empty(), "the period has not ended");
+        assert!(reports.due().await.is_empty(), "the period has not ended");
         let x = to_xml(&r, "Org <&>", "p@a.test", "id1");
         assert!(x.contains("<org_name>Org &lt;&amp;&gt;</org_name>"));
         assert!(x.contains("<count>2</count>"));
         assert!(x.contains("<disposition>reject</disposition>"));
         assert!(x.contains("<scope>mfrom</scope>"));
-        reports.forget(&pending[0]);
-        assert!(reports.pending().is_empty());
-        assert!(reports.store.kv_get(NS, &pending[0]).unwrap().is_none());
+        reports.forget(&pending[0]).await;
+        assert!(reports.pending().await.is_empty());
+        assert!(
+            reports
+                .store
+                .kv_get(NS, &pending[0])
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }

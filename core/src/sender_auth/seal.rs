@@ -63,7 +63,7 @@ impl SenderAuth {
             return None;
         }
         let domain = domain.to_ascii_lowercase();
-        let key = match crate::dkim::key(store, &domain) {
+        let key = match crate::dkim::key(store, &domain).await {
             Ok(Some(k)) => k,
             _ => {
                 tracing::info!(

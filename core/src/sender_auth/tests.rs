@@ -38,8 +38,10 @@ impl Fixture {
     }
 
     /// A domain with a DKIM key (published), SPF for `ip` and a DMARC record.
-    fn domain(&self, domain: &str, algorithm: &str, ip: &str, dmarc: &str) {
-        let key = crate::dkim::generate(&self.store, domain, "sel", algorithm).unwrap();
+    async fn domain(&self, domain: &str, algorithm: &str, ip: &str, dmarc: &str) {
+        let key = crate::dkim::generate(&self.store, domain, "sel", algorithm)
+            .await
+            .unwrap();
         let k = if algorithm == "ed25519" {
             "ed25519"
         } else {
@@ -61,13 +63,15 @@ impl Fixture {
         SenderAuth::new(&self.config, resolver, self.store.clone())
     }
 
-    fn signed(&self, from: &str, subject: &str) -> Vec<u8> {
+    async fn signed(&self, from: &str, subject: &str) -> Vec<u8> {
         let domain = from.rsplit_once('@').unwrap().1;
         let msg = format!(
             "From: <{from}>\r\nTo: <bob@rcpt.test>\r\nSubject: {subject}\r\nDate: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <{subject}@x>\r\n\r\nBody line.\r\n"
         )
         .into_bytes();
-        let sig = crate::dkim::sign(&self.store, domain, &msg).expect("signed");
+        let sig = crate::dkim::sign(&self.store, domain, &msg)
+            .await
+            .expect("signed");
         let mut out = sig.into_bytes();
         out.extend_from_slice(&msg);
         out
@@ -101,9 +105,10 @@ fn resinfo<'a>(header: &'a str, method: &str) -> Vec<&'a str> {
 #[tokio::test]
 async fn aligned_ed25519_and_spf_pass() {
     let f = Fixture::new();
-    f.domain("ok.test", "ed25519", SENDER_IP, "v=DMARC1; p=reject");
+    f.domain("ok.test", "ed25519", SENDER_IP, "v=DMARC1; p=reject")
+        .await;
     let auth = f.checker();
-    let c = check(&auth, &f.signed("a@ok.test", "hello"), "a@ok.test").await;
+    let c = check(&auth, &f.signed("a@ok.test", "hello").await, "a@ok.test").await;
     assert!(
         c.header
             .starts_with("Authentication-Results: mx.rcpt.test;\r\n\t"),
@@ -142,9 +147,10 @@ async fn aligned_ed25519_and_spf_pass() {
 #[tokio::test]
 async fn tampered_rsa_fails_and_reject_policy_rejects() {
     let f = Fixture::new();
-    f.domain("bank.test", "rsa", "198.51.100.1", "v=DMARC1; p=reject");
+    f.domain("bank.test", "rsa", "198.51.100.1", "v=DMARC1; p=reject")
+        .await;
     let auth = f.checker();
-    let mut raw = f.signed("ceo@bank.test", "pay");
+    let mut raw = f.signed("ceo@bank.test", "pay").await;
     let at = raw.len() - 4;
     raw[at] = b'X'; // body changed after signing
     let c = check(&auth, &raw, "ceo@bank.test").await;
@@ -172,9 +178,12 @@ async fn quarantine_and_per_domain_overrides() {
         "ed25519",
         "198.51.100.1",
         "v=DMARC1; p=quarantine",
-    );
-    f.domain("r.test", "ed25519", "198.51.100.1", "v=DMARC1; p=reject");
-    f.domain("m.test", "ed25519", "198.51.100.1", "v=DMARC1; p=reject");
+    )
+    .await;
+    f.domain("r.test", "ed25519", "198.51.100.1", "v=DMARC1; p=reject")
+        .await;
+    f.domain("m.test", "ed25519", "198.51.100.1", "v=DMARC1; p=reject")
+        .await;
     f.config.sender_auth.domains.insert(
         "r.test".into(),
         SenderAuthDomain {
@@ -242,14 +251,16 @@ async fn pct_sampling_with_an_injected_roll() {
         "ed25519",
         "198.51.100.1",
         "v=DMARC1; p=reject; pct=50",
-    );
+    )
+    .await;
     // Subdomain mail under an organizational record: the record that applied is found.
     f.domain(
         "org.test",
         "ed25519",
         "198.51.100.1",
         "v=DMARC1; p=none; sp=quarantine; pct=10",
-    );
+    )
+    .await;
     f.dns.a("sub.org.test", "198.51.100.1");
     let unsigned =
         |from: &str| format!("From: <{from}>\r\nSubject: x\r\n\r\nbody\r\n").into_bytes();
@@ -293,7 +304,7 @@ async fn pct_sampling_with_an_injected_roll() {
         c.header
     );
     // Passing mail is not sampled at all.
-    let c = check(&auth, &f.signed("a@half.test", "ok"), "a@half.test").await;
+    let c = check(&auth, &f.signed("a@half.test", "ok").await, "a@half.test").await;
     assert_eq!(c.action, Action::Accept);
     assert!(!c.header.contains("pct="), "{}", c.header);
 }
@@ -338,8 +349,8 @@ async fn spf_void_lookup_limit() {
 #[tokio::test]
 async fn spf_hard_fail_refusal_follows_config() {
     let mut f = Fixture::new();
-    f.domain("s.test", "ed25519", "198.51.100.1", "");
-    f.domain("ok.test", "ed25519", SENDER_IP, "");
+    f.domain("s.test", "ed25519", "198.51.100.1", "").await;
+    f.domain("ok.test", "ed25519", SENDER_IP, "").await;
     f.config.sender_auth.spf_reject_fail = true;
     f.config.sender_auth.domains.insert(
         "s.test".into(),
@@ -369,7 +380,7 @@ async fn psl_guard_refuses_alignment_across_a_public_suffix() {
     let f = Fixture::new();
     f.dns.txt("_dmarc.co.uk", "v=DMARC1; p=none");
     f.dns.txt("_dmarc.victim.co.uk", "v=DMARC1; p=reject");
-    f.domain("evil.co.uk", "ed25519", SENDER_IP, "");
+    f.domain("evil.co.uk", "ed25519", SENDER_IP, "").await;
     let auth = f.checker();
     // SPF passes for evil.co.uk, From is victim.co.uk.
     let raw = b"From: <boss@victim.co.uk>\r\nSubject: x\r\n\r\nbody\r\n";
@@ -382,8 +393,9 @@ async fn psl_guard_refuses_alignment_across_a_public_suffix() {
 #[tokio::test]
 async fn arc_seal_then_validate_and_trust() {
     let mut f = Fixture::new();
-    f.domain("orig.test", "ed25519", SENDER_IP, "v=DMARC1; p=reject");
-    f.domain("fwd.test", "rsa", "203.0.113.1", "");
+    f.domain("orig.test", "ed25519", SENDER_IP, "v=DMARC1; p=reject")
+        .await;
+    f.domain("fwd.test", "rsa", "203.0.113.1", "").await;
     let auth = f.checker();
     // At the forwarder: the original passes.
     let raw = b"From: <a@orig.test>\r\nTo: <list@fwd.test>\r\nSubject: s\r\n\r\nbody\r\n".to_vec();
@@ -450,9 +462,10 @@ async fn arc_seal_then_validate_and_trust() {
 #[tokio::test]
 async fn records_are_cached_within_ttl() {
     let f = Fixture::new();
-    f.domain("c.test", "ed25519", SENDER_IP, "v=DMARC1; p=reject");
+    f.domain("c.test", "ed25519", SENDER_IP, "v=DMARC1; p=reject")
+        .await;
     let auth = f.checker();
-    let raw = f.signed("a@c.test", "cache");
+    let raw = f.signed("a@c.test", "cache").await;
     let spf = auth.check_spf(ip(), "mail.example", "a@c.test").await;
     let env = Envelope {
         ip: ip(),
@@ -527,12 +540,14 @@ fn thread_cpu() -> std::time::Duration {
 #[ignore]
 async fn bench_check_message_warm_cache() {
     let f = Fixture::new();
-    f.domain("ed.test", "ed25519", SENDER_IP, "v=DMARC1; p=reject");
-    f.domain("rsa.test", "rsa", SENDER_IP, "v=DMARC1; p=reject");
-    f.domain("fwd.test", "rsa", "203.0.113.1", "");
+    f.domain("ed.test", "ed25519", SENDER_IP, "v=DMARC1; p=reject")
+        .await;
+    f.domain("rsa.test", "rsa", SENDER_IP, "v=DMARC1; p=reject")
+        .await;
+    f.domain("fwd.test", "rsa", "203.0.113.1", "").await;
     let auth = f.checker();
-    let ed = f.signed("a@ed.test", "bench");
-    let rsa = f.signed("a@rsa.test", "bench");
+    let ed = f.signed("a@ed.test", "bench").await;
+    let rsa = f.signed("a@rsa.test", "bench").await;
     // An RSA-signed message with one ARC set on top.
     let c = check(&auth, &rsa, "a@rsa.test").await;
     let mut fwd = c.header.clone().into_bytes();

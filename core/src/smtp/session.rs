@@ -571,7 +571,7 @@ impl Session {
             }
             Command::Vrfy(arg) => {
                 let r = self.vrfy(&arg);
-                self.reply(r);
+                self.reply(r.await);
                 Flow::Continue
             }
             Command::Expn(_) => {
@@ -759,6 +759,7 @@ impl Session {
         {
             let owned = !from.is_null()
                 && routing::owns_address(&self.shared.store, user, &from.to_string())
+                    .await
                     .unwrap_or(false);
             if !owned {
                 self.reply(Reply::new(
@@ -811,7 +812,7 @@ impl Session {
         } else {
             to.to_string()
         };
-        let mut route = match self.resolve(&address) {
+        let mut route = match self.resolve(&address).await {
             Ok(r) => r,
             Err(r) => {
                 self.reply(r);
@@ -840,7 +841,7 @@ impl Session {
                 return Flow::Continue;
             };
             address = parsed.to_string();
-            route = match self.resolve(&address) {
+            route = match self.resolve(&address).await {
                 Ok(r) => r,
                 Err(r) => {
                     self.reply(r);
@@ -874,20 +875,21 @@ impl Session {
         Flow::Continue
     }
 
-    fn resolve(&self, address: &str) -> Result<Route, Reply> {
+    async fn resolve(&self, address: &str) -> Result<Route, Reply> {
         routing::resolve(
             &self.shared.store,
             &self.shared.config.domains,
             self.shared.config.postmaster.as_deref(),
             address,
         )
+        .await
         .map_err(|e| {
             tracing::error!(error = %e, "recipient lookup failed");
             Reply::local_error()
         })
     }
 
-    fn vrfy(&self, arg: &str) -> Reply {
+    async fn vrfy(&self, arg: &str) -> Reply {
         if !self.shared.config.smtp.vrfy {
             return Reply::new(
                 252,
@@ -909,7 +911,7 @@ impl Session {
                     .unwrap_or("localhost")
             )
         };
-        match self.resolve(&address) {
+        match self.resolve(&address).await {
             Ok(Route::Local(_)) => {
                 Reply::new(250, "2.1.5", format!("<{}>", address.to_lowercase()))
             }

@@ -1,11 +1,14 @@
 //! The contract every storage backend keeps, as tests written against [`MailStore`] only and
-//! run against each backend (`sled_backend::*`, `memory_backend::*`). A new backend adds one
-//! line to the macro at the bottom and must pass all of them.
+//! run against each backend (`sled_backend::*` with the metadata cache in front, as `serve`
+//! runs it, `memory_backend::*`, and `cached_memory_backend::*` for the cache layer over
+//! the memory backend). A new backend adds one line to the macro at the bottom and must
+//! pass all of them.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::*;
+use crate::blocking::Wait;
 
 struct Harness {
     store: Store,
@@ -13,13 +16,24 @@ struct Harness {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// sled with the metadata cache in front, as `serve` opens it.
 fn sled() -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SledStore::open(&dir.path().join("data")).expect("open");
+    let store = Cached::new(SledStore::open(&dir.path().join("data")).expect("open"));
     Harness {
-        failpoints: store.failpoints(),
+        failpoints: store.inner().failpoints(),
         store: Arc::new(store),
         _dir: Some(dir),
+    }
+}
+
+/// The in-memory backend with the metadata cache in front.
+fn cached_memory() -> Harness {
+    let store = Cached::new(MemoryStore::new());
+    Harness {
+        failpoints: store.inner().failpoints(),
+        store: Arc::new(store),
+        _dir: None,
     }
 }
 
@@ -30,13 +44,6 @@ fn memory() -> Harness {
         store: Arc::new(store),
         _dir: None,
     }
-}
-
-fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime")
-        .block_on(f)
 }
 
 fn placement(user: &str, mailbox: &str) -> Placement {
@@ -74,10 +81,15 @@ fn body(text: &str) -> Arc<Vec<u8>> {
     Arc::new(format!("Subject: {text}\r\n\r\n{text}\r\n").into_bytes())
 }
 
-fn uids(store: &Store, user: &str, mailbox: &str) -> Vec<u32> {
-    let mb = store.mailbox(user, mailbox).unwrap().expect("mailbox");
+async fn uids(store: &Store, user: &str, mailbox: &str) -> Vec<u32> {
+    let mb = store
+        .mailbox(user, mailbox)
+        .await
+        .unwrap()
+        .expect("mailbox");
     store
         .messages(mb.id)
+        .await
         .unwrap()
         .iter()
         .map(|m| m.uid)
@@ -86,13 +98,13 @@ fn uids(store: &Store, user: &str, mailbox: &str) -> Vec<u32> {
 
 /// Two local recipients and a remote one; a failure after the first placement leaves
 /// nothing: no copy, no queue entry, no UID used; the retry writes each once.
-fn ingest_is_all_or_nothing(h: Harness) {
+async fn ingest_is_all_or_nothing(h: Harness) {
     let s = &h.store;
-    s.create_account("a@example.org", "").unwrap();
-    s.create_account("b@example.org", "").unwrap();
+    s.create_account("a@example.org", "").await.unwrap();
+    s.create_account("b@example.org", "").await.unwrap();
     let next_before: Vec<u32> = ["a@example.org", "b@example.org"]
         .iter()
-        .map(|u| s.mailbox(u, "INBOX").unwrap().unwrap().uidnext)
+        .map(|u| s.mailbox(u, "INBOX").wait().unwrap().unwrap().uidnext)
         .collect();
     let ingest = Ingest {
         internal_date: 1,
@@ -112,40 +124,40 @@ fn ingest_is_all_or_nothing(h: Harness) {
         queue: Some((queued("Q1", "far@example.net"), body("queued"))),
     };
     h.failpoints.arm("ingest-after-placement", 1);
-    assert!(block_on(s.ingest(ingest.clone())).is_err());
-    assert!(uids(s, "a@example.org", "INBOX").is_empty());
-    assert!(uids(s, "b@example.org", "INBOX").is_empty());
-    assert!(s.mailbox("b@example.org", "Lists").unwrap().is_none());
-    assert!(s.queue().unwrap().is_empty());
+    assert!(s.ingest(ingest.clone()).await.is_err());
+    assert!(uids(s, "a@example.org", "INBOX").await.is_empty());
+    assert!(uids(s, "b@example.org", "INBOX").await.is_empty());
+    assert!(s.mailbox("b@example.org", "Lists").await.unwrap().is_none());
+    assert!(s.queue().await.unwrap().is_empty());
     let next_after: Vec<u32> = ["a@example.org", "b@example.org"]
         .iter()
-        .map(|u| s.mailbox(u, "INBOX").unwrap().unwrap().uidnext)
+        .map(|u| s.mailbox(u, "INBOX").wait().unwrap().unwrap().uidnext)
         .collect();
     assert_eq!(
         next_before, next_after,
         "no UID may be used by a failed ingest"
     );
 
-    let receipt = block_on(s.ingest(ingest)).unwrap();
+    let receipt = s.ingest(ingest).await.unwrap();
     assert_eq!(receipt.placed.len(), 3);
-    assert_eq!(uids(s, "a@example.org", "INBOX"), vec![1]);
-    assert_eq!(uids(s, "b@example.org", "INBOX"), vec![1]);
-    assert_eq!(uids(s, "b@example.org", "Lists"), vec![1]);
-    let lists = s.mailbox("b@example.org", "Lists").unwrap().unwrap();
-    let own = s.message(lists.id, 1).unwrap().unwrap();
-    assert_eq!(s.blob(own.blob).unwrap(), *body("own copy"));
-    let q = s.queue().unwrap();
+    assert_eq!(uids(s, "a@example.org", "INBOX").await, vec![1]);
+    assert_eq!(uids(s, "b@example.org", "INBOX").await, vec![1]);
+    assert_eq!(uids(s, "b@example.org", "Lists").await, vec![1]);
+    let lists = s.mailbox("b@example.org", "Lists").await.unwrap().unwrap();
+    let own = s.message(lists.id, 1).await.unwrap().unwrap();
+    assert_eq!(s.blob(own.blob).await.unwrap(), *body("own copy"));
+    let q = s.queue().await.unwrap();
     assert_eq!(q.len(), 1);
-    assert_eq!(s.blob(q[0].blob).unwrap(), *body("queued"));
+    assert_eq!(s.blob(q[0].blob).await.unwrap(), *body("queued"));
     assert_eq!(receipt.placed[0].user, "a@example.org");
     assert_eq!(receipt.placed[2].mailbox, lists.id);
 }
 
 /// A message with one placement (the fast path of backends that have one) is atomic too:
 /// a failed ingest of one record leaves nothing, an empty ingest writes nothing.
-fn single_and_empty_ingests(h: Harness) {
+async fn single_and_empty_ingests(h: Harness) {
     let s = &h.store;
-    s.create_account("a@example.org", "").unwrap();
+    s.create_account("a@example.org", "").await.unwrap();
     let one = Ingest {
         internal_date: 7,
         filed: vec![Filed {
@@ -154,27 +166,30 @@ fn single_and_empty_ingests(h: Harness) {
         }],
         queue: None,
     };
-    let r = block_on(s.ingest(one)).unwrap();
+    let r = s.ingest(one).await.unwrap();
     assert_eq!(r.placed.len(), 1);
     assert_eq!(r.placed[0].uid, 1);
-    let inbox = s.mailbox("a@example.org", "INBOX").unwrap().unwrap();
-    let m = s.message(inbox.id, 1).unwrap().unwrap();
+    let inbox = s.mailbox("a@example.org", "INBOX").await.unwrap().unwrap();
+    let m = s.message(inbox.id, 1).await.unwrap().unwrap();
     assert_eq!(m.internal_date, 7);
     assert_eq!(m.modseq, r.placed[0].modseq);
     assert_eq!(inbox.highest_modseq, m.modseq);
     // A placement for an account that has no such folder creates it (file_into).
-    let r = block_on(s.ingest(Ingest {
-        internal_date: 8,
-        filed: vec![Filed {
-            message: body("filed"),
-            placements: vec![placement("a@example.org", "Projects/Corvus")],
-        }],
-        queue: None,
-    }))
-    .unwrap();
+    let r = s
+        .ingest(Ingest {
+            internal_date: 8,
+            filed: vec![Filed {
+                message: body("filed"),
+                placements: vec![placement("a@example.org", "Projects/Corvus")],
+            }],
+            queue: None,
+        })
+        .await
+        .unwrap();
     assert_eq!(r.placed[0].uid, 1);
     assert!(
         s.mailbox("a@example.org", "Projects/Corvus")
+            .await
             .unwrap()
             .is_some()
     );
@@ -182,10 +197,10 @@ fn single_and_empty_ingests(h: Harness) {
         queue: Some((queued("Q9", "x@example.net"), body("q"))),
         ..Ingest::default()
     };
-    assert!(block_on(s.ingest(only_queue)).unwrap().placed.is_empty());
-    assert_eq!(s.queue().unwrap().len(), 1);
+    assert!(s.ingest(only_queue).await.unwrap().placed.is_empty());
+    assert_eq!(s.queue().await.unwrap().len(), 1);
     assert_eq!(
-        block_on(s.ingest(Ingest::default())).unwrap(),
+        s.ingest(Ingest::default()).await.unwrap(),
         Receipt::default()
     );
 }
@@ -193,18 +208,23 @@ fn single_and_empty_ingests(h: Harness) {
 /// Many writers into one mailbox at once: every UID and MODSEQ is unique, and a reader
 /// never sees a new message with a UID at or below one it has already seen (RFC 9051
 /// §2.3.1.1), nor MODSEQs out of UID order.
-fn concurrent_ingest_keeps_uids_ascending_in_visibility_order(h: Harness) {
+async fn concurrent_ingest_keeps_uids_ascending_in_visibility_order(h: Harness) {
     let s = h.store.clone();
-    s.create_account("a@example.org", "").unwrap();
-    s.create_account("b@example.org", "").unwrap();
-    let inbox = s.mailbox("a@example.org", "INBOX").unwrap().unwrap().id;
+    s.create_account("a@example.org", "").await.unwrap();
+    s.create_account("b@example.org", "").await.unwrap();
+    let inbox = s
+        .mailbox("a@example.org", "INBOX")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let (s, done) = (s.clone(), done.clone());
         std::thread::spawn(move || {
             let mut seen: BTreeSet<u32> = BTreeSet::new();
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                let now = s.messages(inbox).unwrap();
+                let now = s.messages(inbox).wait().unwrap();
                 let max_seen = seen.iter().next_back().copied().unwrap_or(0);
                 for m in &now {
                     if !seen.contains(&m.uid) {
@@ -217,11 +237,7 @@ fn concurrent_ingest_keeps_uids_ascending_in_visibility_order(h: Harness) {
             }
         })
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    (async {
         let mut tasks = Vec::new();
         for t in 0..8 {
             let s = s.clone();
@@ -246,35 +262,42 @@ fn concurrent_ingest_keeps_uids_ascending_in_visibility_order(h: Harness) {
         for t in tasks {
             t.await.unwrap();
         }
-    });
+    })
+    .await;
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     reader.join().unwrap();
-    let all = s.messages(inbox).unwrap();
+    let all = s.messages(inbox).await.unwrap();
     assert_eq!(all.len(), 200);
     assert_eq!(
         all.iter().map(|m| m.uid).collect::<Vec<_>>(),
         (1..=200).collect::<Vec<_>>()
     );
-    let mb = s.mailbox("a@example.org", "INBOX").unwrap().unwrap();
+    let mb = s.mailbox("a@example.org", "INBOX").await.unwrap().unwrap();
     assert_eq!(mb.uidnext, 201);
     assert_eq!(mb.highest_modseq, all.last().unwrap().modseq);
-    assert_eq!(uids(&s, "b@example.org", "INBOX").len(), 8 * 13);
+    assert_eq!(uids(&s, "b@example.org", "INBOX").await.len(), 8 * 13);
 }
 
 /// Two sessions changing flags of the same messages at once both keep their change;
 /// UNCHANGEDSINCE refuses what changed after it (RFC 7162 §3.1.3).
-fn flag_updates_are_atomic_and_honour_unchangedsince(h: Harness) {
+async fn flag_updates_are_atomic_and_honour_unchangedsince(h: Harness) {
     let s = h.store.clone();
-    s.create_account("a@example.org", "").unwrap();
+    s.create_account("a@example.org", "").await.unwrap();
     for i in 0..20 {
         s.deliver(
             &body(&i.to_string()),
             0,
             &[placement("a@example.org", "INBOX")],
         )
+        .await
         .unwrap();
     }
-    let inbox = s.mailbox("a@example.org", "INBOX").unwrap().unwrap().id;
+    let inbox = s
+        .mailbox("a@example.org", "INBOX")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
     let all: Vec<u32> = (1..=20).collect();
     let threads: Vec<_> = ["$A", "$B", "$C", "$D"]
         .into_iter()
@@ -290,6 +313,7 @@ fn flag_updates_are_atomic_and_honour_unchangedsince(h: Harness) {
                         &[flag.to_string()],
                         None,
                     )
+                    .wait()
                     .unwrap();
                 }
             })
@@ -298,7 +322,7 @@ fn flag_updates_are_atomic_and_honour_unchangedsince(h: Harness) {
     for t in threads {
         t.join().unwrap();
     }
-    let msgs = s.messages(inbox).unwrap();
+    let msgs = s.messages(inbox).await.unwrap();
     for m in &msgs {
         for f in ["$A", "$B", "$C", "$D"] {
             assert!(m.flags.iter().any(|x| x == f), "{} lacks {f}", m.uid);
@@ -308,6 +332,7 @@ fn flag_updates_are_atomic_and_honour_unchangedsince(h: Harness) {
     assert_eq!(modseqs.len(), msgs.len(), "MODSEQs are unique");
     let highest = s
         .mailbox("a@example.org", "INBOX")
+        .await
         .unwrap()
         .unwrap()
         .highest_modseq;
@@ -324,6 +349,7 @@ fn flag_updates_are_atomic_and_honour_unchangedsince(h: Harness) {
             &["\\Seen".into()],
             None,
         )
+        .await
         .unwrap();
     assert!(up[0].changed && up[0].modseq > since);
     let (done, modified) = s
@@ -335,6 +361,7 @@ fn flag_updates_are_atomic_and_honour_unchangedsince(h: Harness) {
             &["\\Flagged".into()],
             Some(since),
         )
+        .await
         .unwrap();
     assert_eq!(modified, vec![1]);
     assert_eq!(done.len(), 1);
@@ -349,6 +376,7 @@ fn flag_updates_are_atomic_and_honour_unchangedsince(h: Harness) {
             &["\\Flagged".into()],
             None,
         )
+        .await
         .unwrap();
     assert!(!same[0].changed);
     assert_eq!(same[0].modseq, done[0].modseq);
@@ -356,86 +384,105 @@ fn flag_updates_are_atomic_and_honour_unchangedsince(h: Harness) {
 
 /// COPY gives new ascending UIDs and shares the body; EXPUNGE of the last reference frees
 /// it; a move is a copy and an expunge.
-fn copy_expunge_and_move(h: Harness) {
+async fn copy_expunge_and_move(h: Harness) {
     let s = &h.store;
-    s.create_account("a@example.org", "").unwrap();
+    s.create_account("a@example.org", "").await.unwrap();
     for i in 0..3 {
         s.deliver(
             &body(&i.to_string()),
             0,
             &[placement("a@example.org", "INBOX")],
         )
+        .await
         .unwrap();
     }
-    let inbox = s.mailbox("a@example.org", "INBOX").unwrap().unwrap();
+    let inbox = s.mailbox("a@example.org", "INBOX").await.unwrap().unwrap();
     let (validity, pairs) = s
         .copy("a@example.org", inbox.id, &[1, 3, 99], "Archive")
+        .await
         .unwrap();
-    let archive = s.mailbox("a@example.org", "Archive").unwrap().unwrap();
+    let archive = s
+        .mailbox("a@example.org", "Archive")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(validity, archive.uidvalidity);
     assert_eq!(pairs, vec![(1, 1), (3, 2)]);
     assert!(
         s.copy("a@example.org", inbox.id, &[1], "Nowhere")
+            .await
             .is_err_and(|e| matches!(e, StoreError::NotFound(_)))
     );
-    let blob1 = s.message(inbox.id, 1).unwrap().unwrap().blob;
+    let blob1 = s.message(inbox.id, 1).await.unwrap().unwrap().blob;
     assert_eq!(
-        s.expunge("a@example.org", inbox.id, &[1, 42]).unwrap(),
+        s.expunge("a@example.org", inbox.id, &[1, 42])
+            .await
+            .unwrap(),
         vec![1]
     );
     // Still referenced by the copy.
-    assert_eq!(s.blob(blob1).unwrap(), *body("0"));
+    assert_eq!(s.blob(blob1).await.unwrap(), *body("0"));
     assert_eq!(
-        s.expunge("a@example.org", archive.id, &[1]).unwrap(),
+        s.expunge("a@example.org", archive.id, &[1]).await.unwrap(),
         vec![1]
     );
-    assert!(s.blob(blob1).is_err(), "the last reference frees the body");
+    assert!(
+        s.blob(blob1).await.is_err(),
+        "the last reference frees the body"
+    );
     // An expunge of nothing leaves HIGHESTMODSEQ alone.
-    let before = s.mailbox("a@example.org", "INBOX").unwrap().unwrap();
+    let before = s.mailbox("a@example.org", "INBOX").await.unwrap().unwrap();
     assert!(
         s.expunge("a@example.org", inbox.id, &[1])
+            .await
             .unwrap()
             .is_empty()
     );
-    let after = s.mailbox("a@example.org", "INBOX").unwrap().unwrap();
+    let after = s.mailbox("a@example.org", "INBOX").await.unwrap().unwrap();
     assert_eq!(before.highest_modseq, after.highest_modseq);
     // Move: copy, then expunge the source.
-    let (_, moved) = s.copy("a@example.org", inbox.id, &[2], "Trash").unwrap();
-    s.expunge("a@example.org", inbox.id, &[2]).unwrap();
-    assert_eq!(uids(s, "a@example.org", "INBOX"), vec![3]);
-    assert_eq!(uids(s, "a@example.org", "Trash"), vec![moved[0].1]);
+    let (_, moved) = s
+        .copy("a@example.org", inbox.id, &[2], "Trash")
+        .await
+        .unwrap();
+    s.expunge("a@example.org", inbox.id, &[2]).await.unwrap();
+    assert_eq!(uids(s, "a@example.org", "INBOX").await, vec![3]);
+    assert_eq!(uids(s, "a@example.org", "Trash").await, vec![moved[0].1]);
 }
 
 /// Accounts, domains, aliases and mailbox naming rules.
-fn directory_and_mailbox_rules(h: Harness) {
+async fn directory_and_mailbox_rules(h: Harness) {
     let s = &h.store;
-    s.create_account("Alice@Example.org", "hash").unwrap();
+    s.create_account("Alice@Example.org", "hash").await.unwrap();
     assert!(matches!(
-        s.create_account("alice@example.org", "x"),
+        s.create_account("alice@example.org", "x").await,
         Err(StoreError::Exists(_))
     ));
-    assert!(s.account_exists("ALICE@example.org").unwrap());
+    assert!(s.account_exists("ALICE@example.org").await.unwrap());
     assert_eq!(
         s.account("alice@example.org")
+            .await
             .unwrap()
             .unwrap()
             .password_hash,
         "hash"
     );
-    s.set_password("alice@example.org", "new").unwrap();
+    s.set_password("alice@example.org", "new").await.unwrap();
     assert_eq!(
         s.account("alice@example.org")
+            .await
             .unwrap()
             .unwrap()
             .password_hash,
         "new"
     );
     assert!(matches!(
-        s.set_password("nobody@example.org", "x"),
+        s.set_password("nobody@example.org", "x").await,
         Err(StoreError::NotFound(_))
     ));
     let names: Vec<String> = s
         .mailboxes("alice@example.org")
+        .await
         .unwrap()
         .into_iter()
         .map(|m| m.name)
@@ -444,108 +491,130 @@ fn directory_and_mailbox_rules(h: Harness) {
         assert!(names.iter().any(|n| n == name), "{name} missing");
     }
     assert_eq!(
-        s.subscriptions("alice@example.org").unwrap().len(),
+        s.subscriptions("alice@example.org").await.unwrap().len(),
         DEFAULT_MAILBOXES.len()
     );
-    assert!(s.mailbox("alice@example.org", "inbox").unwrap().is_some());
-    assert!(matches!(
-        s.create_mailbox("alice@example.org", "Sent", None),
-        Err(StoreError::Exists(_))
-    ));
-    assert!(matches!(
-        s.delete_mailbox("alice@example.org", "Inbox"),
-        Err(StoreError::Invalid(_))
-    ));
-    // Renaming moves children and subscriptions; renaming INBOX moves its messages.
-    s.create_mailbox("alice@example.org", "Work", None).unwrap();
-    s.create_mailbox("alice@example.org", "Work/2026", None)
-        .unwrap();
-    s.set_subscribed("alice@example.org", "Work/2026", true)
-        .unwrap();
-    s.rename_mailbox("alice@example.org", "Work", "Job")
-        .unwrap();
     assert!(
-        s.mailbox("alice@example.org", "Job/2026")
+        s.mailbox("alice@example.org", "inbox")
+            .await
             .unwrap()
             .is_some()
     );
-    assert!(s.mailbox("alice@example.org", "Work").unwrap().is_none());
+    assert!(matches!(
+        s.create_mailbox("alice@example.org", "Sent", None).await,
+        Err(StoreError::Exists(_))
+    ));
+    assert!(matches!(
+        s.delete_mailbox("alice@example.org", "Inbox").await,
+        Err(StoreError::Invalid(_))
+    ));
+    // Renaming moves children and subscriptions; renaming INBOX moves its messages.
+    s.create_mailbox("alice@example.org", "Work", None)
+        .await
+        .unwrap();
+    s.create_mailbox("alice@example.org", "Work/2026", None)
+        .await
+        .unwrap();
+    s.set_subscribed("alice@example.org", "Work/2026", true)
+        .await
+        .unwrap();
+    s.rename_mailbox("alice@example.org", "Work", "Job")
+        .await
+        .unwrap();
+    assert!(
+        s.mailbox("alice@example.org", "Job/2026")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        s.mailbox("alice@example.org", "Work")
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(
         s.subscriptions("alice@example.org")
+            .await
             .unwrap()
             .contains(&"Job/2026".to_string())
     );
     s.deliver(&body("x"), 0, &[placement("alice@example.org", "INBOX")])
+        .await
         .unwrap();
     s.rename_mailbox("alice@example.org", "INBOX", "Old")
+        .await
         .unwrap();
-    assert!(uids(s, "alice@example.org", "INBOX").is_empty());
-    assert_eq!(uids(s, "alice@example.org", "Old"), vec![1]);
+    assert!(uids(s, "alice@example.org", "INBOX").await.is_empty());
+    assert_eq!(uids(s, "alice@example.org", "Old").await, vec![1]);
     // Subscriptions are independent of mailboxes (RFC 9051 §6.3.9).
     s.set_subscribed("alice@example.org", "Ghost", true)
+        .await
         .unwrap();
     assert!(
         s.subscriptions("alice@example.org")
+            .await
             .unwrap()
             .contains(&"Ghost".to_string())
     );
 
-    s.add_domain("Example.COM").unwrap();
+    s.add_domain("Example.COM").await.unwrap();
     assert!(matches!(
-        s.add_domain("example.com"),
+        s.add_domain("example.com").await,
         Err(StoreError::Exists(_))
     ));
-    assert_eq!(s.domains().unwrap(), vec!["example.com".to_string()]);
-    s.delete_domain("example.com").unwrap();
+    assert_eq!(s.domains().await.unwrap(), vec!["example.com".to_string()]);
+    s.delete_domain("example.com").await.unwrap();
     assert!(matches!(
-        s.delete_domain("example.com"),
+        s.delete_domain("example.com").await,
         Err(StoreError::NotFound(_))
     ));
 
     s.set_alias("Sales@Example.org", &["Alice@Example.org".into()])
+        .await
         .unwrap();
     assert_eq!(
-        s.alias("sales@example.org").unwrap(),
+        s.alias("sales@example.org").await.unwrap(),
         Some(vec!["alice@example.org".to_string()])
     );
-    assert_eq!(s.aliases().unwrap().len(), 1);
-    s.delete_alias("sales@example.org").unwrap();
+    assert_eq!(s.aliases().await.unwrap().len(), 1);
+    s.delete_alias("sales@example.org").await.unwrap();
     assert!(matches!(
-        s.delete_alias("sales@example.org"),
+        s.delete_alias("sales@example.org").await,
         Err(StoreError::NotFound(_))
     ));
 
-    s.delete_account("alice@example.org").unwrap();
-    assert!(!s.account_exists("alice@example.org").unwrap());
-    assert!(s.mailboxes("alice@example.org").unwrap().is_empty());
+    s.delete_account("alice@example.org").await.unwrap();
+    assert!(!s.account_exists("alice@example.org").await.unwrap());
+    assert!(s.mailboxes("alice@example.org").await.unwrap().is_empty());
     assert!(matches!(
-        s.delete_account("alice@example.org"),
+        s.delete_account("alice@example.org").await,
         Err(StoreError::NotFound(_))
     ));
 }
 
 /// The key-value area: TTLs, atomic counters whose window does not slide.
-fn kv_ttl_and_atomic_increment(h: Harness) {
+async fn kv_ttl_and_atomic_increment(h: Harness) {
     let s = h.store.clone();
-    s.kv_set("ns", "k", b"v", None).unwrap();
-    assert_eq!(s.kv_get("ns", "k").unwrap(), Some(b"v".to_vec()));
-    assert_eq!(s.kv_get("other", "k").unwrap(), None);
-    s.kv_set("ns", "gone", b"v", Some(0)).unwrap();
-    assert_eq!(s.kv_get("ns", "gone").unwrap(), None);
-    assert_eq!(s.kv_incr("ns", "n", 2, Some(3600)).unwrap(), 2);
-    assert_eq!(s.kv_incr("ns", "n", -5, None).unwrap(), -3);
-    s.kv_set("ns", "text", b"abc", None).unwrap();
-    assert_eq!(s.kv_incr("ns", "text", 1, None).unwrap(), 1);
+    s.kv_set("ns", "k", b"v", None).await.unwrap();
+    assert_eq!(s.kv_get("ns", "k").await.unwrap(), Some(b"v".to_vec()));
+    assert_eq!(s.kv_get("other", "k").await.unwrap(), None);
+    s.kv_set("ns", "gone", b"v", Some(0)).await.unwrap();
+    assert_eq!(s.kv_get("ns", "gone").await.unwrap(), None);
+    assert_eq!(s.kv_incr("ns", "n", 2, Some(3600)).await.unwrap(), 2);
+    assert_eq!(s.kv_incr("ns", "n", -5, None).await.unwrap(), -3);
+    s.kv_set("ns", "text", b"abc", None).await.unwrap();
+    assert_eq!(s.kv_incr("ns", "text", 1, None).await.unwrap(), 1);
     // An expired counter starts again.
-    s.kv_set("ns", "old", b"40", Some(0)).unwrap();
-    assert_eq!(s.kv_incr("ns", "old", 1, None).unwrap(), 1);
+    s.kv_set("ns", "old", b"40", Some(0)).await.unwrap();
+    assert_eq!(s.kv_incr("ns", "old", 1, None).await.unwrap(), 1);
     // Concurrent increments are not lost.
     let threads: Vec<_> = (0..4)
         .map(|_| {
             let s = s.clone();
             std::thread::spawn(move || {
                 for _ in 0..250 {
-                    s.kv_incr("ns", "c", 1, None).unwrap();
+                    s.kv_incr("ns", "c", 1, None).wait().unwrap();
                 }
             })
         })
@@ -553,28 +622,33 @@ fn kv_ttl_and_atomic_increment(h: Harness) {
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!(s.kv_incr("ns", "c", 0, None).unwrap(), 1000);
+    assert_eq!(s.kv_incr("ns", "c", 0, None).await.unwrap(), 1000);
 }
 
 /// Queue entries: a stale update does not bring back a deleted entry; flush changes only
 /// the due time; removal frees the body.
-fn queue_updates_and_removal(h: Harness) {
+async fn queue_updates_and_removal(h: Harness) {
     let s = &h.store;
-    s.enqueue(queued("Q1", "x@example.net"), b"body").unwrap();
-    let mut e = s.queue_entry("Q1").unwrap().unwrap();
-    assert_eq!(s.blob(e.blob).unwrap(), b"body");
+    s.enqueue(queued("Q1", "x@example.net"), b"body")
+        .await
+        .unwrap();
+    let mut e = s.queue_entry("Q1").await.unwrap().unwrap();
+    assert_eq!(s.blob(e.blob).await.unwrap(), b"body");
     e.attempts = 3;
     e.next_attempt = 999;
-    s.queue_update(&e).unwrap();
-    s.queue_due_now("Q1").unwrap();
-    let now = s.queue_entry("Q1").unwrap().unwrap();
+    s.queue_update(&e).await.unwrap();
+    s.queue_due_now("Q1").await.unwrap();
+    let now = s.queue_entry("Q1").await.unwrap().unwrap();
     assert_eq!((now.attempts, now.next_attempt), (3, 0));
-    s.queue_remove("Q1").unwrap();
-    assert!(s.blob(e.blob).is_err());
-    assert!(matches!(s.queue_update(&e), Err(StoreError::NotFound(_))));
-    assert!(s.queue_entry("Q1").unwrap().is_none());
+    s.queue_remove("Q1").await.unwrap();
+    assert!(s.blob(e.blob).await.is_err());
     assert!(matches!(
-        s.queue_due_now("Q1"),
+        s.queue_update(&e).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(s.queue_entry("Q1").await.unwrap().is_none());
+    assert!(matches!(
+        s.queue_due_now("Q1").await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -582,15 +656,16 @@ fn queue_updates_and_removal(h: Harness) {
 /// Two runners claiming at once never get the same entry; a live lease keeps others off,
 /// an expired one lets another runner take over, and the old owner can then no longer
 /// record anything.
-fn queue_claims_are_exclusive_and_leases_expire(h: Harness) {
+async fn queue_claims_are_exclusive_and_leases_expire(h: Harness) {
     let s = h.store.clone();
     for i in 0..20 {
         s.enqueue(queued(&format!("Q{i:02}"), "x@example.net"), b"m")
+            .await
             .unwrap();
     }
     let mut later = queued("LATER", "x@example.net");
     later.next_attempt = 1_000;
-    s.enqueue(later, b"m").unwrap();
+    s.enqueue(later, b"m").await.unwrap();
     let runners: Vec<_> = ["A", "B"]
         .into_iter()
         .map(|owner| {
@@ -598,7 +673,7 @@ fn queue_claims_are_exclusive_and_leases_expire(h: Harness) {
             std::thread::spawn(move || {
                 let mut got = Vec::new();
                 loop {
-                    let c = s.queue_claim(owner, 10, 300, 3).unwrap();
+                    let c = s.queue_claim(owner, 10, 300, 3).wait().unwrap();
                     if c.entries.is_empty() {
                         return (got, c.next);
                     }
@@ -623,72 +698,79 @@ fn queue_claims_are_exclusive_and_leases_expire(h: Harness) {
     let id = "Q00";
     let holder = if a.iter().any(|x| x == id) { "A" } else { "B" };
     assert!(matches!(
-        s.queue_renew(id, "C", 400),
+        s.queue_renew(id, "C", 400).await,
         Err(StoreError::Invalid(_))
     ));
-    s.queue_renew(id, holder, 320).unwrap();
-    assert!(s.queue_claim("C", 309, 60, 100).unwrap().entries.is_empty());
+    s.queue_renew(id, holder, 320).await.unwrap();
+    assert!(
+        s.queue_claim("C", 309, 60, 100)
+            .await
+            .unwrap()
+            .entries
+            .is_empty()
+    );
     // At 315 every lease but the renewed one has run out.
-    let taken = s.queue_claim("C", 315, 60, 100).unwrap();
+    let taken = s.queue_claim("C", 315, 60, 100).await.unwrap();
     assert_eq!(taken.entries.len(), 19);
     assert!(taken.entries.iter().all(|e| e.id != id));
     assert_eq!(taken.next, Some(320));
-    let taken = s.queue_claim("C", 320, 60, 100).unwrap();
+    let taken = s.queue_claim("C", 320, 60, 100).await.unwrap();
     assert_eq!(taken.entries.len(), 1, "the renewed lease ran out at 320");
-    let mut entry = s.queue_entry(id).unwrap().unwrap();
+    let mut entry = s.queue_entry(id).await.unwrap().unwrap();
     assert!(entry.leased_by("C"));
     entry.attempts = 1;
     assert!(matches!(
-        s.queue_save(&entry, holder, true),
+        s.queue_save(&entry, holder, true).await,
         Err(StoreError::Invalid(_))
     ));
     assert!(matches!(
-        s.queue_complete(id, holder),
+        s.queue_complete(id, holder).await,
         Err(StoreError::Invalid(_))
     ));
     // The new owner records progress (lease kept), then releases.
     entry.rcpts.clear();
-    s.queue_save(&entry, "C", false).unwrap();
-    assert!(s.queue_entry(id).unwrap().unwrap().leased_by("C"));
-    s.queue_save(&entry, "C", true).unwrap();
-    let saved = s.queue_entry(id).unwrap().unwrap();
+    s.queue_save(&entry, "C", false).await.unwrap();
+    assert!(s.queue_entry(id).await.unwrap().unwrap().leased_by("C"));
+    s.queue_save(&entry, "C", true).await.unwrap();
+    let saved = s.queue_entry(id).await.unwrap().unwrap();
     assert_eq!((saved.attempts, saved.lease.clone()), (1, None));
     assert!(matches!(
-        s.queue_complete(id, "C"),
+        s.queue_complete(id, "C").await,
         Err(StoreError::Invalid(_))
     ));
     // Complete removes the entry and its body.
     let other = "Q01";
-    let blob = s.queue_entry(other).unwrap().unwrap().blob;
-    s.queue_complete(other, "C").unwrap();
-    assert!(s.queue_entry(other).unwrap().is_none());
-    assert!(s.blob(blob).is_err());
+    let blob = s.queue_entry(other).await.unwrap().unwrap().blob;
+    s.queue_complete(other, "C").await.unwrap();
+    assert!(s.queue_entry(other).await.unwrap().is_none());
+    assert!(s.blob(blob).await.is_err());
     assert!(matches!(
-        s.queue_complete(other, "C"),
+        s.queue_complete(other, "C").await,
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
-        s.queue_renew(other, "C", 1),
+        s.queue_renew(other, "C", 1).await,
         Err(StoreError::NotFound(_))
     ));
 }
 
 /// "What changed since MODSEQ m" comes from the store: messages added or changed after m,
 /// and exactly the UIDs expunged after m (QRESYNC).
-fn changes_since_lists_changes_and_expunges(h: Harness) {
+async fn changes_since_lists_changes_and_expunges(h: Harness) {
     let s = &h.store;
-    s.create_account("a@example.org", "").unwrap();
+    s.create_account("a@example.org", "").await.unwrap();
     for i in 0..4 {
         s.deliver(
             &body(&i.to_string()),
             0,
             &[placement("a@example.org", "INBOX")],
         )
+        .await
         .unwrap();
     }
-    let inbox = s.mailbox("a@example.org", "INBOX").unwrap().unwrap();
+    let inbox = s.mailbox("a@example.org", "INBOX").await.unwrap().unwrap();
     let m0 = inbox.highest_modseq;
-    s.expunge("a@example.org", inbox.id, &[1]).unwrap();
+    s.expunge("a@example.org", inbox.id, &[1]).await.unwrap();
     s.update_flags(
         "a@example.org",
         inbox.id,
@@ -697,10 +779,15 @@ fn changes_since_lists_changes_and_expunges(h: Harness) {
         &["\\Seen".into()],
         None,
     )
+    .await
     .unwrap();
     s.deliver(&body("late"), 0, &[placement("a@example.org", "INBOX")])
+        .await
         .unwrap();
-    let c = s.changes_since("a@example.org", inbox.id, m0).unwrap();
+    let c = s
+        .changes_since("a@example.org", inbox.id, m0)
+        .await
+        .unwrap();
     assert!(c.complete);
     assert_eq!(c.expunged, vec![1]);
     assert_eq!(
@@ -709,93 +796,117 @@ fn changes_since_lists_changes_and_expunges(h: Harness) {
     );
     let m1 = s
         .mailbox("a@example.org", "INBOX")
+        .await
         .unwrap()
         .unwrap()
         .highest_modseq;
-    s.expunge("a@example.org", inbox.id, &[2]).unwrap();
-    let c = s.changes_since("a@example.org", inbox.id, m1).unwrap();
+    s.expunge("a@example.org", inbox.id, &[2]).await.unwrap();
+    let c = s
+        .changes_since("a@example.org", inbox.id, m1)
+        .await
+        .unwrap();
     assert_eq!((c.expunged, c.changed), (vec![2], vec![]));
     let now = s
         .mailbox("a@example.org", "INBOX")
+        .await
         .unwrap()
         .unwrap()
         .highest_modseq;
     assert_eq!(
-        s.changes_since("a@example.org", inbox.id, now).unwrap(),
+        s.changes_since("a@example.org", inbox.id, now)
+            .await
+            .unwrap(),
         ChangesSince {
             complete: true,
             ..ChangesSince::default()
         }
     );
     assert!(matches!(
-        s.changes_since("b@example.org", inbox.id, 0),
+        s.changes_since("b@example.org", inbox.id, 0).await,
         Err(StoreError::NotFound(_))
     ));
 }
 
 /// Leases: one holder at a time (also under concurrency), renewable by their holder, free
 /// again when dropped or expired.
-fn leases_are_exclusive_and_expire(h: Harness) {
+async fn leases_are_exclusive_and_expire(h: Harness) {
     let s = h.store.clone();
     let winners: usize = (0..4)
         .map(|t| {
             let s = s.clone();
-            std::thread::spawn(move || s.lease_take("pop3:a", &format!("h{t}"), 100, 200).unwrap())
+            std::thread::spawn(move || {
+                s.lease_take("pop3:a", &format!("h{t}"), 100, 200)
+                    .wait()
+                    .unwrap()
+            })
         })
         .collect::<Vec<_>>()
         .into_iter()
         .map(|t| t.join().unwrap() as usize)
         .sum();
     assert_eq!(winners, 1);
-    s.lease_take("x", "A", 100, 200).unwrap();
-    assert!(!s.lease_take("x", "B", 150, 300).unwrap());
+    s.lease_take("x", "A", 100, 200).await.unwrap();
+    assert!(!s.lease_take("x", "B", 150, 300).await.unwrap());
     assert!(
-        s.lease_take("x", "A", 150, 300).unwrap(),
+        s.lease_take("x", "A", 150, 300).await.unwrap(),
         "the holder renews"
     );
-    assert!(!s.lease_take("x", "B", 250, 400).unwrap(), "renewed to 300");
-    s.lease_drop("x", "B").unwrap(); // not B's: nothing happens
-    assert!(!s.lease_take("x", "B", 250, 400).unwrap());
-    assert!(s.lease_take("x", "B", 300, 400).unwrap(), "expired at 300");
-    s.lease_drop("x", "B").unwrap();
-    assert!(s.lease_take("x", "C", 301, 400).unwrap(), "dropped");
+    assert!(
+        !s.lease_take("x", "B", 250, 400).await.unwrap(),
+        "renewed to 300"
+    );
+    s.lease_drop("x", "B").await.unwrap(); // not B's: nothing happens
+    assert!(!s.lease_take("x", "B", 250, 400).await.unwrap());
+    assert!(
+        s.lease_take("x", "B", 300, 400).await.unwrap(),
+        "expired at 300"
+    );
+    s.lease_drop("x", "B").await.unwrap();
+    assert!(s.lease_take("x", "C", 301, 400).await.unwrap(), "dropped");
 }
 
 /// The `\Recent` mark moves up only, and only when claimed.
-fn recent_mark_is_claimed_once(h: Harness) {
+async fn recent_mark_is_claimed_once(h: Harness) {
     let s = &h.store;
-    assert_eq!(s.claim_recent(5, 10, false).unwrap(), 0);
-    assert_eq!(s.claim_recent(5, 10, true).unwrap(), 0);
-    assert_eq!(s.claim_recent(5, 12, true).unwrap(), 10);
-    assert_eq!(s.claim_recent(5, 3, true).unwrap(), 12);
-    assert_eq!(s.claim_recent(5, 0, false).unwrap(), 12);
+    assert_eq!(s.claim_recent(5, 10, false).await.unwrap(), 0);
+    assert_eq!(s.claim_recent(5, 10, true).await.unwrap(), 0);
+    assert_eq!(s.claim_recent(5, 12, true).await.unwrap(), 10);
+    assert_eq!(s.claim_recent(5, 3, true).await.unwrap(), 12);
+    assert_eq!(s.claim_recent(5, 0, false).await.unwrap(), 12);
 }
 
 /// Watchers get typed changes with their content: what a session needs to apply them
 /// without reading the mailbox (appends with metadata, once per mailbox and write; flag
 /// changes with flags and MODSEQ; expunges with UIDs and HIGHESTMODSEQ; mailbox and
 /// subscription changes).
-fn watchers_get_typed_changes(h: Harness) {
+async fn watchers_get_typed_changes(h: Harness) {
     let s = &h.store;
-    s.create_account("a@example.org", "").unwrap();
+    s.create_account("a@example.org", "").await.unwrap();
     let mut rx = s.watch("A@example.org");
     let mut next = || rx.try_recv().map(|c| (*c).clone()).ok();
-    let inbox = s.mailbox("a@example.org", "INBOX").unwrap().unwrap().id;
-    let r = block_on(s.ingest(Ingest {
-        internal_date: 0,
-        filed: vec![Filed {
-            message: body("x"),
-            placements: vec![
-                placement("a@example.org", "INBOX"),
-                placement("a@example.org", "New"),
-            ],
-        }],
-        queue: None,
-    }))
-    .unwrap();
+    let inbox = s
+        .mailbox("a@example.org", "INBOX")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let r = s
+        .ingest(Ingest {
+            internal_date: 0,
+            filed: vec![Filed {
+                message: body("x"),
+                placements: vec![
+                    placement("a@example.org", "INBOX"),
+                    placement("a@example.org", "New"),
+                ],
+            }],
+            queue: None,
+        })
+        .await
+        .unwrap();
     let new_id = r.placed[1].mailbox;
     assert_eq!(next(), Some(Change::Created { name: "New".into() }));
-    let inbox_meta = s.message(inbox, 1).unwrap().unwrap();
+    let inbox_meta = s.message(inbox, 1).await.unwrap().unwrap();
     assert_eq!(
         next(),
         Some(Change::Appended {
@@ -815,6 +926,7 @@ fn watchers_get_typed_changes(h: Harness) {
             &["\\Seen".into()],
             None,
         )
+        .await
         .unwrap();
     assert_eq!(
         next(),
@@ -823,9 +935,10 @@ fn watchers_get_typed_changes(h: Harness) {
             changes: vec![(1, vec!["\\Seen".to_string()], up[0].modseq)]
         })
     );
-    s.expunge("a@example.org", inbox, &[1]).unwrap();
+    s.expunge("a@example.org", inbox, &[1]).await.unwrap();
     let highest = s
         .mailbox("a@example.org", "INBOX")
+        .await
         .unwrap()
         .unwrap()
         .highest_modseq;
@@ -837,13 +950,19 @@ fn watchers_get_typed_changes(h: Harness) {
             modseq: highest
         })
     );
-    s.create_mailbox("a@example.org", "Box", None).unwrap();
+    s.create_mailbox("a@example.org", "Box", None)
+        .await
+        .unwrap();
     assert_eq!(next(), Some(Change::Created { name: "Box".into() }));
-    s.rename_mailbox("a@example.org", "Box", "Crate").unwrap();
+    s.rename_mailbox("a@example.org", "Box", "Crate")
+        .await
+        .unwrap();
     assert!(
         matches!(next(), Some(Change::Renamed { from, to, .. }) if from == "Box" && to == "Crate")
     );
-    s.set_subscribed("a@example.org", "Crate", true).unwrap();
+    s.set_subscribed("a@example.org", "Crate", true)
+        .await
+        .unwrap();
     assert_eq!(
         next(),
         Some(Change::Subscription {
@@ -852,8 +971,10 @@ fn watchers_get_typed_changes(h: Harness) {
         })
     );
     // Subscribing again changes nothing and says nothing.
-    s.set_subscribed("a@example.org", "Crate", true).unwrap();
-    s.delete_mailbox("a@example.org", "New").unwrap();
+    s.set_subscribed("a@example.org", "Crate", true)
+        .await
+        .unwrap();
+    s.delete_mailbox("a@example.org", "New").await.unwrap();
     assert!(
         matches!(next(), Some(Change::Expunged { mailbox, uids, .. }) if mailbox == new_id && uids == vec![1])
     );
@@ -865,9 +986,9 @@ fn watchers_get_typed_changes(h: Harness) {
 
 /// Under concurrent writers, each mailbox's appends reach a watcher in UID order, so a
 /// session that applies them in order never misses one.
-fn appends_reach_watchers_in_uid_order(h: Harness) {
+async fn appends_reach_watchers_in_uid_order(h: Harness) {
     let s = h.store.clone();
-    s.create_account("a@example.org", "").unwrap();
+    s.create_account("a@example.org", "").await.unwrap();
     let mut rx = s.watch("a@example.org");
     let threads: Vec<_> = (0..4)
         .map(|t| {
@@ -875,7 +996,9 @@ fn appends_reach_watchers_in_uid_order(h: Harness) {
             std::thread::spawn(move || {
                 for i in 0..25 {
                     let to = [placement("a@example.org", "INBOX")];
-                    s.deliver(&body(&format!("{t}-{i}")), 0, &to).unwrap();
+                    s.deliver(&body(&format!("{t}-{i}")), 0, &to)
+                        .wait()
+                        .unwrap();
                 }
             })
         })
@@ -900,10 +1023,13 @@ fn appends_reach_watchers_in_uid_order(h: Harness) {
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod sled_backend {
-            $( #[test] fn $test() { super::$test(super::sled()) } )*
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $test() { super::$test(super::sled()).await } )*
         }
         mod memory_backend {
-            $( #[test] fn $test() { super::$test(super::memory()) } )*
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $test() { super::$test(super::memory()).await } )*
+        }
+        mod cached_memory_backend {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $test() { super::$test(super::cached_memory()).await } )*
         }
     };
 }

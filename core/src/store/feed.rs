@@ -2,20 +2,23 @@
 //! changed in which mailbox. Backend-neutral; every backend publishes after its writes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::broadcast;
 
-use super::{Change, Changes, Mailbox, normalize_address};
+use super::{Change, Changes, Mailbox, Observer, normalize_address};
 
-/// Subscribers per account.
+/// Subscribers per account, and the observers of every change.
 #[derive(Default)]
-pub(crate) struct Watchers(Mutex<HashMap<String, broadcast::Sender<Arc<Change>>>>);
+pub(crate) struct Watchers {
+    accounts: Mutex<HashMap<String, broadcast::Sender<Arc<Change>>>>,
+    observers: RwLock<Vec<Observer>>,
+}
 
 impl Watchers {
     /// Subscribe to changes in `user`'s mailboxes.
     pub(crate) fn watch(&self, user: &str) -> Changes {
-        self.0
+        self.accounts
             .lock()
             .expect("watchers")
             .entry(normalize_address(user))
@@ -23,9 +26,17 @@ impl Watchers {
             .subscribe()
     }
 
-    /// Tell `user`'s sessions (`user` normalised) what changed.
+    /// Add an observer of every change ([`super::Feed::observe`]).
+    pub(crate) fn observe(&self, sink: Observer) {
+        self.observers.write().expect("observers").push(sink);
+    }
+
+    /// Tell the observers, then `user`'s sessions (`user` normalised), what changed.
     pub(crate) fn notify(&self, user: &str, change: Change) {
-        if let Some(tx) = self.0.lock().expect("watchers").get(user) {
+        for sink in self.observers.read().expect("observers").iter() {
+            sink(user, &change);
+        }
+        if let Some(tx) = self.accounts.lock().expect("watchers").get(user) {
             let _ = tx.send(Arc::new(change));
         }
     }

@@ -67,7 +67,7 @@ async fn renew_all() {
             .collect();
         let until = now() + LEASE.as_secs() as i64;
         for (store, name, holder) in held {
-            match store.lease_take(&name, &holder, now(), until) {
+            match store.lease_take(&name, &holder, now(), until).await {
                 Ok(true) => {}
                 Ok(false) => tracing::warn!(lease = %name, "lease taken over by another holder"),
                 Err(e) => tracing::warn!(lease = %name, error = %e, "could not renew a lease"),
@@ -78,9 +78,12 @@ async fn renew_all() {
 
 /// Take the lease `name`, or `None` when another holder has it. Needs a tokio runtime
 /// (for the renewal).
-pub fn take(store: &Store, name: &str) -> Result<Option<Held>> {
+pub async fn take(store: &Store, name: &str) -> Result<Option<Held>> {
     let holder = format!("{}/{:016x}", std::process::id(), rand::random::<u64>());
-    if !store.lease_take(name, &holder, now(), now() + LEASE.as_secs() as i64)? {
+    if !store
+        .lease_take(name, &holder, now(), now() + LEASE.as_secs() as i64)
+        .await?
+    {
         return Ok(None);
     }
     let mut reg = registry().lock().expect("leases");
@@ -101,9 +104,9 @@ pub fn take(store: &Store, name: &str) -> Result<Option<Held>> {
 }
 
 /// Take one of `max` slots named `prefix#0` … `prefix#max-1`, or `None` when all are held.
-pub fn take_slot(store: &Store, prefix: &str, max: usize) -> Result<Option<Held>> {
+pub async fn take_slot(store: &Store, prefix: &str, max: usize) -> Result<Option<Held>> {
     for k in 0..max {
-        if let Some(held) = take(store, &format!("{prefix}#{k}"))? {
+        if let Some(held) = take(store, &format!("{prefix}#{k}")).await? {
             return Ok(Some(held));
         }
     }
@@ -113,42 +116,56 @@ pub fn take_slot(store: &Store, prefix: &str, max: usize) -> Result<Option<Held>
 impl Drop for Held {
     fn drop(&mut self) {
         registry().lock().expect("leases").held.remove(&self.id);
-        if let Err(e) = self.store.lease_drop(&self.name, &self.holder) {
-            tracing::warn!(lease = %self.name, error = %e, "could not give a lease back");
-        }
+        let (store, name, holder) = (
+            self.store.clone(),
+            std::mem::take(&mut self.name),
+            std::mem::take(&mut self.holder),
+        );
+        crate::blocking::detach(async move {
+            if let Err(e) = store.lease_drop(&name, &holder).await {
+                tracing::warn!(lease = %name, error = %e, "could not give a lease back");
+            }
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blocking::Wait;
     use crate::store::MemoryStore;
     use std::sync::Arc;
 
     #[tokio::test]
     async fn a_lease_is_exclusive_and_given_back_on_drop() {
         let store: Store = Arc::new(MemoryStore::new());
-        let a = take(&store, "pop3:alice").unwrap().expect("free");
-        assert!(take(&store, "pop3:alice").unwrap().is_none());
-        assert!(take(&store, "pop3:bob").unwrap().is_some());
+        let a = take(&store, "pop3:alice").await.unwrap().expect("free");
+        assert!(take(&store, "pop3:alice").await.unwrap().is_none());
+        assert!(take(&store, "pop3:bob").await.unwrap().is_some());
         drop(a);
-        assert!(take(&store, "pop3:alice").unwrap().is_some());
+        assert!(take(&store, "pop3:alice").await.unwrap().is_some());
     }
 
     #[tokio::test]
     async fn slots_count_up_to_the_maximum() {
         let store: Store = Arc::new(MemoryStore::new());
         let mut held: Vec<Held> = (0..3)
-            .map(|_| take_slot(&store, "imap:alice", 3).unwrap().expect("a slot"))
+            .map(|_| {
+                take_slot(&store, "imap:alice", 3)
+                    .wait()
+                    .unwrap()
+                    .expect("a slot")
+            })
             .collect();
-        assert!(take_slot(&store, "imap:alice", 3).unwrap().is_none());
+        assert!(take_slot(&store, "imap:alice", 3).await.unwrap().is_none());
         // Freeing one slot admits one more, not two.
         held.remove(1);
         held.push(
             take_slot(&store, "imap:alice", 3)
+                .await
                 .unwrap()
                 .expect("the freed slot"),
         );
-        assert!(take_slot(&store, "imap:alice", 3).unwrap().is_none());
+        assert!(take_slot(&store, "imap:alice", 3).await.unwrap().is_none());
     }
 }

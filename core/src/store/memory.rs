@@ -229,8 +229,9 @@ impl MailStore for MemoryStore {
     }
 }
 
+#[async_trait::async_trait]
 impl Directory for MemoryStore {
-    fn create_account(&self, address: &str, password_hash: &str) -> Result<()> {
+    async fn create_account(&self, address: &str, password_hash: &str) -> Result<()> {
         let address = normalize_address(address);
         let mut st = self.state();
         if st.accounts.contains_key(&address) {
@@ -252,7 +253,7 @@ impl Directory for MemoryStore {
         Ok(())
     }
 
-    fn delete_account(&self, address: &str) -> Result<()> {
+    async fn delete_account(&self, address: &str) -> Result<()> {
         let address = normalize_address(address);
         let mut st = self.state();
         if st.accounts.remove(&address).is_none() {
@@ -267,13 +268,14 @@ impl Directory for MemoryStore {
         for k in keys {
             if let Some(mb) = st.mailboxes.remove(&k) {
                 st.drop_mailbox(mb.id);
+                self.watchers.mailbox_deleted(&address, &mb, Vec::new());
             }
         }
         st.subscriptions.retain(|(u, _)| *u != address);
         Ok(())
     }
 
-    fn account(&self, address: &str) -> Result<Option<Account>> {
+    async fn account(&self, address: &str) -> Result<Option<Account>> {
         Ok(self
             .state()
             .accounts
@@ -281,11 +283,11 @@ impl Directory for MemoryStore {
             .cloned())
     }
 
-    fn accounts(&self) -> Result<Vec<Account>> {
+    async fn accounts(&self) -> Result<Vec<Account>> {
         Ok(self.state().accounts.values().cloned().collect())
     }
 
-    fn set_password(&self, address: &str, password_hash: &str) -> Result<()> {
+    async fn set_password(&self, address: &str, password_hash: &str) -> Result<()> {
         let address = normalize_address(address);
         match self.state().accounts.get_mut(&address) {
             Some(a) => {
@@ -296,7 +298,7 @@ impl Directory for MemoryStore {
         }
     }
 
-    fn add_domain(&self, domain: &str) -> Result<()> {
+    async fn add_domain(&self, domain: &str) -> Result<()> {
         let d = domain.trim().to_lowercase();
         if !self.state().domains.insert(d.clone()) {
             return Err(StoreError::Exists(format!("domain {d}")));
@@ -304,7 +306,7 @@ impl Directory for MemoryStore {
         Ok(())
     }
 
-    fn delete_domain(&self, domain: &str) -> Result<()> {
+    async fn delete_domain(&self, domain: &str) -> Result<()> {
         let d = domain.trim().to_lowercase();
         if !self.state().domains.remove(&d) {
             return Err(StoreError::NotFound(format!("domain {d}")));
@@ -312,11 +314,11 @@ impl Directory for MemoryStore {
         Ok(())
     }
 
-    fn domains(&self) -> Result<Vec<String>> {
+    async fn domains(&self) -> Result<Vec<String>> {
         Ok(self.state().domains.iter().cloned().collect())
     }
 
-    fn set_alias(&self, alias: &str, targets: &[String]) -> Result<()> {
+    async fn set_alias(&self, alias: &str, targets: &[String]) -> Result<()> {
         let targets = targets.iter().map(|t| normalize_address(t)).collect();
         self.state()
             .aliases
@@ -324,7 +326,7 @@ impl Directory for MemoryStore {
         Ok(())
     }
 
-    fn delete_alias(&self, alias: &str) -> Result<()> {
+    async fn delete_alias(&self, alias: &str) -> Result<()> {
         let a = normalize_address(alias);
         match self.state().aliases.remove(&a) {
             Some(_) => Ok(()),
@@ -332,11 +334,11 @@ impl Directory for MemoryStore {
         }
     }
 
-    fn alias(&self, alias: &str) -> Result<Option<Vec<String>>> {
+    async fn alias(&self, alias: &str) -> Result<Option<Vec<String>>> {
         Ok(self.state().aliases.get(&normalize_address(alias)).cloned())
     }
 
-    fn aliases(&self) -> Result<Vec<(String, Vec<String>)>> {
+    async fn aliases(&self) -> Result<Vec<(String, Vec<String>)>> {
         Ok(self
             .state()
             .aliases
@@ -346,8 +348,9 @@ impl Directory for MemoryStore {
     }
 }
 
+#[async_trait::async_trait]
 impl Mailboxes for MemoryStore {
-    fn mailboxes(&self, user: &str) -> Result<Vec<Mailbox>> {
+    async fn mailboxes(&self, user: &str) -> Result<Vec<Mailbox>> {
         let user = normalize_address(user);
         Ok(self
             .state()
@@ -358,12 +361,17 @@ impl Mailboxes for MemoryStore {
             .collect())
     }
 
-    fn mailbox(&self, user: &str, name: &str) -> Result<Option<Mailbox>> {
+    async fn mailbox(&self, user: &str, name: &str) -> Result<Option<Mailbox>> {
         let key = (normalize_address(user), canonical_mailbox(name));
         Ok(self.state().mailboxes.get(&key).cloned())
     }
 
-    fn create_mailbox(&self, user: &str, name: &str, special_use: Option<&str>) -> Result<Mailbox> {
+    async fn create_mailbox(
+        &self,
+        user: &str,
+        name: &str,
+        special_use: Option<&str>,
+    ) -> Result<Mailbox> {
         let mut st = self.state();
         let key = (normalize_address(user), canonical_mailbox(name));
         if st.mailboxes.contains_key(&key) {
@@ -380,14 +388,17 @@ impl Mailboxes for MemoryStore {
         Ok(mb)
     }
 
-    fn ingest(&self, ingest: Ingest) -> StoreFuture<'_, Result<Receipt>> {
-        Box::pin(async move {
-            let (filed, queue) = ingest.parts();
-            self.write_ingest(ingest.internal_date, &filed, queue)
-        })
+    async fn ingest(&self, ingest: Ingest) -> Result<Receipt> {
+        let (filed, queue) = ingest.parts();
+        self.write_ingest(ingest.internal_date, &filed, queue)
     }
 
-    fn deliver(&self, message: &[u8], internal_date: i64, to: &[Placement]) -> Result<Vec<u32>> {
+    async fn deliver(
+        &self,
+        message: &[u8],
+        internal_date: i64,
+        to: &[Placement],
+    ) -> Result<Vec<u32>> {
         Ok(self
             .write_ingest(internal_date, &[(message, to)], None)?
             .placed
@@ -396,7 +407,7 @@ impl Mailboxes for MemoryStore {
             .collect())
     }
 
-    fn messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>> {
+    async fn messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>> {
         Ok(self
             .state()
             .messages
@@ -405,7 +416,7 @@ impl Mailboxes for MemoryStore {
             .unwrap_or_default())
     }
 
-    fn message(&self, mailbox_id: u64, uid: u32) -> Result<Option<MessageMeta>> {
+    async fn message(&self, mailbox_id: u64, uid: u32) -> Result<Option<MessageMeta>> {
         Ok(self
             .state()
             .messages
@@ -414,7 +425,7 @@ impl Mailboxes for MemoryStore {
             .cloned())
     }
 
-    fn set_flags(
+    async fn set_flags(
         &self,
         user: &str,
         mailbox_id: u64,
@@ -453,7 +464,7 @@ impl Mailboxes for MemoryStore {
         Ok(done)
     }
 
-    fn update_flags(
+    async fn update_flags(
         &self,
         user: &str,
         mailbox_id: u64,
@@ -507,7 +518,7 @@ impl Mailboxes for MemoryStore {
         Ok((out, modified))
     }
 
-    fn expunge(&self, user: &str, mailbox_id: u64, uids: &[u32]) -> Result<Vec<u32>> {
+    async fn expunge(&self, user: &str, mailbox_id: u64, uids: &[u32]) -> Result<Vec<u32>> {
         let user = normalize_address(user);
         let mut st = self.state();
         st.mailbox_by_id(&user, mailbox_id)?;
@@ -544,7 +555,7 @@ impl Mailboxes for MemoryStore {
         Ok(removed.into_iter().map(|(u, _)| u).collect())
     }
 
-    fn copy(
+    async fn copy(
         &self,
         user: &str,
         from_id: u64,
@@ -591,7 +602,12 @@ impl Mailboxes for MemoryStore {
         Ok((uidvalidity, pairs))
     }
 
-    fn changes_since(&self, user: &str, mailbox_id: u64, modseq: u64) -> Result<ChangesSince> {
+    async fn changes_since(
+        &self,
+        user: &str,
+        mailbox_id: u64,
+        modseq: u64,
+    ) -> Result<ChangesSince> {
         let user = normalize_address(user);
         let mut st = self.state();
         let complete = st.mailbox_by_id(&user, mailbox_id)?.logs_expunges;
@@ -617,7 +633,7 @@ impl Mailboxes for MemoryStore {
         })
     }
 
-    fn delete_mailbox(&self, user: &str, name: &str) -> Result<()> {
+    async fn delete_mailbox(&self, user: &str, name: &str) -> Result<()> {
         let user = normalize_address(user);
         let name = canonical_mailbox(name);
         if is_inbox(&name) {
@@ -634,20 +650,20 @@ impl Mailboxes for MemoryStore {
         Ok(())
     }
 
-    fn rename_mailbox(&self, user: &str, from: &str, to: &str) -> Result<()> {
+    async fn rename_mailbox(&self, user: &str, from: &str, to: &str) -> Result<()> {
         let user = normalize_address(user);
         let (from, to) = (canonical_mailbox(from), canonical_mailbox(to));
         if is_inbox(&to) {
             return Err(StoreError::Exists("mailbox INBOX".into()));
         }
-        if self.mailbox(&user, &to)?.is_some() {
+        if self.mailbox(&user, &to).await?.is_some() {
             return Err(StoreError::Exists(format!("mailbox {to}")));
         }
-        let Some(mb) = self.mailbox(&user, &from)? else {
+        let Some(mb) = self.mailbox(&user, &from).await? else {
             return Err(StoreError::NotFound(format!("mailbox {from}")));
         };
         if is_inbox(&from) {
-            return rename_inbox(self, &user, mb.id, &to);
+            return rename_inbox(self, &user, mb.id, &to).await;
         }
         let mut st = self.state();
         let prefix = format!("{from}/");
@@ -684,7 +700,7 @@ impl Mailboxes for MemoryStore {
         Ok(())
     }
 
-    fn set_subscribed(&self, user: &str, name: &str, subscribed: bool) -> Result<()> {
+    async fn set_subscribed(&self, user: &str, name: &str, subscribed: bool) -> Result<()> {
         let key = (normalize_address(user), canonical_mailbox(name));
         let mut st = self.state();
         let changed = if subscribed {
@@ -704,7 +720,7 @@ impl Mailboxes for MemoryStore {
         Ok(())
     }
 
-    fn subscriptions(&self, user: &str) -> Result<Vec<String>> {
+    async fn subscriptions(&self, user: &str) -> Result<Vec<String>> {
         let user = normalize_address(user);
         Ok(self
             .state()
@@ -715,7 +731,7 @@ impl Mailboxes for MemoryStore {
             .collect())
     }
 
-    fn claim_recent(&self, mailbox_id: u64, up_to: u32, claim: bool) -> Result<u32> {
+    async fn claim_recent(&self, mailbox_id: u64, up_to: u32, claim: bool) -> Result<u32> {
         let mut st = self.state();
         let mark = st.recent.entry(mailbox_id).or_insert(0);
         let before = *mark;
@@ -726,8 +742,9 @@ impl Mailboxes for MemoryStore {
     }
 }
 
+#[async_trait::async_trait]
 impl Blobs for MemoryStore {
-    fn blob(&self, blob: u64) -> Result<Vec<u8>> {
+    async fn blob(&self, blob: u64) -> Result<Vec<u8>> {
         self.state()
             .blobs
             .get(&blob)
@@ -736,21 +753,22 @@ impl Blobs for MemoryStore {
     }
 }
 
+#[async_trait::async_trait]
 impl Queue for MemoryStore {
-    fn enqueue(&self, entry: QueueEntry, message: &[u8]) -> Result<()> {
+    async fn enqueue(&self, entry: QueueEntry, message: &[u8]) -> Result<()> {
         self.write_ingest(0, &[], Some((&entry, message)))
             .map(|_| ())
     }
 
-    fn queue(&self) -> Result<Vec<QueueEntry>> {
+    async fn queue(&self) -> Result<Vec<QueueEntry>> {
         Ok(self.state().queue.values().cloned().collect())
     }
 
-    fn queue_entry(&self, id: &str) -> Result<Option<QueueEntry>> {
+    async fn queue_entry(&self, id: &str) -> Result<Option<QueueEntry>> {
         Ok(self.state().queue.get(id).cloned())
     }
 
-    fn queue_update(&self, entry: &QueueEntry) -> Result<()> {
+    async fn queue_update(&self, entry: &QueueEntry) -> Result<()> {
         match self.state().queue.get_mut(&entry.id) {
             Some(e) => {
                 *e = entry.clone();
@@ -760,7 +778,7 @@ impl Queue for MemoryStore {
         }
     }
 
-    fn queue_due_now(&self, id: &str) -> Result<()> {
+    async fn queue_due_now(&self, id: &str) -> Result<()> {
         match self.state().queue.get_mut(id) {
             Some(e) => {
                 e.next_attempt = 0;
@@ -770,7 +788,7 @@ impl Queue for MemoryStore {
         }
     }
 
-    fn queue_remove(&self, id: &str) -> Result<()> {
+    async fn queue_remove(&self, id: &str) -> Result<()> {
         let mut st = self.state();
         let Some(entry) = st.queue.remove(id) else {
             return Err(StoreError::NotFound(format!("queue entry {id}")));
@@ -779,7 +797,13 @@ impl Queue for MemoryStore {
         Ok(())
     }
 
-    fn queue_claim(&self, owner: &str, now: i64, lease: i64, limit: usize) -> Result<Claimed> {
+    async fn queue_claim(
+        &self,
+        owner: &str,
+        now: i64,
+        lease: i64,
+        limit: usize,
+    ) -> Result<Claimed> {
         let mut st = self.state();
         let mut claimed = Claimed::default();
         for e in st.queue.values_mut() {
@@ -802,7 +826,7 @@ impl Queue for MemoryStore {
         Ok(claimed)
     }
 
-    fn queue_renew(&self, id: &str, owner: &str, until: i64) -> Result<()> {
+    async fn queue_renew(&self, id: &str, owner: &str, until: i64) -> Result<()> {
         let mut st = self.state();
         let e = owned(&mut st, id, owner)?;
         if let Some(l) = e.lease.as_mut() {
@@ -811,7 +835,7 @@ impl Queue for MemoryStore {
         Ok(())
     }
 
-    fn queue_save(&self, entry: &QueueEntry, owner: &str, release: bool) -> Result<()> {
+    async fn queue_save(&self, entry: &QueueEntry, owner: &str, release: bool) -> Result<()> {
         let mut st = self.state();
         let e = owned(&mut st, &entry.id, owner)?;
         let lease = e.lease.take();
@@ -820,7 +844,7 @@ impl Queue for MemoryStore {
         Ok(())
     }
 
-    fn queue_complete(&self, id: &str, owner: &str) -> Result<()> {
+    async fn queue_complete(&self, id: &str, owner: &str) -> Result<()> {
         let mut st = self.state();
         owned(&mut st, id, owner)?;
         let e = st.queue.remove(id).expect("checked");
@@ -829,8 +853,9 @@ impl Queue for MemoryStore {
     }
 }
 
+#[async_trait::async_trait]
 impl Leases for MemoryStore {
-    fn lease_take(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
+    async fn lease_take(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
         let mut st = self.state();
         match st.leases.get(name) {
             Some((h, u)) if *u > now && h != holder => Ok(false),
@@ -842,7 +867,7 @@ impl Leases for MemoryStore {
         }
     }
 
-    fn lease_drop(&self, name: &str, holder: &str) -> Result<()> {
+    async fn lease_drop(&self, name: &str, holder: &str) -> Result<()> {
         let mut st = self.state();
         if st.leases.get(name).is_some_and(|(h, _)| h == holder) {
             st.leases.remove(name);
@@ -851,8 +876,9 @@ impl Leases for MemoryStore {
     }
 }
 
+#[async_trait::async_trait]
 impl Kv for MemoryStore {
-    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
+    async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
         let k = (ns.to_string(), key.to_string());
         let mut st = self.state();
         match st.kv.get(&k) {
@@ -865,7 +891,7 @@ impl Kv for MemoryStore {
         }
     }
 
-    fn kv_set(&self, ns: &str, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()> {
+    async fn kv_set(&self, ns: &str, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()> {
         let exp = ttl.map(|t| now() + t as i64).unwrap_or(0);
         self.state()
             .kv
@@ -873,7 +899,7 @@ impl Kv for MemoryStore {
         Ok(())
     }
 
-    fn kv_incr(&self, ns: &str, key: &str, delta: i64, ttl: Option<u64>) -> Result<i64> {
+    async fn kv_incr(&self, ns: &str, key: &str, delta: i64, ttl: Option<u64>) -> Result<i64> {
         let now = now();
         let fresh_exp = ttl.map(|t| now + t as i64).unwrap_or(0);
         let mut st = self.state();
@@ -899,5 +925,9 @@ impl Kv for MemoryStore {
 impl Feed for MemoryStore {
     fn watch(&self, user: &str) -> Changes {
         self.watchers.watch(user)
+    }
+
+    fn observe(&self, sink: Observer) {
+        self.watchers.observe(sink);
     }
 }

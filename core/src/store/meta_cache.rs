@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::{Derived, MessageMeta};
+use super::{Change, Derived, MessageMeta};
 
 /// Mailboxes smaller than this are read from sled each time (cheap enough).
 pub const MIN_CACHED: usize = 256;
@@ -193,6 +193,17 @@ impl MetaCache {
         }
         let gone: std::collections::HashSet<u32> = uids.iter().copied().collect();
         self.write(mailbox, |msgs| msgs.retain(|m| !gone.contains(&m.uid)));
+    }
+
+    /// Apply a change the store published.
+    pub fn apply(&self, change: &Change) {
+        match change {
+            Change::Appended { mailbox, messages } => self.inserted(*mailbox, messages),
+            Change::Flags { mailbox, changes } => self.flags_changed(*mailbox, changes),
+            Change::Expunged { mailbox, uids, .. } => self.removed(*mailbox, uids),
+            Change::Deleted { mailbox, .. } => self.dropped(*mailbox),
+            Change::Created { .. } | Change::Renamed { .. } | Change::Subscription { .. } => {}
+        }
     }
 
     /// The mailbox was deleted.

@@ -7,6 +7,7 @@
 //! after the write it covers is durable: [`Mailboxes::ingest`] resolves then; other writes
 //! are followed by [`MailStore::commit`].
 
+mod cached;
 mod commit;
 #[cfg(test)]
 mod conformance;
@@ -17,6 +18,7 @@ mod memory;
 mod meta_cache;
 mod sled_store;
 
+pub use cached::Cached;
 pub use commit::Commit;
 pub use failpoint::Failpoints;
 pub use memory::MemoryStore;
@@ -476,60 +478,67 @@ pub trait MailStore: Directory + Mailboxes + Blobs + Queue + Leases + Kv + Feed 
 }
 
 /// Accounts, local domains and aliases.
+#[async_trait::async_trait]
 pub trait Directory: Send + Sync {
     /// Create an account and its default mailboxes.
-    fn create_account(&self, address: &str, password_hash: &str) -> Result<()>;
+    async fn create_account(&self, address: &str, password_hash: &str) -> Result<()>;
 
     /// Delete an account, its mailboxes and messages.
-    fn delete_account(&self, address: &str) -> Result<()>;
+    async fn delete_account(&self, address: &str) -> Result<()>;
 
     /// Look an account up.
-    fn account(&self, address: &str) -> Result<Option<Account>>;
+    async fn account(&self, address: &str) -> Result<Option<Account>>;
 
     /// Whether an account exists (cheaper than [`Directory::account`]: nothing decoded).
-    fn account_exists(&self, address: &str) -> Result<bool> {
-        Ok(self.account(address)?.is_some())
+    async fn account_exists(&self, address: &str) -> Result<bool> {
+        Ok(self.account(address).await?.is_some())
     }
 
     /// All accounts.
-    fn accounts(&self) -> Result<Vec<Account>>;
+    async fn accounts(&self) -> Result<Vec<Account>>;
 
     /// Replace an account's password hash.
-    fn set_password(&self, address: &str, password_hash: &str) -> Result<()>;
+    async fn set_password(&self, address: &str, password_hash: &str) -> Result<()>;
 
     /// Add a local domain.
-    fn add_domain(&self, domain: &str) -> Result<()>;
+    async fn add_domain(&self, domain: &str) -> Result<()>;
 
     /// Remove a local domain.
-    fn delete_domain(&self, domain: &str) -> Result<()>;
+    async fn delete_domain(&self, domain: &str) -> Result<()>;
 
     /// Domains added at run time (the config's domains are not stored).
-    fn domains(&self) -> Result<Vec<String>>;
+    async fn domains(&self) -> Result<Vec<String>>;
 
     /// Set an alias to its targets (replacing any previous ones).
-    fn set_alias(&self, alias: &str, targets: &[String]) -> Result<()>;
+    async fn set_alias(&self, alias: &str, targets: &[String]) -> Result<()>;
 
     /// Remove an alias.
-    fn delete_alias(&self, alias: &str) -> Result<()>;
+    async fn delete_alias(&self, alias: &str) -> Result<()>;
 
     /// Targets of an alias.
-    fn alias(&self, alias: &str) -> Result<Option<Vec<String>>>;
+    async fn alias(&self, alias: &str) -> Result<Option<Vec<String>>>;
 
     /// All aliases.
-    fn aliases(&self) -> Result<Vec<(String, Vec<String>)>>;
+    async fn aliases(&self) -> Result<Vec<(String, Vec<String>)>>;
 }
 
 /// Mailboxes and the messages in them: the one ingest write, reads, flags, expunge,
 /// copy, changes since a MODSEQ, subscriptions, the `\\Recent` mark.
+#[async_trait::async_trait]
 pub trait Mailboxes: Send + Sync {
     /// Mailboxes of an account.
-    fn mailboxes(&self, user: &str) -> Result<Vec<Mailbox>>;
+    async fn mailboxes(&self, user: &str) -> Result<Vec<Mailbox>>;
 
     /// One mailbox.
-    fn mailbox(&self, user: &str, name: &str) -> Result<Option<Mailbox>>;
+    async fn mailbox(&self, user: &str, name: &str) -> Result<Option<Mailbox>>;
 
     /// Create a mailbox.
-    fn create_mailbox(&self, user: &str, name: &str, special_use: Option<&str>) -> Result<Mailbox>;
+    async fn create_mailbox(
+        &self,
+        user: &str,
+        name: &str,
+        special_use: Option<&str>,
+    ) -> Result<Mailbox>;
 
     /// Write an accepted message: its bodies, every local placement and the queue entry for
     /// its remote recipients, all or nothing, and resolve once it is durable. UIDs and
@@ -539,39 +548,50 @@ pub trait Mailboxes: Send + Sync {
     /// write.
     ///
     /// Architecture invariant: "250 after DATA" is sent only after this call succeeds.
-    fn ingest(&self, ingest: Ingest) -> StoreFuture<'_, Result<Receipt>>;
+    async fn ingest(&self, ingest: Ingest) -> Result<Receipt>;
 
     /// Store one message into several mailboxes (IMAP APPEND, mailbox import): [`Self::ingest`]
     /// without a queue entry and without waiting for durability; returns the assigned UIDs.
-    fn deliver(&self, message: &[u8], internal_date: i64, to: &[Placement]) -> Result<Vec<u32>>;
+    async fn deliver(
+        &self,
+        message: &[u8],
+        internal_date: i64,
+        to: &[Placement],
+    ) -> Result<Vec<u32>>;
 
     /// Message metadata of a mailbox in UID order.
-    fn messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>>;
+    async fn messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>>;
 
     /// Call `f` once with the message metadata of a mailbox in UID order, without copying it
     /// where the backend can (SELECT of a big mailbox builds its view from this).
-    fn with_messages(&self, mailbox_id: u64, f: &mut dyn FnMut(&[MessageMeta])) -> Result<()> {
-        f(&self.messages(mailbox_id)?);
+    async fn with_messages(
+        &self,
+        mailbox_id: u64,
+        f: &mut (dyn for<'m> FnMut(&'m [MessageMeta]) + Send),
+    ) -> Result<()> {
+        let messages = self.messages(mailbox_id).await?;
+        f(&messages);
         Ok(())
     }
 
     /// `build(metadata of the mailbox)`, kept with the store's cache of big mailboxes until
     /// the next write to the mailbox, so that repeated calls cost nothing (IMAP SELECT's
     /// view). One value per mailbox: a caller downcasts it and rebuilds on a mismatch.
-    fn derived(
+    async fn derived(
         &self,
         mailbox_id: u64,
-        build: &dyn Fn(&[MessageMeta]) -> Derived,
+        build: &(dyn for<'m> Fn(&'m [MessageMeta]) -> Derived + Sync),
     ) -> Result<Derived> {
-        Ok(build(&self.messages(mailbox_id)?))
+        let messages = self.messages(mailbox_id).await?;
+        Ok(build(&messages))
     }
 
     /// One message's metadata, `None` when the mailbox has no message with that UID.
-    fn message(&self, mailbox_id: u64, uid: u32) -> Result<Option<MessageMeta>>;
+    async fn message(&self, mailbox_id: u64, uid: u32) -> Result<Option<MessageMeta>>;
 
     /// Replace the flags of messages (`uid`, new flags); returns each changed message's
     /// (uid, new MODSEQ).
-    fn set_flags(
+    async fn set_flags(
         &self,
         user: &str,
         mailbox_id: u64,
@@ -579,11 +599,11 @@ pub trait Mailboxes: Send + Sync {
     ) -> Result<Vec<(u32, u64)>>;
 
     /// Remove messages; returns the UIDs that existed and were removed.
-    fn expunge(&self, user: &str, mailbox_id: u64, uids: &[u32]) -> Result<Vec<u32>>;
+    async fn expunge(&self, user: &str, mailbox_id: u64, uids: &[u32]) -> Result<Vec<u32>>;
 
     /// Copy messages into another mailbox of the same user; returns the target's
     /// UIDVALIDITY and (source uid, new uid) pairs.
-    fn copy(
+    async fn copy(
         &self,
         user: &str,
         from_id: u64,
@@ -594,26 +614,27 @@ pub trait Mailboxes: Send + Sync {
     /// What changed in a mailbox after `modseq` (CONDSTORE/QRESYNC resynchronisation):
     /// messages changed or added since, and UIDs expunged since.
     /// `NotFound` when `user` has no such mailbox.
-    fn changes_since(&self, user: &str, mailbox_id: u64, modseq: u64) -> Result<ChangesSince>;
+    async fn changes_since(&self, user: &str, mailbox_id: u64, modseq: u64)
+    -> Result<ChangesSince>;
 
     /// Delete a mailbox and its messages (INBOX cannot be deleted).
-    fn delete_mailbox(&self, user: &str, name: &str) -> Result<()>;
+    async fn delete_mailbox(&self, user: &str, name: &str) -> Result<()>;
 
     /// Rename a mailbox (renaming INBOX moves its messages into a new mailbox, RFC 9051 §6.3.6).
-    fn rename_mailbox(&self, user: &str, from: &str, to: &str) -> Result<()>;
+    async fn rename_mailbox(&self, user: &str, from: &str, to: &str) -> Result<()>;
 
     /// Subscribe to or unsubscribe from a name, whether a mailbox of that name exists or not
     /// (RFC 9051 §6.3.9); deleting a mailbox leaves its subscription.
-    fn set_subscribed(&self, user: &str, name: &str, subscribed: bool) -> Result<()>;
+    async fn set_subscribed(&self, user: &str, name: &str, subscribed: bool) -> Result<()>;
 
     /// The names `user` is subscribed to.
-    fn subscriptions(&self, user: &str) -> Result<Vec<String>>;
+    async fn subscriptions(&self, user: &str) -> Result<Vec<String>>;
 
     /// The `\Recent` mark of a mailbox (RFC 3501 §2.3.2): every message with a UID above
     /// the returned value is recent, not yet seen by any session. With `claim`, the mark
     /// moves up to `up_to` atomically, so the calling session is the one session that
     /// shows those messages as `\Recent`; without it, nothing changes (EXAMINE, STATUS).
-    fn claim_recent(&self, mailbox_id: u64, up_to: u32, claim: bool) -> Result<u32>;
+    async fn claim_recent(&self, mailbox_id: u64, up_to: u32, claim: bool) -> Result<u32>;
 
     /// Add, remove or replace flags of messages, computing the new flags from the stored
     /// ones so that concurrent updates from several sessions do not overwrite each other.
@@ -621,7 +642,7 @@ pub trait Mailboxes: Send + Sync {
     /// second list (RFC 7162 UNCHANGEDSINCE); UIDs that do not exist are skipped.
     ///
     /// Atomic per message: no concurrent update is lost.
-    fn update_flags(
+    async fn update_flags(
         &self,
         user: &str,
         mailbox_id: u64,
@@ -633,78 +654,83 @@ pub trait Mailboxes: Send + Sync {
 }
 
 /// Message bytes, behind an opaque id.
+#[async_trait::async_trait]
 pub trait Blobs: Send + Sync {
     /// The bytes of a message.
-    fn blob(&self, blob: u64) -> Result<Vec<u8>>;
+    async fn blob(&self, blob: u64) -> Result<Vec<u8>>;
 }
 
 /// The outbound queue, with claims and leases for the runners.
+#[async_trait::async_trait]
 pub trait Queue: Send + Sync {
     /// Put a message into the outbound queue (the store assigns `entry.blob`).
-    fn enqueue(&self, entry: QueueEntry, message: &[u8]) -> Result<()>;
+    async fn enqueue(&self, entry: QueueEntry, message: &[u8]) -> Result<()>;
 
     /// Every queued entry.
-    fn queue(&self) -> Result<Vec<QueueEntry>>;
+    async fn queue(&self) -> Result<Vec<QueueEntry>>;
 
     /// One queued entry.
-    fn queue_entry(&self, id: &str) -> Result<Option<QueueEntry>>;
+    async fn queue_entry(&self, id: &str) -> Result<Option<QueueEntry>>;
 
     /// Replace a queued entry's state (recipients left, attempts, next attempt, errors).
     /// `NotFound` when the entry is no longer queued (deleted meanwhile, e.g. by `corvus queue
     /// delete` during a delivery attempt): a stale update must not bring it back.
-    fn queue_update(&self, entry: &QueueEntry) -> Result<()>;
+    async fn queue_update(&self, entry: &QueueEntry) -> Result<()>;
 
     /// Make an entry due now (`corvus queue flush`), changing nothing else: the stored
     /// entry is modified in place, so a delivery attempt's concurrent update (recipients
     /// delivered meanwhile) is not overwritten by an older copy. `NotFound` when it is gone.
-    fn queue_due_now(&self, id: &str) -> Result<()>;
+    async fn queue_due_now(&self, id: &str) -> Result<()>;
 
     /// Remove an entry and its message bytes.
-    fn queue_remove(&self, id: &str) -> Result<()>;
+    async fn queue_remove(&self, id: &str) -> Result<()>;
 
     /// Lease up to `limit` claimable entries to `owner` until `now + lease` seconds. Two
     /// runners over one store never hold the same entry: each entry is claimed by one
     /// atomic write that fails when another runner changed it first.
-    fn queue_claim(&self, owner: &str, now: i64, lease: i64, limit: usize) -> Result<Claimed>;
+    async fn queue_claim(&self, owner: &str, now: i64, lease: i64, limit: usize)
+    -> Result<Claimed>;
 
     /// Extend `owner`'s lease on entry `id` to `until`. `NotFound` when the entry is gone,
     /// `Invalid` when another runner holds it now (the lease expired and was taken).
-    fn queue_renew(&self, id: &str, owner: &str, until: i64) -> Result<()>;
+    async fn queue_renew(&self, id: &str, owner: &str, until: i64) -> Result<()>;
 
     /// Record `owner`'s progress on an entry (recipients left, attempts, next attempt,
     /// errors), keeping the lease, or dropping it with `release`. Errors as
     /// [`Self::queue_renew`]; nothing is written then.
-    fn queue_save(&self, entry: &QueueEntry, owner: &str, release: bool) -> Result<()>;
+    async fn queue_save(&self, entry: &QueueEntry, owner: &str, release: bool) -> Result<()>;
 
     /// Remove an entry `owner` has finished, and its message bytes. Errors as
     /// [`Self::queue_renew`].
-    fn queue_complete(&self, id: &str, owner: &str) -> Result<()>;
+    async fn queue_complete(&self, id: &str, owner: &str) -> Result<()>;
 }
 
 /// Leases: locks that must hold across every process sharing the store (the POP3
 /// maildrop lock, IMAP sessions per user); see `store::lease` for the holder's side.
+#[async_trait::async_trait]
 pub trait Leases: Send + Sync {
     /// Take the lease `name` for `holder` until `until` (Unix seconds): `true` when it was
     /// free, expired or already `holder`'s (then it is extended), `false` when another
     /// holder has it. Atomic: two takers never both get it.
-    fn lease_take(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool>;
+    async fn lease_take(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool>;
 
     /// Give a lease back; nothing happens when `holder` does not hold it.
-    fn lease_drop(&self, name: &str, holder: &str) -> Result<()>;
+    async fn lease_drop(&self, name: &str, holder: &str) -> Result<()>;
 }
 
 /// The namespaced key-value area of scripts and plugins, with TTLs and counters.
+#[async_trait::async_trait]
 pub trait Kv: Send + Sync {
     /// Read a key in a namespace (expired keys read as missing).
-    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>>;
+    async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>>;
 
     /// Write a key with an optional time-to-live in seconds.
-    fn kv_set(&self, ns: &str, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()>;
+    async fn kv_set(&self, ns: &str, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()>;
 
     /// Add `delta` to the decimal counter at a key, atomically, and return the new value. A
     /// missing, expired or non-numeric value counts from 0; `ttl` (seconds) is set only when
     /// the counter starts, so a window does not slide with every increment.
-    fn kv_incr(&self, ns: &str, key: &str, delta: i64, ttl: Option<u64>) -> Result<i64>;
+    async fn kv_incr(&self, ns: &str, key: &str, delta: i64, ttl: Option<u64>) -> Result<i64>;
 }
 
 /// The change feed.
@@ -713,7 +739,16 @@ pub trait Feed: Send + Sync {
     /// the order they became visible; a receiver that falls behind is told it lagged
     /// and must re-read.
     fn watch(&self, user: &str) -> Changes;
+
+    /// Call `sink` with every change of every account, synchronously, as the backend
+    /// publishes it (after the write is visible, before the writing call returns): how
+    /// layers such as the metadata cache ([`Cached`]) stay fresh. Keep it short and
+    /// non-blocking.
+    fn observe(&self, sink: Observer);
 }
+
+/// A synchronous observer of every change; see [`Feed::observe`].
+pub type Observer = std::sync::Arc<dyn Fn(&str, &Change) + Send + Sync>;
 
 /// Whether `name` is INBOX, which is case-insensitive (RFC 9051 §5.1).
 pub fn is_inbox(name: &str) -> bool {
@@ -753,11 +788,16 @@ pub(crate) fn appended(placed: &[(String, u64, MessageMeta)]) -> Vec<(&str, Chan
 
 /// Renaming INBOX moves its messages into a new mailbox of that name; INBOX stays, empty
 /// (RFC 9051 §6.3.6). The same rule for every backend, in terms of the trait.
-pub(crate) fn rename_inbox(store: &dyn Mailboxes, user: &str, inbox: u64, to: &str) -> Result<()> {
-    store.create_mailbox(user, to, None)?;
-    let uids: Vec<u32> = store.messages(inbox)?.iter().map(|m| m.uid).collect();
-    store.copy(user, inbox, &uids, to)?;
-    store.expunge(user, inbox, &uids)?;
+pub(crate) async fn rename_inbox(
+    store: &dyn Mailboxes,
+    user: &str,
+    inbox: u64,
+    to: &str,
+) -> Result<()> {
+    store.create_mailbox(user, to, None).await?;
+    let uids: Vec<u32> = store.messages(inbox).await?.iter().map(|m| m.uid).collect();
+    store.copy(user, inbox, &uids, to).await?;
+    store.expunge(user, inbox, &uids).await?;
     Ok(())
 }
 

@@ -12,7 +12,6 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::commit::GroupCommitter;
-use super::meta_cache::{Lookup, MetaCache};
 use super::*;
 
 /// sled-backed store.
@@ -43,7 +42,6 @@ pub struct SledStore {
     watchers: super::feed::Watchers,
     /// Decoded metadata of big mailboxes; every write to `messages` must update it (after
     /// its transaction, before notifying watchers).
-    meta_cache: MetaCache,
     /// Held by everything that assigns UIDs (deliver, copy) or rewrites or removes mailbox
     /// records outside a transaction, so UIDs become visible in ascending order per mailbox
     /// and no plain read-modify-write of a mailbox record loses a UID reservation.
@@ -157,7 +155,6 @@ impl SledStore {
             db,
             committer,
             watchers: Default::default(),
-            meta_cache: MetaCache::default(),
             uid_lock: Mutex::new(()),
         };
         store.migrate_subscriptions()?;
@@ -237,6 +234,15 @@ impl SledStore {
 }
 
 impl SledStore {
+    /// A mailbox's message metadata in UID order.
+    fn read_messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>> {
+        self.messages
+            .scan_prefix(mailbox_id.to_be_bytes())
+            .values()
+            .map(|v| MessageMeta::decode(&v?))
+            .collect()
+    }
+
     /// The writes of [`Mailboxes::ingest`], without the wait for durability.
     ///
     /// The bodies are written first and are invisible until referenced. With one record to
@@ -387,9 +393,6 @@ impl SledStore {
                 return Err(e);
             }
         };
-        for (_, mbid, meta) in &placed {
-            self.meta_cache.inserted(*mbid, std::slice::from_ref(meta));
-        }
         for (user, id) in fresh_created(&fresh, &placed) {
             self.notify(user, Change::Created { name: id });
         }
@@ -482,7 +485,6 @@ impl SledStore {
         };
         self.messages
             .insert(msg_key(mb.id, meta.uid), meta.encode())?;
-        self.meta_cache.inserted(mb.id, std::slice::from_ref(&meta));
         self.notify(
             &user,
             Change::Appended {
@@ -600,8 +602,9 @@ impl MailStore for SledStore {
     }
 }
 
+#[async_trait::async_trait]
 impl Directory for SledStore {
-    fn create_account(&self, address: &str, password_hash: &str) -> Result<()> {
+    async fn create_account(&self, address: &str, password_hash: &str) -> Result<()> {
         let address = normalize_address(address);
         let account = Account {
             address: address.clone(),
@@ -639,7 +642,7 @@ impl Directory for SledStore {
         Ok(())
     }
 
-    fn delete_account(&self, address: &str) -> Result<()> {
+    async fn delete_account(&self, address: &str) -> Result<()> {
         let address = normalize_address(address);
         if self.accounts.remove(address.as_bytes())?.is_none() {
             return Err(StoreError::NotFound(format!("account {address}")));
@@ -650,12 +653,12 @@ impl Directory for SledStore {
         for item in self.mailboxes.scan_prefix(&prefix) {
             let (k, v) = item?;
             let mb: Mailbox = serde_json::from_slice(&v)?;
-            for m in self.messages(mb.id)? {
+            for m in self.read_messages(mb.id)? {
                 self.messages.remove(msg_key(mb.id, m.uid))?;
                 release_blob(&self.blobrefs, &self.blobs, m.blob)?;
             }
-            self.meta_cache.dropped(mb.id);
             self.mailboxes.remove(k)?;
+            self.watchers.mailbox_deleted(&address, &mb, Vec::new());
         }
         for item in self.subscriptions.scan_prefix(&prefix) {
             let (k, _) = item?;
@@ -664,20 +667,20 @@ impl Directory for SledStore {
         Ok(())
     }
 
-    fn account(&self, address: &str) -> Result<Option<Account>> {
+    async fn account(&self, address: &str) -> Result<Option<Account>> {
         match self.accounts.get(normalize_address(address).as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
     }
 
-    fn account_exists(&self, address: &str) -> Result<bool> {
+    async fn account_exists(&self, address: &str) -> Result<bool> {
         Ok(self
             .accounts
             .contains_key(normalize_address(address).as_bytes())?)
     }
 
-    fn accounts(&self) -> Result<Vec<Account>> {
+    async fn accounts(&self) -> Result<Vec<Account>> {
         self.accounts
             .iter()
             .values()
@@ -685,7 +688,7 @@ impl Directory for SledStore {
             .collect()
     }
 
-    fn set_password(&self, address: &str, password_hash: &str) -> Result<()> {
+    async fn set_password(&self, address: &str, password_hash: &str) -> Result<()> {
         let key = normalize_address(address);
         update_json(
             &self.accounts,
@@ -695,7 +698,7 @@ impl Directory for SledStore {
         )
     }
 
-    fn add_domain(&self, domain: &str) -> Result<()> {
+    async fn add_domain(&self, domain: &str) -> Result<()> {
         let d = domain.trim().to_lowercase();
         if self.domains.insert(d.as_bytes(), &[])?.is_some() {
             return Err(StoreError::Exists(format!("domain {d}")));
@@ -703,7 +706,7 @@ impl Directory for SledStore {
         Ok(())
     }
 
-    fn delete_domain(&self, domain: &str) -> Result<()> {
+    async fn delete_domain(&self, domain: &str) -> Result<()> {
         let d = domain.trim().to_lowercase();
         match self.domains.remove(d.as_bytes())? {
             Some(_) => Ok(()),
@@ -711,7 +714,7 @@ impl Directory for SledStore {
         }
     }
 
-    fn domains(&self) -> Result<Vec<String>> {
+    async fn domains(&self) -> Result<Vec<String>> {
         self.domains
             .iter()
             .keys()
@@ -719,7 +722,7 @@ impl Directory for SledStore {
             .collect()
     }
 
-    fn set_alias(&self, alias: &str, targets: &[String]) -> Result<()> {
+    async fn set_alias(&self, alias: &str, targets: &[String]) -> Result<()> {
         let targets: Vec<String> = targets.iter().map(|t| normalize_address(t)).collect();
         self.aliases.insert(
             normalize_address(alias).as_bytes(),
@@ -728,7 +731,7 @@ impl Directory for SledStore {
         Ok(())
     }
 
-    fn delete_alias(&self, alias: &str) -> Result<()> {
+    async fn delete_alias(&self, alias: &str) -> Result<()> {
         let a = normalize_address(alias);
         match self.aliases.remove(a.as_bytes())? {
             Some(_) => Ok(()),
@@ -736,14 +739,14 @@ impl Directory for SledStore {
         }
     }
 
-    fn alias(&self, alias: &str) -> Result<Option<Vec<String>>> {
+    async fn alias(&self, alias: &str) -> Result<Option<Vec<String>>> {
         match self.aliases.get(normalize_address(alias).as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
     }
 
-    fn aliases(&self) -> Result<Vec<(String, Vec<String>)>> {
+    async fn aliases(&self) -> Result<Vec<(String, Vec<String>)>> {
         self.aliases
             .iter()
             .map(|r| {
@@ -757,8 +760,9 @@ impl Directory for SledStore {
     }
 }
 
+#[async_trait::async_trait]
 impl Mailboxes for SledStore {
-    fn mailboxes(&self, user: &str) -> Result<Vec<Mailbox>> {
+    async fn mailboxes(&self, user: &str) -> Result<Vec<Mailbox>> {
         let mut prefix = normalize_address(user).into_bytes();
         prefix.push(0);
         self.mailboxes
@@ -768,7 +772,7 @@ impl Mailboxes for SledStore {
             .collect()
     }
 
-    fn mailbox(&self, user: &str, name: &str) -> Result<Option<Mailbox>> {
+    async fn mailbox(&self, user: &str, name: &str) -> Result<Option<Mailbox>> {
         match self
             .mailboxes
             .get(mbox_key(&normalize_address(user), &canonical_mailbox(name)))?
@@ -778,7 +782,12 @@ impl Mailboxes for SledStore {
         }
     }
 
-    fn create_mailbox(&self, user: &str, name: &str, special_use: Option<&str>) -> Result<Mailbox> {
+    async fn create_mailbox(
+        &self,
+        user: &str,
+        name: &str,
+        special_use: Option<&str>,
+    ) -> Result<Mailbox> {
         let user = normalize_address(user);
         let mb = self.new_mailbox(name, special_use)?;
         let key = mbox_key(&user, &mb.name);
@@ -800,19 +809,24 @@ impl Mailboxes for SledStore {
         }
     }
 
-    fn ingest(&self, ingest: Ingest) -> StoreFuture<'_, Result<Receipt>> {
-        Box::pin(async move {
-            if ingest.is_empty() {
-                return Ok(Receipt::default());
-            }
+    async fn ingest(&self, ingest: Ingest) -> Result<Receipt> {
+        if ingest.is_empty() {
+            return Ok(Receipt::default());
+        }
+        let receipt = {
             let (filed, queue) = ingest.parts();
-            let receipt = self.write_ingest(ingest.internal_date, &filed, queue)?;
-            self.commit().await?;
-            Ok(receipt)
-        })
+            self.write_ingest(ingest.internal_date, &filed, queue)?
+        };
+        self.commit().await?;
+        Ok(receipt)
     }
 
-    fn deliver(&self, message: &[u8], internal_date: i64, to: &[Placement]) -> Result<Vec<u32>> {
+    async fn deliver(
+        &self,
+        message: &[u8],
+        internal_date: i64,
+        to: &[Placement],
+    ) -> Result<Vec<u32>> {
         if to.is_empty() {
             return Ok(Vec::new());
         }
@@ -824,50 +838,18 @@ impl Mailboxes for SledStore {
             .collect())
     }
 
-    fn messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>> {
-        let generation = match self.meta_cache.lookup(mailbox_id) {
-            Lookup::Hit(v) => return Ok(v),
-            Lookup::Miss(g) => g,
-        };
-        let v: Vec<MessageMeta> = self
-            .messages
-            .scan_prefix(mailbox_id.to_be_bytes())
-            .values()
-            .map(|v| MessageMeta::decode(&v?))
-            .collect::<Result<_>>()?;
-        self.meta_cache.fill(mailbox_id, generation, &v);
-        Ok(v)
+    async fn messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>> {
+        self.read_messages(mailbox_id)
     }
 
-    fn with_messages(&self, mailbox_id: u64, f: &mut dyn FnMut(&[MessageMeta])) -> Result<()> {
-        if self.meta_cache.with_cached(mailbox_id, |m| f(m)).is_none() {
-            f(&self.messages(mailbox_id)?);
-        }
-        Ok(())
-    }
-
-    fn derived(
-        &self,
-        mailbox_id: u64,
-        build: &dyn Fn(&[MessageMeta]) -> Derived,
-    ) -> Result<Derived> {
-        if let Some(d) = self.meta_cache.derived(mailbox_id, build) {
-            return Ok(d);
-        }
-        Ok(build(&self.messages(mailbox_id)?))
-    }
-
-    fn message(&self, mailbox_id: u64, uid: u32) -> Result<Option<MessageMeta>> {
-        if let Some(hit) = self.meta_cache.get(mailbox_id, uid) {
-            return Ok(hit);
-        }
+    async fn message(&self, mailbox_id: u64, uid: u32) -> Result<Option<MessageMeta>> {
         match self.messages.get(msg_key(mailbox_id, uid))? {
             Some(v) => Ok(Some(MessageMeta::decode(&v)?)),
             None => Ok(None),
         }
     }
 
-    fn set_flags(
+    async fn set_flags(
         &self,
         user: &str,
         mailbox_id: u64,
@@ -905,7 +887,6 @@ impl Mailboxes for SledStore {
                 Some((*uid, flags, *ms))
             })
             .collect();
-        self.meta_cache.flags_changed(mailbox_id, &cached);
         self.notify(
             &user,
             Change::Flags {
@@ -916,7 +897,7 @@ impl Mailboxes for SledStore {
         Ok(modseq)
     }
 
-    fn expunge(&self, user: &str, mailbox_id: u64, uids: &[u32]) -> Result<Vec<u32>> {
+    async fn expunge(&self, user: &str, mailbox_id: u64, uids: &[u32]) -> Result<Vec<u32>> {
         let user = normalize_address(user);
         let mbkey = self.mailbox_key_by_id(&user, mailbox_id)?;
         let removed = (&self.mailboxes, &self.messages, &self.vanished)
@@ -949,7 +930,6 @@ impl Mailboxes for SledStore {
             .map_err(tx_err)?;
         let (removed, modseq) = removed;
         let uids_gone: Vec<u32> = removed.iter().map(|(u, _)| *u).collect();
-        self.meta_cache.removed(mailbox_id, &uids_gone);
         for (_, blob) in &removed {
             release_blob(&self.blobrefs, &self.blobs, *blob)?;
         }
@@ -966,7 +946,7 @@ impl Mailboxes for SledStore {
         Ok(removed.into_iter().map(|(u, _)| u).collect())
     }
 
-    fn copy(
+    async fn copy(
         &self,
         user: &str,
         from_id: u64,
@@ -1010,7 +990,6 @@ impl Mailboxes for SledStore {
                 Ok((mb.uidvalidity, mb.id, pairs, metas))
             })
             .map_err(tx_err)?;
-        self.meta_cache.inserted(result.1, &result.3);
         if !result.2.is_empty() {
             self.notify(
                 &user,
@@ -1024,12 +1003,18 @@ impl Mailboxes for SledStore {
         Ok((result.0, result.2))
     }
 
-    fn changes_since(&self, user: &str, mailbox_id: u64, modseq: u64) -> Result<ChangesSince> {
+    async fn changes_since(
+        &self,
+        user: &str,
+        mailbox_id: u64,
+        modseq: u64,
+    ) -> Result<ChangesSince> {
         let key = self.mailbox_key_by_id(&normalize_address(user), mailbox_id)?;
         let mut out = ChangesSince::default();
         self.with_messages(mailbox_id, &mut |msgs| {
             out.changed = msgs.iter().filter(|m| m.modseq > modseq).cloned().collect();
-        })?;
+        })
+        .await?;
         for item in self.vanished.scan_prefix(mailbox_id.to_be_bytes()) {
             let (k, v) = item?;
             let at = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
@@ -1045,7 +1030,7 @@ impl Mailboxes for SledStore {
         Ok(out)
     }
 
-    fn delete_mailbox(&self, user: &str, name: &str) -> Result<()> {
+    async fn delete_mailbox(&self, user: &str, name: &str) -> Result<()> {
         let user = normalize_address(user);
         let name = canonical_mailbox(name);
         if is_inbox(&name) {
@@ -1056,13 +1041,12 @@ impl Mailboxes for SledStore {
             return Err(StoreError::NotFound(format!("mailbox {name}")));
         };
         let mb: Mailbox = serde_json::from_slice(&v)?;
-        let uids: Vec<u32> = self.messages(mb.id)?.iter().map(|m| m.uid).collect();
+        let uids: Vec<u32> = self.read_messages(mb.id)?.iter().map(|m| m.uid).collect();
         for uid in &uids {
             if let Some(v) = self.messages.remove(msg_key(mb.id, *uid))? {
                 release_blob(&self.blobrefs, &self.blobs, MessageMeta::decode(&v)?.blob)?;
             }
         }
-        self.meta_cache.dropped(mb.id);
         self.recent.remove(mb.id.to_be_bytes())?;
         for key in self.vanished.scan_prefix(mb.id.to_be_bytes()).keys() {
             self.vanished.remove(key?)?;
@@ -1072,25 +1056,25 @@ impl Mailboxes for SledStore {
         Ok(())
     }
 
-    fn rename_mailbox(&self, user: &str, from: &str, to: &str) -> Result<()> {
+    async fn rename_mailbox(&self, user: &str, from: &str, to: &str) -> Result<()> {
         let user = normalize_address(user);
         let (from, to) = (canonical_mailbox(from), canonical_mailbox(to));
         if is_inbox(&to) {
             return Err(StoreError::Exists("mailbox INBOX".into()));
         }
-        if self.mailbox(&user, &to)?.is_some() {
+        if self.mailbox(&user, &to).await?.is_some() {
             return Err(StoreError::Exists(format!("mailbox {to}")));
         }
-        let Some(mut mb) = self.mailbox(&user, &from)? else {
+        let Some(mut mb) = self.mailbox(&user, &from).await? else {
             return Err(StoreError::NotFound(format!("mailbox {from}")));
         };
         if is_inbox(&from) {
-            return rename_inbox(self, &user, mb.id, &to);
+            return rename_inbox(self, &user, mb.id, &to).await;
         }
         // Children move with their parent.
         let prefix = format!("{from}/");
         let mut moves = vec![(from.clone(), to.clone())];
-        for m in self.mailboxes(&user)? {
+        for m in self.mailboxes(&user).await? {
             if let Some(rest) = m.name.strip_prefix(&prefix) {
                 moves.push((m.name.clone(), format!("{to}/{rest}")));
             }
@@ -1119,7 +1103,7 @@ impl Mailboxes for SledStore {
         Ok(())
     }
 
-    fn set_subscribed(&self, user: &str, name: &str, subscribed: bool) -> Result<()> {
+    async fn set_subscribed(&self, user: &str, name: &str, subscribed: bool) -> Result<()> {
         let user = normalize_address(user);
         let key = mbox_key(&user, &canonical_mailbox(name));
         let changed = if subscribed {
@@ -1139,7 +1123,7 @@ impl Mailboxes for SledStore {
         Ok(())
     }
 
-    fn subscriptions(&self, user: &str) -> Result<Vec<String>> {
+    async fn subscriptions(&self, user: &str) -> Result<Vec<String>> {
         let mut prefix = normalize_address(user).into_bytes();
         prefix.push(0);
         let mut out = Vec::new();
@@ -1150,7 +1134,7 @@ impl Mailboxes for SledStore {
         Ok(out)
     }
 
-    fn claim_recent(&self, mailbox_id: u64, up_to: u32, claim: bool) -> Result<u32> {
+    async fn claim_recent(&self, mailbox_id: u64, up_to: u32, claim: bool) -> Result<u32> {
         let key = mailbox_id.to_be_bytes();
         let read = |v: Option<&[u8]>| {
             v.and_then(|b| b.try_into().ok())
@@ -1168,7 +1152,7 @@ impl Mailboxes for SledStore {
         Ok(read(prev.as_deref()))
     }
 
-    fn update_flags(
+    async fn update_flags(
         &self,
         user: &str,
         mailbox_id: u64,
@@ -1227,7 +1211,6 @@ impl Mailboxes for SledStore {
                 .filter(|u| u.changed)
                 .map(|u| (u.uid, u.flags.clone(), u.modseq))
                 .collect();
-            self.meta_cache.flags_changed(mailbox_id, &cached);
             self.notify(
                 &user,
                 Change::Flags {
@@ -1240,21 +1223,23 @@ impl Mailboxes for SledStore {
     }
 }
 
+#[async_trait::async_trait]
 impl Blobs for SledStore {
-    fn blob(&self, blob: u64) -> Result<Vec<u8>> {
+    async fn blob(&self, blob: u64) -> Result<Vec<u8>> {
         self.blobs
             .get(blob)?
             .ok_or_else(|| StoreError::NotFound(format!("message blob {blob}")))
     }
 }
 
+#[async_trait::async_trait]
 impl Queue for SledStore {
-    fn enqueue(&self, entry: QueueEntry, message: &[u8]) -> Result<()> {
+    async fn enqueue(&self, entry: QueueEntry, message: &[u8]) -> Result<()> {
         self.write_ingest(0, &[], Some((&entry, message)))
             .map(|_| ())
     }
 
-    fn queue(&self) -> Result<Vec<QueueEntry>> {
+    async fn queue(&self) -> Result<Vec<QueueEntry>> {
         self.queue
             .iter()
             .values()
@@ -1262,14 +1247,14 @@ impl Queue for SledStore {
             .collect()
     }
 
-    fn queue_entry(&self, id: &str) -> Result<Option<QueueEntry>> {
+    async fn queue_entry(&self, id: &str) -> Result<Option<QueueEntry>> {
         match self.queue.get(id.as_bytes())? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
     }
 
-    fn queue_update(&self, entry: &QueueEntry) -> Result<()> {
+    async fn queue_update(&self, entry: &QueueEntry) -> Result<()> {
         let new = serde_json::to_vec(entry)?;
         // Replace only an entry that is still there (atomically: a delete between a read and
         // an insert would otherwise be undone, and the entry's blob is already released).
@@ -1282,7 +1267,7 @@ impl Queue for SledStore {
         }
     }
 
-    fn queue_due_now(&self, id: &str) -> Result<()> {
+    async fn queue_due_now(&self, id: &str) -> Result<()> {
         update_json(
             &self.queue,
             id.as_bytes(),
@@ -1291,7 +1276,7 @@ impl Queue for SledStore {
         )
     }
 
-    fn queue_remove(&self, id: &str) -> Result<()> {
+    async fn queue_remove(&self, id: &str) -> Result<()> {
         let Some(v) = self.queue.remove(id.as_bytes())? else {
             return Err(StoreError::NotFound(format!("queue entry {id}")));
         };
@@ -1300,7 +1285,13 @@ impl Queue for SledStore {
         Ok(())
     }
 
-    fn queue_claim(&self, owner: &str, now: i64, lease: i64, limit: usize) -> Result<Claimed> {
+    async fn queue_claim(
+        &self,
+        owner: &str,
+        now: i64,
+        lease: i64,
+        limit: usize,
+    ) -> Result<Claimed> {
         let mut claimed = Claimed::default();
         let mut sooner = |t: i64| claimed_next(&mut claimed.next, t);
         let mut entries = Vec::new();
@@ -1335,7 +1326,7 @@ impl Queue for SledStore {
         Ok(claimed)
     }
 
-    fn queue_renew(&self, id: &str, owner: &str, until: i64) -> Result<()> {
+    async fn queue_renew(&self, id: &str, owner: &str, until: i64) -> Result<()> {
         self.change_owned(id, owner, &|e| {
             if let Some(l) = e.lease.as_mut() {
                 l.until = until;
@@ -1343,7 +1334,7 @@ impl Queue for SledStore {
         })
     }
 
-    fn queue_save(&self, entry: &QueueEntry, owner: &str, release: bool) -> Result<()> {
+    async fn queue_save(&self, entry: &QueueEntry, owner: &str, release: bool) -> Result<()> {
         self.change_owned(id_of(entry), owner, &|e| {
             let lease = e.lease.take();
             *e = entry.clone();
@@ -1351,7 +1342,7 @@ impl Queue for SledStore {
         })
     }
 
-    fn queue_complete(&self, id: &str, owner: &str) -> Result<()> {
+    async fn queue_complete(&self, id: &str, owner: &str) -> Result<()> {
         loop {
             let Some(old) = self.queue.get(id.as_bytes())? else {
                 return Err(StoreError::NotFound(format!("queue entry {id}")));
@@ -1371,11 +1362,12 @@ impl Queue for SledStore {
     }
 }
 
+#[async_trait::async_trait]
 impl Leases for SledStore {
     /// In memory: sled allows one process, and a lease is about processes, so nothing is
     /// gained by writing it (and it cost two log writes per IMAP login, 15 % of the IMAP
     /// benchmark). A backend shared by several processes keeps them in the database.
-    fn lease_take(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
+    async fn lease_take(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
         let mut leases = self.leases.lock().expect("leases");
         match leases.get(name) {
             Some((h, u)) if *u > now && h != holder => Ok(false),
@@ -1386,7 +1378,7 @@ impl Leases for SledStore {
         }
     }
 
-    fn lease_drop(&self, name: &str, holder: &str) -> Result<()> {
+    async fn lease_drop(&self, name: &str, holder: &str) -> Result<()> {
         let mut leases = self.leases.lock().expect("leases");
         if leases.get(name).is_some_and(|(h, _)| h == holder) {
             leases.remove(name);
@@ -1395,8 +1387,9 @@ impl Leases for SledStore {
     }
 }
 
+#[async_trait::async_trait]
 impl Kv for SledStore {
-    fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
+    async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
         let k = mbox_key(ns, key);
         match self.kv.get(&k)? {
             Some(v) if v.len() >= 8 => {
@@ -1412,7 +1405,7 @@ impl Kv for SledStore {
         }
     }
 
-    fn kv_set(&self, ns: &str, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()> {
+    async fn kv_set(&self, ns: &str, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()> {
         let exp = ttl.map(|t| now() + t as i64).unwrap_or(0);
         let mut v = exp.to_be_bytes().to_vec();
         v.extend_from_slice(value);
@@ -1420,7 +1413,7 @@ impl Kv for SledStore {
         Ok(())
     }
 
-    fn kv_incr(&self, ns: &str, key: &str, delta: i64, ttl: Option<u64>) -> Result<i64> {
+    async fn kv_incr(&self, ns: &str, key: &str, delta: i64, ttl: Option<u64>) -> Result<i64> {
         let now = now();
         let fresh_exp = ttl.map(|t| now + t as i64).unwrap_or(0);
         let new = self.kv.update_and_fetch(mbox_key(ns, key), |old| {
@@ -1454,6 +1447,10 @@ impl Kv for SledStore {
 impl Feed for SledStore {
     fn watch(&self, user: &str) -> Changes {
         self.watchers.watch(user)
+    }
+
+    fn observe(&self, sink: Observer) {
+        self.watchers.observe(sink);
     }
 }
 
@@ -1523,7 +1520,7 @@ struct Bodies {
 
 /// sled's page cache (its default is 1 GiB). Bodies pass through it as chunks, and what it
 /// holds stays in the process after the messages are handled; the metadata of big
-/// mailboxes has its own cache (`meta_cache`), so 256 MiB keeps sled's small trees and
+/// mailboxes has its own cache (the `Cached` layer), so 256 MiB keeps sled's small trees and
 /// recent bodies warm without holding a gigabyte of old mail.
 const CACHE_CAPACITY: u64 = 256 << 20;
 
@@ -1591,6 +1588,7 @@ impl Bodies {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blocking::Wait;
 
     /// A queue entry from a@x.example, not due for a long time.
     fn queued(id: &str, rcpts: Vec<QueueRcpt>) -> QueueEntry {
@@ -1612,53 +1610,59 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_deleted_queue_entry_is_not_brought_back_by_a_stale_update() {
+    #[tokio::test]
+    async fn a_deleted_queue_entry_is_not_brought_back_by_a_stale_update() {
         let d = tempfile::tempdir().unwrap();
         let s = SledStore::open(d.path()).unwrap();
         let entry = queued("Q1", Vec::new());
-        s.enqueue(entry, b"message").unwrap();
+        s.enqueue(entry, b"message").await.unwrap();
         // A delivery attempt read the entry; meanwhile the admin deletes it.
-        let mut seen = s.queue_entry("Q1").unwrap().unwrap();
-        s.queue_remove("Q1").unwrap();
+        let mut seen = s.queue_entry("Q1").await.unwrap().unwrap();
+        s.queue_remove("Q1").await.unwrap();
         seen.attempts = 1;
         seen.last_error = Some("connection refused".into());
         assert!(matches!(
-            s.queue_update(&seen),
+            s.queue_update(&seen).await,
             Err(StoreError::NotFound(_))
         ));
-        assert!(s.queue().unwrap().is_empty());
-        assert!(s.queue_entry("Q1").unwrap().is_none());
+        assert!(s.queue().await.unwrap().is_empty());
+        assert!(s.queue_entry("Q1").await.unwrap().is_none());
         // An entry that is still there is updated.
         let mut e = seen.clone();
         e.id = "Q2".into();
-        s.enqueue(e, b"other").unwrap();
-        let mut e = s.queue_entry("Q2").unwrap().unwrap();
+        s.enqueue(e, b"other").await.unwrap();
+        let mut e = s.queue_entry("Q2").await.unwrap().unwrap();
         e.attempts = 3;
-        s.queue_update(&e).unwrap();
-        assert_eq!(s.queue_entry("Q2").unwrap().unwrap().attempts, 3);
+        s.queue_update(&e).await.unwrap();
+        assert_eq!(s.queue_entry("Q2").await.unwrap().unwrap().attempts, 3);
     }
 
-    #[test]
-    fn a_password_change_does_not_recreate_a_deleted_account() {
+    #[tokio::test]
+    async fn a_password_change_does_not_recreate_a_deleted_account() {
         let d = tempfile::tempdir().unwrap();
         let s = SledStore::open(d.path()).unwrap();
-        s.create_account("bob@example.org", "old-hash").unwrap();
-        s.set_password("Bob@Example.org", "new-hash").unwrap();
+        s.create_account("bob@example.org", "old-hash")
+            .await
+            .unwrap();
+        s.set_password("Bob@Example.org", "new-hash").await.unwrap();
         assert_eq!(
-            s.account("bob@example.org").unwrap().unwrap().password_hash,
+            s.account("bob@example.org")
+                .await
+                .unwrap()
+                .unwrap()
+                .password_hash,
             "new-hash"
         );
-        s.delete_account("bob@example.org").unwrap();
+        s.delete_account("bob@example.org").await.unwrap();
         assert!(matches!(
-            s.set_password("bob@example.org", "newer"),
+            s.set_password("bob@example.org", "newer").await,
             Err(StoreError::NotFound(m)) if m == "account bob@example.org"
         ));
-        assert!(s.account("bob@example.org").unwrap().is_none());
+        assert!(s.account("bob@example.org").await.unwrap().is_none());
     }
 
-    #[test]
-    fn flush_changes_only_the_due_time_of_the_stored_entry() {
+    #[tokio::test]
+    async fn flush_changes_only_the_due_time_of_the_stored_entry() {
         let d = tempfile::tempdir().unwrap();
         let s = SledStore::open(d.path()).unwrap();
         let rcpt = |a: &str| QueueRcpt {
@@ -1667,14 +1671,14 @@ mod tests {
             orcpt: None,
         };
         let entry = queued("Q1", vec![rcpt("b@y.example"), rcpt("c@z.example")]);
-        s.enqueue(entry, b"message").unwrap();
+        s.enqueue(entry, b"message").await.unwrap();
         // An attempt delivered to b@ and recorded that; a flush after it keeps that.
-        let mut e = s.queue_entry("Q1").unwrap().unwrap();
+        let mut e = s.queue_entry("Q1").await.unwrap().unwrap();
         e.rcpts.remove(0);
         e.attempts = 1;
-        s.queue_update(&e).unwrap();
-        s.queue_due_now("Q1").unwrap();
-        let now = s.queue_entry("Q1").unwrap().unwrap();
+        s.queue_update(&e).await.unwrap();
+        s.queue_due_now("Q1").await.unwrap();
+        let now = s.queue_entry("Q1").await.unwrap().unwrap();
         assert_eq!(now.next_attempt, 0);
         assert_eq!(now.attempts, 1);
         assert_eq!(
@@ -1684,22 +1688,22 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec!["c@z.example"]
         );
-        s.queue_remove("Q1").unwrap();
+        s.queue_remove("Q1").await.unwrap();
         assert!(matches!(
-            s.queue_due_now("Q1"),
+            s.queue_due_now("Q1").await,
             Err(StoreError::NotFound(_))
         ));
-        assert!(s.queue().unwrap().is_empty());
+        assert!(s.queue().await.unwrap().is_empty());
     }
 
-    #[test]
-    fn deliver_assigns_ascending_uids_and_survives_reopen() {
+    #[tokio::test]
+    async fn deliver_assigns_ascending_uids_and_survives_reopen() {
         let d = tempfile::tempdir().unwrap();
         {
             let s = SledStore::open(d.path()).unwrap();
-            s.create_account("Alice@Example.org", "x").unwrap();
+            s.create_account("Alice@Example.org", "x").await.unwrap();
             assert!(matches!(
-                s.create_account("alice@example.org", "x"),
+                s.create_account("alice@example.org", "x").await,
                 Err(StoreError::Exists(_))
             ));
             let p = Placement {
@@ -1708,35 +1712,43 @@ mod tests {
                 flags: vec![],
             };
             assert_eq!(
-                s.deliver(b"one", 1, std::slice::from_ref(&p)).unwrap(),
+                s.deliver(b"one", 1, std::slice::from_ref(&p))
+                    .await
+                    .unwrap(),
                 vec![1]
             );
-            assert_eq!(s.deliver(b"two", 2, &[p]).unwrap(), vec![2]);
+            assert_eq!(s.deliver(b"two", 2, &[p]).await.unwrap(), vec![2]);
             s.db.flush().unwrap();
         }
         let s = SledStore::open(d.path()).unwrap();
-        let inbox = s.mailbox("alice@example.org", "inbox").unwrap().unwrap();
-        let msgs = s.messages(inbox.id).unwrap();
+        let inbox = s
+            .mailbox("alice@example.org", "inbox")
+            .await
+            .unwrap()
+            .unwrap();
+        let msgs = s.messages(inbox.id).await.unwrap();
         assert_eq!(msgs.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![1, 2]);
-        assert_eq!(s.blob(msgs[1].blob).unwrap(), b"two");
+        assert_eq!(s.blob(msgs[1].blob).await.unwrap(), b"two");
         assert_eq!(
-            s.mailboxes("alice@example.org").unwrap().len(),
+            s.mailboxes("alice@example.org").await.unwrap().len(),
             DEFAULT_MAILBOXES.len()
         );
     }
 
-    #[test]
-    fn concurrent_deliveries_flag_changes_and_copies_keep_uids_and_modseqs() {
+    #[tokio::test]
+    async fn concurrent_deliveries_flag_changes_and_copies_keep_uids_and_modseqs() {
         let d = tempfile::tempdir().unwrap();
         let s = std::sync::Arc::new(SledStore::open(d.path()).unwrap());
-        s.create_account("a@x.org", "x").unwrap();
+        s.create_account("a@x.org", "x").await.unwrap();
         let p = Placement {
             user: "a@x.org".into(),
             mailbox: "INBOX".into(),
             flags: vec![],
         };
-        s.deliver(b"first", 1, std::slice::from_ref(&p)).unwrap();
-        let inbox = s.mailbox("a@x.org", "INBOX").unwrap().unwrap();
+        s.deliver(b"first", 1, std::slice::from_ref(&p))
+            .await
+            .unwrap();
+        let inbox = s.mailbox("a@x.org", "INBOX").await.unwrap().unwrap();
         let mut threads: Vec<_> = (0..4)
             .map(|t| {
                 let (s, p) = (s.clone(), p.clone());
@@ -1746,6 +1758,7 @@ mod tests {
                         let body = format!("t{t} m{i}");
                         let uid = s
                             .deliver(body.as_bytes(), 1, std::slice::from_ref(&p))
+                            .wait()
                             .unwrap()[0];
                         assert!(uid > last, "UIDs ascend per deliverer");
                         last = uid;
@@ -1760,18 +1773,19 @@ mod tests {
             std::thread::spawn(move || {
                 for i in 0..50 {
                     s.set_flags("a@x.org", inbox.id, &[(1, vec![format!("k{i}")])])
+                        .wait()
                         .unwrap();
-                    s.copy("a@x.org", inbox.id, &[1], "INBOX").unwrap();
+                    s.copy("a@x.org", inbox.id, &[1], "INBOX").wait().unwrap();
                 }
             })
         });
         for t in threads {
             t.join().unwrap();
         }
-        let msgs = s.messages(inbox.id).unwrap();
+        let msgs = s.messages(inbox.id).await.unwrap();
         let uids: Vec<u32> = msgs.iter().map(|m| m.uid).collect();
         assert_eq!(uids, (1..=251).collect::<Vec<u32>>());
-        let mb = s.mailbox("a@x.org", "INBOX").unwrap().unwrap();
+        let mb = s.mailbox("a@x.org", "INBOX").await.unwrap().unwrap();
         assert_eq!(mb.uidnext, 252);
         let mut modseqs: Vec<u64> = msgs.iter().map(|m| m.modseq).collect();
         assert!(modseqs.iter().all(|&m| m <= mb.highest_modseq));
@@ -1779,7 +1793,7 @@ mod tests {
         modseqs.dedup();
         assert_eq!(modseqs.len(), msgs.len(), "every MODSEQ is distinct");
         // The cache and the tree agree.
-        let cached = s.messages(inbox.id).unwrap();
+        let cached = s.messages(inbox.id).await.unwrap();
         assert_eq!(cached.len(), msgs.len());
     }
 
@@ -1823,18 +1837,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn update_flags_is_atomic_and_honours_unchangedsince() {
+    #[tokio::test]
+    async fn update_flags_is_atomic_and_honours_unchangedsince() {
         let d = tempfile::tempdir().unwrap();
         let s = std::sync::Arc::new(SledStore::open(d.path()).unwrap());
-        s.create_account("a@x.org", "x").unwrap();
+        s.create_account("a@x.org", "x").await.unwrap();
         let p = Placement {
             user: "a@x.org".into(),
             mailbox: "INBOX".into(),
             flags: vec!["\\Seen".into()],
         };
-        s.deliver(b"m", 1, &[p]).unwrap();
-        let mb = s.mailbox("a@x.org", "INBOX").unwrap().unwrap();
+        s.deliver(b"m", 1, &[p]).await.unwrap();
+        let mb = s.mailbox("a@x.org", "INBOX").await.unwrap().unwrap();
         // Several threads add distinct keywords at once: none may be lost.
         let threads: Vec<_> = (0..4)
             .map(|t| {
@@ -1849,6 +1863,7 @@ mod tests {
                             &[format!("k{t}_{i}")],
                             None,
                         )
+                        .wait()
                         .unwrap();
                     }
                 })
@@ -1857,7 +1872,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let m = &s.messages(mb.id).unwrap()[0];
+        let m = &s.messages(mb.id).await.unwrap()[0];
         assert_eq!(m.flags.len(), 101, "{:?}", m.flags);
         // An update that changes nothing keeps MODSEQ; a stale UNCHANGEDSINCE is refused.
         let (u, modified) = s
@@ -1869,6 +1884,7 @@ mod tests {
                 &["\\seen".into()],
                 None,
             )
+            .await
             .unwrap();
         assert!(modified.is_empty());
         assert_eq!(u.len(), 1);
@@ -1882,6 +1898,7 @@ mod tests {
                 &[],
                 Some(m.modseq - 1),
             )
+            .await
             .unwrap();
         assert!(u.is_empty() && modified == vec![1]);
         let (u, _) = s
@@ -1893,135 +1910,60 @@ mod tests {
                 &["k0_0".into()],
                 Some(m.modseq),
             )
+            .await
             .unwrap();
         assert!(u[0].changed && u[0].modseq > m.modseq && u[0].flags.len() == 100);
         let hm = s
             .mailbox("a@x.org", "INBOX")
+            .await
             .unwrap()
             .unwrap()
             .highest_modseq;
         assert_eq!(hm, u[0].modseq);
     }
 
-    #[test]
-    fn cached_metadata_follows_every_write() {
+    #[tokio::test]
+    async fn kv_expires() {
         let d = tempfile::tempdir().unwrap();
         let s = SledStore::open(d.path()).unwrap();
-        s.create_account("a@x.org", "x").unwrap();
-        let p = Placement {
-            user: "a@x.org".into(),
-            mailbox: "INBOX".into(),
-            flags: vec![],
-        };
-        let n = super::super::meta_cache::MIN_CACHED as u32 + 10;
-        for i in 0..n {
-            s.deliver(
-                format!("m{i}").as_bytes(),
-                i as i64,
-                std::slice::from_ref(&p),
-            )
-            .unwrap();
-        }
-        let inbox = s.mailbox("a@x.org", "INBOX").unwrap().unwrap();
-        let scan = |s: &SledStore| -> Vec<(u32, Vec<String>, u64)> {
-            s.messages
-                .scan_prefix(inbox.id.to_be_bytes())
-                .values()
-                .map(|v| {
-                    let m = MessageMeta::decode(&v.unwrap()).unwrap();
-                    (m.uid, m.flags, m.modseq)
-                })
-                .collect()
-        };
-        let view = |s: &SledStore| -> Vec<(u32, Vec<String>, u64)> {
-            s.messages(inbox.id)
-                .unwrap()
-                .into_iter()
-                .map(|m| (m.uid, m.flags, m.modseq))
-                .collect()
-        };
-        assert_eq!(view(&s), scan(&s)); // fills the cache
-        assert!(matches!(s.meta_cache.lookup(inbox.id), Lookup::Hit(_)));
-        s.deliver(b"late", 0, std::slice::from_ref(&p)).unwrap();
-        s.set_flags("a@x.org", inbox.id, &[(3, vec!["\\Seen".into()])])
-            .unwrap();
-        s.update_flags(
-            "a@x.org",
-            inbox.id,
-            &[4, 5],
-            FlagOp::Add,
-            &["$k".into()],
-            None,
-        )
-        .unwrap();
-        s.expunge("a@x.org", inbox.id, &[1, 7]).unwrap();
-        s.copy("a@x.org", inbox.id, &[2, 3], "INBOX").unwrap();
-        assert_eq!(view(&s), scan(&s));
-        assert_eq!(view(&s).len(), n as usize + 1 - 2 + 2);
-        // Point lookups agree with the scan, from the cache and from sled.
-        let all = s.messages(inbox.id).unwrap();
-        for uid in [1, 2, 3, 4, 7, n + 1, n + 3, n + 9] {
-            let cached = s.message(inbox.id, uid).unwrap();
-            assert_eq!(
-                cached.as_ref(),
-                all.iter().find(|m| m.uid == uid),
-                "uid {uid}"
-            );
-            s.meta_cache.dropped(inbox.id);
-            assert_eq!(
-                s.message(inbox.id, uid).unwrap(),
-                cached,
-                "uid {uid} from sled"
-            );
-            assert_eq!(view(&s), scan(&s)); // refills the cache
-        }
-        s.delete_mailbox("a@x.org", "Archive").unwrap();
-        s.rename_mailbox("a@x.org", "INBOX", "Old").unwrap();
-        assert!(view(&s).is_empty() && scan(&s).is_empty());
-        let old = s.mailbox("a@x.org", "Old").unwrap().unwrap();
-        assert_eq!(s.messages(old.id).unwrap().len(), n as usize + 1);
+        s.kv_set("grey", "k", b"v", None).await.unwrap();
+        assert_eq!(s.kv_get("grey", "k").await.unwrap().unwrap(), b"v");
+        assert!(s.kv_get("other", "k").await.unwrap().is_none());
+        s.kv_set("grey", "gone", b"v", Some(0)).await.unwrap();
+        assert!(s.kv_get("grey", "gone").await.unwrap().is_none());
     }
 
-    #[test]
-    fn kv_expires() {
+    #[tokio::test]
+    async fn bodies_are_chunked_freed_with_their_last_reference_and_old_whole_bodies_still_read() {
         let d = tempfile::tempdir().unwrap();
         let s = SledStore::open(d.path()).unwrap();
-        s.kv_set("grey", "k", b"v", None).unwrap();
-        assert_eq!(s.kv_get("grey", "k").unwrap().unwrap(), b"v");
-        assert!(s.kv_get("other", "k").unwrap().is_none());
-        s.kv_set("grey", "gone", b"v", Some(0)).unwrap();
-        assert!(s.kv_get("grey", "gone").unwrap().is_none());
-    }
-
-    #[test]
-    fn bodies_are_chunked_freed_with_their_last_reference_and_old_whole_bodies_still_read() {
-        let d = tempfile::tempdir().unwrap();
-        let s = SledStore::open(d.path()).unwrap();
-        s.create_account("a@x.org", "x").unwrap();
+        s.create_account("a@x.org", "x").await.unwrap();
         let body: Vec<u8> = (0..3 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
         let to = |mailbox: &str| Placement {
             user: "a@x.org".into(),
             mailbox: mailbox.into(),
             flags: vec![],
         };
-        s.deliver(&body, 0, &[to("INBOX"), to("Archive")]).unwrap();
-        let inbox = s.mailbox("a@x.org", "INBOX").unwrap().unwrap();
-        let meta = s.messages(inbox.id).unwrap()[0].clone();
-        assert_eq!(s.blob(meta.blob).unwrap(), body);
+        s.deliver(&body, 0, &[to("INBOX"), to("Archive")])
+            .await
+            .unwrap();
+        let inbox = s.mailbox("a@x.org", "INBOX").await.unwrap().unwrap();
+        let meta = s.messages(inbox.id).await.unwrap()[0].clone();
+        assert_eq!(s.blob(meta.blob).await.unwrap(), body);
         assert_eq!(
             s.blobs.chunks.scan_prefix(meta.blob.to_be_bytes()).count(),
             4
         );
         // The empty message is one empty chunk, not a missing blob.
-        s.deliver(b"", 0, &[to("Drafts")]).unwrap();
-        let drafts = s.mailbox("a@x.org", "Drafts").unwrap().unwrap();
-        let empty = s.messages(drafts.id).unwrap()[0].blob;
-        assert_eq!(s.blob(empty).unwrap(), b"");
+        s.deliver(b"", 0, &[to("Drafts")]).await.unwrap();
+        let drafts = s.mailbox("a@x.org", "Drafts").await.unwrap().unwrap();
+        let empty = s.messages(drafts.id).await.unwrap()[0].blob;
+        assert_eq!(s.blob(empty).await.unwrap(), b"");
         // One expunge leaves the other placement's body; the second frees every chunk.
-        s.expunge("a@x.org", inbox.id, &[meta.uid]).unwrap();
-        assert_eq!(s.blob(meta.blob).unwrap(), body);
-        s.delete_mailbox("a@x.org", "Archive").unwrap();
-        assert!(s.blob(meta.blob).is_err());
+        s.expunge("a@x.org", inbox.id, &[meta.uid]).await.unwrap();
+        assert_eq!(s.blob(meta.blob).await.unwrap(), body);
+        s.delete_mailbox("a@x.org", "Archive").await.unwrap();
+        assert!(s.blob(meta.blob).await.is_err());
         assert_eq!(
             s.blobs.chunks.scan_prefix(meta.blob.to_be_bytes()).count(),
             0
@@ -2031,88 +1973,113 @@ mod tests {
             .whole
             .insert(77u64.to_be_bytes(), &b"old"[..])
             .unwrap();
-        assert_eq!(s.blob(77).unwrap(), b"old");
+        assert_eq!(s.blob(77).await.unwrap(), b"old");
         s.blobs.remove(77).unwrap();
-        assert!(s.blob(77).is_err());
+        assert!(s.blob(77).await.is_err());
     }
 
-    #[test]
-    fn subscriptions_are_independent_of_mailboxes() {
+    #[tokio::test]
+    async fn subscriptions_are_independent_of_mailboxes() {
         let d = tempfile::tempdir().unwrap();
         let s = SledStore::open(d.path()).unwrap();
-        s.create_account("a@x.org", "x").unwrap();
-        let mut subs = s.subscriptions("a@x.org").unwrap();
+        s.create_account("a@x.org", "x").await.unwrap();
+        let mut subs = s.subscriptions("a@x.org").await.unwrap();
         subs.sort();
         assert_eq!(
             subs,
             ["Archive", "Drafts", "INBOX", "Junk", "Sent", "Trash"]
         );
         // CREATE does not subscribe; DELETE does not unsubscribe; a name needs no mailbox.
-        s.create_mailbox("a@x.org", "Lists", None).unwrap();
-        s.create_mailbox("a@x.org", "Lists/Rust", None).unwrap();
+        s.create_mailbox("a@x.org", "Lists", None).await.unwrap();
+        s.create_mailbox("a@x.org", "Lists/Rust", None)
+            .await
+            .unwrap();
         assert!(
             !s.subscriptions("a@x.org")
+                .await
                 .unwrap()
                 .contains(&"Lists".to_string())
         );
-        s.set_subscribed("a@x.org", "Lists/Rust", true).unwrap();
-        s.set_subscribed("a@x.org", "Never/Created", true).unwrap();
-        s.delete_mailbox("a@x.org", "Lists/Rust").unwrap();
-        let subs = s.subscriptions("a@x.org").unwrap();
+        s.set_subscribed("a@x.org", "Lists/Rust", true)
+            .await
+            .unwrap();
+        s.set_subscribed("a@x.org", "Never/Created", true)
+            .await
+            .unwrap();
+        s.delete_mailbox("a@x.org", "Lists/Rust").await.unwrap();
+        let subs = s.subscriptions("a@x.org").await.unwrap();
         assert!(
             subs.contains(&"Lists/Rust".to_string()) && subs.contains(&"Never/Created".to_string())
         );
         // RENAME takes the subscription of a mailbox with it.
-        s.set_subscribed("a@x.org", "Lists", true).unwrap();
-        s.rename_mailbox("a@x.org", "Lists", "Groups").unwrap();
-        let subs = s.subscriptions("a@x.org").unwrap();
+        s.set_subscribed("a@x.org", "Lists", true).await.unwrap();
+        s.rename_mailbox("a@x.org", "Lists", "Groups")
+            .await
+            .unwrap();
+        let subs = s.subscriptions("a@x.org").await.unwrap();
         assert!(subs.contains(&"Groups".to_string()) && !subs.contains(&"Lists".to_string()));
-        s.set_subscribed("a@x.org", "Never/Created", false).unwrap();
+        s.set_subscribed("a@x.org", "Never/Created", false)
+            .await
+            .unwrap();
         assert!(
             !s.subscriptions("a@x.org")
+                .await
                 .unwrap()
                 .contains(&"Never/Created".to_string())
         );
         // Deleting the account takes its subscriptions.
-        s.delete_account("a@x.org").unwrap();
-        assert!(s.subscriptions("a@x.org").unwrap().is_empty());
+        s.delete_account("a@x.org").await.unwrap();
+        assert!(s.subscriptions("a@x.org").await.unwrap().is_empty());
     }
 
-    #[test]
-    fn an_empty_expunge_leaves_highestmodseq_alone() {
+    #[tokio::test]
+    async fn an_empty_expunge_leaves_highestmodseq_alone() {
         let d = tempfile::tempdir().unwrap();
         let s = SledStore::open(d.path()).unwrap();
-        s.create_account("a@x.org", "x").unwrap();
+        s.create_account("a@x.org", "x").await.unwrap();
         let p = Placement {
             user: "a@x.org".into(),
             mailbox: "INBOX".into(),
             flags: vec![],
         };
-        s.deliver(b"m", 1, &[p]).unwrap();
-        let before = s.mailbox("a@x.org", "INBOX").unwrap().unwrap();
-        assert!(s.expunge("a@x.org", before.id, &[]).unwrap().is_empty());
-        assert!(s.expunge("a@x.org", before.id, &[7]).unwrap().is_empty());
-        let after = s.mailbox("a@x.org", "INBOX").unwrap().unwrap();
+        s.deliver(b"m", 1, &[p]).await.unwrap();
+        let before = s.mailbox("a@x.org", "INBOX").await.unwrap().unwrap();
+        assert!(
+            s.expunge("a@x.org", before.id, &[])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            s.expunge("a@x.org", before.id, &[7])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let after = s.mailbox("a@x.org", "INBOX").await.unwrap().unwrap();
         assert_eq!(after.highest_modseq, before.highest_modseq);
-        assert_eq!(s.expunge("a@x.org", before.id, &[1]).unwrap(), vec![1]);
-        let gone = s.mailbox("a@x.org", "INBOX").unwrap().unwrap();
+        assert_eq!(
+            s.expunge("a@x.org", before.id, &[1]).await.unwrap(),
+            vec![1]
+        );
+        let gone = s.mailbox("a@x.org", "INBOX").await.unwrap().unwrap();
         assert!(gone.highest_modseq > before.highest_modseq);
     }
 
-    #[test]
-    fn kv_incr_counts_and_expires() {
+    #[tokio::test]
+    async fn kv_incr_counts_and_expires() {
         let d = tempfile::tempdir().unwrap();
         let s = SledStore::open(d.path()).unwrap();
-        assert_eq!(s.kv_incr("rate", "a", 1, Some(60)).unwrap(), 1);
-        assert_eq!(s.kv_incr("rate", "a", 2, Some(60)).unwrap(), 3);
-        assert_eq!(s.kv_get("rate", "a").unwrap().unwrap(), b"3");
-        assert_eq!(s.kv_incr("other", "a", 1, None).unwrap(), 1);
+        assert_eq!(s.kv_incr("rate", "a", 1, Some(60)).await.unwrap(), 1);
+        assert_eq!(s.kv_incr("rate", "a", 2, Some(60)).await.unwrap(), 3);
+        assert_eq!(s.kv_get("rate", "a").await.unwrap().unwrap(), b"3");
+        assert_eq!(s.kv_incr("other", "a", 1, None).await.unwrap(), 1);
         // An expired counter starts again.
-        s.kv_set("rate", "old", b"41", Some(0)).unwrap();
-        assert_eq!(s.kv_incr("rate", "old", 1, None).unwrap(), 1);
+        s.kv_set("rate", "old", b"41", Some(0)).await.unwrap();
+        assert_eq!(s.kv_incr("rate", "old", 1, None).await.unwrap(), 1);
         // A non-numeric value counts from 0.
-        s.kv_set("rate", "text", b"abc", None).unwrap();
-        assert_eq!(s.kv_incr("rate", "text", 5, None).unwrap(), 5);
+        s.kv_set("rate", "text", b"abc", None).await.unwrap();
+        assert_eq!(s.kv_incr("rate", "text", 5, None).await.unwrap(), 5);
         // Concurrent increments are not lost.
         let s = std::sync::Arc::new(s);
         let threads: Vec<_> = (0..4)
@@ -2120,7 +2087,7 @@ mod tests {
                 let s = s.clone();
                 std::thread::spawn(move || {
                     for _ in 0..250 {
-                        s.kv_incr("rate", "c", 1, Some(60)).unwrap();
+                        s.kv_incr("rate", "c", 1, Some(60)).wait().unwrap();
                     }
                 })
             })
@@ -2128,6 +2095,6 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(s.kv_incr("rate", "c", 0, None).unwrap(), 1000);
+        assert_eq!(s.kv_incr("rate", "c", 0, None).await.unwrap(), 1000);
     }
 }

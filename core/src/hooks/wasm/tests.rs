@@ -362,8 +362,8 @@ fn panic_trap_and_recursion_fail_cleanly() {
     }
 }
 
-#[test]
-fn huge_value_in_a_host_call_is_refused() {
+#[tokio::test]
+async fn huge_value_in_a_host_call_is_refused() {
     let (_d, s) = store();
     let h = WasmHook::load_file(
         &plugin_path("misbehave"),
@@ -380,7 +380,7 @@ fn huge_value_in_a_host_call_is_refused() {
     .unwrap();
     let e = call(&h, &rcpt("x@y.example", None)).unwrap_err();
     assert!(e.0.contains("at most 65536 bytes"), "{e}");
-    assert_eq!(s.kv_get("wasm:misbehave", "big").unwrap(), None);
+    assert_eq!(s.kv_get("wasm:misbehave", "big").await.unwrap(), None);
 }
 
 #[test]

@@ -1,0 +1,128 @@
+//! Waiting for a future from synchronous code: Rhai's `kv_*` functions, plugin host calls,
+//! IMAP/POP3 fetch hooks and the CLI call into async code (the store, plugins) this way.
+//!
+//! [`wait`] polls the future once first: the embedded backends (sled, memory) answer most
+//! calls without suspending, so a synchronous caller pays nothing more than a boxed future.
+//! Otherwise the future runs to completion with `block_in_place` on a multi-threaded
+//! runtime (the worker hands its other tasks to the pool meanwhile), or on a small
+//! runtime of its own when there is no runtime or only a current-thread one.
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::task::{Context, Poll, Waker};
+
+/// Run `fut` to completion from synchronous code; see the module documentation.
+pub fn wait<F: Future + Send>(fut: F) -> F::Output
+where
+    F::Output: Send,
+{
+    let mut fut = Box::pin(fut);
+    if let Poll::Ready(out) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        return out;
+    }
+    run(fut)
+}
+
+/// `.wait()` on a future: [`wait`] as a method, for synchronous code that reads like async
+/// code with `.await`.
+pub trait Wait: Future + Send + Sized
+where
+    Self::Output: Send,
+{
+    /// See [`wait`].
+    fn wait(self) -> Self::Output {
+        wait(self)
+    }
+}
+
+impl<F: Future + Send> Wait for F where F::Output: Send {}
+
+/// Start `fut` from synchronous code that cannot wait for it (a `Drop`): polled once here,
+/// then, if it is not done, left to the current runtime, or run to completion without one.
+pub fn detach<F: Future<Output = ()> + Send + 'static>(fut: F) {
+    let mut fut = Box::pin(fut);
+    if fut
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+        .is_ready()
+    {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => drop(h.spawn(fut)),
+        Err(_) => run(fut),
+    }
+}
+
+/// Run `fut` to completion on a runtime, without the first poll of [`wait`].
+pub fn run<F: Future + Send>(fut: F) -> F::Output
+where
+    F::Output: Send,
+{
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    static OWN: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    let own = || {
+        OWN.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("corvus-sync")
+                .enable_all()
+                .build()
+                .expect("tokio runtime for synchronous callers")
+        })
+    };
+    match Handle::try_current() {
+        Err(_) => own().block_on(fut),
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| h.block_on(fut))
+        }
+        Ok(_) => std::thread::scope(|s| {
+            s.spawn(|| own().block_on(fut))
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_futures_need_no_runtime() {
+        assert_eq!(wait(async { 7 }), 7);
+    }
+
+    #[test]
+    fn pending_futures_run_without_a_runtime() {
+        assert_eq!(
+            wait(async {
+                tokio::task::yield_now().await;
+                8
+            }),
+            8
+        );
+    }
+
+    #[tokio::test]
+    async fn pending_futures_run_from_a_current_thread_runtime() {
+        assert_eq!(
+            wait(async {
+                tokio::task::yield_now().await;
+                9
+            }),
+            9
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pending_futures_run_from_a_worker() {
+        assert_eq!(
+            wait(async {
+                tokio::task::yield_now().await;
+                10
+            }),
+            10
+        );
+    }
+}
