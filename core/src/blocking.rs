@@ -37,6 +37,18 @@ where
 
 impl<F: Future + Send> Wait for F where F::Output: Send {}
 
+/// Run `f`, a long piece of blocking work (a big scan of an embedded store), without
+/// holding up the other tasks of a tokio worker: with `block_in_place` on a multi-threaded
+/// runtime, directly elsewhere.
+pub fn offload<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Start `fut` from synchronous code that cannot wait for it (a `Drop`): polled once here,
 /// then, if it is not done, left to the current runtime, or run to completion without one.
 pub fn detach<F: Future<Output = ()> + Send + 'static>(fut: F) {

@@ -234,13 +234,25 @@ impl SledStore {
 }
 
 impl SledStore {
-    /// A mailbox's message metadata in UID order.
+    /// A mailbox's message metadata in UID order. The first [`INLINE_SCAN`] records are
+    /// read on the calling task; a bigger mailbox (~1.5 µs a record) is read on with
+    /// `block_in_place`, so a 100,000-message scan does not hold up the worker's other
+    /// sessions.
     fn read_messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>> {
-        self.messages
-            .scan_prefix(mailbox_id.to_be_bytes())
-            .values()
-            .map(|v| MessageMeta::decode(&v?))
-            .collect()
+        let mut records = self.messages.scan_prefix(mailbox_id.to_be_bytes()).values();
+        let mut out = Vec::new();
+        for v in records.by_ref().take(INLINE_SCAN) {
+            out.push(MessageMeta::decode(&v?)?);
+        }
+        if out.len() == INLINE_SCAN {
+            crate::blocking::offload(|| {
+                for v in records {
+                    out.push(MessageMeta::decode(&v?)?);
+                }
+                Ok::<_, StoreError>(())
+            })?;
+        }
+        Ok(out)
     }
 
     /// The writes of [`Mailboxes::ingest`], without the wait for durability.
@@ -1517,6 +1529,9 @@ struct Bodies {
     whole: sled::Tree,
     chunks: sled::Tree,
 }
+
+/// Records a scan reads on the calling task before the rest goes to `block_in_place`.
+const INLINE_SCAN: usize = 1024;
 
 /// sled's page cache (its default is 1 GiB). Bodies pass through it as chunks, and what it
 /// holds stays in the process after the messages are handled; the metadata of big

@@ -731,7 +731,10 @@ impl SegmentAccountant {
         // segment may be overwritten at any time (property A above), so its bytes are dead;
         // zeros read as a segment with no valid header, which recovery skips. Without this
         // the file keeps the size of its busiest moment and expunged mail never frees disk.
-        if lid < self.tip && self.free.contains(&lid) {
+        // The first few free segments stay allocated: under a steady write load sled frees
+        // and reuses segments all the time, and writing into a punched hole makes the file
+        // system allocate (and later convert) the blocks again on every reuse.
+        if lid < self.tip && self.free.contains(&lid) && self.free.len() > KEEP_ALLOCATED {
             let _ = punch_hole(&self.config, lid, self.config.segment_size as LogOffset);
         }
 
@@ -1146,6 +1149,10 @@ impl SegmentAccountant {
         idx
     }
 }
+
+/// Free segments kept allocated for reuse before more are punched out (Corvus patch; see
+/// `free_segment`): at most this many segments' bytes stay on disk after mass deletion.
+const KEEP_ALLOCATED: usize = 16;
 
 /// Deallocate `len` bytes at `at` without changing the file's size (Corvus patch; see
 /// `free_segment`). Best effort: a file system without hole punching keeps the bytes.
