@@ -17,10 +17,32 @@ where
     F::Output: Send,
 {
     let mut fut = Box::pin(fut);
-    if let Poll::Ready(out) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+    if let Poll::Ready(out) = first_poll(fut.as_mut()) {
         return out;
     }
     run(fut)
+}
+
+/// One poll with a no-op waker, inside a runtime's context (this thread's, else our own):
+/// a future may spawn or use tokio's timers and I/O even when it finishes at once.
+fn first_poll<F: Future + ?Sized>(fut: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+    let _context = tokio::runtime::Handle::try_current()
+        .is_err()
+        .then(|| own().enter());
+    fut.poll(&mut Context::from_waker(Waker::noop()))
+}
+
+/// The runtime of synchronous callers that have none.
+fn own() -> &'static tokio::runtime::Runtime {
+    static OWN: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    OWN.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("corvus-sync")
+            .enable_all()
+            .build()
+            .expect("tokio runtime for synchronous callers")
+    })
 }
 
 /// `.wait()` on a future: [`wait`] as a method, for synchronous code that reads like async
@@ -53,11 +75,7 @@ pub fn offload<T>(f: impl FnOnce() -> T) -> T {
 /// then, if it is not done, left to the current runtime, or run to completion without one.
 pub fn detach<F: Future<Output = ()> + Send + 'static>(fut: F) {
     let mut fut = Box::pin(fut);
-    if fut
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-        .is_ready()
-    {
+    if first_poll(fut.as_mut()).is_ready() {
         return;
     }
     match tokio::runtime::Handle::try_current() {
@@ -72,17 +90,6 @@ where
     F::Output: Send,
 {
     use tokio::runtime::{Handle, RuntimeFlavor};
-    static OWN: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    let own = || {
-        OWN.get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("corvus-sync")
-                .enable_all()
-                .build()
-                .expect("tokio runtime for synchronous callers")
-        })
-    };
     match Handle::try_current() {
         Err(_) => own().block_on(fut),
         Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
@@ -114,6 +121,12 @@ mod tests {
             }),
             8
         );
+    }
+
+    #[test]
+    fn futures_that_need_a_runtime_at_once_get_one() {
+        let n = wait(async { tokio::spawn(async { 11 }).await.unwrap() });
+        assert_eq!(n, 11);
     }
 
     #[tokio::test]

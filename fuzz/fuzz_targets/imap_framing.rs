@@ -8,7 +8,9 @@ use corvus::imap::codec::{Frame, frame, parse};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&knobs, body)) = data.split_first() else { return };
+    let Some((&knobs, body)) = data.split_first() else {
+        return;
+    };
     let step = (knobs as usize % 32) + 1;
     let (max_line, max_literal, max_command) = if knobs & 0x80 == 0 {
         (1024, 64, 2048)
@@ -23,7 +25,10 @@ fuzz_target!(|data: &[u8]| {
             match frame(&buf, acked, max_line, max_literal, max_command) {
                 Frame::Complete(n) => {
                     assert!(n > 0 && n <= buf.len());
-                    assert!(n as u64 <= max_command + max_line as u64, "command past its cap");
+                    assert!(
+                        n as u64 <= max_command + max_line as u64,
+                        "command past its cap"
+                    );
                     let _ = parse(&buf[..n]);
                     buf.drain(..n);
                     acked = 0;

@@ -19,7 +19,14 @@ fuzz_target!(|msg: &[u8]| {
         SectionKind::HeaderFields(vec!["From".into(), "Subject".into()]),
         SectionKind::HeaderFieldsNot(vec!["Received".into()]),
     ];
-    for path in [vec![], vec![1], vec![2], vec![1, 1], vec![1, 2], vec![2, 1, 1]] {
+    for path in [
+        vec![],
+        vec![1],
+        vec![2],
+        vec![1, 1],
+        vec![1, 2],
+        vec![2, 1, 1],
+    ] {
         for k in &kinds {
             let _ = section_bytes(msg, &root, &path, k);
         }

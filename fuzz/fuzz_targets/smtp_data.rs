@@ -5,7 +5,9 @@ use corvus::smtp::data::{DataReceiver, Feed};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&step, body)) = data.split_first() else { return };
+    let Some((&step, body)) = data.split_first() else {
+        return;
+    };
     let step = (step as usize % 64) + 1;
     let mut rx = DataReceiver::new(4096, 256);
     let mut buf = Vec::new();

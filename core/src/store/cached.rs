@@ -213,13 +213,13 @@ impl<S: MailStore> Mailboxes for Cached<S> {
         self.inner.copy(user, from_id, uids, to).await
     }
 
-    async fn changes_since(
+    async fn expunged_since(
         &self,
         user: &str,
         mailbox_id: u64,
         modseq: u64,
-    ) -> Result<ChangesSince> {
-        self.inner.changes_since(user, mailbox_id, modseq).await
+    ) -> Result<(Vec<u32>, bool)> {
+        self.inner.expunged_since(user, mailbox_id, modseq).await
     }
 
     async fn delete_mailbox(&self, user: &str, name: &str) -> Result<()> {

@@ -602,20 +602,15 @@ impl Mailboxes for MemoryStore {
         Ok((uidvalidity, pairs))
     }
 
-    async fn changes_since(
+    async fn expunged_since(
         &self,
         user: &str,
         mailbox_id: u64,
         modseq: u64,
-    ) -> Result<ChangesSince> {
+    ) -> Result<(Vec<u32>, bool)> {
         let user = normalize_address(user);
         let mut st = self.state();
         let complete = st.mailbox_by_id(&user, mailbox_id)?.logs_expunges;
-        let changed = st
-            .messages
-            .get(&mailbox_id)
-            .map(|m| m.values().filter(|m| m.modseq > modseq).cloned().collect())
-            .unwrap_or_default();
         let expunged = st
             .vanished
             .get(&mailbox_id)
@@ -626,11 +621,7 @@ impl Mailboxes for MemoryStore {
                     .collect()
             })
             .unwrap_or_default();
-        Ok(ChangesSince {
-            changed,
-            expunged,
-            complete,
-        })
+        Ok((expunged, complete))
     }
 
     async fn delete_mailbox(&self, user: &str, name: &str) -> Result<()> {

@@ -614,8 +614,35 @@ pub trait Mailboxes: Send + Sync {
     /// What changed in a mailbox after `modseq` (CONDSTORE/QRESYNC resynchronisation):
     /// messages changed or added since, and UIDs expunged since.
     /// `NotFound` when `user` has no such mailbox.
-    async fn changes_since(&self, user: &str, mailbox_id: u64, modseq: u64)
-    -> Result<ChangesSince>;
+    async fn changes_since(
+        &self,
+        user: &str,
+        mailbox_id: u64,
+        modseq: u64,
+    ) -> Result<ChangesSince> {
+        // Messages first, expunges second: a message expunged in between is reported in
+        // both lists (a caller applies it as expunged) rather than in neither.
+        let mut changed = Vec::new();
+        self.with_messages(mailbox_id, &mut |msgs| {
+            changed = msgs.iter().filter(|m| m.modseq > modseq).cloned().collect();
+        })
+        .await?;
+        let (expunged, complete) = self.expunged_since(user, mailbox_id, modseq).await?;
+        Ok(ChangesSince {
+            changed,
+            expunged,
+            complete,
+        })
+    }
+
+    /// UIDs expunged from a mailbox after `modseq`, ascending, and whether that list is
+    /// exact ([`ChangesSince::complete`]). `NotFound` when `user` has no such mailbox.
+    async fn expunged_since(
+        &self,
+        user: &str,
+        mailbox_id: u64,
+        modseq: u64,
+    ) -> Result<(Vec<u32>, bool)>;
 
     /// Delete a mailbox and its messages (INBOX cannot be deleted).
     async fn delete_mailbox(&self, user: &str, name: &str) -> Result<()>;

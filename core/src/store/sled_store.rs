@@ -665,12 +665,17 @@ impl Directory for SledStore {
         for item in self.mailboxes.scan_prefix(&prefix) {
             let (k, v) = item?;
             let mb: Mailbox = serde_json::from_slice(&v)?;
-            for m in self.read_messages(mb.id)? {
-                self.messages.remove(msg_key(mb.id, m.uid))?;
-                release_blob(&self.blobrefs, &self.blobs, m.blob)?;
-            }
-            self.mailboxes.remove(k)?;
+            let cleanup = (|| -> Result<()> {
+                for m in self.read_messages(mb.id)? {
+                    self.messages.remove(msg_key(mb.id, m.uid))?;
+                    release_blob(&self.blobrefs, &self.blobs, m.blob)?;
+                }
+                self.mailboxes.remove(k)?;
+                Ok(())
+            })();
+            // Announced whatever the cleanup met, so caches drop the mailbox.
             self.watchers.mailbox_deleted(&address, &mb, Vec::new());
+            cleanup?;
         }
         for item in self.subscriptions.scan_prefix(&prefix) {
             let (k, _) = item?;
@@ -942,18 +947,20 @@ impl Mailboxes for SledStore {
             .map_err(tx_err)?;
         let (removed, modseq) = removed;
         let uids_gone: Vec<u32> = removed.iter().map(|(u, _)| *u).collect();
-        for (_, blob) in &removed {
-            release_blob(&self.blobrefs, &self.blobs, *blob)?;
-        }
+        // Announced as soon as it is written: a failure freeing a body below must not leave
+        // caches and sessions showing messages that are gone.
         if !removed.is_empty() {
             self.notify(
                 &user,
                 Change::Expunged {
                     mailbox: mailbox_id,
-                    uids: uids_gone,
+                    uids: uids_gone.clone(),
                     modseq,
                 },
             );
+        }
+        for (_, blob) in &removed {
+            release_blob(&self.blobrefs, &self.blobs, *blob)?;
         }
         Ok(removed.into_iter().map(|(u, _)| u).collect())
     }
@@ -1015,31 +1022,26 @@ impl Mailboxes for SledStore {
         Ok((result.0, result.2))
     }
 
-    async fn changes_since(
+    async fn expunged_since(
         &self,
         user: &str,
         mailbox_id: u64,
         modseq: u64,
-    ) -> Result<ChangesSince> {
+    ) -> Result<(Vec<u32>, bool)> {
         let key = self.mailbox_key_by_id(&normalize_address(user), mailbox_id)?;
-        let mut out = ChangesSince::default();
-        self.with_messages(mailbox_id, &mut |msgs| {
-            out.changed = msgs.iter().filter(|m| m.modseq > modseq).cloned().collect();
-        })
-        .await?;
+        let mut expunged = Vec::new();
         for item in self.vanished.scan_prefix(mailbox_id.to_be_bytes()) {
             let (k, v) = item?;
             let at = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
             if at > modseq {
-                out.expunged
-                    .push(u32::from_be_bytes(k[8..12].try_into().unwrap_or([0; 4])));
+                expunged.push(u32::from_be_bytes(k[8..12].try_into().unwrap_or([0; 4])));
             }
         }
-        out.complete = match self.mailboxes.get(key)? {
+        let complete = match self.mailboxes.get(key)? {
             Some(v) => serde_json::from_slice::<Mailbox>(&v)?.logs_expunges,
             None => false,
         };
-        Ok(out)
+        Ok((expunged, complete))
     }
 
     async fn delete_mailbox(&self, user: &str, name: &str) -> Result<()> {
@@ -1054,18 +1056,22 @@ impl Mailboxes for SledStore {
         };
         let mb: Mailbox = serde_json::from_slice(&v)?;
         let uids: Vec<u32> = self.read_messages(mb.id)?.iter().map(|m| m.uid).collect();
-        for uid in &uids {
-            if let Some(v) = self.messages.remove(msg_key(mb.id, *uid))? {
-                release_blob(&self.blobrefs, &self.blobs, MessageMeta::decode(&v)?.blob)?;
+        let cleanup = (|| -> Result<()> {
+            for uid in &uids {
+                if let Some(v) = self.messages.remove(msg_key(mb.id, *uid))? {
+                    release_blob(&self.blobrefs, &self.blobs, MessageMeta::decode(&v)?.blob)?;
+                }
             }
-        }
-        self.recent.remove(mb.id.to_be_bytes())?;
-        for key in self.vanished.scan_prefix(mb.id.to_be_bytes()).keys() {
-            self.vanished.remove(key?)?;
-        }
-        // Sessions that have it selected see its messages go, then the mailbox.
+            self.recent.remove(mb.id.to_be_bytes())?;
+            for key in self.vanished.scan_prefix(mb.id.to_be_bytes()).keys() {
+                self.vanished.remove(key?)?;
+            }
+            Ok(())
+        })();
+        // The mailbox is gone whatever the cleanup met: sessions that have it selected see
+        // its messages go, then the mailbox, and caches drop it.
         self.watchers.mailbox_deleted(&user, &mb, uids);
-        Ok(())
+        cleanup
     }
 
     async fn rename_mailbox(&self, user: &str, from: &str, to: &str) -> Result<()> {
