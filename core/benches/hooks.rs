@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use corvus::hooks::builtin::BuiltinPolicy;
-use corvus::hooks::rhai::{LoadOptions, POINTS, RhaiHook};
+use corvus::hooks::rhai::{LoadOptions, RhaiHook};
 use corvus::hooks::{HookChain, HookCtx, HookEngine, HookPoint, Route};
 use corvus::store::{SledStore, Store};
 
@@ -127,7 +127,7 @@ fn main() {
     let mut all = vec![builtin.clone()];
     all.extend(typical.iter().cloned());
     let three = HookChain::new(all);
-    for p in POINTS {
+    for p in HookPoint::ALL {
         let c = ctx(p);
         let (b, o, t) = (measure(&base, &c), measure(&one, &c), measure(&three, &c));
         println!(

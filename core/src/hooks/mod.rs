@@ -49,6 +49,19 @@ pub enum HookPoint {
 }
 
 impl HookPoint {
+    /// Every hook point, in session order. A new variant goes here too (the array's length
+    /// is part of its type, so forgetting it fails to compile where the length is used).
+    pub const ALL: [HookPoint; 8] = [
+        HookPoint::Connect,
+        HookPoint::Helo,
+        HookPoint::Auth,
+        HookPoint::Mail,
+        HookPoint::Rcpt,
+        HookPoint::Data,
+        HookPoint::Delivery,
+        HookPoint::Fetch,
+    ];
+
     /// Rhai function name (`on_rcpt`); the WIT export is the same with `-`.
     pub fn function_name(self) -> &'static str {
         match self {
@@ -61,6 +74,47 @@ impl HookPoint {
             HookPoint::Delivery => "on_delivery",
             HookPoint::Fetch => "on_fetch",
         }
+    }
+}
+
+/// A set of hook points: the ones a script or plugin handles. One bit per variant of
+/// [`HookPoint`], in a word that holds them all (checked at compile time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PointSet(u64);
+
+const _: () = assert!(HookPoint::ALL.len() <= u64::BITS as usize);
+
+impl PointSet {
+    /// Add `point`.
+    pub fn insert(&mut self, point: HookPoint) {
+        self.0 |= 1 << point as u32;
+    }
+
+    /// Whether `point` is in the set.
+    pub fn contains(self, point: HookPoint) -> bool {
+        self.0 & (1 << point as u32) != 0
+    }
+
+    /// The points in the set, in session order.
+    pub fn iter(self) -> impl Iterator<Item = HookPoint> {
+        HookPoint::ALL
+            .into_iter()
+            .filter(move |p| self.contains(*p))
+    }
+
+    /// The `on_*` names of the points in the set.
+    pub fn names(self) -> Vec<&'static str> {
+        self.iter().map(HookPoint::function_name).collect()
+    }
+}
+
+impl FromIterator<HookPoint> for PointSet {
+    fn from_iter<I: IntoIterator<Item = HookPoint>>(points: I) -> Self {
+        let mut set = PointSet::default();
+        for p in points {
+            set.insert(p);
+        }
+        set
     }
 }
 
@@ -450,5 +504,25 @@ pub fn build_entries(
         Ok(entries)
     } else {
         Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod point_set_tests {
+    use super::*;
+
+    #[test]
+    fn every_point_has_its_own_bit_and_iterates_in_session_order() {
+        let all: PointSet = HookPoint::ALL.into_iter().collect();
+        assert_eq!(all.iter().collect::<Vec<_>>(), HookPoint::ALL);
+        for p in HookPoint::ALL {
+            let one: PointSet = [p].into_iter().collect();
+            assert!(one.contains(p));
+            assert_eq!(one.iter().count(), 1, "{p:?}");
+            assert_eq!(one.names(), vec![p.function_name()]);
+        }
+        let some: PointSet = [HookPoint::Fetch, HookPoint::Connect].into_iter().collect();
+        assert_eq!(some.names(), vec!["on_connect", "on_fetch"]);
+        assert!(!PointSet::default().contains(HookPoint::Data));
     }
 }

@@ -25,23 +25,11 @@ use ::rhai::{
     AST, Array, CallFnOptions, Dynamic, Engine, EvalAltResult, Map, ParseError, Position, Scope,
 };
 
-use super::{Actions, HookCtx, HookEngine, HookError, HookPoint, OnError, Verdict};
+use super::{Actions, HookCtx, HookEngine, HookError, HookPoint, OnError, PointSet, Verdict};
 use crate::blocking::Wait;
 use crate::config::HookEntry;
 use crate::message::valid_field_name;
 use crate::store::Store;
-
-/// Every hook point, in session order.
-pub const POINTS: [HookPoint; 8] = [
-    HookPoint::Connect,
-    HookPoint::Helo,
-    HookPoint::Auth,
-    HookPoint::Mail,
-    HookPoint::Rcpt,
-    HookPoint::Data,
-    HookPoint::Delivery,
-    HookPoint::Fetch,
-];
 
 /// Names of everything the script API registers (properties, methods and functions); the
 /// scripting guide and `corvus.d.rhai` must mention each (checked by a test).
@@ -1020,13 +1008,16 @@ fn find_fn(source: &str, fname: &str) -> Position {
     Position::NONE
 }
 
-/// Which hook points `ast` handles, as a bit set over [`POINTS`]; an `on_*` function that is
-/// not a hook point, or a hook or `init` function with the wrong parameters, is an error.
-fn hook_points(name: &str, source: &str, ast: &AST) -> Result<u8, String> {
-    let mut mask = 0u8;
+/// Which hook points `ast` handles; an `on_*` function that is not a hook point, or a hook
+/// or `init` function with the wrong parameters, is an error.
+fn hook_points(name: &str, source: &str, ast: &AST) -> Result<PointSet, String> {
+    let mut set = PointSet::default();
     for f in ast.iter_functions() {
         let here = || locate(name, find_fn(source, f.name));
-        if let Some(i) = POINTS.iter().position(|p| p.function_name() == f.name) {
+        if let Some(point) = HookPoint::ALL
+            .into_iter()
+            .find(|p| p.function_name() == f.name)
+        {
             if f.params.len() != 1 {
                 return Err(format!(
                     "{}: fn {} must take one parameter: {}(ctx)",
@@ -1035,7 +1026,7 @@ fn hook_points(name: &str, source: &str, ast: &AST) -> Result<u8, String> {
                     f.name
                 ));
             }
-            mask |= 1 << i;
+            set.insert(point);
         } else if f.name == "init" {
             if f.params.len() != 1 {
                 return Err(format!(
@@ -1044,7 +1035,7 @@ fn hook_points(name: &str, source: &str, ast: &AST) -> Result<u8, String> {
                 ));
             }
         } else if f.name.starts_with("on_") {
-            let names: Vec<_> = POINTS.iter().map(|p| p.function_name()).collect();
+            let names: Vec<_> = HookPoint::ALL.iter().map(|p| p.function_name()).collect();
             return Err(format!(
                 "{}: fn {} is not a hook point; hook functions are {}",
                 here(),
@@ -1053,7 +1044,7 @@ fn hook_points(name: &str, source: &str, ast: &AST) -> Result<u8, String> {
             ));
         }
     }
-    Ok(mask)
+    Ok(set)
 }
 
 /// A Rhai script in the hook chain.
@@ -1062,7 +1053,7 @@ pub struct RhaiHook {
     source: String,
     engine: Engine,
     ast: AST,
-    points: u8,
+    points: PointSet,
     config: Dynamic,
     /// `config` as scripts see it in `ctx.config`.
     view: ConfigView,
@@ -1225,10 +1216,7 @@ impl HookEngine for RhaiHook {
     }
 
     fn handles(&self, point: HookPoint) -> bool {
-        POINTS
-            .iter()
-            .position(|p| *p == point)
-            .is_some_and(|i| self.points & (1 << i) != 0)
+        self.points.contains(point)
     }
 
     fn call(&self, ctx: &HookCtx, actions: &mut Actions) -> Result<Verdict, HookError> {
@@ -1265,11 +1253,7 @@ impl HookEngine for RhaiHook {
 
 /// Names of the hook points a script file handles (for `corvus script test` messages).
 pub fn handled_points(hook: &RhaiHook) -> Vec<&'static str> {
-    POINTS
-        .iter()
-        .filter(|p| hook.handles(**p))
-        .map(|p| p.function_name())
-        .collect()
+    hook.points.names()
 }
 
 #[cfg(test)]
@@ -1586,7 +1570,7 @@ mod tests {
     fn handles_only_defined_points() {
         let h = load("fn on_rcpt(ctx) {} fn helper(x) { x }");
         assert!(h.handles(HookPoint::Rcpt));
-        for p in POINTS.iter().filter(|p| **p != HookPoint::Rcpt) {
+        for p in HookPoint::ALL.iter().filter(|p| **p != HookPoint::Rcpt) {
             assert!(!h.handles(*p), "{p:?}");
         }
         let e = RhaiHook::from_source("t.rhai", "\nfn on_recpt(ctx) {}", LoadOptions::default())

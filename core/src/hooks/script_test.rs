@@ -52,7 +52,7 @@ pub struct TestEvent {
 /// Hook point from its short name ("rcpt") or function name ("on_rcpt").
 pub fn parse_point(s: &str) -> Result<HookPoint, String> {
     let short = s.trim().trim_start_matches("on_").to_ascii_lowercase();
-    super::rhai::POINTS
+    super::HookPoint::ALL
         .iter()
         .copied()
         .find(|p| p.function_name()[3..] == short)
@@ -213,7 +213,7 @@ pub fn run(
     }
     let func = event.point.function_name();
     if !hook.handles(event.point) {
-        let points: Vec<&str> = super::rhai::POINTS
+        let points: Vec<&str> = super::HookPoint::ALL
             .iter()
             .filter(|p| hook.handles(**p))
             .map(|p| p.function_name())

@@ -46,9 +46,10 @@ use wasmtime_wasi::p2::OutputStream;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::rhai::{LogSink, POINTS};
+use super::rhai::LogSink;
 use super::{
-    Actions, HookCtx, HookEngine, HookError, HookFuture, HookPoint, OnError, Route, Verdict,
+    Actions, HookCtx, HookEngine, HookError, HookFuture, HookPoint, OnError, PointSet, Route,
+    Verdict,
 };
 use crate::blocking::Wait;
 use crate::config::HookEntry;
@@ -894,7 +895,7 @@ pub struct WasmHook {
     id: u64,
     env: Arc<PluginEnv>,
     pre: bindings::PluginPre<HostState>,
-    points: u8,
+    points: PointSet,
     info: (String, String),
     on_error: OnError,
     /// Instances between sessions (see [`WasmHook::checkout`]).
@@ -1128,7 +1129,7 @@ impl WasmHook {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             env,
             pre,
-            points: 0,
+            points: PointSet::default(),
             info: (stem, String::new()),
             on_error: opts.on_error,
             idle: Arc::default(),
@@ -1141,7 +1142,7 @@ impl WasmHook {
         Ok(hook)
     }
 
-    async fn probe(&self) -> Result<(u8, (String, String)), HookError> {
+    async fn probe(&self) -> Result<(PointSet, (String, String)), HookError> {
         let mut inst = self.instantiate().await?;
         self.arm(&mut inst);
         let r = tokio::time::timeout(
@@ -1156,14 +1157,8 @@ impl WasmHook {
             Ok(Err(e)) => return Err(self.trap_error("describe", &mut inst, e)),
             Err(_) => return Err(HookError(format!("{}: describe: timed out", self.env.name))),
         };
-        let mut mask = 0u8;
-        for h in &info.hooks {
-            let p = point_of(*h);
-            if let Some(i) = POINTS.iter().position(|x| *x == p) {
-                mask |= 1 << i;
-            }
-        }
-        Ok((mask, (info.name, info.version)))
+        let points = info.hooks.iter().map(|h| point_of(*h)).collect();
+        Ok((points, (info.name, info.version)))
     }
 
     /// Plugin name and version from `describe`.
@@ -1173,11 +1168,7 @@ impl WasmHook {
 
     /// Names of the hooks the plugin handles.
     pub fn handled_points(&self) -> Vec<&'static str> {
-        POINTS
-            .iter()
-            .filter(|p| self.handles(**p))
-            .map(|p| p.function_name())
-            .collect()
+        self.points.names()
     }
 
     /// A new instance with `init` run.
@@ -1643,10 +1634,7 @@ impl HookEngine for WasmHook {
     }
 
     fn handles(&self, point: HookPoint) -> bool {
-        POINTS
-            .iter()
-            .position(|p| *p == point)
-            .is_some_and(|i| self.points & (1 << i) != 0)
+        self.points.contains(point)
     }
 
     fn call(&self, ctx: &HookCtx, actions: &mut Actions) -> Result<Verdict, HookError> {
