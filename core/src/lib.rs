@@ -26,6 +26,7 @@ pub mod net;
 pub mod pop3;
 pub mod queue;
 pub mod routing;
+pub mod sasl;
 pub mod sender_auth;
 pub mod server;
 pub mod smtp;

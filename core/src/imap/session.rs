@@ -10,8 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast;
 use tracing::Instrument;
@@ -975,23 +973,19 @@ impl Session {
     }
 
     async fn auth_plain(&mut self, b64: &str) -> CmdResult {
-        let raw = B64
-            .decode(b64.trim())
-            .map_err(|_| Resp::Bad("Invalid base64".into()))?;
-        let parts: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
-        if parts.len() != 3 {
-            return Err(Resp::Bad("Malformed PLAIN response".into()));
-        }
-        let authz = String::from_utf8_lossy(parts[0]).into_owned();
-        let user = String::from_utf8_lossy(parts[1]).into_owned();
-        let pass = String::from_utf8_lossy(parts[2]).into_owned();
-        if !authz.is_empty() && !authz.eq_ignore_ascii_case(&user) {
-            if let Ok(attempt) = self.shared.auth_throttle.begin(self.peer.ip(), &user).await {
+        let creds = crate::sasl::plain(b64).map_err(|e| Resp::Bad(e.to_string()))?;
+        if creds.proxies() {
+            if let Ok(attempt) = self
+                .shared
+                .auth_throttle
+                .begin(self.peer.ip(), &creds.authcid)
+                .await
+            {
                 attempt.fail();
             }
             return Err(no("[AUTHORIZATIONFAILED] Proxy authentication not allowed"));
         }
-        self.login(user, pass, "PLAIN").await
+        self.login(creds.authcid, creds.password, "PLAIN").await
     }
 
     fn check_name(name: &str) -> Result<(), Resp> {

@@ -7,8 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
 
@@ -527,29 +525,18 @@ impl Session {
         self.auth_plain(&text).await
     }
 
-    /// RFC 4616 PLAIN: `authzid NUL authcid NUL passwd`, base64 (`=` is an empty response).
+    /// RFC 4616 PLAIN (`crate::sasl`).
     async fn auth_plain(&mut self, b64: &str) -> Flow {
-        let raw = if b64 == "=" {
-            Some(Vec::new())
-        } else {
-            B64.decode(b64).ok()
+        let creds = match crate::sasl::plain(b64) {
+            Ok(c) => c,
+            Err(crate::sasl::SaslError::Base64) => {
+                return self.bad(Response::err("Invalid base64 in AUTH response"));
+            }
+            Err(e) => return self.bad(Response::err(e.to_string())),
         };
-        let Some(raw) = raw else {
-            return self.bad(Response::err("Invalid base64 in AUTH response"));
-        };
-        let parts: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
-        let [authz, user, pass] = parts.as_slice() else {
-            return self.bad(Response::err("Malformed PLAIN response"));
-        };
-        let (Ok(authz), Ok(user), Ok(pass)) = (
-            std::str::from_utf8(authz),
-            std::str::from_utf8(user),
-            std::str::from_utf8(pass),
-        ) else {
-            return self.bad(Response::err("PLAIN response is not UTF-8"));
-        };
-        if !authz.is_empty() && !authz.eq_ignore_ascii_case(user) {
+        if creds.proxies() {
             // No proxy logins: acting as another user is not offered.
+            let user = creds.authcid.as_str();
             let Ok(attempt) = self.shared.auth_throttle.begin(self.peer.ip(), user).await else {
                 self.reply(Response::err_code(
                     RespCode::SysTemp,
@@ -559,8 +546,7 @@ impl Session {
             };
             return self.auth_failed(attempt, user);
         }
-        self.login(user.to_string(), pass.to_string(), "PLAIN")
-            .await
+        self.login(creds.authcid, creds.password, "PLAIN").await
     }
 
     /// Check credentials, lock and snapshot the maildrop, and enter TRANSACTION.

@@ -5,8 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
 
@@ -973,7 +971,7 @@ impl Session {
                 self.state = State::Auth(AuthStep::Plain);
                 Flow::Continue
             }
-            ("LOGIN", Some(ir)) => match decode_b64(&ir) {
+            ("LOGIN", Some(ir)) => match crate::sasl::login_step(&ir).ok() {
                 Some(u) => {
                     self.reply(Reply::new(334, "", "UGFzc3dvcmQ6"));
                     self.state = State::Auth(AuthStep::LoginPass(u));
@@ -1011,7 +1009,7 @@ impl Session {
         }
         match step {
             AuthStep::Plain => self.auth_plain(&text).await,
-            AuthStep::LoginUser => match decode_b64(&text) {
+            AuthStep::LoginUser => match crate::sasl::login_step(&text).ok() {
                 Some(u) => {
                     self.reply(Reply::new(334, "", "UGFzc3dvcmQ6"));
                     self.state = State::Auth(AuthStep::LoginPass(u));
@@ -1022,7 +1020,7 @@ impl Session {
                     Flow::Continue
                 }
             },
-            AuthStep::LoginPass(user) => match decode_b64(&text) {
+            AuthStep::LoginPass(user) => match crate::sasl::login_step(&text).ok() {
                 Some(p) => match self.admit(&user).await {
                     Some(attempt) => self.check_credentials(attempt, user, p, "LOGIN").await,
                     None => Flow::Close,
@@ -1036,31 +1034,22 @@ impl Session {
     }
 
     async fn auth_plain(&mut self, b64: &str) -> Flow {
-        let Some(raw) = (if b64 == "=" {
-            Some(Vec::new())
-        } else {
-            B64.decode(b64).ok()
-        }) else {
-            self.reply(Reply::new(501, "5.5.2", "Invalid base64"));
-            return Flow::Continue;
+        let creds = match crate::sasl::plain(b64) {
+            Ok(c) => c,
+            Err(e) => {
+                self.reply(Reply::new(501, "5.5.2", e.to_string()));
+                return Flow::Continue;
+            }
         };
-        // RFC 4616: authzid NUL authcid NUL passwd
-        let parts: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
-        if parts.len() != 3 {
-            self.reply(Reply::new(501, "5.5.2", "Malformed PLAIN response"));
-            return Flow::Continue;
-        }
-        let authz = String::from_utf8_lossy(parts[0]).to_string();
-        let user = String::from_utf8_lossy(parts[1]).to_string();
-        let pass = String::from_utf8_lossy(parts[2]).to_string();
-        let Some(attempt) = self.admit(&user).await else {
+        let Some(attempt) = self.admit(&creds.authcid).await else {
             return Flow::Close;
         };
-        if !authz.is_empty() && !authz.eq_ignore_ascii_case(&user) {
-            tracing::info!(user = %user, authz = %authz, "authentication failed: authzid differs");
+        if creds.proxies() {
+            tracing::info!(user = %creds.authcid, authz = %creds.authzid, "authentication failed: authzid differs");
             return self.auth_failed(attempt);
         }
-        self.check_credentials(attempt, user, pass, "PLAIN").await
+        self.check_credentials(attempt, creds.authcid, creds.password, "PLAIN")
+            .await
     }
 
     /// Admit an authentication attempt at `user` (net::AuthThrottle), or answer 421 and close.
@@ -1389,12 +1378,6 @@ fn forwarding_domain(rcpts: &[Rcpt]) -> Option<String> {
         first.get_or_insert(d);
     }
     first
-}
-
-fn decode_b64(s: &str) -> Option<String> {
-    B64.decode(s.trim())
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
 }
 
 fn r_is_permanent(v: &Verdict) -> bool {
