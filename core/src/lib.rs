@@ -1,11 +1,15 @@
 //! Corvus: a mail server framework. SMTP in, durable store, IMAP/POP3 out, hooks everywhere.
 //!
-//! Code map: [`config`] (figment settings), [`store`] (storage interface and sled backend),
-//! [`accounts`] and [`admin`] (users, domains, aliases), [`control`] (CLI ↔ server socket),
-//! [`tls`], [`dns`], [`net`] (streams and limits), [`hooks`] (dispatch), [`routing`]
-//! (recipients), [`sender_auth`] (SPF/DKIM/DMARC/ARC of inbound mail), [`smtp`] and [`pop3`]
-//! (protocols), [`mailbox_io`] (Maildir and mbox import
-//! and export), [`server`] (listeners and lifecycle).
+//! Code map (ARCHITECTURE.md has the long one): [`config`] (figment settings), [`store`] (the
+//! storage traits, the sled and memory backends, the metadata cache layer), [`delivery`]
+//! (the one path from an accepted message to the store), [`blocking`] (async calls from
+//! synchronous code), [`accounts`] and [`admin`] (users, domains, aliases), [`control`]
+//! (CLI ↔ server socket), [`tls`], [`dns`], [`net`] (streams and limits), [`hooks`]
+//! (Rhai scripts and WASM plugins behind one contract), [`sasl`] (SASL responses),
+//! [`routing`] (recipients), [`sender_auth`] (SPF/DKIM/DMARC/ARC of inbound mail),
+//! [`smtp`], [`imap`] and [`pop3`] (protocols), [`queue`] (outbound delivery),
+//! [`mailbox_io`] (Maildir and mbox import and export), [`server`] (listeners and
+//! lifecycle).
 
 pub mod accounts;
 pub mod admin;

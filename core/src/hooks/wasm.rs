@@ -1,5 +1,5 @@
-//! WASM plugins as hook engines (wasmtime, component model, WIT `corvus:plugin@0.2.0` in
-//! `sdk/wit/plugin.wit`).
+//! WASM plugins as hook engines (wasmtime, component model, the WIT package
+//! `corvus:plugin` in `sdk/wit/plugin.wit`, whose version a plugin must match).
 //!
 //! One process-wide [`Engine`] (pooling allocator, epoch interruption, a 10 ms ticker thread).
 //! Per `[[hooks]] plugin = "x.wasm"` entry, once at load: the compiled component (from a cache
