@@ -19,7 +19,11 @@ use corvus::store::{SledStore, Store};
 const MESSAGE: &str = "Received: from client.example (client.example [192.0.2.7])\r\n\tby mx.example.test (Corvus) with ESMTP id 0123456789ABCDEF; Sun, 22 Nov 2026 07:00:00 +0000\r\nFrom: Alice Example <alice@remote.example>\r\nTo: Bob <bob@example.test>\r\nSubject: Your invoice for November\r\nDate: Sun, 22 Nov 2026 07:00:00 +0000\r\nMessage-ID: <bench@remote.example>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n";
 
 fn ctx(point: HookPoint) -> HookCtx {
-    let mut c = HookCtx::new(point, "smtp", "192.0.2.7".parse().unwrap());
+    let mut c = HookCtx::new(
+        point,
+        corvus::listener::Listener::Smtp,
+        "192.0.2.7".parse().unwrap(),
+    );
     c.client_ptr = "client.example".into();
     c.helo = "client.example".into();
     match point {

@@ -4,6 +4,7 @@
 //! Which settings reload on SIGHUP (and `corvus reload`): the `[[hooks]]` list, whose scripts
 //! are recompiled; every other setting is read at start only.
 
+use crate::listener::Listener;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -875,7 +876,7 @@ impl Config {
     }
 
     /// Parsed listener addresses by protocol key (only the ones that are on).
-    pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+    pub fn listeners(&self) -> Vec<(Listener, SocketAddr)> {
         let mut out = Vec::new();
         for (key, addrs) in self.listen.entries() {
             for s in addrs.strings() {
@@ -908,15 +909,15 @@ impl Config {
 }
 
 impl Listen {
-    fn entries(&self) -> Vec<(&'static str, &Addrs)> {
+    fn entries(&self) -> Vec<(Listener, &Addrs)> {
         [
-            ("smtp", &self.smtp),
-            ("submission", &self.submission),
-            ("submissions", &self.submissions),
-            ("imap", &self.imap),
-            ("imaps", &self.imaps),
-            ("pop3", &self.pop3),
-            ("pop3s", &self.pop3s),
+            (Listener::Smtp, &self.smtp),
+            (Listener::Submission, &self.submission),
+            (Listener::Submissions, &self.submissions),
+            (Listener::Imap, &self.imap),
+            (Listener::Imaps, &self.imaps),
+            (Listener::Pop3, &self.pop3),
+            (Listener::Pop3s, &self.pop3s),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
@@ -1064,7 +1065,7 @@ mod tests {
         let c = Config::load(Some(&p)).unwrap();
         let l = c.listeners();
         assert_eq!(l.len(), 2);
-        assert!(l.iter().all(|(k, _)| *k == "imap"));
+        assert!(l.iter().all(|(k, _)| *k == Listener::Imap));
     }
 
     #[test]

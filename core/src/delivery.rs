@@ -215,7 +215,7 @@ pub fn queue_entry(id: &str, mail_from: &str, rcpts: Vec<QueueRcpt>, now: i64) -
 pub fn queue_ctx(mail_from: &str, rcpts: &[Recipient]) -> HookCtx {
     let mut ctx = HookCtx::new(
         HookPoint::Delivery,
-        "queue",
+        crate::listener::Listener::Queue,
         std::net::Ipv4Addr::LOCALHOST.into(),
     );
     ctx.mail_from = mail_from.to_string();

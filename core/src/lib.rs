@@ -4,12 +4,12 @@
 //! storage traits, the sled and memory backends, the metadata cache layer), [`delivery`]
 //! (the one path from an accepted message to the store), [`blocking`] (async calls from
 //! synchronous code), [`accounts`] and [`admin`] (users, domains, aliases), [`control`]
-//! (CLI ↔ server socket), [`tls`], [`dns`], [`net`] (streams and limits), [`hooks`]
-//! (Rhai scripts and WASM plugins behind one contract), [`sasl`] (SASL responses),
-//! [`routing`] (recipients), [`sender_auth`] (SPF/DKIM/DMARC/ARC of inbound mail),
-//! [`smtp`], [`imap`] and [`pop3`] (protocols), [`queue`] (outbound delivery),
-//! [`mailbox_io`] (Maildir and mbox import and export), [`server`] (listeners and
-//! lifecycle).
+//! (CLI ↔ server socket), [`listener`] (the kinds of listener), [`tls`], [`dns`], [`net`]
+//! (streams and limits), [`hooks`] (Rhai scripts and WASM plugins behind one contract),
+//! [`sasl`] (SASL responses), [`routing`] (recipients), [`sender_auth`] (SPF/DKIM/DMARC/ARC
+//! of inbound mail), [`smtp`], [`imap`] and [`pop3`] (protocols), [`queue`] (outbound
+//! delivery), [`mailbox_io`] (Maildir and mbox import and export), [`server`] (listeners
+//! and lifecycle).
 
 pub mod accounts;
 pub mod admin;
@@ -22,6 +22,7 @@ pub mod dkim;
 pub mod dns;
 pub mod hooks;
 pub mod imap;
+pub mod listener;
 pub mod logging;
 pub mod mailbox_io;
 pub mod memory;

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::hooks::HookChain;
+use crate::listener::{Listener, Protocol};
 use crate::net::{AuthThrottle, ConnLimits, ConnRefused};
 use crate::store::{Cached, SledStore, Store};
 
@@ -298,7 +299,7 @@ fn wait_for_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 async fn accept_loop(
     shared: Arc<Shared>,
     listener: TcpListener,
-    proto: &'static str,
+    proto: Listener,
     tracker: TaskTracker,
 ) {
     loop {
@@ -315,7 +316,10 @@ async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let slot = match shared.conn_limits.acquire(peer.ip(), protocol_of(proto)) {
+        let slot = match shared
+            .conn_limits
+            .acquire(peer.ip(), proto.protocol().name())
+        {
             Ok(s) => s,
             Err(why) => {
                 tracing::info!(%peer, ?why, "connection refused by limits");
@@ -338,41 +342,28 @@ fn session(
     shared: Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,
-    proto: &'static str,
+    proto: Listener,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    match proto {
-        "smtp" | "submission" => {
-            Box::pin(crate::smtp::session::serve(shared, tcp, peer, proto, false))
-        }
-        "submissions" => Box::pin(crate::smtp::session::serve(shared, tcp, peer, proto, true)),
-        "imap" => Box::pin(crate::imap::session::serve(shared, tcp, peer, proto, false)),
-        "imaps" => Box::pin(crate::imap::session::serve(shared, tcp, peer, proto, true)),
-        "pop3" => Box::pin(crate::pop3::session::serve(shared, tcp, peer, proto, false)),
-        "pop3s" => Box::pin(crate::pop3::session::serve(shared, tcp, peer, proto, true)),
-        _ => Box::pin(std::future::ready(())),
+    let tls = proto.implicit_tls();
+    match proto.protocol() {
+        Protocol::Smtp => Box::pin(crate::smtp::session::serve(shared, tcp, peer, proto, tls)),
+        Protocol::Imap => Box::pin(crate::imap::session::serve(shared, tcp, peer, proto, tls)),
+        Protocol::Pop3 => Box::pin(crate::pop3::session::serve(shared, tcp, peer, proto, tls)),
     }
 }
 
-/// The protocol a listener serves, as counted by [`ConnLimits`].
-fn protocol_of(listener: &'static str) -> &'static str {
-    match listener {
-        "imap" | "imaps" => "imap",
-        "pop3" | "pop3s" => "pop3",
-        _ => "smtp",
-    }
-}
-
-async fn refuse(mut tcp: TcpStream, proto: &'static str, why: ConnRefused) {
+async fn refuse(mut tcp: TcpStream, proto: Listener, why: ConnRefused) {
     let text = match why {
         ConnRefused::Total => "too many connections",
         ConnRefused::PerIp => "too many connections from your address",
         ConnRefused::Protocol => "too many connections to this service",
     };
-    let line = match proto {
-        "smtp" | "submission" => format!("421 4.7.0 {text}, try again later\r\n"),
-        "imap" => format!("* BYE [UNAVAILABLE] {text}\r\n"),
-        "pop3" => format!("-ERR [SYS/TEMP] {text}\r\n"),
-        _ => String::new(),
+    // Nothing in plain text on an implicit-TLS port.
+    let line = match (proto.implicit_tls(), proto.protocol()) {
+        (true, _) => String::new(),
+        (false, Protocol::Smtp) => format!("421 4.7.0 {text}, try again later\r\n"),
+        (false, Protocol::Imap) => format!("* BYE [UNAVAILABLE] {text}\r\n"),
+        (false, Protocol::Pop3) => format!("-ERR [SYS/TEMP] {text}\r\n"),
     };
     if !line.is_empty() {
         let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(line.as_bytes())).await;

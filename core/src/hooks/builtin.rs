@@ -13,11 +13,6 @@ fn reject(code: u16, enhanced: &str, text: &str) -> Verdict {
     }
 }
 
-/// Whether the listener is a submission port (AUTH required before MAIL).
-pub fn is_submission(listener: &str) -> bool {
-    matches!(listener, "submission" | "submissions")
-}
-
 impl HookEngine for BuiltinPolicy {
     fn name(&self) -> &str {
         "builtin"
@@ -29,7 +24,7 @@ impl HookEngine for BuiltinPolicy {
 
     fn call(&self, ctx: &HookCtx, _actions: &mut Actions) -> Result<Verdict, HookError> {
         Ok(match ctx.point {
-            HookPoint::Mail if is_submission(ctx.listener) && ctx.user.is_empty() => {
+            HookPoint::Mail if ctx.listener.is_submission() && ctx.user.is_empty() => {
                 Verdict::Reject {
                     code: 530,
                     text: "5.7.0 Authentication required".into(),
@@ -60,7 +55,11 @@ mod tests {
     use super::*;
 
     fn rcpt(route: Route, user: &str) -> Verdict {
-        let mut ctx = HookCtx::new(HookPoint::Rcpt, "smtp", "127.0.0.1".parse().unwrap());
+        let mut ctx = HookCtx::new(
+            HookPoint::Rcpt,
+            crate::listener::Listener::Smtp,
+            "127.0.0.1".parse().unwrap(),
+        );
         ctx.route = Some(route);
         ctx.user = user.into();
         BuiltinPolicy.call(&ctx, &mut Actions::default()).unwrap()
@@ -68,7 +67,11 @@ mod tests {
 
     #[test]
     fn relay_networks_relay_without_auth() {
-        let mut ctx = HookCtx::new(HookPoint::Rcpt, "smtp", "10.1.2.3".parse().unwrap());
+        let mut ctx = HookCtx::new(
+            HookPoint::Rcpt,
+            crate::listener::Listener::Smtp,
+            "10.1.2.3".parse().unwrap(),
+        );
         ctx.route = Some(Route::Remote);
         let mut a = Actions::default();
         assert!(matches!(

@@ -191,8 +191,8 @@ pub enum Route {
 pub struct HookCtx {
     /// Which point.
     pub point: HookPoint,
-    /// Listener name: "smtp", "submission", "submissions", "imap", …
-    pub listener: &'static str,
+    /// The listener the client connected to (`ctx.listener` is its name).
+    pub listener: crate::listener::Listener,
     /// Client address.
     pub client_ip: IpAddr,
     /// Verified (FCrDNS) PTR name or "".
@@ -259,7 +259,7 @@ impl HookCtx {
     }
 
     /// A context with only the connection facts filled in.
-    pub fn new(point: HookPoint, listener: &'static str, client_ip: IpAddr) -> Self {
+    pub fn new(point: HookPoint, listener: crate::listener::Listener, client_ip: IpAddr) -> Self {
         HookCtx {
             point,
             listener,

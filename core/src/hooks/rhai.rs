@@ -1273,7 +1273,11 @@ mod tests {
     }
 
     fn ctx(point: HookPoint) -> HookCtx {
-        let mut c = HookCtx::new(point, "smtp", "192.0.2.7".parse().unwrap());
+        let mut c = HookCtx::new(
+            point,
+            crate::listener::Listener::Smtp,
+            "192.0.2.7".parse().unwrap(),
+        );
         c.helo = "client.example".into();
         c.mail_from = "a@x.example".into();
         c.rcpt = "b@y.example".into();
@@ -1875,7 +1879,11 @@ mod example_scripts {
     }
 
     fn ctx(point: HookPoint, from: &str, rcpt: &str) -> HookCtx {
-        let mut c = HookCtx::new(point, "smtp", "198.51.100.20".parse().unwrap());
+        let mut c = HookCtx::new(
+            point,
+            crate::listener::Listener::Smtp,
+            "198.51.100.20".parse().unwrap(),
+        );
         c.mail_from = from.into();
         c.rcpt = rcpt.into();
         c
@@ -2057,16 +2065,22 @@ mod example_scripts {
             serde_json::json!({"allow": ["192.0.2.0/24"], "listeners": ["submission"]}),
             &s,
         );
-        let auth = |listener: &'static str, ip: &str| {
+        let auth = |listener: crate::listener::Listener, ip: &str| {
             let mut c = HookCtx::new(HookPoint::Auth, listener, ip.parse().unwrap());
             c.credentials = Some(("u@x".into(), "pw".into(), "PLAIN".into()));
             run(&h, &c).0
         };
         assert!(matches!(
-            auth("submission", "127.0.0.1"),
+            auth(crate::listener::Listener::Submission, "127.0.0.1"),
             Verdict::Reject { code: 535, .. }
         ));
-        assert_eq!(auth("submission", "192.0.2.44"), Verdict::Continue);
-        assert_eq!(auth("imap", "127.0.0.1"), Verdict::Continue);
+        assert_eq!(
+            auth(crate::listener::Listener::Submission, "192.0.2.44"),
+            Verdict::Continue
+        );
+        assert_eq!(
+            auth(crate::listener::Listener::Imap, "127.0.0.1"),
+            Verdict::Continue
+        );
     }
 }

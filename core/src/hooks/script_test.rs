@@ -21,7 +21,7 @@ pub struct TestEvent {
     /// Hook point to call.
     pub point: HookPoint,
     /// Listener name.
-    pub listener: &'static str,
+    pub listener: crate::listener::Listener,
     /// Client address.
     pub ip: IpAddr,
     /// Verified PTR name.
@@ -62,19 +62,8 @@ pub fn parse_point(s: &str) -> Result<HookPoint, String> {
 }
 
 /// Listener name as the static string the hook context wants.
-pub fn parse_listener(s: &str) -> Result<&'static str, String> {
-    [
-        "smtp",
-        "submission",
-        "submissions",
-        "imap",
-        "imaps",
-        "pop3",
-        "pop3s",
-    ]
-    .into_iter()
-    .find(|l| *l == s)
-    .ok_or_else(|| {
+pub fn parse_listener(s: &str) -> Result<crate::listener::Listener, String> {
+    crate::listener::Listener::from_name(s).ok_or_else(|| {
         format!("--listener {s:?}: use smtp, submission, submissions, imap, imaps, pop3 or pop3s")
     })
 }

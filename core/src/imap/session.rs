@@ -284,11 +284,10 @@ pub async fn serve(
     shared: Arc<Shared>,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
-    listener: &'static str,
+    listener: crate::listener::Listener,
     implicit_tls: bool,
 ) {
-    let span =
-        tracing::info_span!("imap", session = %crate::net::session_id(), peer = %peer, listener);
+    let span = tracing::info_span!("imap", session = %crate::net::session_id(), peer = %peer, listener = listener.name());
     async move {
         let Some(stream) = crate::net::accept_stream(tcp, implicit_tls, &shared.tls.imap).await
         else {
@@ -923,7 +922,7 @@ impl Session {
             .await
             .ok()
             .flatten();
-        let mut ctx = HookCtx::new(HookPoint::Auth, "imap", ip);
+        let mut ctx = HookCtx::new(HookPoint::Auth, crate::listener::Listener::Imap, ip);
         ctx.tls = self.stream.is_tls();
         ctx.credentials = Some((user.clone(), pass, mech.to_string()));
         ctx.credentials_valid = valid.is_some();
@@ -2357,7 +2356,11 @@ impl Session {
                 None
             };
             if serves_body {
-                let mut ctx = HookCtx::new(HookPoint::Fetch, "imap", self.peer.ip());
+                let mut ctx = HookCtx::new(
+                    HookPoint::Fetch,
+                    crate::listener::Listener::Imap,
+                    self.peer.ip(),
+                );
                 ctx.message = body.clone();
                 ctx.user = user.clone();
                 ctx.tls = self.stream.is_tls();

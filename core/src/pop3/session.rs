@@ -55,7 +55,7 @@ enum Flow {
 struct Session {
     shared: Arc<Shared>,
     stream: Stream,
-    listener: &'static str,
+    listener: crate::listener::Listener,
     peer: SocketAddr,
     inbuf: Vec<u8>,
     out: Vec<u8>,
@@ -69,11 +69,10 @@ pub async fn serve(
     shared: Arc<Shared>,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
-    listener: &'static str,
+    listener: crate::listener::Listener,
     implicit_tls: bool,
 ) {
-    let span =
-        tracing::info_span!("pop3", session = %crate::net::session_id(), peer = %peer, listener);
+    let span = tracing::info_span!("pop3", session = %crate::net::session_id(), peer = %peer, listener = listener.name());
     async move {
         let Some(stream) = crate::net::accept_stream(tcp, implicit_tls, &shared.tls.pop3).await
         else {
@@ -874,7 +873,13 @@ mod tests {
         let s2 = shared.clone();
         tokio::spawn(async move {
             while let Ok((tcp, peer)) = listener.accept().await {
-                tokio::spawn(serve(s2.clone(), tcp, peer, "pop3", false));
+                tokio::spawn(serve(
+                    s2.clone(),
+                    tcp,
+                    peer,
+                    crate::listener::Listener::Pop3,
+                    false,
+                ));
             }
         });
         (shared, addr)

@@ -309,7 +309,7 @@ async fn deliver_domain(
             }
             let mut ctx = HookCtx::new(
                 HookPoint::Delivery,
-                "queue",
+                crate::listener::Listener::Queue,
                 std::net::Ipv4Addr::LOCALHOST.into(),
             );
             ctx.mail_from = entry.mail_from.clone();

@@ -15,7 +15,6 @@ use super::data::{DataProblem, DataReceiver, Feed};
 use super::reply::Reply;
 use crate::config::{BareLfPolicy, FcrdnsPolicy};
 use crate::dns::Fcrdns;
-use crate::hooks::builtin::is_submission;
 use crate::hooks::{HookCtx, HookPoint, Route, Verdict};
 use crate::message::rfc5322_now;
 use crate::net::Stream;
@@ -73,7 +72,7 @@ enum Flow {
 struct Session {
     shared: Arc<Shared>,
     stream: Stream,
-    listener: &'static str,
+    listener: crate::listener::Listener,
     peer: SocketAddr,
     inbuf: Vec<u8>,
     out: Vec<u8>,
@@ -102,11 +101,10 @@ pub async fn serve(
     shared: Arc<Shared>,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
-    listener: &'static str,
+    listener: crate::listener::Listener,
     implicit_tls: bool,
 ) {
-    let span =
-        tracing::info_span!("smtp", session = %crate::net::session_id(), peer = %peer, listener);
+    let span = tracing::info_span!("smtp", session = %crate::net::session_id(), peer = %peer, listener = listener.name());
     async move {
         let Some(stream) = crate::net::accept_stream(tcp, implicit_tls, &shared.tls.smtp).await
         else {
@@ -209,7 +207,9 @@ impl Session {
     /// Whether SPF/DKIM/DMARC/ARC checks apply: inbound mail on `smtp` from a client that
     /// has not logged in.
     fn sender_checks(&self) -> bool {
-        self.listener == "smtp" && self.user.is_none() && self.shared.sender_auth.enabled()
+        self.listener == crate::listener::Listener::Smtp
+            && self.user.is_none()
+            && self.shared.sender_auth.enabled()
     }
 
     async fn fcrdns(&mut self) -> Fcrdns {
@@ -610,7 +610,7 @@ impl Session {
     /// AUTH on the port-25 listener only with `smtp.auth_on_smtp`: an MX that takes AUTH is a
     /// password-guessing target, and a session authenticated there relays.
     fn auth_offered_here(&self) -> bool {
-        self.listener != "smtp" || self.shared.config.smtp.auth_on_smtp
+        self.listener != crate::listener::Listener::Smtp || self.shared.config.smtp.auth_on_smtp
     }
 
     async fn hello(&mut self, domain: String, esmtp: bool) -> Flow {
@@ -1193,7 +1193,7 @@ impl Session {
             None
         };
         let mut msg = Vec::with_capacity(body.len() + 1024);
-        if self.listener == "smtp" {
+        if self.listener == crate::listener::Listener::Smtp {
             // RFC 8601 §5: no Authentication-Results claiming to be ours may pass through.
             let host = self.host().to_string();
             if let (std::borrow::Cow::Owned(stripped), n) =
@@ -1210,7 +1210,7 @@ impl Session {
             }
         }
         msg.extend_from_slice(self.received_header(&tx, &queue_id, &fcrdns).as_bytes());
-        if is_submission(self.listener) || self.user.is_some() {
+        if self.listener.is_submission() || self.user.is_some() {
             let added = super::trace_headers::submission_fields(
                 &body,
                 &queue_id,

@@ -62,7 +62,11 @@ fn misbehave(mode: &str) -> WasmHook {
 }
 
 fn rcpt(to: &str, session: Option<Arc<HookSession>>) -> HookCtx {
-    let mut c = HookCtx::new(HookPoint::Rcpt, "smtp", "192.0.2.7".parse().unwrap());
+    let mut c = HookCtx::new(
+        HookPoint::Rcpt,
+        crate::listener::Listener::Smtp,
+        "192.0.2.7".parse().unwrap(),
+    );
     c.mail_from = "a@x.example".into();
     c.rcpt = to.into();
     c.session = session;
