@@ -30,17 +30,6 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
     }
 }
 
-/// Check credentials against the store; argon2 runs on the blocking pool.
-/// Returns the canonical account address on success.
-pub async fn authenticate(
-    store: &Store,
-    username: &str,
-    password: &str,
-) -> Result<Option<String>, StoreError> {
-    let account = store.account(username).await?;
-    check_password(account, password).await
-}
-
 /// Verify `password` against `account`'s hash (against a dummy hash when there is no
 /// account or no password, so that timing does not reveal which), on the blocking pool.
 async fn check_password(
@@ -155,7 +144,7 @@ impl CredentialCache {
     }
 }
 
-/// [`authenticate`], answered from `cache` when the same password was verified for the same
+/// Check credentials against the store (argon2 on the blocking pool), answered from `cache` when the same password was verified for the same
 /// stored hash recently. Failures are never cached: every wrong password costs argon2.
 pub async fn authenticate_cached(
     store: &Store,
@@ -289,7 +278,14 @@ mod tests {
         // A second login finds it; no password works for it.
         assert_eq!(ext("new@example.org").as_deref(), Some("new@example.org"));
         assert_eq!(
-            authenticate(&store, "new@example.org", "").await.unwrap(),
+            authenticate_cached(
+                &store,
+                &CredentialCache::new(Duration::from_secs(60)),
+                "new@example.org",
+                ""
+            )
+            .await
+            .unwrap(),
             None
         );
         assert_eq!(

@@ -64,7 +64,8 @@ pub fn parse_point(s: &str) -> Result<HookPoint, String> {
 /// Listener name as the static string the hook context wants.
 pub fn parse_listener(s: &str) -> Result<crate::listener::Listener, String> {
     crate::listener::Listener::from_name(s).ok_or_else(|| {
-        format!("--listener {s:?}: use smtp, submission, submissions, imap, imaps, pop3 or pop3s")
+        let names: Vec<_> = crate::listener::Listener::ALL.map(|l| l.name()).to_vec();
+        format!("--listener {s:?}: use one of {}", names.join(", "))
     })
 }
 

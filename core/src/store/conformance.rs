@@ -81,6 +81,11 @@ fn body(text: &str) -> Arc<Vec<u8>> {
     Arc::new(format!("Subject: {text}\r\n\r\n{text}\r\n").into_bytes())
 }
 
+/// The id of `user`'s INBOX.
+async fn inbox_id(store: &Store, user: &str) -> u64 {
+    store.mailbox(user, "INBOX").await.unwrap().unwrap().id
+}
+
 async fn uids(store: &Store, user: &str, mailbox: &str) -> Vec<u32> {
     let mb = store
         .mailbox(user, mailbox)
@@ -212,12 +217,7 @@ async fn concurrent_ingest_keeps_uids_ascending_in_visibility_order(h: Harness) 
     let s = h.store.clone();
     s.create_account("a@example.org", "").await.unwrap();
     s.create_account("b@example.org", "").await.unwrap();
-    let inbox = s
-        .mailbox("a@example.org", "INBOX")
-        .await
-        .unwrap()
-        .unwrap()
-        .id;
+    let inbox = inbox_id(&s, "a@example.org").await;
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let (s, done) = (s.clone(), done.clone());
@@ -292,12 +292,7 @@ async fn flag_updates_are_atomic_and_honour_unchangedsince(h: Harness) {
         .await
         .unwrap();
     }
-    let inbox = s
-        .mailbox("a@example.org", "INBOX")
-        .await
-        .unwrap()
-        .unwrap()
-        .id;
+    let inbox = inbox_id(&s, "a@example.org").await;
     let all: Vec<u32> = (1..=20).collect();
     let threads: Vec<_> = ["$A", "$B", "$C", "$D"]
         .into_iter()
@@ -884,12 +879,7 @@ async fn watchers_get_typed_changes(h: Harness) {
     s.create_account("a@example.org", "").await.unwrap();
     let mut rx = s.watch("A@example.org");
     let mut next = || rx.try_recv().map(|c| (*c).clone()).ok();
-    let inbox = s
-        .mailbox("a@example.org", "INBOX")
-        .await
-        .unwrap()
-        .unwrap()
-        .id;
+    let inbox = inbox_id(s, "a@example.org").await;
     let r = s
         .ingest(Ingest {
             internal_date: 0,
