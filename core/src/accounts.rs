@@ -206,34 +206,6 @@ pub async fn external_account(
     }
 }
 
-/// The account of a login that the `on_auth` chain accepted: the account the store checked
-/// (`valid`), else [`external_account`] (off the async workers, and committed before the
-/// login succeeds). `None` refuses the login; a store failure is logged and refuses it too.
-pub async fn hook_accepted(
-    store: &Store,
-    local_domains: &[String],
-    username: &str,
-    valid: Option<String>,
-) -> Option<String> {
-    if valid.is_some() {
-        return valid;
-    }
-    match external_account(store, local_domains, username).await {
-        Ok(Some(account)) => match store.commit().await {
-            Ok(()) => Some(account),
-            Err(e) => {
-                tracing::error!(user = %account, error = %e, "could not commit a new account");
-                None
-            }
-        },
-        Ok(None) => None,
-        Err(e) => {
-            tracing::error!(user = %username, error = %e, "could not provision an account");
-            None
-        }
-    }
-}
-
 /// Whether `address` looks like `local@domain` with a plausible domain.
 pub fn valid_address(address: &str) -> bool {
     match address.rsplit_once('@') {

@@ -2,19 +2,32 @@
 //! here: SMTP end of data, the queue's local deliveries, bounces and delay notices (DSNs),
 //! and DMARC aggregate reports.
 //!
-//! [`plan`] resolves each recipient's local targets to accounts (targets that are not
+//! [`Delivery`] is the service: sessions, the queue and the report sender hold one.
+//! [`Delivery::plan`] resolves each recipient's local targets to accounts (targets that are not
 //! accounts, such as an alias's forward to another domain, join the remote recipients),
 //! runs `on_delivery` once per account (reject or discard drop that copy; quarantine, or a
 //! quarantined message, files into Junk; `file_into` picks the folder; added headers give
 //! that account its own copy) and returns a [`Plan`]. [`Plan::into_ingest`] turns the plan
 //! into one [`Ingest`]: every local placement and the queue entry for the remote recipients,
-//! which the store writes all or nothing and makes durable before it returns.
+//! which [`Delivery::ingest`] has the store write all or nothing, durable before it returns.
 
 use std::sync::Arc;
 
-use crate::hooks::{HookCtx, HookPoint, Route, Verdict};
-use crate::server::Shared;
-use crate::store::{Filed, Ingest, Placement, QueueEntry, QueueRcpt, Receipt, StoreError};
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::hooks::{HookChain, HookCtx, HookPoint, Route, Verdict};
+use crate::store::{Filed, Ingest, Placement, QueueEntry, QueueRcpt, Receipt, Store, StoreError};
+
+/// The delivery service: the store, the hook chain for `on_delivery`, the routing settings,
+/// and the queue's wake-up.
+#[derive(Clone)]
+pub struct Delivery {
+    config: Arc<Config>,
+    store: Store,
+    hooks: Arc<HookChain>,
+    wakeup: Arc<Notify>,
+}
 
 /// One recipient of a message, as routed.
 #[derive(Debug, Clone)]
@@ -73,82 +86,118 @@ pub struct Tempfail {
     pub text: String,
 }
 
-/// Decide where every copy of `message` goes. `ctx` carries the facts of the session (or of
-/// the queue) for `on_delivery`; `quarantine` files every local copy into Junk.
-pub async fn plan(
-    shared: &Shared,
-    ctx: &HookCtx,
-    message: &Arc<Vec<u8>>,
-    rcpts: &[Recipient],
-    quarantine: bool,
-    may_tempfail: bool,
-) -> Result<Plan, Tempfail> {
-    let mut plan = Plan::default();
-    let mut bodies: Vec<Placement> = Vec::new();
-    for rcpt in rcpts {
-        let targets = match &rcpt.route {
-            Route::Local(t) => t,
-            Route::Remote => {
-                plan.remote.push(rcpt.queued(rcpt.address.clone()));
-                continue;
-            }
-            Route::UnknownLocal => continue,
-        };
-        for target in targets {
-            // A target that is no account (an alias forwarding elsewhere) is relayed.
-            if !shared.store.account_exists(target).await.unwrap_or(false) {
-                if !plan.remote.iter().any(|r| r.address == *target) {
-                    plan.remote.push(rcpt.queued(target.clone()));
-                }
-                continue;
-            }
-            let already = bodies.iter().any(|p| p.user == *target)
-                || plan
-                    .local
-                    .iter()
-                    .any(|(_, ps)| ps.iter().any(|p| p.user == *target));
-            if already {
-                continue;
-            }
-            let mut dctx = ctx.clone();
-            dctx.point = HookPoint::Delivery;
-            dctx.rcpt = target.clone();
-            dctx.message = Some(message.clone());
-            let mut d = shared.hooks.run_async(&dctx).await;
-            plan.decisions.append(&mut d.decisions);
-            let folder = match d.verdict {
-                Verdict::Reject { .. } | Verdict::Discard => {
-                    tracing::info!(rcpt = %target, "copy dropped by on_delivery");
-                    continue;
-                }
-                Verdict::Tempfail { code, text } if may_tempfail && rcpts.len() == 1 => {
-                    return Err(Tempfail { code, text });
-                }
-                Verdict::Quarantine(_) => "Junk".to_string(),
-                _ if quarantine => "Junk".to_string(),
-                _ => d
-                    .actions
-                    .file_into
-                    .or_else(|| rcpt.file_into.clone())
-                    .unwrap_or_else(|| "INBOX".into()),
-            };
-            let placement = Placement {
-                user: target.clone(),
-                mailbox: folder,
-                flags: Vec::new(),
-            };
-            if d.actions.add_headers.is_empty() {
-                bodies.push(placement);
-            } else {
-                let own = crate::message::prepend_headers(message, &d.actions.add_headers);
-                plan.local.push((own, vec![placement]));
-            }
+impl Delivery {
+    /// The service over `store`, with `hooks` for `on_delivery`; `wakeup` wakes the queue.
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        hooks: Arc<HookChain>,
+        wakeup: Arc<Notify>,
+    ) -> Self {
+        Delivery {
+            config,
+            store,
+            hooks,
+            wakeup,
         }
     }
-    if !bodies.is_empty() {
-        plan.local.insert(0, (message.clone(), bodies));
+
+    /// What wakes the outbound queue (it waits on it).
+    pub fn queue_wakeup(&self) -> &Arc<Notify> {
+        &self.wakeup
     }
-    Ok(plan)
+
+    /// Decide where every copy of `message` goes. `ctx` carries the facts of the session (or of
+    /// the queue) for `on_delivery`; `quarantine` files every local copy into Junk.
+    pub async fn plan(
+        &self,
+        ctx: &HookCtx,
+        message: &Arc<Vec<u8>>,
+        rcpts: &[Recipient],
+        quarantine: bool,
+        may_tempfail: bool,
+    ) -> Result<Plan, Tempfail> {
+        let mut plan = Plan::default();
+        let mut bodies: Vec<Placement> = Vec::new();
+        for rcpt in rcpts {
+            let targets = match &rcpt.route {
+                Route::Local(t) => t,
+                Route::Remote => {
+                    plan.remote.push(rcpt.queued(rcpt.address.clone()));
+                    continue;
+                }
+                Route::UnknownLocal => continue,
+            };
+            for target in targets {
+                // A target that is no account (an alias forwarding elsewhere) is relayed.
+                if !self.store.account_exists(target).await.unwrap_or(false) {
+                    if !plan.remote.iter().any(|r| r.address == *target) {
+                        plan.remote.push(rcpt.queued(target.clone()));
+                    }
+                    continue;
+                }
+                let already = bodies.iter().any(|p| p.user == *target)
+                    || plan
+                        .local
+                        .iter()
+                        .any(|(_, ps)| ps.iter().any(|p| p.user == *target));
+                if already {
+                    continue;
+                }
+                let mut dctx = ctx.clone();
+                dctx.point = HookPoint::Delivery;
+                dctx.rcpt = target.clone();
+                dctx.message = Some(message.clone());
+                let mut d = self.hooks.run_async(&dctx).await;
+                plan.decisions.append(&mut d.decisions);
+                let folder = match d.verdict {
+                    Verdict::Reject { .. } | Verdict::Discard => {
+                        tracing::info!(rcpt = %target, "copy dropped by on_delivery");
+                        continue;
+                    }
+                    Verdict::Tempfail { code, text } if may_tempfail && rcpts.len() == 1 => {
+                        return Err(Tempfail { code, text });
+                    }
+                    Verdict::Quarantine(_) => "Junk".to_string(),
+                    _ if quarantine => "Junk".to_string(),
+                    _ => d
+                        .actions
+                        .file_into
+                        .or_else(|| rcpt.file_into.clone())
+                        .unwrap_or_else(|| "INBOX".into()),
+                };
+                let placement = Placement {
+                    user: target.clone(),
+                    mailbox: folder,
+                    flags: Vec::new(),
+                };
+                if d.actions.add_headers.is_empty() {
+                    bodies.push(placement);
+                } else {
+                    let own = crate::message::prepend_headers(message, &d.actions.add_headers);
+                    plan.local.push((own, vec![placement]));
+                }
+            }
+        }
+        if !bodies.is_empty() {
+            plan.local.insert(0, (message.clone(), bodies));
+        }
+        Ok(plan)
+    }
+
+    /// Write `ingest` (all or nothing, durable when this returns) and wake the queue when it
+    /// queued something.
+    pub async fn ingest(&self, ingest: Ingest) -> Result<Receipt, StoreError> {
+        let queued = ingest
+            .queue
+            .as_ref()
+            .is_some_and(|(e, _)| !e.rcpts.is_empty());
+        let receipt = self.store.ingest(ingest).await?;
+        if queued {
+            self.wakeup.notify_one();
+        }
+        Ok(receipt)
+    }
 }
 
 impl Plan {
@@ -228,51 +277,47 @@ pub fn new_queue_id() -> String {
     format!("{:016X}", rand::random::<u64>())
 }
 
-/// Deliver a message the server writes itself (a DSN, a delay notice, a DMARC report):
-/// `entry` names the sender and recipients; local recipients get it in their mailboxes
-/// (through `on_delivery`), the others through the queue with `entry`'s settings. Returns
-/// once it is durable; wakes the queue when something was queued.
-pub async fn deliver_generated(
-    shared: &Shared,
-    entry: QueueEntry,
-    message: Vec<u8>,
-) -> Result<Receipt, StoreError> {
-    let mut rcpts = Vec::with_capacity(entry.rcpts.len());
-    for r in &entry.rcpts {
-        let route = match crate::routing::resolve(
-            &shared.store,
-            &shared.config.domains,
-            shared.config.postmaster.as_deref(),
-            &r.address,
-        )
-        .await?
-        {
-            Route::UnknownLocal => Route::Remote,
-            route => route,
-        };
-        rcpts.push(Recipient {
-            address: r.address.clone(),
-            route,
-            notify: r.notify.clone(),
-            orcpt: r.orcpt.clone(),
-            file_into: None,
-        });
+impl Delivery {
+    /// Deliver a message the server writes itself (a DSN, a delay notice, a DMARC report):
+    /// `entry` names the sender and recipients; local recipients get it in their mailboxes
+    /// (through `on_delivery`), the others through the queue with `entry`'s settings. Returns
+    /// once it is durable; wakes the queue when something was queued.
+    pub async fn deliver_generated(
+        &self,
+        entry: QueueEntry,
+        message: Vec<u8>,
+    ) -> Result<Receipt, StoreError> {
+        let mut rcpts = Vec::with_capacity(entry.rcpts.len());
+        for r in &entry.rcpts {
+            let route = match crate::routing::resolve(
+                &self.store,
+                &self.config.domains,
+                self.config.postmaster.as_deref(),
+                &r.address,
+            )
+            .await?
+            {
+                Route::UnknownLocal => Route::Remote,
+                route => route,
+            };
+            rcpts.push(Recipient {
+                address: r.address.clone(),
+                route,
+                notify: r.notify.clone(),
+                orcpt: r.orcpt.clone(),
+                file_into: None,
+            });
+        }
+        let message = Arc::new(message);
+        let ctx = queue_ctx(&entry.mail_from, &rcpts);
+        // A generated message is never held back: a tempfail files it as usual.
+        let plan = self
+            .plan(&ctx, &message, &rcpts, false, false)
+            .await
+            .unwrap_or_default();
+        let mail_from = entry.mail_from.clone();
+        let now = chrono::Utc::now().timestamp();
+        self.ingest(plan.into_ingest(&mail_from, now, Some((entry, message))))
+            .await
     }
-    let message = Arc::new(message);
-    let ctx = queue_ctx(&entry.mail_from, &rcpts);
-    // A generated message is never held back: a tempfail files it as usual.
-    let plan = plan(shared, &ctx, &message, &rcpts, false, false)
-        .await
-        .unwrap_or_default();
-    let queued = !plan.remote.is_empty();
-    let mail_from = entry.mail_from.clone();
-    let now = chrono::Utc::now().timestamp();
-    let receipt = shared
-        .store
-        .ingest(plan.into_ingest(&mail_from, now, Some((entry, message))))
-        .await?;
-    if queued {
-        shared.queue_wakeup.notify_one();
-    }
-    Ok(receipt)
 }

@@ -24,6 +24,7 @@ pub mod hooks;
 pub mod imap;
 pub mod listener;
 pub mod logging;
+pub mod login;
 pub mod mailbox_io;
 pub mod memory;
 pub mod message;
@@ -34,9 +35,12 @@ pub mod routing;
 pub mod sasl;
 pub mod sender_auth;
 pub mod server;
+pub mod session;
 pub mod smtp;
 pub mod store;
 #[cfg(test)]
 mod test_dns;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod ttl_cache;

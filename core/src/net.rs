@@ -22,6 +22,9 @@ pub enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
     /// Placeholder while upgrading.
     Upgrading,
+    /// An in-memory pipe: sessions driven by transcript tests, without sockets.
+    #[cfg(test)]
+    Memory(tokio::io::DuplexStream),
 }
 
 impl Stream {
@@ -126,6 +129,11 @@ macro_rules! delegate {
             }
             Stream::Tls($s) => {
                 let $s = Pin::new($s.as_mut());
+                $e
+            }
+            #[cfg(test)]
+            Stream::Memory($s) => {
+                let $s = Pin::new($s);
                 $e
             }
             Stream::Upgrading => Poll::Ready(Err(io::Error::other("stream is being upgraded"))),

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hickory_resolver::TokioResolver;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -21,36 +20,119 @@ use crate::listener::{Listener, Protocol};
 use crate::net::{AuthThrottle, ConnLimits, ConnRefused};
 use crate::store::{Cached, SledStore, Store};
 
-/// Everything sessions share.
-pub struct Shared {
-    /// Settings.
-    pub config: Arc<Config>,
-    /// The store.
-    pub store: Store,
-    /// TLS for STARTTLS and implicit TLS, per protocol (ALPN).
-    pub tls: crate::tls::Acceptors,
-    /// Hook chain (built-in policy first, then `[[hooks]]`); swapped by [`reload_hooks`].
-    pub hooks: HookChain,
-    /// DNS resolver.
-    pub resolver: TokioResolver,
-    /// FCrDNS results of recent clients.
-    pub fcrdns_cache: crate::dns::FcrdnsCache,
-    /// Failed-auth limiter shared by all protocols.
-    pub auth_throttle: Arc<AuthThrottle>,
-    /// Fires on shutdown.
-    pub shutdown: CancellationToken,
-    /// Wakes the outbound queue when mail for remote domains was accepted.
-    pub queue_wakeup: Arc<Notify>,
+/// The services of a running server, each session kind getting only what it uses
+/// (`smtp::session::Deps`, `imap::session::Deps`, `pop3::session::Deps`, `queue::Deps`).
+/// Built once by [`run`]; nothing below the server imports this module.
+struct Services {
+    smtp: Arc<crate::smtp::session::Deps>,
+    imap: Arc<crate::imap::session::Deps>,
+    pop3: Arc<crate::pop3::session::Deps>,
+    queue: Arc<crate::queue::Deps>,
+    /// The DMARC report sender's, when reports are enabled (taken out to start it).
+    reports: Option<crate::sender_auth::report::Deps>,
     /// Connection counters.
-    pub conn_limits: Arc<ConnLimits>,
-    /// Recent successful password checks (saves argon2 on repeated logins).
-    pub credential_cache: Arc<crate::accounts::CredentialCache>,
-    /// SPF/DKIM/DMARC/ARC checks of inbound mail.
-    pub sender_auth: crate::sender_auth::SenderAuth,
-    /// Message bytes SMTP sessions may hold in memory at once (`smtp.max_message_memory`).
-    pub message_memory: Arc<crate::memory::MemoryBudget>,
-    /// Header keys of SORT and THREAD, by blob (shared by all IMAP sessions).
-    pub sort_keys: Arc<crate::imap::sort_keys::KeyCache>,
+    conn_limits: Arc<ConnLimits>,
+    /// The hook chain, swapped on reload.
+    hooks: Arc<HookChain>,
+    config: Arc<Config>,
+    store: Store,
+    shutdown: CancellationToken,
+}
+
+impl Services {
+    fn new(config: Arc<Config>, store: Store, hooks: HookChain) -> anyhow::Result<Self> {
+        let tls = crate::tls::acceptors(&config)?;
+        let resolver = crate::dns::resolver(&config).map_err(anyhow::Error::msg)?;
+        let shutdown = CancellationToken::new();
+        let hooks = Arc::new(hooks);
+        let login = crate::login::Login::new(
+            store.clone(),
+            hooks.clone(),
+            &config.domains,
+            AuthThrottle::new(
+                config.smtp.max_auth_failures,
+                config.smtp.max_auth_failures_per_ip,
+                config.smtp.auth_fail_window,
+            ),
+        );
+        let delivery = crate::delivery::Delivery::new(
+            config.clone(),
+            store.clone(),
+            hooks.clone(),
+            Arc::new(Notify::new()),
+        );
+        let sender_auth = Arc::new(crate::sender_auth::SenderAuth::new(
+            &config,
+            resolver.clone(),
+            store.clone(),
+        ));
+        let reports =
+            config
+                .sender_auth
+                .dmarc_reports
+                .enabled
+                .then(|| crate::sender_auth::report::Deps {
+                    config: config.clone(),
+                    sender_auth: sender_auth.clone(),
+                    delivery: delivery.clone(),
+                });
+        Ok(Services {
+            smtp: Arc::new(crate::smtp::session::Deps {
+                config: config.clone(),
+                store: store.clone(),
+                tls: tls.smtp,
+                hooks: hooks.clone(),
+                resolver: resolver.clone(),
+                fcrdns_cache: Default::default(),
+                login: login.clone(),
+                delivery: delivery.clone(),
+                sender_auth,
+                message_memory: crate::memory::MemoryBudget::new(
+                    config.smtp.max_message_memory as usize,
+                ),
+                shutdown: shutdown.clone(),
+            }),
+            imap: Arc::new(crate::imap::session::Deps {
+                config: config.clone(),
+                store: store.clone(),
+                tls: tls.imap,
+                hooks: hooks.clone(),
+                login: login.clone(),
+                sort_keys: Default::default(),
+                shutdown: shutdown.clone(),
+            }),
+            pop3: Arc::new(crate::pop3::session::Deps {
+                config: config.clone(),
+                store: store.clone(),
+                tls: tls.pop3,
+                hooks: hooks.clone(),
+                login,
+                shutdown: shutdown.clone(),
+            }),
+            queue: Arc::new(crate::queue::Deps {
+                config: config.clone(),
+                store: store.clone(),
+                resolver,
+                hooks: hooks.clone(),
+                delivery,
+                shutdown: shutdown.clone(),
+            }),
+            reports,
+            conn_limits: ConnLimits::with_protocols(
+                config.smtp.max_connections,
+                config.smtp.max_connections_per_ip,
+                &[
+                    ("smtp", config.smtp.max_smtp_connections),
+                    ("imap", config.imap.max_connections),
+                    ("pop3", config.pop3.max_connections),
+                ],
+            ),
+            hooks,
+            config,
+            store,
+            shutdown,
+        })
+    }
 }
 
 /// Open the store at the configured place, with the error an admin can act on.
@@ -140,41 +222,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("installing the SIGHUP handler")?;
     let config = Arc::new(config);
     let store = open_store(&config)?;
-    let tls = crate::tls::acceptors(&config)?;
-    let resolver = crate::dns::resolver(&config).map_err(anyhow::Error::msg)?;
-    let shutdown = CancellationToken::new();
     let hooks = crate::hooks::build_entries(&config, &store)
         .map_err(|problems| anyhow::anyhow!("hooks: {}", problems.join("\n")))?;
-    let shared = Arc::new(Shared {
-        hooks: HookChain::new(hooks),
-        auth_throttle: AuthThrottle::new(
-            config.smtp.max_auth_failures,
-            config.smtp.max_auth_failures_per_ip,
-            config.smtp.auth_fail_window,
-        ),
-        conn_limits: ConnLimits::with_protocols(
-            config.smtp.max_connections,
-            config.smtp.max_connections_per_ip,
-            &[
-                ("smtp", config.smtp.max_smtp_connections),
-                ("imap", config.imap.max_connections),
-                ("pop3", config.pop3.max_connections),
-            ],
-        ),
-        queue_wakeup: Arc::new(Notify::new()),
-        credential_cache: Arc::new(crate::accounts::CredentialCache::new(Duration::from_secs(
-            600,
-        ))),
-        config: config.clone(),
-        store: store.clone(),
-        tls,
-        sender_auth: crate::sender_auth::SenderAuth::new(&config, resolver.clone(), store.clone()),
-        resolver,
-        fcrdns_cache: Default::default(),
-        shutdown: shutdown.clone(),
-        message_memory: crate::memory::MemoryBudget::new(config.smtp.max_message_memory as usize),
-        sort_keys: Default::default(),
-    });
+    let mut services = Services::new(config.clone(), store.clone(), HookChain::new(hooks))?;
+    let reports = services.reports.take();
+    let services = Arc::new(services);
+    let shutdown = services.shutdown.clone();
 
     let mut bound = Vec::new();
     for (proto, addr) in config.listeners() {
@@ -183,14 +236,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("listen.{proto}: cannot bind {addr}"))?;
         bound.push((proto, addr, l));
     }
-    let for_reload = shared.clone();
+    let for_reload = services.clone();
     crate::control::serve(
         &config.control_socket(),
         store.clone(),
         config.domains.clone(),
         shutdown.clone(),
-        shared.queue_wakeup.clone(),
-        Arc::new(move || reload_hooks(&for_reload)),
+        services.queue.delivery.queue_wakeup().clone(),
+        Arc::new(move || reload_hooks(&for_reload.config, &for_reload.store, &for_reload.hooks)),
     )
     .await
     .with_context(|| format!("control socket {}", config.control_socket().display()))?;
@@ -224,17 +277,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
-    tokio::spawn(reload_on_sighup(shared.clone(), hangups));
+    tokio::spawn(reload_on_sighup(services.clone(), hangups));
 
     let tracker = TaskTracker::new();
-    tracker.spawn(crate::queue::run(shared.clone()));
-    if config.sender_auth.dmarc_reports.enabled {
-        tracker.spawn(crate::sender_auth::report::run(shared.clone()));
+    tracker.spawn(crate::queue::run(services.queue.clone()));
+    if let Some(deps) = reports {
+        tracker.spawn(crate::sender_auth::report::run(deps, shutdown.clone()));
     }
     for (proto, _addr, listener) in bound {
-        let shared = shared.clone();
+        let services = services.clone();
         let tracker2 = tracker.clone();
-        tracker.spawn(accept_loop(shared, listener, proto, tracker2));
+        tracker.spawn(accept_loop(services, listener, proto, tracker2));
     }
 
     signals.await;
@@ -254,8 +307,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// Re-read the config file and put its `[[hooks]]` in place. Nothing changes unless every
 /// script compiles (and its `init` succeeds); sessions keep running throughout.
-pub fn reload_hooks(shared: &Shared) -> Result<String, String> {
-    let config = match &shared.config.source {
+pub fn reload_hooks(running: &Config, store: &Store, hooks: &HookChain) -> Result<String, String> {
+    let config = match &running.source {
         Some(path) => Config::load(Some(path)).map_err(|p| p.join("\n"))?,
         None => {
             return Err(
@@ -263,17 +316,18 @@ pub fn reload_hooks(shared: &Shared) -> Result<String, String> {
             );
         }
     };
-    let entries = crate::hooks::build_entries(&config, &shared.store).map_err(|p| p.join("\n"))?;
+    let entries = crate::hooks::build_entries(&config, store).map_err(|p| p.join("\n"))?;
     let n = entries.len() - 1;
-    shared.hooks.replace(entries);
+    hooks.replace(entries);
     tracing::info!(scripts = n, "hooks reloaded");
     Ok(format!("reloaded {n} hook script(s)"))
 }
 
-async fn reload_on_sighup(shared: Arc<Shared>, mut hangups: tokio::signal::unix::Signal) {
+async fn reload_on_sighup(services: Arc<Services>, mut hangups: tokio::signal::unix::Signal) {
     while hangups.recv().await.is_some() {
-        let s = shared.clone();
-        match tokio::task::spawn_blocking(move || reload_hooks(&s)).await {
+        let s = services.clone();
+        match tokio::task::spawn_blocking(move || reload_hooks(&s.config, &s.store, &s.hooks)).await
+        {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 tracing::error!(problems = %e, "SIGHUP: reload failed; keeping the running hooks")
@@ -297,7 +351,7 @@ fn wait_for_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 }
 
 async fn accept_loop(
-    shared: Arc<Shared>,
+    shared: Arc<Services>,
     listener: TcpListener,
     proto: Listener,
     tracker: TaskTracker,
@@ -339,16 +393,31 @@ async fn accept_loop(
 /// the task held room for every protocol's session side by side (66 KB where SMTP needs 33),
 /// and spawning copied all of it for each connection.
 fn session(
-    shared: Arc<Shared>,
+    services: Arc<Services>,
     tcp: TcpStream,
     peer: SocketAddr,
     proto: Listener,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    let tls = proto.implicit_tls();
+    let s = &services;
     match proto.protocol() {
-        Protocol::Smtp => Box::pin(crate::smtp::session::serve(shared, tcp, peer, proto, tls)),
-        Protocol::Imap => Box::pin(crate::imap::session::serve(shared, tcp, peer, proto, tls)),
-        Protocol::Pop3 => Box::pin(crate::pop3::session::serve(shared, tcp, peer, proto, tls)),
+        Protocol::Smtp => Box::pin(crate::smtp::session::serve(
+            s.smtp.clone(),
+            tcp,
+            peer,
+            proto,
+        )),
+        Protocol::Imap => Box::pin(crate::imap::session::serve(
+            s.imap.clone(),
+            tcp,
+            peer,
+            proto,
+        )),
+        Protocol::Pop3 => Box::pin(crate::pop3::session::serve(
+            s.pop3.clone(),
+            tcp,
+            peer,
+            proto,
+        )),
     }
 }
 

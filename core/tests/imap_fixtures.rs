@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use corvus::imap::codec::parse;
-use corvus::imap::session::{normalize_crlf, render};
+use corvus::imap::fetch_response::{normalize_crlf, render};
 use corvus::imap::types::Command;
 use corvus::store::MessageMeta;
 

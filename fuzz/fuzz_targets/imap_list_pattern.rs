@@ -2,7 +2,7 @@
 //! starting with a multi-byte character once did) and agrees with a naive reference matcher
 //! on short inputs (the reference is exponential, so it only runs on those).
 #![no_main]
-use corvus::imap::session::wildmatch;
+use corvus::imap::list::wildmatch;
 use libfuzzer_sys::fuzz_target;
 
 fn reference(p: &[u8], n: &[u8]) -> bool {

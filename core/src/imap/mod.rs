@@ -6,14 +6,24 @@
 //! `view` is a session's compact view of its selected mailbox, `session` is the tokio loop
 //! and command handlers.
 
+pub mod cmd;
 pub mod codec;
+pub mod esearch;
+pub mod fetch_response;
+pub mod list;
 pub mod mime;
 pub mod mutf7;
 pub mod response;
 pub mod search;
+pub mod selected;
+pub mod seqset;
 pub mod session;
 pub mod sort;
 pub mod sort_keys;
+pub mod state;
+pub mod sync;
+#[cfg(test)]
+mod transcripts;
 pub mod types;
 pub mod url;
 pub mod view;

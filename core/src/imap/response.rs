@@ -59,3 +59,10 @@ pub fn mailbox_name(out: &mut Vec<u8>, name: &str) {
         literal(out, name.as_bytes());
     }
 }
+
+/// Helper for tests and tools: write a string as IMAP would.
+pub fn imap_string(s: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    string(&mut v, s);
+    v
+}

@@ -7,18 +7,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::AsyncWriteExt;
-use tracing::Instrument;
-
 use super::codec::{
     Command, MAX_COMMAND_LINE, MAX_SASL_LINE, Phase, RespCode, Response, SyntaxError, next_line,
     parse_command, write_message,
 };
 use super::maildrop::Maildrop;
 
-use crate::hooks::{HookCtx, HookPoint, Verdict};
-use crate::net::Stream;
-use crate::server::Shared;
+use crate::hooks::{HookChain, HookCtx, HookPoint, Verdict};
+use crate::login::{Credentials, Login, Refusal};
+use crate::session::{Conn, Input, Line};
 
 /// Output is written to the socket once this much is buffered, even mid-pipeline.
 const FLUSH_AT: usize = 256 * 1024;
@@ -52,51 +49,59 @@ enum Flow {
     StartTls,
 }
 
-struct Session {
-    shared: Arc<Shared>,
-    stream: Stream,
-    listener: crate::listener::Listener,
-    peer: SocketAddr,
-    inbuf: Vec<u8>,
-    out: Vec<u8>,
-    state: State,
-    errors: usize,
-    discard_line: bool,
+/// What a POP3 session uses of the server.
+pub struct Deps {
+    /// Settings (`[pop3]`).
+    pub config: Arc<crate::config::Config>,
+    /// The store holding the maildrops.
+    pub store: crate::store::Store,
+    /// TLS for STLS and the `pop3s` listener.
+    pub tls: tokio_rustls::TlsAcceptor,
+    /// The hook chain (`on_fetch`).
+    pub hooks: Arc<HookChain>,
+    /// USER/PASS and AUTH.
+    pub login: Login,
+    /// Fires on shutdown.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
-/// Serve one POP3 connection. `implicit_tls` for the `pop3s` listener.
+struct Session {
+    deps: Arc<Deps>,
+    conn: Conn,
+    listener: crate::listener::Listener,
+    peer: SocketAddr,
+    state: State,
+}
+
+/// Serve one POP3 connection.
 pub async fn serve(
-    shared: Arc<Shared>,
+    deps: Arc<Deps>,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     listener: crate::listener::Listener,
-    implicit_tls: bool,
 ) {
-    let span = tracing::info_span!("pop3", session = %crate::net::session_id(), peer = %peer, listener = listener.name());
-    async move {
-        let Some(stream) = crate::net::accept_stream(tcp, implicit_tls, &shared.tls.pop3).await
-        else {
-            return;
-        };
-        let mut s = Session {
-            shared,
-            stream,
-            listener,
-            peer,
-            inbuf: Vec::new(),
-            out: Vec::with_capacity(16 * 1024),
-            state: State::Authorization { user: None },
-            errors: 0,
-            discard_line: false,
-        };
-        tracing::debug!("connected");
-        if let Err(e) = s.run().await {
-            tracing::debug!(error = %e, "session ended with I/O error");
-        }
-        tracing::debug!("closed");
-    }
-    .instrument(span)
+    let tls = deps.tls.clone();
+    crate::session::serve(tcp, peer, listener, &tls, |stream| {
+        session(deps, stream, peer, listener)
+    })
     .await
+}
+
+/// The session on an open stream (after an implicit-TLS handshake).
+async fn session(
+    deps: Arc<Deps>,
+    stream: crate::net::Stream,
+    peer: SocketAddr,
+    listener: crate::listener::Listener,
+) -> std::io::Result<()> {
+    let mut s = Session {
+        deps,
+        conn: Conn::new(stream, 16 * 1024),
+        listener,
+        peer,
+        state: State::Authorization { user: None },
+    };
+    s.run().await
 }
 
 impl Session {
@@ -104,16 +109,11 @@ impl Session {
         if r.is_err() {
             tracing::debug!(reply = %r, "refused");
         }
-        r.write_to(&mut self.out);
+        r.write_to(&mut self.conn.out);
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
-            self.stream.flush().await?;
-            self.out.clear();
-        }
-        Ok(())
+        self.conn.flush(None).await
     }
 
     fn phase(&self) -> Phase {
@@ -125,26 +125,22 @@ impl Session {
 
     /// Whether USER/PASS and AUTH may be used on this connection (RFC 2595 §2.2).
     fn login_allowed(&self) -> bool {
-        self.stream.is_tls() || self.shared.config.pop3.allow_plaintext_auth
+        self.conn.is_tls() || self.deps.config.pop3.allow_plaintext_auth
     }
 
     async fn run(&mut self) -> std::io::Result<()> {
         // No APOP timestamp: APOP is not offered (RFC 1939 §7 makes it optional).
         self.reply(Response::ok("Corvus POP3 server ready"));
-        let idle = self.shared.config.pop3.idle_timeout;
+        let idle = self.deps.config.pop3.idle_timeout;
         // Until a login succeeds the whole session has this long (a client trickling a
         // byte at a time is not idle, but it is not logging in either).
-        let login_by = Instant::now() + self.shared.config.pop3.login_timeout;
+        let login_by = Instant::now() + self.deps.config.pop3.login_timeout;
         loop {
             match self.process_input().await? {
                 Flow::Continue => {}
                 Flow::Close => return self.flush().await,
                 Flow::StartTls => {
-                    self.flush().await?;
-                    // RFC 2595 §4 / RFC 3207 §4.2 by analogy: nothing pipelined behind STLS
-                    // may be acted on once TLS is up.
-                    self.inbuf.clear();
-                    if !self.stream.start_tls(&self.shared.tls.pop3).await {
+                    if !self.conn.start_tls(&self.deps.tls).await? {
                         return Ok(());
                     }
                     self.state = State::Authorization { user: None };
@@ -152,26 +148,29 @@ impl Session {
                 }
             }
             self.flush().await?;
-            let waiting_for_command = self.inbuf.is_empty();
+            let waiting_for_command = self.conn.inbuf.is_empty();
             let until = if matches!(self.state, State::Transaction(_)) {
                 Instant::now() + idle
             } else {
                 (Instant::now() + idle).min(login_by)
             };
-            let read = tokio::select! {
-                r = tokio::time::timeout_at(until.into(), self.stream.read_more(&mut self.inbuf)) => r,
-                _ = self.shared.shutdown.cancelled(), if waiting_for_command => {
+            match self
+                .conn
+                .read(until, &self.deps.shutdown, waiting_for_command)
+                .await?
+            {
+                Input::Data => {}
+                // A dropped connection never enters UPDATE (RFC 1939 §6): nothing deleted.
+                Input::Closed => return Ok(()),
+                Input::Shutdown => {
                     // No UPDATE state: marks are dropped, nothing is deleted.
-                    self.reply(Response::err_code(RespCode::SysTemp, "Server shutting down, try again later"));
+                    self.reply(Response::err_code(
+                        RespCode::SysTemp,
+                        "Server shutting down, try again later",
+                    ));
                     return self.flush().await;
                 }
-            };
-            match read {
-                // A dropped connection never enters UPDATE (RFC 1939 §6): nothing deleted.
-                Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_)
+                Input::TimedOut
                     if !matches!(self.state, State::Transaction(_))
                         && Instant::now() >= login_by =>
                 {
@@ -182,7 +181,7 @@ impl Session {
                     ));
                     return self.flush().await;
                 }
-                Err(_) => {
+                Input::TimedOut => {
                     // RFC 1939 §3: on the autologout timer, close without UPDATE and without
                     // a response.
                     tracing::info!(after = ?idle, "idle timeout");
@@ -192,46 +191,22 @@ impl Session {
         }
     }
 
-    /// The longest line accepted in the current state for a line starting like `buf`.
-    fn line_limit(&self, buf: &[u8]) -> usize {
-        let auth = buf.len() >= 5 && buf[..5].eq_ignore_ascii_case(b"AUTH ");
-        if matches!(self.state, State::Sasl) || auth {
-            MAX_SASL_LINE
-        } else {
-            MAX_COMMAND_LINE
-        }
-    }
-
     /// Act on every complete line buffered; returns when more input is needed.
     async fn process_input(&mut self) -> std::io::Result<Flow> {
         loop {
-            let Some((line, used)) = next_line(&self.inbuf) else {
-                if self.inbuf.len() > self.line_limit(&self.inbuf) {
-                    // Drop the partial over-long line and skip the rest of it.
-                    self.inbuf.clear();
-                    if !self.discard_line {
-                        self.discard_line = true;
-                        self.reply(Response::err("Line too long"));
-                        if self.count_error() {
-                            return Ok(Flow::Close);
-                        }
+            let sasl = matches!(self.state, State::Sasl);
+            let line = match self.conn.next_line(next_line, |l| line_limit(sasl, l)) {
+                Line::More => return Ok(Flow::Continue),
+                Line::TooLong => {
+                    self.reply(Response::err("Line too long"));
+                    if self.count_error() {
+                        return Ok(Flow::Close);
                     }
+                    continue;
                 }
-                return Ok(Flow::Continue);
+                Line::Line(line) => line,
             };
-            let line = line.to_vec();
-            self.inbuf.drain(..used);
-            if std::mem::take(&mut self.discard_line) {
-                continue;
-            }
-            if line.len() + 2 > self.line_limit(&line) {
-                self.reply(Response::err("Line too long"));
-                if self.count_error() {
-                    return Ok(Flow::Close);
-                }
-                continue;
-            }
-            let flow = if matches!(self.state, State::Sasl) {
+            let flow = if sasl {
                 self.sasl_response(&line).await
             } else {
                 self.command(&line).await
@@ -240,7 +215,7 @@ impl Session {
                 Flow::Continue => {}
                 other => return Ok(other),
             }
-            if self.out.len() >= FLUSH_AT {
+            if self.conn.out.len() >= FLUSH_AT {
                 self.flush().await?;
             }
         }
@@ -248,8 +223,7 @@ impl Session {
 
     /// Count a bad command; true when the session must close.
     fn count_error(&mut self) -> bool {
-        self.errors += 1;
-        if self.errors >= self.shared.config.pop3.max_errors {
+        if self.conn.count_error(self.deps.config.pop3.max_errors) {
             self.reply(Response::err("Too many errors, closing connection"));
             true
         } else {
@@ -296,7 +270,7 @@ impl Session {
             }
             Command::Quit => self.quit().await,
             Command::Stls => {
-                if self.stream.is_tls() {
+                if self.conn.is_tls() {
                     self.bad(Response::err("Command not permitted when TLS active"))
                 } else {
                     self.reply(Response::ok("Begin TLS negotiation"));
@@ -321,7 +295,8 @@ impl Session {
                         State::Authorization { user: Some(u) } => u,
                         _ => return self.bad(Response::err("Give USER first")),
                     };
-                self.login(user, password, "USER").await
+                self.login(Credentials::password(user, password, "USER"))
+                    .await
             }
             Command::Apop => self.bad(Response::err(
                 "APOP is not supported; use USER/PASS or AUTH PLAIN",
@@ -335,7 +310,7 @@ impl Session {
                     // RFC 1734 style listing, which some clients still probe with.
                     (None, _) => {
                         self.reply(Response::ok("Supported mechanisms follow"));
-                        self.out.extend_from_slice(b"PLAIN\r\n.\r\n");
+                        self.conn.out.extend_from_slice(b"PLAIN\r\n.\r\n");
                         Flow::Continue
                     }
                     (Some("PLAIN"), Some(ir)) => self.auth_plain(&ir).await,
@@ -361,7 +336,7 @@ impl Session {
                 }
                 body.push_str(".\r\n");
                 self.reply(Response::ok(format!("{n} messages ({size} octets)")));
-                self.out.extend_from_slice(body.as_bytes());
+                self.conn.out.extend_from_slice(body.as_bytes());
                 Flow::Continue
             }
             Command::List(Some(n)) => {
@@ -380,7 +355,7 @@ impl Session {
                 }
                 body.push_str(".\r\n");
                 self.reply(Response::ok("Unique-ID listing follows"));
-                self.out.extend_from_slice(body.as_bytes());
+                self.conn.out.extend_from_slice(body.as_bytes());
                 Flow::Continue
             }
             Command::Uidl(Some(n)) => {
@@ -447,16 +422,16 @@ impl Session {
             caps.push("USER");
             caps.push("SASL PLAIN");
         }
-        if !self.stream.is_tls() {
+        if !self.conn.is_tls() {
             caps.push("STLS");
         }
         caps.push("IMPLEMENTATION Corvus");
         self.reply(Response::ok("Capability list follows"));
         for c in caps {
-            self.out.extend_from_slice(c.as_bytes());
-            self.out.extend_from_slice(b"\r\n");
+            self.conn.out.extend_from_slice(c.as_bytes());
+            self.conn.out.extend_from_slice(b"\r\n");
         }
-        self.out.extend_from_slice(b".\r\n");
+        self.conn.out.extend_from_slice(b".\r\n");
     }
 
     /// RETR (`body_lines` None) or TOP: fetch hook, then the dot-stuffed message.
@@ -469,7 +444,7 @@ impl Session {
                 return;
             }
         };
-        let message = match self.shared.store.blob(entry.blob).await {
+        let message = match self.deps.store.blob(entry.blob).await {
             Ok(m) => Arc::new(m),
             Err(crate::store::StoreError::NotFound(_)) => {
                 // Expunged by another session (IMAP) after our snapshot.
@@ -486,11 +461,11 @@ impl Session {
             }
         };
         let mut ctx = HookCtx::new(HookPoint::Fetch, self.listener, self.peer.ip());
-        ctx.tls = self.stream.is_tls();
+        ctx.tls = self.conn.is_tls();
         ctx.user = open.user.clone();
         ctx.fetch = Some(("INBOX".into(), entry.uid, "pop3"));
         ctx.message = Some(message.clone());
-        match self.shared.hooks.run(&ctx).verdict {
+        match self.deps.hooks.run_async(&ctx).await.verdict {
             Verdict::Reject { text, .. } => {
                 self.reply(Response::err(text));
                 return;
@@ -510,7 +485,7 @@ impl Session {
             }
             Some(_) => self.reply(Response::ok("Top of message follows")),
         }
-        write_message(&mut self.out, &message, body_lines);
+        write_message(&mut self.conn.out, &message, body_lines);
     }
 
     async fn sasl_response(&mut self, line: &[u8]) -> Flow {
@@ -533,84 +508,38 @@ impl Session {
             }
             Err(e) => return self.bad(Response::err(e.to_string())),
         };
-        if creds.proxies() {
-            // No proxy logins: acting as another user is not offered.
-            let user = creds.authcid.as_str();
-            let Ok(attempt) = self.shared.auth_throttle.begin(self.peer.ip(), user).await else {
+        self.login(Credentials::plain(creds)).await
+    }
+
+    /// Check credentials (`crate::login`), lock and snapshot the maildrop, and enter
+    /// TRANSACTION.
+    async fn login(&mut self, creds: Credentials) -> Flow {
+        let mech = creds.mech;
+        let mut ctx = HookCtx::new(HookPoint::Auth, self.listener, self.peer.ip());
+        ctx.tls = self.conn.is_tls();
+        let account = match self.deps.login.login(ctx, creds).await {
+            Ok(account) => account,
+            // Not [AUTH]: the credentials may be right; the address is cooling down.
+            Err(Refusal::Throttled) => {
                 self.reply(Response::err_code(
                     RespCode::SysTemp,
                     "Too many failed logins from your address, try again later",
                 ));
                 return Flow::Close;
-            };
-            return self.auth_failed(attempt, user);
-        }
-        self.login(creds.authcid, creds.password, "PLAIN").await
-    }
-
-    /// Check credentials, lock and snapshot the maildrop, and enter TRANSACTION.
-    async fn login(&mut self, user: String, pass: String, mech: &'static str) -> Flow {
-        let ip = self.peer.ip();
-        let Ok(attempt) = self.shared.auth_throttle.begin(ip, &user).await else {
-            // Not [AUTH]: the credentials may be right; the address is cooling down.
-            tracing::info!(user = %user, "login refused: too many failures");
-            self.reply(Response::err_code(
-                RespCode::SysTemp,
-                "Too many failed logins from your address, try again later",
-            ));
-            return Flow::Close;
-        };
-        let valid = match self
-            .shared
-            .credential_cache
-            .verify(&self.shared.store, &user, &pass)
-            .await
-        {
-            Ok(v) => v,
-            Err(e) => {
-                // Not the client's failure: the attempt is settled without counting.
-                attempt.succeed();
-                tracing::error!(error = %e, "credential check failed");
-                self.reply(Response::err_code(
-                    RespCode::SysTemp,
-                    "Cannot check credentials now, try again later",
-                ));
-                return Flow::Continue;
             }
-        };
-        let mut ctx = HookCtx::new(HookPoint::Auth, self.listener, ip);
-        ctx.tls = self.stream.is_tls();
-        ctx.credentials = Some((user.clone(), pass, mech.to_string()));
-        ctx.credentials_valid = valid.is_some();
-        let account = match self.shared.hooks.run(&ctx).verdict {
-            Verdict::Accept => match crate::accounts::hook_accepted(
-                &self.shared.store,
-                &self.shared.config.domains,
-                &user,
-                valid,
-            )
-            .await
-            {
-                Some(a) => a,
-                None => return self.auth_failed(attempt, &user),
-            },
-            Verdict::Continue => match valid {
-                Some(a) => a,
-                None => return self.auth_failed(attempt, &user),
-            },
-            Verdict::Tempfail { text, .. } => {
-                attempt.succeed();
+            Err(Refusal::Failed { closing } | Refusal::NotAuthorized { closing }) => {
+                return self.auth_failed(closing);
+            }
+            Err(Refusal::Temporary(text)) => {
                 self.reply(Response::err_code(RespCode::SysTemp, text));
                 return Flow::Continue;
             }
-            _ => return self.auth_failed(attempt, &user),
         };
-        attempt.succeed();
 
         // RFC 1939 §4: the maildrop is locked for the whole TRANSACTION state.
         // A lease in the store, so the lock holds across every node sharing it.
         let lock = match crate::store::lease::take(
-            &self.shared.store,
+            &self.deps.store,
             &format!("pop3:{}", crate::store::normalize_address(&account)),
         )
         .await
@@ -630,7 +559,7 @@ impl Session {
             ));
             return Flow::Continue;
         };
-        let store = &self.shared.store;
+        let store = &self.deps.store;
         let snapshot = async {
             let Some(inbox) = store.mailbox(&account, "INBOX").await? else {
                 return Ok(None);
@@ -677,9 +606,8 @@ impl Session {
     }
 
     /// A refused login: count it against the client's address, close once it is throttled.
-    fn auth_failed(&mut self, attempt: crate::net::AuthAttempt, user: &str) -> Flow {
-        tracing::info!(user = %user, "authentication failed");
-        if attempt.fail() {
+    fn auth_failed(&mut self, closing: bool) -> Flow {
+        if closing {
             self.reply(Response::err_code(
                 RespCode::Auth,
                 "Authentication failed; too many failures from your address, closing",
@@ -707,7 +635,7 @@ impl Session {
             .copied()
             .filter(|u| !deleted.contains(u))
             .collect();
-        let store = &self.shared.store;
+        let store = &self.deps.store;
         let (user, mailbox_id) = (open.user.clone(), open.maildrop.mailbox_id);
         let updated = async {
             if !seen.is_empty() {
@@ -725,7 +653,7 @@ impl Session {
         .await;
         let result = match updated {
             Ok(removed) if deleted.is_empty() => Ok(removed.len()),
-            Ok(removed) => match self.shared.store.commit().await {
+            Ok(removed) => match self.deps.store.commit().await {
                 Ok(()) => Ok(removed.len()),
                 Err(e) => Err(e.to_string()),
             },
@@ -778,6 +706,17 @@ async fn mark_seen(
     Ok(())
 }
 
+/// The longest line accepted for a line starting like `buf` (`sasl`: inside an AUTH
+/// exchange, whose responses are longer).
+fn line_limit(sasl: bool, buf: &[u8]) -> usize {
+    let auth = buf.len() >= 5 && buf[..5].eq_ignore_ascii_case(b"AUTH ");
+    if sasl || auth {
+        MAX_SASL_LINE
+    } else {
+        MAX_COMMAND_LINE
+    }
+}
+
 /// The answer to USER, PASS and AUTH on a plain connection when that is not allowed.
 fn plaintext_refusal() -> Response {
     Response::err_code(
@@ -788,17 +727,12 @@ fn plaintext_refusal() -> Response {
 
 #[cfg(test)]
 mod tests {
-    //! Transcripts over a real loopback socket, with hook engines that only tests can
-    //! install (the e2e suite cannot configure a fetch hook yet).
+    //! Transcripts over an in-memory pipe, with hook engines that only tests can install
+    //! (the e2e suite cannot configure a fetch hook yet).
 
     use super::*;
-    use crate::accounts;
-    use crate::config::Config;
-    use crate::hooks::{Actions, HookChain, HookEngine, HookError};
-    use crate::net::{AuthThrottle, ConnLimits};
-    use crate::store::{Placement, Store};
-    use std::time::Duration;
-    use tokio::io::{AsyncBufReadExt, BufReader};
+    use crate::hooks::{Actions, HookEngine, HookError};
+    use crate::testing;
 
     /// Refuses fetches of UID 2 permanently and of UID 3 temporarily.
     struct FetchPolicy;
@@ -827,95 +761,37 @@ mod tests {
         }
     }
 
-    async fn start(dir: &std::path::Path) -> (Arc<Shared>, SocketAddr) {
-        let mut config = Config {
-            data_dir: dir.to_path_buf(),
-            ..Config::default()
-        };
-        config.pop3.allow_plaintext_auth = true;
-        let store: Store = Arc::new(crate::store::MemoryStore::new());
-        store
-            .create_account("alice@example.org", &accounts::hash_password("pw"))
-            .await
-            .unwrap();
-        for body in ["one", "two", "three"] {
-            let msg = format!("Subject: {body}\r\n\r\n{body}\r\n");
-            let to = [Placement {
-                user: "alice@example.org".into(),
-                mailbox: "INBOX".into(),
-                flags: Vec::new(),
-            }];
-            store.deliver(msg.as_bytes(), 0, &to).await.unwrap();
-        }
-        let shared = Arc::new(Shared {
-            tls: crate::tls::acceptors(&config).unwrap(),
-            resolver: crate::dns::resolver(&config).unwrap(),
-            fcrdns_cache: Default::default(),
-            hooks: HookChain::new(vec![Arc::new(FetchPolicy)]),
-            auth_throttle: AuthThrottle::new(5, 10, Duration::from_secs(60)),
-            conn_limits: ConnLimits::new(10, 10),
-            queue_wakeup: Arc::default(),
-
-            credential_cache: Arc::new(accounts::CredentialCache::new(Duration::from_secs(60))),
+    /// The POP3 services over a store with three messages, with [`FetchPolicy`].
+    async fn deps(dir: &std::path::Path) -> Arc<Deps> {
+        let config = testing::config(dir);
+        let store = testing::store(&["one", "two", "three"]).await;
+        let hooks = testing::hooks(vec![Arc::new(FetchPolicy)]);
+        Arc::new(Deps {
+            tls: crate::tls::acceptors(&config).unwrap().pop3,
+            login: testing::login(&config, &store, &hooks),
+            hooks,
             shutdown: Default::default(),
-            message_memory: crate::memory::MemoryBudget::new(1 << 30),
-            sort_keys: Default::default(),
-            sender_auth: crate::sender_auth::SenderAuth::new(
-                &config,
-                crate::dns::resolver(&config).unwrap(),
-                store.clone(),
-            ),
             config: Arc::new(config),
             store,
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let s2 = shared.clone();
-        tokio::spawn(async move {
-            while let Ok((tcp, peer)) = listener.accept().await {
-                tokio::spawn(serve(
-                    s2.clone(),
-                    tcp,
-                    peer,
-                    crate::listener::Listener::Pop3,
-                    false,
-                ));
-            }
-        });
-        (shared, addr)
+        })
     }
 
-    /// Run `C:` lines against the server and check each `S:` line (a prefix of the reply).
-    async fn transcript(addr: SocketAddr, trace: &str) {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (r, mut w) = tcp.into_split();
-        let mut r = BufReader::new(r);
-        for step in trace.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            // "S:" alone (its trailing space trimmed away) is an empty line.
-            let step = if step == "S:" { "S: " } else { step };
-            if let Some(c) = step.strip_prefix("C: ") {
-                w.write_all(format!("{c}\r\n").as_bytes()).await.unwrap();
-            } else if let Some(want) = step.strip_prefix("S: ") {
-                let mut line = String::new();
-                r.read_line(&mut line).await.unwrap();
-                let ok = if want.is_empty() {
-                    line == "\r\n"
-                } else {
-                    line.starts_with(want) && line.ends_with("\r\n")
-                };
-                assert!(ok, "expected {want:?}, got {line:?}");
-            } else {
-                panic!("bad transcript step {step:?}");
-            }
-        }
+    /// Run `trace` against a session on `deps`.
+    async fn transcript(deps: &Arc<Deps>, trace: &str) {
+        let (deps, peer) = (deps.clone(), "127.0.0.1:1110".parse().unwrap());
+        testing::transcript(
+            move |stream| session(deps, stream, peer, crate::listener::Listener::Pop3),
+            trace,
+        )
+        .await;
     }
 
     #[tokio::test]
     async fn fetch_hook_can_refuse_retr_and_top() {
         let d = tempfile::tempdir().unwrap();
-        let (shared, addr) = start(d.path()).await;
+        let shared = deps(d.path()).await;
         transcript(
-            addr,
+            &shared,
             "S: +OK Corvus POP3 server ready
              C: USER alice@example.org
              S: +OK
@@ -955,9 +831,9 @@ mod tests {
     #[tokio::test]
     async fn rfc1939_states_and_errors() {
         let d = tempfile::tempdir().unwrap();
-        let (_shared, addr) = start(d.path()).await;
+        let shared = deps(d.path()).await;
         transcript(
-            addr,
+            &shared,
             "S: +OK
              C: STAT
              S: -ERR STAT is only valid after login

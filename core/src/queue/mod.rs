@@ -15,7 +15,6 @@ use tokio::sync::Semaphore;
 
 use crate::dns::{MxRoute, host_addresses, mx_hosts};
 use crate::hooks::{HookCtx, HookPoint, Verdict};
-use crate::server::Shared;
 use crate::store::{QueueEntry, QueueRcpt, StoreError};
 use client::{Client, ClientError, RemoteReply, TlsPolicy};
 use dsn::RcptStatus;
@@ -88,12 +87,29 @@ fn pool_reap(pool: &Pool) {
 /// third of that while it delivers, so only a runner that died (or hangs) loses it.
 const LEASE: Duration = Duration::from_secs(300);
 
+/// What the queue runner uses: settings, the store, DNS, the hooks (`on_delivery` per
+/// remote host), the delivery path (local recipients, bounces) and shutdown.
+pub struct Deps {
+    /// Settings (`[delivery]`, hostname, domains, TLS trust roots).
+    pub config: Arc<crate::config::Config>,
+    /// The store holding the queue.
+    pub store: crate::store::Store,
+    /// MX and address lookups.
+    pub resolver: hickory_resolver::TokioResolver,
+    /// The hook chain.
+    pub hooks: Arc<crate::hooks::HookChain>,
+    /// Local deliveries, bounces and delay notices; its wake-up starts a queue run.
+    pub delivery: crate::delivery::Delivery,
+    /// Fires on shutdown.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
 /// Run the queue until shutdown.
 ///
 /// The runner claims due entries from the store with a lease ([`crate::store::Queue::queue_claim`])
 /// instead of reading the whole queue, so several runners over one store never deliver an
 /// entry twice at once, and an entry whose runner died is taken over when its lease runs out.
-pub async fn run(shared: Arc<Shared>) {
+pub async fn run(shared: Arc<Deps>) {
     let pool: Pool = Arc::new(Mutex::new(HashMap::new()));
     let inflight: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
     let slots = shared.config.delivery.max_concurrency.max(1);
@@ -135,7 +151,7 @@ pub async fn run(shared: Arc<Shared>) {
                             _ = renew(&shared, &id, &owner) => {}
                         }
                         inflight.lock().expect("inflight").remove(&id);
-                        shared.queue_wakeup.notify_one();
+                        shared.delivery.queue_wakeup().notify_one();
                     });
                 }
             }
@@ -143,7 +159,7 @@ pub async fn run(shared: Arc<Shared>) {
         }
         let wait = Duration::from_secs((next - now()).clamp(1, POOL_IDLE.as_secs() as i64) as u64);
         tokio::select! {
-            _ = shared.queue_wakeup.notified() => {}
+            _ = shared.delivery.queue_wakeup().notified() => {}
             _ = tokio::time::sleep(wait) => {}
             _ = shared.shutdown.cancelled() => return,
         }
@@ -151,7 +167,7 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 /// Keep the lease on entry `id` while its delivery runs (never returns).
-async fn renew(shared: &Shared, id: &str, owner: &str) {
+async fn renew(shared: &Deps, id: &str, owner: &str) {
     let mut every = tokio::time::interval(LEASE / 3);
     every.tick().await;
     loop {
@@ -165,7 +181,7 @@ async fn renew(shared: &Shared, id: &str, owner: &str) {
 
 /// One delivery attempt for every recipient of `entry`.
 async fn attempt(
-    shared: &Arc<Shared>,
+    shared: &Arc<Deps>,
     entry: QueueEntry,
     owner: &str,
     per_domain: &Mutex<HashMap<String, Arc<Semaphore>>>,
@@ -179,7 +195,7 @@ async fn attempt(
 }
 
 async fn attempt_in_span(
-    shared: &Arc<Shared>,
+    shared: &Arc<Deps>,
     mut entry: QueueEntry,
     owner: &str,
     per_domain: &Mutex<HashMap<String, Arc<Semaphore>>>,
@@ -257,7 +273,7 @@ async fn attempt_in_span(
 
 /// Deliver to every recipient in one domain.
 async fn deliver_domain(
-    shared: &Arc<Shared>,
+    shared: &Arc<Deps>,
     entry: &QueueEntry,
     domain: &str,
     rcpts: &[QueueRcpt],
@@ -316,7 +332,7 @@ async fn deliver_domain(
             ctx.rcpt = r.address.clone();
             ctx.remote_mx = Some(host.clone());
             ctx.message = Some(hook_message.clone());
-            match shared.hooks.run(&ctx).verdict {
+            match shared.hooks.run_async(&ctx).await.verdict {
                 Verdict::Reject { code, text } => {
                     results[i] = Some(Outcome::Perm {
                         status: dsn::status_of(code, &text),
@@ -528,7 +544,7 @@ fn perm_reply(r: &RemoteReply, host: &str) -> Outcome {
 /// folders, Junk) in one write; an alias target in another domain becomes a new queue
 /// entry inside that same write.
 async fn deliver_local(
-    shared: &Arc<Shared>,
+    shared: &Arc<Deps>,
     entry: &QueueEntry,
     rcpts: &[QueueRcpt],
     message: &[u8],
@@ -568,12 +584,13 @@ async fn deliver_local(
         let recipients: Vec<_> = local.iter().map(|(_, r)| r.clone()).collect();
         let message = Arc::new(message.to_vec());
         let ctx = crate::delivery::queue_ctx(&entry.mail_from, &recipients);
-        let result = match crate::delivery::plan(shared, &ctx, &message, &recipients, false, true)
+        let result = match shared
+            .delivery
+            .plan(&ctx, &message, &recipients, false, true)
             .await
         {
             Err(t) => Err(format!("{} {}", t.code, t.text)),
             Ok(plan) => {
-                let queued = !plan.remote.is_empty();
                 let mut forward = crate::delivery::queue_entry(
                     &crate::delivery::new_queue_id(),
                     &entry.mail_from,
@@ -585,13 +602,8 @@ async fn deliver_local(
                 forward.smtputf8 = entry.smtputf8;
                 forward.decisions = vec![format!("forwarded from queue entry {}", entry.id)];
                 let ingest = plan.into_ingest(&entry.mail_from, now(), Some((forward, message)));
-                match shared.store.ingest(ingest).await {
-                    Ok(_) => {
-                        if queued {
-                            shared.queue_wakeup.notify_one();
-                        }
-                        Ok(())
-                    }
+                match shared.delivery.ingest(ingest).await {
+                    Ok(_) => Ok(()),
                     Err(e) => Err(format!("local delivery failed: {e}")),
                 }
             }
@@ -611,7 +623,7 @@ async fn deliver_local(
 
 /// Record the attempt: drop finished recipients, bounce failures, schedule a retry.
 async fn finish(
-    shared: &Arc<Shared>,
+    shared: &Arc<Deps>,
     entry: &mut QueueEntry,
     owner: &str,
     outcomes: Vec<(QueueRcpt, Outcome)>,
@@ -720,7 +732,7 @@ async fn finish(
 
 /// Deliver a bounce or delay notice from `<>`: through the one delivery path (the sender's
 /// mailbox when local, else the queue).
-async fn send_bounce(shared: &Arc<Shared>, to: &str, bounce: Vec<u8>) -> Result<(), StoreError> {
+async fn send_bounce(shared: &Arc<Deps>, to: &str, bounce: Vec<u8>) -> Result<(), StoreError> {
     let rcpt = QueueRcpt {
         address: to.to_string(),
         notify: vec![],
@@ -731,7 +743,9 @@ async fn send_bounce(shared: &Arc<Shared>, to: &str, bounce: Vec<u8>) -> Result<
     entry.smtputf8 = !to.is_ascii();
     entry.decisions = vec!["bounce".into()];
     entry.warned = true;
-    crate::delivery::deliver_generated(shared, entry, bounce)
+    shared
+        .delivery
+        .deliver_generated(entry, bounce)
         .await
         .map(|_| ())
 }

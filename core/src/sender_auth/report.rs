@@ -18,7 +18,6 @@ use std::time::Duration;
 use mail_builder::MessageBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::server::Shared;
 use crate::store::{QueueRcpt, Store};
 
 const NS: &str = "corvus.dmarc";
@@ -313,8 +312,19 @@ fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     enc.finish()
 }
 
+/// What the report sender uses: settings, the checker that collected the reports, and
+/// the delivery path its reports leave by.
+pub struct Deps {
+    /// Settings (`[sender_auth.dmarc_reports]`, hostname, domains).
+    pub config: Arc<crate::config::Config>,
+    /// The checker holding the collected reports.
+    pub sender_auth: Arc<super::SenderAuth>,
+    /// Where reports go.
+    pub delivery: crate::delivery::Delivery,
+}
+
 /// Send every report whose period has ended. Returns how many were queued.
-pub async fn send_due(shared: &Arc<Shared>) -> usize {
+pub async fn send_due(shared: &Deps) -> usize {
     let auth = &shared.sender_auth;
     let Some(reports) = auth.reports() else {
         return 0;
@@ -390,7 +400,7 @@ pub async fn send_due(shared: &Arc<Shared>) -> usize {
         entry.ret = Some("HDRS".into());
         entry.decisions = vec!["dmarc aggregate report".into()];
         entry.warned = true;
-        match crate::delivery::deliver_generated(shared, entry, message).await {
+        match shared.delivery.deliver_generated(entry, message).await {
             Ok(_) => {
                 tracing::info!(domain = %report.domain, rua = ?allowed, rows = report.rows.len(), "DMARC aggregate report queued");
                 reports.forget(&key).await;
@@ -403,13 +413,13 @@ pub async fn send_due(shared: &Arc<Shared>) -> usize {
 }
 
 /// The sending task: checks for finished periods until shutdown.
-pub async fn run(shared: Arc<Shared>) {
+pub async fn run(shared: Deps, shutdown: tokio_util::sync::CancellationToken) {
     let interval = shared.config.sender_auth.dmarc_reports.interval;
     let tick = (interval / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
-            _ = shared.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
         }
         send_due(&shared).await;
     }

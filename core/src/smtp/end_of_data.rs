@@ -1,0 +1,273 @@
+//! Everything after the last byte of a message (DATA or the last BDAT chunk): size and
+//! line checks, sender authentication, trace headers, the `on_data` hook, and the one
+//! delivery write (`crate::delivery`) whose success is the 250.
+
+use std::sync::Arc;
+
+use crate::dns::Fcrdns;
+use crate::hooks::{HookPoint, Route, Verdict};
+use crate::message::rfc5322_now;
+use crate::smtp::data::DataProblem;
+use crate::smtp::reply::Reply;
+use crate::smtp::session::{Rcpt, Session, Transaction, verdict_reply};
+
+/// The domain of the alias that forwards this message elsewhere (the ARC sealing domain):
+/// a local recipient whose targets include an address in another domain; else any local one.
+pub(in crate::smtp) fn forwarding_domain(rcpts: &[Rcpt]) -> Option<String> {
+    let domain = |a: &str| a.rsplit_once('@').map(|(_, d)| d.to_lowercase());
+    let local = rcpts.iter().filter_map(|r| match &r.route {
+        Route::Local(t) => Some((domain(&r.address)?, t)),
+        _ => None,
+    });
+    let mut first = None;
+    for (d, targets) in local {
+        if targets
+            .iter()
+            .any(|t| domain(t).as_deref() != Some(d.as_str()))
+        {
+            return Some(d);
+        }
+        first.get_or_insert(d);
+    }
+    first
+}
+
+impl Session {
+    pub(in crate::smtp) fn check_ready_for_data(&self) -> Option<Reply> {
+        match &self.tx {
+            None => Some(Reply::bad_sequence("Need MAIL command")),
+            Some(tx) if tx.rcpts.is_empty() => {
+                Some(Reply::new(554, "5.5.1", "No valid recipients"))
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// Everything after the last byte of message data: checks, hooks, storage, the reply.
+    pub(in crate::smtp) async fn end_of_data(
+        &mut self,
+        data: Result<Vec<u8>, DataProblem>,
+    ) -> Reply {
+        let Some(tx) = self.tx.take() else {
+            return Reply::bad_sequence("Need MAIL command");
+        };
+        self.bdat = None;
+        let max = self.deps.config.smtp.max_message_size;
+        let mut body = match data {
+            Ok(b) if b.len() as u64 > max => return Reply::too_big(max),
+            Ok(b) => b,
+            Err(DataProblem::TooBig) => return Reply::too_big(max),
+            Err(DataProblem::LineTooLong) => {
+                return Reply::new(
+                    554,
+                    "5.6.0",
+                    format!(
+                        "Message has a line longer than {} bytes",
+                        self.deps.config.smtp.max_data_line
+                    ),
+                );
+            }
+            Err(DataProblem::BareNewline) => {
+                return Reply::new(
+                    550,
+                    "5.6.0",
+                    "Bare LF or CR in message; lines must end with CRLF (RFC 5321 2.3.8)",
+                );
+            }
+            Err(DataProblem::Nul) => {
+                return Reply::new(550, "5.6.0", "NUL bytes are not allowed in a message");
+            }
+            Err(DataProblem::NoMemory) => {
+                return Reply::new(
+                    452,
+                    "4.3.1",
+                    "Insufficient system storage: too many messages in transit, try again later",
+                );
+            }
+        };
+        self.messages += 1;
+        let queue_id = format!("{:016X}", rand::random::<u64>());
+        let fcrdns = self.fcrdns().await;
+        // Sender authentication (inbound smtp): results for the header, hooks and policy.
+        let checked = if self.sender_checks() {
+            let helo = self.helo.clone().unwrap_or_default();
+            let sender = if tx.from.is_null() {
+                String::new()
+            } else {
+                tx.from.to_string()
+            };
+            let env = crate::sender_auth::Envelope {
+                ip: self.peer.ip(),
+                helo: &helo,
+                mail_from: &sender,
+                spf: tx.spf.as_ref(),
+            };
+            Some(Box::pin(self.deps.sender_auth.check_message(&body, &env)).await)
+        } else {
+            None
+        };
+        let mut msg = Vec::with_capacity(body.len() + 1024);
+        if self.listener == crate::listener::Listener::Smtp {
+            // RFC 8601 §5: no Authentication-Results claiming to be ours may pass through.
+            let host = self.host().to_string();
+            if let (std::borrow::Cow::Owned(stripped), n) =
+                crate::sender_auth::headers::strip_forged(&body, &host)
+            {
+                tracing::info!(removed = n, "removed forged Authentication-Results");
+                body = stripped;
+            }
+            match (&checked, &self.user) {
+                (Some(c), _) => msg.extend_from_slice(c.header.as_bytes()),
+                (None, Some(u)) if self.deps.sender_auth.enabled() => {
+                    msg.extend_from_slice(self.deps.sender_auth.authenticated_header(u).as_bytes())
+                }
+                _ => {}
+            }
+        }
+        msg.extend_from_slice(self.received_header(&tx, &queue_id, &fcrdns).as_bytes());
+        if self.listener.is_submission() || self.user.is_some() {
+            let added = super::trace_headers::submission_fields(
+                &body,
+                &queue_id,
+                chrono::Utc::now().timestamp(),
+                self.host(),
+                &rfc5322_now(),
+            );
+            msg.extend_from_slice(added.as_bytes());
+        }
+        msg.extend_from_slice(&body);
+        drop(body);
+
+        let mut ctx = self.ctx(HookPoint::Data);
+        ctx.mail_from = tx.from.to_string();
+        ctx.rcpts = tx.rcpts.iter().map(|r| r.address.clone()).collect();
+        if let Some(c) = &checked {
+            ctx.auth = c.facts.clone();
+            ctx.auth_results = [
+                c.facts.spf.clone(),
+                c.facts.dkim.clone(),
+                c.facts.dmarc.clone(),
+            ];
+        }
+        let msg = Arc::new(msg);
+        ctx.message = Some(msg.clone());
+        let outcome = self.deps.hooks.run_async(&ctx).await;
+        let decisions = outcome.decisions.clone();
+        let quarantine = match &outcome.verdict {
+            Verdict::Reject { code, text } => return verdict_reply(*code, text, "5.7.1"),
+            Verdict::Tempfail { code, text } => return verdict_reply(*code, text, "4.7.1"),
+            Verdict::Discard => {
+                tracing::info!(queue_id, "message discarded by hook");
+                return Reply::new(250, "2.0.0", format!("Ok: queued as {queue_id}"));
+            }
+            Verdict::Quarantine(reason) => Some(reason.clone()),
+            _ => None,
+        };
+        // DMARC policy, unless a hook accepted the message explicitly.
+        let quarantine = match checked.as_ref().map(|c| &c.action) {
+            _ if outcome.verdict == Verdict::Accept => quarantine,
+            Some(crate::sender_auth::Action::Reject(text)) => {
+                tracing::info!(queue_id, from = %tx.from, "message rejected by DMARC policy");
+                return Reply::new(550, "5.7.1", text.clone());
+            }
+            Some(crate::sender_auth::Action::Quarantine(why)) => {
+                quarantine.or_else(|| Some(why.clone()))
+            }
+            _ => quarantine,
+        };
+        let msg = crate::message::prepend_headers(&msg, &outcome.actions.add_headers);
+
+        // Where every copy goes (on_delivery per local account), then one write.
+        let rcpts: Vec<crate::delivery::Recipient> = tx
+            .rcpts
+            .iter()
+            .map(|r| crate::delivery::Recipient {
+                address: r.address.clone(),
+                route: r.route.clone(),
+                notify: r.params.notify.clone(),
+                orcpt: r.params.orcpt.clone(),
+                file_into: r.file_into.clone(),
+            })
+            .collect();
+        let plan = match self
+            .deps
+            .delivery
+            .plan(&ctx, &msg, &rcpts, quarantine.is_some(), true)
+            .await
+        {
+            Ok(plan) => plan,
+            Err(t) => return verdict_reply(t.code, &t.text, "4.7.1"),
+        };
+        let remote = !plan.remote.is_empty();
+        // Mail an alias forwards to another domain leaves ARC-sealed (RFC 8617).
+        let mut queued = msg.clone();
+        if let Some(c) = &checked
+            && remote
+            && let Some(domain) = forwarding_domain(&tx.rcpts)
+            && let Some(set) = self
+                .deps
+                .sender_auth
+                .arc_seal(&msg, c, &self.deps.store, &domain)
+                .await
+        {
+            let mut sealed = set.into_bytes();
+            sealed.extend_from_slice(&msg);
+            queued = Arc::new(sealed);
+        }
+        let now = chrono::Utc::now().timestamp();
+        let mut entry = crate::delivery::queue_entry(&queue_id, &tx.from.to_string(), vec![], now);
+        entry.ret = tx.params.ret.clone();
+        entry.envid = tx.params.envid.clone();
+        entry.smtputf8 = tx.params.smtputf8;
+        entry.decisions = decisions;
+        // RFC 5321 §4.4: final delivery records the envelope sender in Return-Path.
+        let reverse_path = if tx.from.is_null() {
+            String::new()
+        } else {
+            tx.from.to_string()
+        };
+        let ingest = plan.into_ingest(&reverse_path, now, Some((entry, queued)));
+        // Architecture invariant: 250 after DATA only once the one write for the message
+        // (every local copy and the queue entry) is durable; on an error nothing of it is
+        // visible, so the client's retry cannot duplicate a copy.
+        if let Err(e) = self.deps.delivery.ingest(ingest).await {
+            tracing::error!(error = %e, "storing message failed");
+            return Reply::local_error();
+        }
+        // One line per message: the sender-authentication results ride on it.
+        match &checked {
+            Some(c) => tracing::info!(
+                queue_id, size = msg.len(), rcpts = tx.rcpts.len(), from = %tx.from,
+                spf = %c.facts.spf, dkim = %c.facts.dkim, dmarc = %c.facts.dmarc,
+                arc = %c.facts.arc, "message accepted"
+            ),
+            None => tracing::info!(
+                queue_id, size = msg.len(), rcpts = tx.rcpts.len(), from = %tx.from,
+                "message accepted"
+            ),
+        }
+        Reply::new(250, "2.0.0", format!("Ok: queued as {queue_id}"))
+    }
+
+    pub(in crate::smtp) fn received_header(
+        &self,
+        tx: &Transaction,
+        queue_id: &str,
+        fcrdns: &Fcrdns,
+    ) -> String {
+        let tls = self.conn.stream.tls_info();
+        super::trace_headers::received(&super::trace_headers::Trace {
+            helo: self.helo.as_deref().unwrap_or_default(),
+            fcrdns,
+            ip: self.peer.ip(),
+            host: self.host(),
+            smtputf8: tx.params.smtputf8,
+            esmtp: self.esmtp,
+            tls: tls.as_deref(),
+            user: self.user.as_deref(),
+            queue_id,
+            rcpt: (tx.rcpts.len() == 1).then(|| tx.rcpts[0].address.as_str()),
+            date: &rfc5322_now(),
+        })
+    }
+}
