@@ -1,6 +1,6 @@
 //! The storage boundary: small traits by concern ([`Directory`], [`Mailboxes`], [`Blobs`],
 //! [`Queue`], [`Leases`], [`Kv`], [`Feed`]) that [`MailStore`] sums up, so another backend
-//! can replace sled without the protocols noticing. `sled_store` and `memory` implement
+//! can replace sled without the protocols noticing. `sled` and `memory` implement
 //! them; `conformance` is the contract both pass.
 //!
 //! Architecture invariant: a protocol success reply that promises durability is sent only
@@ -16,13 +16,13 @@ mod feed;
 pub mod lease;
 mod memory;
 mod meta_cache;
-mod sled_store;
+mod sled;
 
+pub use self::sled::SledStore;
 pub use cached::Cached;
 pub use commit::Commit;
 pub use failpoint::Failpoints;
 pub use memory::MemoryStore;
-pub use sled_store::SledStore;
 
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -75,8 +75,8 @@ pub enum StoreError {
     Backend(String),
 }
 
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
+impl From<::sled::Error> for StoreError {
+    fn from(e: ::sled::Error) -> Self {
         StoreError::Backend(e.to_string())
     }
 }
