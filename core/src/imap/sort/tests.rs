@@ -1,4 +1,4 @@
-//! SORT and THREAD tests (RFC 5256, RFC 5957): base subjects, sort keys and threads.
+//! SORT and THREAD tests (RFC 5256): base subjects, sort keys and threads.
 
 use super::*;
 
