@@ -31,18 +31,29 @@ impl Config {
             }
             config.source = Some(file.to_path_buf());
         }
+        let mut moves = Moves {
+            figment: &figment,
+            file,
+            warnings: Vec::new(),
+            errors: Vec::new(),
+        };
+        moves.limits_from_smtp(&mut config);
+        let Moves {
+            warnings,
+            mut errors,
+            ..
+        } = moves;
         let problems = config.check();
-        if problems.is_empty() {
+        if problems.is_empty() && errors.is_empty() {
+            config.warnings = warnings;
             Ok(config)
         } else {
             // "file: key: what is wrong", like the parse errors above.
-            Err(match file {
-                Some(f) => problems
-                    .into_iter()
-                    .map(|p| format!("{}: {p}", f.display()))
-                    .collect(),
-                None => problems,
-            })
+            errors.extend(problems.into_iter().map(|p| match file {
+                Some(f) => format!("{}: {p}", f.display()),
+                None => p,
+            }));
+            Err(errors)
         }
     }
 
@@ -72,6 +83,77 @@ impl Config {
             TOP_LEVEL_KEYS.contains(&top.as_str())
         };
         Ok(base.merge(Env::prefixed("CORVUS_").filter(known).split("__")))
+    }
+}
+
+/// Keys that moved to another table: the old one is still read, with a warning line; set
+/// together with its new key to another value, it is an error. Lines name the source (the
+/// file or the environment), the old key and the new one.
+struct Moves<'a> {
+    figment: &'a Figment,
+    file: Option<&'a Path>,
+    warnings: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl Moves<'_> {
+    /// The `[smtp]` keys that hold for every listener moved to `[limits]`.
+    fn limits_from_smtp(&mut self, config: &mut Config) {
+        let (smtp, limits) = (&mut config.smtp, &mut config.limits);
+        // The key's name is the field's name in both tables.
+        macro_rules! moved {
+            ($($key:ident),*) => {$(
+                self.moved("smtp", "limits", stringify!($key), smtp.$key.take(), &mut limits.$key);
+            )*};
+        }
+        moved!(
+            max_connections,
+            max_connections_per_ip,
+            max_auth_failures,
+            max_auth_failures_per_ip,
+            auth_fail_window
+        );
+    }
+
+    /// `from.key`, if set, moves into `to.key` (`new`).
+    fn moved<T: PartialEq>(
+        &mut self,
+        from: &str,
+        to: &str,
+        key: &str,
+        old: Option<T>,
+        new: &mut T,
+    ) {
+        let Some(old) = old else { return };
+        let (old_key, new_key) = (format!("{from}.{key}"), format!("{to}.{key}"));
+        let source = self.set_by(&old_key).unwrap_or_else(|| "config".into());
+        if self.set_by(&new_key).is_some() {
+            if *new != old {
+                self.errors.push(format!(
+                    "{source}: {old_key}: deprecated, and {new_key} is set to another value; keep only {new_key}"
+                ));
+                return;
+            }
+        } else {
+            *new = old;
+        }
+        self.warnings.push(format!(
+            "{source}: {old_key}: deprecated; write {new_key} instead ([{to}] holds the limits of every listener)"
+        ));
+    }
+
+    /// Where `key` was set: the file or the environment; `None` when only a default holds
+    /// it.
+    fn set_by(&self, key: &str) -> Option<String> {
+        let m = self.figment.find_metadata(key)?;
+        if m.name.contains("environment") {
+            return Some("environment".into());
+        }
+        match (&m.source, self.file) {
+            (Some(figment::Source::File(_)), Some(f)) => Some(f.display().to_string()),
+            (Some(figment::Source::File(p)), None) => Some(p.display().to_string()),
+            _ => None,
+        }
     }
 }
 

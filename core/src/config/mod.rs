@@ -46,6 +46,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Outbound delivery settings.
     pub delivery: Delivery,
+    /// Limits that hold for every listener: connections and failed logins.
+    pub limits: Limits,
     /// SMTP server behaviour and limits.
     pub smtp: Smtp,
     /// IMAP server behaviour and limits.
@@ -66,6 +68,10 @@ pub struct Config {
     /// The file this was loaded from (not a key; set by [`Config::load`], used for reloads).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// What [`Config::load`] found to warn about (deprecated keys), one line each, naming
+    /// the file and the key (not a key).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// One `[[hooks]]` entry: a Rhai script (`script`) or a WASM plugin (`plugin`), and the table
@@ -100,6 +106,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "dns",
     "store",
     "delivery",
+    "limits",
     "smtp",
     "imap",
     "pop3",
@@ -221,6 +228,38 @@ pub struct Delivery {
     pub max_per_domain: usize,
 }
 
+/// Limits that hold for every listener (SMTP, IMAP and POP3 together).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections open at once, all clients together.
+    pub max_connections: usize,
+    /// Connections open at once from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Failed logins at one account from one IP within `auth_fail_window` before that IP is
+    /// refused for that account (SMTP, IMAP and POP3 together; a success resets only its own
+    /// account's count).
+    pub max_auth_failures: u32,
+    /// Failed logins from one IP, at any accounts, within `auth_fail_window` before that IP
+    /// is refused for every account (successes do not reset it).
+    pub max_auth_failures_per_ip: u32,
+    /// Window (and back-off) for `max_auth_failures`.
+    #[serde(with = "dur")]
+    pub auth_fail_window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_connections_per_ip: 50,
+            max_auth_failures: 5,
+            max_auth_failures_per_ip: 10,
+            auth_fail_window: Duration::from_secs(300),
+        }
+    }
+}
+
 /// SMTP server behaviour and limits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -247,25 +286,26 @@ pub struct Smtp {
     /// Longest whole session.
     #[serde(with = "dur")]
     pub session_timeout: Duration,
-    /// Connections open at once, all clients together.
-    pub max_connections: usize,
-    /// Connections open at once from one client IP.
-    pub max_connections_per_ip: usize,
+    /// Deprecated: `limits.max_connections` (read, with a warning, when that is not set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Deprecated: `limits.max_connections_per_ip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<usize>,
     /// SMTP connections (smtp, submission, submissions together) open at once, so SMTP
-    /// cannot take every one of `max_connections`.
+    /// cannot take every one of `limits.max_connections`.
     pub max_smtp_connections: usize,
     /// Bad commands in one session before it is closed.
     pub max_errors: usize,
-    /// Failed logins at one account from one IP within `auth_fail_window` before that IP is
-    /// refused for that account (SMTP, IMAP and POP3 together; a success resets only its own
-    /// account's count).
-    pub max_auth_failures: u32,
-    /// Failed logins from one IP, at any accounts, within `auth_fail_window` before that IP
-    /// is refused for every account (successes do not reset it).
-    pub max_auth_failures_per_ip: u32,
-    /// Window (and back-off) for `max_auth_failures`.
-    #[serde(with = "dur")]
-    pub auth_fail_window: Duration,
+    /// Deprecated: `limits.max_auth_failures`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_auth_failures: Option<u32>,
+    /// Deprecated: `limits.max_auth_failures_per_ip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_auth_failures_per_ip: Option<u32>,
+    /// Deprecated: `limits.auth_fail_window`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_dur")]
+    pub auth_fail_window: Option<Duration>,
     /// Offer AUTH on connections without TLS (off: AUTH needs STARTTLS or implicit TLS).
     pub allow_plaintext_auth: bool,
     /// Client networks that may relay without AUTH, as Postfix's `mynetworks`: printers and
@@ -332,7 +372,7 @@ pub struct Imap {
     /// Bad commands in one session before it is closed.
     pub max_errors: usize,
     /// IMAP connections (imap and imaps together) open at once, so IMAP cannot take every
-    /// one of `smtp.max_connections`.
+    /// one of `limits.max_connections`.
     pub max_connections: usize,
     /// Logged-in sessions one user may hold at once, from all addresses together; one more
     /// LOGIN/AUTHENTICATE gets `NO [UNAVAILABLE]`. (Dovecot's `mail_max_userip_connections`
@@ -373,7 +413,7 @@ pub struct Pop3 {
     /// Bad commands in one session before it is closed.
     pub max_errors: usize,
     /// POP3 connections (pop3 and pop3s together) open at once, so POP3 cannot take every
-    /// one of `smtp.max_connections`.
+    /// one of `limits.max_connections`.
     pub max_connections: usize,
 }
 
@@ -597,6 +637,7 @@ impl Default for Config {
             dns: Dns::default(),
             store: StoreConfig::default(),
             delivery: Delivery::default(),
+            limits: Limits::default(),
             smtp: Smtp::default(),
             imap: Imap::default(),
             pop3: Pop3::default(),
@@ -606,6 +647,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(30),
             hooks: Vec::new(),
             source: None,
+            warnings: Vec::new(),
         }
     }
 }
@@ -644,15 +686,15 @@ impl Default for Smtp {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
             session_timeout: Duration::from_secs(1800),
-            max_connections: 10_000,
-            max_connections_per_ip: 50,
+            max_connections: None,
+            max_connections_per_ip: None,
             max_smtp_connections: 5_000,
             max_errors: 10,
-            max_auth_failures: 5,
-            max_auth_failures_per_ip: 10,
+            max_auth_failures: None,
+            max_auth_failures_per_ip: None,
             auth_on_smtp: false,
             relay_networks: Vec::new(),
-            auth_fail_window: Duration::from_secs(300),
+            auth_fail_window: None,
             allow_plaintext_auth: false,
             vrfy: false,
             allow_any_sender: false,

@@ -253,3 +253,89 @@ fn every_example_config_parses() {
     }
     assert!(n >= 1);
 }
+
+#[test]
+fn limits_table_sets_the_server_wide_limits() {
+    let d = tempfile::tempdir().unwrap();
+    let c = Config::load(Some(&write(d.path(), "hostname = \"mx\"\n"))).unwrap();
+    assert_eq!(c.limits, Limits::default());
+    let p = write(
+        d.path(),
+        "[limits]\nmax_connections = 300\nmax_connections_per_ip = 7\nmax_auth_failures = 2\n\
+         max_auth_failures_per_ip = 4\nauth_fail_window = \"1m\"\n",
+    );
+    let c = Config::load(Some(&p)).unwrap();
+    assert_eq!(
+        c.limits,
+        Limits {
+            max_connections: 300,
+            max_connections_per_ip: 7,
+            max_auth_failures: 2,
+            max_auth_failures_per_ip: 4,
+            auth_fail_window: Duration::from_secs(60),
+        }
+    );
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn old_smtp_limit_keys_still_work_with_a_warning() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(
+        d.path(),
+        "[smtp]\nmax_connections = 300\nmax_connections_per_ip = 7\nmax_auth_failures = 2\n\
+         max_auth_failures_per_ip = 4\nauth_fail_window = \"1m\"\n",
+    );
+    let c = Config::load(Some(&p)).unwrap();
+    assert_eq!(c.limits.max_connections, 300);
+    assert_eq!(c.limits.max_connections_per_ip, 7);
+    assert_eq!(c.limits.max_auth_failures, 2);
+    assert_eq!(c.limits.max_auth_failures_per_ip, 4);
+    assert_eq!(c.limits.auth_fail_window, Duration::from_secs(60));
+    assert_eq!(c.warnings.len(), 5, "{:?}", c.warnings);
+    assert_eq!(
+        c.warnings[0],
+        format!(
+            "{}: smtp.max_connections: deprecated; write limits.max_connections instead ([limits] holds the limits of every listener)",
+            p.display()
+        )
+    );
+    for key in [
+        "max_connections_per_ip",
+        "max_auth_failures",
+        "auth_fail_window",
+    ] {
+        assert!(
+            c.warnings.iter().any(|w| w.contains(&format!(
+                ": smtp.{key}: deprecated; write limits.{key} instead"
+            ))),
+            "{key}: {:?}",
+            c.warnings
+        );
+    }
+    // The same value under both names: only the warning.
+    let p = write(
+        d.path(),
+        "[smtp]\nmax_connections = 300\n[limits]\nmax_connections = 300\n",
+    );
+    let c = Config::load(Some(&p)).unwrap();
+    assert_eq!(c.limits.max_connections, 300);
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+}
+
+#[test]
+fn old_and_new_limit_keys_with_different_values_are_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(
+        d.path(),
+        "[smtp]\nmax_auth_failures = 3\n[limits]\nmax_auth_failures = 5\n",
+    );
+    let errs = Config::load(Some(&p)).unwrap_err();
+    assert_eq!(
+        errs,
+        vec![format!(
+            "{}: smtp.max_auth_failures: deprecated, and limits.max_auth_failures is set to another value; keep only limits.max_auth_failures",
+            p.display()
+        )]
+    );
+}
