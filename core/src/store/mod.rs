@@ -125,6 +125,29 @@ pub struct Mailbox {
     pub logs_expunges: bool,
 }
 
+impl Mailbox {
+    /// Take the next UID and MODSEQ for a new message and return its metadata.
+    pub(crate) fn place(
+        &mut self,
+        blob: u64,
+        size: u64,
+        flags: &[String],
+        internal_date: i64,
+    ) -> MessageMeta {
+        let meta = MessageMeta {
+            uid: self.uidnext,
+            blob,
+            size,
+            flags: flags.to_vec(),
+            internal_date,
+            modseq: self.highest_modseq + 1,
+        };
+        self.uidnext += 1;
+        self.highest_modseq += 1;
+        meta
+    }
+}
+
 /// What changed in a mailbox after a MODSEQ ([`Mailboxes::changes_since`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChangesSince {
@@ -452,6 +475,34 @@ pub enum Change {
 }
 
 impl Change {
+    /// What [`Mailboxes::set_flags`] tells the feed: for each message it changed (`done`:
+    /// UID and new MODSEQ), the flags it was given in `changes`.
+    pub(crate) fn flags_set(
+        mailbox: u64,
+        changes: &[(u32, Vec<String>)],
+        done: &[(u32, u64)],
+    ) -> Change {
+        let changes = done
+            .iter()
+            .filter_map(|(uid, ms)| {
+                let flags = changes.iter().find(|(u, _)| u == uid)?.1.clone();
+                Some((*uid, flags, *ms))
+            })
+            .collect();
+        Change::Flags { mailbox, changes }
+    }
+
+    /// What [`Mailboxes::update_flags`] tells the feed: the messages whose flags changed;
+    /// `None` when none did.
+    pub(crate) fn flags_updated(mailbox: u64, updates: &[FlagUpdate]) -> Option<Change> {
+        let changes: Vec<_> = updates
+            .iter()
+            .filter(|u| u.changed)
+            .map(|u| (u.uid, u.flags.clone(), u.modseq))
+            .collect();
+        (!changes.is_empty()).then_some(Change::Flags { mailbox, changes })
+    }
+
     /// The mailbox whose messages changed, for the message-level changes.
     pub fn messages_of(&self) -> Option<u64> {
         match self {

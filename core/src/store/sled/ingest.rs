@@ -126,16 +126,7 @@ impl SledStore {
                                 }
                             },
                         };
-                        let meta = MessageMeta {
-                            uid: mb.uidnext,
-                            blob,
-                            size: message.len() as u64,
-                            flags: p.flags.clone(),
-                            internal_date,
-                            modseq: mb.highest_modseq + 1,
-                        };
-                        mb.uidnext += 1;
-                        mb.highest_modseq += 1;
+                        let meta = mb.place(blob, message.len() as u64, &p.flags, internal_date);
                         mbx.insert(key, serde_json::to_vec(&mb).expect("json"))?;
                         msgs.insert(&msg_key(mb.id, meta.uid), meta.encode())?;
                         placed.push((user, mb.id, meta));

@@ -153,20 +153,7 @@ impl Mailboxes for SledStore {
                 Ok(done)
             })
             .map_err(tx_err)?;
-        let cached: Vec<(u32, Vec<String>, u64)> = modseq
-            .iter()
-            .filter_map(|(uid, ms)| {
-                let flags = changes.iter().find(|(u, _)| u == uid)?.1.clone();
-                Some((*uid, flags, *ms))
-            })
-            .collect();
-        self.notify(
-            &user,
-            Change::Flags {
-                mailbox: mailbox_id,
-                changes: cached,
-            },
-        );
+        self.notify(&user, Change::flags_set(mailbox_id, changes, &modseq));
         Ok(modseq)
     }
 
@@ -478,20 +465,8 @@ impl Mailboxes for SledStore {
                 Ok((out, modified))
             })
             .map_err(tx_err)?;
-        if result.0.iter().any(|u| u.changed) {
-            let cached: Vec<(u32, Vec<String>, u64)> = result
-                .0
-                .iter()
-                .filter(|u| u.changed)
-                .map(|u| (u.uid, u.flags.clone(), u.modseq))
-                .collect();
-            self.notify(
-                &user,
-                Change::Flags {
-                    mailbox: mailbox_id,
-                    changes: cached,
-                },
-            );
+        if let Some(change) = Change::flags_updated(mailbox_id, &result.0) {
+            self.notify(&user, change);
         }
         Ok(result)
     }
