@@ -417,6 +417,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
     if let Command::Bench(b) = cli.command {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -50,9 +50,9 @@ impl Services {
             hooks.clone(),
             &config.domains,
             AuthThrottle::new(
-                config.smtp.max_auth_failures,
-                config.smtp.max_auth_failures_per_ip,
-                config.smtp.auth_fail_window,
+                config.limits.max_auth_failures,
+                config.limits.max_auth_failures_per_ip,
+                config.limits.auth_fail_window,
             ),
         );
         let delivery = crate::delivery::Delivery::new(
@@ -119,8 +119,8 @@ impl Services {
             }),
             reports,
             conn_limits: ConnLimits::with_protocols(
-                config.smtp.max_connections,
-                config.smtp.max_connections_per_ip,
+                config.limits.max_connections,
+                config.limits.max_connections_per_ip,
                 &[
                     ("smtp", config.smtp.max_smtp_connections),
                     ("imap", config.imap.max_connections),
@@ -213,7 +213,7 @@ fn raise_fd_limit(want: u64) {
 
 /// Run the server until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    raise_fd_limit(config.smtp.max_connections as u64);
+    raise_fd_limit(config.limits.max_connections as u64);
     // Handlers first: a SIGTERM that arrives while we start up (say, right after a listener
     // opens) must still end in a clean shutdown, not in the default action.
     let signals = wait_for_signal().context("installing SIGTERM/SIGINT handlers")?;

@@ -594,9 +594,9 @@ fn helo_address_literals_and_bare_words_get_no_spf_check() {
         "x(y)",
         "",
     ] {
-        assert!(!super::helo_is_a_domain(h), "{h}");
+        assert!(!super::spf::helo_is_a_domain(h), "{h}");
     }
     for h in ["mx.example.org", "mail.example.org.", "a-b_c.test"] {
-        assert!(super::helo_is_a_domain(h), "{h}");
+        assert!(super::spf::helo_is_a_domain(h), "{h}");
     }
 }

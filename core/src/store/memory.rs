@@ -164,16 +164,7 @@ impl MemoryStore {
                     }
                 };
                 let mut mb = mb;
-                let meta = MessageMeta {
-                    uid: mb.uidnext,
-                    blob: 0,
-                    size: message.len() as u64,
-                    flags: p.flags.clone(),
-                    internal_date,
-                    modseq: mb.highest_modseq + 1,
-                };
-                mb.uidnext += 1;
-                mb.highest_modseq += 1;
+                let meta = mb.place(0, message.len() as u64, &p.flags, internal_date);
                 placed.push(Placed {
                     user: key.0.clone(),
                     mailbox: mb.id,
@@ -446,20 +437,7 @@ impl Mailboxes for MemoryStore {
             }
         }
         st.mailbox_by_id(&user, mailbox_id)?.highest_modseq = modseq;
-        let changes = done
-            .iter()
-            .filter_map(|(uid, ms)| {
-                let flags = changes.iter().find(|(u, _)| u == uid)?.1.clone();
-                Some((*uid, flags, *ms))
-            })
-            .collect();
-        self.notify(
-            &user,
-            Change::Flags {
-                mailbox: mailbox_id,
-                changes,
-            },
-        );
+        self.notify(&user, Change::flags_set(mailbox_id, changes, &done));
         drop(st);
         Ok(done)
     }
@@ -500,19 +478,8 @@ impl Mailboxes for MemoryStore {
             }
         }
         st.mailbox_by_id(&user, mailbox_id)?.highest_modseq = modseq;
-        if out.iter().any(|u| u.changed) {
-            let changes = out
-                .iter()
-                .filter(|u| u.changed)
-                .map(|u| (u.uid, u.flags.clone(), u.modseq))
-                .collect();
-            self.notify(
-                &user,
-                Change::Flags {
-                    mailbox: mailbox_id,
-                    changes,
-                },
-            );
+        if let Some(change) = Change::flags_updated(mailbox_id, &out) {
+            self.notify(&user, change);
         }
         drop(st);
         Ok((out, modified))

@@ -1,6 +1,6 @@
 //! The storage boundary: small traits by concern ([`Directory`], [`Mailboxes`], [`Blobs`],
 //! [`Queue`], [`Leases`], [`Kv`], [`Feed`]) that [`MailStore`] sums up, so another backend
-//! can replace sled without the protocols noticing. `sled_store` and `memory` implement
+//! can replace sled without the protocols noticing. `sled` and `memory` implement
 //! them; `conformance` is the contract both pass.
 //!
 //! Architecture invariant: a protocol success reply that promises durability is sent only
@@ -16,13 +16,13 @@ mod feed;
 pub mod lease;
 mod memory;
 mod meta_cache;
-mod sled_store;
+mod sled;
 
+pub use self::sled::SledStore;
 pub use cached::Cached;
 pub use commit::Commit;
 pub use failpoint::Failpoints;
 pub use memory::MemoryStore;
-pub use sled_store::SledStore;
 
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -75,8 +75,8 @@ pub enum StoreError {
     Backend(String),
 }
 
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
+impl From<::sled::Error> for StoreError {
+    fn from(e: ::sled::Error) -> Self {
         StoreError::Backend(e.to_string())
     }
 }
@@ -123,6 +123,29 @@ pub struct Mailbox {
     /// versions that did not keep them.
     #[serde(default)]
     pub logs_expunges: bool,
+}
+
+impl Mailbox {
+    /// Take the next UID and MODSEQ for a new message and return its metadata.
+    pub(crate) fn place(
+        &mut self,
+        blob: u64,
+        size: u64,
+        flags: &[String],
+        internal_date: i64,
+    ) -> MessageMeta {
+        let meta = MessageMeta {
+            uid: self.uidnext,
+            blob,
+            size,
+            flags: flags.to_vec(),
+            internal_date,
+            modseq: self.highest_modseq + 1,
+        };
+        self.uidnext += 1;
+        self.highest_modseq += 1;
+        meta
+    }
 }
 
 /// What changed in a mailbox after a MODSEQ ([`Mailboxes::changes_since`]).
@@ -452,6 +475,34 @@ pub enum Change {
 }
 
 impl Change {
+    /// What [`Mailboxes::set_flags`] tells the feed: for each message it changed (`done`:
+    /// UID and new MODSEQ), the flags it was given in `changes`.
+    pub(crate) fn flags_set(
+        mailbox: u64,
+        changes: &[(u32, Vec<String>)],
+        done: &[(u32, u64)],
+    ) -> Change {
+        let changes = done
+            .iter()
+            .filter_map(|(uid, ms)| {
+                let flags = changes.iter().find(|(u, _)| u == uid)?.1.clone();
+                Some((*uid, flags, *ms))
+            })
+            .collect();
+        Change::Flags { mailbox, changes }
+    }
+
+    /// What [`Mailboxes::update_flags`] tells the feed: the messages whose flags changed;
+    /// `None` when none did.
+    pub(crate) fn flags_updated(mailbox: u64, updates: &[FlagUpdate]) -> Option<Change> {
+        let changes: Vec<_> = updates
+            .iter()
+            .filter(|u| u.changed)
+            .map(|u| (u.uid, u.flags.clone(), u.modseq))
+            .collect();
+        (!changes.is_empty()).then_some(Change::Flags { mailbox, changes })
+    }
+
     /// The mailbox whose messages changed, for the message-level changes.
     pub fn messages_of(&self) -> Option<u64> {
         match self {

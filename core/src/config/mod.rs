@@ -3,15 +3,24 @@
 //!
 //! Which settings reload on SIGHUP (and `corvus reload`): the `[[hooks]]` list, whose scripts
 //! are recompiled; every other setting is read at start only.
+//!
+//! Here: the struct tree and its defaults; `load.rs` (file, environment, error lines),
+//! `check.rs` (validation beyond the types), `duration.rs` ("30s"-style durations).
 
 use crate::listener::Listener;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
+
+mod check;
+mod duration;
+mod load;
+#[cfg(test)]
+mod tests;
+
+use duration::{dur, dur_list, opt_dur};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +46,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Outbound delivery settings.
     pub delivery: Delivery,
+    /// Limits that hold for every listener: connections and failed logins.
+    pub limits: Limits,
     /// SMTP server behaviour and limits.
     pub smtp: Smtp,
     /// IMAP server behaviour and limits.
@@ -57,6 +68,10 @@ pub struct Config {
     /// The file this was loaded from (not a key; set by [`Config::load`], used for reloads).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// What [`Config::load`] found to warn about (deprecated keys), one line each, naming
+    /// the file and the key (not a key).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// One `[[hooks]]` entry: a Rhai script (`script`) or a WASM plugin (`plugin`), and the table
@@ -91,6 +106,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "dns",
     "store",
     "delivery",
+    "limits",
     "smtp",
     "imap",
     "pop3",
@@ -212,6 +228,38 @@ pub struct Delivery {
     pub max_per_domain: usize,
 }
 
+/// Limits that hold for every listener (SMTP, IMAP and POP3 together).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections open at once, all clients together.
+    pub max_connections: usize,
+    /// Connections open at once from one client IP.
+    pub max_connections_per_ip: usize,
+    /// Failed logins at one account from one IP within `auth_fail_window` before that IP is
+    /// refused for that account (SMTP, IMAP and POP3 together; a success resets only its own
+    /// account's count).
+    pub max_auth_failures: u32,
+    /// Failed logins from one IP, at any accounts, within `auth_fail_window` before that IP
+    /// is refused for every account (successes do not reset it).
+    pub max_auth_failures_per_ip: u32,
+    /// Window (and back-off) for `max_auth_failures`.
+    #[serde(with = "dur")]
+    pub auth_fail_window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_connections_per_ip: 50,
+            max_auth_failures: 5,
+            max_auth_failures_per_ip: 10,
+            auth_fail_window: Duration::from_secs(300),
+        }
+    }
+}
+
 /// SMTP server behaviour and limits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -238,25 +286,26 @@ pub struct Smtp {
     /// Longest whole session.
     #[serde(with = "dur")]
     pub session_timeout: Duration,
-    /// Connections open at once, all clients together.
-    pub max_connections: usize,
-    /// Connections open at once from one client IP.
-    pub max_connections_per_ip: usize,
+    /// Deprecated: `limits.max_connections` (read, with a warning, when that is not set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Deprecated: `limits.max_connections_per_ip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<usize>,
     /// SMTP connections (smtp, submission, submissions together) open at once, so SMTP
-    /// cannot take every one of `max_connections`.
+    /// cannot take every one of `limits.max_connections`.
     pub max_smtp_connections: usize,
     /// Bad commands in one session before it is closed.
     pub max_errors: usize,
-    /// Failed logins at one account from one IP within `auth_fail_window` before that IP is
-    /// refused for that account (SMTP, IMAP and POP3 together; a success resets only its own
-    /// account's count).
-    pub max_auth_failures: u32,
-    /// Failed logins from one IP, at any accounts, within `auth_fail_window` before that IP
-    /// is refused for every account (successes do not reset it).
-    pub max_auth_failures_per_ip: u32,
-    /// Window (and back-off) for `max_auth_failures`.
-    #[serde(with = "dur")]
-    pub auth_fail_window: Duration,
+    /// Deprecated: `limits.max_auth_failures`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_auth_failures: Option<u32>,
+    /// Deprecated: `limits.max_auth_failures_per_ip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_auth_failures_per_ip: Option<u32>,
+    /// Deprecated: `limits.auth_fail_window`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_dur")]
+    pub auth_fail_window: Option<Duration>,
     /// Offer AUTH on connections without TLS (off: AUTH needs STARTTLS or implicit TLS).
     pub allow_plaintext_auth: bool,
     /// Client networks that may relay without AUTH, as Postfix's `mynetworks`: printers and
@@ -323,7 +372,7 @@ pub struct Imap {
     /// Bad commands in one session before it is closed.
     pub max_errors: usize,
     /// IMAP connections (imap and imaps together) open at once, so IMAP cannot take every
-    /// one of `smtp.max_connections`.
+    /// one of `limits.max_connections`.
     pub max_connections: usize,
     /// Logged-in sessions one user may hold at once, from all addresses together; one more
     /// LOGIN/AUTHENTICATE gets `NO [UNAVAILABLE]`. (Dovecot's `mail_max_userip_connections`
@@ -364,7 +413,7 @@ pub struct Pop3 {
     /// Bad commands in one session before it is closed.
     pub max_errors: usize,
     /// POP3 connections (pop3 and pop3s together) open at once, so POP3 cannot take every
-    /// one of `smtp.max_connections`.
+    /// one of `limits.max_connections`.
     pub max_connections: usize,
 }
 
@@ -588,6 +637,7 @@ impl Default for Config {
             dns: Dns::default(),
             store: StoreConfig::default(),
             delivery: Delivery::default(),
+            limits: Limits::default(),
             smtp: Smtp::default(),
             imap: Imap::default(),
             pop3: Pop3::default(),
@@ -597,6 +647,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(30),
             hooks: Vec::new(),
             source: None,
+            warnings: Vec::new(),
         }
     }
 }
@@ -635,15 +686,15 @@ impl Default for Smtp {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
             session_timeout: Duration::from_secs(1800),
-            max_connections: 10_000,
-            max_connections_per_ip: 50,
+            max_connections: None,
+            max_connections_per_ip: None,
             max_smtp_connections: 5_000,
             max_errors: 10,
-            max_auth_failures: 5,
-            max_auth_failures_per_ip: 10,
+            max_auth_failures: None,
+            max_auth_failures_per_ip: None,
             auth_on_smtp: false,
             relay_networks: Vec::new(),
-            auth_fail_window: Duration::from_secs(300),
+            auth_fail_window: None,
             allow_plaintext_auth: false,
             vrfy: false,
             allow_any_sender: false,
@@ -678,201 +729,6 @@ impl Config {
             },
             ..Config::default()
         }
-    }
-
-    /// Load from `file` (or the embedded default when `None`), then apply `CORVUS_`
-    /// environment overrides (`__` separates nesting levels: `CORVUS_LISTEN__SMTP`).
-    /// Returns every problem found, one line each.
-    pub fn load(file: Option<&Path>) -> Result<Config, Vec<String>> {
-        let figment = Self::figment(file)?;
-        let mut config: Config = figment.extract().map_err(|e| {
-            e.into_iter()
-                .map(|e| describe_figment_error(&e, file))
-                .collect::<Vec<_>>()
-        })?;
-        if let Some(file) = file {
-            let dir = file.parent().unwrap_or(Path::new(""));
-            for h in &mut config.hooks {
-                if h.script.is_relative() && !h.script.as_os_str().is_empty() {
-                    h.script = dir.join(&h.script);
-                }
-                if let Some(p) = &mut h.plugin
-                    && p.is_relative()
-                {
-                    *p = dir.join(&*p);
-                }
-            }
-            config.source = Some(file.to_path_buf());
-        }
-        let problems = config.check();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            // "file: key: what is wrong", like the parse errors above.
-            Err(match file {
-                Some(f) => problems
-                    .into_iter()
-                    .map(|p| format!("{}: {p}", f.display()))
-                    .collect(),
-                None => problems,
-            })
-        }
-    }
-
-    fn figment(file: Option<&Path>) -> Result<Figment, Vec<String>> {
-        let base = match file {
-            Some(path) => {
-                if !path.is_file() {
-                    return Err(vec![format!(
-                        "{}: no such config file (run without -c for the embedded default, or copy examples/corvus.toml)",
-                        path.display()
-                    )]);
-                }
-                Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(path))
-            }
-            None => Figment::from(Serialized::defaults(Config::embedded())),
-        };
-        // Only variables whose first segment is a top-level key are settings: CORVUS_CONFIG
-        // (the CLI's -c) or a tool's CORVUS_BIN are not. Inside a table, unknown keys are
-        // still rejected (CORVUS_SMTP__VRYF is an error).
-        let known = |k: &figment::value::UncasedStr| {
-            let top = k
-                .as_str()
-                .split("__")
-                .next()
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            TOP_LEVEL_KEYS.contains(&top.as_str())
-        };
-        Ok(base.merge(Env::prefixed("CORVUS_").filter(known).split("__")))
-    }
-
-    /// Validate what the types cannot: addresses, referenced files, domain names.
-    pub fn check(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        for (key, addrs) in self.listen.entries() {
-            for s in addrs.strings() {
-                if s.parse::<SocketAddr>().is_err() {
-                    problems.push(format!(
-                        "listen.{key}: {s:?} is not an address; write ip:port, e.g. \"0.0.0.0:25\" or \"[::]:25\""
-                    ));
-                }
-            }
-        }
-        match (&self.tls.cert, &self.tls.key) {
-            (Some(_), None) | (None, Some(_)) => problems.push(
-                "tls: set both cert and key, or neither (a self-signed certificate is then generated)".into(),
-            ),
-            (Some(c), Some(k)) => {
-                for (key, p) in [("tls.cert", c), ("tls.key", k)] {
-                    if !p.is_file() {
-                        problems.push(format!(
-                            "{key}: file {} does not exist; fix the path or remove the key to use a self-signed certificate",
-                            p.display()
-                        ));
-                    }
-                }
-            }
-            (None, None) => {}
-        }
-        for n in &self.smtp.relay_networks {
-            if parse_network(n).is_none() {
-                problems.push(format!(
-                    "smtp.relay_networks: {n:?} is not a network; write an address with a prefix length such as \"10.0.0.0/8\", or one address"
-                ));
-            }
-        }
-        if let Some(p) = &self.tls.trust_roots
-            && !p.is_file()
-        {
-            problems.push(format!(
-                "tls.trust_roots: file {} does not exist; fix the path (a PEM file of CA certificates) or remove the key",
-                p.display()
-            ));
-        }
-        for ns in &self.dns.nameservers {
-            if ns.parse::<SocketAddr>().is_err() {
-                problems.push(format!(
-                    "dns.nameservers: {ns:?} is not ip:port, e.g. \"127.0.0.1:53\""
-                ));
-            }
-        }
-        if self.hostname.trim().is_empty() {
-            problems.push("hostname: must not be empty".into());
-        }
-        for d in &self.domains {
-            if d.is_empty() || d.contains(['@', ' ', '/']) {
-                problems.push(format!("domains: {d:?} is not a domain name"));
-            }
-        }
-        for (i, h) in self.hooks.iter().enumerate() {
-            let has_script = !h.script.as_os_str().is_empty();
-            if let Some(p) = &h.plugin {
-                if has_script {
-                    problems.push(format!(
-                        "hooks[{i}]: give either script or plugin, not both"
-                    ));
-                } else if !p.is_file() {
-                    problems.push(format!(
-                        "hooks[{i}].plugin: file {} does not exist (relative paths start at the config file's directory)",
-                        p.display()
-                    ));
-                }
-                continue;
-            }
-            if !has_script {
-                problems.push(format!(
-                    "hooks[{i}]: give script = \"file.rhai\" or plugin = \"file.wasm\""
-                ));
-            } else if !h.script.is_file() {
-                problems.push(format!(
-                    "hooks[{i}].script: file {} does not exist (relative paths start at the config file's directory)",
-                    h.script.display()
-                ));
-            }
-        }
-        if let Some(r) = &self.delivery.relay
-            && r.rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-        {
-            problems.push(format!(
-                "delivery.relay: {r:?} is not host:port, e.g. \"smtp.provider.example:587\""
-            ));
-        }
-        let pl = &self.plugins;
-        if pl.cpu_time < Duration::from_millis(10) || pl.wall_time < pl.cpu_time {
-            problems.push(
-                "plugins.cpu_time: must be at least \"10ms\" and not above plugins.wall_time"
-                    .into(),
-            );
-        }
-        if !(1..=4096).contains(&pl.memory_mib) {
-            problems.push("plugins.memory_mib: must be between 1 and 4096, e.g. 128".into());
-        }
-        if !(1..=100_000).contains(&pl.instances) {
-            problems.push("plugins.instances: must be between 1 and 100000, e.g. 256".into());
-        }
-        if pl.max_message as u64 >= u64::from(pl.memory_mib) << 20 {
-            problems.push(format!(
-                "plugins.max_message: {} bytes does not fit in plugins.memory_mib = {}; raise memory_mib or lower max_message",
-                pl.max_message, pl.memory_mib
-            ));
-        }
-        if self.imap.max_connections_per_user == 0 {
-            problems.push(
-                "imap.max_connections_per_user: must be at least 1 (0 would refuse every login)"
-                    .into(),
-            );
-        }
-        if self.pop3.idle_timeout.is_zero() {
-            problems.push("pop3.idle_timeout: must be longer than zero, e.g. \"10m\"".into());
-        }
-        if self.delivery.retry.is_empty() {
-            problems
-                .push("delivery.retry: give at least one interval, e.g. [\"1m\", \"5m\"]".into());
-        }
-        problems
     }
 
     /// Parsed listener addresses by protocol key (only the ones that are on).
@@ -922,349 +778,5 @@ impl Listen {
         .into_iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
         .collect()
-    }
-}
-
-/// Turn a figment error into one line naming the source, the key and the fix.
-fn describe_figment_error(e: &figment::Error, file: Option<&Path>) -> String {
-    let source = match e.metadata.as_ref() {
-        Some(m) if m.name.contains("environment") => "environment".to_string(),
-        Some(m) => m
-            .source
-            .as_ref()
-            .map(|s| s.to_string())
-            .or_else(|| file.map(|f| f.display().to_string()))
-            .unwrap_or_else(|| m.name.to_string()),
-        None => file
-            .map(|f| f.display().to_string())
-            .unwrap_or_else(|| "config".into()),
-    };
-    let key = if e.path.is_empty() {
-        String::new()
-    } else {
-        format!("{}: ", e.path.join("."))
-    };
-    let hint = match &e.kind {
-        figment::error::Kind::UnknownField(..) => {
-            " (remove it or fix its spelling; examples/corvus.toml lists every key)"
-        }
-        _ => "",
-    };
-    format!("{source}: {key}{}{hint}", e.kind)
-}
-
-/// Serde helpers for durations written like "30s", "5m", "5d".
-mod dur {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{s:?} is not a duration like \"30s\", \"5m\", \"2h\", \"5d\" ({e})"
-            ))
-        })
-    }
-}
-
-mod opt_dur {
-    use serde::{Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => super::dur::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        super::dur::deserialize(d).map(Some)
-    }
-}
-
-mod dur_list {
-    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(v: &[Duration], s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(v.len()))?;
-        for d in v {
-            seq.serialize_element(&humantime::format_duration(*d).to_string())?;
-        }
-        seq.end()
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-        let v = Vec::<String>::deserialize(d)?;
-        v.iter()
-            .map(|s| {
-                humantime::parse_duration(s).map_err(|e| {
-                    serde::de::Error::custom(format!("{s:?} is not a duration like \"1m\" ({e})"))
-                })
-            })
-            .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(dir: &Path, text: &str) -> PathBuf {
-        let p = dir.join("corvus.toml");
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    #[test]
-    fn unknown_key_is_rejected_with_file_and_key() {
-        let d = tempfile::tempdir().unwrap();
-        let p = write(
-            d.path(),
-            "hostname = \"mx\"\n[listen]\nsmpt = \"127.0.0.1:25\"\n",
-        );
-        let errs = Config::load(Some(&p)).unwrap_err();
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].contains("corvus.toml"), "{errs:?}");
-        assert!(errs[0].contains("smpt"), "{errs:?}");
-    }
-
-    #[test]
-    fn bad_address_and_missing_cert() {
-        let d = tempfile::tempdir().unwrap();
-        let p = write(
-            d.path(),
-            "[listen]\nsmtp = \"nonsense\"\n[tls]\ncert = \"/nope/c.pem\"\nkey = \"/nope/k.pem\"\n",
-        );
-        let errs = Config::load(Some(&p)).unwrap_err();
-        assert!(
-            errs.iter()
-                .any(|e| e.contains(".toml: listen.smtp: \"nonsense\"")),
-            "{errs:?}"
-        );
-        assert!(
-            errs.iter()
-                .any(|e| e.contains(".toml: tls.cert: file /nope/c.pem")),
-            "{errs:?}"
-        );
-    }
-
-    #[test]
-    fn missing_listener_is_off_under_a_file() {
-        let d = tempfile::tempdir().unwrap();
-        let p = write(
-            d.path(),
-            "[listen]\nimap = [\"127.0.0.1:143\", \"[::1]:143\"]\n",
-        );
-        let c = Config::load(Some(&p)).unwrap();
-        let l = c.listeners();
-        assert_eq!(l.len(), 2);
-        assert!(l.iter().all(|(k, _)| *k == Listener::Imap));
-    }
-
-    #[test]
-    fn sender_auth_section_with_domain_overrides() {
-        let d = tempfile::tempdir().unwrap();
-        let c = Config::load(Some(&write(d.path(), "hostname = \"mx\"\n"))).unwrap();
-        assert!(c.sender_auth.enabled && !c.sender_auth.spf_reject_fail);
-        assert_eq!(c.sender_auth.dmarc, DmarcMode::Enforce);
-        let p = write(
-            d.path(),
-            "[sender_auth]\nspf_reject_fail = true\ntimeout = \"5s\"\ntrusted_arc_sealers = [\"fwd.example\"]\n[sender_auth.domains.\"partner.example\"]\ndmarc = \"monitor\"\nspf_reject_fail = false\n",
-        );
-        let c = Config::load(Some(&p)).unwrap();
-        assert!(c.sender_auth.spf_reject_fail);
-        assert_eq!(c.sender_auth.timeout, Duration::from_secs(5));
-        let o = &c.sender_auth.domains["partner.example"];
-        assert_eq!(o.dmarc, Some(DmarcMode::Monitor));
-        assert_eq!(o.spf_reject_fail, Some(false));
-        let p = write(d.path(), "[sender_auth]\ndmarc = \"maybe\"\n");
-        let e = Config::load(Some(&p)).unwrap_err();
-        assert!(e[0].contains("sender_auth.dmarc"), "{e:?}");
-    }
-
-    #[test]
-    fn durations_parse() {
-        let d = tempfile::tempdir().unwrap();
-        let p = write(
-            d.path(),
-            "[delivery]\nretry = [\"1m\", \"5m\"]\nexpire = \"2d\"\n",
-        );
-        let c = Config::load(Some(&p)).unwrap();
-        assert_eq!(
-            c.delivery.retry,
-            vec![Duration::from_secs(60), Duration::from_secs(300)]
-        );
-        assert_eq!(c.delivery.expire, Duration::from_secs(172800));
-        let p = write(d.path(), "[delivery]\nexpire = \"soon\"\n");
-        let e = Config::load(Some(&p)).unwrap_err();
-        assert!(e[0].contains("delivery.expire"), "{e:?}");
-    }
-
-    #[test]
-    fn hooks_entries_resolve_and_reject_unknown_keys() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir(d.path().join("scripts")).unwrap();
-        std::fs::write(d.path().join("scripts/a.rhai"), "fn on_rcpt(ctx) {}").unwrap();
-        let p = write(
-            d.path(),
-            "[[hooks]]\nscript = \"scripts/a.rhai\"\nconfig = { delay = \"5m\", n = 3 }\non_error = \"continue\"\n",
-        );
-        let c = Config::load(Some(&p)).unwrap();
-        assert_eq!(c.hooks.len(), 1);
-        assert_eq!(c.hooks[0].script, d.path().join("scripts/a.rhai"));
-        assert_eq!(c.hooks[0].config["n"], serde_json::json!(3));
-        assert_eq!(c.hooks[0].on_error, crate::hooks::OnError::Continue);
-        assert_eq!(c.source.as_deref(), Some(p.as_path()));
-
-        let p = write(
-            d.path(),
-            "[[hooks]]\nscript = \"scripts/a.rhai\"\nonerror = \"x\"\n",
-        );
-        let e = Config::load(Some(&p)).unwrap_err();
-        assert!(e[0].contains("onerror"), "{e:?}");
-        let p = write(d.path(), "[[hooks]]\nscript = \"scripts/missing.rhai\"\n");
-        let e = Config::load(Some(&p)).unwrap_err();
-        assert!(e[0].contains(".toml: hooks[0].script: file"), "{e:?}");
-        let p = write(
-            d.path(),
-            "[[hooks]]\nscript = \"scripts/a.rhai\"\non_error = \"maybe\"\n",
-        );
-        assert!(Config::load(Some(&p)).is_err());
-    }
-
-    #[test]
-    fn imap_section() {
-        let d = tempfile::tempdir().unwrap();
-        let c = Config::load(Some(&write(d.path(), "hostname = \"mx\"\n"))).unwrap();
-        assert_eq!(c.imap.max_connections_per_user, 20);
-        let p = write(d.path(), "[imap]\nmax_connections_per_user = 3\n");
-        assert_eq!(
-            Config::load(Some(&p))
-                .unwrap()
-                .imap
-                .max_connections_per_user,
-            3
-        );
-        let p = write(d.path(), "[imap]\nmax_connections_per_users = 3\n");
-        let e = Config::load(Some(&p)).unwrap_err();
-        assert!(e[0].contains("max_connections_per_users"), "{e:?}");
-        let p = write(d.path(), "[imap]\nmax_connections_per_user = 0\n");
-        let e = Config::load(Some(&p)).unwrap_err();
-        assert!(
-            e[0].contains(".toml: imap.max_connections_per_user"),
-            "{e:?}"
-        );
-    }
-
-    #[test]
-    fn pop3_section() {
-        let d = tempfile::tempdir().unwrap();
-        let p = write(
-            d.path(),
-            "[pop3]\nallow_plaintext_auth = true\nidle_timeout = \"15m\"\nmax_errors = 3\n",
-        );
-        let c = Config::load(Some(&p)).unwrap();
-        assert!(c.pop3.allow_plaintext_auth);
-        assert_eq!(c.pop3.idle_timeout, Duration::from_secs(900));
-        assert_eq!(c.pop3.max_errors, 3);
-        let p = write(d.path(), "[pop3]\nidle = \"1m\"\n");
-        let e = Config::load(Some(&p)).unwrap_err();
-        assert!(e[0].contains("idle"), "{e:?}");
-        let p = write(d.path(), "[pop3]\nidle_timeout = \"0s\"\n");
-        let e = Config::load(Some(&p)).unwrap_err();
-        assert!(e[0].contains(".toml: pop3.idle_timeout"), "{e:?}");
-    }
-
-    /// examples/corvus.toml promises every key: each key of the config tree (from the
-    /// serialized defaults) appears there, set or commented out, under its table.
-    #[test]
-    fn the_example_config_shows_every_key() {
-        fn keys(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
-            let serde_json::Value::Object(map) = v else {
-                return;
-            };
-            for (k, v) in map {
-                let path = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                match v {
-                    // Maps keyed by domain (empty by default) are shown by example.
-                    serde_json::Value::Object(m) if m.is_empty() => {}
-                    serde_json::Value::Object(_) => keys(&path, v, out),
-                    _ => out.push(path),
-                }
-            }
-        }
-        let mut all = Vec::new();
-        // Keys left out of the serialized form while unset are set here.
-        let mut config = Config::default();
-        config.delivery.delay_warning = Some(Duration::from_secs(3600));
-        keys("", &serde_json::to_value(config).unwrap(), &mut all);
-        keys(
-            "",
-            &serde_json::to_value(Config::default()).unwrap(),
-            &mut all,
-        );
-        let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/corvus.toml"),
-        )
-        .unwrap();
-        let mut shown = std::collections::HashSet::new();
-        let mut table = String::new();
-        for line in text.lines() {
-            let t = line.trim();
-            if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-                if !name.starts_with('[') {
-                    table = name.to_string();
-                }
-                continue;
-            }
-            let body = t.trim_start_matches('#').trim_start();
-            if let Some((key, _)) = body.split_once('=') {
-                let key = key.trim();
-                if !key.is_empty()
-                    && key
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
-                {
-                    shown.insert(if table.is_empty() {
-                        key.to_string()
-                    } else {
-                        format!("{table}.{key}")
-                    });
-                }
-            }
-        }
-        let missing: Vec<&String> = all
-            .iter()
-            .filter(|k| !shown.contains(*k) && *k != "source" && *k != "hooks")
-            .collect();
-        assert!(
-            missing.is_empty(),
-            "keys missing from examples/corvus.toml: {missing:?}"
-        );
-    }
-
-    #[test]
-    fn every_example_config_parses() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-        let mut n = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let p = entry.unwrap().path();
-            if p.extension().is_some_and(|e| e == "toml") {
-                Config::load(Some(&p)).unwrap_or_else(|e| panic!("{}: {e:?}", p.display()));
-                n += 1;
-            }
-        }
-        assert!(n >= 1);
     }
 }

@@ -1,0 +1,134 @@
+//! Validation of what the types cannot check: addresses, referenced files, domain names
+//! and limits that must agree with each other.
+
+use super::*;
+
+impl Config {
+    /// Validate what the types cannot: addresses, referenced files, domain names.
+    pub fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (key, addrs) in self.listen.entries() {
+            for s in addrs.strings() {
+                if s.parse::<SocketAddr>().is_err() {
+                    problems.push(format!(
+                        "listen.{key}: {s:?} is not an address; write ip:port, e.g. \"0.0.0.0:25\" or \"[::]:25\""
+                    ));
+                }
+            }
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) | (None, Some(_)) => problems.push(
+                "tls: set both cert and key, or neither (a self-signed certificate is then generated)".into(),
+            ),
+            (Some(c), Some(k)) => {
+                for (key, p) in [("tls.cert", c), ("tls.key", k)] {
+                    if !p.is_file() {
+                        problems.push(format!(
+                            "{key}: file {} does not exist; fix the path or remove the key to use a self-signed certificate",
+                            p.display()
+                        ));
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+        for n in &self.smtp.relay_networks {
+            if parse_network(n).is_none() {
+                problems.push(format!(
+                    "smtp.relay_networks: {n:?} is not a network; write an address with a prefix length such as \"10.0.0.0/8\", or one address"
+                ));
+            }
+        }
+        if let Some(p) = &self.tls.trust_roots
+            && !p.is_file()
+        {
+            problems.push(format!(
+                "tls.trust_roots: file {} does not exist; fix the path (a PEM file of CA certificates) or remove the key",
+                p.display()
+            ));
+        }
+        for ns in &self.dns.nameservers {
+            if ns.parse::<SocketAddr>().is_err() {
+                problems.push(format!(
+                    "dns.nameservers: {ns:?} is not ip:port, e.g. \"127.0.0.1:53\""
+                ));
+            }
+        }
+        if self.hostname.trim().is_empty() {
+            problems.push("hostname: must not be empty".into());
+        }
+        for d in &self.domains {
+            if d.is_empty() || d.contains(['@', ' ', '/']) {
+                problems.push(format!("domains: {d:?} is not a domain name"));
+            }
+        }
+        for (i, h) in self.hooks.iter().enumerate() {
+            let has_script = !h.script.as_os_str().is_empty();
+            if let Some(p) = &h.plugin {
+                if has_script {
+                    problems.push(format!(
+                        "hooks[{i}]: give either script or plugin, not both"
+                    ));
+                } else if !p.is_file() {
+                    problems.push(format!(
+                        "hooks[{i}].plugin: file {} does not exist (relative paths start at the config file's directory)",
+                        p.display()
+                    ));
+                }
+                continue;
+            }
+            if !has_script {
+                problems.push(format!(
+                    "hooks[{i}]: give script = \"file.rhai\" or plugin = \"file.wasm\""
+                ));
+            } else if !h.script.is_file() {
+                problems.push(format!(
+                    "hooks[{i}].script: file {} does not exist (relative paths start at the config file's directory)",
+                    h.script.display()
+                ));
+            }
+        }
+        if let Some(r) = &self.delivery.relay
+            && r.rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+        {
+            problems.push(format!(
+                "delivery.relay: {r:?} is not host:port, e.g. \"smtp.provider.example:587\""
+            ));
+        }
+        let pl = &self.plugins;
+        if pl.cpu_time < Duration::from_millis(10) || pl.wall_time < pl.cpu_time {
+            problems.push(
+                "plugins.cpu_time: must be at least \"10ms\" and not above plugins.wall_time"
+                    .into(),
+            );
+        }
+        if !(1..=4096).contains(&pl.memory_mib) {
+            problems.push("plugins.memory_mib: must be between 1 and 4096, e.g. 128".into());
+        }
+        if !(1..=100_000).contains(&pl.instances) {
+            problems.push("plugins.instances: must be between 1 and 100000, e.g. 256".into());
+        }
+        if pl.max_message as u64 >= u64::from(pl.memory_mib) << 20 {
+            problems.push(format!(
+                "plugins.max_message: {} bytes does not fit in plugins.memory_mib = {}; raise memory_mib or lower max_message",
+                pl.max_message, pl.memory_mib
+            ));
+        }
+        if self.imap.max_connections_per_user == 0 {
+            problems.push(
+                "imap.max_connections_per_user: must be at least 1 (0 would refuse every login)"
+                    .into(),
+            );
+        }
+        if self.pop3.idle_timeout.is_zero() {
+            problems.push("pop3.idle_timeout: must be longer than zero, e.g. \"10m\"".into());
+        }
+        if self.delivery.retry.is_empty() {
+            problems
+                .push("delivery.retry: give at least one interval, e.g. [\"1m\", \"5m\"]".into());
+        }
+        problems
+    }
+}
