@@ -1,6 +1,6 @@
 //! Per-call cost of the hook chain at every hook point: the built-in policy alone, each
 //! example script in `scripts/` at its own hook, and three typical scripts
-//! (`benches/scripts/typical_*.rhai`) that act at every point.
+//! (`bench/scripts/typical_*.rhai` at the repository root) that act at every point.
 //!
 //! Run with `cargo bench --bench hooks` (release profile); prints a Markdown table of the
 //! median over 15 batches of the mean time per `HookChain::run`, in microseconds of this
@@ -117,7 +117,7 @@ fn main() {
     let typical: Vec<Arc<dyn HookEngine>> = (1..=3)
         .map(|i| {
             load(
-                &root.join(format!("benches/scripts/typical_{i}.rhai")),
+                &root.join(format!("../bench/scripts/typical_{i}.rhai")),
                 serde_json::json!({}),
                 &store,
             )

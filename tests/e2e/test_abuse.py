@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import ALICE, PASSWORD
+from support.server import ALICE, PASSWORD
 
 
 def good_client_latency(server) -> float:

@@ -8,7 +8,8 @@ import imaplib
 import os
 import subprocess
 
-from conftest import ALICE, CORVUS_BIN, PASSWORD, child_env, tls_context
+from support.net import tls_context
+from support.server import ALICE, CORVUS_BIN, PASSWORD, child_env
 
 
 def imap_login(srv):
@@ -72,14 +73,14 @@ def test_tilde_names_and_sent_dates(corvus_factory):
 
 def test_user_add_refuses_a_domain_that_is_not_local(corvus_factory):
     srv = corvus_factory()
-    r = srv.run_cli("user", "add", "bob@exampel.org", "--password", "x", check=False)
+    r = srv.cli("user", "add", "bob@exampel.org", "--password", "x", check=False)
     assert r.returncode != 0
     assert "exampel.org is not a local domain" in r.stderr and "--create-domain" in r.stderr
-    assert "exampel.org" not in srv.run_cli("domain", "list").stdout
-    r = srv.run_cli("user", "add", "bob@partner.test", "--password", "x", "--create-domain")
+    assert "exampel.org" not in srv.cli("domain", "list").stdout
+    r = srv.cli("user", "add", "bob@partner.test", "--password", "x", "--create-domain")
     assert "domain partner.test added as local" in r.stdout
     srv.start()
-    r = srv.run_cli("user", "add", "carol@typo.test", "--password", "x", check=False)
+    r = srv.cli("user", "add", "carol@typo.test", "--password", "x", check=False)
     assert r.returncode != 0 and "--create-domain" in r.stderr, "the same through the server"
 
 
@@ -102,12 +103,12 @@ def test_startup_hint_is_the_exact_command(corvus_factory):
     out = srv.stdout_path.read_text()
     hint = next(l for l in out.splitlines() if "No accounts yet" in l)
     command = hint.split("Add one with:", 1)[1].strip()
-    assert command.startswith(f"corvus -c '{srv.config_path}' user add alice@example.org"), hint
+    assert command.startswith(f"corvus -c '{srv.config}' user add alice@example.org"), hint
     # Run as printed, from another directory: the running server gets the user.
     args = command.replace("corvus", CORVUS_BIN, 1)
     r = subprocess.run(args, shell=True, cwd="/", env=child_env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert "alice@example.org" in srv.run_cli("user", "list").stdout
+    assert "alice@example.org" in srv.cli("user", "list").stdout
 
 
 def test_check_errors_name_the_file(tmp_path):
@@ -162,7 +163,7 @@ def test_relay_networks_may_relay_without_auth_and_nobody_else(server_with):
         s.sendmail("x@example.org", ["victim@victim.test"], b"Subject: x\r\n\r\nx\r\n")
     s.quit()
     # A wrong network is a clear config error naming the file and the key.
-    bad = srv.config_path.parent / "bad.toml"
+    bad = srv.config.parent / "bad.toml"
     bad.write_text('[smtp]\nrelay_networks = ["10.0.0.0/33"]\n')
     r = subprocess.run([CORVUS_BIN, "-c", str(bad), "check"], env=child_env(), capture_output=True,
                        text=True, timeout=60)

@@ -1,4 +1,4 @@
-"""Crash safety (issue 10): repeated SIGKILL at random moments under mixed load, checked
+"""Crash safety: repeated SIGKILL at random moments under mixed load, checked
 against a ledger of everything the server acknowledged.
 
 Site A (a.test, the server under test) takes inbound mail for local users on `smtp` and
@@ -31,7 +31,9 @@ import time
 
 import pytest
 
-from conftest import PASSWORD, Corvus, ZoneDNS, free_port
+from support.dns import DnsServer
+from support.net import free_port
+from support.server import PASSWORD, Server
 
 SEED = int(os.environ.get("LEDGER_SEED", "20261122"))
 CYCLES = int(os.environ.get("LEDGER_CYCLES", "12"))
@@ -46,9 +48,9 @@ POP3_MESSAGES = 80
 
 @pytest.fixture
 def sites(tmp_path):
-    zone = ZoneDNS()
+    zone = DnsServer()
     port_b = free_port()
-    a = Corvus(
+    a = Server(
         tmp_path / "a",
         zone.addr,
         domains=["a.test"],
@@ -61,7 +63,7 @@ def sites(tmp_path):
             "[pop3]\nallow_plaintext_auth = true\n"
         ),
     )
-    b = Corvus(
+    b = Server(
         tmp_path / "b",
         zone.addr,
         domains=["b.test"],
@@ -90,13 +92,13 @@ def sites(tmp_path):
 # --- clients -------------------------------------------------------------------------------
 
 
-def imap_login(srv: Corvus, user: str) -> imaplib.IMAP4:
+def imap_login(srv: Server, user: str) -> imaplib.IMAP4:
     c = imaplib.IMAP4(srv.host, srv.ports["imap"], timeout=15)
     c.login(user, PASSWORD)
     return c
 
 
-def imap_message_ids(srv: Corvus, user: str) -> collections.Counter:
+def imap_message_ids(srv: Server, user: str) -> collections.Counter:
     """Message-IDs in the user's INBOX (read over IMAP), with how often each occurs."""
     c = imap_login(srv, user)
     try:
@@ -117,7 +119,7 @@ def imap_message_ids(srv: Corvus, user: str) -> collections.Counter:
         c.logout()
 
 
-def imap_flags(srv: Corvus, user: str) -> dict[int, set[str]]:
+def imap_flags(srv: Server, user: str) -> dict[int, set[str]]:
     c = imap_login(srv, user)
     try:
         c.select("INBOX", readonly=True)
@@ -134,7 +136,7 @@ def imap_flags(srv: Corvus, user: str) -> dict[int, set[str]]:
         c.logout()
 
 
-def pop3_uidls(srv: Corvus, user: str) -> set[str]:
+def pop3_uidls(srv: Server, user: str) -> set[str]:
     p = poplib.POP3(srv.host, srv.ports["pop3"], timeout=15)
     p.user(user)
     p.pass_(PASSWORD)
@@ -169,7 +171,7 @@ class Ledger:
         self.acked[kind].set()
 
 
-def smtp_worker(a: Corvus, ledger: Ledger, n: int, submission: bool):
+def smtp_worker(a: Server, ledger: Ledger, n: int, submission: bool):
     """Send until stopped; reconnect whenever the server dies."""
     seq = 0
     while not ledger.stop.is_set():
@@ -198,7 +200,7 @@ def smtp_worker(a: Corvus, ledger: Ledger, n: int, submission: bool):
             time.sleep(0.05)
 
 
-def imap_worker(a: Corvus, ledger: Ledger, uids: list[int]):
+def imap_worker(a: Server, ledger: Ledger, uids: list[int]):
     """Set one flag on one message per STORE, each (uid, flag) once, reconnecting as needed;
     a STORE whose OK never came is simply repeated (it is idempotent)."""
     todo = [(uid, flag) for flag in FLAGS for uid in uids]
@@ -219,7 +221,7 @@ def imap_worker(a: Corvus, ledger: Ledger, uids: list[int]):
             time.sleep(0.05)
 
 
-def pop3_worker(a: Corvus, ledger: Ledger):
+def pop3_worker(a: Server, ledger: Ledger):
     """Sessions that each DELE the first one or two messages and QUIT, paced so that there is
     work left for every cycle."""
     while not ledger.stop.is_set():
@@ -316,7 +318,7 @@ def test_repeated_sigkill_loses_and_duplicates_nothing(sites):
     queue = ""
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        p = a.run_cli("queue", "list", check=False)
+        p = a.cli("queue", "list", check=False)
         queue = p.stdout
         if p.returncode == 0 and "queue is empty" in queue:
             break
@@ -324,7 +326,7 @@ def test_repeated_sigkill_loses_and_duplicates_nothing(sites):
     queued = collections.Counter()
     if "queue is empty" not in queue:  # still queued counts as kept, but say so
         for line in queue.splitlines()[1:]:
-            show = a.run_cli("queue", "show", line.split()[0]).stdout
+            show = a.cli("queue", "show", line.split()[0]).stdout
             for m in re.finditer(r"Message-ID: <([^>]+)>", show, re.I):
                 queued[m.group(1)] += 1
 

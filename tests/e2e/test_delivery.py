@@ -8,7 +8,10 @@ import time
 import dkim
 import pytest
 
-from conftest import Corvus, ZoneDNS, free_port
+from support.dns import DnsServer
+from support.net import free_port
+from support.server import Server
+from support.wait import wait_for
 
 PW = "secret-pw"
 
@@ -16,11 +19,11 @@ PW = "secret-pw"
 @pytest.fixture
 def net(tmp_path):
     """A DNS zone and a factory for Corvus instances that use it."""
-    zone = ZoneDNS()
-    made: list[Corvus] = []
+    zone = DnsServer()
+    made: list[Server] = []
 
     def make(name, domains, host="127.0.0.1", ports=None, delivery="", extra=""):
-        c = Corvus(
+        c = Server(
             tmp_path / name,
             zone.addr,
             domains=domains,
@@ -40,23 +43,19 @@ def net(tmp_path):
     zone.close()
 
 
-def submit(c: Corvus, user: str, to: list[str], body: bytes, subject="test"):
+def session(c: Server, user: str = "alice@a.test"):
+    """An authenticated smtplib session on c's submission listener."""
     s = c.smtp("submission")
     s.ehlo()
     s.login(user, PW)
+    return s
+
+
+def submit(c: Server, user: str, to: list[str], body: bytes, subject="test"):
+    s = session(c, user)
     msg = b"From: <%s>\r\nTo: %s\r\nSubject: %s\r\n\r\n" % (user.encode(), ", ".join(to).encode(), subject.encode()) + body
     s.sendmail(user, to, msg)
     s.quit()
-
-
-def wait_for(pred, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def two_sites(zone, make, b_host="127.0.0.2", delivery=""):
@@ -78,7 +77,7 @@ def two_sites(zone, make, b_host="127.0.0.2", delivery=""):
 def test_delivery_a_to_b_with_dkim(net):
     zone, make = net
     a, b, _ = two_sites(zone, make)
-    out = a.run_cli("dkim", "generate", "a.test", "--selector", "s1").stdout
+    out = a.cli("dkim", "generate", "a.test", "--selector", "s1").stdout
     record = re.search(r'IN TXT (".*")', out).group(1)
     zone.add("s1._domainkey.a.test", "TXT", record)
     a.start()
@@ -99,13 +98,13 @@ def test_delivery_a_to_b_with_dkim(net):
     assert filed.startswith(b"Return-Path: <alice@a.test>\r\n"), filed[:100]
     assert dkim.verify(filed, dnsfunc=zone.resolve_txt)
     # Delivered messages leave the queue.
-    wait_for(lambda: "queue is empty" in a.run_cli("queue", "list").stdout, what="empty queue")
+    wait_queue_empty(a)
 
 
 def test_rsa_dkim_verifies(net):
     zone, make = net
     a, b, _ = two_sites(zone, make)
-    out = a.run_cli("dkim", "generate", "a.test", "--selector", "r1", "--algorithm", "rsa").stdout
+    out = a.cli("dkim", "generate", "a.test", "--selector", "r1", "--algorithm", "rsa").stdout
     record = re.search(r'IN TXT (".*")', out).group(1)
     zone.add("r1._domainkey.a.test", "TXT", record)
     a.start()
@@ -121,10 +120,10 @@ def test_remote_down_then_up_is_delivered_on_retry(net):
     a.start()
     submit(a, "alice@a.test", ["bob@b.test"], b"retry me\r\n")
     # Attempted, failed, still queued with the error recorded.
-    listing = wait_for(lambda: (lambda o: o if "bob@b.test" in o and "(" in o else None)(a.run_cli("queue", "list").stdout), what="queued with error")
+    listing = wait_for(lambda: (lambda o: o if "bob@b.test" in o and "(" in o else None)(a.cli("queue", "list").stdout), what="queued with error")
     assert "bob@b.test" in listing
     b.start()
-    a.run_cli("queue", "flush")
+    a.cli("queue", "flush")
     msgs = wait_for(lambda: b.stored_messages("bob@b.test"), what="delivery after retry")
     assert b"retry me" in msgs[0]
 
@@ -147,7 +146,19 @@ def test_backup_mx_used_when_primary_down(net):
     assert b"via backup" in msgs[0]
 
 
-def dsn_in(c: Corvus, user: str):
+def started_a_with_null_mx_domain(net) -> Server:
+    """Site A of two_sites, started; nomail.test has a null MX (RFC 7505)."""
+    zone, make = net
+    a, _, _ = two_sites(zone, make)
+    zone.add("nomail.test", "MX", "0 .")
+    return a.start()
+
+
+def wait_queue_empty(c: Server):
+    wait_for(lambda: "queue is empty" in c.cli("queue", "list").stdout, what="an empty queue")
+
+
+def dsn_in(c: Server, user: str):
     for m in c.stored_messages(user):
         if b"multipart/report" in m and b"delivery-status" in m:
             return m
@@ -171,23 +182,15 @@ def test_unknown_user_at_remote_bounces_to_sender(net):
     assert raw.startswith(b"Return-Path: <>\r\n"), raw[:100]
 
 
-def test_null_mx_bounces_immediately(net):
-    zone, make = net
-    a, _, _ = two_sites(zone, make)
-    zone.add("nomail.test", "MX", "0 .")
-    a.start()
-    submit(a, "alice@a.test", ["x@nomail.test"], b"nope\r\n")
-    dsn = wait_for(lambda: dsn_in(a, "alice@a.test"), timeout=10, what="null MX DSN")
-    assert b"Status: 5.1.10" in dsn
-
-
-def test_nxdomain_bounces(net):
-    zone, make = net
-    a, _, _ = two_sites(zone, make)
-    a.start()
-    submit(a, "alice@a.test", ["x@does-not-exist.test"], b"nope\r\n")
-    dsn = wait_for(lambda: dsn_in(a, "alice@a.test"), timeout=10, what="NXDOMAIN DSN")
-    assert b"Status: 5.1.2" in dsn
+@pytest.mark.parametrize("rcpt, status", [("x@nomail.test", b"Status: 5.1.10"),
+                                          ("x@does-not-exist.test", b"Status: 5.1.2")],
+                         ids=["null_mx", "nxdomain"])
+def test_undeliverable_domain_bounces_immediately(net, rcpt, status):
+    """A domain with a null MX (RFC 7505), and one that does not exist."""
+    a = started_a_with_null_mx_domain(net)
+    submit(a, "alice@a.test", [rcpt], b"nope\r\n")
+    dsn = wait_for(lambda: dsn_in(a, "alice@a.test"), timeout=10, what=f"DSN for {rcpt}")
+    assert status in dsn
 
 
 def test_expiry_bounces(net):
@@ -197,18 +200,13 @@ def test_expiry_bounces(net):
     submit(a, "alice@a.test", ["bob@b.test"], b"will expire\r\n")
     dsn = wait_for(lambda: dsn_in(a, "alice@a.test"), timeout=30, what="expiry DSN")
     assert b"Status: 4.4.7" in dsn
-    wait_for(lambda: "queue is empty" in a.run_cli("queue", "list").stdout, what="queue emptied")
+    wait_queue_empty(a)
 
 
 def test_null_sender_never_bounced(net):
-    zone, make = net
-    a, _, _ = two_sites(zone, make)
-    zone.add("nomail.test", "MX", "0 .")
-    a.start()
+    a = started_a_with_null_mx_domain(net)
     # Relay a message with <> from alice's authenticated session (allow_any_sender needed).
-    s = a.smtp("submission")
-    s.ehlo()
-    s.login("alice@a.test", PW)
+    s = session(a)
     code, _ = s.mail("<>")
     s.quit()
     # Submission refuses <> (not alice's address), so queue one via the queue itself:
@@ -223,16 +221,11 @@ def test_null_sender_never_bounced(net):
 
 
 def test_notify_never_suppresses_dsn(net):
-    zone, make = net
-    a, _, _ = two_sites(zone, make)
-    zone.add("nomail.test", "MX", "0 .")
-    a.start()
-    s = a.smtp("submission")
-    s.ehlo()
-    s.login("alice@a.test", PW)
+    a = started_a_with_null_mx_domain(net)
+    s = session(a)
     s.sendmail("alice@a.test", ["x@nomail.test"], b"Subject: quiet\r\n\r\nq\r\n", rcpt_options=["NOTIFY=NEVER"])
     s.quit()
-    wait_for(lambda: "queue is empty" in a.run_cli("queue", "list").stdout, what="queue emptied")
+    wait_queue_empty(a)
     time.sleep(1)
     assert dsn_in(a, "alice@a.test") is None
 
@@ -242,14 +235,14 @@ def test_queue_cli_while_running(net):
     a, _, _ = two_sites(zone, make, delivery='retry = ["1h"]')
     a.start()
     submit(a, "alice@a.test", ["bob@b.test"], b"stuck\r\n")
-    listing = wait_for(lambda: (lambda o: o if "bob@b.test" in o else None)(a.run_cli("queue", "list").stdout), what="listing")
+    listing = wait_for(lambda: (lambda o: o if "bob@b.test" in o else None)(a.cli("queue", "list").stdout), what="listing")
     qid = listing.splitlines()[1].split()[0]
-    shown = a.run_cli("queue", "show", qid).stdout
+    shown = a.cli("queue", "show", qid).stdout
     assert "from: <alice@a.test>" in shown and "bob@b.test" in shown and "Subject: test" in shown
-    assert "1 message(s)" in a.run_cli("queue", "flush", qid).stdout
-    a.run_cli("queue", "delete", qid)
-    assert "queue is empty" in a.run_cli("queue", "list").stdout
-    r = a.run_cli("queue", "show", qid, check=False)
+    assert "1 message(s)" in a.cli("queue", "flush", qid).stdout
+    a.cli("queue", "delete", qid)
+    assert "queue is empty" in a.cli("queue", "list").stdout
+    r = a.cli("queue", "show", qid, check=False)
     assert r.returncode != 0 and "not found" in r.stderr
 
 
@@ -262,7 +255,7 @@ def test_kill_9_with_queued_mail_loses_nothing(net):
     a.kill()
     a.start()
     b.start()
-    a.run_cli("queue", "flush")
+    a.cli("queue", "flush")
     msgs = wait_for(lambda: (lambda m: m if len(m) >= 5 else None)(b.stored_messages("bob@b.test")), what="all 5 delivered")
     subjects = sorted(re.search(rb"Subject: (k\d)", m).group(1) for m in msgs)
     assert subjects == [b"k0", b"k1", b"k2", b"k3", b"k4"]
@@ -273,11 +266,7 @@ def test_interop_with_aiosmtpd(net):
     port = free_port()
     ctl, got = aiosmtpd_sink("127.0.0.5", port)
     try:
-        a = make("a", ["a.test"], delivery=f"port = {port}")
-        a.add_user("alice@a.test", PW)
-        zone.add("other.test", "MX", "5 mx.other.test.")
-        zone.add("mx.other.test", "A", "127.0.0.5")
-        a.start()
+        a = sender(zone, make, f"port = {port}")
         submit(a, "alice@a.test", ["carol@other.test", "dave@other.test"], b"to aiosmtpd\r\n.leading dot\r\n")
         wait_for(lambda: got, what="aiosmtpd received")
         _peer, mail_from, rcpts, content = got[0]
@@ -288,7 +277,20 @@ def test_interop_with_aiosmtpd(net):
         ctl.stop()
 
 
-def aiosmtpd_sink(host, port, **kw):
+def sender(zone, make, delivery: str, mx: dict[str, str] | None = None) -> Server:
+    """Site A (a.test, alice) started with `delivery` settings; `mx` ({domain: address},
+    default other.test at 127.0.0.5) gives each domain an MX mx.<domain> at that address."""
+    a = make("a", ["a.test"], delivery=delivery)
+    a.add_user("alice@a.test", PW)
+    for domain, ip in (mx or {"other.test": "127.0.0.5"}).items():
+        zone.add(domain, "MX", f"5 mx.{domain}.")
+        zone.add(f"mx.{domain}", "A", ip)
+    return a.start()
+
+
+def aiosmtpd_sink(host, port, handler=None, **kw):
+    """aiosmtpd on host:port, started: (controller, got). With no `handler`, one that keeps
+    (peer, MAIL FROM, RCPT TOs, content) of every message in `got`."""
     from aiosmtpd.controller import Controller
 
     got = []
@@ -298,7 +300,7 @@ def aiosmtpd_sink(host, port, **kw):
             got.append((session.peer, envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
             return "250 OK"
 
-    ctl = Controller(Handler(), hostname=host, port=port, **kw)
+    ctl = Controller(handler or Handler(), hostname=host, port=port, **kw)
     ctl.start()
     return ctl, got
 
@@ -308,11 +310,7 @@ def test_connection_reused_for_consecutive_messages(net):
     port = free_port()
     ctl, got = aiosmtpd_sink("127.0.0.5", port)
     try:
-        a = make("a", ["a.test"], delivery=f"port = {port}")
-        a.add_user("alice@a.test", PW)
-        zone.add("other.test", "MX", "5 mx.other.test.")
-        zone.add("mx.other.test", "A", "127.0.0.5")
-        a.start()
+        a = sender(zone, make, f"port = {port}")
         for i in range(3):
             submit(a, "alice@a.test", ["carol@other.test"], b"reuse %d\r\n" % i)
             wait_for(lambda: len(got) > i, what=f"message {i}")
@@ -327,14 +325,8 @@ def test_smtputf8_to_server_without_it_bounces(net):
     port = free_port()
     ctl, got = aiosmtpd_sink("127.0.0.5", port, enable_SMTPUTF8=False)
     try:
-        a = make("a", ["a.test"], delivery=f"port = {port}")
-        a.add_user("alice@a.test", PW)
-        zone.add("other.test", "MX", "5 mx.other.test.")
-        zone.add("mx.other.test", "A", "127.0.0.5")
-        a.start()
-        s = a.smtp("submission")
-        s.ehlo()
-        s.login("alice@a.test", PW)
+        a = sender(zone, make, f"port = {port}")
+        s = session(a)
         s.sendmail("alice@a.test", ["δοκιμή@other.test"], "Subject: utf8\r\n\r\nγειά\r\n".encode(), mail_options=["SMTPUTF8", "BODY=8BITMIME"])
         s.quit()
         dsn = wait_for(lambda: dsn_in(a, "alice@a.test"), what="SMTPUTF8 DSN")
@@ -354,7 +346,7 @@ def test_delay_warning_sent_once(net):
     time.sleep(3)
     warnings = [m for m in a.stored_messages("alice@a.test") if b"Action: delayed" in m]
     assert len(warnings) == 1
-    assert "bob@b.test" in a.run_cli("queue", "list").stdout  # still queued
+    assert "bob@b.test" in a.cli("queue", "list").stdout  # still queued
 
 
 def issue_cert(dir, names, ca=None):
@@ -467,14 +459,12 @@ def test_smart_host_certificate_is_verified_before_credentials(net, tmp_path, ca
     assert b.mailboxes("bob@b.test")["INBOX"] == 0
     # B saw TLS handshakes fail, never an AUTH (its log records every authentication).
     assert "authenticated" not in b.logs() and "authentication failed" not in b.logs()
-    assert "bob@b.test" in a.run_cli("queue", "list").stdout
+    assert "bob@b.test" in a.cli("queue", "list").stdout
 
 
 def test_per_recipient_results_and_dsn_parameters(net):
     """One transaction, three recipients: accepted, deferred (4xx → stays queued), refused (5xx →
     DSN that carries ENVID, ORCPT and, with RET=HDRS, only the headers)."""
-    from aiosmtpd.controller import Controller
-
     got = []
 
     class Handler:
@@ -492,17 +482,10 @@ def test_per_recipient_results_and_dsn_parameters(net):
 
     zone, make = net
     port = free_port()
-    ctl = Controller(Handler(), hostname="127.0.0.5", port=port)
-    ctl.start()
+    ctl, _ = aiosmtpd_sink("127.0.0.5", port, Handler())
     try:
-        a = make("a", ["a.test"], delivery=f'port = {port}\nretry = ["1h"]')
-        a.add_user("alice@a.test", PW)
-        zone.add("other.test", "MX", "5 mx.other.test.")
-        zone.add("mx.other.test", "A", "127.0.0.5")
-        a.start()
-        s = a.smtp("submission")
-        s.ehlo()
-        s.login("alice@a.test", PW)
+        a = sender(zone, make, f'port = {port}\nretry = ["1h"]')
+        s = session(a)
         msg = b"Subject: mixed\r\nX-Marker: header-only\r\n\r\nBODY-SHOULD-NOT-COME-BACK\r\n"
         s.sendmail(
             "alice@a.test",
@@ -521,7 +504,7 @@ def test_per_recipient_results_and_dsn_parameters(net):
         assert b"Original-Recipient: rfc822;orig+x@other.test" in dsn
         assert b"text/rfc822-headers" in dsn and b"X-Marker: header-only" in dsn
         assert b"BODY-SHOULD-NOT-COME-BACK" not in dsn
-        listing = a.run_cli("queue", "list").stdout
+        listing = a.cli("queue", "list").stdout
         assert "later@other.test" in listing and "450" in listing
         assert "never@other.test" not in listing and "ok@other.test" not in listing
     finally:
@@ -551,13 +534,7 @@ def test_helo_fallback_and_size_limit(net):
     small = Controller(type("H", (), {"handle_DATA": Handler.handle_DATA})(), hostname="127.0.0.6", port=port, data_size_limit=100)
     small.start()
     try:
-        a = make("a", ["a.test"], delivery=f'port = {port}\nretry = ["1h"]')
-        a.add_user("alice@a.test", PW)
-        zone.add("old.test", "MX", "5 mx.old.test.")
-        zone.add("mx.old.test", "A", "127.0.0.5")
-        zone.add("tiny.test", "MX", "5 mx.tiny.test.")
-        zone.add("mx.tiny.test", "A", "127.0.0.6")
-        a.start()
+        a = sender(zone, make, f'port = {port}\nretry = ["1h"]', mx={"old.test": "127.0.0.5", "tiny.test": "127.0.0.6"})
         submit(a, "alice@a.test", ["x@old.test"], b"via HELO\r\n")
         wait_for(lambda: got, what="delivery after HELO fallback")
         assert b"via HELO" in got[0]
@@ -597,16 +574,12 @@ def test_remote_reply_with_multibyte_code_is_a_temporary_error(net):
 
     threading.Thread(target=serve, daemon=True).start()
     try:
-        a = make("a", ["a.test"], delivery=f'port = {port}\nretry = ["1s"]')
-        a.add_user("alice@a.test", PW)
-        zone.add("bad.test", "MX", "10 mx.bad.test.")
-        zone.add("mx.bad.test", "A", "127.0.0.6")
-        a.start()
+        a = sender(zone, make, f'port = {port}\nretry = ["1s"]', mx={"bad.test": "127.0.0.6"})
         submit(a, "alice@a.test", ["carol@bad.test"], b"to a broken MX\r\n")
-        qid = wait_for(lambda: (a.run_cli("queue", "list").stdout.splitlines()[1:] or [None])[0], what="queued").split()[0]
+        qid = wait_for(lambda: (a.cli("queue", "list").stdout.splitlines()[1:] or [None])[0], what="queued").split()[0]
 
         def retried():
-            shown = a.run_cli("queue", "show", qid).stdout
+            shown = a.cli("queue", "show", qid).stdout
             n = int(re.search(r"attempts: (\d+)", shown).group(1))
             return shown if n >= 2 else None
 
@@ -620,8 +593,6 @@ def test_remote_reply_with_multibyte_code_is_a_temporary_error(net):
 def test_outbound_source_address_and_helo_name(net):
     """[delivery] source_ip and helo_name (issue 20, item 19): the remote MTA (aiosmtpd) sees
     the connection come from the configured address and the configured EHLO name."""
-    from aiosmtpd.controller import Controller
-
     seen = []
 
     class Handler:
@@ -631,15 +602,9 @@ def test_outbound_source_address_and_helo_name(net):
 
     zone, make = net
     port = free_port()
-    ctl = Controller(Handler(), hostname="127.0.0.5", port=port)
-    ctl.start()
+    ctl, _ = aiosmtpd_sink("127.0.0.5", port, Handler())
     try:
-        a = make("a", ["a.test"],
-                 delivery=f'port = {port}\nretry = ["1h"]\nsource_ip = "127.0.0.9"\nhelo_name = "out.a.test"')
-        a.add_user("alice@a.test", PW)
-        zone.add("other.test", "MX", "5 mx.other.test.")
-        zone.add("mx.other.test", "A", "127.0.0.5")
-        a.start()
+        a = sender(zone, make, f'port = {port}\nretry = ["1h"]\nsource_ip = "127.0.0.9"\nhelo_name = "out.a.test"')
         submit(a, "alice@a.test", ["someone@other.test"], b"from a chosen address\r\n")
         wait_for(lambda: seen, what="delivery to aiosmtpd")
         assert seen[0] == ("127.0.0.9", "out.a.test"), seen
@@ -654,7 +619,7 @@ def test_rsa_and_ed25519_keys_sign_side_by_side(net):
     zone, make = net
     a, b, _ = two_sites(zone, make)
     for selector, algorithm in (("r1", "rsa"), ("e1", "ed25519")):
-        out = a.run_cli("dkim", "generate", "a.test", "--selector", selector,
+        out = a.cli("dkim", "generate", "a.test", "--selector", selector,
                         "--algorithm", algorithm).stdout
         rdata = re.search(r'IN TXT (".*")', out).group(1)
         assert all(len(s) <= 255 for s in re.findall(r'"([^"]*)"', rdata)), rdata

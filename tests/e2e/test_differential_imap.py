@@ -17,12 +17,13 @@ import re
 
 import pytest
 
-import dovecot_support
-from imap_support import PASSWORD, Raw, Server
+from support import dovecot
+from support.clients import RawImap
+from support.server import IMAP, PASSWORD, Server
 
 ALLOW_FILE = pathlib.Path(__file__).with_name("differential_allow.txt")
 
-pytestmark = pytest.mark.skipif(not dovecot_support.available(), reason="dovecot is not installed")
+pytestmark = pytest.mark.skipif(not dovecot.available(), reason="dovecot is not installed")
 
 
 # --- the transcripts --------------------------------------------------------------------------
@@ -595,7 +596,7 @@ def normalize_tagged(line: bytes):
 
 
 def run(port: int, user: str, script: list) -> list:
-    r = Raw(port)
+    r = RawImap(port)
     untagged, tagged = r.cmd(f'LOGIN "{user}" "{PASSWORD}"')
     assert b" OK" in tagged, tagged
     out = []
@@ -623,27 +624,19 @@ def allowed() -> set[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    """Corvus and Dovecot, each with one user per transcript (made before Dovecot starts: its
-    passwd-file is re-read only when its mtime changes, which can miss quick additions)."""
-    corvus = Server(tmp_path_factory.mktemp("corvus")).start()
-    dovecot = dovecot_support.Dovecot()
-    users = {}
-    for name in TRANSCRIPTS:
-        users[name] = corvus.add_user(name.replace("_", "-"))
-        dovecot.add_user(users[name], PASSWORD)
-    dovecot.start()
-    yield corvus, dovecot, users
-    corvus.close()
-    dovecot.stop()
+def servers(tmp_path_factory, loopback_dns):
+    """Corvus and Dovecot, each with one user per transcript."""
+    corvus = Server(tmp_path_factory.mktemp("corvus"), loopback_dns.addr, **IMAP).start()
+    with dovecot.beside(corvus, TRANSCRIPTS) as (reference, users):
+        yield corvus, reference, users
 
 
 @pytest.mark.parametrize("name", sorted(TRANSCRIPTS))
 def test_corvus_answers_like_dovecot(servers, name):
-    corvus, dovecot, users = servers
+    corvus, reference, users = servers
     user = users[name]
     ours = run(corvus.ports["imap"], user, TRANSCRIPTS[name])
-    theirs = run(dovecot.ports["imap"], user, TRANSCRIPTS[name])
+    theirs = run(reference.ports["imap"], user, TRANSCRIPTS[name])
     ok = allowed()
     differences = []
     for (cmd, our_tag, our_un), (_, their_tag, their_un) in zip(ours, theirs):

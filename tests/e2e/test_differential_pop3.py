@@ -11,11 +11,13 @@ import socket
 
 import pytest
 
-import dovecot_support
-from imap_support import PASSWORD, Raw, Server
 from test_differential_imap import M1, M2, M3, append
 
-pytestmark = pytest.mark.skipif(not dovecot_support.available(), reason="dovecot is not installed")
+from support import dovecot
+from support.clients import RawImap
+from support.server import IMAP, PASSWORD, Server, with_preset
+
+pytestmark = pytest.mark.skipif(not dovecot.available(), reason="dovecot is not installed")
 
 MULTILINE = ("LIST", "UIDL", "RETR", "TOP", "CAPA")
 
@@ -71,7 +73,7 @@ def normalize(cmd: str, status: bytes, body: list[bytes]):
 
 
 def fill(port: int, user: str):
-    r = Raw(port)
+    r = RawImap(port)
     r.cmd(f'LOGIN "{user}" "{PASSWORD}"')
     for step in (append("INBOX", M1), append("INBOX", M2), append("INBOX", M3)):
         _, tagged = r.cmd(step)
@@ -80,32 +82,23 @@ def fill(port: int, user: str):
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    corvus = Server(tmp_path_factory.mktemp("corvus"),
-                    extra="[pop3]\nallow_plaintext_auth = true\n")
-    corvus.ports["pop3"] = __import__("conftest").free_port()
-    corvus.config.write_text(corvus.config.read_text().replace(
-        "[listen]\n", f'[listen]\npop3 = "127.0.0.1:{corvus.ports["pop3"]}"\n'))
-    corvus.start()
-    dovecot = dovecot_support.Dovecot()
-    users = {}
-    for name in SESSIONS:
-        users[name] = corvus.add_user("pop-" + name.replace("_", "-"))
-        dovecot.add_user(users[name], PASSWORD)
-    dovecot.start()
-    for user in users.values():
-        fill(corvus.ports["imap"], user)
-        fill(dovecot.ports["imap"], user)
-    yield corvus, dovecot, users
-    corvus.close()
-    dovecot.stop()
+def servers(tmp_path_factory, loopback_dns):
+    corvus = Server(tmp_path_factory.mktemp("corvus"), loopback_dns.addr,
+                    **with_preset(IMAP, listeners=("smtp", "imap", "imaps", "pop3"),
+                                  pop3={"allow_plaintext_auth": True})).start()
+    with dovecot.beside(corvus, ["pop_" + name for name in SESSIONS]) as (reference, users):
+        users = {name: users["pop_" + name] for name in SESSIONS}
+        for user in users.values():
+            fill(corvus.ports["imap"], user)
+            fill(reference.ports["imap"], user)
+        yield corvus, reference, users
 
 
 @pytest.mark.parametrize("name", sorted(SESSIONS))
 def test_corvus_pop3_answers_like_dovecot(servers, name):
-    corvus, dovecot, users = servers
+    corvus, reference, users = servers
     results = []
-    for port in (corvus.ports["pop3"], dovecot.ports["pop3"]):
+    for port in (corvus.ports["pop3"], reference.ports["pop3"]):
         p = Pop(port)
         assert p.greeting.startswith(b"+OK")
         assert p.cmd(f"USER {users[name]}")[0].startswith(b"+OK")

@@ -10,10 +10,11 @@ import re
 
 import pytest
 
-import postfix_support
-from conftest import ALICE, BOB, RawClient
+from support import postfix
+from support.clients import RawSmtp
+from support.server import ALICE, BOB, Server
 
-pytestmark = pytest.mark.skipif(not postfix_support.available(),
+pytestmark = pytest.mark.skipif(not postfix.available(),
                                 reason="postfix is not installed (or not root)")
 
 BIG = 60 * 1024 * 1024
@@ -84,7 +85,7 @@ def code_of(reply) -> tuple[int, str | None]:
 
 
 def run(port: int, commands: list) -> list:
-    r = RawClient(port, timeout=20)
+    r = RawSmtp(port, timeout=20)
     r.expect(220)
     out = []
     for c in commands:
@@ -103,23 +104,19 @@ def allowed() -> set[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def servers(corvus_factory_module):
-    postfix = postfix_support.Postfix([ALICE, BOB]).start()
-    yield corvus_factory_module, postfix
-    postfix.stop()
+    reference = postfix.Postfix([ALICE, BOB]).start()
+    yield corvus_factory_module, reference
+    reference.stop()
 
 
 @pytest.fixture(scope="module")
-def corvus_factory_module(tmp_path_factory, request):
-    from conftest import Corvus, LoopbackDNS
-
-    dns = LoopbackDNS()
-    c = Corvus(tmp_path_factory.mktemp("corvus"), dns.addr)
+def corvus_factory_module(tmp_path_factory, loopback_dns):
+    c = Server(tmp_path_factory.mktemp("corvus"), loopback_dns.addr)
     c.add_user(ALICE)
     c.add_user(BOB)
     c.start()
     yield c
     c.stop()
-    dns.close()
 
 
 @pytest.mark.parametrize("name", sorted(SESSIONS))

@@ -9,7 +9,10 @@ background), which RECLAIM_ROUNDS=8 shows does not grow with the rounds."""
 
 import os
 
-from imap_support import *  # noqa: F401,F403
+import time
+import pathlib
+
+from support.mail import simple_message
 
 N = int(os.environ.get("RECLAIM_N", "1500"))
 ROUNDS = int(os.environ.get("RECLAIM_ROUNDS", "3"))
@@ -65,8 +68,7 @@ def append_many(r, n: int, start: int = 0):
 def test_expunged_bodies_free_their_space(make_server):
     srv = make_server()
     user = srv.add_user()
-    r = srv.raw(user)
-    r.ok("SELECT INBOX")
+    r = srv.raw_imap(user, select="INBOX")
     append_many(r, 20)  # some live data, as in the report (230 live messages)
     base = du(srv.data_dir)
     for round_ in range(ROUNDS):

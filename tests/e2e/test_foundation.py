@@ -1,4 +1,4 @@
-"""Foundation (issue 2): configuration errors, env overrides, the embedded default,
+"""Foundation: configuration errors, env overrides, the embedded default,
 administration with the server running and stopped, store locking, clean SIGTERM."""
 
 import json
@@ -15,7 +15,8 @@ import uuid
 
 import pytest
 
-from conftest import ALICE, CORVUS_BIN, child_env, free_port, port_open
+from support.net import free_port, port_open
+from support.server import ALICE, CORVUS_BIN, child_env
 
 
 def run_check(tmp_path, text):
@@ -32,12 +33,21 @@ def error_lines(p):
     return [l for l in p.stderr.splitlines() if l.strip()]
 
 
+def check_errors(tmp_path, text, count: int) -> list[str]:
+    """`corvus check` of a config with `text`, which must fail with `count` error lines."""
+    _, p = run_check(tmp_path, text)
+    assert p.returncode != 0
+    lines = error_lines(p)
+    assert len(lines) == count, p.stderr
+    return lines
+
+
 # --- configuration ------------------------------------------------------------------------
 
 
 def test_check_accepts_a_good_config(corvus_factory):
     c = corvus_factory()
-    p = c.run_cli("check")
+    p = c.cli("check")
     assert "configuration OK" in p.stdout
 
 
@@ -60,21 +70,13 @@ def test_check_unknown_top_level_key(tmp_path):
 
 
 def test_check_bad_address(tmp_path):
-    _, p = run_check(tmp_path, '[listen]\nsmtp = "nonsense"\nsubmission = ["127.0.0.1:2587", "1.2.3.4"]\n')
-    assert p.returncode != 0
-    lines = error_lines(p)
-    assert len(lines) == 2, p.stderr
+    lines = check_errors(tmp_path, '[listen]\nsmtp = "nonsense"\nsubmission = ["127.0.0.1:2587", "1.2.3.4"]\n', 2)
     assert any("listen.smtp" in l and '"nonsense"' in l for l in lines), lines
     assert any("listen.submission" in l and '"1.2.3.4"' in l for l in lines), lines
 
 
 def test_check_missing_cert_file(tmp_path):
-    _, p = run_check(
-        tmp_path, '[tls]\ncert = "/nonexistent/cert.pem"\nkey = "/nonexistent/key.pem"\n'
-    )
-    assert p.returncode != 0
-    lines = error_lines(p)
-    assert len(lines) == 2, p.stderr
+    lines = check_errors(tmp_path, '[tls]\ncert = "/nonexistent/cert.pem"\nkey = "/nonexistent/key.pem"\n', 2)
     assert any("tls.cert" in l and "/nonexistent/cert.pem" in l for l in lines), lines
     assert any("tls.key" in l and "/nonexistent/key.pem" in l for l in lines), lines
 
@@ -116,7 +118,7 @@ def test_env_override_of_a_nested_scalar(corvus_factory):
     c = corvus_factory(listeners=("smtp",), smtp={"vrfy": False})
     c.add_user(ALICE)
     c.start(env={"CORVUS_SMTP__VRFY": "true"})
-    r = c.raw()
+    r = c.raw_smtp()
     r.expect(220)
     r.cmd("EHLO client.test")
     code, _ = r.cmd(f"VRFY <{ALICE}>")
@@ -127,19 +129,19 @@ def test_env_override_of_a_nested_scalar(corvus_factory):
 def test_corvus_config_env_names_the_file(corvus_factory):
     """CORVUS_CONFIG is the CLI's -c, not a setting: it must not be refused as an unknown key."""
     c = corvus_factory(listeners=("smtp",))
-    env = child_env({"CORVUS_CONFIG": str(c.config_path)})
+    env = child_env({"CORVUS_CONFIG": str(c.config)})
     p = subprocess.run([CORVUS_BIN, "check"], capture_output=True, text=True, env=env, timeout=30)
     assert p.returncode == 0, p.stderr
     assert "configuration OK (1 listener)" in p.stdout
     p = subprocess.run([CORVUS_BIN, "user", "add", ALICE, "--password", "pw"],
                        capture_output=True, text=True, env=env, timeout=30, cwd=c.base)
     assert p.returncode == 0, p.stderr
-    assert ALICE in c.run_cli("user", "list").stdout
+    assert ALICE in c.cli("user", "list").stdout
 
 
 def test_unknown_environment_setting_is_an_error(corvus_factory):
     c = corvus_factory()
-    p = c.run_cli("check", env={"CORVUS_SMTP__VRFYY": "true"}, check=False)
+    p = c.cli("check", env={"CORVUS_SMTP__VRFYY": "true"}, check=False)
     assert p.returncode != 0
     lines = error_lines(p)
     assert len(lines) == 1 and "environment" in lines[0] and "vrfyy" in lines[0], p.stderr
@@ -147,14 +149,14 @@ def test_unknown_environment_setting_is_an_error(corvus_factory):
 
 def test_embedded_default(tmp_path):
     """`corvus serve` without -c listens on 127.0.0.1:2525/2587/2465 and says so."""
-    from embedded_probe import EMBEDDED_PORTS, probe
+    from support.embedded_probe import EMBEDDED_PORTS, probe
 
     result = probe(str(tmp_path))
     if result["busy"]:
         # Another server holds the ports: repeat in a private network namespace if we can.
         if os.geteuid() != 0 or not shutil.which("unshare"):
             pytest.skip(f"embedded default ports busy on this machine: {result['busy']}")
-        script = pathlib.Path(__file__).with_name("embedded_probe.py")
+        script = pathlib.Path(__file__).parent / "support" / "embedded_probe.py"
         p = subprocess.run(
             ["unshare", "-n", "sh", "-c", 'ip link set lo up 2>/dev/null || true; exec "$0" "$@"',
              sys.executable, str(script), str(tmp_path)],
@@ -181,36 +183,47 @@ def test_embedded_default(tmp_path):
 
 def admin_round_trip(c):
     """user/domain/alias commands end to end; the same whether the server runs or not."""
-    c.run_cli("user", "add", "carol@example.org", "--password", "pw1")
-    p = c.run_cli("user", "add", "carol@example.org", "--password", "pw1", check=False)
+    c.cli("user", "add", "carol@example.org", "--password", "pw1")
+    p = c.cli("user", "add", "carol@example.org", "--password", "pw1", check=False)
     assert p.returncode != 0 and "exists" in p.stderr
-    c.run_cli("user", "add", "dave@example.org", "--password-stdin", input="pw2\n")
-    users = c.run_cli("user", "list").stdout.split()
+    c.cli("user", "add", "dave@example.org", "--password-stdin", input="pw2\n")
+    users = c.cli("user", "list").stdout.split()
     assert "carol@example.org" in users and "dave@example.org" in users
-    c.run_cli("user", "passwd", "carol@example.org", "--password", "pw3")
+    c.cli("user", "passwd", "carol@example.org", "--password", "pw3")
     assert set(c.mailboxes("carol@example.org")) == {
         "INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive"
     }
-    c.run_cli("user", "del", "dave@example.org")
-    assert "dave@example.org" not in c.run_cli("user", "list").stdout.split()
-    p = c.run_cli("user", "del", "dave@example.org", check=False)
+    c.cli("user", "del", "dave@example.org")
+    assert "dave@example.org" not in c.cli("user", "list").stdout.split()
+    p = c.cli("user", "del", "dave@example.org", check=False)
     assert p.returncode != 0 and "not found" in p.stderr
 
-    c.run_cli("domain", "add", "other.test")
-    domains = c.run_cli("domain", "list").stdout
+    c.cli("domain", "add", "other.test")
+    domains = c.cli("domain", "list").stdout
     assert "other.test" in domains and "example.org" in domains
-    p = c.run_cli("domain", "add", "bad domain", check=False)
+    p = c.cli("domain", "add", "bad domain", check=False)
     assert p.returncode != 0
-    c.run_cli("domain", "del", "other.test")
-    assert "other.test" not in c.run_cli("domain", "list").stdout
+    c.cli("domain", "del", "other.test")
+    assert "other.test" not in c.cli("domain", "list").stdout
 
-    c.run_cli("alias", "add", "sales@example.org", "carol@example.org", "root@example.org")
-    aliases = c.run_cli("alias", "list").stdout
+    c.cli("alias", "add", "sales@example.org", "carol@example.org", "root@example.org")
+    aliases = c.cli("alias", "list").stdout
     assert "sales@example.org -> carol@example.org, root@example.org" in aliases
-    p = c.run_cli("alias", "add", "notanaddress", "carol@example.org", check=False)
+    p = c.cli("alias", "add", "notanaddress", "carol@example.org", check=False)
     assert p.returncode != 0
-    c.run_cli("alias", "del", "sales@example.org")
-    assert "sales@example.org" not in c.run_cli("alias", "list").stdout
+    c.cli("alias", "del", "sales@example.org")
+    assert "sales@example.org" not in c.cli("alias", "list").stdout
+
+
+def assert_round_trip_applied(c):
+    """What admin_round_trip left, as the smtp listener sees it: carol is a recipient, dave
+    is not."""
+    s = c.smtp()
+    s.ehlo()
+    assert s.mail("x@remote.test")[0] == 250
+    assert s.rcpt("carol@example.org")[0] == 250
+    assert s.rcpt("dave@example.org")[0] == 550
+    s.quit()
 
 
 def test_admin_commands_with_server_stopped(corvus_factory):
@@ -218,12 +231,7 @@ def test_admin_commands_with_server_stopped(corvus_factory):
     admin_round_trip(c)
     # The changes are in the store the server then opens.
     c.start()
-    s = c.smtp()
-    s.ehlo()
-    assert s.mail("x@remote.test")[0] == 250
-    assert s.rcpt("carol@example.org")[0] == 250
-    assert s.rcpt("dave@example.org")[0] == 550
-    s.quit()
+    assert_round_trip_applied(c)
 
 
 def test_admin_commands_with_server_running(corvus_factory):
@@ -231,19 +239,14 @@ def test_admin_commands_with_server_running(corvus_factory):
     c.start()
     admin_round_trip(c)
     # Changes made through the control socket take effect in the running server.
-    s = c.smtp()
-    s.ehlo()
-    assert s.mail("x@remote.test")[0] == 250
-    assert s.rcpt("carol@example.org")[0] == 250
-    assert s.rcpt("dave@example.org")[0] == 550
-    s.quit()
+    assert_round_trip_applied(c)
     s = c.submit_session("carol@example.org", "pw3")
     s.quit()
     with pytest.raises(smtplib.SMTPAuthenticationError):
         c.submit_session("carol@example.org", "pw1")
     # And they were written to the store: still there after a restart.
     c.stop()
-    assert "carol@example.org" in c.run_cli("user", "list").stdout.split()
+    assert "carol@example.org" in c.cli("user", "list").stdout.split()
 
 
 def test_store_held_by_another_process(corvus_factory):
@@ -361,7 +364,7 @@ def test_configured_certificate_is_used(corvus_factory):
         "b",
         extra=f'[tls]\ncert = "{tls_dir / "cert.pem"}"\nkey = "{tls_dir / "key.pem"}"\n',
     )
-    assert "configuration OK" in b.run_cli("check").stdout
+    assert "configuration OK" in b.cli("check").stdout
     b.start()
     assert peer_cert(b) == a_cert
     assert not (b.data_dir / "tls").exists(), "generated a certificate despite [tls]"
@@ -371,7 +374,7 @@ def test_check_rejects_unusable_certificate(corvus_factory, tmp_path):
     junk = tmp_path / "junk.pem"
     junk.write_text("this is not PEM\n")
     c = corvus_factory(extra=f'[tls]\ncert = "{junk}"\nkey = "{junk}"\n')
-    p = c.run_cli("check", check=False)
+    p = c.cli("check", check=False)
     assert p.returncode != 0
     lines = error_lines(p)
     assert len(lines) == 1 and str(junk) in lines[0], p.stderr
@@ -385,7 +388,7 @@ def test_shutdown_timeout_bounds_a_stuck_session(corvus_factory):
     c = corvus_factory(shutdown_timeout="2s", smtp={"data_timeout": "60s"})
     c.add_user(ALICE)
     c.start()
-    r = c.raw()
+    r = c.raw_smtp()
     r.expect(220)
     r.cmd("EHLO client.test")
     r.cmd("MAIL FROM:<x@remote.test>")

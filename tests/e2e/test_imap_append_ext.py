@@ -6,7 +6,7 @@ answers are compared with Dovecot's in test_differential_imap.py
 
 import re
 
-from imap_support import *  # noqa: F401,F403
+from support.mail import simple_message
 
 PAYLOAD = bytes(range(256)) * 4
 
@@ -25,7 +25,7 @@ def literal_of(line: bytes, item: bytes) -> bytes:
 
 
 def test_binary_append_is_stored_nul_free_and_decodes_back(imap_server, user):
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     msg = binary_message()
     r.send(b"b1 APPEND INBOX ~{%d+}\r\n" % len(msg) + msg + b"\r\n")
     _, tagged = r.read_until("b1")
@@ -50,7 +50,7 @@ def test_binary_append_is_stored_nul_free_and_decodes_back(imap_server, user):
 
 
 def test_multiappend_is_all_or_none_and_catenate_builds_from_parts(imap_server, user):
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     one = simple_message("first")
     two = simple_message("second")
     # The second message's URL names nothing: neither message is stored.

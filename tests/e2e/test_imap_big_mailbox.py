@@ -6,7 +6,7 @@ session's answers."""
 
 import re
 
-from imap_support import *  # noqa: F401,F403
+from support.mail import simple_message
 
 N = 300
 
@@ -36,11 +36,10 @@ def fetch_map(lines, item: bytes) -> dict[int, bytes]:
 
 
 def test_big_mailbox_fetch_search_store_and_sync(imap_server, user):
-    a = imap_server.raw(user)
+    a = imap_server.raw_imap(user)
     fill(a, N)
     a.ok("SELECT INBOX")
-    b = imap_server.raw(user)
-    b.ok("SELECT INBOX")
+    b = imap_server.raw_imap(user, select="INBOX")
 
     lines = a.ok("FETCH 1:* (UID RFC822.SIZE INTERNALDATE FLAGS)")
     assert len(lines) == N
@@ -83,8 +82,8 @@ def test_big_mailbox_fetch_search_store_and_sync(imap_server, user):
     # Sessions that SELECT the unchanged mailbox share one snapshot of it (the store keeps
     # it until the next write): a change made through one is reported to the others, does
     # not leak into their views before that, and the next SELECT sees it.
-    c = imap_server.raw(user)
-    d = imap_server.raw(user)
+    c = imap_server.raw_imap(user)
+    d = imap_server.raw_imap(user)
     for s in (c, d):
         sel = s.ok("SELECT INBOX")
         assert b"* %d EXISTS" % (N - 10) in sel and b"* OK [UNSEEN 1] First unseen" in sel, sel
@@ -95,12 +94,12 @@ def test_big_mailbox_fetch_search_store_and_sync(imap_server, user):
     assert len(d_lines) == 5 and all(b"$Urgent" in l and b"\\Seen" in l for l in d_lines), d_lines
     assert all(b"$Urgent" in l for l in d.ok("FETCH 1:5 (FLAGS)"))
     assert not any(b"$Urgent" in l for l in d.ok("FETCH 6:10 (FLAGS)"))
-    e = imap_server.raw(user)
+    e = imap_server.raw_imap(user)
     sel = e.ok("SELECT INBOX")
     assert b"* OK [UNSEEN 6] First unseen" in sel, sel
     assert any(l.startswith(b"* FLAGS (") and b"$Urgent" in l for l in sel), sel
     d.ok("STORE 1 -FLAGS.SILENT (\\Seen)")
     assert any(b"* 1 FETCH" in l and b"\\Seen" not in l for l in c.ok("NOOP"))
-    assert b"* OK [UNSEEN 1] First unseen" in imap_server.raw(user).ok("EXAMINE INBOX")
+    assert b"* OK [UNSEEN 1] First unseen" in imap_server.raw_imap(user).ok("EXAMINE INBOX")
     for s in (a, b, c, d, e):
         s.close()

@@ -7,8 +7,6 @@ import socket
 import threading
 import time
 
-from imap_support import *  # noqa: F401,F403
-
 
 def apply_expunges(uids, lines):
     """Apply `* n EXPUNGE` responses to a list of UIDs as a client would."""
@@ -42,10 +40,18 @@ def idle_wait(r, pattern: bytes, timeout: float) -> tuple[bytes | None, float]:
     return None, time.monotonic() - start
 
 
+def two_sessions(srv, user, messages: int):
+    """`messages` delivered (subjects m0, m1, …), then two sessions with INBOX selected."""
+    srv.fill(user, messages)
+    a, b = srv.raw_imap(user), srv.raw_imap(user)
+    a.ok("SELECT INBOX")
+    b.ok("SELECT INBOX")
+    return a, b
+
+
 def test_idle_hears_smtp_delivery_within_a_second(imap_server, user):
     imap_server.deliver(user, subject="before")
-    a = imap_server.raw(user)
-    a.ok("SELECT INBOX")
+    a = imap_server.raw_imap(user, select="INBOX")
     a.send("i1 IDLE\r\n")
     assert a.line().startswith(b"+ ")
     t0 = time.monotonic()
@@ -67,11 +73,7 @@ def test_idle_hears_smtp_delivery_within_a_second(imap_server, user):
 
 
 def test_idle_hears_flags_and_expunge_from_other_session(imap_server, user):
-    for i in range(3):
-        imap_server.deliver(user, subject=f"m{i}")
-    a, b = imap_server.raw(user), imap_server.raw(user)
-    a.ok("SELECT INBOX")
-    b.ok("SELECT INBOX")
+    a, b = two_sessions(imap_server, user, 3)
     a.send("i1 IDLE\r\n")
     assert a.line().startswith(b"+ ")
     b.ok("STORE 2 +FLAGS (\\Flagged)")
@@ -89,11 +91,7 @@ def test_idle_hears_flags_and_expunge_from_other_session(imap_server, user):
 
 
 def test_noop_reports_other_sessions_changes(imap_server, user):
-    for i in range(6):
-        imap_server.deliver(user, subject=f"m{i}")
-    a, b = imap_server.raw(user), imap_server.raw(user)
-    a.ok("SELECT INBOX")
-    b.ok("SELECT INBOX")
+    a, b = two_sessions(imap_server, user, 6)
     view = uid_list(a)
     assert view == [1, 2, 3, 4, 5, 6]
     # B changes flags: A's NOOP gets FETCH FLAGS for exactly that message.
@@ -132,11 +130,7 @@ def test_noop_reports_other_sessions_changes(imap_server, user):
 
 
 def test_expunge_mixed_with_new_mail(imap_server, user):
-    for i in range(3):
-        imap_server.deliver(user, subject=f"m{i}")
-    a, b = imap_server.raw(user), imap_server.raw(user)
-    a.ok("SELECT INBOX")
-    b.ok("SELECT INBOX")
+    a, b = two_sessions(imap_server, user, 3)
     b.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
     b.ok("EXPUNGE")
     imap_server.deliver(user, subject="m3")
@@ -155,8 +149,7 @@ def test_concurrent_stores_do_not_lose_flags(imap_server, user):
 
     def worker(prefix):
         try:
-            r = imap_server.raw(user)
-            r.ok("SELECT INBOX")
+            r = imap_server.raw_imap(user, select="INBOX")
             for i in range(n):
                 r.ok(f"STORE 1 +FLAGS.SILENT ({prefix}{i})")
             r.close()
@@ -169,8 +162,7 @@ def test_concurrent_stores_do_not_lose_flags(imap_server, user):
     for t in threads:
         t.join()
     assert not errors, errors
-    r = imap_server.raw(user)
-    r.ok("SELECT INBOX")
+    r = imap_server.raw_imap(user, select="INBOX")
     flags = re.search(rb"FLAGS \(([^)]*)\)", r.ok("FETCH 1 FLAGS")[0]).group(1).split()
     want = {f"{p}{i}".encode() for p in ("$a", "$b", "$c") for i in range(n)}
     assert want - set(flags) == set(), f"lost {len(want - set(flags))} flags"
@@ -178,7 +170,7 @@ def test_concurrent_stores_do_not_lose_flags(imap_server, user):
 
 
 def test_other_mailbox_activity_does_not_disturb(imap_server, user):
-    a, b = imap_server.raw(user), imap_server.raw(user)
+    a, b = imap_server.raw_imap(user), imap_server.raw_imap(user)
     a.ok("SELECT INBOX")
     b.ok("SELECT Archive")
     b.send(b"x APPEND Archive {5+}\r\nA: b\r\n\r\n")
@@ -191,11 +183,7 @@ def test_other_mailbox_activity_does_not_disturb(imap_server, user):
 def test_expunge_and_close_see_deleted_flags_set_elsewhere(imap_server, user):
     """EXPUNGE removes every message that has \\Deleted now, also when another session set
     the flag and this one has not been told yet (no NOOP in between); CLOSE likewise."""
-    for i in range(4):
-        imap_server.deliver(user, subject=f"m{i}")
-    a, b = imap_server.raw(user), imap_server.raw(user)
-    a.ok("SELECT INBOX")
-    b.ok("SELECT INBOX")
+    a, b = two_sessions(imap_server, user, 4)
     b.ok("STORE 2 +FLAGS.SILENT (\\Deleted)")
     untagged = a.ok("EXPUNGE")
     assert b"* 2 EXPUNGE" in untagged, untagged
@@ -218,7 +206,7 @@ def test_expunge_and_close_see_deleted_flags_set_elsewhere(imap_server, user):
 def test_big_mailbox_views_stay_consistent(imap_server, user):
     """Above a few hundred messages the store serves metadata from its cache: every change
     made by one session must still be seen by the others and by later SELECTs."""
-    a = imap_server.raw(user)
+    a = imap_server.raw_imap(user)
     msg = b"Subject: bulk\r\n\r\nbody\r\n"
     a.send(b"".join(b"p%d APPEND INBOX {%d+}\r\n%s\r\n" % (i, len(msg), msg)
                     for i in range(400)))
@@ -226,8 +214,7 @@ def test_big_mailbox_views_stay_consistent(imap_server, user):
         _, tagged = a.read_until("p%d" % i)
         assert b" OK " in tagged
     a.ok("SELECT INBOX")
-    b = imap_server.raw(user)
-    b.ok("SELECT INBOX")
+    b = imap_server.raw_imap(user, select="INBOX")
     b.ok("STORE 10:20 +FLAGS.SILENT (\\Flagged $Big)")
     b.ok("STORE 5,300:310 +FLAGS.SILENT (\\Deleted)")
     b.ok("EXPUNGE")
@@ -239,7 +226,7 @@ def test_big_mailbox_views_stay_consistent(imap_server, user):
     view += [401] if b"* 389 EXISTS" in untagged else []
     assert b"* 389 EXISTS" in untagged, untagged[-3:]
     assert view == uid_list(a) == uid_list(b)
-    for r in (a, b, imap_server.raw(user)):
+    for r in (a, b, imap_server.raw_imap(user)):
         r.ok("EXAMINE INBOX")
         flagged = r.ok("SEARCH FLAGGED")[0].split()[2:]
         assert [int(x) for x in flagged] == list(range(9, 20)), flagged

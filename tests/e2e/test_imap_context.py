@@ -4,23 +4,21 @@ ADDTO), expunges (REMOVEFROM before the EXPUNGE, in the numbers the client still
 CANCELUPDATE. One session's transcript is compared with Dovecot's in test_differential_imap.py
 (`context_search`)."""
 
-from imap_support import *  # noqa: F401,F403
+from support.clients import RawImap
+from support.wait import poll
 
 
 def test_live_search_follows_other_sessions(imap_server, user):
-    for i in range(3):
-        imap_server.deliver(user, subject=f"c{i}")
-    a = imap_server.raw(user)
-    a.ok("SELECT INBOX")
+    imap_server.fill(user, 3, "c")
+    a = imap_server.raw_imap(user, select="INBOX")
     untagged, tagged = a.cmd("UID SEARCH RETURN (UPDATE ALL) UNSEEN", tag="live")
     assert untagged == [b'* ESEARCH (TAG "live") UID ALL 1:3'], untagged
     a.ok("SEARCH RETURN (UPDATE) UNSEEN")  # a second live search, by sequence number
-    b = imap_server.raw(user)
-    b.ok("SELECT INBOX")
+    b = imap_server.raw_imap(user, select="INBOX")
     b.ok("STORE 2 +FLAGS.SILENT (\\Seen)")
     imap_server.deliver(user, subject="late")
     imap_server.deliver(user, subject="later")
-    wait_for(lambda: b"* 5 EXISTS" in b.ok("NOOP"))
+    poll(lambda: b"* 5 EXISTS" in b.ok("NOOP"))
     lines = a.ok("NOOP")
     assert b'* ESEARCH (TAG "live") UID REMOVEFROM (0 2)' in lines, lines
     # Several messages: one context position, then a sequence set (RFC 5267 §4.3).
@@ -47,7 +45,7 @@ def test_live_search_follows_other_sessions(imap_server, user):
     b.close()
 
 
-def esearch(r: Raw, tag: str, command: str) -> bytes:
+def esearch(r: RawImap, tag: str, command: str) -> bytes:
     """The one untagged response of a command sent with `tag`."""
     untagged, tagged = r.cmd(command, tag=tag)
     assert len(untagged) == 1 and tagged.startswith(tag.encode() + b" OK"), (untagged, tagged)
@@ -62,7 +60,7 @@ def dated(subject: str, day: int) -> bytes:
 def test_rfc_5267_examples_as_transcripts(imap_server, user):
     """The RFC's own examples (§3.3, §4.2, §4.3, §4.3.1, §4.3.3-5, §4.4), on a small mailbox:
     messages dated out of order, so that REVERSE DATE is not mailbox order."""
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     for subject, day, flags in (("m1", 3, ""), ("m2", 1, "$Junk"), ("m3", 5, ""), ("m4", 2, ""),
                                 ("m5", 4, "\\Deleted")):
         m = dated(subject, day)
@@ -86,8 +84,7 @@ def test_rfc_5267_examples_as_transcripts(imap_server, user):
     # A sorted live result: positions in date order (m2, m4, m1, m3).
     assert esearch(r, "S01", "UID SORT RETURN (UPDATE ALL) (DATE) UTF-8 UNDELETED") == b'* ESEARCH (TAG "S01") UID ALL 2,4,1,3'
     # §4.3.3: flags change in another session; the update follows the FETCH.
-    other = imap_server.raw(user)
-    other.ok("SELECT INBOX")
+    other = imap_server.raw_imap(user, select="INBOX")
     other.ok("STORE 2 +FLAGS.SILENT (\\Deleted)")        # m2: now in B01, out of S01
     m6 = dated("m6", 2)
     other.ok(f"APPEND INBOX {{{len(m6)}+}}\r\n".encode() + m6)  # m6: UID 6, 2 Jan

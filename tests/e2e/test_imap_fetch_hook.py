@@ -6,7 +6,7 @@ tempfail by its on_error policy; other sessions keep working throughout."""
 
 import imaplib
 
-from imap_support import *  # noqa: F401,F403
+from support.mail import simple_message
 
 SCRIPT = r'''
 fn on_fetch(ctx) {

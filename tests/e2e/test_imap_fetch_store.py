@@ -7,7 +7,6 @@ import re
 
 import pytest
 
-from imap_support import *  # noqa: F401,F403
 
 STRUCT = (
     b"From: Alice <alice@a.test>\r\n"
@@ -76,7 +75,7 @@ def flags_in(line: bytes) -> set[bytes]:
 @pytest.fixture
 def box(imap_server, user):
     """A session with the STRUCT message as 1 and two plain messages as 2 and 3, selected."""
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     r.send(b"a APPEND INBOX {%d+}\r\n%s\r\n" % (len(STRUCT), STRUCT))
     r.read_until("a")
     imap_server.deliver(user, subject="second")
@@ -254,17 +253,21 @@ def test_new_keyword_is_announced(box, imap_server, user):
 # --- CONDSTORE ---------------------------------------------------------------------------
 
 
+def code_value(lines: list[bytes], name: bytes) -> int:
+    """The number after `name` in the first of `lines` that has it (a response code such as
+    [HIGHESTMODSEQ n])."""
+    return int([re.search(name + rb" (\d+)", l).group(1) for l in lines if name in l][0])
+
+
 def modseq_of(line):
     return int(re.search(rb"MODSEQ \((\d+)\)", line).group(1))
 
 
 def test_condstore(imap_server, user):
-    for i in range(3):
-        imap_server.deliver(user, subject=f"cs{i}")
-    r = imap_server.raw(user)
+    imap_server.fill(user, 3, "cs")
+    r = imap_server.raw_imap(user)
     sel = r.ok("SELECT INBOX (CONDSTORE)")
-    hms = int([re.search(rb"HIGHESTMODSEQ (\d+)", l).group(1) for l in sel
-               if b"HIGHESTMODSEQ" in l][0])
+    hms = code_value(sel, b"HIGHESTMODSEQ")
     lines = r.ok("FETCH 1:* (FLAGS MODSEQ)")
     seqs = [modseq_of(l) for l in lines]
     assert len(seqs) == 3 and max(seqs) <= hms
@@ -298,7 +301,7 @@ def test_condstore(imap_server, user):
 
 def test_enable_condstore_adds_modseq_to_fetch(imap_server, user):
     imap_server.deliver(user)
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     assert r.ok("ENABLE CONDSTORE") == [b"* ENABLED CONDSTORE"]
     r.ok("SELECT INBOX")
     line = r.ok("STORE 1 +FLAGS (\\Seen)")[0]
@@ -310,24 +313,20 @@ def test_enable_condstore_adds_modseq_to_fetch(imap_server, user):
 
 
 def test_qresync_select_and_vanished(imap_server, user):
-    for i in range(5):
-        imap_server.deliver(user, subject=f"q{i}")
-    a = imap_server.raw(user)
+    imap_server.fill(user, 5, "q")
+    a = imap_server.raw_imap(user)
     sel = a.ok("SELECT INBOX (CONDSTORE)")
-    uv = int([re.search(rb"UIDVALIDITY (\d+)", l).group(1) for l in sel
-              if b"UIDVALIDITY" in l][0])
-    ms = int([re.search(rb"HIGHESTMODSEQ (\d+)", l).group(1) for l in sel
-              if b"HIGHESTMODSEQ" in l][0])
+    uv = code_value(sel, b"UIDVALIDITY")
+    ms = code_value(sel, b"HIGHESTMODSEQ")
     a.close()
     # While "offline": another session flags 2 and expunges 3 and 4.
-    b = imap_server.raw(user)
-    b.ok("SELECT INBOX")
+    b = imap_server.raw_imap(user, select="INBOX")
     b.ok("STORE 2 +FLAGS.SILENT (\\Flagged)")
     b.ok("STORE 3:4 +FLAGS.SILENT (\\Deleted)")
     b.ok("EXPUNGE")
     b.close()
     # Resync.
-    a = imap_server.raw(user)
+    a = imap_server.raw_imap(user)
     _, tagged = a.cmd(f"SELECT INBOX (QRESYNC ({uv} {ms}))")
     assert b" BAD " in tagged  # QRESYNC must be enabled first
     assert a.ok("ENABLE QRESYNC") == [b"* ENABLED QRESYNC"]
@@ -359,7 +358,7 @@ def test_qresync_select_and_vanished(imap_server, user):
 
 
 def test_closed_response_when_switching_mailbox(imap_server, user):
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     r.ok("ENABLE IMAP4rev2")
     sel = r.ok("SELECT INBOX")
     assert not any(b"[CLOSED]" in l for l in sel)  # nothing was open

@@ -1,12 +1,13 @@
 """Keywords are announced before they are shown (RFC 9051 §7.3.5, issue 20 item 3): when a
 STORE or an APPEND introduces a keyword, every session with the mailbox selected gets
 `* FLAGS (…)` and `* OK [PERMANENTFLAGS (…)]` naming it before any FETCH that carries it, the
-session that made the change included. Raw transcripts: the order of the untagged lines
+session that made the change included. RawImap transcripts: the order of the untagged lines
 within each command's response is what is checked."""
 
 import re
 
-from imap_support import *  # noqa: F401,F403
+from support.clients import RawImap
+from support.mail import simple_message
 
 
 def flags_announced(lines):
@@ -19,8 +20,8 @@ def flags_announced(lines):
 
 
 def test_new_keywords_are_announced_to_every_session_before_fetches(imap_server, user):
-    a = imap_server.raw(user)
-    b = imap_server.raw(user)
+    a = imap_server.raw_imap(user)
+    b = imap_server.raw_imap(user)
     a.ok(b"APPEND INBOX {%d+}\r\n" % len(simple_message()) + simple_message())
     untagged = a.ok("SELECT INBOX")
     before, _ = flags_announced(untagged)
@@ -59,8 +60,8 @@ def test_condstore_is_enabled_by_modseq_commands_and_esearch_min_max_modseq(imap
     """RFC 7162 §3.1: FETCH … MODSEQ enables CONDSTORE (the client is told HIGHESTMODSEQ once,
     later untagged FETCHes carry MODSEQ); §3.1.5: ESEARCH MIN/MAX with a MODSEQ key answer the
     MODSEQ of the messages returned, not the highest of all matches."""
-    a = imap_server.raw(user)
-    b = imap_server.raw(user)
+    a = imap_server.raw_imap(user)
+    b = imap_server.raw_imap(user)
     for i in range(3):
         msg = simple_message(subject=f"m{i}")
         a.ok(b"APPEND INBOX {%d+}\r\n" % len(msg) + msg)

@@ -4,8 +4,6 @@ INBOX), DELETE, SUBSCRIBE/UNSUBSCRIBE/LSUB, STATUS (incl. SIZE, HIGHESTMODSEQ)."
 
 import re
 
-from imap_support import *  # noqa: F401,F403
-from imap_support import simple_message
 
 LIST_RE = (rb'\* (LIST|LSUB) \(([^)]*)\) (?:"/"|NIL) '
            rb'(?:"((?:[^"\\]|\\.)*)"|\{\d+\}\r\n(.*)|(\S+))$')
@@ -40,7 +38,7 @@ SPECIAL = {"Sent": "\\sent", "Drafts": "\\drafts", "Trash": "\\trash", "Junk": "
 
 
 def test_list_star_percent_and_empty(imap_server, user):
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     r.ok('CREATE "Projects/2024/Q1"')
     boxes = listing(r.ok('LIST "" "*"'))
     assert set(boxes) == DEFAULTS | {"Projects", "Projects/2024", "Projects/2024/Q1"}
@@ -62,7 +60,7 @@ def test_list_star_percent_and_empty(imap_server, user):
 
 
 def test_special_use_attributes(imap_server, user):
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     boxes = listing(r.ok('LIST "" "*"'))
     for name, attr in SPECIAL.items():
         assert attr in boxes[name], (name, boxes[name])
@@ -91,8 +89,7 @@ def test_special_use_attributes(imap_server, user):
 def test_list_return_status_and_subscribed(imap_server, user):
     imap_server.deliver(user, subject="a")
     imap_server.deliver(user, subject="b")
-    r = imap_server.raw(user)
-    r.ok("SELECT INBOX")
+    r = imap_server.raw_imap(user, select="INBOX")
     r.ok("STORE 1 +FLAGS (\\Seen)")
     lines = r.ok('LIST "" "*" RETURN (SPECIAL-USE STATUS (MESSAGES UNSEEN))')
     boxes, st = listing(lines), status_of(lines)
@@ -123,7 +120,7 @@ def test_list_return_status_and_subscribed(imap_server, user):
 
 
 def test_create_parents_and_errors(imap_server, user):
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     r.ok('CREATE "a/b/c"')
     boxes = listing(r.ok('LIST "" "a*"'))
     assert set(boxes) == {"a", "a/b", "a/b/c"}
@@ -147,7 +144,7 @@ def test_create_parents_and_errors(imap_server, user):
 
 def test_delete(imap_server, user):
     imap_server.deliver(user)
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     r.ok("CREATE Doomed")
     r.ok("SELECT INBOX")
     r.ok("COPY 1 Doomed")
@@ -173,7 +170,7 @@ def test_delete(imap_server, user):
 
 
 def test_delete_parent_keeps_children_listed(imap_server, user):
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     r.ok('CREATE "p/child"')
     r.ok('DELETE "p"')
     boxes = listing(r.ok('LIST "" "*"'))
@@ -188,7 +185,7 @@ def test_delete_parent_keeps_children_listed(imap_server, user):
 
 def test_rename_with_children_and_new_parents(imap_server, user):
     imap_server.deliver(user, subject="keep me")
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     r.ok('CREATE "old/sub"')
     r.ok("SELECT INBOX")
     r.ok('COPY 1 "old"')
@@ -214,9 +211,8 @@ def test_rename_with_children_and_new_parents(imap_server, user):
 
 
 def test_rename_inbox_moves_messages(imap_server, user):
-    for i in range(3):
-        imap_server.deliver(user, subject=f"m{i}")
-    r = imap_server.raw(user)
+    imap_server.fill(user, 3)
+    r = imap_server.raw_imap(user)
     uidnext = status_of(r.ok("STATUS INBOX (UIDNEXT)"))["INBOX"]["UIDNEXT"]
     r.ok('RENAME INBOX "Old Inbox"')
     st = status_of(r.ok('STATUS "Old Inbox" (MESSAGES)'))
@@ -250,8 +246,7 @@ def test_subscribe_unsubscribe(imap_server, user):
 def test_status_items(imap_server, user):
     imap_server.deliver(user, subject="a", body="x" * 100)
     imap_server.deliver(user, subject="b")
-    r = imap_server.raw(user)
-    r.ok("SELECT INBOX")
+    r = imap_server.raw_imap(user, select="INBOX")
     r.ok("STORE 1 +FLAGS (\\Seen \\Deleted)")
     sizes = [int(m.group(1)) for l in r.ok("FETCH 1:* RFC822.SIZE")
              if (m := re.search(rb"RFC822.SIZE (\d+)", l))]

@@ -14,8 +14,7 @@ import time
 
 import pytest
 
-from imap_support import *  # noqa: F401,F403
-from imap_support import simple_message
+from support.mail import simple_message
 
 MBSYNC = shutil.which("mbsync")
 pytestmark = pytest.mark.skipif(MBSYNC is None, reason="mbsync (isync) not installed")
@@ -83,7 +82,7 @@ def local_state(maildir: pathlib.Path, folder: str) -> dict[str, str]:
 
 
 def remote_state(srv, user, mailbox) -> dict[str, set]:
-    r = srv.raw(user, tls=True, password=PASS)
+    r = srv.raw_imap(user, tls=True, password=PASS)
     r.ok(f'EXAMINE "{mailbox}"')
     out = {}
     for l in r.ok("FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])"):
@@ -116,7 +115,7 @@ def test_mbsync_two_way_sync(make_server, tmp_path):
     user = srv.add_user(password=PASS)
     for i in range(3):
         srv.deliver(user, subject=f"server-{i}")
-    r = srv.raw(user, tls=True, password=PASS)
+    r = srv.raw_imap(user, tls=True, password=PASS)
     r.ok('CREATE "Projects/Alpha"')
     msg = simple_message("server-archived")
     r.ok(b"APPEND Archive (\\Flagged \\Seen) {%d+}\r\n%s" % (len(msg), msg))
@@ -141,7 +140,7 @@ def test_mbsync_two_way_sync(make_server, tmp_path):
     assert len(local_state(maildir, "INBOX")) == 4
 
     # 2. Flag changes both ways.
-    r = srv.raw(user, tls=True, password=PASS)
+    r = srv.raw_imap(user, tls=True, password=PASS)
     r.ok("SELECT INBOX")
     seq = int(r.ok("SEARCH SUBJECT server-1")[0].split()[2])
     r.ok(f"STORE {seq} +FLAGS (\\Seen \\Answered)")
@@ -154,7 +153,7 @@ def test_mbsync_two_way_sync(make_server, tmp_path):
     assert "\\Flagged" in remote_state(srv, user, "INBOX")["server-2"]
 
     # 3. Deletions both ways: expunged on the server, and removed locally.
-    r = srv.raw(user, tls=True, password=PASS)
+    r = srv.raw_imap(user, tls=True, password=PASS)
     r.ok("SELECT INBOX")
     seq = int(r.ok("SEARCH SUBJECT server-0")[0].split()[2])
     r.ok(f"STORE {seq} +FLAGS (\\Deleted)")

@@ -4,10 +4,10 @@ EXPUNGE, UID EXPUNGE, CLOSE, UNSELECT, EXAMINE read-only rules."""
 
 import datetime
 import email.utils
+import imaplib
 import re
 
-from imap_support import *  # noqa: F401,F403
-from imap_support import simple_message
+from support.mail import simple_message
 
 
 def fetch_uids(r, mailbox=None):
@@ -33,7 +33,7 @@ def append(r, mailbox, msg: bytes, flags="", date="", nonsync=True):
 
 
 def test_append_flags_date_and_literal_plus(imap_server, user):
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     msg = simple_message("appended")
     uv, uid = append(r, "Drafts", msg, flags="\\Draft \\Seen $Label1",
                      date="05-Jan-2024 10:00:00 +0100")
@@ -62,7 +62,7 @@ def test_append_flags_date_and_literal_plus(imap_server, user):
 
 
 def test_literal_plus_sends_no_continuation(imap_server, user):
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     msg = simple_message("pipelined")
     # Three pipelined APPENDs in one write: no "+" may appear, three OKs must.
     data = b"".join(b"p%d APPEND INBOX {%d+}\r\n%s\r\n" % (i, len(msg), msg) for i in range(3))
@@ -85,7 +85,7 @@ def test_append_via_imaplib_and_errors(imap_server, user):
     typ, data = c.append("NoSuchBox", None, None, simple_message("x"))
     assert typ == "NO" and b"TRYCREATE" in data[0]
     c.logout()
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     # Bare LF line endings are stored as CRLF; the size agrees with the bytes served.
     uv, uid = append(r, "INBOX", b"Subject: lf\n\nline one\nline two\n")
     r.ok("SELECT INBOX")
@@ -98,7 +98,7 @@ def test_append_via_imaplib_and_errors(imap_server, user):
     # \Recent cannot be set by a client; an empty message is refused.
     uv, uid = append(r, "INBOX", simple_message("r"), flags="\\Recent")
     # This session shows it \Recent (it saw it first); another one shows what was stored.
-    other = imap_server.raw(user)
+    other = imap_server.raw_imap(user)
     other.ok("EXAMINE INBOX")
     assert b"\\Recent" not in other.ok(f"UID FETCH {uid} FLAGS")[0]
     other.close()
@@ -112,14 +112,9 @@ def test_append_via_imaplib_and_errors(imap_server, user):
     r.close()
 
 
-import imaplib  # noqa: E402  (used above)
-
-
 def test_copy_with_copyuid(imap_server, user):
-    for i in range(3):
-        imap_server.deliver(user, subject=f"c{i}")
-    r = imap_server.raw(user)
-    r.ok("SELECT INBOX")
+    imap_server.fill(user, 3, "c")
+    r = imap_server.raw_imap(user, select="INBOX")
     r.ok("STORE 2 +FLAGS ($Important \\Flagged)")
     _, tagged = r.cmd("UID COPY 1:3 Archive")
     m = re.search(rb"OK \[COPYUID (\d+) ([\d:,]+) ([\d:,]+)\]", tagged)
@@ -145,10 +140,8 @@ def test_copy_with_copyuid(imap_server, user):
 
 
 def test_move(imap_server, user):
-    for i in range(4):
-        imap_server.deliver(user, subject=f"m{i}")
-    r = imap_server.raw(user)
-    r.ok("SELECT INBOX")
+    imap_server.fill(user, 4)
+    r = imap_server.raw_imap(user, select="INBOX")
     untagged, tagged = r.cmd("MOVE 2:3 Trash")
     assert tagged.split()[1] == b"OK", tagged
     copyuid = [l for l in untagged if l.startswith(b"* OK [COPYUID ")]
@@ -179,10 +172,8 @@ def test_move(imap_server, user):
 
 
 def test_expunge_and_uid_expunge(imap_server, user):
-    for i in range(6):
-        imap_server.deliver(user, subject=f"e{i}")
-    r = imap_server.raw(user)
-    r.ok("SELECT INBOX")
+    imap_server.fill(user, 6, "e")
+    r = imap_server.raw_imap(user, select="INBOX")
     r.ok("STORE 2,4,5 +FLAGS.SILENT (\\Deleted)")
     # UID EXPUNGE only removes the named UIDs among the \Deleted ones.
     untagged, tagged = r.cmd("UID EXPUNGE 4:6")
@@ -215,7 +206,7 @@ def test_expunge_and_uid_expunge(imap_server, user):
 
 def test_examine_is_read_only(imap_server, user):
     imap_server.deliver(user)
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     _, tagged = r.cmd("EXAMINE INBOX")
     assert b"[READ-ONLY]" in tagged
     r.ok("FETCH 1 BODY[]")
@@ -236,8 +227,7 @@ def test_examine_is_read_only(imap_server, user):
 
 
 def test_uids_strictly_ascending_never_reused(imap_server, user):
-    r = imap_server.raw(user)
-    r.ok("SELECT INBOX")
+    r = imap_server.raw_imap(user, select="INBOX")
     uids = []
     for i in range(3):
         uids.append(append(r, "INBOX", simple_message(f"u{i}"))[1])

@@ -4,8 +4,6 @@ freed by EXPUNGE are never handed out again. Sessions get BYE on shutdown."""
 
 import re
 
-from imap_support import *  # noqa: F401,F403
-
 
 def snapshot(r, mailbox):
     sel = r.ok(f'SELECT "{mailbox}"')
@@ -25,10 +23,8 @@ def snapshot(r, mailbox):
 def test_restart_keeps_uids_flags_and_mailboxes(make_server):
     srv = make_server()
     u = srv.add_user()
-    for i in range(4):
-        srv.deliver(u, subject=f"p{i}")
-    r = srv.raw(u)
-    r.ok("SELECT INBOX")
+    srv.fill(u, 4, "p")
+    r = srv.raw_imap(u, select="INBOX")
     r.ok("STORE 1 +FLAGS (\\Seen \\Flagged $Label1)")
     r.ok("STORE 2 +FLAGS (\\Answered $Work Junk)")
     r.ok("STORE 4 +FLAGS (\\Deleted)")
@@ -44,7 +40,7 @@ def test_restart_keeps_uids_flags_and_mailboxes(make_server):
 
     srv.restart()
 
-    r = srv.raw(u)
+    r = srv.raw_imap(u)
     assert snapshot(r, "INBOX") == before
     assert snapshot(r, "Folder/Sub") == before_sub
     assert sorted(r.ok('LSUB "" "*"')) == lsub_before
@@ -57,14 +53,13 @@ def test_restart_keeps_uids_flags_and_mailboxes(make_server):
 
     # Expunge everything, restart again: still no reuse, and the keywords defined before are
     # still offered in FLAGS.
-    r = srv.raw(u)
-    r.ok("SELECT INBOX")
+    r = srv.raw_imap(u, select="INBOX")
     r.ok("STORE 1:* +FLAGS.SILENT (\\Deleted)")
     r.ok("EXPUNGE")
     r.close()
     srv.restart()
     srv.deliver(u, subject="after second restart")
-    r = srv.raw(u)
+    r = srv.raw_imap(u)
     info = snapshot(r, "INBOX")
     assert list(info["flags"]) == [6] and info["UIDNEXT"] == 7
     assert info["UIDVALIDITY"] == before["UIDVALIDITY"]
@@ -75,13 +70,11 @@ def test_flags_set_by_fetch_survive_restart(make_server):
     srv = make_server()
     u = srv.add_user()
     srv.deliver(u)
-    r = srv.raw(u)
-    r.ok("SELECT INBOX")
+    r = srv.raw_imap(u, select="INBOX")
     r.ok("FETCH 1 BODY[]")  # sets \Seen as a side effect
     r.close()
     srv.restart()
-    r = srv.raw(u)
-    r.ok("SELECT INBOX")
+    r = srv.raw_imap(u, select="INBOX")
     assert b"\\Seen" in r.ok("FETCH 1 FLAGS")[0]
     r.close()
 
@@ -89,11 +82,10 @@ def test_flags_set_by_fetch_survive_restart(make_server):
 def test_shutdown_sends_bye_to_idle_sessions(make_server):
     srv = make_server()
     u = srv.add_user()
-    r = srv.raw(u)
-    r.ok("SELECT INBOX")
+    r = srv.raw_imap(u, select="INBOX")
     r.send("i IDLE\r\n")
     assert r.line().startswith(b"+")
-    other = srv.raw()  # not logged in
+    other = srv.raw_imap()  # not logged in
     assert srv.stop() == 0
     assert r.line().startswith(b"* BYE")
     assert other.line().startswith(b"* BYE")

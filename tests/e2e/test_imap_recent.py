@@ -2,11 +2,12 @@
 to see a message shows it \\Recent, no other does; EXAMINE and STATUS look without taking;
 new mail reaches a selected session as EXISTS then RECENT; SEARCH RECENT/NEW/OLD; an
 IMAP4rev2 session (RFC 9051 dropped \\Recent) gets none of it. Every reply is read up to its
-own tagged line (Raw), so no response is taken for another command's."""
+own tagged line (RawImap), so no response is taken for another command's."""
 
 import re
 
-from imap_support import *  # noqa: F401,F403
+from support.clients import RawImap, untagged_matching
+from support.wait import poll
 
 
 def recent_of(lines: list[bytes]) -> int:
@@ -21,15 +22,14 @@ def flags_by_seq(lines: list[bytes]) -> dict[int, set[str]]:
     return out
 
 
-def search(r: Raw, key: str) -> list[int]:
+def search(r: RawImap, key: str) -> list[int]:
     (line,) = [l for l in r.ok(f"SEARCH {key}") if l.startswith(b"* SEARCH")]
     return [int(x) for x in line.split()[2:]]
 
 
 def test_recent_belongs_to_the_first_session_that_sees_it(imap_server, user):
-    for i in range(3):
-        imap_server.deliver(user, subject=f"m{i}")
-    looker = imap_server.raw(user)
+    imap_server.fill(user, 3)
+    looker = imap_server.raw_imap(user)
     st = looker.ok("STATUS INBOX (RECENT)")
     assert b"RECENT 3" in st[0], st
     # EXAMINE shows them recent but takes nothing.
@@ -37,7 +37,7 @@ def test_recent_belongs_to_the_first_session_that_sees_it(imap_server, user):
     assert flags_by_seq(looker.ok("FETCH 1:* FLAGS"))[1] >= {"\\Recent"}
     looker.ok("CLOSE")
 
-    a = imap_server.raw(user)
+    a = imap_server.raw_imap(user)
     assert recent_of(a.ok("SELECT INBOX")) == 3
     assert all("\\Recent" in f for f in flags_by_seq(a.ok("FETCH 1:* FLAGS")).values())
     assert search(a, "RECENT") == [1, 2, 3]
@@ -46,7 +46,7 @@ def test_recent_belongs_to_the_first_session_that_sees_it(imap_server, user):
     assert search(a, "OLD") == []
 
     # A second session comes after: nothing is recent for it, and STATUS from elsewhere says 0.
-    b = imap_server.raw(user)
+    b = imap_server.raw_imap(user)
     assert recent_of(b.ok("SELECT INBOX")) == 0
     assert not any("\\Recent" in f for f in flags_by_seq(b.ok("FETCH 1:* FLAGS")).values())
     assert search(b, "RECENT") == []
@@ -55,7 +55,7 @@ def test_recent_belongs_to_the_first_session_that_sees_it(imap_server, user):
 
     # New mail: both sessions hear EXISTS; the first to sync takes it.
     imap_server.deliver(user, subject="late")
-    wait_for(lambda: b"RECENT 1" in looker.ok("STATUS INBOX (RECENT)")[0])
+    poll(lambda: b"RECENT 1" in looker.ok("STATUS INBOX (RECENT)")[0])
     lines = a.ok("NOOP")
     exists = [i for i, l in enumerate(lines) if l == b"* 4 EXISTS"]
     assert exists and lines[exists[0] + 1] == b"* 4 RECENT", lines
@@ -77,7 +77,7 @@ def test_recent_belongs_to_the_first_session_that_sees_it(imap_server, user):
 
 def test_an_imap4rev2_session_sees_no_recent(imap_server, user):
     imap_server.deliver(user)
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     r.ok("ENABLE IMAP4rev2")
     lines = r.ok("SELECT INBOX")
     assert not untagged_matching(lines, rb"\* \d+ RECENT"), lines
@@ -87,6 +87,6 @@ def test_an_imap4rev2_session_sees_no_recent(imap_server, user):
     assert b"* 2 EXISTS" in lines and not untagged_matching(lines, rb"\* \d+ RECENT"), lines
     r.close()
     # It took nothing: a rev1 session still finds both messages recent.
-    s = imap_server.raw(user)
+    s = imap_server.raw_imap(user)
     assert recent_of(s.ok("SELECT INBOX")) == 2
     s.close()

@@ -10,24 +10,31 @@ import time
 
 import pytest
 
-from imap_support import *  # noqa: F401,F403
-from imap_support import DOMAIN, PASSWORD, Raw
+import imaplib
+
+from support.server import PASSWORD
+from support.wait import wait_for
 
 TRICKS = ["../b", "%", "*", "a//b", "/x", "x/", "..", ".", "../INBOX", "INBOX/..",
           "a/../b", "a/%", "a*b", "/", "//"]
 
 
-def test_users_cannot_reach_each_other(imap_server):
-    a = imap_server.add_user()
-    b = imap_server.add_user()
-    imap_server.deliver(b, subject="secret of b")
-    rb = imap_server.raw(b)
+def neighbours(srv) -> tuple[str, str]:
+    """Two new users A and B; B has a message "secret of b" in INBOX and a copy in Secret."""
+    a = srv.add_user()
+    b = srv.add_user()
+    srv.deliver(b, subject="secret of b")
+    rb = srv.raw_imap(b, select="INBOX")
     rb.ok('CREATE "Secret"')
-    rb.ok("SELECT INBOX")
     rb.ok("COPY 1 Secret")
     rb.close()
+    return a, b
 
-    ra = imap_server.raw(a)
+
+def test_users_cannot_reach_each_other(imap_server):
+    a, b = neighbours(imap_server)
+
+    ra = imap_server.raw_imap(a)
     b_local = b.split("@")[0]
     names = ["Secret", f"../{b}/INBOX", f"../{b_local}/INBOX", f"{b}/INBOX", f"{b}\x00INBOX",
              f"../{b}/Secret", "../Secret", "~" + b_local + "/INBOX", f"#users/{b}/INBOX",
@@ -58,8 +65,7 @@ def test_users_cannot_reach_each_other(imap_server):
         assert b" OK " not in tagged
         _, tagged = ra.cmd(f'MOVE 1 "{name}"')
         assert b" OK " not in tagged
-    rb = imap_server.raw(b)
-    rb.ok("SELECT Secret")
+    rb = imap_server.raw_imap(b, select="Secret")
     assert rb.ok("SEARCH ALL") == [b"* SEARCH 1"]  # B's mailbox untouched
     assert b"MESSAGES 1" in rb.ok("STATUS INBOX (MESSAGES)")[0]
     rb.close()
@@ -93,18 +99,10 @@ def test_other_users_mailboxes_unreachable_by_any_name_trick(imap_server):
     shared-namespace names, parent escapes, NUL, wildcards, modified UTF-7 and Unicode
     look-alikes: none of them reaches B's mailboxes (A owns no mailbox of these names, so any
     OK to a read would be B's), and B's mailboxes are untouched afterwards."""
-    a = imap_server.add_user()
-    b = imap_server.add_user()
-    imap_server.deliver(b, subject="secret of b")
-    rb = imap_server.raw(b)
-    rb.ok('CREATE "Secret"')
-    rb.ok("SELECT INBOX")
-    rb.ok("COPY 1 Secret")
-    rb.close()
+    a, b = neighbours(imap_server)
     imap_server.deliver(a, subject="a's own")
 
-    ra = imap_server.raw(a)
-    ra.ok("SELECT INBOX")
+    ra = imap_server.raw_imap(a, select="INBOX")
     b_local = b.split("@")[0].encode()
 
     def lit(n: bytes) -> bytes:
@@ -141,7 +139,7 @@ def test_other_users_mailboxes_unreachable_by_any_name_trick(imap_server):
     assert b"Stolen" not in names and b_local not in names.lower(), names
     assert ra.ok("SEARCH ALL") == [b"* SEARCH 1"]
     ra.close()
-    rb = imap_server.raw(b)
+    rb = imap_server.raw_imap(b)
     for box in ("INBOX", "Secret"):
         rb.ok(f"SELECT {box}")
         found = rb.ok("SEARCH ALL")
@@ -154,7 +152,7 @@ def test_other_users_mailboxes_unreachable_by_any_name_trick(imap_server):
 def test_authenticate_plain_with_another_users_authzid_is_refused(imap_server):
     a = imap_server.add_user()
     b = imap_server.add_user()
-    r = imap_server.raw()
+    r = imap_server.raw_imap()
     for authz in (b, b.upper(), b + "\x00"):
         resp = base64.b64encode(authz.encode() + b"\0" + a.encode() + b"\0" + PASSWORD.encode())
         _, tagged = r.cmd(b"AUTHENTICATE PLAIN " + resp)
@@ -166,7 +164,7 @@ def test_authenticate_plain_with_another_users_authzid_is_refused(imap_server):
 
 @pytest.mark.parametrize("name", TRICKS)
 def test_path_trick_names_cannot_be_created(imap_server, user, name):
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     _, tagged = r.cmd(f'CREATE "{name}"')
     if name in ("x/",):  # a trailing delimiter names "x" itself (RFC 9051 6.3.4)
         assert b" OK " in tagged
@@ -216,8 +214,7 @@ def test_malformed_commands_get_bad_and_session_goes_on(make_server):
     srv = make_server(imap={"allow_plaintext_auth": True, "max_errors": 1000})
     u = srv.add_user()
     srv.deliver(u)
-    r = srv.raw(u)
-    r.ok("SELECT INBOX")
+    r = srv.raw_imap(u, select="INBOX")
     for i, line in enumerate(MALFORMED):
         r.send(line + b"\r\n")
         resp = r.line()
@@ -243,7 +240,7 @@ def test_malformed_commands_get_bad_and_session_goes_on(make_server):
 
 def test_too_many_errors_closes_session(make_server):
     srv = make_server(imap={"allow_plaintext_auth": True, "max_errors": 3})
-    r = srv.raw()
+    r = srv.raw_imap()
     for i in range(2):
         _, tagged = r.cmd("BOGUS")
         assert b" BAD " in tagged
@@ -257,7 +254,7 @@ def test_too_many_errors_closes_session(make_server):
 def test_literal_limits(make_server):
     srv = make_server(imap={"allow_plaintext_auth": True, "max_literal": 1000})
     u = srv.add_user()
-    r = srv.raw(u)
+    r = srv.raw_imap(u)
     # Synchronising literal too large: NO [TOOBIG], no continuation, the session goes on.
     r.send("a1 APPEND INBOX {5000}\r\n")
     resp = r.line()
@@ -268,7 +265,7 @@ def test_literal_limits(make_server):
     _, tagged = r.cmd(b"APPEND INBOX {%d+}\r\n%s" % (len(msg), msg))
     assert b"OK [APPENDUID" in tagged
     # A too-large literal in a later argument (LOGIN's password here) is refused as well.
-    r2 = srv.raw()
+    r2 = srv.raw_imap()
     r2.send("b1 LOGIN {3}\r\n")
     assert r2.line().startswith(b"+")
     r2.send("abc {99999}\r\n")
@@ -285,14 +282,13 @@ def test_literal_limits(make_server):
         pass
     assert r.closed()
     # The server is fine.
-    r = srv.raw(u)
-    r.ok("SELECT INBOX")
+    r = srv.raw_imap(u, select="INBOX")
     r.close()
 
 
 def test_line_too_long(make_server):
     srv = make_server(imap={"allow_plaintext_auth": True, "max_line": 2000})
-    r = srv.raw()
+    r = srv.raw_imap()
     r.send(b"a NOOP " + b"x" * 5000 + b"\r\n")
     try:
         assert r.line().startswith(b"* BYE")
@@ -300,7 +296,7 @@ def test_line_too_long(make_server):
         pass
     assert r.closed()
     # Without a newline at all.
-    r = srv.raw()
+    r = srv.raw_imap()
     try:
         r.send(b"a " + b"y" * 5000)
         assert r.line().startswith(b"* BYE")
@@ -314,7 +310,7 @@ def test_unfinished_literal_is_timed_out(make_server):
                             "idle_timeout": "3s"})
     u = srv.add_user()
     # Before login: the login timeout applies.
-    r = srv.raw()
+    r = srv.raw_imap()
     r.send("a LOGIN {10}\r\n")
     assert r.line().startswith(b"+")
     t0 = time.monotonic()
@@ -322,7 +318,7 @@ def test_unfinished_literal_is_timed_out(make_server):
     assert r.closed(timeout=10)
     assert time.monotonic() - t0 < 6
     # Sending bytes slowly does not extend the login deadline.
-    r = srv.raw()
+    r = srv.raw_imap()
     r.send("a LOGIN {100}\r\n")
     r.line()
     t0 = time.monotonic()
@@ -337,15 +333,14 @@ def test_unfinished_literal_is_timed_out(make_server):
     assert closed or r.closed(timeout=3)
     assert time.monotonic() - t0 < 7
     # After login: the idle timeout applies to an APPEND that never delivers its literal.
-    r = srv.raw(u)
+    r = srv.raw_imap(u)
     r.send("b APPEND INBOX {1000}\r\n")
     assert r.line().startswith(b"+")
     r.send("Subject: partial\r\n")
     t0 = time.monotonic()
     assert r.closed(timeout=10)
     assert time.monotonic() - t0 < 8
-    r = srv.raw(u)
-    r.ok("SELECT INBOX")
+    r = srv.raw_imap(u, select="INBOX")
     assert b"* 0 EXISTS" in r.ok("SELECT INBOX")  # nothing half-stored
     r.close()
 
@@ -354,7 +349,7 @@ def test_failed_logins_are_rate_limited(make_server):
     srv = make_server(imap={"allow_plaintext_auth": True},
                       smtp={"max_auth_failures": 3, "auth_fail_window": "1m"})
     u = srv.add_user()
-    r = srv.raw()
+    r = srv.raw_imap()
     for i in range(3):
         _, tagged = r.cmd(f'LOGIN "{u}" "wrong{i}"')
         assert b"NO [AUTHENTICATIONFAILED]" in tagged
@@ -362,7 +357,7 @@ def test_failed_logins_are_rate_limited(make_server):
     # and through AUTHENTICATE as well.
     _, tagged = r.cmd(f'LOGIN "{u}" "{PASSWORD}"')
     assert b"NO [UNAVAILABLE]" in tagged, tagged
-    r2 = srv.raw()
+    r2 = srv.raw_imap()
     _, tagged = r2.cmd(f'LOGIN "{u}" "{PASSWORD}"')
     assert b"NO [UNAVAILABLE]" in tagged, tagged
     import base64
@@ -389,7 +384,7 @@ def test_connections_per_user_are_limited(make_server):
     with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\] Too many connections"):
         third.login(u, PASSWORD)
     assert third.state == "NONAUTH"
-    r = srv.raw()
+    r = srv.raw_imap()
     ir = base64.b64encode(f"\0{u}\0{PASSWORD}".encode()).decode()
     _, tagged = r.cmd(f"AUTHENTICATE PLAIN {ir}")
     assert b"NO [UNAVAILABLE] Too many connections for this user (2 of 2" in tagged, tagged

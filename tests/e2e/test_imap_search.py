@@ -7,9 +7,6 @@ import re
 
 import pytest
 
-from imap_support import *  # noqa: F401,F403
-from imap_support import Server
-
 
 def msg(frm, subject, date, body, to="bob@example.org", extra=""):
     return (f"From: {frm}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: {date}\r\n"
@@ -41,7 +38,7 @@ MESSAGES = [
 def searchbox(imap_server):
     """A user whose INBOX holds MESSAGES (UIDs 1-4); returns (server, user)."""
     u = imap_server.add_user()
-    r = imap_server.raw(u)
+    r = imap_server.raw_imap(u)
     for m, flags, date in MESSAGES:
         r.send(f'a APPEND INBOX ({flags}) "{date}" {{{len(m)}+}}\r\n'.encode() + m + b"\r\n")
         _, tagged = r.read_until("a")
@@ -53,7 +50,7 @@ def searchbox(imap_server):
 @pytest.fixture
 def r(searchbox):
     srv, u = searchbox
-    c = srv.raw(u)
+    c = srv.raw_imap(u)
     c.ok("EXAMINE INBOX")
     yield c
     c.close()
@@ -131,7 +128,7 @@ def test_search_keys(r, criteria, expected):
 
 def test_uid_search_returns_uids(searchbox):
     srv, u = searchbox
-    c = srv.raw(u)
+    c = srv.raw_imap(u)
     c.ok('CREATE "SearchCopy"')
     c.ok("SELECT INBOX")
     c.ok("COPY 1:3 SearchCopy")  # UIDs 1:3 there, sequence numbers 1:3
@@ -210,8 +207,7 @@ def test_searchres_dollar(r):
 
 def test_search_sees_new_and_changed_messages(imap_server):
     u = imap_server.add_user()
-    c = imap_server.raw(u)
-    c.ok("SELECT INBOX")
+    c = imap_server.raw_imap(u, select="INBOX")
     imap_server.deliver(u, subject="fresh", body="needle in a haystack\n")
     untagged = c.ok("SEARCH BODY needle")
     assert b"* 1 EXISTS" in untagged  # the new message is announced before it is counted

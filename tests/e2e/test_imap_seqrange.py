@@ -9,7 +9,7 @@ import imaplib
 
 import pytest
 
-from imap_support import *  # noqa: F401,F403
+from support.mail import simple_message
 
 
 def append(r, mailbox: str, subject: str):
@@ -25,7 +25,7 @@ def bad(r, command: str) -> bytes:
 
 
 def test_sequence_numbers_beyond_the_mailbox_are_bad(imap_server, user):
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     r.ok("CREATE Other")
     for i in range(3):
         append(r, "INBOX", f"m{i + 1}")
@@ -67,7 +67,7 @@ def test_sequence_numbers_beyond_the_mailbox_are_bad(imap_server, user):
 
 
 def test_star_in_an_empty_mailbox_is_bad_but_not_for_uids(imap_server, user):
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     r.ok("CREATE Empty")
     r.ok("SELECT Empty")
     bad(r, "FETCH * FLAGS")
@@ -87,12 +87,11 @@ def test_star_in_an_empty_mailbox_is_bad_but_not_for_uids(imap_server, user):
 def test_range_is_the_sessions_view_while_an_expunge_is_held_back(imap_server, user):
     """Another session expunges message 3: until this session is told (EXPUNGE is not sent
     during FETCH, RFC 9051 §7.5.1), 3 is still a valid number here; after NOOP it is not."""
-    a = imap_server.raw(user)
+    a = imap_server.raw_imap(user)
     for i in range(3):
         append(a, "INBOX", f"h{i + 1}")
     a.ok("SELECT INBOX")
-    b = imap_server.raw(user)
-    b.ok("SELECT INBOX")
+    b = imap_server.raw_imap(user, select="INBOX")
     b.ok("STORE 3 +FLAGS.SILENT (\\Deleted)")
     b.ok("EXPUNGE")
     b.close()

@@ -8,8 +8,9 @@ import re
 
 import pytest
 
-from imap_support import *  # noqa: F401,F403
-from imap_support import PASSWORD, Raw, tls_context
+from support.clients import RawImap
+from support.net import tls_context
+from support.server import PASSWORD
 
 
 def b64plain(user, password, authz=""):
@@ -28,7 +29,7 @@ def caps_of(line: bytes) -> set[str]:
 def test_login_refused_before_tls_then_allowed_after_starttls(make_server):
     srv = make_server(imap={"allow_plaintext_auth": False})
     u = srv.add_user()
-    r = srv.raw()
+    r = srv.raw_imap()
     assert r.greeting.startswith(b"* OK [CAPABILITY ")
     caps = caps_of(r.greeting)
     assert {"IMAP4REV1", "IMAP4REV2", "STARTTLS", "LOGINDISABLED"} <= caps
@@ -57,7 +58,7 @@ def test_login_refused_before_tls_then_allowed_after_starttls(make_server):
 def test_starttls_twice_and_after_login_refused(make_server):
     srv = make_server(imap={"allow_plaintext_auth": True})
     u = srv.add_user()
-    r = srv.raw()
+    r = srv.raw_imap()
     _, tagged = r.cmd("STARTTLS")
     assert b" OK " in tagged
     r.starttls()
@@ -67,7 +68,7 @@ def test_starttls_twice_and_after_login_refused(make_server):
     assert b" BAD " in tagged
     r.ok(f'LOGIN "{u}" "{PASSWORD}"')
     r.close()
-    r = srv.raw(u)
+    r = srv.raw_imap(u)
     _, tagged = r.cmd("STARTTLS")
     assert b" BAD " in tagged
     r.close()
@@ -78,7 +79,7 @@ def test_starttls_discards_pipelined_plaintext(make_server):
     command injection into the TLS session, as in CVE-2011-0411)."""
     srv = make_server(imap={"allow_plaintext_auth": False})
     u = srv.add_user()
-    r = srv.raw()
+    r = srv.raw_imap()
     r.send(f'a STARTTLS\r\nb LOGIN "{u}" "{PASSWORD}"\r\n')
     assert r.line().startswith(b"a OK")
     try:
@@ -111,7 +112,7 @@ def test_imaps_login_and_capabilities(make_server):
 
 
 def test_login_with_literals_and_wrong_password(imap_server, user):
-    r = imap_server.raw()
+    r = imap_server.raw_imap()
     # Synchronising literals for both arguments.
     r.send(f"a1 LOGIN {{{len(user)}}}\r\n")
     assert r.line().startswith(b"+")
@@ -122,7 +123,7 @@ def test_login_with_literals_and_wrong_password(imap_server, user):
     assert tagged.startswith(b"a1 OK"), tagged
     assert b"CAPABILITY" in tagged  # RFC 9051: capabilities after login as a response code
     r.close()
-    r = imap_server.raw()
+    r = imap_server.raw_imap()
     _, tagged = r.cmd(f'LOGIN "{user}" "wrong"')
     assert re.match(rb"t\d+ NO \[AUTHENTICATIONFAILED\]", tagged), tagged
     _, tagged = r.cmd('LOGIN "nobody@example.org" "x"')
@@ -137,13 +138,13 @@ def test_login_with_literals_and_wrong_password(imap_server, user):
 
 
 def test_authenticate_plain_sasl_ir(imap_server, user):
-    r = imap_server.raw(tls=True)
+    r = imap_server.raw_imap(tls=True)
     _, tagged = r.cmd("AUTHENTICATE PLAIN " + b64plain(user, PASSWORD))
     assert b" OK " in tagged, tagged
     r.ok("SELECT INBOX")
     r.close()
     # With an authorisation identity equal to the user.
-    r = imap_server.raw(tls=True)
+    r = imap_server.raw_imap(tls=True)
     r.ok("AUTHENTICATE PLAIN " + b64plain(user, PASSWORD, authz=user))
     r.close()
 
@@ -154,8 +155,8 @@ def test_authenticate_plain_continuation(imap_server, user):
     assert typ == "OK"
     assert c.select("INBOX")[0] == "OK"
     c.logout()
-    # Raw: the empty continuation, the response line, then OK.
-    r = imap_server.raw(tls=True)
+    # RawImap: the empty continuation, the response line, then OK.
+    r = imap_server.raw_imap(tls=True)
     r.send("a AUTHENTICATE PLAIN\r\n")
     assert r.line().startswith(b"+")
     r.send(b64plain(user, PASSWORD) + "\r\n")
@@ -165,7 +166,7 @@ def test_authenticate_plain_continuation(imap_server, user):
 
 
 def test_authenticate_failures(imap_server, user):
-    r = imap_server.raw(tls=True)
+    r = imap_server.raw_imap(tls=True)
     # Cancelled by the client.
     r.send("a AUTHENTICATE PLAIN\r\n")
     assert r.line().startswith(b"+")
@@ -192,7 +193,7 @@ def test_authenticate_failures(imap_server, user):
 def test_rev1_client_gets_rev1_responses(imap_server, user):
     imap_server.deliver(user, subject="one")
     imap_server.deliver(user, subject="two")
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     untagged = r.ok("SELECT INBOX")
     assert b"* 2 EXISTS" in untagged
     assert b"* 2 RECENT" in untagged  # rev1 clients expect RECENT; this session is the first
@@ -221,7 +222,7 @@ def test_rev1_client_gets_rev1_responses(imap_server, user):
 
 def test_enable_imap4rev2_switches(imap_server, user):
     imap_server.deliver(user, subject="one")
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     untagged = r.ok("ENABLE IMAP4rev2")
     assert untagged == [b"* ENABLED IMAP4rev2"]
     untagged = r.ok("SELECT INBOX")
@@ -240,7 +241,7 @@ def test_enable_imap4rev2_switches(imap_server, user):
     untagged = r.ok("ENABLE X-UNKNOWN")
     assert untagged in ([b"* ENABLED"], [b"* ENABLED "])
     r.close()
-    r = imap_server.raw()
+    r = imap_server.raw_imap()
     _, tagged = r.cmd("ENABLE IMAP4rev2")
     assert b" BAD " in tagged or b" NO " in tagged
     r.close()
@@ -250,7 +251,7 @@ def test_enable_imap4rev2_switches(imap_server, user):
 
 
 def test_id_namespace_noop_logout(imap_server, user):
-    r = imap_server.raw()
+    r = imap_server.raw_imap()
     untagged = r.ok('ID ("name" "pytest" "version" "1")')
     assert len(untagged) == 1 and untagged[0].startswith(b"* ID (")
     assert b'"name"' in untagged[0]
@@ -278,7 +279,7 @@ def test_imaplib_namespace_and_id(imap_server, user):
 
 
 def test_commands_before_login_are_refused(imap_server):
-    r = imap_server.raw()
+    r = imap_server.raw_imap()
     for cmd in ("SELECT INBOX", "LIST \"\" *", "STATUS INBOX (MESSAGES)", "CREATE x",
                 "APPEND INBOX {1+}\r\nx", "FETCH 1 FLAGS", "IDLE", "NAMESPACE"):
         _, tagged = r.cmd(cmd)

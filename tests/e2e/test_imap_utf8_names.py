@@ -7,7 +7,8 @@ import imaplib
 
 import pytest
 
-from imap_support import *  # noqa: F401,F403
+from support.clients import quote
+from support.mail import simple_message
 
 
 def list_names(lines) -> list[bytes]:
@@ -82,7 +83,7 @@ def test_rev1_client_uses_modified_utf7_for_every_command(imap_server, user):
     ("Entwürfe", "raw 8-bit from a rev1 client"),
 ])
 def test_invalid_modified_utf7_is_refused(imap_server, user, name, why):
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     q = quote(name).encode()
     for cmd in (b"CREATE " + q, b"SELECT " + q, b"STATUS " + q + b" (MESSAGES)",
                 b"RENAME INBOX " + q, b"LIST \"\" " + q):
@@ -130,7 +131,7 @@ def test_utf8_accept_client_uses_utf8_for_every_command(imap_server, user):
 
 
 def test_list_status_and_append_utf8_data_over_raw_socket(imap_server, user):
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     # UTF8 APPEND data before ENABLE is refused.
     msg = simple_message(subject="Grüße")
     untagged, tagged = r.cmd(b"APPEND INBOX UTF8 (~{%d+}\r\n" % len(msg) + msg + b")")
@@ -146,12 +147,12 @@ def test_list_status_and_append_utf8_data_over_raw_socket(imap_server, user):
     assert "Grüße".encode() in body[0], body
     r.close()
     # ENABLE IMAP4rev2 switches to UTF-8 names as well.
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     r.ok("ENABLE IMAP4rev2")
     assert list_names(r.ok('LIST "" "B*"')) == ["Bücher".encode()]
     r.ok('STATUS "Bücher" (MESSAGES)')
     r.close()
     # And a rev1 session gets modified UTF-7.
-    r = imap_server.raw(user)
+    r = imap_server.raw_imap(user)
     assert list_names(r.ok('LIST "" "B*"')) == [b"B&APw-cher"]
     r.close()

@@ -16,14 +16,14 @@ import time
 
 import pytest
 
-from pop3_support import PASSWORD, Server, message, tls_context
+from support.mail import message
+from support.net import tls_context
+from support.server import PASSWORD, Server
 
 
 @pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path)
-    yield s
-    s.close()
+def server(pop3_server):
+    return pop3_server()
 
 
 def lf(b: bytes) -> bytes:
@@ -82,7 +82,7 @@ def imap_date(ts: int) -> str:
 
 def test_import_maildir_written_by_python(server):
     user = server.add_user("alice")
-    md = mailbox.Maildir(str(server.tmp / "py-maildir"), create=True)
+    md = mailbox.Maildir(str(server.base / "py-maildir"), create=True)
     seen = mailbox.MaildirMessage(lf(message("seen and answered", "From the start\r\n.dot\r\n")))
     seen.set_subdir("cur")
     seen.set_flags("RS")
@@ -107,7 +107,7 @@ def test_import_maildir_written_by_python(server):
     for folder, box in [("INBOX", md), ("Work", work), ("Work/2024", deep)]:
         files[folder] = {box.get_bytes(k).split(b"Subject: ")[1].split(b"\n")[0]: box.get_bytes(k) for k in box.keys()}
 
-    r = server.cli("mailbox", "import", user, "--format", "maildir", str(server.tmp / "py-maildir"))
+    r = server.cli("mailbox", "import", user, "--format", "maildir", str(server.base / "py-maildir"))
     assert "imported 4 messages" in r.stdout, r.stdout
 
     got = dump(server, user)
@@ -131,7 +131,7 @@ def test_import_maildir_written_by_python(server):
 
 def test_import_mbox_written_by_python(server):
     user = server.add_user("alice")
-    path = server.tmp / "py.mbox"
+    path = server.base / "py.mbox"
     mb = mailbox.mbox(str(path))
     specs = [
         ("read and answered", "RA", 1_600_000_000),
@@ -188,7 +188,7 @@ def test_export_maildir_read_by_python(server):
     user = server.add_user("alice")
     fill(server, user)
     stored = dump(server, user)
-    dest = server.tmp / "export-md"
+    dest = server.base / "export-md"
     r = server.cli("mailbox", "export", user, "--format", "maildir", str(dest))
     assert "exported 5 messages" in r.stdout, r.stdout
 
@@ -219,7 +219,7 @@ def test_export_mbox_read_by_python(server):
     user = server.add_user("alice")
     fill(server, user)
     stored = dump(server, user)
-    dest = server.tmp / "export-mbox"
+    dest = server.base / "export-mbox"
     server.cli("mailbox", "export", user, "--format", "mbox", str(dest))
     assert {p.name for p in dest.iterdir()} >= {"INBOX", "Work", "Work.2024", "Sent"}
 
@@ -253,7 +253,7 @@ def test_round_trip_is_byte_identical(server):
     before = dump(server, alice)
     for fmt, local in [("maildir", "bob"), ("mbox", "carol")]:
         other = server.add_user(local)
-        dest = server.tmp / ("rt-" + fmt)
+        dest = server.base / ("rt-" + fmt)
         server.cli("mailbox", "export", alice, "--format", fmt, str(dest))
         server.cli("mailbox", "import", other, "--format", fmt, str(dest))
         after = dump(server, other)
@@ -267,7 +267,7 @@ def test_export_and_import_without_a_running_server(server):
     fill(server, alice)
     before = dump(server, alice)
     assert server.stop() == 0
-    dest = server.tmp / "offline"
+    dest = server.base / "offline"
     r = server.cli("mailbox", "export", alice, "--format", "mbox", str(dest))
     assert "exported 5 messages" in r.stdout
     r = server.cli("mailbox", "import", bob, "--format", "mbox", str(dest))
@@ -278,7 +278,7 @@ def test_export_and_import_without_a_running_server(server):
 
 def test_progress_and_errors(server):
     user = server.add_user("alice")
-    path = server.tmp / "many.mbox"
+    path = server.base / "many.mbox"
     mb = mailbox.mbox(str(path))
     for i in range(1100):
         m = mailbox.mboxMessage(b"Subject: n%d\n\nbody\n" % i)
@@ -289,7 +289,7 @@ def test_progress_and_errors(server):
     r = server.cli("mailbox", "import", user, "--format", "mbox", str(path))
     assert "imported 1100 messages" in r.stdout
     assert "import: 500 messages" in r.stderr and "import: 1000 messages" in r.stderr, r.stderr
-    dest = server.tmp / "many-out"
+    dest = server.base / "many-out"
     r = server.cli("mailbox", "export", user, "--format", "maildir", str(dest))
     assert "export: 1000/1100 messages" in r.stderr, r.stderr
 
@@ -298,10 +298,10 @@ def test_progress_and_errors(server):
     assert r.returncode != 0 and "not empty" in r.stderr
     r = server.cli("mailbox", "import", "nobody@example.org", "--format", "mbox", str(path), check=False)
     assert r.returncode != 0 and "no account" in r.stderr
-    r = server.cli("mailbox", "import", user, "--format", "maildir", str(server.tmp), check=False)
+    r = server.cli("mailbox", "import", user, "--format", "maildir", str(server.base), check=False)
     assert r.returncode != 0 and "not a Maildir" in r.stderr
-    (server.tmp / "junk.txt").write_text("hello\n")
-    r = server.cli("mailbox", "import", user, "--format", "mbox", str(server.tmp / "junk.txt"), check=False)
+    (server.base / "junk.txt").write_text("hello\n")
+    r = server.cli("mailbox", "import", user, "--format", "mbox", str(server.base / "junk.txt"), check=False)
     assert r.returncode != 0 and "not an mbox" in r.stderr
 
 
@@ -315,7 +315,7 @@ def test_maildir_folder_names_are_modified_utf7_like_dovecot(server):
     assert m.create('"R&-D"')[0] == "OK"  # R&D
     assert m.append('"Entw&APw-rfe/Priv&AOk-"', "(\\Seen)", imap_date(1_500_000_000), message("umlaut"))[0] == "OK"
     m.logout()
-    dest = server.tmp / "export-utf7"
+    dest = server.base / "export-utf7"
     server.cli("mailbox", "export", user, "--format", "maildir", str(dest))
     names = {p.name for p in dest.iterdir() if p.name.startswith(".")}
     assert {".Entw&APw-rfe", ".Entw&APw-rfe.Priv&AOk-", ".R&-D"} <= names, names
@@ -323,12 +323,12 @@ def test_maildir_folder_names_are_modified_utf7_like_dovecot(server):
     assert len(box) == 1
 
     # A Maildir written by another tool, Dovecot-style names plus one that is not mUTF-7.
-    src = mailbox.Maildir(str(server.tmp / "py-utf7"), create=True)
+    src = mailbox.Maildir(str(server.base / "py-utf7"), create=True)
     for folder in ["Envoy&AOk-s", "Caf&AOk-.Men&APw-", "A&B"]:
         msg = mailbox.MaildirMessage(lf(message(folder)))
         src.add_folder(folder).add(msg)
     bob = server.add_user("bob")
-    r = server.cli("mailbox", "import", bob, "--format", "maildir", str(server.tmp / "py-utf7"))
+    r = server.cli("mailbox", "import", bob, "--format", "maildir", str(server.base / "py-utf7"))
     assert "imported 3 messages" in r.stdout, r.stdout
     m = imap(server, bob)
     typ, listing = m.list()

@@ -4,10 +4,9 @@ argument) failing only their own calls while other sessions continue, a plugin t
 its sandbox (files, sockets, environment), reload under load,
 `corvus check` and `corvus plugin test`.
 
-Self-contained: the fixture starts its own `corvus serve` per test with a temp config (ports
-picked by binding port 0, its own data_dir, a loopback DNS responder that answers NXDOMAIN
-except for the block-list names a test lists). Mail is sent with smtplib and read back with
-imaplib. The plugins are built by tests/build-plugins into target/plugins (CORVUS_PLUGIN_DIR
+Each test starts its own `corvus serve` through conftest's `hook_server` (the HOOKS settings of
+support/server.py) with a DNS responder of its own (conftest's `dns`: NXDOMAIN except for the
+block-list names a test adds). Mail is sent with smtplib and read back with imaplib. The plugins are built by tests/build-plugins into target/plugins (CORVUS_PLUGIN_DIR
 overrides where they are looked for).
 """
 
@@ -19,13 +18,16 @@ import pathlib
 import re
 import signal
 import smtplib
-import subprocess
-import threading
 import time
 
 import pytest
 
-from hook_server import CORVUS_BIN, DOMAIN, PASSWORD, ROOT, Dns, HookServer, child_env, rcpt_reply, toml_value
+from support.clients import rcpt_codes, rcpt_reply
+from support.load import served_meanwhile, under_load
+from support.mail import checked_header
+from support.server import HOOKS, PASSWORD, ROOT, run_corvus, toml_value
+
+DOMAIN = HOOKS["domains"][0]
 
 PLUGIN_DIR = pathlib.Path(
     os.environ.get("CORVUS_PLUGIN_DIR") or ROOT / "target" / "plugins" / "wasm32-wasip2" / "release"
@@ -44,27 +46,11 @@ def plugin(name: str) -> pathlib.Path:
 
 
 @pytest.fixture
-def dns():
-    d = Dns()
-    yield d
-    d.close()
-
-
-@pytest.fixture
-def corvus(tmp_path, dns):
-    """Factory: corvus([{plugin=…, config={…}}, …]) starts a server and returns it."""
-    servers = []
-
-    def start(hooks: list[dict], sub: str = "srv", extra: list[str] = ()) -> HookServer:
-        d = tmp_path / sub
-        d.mkdir(exist_ok=True)
-        s = HookServer(d, hooks, dns, extra)
-        servers.append(s)
-        return s.start()
-
-    yield start
-    for s in servers:
-        s.stop()
+def corvus(hook_server, dns):
+    """corvus([{plugin=…, config={…}}, …], name, extra, start): a server (started unless
+    `start` is false) that uses this test's DNS responder (conftest's `dns`)."""
+    return lambda hooks, name=None, extra="", start=True: hook_server(
+        hooks, name=name, extra=extra, start=start, dns_addr=dns.addr)
 
 
 def message(subject="Hello", extra_headers="", body="Just a test.\r\n", to=f"alice@{DOMAIN}") -> str:
@@ -116,10 +102,10 @@ def test_spam_score_reject_threshold(corvus):
 
 def test_dnsbl_refuses_listed_clients_at_connect(corvus, dns):
     # The client is 127.0.0.1; bl.test lists it, clean.test does not.
-    dns.a["1.0.0.127.bl.test"] = "127.0.0.2"
+    dns.add("1.0.0.127.bl.test", "A", "127.0.0.2")
     listed = corvus([{"plugin": plugin("connect-dnsbl"), "config": {"zones": ["clean.test", "bl.test"]}}], "a")
     with pytest.raises(smtplib.SMTPConnectError) as e:
-        smtplib.SMTP("127.0.0.1", listed.smtp_port, timeout=30)
+        smtplib.SMTP("127.0.0.1", listed.ports["smtp"], timeout=30)
     assert e.value.smtp_code == 554 and b"blocked using bl.test" in e.value.smtp_error
     assert "1.0.0.127.clean.test" in dns.queries and "1.0.0.127.bl.test" in dns.queries
     assert "is listed in bl.test" in listed.logs()
@@ -186,19 +172,19 @@ def test_auth_table_logs_in_from_config(corvus):
     srv.add_user(f"alice@{DOMAIN}")
     srv.add_user(f"bob@{DOMAIN}")
     # A user only in the table logs in with the table's password.
-    with srv.smtp(srv.sub_port) as s:
+    with srv.smtp("submission") as s:
         assert s.login(f"table@{DOMAIN}", "from the table")[0] == 235
     # For a user in the table, the table's password is required, not the store's.
-    with srv.smtp(srv.sub_port) as s:
+    with srv.smtp("submission") as s:
         with pytest.raises(smtplib.SMTPAuthenticationError) as e:
             s.login(f"alice@{DOMAIN}", PASSWORD)
         assert e.value.smtp_code == 535
-    with srv.smtp(srv.sub_port) as s:
+    with srv.smtp("submission") as s:
         assert s.login(f"alice@{DOMAIN}", "table password")[0] == 235
     # Users not in the table are left to the account store.
-    with srv.smtp(srv.sub_port) as s:
+    with srv.smtp("submission") as s:
         assert s.login(f"bob@{DOMAIN}", PASSWORD)[0] == 235
-    with srv.smtp(srv.sub_port) as s:
+    with srv.smtp("submission") as s:
         with pytest.raises(smtplib.SMTPAuthenticationError):
             s.login(f"nobody@{DOMAIN}", "x")
 
@@ -237,24 +223,13 @@ def test_misbehaving_plugin_fails_its_call_and_others_continue(corvus, mode, rea
 
     def bad_session(n):
         with srv.smtp() as s:
-            codes = []
-            for _ in range(3):
-                codes.append(rcpt_reply(s, "a@remote.example", f"bad@{DOMAIN}")[0])
-                s.rset()
+            codes = rcpt_codes(s, "a@remote.example", f"bad@{DOMAIN}", 3)
             # The same session still works for a good recipient after its plugin failed.
             codes.append(rcpt_reply(s, "a@remote.example", f"alice@{DOMAIN}")[0])
             results[n] = codes
 
-    threads = [threading.Thread(target=bad_session, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    started = time.monotonic()
-    with srv.smtp() as s:
-        for i in range(5):
-            s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message(f"ok {i}"))
-    took = time.monotonic() - started
-    for t in threads:
-        t.join(120)
+    took = served_meanwhile(srv, bad_session, 2, lambda s, i: s.sendmail(
+        "a@remote.example", [f"alice@{DOMAIN}"], message(f"ok {i}")))
     assert len(results) == 2 and all(c == [451, 451, 451, 250] for c in results.values()), results
     assert len(srv.messages(f"alice@{DOMAIN}")) == 5
     assert took < 30, took
@@ -299,10 +274,10 @@ def test_plugins_cannot_reach_files_network_or_environment(corvus, tmp_path):
 def test_plugin_limits_come_from_the_config(corvus):
     """[plugins] sets the per-call CPU and memory limits: a memory bomb fails at 16 MiB and a
     loop at 20 ms of CPU, each failing only its own call."""
-    limits = ["[plugins]", 'cpu_time = "20ms"', "memory_mib = 16", "max_message = 1048576"]
+    limits = '[plugins]\ncpu_time = "20ms"\nmemory_mib = 16\nmax_message = 1048576\n'
     for mode, reason in [("oom", "memory limit exceeded (16 MiB)"), ("loop", "CPU time limit exceeded (20 ms)")]:
         srv = corvus([{"plugin": plugin("misbehave"), "config": {"mode": mode, "when_rcpt": f"bad@{DOMAIN}"}}],
-                     sub=mode, extra=limits)
+                     name=mode, extra=limits)
         srv.add_user(f"alice@{DOMAIN}")
         srv.add_user(f"bad@{DOMAIN}")
         with srv.smtp() as s:
@@ -313,14 +288,14 @@ def test_plugin_limits_come_from_the_config(corvus):
         srv.stop()
 
 
-def test_plugin_wall_time_bounds_a_call_that_waits_on_dns(corvus):
+def test_plugin_wall_time_bounds_a_call_that_waits_on_dns(corvus, dns):
     """A call waiting on DNS answers that never come is cut at `wall_time`, though each
     lookup alone is within `dns_timeout`: that call fails (451), the next one works."""
-    limits = ["[plugins]", 'cpu_time = "20ms"', 'wall_time = "400ms"', 'dns_timeout = "300ms"']
+    limits = '[plugins]\ncpu_time = "20ms"\nwall_time = "400ms"\ndns_timeout = "300ms"\n'
     srv = corvus([{"plugin": plugin("misbehave"),
                    "config": {"mode": "dns-wait", "name": "never.example", "lookups": 10,
                               "when_rcpt": f"bad@{DOMAIN}"}}], extra=limits)
-    srv.dns.silent.add("never.example")
+    dns.silence("never.example")
     srv.add_user(f"alice@{DOMAIN}")
     srv.add_user(f"bad@{DOMAIN}")
     with srv.smtp() as s:
@@ -332,17 +307,17 @@ def test_plugin_wall_time_bounds_a_call_that_waits_on_dns(corvus):
     # Ten lookups of 300 ms would take 3 s; the call ends at 400 ms (plus a tick).
     assert 0.35 < waited < 1.5, waited
     assert "timed out after 400 ms" in srv.logs(), srv.logs()[-3000:]
-    assert srv.dns.queries.count("never.example") >= 2
+    assert dns.queries.count("never.example") >= 2
 
 
 def test_check_reports_bad_plugin_limits(tmp_path):
     cfg = tmp_path / "corvus.toml"
     cfg.write_text(f"data_dir = {toml_value(tmp_path / 'data')}\n[plugins]\nmemory_mib = 8\nmax_message = 16777216\n")
-    r = subprocess.run([CORVUS_BIN, "-c", str(cfg), "check"], capture_output=True, text=True, env=child_env())
+    r = run_corvus("-c", cfg, "check")
     assert r.returncode != 0
     assert "plugins.max_message" in r.stderr and "memory_mib" in r.stderr, r.stderr
     cfg.write_text(f"data_dir = {toml_value(tmp_path / 'data')}\n[plugins]\nmemory = 8\n")
-    r = subprocess.run([CORVUS_BIN, "-c", str(cfg), "check"], capture_output=True, text=True, env=child_env())
+    r = run_corvus("-c", cfg, "check")
     assert r.returncode != 0 and "memory" in r.stderr, r.stderr
 
 
@@ -360,13 +335,9 @@ def test_on_error_continue_skips_a_failing_plugin(corvus):
 
 
 def test_wrong_wit_version_is_refused_at_start_and_by_check(corvus, tmp_path):
-    d = tmp_path / "wrong"
-    d.mkdir()
-    dns = Dns()
-    srv = HookServer(d, [{"plugin": plugin("wrong-version")}], dns)
-    with pytest.raises(RuntimeError) as e:
+    srv = corvus([{"plugin": plugin("wrong-version")}], name="wrong", start=False)
+    with pytest.raises(AssertionError) as e:
         srv.start()
-    dns.close()
     assert "built for corvus:plugin@0.9.0" in str(e.value) and "provides corvus:plugin@0.3.0" in str(e.value)
     r = srv.cli("check", check=False)
     assert r.returncode == 2 and "built for corvus:plugin@0.9.0" in r.stderr, r.stderr
@@ -382,21 +353,19 @@ def test_check_validates_plugins_and_their_config(tmp_path):
     good = plugin("mail-rate-limit")
     cfg.write_text(f'data_dir = {toml_value(tmp_path / "data")}\n[[hooks]]\nplugin = {toml_value(good)}\n'
                    f'config = {{ window = "soon" }}\n')
-    r = subprocess.run([CORVUS_BIN, "-c", str(cfg), "check"], capture_output=True, text=True, env=child_env())
+    r = run_corvus("-c", cfg, "check")
     assert r.returncode == 2 and 'init: window: "soon" is not a duration' in r.stderr, r.stderr
     cfg.write_text(f'data_dir = {toml_value(tmp_path / "data")}\n[[hooks]]\nplugin = {toml_value(good)}\n')
-    r = subprocess.run([CORVUS_BIN, "-c", str(cfg), "check"], capture_output=True, text=True, env=child_env())
+    r = run_corvus("-c", cfg, "check")
     assert r.returncode == 0 and "1 plugin)" in r.stdout, r.stdout + r.stderr
     # The compiled plugin is cached in data_dir for the server.
     assert list((tmp_path / "data" / "plugin-cache").glob("*.cwasm"))
 
 
 def test_plugin_test_command(tmp_path):
-    r = subprocess.run(
-        [CORVUS_BIN, "plugin", "test", str(plugin("auth-table")), "--hook", "auth",
-         "--username", "alice@example.com", "--password", "w",
-         "--config", '{"users": {"alice@example.com": "w"}}'],
-        capture_output=True, text=True, env=child_env())
+    r = run_corvus("plugin", "test", plugin("auth-table"), "--hook", "auth",
+                   "--username", "alice@example.com", "--password", "w",
+                   "--config", '{"users": {"alice@example.com": "w"}}')
     assert r.returncode == 0, r.stdout + r.stderr
     assert "verdict:  accept" in r.stdout and "logged in from the table" in r.stdout, r.stdout
 
@@ -409,41 +378,22 @@ def test_reload_under_load(corvus, tmp_path):
     srv = corvus([{"plugin": plugin("noop")}])
     srv.add_user(f"alice@{DOMAIN}")
     srv.add_user(f"no@{DOMAIN}")
-    stop = threading.Event()
-    errors, sent = [], [0]
-
-    def sender():
-        try:
-            while not stop.is_set():
-                with srv.smtp() as s:
-                    for _ in range(10):
-                        s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message("load"))
-                        sent[0] += 1
-                        if stop.is_set():
-                            break
-        except Exception as e:  # noqa: BLE001
-            errors.append(repr(e))
-
-    threads = [threading.Thread(target=sender) for _ in range(3)]
-    for t in threads:
-        t.start()
-    generations = [
-        [{"plugin": plugin("noop"), "config": {"tag": "g1"}}],
-        [{"plugin": plugin("data-spam-score")}, {"plugin": plugin("noop")}],
-        [{"plugin": plugin("misbehave"), "config": {"mode": "reject", "when_rcpt": f"no@{DOMAIN}"}}],
-    ]
-    for hooks in generations:
-        srv.write_config(hooks)
-        r = srv.cli("reload")
-        assert "reloaded" in r.stdout
-        time.sleep(0.3)
-    # A broken generation is refused; the running one stays.
-    srv.write_config([{"plugin": plugin("wrong-version")}])
-    r = srv.cli("reload", check=False)
-    assert r.returncode != 0 and "corvus:plugin@0.9.0" in r.stderr
-    stop.set()
-    for t in threads:
-        t.join(120)
+    send = lambda s: s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message("load"))  # noqa: E731
+    with under_load(srv, send, per_session=10) as (errors, sent):
+        generations = [
+            [{"plugin": plugin("noop"), "config": {"tag": "g1"}}],
+            [{"plugin": plugin("data-spam-score")}, {"plugin": plugin("noop")}],
+            [{"plugin": plugin("misbehave"), "config": {"mode": "reject", "when_rcpt": f"no@{DOMAIN}"}}],
+        ]
+        for hooks in generations:
+            srv.write_config(hooks)
+            r = srv.cli("reload")
+            assert "reloaded" in r.stdout
+            time.sleep(0.3)
+        # A broken generation is refused; the running one stays.
+        srv.write_config([{"plugin": plugin("wrong-version")}])
+        r = srv.cli("reload", check=False)
+        assert r.returncode != 0 and "corvus:plugin@0.9.0" in r.stderr
     assert not errors, errors
     assert sent[0] > 0
     with srv.smtp() as s:
@@ -478,11 +428,7 @@ def test_plugin_headers_cannot_inject_fields_or_lines(corvus):
     with srv.smtp() as s:
         s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message("inject", body="the real body\r\n"))
     [raw] = srv.messages(f"alice@{DOMAIN}")
-    head, body = raw.split(b"\r\n\r\n", 1)
-    assert body == b"the real body\r\n", body[:200]
-    lines = head.split(b"\r\n")
-    assert all(len(line) <= 998 for line in lines), [len(line) for line in lines]
-    fields = [line.split(b":", 1)[0].lower() for line in lines if line[:1] not in (b" ", b"\t")]
+    head, fields = checked_header(raw, b"the real body\r\n")
     for bad in (b"bcc", b"x-injected", b"fake body", b"x-a", b"x space"):
         assert bad not in fields, (bad, head.decode(errors="replace"))
     for name in (b"x-crlf", b"x-lf", b"x-long"):

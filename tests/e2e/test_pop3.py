@@ -1,7 +1,7 @@
 """POP3 end to end: Python's poplib, raw transcripts, fetchmail, and IMAP interplay.
 
 RFC 1939 (commands, states, UPDATE), RFC 2449 (CAPA, response codes), RFC 2595 (STLS),
-RFC 5034 (AUTH PLAIN). Every test runs its own server (see pop3_support.py).
+RFC 5034 (AUTH PLAIN). Every test runs its own server (conftest's `pop3_server`).
 """
 
 from __future__ import annotations
@@ -17,22 +17,21 @@ import time
 
 import pytest
 
-from pop3_support import PASSWORD, Raw, Server, message, tls_context
+from support.clients import RawPop3
+from support.mail import message
+from support.net import tls_context
+from support.server import PASSWORD, Server
 
 
 @pytest.fixture
-def server(tmp_path):
-    s = Server(tmp_path)
-    yield s
-    s.close()
+def server(pop3_server):
+    return pop3_server()
 
 
 @pytest.fixture
-def plain_server(tmp_path):
+def plain_server(pop3_server):
     """USER/PASS allowed without TLS (for fetchmail and plain poplib)."""
-    s = Server(tmp_path, pop3={"allow_plaintext_auth": True})
-    yield s
-    s.close()
+    return pop3_server(pop3={"allow_plaintext_auth": True})
 
 
 def pop_ssl(server: Server, user: str, password: str = PASSWORD) -> poplib.POP3_SSL:
@@ -111,7 +110,7 @@ def test_auth_plain_initial_response_continuation_and_failures(server):
     good = base64.b64encode(b"\0" + user.encode() + b"\0" + PASSWORD.encode()).decode()
     bad = base64.b64encode(b"\0" + user.encode() + b"\0wrong").decode()
 
-    r = Raw(server.ports["pop3s"], tls=True)
+    r = RawPop3(server.ports["pop3s"], tls=True)
     assert r.greeting.startswith(b"+OK")
     assert r.cmd("AUTH PLAIN " + bad).startswith(b"-ERR [AUTH]")
     assert r.cmd("AUTH PLAIN").startswith(b"+ ")
@@ -124,34 +123,34 @@ def test_auth_plain_initial_response_continuation_and_failures(server):
     assert r.cmd("QUIT").startswith(b"+OK")
     r.close()
 
-    r = Raw(server.ports["pop3s"], tls=True)
+    r = RawPop3(server.ports["pop3s"], tls=True)
     assert r.cmd("AUTH PLAIN " + good).startswith(b"+OK")
     r.close()
 
     # An authorization identity other than the user: refused.
     other = base64.b64encode(b"bob@example.org\0" + user.encode() + b"\0" + PASSWORD.encode())
-    r = Raw(server.ports["pop3s"], tls=True)
+    r = RawPop3(server.ports["pop3s"], tls=True)
     assert r.cmd(b"AUTH PLAIN " + other).startswith(b"-ERR [AUTH]")
     r.close()
 
 
-def test_failed_logins_are_throttled_per_ip(tmp_path):
-    s = Server(tmp_path, smtp={"max_auth_failures": 2})
+def test_failed_logins_are_throttled_per_ip(pop3_server):
+    s = pop3_server(smtp={"max_auth_failures": 2})
     try:
         user = s.add_user("alice")
-        r = Raw(s.ports["pop3s"], tls=True)
+        r = RawPop3(s.ports["pop3s"], tls=True)
         r.cmd("USER " + user)
         assert r.cmd("PASS nope").startswith(b"-ERR [AUTH]")
         r.cmd("USER " + user)
         assert r.cmd("PASS nope").startswith(b"-ERR [AUTH]")
         assert r.closed()
         # Even the right password is refused while the address cools down.
-        r = Raw(s.ports["pop3s"], tls=True)
+        r = RawPop3(s.ports["pop3s"], tls=True)
         r.cmd("USER " + user)
         assert r.cmd("PASS " + PASSWORD).startswith(b"-ERR [SYS/TEMP]")
         assert r.closed()
     finally:
-        s.close()
+        s.stop()
 
 
 # -- the maildrop --------------------------------------------------------------------------
@@ -179,7 +178,7 @@ def test_poplib_stat_list_uidl_retr_top_dele_rset_quit(server):
         raw = wire(lines)
         # LIST sizes are the octets of the message as stored (CRLF).
         assert len(raw) == sizes[n], (n, raw)
-        # Our trace fields on top: Authentication-Results (smtp listener, issue 7), Received.
+        # Our trace fields on top: Authentication-Results (smtp listener), Received.
         assert re.match(rb"Return-Path: <[^\r]*>\r\n(Authentication-Results: [^\r]*\r\n([ \t][^\r]*\r\n)*)?Received: ", raw), raw[:300]
         assert b"Subject: message %d\r\n" % (n - 1) in raw
         assert raw.endswith(b"\r\nbody %d\r\nline two\r\n" % (n - 1))
@@ -273,7 +272,7 @@ def test_dot_stuffing_on_the_wire(server):
     user = server.add_user("alice")
     body = ".leading dot\r\n..two dots\r\n.\r\nlast\r\n"
     server.deliver(user, message("dots", body))
-    r = Raw(server.ports["pop3s"], tls=True)
+    r = RawPop3(server.ports["pop3s"], tls=True)
     r.login(user)
     assert r.cmd("RETR 1").startswith(b"+OK")
     lines = r.multiline()
@@ -294,12 +293,12 @@ def test_message_without_final_crlf_is_terminated(server):
     """A message not ending in CRLF (stored through import) gets one before the "."."""
     user = server.add_user("alice")
     # mbox cannot store "no final newline", so a Maildir file it is.
-    md = server.tmp / "md"
+    md = server.base / "md"
     for d in ("cur", "new", "tmp"):
         (md / d).mkdir(parents=True)
     (md / "cur" / "1.x.host:2,S").write_bytes(b"Subject: x\n\nno newline at the end")
     server.cli("mailbox", "import", user, "--format", "maildir", str(md))
-    r = Raw(server.ports["pop3s"], tls=True)
+    r = RawPop3(server.ports["pop3s"], tls=True)
     r.login(user)
     assert r.cmd("LIST 1") == b"+OK 1 %d" % len(b"Subject: x\r\n\r\nno newline at the end")
     assert r.cmd("RETR 1").startswith(b"+OK")
@@ -307,11 +306,11 @@ def test_message_without_final_crlf_is_terminated(server):
     r.cmd("QUIT")
 
 
-def test_commands_case_insensitive_errors_and_too_many_errors(tmp_path):
-    s = Server(tmp_path, pop3={"max_errors": 4})
+def test_commands_case_insensitive_errors_and_too_many_errors(pop3_server):
+    s = pop3_server(pop3={"max_errors": 4})
     try:
         user = s.add_user("alice")
-        r = Raw(s.ports["pop3s"], tls=True)
+        r = RawPop3(s.ports["pop3s"], tls=True)
         assert r.cmd("stat").startswith(b"-ERR")  # valid command, wrong state
         r.login(user)
         assert r.cmd("sTaT") == b"+OK 0 0"
@@ -320,13 +319,13 @@ def test_commands_case_insensitive_errors_and_too_many_errors(tmp_path):
         assert r.cmd(b"X" * 2000).startswith(b"-ERR")  # over-long line
         assert r.closed()  # the fourth error closes the session
     finally:
-        s.close()
+        s.stop()
 
 
 def test_pipelining(server):
     user = server.add_user("alice")
     server.deliver(user, message("one"))
-    r = Raw(server.ports["pop3s"], tls=True)
+    r = RawPop3(server.ports["pop3s"], tls=True)
     r.send(b"USER %s\r\nPASS %s\r\nSTAT\r\nLIST\r\nUIDL 1\r\nQUIT" % (user.encode(), PASSWORD.encode()))
     assert r.line().startswith(b"+OK")
     assert r.line().startswith(b"+OK Logged in")
@@ -338,12 +337,12 @@ def test_pipelining(server):
     assert r.closed()
 
 
-def test_idle_timeout_closes_without_update(tmp_path):
-    s = Server(tmp_path, pop3={"idle_timeout": "1s"})
+def test_idle_timeout_closes_without_update(pop3_server):
+    s = pop3_server(pop3={"idle_timeout": "1s"})
     try:
         user = s.add_user("alice")
         s.deliver(user, message("stay"))
-        r = Raw(s.ports["pop3s"], tls=True)
+        r = RawPop3(s.ports["pop3s"], tls=True)
         r.login(user)
         assert r.cmd("DELE 1").startswith(b"+OK")
         time.sleep(1.5)
@@ -353,13 +352,13 @@ def test_idle_timeout_closes_without_update(tmp_path):
         assert p.stat()[0] == 1
         p.quit()
     finally:
-        s.close()
+        s.stop()
 
 
 def test_shutdown_closes_idle_sessions_with_sys_temp(server):
     user = server.add_user("alice")
     server.deliver(user, message("stay"))
-    r = Raw(server.ports["pop3s"], tls=True)
+    r = RawPop3(server.ports["pop3s"], tls=True)
     r.login(user)
     assert r.cmd("DELE 1").startswith(b"+OK")
     server.proc.send_signal(signal.SIGTERM)
@@ -404,8 +403,8 @@ def test_pop3_deletion_reaches_imap_session_and_retr_marks_seen(server):
 
 @pytest.mark.skipif(shutil.which("fetchmail") is None, reason="fetchmail not installed")
 @pytest.mark.parametrize("mode", ["pop3s", "stls"])
-def test_fetchmail_downloads_and_deletes(tmp_path, mode):
-    s = Server(tmp_path)
+def test_fetchmail_downloads_and_deletes(tmp_path, mode, pop3_server):
+    s = pop3_server()
     try:
         user = s.add_user("alice")
         subjects = ["fetch %d" % i for i in range(5)]
@@ -442,7 +441,7 @@ def test_fetchmail_downloads_and_deletes(tmp_path, mode):
         assert p.stat() == (0, 0)  # fetchmail deleted them (nokeep)
         p.quit()
     finally:
-        s.close()
+        s.stop()
 
 
 @pytest.mark.skip(
@@ -453,11 +452,11 @@ def test_fetch_hook_refuses_retr():
     pass
 
 
-def test_no_name_trick_reaches_another_users_maildrop(tmp_path):
+def test_no_name_trick_reaches_another_users_maildrop(pop3_server):
     """USER names with path tricks, wildcards, NUL, other spellings of bob, or alice's
     password with bob's name, and AUTH PLAIN for bob with alice's password: none logs in. And
     alice's session sees only alice's maildrop: bob's message numbers do not exist for her."""
-    server = Server(tmp_path, smtp={"max_auth_failures": 1000})  # no throttling in the way
+    server = pop3_server(smtp={"max_auth_failures": 1000})  # no throttling in the way
     try:
         alice = server.add_user("alice")
         bob = server.add_user("bob", password="bob's own password")
@@ -468,7 +467,7 @@ def test_no_name_trick_reaches_another_users_maildrop(tmp_path):
                   "~bob", f"{bob}%", "*", "%", f"bob\x00{alice}", f"{alice}\x00{bob}",
                   "b\u043eb@example.org", "bob@example.org.", "bob@EXAMPLE.org\u200b"]
         for name in tricks:
-            r = Raw(server.ports["pop3s"], tls=True)
+            r = RawPop3(server.ports["pop3s"], tls=True)
             user_reply = r.cmd(("USER " + name).encode())
             if user_reply.startswith(b"+OK"):
                 reply = r.cmd("PASS " + PASSWORD)  # alice's password
@@ -476,11 +475,11 @@ def test_no_name_trick_reaches_another_users_maildrop(tmp_path):
             assert not r.cmd("STAT").startswith(b"+OK"), name
             r.close()
             plain = base64.b64encode(b"\0" + name.encode() + b"\0" + PASSWORD.encode())
-            r = Raw(server.ports["pop3s"], tls=True)
+            r = RawPop3(server.ports["pop3s"], tls=True)
             assert not r.cmd(b"AUTH PLAIN " + plain).startswith(b"+OK"), name
             r.close()
 
-        r = Raw(server.ports["pop3s"], tls=True)
+        r = RawPop3(server.ports["pop3s"], tls=True)
         r.login(alice)
         assert r.cmd("STAT").startswith(b"+OK 1 "), "alice sees only her one message"
         for cmd in ("RETR 2", "RETR 4", "TOP 3 0", "LIST 2", "UIDL 3", "DELE 2", "RETR 0",
@@ -495,4 +494,4 @@ def test_no_name_trick_reaches_another_users_maildrop(tmp_path):
         assert p.stat()[0] == 3, "bob's maildrop untouched"
         p.quit()
     finally:
-        server.close()
+        server.stop()

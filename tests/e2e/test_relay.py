@@ -7,7 +7,8 @@ import smtplib
 
 import pytest
 
-from conftest import ALICE
+from support.server import ALICE
+
 
 # Local domain: example.org (with users alice and bob). Relay target: victim.test.
 TRICKS = [
@@ -49,7 +50,7 @@ def test_no_relay_tricks_unauthenticated(server, listener):
             accepted.append((rcpt, code, msg))
         s.quit()
     assert not accepted, f"relay tricks accepted: {accepted}"
-    assert "queue is empty" in server.run_cli("queue", "list").stdout
+    assert "queue is empty" in server.cli("queue", "list").stdout
 
 
 def test_relay_from_localhost_still_needs_auth(server):
@@ -68,4 +69,4 @@ def test_local_sender_does_not_open_relay(server):
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         s.sendmail(ALICE, ["victim@victim.test"], b"Subject: x\r\n\r\nx\r\n")
     s.quit()
-    assert "queue is empty" in server.run_cli("queue", "list").stdout
+    assert "queue is empty" in server.cli("queue", "list").stdout

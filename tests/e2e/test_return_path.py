@@ -5,7 +5,8 @@ envelope sender survives into the mailbox: an independent POP3 client (poplib) r
 
 import poplib
 
-from conftest import ALICE, BOB, PASSWORD, tls_context
+from support.net import tls_context
+from support.server import ALICE, BOB, PASSWORD
 
 SENDER = "someone@remote.test"
 
@@ -43,6 +44,6 @@ def test_submission_to_a_local_user_and_the_clients_see_it(corvus_factory, tmp_p
     p.quit()
     assert lines[0] == b"Return-Path: <alice@example.org>", lines[:3]
     out = tmp_path / "bob-mbox"
-    srv.run_cli("mailbox", "export", BOB, "--format", "mbox", str(out))
+    srv.cli("mailbox", "export", BOB, "--format", "mbox", str(out))
     first = (out / "INBOX").read_bytes().split(b"\n", 1)[0]
     assert first.startswith(b"From alice@example.org "), first

@@ -2,9 +2,9 @@
 sessions, the failure policy for a script that loops forever, reload (`corvus reload` and
 SIGHUP) while sessions are open, `corvus check` and `corvus script test`.
 
-Self-contained: the fixture below starts its own `corvus serve` per test with a temp config
-(ports picked by binding port 0, its own data_dir, a loopback DNS responder answering NXDOMAIN
-so no lookup leaves the machine). Mail is sent with smtplib and read back with imaplib.
+Each test starts its own `corvus serve` through conftest's `hook_server` (the HOOKS settings
+of support/server.py, POP3 too) with the loopback DNS responder answering NXDOMAIN. Mail is
+sent with smtplib and read back with imaplib.
 """
 
 from __future__ import annotations
@@ -13,14 +13,18 @@ import imaplib
 import poplib
 import signal
 import smtplib
-import subprocess
-import threading
 import time
 
 import pytest
 
-from conftest import free_port
-from hook_server import CORVUS_BIN, DOMAIN, PASSWORD, ROOT, HookServer, child_env, rcpt_reply, toml_value
+from support.clients import rcpt_codes, rcpt_reply
+from support.load import served_meanwhile, under_load
+from support.mail import checked_header
+from support.net import free_port
+from support.server import HOOKS, PASSWORD, ROOT, run_corvus, toml_value
+from support.wait import wait_for
+
+DOMAIN = HOOKS["domains"][0]
 
 SCRIPTS = ROOT / "scripts"
 
@@ -30,18 +34,10 @@ SCRIPTS = ROOT / "scripts"
 
 
 @pytest.fixture
-def corvus(tmp_path):
-    """Factory: corvus(hooks=[{script=…, config={…}}, …]) starts a server and returns it."""
-    servers = []
-
-    def start(hooks: list[dict], delivery: str = "") -> HookServer:
-        s = HookServer(tmp_path, hooks, extra=["[delivery]", delivery], pop3=True)
-        servers.append(s)
-        return s.start()
-
-    yield start
-    for s in servers:
-        s.stop()
+def corvus(hook_server):
+    """corvus([{script=…, config={…}}, …], delivery=…): a started server with POP3 too and
+    `delivery` as its [delivery] table."""
+    return lambda hooks, delivery="": hook_server(hooks, pop3=True, extra=f"[delivery]\n{delivery}\n")
 
 
 def message(subject="Hello", extra_headers="", body="Just a test.\r\n", to=f"alice@{DOMAIN}") -> str:
@@ -151,7 +147,7 @@ def test_auth_allowlist_refuses_a_correct_password_from_elsewhere(corvus):
         "config": {"allow": ["192.0.2.0/24"], "listeners": ["submission"]},
     }])
     srv.add_user(f"alice@{DOMAIN}")
-    with srv.smtp(srv.sub_port) as s:
+    with srv.smtp("submission") as s:
         with pytest.raises(smtplib.SMTPAuthenticationError) as e:
             s.login(f"alice@{DOMAIN}", PASSWORD)
         assert e.value.smtp_code == 535
@@ -168,7 +164,7 @@ def test_auth_allowlist_allows_listed_networks(corvus):
         "config": {"allow": ["192.0.2.0/24", "127.0.0.0/8"]},
     }])
     srv.add_user(f"alice@{DOMAIN}")
-    with srv.smtp(srv.sub_port) as s:
+    with srv.smtp("submission") as s:
         s.login(f"alice@{DOMAIN}", PASSWORD)
         s.sendmail(f"alice@{DOMAIN}", [f"alice@{DOMAIN}"], message("from the office"))
 
@@ -233,7 +229,7 @@ def test_every_hook_point_and_verdict_through_sessions(corvus, tmp_path):
     for u in ("alice", "bob", "carol"):
         srv.add_user(f"{u}@{DOMAIN}")
     with pytest.raises(smtplib.SMTPConnectError) as e:
-        srv.smtp(srv.sub_port)
+        srv.smtp("submission")
     assert e.value.smtp_code == 554
     with srv.smtp() as s:
         assert s.ehlo("bad.example")[0] == 550
@@ -363,23 +359,13 @@ fn on_delivery(ctx) {
 """
 
 
-def wait_for(fn, what, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_outbound_delivery_hook_and_queue_show_decisions(corvus, tmp_path):
     script = tmp_path / "outbound.rhai"
     script.write_text(OUTBOUND)
     # Every outbound attempt goes to a closed local port: mail stays queued unless a hook decides.
     srv = corvus([{"script": script}], delivery=f'relay = "127.0.0.1:{free_port()}"')
     srv.add_user(f"alice@{DOMAIN}")
-    with srv.smtp(srv.sub_port) as s:
+    with srv.smtp("submission") as s:
         s.login(f"alice@{DOMAIN}", PASSWORD)
         s.mail(f"alice@{DOMAIN}")
         assert s.rcpt("bob@remote.example")[0] == 250
@@ -425,23 +411,11 @@ def test_looping_script_tempfails_and_others_keep_being_served(corvus, tmp_path)
 
     def looper(n):
         with srv.smtp() as s:
-            codes = []
-            for _ in range(5):
-                codes.append(rcpt_reply(s, "a@remote.example", f"loop@{DOMAIN}")[0])
-                s.rset()
-            results[n] = codes
+            results[n] = rcpt_codes(s, "a@remote.example", f"loop@{DOMAIN}", 5)
 
-    threads = [threading.Thread(target=looper, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
     # Meanwhile other sessions are served, and promptly.
-    started = time.monotonic()
-    with srv.smtp() as s:
-        for i in range(5):
-            s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message(f"ok {i}"))
-    took = time.monotonic() - started
-    for t in threads:
-        t.join(60)
+    took = served_meanwhile(srv, looper, 3, lambda s, i: s.sendmail(
+        "a@remote.example", [f"alice@{DOMAIN}"], message(f"ok {i}")), join=60)
     assert all(codes == [451] * 5 for codes in results.values()) and len(results) == 3, results
     assert len(srv.messages(f"alice@{DOMAIN}")) == 5
     assert took < 20, took
@@ -519,31 +493,13 @@ def test_reload_under_load(corvus, tmp_path):
     script.write_text("fn on_rcpt(ctx) { }\n")
     srv = corvus([{"script": script}])
     srv.add_user(f"alice@{DOMAIN}")
-    stop = threading.Event()
-    errors, sent = [], [0]
-
-    def sender():
-        try:
-            while not stop.is_set():
-                with srv.smtp() as s:  # sessions of 20 messages (max_messages_per_session is 100)
-                    for _ in range(20):
-                        s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message("load"))
-                        sent[0] += 1
-                        if stop.is_set():
-                            break
-        except Exception as e:  # noqa: BLE001 - any failure is a test failure
-            errors.append(repr(e))
-
-    threads = [threading.Thread(target=sender) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for i in range(5):
-        script.write_text(f"fn on_rcpt(ctx) {{ let generation = {i}; }}\n")
-        srv.cli("reload")
-        time.sleep(0.2)
-    stop.set()
-    for t in threads:
-        t.join(60)
+    send = lambda s: s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message("load"))  # noqa: E731
+    # Sessions of 20 messages (max_messages_per_session is 100).
+    with under_load(srv, send, per_session=20, join=60) as (errors, sent):
+        for i in range(5):
+            script.write_text(f"fn on_rcpt(ctx) {{ let generation = {i}; }}\n")
+            srv.cli("reload")
+            time.sleep(0.2)
     assert not errors, errors
     assert sent[0] > 0
 
@@ -553,21 +509,20 @@ def test_check_reports_syntax_errors_as_file_line_column(tmp_path):
     bad.write_text("fn on_rcpt(ctx) {\n    let x = ;\n}\n")
     cfg = tmp_path / "corvus.toml"
     cfg.write_text(f'data_dir = {toml_value(tmp_path / "data")}\n[[hooks]]\nscript = "bad.rhai"\n')
-    r = subprocess.run([CORVUS_BIN, "-c", str(cfg), "check"], capture_output=True, text=True, env=child_env())
+    r = run_corvus("-c", cfg, "check")
     assert r.returncode == 2
     assert r.stderr.strip() == f"{bad}:2:13: Unexpected ';'", r.stderr
     bad.write_text("fn on_rcpt(ctx) { }\n")
-    r = subprocess.run([CORVUS_BIN, "-c", str(cfg), "check"], capture_output=True, text=True, env=child_env())
+    r = run_corvus("-c", cfg, "check")
     assert r.returncode == 0 and "1 hook script)" in r.stdout, r.stdout + r.stderr
     # An unknown key in a [[hooks]] entry is refused.
     cfg.write_text('[[hooks]]\nscript = "bad.rhai"\nconfg = {}\n')
-    r = subprocess.run([CORVUS_BIN, "-c", str(cfg), "check"], capture_output=True, text=True, env=child_env())
+    r = run_corvus("-c", cfg, "check")
     assert r.returncode == 2 and "confg" in r.stderr
 
 
 def test_script_test_prints_verdict_actions_and_logs(tmp_path):
-    run = lambda *a: subprocess.run([CORVUS_BIN, "script", "test", *map(str, a)],  # noqa: E731
-                                    capture_output=True, text=True, env=child_env())
+    run = lambda *a: run_corvus("script", "test", *a)  # noqa: E731
     r = run(SCRIPTS / "rcpt_greylist.rhai", "--hook", "rcpt", "--from", "a@x.example", "--to", "b@y.example",
             "--ip", "1.2.3.4", "--config", '{"delay": "1h"}', "--repeat", "2")
     assert r.returncode == 0, r.stderr
@@ -614,11 +569,7 @@ def test_script_headers_cannot_inject_fields_or_lines(corvus, tmp_path):
     with srv.smtp() as s:
         s.sendmail("a@remote.example", [f"alice@{DOMAIN}"], message(subject, body="the real body\r\n"))
     [raw] = srv.messages(f"alice@{DOMAIN}")
-    head, body = raw.split(b"\r\n\r\n", 1)
-    assert body == b"the real body\r\n", body[:200]
-    lines = head.split(b"\r\n")
-    assert all(len(line) <= 998 for line in lines), [len(line) for line in lines]
-    fields = [line.split(b":", 1)[0].lower() for line in lines if line[:1] not in (b" ", b"\t")]
+    head, fields = checked_header(raw, b"the real body\r\n")
     for bad in (b"bcc", b"x-injected", b"fake body", b"x-a", b"x space", b"x", b""):
         assert bad not in fields, (bad, head.decode(errors="replace"))
     assert b"\r" not in head.replace(b"\r\n", b"") and b"\n" not in head.replace(b"\r\n", b"")

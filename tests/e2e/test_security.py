@@ -22,8 +22,10 @@ import time
 
 import pytest
 
-from conftest import ALICE, BOB, PASSWORD, tls_context
 from test_smtp import auth_plain, tls_session
+
+from support.net import tls_context
+from support.server import ALICE, BOB, PASSWORD
 
 SENDER = "someone@remote.test"
 
@@ -201,7 +203,7 @@ def test_trickling_pop3_clients_are_cut_off_and_cannot_starve_smtp(corvus_factor
     assert extra.recv(200).startswith(b"-ERR [SYS/TEMP] too many connections to this service")
     extra.close()
     # SMTP is still served while POP3 is full.
-    r = srv.raw()
+    r = srv.raw_smtp()
     r.expect(220)
     assert r.cmd("QUIT")[0] == 221
     r.close()
@@ -242,7 +244,7 @@ def test_control_bytes_in_logged_values_cannot_forge_lines(server):
     s = tls_session(server)
     assert auth_plain(s, forged, "nope")[0] == 535
     # HELO and addresses with control bytes are refused by the parser or escaped.
-    r = server.raw()
+    r = server.raw_smtp()
     r.expect(220)
     assert r.cmd("EHLO a\x1bb\x07c")[0] in (250, 500, 501)
     assert r.cmd("QUIT")[0] == 221
@@ -273,7 +275,7 @@ def test_control_bytes_in_logged_values_cannot_forge_lines(server):
     ],
 )
 def test_dsn_parameters_cannot_carry_line_breaks(server, line):
-    r = server.raw()
+    r = server.raw_smtp()
     r.expect(220)
     assert r.cmd("EHLO client.test")[0] == 250
     if line.startswith("RCPT"):
@@ -340,7 +342,7 @@ def test_postmaster_is_accepted_for_every_local_domain(corvus_factory):
 def test_postmaster_goes_to_the_configured_address(corvus_factory):
     srv = corvus_factory()
     # A top-level key: before the config's first table.
-    srv.config_path.write_text(f'postmaster = "{BOB}"\n' + srv.config_path.read_text())
+    srv.config.write_text(f'postmaster = "{BOB}"\n' + srv.config.read_text())
     srv.add_user(ALICE)
     srv.add_user(BOB)
     srv.start()
@@ -372,7 +374,7 @@ def test_generated_certificate_names_the_host_and_lasts_a_year(corvus_factory):
 
 
 def test_helo_text_cannot_forge_a_received_comment(server):
-    r = server.raw()
+    r = server.raw_smtp()
     r.expect(220)
     assert r.cmd("EHLO x(trusted.example)[10.9.8.7]")[0] == 250
     assert r.cmd(f"MAIL FROM:<{SENDER}>")[0] == 250

@@ -28,8 +28,8 @@ import time
 
 import pytest
 
-from conftest import ALICE, BOB, PASSWORD, Corvus, RawClient
-from imap_support import Raw
+from support.clients import RawImap, RawSmtp
+from support.server import ALICE, BOB, PASSWORD, Server
 
 SENDER = "someone@remote.test"
 IMAP_PLAIN = "[imap]\nallow_plaintext_auth = true\n"
@@ -84,7 +84,7 @@ def mib(kb: int) -> str:
 
 
 def read_until_eof(client, timeout: float) -> tuple[bytes, bool]:
-    """Every byte a raw client (SMTP RawClient or IMAP Raw) still has or gets until the
+    """Every byte a raw client (SMTP RawSmtp or IMAP RawImap) still has or gets until the
     server closes the connection, and whether it ended with a reset rather than a clean
     close; a server that does not close within `timeout` fails the test with what it sent."""
     data = client.buf
@@ -102,7 +102,7 @@ def read_until_eof(client, timeout: float) -> tuple[bytes, bool]:
         data += chunk
 
 
-def replies_until_eof(r: RawClient, timeout: float = 30) -> list[tuple[int, list[str]]]:
+def replies_until_eof(r: RawSmtp, timeout: float = 30) -> list[tuple[int, list[str]]]:
     """Every SMTP reply the server sends until it closes the connection, as (code, [text
     lines]). All bytes must be whole reply lines."""
     data, _ = read_until_eof(r, timeout)
@@ -123,7 +123,7 @@ def codes(replies) -> list[int]:
     return [c for c, _ in replies]
 
 
-def imap_until_eof(r: Raw, timeout: float = 15) -> tuple[list[bytes], bool]:
+def imap_until_eof(r: RawImap, timeout: float = 15) -> tuple[list[bytes], bool]:
     """Every IMAP response line until the server closes the connection (no literals expected),
     and whether it ended with a reset rather than a clean close."""
     data, reset = read_until_eof(r, timeout)
@@ -134,7 +134,7 @@ def imap_until_eof(r: Raw, timeout: float = 15) -> tuple[list[bytes], bool]:
 
 def imap_login_works(port: int) -> None:
     """A new connection is greeted and LOGIN, SELECT and LOGOUT work, each answered in turn."""
-    r = Raw(port, timeout=30)
+    r = RawImap(port, timeout=30)
     assert r.greeting.startswith(b"* OK"), r.greeting
     untagged, tagged = r.cmd(f'LOGIN "{ALICE}" "{PASSWORD}"', tag="L")
     assert tagged.startswith(b"L OK"), (untagged, tagged)
@@ -177,11 +177,11 @@ def smuggling_server(tmp_path_factory, loopback_dns):
     """One server per bare_lf policy for the whole module (96 cases share two servers; each
     case looks at what changed in the mailboxes), with AUTH allowed without TLS so the
     submission listener is simple to drive."""
-    made: dict[str, Corvus] = {}
+    made: dict[str, Server] = {}
 
-    def get(policy: str) -> Corvus:
+    def get(policy: str) -> Server:
         if policy not in made:
-            c = Corvus(
+            c = Server(
                 tmp_path_factory.mktemp(f"smuggle-{policy}"),
                 loopback_dns.addr,
                 smtp={"bare_lf": policy, "allow_plaintext_auth": True},
@@ -198,10 +198,10 @@ def smuggling_server(tmp_path_factory, loopback_dns):
             c.stop(expect=0)
 
 
-def open_transaction(srv: Corvus, listener: str) -> RawClient:
+def open_transaction(srv: Server, listener: str) -> RawSmtp:
     """A session with MAIL and RCPT (to ALICE) done: from a remote sender on smtp, as ALICE
     after AUTH PLAIN on submission. Each command is sent alone and its one reply read."""
-    r = srv.raw(listener, timeout=30)
+    r = srv.raw_smtp(listener, timeout=30)
     r.expect(220)
     code, lines = r.cmd("EHLO client.test")
     assert code == 250 and "BINARYMIME" not in lines, lines
@@ -259,7 +259,7 @@ def test_smuggling_variants_never_split_a_message(smuggling_server, listener, po
 def test_refused_data_does_not_run_the_rest(server):
     """The audit's reproduction on port 25: a message with a bare LF, refused at its real end;
     nothing behind the fake end "<LF>.<CRLF>" runs and nothing is delivered."""
-    r = server.raw("smtp", timeout=30)
+    r = server.raw_smtp("smtp", timeout=30)
     r.expect(220)
     r.send(f"EHLO client.test\r\nMAIL FROM:<s@o.test>\r\nRCPT TO:<{ALICE}>\r\nDATA\r\n")
     assert [r.reply()[0] for _ in range(4)] == [250, 250, 250, 354]
@@ -275,7 +275,7 @@ def test_refused_data_does_not_run_the_rest(server):
 # --- 2. IMAP literals before login ----------------------------------------------------------
 
 
-def imap_corvus(server_with) -> Corvus:
+def imap_corvus(server_with) -> Server:
     """A server with an IMAP listener that allows LOGIN without TLS, and ALICE and BOB."""
     return server_with(listeners=("smtp", "imap"), extra=IMAP_PLAIN)
 
@@ -285,7 +285,7 @@ def test_prelogin_literals_are_small_and_bounded(server_with):
     port = srv.ports["imap"]
 
     # A non-synchronizing 64 MiB literal: the bytes would already be coming, so BYE and close.
-    r = Raw(port)
+    r = RawImap(port)
     r.send(b"a LOGIN {67108864+}\r\n")
     lines, _ = imap_until_eof(r)
     assert len(lines) == 1 and lines[0].startswith(b"* BYE"), lines
@@ -293,7 +293,7 @@ def test_prelogin_literals_are_small_and_bounded(server_with):
 
     # A synchronizing one: refused with a tagged NO [TOOBIG]/BAD, no "+" continuation; the
     # session goes on.
-    r = Raw(port)
+    r = RawImap(port)
     r.send(b"b LOGIN {67108864}\r\n")
     resp = r.line()
     assert resp.startswith(b"b NO [TOOBIG]") or resp.startswith(b"b BAD"), resp
@@ -305,7 +305,7 @@ def test_prelogin_literals_are_small_and_bounded(server_with):
     carol = "carol@example.org"
     srv.add_user(carol, "p" * 100)
     for user, pw, tag in ((ALICE, PASSWORD, b"c"), (carol, "p" * 100, b"d")):
-        r2 = Raw(port)
+        r2 = RawImap(port)
         u, p = user.encode(), pw.encode()
         r2.send(tag + b" LOGIN {%d}\r\n" % len(u))
         assert r2.line().startswith(b"+"), user
@@ -336,7 +336,7 @@ def test_prelogin_literals_are_small_and_bounded(server_with):
 
     # The same chained non-synchronizing, all in one write: never answered as a command; the
     # server says BYE and closes.
-    r3 = Raw(port)
+    r3 = RawImap(port)
     chain = b"f LOGIN {4000+}\r\n" + b"x" * 4000 + b"".join(
         b" {4000+}\r\n" + b"x" * 4000 for _ in range(19))
     try:
@@ -350,7 +350,7 @@ def test_prelogin_literals_are_small_and_bounded(server_with):
 
     # Sizes past u64: a tagged NO/BAD (or BYE and close), and the server keeps serving.
     for tag, size in ((b"g", b"18446744073709551615"), (b"h", b"99999999999999999999")):
-        r4 = Raw(port)
+        r4 = RawImap(port)
         r4.send(tag + b" LOGIN {" + size + b"}\r\n")
         resp = r4.line()
         assert not resp.startswith(b"+"), (size, resp)
@@ -459,7 +459,7 @@ def test_fetch_pipelining_to_a_vanished_client_is_bounded(server_with):
     srv = imap_corvus(server_with)
     port = srv.ports["imap"]
     msgs = [megabyte_message(i) for i in range(1, 6)]
-    r = Raw(port, timeout=60)
+    r = RawImap(port, timeout=60)
     r.ok(f'LOGIN "{ALICE}" "{PASSWORD}"')
     for m in msgs:
         untagged, tagged = r.cmd(b"APPEND INBOX {%d+}\r\n" % len(m) + m)
@@ -482,7 +482,7 @@ def test_fetch_pipelining_to_a_vanished_client_is_bounded(server_with):
 
     # A new session is served normally, and the messages are intact.
     imap_login_works(port)
-    r = Raw(port, timeout=60)
+    r = RawImap(port, timeout=60)
     r.ok(f'LOGIN "{ALICE}" "{PASSWORD}"')
     r.ok("SELECT INBOX")
     assert fetch_body(r.ok("FETCH 3 BODY.PEEK[]"), 3) == msgs[2]
@@ -507,11 +507,11 @@ def test_fetch_pipelining_to_a_vanished_client_is_bounded(server_with):
 CHUNK = (b"y" * 1022 + b"\r\n") * 1024  # 1 MiB of 1024-byte lines
 
 
-def big_session(srv: Corvus, i: int, chunks: int, barrier: threading.Barrier, out: list):
+def big_session(srv: Server, i: int, chunks: int, barrier: threading.Barrier, out: list):
     """One SMTP session sending a `chunks` MiB message to ALICE in 1 MiB writes, starting when
     every session has its 354; records the replies to the end of data and to QUIT."""
     try:
-        r = srv.raw("smtp", timeout=120)
+        r = srv.raw_smtp("smtp", timeout=120)
         r.expect(220)
         assert r.cmd("EHLO client.test")[0] == 250
         assert r.cmd(f"MAIL FROM:<big{i}@remote.test>")[0] == 250
@@ -581,7 +581,7 @@ def test_many_large_data_sessions_are_bounded(server_with):
     assert settled - base < 600 * MiB_kB, f"VmRSS still {mib(settled - base)} over the baseline"
     assert srv.mailboxes(ALICE)["INBOX"] == 1 + accepted  # the warm-up and the 250s
     # And a small message is accepted afterwards.
-    r = srv.raw("smtp", timeout=30)
+    r = srv.raw_smtp("smtp", timeout=30)
     r.expect(220)
     r.send(f"EHLO client.test\r\nMAIL FROM:<{SENDER}>\r\nRCPT TO:<{ALICE}>\r\nDATA\r\n")
     assert [r.reply()[0] for _ in range(4)] == [250, 250, 250, 354]
@@ -594,7 +594,7 @@ def test_many_large_data_sessions_are_bounded(server_with):
 def test_size_declared_beyond_free_memory_gets_452(server_with):
     srv = server_with(smtp={"max_message_size": 50_000_000,
                             "max_message_memory": 8 * 1024 * 1024})
-    r = srv.raw("smtp", timeout=30)
+    r = srv.raw_smtp("smtp", timeout=30)
     r.expect(220)
     code, lines = r.cmd("EHLO client.test")
     assert code == 250 and "SIZE 50000000" in lines, lines

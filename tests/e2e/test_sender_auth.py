@@ -1,4 +1,4 @@
-"""Inbound sender authentication (issue 7): SPF, DKIM, DMARC, ARC and Authentication-Results.
+"""Inbound sender authentication: SPF, DKIM, DMARC, ARC and Authentication-Results.
 
 A DNS server on loopback serves SPF, DKIM and DMARC records for a set of test domains (and
 answers SERVFAIL for chosen names). Mail comes from chosen loopback source addresses
@@ -13,89 +13,23 @@ import base64
 import hashlib
 import re
 import smtplib
-import socket
 import subprocess
-import threading
 import time
 
 import dkim
-import dns.message
-import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
-import dns.rrset
 import nacl.encoding
 import nacl.signing
 import pytest
 
-from conftest import Corvus, free_port, without_return_path
+from support.dns import DnsServer
+from support.mail import without_return_path
+from support.net import free_port
+from support.server import Server
+from support.wait import wait_for
 
 PW = "secret-pw"
 BOB = "bob@b.test"
 HOST = "mx.b.test"
-
-
-class ZoneDNS:
-    """A UDP DNS server on 127.0.0.1 answering from {name: [(type, text)]} (as in
-    test_delivery.py), plus: names in `servfail` get SERVFAIL, long TXT strings are split
-    into 255-byte character-strings, and every query is counted."""
-
-    def __init__(self):
-        self.zone: dict[str, list[tuple[str, str]]] = {}
-        self.servfail: set[str] = set()
-        self.queries: list[tuple[str, str]] = []
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    @staticmethod
-    def key(name: str) -> str:
-        return name.lower().rstrip(".") + "."
-
-    def add(self, name: str, rtype: str, text: str):
-        if rtype == "TXT" and not text.startswith('"'):
-            text = " ".join('"%s"' % text[i:i + 250] for i in range(0, len(text), 250))
-        self.zone.setdefault(self.key(name), []).append((rtype, text))
-
-    def fail(self, name: str):
-        self.servfail.add(self.key(name))
-
-    def serve(self):
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except OSError:
-                return
-            try:
-                q = dns.message.from_wire(data)
-                r = dns.message.make_response(q)
-                for question in q.question:
-                    name = question.name.to_text().lower()
-                    rtype = dns.rdatatype.to_text(question.rdtype)
-                    self.queries.append((name, rtype))
-                    if name in self.servfail:
-                        r.set_rcode(dns.rcode.SERVFAIL)
-                        continue
-                    if name not in self.zone:
-                        r.set_rcode(dns.rcode.NXDOMAIN)
-                        continue
-                    texts = [t for (ty, t) in self.zone[name] if ty == rtype]
-                    if texts:
-                        r.answer.append(dns.rrset.from_text_list(question.name, 300, dns.rdataclass.IN, rtype, texts))
-                self.sock.sendto(r.to_wire(), peer)
-            except Exception:
-                continue
-
-    def resolve_txt(self, name: bytes, timeout=5):
-        """dkimpy's dnsfunc: TXT lookups answered from the zone."""
-        for ty, text in self.zone.get(self.key(name.decode()), []):
-            if ty == "TXT":
-                return "".join(re.findall(r'"([^"]*)"', text)).encode()
-        return None
-
-    def close(self):
-        self.sock.close()
 
 
 # --- keys -----------------------------------------------------------------------------------
@@ -147,7 +81,7 @@ def dkim_sign(msg: bytes, selector: str, domain: str, key: bytes, algo: bytes = 
     return dkim.sign(msg, selector.encode(), domain.encode(), key, signature_algorithm=algo) + msg
 
 
-def send(c: Corvus, mail_from: str, msg: bytes, source: str = "127.0.0.5", helo: str = "client.test",
+def send(c: Server, mail_from: str, msg: bytes, source: str = "127.0.0.5", helo: str = "client.test",
          rcpt: str = BOB, port: int | None = None, host: str | None = None):
     """Send over the smtp listener from `source`; returns (code, text) of the end of data."""
     s = smtplib.SMTP(host or c.host, port or c.ports["smtp"], local_hostname=helo, timeout=30,
@@ -196,17 +130,7 @@ def result(raw: bytes, method: str, prop: str | None = None) -> str:
     raise AssertionError(f"no {method} {prop or ''} in {our_results(raw)}")
 
 
-def wait_for(pred, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def latest(c: Corvus, folder: str = "INBOX", user: str = BOB) -> bytes:
+def latest(c: Server, folder: str = "INBOX", user: str = BOB) -> bytes:
     uids = c.uids(user, folder)
     assert uids, f"nothing in {user} {folder}"
     return without_return_path(c.cat(user, folder, uids[-1]))
@@ -215,7 +139,7 @@ def latest(c: Corvus, folder: str = "INBOX", user: str = BOB) -> bytes:
 # --- the world ------------------------------------------------------------------------------
 
 class World:
-    def __init__(self, zone: ZoneDNS):
+    def __init__(self, zone: DnsServer):
         self.zone = zone
         self.rsa_pem, rsa_pub = rsa_key()
         self.ed_priv, ed_pub = ed25519_key()
@@ -271,7 +195,7 @@ class World:
 
 @pytest.fixture(scope="module")
 def zone():
-    z = ZoneDNS()
+    z = DnsServer(ttl=300)
     yield z
     z.close()
 
@@ -282,8 +206,8 @@ def world(zone):
 
 
 def make_receiver(base, zone, name="b", extra="", host="127.0.0.1", ports=None, domains=("b.test",),
-                  hostname=HOST) -> Corvus:
-    c = Corvus(base / name, zone.addr, domains=list(domains), hostname=hostname, host=host, ports=ports,
+                  hostname=HOST) -> Server:
+    c = Server(base / name, zone.addr, domains=list(domains), hostname=hostname, host=host, ports=ports,
                smtp={"allow_plaintext_auth": True}, extra=extra)
     return c
 
@@ -680,10 +604,10 @@ def sites(tmp_path, zone):
     module's zone; B trusts a.test as an ARC sealer."""
     port = free_port()
     made = []
-    a = Corvus(tmp_path / "a", zone.addr, domains=["a.test"], hostname="mx.a.test",
+    a = Server(tmp_path / "a", zone.addr, domains=["a.test"], hostname="mx.a.test",
                smtp={"allow_plaintext_auth": True},
                extra=f'[delivery]\nport = {port}\nretry = ["1s"]\n')
-    b = Corvus(tmp_path / "b2", zone.addr, domains=["b.test"], hostname=HOST, host="127.0.0.2",
+    b = Server(tmp_path / "b2", zone.addr, domains=["b.test"], hostname=HOST, host="127.0.0.2",
                ports={"smtp": port}, smtp={"allow_plaintext_auth": True},
                extra='[sender_auth]\ntrusted_arc_sealers = ["a.test"]\n')
     made += [a, b]
@@ -706,7 +630,7 @@ def sites(tmp_path, zone):
 def test_corvus_signed_mail_passes_at_corvus(sites, zone, algorithm):
     a, b = sites
     selector = f"c{algorithm[:3]}"
-    out = a.run_cli("dkim", "generate", "a.test", "--selector", selector, "--algorithm", algorithm).stdout
+    out = a.cli("dkim", "generate", "a.test", "--selector", selector, "--algorithm", algorithm).stdout
     zone.add(f"{selector}._domainkey.a.test", "TXT", re.search(r'IN TXT (".*")', out).group(1))
     a.start()
     b.start()
@@ -725,9 +649,9 @@ def test_corvus_signed_mail_passes_at_corvus(sites, zone, algorithm):
 
 def test_alias_forward_is_arc_sealed_and_trusted_downstream(sites, zone):
     a, b = sites
-    out = a.run_cli("dkim", "generate", "a.test", "--selector", "arcs", "--algorithm", "rsa").stdout
+    out = a.cli("dkim", "generate", "a.test", "--selector", "arcs", "--algorithm", "rsa").stdout
     zone.add("arcs._domainkey.a.test", "TXT", re.search(r'IN TXT (".*")', out).group(1))
-    a.run_cli("alias", "add", "fwd@a.test", BOB)
+    a.cli("alias", "add", "fwd@a.test", BOB)
     a.start()
     b.start()
     # spf-only.test: SPF passes at A (from 127.0.0.5), no DKIM, DMARC p=reject. At B the

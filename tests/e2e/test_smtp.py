@@ -1,4 +1,4 @@
-"""SMTP server (issue 3) through smtplib: extensions, commands, policy, AUTH, TLS, delivery
+"""SMTP server through smtplib: extensions, commands, policy, AUTH, TLS, delivery
 checked byte for byte through `corvus mailbox cat`."""
 
 import base64
@@ -7,23 +7,20 @@ import smtplib
 
 import pytest
 
-from conftest import (
-    ALICE, BOB, FCRDNS_FAIL_IP, PASSWORD, tls_context,
-)
-from conftest import split_received as _split_received
-from conftest import without_return_path
+from support.mail import split_received
+from support.net import tls_context
+from support.server import ALICE, BOB, FCRDNS_FAIL_IP, PASSWORD
 
-
-def split_received(raw: bytes) -> tuple[bytes, bytes]:
-    """conftest's split_received after the Authentication-Results header that the smtp
-    listener puts on top of every message (sender authentication, issue 7)."""
-    raw = without_return_path(raw)
-    if raw.startswith(b"Authentication-Results: "):
-        m = re.search(rb"\r\n(?![ \t])", raw)
-        raw = raw[m.end():]
-    return _split_received(raw)
 
 SENDER = "someone@remote.test"
+
+
+def mail_from_sender(srv):
+    """An smtplib session on the smtp listener after EHLO and MAIL FROM:<SENDER>."""
+    s = srv.smtp()
+    s.ehlo()
+    s.mail(SENDER)
+    return s
 
 
 def message(subject="hello", body="Hi there.\r\n", extra_headers="", mid=True) -> bytes:
@@ -202,18 +199,14 @@ def test_sequence_errors(server):
 
 
 def test_unknown_local_user_550(server):
-    s = server.smtp()
-    s.ehlo()
-    s.mail(SENDER)
+    s = mail_from_sender(server)
     code, msg = s.rcpt("nobody@example.org")
     assert code == 550 and enhanced(msg) == "5.1.1", msg
     s.quit()
 
 
 def test_no_relay_for_unauthenticated(server):
-    s = server.smtp()
-    s.ehlo()
-    s.mail(SENDER)
+    s = mail_from_sender(server)
     code, msg = s.rcpt("victim@elsewhere.test")
     assert code == 554 and enhanced(msg) == "5.7.1", msg
     # Not after STARTTLS either: TLS is not authentication.
@@ -244,7 +237,7 @@ def test_plus_addressing_delivers_to_base_user(server):
 
 
 def test_alias_delivery(server):
-    server.run_cli("alias", "add", "team@example.org", ALICE, BOB)
+    server.cli("alias", "add", "team@example.org", ALICE, BOB)
     s = server.smtp()
     s.ehlo()
     msg = message("to the team")
@@ -270,9 +263,7 @@ def test_size_declared_too_big_552(server_with):
 
 def test_size_actual_too_big_552(server_with):
     srv = server_with(smtp={"max_message_size": 10000})
-    s = srv.smtp()
-    s.ehlo()
-    s.mail(SENDER)
+    s = mail_from_sender(srv)
     s.rcpt(ALICE)
     big = message(body=("y" * 70 + "\r\n") * 200)
     assert len(big) > 10000
@@ -286,9 +277,7 @@ def test_size_actual_too_big_552(server_with):
 
 def test_max_recipients_452(server_with):
     srv = server_with(smtp={"max_recipients": 3})
-    s = srv.smtp()
-    s.ehlo()
-    s.mail(SENDER)
+    s = mail_from_sender(srv)
     for r in [ALICE, BOB, "alice+2@example.org"]:
         assert s.rcpt(r)[0] == 250
     code, msg = s.rcpt("bob+2@example.org")
@@ -341,7 +330,7 @@ def test_submission_requires_auth_before_mail(server, listener):
 
 
 def test_mail_from_must_belong_to_user(server):
-    server.run_cli("alias", "add", "postmaster@example.org", ALICE)
+    server.cli("alias", "add", "postmaster@example.org", ALICE)
     s = server.submit_session(ALICE)
     code, msg = s.mail(BOB)
     assert code == 553 and enhanced(msg) == "5.7.1", msg
@@ -525,11 +514,11 @@ def test_fcrdns_mismatch_recorded_by_default(server):
 
 def test_fcrdns_reject_policy(server_with):
     srv = server_with(smtp={"fcrdns": "reject"})
-    r = srv.raw(source=FCRDNS_FAIL_IP)
+    r = srv.raw_smtp(source=FCRDNS_FAIL_IP)
     code, text = r.reply()
     assert code == 550 and text[0].startswith("5.7.25"), text
     assert r.closed()
-    r = srv.raw()  # 127.0.0.1 passes
+    r = srv.raw_smtp()  # 127.0.0.1 passes
     assert r.reply()[0] == 220
     r.cmd("QUIT")
 
@@ -580,7 +569,7 @@ def test_8bit_message_byte_for_byte(server):
 
 
 def test_utf8_message_and_addresses_byte_for_byte(server):
-    server.run_cli("alias", "add", "jösé@example.org", ALICE)
+    server.cli("alias", "add", "jösé@example.org", ALICE)
     sender = "δοκιμή@παράδειγμα.test"
     msg = (
         f"From: Δοκιμή <{sender}>\r\nTo: José <jösé@example.org>\r\n"
@@ -651,10 +640,8 @@ def test_null_sender_accepted_inbound(server):
 
 
 def test_recipient_spellings(server):
-    server.run_cli("alias", "add", "postmaster@example.org", ALICE)
-    s = server.smtp()
-    s.ehlo()
-    s.mail(SENDER)
+    server.cli("alias", "add", "postmaster@example.org", ALICE)
+    s = mail_from_sender(server)
     for rcpt in ["<ALICE@Example.ORG>", '<"alice"@example.org>', "<@relay.test:alice@example.org>",
                  "<Postmaster>", "<postmaster@example.org>"]:
         code, msg = s.docmd("RCPT", f"TO:{rcpt}")

@@ -1,4 +1,4 @@
-"""Durability (issue 3): kill -9 under load loses no message that got its 250, and
+"""Durability: kill -9 under load loses no message that got its 250, and
 delivers none twice."""
 
 import smtplib
@@ -6,7 +6,7 @@ import threading
 import time
 import uuid
 
-from conftest import ALICE, BOB
+from support.server import ALICE, BOB
 
 SENDER = "load@remote.test"
 

@@ -8,19 +8,9 @@ import socket
 import ssl
 import time
 
-from conftest import ALICE, BOB, tls_context
-from conftest import split_received as _split_received
-from conftest import without_return_path
-
-
-def split_received(raw: bytes) -> tuple[bytes, bytes]:
-    """conftest's split_received after the Authentication-Results header that the smtp
-    listener puts on top of every message (sender authentication, issue 7)."""
-    raw = without_return_path(raw)
-    if raw.startswith(b"Authentication-Results: "):
-        m = re.search(rb"\r\n(?![ \t])", raw)
-        raw = raw[m.end():]
-    return _split_received(raw)
+from support.mail import split_received
+from support.net import tls_context
+from support.server import ALICE, BOB
 
 SENDER = "someone@remote.test"
 
@@ -31,8 +21,17 @@ def hello(r):
     r.cmd("EHLO client.test")
 
 
+def transaction(srv):
+    """A raw session on the smtp listener after EHLO, MAIL FROM:<SENDER> and RCPT TO:<ALICE>."""
+    r = srv.raw_smtp()
+    hello(r)
+    r.cmd(f"MAIL FROM:<{SENDER}>")
+    r.cmd(f"RCPT TO:<{ALICE}>")
+    return r
+
+
 def test_every_reply_has_an_enhanced_status_code(server):
-    r = server.raw()
+    r = server.raw_smtp()
     hello(r)
     transcript = [
         ("NOOP", 250), ("RSET", 250), ("VRFY alice", 252), ("EXPN x", 502), ("HELP", 214),
@@ -49,7 +48,7 @@ def test_every_reply_has_an_enhanced_status_code(server):
 
 
 def test_pipelined_transaction_replies_in_order(server):
-    r = server.raw()
+    r = server.raw_smtp()
     hello(r)
     r.send(
         f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{ALICE}>\r\nRCPT TO:<nobody@example.org>\r\n"
@@ -115,7 +114,7 @@ def test_commands_pipelined_behind_starttls_are_discarded(server):
 
 
 def test_starttls_then_ehlo_offers_auth(server):
-    r = server.raw("submission")
+    r = server.raw_smtp("submission")
     hello(r)
     code, _ = r.cmd("STARTTLS")
     assert code == 220
@@ -142,10 +141,7 @@ def test_bdat_mixed_chunk_sizes_byte_exact(server):
         pos += c
     chunks.append(msg[pos:])
     assert sum(map(len, chunks)) == len(msg)
-    r = server.raw()
-    hello(r)
-    r.cmd(f"MAIL FROM:<{SENDER}>")
-    r.cmd(f"RCPT TO:<{ALICE}>")
+    r = transaction(server)
     total = 0
     for i, chunk in enumerate(chunks):
         last = i == len(chunks) - 1
@@ -167,10 +163,7 @@ def test_bdat_mixed_chunk_sizes_byte_exact(server):
 
 
 def test_bdat_last_zero(server):
-    r = server.raw()
-    hello(r)
-    r.cmd(f"MAIL FROM:<{SENDER}>")
-    r.cmd(f"RCPT TO:<{ALICE}>")
+    r = transaction(server)
     part = b"Subject: zero\r\n\r\nall in the first chunk\r\n"
     r.send(f"BDAT {len(part)}\r\n".encode() + part)
     assert r.reply()[0] == 250
@@ -182,7 +175,7 @@ def test_bdat_last_zero(server):
 
 
 def test_bdat_pipelined_with_envelope(server):
-    r = server.raw()
+    r = server.raw_smtp()
     hello(r)
     part = b"Subject: piped bdat\r\n\r\nx\r\n"
     r.send(
@@ -194,7 +187,7 @@ def test_bdat_pipelined_with_envelope(server):
 
 
 def test_bdat_without_transaction_is_discarded(server):
-    r = server.raw()
+    r = server.raw_smtp()
     hello(r)
     # The chunk's bytes must be consumed, not parsed as commands.
     r.send(b"BDAT 12\r\nNOOP\r\nNOOP\r\n")
@@ -205,10 +198,7 @@ def test_bdat_without_transaction_is_discarded(server):
 
 def test_bdat_too_big(server_with):
     srv = server_with(smtp={"max_message_size": 1000})
-    r = srv.raw()
-    hello(r)
-    r.cmd(f"MAIL FROM:<{SENDER}>")
-    r.cmd(f"RCPT TO:<{ALICE}>")
+    r = transaction(srv)
     r.send(b"BDAT 800\r\n" + b"a" * 800)
     assert r.reply()[0] == 250
     r.send(b"BDAT 800 LAST\r\n" + b"b" * 800)
@@ -220,10 +210,7 @@ def test_bdat_too_big(server_with):
 
 
 def test_raw_dot_stuffing_is_undone_exactly(server):
-    r = server.raw()
-    hello(r)
-    r.cmd(f"MAIL FROM:<{SENDER}>")
-    r.cmd(f"RCPT TO:<{ALICE}>")
+    r = transaction(server)
     assert r.cmd("DATA")[0] == 354
     r.send(b"Subject: dots\r\n\r\n..\r\n...\r\n..x\r\n.y\r\nz.\r\n.\r\n")
     assert r.reply()[0] == 250
@@ -234,10 +221,7 @@ def test_raw_dot_stuffing_is_undone_exactly(server):
 
 
 def test_smuggling_bare_lf_dot_does_not_split(server):
-    r = server.raw()
-    hello(r)
-    r.cmd(f"MAIL FROM:<{SENDER}>")
-    r.cmd(f"RCPT TO:<{ALICE}>")
+    r = transaction(server)
     assert r.cmd("DATA")[0] == 354
     r.send(
         b"Subject: innocent\r\n\r\nhello\r\n\n.\n"
@@ -256,10 +240,7 @@ def test_smuggling_bare_lf_dot_does_not_split(server):
 
 def test_smuggling_variants_rejected(server):
     for payload in [b"a\r\n\r.\r\n", b"a\r\n.\n", b"a\n.\r\n", b"a\r\r\n.\r\r\n"]:
-        r = server.raw()
-        hello(r)
-        r.cmd(f"MAIL FROM:<{SENDER}>")
-        r.cmd(f"RCPT TO:<{ALICE}>")
+        r = transaction(server)
         assert r.cmd("DATA")[0] == 354
         r.send(payload + b"MAIL FROM:<x@y.test>\r\n.\r\n")
         code, text = r.reply()
@@ -271,10 +252,7 @@ def test_smuggling_variants_rejected(server):
 
 def test_bare_lf_normalized_when_configured(server_with):
     srv = server_with(smtp={"bare_lf": "normalize"})
-    r = srv.raw()
-    hello(r)
-    r.cmd(f"MAIL FROM:<{SENDER}>")
-    r.cmd(f"RCPT TO:<{ALICE}>")
+    r = transaction(srv)
     r.cmd("DATA")
     r.send(b"Subject: lf\r\n\r\none\ntwo\n.\nthree\r\n.\r\n")
     assert r.reply()[0] == 250
@@ -287,7 +265,7 @@ def test_bare_lf_normalized_when_configured(server_with):
 
 
 def test_garbage_bytes_get_500_and_server_keeps_serving(server):
-    r = server.raw()
+    r = server.raw_smtp()
     r.expect(220)
     r.send(b"\x00\xff\xfe\x80garbage\x01\x02\r\n")
     code, text = r.reply()
@@ -295,7 +273,7 @@ def test_garbage_bytes_get_500_and_server_keeps_serving(server):
     r.send(bytes(range(256)) * 4 + b"\r\n")  # includes its own LFs: several bad lines
     r.close()
     # A new session works normally.
-    r = server.raw()
+    r = server.raw_smtp()
     hello(r)
     assert r.cmd(f"MAIL FROM:<{SENDER}>")[0] == 250
     assert r.cmd("QUIT")[0] == 221
@@ -304,7 +282,7 @@ def test_garbage_bytes_get_500_and_server_keeps_serving(server):
 def test_multibyte_char_at_the_keyword_end_gets_501_and_session_goes_on(server):
     """A UTF-8 character across the end of "FROM:"/"TO:" (found by fuzzing smtp_command:
     it panicked the session, before any authentication)."""
-    r = server.raw()
+    r = server.raw_smtp()
     hello(r)
     for line in ("MAIL fDA`\u00d93%Vw[", "MAIL FRO\u00e9:<a@b.test>", "RCPT T\u00e9:<a@b.test>"):
         code, text = r.cmd(line.encode())
@@ -324,7 +302,7 @@ def test_tls_handshake_garbage_on_implicit_tls_port(server):
 
 
 def test_one_megabyte_command_line(server):
-    r = server.raw()
+    r = server.raw_smtp()
     hello(r)
     r.send(b"NOOP " + b"x" * (1024 * 1024) + b"\r\n")
     code, text = r.reply()
@@ -336,10 +314,7 @@ def test_one_megabyte_command_line(server):
 
 
 def test_one_megabyte_data_line(server):
-    r = server.raw()
-    hello(r)
-    r.cmd(f"MAIL FROM:<{SENDER}>")
-    r.cmd(f"RCPT TO:<{ALICE}>")
+    r = transaction(server)
     r.cmd("DATA")
     r.send(b"Subject: long\r\n\r\n" + b"x" * (1024 * 1024) + b"\r\n.\r\n")
     code, text = r.reply()
@@ -351,7 +326,7 @@ def test_one_megabyte_data_line(server):
 
 def test_slow_client_cut_off_by_command_timeout(server_with):
     srv = server_with(smtp={"command_timeout": "2s"})
-    r = srv.raw()
+    r = srv.raw_smtp()
     hello(r)
     t0 = time.monotonic()
     code, text = r.reply()  # wait without sending anything
@@ -360,7 +335,7 @@ def test_slow_client_cut_off_by_command_timeout(server_with):
     assert 1.5 < elapsed < 6, elapsed
     assert r.closed()
     # A client dribbling a partial line is cut off too.
-    r = srv.raw()
+    r = srv.raw_smtp()
     hello(r)
     r.send(b"NO")
     t0 = time.monotonic()
@@ -370,7 +345,7 @@ def test_slow_client_cut_off_by_command_timeout(server_with):
 
 def test_session_timeout(server_with):
     srv = server_with(smtp={"command_timeout": "10s", "session_timeout": "3s"})
-    r = srv.raw()
+    r = srv.raw_smtp()
     hello(r)
     t0 = time.monotonic()
     for _ in range(20):
@@ -389,7 +364,7 @@ def test_session_timeout(server_with):
 
 def test_too_many_errors_421(server_with):
     srv = server_with(smtp={"max_errors": 3})
-    r = srv.raw()
+    r = srv.raw_smtp()
     hello(r)
     assert r.cmd("BOGUS1")[0] == 500
     assert r.cmd("BOGUS2")[0] == 500
@@ -405,7 +380,7 @@ def greeted(srv, deadline=5.0):
     moment after the server starts, so retry briefly while the limit refuses us."""
     end = time.monotonic() + deadline
     while True:
-        r = srv.raw()
+        r = srv.raw_smtp()
         code, text = r.reply()
         if code == 220:
             return r
@@ -418,7 +393,7 @@ def test_connection_limit_per_ip(server_with):
     srv = server_with(smtp={"max_connections_per_ip": 2})
     a = greeted(srv)
     b = greeted(srv)
-    c = srv.raw()
+    c = srv.raw_smtp()
     code, text = c.reply()
     assert code == 421, text
     assert c.closed()
@@ -433,13 +408,13 @@ def test_connection_limit_per_ip(server_with):
 def test_total_connection_limit(server_with):
     srv = server_with(smtp={"max_connections": 1})
     a = greeted(srv)
-    b = srv.raw()
+    b = srv.raw_smtp()
     assert b.reply()[0] == 421
     a.cmd("QUIT")
 
 
 def test_quit_closes(server):
-    r = server.raw()
+    r = server.raw_smtp()
     hello(r)
     code, text = r.cmd("QUIT")
     assert code == 221
@@ -447,7 +422,7 @@ def test_quit_closes(server):
 
 
 def test_sigterm_tells_idle_clients_421(server):
-    r = server.raw()
+    r = server.raw_smtp()
     hello(r)
     server.stop(expect=0)
     code, text = r.reply()
@@ -455,10 +430,7 @@ def test_sigterm_tells_idle_clients_421(server):
 
 
 def test_sigterm_lets_a_transaction_in_data_finish(server):
-    r = server.raw()
-    hello(r)
-    r.cmd(f"MAIL FROM:<{SENDER}>")
-    r.cmd(f"RCPT TO:<{ALICE}>")
+    r = transaction(server)
     assert r.cmd("DATA")[0] == 354
     r.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
     server.proc.send_signal(signal.SIGTERM)

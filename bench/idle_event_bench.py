@@ -8,7 +8,7 @@ system, /proc/PID/stat), divided by the events, is what one delivery costs the w
 session: before the typed change feed that was a re-read of the whole mailbox per event.
 
     cargo build --release
-    python3 tests/bench/idle_event_bench.py --bin target/release/corvus
+    python3 bench/idle_event_bench.py --bin target/release/corvus
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import time
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "e2e"))
+sys.path.insert(0, str(HERE.parent / "tests" / "e2e"))  # the `support` package
 from imap_bench import Corvus, fill, login  # noqa: E402
-from hook_server import Dns  # noqa: E402
+from support.dns import DnsServer  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -52,7 +52,7 @@ def main():
     ap.add_argument("--messages", type=int, default=100_000)
     ap.add_argument("--events", type=int, default=300)
     args = ap.parse_args()
-    dns = Dns()  # NXDOMAIN for everything, at once: no resolver waits in the figures
+    dns = DnsServer()  # NXDOMAIN for everything, at once: no resolver waits in the figures
     with tempfile.TemporaryDirectory(prefix="idle-bench-") as tmp:
         srv = Corvus(pathlib.Path(tmp), args.bin)
         srv.config.write_text(srv.config.read_text()

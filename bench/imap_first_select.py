@@ -6,7 +6,7 @@ round and each binary in turn: starts the server on that data, times SELECT INBO
 fresh connections (the first one reads sled from disk into the metadata cache), stops it.
 Comparing binaries on the same data (e.g. two allocators) is what it is for.
 
-    tests/bench/imap_first_select.py BIN [BIN...] [--messages 100000] [--rounds 3] [--dir DIR]
+    bench/imap_first_select.py BIN [BIN...] [--messages 100000] [--rounds 3] [--dir DIR]
 
 --dir keeps the filled data between invocations (it is filled when it does not exist yet).
 """

@@ -4,7 +4,11 @@
 Without an answering resolver, each session's reverse lookup (FCrDNS) and SPF/DMARC lookups
 wait for their timeouts, and a bench measures those timeouts instead of the server.
 
-    nxdomain_dns.py PORT      # listens on 127.0.0.1:PORT (UDP) until killed
+    bench/nxdomain_dns.py [PORT]   # listens on 127.0.0.1:PORT (UDP, default 10053) until killed
+
+smtp_rounds.sh starts one on a free port; ab_bench.sh expects one on 10053.
+The e2e tests' responder (tests/e2e/support/dns.py) answers from a zone and logs every
+query; this one has nothing to look up and keeps up with a benchmark's query rate.
 """
 import socket
 import sys
@@ -23,7 +27,7 @@ def question_end(q: bytes) -> int:
 
 
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.1", int(sys.argv[1])))
+s.bind(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 10053))
 while True:
     q, addr = s.recvfrom(512)
     if len(q) < 12:

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Pool the rounds of several smtp_plugins.sh (or smtp_hooks.sh) runs into one figure.
 
-    core/benches/smtp_plugins.sh 8000 8 16 > run1.txt   # as many runs as you like
-    core/benches/pool_rounds.py run1.txt run2.txt …
-    core/benches/pool_rounds.py --against "two bare" run1.txt …   # another configuration
+    bench/smtp_plugins.sh 8000 8 16 > run1.txt   # as many runs as you like
+    bench/pool_rounds.py run1.txt run2.txt …
+    bench/pool_rounds.py --against "two bare" run1.txt …   # another configuration
 
 Each round of a run is a pair: the plugin-free configuration, then the one with hooks, one
 after the other on a fresh server. The rate ratio of a set of rounds is the plugin-free

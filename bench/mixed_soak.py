@@ -11,7 +11,7 @@ them in turn and sessions delete what they read, so the store stays small and an
 growth would be the server's own), runs the bench with the server's PID, and stops the server.
 
     cargo build --release -p corvus
-    python3 tests/bench/mixed_soak.py --corvus-bin target/release/corvus --duration 10m
+    python3 bench/mixed_soak.py --corvus-bin target/release/corvus --duration 10m
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "e2e"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "e2e"))  # the `support` package
 
-from conftest import PASSWORD, Corvus, LoopbackDNS  # noqa: E402
+import support.server  # noqa: E402
+from support.dns import DnsServer  # noqa: E402
+from support.server import PASSWORD, Server, child_env  # noqa: E402
 
 USER = "bench@example.org"
 
@@ -38,28 +40,27 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=5120)
     a = ap.parse_args()
 
-    import conftest
-
-    conftest.CORVUS_BIN = str(pathlib.Path(a.corvus_bin).resolve())
-    dns = LoopbackDNS()
+    support.server.CORVUS_BIN = str(pathlib.Path(a.corvus_bin).resolve())
+    dns = DnsServer()
     with tempfile.TemporaryDirectory(prefix="corvus-soak-") as tmp:
-        srv = Corvus(
+        srv = Server(
             pathlib.Path(tmp),
             dns.addr,
             listeners=("smtp", "imap", "pop3"),
             smtp={"max_connections_per_ip": 1000, "max_messages_per_session": 1000},
-            extra='[imap]\nallow_plaintext_auth = true\n[pop3]\nallow_plaintext_auth = true\n[log]\nlevel = "warn"\n',
+            imap={"allow_plaintext_auth": True},
+            pop3={"allow_plaintext_auth": True},
+            # Not the harness's "info": one line per message would make the log the biggest
+            # file here.
+            log={"level": "warn"},
         )
-        # The [log] table above overrides the harness's "info": one line per message would
-        # make the log the biggest file here.
-        srv.config_path.write_text(srv.config_path.read_text().replace('[log]\nlevel = "info"\n', ""))
         accounts = [USER] + [f"bench{i}@example.org" for i in range(1, 2 * a.clients + 1)]
         for acct in accounts:
             srv.add_user(acct, PASSWORD)
         srv.start()
         pid = srv.proc.pid
         cmd = [
-            conftest.CORVUS_BIN, "bench",
+            support.server.CORVUS_BIN, "bench",
             "--smtp", f"127.0.0.1:{srv.ports['smtp']}",
             "--imap", f"127.0.0.1:{srv.ports['imap']}",
             "--pop3", f"127.0.0.1:{srv.ports['pop3']}",
@@ -69,7 +70,7 @@ def main() -> int:
         ]
         print("$", " ".join(cmd[1:]), flush=True)
         started = time.time()
-        bench = subprocess.run(cmd, env=conftest.child_env())
+        bench = subprocess.run(cmd, env=child_env())
         print(f"bench exit {bench.returncode} after {time.time() - started:.0f}s", flush=True)
         counts = {acct: sum(srv.mailboxes(acct).values()) for acct in accounts}
         print("messages left per account:", " ".join(f"{k.split('@')[0]}={v}" for k, v in counts.items()))

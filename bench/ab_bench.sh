@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One run of the built-in load generator against a fresh server, for A/B comparisons of two
-# builds (BENCHMARKS.md). Needs tests/bench/nxdomain_dns.py running.
+# builds (BENCHMARKS.md). Needs bench/nxdomain_dns.py running.
 #
-#   MODE="--smtp 127.0.0.1:12525" CLIENTS=10 DUR=15s tests/bench/ab_bench.sh SERVER_BIN CLIENT_BIN LABEL
+#   MODE="--smtp 127.0.0.1:12525" CLIENTS=10 DUR=15s bench/ab_bench.sh SERVER_BIN CLIENT_BIN LABEL
 #   MODE="--imap 127.0.0.1:12143" ...
 # Prints the load generator's table and the server's CPU ticks (user + system) over the run.
 set -e

@@ -6,6 +6,7 @@ is installed (tests/run installs dovecot-imapd and dovecot-pop3d)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -13,7 +14,8 @@ import subprocess
 import tempfile
 import time
 
-from conftest import free_port, port_open
+from .net import free_port, port_open
+from .server import PASSWORD
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 
@@ -114,3 +116,22 @@ service pop3-login {{
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+
+@contextlib.contextmanager
+def beside(corvus, names):
+    """A started Dovecot with the same accounts as the started server `corvus` (password
+    PASSWORD), one per name in `names`: yields (dovecot, {name: address}) and stops both at
+    the end. The accounts are made before Dovecot starts: its passwd-file is re-read only when
+    its mtime changes, which can miss quick additions."""
+    dovecot = Dovecot()
+    users = {}
+    for name in names:
+        users[name] = corvus.add_user(name.replace("_", "-"))
+        dovecot.add_user(users[name], PASSWORD)
+    try:
+        yield dovecot.start(), users
+    finally:
+        dovecot.stop()
+        corvus.stop()

@@ -5,9 +5,9 @@ mailbox, SEARCH BODY over 10,000 messages,
 and measures the memory of idle IDLE sessions (RSS delta / sessions).
 
     cargo build --release
-    python3 tests/bench/imap_bench.py                      # 100,000 messages, 200 IDLE sessions
-    python3 tests/bench/imap_bench.py --messages 20000     # quicker
-    python3 tests/bench/imap_bench.py --dovecot            # the same against Debian's dovecot
+    python3 bench/imap_bench.py                      # 100,000 messages, 200 IDLE sessions
+    python3 bench/imap_bench.py --messages 20000     # quicker
+    python3 bench/imap_bench.py --dovecot            # the same against Debian's dovecot
 
 Everything runs on 127.0.0.1 in a temp directory that is removed afterwards (--keep keeps it).
 The client is plain sockets: timings include reading every response byte, not parsing it.
@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 PASSWORD = "bench-pass"
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
          "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee "

@@ -8,7 +8,7 @@ share one) with --messages messages of about --size bytes delivered over SMTP, t
 sessions. Every RETR answer is checked for its size and terminator.
 
     cargo build --release
-    python3 tests/bench/pop3_bench.py --corvus-bin target/release/corvus [--dovecot]
+    python3 bench/pop3_bench.py --corvus-bin target/release/corvus [--dovecot]
 
 Loopback only; bounded in time; stops by itself.
 """
@@ -28,10 +28,12 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "e2e"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "e2e"))  # the `support` package
 
-import pop3_support  # noqa: E402
-from pop3_support import PASSWORD, free_port, port_open  # noqa: E402
+import support.server  # noqa: E402
+from support.dns import DnsServer  # noqa: E402
+from support.net import free_port, port_open  # noqa: E402
+from support.server import PASSWORD, POP3, Server, with_preset  # noqa: E402
 
 
 def make_message(i: int, size: int) -> bytes:
@@ -168,7 +170,7 @@ def run_load(
     return res
 
 
-def start_dovecot(tmp: pathlib.Path, corvus: pop3_support.Server, users: list[str]) -> subprocess.Popen:
+def start_dovecot(tmp: pathlib.Path, corvus: Server, users: list[str]) -> subprocess.Popen:
     """Dovecot POP3 on the same messages: each account exported from Corvus as a Maildir."""
     port = free_port()
     (tmp / "run").mkdir(parents=True)
@@ -224,7 +226,7 @@ service imap-login {{
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corvus-bin", default=os.environ.get("CORVUS_BIN") or pop3_support.CORVUS_BIN)
+    ap.add_argument("--corvus-bin", default=os.environ.get("CORVUS_BIN") or support.server.CORVUS_BIN)
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--messages", type=int, default=30)
     ap.add_argument("--size", type=int, default=5000)
@@ -232,12 +234,13 @@ def main() -> int:
     ap.add_argument("--dovecot", action="store_true", help="also measure Dovecot on the same messages")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     args = ap.parse_args()
-    pop3_support.CORVUS_BIN = os.path.abspath(args.corvus_bin)
+    support.server.CORVUS_BIN = os.path.abspath(args.corvus_bin)
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="pop3-bench-"))
     tmp.chmod(0o755)  # Dovecot's unprivileged login processes must reach base_dir
     os.environ["RUST_LOG"] = "warn"  # per-session debug lines would be measured too
-    corvus = pop3_support.Server(tmp / "corvus", pop3={"allow_plaintext_auth": True})
+    dns = DnsServer()
+    corvus = Server(tmp / "corvus", dns.addr, **with_preset(POP3, pop3={"allow_plaintext_auth": True})).start()
     dovecot = None
     try:
         users = [corvus.add_user("bench%d" % i) for i in range(args.clients)]
@@ -264,7 +267,8 @@ def main() -> int:
         if dovecot is not None:
             dovecot.send_signal(signal.SIGTERM)
             dovecot.wait(20)
-        corvus.close()
+        corvus.stop(expect=None)
+        dns.close()
         if args.keep:
             print("kept %s" % tmp, file=sys.stderr)
         else:

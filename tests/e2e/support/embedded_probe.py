@@ -13,8 +13,11 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import CORVUS_BIN, LoopbackDNS, child_env, port_open  # noqa: E402
+# Run as a script too: tests/e2e on the path, so `support` is a package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from support.dns import DnsServer  # noqa: E402
+from support.net import port_open  # noqa: E402
+from support.server import CORVUS_BIN, child_env  # noqa: E402
 
 EMBEDDED_PORTS = {"smtp": 2525, "submission": 2587, "submissions": 2465}
 
@@ -23,7 +26,7 @@ def probe(workdir: str) -> dict:
     result = {"busy": [p for p in EMBEDDED_PORTS.values() if port_open(p)]}
     if result["busy"]:
         return result
-    dns = LoopbackDNS()
+    dns = DnsServer()
     env = child_env()
     # Keep FCrDNS lookups on loopback; everything else is the embedded default.
     env["CORVUS_DNS__NAMESERVERS"] = f'["{dns.addr}"]'

@@ -6,7 +6,7 @@ The messages are first queued with the sink down (so submission speed does not c
 the sink starts and `corvus queue flush` releases them; the figure is messages delivered per
 second until the sink has all of them.
 
-    python3 tests/bench/queue_bench.py [--corvus target/release/corvus] [-n 2000]
+    python3 bench/queue_bench.py [--corvus target/release/corvus] [-n 2000]
 """
 import argparse
 import asyncio

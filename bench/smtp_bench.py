@@ -18,7 +18,7 @@ What it measures, for each server and each concurrency (default 1, 10, 100):
     per connection, 100 processes by default) RSS and PSS of the smtpd processes.
 
 With `--servers corvus,postfix,floor` (or `floor-threads`) it also runs smtp-floor
-(tests/bench/smtp-floor, built here with cargo): an SMTP responder that does nothing per
+(bench/smtp-floor, built here with cargo): an SMTP responder that does nothing per
 message but find the lines, reply, and append the message to a file with the same group-commit
 fdatasync before its 250 — Corvus' I/O model (`floor`) or a thread per connection with blocking
 I/O (`floor-threads`, Postfix smtpd's model). Its CPU per message is what loopback TCP, the
@@ -30,9 +30,9 @@ Postfix instance `postfix-bench` with postmulti, and a local user `smtpbench` wh
 
 Usage:
   cargo build --release -p corvus
-  sudo tests/bench/smtp_bench.py                     # everything, default settings
-  sudo tests/bench/smtp_bench.py --servers corvus    # only Corvus
-  CORVUS_BIN=/path/to/corvus tests/bench/smtp_bench.py --concurrency 10 --seconds 20
+  sudo bench/smtp_bench.py                     # everything, default settings
+  sudo bench/smtp_bench.py --servers corvus    # only Corvus
+  CORVUS_BIN=/path/to/corvus bench/smtp_bench.py --concurrency 10 --seconds 20
 
 Everything it writes goes to a temporary directory (removed at the end unless --keep),
 /etc/postfix-bench, /var/spool/postfix-bench, /var/lib/postfix-bench,
@@ -59,9 +59,9 @@ import tempfile
 import time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
-from postfix_master import listen_on  # noqa: E402  (shared with the differential tests)
+from support.postfix import listen_on  # noqa: E402  (shared with the differential tests)
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 DOMAIN = "bench.test"
 SENDER = "sender@client.example"
@@ -459,7 +459,7 @@ nameservers = ["127.0.0.1:{self.dns_port}"]
 
 
 class Floor(DurableAtAccept):
-    """tests/bench/smtp-floor: the least an SMTP receiver does per message (see its source)."""
+    """bench/smtp-floor: the least an SMTP receiver does per message (see its source)."""
 
     def __init__(self, tmp, port, threads):
         self.name = "floor-threads" if threads else "floor"
@@ -469,7 +469,7 @@ class Floor(DurableAtAccept):
         self.file = os.path.join(tmp, f"{self.name}.mbox")
         self.proc = None
         self.sent = 0
-        crate = os.path.join(REPO, "tests", "bench", "smtp-floor")
+        crate = os.path.join(REPO, "bench", "smtp-floor")
         self.binary = os.path.join(crate, "target", "release", "smtp-floor")
         self.manifest = os.path.join(crate, "Cargo.toml")
 

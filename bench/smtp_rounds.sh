@@ -13,7 +13,7 @@ mkdir -p "$WORK/cache"
 # A DNS responder that answers NXDOMAIN at once: without one, each session's reverse lookup
 # (FCrDNS) waits for its timeout before the DATA reply, and the bench measures that timeout.
 DNS_PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 core/benches/nxdomain_dns.py "$DNS_PORT" &
+python3 bench/nxdomain_dns.py "$DNS_PORT" &
 DNS_PID=$!
 
 bench_round() { # $1 = label, $2 = hooks toml
