@@ -216,8 +216,9 @@ shutdown_timeout = "5s"
 [listen]
 imap = "127.0.0.1:{self.port}"
 smtp = "127.0.0.1:{self.smtp}"
-[smtp]
+[limits]
 max_connections_per_ip = 10000
+[smtp]
 [imap]
 allow_plaintext_auth = true
 max_connections_per_user = 1000

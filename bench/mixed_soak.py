@@ -47,7 +47,7 @@ def main() -> int:
             pathlib.Path(tmp),
             dns.addr,
             listeners=("smtp", "imap", "pop3"),
-            smtp={"max_connections_per_ip": 1000, "max_messages_per_session": 1000},
+            smtp={"max_messages_per_session": 1000}, limits={"max_connections_per_ip": 1000},
             imap={"allow_plaintext_auth": True},
             pop3={"allow_plaintext_auth": True},
             # Not the harness's "info": one line per message would make the log the biggest

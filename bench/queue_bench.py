@@ -83,9 +83,10 @@ data_dir = "{base}/data"
 domains = ["bench.test"]
 [listen]
 submission = "127.0.0.1:{sub}"
+[limits]
+max_connections_per_ip = 1000
 [smtp]
 allow_plaintext_auth = true
-max_connections_per_ip = 1000
 max_messages_per_session = 100000
 [delivery]
 relay = "127.0.0.1:{sink_port}"

@@ -344,11 +344,12 @@ shutdown_timeout = "5s"
 smtp = "127.0.0.1:{self.port}"
 pop3 = "127.0.0.1:{self.pop3_port}"
 
+[limits]
+max_connections = 20000
+max_connections_per_ip = 5000
 [smtp]
 max_messages_per_session = 1000000
 max_recipients = 100
-max_connections = 20000
-max_connections_per_ip = 5000
 
 [log]
 level = "{self.log_level}"

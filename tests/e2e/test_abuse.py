@@ -22,7 +22,7 @@ def good_client_latency(server) -> float:
 
 
 def test_slowloris_is_cut_off_and_others_are_served(server_with):
-    server = server_with(smtp={"command_timeout": "2s", "max_connections_per_ip": 200})
+    server = server_with(smtp={"command_timeout": "2s"}, limits={"max_connections_per_ip": 200})
     slow = []
     for _ in range(100):
         c = socket.create_connection(("127.0.0.1", server.ports["smtp"]))
@@ -47,7 +47,7 @@ def test_slowloris_is_cut_off_and_others_are_served(server_with):
 
 
 def test_connection_flood_from_one_ip(server_with):
-    server = server_with(smtp={"max_connections_per_ip": 20})
+    server = server_with(limits={"max_connections_per_ip": 20})
     conns = []
     for _ in range(60):
         c = socket.create_connection(("127.0.0.1", server.ports["smtp"]))
@@ -85,7 +85,7 @@ def test_thousands_of_idle_connections(server_with):
     n = min(want, soft - 500)
     if n < 1000:
         pytest.skip(f"open-file limit too low ({soft}) for an idle-connection test")
-    server = server_with(smtp={"max_connections": n + 100, "max_connections_per_ip": n + 100})
+    server = server_with(limits={"max_connections": n + 100, "max_connections_per_ip": n + 100})
     conns = []
     for i in range(n):
         c = socket.socket()

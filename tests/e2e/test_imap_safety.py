@@ -347,7 +347,7 @@ def test_unfinished_literal_is_timed_out(make_server):
 
 def test_failed_logins_are_rate_limited(make_server):
     srv = make_server(imap={"allow_plaintext_auth": True},
-                      smtp={"max_auth_failures": 3, "auth_fail_window": "1m"})
+                      limits={"max_auth_failures": 3, "auth_fail_window": "1m"})
     u = srv.add_user()
     r = srv.raw_imap()
     for i in range(3):
@@ -430,12 +430,12 @@ def logs_in_new(srv, user) -> bool:
 
 
 def test_connections_per_ip_are_limited(make_server):
-    """The per-IP connection limit (`smtp.max_connections_per_ip`, shared by every listener)
+    """The per-IP connection limit (`limits.max_connections_per_ip`, shared by every listener)
     refuses one IMAP connection too many with `* BYE [UNAVAILABLE]` before any greeting; a
     slot comes back when a client disconnects."""
     import socket
 
-    srv = make_server(smtp={"max_connections_per_ip": 4})
+    srv = make_server(limits={"max_connections_per_ip": 4})
 
     def greeted() -> socket.socket | None:
         c = socket.create_connection(("127.0.0.1", srv.ports["imap"]), timeout=10)

@@ -135,7 +135,7 @@ def test_auth_plain_initial_response_continuation_and_failures(server):
 
 
 def test_failed_logins_are_throttled_per_ip(pop3_server):
-    s = pop3_server(smtp={"max_auth_failures": 2})
+    s = pop3_server(limits={"max_auth_failures": 2})
     try:
         user = s.add_user("alice")
         r = RawPop3(s.ports["pop3s"], tls=True)
@@ -456,7 +456,7 @@ def test_no_name_trick_reaches_another_users_maildrop(pop3_server):
     """USER names with path tricks, wildcards, NUL, other spellings of bob, or alice's
     password with bob's name, and AUTH PLAIN for bob with alice's password: none logs in. And
     alice's session sees only alice's maildrop: bob's message numbers do not exist for her."""
-    server = pop3_server(smtp={"max_auth_failures": 1000})  # no throttling in the way
+    server = pop3_server(limits={"max_auth_failures": 1000})  # no throttling in the way
     try:
         alice = server.add_user("alice")
         bob = server.add_user("bob", password="bob's own password")

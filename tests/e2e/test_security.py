@@ -40,7 +40,7 @@ def test_own_logins_do_not_reset_the_guesses_against_another_account(server_with
     for the victim, while the attacker's own account still logs in."""
     srv = server_with(
         listeners=("smtp", "submission", "imaps"),
-        smtp={"max_auth_failures": 3, "max_auth_failures_per_ip": 100},
+        limits={"max_auth_failures": 3, "max_auth_failures_per_ip": 100},
     )
     s = tls_session(srv)
     replies = []
@@ -188,7 +188,7 @@ def test_data_files_are_private_and_loose_ones_are_fixed(corvus_factory):
 def test_trickling_pop3_clients_are_cut_off_and_cannot_starve_smtp(corvus_factory):
     srv = corvus_factory(
         listeners=("smtp", "pop3"),
-        smtp={"max_connections": 12, "max_connections_per_ip": 12},
+        limits={"max_connections": 12, "max_connections_per_ip": 12},
         extra='[pop3]\nlogin_timeout = "3s"\nmax_connections = 4\n',
     )
     srv.add_user(ALICE)

@@ -422,7 +422,7 @@ def test_auth_unknown_mechanism(server):
 
 
 def test_auth_brute_force_gets_421(server_with):
-    srv = server_with(smtp={"max_auth_failures": 3})
+    srv = server_with(limits={"max_auth_failures": 3})
     s = tls_session(srv)
     assert auth_plain(s, ALICE, "bad1")[0] == 535
     assert auth_plain(s, ALICE, "bad2")[0] == 535
@@ -672,7 +672,7 @@ def test_size_limit_boundary(server_with):
 
 
 def test_authzid_mismatch_counts_as_failure_and_ends_with_421(server_with):
-    srv = server_with(smtp={"max_auth_failures": 2})
+    srv = server_with(limits={"max_auth_failures": 2})
     s = tls_session(srv)
     ir = base64.b64encode(f"{BOB}\0{ALICE}\0{PASSWORD}".encode()).decode()
     code, msg = s.docmd("AUTH", "PLAIN " + ir)

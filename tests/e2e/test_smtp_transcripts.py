@@ -390,7 +390,7 @@ def greeted(srv, deadline=5.0):
 
 
 def test_connection_limit_per_ip(server_with):
-    srv = server_with(smtp={"max_connections_per_ip": 2})
+    srv = server_with(limits={"max_connections_per_ip": 2})
     a = greeted(srv)
     b = greeted(srv)
     c = srv.raw_smtp()
@@ -406,7 +406,7 @@ def test_connection_limit_per_ip(server_with):
 
 
 def test_total_connection_limit(server_with):
-    srv = server_with(smtp={"max_connections": 1})
+    srv = server_with(limits={"max_connections": 1})
     a = greeted(srv)
     b = srv.raw_smtp()
     assert b.reply()[0] == 421
