@@ -398,26 +398,29 @@ fn session(
     peer: SocketAddr,
     proto: Listener,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    let s = &services;
+    use crate::session::serve;
     match proto.protocol() {
-        Protocol::Smtp => Box::pin(crate::smtp::session::serve(
-            s.smtp.clone(),
-            tcp,
-            peer,
-            proto,
-        )),
-        Protocol::Imap => Box::pin(crate::imap::session::serve(
-            s.imap.clone(),
-            tcp,
-            peer,
-            proto,
-        )),
-        Protocol::Pop3 => Box::pin(crate::pop3::session::serve(
-            s.pop3.clone(),
-            tcp,
-            peer,
-            proto,
-        )),
+        Protocol::Smtp => Box::pin(async move {
+            let deps = services.smtp.clone();
+            serve(tcp, peer, proto, &services.smtp.tls, |stream| {
+                crate::smtp::session::session(deps, stream, peer, proto)
+            })
+            .await
+        }),
+        Protocol::Imap => Box::pin(async move {
+            let deps = services.imap.clone();
+            serve(tcp, peer, proto, &services.imap.tls, |stream| {
+                crate::imap::session::session(deps, stream, peer, proto)
+            })
+            .await
+        }),
+        Protocol::Pop3 => Box::pin(async move {
+            let deps = services.pop3.clone();
+            serve(tcp, peer, proto, &services.pop3.tls, |stream| {
+                crate::pop3::session::session(deps, stream, peer, proto)
+            })
+            .await
+        }),
     }
 }
 

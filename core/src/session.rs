@@ -61,6 +61,17 @@ pub async fn serve<F, Fut>(
 /// A codec's line splitter: the next line without its ending, and the bytes it used.
 pub type Framer = fn(&[u8]) -> Option<(&[u8], usize)>;
 
+/// What a session does after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Read the next command.
+    Continue,
+    /// Write what is buffered and close.
+    Close,
+    /// The positive reply to STARTTLS/STLS is buffered: upgrade ([`Conn::start_tls`]).
+    StartTls,
+}
+
 /// What a wait for input ended with.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Input {

@@ -190,3 +190,17 @@ pub fn imap(
         store: store.clone(),
     })
 }
+
+/// Message metadata for `uids` (no flags, MODSEQ 1), for view and delta tests.
+pub fn metas(uids: &[u32]) -> Vec<crate::store::MessageMeta> {
+    uids.iter()
+        .map(|&uid| crate::store::MessageMeta {
+            uid,
+            blob: 0,
+            size: 0,
+            flags: vec![],
+            internal_date: 0,
+            modseq: 1,
+        })
+        .collect()
+}

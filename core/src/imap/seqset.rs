@@ -124,20 +124,7 @@ pub(in crate::imap) fn join_part(p: &[u32]) -> String {
 mod tests {
     use super::*;
     use crate::imap::view::View;
-    use crate::store::MessageMeta;
-
-    fn metas(uids: &[u32]) -> Vec<MessageMeta> {
-        uids.iter()
-            .map(|&uid| MessageMeta {
-                uid,
-                blob: 0,
-                size: 0,
-                flags: vec![],
-                internal_date: 0,
-                modseq: 1,
-            })
-            .collect()
-    }
+    use crate::testing::metas;
 
     #[test]
     fn resolve_sets() {

@@ -83,22 +83,9 @@ pub(super) struct Session {
     pub(super) _user_slot: Option<crate::store::lease::Held>,
 }
 
-/// Serve one IMAP connection.
-pub async fn serve(
-    deps: Arc<Deps>,
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    listener: crate::listener::Listener,
-) {
-    let tls = deps.tls.clone();
-    crate::session::serve(tcp, peer, listener, &tls, |stream| {
-        session(deps, stream, peer, listener)
-    })
-    .await
-}
-
-/// The session on an open stream (after an implicit-TLS handshake).
-pub(super) async fn session(
+/// The session on an open stream (after an implicit-TLS handshake; `crate::session::serve`
+/// does that and the logging around it).
+pub async fn session(
     deps: Arc<Deps>,
     stream: crate::net::Stream,
     peer: SocketAddr,

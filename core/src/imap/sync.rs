@@ -257,19 +257,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn metas(uids: &[u32]) -> Vec<MessageMeta> {
-        uids.iter()
-            .map(|&uid| MessageMeta {
-                uid,
-                blob: 0,
-                size: 0,
-                flags: vec![],
-                internal_date: 0,
-                modseq: 1,
-            })
-            .collect()
-    }
+    use crate::testing::metas;
 
     /// The feed's changes fold into what a re-read would find, without reading.
     #[test]

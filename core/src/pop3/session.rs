@@ -15,7 +15,7 @@ use super::maildrop::Maildrop;
 
 use crate::hooks::{HookChain, HookCtx, HookPoint, Verdict};
 use crate::login::{Credentials, Login, Refusal};
-use crate::session::{Conn, Input, Line};
+use crate::session::{Conn, Flow, Input, Line};
 
 /// Output is written to the socket once this much is buffered, even mid-pipeline.
 const FLUSH_AT: usize = 256 * 1024;
@@ -43,12 +43,6 @@ struct Open {
     _lock: crate::store::lease::Held,
 }
 
-enum Flow {
-    Continue,
-    Close,
-    StartTls,
-}
-
 /// What a POP3 session uses of the server.
 pub struct Deps {
     /// Settings (`[pop3]`).
@@ -73,22 +67,9 @@ struct Session {
     state: State,
 }
 
-/// Serve one POP3 connection.
-pub async fn serve(
-    deps: Arc<Deps>,
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    listener: crate::listener::Listener,
-) {
-    let tls = deps.tls.clone();
-    crate::session::serve(tcp, peer, listener, &tls, |stream| {
-        session(deps, stream, peer, listener)
-    })
-    .await
-}
-
-/// The session on an open stream (after an implicit-TLS handshake).
-async fn session(
+/// The session on an open stream (after an implicit-TLS handshake; `crate::session::serve`
+/// does that and the logging around it).
+pub async fn session(
     deps: Arc<Deps>,
     stream: crate::net::Stream,
     peer: SocketAddr,

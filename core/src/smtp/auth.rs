@@ -3,8 +3,9 @@
 
 use crate::hooks::HookPoint;
 use crate::login::{Credentials, Refusal};
+use crate::session::Flow;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{AuthStep, Flow, Session, State};
+use crate::smtp::session::{AuthStep, Session, State};
 
 impl Session {
     pub(in crate::smtp) fn auth_allowed(&self) -> bool {

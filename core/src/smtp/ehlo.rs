@@ -1,8 +1,9 @@
 //! EHLO and HELO (RFC 5321 §4.1.1.1): the greeting reply and the extensions offered.
 
 use crate::hooks::HookPoint;
+use crate::session::Flow;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Flow, Session, refusal};
+use crate::smtp::session::{Session, refusal};
 
 impl Session {
     pub(in crate::smtp) async fn hello(&mut self, domain: String, esmtp: bool) -> Flow {

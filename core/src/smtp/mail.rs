@@ -3,9 +3,10 @@
 
 use crate::hooks::HookPoint;
 use crate::routing;
+use crate::session::Flow;
 use crate::smtp::codec::{Address, Body, MailParams};
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Flow, Session, Transaction, refusal};
+use crate::smtp::session::{Session, Transaction, refusal};
 
 impl Session {
     pub(in crate::smtp) async fn mail(&mut self, from: Address, params: MailParams) -> Flow {

@@ -3,9 +3,10 @@
 
 use crate::hooks::{HookPoint, Route};
 use crate::routing;
+use crate::session::Flow;
 use crate::smtp::codec::{Address, RcptParams};
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Flow, Rcpt, Session, r_is_permanent, refusal};
+use crate::smtp::session::{Rcpt, Session, r_is_permanent, refusal};
 
 impl Session {
     pub(in crate::smtp) async fn rcpt(&mut self, to: Address, params: RcptParams) -> Flow {

@@ -14,7 +14,7 @@ use crate::config::{BareLfPolicy, FcrdnsPolicy};
 use crate::dns::Fcrdns;
 use crate::hooks::{HookCtx, HookPoint, Route, Verdict};
 use crate::login::Login;
-use crate::session::{Conn, Input, Line};
+use crate::session::{Conn, Flow, Input, Line};
 
 /// One accepted recipient of the open transaction.
 #[derive(Debug, Clone)]
@@ -56,12 +56,6 @@ pub(super) enum AuthStep {
     Plain,
     LoginUser,
     LoginPass(String),
-}
-
-pub(super) enum Flow {
-    Continue,
-    Close,
-    StartTls,
 }
 
 /// What an SMTP session uses of the server.
@@ -113,22 +107,9 @@ pub(super) struct Session {
     pub(super) hooks: Arc<crate::hooks::HookSession>,
 }
 
-/// Serve one SMTP connection.
-pub async fn serve(
-    deps: Arc<Deps>,
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    listener: crate::listener::Listener,
-) {
-    let tls = deps.tls.clone();
-    crate::session::serve(tcp, peer, listener, &tls, |stream| {
-        session(deps, stream, peer, listener)
-    })
-    .await
-}
-
-/// The session on an open stream (after an implicit-TLS handshake).
-pub(super) async fn session(
+/// The session on an open stream (after an implicit-TLS handshake; `crate::session::serve`
+/// does that and the logging around it).
+pub async fn session(
     deps: Arc<Deps>,
     stream: crate::net::Stream,
     peer: SocketAddr,
