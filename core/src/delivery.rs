@@ -69,8 +69,18 @@ pub struct Plan {
 pub struct Tempfail {
     /// Reply code.
     pub code: u16,
-    /// Reply text.
+    /// Enhanced status code, when the hook gave one.
+    pub enhanced: Option<crate::hooks::Enhanced>,
+    /// Reply text, without the enhanced code.
     pub text: String,
+}
+
+impl std::fmt::Display for Tempfail {
+    /// `451 4.2.0 text`: the code and the hook's wording.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let wording = crate::hooks::outcome::wording(self.enhanced.as_ref(), &self.text);
+        write!(f, "{} {wording}", self.code)
+    }
 }
 
 /// Decide where every copy of `message` goes. `ctx` carries the facts of the session (or of
@@ -121,8 +131,16 @@ pub async fn plan(
                     tracing::info!(rcpt = %target, "copy dropped by on_delivery");
                     continue;
                 }
-                Verdict::Tempfail { code, text } if may_tempfail && rcpts.len() == 1 => {
-                    return Err(Tempfail { code, text });
+                Verdict::Tempfail {
+                    code,
+                    enhanced,
+                    text,
+                } if may_tempfail && rcpts.len() == 1 => {
+                    return Err(Tempfail {
+                        code,
+                        enhanced,
+                        text,
+                    });
                 }
                 Verdict::Quarantine(_) => "Junk".to_string(),
                 _ if quarantine => "Junk".to_string(),

@@ -8,6 +8,7 @@
 //! recipient, file into a folder) accumulate along the chain.
 
 pub mod builtin;
+pub mod outcome;
 pub mod rhai;
 pub mod script_test;
 #[cfg(feature = "wasm")]
@@ -16,6 +17,7 @@ pub mod wasm;
 #[path = "wasm_disabled.rs"]
 pub mod wasm;
 
+pub use outcome::Enhanced;
 pub use wasm::HookSession;
 
 use std::future::Future;
@@ -125,18 +127,24 @@ pub enum Verdict {
     Continue,
     /// Accept; later entries are skipped.
     Accept,
-    /// Permanent refusal with a 5xx code.
+    /// Permanent refusal with a 5xx code (hooks build it with [`Verdict::reject`]).
     Reject {
         /// SMTP code.
         code: u16,
-        /// Text.
+        /// RFC 3463 enhanced status code, when the hook gave one (SMTP answers 5.7.1
+        /// otherwise).
+        enhanced: Option<Enhanced>,
+        /// Text, without the enhanced code.
         text: String,
     },
-    /// Temporary refusal with a 4xx code.
+    /// Temporary refusal with a 4xx code (hooks build it with [`Verdict::tempfail`]).
     Tempfail {
         /// SMTP code.
         code: u16,
-        /// Text.
+        /// RFC 3463 enhanced status code, when the hook gave one (SMTP answers 4.7.1
+        /// otherwise).
+        enhanced: Option<Enhanced>,
+        /// Text, without the enhanced code.
         text: String,
     },
     /// Accept and silently drop.
@@ -303,6 +311,25 @@ pub enum OnError {
     Reject,
 }
 
+impl OnError {
+    /// The verdict this policy gives a failed call (None: the chain goes on).
+    pub fn verdict(self) -> Option<Verdict> {
+        match self {
+            OnError::Continue => None,
+            OnError::Tempfail => Some(Verdict::Tempfail {
+                code: 451,
+                enhanced: None,
+                text: "Temporary local problem, try again later".into(),
+            }),
+            OnError::Reject => Some(Verdict::Reject {
+                code: 550,
+                enhanced: None,
+                text: "Rejected by local policy".into(),
+            }),
+        }
+    }
+}
+
 /// The future of [`HookEngine::call_async`].
 pub type HookFuture<'a> = Pin<Box<dyn Future<Output = Result<Verdict, HookError>> + Send + 'a>>;
 
@@ -432,17 +459,7 @@ fn settle(
         Err(e) => {
             let micros = started.elapsed().as_micros();
             tracing::warn!(hook = ctx.point.function_name(), engine = engine.name(), error = %e, micros, "hook failed");
-            match engine.on_error() {
-                OnError::Continue => return None,
-                OnError::Tempfail => Verdict::Tempfail {
-                    code: 451,
-                    text: "Temporary local problem, try again later".into(),
-                },
-                OnError::Reject => Verdict::Reject {
-                    code: 550,
-                    text: "Rejected by local policy".into(),
-                },
-            }
+            engine.on_error().verdict()?
         }
     };
     if !verdict.ends_chain() {
@@ -457,10 +474,10 @@ fn settle(
         "hook verdict"
     );
     decisions.push(format!(
-        "{} {}: {:?}",
+        "{} {}: {}",
         ctx.point.function_name(),
         engine.name(),
-        verdict
+        verdict.decision()
     ));
     Some(verdict)
 }

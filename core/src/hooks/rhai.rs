@@ -25,10 +25,10 @@ use ::rhai::{
     AST, Array, CallFnOptions, Dynamic, Engine, EvalAltResult, Map, ParseError, Position, Scope,
 };
 
+use super::outcome::{ActionError, CodeOutOfRange, cut};
 use super::{Actions, HookCtx, HookEngine, HookError, HookPoint, OnError, PointSet, Verdict};
 use crate::blocking::Wait;
 use crate::config::HookEntry;
-use crate::message::valid_field_name;
 use crate::store::Store;
 
 /// Names of everything the script API registers (properties, methods and functions); the
@@ -350,21 +350,9 @@ fn parse_body(raw: &[u8], max_text: usize) -> BodyFacts {
         })
         .collect();
     BodyFacts {
-        body: cut(msg.body_text(0).unwrap_or_default().into_owned(), max_text),
+        body: cut(&msg.body_text(0).unwrap_or_default(), max_text).to_string(),
         attachments,
     }
-}
-
-/// `s` cut to at most `max` bytes at a character boundary.
-fn cut(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
 }
 
 struct CtxInner {
@@ -420,20 +408,6 @@ impl ScriptCtx {
         self.0.actions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn only_in(&self, what: &str, points: &[HookPoint]) -> Result<(), Box<EvalAltResult>> {
-        if points.contains(&self.0.hook.point) {
-            Ok(())
-        } else {
-            let names: Vec<_> = points.iter().map(|p| p.function_name()).collect();
-            Err(format!(
-                "ctx.{what} is only available in {} (this is {})",
-                names.join(" and "),
-                self.0.hook.point.function_name()
-            )
-            .into())
-        }
-    }
-
     fn take_actions(&self) -> Actions {
         std::mem::take(&mut *self.actions())
     }
@@ -478,40 +452,34 @@ fn describe_auth(a: &crate::sender_auth::AuthFacts) -> String {
 #[derive(Debug, Clone)]
 pub struct ScriptVerdict(pub Verdict);
 
-fn reply_text(text: &str) -> String {
-    let clean: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    cut(clean, 400)
-}
-
+/// `reject(…)` / `tempfail(…)`: the shared rules, errors worded for scripts
+/// (`reject: code 450 is not in 500..599`).
 fn checked_verdict(
     func: &str,
+    make: fn(i64, &str) -> Result<Verdict, CodeOutOfRange>,
     code: i64,
-    range: std::ops::RangeInclusive<i64>,
     text: &str,
 ) -> Result<ScriptVerdict, Box<EvalAltResult>> {
-    if !range.contains(&code) {
-        return Err(format!(
-            "{func}: code {code} is not in {}..{}",
-            range.start(),
-            range.end()
-        )
-        .into());
+    make(code, text)
+        .map(ScriptVerdict)
+        .map_err(|e| format!("{func}: {e}").into())
+}
+
+/// An action's error as scripts see it: `ctx.file_into is only available in on_delivery
+/// (this is on_rcpt)`, `set_rcpt: "x" is not an address`.
+fn action_error(func: &str, point: HookPoint, e: ActionError) -> Box<EvalAltResult> {
+    match e {
+        ActionError::NotHere(action) => {
+            let names: Vec<_> = action.points().iter().map(|p| p.function_name()).collect();
+            format!(
+                "ctx.{func} is only available in {} (this is {})",
+                names.join(" and "),
+                point.function_name()
+            )
+            .into()
+        }
+        other => format!("{func}: {other}").into(),
     }
-    let text = reply_text(text);
-    Ok(ScriptVerdict(if *range.start() >= 500 {
-        Verdict::Reject {
-            code: code as u16,
-            text,
-        }
-    } else {
-        Verdict::Tempfail {
-            code: code as u16,
-            text,
-        }
-    }))
 }
 
 /// Whether `ip` lies in `net` ("192.0.2.0/24", "2001:db8::/32" or a single address).
@@ -743,41 +711,28 @@ fn register_api(e: &mut Engine, env: Arc<ScriptEnv>) {
     e.register_fn(
         "add_header",
         |c: &mut ScriptCtx, name: &str, value: &str| -> Result<(), Box<EvalAltResult>> {
-            c.only_in("add_header", &[HookPoint::Data, HookPoint::Delivery])?;
-            if !valid_field_name(name) {
-                return Err(format!("add_header: {name:?} is not a header field name").into());
-            }
-            let mut a = c.actions();
-            if a.add_headers.len() >= 32 {
-                return Err("add_header: at most 32 headers per call".into());
-            }
-            a.add_headers
-                .push((name.to_string(), cut(value.to_string(), 8192)));
-            Ok(())
+            let point = c.hook().point;
+            c.actions()
+                .add_header(point, name, value)
+                .map_err(|e| action_error("add_header", point, e))
         },
     );
     e.register_fn(
         "set_rcpt",
         |c: &mut ScriptCtx, address: &str| -> Result<(), Box<EvalAltResult>> {
-            c.only_in("set_rcpt", &[HookPoint::Rcpt])?;
-            let address = address.trim().trim_start_matches('<').trim_end_matches('>');
-            if address.is_empty() || address.len() > 320 || !address.contains('@') {
-                return Err(format!("set_rcpt: {address:?} is not an address").into());
-            }
-            c.actions().set_rcpt = Some(address.to_string());
-            Ok(())
+            let point = c.hook().point;
+            c.actions()
+                .set_rcpt(point, address)
+                .map_err(|e| action_error("set_rcpt", point, e))
         },
     );
     e.register_fn(
         "file_into",
         |c: &mut ScriptCtx, folder: &str| -> Result<(), Box<EvalAltResult>> {
-            c.only_in("file_into", &[HookPoint::Delivery])?;
-            let folder = folder.trim_matches('/');
-            if folder.is_empty() || folder.len() > 200 || folder.chars().any(char::is_control) {
-                return Err(format!("file_into: {folder:?} is not a folder name").into());
-            }
-            c.actions().file_into = Some(folder.to_string());
-            Ok(())
+            let point = c.hook().point;
+            c.actions()
+                .file_into(point, folder)
+                .map_err(|e| action_error("file_into", point, e))
         },
     );
     e.register_fn("to_string", |c: &mut ScriptCtx| {
@@ -792,22 +747,22 @@ fn register_api(e: &mut Engine, env: Arc<ScriptEnv>) {
     e.register_fn("next", || ScriptVerdict(Verdict::Continue));
     e.register_fn("discard", || ScriptVerdict(Verdict::Discard));
     e.register_fn("quarantine", |reason: &str| {
-        ScriptVerdict(Verdict::Quarantine(reply_text(reason)))
+        ScriptVerdict(Verdict::quarantine(reason))
     });
     e.register_fn("reject", |code: i64, text: &str| {
-        checked_verdict("reject", code, 500..=599, text)
+        checked_verdict("reject", Verdict::reject, code, text)
     });
     e.register_fn("reject", |text: &str| {
-        checked_verdict("reject", 550, 500..=599, text)
+        checked_verdict("reject", Verdict::reject, 550, text)
     });
     e.register_fn("tempfail", |code: i64, text: &str| {
-        checked_verdict("tempfail", code, 400..=499, text)
+        checked_verdict("tempfail", Verdict::tempfail, code, text)
     });
     e.register_fn("tempfail", |text: &str| {
-        checked_verdict("tempfail", 451, 400..=499, text)
+        checked_verdict("tempfail", Verdict::tempfail, 451, text)
     });
-    e.register_fn("to_string", |v: &mut ScriptVerdict| describe_verdict(&v.0));
-    e.register_fn("to_debug", |v: &mut ScriptVerdict| describe_verdict(&v.0));
+    e.register_fn("to_string", |v: &mut ScriptVerdict| v.0.describe());
+    e.register_fn("to_debug", |v: &mut ScriptVerdict| v.0.describe());
 
     // Logging.
     let env2 = env.clone();
@@ -916,18 +871,6 @@ fn register_api(e: &mut Engine, env: Arc<ScriptEnv>) {
             .map(|(l, _)| l.to_string())
             .unwrap_or_else(|| a.to_string())
     });
-}
-
-/// One-line form of a verdict for logs and `corvus script test`.
-pub fn describe_verdict(v: &Verdict) -> String {
-    match v {
-        Verdict::Continue => "continue".into(),
-        Verdict::Accept => "accept".into(),
-        Verdict::Reject { code, text } => format!("reject {code} {text}"),
-        Verdict::Tempfail { code, text } => format!("tempfail {code} {text}"),
-        Verdict::Discard => "discard".into(),
-        Verdict::Quarantine(r) => format!("quarantine {r}"),
-    }
 }
 
 /// JSON (the config table) as Rhai values.
@@ -1235,14 +1178,7 @@ impl HookEngine for RhaiHook {
             )));
         };
         // Actions count only from a call that succeeded.
-        let mine = sctx.take_actions();
-        actions.add_headers.extend(mine.add_headers);
-        if mine.set_rcpt.is_some() {
-            actions.set_rcpt = mine.set_rcpt;
-        }
-        if mine.file_into.is_some() {
-            actions.file_into = mine.file_into;
-        }
+        actions.merge(sctx.take_actions());
         Ok(verdict)
     }
 
@@ -1259,6 +1195,7 @@ pub fn handled_points(hook: &RhaiHook) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hooks::Enhanced;
     use crate::hooks::HookChain;
 
     fn store() -> (tempfile::TempDir, Store) {
@@ -1311,13 +1248,15 @@ mod tests {
             verdict_of(r#"reject(554, "5.7.1 go away")"#).unwrap(),
             Verdict::Reject {
                 code: 554,
-                text: "5.7.1 go away".into()
+                enhanced: Some(Enhanced::known("5.7.1")),
+                text: "go away".into()
             }
         );
         assert_eq!(
             verdict_of(r#"reject("no")"#).unwrap(),
             Verdict::Reject {
                 code: 550,
+                enhanced: None,
                 text: "no".into()
             }
         );
@@ -1325,6 +1264,7 @@ mod tests {
             verdict_of(r#"tempfail(450, "later")"#).unwrap(),
             Verdict::Tempfail {
                 code: 450,
+                enhanced: None,
                 text: "later".into()
             }
         );
@@ -1332,6 +1272,7 @@ mod tests {
             verdict_of(r#"tempfail("later")"#).unwrap(),
             Verdict::Tempfail {
                 code: 451,
+                enhanced: None,
                 text: "later".into()
             }
         );
@@ -1340,6 +1281,7 @@ mod tests {
             verdict_of(r#"reject(550, "a\r\n250 ok")"#).unwrap(),
             Verdict::Reject {
                 code: 550,
+                enhanced: None,
                 text: "a  250 ok".into()
             }
         );
@@ -1754,6 +1696,7 @@ mod tests {
             call(&h, &ctx(HookPoint::Rcpt)).0.unwrap(),
             Verdict::Reject {
                 code: 550,
+                enhanced: None,
                 text: "300".into()
             }
         );

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::rhai::{LoadOptions, RhaiHook, describe_verdict};
+use super::rhai::{LoadOptions, RhaiHook};
 use super::{Actions, HookCtx, HookEngine, HookPoint, OnError, Verdict};
 use crate::store::{MemoryStore, Store};
 
@@ -232,26 +232,16 @@ pub fn run(
         let micros = started.elapsed().as_micros();
         match result {
             Ok(v) => {
-                let _ = writeln!(text, "verdict:  {}", describe_verdict(&v));
+                let _ = writeln!(text, "verdict:  {}", v.describe());
             }
             Err(e) => {
                 failed = true;
                 let _ = writeln!(text, "error:    {e}");
-                let v = match on_error {
-                    OnError::Continue => Verdict::Continue,
-                    OnError::Tempfail => Verdict::Tempfail {
-                        code: 451,
-                        text: "Temporary local problem, try again later".into(),
-                    },
-                    OnError::Reject => Verdict::Reject {
-                        code: 550,
-                        text: "Rejected by local policy".into(),
-                    },
-                };
+                let v = on_error.verdict().unwrap_or(Verdict::Continue);
                 let _ = writeln!(
                     text,
                     "verdict:  {} (on_error = {})",
-                    describe_verdict(&v),
+                    v.describe(),
                     format!("{on_error:?}").to_lowercase()
                 );
             }

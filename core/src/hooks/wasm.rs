@@ -46,6 +46,7 @@ use wasmtime_wasi::p2::OutputStream;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::outcome::{self, Action, ActionError, cut};
 use super::rhai::LogSink;
 use super::{
     Actions, HookCtx, HookEngine, HookError, HookFuture, HookPoint, OnError, PointSet, Route,
@@ -349,17 +350,6 @@ impl WasiView for HostState {
             table: &mut self.table,
         }
     }
-}
-
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 impl wit::log::Host for HostState {
@@ -1529,101 +1519,76 @@ fn describe_error(e: &wasmtime::Error, s: &HostState, limits: &Limits) -> String
     reason
 }
 
-fn reply_text(text: &str) -> String {
-    let clean: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    cut(&clean, 400).to_string()
-}
-
+/// The verdict a plugin handed over, checked by the shared rules; errors name the plugin
+/// and hook (`x.wasm: on_rcpt: reject code 450 is not in 500..599`).
 fn from_wit_verdict(name: &str, func: &str, v: wt::Verdict) -> Result<Verdict, HookError> {
+    let refusal = |kind: &str, r: Result<Verdict, outcome::CodeOutOfRange>| {
+        r.map_err(|e| HookError(format!("{name}: {func}: {kind} {e}")))
+    };
     Ok(match v {
         wt::Verdict::Next => Verdict::Continue,
         wt::Verdict::Accept => Verdict::Accept,
         wt::Verdict::Discard => Verdict::Discard,
-        wt::Verdict::Quarantine(r) => Verdict::Quarantine(reply_text(&r)),
-        wt::Verdict::Reject(r) => {
-            if !(500..=599).contains(&r.code) {
-                return Err(HookError(format!(
-                    "{name}: {func}: reject code {} is not in 500..599",
-                    r.code
-                )));
-            }
-            Verdict::Reject {
-                code: r.code,
-                text: reply_text(&r.text),
-            }
-        }
-        wt::Verdict::Tempfail(r) => {
-            if !(400..=499).contains(&r.code) {
-                return Err(HookError(format!(
-                    "{name}: {func}: tempfail code {} is not in 400..499",
-                    r.code
-                )));
-            }
-            Verdict::Tempfail {
-                code: r.code,
-                text: reply_text(&r.text),
-            }
-        }
+        wt::Verdict::Quarantine(r) => Verdict::quarantine(&r),
+        wt::Verdict::Reject(r) => refusal("reject", Verdict::reject(r.code.into(), &r.text))?,
+        wt::Verdict::Tempfail(r) => refusal("tempfail", Verdict::tempfail(r.code.into(), &r.text))?,
     })
 }
 
+/// The actions a plugin handed over, checked by the shared rules. Every action is checked
+/// against the hook point before any value, and the header count before the headers.
 fn apply_actions(
     name: &str,
     point: HookPoint,
     a: wt::Actions,
     out: &mut Actions,
 ) -> Result<(), HookError> {
-    let err = |m: String| HookError(format!("{name}: {}: {m}", point.function_name()));
-    if !a.add_headers.is_empty() {
-        if !matches!(point, HookPoint::Data | HookPoint::Delivery) {
-            return Err(err(
-                "add-headers is only available in on-data and on-delivery".into(),
-            ));
-        }
-        if a.add_headers.len() > 32 {
-            return Err(err("at most 32 headers per call".into()));
-        }
-        for h in &a.add_headers {
-            if !crate::message::valid_field_name(&h.name) {
-                return Err(err(format!("{:?} is not a header field name", h.name)));
+    // The action's field in the WIT `actions` record.
+    let field = |action: Action| match action {
+        Action::AddHeader => "add-headers",
+        Action::SetRcpt => "set-rcpt",
+        Action::FileInto => "file-into",
+    };
+    let err = |e: ActionError| {
+        let m = match e {
+            ActionError::NotHere(action) => {
+                let names: Vec<_> = action
+                    .points()
+                    .iter()
+                    .map(|p| p.function_name().replace('_', "-"))
+                    .collect();
+                format!(
+                    "{} is only available in {}",
+                    field(action),
+                    names.join(" and ")
+                )
             }
+            ActionError::BadAddress(_) => format!("{}: {e}", field(Action::SetRcpt)),
+            ActionError::BadFolder(_) => format!("{}: {e}", field(Action::FileInto)),
+            other => other.to_string(),
+        };
+        HookError(format!("{name}: {}: {m}", point.function_name()))
+    };
+    for (action, present) in [
+        (Action::AddHeader, !a.add_headers.is_empty()),
+        (Action::SetRcpt, a.set_rcpt.is_some()),
+        (Action::FileInto, a.file_into.is_some()),
+    ] {
+        if present && !action.allowed_at(point) {
+            return Err(err(ActionError::NotHere(action)));
         }
     }
-    if a.set_rcpt.is_some() && point != HookPoint::Rcpt {
-        return Err(err("set-rcpt is only available in on-rcpt".into()));
-    }
-    if a.file_into.is_some() && point != HookPoint::Delivery {
-        return Err(err("file-into is only available in on-delivery".into()));
+    if a.add_headers.len() > outcome::MAX_HEADERS {
+        return Err(err(ActionError::TooManyHeaders));
     }
     for h in a.add_headers {
-        let value: String = h
-            .value
-            .chars()
-            .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
-            .collect();
-        out.add_headers
-            .push((h.name, cut(&value, 8192).to_string()));
+        out.add_header(point, &h.name, &h.value).map_err(err)?;
     }
     if let Some(r) = a.set_rcpt {
-        let r = r
-            .trim()
-            .trim_start_matches('<')
-            .trim_end_matches('>')
-            .to_string();
-        if r.is_empty() || r.len() > 320 || !r.contains('@') {
-            return Err(err(format!("set-rcpt: {r:?} is not an address")));
-        }
-        out.set_rcpt = Some(r);
+        out.set_rcpt(point, &r).map_err(err)?;
     }
     if let Some(f) = a.file_into {
-        let f = f.trim_matches('/').to_string();
-        if f.is_empty() || f.len() > 200 || f.chars().any(char::is_control) {
-            return Err(err(format!("file-into: {f:?} is not a folder name")));
-        }
-        out.file_into = Some(f);
+        out.file_into(point, &f).map_err(err)?;
     }
     Ok(())
 }
@@ -1649,13 +1614,7 @@ impl HookEngine for WasmHook {
             if r.is_err() {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
             } else {
-                actions.add_headers.extend(mine.add_headers);
-                if mine.set_rcpt.is_some() {
-                    actions.set_rcpt = mine.set_rcpt;
-                }
-                if mine.file_into.is_some() {
-                    actions.file_into = mine.file_into;
-                }
+                actions.merge(mine);
             }
             r
         })

@@ -2368,13 +2368,13 @@ impl Session {
                 // The reason goes to the log, not to the client (which learns only that
                 // the message was withheld, for good or for now).
                 match self.shared.hooks.run(&ctx).verdict {
-                    Verdict::Reject { text, .. } => {
-                        tracing::info!(mailbox = %sel.mailbox.name, uid = meta.uid, reason = %text, "fetch refused by hook");
+                    v @ Verdict::Reject { .. } => {
+                        tracing::info!(mailbox = %sel.mailbox.name, uid = meta.uid, reason = %v.wording(), "fetch refused by hook");
                         denied = true;
                         continue;
                     }
-                    Verdict::Tempfail { text, .. } => {
-                        tracing::info!(mailbox = %sel.mailbox.name, uid = meta.uid, reason = %text, "fetch deferred by hook");
+                    v @ Verdict::Tempfail { .. } => {
+                        tracing::info!(mailbox = %sel.mailbox.name, uid = meta.uid, reason = %v.wording(), "fetch deferred by hook");
                         deferred = true;
                         continue;
                     }

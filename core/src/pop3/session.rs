@@ -491,12 +491,12 @@ impl Session {
         ctx.fetch = Some(("INBOX".into(), entry.uid, "pop3"));
         ctx.message = Some(message.clone());
         match self.shared.hooks.run(&ctx).verdict {
-            Verdict::Reject { text, .. } => {
-                self.reply(Response::err(text));
+            v @ Verdict::Reject { .. } => {
+                self.reply(Response::err(v.wording()));
                 return;
             }
-            Verdict::Tempfail { text, .. } => {
-                self.reply(Response::err_code(RespCode::SysTemp, text));
+            v @ Verdict::Tempfail { .. } => {
+                self.reply(Response::err_code(RespCode::SysTemp, v.wording()));
                 return;
             }
             _ => {}
@@ -598,9 +598,9 @@ impl Session {
                 Some(a) => a,
                 None => return self.auth_failed(attempt, &user),
             },
-            Verdict::Tempfail { text, .. } => {
+            v @ Verdict::Tempfail { .. } => {
                 attempt.succeed();
-                self.reply(Response::err_code(RespCode::SysTemp, text));
+                self.reply(Response::err_code(RespCode::SysTemp, v.wording()));
                 return Flow::Continue;
             }
             _ => return self.auth_failed(attempt, &user),
@@ -816,10 +816,12 @@ mod tests {
             Ok(match ctx.fetch {
                 Some((ref mb, 2, "pop3")) if mb == "INBOX" => Verdict::Reject {
                     code: 550,
+                    enhanced: None,
                     text: "Quarantined by policy".into(),
                 },
                 Some((_, 3, _)) => Verdict::Tempfail {
                     code: 451,
+                    enhanced: None,
                     text: "Scanner busy".into(),
                 },
                 _ => Verdict::Continue,

@@ -317,14 +317,24 @@ async fn deliver_domain(
             ctx.remote_mx = Some(host.clone());
             ctx.message = Some(hook_message.clone());
             match shared.hooks.run(&ctx).verdict {
-                Verdict::Reject { code, text } => {
+                Verdict::Reject {
+                    code,
+                    enhanced,
+                    text,
+                } => {
+                    let text = crate::hooks::outcome::wording(enhanced.as_ref(), &text);
                     results[i] = Some(Outcome::Perm {
                         status: dsn::status_of(code, &text),
                         text: format!("{code} {text}"),
                         remote: None,
                     })
                 }
-                Verdict::Tempfail { code, text } => {
+                Verdict::Tempfail {
+                    code,
+                    enhanced,
+                    text,
+                } => {
+                    let text = crate::hooks::outcome::wording(enhanced.as_ref(), &text);
                     results[i] = Some(Outcome::Temp(format!("{code} {text}")))
                 }
                 Verdict::Discard => {
@@ -571,7 +581,7 @@ async fn deliver_local(
         let result = match crate::delivery::plan(shared, &ctx, &message, &recipients, false, true)
             .await
         {
-            Err(t) => Err(format!("{} {}", t.code, t.text)),
+            Err(t) => Err(t.to_string()),
             Ok(plan) => {
                 let queued = !plan.remote.is_empty();
                 let mut forward = crate::delivery::queue_entry(

@@ -251,16 +251,9 @@ impl Session {
             .hooks
             .run_async(&self.ctx(HookPoint::Connect))
             .await;
-        match outcome.verdict {
-            Verdict::Reject { code, text } => {
-                self.reply(verdict_reply(code, &text, "5.7.1"));
-                return self.flush().await;
-            }
-            Verdict::Tempfail { code, text } => {
-                self.reply(verdict_reply(code, &text, "4.7.1"));
-                return self.flush().await;
-            }
-            _ => {}
+        if let Some(reply) = Reply::refusal(&outcome.verdict) {
+            self.reply(reply);
+            return self.flush().await;
         }
         let greeting = format!("{} ESMTP Corvus ready", self.host());
         self.reply(Reply::new(220, "", greeting));
@@ -621,7 +614,7 @@ impl Session {
             c.helo = domain.clone();
             self.shared.hooks.run_async(&c).await
         };
-        if let Some(r) = refusal(&outcome.verdict) {
+        if let Some(r) = Reply::refusal(&outcome.verdict) {
             self.reply(r);
             return Flow::Continue;
         }
@@ -746,7 +739,7 @@ impl Session {
             None
         };
         let outcome = self.shared.hooks.run_async(&ctx).await;
-        if let Some(r) = refusal(&outcome.verdict) {
+        if let Some(r) = Reply::refusal(&outcome.verdict) {
             self.reply(r);
             return Flow::Continue;
         }
@@ -821,7 +814,7 @@ impl Session {
         ctx.rcpt = address.clone();
         ctx.route = Some(route.clone());
         let outcome = self.shared.hooks.run_async(&ctx).await;
-        if let Some(r) = refusal(&outcome.verdict) {
+        if let Some(r) = Reply::refusal(&outcome.verdict) {
             self.reply(r);
             if r_is_permanent(&outcome.verdict) && self.count_error() {
                 return Flow::Close;
@@ -854,7 +847,7 @@ impl Session {
                 &crate::hooks::builtin::BuiltinPolicy,
                 &c2,
                 &mut ignored,
-            ) && let Some(r) = refusal(&v)
+            ) && let Some(r) = Reply::refusal(&v)
             {
                 self.reply(r);
                 return Flow::Continue;
@@ -1238,9 +1231,10 @@ impl Session {
         ctx.message = Some(msg.clone());
         let outcome = self.shared.hooks.run_async(&ctx).await;
         let decisions = outcome.decisions.clone();
+        if let Some(r) = Reply::refusal(&outcome.verdict) {
+            return r;
+        }
         let quarantine = match &outcome.verdict {
-            Verdict::Reject { code, text } => return verdict_reply(*code, text, "5.7.1"),
-            Verdict::Tempfail { code, text } => return verdict_reply(*code, text, "4.7.1"),
             Verdict::Discard => {
                 tracing::info!(queue_id, "message discarded by hook");
                 return Reply::new(250, "2.0.0", format!("Ok: queued as {queue_id}"));
@@ -1285,7 +1279,7 @@ impl Session {
         .await
         {
             Ok(plan) => plan,
-            Err(t) => return verdict_reply(t.code, &t.text, "4.7.1"),
+            Err(t) => return Reply::hook_refusal(t.code, t.enhanced.as_ref(), &t.text, false),
         };
         let remote = !plan.remote.is_empty();
         // Mail an alias forwards to another domain leaves ARC-sealed (RFC 8617).
@@ -1382,39 +1376,4 @@ fn forwarding_domain(rcpts: &[Rcpt]) -> Option<String> {
 
 fn r_is_permanent(v: &Verdict) -> bool {
     matches!(v, Verdict::Reject { .. })
-}
-
-/// Turn a refusing verdict into a reply; `None` for verdicts that let the command proceed.
-fn refusal(v: &Verdict) -> Option<Reply> {
-    match v {
-        Verdict::Reject { code, text } => Some(verdict_reply(*code, text, "5.7.1")),
-        Verdict::Tempfail { code, text } => Some(verdict_reply(*code, text, "4.7.1")),
-        _ => None,
-    }
-}
-
-/// A reply from a hook's code and text; text may start with its own enhanced code.
-pub fn verdict_reply(code: u16, text: &str, default_enhanced: &str) -> Reply {
-    let mut it = text.splitn(2, ' ');
-    let first = it.next().unwrap_or("");
-    let is_enhanced = first.split('.').count() == 3
-        && first
-            .split('.')
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    let code = if default_enhanced.starts_with('5') {
-        if (500..600).contains(&code) {
-            code
-        } else {
-            550
-        }
-    } else if (400..500).contains(&code) {
-        code
-    } else {
-        451
-    };
-    if is_enhanced {
-        Reply::new(code, first, it.next().unwrap_or("").to_string())
-    } else {
-        Reply::new(code, default_enhanced, text.to_string())
-    }
 }

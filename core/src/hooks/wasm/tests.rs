@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::hooks::{HookChain, Outcome};
+use crate::hooks::{Enhanced, HookChain, Outcome};
 
 fn plugin_path(name: &str) -> PathBuf {
     let dir = std::env::var_os("CORVUS_PLUGIN_DIR")
@@ -92,7 +92,8 @@ fn loads_describes_and_answers() {
         call(&r, &rcpt("b@y.example", None)).unwrap(),
         Verdict::Reject {
             code: 550,
-            text: "5.7.1 misbehave says no".into()
+            enhanced: Some(Enhanced::known("5.7.1")),
+            text: "misbehave says no".into()
         }
     );
 }
