@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::load::compatible;
 use super::*;
 use crate::hooks::{Enhanced, HookChain, Outcome};
 
