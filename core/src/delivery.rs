@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use crate::hooks::{HookCtx, HookPoint, Route, Verdict};
+use crate::hooks::{HookCtx, HookPoint, HookSession, Route, Verdict};
 use crate::server::Shared;
 use crate::store::{Filed, Ingest, Placement, QueueEntry, QueueRcpt, Receipt, StoreError};
 
@@ -84,10 +84,12 @@ impl std::fmt::Display for Tempfail {
 }
 
 /// Decide where every copy of `message` goes. `ctx` carries the facts of the session (or of
-/// the queue) for `on_delivery`; `quarantine` files every local copy into Junk.
+/// the queue) for `on_delivery`, which runs in the client's `session` when there is one;
+/// `quarantine` files every local copy into Junk.
 pub async fn plan(
     shared: &Shared,
     ctx: &HookCtx,
+    session: Option<&HookSession>,
     message: &Arc<Vec<u8>>,
     rcpts: &[Recipient],
     quarantine: bool,
@@ -124,7 +126,7 @@ pub async fn plan(
             dctx.point = HookPoint::Delivery;
             dctx.rcpt = target.clone();
             dctx.message = Some(message.clone());
-            let mut d = shared.hooks.run_async(&dctx).await;
+            let mut d = shared.hooks.run_async(&dctx, session).await;
             plan.decisions.append(&mut d.decisions);
             let folder = match d.verdict {
                 Verdict::Reject { .. } | Verdict::Discard => {
@@ -279,7 +281,7 @@ pub async fn deliver_generated(
     let message = Arc::new(message);
     let ctx = queue_ctx(&entry.mail_from, &rcpts);
     // A generated message is never held back: a tempfail files it as usual.
-    let plan = plan(shared, &ctx, &message, &rcpts, false, false)
+    let plan = plan(shared, &ctx, None, &message, &rcpts, false, false)
         .await
         .unwrap_or_default();
     let queued = !plan.remote.is_empty();

@@ -103,19 +103,27 @@ impl TestEvent {
                 c.message = Some(Arc::new(msg));
             }
             HookPoint::Auth => {
-                c.credentials = Some(
-                    self.credentials
-                        .clone()
-                        .unwrap_or_else(|| (self.user.clone(), String::new(), "PLAIN".into())),
-                );
-                c.credentials_valid = self.credentials_valid;
+                let (username, password, mechanism) = self
+                    .credentials
+                    .clone()
+                    .unwrap_or_else(|| (self.user.clone(), String::new(), "PLAIN".into()));
+                c.credentials = Some(super::Credentials {
+                    username,
+                    password,
+                    mechanism,
+                    valid: self.credentials_valid,
+                });
             }
             HookPoint::Fetch => {
-                c.fetch = Some(
-                    self.fetch
-                        .clone()
-                        .unwrap_or_else(|| ("INBOX".into(), 1, "imap")),
-                );
+                let (mailbox, uid, protocol) = self
+                    .fetch
+                    .clone()
+                    .unwrap_or_else(|| ("INBOX".into(), 1, "imap"));
+                c.fetch = Some(super::FetchFacts {
+                    mailbox,
+                    uid,
+                    protocol,
+                });
             }
             _ => {}
         }

@@ -924,8 +924,12 @@ impl Session {
             .flatten();
         let mut ctx = HookCtx::new(HookPoint::Auth, crate::listener::Listener::Imap, ip);
         ctx.tls = self.stream.is_tls();
-        ctx.credentials = Some((user.clone(), pass, mech.to_string()));
-        ctx.credentials_valid = valid.is_some();
+        ctx.credentials = Some(crate::hooks::Credentials {
+            username: user.clone(),
+            password: pass,
+            mechanism: mech.to_string(),
+            valid: valid.is_some(),
+        });
         let outcome = self.shared.hooks.run(&ctx);
         let account = match outcome.verdict {
             Verdict::Accept => {
@@ -2364,7 +2368,11 @@ impl Session {
                 ctx.message = body.clone();
                 ctx.user = user.clone();
                 ctx.tls = self.stream.is_tls();
-                ctx.fetch = Some((sel.mailbox.name.clone(), meta.uid, "imap"));
+                ctx.fetch = Some(crate::hooks::FetchFacts {
+                    mailbox: sel.mailbox.name.clone(),
+                    uid: meta.uid,
+                    protocol: "imap",
+                });
                 // The reason goes to the log, not to the client (which learns only that
                 // the message was withheld, for good or for now).
                 match self.shared.hooks.run(&ctx).verdict {

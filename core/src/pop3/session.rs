@@ -488,7 +488,11 @@ impl Session {
         let mut ctx = HookCtx::new(HookPoint::Fetch, self.listener, self.peer.ip());
         ctx.tls = self.stream.is_tls();
         ctx.user = open.user.clone();
-        ctx.fetch = Some(("INBOX".into(), entry.uid, "pop3"));
+        ctx.fetch = Some(crate::hooks::FetchFacts {
+            mailbox: "INBOX".into(),
+            uid: entry.uid,
+            protocol: "pop3",
+        });
         ctx.message = Some(message.clone());
         match self.shared.hooks.run(&ctx).verdict {
             v @ Verdict::Reject { .. } => {
@@ -580,8 +584,12 @@ impl Session {
         };
         let mut ctx = HookCtx::new(HookPoint::Auth, self.listener, ip);
         ctx.tls = self.stream.is_tls();
-        ctx.credentials = Some((user.clone(), pass, mech.to_string()));
-        ctx.credentials_valid = valid.is_some();
+        ctx.credentials = Some(crate::hooks::Credentials {
+            username: user.clone(),
+            password: pass,
+            mechanism: mech.to_string(),
+            valid: valid.is_some(),
+        });
         let account = match self.shared.hooks.run(&ctx).verdict {
             Verdict::Accept => match crate::accounts::hook_accepted(
                 &self.shared.store,
@@ -813,8 +821,12 @@ mod tests {
         fn call(&self, ctx: &HookCtx, _: &mut Actions) -> Result<Verdict, HookError> {
             assert_eq!(ctx.user, "alice@example.org");
             assert!(ctx.message.is_some());
-            Ok(match ctx.fetch {
-                Some((ref mb, 2, "pop3")) if mb == "INBOX" => Verdict::Reject {
+            let fetch = ctx
+                .fetch
+                .as_ref()
+                .map(|f| (f.mailbox.as_str(), f.uid, f.protocol));
+            Ok(match fetch {
+                Some(("INBOX", 2, "pop3")) => Verdict::Reject {
                     code: 550,
                     enhanced: None,
                     text: "Quarantined by policy".into(),

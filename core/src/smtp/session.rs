@@ -15,7 +15,7 @@ use super::data::{DataProblem, DataReceiver, Feed};
 use super::reply::Reply;
 use crate::config::{BareLfPolicy, FcrdnsPolicy};
 use crate::dns::Fcrdns;
-use crate::hooks::{HookCtx, HookPoint, Route, Verdict};
+use crate::hooks::{Credentials, HookCtx, HookPoint, Route, Verdict};
 use crate::message::rfc5322_now;
 use crate::net::Stream;
 use crate::server::Shared;
@@ -184,14 +184,12 @@ impl Session {
         c.helo = self.helo.clone().unwrap_or_default();
         c.tls = self.stream.is_tls();
         c.user = self.user.clone().unwrap_or_default();
-        c.session = Some(self.hooks.clone());
         c.relay_network = self.shared.config.smtp.in_relay_networks(self.peer.ip());
         if let Some(tx) = &self.tx {
             c.mail_from = tx.from.to_string();
             c.rcpts = tx.rcpts.iter().map(|r| r.address.clone()).collect();
             if let Some(spf) = &tx.spf {
                 c.auth = crate::sender_auth::SenderAuth::spf_facts(spf);
-                c.auth_results[0] = c.auth.spf.clone();
             }
         }
         c
@@ -249,7 +247,7 @@ impl Session {
         let outcome = self
             .shared
             .hooks
-            .run_async(&self.ctx(HookPoint::Connect))
+            .run_async(&self.ctx(HookPoint::Connect), Some(&*self.hooks))
             .await;
         if let Some(reply) = Reply::refusal(&outcome.verdict) {
             self.reply(reply);
@@ -612,7 +610,7 @@ impl Session {
         let outcome = {
             let mut c = self.ctx(HookPoint::Helo);
             c.helo = domain.clone();
-            self.shared.hooks.run_async(&c).await
+            self.shared.hooks.run_async(&c, Some(&*self.hooks)).await
         };
         if let Some(r) = Reply::refusal(&outcome.verdict) {
             self.reply(r);
@@ -733,12 +731,11 @@ impl Session {
                 return Flow::Continue;
             }
             ctx.auth = crate::sender_auth::SenderAuth::spf_facts(&spf);
-            ctx.auth_results[0] = ctx.auth.spf.clone();
             Some(spf)
         } else {
             None
         };
-        let outcome = self.shared.hooks.run_async(&ctx).await;
+        let outcome = self.shared.hooks.run_async(&ctx, Some(&*self.hooks)).await;
         if let Some(r) = Reply::refusal(&outcome.verdict) {
             self.reply(r);
             return Flow::Continue;
@@ -813,7 +810,7 @@ impl Session {
         let mut ctx = self.ctx(HookPoint::Rcpt);
         ctx.rcpt = address.clone();
         ctx.route = Some(route.clone());
-        let outcome = self.shared.hooks.run_async(&ctx).await;
+        let outcome = self.shared.hooks.run_async(&ctx, Some(&*self.hooks)).await;
         if let Some(r) = Reply::refusal(&outcome.verdict) {
             self.reply(r);
             if r_is_permanent(&outcome.verdict) && self.count_error() {
@@ -1076,9 +1073,13 @@ impl Session {
             .ok()
             .flatten();
         let mut ctx = self.ctx(HookPoint::Auth);
-        ctx.credentials = Some((user.clone(), pass, mech.to_string()));
-        ctx.credentials_valid = valid.is_some();
-        let outcome = self.shared.hooks.run_async(&ctx).await;
+        ctx.credentials = Some(Credentials {
+            username: user.clone(),
+            password: pass,
+            mechanism: mech.to_string(),
+            valid: valid.is_some(),
+        });
+        let outcome = self.shared.hooks.run_async(&ctx, Some(&*self.hooks)).await;
         let accepted = match outcome.verdict {
             Verdict::Accept => {
                 accounts::hook_accepted(
@@ -1221,15 +1222,10 @@ impl Session {
         ctx.rcpts = tx.rcpts.iter().map(|r| r.address.clone()).collect();
         if let Some(c) = &checked {
             ctx.auth = c.facts.clone();
-            ctx.auth_results = [
-                c.facts.spf.clone(),
-                c.facts.dkim.clone(),
-                c.facts.dmarc.clone(),
-            ];
         }
         let msg = Arc::new(msg);
         ctx.message = Some(msg.clone());
-        let outcome = self.shared.hooks.run_async(&ctx).await;
+        let outcome = self.shared.hooks.run_async(&ctx, Some(&*self.hooks)).await;
         let decisions = outcome.decisions.clone();
         if let Some(r) = Reply::refusal(&outcome.verdict) {
             return r;
@@ -1271,6 +1267,7 @@ impl Session {
         let plan = match crate::delivery::plan(
             &self.shared,
             &ctx,
+            Some(&*self.hooks),
             &msg,
             &rcpts,
             quarantine.is_some(),

@@ -278,50 +278,48 @@ fn register_api(e: &mut Engine, env: Arc<ScriptEnv>) {
             })
             .collect()
     });
-    e.register_get("spf", |c: &mut ScriptCtx| c.hook().auth_results[0].clone());
-    e.register_get("dkim", |c: &mut ScriptCtx| c.hook().auth_results[1].clone());
-    e.register_get("dmarc", |c: &mut ScriptCtx| {
-        c.hook().auth_results[2].clone()
-    });
+    e.register_get("spf", |c: &mut ScriptCtx| c.hook().auth.spf.clone());
+    e.register_get("dkim", |c: &mut ScriptCtx| c.hook().auth.dkim.clone());
+    e.register_get("dmarc", |c: &mut ScriptCtx| c.hook().auth.dmarc.clone());
     e.register_get("username", |c: &mut ScriptCtx| {
         c.hook()
             .credentials
             .as_ref()
-            .map(|x| x.0.clone())
+            .map(|x| x.username.clone())
             .unwrap_or_default()
     });
     e.register_get("password", |c: &mut ScriptCtx| {
         c.hook()
             .credentials
             .as_ref()
-            .map(|x| x.1.clone())
+            .map(|x| x.password.clone())
             .unwrap_or_default()
     });
     e.register_get("mechanism", |c: &mut ScriptCtx| {
         c.hook()
             .credentials
             .as_ref()
-            .map(|x| x.2.clone())
+            .map(|x| x.mechanism.clone())
             .unwrap_or_default()
     });
     e.register_get("password_valid", |c: &mut ScriptCtx| {
-        c.hook().credentials_valid
+        c.hook().credentials.as_ref().is_some_and(|x| x.valid)
     });
     e.register_get("mailbox", |c: &mut ScriptCtx| {
         c.hook()
             .fetch
             .as_ref()
-            .map(|f| f.0.clone())
+            .map(|f| f.mailbox.clone())
             .unwrap_or_default()
     });
     e.register_get("uid", |c: &mut ScriptCtx| {
-        c.hook().fetch.as_ref().map(|f| f.1 as i64).unwrap_or(0)
+        c.hook().fetch.as_ref().map(|f| f.uid as i64).unwrap_or(0)
     });
     e.register_get("protocol", |c: &mut ScriptCtx| {
         c.hook()
             .fetch
             .as_ref()
-            .map(|f| f.2.to_string())
+            .map(|f| f.protocol.to_string())
             .unwrap_or_default()
     });
     e.register_get("remote", |c: &mut ScriptCtx| c.hook().remote_mx.is_some());

@@ -214,7 +214,12 @@ fn auth_allowlist() {
     );
     let auth = |listener: crate::listener::Listener, ip: &str| {
         let mut c = HookCtx::new(HookPoint::Auth, listener, ip.parse().unwrap());
-        c.credentials = Some(("u@x".into(), "pw".into(), "PLAIN".into()));
+        c.credentials = Some(crate::hooks::Credentials {
+            username: "u@x".into(),
+            password: "pw".into(),
+            mechanism: "PLAIN".into(),
+            valid: false,
+        });
         run(&h, &c).0
     };
     assert!(matches!(

@@ -195,7 +195,9 @@ fn every_ctx_field() {
     c.client_ptr = "ptr.example".into();
     c.tls = true;
     c.user = "me@x.example".into();
-    c.auth_results = ["pass".into(), "none".into(), "fail".into()];
+    c.auth.spf = "pass".into();
+    c.auth.dkim = "none".into();
+    c.auth.dmarc = "fail".into();
     c.message = Some(Arc::new(msg.as_bytes().to_vec()));
     let (r, a) = call(&h, &c);
     r.unwrap();
@@ -208,14 +210,22 @@ fn every_ctx_field() {
     );
 
     let mut c = ctx(HookPoint::Auth);
-    c.credentials = Some(("u@x".into(), "pw".into(), "LOGIN".into()));
-    c.credentials_valid = true;
+    c.credentials = Some(crate::hooks::Credentials {
+        username: "u@x".into(),
+        password: "pw".into(),
+        mechanism: "LOGIN".into(),
+        valid: true,
+    });
     assert_eq!(call(&h, &c).0.unwrap(), Verdict::Accept);
-    c.credentials_valid = false;
+    c.credentials.as_mut().unwrap().valid = false;
     assert!(matches!(call(&h, &c).0.unwrap(), Verdict::Reject { .. }));
 
     let mut c = ctx(HookPoint::Fetch);
-    c.fetch = Some(("Junk".into(), 7, "pop3"));
+    c.fetch = Some(crate::hooks::FetchFacts {
+        mailbox: "Junk".into(),
+        uid: 7,
+        protocol: "pop3",
+    });
     assert!(matches!(call(&h, &c).0.unwrap(), Verdict::Reject { .. }));
 
     let mut c = ctx(HookPoint::Delivery);

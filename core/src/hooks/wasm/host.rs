@@ -425,33 +425,28 @@ impl wit::context::Host for HostState {
         Ok(self.facts()?.rcpts.clone())
     }
     fn spf(&mut self) -> wasmtime::Result<String> {
-        Ok(self.facts()?.auth_results[0].clone())
+        Ok(self.facts()?.auth.spf.clone())
     }
     fn dkim(&mut self) -> wasmtime::Result<String> {
-        Ok(self.facts()?.auth_results[1].clone())
+        Ok(self.facts()?.auth.dkim.clone())
     }
     fn dmarc(&mut self) -> wasmtime::Result<String> {
-        Ok(self.facts()?.auth_results[2].clone())
+        Ok(self.facts()?.auth.dmarc.clone())
     }
     fn credentials(&mut self) -> wasmtime::Result<Option<wt::Credentials>> {
-        let c = self.facts()?;
-        Ok(c.credentials.as_ref().map(|(u, p, m)| wt::Credentials {
-            username: u.clone(),
-            password: p.clone(),
-            mechanism: m.clone(),
-            valid: c.credentials_valid,
+        Ok(self.facts()?.credentials.as_ref().map(|c| wt::Credentials {
+            username: c.username.clone(),
+            password: c.password.clone(),
+            mechanism: c.mechanism.clone(),
+            valid: c.valid,
         }))
     }
     fn fetch(&mut self) -> wasmtime::Result<Option<wt::FetchInfo>> {
-        Ok(self
-            .facts()?
-            .fetch
-            .as_ref()
-            .map(|(m, uid, p)| wt::FetchInfo {
-                mailbox: m.clone(),
-                uid: *uid,
-                protocol: p.to_string(),
-            }))
+        Ok(self.facts()?.fetch.as_ref().map(|f| wt::FetchInfo {
+            mailbox: f.mailbox.clone(),
+            uid: f.uid,
+            protocol: f.protocol.to_string(),
+        }))
     }
     fn remote_mx(&mut self) -> wasmtime::Result<Option<String>> {
         Ok(self.facts()?.remote_mx.clone())

@@ -165,13 +165,7 @@ impl WasmHook {
         data.answer = None;
         match &mut data.call {
             Some(c) => c.refresh_from(ctx),
-            // Without the session: the session owns this instance.
-            None => {
-                data.call = Some(HookCtx {
-                    session: None,
-                    ..ctx.clone()
-                })
-            }
+            None => data.call = Some(ctx.clone()),
         }
         let r = match ctx.point {
             HookPoint::Connect => hooks.call_on_connect(&mut *store, session).await,
@@ -201,13 +195,16 @@ impl WasmHook {
         })
     }
 
-    async fn call_inner(&self, ctx: &HookCtx, actions: &mut Actions) -> Result<Verdict, HookError> {
+    async fn call_inner(
+        &self,
+        ctx: &HookCtx,
+        hook_session: Option<&HookSession>,
+        actions: &mut Actions,
+    ) -> Result<Verdict, HookError> {
         let rt = runtime()?;
         let func = ctx.point.function_name();
         // The session's slot for this plugin, reused for the next call.
-        let mut slot = ctx
-            .session
-            .as_ref()
+        let mut slot = hook_session
             .and_then(|s| s.take(self.id))
             .and_then(|b| b.downcast::<Pooled>().ok());
         let warm = slot.as_mut().and_then(|p| p.inst.take());
@@ -218,7 +215,7 @@ impl WasmHook {
             None => Box::pin(self.checkout()).await?,
         };
         self.arm(&mut inst);
-        let session = match &ctx.session {
+        let session = match hook_session {
             Some(s) => s.id,
             None => next_session_id(),
         };
@@ -230,7 +227,7 @@ impl WasmHook {
         self.forward_output(&mut inst);
         let keep =
             (rt.live.load(Ordering::Relaxed) as f64) < rt.limits.instances as f64 * KEEP_BELOW;
-        match &ctx.session {
+        match hook_session {
             Some(s) if keep => {
                 let slot = match slot {
                     Some(mut p) => {
@@ -343,14 +340,19 @@ impl HookEngine for WasmHook {
     }
 
     fn call(&self, ctx: &HookCtx, actions: &mut Actions) -> Result<Verdict, HookError> {
-        crate::blocking::run(self.call_async(ctx, actions))
+        crate::blocking::run(self.call_async(ctx, None, actions))
     }
 
-    fn call_async<'a>(&'a self, ctx: &'a HookCtx, actions: &'a mut Actions) -> HookFuture<'a> {
+    fn call_async<'a>(
+        &'a self,
+        ctx: &'a HookCtx,
+        session: Option<&'a HookSession>,
+        actions: &'a mut Actions,
+    ) -> HookFuture<'a> {
         Box::pin(async move {
             // Actions count only from a call that succeeded.
             let mut mine = Actions::default();
-            let r = self.call_inner(ctx, &mut mine).await;
+            let r = self.call_inner(ctx, session, &mut mine).await;
             if r.is_err() {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
             } else {
