@@ -8,6 +8,7 @@
 //! recipient, file into a folder) accumulate along the chain.
 
 pub mod builtin;
+pub mod kv;
 mod load;
 pub mod outcome;
 pub mod rhai;

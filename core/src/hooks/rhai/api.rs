@@ -11,6 +11,7 @@ use super::LogSink;
 use super::ctx::{AuthView, ConfigView, ScriptCtx, ScriptVerdict, describe_auth};
 use super::limits::{Limits, harden};
 use crate::blocking::Wait;
+use crate::hooks::kv::{self, KvError};
 use crate::hooks::outcome::{ActionError, CodeOutOfRange};
 use crate::hooks::{HookPoint, Verdict};
 use crate::ipnet::ip_in_net;
@@ -185,16 +186,9 @@ fn parse_ip(ip: &str) -> Result<IpAddr, Box<EvalAltResult>> {
         .map_err(|_| format!("ip_in: {ip:?} is not an IP address").into())
 }
 
-fn ttl(seconds: i64) -> Option<u64> {
-    (seconds > 0).then_some(seconds as u64)
-}
-
-fn check_key(func: &str, key: &str) -> Result<(), Box<EvalAltResult>> {
-    if key.is_empty() || key.len() > 1024 {
-        Err(format!("{func}: keys are 1 to 1024 bytes long").into())
-    } else {
-        Ok(())
-    }
+/// A kv rule's error as scripts see it (`kv_set: keys are 1 to 1024 bytes long`).
+fn kv_error(func: &str, e: KvError) -> Box<EvalAltResult> {
+    format!("{func}: {e}").into()
 }
 
 /// Register the `Ctx` and `Verdict` types and every function of the script API.
@@ -433,7 +427,7 @@ fn register_api(e: &mut Engine, env: Arc<ScriptEnv>) {
     e.register_fn(
         "kv_get",
         move |key: &str| -> Result<Dynamic, Box<EvalAltResult>> {
-            check_key("kv_get", key)?;
+            kv::check_key(key).map_err(|e| kv_error("kv_get", e))?;
             let store = env2.store("kv_get")?;
             match store.kv_get(&env2.kv_namespace, key).wait() {
                 Ok(Some(v)) => Ok(String::from_utf8_lossy(&v).into_owned().into()),
@@ -446,24 +440,27 @@ fn register_api(e: &mut Engine, env: Arc<ScriptEnv>) {
     e.register_fn(
         "kv_set",
         move |key: &str, value: Dynamic, ttl_seconds: i64| -> Result<(), Box<EvalAltResult>> {
-            check_key("kv_set", key)?;
+            kv::check_key(key).map_err(|e| kv_error("kv_set", e))?;
             let value = value.to_string();
-            if value.len() > 65536 {
-                return Err("kv_set: values are at most 65536 bytes long".into());
-            }
+            kv::check_value(value.len()).map_err(|e| kv_error("kv_set", e))?;
             let store = env2.store("kv_set")?;
             store
-                .kv_set(&env2.kv_namespace, key, value.as_bytes(), ttl(ttl_seconds))
+                .kv_set(
+                    &env2.kv_namespace,
+                    key,
+                    value.as_bytes(),
+                    kv::ttl(ttl_seconds),
+                )
                 .wait()
                 .map_err(|e| format!("kv_set: {e}").into())
         },
     );
     let env2 = env.clone();
     let incr = move |key: &str, delta: i64, ttl_seconds: i64| -> Result<i64, Box<EvalAltResult>> {
-        check_key("kv_incr", key)?;
+        kv::check_key(key).map_err(|e| kv_error("kv_incr", e))?;
         let store = env2.store("kv_incr")?;
         store
-            .kv_incr(&env2.kv_namespace, key, delta, ttl(ttl_seconds))
+            .kv_incr(&env2.kv_namespace, key, delta, kv::ttl(ttl_seconds))
             .wait()
             .map_err(|e| format!("kv_incr: {e}").into())
     };

@@ -2,6 +2,7 @@
 //! `impl wit::*::Host` blocks (log, kv, config, clock, dns, context, answer, auth).
 
 use super::*;
+use crate::hooks::kv;
 
 /// What a plugin's host functions need (shared by all its instances).
 pub(super) struct PluginEnv {
@@ -102,12 +103,10 @@ impl wit::log::Host for HostState {
     }
 }
 
+/// A key checked by the shared rule, its error as plugins see it (`kv: keys are 1 to 1024
+/// bytes long`).
 pub(super) fn check_key(key: &str) -> Result<(), String> {
-    if key.is_empty() || key.len() > 1024 {
-        Err("kv: keys are 1 to 1024 bytes long".into())
-    } else {
-        Ok(())
-    }
+    kv::check_key(key).map_err(|e| format!("kv: {e}"))
 }
 
 impl HostState {
@@ -138,18 +137,13 @@ impl wit::kv::Host for HostState {
     ) -> wasmtime::Result<Result<(), String>> {
         Ok((|| {
             check_key(&key)?;
-            if value.len() > 65536 {
-                return Err(format!(
-                    "kv: values are at most 65536 bytes long (got {})",
-                    value.len()
-                ));
-            }
+            kv::check_value(value.len()).map_err(|e| format!("kv: {e} (got {})", value.len()))?;
             self.kv_store()?
                 .kv_set(
                     &self.env.kv_namespace,
                     &key,
                     &value,
-                    ttl_secs.filter(|t| *t > 0).map(u64::from),
+                    ttl_secs.and_then(|t| kv::ttl(t.into())),
                 )
                 .wait()
                 .map_err(|e| format!("kv: {e}"))
@@ -169,7 +163,7 @@ impl wit::kv::Host for HostState {
                     &self.env.kv_namespace,
                     &key,
                     delta,
-                    ttl_secs.filter(|t| *t > 0).map(u64::from),
+                    ttl_secs.and_then(|t| kv::ttl(t.into())),
                 )
                 .wait()
                 .map_err(|e| format!("kv: {e}"))
