@@ -1,5 +1,6 @@
 //! WASM plugins as hook engines (wasmtime, component model, the WIT package
-//! `corvus:plugin` in `sdk/wit/plugin.wit`, whose version a plugin must match).
+//! `corvus:plugin` in `sdk/wit/v0.3/plugin.wit`, whose version a plugin must match; each
+//! released version of the WIT keeps its folder under `sdk/wit/`).
 //!
 //! One process-wide [`Engine`] (pooling allocator, epoch interruption, a 10 ms ticker thread).
 //! Per `[[hooks]] plugin = "x.wasm"` entry, once at load: the compiled component (from a cache
@@ -75,7 +76,7 @@ use runtime::{KEEP_BELOW, Limiter, runtime};
 
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "../sdk/wit",
+        path: "../sdk/wit/v0.3",
         world: "plugin",
         imports: {
             "corvus:plugin/dns": async | trappable,
