@@ -1,8 +1,22 @@
 //! The host side of the WIT imports: [`HostState`], the data of one store, and its
 //! `impl wit::*::Host` blocks (log, kv, config, clock, dns, context, answer, auth).
 
-use super::*;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::runtime::{Limiter, runtime};
+use super::{hook_of, wit, wt};
+use crate::blocking::Wait;
 use crate::hooks::kv;
+use crate::hooks::outcome::cut;
+use crate::hooks::rhai::LogSink;
+use crate::hooks::{HookCtx, Route};
+use crate::store::Store;
 
 /// What a plugin's host functions need (shared by all its instances).
 pub(super) struct PluginEnv {

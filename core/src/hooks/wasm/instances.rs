@@ -2,7 +2,21 @@
 //! output, the idle pool between sessions and [`HookSession`], where a session keeps its
 //! warm instances.
 
-use super::*;
+use std::any::Any;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p2::OutputStream;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use super::host::HostState;
+use super::runtime::{KEEP_BELOW, Limiter, Limits, TICK, runtime};
+use super::{WasmHook, bindings};
+use crate::hooks::HookError;
+use crate::hooks::outcome::cut;
 
 /// One instance of a plugin and its store.
 pub(super) struct Instance {

@@ -1,7 +1,23 @@
 //! Loading a plugin: compile it (or take it from the cache), check its WIT version, link it,
 //! run `describe` and `init` once; and [`check_plugin`] for `corvus check`.
 
-use super::*;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use wasmtime::Engine;
+use wasmtime::component::{Component, HasSelf, Linker};
+
+use super::host::{HostState, PluginEnv};
+use super::runtime::runtime;
+use super::{NEXT_ID, WIT_PACKAGE, WIT_VERSION, WasmHook, bindings, point_of};
+use crate::config::HookEntry;
+use crate::hooks::rhai::LogSink;
+use crate::hooks::{HookError, OnError, PointSet};
+use crate::store::Store;
 
 /// How to load a plugin.
 #[derive(Clone, Default)]

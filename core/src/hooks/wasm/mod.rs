@@ -47,32 +47,16 @@ pub use instances::HookSession;
 pub use load::{LoadOptions, check_plugin};
 pub use runtime::{Limits, TICK, configure};
 
-use std::any::Any;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
-
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits};
-use wasmtime_wasi::p2::OutputStream;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::outcome::{self, Action, ActionError, cut};
-use super::rhai::LogSink;
 use super::{
-    Actions, HookCtx, HookEngine, HookError, HookFuture, HookPoint, OnError, PointSet, Route,
-    Verdict,
+    Actions, HookCtx, HookEngine, HookError, HookFuture, HookPoint, OnError, PointSet, Verdict,
 };
-use crate::blocking::Wait;
-use crate::config::HookEntry;
-use crate::store::Store;
 use host::{HostState, PluginEnv};
 use instances::{IdlePool, Instance, Pooled, give_back, next_session_id};
-use runtime::{KEEP_BELOW, Limiter, runtime};
+use runtime::{KEEP_BELOW, runtime};
 
 mod bindings {
     wasmtime::component::bindgen!({

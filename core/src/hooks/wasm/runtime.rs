@@ -2,7 +2,13 @@
 //! from [`Limits`] (`[plugins]`), epoch interruption and its 10 ms ticker thread, and the
 //! resource limiter of each store.
 
-use super::*;
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits};
+
+use crate::hooks::HookError;
 
 /// Limits on plugins. One set for the process (the pooling allocator is sized from it).
 #[derive(Debug, Clone, PartialEq)]

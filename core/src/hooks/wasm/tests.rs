@@ -1,12 +1,16 @@
 //! Host tests with small plugins from `plugins/test-plugins` (built by `tests/build-plugins`
 //! into `target/plugins/wasm32-wasip2/release/`; set CORVUS_PLUGIN_DIR to look elsewhere).
 
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::load::compatible;
+use super::runtime::runtime;
 use super::*;
-use crate::hooks::{Enhanced, HookChain, Outcome};
+use crate::hooks::rhai::LogSink;
+use crate::hooks::{Enhanced, HookChain, Outcome, Route};
+use crate::store::Store;
 
 fn plugin_path(name: &str) -> PathBuf {
     let dir = std::env::var_os("CORVUS_PLUGIN_DIR")
