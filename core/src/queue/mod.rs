@@ -317,24 +317,16 @@ async fn deliver_domain(
             ctx.remote_mx = Some(host.clone());
             ctx.message = Some(hook_message.clone());
             match shared.hooks.run(&ctx).verdict {
-                Verdict::Reject {
-                    code,
-                    enhanced,
-                    text,
-                } => {
-                    let text = crate::hooks::outcome::wording(enhanced.as_ref(), &text);
+                ref v @ Verdict::Reject { code, .. } => {
+                    let text = v.wording();
                     results[i] = Some(Outcome::Perm {
                         status: dsn::status_of(code, &text),
                         text: format!("{code} {text}"),
                         remote: None,
                     })
                 }
-                Verdict::Tempfail {
-                    code,
-                    enhanced,
-                    text,
-                } => {
-                    let text = crate::hooks::outcome::wording(enhanced.as_ref(), &text);
+                ref v @ Verdict::Tempfail { code, .. } => {
+                    let text = v.wording();
                     results[i] = Some(Outcome::Temp(format!("{code} {text}")))
                 }
                 Verdict::Discard => {
@@ -578,36 +570,33 @@ async fn deliver_local(
         let recipients: Vec<_> = local.iter().map(|(_, r)| r.clone()).collect();
         let message = Arc::new(message.to_vec());
         let ctx = crate::delivery::queue_ctx(&entry.mail_from, &recipients);
-        let result =
-            match crate::delivery::plan(shared, &ctx, None, &message, &recipients, false, true)
-                .await
-            {
-                Err(t) => Err(t.to_string()),
-                Ok(plan) => {
-                    let queued = !plan.remote.is_empty();
-                    let mut forward = crate::delivery::queue_entry(
-                        &crate::delivery::new_queue_id(),
-                        &entry.mail_from,
-                        Vec::new(),
-                        now(),
-                    );
-                    forward.ret = entry.ret.clone();
-                    forward.envid = entry.envid.clone();
-                    forward.smtputf8 = entry.smtputf8;
-                    forward.decisions = vec![format!("forwarded from queue entry {}", entry.id)];
-                    let ingest =
-                        plan.into_ingest(&entry.mail_from, now(), Some((forward, message)));
-                    match shared.store.ingest(ingest).await {
-                        Ok(_) => {
-                            if queued {
-                                shared.queue_wakeup.notify_one();
-                            }
-                            Ok(())
+        let planned = crate::delivery::plan(shared, &ctx, None, &message, &recipients, false, true);
+        let result = match planned.await {
+            Err(t) => Err(t.to_string()),
+            Ok(plan) => {
+                let queued = !plan.remote.is_empty();
+                let mut forward = crate::delivery::queue_entry(
+                    &crate::delivery::new_queue_id(),
+                    &entry.mail_from,
+                    Vec::new(),
+                    now(),
+                );
+                forward.ret = entry.ret.clone();
+                forward.envid = entry.envid.clone();
+                forward.smtputf8 = entry.smtputf8;
+                forward.decisions = vec![format!("forwarded from queue entry {}", entry.id)];
+                let ingest = plan.into_ingest(&entry.mail_from, now(), Some((forward, message)));
+                match shared.store.ingest(ingest).await {
+                    Ok(_) => {
+                        if queued {
+                            shared.queue_wakeup.notify_one();
                         }
-                        Err(e) => Err(format!("local delivery failed: {e}")),
+                        Ok(())
                     }
+                    Err(e) => Err(format!("local delivery failed: {e}")),
                 }
-            };
+            }
+        };
         for (i, _) in &local {
             outcomes[*i] = Some(match &result {
                 Ok(()) => Outcome::Delivered("local".into()),
