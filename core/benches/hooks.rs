@@ -29,12 +29,20 @@ fn ctx(point: HookPoint) -> HookCtx {
     match point {
         HookPoint::Connect | HookPoint::Helo => {}
         HookPoint::Auth => {
-            c.credentials = Some(("bob@example.test".into(), "pw".into(), "PLAIN".into()));
-            c.credentials_valid = true;
+            c.credentials = Some(corvus::hooks::Credentials {
+                username: "bob@example.test".into(),
+                password: "pw".into(),
+                mechanism: "PLAIN".into(),
+                valid: true,
+            });
         }
         HookPoint::Fetch => {
             c.user = "bob@example.test".into();
-            c.fetch = Some(("INBOX".into(), 42, "imap"));
+            c.fetch = Some(corvus::hooks::FetchFacts {
+                mailbox: "INBOX".into(),
+                uid: 42,
+                protocol: "imap",
+            });
         }
         _ => {
             c.mail_from = "alice@remote.example".into();

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::hooks::{HookChain, HookCtx, HookPoint, Route, Verdict};
+use crate::hooks::{HookChain, HookCtx, HookPoint, HookSession, Route, Verdict};
 use crate::store::{Filed, Ingest, Placement, QueueEntry, QueueRcpt, Receipt, Store, StoreError};
 
 /// The delivery service: the store, the hook chain for `on_delivery`, the routing settings,
@@ -82,8 +82,18 @@ pub struct Plan {
 pub struct Tempfail {
     /// Reply code.
     pub code: u16,
-    /// Reply text.
+    /// Enhanced status code, when the hook gave one.
+    pub enhanced: Option<crate::hooks::Enhanced>,
+    /// Reply text, without the enhanced code.
     pub text: String,
+}
+
+impl std::fmt::Display for Tempfail {
+    /// `451 4.2.0 text`: the code and the hook's wording.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let wording = crate::hooks::outcome::wording(self.enhanced.as_ref(), &self.text);
+        write!(f, "{} {wording}", self.code)
+    }
 }
 
 impl Delivery {
@@ -108,10 +118,12 @@ impl Delivery {
     }
 
     /// Decide where every copy of `message` goes. `ctx` carries the facts of the session (or of
-    /// the queue) for `on_delivery`; `quarantine` files every local copy into Junk.
+    /// the queue) for `on_delivery`, which runs in the client's `session` when there is one;
+    /// `quarantine` files every local copy into Junk.
     pub async fn plan(
         &self,
         ctx: &HookCtx,
+        session: Option<&HookSession>,
         message: &Arc<Vec<u8>>,
         rcpts: &[Recipient],
         quarantine: bool,
@@ -148,15 +160,23 @@ impl Delivery {
                 dctx.point = HookPoint::Delivery;
                 dctx.rcpt = target.clone();
                 dctx.message = Some(message.clone());
-                let mut d = self.hooks.run_async(&dctx).await;
+                let mut d = self.hooks.run_async(&dctx, session).await;
                 plan.decisions.append(&mut d.decisions);
                 let folder = match d.verdict {
                     Verdict::Reject { .. } | Verdict::Discard => {
                         tracing::info!(rcpt = %target, "copy dropped by on_delivery");
                         continue;
                     }
-                    Verdict::Tempfail { code, text } if may_tempfail && rcpts.len() == 1 => {
-                        return Err(Tempfail { code, text });
+                    Verdict::Tempfail {
+                        code,
+                        enhanced,
+                        text,
+                    } if may_tempfail && rcpts.len() == 1 => {
+                        return Err(Tempfail {
+                            code,
+                            enhanced,
+                            text,
+                        });
                     }
                     Verdict::Quarantine(_) => "Junk".to_string(),
                     _ if quarantine => "Junk".to_string(),
@@ -312,7 +332,7 @@ impl Delivery {
         let ctx = queue_ctx(&entry.mail_from, &rcpts);
         // A generated message is never held back: a tempfail files it as usual.
         let plan = self
-            .plan(&ctx, &message, &rcpts, false, false)
+            .plan(&ctx, None, &message, &rcpts, false, false)
             .await
             .unwrap_or_default();
         let mail_from = entry.mail_from.clone();

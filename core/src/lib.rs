@@ -22,6 +22,7 @@ pub mod dkim;
 pub mod dns;
 pub mod hooks;
 pub mod imap;
+pub mod ipnet;
 pub mod listener;
 pub mod logging;
 pub mod login;

@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use crate::accounts::CredentialCache;
-use crate::hooks::{HookChain, HookCtx, HookPoint, Verdict};
+use crate::hooks::{HookChain, HookCtx, HookPoint, HookSession, Verdict};
 use crate::net::AuthThrottle;
 use crate::store::Store;
 
@@ -123,8 +123,14 @@ impl Login {
     }
 
     /// Decide a login. `ctx` holds the session's facts (listener, client IP, TLS, HELO …);
-    /// its point and credentials are filled in here. Returns the account logged into.
-    pub async fn login(&self, mut ctx: HookCtx, creds: Credentials) -> Result<String, Refusal> {
+    /// its point and credentials are filled in here; `on_auth` runs in the client's hook
+    /// `session` when it has one. Returns the account logged into.
+    pub async fn login(
+        &self,
+        mut ctx: HookCtx,
+        session: Option<&HookSession>,
+        creds: Credentials,
+    ) -> Result<String, Refusal> {
         let Ok(attempt) = self.throttle.begin(ctx.client_ip, &creds.user).await else {
             tracing::info!(user = %creds.user, "login refused: too many failures");
             return Err(Refusal::Throttled);
@@ -151,9 +157,13 @@ impl Login {
             }
         };
         ctx.point = HookPoint::Auth;
-        ctx.credentials_valid = valid.is_some();
-        ctx.credentials = Some((creds.user.clone(), creds.password, creds.mech.to_string()));
-        let account = match self.hooks.run_async(&ctx).await.verdict {
+        ctx.credentials = Some(crate::hooks::Credentials {
+            username: creds.user.clone(),
+            password: creds.password,
+            mechanism: creds.mech.to_string(),
+            valid: valid.is_some(),
+        });
+        let account = match self.hooks.run_async(&ctx, session).await.verdict {
             Verdict::Continue => valid,
             Verdict::Accept if valid.is_some() => valid,
             Verdict::Accept => {
@@ -180,8 +190,9 @@ impl Login {
                     }
                 }
             }
-            Verdict::Tempfail { text, .. } => {
+            v @ Verdict::Tempfail { .. } => {
                 attempt.succeed();
+                let text = v.wording();
                 tracing::info!(user = %creds.user, reason = %text, "login deferred by a hook");
                 return Err(Refusal::Temporary(text));
             }

@@ -1,4 +1,5 @@
-//! Small helpers over raw RFC 5322 messages that do not need a full MIME parse.
+//! Small helpers over raw RFC 5322 messages: header scans that need no full MIME parse, and
+//! the body text and attachments of one ([`parse_body`]).
 
 /// Length of the header block including the blank line (or the whole message if none).
 pub fn header_end(msg: &[u8]) -> usize {
@@ -133,6 +134,104 @@ pub fn prepend_headers(
     std::sync::Arc::new(with)
 }
 
+/// The values of the header field `name` (case-insensitive) in message order, unfolded, with
+/// RFC 2047 encoded words decoded; only the first when `first_only`. A direct scan of the
+/// header block that copies nothing but the matching values: cheaper than parsing every field
+/// for the one or two a script asks for.
+pub fn header_values(raw: &[u8], name: &str, first_only: bool) -> Vec<String> {
+    let head = &raw[..header_end(raw)];
+    let want = name.trim().as_bytes();
+    let mut out = Vec::new();
+    // The value being collected (of a matching field), continuation lines included.
+    let mut current: Option<Vec<u8>> = None;
+    for line in head.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            // Folded continuation: unfolding removes the line break, keeps the white space.
+            if let Some(v) = current.as_mut() {
+                v.extend_from_slice(line);
+            }
+            continue;
+        }
+        if let Some(v) = current.take() {
+            out.push(finish_value(&v));
+            if first_only {
+                return out;
+            }
+        }
+        if let Some(colon) = line.iter().position(|&b| b == b':')
+            && line[..colon].trim_ascii().eq_ignore_ascii_case(want)
+        {
+            current = Some(line[colon + 1..].to_vec());
+        }
+    }
+    if let Some(v) = current {
+        out.push(finish_value(&v));
+    }
+    out
+}
+
+fn finish_value(v: &[u8]) -> String {
+    let value = String::from_utf8_lossy(v.trim_ascii()).into_owned();
+    if value.contains("=?") {
+        decode_words(&value).unwrap_or(value)
+    } else {
+        value
+    }
+}
+
+/// A header value with RFC 2047 encoded words decoded (mail-parser's unstructured reading,
+/// the one it gives Subject).
+fn decode_words(value: &str) -> Option<String> {
+    let field = format!("Subject: {value}\r\n\r\n");
+    mail_parser::MessageParser::new()
+        .parse_headers(field.as_bytes())?
+        .subject()
+        .map(str::to_string)
+}
+
+/// Body text and attachments, from a full MIME parse on first use within one call.
+#[derive(Debug, Default)]
+pub struct BodyFacts {
+    /// The first text part, cut to the limit given.
+    pub body: String,
+    /// (name, content type, decoded size).
+    pub attachments: Vec<(String, String, i64)>,
+}
+
+/// The body text (at most `max_text` bytes, cut at a character boundary) and the
+/// attachments of `raw`.
+pub fn parse_body(raw: &[u8], max_text: usize) -> BodyFacts {
+    use mail_parser::MimeHeaders;
+    let Some(msg) = mail_parser::MessageParser::default().parse(raw) else {
+        return BodyFacts::default();
+    };
+    let attachments = msg
+        .attachments()
+        .map(|p| {
+            let ctype = p
+                .content_type()
+                .map(|c| match c.subtype() {
+                    Some(sub) => format!("{}/{}", c.ctype(), sub),
+                    None => c.ctype().to_string(),
+                })
+                .unwrap_or_else(|| "application/octet-stream".into())
+                .to_ascii_lowercase();
+            (
+                p.attachment_name().unwrap_or_default().to_string(),
+                ctype,
+                p.contents().len() as i64,
+            )
+        })
+        .collect();
+    let mut body = msg.body_text(0).unwrap_or_default().into_owned();
+    body.truncate(body.floor_char_boundary(max_text));
+    BodyFacts { body, attachments }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +313,17 @@ mod tests {
             format_field("X-Tag", &"t".repeat(900)),
             format!("X-Tag: {}\r\n", "t".repeat(900))
         );
+    }
+
+    #[test]
+    fn headers_are_unfolded_and_decoded() {
+        let raw = b"Subject: =?utf-8?B?w6l0w6k=?= and\r\n\tmore\r\nX-A:  v \r\nbad line\r\n x-a : second\r\nX-A: third\r\n\r\nX-A: body\r\n";
+        assert_eq!(header_values(raw, "subject", true), vec!["été and\tmore"]);
+        assert_eq!(header_values(raw, "x-a", false), vec!["v", "third"]);
+        assert_eq!(header_values(raw, "X-A", true), vec!["v"]);
+        assert!(header_values(raw, "missing", false).is_empty());
+        assert!(header_values(b"\r\nX-A: body only", "x-a", false).is_empty());
+        // Unterminated header block: the last field still counts.
+        assert_eq!(header_values(b"X-A: 1\r\n\t2", "x-a", true), vec!["1\t2"]);
     }
 }

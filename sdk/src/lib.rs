@@ -1,7 +1,7 @@
 //! # corvus-sdk: write Corvus mail server plugins in Rust
 //!
 //! A plugin is a WebAssembly component (`wasm32-wasip2`) implementing the WIT world
-//! `corvus:plugin/plugin@0.3.0` (`sdk/wit/plugin.wit`). This crate holds the generated
+//! `corvus:plugin/plugin@0.3.0` (`sdk/wit/v0.3/plugin.wit`). This crate holds the generated
 //! bindings plus what makes them pleasant to use:
 //!
 //! - the [`Plugin`] trait: declare the hooks you handle, build your state in
@@ -38,11 +38,11 @@
 // The generated bindings and the export macro name this crate by its public name.
 extern crate self as corvus_sdk;
 
-/// Bindings generated from `sdk/wit/plugin.wit` by wit-bindgen.
+/// Bindings generated from `sdk/wit/v0.3/plugin.wit` by wit-bindgen.
 #[allow(missing_docs, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "wit",
+        path: "wit/v0.3",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "__export_plugin_raw",

@@ -1,7 +1,7 @@
 //! Built-in policy as a hook engine: relay control, unknown users, submission rules.
 //! Each rule is a function from the facts in [`HookCtx`] to a verdict; it only ever refuses.
 
-use super::{Actions, HookCtx, HookEngine, HookError, HookPoint, Route, Verdict};
+use super::{Actions, Enhanced, HookCtx, HookEngine, HookError, HookPoint, Route, Verdict};
 
 /// The built-in policy; always first in the chain.
 pub struct BuiltinPolicy;
@@ -9,7 +9,8 @@ pub struct BuiltinPolicy;
 fn reject(code: u16, enhanced: &str, text: &str) -> Verdict {
     Verdict::Reject {
         code,
-        text: format!("{enhanced} {text}"),
+        enhanced: Some(Enhanced::known(enhanced)),
+        text: text.into(),
     }
 }
 
@@ -25,10 +26,7 @@ impl HookEngine for BuiltinPolicy {
     fn call(&self, ctx: &HookCtx, _actions: &mut Actions) -> Result<Verdict, HookError> {
         Ok(match ctx.point {
             HookPoint::Mail if ctx.listener.is_submission() && ctx.user.is_empty() => {
-                Verdict::Reject {
-                    code: 530,
-                    text: "5.7.0 Authentication required".into(),
-                }
+                reject(530, "5.7.0", "Authentication required")
             }
             HookPoint::Rcpt => match &ctx.route {
                 Some(Route::UnknownLocal) => {

@@ -8,6 +8,9 @@
 //! recipient, file into a folder) accumulate along the chain.
 
 pub mod builtin;
+pub mod kv;
+mod load;
+pub mod outcome;
 pub mod rhai;
 pub mod script_test;
 #[cfg(feature = "wasm")]
@@ -16,6 +19,8 @@ pub mod wasm;
 #[path = "wasm_disabled.rs"]
 pub mod wasm;
 
+pub use load::build_entries;
+pub use outcome::Enhanced;
 pub use wasm::HookSession;
 
 use std::future::Future;
@@ -23,9 +28,6 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
-
-use crate::config::Config;
-use crate::store::Store;
 
 /// Where in a session a hook runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -125,18 +127,24 @@ pub enum Verdict {
     Continue,
     /// Accept; later entries are skipped.
     Accept,
-    /// Permanent refusal with a 5xx code.
+    /// Permanent refusal with a 5xx code (hooks build it with [`Verdict::reject`]).
     Reject {
         /// SMTP code.
         code: u16,
-        /// Text.
+        /// RFC 3463 enhanced status code, when the hook gave one (SMTP answers 5.7.1
+        /// otherwise).
+        enhanced: Option<Enhanced>,
+        /// Text, without the enhanced code.
         text: String,
     },
-    /// Temporary refusal with a 4xx code.
+    /// Temporary refusal with a 4xx code (hooks build it with [`Verdict::tempfail`]).
     Tempfail {
         /// SMTP code.
         code: u16,
-        /// Text.
+        /// RFC 3463 enhanced status code, when the hook gave one (SMTP answers 4.7.1
+        /// otherwise).
+        enhanced: Option<Enhanced>,
+        /// Text, without the enhanced code.
         text: String,
     },
     /// Accept and silently drop.
@@ -186,7 +194,33 @@ pub enum Route {
     Remote,
 }
 
-/// What is known at a hook point. Fields not yet known are empty.
+/// AUTH credentials as the client gave them, and what the account store made of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Username (authcid).
+    pub username: String,
+    /// Password.
+    pub password: String,
+    /// SASL mechanism (`PLAIN`, `LOGIN`) or the protocol's own command (`USER`).
+    pub mechanism: String,
+    /// Whether the account store accepted them.
+    pub valid: bool,
+}
+
+/// The message about to be served (fetch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchFacts {
+    /// Mailbox name.
+    pub mailbox: String,
+    /// The message's UID in that mailbox.
+    pub uid: u32,
+    /// `imap` or `pop3`.
+    pub protocol: &'static str,
+}
+
+/// What is known at a hook point. Fields not yet known are empty. Facts only: what an
+/// engine keeps for a session (warm plugin instances) travels beside it, as a
+/// [`HookSession`].
 #[derive(Debug, Clone)]
 pub struct HookCtx {
     /// Which point.
@@ -213,29 +247,24 @@ pub struct HookCtx {
     pub rcpts: Vec<String>,
     /// The message (data, delivery).
     pub message: Option<Arc<Vec<u8>>>,
-    /// SPF/DKIM/DMARC result strings (data), "" when not checked.
-    pub auth_results: [String; 3],
     /// Sender authentication results with their domains, and ARC (SPF from mail on, the
-    /// rest at data and delivery); empty strings when not checked.
+    /// rest at data and delivery); empty strings when not checked. Scripts' and plugins'
+    /// `spf`, `dkim` and `dmarc` are its `spf`, `dkim` and `dmarc`.
     pub auth: crate::sender_auth::AuthFacts,
-    /// AUTH username, password and mechanism (auth only).
-    pub credentials: Option<(String, String, String)>,
-    /// Whether the account store accepted the credentials (auth only).
-    pub credentials_valid: bool,
-    /// Mailbox, UID and protocol (fetch only).
-    pub fetch: Option<(String, u32, &'static str)>,
+    /// AUTH credentials (auth only).
+    pub credentials: Option<Credentials>,
+    /// The message about to be served (fetch only).
+    pub fetch: Option<FetchFacts>,
     /// Delivery to a remote host: the MX about to be tried.
     pub remote_mx: Option<String>,
-    /// The session's per-hook state (warm plugin instances); None outside a session.
-    pub session: Option<Arc<HookSession>>,
     /// The client is in `smtp.relay_networks` (Postfix's `mynetworks`): it may relay without
     /// AUTH.
     pub relay_network: bool,
 }
 
 impl HookCtx {
-    /// Become a copy of `other` without its session, reusing this one's allocations (the
-    /// facts a plugin instance answers for during a call).
+    /// Become a copy of `other`, reusing this one's allocations (the facts a plugin instance
+    /// answers for during a call).
     pub fn refresh_from(&mut self, other: &HookCtx) {
         self.point = other.point;
         self.listener = other.listener;
@@ -249,13 +278,11 @@ impl HookCtx {
         self.route.clone_from(&other.route);
         self.rcpts.clone_from(&other.rcpts);
         self.message.clone_from(&other.message);
-        self.auth_results.clone_from(&other.auth_results);
         self.auth.clone_from(&other.auth);
         self.credentials.clone_from(&other.credentials);
-        self.credentials_valid = other.credentials_valid;
         self.fetch.clone_from(&other.fetch);
         self.remote_mx.clone_from(&other.remote_mx);
-        self.session = None;
+        self.relay_network = other.relay_network;
     }
 
     /// A context with only the connection facts filled in.
@@ -273,13 +300,10 @@ impl HookCtx {
             route: None,
             rcpts: Vec::new(),
             message: None,
-            auth_results: Default::default(),
             auth: Default::default(),
             credentials: None,
-            credentials_valid: false,
             fetch: None,
             remote_mx: None,
-            session: None,
             relay_network: false,
         }
     }
@@ -303,6 +327,25 @@ pub enum OnError {
     Reject,
 }
 
+impl OnError {
+    /// The verdict this policy gives a failed call (None: the chain goes on).
+    pub fn verdict(self) -> Option<Verdict> {
+        match self {
+            OnError::Continue => None,
+            OnError::Tempfail => Some(Verdict::Tempfail {
+                code: 451,
+                enhanced: None,
+                text: "Temporary local problem, try again later".into(),
+            }),
+            OnError::Reject => Some(Verdict::Reject {
+                code: 550,
+                enhanced: None,
+                text: "Rejected by local policy".into(),
+            }),
+        }
+    }
+}
+
 /// The future of [`HookEngine::call_async`].
 pub type HookFuture<'a> = Pin<Box<dyn Future<Output = Result<Verdict, HookError>> + Send + 'a>>;
 
@@ -314,9 +357,16 @@ pub trait HookEngine: Send + Sync {
     fn handles(&self, point: HookPoint) -> bool;
     /// Run the handler.
     fn call(&self, ctx: &HookCtx, actions: &mut Actions) -> Result<Verdict, HookError>;
-    /// Run the handler without blocking the async runtime (WASM plugins); by default the
-    /// same as [`Self::call`], run inline.
-    fn call_async<'a>(&'a self, ctx: &'a HookCtx, actions: &'a mut Actions) -> HookFuture<'a> {
+    /// Run the handler without blocking the async runtime (WASM plugins), within `session`
+    /// (where an engine keeps what lasts a session; None: the call is a session of its own).
+    /// By default the same as [`Self::call`], run inline.
+    fn call_async<'a>(
+        &'a self,
+        ctx: &'a HookCtx,
+        session: Option<&'a HookSession>,
+        actions: &'a mut Actions,
+    ) -> HookFuture<'a> {
+        let _ = session;
         Box::pin(std::future::ready(self.call(ctx, actions)))
     }
     /// Policy when `call` fails.
@@ -391,8 +441,10 @@ impl HookChain {
         }
     }
 
-    /// [`Self::run`] for async callers: plugins yield to the runtime while they run.
-    pub async fn run_async(&self, ctx: &HookCtx) -> Outcome {
+    /// [`Self::run`] for async callers: plugins yield to the runtime while they run. A
+    /// client session passes its `session` (plugins keep a warm instance there); None makes
+    /// each call a session of its own.
+    pub async fn run_async(&self, ctx: &HookCtx, session: Option<&HookSession>) -> Outcome {
         let entries = self.entries();
         let mut actions = Actions::default();
         let mut decisions = Vec::new();
@@ -401,7 +453,7 @@ impl HookChain {
                 continue;
             }
             let started = Instant::now();
-            let result = engine.call_async(ctx, &mut actions).await;
+            let result = engine.call_async(ctx, session, &mut actions).await;
             if let Some(verdict) = settle(engine.as_ref(), ctx, result, started, &mut decisions) {
                 return Outcome {
                     verdict,
@@ -432,17 +484,7 @@ fn settle(
         Err(e) => {
             let micros = started.elapsed().as_micros();
             tracing::warn!(hook = ctx.point.function_name(), engine = engine.name(), error = %e, micros, "hook failed");
-            match engine.on_error() {
-                OnError::Continue => return None,
-                OnError::Tempfail => Verdict::Tempfail {
-                    code: 451,
-                    text: "Temporary local problem, try again later".into(),
-                },
-                OnError::Reject => Verdict::Reject {
-                    code: 550,
-                    text: "Rejected by local policy".into(),
-                },
-            }
+            engine.on_error().verdict()?
         }
     };
     if !verdict.ends_chain() {
@@ -457,54 +499,12 @@ fn settle(
         "hook verdict"
     );
     decisions.push(format!(
-        "{} {}: {:?}",
+        "{} {}: {}",
         ctx.point.function_name(),
         engine.name(),
-        verdict
+        verdict.decision()
     ));
     Some(verdict)
-}
-
-/// The entries for `config`: the built-in policy, then each `[[hooks]]` entry in file order.
-/// Every script is compiled (and its `init` run) here; any failure returns one line per
-/// problem and no chain, so a reload can keep the old one.
-pub fn build_entries(
-    config: &Config,
-    store: &Store,
-) -> Result<Vec<Arc<dyn HookEngine>>, Vec<String>> {
-    let mut entries: Vec<Arc<dyn HookEngine>> = vec![Arc::new(builtin::BuiltinPolicy)];
-    let mut problems = Vec::new();
-    let mut resolver = None;
-    for entry in &config.hooks {
-        let loaded: Result<Arc<dyn HookEngine>, String> = match &entry.plugin {
-            Some(path) => {
-                if resolver.is_none() {
-                    resolver = crate::dns::resolver(config).ok().map(Arc::new);
-                    if let Err(e) = wasm::configure(wasm::Limits::from(&config.plugins)) {
-                        tracing::warn!("{e}");
-                    }
-                }
-                wasm::WasmHook::load(
-                    entry,
-                    path,
-                    store.clone(),
-                    resolver.clone(),
-                    Some(config.data_dir.join("plugin-cache")),
-                )
-                .map(|h| Arc::new(h) as Arc<dyn HookEngine>)
-            }
-            None => rhai::RhaiHook::load(entry, store.clone()).map(|h| Arc::new(h) as _),
-        };
-        match loaded {
-            Ok(h) => entries.push(h),
-            Err(e) => problems.push(e),
-        }
-    }
-    if problems.is_empty() {
-        Ok(entries)
-    } else {
-        Err(problems)
-    }
 }
 
 #[cfg(test)]

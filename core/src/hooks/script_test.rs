@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::rhai::{LoadOptions, RhaiHook, describe_verdict};
+use super::rhai::{LoadOptions, RhaiHook};
 use super::{Actions, HookCtx, HookEngine, HookPoint, OnError, Verdict};
 use crate::store::{MemoryStore, Store};
 
@@ -103,19 +103,27 @@ impl TestEvent {
                 c.message = Some(Arc::new(msg));
             }
             HookPoint::Auth => {
-                c.credentials = Some(
-                    self.credentials
-                        .clone()
-                        .unwrap_or_else(|| (self.user.clone(), String::new(), "PLAIN".into())),
-                );
-                c.credentials_valid = self.credentials_valid;
+                let (username, password, mechanism) = self
+                    .credentials
+                    .clone()
+                    .unwrap_or_else(|| (self.user.clone(), String::new(), "PLAIN".into()));
+                c.credentials = Some(super::Credentials {
+                    username,
+                    password,
+                    mechanism,
+                    valid: self.credentials_valid,
+                });
             }
             HookPoint::Fetch => {
-                c.fetch = Some(
-                    self.fetch
-                        .clone()
-                        .unwrap_or_else(|| ("INBOX".into(), 1, "imap")),
-                );
+                let (mailbox, uid, protocol) = self
+                    .fetch
+                    .clone()
+                    .unwrap_or_else(|| ("INBOX".into(), 1, "imap"));
+                c.fetch = Some(super::FetchFacts {
+                    mailbox,
+                    uid,
+                    protocol,
+                });
             }
             _ => {}
         }
@@ -232,26 +240,16 @@ pub fn run(
         let micros = started.elapsed().as_micros();
         match result {
             Ok(v) => {
-                let _ = writeln!(text, "verdict:  {}", describe_verdict(&v));
+                let _ = writeln!(text, "verdict:  {}", v.describe());
             }
             Err(e) => {
                 failed = true;
                 let _ = writeln!(text, "error:    {e}");
-                let v = match on_error {
-                    OnError::Continue => Verdict::Continue,
-                    OnError::Tempfail => Verdict::Tempfail {
-                        code: 451,
-                        text: "Temporary local problem, try again later".into(),
-                    },
-                    OnError::Reject => Verdict::Reject {
-                        code: 550,
-                        text: "Rejected by local policy".into(),
-                    },
-                };
+                let v = on_error.verdict().unwrap_or(Verdict::Continue);
                 let _ = writeln!(
                     text,
                     "verdict:  {} (on_error = {})",
-                    describe_verdict(&v),
+                    v.describe(),
                     format!("{on_error:?}").to_lowercase()
                 );
             }

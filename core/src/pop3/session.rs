@@ -444,15 +444,19 @@ impl Session {
         let mut ctx = HookCtx::new(HookPoint::Fetch, self.listener, self.peer.ip());
         ctx.tls = self.conn.is_tls();
         ctx.user = open.user.clone();
-        ctx.fetch = Some(("INBOX".into(), entry.uid, "pop3"));
+        ctx.fetch = Some(crate::hooks::FetchFacts {
+            mailbox: "INBOX".into(),
+            uid: entry.uid,
+            protocol: "pop3",
+        });
         ctx.message = Some(message.clone());
-        match self.deps.hooks.run_async(&ctx).await.verdict {
-            Verdict::Reject { text, .. } => {
-                self.reply(Response::err(text));
+        match self.deps.hooks.run_async(&ctx, None).await.verdict {
+            v @ Verdict::Reject { .. } => {
+                self.reply(Response::err(v.wording()));
                 return;
             }
-            Verdict::Tempfail { text, .. } => {
-                self.reply(Response::err_code(RespCode::SysTemp, text));
+            v @ Verdict::Tempfail { .. } => {
+                self.reply(Response::err_code(RespCode::SysTemp, v.wording()));
                 return;
             }
             _ => {}
@@ -498,7 +502,7 @@ impl Session {
         let mech = creds.mech;
         let mut ctx = HookCtx::new(HookPoint::Auth, self.listener, self.peer.ip());
         ctx.tls = self.conn.is_tls();
-        let account = match self.deps.login.login(ctx, creds).await {
+        let account = match self.deps.login.login(ctx, None, creds).await {
             Ok(account) => account,
             // Not [AUTH]: the credentials may be right; the address is cooling down.
             Err(Refusal::Throttled) => {
@@ -728,12 +732,18 @@ mod tests {
         fn call(&self, ctx: &HookCtx, _: &mut Actions) -> Result<Verdict, HookError> {
             assert_eq!(ctx.user, "alice@example.org");
             assert!(ctx.message.is_some());
-            Ok(match ctx.fetch {
-                Some((ref mb, 2, "pop3")) if mb == "INBOX" => Verdict::Reject {
+            let fetch = ctx
+                .fetch
+                .as_ref()
+                .map(|f| (f.mailbox.as_str(), f.uid, f.protocol));
+            Ok(match fetch {
+                Some(("INBOX", 2, "pop3")) => Verdict::Reject {
+                    enhanced: None,
                     code: 550,
                     text: "Quarantined by policy".into(),
                 },
                 Some((_, 3, _)) => Verdict::Tempfail {
+                    enhanced: None,
                     code: 451,
                     text: "Scanner busy".into(),
                 },

@@ -332,15 +332,17 @@ async fn deliver_domain(
             ctx.rcpt = r.address.clone();
             ctx.remote_mx = Some(host.clone());
             ctx.message = Some(hook_message.clone());
-            match shared.hooks.run_async(&ctx).await.verdict {
-                Verdict::Reject { code, text } => {
+            match shared.hooks.run_async(&ctx, None).await.verdict {
+                ref v @ Verdict::Reject { code, .. } => {
+                    let text = v.wording();
                     results[i] = Some(Outcome::Perm {
                         status: dsn::status_of(code, &text),
                         text: format!("{code} {text}"),
                         remote: None,
                     })
                 }
-                Verdict::Tempfail { code, text } => {
+                ref v @ Verdict::Tempfail { code, .. } => {
+                    let text = v.wording();
                     results[i] = Some(Outcome::Temp(format!("{code} {text}")))
                 }
                 Verdict::Discard => {
@@ -586,10 +588,10 @@ async fn deliver_local(
         let ctx = crate::delivery::queue_ctx(&entry.mail_from, &recipients);
         let result = match shared
             .delivery
-            .plan(&ctx, &message, &recipients, false, true)
+            .plan(&ctx, None, &message, &recipients, false, true)
             .await
         {
-            Err(t) => Err(format!("{} {}", t.code, t.text)),
+            Err(t) => Err(t.to_string()),
             Ok(plan) => {
                 let mut forward = crate::delivery::queue_entry(
                     &crate::delivery::new_queue_id(),

@@ -133,7 +133,7 @@ impl Session {
     /// Decide the login (`crate::login`) and answer it (RFC 4954 §6).
     pub(in crate::smtp) async fn login(&mut self, creds: Credentials) -> Flow {
         let ctx = self.ctx(HookPoint::Auth);
-        match self.deps.login.login(ctx, creds).await {
+        match self.deps.login.login(ctx, Some(&*self.hooks), creds).await {
             Ok(account) => {
                 self.user = Some(account);
                 self.reply(Reply::new(235, "2.7.0", "Authentication successful"));

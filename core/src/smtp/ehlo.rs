@@ -3,7 +3,7 @@
 use crate::hooks::HookPoint;
 use crate::session::Flow;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Session, refusal};
+use crate::smtp::session::Session;
 
 impl Session {
     pub(in crate::smtp) async fn hello(&mut self, domain: String, esmtp: bool) -> Flow {
@@ -12,9 +12,9 @@ impl Session {
         let outcome = {
             let mut c = self.ctx(HookPoint::Helo);
             c.helo = domain.clone();
-            self.deps.hooks.run_async(&c).await
+            self.deps.hooks.run_async(&c, Some(&*self.hooks)).await
         };
-        if let Some(r) = refusal(&outcome.verdict) {
+        if let Some(r) = Reply::refusal(&outcome.verdict) {
             self.reply(r);
             return Flow::Continue;
         }

@@ -9,7 +9,7 @@ use crate::hooks::{HookPoint, Route, Verdict};
 use crate::message::rfc5322_now;
 use crate::smtp::data::DataProblem;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Rcpt, Session, Transaction, verdict_reply};
+use crate::smtp::session::{Rcpt, Session, Transaction};
 
 /// The domain of the alias that forwards this message elsewhere (the ARC sealing domain):
 /// a local recipient whose targets include an address in another domain; else any local one.
@@ -143,19 +143,15 @@ impl Session {
         ctx.rcpts = tx.rcpts.iter().map(|r| r.address.clone()).collect();
         if let Some(c) = &checked {
             ctx.auth = c.facts.clone();
-            ctx.auth_results = [
-                c.facts.spf.clone(),
-                c.facts.dkim.clone(),
-                c.facts.dmarc.clone(),
-            ];
         }
         let msg = Arc::new(msg);
         ctx.message = Some(msg.clone());
-        let outcome = self.deps.hooks.run_async(&ctx).await;
+        let outcome = self.deps.hooks.run_async(&ctx, Some(&*self.hooks)).await;
+        if let Some(r) = Reply::refusal(&outcome.verdict) {
+            return r;
+        }
         let decisions = outcome.decisions.clone();
         let quarantine = match &outcome.verdict {
-            Verdict::Reject { code, text } => return verdict_reply(*code, text, "5.7.1"),
-            Verdict::Tempfail { code, text } => return verdict_reply(*code, text, "4.7.1"),
             Verdict::Discard => {
                 tracing::info!(queue_id, "message discarded by hook");
                 return Reply::new(250, "2.0.0", format!("Ok: queued as {queue_id}"));
@@ -192,11 +188,18 @@ impl Session {
         let plan = match self
             .deps
             .delivery
-            .plan(&ctx, &msg, &rcpts, quarantine.is_some(), true)
+            .plan(
+                &ctx,
+                Some(&*self.hooks),
+                &msg,
+                &rcpts,
+                quarantine.is_some(),
+                true,
+            )
             .await
         {
             Ok(plan) => plan,
-            Err(t) => return verdict_reply(t.code, &t.text, "4.7.1"),
+            Err(t) => return Reply::hook_refusal(t.code, t.enhanced.as_ref(), &t.text, false),
         };
         let remote = !plan.remote.is_empty();
         // Mail an alias forwards to another domain leaves ARC-sealed (RFC 8617).

@@ -6,7 +6,7 @@ use crate::routing;
 use crate::session::Flow;
 use crate::smtp::codec::{Address, Body, MailParams};
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Session, Transaction, refusal};
+use crate::smtp::session::{Session, Transaction};
 
 impl Session {
     pub(in crate::smtp) async fn mail(&mut self, from: Address, params: MailParams) -> Flow {
@@ -84,13 +84,12 @@ impl Session {
                 return Flow::Continue;
             }
             ctx.auth = crate::sender_auth::SenderAuth::spf_facts(&spf);
-            ctx.auth_results[0] = ctx.auth.spf.clone();
             Some(spf)
         } else {
             None
         };
-        let outcome = self.deps.hooks.run_async(&ctx).await;
-        if let Some(r) = refusal(&outcome.verdict) {
+        let outcome = self.deps.hooks.run_async(&ctx, Some(&*self.hooks)).await;
+        if let Some(r) = Reply::refusal(&outcome.verdict) {
             self.reply(r);
             return Flow::Continue;
         }

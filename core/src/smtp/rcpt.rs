@@ -6,7 +6,7 @@ use crate::routing;
 use crate::session::Flow;
 use crate::smtp::codec::{Address, RcptParams};
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{Rcpt, Session, r_is_permanent, refusal};
+use crate::smtp::session::{Rcpt, Session, r_is_permanent};
 
 impl Session {
     pub(in crate::smtp) async fn rcpt(&mut self, to: Address, params: RcptParams) -> Flow {
@@ -50,8 +50,8 @@ impl Session {
         let mut ctx = self.ctx(HookPoint::Rcpt);
         ctx.rcpt = address.clone();
         ctx.route = Some(route.clone());
-        let outcome = self.deps.hooks.run_async(&ctx).await;
-        if let Some(r) = refusal(&outcome.verdict) {
+        let outcome = self.deps.hooks.run_async(&ctx, Some(&*self.hooks)).await;
+        if let Some(r) = Reply::refusal(&outcome.verdict) {
             self.reply(r);
             if r_is_permanent(&outcome.verdict) && self.count_error() {
                 return Flow::Close;
@@ -84,7 +84,7 @@ impl Session {
                 &crate::hooks::builtin::BuiltinPolicy,
                 &c2,
                 &mut ignored,
-            ) && let Some(r) = refusal(&v)
+            ) && let Some(r) = Reply::refusal(&v)
             {
                 self.reply(r);
                 return Flow::Continue;

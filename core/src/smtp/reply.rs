@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::hooks::{Enhanced, Verdict};
+
 /// A reply: code, RFC 3463 enhanced status code, and one or more text lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -111,6 +113,51 @@ impl Reply {
     }
 }
 
+impl Reply {
+    /// The reply to a hook's refusal: the hook's code if it is in the refusal's class (else
+    /// 550 / 451), its enhanced code or 5.7.1 / 4.7.1, its text.
+    pub fn hook_refusal(
+        code: u16,
+        enhanced: Option<&Enhanced>,
+        text: &str,
+        permanent: bool,
+    ) -> Reply {
+        let (class, fallback, default_enhanced) = if permanent {
+            (500..600, 550, "5.7.1")
+        } else {
+            (400..500, 451, "4.7.1")
+        };
+        let code = if class.contains(&code) {
+            code
+        } else {
+            fallback
+        };
+        Reply::new(
+            code,
+            enhanced.map_or(default_enhanced, Enhanced::as_str),
+            text,
+        )
+    }
+
+    /// The reply to a refusing verdict (`Reject`, `Tempfail`); `None` for verdicts that let
+    /// the command proceed.
+    pub fn refusal(v: &Verdict) -> Option<Reply> {
+        match v {
+            Verdict::Reject {
+                code,
+                enhanced,
+                text,
+            } => Some(Reply::hook_refusal(*code, enhanced.as_ref(), text, true)),
+            Verdict::Tempfail {
+                code,
+                enhanced,
+                text,
+            } => Some(Reply::hook_refusal(*code, enhanced.as_ref(), text, false)),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Reply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -126,6 +173,30 @@ impl fmt::Display for Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hook_refusals_keep_their_codes_within_the_class() {
+        let reply = |v: Verdict| Reply::refusal(&v).unwrap();
+        assert_eq!(
+            reply(Verdict::reject(554, "5.7.1 not you").unwrap()),
+            Reply::new(554, "5.7.1", "not you")
+        );
+        assert_eq!(
+            reply(Verdict::reject(550, "no").unwrap()),
+            Reply::new(550, "5.7.1", "no")
+        );
+        assert_eq!(
+            reply(Verdict::tempfail(450, "4.2.0 later").unwrap()),
+            Reply::new(450, "4.2.0", "later")
+        );
+        let odd = Verdict::Tempfail {
+            code: 200,
+            enhanced: None,
+            text: "busy".into(),
+        };
+        assert_eq!(reply(odd), Reply::new(451, "4.7.1", "busy"));
+        assert_eq!(Reply::refusal(&Verdict::Accept), None);
+    }
 
     #[test]
     fn multiline() {

@@ -151,41 +151,6 @@ pub(super) fn r_is_permanent(v: &Verdict) -> bool {
     matches!(v, Verdict::Reject { .. })
 }
 
-/// Turn a refusing verdict into a reply; `None` for verdicts that let the command proceed.
-pub(super) fn refusal(v: &Verdict) -> Option<Reply> {
-    match v {
-        Verdict::Reject { code, text } => Some(verdict_reply(*code, text, "5.7.1")),
-        Verdict::Tempfail { code, text } => Some(verdict_reply(*code, text, "4.7.1")),
-        _ => None,
-    }
-}
-
-/// A reply from a hook's code and text; text may start with its own enhanced code.
-pub fn verdict_reply(code: u16, text: &str, default_enhanced: &str) -> Reply {
-    let mut it = text.splitn(2, ' ');
-    let first = it.next().unwrap_or("");
-    let is_enhanced = first.split('.').count() == 3
-        && first
-            .split('.')
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    let code = if default_enhanced.starts_with('5') {
-        if (500..600).contains(&code) {
-            code
-        } else {
-            550
-        }
-    } else if (400..500).contains(&code) {
-        code
-    } else {
-        451
-    };
-    if is_enhanced {
-        Reply::new(code, first, it.next().unwrap_or("").to_string())
-    } else {
-        Reply::new(code, default_enhanced, text.to_string())
-    }
-}
-
 impl Session {
     pub(super) fn host(&self) -> &str {
         &self.deps.config.hostname
@@ -212,14 +177,12 @@ impl Session {
         c.helo = self.helo.clone().unwrap_or_default();
         c.tls = self.conn.is_tls();
         c.user = self.user.clone().unwrap_or_default();
-        c.session = Some(self.hooks.clone());
         c.relay_network = self.deps.config.smtp.in_relay_networks(self.peer.ip());
         if let Some(tx) = &self.tx {
             c.mail_from = tx.from.to_string();
             c.rcpts = tx.rcpts.iter().map(|r| r.address.clone()).collect();
             if let Some(spf) = &tx.spf {
                 c.auth = crate::sender_auth::SenderAuth::spf_facts(spf);
-                c.auth_results[0] = c.auth.spf.clone();
             }
         }
         c
@@ -277,18 +240,11 @@ impl Session {
         let outcome = self
             .deps
             .hooks
-            .run_async(&self.ctx(HookPoint::Connect))
+            .run_async(&self.ctx(HookPoint::Connect), Some(&*self.hooks))
             .await;
-        match outcome.verdict {
-            Verdict::Reject { code, text } => {
-                self.reply(verdict_reply(code, &text, "5.7.1"));
-                return self.flush().await;
-            }
-            Verdict::Tempfail { code, text } => {
-                self.reply(verdict_reply(code, &text, "4.7.1"));
-                return self.flush().await;
-            }
-            _ => {}
+        if let Some(reply) = Reply::refusal(&outcome.verdict) {
+            self.reply(reply);
+            return self.flush().await;
         }
         let greeting = format!("{} ESMTP Corvus ready", self.host());
         self.reply(Reply::new(220, "", greeting));

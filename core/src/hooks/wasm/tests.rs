@@ -1,11 +1,16 @@
 //! Host tests with small plugins from `plugins/test-plugins` (built by `tests/build-plugins`
 //! into `target/plugins/wasm32-wasip2/release/`; set CORVUS_PLUGIN_DIR to look elsewhere).
 
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::load::compatible;
+use super::runtime::runtime;
 use super::*;
-use crate::hooks::{HookChain, Outcome};
+use crate::hooks::rhai::LogSink;
+use crate::hooks::{Enhanced, HookChain, Outcome, Route};
+use crate::store::Store;
 
 fn plugin_path(name: &str) -> PathBuf {
     let dir = std::env::var_os("CORVUS_PLUGIN_DIR")
@@ -61,7 +66,27 @@ fn misbehave(mode: &str) -> WasmHook {
     .unwrap()
 }
 
-fn rcpt(to: &str, session: Option<Arc<HookSession>>) -> HookCtx {
+/// The facts of a call and the session it runs in (None: a call outside any session, as
+/// for a queued delivery), as a client session makes calls.
+struct Call {
+    ctx: HookCtx,
+    session: Option<Arc<HookSession>>,
+}
+
+impl std::ops::Deref for Call {
+    type Target = HookCtx;
+    fn deref(&self) -> &HookCtx {
+        &self.ctx
+    }
+}
+
+impl std::ops::DerefMut for Call {
+    fn deref_mut(&mut self) -> &mut HookCtx {
+        &mut self.ctx
+    }
+}
+
+fn rcpt(to: &str, session: Option<Arc<HookSession>>) -> Call {
     let mut c = HookCtx::new(
         HookPoint::Rcpt,
         crate::listener::Listener::Smtp,
@@ -69,13 +94,20 @@ fn rcpt(to: &str, session: Option<Arc<HookSession>>) -> HookCtx {
     );
     c.mail_from = "a@x.example".into();
     c.rcpt = to.into();
-    c.session = session;
-    c
+    Call { ctx: c, session }
 }
 
-fn call(h: &WasmHook, c: &HookCtx) -> Result<Verdict, HookError> {
-    let mut a = Actions::default();
-    h.call(c, &mut a)
+/// A blocking call in the call's session (what [`HookEngine::call`] does without one).
+fn call_with(h: &WasmHook, c: &Call, a: &mut Actions) -> Result<Verdict, HookError> {
+    crate::blocking::run(h.call_async(&c.ctx, c.session.as_deref(), a))
+}
+
+async fn call_in(h: &WasmHook, c: &Call, a: &mut Actions) -> Result<Verdict, HookError> {
+    h.call_async(&c.ctx, c.session.as_deref(), a).await
+}
+
+fn call(h: &WasmHook, c: &Call) -> Result<Verdict, HookError> {
+    call_with(h, c, &mut Actions::default())
 }
 
 #[test]
@@ -92,7 +124,8 @@ fn loads_describes_and_answers() {
         call(&r, &rcpt("b@y.example", None)).unwrap(),
         Verdict::Reject {
             code: 550,
-            text: "5.7.1 misbehave says no".into()
+            enhanced: Some(Enhanced::known("5.7.1")),
+            text: "misbehave says no".into()
         }
     );
 }
@@ -143,14 +176,24 @@ fn the_context_answers_every_fact_and_lends_the_message() {
     c.user = "carol@example.test".into();
     c.route = Some(Route::Local(vec!["bob".into(), "eve".into()]));
     c.rcpts = vec!["b@y.example".into(), "c@y.example".into()];
-    c.auth_results = ["pass".into(), "fail".into(), "none".into()];
-    c.credentials = Some(("u".into(), "p".into(), "PLAIN".into()));
-    c.credentials_valid = true;
-    c.fetch = Some(("INBOX".into(), 7, "imap"));
+    c.auth.spf = "pass".into();
+    c.auth.dkim = "fail".into();
+    c.auth.dmarc = "none".into();
+    c.credentials = Some(crate::hooks::Credentials {
+        username: "u".into(),
+        password: "p".into(),
+        mechanism: "PLAIN".into(),
+        valid: true,
+    });
+    c.fetch = Some(crate::hooks::FetchFacts {
+        mailbox: "INBOX".into(),
+        uid: 7,
+        protocol: "imap",
+    });
     c.remote_mx = Some("mx.y.example".into());
     c.message = Some(Arc::new(b"Subject: x\r\n\r\nhi\r\n".to_vec()));
     let mut a = Actions::default();
-    h.call(&c, &mut a).unwrap();
+    call_with(&h, &c, &mut a).unwrap();
     assert_eq!(
         a.add_headers[0].1,
         "hook=data listener=smtp ip=192.0.2.7 ptr=mx.x.example helo=mx.x.example tls=true \
@@ -164,7 +207,7 @@ fn the_context_answers_every_fact_and_lends_the_message() {
     big.resize(max + 10, b'x');
     c.message = Some(Arc::new(big));
     let mut a = Actions::default();
-    h.call(&c, &mut a).unwrap();
+    call_with(&h, &c, &mut a).unwrap();
     assert!(
         a.add_headers[0]
             .1
@@ -194,7 +237,7 @@ fn plugins_read_the_sender_authentication_facts() {
         action: "accept".into(),
     };
     let mut a = Actions::default();
-    h.call(&data, &mut a).unwrap();
+    call_with(&h, &data, &mut a).unwrap();
     assert_eq!(
         a.add_headers,
         vec![(
@@ -207,7 +250,7 @@ fn plugins_read_the_sender_authentication_facts() {
     // The next call's facts, not the previous call's: before DATA there are none.
     data.auth = Default::default();
     let mut a = Actions::default();
-    h.call(&data, &mut a).unwrap();
+    call_with(&h, &data, &mut a).unwrap();
     assert_eq!(
         a.add_headers[0].1,
         "spf= () helo= dkim= [] dmarc= (, ) arc= () action="
@@ -225,7 +268,7 @@ fn one_warm_instance_per_session() {
         call(&h, &rcpt("b@y.example", Some(session.clone()))).unwrap();
     }
     let mut a = Actions::default();
-    h.call(&data, &mut a).unwrap();
+    call_with(&h, &data, &mut a).unwrap();
     // The fourth call of the same instance.
     assert_eq!(
         a.add_headers,
@@ -239,7 +282,7 @@ fn one_warm_instance_per_session() {
     // Another session gets its own instance, with its own state.
     let mut a = Actions::default();
     data.session = Some(Arc::new(HookSession::default()));
-    h.call(&data, &mut a).unwrap();
+    call_with(&h, &data, &mut a).unwrap();
     assert_eq!(a.add_headers[0].1, "t calls=1");
     assert_eq!(h.stats.instances.load(Ordering::Relaxed), 3);
     // When a session ends its instance waits in the plugin's idle pool; the next session
@@ -249,7 +292,7 @@ fn one_warm_instance_per_session() {
     data.session = None;
     for _ in 0..2 {
         let mut a = Actions::default();
-        h.call(&data, &mut a).unwrap();
+        call_with(&h, &data, &mut a).unwrap();
         assert_eq!(a.add_headers[0].1, "t calls=1");
     }
     assert_eq!(h.stats.instances.load(Ordering::Relaxed), 3);
@@ -257,8 +300,8 @@ fn one_warm_instance_per_session() {
     // A new session after that is also served from the pool.
     let mut a = Actions::default();
     data.session = Some(Arc::new(HookSession::default()));
-    h.call(&data, &mut a).unwrap();
-    h.call(&data, &mut a).unwrap();
+    call_with(&h, &data, &mut a).unwrap();
+    call_with(&h, &data, &mut a).unwrap();
     assert_eq!(a.add_headers[1].1, "t calls=2");
     assert_eq!(h.stats.instances.load(Ordering::Relaxed), 3);
     // `init` ran once per instance, not once per session.
@@ -274,10 +317,10 @@ fn instances_that_grew_big_are_not_kept_idle() {
     let mut big = b"Subject: big\r\n\r\n".to_vec();
     big.resize(20 << 20, b'x');
     data.message = Some(Arc::new(big));
-    h.call(&data, &mut Actions::default()).unwrap();
+    call_with(&h, &data, &mut Actions::default()).unwrap();
     data.session = None; // the session ends: its instance is dropped, not pooled
     data.message = Some(Arc::new(b"Subject: small\r\n\r\nhi\r\n".to_vec()));
-    h.call(&data, &mut Actions::default()).unwrap();
+    call_with(&h, &data, &mut Actions::default()).unwrap();
     assert_eq!(h.stats.reused.load(Ordering::Relaxed), 0);
     assert_eq!(
         h.stats.instances.load(Ordering::Relaxed),
@@ -285,7 +328,7 @@ fn instances_that_grew_big_are_not_kept_idle() {
         "probe + big + a new one"
     );
     // The small one was kept.
-    h.call(&data, &mut Actions::default()).unwrap();
+    call_with(&h, &data, &mut Actions::default()).unwrap();
     assert_eq!(h.stats.reused.load(Ordering::Relaxed), 1);
 }
 
@@ -312,7 +355,7 @@ async fn a_runaway_plugin_does_not_block_other_calls() {
     let bad = tokio::spawn(async move {
         let c = rcpt("bad@y.example", None);
         let mut a = Actions::default();
-        h2.call_async(&c, &mut a).await
+        call_in(&h2, &c, &mut a).await
     });
     // While the loop runs (100 ms budget), 20 normal calls complete.
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -320,7 +363,7 @@ async fn a_runaway_plugin_does_not_block_other_calls() {
     for _ in 0..20 {
         let c = rcpt("good@y.example", None);
         let mut a = Actions::default();
-        assert_eq!(h.call_async(&c, &mut a).await.unwrap(), Verdict::Continue);
+        assert_eq!(call_in(&h, &c, &mut a).await.unwrap(), Verdict::Continue);
     }
     let good_time = started.elapsed();
     let r = bad.await.unwrap();
@@ -586,10 +629,10 @@ async fn chain_applies_on_error_to_plugin_failures() {
         .await
         .unwrap();
     let chain = HookChain::new(vec![Arc::new(cont)]);
-    let o: Outcome = chain.run_async(&rcpt("x@y.example", None)).await;
+    let o: Outcome = chain.run_async(&rcpt("x@y.example", None), None).await;
     assert_eq!(o.verdict, Verdict::Continue);
     chain.replace(vec![Arc::new(temp)]);
-    let o = chain.run_async(&rcpt("x@y.example", None)).await;
+    let o = chain.run_async(&rcpt("x@y.example", None), None).await;
     assert!(matches!(o.verdict, Verdict::Tempfail { code: 451, .. }));
     // The blocking entry point gives the same.
     let o = tokio::task::spawn_blocking(move || chain.run(&rcpt("x@y.example", None)))
@@ -643,11 +686,11 @@ fn bench_per_call_overhead() {
                 c.message = Some(msg.clone());
             }
             let mut a = Actions::default();
-            h.call_async(&c, &mut a).await.unwrap();
+            call_in(&h, &c, &mut a).await.unwrap();
             let what = format!("warm {}", point.function_name());
             measure(&what, 2000, async |_| {
                 let mut a = Actions::default();
-                h.call_async(&c, &mut a).await.unwrap();
+                call_in(&h, &c, &mut a).await.unwrap();
             })
             .await;
         }
@@ -672,7 +715,7 @@ fn bench_per_call_overhead() {
                 clock.push((cpu_now() - t0).as_nanos() as f64);
                 let t0 = cpu_now();
                 let mut a = Actions::default();
-                h.call_async(&c, &mut a).await.unwrap();
+                call_in(&h, &c, &mut a).await.unwrap();
                 calls.push((cpu_now() - t0).as_nanos() as f64);
             }
             cold.push((median(calls) - median(clock)) / 1000.0);
@@ -687,13 +730,13 @@ fn bench_per_call_overhead() {
         // Many sessions in turn, as on a busy server: each call finds its instance's memory
         // and the store's state gone cold, as the others ran in between.
         for sessions in [16, 64] {
-            let ctxs: Vec<HookCtx> = (0..sessions)
+            let ctxs: Vec<Call> = (0..sessions)
                 .map(|_| rcpt("b@y.example", Some(Arc::new(HookSession::default()))))
                 .collect();
             let what = format!("on_rcpt, {sessions} sessions in turn");
             measure(&what, 2000, async |i| {
                 let mut a = Actions::default();
-                h.call_async(&ctxs[i % sessions], &mut a).await.unwrap();
+                call_in(&h, &ctxs[i % sessions], &mut a).await.unwrap();
             })
             .await;
         }
@@ -701,7 +744,7 @@ fn bench_per_call_overhead() {
         measure("idle instance, new session, on_rcpt", 2000, async |_| {
             let c = rcpt("b@y.example", None);
             let mut a = Actions::default();
-            h.call_async(&c, &mut a).await.unwrap();
+            call_in(&h, &c, &mut a).await.unwrap();
         })
         .await;
         // A new instance: instantiation and `init` (and its memory reset when it goes).

@@ -11,7 +11,7 @@ impl Session {
     pub(in crate::imap) async fn login(&mut self, creds: Credentials) -> CmdResult {
         let mut ctx = HookCtx::new(HookPoint::Auth, self.listener, self.peer.ip());
         ctx.tls = self.conn.is_tls();
-        let login = self.deps.login.login(ctx, creds).await;
+        let login = self.deps.login.login(ctx, None, creds).await;
         match login {
             Ok(a) => {
                 let max = self.deps.config.imap.max_connections_per_user;

@@ -128,17 +128,21 @@ impl Session {
                 ctx.message = body.clone();
                 ctx.user = user.clone();
                 ctx.tls = self.conn.is_tls();
-                ctx.fetch = Some((sel.mailbox.name.clone(), meta.uid, "imap"));
+                ctx.fetch = Some(crate::hooks::FetchFacts {
+                    mailbox: sel.mailbox.name.clone(),
+                    uid: meta.uid,
+                    protocol: "imap",
+                });
                 // The reason goes to the log, not to the client (which learns only that
                 // the message was withheld, for good or for now).
-                match self.deps.hooks.run_async(&ctx).await.verdict {
-                    Verdict::Reject { text, .. } => {
-                        tracing::info!(mailbox = %sel.mailbox.name, uid = meta.uid, reason = %text, "fetch refused by hook");
+                match self.deps.hooks.run_async(&ctx, None).await.verdict {
+                    v @ Verdict::Reject { .. } => {
+                        tracing::info!(mailbox = %sel.mailbox.name, uid = meta.uid, reason = %v.wording(), "fetch refused by hook");
                         denied = true;
                         continue;
                     }
-                    Verdict::Tempfail { text, .. } => {
-                        tracing::info!(mailbox = %sel.mailbox.name, uid = meta.uid, reason = %text, "fetch deferred by hook");
+                    v @ Verdict::Tempfail { .. } => {
+                        tracing::info!(mailbox = %sel.mailbox.name, uid = meta.uid, reason = %v.wording(), "fetch deferred by hook");
                         deferred = true;
                         continue;
                     }

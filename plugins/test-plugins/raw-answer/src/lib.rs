@@ -7,7 +7,7 @@
 //! "bare" declares every hook and answers each with `next` at once, touching nothing: the
 //! least a plugin can cost the host (benchmarks).
 
-wit_bindgen::generate!({ path: "../../../sdk/wit", world: "plugin" });
+wit_bindgen::generate!({ path: "../../../sdk/wit/v0.3", world: "plugin" });
 
 use corvus::plugin::types::{Actions, Hook, Outcome, PluginInfo, Reply, Status, Verdict};
 use corvus::plugin::{answer, config, context};
