@@ -93,7 +93,20 @@ pub struct HookEntry {
     /// When a call fails (error, limit exceeded): "tempfail" (451, the default), "continue"
     /// (skip this entry) or "reject" (550).
     #[serde(default)]
-    pub on_error: crate::hooks::OnError,
+    pub on_error: OnError,
+}
+
+/// What to do when a hook call fails (the verdict each gives: `hooks::OnError::verdict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Answer 451 (default): the client retries later.
+    #[default]
+    Tempfail,
+    /// Skip the failing hook.
+    Continue,
+    /// Answer 550.
+    Reject,
 }
 
 /// Top-level keys of [`Config`], for picking settings out of the environment.

@@ -314,18 +314,9 @@ impl HookCtx {
 #[error("{0}")]
 pub struct HookError(pub String);
 
-/// What to do when a hook call fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnError {
-    /// Answer 451 (default): the client retries later.
-    #[default]
-    Tempfail,
-    /// Skip the failing hook.
-    Continue,
-    /// Answer 550.
-    Reject,
-}
+/// What to do when a hook call fails (`on_error` of a `[[hooks]]` entry; the setting is
+/// defined with the config, the verdict it gives here).
+pub use crate::config::OnError;
 
 impl OnError {
     /// The verdict this policy gives a failed call (None: the chain goes on).
