@@ -5,11 +5,12 @@
 //! (the one path from an accepted message to the store), [`blocking`] (async calls from
 //! synchronous code), [`accounts`] and [`admin`] (users, domains, aliases), [`control`]
 //! (CLI ↔ server socket), [`listener`] (the kinds of listener), [`tls`], [`dns`], [`net`]
-//! (streams and limits), [`hooks`] (Rhai scripts and WASM plugins behind one contract),
-//! [`sasl`] (SASL responses), [`routing`] (recipients), [`sender_auth`] (SPF/DKIM/DMARC/ARC
-//! of inbound mail), [`smtp`], [`imap`] and [`pop3`] (protocols), [`queue`] (outbound
-//! delivery), [`mailbox_io`] (Maildir and mbox import and export), [`server`] (listeners
-//! and lifecycle).
+//! (streams and limits), [`session`] (the session kit every protocol uses), [`login`] (the
+//! one login path) and [`sasl`] (SASL responses), [`hooks`] (Rhai scripts and WASM plugins
+//! behind one contract), [`routing`] (recipients), [`sender_auth`] (SPF/DKIM/DMARC/ARC of
+//! inbound mail), [`smtp`], [`imap`] and [`pop3`] (protocols, one file per command family),
+//! [`queue`] (outbound delivery), [`mailbox_io`] (Maildir and mbox import and export),
+//! [`server`] (listeners, each session kind's dependencies, lifecycle).
 
 pub mod accounts;
 pub mod admin;

@@ -269,11 +269,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         };
         println!(
             "No accounts yet. Add one with:  corvus {config_arg}user add alice@{} --password 'secret'",
-            config
-                .domains
-                .first()
-                .map(String::as_str)
-                .unwrap_or("localhost")
+            config.first_domain()
         );
     }
 

@@ -766,6 +766,12 @@ impl Config {
             .collect()
     }
 
+    /// The first local domain (the postmaster's, the sample address's), or `localhost`
+    /// when none is configured.
+    pub fn first_domain(&self) -> &str {
+        self.domains.first().map_or("localhost", String::as_str)
+    }
+
     /// Path of the control socket.
     pub fn control_socket(&self) -> PathBuf {
         self.data_dir.join("control.sock")

@@ -38,6 +38,14 @@ pub(super) enum Pending {
     Idle(String),
 }
 
+/// How a missing mailbox is answered ([`Session::mailbox_named`]).
+pub(super) enum Missing {
+    /// `[TRYCREATE]`: the client may create it and retry.
+    TryCreate,
+    /// `[NONEXISTENT]`.
+    Nonexistent,
+}
+
 /// What an IMAP session uses of the server.
 pub struct Deps {
     /// Settings (`[imap]`).
@@ -438,6 +446,25 @@ impl Session {
             }
         };
         self.conn.out.extend_from_slice(line.as_bytes());
+    }
+
+    /// The logged-in user's mailbox `name`, or NO: `[TRYCREATE]` where the client may
+    /// create it and retry (APPEND, COPY; RFC 9051 §7.1), `[NONEXISTENT]` elsewhere.
+    pub(super) async fn mailbox_named(
+        &self,
+        name: &str,
+        missing: Missing,
+    ) -> Result<crate::store::Mailbox, Resp> {
+        let user = self.user.as_deref().unwrap_or_default();
+        self.deps
+            .store
+            .mailbox(user, name)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| match missing {
+                Missing::TryCreate => no("[TRYCREATE] No such mailbox"),
+                Missing::Nonexistent => no("[NONEXISTENT] No such mailbox"),
+            })
     }
 
     /// Where the session is (RFC 9051 §3).

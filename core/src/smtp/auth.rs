@@ -61,17 +61,7 @@ impl Session {
                 self.state = State::Auth(AuthStep::Plain);
                 Flow::Continue
             }
-            ("LOGIN", Some(ir)) => match crate::sasl::login_step(&ir).ok() {
-                Some(u) => {
-                    self.reply(Reply::new(334, "", "UGFzc3dvcmQ6"));
-                    self.state = State::Auth(AuthStep::LoginPass(u));
-                    Flow::Continue
-                }
-                None => {
-                    self.reply(Reply::new(501, "5.5.2", "Invalid base64"));
-                    Flow::Continue
-                }
-            },
+            ("LOGIN", Some(ir)) => self.login_user(&ir),
             ("LOGIN", None) => {
                 self.reply(Reply::new(334, "", "VXNlcm5hbWU6"));
                 self.state = State::Auth(AuthStep::LoginUser);
@@ -88,6 +78,19 @@ impl Session {
         }
     }
 
+    /// LOGIN's user name (initial response or first answer): ask for the password.
+    fn login_user(&mut self, response: &str) -> Flow {
+        match crate::sasl::login_step(response) {
+            Ok(user) => {
+                // "Password:" in base64, as clients expect (draft-murchison-sasl-login).
+                self.reply(Reply::new(334, "", "UGFzc3dvcmQ6"));
+                self.state = State::Auth(AuthStep::LoginPass(user));
+            }
+            Err(_) => self.reply(Reply::new(501, "5.5.2", "Invalid base64")),
+        }
+        Flow::Continue
+    }
+
     pub(in crate::smtp) async fn auth_line(&mut self, line: &[u8]) -> Flow {
         let State::Auth(step) = std::mem::replace(&mut self.state, State::Command) else {
             return Flow::Continue;
@@ -99,17 +102,7 @@ impl Session {
         }
         match step {
             AuthStep::Plain => self.auth_plain(&text).await,
-            AuthStep::LoginUser => match crate::sasl::login_step(&text).ok() {
-                Some(u) => {
-                    self.reply(Reply::new(334, "", "UGFzc3dvcmQ6"));
-                    self.state = State::Auth(AuthStep::LoginPass(u));
-                    Flow::Continue
-                }
-                None => {
-                    self.reply(Reply::new(501, "5.5.2", "Invalid base64"));
-                    Flow::Continue
-                }
-            },
+            AuthStep::LoginUser => self.login_user(&text),
             AuthStep::LoginPass(user) => match crate::sasl::login_step(&text).ok() {
                 Some(p) => self.login(Credentials::password(user, p, "LOGIN")).await,
                 None => {

@@ -28,15 +28,7 @@ impl Session {
         }
         let mut address = if to.domain.is_empty() {
             // <Postmaster> (RFC 5321 §4.1.1.3): the postmaster of our first domain.
-            format!(
-                "postmaster@{}",
-                self.deps
-                    .config
-                    .domains
-                    .first()
-                    .map(String::as_str)
-                    .unwrap_or("localhost")
-            )
+            format!("postmaster@{}", self.deps.config.first_domain())
         } else {
             to.to_string()
         };
@@ -129,15 +121,7 @@ impl Session {
         let address = if arg.contains('@') {
             arg.to_string()
         } else {
-            format!(
-                "{arg}@{}",
-                self.deps
-                    .config
-                    .domains
-                    .first()
-                    .map(String::as_str)
-                    .unwrap_or("localhost")
-            )
+            format!("{arg}@{}", self.deps.config.first_domain())
         };
         match self.resolve(&address).await {
             Ok(Route::Local(_)) => {

@@ -5,7 +5,7 @@ use crate::imap::fetch_response::normalize_crlf;
 use crate::imap::mime;
 use crate::imap::response::imap_string;
 use crate::imap::seqset::compress;
-use crate::imap::session::Session;
+use crate::imap::session::{Missing, Session};
 use crate::imap::types::*;
 use crate::store::Placement;
 
@@ -19,13 +19,7 @@ impl Session {
         messages: Vec<AppendMessage>,
     ) -> CmdResult {
         let user = self.user.clone().unwrap_or_default();
-        let mb = self
-            .deps
-            .store
-            .mailbox(&user, name)
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| no("[TRYCREATE] No such mailbox"))?;
+        let mb = self.mailbox_named(name, Missing::TryCreate).await?;
         let limit = self.deps.config.imap.max_literal;
         let mut built = Vec::with_capacity(messages.len());
         for m in messages {

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use crate::imap::cmd::{CmdResult, Resp, no, store_err};
 use crate::imap::list::wildmatch;
 use crate::imap::selected::has_flag;
-use crate::imap::session::Session;
+use crate::imap::session::{Missing, Session};
 use crate::imap::types::*;
 use crate::store::{Mailbox, StoreError};
 
@@ -363,14 +363,7 @@ impl Session {
         name: &str,
         items: &[StatusItem],
     ) -> Result<(), Resp> {
-        let user = self.user.clone().unwrap_or_default();
-        let mb = self
-            .deps
-            .store
-            .mailbox(&user, name)
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| no("[NONEXISTENT] No such mailbox"))?;
+        let mb = self.mailbox_named(name, Missing::Nonexistent).await?;
         self.status_of(&mb, items).await
     }
 

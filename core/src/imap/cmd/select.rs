@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use crate::imap::cmd::{CmdResult, Resp, no, store_err};
+use crate::imap::cmd::{CmdResult, Resp, store_err};
 use crate::imap::selected::{SYSTEM_FLAGS, Selected};
 use crate::imap::seqset::compress;
-use crate::imap::session::Session;
+use crate::imap::session::{Missing, Session};
 use crate::imap::types::*;
 use crate::imap::view::Snapshot;
 
@@ -35,13 +35,7 @@ impl Session {
             return Err(Resp::Bad("Enable QRESYNC first".into()));
         }
         let user = self.user.clone().unwrap_or_default();
-        let mb = self
-            .deps
-            .store
-            .mailbox(&user, &name)
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| no("[NONEXISTENT] No such mailbox"))?;
+        let mb = self.mailbox_named(&name, Missing::Nonexistent).await?;
         // The view, keywords and first unseen: a snapshot the store keeps with its cache of
         // big mailboxes while the mailbox is unchanged (no pass over 100,000 records when
         // it is there).
