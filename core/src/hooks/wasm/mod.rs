@@ -23,8 +23,8 @@
 //! When the instance pool runs low, instances are not kept.
 //!
 //! Hooks have flat signatures (`func(session: u64) -> status` in 0.3, `func(hook: u32,
-//! session: u64) -> status` in 0.4, the point by its [`HookPoint::number`]: a string would
-//! cost about as much again as a bare call): the facts of a call come from the `context`
+//! session: u64) -> status` in 0.4, the point by its [`HookPoint::number`]: its name as a
+//! string added about 40% to a bare call): the facts of a call come from the `context`
 //! import, whose functions answer from the store's copy of the call's [`HookCtx`], so a hook
 //! pays only for what it reads (the message included); a hook that does more than `next`
 //! hands its verdict and actions over through the `answer` import before it returns (both
@@ -67,8 +67,8 @@ use instances::{Bindings, IdlePool, Instance, Pooled, Pre, give_back, next_sessi
 use runtime::{KEEP_BELOW, runtime};
 
 /// The host bindings of the two generations of the interface a plugin may be built
-/// against: 0.3 (one export per hook point) and 0.4 (one `on-hook` export, hook points by
-/// name, actions as `answer` functions).
+/// against: 0.3 (one export per hook point) and 0.4 (one `on-hook` export, hook points
+/// numbered and listed by name, actions as `answer` functions).
 mod bindings {
     pub mod v3 {
         wasmtime::component::bindgen!({
