@@ -1,13 +1,15 @@
 //! # corvus-sdk: write Corvus mail server plugins in Rust
 //!
 //! A plugin is a WebAssembly component (`wasm32-wasip2`) implementing the WIT world
-//! `corvus:plugin/plugin@0.3.0` (`sdk/wit/v0.3/plugin.wit`). This crate holds the generated
+//! `corvus:plugin/plugin@0.4.0` (`sdk/wit/v0.4/plugin.wit`). This crate holds the generated
 //! bindings plus what makes them pleasant to use:
 //!
 //! - the [`Plugin`] trait: declare the hooks you handle, build your state in
 //!   [`Plugin::init`] from the `config = { … }` table, override the `on_*` methods, which
 //!   read the facts of the call from a [`Context`] (each fact is copied in only when asked);
-//! - [`export!`]: turns a [`Plugin`] type into the component's exports;
+//! - [`export!`]: turns a [`Plugin`] type into the component's exports (`describe` lists
+//!   [`Plugin::HOOKS`] as the points it handles; `on-hook` calls the matching `on_*`
+//!   method, and hands the [`Outcome`] over with the host's `answer` functions);
 //! - verdict and outcome helpers ([`Outcome::reject`], [`Outcome::with_header`], …);
 //! - the host imports as plain functions: [`log`], [`kv`], [`dns`], [`clock`], [`auth`], and
 //!   [`Config`];
@@ -38,11 +40,11 @@
 // The generated bindings and the export macro name this crate by its public name.
 extern crate self as corvus_sdk;
 
-/// Bindings generated from `sdk/wit/v0.3/plugin.wit` by wit-bindgen.
+/// Bindings generated from `sdk/wit/v0.4/plugin.wit` by wit-bindgen.
 #[allow(missing_docs, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "wit/v0.3",
+        path: "wit/v0.4",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "__export_plugin_raw",
@@ -56,11 +58,57 @@ pub use bindings::corvus::plugin::auth::AuthFacts;
 pub use bindings::corvus::plugin::dns::DnsError;
 pub use bindings::corvus::plugin::log::Level;
 pub use bindings::corvus::plugin::types::{
-    Actions, Credentials, FetchInfo, Header, Hook, Outcome, PluginInfo, Reply, Route, Verdict,
+    Credentials, FetchInfo, PluginInfo, Reply, Route, Verdict,
 };
 
 /// The version of the WIT package this SDK implements.
-pub const WIT_VERSION: &str = "0.3.0";
+pub const WIT_VERSION: &str = "0.4.0";
+
+/// A hook point (WIT 0.4 names them by string: see [`Hook::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    /// A client connected.
+    Connect,
+    /// HELO/EHLO.
+    Helo,
+    /// AUTH credentials were given.
+    Auth,
+    /// MAIL FROM.
+    Mail,
+    /// RCPT TO (once per recipient).
+    Rcpt,
+    /// End of message data.
+    Data,
+    /// Before a message is filed into a local mailbox or sent to a remote host.
+    Delivery,
+    /// Before message content is served over IMAP or POP3.
+    Fetch,
+}
+
+/// A header field to prepend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+}
+
+/// Side effects, applied only when the call succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Actions {
+    /// Header fields to prepend (data, delivery).
+    pub add_headers: Vec<Header>,
+    /// New recipient (rcpt).
+    pub set_rcpt: Option<String>,
+    /// Folder to file into (delivery).
+    pub file_into: Option<String>,
+}
+
+/// What a hook answers: a verdict and actions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub actions: Actions,
+}
 
 /// The facts of the hook call being handled. Each method asks the server for one fact (the
 /// server copies only what a hook reads into the plugin), so read a fact once into a local
@@ -151,7 +199,7 @@ impl Context<'_> {
 /// `on_error` policy).
 pub type HookResult = Result<Outcome, String>;
 
-/// Every hook, in session order.
+/// Every hook, in session order; a hook's place here is its number in WIT 0.4 (`on-hook`).
 pub const ALL_HOOKS: [Hook; 8] = [
     Hook::Connect,
     Hook::Helo,
@@ -214,12 +262,12 @@ pub trait Plugin: Sized + 'static {
     }
 }
 
-/// Describe a plugin type (what `describe` exports).
+/// Describe a plugin type (what `describe` exports): [`Plugin::HOOKS`] by name.
 pub fn describe<P: Plugin>() -> PluginInfo {
     PluginInfo {
         name: P::NAME.to_string(),
         version: P::VERSION.to_string(),
-        hooks: P::HOOKS.to_vec(),
+        handles: P::HOOKS.iter().map(|h| h.name().to_string()).collect(),
     }
 }
 
@@ -238,7 +286,12 @@ pub fn dispatch<P: Plugin>(plugin: &mut P, ctx: &Context) -> HookResult {
 }
 
 impl Hook {
-    /// "connect", "helo", …
+    /// The hook named `name` ("connect", "helo", …).
+    pub fn from_name(name: &str) -> Option<Hook> {
+        ALL_HOOKS.into_iter().find(|h| h.name() == name)
+    }
+
+    /// "connect", "helo", … (what `describe` lists in `handles`).
     pub fn name(self) -> &'static str {
         match self {
             Hook::Connect => "connect",
@@ -263,18 +316,6 @@ impl Verdict {
             Verdict::Tempfail(_) => "tempfail",
             Verdict::Discard => "discard",
             Verdict::Quarantine(_) => "quarantine",
-        }
-    }
-}
-
-// A generated type: no derive attribute can be added to it.
-#[allow(clippy::derivable_impls)]
-impl Default for Actions {
-    fn default() -> Self {
-        Actions {
-            add_headers: Vec::new(),
-            set_rcpt: None,
-            file_into: None,
         }
     }
 }
@@ -643,13 +684,10 @@ macro_rules! export {
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             use $crate::__private::{Guest, Instance, Status, answer};
-            use $crate::{Hook, PluginInfo};
+            use $crate::PluginInfo;
             ::std::thread_local! {
                 static __CORVUS_PLUGIN: ::std::cell::RefCell<Instance<$plugin>> =
                     const { ::std::cell::RefCell::new(Instance::new()) };
-            }
-            fn __call(hook: Hook, session: u64) -> Status {
-                answer(__CORVUS_PLUGIN.with(|p| p.borrow_mut().call(hook, session)))
             }
             pub struct __CorvusExport;
             impl Guest for __CorvusExport {
@@ -661,32 +699,12 @@ macro_rules! export {
                 ) -> ::std::result::Result<(), ::std::string::String> {
                     __CORVUS_PLUGIN.with(|p| p.borrow_mut().init(config))
                 }
-                $crate::__hook_exports!(
-                    on_connect => Connect,
-                    on_helo => Helo,
-                    on_auth => Auth,
-                    on_mail => Mail,
-                    on_rcpt => Rcpt,
-                    on_data => Data,
-                    on_delivery => Delivery,
-                    on_fetch => Fetch
-                );
+                fn on_hook(hook: u32, session: u64) -> Status {
+                    answer(__CORVUS_PLUGIN.with(|p| p.borrow_mut().call(hook, session)))
+                }
             }
     $crate::bindings::__export_plugin_raw!(__CorvusExport with_types_in $crate::bindings);
         };
-    };
-}
-
-/// The `on-*` exports [`export!`] writes: each hands its call to the instance's `__call`.
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __hook_exports {
-    ($($name:ident => $hook:ident),*) => {
-        $(
-            fn $name(session: u64) -> Status {
-                __call($crate::Hook::$hook, session)
-            }
-        )*
     };
 }
 
@@ -737,8 +755,14 @@ impl<P: Plugin> Instance<P> {
         }
     }
 
+    /// A call of `on-hook`: the host calls only the points `describe` listed.
     #[cfg(target_arch = "wasm32")]
-    pub fn call(&mut self, hook: Hook, session: u64) -> HookResult {
+    pub fn call(&mut self, hook: u32, session: u64) -> HookResult {
+        let Some(&hook) = ALL_HOOKS.get(hook as usize) else {
+            return Err(format!(
+                "the host called hook {hook}, one this plugin does not know"
+            ));
+        };
         self.call_in(&Context {
             hook,
             session,
@@ -754,7 +778,8 @@ impl<P: Plugin> Default for Instance<P> {
 }
 
 /// Hand a hook's result to the host: a plain `next` is the return value alone; anything
-/// else goes through the `answer` import first.
+/// else goes through the `answer` functions first (the verdict unless `next`, then each
+/// action).
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub fn answer(result: HookResult) -> bindings::corvus::plugin::types::Status {
@@ -763,7 +788,18 @@ pub fn answer(result: HookResult) -> bindings::corvus::plugin::types::Status {
     match result {
         Ok(o) if o.verdict == Verdict::Next && o.actions == Actions::default() => Status::Next,
         Ok(o) => {
-            host::set_outcome(&o);
+            if o.verdict != Verdict::Next {
+                host::verdict(&o.verdict);
+            }
+            for h in &o.actions.add_headers {
+                host::add_header(&h.name, &h.value);
+            }
+            if let Some(r) = &o.actions.set_rcpt {
+                host::set_rcpt(r);
+            }
+            if let Some(f) = &o.actions.file_into {
+                host::file_into(f);
+            }
             Status::Done
         }
         Err(message) => {

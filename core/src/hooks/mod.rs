@@ -51,8 +51,10 @@ pub enum HookPoint {
 }
 
 impl HookPoint {
-    /// Every hook point, in session order. A new variant goes here too (the array's length
-    /// is part of its type, so forgetting it fails to compile where the length is used).
+    /// Every hook point, in declaration order, which is each point's [`HookPoint::number`]
+    /// (checked at compile time). A new variant goes last, so that numbers never change, and
+    /// here too (the array's length is part of its type, so forgetting it fails to compile
+    /// where the length is used).
     pub const ALL: [HookPoint; 8] = [
         HookPoint::Connect,
         HookPoint::Helo,
@@ -64,7 +66,23 @@ impl HookPoint {
         HookPoint::Fetch,
     ];
 
-    /// Rhai function name (`on_rcpt`); the WIT export is the same with `-`.
+    /// The point's name (`rcpt`): what WIT 0.4 plugins list in `handles` and get as `hook`.
+    pub fn name(self) -> &'static str {
+        &self.function_name()[3..]
+    }
+
+    /// The point's number, its place in [`HookPoint::ALL`] (what WIT 0.4 plugins get as
+    /// `hook`; a new point is appended, so numbers never change).
+    pub fn number(self) -> u32 {
+        self as u32
+    }
+
+    /// The point named `name` (see [`HookPoint::name`]).
+    pub fn from_name(name: &str) -> Option<HookPoint> {
+        HookPoint::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// Rhai function name (`on_rcpt`); the WIT 0.3 export is the same with `-`.
     pub fn function_name(self) -> &'static str {
         match self {
             HookPoint::Connect => "on_connect",
@@ -85,6 +103,16 @@ impl HookPoint {
 pub struct PointSet(u64);
 
 const _: () = assert!(HookPoint::ALL.len() <= u64::BITS as usize);
+const _: () = {
+    let mut i = 0;
+    while i < HookPoint::ALL.len() {
+        assert!(
+            HookPoint::ALL[i] as usize == i,
+            "HookPoint::ALL is in declaration order"
+        );
+        i += 1;
+    }
+};
 
 impl PointSet {
     /// Add `point`.

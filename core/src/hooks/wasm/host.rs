@@ -1,5 +1,9 @@
 //! The host side of the WIT imports: [`HostState`], the data of one store, and its
-//! `impl wit::*::Host` blocks (log, kv, config, clock, dns, context, answer, auth).
+//! `impl Host` blocks for both generations of the interface (0.3 and 0.4). Their imports
+//! have the same shapes but are distinct generated types: [`imports!`] writes the shared
+//! ones (log, kv, config, clock, dns, context, auth) once for each generation, over
+//! generation-neutral code here; `answer` differs (0.3 hands over an `outcome` record, 0.4
+//! calls one function per action) and both fill the same [`Answer`].
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -10,12 +14,12 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::runtime::{Limiter, runtime};
-use super::{hook_of, wit, wt};
+use super::{hook_of, w3, w4};
 use crate::blocking::Wait;
 use crate::hooks::kv;
-use crate::hooks::outcome::cut;
+use crate::hooks::outcome::{MAX_HEADERS, cut};
 use crate::hooks::rhai::LogSink;
-use crate::hooks::{HookCtx, Route};
+use crate::hooks::{HookCtx, HookPoint, Route};
 use crate::store::Store;
 
 /// What a plugin's host functions need (shared by all its instances).
@@ -76,7 +80,7 @@ pub(super) struct HostState {
     /// Whether a hook call is running (the `context` and `answer` imports work only then).
     pub(super) in_call: bool,
     /// What the hook handed over through the `answer` import.
-    pub(super) answer: Option<Result<wt::Outcome, String>>,
+    pub(super) answer: Answer,
     /// Longest message the `context.message` method hands over.
     pub(super) max_message: usize,
 }
@@ -98,25 +102,6 @@ impl WasiView for HostState {
     }
 }
 
-impl wit::log::Host for HostState {
-    fn log(&mut self, level: wit::log::Level, message: String) -> wasmtime::Result<()> {
-        if self.log_left == 0 {
-            self.log_dropped += 1;
-            return Ok(());
-        }
-        self.log_left -= 1;
-        let level = match level {
-            wit::log::Level::Trace => "trace",
-            wit::log::Level::Debug => "debug",
-            wit::log::Level::Info => "info",
-            wit::log::Level::Warn => "warn",
-            wit::log::Level::Error => "error",
-        };
-        self.env.log(level, cut(&message, 4096));
-        Ok(())
-    }
-}
-
 /// A key checked by the shared rule, its error as plugins see it (`kv: keys are 1 to 1024
 /// bytes long`).
 pub(super) fn check_key(key: &str) -> Result<(), String> {
@@ -132,59 +117,6 @@ impl HostState {
     }
 }
 
-impl wit::kv::Host for HostState {
-    fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
-        Ok((|| {
-            check_key(&key)?;
-            self.kv_store()?
-                .kv_get(&self.env.kv_namespace, &key)
-                .wait()
-                .map_err(|e| format!("kv: {e}"))
-        })())
-    }
-
-    fn set(
-        &mut self,
-        key: String,
-        value: Vec<u8>,
-        ttl_secs: Option<u32>,
-    ) -> wasmtime::Result<Result<(), String>> {
-        Ok((|| {
-            check_key(&key)?;
-            kv::check_value(value.len()).map_err(|e| format!("kv: {e} (got {})", value.len()))?;
-            self.kv_store()?
-                .kv_set(
-                    &self.env.kv_namespace,
-                    &key,
-                    &value,
-                    ttl_secs.and_then(|t| kv::ttl(t.into())),
-                )
-                .wait()
-                .map_err(|e| format!("kv: {e}"))
-        })())
-    }
-
-    fn incr(
-        &mut self,
-        key: String,
-        delta: i64,
-        ttl_secs: Option<u32>,
-    ) -> wasmtime::Result<Result<i64, String>> {
-        Ok((|| {
-            check_key(&key)?;
-            self.kv_store()?
-                .kv_incr(
-                    &self.env.kv_namespace,
-                    &key,
-                    delta,
-                    ttl_secs.and_then(|t| kv::ttl(t.into())),
-                )
-                .wait()
-                .map_err(|e| format!("kv: {e}"))
-        })())
-    }
-}
-
 pub(super) fn json_text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::String(s) => s.clone(),
@@ -192,66 +124,13 @@ pub(super) fn json_text(v: &serde_json::Value) -> String {
     }
 }
 
-impl wit::config::Host for HostState {
-    fn json(&mut self) -> wasmtime::Result<String> {
-        Ok(self.env.config_json.clone())
-    }
-    fn keys(&mut self) -> wasmtime::Result<Vec<String>> {
-        Ok(self.env.config.keys().cloned().collect())
-    }
-    fn get_string(&mut self, key: String) -> wasmtime::Result<Option<String>> {
-        Ok(self
-            .env
-            .config
-            .get(&key)
-            .filter(|v| !v.is_null())
-            .map(json_text))
-    }
-    fn get_int(&mut self, key: String) -> wasmtime::Result<Option<i64>> {
-        Ok(self.env.config.get(&key).and_then(|v| {
-            v.as_i64()
-                .or_else(|| v.as_f64().map(|f| f as i64))
-                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-        }))
-    }
-    fn get_float(&mut self, key: String) -> wasmtime::Result<Option<f64>> {
-        Ok(self.env.config.get(&key).and_then(|v| {
-            v.as_f64()
-                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-        }))
-    }
-    fn get_bool(&mut self, key: String) -> wasmtime::Result<Option<bool>> {
-        Ok(self.env.config.get(&key).and_then(|v| v.as_bool()))
-    }
-    fn get_list(&mut self, key: String) -> wasmtime::Result<Option<Vec<String>>> {
-        Ok(self
-            .env
-            .config
-            .get(&key)
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().map(json_text).collect()))
-    }
-    fn get_table(&mut self, key: String) -> wasmtime::Result<Option<Vec<(String, String)>>> {
-        Ok(self
-            .env
-            .config
-            .get(&key)
-            .and_then(|v| v.as_object())
-            .map(|o| o.iter().map(|(k, v)| (k.clone(), json_text(v))).collect()))
-    }
+/// Why a lookup failed (the `dns-error` of either generation).
+pub(super) enum DnsFail {
+    NotFound,
+    Temporary(String),
+    Invalid(String),
+    LimitExceeded,
 }
-
-impl wit::clock::Host for HostState {
-    fn now(&mut self) -> wasmtime::Result<i64> {
-        Ok(chrono::Utc::now().timestamp())
-    }
-    fn monotonic_ms(&mut self) -> wasmtime::Result<u64> {
-        static START: OnceLock<Instant> = OnceLock::new();
-        Ok(START.get_or_init(Instant::now).elapsed().as_millis() as u64)
-    }
-}
-
-use wit::dns::DnsError;
 
 /// What a lookup that ran out of time answers (`dns-error.temporary`).
 pub(super) const DNS_TIMED_OUT: &str = "timeout";
@@ -271,7 +150,7 @@ impl HostState {
         &mut self,
         kind: DnsKind,
         name: String,
-    ) -> wasmtime::Result<Result<Vec<String>, DnsError>> {
+    ) -> wasmtime::Result<Result<Vec<String>, DnsFail>> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             self.wall_exceeded = true;
@@ -281,7 +160,7 @@ impl HostState {
         let r = self
             .lookup_within(kind, name, self.dns_timeout.min(left))
             .await;
-        if cut_by_wall && matches!(&r, Err(DnsError::Temporary(t)) if t == DNS_TIMED_OUT) {
+        if cut_by_wall && matches!(&r, Err(DnsFail::Temporary(t)) if t == DNS_TIMED_OUT) {
             self.wall_exceeded = true;
             return Err(wasmtime::Trap::Interrupt.into());
         }
@@ -293,17 +172,17 @@ impl HostState {
         kind: DnsKind,
         name: String,
         timeout: Duration,
-    ) -> Result<Vec<String>, DnsError> {
+    ) -> Result<Vec<String>, DnsFail> {
         if self.dns_left == 0 {
-            return Err(DnsError::LimitExceeded);
+            return Err(DnsFail::LimitExceeded);
         }
         self.dns_left -= 1;
         let Some(resolver) = self.env.resolver.clone() else {
-            return Err(DnsError::Temporary("no resolver".into()));
+            return Err(DnsFail::Temporary("no resolver".into()));
         };
         let name = name.trim().to_string();
         if name.is_empty() || name.len() > 253 || name.contains(char::is_whitespace) {
-            return Err(DnsError::Invalid(format!(
+            return Err(DnsFail::Invalid(format!(
                 "{:?} is not a DNS name",
                 cut(&name, 300)
             )));
@@ -340,48 +219,31 @@ impl HostState {
             DnsKind::Ptr => {
                 let ip: std::net::IpAddr = name
                     .parse()
-                    .map_err(|_| DnsError::Invalid(format!("{name:?} is not an IP address")))?;
+                    .map_err(|_| DnsFail::Invalid(format!("{name:?} is not an IP address")))?;
                 tokio::time::timeout(timeout, resolver.reverse_lookup(ip))
                     .await
                     .map(|r| r.map(texts))
             }
         };
         match result {
-            Err(_) => Err(DnsError::Temporary(DNS_TIMED_OUT.into())),
+            Err(_) => Err(DnsFail::Temporary(DNS_TIMED_OUT.into())),
             Ok(Ok(v)) => {
                 if v.is_empty() {
-                    Err(DnsError::NotFound)
+                    Err(DnsFail::NotFound)
                 } else {
                     Ok(v.into_iter().take(64).collect())
                 }
             }
             Ok(Err(e)) => {
                 if e.is_no_records_found() || e.is_nx_domain() {
-                    Err(DnsError::NotFound)
+                    Err(DnsFail::NotFound)
                 } else {
-                    Err(DnsError::Temporary(e.to_string()))
+                    Err(DnsFail::Temporary(e.to_string()))
                 }
             }
         }
     }
 }
-
-impl wit::dns::Host for HostState {
-    async fn a(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, DnsError>> {
-        self.lookup(DnsKind::A, name).await
-    }
-    async fn aaaa(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, DnsError>> {
-        self.lookup(DnsKind::Aaaa, name).await
-    }
-    async fn txt(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, DnsError>> {
-        self.lookup(DnsKind::Txt, name).await
-    }
-    async fn ptr(&mut self, ip: String) -> wasmtime::Result<Result<Vec<String>, DnsError>> {
-        self.lookup(DnsKind::Ptr, ip).await
-    }
-}
-
-impl wt::Host for HostState {}
 
 impl HostState {
     /// The facts of the current call; asking outside a hook call (in `init`) traps.
@@ -393,135 +255,423 @@ impl HostState {
     }
 }
 
-impl wit::context::Host for HostState {
-    fn hook(&mut self) -> wasmtime::Result<wt::Hook> {
-        Ok(hook_of(self.facts()?.point))
-    }
-    fn listener(&mut self) -> wasmtime::Result<String> {
-        Ok(self.facts()?.listener.to_string())
-    }
-    fn client_ip(&mut self) -> wasmtime::Result<String> {
-        Ok(self.facts()?.client_ip.to_string())
-    }
-    fn client_ptr(&mut self) -> wasmtime::Result<String> {
-        Ok(self.facts()?.client_ptr.clone())
-    }
-    fn helo(&mut self) -> wasmtime::Result<String> {
-        Ok(self.facts()?.helo.clone())
-    }
-    fn tls(&mut self) -> wasmtime::Result<bool> {
-        Ok(self.facts()?.tls)
-    }
-    fn user(&mut self) -> wasmtime::Result<String> {
-        Ok(self.facts()?.user.clone())
-    }
-    fn mail_from(&mut self) -> wasmtime::Result<String> {
-        Ok(self.facts()?.mail_from.clone())
-    }
-    fn rcpt(&mut self) -> wasmtime::Result<String> {
-        Ok(self.facts()?.rcpt.clone())
-    }
-    fn route(&mut self) -> wasmtime::Result<wt::Route> {
-        Ok(match &self.facts()?.route {
-            None => wt::Route::Unknown,
-            Some(Route::Local(v)) => wt::Route::Local(v.clone()),
-            Some(Route::UnknownLocal) => wt::Route::UnknownLocal,
-            Some(Route::Remote) => wt::Route::Remote,
-        })
-    }
-    fn rcpts(&mut self) -> wasmtime::Result<Vec<String>> {
-        Ok(self.facts()?.rcpts.clone())
-    }
-    fn spf(&mut self) -> wasmtime::Result<String> {
-        Ok(self.facts()?.auth.spf.clone())
-    }
-    fn dkim(&mut self) -> wasmtime::Result<String> {
-        Ok(self.facts()?.auth.dkim.clone())
-    }
-    fn dmarc(&mut self) -> wasmtime::Result<String> {
-        Ok(self.facts()?.auth.dmarc.clone())
-    }
-    fn credentials(&mut self) -> wasmtime::Result<Option<wt::Credentials>> {
-        Ok(self.facts()?.credentials.as_ref().map(|c| wt::Credentials {
-            username: c.username.clone(),
-            password: c.password.clone(),
-            mechanism: c.mechanism.clone(),
-            valid: c.valid,
-        }))
-    }
-    fn fetch(&mut self) -> wasmtime::Result<Option<wt::FetchInfo>> {
-        Ok(self.facts()?.fetch.as_ref().map(|f| wt::FetchInfo {
-            mailbox: f.mailbox.clone(),
-            uid: f.uid,
-            protocol: f.protocol.to_string(),
-        }))
-    }
-    fn remote_mx(&mut self) -> wasmtime::Result<Option<String>> {
-        Ok(self.facts()?.remote_mx.clone())
-    }
-    fn message_size(&mut self) -> wasmtime::Result<u64> {
-        Ok(self.facts()?.message.as_ref().map_or(0, |m| m.len() as u64))
-    }
-    fn message_truncated(&mut self) -> wasmtime::Result<bool> {
-        let max = self.max_message;
-        Ok(self
-            .facts()?
-            .message
-            .as_ref()
-            .is_some_and(|m| m.len() > max))
-    }
-    fn message(&mut self) -> wasmtime::Result<Vec<u8>> {
-        let max = self.max_message;
-        Ok(match &self.facts()?.message {
-            Some(m) => m[..m.len().min(max)].to_vec(),
-            None => Vec::new(),
-        })
-    }
+/// The imports both generations share, for the generation whose bindings are `$w`
+/// (`context.hook` answers `$hook(point)`, of type `$hook_ty`).
+macro_rules! imports {
+    ($w:ident, $hook_ty:ty, $hook:expr) => {
+        impl $w::log::Host for HostState {
+            fn log(&mut self, level: $w::log::Level, message: String) -> wasmtime::Result<()> {
+                if self.log_left == 0 {
+                    self.log_dropped += 1;
+                    return Ok(());
+                }
+                self.log_left -= 1;
+                let level = match level {
+                    $w::log::Level::Trace => "trace",
+                    $w::log::Level::Debug => "debug",
+                    $w::log::Level::Info => "info",
+                    $w::log::Level::Warn => "warn",
+                    $w::log::Level::Error => "error",
+                };
+                self.env.log(level, cut(&message, 4096));
+                Ok(())
+            }
+        }
+
+        impl $w::kv::Host for HostState {
+            fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
+                Ok((|| {
+                    check_key(&key)?;
+                    self.kv_store()?
+                        .kv_get(&self.env.kv_namespace, &key)
+                        .wait()
+                        .map_err(|e| format!("kv: {e}"))
+                })())
+            }
+
+            fn set(
+                &mut self,
+                key: String,
+                value: Vec<u8>,
+                ttl_secs: Option<u32>,
+            ) -> wasmtime::Result<Result<(), String>> {
+                Ok((|| {
+                    check_key(&key)?;
+                    kv::check_value(value.len())
+                        .map_err(|e| format!("kv: {e} (got {})", value.len()))?;
+                    self.kv_store()?
+                        .kv_set(
+                            &self.env.kv_namespace,
+                            &key,
+                            &value,
+                            ttl_secs.and_then(|t| kv::ttl(t.into())),
+                        )
+                        .wait()
+                        .map_err(|e| format!("kv: {e}"))
+                })())
+            }
+
+            fn incr(
+                &mut self,
+                key: String,
+                delta: i64,
+                ttl_secs: Option<u32>,
+            ) -> wasmtime::Result<Result<i64, String>> {
+                Ok((|| {
+                    check_key(&key)?;
+                    self.kv_store()?
+                        .kv_incr(
+                            &self.env.kv_namespace,
+                            &key,
+                            delta,
+                            ttl_secs.and_then(|t| kv::ttl(t.into())),
+                        )
+                        .wait()
+                        .map_err(|e| format!("kv: {e}"))
+                })())
+            }
+        }
+
+        impl $w::config::Host for HostState {
+            fn json(&mut self) -> wasmtime::Result<String> {
+                Ok(self.env.config_json.clone())
+            }
+            fn keys(&mut self) -> wasmtime::Result<Vec<String>> {
+                Ok(self.env.config.keys().cloned().collect())
+            }
+            fn get_string(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+                Ok(self
+                    .env
+                    .config
+                    .get(&key)
+                    .filter(|v| !v.is_null())
+                    .map(json_text))
+            }
+            fn get_int(&mut self, key: String) -> wasmtime::Result<Option<i64>> {
+                Ok(self.env.config.get(&key).and_then(|v| {
+                    v.as_i64()
+                        .or_else(|| v.as_f64().map(|f| f as i64))
+                        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                }))
+            }
+            fn get_float(&mut self, key: String) -> wasmtime::Result<Option<f64>> {
+                Ok(self.env.config.get(&key).and_then(|v| {
+                    v.as_f64()
+                        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                }))
+            }
+            fn get_bool(&mut self, key: String) -> wasmtime::Result<Option<bool>> {
+                Ok(self.env.config.get(&key).and_then(|v| v.as_bool()))
+            }
+            fn get_list(&mut self, key: String) -> wasmtime::Result<Option<Vec<String>>> {
+                Ok(self
+                    .env
+                    .config
+                    .get(&key)
+                    .and_then(|v| v.as_array())
+                    .map(|a| a.iter().map(json_text).collect()))
+            }
+            fn get_table(
+                &mut self,
+                key: String,
+            ) -> wasmtime::Result<Option<Vec<(String, String)>>> {
+                Ok(self
+                    .env
+                    .config
+                    .get(&key)
+                    .and_then(|v| v.as_object())
+                    .map(|o| o.iter().map(|(k, v)| (k.clone(), json_text(v))).collect()))
+            }
+        }
+
+        impl $w::clock::Host for HostState {
+            fn now(&mut self) -> wasmtime::Result<i64> {
+                Ok(chrono::Utc::now().timestamp())
+            }
+            fn monotonic_ms(&mut self) -> wasmtime::Result<u64> {
+                static START: OnceLock<Instant> = OnceLock::new();
+                Ok(START.get_or_init(Instant::now).elapsed().as_millis() as u64)
+            }
+        }
+
+        impl From<DnsFail> for $w::dns::DnsError {
+            fn from(e: DnsFail) -> Self {
+                match e {
+                    DnsFail::NotFound => Self::NotFound,
+                    DnsFail::Temporary(t) => Self::Temporary(t),
+                    DnsFail::Invalid(t) => Self::Invalid(t),
+                    DnsFail::LimitExceeded => Self::LimitExceeded,
+                }
+            }
+        }
+
+        impl $w::dns::Host for HostState {
+            async fn a(
+                &mut self,
+                name: String,
+            ) -> wasmtime::Result<Result<Vec<String>, $w::dns::DnsError>> {
+                Ok(self.lookup(DnsKind::A, name).await?.map_err(Into::into))
+            }
+            async fn aaaa(
+                &mut self,
+                name: String,
+            ) -> wasmtime::Result<Result<Vec<String>, $w::dns::DnsError>> {
+                Ok(self.lookup(DnsKind::Aaaa, name).await?.map_err(Into::into))
+            }
+            async fn txt(
+                &mut self,
+                name: String,
+            ) -> wasmtime::Result<Result<Vec<String>, $w::dns::DnsError>> {
+                Ok(self.lookup(DnsKind::Txt, name).await?.map_err(Into::into))
+            }
+            async fn ptr(
+                &mut self,
+                ip: String,
+            ) -> wasmtime::Result<Result<Vec<String>, $w::dns::DnsError>> {
+                Ok(self.lookup(DnsKind::Ptr, ip).await?.map_err(Into::into))
+            }
+        }
+
+        impl $w::types::Host for HostState {}
+
+        impl $w::context::Host for HostState {
+            fn hook(&mut self) -> wasmtime::Result<$hook_ty> {
+                Ok($hook(self.facts()?.point))
+            }
+            fn listener(&mut self) -> wasmtime::Result<String> {
+                Ok(self.facts()?.listener.to_string())
+            }
+            fn client_ip(&mut self) -> wasmtime::Result<String> {
+                Ok(self.facts()?.client_ip.to_string())
+            }
+            fn client_ptr(&mut self) -> wasmtime::Result<String> {
+                Ok(self.facts()?.client_ptr.clone())
+            }
+            fn helo(&mut self) -> wasmtime::Result<String> {
+                Ok(self.facts()?.helo.clone())
+            }
+            fn tls(&mut self) -> wasmtime::Result<bool> {
+                Ok(self.facts()?.tls)
+            }
+            fn user(&mut self) -> wasmtime::Result<String> {
+                Ok(self.facts()?.user.clone())
+            }
+            fn mail_from(&mut self) -> wasmtime::Result<String> {
+                Ok(self.facts()?.mail_from.clone())
+            }
+            fn rcpt(&mut self) -> wasmtime::Result<String> {
+                Ok(self.facts()?.rcpt.clone())
+            }
+            fn route(&mut self) -> wasmtime::Result<$w::types::Route> {
+                Ok(match &self.facts()?.route {
+                    None => $w::types::Route::Unknown,
+                    Some(Route::Local(v)) => $w::types::Route::Local(v.clone()),
+                    Some(Route::UnknownLocal) => $w::types::Route::UnknownLocal,
+                    Some(Route::Remote) => $w::types::Route::Remote,
+                })
+            }
+            fn rcpts(&mut self) -> wasmtime::Result<Vec<String>> {
+                Ok(self.facts()?.rcpts.clone())
+            }
+            fn spf(&mut self) -> wasmtime::Result<String> {
+                Ok(self.facts()?.auth.spf.clone())
+            }
+            fn dkim(&mut self) -> wasmtime::Result<String> {
+                Ok(self.facts()?.auth.dkim.clone())
+            }
+            fn dmarc(&mut self) -> wasmtime::Result<String> {
+                Ok(self.facts()?.auth.dmarc.clone())
+            }
+            fn credentials(&mut self) -> wasmtime::Result<Option<$w::types::Credentials>> {
+                Ok(self
+                    .facts()?
+                    .credentials
+                    .as_ref()
+                    .map(|c| $w::types::Credentials {
+                        username: c.username.clone(),
+                        password: c.password.clone(),
+                        mechanism: c.mechanism.clone(),
+                        valid: c.valid,
+                    }))
+            }
+            fn fetch(&mut self) -> wasmtime::Result<Option<$w::types::FetchInfo>> {
+                Ok(self.facts()?.fetch.as_ref().map(|f| $w::types::FetchInfo {
+                    mailbox: f.mailbox.clone(),
+                    uid: f.uid,
+                    protocol: f.protocol.to_string(),
+                }))
+            }
+            fn remote_mx(&mut self) -> wasmtime::Result<Option<String>> {
+                Ok(self.facts()?.remote_mx.clone())
+            }
+            fn message_size(&mut self) -> wasmtime::Result<u64> {
+                Ok(self.facts()?.message.as_ref().map_or(0, |m| m.len() as u64))
+            }
+            fn message_truncated(&mut self) -> wasmtime::Result<bool> {
+                let max = self.max_message;
+                Ok(self
+                    .facts()?
+                    .message
+                    .as_ref()
+                    .is_some_and(|m| m.len() > max))
+            }
+            fn message(&mut self) -> wasmtime::Result<Vec<u8>> {
+                let max = self.max_message;
+                Ok(match &self.facts()?.message {
+                    Some(m) => m[..m.len().min(max)].to_vec(),
+                    None => Vec::new(),
+                })
+            }
+        }
+
+        impl $w::auth::Host for HostState {
+            fn facts(&mut self) -> wasmtime::Result<$w::auth::AuthFacts> {
+                // Outside a hook call (`init`) every fact is empty.
+                let none = crate::sender_auth::AuthFacts::default();
+                let a = match &self.call {
+                    Some(c) if self.in_call => &c.auth,
+                    _ => &none,
+                };
+                Ok($w::auth::AuthFacts {
+                    spf: a.spf.clone(),
+                    spf_domain: a.spf_domain.clone(),
+                    spf_helo: a.spf_helo.clone(),
+                    dkim: a.dkim.clone(),
+                    dkim_domains: a.dkim_domains.clone(),
+                    dmarc: a.dmarc.clone(),
+                    dmarc_domain: a.dmarc_domain.clone(),
+                    dmarc_policy: a.dmarc_policy.clone(),
+                    arc: a.arc.clone(),
+                    arc_sealer: a.arc_sealer.clone(),
+                    action: a.action.clone(),
+                })
+            }
+        }
+    };
 }
 
+imports!(w3, w3::types::Hook, hook_of);
+imports!(w4, String, |p: HookPoint| p.name().to_string());
+
+/// A verdict as a plugin hands it over (either generation), before the shared rules check it.
+pub(super) enum Given {
+    Next,
+    Accept,
+    Reject(u16, String),
+    Tempfail(u16, String),
+    Discard,
+    Quarantine(String),
+}
+
+/// What a hook handed over: a verdict and actions (`answer.set-outcome` in 0.3; the 0.4
+/// `answer` functions, of which the last verdict, recipient and folder count).
+#[derive(Default)]
+pub(super) struct Handed {
+    /// None: `next`.
+    pub(super) verdict: Option<Given>,
+    /// At most one more than [`MAX_HEADERS`] are kept (enough to refuse the call).
+    pub(super) headers: Vec<(String, String)>,
+    pub(super) set_rcpt: Option<String>,
+    pub(super) file_into: Option<String>,
+}
+
+/// What the `answer` import got during a call; the status the hook returns decides which
+/// part counts.
+#[derive(Default)]
+pub(super) struct Answer {
+    pub(super) handed: Option<Handed>,
+    /// `answer.fail`'s message.
+    pub(super) fail: Option<String>,
+}
+
+/// The verdict of a generation's `verdict` variant.
+macro_rules! given_from {
+    ($w:ident) => {
+        impl From<$w::types::Verdict> for Given {
+            fn from(v: $w::types::Verdict) -> Self {
+                use $w::types::Verdict as V;
+                match v {
+                    V::Next => Given::Next,
+                    V::Accept => Given::Accept,
+                    V::Reject(r) => Given::Reject(r.code, r.text),
+                    V::Tempfail(r) => Given::Tempfail(r.code, r.text),
+                    V::Discard => Given::Discard,
+                    V::Quarantine(r) => Given::Quarantine(r),
+                }
+            }
+        }
+    };
+}
+
+given_from!(w3);
+given_from!(w4);
+
 impl HostState {
-    /// Keep what a hook hands over (the last answer of a call wins).
-    pub(super) fn give_answer(
-        &mut self,
-        answer: Result<wt::Outcome, String>,
-    ) -> wasmtime::Result<()> {
+    /// The answer being handed over; outside a hook call the answer functions trap.
+    pub(super) fn answering(&mut self) -> wasmtime::Result<&mut Answer> {
         if !self.in_call {
             return Err(wasmtime::Error::msg("answer given outside a hook call"));
         }
-        self.answer = Some(answer);
+        Ok(&mut self.answer)
+    }
+
+    /// The verdict and actions of the 0.4 answer functions (one each, added up).
+    fn handing(&mut self) -> wasmtime::Result<&mut Handed> {
+        Ok(self.answering()?.handed.get_or_insert_default())
+    }
+}
+
+/// 0.3: one outcome record (the last answer of a call, outcome or failure, wins).
+impl w3::answer::Host for HostState {
+    fn set_outcome(&mut self, outcome: w3::types::Outcome) -> wasmtime::Result<()> {
+        let a = outcome.actions;
+        *self.answering()? = Answer {
+            handed: Some(Handed {
+                verdict: Some(outcome.verdict.into()),
+                headers: a
+                    .add_headers
+                    .into_iter()
+                    .map(|h| (h.name, h.value))
+                    .collect(),
+                set_rcpt: a.set_rcpt,
+                file_into: a.file_into,
+            }),
+            fail: None,
+        };
+        Ok(())
+    }
+    fn fail(&mut self, message: String) -> wasmtime::Result<()> {
+        *self.answering()? = Answer {
+            handed: None,
+            fail: Some(message),
+        };
         Ok(())
     }
 }
 
-impl wit::answer::Host for HostState {
-    fn set_outcome(&mut self, outcome: wt::Outcome) -> wasmtime::Result<()> {
-        self.give_answer(Ok(outcome))
+/// 0.4: one function per verdict or action (a new action is a new function).
+impl w4::answer::Host for HostState {
+    fn verdict(&mut self, verdict: w4::types::Verdict) -> wasmtime::Result<()> {
+        self.handing()?.verdict = Some(verdict.into());
+        Ok(())
+    }
+    fn add_header(&mut self, name: String, value: String) -> wasmtime::Result<()> {
+        let h = self.handing()?;
+        if h.headers.len() <= MAX_HEADERS {
+            h.headers.push((name, value));
+        }
+        Ok(())
+    }
+    fn set_rcpt(&mut self, address: String) -> wasmtime::Result<()> {
+        self.handing()?.set_rcpt = Some(address);
+        Ok(())
+    }
+    fn file_into(&mut self, folder: String) -> wasmtime::Result<()> {
+        self.handing()?.file_into = Some(folder);
+        Ok(())
     }
     fn fail(&mut self, message: String) -> wasmtime::Result<()> {
-        self.give_answer(Err(message))
-    }
-}
-
-impl wit::auth::Host for HostState {
-    fn facts(&mut self) -> wasmtime::Result<wit::auth::AuthFacts> {
-        // Outside a hook call (`init`) every fact is empty.
-        let none = crate::sender_auth::AuthFacts::default();
-        let a = match &self.call {
-            Some(c) if self.in_call => &c.auth,
-            _ => &none,
-        };
-        Ok(wit::auth::AuthFacts {
-            spf: a.spf.clone(),
-            spf_domain: a.spf_domain.clone(),
-            spf_helo: a.spf_helo.clone(),
-            dkim: a.dkim.clone(),
-            dkim_domains: a.dkim_domains.clone(),
-            dmarc: a.dmarc.clone(),
-            dmarc_domain: a.dmarc_domain.clone(),
-            dmarc_policy: a.dmarc_policy.clone(),
-            arc: a.arc.clone(),
-            arc_sealer: a.arc_sealer.clone(),
-            action: a.action.clone(),
-        })
+        self.answering()?.fail = Some(message);
+        Ok(())
     }
 }

@@ -14,14 +14,59 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use super::host::HostState;
 use super::runtime::{KEEP_BELOW, Limiter, Limits, TICK, runtime};
-use super::{WasmHook, bindings};
+use super::{Generation, WasmHook, bindings};
 use crate::hooks::HookError;
 use crate::hooks::outcome::cut;
 
 /// One instance of a plugin and its store.
 pub(super) struct Instance {
     pub(super) store: wasmtime::Store<HostState>,
-    pub(super) plugin: bindings::Plugin,
+    pub(super) plugin: Bindings,
+}
+
+/// A plugin's exports, in the generation of the interface it was built against.
+pub(super) enum Bindings {
+    V3(bindings::v3::Plugin),
+    V4(bindings::v4::Plugin),
+}
+
+/// A linked plugin, ready to instantiate.
+pub(super) enum Pre {
+    V3(bindings::v3::PluginPre<HostState>),
+    V4(bindings::v4::PluginPre<HostState>),
+}
+
+impl Pre {
+    pub(super) fn generation(&self) -> Generation {
+        match self {
+            Pre::V3(_) => Generation::V3,
+            Pre::V4(_) => Generation::V4,
+        }
+    }
+
+    async fn instantiate(
+        &self,
+        store: &mut wasmtime::Store<HostState>,
+    ) -> wasmtime::Result<Bindings> {
+        Ok(match self {
+            Pre::V3(pre) => Bindings::V3(pre.instantiate_async(store).await?),
+            Pre::V4(pre) => Bindings::V4(pre.instantiate_async(store).await?),
+        })
+    }
+}
+
+impl Bindings {
+    /// `init` with the config as JSON text.
+    async fn init(
+        &self,
+        store: &mut wasmtime::Store<HostState>,
+        json: &str,
+    ) -> wasmtime::Result<Result<(), String>> {
+        match self {
+            Bindings::V3(p) => p.corvus_plugin_hooks().call_init(store, json).await,
+            Bindings::V4(p) => p.corvus_plugin_hooks().call_init(store, json).await,
+        }
+    }
 }
 
 /// Instances a plugin keeps between sessions, ready for `init` and the next session.
@@ -151,7 +196,7 @@ impl WasmHook {
             log_dropped: 0,
             call: None,
             in_call: false,
-            answer: None,
+            answer: Default::default(),
             max_message: limits.max_message,
         };
         let mut store = wasmtime::Store::new(&rt.engine, state);
@@ -173,9 +218,7 @@ impl WasmHook {
         let mut inst_store = store;
         self.arm_store(&mut inst_store);
         let plugin =
-            match tokio::time::timeout(limits.wall, self.pre.instantiate_async(&mut inst_store))
-                .await
-            {
+            match tokio::time::timeout(limits.wall, self.pre.instantiate(&mut inst_store)).await {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => {
                     return Err(HookError(format!(
@@ -206,13 +249,7 @@ impl WasmHook {
         self.stats.inits.fetch_add(1, Ordering::Relaxed);
         self.arm(inst);
         let json = self.env.config_json.clone();
-        let r = tokio::time::timeout(
-            limits.wall,
-            inst.plugin
-                .corvus_plugin_hooks()
-                .call_init(&mut inst.store, &json),
-        )
-        .await;
+        let r = tokio::time::timeout(limits.wall, inst.plugin.init(&mut inst.store, &json)).await;
         match r {
             Ok(Ok(Ok(()))) => {
                 self.forward_output(inst);

@@ -12,11 +12,15 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, HasSelf, Linker};
 
 use super::host::{HostState, PluginEnv};
+use super::instances::{Bindings, Pre};
 use super::runtime::runtime;
-use super::{NEXT_ID, WIT_PACKAGE, WIT_VERSION, WasmHook, bindings, point_of};
+use super::{
+    Generation, NEXT_ID, WIT_PACKAGE, WIT_VERSION, WIT_VERSION_PREVIOUS, WasmHook, bindings,
+    point_of,
+};
 use crate::config::HookEntry;
 use crate::hooks::rhai::LogSink;
-use crate::hooks::{HookError, OnError, PointSet};
+use crate::hooks::{HookError, HookPoint, OnError, PointSet};
 use crate::store::Store;
 
 /// How to load a plugin.
@@ -100,10 +104,21 @@ pub(super) fn wit_versions(engine: &Engine, component: &Component) -> Vec<String
     found
 }
 
-/// Whether a plugin built against WIT version `v` runs on this host ([`WIT_VERSION`]): the
+/// The generation of the interface a plugin built against WIT version `v` gets, if any.
+pub(super) fn generation_of(v: &str) -> Option<Generation> {
+    if compatible(v, WIT_VERSION) {
+        Some(Generation::V4)
+    } else if compatible(v, WIT_VERSION_PREVIOUS) {
+        Some(Generation::V3)
+    } else {
+        None
+    }
+}
+
+/// Whether a plugin built against WIT version `v` runs on a host implementing `host`: the
 /// same major version (for 0.x the same minor), and not newer than the host's, whose
-/// additions (imports) the host would lack.
-pub(super) fn compatible(v: &str) -> bool {
+/// additions (imports, hook point names) the host would lack.
+pub(super) fn compatible(v: &str, host: &str) -> bool {
     let parse = |s: &str| -> Option<(u64, u64, u64)> {
         let mut it = s.split('.');
         Some((
@@ -112,7 +127,7 @@ pub(super) fn compatible(v: &str) -> bool {
             it.next().unwrap_or("0").parse().ok()?,
         ))
     };
-    match (parse(v), parse(WIT_VERSION)) {
+    match (parse(v), parse(host)) {
         (Some(p), Some(h)) if p.0 == 0 || h.0 == 0 => p.0 == h.0 && p.1 == h.1 && p.2 <= h.2,
         (Some(p), Some(h)) => p.0 == h.0 && (p.1, p.2) <= (h.1, h.2),
         _ => false,
@@ -164,29 +179,36 @@ impl WasmHook {
         }
         let component = compile(&rt.engine, name, wasm, opts.cache_dir.as_deref())?;
         let versions = wit_versions(&rt.engine, &component);
-        let wanted = format!("{WIT_PACKAGE}@{WIT_VERSION}");
-        if let Some(bad) = versions.iter().find(|v| {
+        let wanted = format!("{WIT_PACKAGE}@{WIT_VERSION} and {WIT_VERSION_PREVIOUS}");
+        let generation_of = |v: &String| {
             v.split_once('@')
-                .is_none_or(|(pkg, ver)| pkg != WIT_PACKAGE || !compatible(ver))
-        }) {
+                .filter(|(pkg, _)| *pkg == WIT_PACKAGE)
+                .and_then(|(_, ver)| generation_of(ver))
+        };
+        if let Some(bad) = versions.iter().find(|v| generation_of(v).is_none()) {
             return Err(format!(
                 "{name}: plugin was built for {bad}, but this server provides {wanted}; rebuild it against a matching corvus-sdk / sdk/wit"
             ));
         }
-        if versions.is_empty() {
-            return Err(format!(
-                "{name}: plugin does not export {wanted} hooks (is it a Corvus plugin?)"
-            ));
-        }
-        let mut linker: Linker<HostState> = Linker::new(&rt.engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| format!("{name}: linking WASI: {e}"))?;
-        bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| format!("{name}: linking: {e}"))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| format!("{name}: cannot link: {e}"))?;
-        let pre = bindings::PluginPre::new(pre).map_err(|e| format!("{name}: {e}"))?;
+        let generation = match versions
+            .iter()
+            .filter_map(generation_of)
+            .collect::<Vec<_>>()[..]
+        {
+            [] => {
+                return Err(format!(
+                    "{name}: plugin does not export {WIT_PACKAGE}@{WIT_VERSION} hooks (is it a Corvus plugin?)"
+                ));
+            }
+            [g, ref rest @ ..] if rest.iter().all(|r| *r == g) => g,
+            _ => {
+                return Err(format!(
+                    "{name}: plugin mixes versions of {WIT_PACKAGE} ({}); rebuild it against one corvus-sdk / sdk/wit",
+                    versions.join(", ")
+                ));
+            }
+        };
+        let pre = link(&rt.engine, &component, generation).map_err(|e| format!("{name}: {e}"))?;
         let stem = Path::new(name)
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -223,18 +245,23 @@ impl WasmHook {
         self.arm(&mut inst);
         let r = tokio::time::timeout(
             runtime()?.limits.wall,
-            inst.plugin
-                .corvus_plugin_hooks()
-                .call_describe(&mut inst.store),
+            inst.plugin.describe(&mut inst.store),
         )
         .await;
-        let info = match r {
+        let (points, name, version) = match r {
             Ok(Ok(i)) => i,
             Ok(Err(e)) => return Err(self.trap_error("describe", &mut inst, e)),
             Err(_) => return Err(HookError(format!("{}: describe: timed out", self.env.name))),
         };
-        let points = info.hooks.iter().map(|h| point_of(*h)).collect();
-        Ok((points, (info.name, info.version)))
+        let points = points.map_err(|unknown| {
+            let known: Vec<_> = HookPoint::ALL.iter().map(|p| p.name()).collect();
+            HookError(format!(
+                "{}: describe: handles {unknown:?}, a hook point this server does not know (it knows {}); the plugin needs a newer server",
+                self.env.name,
+                known.join(", ")
+            ))
+        })?;
+        Ok((points, (name, version)))
     }
 
     /// Plugin name and version from `describe`.
@@ -265,4 +292,64 @@ pub fn check_plugin(
     )?;
     let (n, v) = h.info();
     Ok(format!("{n} {v}: {}", h.handled_points().join(", ")))
+}
+
+/// Link a component against the host imports of its generation (and a locked-down WASI).
+fn link(engine: &Engine, component: &Component, generation: Generation) -> Result<Pre, String> {
+    prepare(&linker(engine, generation)?, component, generation)
+}
+
+/// The host imports of a generation, and a locked-down WASI.
+pub(super) fn linker(engine: &Engine, generation: Generation) -> Result<Linker<HostState>, String> {
+    let mut linker: Linker<HostState> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(|e| format!("linking WASI: {e}"))?;
+    let linked = match generation {
+        Generation::V3 => bindings::v3::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s),
+        Generation::V4 => bindings::v4::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s),
+    };
+    linked.map_err(|e| format!("linking: {e}"))?;
+    Ok(linker)
+}
+
+/// Resolve a component's imports with `linker`.
+pub(super) fn prepare(
+    linker: &Linker<HostState>,
+    component: &Component,
+    generation: Generation,
+) -> Result<Pre, String> {
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| format!("cannot link: {e}"))?;
+    let e = |e: wasmtime::Error| e.to_string();
+    Ok(match generation {
+        Generation::V3 => Pre::V3(bindings::v3::PluginPre::new(pre).map_err(e)?),
+        Generation::V4 => Pre::V4(bindings::v4::PluginPre::new(pre).map_err(e)?),
+    })
+}
+
+impl Bindings {
+    /// `describe`: the points the plugin handles (Err: a name this host does not know), its
+    /// name and version.
+    async fn describe(
+        &self,
+        store: &mut wasmtime::Store<HostState>,
+    ) -> wasmtime::Result<(Result<PointSet, String>, String, String)> {
+        Ok(match self {
+            Bindings::V3(p) => {
+                let info = p.corvus_plugin_hooks().call_describe(store).await?;
+                let points = info.hooks.iter().map(|h| point_of(*h)).collect();
+                (Ok(points), info.name, info.version)
+            }
+            Bindings::V4(p) => {
+                let info = p.corvus_plugin_hooks().call_describe(store).await?;
+                let points = info
+                    .handles
+                    .iter()
+                    .map(|h| HookPoint::from_name(h).ok_or_else(|| h.clone()))
+                    .collect();
+                (points, info.name, info.version)
+            }
+        })
+    }
 }

@@ -1,6 +1,10 @@
 //! WASM plugins as hook engines (wasmtime, component model, the WIT package
-//! `corvus:plugin` in `sdk/wit/v0.3/plugin.wit`, whose version a plugin must match; each
-//! released version of the WIT keeps its folder under `sdk/wit/`).
+//! `corvus:plugin`). Two generations of it load: 0.4 (`sdk/wit/v0.4/plugin.wit`, one `on-hook`
+//! export for every point, points listed by name in `handles`, actions as `answer`
+//! functions, so that a new point or action is a patch release) and 0.3
+//! (`sdk/wit/v0.3/plugin.wit`, one export per point, an `outcome` record), each with its own
+//! `bindgen!` below; a plugin gets the generation its version names. Each released version
+//! of the WIT keeps its folder under `sdk/wit/`.
 //!
 //! One process-wide [`Engine`] (pooling allocator, epoch interruption, a 10 ms ticker thread).
 //! Per `[[hooks]] plugin = "x.wasm"` entry, once at load: the compiled component (from a cache
@@ -18,10 +22,13 @@
 //! memory when it goes. A call without a session (queue deliveries) is a session of its own.
 //! When the instance pool runs low, instances are not kept.
 //!
-//! Hooks have flat signatures (`func(session: u64) -> status`, WIT 0.3): the facts of a call
-//! come from the `context` import, whose functions answer from the store's copy of the call's
-//! [`HookCtx`], so a hook pays only for what it reads (the message included); a hook that does
-//! more than `next` hands its outcome over through the `answer` import before it returns.
+//! Hooks have flat signatures (`func(session: u64) -> status` in 0.3, `func(hook: u32,
+//! session: u64) -> status` in 0.4, the point by its [`HookPoint::number`]: its name as a
+//! string added about 40% to a bare call): the facts of a call come from the `context`
+//! import, whose functions answer from the store's copy of the call's [`HookCtx`], so a hook
+//! pays only for what it reads (the message included); a hook that does more than `next`
+//! hands its verdict and actions over through the `answer` import before it returns (both
+//! generations fill one `host::Answer`, checked by the same rules).
 //!
 //! Per call: an epoch deadline (CPU budget, counted in 10 ms ticks of guest execution; the
 //! guest yields to tokio at every tick), a wall-clock deadline (checked at every tick, and
@@ -35,8 +42,9 @@
 //!
 //! Layout: this file is the engine (`WasmHook`, one call, the check of what a plugin hands
 //! over); `runtime.rs` the process-wide engine, pool and epoch ticker; `load.rs` compiling,
-//! caching and the WIT version check; `instances.rs` instances, their idle pool and
-//! [`HookSession`]; `host.rs` the host side of the WIT imports.
+//! caching, the WIT version check and the choice of generation; `instances.rs` instances
+//! (either generation's bindings), their idle pool and [`HookSession`]; `host.rs` the host
+//! side of the WIT imports of both generations.
 
 mod host;
 mod instances;
@@ -54,57 +62,109 @@ use super::outcome::{self, Action, ActionError, cut};
 use super::{
     Actions, HookCtx, HookEngine, HookError, HookFuture, HookPoint, OnError, PointSet, Verdict,
 };
-use host::{HostState, PluginEnv};
-use instances::{IdlePool, Instance, Pooled, give_back, next_session_id};
+use host::{Answer, Given, Handed, PluginEnv};
+use instances::{Bindings, IdlePool, Instance, Pooled, Pre, give_back, next_session_id};
 use runtime::{KEEP_BELOW, runtime};
 
+/// The host bindings of the two generations of the interface a plugin may be built
+/// against: 0.3 (one export per hook point) and 0.4 (one `on-hook` export, hook points
+/// numbered and listed by name, actions as `answer` functions).
 mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../sdk/wit/v0.3",
-        world: "plugin",
-        imports: {
-            "corvus:plugin/dns": async | trappable,
-            default: trappable,
-        },
-        exports: { default: async },
-    });
+    pub mod v3 {
+        wasmtime::component::bindgen!({
+            path: "../sdk/wit/v0.3",
+            world: "plugin",
+            imports: {
+                "corvus:plugin/dns": async | trappable,
+                default: trappable,
+            },
+            exports: { default: async },
+        });
+    }
+    pub mod v4 {
+        wasmtime::component::bindgen!({
+            path: "../sdk/wit/v0.4",
+            world: "plugin",
+            imports: {
+                "corvus:plugin/dns": async | trappable,
+                default: trappable,
+            },
+            exports: { default: async },
+        });
+    }
 }
 
-use bindings::corvus::plugin as wit;
-use bindings::corvus::plugin::types as wt;
+use bindings::v3::corvus::plugin as w3;
+use bindings::v4::corvus::plugin as w4;
 
-/// The hook point of a WIT `hook`.
-fn point_of(h: wt::Hook) -> HookPoint {
+/// The hook point of a WIT 0.3 `hook`.
+fn point_of(h: w3::types::Hook) -> HookPoint {
+    use w3::types::Hook;
     match h {
-        wt::Hook::Connect => HookPoint::Connect,
-        wt::Hook::Helo => HookPoint::Helo,
-        wt::Hook::Auth => HookPoint::Auth,
-        wt::Hook::Mail => HookPoint::Mail,
-        wt::Hook::Rcpt => HookPoint::Rcpt,
-        wt::Hook::Data => HookPoint::Data,
-        wt::Hook::Delivery => HookPoint::Delivery,
-        wt::Hook::Fetch => HookPoint::Fetch,
+        Hook::Connect => HookPoint::Connect,
+        Hook::Helo => HookPoint::Helo,
+        Hook::Auth => HookPoint::Auth,
+        Hook::Mail => HookPoint::Mail,
+        Hook::Rcpt => HookPoint::Rcpt,
+        Hook::Data => HookPoint::Data,
+        Hook::Delivery => HookPoint::Delivery,
+        Hook::Fetch => HookPoint::Fetch,
     }
 }
 
-/// The WIT `hook` of a hook point.
-fn hook_of(p: HookPoint) -> wt::Hook {
+/// The WIT 0.3 `hook` of a hook point (0.4 names points by [`HookPoint::name`]).
+fn hook_of(p: HookPoint) -> w3::types::Hook {
+    use w3::types::Hook;
     match p {
-        HookPoint::Connect => wt::Hook::Connect,
-        HookPoint::Helo => wt::Hook::Helo,
-        HookPoint::Auth => wt::Hook::Auth,
-        HookPoint::Mail => wt::Hook::Mail,
-        HookPoint::Rcpt => wt::Hook::Rcpt,
-        HookPoint::Data => wt::Hook::Data,
-        HookPoint::Delivery => wt::Hook::Delivery,
-        HookPoint::Fetch => wt::Hook::Fetch,
+        HookPoint::Connect => Hook::Connect,
+        HookPoint::Helo => Hook::Helo,
+        HookPoint::Auth => Hook::Auth,
+        HookPoint::Mail => Hook::Mail,
+        HookPoint::Rcpt => Hook::Rcpt,
+        HookPoint::Data => Hook::Data,
+        HookPoint::Delivery => Hook::Delivery,
+        HookPoint::Fetch => Hook::Fetch,
     }
 }
 
-/// The WIT package version this host implements.
+/// The generation of the interface a plugin was built against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Generation {
+    V3,
+    V4,
+}
+
+/// How a hook call ended (the `status` of either generation).
+enum Status {
+    Next,
+    Done,
+    Failed,
+}
+
+macro_rules! status_from {
+    ($w:ident) => {
+        impl From<$w::types::Status> for Status {
+            fn from(s: $w::types::Status) -> Self {
+                match s {
+                    $w::types::Status::Next => Status::Next,
+                    $w::types::Status::Done => Status::Done,
+                    $w::types::Status::Failed => Status::Failed,
+                }
+            }
+        }
+    };
+}
+
+status_from!(w3);
+status_from!(w4);
+
+/// The WIT package this host implements.
 pub const WIT_PACKAGE: &str = "corvus:plugin";
-/// See [`WIT_PACKAGE`].
-pub const WIT_VERSION: &str = "0.3.0";
+/// The newest version of [`WIT_PACKAGE`] this host implements (plugins built against an
+/// older patch release of it load too).
+pub const WIT_VERSION: &str = "0.4.0";
+/// The previous generation, still loaded (plugins built against 0.3.x run unchanged).
+pub const WIT_VERSION_PREVIOUS: &str = "0.3.0";
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -112,7 +172,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 pub struct WasmHook {
     id: u64,
     env: Arc<PluginEnv>,
-    pre: bindings::PluginPre<HostState>,
+    pre: Pre,
     points: PointSet,
     info: (String, String),
     on_error: OnError,
@@ -141,26 +201,36 @@ impl WasmHook {
         inst: &mut Instance,
         ctx: &HookCtx,
         session: u64,
-    ) -> Result<Result<Option<wt::Outcome>, String>, wasmtime::Error> {
-        let hooks = inst.plugin.corvus_plugin_hooks();
+    ) -> Result<Result<Option<Handed>, String>, wasmtime::Error> {
         let store = &mut inst.store;
         // What the `context` and `auth` imports answer during this call.
         let data = store.data_mut();
         data.in_call = true;
-        data.answer = None;
+        data.answer = Answer::default();
         match &mut data.call {
             Some(c) => c.refresh_from(ctx),
             None => data.call = Some(ctx.clone()),
         }
-        let r = match ctx.point {
-            HookPoint::Connect => hooks.call_on_connect(&mut *store, session).await,
-            HookPoint::Helo => hooks.call_on_helo(&mut *store, session).await,
-            HookPoint::Auth => hooks.call_on_auth(&mut *store, session).await,
-            HookPoint::Mail => hooks.call_on_mail(&mut *store, session).await,
-            HookPoint::Rcpt => hooks.call_on_rcpt(&mut *store, session).await,
-            HookPoint::Data => hooks.call_on_data(&mut *store, session).await,
-            HookPoint::Delivery => hooks.call_on_delivery(&mut *store, session).await,
-            HookPoint::Fetch => hooks.call_on_fetch(&mut *store, session).await,
+        let r = match &inst.plugin {
+            Bindings::V3(p) => {
+                let hooks = p.corvus_plugin_hooks();
+                match ctx.point {
+                    HookPoint::Connect => hooks.call_on_connect(&mut *store, session).await,
+                    HookPoint::Helo => hooks.call_on_helo(&mut *store, session).await,
+                    HookPoint::Auth => hooks.call_on_auth(&mut *store, session).await,
+                    HookPoint::Mail => hooks.call_on_mail(&mut *store, session).await,
+                    HookPoint::Rcpt => hooks.call_on_rcpt(&mut *store, session).await,
+                    HookPoint::Data => hooks.call_on_data(&mut *store, session).await,
+                    HookPoint::Delivery => hooks.call_on_delivery(&mut *store, session).await,
+                    HookPoint::Fetch => hooks.call_on_fetch(&mut *store, session).await,
+                }
+                .map(Status::from)
+            }
+            Bindings::V4(p) => p
+                .corvus_plugin_hooks()
+                .call_on_hook(&mut *store, ctx.point.number(), session)
+                .await
+                .map(Status::from),
         };
         let data = store.data_mut();
         data.in_call = false;
@@ -169,14 +239,23 @@ impl WasmHook {
             c.message = None;
             c.credentials = None;
         }
-        let answer = data.answer.take();
+        let answer = std::mem::take(&mut data.answer);
+        let missing = match self.pre.generation() {
+            Generation::V3 => "answer.set-outcome",
+            Generation::V4 => "an answer (answer.verdict or an action)",
+        };
         Ok(match (r?, answer) {
             // A plain `next`: no verdict to convert, no actions to apply.
-            (wt::Status::Next, _) => Ok(None),
-            (wt::Status::Done, Some(Ok(outcome))) => Ok(Some(outcome)),
-            (wt::Status::Done, _) => Err("returned done without answer.set-outcome".into()),
-            (wt::Status::Failed, Some(Err(message))) => Err(message),
-            (wt::Status::Failed, _) => Err("failed (no reason given with answer.fail)".into()),
+            (Status::Next, _) => Ok(None),
+            (
+                Status::Done,
+                Answer {
+                    handed: Some(h), ..
+                },
+            ) => Ok(Some(h)),
+            (Status::Done, _) => Err(format!("returned done without {missing}")),
+            (Status::Failed, Answer { fail: Some(m), .. }) => Err(m),
+            (Status::Failed, _) => Err("failed (no reason given with answer.fail)".into()),
         })
     }
 
@@ -232,28 +311,36 @@ impl WasmHook {
         }
         let outcome = result
             .map_err(|m| HookError(format!("{}: {func}: {}", self.env.name, cut(&m, 1000))))?;
-        let Some(outcome) = outcome else {
+        let Some(mut outcome) = outcome else {
             return Ok(Verdict::Continue);
         };
-        let verdict = from_wit_verdict(&self.env.name, func, outcome.verdict)?;
-        apply_actions(&self.env.name, ctx.point, outcome.actions, actions)?;
+        let verdict = from_wit_verdict(&self.env.name, func, outcome.verdict.take())?;
+        apply_actions(
+            &self.env.name,
+            self.pre.generation(),
+            ctx.point,
+            outcome,
+            actions,
+        )?;
         Ok(verdict)
     }
 }
 
 /// The verdict a plugin handed over, checked by the shared rules; errors name the plugin
 /// and hook (`x.wasm: on_rcpt: reject code 450 is not in 500..599`).
-fn from_wit_verdict(name: &str, func: &str, v: wt::Verdict) -> Result<Verdict, HookError> {
+fn from_wit_verdict(name: &str, func: &str, v: Option<Given>) -> Result<Verdict, HookError> {
     let refusal = |kind: &str, r: Result<Verdict, outcome::CodeOutOfRange>| {
         r.map_err(|e| HookError(format!("{name}: {func}: {kind} {e}")))
     };
     Ok(match v {
-        wt::Verdict::Next => Verdict::Continue,
-        wt::Verdict::Accept => Verdict::Accept,
-        wt::Verdict::Discard => Verdict::Discard,
-        wt::Verdict::Quarantine(r) => Verdict::quarantine(&r),
-        wt::Verdict::Reject(r) => refusal("reject", Verdict::reject(r.code.into(), &r.text))?,
-        wt::Verdict::Tempfail(r) => refusal("tempfail", Verdict::tempfail(r.code.into(), &r.text))?,
+        None | Some(Given::Next) => Verdict::Continue,
+        Some(Given::Accept) => Verdict::Accept,
+        Some(Given::Discard) => Verdict::Discard,
+        Some(Given::Quarantine(r)) => Verdict::quarantine(&r),
+        Some(Given::Reject(code, text)) => refusal("reject", Verdict::reject(code.into(), &text))?,
+        Some(Given::Tempfail(code, text)) => {
+            refusal("tempfail", Verdict::tempfail(code.into(), &text))?
+        }
     })
 }
 
@@ -261,15 +348,17 @@ fn from_wit_verdict(name: &str, func: &str, v: wt::Verdict) -> Result<Verdict, H
 /// against the hook point before any value, and the header count before the headers.
 fn apply_actions(
     name: &str,
+    generation: Generation,
     point: HookPoint,
-    a: wt::Actions,
+    a: Handed,
     out: &mut Actions,
 ) -> Result<(), HookError> {
-    // The action's field in the WIT `actions` record.
-    let field = |action: Action| match action {
-        Action::AddHeader => "add-headers",
-        Action::SetRcpt => "set-rcpt",
-        Action::FileInto => "file-into",
+    // The action's field in the WIT 0.3 `actions` record, or its 0.4 `answer` function.
+    let field = |action: Action| match (action, generation) {
+        (Action::AddHeader, Generation::V3) => "add-headers",
+        (Action::AddHeader, Generation::V4) => "add-header",
+        (Action::SetRcpt, _) => "set-rcpt",
+        (Action::FileInto, _) => "file-into",
     };
     let err = |e: ActionError| {
         let m = match e {
@@ -277,7 +366,10 @@ fn apply_actions(
                 let names: Vec<_> = action
                     .points()
                     .iter()
-                    .map(|p| p.function_name().replace('_', "-"))
+                    .map(|p| match generation {
+                        Generation::V3 => p.function_name().replace('_', "-"),
+                        Generation::V4 => p.name().to_string(),
+                    })
                     .collect();
                 format!(
                     "{} is only available in {}",
@@ -292,7 +384,7 @@ fn apply_actions(
         HookError(format!("{name}: {}: {m}", point.function_name()))
     };
     for (action, present) in [
-        (Action::AddHeader, !a.add_headers.is_empty()),
+        (Action::AddHeader, !a.headers.is_empty()),
         (Action::SetRcpt, a.set_rcpt.is_some()),
         (Action::FileInto, a.file_into.is_some()),
     ] {
@@ -300,11 +392,11 @@ fn apply_actions(
             return Err(err(ActionError::NotHere(action)));
         }
     }
-    if a.add_headers.len() > outcome::MAX_HEADERS {
+    if a.headers.len() > outcome::MAX_HEADERS {
         return Err(err(ActionError::TooManyHeaders));
     }
-    for h in a.add_headers {
-        out.add_header(point, &h.name, &h.value).map_err(err)?;
+    for (name, value) in a.headers {
+        out.add_header(point, &name, &value).map_err(err)?;
     }
     if let Some(r) = a.set_rcpt {
         out.set_rcpt(point, &r).map_err(err)?;

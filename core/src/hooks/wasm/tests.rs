@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::load::compatible;
+use super::load::{compatible, generation_of};
 use super::runtime::runtime;
 use super::*;
 use crate::hooks::rhai::LogSink;
@@ -471,26 +471,42 @@ fn wrong_wit_version_is_refused_with_a_clear_message() {
         .err()
         .expect("must be refused");
     assert!(
-        e.contains("built for corvus:plugin@0.9.0") && e.contains("provides corvus:plugin@0.3.0"),
+        e.contains("built for corvus:plugin@0.9.0")
+            && e.contains("provides corvus:plugin@0.4.0 and 0.3.0"),
         "{e}"
     );
 }
 
 #[test]
 fn older_patch_versions_are_compatible_newer_ones_not() {
-    assert_eq!(WIT_VERSION, "0.3.0");
-    for (v, ok) in [
-        ("0.1.0", false),
-        ("0.2.0", false),
-        ("0.2.1", false),
-        ("0.3.0", true),
-        ("0.3.1", false),
-        ("0.4.0", false),
-        ("0.0.9", false),
-        ("1.0.0", false),
-        ("x", false),
+    assert_eq!((WIT_VERSION, WIT_VERSION_PREVIOUS), ("0.4.0", "0.3.0"));
+    for (v, host, ok) in [
+        ("0.1.0", "0.3.0", false),
+        ("0.2.0", "0.3.0", false),
+        ("0.2.1", "0.3.0", false),
+        ("0.3.0", "0.3.0", true),
+        ("0.3.1", "0.3.0", false),
+        ("0.4.0", "0.3.0", false),
+        ("0.4.0", "0.4.0", true),
+        ("0.4.0", "0.4.2", true),
+        ("0.4.2", "0.4.1", false),
+        ("0.0.9", "0.3.0", false),
+        ("1.0.0", "0.3.0", false),
+        ("1.0.0", "1.2.0", true),
+        ("x", "0.3.0", false),
     ] {
-        assert_eq!(compatible(v), ok, "{v}");
+        assert_eq!(compatible(v, host), ok, "{v} on {host}");
+    }
+    // Both generations load; anything else is refused.
+    for (v, generation) in [
+        ("0.2.0", None),
+        ("0.3.0", Some(Generation::V3)),
+        ("0.3.1", None),
+        ("0.4.0", Some(Generation::V4)),
+        ("0.4.1", None),
+        ("0.5.0", None),
+    ] {
+        assert_eq!(generation_of(v), generation, "{v}");
     }
 }
 
@@ -516,19 +532,37 @@ fn init_errors_refuse_the_plugin_at_load() {
 
 #[test]
 fn hooks_that_break_the_answer_protocol_fail_their_call_only() {
-    // A plugin written without the SDK returns `done` or `failed` without handing anything
-    // over: that call fails with a reason; the instance keeps serving.
-    for (mode, want) in [
+    // A plugin written without the SDK (of either generation) returns `done` or `failed`
+    // without handing anything over: that call fails with a reason; the instance keeps
+    // serving. `failed` uses `fail`'s message even when a verdict was given too.
+    for (name, mode, want) in [
         (
+            "raw-answer",
             "done-without-outcome",
             "raw_answer.wasm: on_rcpt: returned done without answer.set-outcome",
         ),
         (
+            "raw-answer",
             "failed-without-reason",
             "on_rcpt: failed (no reason given with answer.fail)",
         ),
+        (
+            "raw-v4",
+            "done-without-answer",
+            "raw_v4.wasm: on_rcpt: returned done without an answer",
+        ),
+        (
+            "raw-v4",
+            "failed-without-reason",
+            "on_rcpt: failed (no reason given with answer.fail)",
+        ),
+        (
+            "raw-v4",
+            "fail-then-verdict",
+            "on_rcpt: raw-v4 fails on purpose",
+        ),
     ] {
-        let h = load("raw-answer", serde_json::json!({ "mode": mode }), None).unwrap();
+        let h = load(name, serde_json::json!({ "mode": mode }), None).unwrap();
         let session = Arc::new(HookSession::default());
         for _ in 0..2 {
             let e = call(&h, &rcpt("b@y.example", Some(session.clone()))).unwrap_err();
@@ -548,35 +582,189 @@ fn hooks_that_break_the_answer_protocol_fail_their_call_only() {
     );
     // The facts exist only during a hook call: asking in `init` fails it (the plugin is
     // refused at load).
-    let e = load(
+    for name in ["raw-answer", "raw-v4"] {
+        let e = load(name, serde_json::json!({"mode": "context-in-init"}), None)
+            .err()
+            .expect("must be refused");
+        assert!(
+            e.contains("context used outside a hook call"),
+            "{name}: {e}"
+        );
+    }
+}
+
+#[test]
+fn the_bare_benchmark_plugins_handle_every_hook_and_answer_next() {
+    // raw-answer (0.3) and raw-v4 in "bare" mode: what the throughput bench uses as the least
+    // a plugin of each generation costs.
+    for name in ["raw-answer", "raw-v4"] {
+        let h = load(name, serde_json::json!({"mode": "bare"}), None).unwrap();
+        assert_eq!(h.handled_points().len(), 8, "{:?}", h.handled_points());
+        let session = Arc::new(HookSession::default());
+        for point in [
+            HookPoint::Connect,
+            HookPoint::Helo,
+            HookPoint::Mail,
+            HookPoint::Rcpt,
+            HookPoint::Data,
+            HookPoint::Delivery,
+        ] {
+            let mut c = rcpt("b@y.example", Some(session.clone()));
+            c.point = point;
+            assert_eq!(call(&h, &c).unwrap(), Verdict::Continue, "{name} {point:?}");
+        }
+        assert_eq!(h.stats.failures.load(Ordering::Relaxed), 0);
+    }
+}
+
+#[test]
+fn both_generations_load_and_their_answers_follow_the_same_rules() {
+    // raw-answer is built against 0.3, the SDK plugins against 0.4.
+    let v3 = load(
         "raw-answer",
-        serde_json::json!({"mode": "context-in-init"}),
+        serde_json::json!({"mode": "reject", "text": "5.7.1 no"}),
+        None,
+    )
+    .unwrap();
+    let v4 = load("misbehave", serde_json::json!({"mode": "reject"}), None).unwrap();
+    assert_eq!(v3.pre.generation(), Generation::V3);
+    assert_eq!(v4.pre.generation(), Generation::V4);
+    let reject = |text: &str| Verdict::Reject {
+        code: 550,
+        enhanced: Some(Enhanced::known("5.7.1")),
+        text: text.into(),
+    };
+    assert_eq!(call(&v3, &rcpt("b@y.example", None)).unwrap(), reject("no"));
+    assert_eq!(
+        call(&v4, &rcpt("b@y.example", None)).unwrap(),
+        reject("misbehave says no")
+    );
+    // An action where it is not allowed fails the call, named as each generation spells it.
+    for (name, want) in [
+        (
+            "raw-answer",
+            "on_rcpt: add-headers is only available in on-data and on-delivery",
+        ),
+        (
+            "raw-v4",
+            "on_rcpt: add-header is only available in data and delivery",
+        ),
+    ] {
+        let h = load(name, serde_json::json!({"mode": "header-at-rcpt"}), None).unwrap();
+        let e = call(&h, &rcpt("b@y.example", None)).unwrap_err();
+        assert!(e.0.contains(want), "{name}: {e}");
+    }
+    // Headers added by an SDK plugin (0.4: one `answer.add-header` call each).
+    let noop = load("noop", serde_json::json!({"tag": "t"}), None).unwrap();
+    let mut c = rcpt("b@y.example", None);
+    c.point = HookPoint::Data;
+    let mut a = Actions::default();
+    assert_eq!(call_with(&noop, &c, &mut a).unwrap(), Verdict::Continue);
+    assert_eq!(
+        a.add_headers,
+        [("X-Noop".to_string(), "t calls=1".to_string())]
+    );
+}
+
+#[test]
+fn the_0_4_answer_functions_add_up() {
+    let raw = |mode: &str, extra: serde_json::Value| {
+        let mut config = serde_json::json!({ "mode": mode });
+        config
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        load("raw-v4", config, None).unwrap()
+    };
+    // A verdict and an action, each its own call.
+    let h = raw("redirect", serde_json::json!({"to": "c@y.example"}));
+    let mut a = Actions::default();
+    assert_eq!(
+        call_with(&h, &rcpt("b@y.example", None), &mut a).unwrap(),
+        Verdict::Accept
+    );
+    assert_eq!(a.set_rcpt.as_deref(), Some("c@y.example"));
+    // `context.hook` is the point's name.
+    let h = raw("hook-name", serde_json::json!({}));
+    let e = call(&h, &rcpt("b@y.example", None)).unwrap();
+    assert!(
+        matches!(&e, Verdict::Reject { text, .. } if text == "rcpt"),
+        "{e:?}"
+    );
+    // The header limit holds however many times a plugin calls `add-header`.
+    let h = raw("headers", serde_json::json!({"count": 1000}));
+    let mut c = rcpt("b@y.example", None);
+    c.point = HookPoint::Data;
+    let e = call(&h, &c).unwrap_err();
+    assert!(e.0.contains("on_data: at most 32 headers per call"), "{e}");
+    let h = raw("headers", serde_json::json!({"count": 3}));
+    let mut a = Actions::default();
+    call_with(&h, &c, &mut a).unwrap();
+    assert_eq!(a.add_headers.len(), 3);
+}
+
+#[test]
+fn a_hook_point_the_server_does_not_know_is_refused_at_load() {
+    // A plugin built against a newer 0.4.x that handles a point this server lacks.
+    let e = load(
+        "raw-v4",
+        serde_json::json!({"mode": "unknown-handle"}),
         None,
     )
     .err()
     .expect("must be refused");
-    assert!(e.contains("context used outside a hook call"), "{e}");
+    assert!(
+        e.contains("describe: handles \"teleport\", a hook point this server does not know")
+            && e.contains("needs a newer server"),
+        "{e}"
+    );
 }
 
 #[test]
-fn the_bare_benchmark_plugin_handles_every_hook_and_answers_next() {
-    // raw-answer in "bare" mode: what the throughput bench uses as the least a plugin costs.
-    let h = load("raw-answer", serde_json::json!({"mode": "bare"}), None).unwrap();
-    assert_eq!(h.handled_points().len(), 8, "{:?}", h.handled_points());
-    let session = Arc::new(HookSession::default());
-    for point in [
-        HookPoint::Connect,
-        HookPoint::Helo,
-        HookPoint::Mail,
-        HookPoint::Rcpt,
-        HookPoint::Data,
-        HookPoint::Delivery,
-    ] {
-        let mut c = rcpt("b@y.example", Some(session.clone()));
-        c.point = point;
-        assert_eq!(call(&h, &c).unwrap(), Verdict::Continue, "{point:?}");
+fn a_0_4_plugin_links_against_a_grown_interface() {
+    // What makes a new hook point or action a patch release: a component imports only the
+    // functions it calls (wit-component drops the others from its type), and the linker
+    // matches imports by name, so functions the host gained since do not matter.
+    let rt = runtime().unwrap();
+    let wasm = std::fs::read(plugin_path("raw-v4")).unwrap();
+    let component = wasmtime::component::Component::new(&rt.engine, &wasm).unwrap();
+    let imported = |interface: &str| -> Vec<String> {
+        let ty = component.component_type();
+        let (_, item) = ty
+            .imports(&rt.engine)
+            .find(|(n, _)| *n == format!("corvus:plugin/{interface}@0.4.0"))
+            .unwrap_or_else(|| panic!("{interface} not imported"));
+        let wasmtime::component::types::ComponentItem::ComponentInstance(i) = item.ty else {
+            panic!("{interface} is not an instance")
+        };
+        let mut names: Vec<String> = i.exports(&rt.engine).map(|(n, _)| n.to_string()).collect();
+        names.sort();
+        names
+    };
+    // raw-v4 asks for two of the 21 facts, and calls four of the five answer functions:
+    // `file-into` is not in its type (`decision` is the type `verdict` takes).
+    assert_eq!(imported("context"), ["hook", "rcpt"]);
+    assert_eq!(
+        imported("answer"),
+        ["add-header", "decision", "fail", "set-rcpt", "verdict"]
+    );
+    // A host whose 0.4 interface grew (a new fact, a new action) still links and runs it.
+    let mut linker = super::load::linker(&rt.engine, Generation::V4).unwrap();
+    for (interface, function) in [("context", "grown-fact"), ("answer", "grown-action")] {
+        linker
+            .instance(&format!("corvus:plugin/{interface}@0.4.0"))
+            .unwrap()
+            .func_wrap(function, |_, (): ()| Ok((7u32,)))
+            .unwrap();
     }
-    assert_eq!(h.stats.failures.load(Ordering::Relaxed), 0);
+    let pre = super::load::prepare(&linker, &component, Generation::V4).unwrap();
+    let h = load("raw-v4", serde_json::json!({"mode": "hook-name"}), None).unwrap();
+    let grown = WasmHook { pre, ..h };
+    let e = call(&grown, &rcpt("b@y.example", None)).unwrap();
+    assert!(
+        matches!(&e, Verdict::Reject { text, .. } if text == "rcpt"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -694,6 +882,19 @@ fn bench_per_call_overhead() {
             })
             .await;
         }
+        // The least a call costs in each generation: 0.3 calls `on-rcpt`, 0.4 `on-hook` with
+        // the point's name (a string lowered into the plugin, matched there).
+        for name in ["raw-answer", "raw-v4"] {
+            let bare = load(name, serde_json::json!({"mode": "bare"}), None).unwrap();
+            let c = rcpt("b@y.example", Some(session.clone()));
+            let mut a = Actions::default();
+            call_in(&bare, &c, &mut a).await.unwrap();
+            measure(&format!("bare {name} on_rcpt"), 5000, async |_| {
+                let mut a = Actions::default();
+                call_in(&bare, &c, &mut a).await.unwrap();
+            })
+            .await;
+        }
         // Caches gone cold, as in a server between two hooks: 4 MiB (twice the L2 cache here)
         // written before each call, and only the call timed (less the cost of reading the
         // clock twice); medians of 5 × 300 calls.
@@ -763,7 +964,7 @@ fn plugins_built_for_an_older_minor_version_are_refused() {
         .expect("must be refused");
     assert!(
         e.contains("built for corvus:plugin@0.2.0")
-            && e.contains("provides corvus:plugin@0.3.0")
+            && e.contains("provides corvus:plugin@0.4.0 and 0.3.0")
             && e.contains("rebuild it"),
         "{e}"
     );

@@ -1,15 +1,18 @@
-//! Test plugin written against `sdk/wit` without the SDK, to break the hook protocol on
+//! Test plugin written against `sdk/wit/v0.3` (the previous generation, which the host still
+//! loads) without the SDK, to break the hook protocol on
 //! purpose (the SDK never does). `config.mode` at on-rcpt:
 //! "done-without-outcome" returns `done` without calling `answer.set-outcome`;
 //! "failed-without-reason" returns `failed` without `answer.fail`;
 //! "outcome-then-next" hands over a reject, then returns `next` (the status decides: next);
 //! "context-in-init" reads `context.rcpt` in `init` (outside a hook call: init fails);
+//! "reject" rejects with 550 and the text `config.text`;
+//! "header-at-rcpt" hands over a header at rcpt (where headers are not allowed);
 //! "bare" declares every hook and answers each with `next` at once, touching nothing: the
 //! least a plugin can cost the host (benchmarks).
 
 wit_bindgen::generate!({ path: "../../../sdk/wit/v0.3", world: "plugin" });
 
-use corvus::plugin::types::{Actions, Hook, Outcome, PluginInfo, Reply, Status, Verdict};
+use corvus::plugin::types::{Actions, Header, Hook, Outcome, PluginInfo, Reply, Status, Verdict};
 use corvus::plugin::{answer, config, context};
 use exports::corvus::plugin::hooks::Guest;
 
@@ -60,21 +63,33 @@ impl Guest for Raw {
         Ok(())
     }
     fn on_rcpt(_session: u64) -> Status {
+        let outcome = |verdict, add_headers| Outcome {
+            verdict,
+            actions: Actions {
+                add_headers,
+                set_rcpt: None,
+                file_into: None,
+            },
+        };
         match mode() {
             "done-without-outcome" => Status::Done,
+            "reject" => {
+                let text = config::get_string("text").unwrap_or_default();
+                answer::set_outcome(&outcome(Verdict::Reject(Reply { code: 550, text }), vec![]));
+                Status::Done
+            }
+            "header-at-rcpt" => {
+                let header = Header {
+                    name: "X-Raw".into(),
+                    value: "at rcpt".into(),
+                };
+                answer::set_outcome(&outcome(Verdict::Next, vec![header]));
+                Status::Done
+            }
             "failed-without-reason" => Status::Failed,
             "outcome-then-next" => {
-                answer::set_outcome(&Outcome {
-                    verdict: Verdict::Reject(Reply {
-                        code: 550,
-                        text: "not used".into(),
-                    }),
-                    actions: Actions {
-                        add_headers: Vec::new(),
-                        set_rcpt: None,
-                        file_into: None,
-                    },
-                });
+                let text = "not used".into();
+                answer::set_outcome(&outcome(Verdict::Reject(Reply { code: 550, text }), vec![]));
                 Status::Next
             }
             _ => Status::Next,
