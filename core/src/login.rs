@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use crate::accounts::CredentialCache;
-use crate::hooks::{HookChain, HookCtx, HookPoint, HookSession, Verdict};
+use crate::hooks::{Enhanced, HookChain, HookCtx, HookPoint, HookSession, Verdict};
 use crate::net::AuthThrottle;
 use crate::store::Store;
 
@@ -81,9 +81,24 @@ pub enum Refusal {
         /// The client is now throttled.
         closing: bool,
     },
-    /// Could not decide now (a store error, or a hook's `Tempfail` with its text): not the
-    /// client's fault, not counted against it.
-    Temporary(String),
+    /// Could not decide now (a store error, or a hook's `Tempfail`): not the client's fault,
+    /// not counted against it (earlier failures stand).
+    Temporary {
+        /// The hook's enhanced status code, if it gave one.
+        enhanced: Option<Enhanced>,
+        /// Why, without the code.
+        text: String,
+    },
+}
+
+impl Refusal {
+    /// A temporary failure of our own (no enhanced code from a hook).
+    fn temporary(text: &str) -> Refusal {
+        Refusal::Temporary {
+            enhanced: None,
+            text: text.into(),
+        }
+    }
 }
 
 /// The login service: what a session needs to authenticate a client, nothing more.
@@ -149,10 +164,10 @@ impl Login {
             Ok(v) => v,
             Err(e) => {
                 // Not the client's failure: settled without counting.
-                attempt.succeed();
+                attempt.release();
                 tracing::error!(error = %e, "credential check failed");
-                return Err(Refusal::Temporary(
-                    "Cannot check credentials now, try again later".into(),
+                return Err(Refusal::temporary(
+                    "Cannot check credentials now, try again later",
                 ));
             }
         };
@@ -173,39 +188,34 @@ impl Login {
                     Ok(Some(account)) => match self.store.commit().await {
                         Ok(()) => Some(account),
                         Err(e) => {
-                            attempt.succeed();
+                            attempt.release();
                             tracing::error!(user = %account, error = %e, "could not commit a new account");
-                            return Err(Refusal::Temporary(
-                                "Cannot log in now, try again later".into(),
-                            ));
+                            return Err(Refusal::temporary("Cannot log in now, try again later"));
                         }
                     },
                     Ok(None) => None,
                     Err(e) => {
-                        attempt.succeed();
+                        attempt.release();
                         tracing::error!(user = %creds.user, error = %e, "could not provision an account");
-                        return Err(Refusal::Temporary(
-                            "Cannot log in now, try again later".into(),
-                        ));
+                        return Err(Refusal::temporary("Cannot log in now, try again later"));
                     }
                 }
             }
-            v @ Verdict::Tempfail { .. } => {
-                attempt.succeed();
-                let text = v.wording();
+            Verdict::Tempfail { enhanced, text, .. } => {
+                attempt.release();
                 tracing::info!(user = %creds.user, reason = %text, "login deferred by a hook");
-                return Err(Refusal::Temporary(text));
+                return Err(Refusal::Temporary { enhanced, text });
             }
             Verdict::Reject { .. } | Verdict::Discard | Verdict::Quarantine(_) => None,
         };
         match account {
             Some(account) => {
                 attempt.succeed();
-                tracing::info!(user = %account, mech = creds.mech, "logged in");
+                tracing::info!(user = %account, mech = creds.mech, "authenticated");
                 Ok(account)
             }
             None => {
-                tracing::info!(user = %creds.user, mech = creds.mech, "login failed");
+                tracing::info!(user = %creds.user, mech = creds.mech, "authentication failed");
                 Err(Refusal::Failed {
                     closing: attempt.fail(),
                 })

@@ -425,9 +425,10 @@ impl AuthThrottle {
         Ok(true)
     }
 
-    fn settle(&self, ip: IpAddr, account: &str, failed: bool) -> bool {
+    fn settle(&self, ip: IpAddr, account: &str, outcome: Settled) -> bool {
         let mut g = self.state.lock().expect("throttle");
         let window = self.window;
+        let failed = outcome == Settled::Failed;
         let mut blocked = false;
         if let Some(c) = g.ip.get_mut(&ip) {
             c.pending = c.pending.saturating_sub(1);
@@ -438,19 +439,23 @@ impl AuthThrottle {
             }
         }
         let key = (ip, account.to_string());
-        if failed {
-            if let Some(c) = g.account.get_mut(&key) {
-                c.pending = c.pending.saturating_sub(1);
-                c.current(window).failed += 1;
-                c.since = Instant::now();
-                blocked |= c.failed >= self.max;
-            }
-        } else if let Some(c) = g.account.get_mut(&key) {
-            // A success resets this account's count for this IP, nothing else.
+        if let Some(c) = g.account.get_mut(&key) {
             c.pending = c.pending.saturating_sub(1);
-            c.failed = 0;
-            if c.pending == 0 {
-                g.account.remove(&key);
+            match outcome {
+                Settled::Failed => {
+                    c.current(window).failed += 1;
+                    c.since = Instant::now();
+                    blocked |= c.failed >= self.max;
+                }
+                // A success resets this account's count for this IP, nothing else.
+                Settled::Succeeded => {
+                    c.failed = 0;
+                    if c.pending == 0 {
+                        g.account.remove(&key);
+                    }
+                }
+                // Undecided: the earlier failures stand.
+                Settled::Released => {}
             }
         }
         drop(g);
@@ -459,25 +464,44 @@ impl AuthThrottle {
     }
 }
 
+/// How an attempt ended, for the counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Succeeded,
+    Failed,
+    Released,
+}
+
 impl AuthAttempt {
     /// The credentials were right.
     pub fn succeed(mut self) {
         self.open = false;
-        self.throttle.settle(self.ip, &self.account, false);
+        self.throttle
+            .settle(self.ip, &self.account, Settled::Succeeded);
+    }
+
+    /// Nothing was decided (the store could not be read, a hook deferred): the attempt ends
+    /// without counting as a failure and without clearing the failures before it.
+    pub fn release(mut self) {
+        self.open = false;
+        self.throttle
+            .settle(self.ip, &self.account, Settled::Released);
     }
 
     /// The credentials were wrong; true when this IP, or this account from this IP, is now
     /// blocked.
     pub fn fail(mut self) -> bool {
         self.open = false;
-        self.throttle.settle(self.ip, &self.account, true)
+        self.throttle
+            .settle(self.ip, &self.account, Settled::Failed)
     }
 }
 
 impl Drop for AuthAttempt {
     fn drop(&mut self) {
         if self.open {
-            self.throttle.settle(self.ip, &self.account, true);
+            self.throttle
+                .settle(self.ip, &self.account, Settled::Failed);
         }
     }
 }
@@ -563,6 +587,21 @@ mod tests {
             task.await.unwrap();
         }
         assert_eq!(checked.load(std::sync::atomic::Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn an_undecided_attempt_neither_counts_nor_clears_failures() {
+        let t = AuthThrottle::new(2, 10, Duration::from_secs(60));
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(!t.begin(a, "v@x").await.unwrap().fail());
+        // A store error or a hook's tempfail: released, and the failure before it stands.
+        t.begin(a, "v@x").await.unwrap().release();
+        t.begin(a, "v@x").await.unwrap().release();
+        assert!(
+            t.begin(a, "v@x").await.unwrap().fail(),
+            "second failure blocks"
+        );
+        assert_eq!(t.begin(a, "v@x").await.err(), Some(Throttled));
     }
 
     #[tokio::test]

@@ -515,7 +515,8 @@ impl Session {
             Err(Refusal::Failed { closing } | Refusal::NotAuthorized { closing }) => {
                 return self.auth_failed(closing);
             }
-            Err(Refusal::Temporary(text)) => {
+            Err(Refusal::Temporary { enhanced, text }) => {
+                let text = crate::hooks::outcome::wording(enhanced.as_ref(), &text);
                 self.reply(Response::err_code(RespCode::SysTemp, text));
                 return Flow::Continue;
             }

@@ -143,8 +143,10 @@ impl Session {
             Err(Refusal::Failed { closing } | Refusal::NotAuthorized { closing }) => {
                 self.auth_failed(closing)
             }
-            Err(Refusal::Temporary(text)) => {
-                self.reply(Reply::new(454, "4.7.0", text));
+            // RFC 4954 §6: 454 4.7.0, or the enhanced code a hook gave.
+            Err(Refusal::Temporary { enhanced, text }) => {
+                let code = enhanced.map_or_else(|| "4.7.0".to_string(), |e| e.to_string());
+                self.reply(Reply::new(454, &code, text));
                 Flow::Continue
             }
         }

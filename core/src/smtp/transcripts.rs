@@ -130,3 +130,55 @@ async fn auth_needs_tls_unless_allowed_and_failures_are_throttled() {
     ));
     run(&deps, Listener::Submission, &trace).await;
 }
+
+/// Defers every login whose password is "later" (a hook that cannot decide now).
+struct DeferLogins;
+
+impl crate::hooks::HookEngine for DeferLogins {
+    fn name(&self) -> &str {
+        "test-defer"
+    }
+    fn handles(&self, point: crate::hooks::HookPoint) -> bool {
+        point == crate::hooks::HookPoint::Auth
+    }
+    fn call(
+        &self,
+        ctx: &crate::hooks::HookCtx,
+        _: &mut crate::hooks::Actions,
+    ) -> Result<crate::hooks::Verdict, crate::hooks::HookError> {
+        let later = ctx
+            .credentials
+            .as_ref()
+            .is_some_and(|c| c.password == "later");
+        Ok(if later {
+            crate::hooks::Verdict::tempfail(451, "4.7.1 Directory busy").unwrap()
+        } else {
+            crate::hooks::Verdict::Continue
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_deferred_login_is_a_temporary_failure_that_does_not_count() {
+    let d = tempfile::tempdir().unwrap();
+    let store = testing::store(&[]).await;
+    let deps = testing::smtp(
+        testing::config(d.path()),
+        &store,
+        &testing::hooks(vec![Arc::new(DeferLogins)]),
+    );
+    // RFC 4954 §6: 454 for a temporary failure, with the hook's enhanced code; five
+    // deferrals do not reach the failure limit (testing::login allows five).
+    let later = testing::plain(USER, "later");
+    let mut trace = String::from("S: 220\nC: EHLO client.example\nS*: 250 \n");
+    for _ in 0..6 {
+        trace.push_str(&format!(
+            "C: AUTH PLAIN {later}\nS: 454 4.7.1 Directory busy\n"
+        ));
+    }
+    trace.push_str(&format!(
+        "C: AUTH PLAIN {}\nS: 235 2.7.0\nC: QUIT\nS: 221\n",
+        testing::plain(USER, PASSWORD)
+    ));
+    run(&deps, Listener::Submission, &trace).await;
+}

@@ -28,6 +28,7 @@ impl Session {
                     }
                     Err(e) => return Err(store_err(e)),
                 }
+                tracing::info!(user = %a, "logged in");
                 self.watch = Some(self.deps.store.watch(&a));
                 self.user = Some(a);
                 Ok(format!("[CAPABILITY {}] Logged in", self.capabilities()))
@@ -42,7 +43,10 @@ impl Session {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 Err(no("[AUTHENTICATIONFAILED] Invalid credentials"))
             }
-            Err(Refusal::Temporary(text)) => Err(no(format!("[UNAVAILABLE] {text}"))),
+            Err(Refusal::Temporary { enhanced, text }) => Err(no(format!(
+                "[UNAVAILABLE] {}",
+                crate::hooks::outcome::wording(enhanced.as_ref(), &text)
+            ))),
         }
     }
 
