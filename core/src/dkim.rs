@@ -12,8 +12,8 @@ use crate::store::{Store, StoreError};
 
 const NS: &str = "corvus.dkim";
 
-/// Headers signed by default (RFC 6376 §5.4.1 recommendations).
-const SIGNED_HEADERS: &[&str] = &[
+/// Headers signed by default (RFC 6376 §5.4.1 recommendations); ARC seals cover them too.
+pub const SIGNED_HEADERS: &[&str] = &[
     "From",
     "To",
     "Cc",

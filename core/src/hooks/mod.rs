@@ -433,36 +433,15 @@ impl HookChain {
             .clone()
     }
 
-    /// Run every entry that handles `ctx.point` until one decides (blocking; plugins run
-    /// through [`HookEngine::call`]).
+    /// [`Self::run_async`] from synchronous code (`corvus script test`, benches): scripts
+    /// decide on the first poll; a plugin's call is waited for (`crate::blocking::wait`).
     pub fn run(&self, ctx: &HookCtx) -> Outcome {
-        let entries = self.entries();
-        let mut actions = Actions::default();
-        let mut decisions = Vec::new();
-        for engine in entries.iter() {
-            if !engine.handles(ctx.point) {
-                continue;
-            }
-            let started = Instant::now();
-            let result = engine.call(ctx, &mut actions);
-            if let Some(verdict) = settle(engine.as_ref(), ctx, result, started, &mut decisions) {
-                return Outcome {
-                    verdict,
-                    actions,
-                    decisions,
-                };
-            }
-        }
-        Outcome {
-            verdict: Verdict::Continue,
-            actions,
-            decisions,
-        }
+        crate::blocking::wait(self.run_async(ctx, None))
     }
 
-    /// [`Self::run`] for async callers: plugins yield to the runtime while they run. A
-    /// client session passes its `session` (plugins keep a warm instance there); None makes
-    /// each call a session of its own.
+    /// Run every entry that handles `ctx.point` until one decides; plugins yield to the
+    /// runtime while they run. A client session passes its `session` (plugins keep a warm
+    /// instance there); None makes each call a session of its own.
     pub async fn run_async(&self, ctx: &HookCtx, session: Option<&HookSession>) -> Outcome {
         let entries = self.entries();
         let mut actions = Actions::default();

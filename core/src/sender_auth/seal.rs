@@ -14,23 +14,6 @@ use mail_auth::{AuthenticatedMessage, AuthenticationResults};
 use super::{Checked, SenderAuth};
 use crate::store::Store;
 
-/// Header fields the ARC-Message-Signature covers.
-const SEALED_HEADERS: &[&str] = &[
-    "From",
-    "To",
-    "Cc",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "Reply-To",
-    "In-Reply-To",
-    "References",
-    "MIME-Version",
-    "Content-Type",
-    "Content-Transfer-Encoding",
-    "DKIM-Signature",
-];
-
 fn seal_with<T: SigningKey<Hasher = Sha256>>(
     key: T,
     domain: &str,
@@ -42,7 +25,13 @@ fn seal_with<T: SigningKey<Hasher = Sha256>>(
     let set = ArcSealer::from_key(key)
         .domain(domain)
         .selector(selector)
-        .headers(SEALED_HEADERS.iter().copied())
+        .headers(
+            // What DKIM signs, and the DKIM signatures themselves.
+            crate::dkim::SIGNED_HEADERS
+                .iter()
+                .copied()
+                .chain(["DKIM-Signature"]),
+        )
         .seal(msg, results, arc)?;
     Ok(set.to_header())
 }
