@@ -1,7 +1,7 @@
 //! The storage boundary: small traits by concern ([`Directory`], [`Mailboxes`], [`Blobs`],
 //! [`Queue`], [`Leases`], [`Kv`], [`Feed`]) that [`MailStore`] sums up, so another backend
-//! can replace sled without the protocols noticing. `sled` and `memory` implement
-//! them; `conformance` is the contract both pass.
+//! can replace sled without the protocols noticing. `sled`, `postgres` and `memory`
+//! implement them; `conformance` is the contract all of them pass.
 //!
 //! Architecture invariant: a protocol success reply that promises durability is sent only
 //! after the write it covers is durable: [`Mailboxes::ingest`] resolves then; other writes
@@ -16,8 +16,10 @@ mod feed;
 pub mod lease;
 mod memory;
 mod meta_cache;
+mod postgres;
 mod sled;
 
+pub use self::postgres::{PostgresStore, SCHEMA_VERSION, parse_url, redact_url};
 pub use self::sled::SledStore;
 pub use cached::Cached;
 pub use commit::Commit;

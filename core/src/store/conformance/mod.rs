@@ -1,7 +1,8 @@
 //! The contract every storage backend keeps, as tests written against [`MailStore`] only and
 //! run against each backend (`sled_backend::*` with the metadata cache in front, as `serve`
-//! runs it, `memory_backend::*`, and `cached_memory_backend::*` for the cache layer over
-//! the memory backend). A new backend adds one line to the macro at the bottom and must
+//! runs it, `postgres_backend::*` on a throwaway server the tests start
+//! (`store::postgres::testdb`), `memory_backend::*`, and `cached_memory_backend::*` for the
+//! cache layer over the memory backend). A new backend adds one line to the macro at the bottom and must
 //! pass all of them. The tests, by concern: `messages.rs`, `directory.rs`, `queue.rs`,
 //! `feed.rs`; the harness and helpers are here.
 
@@ -35,6 +36,18 @@ fn sled() -> Harness {
         failpoints: store.inner().failpoints(),
         store: Arc::new(store),
         _dir: Some(dir),
+    }
+}
+
+/// PostgreSQL, a fresh database on the test server.
+async fn postgres() -> Harness {
+    let url = super::postgres::testdb::database().await;
+    let store = PostgresStore::connect(&url, 8).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    Harness {
+        failpoints: store.failpoints(),
+        store: Arc::new(store),
+        _dir: None,
     }
 }
 
@@ -116,6 +129,9 @@ macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod sled_backend {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $test() { super::$test(super::sled()).await } )*
+        }
+        mod postgres_backend {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $test() { super::$test(super::postgres().await).await } )*
         }
         mod memory_backend {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $test() { super::$test(super::memory()).await } )*

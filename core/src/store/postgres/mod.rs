@@ -1,0 +1,302 @@
+//! The PostgreSQL implementation of [`MailStore`]: several Corvus nodes share one database.
+//! The store, its connection pool, the transaction-retry loop and the helpers every concern
+//! shares; one file per concern beside it.
+//!
+//! Files: `schema.rs` (the versioned schema and [`PostgresStore::migrate`]), `directory.rs`
+//! (accounts, domains, aliases), `mailboxes.rs` (mailboxes, message metadata, flags,
+//! subscriptions), `ingest.rs` (the write of an accepted message), `blobs.rs` (message
+//! bodies, reference counts), `queue.rs` (queue and leases), `kv.rs` (the key-value store
+//! for scripts and plugins).
+//!
+//! Rules every query keeps, so the store also runs on the PostgreSQL-compatible distributed
+//! databases (CockroachDB, YugabyteDB): plain tables and indexes, row locks (`FOR UPDATE`,
+//! `SKIP LOCKED`), `ON CONFLICT`, arrays; no advisory locks, no `LISTEN`/`NOTIFY` for
+//! correctness, no sequences for UIDs. A mailbox's UIDs and MODSEQs come from its row,
+//! taken under its row lock inside the transaction that writes the messages, so they become
+//! visible in ascending order across nodes. Every write is one transaction, retried from the
+//! start on a serialization failure or a deadlock (SQLSTATE 40001, 40P01); each is durable
+//! when its COMMIT returns (`synchronous_commit` on), so [`MailStore::commit`] has nothing
+//! left to wait for.
+//!
+//! The change feed is in-process: a write publishes its changes after its COMMIT, holding the
+//! in-process lock of the accounts it wrote ([`PostgresStore::lock_users`]), so a mailbox's
+//! changes reach this process's watchers in the order they became visible.
+
+mod blobs;
+mod directory;
+mod ingest;
+mod kv;
+mod mailboxes;
+mod queue;
+mod schema;
+#[cfg(test)]
+pub(crate) mod testdb;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+pub use schema::SCHEMA_VERSION;
+
+use super::*;
+
+/// PostgreSQL-backed store.
+pub struct PostgresStore {
+    pool: Pool,
+    /// The URL without its password, for messages.
+    shown: String,
+    /// In-process locks by account (striped): held from a write's start until its changes
+    /// are published, so they are published in commit order.
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    failpoints: Arc<Failpoints>,
+    watchers: super::feed::Watchers,
+}
+
+/// Number of account lock stripes.
+const STRIPES: usize = 64;
+
+/// Attempts of a transaction that keeps failing with a serialization failure or deadlock.
+const ATTEMPTS: u32 = 10;
+
+/// Why a transaction's body stopped: retry it from the start, or give up with an error.
+pub(super) enum Fail {
+    /// A serialization failure or deadlock (SQLSTATE 40001, 40P01): run it again.
+    Retry(String),
+    /// Anything else.
+    Store(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Fail {
+    fn from(e: tokio_postgres::Error) -> Self {
+        match e.code() {
+            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE => Fail::Retry(e.to_string()),
+            Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED => Fail::Retry(e.to_string()),
+            _ => Fail::Store(e.into()),
+        }
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        Fail::Store(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // The server's own message (with its SQLSTATE) says more than the client's summary.
+        match e.as_db_error() {
+            Some(db) => StoreError::Backend(format!(
+                "database: {} (SQLSTATE {})",
+                db.message(),
+                db.code().code()
+            )),
+            None => StoreError::Backend(format!("database: {e}")),
+        }
+    }
+}
+
+/// Run `$body` (which uses the transaction `$tx` and returns `Result<T, Fail>`) in one
+/// transaction and commit it; run it again from the start on [`Fail::Retry`], up to
+/// [`ATTEMPTS`] times. Evaluates to `Result<T>`.
+macro_rules! transaction {
+    ($store:expr, |$tx:ident| $body:block) => {{
+        let mut attempt = 1u32;
+        loop {
+            let mut client = $store.client().await?;
+            let $tx = client.transaction().await?;
+            let out: std::result::Result<_, $crate::store::postgres::Fail> = async { $body }.await;
+            let out = match out {
+                Ok(v) => $tx.commit().await.map(|()| v).map_err(Into::into),
+                Err(e) => Err(e),
+            };
+            match out {
+                Ok(v) => break Ok::<_, StoreError>(v),
+                Err($crate::store::postgres::Fail::Retry(why)) => {
+                    if attempt >= $crate::store::postgres::ATTEMPTS {
+                        break Err(StoreError::Backend(format!(
+                            "database: gave up after {attempt} attempts: {why}"
+                        )));
+                    }
+                    $crate::store::postgres::backoff(attempt).await;
+                    attempt += 1;
+                }
+                Err($crate::store::postgres::Fail::Store(e)) => break Err(e),
+            }
+        }
+    }};
+}
+pub(super) use transaction;
+
+/// A short, growing, jittered pause before a transaction's next attempt.
+pub(super) async fn backoff(attempt: u32) {
+    let base = 2u64.saturating_pow(attempt.min(8));
+    let jitter = rand::random::<u64>() % base.max(1);
+    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+}
+
+/// Rows of `sql`, prepared once per connection.
+pub(super) async fn rows(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+    let st = c.prepare_cached(sql).await?;
+    c.query(&st, params).await
+}
+
+/// The one row of `sql`, if any.
+pub(super) async fn row(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> std::result::Result<Option<Row>, tokio_postgres::Error> {
+    let st = c.prepare_cached(sql).await?;
+    c.query_opt(&st, params).await
+}
+
+/// Run `sql`; the number of rows it changed.
+pub(super) async fn exec(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    let st = c.prepare_cached(sql).await?;
+    c.execute(&st, params).await
+}
+
+/// Parse a `[store] url`: a `postgresql://` URL or `key=value` pairs (`host=/path` for a
+/// Unix socket).
+pub fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
+    tokio_postgres::Config::from_str(url)
+        .map_err(|e| StoreError::Invalid(format!("store url: {e}")))
+}
+
+/// `url` with its password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Ok(cfg) = parse_url(url) else {
+        return "<invalid url>".into();
+    };
+    let hosts: Vec<String> = cfg
+        .get_hosts()
+        .iter()
+        .zip(cfg.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(h, p)| match h {
+            tokio_postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .collect();
+    format!(
+        "postgresql://{}@{}/{}",
+        cfg.get_user().unwrap_or(""),
+        hosts.join(","),
+        cfg.get_dbname().unwrap_or("")
+    )
+}
+
+impl PostgresStore {
+    /// A pool of up to `pool_size` connections to the database at `url`. Checks that the
+    /// database answers, not its schema: [`Self::migrate`] creates or upgrades it,
+    /// [`Self::schema_version`] reads it.
+    pub async fn connect(url: &str, pool_size: usize) -> Result<Self> {
+        let cfg = parse_url(url)?;
+        let shown = redact_url(url);
+        let manager = Manager::from_config(
+            cfg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("{shown}: {e}")))?;
+        let store = PostgresStore {
+            pool,
+            shown,
+            stripes: (0..STRIPES).map(|_| Default::default()).collect(),
+            failpoints: Arc::new(Failpoints::from_env()),
+            watchers: Default::default(),
+        };
+        drop(store.client().await?);
+        Ok(store)
+    }
+
+    /// This store's failure points (tests arm them).
+    pub fn failpoints(&self) -> Arc<Failpoints> {
+        self.failpoints.clone()
+    }
+
+    /// A connection from the pool.
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(|e| {
+            let why = match e {
+                deadpool_postgres::PoolError::Backend(e) => StoreError::from(e).to_string(),
+                other => other.to_string(),
+            };
+            StoreError::Backend(format!("database {} unavailable: {why}", self.shown))
+        })
+    }
+
+    /// Hold the in-process locks of `users` (normalised addresses), taken in one order so
+    /// two writers never wait for each other.
+    pub(super) async fn lock_users<'a>(
+        &'a self,
+        users: impl IntoIterator<Item = &str>,
+    ) -> Vec<tokio::sync::MutexGuard<'a, ()>> {
+        let mut idx: Vec<usize> = users.into_iter().map(stripe).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let mut guards = Vec::with_capacity(idx.len());
+        for i in idx {
+            guards.push(self.stripes[i].lock().await);
+        }
+        guards
+    }
+
+    fn notify(&self, user: &str, change: Change) {
+        self.watchers.notify(user, change);
+    }
+}
+
+/// The lock stripe of an account.
+fn stripe(user: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    user.hash(&mut h);
+    (h.finish() % STRIPES as u64) as usize
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A database integer as the unsigned value it stores.
+pub(super) fn u64_of(v: i64) -> u64 {
+    v as u64
+}
+
+impl MailStore for PostgresStore {
+    /// Every write is durable when its transaction's COMMIT returns.
+    fn commit(&self) -> Commit {
+        Commit::done()
+    }
+}
+
+impl Feed for PostgresStore {
+    fn watch(&self, user: &str) -> Changes {
+        self.watchers.watch(user)
+    }
+
+    fn observe(&self, sink: Observer) {
+        self.watchers.observe(sink);
+    }
+}
