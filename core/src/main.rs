@@ -42,6 +42,9 @@ enum Command {
     Serve,
     /// Validate the configuration and everything it references; print one line per problem.
     Check,
+    /// The store itself (PostgreSQL: its schema).
+    #[command(subcommand)]
+    Store(StoreCmd),
     /// Manage accounts.
     #[command(subcommand)]
     User(UserCmd),
@@ -73,6 +76,13 @@ enum Command {
     /// Work with WASM plugins.
     #[command(subcommand)]
     Plugin(PluginCmd),
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Create the database schema, or upgrade it to this Corvus's version (PostgreSQL; run
+    /// once before the first `serve`, and after installing a newer Corvus).
+    Migrate,
 }
 
 #[derive(Subcommand)]
@@ -459,6 +469,18 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Store(StoreCmd::Migrate) => {
+            return match corvus::server::migrate_store(&config) {
+                Ok(done) => {
+                    println!("{done}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Check => {
             // Config::load already validated keys, addresses and files; also prove TLS loads
             // and every hook script compiles (one `file:line:column: message` line each).
@@ -488,6 +510,14 @@ fn main() -> ExitCode {
                     bad = true;
                 }
             }
+            let store = match corvus::server::check_store(&config) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    bad = true;
+                    String::new()
+                }
+            };
             if bad {
                 return ExitCode::from(2);
             }
@@ -503,7 +533,7 @@ fn main() -> ExitCode {
                 n => format!("{n} listeners"),
             };
             println!(
-                "configuration OK ({listeners}{}{})",
+                "configuration OK ({listeners}{}{}; {store})",
                 count(scripts, "hook script"),
                 count(plugins, "plugin"),
             );
@@ -738,7 +768,10 @@ fn run_admin(config: &Config, cmd: AdminCommand) -> ExitCode {
     }
     // On the embedded defaults, a store that does not exist yet is someone's mistake (another
     // directory, a forgotten -c): creating an empty one would "succeed" where no server looks.
-    if config.source.is_none() && !config.store_path().exists() {
+    if config.source.is_none()
+        && config.store.backend == corvus::config::StoreBackend::Sled
+        && !config.store_path().exists()
+    {
         return fail(&format!(
             "no Corvus store at {} (the default data_dir, relative to this directory) and no \
              server running here; run this where `corvus serve` runs, or pass the server's \

@@ -146,7 +146,65 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
         crate::config::StoreBackend::Sled => Ok(Arc::new(Cached::new(SledStore::open(
             &config.store_path(),
         )?))),
+        crate::config::StoreBackend::Postgres => {
+            let store = crate::blocking::wait(async {
+                let store = connect_postgres(config).await?;
+                store.check_schema().await?;
+                anyhow::Ok(store)
+            })?;
+            Ok(Arc::new(Cached::new(store)))
+        }
     }
+}
+
+/// `corvus store migrate`: create the configured database's schema, or bring it up to this
+/// Corvus's version; what was done, in words.
+pub fn migrate_store(config: &Config) -> anyhow::Result<String> {
+    match config.store.backend {
+        crate::config::StoreBackend::Sled => Ok(format!(
+            "nothing to do: the sled store at {} is created and upgraded when opened",
+            config.store_path().display()
+        )),
+        crate::config::StoreBackend::Postgres => crate::blocking::wait(async {
+            let store = connect_postgres(config).await?;
+            let (before, after) = store.migrate().await?;
+            anyhow::Ok(match before {
+                0 => format!("created the Corvus schema (version {after})"),
+                b if b == after => format!("the schema is up to date (version {after})"),
+                b => format!("upgraded the schema from version {b} to {after}"),
+            })
+        }),
+    }
+}
+
+/// `corvus check`: which store the configuration names, and for PostgreSQL that it answers
+/// (address, credentials) with the schema of this Corvus.
+pub fn check_store(config: &Config) -> anyhow::Result<String> {
+    match config.store.backend {
+        crate::config::StoreBackend::Sled => {
+            Ok(format!("store: sled at {}", config.store_path().display()))
+        }
+        crate::config::StoreBackend::Postgres => crate::blocking::wait(async {
+            let store = connect_postgres(config).await?;
+            store.check_schema().await?;
+            let url = config.store.url.as_deref().unwrap_or_default();
+            anyhow::Ok(format!(
+                "store: postgres at {}, schema version {}",
+                crate::store::redact_url(url),
+                crate::store::SCHEMA_VERSION
+            ))
+        }),
+    }
+}
+
+/// The pool of `[store] backend = "postgres"` (the schema unchecked).
+async fn connect_postgres(config: &Config) -> anyhow::Result<crate::store::PostgresStore> {
+    let url = config
+        .store
+        .url
+        .as_deref()
+        .context("store.url: required with backend = \"postgres\"")?;
+    Ok(crate::store::PostgresStore::connect(url, config.store.pool_size).await?)
 }
 
 /// Files are created readable by their owner only: the store holds every password hash,

@@ -132,7 +132,7 @@ def test_corvus_config_env_names_the_file(corvus_factory):
     env = child_env({"CORVUS_CONFIG": str(c.config)})
     p = subprocess.run([CORVUS_BIN, "check"], capture_output=True, text=True, env=env, timeout=30)
     assert p.returncode == 0, p.stderr
-    assert "configuration OK (1 listener)" in p.stdout
+    assert "configuration OK (1 listener; store: sled at " in p.stdout
     p = subprocess.run([CORVUS_BIN, "user", "add", ALICE, "--password", "pw"],
                        capture_output=True, text=True, env=env, timeout=30, cwd=c.base)
     assert p.returncode == 0, p.stderr

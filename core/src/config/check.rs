@@ -125,9 +125,37 @@ impl Config {
         if self.pop3.idle_timeout.is_zero() {
             problems.push("pop3.idle_timeout: must be longer than zero, e.g. \"10m\"".into());
         }
+        problems.extend(self.store.check());
         if self.delivery.retry.is_empty() {
             problems
                 .push("delivery.retry: give at least one interval, e.g. [\"1m\", \"5m\"]".into());
+        }
+        problems
+    }
+}
+
+impl StoreConfig {
+    /// `[store]`: a PostgreSQL backend needs a URL that parses; sled takes none.
+    fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match (self.backend, &self.url) {
+            (StoreBackend::Postgres, None) => problems.push(
+                "store.url: required with backend = \"postgres\", e.g. \"postgresql://corvus:secret@127.0.0.1:5432/corvus\" or \"host=/run/postgresql dbname=corvus\"".into(),
+            ),
+            (StoreBackend::Postgres, Some(url)) => {
+                if let Err(e) = crate::store::parse_url(url) {
+                    problems.push(format!(
+                        "{e}; write postgresql://user:password@host:port/database or host=/socket/dir dbname=database"
+                    ));
+                }
+            }
+            (StoreBackend::Sled, Some(_)) => problems.push(
+                "store.url: only used with backend = \"postgres\" (sled keeps its data in data_dir)".into(),
+            ),
+            (StoreBackend::Sled, None) => {}
+        }
+        if !(1..=10_000).contains(&self.pool_size) {
+            problems.push("store.pool_size: must be between 1 and 10000, e.g. 16".into());
         }
         problems
     }

@@ -191,11 +191,32 @@ pub struct Dns {
 }
 
 /// `[store]`: the storage backend.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Which backend keeps the data.
     pub backend: StoreBackend,
+    /// With `backend = "postgres"`: the database, as a URL
+    /// (`postgresql://corvus:secret@127.0.0.1:5432/corvus`) or as `key=value` pairs
+    /// (`host=/run/postgresql dbname=corvus user=corvus` for a Unix socket).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// With `backend = "postgres"`: database connections per node.
+    pub pool_size: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::default(),
+            url: None,
+            pool_size: default_pool_size(),
+        }
+    }
+}
+
+fn default_pool_size() -> usize {
+    16
 }
 
 /// Storage backends.
@@ -205,6 +226,8 @@ pub enum StoreBackend {
     /// sled, embedded, in `data_dir/store` (one process).
     #[default]
     Sled,
+    /// PostgreSQL at `[store] url`, shared by every node that points at it.
+    Postgres,
 }
 
 /// Outbound delivery settings.

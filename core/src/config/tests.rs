@@ -339,3 +339,34 @@ fn old_and_new_limit_keys_with_different_values_are_an_error() {
         )]
     );
 }
+
+#[test]
+fn store_section_postgres_needs_a_url_that_parses() {
+    let d = tempfile::tempdir().unwrap();
+    let load = |store: &str| Config::load(Some(&write(d.path(), &format!("[store]\n{store}"))));
+    let c = load(
+        "backend = \"postgres\"\nurl = \"postgresql://corvus:pw@127.0.0.1:5432/corvus\"\npool_size = 4\n",
+    )
+    .unwrap();
+    assert_eq!(c.store.backend, StoreBackend::Postgres);
+    assert_eq!(c.store.pool_size, 4);
+    let c = load("backend = \"postgres\"\nurl = \"host=/run/postgresql dbname=corvus\"\n").unwrap();
+    assert_eq!(c.store.pool_size, 16);
+    let errs = load("backend = \"postgres\"\n").unwrap_err();
+    assert!(
+        errs.iter().any(|e| e.contains("store.url: required")),
+        "{errs:?}"
+    );
+    let errs = load("backend = \"postgres\"\nurl = \"postgresql://h:notaport/db\"\n").unwrap_err();
+    assert!(errs.iter().any(|e| e.contains("store url:")), "{errs:?}");
+    let errs = load("url = \"postgresql://h/db\"\n").unwrap_err();
+    assert!(
+        errs.iter().any(|e| e.contains("only used with")),
+        "{errs:?}"
+    );
+    let errs = load("backend = \"postgres\"\nurl = \"host=/x\"\npool_size = 0\n").unwrap_err();
+    assert!(
+        errs.iter().any(|e| e.contains("store.pool_size")),
+        "{errs:?}"
+    );
+}
