@@ -357,7 +357,7 @@ def test_check_validates_plugins_and_their_config(tmp_path):
     assert r.returncode == 2 and 'init: window: "soon" is not a duration' in r.stderr, r.stderr
     cfg.write_text(f'data_dir = {toml_value(tmp_path / "data")}\n[[hooks]]\nplugin = {toml_value(good)}\n')
     r = run_corvus("-c", cfg, "check")
-    assert r.returncode == 0 and "1 plugin)" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "1 plugin; store: sled at" in r.stdout, r.stdout + r.stderr
     # The compiled plugin is cached in data_dir for the server.
     assert list((tmp_path / "data" / "plugin-cache").glob("*.cwasm"))
 

@@ -514,7 +514,7 @@ def test_check_reports_syntax_errors_as_file_line_column(tmp_path):
     assert r.stderr.strip() == f"{bad}:2:13: Unexpected ';'", r.stderr
     bad.write_text("fn on_rcpt(ctx) { }\n")
     r = run_corvus("-c", cfg, "check")
-    assert r.returncode == 0 and "1 hook script)" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "1 hook script; store: sled at" in r.stdout, r.stdout + r.stderr
     # An unknown key in a [[hooks]] entry is refused.
     cfg.write_text('[[hooks]]\nscript = "bad.rhai"\nconfg = {}\n')
     r = run_corvus("-c", cfg, "check")
