@@ -342,6 +342,24 @@ impl HookCtx {
 #[error("{0}")]
 pub struct HookError(pub String);
 
+/// How to load a plugin (`wasm::LoadOptions`; the same whether or not the `wasm` feature is
+/// built, so callers need no `cfg`).
+#[derive(Clone, Default)]
+pub struct PluginOptions {
+    /// The entry's config table.
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// Failure policy.
+    pub on_error: OnError,
+    /// Store for the kv import (None: kv calls fail).
+    pub store: Option<crate::store::Store>,
+    /// Resolver for the dns import (None: lookups fail as temporary).
+    pub resolver: Option<std::sync::Arc<hickory_resolver::TokioResolver>>,
+    /// Where to cache compiled plugins (None: compile every time).
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// Also collect log lines here.
+    pub sink: Option<rhai::LogSink>,
+}
+
 /// What to do when a hook call fails (`on_error` of a `[[hooks]]` entry; the setting is
 /// defined with the config, the verdict it gives here).
 pub use crate::config::OnError;

@@ -6,8 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::rhai::LogSink;
-use super::{Actions, HookCtx, HookEngine, HookError, HookPoint, OnError, Verdict};
+use super::{Actions, HookCtx, HookEngine, HookError, HookPoint, Verdict};
 use crate::config::HookEntry;
 use crate::store::Store;
 
@@ -38,21 +37,7 @@ pub fn configure(_limits: Limits) -> Result<(), String> {
 pub struct HookSession;
 
 /// How to load a plugin (accepted and ignored without the feature).
-#[derive(Clone, Default)]
-pub struct LoadOptions {
-    /// The entry's config table.
-    pub config: serde_json::Map<String, serde_json::Value>,
-    /// Failure policy.
-    pub on_error: OnError,
-    /// Store for the kv import.
-    pub store: Option<Store>,
-    /// Resolver for the dns import.
-    pub resolver: Option<Arc<hickory_resolver::TokioResolver>>,
-    /// Where to cache compiled plugins.
-    pub cache_dir: Option<PathBuf>,
-    /// Also collect log lines here.
-    pub sink: Option<LogSink>,
-}
+pub use crate::hooks::PluginOptions as LoadOptions;
 
 /// A WASM plugin in the hook chain: cannot exist without the feature.
 pub enum WasmHook {}

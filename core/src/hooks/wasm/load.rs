@@ -19,26 +19,11 @@ use super::{
     point_of,
 };
 use crate::config::HookEntry;
-use crate::hooks::rhai::LogSink;
-use crate::hooks::{HookError, HookPoint, OnError, PointSet};
+use crate::hooks::{HookError, HookPoint, PointSet};
 use crate::store::Store;
 
-/// How to load a plugin.
-#[derive(Clone, Default)]
-pub struct LoadOptions {
-    /// The entry's config table.
-    pub config: serde_json::Map<String, serde_json::Value>,
-    /// Failure policy.
-    pub on_error: OnError,
-    /// Store for the kv import (None: kv calls fail).
-    pub store: Option<Store>,
-    /// Resolver for the dns import (None: lookups fail as temporary).
-    pub resolver: Option<Arc<hickory_resolver::TokioResolver>>,
-    /// Where to cache compiled plugins (None: compile every time).
-    pub cache_dir: Option<PathBuf>,
-    /// Also collect log lines here.
-    pub sink: Option<LogSink>,
-}
+/// How to load a plugin (the same with and without the `wasm` feature).
+pub use crate::hooks::PluginOptions as LoadOptions;
 
 /// Compile (or load from the cache) the component in `wasm`.
 pub(super) fn compile(
