@@ -140,6 +140,7 @@ pub fn open_store(config: &Config) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("data_dir {}: cannot create", config.data_dir.display()))?;
     make_private(&config.data_dir)?;
+    crate::store::lease::set_duration(config.store.lease);
     // The one place that names a backend type (besides `store/` itself). The metadata
     // cache is a layer over whichever backend is configured.
     match config.store.backend {
@@ -280,6 +281,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("installing the SIGHUP handler")?;
     let config = Arc::new(config);
     let store = open_store(&config)?;
+    // A node sharing its database with others publishes their changes to its sessions.
+    store.follow_others();
     let hooks = crate::hooks::build_entries(&config, &store)
         .map_err(|problems| anyhow::anyhow!("hooks: {}", problems.join("\n")))?;
     let mut services = Services::new(config.clone(), store.clone(), HookChain::new(hooks))?;

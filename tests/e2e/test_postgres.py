@@ -25,7 +25,7 @@ def test_a_server_on_postgres_migrates_delivers_serves_and_restarts(postgres, co
     assert p.returncode != 0 and "corvus store migrate" in p.stderr, p.stderr
     srv.cli("store", "migrate")
     p = srv.cli("check")
-    assert "store: postgres" in p.stdout and "schema version 1" in p.stdout, p.stdout
+    assert "store: postgres" in p.stdout and "schema version 2" in p.stdout, p.stdout
     srv.add_user(ALICE)
     srv.start()
     with srv.smtp() as s:

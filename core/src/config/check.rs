@@ -157,6 +157,9 @@ impl StoreConfig {
         if !(1..=10_000).contains(&self.pool_size) {
             problems.push("store.pool_size: must be between 1 and 10000, e.g. 16".into());
         }
+        if self.lease < Duration::from_secs(3) {
+            problems.push("store.lease: must be at least 3s, e.g. \"120s\"".into());
+        }
         problems
     }
 }

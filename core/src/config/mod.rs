@@ -203,6 +203,11 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// With `backend = "postgres"`: database connections per node.
     pub pool_size: usize,
+    /// How long a node's claims outlive it: queue entries it delivers, POP3 maildrop
+    /// locks and IMAP connection slots of its sessions. Renewed every third of it while
+    /// the node runs; after a crash, another node takes them over when it runs out.
+    #[serde(with = "dur")]
+    pub lease: Duration,
 }
 
 impl Default for StoreConfig {
@@ -211,6 +216,7 @@ impl Default for StoreConfig {
             backend: StoreBackend::default(),
             url: None,
             pool_size: default_pool_size(),
+            lease: Duration::from_secs(120),
         }
     }
 }

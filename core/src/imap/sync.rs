@@ -248,6 +248,13 @@ impl Session {
     /// Keep a change of the selected mailbox's messages for the next sync.
     pub(in crate::imap) fn take_change(&mut self, change: Arc<Change>) {
         let selected = self.selected.as_ref().map(|s| s.mailbox.id);
+        if let Change::Stale { mailbox } = change.as_ref()
+            && Some(*mailbox) == selected
+        {
+            self.reread = true;
+            self.changes.clear();
+            return;
+        }
         if change.messages_of().is_some() && change.messages_of() == selected && !self.reread {
             self.changes.push(change);
         }

@@ -83,9 +83,12 @@ fn pool_reap(pool: &Pool) {
     }
 }
 
-/// How long a claim on a queue entry lasts without renewal. The runner renews it every
-/// third of that while it delivers, so only a runner that died (or hangs) loses it.
-const LEASE: Duration = Duration::from_secs(300);
+/// How long a claim on a queue entry lasts without renewal (`[store] lease`). The runner
+/// renews it every third of that while it delivers, so only a runner that died (or hangs)
+/// loses it.
+fn lease() -> Duration {
+    crate::store::lease::duration()
+}
 
 /// What the queue runner uses: settings, the store, DNS, the hooks (`on_delivery` per
 /// remote host), the delivery path (local recipients, bounces) and shutdown.
@@ -128,7 +131,7 @@ pub async fn run(shared: Arc<Deps>) {
         let free = slots.saturating_sub(inflight.lock().expect("inflight").len());
         match shared
             .store
-            .queue_claim(&owner, now(), LEASE.as_secs() as i64, free)
+            .queue_claim(&owner, now(), lease().as_secs() as i64, free)
             .await
         {
             Ok(claimed) => {
@@ -168,11 +171,11 @@ pub async fn run(shared: Arc<Deps>) {
 
 /// Keep the lease on entry `id` while its delivery runs (never returns).
 async fn renew(shared: &Deps, id: &str, owner: &str) {
-    let mut every = tokio::time::interval(LEASE / 3);
+    let mut every = tokio::time::interval(lease() / 3);
     every.tick().await;
     loop {
         every.tick().await;
-        let until = now() + LEASE.as_secs() as i64;
+        let until = now() + lease().as_secs() as i64;
         if let Err(e) = shared.store.queue_renew(id, owner, until).await {
             tracing::warn!(queue_id = id, error = %e, "could not renew the queue lease");
         }

@@ -56,6 +56,14 @@ impl<S: MailStore> Feed for Cached<S> {
     fn observe(&self, sink: Observer) {
         self.inner.observe(sink)
     }
+
+    fn publishes_all(&self, mailbox: u64) -> bool {
+        self.inner.publishes_all(mailbox)
+    }
+
+    fn follow_others(&self) {
+        self.inner.follow_others()
+    }
 }
 
 #[async_trait::async_trait]
@@ -151,7 +159,11 @@ impl<S: MailStore> Mailboxes for Cached<S> {
             Lookup::Miss(g) => g,
         };
         let v = self.inner.messages(mailbox_id).await?;
-        self.cache.fill(mailbox_id, generation, &v);
+        // A mailbox whose changes this process does not all see (another node's, not
+        // followed) is read through, never kept.
+        if self.inner.publishes_all(mailbox_id) {
+            self.cache.fill(mailbox_id, generation, &v);
+        }
         Ok(v)
     }
 

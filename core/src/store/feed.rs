@@ -26,6 +26,13 @@ impl Watchers {
             .subscribe()
     }
 
+    /// The accounts someone watches now (normalised addresses).
+    pub(crate) fn watched(&self) -> Vec<String> {
+        let mut accounts = self.accounts.lock().expect("watchers");
+        accounts.retain(|_, tx| tx.receiver_count() > 0);
+        accounts.keys().cloned().collect()
+    }
+
     /// Add an observer of every change ([`super::Feed::observe`]).
     pub(crate) fn observe(&self, sink: Observer) {
         self.observers.write().expect("observers").push(sink);

@@ -10,8 +10,21 @@ use std::time::Duration;
 
 use super::{Result, Store};
 
-/// How long a lease lasts without renewal; it is renewed every third of that.
+/// How long a lease lasts without renewal by default; it is renewed every third of that.
 pub const LEASE: Duration = Duration::from_secs(120);
+
+/// The lease time of this process (`[store] lease`), set once at start.
+static DURATION: OnceLock<Duration> = OnceLock::new();
+
+/// Set how long leases last (`[store] lease`); the first call wins.
+pub fn set_duration(d: Duration) {
+    let _ = DURATION.set(d);
+}
+
+/// How long a lease lasts without renewal.
+pub fn duration() -> Duration {
+    DURATION.get().copied().unwrap_or(LEASE)
+}
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
@@ -52,9 +65,9 @@ fn registry() -> &'static Mutex<Registry> {
     REGISTRY.get_or_init(Default::default)
 }
 
-/// Renew every held lease each third of [`LEASE`]; runs while the process does.
+/// Renew every held lease each third of [`duration`]; runs while the process does.
 async fn renew_all() {
-    let mut every = tokio::time::interval(LEASE / 3);
+    let mut every = tokio::time::interval(duration() / 3);
     every.tick().await;
     loop {
         every.tick().await;
@@ -65,7 +78,7 @@ async fn renew_all() {
             .values()
             .cloned()
             .collect();
-        let until = now() + LEASE.as_secs() as i64;
+        let until = now() + duration().as_secs() as i64;
         for (store, name, holder) in held {
             match store.lease_take(&name, &holder, now(), until).await {
                 Ok(true) => {}
@@ -81,7 +94,7 @@ async fn renew_all() {
 pub async fn take(store: &Store, name: &str) -> Result<Option<Held>> {
     let holder = format!("{}/{:016x}", std::process::id(), rand::random::<u64>());
     if !store
-        .lease_take(name, &holder, now(), now() + LEASE.as_secs() as i64)
+        .lease_take(name, &holder, now(), now() + duration().as_secs() as i64)
         .await?
     {
         return Ok(None);

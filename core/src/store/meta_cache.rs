@@ -201,7 +201,7 @@ impl MetaCache {
             Change::Appended { mailbox, messages } => self.inserted(*mailbox, messages),
             Change::Flags { mailbox, changes } => self.flags_changed(*mailbox, changes),
             Change::Expunged { mailbox, uids, .. } => self.removed(*mailbox, uids),
-            Change::Deleted { mailbox, .. } => self.dropped(*mailbox),
+            Change::Deleted { mailbox, .. } | Change::Stale { mailbox } => self.dropped(*mailbox),
             Change::Created { .. } | Change::Renamed { .. } | Change::Subscription { .. } => {}
         }
     }

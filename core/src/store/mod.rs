@@ -467,6 +467,13 @@ pub enum Change {
         /// Its name.
         name: String,
     },
+    /// A mailbox changed in ways not listed (another node wrote to a shared database
+    /// before this process followed it): whoever keeps a copy of its messages re-reads
+    /// them.
+    Stale {
+        /// Mailbox id.
+        mailbox: u64,
+    },
     /// A name was subscribed or unsubscribed.
     Subscription {
         /// The name.
@@ -825,6 +832,19 @@ pub trait Feed: Send + Sync {
     /// layers such as the metadata cache ([`Cached`]) stay fresh. Keep it short and
     /// non-blocking.
     fn observe(&self, sink: Observer);
+
+    /// Whether every change of `mailbox` is published on this feed, so a copy of its
+    /// messages kept up to date by the feed stays exact ([`Cached`] keeps copies only
+    /// then). Always, for a store only this process writes; for a shared database, while
+    /// this process follows the mailbox's account ([`Feed::follow_others`]).
+    fn publishes_all(&self, _mailbox: u64) -> bool {
+        true
+    }
+
+    /// Start publishing, beside this process's own changes, the changes other processes
+    /// make to the accounts this process watches (the nodes sharing a database). Needs a
+    /// tokio runtime; a no-op for a store only this process writes.
+    fn follow_others(&self) {}
 }
 
 /// A synchronous observer of every change; see [`Feed::observe`].

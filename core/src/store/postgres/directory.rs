@@ -73,7 +73,7 @@ impl Directory for PostgresStore {
             Ok(gone)
         })?;
         for mb in gone {
-            self.watchers.mailbox_deleted(&address, &mb, Vec::new());
+            self.mailbox_deleted(&address, &mb, Vec::new());
         }
         Ok(())
     }

@@ -83,10 +83,10 @@ impl PostgresStore {
             Ok((placed, full, created))
         })?;
         for (user, name) in created {
-            self.notify(&user, Change::Created { name });
+            self.notify(&user, Change::Created { name }).await;
         }
         for (user, change) in appended(&full) {
-            self.notify(user, change);
+            self.notify(user, change).await;
         }
         Ok(Receipt { placed })
     }

@@ -241,7 +241,8 @@ impl Mailboxes for PostgresStore {
             Change::Created {
                 name: mb.name.clone(),
             },
-        );
+        )
+        .await;
         Ok(mb)
     }
 
@@ -319,7 +320,8 @@ impl Mailboxes for PostgresStore {
             set_highest_modseq(&tx, mailbox_id, modseq).await?;
             Ok(done)
         })?;
-        self.notify(&user, Change::flags_set(mailbox_id, changes, &done));
+        self.notify(&user, Change::flags_set(mailbox_id, changes, &done))
+            .await;
         Ok(done)
     }
 
@@ -384,7 +386,7 @@ impl Mailboxes for PostgresStore {
             Ok((out, modified))
         })?;
         if let Some(change) = Change::flags_updated(mailbox_id, &out) {
-            self.notify(&user, change);
+            self.notify(&user, change).await;
         }
         Ok((out, modified))
     }
@@ -437,7 +439,8 @@ impl Mailboxes for PostgresStore {
                     uids: sorted,
                     modseq,
                 },
-            );
+            )
+            .await;
         }
         Ok(removed)
     }
@@ -500,7 +503,8 @@ impl Mailboxes for PostgresStore {
                     mailbox: target.id,
                     messages: copies,
                 },
-            );
+            )
+            .await;
         }
         Ok((target.uidvalidity, pairs))
     }
@@ -545,7 +549,7 @@ impl Mailboxes for PostgresStore {
             Ok((mb, uids))
         })?;
         // Sessions that have it selected see its messages go, then the mailbox.
-        self.watchers.mailbox_deleted(&user, &mb, uids);
+        self.mailbox_deleted(&user, &mb, uids);
         Ok(())
     }
 
@@ -619,7 +623,8 @@ impl Mailboxes for PostgresStore {
             Ok(moves)
         })?;
         for (mailbox, from, to) in moves {
-            self.notify(&user, Change::Renamed { mailbox, from, to });
+            self.notify(&user, Change::Renamed { mailbox, from, to })
+                .await;
         }
         Ok(())
     }
@@ -635,7 +640,8 @@ impl Mailboxes for PostgresStore {
             "DELETE FROM subscriptions WHERE owner = $1 AND name = $2"
         };
         if exec(&c, sql, &[&user, &name]).await? > 0 {
-            self.notify(&user, Change::Subscription { name, subscribed });
+            self.notify(&user, Change::Subscription { name, subscribed })
+                .await;
         }
         Ok(())
     }

@@ -18,12 +18,15 @@
 //! when its COMMIT returns (`synchronous_commit` on), so [`MailStore::commit`] has nothing
 //! left to wait for.
 //!
-//! The change feed is in-process: a write publishes its changes after its COMMIT, holding the
+//! The change feed: a write publishes its changes in-process after its COMMIT, holding the
 //! in-process lock of the accounts it wrote ([`PostgresStore::lock_users`]), so a mailbox's
-//! changes reach this process's watchers in the order they became visible.
+//! changes reach this process's watchers in the order they became visible. A serving node
+//! also follows the other nodes (`follow.rs`): it hints them after its writes and reads
+//! what they wrote, so their changes reach its watchers too.
 
 mod blobs;
 mod directory;
+mod follow;
 mod ingest;
 mod kv;
 mod mailboxes;
@@ -46,16 +49,21 @@ pub use schema::SCHEMA_VERSION;
 
 use super::*;
 
-/// PostgreSQL-backed store.
+/// PostgreSQL-backed store. Cloning it is cheap and shares everything (the pool, the
+/// locks, the feed).
+#[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    /// Where the database is, for the node's own listening connection.
+    config: tokio_postgres::Config,
     /// The URL without its password, for messages.
     shown: String,
     /// In-process locks by account (striped): held from a write's start until its changes
     /// are published, so they are published in commit order.
-    stripes: Vec<tokio::sync::Mutex<()>>,
+    stripes: Arc<Vec<tokio::sync::Mutex<()>>>,
     failpoints: Arc<Failpoints>,
-    watchers: super::feed::Watchers,
+    watchers: Arc<super::feed::Watchers>,
+    follow: Arc<follow::Follow>,
 }
 
 /// Number of account lock stripes.
@@ -208,7 +216,7 @@ impl PostgresStore {
         let cfg = parse_url(url)?;
         let shown = redact_url(url);
         let manager = Manager::from_config(
-            cfg,
+            cfg.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -223,10 +231,12 @@ impl PostgresStore {
             .map_err(|e| StoreError::Backend(format!("{shown}: {e}")))?;
         let store = PostgresStore {
             pool,
+            config: cfg,
             shown,
-            stripes: (0..STRIPES).map(|_| Default::default()).collect(),
+            stripes: Arc::new((0..STRIPES).map(|_| Default::default()).collect()),
             failpoints: Arc::new(Failpoints::from_env()),
             watchers: Default::default(),
+            follow: Default::default(),
         };
         drop(store.client().await?);
         Ok(store)
@@ -264,8 +274,19 @@ impl PostgresStore {
         guards
     }
 
-    fn notify(&self, user: &str, change: Change) {
+    /// Publish a change this process committed (holding `user`'s lock): to this process's
+    /// watchers, after any change another node made before it; and hint the other nodes.
+    pub(super) async fn notify(&self, user: &str, change: Change) {
+        self.follow_before(user, &change).await;
         self.watchers.notify(user, change);
+        self.follow.hint(user);
+    }
+
+    /// Publish that `mb` was deleted with the messages `uids` (holding `user`'s lock).
+    pub(super) fn mailbox_deleted(&self, user: &str, mb: &Mailbox, uids: Vec<u32>) {
+        self.follow.forget(user, mb.id);
+        self.watchers.mailbox_deleted(user, mb, uids);
+        self.follow.hint(user);
     }
 }
 
@@ -300,5 +321,13 @@ impl Feed for PostgresStore {
 
     fn observe(&self, sink: Observer) {
         self.watchers.observe(sink);
+    }
+
+    fn publishes_all(&self, mailbox: u64) -> bool {
+        self.follow.follows(mailbox)
+    }
+
+    fn follow_others(&self) {
+        self.start_following();
     }
 }

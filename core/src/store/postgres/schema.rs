@@ -10,7 +10,7 @@
 use super::*;
 
 /// The schema version this Corvus writes and understands.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Migrations: `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -106,6 +106,13 @@ CREATE TABLE kv (
     expires BIGINT NOT NULL,
     PRIMARY KEY (ns, key)
 );
+"#,
+    // 2: what changed since a MODSEQ (other nodes' changes, CONDSTORE/QRESYNC) read by
+    // index; expired kv rows found by index for the sweep.
+    r#"
+CREATE INDEX messages_modseq ON messages (mailbox_id, modseq);
+CREATE INDEX vanished_modseq ON vanished (mailbox_id, modseq);
+CREATE INDEX kv_expires ON kv (expires) WHERE expires <> 0;
 "#,
 ];
 

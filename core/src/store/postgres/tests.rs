@@ -56,3 +56,106 @@ async fn a_25_mb_message_is_stored_once() {
         .get(0);
     assert_eq!(n, 1, "one body for both copies");
 }
+
+/// Two nodes on one database: what node A writes reaches node B's watchers (new messages,
+/// flags, expunges, a new mailbox), and node B's own delivery is never published before
+/// node A's smaller UID that it has not yet read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_follows_what_another_writes() {
+    let url = testdb::database().await;
+    let a = PostgresStore::connect(&url, 4).await.expect("connect");
+    a.migrate().await.unwrap();
+    let b = PostgresStore::connect(&url, 4).await.expect("connect");
+    a.follow_others();
+    b.follow_others();
+    a.create_account("u@example.org", "").await.unwrap();
+    let mut rx = b.watch("u@example.org");
+    let to = |m: &str| Placement {
+        user: "u@example.org".into(),
+        mailbox: m.into(),
+        flags: vec![],
+    };
+    // Until B has read the account once, what it kept may be behind: Stale.
+    let inbox = a.mailbox("u@example.org", "INBOX").await.unwrap().unwrap();
+    // B follows u once it has read the account (first hint or poll): Stale first.
+    a.deliver(b"Subject: 1\r\n\r\nx", 0, &[to("INBOX")])
+        .await
+        .unwrap();
+    let mut stale = Vec::new();
+    while !stale.contains(&inbox.id) {
+        match next(&mut rx).await {
+            Change::Stale { mailbox } => stale.push(mailbox),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(b.follow.follows(inbox.id));
+    while let Ok(c) = rx.try_recv() {
+        assert!(matches!(*c, Change::Stale { .. }), "{c:?}");
+    }
+    // Now each of A's writes arrives typed (UID 1 too, when B read the account before it).
+    a.deliver(b"Subject: 2\r\n\r\nx", 0, &[to("INBOX")])
+        .await
+        .unwrap();
+    assert!(matches!(appended_until(&mut rx, 2).await[..], [1, 2] | [2]));
+    a.update_flags(
+        "u@example.org",
+        inbox.id,
+        &[1],
+        FlagOp::Add,
+        &["\\Seen".into()],
+        None,
+    )
+    .await
+    .unwrap();
+    match next(&mut rx).await {
+        Change::Flags { changes, .. } => assert_eq!(changes[0].0, 1),
+        other => panic!("{other:?}"),
+    }
+    a.expunge("u@example.org", inbox.id, &[2]).await.unwrap();
+    match next(&mut rx).await {
+        Change::Expunged { uids, .. } => assert_eq!(uids, [2]),
+        other => panic!("{other:?}"),
+    }
+    a.create_mailbox("u@example.org", "Lists", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut rx).await,
+        Change::Created {
+            name: "Lists".into()
+        }
+    );
+    // A delivers UID 3 and B, at once, UID 4: B's watchers see 3 before 4 whatever the
+    // hint's timing.
+    a.deliver(b"Subject: 3\r\n\r\nx", 0, &[to("INBOX")])
+        .await
+        .unwrap();
+    b.deliver(b"Subject: 4\r\n\r\nx", 0, &[to("INBOX")])
+        .await
+        .unwrap();
+    assert_eq!(appended_until(&mut rx, 4).await, [3, 4]);
+}
+
+/// The UIDs of the appends on `rx`, each once, in the order first published, up to `last`.
+async fn appended_until(rx: &mut Changes, last: u32) -> Vec<u32> {
+    let mut seen = Vec::new();
+    while seen.last() != Some(&last) {
+        if let Change::Appended { messages, .. } = next(rx).await {
+            for m in messages {
+                if !seen.contains(&m.uid) {
+                    seen.push(m.uid);
+                }
+            }
+        }
+    }
+    seen
+}
+
+/// The next change on `rx`, within 10 s.
+async fn next(rx: &mut Changes) -> Change {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a change within 10 s")
+        .map(|c| (*c).clone())
+        .expect("open feed")
+}
