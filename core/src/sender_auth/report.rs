@@ -18,6 +18,7 @@ use std::time::Duration;
 use mail_builder::MessageBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::store::lease::Held;
 use crate::store::{QueueRcpt, Store};
 
 const NS: &str = "corvus.dmarc";
@@ -105,15 +106,36 @@ pub struct Evaluation {
 }
 
 /// Collection and sending, bound to the store.
+///
+/// Several nodes sharing a store each collect into their own partial reports (a node holds
+/// one of [`SLOTS`] slots, a lease, so each partial has one writer and no update is lost);
+/// one node at a time (the holder of the sender lease) merges the partials of an ended
+/// period into one report per domain, sends it and deletes them; each node then drops the
+/// sent ones from its own index.
 pub struct Reports {
     store: Store,
     config: crate::config::DmarcReports,
     lock: tokio::sync::Mutex<()>,
+    /// This node's slot, taken at first use.
+    slot: tokio::sync::OnceCell<Option<(usize, Held)>>,
+    /// The sender lease, once this node has it.
+    sender: tokio::sync::Mutex<Option<Held>>,
 }
+
+/// How many nodes can collect reports at once.
+const SLOTS: usize = 64;
 
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
+
+/// The index of a slot's partial reports.
+fn index_key(slot: usize) -> String {
+    format!("{PENDING}/{slot}")
+}
+
+/// The parts of one report to send: (index, partial key) each.
+pub(crate) type Parts = Vec<(String, String)>;
 
 impl Reports {
     /// Reports kept in `store`.
@@ -122,6 +144,8 @@ impl Reports {
             store,
             config,
             lock: tokio::sync::Mutex::new(()),
+            slot: tokio::sync::OnceCell::new(),
+            sender: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -136,9 +160,36 @@ impl Reports {
         (begin, begin + len)
     }
 
-    async fn pending(&self) -> Vec<String> {
+    /// This node's slot; `None` when every slot is held (or the store failed).
+    async fn slot(&self) -> Option<usize> {
+        let got = self
+            .slot
+            .get_or_init(|| async {
+                match crate::store::lease::take_slot(&self.store, "dmarc-reports:node", SLOTS).await
+                {
+                    Ok(Some(held)) => {
+                        let k = held.name().rsplit('#').next()?.parse().ok()?;
+                        Some((k, held))
+                    }
+                    Ok(None) => {
+                        tracing::warn!(
+                            "DMARC reports not collected: all {SLOTS} node slots are held"
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "DMARC reports not collected: no node slot");
+                        None
+                    }
+                }
+            })
+            .await;
+        got.as_ref().map(|(k, _)| *k)
+    }
+
+    async fn index(&self, key: &str) -> Vec<String> {
         self.store
-            .kv_get(NS, PENDING)
+            .kv_get(NS, key)
             .await
             .ok()
             .flatten()
@@ -146,10 +197,19 @@ impl Reports {
             .unwrap_or_default()
     }
 
-    async fn set_pending(&self, keys: &[String]) -> crate::store::Result<()> {
+    async fn set_index(&self, key: &str, keys: &[String]) -> crate::store::Result<()> {
         self.store
-            .kv_set(NS, PENDING, &serde_json::to_vec(keys)?, None)
+            .kv_set(NS, key, &serde_json::to_vec(keys)?, None)
             .await
+    }
+
+    /// This node's partial reports (their keys).
+    #[cfg(test)]
+    async fn pending(&self) -> Vec<String> {
+        match self.slot().await {
+            Some(k) => self.index(&index_key(k)).await,
+            None => Vec::new(),
+        }
     }
 
     /// Add one evaluation to its period's report.
@@ -157,13 +217,17 @@ impl Reports {
         if !self.config.enabled || e.rua.is_empty() || e.domain.is_empty() {
             return;
         }
+        let Some(slot) = self.slot().await else {
+            return;
+        };
         let _g = self.lock.lock().await;
         let (begin, end) = self.period(now());
-        let key = format!("{begin}/{}", e.domain);
+        let key = format!("{begin}/{}/{slot}", e.domain);
         let mut report: Report = match self.store.kv_get(NS, &key).await {
             Ok(Some(v)) => serde_json::from_slice(&v).unwrap_or_default(),
             _ => {
-                let mut pending = self.pending().await;
+                let index = index_key(slot);
+                let mut pending = self.index(&index).await;
                 let this_period = pending
                     .iter()
                     .filter(|k| k.starts_with(&format!("{begin}/")))
@@ -173,7 +237,7 @@ impl Reports {
                     return;
                 }
                 pending.push(key.clone());
-                if let Err(err) = self.set_pending(&pending).await {
+                if let Err(err) = self.set_index(&index, &pending).await {
                     tracing::warn!(error = %err, "DMARC report index not saved");
                     return;
                 }
@@ -187,13 +251,7 @@ impl Reports {
         };
         report.policy = e.policy;
         report.rua = e.rua;
-        if let Some(r) = report.rows.iter_mut().find(|r| r.same(&e.row)) {
-            r.count = r.count.saturating_add(1);
-        } else if report.rows.len() < self.config.max_rows {
-            report.rows.push(e.row);
-        } else {
-            report.dropped += 1;
-        }
+        report.add(e.row, self.config.max_rows);
         match serde_json::to_vec(&report) {
             Ok(v) => {
                 if let Err(err) = self.store.kv_set(NS, &key, &v, None).await {
@@ -204,31 +262,114 @@ impl Reports {
         }
     }
 
-    /// Reports whose period has ended (removed from the store by [`Self::forget`]).
-    async fn due(&self) -> Vec<(String, Report)> {
-        let _g = self.lock.lock().await;
-        let t = now();
-        let mut out = Vec::new();
-        for k in self.pending().await {
-            let Ok(Some(v)) = self.store.kv_get(NS, &k).await else {
-                continue;
-            };
-            if let Ok(r) = serde_json::from_slice::<Report>(&v)
-                && r.end <= t
-            {
-                out.push((k, r));
-            }
-        }
-        out
+    /// Reports whose period has ended, each merged from every node's part (removed from the
+    /// store by [`Self::forget`]); only on the node holding the sender lease.
+    async fn due(&self) -> Vec<(Parts, Report)> {
+        self.due_at(now()).await
     }
 
-    async fn forget(&self, key: &str) {
+    async fn due_at(&self, t: i64) -> Vec<(Parts, Report)> {
+        self.prune().await;
+        {
+            let mut sender = self.sender.lock().await;
+            if sender.is_none() {
+                match crate::store::lease::take(&self.store, "dmarc-reports:sender").await {
+                    Ok(Some(held)) => *sender = Some(held),
+                    Ok(None) => return Vec::new(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "DMARC reports: cannot take the sender lease");
+                        return Vec::new();
+                    }
+                }
+            }
+        }
+        // The index of each slot, and the one of versions before slots.
+        let indexes = std::iter::once(PENDING.to_string()).chain((0..SLOTS).map(index_key));
+        let mut merged: std::collections::BTreeMap<(i64, String), (Parts, Report)> =
+            Default::default();
+        for index in indexes {
+            for k in self.index(&index).await {
+                let Ok(Some(v)) = self.store.kv_get(NS, &k).await else {
+                    continue;
+                };
+                let Ok(part) = serde_json::from_slice::<Report>(&v) else {
+                    continue;
+                };
+                if part.end > t {
+                    continue;
+                }
+                let (parts, report) = merged
+                    .entry((part.begin, part.domain.clone()))
+                    .or_insert_with(|| {
+                        (
+                            Vec::new(),
+                            Report {
+                                domain: part.domain.clone(),
+                                begin: part.begin,
+                                end: part.end,
+                                ..Default::default()
+                            },
+                        )
+                    });
+                parts.push((index.clone(), k));
+                report.policy = part.policy;
+                report.rua = part.rua;
+                report.dropped += part.dropped;
+                for row in part.rows {
+                    report.add(row, self.config.max_rows);
+                }
+            }
+        }
+        merged.into_values().collect()
+    }
+
+    /// Delete a sent (or dropped) report's parts. Each node drops them from its own index
+    /// ([`Self::prune`]); the index of versions before slots only the sender writes.
+    async fn forget(&self, parts: &Parts) {
+        for (index, key) in parts {
+            // TTL 0: gone at the next read.
+            let _ = self.store.kv_set(NS, key, b"", Some(0)).await;
+            if index == PENDING {
+                let mut pending = self.index(PENDING).await;
+                pending.retain(|k| k != key);
+                let _ = self.set_index(PENDING, &pending).await;
+            }
+        }
+        self.prune().await;
+    }
+
+    /// Drop from this node's index the parts that are gone (sent by whichever node sends;
+    /// under the lock [`Self::record`] writes with, so a part being written is never gone).
+    async fn prune(&self) {
+        let Some(slot) = self.slot.get().and_then(|s| s.as_ref().map(|(k, _)| *k)) else {
+            return;
+        };
         let _g = self.lock.lock().await;
-        let mut pending = self.pending().await;
-        pending.retain(|k| k != key);
-        let _ = self.set_pending(&pending).await;
-        // TTL 0: gone at the next read.
-        let _ = self.store.kv_set(NS, key, b"", Some(0)).await;
+        let index = index_key(slot);
+        let pending = self.index(&index).await;
+        let mut kept = Vec::with_capacity(pending.len());
+        for k in &pending {
+            if matches!(self.store.kv_get(NS, k).await, Ok(Some(_))) {
+                kept.push(k.clone());
+            }
+        }
+        if kept.len() != pending.len() {
+            let _ = self.set_index(&index, &kept).await;
+        }
+    }
+}
+
+impl Report {
+    /// Count `row` in: a row identical but for its count adds to it; a new one is kept up
+    /// to `max_rows`, then only counted as dropped.
+    fn add(&mut self, row: Row, max_rows: usize) {
+        if let Some(r) = self.rows.iter_mut().find(|r| r.same(&row)) {
+            r.count = r.count.saturating_add(row.count);
+        } else if self.rows.len() < max_rows {
+            self.rows.push(row);
+        } else {
+            self.dropped += 1;
+        }
     }
 }
 
@@ -346,7 +487,7 @@ pub async fn send_due(shared: &Deps) -> usize {
         .clone()
         .unwrap_or_else(|| shared.config.hostname.clone());
     let mut sent = 0;
-    for (key, report) in reports.due().await {
+    for (parts, report) in reports.due().await {
         // RFC 7489 §7.1: a destination outside the policy domain must have agreed.
         let Some(allowed) = auth.authorized_rua(&report.domain, &report.rua).await else {
             tracing::info!(domain = %report.domain, "DMARC report postponed: DNS failure checking rua authorization");
@@ -354,7 +495,7 @@ pub async fn send_due(shared: &Deps) -> usize {
         };
         if allowed.is_empty() || report.rows.is_empty() {
             tracing::info!(domain = %report.domain, "DMARC report dropped: no authorized rua address");
-            reports.forget(&key).await;
+            reports.forget(&parts).await;
             continue;
         }
         let report_id = format!(
@@ -403,7 +544,7 @@ pub async fn send_due(shared: &Deps) -> usize {
         match shared.delivery.deliver_generated(entry, message).await {
             Ok(_) => {
                 tracing::info!(domain = %report.domain, rua = ?allowed, rows = report.rows.len(), "DMARC aggregate report queued");
-                reports.forget(&key).await;
+                reports.forget(&parts).await;
                 sent += 1;
             }
             Err(e) => tracing::warn!(error = %e, "DMARC report not queued"),
@@ -489,7 +630,9 @@ mod tests {
         assert!(x.contains("<count>2</count>"));
         assert!(x.contains("<disposition>reject</disposition>"));
         assert!(x.contains("<scope>mfrom</scope>"));
-        reports.forget(&pending[0]).await;
+        let due = reports.due_at(r.end).await;
+        assert_eq!(due.len(), 1);
+        reports.forget(&due[0].0).await;
         assert!(reports.pending().await.is_empty());
         assert!(
             reports
@@ -499,5 +642,62 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    /// Three nodes on one store collect into their own parts; one of them (the sender)
+    /// sends one merged report per domain and period; every node's index empties.
+    #[tokio::test]
+    async fn nodes_collect_apart_and_one_report_is_sent() {
+        let store: Store = Arc::new(crate::store::MemoryStore::new());
+        let cfg = crate::config::DmarcReports {
+            enabled: true,
+            ..Default::default()
+        };
+        let nodes: Vec<Reports> = (0..3)
+            .map(|_| Reports::new(store.clone(), cfg.clone()))
+            .collect();
+        let eval = |ip: &str| Evaluation {
+            domain: "a.test".into(),
+            policy: Published::default(),
+            rua: vec!["agg@a.test".into()],
+            row: row(ip, "none"),
+        };
+        for (i, n) in nodes.iter().enumerate() {
+            for _ in 0..=i {
+                n.record(eval("192.0.2.1")).await;
+            }
+            n.record(eval("192.0.2.9")).await;
+        }
+        let slots: std::collections::HashSet<usize> = {
+            let mut v = std::collections::HashSet::new();
+            for n in &nodes {
+                v.insert(n.slot().await.unwrap());
+            }
+            v
+        };
+        assert_eq!(slots.len(), 3, "one slot per node");
+        let end = nodes[0].period(now()).1;
+        let mut sent = Vec::new();
+        for n in &nodes {
+            let due = n.due_at(end).await;
+            for (parts, r) in &due {
+                assert_eq!(parts.len(), 3);
+                n.forget(parts).await;
+                sent.push(r.clone());
+            }
+        }
+        assert_eq!(sent.len(), 1, "one report, from one node");
+        let count = |ip: &str| {
+            sent[0]
+                .rows
+                .iter()
+                .find(|r| r.source_ip == ip)
+                .map(|r| r.count)
+        };
+        assert_eq!((count("192.0.2.1"), count("192.0.2.9")), (Some(6), Some(3)));
+        for n in &nodes {
+            n.prune().await;
+            assert!(n.pending().await.is_empty());
+        }
     }
 }
