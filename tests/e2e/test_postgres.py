@@ -49,3 +49,54 @@ def test_a_server_on_postgres_migrates_delivers_serves_and_restarts(postgres, co
     count, _ = p3.stat()
     assert count == 1
     p3.quit()
+
+
+def test_cli_commands_work_on_the_database_from_another_machine(postgres, corvus_factory, tmp_path):
+    """Every admin command works against the database directly, from a machine without a
+    node (another data_dir: no control socket), while a node runs; the node sees the result
+    at once."""
+    import subprocess
+    import imaplib
+    from support.server import CORVUS_BIN, PASSWORD, child_env
+
+    url = postgres.database()
+    srv = corvus_factory(**with_preset(IMAP, listeners=("smtp", "imap"),
+                                       store={"backend": "postgres", "url": url}))
+    srv.cli("store", "migrate")
+    srv.start()
+    # The admin's machine: the same database, its own (empty) data_dir.
+    remote = tmp_path / "admin.toml"
+    remote.write_text(
+        f'hostname = "admin.example.org"\ndomains = ["example.org"]\n'
+        f'data_dir = "{tmp_path / "admin-data"}"\n'
+        f'[store]\nbackend = "postgres"\nurl = "{url}"\n')
+
+    def cli(*args):
+        p = subprocess.run([CORVUS_BIN, "-c", str(remote), *args], capture_output=True,
+                           text=True, env=child_env(), timeout=60)
+        assert p.returncode == 0, f"corvus {' '.join(args)}: {p.stdout}{p.stderr}"
+        return p.stdout
+
+    cli("user", "add", "carol@example.org", "--password", PASSWORD)
+    cli("domain", "add", "other.example")
+    cli("alias", "add", "sales@other.example", "carol@example.org")
+    assert "carol@example.org" in cli("user", "list")
+    assert "other.example" in cli("domain", "list")
+    assert "sales@other.example" in cli("alias", "list")
+    assert "v=DKIM1" in cli("dkim", "generate", "example.org")
+    # The running node accepts mail for the new domain's alias and lets the new user in.
+    with srv.smtp() as s:
+        s.sendmail("bob@remote.example", ["sales@other.example"], b"Subject: via alias\r\n\r\nhi\r\n")
+    i = srv.imap("carol@example.org")
+    typ, data = i.select("INBOX")
+    assert typ == "OK" and data == [b"1"], data
+    i.logout()
+    # Mailbox commands read what the node wrote; queue commands answer.
+    assert "INBOX\t1" in cli("mailbox", "list", "carol@example.org")
+    assert b"via alias" in subprocess.run(
+        [CORVUS_BIN, "-c", str(remote), "mailbox", "cat", "carol@example.org", "INBOX", "1"],
+        capture_output=True, env=child_env(), timeout=60).stdout
+    assert "queue is empty" in cli("queue", "list")
+    cli("user", "del", "carol@example.org")
+    with pytest.raises(imaplib.IMAP4.error):
+        srv.imap("carol@example.org")
