@@ -205,7 +205,12 @@ async fn connect_postgres(config: &Config) -> anyhow::Result<crate::store::Postg
         .url
         .as_deref()
         .context("store.url: required with backend = \"postgres\"")?;
-    Ok(crate::store::PostgresStore::connect(url, config.store.pool_size).await?)
+    Ok(crate::store::PostgresStore::connect_with(
+        url,
+        config.store.pool_size,
+        config.tls.trust_roots.as_deref(),
+    )
+    .await?)
 }
 
 /// Files are created readable by their owner only: the store holds every password hash,

@@ -164,6 +164,35 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), TlsError> {
     f.write_all(data).map_err(io(path))
 }
 
+/// The roots outbound TLS is verified against: the compiled-in Mozilla set, the system's
+/// bundle (`/etc/ssl/certs/ca-certificates.crt`, or `SSL_CERT_FILE`) and `[tls] trust_roots`.
+/// Read once, at the first outbound connection.
+pub fn outbound_roots(trust_roots: Option<&std::path::Path>) -> Arc<rustls::RootCertStore> {
+    static ROOTS: std::sync::OnceLock<Arc<rustls::RootCertStore>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            let system = std::env::var_os("SSL_CERT_FILE")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+            for path in std::iter::once(system.as_path()).chain(trust_roots) {
+                let Ok(pem) = std::fs::read(path) else {
+                    if Some(path) == trust_roots {
+                        tracing::error!(path = %path.display(), "tls.trust_roots: cannot read the file; its roots are not trusted");
+                    }
+                    continue;
+                };
+                let mut reader = pem.as_slice();
+                let certs = rustls_pemfile::certs(&mut reader).filter_map(Result::ok);
+                let (added, ignored) = roots.add_parsable_certificates(certs);
+                tracing::debug!(path = %path.display(), added, ignored, "outbound TLS roots");
+            }
+            Arc::new(roots)
+        })
+        .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

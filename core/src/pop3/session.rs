@@ -40,7 +40,7 @@ struct Open {
     /// UIDs sent with RETR that were not `\Seen` yet; flagged `\Seen` on QUIT.
     retrieved: HashSet<u32>,
     /// Released when the session ends, however it ends.
-    _lock: crate::store::lease::Held,
+    lock: crate::store::lease::Held,
 }
 
 /// What a POP3 session uses of the server.
@@ -586,7 +586,7 @@ impl Session {
             user: account,
             maildrop,
             retrieved: HashSet::new(),
-            _lock: lock,
+            lock,
         }));
         Flow::Continue
     }
@@ -621,6 +621,24 @@ impl Session {
             .copied()
             .filter(|u| !deleted.contains(u))
             .collect();
+        // Only the holder of the lock may change the maildrop: a lease that ran out while
+        // the store was unreachable may have gone to another session since.
+        if !deleted.is_empty() || !seen.is_empty() {
+            let why = match open.lock.confirm().await {
+                Ok(true) => None,
+                Ok(false) => Some("the maildrop lock was lost to another session".to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why) = why {
+                tracing::warn!(error = %why, "update state refused: maildrop lock not confirmed");
+                drop(open);
+                self.reply(Response::err_code(
+                    RespCode::SysTemp,
+                    "The maildrop lock could not be confirmed; nothing was deleted, try again",
+                ));
+                return Flow::Close;
+            }
+        }
         let store = &self.deps.store;
         let (user, mailbox_id) = (open.user.clone(), open.maildrop.mailbox_id);
         let updated = async {

@@ -33,6 +33,15 @@ impl Watchers {
         accounts.keys().cloned().collect()
     }
 
+    /// Whether someone watches `user` now (normalised).
+    pub(crate) fn is_watched(&self, user: &str) -> bool {
+        self.accounts
+            .lock()
+            .expect("watchers")
+            .get(user)
+            .is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
     /// Add an observer of every change ([`super::Feed::observe`]).
     pub(crate) fn observe(&self, sink: Observer) {
         self.observers.write().expect("observers").push(sink);

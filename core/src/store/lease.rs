@@ -49,6 +49,21 @@ impl Held {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Renew the lease now: true while this holder still has it (also when it ran out and
+    /// nobody took it meanwhile), false when another holder has it. What a holder checks
+    /// before a change only the lease's holder may make, since a renewal in the background
+    /// can fail (the store unreachable) for longer than the lease lasts.
+    pub async fn confirm(&self) -> Result<bool> {
+        self.store
+            .lease_take(
+                &self.name,
+                &self.holder,
+                now(),
+                now() + duration().as_secs() as i64,
+            )
+            .await
+    }
 }
 
 /// Every lease this process holds, renewed together by one task (a task per lease cost a
@@ -155,6 +170,21 @@ mod tests {
         let a = take(&store, "pop3:alice").await.unwrap().expect("free");
         assert!(take(&store, "pop3:alice").await.unwrap().is_none());
         assert!(take(&store, "pop3:bob").await.unwrap().is_some());
+        assert!(a.confirm().await.unwrap());
+        // Once it ran out and another holder took it, it is not confirmed.
+        let later = now() + 10 * duration().as_secs() as i64;
+        assert!(store.lease_take("pop3:carol", "x", 0, 1).await.unwrap());
+        let c = take(&store, "pop3:carol")
+            .await
+            .unwrap()
+            .expect("expired: free");
+        assert!(
+            store
+                .lease_take("pop3:carol", "other", later, later + 60)
+                .await
+                .unwrap()
+        );
+        assert!(!c.confirm().await.unwrap());
         drop(a);
         assert!(take(&store, "pop3:alice").await.unwrap().is_some());
     }

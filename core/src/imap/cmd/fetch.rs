@@ -10,7 +10,7 @@ use crate::imap::selected::has_flag;
 use crate::imap::seqset::compress;
 use crate::imap::session::Session;
 use crate::imap::types::*;
-use crate::store::{FlagOp, MessageMeta};
+use crate::store::{FlagOp, MessageMeta, StoreError};
 
 impl Session {
     pub(in crate::imap) async fn fetch(
@@ -102,7 +102,13 @@ impl Session {
             let stored = if needs_meta {
                 match self.deps.store.message(sel.mailbox.id, msg_uid).await {
                     Ok(Some(m)) => Some(m),
-                    _ => continue, // expunged meanwhile
+                    Ok(None) | Err(StoreError::NotFound(_)) => continue, // expunged meanwhile
+                    Err(e) => {
+                        // Not an expunge: the client is told to retry, not shown a gap.
+                        tracing::warn!(uid = msg_uid, error = %e, "FETCH: message unreadable");
+                        deferred = true;
+                        continue;
+                    }
                 }
             } else {
                 None
@@ -118,7 +124,12 @@ impl Session {
             let body = if wants_content {
                 match self.deps.store.blob(meta.blob).await {
                     Ok(b) => Some(Arc::new(b)),
-                    Err(_) => continue, // expunged meanwhile
+                    Err(StoreError::NotFound(_)) => continue, // expunged meanwhile
+                    Err(e) => {
+                        tracing::warn!(uid = msg_uid, error = %e, "FETCH: message unreadable");
+                        deferred = true;
+                        continue;
+                    }
                 }
             } else {
                 None

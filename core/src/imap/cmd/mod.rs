@@ -30,12 +30,18 @@ pub fn no(s: impl Into<String>) -> Resp {
 }
 
 /// A store error as the client sees it: named conditions get their response code
-/// (RFC 5530), anything else is logged and answered SERVERBUG.
+/// (RFC 5530); a failing backend (a database that is down, restarting or failing over) is
+/// logged and answered UNAVAILABLE, a temporary failure the client retries; anything else
+/// is logged and answered SERVERBUG.
 pub fn store_err(e: StoreError) -> Resp {
     match e {
         StoreError::NotFound(_) => no("[NONEXISTENT] No such mailbox"),
         StoreError::Exists(_) => no("[ALREADYEXISTS] Mailbox already exists"),
         StoreError::Invalid(t) => no(format!("[CANNOT] {t}")),
+        StoreError::Backend(why) => {
+            tracing::warn!(error = %why, "store unavailable");
+            no("[UNAVAILABLE] Storage temporarily unavailable, try again later")
+        }
         other => {
             tracing::error!(error = %other, "store error");
             no("[SERVERBUG] Internal error, try again later")

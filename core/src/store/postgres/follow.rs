@@ -7,7 +7,7 @@
 //! makes it read the mailboxes of those accounts, compare them with what it last published
 //! ([`Known`]: UIDNEXT and HIGHESTMODSEQ per mailbox) and publish the difference as typed
 //! changes (new messages, flags, expunges, created, renamed and deleted mailboxes), read
-//! with the `(mailbox_id, modseq)` indexes. It also polls: every few seconds while it
+//! with the `(mailbox_id, modseq)` indexes. It also polls: every 2 seconds while it
 //! listens, every second when it cannot (a lost hint, a broken connection, a database
 //! without LISTEN such as CockroachDB), so a lost hint only delays a change.
 //!
@@ -40,7 +40,7 @@ use super::*;
 const CHANNEL: &str = "corvus_changes";
 
 /// Poll interval while listening for hints, and while not.
-const POLL_LISTENING: Duration = Duration::from_secs(5);
+const POLL_LISTENING: Duration = Duration::from_secs(2);
 const POLL_DEAF: Duration = Duration::from_secs(1);
 
 /// A NOTIFY payload stays below PostgreSQL's 8000 bytes.
@@ -169,20 +169,8 @@ impl PostgresStore {
         let mut pause = Duration::from_millis(250);
         let mut said = false;
         loop {
-            match self.config.connect(NoTls).await {
-                Ok((client, mut connection)) => {
-                    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-                    let driver = tokio::spawn(async move {
-                        while let Some(Ok(m)) =
-                            std::future::poll_fn(|cx| connection.poll_message(cx)).await
-                        {
-                            if let AsyncMessage::Notification(n) = m
-                                && tx.send(n.payload().to_string()).is_err()
-                            {
-                                break;
-                            }
-                        }
-                    });
+            match self.listening_connection().await {
+                Ok((client, mut rx, driver)) => {
                     match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
                         Ok(()) => {
                             self.follow.listening.store(true, Ordering::SeqCst);
@@ -226,6 +214,32 @@ impl PostgresStore {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
         }
+    }
+
+    /// A connection of its own for LISTEN: the client, the notifications' payloads, and
+    /// the task that drives the connection.
+    async fn listening_connection(
+        &self,
+    ) -> std::result::Result<
+        (
+            tokio_postgres::Client,
+            mpsc::UnboundedReceiver<String>,
+            tokio::task::JoinHandle<()>,
+        ),
+        tokio_postgres::Error,
+    > {
+        Ok(match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                let (rx, driver) = drive(connection);
+                (client, rx, driver)
+            }
+            None => {
+                let (client, connection) = self.config.connect(tokio_postgres::NoTls).await?;
+                let (rx, driver) = drive(connection);
+                (client, rx, driver)
+            }
+        })
     }
 
     /// Read what other nodes wrote: at a hint, and by polling. Also sweeps expired kv rows.
@@ -354,6 +368,23 @@ impl PostgresStore {
             self.catch_up(&user, boxes).await?;
         }
         Ok(())
+    }
+
+    /// Follow `user` from now on, or catch up with it (holding `user`'s lock).
+    async fn follow_now(&self, user: &str) -> Result<()> {
+        let mut fresh = HashMap::new();
+        let c = self.client().await?;
+        for r in rows(
+            &c,
+            "SELECT id, name, uidnext, highest_modseq FROM mailboxes WHERE owner = $1",
+            &[&user],
+        )
+        .await?
+        {
+            fresh.insert(u64_of(r.get(0)), known_of(&r, 1));
+        }
+        drop(c);
+        self.catch_up(user, fresh).await
     }
 
     /// Publish what changed in `user`'s mailboxes, read as `fresh`, since this node last
@@ -506,13 +537,28 @@ impl PostgresStore {
         };
         let behind = {
             let mut st = self.follow.state.lock().expect("follow");
-            match st.accounts.get_mut(user).and_then(|b| b.get_mut(mailbox)) {
-                None => false,
-                Some(k) if k.uidnext >= first.uid => {
+            match st.accounts.get_mut(user).map(|b| b.get_mut(mailbox)) {
+                // Not followed yet: if someone here watches the account, follow it now,
+                // before they see this write (its first round publishes Stale, and the
+                // re-read shows the other nodes' smaller UIDs with this one).
+                None => None,
+                Some(None) => Some(true),
+                Some(Some(k)) if k.uidnext >= first.uid => {
                     k.uidnext = k.uidnext.max(last.uid + 1);
-                    false
+                    Some(false)
                 }
-                Some(_) => true,
+                Some(Some(_)) => Some(true),
+            }
+        };
+        let behind = match behind {
+            Some(b) => b,
+            None => {
+                if self.follow.on.load(Ordering::SeqCst) && self.watchers.is_watched(user) {
+                    if let Err(e) = self.follow_now(user).await {
+                        tracing::warn!(error = %e, "could not read other nodes' changes first");
+                    }
+                }
+                return;
             }
         };
         if !behind {
@@ -546,7 +592,16 @@ impl PostgresStore {
                         self.remember(user, *mailbox, f);
                         r
                     }
-                    _ => Ok(()),
+                    Some(_) => Ok(()),
+                    // A mailbox this node has not seen yet (made by another node, or by
+                    // this write): whoever shows it re-reads it rather than see this
+                    // write before another node's.
+                    None => {
+                        self.remember(user, *mailbox, f);
+                        self.watchers
+                            .notify(user, Change::Stale { mailbox: *mailbox });
+                        Ok(())
+                    }
                 }
             }
             Ok(None) => Ok(()),
@@ -573,6 +628,27 @@ impl PostgresStore {
         .await?;
         Ok(())
     }
+}
+
+/// Drive a LISTEN connection: its notifications' payloads, until it breaks.
+fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+) -> (mpsc::UnboundedReceiver<String>, tokio::task::JoinHandle<()>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel::<String>();
+    let driver = tokio::spawn(async move {
+        while let Some(Ok(m)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let AsyncMessage::Notification(n) = m
+                && tx.send(n.payload().to_string()).is_err()
+            {
+                break;
+            }
+        }
+    });
+    (rx, driver)
 }
 
 /// A [`Known`] from the columns name, uidnext, highest_modseq starting at `at`.

@@ -659,10 +659,15 @@ impl Mailboxes for PostgresStore {
 
     async fn claim_recent(&self, mailbox_id: u64, up_to: u32, claim: bool) -> Result<u32> {
         let id = mailbox_id as i64;
-        if !claim {
+        let mark = {
             let c = self.client().await?;
             let r = row(&c, "SELECT mark FROM recent WHERE mailbox_id = $1", &[&id]).await?;
-            return Ok(r.map_or(0, |r| r.get::<_, i64>(0) as u32));
+            r.map_or(0, |r| r.get::<_, i64>(0) as u32)
+        };
+        // A mark already at `up_to` does not move: no write (and no WAL flush) for the
+        // SELECT of a mailbox without new mail.
+        if !claim || mark >= up_to {
+            return Ok(mark);
         }
         transaction!(self, |tx| {
             exec(

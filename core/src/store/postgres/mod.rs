@@ -41,9 +41,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
 
 pub use schema::SCHEMA_VERSION;
 
@@ -56,6 +56,8 @@ pub struct PostgresStore {
     pool: Pool,
     /// Where the database is, for the node's own listening connection.
     config: tokio_postgres::Config,
+    /// TLS to the database, when the URL asks for it (`sslmode=require`).
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     /// The URL without its password, for messages.
     shown: String,
     /// In-process locks by account (striped): held from a write's start until its changes
@@ -186,6 +188,21 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
         .map_err(|e| StoreError::Invalid(format!("store url: {e}")))
 }
 
+/// The TLS connector for database connections: the ring provider, verified against the
+/// roots outbound TLS trusts.
+fn tls_connector(
+    trust_roots: Option<&std::path::Path>,
+) -> tokio_postgres_rustls::MakeRustlsConnect {
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default TLS versions")
+    .with_root_certificates(crate::tls::outbound_roots(trust_roots))
+    .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}
+
 /// `url` with its password replaced, for messages and logs.
 pub fn redact_url(url: &str) -> String {
     let Ok(cfg) = parse_url(url) else {
@@ -213,15 +230,33 @@ impl PostgresStore {
     /// database answers, not its schema: [`Self::migrate`] creates or upgrades it,
     /// [`Self::schema_version`] reads it.
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self> {
-        let cfg = parse_url(url)?;
+        Self::connect_with(url, pool_size, None).await
+    }
+
+    /// [`Self::connect`], trusting the certificates in `trust_roots` (PEM) too for TLS to
+    /// the database. TLS is used when the URL says `sslmode=require`: the server's
+    /// certificate is verified against the system's roots and these; otherwise the
+    /// connection is plain (a Unix socket or a private network; libpq's `prefer`, which
+    /// tries TLS without verifying it, is not offered).
+    pub async fn connect_with(
+        url: &str,
+        pool_size: usize,
+        trust_roots: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let mut cfg = parse_url(url)?;
         let shown = redact_url(url);
-        let manager = Manager::from_config(
-            cfg.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        if cfg.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        }
+        let tls = (cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Require)
+            .then(|| tls_connector(trust_roots));
+        let recycling = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(tls) => Manager::from_config(cfg.clone(), tls.clone(), recycling),
+            None => Manager::from_config(cfg.clone(), tokio_postgres::NoTls, recycling),
+        };
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -232,6 +267,7 @@ impl PostgresStore {
         let store = PostgresStore {
             pool,
             config: cfg,
+            tls,
             shown,
             stripes: Arc::new((0..STRIPES).map(|_| Default::default()).collect()),
             failpoints: Arc::new(Failpoints::from_env()),
