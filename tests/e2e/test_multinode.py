@@ -409,6 +409,9 @@ def test_a_delivery_cut_by_kill_9_is_taken_over_after_the_lease(cluster, remote_
 # --- 5. UIDs under concurrent writers on every node ----------------------------------------
 
 
+CATCH_UP = float(os.environ.get("MULTINODE_CATCH_UP", "3"))
+
+
 def test_concurrent_appends_and_deliveries_on_all_nodes_keep_uids_ascending(cluster):
     """APPEND and SMTP into alice's INBOX from all three nodes at once (two writers per
     node), while a session on each node NOOPs in a loop: UIDs are unique and ascending in
@@ -487,7 +490,7 @@ def test_concurrent_appends_and_deliveries_on_all_nodes_keep_uids_ascending(clus
         t.start()
     for t in writers:
         t.join(60)
-    until[0] = time.monotonic() + 3  # watchers: the rest must show within 3 s
+    until[0] = time.monotonic() + CATCH_UP  # by then watchers must have seen it all
     done.set()
     for t in watchers:
         t.join(30)
@@ -504,10 +507,12 @@ def test_concurrent_appends_and_deliveries_on_all_nodes_keep_uids_ascending(clus
     wrong = {t: (u, by_token[t]) for t, u in appended.items() if by_token[t] != u}
     assert not wrong, f"APPENDUID named other UIDs: {wrong}"
     # Last, as it depends on change notification across nodes: each watcher saw it all.
+    token_at = {uid: t for uid, t, _ in boxes[0]}
     for i in range(3):
+        missing = [(u, token_at[u]) for u in uids if u not in views[i]]
         assert views[i] == uids, (
             f"the watcher on node {i + 1} saw {len(views[i])} of {expected} messages "
-            f"3 s after the writers finished")
+            f"{CATCH_UP}s after the writers finished; missing (UID, token): {missing}")
 
 
 # --- 6. a crash ledger over the cluster ----------------------------------------------------
@@ -573,6 +578,17 @@ def drop(conn):
         pass
 
 
+def worker(load, c: Cluster, ledger: Ledger, w: int):
+    """Run one load function; what it did not expect is a test failure, not a warning."""
+    try:
+        load(c, ledger, w)
+    except Exception as e:  # noqa: BLE001
+        import traceback
+
+        ledger.errors.append(f"{load.__name__} {w} died: {traceback.format_exc()}")
+        raise e
+
+
 def smtp_load(c: Cluster, ledger: Ledger, w: int):
     rng, seq = random.Random(SEED + w), 0
     while not ledger.stop.is_set():
@@ -582,7 +598,7 @@ def smtp_load(c: Cluster, ledger: Ledger, w: int):
                 s.ehlo("client.test")
                 for _ in range(10):
                     seq += 1
-                    token = f"smtp{w}.{seq}-{('keep', 'flag', 'del')[seq % 3]}"
+                    token = f"smtp{w}.{seq}.{node.host}-{('keep', 'flag', 'del')[seq % 3]}"
                     to = rng.choice(USERS)
                     ledger.add("sent", {token: to}.items())
                     s.sendmail("sender@elsewhere.test", [to], message(token, to))
@@ -602,7 +618,7 @@ def append_load(c: Cluster, ledger: Ledger, w: int):
             m = imap(node, user, timeout=5)
             for _ in range(5):
                 seq += 1
-                token = f"append{w}.{seq}-{('keep', 'flag', 'del')[seq % 3]}"
+                token = f"append{w}.{seq}.{node.host}-{('keep', 'flag', 'del')[seq % 3]}"
                 ledger.add("sent", {token: user}.items())
                 typ, data = m.append("INBOX", None, None, message(token, user))
                 if typ != "OK":
@@ -651,9 +667,9 @@ def imap_mutator(c: Cluster, ledger: Ledger, w: int):
         time.sleep(0.1)
 
 
-def pop3_load(c: Cluster, ledger: Ledger):
+def pop3_load(c: Cluster, ledger: Ledger, w: int):
     """Sessions that DELE up to two messages whose fate is 'del' and QUIT."""
-    rng = random.Random(SEED + 300)
+    rng = random.Random(SEED + 300 + w)
     while not ledger.stop.is_set():
         node, user, p = rng.choice(c.nodes), rng.choice(USERS), None
         try:
@@ -662,6 +678,8 @@ def pop3_load(c: Cluster, ledger: Ledger):
             try:
                 p.pass_(PASSWORD)
             except poplib.error_proto as e:
+                if isinstance(e.args[0], str):  # poplib's own "-ERR EOF": cut by a kill
+                    continue
                 if e.args[0].startswith(b"-ERR [IN-USE]"):
                     ledger.count["POP3 IN-USE"] += 1
                 else:
@@ -686,20 +704,38 @@ def pop3_load(c: Cluster, ledger: Ledger):
         time.sleep(0.2)
 
 
+def differences(a: dict, b: dict, node: int) -> str:
+    """How node `node`'s view `b` ({user: mailbox()}) differs from node 1's `a`."""
+    out = []
+    for u in USERS:
+        ua = {uid: (t, f) for uid, t, f in a[u]}
+        ub = {uid: (t, f) for uid, t, f in b[u]}
+        only_a = sorted(set(ua) - set(ub))
+        only_b = sorted(set(ub) - set(ua))
+        flags = [(uid, ua[uid][1], ub[uid][1]) for uid in set(ua) & set(ub) if ua[uid] != ub[uid]]
+        if only_a or only_b or flags:
+            out.append(f"{u.split('@')[0]}: only on node 1 {[ua[x][0] for x in only_a[:5]]}"
+                       f"{'…' if len(only_a) > 5 else ''}, only on node {node} "
+                       f"{[ub[x][0] for x in only_b[:5]]}{'…' if len(only_b) > 5 else ''}, "
+                       f"flags differ {[(ua[x][0], f1, f2) for x, f1, f2 in sorted(flags)[:3]]}"
+                       f"{'…' if len(flags) > 3 else ''}")
+    return f"node {node} vs node 1: " + ", ".join(out) if out else ""
+
+
 def test_crash_ledger_over_three_nodes(cluster):
     """SMTP, APPEND, flagging, UID EXPUNGE and POP3 DELE on random nodes while a random node
     is SIGKILLed every few seconds and restarted. At the end every message that got a 250
     (or an APPEND OK) is there exactly once unless an acknowledged deletion took it,
     nothing is there twice, every acknowledged \\Flagged is kept and every acknowledged
-    deletion stays deleted; all nodes agree."""
+    deletion stays deleted. All nodes serve the same mailboxes once they have followed the
+    last writes (allowing for hints lost with a killed node: followed by polling)."""
     c = cluster(users=USERS, lease=LEASE, imap={"max_connections_per_user": 100})
     rng = random.Random(SEED)
     print(f"\nseed: MULTINODE_SEED={SEED}")
     ledger = Ledger()
-    workers = [threading.Thread(target=smtp_load, args=(c, ledger, w)) for w in range(3)]
-    workers += [threading.Thread(target=append_load, args=(c, ledger, 0))]
-    workers += [threading.Thread(target=imap_mutator, args=(c, ledger, w)) for w in range(2)]
-    workers += [threading.Thread(target=pop3_load, args=(c, ledger))]
+    load = [(smtp_load, w) for w in range(3)] + [(append_load, 0)]
+    load += [(imap_mutator, w) for w in range(2)] + [(pop3_load, 0)]
+    workers = [threading.Thread(target=worker, args=(f, c, ledger, w)) for f, w in load]
     for t in workers:
         t.daemon = True
         t.start()
@@ -728,9 +764,26 @@ def test_crash_ledger_over_three_nodes(cluster):
             and n["UID EXPUNGE OK"] >= 5 and n["POP3 DELE+QUIT OK"] >= 5), (
         f"too little load to judge: {dict(n)}\n{report}")
 
-    boxes = {u: mailbox(c[0], u) for u in USERS}
-    for u in USERS:  # every node serves the same mailbox
-        assert mailbox(c[2], u) == boxes[u], f"nodes 1 and 3 disagree on {u}"
+    # Every node serves the same mailboxes, once each has followed the others' last
+    # writes: by a hint, or by the poll every 5 s when the hint was lost with a killed
+    # node. Reading every mailbox on every node takes seconds itself.
+    views: list = []
+    rounds: list[str] = []
+    t0 = time.monotonic()
+
+    def agree():
+        views[:] = [{u: mailbox(node, u) for u in USERS} for node in c]
+        diffs = [differences(views[0], v, i + 1) for i, v in enumerate(views[1:], 1)]
+        rounds.append(f"+{time.monotonic() - t0:.1f}s: " + ("; ".join(filter(None, diffs))
+                                                            or "agreed"))
+        return not any(diffs)
+
+    if not poll(agree, timeout=15, interval=0.5):
+        raise AssertionError("the nodes still serve different mailboxes 15 s after the load "
+                             "stopped:\n" + "\n".join(rounds))
+    converged = time.monotonic() - t0
+    print("\n".join(rounds))
+    boxes = views[0]
     found = collections.Counter((u, t) for u in USERS for _, t, _ in boxes[u])
     flags = {(u, t): f for u in USERS for _, t, f in boxes[u]}
     problems = []
@@ -748,10 +801,11 @@ def test_crash_ledger_over_three_nodes(cluster):
                             f"({'missing' if not here else flags[(user, token)]})")
         if fate(token) != "del" and here and "\\Deleted" in flags[(user, token)]:
             problems.append(f"{token}: \\Deleted though nobody deleted it")
-    for k in found:
-        uids = [uid for uid, _, _ in boxes[k[0]]]
-        assert uids == sorted(set(uids)), f"UIDs of {k[0]} not ascending: {uids}"
+    for u in USERS:
+        uids = [uid for uid, _, _ in boxes[u]]
+        assert uids == sorted(set(uids)), f"UIDs of {u} not ascending: {uids}"
     print(f"{time.monotonic() - started:.0f}s, {len(schedule)} kills; {dict(n)}; "
-          f"{sum(found.values())} messages at the end")
+          f"{sum(found.values())} messages at the end; the nodes agreed {converged:.1f}s "
+          f"after the load stopped")
     logs = "\n".join(f"node {i + 1}:\n{node.logs()[-3000:]}" for i, node in enumerate(c))
     assert not problems, f"{len(problems)} problems: {problems[:20]}\n{report}\n{logs}"
