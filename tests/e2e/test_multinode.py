@@ -329,6 +329,7 @@ def test_pop3_lock_of_a_killed_node_lapses_after_the_lease(cluster):
         assert p2.quit().startswith(b"+OK")
         # Integer-second expiry: between 1 s and 3 s after the last renewal, plus polling.
         assert waited < 4.5, f"admitted {waited:.1f}s after the kill (lease {LEASE})"
+        print(f"maildrop free on node 2 {waited:.1f}s after node 1 was killed")
     finally:
         p1.close()
     c.restart(0)
