@@ -102,16 +102,16 @@ class Traffic:
 
     `nodes` are started `Server`s (support/server.py) sharing one database; `user` an
     account on them. `smtp`, `imap`, `pop3` say which threads run (`smtp_threads` senders);
-    `pause` is the time between two messages / two IMAP rounds / two POP3 sessions; an IMAP
-    session lasts `imap_rounds` rounds of SELECT, FETCH, NOOP."""
+    `pause` is the time between two messages / two IMAP rounds / two POP3 sessions. One IMAP
+    thread makes sessions of `imap_rounds` rounds of SELECT, FETCH, NOOP, alternating nodes;
+    with `imap_long` another keeps one session as long as the server does."""
 
     def __init__(self, nodes, user: str, smtp: bool = True, imap: bool = True,
                  pop3: bool = True, pause: float = 0.1, imap_rounds: int = 10,
-                 smtp_threads: int = 1):
+                 smtp_threads: int = 1, imap_long: bool = True):
         self.nodes = list(nodes)
         self.user = user
         self.pause = pause
-        self.imap_rounds = imap_rounds
         self.outcomes = Outcomes()
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -123,7 +123,13 @@ class Traffic:
             self.threads.append(threading.Thread(target=self._smtp_loop, args=(k,),
                                                  name=f"smtp-load-{k}", daemon=True))
         if imap:
-            self.threads.append(threading.Thread(target=self._imap_loop, name="imap-load", daemon=True))
+            self.threads.append(threading.Thread(target=self._imap_loop, args=(0, imap_rounds),
+                                                 name="imap-load", daemon=True))
+        if imap and imap_long:
+            # Sessions that last until the server drops them: the outage finds them logged
+            # in with INBOX selected, not between two logins.
+            self.threads.append(threading.Thread(target=self._imap_loop, args=(1, 10**9),
+                                                 name="imap-load-long", daemon=True))
         if pop3:
             self.threads.append(threading.Thread(target=self._pop3_loop, name="pop3-load", daemon=True))
         self.errors: list[str] = []
@@ -231,15 +237,15 @@ class Traffic:
 
     # --- IMAP ------------------------------------------------------------------------------
 
-    def _imap_loop(self):
-        """One session kept as long as it lasts (SELECT, FETCH, NOOP in turn), a new one
-        (on the next node) when the server drops it."""
+    def _imap_loop(self, first: int, rounds: int):
+        """Sessions of `rounds` rounds (SELECT, FETCH of the newest message, NOOP), each on
+        the next node; a session the server drops is replaced by the next one."""
         try:
-            for i in itertools.count():
+            for i in itertools.count(first):
                 if self.stopping.is_set():
                     return
                 srv, name = self._node(i)
-                self._imap_session(srv, name)
+                self._imap_session(srv, name, rounds)
                 time.sleep(self.pause)
         except Exception as e:
             self.errors.append(f"imap thread: {e!r}")
@@ -255,7 +261,7 @@ class Traffic:
         self.outcomes.add("imap", name, step, kind, text)
         return None
 
-    def _imap_session(self, srv, name: str):
+    def _imap_session(self, srv, name: str, rounds: int):
         o = self.outcomes
         step = "connect"
         r = None
@@ -269,8 +275,7 @@ class Traffic:
             if not self._imap_cmd(r, name, step, f"LOGIN {quote(self.user)} {quote(PASSWORD)}"):
                 return
             o.add("imap", name, step, "ok")
-            # A few rounds, then LOGOUT and the next session on the next node.
-            for _ in range(self.imap_rounds):
+            for _ in range(rounds):
                 if self.stopping.is_set():
                     break
                 step = "SELECT"
@@ -384,6 +389,21 @@ class Traffic:
         """Each "bad" outcome as a line: seconds since the load started, protocol, node,
         step, what the client got."""
         return [f"+{t - self.t0:5.1f}s {p} {n} {s}: {d}" for t, p, n, s, _, d in self.outcomes.of("bad")]
+
+    def bad_kinds(self) -> list[str]:
+        """The "bad" outcomes, one line per kind (protocol, step, what came back, with IMAP
+        tags and message numbers left out), with how often and when (first–last)."""
+        kinds: dict[tuple, list] = {}
+        for t, proto, node, step, _, detail in self.outcomes.of("bad"):
+            what = re.sub(r"\bt\d+ ", "", detail)
+            what = re.sub(r"\d+", "N", what) if step == "FETCH" else what
+            k = kinds.setdefault((proto, step, what), [0, t, t, set()])
+            k[0] += 1
+            k[2] = t
+            k[3].add(node)
+        return [f"{proto} {step} on {','.join(sorted(nodes))}: {what} — {n}x, "
+                f"+{first - self.t0:.1f}s…+{last - self.t0:.1f}s"
+                for (proto, step, what), (n, first, last, nodes) in kinds.items()]
 
     def timeline(self) -> str:
         """The marks, in seconds since the load started."""
