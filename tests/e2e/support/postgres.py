@@ -56,6 +56,46 @@ class Postgres:
                   f"CREATE DATABASE {name}")
         return f"host={self.dir} user=postgres dbname={name}"
 
+    # --- outages (test_pg_outage.py) -------------------------------------------------------
+
+    def _ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """`pg_ctl -D db ARGS…` (as `postgres` when root), its result whatever it is."""
+        cmd = [str(self.bin / "pg_ctl"), "-D", str(self.dir / "db"), *args]
+        if self.as_root:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.dir)
+
+    def running(self) -> bool:
+        return self._ctl("status").returncode == 0
+
+    def stop(self, mode: str = "fast"):
+        """Stop the server (`pg_ctl stop -m fast|immediate|smart`) and wait until it is down."""
+        p = self._ctl("-m", mode, "-w", "stop")
+        assert p.returncode == 0, f"pg_ctl stop failed: {p.stdout}{p.stderr}"
+
+    def start(self):
+        """Start it again after `stop`, with the options it was first started with (pg_ctl
+        restart reads them from db/postmaster.opts) and wait until it takes connections."""
+        assert not self.running(), "already running"
+        p = self._ctl("-l", str(self.dir / "log"), "-w", "restart")
+        assert p.returncode == 0, f"pg_ctl start failed: {p.stdout}{p.stderr}"
+
+    def restart(self, mode: str = "fast"):
+        """`pg_ctl restart -m MODE`: every connection is cut, the server is back when this
+        returns."""
+        p = self._ctl("-l", str(self.dir / "log"), "-m", mode, "-w", "restart")
+        assert p.returncode == 0, f"pg_ctl restart failed: {p.stdout}{p.stderr}"
+
+    def terminate_backends(self, url: str) -> int:
+        """End every connection to the database of connection string `url` (but this
+        query's own) with pg_terminate_backend; how many were ended."""
+        db = dict(kv.split("=", 1) for kv in url.split())["dbname"]
+        out = self._run("psql", "-h", str(self.dir), "-U", "postgres", "-d", db, "-X", "-A",
+                        "-t", "-v", "ON_ERROR_STOP=1", "-c",
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        return int(out.strip() or 0)
+
     def close(self):
         try:
             self._run("pg_ctl", "-D", str(self.dir / "db"), "-m", "immediate", "stop")
