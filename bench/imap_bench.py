@@ -11,6 +11,9 @@ and measures the memory of idle IDLE sessions (RSS delta / sessions).
 
 Everything runs on 127.0.0.1 in a temp directory that is removed afterwards (--keep keeps it).
 The client is plain sockets: timings include reading every response byte, not parsing it.
+
+On PostgreSQL (`[store] backend = "postgres"`), SELECT of a 100,000-message mailbox, first
+after a node starts and repeated: bench/pg_select.py (it uses this file's client and fill).
 """
 
 from __future__ import annotations

@@ -24,20 +24,53 @@ fdatasync before its 250 — Corvus' I/O model (`floor`) or a thread per connect
 I/O (`floor-threads`, Postfix smtpd's model). Its CPU per message is what loopback TCP, the
 wake-ups and the disk flush cost on this machine: no real server can go below it.
 
+Corvus on PostgreSQL (`[store] backend = "postgres"`), in the same run as the others:
+  * `corvus-pg`: one Corvus node on PostgreSQL; SMTP on --pg-port, POP3 on the next port.
+  * `corvus-pg3`: three Corvus nodes on one PostgreSQL database, each with its own data_dir,
+    control socket and listeners (SMTP on --pg-port+2, +4, +6 on 127.0.0.1). The load is
+    split over the nodes: one smtp-source per node, the concurrency as evenly as it goes
+    (c=10: 4+3+3, c=100: 34+33+33; c=1 cannot be split and goes to the first node only, c=2
+    to two), the messages in proportion to each node's connections (N/3 each when 3 divides
+    c), so the three finish together. The run ends when the last smtp-source exits; its
+    CPU is the sum over the three nodes. The output lists the split of each run.
+  Each kind gets its own throwaway PostgreSQL cluster (bench/pg_cluster.py: initdb in the
+  run's temporary directory, Unix socket only, run as the `postgres` user; Debian's
+  binaries, the newest /usr/lib/postgresql/*/bin or --pg-bin), so that each kind's database
+  CPU is its own. It runs PostgreSQL's durable defaults: fsync on, synchronous_commit on,
+  full_page_writes on, the default wal_sync_method; the script reads them back, refuses to
+  run if fsync or synchronous_commit is off, and prints them with the results. Schema by
+  `corvus store migrate`, [store] pool_size from --pool-size (16) per node.
+  Corvus commits each message to PostgreSQL before its 250, so here too the moment the
+  last smtp-source exits is the end-to-end time; after each run (after the CPU readings)
+  the INBOX is counted through the first node and must have grown by N (a count that falls
+  short is polled again, and the end-to-end time then becomes the moment it was complete;
+  the output says so).
+  Besides the server CPU per message these kinds report PostgreSQL's: utime+stime of the
+  cluster's processes from /proc before and after the run (postmaster, every live child,
+  and through the postmaster's cutime/cstime the children that exited), and the total of
+  both. The main table gets the columns "PostgreSQL CPU ms/msg" and "server + PostgreSQL
+  CPU ms/msg", and a side-by-side table compares Corvus (sled), Corvus-pg, Corvus-pg3 and
+  Postfix per concurrency. Memory per idle connection is also measured for corvus-pg.
+  These kinds need a Corvus with the PostgreSQL backend (`corvus store migrate`).
+
 Requirements: root (installs the postfix package when smtp-source is missing, creates a
 Postfix instance `postfix-bench` with postmulti, and a local user `smtpbench` whose
-~/Maildir receives Postfix's deliveries), python3, a release build of Corvus.
+~/Maildir receives Postfix's deliveries), python3, a release build of Corvus; for
+corvus-pg and corvus-pg3 PostgreSQL's server (Debian: apt-get install postgresql).
 
 Usage:
   cargo build --release -p corvus
-  sudo bench/smtp_bench.py                     # everything, default settings
+  sudo bench/smtp_bench.py                     # Corvus and Postfix, default settings
   sudo bench/smtp_bench.py --servers corvus    # only Corvus
+  sudo bench/smtp_bench.py --servers corvus,corvus-pg,corvus-pg3,postfix --seconds 10
   CORVUS_BIN=/path/to/corvus bench/smtp_bench.py --concurrency 10 --seconds 20
 
-Everything it writes goes to a temporary directory (removed at the end unless --keep),
-/etc/postfix-bench, /var/spool/postfix-bench, /var/lib/postfix-bench,
-/var/log/postfix-bench.log and ~smtpbench/Maildir (emptied at the end). Postfix is left
-stopped.
+Everything it writes goes to a temporary directory (removed at the end unless --keep; the
+PostgreSQL clusters too), /etc/postfix-bench, /var/spool/postfix-bench,
+/var/lib/postfix-bench, /var/log/postfix-bench.log and ~smtpbench/Maildir (emptied at the
+end). Postfix is left stopped. When the default Postfix instance's main.cf lacks what
+Debian's package fills in (setgid_group and the like: a main.cf copied from main.cf.proto),
+those are set to the package's values, since postmulti refuses to work without them.
 """
 
 import argparse
@@ -61,7 +94,9 @@ import time
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
+sys.path.insert(0, os.path.join(REPO, "bench"))
 from support.postfix import listen_on  # noqa: E402  (shared with the differential tests)
+from pg_cluster import PgCluster  # noqa: E402  (bench/pg_cluster.py: a durable throwaway PostgreSQL)
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 DOMAIN = "bench.test"
 SENDER = "sender@client.example"
@@ -313,12 +348,27 @@ class DurableAtAccept:
 
 
 class Corvus(DurableAtAccept):
+    """One Corvus process. With `store_url`, on PostgreSQL (`[store] backend = "postgres"`);
+    `db` is then the PgCluster behind it, whose CPU the runs count too. `prepare` (the
+    default) creates the schema and the account; the other nodes of a shared database skip
+    it."""
+
     name = "Corvus"
 
-    def __init__(self, binary, tmp, port, pop3_port, log_level, dns_port=None, user="user"):
+    def __init__(self, binary, tmp, port, pop3_port, log_level, dns_port=None, user="user",
+                 name=None, subdir="corvus", store_url=None, pool_size=16, db=None, prepare=True):
         self.binary = binary
         self.dns_port = dns_port
-        self.dir = os.path.join(tmp, "corvus")
+        if name:
+            self.name = name
+        self.store_url = store_url
+        self.pool_size = pool_size
+        self.db = db
+        self.prepare = prepare
+        self.port_option = "--pg-port" if store_url else "--corvus-port/--pop3-port"
+        # On PostgreSQL each run is checked by counting the INBOX (after the CPU readings).
+        self.verify_each_run = bool(store_url)
+        self.dir = os.path.join(tmp, subdir)
         self.port = port
         self.pop3_port = pop3_port
         self.log_level = log_level
@@ -360,12 +410,22 @@ level = "{self.log_level}"
 [dns]
 nameservers = ["127.0.0.1:{self.dns_port}"]
 """)
-        sh([self.binary, "-c", self.cfg, "user", "add", self.address, "--password", self.password])
+            if self.store_url:
+                f.write(f"""
+[store]
+backend = "postgres"
+url = "{self.store_url}"
+pool_size = {self.pool_size}
+""")
+        if self.store_url and self.prepare:
+            sh([self.binary, "-c", self.cfg, "store", "migrate"])
+        if self.prepare:
+            sh([self.binary, "-c", self.cfg, "user", "add", self.address, "--password", self.password])
 
     def start(self):
         for p in (self.port, self.pop3_port):
             if not port_free(p):
-                raise RuntimeError(f"port {p} is in use; pick others with --corvus-port/--pop3-port")
+                raise RuntimeError(f"port {p} is in use; pick others with {self.port_option}")
         self.logf = open(self.logfile, "ab")
         self.proc = subprocess.Popen(
             [self.binary, "-c", self.cfg, "serve"],
@@ -375,7 +435,8 @@ nameservers = ["127.0.0.1:{self.dns_port}"]
             env={k: v for k, v in os.environ.items() if k != "RUST_LOG" and not k.startswith("CORVUS_")},
         )
         wait_greeting(self.port)
-        log(f"Corvus running, pid {self.proc.pid}, smtp 127.0.0.1:{self.port}, data {self.dir}")
+        log(f"{self.name} running, pid {self.proc.pid}, smtp 127.0.0.1:{self.port}, data {self.dir}"
+            + (f", store {self.store_url} (pool_size {self.pool_size})" if self.store_url else ""))
 
     def pid(self):
         return self.proc.pid
@@ -383,6 +444,15 @@ nameservers = ["127.0.0.1:{self.dns_port}"]
     def cpu_ticks(self):
         st = proc_stat(self.proc.pid)
         return st[2] + st[3] + st[4] + st[5]
+
+    def count(self):
+        """INBOX count for the per-run check (PostgreSQL nodes); 0 otherwise, as before."""
+        if not self.verify_each_run:
+            return 0
+        n = self.mailbox_list()
+        if n is None:
+            raise RuntimeError(f"{self.name}: `corvus mailbox list {self.address}` gave no INBOX count")
+        return n
 
     def after_run(self, n):
         self.delivered_expected += n
@@ -455,6 +525,66 @@ nameservers = ["127.0.0.1:{self.dns_port}"]
             self.logf.close()
 
 
+def split_load(ports, conc, n):
+    """Spread `conc` connections and `n` messages over the nodes listening on `ports`:
+    the concurrency as evenly as it goes (10 -> 4+3+3; fewer connections than nodes: one
+    per node, the last nodes get none), the messages in proportion to each node's
+    connections, so that every smtp-source runs for about the same time. Returns
+    [(port, conc_i, n_i)] for the nodes that get load."""
+    k = min(len(ports), conc)
+    concs = [conc // k + (1 if i < conc % k else 0) for i in range(k)]
+    ns = [n * c // conc for c in concs]
+    for i in range(n - sum(ns)):
+        ns[i % k] += 1
+    return [(ports[i], concs[i], ns[i]) for i in range(k) if ns[i]]
+
+
+class CorvusCluster(DurableAtAccept):
+    """Several Corvus nodes on one PostgreSQL database (`corvus-pg3`): each with its own
+    data_dir, control socket and listeners (127.0.0.1, consecutive ports). The load is split
+    over them (split_load: one smtp-source per node); CPU is the sum over the nodes;
+    the INBOX is counted through the first node."""
+
+    def __init__(self, name, nodes, db):
+        self.name = name
+        self.nodes = nodes
+        self.db = db
+        self.address = nodes[0].address
+        self.port = nodes[0].port
+        self.verify_each_run = True
+        self.delivered_expected = 0
+
+    def setup(self):
+        for node in self.nodes:  # the first one creates the schema and the account
+            node.setup()
+
+    def start(self):
+        for node in self.nodes:
+            node.start()
+
+    def split(self, conc, n):
+        return split_load([node.port for node in self.nodes], conc, n)
+
+    def pid(self):
+        return self.nodes[0].pid()
+
+    def cpu_ticks(self):
+        return sum(node.cpu_ticks() for node in self.nodes)
+
+    def count(self):
+        return self.nodes[0].count()
+
+    def after_run(self, n):
+        self.delivered_expected += n
+
+    def verify(self):
+        return self.nodes[0].verify()
+
+    def stop(self):
+        for node in self.nodes:
+            node.stop()
+
+
 # ---------------------------------------------------------------------------------------------
 # smtp-floor
 
@@ -509,6 +639,20 @@ class Floor(DurableAtAccept):
 # Postfix
 
 
+# What Debian's postfix postinst writes into main.cf and main.cf.proto leaves empty.
+DEBIAN_MAIN_CF = {
+    "setgid_group": "postdrop",
+    "mail_owner": "postfix",
+    "sendmail_path": "/usr/sbin/sendmail",
+    "mailq_path": "/usr/bin/mailq",
+    "newaliases_path": "/usr/bin/newaliases",
+    "html_directory": "no",
+    "manpage_directory": "/usr/share/man",
+    "sample_directory": "/usr/share/doc/postfix/examples",
+    "readme_directory": "no",
+}
+
+
 class Postfix:
     name = "Postfix"
     instance = "postfix-bench"
@@ -540,6 +684,15 @@ class Postfix:
 
     def setup(self):
         self.ensure_installed()
+        # A default instance whose main.cf was copied from main.cf.proto (the package installed
+        # with "No configuration", then tests/e2e/support/postfix.py made one) leaves empty what
+        # Debian's postinst fills in, and postmulti refuses it ("bad string length 0 < 1:
+        # setgid_group"): fill in the package's values where empty.
+        empty = [k for k in DEBIAN_MAIN_CF
+                 if not sh(["postconf", "-h", k], check=False).stdout.strip()]
+        if empty:
+            log(f"default Postfix instance: setting {', '.join(empty)} to Debian's values")
+            sh(["postconf", "-e"] + [f"{k}={DEBIAN_MAIN_CF[k]}" for k in empty])
         # Multi-instance support (idempotent), then our own instance.
         if sh(["postconf", "-h", "multi_instance_enable"], check=False).stdout.strip() != "yes":
             sh(["postmulti", "-e", "init"])
@@ -678,27 +831,39 @@ class Postfix:
 
 
 def send(server, conc, n, size, extra_opts, stall_timeout):
-    """One smtp-source run; returns a dict of results."""
+    """One run (one smtp-source, or one per node for a cluster); returns a dict of results."""
     server.before_run()
     base = server.count()
+    db = getattr(server, "db", None)
+    targets = server.split(conc, n) if hasattr(server, "split") else [(server.port, conc, n)]
     cpu0 = server.cpu_ticks()
+    pg0 = db.cpu_ticks() if db else None
     m0 = machine_cpu()
     load0 = os.getloadavg()[0]
-    cmd = [SMTP_SOURCE, "-s", str(conc), "-m", str(n), "-l", str(size), "-f", SENDER,
-           "-t", server.address, *extra_opts, f"127.0.0.1:{server.port}"]
-    errf = tempfile.TemporaryFile()
+    procs = []
     t0 = time.monotonic()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, stdin=subprocess.DEVNULL)
-    _, status, ru = os.wait4(p.pid, 0)
+    for port, c, k in targets:
+        cmd = [SMTP_SOURCE, "-s", str(c), "-m", str(k), "-l", str(size), "-f", SENDER,
+               "-t", server.address, *extra_opts, f"127.0.0.1:{port}"]
+        errf = tempfile.TemporaryFile()
+        procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf,
+                                       stdin=subprocess.DEVNULL), errf))
+    client_cpu, statuses, bad, exits = 0.0, [], [], []
+    for p, errf in procs:
+        _, status, ru = os.wait4(p.pid, 0)
+        exits.append(time.monotonic() - t0)
+        client_cpu += ru.ru_utime + ru.ru_stime
+        statuses.append(os.waitstatus_to_exitcode(status))
+        errf.seek(0)
+        bad += [l for l in errf.read().decode(errors="replace").splitlines() if l.strip()]
     t_accept = time.monotonic()
     t_end = server.wait_delivered(n, base, t_accept, stall_timeout)
     server.after_run(n)
     cpu1 = server.cpu_ticks()
+    pg1 = db.cpu_ticks() if db else None
     m1 = machine_cpu()
-    errf.seek(0)
-    err = errf.read().decode(errors="replace")
-    client_cpu = ru.ru_utime + ru.ru_stime
-    bad = [l for l in err.splitlines() if l.strip()]
+    server_ms = (cpu1 - cpu0) / CLK_TCK * 1000 / n
+    pg_ms = (pg1 - pg0) / CLK_TCK * 1000 / n if db else None
     res = {
         "server": server.name,
         "concurrency": conc,
@@ -707,15 +872,39 @@ def send(server, conc, n, size, extra_opts, stall_timeout):
         "e2e_s": (t_end - t0) if t_end else None,
         "accept_rate": n / (t_accept - t0),
         "e2e_rate": n / (t_end - t0) if t_end else None,
-        "server_cpu_ms_per_msg": (cpu1 - cpu0) / CLK_TCK * 1000 / n,
+        "server_cpu_ms_per_msg": server_ms,
+        "postgres_cpu_ms_per_msg": pg_ms,
+        "total_cpu_ms_per_msg": server_ms + (pg_ms or 0.0),
         "client_cpu_ms_per_msg": client_cpu * 1000 / n,
         "machine_busy": (m1[0] - m0[0]) / max(1, m1[1] - m0[1]),
         "load1_before": load0,
         "load1_after": os.getloadavg()[0],
-        "smtp_source_status": os.waitstatus_to_exitcode(status),
+        "smtp_source_status": statuses[0] if len(statuses) == 1 else statuses,
         "smtp_source_messages": len(bad),
         "smtp_source_stderr_head": bad[:5],
     }
+    if hasattr(server, "split"):
+        res["split"] = [{"port": p, "concurrency": c, "messages": k, "exit_s": round(e, 3)}
+                        for (p, c, k), e in zip(targets, exits)]
+    if getattr(server, "verify_each_run", False):
+        # Every message was committed before its 250, so all N must be in the INBOX now.
+        # Counted after the CPU readings (the count goes through a node and the database).
+        # Should a count be short (a node not yet seeing another's commits), it is polled
+        # again, and the end-to-end time becomes the moment the count was complete.
+        got = server.count() - base
+        polled = got < n
+        deadline = time.monotonic() + stall_timeout
+        while got < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+            got = server.count() - base
+        res["in_mailbox"] = got
+        res["in_mailbox_ok"] = got == n
+        if got < n:
+            res["e2e_s"] = res["e2e_rate"] = None
+        elif polled:
+            res["e2e_s"] = time.monotonic() - t0
+            res["e2e_rate"] = n / res["e2e_s"]
+            res["e2e_from_count"] = True
     return res
 
 
@@ -825,7 +1014,8 @@ def fmt(v, spec):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--servers", default=os.environ.get("BENCH_SERVERS", "corvus,postfix"),
-                    help="comma-separated: corvus, postfix, floor, floor-threads")
+                    help="comma-separated: corvus (sled), corvus-pg (one node on PostgreSQL), "
+                         "corvus-pg3 (three nodes on one PostgreSQL), postfix, floor, floor-threads")
     ap.add_argument("--concurrency", default="1,10,100")
     ap.add_argument("--seconds", type=float, default=15.0,
                     help="target duration of each run; N = calibrated rate × this (at least --min-messages)")
@@ -833,13 +1023,20 @@ def main():
     ap.add_argument("--min-messages", type=int, default=2000)
     ap.add_argument("--max-messages", type=int, default=100000)
     ap.add_argument("--size", type=int, default=5120, help="message size for smtp-source -l")
-    ap.add_argument("--idle", type=int, default=1000, help="idle connections for the Corvus memory test")
+    ap.add_argument("--idle", type=int, default=1000, help="idle connections for the Corvus memory test (corvus and corvus-pg)")
     ap.add_argument("--postfix-idle", type=int, default=100,
                     help="idle connections for Postfix (its default smtpd process limit is 100)")
     ap.add_argument("--corvus-bin", default=os.environ.get("CORVUS_BIN", os.path.join(REPO, "target/release/corvus")))
     ap.add_argument("--corvus-port", type=int, default=25250)
     ap.add_argument("--pop3-port", type=int, default=25251)
     ap.add_argument("--postfix-port", type=int, default=25260)
+    ap.add_argument("--pg-port", type=int, default=25280,
+                    help="first port for the PostgreSQL kinds: corvus-pg gets SMTP on it and POP3 on "
+                         "the next; corvus-pg3's nodes take the six after (SMTP, POP3 each)")
+    ap.add_argument("--pool-size", type=int, default=16,
+                    help="[store] pool_size of each Corvus node on PostgreSQL")
+    ap.add_argument("--pg-bin", default=os.environ.get("CORVUS_PG_BIN"),
+                    help="PostgreSQL's bin directory (default: the newest /usr/lib/postgresql/*/bin)")
     ap.add_argument("--floor-port", type=int, default=25270,
                     help="first port for smtp-floor (floor-threads gets the next one)")
     ap.add_argument("--log-level", default="info", help="Corvus log level (info logs one line per message)")
@@ -875,18 +1072,61 @@ def main():
     machine["fdatasync_per_s_start"] = {w: round(disk_probe(tmp, w)) for w in (1, 20)}
     log(f"disk: fdatasync/s with 1 and 20 writers: {machine['fdatasync_per_s_start']}")
     corvus = postfix = None
+    pg_kinds = []  # Corvus on PostgreSQL: corvus-pg, corvus-pg3
+    clusters = []
     floors = []
     results, memory = [], {}
     try:
-        if "corvus" in servers:
+        corvus_kinds = [k for k in ("corvus", "corvus-pg", "corvus-pg3") if k in servers]
+        dns = None
+        if corvus_kinds:
             if not os.access(args.corvus_bin, os.X_OK):
                 raise RuntimeError(f"{args.corvus_bin}: no Corvus binary; run `cargo build --release -p corvus` or set CORVUS_BIN")
             dns = None if args.system_dns else LoopbackDns()
             machine["corvus_dns"] = "system resolver" if dns is None else f"loopback responder 127.0.0.1:{dns.port}"
+        dns_port = dns.port if dns else None
+        if "corvus" in servers:
             corvus = Corvus(args.corvus_bin, tmp, args.corvus_port, args.pop3_port, args.log_level,
-                            dns_port=dns.port if dns else None)
+                            dns_port=dns_port)
             corvus.setup()
             corvus.start()
+        if "corvus-pg" in servers or "corvus-pg3" in servers:
+            if sh([args.corvus_bin, "store", "--help"], check=False).returncode != 0:
+                raise RuntimeError(f"{args.corvus_bin} has no PostgreSQL backend (no `corvus store migrate`): "
+                                   "build a newer one")
+            if args.pg_bin:
+                os.environ["CORVUS_PG_BIN"] = args.pg_bin
+            machine["postgres"] = {}
+        for kind in ("corvus-pg", "corvus-pg3"):
+            if kind not in servers:
+                continue
+            # One cluster per kind, so that each kind's PostgreSQL CPU is its own.
+            db = PgCluster(os.path.join(tmp, f"pg-{kind}"))
+            clusters.append(db)
+            db.init()
+            db.start()
+            url = db.create_database("corvus")
+            settings = db.settings("corvus")
+            if settings.get("fsync") != "on" or settings.get("synchronous_commit") != "on":
+                raise RuntimeError(f"PostgreSQL for {kind} is not durable: {settings}")
+            machine["postgres"][kind] = {"dir": str(db.dir), "url": url, "pool_size": args.pool_size,
+                                         "settings": settings}
+            log(f"PostgreSQL for {kind}: postmaster pid {db.postmaster_pid()}, {url}, {settings}")
+            port = args.pg_port if kind == "corvus-pg" else args.pg_port + 2
+            if kind == "corvus-pg":
+                server = Corvus(args.corvus_bin, tmp, port, port + 1, args.log_level, dns_port=dns_port,
+                                name="Corvus-pg", subdir="corvus-pg", store_url=url,
+                                pool_size=args.pool_size, db=db)
+            else:
+                nodes = [Corvus(args.corvus_bin, tmp, port + 2 * i, port + 2 * i + 1, args.log_level,
+                                dns_port=dns_port, name=f"Corvus-pg3 node {i + 1}",
+                                subdir=f"corvus-pg3-node{i + 1}", store_url=url,
+                                pool_size=args.pool_size, db=db, prepare=(i == 0))
+                         for i in range(3)]
+                server = CorvusCluster("Corvus-pg3", nodes, db)
+            pg_kinds.append(server)
+            server.setup()
+            server.start()
         if "postfix" in servers:
             postfix = Postfix(args.postfix_port)
             postfix.setup()
@@ -897,11 +1137,15 @@ def main():
                 f.setup()
                 f.start()
                 floors.append(f)
-        active = [s for s in (corvus, postfix) if s] + floors
+        active = [s for s in [corvus] + pg_kinds + [postfix] if s] + floors
 
         if corvus:
             memory["corvus"] = corvus_idle_memory(corvus, args.idle)
             log(f"Corvus idle memory: {memory['corvus']}")
+        for server in pg_kinds:
+            if isinstance(server, Corvus):  # one node; a cluster's nodes are the same program
+                memory["corvus-pg"] = corvus_idle_memory(server, args.idle)
+                log(f"Corvus-pg idle memory: {memory['corvus-pg']}")
         if postfix:
             memory["postfix"] = postfix_idle_memory(postfix, args.postfix_idle)
             log(f"Postfix idle memory: {memory['postfix']}")
@@ -913,9 +1157,12 @@ def main():
                 if server is postfix:
                     r["cpu_by_process_live"] = postfix.cpu_breakdown()
                 results.append(r)
-                log(f"  {server.name:8} c={conc:<4} N={n:<6} e2e {fmt(r['e2e_rate'], '.0f')}/s "
-                    f"(accept {r['accept_rate']:.0f}/s), {r['server_cpu_ms_per_msg']:.3f} ms CPU/msg, "
-                    f"machine busy {r['machine_busy']*100:.0f}%"
+                pg = r["postgres_cpu_ms_per_msg"]
+                log(f"  {server.name:10} c={conc:<4} N={n:<6} e2e {fmt(r['e2e_rate'], '.0f')}/s "
+                    f"(accept {r['accept_rate']:.0f}/s), {r['server_cpu_ms_per_msg']:.3f} ms CPU/msg"
+                    + (f" + PostgreSQL {pg:.3f} = {r['total_cpu_ms_per_msg']:.3f}" if pg is not None else "")
+                    + f", machine busy {r['machine_busy']*100:.0f}%"
+                    + (f", in the INBOX {r['in_mailbox']}/{n}" if "in_mailbox" in r else "")
                     + (f", smtp-source said: {r['smtp_source_stderr_head']}" if r["smtp_source_messages"] else ""))
 
         # Verify the mailbox counts.
@@ -924,6 +1171,12 @@ def main():
             # Calibration runs deliver too: expected counts every message sent to Corvus.
             got, how = corvus.verify()
             verification["corvus"] = {"in_store": got, "sent": corvus.delivered_expected, "method": how}
+        for server in pg_kinds:
+            got, how = server.verify()
+            runs = [r for r in results if r["server"] == server.name]
+            verification[server.name.lower()] = {
+                "in_store": got, "sent": server.delivered_expected, "method": how,
+                "runs_counted_ok": sum(1 for r in runs if r.get("in_mailbox_ok")), "runs": len(runs)}
         if postfix:
             last = [r for r in results if r["server"] == "Postfix"]
             got, how = postfix.verify()
@@ -937,6 +1190,10 @@ def main():
     finally:
         if corvus:
             corvus.stop()
+        for server in pg_kinds:
+            server.stop()
+        for db in clusters:
+            db.close()
         for f in floors:
             f.stop()
         if postfix:
@@ -968,15 +1225,62 @@ def report(machine, results, memory, verification, args):
           f"at end: {machine['fdatasync_per_s_end']}")
     print(f"messages: {args.size} bytes (smtp-source -l), one connection per message unless -d given"
           f" (extra smtp-source options: {' '.join(args.smtp_source_opts) or 'none'})")
+    for kind, pg in machine.get("postgres", {}).items():
+        st = pg["settings"]
+        print(f"PostgreSQL for {kind}: {st.get('server_version')}, its own cluster (initdb in the run's "
+              f"temporary directory, Unix socket only), Corvus [store] pool_size {pg['pool_size']} per node; "
+              + ", ".join(f"{k} = {v}" for k, v in st.items() if k != "server_version"))
     print()
-    print("| server | conc | N | accepted msg/s | end-to-end msg/s | server CPU ms/msg | client CPU ms/msg | machine busy | smtp-source errors |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    with_pg = any(r.get("postgres_cpu_ms_per_msg") is not None for r in results)
+    if with_pg:
+        print("| server | conc | N | accepted msg/s | end-to-end msg/s | server CPU ms/msg | PostgreSQL CPU ms/msg "
+              "| server + PostgreSQL CPU ms/msg | client CPU ms/msg | machine busy | smtp-source errors |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    else:
+        print("| server | conc | N | accepted msg/s | end-to-end msg/s | server CPU ms/msg | client CPU ms/msg | machine busy | smtp-source errors |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
+        pg_cols = (f"{fmt(r.get('postgres_cpu_ms_per_msg'), '.3f')} | {r['total_cpu_ms_per_msg']:.3f} | "
+                   if with_pg else "")
         print(f"| {r['server']} | {r['concurrency']} | {r['messages']} | {r['accept_rate']:.0f} | "
-              f"{fmt(r['e2e_rate'], '.0f')} | {r['server_cpu_ms_per_msg']:.3f} | {r['client_cpu_ms_per_msg']:.3f} | "
+              f"{fmt(r['e2e_rate'], '.0f')} | {r['server_cpu_ms_per_msg']:.3f} | {pg_cols}{r['client_cpu_ms_per_msg']:.3f} | "
               f"{r['machine_busy']*100:.0f}% | {r['smtp_source_messages']} |")
+    splits = [r for r in results if "split" in r]
+    if splits:
+        print()
+        print("Load split over the nodes (port: connections × messages, smtp-source exit time):")
+        for r in splits:
+            print(f"  {r['server']} c={r['concurrency']} N={r['messages']}: "
+                  + ", ".join(f"{x['port']}: {x['concurrency']} × {x['messages']}, {x['exit_s']:.2f} s"
+                              for x in r["split"]))
+    bad_counts = [r for r in results if r.get("in_mailbox_ok") is False or r.get("e2e_from_count")]
+    for r in bad_counts:
+        print(f"  note: {r['server']} c={r['concurrency']}: {r['in_mailbox']} of {r['messages']} in the INBOX"
+              + (" only after polling; end-to-end time taken from the count" if r.get("e2e_from_count") else ""))
     by = {(r["server"], r["concurrency"]): r for r in results}
     concs = sorted({r["concurrency"] for r in results})
+    side = [n for n in ("Corvus", "Corvus-pg", "Corvus-pg3", "Postfix") if any(s == n for s, _ in by)]
+    if with_pg and len(side) > 1:
+        print()
+        print("Side by side: end-to-end msg/s, then CPU ms per message (on PostgreSQL: Corvus + "
+              "PostgreSQL = total):")
+        print()
+        print("| conc | " + " | ".join(f"{n} msg/s" for n in side) + " | "
+              + " | ".join(f"{n} CPU ms/msg" for n in side) + " |")
+        print("|---:|" + "---:|" * (2 * len(side)))
+        for c in concs:
+            rates, cpus = [], []
+            for n in side:
+                r = by.get((n, c))
+                rates.append(fmt(r["e2e_rate"], ".0f") if r else "—")
+                if not r:
+                    cpus.append("—")
+                elif r.get("postgres_cpu_ms_per_msg") is None:
+                    cpus.append(f"{r['server_cpu_ms_per_msg']:.3f}")
+                else:
+                    cpus.append(f"{r['server_cpu_ms_per_msg']:.3f} + {r['postgres_cpu_ms_per_msg']:.3f} = "
+                                f"{r['total_cpu_ms_per_msg']:.3f}")
+            print(f"| {c} | " + " | ".join(rates) + " | " + " | ".join(cpus) + " |")
     if any(s == "Postfix" for s, _ in by) and any(s == "Corvus" for s, _ in by):
         print()
         print("| conc | Corvus msg/s | Postfix msg/s | ratio | Corvus CPU ms/msg | Postfix CPU ms/msg |")
@@ -1009,6 +1313,10 @@ def report(machine, results, memory, verification, args):
     if "corvus" in memory:
         m = memory["corvus"]
         print(f"Corvus idle memory: {m['connections']} connections, RSS {m['rss_before_kb']} -> "
+              f"{m['rss_after_kb']} KB = {m['kb_per_conn']:.1f} KB per connection")
+    if "corvus-pg" in memory:
+        m = memory["corvus-pg"]
+        print(f"Corvus-pg idle memory: {m['connections']} connections, RSS {m['rss_before_kb']} -> "
               f"{m['rss_after_kb']} KB = {m['kb_per_conn']:.1f} KB per connection")
     if "postfix" in memory:
         m = memory["postfix"]
