@@ -11,11 +11,12 @@
 //! listens, every second when it cannot (a lost hint, a broken connection, a database
 //! without LISTEN such as CockroachDB), so a lost hint only delays a change.
 //!
-//! Only the accounts someone on this node watches are followed. The first time an account
-//! is followed (or a mailbox appears) its mailboxes are published as [`Change::Stale`]:
-//! whoever kept a copy re-reads it. When nobody watches an account any more it is forgotten
-//! the same way, and [`Feed::publishes_all`] says no for its mailboxes, so the metadata
-//! cache keeps no copy it could not keep exact.
+//! Only the accounts someone on this node watches are followed: from the moment a session
+//! watches one until [`LINGER`] after the last one stopped (so the metadata cache serves
+//! clients that reconnect). The first time an account is followed (or a mailbox appears) its
+//! mailboxes are published as [`Change::Stale`]: whoever kept a copy re-reads it. When an
+//! account is no longer followed it is forgotten the same way, and [`Feed::publishes_all`]
+//! says no for its mailboxes, so the metadata cache keeps no copy it could not keep exact.
 //!
 //! Order: a UID must never become visible to a session before a smaller one. When this node
 //! commits new messages whose first UID is above the UIDNEXT it last published for the
@@ -68,6 +69,8 @@ pub(super) struct Follow {
     listening: AtomicBool,
     /// The accounts to hint about, for the sending task.
     hints: Mutex<Option<mpsc::UnboundedSender<String>>>,
+    /// The follower's wake-up, to follow an account as soon as a session watches it.
+    wake: Mutex<Option<mpsc::UnboundedSender<Wake>>>,
     state: Mutex<State>,
 }
 
@@ -78,6 +81,7 @@ impl Default for Follow {
             on: AtomicBool::new(false),
             listening: AtomicBool::new(false),
             hints: Mutex::new(None),
+            wake: Mutex::new(None),
             state: Mutex::new(State::default()),
         }
     }
@@ -88,7 +92,13 @@ impl Default for Follow {
 struct State {
     accounts: HashMap<String, HashMap<u64, Known>>,
     mailboxes: HashSet<u64>,
+    /// When each followed account was last seen watched.
+    last_watched: HashMap<String, Instant>,
 }
+
+/// How long an account stays followed after its last session here ended, so the metadata
+/// cache stays usable for clients that reconnect (or open one connection per folder).
+const LINGER: Duration = Duration::from_secs(600);
 
 /// Why the follower runs a round.
 enum Wake {
@@ -115,6 +125,19 @@ impl Follow {
         }
     }
 
+    /// A session here started watching `user`: follow the account now if it is not yet.
+    pub(super) fn watching(&self, user: &str) {
+        let followed = self
+            .state
+            .lock()
+            .expect("follow")
+            .accounts
+            .contains_key(user);
+        if !followed && let Some(wake) = &*self.wake.lock().expect("wake") {
+            let _ = wake.send(Wake::Hint(vec![user.to_string()]));
+        }
+    }
+
     /// A mailbox this node deleted: no longer followed.
     pub(super) fn forget(&self, user: &str, mailbox: u64) {
         let mut st = self.state.lock().expect("follow");
@@ -135,6 +158,7 @@ impl PostgresStore {
         let (hints, pending) = mpsc::unbounded_channel();
         *self.follow.hints.lock().expect("hints") = Some(hints);
         let (wake, woken) = mpsc::unbounded_channel();
+        *self.follow.wake.lock().expect("wake") = Some(wake.clone());
         tokio::spawn(self.clone().send_hints(pending));
         tokio::spawn(self.clone().listen(wake));
         tokio::spawn(self.clone().follow_loop(woken));
@@ -309,15 +333,24 @@ impl PostgresStore {
         if hinted.is_none() {
             let gone: Vec<(String, Vec<u64>)> = {
                 let mut st = self.follow.state.lock().expect("follow");
+                let now = Instant::now();
+                for u in &watched {
+                    st.last_watched.insert(u.clone(), now);
+                }
                 let users: Vec<String> = st
                     .accounts
                     .keys()
-                    .filter(|u| !watched.contains(*u))
+                    .filter(|u| {
+                        st.last_watched
+                            .get(*u)
+                            .is_none_or(|t| now.duration_since(*t) > LINGER)
+                    })
                     .cloned()
                     .collect();
                 users
                     .into_iter()
                     .map(|u| {
+                        st.last_watched.remove(&u);
                         let ids: Vec<u64> = st
                             .accounts
                             .remove(&u)
@@ -338,9 +371,17 @@ impl PostgresStore {
                 }
             }
         }
+        // Followed: the watched accounts, and those watched within LINGER.
+        let followed: HashSet<String> = {
+            let st = self.follow.state.lock().expect("follow");
+            st.accounts.keys().cloned().collect()
+        };
         let users: Vec<String> = match hinted {
-            Some(h) => h.into_iter().filter(|u| watched.contains(u)).collect(),
-            None => watched.into_iter().collect(),
+            Some(h) => h
+                .into_iter()
+                .filter(|u| watched.contains(u) || followed.contains(u))
+                .collect(),
+            None => watched.union(&followed).cloned().collect(),
         };
         if users.is_empty() {
             return Ok(());

@@ -352,7 +352,9 @@ impl MailStore for PostgresStore {
 
 impl Feed for PostgresStore {
     fn watch(&self, user: &str) -> Changes {
-        self.watchers.watch(user)
+        let changes = self.watchers.watch(user);
+        self.follow.watching(&normalize_address(user));
+        changes
     }
 
     fn observe(&self, sink: Observer) {
