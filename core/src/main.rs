@@ -42,7 +42,7 @@ enum Command {
     Serve,
     /// Validate the configuration and everything it references; print one line per problem.
     Check,
-    /// The store itself (PostgreSQL: its schema).
+    /// The store itself: the PostgreSQL schema, and moving a sled store into PostgreSQL.
     #[command(subcommand)]
     Store(StoreCmd),
     /// Manage accounts.
@@ -83,6 +83,41 @@ enum StoreCmd {
     /// Create the database schema, or upgrade it to this Corvus's version (PostgreSQL; run
     /// once before the first `serve`, and after installing a newer Corvus).
     Migrate,
+    /// Copy a sled store into a PostgreSQL database, keeping every client's IMAP state, then
+    /// verify the copy.
+    ///
+    /// Copies accounts (with their password hashes), domains, aliases, subscriptions, every
+    /// mailbox with its UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, special use and \Recent mark,
+    /// every message with its UID, flags and keywords, internal date, MODSEQ and body, the
+    /// expunge log QRESYNC answers from, the outbound queue, and the key-value area (DKIM
+    /// keys, script and plugin state; expired entries are left out). IMAP clients keep
+    /// their caches: nothing to download again.
+    ///
+    /// Before: stop the server that uses the sled store (the copy refuses a locked store),
+    /// and run `corvus store migrate` with the new config (the copy refuses a database
+    /// without the schema). No server may run on the database during the copy.
+    ///
+    /// Running it again, after an interruption or to pick up what arrived since, writes
+    /// only what the database lacks. A mailbox the database holds under the same name with
+    /// another UIDVALIDITY, or with changes of its own (a server ran on it), is refused with
+    /// a one-line error before anything of it is written.
+    ///
+    /// At the end both sides are compared: per mailbox its state, a message count and a
+    /// checksum over UIDs, flags, dates, MODSEQs and bodies, and its expunge log; accounts,
+    /// aliases, queue and key-value entries one by one. The summary goes to standard output,
+    /// progress to standard error; the exit status is 1 when anything differs.
+    Copy {
+        /// The store to copy: sled:PATH, PATH being the stopped server's data_dir (or the
+        /// store directory in it).
+        #[arg(long, value_name = "sled:PATH")]
+        from: String,
+        /// The PostgreSQL database to fill, in the syntax of [store] url:
+        /// postgresql://user@host/db or "host=/run/postgresql user=corvus dbname=corvus". A
+        /// password in it is visible in the process list: prefer a Unix socket with peer
+        /// authentication.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -474,6 +509,23 @@ fn main() -> ExitCode {
                 Ok(done) => {
                     println!("{done}");
                     ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Store(StoreCmd::Copy { from, to }) => {
+            let mut progress = |line: &str| eprintln!("{line}");
+            return match corvus::server::copy_store(&from, &to, &mut progress) {
+                Ok((summary, verified)) => {
+                    println!("{summary}");
+                    if verified {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
                 Err(e) => {
                     eprintln!("error: {e:#}");

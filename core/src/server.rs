@@ -178,6 +178,69 @@ pub fn migrate_store(config: &Config) -> anyhow::Result<String> {
     }
 }
 
+/// `corvus store copy --from sled:PATH --to URL`: copy the sled store of a stopped server
+/// (PATH is its data_dir or the store directory in it) into the PostgreSQL database at URL,
+/// which must have this Corvus's schema (`corvus store migrate`), then compare both
+/// (`store::transfer`). Progress lines go to `progress`; the summary, and whether the
+/// target holds everything of the source.
+pub fn copy_store(
+    from: &str,
+    to: &str,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> anyhow::Result<(String, bool)> {
+    use crate::store::transfer;
+    let Some(path) = from.strip_prefix("sled:") else {
+        anyhow::bail!(
+            "--from {from:?}: give the store to copy as sled:PATH (the data_dir of the \
+             stopped server, or the store directory in it)"
+        );
+    };
+    let path = std::path::Path::new(path);
+    // Never create an empty store where the admin mistyped a path.
+    let path = if path.join("store").join("db").is_file() {
+        path.join("store")
+    } else if path.join("db").is_file() {
+        path.to_path_buf()
+    } else {
+        anyhow::bail!(
+            "--from: no sled store at {} (neither {}/store nor {} holds one)",
+            path.display(),
+            path.display(),
+            path.display()
+        );
+    };
+    if to.starts_with("sled:") {
+        anyhow::bail!(
+            "--to: copying into sled is not supported; give a PostgreSQL database (a \
+             postgresql:// URL or key=value pairs, as [store] url takes)"
+        );
+    }
+    let source = match SledStore::open(&path) {
+        Ok(s) => s,
+        Err(crate::store::StoreError::Locked(p)) => anyhow::bail!(
+            "the sled store at {p} is locked by another process, most likely a running \
+             `corvus serve`: stop that server first (the copy must be the only one using \
+             the store)"
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    crate::blocking::wait(async {
+        let target = crate::store::PostgresStore::connect(to, 2)
+            .await
+            .context("--to")?;
+        target.check_schema().await?;
+        progress(&format!(
+            "copying the sled store at {} into {}",
+            path.display(),
+            crate::store::redact_url(to)
+        ));
+        let copied = transfer::copy(&source, &target, progress).await?;
+        progress("verifying");
+        let verified = transfer::verify(&source, &target, progress).await?;
+        anyhow::Ok((format!("{copied}\n{verified}"), verified.ok()))
+    })
+}
+
 /// `corvus check`: which store the configuration names, and for PostgreSQL that it answers
 /// (address, credentials) with the schema of this Corvus.
 pub fn check_store(config: &Config) -> anyhow::Result<String> {

@@ -18,6 +18,7 @@ mod memory;
 mod meta_cache;
 mod postgres;
 mod sled;
+pub mod transfer;
 
 pub use self::postgres::{PostgresStore, SCHEMA_VERSION, parse_url, redact_url};
 pub use self::sled::SledStore;

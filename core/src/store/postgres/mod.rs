@@ -36,6 +36,7 @@ mod schema;
 pub(crate) mod testdb;
 #[cfg(test)]
 mod tests;
+mod transfer;
 
 use std::str::FromStr;
 use std::time::Duration;

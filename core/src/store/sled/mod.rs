@@ -8,7 +8,8 @@
 //! Files: `directory.rs` (accounts, domains, aliases), `mailboxes.rs` (mailboxes, message
 //! metadata, flags, subscriptions), `ingest.rs` (the write of an accepted message),
 //! `blobs.rs` (message bodies in chunks, reference counts), `queue.rs` (queue and leases),
-//! `kv.rs` (the key-value store for scripts and plugins).
+//! `kv.rs` (the key-value store for scripts and plugins), `transfer.rs` (the raw reads of
+//! `corvus store copy`).
 //!
 //! `::sled` names the crate: a plain `sled` here is this module.
 
@@ -20,6 +21,7 @@ mod mailboxes;
 mod queue;
 #[cfg(test)]
 mod tests;
+mod transfer;
 
 use std::collections::HashMap;
 use std::path::Path;
