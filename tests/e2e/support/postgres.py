@@ -16,6 +16,7 @@ import atexit
 import dataclasses
 import os
 import pathlib
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -73,6 +74,13 @@ class Postgres:
     def __init__(self, max_connections: int = 100, spares: int = 0):
         self.bin = bin_dir()
         self.as_root = os.geteuid() == 0
+        if self.as_root:
+            try:
+                pwd.getpwnam("postgres")
+            except KeyError:
+                raise AssertionError(
+                    "PostgreSQL does not run as root, and there is no 'postgres' user to run it "
+                    "as: apt-get install postgresql (its postgresql-common makes the user)") from None
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="corvus-pg-", dir=_temp_parent(self.as_root)))
         self.n = 0
         self.cond = threading.Condition()
