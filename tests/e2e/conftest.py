@@ -5,14 +5,46 @@ share `imap_server`): a temp config TOML (ports picked by binding port 0), its o
 and a loopback DNS responder (support/dns.py) so no lookup leaves the machine. Clients are independent of the server code: smtplib, imaplib,
 poplib, and the raw clients of support/clients.py for transcripts. Every server still
 running at the end of a test gets SIGTERM and must exit 0.
+
+CORVUS_E2E_STORE=postgres runs every server on PostgreSQL (support/server.py): the session's
+throwaway PostgreSQL is stopped at the end of the session, and the databases of servers no
+longer in use are dropped after each test.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from support import postgres
 from support.dns import DnsServer
-from support.server import ALICE, BOB, HOOKS, IMAP, POP3, Server, with_preset
+from support.server import ALICE, BOB, E2E_STORE, HOOKS, IMAP, POP3, Server, with_preset
+
+
+def pytest_report_header(config):
+    return f"corvus store backend: {E2E_STORE} (CORVUS_E2E_STORE)"
+
+
+def pytest_terminal_summary(terminalreporter):
+    pg = postgres.session_running()
+    if pg is not None:
+        terminalreporter.write_line(
+            f"PostgreSQL store: {pg.n} databases made in {pg.dir}, {len(pg.by_dir)} still in use")
+
+
+def pytest_unconfigure(config):
+    """The very end of the session (after the summary): stop its PostgreSQL, if started."""
+    postgres.close_session()
+
+
+@pytest.fixture(autouse=True)
+def _drop_unused_databases():
+    """After each test: drop the PostgreSQL databases of servers no longer in use (those of
+    this test's servers go after the next one: pytest keeps its fixture values until the
+    end of its teardown)."""
+    yield
+    pg = postgres.session_running()
+    if pg is not None:
+        pg.drop_unused()
 
 
 @pytest.fixture(scope="session")

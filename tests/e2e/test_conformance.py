@@ -10,6 +10,7 @@ import subprocess
 
 from support.net import tls_context
 from support.server import ALICE, CORVUS_BIN, PASSWORD, child_env
+from support.wait import wait_for
 
 
 def imap_login(srv):
@@ -100,8 +101,11 @@ def test_admin_commands_do_not_create_a_store_nobody_runs(tmp_path):
 def test_startup_hint_is_the_exact_command(corvus_factory):
     srv = corvus_factory()
     srv.start()
-    out = srv.stdout_path.read_text()
-    hint = next(l for l in out.splitlines() if "No accounts yet" in l)
+    # Printed once the server looked its accounts up, which may be a moment after it is
+    # ready (the control socket is there): on PostgreSQL that is a query.
+    hint = wait_for(lambda: next((l for l in srv.stdout_path.read_text().splitlines()
+                                  if "No accounts yet" in l), None),
+                    what="the startup hint on stdout", timeout=10)
     command = hint.split("Add one with:", 1)[1].strip()
     assert command.startswith(f"corvus -c '{srv.config}' user add alice@example.org"), hint
     # Run as printed, from another directory: the running server gets the user.

@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from support.net import free_port, port_open
-from support.server import ALICE, CORVUS_BIN, child_env
+from support.server import ALICE, CORVUS_BIN, E2E_STORE, child_env
 
 
 def run_check(tmp_path, text):
@@ -132,7 +132,7 @@ def test_corvus_config_env_names_the_file(corvus_factory):
     env = child_env({"CORVUS_CONFIG": str(c.config)})
     p = subprocess.run([CORVUS_BIN, "check"], capture_output=True, text=True, env=env, timeout=30)
     assert p.returncode == 0, p.stderr
-    assert "configuration OK (1 listener; store: sled at " in p.stdout
+    assert f"configuration OK (1 listener; store: {E2E_STORE} at " in p.stdout, p.stdout
     p = subprocess.run([CORVUS_BIN, "user", "add", ALICE, "--password", "pw"],
                        capture_output=True, text=True, env=env, timeout=30, cwd=c.base)
     assert p.returncode == 0, p.stderr

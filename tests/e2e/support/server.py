@@ -9,6 +9,14 @@ the settings the IMAP, POP3 and hook tests share; tests/e2e/conftest.py makes se
 tests and stops them at teardown, where each must exit 0.
 
 CORVUS_BIN names the binary (default: target/debug/corvus under the repository root).
+
+CORVUS_E2E_STORE names the store backend of every server (default sled): with `postgres`,
+each server stores into a fresh database of the session's throwaway PostgreSQL
+(support/postgres.py), one per data directory, so a server made again over the same
+directory finds its mail; its schema is made with `corvus store migrate` before the first
+command that uses the config. A server given its own `[store]` (as a table or in `extra`)
+keeps it. Tests that look at what the store leaves on disk check the equivalent in the
+database there (`Server.sql`).
 """
 
 from __future__ import annotations
@@ -20,15 +28,18 @@ import json
 import os
 import pathlib
 import poplib
+import re
 import signal
 import smtplib
 import subprocess
 import time
+import weakref
 from email.message import EmailMessage
 
 from .clients import PASSWORD, RawImap, RawPop3, RawSmtp, quote
 from .mail import without_return_path
 from .net import port_open, tls_context, free_port
+from . import postgres
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 CORVUS_BIN = os.environ.get("CORVUS_BIN") or str(ROOT / "target" / "debug" / "corvus")
@@ -38,6 +49,14 @@ BOB = "bob@example.org"
 # so 127.0.0.1 passes under whatever name the hosts file gives it, and another 127/8 source
 # address gets a name ("localhost") that does not resolve back to it: a mismatch.
 FCRDNS_FAIL_IP = "127.0.0.3"
+
+# The store backend of the servers of this run (CORVUS_E2E_STORE).
+STORES = ("sled", "postgres")
+E2E_STORE = os.environ.get("CORVUS_E2E_STORE") or "sled"
+if E2E_STORE not in STORES:
+    raise RuntimeError(f"CORVUS_E2E_STORE={E2E_STORE!r}: must be one of {', '.join(STORES)}")
+ON_POSTGRES = E2E_STORE == "postgres"
+
 
 # [smtp] settings every server gets unless the test overrides them.
 DEFAULT_SMTP = {"command_timeout": "20s", "data_timeout": "20s", "session_timeout": "120s"}
@@ -146,7 +165,15 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.stdout_path = base / "stdout.log"
         self.stderr_path = base / "stderr.log"
+        # CORVUS_E2E_STORE=postgres: this data directory's database, unless the test chose
+        # a store itself.
+        self.pg_url = None
+        if ON_POSTGRES and "store" not in self.sections and not re.search(r"^\s*\[store\]", extra, re.M):
+            pg = postgres.session()
+            self.pg_url = pg.database_for(self.data_dir)
+            weakref.finalize(self, pg.release, self.data_dir)
         self.write_config()
+        self.prepare_store()
 
     @property
     def smtp_cfg(self) -> dict:
@@ -167,6 +194,8 @@ class Server:
         ]
         lines += [f"{k} = {toml_value('%s:%d' % (self.host, p))}" for k, p in self.ports.items()]
         lines += ["[dns]", f"nameservers = {toml_value([self.dns_addr])}"]
+        if self.pg_url:
+            lines += ["[store]", 'backend = "postgres"', f"url = {toml_value(self.pg_url)}"]
         for table, values in self.sections.items():
             lines += [f"[{table}]"] + [f"{k} = {toml_value(v)}" for k, v in values.items()]
         text = "\n".join(lines) + "\n" + self.extra
@@ -174,8 +203,28 @@ class Server:
             text += "\n[[hooks]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in h.items())
         self.config.write_text(text)
 
+    def prepare_store(self):
+        """On PostgreSQL (CORVUS_E2E_STORE): `corvus store migrate` once per database, when
+        the server is made (tests also run corvus on its config themselves), else before
+        its next command. A config the test made invalid on purpose fails here too; the
+        command the test runs then reports it as it would on sled."""
+        db = self.pg_url and postgres.session().entry(self.data_dir)
+        if not db or db.migrated:
+            return
+        p = subprocess.run([CORVUS_BIN, "-c", str(self.config), "store", "migrate"],
+                           capture_output=True, text=True, env=child_env(), timeout=120,
+                           cwd=self.base)
+        db.migrated = p.returncode == 0
+
+    def sql(self, statement: str) -> list[list[str]]:
+        """On PostgreSQL (CORVUS_E2E_STORE): the rows of `statement` in this server's
+        database, as text."""
+        assert self.pg_url, "not a server on the session's PostgreSQL"
+        return postgres.session().query(self.pg_url, statement)
+
     def start(self, env: dict | None = None, wait: bool = True):
         assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.prepare_store()
         self.stdout = open(self.stdout_path, "ab")
         self.stderr = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
@@ -255,6 +304,7 @@ class Server:
 
     def cli(self, *args, input=None, check=True, text=True, env=None, timeout=120):
         """`corvus -c CONFIG ARGS…`; with `check`, a failure is an AssertionError with its output."""
+        self.prepare_store()
         p = subprocess.run(
             [CORVUS_BIN, "-c", str(self.config), *args],
             input=input,
