@@ -348,7 +348,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("data_dir {}: cannot create", config.data_dir.display()))?;
+    let _data_dir = lock_data_dir(&config)?;
+    crate::store::lease::set_node(&node_id(&config)?);
     let store = open_store(&config)?;
+    // What this node's previous run held (a crash, or a stop that could not reach the
+    // store) is given back at once rather than when its leases run out.
+    match store
+        .release_held_by(&crate::store::lease::node_prefix())
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            released = n,
+            "gave back the claims of this node's previous run"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not give back the claims of this node's previous run")
+        }
+    }
     // A node sharing its database with others publishes their changes to its sessions.
     store.follow_others();
     let hooks = crate::hooks::build_entries(&config, &store)
@@ -426,8 +445,57 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(timeout = ?config.shutdown_timeout, "sessions still running after the shutdown timeout; closing them");
     }
     store.commit().await?;
+    // Locks of the sessions that just ended go back to the store now, so a restarted node
+    // (or another one) does not wait for them to run out.
+    crate::store::lease::settle(Duration::from_secs(5)).await;
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// Hold `data_dir` for this process (an exclusive lock on `data_dir/serve.lock`, which
+/// names the holder's pid) as long as the returned file is open: two servers on one
+/// data_dir would take each other's control socket, and on a shared database each would
+/// give back the other's claims at start.
+fn lock_data_dir(config: &Config) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = config.data_dir.join("serve.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        anyhow::bail!(
+            "data_dir {} is in use by another process (a running `corvus serve`, pid {}); \
+             stop it, or give this server its own data_dir",
+            config.data_dir.display(),
+            pid.trim()
+        );
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
+/// This node's id: random, made at its first start and kept in `data_dir/node-id`. Names
+/// of its leases and queue claims start with it, so a restart gives back what its previous
+/// run held.
+fn node_id(config: &Config) -> anyhow::Result<String> {
+    let path = config.data_dir.join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() && id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(id.to_string());
+        }
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    std::fs::write(&path, &id).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(id)
 }
 
 /// Re-read the config file and put its `[[hooks]]` in place. Nothing changes unless every

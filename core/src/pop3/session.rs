@@ -663,8 +663,12 @@ impl Session {
             },
             Err(e) => Err(e.to_string()),
         };
-        // The lock is released only now, after the deletions are in place.
-        drop(open);
+        // The lock is released only now, after the deletions are in place, and before the
+        // answer: a client that logs in again at once (here or on another node) finds it
+        // free.
+        if let Err(e) = open.lock.release().await {
+            tracing::warn!(error = %e, "could not give the maildrop lock back");
+        }
         match result {
             Ok(n) => {
                 tracing::info!(deleted = n, "update state done");

@@ -119,7 +119,8 @@ pub async fn run(shared: Arc<Deps>) {
     let per_domain: Arc<Mutex<HashMap<String, Arc<Semaphore>>>> =
         Arc::new(Mutex::new(HashMap::new()));
     let owner: Arc<str> = format!(
-        "{}/{}/{:08x}",
+        "{}{}/{}/{:08x}",
+        crate::store::lease::node_prefix(),
         shared.config.hostname,
         std::process::id(),
         rand::random::<u32>()

@@ -334,6 +334,10 @@ impl<S: MailStore> Leases for Cached<S> {
     async fn lease_drop(&self, name: &str, holder: &str) -> Result<()> {
         self.inner.lease_drop(name, holder).await
     }
+
+    async fn release_held_by(&self, prefix: &str) -> Result<u64> {
+        self.inner.release_held_by(prefix).await
+    }
 }
 
 #[async_trait::async_trait]

@@ -21,6 +21,44 @@ pub fn set_duration(d: Duration) {
     let _ = DURATION.set(d);
 }
 
+/// This node's id (`server::node_id`, kept in its data_dir), set once at start.
+static NODE: OnceLock<String> = OnceLock::new();
+
+/// Set this node's id; the first call wins.
+pub fn set_node(id: &str) {
+    let _ = NODE.set(id.to_string());
+}
+
+/// The prefix of every lease holder and queue owner name of this node ("" before
+/// [`set_node`]): what it gives back when it starts again
+/// ([`crate::store::Leases::release_held_by`]).
+pub fn node_prefix() -> String {
+    NODE.get().map(|n| format!("{n}/")).unwrap_or_default()
+}
+
+/// Releases started by dropped leases and not finished yet, and their wake-up.
+static RELEASING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+fn released() -> &'static tokio::sync::Notify {
+    static N: OnceLock<tokio::sync::Notify> = OnceLock::new();
+    N.get_or_init(tokio::sync::Notify::new)
+}
+
+/// Wait, at most `limit`, for the releases of dropped leases to reach the store: what a
+/// stopping process does after its sessions ended, so the next holder (a restarted node)
+/// finds them free rather than waiting for them to run out.
+pub async fn settle(limit: Duration) {
+    let _ = tokio::time::timeout(limit, async {
+        loop {
+            let wake = released().notified();
+            if RELEASING.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            wake.await;
+        }
+    })
+    .await;
+}
+
 /// How long a lease lasts without renewal.
 pub fn duration() -> Duration {
     DURATION.get().copied().unwrap_or(LEASE)
@@ -48,6 +86,14 @@ impl Held {
     /// The lease's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Give the lease back now, and wait until the store has it back (dropping a lease
+    /// gives it back in the background).
+    pub async fn release(mut self) -> Result<()> {
+        registry().lock().expect("leases").held.remove(&self.id);
+        let name = std::mem::take(&mut self.name);
+        self.store.lease_drop(&name, &self.holder).await
     }
 
     /// Renew the lease now: true while this holder still has it (also when it ran out and
@@ -107,7 +153,12 @@ async fn renew_all() {
 /// Take the lease `name`, or `None` when another holder has it. Needs a tokio runtime
 /// (for the renewal).
 pub async fn take(store: &Store, name: &str) -> Result<Option<Held>> {
-    let holder = format!("{}/{:016x}", std::process::id(), rand::random::<u64>());
+    let holder = format!(
+        "{}{}/{:016x}",
+        node_prefix(),
+        std::process::id(),
+        rand::random::<u64>()
+    );
     if !store
         .lease_take(name, &holder, now(), now() + duration().as_secs() as i64)
         .await?
@@ -149,10 +200,16 @@ impl Drop for Held {
             std::mem::take(&mut self.name),
             std::mem::take(&mut self.holder),
         );
+        if name.is_empty() {
+            return; // given back by `release`
+        }
+        RELEASING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         crate::blocking::detach(async move {
             if let Err(e) = store.lease_drop(&name, &holder).await {
                 tracing::warn!(lease = %name, error = %e, "could not give a lease back");
             }
+            RELEASING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            released().notify_waiters();
         });
     }
 }

@@ -832,6 +832,23 @@ impl Leases for MemoryStore {
         }
         Ok(())
     }
+
+    async fn release_held_by(&self, prefix: &str) -> Result<u64> {
+        let mut st = self.state();
+        let before = st.leases.len();
+        st.leases.retain(|_, (h, _)| !h.starts_with(prefix));
+        let mut n = (before - st.leases.len()) as u64;
+        for e in st.queue.values_mut() {
+            if e.lease
+                .as_ref()
+                .is_some_and(|l| l.owner.starts_with(prefix))
+            {
+                e.lease = None;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
 }
 
 #[async_trait::async_trait]

@@ -804,6 +804,14 @@ pub trait Leases: Send + Sync {
 
     /// Give a lease back; nothing happens when `holder` does not hold it.
     async fn lease_drop(&self, name: &str, holder: &str) -> Result<()>;
+
+    /// Give back every lease and queue claim whose holder or owner starts with `prefix`: what
+    /// a node does when it starts, for the claims its previous run left (a crash, a stop
+    /// that could not reach the store). The number given back. A store only one process
+    /// opens drops them all when it opens, so there is nothing left to do.
+    async fn release_held_by(&self, _prefix: &str) -> Result<u64> {
+        Ok(0)
+    }
 }
 
 /// The namespaced key-value area of scripts and plugins, with TTLs and counters.

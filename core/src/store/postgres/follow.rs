@@ -594,10 +594,11 @@ impl PostgresStore {
         let behind = match behind {
             Some(b) => b,
             None => {
-                if self.follow.on.load(Ordering::SeqCst) && self.watchers.is_watched(user) {
-                    if let Err(e) = self.follow_now(user).await {
-                        tracing::warn!(error = %e, "could not read other nodes' changes first");
-                    }
+                if self.follow.on.load(Ordering::SeqCst)
+                    && self.watchers.is_watched(user)
+                    && let Err(e) = self.follow_now(user).await
+                {
+                    tracing::warn!(error = %e, "could not read other nodes' changes first");
                 }
                 return;
             }

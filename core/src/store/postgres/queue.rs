@@ -277,4 +277,20 @@ impl Leases for PostgresStore {
         .await?;
         Ok(())
     }
+
+    async fn release_held_by(&self, prefix: &str) -> Result<u64> {
+        // The prefix is a node id (hex) and a slash: nothing LIKE would read as a pattern.
+        let pattern = format!("{prefix}%");
+        transaction!(self, |tx| {
+            let leases = exec(&tx, "DELETE FROM leases WHERE holder LIKE $1", &[&pattern]).await?;
+            let claims = exec(
+                &tx,
+                "UPDATE queue SET lease_owner = NULL, lease_until = NULL \
+                 WHERE lease_owner LIKE $1",
+                &[&pattern],
+            )
+            .await?;
+            Ok(leases + claims)
+        })
+    }
 }
