@@ -46,8 +46,7 @@ impl Directory for PostgresStore {
 
     async fn delete_account(&self, address: &str) -> Result<()> {
         let address = normalize_address(address);
-        let _lock = self.lock_users([address.as_str()]).await;
-        let gone = transaction!(self, |tx| {
+        let (gone, _lock) = locked_transaction!(self, [address.as_str()], |tx| {
             let n = exec(&tx, "DELETE FROM accounts WHERE address = $1", &[&address]).await?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("account {address}")).into());

@@ -34,69 +34,70 @@ impl PostgresStore {
         let key = |p: &Placement| (normalize_address(&p.user), canonical_mailbox(&p.mailbox));
         let keys: BTreeSet<(String, String)> =
             filed.iter().flat_map(|f| f.1.iter().map(key)).collect();
-        let _lock = self.lock_users(keys.iter().map(|k| k.0.as_str())).await;
-        let (placed, full, created) = transaction!(self, |tx| {
-            // Bodies and the queue entry first: nothing refers to them until the messages
-            // are inserted, and the mailbox rows' locks (which serialise writers to a
-            // mailbox) are then held only for the messages, the counters and the COMMIT.
-            let mut blobs = Vec::with_capacity(filed.len());
-            for (message, placements) in &filed {
-                blobs.push(insert_blob(&tx, message, placements.len()).await?);
-            }
-            if let Some((entry, message)) = queue {
-                let mut entry = entry.clone();
-                entry.blob = insert_blob(&tx, message, 1).await?;
-                insert_entry(&tx, &entry).await?;
-            }
-            let mut boxes: BTreeMap<&(String, String), Mailbox> = BTreeMap::new();
-            let mut created = Vec::new();
-            for k in &keys {
-                let (mb, new) = lock_or_create_mailbox(&tx, &k.0, &k.1, None).await?;
-                if new {
-                    created.push((k.0.clone(), mb.name.clone()));
+        let ((placed, full, created), _lock) =
+            locked_transaction!(self, keys.iter().map(|k| k.0.as_str()), |tx| {
+                // Bodies and the queue entry first: nothing refers to them until the messages
+                // are inserted, and the mailbox rows' locks (which serialise writers to a
+                // mailbox) are then held only for the messages, the counters and the COMMIT.
+                let mut blobs = Vec::with_capacity(filed.len());
+                for (message, placements) in &filed {
+                    blobs.push(insert_blob(&tx, message, placements.len()).await?);
                 }
-                boxes.insert(k, mb);
-            }
-            let mut placed = Vec::new();
-            let mut full: Vec<(String, u64, MessageMeta)> = Vec::new();
-            let mut records: BTreeMap<u64, Vec<MessageMeta>> = BTreeMap::new();
-            for ((message, placements), blob) in filed.iter().zip(blobs) {
-                for p in placements.iter() {
-                    if !placed.is_empty() && self.failpoints.fire("ingest-after-placement") {
-                        return Err(
-                            StoreError::Backend("failpoint ingest-after-placement".into()).into(),
-                        );
+                if let Some((entry, message)) = queue {
+                    let mut entry = entry.clone();
+                    entry.blob = insert_blob(&tx, message, 1).await?;
+                    insert_entry(&tx, &entry).await?;
+                }
+                let mut boxes: BTreeMap<&(String, String), Mailbox> = BTreeMap::new();
+                let mut created = Vec::new();
+                for k in &keys {
+                    let (mb, new) = lock_or_create_mailbox(&tx, &k.0, &k.1, None).await?;
+                    if new {
+                        created.push((k.0.clone(), mb.name.clone()));
                     }
-                    let k = key(p);
-                    let mb = boxes.get_mut(&k).expect("every target is locked");
-                    let meta = mb.place(blob, message.len() as u64, &p.flags, internal_date);
-                    placed.push(Placed {
-                        user: k.0.clone(),
-                        mailbox: mb.id,
-                        uid: meta.uid,
-                        modseq: meta.modseq,
-                    });
-                    records.entry(mb.id).or_default().push(meta.clone());
-                    full.push((k.0, mb.id, meta));
+                    boxes.insert(k, mb);
                 }
-            }
-            if let ([(id, metas)], [mb]) = (
-                &records.iter().collect::<Vec<_>>()[..],
-                &boxes.values().collect::<Vec<_>>()[..],
-            ) {
-                // One mailbox (most mail): both statements in one round trip (pipelined on
-                // the connection).
-                tokio::try_join!(insert_messages(&tx, **id, metas), save_counters(&tx, mb))?;
-            } else {
-                for (id, metas) in &records {
-                    insert_messages(&tx, *id, metas).await?;
+                let mut placed = Vec::new();
+                let mut full: Vec<(String, u64, MessageMeta)> = Vec::new();
+                let mut records: BTreeMap<u64, Vec<MessageMeta>> = BTreeMap::new();
+                for ((message, placements), blob) in filed.iter().zip(blobs) {
+                    for p in placements.iter() {
+                        if !placed.is_empty() && self.failpoints.fire("ingest-after-placement") {
+                            return Err(StoreError::Backend(
+                                "failpoint ingest-after-placement".into(),
+                            )
+                            .into());
+                        }
+                        let k = key(p);
+                        let mb = boxes.get_mut(&k).expect("every target is locked");
+                        let meta = mb.place(blob, message.len() as u64, &p.flags, internal_date);
+                        placed.push(Placed {
+                            user: k.0.clone(),
+                            mailbox: mb.id,
+                            uid: meta.uid,
+                            modseq: meta.modseq,
+                        });
+                        records.entry(mb.id).or_default().push(meta.clone());
+                        full.push((k.0, mb.id, meta));
+                    }
                 }
-                for mb in boxes.values() {
-                    save_counters(&tx, mb).await?;
+                if let ([(id, metas)], [mb]) = (
+                    &records.iter().collect::<Vec<_>>()[..],
+                    &boxes.values().collect::<Vec<_>>()[..],
+                ) {
+                    // One mailbox (most mail): both statements in one round trip (pipelined on
+                    // the connection).
+                    tokio::try_join!(insert_messages(&tx, **id, metas), save_counters(&tx, mb))?;
+                } else {
+                    for (id, metas) in &records {
+                        insert_messages(&tx, *id, metas).await?;
+                    }
+                    for mb in boxes.values() {
+                        save_counters(&tx, mb).await?;
+                    }
                 }
-            }
-            Ok((placed, full, created))
-        })?;
+                Ok((placed, full, created))
+            })?;
         for (user, name) in created {
             self.notify(&user, Change::Created { name }).await;
         }

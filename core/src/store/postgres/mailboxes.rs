@@ -228,8 +228,7 @@ impl Mailboxes for PostgresStore {
         special_use: Option<&str>,
     ) -> Result<Mailbox> {
         let (user, name) = (normalize_address(user), canonical_mailbox(name));
-        let _lock = self.lock_users([user.as_str()]).await;
-        let mb = transaction!(self, |tx| {
+        let (mb, _lock) = locked_transaction!(self, [user.as_str()], |tx| {
             let (mb, created) = lock_or_create_mailbox(&tx, &user, &name, special_use).await?;
             if !created {
                 return Err(StoreError::Exists(format!("mailbox {name}")).into());
@@ -295,8 +294,7 @@ impl Mailboxes for PostgresStore {
         changes: &[(u32, Vec<String>)],
     ) -> Result<Vec<(u32, u64)>> {
         let user = normalize_address(user);
-        let _lock = self.lock_users([user.as_str()]).await;
-        let done = transaction!(self, |tx| {
+        let (done, _lock) = locked_transaction!(self, [user.as_str()], |tx| {
             let mut modseq = lock_mailbox(&tx, &user, mailbox_id).await?;
             let mut done = Vec::new();
             for (uid, flags) in changes {
@@ -335,8 +333,7 @@ impl Mailboxes for PostgresStore {
         unchanged_since: Option<u64>,
     ) -> Result<(Vec<FlagUpdate>, Vec<u32>)> {
         let user = normalize_address(user);
-        let _lock = self.lock_users([user.as_str()]).await;
-        let (out, modified) = transaction!(self, |tx| {
+        let ((out, modified), _lock) = locked_transaction!(self, [user.as_str()], |tx| {
             let mut modseq = lock_mailbox(&tx, &user, mailbox_id).await?;
             let current: HashMap<u32, (Vec<String>, u64)> = rows(
                 &tx,
@@ -393,8 +390,7 @@ impl Mailboxes for PostgresStore {
 
     async fn expunge(&self, user: &str, mailbox_id: u64, uids: &[u32]) -> Result<Vec<u32>> {
         let user = normalize_address(user);
-        let _lock = self.lock_users([user.as_str()]).await;
-        let (removed, modseq) = transaction!(self, |tx| {
+        let ((removed, modseq), _lock) = locked_transaction!(self, [user.as_str()], |tx| {
             let modseq = lock_mailbox(&tx, &user, mailbox_id).await?;
             let gone = rows(
                 &tx,
@@ -454,8 +450,7 @@ impl Mailboxes for PostgresStore {
     ) -> Result<(u32, Vec<(u32, u32)>)> {
         let user = normalize_address(user);
         let to = canonical_mailbox(to);
-        let _lock = self.lock_users([user.as_str()]).await;
-        let (target, pairs, copies) = transaction!(self, |tx| {
+        let ((target, pairs, copies), _lock) = locked_transaction!(self, [user.as_str()], |tx| {
             let mut target = lock_named(&tx, &user, &to).await?;
             let sources: HashMap<u32, MessageMeta> = rows(
                 &tx,
@@ -542,8 +537,7 @@ impl Mailboxes for PostgresStore {
         if is_inbox(&name) {
             return Err(StoreError::Invalid("INBOX cannot be deleted".into()));
         }
-        let _lock = self.lock_users([user.as_str()]).await;
-        let (mb, uids) = transaction!(self, |tx| {
+        let ((mb, uids), _lock) = locked_transaction!(self, [user.as_str()], |tx| {
             let mb = lock_named(&tx, &user, &name).await?;
             let uids = drop_mailbox(&tx, mb.id).await?;
             Ok((mb, uids))
@@ -568,8 +562,7 @@ impl Mailboxes for PostgresStore {
             };
             return rename_inbox(self, &user, inbox.id, &to).await;
         }
-        let _lock = self.lock_users([user.as_str()]).await;
-        let moves = transaction!(self, |tx| {
+        let (moves, _lock) = locked_transaction!(self, [user.as_str()], |tx| {
             let all = rows(
                 &tx,
                 "SELECT id, name FROM mailboxes WHERE owner = $1 FOR UPDATE",
@@ -631,7 +624,6 @@ impl Mailboxes for PostgresStore {
 
     async fn set_subscribed(&self, user: &str, name: &str, subscribed: bool) -> Result<()> {
         let (user, name) = (normalize_address(user), canonical_mailbox(name));
-        let _lock = self.lock_users([user.as_str()]).await;
         let c = self.client().await?;
         let sql = if subscribed {
             "INSERT INTO subscriptions (owner, name) VALUES ($1, $2) \
@@ -639,7 +631,11 @@ impl Mailboxes for PostgresStore {
         } else {
             "DELETE FROM subscriptions WHERE owner = $1 AND name = $2"
         };
-        if exec(&c, sql, &[&user, &name]).await? > 0 {
+        let changed = exec(&c, sql, &[&user, &name]).await? > 0;
+        drop(c);
+        // The account's lock only to publish (never held while waiting for the database).
+        let _lock = self.lock_users([user.as_str()]).await;
+        if changed {
             self.notify(&user, Change::Subscription { name, subscribed })
                 .await;
         }

@@ -61,8 +61,9 @@ pub struct PostgresStore {
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     /// The URL without its password, for messages.
     shown: String,
-    /// In-process locks by account (striped): held from a write's start until its changes
-    /// are published, so they are published in commit order.
+    /// In-process locks by account (striped): held from just before a write's COMMIT until
+    /// its changes are published, so they are published in commit order
+    /// ([`locked_transaction!`]).
     stripes: Arc<Vec<tokio::sync::Mutex<()>>>,
     failpoints: Arc<Failpoints>,
     watchers: Arc<super::feed::Watchers>,
@@ -144,6 +145,46 @@ macro_rules! transaction {
     }};
 }
 pub(super) use transaction;
+
+/// [`transaction!`] for a write whose changes are published: the in-process locks of
+/// `$users` ([`PostgresStore::lock_users`]) are taken after the body, just before the
+/// COMMIT, and come back with its value, held until the changes are published. Writers to
+/// one mailbox are serialised by its row lock, which a writer holds until its COMMIT, and it
+/// takes the accounts' locks before committing, so the next writer can take them only after
+/// this one published: changes are published in commit order. No one holds these locks
+/// while waiting for the database's row locks, so the two kinds of lock never wait for each
+/// other. Evaluates to `Result<(T, guards)>`.
+macro_rules! locked_transaction {
+    ($store:expr, $users:expr, |$tx:ident| $body:block) => {{
+        let mut attempt = 1u32;
+        loop {
+            let mut client = $store.client().await?;
+            let $tx = client.transaction().await?;
+            let out: std::result::Result<_, $crate::store::postgres::Fail> = async { $body }.await;
+            let out = match out {
+                Ok(v) => {
+                    let guards = $store.lock_users($users).await;
+                    $tx.commit().await.map(|()| (v, guards)).map_err(Into::into)
+                }
+                Err(e) => Err(e),
+            };
+            match out {
+                Ok(v) => break Ok::<_, StoreError>(v),
+                Err($crate::store::postgres::Fail::Retry(why)) => {
+                    if attempt >= $crate::store::postgres::ATTEMPTS {
+                        break Err(StoreError::Backend(format!(
+                            "database: gave up after {attempt} attempts: {why}"
+                        )));
+                    }
+                    $crate::store::postgres::backoff(attempt).await;
+                    attempt += 1;
+                }
+                Err($crate::store::postgres::Fail::Store(e)) => break Err(e),
+            }
+        }
+    }};
+}
+pub(super) use locked_transaction;
 
 /// A short, growing, jittered pause before a transaction's next attempt.
 pub(super) async fn backoff(attempt: u32) {
