@@ -38,7 +38,7 @@ from support.clients import PASSWORD
 from support.cluster import Cluster, idle_wait
 from support.net import free_port
 from support.postgres import Postgres
-from support.server import ALICE, Server
+from support.server import ALICE, ROOT, Server
 from support.wait import poll, wait_for
 
 LEASE = "3s"
@@ -721,6 +721,36 @@ def differences(a: dict, b: dict, node: int) -> str:
                        f"flags differ {[(ua[x][0], f1, f2) for x, f1, f2 in sorted(flags)[:3]]}"
                        f"{'…' if len(flags) > 3 else ''}")
     return f"node {node} vs node 1: " + ", ".join(out) if out else ""
+
+
+def test_a_rate_limit_learned_on_one_node_applies_on_the_others(cluster):
+    """Scripts' kv is shared: scripts/mail_rate_limit.rhai (max 6 per sender) counts the
+    transactions of one sender over all three nodes, atomically: 15 concurrent attempts,
+    five per node, get exactly 6 acceptances and 9 times 450."""
+    c = cluster(hooks=[{"script": str(ROOT / "scripts" / "mail_rate_limit.rhai"),
+                        "config": {"max": 6, "window": "1h"}}])
+    codes: list[int] = []
+    lock = threading.Lock()
+
+    def attempt(node: Server):
+        with smtplib.SMTP(node.host, node.ports["smtp"], timeout=15) as s:
+            s.ehlo("client.test")
+            code, _ = s.mail("spammer@elsewhere.test")
+            with lock:
+                codes.append(code)
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in c for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes) == [250] * 6 + [450] * 9, codes
+    # The count lives in the database: a node that never saw this sender refuses it too.
+    with smtplib.SMTP(c[2].host, c[2].ports["smtp"], timeout=15) as s:
+        s.ehlo("client.test")
+        assert s.mail("spammer@elsewhere.test")[0] == 450
+        s.rset()
+        assert s.mail("someone@elsewhere.test")[0] == 250
 
 
 def test_crash_ledger_over_three_nodes(cluster):

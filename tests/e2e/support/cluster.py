@@ -40,11 +40,12 @@ class HostImap(RawImap):
 class Cluster:
     """`n` nodes over the database at `url`. `lease` is `[store] lease` (unset: the
     default); `delivery` are `[delivery]` settings every node gets (each adds its own
-    `source_ip`); `sections` are further config tables merged into each node's."""
+    `source_ip`); `hooks` are `[[hooks]]` tables every node gets; `sections` are further
+    config tables merged into each node's."""
 
     def __init__(self, base: pathlib.Path, dns_addr: str, url: str, n: int = 3,
                  lease: str | None = None, delivery: dict | None = None,
-                 pool_size: int = 6, **sections: dict):
+                 pool_size: int = 6, hooks=(), **sections: dict):
         store = {"backend": "postgres", "url": url, "pool_size": pool_size}
         if lease:
             store["lease"] = lease
@@ -62,7 +63,8 @@ class Cluster:
                 tables[k] = {**tables.get(k, {}), **v}
             self.nodes.append(Server(base / f"node{i}", dns_addr, listeners=LISTENERS,
                                      hostname=f"node{i}.example.org", host=host,
-                                     shutdown_timeout="5s", client_timeout=10, **tables))
+                                     shutdown_timeout="5s", client_timeout=10,
+                                     hooks=list(hooks), **tables))
 
     def __getitem__(self, i: int) -> Server:
         return self.nodes[i]
