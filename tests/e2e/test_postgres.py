@@ -100,3 +100,32 @@ def test_cli_commands_work_on_the_database_from_another_machine(postgres, corvus
     cli("user", "del", "carol@example.org")
     with pytest.raises(imaplib.IMAP4.error):
         srv.imap("carol@example.org")
+
+
+def test_check_says_what_is_wrong_with_the_database(postgres, tmp_path):
+    """`corvus check` on a database that does not answer, with a user it does not know, and
+    with a schema newer than this Corvus: one line each, naming the cause and what to do."""
+    import subprocess
+    from support.net import free_port
+    from support.server import CORVUS_BIN, child_env
+
+    def check(url: str) -> str:
+        cfg = tmp_path / "check.toml"
+        cfg.write_text(f'hostname = "mx.example.org"\ndomains = ["example.org"]\n'
+                       f'data_dir = "{tmp_path / "data"}"\n'
+                       f'[store]\nbackend = "postgres"\nurl = "{url}"\n')
+        p = subprocess.run([CORVUS_BIN, "-c", str(cfg), "check"], capture_output=True,
+                           text=True, env=child_env(), timeout=60)
+        assert p.returncode != 0, p.stdout
+        return p.stderr
+
+    out = check(f"host=127.0.0.1 port={free_port()} user=corvus dbname=corvus connect_timeout=5")
+    assert "unavailable" in out and "Connection refused" in out, out
+    url = postgres.database()
+    out = check(url.replace("user=postgres", "user=nobody"))
+    assert 'role "nobody" does not exist' in out and "check the user and password" in out, out
+    assert "run `corvus store migrate`" in check(url)
+    postgres.sql("CREATE TABLE schema_version (id INT PRIMARY KEY, version INT NOT NULL); "
+                 "INSERT INTO schema_version VALUES (1, 99)", db=url.split("dbname=")[1])
+    out = check(url)
+    assert "newer than this Corvus" in out and "upgrade corvus" in out, out

@@ -104,12 +104,30 @@ impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
         // The server's own message (with its SQLSTATE) says more than the client's summary.
         match e.as_db_error() {
-            Some(db) => StoreError::Backend(format!(
-                "database: {} (SQLSTATE {})",
-                db.message(),
-                db.code().code()
-            )),
-            None => StoreError::Backend(format!("database: {e}")),
+            Some(db) => {
+                let code = db.code().code();
+                // Class 28: invalid authorization (wrong user or password).
+                let hint = if code.starts_with("28") {
+                    "; check the user and password in store.url"
+                } else {
+                    ""
+                };
+                StoreError::Backend(format!(
+                    "database: {} (SQLSTATE {code}){hint}",
+                    db.message()
+                ))
+            }
+            None => {
+                // The client's summary ("error connecting to server") and its causes.
+                let mut text = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    text.push_str(": ");
+                    text.push_str(&c.to_string());
+                    cause = c.source();
+                }
+                StoreError::Backend(format!("database: {text}"))
+            }
         }
     }
 }
@@ -329,7 +347,10 @@ impl PostgresStore {
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(|e| {
             let why = match e {
-                deadpool_postgres::PoolError::Backend(e) => StoreError::from(e).to_string(),
+                deadpool_postgres::PoolError::Backend(e) => match StoreError::from(e) {
+                    StoreError::Backend(text) => text,
+                    other => other.to_string(),
+                },
                 other => other.to_string(),
             };
             StoreError::Backend(format!("database {} unavailable: {why}", self.shown))
