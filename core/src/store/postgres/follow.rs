@@ -445,14 +445,36 @@ impl PostgresStore {
                 let mut st = self.follow.state.lock().expect("follow");
                 st.mailboxes.extend(fresh.keys().copied());
                 st.accounts.insert(user.to_string(), fresh.clone());
+                st.last_watched.insert(user.to_string(), Instant::now());
             }
             for mailbox in fresh.into_keys() {
                 self.watchers.notify(user, Change::Stale { mailbox });
             }
             return Ok(());
         };
+        // Mailboxes gone from `fresh`: `fresh` may have been read before this node made a
+        // mailbox (and published it), so what is missing is looked up again, now.
+        let missing: Vec<i64> = known
+            .keys()
+            .filter(|id| !fresh.contains_key(id))
+            .map(|id| *id as i64)
+            .collect();
+        let still: HashSet<u64> = if missing.is_empty() {
+            HashSet::new()
+        } else {
+            let c = self.client().await?;
+            rows(
+                &c,
+                "SELECT id FROM mailboxes WHERE id = ANY($1)",
+                &[&missing],
+            )
+            .await?
+            .iter()
+            .map(|r| u64_of(r.get(0)))
+            .collect()
+        };
         for (id, k) in &known {
-            if !fresh.contains_key(id) {
+            if !fresh.contains_key(id) && !still.contains(id) {
                 self.follow.forget(user, *id);
                 self.watchers.notify(
                     user,
