@@ -71,9 +71,15 @@ class Postgres:
     `database_for` and drops the ones `drop_unused` hands it, so a test seldom waits for
     either (CREATE DATABASE copies a template: a fifth of a second on a busy machine)."""
 
-    def __init__(self, max_connections: int = 100, spares: int = 0):
+    def __init__(self, max_connections: int = 100, spares: int = 0, tcp_port: int | None = None,
+                 tls: tuple[str, str] | None = None):
+        """`tcp_port`: also listen on 127.0.0.1:`tcp_port`; `tls`: (certificate, key) PEM
+        files the server presents (ssl = on, for TCP connections)."""
         self.bin = bin_dir()
         self.as_root = os.geteuid() == 0
+        self.tcp_port = tcp_port
+        # The tools find the server's socket by its port (its name ends with it).
+        self.env = {**os.environ, "PGPORT": str(tcp_port or 5432)}
         if self.as_root:
             try:
                 pwd.getpwnam("postgres")
@@ -95,8 +101,17 @@ class Postgres:
                 shutil.chown(self.dir, "postgres")
             self._run("initdb", "-D", str(self.dir / "db"), "-A", "trust", "-U", "postgres",
                       "--no-sync")
+            listen = f"-h 127.0.0.1 -p {tcp_port}" if tcp_port else "-h ''"
+            if tls:
+                for src, name in zip(tls, ("server.crt", "server.key")):
+                    dst = self.dir / "db" / name
+                    shutil.copy(src, dst)
+                    os.chmod(dst, 0o600)
+                    if self.as_root:
+                        shutil.chown(dst, "postgres")
+                listen += " -c ssl=on"
             self._run("pg_ctl", "-D", str(self.dir / "db"), "-l", str(self.dir / "log"), "-w",
-                      "-o", f"-k {self.dir} -h '' -c fsync=off -c max_connections={max_connections}",
+                      "-o", f"-k {self.dir} {listen} -c fsync=off -c max_connections={max_connections}",
                       "start")
         except BaseException:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -110,7 +125,8 @@ class Postgres:
         if self.as_root:
             # cwd: the postgres user may not be allowed into the caller's directory.
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.dir)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.dir,
+                           env=self.env)
         assert p.returncode == 0, f"{tool} failed: {p.stdout}{p.stderr}"
         return p.stdout
 
@@ -126,7 +142,8 @@ class Postgres:
         return [line.split("\t") for line in out.splitlines() if line]
 
     def url(self, name: str) -> str:
-        return f"host={self.dir} user=postgres dbname={name}"
+        port = f" port={self.tcp_port}" if self.tcp_port else ""
+        return f"host={self.dir}{port} user=postgres dbname={name}"
 
     def _create(self) -> str:
         with self.cond:
@@ -210,7 +227,8 @@ class Postgres:
         cmd = [str(self.bin / "pg_ctl"), "-D", str(self.dir / "db"), *args]
         if self.as_root:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.dir)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.dir,
+                              env=self.env)
 
     def running(self) -> bool:
         return self._ctl("status").returncode == 0
