@@ -173,7 +173,7 @@ impl PostgresStore {
                 users.insert(u);
             }
             for payload in payloads(&self.follow.node, users) {
-                let sent = match self.client().await {
+                let sent = match self.follow_client().await {
                     Ok(c) => exec(&c, "SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
                         .await
                         .map(drop)
@@ -388,7 +388,7 @@ impl PostgresStore {
         }
         let mut fresh: HashMap<String, HashMap<u64, Known>> = HashMap::new();
         {
-            let c = self.client().await?;
+            let c = self.follow_client().await?;
             for r in rows(
                 &c,
                 "SELECT owner, id, name, uidnext, highest_modseq FROM mailboxes \
@@ -414,7 +414,7 @@ impl PostgresStore {
     /// Follow `user` from now on, or catch up with it (holding `user`'s lock).
     async fn follow_now(&self, user: &str) -> Result<()> {
         let mut fresh = HashMap::new();
-        let c = self.client().await?;
+        let c = self.follow_client().await?;
         for r in rows(
             &c,
             "SELECT id, name, uidnext, highest_modseq FROM mailboxes WHERE owner = $1",
@@ -462,7 +462,7 @@ impl PostgresStore {
         let still: HashSet<u64> = if missing.is_empty() {
             HashSet::new()
         } else {
-            let c = self.client().await?;
+            let c = self.follow_client().await?;
             rows(
                 &c,
                 "SELECT id FROM mailboxes WHERE id = ANY($1)",
@@ -515,7 +515,7 @@ impl PostgresStore {
 
     /// Read and publish the changes of mailbox `id` above what this node published (`k`).
     async fn publish_since(&self, user: &str, id: u64, k: &Known, modseq: u64) -> Result<()> {
-        let c = self.client().await?;
+        let c = self.follow_client().await?;
         let since = k.modseq as i64;
         let changed = rows(
             &c,
@@ -629,7 +629,7 @@ impl PostgresStore {
             return;
         }
         let read = async {
-            let c = self.client().await?;
+            let c = self.follow_client().await?;
             let r = row(
                 &c,
                 "SELECT name, uidnext, highest_modseq FROM mailboxes WHERE id = $1",
@@ -682,7 +682,7 @@ impl PostgresStore {
 
     /// Delete expired kv rows, a batch at a time.
     async fn sweep_kv(&self) -> Result<()> {
-        let c = self.client().await?;
+        let c = self.follow_client().await?;
         exec(
             &c,
             "DELETE FROM kv WHERE (ns, key) IN (\

@@ -55,6 +55,10 @@ use super::*;
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
+    /// Connections of the follower's reads (`follow.rs`), apart from the writers': it reads
+    /// while holding accounts' in-process locks that writers wait for before their COMMIT,
+    /// so it must never wait for a connection a waiting writer holds.
+    follow_pool: Pool,
     /// Where the database is, for the node's own listening connection.
     config: tokio_postgres::Config,
     /// TLS to the database, when the URL asks for it (`sslmode=require`).
@@ -69,6 +73,9 @@ pub struct PostgresStore {
     watchers: Arc<super::feed::Watchers>,
     follow: Arc<follow::Follow>,
 }
+
+/// Connections of the follower's own pool.
+const FOLLOW_POOL: usize = 2;
 
 /// Number of account lock stripes.
 const STRIPES: usize = 64;
@@ -310,22 +317,27 @@ impl PostgresStore {
         }
         let tls = (cfg.get_ssl_mode() == tokio_postgres::config::SslMode::Require)
             .then(|| tls_connector(trust_roots));
-        let recycling = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+        let make_pool = |size: usize| {
+            let recycling = ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            };
+            let manager = match &tls {
+                Some(tls) => Manager::from_config(cfg.clone(), tls.clone(), recycling),
+                None => Manager::from_config(cfg.clone(), tokio_postgres::NoTls, recycling),
+            };
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .wait_timeout(Some(Duration::from_secs(30)))
+                .create_timeout(Some(Duration::from_secs(10)))
+                .build()
+                .map_err(|e| StoreError::Backend(format!("{shown}: {e}")))
         };
-        let manager = match &tls {
-            Some(tls) => Manager::from_config(cfg.clone(), tls.clone(), recycling),
-            None => Manager::from_config(cfg.clone(), tokio_postgres::NoTls, recycling),
-        };
-        let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .create_timeout(Some(Duration::from_secs(10)))
-            .build()
-            .map_err(|e| StoreError::Backend(format!("{shown}: {e}")))?;
+        let pool = make_pool(pool_size.max(1))?;
+        let follow_pool = make_pool(FOLLOW_POOL)?;
         let store = PostgresStore {
             pool,
+            follow_pool,
             config: cfg,
             tls,
             shown,
@@ -345,7 +357,16 @@ impl PostgresStore {
 
     /// A connection from the pool.
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Object> {
-        self.pool.get().await.map_err(|e| {
+        self.client_of(&self.pool).await
+    }
+
+    /// A connection for the follower's reads ([`PostgresStore::follow_pool`]).
+    pub(super) async fn follow_client(&self) -> Result<deadpool_postgres::Object> {
+        self.client_of(&self.follow_pool).await
+    }
+
+    async fn client_of(&self, pool: &Pool) -> Result<deadpool_postgres::Object> {
+        pool.get().await.map_err(|e| {
             let why = match e {
                 deadpool_postgres::PoolError::Backend(e) => match StoreError::from(e) {
                     StoreError::Backend(text) => text,
