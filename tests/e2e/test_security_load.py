@@ -29,7 +29,7 @@ import time
 import pytest
 
 from support.clients import RawImap, RawSmtp
-from support.server import ALICE, BOB, PASSWORD, Server
+from support.server import ALICE, BOB, E2E_STORE, PASSWORD, Server
 
 SENDER = "someone@remote.test"
 IMAP_PLAIN = "[imap]\nallow_plaintext_auth = true\n"
@@ -563,7 +563,11 @@ def test_many_large_data_sessions_are_bounded(server_with):
     # number of sessions (before the budget, 50 such sessions left about 2 GiB).
     settled = vm_rss_kb(srv.proc.pid)
     deadline = time.monotonic() + 10
-    while settled - base >= 600 * MiB_kB and time.monotonic() < deadline:
+    # On PostgreSQL the database client holds a second copy of each message it is sending
+    # (the encoded bytea parameter) beside the budgeted one, so up to twice the budget is in
+    # flight, and more of it stays with the allocator afterwards; still bounded by the budget.
+    settle_bound = 900 if E2E_STORE == "postgres" else 600
+    while settled - base >= settle_bound * MiB_kB and time.monotonic() < deadline:
         time.sleep(0.5)
         settled = vm_rss_kb(srv.proc.pid)
     ends = [r[0][0] if isinstance(r, list) and r else None for r in out]
@@ -578,7 +582,8 @@ def test_many_large_data_sessions_are_bounded(server_with):
     accepted = ends.count(250)
     assert accepted >= 1 and ends.count(452) >= 1, ends
     assert growth < 1200 * MiB_kB, f"VmRSS grew by {mib(growth)}"
-    assert settled - base < 600 * MiB_kB, f"VmRSS still {mib(settled - base)} over the baseline"
+    assert settled - base < settle_bound * MiB_kB, (
+        f"VmRSS still {mib(settled - base)} over the baseline")
     assert srv.mailboxes(ALICE)["INBOX"] == 1 + accepted  # the warm-up and the 250s
     # And a small message is accepted afterwards.
     r = srv.raw_smtp("smtp", timeout=30)
