@@ -535,15 +535,18 @@ def test_logged_in_client_on_smtp_gets_auth_result(tmp_path, zone, world):
     mx.write_config()
     mx.add_user(BOB, PW)
     mx.start()
-    s = mx.smtp("smtp")
-    s.ehlo()
-    s.login(BOB, PW)
-    s.sendmail(BOB, [BOB], message(BOB, "smtp auth"))
-    s.quit()
-    raw = latest(mx)
-    assert result(raw, "auth") == "pass"
-    assert "smtp.auth=bob@b.test" in our_results(raw)["auth"][0]
-    assert "spf" not in our_results(raw)
+    try:
+        s = mx.smtp("smtp")
+        s.ehlo()
+        s.login(BOB, PW)
+        s.sendmail(BOB, [BOB], message(BOB, "smtp auth"))
+        s.quit()
+        raw = latest(mx)
+        assert result(raw, "auth") == "pass"
+        assert "smtp.auth=bob@b.test" in our_results(raw)["auth"][0]
+        assert "spf" not in our_results(raw)
+    finally:
+        mx.stop(expect=None)  # its own server: not left running after the test
 
 
 # --- ARC --------------------------------------------------------------------------------------
