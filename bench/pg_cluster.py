@@ -22,7 +22,12 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import time
+
+# The tests' finder of Debian's PostgreSQL binaries (CORVUS_PG_BIN, else the newest installed).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests" / "e2e"))
+from support.postgres import bin_dir  # noqa: E402
 
 # What decides durability and what shapes the load; printed with the results.
 SHOWN_SETTINGS = (
@@ -38,20 +43,6 @@ SHOWN_SETTINGS = (
     "max_wal_size",
     "data_checksums",
 )
-
-
-def bin_dir() -> pathlib.Path:
-    """`CORVUS_PG_BIN`, else the newest /usr/lib/postgresql/<version>/bin."""
-    if os.environ.get("CORVUS_PG_BIN"):
-        return pathlib.Path(os.environ["CORVUS_PG_BIN"])
-    versions = sorted(
-        (int(p.name), p / "bin")
-        for p in pathlib.Path("/usr/lib/postgresql").glob("*")
-        if p.name.isdigit() and (p / "bin" / "initdb").exists()
-    )
-    if not versions:
-        raise RuntimeError("PostgreSQL's server is not installed: apt-get install postgresql")
-    return versions[-1][1]
 
 
 def _proc_stat(pid: int):

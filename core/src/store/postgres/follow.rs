@@ -118,6 +118,16 @@ impl Follow {
             .contains(&mailbox)
     }
 
+    /// What this node last published of `user`'s mailboxes, if it follows the account.
+    fn account(&self, user: &str) -> Option<HashMap<u64, Known>> {
+        self.state
+            .lock()
+            .expect("follow")
+            .accounts
+            .get(user)
+            .cloned()
+    }
+
     /// Tell the other nodes that `user`'s data changed (after the commit).
     pub(super) fn hint(&self, user: &str) {
         if let Some(tx) = &*self.hints.lock().expect("hints") {
@@ -431,15 +441,7 @@ impl PostgresStore {
     /// Publish what changed in `user`'s mailboxes, read as `fresh`, since this node last
     /// published them (holding `user`'s lock).
     async fn catch_up(&self, user: &str, fresh: HashMap<u64, Known>) -> Result<()> {
-        let known = self
-            .follow
-            .state
-            .lock()
-            .expect("follow")
-            .accounts
-            .get(user)
-            .cloned();
-        let Some(known) = known else {
+        let Some(known) = self.follow.account(user) else {
             // First sight: whatever was kept of these mailboxes may be behind.
             {
                 let mut st = self.follow.state.lock().expect("follow");
@@ -642,13 +644,8 @@ impl PostgresStore {
             Ok(Some(f)) => {
                 let k = self
                     .follow
-                    .state
-                    .lock()
-                    .expect("follow")
-                    .accounts
-                    .get(user)
-                    .and_then(|b| b.get(mailbox))
-                    .cloned();
+                    .account(user)
+                    .and_then(|mut b| b.remove(mailbox));
                 match k {
                     Some(k) if f.modseq > k.modseq => {
                         let modseq = f.modseq;

@@ -141,37 +141,7 @@ impl From<tokio_postgres::Error> for StoreError {
 
 /// Run `$body` (which uses the transaction `$tx` and returns `Result<T, Fail>`) in one
 /// transaction and commit it; run it again from the start on [`Fail::Retry`], up to
-/// [`ATTEMPTS`] times. Evaluates to `Result<T>`.
-macro_rules! transaction {
-    ($store:expr, |$tx:ident| $body:block) => {{
-        let mut attempt = 1u32;
-        loop {
-            let mut client = $store.client().await?;
-            let $tx = client.transaction().await?;
-            let out: std::result::Result<_, $crate::store::postgres::Fail> = async { $body }.await;
-            let out = match out {
-                Ok(v) => $tx.commit().await.map(|()| v).map_err(Into::into),
-                Err(e) => Err(e),
-            };
-            match out {
-                Ok(v) => break Ok::<_, StoreError>(v),
-                Err($crate::store::postgres::Fail::Retry(why)) => {
-                    if attempt >= $crate::store::postgres::ATTEMPTS {
-                        break Err(StoreError::Backend(format!(
-                            "database: gave up after {attempt} attempts: {why}"
-                        )));
-                    }
-                    $crate::store::postgres::backoff(attempt).await;
-                    attempt += 1;
-                }
-                Err($crate::store::postgres::Fail::Store(e)) => break Err(e),
-            }
-        }
-    }};
-}
-pub(super) use transaction;
-
-/// [`transaction!`] for a write whose changes are published: the in-process locks of
+/// [`ATTEMPTS`] times. For a write whose changes are published, the in-process locks of
 /// `$users` ([`PostgresStore::lock_users`]) are taken after the body, just before the
 /// COMMIT, and come back with its value, held until the changes are published. Writers to
 /// one mailbox are serialised by its row lock, which a writer holds until its COMMIT, and it
@@ -210,6 +180,18 @@ macro_rules! locked_transaction {
     }};
 }
 pub(super) use locked_transaction;
+
+/// [`locked_transaction!`] without locks: a write that publishes nothing. Evaluates to
+/// `Result<T>`.
+macro_rules! transaction {
+    ($store:expr, |$tx:ident| $body:block) => {
+        $crate::store::postgres::locked_transaction!($store, std::iter::empty::<&str>(), |$tx| {
+            $body
+        })
+        .map(|(v, _)| v)
+    };
+}
+pub(super) use transaction;
 
 /// A short, growing, jittered pause before a transaction's next attempt.
 pub(super) async fn backoff(attempt: u32) {
