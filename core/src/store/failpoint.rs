@@ -6,7 +6,8 @@
 //! start, so end-to-end tests can make a running server fail (release builds ignore it).
 //!
 //! Points: `ingest-after-placement` (an ingest fails after its first placement is written,
-//! inside the write, before it commits).
+//! inside the write, before it commits); `ingest-batch` (PostgreSQL: a batch of messages
+//! for one mailbox fails after they are written, before it commits).
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -8,7 +8,7 @@ use super::*;
 
 /// Store a body with `refs` references; its id.
 pub(super) async fn insert_blob(
-    c: &impl GenericClient,
+    c: &Client,
     data: &[u8],
     refs: usize,
 ) -> std::result::Result<u64, Fail> {
@@ -22,6 +22,26 @@ pub(super) async fn insert_blob(
     Ok(u64_of(r.get(0)))
 }
 
+/// Store `bodies`, one reference each, in one statement; their ids in the same order. The
+/// ids are drawn from the table's sequence first (a materialized CTE computes each once),
+/// so which id is which body does not depend on the order the rows are written in.
+pub(super) async fn insert_blobs(
+    c: &Client,
+    bodies: &[&[u8]],
+) -> std::result::Result<Vec<u64>, Fail> {
+    let rs = rows(
+        c,
+        "WITH t AS MATERIALIZED (\
+           SELECT nextval(pg_get_serial_sequence('blobs', 'id')) AS id, data, i \
+           FROM unnest($1::BYTEA[]) WITH ORDINALITY AS u (data, i)), \
+         ins AS (INSERT INTO blobs (id, refs, data) SELECT id, 1, data FROM t) \
+         SELECT id FROM t ORDER BY i",
+        &[&bodies],
+    )
+    .await?;
+    Ok(rs.iter().map(|r| u64_of(r.get(0))).collect())
+}
+
 /// The distinct ids of `blobs` with how often each occurs, in id order (rows are locked in
 /// one order, so two writers do not deadlock on them).
 fn counted(blobs: &[i64]) -> (Vec<i64>, Vec<i32>) {
@@ -33,10 +53,7 @@ fn counted(blobs: &[i64]) -> (Vec<i64>, Vec<i32>) {
 }
 
 /// Add one reference per occurrence in `blobs`.
-pub(super) async fn add_refs(
-    c: &impl GenericClient,
-    blobs: &[i64],
-) -> std::result::Result<(), Fail> {
+pub(super) async fn add_refs(c: &Client, blobs: &[i64]) -> std::result::Result<(), Fail> {
     let (ids, n) = counted(blobs);
     exec(
         c,
@@ -49,10 +66,7 @@ pub(super) async fn add_refs(
 }
 
 /// Drop one reference per occurrence in `blobs`; bodies left without any are removed.
-pub(super) async fn release(
-    c: &impl GenericClient,
-    blobs: &[i64],
-) -> std::result::Result<(), Fail> {
+pub(super) async fn release(c: &Client, blobs: &[i64]) -> std::result::Result<(), Fail> {
     if blobs.is_empty() {
         return Ok(());
     }

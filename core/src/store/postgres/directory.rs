@@ -10,7 +10,7 @@ impl Directory for PostgresStore {
         let created = now();
         transaction!(self, |tx| {
             let new = exec(
-                &tx,
+                tx,
                 "INSERT INTO accounts (address, password_hash, created) VALUES ($1, $2, $3) \
                  ON CONFLICT (address) DO NOTHING",
                 &[&address, &password_hash, &created],
@@ -19,11 +19,11 @@ impl Directory for PostgresStore {
             if new == 0 {
                 return Err(StoreError::Exists(format!("account {address}")).into());
             }
-            let first = take_uidvalidity(&tx, DEFAULT_MAILBOXES.len() as i64).await?;
+            let first = take_uidvalidity(tx, DEFAULT_MAILBOXES.len() as i64).await?;
             for (i, (name, special)) in DEFAULT_MAILBOXES.iter().enumerate() {
                 // Mailboxes a message was filed into before the account existed stay.
                 exec(
-                    &tx,
+                    tx,
                     "INSERT INTO mailboxes \
                      (owner, name, uidvalidity, uidnext, highest_modseq, special_use) \
                      VALUES ($1, $2, $3, 1, 1, $4) ON CONFLICT (owner, name) DO NOTHING",
@@ -33,7 +33,7 @@ impl Directory for PostgresStore {
                 // A new account's mailboxes are subscribed, so clients that show only
                 // subscribed folders show them.
                 exec(
-                    &tx,
+                    tx,
                     "INSERT INTO subscriptions (owner, name) VALUES ($1, $2) \
                      ON CONFLICT (owner, name) DO NOTHING",
                     &[&address, name],
@@ -47,12 +47,12 @@ impl Directory for PostgresStore {
     async fn delete_account(&self, address: &str) -> Result<()> {
         let address = normalize_address(address);
         let (gone, _lock) = locked_transaction!(self, [address.as_str()], |tx| {
-            let n = exec(&tx, "DELETE FROM accounts WHERE address = $1", &[&address]).await?;
+            let n = exec(tx, "DELETE FROM accounts WHERE address = $1", &[&address]).await?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("account {address}")).into());
             }
             let boxes = rows(
-                &tx,
+                tx,
                 &format!("SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE owner = $1 FOR UPDATE"),
                 &[&address],
             )
@@ -60,11 +60,11 @@ impl Directory for PostgresStore {
             let mut gone = Vec::with_capacity(boxes.len());
             for r in boxes {
                 let mb = mailbox_of(&r);
-                drop_mailbox(&tx, mb.id).await?;
+                drop_mailbox(tx, mb.id).await?;
                 gone.push(mb);
             }
             exec(
-                &tx,
+                tx,
                 "DELETE FROM subscriptions WHERE owner = $1",
                 &[&address],
             )

@@ -45,14 +45,14 @@ impl Kv for PostgresStore {
             // Make sure the row exists, then lock it: concurrent increments of a new key
             // queue up on the one row instead of both starting from 0.
             exec(
-                &tx,
+                tx,
                 "INSERT INTO kv (ns, key, value, expires) VALUES ($1, $2, $4, $3) \
                  ON CONFLICT (ns, key) DO NOTHING",
                 &[&ns, &key, &fresh, &b"0".as_slice()],
             )
             .await?;
             let r = row(
-                &tx,
+                tx,
                 "SELECT value, expires FROM kv WHERE ns = $1 AND key = $2 FOR UPDATE",
                 &[&ns, &key],
             )
@@ -66,7 +66,7 @@ impl Kv for PostgresStore {
             };
             let n = n.saturating_add(delta);
             exec(
-                &tx,
+                tx,
                 "UPDATE kv SET value = $3, expires = $4 WHERE ns = $1 AND key = $2",
                 &[&ns, &key, &n.to_string().into_bytes(), &expires],
             )

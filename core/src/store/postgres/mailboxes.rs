@@ -44,10 +44,7 @@ pub(super) fn meta_of(r: &Row) -> MessageMeta {
 /// Reserve `n` UIDVALIDITY values; the first. Store-wide and increasing (at least the
 /// current time, as the other backends do), so a mailbox made again under an old name
 /// never gets its predecessor's value.
-pub(super) async fn take_uidvalidity(
-    c: &impl GenericClient,
-    n: i64,
-) -> std::result::Result<i64, Fail> {
+pub(super) async fn take_uidvalidity(c: &Client, n: i64) -> std::result::Result<i64, Fail> {
     let r = row(
         c,
         "UPDATE counters SET value = GREATEST(value, $1) + $2 \
@@ -67,7 +64,7 @@ pub(super) fn uidvalidity(v: i64) -> i64 {
 /// Create mailbox `name` of `user` unless it exists; the row, locked, and whether it was
 /// created.
 pub(super) async fn lock_or_create_mailbox(
-    c: &impl GenericClient,
+    c: &Client,
     user: &str,
     name: &str,
     special_use: Option<&str>,
@@ -100,11 +97,7 @@ pub(super) async fn lock_or_create_mailbox(
 }
 
 /// Lock mailbox `name` of `user`. `NotFound` when there is none.
-async fn lock_named(
-    c: &impl GenericClient,
-    user: &str,
-    name: &str,
-) -> std::result::Result<Mailbox, Fail> {
+async fn lock_named(c: &Client, user: &str, name: &str) -> std::result::Result<Mailbox, Fail> {
     let r = row(
         c,
         &format!(
@@ -120,10 +113,7 @@ async fn lock_named(
 }
 
 /// Write a locked mailbox's UIDNEXT and HIGHESTMODSEQ back.
-pub(super) async fn save_counters(
-    c: &impl GenericClient,
-    mb: &Mailbox,
-) -> std::result::Result<(), Fail> {
+pub(super) async fn save_counters(c: &Client, mb: &Mailbox) -> std::result::Result<(), Fail> {
     exec(
         c,
         "UPDATE mailboxes SET uidnext = $2, highest_modseq = $3 WHERE id = $1",
@@ -139,11 +129,7 @@ pub(super) async fn save_counters(
 
 /// Lock mailbox `id` of `user`; its HIGHESTMODSEQ. `NotFound` when `user` has no such
 /// mailbox.
-async fn lock_mailbox(
-    c: &impl GenericClient,
-    user: &str,
-    id: u64,
-) -> std::result::Result<u64, Fail> {
+async fn lock_mailbox(c: &Client, user: &str, id: u64) -> std::result::Result<u64, Fail> {
     let r = row(
         c,
         "SELECT highest_modseq FROM mailboxes WHERE id = $1 AND owner = $2 FOR UPDATE",
@@ -156,11 +142,7 @@ async fn lock_mailbox(
     }
 }
 
-async fn set_highest_modseq(
-    c: &impl GenericClient,
-    id: u64,
-    modseq: u64,
-) -> std::result::Result<(), Fail> {
+async fn set_highest_modseq(c: &Client, id: u64, modseq: u64) -> std::result::Result<(), Fail> {
     exec(
         c,
         "UPDATE mailboxes SET highest_modseq = $2 WHERE id = $1",
@@ -172,10 +154,7 @@ async fn set_highest_modseq(
 
 /// Remove mailbox `id` with its messages (releasing their bodies), expunge log and
 /// `\Recent` mark; the UIDs of its messages, ascending.
-pub(super) async fn drop_mailbox(
-    c: &impl GenericClient,
-    id: u64,
-) -> std::result::Result<Vec<u32>, Fail> {
+pub(super) async fn drop_mailbox(c: &Client, id: u64) -> std::result::Result<Vec<u32>, Fail> {
     let id = id as i64;
     let gone = rows(
         c,
@@ -229,7 +208,7 @@ impl Mailboxes for PostgresStore {
     ) -> Result<Mailbox> {
         let (user, name) = (normalize_address(user), canonical_mailbox(name));
         let (mb, _lock) = locked_transaction!(self, [user.as_str()], |tx| {
-            let (mb, created) = lock_or_create_mailbox(&tx, &user, &name, special_use).await?;
+            let (mb, created) = lock_or_create_mailbox(tx, &user, &name, special_use).await?;
             if !created {
                 return Err(StoreError::Exists(format!("mailbox {name}")).into());
             }
@@ -246,8 +225,7 @@ impl Mailboxes for PostgresStore {
     }
 
     async fn ingest(&self, ingest: Ingest) -> Result<Receipt> {
-        let (filed, queue) = ingest.parts();
-        self.write_ingest(ingest.internal_date, &filed, queue).await
+        self.ingest_one(ingest).await
     }
 
     async fn deliver(
@@ -295,11 +273,11 @@ impl Mailboxes for PostgresStore {
     ) -> Result<Vec<(u32, u64)>> {
         let user = normalize_address(user);
         let (done, _lock) = locked_transaction!(self, [user.as_str()], |tx| {
-            let mut modseq = lock_mailbox(&tx, &user, mailbox_id).await?;
+            let mut modseq = lock_mailbox(tx, &user, mailbox_id).await?;
             let mut done = Vec::new();
             for (uid, flags) in changes {
                 let n = exec(
-                    &tx,
+                    tx,
                     "UPDATE messages SET flags = $3, modseq = $4 \
                      WHERE mailbox_id = $1 AND uid = $2",
                     &[
@@ -315,7 +293,7 @@ impl Mailboxes for PostgresStore {
                     done.push((*uid, modseq));
                 }
             }
-            set_highest_modseq(&tx, mailbox_id, modseq).await?;
+            set_highest_modseq(tx, mailbox_id, modseq).await?;
             Ok(done)
         })?;
         self.notify(&user, Change::flags_set(mailbox_id, changes, &done))
@@ -334,9 +312,9 @@ impl Mailboxes for PostgresStore {
     ) -> Result<(Vec<FlagUpdate>, Vec<u32>)> {
         let user = normalize_address(user);
         let ((out, modified), _lock) = locked_transaction!(self, [user.as_str()], |tx| {
-            let mut modseq = lock_mailbox(&tx, &user, mailbox_id).await?;
+            let mut modseq = lock_mailbox(tx, &user, mailbox_id).await?;
             let current: HashMap<u32, (Vec<String>, u64)> = rows(
-                &tx,
+                tx,
                 "SELECT uid, flags, modseq FROM messages WHERE mailbox_id = $1 AND uid = ANY($2)",
                 &[&(mailbox_id as i64), &uid_params(uids)],
             )
@@ -365,7 +343,7 @@ impl Mailboxes for PostgresStore {
                     modseq += 1;
                     m = modseq;
                     exec(
-                        &tx,
+                        tx,
                         "UPDATE messages SET flags = $3, modseq = $4 \
                          WHERE mailbox_id = $1 AND uid = $2",
                         &[&(mailbox_id as i64), &(*uid as i64), &new, &(m as i64)],
@@ -379,7 +357,7 @@ impl Mailboxes for PostgresStore {
                     changed,
                 });
             }
-            set_highest_modseq(&tx, mailbox_id, modseq).await?;
+            set_highest_modseq(tx, mailbox_id, modseq).await?;
             Ok((out, modified))
         })?;
         if let Some(change) = Change::flags_updated(mailbox_id, &out) {
@@ -391,9 +369,9 @@ impl Mailboxes for PostgresStore {
     async fn expunge(&self, user: &str, mailbox_id: u64, uids: &[u32]) -> Result<Vec<u32>> {
         let user = normalize_address(user);
         let ((removed, modseq), _lock) = locked_transaction!(self, [user.as_str()], |tx| {
-            let modseq = lock_mailbox(&tx, &user, mailbox_id).await?;
+            let modseq = lock_mailbox(tx, &user, mailbox_id).await?;
             let gone = rows(
-                &tx,
+                tx,
                 "DELETE FROM messages WHERE mailbox_id = $1 AND uid = ANY($2) \
                  RETURNING uid, blob_id",
                 &[&(mailbox_id as i64), &uid_params(uids)],
@@ -404,18 +382,18 @@ impl Mailboxes for PostgresStore {
                 return Ok((Vec::new(), modseq));
             }
             let blobs: Vec<i64> = gone.iter().map(|r| r.get(1)).collect();
-            release(&tx, &blobs).await?;
+            release(tx, &blobs).await?;
             let removed: Vec<i64> = gone.iter().map(|r| r.get(0)).collect();
             let modseq = modseq + 1;
             exec(
-                &tx,
+                tx,
                 "INSERT INTO vanished (mailbox_id, uid, modseq) \
                  SELECT $1, u, $3 FROM unnest($2::BIGINT[]) AS u \
                  ON CONFLICT (mailbox_id, uid) DO UPDATE SET modseq = EXCLUDED.modseq",
                 &[&(mailbox_id as i64), &removed, &(modseq as i64)],
             )
             .await?;
-            set_highest_modseq(&tx, mailbox_id, modseq).await?;
+            set_highest_modseq(tx, mailbox_id, modseq).await?;
             Ok((removed, modseq))
         })?;
         // In the caller's order, as the other backends answer.
@@ -451,9 +429,9 @@ impl Mailboxes for PostgresStore {
         let user = normalize_address(user);
         let to = canonical_mailbox(to);
         let ((target, pairs, copies), _lock) = locked_transaction!(self, [user.as_str()], |tx| {
-            let mut target = lock_named(&tx, &user, &to).await?;
+            let mut target = lock_named(tx, &user, &to).await?;
             let sources: HashMap<u32, MessageMeta> = rows(
-                &tx,
+                tx,
                 &format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages \
                      WHERE mailbox_id = $1 AND uid = ANY($2)"
@@ -484,10 +462,10 @@ impl Mailboxes for PostgresStore {
                 copies.push(meta);
             }
             if !copies.is_empty() {
-                insert_messages(&tx, target.id, &copies).await?;
+                insert_messages(tx, target.id, &copies).await?;
                 let blobs: Vec<i64> = copies.iter().map(|m| m.blob as i64).collect();
-                add_refs(&tx, &blobs).await?;
-                save_counters(&tx, &target).await?;
+                add_refs(tx, &blobs).await?;
+                save_counters(tx, &target).await?;
             }
             Ok((target, pairs, copies))
         })?;
@@ -538,8 +516,8 @@ impl Mailboxes for PostgresStore {
             return Err(StoreError::Invalid("INBOX cannot be deleted".into()));
         }
         let ((mb, uids), _lock) = locked_transaction!(self, [user.as_str()], |tx| {
-            let mb = lock_named(&tx, &user, &name).await?;
-            let uids = drop_mailbox(&tx, mb.id).await?;
+            let mb = lock_named(tx, &user, &name).await?;
+            let uids = drop_mailbox(tx, mb.id).await?;
             Ok((mb, uids))
         })?;
         // Sessions that have it selected see its messages go, then the mailbox.
@@ -564,7 +542,7 @@ impl Mailboxes for PostgresStore {
         }
         let (moves, _lock) = locked_transaction!(self, [user.as_str()], |tx| {
             let all = rows(
-                &tx,
+                tx,
                 "SELECT id, name FROM mailboxes WHERE owner = $1 FOR UPDATE",
                 &[&user],
             )
@@ -590,21 +568,21 @@ impl Mailboxes for PostgresStore {
                     return Err(StoreError::Exists(format!("mailbox {new}")).into());
                 }
                 exec(
-                    &tx,
+                    tx,
                     "UPDATE mailboxes SET name = $2 WHERE id = $1",
                     &[&id, &new],
                 )
                 .await?;
                 // A subscription follows its mailbox's new name (as Dovecot does).
                 let subscribed = exec(
-                    &tx,
+                    tx,
                     "DELETE FROM subscriptions WHERE owner = $1 AND name = $2",
                     &[&user, &name],
                 )
                 .await?;
                 if subscribed > 0 {
                     exec(
-                        &tx,
+                        tx,
                         "INSERT INTO subscriptions (owner, name) VALUES ($1, $2) \
                          ON CONFLICT (owner, name) DO NOTHING",
                         &[&user, &new],
@@ -667,14 +645,14 @@ impl Mailboxes for PostgresStore {
         }
         transaction!(self, |tx| {
             exec(
-                &tx,
+                tx,
                 "INSERT INTO recent (mailbox_id, mark) VALUES ($1, 0) \
                  ON CONFLICT (mailbox_id) DO NOTHING",
                 &[&id],
             )
             .await?;
             let before: i64 = row(
-                &tx,
+                tx,
                 "SELECT mark FROM recent WHERE mailbox_id = $1 FOR UPDATE",
                 &[&id],
             )
@@ -682,7 +660,7 @@ impl Mailboxes for PostgresStore {
             .map_or(0, |r| r.get(0));
             if (up_to as i64) > before {
                 exec(
-                    &tx,
+                    tx,
                     "UPDATE recent SET mark = $2 WHERE mailbox_id = $1",
                     &[&id, &(up_to as i64)],
                 )
@@ -695,7 +673,7 @@ impl Mailboxes for PostgresStore {
 
 /// Insert message records into mailbox `mailbox` (one statement).
 pub(super) async fn insert_messages(
-    c: &impl GenericClient,
+    c: &Client,
     mailbox: u64,
     metas: &[MessageMeta],
 ) -> std::result::Result<(), Fail> {
@@ -722,4 +700,69 @@ pub(super) async fn insert_messages(
     )
     .await?;
     Ok(())
+}
+
+/// A new message for [`append_messages`]: its stored body, size, flags and INTERNALDATE.
+#[derive(Clone, Copy)]
+pub(super) struct NewMessage<'a> {
+    pub blob: u64,
+    pub size: u64,
+    pub flags: &'a [String],
+    pub internal_date: i64,
+}
+
+/// Append `new` to `user`'s mailbox `name` in one statement: it takes the mailbox's row
+/// lock (its `UPDATE`), gives the messages the next UIDs and MODSEQs from the row, writes
+/// their records and the row's new UIDNEXT and HIGHESTMODSEQ. The same as
+/// [`lock_or_create_mailbox`], [`Mailbox::place`] for each, [`insert_messages`] and
+/// [`save_counters`] in one round trip instead of three, so a writer holds the mailbox's
+/// lock for one statement and its COMMIT. The mailbox as it is afterwards and the records;
+/// `None`, with nothing written, when the mailbox does not exist.
+pub(super) async fn append_messages(
+    c: &Client,
+    user: &str,
+    name: &str,
+    new: &[NewMessage<'_>],
+) -> std::result::Result<Option<(Mailbox, Vec<MessageMeta>)>, Fail> {
+    let col = |f: fn(&NewMessage) -> i64| new.iter().map(f).collect::<Vec<i64>>();
+    let flags: Vec<String> = new.iter().map(|m| m.flags.join(" ")).collect();
+    let n = new.len() as i64;
+    // Message i (from 1) of n takes UID uidnext_before + i - 1 and MODSEQ
+    // highest_modseq_before + i, as Mailbox::place gives them one at a time.
+    let r = row(
+        c,
+        &format!(
+            "WITH mb AS (\
+               UPDATE mailboxes SET uidnext = uidnext + $3, highest_modseq = highest_modseq + $3 \
+               WHERE owner = $1 AND name = $2 RETURNING {MAILBOX_COLUMNS}), \
+             ins AS (\
+               INSERT INTO messages (mailbox_id, uid, blob_id, size, flags, internal_date, modseq) \
+               SELECT mb.id, mb.uidnext - $3 + t.i - 1, t.b, t.s, \
+                      CASE WHEN t.f = '' THEN ARRAY[]::TEXT[] ELSE string_to_array(t.f, ' ') END, \
+                      t.d, mb.highest_modseq - $3 + t.i \
+               FROM mb, unnest($4::BIGINT[], $5::BIGINT[], $6::TEXT[], $7::BIGINT[]) \
+                        WITH ORDINALITY AS t (b, s, f, d, i)) \
+             SELECT {MAILBOX_COLUMNS} FROM mb"
+        ),
+        &[
+            &user,
+            &name,
+            &n,
+            &col(|m| m.blob as i64),
+            &col(|m| m.size as i64),
+            &flags,
+            &col(|m| m.internal_date),
+        ],
+    )
+    .await?;
+    let Some(r) = r else { return Ok(None) };
+    let after = mailbox_of(&r);
+    let mut before = after.clone();
+    before.uidnext -= n as u32;
+    before.highest_modseq -= n as u64;
+    let metas = new
+        .iter()
+        .map(|m| before.place(m.blob, m.size, m.flags, m.internal_date))
+        .collect();
+    Ok(Some((after, metas)))
 }

@@ -41,7 +41,7 @@ mod transfer;
 use std::str::FromStr;
 use std::time::Duration;
 
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Client, GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -72,6 +72,8 @@ pub struct PostgresStore {
     failpoints: Arc<Failpoints>,
     watchers: Arc<super::feed::Watchers>,
     follow: Arc<follow::Follow>,
+    /// Messages waiting to be written together, by mailbox (`ingest.rs`).
+    lanes: Arc<ingest::Lanes>,
 }
 
 /// Connections of the follower's own pool.
@@ -153,15 +155,20 @@ macro_rules! locked_transaction {
     ($store:expr, $users:expr, |$tx:ident| $body:block) => {{
         let mut attempt = 1u32;
         loop {
-            let mut client = $store.client().await?;
-            let $tx = client.transaction().await?;
-            let out: std::result::Result<_, $crate::store::postgres::Fail> = async { $body }.await;
+            let open = $crate::store::postgres::Open::new($store.client().await?);
+            let $tx: &deadpool_postgres::Client = open.client();
+            // BEGIN goes out ahead of the body's first statement (`biased`: polled first),
+            // in the same round trip.
+            let out = tokio::try_join!(biased; open.begin(), async { $body });
             let out = match out {
-                Ok(v) => {
+                Ok(((), v)) => {
                     let guards = $store.lock_users($users).await;
-                    $tx.commit().await.map(|()| (v, guards)).map_err(Into::into)
+                    open.commit().await.map(|()| (v, guards))
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    open.rollback().await;
+                    Err(e)
+                }
             };
             match out {
                 Ok(v) => break Ok::<_, StoreError>(v),
@@ -193,6 +200,51 @@ macro_rules! transaction {
 }
 pub(super) use transaction;
 
+/// A pooled connection in a transaction of [`locked_transaction!`]. It goes back to the
+/// pool once the transaction ended (committed or rolled back); dropped before that (the
+/// write's future was cancelled, or its ROLLBACK failed), the connection is closed instead,
+/// and the database rolls the transaction back.
+pub(super) struct Open {
+    client: Option<Client>,
+}
+
+impl Open {
+    pub(super) fn new(client: Client) -> Self {
+        Open {
+            client: Some(client),
+        }
+    }
+
+    pub(super) fn client(&self) -> &Client {
+        self.client.as_ref().expect("open until ended")
+    }
+
+    pub(super) async fn begin(&self) -> std::result::Result<(), Fail> {
+        Ok(self.client().batch_execute("BEGIN").await?)
+    }
+
+    /// COMMIT. The transaction has ended either way: a COMMIT that fails rolls back.
+    pub(super) async fn commit(mut self) -> std::result::Result<(), Fail> {
+        let done = self.client().batch_execute("COMMIT").await;
+        self.client.take();
+        Ok(done?)
+    }
+
+    pub(super) async fn rollback(mut self) {
+        if self.client().batch_execute("ROLLBACK").await.is_ok() {
+            self.client.take();
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            drop(deadpool_postgres::Object::take(c));
+        }
+    }
+}
+
 /// A short, growing, jittered pause before a transaction's next attempt.
 pub(super) async fn backoff(attempt: u32) {
     let base = 2u64.saturating_pow(attempt.min(8));
@@ -202,7 +254,7 @@ pub(super) async fn backoff(attempt: u32) {
 
 /// Rows of `sql`, prepared once per connection.
 pub(super) async fn rows(
-    c: &impl GenericClient,
+    c: &Client,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
@@ -212,7 +264,7 @@ pub(super) async fn rows(
 
 /// The one row of `sql`, if any.
 pub(super) async fn row(
-    c: &impl GenericClient,
+    c: &Client,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> std::result::Result<Option<Row>, tokio_postgres::Error> {
@@ -222,7 +274,7 @@ pub(super) async fn row(
 
 /// Run `sql`; the number of rows it changed.
 pub(super) async fn exec(
-    c: &impl GenericClient,
+    c: &Client,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> std::result::Result<u64, tokio_postgres::Error> {
@@ -327,6 +379,7 @@ impl PostgresStore {
             failpoints: Arc::new(Failpoints::from_env()),
             watchers: Default::default(),
             follow: Default::default(),
+            lanes: Default::default(),
         };
         drop(store.client().await?);
         Ok(store)

@@ -34,10 +34,7 @@ fn json_of(e: &QueueEntry) -> Result<String> {
 }
 
 /// Insert a queue entry (its body is stored already, `entry.blob`).
-pub(super) async fn insert_entry(
-    c: &impl GenericClient,
-    entry: &QueueEntry,
-) -> std::result::Result<(), Fail> {
+pub(super) async fn insert_entry(c: &Client, entry: &QueueEntry) -> std::result::Result<(), Fail> {
     let lease = entry.lease.as_ref();
     exec(
         c,
@@ -59,7 +56,7 @@ pub(super) async fn insert_entry(
 impl PostgresStore {
     /// Why `owner`'s write to entry `id` changed nothing: it is gone, or another runner
     /// holds it.
-    async fn not_owned(&self, c: &impl GenericClient, id: &str) -> Result<StoreError> {
+    async fn not_owned(&self, c: &Client, id: &str) -> Result<StoreError> {
         Ok(
             match row(c, "SELECT 1 FROM queue WHERE id = $1", &[&id]).await? {
                 Some(_) => lease_lost(id),
@@ -138,7 +135,7 @@ impl Queue for PostgresStore {
     async fn queue_remove(&self, id: &str) -> Result<()> {
         transaction!(self, |tx| {
             let Some(r) = row(
-                &tx,
+                tx,
                 "DELETE FROM queue WHERE id = $1 RETURNING blob_id",
                 &[&id],
             )
@@ -146,7 +143,7 @@ impl Queue for PostgresStore {
             else {
                 return Err(StoreError::NotFound(format!("queue entry {id}")).into());
             };
-            release(&tx, &[r.get(0)]).await?;
+            release(tx, &[r.get(0)]).await?;
             Ok(())
         })
     }
@@ -171,17 +168,17 @@ impl Queue for PostgresStore {
                 )
             };
             let params: [&(dyn ToSql + Sync); 4] = [&owner, &now, &until, &limit];
-            let mut got = rows(&tx, &claim("SKIP LOCKED"), &params).await?;
+            let mut got = rows(tx, &claim("SKIP LOCKED"), &params).await?;
             if got.is_empty() {
                 // Entries another runner is claiming right now were skipped: wait for that
                 // claim to end and take what it left, so that "nothing claimed" means
                 // nothing was claimable and `next` below is exact.
-                got = rows(&tx, &claim(""), &params).await?;
+                got = rows(tx, &claim(""), &params).await?;
             }
             let entries = entries_of(&got)?;
             let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
             let next: Option<i64> = row(
-                &tx,
+                tx,
                 "SELECT min(CASE WHEN next_attempt > $1 THEN next_attempt \
                                  WHEN lease_until IS NOT NULL AND lease_until > $1 THEN lease_until \
                                  ELSE $1 END) \
@@ -231,13 +228,13 @@ impl Queue for PostgresStore {
     async fn queue_complete(&self, id: &str, owner: &str) -> Result<()> {
         let gone = transaction!(self, |tx| {
             let r = row(
-                &tx,
+                tx,
                 "DELETE FROM queue WHERE id = $1 AND lease_owner = $2 RETURNING blob_id",
                 &[&id, &owner],
             )
             .await?;
             if let Some(r) = &r {
-                release(&tx, &[r.get(0)]).await?;
+                release(tx, &[r.get(0)]).await?;
             }
             Ok(r.is_some())
         })?;
@@ -282,9 +279,9 @@ impl Leases for PostgresStore {
         // The prefix is a node id (hex) and a slash: nothing LIKE would read as a pattern.
         let pattern = format!("{prefix}%");
         transaction!(self, |tx| {
-            let leases = exec(&tx, "DELETE FROM leases WHERE holder LIKE $1", &[&pattern]).await?;
+            let leases = exec(tx, "DELETE FROM leases WHERE holder LIKE $1", &[&pattern]).await?;
             let claims = exec(
-                &tx,
+                tx,
                 "UPDATE queue SET lease_owner = NULL, lease_until = NULL \
                  WHERE lease_owner LIKE $1",
                 &[&pattern],

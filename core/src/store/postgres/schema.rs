@@ -151,7 +151,7 @@ impl PostgresStore {
         }
         transaction!(self, |tx| {
             let before: i32 = row(
-                &tx,
+                tx,
                 "SELECT version FROM schema_version WHERE id = 1 FOR UPDATE",
                 &[],
             )
@@ -166,7 +166,7 @@ impl PostgresStore {
                 tx.batch_execute(sql).await?;
             }
             exec(
-                &tx,
+                tx,
                 "UPDATE schema_version SET version = $1 WHERE id = 1",
                 &[&(SCHEMA_VERSION as i32)],
             )

@@ -48,13 +48,11 @@ async fn a_25_mb_message_is_stored_once() {
     let m = s.message(inbox.id, 1).await.unwrap().unwrap();
     assert_eq!(m.size, body.len() as u64);
     assert!(s.blob(m.blob).await.unwrap() == body);
-    let c = s.client().await.unwrap();
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM blobs", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(n, 1, "one body for both copies");
+    assert_eq!(
+        count(&s, "SELECT count(*) FROM blobs").await,
+        1,
+        "one body for both copies"
+    );
 }
 
 /// Two nodes on one database: what node A writes reaches node B's watchers (new messages,
@@ -158,4 +156,223 @@ async fn next(rx: &mut Changes) -> Change {
         .expect("a change within 10 s")
         .map(|c| (*c).clone())
         .expect("open feed")
+}
+
+/// A write whose future is dropped mid-transaction (a session that went away while its
+/// message waited for the mailbox's lock) leaves nothing: its connection is closed rather
+/// than returned to the pool inside the transaction, the database rolls it back, and the
+/// next write takes the UID it would have taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_write_leaves_nothing_and_no_open_transaction() {
+    let url = testdb::database().await;
+    let s = PostgresStore::connect(&url, 4).await.expect("connect");
+    s.migrate().await.unwrap();
+    s.create_account("a@example.org", "").await.unwrap();
+    let inbox = s.mailbox("a@example.org", "INBOX").await.unwrap().unwrap();
+    let to = [Placement {
+        user: "a@example.org".into(),
+        mailbox: "INBOX".into(),
+        flags: vec![],
+    }];
+    // Another connection holds the mailbox's row lock: the write waits inside its
+    // transaction until it is cancelled.
+    let mut holder = connect(&url).await;
+    let lock = hold_row(&mut holder, inbox.id).await;
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(300),
+        s.deliver(b"Subject: cancelled\r\n\r\n", 0, &to),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the write waited for the lock");
+    lock.rollback().await.unwrap();
+    let uids = s.deliver(b"Subject: kept\r\n\r\n", 0, &to).await.unwrap();
+    assert_eq!(uids, vec![1]);
+    let msgs = s.messages(inbox.id).await.unwrap();
+    assert_eq!(msgs.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![1]);
+    let mut open = -1;
+    for _ in 0..100 {
+        open = count(
+            &s,
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+        )
+        .await;
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(open, 0, "no connection is left inside a transaction");
+    assert_eq!(
+        count(&s, "SELECT count(*) FROM blobs").await,
+        1,
+        "the cancelled write's body is gone with it"
+    );
+}
+
+/// Messages for one mailbox that arrive while its lock is held are written together: one
+/// transaction for many (fewer transactions than messages), each message with its own
+/// body, UIDs 1..=n in one order, every caller answered. A batch that fails answers each of
+/// its callers with the error and leaves nothing; the next batch works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_for_one_mailbox_are_written_in_batches() {
+    let url = testdb::database().await;
+    let s = PostgresStore::connect(&url, 4).await.expect("connect");
+    s.migrate().await.unwrap();
+    s.create_account("a@example.org", "").await.unwrap();
+    let inbox = s.mailbox("a@example.org", "INBOX").await.unwrap().unwrap();
+    let one = |i: usize| Ingest {
+        internal_date: i as i64,
+        filed: vec![Filed {
+            message: Arc::new(format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes()),
+            placements: vec![Placement {
+                user: "A@example.org".into(),
+                mailbox: "inbox".into(),
+                flags: if i.is_multiple_of(2) {
+                    vec!["\\Seen".into()]
+                } else {
+                    vec![]
+                },
+            }],
+        }],
+        queue: None,
+    };
+    let mut holder = connect(&url).await;
+
+    // A failing batch: every caller gets the error, nothing is written.
+    let lock = hold_row(&mut holder, inbox.id).await;
+    s.failpoints().arm("ingest-batch", 1);
+    let first = tokio::spawn({
+        let s = s.clone();
+        async move { s.ingest(one(0)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rest: Vec<_> = (1..20)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.ingest(one(i)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    lock.rollback().await.unwrap();
+    let first = first.await.unwrap();
+    assert!(first.is_err(), "the first batch failed: {first:?}");
+    for r in rest {
+        r.await.unwrap().expect("the next batch works");
+    }
+    assert_eq!(count(&s, "SELECT count(*) FROM messages").await, 19);
+    assert_eq!(
+        count(&s, "SELECT count(*) FROM blobs").await,
+        19,
+        "the failed body is gone"
+    );
+
+    // 200 at once behind a held lock.
+    let lock = hold_row(&mut holder, inbox.id).await;
+    let tasks: Vec<_> = (100..300)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { (i, s.ingest(one(i)).await.unwrap()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock.rollback().await.unwrap();
+    let mut uids = Vec::new();
+    for t in tasks {
+        let (i, receipt) = t.await.unwrap();
+        let [placed] = &receipt.placed[..] else {
+            panic!("one placement: {receipt:?}")
+        };
+        assert_eq!(
+            (placed.user.as_str(), placed.mailbox),
+            ("a@example.org", inbox.id)
+        );
+        let meta = s.message(inbox.id, placed.uid).await.unwrap().unwrap();
+        assert_eq!(meta.internal_date, i as i64);
+        assert_eq!(meta.flags.is_empty(), i % 2 == 1);
+        assert_eq!(meta.modseq, placed.modseq);
+        let body = s.blob(meta.blob).await.unwrap();
+        assert_eq!(
+            body,
+            format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes()
+        );
+        uids.push(placed.uid);
+    }
+    uids.sort_unstable();
+    assert_eq!(
+        uids,
+        (20..220).collect::<Vec<u32>>(),
+        "UIDs 20..219, each once"
+    );
+    let transactions = count(
+        &s,
+        "SELECT count(DISTINCT xmin::text) FROM messages WHERE uid >= 20",
+    )
+    .await;
+    assert!(
+        transactions < 20,
+        "{transactions} transactions for 200 messages"
+    );
+    let mb = s.mailbox("a@example.org", "INBOX").await.unwrap().unwrap();
+    assert_eq!(mb.uidnext, 220);
+
+    // The message that writes itself goes away (its session's future is dropped) while
+    // others wait behind it: they are written all the same, it is not.
+    let lock = hold_row(&mut holder, inbox.id).await;
+    let leader = tokio::spawn({
+        let s = s.clone();
+        async move { s.ingest(one(1000)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let behind: Vec<_> = (1001..1006)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.ingest(one(i)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    lock.rollback().await.unwrap();
+    for b in behind {
+        b.await
+            .unwrap()
+            .expect("written after the leader went away");
+    }
+    assert_eq!(
+        count(&s, "SELECT count(*) FROM messages").await,
+        19 + 200 + 5
+    );
+    assert_eq!(
+        count(&s, "SELECT count(*) FROM blobs").await,
+        19 + 200 + 5,
+        "the cancelled body is gone"
+    );
+}
+
+/// `sql`'s one number.
+async fn count(s: &PostgresStore, sql: &str) -> i64 {
+    let c = s.client().await.unwrap();
+    c.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// A connection of its own to the database at `url`.
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// Hold the row lock of mailbox `id` until the transaction ends (a writer to it waits).
+async fn hold_row(c: &mut tokio_postgres::Client, id: u64) -> tokio_postgres::Transaction<'_> {
+    let tx = c.transaction().await.unwrap();
+    tx.execute(
+        "SELECT 1 FROM mailboxes WHERE id = $1 FOR UPDATE",
+        &[&(id as i64)],
+    )
+    .await
+    .unwrap();
+    tx
 }

@@ -146,7 +146,7 @@ impl Export for PostgresStore {
 }
 
 /// Set mailbox `id`'s `\Recent` mark to at least `mark`.
-async fn raise_recent(c: &impl GenericClient, id: u64, mark: u32) -> std::result::Result<(), Fail> {
+async fn raise_recent(c: &Client, id: u64, mark: u32) -> std::result::Result<(), Fail> {
     if mark > 0 {
         exec(
             c,
@@ -217,7 +217,7 @@ impl Import for PostgresStore {
         let mb = &record.mailbox;
         transaction!(self, |tx| {
             let made = row(
-                &tx,
+                tx,
                 "INSERT INTO mailboxes \
                  (owner, name, uidvalidity, uidnext, highest_modseq, special_use) \
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (owner, name) DO NOTHING \
@@ -236,7 +236,7 @@ impl Import for PostgresStore {
                 return Err(StoreError::Exists(format!("mailbox {}", mb.name)).into());
             };
             let id = u64_of(made.get(0));
-            raise_recent(&tx, id, record.recent).await?;
+            raise_recent(tx, id, record.recent).await?;
             Ok(id)
         })
     }
@@ -245,7 +245,7 @@ impl Import for PostgresStore {
         let mb = &record.mailbox;
         transaction!(self, |tx| {
             let n = exec(
-                &tx,
+                tx,
                 "UPDATE mailboxes SET uidnext = $2, highest_modseq = $3, special_use = $4 \
                  WHERE id = $1 AND uidnext <= $2 AND highest_modseq <= $3",
                 &[
@@ -263,7 +263,7 @@ impl Import for PostgresStore {
                 ))
                 .into());
             }
-            raise_recent(&tx, id, record.recent).await?;
+            raise_recent(tx, id, record.recent).await?;
             Ok(())
         })
     }
@@ -278,7 +278,7 @@ impl Import for PostgresStore {
         }
         transaction!(self, |tx| {
             let Some(r) = row(
-                &tx,
+                tx,
                 &format!("SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE id = $1 FOR UPDATE"),
                 &[&(id as i64)],
             )
@@ -299,7 +299,7 @@ impl Import for PostgresStore {
                     .into());
                 }
                 let blob = match body {
-                    Body::Bytes(b) => insert_blob(&tx, b, 1).await?,
+                    Body::Bytes(b) => insert_blob(tx, b, 1).await?,
                     Body::Stored(b) => {
                         reused.push(*b as i64);
                         *b
@@ -314,7 +314,7 @@ impl Import for PostgresStore {
                 distinct.sort_unstable();
                 distinct.dedup();
                 let there = rows(
-                    &tx,
+                    tx,
                     "SELECT id FROM blobs WHERE id = ANY($1) FOR UPDATE",
                     &[&distinct],
                 )
@@ -325,10 +325,10 @@ impl Import for PostgresStore {
                     )
                     .into());
                 }
-                add_refs(&tx, &reused).await?;
+                add_refs(tx, &reused).await?;
             }
             // A UID taken already fails the insert (primary key): the whole batch rolls back.
-            insert_messages(&tx, id, &metas).await?;
+            insert_messages(tx, id, &metas).await?;
             Ok(metas.iter().map(|m| m.blob).collect())
         })
     }
@@ -341,13 +341,13 @@ impl Import for PostgresStore {
         let modseqs: Vec<i64> = messages.iter().map(|m| m.modseq as i64).collect();
         transaction!(self, |tx| {
             exec(
-                &tx,
+                tx,
                 "SELECT 1 FROM mailboxes WHERE id = $1 FOR UPDATE",
                 &[&(id as i64)],
             )
             .await?;
             exec(
-                &tx,
+                tx,
                 "UPDATE messages SET \
                      flags = CASE WHEN t.f = '' THEN ARRAY[]::TEXT[] \
                              ELSE string_to_array(t.f, ' ') END, \
@@ -366,19 +366,19 @@ impl Import for PostgresStore {
         let uids = ids(uids);
         transaction!(self, |tx| {
             exec(
-                &tx,
+                tx,
                 "SELECT 1 FROM mailboxes WHERE id = $1 FOR UPDATE",
                 &[&(id as i64)],
             )
             .await?;
             let gone = rows(
-                &tx,
+                tx,
                 "DELETE FROM messages WHERE mailbox_id = $1 AND uid = ANY($2) RETURNING blob_id",
                 &[&(id as i64), &uids],
             )
             .await?;
             let blobs: Vec<i64> = gone.iter().map(|r| r.get(0)).collect();
-            release(&tx, &blobs).await?;
+            release(tx, &blobs).await?;
             Ok(())
         })
     }
@@ -389,7 +389,7 @@ impl Import for PostgresStore {
         let modseq: Vec<i64> = ranges.iter().map(|r| r.2 as i64).collect();
         transaction!(self, |tx| {
             exec(
-                &tx,
+                tx,
                 "INSERT INTO vanished (mailbox_id, uid, modseq) \
                  SELECT $1, u, r.m \
                  FROM unnest($2::BIGINT[], $3::BIGINT[], $4::BIGINT[]) AS r (f, l, m), \
@@ -404,7 +404,7 @@ impl Import for PostgresStore {
 
     async fn import_queue_entry(&self, entry: &QueueEntry, body: &[u8]) -> Result<bool> {
         transaction!(self, |tx| {
-            if row(&tx, "SELECT 1 FROM queue WHERE id = $1", &[&entry.id])
+            if row(tx, "SELECT 1 FROM queue WHERE id = $1", &[&entry.id])
                 .await?
                 .is_some()
             {
@@ -412,8 +412,8 @@ impl Import for PostgresStore {
             }
             let mut entry = entry.clone();
             entry.lease = None;
-            entry.blob = insert_blob(&tx, body, 1).await?;
-            insert_entry(&tx, &entry).await?;
+            entry.blob = insert_blob(tx, body, 1).await?;
+            insert_entry(tx, &entry).await?;
             Ok(true)
         })
     }
@@ -428,7 +428,7 @@ impl Import for PostgresStore {
         let expires: Vec<i64> = entries.iter().map(|e| e.expires).collect();
         transaction!(self, |tx| {
             exec(
-                &tx,
+                tx,
                 "INSERT INTO kv (ns, key, value, expires) \
                  SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BYTEA[], $4::BIGINT[]) \
                  ON CONFLICT (ns, key) DO UPDATE \
