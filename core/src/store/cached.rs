@@ -162,7 +162,7 @@ impl<S: MailStore> Mailboxes for Cached<S> {
         // A mailbox whose changes this process does not all see (another node's, not
         // followed) is read through, never kept.
         if self.inner.publishes_all(mailbox_id) {
-            self.cache.fill(mailbox_id, generation, &v);
+            self.cache.fill(mailbox_id, generation, v.clone());
         }
         Ok(v)
     }
@@ -187,12 +187,24 @@ impl<S: MailStore> Mailboxes for Cached<S> {
         if let Some(d) = self.cache.derived(mailbox_id, build) {
             return Ok(d);
         }
-        let messages = self.messages(mailbox_id).await?;
-        // Now cached if the mailbox is big enough: keep the value with it.
-        Ok(self
-            .cache
-            .derived(mailbox_id, build)
-            .unwrap_or_else(|| build(&messages)))
+        let generation = match self.cache.lookup(mailbox_id) {
+            Lookup::Hit(v) => return Ok(build(&v)),
+            Lookup::Miss(g) => g,
+        };
+        // As `messages`, but the list read moves into the cache (a first SELECT of a big
+        // mailbox copies nothing) and the value is kept with it.
+        let v = self.inner.messages(mailbox_id).await?;
+        if !self.inner.publishes_all(mailbox_id) {
+            return Ok(build(&v));
+        }
+        match self.cache.fill(mailbox_id, generation, v) {
+            Some(refused) => Ok(build(&refused)),
+            None => match self.cache.derived(mailbox_id, build) {
+                Some(d) => Ok(d),
+                // Evicted at once by another fill: read it again.
+                None => Ok(build(&self.messages(mailbox_id).await?)),
+            },
+        }
     }
 
     async fn message(&self, mailbox_id: u64, uid: u32) -> Result<Option<MessageMeta>> {

@@ -115,16 +115,21 @@ impl MetaCache {
         )
     }
 
-    /// Keep `msgs` (read from sled after [`Self::lookup`] returned `Miss(gen)`) if no write
-    /// happened since.
-    pub fn fill(&self, mailbox: u64, gen_seen: u64, msgs: &[MessageMeta]) {
+    /// Keep `msgs` (read from the backend after [`Self::lookup`] returned `Miss(gen)`) if no
+    /// write happened since and the mailbox is in the cached range; given back otherwise.
+    pub fn fill(
+        &self,
+        mailbox: u64,
+        gen_seen: u64,
+        msgs: Vec<MessageMeta>,
+    ) -> Option<Vec<MessageMeta>> {
         if msgs.len() < MIN_CACHED || msgs.len() > MAX_TOTAL {
-            return;
+            return Some(msgs);
         }
         let mut g = self.inner.lock().expect("meta cache");
         if g.gens.get(&mailbox).copied().unwrap_or(0) != gen_seen || g.boxes.contains_key(&mailbox)
         {
-            return;
+            return Some(msgs);
         }
         while g.total + msgs.len() > MAX_TOTAL {
             let Some((&victim, _)) = g.boxes.iter().min_by_key(|(_, e)| e.used) else {
@@ -140,11 +145,12 @@ impl MetaCache {
         g.boxes.insert(
             mailbox,
             Entry {
-                msgs: msgs.to_vec(),
+                msgs,
                 used: tick,
                 derived: None,
             },
         );
+        None
     }
 
     fn write(&self, mailbox: u64, f: impl FnOnce(&mut Vec<MessageMeta>)) {
@@ -241,7 +247,7 @@ mod tests {
         let Lookup::Miss(g) = c.lookup(1) else {
             panic!()
         };
-        c.fill(1, g, &many(10));
+        c.fill(1, g, many(10));
         assert!(matches!(c.lookup(1), Lookup::Miss(_)));
     }
 
@@ -253,12 +259,12 @@ mod tests {
         };
         // A writer finishes while the reader scans: the scan may not include its change.
         c.removed(1, &[3]);
-        c.fill(1, g, &many(300));
+        c.fill(1, g, many(300));
         assert!(matches!(c.lookup(1), Lookup::Miss(_)));
         let Lookup::Miss(g) = c.lookup(1) else {
             panic!()
         };
-        c.fill(1, g, &many(300));
+        c.fill(1, g, many(300));
         let Lookup::Hit(v) = c.lookup(1) else {
             panic!()
         };
@@ -271,7 +277,7 @@ mod tests {
         let Lookup::Miss(g) = c.lookup(7) else {
             panic!()
         };
-        c.fill(7, g, &many(300));
+        c.fill(7, g, many(300));
         // Two flag changes arrive out of order: the newer MODSEQ wins.
         c.flags_changed(7, &[(5, vec!["\\Seen".into()], 9)]);
         c.flags_changed(7, &[(5, vec![], 8)]);
@@ -311,7 +317,7 @@ mod tests {
         let Lookup::Miss(g) = c.lookup(3) else {
             panic!()
         };
-        c.fill(3, g, &many(300));
+        c.fill(3, g, many(300));
         let len = |d: Derived| *d.downcast::<usize>().unwrap();
         assert_eq!(len(c.derived(3, &build).unwrap()), 300);
         assert_eq!(len(c.derived(3, &build).unwrap()), 300);

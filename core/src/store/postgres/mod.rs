@@ -4,9 +4,10 @@
 //!
 //! Files: `schema.rs` (the versioned schema and [`PostgresStore::migrate`]), `directory.rs`
 //! (accounts, domains, aliases), `mailboxes.rs` (mailboxes, message metadata, flags,
-//! subscriptions), `ingest.rs` (the write of an accepted message), `blobs.rs` (message
-//! bodies, reference counts), `queue.rs` (queue and leases), `kv.rs` (the key-value store
-//! for scripts and plugins).
+//! subscriptions), `copy_meta.rs` (a mailbox's metadata read with binary COPY), `ingest.rs`
+//! (the write of an accepted message, batched by mailbox), `blobs.rs` (message bodies,
+//! reference counts), `queue.rs` (queue and leases), `kv.rs` (the key-value store for
+//! scripts and plugins).
 //!
 //! Rules every query keeps, so the store also runs on the PostgreSQL-compatible distributed
 //! databases (CockroachDB, YugabyteDB): plain tables and indexes, row locks (`FOR UPDATE`,
@@ -25,6 +26,7 @@
 //! what they wrote, so their changes reach its watchers too.
 
 mod blobs;
+mod copy_meta;
 mod directory;
 mod follow;
 mod ingest;

@@ -376,3 +376,56 @@ async fn hold_row(c: &mut tokio_postgres::Client, id: u64) -> tokio_postgres::Tr
     .unwrap();
     tx
 }
+
+/// A mailbox's metadata is read in the order rows are stored (binary COPY) and returned in
+/// UID order with each message's flags, also after updates moved rows (a new row version
+/// is stored elsewhere) and for flags with several keywords.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_comes_back_in_uid_order_after_rows_moved() {
+    let s = fresh().await;
+    s.migrate().await.unwrap();
+    s.create_account("a@example.org", "").await.unwrap();
+    let inbox = s.mailbox("a@example.org", "INBOX").await.unwrap().unwrap();
+    let to = [Placement {
+        user: "a@example.org".into(),
+        mailbox: "INBOX".into(),
+        flags: vec![],
+    }];
+    for i in 0..40 {
+        s.deliver(format!("Subject: {i}\r\n\r\n").as_bytes(), i, &to)
+            .await
+            .unwrap();
+    }
+    let flags = |i: u32| -> Vec<String> {
+        match i % 3 {
+            0 => vec![],
+            1 => vec!["\\Seen".into()],
+            _ => vec!["\\Seen".into(), "$Junk".into(), "Work".into()],
+        }
+    };
+    let changes: Vec<(u32, Vec<String>)> = (1..=40).rev().map(|u| (u, flags(u))).collect();
+    s.set_flags("a@example.org", inbox.id, &changes)
+        .await
+        .unwrap();
+    let stored: Vec<i64> = s
+        .client()
+        .await
+        .unwrap()
+        .query("SELECT uid FROM messages", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!stored.is_sorted(), "rows moved: {stored:?}");
+    let msgs = s.messages(inbox.id).await.unwrap();
+    assert_eq!(
+        msgs.iter().map(|m| m.uid).collect::<Vec<_>>(),
+        (1..=40).collect::<Vec<u32>>()
+    );
+    for m in &msgs {
+        assert_eq!(m.flags, flags(m.uid), "uid {}", m.uid);
+        assert_eq!(m.internal_date, m.uid as i64 - 1);
+        assert_eq!(s.message(inbox.id, m.uid).await.unwrap().as_ref(), Some(m));
+    }
+}
