@@ -11,8 +11,8 @@
 //!
 //! Rules every query keeps, so the store also runs on the PostgreSQL-compatible distributed
 //! databases (CockroachDB, YugabyteDB): plain tables and indexes, row locks (`FOR UPDATE`,
-//! `SKIP LOCKED`), `ON CONFLICT`, arrays; no advisory locks, no `LISTEN`/`NOTIFY` for
-//! correctness, no sequences for UIDs. A mailbox's UIDs and MODSEQs come from its row,
+//! `SKIP LOCKED`), `ON CONFLICT`, arrays, binary COPY only with a fallback to rows; no
+//! advisory locks, no `LISTEN`/`NOTIFY` for correctness, no sequences for UIDs. A mailbox's UIDs and MODSEQs come from its row,
 //! taken under its row lock inside the transaction that writes the messages, so they become
 //! visible in ascending order across nodes. Every write is one transaction, retried from the
 //! start on a serialization failure or a deadlock (SQLSTATE 40001, 40P01); each is durable
