@@ -336,6 +336,47 @@ def test_pop3_lock_of_a_killed_node_lapses_after_the_lease(cluster):
     assert not in_use(c[0])
 
 
+def imap_or_refused(node: Server, user: str = ALICE) -> imaplib.IMAP4 | None:
+    """A logged-in IMAP session on `node`, or None when the login is refused for too many
+    sessions (any other refusal fails)."""
+    m = imaplib.IMAP4(node.host, node.ports["imap"], timeout=10)
+    try:
+        m.login(user, PASSWORD)
+    except imaplib.IMAP4.error as e:
+        m.shutdown()
+        assert "[UNAVAILABLE] Too many connections for this user" in str(e), e
+        return None
+    return m
+
+
+def test_per_user_imap_connection_limit_counts_sessions_on_every_node(cluster):
+    """`imap.max_connections_per_user = 2` is one limit for alice on all nodes: sessions on
+    nodes 1 and 2 fill it and logins on node 3 (and node 1) are refused with
+    `NO [UNAVAILABLE]`; a LOGOUT frees a slot for node 3; the slot of a node killed with
+    kill -9 lapses after the lease (3 s) instead of staying taken."""
+    c = cluster(lease=LEASE, imap={"max_connections_per_user": 2})
+    a, b = imap(c[0]), imap(c[1])
+    assert imap_or_refused(c[2]) is None, "a third session (on node 3) was admitted"
+    assert imap_or_refused(c[0]) is None, "a third session (on node 1) was admitted"
+    a.logout()
+    # The slot is released in the background as the session ends: wait a moment for that.
+    held = wait_for(lambda: imap_or_refused(c[2]), timeout=3.0, what="a slot after LOGOUT")
+    # b on node 2 and `held` on node 3 hold both slots; node 3 dies with its own.
+    assert imap_or_refused(c[0]) is None
+    time.sleep(1.2)  # let the lease be renewed once: renewal must not extend it past 3 s
+    c[2].kill()
+    killed = time.monotonic()
+    assert imap_or_refused(c[0]) is None, "the killed node's slot vanished instead of lapsing"
+    again = wait_for(lambda: imap_or_refused(c[0]), timeout=10.0, what="the killed node's slot")
+    waited = time.monotonic() - killed
+    assert waited < 4.5, f"a slot was free {waited:.1f}s after the kill (lease {LEASE})"
+    print(f"a slot was free on node 1 {waited:.1f}s after node 3 was killed")
+    again.logout()
+    b.logout()
+    held.shutdown()
+    c.restart(2)
+
+
 # --- 3. and 4. the shared queue ------------------------------------------------------------
 
 
