@@ -23,8 +23,10 @@ fn query(mailbox_id: u64) -> String {
     )
 }
 
-/// The metadata of mailbox `mailbox_id` in stored order; `Ok(None)` when the database
-/// does not do binary COPY.
+/// The metadata of mailbox `mailbox_id` in stored order; `Ok(None)` when rows are the
+/// better way: a mailbox too small for the node's cache (read again on every use, where a
+/// COPY's two extra round trips would cost more than it saves) or a database without
+/// binary COPY.
 pub(super) async fn read(
     c: &Client,
     mailbox_id: u64,
@@ -39,6 +41,9 @@ pub(super) async fn read(
     )
     .await?
     .map_or(0, |r| r.get::<_, i64>(0).clamp(0, 1 << 22));
+    if uidnext <= super::super::meta_cache::MIN_CACHED as i64 {
+        return Ok(None);
+    }
     let stream = match c.copy_out(query(mailbox_id).as_str()).await {
         Ok(s) => s,
         Err(e)

@@ -8,6 +8,15 @@ async fn fresh() -> PostgresStore {
     PostgresStore::connect(&url, 4).await.expect("connect")
 }
 
+/// A store on a fresh database with its schema and the account a@example.org; the URL.
+async fn with_account() -> (PostgresStore, String) {
+    let url = testdb::database().await;
+    let s = PostgresStore::connect(&url, 4).await.expect("connect");
+    s.migrate().await.unwrap();
+    s.create_account("a@example.org", "").await.unwrap();
+    (s, url)
+}
+
 /// A database without the schema is refused with the command to run; `migrate` creates it,
 /// is idempotent, and a newer schema is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,9 +40,7 @@ async fn schema_is_created_explicitly_and_versioned() {
 /// A 25 MB message is stored once for two mailboxes and read back whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_25_mb_message_is_stored_once() {
-    let s = fresh().await;
-    s.migrate().await.unwrap();
-    s.create_account("a@example.org", "").await.unwrap();
+    let (s, _) = with_account().await;
     let mut body = b"Subject: big\r\n\r\n".to_vec();
     body.extend((0..25 << 20).map(|i: u32| b'a' + (i % 26) as u8));
     let to = |m: &str| Placement {
@@ -164,10 +171,7 @@ async fn next(rx: &mut Changes) -> Change {
 /// next write takes the UID it would have taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_write_leaves_nothing_and_no_open_transaction() {
-    let url = testdb::database().await;
-    let s = PostgresStore::connect(&url, 4).await.expect("connect");
-    s.migrate().await.unwrap();
-    s.create_account("a@example.org", "").await.unwrap();
+    let (s, url) = with_account().await;
     let inbox = s.mailbox("a@example.org", "INBOX").await.unwrap().unwrap();
     let to = [Placement {
         user: "a@example.org".into(),
@@ -216,10 +220,7 @@ async fn a_cancelled_write_leaves_nothing_and_no_open_transaction() {
 /// its callers with the error and leaves nothing; the next batch works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_for_one_mailbox_are_written_in_batches() {
-    let url = testdb::database().await;
-    let s = PostgresStore::connect(&url, 4).await.expect("connect");
-    s.migrate().await.unwrap();
-    s.create_account("a@example.org", "").await.unwrap();
+    let (s, url) = with_account().await;
     let inbox = s.mailbox("a@example.org", "INBOX").await.unwrap().unwrap();
     let one = |i: usize| Ingest {
         internal_date: i as i64,
@@ -377,21 +378,19 @@ async fn hold_row(c: &mut tokio_postgres::Client, id: u64) -> tokio_postgres::Tr
     tx
 }
 
-/// A mailbox's metadata is read in the order rows are stored (binary COPY) and returned in
-/// UID order with each message's flags, also after updates moved rows (a new row version
-/// is stored elsewhere) and for flags with several keywords.
+/// A mailbox's metadata is read in the order rows are stored (binary COPY, for a mailbox
+/// the cache keeps) and returned in UID order with each message's flags, also after updates
+/// moved rows (a new row version is stored elsewhere) and for flags with several keywords.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_comes_back_in_uid_order_after_rows_moved() {
-    let s = fresh().await;
-    s.migrate().await.unwrap();
-    s.create_account("a@example.org", "").await.unwrap();
+    let (s, _) = with_account().await;
     let inbox = s.mailbox("a@example.org", "INBOX").await.unwrap().unwrap();
     let to = [Placement {
         user: "a@example.org".into(),
         mailbox: "INBOX".into(),
         flags: vec![],
     }];
-    for i in 0..40 {
+    for i in 0..300 {
         s.deliver(format!("Subject: {i}\r\n\r\n").as_bytes(), i, &to)
             .await
             .unwrap();
@@ -403,7 +402,7 @@ async fn metadata_comes_back_in_uid_order_after_rows_moved() {
             _ => vec!["\\Seen".into(), "$Junk".into(), "Work".into()],
         }
     };
-    let changes: Vec<(u32, Vec<String>)> = (1..=40).rev().map(|u| (u, flags(u))).collect();
+    let changes: Vec<(u32, Vec<String>)> = (1..=300).rev().map(|u| (u, flags(u))).collect();
     s.set_flags("a@example.org", inbox.id, &changes)
         .await
         .unwrap();
@@ -421,7 +420,7 @@ async fn metadata_comes_back_in_uid_order_after_rows_moved() {
     let msgs = s.messages(inbox.id).await.unwrap();
     assert_eq!(
         msgs.iter().map(|m| m.uid).collect::<Vec<_>>(),
-        (1..=40).collect::<Vec<u32>>()
+        (1..=300).collect::<Vec<u32>>()
     );
     for m in &msgs {
         assert_eq!(m.flags, flags(m.uid), "uid {}", m.uid);
