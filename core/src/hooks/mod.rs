@@ -10,6 +10,7 @@
 pub mod builtin;
 pub mod kv;
 mod load;
+pub mod milter;
 pub mod outcome;
 pub mod rhai;
 pub mod script_test;
