@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use corvus::admin::{AdminCommand, execute_with_progress};
-use corvus::config::{Config, LogFormat};
+use corvus::config::{Config, HookKind, LogFormat};
 use corvus::mailbox_io::Format;
 
 /// mimalloc instead of glibc's malloc: a sixth to a third less CPU per SMTP message and a faster
@@ -547,15 +547,24 @@ fn main() -> ExitCode {
                 eprintln!("error: {e}");
                 bad = true;
             }
-            for h in &config.hooks {
-                let checked = match &h.plugin {
-                    Some(p) => corvus::hooks::wasm::check_plugin(
+            let mut filters = 0;
+            for (i, h) in config.hooks.iter().enumerate() {
+                let checked = match h.kind() {
+                    HookKind::Plugin(p) => corvus::hooks::wasm::check_plugin(
                         p,
                         &h.config,
                         Some(config.data_dir.join("plugin-cache")),
                     )
                     .map(|_| ()),
-                    None => corvus::hooks::rhai::check_script(&h.script),
+                    HookKind::Script(s) => corvus::hooks::rhai::check_script(s),
+                    // Filters may start after Corvus: one that does not answer is a warning.
+                    HookKind::Rspamd(_) | HookKind::Milter(_) => {
+                        filters += 1;
+                        if let Err(e) = corvus::hooks::reachable(h) {
+                            eprintln!("warning: hooks[{i}]: {e}");
+                        }
+                        Ok(())
+                    }
                 };
                 if let Err(e) = checked {
                     eprintln!("{e}");
@@ -574,7 +583,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             let plugins = config.hooks.iter().filter(|h| h.plugin.is_some()).count();
-            let scripts = config.hooks.len() - plugins;
+            let scripts = config.hooks.len() - plugins - filters;
             let count = |n: usize, what: &str| match n {
                 0 => String::new(),
                 1 => format!(", 1 {what}"),
@@ -585,9 +594,10 @@ fn main() -> ExitCode {
                 n => format!("{n} listeners"),
             };
             println!(
-                "configuration OK ({listeners}{}{}; {store})",
+                "configuration OK ({listeners}{}{}{}; {store})",
                 count(scripts, "hook script"),
                 count(plugins, "plugin"),
+                count(filters, "filter"),
             );
             return ExitCode::SUCCESS;
         }

@@ -63,29 +63,36 @@ impl Config {
             }
         }
         for (i, h) in self.hooks.iter().enumerate() {
-            let has_script = !h.script.as_os_str().is_empty();
-            if let Some(p) = &h.plugin {
-                if has_script {
+            match h.kinds_given() {
+                0 => {
                     problems.push(format!(
-                        "hooks[{i}]: give either script or plugin, not both"
+                        "hooks[{i}]: give script = \"file.rhai\", plugin = \"file.wasm\", rspamd = \"http://127.0.0.1:11333\" or milter = \"127.0.0.1:8891\""
                     ));
-                } else if !p.is_file() {
-                    problems.push(format!(
-                        "hooks[{i}].plugin: file {} does not exist (relative paths start at the config file's directory)",
-                        p.display()
-                    ));
+                    continue;
                 }
-                continue;
+                1 => {}
+                _ => {
+                    problems.push(format!(
+                        "hooks[{i}]: give one of script, plugin, rspamd and milter per entry"
+                    ));
+                    continue;
+                }
             }
-            if !has_script {
-                problems.push(format!(
-                    "hooks[{i}]: give script = \"file.rhai\" or plugin = \"file.wasm\""
-                ));
-            } else if !h.script.is_file() {
-                problems.push(format!(
+            match h.kind() {
+                HookKind::Plugin(p) if !p.is_file() => problems.push(format!(
+                    "hooks[{i}].plugin: file {} does not exist (relative paths start at the config file's directory)",
+                    p.display()
+                )),
+                HookKind::Script(s) if !s.is_file() => problems.push(format!(
                     "hooks[{i}].script: file {} does not exist (relative paths start at the config file's directory)",
-                    h.script.display()
-                ));
+                    s.display()
+                )),
+                HookKind::Rspamd(_) | HookKind::Milter(_) => {
+                    if let Err(e) = crate::hooks::filter_config::check(h) {
+                        problems.push(format!("hooks[{i}].{e}"));
+                    }
+                }
+                _ => {}
             }
         }
         if let Some(r) = &self.delivery.relay

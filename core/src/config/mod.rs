@@ -87,6 +87,14 @@ pub struct HookEntry {
     /// `script`. Give either `script` or `plugin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<PathBuf>,
+    /// URL of rspamd's normal worker (`http://127.0.0.1:11333`): scan messages at the end of
+    /// data (`hooks::rspamd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rspamd: Option<String>,
+    /// Address of a milter (`127.0.0.1:8891`, `inet:host:port` or `unix:/path.sock`): the
+    /// Sendmail/Postfix milter protocol at every SMTP stage (`hooks::milter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub milter: Option<String>,
     /// Table given to the script as `ctx.config` and to its optional `init(config)`.
     #[serde(default)]
     pub config: serde_json::Map<String, serde_json::Value>,
@@ -94,6 +102,42 @@ pub struct HookEntry {
     /// (skip this entry) or "reject" (550).
     #[serde(default)]
     pub on_error: OnError,
+}
+
+/// What a `[[hooks]]` entry runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookKind<'a> {
+    /// A Rhai script.
+    Script(&'a Path),
+    /// A WASM plugin.
+    Plugin(&'a Path),
+    /// rspamd at this URL.
+    Rspamd(&'a str),
+    /// A milter at this address.
+    Milter(&'a str),
+}
+
+impl HookEntry {
+    /// What the entry runs (the first given of plugin, rspamd, milter, else the script).
+    pub fn kind(&self) -> HookKind<'_> {
+        if let Some(p) = &self.plugin {
+            HookKind::Plugin(p)
+        } else if let Some(u) = &self.rspamd {
+            HookKind::Rspamd(u)
+        } else if let Some(a) = &self.milter {
+            HookKind::Milter(a)
+        } else {
+            HookKind::Script(&self.script)
+        }
+    }
+
+    /// How many of script, plugin, rspamd and milter the entry gives.
+    pub fn kinds_given(&self) -> usize {
+        usize::from(!self.script.as_os_str().is_empty())
+            + usize::from(self.plugin.is_some())
+            + usize::from(self.rspamd.is_some())
+            + usize::from(self.milter.is_some())
+    }
 }
 
 /// What to do when a hook call fails (the verdict each gives: `hooks::OnError::verdict`).

@@ -8,19 +8,23 @@
 //! recipient, file into a folder) accumulate along the chain.
 
 pub mod builtin;
+pub mod edits;
+pub mod filter_config;
 pub mod kv;
 mod load;
 pub mod milter;
 pub mod outcome;
 pub mod rhai;
+pub mod rspamd;
 pub mod script_test;
+pub mod session;
 #[cfg(feature = "wasm")]
 pub mod wasm;
 #[cfg(not(feature = "wasm"))]
 #[path = "wasm_disabled.rs"]
 pub mod wasm;
 
-pub use load::build_entries;
+pub use load::{build_entries, reachable};
 pub use outcome::Enhanced;
 pub use wasm::HookSession;
 
@@ -210,7 +214,30 @@ pub struct Actions {
     pub set_rcpt: Option<String>,
     /// Folder to file into (on delivery).
     pub file_into: Option<String>,
+    /// Changes filters (milters, rspamd) made to the message and its envelope (data).
+    pub edits: edits::MessageEdits,
+    /// A spam filter's result (data): later entries see it as `ctx.spam`.
+    pub spam: Option<Arc<SpamFacts>>,
 }
+
+/// What a spam filter (rspamd) made of a message: what later hooks see as `ctx.spam`, and
+/// what the message's trace records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpamFacts {
+    /// The entry that scanned it (`rspamd http://…`).
+    pub engine: String,
+    /// Score.
+    pub score: f64,
+    /// The score at which the filter calls a message spam.
+    pub required: f64,
+    /// The filter's action (`no action`, `add header`, `reject`, …).
+    pub action: String,
+    /// The names of the symbols (rules) that matched, in the filter's order.
+    pub symbols: Vec<String>,
+}
+
+// Scores come from JSON, which has no NaN.
+impl Eq for SpamFacts {}
 
 /// How a recipient resolved, as facts for the built-in policy and hooks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,6 +316,12 @@ pub struct HookCtx {
     /// The client is in `smtp.relay_networks` (Postfix's `mynetworks`): it may relay without
     /// AUTH.
     pub relay_network: bool,
+    /// Client port (0 when not known).
+    pub client_port: u16,
+    /// The message's queue id (data), "" before.
+    pub queue_id: String,
+    /// A spam filter's result, once an earlier entry of the chain scanned the message.
+    pub spam: Option<Arc<SpamFacts>>,
 }
 
 impl HookCtx {
@@ -312,6 +345,9 @@ impl HookCtx {
         self.fetch.clone_from(&other.fetch);
         self.remote_mx.clone_from(&other.remote_mx);
         self.relay_network = other.relay_network;
+        self.client_port = other.client_port;
+        self.queue_id.clone_from(&other.queue_id);
+        self.spam.clone_from(&other.spam);
     }
 
     /// A context with only the connection facts filled in.
@@ -334,8 +370,25 @@ impl HookCtx {
             fetch: None,
             remote_mx: None,
             relay_network: false,
+            client_port: 0,
+            queue_id: String::new(),
+            spam: None,
         }
     }
+}
+
+/// Messages a user filed as spam or as ham (moved or copied into or out of Junk): what spam
+/// filters learn from ([`HookEngine::learn`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LearnJob {
+    /// True: spam; false: ham.
+    pub spam: bool,
+    /// The user (account address).
+    pub user: String,
+    /// The mailbox the messages are in now.
+    pub mailbox: u64,
+    /// Their UIDs there.
+    pub uids: Vec<u32>,
 }
 
 /// A failure inside one hook call (script error, plugin trap, limit exceeded).
@@ -411,6 +464,10 @@ pub trait HookEngine: Send + Sync {
     fn on_error(&self) -> OnError {
         OnError::Tempfail
     }
+    /// Learn from a user's filing (spam filters); must not wait. By default nothing.
+    fn learn(&self, job: &LearnJob) {
+        let _ = job;
+    }
 }
 
 /// Result of running a chain.
@@ -452,6 +509,13 @@ impl HookChain {
             .clone()
     }
 
+    /// Hand a user's filing to every entry that learns from it (never waits).
+    pub fn learn(&self, job: LearnJob) {
+        for engine in self.entries().iter() {
+            engine.learn(&job);
+        }
+    }
+
     /// [`Self::run_async`] from synchronous code (`corvus script test`, benches): scripts
     /// decide on the first poll; a plugin's call is waited for (`crate::blocking::wait`).
     pub fn run(&self, ctx: &HookCtx) -> Outcome {
@@ -465,13 +529,22 @@ impl HookChain {
         let entries = self.entries();
         let mut actions = Actions::default();
         let mut decisions = Vec::new();
+        // The facts with a spam filter's result, once one gave it: what later entries see.
+        let mut scanned: Option<HookCtx> = None;
         for engine in entries.iter() {
             if !engine.handles(ctx.point) {
                 continue;
             }
+            let cur = scanned.as_ref().unwrap_or(ctx);
             let started = Instant::now();
-            let result = engine.call_async(ctx, session, &mut actions).await;
-            if let Some(verdict) = settle(engine.as_ref(), ctx, result, started, &mut decisions) {
+            let result = engine.call_async(cur, session, &mut actions).await;
+            if actions.spam.as_ref().map(Arc::as_ptr) != cur.spam.as_ref().map(Arc::as_ptr) {
+                let mut next = cur.clone();
+                next.spam.clone_from(&actions.spam);
+                scanned = Some(next);
+            }
+            let cur = scanned.as_ref().unwrap_or(ctx);
+            if let Some(verdict) = settle(engine.as_ref(), cur, result, started, &mut decisions) {
                 return Outcome {
                     verdict,
                     actions,

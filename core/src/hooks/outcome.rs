@@ -347,6 +347,10 @@ impl Actions {
         if later.file_into.is_some() {
             self.file_into = later.file_into;
         }
+        self.edits.merge(later.edits);
+        if later.spam.is_some() {
+            self.spam = later.spam;
+        }
     }
 }
 

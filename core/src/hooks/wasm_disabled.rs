@@ -32,9 +32,7 @@ pub fn configure(_limits: Limits) -> Result<(), String> {
     Ok(())
 }
 
-/// Where a session keeps its warm plugin instances: nothing without the feature.
-#[derive(Debug, Default)]
-pub struct HookSession;
+pub use crate::hooks::session::HookSession;
 
 /// How to load a plugin (accepted and ignored without the feature).
 pub use crate::hooks::PluginOptions as LoadOptions;

@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-/// An SMTP path (`<local@domain>`), or the null path `<>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An SMTP path (`<local@domain>`), or the null path `<>` (the default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Address {
     /// Local part exactly as given, unquoted (`"a b"` → `a b`).
     pub local: String,

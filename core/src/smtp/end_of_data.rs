@@ -48,7 +48,7 @@ impl Session {
         &mut self,
         data: Result<Vec<u8>, DataProblem>,
     ) -> Reply {
-        let Some(tx) = self.tx.take() else {
+        let Some(mut tx) = self.tx.take() else {
             return Reply::bad_sequence("Need MAIL command");
         };
         self.bdat = None;
@@ -139,6 +139,7 @@ impl Session {
         drop(body);
 
         let mut ctx = self.ctx(HookPoint::Data);
+        ctx.queue_id = queue_id.clone();
         ctx.mail_from = tx.from.to_string();
         ctx.rcpts = tx.rcpts.iter().map(|r| r.address.clone()).collect();
         if let Some(c) = &checked {
@@ -150,7 +151,17 @@ impl Session {
         if let Some(r) = Reply::refusal(&outcome.verdict) {
             return r;
         }
-        let decisions = outcome.decisions.clone();
+        let mut decisions = outcome.decisions.clone();
+        if let Some(s) = &outcome.actions.spam {
+            decisions.push(format!(
+                "on_data {}: score {:.2} (required {:.2}), action {:?}, symbols {}",
+                s.engine,
+                s.score,
+                s.required,
+                s.action,
+                s.symbols.join(",")
+            ));
+        }
         let quarantine = match &outcome.verdict {
             Verdict::Discard => {
                 tracing::info!(queue_id, "message discarded by hook");
@@ -171,7 +182,18 @@ impl Session {
             }
             _ => quarantine,
         };
+        // Filters' edits first (their header positions are in the message they saw), then
+        // the headers scripts and plugins add on top.
+        let edits = &outcome.actions.edits;
+        let msg = if edits.changes_message() {
+            Arc::new(crate::hooks::edits::apply(&msg, edits))
+        } else {
+            msg
+        };
         let msg = crate::message::prepend_headers(&msg, &outcome.actions.add_headers);
+        if !edits.is_empty() && !self.apply_envelope_edits(&mut tx, edits, &queue_id).await {
+            return Reply::new(250, "2.0.0", format!("Ok: queued as {queue_id}"));
+        }
 
         // Where every copy goes (on_delivery per local account), then one write.
         let rcpts: Vec<crate::delivery::Recipient> = tx
@@ -250,6 +272,78 @@ impl Session {
             ),
         }
         Reply::new(250, "2.0.0", format!("Ok: queued as {queue_id}"))
+    }
+
+    /// A filter's changes to the envelope (new sender, recipients added and removed). False
+    /// when no recipient is left: the message is accepted and dropped, as Postfix does.
+    async fn apply_envelope_edits(
+        &self,
+        tx: &mut Transaction,
+        edits: &crate::hooks::edits::MessageEdits,
+        queue_id: &str,
+    ) -> bool {
+        if let Some(from) = &edits.mail_from {
+            match super::codec::parse_mailbox(from) {
+                Some(a) => tx.from = a,
+                None if from.is_empty() => tx.from = super::codec::Address::default(),
+                None => tracing::warn!(
+                    queue_id,
+                    from,
+                    "filter gave an invalid sender; kept the old one"
+                ),
+            }
+        }
+        for gone in &edits.del_rcpts {
+            tx.rcpts.retain(|r| !r.address.eq_ignore_ascii_case(gone));
+        }
+        for added in &edits.add_rcpts {
+            let Some(a) = super::codec::parse_mailbox(added) else {
+                tracing::warn!(
+                    queue_id,
+                    rcpt = added,
+                    "filter added an invalid recipient; ignored"
+                );
+                continue;
+            };
+            let address = a.to_string();
+            if tx
+                .rcpts
+                .iter()
+                .any(|r| r.address.eq_ignore_ascii_case(&address))
+            {
+                continue;
+            }
+            match self.resolve(&address).await {
+                Ok(Route::UnknownLocal) => {
+                    tracing::warn!(
+                        queue_id,
+                        rcpt = address,
+                        "filter added an unknown local recipient; ignored"
+                    );
+                }
+                Ok(route) => tx.rcpts.push(Rcpt {
+                    address,
+                    route,
+                    params: Default::default(),
+                    file_into: None,
+                }),
+                Err(_) => {
+                    tracing::warn!(
+                        queue_id,
+                        rcpt = address,
+                        "could not route a recipient a filter added; ignored"
+                    );
+                }
+            }
+        }
+        if tx.rcpts.is_empty() {
+            tracing::info!(
+                queue_id,
+                "a filter removed every recipient; message dropped"
+            );
+            return false;
+        }
+        true
     }
 
     pub(in crate::smtp) fn received_header(

@@ -169,6 +169,7 @@ impl Session {
 
     pub(super) fn ctx(&self, point: HookPoint) -> HookCtx {
         let mut c = HookCtx::new(point, self.listener, self.peer.ip());
+        c.client_port = self.peer.port();
         c.client_ptr = self
             .fcrdns
             .as_ref()

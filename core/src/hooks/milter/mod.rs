@@ -4,3 +4,6 @@
 //! The session state machine and the tokio driver come on top of it and own no byte layouts.
 
 pub mod codec;
+mod engine;
+
+pub use engine::MilterHook;

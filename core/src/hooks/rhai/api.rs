@@ -325,6 +325,20 @@ fn register_api(e: &mut Engine, env: Arc<ScriptEnv>) {
     // the rest in on_data and on_delivery; "" / [] when not checked.
     e.register_type_with_name::<AuthView>("Auth");
     e.register_get("auth", |c: &mut ScriptCtx| AuthView(c.clone()));
+    // A spam filter's result (rspamd earlier in the chain): a map, or () when none scanned.
+    e.register_get("spam", |c: &mut ScriptCtx| -> Dynamic {
+        let Some(s) = &c.hook().spam else {
+            return Dynamic::UNIT;
+        };
+        let mut m = Map::new();
+        m.insert("engine".into(), s.engine.clone().into());
+        m.insert("score".into(), Dynamic::from_float(s.score));
+        m.insert("required".into(), Dynamic::from_float(s.required));
+        m.insert("action".into(), s.action.clone().into());
+        let symbols: Array = s.symbols.iter().map(|x| x.clone().into()).collect();
+        m.insert("symbols".into(), symbols.into());
+        m.into()
+    });
     macro_rules! auth_str {
         ($($name:ident),*) => {$(
             e.register_get(stringify!($name), |a: &mut AuthView| a.0.hook().auth.$name.clone());

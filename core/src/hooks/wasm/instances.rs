@@ -2,9 +2,8 @@
 //! output, the idle pool between sessions and [`HookSession`], where a session keeps its
 //! warm instances.
 
-use std::any::Any;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
@@ -104,51 +103,6 @@ impl Drop for Pooled {
         if let (Some(inst), Some(pool)) = (self.inst.take(), self.home.upgrade()) {
             give_back(&pool, inst);
         }
-    }
-}
-
-/// Where a session keeps its warm instances (one per plugin), dropped with the session.
-pub struct HookSession {
-    /// What plugin hooks get as `session`.
-    pub(super) id: u64,
-    pub(super) slots: Mutex<Vec<(u64, Box<dyn Any + Send>)>>,
-}
-
-impl Default for HookSession {
-    fn default() -> Self {
-        HookSession {
-            id: next_session_id(),
-            slots: Mutex::default(),
-        }
-    }
-}
-
-/// A new session id (sessions, and calls outside any session): what hooks get as `session`.
-pub(super) fn next_session_id() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-impl std::fmt::Debug for HookSession {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HookSession")
-    }
-}
-
-impl HookSession {
-    pub(super) fn take(&self, id: u64) -> Option<Box<dyn Any + Send>> {
-        let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let i = s.iter().position(|(k, _)| *k == id)?;
-        Some(s.swap_remove(i).1)
-    }
-
-    pub(super) fn put(&self, id: u64, v: Box<dyn Any + Send>) {
-        let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        // Entries of plugins replaced by a reload linger until the session ends; keep a few.
-        if s.len() >= 16 {
-            s.remove(0);
-        }
-        s.push((id, v));
     }
 }
 

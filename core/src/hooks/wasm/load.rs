@@ -5,7 +5,6 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use wasmtime::Engine;
@@ -15,8 +14,7 @@ use super::host::{HostState, PluginEnv};
 use super::instances::{Bindings, Pre};
 use super::runtime::runtime;
 use super::{
-    Generation, NEXT_ID, WIT_PACKAGE, WIT_VERSION, WIT_VERSION_PREVIOUS, WasmHook, bindings,
-    point_of,
+    Generation, WIT_PACKAGE, WIT_VERSION, WIT_VERSION_PREVIOUS, WasmHook, bindings, point_of,
 };
 use crate::config::HookEntry;
 use crate::hooks::{HookError, HookPoint, PointSet};
@@ -209,7 +207,7 @@ impl WasmHook {
             sink: opts.sink,
         });
         let mut hook = WasmHook {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: crate::hooks::session::next_engine_id(),
             env,
             pre,
             points: PointSet::default(),

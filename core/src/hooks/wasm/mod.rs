@@ -51,7 +51,7 @@ mod instances;
 mod load;
 mod runtime;
 
-pub use instances::HookSession;
+pub use crate::hooks::session::HookSession;
 pub use load::{LoadOptions, check_plugin};
 pub use runtime::{Limits, TICK, configure};
 
@@ -62,8 +62,9 @@ use super::outcome::{self, Action, ActionError, cut};
 use super::{
     Actions, HookCtx, HookEngine, HookError, HookFuture, HookPoint, OnError, PointSet, Verdict,
 };
+use crate::hooks::session::next_session_id;
 use host::{Answer, Given, Handed, PluginEnv};
-use instances::{Bindings, IdlePool, Instance, Pooled, Pre, give_back, next_session_id};
+use instances::{Bindings, IdlePool, Instance, Pooled, Pre, give_back};
 use runtime::{KEEP_BELOW, runtime};
 
 /// The host bindings of the two generations of the interface a plugin may be built
@@ -165,8 +166,6 @@ pub const WIT_PACKAGE: &str = "corvus:plugin";
 pub const WIT_VERSION: &str = "0.4.0";
 /// The previous generation, still loaded (plugins built against 0.3.x run unchanged).
 pub const WIT_VERSION_PREVIOUS: &str = "0.3.0";
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A WASM plugin in the hook chain.
 pub struct WasmHook {

@@ -74,6 +74,15 @@ impl Session {
             }
         }
         self.deps.store.commit().await.map_err(store_err)?;
+        // A message put straight into Junk teaches the spam filters (queued).
+        if super::copy::is_junk(&mb) {
+            self.deps.hooks.learn(crate::hooks::LearnJob {
+                spam: true,
+                user: user.clone(),
+                mailbox: mb.id,
+                uids: uids.clone(),
+            });
+        }
         if self
             .selected
             .as_ref()

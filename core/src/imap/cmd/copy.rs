@@ -1,9 +1,22 @@
 //! COPY, MOVE and their UID forms (RFC 9051 §6.4.7, RFC 6851 MOVE, RFC 4315 COPYUID).
 
+use crate::hooks::LearnJob;
+use crate::hooks::rspamd::learn::class_of_move;
 use crate::imap::cmd::{CmdResult, no, store_err};
 use crate::imap::seqset::list_plain;
 use crate::imap::session::Session;
 use crate::imap::types::*;
+use crate::store::Mailbox;
+
+/// Whether `mb` is the Junk folder (special use `\Junk`, or named Junk).
+pub(in crate::imap) fn is_junk(mb: &Mailbox) -> bool {
+    mb.special_use.as_deref() == Some("\\Junk") || mb.name.eq_ignore_ascii_case("Junk")
+}
+
+/// Whether `mb` is the Trash folder (special use `\Trash`, or named Trash).
+fn is_trash(mb: &Mailbox) -> bool {
+    mb.special_use.as_deref() == Some("\\Trash") || mb.name.eq_ignore_ascii_case("Trash")
+}
 
 impl Session {
     pub(in crate::imap) async fn copy(
@@ -21,22 +34,32 @@ impl Session {
         let indices = self.resolve(uid, set)?;
         let sel = self.selected.as_ref().expect("selected");
         let uids: Vec<u32> = indices.iter().map(|&i| sel.msgs.uid(i)).collect();
-        if self
+        let Some(dest) = self
             .deps
             .store
             .mailbox(&user, target)
             .await
             .map_err(store_err)?
-            .is_none()
-        {
+        else {
             return Err(no("[TRYCREATE] No such mailbox"));
-        }
+        };
         let (uv, pairs) = self
             .deps
             .store
             .copy(&user, sel.mailbox.id, &uids, target)
             .await
             .map_err(store_err)?;
+        // Filing into or out of Junk teaches the spam filters (queued; the reply does not wait).
+        if let Some(spam) = class_of_move(is_junk(&sel.mailbox), is_junk(&dest), is_trash(&dest))
+            && !pairs.is_empty()
+        {
+            self.deps.hooks.learn(LearnJob {
+                spam,
+                user: user.clone(),
+                mailbox: dest.id,
+                uids: pairs.iter().map(|p| p.1).collect(),
+            });
+        }
         let code = if pairs.is_empty() {
             String::new()
         } else {
