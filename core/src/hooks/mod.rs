@@ -318,6 +318,10 @@ pub struct HookCtx {
     pub relay_network: bool,
     /// Client port (0 when not known).
     pub client_port: u16,
+    /// The SASL mechanism the user authenticated with ("" when not authenticated).
+    pub auth_mechanism: String,
+    /// TLS version and cipher suite (`TLS1.3 TLS13_AES_256_GCM_SHA384`), "" without TLS.
+    pub tls_info: String,
     /// The message's queue id (data), "" before.
     pub queue_id: String,
     /// A spam filter's result, once an earlier entry of the chain scanned the message.
@@ -346,6 +350,8 @@ impl HookCtx {
         self.remote_mx.clone_from(&other.remote_mx);
         self.relay_network = other.relay_network;
         self.client_port = other.client_port;
+        self.auth_mechanism.clone_from(&other.auth_mechanism);
+        self.tls_info.clone_from(&other.tls_info);
         self.queue_id.clone_from(&other.queue_id);
         self.spam.clone_from(&other.spam);
     }
@@ -371,6 +377,8 @@ impl HookCtx {
             remote_mx: None,
             relay_network: false,
             client_port: 0,
+            auth_mechanism: String::new(),
+            tls_info: String::new(),
             queue_id: String::new(),
             spam: None,
         }

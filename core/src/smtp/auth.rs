@@ -126,9 +126,11 @@ impl Session {
     /// Decide the login (`crate::login`) and answer it (RFC 4954 §6).
     pub(in crate::smtp) async fn login(&mut self, creds: Credentials) -> Flow {
         let ctx = self.ctx(HookPoint::Auth);
+        let mechanism = creds.mech.to_string();
         match self.deps.login.login(ctx, Some(&*self.hooks), creds).await {
             Ok(account) => {
                 self.user = Some(account);
+                self.auth_mechanism = Some(mechanism);
                 self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
                 Flow::Continue
             }

@@ -93,6 +93,8 @@ pub(super) struct Session {
     pub(super) helo: Option<String>,
     pub(super) esmtp: bool,
     pub(super) user: Option<String>,
+    /// The SASL mechanism `user` authenticated with.
+    pub(super) auth_mechanism: Option<String>,
     pub(super) tx: Option<Transaction>,
     pub(super) bdat: Option<Vec<u8>>,
     /// What already makes the BDAT message unacceptable (too big, no memory).
@@ -134,6 +136,7 @@ pub async fn session(
         helo: None,
         esmtp: false,
         user: None,
+        auth_mechanism: None,
         tx: None,
         bdat: None,
         bdat_problem: None,
@@ -170,6 +173,8 @@ impl Session {
     pub(super) fn ctx(&self, point: HookPoint) -> HookCtx {
         let mut c = HookCtx::new(point, self.listener, self.peer.ip());
         c.client_port = self.peer.port();
+        c.tls_info = self.conn.stream.tls_info().unwrap_or_default();
+        c.auth_mechanism = self.auth_mechanism.clone().unwrap_or_default();
         c.client_ptr = self
             .fcrdns
             .as_ref()
@@ -262,6 +267,7 @@ impl Session {
                     self.helo = None;
                     self.esmtp = false;
                     self.user = None;
+                    self.auth_mechanism = None;
                     self.tx = None;
                     continue;
                 }

@@ -76,8 +76,11 @@ impl RspamdHook {
             h.push(("User", ctx.user.clone()));
         }
         if ctx.tls {
-            // rspamd only tells whether the header is there (the task's "SSL" flag).
-            h.push(("TLS-Version", "TLS".into()));
+            let mut tls = ctx.tls_info.split(' ');
+            h.push(("TLS-Version", tls.next().unwrap_or("TLS").to_string()));
+            if let Some(c) = tls.next() {
+                h.push(("TLS-Cipher", c.to_string()));
+            }
         }
         h
     }
