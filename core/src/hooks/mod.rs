@@ -537,21 +537,30 @@ impl HookChain {
         let entries = self.entries();
         let mut actions = Actions::default();
         let mut decisions = Vec::new();
-        // The facts with a spam filter's result, once one gave it: what later entries see.
-        let mut scanned: Option<HookCtx> = None;
+        // The facts as later entries see them, once an entry changed them: a spam filter's
+        // result, and the message as filters (milters, rspamd) edited it.
+        let mut updated: Option<HookCtx> = None;
         for engine in entries.iter() {
             if !engine.handles(ctx.point) {
                 continue;
             }
-            let cur = scanned.as_ref().unwrap_or(ctx);
+            let cur = updated.as_ref().unwrap_or(ctx);
+            let body_ptr = |a: &Actions| a.edits.body.as_ref().map(|b| b.as_ptr() as usize);
+            let edits_before = (actions.edits.headers.len(), body_ptr(&actions));
             let started = Instant::now();
             let result = engine.call_async(cur, session, &mut actions).await;
-            if actions.spam.as_ref().map(Arc::as_ptr) != cur.spam.as_ref().map(Arc::as_ptr) {
+            let edited = edits_before != (actions.edits.headers.len(), body_ptr(&actions));
+            let rescored =
+                actions.spam.as_ref().map(Arc::as_ptr) != cur.spam.as_ref().map(Arc::as_ptr);
+            if edited || rescored {
                 let mut next = cur.clone();
                 next.spam.clone_from(&actions.spam);
-                scanned = Some(next);
+                if edited && let Some(original) = &ctx.message {
+                    next.message = Some(Arc::new(edits::apply(original, &actions.edits)));
+                }
+                updated = Some(next);
             }
-            let cur = scanned.as_ref().unwrap_or(ctx);
+            let cur = updated.as_ref().unwrap_or(ctx);
             if let Some(verdict) = settle(engine.as_ref(), cur, result, started, &mut decisions) {
                 return Outcome {
                     verdict,

@@ -56,18 +56,19 @@ pub fn decide(body: &[u8], engine: &str, t: Thresholds) -> Result<Decision, Stri
             name: (*name).into(),
         });
     }
-    if v.get("is_skipped").and_then(Value::as_bool) == Some(true) {
-        return Ok(Decision {
-            verdict: Verdict::Continue,
-            edits,
-            facts: None,
-        });
-    }
-    let action = v
-        .get("action")
-        .and_then(Value::as_str)
-        .ok_or("reply has no action")?
-        .to_string();
+    // `is_skipped` also marks a pre-result (GTUBE, a greylist or a ratelimit stop rspamd
+    // early, with their action): only a skipped scan without an action is no result.
+    let action = match v.get("action").and_then(Value::as_str) {
+        Some(a) => a.to_string(),
+        None if v.get("is_skipped").and_then(Value::as_bool) == Some(true) => {
+            return Ok(Decision {
+                verdict: Verdict::Continue,
+                edits,
+                facts: None,
+            });
+        }
+        None => return Err("reply has no action".into()),
+    };
     let score = v.get("score").and_then(Value::as_f64).unwrap_or(0.0);
     let required = v
         .get("required_score")
