@@ -1,7 +1,7 @@
 //! # corvus-sdk: write Corvus mail server plugins in Rust
 //!
 //! A plugin is a WebAssembly component (`wasm32-wasip2`) implementing the WIT world
-//! `corvus:plugin/plugin@0.4.0` (`sdk/wit/v0.4/plugin.wit`). This crate holds the generated
+//! `corvus:plugin/plugin@0.4.1` (`sdk/wit/v0.4/plugin.wit`). This crate holds the generated
 //! bindings plus what makes them pleasant to use:
 //!
 //! - the [`Plugin`] trait: declare the hooks you handle, build your state in
@@ -11,7 +11,7 @@
 //!   [`Plugin::HOOKS`] as the points it handles; `on-hook` calls the matching `on_*`
 //!   method, and hands the [`Outcome`] over with the host's `answer` functions);
 //! - verdict and outcome helpers ([`Outcome::reject`], [`Outcome::with_header`], …);
-//! - the host imports as plain functions: [`log`], [`kv`], [`dns`], [`clock`], [`auth`], and
+//! - the host imports as plain functions: [`log`], [`kv`], [`dns`], [`clock`], [`auth`], [`spam`], and
 //!   [`Config`];
 //! - [`testing`]: run a plugin's hooks natively (plain `cargo test`, no server, no WebAssembly)
 //!   against synthetic events, with an in-memory kv store, canned DNS answers, a settable clock
@@ -55,6 +55,7 @@ pub mod bindings {
 }
 
 pub use bindings::corvus::plugin::auth::AuthFacts;
+pub use bindings::corvus::plugin::spam::SpamFacts;
 pub use bindings::corvus::plugin::dns::DnsError;
 pub use bindings::corvus::plugin::log::Level;
 pub use bindings::corvus::plugin::types::{
@@ -62,7 +63,7 @@ pub use bindings::corvus::plugin::types::{
 };
 
 /// The version of the WIT package this SDK implements.
-pub const WIT_VERSION: &str = "0.4.0";
+pub const WIT_VERSION: &str = "0.4.1";
 
 /// A hook point (WIT 0.4 names them by string: see [`Hook::name`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -610,6 +611,26 @@ pub mod auth {
     }
 }
 
+/// A spam filter's result for the message of the current hook call (WIT 0.4.1): what Rhai
+/// scripts read as `ctx.spam`. Set in `on_data` for plugins placed after an `rspamd` entry
+/// that scanned the message; `None` otherwise.
+///
+/// ```ignore
+/// if let Some(s) = corvus_sdk::spam::facts() {
+///     if s.score > 3.0 && s.symbols.iter().any(|x| x == "R_SPF_FAIL") {
+///         return Ok(Outcome::quarantine("spam score with an SPF failure"));
+///     }
+/// }
+/// ```
+pub mod spam {
+    pub use super::SpamFacts;
+
+    /// The result, asked from the host on each call.
+    pub fn facts() -> Option<SpamFacts> {
+        super::host::spam_facts()
+    }
+}
+
 /// The host imports: the real ones in WebAssembly, the [`testing`] mock natively.
 #[cfg(target_arch = "wasm32")]
 mod host {
@@ -644,6 +665,9 @@ mod host {
     }
     pub fn auth_facts() -> super::AuthFacts {
         b::auth::facts()
+    }
+    pub fn spam_facts() -> Option<super::SpamFacts> {
+        b::spam::facts()
     }
     pub fn config_keys(_json: &str) -> Vec<String> {
         b::config::keys()

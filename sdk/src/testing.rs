@@ -80,6 +80,7 @@ struct Mock {
     now: i64,
     monotonic_ms: u64,
     auth: Option<AuthFacts>,
+    spam: Option<crate::SpamFacts>,
 }
 
 thread_local! {
@@ -168,6 +169,9 @@ pub mod mock {
     }
     pub fn auth_facts() -> AuthFacts {
         with(|m| m.auth.clone()).unwrap_or_else(super::no_auth_facts)
+    }
+    pub fn spam_facts() -> Option<crate::SpamFacts> {
+        with(|m| m.spam.clone())
     }
     pub fn monotonic_ms() -> u64 {
         with(|m| {
@@ -412,6 +416,10 @@ impl<P: Plugin> TestHost<P> {
     /// for a message no check ran on).
     pub fn set_auth(&self, facts: AuthFacts) {
         with(|m| m.auth = Some(facts));
+    }
+    /// What [`crate::spam::facts`] answers from now on (until then: `None`, no filter ran).
+    pub fn set_spam(&self, facts: Option<crate::SpamFacts>) {
+        with(|m| m.spam = facts);
     }
     /// Move the mock clock forward (kv expiry follows it).
     pub fn advance_clock(&self, secs: i64) {

@@ -338,14 +338,14 @@ def test_wrong_wit_version_is_refused_at_start_and_by_check(corvus, tmp_path):
     srv = corvus([{"plugin": plugin("wrong-version")}], name="wrong", start=False)
     with pytest.raises(AssertionError) as e:
         srv.start()
-    assert "built for corvus:plugin@0.9.0" in str(e.value) and "provides corvus:plugin@0.4.0 and 0.3.0" in str(e.value)
+    assert "built for corvus:plugin@0.9.0" in str(e.value) and "provides corvus:plugin@0.4.1 and 0.3.0" in str(e.value)
     r = srv.cli("check", check=False)
     assert r.returncode == 2 and "built for corvus:plugin@0.9.0" in r.stderr, r.stderr
     # A plugin built for the older 0.2 interface is refused the same way, with the fix.
     srv.write_config([{"plugin": plugin("previous-version")}])
     r = srv.cli("check", check=False)
     assert r.returncode == 2 and "built for corvus:plugin@0.2.0" in r.stderr, r.stderr
-    assert "provides corvus:plugin@0.4.0 and 0.3.0; rebuild it" in r.stderr, r.stderr
+    assert "provides corvus:plugin@0.4.1 and 0.3.0; rebuild it" in r.stderr, r.stderr
 
 
 def test_check_validates_plugins_and_their_config(tmp_path):

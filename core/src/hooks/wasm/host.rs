@@ -553,6 +553,23 @@ macro_rules! imports {
 imports!(w3, w3::types::Hook, hook_of);
 imports!(w4, String, |p: HookPoint| p.name().to_string());
 
+/// `spam` (WIT 0.4.1): a spam filter's result, for the current call only.
+impl w4::spam::Host for HostState {
+    fn facts(&mut self) -> wasmtime::Result<Option<w4::spam::SpamFacts>> {
+        let spam = match &self.call {
+            Some(c) if self.in_call => c.spam.as_deref(),
+            _ => None,
+        };
+        Ok(spam.map(|s| w4::spam::SpamFacts {
+            score: s.score,
+            required: s.required,
+            action: s.action.clone(),
+            symbols: s.symbols.clone(),
+            engine: s.engine.clone(),
+        }))
+    }
+}
+
 /// A verdict as a plugin hands it over (either generation), before the shared rules check it.
 pub(super) enum Given {
     Next,

@@ -163,7 +163,7 @@ status_from!(w4);
 pub const WIT_PACKAGE: &str = "corvus:plugin";
 /// The newest version of [`WIT_PACKAGE`] this host implements (plugins built against an
 /// older patch release of it load too).
-pub const WIT_VERSION: &str = "0.4.0";
+pub const WIT_VERSION: &str = "0.4.1";
 /// The previous generation, still loaded (plugins built against 0.3.x run unchanged).
 pub const WIT_VERSION_PREVIOUS: &str = "0.3.0";
 

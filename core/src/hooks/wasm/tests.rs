@@ -258,6 +258,45 @@ fn plugins_read_the_sender_authentication_facts() {
 }
 
 #[test]
+fn plugins_read_a_spam_filters_result() {
+    let h = load("noop", serde_json::json!({"spam": true}), None).unwrap();
+    let mut data = rcpt("b@y.example", None);
+    data.point = HookPoint::Data;
+    data.message = Some(Arc::new(b"Subject: x\r\n\r\nhi\r\n".to_vec()));
+    let mut a = Actions::default();
+    call_with(&h, &data, &mut a).unwrap();
+    assert_eq!(a.add_headers[0].1, "none");
+    data.spam = Some(Arc::new(crate::hooks::SpamFacts {
+        engine: "rspamd http://127.0.0.1:11333".into(),
+        score: 7.25,
+        required: 15.0,
+        action: "add header".into(),
+        symbols: vec!["BAYES_SPAM".into(), "R_SPF_FAIL".into()],
+    }));
+    let mut a = Actions::default();
+    call_with(&h, &data, &mut a).unwrap();
+    assert_eq!(a.add_headers[0].1, "7.25 add header BAYES_SPAM,R_SPF_FAIL");
+}
+
+#[test]
+fn a_plugin_built_for_0_4_0_runs_on_this_host() {
+    // raw-v4 as built against corvus:plugin@0.4.0, before the `spam` interface (0.4.1).
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/hooks/wasm/fixtures/raw_v4_built_for_0.4.0.wasm");
+    let h = WasmHook::load_file(
+        &path,
+        LoadOptions {
+            cache_dir: Some(cache_dir()),
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let data = rcpt("b@y.example", None);
+    let mut a = Actions::default();
+    call_with(&h, &data, &mut a).unwrap();
+}
+
+#[test]
 fn one_warm_instance_per_session() {
     let h = load("noop", serde_json::json!({"tag": "t"}), None).unwrap();
     let session = Arc::new(HookSession::default());
@@ -472,14 +511,14 @@ fn wrong_wit_version_is_refused_with_a_clear_message() {
         .expect("must be refused");
     assert!(
         e.contains("built for corvus:plugin@0.9.0")
-            && e.contains("provides corvus:plugin@0.4.0 and 0.3.0"),
+            && e.contains("provides corvus:plugin@0.4.1 and 0.3.0"),
         "{e}"
     );
 }
 
 #[test]
 fn older_patch_versions_are_compatible_newer_ones_not() {
-    assert_eq!((WIT_VERSION, WIT_VERSION_PREVIOUS), ("0.4.0", "0.3.0"));
+    assert_eq!((WIT_VERSION, WIT_VERSION_PREVIOUS), ("0.4.1", "0.3.0"));
     for (v, host, ok) in [
         ("0.1.0", "0.3.0", false),
         ("0.2.0", "0.3.0", false),
@@ -503,7 +542,8 @@ fn older_patch_versions_are_compatible_newer_ones_not() {
         ("0.3.0", Some(Generation::V3)),
         ("0.3.1", None),
         ("0.4.0", Some(Generation::V4)),
-        ("0.4.1", None),
+        ("0.4.1", Some(Generation::V4)),
+        ("0.4.2", None),
         ("0.5.0", None),
     ] {
         assert_eq!(generation_of(v), generation, "{v}");
@@ -732,7 +772,7 @@ fn a_0_4_plugin_links_against_a_grown_interface() {
         let ty = component.component_type();
         let (_, item) = ty
             .imports(&rt.engine)
-            .find(|(n, _)| *n == format!("corvus:plugin/{interface}@0.4.0"))
+            .find(|(n, _)| *n == format!("corvus:plugin/{interface}@0.4.1"))
             .unwrap_or_else(|| panic!("{interface} not imported"));
         let wasmtime::component::types::ComponentItem::ComponentInstance(i) = item.ty else {
             panic!("{interface} is not an instance")
@@ -752,7 +792,7 @@ fn a_0_4_plugin_links_against_a_grown_interface() {
     let mut linker = super::load::linker(&rt.engine, Generation::V4).unwrap();
     for (interface, function) in [("context", "grown-fact"), ("answer", "grown-action")] {
         linker
-            .instance(&format!("corvus:plugin/{interface}@0.4.0"))
+            .instance(&format!("corvus:plugin/{interface}@0.4.1"))
             .unwrap()
             .func_wrap(function, |_, (): ()| Ok((7u32,)))
             .unwrap();
@@ -964,7 +1004,7 @@ fn plugins_built_for_an_older_minor_version_are_refused() {
         .expect("must be refused");
     assert!(
         e.contains("built for corvus:plugin@0.2.0")
-            && e.contains("provides corvus:plugin@0.4.0 and 0.3.0")
+            && e.contains("provides corvus:plugin@0.4.1 and 0.3.0")
             && e.contains("rebuild it"),
         "{e}"
     );

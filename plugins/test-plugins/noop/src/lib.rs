@@ -1,12 +1,16 @@
 //! Test plugin: handles every hook and always answers `next` (benchmarks, chain tests).
 //! With `config = { tag = "x" }` it adds `X-Noop: x` on data; with `auth = true`, an
-//! `X-Noop-Auth` header listing the sender-authentication facts it got from the host.
+//! `X-Noop-Auth` header listing the sender-authentication facts it got from the host; with
+//! `spam = true`, `X-Noop-Spam` with the spam filter's result (`score action symbols`, or
+//! `none`).
 
 use corvus_sdk::{ALL_HOOKS, Config, Context, Hook, HookResult, Outcome, Plugin, Route};
 
 pub struct Noop {
     tag: Option<String>,
     auth: bool,
+    /// Add X-Noop-Spam with the spam facts (data).
+    spam: bool,
     /// Add X-Noop-Size with the length of the message it read (data).
     read_message: bool,
     /// Add X-Noop-Facts with every fact of the context (data).
@@ -22,6 +26,7 @@ impl Plugin for Noop {
         Ok(Noop {
             tag: config.string("tag"),
             auth: config.bool("auth").unwrap_or(false),
+            spam: config.bool("spam").unwrap_or(false),
             read_message: config.bool("read_message").unwrap_or(false),
             facts: config.bool("facts").unwrap_or(false),
             calls: 0,
@@ -45,6 +50,13 @@ impl Plugin for Noop {
         };
         if self.auth {
             out = out.with_header("X-Noop-Auth", describe_auth(&corvus_sdk::auth::facts()));
+        }
+        if self.spam {
+            let spam = match corvus_sdk::spam::facts() {
+                Some(s) => format!("{:.2} {} {}", s.score, s.action, s.symbols.join(",")),
+                None => "none".into(),
+            };
+            out = out.with_header("X-Noop-Spam", spam);
         }
         if self.read_message {
             out = out.with_header("X-Noop-Size", ctx.message().len().to_string());
