@@ -272,7 +272,7 @@ def test_rspamd_gtube_is_rejected_at_end_of_data(rspamd, filter_server):
     srv = filter_server([rspamd_hook(rspamd)])
     with srv.smtp() as s:
         code, text = send(s, SENDER, [ALICE], msg("gtube", "This is the GTUBE test\r\n" + GTUBE + "\r\n"))
-        assert 500 <= code < 600, (code, text)
+        assert 500 <= code < 600, (code, text, rspamd.scans(1))
         assert b"Gtube pattern" in text or b"Spam message rejected" in text, text
         # The session goes on: a clean message next is accepted.
         code, text = send(s, SENDER, [ALICE], msg("after gtube"))
@@ -327,7 +327,7 @@ def test_rspamd_skipped_for_a_sender_a_script_before_it_accepts(rspamd, filter_s
         code, text = send(s, "friend@x.test", [ALICE], msg("from a friend", gtube, frm="friend@x.test"))
         assert code == 250, text
         code, text = send(s, "stranger@x.test", [ALICE], msg("from a stranger", gtube, frm="stranger@x.test"))
-        assert 500 <= code < 600, (code, text)
+        assert 500 <= code < 600, (code, text, rspamd.scans(1))
     [m] = with_marker(srv, ALICE, "from a friend")
     assert field(m, "X-Spam-Status") == [], m[:800]  # rspamd did not run
     assert with_marker(srv, ALICE, "from a stranger") == []
@@ -459,6 +459,31 @@ def test_junk_to_trash_learns_nothing_append_to_junk_learns_spam(rspamd, filter_
     time.sleep(1)
     assert rspamd.learned() == (base[0] + 2, base[1]), "a move from Junk to Trash must not learn ham"
     m.logout()
+
+
+@needs_rspamd
+def test_learning_with_the_controller_down_does_not_hold_up_imap(rspamd, filter_server):
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    srv = filter_server([rspamd_hook(rspamd, controller=dead)])
+    with srv.smtp() as s:
+        for i in range(3):
+            code, text = send(s, SENDER, [ALICE], msg(f"unlearnable {i}"))
+            assert code == 250, text
+    m = srv.imap(ALICE)
+    imap_ok(m.select("INBOX"))
+    imap_ok(m.uid("MOVE", "1:*", "Junk"))
+    imap_ok(m.append("Junk", None, None, msg("appended while down")))
+    imap_ok(m.select("Junk"))
+    imap_ok(m.uid("MOVE", "1", "INBOX"))
+    imap_ok(m.noop())
+    m.logout()
+    assert srv.running
+    # Mail is still scanned (the normal worker is up).
+    with srv.smtp() as s:
+        code, text = send(s, SENDER, [ALICE], msg("scanned meanwhile"))
+        assert code == 250, text
+    [got] = with_marker(srv, ALICE, "scanned meanwhile")
+    assert field(got, "X-Spam-Status"), got[:800]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -713,11 +738,16 @@ def test_hanging_milter_times_out(on_error, test_milter, filter_server):
 
 
 @needs_pymilter
-@pytest.mark.parametrize("mode", ["garbage", "close", "slow"])
-@pytest.mark.parametrize("on_error", ["continue", None])
+@pytest.mark.parametrize("mode", ["garbage", "close", "slow", "slow-negotiation"])
+@pytest.mark.parametrize("on_error", ["continue", "default"])
 def test_misbehaving_milter_gets_a_clear_reply(mode, on_error, filter_server):
+    """A milter that answers garbage, closes, or answers one byte a second: the client gets
+    the entry's on_error policy (451 by default) within the timeouts, on every connection,
+    and the listeners without the milter serve as ever."""
     with BadMilter(mode) as bad:
-        srv = filter_server([milter_hook(bad.address, on_error=on_error, listeners=["smtp"], **SHORT)])
+        hook = milter_hook(bad.address, on_error=None if on_error == "default" else on_error,
+                           listeners=["smtp"], **SHORT)
+        srv = filter_server([hook])
         for attempt in range(2):  # the second connection is served the same way
             subject = f"bad milter {mode} {attempt} {tag()}"
             start = time.monotonic()

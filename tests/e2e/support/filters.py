@@ -332,6 +332,13 @@ class Rspamd:
                 out.append(f"--- {name} ---\n" + p.read_text(errors="replace")[-tail:])
         return "\n".join(out)
 
+    def scans(self, last: int = 5) -> list[str]:
+        """rspamd's one-line summaries of its last scans (message id, queue id, IP, sender,
+        action, score and symbols), for assertion messages."""
+        p = self.dir / "log" / "rspamd.log"
+        lines = p.read_text(errors="replace").splitlines() if p.exists() else []
+        return [l.split("rspamd_task_write_log: ", 1)[1] for l in lines if "rspamd_task_write_log: " in l][-last:]
+
     # --- clients ---------------------------------------------------------------------------
 
     def check(self, message: bytes, **headers) -> dict:
@@ -558,8 +565,10 @@ class BadMilter:
       bytes that are no milter reply (a huge length and junk), and keeps the connection open;
     - "close": negotiates, then closes the connection when the next command arrives (CONNECT
       normally);
-    - "slow": answers everything correctly (CONTINUE; ACCEPT at end of message) but one byte
-      per second, so a reply takes several seconds (a deadline per read would never fire).
+    - "slow": negotiates at once, then answers everything correctly (CONTINUE; ACCEPT at end
+      of message) but one byte per second, so each reply takes 5 s (a timeout per read, rather
+      than a deadline per reply, would never fire);
+    - "slow-negotiation": the same from the very first reply (the negotiation takes 17 s).
 
     `address` is "127.0.0.1:PORT"; `connections` counts accepted connections, `commands` the
     command bytes received (in order, over all connections)."""
@@ -567,7 +576,7 @@ class BadMilter:
     GARBAGE = b"\x7f\xff\xff\xf0garbage that is not a milter reply\r\n"
 
     def __init__(self, mode: str):
-        assert mode in ("garbage", "close", "slow"), mode
+        assert mode in ("garbage", "close", "slow", "slow-negotiation"), mode
         self.mode = mode
         self.connections = 0
         self.commands: list[str] = []
@@ -639,7 +648,7 @@ class BadMilter:
                 self.commands.append(cmd)
                 if cmd == "O":
                     # Version 6, no actions, no protocol bits: every event with a reply.
-                    self._reply(conn, b"O" + struct.pack(">III", 6, 0, 0))
+                    self._reply(conn, b"O" + struct.pack(">III", 6, 0, 0), slow=self.mode == "slow-negotiation")
                     negotiated = True
                     continue
                 if cmd in "DAQK" or not cmd:  # no reply to macros, abort, quit
@@ -651,7 +660,7 @@ class BadMilter:
                     continue
                 if negotiated and self.mode == "close":
                     return
-                self._reply(conn, b"a" if cmd == "E" else b"c")
+                self._reply(conn, b"a" if cmd == "E" else b"c", slow=self.mode.startswith("slow"))
         except OSError:
             pass
         finally:
@@ -660,9 +669,9 @@ class BadMilter:
             except OSError:
                 pass
 
-    def _reply(self, conn: socket.socket, packet: bytes):
+    def _reply(self, conn: socket.socket, packet: bytes, slow: bool = False):
         data = struct.pack(">I", len(packet)) + packet
-        if self.mode != "slow":
+        if not slow:
             conn.sendall(data)
             return
         for i in range(len(data)):
