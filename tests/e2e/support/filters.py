@@ -4,8 +4,9 @@ misbehaving milters written here with raw sockets.
 
 Every process is started by the test run itself, on free loopback ports, with all its files
 in a temporary directory; the packaged services (and their default ports) are never used.
-`stop()` ends a process group the fixture started (SIGTERM, then SIGKILL), and a finalizer
-does the same if a test run dies before its teardown.
+`stop()` ends a process group the fixture started (SIGTERM, then SIGKILL) and keeps the
+directory (logs); `cleanup()` removes it too. Finalizers do both if a test run drops a
+fixture without its teardown (at the latest when the interpreter exits).
 
 The milters run under /usr/bin/python3: Debian's python3-milter (and python3-dkim) are
 installed for that interpreter, not for a pyenv `python3` first on PATH.
@@ -269,6 +270,7 @@ class Rspamd:
         reason = missing_rspamd()
         assert reason is None, reason
         self.dir = d = _short_tmpdir("rsp")
+        self._rmdir = weakref.finalize(self, shutil.rmtree, str(d), True)
         self.port, self.controller_port, self.redis_port = free_port(), free_port(), free_port()
         for sub in ("local/local.d", "db", "run", "log", "redis"):
             (d / sub).mkdir(parents=True)
@@ -301,7 +303,7 @@ class Rspamd:
         """`stop`, and remove the directory."""
         self.stop()
         if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self._rmdir()
 
     @property
     def running(self) -> bool:
@@ -338,6 +340,12 @@ class Rspamd:
         p = self.dir / "log" / "rspamd.log"
         lines = p.read_text(errors="replace").splitlines() if p.exists() else []
         return [l.split("rspamd_task_write_log: ", 1)[1] for l in lines if "rspamd_task_write_log: " in l][-last:]
+
+    def learns(self, last: int = 10) -> list[str]:
+        """The controller's log lines about learning (and its errors), for assertion messages."""
+        p = self.dir / "log" / "rspamd.log"
+        lines = p.read_text(errors="replace").splitlines() if p.exists() else []
+        return [l for l in lines if "(controller)" in l and ("learn" in l or "error" in l.lower())][-last:]
 
     # --- clients ---------------------------------------------------------------------------
 
@@ -488,6 +496,7 @@ class Milter:
         reason = missing_pymilter()
         assert reason is None, reason
         self.dir = _short_tmpdir("mlt")
+        self._rmdir = weakref.finalize(self, shutil.rmtree, str(self.dir), True)
         self.log = self.dir / "milter.log"
         self.log.touch()
         if self.unix:
@@ -520,7 +529,7 @@ class Milter:
     def cleanup(self):
         self.stop()
         if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self._rmdir()
 
     def __enter__(self):
         return self.start()
@@ -698,6 +707,7 @@ class OpenDkim:
         reason = missing_opendkim()
         assert reason is None, reason
         self.dir = d = _short_tmpdir("dkim")
+        self._rmdir = weakref.finalize(self, shutil.rmtree, str(d), True)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         subprocess.run([_which("opendkim-genkey"), "-D", str(d), "-d", self.domain, "-s", self.selector,
@@ -736,7 +746,7 @@ PidFile             {d}/opendkim.pid
     def cleanup(self):
         self.stop()
         if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
+            self._rmdir()
 
     def __enter__(self):
         return self.start()
