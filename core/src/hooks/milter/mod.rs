@@ -8,3 +8,6 @@ pub mod codec;
 mod engine;
 
 pub use engine::MilterHook;
+
+#[cfg(test)]
+mod tests;

@@ -181,3 +181,6 @@ pub async fn ping(url: &str) -> Result<(), String> {
         Err(e) => Err(format!("{url}: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests;

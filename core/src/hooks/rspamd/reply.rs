@@ -346,11 +346,18 @@ mod tests {
 
     #[test]
     fn skipped_errors_and_garbage() {
+        let d = decide_json(serde_json::json!({"is_skipped": true}), T);
+        assert_eq!((d.verdict, d.facts), (Verdict::Continue, None));
+        // rspamd 3.4's answer to GTUBE: a pre-result, "skipped", with its action.
         let d = decide_json(
-            serde_json::json!({"is_skipped": true, "action": "no action"}),
+            serde_json::json!({"is_skipped": true, "score": 15.0, "required_score": 15.0,
+                "action": "reject", "symbols": {"GTUBE": {"score": 0.0}},
+                "messages": {"smtp_message": "Gtube pattern"}}),
             T,
         );
-        assert_eq!((d.verdict, d.facts), (Verdict::Continue, None));
+        assert!(
+            matches!(d.verdict, Verdict::Reject { code: 554, text, .. } if text == "Gtube pattern")
+        );
         let e = |b: &[u8]| decide(b, "x", T).unwrap_err();
         assert!(e(b"<html>").starts_with("reply is not JSON"));
         assert_eq!(e(br#"{"error":"bad request"}"#), "rspamd: bad request");
