@@ -776,3 +776,30 @@ def test_unreachable_milter_follows_on_error(filter_server):
     assert (stage, code) == ("data", 250), (stage, code, text)
     stage, code, text = transaction(default, "smtp", SENDER, [ALICE], msg("no milter d"))
     assert code == 451, (stage, code, text)
+
+
+@needs_rspamd
+def test_check_validates_filter_entries_and_warns_when_one_does_not_answer(rspamd, corvus_factory):
+    """`corvus check`: a filter that does not answer is a warning (filters may start after
+    Corvus), a wrong key or address an error naming the entry, the key and the fix."""
+    gone = f"127.0.0.1:{free_port()}"
+    srv = corvus_factory(name="check", **with_preset(FILTERS, hooks=[
+        {"rspamd": f"http://{gone}"}, milter_hook(gone), rspamd_hook(rspamd)]))
+    r = srv.cli("check", check=False)
+    assert r.returncode == 0, r.stderr
+    assert f"warning: hooks[0]: rspamd does not answer (http://{gone}: " in r.stderr, r.stderr
+    assert f"warning: hooks[1]: milter {gone} does not answer" in r.stderr, r.stderr
+    assert "hooks[2]" not in r.stderr, r.stderr
+    assert "3 filters" in r.stdout, r.stdout
+    for hook, error in [
+        ({"rspamd": rspamd.url, "config": {"junkscore": 6}},
+         "hooks[0].config.junkscore: not a setting of rspamd (known: junk_score"),
+        ({"rspamd": rspamd.url, "config": {"junk_score": "high"}},
+         "hooks[0].config.junk_score: must be a number, e.g. 6.0"),
+        ({"rspamd": "https://127.0.0.1:11333"}, "hooks[0].rspamd: \"https://127.0.0.1:11333\": https is not supported"),
+        ({"milter": "8891"}, "hooks[0].milter: \"8891\" is not host:port or unix:/path"),
+        ({"milter": gone, "script": "x.rhai"}, "hooks[0]: give one of script, plugin, rspamd and milter per entry"),
+    ]:
+        srv.write_config([hook])
+        r = srv.cli("check", check=False)
+        assert r.returncode != 0 and error in r.stderr, (hook, r.stderr)

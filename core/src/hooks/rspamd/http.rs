@@ -1,26 +1,22 @@
-//! The little HTTP/1.1 client rspamd needs: one POST with a body, a reply with a status and a
-//! bounded body (Content-Length, chunked, or up to the close). Connections to a worker are
-//! kept alive and reused when the worker allows it; a reused connection that turns out closed
-//! is retried once on a new one. No TLS: rspamd's workers speak plain HTTP on loopback or a
-//! private network.
-//!
-//! No HTTP crate is in the dependency tree, and what rspamd needs is this small; see
-//! ARCHITECTURE.md ("rspamd and milters").
+//! HTTP to rspamd's workers, on hyper's HTTP/1.1 client connection: one connection per
+//! request (rspamd 3.4 answers every request with `Connection: close`, and its controller
+//! sends bodies with 204 replies, which a kept-alive connection could not follow), the reply
+//! body read up to a bound, everything within one timeout. No TLS: the workers speak plain
+//! HTTP on loopback or a private network.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::Request;
+use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::hooks::filter_config::HttpUrl;
 
-/// Longest reply header block.
-const MAX_HEAD: usize = 64 * 1024;
 /// Longest reply body (rspamd's JSON with every symbol's options is a few KiB).
 const MAX_BODY: usize = 4 << 20;
-/// Idle connections kept per worker.
-const MAX_IDLE: usize = 32;
 
 /// A reply.
 #[derive(Debug)]
@@ -34,34 +30,29 @@ pub struct Response {
 /// What went wrong talking to the worker.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    /// Could not connect, or the connection broke.
+    /// Could not connect.
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// No reply in time.
     #[error("no reply within {0:?}")]
     Timeout(Duration),
-    /// The reply is not HTTP, or too large.
-    #[error("bad reply: {0}")]
+    /// The exchange failed: not HTTP, cut short, too large.
+    #[error("{0}")]
     Protocol(String),
 }
 
-/// A client for one worker (its URL), with the worker's idle connections.
+/// A client for one worker (its URL).
 pub struct Client {
     url: HttpUrl,
-    keep_alive: bool,
-    idle: Mutex<Vec<BufReader<TcpStream>>>,
+    authority: HeaderValue,
 }
 
 impl Client {
-    /// A client for `url`; `keep_alive` false sends every request on a connection of its own
-    /// (rspamd's controller sends bodies with 204 replies, which keep-alive framing cannot
-    /// follow).
-    pub fn new(url: HttpUrl, keep_alive: bool) -> Self {
-        Client {
-            url,
-            keep_alive,
-            idle: Mutex::new(Vec::new()),
-        }
+    /// A client for `url`.
+    pub fn new(url: HttpUrl) -> Self {
+        let authority = HeaderValue::from_str(&url.authority())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        Client { url, authority }
     }
 
     /// The worker's URL.
@@ -69,23 +60,12 @@ impl Client {
         &self.url
     }
 
-    fn take_idle(&self) -> Option<BufReader<TcpStream>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
-    }
-
-    fn give_back(&self, conn: BufReader<TcpStream>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(conn);
-        }
-    }
-
     /// POST `body` to `path` with `headers`, within `timeout` all told.
     pub async fn post(
         &self,
         path: &str,
         headers: &[(&str, &str)],
-        body: &[u8],
+        body: Bytes,
         timeout: Duration,
     ) -> Result<Response, HttpError> {
         self.request("POST", path, headers, body, timeout).await
@@ -93,7 +73,7 @@ impl Client {
 
     /// GET `path`, within `timeout`.
     pub async fn get(&self, path: &str, timeout: Duration) -> Result<Response, HttpError> {
-        self.request("GET", path, &[], b"", timeout).await
+        self.request("GET", path, &[], Bytes::new(), timeout).await
     }
 
     async fn request(
@@ -101,285 +81,89 @@ impl Client {
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
-        body: &[u8],
+        body: Bytes,
         timeout: Duration,
     ) -> Result<Response, HttpError> {
-        let head = self.request_head(method, path, headers, body.len());
-        let attempt = async {
-            if self.keep_alive
-                && let Some(conn) = self.take_idle()
-            {
-                // An idle connection the worker closed meanwhile fails before any reply
-                // byte: then, and only then, the request goes again on a new connection.
-                match self.exchange(conn, &head, body).await {
-                    Err(Fail::BeforeReply(_)) => {}
-                    other => return other.map_err(Fail::into_error),
-                }
-            }
-            let conn = BufReader::new(TcpStream::connect(self.url.authority()).await?);
-            self.exchange(conn, &head, body)
-                .await
-                .map_err(Fail::into_error)
-        };
-        tokio::time::timeout(timeout, attempt)
-            .await
-            .map_err(|_| HttpError::Timeout(timeout))?
-    }
-
-    fn request_head(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        len: usize,
-    ) -> Vec<u8> {
-        let mut h = format!(
-            "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {len}\r\nConnection: {}\r\n",
-            self.url.prefix,
-            self.url.authority(),
-            if self.keep_alive {
-                "keep-alive"
-            } else {
-                "close"
-            }
-        );
+        let protocol = |e: &dyn std::fmt::Display| HttpError::Protocol(e.to_string());
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url.prefix))
+            .header(HOST, self.authority.clone())
+            .header(CONNECTION, HeaderValue::from_static("close"))
+            .header(CONTENT_LENGTH, body.len());
         for (name, value) in headers {
             // Values come from the envelope and the session; none may end the line.
             let value: String = value
                 .chars()
                 .map(|c| if c.is_control() { ' ' } else { c })
                 .collect();
-            h.push_str(name);
-            h.push_str(": ");
-            h.push_str(&value);
-            h.push_str("\r\n");
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| protocol(&e))?;
+            let value = HeaderValue::from_str(&value).map_err(|e| protocol(&e))?;
+            req = req.header(name, value);
         }
-        h.push_str("\r\n");
-        h.into_bytes()
-    }
-
-    async fn exchange(
-        &self,
-        mut conn: BufReader<TcpStream>,
-        head: &[u8],
-        body: &[u8],
-    ) -> Result<Response, Fail> {
-        let stream = conn.get_mut();
-        stream.write_all(head).await.map_err(Fail::BeforeReply)?;
-        stream.write_all(body).await.map_err(Fail::BeforeReply)?;
-        stream.flush().await.map_err(Fail::BeforeReply)?;
-        let (response, reusable) = read_response(&mut conn).await?;
-        if reusable && self.keep_alive {
-            self.give_back(conn);
-        }
-        Ok(response)
-    }
-}
-
-/// A failure before the first reply byte (a stale kept-alive connection: worth one retry)
-/// or after.
-enum Fail {
-    BeforeReply(std::io::Error),
-    After(HttpError),
-}
-
-impl Fail {
-    fn into_error(self) -> HttpError {
-        match self {
-            Fail::BeforeReply(e) => HttpError::Io(e),
-            Fail::After(e) => e,
-        }
-    }
-}
-
-impl From<HttpError> for Fail {
-    fn from(e: HttpError) -> Self {
-        Fail::After(e)
-    }
-}
-
-fn protocol(what: impl Into<String>) -> Fail {
-    Fail::After(HttpError::Protocol(what.into()))
-}
-
-/// Read one reply: its status, its body, and whether the connection can carry another.
-async fn read_response(conn: &mut BufReader<TcpStream>) -> Result<(Response, bool), Fail> {
-    let mut line = Vec::new();
-    let n = conn
-        .read_until(b'\n', &mut line)
-        .await
-        .map_err(Fail::BeforeReply)?;
-    if n == 0 {
-        return Err(Fail::BeforeReply(std::io::ErrorKind::UnexpectedEof.into()));
-    }
-    let status_line = String::from_utf8_lossy(&line).trim_end().to_string();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or("");
-    let status = parts
-        .next()
-        .and_then(|s| s.parse::<u16>().ok())
-        .filter(|_| version.starts_with("HTTP/1."))
-        .ok_or_else(|| protocol(format!("not an HTTP status line: {:?}", cut(&status_line))))?;
-    let mut length: Option<usize> = None;
-    let mut chunked = false;
-    let mut keep = version == "HTTP/1.1";
-    let mut total = line.len();
-    loop {
-        line.clear();
-        let n = conn
-            .read_until(b'\n', &mut line)
-            .await
-            .map_err(|e| Fail::After(e.into()))?;
-        total += n;
-        if n == 0 || total > MAX_HEAD {
-            return Err(protocol("reply header cut short or too long"));
-        }
-        let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end();
-        if text.is_empty() {
-            break;
-        }
-        let Some((name, value)) = text.split_once(':') else {
-            return Err(protocol(format!("bad header line {:?}", cut(text))));
+        let req = req.body(Full::new(body)).map_err(|e| protocol(&e))?;
+        let exchange = async {
+            let stream = TcpStream::connect(self.url.authority()).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| protocol(&e))?;
+            // The connection runs beside the request and ends with it (the worker closes).
+            let conn = tokio::spawn(conn);
+            let resp = sender.send_request(req).await.map_err(|e| protocol(&e))?;
+            let status = resp.status().as_u16();
+            let body = Limited::new(resp.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| HttpError::Protocol(format!("reply body: {e}")))?
+                .to_bytes()
+                .to_vec();
+            drop(sender);
+            conn.abort();
+            Ok(Response { status, body })
         };
-        let value = value.trim();
-        match name.trim().to_ascii_lowercase().as_str() {
-            "content-length" => {
-                length = Some(
-                    value
-                        .parse()
-                        .map_err(|_| protocol(format!("bad Content-Length {value:?}")))?,
-                )
-            }
-            "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
-            "connection" => {
-                if value.eq_ignore_ascii_case("close") {
-                    keep = false;
-                } else if value.eq_ignore_ascii_case("keep-alive") {
-                    keep = true;
-                }
-            }
-            _ => {}
-        }
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| HttpError::Timeout(timeout))?
     }
-    let body = if chunked {
-        read_chunked(conn).await?
-    } else if let Some(len) = length {
-        if len > MAX_BODY {
-            return Err(protocol(format!("reply body of {len} bytes is too large")));
-        }
-        let mut b = vec![0; len];
-        conn.read_exact(&mut b)
-            .await
-            .map_err(|e| Fail::After(e.into()))?;
-        b
-    } else if status == 204 || status == 304 {
-        Vec::new()
-    } else {
-        keep = false;
-        let mut b = Vec::new();
-        (&mut *conn)
-            .take(MAX_BODY as u64 + 1)
-            .read_to_end(&mut b)
-            .await
-            .map_err(|e| Fail::After(e.into()))?;
-        if b.len() > MAX_BODY {
-            return Err(protocol("reply body too large"));
-        }
-        b
-    };
-    // Bytes already waiting after the reply (a body the status said would not be there)
-    // would be read as the next reply: such a connection is not reused.
-    if !conn.buffer().is_empty() {
-        keep = false;
-    }
-    Ok((Response { status, body }, keep))
-}
-
-async fn read_chunked(conn: &mut BufReader<TcpStream>) -> Result<Vec<u8>, Fail> {
-    let mut body = Vec::new();
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        conn.read_until(b'\n', &mut line)
-            .await
-            .map_err(|e| Fail::After(e.into()))?;
-        let text = String::from_utf8_lossy(&line);
-        let size = text.trim().split(';').next().unwrap_or("");
-        let size = usize::from_str_radix(size, 16)
-            .map_err(|_| protocol(format!("bad chunk size {:?}", cut(&text))))?;
-        if size == 0 {
-            // Trailers, up to the blank line.
-            loop {
-                line.clear();
-                let n = conn
-                    .read_until(b'\n', &mut line)
-                    .await
-                    .map_err(|e| Fail::After(e.into()))?;
-                if n == 0 || line == b"\r\n" || line == b"\n" {
-                    return Ok(body);
-                }
-            }
-        }
-        if body.len() + size > MAX_BODY {
-            return Err(protocol("reply body too large"));
-        }
-        let start = body.len();
-        body.resize(start + size, 0);
-        conn.read_exact(&mut body[start..])
-            .await
-            .map_err(|e| Fail::After(e.into()))?;
-        line.clear();
-        conn.read_until(b'\n', &mut line)
-            .await
-            .map_err(|e| Fail::After(e.into()))?;
-    }
-}
-
-fn cut(s: &str) -> &str {
-    crate::hooks::outcome::cut(s, 80)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     use tokio::net::TcpListener;
 
-    /// A server that takes one connection per entry of `conns` and answers its requests with
-    /// that entry's replies in turn; it returns the requests it read.
-    async fn serve(
-        conns: Vec<Vec<&'static [u8]>>,
-    ) -> (HttpUrl, tokio::task::JoinHandle<Vec<String>>) {
+    /// A server that answers each connection's one request with the next of `replies`; it
+    /// returns the requests it read.
+    async fn serve(replies: Vec<&'static [u8]>) -> (HttpUrl, tokio::task::JoinHandle<Vec<String>>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = HttpUrl::parse(&format!("http://{}", l.local_addr().unwrap())).unwrap();
         let task = tokio::spawn(async move {
             let mut seen = Vec::new();
-            for replies in conns {
+            for r in replies {
                 let (s, _) = l.accept().await.unwrap();
                 let mut s = BufReader::new(s);
-                for r in replies {
-                    let mut head = String::new();
-                    loop {
-                        let mut line = String::new();
-                        if s.read_line(&mut line).await.unwrap() == 0 {
-                            return seen;
-                        }
-                        head.push_str(&line);
-                        if line == "\r\n" {
-                            break;
-                        }
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if s.read_line(&mut line).await.unwrap() == 0 {
+                        break;
                     }
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Content-Length: "))
-                        .unwrap()
-                        .parse()
-                        .unwrap();
-                    let mut body = vec![0; len];
-                    s.read_exact(&mut body).await.unwrap();
-                    seen.push(head + String::from_utf8_lossy(&body).as_ref());
-                    s.get_mut().write_all(r).await.unwrap();
+                    head.push_str(&line);
+                    if line == "\r\n" {
+                        break;
+                    }
                 }
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0; len];
+                s.read_exact(&mut body).await.unwrap();
+                seen.push(head + String::from_utf8_lossy(&body).as_ref());
+                s.get_mut().write_all(r).await.unwrap();
             }
             seen
         });
@@ -387,34 +171,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn content_length_chunked_and_kept_alive_connections() {
-        // Two requests on one kept-alive connection; the third on it is told to close; the
-        // fourth needs a new connection.
+    async fn content_length_chunked_and_close_delimited_replies() {
         let (url, server) = serve(vec![
-            vec![
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
-                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext",
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
-            ],
-            vec![b"HTTP/1.0 200 OK\r\n\r\nto the end"],
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\n\r\nto the end",
+            // rspamd's controller: a body after 204.
+            b"HTTP/1.1 204 No Content\r\nConnection: close\r\nContent-Length: 20\r\n\r\n{\"error\":\"too few\"}",
         ])
         .await;
-        let c = Client::new(url, true);
+        let c = Client::new(url);
         let t = Duration::from_secs(5);
         let r = c
-            .post("/checkv2", &[("Rcpt", "a@b\r\nX: y")], b"msg", t)
+            .post(
+                "/checkv2",
+                &[("Rcpt", "a@b\r\nX: y")],
+                Bytes::from_static(b"msg"),
+                t,
+            )
             .await
             .unwrap();
         assert_eq!((r.status, r.body.as_slice()), (200, &b"{}"[..]));
-        let r = c.post("/checkv2", &[], b"", t).await.unwrap();
-        assert_eq!(r.body, b"next");
-        let r = c.post("/checkv2", &[], b"x", t).await.unwrap();
+        let r = c.post("/checkv2", &[], Bytes::new(), t).await.unwrap();
         assert_eq!(r.body, b"abcde");
-        let r = c.post("/checkv2", &[], b"y", t).await.unwrap();
+        let r = c.post("/checkv2", &[], Bytes::new(), t).await.unwrap();
         assert_eq!(r.body, b"to the end");
+        let r = c.post("/learnspam", &[], Bytes::new(), t).await.unwrap();
+        assert_eq!(r.status, 204);
         let seen = server.await.unwrap();
         assert_eq!(seen.len(), 4);
-        assert!(seen[0].contains("Rcpt: a@b  X: y\r\n"), "{}", seen[0]);
+        assert!(
+            seen[0].starts_with("POST /checkv2 HTTP/1.1\r\n"),
+            "{}",
+            seen[0]
+        );
+        assert!(seen[0].contains("rcpt: a@b  X: y\r\n"), "{}", seen[0]);
         assert!(seen[0].ends_with("\r\n\r\nmsg"));
     }
 
@@ -425,18 +216,17 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
         ] {
-            let (url, _server) = serve(vec![vec![reply]]).await;
-            let c = Client::new(url, false);
-            assert!(
-                c.post("/x", &[], b"", Duration::from_secs(5))
-                    .await
-                    .is_err()
-            );
+            let (url, _server) = serve(vec![reply]).await;
+            let c = Client::new(url);
+            let r = c
+                .post("/x", &[], Bytes::new(), Duration::from_secs(5))
+                .await;
+            assert!(r.is_err(), "{reply:?}: {r:?}");
         }
         // Nobody listening.
         let url = HttpUrl::parse("http://127.0.0.1:1").unwrap();
-        let e = Client::new(url, false)
-            .post("/x", &[], b"", Duration::from_secs(5))
+        let e = Client::new(url)
+            .post("/x", &[], Bytes::new(), Duration::from_secs(5))
             .await
             .unwrap_err();
         assert!(matches!(e, HttpError::Io(_)), "{e}");
@@ -451,8 +241,8 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(30)).await;
             drop(s);
         });
-        let e = Client::new(url, false)
-            .post("/x", &[], b"", Duration::from_millis(200))
+        let e = Client::new(url)
+            .post("/x", &[], Bytes::new(), Duration::from_millis(200))
             .await
             .unwrap_err();
         assert!(matches!(e, HttpError::Timeout(_)));

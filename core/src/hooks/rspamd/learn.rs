@@ -101,8 +101,12 @@ async fn learn_one(p: &Parts, job: &LearnJob, uid: u32) {
     if !p.password.is_empty() {
         headers.push(("Password", p.password.as_str()));
     }
+    let raw = bytes::Bytes::from(raw);
     for attempt in 0..=RETRY_AFTER.len() {
-        let result = p.controller.post(path, &headers, &raw, p.timeout).await;
+        let result = p
+            .controller
+            .post(path, &headers, raw.clone(), p.timeout)
+            .await;
         match outcome(&result) {
             Outcome::Learned(note) => {
                 tracing::info!(user = %job.user, uid, class, note, "rspamd learned");

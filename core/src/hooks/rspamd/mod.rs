@@ -30,7 +30,7 @@ impl RspamdHook {
         let settings = RspamdSettings::from_entry(url, &entry.config)?;
         let learner = settings.learn.then(|| {
             learn::Learner::new(
-                http::Client::new(settings.controller.clone(), false),
+                http::Client::new(settings.controller.clone()),
                 settings.password.clone(),
                 settings.timeout,
                 store,
@@ -38,7 +38,7 @@ impl RspamdHook {
         });
         Ok(RspamdHook {
             name: format!("rspamd {}", settings.url),
-            worker: http::Client::new(settings.url.clone(), true),
+            worker: http::Client::new(settings.url.clone()),
             learner,
             settings,
             on_error: entry.on_error,
@@ -104,7 +104,12 @@ impl RspamdHook {
         let fail = |e: String| HookError(format!("{}: {e}", self.name));
         let resp = self
             .worker
-            .post("/checkv2", &headers, msg, self.settings.timeout)
+            .post(
+                "/checkv2",
+                &headers,
+                bytes::Bytes::from_owner(Shared(msg.clone())),
+                self.settings.timeout,
+            )
             .await
             .map_err(|e| fail(e.to_string()))?;
         if resp.status != 200 {
@@ -171,10 +176,19 @@ impl HookEngine for RspamdHook {
     }
 }
 
+/// The message, shared with the session, as the request body (no copy).
+struct Shared(std::sync::Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// Whether rspamd at `url` answers `/ping` (for `corvus check`: a warning when not).
 pub async fn ping(url: &str) -> Result<(), String> {
     let url = super::filter_config::HttpUrl::parse(url)?;
-    let c = http::Client::new(url.clone(), false);
+    let c = http::Client::new(url.clone());
     match c.get("/ping", std::time::Duration::from_secs(3)).await {
         Ok(r) if r.status == 200 => Ok(()),
         Ok(r) => Err(format!("{url} answered HTTP {} to /ping", r.status)),

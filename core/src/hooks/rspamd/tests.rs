@@ -35,8 +35,9 @@ fn canned_worker(reply: &'static str) -> (String, Arc<Mutex<Vec<String>>>) {
                 }
             }
             let len: usize = head
+                .to_ascii_lowercase()
                 .lines()
-                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .find_map(|l| l.strip_prefix("content-length: ").map(str::to_string))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             let mut body = vec![0; len];
@@ -98,7 +99,8 @@ async fn a_scan_sends_the_envelope_and_applies_the_answer() {
     let mut a = Actions::default();
     let v = h.call_async(&ctx, None, &mut a).await.unwrap();
     assert_eq!(v, Verdict::Continue);
-    let head = seen.lock().unwrap()[0].clone();
+    // Header names go out in lower case (rspamd reads them without case).
+    let head = seen.lock().unwrap()[0].to_ascii_lowercase();
     for line in [
         "POST /checkv2 HTTP/1.1\r\n",
         "IP: 192.0.2.1\r\n",
@@ -109,7 +111,10 @@ async fn a_scan_sends_the_envelope_and_applies_the_answer() {
         "Deliver-To: alice@example.org\r\n",
         "Queue-ID: 0123456789ABCDEF\r\n",
     ] {
-        assert!(head.contains(line), "{line:?} missing in {head}");
+        assert!(
+            head.contains(&line.to_ascii_lowercase()),
+            "{line:?} missing in {head}"
+        );
     }
     let spam = a.spam.as_ref().unwrap();
     assert_eq!((spam.score, spam.action.as_str()), (0.1, "no action"));
