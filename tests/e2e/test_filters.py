@@ -26,7 +26,7 @@ import uuid
 
 import pytest
 
-from support.filters import (GTUBE, BadMilter, Milter, MilterClient, OpenDkim, Rspamd, missing_opendkim,
+from support.filters import (GTUBE, BadMilter, Milter, MilterClient, OpenDkim, Rspamd, missing_opendkim, redis_cmd,
                              missing_pymilter, missing_rspamd)
 from support.net import free_port
 from support.server import Server, with_preset
@@ -803,3 +803,30 @@ def test_check_validates_filter_entries_and_warns_when_one_does_not_answer(rspam
         srv.write_config([hook])
         r = srv.cli("check", check=False)
         assert r.returncode != 0 and error in r.stderr, (hook, r.stderr)
+
+
+@needs_rspamd
+def test_learning_is_per_user_where_rspamd_keeps_statistics_per_user(filter_server):
+    """With `per_user = true` in rspamd's classifier, what a user files into Junk lands in
+    that user's statistics: Corvus names the user in `Deliver-To`."""
+    with Rspamd(password=RSPAMD_PASSWORD, per_user=True) as r:
+        srv = filter_server([rspamd_hook(r)])
+        with srv.smtp() as s:
+            code, text = send(s, SENDER, [BOB], msg(f"per user {tag()} quibbly frondle"))
+            assert code == 250, text
+        m = srv.imap(BOB)
+        imap_ok(m.select("INBOX"))
+        uids = imap_ok(m.uid("SEARCH", None, "ALL"))[0].split()
+        imap_ok(m.uid("MOVE", b",".join(uids).decode(), "Junk"))
+        m.logout()
+        deadline = time.monotonic() + 20
+        keys = []
+        while time.monotonic() < deadline:
+            keys = [k.decode() if isinstance(k, bytes) else k
+                    for k in (redis_cmd(r.redis_port, "SMEMBERS", "BAYES_SPAM_keys") or [])]
+            if any(BOB in k for k in keys):
+                break
+            time.sleep(0.2)
+        assert any(BOB in k for k in keys), (keys, r.learns())
+        key = next(k for k in keys if BOB in k)
+        assert int(redis_cmd(r.redis_port, "HGET", key, "learns_spam") or 0) == 1
