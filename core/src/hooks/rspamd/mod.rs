@@ -130,9 +130,11 @@ impl RspamdHook {
         )
         .map_err(fail)?;
         if let Some(f) = &d.facts {
+            // The message's trace: which entry, what it found, under the queue id.
             tracing::info!(
-                engine = %self.name, score = f.score, action = %f.action,
-                symbols = f.symbols.len(), "rspamd scanned"
+                queue_id = %ctx.queue_id, engine = %self.name, score = f.score,
+                action = %f.action, symbols = %f.symbols.join(","), verdict = d.verdict.name(),
+                "rspamd scanned"
             );
         }
         actions.edits.merge(d.edits);
