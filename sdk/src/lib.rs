@@ -55,9 +55,9 @@ pub mod bindings {
 }
 
 pub use bindings::corvus::plugin::auth::AuthFacts;
-pub use bindings::corvus::plugin::spam::SpamFacts;
 pub use bindings::corvus::plugin::dns::DnsError;
 pub use bindings::corvus::plugin::log::Level;
+pub use bindings::corvus::plugin::spam::SpamFacts;
 pub use bindings::corvus::plugin::types::{
     Credentials, FetchInfo, PluginInfo, Reply, Route, Verdict,
 };
