@@ -314,6 +314,41 @@ def test_rspamd_junk_score_files_into_junk(rspamd, filter_server):
 
 
 @needs_rspamd
+def test_rspamd_soft_reject_tempfails_and_greylist_alone_passes(rspamd, filter_server):
+    """`soft reject` (what rspamd's greylist module answers when it defers) → 451 with
+    rspamd's text; the `greylist` action on its own is accepted, as rspamd's milter does."""
+    srv = filter_server([rspamd_hook(rspamd)])
+    with srv.smtp() as s:
+        code, text = send(s, SENDER, [ALICE], msg(f"corvus-softreject {tag()}"))
+        assert code == 451 and text.startswith(b"4.7.1 ") and b"corvus test soft reject" in text, (code, text)
+        marker = tag()
+        code, text = send(s, SENDER, [ALICE], msg(f"corvus-greylist {marker}"))
+        assert code == 250, (code, text)
+    [m] = with_marker(srv, ALICE, marker)
+    assert field(m, "X-Spam-Status")[0].startswith("No, score="), m[:800]
+
+
+@needs_rspamd
+def test_rspamd_add_header_and_rewrite_subject(rspamd, filter_server):
+    """rspamd's test patterns: GTUBE starting with Y gives `add header` (→ `X-Spam: Yes`),
+    with Z `rewrite subject` (→ the Subject rspamd made)."""
+    srv = filter_server([rspamd_hook(rspamd, junk_score=1000.0, reject_score=1000.0)])
+    add, rewrite = tag(), tag()
+    with srv.smtp() as s:
+        code, text = send(s, SENDER, [ALICE], msg(f"add {add}", "Test\r\nY" + GTUBE[1:] + "\r\n"))
+        assert code == 250, (code, text)
+        code, text = send(s, SENDER, [ALICE], msg(f"rewrite {rewrite}", "Test\r\nZ" + GTUBE[1:] + "\r\n"))
+        assert code == 250, (code, text)
+    [m] = with_marker(srv, ALICE, add)
+    assert field(m, "X-Spam") == ["Yes"], m[:800]
+    assert field(m, "X-Spam-Status")[0].startswith("Yes, score="), m[:800]
+    [m] = with_marker(srv, ALICE, rewrite)
+    [subject] = field(m, "Subject")
+    assert subject != f"rewrite {rewrite}" and subject.endswith(f"rewrite {rewrite}"), subject
+    assert "SPAM" in subject, subject
+
+
+@needs_rspamd
 def test_rspamd_skipped_for_a_sender_a_script_before_it_accepts(rspamd, filter_server, tmp_path):
     script = tmp_path / "allow.rhai"
     script.write_text('fn on_data(ctx) { if ctx.mail_from == "friend@x.test" { accept() } else { next() } }\n')
