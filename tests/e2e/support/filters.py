@@ -1,5 +1,5 @@
 """Real mail filters for the filter hook tests (issue 24): rspamd with its own redis, the
-pymilter test milter (tests/e2e/milters/test_milter.py), OpenDKIM as a signing milter, and
+pymilter test milter (tests/e2e/milters/keyword_milter.py), OpenDKIM as a signing milter, and
 misbehaving milters written here with raw sockets.
 
 Every process is started by the test run itself, on free loopback ports, with all its files
@@ -36,7 +36,7 @@ from .net import free_port, port_open
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 MILTERS = pathlib.Path(__file__).resolve().parents[1] / "milters"
-TEST_MILTER = MILTERS / "test_milter.py"
+TEST_MILTER = MILTERS / "keyword_milter.py"
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
@@ -477,7 +477,7 @@ worker "hs_helper" {{ count = 0; }}
 
 
 class Milter:
-    """The pymilter test milter (tests/e2e/milters/test_milter.py; what it does is described
+    """The pymilter test milter (tests/e2e/milters/keyword_milter.py; what it does is described
     there): `Milter(unix=False).start()`, `stop()`.
 
     - `address`: what Corvus's `milter =` takes: "127.0.0.1:PORT", or "unix:/path" with

@@ -2,7 +2,7 @@
 """Test milter for the Corvus end-to-end tests (pymilter, Debian's python3-milter: run it with
 /usr/bin/python3, the interpreter that package installs for).
 
-Usage: test_milter.py SOCKET LOGFILE, where SOCKET is `inet:PORT@127.0.0.1` or
+Usage: keyword_milter.py SOCKET LOGFILE, where SOCKET is `inet:PORT@127.0.0.1` or
 `unix:/path/to.sock` (libmilter syntax).
 
 Every callback appends one JSON line to LOGFILE: {"ev": …, "conn": N, …}, with `conn` the
