@@ -436,11 +436,14 @@ def imap_ok(result):
     return data
 
 
-def wait_learned(r: Rspamd, base: tuple[int, int], spam: int, ham: int, what: str, srv: Server):
-    """Wait (up to 20 s) until rspamd learned `spam` and `ham` more than `base`; then check
-    that it is exactly that."""
-    want = (base[0] + spam, base[1] + ham)
-    got = poll(lambda: r.learned() == want and want, timeout=20, interval=0.2)
+def wait_learned(r: Rspamd, base: tuple[int, int], spam: int | tuple[int, ...], ham: int, what: str,
+                 srv: Server):
+    """Wait (up to 20 s) until rspamd learned `spam` and `ham` more than `base` (`spam` may
+    list the counts that are right); then check that it is exactly that."""
+    spams = spam if isinstance(spam, tuple) else (spam,)
+    wants = [(base[0] + s, base[1] + ham) for s in spams]
+    want = wants[0] if len(wants) == 1 else wants
+    got = poll(lambda: r.learned() in wants, timeout=20, interval=0.2)
     if not got:
         corvus = [l for l in srv.logs().splitlines() if "learn" in l.lower()][-10:]
         raise AssertionError(f"{what}: rspamd learned {r.learned()}, expected {want} (from {base})\n"
@@ -463,12 +466,14 @@ def test_moves_into_junk_learn_spam_and_out_learn_ham(rspamd, filter_server):
     imap_ok(m.uid("MOVE", b",".join(uids).decode(), "Junk"))
     wait_learned(rspamd, base, 2, 0, "after moving 2 messages into Junk", srv)
 
-    # One back to INBOX: learned as ham (and unlearned as spam).
+    # One back to INBOX: learned as ham. rspamd also unlearns it as spam when its learn cache
+    # has the first learn recorded by then, which it need not have (seen in CI): either count
+    # of spam is right, the ham is what Corvus owes.
     imap_ok(m.select("Junk"))
     junk = imap_ok(m.uid("SEARCH", None, "ALL"))[0].split()
     assert len(junk) == 2, junk
     imap_ok(m.uid("MOVE", junk[0].decode(), "INBOX"))
-    wait_learned(rspamd, base, 1, 1, "after moving 1 message from Junk to INBOX", srv)
+    wait_learned(rspamd, base, (1, 2), 1, "after moving 1 message from Junk to INBOX", srv)
     m.logout()
 
 
