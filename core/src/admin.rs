@@ -123,6 +123,28 @@ pub enum AdminCommand {
         /// created, or must be empty.
         dest: PathBuf,
     },
+    /// Create an admin API token.
+    TokenCreate {
+        /// Its name.
+        name: String,
+    },
+    /// List admin API tokens.
+    TokenList,
+    /// Revoke an admin API token.
+    TokenRevoke {
+        /// Its name.
+        name: String,
+    },
+    /// The trace of one message (queue id or Message-ID).
+    Trace {
+        /// Queue id or Message-ID.
+        id: String,
+    },
+    /// Search message traces.
+    TraceSearch {
+        /// What to look for.
+        query: crate::trace::Query,
+    },
     /// Read a Maildir++ tree or mbox file(s) into an account.
     MailboxImport {
         /// Account address.
@@ -366,6 +388,63 @@ pub fn execute_with_progress(
                 "DKIM key for {domain} created. Publish this DNS record:\n{}",
                 key.txt_record(&domain)
             )
+        }
+        AdminCommand::TokenCreate { name } => {
+            let token = crate::api_tokens::create(store, &name).wait()?;
+            format!(
+                "created API token {name}. It is shown only now; send it as \
+                 \"Authorization: Bearer <token>\":\n{token}"
+            )
+        }
+        AdminCommand::TokenList => {
+            let list = crate::api_tokens::list(store).wait()?;
+            if list.is_empty() {
+                return Ok("no API tokens (create one with `corvus token create NAME`)".into());
+            }
+            list.iter()
+                .map(|t| {
+                    format!(
+                        "{}\tcreated {}",
+                        t.name,
+                        chrono::DateTime::from_timestamp(t.created, 0).unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        AdminCommand::TokenRevoke { name } => {
+            crate::api_tokens::revoke(store, &name).wait()?;
+            format!("revoked API token {name}")
+        }
+        AdminCommand::Trace { id } => match crate::trace::get(store, &id).wait()? {
+            Some(r) => crate::trace::render(&r).trim_end().to_string(),
+            None => {
+                return Err(StoreError::NotFound(format!(
+                    "trace of {id} (give the queue id from \"250 … queued as ID\" or the Message-ID)"
+                ))
+                .into());
+            }
+        },
+        AdminCommand::TraceSearch { query } => {
+            let found = crate::trace::search(store, &query).wait()?;
+            if found.is_empty() {
+                return Ok("no traces match".into());
+            }
+            let mut out = format!(
+                "{:<17} {:<25} {:<10} {:<30} {}",
+                "ID", "CREATED", "RESULT", "SENDER", "RECIPIENTS"
+            );
+            for t in found {
+                out.push_str(&format!(
+                    "\n{:<17} {:<25} {:<10} {:<30} {}",
+                    t.id,
+                    t.created,
+                    t.result,
+                    if t.sender.is_empty() { "<>" } else { &t.sender },
+                    t.recipients.join(",")
+                ));
+            }
+            out
         }
         AdminCommand::AliasList => store
             .aliases()

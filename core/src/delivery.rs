@@ -74,6 +74,10 @@ pub struct Plan {
     pub remote: Vec<QueueRcpt>,
     /// One line per hook decision, for `corvus queue show`.
     pub decisions: Vec<String>,
+    /// Every `on_delivery` call, for the message trace.
+    pub steps: Vec<crate::trace::Step>,
+    /// Where each local copy goes, for the message trace.
+    pub filed: Vec<crate::trace::Filed>,
 }
 
 /// `on_delivery` asked to try again later (honoured only with `may_tempfail` and one
@@ -162,6 +166,7 @@ impl Delivery {
                 dctx.message = Some(message.clone());
                 let mut d = self.hooks.run_async(&dctx, session).await;
                 plan.decisions.append(&mut d.decisions);
+                plan.steps.append(&mut d.steps);
                 let folder = match d.verdict {
                     Verdict::Reject { .. } | Verdict::Discard => {
                         tracing::info!(rcpt = %target, "copy dropped by on_delivery");
@@ -186,6 +191,11 @@ impl Delivery {
                         .or_else(|| rcpt.file_into.clone())
                         .unwrap_or_else(|| "INBOX".into()),
                 };
+                plan.filed.push(crate::trace::Filed {
+                    recipient: rcpt.address.clone(),
+                    user: target.clone(),
+                    mailbox: folder.clone(),
+                });
                 let placement = Placement {
                     user: target.clone(),
                     mailbox: folder,
@@ -212,7 +222,29 @@ impl Delivery {
             .queue
             .as_ref()
             .is_some_and(|(e, _)| !e.rcpts.is_empty());
+        let kinds: Vec<&'static str> = ingest
+            .filed
+            .iter()
+            .flat_map(|f| f.placements.iter())
+            .map(|p| {
+                if p.mailbox.eq_ignore_ascii_case("INBOX") {
+                    "inbox"
+                } else if p.mailbox.eq_ignore_ascii_case("Junk") {
+                    "junk"
+                } else {
+                    "other"
+                }
+            })
+            .collect();
+        let started = std::time::Instant::now();
         let receipt = self.store.ingest(ingest).await?;
+        crate::metrics::m().store_op("ingest", started.elapsed());
+        for mailbox in kinds {
+            crate::metrics::m()
+                .local_deliveries
+                .get_or_create(&crate::metrics::MailboxLabel { mailbox })
+                .inc();
+        }
         if queued {
             self.wakeup.notify_one();
         }

@@ -14,6 +14,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod api_tokens;
 pub mod bench;
 pub mod blocking;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod delivery;
 pub mod dkim;
 pub mod dns;
 pub mod hooks;
+pub mod http;
 pub mod imap;
 pub mod ipnet;
 pub mod listener;
@@ -30,6 +32,7 @@ pub mod login;
 pub mod mailbox_io;
 pub mod memory;
 pub mod message;
+pub mod metrics;
 pub mod net;
 pub mod pop3;
 pub mod queue;
@@ -45,4 +48,5 @@ mod test_dns;
 #[cfg(test)]
 mod testing;
 pub mod tls;
+pub mod trace;
 pub mod ttl_cache;

@@ -151,6 +151,7 @@ impl Login {
             return Err(Refusal::Throttled);
         };
         if creds.proxies() {
+            crate::metrics::m().login(ctx.listener.protocol().name(), false);
             tracing::info!(user = %creds.user, authz = %creds.authzid, "login failed: authzid differs");
             return Err(Refusal::NotAuthorized {
                 closing: attempt.fail(),
@@ -208,6 +209,8 @@ impl Login {
             }
             Verdict::Reject { .. } | Verdict::Discard | Verdict::Quarantine(_) => None,
         };
+        let protocol = ctx.listener.protocol().name();
+        crate::metrics::m().login(protocol, account.is_some());
         match account {
             Some(account) => {
                 attempt.succeed();

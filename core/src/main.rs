@@ -64,6 +64,17 @@ enum Command {
     /// DKIM signing keys for outbound mail.
     #[command(subcommand)]
     Dkim(DkimCmd),
+    /// Tokens for the admin HTTP API and web console (`Authorization: Bearer <token>`).
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// The story of one message: connection, every hook's verdict and why, sender
+    /// authentication, spam score, where each copy was filed, every delivery attempt.
+    ///
+    /// With ID (the queue id from "250 … queued as ID", or the Message-ID), that message's
+    /// trace; without, a search (newest first) by --sender, --recipient, --message-id and
+    /// time (--since/--until: RFC 3339 or Unix seconds). Traces are kept for
+    /// `[trace] retention` (7 days by default).
+    Trace(TraceArgs),
     /// Load-test a running Corvus with mixed SMTP, IMAP and POP3 traffic and report throughput,
     /// latency percentiles and errors. Point it only at servers you run.
     Bench(BenchArgs),
@@ -334,6 +345,55 @@ enum QueueCmd {
         /// Queue id.
         id: String,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token named NAME. The token is printed once, alone on the last line; only its
+    /// hash is stored.
+    Create {
+        /// A name for it (letters, digits, '-', '_', '.'), e.g. the script or person using it.
+        name: String,
+    },
+    /// List tokens by name and creation time.
+    List,
+    /// Revoke the token NAME: requests with it get 401 from now on.
+    Revoke {
+        /// Its name.
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct TraceArgs {
+    /// Queue id or Message-ID; omit to search.
+    id: Option<String>,
+    /// Search: the envelope sender contains this.
+    #[arg(long)]
+    sender: Option<String>,
+    /// Search: a recipient contains this.
+    #[arg(long)]
+    recipient: Option<String>,
+    /// Search: the Message-ID contains this.
+    #[arg(long)]
+    message_id: Option<String>,
+    /// Search: from this time on (RFC 3339 or Unix seconds).
+    #[arg(long, value_parser = parse_time)]
+    since: Option<i64>,
+    /// Search: before this time (RFC 3339 or Unix seconds).
+    #[arg(long, value_parser = parse_time)]
+    until: Option<i64>,
+    /// Search: at most this many.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    s.parse::<i64>()
+        .or_else(|_| chrono::DateTime::parse_from_rfc3339(s).map(|d| d.timestamp()))
+        .map_err(|_| {
+            format!("{s:?} is not a time: give RFC 3339 (2026-12-07T10:00:00Z) or Unix seconds")
+        })
 }
 
 #[derive(Subcommand)]
@@ -631,6 +691,20 @@ fn main() -> ExitCode {
         }
         Command::Alias(AliasCmd::Del { alias }) => AdminCommand::AliasDel { alias },
         Command::Alias(AliasCmd::List) => AdminCommand::AliasList,
+        Command::Token(TokenCmd::Create { name }) => AdminCommand::TokenCreate { name },
+        Command::Token(TokenCmd::List) => AdminCommand::TokenList,
+        Command::Token(TokenCmd::Revoke { name }) => AdminCommand::TokenRevoke { name },
+        Command::Trace(TraceArgs { id: Some(id), .. }) => AdminCommand::Trace { id },
+        Command::Trace(a) => AdminCommand::TraceSearch {
+            query: corvus::trace::Query {
+                sender: a.sender,
+                recipient: a.recipient,
+                message_id: a.message_id,
+                since: a.since,
+                until: a.until,
+                limit: Some(a.limit),
+            },
+        },
         Command::Queue(QueueCmd::List) => AdminCommand::QueueList,
         Command::Queue(QueueCmd::Show { id }) => AdminCommand::QueueShow { id },
         Command::Queue(QueueCmd::Flush { id }) => AdminCommand::QueueFlush { id },

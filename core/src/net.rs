@@ -66,7 +66,7 @@ impl Stream {
     /// Upgrade to TLS within [`HANDSHAKE_TIMEOUT`] (implicit TLS, STARTTLS, STLS); false
     /// (logged at debug) when the handshake failed or timed out: the session ends then.
     pub async fn start_tls(&mut self, acceptor: &tokio_rustls::TlsAcceptor) -> bool {
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.upgrade(acceptor)).await {
+        let ok = match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.upgrade(acceptor)).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "TLS handshake failed");
@@ -76,7 +76,13 @@ impl Stream {
                 tracing::debug!("TLS handshake timed out");
                 false
             }
-        }
+        };
+        let version = match self {
+            Stream::Tls(s) => s.get_ref().1.protocol_version(),
+            _ => None,
+        };
+        crate::metrics::tls_handshake(acceptor, ok, version);
+        ok
     }
 
     /// Upgrade a plain stream to TLS.

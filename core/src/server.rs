@@ -32,6 +32,8 @@ struct Services {
     reports: Option<crate::sender_auth::report::Deps>,
     /// Connection counters.
     conn_limits: Arc<ConnLimits>,
+    /// TLS of the `https` listener.
+    http_tls: tokio_rustls::TlsAcceptor,
     /// The hook chain, swapped on reload.
     hooks: Arc<HookChain>,
     config: Arc<Config>,
@@ -118,6 +120,7 @@ impl Services {
                 shutdown: shutdown.clone(),
             }),
             reports,
+            http_tls: tls.http,
             conn_limits: ConnLimits::with_protocols(
                 config.limits.max_connections,
                 config.limits.max_connections_per_ip,
@@ -384,14 +387,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("listen.{proto}: cannot bind {addr}"))?;
         bound.push((proto, addr, l));
     }
+    let mut http_bound = Vec::new();
+    for (tls, addr) in config.http_listeners() {
+        let key = if tls { "https" } else { "http" };
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen.{key}: cannot bind {addr}"))?;
+        http_bound.push((tls, addr, l));
+    }
     let for_reload = services.clone();
+    let reloader: crate::control::Reloader =
+        Arc::new(move || reload_hooks(&for_reload.config, &for_reload.store, &for_reload.hooks));
     crate::control::serve(
         &config.control_socket(),
         store.clone(),
         config.domains.clone(),
         shutdown.clone(),
         services.queue.delivery.queue_wakeup().clone(),
-        Arc::new(move || reload_hooks(&for_reload.config, &for_reload.store, &for_reload.hooks)),
+        reloader.clone(),
     )
     .await
     .with_context(|| format!("control socket {}", config.control_socket().display()))?;
@@ -404,6 +417,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     for (proto, addr, _) in &bound {
         println!("  {proto:<12} listening on {addr}");
+    }
+    for (tls, addr, _) in &http_bound {
+        let key = if *tls { "https" } else { "http" };
+        println!("  {key:<12} listening on {addr} (admin console at /admin/, metrics at /metrics)");
     }
     if store.accounts().await?.is_empty() {
         // The exact command: with the config file the server runs from (the CLI then finds
@@ -424,6 +441,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(reload_on_sighup(services.clone(), hangups));
 
     let tracker = TaskTracker::new();
+    crate::trace::start(store.clone(), &config.trace, shutdown.clone());
+    let http = crate::http::State::new(
+        config.clone(),
+        store.clone(),
+        reloader,
+        services.queue.delivery.queue_wakeup().clone(),
+    );
+    crate::http::serve(
+        http.clone(),
+        http_bound,
+        services.http_tls.clone(),
+        shutdown.clone(),
+        &tracker,
+    );
     tracker.spawn(crate::queue::run(services.queue.clone()));
     if let Some(deps) = reports {
         tracker.spawn(crate::sender_auth::report::run(deps, shutdown.clone()));
@@ -434,6 +465,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracker.spawn(accept_loop(services, listener, proto, tracker2));
     }
 
+    http.listening
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     signals.await;
     tracing::info!("shutting down: no new connections; waiting for sessions to finish");
     shutdown.cancel();
@@ -569,17 +602,37 @@ async fn accept_loop(
         {
             Ok(s) => s,
             Err(why) => {
+                connection_metric(proto, "refused");
                 tracing::info!(%peer, ?why, "connection refused by limits");
                 tracker.spawn(refuse(tcp, proto, why));
                 continue;
             }
         };
+        connection_metric(proto, "accepted");
         let shared = shared.clone();
         tracker.spawn(async move {
             let _slot = slot;
+            let open = crate::metrics::m()
+                .sessions_open
+                .get_or_create(&crate::metrics::ListenerLabel {
+                    listener: proto.name(),
+                })
+                .clone();
+            open.inc();
             session(shared, tcp, peer, proto).await;
+            open.dec();
         });
     }
+}
+
+fn connection_metric(proto: Listener, result: &'static str) {
+    crate::metrics::m()
+        .connections
+        .get_or_create(&crate::metrics::ListenerResult {
+            listener: proto.name(),
+            result,
+        })
+        .inc();
 }
 
 /// The session for `proto`, boxed at its own size. As one `async fn` matching on the protocol,

@@ -54,6 +54,8 @@ pub struct Acceptors {
     pub imap: TlsAcceptor,
     /// pop3 (STLS), pop3s.
     pub pop3: TlsAcceptor,
+    /// The `https` listener (HTTP/1.1).
+    pub http: TlsAcceptor,
 }
 
 /// Build the acceptors from the configured or generated certificate.
@@ -89,6 +91,7 @@ pub fn acceptors(config: &Config) -> Result<Acceptors, TlsError> {
         smtp: with_alpn(b"smtp"),
         imap: with_alpn(b"imap"),
         pop3: with_alpn(b"pop3"),
+        http: with_alpn(b"http/1.1"),
     })
 }
 

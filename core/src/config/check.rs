@@ -16,6 +16,22 @@ impl Config {
                 }
             }
         }
+        for (key, addrs) in [("http", &self.listen.http), ("https", &self.listen.https)] {
+            for s in addrs.iter().flat_map(|a| a.strings()) {
+                if s.parse::<SocketAddr>().is_err() {
+                    problems.push(format!(
+                        "listen.{key}: {s:?} is not an address; write ip:port, e.g. \"127.0.0.1:8080\""
+                    ));
+                }
+            }
+        }
+        if self.http.max_connections == 0 {
+            problems.push("http.max_connections: must be at least 1".into());
+        }
+        if self.trace.max_traces == 0 {
+            problems
+                .push("trace.max_traces: must be at least 1 (traces cannot be turned off)".into());
+        }
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) | (None, Some(_)) => problems.push(
                 "tls: set both cert and key, or neither (a self-signed certificate is then generated)".into(),

@@ -56,6 +56,10 @@ pub struct Config {
     pub pop3: Pop3,
     /// Inbound sender authentication (SPF, DKIM, DMARC, ARC) on the `smtp` listener.
     pub sender_auth: SenderAuth,
+    /// The HTTP listeners: admin API, console, metrics, health checks.
+    pub http: Http,
+    /// The message trace (`corvus trace`, `/api/trace/{id}`).
+    pub trace: Trace,
     /// Limits on WASM plugins (`[[hooks]] plugin = ...`), one set for the process.
     pub plugins: Plugins,
     /// Logging.
@@ -168,6 +172,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "imap",
     "pop3",
     "sender_auth",
+    "http",
+    "trace",
     "plugins",
     "log",
     "shutdown_timeout",
@@ -191,6 +197,57 @@ pub struct Listen {
     pub pop3: Option<Addrs>,
     /// POP3 over implicit TLS (port 995).
     pub pop3s: Option<Addrs>,
+    /// Plain HTTP: admin API, web console, `/metrics`, `/healthz`, `/readyz`. Meant for
+    /// loopback or a private network.
+    pub http: Option<Addrs>,
+    /// The same over TLS, with the server's certificate.
+    pub https: Option<Addrs>,
+}
+
+/// The HTTP listeners (`[http]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Empty: `/metrics` needs no token. Else scrapers send `Authorization: Bearer <token>`.
+    pub metrics_token: String,
+    /// How long a client has to send a request's headers (slow clients are cut off).
+    #[serde(with = "dur")]
+    pub header_timeout: Duration,
+    /// Largest request body (JSON) the API reads.
+    pub max_body: u64,
+    /// Concurrent HTTP connections, over all HTTP listeners.
+    pub max_connections: usize,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            metrics_token: String::new(),
+            header_timeout: Duration::from_secs(10),
+            max_body: 1024 * 1024,
+            max_connections: 256,
+        }
+    }
+}
+
+/// The message trace (`[trace]`): the story of each message, without its body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Trace {
+    /// How long a trace is kept ("7d").
+    #[serde(with = "dur")]
+    pub retention: Duration,
+    /// At most this many traces are kept; the oldest go first.
+    pub max_traces: u64,
+}
+
+impl Default for Trace {
+    fn default() -> Self {
+        Trace {
+            retention: Duration::from_secs(7 * 86400),
+            max_traces: 100_000,
+        }
+    }
 }
 
 /// One address or a list of them, as written in the file (validated by [`Config::check`]).
@@ -729,6 +786,8 @@ impl Default for Config {
             pop3: Pop3::default(),
             plugins: Plugins::default(),
             sender_auth: SenderAuth::default(),
+            http: Http::default(),
+            trace: Trace::default(),
             log: Log::default(),
             shutdown_timeout: Duration::from_secs(30),
             hooks: Vec::new(),
@@ -812,6 +871,8 @@ impl Config {
                 imaps: one(2993),
                 pop3: one(2110),
                 pop3s: one(2995),
+                http: one(2080),
+                https: None,
             },
             ..Config::default()
         }
@@ -824,6 +885,19 @@ impl Config {
             for s in addrs.strings() {
                 if let Ok(a) = s.parse() {
                     out.push((key, a));
+                }
+            }
+        }
+        out
+    }
+
+    /// Parsed HTTP listener addresses, each with whether it speaks TLS.
+    pub fn http_listeners(&self) -> Vec<(bool, SocketAddr)> {
+        let mut out = Vec::new();
+        for (tls, addrs) in [(false, &self.listen.http), (true, &self.listen.https)] {
+            for s in addrs.iter().flat_map(|a| a.strings()) {
+                if let Ok(a) = s.parse() {
+                    out.push((tls, a));
                 }
             }
         }

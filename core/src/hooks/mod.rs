@@ -487,6 +487,8 @@ pub struct Outcome {
     pub actions: Actions,
     /// One line per decision other than Continue, for `corvus queue show`.
     pub decisions: Vec<String>,
+    /// Every entry's call, for the message trace.
+    pub steps: Vec<crate::trace::Step>,
 }
 
 /// The ordered list of engines. The list can be swapped while sessions run ([`Self::replace`],
@@ -537,6 +539,7 @@ impl HookChain {
         let entries = self.entries();
         let mut actions = Actions::default();
         let mut decisions = Vec::new();
+        let mut steps = Vec::new();
         // The facts as later entries see them, once an entry changed them: a spam filter's
         // result, and the message as filters (milters, rspamd) edited it.
         let mut updated: Option<HookCtx> = None;
@@ -561,11 +564,20 @@ impl HookChain {
                 updated = Some(next);
             }
             let cur = updated.as_ref().unwrap_or(ctx);
-            if let Some(verdict) = settle(engine.as_ref(), cur, result, started, &mut decisions) {
+            let settled = settle(
+                engine.as_ref(),
+                cur,
+                result,
+                started,
+                &mut decisions,
+                &mut steps,
+            );
+            if let Some(verdict) = settled {
                 return Outcome {
                     verdict,
                     actions,
                     decisions,
+                    steps,
                 };
             }
         }
@@ -573,6 +585,7 @@ impl HookChain {
             verdict: Verdict::Continue,
             actions,
             decisions,
+            steps,
         }
     }
 }
@@ -585,19 +598,45 @@ fn settle(
     result: Result<Verdict, HookError>,
     started: Instant,
     decisions: &mut Vec<String>,
+    steps: &mut Vec<crate::trace::Step>,
 ) -> Option<Verdict> {
+    let took = started.elapsed();
+    let point = ctx.point.function_name();
+    let step = |verdict: &str, reason: String| crate::trace::Step {
+        at: crate::trace::now_rfc3339(),
+        stage: point.to_string(),
+        engine: engine.name().to_string(),
+        verdict: verdict.to_string(),
+        reason,
+        micros: took.as_micros() as u64,
+    };
     let verdict = match result {
-        Ok(v) => v,
+        Ok(v) => {
+            crate::metrics::m().hook_call(point, engine.name(), v.name(), took);
+            v
+        }
         Err(e) => {
-            let micros = started.elapsed().as_micros();
-            tracing::warn!(hook = ctx.point.function_name(), engine = engine.name(), error = %e, micros, "hook failed");
-            engine.on_error().verdict()?
+            crate::metrics::m().hook_call(point, engine.name(), "error", took);
+            let micros = took.as_micros();
+            tracing::warn!(hook = point, engine = engine.name(), error = %e, micros, "hook failed");
+            let v = engine.on_error().verdict();
+            let policy = match &v {
+                Some(v) => format!("on_error gives {}", v.name()),
+                None => "on_error = continue".to_string(),
+            };
+            steps.push(step("error", format!("{e}; {policy}")));
+            let v = v?;
+            if v.ends_chain() {
+                decisions.push(format!("{point} {}: {}", engine.name(), v.decision()));
+            }
+            return v.ends_chain().then_some(v);
         }
     };
+    steps.push(step(verdict.name(), verdict.describe()));
     if !verdict.ends_chain() {
         return None;
     }
-    let micros = started.elapsed().as_micros();
+    let micros = took.as_micros();
     tracing::info!(
         hook = ctx.point.function_name(),
         engine = engine.name(),

@@ -495,8 +495,10 @@ async fn deliver_domain(
                 Ok(replies) => {
                     for (&i, reply) in pending.iter().zip(replies) {
                         if reply.ok() {
-                            results[i] =
-                                Some(Outcome::Delivered(format!("{host} [{ip}]: {reply}")));
+                            results[i] = Some(Outcome::Delivered(format!(
+                                "{host} [{ip}] tls {}: {reply}",
+                                client.tls
+                            )));
                         } else if reply.permanent() {
                             results[i] = Some(perm_reply(&reply, host));
                         } else {
@@ -640,6 +642,7 @@ async fn finish(
     let expired = now() - entry.created >= cfg.expire.as_secs() as i64;
     let mut bounces = Vec::new();
     let mut remaining = Vec::new();
+    trace_attempt(&entry.id, &outcomes, expired);
     for (rcpt, o) in outcomes {
         match o {
             Outcome::Delivered(how) => tracing::info!(rcpt = %rcpt.address, %how, "delivered"),
@@ -682,8 +685,9 @@ async fn finish(
         .collect();
     if !wanted.is_empty() && !entry.mail_from.is_empty() {
         let bounce = dsn::build(&shared.config.hostname, entry, &wanted, message);
-        if let Err(e) = send_bounce(shared, &entry.mail_from, bounce).await {
-            tracing::error!(error = %e, "could not queue the bounce");
+        match send_bounce(shared, &entry.mail_from, bounce).await {
+            Ok(()) => trace_dsn(entry, "failed", wanted.iter().map(|b| &b.rcpt)),
+            Err(e) => tracing::error!(error = %e, "could not queue the bounce"),
         }
     }
     // Optional delay warning, once, to senders who did not opt out (RFC 3461 NOTIFY=DELAY).
@@ -706,8 +710,9 @@ async fn finish(
             .collect();
         if !delayed.is_empty() {
             let notice = dsn::build(&shared.config.hostname, entry, &delayed, message);
-            if let Err(e) = send_bounce(shared, &entry.mail_from, notice).await {
-                tracing::error!(error = %e, "could not queue the delay warning");
+            match send_bounce(shared, &entry.mail_from, notice).await {
+                Ok(()) => trace_dsn(entry, "delayed", delayed.iter().map(|b| &b.rcpt)),
+                Err(e) => tracing::error!(error = %e, "could not queue the delay warning"),
             }
         }
         entry.warned = true;
@@ -734,6 +739,83 @@ async fn finish(
         Err(e) => tracing::error!(error = %e, "updating the queue failed"),
     }
     let _ = shared.store.commit().await;
+}
+
+/// One attempt's results in the message trace and the delivery metrics: one entry per
+/// distinct result.
+fn trace_attempt(id: &str, outcomes: &[(QueueRcpt, Outcome)], expired: bool) {
+    let mut groups: Vec<crate::trace::Attempt> = Vec::new();
+    for (rcpt, o) in outcomes {
+        let (result, text) = match o {
+            Outcome::Delivered(t) => ("delivered", t.clone()),
+            Outcome::Perm { text, status, .. } => ("bounced", format!("{status} {text}")),
+            Outcome::Temp(t) if expired => ("bounced", format!("expired: {t}")),
+            Outcome::Temp(t) => ("deferred", t.clone()),
+        };
+        crate::metrics::m()
+            .queue_deliveries
+            .get_or_create(&crate::metrics::ResultLabel { result })
+            .inc();
+        match groups
+            .iter_mut()
+            .find(|g| g.result == result && g.reply == text)
+        {
+            Some(g) => g.recipients.push(rcpt.address.clone()),
+            None => {
+                // "host [ip] tls X: reply" for a reached host.
+                let (mx, tls) = match (text.find(" ["), text.find("] ")) {
+                    (Some(a), Some(b)) if a < b => {
+                        let tls = text[b + 2..]
+                            .strip_prefix("tls ")
+                            .and_then(|t| t.split_once(": "))
+                            .map(|(t, _)| t.to_string())
+                            .filter(|t| t != "none");
+                        (Some(text[..=b].to_string()), tls)
+                    }
+                    _ => (None, None),
+                };
+                groups.push(crate::trace::Attempt {
+                    at: crate::trace::now_rfc3339(),
+                    recipients: vec![rcpt.address.clone()],
+                    mx,
+                    tls,
+                    reply: crate::trace::clip(&text),
+                    result: result.to_string(),
+                });
+            }
+        }
+    }
+    for g in groups {
+        crate::trace::emit(crate::trace::Event::Attempt(id.to_string(), g));
+    }
+}
+
+/// A DSN sent for `entry`, in the trace and the metrics.
+fn trace_dsn<'a>(
+    entry: &QueueEntry,
+    action: &'static str,
+    rcpts: impl Iterator<Item = &'a QueueRcpt>,
+) {
+    crate::metrics::m()
+        .dsns
+        .get_or_create(&crate::metrics::ResultLabel { result: action })
+        .inc();
+    let list: Vec<&str> = rcpts.map(|r| r.address.as_str()).collect();
+    crate::trace::emit(crate::trace::Event::Steps(
+        entry.id.clone(),
+        vec![crate::trace::Step {
+            at: crate::trace::now_rfc3339(),
+            stage: "dsn".into(),
+            engine: "queue".into(),
+            verdict: action.into(),
+            reason: format!(
+                "DSN ({action}) sent to <{}> for {}",
+                entry.mail_from,
+                list.join(", ")
+            ),
+            micros: 0,
+        }],
+    ));
 }
 
 /// Deliver a bounce or delay notice from `<>`: through the one delivery path (the sender's

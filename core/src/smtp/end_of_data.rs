@@ -32,6 +32,27 @@ pub(in crate::smtp) fn forwarding_domain(rcpts: &[Rcpt]) -> Option<String> {
     first
 }
 
+/// What the end of DATA leaves for the message trace and the transaction metric.
+#[derive(Default)]
+pub(in crate::smtp) struct DataTrace {
+    rec: crate::trace::Record,
+    /// Why the message was refused (`corvus_smtp_transactions_total{reason}`).
+    reason: &'static str,
+    /// Accepted and dropped (a hook's discard, a filter that removed every recipient).
+    discarded: bool,
+}
+
+fn policy_step(verdict: &str, reason: String) -> crate::trace::Step {
+    crate::trace::Step {
+        at: crate::trace::now_rfc3339(),
+        stage: "policy".into(),
+        engine: "corvus".into(),
+        verdict: verdict.into(),
+        reason,
+        micros: 0,
+    }
+}
+
 impl Session {
     pub(in crate::smtp) fn check_ready_for_data(&self) -> Option<Reply> {
         match &self.tx {
@@ -43,16 +64,71 @@ impl Session {
         }
     }
 
-    /// Everything after the last byte of message data: checks, hooks, storage, the reply.
+    /// Everything after the last byte of message data: checks, hooks, storage, the reply;
+    /// then the transaction's metric and its message trace.
     pub(in crate::smtp) async fn end_of_data(
         &mut self,
         data: Result<Vec<u8>, DataProblem>,
     ) -> Reply {
-        let Some(mut tx) = self.tx.take() else {
+        let Some(tx) = self.tx.take() else {
             return Reply::bad_sequence("Need MAIL command");
         };
+        let mut t = DataTrace::default();
+        t.rec.id = format!("{:016X}", rand::random::<u64>());
+        t.rec.created = crate::trace::now_rfc3339();
+        t.rec.created_unix = chrono::Utc::now().timestamp();
+        t.rec.sender = tx.from.to_string();
+        t.rec.recipients = tx.rcpts.iter().map(|r| r.address.clone()).collect();
+        t.rec.steps = tx.steps.clone();
+        t.rec.connection = self.trace_connection();
+        let reply = self.decide_data(tx, data, &mut t).await;
+        let (result, reason) = match reply.code {
+            200..=399 if t.discarded => ("discarded", ""),
+            200..=399 => ("accepted", ""),
+            400..=499 => ("tempfailed", t.reason),
+            _ => ("rejected", t.reason),
+        };
+        let metric_result = if result == "discarded" {
+            "accepted"
+        } else {
+            result
+        };
+        crate::metrics::m().smtp_transaction(self.listener.name(), metric_result, reason);
+        t.rec.result = result.to_string();
+        t.rec.reply = reply.to_string().trim_end().to_string();
+        crate::trace::emit(crate::trace::Event::Begin(Box::new(t.rec)));
+        reply
+    }
+
+    /// The session's facts for the trace.
+    fn trace_connection(&self) -> crate::trace::Connection {
+        let (ptr, fcrdns) = match &self.fcrdns {
+            Some(Fcrdns::Pass(n)) => (Some(n.clone()), "pass"),
+            Some(Fcrdns::Mismatch(n)) => (Some(n.clone()), "fail"),
+            Some(Fcrdns::None) => (None, "none"),
+            Some(Fcrdns::TempError) => (None, "temperror"),
+            None => (None, "pending"),
+        };
+        crate::trace::Connection {
+            listener: self.listener.name().to_string(),
+            ip: self.peer.ip().to_string(),
+            ptr,
+            fcrdns: fcrdns.to_string(),
+            helo: self.helo.clone(),
+            tls: self.conn.stream.tls_info(),
+            user: self.user.clone(),
+        }
+    }
+
+    async fn decide_data(
+        &mut self,
+        mut tx: Transaction,
+        data: Result<Vec<u8>, DataProblem>,
+        t: &mut DataTrace,
+    ) -> Reply {
         self.bdat = None;
         let max = self.deps.config.smtp.max_message_size;
+        t.reason = "content";
         let mut body = match data {
             Ok(b) if b.len() as u64 > max => return Reply::too_big(max),
             Ok(b) => b,
@@ -78,6 +154,7 @@ impl Session {
                 return Reply::new(550, "5.6.0", "NUL bytes are not allowed in a message");
             }
             Err(DataProblem::NoMemory) => {
+                t.reason = "memory";
                 return Reply::new(
                     452,
                     "4.3.1",
@@ -86,8 +163,14 @@ impl Session {
             }
         };
         self.messages += 1;
-        let queue_id = format!("{:016X}", rand::random::<u64>());
+        let queue_id = t.rec.id.clone();
+        t.rec.size = body.len() as u64;
+        t.rec.message_id = crate::message::header_values(&body, "Message-ID", true)
+            .into_iter()
+            .next()
+            .map(|m| m.trim().to_string());
         let fcrdns = self.fcrdns().await;
+        t.rec.connection = self.trace_connection();
         // Sender authentication (inbound smtp): results for the header, hooks and policy.
         let checked = if self.sender_checks() {
             let helo = self.helo.clone().unwrap_or_default();
@@ -147,7 +230,40 @@ impl Session {
         }
         let msg = Arc::new(msg);
         ctx.message = Some(msg.clone());
+        if let Some(c) = &checked {
+            t.rec.sender_auth = Some(crate::trace::SenderAuth {
+                spf: c.facts.spf.to_string(),
+                dkim: c.facts.dkim.to_string(),
+                dmarc: c.facts.dmarc.to_string(),
+                arc: c.facts.arc.to_string(),
+            });
+            for (method, result) in [
+                ("spf", &c.facts.spf),
+                ("dkim", &c.facts.dkim),
+                ("dmarc", &c.facts.dmarc),
+                ("arc", &c.facts.arc),
+            ] {
+                crate::metrics::m()
+                    .sender_auth
+                    .get_or_create(&crate::metrics::SenderAuthResult {
+                        method,
+                        result: result.to_string(),
+                    })
+                    .inc();
+            }
+        }
         let outcome = self.deps.hooks.run_async(&ctx, Some(&*self.hooks)).await;
+        t.rec.steps.extend(outcome.steps.iter().cloned());
+        if let Some(s) = &outcome.actions.spam {
+            t.rec.spam = Some(crate::trace::Spam {
+                engine: s.engine.clone(),
+                score: s.score,
+                required: s.required,
+                action: s.action.clone(),
+                symbols: s.symbols.clone(),
+            });
+        }
+        t.reason = "hook";
         if let Some(r) = Reply::refusal(&outcome.verdict) {
             return r;
         }
@@ -164,6 +280,7 @@ impl Session {
         }
         let quarantine = match &outcome.verdict {
             Verdict::Discard => {
+                t.discarded = true;
                 tracing::info!(queue_id, "message discarded by hook");
                 return Reply::new(250, "2.0.0", format!("Ok: queued as {queue_id}"));
             }
@@ -174,10 +291,17 @@ impl Session {
         let quarantine = match checked.as_ref().map(|c| &c.action) {
             _ if outcome.verdict == Verdict::Accept => quarantine,
             Some(crate::sender_auth::Action::Reject(text)) => {
+                t.reason = "dmarc";
+                t.rec
+                    .steps
+                    .push(policy_step("reject", format!("DMARC policy: {text}")));
                 tracing::info!(queue_id, from = %tx.from, "message rejected by DMARC policy");
                 return Reply::new(550, "5.7.1", text.clone());
             }
             Some(crate::sender_auth::Action::Quarantine(why)) => {
+                t.rec
+                    .steps
+                    .push(policy_step("quarantine", format!("DMARC policy: {why}")));
                 quarantine.or_else(|| Some(why.clone()))
             }
             _ => quarantine,
@@ -192,6 +316,11 @@ impl Session {
         };
         let msg = crate::message::prepend_headers(&msg, &outcome.actions.add_headers);
         if !edits.is_empty() && !self.apply_envelope_edits(&mut tx, edits, &queue_id).await {
+            t.discarded = true;
+            t.rec.steps.push(policy_step(
+                "discard",
+                "a filter removed every recipient".into(),
+            ));
             return Reply::new(250, "2.0.0", format!("Ok: queued as {queue_id}"));
         }
 
@@ -221,8 +350,26 @@ impl Session {
             .await
         {
             Ok(plan) => plan,
-            Err(t) => return Reply::hook_refusal(t.code, t.enhanced.as_ref(), &t.text, false),
+            Err(e) => {
+                t.reason = "hook";
+                return Reply::hook_refusal(e.code, e.enhanced.as_ref(), &e.text, false);
+            }
         };
+        t.rec.steps.extend(plan.steps.iter().cloned());
+        t.rec.filed = plan.filed.clone();
+        if !plan.remote.is_empty() {
+            t.rec.steps.push(policy_step(
+                "queue",
+                format!(
+                    "queued for {}",
+                    plan.remote
+                        .iter()
+                        .map(|r| r.address.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
         let remote = !plan.remote.is_empty();
         // Mail an alias forwards to another domain leaves ARC-sealed (RFC 8617).
         let mut queued = msg.clone();
@@ -256,6 +403,7 @@ impl Session {
         // (every local copy and the queue entry) is durable; on an error nothing of it is
         // visible, so the client's retry cannot duplicate a copy.
         if let Err(e) = self.deps.delivery.ingest(ingest).await {
+            t.reason = "storage";
             tracing::error!(error = %e, "storing message failed");
             return Reply::local_error();
         }

@@ -117,6 +117,7 @@ impl Session {
             params,
             rcpts: Vec::new(),
             spf,
+            steps: outcome.steps,
         });
         self.reply(Reply::new(250, "2.1.0", "Sender OK"));
         Flow::Continue

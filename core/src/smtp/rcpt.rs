@@ -43,7 +43,17 @@ impl Session {
         ctx.rcpt = address.clone();
         ctx.route = Some(route.clone());
         let outcome = self.deps.hooks.run_async(&ctx, Some(&*self.hooks)).await;
+        if let Some(tx) = &mut self.tx {
+            tx.steps.extend(outcome.steps.iter().cloned().map(|mut s| {
+                s.reason = format!("{address}: {}", s.reason);
+                s
+            }));
+        }
         if let Some(r) = Reply::refusal(&outcome.verdict) {
+            crate::metrics::m()
+                .smtp_rcpt_refused
+                .get_or_create(&crate::metrics::ResultLabel { result: "hook" })
+                .inc();
             self.reply(r);
             if r_is_permanent(&outcome.verdict) && self.count_error() {
                 return Flow::Close;

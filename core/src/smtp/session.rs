@@ -33,6 +33,8 @@ pub(super) struct Transaction {
     pub(super) rcpts: Vec<Rcpt>,
     /// SPF results from MAIL FROM (inbound `smtp` only).
     pub(super) spf: Option<crate::sender_auth::SpfCheck>,
+    /// Hook decisions at MAIL and RCPT, for the message trace.
+    pub(super) steps: Vec<crate::trace::Step>,
 }
 
 /// What the session is waiting for.

@@ -365,6 +365,20 @@ impl<S: MailStore> Kv for Cached<S> {
     async fn kv_incr(&self, ns: &str, key: &str, delta: i64, ttl: Option<u64>) -> Result<i64> {
         self.inner.kv_incr(ns, key, delta, ttl).await
     }
+
+    async fn kv_range(
+        &self,
+        ns: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        self.inner.kv_range(ns, start, end, limit).await
+    }
+
+    async fn kv_delete(&self, ns: &str, key: &str) -> Result<()> {
+        self.inner.kv_delete(ns, key).await
+    }
 }
 
 #[cfg(test)]

@@ -895,6 +895,36 @@ impl Kv for MemoryStore {
         *slot = (exp, n.to_string().into_bytes());
         Ok(n)
     }
+
+    async fn kv_range(
+        &self,
+        ns: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let now = now();
+        let st = self.state();
+        let mut out: Vec<(String, Vec<u8>)> = st
+            .kv
+            .iter()
+            .filter(|((n, k), (exp, _))| {
+                n == ns
+                    && k.as_str() >= start
+                    && (end.is_empty() || k.as_str() < end)
+                    && (*exp == 0 || *exp > now)
+            })
+            .map(|((_, k), (_, v))| (k.clone(), v.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn kv_delete(&self, ns: &str, key: &str) -> Result<()> {
+        self.state().kv.remove(&(ns.to_string(), key.to_string()));
+        Ok(())
+    }
 }
 
 impl Feed for MemoryStore {

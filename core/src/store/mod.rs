@@ -827,6 +827,19 @@ pub trait Kv: Send + Sync {
     /// missing, expired or non-numeric value counts from 0; `ttl` (seconds) is set only when
     /// the counter starts, so a window does not slide with every increment.
     async fn kv_incr(&self, ns: &str, key: &str, delta: i64, ttl: Option<u64>) -> Result<i64>;
+
+    /// The live keys of a namespace from `start` (inclusive) to `end` (exclusive; empty:
+    /// no end) in byte order, with their values, at most `limit` of them.
+    async fn kv_range(
+        &self,
+        ns: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>>;
+
+    /// Remove a key (nothing happens when it is missing).
+    async fn kv_delete(&self, ns: &str, key: &str) -> Result<()>;
 }
 
 /// The change feed.

@@ -176,3 +176,36 @@ pub(super) async fn kv_ttl_and_atomic_increment(h: Harness) {
     }
     assert_eq!(s.kv_incr("ns", "c", 0, None).await.unwrap(), 1000);
 }
+
+pub(super) async fn kv_ranges_are_ordered_bounded_and_skip_expired(h: Harness) {
+    let s = h.store.clone();
+    for k in ["b2", "a1", "b1", "c", "b10"] {
+        s.kv_set("r", k, k.as_bytes(), None).await.unwrap();
+    }
+    s.kv_set("r", "b3", b"old", Some(0)).await.unwrap();
+    s.kv_set("r2", "b1", b"other namespace", None)
+        .await
+        .unwrap();
+    s.kv_set("r\u{1}x", "b1", b"a longer namespace", None)
+        .await
+        .unwrap();
+    let keys = |v: Vec<(String, Vec<u8>)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    let all = s.kv_range("r", "", "", 100).await.unwrap();
+    assert_eq!(all[0], ("a1".to_string(), b"a1".to_vec()));
+    assert_eq!(keys(all), ["a1", "b1", "b10", "b2", "c"]);
+    assert_eq!(
+        keys(s.kv_range("r", "b", "c", 100).await.unwrap()),
+        ["b1", "b10", "b2"]
+    );
+    assert_eq!(
+        keys(s.kv_range("r", "b", "", 2).await.unwrap()),
+        ["b1", "b10"]
+    );
+    s.kv_delete("r", "b10").await.unwrap();
+    s.kv_delete("r", "missing").await.unwrap();
+    assert_eq!(
+        keys(s.kv_range("r", "b", "c", 100).await.unwrap()),
+        ["b1", "b2"]
+    );
+    assert_eq!(s.kv_get("r", "b10").await.unwrap(), None);
+}

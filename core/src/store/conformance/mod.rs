@@ -150,6 +150,7 @@ conformance!(
     copy_expunge_and_move,
     directory_and_mailbox_rules,
     kv_ttl_and_atomic_increment,
+    kv_ranges_are_ordered_bounded_and_skip_expired,
     queue_updates_and_removal,
     queue_claims_are_exclusive_and_leases_expire,
     recent_mark_is_claimed_once,

@@ -74,4 +74,35 @@ impl Kv for PostgresStore {
             Ok(n)
         })
     }
+
+    async fn kv_range(
+        &self,
+        ns: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let c = self.client().await?;
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let rows = rows(
+            &c,
+            "SELECT key, value FROM kv WHERE ns = $1 AND key COLLATE \"C\" >= $2 \
+             AND ($3 = '' OR key COLLATE \"C\" < $3) AND (expires = 0 OR expires > $4) \
+             ORDER BY key COLLATE \"C\" LIMIT $5",
+            &[&ns, &start, &end, &now(), &limit],
+        )
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn kv_delete(&self, ns: &str, key: &str) -> Result<()> {
+        let c = self.client().await?;
+        exec(
+            &c,
+            "DELETE FROM kv WHERE ns = $1 AND key = $2",
+            &[&ns, &key],
+        )
+        .await?;
+        Ok(())
+    }
 }

@@ -58,4 +58,45 @@ impl Kv for SledStore {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0))
     }
+
+    async fn kv_range(
+        &self,
+        ns: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let from = mbox_key(ns, start);
+        let to = if end.is_empty() {
+            // Every key of `ns` is below `ns` followed by byte 1.
+            let mut k = ns.as_bytes().to_vec();
+            k.push(1);
+            k
+        } else {
+            mbox_key(ns, end)
+        };
+        let now = now();
+        let mut out = Vec::new();
+        for item in self.kv.range(from..to) {
+            let (k, v) = item?;
+            if out.len() >= limit {
+                break;
+            }
+            if v.len() < 8 {
+                continue;
+            }
+            let exp = i64::from_be_bytes(v[..8].try_into().expect("8 bytes"));
+            if exp != 0 && exp <= now {
+                continue;
+            }
+            let key = String::from_utf8_lossy(&k[ns.len() + 1..]).into_owned();
+            out.push((key, v[8..].to_vec()));
+        }
+        Ok(out)
+    }
+
+    async fn kv_delete(&self, ns: &str, key: &str) -> Result<()> {
+        self.kv.remove(mbox_key(ns, key))?;
+        Ok(())
+    }
 }
