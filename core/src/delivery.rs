@@ -369,7 +369,30 @@ impl Delivery {
             .unwrap_or_default();
         let mail_from = entry.mail_from.clone();
         let now = chrono::Utc::now().timestamp();
-        self.ingest(plan.into_ingest(&mail_from, now, Some((entry, message))))
-            .await
+        // Generated mail (bounces, reports) has a trace of its own.
+        let mut rec = crate::trace::Record {
+            id: entry.id.clone(),
+            created: crate::trace::now_rfc3339(),
+            created_unix: now,
+            message_id: crate::message::header_values(&message, "Message-ID", true)
+                .into_iter()
+                .next(),
+            sender: mail_from.clone(),
+            recipients: rcpts.iter().map(|r| r.address.clone()).collect(),
+            size: message.len() as u64,
+            result: "accepted".into(),
+            reply: format!("generated: {}", entry.decisions.join(", ")),
+            steps: plan.steps.clone(),
+            filed: plan.filed.clone(),
+            ..Default::default()
+        };
+        rec.connection.listener = "queue".into();
+        rec.connection.ip = "127.0.0.1".into();
+        rec.connection.fcrdns = "none".into();
+        let receipt = self
+            .ingest(plan.into_ingest(&mail_from, now, Some((entry, message))))
+            .await?;
+        crate::trace::emit(crate::trace::Event::Begin(Box::new(rec)));
+        Ok(receipt)
     }
 }

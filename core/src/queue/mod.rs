@@ -609,9 +609,14 @@ async fn deliver_local(
                 forward.envid = entry.envid.clone();
                 forward.smtputf8 = entry.smtputf8;
                 forward.decisions = vec![format!("forwarded from queue entry {}", entry.id)];
+                let (filed, steps) = (plan.filed.clone(), plan.steps.clone());
                 let ingest = plan.into_ingest(&entry.mail_from, now(), Some((forward, message)));
                 match shared.delivery.ingest(ingest).await {
-                    Ok(_) => Ok(()),
+                    Ok(_) => {
+                        crate::trace::emit(crate::trace::Event::Steps(entry.id.clone(), steps));
+                        crate::trace::emit(crate::trace::Event::Filed(entry.id.clone(), filed));
+                        Ok(())
+                    }
                     Err(e) => Err(format!("local delivery failed: {e}")),
                 }
             }
@@ -686,7 +691,7 @@ async fn finish(
     if !wanted.is_empty() && !entry.mail_from.is_empty() {
         let bounce = dsn::build(&shared.config.hostname, entry, &wanted, message);
         match send_bounce(shared, &entry.mail_from, bounce).await {
-            Ok(()) => trace_dsn(entry, "failed", wanted.iter().map(|b| &b.rcpt)),
+            Ok(dsn_id) => trace_dsn(entry, &dsn_id, "failed", wanted.iter().map(|b| &b.rcpt)),
             Err(e) => tracing::error!(error = %e, "could not queue the bounce"),
         }
     }
@@ -711,7 +716,7 @@ async fn finish(
         if !delayed.is_empty() {
             let notice = dsn::build(&shared.config.hostname, entry, &delayed, message);
             match send_bounce(shared, &entry.mail_from, notice).await {
-                Ok(()) => trace_dsn(entry, "delayed", delayed.iter().map(|b| &b.rcpt)),
+                Ok(dsn_id) => trace_dsn(entry, &dsn_id, "delayed", delayed.iter().map(|b| &b.rcpt)),
                 Err(e) => tracing::error!(error = %e, "could not queue the delay warning"),
             }
         }
@@ -793,6 +798,7 @@ fn trace_attempt(id: &str, outcomes: &[(QueueRcpt, Outcome)], expired: bool) {
 /// A DSN sent for `entry`, in the trace and the metrics.
 fn trace_dsn<'a>(
     entry: &QueueEntry,
+    dsn_id: &str,
     action: &'static str,
     rcpts: impl Iterator<Item = &'a QueueRcpt>,
 ) {
@@ -809,7 +815,7 @@ fn trace_dsn<'a>(
             engine: "queue".into(),
             verdict: action.into(),
             reason: format!(
-                "DSN ({action}) sent to <{}> for {}",
+                "DSN ({action}) {dsn_id} sent to <{}> for {}",
                 entry.mail_from,
                 list.join(", ")
             ),
@@ -819,8 +825,8 @@ fn trace_dsn<'a>(
 }
 
 /// Deliver a bounce or delay notice from `<>`: through the one delivery path (the sender's
-/// mailbox when local, else the queue).
-async fn send_bounce(shared: &Arc<Deps>, to: &str, bounce: Vec<u8>) -> Result<(), StoreError> {
+/// mailbox when local, else the queue). Its queue id.
+async fn send_bounce(shared: &Arc<Deps>, to: &str, bounce: Vec<u8>) -> Result<String, StoreError> {
     let rcpt = QueueRcpt {
         address: to.to_string(),
         notify: vec![],
@@ -831,11 +837,12 @@ async fn send_bounce(shared: &Arc<Deps>, to: &str, bounce: Vec<u8>) -> Result<()
     entry.smtputf8 = !to.is_ascii();
     entry.decisions = vec!["bounce".into()];
     entry.warned = true;
+    let id = entry.id.clone();
     shared
         .delivery
         .deliver_generated(entry, bounce)
         .await
-        .map(|_| ())
+        .map(|_| id)
 }
 
 /// RFC 3461 xtext encoding.

@@ -14,6 +14,9 @@ impl Session {
             c.helo = domain.clone();
             self.deps.hooks.run_async(&c, Some(&*self.hooks)).await
         };
+        self.session_steps
+            .retain(|s| s.stage != HookPoint::Helo.function_name());
+        self.session_steps.extend(outcome.steps.iter().cloned());
         if let Some(r) = Reply::refusal(&outcome.verdict) {
             self.reply(r);
             return Flow::Continue;

@@ -79,7 +79,8 @@ impl Session {
         t.rec.created_unix = chrono::Utc::now().timestamp();
         t.rec.sender = tx.from.to_string();
         t.rec.recipients = tx.rcpts.iter().map(|r| r.address.clone()).collect();
-        t.rec.steps = tx.steps.clone();
+        t.rec.steps = self.session_steps.clone();
+        t.rec.steps.extend(tx.steps.iter().cloned());
         t.rec.connection = self.trace_connection();
         let reply = self.decide_data(tx, data, &mut t).await;
         let (result, reason) = match reply.code {

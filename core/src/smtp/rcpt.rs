@@ -50,9 +50,14 @@ impl Session {
             }));
         }
         if let Some(r) = Reply::refusal(&outcome.verdict) {
+            // The built-in policy (unknown user, relay denied) or a hook entry.
+            let by = match outcome.steps.last() {
+                Some(step) if step.engine == "builtin" => "policy",
+                _ => "hook",
+            };
             crate::metrics::m()
                 .smtp_rcpt_refused
-                .get_or_create(&crate::metrics::ResultLabel { result: "hook" })
+                .get_or_create(&crate::metrics::ResultLabel { result: by })
                 .inc();
             self.reply(r);
             if r_is_permanent(&outcome.verdict) && self.count_error() {

@@ -109,6 +109,9 @@ pub(super) struct Session {
     pub(super) deadline: Instant,
     /// Per-session hook state (warm plugin instances), dropped with the session.
     pub(super) hooks: Arc<crate::hooks::HookSession>,
+    /// Hook decisions at connect and HELO, for the trace of each message of the session
+    /// (the last HELO's only).
+    pub(super) session_steps: Vec<crate::trace::Step>,
 }
 
 /// The session on an open stream (after an implicit-TLS handshake; `crate::session::serve`
@@ -148,6 +151,7 @@ pub async fn session(
         fcrdns_task,
         deadline,
         hooks: Arc::default(),
+        session_steps: Vec::new(),
     };
     s.run().await
 }
@@ -250,6 +254,7 @@ impl Session {
             .hooks
             .run_async(&self.ctx(HookPoint::Connect), Some(&*self.hooks))
             .await;
+        self.session_steps = outcome.steps.clone();
         if let Some(reply) = Reply::refusal(&outcome.verdict) {
             self.reply(reply);
             return self.flush().await;

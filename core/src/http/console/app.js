@@ -820,7 +820,8 @@
     {id: 'smtp', title: 'SMTP transactions per interval', series: [
       {key: 'smtp_accepted', label: 'accepted', delta: true},
       {key: 'smtp_rejected', label: 'rejected', delta: true},
-      {key: 'smtp_tempfailed', label: 'temp. failed', delta: true}]},
+      {key: 'smtp_tempfailed', label: 'temp. failed', delta: true},
+      {key: 'rcpt_refused', label: 'recipients refused', delta: true}]},
     {id: 'deliveries', title: 'Deliveries per interval', series: [
       {key: 'deliveries_local', label: 'local', delta: true},
       {key: 'deliveries_remote', label: 'remote', delta: true}]},
