@@ -236,9 +236,7 @@ impl Delivery {
                 }
             })
             .collect();
-        let started = std::time::Instant::now();
         let receipt = self.store.ingest(ingest).await?;
-        crate::metrics::m().store_op("ingest", started.elapsed());
         for mailbox in kinds {
             crate::metrics::m()
                 .local_deliveries

@@ -168,8 +168,10 @@ pub struct Metrics {
     pub trace_dropped: Counter,
     /// Process resident memory, bytes.
     pub process_rss: Gauge,
-    /// Process CPU time, seconds (a gauge read from the kernel at each scrape).
-    pub process_cpu: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Process CPU time, seconds (read from the kernel at each scrape).
+    pub process_cpu: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// The CPU time the counter holds.
+    cpu_seen: std::sync::Mutex<f64>,
     /// Open file descriptors.
     pub process_fds: Gauge,
     /// Start time, Unix seconds.
@@ -206,7 +208,8 @@ impl Metrics {
             store_ops: Family::new_with_constructor(latency_buckets),
             trace_dropped: Counter::default(),
             process_rss: Gauge::default(),
-            process_cpu: Gauge::default(),
+            process_cpu: Counter::default(),
+            cpu_seen: std::sync::Mutex::new(0.0),
             process_fds: Gauge::default(),
             process_start: Gauge::default(),
         };
@@ -387,7 +390,11 @@ impl Metrics {
     fn refresh_process(&self) {
         let (rss, cpu) = process_stat();
         self.process_rss.set(rss as i64);
-        self.process_cpu.set(cpu);
+        let mut seen = self.cpu_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if cpu > *seen {
+            self.process_cpu.inc_by(cpu - *seen);
+            *seen = cpu;
+        }
         let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
         self.process_fds.set(fds as i64);
     }

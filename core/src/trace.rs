@@ -343,7 +343,7 @@ async fn apply(store: &Store, events: Vec<Event>) -> Result<(), StoreError> {
     if new {
         let summary = serde_json::to_vec(&rec.summary()).expect("serializable");
         store
-            .kv_set(INDEX, &index_key(rec.created_unix, &id), &summary, None)
+            .kv_set(INDEX, &index_key(created_ms(&rec), &id), &summary, None)
             .await?;
         if let Some(mid) = &rec.message_id {
             store
@@ -354,8 +354,17 @@ async fn apply(store: &Store, events: Vec<Event>) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn index_key(created: i64, id: &str) -> String {
-    format!("{:016x}.{id}", created.max(0))
+/// The search list's key: milliseconds of `created`, so traces of one second keep their
+/// order, then the id.
+fn index_key(created_ms: i64, id: &str) -> String {
+    format!("{:016x}.{id}", created_ms.max(0))
+}
+
+/// Milliseconds of a record's creation (from `created`, which has them).
+fn created_ms(r: &Record) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(&r.created)
+        .map(|d| d.timestamp_millis())
+        .unwrap_or(r.created_unix * 1000)
 }
 
 /// A Message-ID as looked up: without angle brackets and surrounding space.
@@ -399,8 +408,8 @@ pub struct Query {
 /// The traces matching `q`, newest first.
 pub async fn search(store: &Store, q: &Query) -> Result<Vec<Summary>, StoreError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let start = q.since.map(|t| index_key(t, "")).unwrap_or_default();
-    let end = q.until.map(|t| index_key(t, "")).unwrap_or_default();
+    let start = q.since.map(|t| index_key(t * 1000, "")).unwrap_or_default();
+    let end = q.until.map(|t| index_key(t * 1000, "")).unwrap_or_default();
     let lower = |s: &Option<String>| {
         s.as_ref()
             .map(|s| s.to_lowercase())
@@ -441,7 +450,8 @@ pub async fn prune(store: &Store, retention: Duration, max: u64) -> Result<u64, 
         let created = key
             .split_once('.')
             .and_then(|(t, _)| i64::from_str_radix(t, 16).ok())
-            .unwrap_or(0);
+            .unwrap_or(0)
+            / 1000;
         if created >= cutoff && i >= over {
             break;
         }

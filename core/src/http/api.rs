@@ -72,6 +72,12 @@ pub(super) fn routes(state: Shared) -> Router<Shared> {
         .route("/traces", get(traces))
         .route("/stats", get(stats))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API endpoint") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this endpoint does not take that method (see /api/openapi.json)",
+            )
+        })
         .layer(axum::middleware::from_fn_with_state(state, authenticate));
     Router::new()
         .route(
@@ -116,10 +122,27 @@ async fn authenticate(State(s): State<Shared>, req: Request, next: Next) -> Resp
     res
 }
 
-/// The JSON body, or 400 with what is wrong with it.
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
-    b.map(|Json(v)| v)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))
+/// The JSON body: an object with the fields of `T`; else 400 with what is wrong with it
+/// (413 when it is larger than `[http] max_body`). serde would also read a struct from an
+/// array, by position: not here.
+fn body<T: serde::de::DeserializeOwned>(
+    b: Result<Json<Value>, JsonRejection>,
+) -> Result<T, Response> {
+    let v = match b {
+        Ok(Json(v)) => v,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, e.body_text()));
+        }
+        Err(e) => return Err(error(StatusCode::BAD_REQUEST, e.body_text())),
+    };
+    if !v.is_object() {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "the request body must be a JSON object",
+        ));
+    }
+    serde_json::from_value(v)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid request: {e}")))
 }
 
 fn status_of(e: &AdminError) -> StatusCode {
@@ -187,8 +210,8 @@ struct NewUser {
     create_domain: bool,
 }
 
-async fn user_add(State(s): State<Shared>, b: Result<Json<NewUser>, JsonRejection>) -> ApiResult {
-    let u = body(b)?;
+async fn user_add(State(s): State<Shared>, b: Result<Json<Value>, JsonRejection>) -> ApiResult {
+    let u: NewUser = body(b)?;
     let address = u.address.to_lowercase();
     let message = run(
         &s,
@@ -232,9 +255,9 @@ struct Password {
 async fn user_passwd(
     State(s): State<Shared>,
     Path(address): Path<String>,
-    b: Result<Json<Password>, JsonRejection>,
+    b: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
-    let p = body(b)?;
+    let p: Password = body(b)?;
     require_user(&s, &address).await?;
     let message = run(
         &s,
@@ -278,12 +301,19 @@ struct NewDomain {
     domain: String,
 }
 
-async fn domain_add(
-    State(s): State<Shared>,
-    b: Result<Json<NewDomain>, JsonRejection>,
-) -> ApiResult {
-    let d = body(b)?;
+async fn domain_add(State(s): State<Shared>, b: Result<Json<Value>, JsonRejection>) -> ApiResult {
+    let d: NewDomain = body(b)?;
     let domain = d.domain.to_lowercase();
+    if s.config
+        .domains
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(&domain))
+    {
+        return Err(error(
+            StatusCode::CONFLICT,
+            format!("{domain} is already local (set in the config file)"),
+        ));
+    }
     let message = run(&s, AdminCommand::DomainAdd { domain: d.domain }).await?;
     Ok(ok(
         StatusCode::CREATED,
@@ -438,8 +468,8 @@ struct NewAlias {
     targets: Vec<String>,
 }
 
-async fn alias_add(State(s): State<Shared>, b: Result<Json<NewAlias>, JsonRejection>) -> ApiResult {
-    let a = body(b)?;
+async fn alias_add(State(s): State<Shared>, b: Result<Json<Value>, JsonRejection>) -> ApiResult {
+    let a: NewAlias = body(b)?;
     let alias = a.alias.to_lowercase();
     let message = run(
         &s,
@@ -509,9 +539,9 @@ fn default_algorithm() -> String {
 
 async fn dkim_generate(
     State(s): State<Shared>,
-    b: Result<Json<NewDkim>, JsonRejection>,
+    b: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
-    let k = body(b)?;
+    let k: NewDkim = body(b)?;
     let domain = k.domain.to_lowercase();
     let selector = k.selector.clone();
     run(

@@ -751,11 +751,15 @@ async fn finish(
 fn trace_attempt(id: &str, outcomes: &[(QueueRcpt, Outcome)], expired: bool) {
     let mut groups: Vec<crate::trace::Attempt> = Vec::new();
     for (rcpt, o) in outcomes {
-        let (result, text) = match o {
-            Outcome::Delivered(t) => ("delivered", t.clone()),
-            Outcome::Perm { text, status, .. } => ("bounced", format!("{status} {text}")),
-            Outcome::Temp(t) if expired => ("bounced", format!("expired: {t}")),
-            Outcome::Temp(t) => ("deferred", t.clone()),
+        let (result, text, host) = match o {
+            Outcome::Delivered(t) => ("delivered", t.clone(), None),
+            Outcome::Perm {
+                text,
+                status,
+                remote,
+            } => ("bounced", format!("{status} {text}"), remote.clone()),
+            Outcome::Temp(t) if expired => ("bounced", format!("expired: {t}"), None),
+            Outcome::Temp(t) => ("deferred", t.clone(), None),
         };
         crate::metrics::m()
             .queue_deliveries
@@ -767,17 +771,17 @@ fn trace_attempt(id: &str, outcomes: &[(QueueRcpt, Outcome)], expired: bool) {
         {
             Some(g) => g.recipients.push(rcpt.address.clone()),
             None => {
-                // "host [ip] tls X: reply" for a reached host.
-                let (mx, tls) = match (text.find(" ["), text.find("] ")) {
-                    (Some(a), Some(b)) if a < b => {
-                        let tls = text[b + 2..]
-                            .strip_prefix("tls ")
+                // A reached host: "host [ip] tls X: reply" or "host [ip]: reply".
+                let (mx, tls) = match (text.find(" ["), text.find(']')) {
+                    (Some(a), Some(b)) if a < b && !text[..a].contains(' ') => {
+                        let tls = text[b + 1..]
+                            .strip_prefix(" tls ")
                             .and_then(|t| t.split_once(": "))
                             .map(|(t, _)| t.to_string())
                             .filter(|t| t != "none");
                         (Some(text[..=b].to_string()), tls)
                     }
-                    _ => (None, None),
+                    _ => (host, None),
                 };
                 groups.push(crate::trace::Attempt {
                     at: crate::trace::now_rfc3339(),

@@ -70,9 +70,10 @@ impl Session {
         &mut self,
         data: Result<Vec<u8>, DataProblem>,
     ) -> Reply {
-        let Some(tx) = self.tx.take() else {
+        let Some(mut tx) = self.tx.take() else {
             return Reply::bad_sequence("Need MAIL command");
         };
+        tx.trace = None;
         let mut t = DataTrace::default();
         t.rec.id = format!("{:016X}", rand::random::<u64>());
         t.rec.created = crate::trace::now_rfc3339();
@@ -102,7 +103,7 @@ impl Session {
     }
 
     /// The session's facts for the trace.
-    fn trace_connection(&self) -> crate::trace::Connection {
+    pub(in crate::smtp) fn trace_connection(&self) -> crate::trace::Connection {
         let (ptr, fcrdns) = match &self.fcrdns {
             Some(Fcrdns::Pass(n)) => (Some(n.clone()), "pass"),
             Some(Fcrdns::Mismatch(n)) => (Some(n.clone()), "fail"),

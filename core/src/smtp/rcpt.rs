@@ -9,6 +9,18 @@ use crate::smtp::reply::Reply;
 use crate::smtp::session::{Rcpt, Session, r_is_permanent};
 
 impl Session {
+    /// A refused recipient, in the metrics and the transaction's trace.
+    fn note_refusal(&mut self, address: &str, reply: &Reply, by: &'static str) {
+        crate::metrics::m()
+            .smtp_rcpt_refused
+            .get_or_create(&crate::metrics::ResultLabel { result: by })
+            .inc();
+        if let Some(tx) = &mut self.tx {
+            tx.refused.push(address.to_string());
+            tx.last_refusal = reply.to_string().trim_end().to_string();
+        }
+    }
+
     pub(in crate::smtp) async fn rcpt(&mut self, to: Address, params: RcptParams) -> Flow {
         let Some(tx) = &self.tx else {
             self.reply(Reply::bad_sequence("Need MAIL before RCPT"));
@@ -35,6 +47,7 @@ impl Session {
         let mut route = match self.resolve(&address).await {
             Ok(r) => r,
             Err(r) => {
+                self.note_refusal(&address, &r, "routing");
                 self.reply(r);
                 return Flow::Continue;
             }
@@ -55,10 +68,7 @@ impl Session {
                 Some(step) if step.engine == "builtin" => "policy",
                 _ => "hook",
             };
-            crate::metrics::m()
-                .smtp_rcpt_refused
-                .get_or_create(&crate::metrics::ResultLabel { result: by })
-                .inc();
+            self.note_refusal(&address, &r, by);
             self.reply(r);
             if r_is_permanent(&outcome.verdict) && self.count_error() {
                 return Flow::Close;

@@ -26,7 +26,7 @@ pub(super) struct Rcpt {
 }
 
 /// The open mail transaction (between MAIL and the end of data).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct Transaction {
     pub(super) from: Address,
     pub(super) params: MailParams,
@@ -35,6 +35,30 @@ pub(super) struct Transaction {
     pub(super) spf: Option<crate::sender_auth::SpfCheck>,
     /// Hook decisions at MAIL and RCPT, for the message trace.
     pub(super) steps: Vec<crate::trace::Step>,
+    /// Recipients refused at RCPT, and the last refusal.
+    pub(super) refused: Vec<String>,
+    pub(super) last_refusal: String,
+    /// The trace of a transaction that ends without DATA because every recipient was
+    /// refused (the end of DATA takes it and writes its own).
+    pub(super) trace: Option<Box<crate::trace::Record>>,
+}
+
+impl Drop for Transaction {
+    /// A transaction whose every recipient was refused is traced as rejected: "why was my
+    /// mail refused" is most often answered at RCPT.
+    fn drop(&mut self) {
+        let Some(mut rec) = self.trace.take() else {
+            return;
+        };
+        if self.refused.is_empty() || !self.rcpts.is_empty() {
+            return;
+        }
+        rec.recipients = std::mem::take(&mut self.refused);
+        rec.steps.append(&mut self.steps);
+        rec.result = "rejected".into();
+        rec.reply = std::mem::take(&mut self.last_refusal);
+        crate::trace::emit(crate::trace::Event::Begin(rec));
+    }
 }
 
 /// What the session is waiting for.

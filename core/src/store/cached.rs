@@ -66,6 +66,14 @@ impl<S: MailStore> Feed for Cached<S> {
     }
 }
 
+/// Run a backend call and record its latency (`corvus_store_operation_duration_seconds`).
+async fn timed<T>(op: &'static str, call: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let out = call.await;
+    crate::metrics::m().store_op(op, started.elapsed());
+    out
+}
+
 #[async_trait::async_trait]
 impl<S: MailStore> Directory for Cached<S> {
     async fn create_account(&self, address: &str, password_hash: &str) -> Result<()> {
@@ -141,7 +149,7 @@ impl<S: MailStore> Mailboxes for Cached<S> {
     }
 
     async fn ingest(&self, ingest: Ingest) -> Result<Receipt> {
-        self.inner.ingest(ingest).await
+        timed("ingest", self.inner.ingest(ingest)).await
     }
 
     async fn deliver(
@@ -150,7 +158,7 @@ impl<S: MailStore> Mailboxes for Cached<S> {
         internal_date: i64,
         to: &[Placement],
     ) -> Result<Vec<u32>> {
-        self.inner.deliver(message, internal_date, to).await
+        timed("deliver", self.inner.deliver(message, internal_date, to)).await
     }
 
     async fn messages(&self, mailbox_id: u64) -> Result<Vec<MessageMeta>> {
@@ -220,11 +228,11 @@ impl<S: MailStore> Mailboxes for Cached<S> {
         mailbox_id: u64,
         changes: &[(u32, Vec<String>)],
     ) -> Result<Vec<(u32, u64)>> {
-        self.inner.set_flags(user, mailbox_id, changes).await
+        timed("set_flags", self.inner.set_flags(user, mailbox_id, changes)).await
     }
 
     async fn expunge(&self, user: &str, mailbox_id: u64, uids: &[u32]) -> Result<Vec<u32>> {
-        self.inner.expunge(user, mailbox_id, uids).await
+        timed("expunge", self.inner.expunge(user, mailbox_id, uids)).await
     }
 
     async fn copy(
@@ -234,7 +242,7 @@ impl<S: MailStore> Mailboxes for Cached<S> {
         uids: &[u32],
         to: &str,
     ) -> Result<(u32, Vec<(u32, u32)>)> {
-        self.inner.copy(user, from_id, uids, to).await
+        timed("copy", self.inner.copy(user, from_id, uids, to)).await
     }
 
     async fn expunged_since(
@@ -275,16 +283,19 @@ impl<S: MailStore> Mailboxes for Cached<S> {
         flags: &[String],
         unchanged_since: Option<u64>,
     ) -> Result<(Vec<FlagUpdate>, Vec<u32>)> {
-        self.inner
-            .update_flags(user, mailbox_id, uids, op, flags, unchanged_since)
-            .await
+        timed(
+            "update_flags",
+            self.inner
+                .update_flags(user, mailbox_id, uids, op, flags, unchanged_since),
+        )
+        .await
     }
 }
 
 #[async_trait::async_trait]
 impl<S: MailStore> Blobs for Cached<S> {
     async fn blob(&self, blob: u64) -> Result<Vec<u8>> {
-        self.inner.blob(blob).await
+        timed("blob", self.inner.blob(blob)).await
     }
 }
 
@@ -321,7 +332,11 @@ impl<S: MailStore> Queue for Cached<S> {
         lease: i64,
         limit: usize,
     ) -> Result<Claimed> {
-        self.inner.queue_claim(owner, now, lease, limit).await
+        timed(
+            "queue_claim",
+            self.inner.queue_claim(owner, now, lease, limit),
+        )
+        .await
     }
 
     async fn queue_renew(&self, id: &str, owner: &str, until: i64) -> Result<()> {
@@ -329,11 +344,11 @@ impl<S: MailStore> Queue for Cached<S> {
     }
 
     async fn queue_save(&self, entry: &QueueEntry, owner: &str, release: bool) -> Result<()> {
-        self.inner.queue_save(entry, owner, release).await
+        timed("queue_save", self.inner.queue_save(entry, owner, release)).await
     }
 
     async fn queue_complete(&self, id: &str, owner: &str) -> Result<()> {
-        self.inner.queue_complete(id, owner).await
+        timed("queue_complete", self.inner.queue_complete(id, owner)).await
     }
 }
 
@@ -355,15 +370,15 @@ impl<S: MailStore> Leases for Cached<S> {
 #[async_trait::async_trait]
 impl<S: MailStore> Kv for Cached<S> {
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
-        self.inner.kv_get(ns, key).await
+        timed("kv_get", self.inner.kv_get(ns, key)).await
     }
 
     async fn kv_set(&self, ns: &str, key: &str, value: &[u8], ttl: Option<u64>) -> Result<()> {
-        self.inner.kv_set(ns, key, value, ttl).await
+        timed("kv_set", self.inner.kv_set(ns, key, value, ttl)).await
     }
 
     async fn kv_incr(&self, ns: &str, key: &str, delta: i64, ttl: Option<u64>) -> Result<i64> {
-        self.inner.kv_incr(ns, key, delta, ttl).await
+        timed("kv_incr", self.inner.kv_incr(ns, key, delta, ttl)).await
     }
 
     async fn kv_range(
