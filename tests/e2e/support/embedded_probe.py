@@ -2,7 +2,7 @@
 the embedded default says, then SIGTERM it. Prints one JSON object with what it saw.
 
 Run by test_foundation.test_embedded_default, directly or inside a fresh network namespace
-(`unshare -n`) when another server already holds ports 2525/2587/2465 on this machine.
+(`unshare -n`) when another server already holds ports 2525/2587/2465/2080 on this machine.
 """
 
 import json
@@ -19,7 +19,7 @@ from support.dns import DnsServer  # noqa: E402
 from support.net import port_open  # noqa: E402
 from support.server import CORVUS_BIN, child_env  # noqa: E402
 
-EMBEDDED_PORTS = {"smtp": 2525, "submission": 2587, "submissions": 2465}
+EMBEDDED_PORTS = {"smtp": 2525, "submission": 2587, "submissions": 2465, "http": 2080}
 
 
 def probe(workdir: str) -> dict:
