@@ -983,3 +983,24 @@ def test_https_listener(site):
     failed = (total(after, "corvus_tls_handshakes_total", protocol="http", result="failure")
               - total(before, "corvus_tls_handshakes_total", protocol="http", result="failure"))
     assert (ok, failed) == (2, 1), series(after, "corvus_tls_handshakes_total")
+
+
+def test_grafana_dashboard_queries_only_metrics_the_server_exports(site):
+    """examples/grafana/corvus.json: every metric a panel queries is a family /metrics has
+    (a renamed metric would leave a panel silently empty)."""
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    dashboard = json.loads((root / "examples" / "grafana" / "corvus.json").read_text())
+    _, types, text = scrape(site.api, token=METRICS_TOKEN)
+    # Families with no series yet are not in the text: add the ones the names test checks.
+    exported = (set(types) | {c[: -len("_total")] for c in COUNTERS} | set(GAUGES)
+                | set(HISTOGRAMS) | {"corvus_queue_domain_recipients"})
+    wanted = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for name in re.findall(r"\b((?:corvus|process)_[a-z0-9_]+)", target["expr"]):
+                # Samples of a family: name_total (counter), name_bucket (histogram).
+                base = re.sub(r"_(total|bucket|sum|count)$", "", name)
+                wanted.add(base)
+    assert wanted, "the dashboard queries no metrics"
+    missing = sorted(w for w in wanted if w not in exported)
+    assert not missing, f"dashboard queries metrics /metrics lacks: {missing}"
