@@ -447,6 +447,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store.clone(),
         reloader,
         services.queue.delivery.queue_wakeup().clone(),
+        services.queue.resolver.clone(),
     );
     crate::http::serve(
         http.clone(),

@@ -350,11 +350,10 @@ async fn domain_dns(State(s): State<Shared>, Path(domain): Path<String>) -> ApiR
         ));
     }
     let host = s.config.hostname.to_lowercase();
-    let resolver = crate::dns::resolver(&s.config)
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let resolver = &s.resolver;
     let mut records = Vec::new();
     // MX.
-    let mx = lookup(&resolver, &domain, "MX").await;
+    let mx = lookup(resolver, &domain, "MX").await;
     let mx_ok = mx.iter().any(|v| {
         v.split_once(' ')
             .is_some_and(|(_, h)| h.trim_end_matches('.').eq_ignore_ascii_case(&host))
@@ -364,7 +363,7 @@ async fn domain_dns(State(s): State<Shared>, Path(domain): Path<String>) -> ApiR
         "purpose": "MX", "published": mx, "ok": mx_ok,
     }));
     // SPF.
-    let txt = lookup(&resolver, &domain, "TXT").await;
+    let txt = lookup(resolver, &domain, "TXT").await;
     let spf: Vec<String> = txt
         .into_iter()
         .filter(|t| t.to_ascii_lowercase().starts_with("v=spf1"))
@@ -386,7 +385,7 @@ async fn domain_dns(State(s): State<Shared>, Path(domain): Path<String>) -> ApiR
             "rsa"
         };
         let value = format!("v=DKIM1; k={k}; p={}", key.public_key);
-        let published = lookup(&resolver, &name, "TXT").await;
+        let published = lookup(resolver, &name, "TXT").await;
         let ok = published.iter().any(|p| {
             p.replace(' ', "")
                 .contains(&format!("p={}", key.public_key))
@@ -398,7 +397,7 @@ async fn domain_dns(State(s): State<Shared>, Path(domain): Path<String>) -> ApiR
     }
     // DMARC.
     let name = format!("_dmarc.{domain}");
-    let published: Vec<String> = lookup(&resolver, &name, "TXT")
+    let published: Vec<String> = lookup(resolver, &name, "TXT")
         .await
         .into_iter()
         .filter(|t| t.to_ascii_lowercase().starts_with("v=dmarc1"))

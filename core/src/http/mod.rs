@@ -37,6 +37,8 @@ pub struct State {
     pub reload: crate::control::Reloader,
     /// Wakes the queue (after a retry request).
     pub queue_wakeup: Arc<tokio::sync::Notify>,
+    /// DNS, for the records a domain publishes.
+    pub resolver: hickory_resolver::TokioResolver,
     /// Whether every listener is bound (`/readyz`).
     pub listening: AtomicBool,
     /// The dashboard's samples (`/api/stats`).
@@ -53,12 +55,14 @@ impl State {
         store: Store,
         reload: crate::control::Reloader,
         queue_wakeup: Arc<tokio::sync::Notify>,
+        resolver: hickory_resolver::TokioResolver,
     ) -> Shared {
         Arc::new(State {
             config,
             store,
             reload,
             queue_wakeup,
+            resolver,
             listening: AtomicBool::new(false),
             stats: metrics::Samples::default(),
         })

@@ -336,7 +336,19 @@ async fn deliver_domain(
             ctx.rcpt = r.address.clone();
             ctx.remote_mx = Some(host.clone());
             ctx.message = Some(hook_message.clone());
-            match shared.hooks.run_async(&ctx, None).await.verdict {
+            let outcome = shared.hooks.run_async(&ctx, None).await;
+            if !outcome.steps.is_empty() {
+                let steps = outcome
+                    .steps
+                    .into_iter()
+                    .map(|mut s| {
+                        s.reason = format!("{} via {host}: {}", r.address, s.reason);
+                        s
+                    })
+                    .collect();
+                crate::trace::emit(crate::trace::Event::Steps(entry.id.clone(), steps));
+            }
+            match outcome.verdict {
                 ref v @ Verdict::Reject { code, .. } => {
                     let text = v.wording();
                     results[i] = Some(Outcome::Perm {
