@@ -1004,3 +1004,45 @@ def test_grafana_dashboard_queries_only_metrics_the_server_exports(site):
     assert wanted, "the dashboard queries no metrics"
     missing = sorted(w for w in wanted if w not in exported)
     assert not missing, f"dashboard queries metrics /metrics lacks: {missing}"
+
+
+def test_connections_over_max_connections_are_closed_and_the_rest_served(corvus_factory):
+    """[http] max_connections = 2: with two connections held open, a third is closed at once
+    without a reply; once they go, requests are served again."""
+    srv = corvus_factory(name="http-cap", listeners=("smtp", "http"), shutdown_timeout="5s",
+                         http={"max_connections": 2, "header_timeout": "30s"})
+    srv.start()
+    port = srv.ports["http"]
+    held = []
+
+    def hold():
+        # A served connection kept open (retried while the startup probe's slot is freed).
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        if s.recv(4096).startswith(b"HTTP/1.1 200"):
+            return s
+        s.close()
+        return None
+
+    try:
+        for _ in range(2):
+            held.append(wait_for(hold, what="a connection served under the cap", timeout=10))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+            third.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                got = third.recv(4096)
+            except ConnectionResetError:
+                got = b""
+            assert got == b"", f"a third connection was served over the cap: {got[:100]!r}"
+    finally:
+        for s in held:
+            s.close()
+    def served():
+        try:
+            status, _, body = get_raw(port, "/healthz")
+        except AssertionError:  # closed without a reply: the slots are not free yet
+            return None
+        return body if status == 200 else None
+
+    body = wait_for(served, what="/healthz served again after the held connections closed", timeout=10)
+    assert body.strip() == b"ok", body
