@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Where a session keeps what its engines hold between calls (one slot per engine), dropped
 /// with the session.
 pub struct HookSession {
-    /// What plugin hooks get as `session`.
+    /// What plugin hooks get as `session` (unread in a build without plugins).
+    #[cfg_attr(not(feature = "wasm"), allow(dead_code))]
     pub(crate) id: u64,
     slots: Mutex<Vec<(u64, Box<dyn Any + Send>)>>,
 }
