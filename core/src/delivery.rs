@@ -322,9 +322,13 @@ pub fn queue_ctx(mail_from: &str, rcpts: &[Recipient]) -> HookCtx {
     ctx
 }
 
-/// A fresh queue id.
+/// A fresh queue id: 16 hex digits, the first 11 the time in milliseconds, the last 5
+/// random. Ids sort by creation time, so the message trace is keyed by the id alone
+/// (`trace`) and a time range is a key range.
 pub fn new_queue_id() -> String {
-    format!("{:016X}", rand::random::<u64>())
+    let ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    let random = rand::random::<u64>() & 0xF_FFFF;
+    format!("{:016X}", (ms << 20) | random)
 }
 
 impl Delivery {

@@ -4,9 +4,10 @@
 //! copy was filed, and every remote delivery attempt up to delivery or DSN.
 //!
 //! Kept in the store's key-value area, so every node sharing a database sees every trace:
-//! `trace` (queue id → [`Record`] as JSON), `trace-index` (`{created:016x}.{id}` → a
-//! [`Summary`], the time-ordered list searches and pruning walk) and `trace-mid`
-//! (Message-ID → queue id). Sessions and the queue hand events to one writer task over a
+//! namespace `trace`, queue id → [`Record`] as JSON, one key per message. Queue ids begin
+//! with the time in milliseconds (`delivery::new_queue_id`), so the keys are in time order:
+//! a time range is a key range, which searches and pruning walk a page at a time; a
+//! Message-ID is found by walking them. Sessions and the queue hand events to one writer task over a
 //! bounded channel ([`emit`]) and never wait for it; when it falls behind, events are
 //! dropped and counted (`corvus_trace_events_dropped_total`). A pruner removes traces older
 //! than `[trace] retention` and the oldest beyond `[trace] max_traces`.
@@ -20,8 +21,6 @@ use tokio::sync::mpsc;
 use crate::store::{Store, StoreError};
 
 const NS: &str = "trace";
-const INDEX: &str = "trace-index";
-const BY_MID: &str = "trace-mid";
 /// Bounds on one record: a trace never grows without limit, whatever a peer does.
 const MAX_STEPS: usize = 100;
 const MAX_ATTEMPTS: usize = 50;
@@ -302,20 +301,16 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Event>) {
     }
 }
 
-/// Apply one message's events to its stored trace.
+/// Apply one message's events to its stored trace: one key per message.
 async fn apply(store: &Store, events: Vec<Event>) -> Result<(), StoreError> {
     let id = events[0].id().to_string();
     let mut rec: Option<Record> = None;
-    let mut new = false;
     for ev in events {
         match ev {
-            Event::Begin(r) => {
-                rec = Some(*r);
-                new = true;
-            }
+            Event::Begin(r) => rec = Some(*r),
             other => {
                 if rec.is_none() {
-                    rec = get(store, &id).await?;
+                    rec = by_id(store, &id).await?;
                 }
                 let Some(r) = rec.as_mut() else {
                     // Traced before this Corvus kept traces, or pruned.
@@ -332,42 +327,17 @@ async fn apply(store: &Store, events: Vec<Event>) -> Result<(), StoreError> {
     }
     let Some(mut rec) = rec else { return Ok(()) };
     rec.bound();
-    store
-        .kv_set(
-            NS,
-            &id,
-            &serde_json::to_vec(&rec).expect("serializable"),
-            None,
-        )
-        .await?;
-    if new {
-        let summary = serde_json::to_vec(&rec.summary()).expect("serializable");
-        store
-            .kv_set(INDEX, &index_key(created_ms(&rec), &id), &summary, None)
-            .await?;
-        if let Some(mid) = &rec.message_id {
-            store
-                .kv_set(BY_MID, &normal_mid(mid), id.as_bytes(), None)
-                .await?;
-        }
-    }
-    Ok(())
+    let json = serde_json::to_vec(&rec).expect("serializable");
+    store.kv_set(NS, &id, &json, None).await
 }
 
-/// The search list's key: milliseconds of `created`, so traces of one second keep their
-/// order, then the id.
-fn index_key(created_ms: i64, id: &str) -> String {
-    format!("{:016x}.{id}", created_ms.max(0))
+/// The first key of the traces made at `ms` or later (queue ids begin with the time:
+/// `delivery::new_queue_id`).
+fn key_at(ms: i64) -> String {
+    format!("{:016X}", (ms.max(0) as u64) << 20)
 }
 
-/// Milliseconds of a record's creation (from `created`, which has them).
-fn created_ms(r: &Record) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(&r.created)
-        .map(|d| d.timestamp_millis())
-        .unwrap_or(r.created_unix * 1000)
-}
-
-/// A Message-ID as looked up: without angle brackets and surrounding space.
+/// A Message-ID as compared: without angle brackets and surrounding space.
 fn normal_mid(mid: &str) -> String {
     mid.trim()
         .trim_start_matches('<')
@@ -375,17 +345,59 @@ fn normal_mid(mid: &str) -> String {
         .to_string()
 }
 
-/// The trace of queue id or Message-ID `id`.
+async fn by_id(store: &Store, id: &str) -> Result<Option<Record>, StoreError> {
+    Ok(store
+        .kv_get(NS, id)
+        .await?
+        .and_then(|v| serde_json::from_slice(&v).ok()))
+}
+
+/// Records with keys from `start` to `end` (empty: no end), oldest first, read a page at a
+/// time: `visit` sees each; it returns false to stop.
+async fn walk(
+    store: &Store,
+    start: &str,
+    end: &str,
+    mut visit: impl FnMut(&str, &[u8]) -> bool,
+) -> Result<(), StoreError> {
+    const PAGE: usize = 1000;
+    let mut from = start.to_string();
+    loop {
+        let page = store.kv_range(NS, &from, end, PAGE).await?;
+        for (k, v) in &page {
+            if !visit(k, v) {
+                return Ok(());
+            }
+        }
+        match page.last() {
+            // Every key is 16 characters: the next one sorts after `last` + "0".
+            Some((last, _)) if page.len() == PAGE => from = format!("{last}0"),
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// The trace of queue id or Message-ID `id` (the newest with that Message-ID).
 pub async fn get(store: &Store, id: &str) -> Result<Option<Record>, StoreError> {
     let id = id.trim();
-    let raw = match store.kv_get(NS, id).await? {
-        Some(v) => Some(v),
-        None => match store.kv_get(BY_MID, &normal_mid(id)).await? {
-            Some(qid) => store.kv_get(NS, &String::from_utf8_lossy(&qid)).await?,
-            None => None,
-        },
-    };
-    Ok(raw.and_then(|v| serde_json::from_slice(&v).ok()))
+    if let Some(r) = by_id(store, id).await? {
+        return Ok(Some(r));
+    }
+    let mid = normal_mid(id);
+    if mid.is_empty() {
+        return Ok(None);
+    }
+    let mut found = None;
+    walk(store, "", "", |_, v| {
+        if let Ok(r) = serde_json::from_slice::<Record>(v)
+            && r.message_id.as_deref().map(normal_mid).as_deref() == Some(mid.as_str())
+        {
+            found = Some(r);
+        }
+        true
+    })
+    .await?;
+    Ok(found)
 }
 
 /// What a search asks for; every given field must match.
@@ -405,66 +417,74 @@ pub struct Query {
     pub limit: Option<usize>,
 }
 
-/// The traces matching `q`, newest first.
+/// The traces matching `q`, newest first. Without `since`, the last hour is searched
+/// first, then the last day, then everything, until `limit` are found.
 pub async fn search(store: &Store, q: &Query) -> Result<Vec<Summary>, StoreError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let start = q.since.map(|t| index_key(t * 1000, "")).unwrap_or_default();
-    let end = q.until.map(|t| index_key(t * 1000, "")).unwrap_or_default();
     let lower = |s: &Option<String>| {
         s.as_ref()
             .map(|s| s.to_lowercase())
             .filter(|s| !s.is_empty())
     };
     let (sender, rcpt, mid) = (lower(&q.sender), lower(&q.recipient), lower(&q.message_id));
-    let mut found: Vec<Summary> = store
-        .kv_range(INDEX, &start, &end, usize::MAX)
-        .await?
-        .into_iter()
-        .filter_map(|(_, v)| serde_json::from_slice::<Summary>(&v).ok())
-        .filter(|s| {
-            sender
+    let end = q.until.map(|t| key_at(t * 1000)).unwrap_or_default();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let windows: Vec<Option<i64>> = match q.since {
+        Some(t) => vec![Some(t * 1000)],
+        None => vec![Some(now_ms - 3_600_000), Some(now_ms - 86_400_000), None],
+    };
+    let mut found = std::collections::VecDeque::new();
+    for since in windows {
+        found.clear();
+        let start = since.map(key_at).unwrap_or_default();
+        walk(store, &start, &end, |_, v| {
+            let Ok(r) = serde_json::from_slice::<Record>(v) else {
+                return true;
+            };
+            let matches = sender
                 .as_ref()
-                .is_none_or(|w| s.sender.to_lowercase().contains(w))
+                .is_none_or(|w| r.sender.to_lowercase().contains(w))
                 && rcpt
                     .as_ref()
-                    .is_none_or(|w| s.recipients.iter().any(|r| r.to_lowercase().contains(w)))
+                    .is_none_or(|w| r.recipients.iter().any(|x| x.to_lowercase().contains(w)))
                 && mid.as_ref().is_none_or(|w| {
-                    s.message_id
+                    r.message_id
                         .as_ref()
                         .is_some_and(|m| m.to_lowercase().contains(w))
-                })
+                });
+            if matches {
+                // Oldest first: keep the newest `limit`.
+                if found.len() == limit {
+                    found.pop_front();
+                }
+                found.push_back(r.summary());
+            }
+            true
         })
-        .collect();
-    found.reverse();
-    found.truncate(limit);
-    Ok(found)
+        .await?;
+        if found.len() >= limit {
+            break;
+        }
+    }
+    Ok(found.into_iter().rev().collect())
 }
 
 /// Remove traces older than `retention`, then the oldest beyond `max`. How many went.
 pub async fn prune(store: &Store, retention: Duration, max: u64) -> Result<u64, StoreError> {
-    let cutoff = chrono::Utc::now().timestamp() - retention.as_secs() as i64;
-    let index = store.kv_range(INDEX, "", "", usize::MAX).await?;
-    let over = (index.len() as u64).saturating_sub(max) as usize;
+    let cutoff = key_at((chrono::Utc::now().timestamp() - retention.as_secs() as i64) * 1000);
+    let mut keys = Vec::new();
+    walk(store, "", "", |k, _| {
+        keys.push(k.to_string());
+        true
+    })
+    .await?;
+    let over = (keys.len() as u64).saturating_sub(max) as usize;
     let mut removed = 0;
-    for (i, (key, v)) in index.iter().enumerate() {
-        let created = key
-            .split_once('.')
-            .and_then(|(t, _)| i64::from_str_radix(t, 16).ok())
-            .unwrap_or(0)
-            / 1000;
-        if created >= cutoff && i >= over {
+    for (i, key) in keys.iter().enumerate() {
+        if *key >= cutoff && i >= over {
             break;
         }
-        let Some((_, id)) = key.split_once('.') else {
-            continue;
-        };
-        if let Ok(s) = serde_json::from_slice::<Summary>(v)
-            && let Some(mid) = &s.message_id
-        {
-            store.kv_delete(BY_MID, &normal_mid(mid)).await?;
-        }
-        store.kv_delete(NS, id).await?;
-        store.kv_delete(INDEX, key).await?;
+        store.kv_delete(NS, key).await?;
         removed += 1;
     }
     Ok(removed)
@@ -552,9 +572,11 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn record(id: &str, created: i64, from: &str, mid: &str) -> Record {
+    /// A record made `ago` seconds before now, and its id.
+    fn record(ago: i64, from: &str, mid: &str) -> Record {
+        let created = chrono::Utc::now().timestamp() - ago;
         Record {
-            id: id.into(),
+            id: format!("{:016X}", ((created as u64 * 1000) << 20) | 7),
             created_unix: created,
             created: chrono::DateTime::from_timestamp(created, 0)
                 .unwrap()
@@ -570,29 +592,17 @@ mod tests {
     #[tokio::test]
     async fn traces_are_found_by_id_message_id_and_search_and_pruned() {
         let store: Store = Arc::new(crate::store::MemoryStore::new());
-        let now = chrono::Utc::now().timestamp();
-        apply(
-            &store,
-            vec![Event::Begin(Box::new(record(
-                "A1",
-                now - 100,
-                "x@a.org",
-                "m1@a",
-            )))],
-        )
-        .await
-        .unwrap();
-        apply(
-            &store,
-            vec![Event::Begin(Box::new(record(
-                "B2",
-                now - 50,
-                "y@b.org",
-                "m2@b",
-            )))],
-        )
-        .await
-        .unwrap();
+        let (a, b) = (
+            record(100, "x@a.org", "m1@a"),
+            record(50, "y@b.org", "m2@b"),
+        );
+        let (a1, b2) = (a.id.clone(), b.id.clone());
+        apply(&store, vec![Event::Begin(Box::new(a))])
+            .await
+            .unwrap();
+        apply(&store, vec![Event::Begin(Box::new(b))])
+            .await
+            .unwrap();
         let step = Step {
             reason: "x".repeat(2000),
             ..Default::default()
@@ -600,9 +610,9 @@ mod tests {
         apply(
             &store,
             vec![
-                Event::Steps("A1".into(), vec![step]),
+                Event::Steps(a1.clone(), vec![step]),
                 Event::Attempt(
-                    "A1".into(),
+                    a1.clone(),
                     Attempt {
                         result: "deferred".into(),
                         ..Default::default()
@@ -612,27 +622,32 @@ mod tests {
         )
         .await
         .unwrap();
-        let a = get(&store, "A1").await.unwrap().unwrap();
-        assert_eq!(a.attempts.len(), 1);
-        assert!(a.steps[0].reason.len() < 600);
-        assert_eq!(get(&store, "<m2@b>").await.unwrap().unwrap().id, "B2");
-        assert_eq!(get(&store, "m2@b").await.unwrap().unwrap().id, "B2");
+        let got = get(&store, &a1).await.unwrap().unwrap();
+        assert_eq!(got.attempts.len(), 1);
+        assert!(got.steps[0].reason.len() < 600);
+        assert_eq!(get(&store, "<m2@b>").await.unwrap().unwrap().id, b2);
+        assert_eq!(get(&store, "m2@b").await.unwrap().unwrap().id, b2);
         assert!(get(&store, "nope").await.unwrap().is_none());
         let all = search(&store, &Query::default()).await.unwrap();
         assert_eq!(
-            all.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
-            ["B2", "A1"]
+            all.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
+            [b2.clone(), a1.clone()]
         );
         let q = Query {
             sender: Some("X@A".into()),
             ..Default::default()
         };
-        assert_eq!(search(&store, &q).await.unwrap()[0].id, "A1");
+        assert_eq!(search(&store, &q).await.unwrap()[0].id, a1);
         let q = Query {
-            since: Some(now - 60),
+            since: Some(chrono::Utc::now().timestamp() - 60),
             ..Default::default()
         };
         assert_eq!(search(&store, &q).await.unwrap().len(), 1);
+        let q = Query {
+            limit: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(search(&store, &q).await.unwrap()[0].id, b2);
         // Events for a trace that is not there are dropped.
         apply(&store, vec![Event::Filed("ZZ".into(), vec![])])
             .await
@@ -640,7 +655,7 @@ mod tests {
         assert!(get(&store, "ZZ").await.unwrap().is_none());
         // Retention 75 s removes A1; a bound of 0 more removes everything.
         assert_eq!(prune(&store, Duration::from_secs(75), 10).await.unwrap(), 1);
-        assert!(get(&store, "A1").await.unwrap().is_none());
+        assert!(get(&store, &a1).await.unwrap().is_none());
         assert!(get(&store, "m1@a").await.unwrap().is_none());
         assert_eq!(
             prune(&store, Duration::from_secs(3600), 0).await.unwrap(),

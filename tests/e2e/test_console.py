@@ -48,8 +48,14 @@ def console(tmp_path_factory):
     dns = DnsServer()
     dns.add(NEW_DOMAIN, "MX", "10 mx.example.org.")
     dns.fail("unreachable.test")
-    srv = Server(tmp_path_factory.mktemp("console"), dns.addr,
-                 listeners=("smtp", "submission", "http"), shutdown_timeout="5s")
+    base = tmp_path_factory.mktemp("console")
+    # A script that looks at every message and lets it through: its verdict is a step of
+    # each trace (the built-in policy letting a message through is not recorded).
+    script = base / "look.rhai"
+    script.write_text('fn on_data(ctx) { if ctx.subject == "never sent" { return reject("no"); } }\n')
+    srv = Server(base / "srv", dns.addr,
+                 listeners=("smtp", "submission", "http"), shutdown_timeout="5s",
+                 hooks=[{"script": script}])
     srv.add_user(ALICE)
     srv.add_user(SUBMITTER)
     env = {}

@@ -632,7 +632,10 @@ fn settle(
             return v.ends_chain().then_some(v);
         }
     };
-    steps.push(step(verdict.name(), verdict.describe()));
+    // The built-in policy letting a message through says nothing a trace needs.
+    if !(verdict == Verdict::Continue && engine.name() == "builtin") {
+        steps.push(step(verdict.name(), verdict.describe()));
+    }
     if !verdict.ends_chain() {
         return None;
     }

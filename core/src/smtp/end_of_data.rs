@@ -75,7 +75,7 @@ impl Session {
         };
         tx.trace = None;
         let mut t = DataTrace::default();
-        t.rec.id = format!("{:016X}", rand::random::<u64>());
+        t.rec.id = crate::delivery::new_queue_id();
         t.rec.created = crate::trace::now_rfc3339();
         t.rec.created_unix = chrono::Utc::now().timestamp();
         t.rec.sender = tx.from.to_string();
