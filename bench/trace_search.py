@@ -85,7 +85,7 @@ max_traces = {a.traces * 2}
             left = a.traces - count()
             subprocess.run([BIN, "bench", "--smtp", "127.0.0.1:12525", "--user", "bench@localhost",
                             "--password", "bench", "--clients", "10",
-                            "--duration", f"{max(2, left // 3000)}s"],
+                            "--duration", f"{max(1, left // 9000)}s"],
                            check=True, capture_output=True)
         sent = count()
         print(f"sent {sent} messages in {time.time() - started:.0f} s")

@@ -6,8 +6,9 @@
 //! Kept in the store's key-value area, so every node sharing a database sees every trace:
 //! namespace `trace`, queue id → [`Record`] as JSON, one key per message. Queue ids begin
 //! with the time in milliseconds (`delivery::new_queue_id`), so the keys are in time order:
-//! a time range is a key range, which searches and pruning walk a page at a time; a
-//! Message-ID is found by walking them. Sessions and the queue hand events to one writer task over a
+//! a time range is a key range, which searches walk from the newest a page at a time
+//! (stopping at their limit) and pruning from the oldest; a Message-ID is found by walking
+//! from the newest. Sessions and the queue hand events to one writer task over a
 //! bounded channel ([`emit`]) and never wait for it; when it falls behind, events are
 //! dropped and counted (`corvus_trace_events_dropped_total`). A pruner removes traces older
 //! than `[trace] retention` and the oldest beyond `[trace] max_traces`.
@@ -377,6 +378,29 @@ async fn walk(
     }
 }
 
+/// [`walk`] from the newest: keys below `end` (empty: no end) down to `start`.
+async fn walk_back(
+    store: &Store,
+    start: &str,
+    end: &str,
+    mut visit: impl FnMut(&str, &[u8]) -> bool,
+) -> Result<(), StoreError> {
+    const PAGE: usize = 200;
+    let mut below = end.to_string();
+    loop {
+        let page = store.kv_range_back(NS, start, &below, PAGE).await?;
+        for (k, v) in &page {
+            if !visit(k, v) {
+                return Ok(());
+            }
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == PAGE => below.clone_from(last),
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// The trace of queue id or Message-ID `id` (the newest with that Message-ID).
 pub async fn get(store: &Store, id: &str) -> Result<Option<Record>, StoreError> {
     let id = id.trim();
@@ -388,11 +412,12 @@ pub async fn get(store: &Store, id: &str) -> Result<Option<Record>, StoreError> 
         return Ok(None);
     }
     let mut found = None;
-    walk(store, "", "", |_, v| {
+    walk_back(store, "", "", |_, v| {
         if let Ok(r) = serde_json::from_slice::<Record>(v)
             && r.message_id.as_deref().map(normal_mid).as_deref() == Some(mid.as_str())
         {
             found = Some(r);
+            return false;
         }
         true
     })
@@ -417,8 +442,8 @@ pub struct Query {
     pub limit: Option<usize>,
 }
 
-/// The traces matching `q`, newest first. Without `since`, the last hour is searched
-/// first, then the last day, then everything, until `limit` are found.
+/// The traces matching `q`, newest first: a walk from the newest (or from `until`) that
+/// stops at `limit` matches or at `since`.
 pub async fn search(store: &Store, q: &Query) -> Result<Vec<Summary>, StoreError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let lower = |s: &Option<String>| {
@@ -427,46 +452,31 @@ pub async fn search(store: &Store, q: &Query) -> Result<Vec<Summary>, StoreError
             .filter(|s| !s.is_empty())
     };
     let (sender, rcpt, mid) = (lower(&q.sender), lower(&q.recipient), lower(&q.message_id));
+    let start = q.since.map(|t| key_at(t * 1000)).unwrap_or_default();
     let end = q.until.map(|t| key_at(t * 1000)).unwrap_or_default();
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    let windows: Vec<Option<i64>> = match q.since {
-        Some(t) => vec![Some(t * 1000)],
-        None => vec![Some(now_ms - 3_600_000), Some(now_ms - 86_400_000), None],
-    };
-    let mut found = std::collections::VecDeque::new();
-    for since in windows {
-        found.clear();
-        let start = since.map(key_at).unwrap_or_default();
-        walk(store, &start, &end, |_, v| {
-            let Ok(r) = serde_json::from_slice::<Record>(v) else {
-                return true;
-            };
-            let matches = sender
+    let mut found = Vec::new();
+    walk_back(store, &start, &end, |_, v| {
+        let Ok(r) = serde_json::from_slice::<Record>(v) else {
+            return true;
+        };
+        let matches = sender
+            .as_ref()
+            .is_none_or(|w| r.sender.to_lowercase().contains(w))
+            && rcpt
                 .as_ref()
-                .is_none_or(|w| r.sender.to_lowercase().contains(w))
-                && rcpt
+                .is_none_or(|w| r.recipients.iter().any(|x| x.to_lowercase().contains(w)))
+            && mid.as_ref().is_none_or(|w| {
+                r.message_id
                     .as_ref()
-                    .is_none_or(|w| r.recipients.iter().any(|x| x.to_lowercase().contains(w)))
-                && mid.as_ref().is_none_or(|w| {
-                    r.message_id
-                        .as_ref()
-                        .is_some_and(|m| m.to_lowercase().contains(w))
-                });
-            if matches {
-                // Oldest first: keep the newest `limit`.
-                if found.len() == limit {
-                    found.pop_front();
-                }
-                found.push_back(r.summary());
-            }
-            true
-        })
-        .await?;
-        if found.len() >= limit {
-            break;
+                    .is_some_and(|m| m.to_lowercase().contains(w))
+            });
+        if matches {
+            found.push(r.summary());
         }
-    }
-    Ok(found.into_iter().rev().collect())
+        found.len() < limit
+    })
+    .await?;
+    Ok(found)
 }
 
 /// Remove traces older than `retention`, then the oldest beyond `max`. How many went.

@@ -391,6 +391,16 @@ impl<S: MailStore> Kv for Cached<S> {
         self.inner.kv_range(ns, start, end, limit).await
     }
 
+    async fn kv_range_back(
+        &self,
+        ns: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        self.inner.kv_range_back(ns, start, end, limit).await
+    }
+
     async fn kv_delete(&self, ns: &str, key: &str) -> Result<()> {
         self.inner.kv_delete(ns, key).await
     }

@@ -851,6 +851,27 @@ impl Leases for MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// Live keys of `ns` from `start` to `end` (empty: no end), ascending.
+    fn kv_live(&self, ns: &str, start: &str, end: &str) -> Vec<(String, Vec<u8>)> {
+        let now = now();
+        let st = self.state();
+        let mut out: Vec<(String, Vec<u8>)> = st
+            .kv
+            .iter()
+            .filter(|((n, k), (exp, _))| {
+                n == ns
+                    && k.as_str() >= start
+                    && (end.is_empty() || k.as_str() < end)
+                    && (*exp == 0 || *exp > now)
+            })
+            .map(|((_, k), (_, v))| (k.clone(), v.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        out
+    }
+}
+
 #[async_trait::async_trait]
 impl Kv for MemoryStore {
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>> {
@@ -903,20 +924,20 @@ impl Kv for MemoryStore {
         end: &str,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>> {
-        let now = now();
-        let st = self.state();
-        let mut out: Vec<(String, Vec<u8>)> = st
-            .kv
-            .iter()
-            .filter(|((n, k), (exp, _))| {
-                n == ns
-                    && k.as_str() >= start
-                    && (end.is_empty() || k.as_str() < end)
-                    && (*exp == 0 || *exp > now)
-            })
-            .map(|((_, k), (_, v))| (k.clone(), v.clone()))
-            .collect();
-        out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let mut out = self.kv_live(ns, start, end);
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn kv_range_back(
+        &self,
+        ns: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = self.kv_live(ns, start, end);
+        out.reverse();
         out.truncate(limit);
         Ok(out)
     }

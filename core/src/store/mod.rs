@@ -838,6 +838,16 @@ pub trait Kv: Send + Sync {
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>>;
 
+    /// [`Kv::kv_range`] from the other end: the live keys below `end` (empty: no end) down
+    /// to `start` (inclusive), in descending byte order, at most `limit`.
+    async fn kv_range_back(
+        &self,
+        ns: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>>;
+
     /// Remove a key (nothing happens when it is missing).
     async fn kv_delete(&self, ns: &str, key: &str) -> Result<()>;
 }

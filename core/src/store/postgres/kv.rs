@@ -82,17 +82,17 @@ impl Kv for PostgresStore {
         end: &str,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>> {
-        let c = self.client().await?;
-        let limit = limit.min(i64::MAX as usize) as i64;
-        let rows = rows(
-            &c,
-            "SELECT key, value FROM kv WHERE ns = $1 AND key COLLATE \"C\" >= $2 \
-             AND ($3 = '' OR key COLLATE \"C\" < $3) AND (expires = 0 OR expires > $4) \
-             ORDER BY key COLLATE \"C\" LIMIT $5",
-            &[&ns, &start, &end, &now(), &limit],
-        )
-        .await?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        self.kv_scan(ns, start, end, limit, false).await
+    }
+
+    async fn kv_range_back(
+        &self,
+        ns: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        self.kv_scan(ns, start, end, limit, true).await
     }
 
     async fn kv_delete(&self, ns: &str, key: &str) -> Result<()> {
@@ -104,5 +104,31 @@ impl Kv for PostgresStore {
         )
         .await?;
         Ok(())
+    }
+}
+
+impl PostgresStore {
+    /// Live keys of `ns` from `start` to `end` (empty: no end), forward or backward.
+    async fn kv_scan(
+        &self,
+        ns: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+        back: bool,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let c = self.client().await?;
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let sql = if back {
+            "SELECT key, value FROM kv WHERE ns = $1 AND key COLLATE \"C\" >= $2 \
+             AND ($3 = '' OR key COLLATE \"C\" < $3) AND (expires = 0 OR expires > $4) \
+             ORDER BY key COLLATE \"C\" DESC LIMIT $5"
+        } else {
+            "SELECT key, value FROM kv WHERE ns = $1 AND key COLLATE \"C\" >= $2 \
+             AND ($3 = '' OR key COLLATE \"C\" < $3) AND (expires = 0 OR expires > $4) \
+             ORDER BY key COLLATE \"C\" LIMIT $5"
+        };
+        let rows = rows(&c, sql, &[&ns, &start, &end, &now(), &limit]).await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }

@@ -66,6 +66,35 @@ impl Kv for SledStore {
         end: &str,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>> {
+        self.kv_scan(ns, start, end, limit, false)
+    }
+
+    async fn kv_range_back(
+        &self,
+        ns: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        self.kv_scan(ns, start, end, limit, true)
+    }
+
+    async fn kv_delete(&self, ns: &str, key: &str) -> Result<()> {
+        self.kv.remove(mbox_key(ns, key))?;
+        Ok(())
+    }
+}
+
+impl SledStore {
+    /// Live keys of `ns` from `start` to `end` (empty: no end), forward or backward.
+    fn kv_scan(
+        &self,
+        ns: &str,
+        start: &str,
+        end: &str,
+        limit: usize,
+        back: bool,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
         let from = mbox_key(ns, start);
         let to = if end.is_empty() {
             // Every key of `ns` is below `ns` followed by byte 1.
@@ -77,11 +106,17 @@ impl Kv for SledStore {
         };
         let now = now();
         let mut out = Vec::new();
-        for item in self.kv.range(from..to) {
-            let (k, v) = item?;
+        let range = self.kv.range(from..to);
+        let items: Box<dyn Iterator<Item = _>> = if back {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        for item in items {
             if out.len() >= limit {
                 break;
             }
+            let (k, v) = item?;
             if v.len() < 8 {
                 continue;
             }
@@ -93,10 +128,5 @@ impl Kv for SledStore {
             out.push((key, v[8..].to_vec()));
         }
         Ok(out)
-    }
-
-    async fn kv_delete(&self, ns: &str, key: &str) -> Result<()> {
-        self.kv.remove(mbox_key(ns, key))?;
-        Ok(())
     }
 }
