@@ -1046,3 +1046,33 @@ def test_connections_over_max_connections_are_closed_and_the_rest_served(corvus_
 
     body = wait_for(served, what="/healthz served again after the held connections closed", timeout=10)
     assert body.strip() == b"ok", body
+
+
+def test_cross_site_requests_carry_no_credentials_and_are_refused(site):
+    """CSRF: the API authenticates only by the Authorization header, which a page on another
+    site cannot make a browser send (no cookies are used, and no CORS header lets another
+    origin in). A cross-site form post, with or without cookies, is refused and changes
+    nothing; a CORS preflight gets no Access-Control-Allow-Origin; the server keeps serving."""
+    api = site.api
+    victim = f"csrf{time.time_ns()}@example.org"
+    evil = {"Origin": "http://evil.example", "Referer": "http://evil.example/page"}
+    form = f"address={victim}&password=pw"
+    for extra in ({}, {"Cookie": "session=stolen; token=" + site.token}):
+        r = api.post("/api/users", token=None, data=form,
+                     headers={**evil, **extra, "Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 401, describe(r)
+        assert "access-control-allow-origin" not in {k.lower() for k in r.headers}, dict(r.headers)
+        assert not r.headers.get("Set-Cookie"), dict(r.headers)
+    # text/plain is the other content type a form can send: not JSON to this API.
+    r = api.post("/api/users", data='{"address": "%s", "password": "pw"}' % victim,
+                 headers={**evil, "Content-Type": "text/plain"})
+    assert r.status_code in (400, 415) and r.json().get("error"), describe(r)
+    # The preflight a browser makes before a cross-site request with Authorization.
+    r = api.request("OPTIONS", "/api/users", token=None,
+                    headers={**evil, "Access-Control-Request-Method": "DELETE",
+                             "Access-Control-Request-Headers": "authorization"})
+    assert "access-control-allow-origin" not in {k.lower() for k in r.headers}, dict(r.headers)
+    # Nothing was created; the server still serves.
+    users = [u["address"] for u in api.get("/api/users").json()]
+    assert victim not in users, users
+    assert api.get("/healthz", token=None).status_code == 200
