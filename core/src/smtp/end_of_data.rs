@@ -82,8 +82,9 @@ impl Session {
         t.rec.recipients = tx.rcpts.iter().map(|r| r.address.clone()).collect();
         t.rec.steps = self.session_steps.clone();
         t.rec.steps.extend(tx.steps.iter().cloned());
-        t.rec.connection = self.trace_connection();
         let reply = self.decide_data(tx, data, &mut t).await;
+        // After the checks: FCrDNS is known by then, when the message got that far.
+        t.rec.connection = self.trace_connection();
         let (result, reason) = match reply.code {
             200..=399 if t.discarded => ("discarded", ""),
             200..=399 => ("accepted", ""),
@@ -172,7 +173,6 @@ impl Session {
             .next()
             .map(|m| m.trim().to_string());
         let fcrdns = self.fcrdns().await;
-        t.rec.connection = self.trace_connection();
         // Sender authentication (inbound smtp): results for the header, hooks and policy.
         let checked = if self.sender_checks() {
             let helo = self.helo.clone().unwrap_or_default();

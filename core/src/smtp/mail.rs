@@ -112,7 +112,6 @@ impl Session {
             }
         }
         tracing::debug!(from = %from, "MAIL");
-        let sender = from.to_string();
         self.tx = Some(Transaction {
             from,
             params,
@@ -121,15 +120,7 @@ impl Session {
             steps: outcome.steps,
             refused: Vec::new(),
             last_refusal: String::new(),
-            trace: Some(Box::new(crate::trace::Record {
-                id: crate::delivery::new_queue_id(),
-                created: crate::trace::now_rfc3339(),
-                created_unix: chrono::Utc::now().timestamp(),
-                sender,
-                connection: self.trace_connection(),
-                steps: self.session_steps.clone(),
-                ..Default::default()
-            })),
+            trace: None,
         });
         self.reply(Reply::new(250, "2.1.0", "Sender OK"));
         Flow::Continue

@@ -15,9 +15,35 @@ impl Session {
             .smtp_rcpt_refused
             .get_or_create(&crate::metrics::ResultLabel { result: by })
             .inc();
+        // The trace starts at the first refusal: most transactions never need one.
+        let draft = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.trace.is_none())
+            .then(|| self.trace_draft());
         if let Some(tx) = &mut self.tx {
+            if let Some(d) = draft {
+                tx.trace = Some(Box::new(d));
+            }
             tx.refused.push(address.to_string());
             tx.last_refusal = reply.to_string().trim_end().to_string();
+        }
+    }
+
+    /// The trace of this transaction, should every recipient be refused.
+    fn trace_draft(&self) -> crate::trace::Record {
+        crate::trace::Record {
+            id: crate::delivery::new_queue_id(),
+            created: crate::trace::now_rfc3339(),
+            created_unix: chrono::Utc::now().timestamp(),
+            sender: self
+                .tx
+                .as_ref()
+                .map(|tx| tx.from.to_string())
+                .unwrap_or_default(),
+            connection: self.trace_connection(),
+            steps: self.session_steps.clone(),
+            ..Default::default()
         }
     }
 
