@@ -135,6 +135,11 @@ pub enum AdminCommand {
         /// Its name.
         name: String,
     },
+    /// The DNS records a local domain should publish for this server.
+    DnsRecords {
+        /// The domain.
+        domain: String,
+    },
     /// The trace of one message (queue id or Message-ID).
     Trace {
         /// Queue id or Message-ID.
@@ -172,23 +177,23 @@ pub enum AdminError {
     MailboxIo(#[from] crate::mailbox_io::MailboxIoError),
 }
 
-/// Run a command against the store, with `config_domains` (from the config file) counted as
-/// local. Returns the text to print.
+/// Run a command against the store, with the config file's `domains` counted as local. Returns the text to print.
 pub fn execute(
     store: &Store,
-    config_domains: &[String],
+    config: &crate::config::Config,
     cmd: AdminCommand,
 ) -> Result<String, AdminError> {
-    execute_with_progress(store, config_domains, cmd, &mut |_| {})
+    execute_with_progress(store, config, cmd, &mut |_| {})
 }
 
 /// [`execute`], reporting progress of long commands (import, export) line by line.
 pub fn execute_with_progress(
     store: &Store,
-    config_domains: &[String],
+    config: &crate::config::Config,
     cmd: AdminCommand,
     progress: &mut dyn FnMut(&str),
 ) -> Result<String, AdminError> {
+    let config_domains = &config.domains[..];
     let out = match cmd {
         AdminCommand::UserAdd {
             address,
@@ -412,6 +417,24 @@ pub fn execute_with_progress(
                 .collect::<Vec<_>>()
                 .join("\n")
         }
+        AdminCommand::DnsRecords { domain } => {
+            let domain = domain.trim_end_matches('.').to_lowercase();
+            let local = config_domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(&domain))
+                || store.domains().wait()?.contains(&domain);
+            if !local {
+                return Err(AdminError::Usage(format!(
+                    "{domain} is not a local domain (add it with `corvus domain add {domain}`)"
+                )));
+            }
+            let records = crate::dns_records::expected(config, store, &domain).wait()?;
+            format!(
+                "; DNS records for {domain}, served by {}\n{}",
+                config.hostname,
+                crate::dns_records::zone_text(&records).trim_end()
+            )
+        }
         AdminCommand::TokenRevoke { name } => {
             crate::api_tokens::revoke(store, &name).wait()?;
             format!("revoked API token {name}")
@@ -596,7 +619,8 @@ mod tests {
             flags: Vec::new(),
         }];
         let uids = store.deliver(&raw, 0, &to).await.unwrap();
-        let run = |cmd| execute(&store, &[], cmd);
+        let config = crate::config::Config::default();
+        let run = |cmd| execute(&store, &config, cmd);
         let list = run(AdminCommand::MailboxList {
             address: "Alice@example.org".into(),
             folder: None,

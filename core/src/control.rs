@@ -42,7 +42,7 @@ pub type Reloader = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 pub async fn serve(
     path: &Path,
     store: Store,
-    domains: Vec<String>,
+    config: std::sync::Arc<crate::config::Config>,
     stop: CancellationToken,
     queue_wakeup: std::sync::Arc<tokio::sync::Notify>,
     reload: Reloader,
@@ -61,11 +61,11 @@ pub async fn serve(
                 conn = listener.accept() => {
                     let Ok((stream, _)) = conn else { continue };
                     let store = store.clone();
-                    let domains = domains.clone();
+                    let config = config.clone();
                     let reload = reload.clone();
                     let wake = queue_wakeup.clone();
                     tokio::spawn(async move {
-                        let _ = handle(stream, store, domains, reload).await;
+                        let _ = handle(stream, store, config, reload).await;
                         // Queue commands may have made messages due now.
                         wake.notify_one();
                     });
@@ -80,7 +80,7 @@ pub async fn serve(
 async fn handle(
     stream: UnixStream,
     store: Store,
-    domains: Vec<String>,
+    config: std::sync::Arc<crate::config::Config>,
     reload: Reloader,
 ) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
@@ -100,7 +100,7 @@ async fn handle(
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
             let store2 = store.clone();
             let task = tokio::task::spawn_blocking(move || {
-                execute_with_progress(&store2, &domains, cmd, &mut |line| {
+                execute_with_progress(&store2, &config, cmd, &mut |line| {
                     let _ = tx.send(line.to_string());
                 })
             });

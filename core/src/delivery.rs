@@ -305,6 +305,7 @@ pub fn queue_entry(id: &str, mail_from: &str, rcpts: Vec<QueueRcpt>, now: i64) -
         smtputf8: false,
         decisions: Vec::new(),
         warned: false,
+        requiretls: false,
         lease: None,
     }
 }

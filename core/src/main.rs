@@ -67,6 +67,9 @@ enum Command {
     /// Tokens for the admin HTTP API and web console (`Authorization: Bearer <token>`).
     #[command(subcommand)]
     Token(TokenCmd),
+    /// DNS: the records to publish for a local domain.
+    #[command(subcommand)]
+    Dns(DnsCmd),
     /// The story of one message: connection, every hook's verdict and why, sender
     /// authentication, spam score, where each copy was filed, every delivery attempt.
     ///
@@ -344,6 +347,18 @@ enum QueueCmd {
     Delete {
         /// Queue id.
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DnsCmd {
+    /// Print, as zone-file lines, every record DOMAIN should publish for this server: MX,
+    /// SPF, each DKIM key, DMARC, MTA-STS (policy host and id), TLS-RPT, the autoconfig host
+    /// and the RFC 6186 SRV records of the client listeners. The admin API's
+    /// `GET /api/domains/DOMAIN/dns` shows the same with what DNS answers now.
+    Records {
+        /// A local domain.
+        domain: String,
     },
 }
 
@@ -693,6 +708,7 @@ fn main() -> ExitCode {
         Command::Alias(AliasCmd::List) => AdminCommand::AliasList,
         Command::Token(TokenCmd::Create { name }) => AdminCommand::TokenCreate { name },
         Command::Token(TokenCmd::List) => AdminCommand::TokenList,
+        Command::Dns(DnsCmd::Records { domain }) => AdminCommand::DnsRecords { domain },
         Command::Token(TokenCmd::Revoke { name }) => AdminCommand::TokenRevoke { name },
         Command::Trace(TraceArgs { id: Some(id), .. }) => AdminCommand::Trace { id },
         Command::Trace(a) => AdminCommand::TraceSearch {
@@ -919,7 +935,7 @@ fn run_admin(config: &Config, cmd: AdminCommand) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&format!("{e:#}")),
     };
-    let result = execute_with_progress(&store, &config.domains, cmd, &mut progress);
+    let result = execute_with_progress(&store, config, cmd, &mut progress);
     let flushed = rt.block_on(store.commit());
     match (result, flushed) {
         (Ok(text), Ok(())) => print_output(&text, raw),

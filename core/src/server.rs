@@ -401,7 +401,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::control::serve(
         &config.control_socket(),
         store.clone(),
-        config.domains.clone(),
+        services.config.clone(),
         shutdown.clone(),
         services.queue.delivery.queue_wakeup().clone(),
         reloader.clone(),

@@ -92,6 +92,20 @@ pub struct Step {
     pub micros: u64,
 }
 
+impl Step {
+    /// A step taken now by a part of Corvus (no hook timing).
+    pub fn now(stage: &str, engine: &str, verdict: &str, reason: String) -> Step {
+        Step {
+            at: now_rfc3339(),
+            stage: stage.into(),
+            engine: engine.into(),
+            verdict: verdict.into(),
+            reason,
+            micros: 0,
+        }
+    }
+}
+
 /// Where one copy went.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Filed {

@@ -8,6 +8,7 @@ import time
 import dkim
 import pytest
 
+from support.certs import issue_cert
 from support.dns import DnsServer
 from support.net import free_port
 from support.server import Server
@@ -347,54 +348,6 @@ def test_delay_warning_sent_once(net):
     warnings = [m for m in a.stored_messages("alice@a.test") if b"Action: delayed" in m]
     assert len(warnings) == 1
     assert "bob@b.test" in a.cli("queue", "list").stdout  # still queued
-
-
-def issue_cert(dir, names, ca=None):
-    """A certificate for `names` (PEM files in `dir`): signed by `ca` (the result of an
-    earlier call) or self-signed; returns (cert_path, key_path, (cert, key))."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    dir.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    issuer_cert, issuer_key = ca[2] if ca else (None, key)
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_cert.subject if issuer_cert else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-    )
-    if names[0].startswith("Test CA"):
-        b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        b = b.add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )
-    else:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-        b = b.add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        b = b.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-    cert = b.sign(issuer_key, hashes.SHA256())
-    cert_path, key_path = dir / "cert.pem", dir / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path, (cert, key)
 
 
 def smart_host_sites(zone, make, tmp_path, b_names, trusted):

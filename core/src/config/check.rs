@@ -28,6 +28,21 @@ impl Config {
         if self.http.max_connections == 0 {
             problems.push("http.max_connections: must be at least 1".into());
         }
+        if self.mta_sts.max_age > Duration::from_secs(31_557_600) {
+            problems.push(
+                "mta_sts.max_age: at most a year (31557600 s, RFC 8461 3.2); e.g. \"7d\"".into(),
+            );
+        }
+        for mx in &self.mta_sts.mx {
+            if !valid_mx_pattern(mx) {
+                problems.push(format!(
+                    "mta_sts.mx: {mx:?} is not a host name or a wildcard like \"*.example.org\""
+                ));
+            }
+        }
+        if self.delivery.mta_sts_port == 0 {
+            problems.push("delivery.mta_sts_port: must not be 0 (443 unless testing)".into());
+        }
         if self.trace.max_traces == 0 {
             problems
                 .push("trace.max_traces: must be at least 1 (traces cannot be turned off)".into());

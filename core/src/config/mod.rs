@@ -60,6 +60,8 @@ pub struct Config {
     pub http: Http,
     /// The message trace (`corvus trace`, `/api/trace/{id}`).
     pub trace: Trace,
+    /// The MTA-STS policy this server publishes for its domains (RFC 8461).
+    pub mta_sts: MtaSts,
     /// Limits on WASM plugins (`[[hooks]] plugin = ...`), one set for the process.
     pub plugins: Plugins,
     /// Logging.
@@ -174,6 +176,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "sender_auth",
     "http",
     "trace",
+    "mta_sts",
     "plugins",
     "log",
     "shutdown_timeout",
@@ -369,6 +372,79 @@ pub struct Delivery {
     pub max_concurrency: usize,
     /// Outbound deliveries in progress at once to one destination domain.
     pub max_per_domain: usize,
+    /// Apply the MTA-STS policies (RFC 8461) that destination domains publish: under an
+    /// `enforce` policy, mail goes only to the listed MX hosts over TLS with a verified
+    /// certificate, or waits in the queue.
+    pub mta_sts: bool,
+    /// Port of the HTTPS servers MTA-STS policies are fetched from (443; another value only
+    /// for tests and private setups).
+    pub mta_sts_port: u16,
+    /// How long fetching one MTA-STS policy may take, all told.
+    #[serde(with = "dur")]
+    pub mta_sts_timeout: Duration,
+}
+
+/// A policy's mode (RFC 8461 §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StsMode {
+    /// Deliver only to matching MX hosts over TLS with a certificate valid for the MX name.
+    Enforce,
+    /// Check and report, deliver anyway.
+    Testing,
+    /// No policy (a published "none" withdraws an earlier one).
+    None,
+}
+
+impl StsMode {
+    /// The word in a policy file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StsMode::Enforce => "enforce",
+            StsMode::Testing => "testing",
+            StsMode::None => "none",
+        }
+    }
+}
+
+/// Whether `p` is an MX pattern: a host name, or `*.` and a host name.
+pub fn valid_mx_pattern(p: &str) -> bool {
+    let name = p.strip_prefix("*.").unwrap_or(p);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// The MTA-STS policy served at `https://mta-sts.<domain>/.well-known/mta-sts.txt` for
+/// every local domain (`[mta_sts]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MtaSts {
+    /// "enforce": senders deliver only over verified TLS to the `mx` hosts; "testing":
+    /// they deliver anyway and report failures; "none": the policy is withdrawn.
+    pub mode: StsMode,
+    /// How long senders keep the policy ("7d"; at most a year).
+    #[serde(with = "dur")]
+    pub max_age: Duration,
+    /// MX host names the policy allows (wildcards like `*.example.org` allowed); empty:
+    /// `hostname`.
+    pub mx: Vec<String>,
+}
+
+impl Default for MtaSts {
+    fn default() -> Self {
+        MtaSts {
+            mode: StsMode::Testing,
+            max_age: Duration::from_secs(7 * 86400),
+            mx: Vec::new(),
+        }
+    }
 }
 
 /// Limits that hold for every listener (SMTP, IMAP and POP3 together).
@@ -788,6 +864,7 @@ impl Default for Config {
             sender_auth: SenderAuth::default(),
             http: Http::default(),
             trace: Trace::default(),
+            mta_sts: MtaSts::default(),
             log: Log::default(),
             shutdown_timeout: Duration::from_secs(30),
             hooks: Vec::new(),
@@ -815,6 +892,9 @@ impl Default for Delivery {
             delay_warning: None,
             max_concurrency: 50,
             max_per_domain: 10,
+            mta_sts: true,
+            mta_sts_port: 443,
+            mta_sts_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -168,8 +168,8 @@ fn store_error(e: StoreError) -> Response {
 /// Run a CLI command (blocking store calls, on the blocking pool) and make it durable.
 async fn run(s: &Shared, cmd: AdminCommand) -> Result<String, Response> {
     let store = s.store.clone();
-    let domains = s.config.domains.clone();
-    let done = tokio::task::spawn_blocking(move || crate::admin::execute(&store, &domains, cmd))
+    let config = s.config.clone();
+    let done = tokio::task::spawn_blocking(move || crate::admin::execute(&store, &config, cmd))
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     match done {
@@ -349,103 +349,24 @@ async fn domain_dns(State(s): State<Shared>, Path(domain): Path<String>) -> ApiR
             format!("no local domain {domain}"),
         ));
     }
-    let host = s.config.hostname.to_lowercase();
-    let resolver = &s.resolver;
     let mut records = Vec::new();
-    // MX.
-    let mx = lookup(resolver, &domain, "MX").await;
-    let mx_ok = mx.iter().any(|v| {
-        v.split_once(' ')
-            .is_some_and(|(_, h)| h.trim_end_matches('.').eq_ignore_ascii_case(&host))
-    });
-    records.push(json!({
-        "type": "MX", "name": format!("{domain}."), "value": format!("10 {host}."),
-        "purpose": "MX", "published": mx, "ok": mx_ok,
-    }));
-    // SPF.
-    let txt = lookup(resolver, &domain, "TXT").await;
-    let spf: Vec<String> = txt
-        .into_iter()
-        .filter(|t| t.to_ascii_lowercase().starts_with("v=spf1"))
-        .collect();
-    let spf_ok = spf.len() == 1;
-    records.push(json!({
-        "type": "TXT", "name": format!("{domain}."), "value": "v=spf1 mx -all",
-        "purpose": "SPF", "published": spf, "ok": spf_ok,
-    }));
-    // DKIM, one per key.
-    for key in crate::dkim::keys(&s.store, &domain)
+    for r in crate::dns_records::expected(&s.config, &s.store, &domain)
         .await
         .map_err(store_error)?
     {
-        let name = format!("{}._domainkey.{domain}", key.selector);
-        let k = if key.algorithm == "ed25519" {
-            "ed25519"
-        } else {
-            "rsa"
-        };
-        let value = format!("v=DKIM1; k={k}; p={}", key.public_key);
-        let published = lookup(resolver, &name, "TXT").await;
-        let ok = published.iter().any(|p| {
-            p.replace(' ', "")
-                .contains(&format!("p={}", key.public_key))
-        });
+        let answers = crate::dns_records::lookup(&s.resolver, &r.name, r.rtype).await;
+        let published = crate::dns_records::of_kind(&r, answers);
+        let ok = crate::dns_records::matches(&r, &published);
         records.push(json!({
-            "type": "TXT", "name": format!("{name}."), "value": value,
-            "purpose": "DKIM", "published": published, "ok": ok,
+            "type": r.rtype, "name": r.name, "value": r.value,
+            "purpose": r.purpose, "published": published, "ok": ok,
         }));
     }
-    // DMARC.
-    let name = format!("_dmarc.{domain}");
-    let published: Vec<String> = lookup(resolver, &name, "TXT")
-        .await
-        .into_iter()
-        .filter(|t| t.to_ascii_lowercase().starts_with("v=dmarc1"))
-        .collect();
-    let ok = published.len() == 1;
-    records.push(json!({
-        "type": "TXT", "name": format!("{name}."),
-        "value": format!("v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}"),
-        "purpose": "DMARC", "published": published, "ok": ok,
-    }));
     Ok(ok_json(json!({ "domain": domain, "records": records })))
 }
 
 fn ok_json(v: Value) -> Response {
     ok(StatusCode::OK, v)
-}
-
-/// What DNS answers for `name` and `kind` (MX: "pref host"), empty on any failure.
-async fn lookup(resolver: &hickory_resolver::TokioResolver, name: &str, kind: &str) -> Vec<String> {
-    use hickory_resolver::proto::rr::RData;
-    let fqdn = format!("{}.", name.trim_end_matches('.'));
-    let timeout = std::time::Duration::from_secs(5);
-    let answers = match kind {
-        "MX" => tokio::time::timeout(timeout, resolver.mx_lookup(fqdn.as_str()))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|l| l.answers().to_vec()),
-        _ => tokio::time::timeout(timeout, resolver.txt_lookup(fqdn.as_str()))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|l| l.answers().to_vec()),
-    };
-    answers
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::MX(m) => Some(format!("{} {}", m.preference, m.exchange.to_ascii())),
-            RData::TXT(t) => Some(
-                t.txt_data
-                    .iter()
-                    .map(|d| String::from_utf8_lossy(d).into_owned())
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
 }
 
 async fn aliases(State(s): State<Shared>) -> ApiResult {

@@ -1,5 +1,6 @@
 //! The HTTP listeners (`[listen] http`, `https`): health checks, `/metrics`, the admin API
-//! (`/api/`) and the web console (`/admin/`).
+//! (`/api/`), the web console (`/admin/`), and what is published to all: the MTA-STS policy
+//! and client autoconfiguration.
 //!
 //! axum routes over hyper's HTTP/1.1 server connection, driven by our own accept loop:
 //! `axum::serve` sets no header-read timer (a client trickling headers would hold a
@@ -11,6 +12,7 @@ mod api;
 mod console;
 mod health;
 mod metrics;
+mod published;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,6 +78,7 @@ pub fn router(state: Shared) -> Router {
         .merge(metrics::routes())
         .nest("/api", api::routes(state.clone()))
         .merge(console::routes())
+        .merge(published::routes())
         .layer(axum::middleware::map_response(security_headers))
         .layer(axum::extract::DefaultBodyLimit::max(
             state.config.http.max_body as usize,

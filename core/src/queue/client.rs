@@ -51,6 +51,17 @@ pub enum ClientError {
     /// The server answered a connection-level command with an error.
     #[error("{0}")]
     Reply(RemoteReply),
+    /// TLS was required and could not be had: no STARTTLS, a refused STARTTLS, a failed
+    /// handshake or a certificate not valid for the host.
+    #[error("{0}")]
+    Tls(String),
+}
+
+impl ClientError {
+    /// A [`ClientError::Tls`].
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ClientError::Tls(_))
+    }
 }
 
 impl From<std::io::Error> for ClientError {
@@ -234,15 +245,15 @@ impl Client {
                 };
                 let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
                     .await
-                    .map_err(|_| ClientError::Io("TLS handshake timed out".into()))?
+                    .map_err(|_| ClientError::Tls("TLS handshake timed out".into()))?
                     .map_err(|e| {
                         if require_tls {
-                            ClientError::Io(format!(
+                            ClientError::Tls(format!(
                                 "TLS handshake with {server_name} failed, certificate not verified \
                                  (trusted: system roots and tls.trust_roots): {e}"
                             ))
                         } else {
-                            ClientError::Io(format!("TLS handshake: {e}"))
+                            ClientError::Tls(format!("TLS handshake: {e}"))
                         }
                     })?;
                 let version = tls
@@ -264,10 +275,10 @@ impl Client {
                 c.buf.clear();
                 c.hello(helo).await?;
             } else if require_tls {
-                return Err(ClientError::Reply(r));
+                return Err(ClientError::Tls(format!("STARTTLS refused: {r}")));
             }
         } else if require_tls {
-            return Err(ClientError::Io(format!(
+            return Err(ClientError::Tls(format!(
                 "{addr} does not offer STARTTLS and TLS is required"
             )));
         }

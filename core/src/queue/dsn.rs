@@ -110,7 +110,9 @@ pub fn build(
             chrono::Utc::now().to_rfc2822()
         ));
     }
-    let headers_only = entry.ret.as_deref() == Some("HDRS");
+    // A REQUIRETLS message comes back without its body (RFC 8689 §4.3: the return path
+    // may not be as safe as the message asked).
+    let headers_only = entry.ret.as_deref() == Some("HDRS") || entry.requiretls;
     let returned = if headers_only {
         let end = crate::message::header_end(original);
         MimePart::raw(BodyPart::Text(

@@ -319,6 +319,11 @@ async fn deliver_domain(
     };
     let mut results: Vec<Option<Outcome>> = vec![None; rcpts.len()];
     let mut last_error = String::from("no mail exchanger could be reached");
+    let tls = TlsRules::for_entry(shared, entry, domain, relay, message).await;
+    // A REQUIRETLS message waits only for the network; once every host failed the
+    // requirement, it bounces (RFC 8689 §4.2.1, 5.7.30).
+    let mut requiretls_failed = false;
+    let mut network_failed = false;
     // What on_delivery scripts see of the message (DLP, per-destination rules).
     let hook_message = Arc::new(message.to_vec());
     'hosts: for host in &hosts {
@@ -367,14 +372,27 @@ async fn deliver_domain(
                 _ => {}
             }
         }
+        let need = match tls.for_host(host) {
+            Ok(need) => need,
+            Err(e) => {
+                if entry.requiretls {
+                    requiretls_failed = true;
+                }
+                tracing::info!(host, error = %e, "not delivering to this host");
+                last_error = e;
+                continue;
+            }
+        };
         let addrs = match host_addresses(&shared.resolver, host).await {
             Ok(a) if !a.is_empty() => a,
             Ok(_) => {
                 last_error = format!("{host}: no address records");
+                network_failed = true;
                 continue;
             }
             Err(e) => {
                 last_error = format!("{host}: {e}");
+                network_failed = true;
                 continue;
             }
         };
@@ -385,6 +403,12 @@ async fn deliver_domain(
             }
             let addr = SocketAddr::new(ip, port);
             let reused = match pool_take(pool, addr) {
+                // A connection made without a verified certificate is not reused where
+                // one is needed.
+                Some(c) if need.verified && !c.verified => {
+                    c.quit().await;
+                    None
+                }
                 Some(mut c) => match c.command("RSET", Duration::from_secs(30)).await {
                     Ok(r) if r.ok() => Some(c),
                     _ => None,
@@ -396,7 +420,7 @@ async fn deliver_domain(
                 Some(c) => Ok(c),
                 None => {
                     let trust_roots = shared.config.tls.trust_roots.as_deref();
-                    let policy = if relay && cfg.relay_require_tls {
+                    let policy = if (relay && cfg.relay_require_tls) || need.verified {
                         TlsPolicy::Verified { trust_roots }
                     } else {
                         TlsPolicy::Opportunistic { trust_roots }
@@ -411,12 +435,37 @@ async fn deliver_domain(
                     return fill(results, perm_reply(&r, host));
                 }
                 Err(e) => {
-                    last_error = format!("{host} [{ip}]: {e}");
-                    tracing::info!(host, %ip, error = %e, "connection failed; trying the next address");
+                    last_error = match &need.why {
+                        Some(why) if need.verified && e.is_tls() => {
+                            if entry.requiretls {
+                                requiretls_failed = true;
+                            }
+                            format!("{why}: {host} [{ip}]: {e}")
+                        }
+                        _ => {
+                            network_failed = true;
+                            format!("{host} [{ip}]: {e}")
+                        }
+                    };
+                    tracing::info!(host, %ip, error = %last_error, "connection failed; trying the next address");
                     continue;
                 }
             };
             tracing::debug!(host, %ip, tls = %client.tls, reused = !fresh, "connected");
+            if let Some(why) = &need.testing
+                && !client.verified
+            {
+                // A testing policy reports and delivers (RFC 8461 §5).
+                tracing::warn!(host, %ip, tls = %client.tls, "{why}: the connection would have failed the policy ({}); delivering anyway", client.tls);
+            }
+            if entry.requiretls && !client.has("REQUIRETLS") {
+                requiretls_failed = true;
+                last_error = format!(
+                    "{host} [{ip}] does not support REQUIRETLS, which the sender asked for"
+                );
+                client.quit().await;
+                continue;
+            }
             if fresh && relay && cfg.relay_user.is_some() && !client.verified {
                 // Credentials go only over TLS whose certificate names the smart host.
                 last_error = format!(
@@ -474,6 +523,9 @@ async fn deliver_domain(
             if entry.smtputf8 {
                 params.push_str(" SMTPUTF8");
             }
+            if entry.requiretls {
+                params.push_str(" REQUIRETLS");
+            }
             let dsn = client.has("DSN");
             if dsn {
                 if let Some(r) = &entry.ret {
@@ -528,10 +580,165 @@ async fn deliver_domain(
             }
         }
     }
+    if entry.requiretls && requiretls_failed && !network_failed {
+        let text = format!("REQUIRETLS support required: {last_error}");
+        return fill(
+            results,
+            Outcome::Perm {
+                status: "5.7.30".into(),
+                text,
+                remote: None,
+            },
+        );
+    }
     results
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Outcome::Temp(last_error.clone())))
         .collect()
+}
+
+/// What TLS delivery to one destination needs: from the domain's MTA-STS policy, the
+/// message's REQUIRETLS or `TLS-Required: No`, and the smart host settings.
+struct TlsRules {
+    domain: String,
+    /// The policy to apply, if any.
+    policy: Option<crate::mta_sts::Policy>,
+    /// REQUIRETLS on the message.
+    requiretls: bool,
+    /// A smart host delivers (MX policies do not apply).
+    relay: bool,
+    /// `TLS-Required: No` (RFC 8689 §5): policies are not enforced.
+    optional: bool,
+}
+
+/// The TLS one host needs.
+struct HostTls {
+    /// TLS with a certificate valid for the host name, or no delivery.
+    verified: bool,
+    /// Why (for the failure text), when `verified`.
+    why: Option<String>,
+    /// A testing-mode policy applies: report what would have failed.
+    testing: Option<String>,
+}
+
+impl TlsRules {
+    async fn for_entry(
+        shared: &Deps,
+        entry: &QueueEntry,
+        domain: &str,
+        relay: bool,
+        message: &[u8],
+    ) -> TlsRules {
+        let optional = !entry.requiretls && tls_required_no(message);
+        let cfg = &shared.config.delivery;
+        let lookup = !relay && (cfg.mta_sts || entry.requiretls);
+        let policy = if lookup {
+            let l = crate::mta_sts::lookup(
+                &shared.resolver,
+                &shared.store,
+                shared.config.tls.trust_roots.as_deref(),
+                cfg.mta_sts_port,
+                cfg.mta_sts_timeout,
+                domain,
+            )
+            .await;
+            if let Some(p) = &l.problem {
+                crate::trace::emit(crate::trace::Event::Steps(
+                    entry.id.clone(),
+                    vec![crate::trace::Step::now(
+                        "delivery",
+                        "mta-sts",
+                        "problem",
+                        p.clone(),
+                    )],
+                ));
+            }
+            l.policy
+        } else {
+            None
+        };
+        TlsRules {
+            domain: domain.to_string(),
+            policy,
+            requiretls: entry.requiretls,
+            relay,
+            optional,
+        }
+    }
+
+    /// What delivery to MX `host` needs, or why it must not go there.
+    fn for_host(&self, host: &str) -> Result<HostTls, String> {
+        let d = &self.domain;
+        if self.requiretls {
+            if self.relay {
+                return Ok(HostTls {
+                    verified: true,
+                    why: Some("REQUIRETLS".into()),
+                    testing: None,
+                });
+            }
+            return match &self.policy {
+                Some(p) if p.allows(host) => Ok(HostTls {
+                    verified: true,
+                    why: Some(format!("REQUIRETLS (MTA-STS policy of {d})")),
+                    testing: None,
+                }),
+                Some(_) => Err(format!(
+                    "REQUIRETLS: MX host {host} is not in the MTA-STS policy of {d}"
+                )),
+                None => Err(format!(
+                    "REQUIRETLS: {d} publishes no MTA-STS policy that would authenticate MX host {host}"
+                )),
+            };
+        }
+        let Some(p) = self.policy.as_ref().filter(|_| !self.optional) else {
+            return Ok(HostTls {
+                verified: false,
+                why: None,
+                testing: None,
+            });
+        };
+        match p.mode {
+            crate::mta_sts::Mode::Enforce if !p.allows(host) => Err(format!(
+                "MTA-STS policy of {d} (enforce): MX host {host} is not one of {}",
+                p.mx.join(", ")
+            )),
+            crate::mta_sts::Mode::Enforce => Ok(HostTls {
+                verified: true,
+                why: Some(format!("MTA-STS policy of {d} (enforce)")),
+                testing: None,
+            }),
+            _ => {
+                let why = format!("MTA-STS policy of {d} (testing)");
+                if !p.allows(host) {
+                    tracing::warn!(
+                        host,
+                        domain = d,
+                        "{why}: MX host not in the policy; delivering anyway"
+                    );
+                }
+                Ok(HostTls {
+                    verified: false,
+                    why: None,
+                    testing: Some(why),
+                })
+            }
+        }
+    }
+}
+
+/// Whether the message's header says `TLS-Required: No` (RFC 8689 §5).
+fn tls_required_no(message: &[u8]) -> bool {
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(message.len());
+    message[..end].split(|&b| b == b'\n').any(|line| {
+        let line = String::from_utf8_lossy(line);
+        line.split_once(':').is_some_and(|(k, v)| {
+            k.eq_ignore_ascii_case("TLS-Required") && v.trim().eq_ignore_ascii_case("no")
+        })
+    })
 }
 
 fn fill(results: Vec<Option<Outcome>>, o: Outcome) -> Vec<Outcome> {
@@ -702,7 +909,7 @@ async fn finish(
         .collect();
     if !wanted.is_empty() && !entry.mail_from.is_empty() {
         let bounce = dsn::build(&shared.config.hostname, entry, &wanted, message);
-        match send_bounce(shared, &entry.mail_from, bounce).await {
+        match send_bounce(shared, &entry.mail_from, entry.requiretls, bounce).await {
             Ok(dsn_id) => trace_dsn(entry, &dsn_id, "failed", wanted.iter().map(|b| &b.rcpt)),
             Err(e) => tracing::error!(error = %e, "could not queue the bounce"),
         }
@@ -727,7 +934,7 @@ async fn finish(
             .collect();
         if !delayed.is_empty() {
             let notice = dsn::build(&shared.config.hostname, entry, &delayed, message);
-            match send_bounce(shared, &entry.mail_from, notice).await {
+            match send_bounce(shared, &entry.mail_from, entry.requiretls, notice).await {
                 Ok(dsn_id) => trace_dsn(entry, &dsn_id, "delayed", delayed.iter().map(|b| &b.rcpt)),
                 Err(e) => tracing::error!(error = %e, "could not queue the delay warning"),
             }
@@ -842,7 +1049,13 @@ fn trace_dsn<'a>(
 
 /// Deliver a bounce or delay notice from `<>`: through the one delivery path (the sender's
 /// mailbox when local, else the queue). Its queue id.
-async fn send_bounce(shared: &Arc<Deps>, to: &str, bounce: Vec<u8>) -> Result<String, StoreError> {
+/// Queue a DSN to `to`; one about a REQUIRETLS message goes with REQUIRETLS too.
+async fn send_bounce(
+    shared: &Arc<Deps>,
+    to: &str,
+    requiretls: bool,
+    bounce: Vec<u8>,
+) -> Result<String, StoreError> {
     let rcpt = QueueRcpt {
         address: to.to_string(),
         notify: vec![],
@@ -853,6 +1066,7 @@ async fn send_bounce(shared: &Arc<Deps>, to: &str, bounce: Vec<u8>) -> Result<St
     entry.smtputf8 = !to.is_ascii();
     entry.decisions = vec!["bounce".into()];
     entry.warned = true;
+    entry.requiretls = requiretls;
     let id = entry.id.clone();
     shared
         .delivery

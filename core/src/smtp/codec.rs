@@ -75,6 +75,8 @@ pub struct MailParams {
     pub envid: Option<String>,
     /// AUTH= (RFC 4954), kept as given.
     pub auth: Option<String>,
+    /// REQUIRETLS (RFC 8689): every hop must use TLS with a verified certificate.
+    pub requiretls: bool,
 }
 
 /// RCPT TO parameters.
@@ -421,6 +423,7 @@ fn parse_mail_params(s: &str) -> Result<MailParams, SyntaxError> {
                 });
             }
             ("SMTPUTF8", None) => p.smtputf8 = true,
+            ("REQUIRETLS", None) => p.requiretls = true,
             ("RET", Some(v))
                 if v.eq_ignore_ascii_case("FULL") || v.eq_ignore_ascii_case("HDRS") =>
             {

@@ -45,6 +45,9 @@ impl Session {
         ];
         if !self.conn.is_tls() {
             lines.push("STARTTLS".into());
+        } else {
+            // RFC 8689: offered only where it may be used, in a TLS session.
+            lines.push("REQUIRETLS".into());
         }
         if self.auth_allowed() && self.user.is_none() {
             lines.push("AUTH PLAIN LOGIN".into());

@@ -393,6 +393,7 @@ impl Session {
         entry.ret = tx.params.ret.clone();
         entry.envid = tx.params.envid.clone();
         entry.smtputf8 = tx.params.smtputf8;
+        entry.requiretls = tx.params.requiretls;
         entry.decisions = decisions;
         // RFC 5321 §4.4: final delivery records the envelope sender in Return-Path.
         let reverse_path = if tx.from.is_null() {

@@ -52,6 +52,16 @@ impl Session {
             self.reply(Reply::new(555, "5.5.4", "BODY=BINARYMIME is not supported"));
             return Flow::Continue;
         }
+        if params.requiretls && !self.conn.is_tls() {
+            // RFC 8689 §4.1: REQUIRETLS only in a session that uses TLS (and it is only
+            // advertised there).
+            self.reply(Reply::new(
+                530,
+                "5.7.10",
+                "REQUIRETLS needs a TLS session; use STARTTLS first",
+            ));
+            return Flow::Continue;
+        }
         if from.is_utf8() && !params.smtputf8 {
             self.reply(Reply::new(
                 553,

@@ -372,6 +372,10 @@ pub struct QueueEntry {
     /// Whether a delay warning was sent already.
     #[serde(default)]
     pub warned: bool,
+    /// REQUIRETLS (RFC 8689): deliver only over TLS with a verified certificate to MX
+    /// hosts an MTA-STS policy names, to a server that takes REQUIRETLS itself.
+    #[serde(default)]
+    pub requiretls: bool,
     /// The queue runner delivering it now, if any ([`Queue::queue_claim`]).
     #[serde(default)]
     pub lease: Option<Lease>,

@@ -97,6 +97,7 @@ fn queued(id: &str, rcpt: &str) -> QueueEntry {
         smtputf8: false,
         decisions: vec![],
         warned: false,
+        requiretls: false,
         lease: None,
     }
 }

@@ -21,6 +21,7 @@ fn queued(id: &str, rcpts: Vec<QueueRcpt>) -> QueueEntry {
         smtputf8: false,
         decisions: Vec::new(),
         warned: false,
+        requiretls: false,
         lease: None,
     }
 }

@@ -38,6 +38,7 @@ fn queued() -> QueueEntry {
         smtputf8: false,
         decisions: vec!["on_rcpt: accept".into()],
         warned: false,
+        requiretls: false,
         lease: None,
     }
 }
