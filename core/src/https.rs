@@ -1,4 +1,5 @@
-//! HTTPS requests Corvus makes itself: MTA-STS policy fetches (RFC 8461 §3.3). One request
+//! HTTPS requests Corvus makes itself: MTA-STS policy fetches (RFC 8461 §3.3) and the ACME
+//! exchanges (RFC 8555). One request
 //! per connection over hyper's HTTP/1.1 client, the certificate verified against the system
 //! roots and `[tls] trust_roots` for the host name, the host resolved through Corvus' own
 //! resolver, everything within one timeout and the body read up to a bound. Redirects are
@@ -57,6 +58,104 @@ fn connector(trust_roots: Option<&std::path::Path>) -> Result<TlsConnector, Http
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
+/// TLS for `host` over `stream`, then HTTP/1.1: the request sender, and the connection's
+/// task (aborted when the answer is read).
+async fn handshake<B>(
+    trust_roots: Option<&std::path::Path>,
+    host: &str,
+    stream: TcpStream,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<B>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+    ),
+    HttpsError,
+>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|_| HttpsError::Dns(format!("{host:?} is not a host name")))?;
+    let tls = connector(trust_roots)?
+        .connect(name, stream)
+        .await
+        .map_err(|e| HttpsError::Connect(format!("TLS with {host}: {e}")))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| HttpsError::Protocol(e.to_string()))?;
+    Ok((sender, tokio::spawn(conn)))
+}
+
+/// Send `req` (an absolute `https://` URI) and read the answer, at most `max_body` bytes of
+/// it: for clients that bring their own requests (ACME). The host is resolved by the system
+/// (an admin-configured URL, not a name from mail).
+pub async fn send<B>(
+    trust_roots: Option<&std::path::Path>,
+    req: Request<B>,
+    max_body: usize,
+) -> Result<(http::response::Parts, Bytes), HttpsError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let protocol = |e: &dyn std::fmt::Display| HttpsError::Protocol(e.to_string());
+    let (mut parts, body) = req.into_parts();
+    if parts.uri.scheme_str() != Some("https") {
+        return Err(HttpsError::Protocol(format!(
+            "{} is not an https:// URL",
+            parts.uri
+        )));
+    }
+    let host = parts
+        .uri
+        .host()
+        .ok_or_else(|| HttpsError::Protocol(format!("{} names no host", parts.uri)))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = parts.uri.port_u16().unwrap_or(443);
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or_else(|| host.clone());
+    parts.headers.insert(
+        HOST,
+        HeaderValue::from_str(&authority).map_err(|e| protocol(&e))?,
+    );
+    parts
+        .headers
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    // Origin form on the wire.
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .parse()
+        .map_err(|e| protocol(&e))?;
+    let stream = TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| HttpsError::Connect(format!("{host}:{port}: {e}")))?;
+    let (mut sender, conn) = handshake(trust_roots, &host, stream).await?;
+    let resp = sender
+        .send_request(Request::from_parts(parts, body))
+        .await
+        .map_err(|e| protocol(&e))?;
+    let (parts, body) = resp.into_parts();
+    let body = Limited::new(body, max_body)
+        .collect()
+        .await
+        .map_err(|e| HttpsError::Protocol(format!("body: {e}")))?
+        .to_bytes();
+    drop(sender);
+    conn.abort();
+    Ok((parts, body))
+}
+
 /// GET `https://host:port/path`, reading at most `max_body` bytes of the answer, all within
 /// `timeout`.
 pub async fn get(
@@ -69,9 +168,6 @@ pub async fn get(
     timeout: Duration,
 ) -> Result<Response, HttpsError> {
     let protocol = |e: &dyn std::fmt::Display| HttpsError::Protocol(e.to_string());
-    let name = ServerName::try_from(host.to_string())
-        .map_err(|_| HttpsError::Dns(format!("{host:?} is not a host name")))?;
-    let connector = connector(trust_roots)?;
     let authority = if port == 443 {
         host.to_string()
     } else {
@@ -108,14 +204,7 @@ pub async fn get(
             }
         }
         let stream = stream.ok_or(last)?;
-        let tls = connector
-            .connect(name, stream)
-            .await
-            .map_err(|e| HttpsError::Connect(format!("TLS with {host}: {e}")))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| protocol(&e))?;
-        let conn = tokio::spawn(conn);
+        let (mut sender, conn) = handshake(trust_roots, host, stream).await?;
         let resp = sender.send_request(req).await.map_err(|e| protocol(&e))?;
         let status = resp.status().as_u16();
         let content_type = resp

@@ -13,6 +13,7 @@
 //! [`server`] (listeners, each session kind's dependencies, lifecycle).
 
 pub mod accounts;
+pub mod acme;
 pub mod admin;
 pub mod api_tokens;
 pub mod autoconfig;

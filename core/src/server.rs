@@ -34,6 +34,8 @@ struct Services {
     conn_limits: Arc<ConnLimits>,
     /// TLS of the `https` listener.
     http_tls: tokio_rustls::TlsAcceptor,
+    /// The certificate every TLS listener presents (ACME swaps it).
+    certificates: Arc<crate::tls::Certificates>,
     /// The hook chain, swapped on reload.
     hooks: Arc<HookChain>,
     config: Arc<Config>,
@@ -121,6 +123,7 @@ impl Services {
             }),
             reports,
             http_tls: tls.http,
+            certificates: tls.certificates,
             conn_limits: ConnLimits::with_protocols(
                 config.limits.max_connections,
                 config.limits.max_connections_per_ip,
@@ -379,6 +382,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let reports = services.reports.take();
     let services = Arc::new(services);
     let shutdown = services.shutdown.clone();
+    if config.acme.enabled() {
+        // A valid stored certificate is presented from the first handshake; the manager
+        // orders or renews in the background.
+        if let Some(s) = crate::acme::install_stored(&config, &store, &services.certificates).await
+        {
+            tracing::info!(domains = ?s.domains, not_after = s.not_after, "acme: stored certificate installed");
+        }
+        crate::acme::spawn(
+            config.clone(),
+            store.clone(),
+            services.certificates.clone(),
+            shutdown.clone(),
+        );
+    }
 
     let mut bound = Vec::new();
     for (proto, addr) in config.listeners() {

@@ -45,6 +45,124 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
     }
 }
 
+/// The certificate every listener presents, swapped at run time without dropping sessions
+/// (ACME renewals: new handshakes get the new one), and the TLS-ALPN-01 challenge
+/// certificates (RFC 8737) presented to a client that offers only `acme-tls/1`.
+#[derive(Debug)]
+pub struct Certificates {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    challenges:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<rustls::sign::CertifiedKey>>>,
+}
+
+/// The ALPN protocol of TLS-ALPN-01 validation.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+impl Certificates {
+    fn new(key: Arc<rustls::sign::CertifiedKey>) -> Self {
+        Certificates {
+            current: std::sync::RwLock::new(key),
+            challenges: Default::default(),
+        }
+    }
+
+    /// Present `chain` (PEM, leaf first) with `key` (PEM) from the next handshake on.
+    pub fn install(&self, chain: &str, key: &str) -> Result<(), TlsError> {
+        let ck = certified_key(chain.as_bytes(), key.as_bytes(), Path::new("(store)"))?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(ck);
+        Ok(())
+    }
+
+    /// Answer TLS-ALPN-01 for `domain` with `chain`/`key` (PEM); `None` removes it.
+    pub fn set_challenge(&self, domain: &str, cert: Option<(&str, &str)>) -> Result<(), TlsError> {
+        let mut map = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
+        match cert {
+            Some((chain, key)) => {
+                let ck = challenge_key(chain.as_bytes(), key.as_bytes())?;
+                map.insert(domain.to_ascii_lowercase(), Arc::new(ck));
+            }
+            None => {
+                map.remove(&domain.to_ascii_lowercase());
+            }
+        }
+        Ok(())
+    }
+
+    /// The leaf certificate presented now (DER).
+    pub fn leaf(&self) -> Option<CertificateDer<'static>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .cert
+            .first()
+            .cloned()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Certificates {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if acme {
+            // Only the challenge certificate, and only for the name asked (RFC 8737 §3).
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return self
+                .challenges
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&name)
+                .cloned();
+        }
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// A certificate chain and key from PEM, checked to belong together.
+fn certified_key(
+    chain: &[u8],
+    key: &[u8],
+    path: &Path,
+) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let certs = rustls_pemfile::certs(&mut &chain[..])
+        .collect::<Result<Vec<CertificateDer<'static>>, _>>()
+        .map_err(io(path))?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty(path.to_path_buf(), "certificate"));
+    }
+    let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key[..])
+        .map_err(io(path))?
+        .ok_or_else(|| TlsError::Empty(path.to_path_buf(), "private key"))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let ck = rustls::sign::CertifiedKey::from_der(certs, key_der, &provider)?;
+    Ok(ck)
+}
+
+/// [`certified_key`] for a TLS-ALPN-01 challenge certificate, whose critical acmeIdentifier
+/// extension the consistency check's certificate parser refuses; it is made by Corvus with
+/// its own key, so there is nothing to check.
+fn challenge_key(chain: &[u8], key: &[u8]) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let path = Path::new("(acme challenge)");
+    let certs = rustls_pemfile::certs(&mut &chain[..])
+        .collect::<Result<Vec<CertificateDer<'static>>, _>>()
+        .map_err(io(path))?;
+    let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key[..])
+        .map_err(io(path))?
+        .ok_or_else(|| TlsError::Empty(path.to_path_buf(), "private key"))?;
+    let signer = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key_der)?;
+    Ok(rustls::sign::CertifiedKey::new(certs, signer))
+}
+
 /// The TLS acceptors of the listeners, one per protocol (they differ in ALPN only).
 #[derive(Clone)]
 pub struct Acceptors {
@@ -56,6 +174,8 @@ pub struct Acceptors {
     pub pop3: TlsAcceptor,
     /// The `https` listener (HTTP/1.1).
     pub http: TlsAcceptor,
+    /// The certificate they all present.
+    pub certificates: Arc<Certificates>,
 }
 
 /// Build the acceptors from the configured or generated certificate.
@@ -64,27 +184,33 @@ pub fn acceptors(config: &Config) -> Result<Acceptors, TlsError> {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         _ => self_signed(config)?,
     };
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(&cert).map_err(io(&cert))?,
-    ))
-    .collect::<Result<Vec<CertificateDer<'static>>, _>>()
-    .map_err(io(&cert))?;
-    if certs.is_empty() {
+    let chain = std::fs::read(&cert).map_err(io(&cert))?;
+    let key_pem = std::fs::read(&key).map_err(io(&key))?;
+    // The chain's errors name the certificate file, the key's the key file.
+    if rustls_pemfile::certs(&mut &chain[..]).next().is_none() {
         return Err(TlsError::Empty(cert, "certificate"));
     }
-    let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(
-        &mut std::io::BufReader::new(std::fs::File::open(&key).map_err(io(&key))?),
-    )
-    .map_err(io(&key))?
-    .ok_or_else(|| TlsError::Empty(key.clone(), "private key"))?;
+    if !matches!(rustls_pemfile::private_key(&mut &key_pem[..]), Ok(Some(_))) {
+        return Err(TlsError::Empty(key, "private key"));
+    }
+    let certificates = Arc::new(Certificates::new(Arc::new(certified_key(
+        &chain, &key_pem, &cert,
+    )?)));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key_der)?;
+        .with_cert_resolver(certificates.clone());
+    // TLS-ALPN-01 validation comes to any TLS listener (RFC 8737 §3); the resolver gives
+    // such a client the challenge certificate only.
+    let acme =
+        config.acme.enabled() && config.acme.challenge == crate::config::AcmeChallenge::TlsAlpn01;
     let with_alpn = |id: &[u8]| {
         let mut c = server.clone();
         c.alpn_protocols = vec![id.to_vec()];
+        if acme {
+            c.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
         TlsAcceptor::from(Arc::new(c))
     };
     Ok(Acceptors {
@@ -92,6 +218,7 @@ pub fn acceptors(config: &Config) -> Result<Acceptors, TlsError> {
         imap: with_alpn(b"imap"),
         pop3: with_alpn(b"pop3"),
         http: with_alpn(b"http/1.1"),
+        certificates,
     })
 }
 

@@ -40,6 +40,34 @@ impl Config {
                 ));
             }
         }
+        if self.acme.enabled() {
+            if !self.acme.directory.starts_with("https://") {
+                problems.push(format!(
+                    "acme.directory: {:?} is not an https:// URL (e.g. \"https://acme-v02.api.letsencrypt.org/directory\")",
+                    self.acme.directory
+                ));
+            }
+            for d in &self.acme.domains {
+                if !valid_mx_pattern(d) || d.starts_with("*.") {
+                    problems.push(format!("acme.domains: {d:?} is not a host name (wildcards need DNS-01, which Corvus does not do)"));
+                }
+            }
+            match self.acme.challenge {
+                AcmeChallenge::Http01 if self.listen.http.is_none() => problems.push(
+                    "acme.challenge: \"http-01\" needs [listen] http (on port 80 for a public CA); add it or use \"tls-alpn-01\"".into(),
+                ),
+                AcmeChallenge::TlsAlpn01 if self.listen.https.is_none() && self.listen.imaps.is_none() && self.listen.submissions.is_none() && self.listen.pop3s.is_none() => problems.push(
+                    "acme.challenge: \"tls-alpn-01\" needs a TLS listener the CA reaches on port 443 ([listen] https); add it or use \"http-01\"".into(),
+                ),
+                _ => {}
+            }
+            if self.tls.cert.is_some() {
+                problems.push(
+                    "acme and tls.cert: choose one; with [acme], remove tls.cert and tls.key"
+                        .into(),
+                );
+            }
+        }
         if self.delivery.mta_sts_port == 0 {
             problems.push("delivery.mta_sts_port: must not be 0 (443 unless testing)".into());
         }

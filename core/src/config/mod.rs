@@ -62,6 +62,8 @@ pub struct Config {
     pub trace: Trace,
     /// The MTA-STS policy this server publishes for its domains (RFC 8461).
     pub mta_sts: MtaSts,
+    /// Certificates from an ACME CA (RFC 8555), e.g. Let's Encrypt.
+    pub acme: Acme,
     /// Limits on WASM plugins (`[[hooks]] plugin = ...`), one set for the process.
     pub plugins: Plugins,
     /// Logging.
@@ -177,6 +179,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "http",
     "trace",
     "mta_sts",
+    "acme",
     "plugins",
     "log",
     "shutdown_timeout",
@@ -419,6 +422,45 @@ pub fn valid_mx_pattern(p: &str) -> bool {
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
+}
+
+/// `[acme]`: the server's certificate from an ACME CA (RFC 8555), obtained at start when
+/// none is valid, renewed at two thirds of its lifetime, kept in the store (shared by the
+/// nodes of a shared store; one renews at a time) and presented by every TLS listener from
+/// the next handshake on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Acme {
+    /// The CA's directory URL (`https://acme-v02.api.letsencrypt.org/directory`); empty:
+    /// ACME is off and `[tls]` applies.
+    pub directory: String,
+    /// Contact address given to the CA (expiry warnings).
+    pub email: Option<String>,
+    /// Names the certificate covers; empty: `hostname`.
+    pub domains: Vec<String>,
+    /// How the CA checks control of the names: "tls-alpn-01" (answered on every TLS listener;
+    /// the CA connects to port 443) or "http-01" (answered on the `http` listener; the CA
+    /// connects to port 80).
+    pub challenge: AcmeChallenge,
+}
+
+impl Acme {
+    /// Whether ACME is configured.
+    pub fn enabled(&self) -> bool {
+        !self.directory.is_empty()
+    }
+}
+
+/// ACME challenge types.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AcmeChallenge {
+    /// RFC 8737.
+    #[default]
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// RFC 8555 §8.3.
+    #[serde(rename = "http-01")]
+    Http01,
 }
 
 /// The MTA-STS policy served at `https://mta-sts.<domain>/.well-known/mta-sts.txt` for
@@ -865,6 +907,7 @@ impl Default for Config {
             http: Http::default(),
             trace: Trace::default(),
             mta_sts: MtaSts::default(),
+            acme: Acme::default(),
             log: Log::default(),
             shutdown_timeout: Duration::from_secs(30),
             hooks: Vec::new(),

@@ -25,6 +25,34 @@ pub(super) fn routes() -> Router<Shared> {
         .route("/autodiscover/autodiscover.xml", post(autodiscover))
         .route("/Autodiscover/Autodiscover.xml", post(autodiscover))
         .route("/mail/mobileconfig", get(mobileconfig))
+        .route("/.well-known/acme-challenge/{token}", get(acme_http))
+}
+
+/// HTTP-01 (RFC 8555 §8.3): the key authorization of a pending challenge, from the store
+/// (any node can answer).
+async fn acme_http(
+    State(s): State<Shared>,
+    axum::extract::Path(token): axum::extract::Path<String>,
+) -> Response {
+    let valid = !token.is_empty()
+        && token.len() <= 256
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
+        return not_found("no such challenge".into());
+    }
+    match s.store.kv_get(crate::acme::HTTP_NS, &token).await {
+        Ok(Some(v)) => {
+            let mut r = text(StatusCode::OK, String::from_utf8_lossy(&v).into_owned());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            r
+        }
+        _ => not_found("no such challenge".into()),
+    }
 }
 
 fn text(status: StatusCode, body: String) -> Response {
