@@ -190,14 +190,19 @@ async fn step(
         tracing::info!("acme: another node is ordering the certificate; waiting for it");
         return Ok(Duration::from_secs(30));
     }
-    let result = order(config, store, certs, names).await;
+    let result = async {
+        let s = order(config, store, certs, names).await?;
+        // Stored before the lock goes, so a node that takes it next finds the certificate.
+        let v = serde_json::to_vec(&s).map_err(|e| e.to_string())?;
+        store
+            .kv_set(NS, "certificate", &v, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<Stored, String>(s)
+    }
+    .await;
     let _ = store.kv_delete(NS, "lock").await;
     let s = result?;
-    let v = serde_json::to_vec(&s).map_err(|e| e.to_string())?;
-    store
-        .kv_set(NS, "certificate", &v, None)
-        .await
-        .map_err(|e| e.to_string())?;
     certs.install(&s.chain, &s.key).map_err(|e| e.to_string())?;
     tracing::info!(domains = ?s.domains, not_before = s.not_before, not_after = s.not_after, "acme: certificate obtained and installed");
     let wait = Duration::from_secs((s.renew_at() - now()).max(1) as u64);

@@ -53,5 +53,6 @@ mod test_dns;
 #[cfg(test)]
 mod testing;
 pub mod tls;
+pub mod tls_report;
 pub mod trace;
 pub mod ttl_cache;

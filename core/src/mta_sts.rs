@@ -160,6 +160,8 @@ pub struct Lookup {
     /// What went wrong on the way, if anything (a failed fetch, a bad record): for the log,
     /// the trace and TLS reports.
     pub problem: Option<String>,
+    /// The TLS-RPT result type of the problem (RFC 8460 §4.3.2.3).
+    pub problem_kind: Option<&'static str>,
 }
 
 /// The policy of `domain`, from the cache or fetched.
@@ -186,11 +188,13 @@ pub async fn lookup(
             return Lookup {
                 policy: usable(cached),
                 problem: None,
+                problem_kind: None,
             };
         }
         Err(e) => {
             return Lookup {
                 problem: Some(format!("MTA-STS record of {domain}: {e}")),
+                problem_kind: Some("sts-policy-invalid"),
                 policy: usable(cached),
             };
         }
@@ -201,6 +205,7 @@ pub async fn lookup(
         return Lookup {
             policy: usable(cached),
             problem: None,
+            problem_kind: None,
         };
     }
     match fetch(resolver, trust_roots, port, timeout, &domain, &id).await {
@@ -212,14 +217,16 @@ pub async fn lookup(
             Lookup {
                 policy: usable(Some(p)),
                 problem: None,
+                problem_kind: None,
             }
         }
-        Err(e) => {
+        Err((kind, e)) => {
             let e = format!("MTA-STS policy of {domain}: {e}");
             tracing::warn!(domain, error = %e, cached = cached.is_some(), "MTA-STS policy fetch failed");
             Lookup {
                 policy: usable(cached),
                 problem: Some(e),
+                problem_kind: Some(kind),
             }
         }
     }
@@ -263,7 +270,8 @@ async fn txt_id(
     }
 }
 
-/// Fetch and parse the policy of `domain` (§3.3).
+/// Fetch and parse the policy of `domain` (§3.3). An error comes with its TLS-RPT result
+/// type.
 async fn fetch(
     resolver: &hickory_resolver::TokioResolver,
     trust_roots: Option<&std::path::Path>,
@@ -271,7 +279,8 @@ async fn fetch(
     timeout: Duration,
     domain: &str,
     id: &str,
-) -> Result<Policy, String> {
+) -> Result<Policy, (&'static str, String)> {
+    const FETCH: &str = "sts-policy-fetch-error";
     let host = format!("mta-sts.{domain}");
     let r = crate::https::get(
         resolver,
@@ -283,21 +292,41 @@ async fn fetch(
         timeout,
     )
     .await
-    .map_err(|e| format!("fetching https://{host}/.well-known/mta-sts.txt: {e}"))?;
+    .map_err(|e| {
+        let kind = match &e {
+            crate::https::HttpsError::Connect(t) if t.starts_with("TLS") => "sts-webpki-invalid",
+            _ => FETCH,
+        };
+        (
+            kind,
+            format!("fetching https://{host}/.well-known/mta-sts.txt: {e}"),
+        )
+    })?;
     if r.status != 200 {
-        return Err(format!(
-            "https://{host}/.well-known/mta-sts.txt answered {} (redirects are not followed)",
-            r.status
+        return Err((
+            FETCH,
+            format!(
+                "https://{host}/.well-known/mta-sts.txt answered {} (redirects are not followed)",
+                r.status
+            ),
         ));
     }
     let media = r.content_type.split(';').next().unwrap_or("").trim();
     if media != "text/plain" {
-        return Err(format!(
-            "https://{host}/.well-known/mta-sts.txt is {:?}, not text/plain",
-            r.content_type
+        return Err((
+            "sts-policy-invalid",
+            format!(
+                "https://{host}/.well-known/mta-sts.txt is {:?}, not text/plain",
+                r.content_type
+            ),
         ));
     }
-    parse_policy(&r.body, id, now()).map_err(|e| format!("policy at https://{host}: {e}"))
+    parse_policy(&r.body, id, now()).map_err(|e| {
+        (
+            "sts-policy-invalid",
+            format!("policy at https://{host}: {e}"),
+        )
+    })
 }
 
 /// The policy this server publishes (`[mta_sts]`), as served.

@@ -30,6 +30,8 @@ struct Services {
     queue: Arc<crate::queue::Deps>,
     /// The DMARC report sender's, when reports are enabled (taken out to start it).
     reports: Option<crate::sender_auth::report::Deps>,
+    /// The TLS report sender's, when TLS reports are enabled (taken out to start it).
+    tls_reports: Option<crate::tls_report::Deps>,
     /// Connection counters.
     conn_limits: Arc<ConnLimits>,
     /// TLS of the `https` listener.
@@ -70,6 +72,12 @@ impl Services {
             resolver.clone(),
             store.clone(),
         ));
+        let tls_reports = config.tls_reports.enabled.then(|| crate::tls_report::Deps {
+            config: config.clone(),
+            store: store.clone(),
+            resolver: resolver.clone(),
+            delivery: delivery.clone(),
+        });
         let reports =
             config
                 .sender_auth
@@ -122,6 +130,7 @@ impl Services {
                 shutdown: shutdown.clone(),
             }),
             reports,
+            tls_reports,
             http_tls: tls.http,
             certificates: tls.certificates,
             conn_limits: ConnLimits::with_protocols(
@@ -380,6 +389,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|problems| anyhow::anyhow!("hooks: {}", problems.join("\n")))?;
     let mut services = Services::new(config.clone(), store.clone(), HookChain::new(hooks))?;
     let reports = services.reports.take();
+    let tls_reports = services.tls_reports.take();
     let services = Arc::new(services);
     let shutdown = services.shutdown.clone();
     if config.acme.enabled() {
@@ -474,6 +484,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &tracker,
     );
     tracker.spawn(crate::queue::run(services.queue.clone()));
+    if let Some(deps) = tls_reports {
+        tracker.spawn(crate::tls_report::run(deps, shutdown.clone()));
+    }
     if let Some(deps) = reports {
         tracker.spawn(crate::sender_auth::report::run(deps, shutdown.clone()));
     }

@@ -6,11 +6,16 @@ trusts through `[tls] trust_roots`; it validates TLS-ALPN-01 on Corvus' `https` 
 HTTP-01 on its `http` port (Pebble's `tlsPort`/`httpPort`). The certificate Corvus then
 presents on IMAPS and SMTPS is checked by Python's ssl (OpenSSL) against Pebble's own root,
 fetched from Pebble's management interface. A short `certificateValidityPeriod` makes
-Corvus renew while an IMAP IDLE session stays connected.
+Corvus renew while an IMAP IDLE session stays connected. Two nodes over one PostgreSQL
+database (127.0.0.1 and 127.0.0.2, the same ports) order one certificate between them and
+both present it; Pebble reaches the name at the first node only, which answers HTTP-01 from
+the store when the second one is ordering.
 """
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -24,6 +29,7 @@ from support.certs import issue_cert
 from support.clients import PASSWORD
 from support.dns import DnsServer
 from support.net import free_port, port_open
+from support.postgres import Postgres
 from support.server import Server
 from support.wait import wait_for
 
@@ -108,11 +114,11 @@ def acme_site(tmp_path):
     zone.close()
 
 
-def presented(port: int, root_pem: str) -> ssl.SSLSocket:
-    """A TLS connection to 127.0.0.1:port for NAME, verified against `root_pem` only."""
+def presented(port: int, root_pem: str, host: str = "127.0.0.1") -> ssl.SSLSocket:
+    """A TLS connection to host:port for NAME, verified against `root_pem` only."""
     ctx = ssl.create_default_context(cadata=root_pem)
     ctx.check_hostname = True
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s = socket.create_connection((host, port), timeout=10)
     return ctx.wrap_socket(s, server_hostname=NAME)
 
 
@@ -196,3 +202,142 @@ def test_renewed_while_an_idle_session_stays_connected(acme_site):
     assert b"EXISTS" in heard, heard
     idle.sendall(b"DONE\r\n")
     idle.close()
+
+
+# --- two nodes over one store -----------------------------------------------------------
+
+
+def leaf(host: str, port: int, root_pem: str) -> bytes | None:
+    """The DER certificate host:port presents for NAME if it verifies against `root_pem`
+    (None while it does not: the self-signed one)."""
+    try:
+        with presented(port, root_pem, host) as s:
+            return s.getpeercert(binary_form=True)
+    except ssl.SSLError:
+        return None
+
+
+@pytest.fixture
+def acme_pair(tmp_path):
+    """(a, b, pebble): two Corvus nodes, not started, on 127.0.0.1 and 127.0.0.2 with the
+    same port numbers, over one PostgreSQL database of the test's own (whatever
+    CORVUS_E2E_STORE says, as in test_multinode.py; its schema made), both with
+    `[acme] challenge = "http-01"` for NAME, and one Pebble validating on their `http`
+    port. The test's DNS zone puts NAME at 127.0.0.1 (node a) only."""
+    zone = DnsServer(ttl=0)
+    zone.add(NAME, "A", "127.0.0.1")
+    pg = Postgres()
+    pebble, nodes = None, []
+    try:
+        url = pg.database()
+        ports = {name: free_port() for name in ("smtp", "submissions", "imaps", "http", "https")}
+        pebble = Pebble(tmp_path, zone.addr, ports["http"], ports["https"])
+        extra = (f'[tls]\ntrust_roots = "{tmp_path / "ca" / "cert.pem"}"\n'
+                 f'[acme]\ndirectory = "{pebble.directory}"\nemail = "postmaster@acme.test"\n'
+                 f'domains = ["{NAME}"]\nchallenge = "http-01"\n')
+        for name, host in (("node-a", "127.0.0.1"), ("node-b", "127.0.0.2")):
+            nodes.append(Server(tmp_path / name, zone.addr, hostname=NAME, domains=["acme.test"],
+                                host=host, ports=dict(ports), shutdown_timeout="5s", extra=extra,
+                                store={"backend": "postgres", "url": url, "pool_size": 4}))
+        nodes[0].cli("store", "migrate")
+        yield nodes[0], nodes[1], pebble
+        problems = []
+        for n in nodes:
+            if n.running:
+                try:
+                    n.stop(expect=0)
+                except AssertionError as e:
+                    problems.append(str(e))
+        assert not problems, "\n".join(problems)
+    finally:
+        for n in nodes:
+            if n.running:
+                n.kill()
+        if pebble:
+            pebble.stop()
+        pg.close()
+        zone.close()
+
+
+def pebble_log(pebble: Pebble) -> str:
+    return (pebble.tmp / "pebble.log").read_text(errors="replace")
+
+
+def test_two_nodes_share_one_certificate_and_one_order(acme_pair):
+    """Two nodes over one store with HTTP-01, started together: one takes the ordering lock
+    and orders, the other waits for it and installs the stored certificate, so Pebble sees
+    one order and issues one certificate, which both nodes present (same serial and
+    fingerprint) on IMAPS and SMTPS. Pebble reaches NAME at node a only, so when node b
+    is the one ordering, node a answers the challenge from the store. Node b restarted
+    alone presents the stored certificate at once, with no new order."""
+    a, b, pebble = acme_pair
+    # Started together; b a moment first, so that it is more often the one ordering and a
+    # answers its challenge from the store (which node takes the lock is a race: the
+    # output says which did).
+    started = time.monotonic()
+    for n in (b, a):
+        n.start(wait=False)
+    for n in (b, a):
+        n.wait_ready(list(n.ports.values()))
+    root = pebble.root_pem()
+
+    def both_present():
+        return all(leaf(n.host, n.ports[listener], root)
+                   for n in (a, b) for listener in ("imaps", "submissions"))
+
+    try:
+        wait_for(both_present, what="both nodes presenting a certificate from Pebble",
+                 timeout=75, interval=1)
+    except AssertionError:
+        raise AssertionError(f"after {time.monotonic() - started:.0f}s:\n"
+                             f"--- node a ---\n{a.logs()[-3000:]}\n--- node b ---\n{b.logs()[-3000:]}\n"
+                             f"--- pebble ---\n{pebble_log(pebble)[-3000:]}") from None
+    took = time.monotonic() - started
+
+    # One order, one certificate.
+    log = pebble_log(pebble)
+    assert log.count("POST /order-plz") == 1, log
+    issued = re.findall(r"Issued certificate serial ([0-9a-f]+) for order", log)
+    assert len(issued) == 1, log
+
+    # Both nodes present that certificate on both listeners.
+    from cryptography import x509
+    seen = {}
+    for n in (a, b):
+        for listener in ("imaps", "submissions"):
+            der = leaf(n.host, n.ports[listener], root)
+            cert = x509.load_der_x509_certificate(der)
+            seen[(n.host, listener)] = (cert.serial_number, hashlib.sha256(der).hexdigest())
+    assert len(set(seen.values())) == 1, seen
+    shared = leaf(a.host, a.ports["imaps"], root)
+    assert next(iter(seen.values()))[0] == int(issued[0], 16), (seen, issued)
+
+    # Exactly one node ordered; the other waited and installed the stored certificate.
+    logs = {"a": a.logs(), "b": b.logs()}
+    ordered = [k for k, v in logs.items() if "acme: certificate obtained and installed" in v]
+    assert len(ordered) == 1, logs
+    orderer = ordered[0]
+    waiter = "b" if orderer == "a" else "a"
+    assert logs[orderer].count("acme: certificate obtained and installed") == 1, logs[orderer]
+    assert "acme: another node is ordering the certificate; waiting for it" in logs[waiter], logs[waiter]
+    assert "acme: certificate installed" in logs[waiter], logs[waiter]
+    # Pebble validated at node a (the only address of NAME) whoever ordered.
+    assert f"http://{NAME}:{a.ports['http']}/.well-known/acme-challenge/" in log, log
+    print(f"node {orderer} ordered; both presented the certificate after {took:.0f}s")
+
+    # Node b restarted alone: the stored certificate at once, no new order.
+    b.stop(expect=0)
+    before = {m: b.logs().count(m) for m in ("acme: stored certificate installed",
+                                             "acme: certificate installed",
+                                             "acme: certificate obtained and installed")}
+    b.start()
+    assert leaf(b.host, b.ports["imaps"], root) == shared
+    assert b.logs().count("acme: stored certificate installed") == before["acme: stored certificate installed"] + 1, b.logs()
+    # Its certificate task has looked at the store, and found nothing to order.
+    wait_for(lambda: b.logs().count("acme: certificate installed") > before["acme: certificate installed"],
+             what="node b's certificate task", timeout=20)
+    time.sleep(1)
+    log = pebble_log(pebble)
+    assert log.count("POST /order-plz") == 1, log
+    assert len(re.findall(r"Issued certificate serial", log)) == 1, log
+    assert b.logs().count("acme: certificate obtained and installed") == before["acme: certificate obtained and installed"], b.logs()

@@ -46,7 +46,7 @@ class World:
         return issue_cert(self.tmp / name, names, self.ca if trusted else None)
 
     def sites(self, *, b_names=("mx.b.test", "mta-sts.b.test"), policy="enforce", mx=("mx.b.test",),
-              txt="v=STSv1; id=1", policy_ip=B_IP, mx_ip=B_IP, start_b=True, a_delivery=""):
+              txt="v=STSv1; id=1", policy_ip=B_IP, mx_ip=B_IP, start_b=True, a_delivery="", a_extra=""):
         """A and B; B publishes `policy` (None: no `_mta-sts` record) with `mx`."""
         z = self.zone
         cert, key, _ = self.cert("b-cert", list(b_names))
@@ -66,7 +66,7 @@ class World:
                    smtp={"allow_plaintext_auth": True},
                    extra=f'[delivery]\nport = {self.smtp_port}\nretry = ["1s"]\n'
                          f'mta_sts_port = {self.https_port}\nmta_sts_timeout = "3s"\n{a_delivery}\n'
-                         f'[tls]\ntrust_roots = "{self.tmp / "ca" / "cert.pem"}"\n')
+                         f'[tls]\ntrust_roots = "{self.tmp / "ca" / "cert.pem"}"\n{a_extra}')
         self.servers += [a, b]
         a.add_user("alice@a.test", PW)
         b.add_user("bob@b.test", PW)
@@ -408,3 +408,196 @@ def test_tls_required_no_overrides_the_policy(world):
     a, b = world.sites(b_names=("mta-sts.b.test", "other.example"))
     submit(a, b"no tls required\r\n", headers=b"TLS-Required: No\r\n")
     wait_for(lambda: delivered_to_b(b, b"no tls required"), what="delivery despite the policy")
+
+
+# --- TLS reporting (RFC 8460) -------------------------------------------------------------------
+
+# The report's JSON as RFC 8460 §4.4 defines it, written as a JSON Schema (the RFC gives the
+# fields, their types and which are required, but no schema file).
+TLSRPT_SCHEMA = {
+    "type": "object",
+    "required": ["organization-name", "date-range", "contact-info", "report-id", "policies"],
+    "properties": {
+        "organization-name": {"type": "string"},
+        "contact-info": {"type": "string"},
+        "report-id": {"type": "string"},
+        "date-range": {
+            "type": "object",
+            "required": ["start-datetime", "end-datetime"],
+            "properties": {
+                "start-datetime": {"type": "string", "format": "date-time",
+                                   "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"},
+                "end-datetime": {"type": "string", "format": "date-time",
+                                 "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$"},
+            },
+        },
+        "policies": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["policy", "summary"],
+                "properties": {
+                    "policy": {
+                        "type": "object",
+                        "required": ["policy-type", "policy-domain"],
+                        "properties": {
+                            "policy-type": {"enum": ["tlsa", "sts", "no-policy-found"]},
+                            "policy-string": {"type": "array", "items": {"type": "string"}},
+                            "policy-domain": {"type": "string"},
+                            "mx-host": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                    "summary": {
+                        "type": "object",
+                        "required": ["total-successful-session-count", "total-failure-session-count"],
+                        "properties": {
+                            "total-successful-session-count": {"type": "integer", "minimum": 0},
+                            "total-failure-session-count": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                    "failure-details": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["result-type", "failed-session-count"],
+                            "properties": {
+                                "result-type": {"enum": [
+                                    "starttls-not-supported", "certificate-host-mismatch",
+                                    "certificate-expired", "certificate-not-trusted",
+                                    "validation-failure", "tlsa-invalid", "dnssec-invalid",
+                                    "dane-required", "sts-policy-fetch-error", "sts-policy-invalid",
+                                    "sts-webpki-invalid"]},
+                                "sending-mta-ip": {"type": "string"},
+                                "receiving-mx-hostname": {"type": "string"},
+                                "receiving-mx-helo": {"type": "string"},
+                                "receiving-ip": {"type": "string"},
+                                "failed-session-count": {"type": "integer", "minimum": 1},
+                                "additional-information": {"type": "string"},
+                                "failure-reason-code": {"type": "string"},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+REPORTS = '[tls_reports]\nenabled = true\ninterval = "3s"\norg_name = "Site A"\n'
+
+
+def check_report(report: dict) -> dict:
+    import jsonschema
+
+    jsonschema.validate(report, TLSRPT_SCHEMA)
+    assert report["organization-name"] == "Site A"
+    assert len(report["policies"]) == 1
+    return report["policies"][0]
+
+
+def tlsrpt_mail(a: Server):
+    """The TLS report messages in tlsrpt@a.test's INBOX, parsed: (message, report JSON)."""
+    import email
+    import gzip
+    import json
+
+    out = []
+    for raw in a.stored_messages("tlsrpt@a.test"):
+        m = email.message_from_bytes(raw)
+        parts = [p for p in m.walk() if p.get_content_type() == "application/tlsrpt+gzip"]
+        if parts:
+            out.append((m, json.loads(gzip.decompress(parts[0].get_payload(decode=True)))))
+    return out
+
+
+def test_tls_report_by_mail_counts_a_testing_mode_failure(world):
+    """Testing policy, B's certificate for another name: the message is delivered and the
+    daily (here 3 s) TLS report, mailed to the rua of _smtp._tls.b.test as
+    multipart/report; report-type="tlsrpt", counts one certificate-host-mismatch at
+    mx.b.test [127.0.0.2] under the sts policy; the JSON passes RFC 8460's schema."""
+    world.zone.add("_smtp._tls.b.test", "TXT", "v=TLSRPTv1; rua=mailto:tlsrpt@a.test")
+    a, b = sites_with_reports(world, policy="testing", b_names=("mta-sts.b.test", "other.example"))
+    submit(a, b"reported\r\n")
+    wait_for(lambda: delivered_to_b(b, b"reported"), what="delivery under testing")
+    (m, report), = wait_for(lambda: tlsrpt_mail(a), what="the TLS report", timeout=30)
+    assert m.get_content_type() == "multipart/report" and m.get_param("report-type") == "tlsrpt"
+    assert m["TLS-Report-Domain"] == "b.test" and m["TLS-Report-Submitter"] == "Site A"
+    assert m["Subject"].startswith("Report Domain: b.test Submitter: Site A Report-ID: <")
+    p = check_report(report)
+    assert p["policy"]["policy-type"] == "sts" and p["policy"]["policy-domain"] == "b.test"
+    assert "mode: testing" in p["policy"]["policy-string"] and p["policy"]["mx-host"] == ["mx.b.test"]
+    assert p["summary"] == {"total-successful-session-count": 0, "total-failure-session-count": 1}
+    (d,) = p["failure-details"]
+    assert d["result-type"] == "certificate-host-mismatch", d
+    assert d["receiving-mx-hostname"] == "mx.b.test" and d["receiving-ip"] == B_IP, d
+
+
+def sites_with_reports(world, **kw):
+    """world.sites with TLS reports on at A and a mailbox for them."""
+    a, b = world.sites(a_extra=REPORTS, **kw)
+    a.add_user("tlsrpt@a.test", PW)
+    return a, b
+
+
+class ReportReceiver:
+    """HTTPS on localhost:port taking POSTed reports (certificate from the test CA)."""
+
+    def __init__(self, world: World):
+        cert, key, _ = world.cert("rua-cert", ["localhost"])
+        self.posts = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                owner.posts.append((self.path, self.headers["Content-Type"], body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.port = free_port()
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        world.closers.append(self.httpd.shutdown)
+
+
+def test_tls_report_by_https_counts_successes_under_enforce(world):
+    """Enforce policy, B's certificate right: two messages, two successful sessions (the
+    second on a new connection or counted once when reused); the report is POSTed to the
+    https rua as application/tlsrpt+gzip and passes the schema, with no failures."""
+    import gzip
+    import json
+
+    rx = ReportReceiver(world)
+    world.zone.add("_smtp._tls.b.test", "TXT", f"v=TLSRPTv1; rua=https://localhost:{rx.port}/tlsrpt")
+    a, b = sites_with_reports(world)
+    submit(a, b"first ok\r\n")
+    wait_for(lambda: delivered_to_b(b, b"first ok"), what="delivery")
+    wait_for(lambda: rx.posts, what="the POSTed report", timeout=30)
+    path, ctype, body = rx.posts[0]
+    assert path == "/tlsrpt" and ctype == "application/tlsrpt+gzip"
+    p = check_report(json.loads(gzip.decompress(body)))
+    assert p["policy"]["policy-type"] == "sts" and "mode: enforce" in p["policy"]["policy-string"]
+    assert p["summary"]["total-failure-session-count"] == 0
+    assert p["summary"]["total-successful-session-count"] == 1
+    assert not p.get("failure-details")
+
+
+def test_tls_report_counts_a_failed_policy_fetch(world):
+    """The policy server answers 500 and nothing is cached: the report says
+    sts-policy-fetch-error."""
+    world.zone.add("_smtp._tls.b.test", "TXT", "v=TLSRPTv1; rua=mailto:tlsrpt@a.test")
+    PolicyServer(world, world.https_port, "error")
+    a, b = sites_with_reports(world, policy_ip=POLICY_IP, policy="none")
+    submit(a, b"no policy\r\n")
+    wait_for(lambda: delivered_to_b(b, b"no policy"), what="delivery without policy")
+    (_, report), = wait_for(lambda: tlsrpt_mail(a), what="the TLS report", timeout=30)
+    p = check_report(report)
+    assert [d["result-type"] for d in p["failure-details"]] == ["sts-policy-fetch-error"], p

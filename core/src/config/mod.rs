@@ -64,6 +64,8 @@ pub struct Config {
     pub mta_sts: MtaSts,
     /// Certificates from an ACME CA (RFC 8555), e.g. Let's Encrypt.
     pub acme: Acme,
+    /// SMTP TLS reports (RFC 8460) about outbound sessions to domains with a policy.
+    pub tls_reports: TlsReports,
     /// Limits on WASM plugins (`[[hooks]] plugin = ...`), one set for the process.
     pub plugins: Plugins,
     /// Logging.
@@ -180,6 +182,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "trace",
     "mta_sts",
     "acme",
+    "tls_reports",
     "plugins",
     "log",
     "shutdown_timeout",
@@ -448,6 +451,34 @@ impl Acme {
     /// Whether ACME is configured.
     pub fn enabled(&self) -> bool {
         !self.directory.is_empty()
+    }
+}
+
+/// `[tls_reports]`: TLS-RPT (RFC 8460), off by default like DMARC reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsReports {
+    /// Count outbound TLS successes and failures per policy domain and send each domain that
+    /// publishes `_smtp._tls` an aggregate report per period.
+    pub enabled: bool,
+    /// Length of a reporting period (RFC 8460 §4.1: a day; periods start at multiples of it,
+    /// UTC).
+    #[serde(with = "dur")]
+    pub interval: Duration,
+    /// Sender and contact address of the reports; default `postmaster@` the first domain.
+    pub from: Option<String>,
+    /// Organization named in the reports; default the hostname.
+    pub org_name: Option<String>,
+}
+
+impl Default for TlsReports {
+    fn default() -> Self {
+        TlsReports {
+            enabled: false,
+            interval: Duration::from_secs(86400),
+            from: None,
+            org_name: None,
+        }
     }
 }
 
@@ -908,6 +939,7 @@ impl Default for Config {
             trace: Trace::default(),
             mta_sts: MtaSts::default(),
             acme: Acme::default(),
+            tls_reports: TlsReports::default(),
             log: Log::default(),
             shutdown_timeout: Duration::from_secs(30),
             hooks: Vec::new(),

@@ -85,6 +85,8 @@ pub struct Client {
     pub tls: String,
     /// TLS is up and the server's certificate was verified for its name.
     pub verified: bool,
+    /// Why the certificate did not verify, when TLS is up and it did not.
+    pub verify_error: Option<String>,
     peer: SocketAddr,
 }
 
@@ -94,6 +96,7 @@ pub struct Client {
 struct Opportunistic {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
     verified: Arc<AtomicBool>,
+    error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl ServerCertVerifier for Opportunistic {
@@ -105,11 +108,13 @@ impl ServerCertVerifier for Opportunistic {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ok = self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-            .is_ok();
-        self.verified.store(ok, Ordering::Relaxed);
+        let result =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        self.verified.store(result.is_ok(), Ordering::Relaxed);
+        if let Err(e) = result {
+            *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+        }
         Ok(ServerCertVerified::assertion())
     }
     fn verify_tls12_signature(
@@ -135,6 +140,7 @@ impl ServerCertVerifier for Opportunistic {
 
 fn tls_connector(
     verified: Arc<AtomicBool>,
+    error: Arc<std::sync::Mutex<Option<String>>>,
     trust_roots: Option<&std::path::Path>,
     strict: bool,
 ) -> Result<TlsConnector, ClientError> {
@@ -155,7 +161,11 @@ fn tls_connector(
     } else {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Opportunistic { inner, verified }))
+            .with_custom_certificate_verifier(Arc::new(Opportunistic {
+                inner,
+                verified,
+                error,
+            }))
             .with_no_client_auth()
     };
     Ok(TlsConnector::from(Arc::new(config)))
@@ -226,6 +236,7 @@ impl Client {
             extensions: Vec::new(),
             tls: "none".into(),
             verified: false,
+            verify_error: None,
             peer: addr,
         };
         let greet = c.read_reply(GREETING_TIMEOUT).await?;
@@ -237,7 +248,9 @@ impl Client {
             let r = c.command("STARTTLS", COMMAND_TIMEOUT).await?;
             if r.ok() {
                 let verified = Arc::new(AtomicBool::new(false));
-                let connector = tls_connector(verified.clone(), trust_roots, require_tls)?;
+                let error = Arc::new(std::sync::Mutex::new(None));
+                let connector =
+                    tls_connector(verified.clone(), error.clone(), trust_roots, require_tls)?;
                 let name = ServerName::try_from(server_name.to_string())
                     .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
                 let Some(Conn::Plain(tcp)) = c.conn.take() else {
@@ -263,6 +276,7 @@ impl Client {
                     .map(|v| format!("{v:?}"))
                     .unwrap_or_default();
                 c.verified = verified.load(Ordering::Relaxed);
+                c.verify_error = error.lock().unwrap_or_else(|e| e.into_inner()).take();
                 c.tls = format!(
                     "{version} ({})",
                     if c.verified {

@@ -379,6 +379,7 @@ async fn deliver_domain(
                     requiretls_failed = true;
                 }
                 tracing::info!(host, error = %e, "not delivering to this host");
+                tls.report(shared, "validation-failure", host, "").await;
                 last_error = e;
                 continue;
             }
@@ -440,6 +441,8 @@ async fn deliver_domain(
                             if entry.requiretls {
                                 requiretls_failed = true;
                             }
+                            let kind = crate::tls_report::result_type(&e.to_string());
+                            tls.report(shared, kind, host, &ip.to_string()).await;
                             format!("{why}: {host} [{ip}]: {e}")
                         }
                         _ => {
@@ -452,11 +455,21 @@ async fn deliver_domain(
                 }
             };
             tracing::debug!(host, %ip, tls = %client.tls, reused = !fresh, "connected");
+            // What a TLS report says of this session (a new one; a reused one was counted).
+            let mut session_ok = fresh;
             if let Some(why) = &need.testing
-                && !client.verified
+                && fresh
+                && (!client.verified || !tls.allows(host))
             {
                 // A testing policy reports and delivers (RFC 8461 §5).
                 tracing::warn!(host, %ip, tls = %client.tls, "{why}: the connection would have failed the policy ({}); delivering anyway", client.tls);
+                let kind = match (&client.verify_error, client.tls.as_str()) {
+                    (_, "none") => "starttls-not-supported",
+                    (Some(e), _) => crate::tls_report::result_type(e),
+                    _ => "validation-failure",
+                };
+                tls.report(shared, kind, host, &ip.to_string()).await;
+                session_ok = false;
             }
             if entry.requiretls && !client.has("REQUIRETLS") {
                 requiretls_failed = true;
@@ -557,6 +570,9 @@ async fn deliver_domain(
                 .await
             {
                 Ok(replies) => {
+                    if session_ok && (need.verified || need.testing.is_some()) {
+                        tls.report_success(shared).await;
+                    }
                     for (&i, reply) in pending.iter().zip(replies) {
                         if reply.ok() {
                             results[i] = Some(Outcome::Delivered(format!(
@@ -622,6 +638,29 @@ struct HostTls {
 }
 
 impl TlsRules {
+    /// Whether the policy (if any) lists MX `host`.
+    fn allows(&self, host: &str) -> bool {
+        self.policy.as_ref().is_none_or(|p| p.allows(host))
+    }
+
+    /// Count a failed session under the policy for TLS reports.
+    async fn report(&self, shared: &Deps, kind: &str, mx: &str, ip: &str) {
+        if let Some(p) = &self.policy {
+            let desc = crate::tls_report::PolicyDesc::sts(&self.domain, p);
+            let outcome = crate::tls_report::Outcome::Failure { kind, mx, ip };
+            crate::tls_report::record(&shared.store, &shared.config, &desc, outcome).await;
+        }
+    }
+
+    /// Count a session that went as the policy asks.
+    async fn report_success(&self, shared: &Deps) {
+        if let Some(p) = &self.policy {
+            let desc = crate::tls_report::PolicyDesc::sts(&self.domain, p);
+            let outcome = crate::tls_report::Outcome::Success;
+            crate::tls_report::record(&shared.store, &shared.config, &desc, outcome).await;
+        }
+    }
+
     async fn for_entry(
         shared: &Deps,
         entry: &QueueEntry,
@@ -642,6 +681,21 @@ impl TlsRules {
                 domain,
             )
             .await;
+            if let (Some(kind), None) = (l.problem_kind, &l.policy) {
+                // No policy to apply: the report says the fetch failed.
+                let desc = crate::tls_report::PolicyDesc {
+                    kind: "sts".into(),
+                    lines: Vec::new(),
+                    domain: domain.to_string(),
+                    mx: Vec::new(),
+                };
+                let outcome = crate::tls_report::Outcome::Failure {
+                    kind,
+                    mx: "",
+                    ip: "",
+                };
+                crate::tls_report::record(&shared.store, &shared.config, &desc, outcome).await;
+            }
             if let Some(p) = &l.problem {
                 crate::trace::emit(crate::trace::Event::Steps(
                     entry.id.clone(),

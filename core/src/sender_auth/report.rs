@@ -444,7 +444,48 @@ pub fn to_xml(r: &Report, org_name: &str, email: &str, report_id: &str) -> Strin
     x
 }
 
-fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
+/// A report's sender (`from`, else `postmaster@` the first domain) and organization
+/// (`org_name`, else the hostname).
+pub(crate) fn sender_and_org(
+    config: &crate::config::Config,
+    from: &Option<String>,
+    org_name: &Option<String>,
+) -> (String, String) {
+    let from = from.clone().unwrap_or_else(|| {
+        format!(
+            "postmaster@{}",
+            config
+                .domains
+                .first()
+                .map(String::as_str)
+                .unwrap_or(&config.hostname)
+        )
+    });
+    let org = org_name.clone().unwrap_or_else(|| config.hostname.clone());
+    (from, org)
+}
+
+/// The queue entry of a report from `from` to `to`: no DSNs asked for, none ever warned
+/// about, headers only if one bounces.
+pub(crate) fn report_entry(from: &str, to: &[String], what: &str) -> crate::store::QueueEntry {
+    let rcpts = to
+        .iter()
+        .map(|a| QueueRcpt {
+            address: a.clone(),
+            notify: vec!["NEVER".into()],
+            orcpt: None,
+        })
+        .collect();
+    let mut entry =
+        crate::delivery::queue_entry(&crate::delivery::new_queue_id(), from, rcpts, now());
+    entry.ret = Some("HDRS".into());
+    entry.decisions = vec![what.into()];
+    entry.warned = true;
+    entry
+}
+
+/// `data` gzip-compressed (the reports' attachments).
+pub(crate) fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut enc = mail_auth::flate2::write::GzEncoder::new(
         Vec::new(),
         mail_auth::flate2::Compression::default(),
@@ -471,21 +512,7 @@ pub async fn send_due(shared: &Deps) -> usize {
         return 0;
     };
     let cfg = &shared.config.sender_auth.dmarc_reports;
-    let from = cfg.from.clone().unwrap_or_else(|| {
-        format!(
-            "postmaster@{}",
-            shared
-                .config
-                .domains
-                .first()
-                .map(String::as_str)
-                .unwrap_or(&shared.config.hostname)
-        )
-    });
-    let org = cfg
-        .org_name
-        .clone()
-        .unwrap_or_else(|| shared.config.hostname.clone());
+    let (from, org) = sender_and_org(&shared.config, &cfg.from, &cfg.org_name);
     let mut sent = 0;
     for (parts, report) in reports.due().await {
         // RFC 7489 §7.1: a destination outside the policy domain must have agreed.
@@ -528,19 +555,7 @@ pub async fn send_due(shared: &Deps) -> usize {
         let Ok(message) = built else {
             continue;
         };
-        let rcpts = allowed
-            .iter()
-            .map(|a| QueueRcpt {
-                address: a.clone(),
-                notify: vec!["NEVER".into()],
-                orcpt: None,
-            })
-            .collect();
-        let mut entry =
-            crate::delivery::queue_entry(&crate::delivery::new_queue_id(), &from, rcpts, now());
-        entry.ret = Some("HDRS".into());
-        entry.decisions = vec!["dmarc aggregate report".into()];
-        entry.warned = true;
+        let entry = report_entry(&from, &allowed, "dmarc aggregate report");
         match shared.delivery.deliver_generated(entry, message).await {
             Ok(_) => {
                 tracing::info!(domain = %report.domain, rua = ?allowed, rows = report.rows.len(), "DMARC aggregate report queued");
@@ -556,13 +571,26 @@ pub async fn send_due(shared: &Deps) -> usize {
 /// The sending task: checks for finished periods until shutdown.
 pub async fn run(shared: Deps, shutdown: tokio_util::sync::CancellationToken) {
     let interval = shared.config.sender_auth.dmarc_reports.interval;
+    every_part_of(interval, &shutdown, || send_due(&shared)).await;
+}
+
+/// Call `f` every quarter of `interval` (1 s to 5 min) until `shutdown`: the loop of the
+/// report senders, which look for periods that have ended.
+pub(crate) async fn every_part_of<F, Fut>(
+    interval: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut f: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future,
+{
     let tick = (interval / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             _ = shutdown.cancelled() => return,
         }
-        send_due(&shared).await;
+        f().await;
     }
 }
 
