@@ -16,26 +16,169 @@ use crate::ttl_cache::TtlCache;
 
 /// Build the resolver: the configured name servers, or the system's.
 pub fn resolver(config: &Config) -> Result<TokioResolver, String> {
+    builder(config, false)?
+        .build()
+        .map_err(|e| format!("DNS resolver: {e}"))
+}
+
+/// A resolver builder for the configured name servers (or the system's), validating DNSSEC
+/// when `validate`.
+fn builder(
+    config: &Config,
+    validate: bool,
+) -> Result<hickory_resolver::ResolverBuilder<TokioRuntimeProvider>, String> {
     let servers = config.nameservers();
     let mut opts = ResolverOpts::default();
     opts.timeout = Duration::from_secs(5);
     opts.attempts = 2;
     opts.cache_size = 4096;
-    let builder = if servers.is_empty() {
+    opts.validate = validate;
+    Ok(if servers.is_empty() {
         let mut b =
             TokioResolver::builder_tokio().map_err(|e| format!("system DNS configuration: {e}"))?;
         let o = b.options_mut();
         o.timeout = opts.timeout;
         o.attempts = opts.attempts;
         o.cache_size = opts.cache_size;
+        o.validate = validate;
         b
     } else {
         opts.ndots = 0;
         let name_servers = servers.iter().map(name_server).collect();
         let rc = ResolverConfig::from_parts(None, vec![], name_servers);
         TokioResolver::builder_with_config(rc, TokioRuntimeProvider::default()).with_options(opts)
+    })
+}
+
+/// The DNSSEC-validating resolver of DANE (`[dns] dnssec`): the same name servers, trusting
+/// `[dns] trust_anchors` (or the IANA root keys). `None` when DNSSEC is off. Kept apart from
+/// [`resolver`], so the lookups DANE does not need (SPF, DKIM, FCrDNS) do not fail on a
+/// domain with broken DNSSEC.
+pub fn validating_resolver(config: &Config) -> Result<Option<TokioResolver>, String> {
+    if !config.dns.dnssec {
+        return Ok(None);
+    }
+    let mut text = String::new();
+    for p in &config.dns.trust_anchors {
+        let t = std::fs::read_to_string(p)
+            .map_err(|e| format!("dns.trust_anchors: {}: {e}", p.display()))?;
+        text.push_str(&t);
+        text.push('\n');
+    }
+    let anchors = if text.trim().is_empty() {
+        hickory_resolver::proto::dnssec::TrustAnchors::default()
+    } else {
+        text.parse::<hickory_resolver::proto::dnssec::TrustAnchors>()
+            .map_err(|e| format!("dns.trust_anchors: not DNSKEY records in zone-file form: {e}"))?
     };
-    builder.build().map_err(|e| format!("DNS resolver: {e}"))
+    builder(config, true)?
+        .with_trust_anchor(std::sync::Arc::new(anchors))
+        .build()
+        .map(Some)
+        .map_err(|e| format!("DNSSEC resolver: {e}"))
+}
+
+/// What a validating lookup says about a name's DANE status.
+#[derive(Debug, Clone)]
+pub enum Dane {
+    /// No DANE: the MX, the address records or the TLSA records are not signed, or there are
+    /// no TLSA records (proven or not).
+    None,
+    /// Secure TLSA records: TLS with a certificate they match is required.
+    Tlsa(Vec<crate::dane::Tlsa>),
+    /// The lookup failed (bogus signatures, or no answer): the host must not be used now.
+    Failed(String),
+}
+
+/// Whether every answer record of the data type asked is DNSSEC-secure (and there is one).
+fn secure(records: &[hickory_resolver::proto::rr::Record]) -> bool {
+    let data: Vec<_> = records
+        .iter()
+        .filter(|r| !matches!(r.data, RData::DNSSEC(_)))
+        .collect();
+    !data.is_empty() && data.iter().all(|r| r.proof.is_secure())
+}
+
+fn is_bogus(e: &NetError) -> bool {
+    matches!(e, NetError::Dns(DnsError::DnssecBogus))
+}
+
+/// Whether the MX RRset of `domain` is DNSSEC-secure (RFC 7672 §2.2.1: DANE applies only
+/// to MX hosts learned securely); an error when it is bogus.
+pub async fn secure_mx(resolver: &TokioResolver, domain: &str) -> Result<bool, String> {
+    let name = format!("{}.", domain.trim_end_matches('.'));
+    match tokio::time::timeout(Duration::from_secs(15), resolver.mx_lookup(name)).await {
+        Ok(Ok(l)) => Ok(secure(l.answers())),
+        Ok(Err(e)) if is_bogus(&e) => Err(format!(
+            "MX lookup of {domain}: DNSSEC validation failed (bogus)"
+        )),
+        _ => Ok(false),
+    }
+}
+
+/// The DANE status of MX host `host` (RFC 7672 §2.2.2): its address records must be secure,
+/// then its `_25._tcp` TLSA records decide.
+pub async fn dane(resolver: &TokioResolver, host: &str) -> Dane {
+    let host = host.trim_end_matches('.');
+    let timeout = Duration::from_secs(15);
+    // A and AAAA apart: a combined lookup hides a bogus answer behind the other family's.
+    let v4 = tokio::time::timeout(timeout, resolver.ipv4_lookup(format!("{host}."))).await;
+    let v6 = tokio::time::timeout(timeout, resolver.ipv6_lookup(format!("{host}."))).await;
+    let mut any_secure = false;
+    for r in [
+        v4.map(|r| r.map(|l| secure(l.answers()))),
+        v6.map(|r| r.map(|l| secure(l.answers()))),
+    ] {
+        match r {
+            Ok(Ok(s)) => any_secure |= s,
+            Ok(Err(e)) if is_bogus(&e) => {
+                return Dane::Failed(format!(
+                    "address lookup of {host}: DNSSEC validation failed (bogus)"
+                ));
+            }
+            _ => {}
+        }
+    }
+    if !any_secure {
+        return Dane::None;
+    }
+    let name = format!("_25._tcp.{host}.");
+    let answer = tokio::time::timeout(
+        timeout,
+        resolver.lookup(name.as_str(), hickory_resolver::proto::rr::RecordType::TLSA),
+    )
+    .await;
+    match answer {
+        Err(_) => Dane::Failed(format!("TLSA lookup of {name}: no answer in time")),
+        Ok(Err(e)) if is_bogus(&e) => Dane::Failed(format!(
+            "TLSA lookup of {name}: DNSSEC validation failed (bogus)"
+        )),
+        Ok(Err(e)) if e.is_no_records_found() || e.is_nx_domain() => Dane::None,
+        Ok(Err(NetError::Dns(DnsError::Nsec { .. }))) => Dane::None,
+        Ok(Err(e)) => Dane::Failed(format!("TLSA lookup of {name}: {e}")),
+        Ok(Ok(l)) => {
+            let records: Vec<crate::dane::Tlsa> = l
+                .answers()
+                .iter()
+                .filter(|r| r.proof.is_secure())
+                .filter_map(|r| match &r.data {
+                    RData::TLSA(t) => Some(crate::dane::Tlsa {
+                        usage: t.cert_usage.into(),
+                        selector: t.selector.into(),
+                        matching: t.matching.into(),
+                        data: t.cert_data.clone(),
+                    }),
+                    _ => None,
+                })
+                .take(100)
+                .collect();
+            if records.is_empty() {
+                Dane::None
+            } else {
+                Dane::Tlsa(records)
+            }
+        }
+    }
 }
 
 fn name_server(s: &SocketAddr) -> NameServerConfig {

@@ -21,6 +21,7 @@ pub mod bench;
 pub mod blocking;
 pub mod config;
 pub mod control;
+pub mod dane;
 pub mod delivery;
 pub mod dkim;
 pub mod dns;

@@ -125,6 +125,7 @@ impl Services {
                 config: config.clone(),
                 store: store.clone(),
                 resolver,
+                dnssec: crate::dns::validating_resolver(&config).map_err(anyhow::Error::msg)?,
                 hooks: hooks.clone(),
                 delivery,
                 shutdown: shutdown.clone(),

@@ -68,6 +68,17 @@ impl Config {
                 );
             }
         }
+        if !self.dns.trust_anchors.is_empty() && !self.dns.dnssec {
+            problems.push("dns.trust_anchors: set dns.dnssec = true too (the anchors are used only for DNSSEC validation)".into());
+        }
+        for p in &self.dns.trust_anchors {
+            if !p.is_file() {
+                problems.push(format!(
+                    "dns.trust_anchors: file {} does not exist; fix the path (DNSKEY records in zone-file form) or remove it",
+                    p.display()
+                ));
+            }
+        }
         if self.delivery.mta_sts_port == 0 {
             problems.push("delivery.mta_sts_port: must not be 0 (443 unless testing)".into());
         }

@@ -298,6 +298,13 @@ pub struct Tls {
 pub struct Dns {
     /// Name servers as `ip:port`; empty means the system resolver (/etc/resolv.conf).
     pub nameservers: Vec<String>,
+    /// Validate DNSSEC for outbound delivery's MX, address and TLSA lookups, and apply DANE
+    /// (RFC 7672): TLSA records at `_25._tcp.<mx>` make TLS to that host mandatory and say
+    /// which certificate it must present. Other lookups are not validated.
+    pub dnssec: bool,
+    /// Files of DNSKEY records (zone-file lines, e.g. `. 3600 IN DNSKEY 257 3 13 …`) trusted
+    /// as DNSSEC anchors instead of the IANA root keys: for private roots and tests.
+    pub trust_anchors: Vec<PathBuf>,
 }
 
 /// `[store]`: the storage backend.

@@ -171,6 +171,18 @@ fn tls_connector(
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
+/// A TLS client that accepts only a certificate matching `records` (DANE).
+fn dane_connector(records: &[crate::dane::Tlsa]) -> Result<TlsConnector, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Io(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(crate::dane::Verifier::new(records)))
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
 /// How an outbound connection uses TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsPolicy<'a> {
@@ -186,6 +198,12 @@ pub enum TlsPolicy<'a> {
     Verified {
         /// `[tls] trust_roots`.
         trust_roots: Option<&'a std::path::Path>,
+    },
+    /// STARTTLS required and the certificate matched against the host's TLSA records (DANE,
+    /// RFC 7672), not against any CA.
+    Dane {
+        /// The usable TLSA records.
+        records: &'a [crate::dane::Tlsa],
     },
 }
 
@@ -221,9 +239,10 @@ impl Client {
         server_name: &str,
         policy: TlsPolicy<'_>,
     ) -> Result<Client, ClientError> {
-        let (require_tls, trust_roots) = match policy {
-            TlsPolicy::Opportunistic { trust_roots } => (false, trust_roots),
-            TlsPolicy::Verified { trust_roots } => (true, trust_roots),
+        let (require_tls, trust_roots, dane) = match policy {
+            TlsPolicy::Opportunistic { trust_roots } => (false, trust_roots, None),
+            TlsPolicy::Verified { trust_roots } => (true, trust_roots, None),
+            TlsPolicy::Dane { records } => (true, None, Some(records)),
         };
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, open(addr, source))
             .await
@@ -249,8 +268,12 @@ impl Client {
             if r.ok() {
                 let verified = Arc::new(AtomicBool::new(false));
                 let error = Arc::new(std::sync::Mutex::new(None));
-                let connector =
-                    tls_connector(verified.clone(), error.clone(), trust_roots, require_tls)?;
+                let connector = match dane {
+                    Some(records) => dane_connector(records)?,
+                    None => {
+                        tls_connector(verified.clone(), error.clone(), trust_roots, require_tls)?
+                    }
+                };
                 let name = ServerName::try_from(server_name.to_string())
                     .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));
                 let Some(Conn::Plain(tcp)) = c.conn.take() else {
@@ -261,9 +284,14 @@ impl Client {
                     .map_err(|_| ClientError::Tls("TLS handshake timed out".into()))?
                     .map_err(|e| {
                         if require_tls {
+                            let trusted = if dane.is_some() {
+                                "DANE: the TLSA records of the host"
+                            } else {
+                                "system roots and tls.trust_roots"
+                            };
                             ClientError::Tls(format!(
                                 "TLS handshake with {server_name} failed, certificate not verified \
-                                 (trusted: system roots and tls.trust_roots): {e}"
+                                 (trusted: {trusted}): {e}"
                             ))
                         } else {
                             ClientError::Tls(format!("TLS handshake: {e}"))
@@ -275,11 +303,13 @@ impl Client {
                     .protocol_version()
                     .map(|v| format!("{v:?}"))
                     .unwrap_or_default();
-                c.verified = verified.load(Ordering::Relaxed);
+                c.verified = verified.load(Ordering::Relaxed) || dane.is_some();
                 c.verify_error = error.lock().unwrap_or_else(|e| e.into_inner()).take();
                 c.tls = format!(
                     "{version} ({})",
-                    if c.verified {
+                    if dane.is_some() {
+                        "DANE verified"
+                    } else if c.verified {
                         "verified"
                     } else {
                         "certificate not verified"

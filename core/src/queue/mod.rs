@@ -99,6 +99,8 @@ pub struct Deps {
     pub store: crate::store::Store,
     /// MX and address lookups.
     pub resolver: hickory_resolver::TokioResolver,
+    /// The DNSSEC-validating resolver of DANE (`[dns] dnssec`), if on.
+    pub dnssec: Option<hickory_resolver::TokioResolver>,
     /// The hook chain.
     pub hooks: Arc<crate::hooks::HookChain>,
     /// Local deliveries, bounces and delay notices; its wake-up starts a queue run.
@@ -372,14 +374,19 @@ async fn deliver_domain(
                 _ => {}
             }
         }
-        let need = match tls.for_host(host) {
+        let need = match tls.host(shared, host).await {
             Ok(need) => need,
             Err(e) => {
                 if entry.requiretls {
                     requiretls_failed = true;
                 }
                 tracing::info!(host, error = %e, "not delivering to this host");
-                tls.report(shared, "validation-failure", host, "").await;
+                let kind = if e.starts_with("DANE") {
+                    "dnssec-invalid"
+                } else {
+                    "validation-failure"
+                };
+                tls.report(shared, None, kind, host, "").await;
                 last_error = e;
                 continue;
             }
@@ -406,7 +413,7 @@ async fn deliver_domain(
             let reused = match pool_take(pool, addr) {
                 // A connection made without a verified certificate is not reused where
                 // one is needed.
-                Some(c) if need.verified && !c.verified => {
+                Some(c) if (need.verified && !c.verified) || need.dane.is_some() => {
                     c.quit().await;
                     None
                 }
@@ -421,7 +428,9 @@ async fn deliver_domain(
                 Some(c) => Ok(c),
                 None => {
                     let trust_roots = shared.config.tls.trust_roots.as_deref();
-                    let policy = if (relay && cfg.relay_require_tls) || need.verified {
+                    let policy = if let Some(records) = &need.dane {
+                        TlsPolicy::Dane { records }
+                    } else if (relay && cfg.relay_require_tls) || need.verified {
                         TlsPolicy::Verified { trust_roots }
                     } else {
                         TlsPolicy::Opportunistic { trust_roots }
@@ -441,8 +450,14 @@ async fn deliver_domain(
                             if entry.requiretls {
                                 requiretls_failed = true;
                             }
-                            let kind = crate::tls_report::result_type(&e.to_string());
-                            tls.report(shared, kind, host, &ip.to_string()).await;
+                            let kind = if need.dane.is_some() && !e.to_string().contains("STARTTLS")
+                            {
+                                "tlsa-invalid"
+                            } else {
+                                crate::tls_report::result_type(&e.to_string())
+                            };
+                            tls.report(shared, Some(&need), kind, host, &ip.to_string())
+                                .await;
                             format!("{why}: {host} [{ip}]: {e}")
                         }
                         _ => {
@@ -468,7 +483,8 @@ async fn deliver_domain(
                     (Some(e), _) => crate::tls_report::result_type(e),
                     _ => "validation-failure",
                 };
-                tls.report(shared, kind, host, &ip.to_string()).await;
+                tls.report(shared, Some(&need), kind, host, &ip.to_string())
+                    .await;
                 session_ok = false;
             }
             if entry.requiretls && !client.has("REQUIRETLS") {
@@ -571,7 +587,7 @@ async fn deliver_domain(
             {
                 Ok(replies) => {
                     if session_ok && (need.verified || need.testing.is_some()) {
-                        tls.report_success(shared).await;
+                        tls.report_success(shared, &need).await;
                     }
                     for (&i, reply) in pending.iter().zip(replies) {
                         if reply.ok() {
@@ -625,12 +641,18 @@ struct TlsRules {
     relay: bool,
     /// `TLS-Required: No` (RFC 8689 §5): policies are not enforced.
     optional: bool,
+    /// Whether the MX RRset is DNSSEC-secure (DANE applies to its hosts); an error when its
+    /// lookup was bogus. `Ok(false)` when DNSSEC is off.
+    secure_mx: Result<bool, String>,
 }
 
 /// The TLS one host needs.
 struct HostTls {
     /// TLS with a certificate valid for the host name, or no delivery.
     verified: bool,
+    /// DANE: TLS with a certificate matching these TLSA records, or no delivery (it wins
+    /// over MTA-STS, RFC 8461 §2).
+    dane: Option<Vec<crate::dane::Tlsa>>,
     /// Why (for the failure text), when `verified`.
     why: Option<String>,
     /// A testing-mode policy applies: report what would have failed.
@@ -643,22 +665,86 @@ impl TlsRules {
         self.policy.as_ref().is_none_or(|p| p.allows(host))
     }
 
-    /// Count a failed session under the policy for TLS reports.
-    async fn report(&self, shared: &Deps, kind: &str, mx: &str, ip: &str) {
-        if let Some(p) = &self.policy {
-            let desc = crate::tls_report::PolicyDesc::sts(&self.domain, p);
-            let outcome = crate::tls_report::Outcome::Failure { kind, mx, ip };
+    /// The policy a TLS report files a session under: the host's DANE records, else the
+    /// domain's MTA-STS policy.
+    fn report_policy(&self, need: Option<&HostTls>) -> Option<crate::tls_report::PolicyDesc> {
+        if let Some(records) = need.and_then(|n| n.dane.as_ref()) {
+            let lines = records
+                .iter()
+                .map(|r| {
+                    let hex: String = r.data.iter().map(|b| format!("{b:02x}")).collect();
+                    format!("{} {} {} {hex}", r.usage, r.selector, r.matching)
+                })
+                .collect();
+            return Some(crate::tls_report::PolicyDesc {
+                kind: "tlsa".into(),
+                lines,
+                domain: self.domain.clone(),
+                mx: Vec::new(),
+            });
+        }
+        self.policy
+            .as_ref()
+            .map(|p| crate::tls_report::PolicyDesc::sts(&self.domain, p))
+    }
+
+    /// Count a failed session for TLS reports.
+    async fn report(&self, shared: &Deps, need: Option<&HostTls>, kind: &str, mx: &str, ip: &str) {
+        let desc = match (self.report_policy(need), kind) {
+            (Some(d), _) => d,
+            // A DANE lookup that failed has no records to name.
+            (None, "dnssec-invalid") => crate::tls_report::PolicyDesc {
+                kind: "tlsa".into(),
+                lines: Vec::new(),
+                domain: self.domain.clone(),
+                mx: Vec::new(),
+            },
+            (None, _) => return,
+        };
+        let outcome = crate::tls_report::Outcome::Failure { kind, mx, ip };
+        crate::tls_report::record(&shared.store, &shared.config, &desc, outcome).await;
+    }
+
+    /// Count a session that went as the policy asks.
+    async fn report_success(&self, shared: &Deps, need: &HostTls) {
+        if let Some(desc) = self.report_policy(Some(need)) {
+            let outcome = crate::tls_report::Outcome::Success;
             crate::tls_report::record(&shared.store, &shared.config, &desc, outcome).await;
         }
     }
 
-    /// Count a session that went as the policy asks.
-    async fn report_success(&self, shared: &Deps) {
-        if let Some(p) = &self.policy {
-            let desc = crate::tls_report::PolicyDesc::sts(&self.domain, p);
-            let outcome = crate::tls_report::Outcome::Success;
-            crate::tls_report::record(&shared.store, &shared.config, &desc, outcome).await;
+    /// What delivery to MX `host` needs: DANE when the host has secure TLSA records (it wins
+    /// over MTA-STS, RFC 8461 §2), else [`TlsRules::for_host`].
+    async fn host(&self, shared: &Deps, host: &str) -> Result<HostTls, String> {
+        if let Err(e) = &self.secure_mx {
+            return Err(format!("DANE: {e}; not delivering to {host} now"));
         }
+        if self.secure_mx == Ok(true)
+            && let Some(resolver) = &shared.dnssec
+        {
+            match crate::dns::dane(resolver, host).await {
+                crate::dns::Dane::Tlsa(records) => {
+                    let usable: Vec<_> = records.into_iter().filter(|r| r.usable()).collect();
+                    if !usable.is_empty() {
+                        return Ok(HostTls {
+                            verified: true,
+                            why: Some(format!("DANE (TLSA records of {host})")),
+                            dane: Some(usable),
+                            testing: None,
+                        });
+                    }
+                    tracing::info!(
+                        host,
+                        "DANE: only unusable TLSA records; TLS is opportunistic"
+                    );
+                }
+                crate::dns::Dane::Failed(e) => {
+                    return Err(format!("DANE: {e}; not delivering to {host} now"));
+                }
+                crate::dns::Dane::None => {}
+            }
+        }
+        self.for_host(host)
     }
 
     async fn for_entry(
@@ -711,12 +797,17 @@ impl TlsRules {
         } else {
             None
         };
+        let secure_mx = match (&shared.dnssec, relay || optional) {
+            (Some(r), false) => crate::dns::secure_mx(r, domain).await,
+            _ => Ok(false),
+        };
         TlsRules {
             domain: domain.to_string(),
             policy,
             requiretls: entry.requiretls,
             relay,
             optional,
+            secure_mx,
         }
     }
 
@@ -726,6 +817,7 @@ impl TlsRules {
         if self.requiretls {
             if self.relay {
                 return Ok(HostTls {
+                    dane: None,
                     verified: true,
                     why: Some("REQUIRETLS".into()),
                     testing: None,
@@ -733,6 +825,7 @@ impl TlsRules {
             }
             return match &self.policy {
                 Some(p) if p.allows(host) => Ok(HostTls {
+                    dane: None,
                     verified: true,
                     why: Some(format!("REQUIRETLS (MTA-STS policy of {d})")),
                     testing: None,
@@ -747,6 +840,7 @@ impl TlsRules {
         }
         let Some(p) = self.policy.as_ref().filter(|_| !self.optional) else {
             return Ok(HostTls {
+                dane: None,
                 verified: false,
                 why: None,
                 testing: None,
@@ -758,6 +852,7 @@ impl TlsRules {
                 p.mx.join(", ")
             )),
             crate::mta_sts::Mode::Enforce => Ok(HostTls {
+                dane: None,
                 verified: true,
                 why: Some(format!("MTA-STS policy of {d} (enforce)")),
                 testing: None,
@@ -772,6 +867,7 @@ impl TlsRules {
                     );
                 }
                 Ok(HostTls {
+                    dane: None,
                     verified: false,
                     why: None,
                     testing: Some(why),

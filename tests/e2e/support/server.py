@@ -193,10 +193,14 @@ class Server:
             "[listen]",
         ]
         lines += [f"{k} = {toml_value('%s:%d' % (self.host, p))}" for k, p in self.ports.items()]
+        # More [dns] settings (dns={...}) join the table that names the loopback server.
         lines += ["[dns]", f"nameservers = {toml_value([self.dns_addr])}"]
+        lines += [f"{k} = {toml_value(v)}" for k, v in self.sections.get("dns", {}).items()]
         if self.pg_url:
             lines += ["[store]", 'backend = "postgres"', f"url = {toml_value(self.pg_url)}"]
         for table, values in self.sections.items():
+            if table == "dns":
+                continue
             lines += [f"[{table}]"] + [f"{k} = {toml_value(v)}" for k, v in values.items()]
         text = "\n".join(lines) + "\n" + self.extra
         for h in self.hooks:
