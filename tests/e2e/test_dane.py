@@ -42,8 +42,15 @@ def dane_world(tmp_path):
     """make(tlsa, mx_host, bogus_zones, insecure_zones) -> (a, b): the zone, then B and A."""
     made = []
 
-    def make(tlsa=None, mx_host="mx.b.test", bogus_zones=(), insecure_zones=()):
-        cert, key, _ = issue_cert(tmp_path / "b-cert", ["other.example"])  # self-signed, wrong name
+    def make(tlsa=None, mx_host="mx.b.test", bogus_zones=(), insecure_zones=(), ca_names=None,
+             extra_records=(), a_extra=""):
+        if ca_names:
+            # A leaf for ca_names signed by a CA of the test; B sends the CA in its chain.
+            ca = issue_cert(tmp_path / "b-ca", ["Test CA"])
+            cert, key, _ = issue_cert(tmp_path / "b-cert", ca_names, ca)
+            cert.write_bytes(cert.read_bytes() + (tmp_path / "b-ca" / "cert.pem").read_bytes())
+        else:
+            cert, key, _ = issue_cert(tmp_path / "b-cert", ["other.example"])  # self-signed, wrong name
         port = free_port()
         records = [
             ("a.test", "MX", "10 mx.a.test."),
@@ -51,6 +58,7 @@ def dane_world(tmp_path):
             ("b.test", "MX", f"10 {mx_host}."),
             (mx_host, "A", B_IP),
         ]
+        records += list(extra_records)
         for t in (tlsa(cert) if callable(tlsa) else tlsa or []):
             records.append((f"_25._tcp.{mx_host}", "TLSA", t))
         dns = knot.SignedDns(tmp_path / "knot", records, bogus_zones=bogus_zones,
@@ -61,7 +69,7 @@ def dane_world(tmp_path):
         a = Server(tmp_path / "a", dns.addr, domains=["a.test"], hostname="mx.a.test",
                    smtp={"allow_plaintext_auth": True},
                    dns={"dnssec": True, "trust_anchors": [str(dns.trust_anchor_file)]},
-                   extra=f'[delivery]\nport = {port}\nretry = ["1s"]\n')
+                   extra=f'[delivery]\nport = {port}\nretry = ["1s"]\n{a_extra}')
         made.append((a, b, dns))
         a.add_user("alice@a.test", PW)
         b.add_user("bob@b.test", PW)
@@ -122,6 +130,27 @@ def test_mismatching_tlsa_defers(dane_world):
     time.sleep(2.5)
     assert not delivered(b, b"must not go")
     assert "DANE" in queue(a)
+    # The trace of the message says so too, attempt by attempt.
+    rows = a.cli("trace", "--recipient", "bob@b.test").stdout.strip().splitlines()
+    trace = a.cli("trace", rows[1].split()[0]).stdout
+    assert len(re.findall(r"no TLSA record matches", trace)) >= 2, trace
+
+
+def ca_spki_sha256(tmp_path) -> str:
+    return spki_sha256(tmp_path / "b-ca" / "cert.pem")
+
+
+@pytest.mark.parametrize("names,ok", [(["mx.b.test"], True), (["other.example"], False)])
+def test_dane_ta_checks_the_chain_and_the_name(dane_world, tmp_path, names, ok):
+    """DANE-TA 2 1 1 naming the CA that B sends in its chain: a leaf for mx.b.test under it is
+    delivered to; a leaf for another name under the same CA is not (RFC 7672 §3.1.2)."""
+    a, b, _ = dane_world(lambda cert: [f"2 1 1 {ca_spki_sha256(tmp_path)}"], ca_names=names)
+    submit(a, b"dane-ta\r\n")
+    if ok:
+        wait_for(lambda: delivered(b, b"dane-ta"), what="delivery under DANE-TA")
+    else:
+        wait_for(lambda: "DANE-TA" in queue(a), what="the DANE-TA failure in the queue")
+        assert not delivered(b, b"dane-ta")
 
 
 def test_bogus_signatures_defer(dane_world):
@@ -155,3 +184,49 @@ def test_a_tlsa_flood_is_bounded(dane_world):
     assert not delivered(b, b"flood")
     with a.smtp() as s:
         assert s.noop()[0] == 250
+
+
+def test_dane_wins_over_mta_sts(dane_world, tmp_path):
+    """b.test publishes both an enforce MTA-STS policy (served by an HTTPS server of the test
+    with a certificate A trusts) and a TLSA record for mx.b.test. B's certificate is
+    self-signed for another name, so MTA-STS alone would hold the message; DANE, which wins
+    where both exist (RFC 8461 §2), accepts it and the message is delivered."""
+    import http.server
+    import ssl
+    import threading
+
+    ca = issue_cert(tmp_path / "policy-ca", ["Test CA"])
+    pcert, pkey, _ = issue_cert(tmp_path / "policy-cert", ["mta-sts.b.test"], ca)
+    body = b"version: STSv1\r\nmode: enforce\r\nmx: mx.b.test\r\nmax_age: 86400\r\n"
+    fetched = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            fetched.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    port = free_port()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.5", port), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pcert, pkey)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        a, b, _ = dane_world(
+            lambda cert: [f"3 1 1 {spki_sha256(cert)}"],
+            extra_records=[("_mta-sts.b.test", "TXT", "v=STSv1; id=1"),
+                           ("mta-sts.b.test", "A", "127.0.0.5")],
+            a_extra=f'mta_sts_port = {port}\n[tls]\ntrust_roots = "{tmp_path / "policy-ca" / "cert.pem"}"\n')
+        submit(a, b"both policies\r\n")
+        wait_for(lambda: delivered(b, b"both policies"), what="delivery under DANE")
+        assert fetched, "the MTA-STS policy was fetched"
+        assert "DANE verified" in a.logs()
+    finally:
+        httpd.shutdown()
