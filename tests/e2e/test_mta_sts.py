@@ -601,3 +601,45 @@ def test_tls_report_counts_a_failed_policy_fetch(world):
     (_, report), = wait_for(lambda: tlsrpt_mail(a), what="the TLS report", timeout=30)
     p = check_report(report)
     assert [d["result-type"] for d in p["failure-details"]] == ["sts-policy-fetch-error"], p
+
+
+def test_requiretls_is_passed_to_the_next_hop(world):
+    """A next hop that offers REQUIRETLS (aiosmtpd taught the keyword, with STARTTLS and a
+    certificate A trusts, under an enforce policy) receives the message with
+    `MAIL FROM:<…> REQUIRETLS`, over TLS."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP
+
+    seen = []
+
+    class RequireTls(SMTP):
+        async def smtp_MAIL(self, arg):
+            if arg and re.search(r"\sREQUIRETLS\b", arg, re.I):
+                seen.append(("REQUIRETLS", self.session.ssl is not None))
+                arg = re.sub(r"\sREQUIRETLS\b", "", arg, flags=re.I)
+            await super().smtp_MAIL(arg)
+
+    class Handler:
+        async def handle_EHLO(self, server, session, envelope, hostname, responses):
+            session.host_name = hostname
+            return responses[:-1] + ["250-REQUIRETLS", responses[-1]]
+
+        async def handle_DATA(self, server, session, envelope):
+            seen.append(("DATA", envelope.content))
+            return "250 OK"
+
+    class Ctl(Controller):
+        def factory(self):
+            return RequireTls(self.handler, **self.SMTP_kwargs)
+
+    cert, key, _ = world.cert("aio-cert", ["mx.b.test", "mta-sts.b.test"])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    PolicyServer(world, world.https_port, "good")
+    ctl = Ctl(Handler(), hostname=B_IP, port=world.smtp_port, tls_context=ctx, require_starttls=False)
+    ctl.start()
+    world.closers.append(ctl.stop)
+    a, _ = world.sites(policy_ip=POLICY_IP, start_b=False)
+    submit(a, b"passed on\r\n", requiretls=True)
+    wait_for(lambda: any(k == "DATA" for k, _ in seen), what="the message at the next hop")
+    assert ("REQUIRETLS", True) in seen, seen
