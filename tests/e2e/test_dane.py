@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from support import knot
 from support.certs import issue_cert
+from support.mitm import StripStarttlsProxy
 from support.net import free_port
 from support.server import Server
 from support.wait import wait_for
@@ -43,7 +44,7 @@ def dane_world(tmp_path):
     made = []
 
     def make(tlsa=None, mx_host="mx.b.test", bogus_zones=(), insecure_zones=(), ca_names=None,
-             extra_records=(), a_extra=""):
+             extra_records=(), a_extra="", mx_ip=B_IP, port=None):
         if ca_names:
             # A leaf for ca_names signed by a CA of the test; B sends the CA in its chain.
             ca = issue_cert(tmp_path / "b-ca", ["Test CA"])
@@ -51,12 +52,12 @@ def dane_world(tmp_path):
             cert.write_bytes(cert.read_bytes() + (tmp_path / "b-ca" / "cert.pem").read_bytes())
         else:
             cert, key, _ = issue_cert(tmp_path / "b-cert", ["other.example"])  # self-signed, wrong name
-        port = free_port()
+        port = port or free_port()
         records = [
             ("a.test", "MX", "10 mx.a.test."),
             ("mx.a.test", "A", "127.0.0.1"),
             ("b.test", "MX", f"10 {mx_host}."),
-            (mx_host, "A", B_IP),
+            (mx_host, "A", mx_ip),
         ]
         records += list(extra_records)
         for t in (tlsa(cert) if callable(tlsa) else tlsa or []):
@@ -230,3 +231,29 @@ def test_dane_wins_over_mta_sts(dane_world, tmp_path):
         assert "DANE verified" in a.logs()
     finally:
         httpd.shutdown()
+
+
+@pytest.mark.parametrize("stripped", [False, True])
+def test_unusable_tlsa_records_still_make_tls_mandatory(dane_world, stripped):
+    """Only a PKIX-EE record (usage 1, unusable for SMTP, RFC 7672 §3.1.3): the server says
+    it does TLS but not how to check it, so A delivers over TLS without authentication, and
+    when a man in the middle strips STARTTLS A does not deliver at all."""
+    port = free_port()
+    mitm = None
+    if stripped:
+        mitm = StripStarttlsProxy("127.0.0.4", port, B_IP)
+    try:
+        a, b, _ = dane_world([f"1 1 1 {secrets.token_hex(32)}"], port=port,
+                             mx_ip="127.0.0.4" if stripped else B_IP)
+        submit(a, b"unusable\r\n")
+        if stripped:
+            wait_for(lambda: "does not offer STARTTLS" in queue(a), what="the refusal to go in clear text")
+            assert mitm.stripped >= 1 and not delivered(b, b"unusable")
+            assert "TLS required, unauthenticated" in queue(a)
+        else:
+            raw = wait_for(lambda: delivered(b, b"unusable"), what="delivery over TLS")[0]
+            received = re.search(rb"^Received: from .*?(?=\r\n\S)", raw, re.M | re.S).group(0)
+            assert b"by mx.b.test" in received and b"ESMTPS" in received, received
+    finally:
+        if mitm:
+            mitm.close()

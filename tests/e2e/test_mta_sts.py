@@ -11,7 +11,6 @@ B's EHLO answer. aiosmtpd plays a receiver with STARTTLS but without REQUIRETLS.
 
 import http.server
 import re
-import socket
 import ssl
 import threading
 import time
@@ -20,6 +19,7 @@ import pytest
 
 from support.certs import issue_cert
 from support.dns import DnsServer
+from support.mitm import StripStarttlsProxy
 from support.net import free_port
 from support.server import Server
 from support.wait import wait_for
@@ -177,44 +177,11 @@ class PolicyServer:
         self.httpd.server_close()
 
 
-# --- a man in the middle ------------------------------------------------------------------------
-
-class StripStarttls:
-    """A TCP proxy on MITM_IP:port to B_IP:port that removes STARTTLS from EHLO answers."""
-
-    def __init__(self, world: World, port: int):
-        self.sock = socket.create_server((MITM_IP, port))
-        self.stripped = 0
-        self.port = port
-        threading.Thread(target=self.serve, daemon=True).start()
-        world.closers.append(self.sock.close)
-
-    def serve(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            u = socket.create_connection((B_IP, self.port))
-            threading.Thread(target=self.pipe, args=(u, c, True), daemon=True).start()
-            threading.Thread(target=self.pipe, args=(c, u, False), daemon=True).start()
-
-    def pipe(self, src, dst, from_server):
-        try:
-            while data := src.recv(65536):
-                if from_server and b"STARTTLS" in data:
-                    self.stripped += 1
-                    data = re.sub(rb"250-STARTTLS\r\n", b"", data)
-                    data = re.sub(rb"250 STARTTLS\r\n", b"250 NOOP\r\n", data)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+def StripStarttls(world: World, port: int) -> StripStarttlsProxy:
+    """The proxy on MITM_IP:port in front of B_IP:port, closed with the world."""
+    p = StripStarttlsProxy(MITM_IP, port, B_IP)
+    world.closers.append(p.close)
+    return p
 
 
 # --- MTA-STS ------------------------------------------------------------------------------------

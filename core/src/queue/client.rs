@@ -199,6 +199,12 @@ pub enum TlsPolicy<'a> {
         /// `[tls] trust_roots`.
         trust_roots: Option<&'a std::path::Path>,
     },
+    /// STARTTLS required, the certificate checked and the result only recorded: DANE for a
+    /// host whose TLSA records are all unusable (RFC 7672 §3.1.3: TLS, unauthenticated).
+    Required {
+        /// `[tls] trust_roots`.
+        trust_roots: Option<&'a std::path::Path>,
+    },
     /// STARTTLS required and the certificate matched against the host's TLSA records (DANE,
     /// RFC 7672), not against any CA.
     Dane {
@@ -241,9 +247,12 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let (require_tls, trust_roots, dane) = match policy {
             TlsPolicy::Opportunistic { trust_roots } => (false, trust_roots, None),
-            TlsPolicy::Verified { trust_roots } => (true, trust_roots, None),
+            TlsPolicy::Verified { trust_roots } | TlsPolicy::Required { trust_roots } => {
+                (true, trust_roots, None)
+            }
             TlsPolicy::Dane { records } => (true, None, Some(records)),
         };
+        let strict = matches!(policy, TlsPolicy::Verified { .. });
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, open(addr, source))
             .await
             .map_err(|_| ClientError::Io(format!("connect to {addr} timed out")))?
@@ -270,9 +279,7 @@ impl Client {
                 let error = Arc::new(std::sync::Mutex::new(None));
                 let connector = match dane {
                     Some(records) => dane_connector(records)?,
-                    None => {
-                        tls_connector(verified.clone(), error.clone(), trust_roots, require_tls)?
-                    }
+                    None => tls_connector(verified.clone(), error.clone(), trust_roots, strict)?,
                 };
                 let name = ServerName::try_from(server_name.to_string())
                     .unwrap_or_else(|_| ServerName::IpAddress(addr.ip().into()));

@@ -413,7 +413,9 @@ async fn deliver_domain(
             let reused = match pool_take(pool, addr) {
                 // A connection made without a verified certificate is not reused where
                 // one is needed.
-                Some(c) if (need.verified && !c.verified) || need.dane.is_some() => {
+                Some(c)
+                    if (need.verified && !c.verified) || need.dane.is_some() || need.required =>
+                {
                     c.quit().await;
                     None
                 }
@@ -430,6 +432,8 @@ async fn deliver_domain(
                     let trust_roots = shared.config.tls.trust_roots.as_deref();
                     let policy = if let Some(records) = &need.dane {
                         TlsPolicy::Dane { records }
+                    } else if need.required {
+                        TlsPolicy::Required { trust_roots }
                     } else if (relay && cfg.relay_require_tls) || need.verified {
                         TlsPolicy::Verified { trust_roots }
                     } else {
@@ -446,7 +450,7 @@ async fn deliver_domain(
                 }
                 Err(e) => {
                     last_error = match &need.why {
-                        Some(why) if need.verified && e.is_tls() => {
+                        Some(why) if (need.verified || need.required) && e.is_tls() => {
                             if entry.requiretls {
                                 requiretls_failed = true;
                             }
@@ -653,6 +657,8 @@ struct HostTls {
     /// DANE: TLS with a certificate matching these TLSA records, or no delivery (it wins
     /// over MTA-STS, RFC 8461 §2).
     dane: Option<Vec<crate::dane::Tlsa>>,
+    /// TLS required without authentication (TLSA records exist, none usable).
+    required: bool,
     /// Why (for the failure text), when `verified`.
     why: Option<String>,
     /// A testing-mode policy applies: report what would have failed.
@@ -730,13 +736,21 @@ impl TlsRules {
                             verified: true,
                             why: Some(format!("DANE (TLSA records of {host})")),
                             dane: Some(usable),
+                            required: false,
                             testing: None,
                         });
                     }
-                    tracing::info!(
-                        host,
-                        "DANE: only unusable TLSA records; TLS is opportunistic"
-                    );
+                    // TLSA records say the server does TLS; none says how to check it
+                    // (RFC 7672 §3.1.3): TLS, unauthenticated, or no delivery.
+                    return Ok(HostTls {
+                        verified: false,
+                        why: Some(format!(
+                            "DANE (only unusable TLSA records for {host}: TLS required, unauthenticated)"
+                        )),
+                        dane: None,
+                        required: true,
+                        testing: None,
+                    });
                 }
                 crate::dns::Dane::Failed(e) => {
                     return Err(format!("DANE: {e}; not delivering to {host} now"));
@@ -818,6 +832,7 @@ impl TlsRules {
             if self.relay {
                 return Ok(HostTls {
                     dane: None,
+                    required: false,
                     verified: true,
                     why: Some("REQUIRETLS".into()),
                     testing: None,
@@ -826,6 +841,7 @@ impl TlsRules {
             return match &self.policy {
                 Some(p) if p.allows(host) => Ok(HostTls {
                     dane: None,
+                    required: false,
                     verified: true,
                     why: Some(format!("REQUIRETLS (MTA-STS policy of {d})")),
                     testing: None,
@@ -841,6 +857,7 @@ impl TlsRules {
         let Some(p) = self.policy.as_ref().filter(|_| !self.optional) else {
             return Ok(HostTls {
                 dane: None,
+                required: false,
                 verified: false,
                 why: None,
                 testing: None,
@@ -853,6 +870,7 @@ impl TlsRules {
             )),
             crate::mta_sts::Mode::Enforce => Ok(HostTls {
                 dane: None,
+                required: false,
                 verified: true,
                 why: Some(format!("MTA-STS policy of {d} (enforce)")),
                 testing: None,
@@ -868,6 +886,7 @@ impl TlsRules {
                 }
                 Ok(HostTls {
                     dane: None,
+                    required: false,
                     verified: false,
                     why: None,
                     testing: Some(why),
