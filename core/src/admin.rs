@@ -150,6 +150,44 @@ pub enum AdminCommand {
         /// What to look for.
         query: crate::trace::Query,
     },
+    /// Store a user's Sieve script.
+    SievePut {
+        /// Account address.
+        address: String,
+        /// Script name.
+        name: String,
+        /// Its text.
+        script: String,
+        /// Also make it active.
+        #[serde(default)]
+        activate: bool,
+    },
+    /// List a user's Sieve scripts.
+    SieveList {
+        /// Account address.
+        address: String,
+    },
+    /// Print a user's Sieve script.
+    SieveGet {
+        /// Account address.
+        address: String,
+        /// Script name.
+        name: String,
+    },
+    /// Make a script the active one ("" deactivates).
+    SieveActivate {
+        /// Account address.
+        address: String,
+        /// Script name.
+        name: String,
+    },
+    /// Delete a script.
+    SieveDelete {
+        /// Account address.
+        address: String,
+        /// Script name.
+        name: String,
+    },
     /// Read a Maildir++ tree or mbox file(s) into an account.
     MailboxImport {
         /// Account address.
@@ -230,6 +268,7 @@ pub fn execute_with_progress(
             format!("added user {}{note}", address.to_lowercase())
         }
         AdminCommand::UserDel { address } => {
+            crate::sieve::storage::delete_all(store, &address).wait()?;
             store.delete_account(&address).wait()?;
             format!("deleted user {} and its mail", address.to_lowercase())
         }
@@ -469,6 +508,60 @@ pub fn execute_with_progress(
             }
             out
         }
+        AdminCommand::SievePut {
+            address,
+            name,
+            script,
+            activate,
+        } => {
+            sieve_account(store, &address)?;
+            sieve_result(
+                crate::sieve::storage::put(store, &config.sieve, &address, &name, &script).wait(),
+            )?;
+            if activate {
+                sieve_result(crate::sieve::storage::activate(store, &address, &name).wait())?;
+            }
+            format!(
+                "stored Sieve script {name} for {}{}",
+                address.to_lowercase(),
+                if activate { " (active)" } else { "" }
+            )
+        }
+        AdminCommand::SieveList { address } => {
+            sieve_account(store, &address)?;
+            crate::sieve::storage::list(store, &address)
+                .wait()?
+                .into_iter()
+                .map(|(n, a)| if a { format!("{n}\tactive") } else { n })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        AdminCommand::SieveGet { address, name } => {
+            sieve_account(store, &address)?;
+            match crate::sieve::storage::get(store, &address, &name).wait()? {
+                Some(t) => t.strip_suffix('\n').unwrap_or(&t).to_string(),
+                None => {
+                    return Err(StoreError::NotFound(format!("Sieve script {name}")).into());
+                }
+            }
+        }
+        AdminCommand::SieveActivate { address, name } => {
+            sieve_account(store, &address)?;
+            sieve_result(crate::sieve::storage::activate(store, &address, &name).wait())?;
+            if name.is_empty() {
+                format!("no active Sieve script for {}", address.to_lowercase())
+            } else {
+                format!(
+                    "activated Sieve script {name} for {}",
+                    address.to_lowercase()
+                )
+            }
+        }
+        AdminCommand::SieveDelete { address, name } => {
+            sieve_account(store, &address)?;
+            sieve_result(crate::sieve::storage::delete(store, &address, &name).wait())?;
+            format!("deleted Sieve script {name} of {}", address.to_lowercase())
+        }
         AdminCommand::AliasList => store
             .aliases()
             .wait()?
@@ -597,6 +690,21 @@ fn check_address(a: &str) -> Result<(), AdminError> {
             "{a:?} is not an address like user@example.org"
         )))
     }
+}
+
+/// The account a Sieve command names must exist.
+fn sieve_account(store: &Store, address: &str) -> Result<(), AdminError> {
+    if store.account(address).wait()?.is_none() {
+        return Err(StoreError::NotFound(format!("account {}", address.to_lowercase())).into());
+    }
+    Ok(())
+}
+
+fn sieve_result<T>(r: Result<T, crate::sieve::storage::Refused>) -> Result<T, AdminError> {
+    r.map_err(|e| match e {
+        crate::sieve::storage::Refused::Store(e) => AdminError::Store(e),
+        other => AdminError::Usage(other.to_string()),
+    })
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ pub struct Delivery {
     store: Store,
     hooks: Arc<HookChain>,
     wakeup: Arc<Notify>,
+    /// Users' Sieve filters, run after `on_delivery`.
+    filters: Arc<crate::sieve::Filters>,
 }
 
 /// One recipient of a message, as routed.
@@ -78,10 +80,17 @@ pub struct Plan {
     pub steps: Vec<crate::trace::Step>,
     /// Where each local copy goes, for the message trace.
     pub filed: Vec<crate::trace::Filed>,
+    /// Messages the users' filters send once this one is stored (vacation replies, reject
+    /// notices): [`Delivery::send_generated`] after the write.
+    pub generated: Vec<(QueueEntry, Vec<u8>)>,
+    /// Accounts whose Sieve script redirected the message: the queued copy says so
+    /// (`X-Sieve-Redirected-From`), and their scripts do not redirect it again (loops).
+    pub redirected_by: Vec<String>,
 }
 
-/// `on_delivery` asked to try again later (honoured only with `may_tempfail` and one
-/// recipient: with several, the others must not wait for one).
+/// `on_delivery` asked to try again later, or a user's Sieve script refused the message
+/// (`reject`/`ereject`, code 550). Honoured only with `may_tempfail` and one recipient: with
+/// several, the others must not wait for one (a Sieve refusal then becomes a bounce).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tempfail {
     /// Reply code.
@@ -90,6 +99,8 @@ pub struct Tempfail {
     pub enhanced: Option<crate::hooks::Enhanced>,
     /// Reply text, without the enhanced code.
     pub text: String,
+    /// A refusal (a Sieve `reject`), not a request to try later.
+    pub permanent: bool,
 }
 
 impl std::fmt::Display for Tempfail {
@@ -108,11 +119,16 @@ impl Delivery {
         hooks: Arc<HookChain>,
         wakeup: Arc<Notify>,
     ) -> Self {
+        let filters = Arc::new(crate::sieve::Filters::new(
+            store.clone(),
+            config.sieve.clone(),
+        ));
         Delivery {
             config,
             store,
             hooks,
             wakeup,
+            filters,
         }
     }
 
@@ -167,6 +183,50 @@ impl Delivery {
                 let mut d = self.hooks.run_async(&dctx, session).await;
                 plan.decisions.append(&mut d.decisions);
                 plan.steps.append(&mut d.steps);
+                // The user's own filter runs when the admin's hooks left the copy alone
+                // (no reject, discard, quarantine or folder of theirs).
+                let admin_decided = matches!(
+                    d.verdict,
+                    Verdict::Reject { .. }
+                        | Verdict::Discard
+                        | Verdict::Quarantine(_)
+                        | Verdict::Tempfail { .. }
+                ) || quarantine
+                    || d.actions.file_into.is_some()
+                    || rcpt.file_into.is_some();
+                if !admin_decided
+                    && let Some(ran) = self
+                        .filters
+                        .run(target, &rcpt.address, &ctx.mail_from, message)
+                        .await
+                {
+                    let single = may_tempfail && session.is_some() && rcpts.len() == 1;
+                    match self
+                        .apply_sieve(&mut plan, ctx, rcpt, target, message, ran, single)
+                        .await
+                    {
+                        Ok(placements) => {
+                            for p in &placements {
+                                plan.filed.push(crate::trace::Filed {
+                                    recipient: rcpt.address.clone(),
+                                    user: target.clone(),
+                                    mailbox: p.mailbox.clone(),
+                                });
+                            }
+                            if d.actions.add_headers.is_empty() {
+                                bodies.extend(placements);
+                            } else if !placements.is_empty() {
+                                let own = crate::message::prepend_headers(
+                                    message,
+                                    &d.actions.add_headers,
+                                );
+                                plan.local.push((own, placements));
+                            }
+                            continue;
+                        }
+                        Err(refusal) => return Err(refusal),
+                    }
+                }
                 let folder = match d.verdict {
                     Verdict::Reject { .. } | Verdict::Discard => {
                         tracing::info!(rcpt = %target, "copy dropped by on_delivery");
@@ -181,6 +241,7 @@ impl Delivery {
                             code,
                             enhanced,
                             text,
+                            permanent: false,
                         });
                     }
                     Verdict::Quarantine(_) => "Junk".to_string(),
@@ -213,6 +274,199 @@ impl Delivery {
             plan.local.insert(0, (message.clone(), bodies));
         }
         Ok(plan)
+    }
+
+    /// Map a user's Sieve outcome onto this delivery: the placements of the copy (none when
+    /// discarded), redirects joining the remote recipients, vacation replies and reject
+    /// notices for [`Plan::generated`], and a `sieve` step for the trace. `single`: a reject
+    /// may refuse the message in the SMTP reply (one recipient, in a client's session).
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_sieve(
+        &self,
+        plan: &mut Plan,
+        ctx: &HookCtx,
+        rcpt: &Recipient,
+        user: &str,
+        message: &Arc<Vec<u8>>,
+        ran: crate::sieve::Ran,
+        single: bool,
+    ) -> Result<Vec<Placement>, Tempfail> {
+        use crate::sieve::Action;
+        let mut notes = ran.outcome.fired.clone();
+        let mut placements = Vec::new();
+        let mut verdicts: Vec<&str> = Vec::new();
+        let looped = crate::message::header_values(message, "X-Sieve-Redirected-From", false)
+            .iter()
+            .any(|v| v.trim().eq_ignore_ascii_case(user));
+        for action in &ran.outcome.actions {
+            match action {
+                Action::Store { mailbox, flags, .. } => {
+                    verdicts.push(if crate::store::is_inbox(mailbox) {
+                        "keep"
+                    } else {
+                        "fileinto"
+                    });
+                    placements.push(Placement {
+                        user: user.to_string(),
+                        mailbox: mailbox.clone(),
+                        flags: crate::sieve::imap_flags(flags),
+                    });
+                }
+                Action::Redirect(to) if looped => {
+                    notes.push(format!("redirect to {to} skipped: the message was redirected by this user before (a loop); kept"));
+                    if !placements
+                        .iter()
+                        .any(|p| crate::store::is_inbox(&p.mailbox))
+                    {
+                        placements.push(Placement {
+                            user: user.to_string(),
+                            mailbox: "INBOX".into(),
+                            flags: Vec::new(),
+                        });
+                    }
+                }
+                Action::Redirect(to) => {
+                    verdicts.push("redirect");
+                    if !plan
+                        .remote
+                        .iter()
+                        .any(|r| r.address.eq_ignore_ascii_case(to))
+                    {
+                        plan.remote.push(rcpt.queued(to.clone()));
+                    }
+                    if !plan.redirected_by.iter().any(|u| u == user) {
+                        plan.redirected_by.push(user.to_string());
+                    }
+                }
+                Action::Reject(reason) => {
+                    verdicts.push("reject");
+                    let text: String = reason
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .chars()
+                        .filter(|c| !c.is_control())
+                        .take(200)
+                        .collect();
+                    let text = if text.trim().is_empty() {
+                        "Rejected by the recipient's filter".to_string()
+                    } else {
+                        text
+                    };
+                    if single {
+                        emit_sieve_step(plan, &ran, &verdicts, &notes);
+                        return Err(Tempfail {
+                            code: 550,
+                            enhanced: crate::hooks::Enhanced::parse("5.7.1"),
+                            text,
+                            permanent: true,
+                        });
+                    }
+                    if ctx.mail_from.is_empty() {
+                        notes.push("reject: the sender is <>, no notice sent".into());
+                        continue;
+                    }
+                    let status = crate::queue::dsn::RcptStatus {
+                        rcpt: rcpt.queued(rcpt.address.clone()),
+                        action: "failed",
+                        status: "5.7.1".into(),
+                        remote_mta: None,
+                        diagnostic: format!("550 5.7.1 {text}"),
+                    };
+                    let now = chrono::Utc::now().timestamp();
+                    let original = queue_entry(&new_queue_id(), &ctx.mail_from, vec![], now);
+                    let bounce = crate::queue::dsn::build(
+                        &self.config.hostname,
+                        &original,
+                        &[status],
+                        message,
+                    );
+                    let mut entry = queue_entry(
+                        &new_queue_id(),
+                        "",
+                        vec![QueueRcpt {
+                            address: ctx.mail_from.clone(),
+                            notify: vec![],
+                            orcpt: None,
+                        }],
+                        now,
+                    );
+                    entry.decisions = vec![format!("sieve reject by {user}")];
+                    entry.warned = true;
+                    plan.generated.push((entry, bounce));
+                    notes.push(format!("reject notice sent to <{}>", ctx.mail_from));
+                }
+                Action::Vacation(reply) => {
+                    let sender = ctx.mail_from.as_str();
+                    if let Some(why) =
+                        crate::sieve::vacation::refusal(message, sender, user, &rcpt.address, reply)
+                    {
+                        notes.push(format!("vacation: no reply, {why}"));
+                        continue;
+                    }
+                    let key = crate::sieve::vacation::memory_key(user, sender, reply);
+                    let period = crate::sieve::vacation::period(reply, self.filters.limits());
+                    match self
+                        .store
+                        .kv_incr("sieve-vacation", &key, 1, Some(period))
+                        .await
+                    {
+                        Ok(1) => {}
+                        Ok(_) => {
+                            notes.push(format!(
+                                "vacation: <{sender}> was answered within the last {} days",
+                                period / 86_400
+                            ));
+                            continue;
+                        }
+                        Err(e) => {
+                            notes.push(format!("vacation: no reply, store error {e}"));
+                            continue;
+                        }
+                    }
+                    verdicts.push("vacation");
+                    let bytes = crate::sieve::vacation::build(
+                        message,
+                        sender,
+                        user,
+                        &self.config.hostname,
+                        reply,
+                    );
+                    let mut entry = queue_entry(
+                        &new_queue_id(),
+                        "",
+                        vec![QueueRcpt {
+                            address: sender.to_string(),
+                            notify: vec![],
+                            orcpt: None,
+                        }],
+                        chrono::Utc::now().timestamp(),
+                    );
+                    entry.smtputf8 = !sender.is_ascii();
+                    entry.decisions = vec![format!("sieve vacation reply from {user}")];
+                    entry.warned = true;
+                    plan.generated.push((entry, bytes));
+                    notes.push(format!("vacation reply sent to <{sender}>"));
+                }
+            }
+        }
+        if placements.is_empty() && !verdicts.contains(&"redirect") && !verdicts.contains(&"reject")
+        {
+            verdicts.push("discard");
+        }
+        emit_sieve_step(plan, &ran, &verdicts, &notes);
+        Ok(placements)
+    }
+
+    /// Send what users' filters generated (vacation replies, reject notices), once the
+    /// message they answer is stored. A failure is logged: the message itself is safe.
+    pub async fn send_generated(&self, generated: Vec<(QueueEntry, Vec<u8>)>) {
+        for (entry, bytes) in generated {
+            let id = entry.id.clone();
+            if let Err(e) = Box::pin(self.deliver_generated(entry, bytes)).await {
+                tracing::warn!(queue_id = %id, error = %e, "could not queue a Sieve reply");
+            }
+        }
     }
 
     /// Write `ingest` (all or nothing, durable when this returns) and wake the queue when it
@@ -250,6 +504,38 @@ impl Delivery {
     }
 }
 
+/// The trace's record of one Sieve run.
+fn emit_sieve_step(plan: &mut Plan, ran: &crate::sieve::Ran, verdicts: &[&str], notes: &[String]) {
+    let mut reason = format!("script \"{}\"", ran.name);
+    if let Some(e) = &ran.outcome.error {
+        reason.push_str(&format!(": error: {e}; kept in INBOX"));
+    }
+    if !notes.is_empty() {
+        reason.push_str(": ");
+        reason.push_str(&notes.join("; "));
+    }
+    let mut v: Vec<&str> = Vec::new();
+    for x in verdicts {
+        if !v.contains(x) {
+            v.push(x);
+        }
+    }
+    let verdict = if ran.outcome.error.is_some() {
+        "error".to_string()
+    } else {
+        v.join("+")
+    };
+    tracing::info!(script = %ran.name, verdict, reason, "sieve");
+    plan.steps.push(crate::trace::Step {
+        at: crate::trace::now_rfc3339(),
+        stage: "sieve".into(),
+        engine: "sieve".into(),
+        verdict,
+        reason,
+        micros: ran.micros,
+    });
+}
+
 impl Plan {
     /// Whether nothing is to be stored.
     pub fn is_empty(&self) -> bool {
@@ -277,6 +563,17 @@ impl Plan {
             Some((mut entry, bytes)) if !self.remote.is_empty() => {
                 entry.rcpts = self.remote;
                 entry.decisions.extend(self.decisions);
+                // Redirected by users' filters: say so, for their loop check.
+                let bytes = if self.redirected_by.is_empty() {
+                    bytes
+                } else {
+                    let headers: Vec<(String, String)> = self
+                        .redirected_by
+                        .iter()
+                        .map(|u| ("X-Sieve-Redirected-From".to_string(), u.clone()))
+                        .collect();
+                    crate::message::prepend_headers(&bytes, &headers)
+                };
                 Some((entry, bytes))
             }
             _ => None,
@@ -366,10 +663,11 @@ impl Delivery {
         let message = Arc::new(message);
         let ctx = queue_ctx(&entry.mail_from, &rcpts);
         // A generated message is never held back: a tempfail files it as usual.
-        let plan = self
+        let mut plan = self
             .plan(&ctx, None, &message, &rcpts, false, false)
             .await
             .unwrap_or_default();
+        let generated = std::mem::take(&mut plan.generated);
         let mail_from = entry.mail_from.clone();
         let now = chrono::Utc::now().timestamp();
         // Generated mail (bounces, reports) has a trace of its own.
@@ -396,6 +694,9 @@ impl Delivery {
             .ingest(plan.into_ingest(&mail_from, now, Some((entry, message))))
             .await?;
         crate::trace::emit(crate::trace::Event::Begin(Box::new(rec)));
+        // A reply to a reply (a vacation answering a reject notice) is refused by the
+        // vacation rules (Auto-Submitted); the recursion ends there.
+        Box::pin(self.send_generated(generated)).await;
         Ok(receipt)
     }
 }

@@ -35,6 +35,7 @@ pub mod listener;
 pub mod logging;
 pub mod login;
 pub mod mailbox_io;
+pub mod managesieve;
 pub mod memory;
 pub mod message;
 pub mod metrics;
@@ -47,6 +48,7 @@ pub mod sasl;
 pub mod sender_auth;
 pub mod server;
 pub mod session;
+pub mod sieve;
 pub mod smtp;
 pub mod store;
 #[cfg(test)]

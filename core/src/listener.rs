@@ -19,6 +19,8 @@ pub enum Listener {
     Pop3,
     /// POP3 over implicit TLS (port 995).
     Pop3s,
+    /// ManageSieve with STARTTLS (port 4190, RFC 5804).
+    ManageSieve,
     /// Not a socket: the outbound queue's own local deliveries, bounces and reports
     /// (`ctx.listener` is "queue" in their `on_delivery` hooks).
     Queue,
@@ -33,6 +35,8 @@ pub enum Protocol {
     Imap,
     /// POP3.
     Pop3,
+    /// ManageSieve.
+    ManageSieve,
 }
 
 impl Protocol {
@@ -42,13 +46,14 @@ impl Protocol {
             Protocol::Smtp => "smtp",
             Protocol::Imap => "imap",
             Protocol::Pop3 => "pop3",
+            Protocol::ManageSieve => "managesieve",
         }
     }
 }
 
 impl Listener {
     /// Every `[listen]` listener, in that table's order ([`Listener::Queue`] is none).
-    pub const ALL: [Listener; 7] = [
+    pub const ALL: [Listener; 8] = [
         Listener::Smtp,
         Listener::Submission,
         Listener::Submissions,
@@ -56,6 +61,7 @@ impl Listener {
         Listener::Imaps,
         Listener::Pop3,
         Listener::Pop3s,
+        Listener::ManageSieve,
     ];
 
     /// The `[listen]` key, also `ctx.listener` in scripts and plugins.
@@ -68,6 +74,7 @@ impl Listener {
             Listener::Imaps => "imaps",
             Listener::Pop3 => "pop3",
             Listener::Pop3s => "pop3s",
+            Listener::ManageSieve => "managesieve",
             Listener::Queue => "queue",
         }
     }
@@ -85,6 +92,7 @@ impl Listener {
             }
             Listener::Imap | Listener::Imaps => Protocol::Imap,
             Listener::Pop3 | Listener::Pop3s => Protocol::Pop3,
+            Listener::ManageSieve => Protocol::ManageSieve,
         }
     }
 

@@ -90,6 +90,75 @@ enum Command {
     /// Work with WASM plugins.
     #[command(subcommand)]
     Plugin(PluginCmd),
+    /// Users' Sieve filters (RFC 5228): store, list, show, activate and delete them (what
+    /// ManageSieve clients do), and check or try a script on a message without a server.
+    #[command(subcommand)]
+    Sieve(SieveCmd),
+}
+
+#[derive(Subcommand)]
+enum SieveCmd {
+    /// Store FILE as one of USER's scripts, named after the file without `.sieve`; a script
+    /// that does not compile is refused with its line and column.
+    Put {
+        /// The account's address.
+        user: String,
+        /// The script file.
+        file: PathBuf,
+        /// Also make it the active script.
+        #[arg(long)]
+        activate: bool,
+    },
+    /// List USER's scripts, one per line; the active one is followed by a tab and `active`.
+    List {
+        /// The account's address.
+        user: String,
+    },
+    /// Print one of USER's scripts.
+    Get {
+        /// The account's address.
+        user: String,
+        /// The script's name.
+        name: String,
+    },
+    /// Make NAME USER's active script (the one that runs on delivery); "" deactivates.
+    Activate {
+        /// The account's address.
+        user: String,
+        /// The script's name.
+        name: String,
+    },
+    /// Delete one of USER's scripts (not the active one: deactivate it first).
+    Delete {
+        /// The account's address.
+        user: String,
+        /// The script's name.
+        name: String,
+    },
+    /// Check a script file: `FILE: ok`, or `FILE: line L, column C: what is wrong`.
+    Check {
+        /// The script file.
+        file: PathBuf,
+    },
+    /// Run a script on a message file and print the actions, one per line (`store MAILBOX
+    /// [flags ...]`, `redirect ADDRESS`, `reject REASON`, `vacation ADDRESS subject S`,
+    /// `discard`, `error ...`). Needs no server and no config.
+    Test {
+        /// The script file.
+        file: PathBuf,
+        /// The message file (RFC 5322).
+        message: PathBuf,
+        /// Envelope sender (default: the message's From).
+        #[arg(long)]
+        from: Option<String>,
+        /// Envelope recipient (default: the message's first To).
+        #[arg(long)]
+        to: Option<String>,
+        /// A mailbox that exists (for `mailboxexists` and `fileinto` without `:create`);
+        /// repeat for more. INBOX always exists.
+        #[arg(long = "mailbox")]
+        mailboxes: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -526,6 +595,14 @@ fn main() -> ExitCode {
         Command::Script(ScriptCmd::Test(args)) | Command::Plugin(PluginCmd::Test(args)) => {
             return script_test(cli.config.as_deref(), args);
         }
+        Command::Sieve(SieveCmd::Check { file }) => return sieve_check(&file),
+        Command::Sieve(SieveCmd::Test {
+            file,
+            message,
+            from,
+            to,
+            mailboxes,
+        }) => return sieve_test(&file, &message, from, to, &mailboxes),
         _ => {}
     }
     let config = match Config::load(cli.config.as_deref()) {
@@ -676,6 +753,46 @@ fn main() -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
+        Command::Sieve(SieveCmd::Check { .. } | SieveCmd::Test { .. }) => {
+            unreachable!("handled before the config is loaded")
+        }
+        Command::Sieve(SieveCmd::Put {
+            user,
+            file,
+            activate,
+        }) => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => return fail(&format!("{}: {e}", file.display())),
+            };
+            if let Err(e) = corvus::sieve::compile(&text) {
+                eprintln!("{}: {e}", file.display());
+                return ExitCode::FAILURE;
+            }
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().trim_end_matches(".sieve").to_string())
+                .unwrap_or_default();
+            AdminCommand::SievePut {
+                address: user,
+                name,
+                script: text,
+                activate,
+            }
+        }
+        Command::Sieve(SieveCmd::List { user }) => AdminCommand::SieveList { address: user },
+        Command::Sieve(SieveCmd::Get { user, name }) => AdminCommand::SieveGet {
+            address: user,
+            name,
+        },
+        Command::Sieve(SieveCmd::Activate { user, name }) => AdminCommand::SieveActivate {
+            address: user,
+            name,
+        },
+        Command::Sieve(SieveCmd::Delete { user, name }) => AdminCommand::SieveDelete {
+            address: user,
+            name,
+        },
         Command::Script(_) | Command::Plugin(_) => {
             unreachable!("handled before the config is loaded")
         }
@@ -888,6 +1005,93 @@ fn print_output(text: &str, raw: bool) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&format!("writing the message: {e}")),
     }
+}
+
+/// `corvus sieve check FILE`.
+fn sieve_check(file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return fail(&format!("{}: {e}", file.display())),
+    };
+    match corvus::sieve::compile(&text) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `corvus sieve test FILE MESSAGE`.
+fn sieve_test(
+    file: &std::path::Path,
+    message: &std::path::Path,
+    from: Option<String>,
+    to: Option<String>,
+    mailboxes: &[String],
+) -> ExitCode {
+    use corvus::sieve::{eval, vacation};
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return fail(&format!("{}: {e}", file.display())),
+    };
+    let msg = match std::fs::read(message) {
+        Ok(m) => m,
+        Err(e) => return fail(&format!("{}: {e}", message.display())),
+    };
+    let script = match corvus::sieve::compile(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let first = |h: &str| {
+        corvus::message::header_values(&msg, h, true)
+            .first()
+            .map(|v| eval::addresses_in(v).into_iter().next().unwrap_or_default())
+            .unwrap_or_default()
+    };
+    let from = from.unwrap_or_else(|| first("From"));
+    let to = to.unwrap_or_else(|| first("To"));
+    let exists = |m: &str| {
+        corvus::store::is_inbox(m)
+            || mailboxes
+                .iter()
+                .any(|x| corvus::store::canonical_mailbox(x) == corvus::store::canonical_mailbox(m))
+    };
+    let ctx = eval::Context {
+        message: &msg,
+        from: &from,
+        to: &to,
+        mailbox_exists: &exists,
+        limits: eval::RunLimits::default(),
+        now: chrono::Local::now().fixed_offset(),
+    };
+    let outcome = eval::run(&script, &ctx);
+    let lines = corvus::sieve::describe(&outcome, |v| {
+        if vacation::refusal(&msg, &from, &to, &to, v).is_some() {
+            return None;
+        }
+        let subject = match &v.subject {
+            Some(s) => s.clone(),
+            None => format!(
+                "Auto: {}",
+                corvus::message::header_values(&msg, "Subject", true)
+                    .first()
+                    .cloned()
+                    .unwrap_or_default()
+            ),
+        };
+        Some(format!("vacation {from} subject {subject}"))
+    });
+    for l in lines {
+        println!("{l}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn run_admin(config: &Config, cmd: AdminCommand) -> ExitCode {

@@ -174,6 +174,37 @@ pub fn header_values(raw: &[u8], name: &str, first_only: bool) -> Vec<String> {
     out
 }
 
+/// Every header field of `raw` in order: (name as written, value unfolded, encoded words
+/// decoded), for code that asks about many fields of one message (Sieve).
+pub fn all_headers(raw: &[u8]) -> Vec<(String, String)> {
+    let head = &raw[..header_end(raw)];
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut current: Option<(String, Vec<u8>)> = None;
+    for line in head.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            if let Some((_, v)) = current.as_mut() {
+                v.extend_from_slice(line);
+            }
+            continue;
+        }
+        if let Some((n, v)) = current.take() {
+            out.push((n, finish_value(&v)));
+        }
+        if let Some(colon) = line.iter().position(|&b| b == b':') {
+            let name = String::from_utf8_lossy(line[..colon].trim_ascii()).into_owned();
+            current = Some((name, line[colon + 1..].to_vec()));
+        }
+    }
+    if let Some((n, v)) = current {
+        out.push((n, finish_value(&v)));
+    }
+    out
+}
+
 fn finish_value(v: &[u8]) -> String {
     let value = String::from_utf8_lossy(v.trim_ascii()).into_owned();
     if value.contains("=?") {

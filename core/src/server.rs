@@ -27,6 +27,7 @@ struct Services {
     smtp: Arc<crate::smtp::session::Deps>,
     imap: Arc<crate::imap::session::Deps>,
     pop3: Arc<crate::pop3::session::Deps>,
+    managesieve: Arc<crate::managesieve::session::Deps>,
     queue: Arc<crate::queue::Deps>,
     /// The DMARC report sender's, when reports are enabled (taken out to start it).
     reports: Option<crate::sender_auth::report::Deps>,
@@ -118,6 +119,13 @@ impl Services {
                 store: store.clone(),
                 tls: tls.pop3,
                 hooks: hooks.clone(),
+                login: login.clone(),
+                shutdown: shutdown.clone(),
+            }),
+            managesieve: Arc::new(crate::managesieve::session::Deps {
+                config: config.clone(),
+                store: store.clone(),
+                tls: tls.managesieve,
                 login,
                 shutdown: shutdown.clone(),
             }),
@@ -141,6 +149,7 @@ impl Services {
                     ("smtp", config.smtp.max_smtp_connections),
                     ("imap", config.imap.max_connections),
                     ("pop3", config.pop3.max_connections),
+                    ("managesieve", config.managesieve.max_connections),
                 ],
             ),
             hooks,
@@ -699,6 +708,13 @@ fn session(
             })
             .await
         }),
+        Protocol::ManageSieve => Box::pin(async move {
+            let deps = services.managesieve.clone();
+            serve(tcp, peer, proto, &services.managesieve.tls, |stream| {
+                crate::managesieve::session::session(deps, stream, peer, proto)
+            })
+            .await
+        }),
     }
 }
 
@@ -714,6 +730,7 @@ async fn refuse(mut tcp: TcpStream, proto: Listener, why: ConnRefused) {
         (false, Protocol::Smtp) => format!("421 4.7.0 {text}, try again later\r\n"),
         (false, Protocol::Imap) => format!("* BYE [UNAVAILABLE] {text}\r\n"),
         (false, Protocol::Pop3) => format!("-ERR [SYS/TEMP] {text}\r\n"),
+        (false, Protocol::ManageSieve) => format!("BYE (TRYLATER) \"{text}\"\r\n"),
     };
     if !line.is_empty() {
         let _ = tokio::time::timeout(Duration::from_secs(5), tcp.write_all(line.as_bytes())).await;

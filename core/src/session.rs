@@ -42,6 +42,9 @@ pub async fn serve<F, Fut>(
         Protocol::Pop3 => {
             tracing::info_span!("pop3", session = %id, peer = %peer, listener = listener.name())
         }
+        Protocol::ManageSieve => {
+            tracing::info_span!("managesieve", session = %id, peer = %peer, listener = listener.name())
+        }
     };
     async move {
         let Some(stream) = crate::net::accept_stream(tcp, listener.implicit_tls(), acceptor).await

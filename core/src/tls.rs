@@ -172,6 +172,8 @@ pub struct Acceptors {
     pub imap: TlsAcceptor,
     /// pop3 (STLS), pop3s.
     pub pop3: TlsAcceptor,
+    /// managesieve (STARTTLS; no ALPN id is registered for it).
+    pub managesieve: TlsAcceptor,
     /// The `https` listener (HTTP/1.1).
     pub http: TlsAcceptor,
     /// The certificate they all present.
@@ -217,6 +219,13 @@ pub fn acceptors(config: &Config) -> Result<Acceptors, TlsError> {
         smtp: with_alpn(b"smtp"),
         imap: with_alpn(b"imap"),
         pop3: with_alpn(b"pop3"),
+        managesieve: {
+            let mut c = server.clone();
+            if acme {
+                c.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+            }
+            TlsAcceptor::from(Arc::new(c))
+        },
         http: with_alpn(b"http/1.1"),
         certificates,
     })

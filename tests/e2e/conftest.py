@@ -17,7 +17,7 @@ import pytest
 
 from support import postgres
 from support.dns import DnsServer
-from support.server import ALICE, BOB, E2E_STORE, HOOKS, IMAP, POP3, Server, with_preset
+from support.server import ALICE, BOB, E2E_STORE, HOOKS, IMAP, POP3, Server, stop_all, with_preset
 
 
 def pytest_report_header(config):
@@ -61,17 +61,6 @@ def dns():
     d = DnsServer()
     yield d
     d.close()
-
-
-def stop_all(servers: list[Server]):
-    problems = []
-    for s in servers:
-        if s.running:
-            try:
-                s.stop(expect=0)
-            except AssertionError as e:
-                problems.append(str(e))
-    assert not problems, "\n".join(problems)
 
 
 @pytest.fixture

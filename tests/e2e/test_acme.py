@@ -30,7 +30,7 @@ from support.clients import PASSWORD
 from support.dns import DnsServer
 from support.net import free_port, port_open
 from support.postgres import Postgres
-from support.server import Server
+from support.server import Server, stop_all
 from support.wait import wait_for
 
 PEBBLE = shutil.which("pebble")
@@ -241,14 +241,7 @@ def acme_pair(tmp_path):
                                 store={"backend": "postgres", "url": url, "pool_size": 4}))
         nodes[0].cli("store", "migrate")
         yield nodes[0], nodes[1], pebble
-        problems = []
-        for n in nodes:
-            if n.running:
-                try:
-                    n.stop(expect=0)
-                except AssertionError as e:
-                    problems.append(str(e))
-        assert not problems, "\n".join(problems)
+        stop_all(nodes)
     finally:
         for n in nodes:
             if n.running:

@@ -29,7 +29,7 @@ import pytest
 from support.filters import (GTUBE, BadMilter, Milter, MilterClient, OpenDkim, Rspamd, missing_opendkim, redis_cmd,
                              missing_pymilter, missing_rspamd)
 from support.net import free_port
-from support.server import Server, with_preset
+from support.server import Server, stop_all, with_preset
 from support.wait import poll
 
 ALICE, BOB, CAROL = "alice@example.org", "bob@example.org", "carol@example.org"
@@ -132,17 +132,6 @@ def header_names(raw: bytes) -> list[str]:
 def with_marker(srv: Server, user: str, marker: str, folder: str = "INBOX") -> list[bytes]:
     """The messages of a folder (seen over IMAP) that contain `marker`."""
     return [m for m in srv.messages(user, folder) if marker.encode() in m]
-
-
-def stop_servers(*servers: Server):
-    problems = []
-    for s in servers:
-        if s.running:
-            try:
-                s.stop(expect=0)
-            except AssertionError as e:
-                problems.append(str(e))
-    assert not problems, "\n".join(problems)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,7 +528,7 @@ def milter_server(tmp_path_factory, loopback_dns, test_milter):
         s.add_user(u)
     s.start()
     yield s
-    stop_servers(s)
+    stop_all([s])
 
 
 def milter_send(srv: Server, subject: str, rcpts=(ALICE,), extra: str = "", body: str | None = None) -> tuple[int, bytes]:

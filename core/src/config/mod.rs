@@ -54,6 +54,10 @@ pub struct Config {
     pub imap: Imap,
     /// POP3 server behaviour and limits.
     pub pop3: Pop3,
+    /// ManageSieve server behaviour (the `managesieve` listener, RFC 5804).
+    pub managesieve: ManageSieve,
+    /// Limits on users' Sieve filters (RFC 5228).
+    pub sieve: SieveLimits,
     /// Inbound sender authentication (SPF, DKIM, DMARC, ARC) on the `smtp` listener.
     pub sender_auth: SenderAuth,
     /// The HTTP listeners: admin API, console, metrics, health checks.
@@ -206,6 +210,8 @@ pub struct Listen {
     pub pop3: Option<Addrs>,
     /// POP3 over implicit TLS (port 995).
     pub pop3s: Option<Addrs>,
+    /// ManageSieve with STARTTLS (port 4190, RFC 5804): users upload their Sieve filters.
+    pub managesieve: Option<Addrs>,
     /// Plain HTTP: admin API, web console, `/metrics`, `/healthz`, `/readyz`. Meant for
     /// loopback or a private network.
     pub http: Option<Addrs>,
@@ -695,6 +701,74 @@ impl Default for Imap {
     }
 }
 
+/// ManageSieve server behaviour (the `managesieve` listener, RFC 5804).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManageSieve {
+    /// Accept AUTHENTICATE before STARTTLS (off: refused with `NO (ENCRYPT-NEEDED)`).
+    pub allow_plaintext_auth: bool,
+    /// Close a session that sends nothing for this long.
+    #[serde(with = "dur")]
+    pub idle_timeout: Duration,
+    /// Time allowed to log in after connecting.
+    #[serde(with = "dur")]
+    pub login_timeout: Duration,
+    /// Bad commands in one session before it is closed.
+    pub max_errors: usize,
+    /// ManageSieve connections open at once.
+    pub max_connections: usize,
+}
+
+impl Default for ManageSieve {
+    fn default() -> Self {
+        ManageSieve {
+            allow_plaintext_auth: false,
+            idle_timeout: Duration::from_secs(600),
+            login_timeout: Duration::from_secs(60),
+            max_errors: 10,
+            max_connections: 500,
+        }
+    }
+}
+
+/// Limits on users' Sieve filters (`[sieve]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SieveLimits {
+    /// Largest script, in bytes.
+    pub max_script_size: usize,
+    /// Scripts per user.
+    pub max_scripts: usize,
+    /// `redirect` actions per message (ManageSieve `MAXREDIRECTS`).
+    pub max_redirects: usize,
+    /// Actions (keep, fileinto, redirect, vacation) per run.
+    pub max_actions: usize,
+    /// Evaluation budget per run (tests, comparisons, and bytes compared / 64); a script
+    /// over it stops with an error and the message is kept in INBOX.
+    pub max_steps: u64,
+    /// `vacation` without `:days` answers a sender once in this many days.
+    pub vacation_days: u64,
+    /// The shortest `:days` honoured.
+    pub vacation_min_days: u64,
+    /// The longest `:days` honoured.
+    pub vacation_max_days: u64,
+}
+
+impl Default for SieveLimits {
+    fn default() -> Self {
+        SieveLimits {
+            max_script_size: 64 * 1024,
+            max_scripts: 16,
+            max_redirects: 4,
+            max_actions: 32,
+            max_steps: 100_000,
+            vacation_days: 7,
+            vacation_min_days: 1,
+            vacation_max_days: 90,
+        }
+    }
+}
+
 /// POP3 server behaviour and limits (the `pop3` and `pop3s` listeners).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -940,6 +1014,8 @@ impl Default for Config {
             smtp: Smtp::default(),
             imap: Imap::default(),
             pop3: Pop3::default(),
+            managesieve: ManageSieve::default(),
+            sieve: SieveLimits::default(),
             plugins: Plugins::default(),
             sender_auth: SenderAuth::default(),
             http: Http::default(),
@@ -1033,6 +1109,7 @@ impl Config {
                 imaps: one(2993),
                 pop3: one(2110),
                 pop3s: one(2995),
+                managesieve: one(4190),
                 http: one(2080),
                 https: None,
             },
@@ -1102,6 +1179,7 @@ impl Listen {
             (Listener::Imaps, &self.imaps),
             (Listener::Pop3, &self.pop3),
             (Listener::Pop3s, &self.pop3s),
+            (Listener::ManageSieve, &self.managesieve),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))

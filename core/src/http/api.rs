@@ -32,6 +32,11 @@ const ROUTES: &[&str] = &[
     "POST /api/users",
     "DELETE /api/users/{address}",
     "PUT /api/users/{address}/password",
+    "GET /api/users/{address}/sieve",
+    "GET /api/users/{address}/sieve/{name}",
+    "PUT /api/users/{address}/sieve/{name}",
+    "DELETE /api/users/{address}/sieve/{name}",
+    "PUT /api/users/{address}/active-sieve",
     "GET /api/domains",
     "POST /api/domains",
     "DELETE /api/domains/{domain}",
@@ -57,6 +62,12 @@ pub(super) fn routes(state: Shared) -> Router<Shared> {
         .route("/users", get(users).post(user_add))
         .route("/users/{address}", delete(user_del))
         .route("/users/{address}/password", put(user_passwd))
+        .route("/users/{address}/sieve", get(sieve_list))
+        .route(
+            "/users/{address}/sieve/{name}",
+            get(sieve_get).put(sieve_put).delete(sieve_delete),
+        )
+        .route("/users/{address}/active-sieve", put(sieve_activate))
         .route("/domains", get(domains).post(domain_add))
         .route("/domains/{domain}", delete(domain_del))
         .route("/domains/{domain}/dns", get(domain_dns))
@@ -367,6 +378,122 @@ async fn domain_dns(State(s): State<Shared>, Path(domain): Path<String>) -> ApiR
 
 fn ok_json(v: Value) -> Response {
     ok(StatusCode::OK, v)
+}
+
+async fn sieve_list(State(s): State<Shared>, Path(address): Path<String>) -> ApiResult {
+    require_user(&s, &address).await?;
+    let list: Vec<Value> = crate::sieve::storage::list(&s.store, &address)
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .map(|(name, active)| json!({ "name": name, "active": active }))
+        .collect();
+    Ok(ok_json(json!(list)))
+}
+
+async fn sieve_get(
+    State(s): State<Shared>,
+    Path((address, name)): Path<(String, String)>,
+) -> ApiResult {
+    require_user(&s, &address).await?;
+    let list = crate::sieve::storage::list(&s.store, &address)
+        .await
+        .map_err(store_error)?;
+    let active = list.iter().any(|(n, a)| *n == name && *a);
+    match crate::sieve::storage::get(&s.store, &address, &name)
+        .await
+        .map_err(store_error)?
+    {
+        Some(script) => Ok(ok_json(
+            json!({ "name": name, "active": active, "script": script }),
+        )),
+        None => Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no Sieve script {name}"),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSieve {
+    script: String,
+    #[serde(default)]
+    activate: bool,
+}
+
+async fn sieve_put(
+    State(s): State<Shared>,
+    Path((address, name)): Path<(String, String)>,
+    b: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    let n: NewSieve = body(b)?;
+    require_user(&s, &address).await?;
+    let message = run(
+        &s,
+        AdminCommand::SievePut {
+            address,
+            name,
+            script: n.script,
+            activate: n.activate,
+        },
+    )
+    .await?;
+    Ok(ok_json(json!({ "message": message })))
+}
+
+async fn sieve_delete(
+    State(s): State<Shared>,
+    Path((address, name)): Path<(String, String)>,
+) -> ApiResult {
+    require_user(&s, &address).await?;
+    if crate::sieve::storage::get(&s.store, &address, &name)
+        .await
+        .map_err(store_error)?
+        .is_none()
+    {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no Sieve script {name}"),
+        ));
+    }
+    let message = run(&s, AdminCommand::SieveDelete { address, name }).await?;
+    Ok(ok_json(json!({ "message": message })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActiveSieve {
+    name: String,
+}
+
+async fn sieve_activate(
+    State(s): State<Shared>,
+    Path(address): Path<String>,
+    b: Result<Json<Value>, JsonRejection>,
+) -> ApiResult {
+    let a: ActiveSieve = body(b)?;
+    require_user(&s, &address).await?;
+    if !a.name.is_empty()
+        && crate::sieve::storage::get(&s.store, &address, &a.name)
+            .await
+            .map_err(store_error)?
+            .is_none()
+    {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            format!("no Sieve script {}", a.name),
+        ));
+    }
+    let message = run(
+        &s,
+        AdminCommand::SieveActivate {
+            address,
+            name: a.name,
+        },
+    )
+    .await?;
+    Ok(ok_json(json!({ "message": message })))
 }
 
 async fn aliases(State(s): State<Shared>) -> ApiResult {

@@ -986,7 +986,8 @@ async fn deliver_local(
             .await
         {
             Err(t) => Err(t.to_string()),
-            Ok(plan) => {
+            Ok(mut plan) => {
+                let generated = std::mem::take(&mut plan.generated);
                 let mut forward = crate::delivery::queue_entry(
                     &crate::delivery::new_queue_id(),
                     &entry.mail_from,
@@ -1001,6 +1002,7 @@ async fn deliver_local(
                 let ingest = plan.into_ingest(&entry.mail_from, now(), Some((forward, message)));
                 match shared.delivery.ingest(ingest).await {
                     Ok(_) => {
+                        shared.delivery.send_generated(generated).await;
                         crate::trace::emit(crate::trace::Event::Steps(entry.id.clone(), steps));
                         crate::trace::emit(crate::trace::Event::Filed(entry.id.clone(), filed));
                         Ok(())

@@ -338,7 +338,7 @@ impl Session {
                 file_into: r.file_into.clone(),
             })
             .collect();
-        let plan = match self
+        let mut plan = match self
             .deps
             .delivery
             .plan(
@@ -354,7 +354,7 @@ impl Session {
             Ok(plan) => plan,
             Err(e) => {
                 t.reason = "hook";
-                return Reply::hook_refusal(e.code, e.enhanced.as_ref(), &e.text, false);
+                return Reply::hook_refusal(e.code, e.enhanced.as_ref(), &e.text, e.permanent);
             }
         };
         t.rec.steps.extend(plan.steps.iter().cloned());
@@ -401,6 +401,7 @@ impl Session {
         } else {
             tx.from.to_string()
         };
+        let generated = std::mem::take(&mut plan.generated);
         let ingest = plan.into_ingest(&reverse_path, now, Some((entry, queued)));
         // Architecture invariant: 250 after DATA only once the one write for the message
         // (every local copy and the queue entry) is durable; on an error nothing of it is
@@ -410,6 +411,7 @@ impl Session {
             tracing::error!(error = %e, "storing message failed");
             return Reply::local_error();
         }
+        self.deps.delivery.send_generated(generated).await;
         // One line per message: the sender-authentication results ride on it.
         match &checked {
             Some(c) => tracing::info!(

@@ -2,7 +2,12 @@
 started by the test with a private config (passwd-file users with plain passwords, Maildir in
 a temp dir with `/` as separator, the same special-use mailboxes Corvus creates, plain IMAP
 and POP3 on free loopback ports), stopped at the end. `available()` says whether the binary
-is installed (tests/run installs dovecot-imapd and dovecot-pop3d)."""
+is installed (tests/run installs dovecot-imapd and dovecot-pop3d).
+
+`Dovecot(managesieve=True)` also serves ManageSieve (RFC 5804; dovecot-managesieved) on
+`ports["sieve"]`, with the Sieve limits given in `sieve` (plugin settings such as
+`sieve_max_script_size`); `tls=(cert, key)` turns on STARTTLS (PEM files, e.g. from
+support/certs.py). `managesieve_available()` says whether managesieved is installed."""
 
 from __future__ import annotations
 
@@ -28,8 +33,12 @@ def available() -> bool:
     return os.path.exists(DOVECOT)
 
 
+def managesieve_available() -> bool:
+    return available() and os.path.exists("/usr/lib/dovecot/managesieve")
+
+
 class Dovecot:
-    def __init__(self):
+    def __init__(self, managesieve: bool = False, tls: tuple | None = None, sieve: dict | None = None):
         # Outside pytest's 0700 temp dirs: Dovecot's auth process (user dovecot) reads the
         # passwd file and its mail processes (user nobody) write the Maildirs.
         base = pathlib.Path(tempfile.mkdtemp(prefix="corvus-dovecot-"))
@@ -42,6 +51,19 @@ class Dovecot:
         self.passwd = base / "passwd"
         self.passwd.write_text("")
         self.ports = {"imap": free_port(), "pop3": free_port()}
+        protocols = "imap pop3"
+        extra = ""
+        if managesieve:
+            self.ports["sieve"] = free_port()
+            protocols += " sieve"
+            settings = {"sieve": "file:~/sieve;active=~/.dovecot.sieve", **(sieve or {})}
+            extra += ("service managesieve-login {\n  inet_listener sieve {\n"
+                      f"    port = {self.ports['sieve']}\n  }}\n}}\nplugin {{\n"
+                      + "".join(f"  {k} = {v}\n" for k, v in settings.items()) + "}\n")
+        ssl = "no"
+        if tls:
+            # Dovecot's processes read the files as root at start (the `<` form).
+            ssl = f"yes\nssl_cert = <{tls[0]}\nssl_key = <{tls[1]}"
         self.config = base / "dovecot.conf"
         self.log = base / "dovecot.log"
         # Corvus subscribes a new account's mailboxes: `auto = subscribe` does the same here.
@@ -53,9 +75,9 @@ class Dovecot:
 base_dir = {base}/run
 state_dir = {base}/state
 log_path = {self.log}
-protocols = imap pop3
+protocols = {protocols}
 listen = 127.0.0.1
-ssl = no
+ssl = {ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 first_valid_uid = 65534
@@ -89,7 +111,7 @@ service pop3-login {{
     port = 0
   }}
 }}
-""")
+{extra}""")
         self.proc: subprocess.Popen | None = None
 
     def add_user(self, user: str, password: str):

@@ -450,3 +450,16 @@ class Server:
 
     def raw_pop3(self, listener: str = "pop3s") -> RawPop3:
         return RawPop3(self.ports[listener], tls=listener == "pop3s")
+
+
+def stop_all(servers) -> None:
+    """Stop every running server in `servers` (each must exit cleanly); the failures of all
+    of them, not only the first, fail the caller."""
+    problems = []
+    for s in servers:
+        if s.running:
+            try:
+                s.stop(expect=0)
+            except AssertionError as e:
+                problems.append(str(e))
+    assert not problems, "\n".join(problems)

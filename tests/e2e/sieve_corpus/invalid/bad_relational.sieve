@@ -1,0 +1,4 @@
+# error-line: 4
+require ["relational"];
+
+if header :value "bigger" "x-priority" "3" { discard; }

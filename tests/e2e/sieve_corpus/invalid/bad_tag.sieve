@@ -1,0 +1,5 @@
+# error-line: 4
+require "fileinto";
+if true {
+    fileinto :bogus "x";
+}

@@ -1,0 +1,4 @@
+# error-line: 3
+if header :contains "subject" "x" {
+    fileinto "X";
+}

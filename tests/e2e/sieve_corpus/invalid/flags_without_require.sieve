@@ -1,0 +1,4 @@
+# error-line: 4
+require "fileinto";
+
+fileinto :flags "\\Seen" "x";

@@ -1,0 +1,4 @@
+# error-line: 3
+keep;
+require "fileinto";
+fileinto "x";

@@ -1,0 +1,3 @@
+# error-line: 3
+keep;
+header :is "x" "y";

@@ -1,0 +1,3 @@
+# error-line: 3
+keep;
+if header :comparator "i;no-such" :is "subject" "x" { discard; }

@@ -1,0 +1,3 @@
+# error-line: 2
+require ["fileinto", "x-no-such-extension"];
+keep;

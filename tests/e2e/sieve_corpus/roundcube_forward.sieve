@@ -1,0 +1,6 @@
+require ["copy"];
+# rule:[Forward]
+if true
+{
+	redirect :copy "bob.personal@example.net";
+}
