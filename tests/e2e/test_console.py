@@ -17,6 +17,7 @@ import email.policy
 import os
 import re
 import smtplib
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -26,6 +27,7 @@ import pytest
 from support.browser import Browser, artifacts_dir
 from support.clients import PASSWORD
 from support.dns import DnsServer
+from support.http import Api, check
 from support.server import ALICE, E2E_STORE, Server
 
 NEW_USER = "carol@example.org"
@@ -33,6 +35,9 @@ NEW_PASSWORD = "console-pw-1"
 NEW_DOMAIN = "console.test"
 UNREACHABLE = "dave@unreachable.test"  # its domain answers SERVFAIL: the entry stays queued
 SUBMITTER = "erin@example.org"
+SIEVE_USER = "frank@example.org"  # the Sieve test's: nobody else's mail is filtered
+SIEVE_GOOD = 'require "fileinto";\nif header :contains "Subject" "report" {\n    fileinto "Archive";\n}\n'
+SIEVE_BROKEN = 'require "fileinto";\nkeep;\n   frobnicate "x";\n'  # unknown command at line 3, column 4
 
 
 @dataclass
@@ -58,6 +63,7 @@ def console(tmp_path_factory):
                  hooks=[{"script": script}])
     srv.add_user(ALICE)
     srv.add_user(SUBMITTER)
+    srv.add_user(SIEVE_USER)
     env = {}
     if os.environ.get("CORVUS_CONSOLE_DIR"):
         env["CORVUS_CONSOLE_DIR"] = os.environ["CORVUS_CONSOLE_DIR"]
@@ -367,6 +373,101 @@ def test_queue_details_retry_delete(console):
     b.gone(row("#queue-table", "data-id", qid))
     assert not b.find("#queue-detail").is_displayed()
     b.assert_clean_log()
+
+
+def sieve_list(c: Console, user: str) -> list[str]:
+    """`corvus sieve list USER`: one name a line, the active one followed by TAB active."""
+    return sorted(c.server.cli("sieve", "list", user).stdout.splitlines())
+
+
+def test_sieve_scripts_of_a_user(console):
+    # A script name that is markup if the page ever treats it as HTML.
+    spare = "spare <i id=xss-sieve>x</i>"
+    b = signed_in(console)
+    goto(b, "users")
+    b.click('[data-testid="user-sieve"]', within=b.visible(row("#users-table", "data-address", SIEVE_USER)))
+    b.ready("sieve")
+    assert b.find("#sieve-user").text == SIEVE_USER
+    assert "#/users/" in b.driver.current_url and b.driver.current_url.endswith("/sieve")
+    b.visible('#sieve-table tbody tr[data-testid="empty"]')
+    assert b.find('[aria-current="page"]').get_attribute("id") == "nav-users"
+
+    # A broken script is refused with the compiler's line and column; nothing is stored and
+    # the text stays in the form, to be fixed.
+    b.fill("#sieve-add-name", "filing")
+    b.fill("#sieve-add-script", SIEVE_BROKEN)
+    b.click("#sieve-add-submit")
+    error = b.text_in("#error", "400")
+    assert re.search(r"line 3, column 4\b", error.text), error.text
+    b.ready("sieve")
+    assert not b.find_all('#sieve-table tbody tr[data-testid="sieve-row"]')
+    assert b.find("#sieve-add-script").get_attribute("value") == SIEVE_BROKEN
+    assert sieve_list(console, SIEVE_USER) == []
+    b.screenshot("sieve-compile-error")
+
+    b.fill("#sieve-add-script", SIEVE_GOOD)
+    b.click("#sieve-add-submit")
+    filing = b.visible(row("#sieve-table", "data-name", "filing"))
+    assert filing.get_attribute("data-active") == "false" and "inactive" in filing.text
+    b.visible("#notice")
+    assert not b.find("#error").is_displayed()
+    assert b.find("#sieve-add-name").get_attribute("value") == ""  # the form is cleared
+
+    b.fill("#sieve-add-name", spare)
+    b.fill("#sieve-add-script", "keep;\n")
+    b.click("#sieve-add-submit")
+    spare_row = b.visible(row("#sieve-table", "data-name", spare))
+    assert spare in spare_row.text
+    assert not b.find_all("#xss-sieve"), "a script name was interpreted as HTML"
+
+    # Activate one: the console marks it, the API and the CLI agree, and it cannot be deleted.
+    b.click('[data-testid="sieve-activate"]', within=b.find(row("#sieve-table", "data-name", "filing")))
+    active = b.visible('#sieve-table tbody tr[data-name="filing"][data-active="true"]')
+    assert "active" in active.text and "inactive" not in active.text
+    assert not b.find('[data-testid="sieve-delete"]', active).is_enabled()
+    assert b.find(row("#sieve-table", "data-name", spare)).get_attribute("data-active") == "false"
+    assert sieve_list(console, SIEVE_USER) == ["filing\tactive", spare]
+    api = Api(console.server, console.token)
+    user = "/api/users/" + urllib.parse.quote(SIEVE_USER, safe="")
+    assert check(api.get(f"{user}/sieve/filing"), 200) == {"name": "filing", "active": True,
+                                                           "script": SIEVE_GOOD}
+    b.screenshot("sieve")
+
+    # Edit the other one in the editor: a broken version is refused, a good one stored.
+    b.click('[data-testid="sieve-edit"]', within=b.find(row("#sieve-table", "data-name", spare)))
+    b.visible("#sieve-editor")
+    b.text_in("#sieve-editor-name", spare)
+    assert b.find("#sieve-editor-script").get_attribute("value") == "keep;\n"
+    b.fill("#sieve-editor-script", SIEVE_BROKEN)
+    b.click("#sieve-editor-save")
+    error = b.text_in("#error", "400")
+    assert re.search(r"line 3, column 4\b", error.text), error.text
+    assert console.server.cli("sieve", "get", SIEVE_USER, spare).stdout == "keep;\n"
+    b.fill("#sieve-editor-script", "discard;\n")
+    b.click("#sieve-editor-save")
+    b.visible("#notice")
+    b.ready("sieve")
+    assert not b.find("#error").is_displayed()
+    assert console.server.cli("sieve", "get", SIEVE_USER, spare).stdout == "discard;\n"
+    b.screenshot("sieve-editor")
+
+    # Delete the inactive one (its editor closes with it).
+    b.click('[data-testid="sieve-delete"]', within=b.find(row("#sieve-table", "data-name", spare)))
+    confirm_dialog(b)
+    b.gone(row("#sieve-table", "data-name", spare))
+    b.gone("#sieve-editor")
+    assert sieve_list(console, SIEVE_USER) == ["filing\tactive"]
+
+    # Deactivate, then delete the last one too.
+    b.click('[data-testid="sieve-deactivate"]', within=b.find(row("#sieve-table", "data-name", "filing")))
+    b.visible('#sieve-table tbody tr[data-name="filing"][data-active="false"]')
+    assert sieve_list(console, SIEVE_USER) == ["filing"]
+    assert check(api.get(f"{user}/sieve"), 200) == [{"name": "filing", "active": False}]
+    b.click('[data-testid="sieve-delete"]', within=b.find(row("#sieve-table", "data-name", "filing")))
+    confirm_dialog(b)
+    b.visible('#sieve-table tbody tr[data-testid="empty"]')
+    assert sieve_list(console, SIEVE_USER) == []
+    b.assert_clean_log(allowed=lambda e: e.get("source") == "network" and " 400 " in e.get("message", ""))
 
 
 def test_sign_out_forgets_the_token(console):

@@ -1264,3 +1264,37 @@ def test_evaluation_budget_exceeded_keeps_the_message(corvus_factory):
     assert sent.code == 250, sent
     found(srv, modest, b"within budget", "Archive")
 
+
+
+def test_a_redirect_loop_between_two_users_ends(site):
+    """Two users on one server redirect to each other: each copy goes round once and lands
+    in the inbox of the user whose script saw its own X-Sieve-Redirected-From (RFC 5228
+    §4.2 asks for loop protection); the queue empties, nothing goes round forever."""
+    srv = site.a
+    ann, ben = srv.add_user(), srv.add_user()
+    install(srv, ann, f'redirect "{ben}";\n')
+    install(srv, ben, f'redirect "{ann}";\n')
+    sent = send(srv, "loop@remote.test", [ann], "round and round")
+    assert sent.code == 250, sent
+    got = found(srv, ann, b"round and round")
+    assert b"X-Sieve-Redirected-From: " + ann.encode() in got[0], got[0][:400]
+    wait_for(lambda: ann not in srv.cli("queue", "list").stdout and ben not in srv.cli("queue", "list").stdout,
+             what="the queue empty of the loop")
+    assert len([m for m in srv.messages(ann) if b"round and round" in m]) == 1
+    assert [m for m in srv.messages(ben) if b"round and round" in m] == []
+
+
+def test_more_redirects_than_allowed_is_an_error_and_keeps(site):
+    """Over max_redirects (4 here): a runtime error, no redirect at all, the implicit keep,
+    and the error in the trace."""
+    a, b = site.a, site.b
+    targets = [b.add_user() for _ in range(5)]
+    user = a.add_user()
+    install(a, user, "".join(f'redirect "{t}";\n' for t in targets))
+    sent = send(a, "many@remote.test", [user], "too many redirects")
+    assert sent.code == 250, sent
+    assert len(found(a, user, b"too many redirects")) == 1
+    t = traced(site, sent.qid)
+    assert "more than 4 redirects" in step_text(sieve_steps(t)[0]), sieve_steps(t)
+    assert filed(t) == [(user, "INBOX")]
+    assert not any(b.stored_messages(x) for x in targets)

@@ -275,7 +275,7 @@ impl<'a, 'c> Run<'a, 'c> {
             } => {
                 self.count_action(line)?;
                 let mailbox = self.expand(mailbox);
-                if mailbox.is_empty() || mailbox.len() > 1000 || mailbox.contains(['\r', '\n']) {
+                if !crate::store::valid_mailbox_name(&mailbox) {
                     return Err(format!("line {line}: invalid mailbox name \"{mailbox}\""));
                 }
                 let flags = match flags {

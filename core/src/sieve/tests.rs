@@ -453,3 +453,19 @@ fn vacation_from_is_the_users_own_address() {
     reply.from = Some("ceo@example.org".into());
     assert!(built(&reply).contains("From: alice@example.org\r\n"));
 }
+
+#[test]
+fn fileinto_an_invalid_mailbox_name_is_an_error_and_keeps() {
+    for bad in ["../other", "a//b", "x/", "with\u{1}control", "star*"] {
+        let script = format!("require \"fileinto\"; fileinto \"{bad}\";");
+        let o = eval_with(&script, MSG, RunLimits::default());
+        assert!(
+            o.error
+                .as_deref()
+                .unwrap_or("")
+                .contains("invalid mailbox name"),
+            "{bad}: {o:?}"
+        );
+        assert_eq!(describe(&o, |_| None).last().unwrap(), "store INBOX");
+    }
+}

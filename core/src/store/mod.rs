@@ -886,6 +886,20 @@ pub trait Feed: Send + Sync {
 /// A synchronous observer of every change; see [`Feed::observe`].
 pub type Observer = std::sync::Arc<dyn Fn(&str, &Change) + Send + Sync>;
 
+/// Whether `name` may name a mailbox: not empty, at most 255 bytes, no empty, `.` or `..`
+/// level, no wildcard, NUL, line break or other control character (what IMAP CREATE and
+/// Sieve `fileinto` accept).
+pub fn valid_mailbox_name(name: &str) -> bool {
+    !(name.is_empty()
+        || name.len() > 255
+        || name.starts_with('/')
+        || name.ends_with('/')
+        || name.contains("//")
+        || name.split('/').any(|c| c == "." || c == "..")
+        || name.contains(['%', '*', '\0', '\r', '\n'])
+        || name.chars().any(char::is_control))
+}
+
 /// Whether `name` is INBOX, which is case-insensitive (RFC 9051 §5.1).
 pub fn is_inbox(name: &str) -> bool {
     name.eq_ignore_ascii_case("INBOX")

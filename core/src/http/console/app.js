@@ -18,6 +18,9 @@
   let routeSeq = 0; // bumps on every navigation; stale async renders check it
   let dashboardTimer = null;
   let tracesSearched = false;
+  let sieveUser = ''; // whose scripts the Sieve view shows
+  let sieveNames = new Set(); // their names, as last listed
+  let sieveEditing = null; // the script open in the editor
 
   // ---------------------------------------------------------------- DOM helpers
 
@@ -362,6 +365,10 @@
     }
     $('queue-detail').hidden = true;
     $('trace-body').hidden = true;
+    closeSieveEditor();
+    $('sieve-add-form').reset();
+    sieveUser = '';
+    sieveNames = new Set();
     showSignIn(message, isError);
   }
 
@@ -383,6 +390,7 @@
     const seq = ++routeSeq;
     clearMessages();
     stopDashboardTimer();
+    if (name === 'users' && arg && sub === 'sieve') return openView('sieve', 'users', () => loadSieve(arg, seq));
     if (name === 'domains' && arg && sub === 'dns') return openView('dns', 'domains', () => loadDns(arg, seq));
     if (name === 'trace' && arg) return openView('trace', 'traces', () => loadTrace(arg, seq));
     const views = {
@@ -432,6 +440,8 @@
     return el('tr', {'data-testid': 'user-row', 'data-address': u.address}, [
       el('td', {class: 'address', text: u.address}),
       el('td', {class: 'actions'}, [
+        el('a', {class: 'button', href: '#/users/' + enc(u.address) + '/sieve', text: 'Sieve',
+          'data-testid': 'user-sieve', 'aria-label': 'Sieve scripts of ' + u.address}),
         button('Set password', () => setPassword(u.address),
           {'data-testid': 'user-set-password', 'aria-label': 'Set password of ' + u.address}),
         button('Delete', () => deleteUser(u.address),
@@ -470,6 +480,116 @@
     if (password === null) return;
     await run(async () => noticeFrom(
       await api('PUT', '/users/' + enc(address) + '/password', {password}), `Password of ${address} set.`));
+  }
+
+  // ---------------------------------------------------------------- Sieve scripts of a user
+
+  function sievePath(name) {
+    return '/users/' + enc(sieveUser) + '/sieve' + (name === undefined ? '' : '/' + enc(name));
+  }
+
+  async function loadSieve(address, seq) {
+    if (address !== sieveUser) $('sieve-add-form').reset(); // a draft stays with its user
+    sieveUser = address;
+    sieveNames = new Set();
+    $('sieve-user').textContent = address;
+    $('sieve-table').tBodies[0].replaceChildren();
+    closeSieveEditor();
+    await loadSieveList(seq);
+  }
+
+  async function loadSieveList(seq) {
+    const scripts = await api('GET', sievePath());
+    if (stale(seq)) return;
+    sieveNames = new Set(scripts.map((s) => s.name));
+    fillTable('sieve-table', scripts.map(sieveRow), 'No Sieve scripts: mail is filed as usual.');
+    if (sieveEditing !== null && !sieveNames.has(sieveEditing)) closeSieveEditor();
+  }
+
+  function sieveRow(s) {
+    return el('tr', {'data-testid': 'sieve-row', 'data-name': s.name, 'data-active': s.active ? 'true' : 'false'}, [
+      el('td', {class: 'break'}, code(s.name)),
+      el('td', {}, s.active ? badge('active', 'ok') : muted('inactive')),
+      el('td', {class: 'actions'}, [
+        button('Edit', () => openSieveScript(s.name), {'data-testid': 'sieve-edit', 'aria-label': 'Edit ' + s.name}),
+        s.active
+          ? button('Deactivate', () => activateSieve(''),
+            {'data-testid': 'sieve-deactivate', 'aria-label': 'Deactivate ' + s.name})
+          : button('Activate', () => activateSieve(s.name),
+            {'data-testid': 'sieve-activate', 'aria-label': 'Activate ' + s.name}),
+        button('Delete', () => deleteSieve(s.name), {
+          class: 'danger', 'data-testid': 'sieve-delete', 'aria-label': 'Delete ' + s.name,
+          disabled: s.active, title: s.active ? 'The active script cannot be deleted: deactivate it first' : null,
+        }),
+      ]),
+    ]);
+  }
+
+  function closeSieveEditor() {
+    sieveEditing = null;
+    $('sieve-editor').hidden = true;
+    $('sieve-editor-name').textContent = '';
+    $('sieve-editor-script').value = '';
+  }
+
+  async function openSieveScript(name) {
+    clearMessages();
+    await run(async () => {
+      const s = await api('GET', sievePath(name));
+      sieveEditing = s.name;
+      $('sieve-editor-name').textContent = s.name;
+      $('sieve-editor-script').value = s.script;
+      $('sieve-editor').hidden = false;
+      $('sieve-editor').scrollIntoView({block: 'nearest'});
+    });
+  }
+
+  // Store a script (the server compiles it first: a broken one comes back as a 400 with
+  // its line and column, shown like any other error, and the text stays for fixing).
+  async function addSieve(e) {
+    e.preventDefault();
+    clearMessages();
+    const name = $('sieve-add-name').value.trim();
+    if (sieveNames.has(name)) {
+      const yes = await ask({title: 'Replace script', ok: 'Replace', danger: true,
+        message: `${sieveUser} already has a script ${name}. Replace it?`});
+      if (!yes) return;
+    }
+    const body = {script: $('sieve-add-script').value};
+    if ($('sieve-add-activate').checked) body.activate = true;
+    await run(async () => {
+      noticeFrom(await api('PUT', sievePath(name), body), `Stored ${name}.`);
+      $('sieve-add-form').reset();
+      if (sieveEditing === name) closeSieveEditor();
+    });
+    await reload($('view-sieve'), loadSieveList);
+  }
+
+  async function saveSieve(e) {
+    e.preventDefault();
+    clearMessages();
+    if (sieveEditing === null) return;
+    const name = sieveEditing;
+    await run(async () => noticeFrom(
+      await api('PUT', sievePath(name), {script: $('sieve-editor-script').value}), `Saved ${name}.`));
+    await reload($('view-sieve'), loadSieveList);
+  }
+
+  // `name` "" deactivates whichever script is active.
+  async function activateSieve(name) {
+    clearMessages();
+    await run(async () => noticeFrom(await api('PUT', '/users/' + enc(sieveUser) + '/active-sieve', {name}),
+      name ? `Activated ${name}.` : 'No script is active now.'));
+    await reload($('view-sieve'), loadSieveList);
+  }
+
+  async function deleteSieve(name) {
+    clearMessages();
+    const yes = await ask({title: 'Delete script', ok: 'Delete', danger: true,
+      message: `Delete the Sieve script ${name} of ${sieveUser}?`});
+    if (!yes) return;
+    await run(async () => noticeFrom(await api('DELETE', sievePath(name)), `Deleted ${name}.`));
+    await reload($('view-sieve'), loadSieveList);
   }
 
   // ---------------------------------------------------------------- domains and DNS
@@ -954,6 +1074,9 @@
     $('signout').addEventListener('click', () => signOut('Signed out.', false));
     $('error-close').addEventListener('click', clearMessages);
     $('user-add-form').addEventListener('submit', addUser);
+    $('sieve-add-form').addEventListener('submit', addSieve);
+    $('sieve-editor').addEventListener('submit', saveSieve);
+    $('sieve-editor-close').addEventListener('click', closeSieveEditor);
     $('domain-add-form').addEventListener('submit', addDomain);
     $('dns-refresh').addEventListener('click', () => route());
     $('alias-add-form').addEventListener('submit', addAlias);

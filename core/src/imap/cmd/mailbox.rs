@@ -73,15 +73,7 @@ pub(in crate::imap) fn subscribed_lines(
 
 impl Session {
     pub(in crate::imap) fn check_name(name: &str) -> Result<(), Resp> {
-        let bad = name.is_empty()
-            || name.len() > 255
-            || name.starts_with('/')
-            || name.ends_with('/')
-            || name.contains("//")
-            || name.split('/').any(|c| c == "." || c == "..")
-            || name.contains(['%', '*', '\0', '\r', '\n'])
-            || name.chars().any(char::is_control);
-        if bad {
+        if !crate::store::valid_mailbox_name(name) {
             Err(no("[CANNOT] Invalid mailbox name"))
         } else {
             Ok(())
