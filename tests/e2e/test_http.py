@@ -69,10 +69,13 @@ CONTRACT_ROUTES = {
     "GET /queue", "GET /queue/{id}", "POST /queue/{id}/retry", "POST /queue/retry",
     "DELETE /queue/{id}",
     "POST /reload", "GET /trace/{id}", "GET /traces", "GET /stats",
+    "GET /users/{address}/sieve", "GET /users/{address}/sieve/{name}",
+    "PUT /users/{address}/sieve/{name}", "DELETE /users/{address}/sieve/{name}",
+    "PUT /users/{address}/active-sieve",
 }
 # Path parameters for requests that must reach the handler: values that name nothing.
 DUMMY = {"address": "nobody@example.org", "domain": "nowhere.test", "alias": "noalias@example.org",
-         "id": "00DEADBEEF000000"}
+         "id": "00DEADBEEF000000", "name": "noscript"}
 
 
 @dataclass

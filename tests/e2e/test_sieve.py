@@ -40,7 +40,7 @@ from support import dovecot
 from support.certs import issue_cert
 from support.clients import PASSWORD
 from support.dns import DnsServer
-from support.http import Api, create_token, wait_trace
+from support.http import Api, check, create_token, wait_trace
 from support.net import free_port, tls_context
 from support.server import HOOKS, Server, run_corvus, stop_all
 from support.wait import wait_for
@@ -1298,3 +1298,30 @@ def test_more_redirects_than_allowed_is_an_error_and_keeps(site):
     assert "more than 4 redirects" in step_text(sieve_steps(t)[0]), sieve_steps(t)
     assert filed(t) == [(user, "INBOX")]
     assert not any(b.stored_messages(x) for x in targets)
+
+
+def test_admin_api_manages_a_users_scripts(site):
+    """The admin API's /api/users/{address}/sieve…: the same checks as ManageSieve and the
+    CLI (a broken script is a 400 naming line and column; the active script cannot be
+    deleted), and what it stores is what delivery runs."""
+    api, srv = site.api, site.a
+    user = srv.add_user()
+    base = f"/api/users/{user}/sieve"
+    assert check(api.get(base), 200) == []
+    r = api.put(f"{base}/broken", json={"script": 'require "fileinto";\nif true {\n  frob;\n}\n'})
+    assert r.status_code == 400 and "line 3, column 3" in r.json()["error"], r.text
+    good = 'require "fileinto";\nfileinto "Archive";\n'
+    check(api.put(f"{base}/api", json={"script": good, "activate": True}), 200)
+    assert check(api.get(base), 200) == [{"name": "api", "active": True}]
+    assert check(api.get(f"{base}/api"), 200) == {"name": "api", "active": True, "script": good}
+    assert srv.cli("sieve", "list", user).stdout.strip() == "api\tactive"
+    sent = send(srv, "sam@remote.test", [user], "filed by the API's script")
+    assert sent.code == 250, sent
+    found(srv, user, b"filed by the API's script", "Archive")
+    assert api.delete(f"{base}/api").status_code == 400
+    check(api.put(f"/api/users/{user}/active-sieve", json={"name": ""}), 200)
+    assert check(api.get(base), 200) == [{"name": "api", "active": False}]
+    check(api.delete(f"{base}/api"), 200)
+    assert api.get(f"{base}/api").status_code == 404
+    assert api.put("/api/users/nobody@example.org/sieve/x", json={"script": "keep;"}).status_code == 404
+    assert api.put(f"/api/users/{user}/active-sieve", json={"name": "missing"}).status_code == 404

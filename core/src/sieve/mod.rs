@@ -46,11 +46,23 @@ pub struct Ran {
 /// Compiled scripts, by their text (shared by every user with the same script); bounded.
 const CACHE_MAX: usize = 1024;
 
+/// How long a user's active script (or that there is none) is remembered between deliveries;
+/// a change made through this process is seen at once (`storage::GENERATION`).
+const ACTIVE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+/// Users remembered at most.
+const ACTIVE_MAX: usize = 100_000;
+
+type ActiveEntry = (std::time::Instant, u64, Option<(String, String)>);
+
 /// What local delivery uses: the store's scripts, compiled once, run with the limits.
 pub struct Filters {
     store: Store,
     limits: SieveLimits,
     cache: Mutex<HashMap<String, Arc<Script>>>,
+    /// Each user's active script (name, text), or none, as last read: most recipients have
+    /// no script, and asking the store for every copy of every message costs a round trip
+    /// on PostgreSQL.
+    active: Mutex<HashMap<String, ActiveEntry>>,
 }
 
 impl Filters {
@@ -60,7 +72,29 @@ impl Filters {
             store,
             limits,
             cache: Mutex::new(HashMap::new()),
+            active: Mutex::new(HashMap::new()),
         }
+    }
+
+    async fn active_script(
+        &self,
+        user: &str,
+    ) -> Result<Option<(String, String)>, crate::store::StoreError> {
+        let generation = storage::GENERATION.load(std::sync::atomic::Ordering::Relaxed);
+        let key = crate::store::normalize_address(user);
+        if let Some((at, g, v)) = self.active.lock().expect("sieve active").get(&key)
+            && *g == generation
+            && at.elapsed() < ACTIVE_TTL
+        {
+            return Ok(v.clone());
+        }
+        let v = storage::active(&self.store, user).await?;
+        let mut active = self.active.lock().expect("sieve active");
+        if active.len() >= ACTIVE_MAX {
+            active.clear();
+        }
+        active.insert(key, (std::time::Instant::now(), generation, v.clone()));
+        Ok(v)
     }
 
     /// The limits.
@@ -85,7 +119,7 @@ impl Filters {
     /// A script that no longer compiles (stored by an older version) or that fails at run
     /// time gives the implicit keep and says why.
     pub async fn run(&self, user: &str, rcpt: &str, from: &str, message: &[u8]) -> Option<Ran> {
-        let (name, text) = match storage::active(&self.store, user).await {
+        let (name, text) = match self.active_script(user).await {
             Ok(Some(x)) => x,
             Ok(None) => return None,
             Err(e) => {

@@ -6,6 +6,15 @@
 use crate::config::SieveLimits;
 use crate::store::{Store, StoreError, normalize_address};
 
+/// Bumped by every change made through this process (ManageSieve, the CLI over the control
+/// socket, the API): [`super::Filters`] drops what it remembered at once. Changes made on
+/// another node reach it when its short cache time runs out.
+pub(super) static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn changed() {
+    GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 const NS: &str = "sieve";
 const NS_ACTIVE: &str = "sieve-active";
 /// Scripts listed per user at most (more than any limit allows).
@@ -153,6 +162,7 @@ pub async fn put(
         .kv_set(NS, &key(user, name), text.as_bytes(), None)
         .await?;
     store.commit().await?;
+    changed();
     Ok(())
 }
 
@@ -170,6 +180,7 @@ pub async fn activate(store: &Store, user: &str, name: &str) -> Result<(), Refus
             .await?;
     }
     store.commit().await?;
+    changed();
     Ok(())
 }
 
@@ -183,6 +194,7 @@ pub async fn delete(store: &Store, user: &str, name: &str) -> Result<(), Refused
     }
     store.kv_delete(NS, &key(user, name)).await?;
     store.commit().await?;
+    changed();
     Ok(())
 }
 
@@ -210,6 +222,7 @@ pub async fn rename(store: &Store, user: &str, from: &str, to: &str) -> Result<(
     }
     store.kv_delete(NS, &key(user, from)).await?;
     store.commit().await?;
+    changed();
     Ok(())
 }
 
@@ -220,5 +233,6 @@ pub async fn delete_all(store: &Store, user: &str) -> Result<(), StoreError> {
         store.kv_delete(NS, &key(&user, &name)).await?;
     }
     store.kv_delete(NS_ACTIVE, &user).await?;
+    changed();
     Ok(())
 }
