@@ -1325,3 +1325,34 @@ def test_admin_api_manages_a_users_scripts(site):
     assert api.get(f"{base}/api").status_code == 404
     assert api.put("/api/users/nobody@example.org/sieve/x", json={"script": "keep;"}).status_code == 404
     assert api.put(f"/api/users/{user}/active-sieve", json={"name": "missing"}).status_code == 404
+
+
+def test_a_redirected_copy_is_arc_sealed(tmp_path, dns):
+    """A Sieve redirect to another domain breaks SPF for the original sender as any
+    forward does; the copy leaves with an ARC set signed with the recipient's domain key
+    (RFC 8617), which dkimpy's arc_verify accepts (RSA: dkimpy has no ed25519 ARC)."""
+    import dkim
+    zone = dns
+    b_port = free_port()
+    b = Server(tmp_path / "b", zone.addr, domains=["b.test"], hostname="mx.b.test", host=B_IP,
+               ports={"smtp": b_port}, shutdown_timeout="5s")
+    a = Server(tmp_path / "a", zone.addr, domains=["seal.test"], hostname="mx.seal.test",
+               listeners=("smtp", "imap"), shutdown_timeout="5s", imap={"allow_plaintext_auth": True},
+               delivery={"port": b_port, "retry": ["1s"]})
+    zone.add("b.test", "MX", "10 mx.b.test.")
+    zone.add("mx.b.test", "A", B_IP)
+    out = a.cli("dkim", "generate", "seal.test", "--selector", "arc1", "--algorithm", "rsa").stdout
+    zone.add("arc1._domainkey.seal.test", "TXT", re.search(r'IN TXT (".*")', out).group(1))
+    carol = b.add_user("carol@b.test")
+    user = a.add_user("fwd@seal.test")
+    try:
+        b.start()
+        a.start()
+        install(a, user, 'redirect "carol@b.test";\n')
+        assert send(a, "origin@remote.test", [user], "sealed on the way").code == 250
+        raw = found(b, carol, b"sealed on the way")[0]
+        assert b"ARC-Seal: i=1;" in raw and b"d=seal.test" in raw, raw[:1500]
+        cv, _, why = dkim.arc_verify(raw, dnsfunc=zone.resolve_txt)
+        assert cv == dkim.CV_Pass, (cv, why)
+    finally:
+        stop_all([a, b])
