@@ -1109,7 +1109,7 @@ impl Config {
                 imaps: one(2993),
                 pop3: one(2110),
                 pop3s: one(2995),
-                managesieve: one(4190),
+                managesieve: one(14190),
                 http: one(2080),
                 https: None,
             },

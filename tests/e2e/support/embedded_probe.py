@@ -19,7 +19,7 @@ from support.dns import DnsServer  # noqa: E402
 from support.net import port_open  # noqa: E402
 from support.server import CORVUS_BIN, child_env  # noqa: E402
 
-EMBEDDED_PORTS = {"smtp": 2525, "submission": 2587, "submissions": 2465, "http": 2080}
+EMBEDDED_PORTS = {"smtp": 2525, "submission": 2587, "submissions": 2465, "http": 2080, "managesieve": 14190}
 
 
 def probe(workdir: str) -> dict:
