@@ -122,9 +122,9 @@ struct Run<'a, 'c> {
     fired: Vec<String>,
     parsed: OnceLock<Option<mail_parser::Message<'c>>>,
     /// The header fields, read once: (lower-cased name, value).
-    headers: OnceLock<Vec<(String, String)>>,
+    headers: OnceLock<std::rc::Rc<Vec<(String, String)>>>,
     /// Addresses of each header value, parsed once (by value).
-    addresses: std::cell::RefCell<HashMap<String, Vec<String>>>,
+    addresses: std::cell::RefCell<HashMap<String, std::rc::Rc<Vec<String>>>>,
 }
 
 /// Control flow of the run.
@@ -413,7 +413,7 @@ impl<'a, 'c> Run<'a, 'c> {
 
     /// `${...}` expanded (RFC 5229 §3) when the script uses variables.
     fn expand(&self, s: &str) -> String {
-        if !self.script.has("variables") || !s.contains("${") {
+        if !self.script.variables || !s.contains("${") {
             return s.to_string();
         }
         let mut out = String::with_capacity(s.len());
@@ -462,10 +462,20 @@ impl<'a, 'c> Run<'a, 'c> {
         list.iter().map(|s| self.expand(s)).collect()
     }
 
+    /// `s` expanded, borrowed when there is nothing to expand (most keys and names).
+    fn expand_cow<'s>(&self, s: &'s str) -> std::borrow::Cow<'s, str> {
+        if !self.script.variables || !s.contains("${") {
+            std::borrow::Cow::Borrowed(s)
+        } else {
+            std::borrow::Cow::Owned(self.expand(s))
+        }
+    }
+
     /// Match and record match variables (RFC 5229 §3.2: only `:matches` and `:regex` set
     /// them, and only on success).
-    fn matched(&mut self, values: &[String], keys: &[Str], m: Match) -> R<bool> {
-        let keys = self.expand_all(keys);
+    fn matched<V: AsRef<str>>(&mut self, values: &[V], keys: &[Str], m: Match) -> R<bool> {
+        let keys: Vec<std::borrow::Cow<'_, str>> =
+            keys.iter().map(|k| self.expand_cow(k)).collect();
         let Matched {
             hit,
             captures,
@@ -473,7 +483,7 @@ impl<'a, 'c> Run<'a, 'c> {
         } = matching::matches(values, &keys, m);
         self.step(cost)?;
         if hit
-            && self.script.has("variables")
+            && self.script.variables
             && let Some(c) = captures
         {
             self.captures = c;
@@ -505,9 +515,10 @@ impl<'a, 'c> Run<'a, 'c> {
             }
             Test::Exists(names) => {
                 let headers = self.headers();
-                self.expand_all(names)
-                    .iter()
-                    .all(|n| headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(n)))
+                names.iter().all(|n| {
+                    let n = self.expand_cow(n);
+                    headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(&n))
+                })
             }
             Test::Size { over, limit } => {
                 let size = self.ctx.message.len() as u64;
@@ -519,7 +530,8 @@ impl<'a, 'c> Run<'a, 'c> {
                 keys,
                 index,
             } => {
-                let values = self.header_values(names, *index);
+                let headers = self.headers();
+                let values = self.header_values(&headers, names, *index);
                 self.step(values.len() as u64)?;
                 self.matched(&values, keys, *m)?
             }
@@ -530,18 +542,23 @@ impl<'a, 'c> Run<'a, 'c> {
                 keys,
                 index,
             } => {
-                let raw = self.header_values(names, *index);
+                let headers = self.headers();
+                let raw = self.header_values(&headers, names, *index);
                 let values: Vec<String> = {
                     let mut cache = self.addresses.borrow_mut();
-                    raw.iter()
-                        .flat_map(|v| {
-                            cache
-                                .entry(v.clone())
-                                .or_insert_with(|| addresses_in(v))
-                                .clone()
-                        })
-                        .filter_map(|a| address_part(&a, *part))
-                        .collect()
+                    let mut out = Vec::new();
+                    for v in raw {
+                        let list = match cache.get(v) {
+                            Some(l) => l.clone(),
+                            None => {
+                                let l = std::rc::Rc::new(addresses_in(v));
+                                cache.insert(v.to_string(), l.clone());
+                                l
+                            }
+                        };
+                        out.extend(list.iter().filter_map(|a| address_part(a, *part)));
+                    }
+                    out
                 };
                 self.step(values.len() as u64)?;
                 self.matched(&values, keys, *m)?
@@ -588,7 +605,8 @@ impl<'a, 'c> Run<'a, 'c> {
                     None => vec![self.in_zone(self.ctx.now, zone)],
                     Some(h) => {
                         let h = self.expand(h);
-                        let values = self.header_values(std::slice::from_ref(&h), *index);
+                        let headers = self.headers();
+                        let values = self.header_values(&headers, std::slice::from_ref(&h), *index);
                         values
                             .iter()
                             .filter_map(|v| parse_date(&h, v))
@@ -642,24 +660,33 @@ impl<'a, 'c> Run<'a, 'c> {
         }
     }
 
-    fn headers(&self) -> &[(String, String)] {
-        self.headers.get_or_init(|| {
-            crate::message::all_headers(self.ctx.message)
-                .into_iter()
-                .map(|(n, v)| (n.to_ascii_lowercase(), v))
-                .collect()
-        })
+    /// The header fields (lower-cased names), read once per run.
+    fn headers(&self) -> std::rc::Rc<Vec<(String, String)>> {
+        self.headers
+            .get_or_init(|| {
+                std::rc::Rc::new(
+                    crate::message::all_headers(self.ctx.message)
+                        .into_iter()
+                        .map(|(n, v)| (n.to_ascii_lowercase(), v))
+                        .collect(),
+                )
+            })
+            .clone()
     }
 
-    fn header_values(&self, names: &[Str], index: Option<Index>) -> Vec<String> {
+    fn header_values<'h>(
+        &self,
+        headers: &'h [(String, String)],
+        names: &[Str],
+        index: Option<Index>,
+    ) -> Vec<&'h str> {
         let mut out = Vec::new();
         for n in names {
-            let n = self.expand(n).to_ascii_lowercase();
-            let mut all: Vec<String> = self
-                .headers()
+            let n = self.expand_cow(n);
+            let mut all: Vec<&str> = headers
                 .iter()
-                .filter(|(h, _)| *h == n)
-                .map(|(_, v)| v.clone())
+                .filter(|(h, _)| h.eq_ignore_ascii_case(&n))
+                .map(|(_, v)| v.as_str())
                 .collect();
             if let Some(ix) = index {
                 let i = ix.n as usize - 1;

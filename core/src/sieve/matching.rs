@@ -155,17 +155,18 @@ pub struct Matched {
 
 /// Match `values` against `keys`. `:count` counts the values; a regex key that is no valid
 /// pattern never matches.
-pub fn matches(values: &[String], keys: &[String], m: Match) -> Matched {
+pub fn matches<V: AsRef<str>, K: AsRef<str>>(values: &[V], keys: &[K], m: Match) -> Matched {
     let mut out = Matched::default();
     if let MatchType::Count(rel) = m.kind {
         let n = values.len().to_string();
         out.cost = keys.len() as u64;
         out.hit = keys
             .iter()
-            .any(|k| rel_holds(compare(&n, k, Comparator::AsciiNumeric), rel));
+            .any(|k| rel_holds(compare(&n, k.as_ref(), Comparator::AsciiNumeric), rel));
         return out;
     }
     for k in keys {
+        let k = k.as_ref();
         let compiled = if m.kind == MatchType::Regex {
             // Compiling costs far more than a comparison: a script of thousands of regex
             // tests runs out of budget instead of CPU.
@@ -178,6 +179,7 @@ pub fn matches(values: &[String], keys: &[String], m: Match) -> Matched {
             None
         };
         for v in values {
+            let v = v.as_ref();
             out.cost += 1 + (v.len() as u64 + k.len() as u64) / 64;
             let hit = match m.kind {
                 MatchType::Is => compare(v, k, m.comparator) == Ordering::Equal,
@@ -186,7 +188,7 @@ pub fn matches(values: &[String], keys: &[String], m: Match) -> Matched {
                 MatchType::Matches => {
                     out.cost += (v.len() as u64 * k.len() as u64) / 256;
                     if let Some(c) = wildcard(v, k, m.comparator) {
-                        let mut all = vec![v.clone()];
+                        let mut all = vec![v.to_string()];
                         all.extend(c);
                         out.captures = Some(all);
                         true
@@ -270,17 +272,13 @@ mod tests {
             comparator: Comparator::AsciiNumeric,
             kind: MatchType::Count(Rel::Ge),
         };
-        assert!(matches(&["a".into(), "b".into()], &["2".into()], m).hit);
-        assert!(!matches(&["a".into()], &["2".into()], m).hit);
+        assert!(matches(&["a", "b"], &["2"], m).hit);
+        assert!(!matches(&["a"], &["2"], m).hit);
         let m = Match {
             comparator: CI,
             kind: MatchType::Regex,
         };
-        let r = matches(
-            &["Re: [list] Hi".into()],
-            &["^re: \\[([a-z]+)\\]".into()],
-            m,
-        );
+        let r = matches(&["Re: [list] Hi"], &["^re: \\[([a-z]+)\\]"], m);
         assert!(r.hit);
         assert_eq!(r.captures.unwrap()[1], "list");
     }

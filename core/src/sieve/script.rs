@@ -35,6 +35,8 @@ pub struct Script {
     pub commands: Vec<Node>,
     /// Extensions it required.
     pub requires: BTreeSet<String>,
+    /// Whether it required `variables` (asked for every string the run expands).
+    pub variables: bool,
 }
 
 impl Script {
@@ -388,6 +390,7 @@ pub fn compile(text: &str, limits: parse::Limits) -> Result<Script, Error> {
     let commands = c.block(&tree)?;
     Ok(Script {
         commands,
+        variables: c.requires.contains("variables"),
         requires: c.requires,
     })
 }
