@@ -200,7 +200,10 @@ impl Delivery {
                         .run(target, &rcpt.address, &ctx.mail_from, message)
                         .await
                 {
-                    let single = may_tempfail && session.is_some() && rcpts.len() == 1;
+                    // Refused in the reply only when this copy is the whole message: one
+                    // recipient that is one account (not an alias of several).
+                    let single =
+                        may_tempfail && session.is_some() && rcpts.len() == 1 && targets.len() == 1;
                     match self
                         .apply_sieve(&mut plan, ctx, rcpt, target, message, ran, single)
                         .await

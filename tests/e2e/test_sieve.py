@@ -1356,3 +1356,36 @@ def test_a_redirected_copy_is_arc_sealed(tmp_path, dns):
         assert cv == dkim.CV_Pass, (cv, why)
     finally:
         stop_all([a, b])
+
+
+def test_a_reject_by_one_member_of_an_alias_does_not_refuse_the_others(site):
+    """One RCPT naming an alias of two accounts: the member whose script rejects sends a
+    notice; the message is accepted (250) and the other member gets it."""
+    srv = site.a
+    sender, refuser, other = srv.add_user(), srv.add_user(), srv.add_user()
+    alias = "team-%d@example.org" % next(_scripts)
+    srv.cli("alias", "add", alias, refuser, other)
+    install(srv, refuser, 'require "reject";\nreject "Not for me.";\n')
+    sent = send(srv, sender, [alias], "to the whole team")
+    assert sent.code == 250, sent
+    assert len(found(srv, other, b"to the whole team")) == 1
+    dsn = found(srv, sender, b"multipart/report")[0]
+    assert b"Not for me." in dsn, dsn[:2000]
+    assert srv.stored_messages(refuser) == []
+
+
+def test_a_redirect_mark_from_outside_is_removed(site):
+    """X-Sieve-Redirected-From is the loop mark of this server's own redirects: one that a
+    sender writes is removed at the end of DATA, so it cannot stop a user's redirect."""
+    a, b = site.a, site.b
+    carol = b.add_user()
+    user = a.add_user()
+    install(a, user, f'redirect "{carol}";\n')
+    sent = send(a, "forger@remote.test", [user], "with a forged mark",
+                headers=f"X-Sieve-Redirected-From: {user}\r\n")
+    assert sent.code == 250, sent
+    # Redirected (the forged mark did not pass for A's own); B, a Corvus too, removes A's
+    # mark at its end of DATA like any from outside.
+    raw = found(b, carol, b"with a forged mark")[0]
+    assert b"X-Sieve-Redirected-From:" not in raw, raw[:1500]
+    assert a.stored_messages(user) == []

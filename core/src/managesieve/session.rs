@@ -41,6 +41,8 @@ struct Session {
     listener: crate::listener::Listener,
     peer: SocketAddr,
     state: State,
+    /// A login must succeed by then (from the connection, or from UNAUTHENTICATE).
+    login_by: Instant,
 }
 
 /// The session on an open stream.
@@ -50,12 +52,14 @@ pub async fn session(
     peer: SocketAddr,
     listener: crate::listener::Listener,
 ) -> std::io::Result<()> {
+    let deps_login_timeout = deps.config.managesieve.login_timeout;
     let mut s = Session {
         deps,
         conn: Conn::new(stream, 4 * 1024),
         listener,
         peer,
         state: State::Anonymous,
+        login_by: Instant::now() + deps_login_timeout,
     };
     s.run().await
 }
@@ -113,9 +117,7 @@ impl Session {
     async fn run(&mut self) -> std::io::Result<()> {
         self.capabilities();
         self.ok("Corvus ManageSieve ready");
-        let cfg = &self.deps.config.managesieve;
-        let (idle, login_timeout) = (cfg.idle_timeout, cfg.login_timeout);
-        let login_by = Instant::now() + login_timeout;
+        let idle = self.deps.config.managesieve.idle_timeout;
         loop {
             match self.process_input().await {
                 Flow::Continue => {}
@@ -135,7 +137,7 @@ impl Session {
             let waiting = self.conn.inbuf.is_empty();
             let until = match self.state {
                 State::User(_) => Instant::now() + idle,
-                _ => (Instant::now() + idle).min(login_by),
+                _ => (Instant::now() + idle).min(self.login_by),
             };
             match self.conn.read(until, &self.deps.shutdown, waiting).await? {
                 Input::Data => {}
@@ -287,6 +289,7 @@ impl Session {
             }
             Command::Unauthenticate => {
                 self.state = State::Anonymous;
+                self.login_by = Instant::now() + self.deps.config.managesieve.login_timeout;
                 self.ok("Unauthenticate completed");
             }
             Command::HaveSpace(name, size) => {

@@ -106,6 +106,28 @@ pub fn strip_forged<'a>(raw: &'a [u8], ours: &str) -> (Cow<'a, [u8]>, usize) {
     (Cow::Owned(out), forged.len())
 }
 
+/// Remove every field named `name` (case-insensitive); the message unchanged (borrowed) when
+/// there is none, and how many were removed.
+pub fn strip_named<'a>(raw: &'a [u8], name: &str) -> (Cow<'a, [u8]>, usize) {
+    let found: Vec<std::ops::Range<usize>> = fields(raw)
+        .into_iter()
+        .filter(|r| {
+            field_name(&raw[r.clone()]).is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+        })
+        .collect();
+    if found.is_empty() {
+        return (Cow::Borrowed(raw), 0);
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut at = 0;
+    for r in &found {
+        out.extend_from_slice(&raw[at..r.start]);
+        at = r.end;
+    }
+    out.extend_from_slice(&raw[at..]);
+    (Cow::Owned(out), found.len())
+}
+
 /// A header value (RFC 8601 `pvalue`/`value`): as is when it is a plain token or
 /// `local@domain` of token characters, else a quoted string. CR, LF and other controls are
 /// dropped so a value can never start a new header field.

@@ -154,7 +154,12 @@ pub fn run(script: &Script, ctx: &Context<'_>) -> Outcome {
     };
     match r.block(&script.commands) {
         Ok(_) => {
-            if r.implicit_keep {
+            // An explicit store into INBOX (`fileinto :copy "INBOX"`, `keep :flags`) is the
+            // implicit keep's copy already, with its own flags.
+            let in_inbox = r.actions.iter().any(
+                |a| matches!(a, Action::Store { mailbox, .. } if crate::store::is_inbox(mailbox)),
+            );
+            if r.implicit_keep && !in_inbox {
                 let flags = r.flags.clone();
                 r.store("INBOX".into(), flags, false);
             }
@@ -275,7 +280,12 @@ impl<'a, 'c> Run<'a, 'c> {
             } => {
                 self.count_action(line)?;
                 let mailbox = self.expand(mailbox);
-                if !crate::store::valid_mailbox_name(&mailbox) {
+                // Names IMAP would refuse go to INBOX at delivery (`settle_mailboxes`); a
+                // line break or NUL cannot be a name anywhere.
+                if mailbox.is_empty()
+                    || mailbox.len() > 1000
+                    || mailbox.contains(['\r', '\n', '\0'])
+                {
                     return Err(format!("line {line}: invalid mailbox name \"{mailbox}\""));
                 }
                 let flags = match flags {
@@ -319,6 +329,11 @@ impl<'a, 'c> Run<'a, 'c> {
                 }
             }
             Cmd::Reject { reason } => {
+                // RFC 5429 §2.1: one refusal per message (each becomes a notice).
+                if self.actions.iter().any(|a| matches!(a, Action::Reject(_))) {
+                    return Err(format!("line {line}: reject used twice"));
+                }
+                self.count_action(line)?;
                 let reason = self.expand(reason);
                 self.fired.push(format!("line {line}: reject"));
                 self.actions.push(Action::Reject(reason));
@@ -480,7 +495,12 @@ impl<'a, 'c> Run<'a, 'c> {
             hit,
             captures,
             cost,
-        } = matching::matches(values, &keys, m);
+        } = matching::matches(
+            values,
+            &keys,
+            m,
+            self.ctx.limits.max_steps.saturating_sub(self.steps),
+        );
         self.step(cost)?;
         if hit
             && self.script.variables
@@ -551,7 +571,13 @@ impl<'a, 'c> Run<'a, 'c> {
                         let list = match cache.get(v) {
                             Some(l) => l.clone(),
                             None => {
-                                let l = std::rc::Rc::new(addresses_in(v));
+                                // RFC 5228 §2.7.4: a value that is no address list is
+                                // still its whole text for :all.
+                                let mut parsed = addresses_in(v);
+                                if parsed.is_empty() && !v.trim().is_empty() && !v.contains(':') {
+                                    parsed.push(v.trim().to_string());
+                                }
+                                let l = std::rc::Rc::new(parsed);
                                 cache.insert(v.to_string(), l.clone());
                                 l
                             }
@@ -800,18 +826,53 @@ fn body_parts(
     }
 }
 
+/// HTML as text for `body :text`: tags dropped; block elements and line breaks become a
+/// line break, inline ones nothing ("hello <b>html</b>" is "hello html").
 fn strip_html(h: &str) -> String {
+    const BLOCK: &[&str] = &[
+        "br",
+        "p",
+        "div",
+        "li",
+        "tr",
+        "td",
+        "th",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "ul",
+        "ol",
+        "table",
+        "blockquote",
+        "pre",
+        "hr",
+    ];
     let mut out = String::with_capacity(h.len());
-    let mut in_tag = false;
+    let mut tag: Option<String> = None;
     for c in h.chars() {
-        match c {
-            '<' => in_tag = true,
-            '>' if in_tag => {
-                in_tag = false;
-                out.push(' ');
+        match (&mut tag, c) {
+            (None, '<') => tag = Some(String::new()),
+            (Some(t), '>') => {
+                let name: String = t
+                    .trim_start_matches('/')
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .collect::<String>()
+                    .to_ascii_lowercase();
+                if BLOCK.contains(&name.as_str()) {
+                    out.push('\n');
+                }
+                tag = None;
             }
-            c if !in_tag => out.push(c),
-            _ => {}
+            (Some(t), c) => {
+                if t.len() < 16 {
+                    t.push(c);
+                }
+            }
+            (None, c) => out.push(c),
         }
     }
     out

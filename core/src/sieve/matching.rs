@@ -56,15 +56,17 @@ fn rel_holds(o: Ordering, rel: Rel) -> bool {
     }
 }
 
+/// Substring search in linear time (the ASCII case folded on both sides first).
 fn contains(hay: &str, needle: &str, comparator: Comparator) -> bool {
-    if comparator == Comparator::Octet {
-        return hay.contains(needle);
-    }
-    let (h, n) = (hay.as_bytes(), needle.as_bytes());
-    if n.is_empty() {
+    if needle.is_empty() {
         return true;
     }
-    h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+    if comparator == Comparator::Octet {
+        return memchr::memmem::find(hay.as_bytes(), needle.as_bytes()).is_some();
+    }
+    let h = hay.as_bytes().to_ascii_lowercase();
+    let n = needle.as_bytes().to_ascii_lowercase();
+    memchr::memmem::find(&h, &n).is_some()
 }
 
 /// One piece of a `:matches` pattern.
@@ -153,16 +155,23 @@ pub struct Matched {
     pub cost: u64,
 }
 
-/// Match `values` against `keys`. `:count` counts the values; a regex key that is no valid
-/// pattern never matches.
-pub fn matches<V: AsRef<str>, K: AsRef<str>>(values: &[V], keys: &[K], m: Match) -> Matched {
+/// Match `values` against `keys`. `:count` counts the values (compared with the test's
+/// comparator, RFC 5231 §4.2); a regex key that is no valid pattern never matches. Each
+/// comparison's cost is counted before it is made: once `budget` would be passed, the
+/// match stops unmade with a cost over the budget (the run then ends with an error).
+pub fn matches<V: AsRef<str>, K: AsRef<str>>(
+    values: &[V],
+    keys: &[K],
+    m: Match,
+    budget: u64,
+) -> Matched {
     let mut out = Matched::default();
     if let MatchType::Count(rel) = m.kind {
         let n = values.len().to_string();
         out.cost = keys.len() as u64;
         out.hit = keys
             .iter()
-            .any(|k| rel_holds(compare(&n, k.as_ref(), Comparator::AsciiNumeric), rel));
+            .any(|k| rel_holds(compare(&n, k.as_ref(), m.comparator), rel));
         return out;
     }
     for k in keys {
@@ -181,12 +190,19 @@ pub fn matches<V: AsRef<str>, K: AsRef<str>>(values: &[V], keys: &[K], m: Match)
         for v in values {
             let v = v.as_ref();
             out.cost += 1 + (v.len() as u64 + k.len() as u64) / 64;
+            if m.kind == MatchType::Matches {
+                out.cost += (v.len() as u64).saturating_mul(k.len() as u64) / 256;
+            }
+            if out.cost > budget {
+                out.hit = false;
+                out.captures = None;
+                return out;
+            }
             let hit = match m.kind {
                 MatchType::Is => compare(v, k, m.comparator) == Ordering::Equal,
                 MatchType::Contains => contains(v, k, m.comparator),
                 MatchType::Value(rel) => rel_holds(compare(v, k, m.comparator), rel),
                 MatchType::Matches => {
-                    out.cost += (v.len() as u64 * k.len() as u64) / 256;
                     if let Some(c) = wildcard(v, k, m.comparator) {
                         let mut all = vec![v.to_string()];
                         all.extend(c);
@@ -272,13 +288,13 @@ mod tests {
             comparator: Comparator::AsciiNumeric,
             kind: MatchType::Count(Rel::Ge),
         };
-        assert!(matches(&["a", "b"], &["2"], m).hit);
-        assert!(!matches(&["a"], &["2"], m).hit);
+        assert!(matches(&["a", "b"], &["2"], m, u64::MAX).hit);
+        assert!(!matches(&["a"], &["2"], m, u64::MAX).hit);
         let m = Match {
             comparator: CI,
             kind: MatchType::Regex,
         };
-        let r = matches(&["Re: [list] Hi"], &["^re: \\[([a-z]+)\\]"], m);
+        let r = matches(&["Re: [list] Hi"], &["^re: \\[([a-z]+)\\]"], m, u64::MAX);
         assert!(r.hit);
         assert_eq!(r.captures.unwrap()[1], "list");
     }

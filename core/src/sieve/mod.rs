@@ -169,21 +169,7 @@ impl Filters {
             now: chrono::Local::now().fixed_offset(),
         };
         let mut outcome = eval::run(&script, &ctx);
-        // fileinto a mailbox that does not exist, without :create, files into INBOX
-        // (RFC 5490 §3.2 leaves creating it to :create).
-        for a in &mut outcome.actions {
-            if let Action::Store {
-                mailbox, create, ..
-            } = a
-                && !*create
-                && !exists(mailbox)
-            {
-                outcome.fired.push(format!(
-                    "mailbox \"{mailbox}\" does not exist: filed into INBOX"
-                ));
-                *mailbox = "INBOX".into();
-            }
-        }
+        settle_mailboxes(&mut outcome, &exists);
         Some(Ran {
             name,
             outcome,
@@ -199,6 +185,44 @@ impl Filters {
             max_actions: self.limits.max_actions,
         }
     }
+}
+
+/// Where the copies really go: a `fileinto` of a mailbox that does not exist, without
+/// `:create` (RFC 5490 §3.2 leaves creating to it), or of a name IMAP CREATE would refuse
+/// (`..`, wildcards, an empty level), files into INBOX and says why; then filing twice into
+/// one mailbox is one copy (RFC 5228 §2.10.3), with the first action's flags.
+pub fn settle_mailboxes(outcome: &mut Outcome, exists: &dyn Fn(&str) -> bool) {
+    for a in &mut outcome.actions {
+        if let Action::Store {
+            mailbox, create, ..
+        } = a
+        {
+            let why = if !crate::store::valid_mailbox_name(mailbox) {
+                "is not a valid mailbox name"
+            } else if !*create && !exists(mailbox) {
+                "does not exist"
+            } else {
+                continue;
+            };
+            outcome
+                .fired
+                .push(format!("mailbox \"{mailbox}\" {why}: filed into INBOX"));
+            *mailbox = "INBOX".into();
+        }
+    }
+    let mut seen: Vec<String> = Vec::new();
+    outcome.actions.retain(|a| match a {
+        Action::Store { mailbox, .. } => {
+            let c = crate::store::canonical_mailbox(mailbox);
+            if seen.contains(&c) {
+                false
+            } else {
+                seen.push(c);
+                true
+            }
+        }
+        _ => true,
+    });
 }
 
 /// IMAP flags as stored: system flags in their canonical case, `\Recent` and anything that

@@ -1269,19 +1269,32 @@ pub fn decode_encoded(s: &str) -> Option<String> {
         };
         let words: Vec<&str> = values.split_ascii_whitespace().collect();
         let decoded = match kind.as_str() {
+            // hex-pair = 1*2HEXDIG; anything else leaves the sequence as written.
             "hex" if !words.is_empty() => words
                 .iter()
                 .map(|w| {
-                    (w.len() <= 2 || w.trim_start_matches('0').len() <= 2)
+                    (w.len() <= 2 && w.bytes().all(|b| b.is_ascii_hexdigit()))
                         .then(|| u8::from_str_radix(w, 16).ok())
                         .flatten()
                 })
                 .collect::<Option<Vec<u8>>>()
                 .and_then(|b| String::from_utf8(b).ok()),
-            "unicode" if !words.is_empty() => {
+            // unicode-hex = 1*HEXDIG; a value that is no character (a surrogate, past
+            // 10FFFF) is an error of the script.
+            "unicode"
+                if !words.is_empty()
+                    && words
+                        .iter()
+                        .all(|w| w.bytes().all(|b| b.is_ascii_hexdigit())) =>
+            {
                 let mut s = String::new();
                 for w in &words {
-                    let v = u32::from_str_radix(w, 16).ok()?;
+                    let t = w.trim_start_matches('0');
+                    let v = if t.len() > 6 {
+                        u32::MAX
+                    } else {
+                        u32::from_str_radix(t, 16).unwrap_or(0)
+                    };
                     s.push(char::from_u32(v)?);
                 }
                 Some(s)

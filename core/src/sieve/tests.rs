@@ -455,17 +455,145 @@ fn vacation_from_is_the_users_own_address() {
 }
 
 #[test]
-fn fileinto_an_invalid_mailbox_name_is_an_error_and_keeps() {
-    for bad in ["../other", "a//b", "x/", "with\u{1}control", "star*"] {
-        let script = format!("require \"fileinto\"; fileinto \"{bad}\";");
-        let o = eval_with(&script, MSG, RunLimits::default());
+fn fileinto_an_unusable_mailbox_name_files_into_inbox() {
+    // A line break is an error of the run (the implicit keep).
+    let o = eval_with(
+        "require \"fileinto\"; fileinto \"two\nlines\";",
+        MSG,
+        RunLimits::default(),
+    );
+    assert!(
+        o.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("invalid mailbox name"),
+        "{o:?}"
+    );
+    // Names IMAP CREATE refuses, and a missing mailbox without :create, go to INBOX at
+    // delivery, once.
+    for bad in [
+        "../other",
+        "a//b",
+        "x/",
+        "star*",
+        "Missing",
+        "with\u{1}control",
+    ] {
+        let script = format!("require [\"fileinto\", \"copy\"]; fileinto :copy \"{bad}\";");
+        let mut o = eval_with(&script, MSG, RunLimits::default());
+        settle_mailboxes(&mut o, &|m| m == "Work");
+        assert_eq!(describe(&o, |_| None), ["store INBOX"], "{bad}");
         assert!(
-            o.error
-                .as_deref()
-                .unwrap_or("")
-                .contains("invalid mailbox name"),
-            "{bad}: {o:?}"
+            o.fired.last().unwrap().contains("filed into INBOX"),
+            "{bad}: {:?}",
+            o.fired
         );
+    }
+}
+
+/// Helper 28's review findings, each as a test.
+#[test]
+fn review_findings_stay_fixed() {
+    // A second reject is an error (else every one would send a notice).
+    let o = eval_with(
+        "require \"reject\"; reject \"a\"; reject \"b\";",
+        MSG,
+        RunLimits::default(),
+    );
+    assert!(o.error.unwrap().contains("reject used twice"));
+    // :count uses the test's comparator (RFC 5231 §4.2): "2" > "10" as text.
+    assert_eq!(
+        eval(
+            "require [\"relational\",\"fileinto\"]; if address :count \"ge\" [\"to\"] \"10\" { fileinto \"Hit\"; }"
+        ),
+        ["store Hit"]
+    );
+    // A malformed encoded character stays as written; an out-of-range one is an error.
+    assert_eq!(
+        eval(
+            "require [\"encoded-character\",\"fileinto\"]; fileinto \"${unicode:zz}${hex:0041}\";"
+        ),
+        ["store ${unicode:zz}${hex:0041}"]
+    );
+    assert!(
+        err("require [\"encoded-character\", \"fileinto\"]; fileinto \"${unicode:D800}\";")
+            .contains("invalid encoded character")
+    );
+    // fileinto :copy :flags into INBOX keeps its flags: the implicit keep is that copy.
+    assert_eq!(
+        eval(
+            "require [\"fileinto\",\"copy\",\"imap4flags\"]; fileinto :copy :flags \"\\\\Seen\" \"INBOX\";"
+        ),
+        ["store INBOX flags \\Seen"]
+    );
+    // An expensive :contains or :matches stops at the budget before doing the work.
+    let big = format!("From: a@b\r\nSubject: x\r\n\r\n{}\r\n", "a".repeat(1 << 20));
+    let key = "a".repeat(10_000) + "b";
+    for m in [":contains", ":matches"] {
+        let k = if m == ":matches" {
+            format!("*{key}*")
+        } else {
+            key.clone()
+        };
+        let script = format!("require \"body\";\nif body {m} \"{k}\" {{ discard; }}\n");
+        let t = std::time::Instant::now();
+        let o = eval_with(
+            &script,
+            big.as_bytes(),
+            RunLimits {
+                max_steps: 10_000,
+                ..RunLimits::default()
+            },
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{m} took {:?}",
+            t.elapsed()
+        );
+        if m == ":matches" {
+            assert!(o.error.is_some(), "{o:?}");
+        }
         assert_eq!(describe(&o, |_| None).last().unwrap(), "store INBOX");
     }
+    // body :text reads HTML as text.
+    let html = b"From: a@b\r\nContent-Type: text/html\r\n\r\n<p>hello <b>html</b></p>\r\n";
+    let o = eval_with(
+        "require [\"body\"]; if body :text :contains \"hello html\" { discard; }",
+        html,
+        RunLimits::default(),
+    );
+    assert_eq!(describe(&o, |_| None), ["discard"]);
+}
+
+#[test]
+fn vacation_mime_keeps_only_content_fields_and_subjects_are_encoded() {
+    let plain = b"From: b@x.example\r\nTo: alice@example.org\r\nSubject: =?utf-8?q?H=C3=A9llo?=\r\n\r\nx\r\n";
+    let reply = VacationReply {
+        days: None,
+        subject: None,
+        from: None,
+        addresses: vec![],
+        mime: true,
+        handle: None,
+        reason: "Content-Type: text/plain; charset=utf-8\nFrom: ceo@example.org\nBcc: x@evil.example\n\nAway.\n".into(),
+    };
+    let built = String::from_utf8(vacation::build(
+        plain,
+        "b@x.example",
+        "alice@example.org",
+        "mx",
+        &reply,
+    ))
+    .unwrap();
+    assert!(
+        !built.contains("ceo@example.org") && !built.contains("Bcc:"),
+        "{built}"
+    );
+    assert!(built.contains("From: alice@example.org\r\n"));
+    assert!(
+        built.contains("Content-Type: text/plain; charset=utf-8\r\n\r\nAway.\r\n"),
+        "{built}"
+    );
+    assert!(built.contains("Subject: =?utf-8?b?"), "{built}");
+    assert!(built.is_ascii());
 }

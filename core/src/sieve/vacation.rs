@@ -136,6 +136,36 @@ pub fn period(reply: &VacationReply, limits: &crate::config::SieveLimits) -> u64
         * 86_400
 }
 
+/// RFC 2047 encoded words for a header value that is not ASCII (a vacation reply goes to
+/// any server, SMTPUTF8 or not): base64 UTF-8 words of at most 45 bytes each.
+fn encode_words(s: &str) -> String {
+    use base64::Engine as _;
+    if s.is_ascii() {
+        return s.to_string();
+    }
+    let mut words = Vec::new();
+    let mut chunk = String::new();
+    for c in s.chars() {
+        if chunk.len() + c.len_utf8() > 45 {
+            words.push(std::mem::take(&mut chunk));
+        }
+        chunk.push(c);
+    }
+    if !chunk.is_empty() {
+        words.push(chunk);
+    }
+    words
+        .iter()
+        .map(|w| {
+            format!(
+                "=?utf-8?b?{}?=",
+                base64::engine::general_purpose::STANDARD.encode(w.as_bytes())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn one_line(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -167,17 +197,21 @@ pub fn build(
         .as_deref()
         .map(one_line)
         .filter(|f| {
-            super::script::parse_one_address(f).is_some_and(|a| {
-                without_detail(&a.to_ascii_lowercase())
-                    == without_detail(&user.to_ascii_lowercase())
-            })
+            f.is_ascii()
+                && super::script::parse_one_address(f).is_some_and(|a| {
+                    without_detail(&a.to_ascii_lowercase())
+                        == without_detail(&user.to_ascii_lowercase())
+                })
         })
         .unwrap_or_else(|| user.to_string());
     let mut out = String::new();
     out.push_str(&format!("Date: {}\r\n", crate::message::rfc5322_now()));
     out.push_str(&crate::message::format_field("From", &from));
     out.push_str(&crate::message::format_field("To", &format!("<{sender}>")));
-    out.push_str(&crate::message::format_field("Subject", &subject));
+    out.push_str(&crate::message::format_field(
+        "Subject",
+        &encode_words(&subject),
+    ));
     out.push_str(&format!(
         "Message-ID: <{:016x}.{:08x}.vacation@{hostname}>\r\n",
         chrono::Utc::now().timestamp_millis(),
@@ -204,10 +238,30 @@ pub fn build(
     out.push_str("MIME-Version: 1.0\r\n");
     let mut bytes = out.into_bytes();
     if reply.mime {
-        // :mime: the reason is a MIME entity, its own headers included.
+        // :mime: the reason is a MIME entity; of its header only the Content-* fields
+        // are kept, so it cannot add a second From, a Reply-To or a Bcc.
         let entity = reply.reason.replace("\r\n", "\n").replace('\n', "\r\n");
-        bytes.extend_from_slice(entity.as_bytes());
-        if !entity.ends_with("\r\n") {
+        let split = entity.find("\r\n\r\n").map(|i| i + 2);
+        let (head, body) = match split {
+            Some(i) if !entity.starts_with("\r\n") => (&entity[..i], &entity[i..]),
+            _ => ("", entity.as_str()),
+        };
+        let mut keep = false;
+        for line in head.split_inclusive("\r\n") {
+            if !line.starts_with([' ', '\t']) {
+                keep = line
+                    .split_once(':')
+                    .is_some_and(|(n, _)| n.trim().to_ascii_lowercase().starts_with("content-"));
+            }
+            if keep {
+                bytes.extend_from_slice(line.as_bytes());
+            }
+        }
+        if !body.starts_with("\r\n") {
+            bytes.extend_from_slice(b"\r\n");
+        }
+        bytes.extend_from_slice(body.as_bytes());
+        if !body.ends_with("\r\n") {
             bytes.extend_from_slice(b"\r\n");
         }
     } else {

@@ -191,6 +191,14 @@ impl Session {
         } else {
             None
         };
+        // The Sieve redirect-loop mark is ours alone: one from outside could stop a user's
+        // redirect.
+        if let (std::borrow::Cow::Owned(stripped), n) =
+            crate::sender_auth::headers::strip_named(&body, "X-Sieve-Redirected-From")
+        {
+            tracing::info!(removed = n, "removed X-Sieve-Redirected-From from outside");
+            body = stripped;
+        }
         let mut msg = Vec::with_capacity(body.len() + 1024);
         if self.listener == crate::listener::Listener::Smtp {
             // RFC 8601 §5: no Authentication-Results claiming to be ours may pass through.
