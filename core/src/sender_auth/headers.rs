@@ -93,17 +93,23 @@ pub fn strip_forged<'a>(raw: &'a [u8], ours: &str) -> (Cow<'a, [u8]>, usize) {
             }
         })
         .collect();
-    if forged.is_empty() {
+    without(raw, &forged)
+}
+
+/// `raw` without the fields at `ranges` (in order), borrowed when there are none, and how
+/// many were removed.
+fn without<'a>(raw: &'a [u8], ranges: &[std::ops::Range<usize>]) -> (Cow<'a, [u8]>, usize) {
+    if ranges.is_empty() {
         return (Cow::Borrowed(raw), 0);
     }
     let mut out = Vec::with_capacity(raw.len());
     let mut at = 0;
-    for r in &forged {
+    for r in ranges {
         out.extend_from_slice(&raw[at..r.start]);
         at = r.end;
     }
     out.extend_from_slice(&raw[at..]);
-    (Cow::Owned(out), forged.len())
+    (Cow::Owned(out), ranges.len())
 }
 
 /// Remove every field named `name` (case-insensitive); the message unchanged (borrowed) when
@@ -115,17 +121,7 @@ pub fn strip_named<'a>(raw: &'a [u8], name: &str) -> (Cow<'a, [u8]>, usize) {
             field_name(&raw[r.clone()]).is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
         })
         .collect();
-    if found.is_empty() {
-        return (Cow::Borrowed(raw), 0);
-    }
-    let mut out = Vec::with_capacity(raw.len());
-    let mut at = 0;
-    for r in &found {
-        out.extend_from_slice(&raw[at..r.start]);
-        at = r.end;
-    }
-    out.extend_from_slice(&raw[at..]);
-    (Cow::Owned(out), found.len())
+    without(raw, &found)
 }
 
 /// A header value (RFC 8601 `pvalue`/`value`): as is when it is a plain token or
