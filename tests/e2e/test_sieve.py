@@ -38,7 +38,7 @@ import pytest
 
 from support import dovecot
 from support.certs import issue_cert
-from support.clients import PASSWORD
+from support.clients import PASSWORD, peer_closes
 from support.dns import DnsServer
 from support.http import Api, check, create_token, wait_trace
 from support.net import free_port, tls_context
@@ -243,15 +243,7 @@ class RawSieve:
 
     def closed(self, timeout: float = 5) -> bool:
         """Whether the server closes the connection within `timeout` (data before is read)."""
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                if not self.sock.recv(65536):
-                    return True
-        except (socket.timeout, TimeoutError):
-            return False
-        except (ConnectionResetError, ssl.SSLError, OSError):
-            return True
+        return peer_closes(self.sock, timeout)
 
     def close(self):
         try:

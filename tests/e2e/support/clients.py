@@ -107,6 +107,20 @@ class RawSmtp:
             pass
 
 
+def peer_closes(sock, timeout: float = 5) -> bool:
+    """Whether the peer closes `sock` within `timeout`; whatever it sends before is read and
+    dropped."""
+    sock.settimeout(timeout)
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except (socket.timeout, TimeoutError):
+        return False
+    except (ConnectionResetError, ssl.SSLError, OSError):
+        return True
+
+
 def quote(s: str) -> str:
     """An IMAP quoted string."""
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -160,15 +174,7 @@ class RawImap:
 
     def closed(self, timeout: float = 5) -> bool:
         """Whether the server closes the connection within `timeout` (data before is read)."""
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                if not self.sock.recv(65536):
-                    return True
-        except (socket.timeout, TimeoutError):
-            return False
-        except (ConnectionResetError, ssl.SSLError, OSError):
-            return True
+        return peer_closes(self.sock, timeout)
 
     def read_until(self, tag: str) -> tuple[list[bytes], bytes]:
         untagged = []
